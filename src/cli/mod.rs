@@ -1,0 +1,316 @@
+//! Command-line definitions and the commands that are a single request.
+
+mod output;
+mod runner;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use license_broker::client::{Client, ClientError, ClientOptions};
+use license_broker::core::{ErrorCode, Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};
+
+/// A floating-license session broker over QUIC.
+#[derive(Parser, Debug)]
+#[command(name = "license-broker", version, about)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    conn: ConnArgs,
+}
+
+/// How client commands reach the broker.
+#[derive(clap::Args, Debug, Clone)]
+struct ConnArgs {
+    /// Broker address HOST:PORT.
+    #[arg(long, env = "LB_SERVER", default_value = "127.0.0.1:4433", global = true)]
+    server: String,
+    /// PEM certificate to trust (the broker's DATA_DIR/tls/cert.pem); system roots if absent.
+    #[arg(long, env = "LB_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// API key to authenticate with.
+    #[arg(long, env = "LB_API_KEY", global = true, hide_env_values = true)]
+    api_key: Option<String>,
+    /// TLS name to verify instead of the host part of --server.
+    #[arg(long, env = "LB_SERVER_NAME", global = true)]
+    server_name: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the broker.
+    Serve(serve::ServeArgs),
+    /// Operator: manage orgs.
+    #[command(subcommand)]
+    Org(OrgCmd),
+    /// Operator: create a pool or set its quota.
+    #[command(subcommand)]
+    Pool(PoolCmd),
+    /// Owner/Admin: manage the org's users.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Owner/Admin: manage API keys.
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Owner/Admin: registered machines.
+    #[command(subcommand)]
+    Machine(MachineCmd),
+    /// Owner/Admin: live sessions.
+    #[command(subcommand)]
+    Session(SessionCmd),
+    /// Act as a KRE runner: register this machine, hold a session, release it.
+    Runner(runner::RunnerArgs),
+    /// Print this machine's ID (override with LB_MACHINE_ID).
+    MachineId,
+    /// Per-pool quota, sessions in use, machines, admissions and rejections.
+    Status {
+        /// Only this org (default: your own; the operator sees all).
+        #[arg(long)]
+        org: Option<OrgName>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum OrgCmd {
+    /// Create an org and print its Owner's API key.
+    Create {
+        /// The org's name.
+        name: OrgName,
+        /// Last day of the subscription, YYYY-MM-DD.
+        #[arg(long)]
+        subscription_end: String,
+        /// Email of the org's first Owner.
+        #[arg(long, default_value = "owner@localhost")]
+        owner: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PoolCmd {
+    /// Create the pool or change its quota.
+    Set {
+        #[arg(long)]
+        org: OrgName,
+        /// kre or kse.
+        #[arg(long, default_value = "kre")]
+        product: Product,
+        /// floating or node-locked.
+        #[arg(long, default_value = "floating")]
+        kind: Kind,
+        /// annual or monthly.
+        #[arg(long, default_value = "annual")]
+        term: Term,
+        /// The pool id PRODUCT-KIND-TERM instead of the three flags above.
+        #[arg(long, conflicts_with_all = ["product", "kind", "term"])]
+        pool: Option<PoolId>,
+        /// Licenses bought.
+        #[arg(long)]
+        quota: u32,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum UserCmd {
+    /// Add a member to the org.
+    Add {
+        #[arg(long)]
+        org: OrgName,
+        email: String,
+        #[arg(long, default_value = "user")]
+        role: Role,
+    },
+    /// List the org's members.
+    List {
+        #[arg(long)]
+        org: OrgName,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum KeyCmd {
+    /// Create an API key for a member; it is printed once.
+    Create {
+        #[arg(long)]
+        org: OrgName,
+        email: String,
+    },
+    /// Revoke a key, by its id (from `key list`) or the key itself.
+    Revoke {
+        #[arg(long)]
+        org: OrgName,
+        key: String,
+    },
+    /// List the org's keys (ids, never the keys).
+    List {
+        #[arg(long)]
+        org: OrgName,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum MachineCmd {
+    /// List registered machines.
+    List {
+        #[arg(long)]
+        org: OrgName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a machine, freeing its slot (its live sessions are revoked).
+    Remove {
+        #[arg(long)]
+        org: OrgName,
+        machine: MachineId,
+        /// Only from this pool (default: every pool of the org).
+        #[arg(long)]
+        pool: Option<PoolId>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SessionCmd {
+    /// List live sessions.
+    List {
+        #[arg(long)]
+        org: OrgName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End a session now (reason: revoked).
+    Kill {
+        #[arg(long)]
+        org: OrgName,
+        session: SessionId,
+    },
+}
+
+impl ConnArgs {
+    fn options(&self) -> Result<ClientOptions> {
+        let api_key = self.api_key.clone().context("no API key: pass --api-key or set LB_API_KEY")?;
+        Ok(ClientOptions { server: self.server.clone(), server_name: self.server_name.clone(), ca: self.ca.clone(), api_key })
+    }
+
+    async fn connect(&self) -> Result<Client> {
+        let opts = self.options()?;
+        Ok(Client::connect(&opts).await?)
+    }
+}
+
+/// Runs one command; returns the process exit code.
+pub async fn run(args: Args) -> Result<ExitCode> {
+    let conn = &args.conn;
+    match args.command {
+        Command::Serve(a) => serve::run(a).await,
+        Command::Runner(a) => runner::run(a, conn).await,
+        Command::MachineId => {
+            println!("{}", license_broker::machine_id::current()?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { org, json } => {
+            let c = conn.connect().await?;
+            let pools = c.status(org.as_ref()).await?;
+            output::status(&pools, json);
+            finish(c).await
+        }
+        Command::Org(OrgCmd::Create { name, subscription_end, owner }) => {
+            let c = conn.connect().await?;
+            let key = c.create_org(&name, &subscription_end, &owner).await?;
+            println!("owner api key: {key}");
+            finish(c).await
+        }
+        Command::Pool(PoolCmd::Set { org, product, kind, term, pool, quota }) => {
+            let c = conn.connect().await?;
+            let pool = pool.unwrap_or(PoolId { product, kind, term });
+            c.set_pool(&org, pool, quota).await?;
+            println!("pool {org}/{pool}: quota {quota}");
+            finish(c).await
+        }
+        Command::User(cmd) => user(conn, cmd).await,
+        Command::Key(cmd) => key(conn, cmd).await,
+        Command::Machine(cmd) => machine(conn, cmd).await,
+        Command::Session(cmd) => session(conn, cmd).await,
+    }
+}
+
+async fn user(conn: &ConnArgs, cmd: UserCmd) -> Result<ExitCode> {
+    let c = conn.connect().await?;
+    match cmd {
+        UserCmd::Add { org, email, role } => {
+            c.add_user(&org, &email, role).await?;
+            println!("added {email} to {org} as {role}");
+        }
+        UserCmd::List { org, json } => output::users(&c.list_users(&org).await?, json),
+    }
+    finish(c).await
+}
+
+async fn key(conn: &ConnArgs, cmd: KeyCmd) -> Result<ExitCode> {
+    let c = conn.connect().await?;
+    match cmd {
+        KeyCmd::Create { org, email } => {
+            let (key, id) = c.create_key(&org, &email).await?;
+            println!("api key: {key}");
+            eprintln!("key id: {id} (store the key now: it is not shown again)");
+        }
+        KeyCmd::Revoke { org, key } => {
+            c.revoke_key(&org, &key).await?;
+            println!("revoked");
+        }
+        KeyCmd::List { org, json } => output::keys(&c.list_keys(&org).await?, json),
+    }
+    finish(c).await
+}
+
+async fn machine(conn: &ConnArgs, cmd: MachineCmd) -> Result<ExitCode> {
+    let c = conn.connect().await?;
+    match cmd {
+        MachineCmd::List { org, json } => output::machines(&c.list_machines(&org).await?, json),
+        MachineCmd::Remove { org, machine, pool } => {
+            c.remove_machine(&org, pool, &machine).await?;
+            println!("removed {machine}");
+        }
+    }
+    finish(c).await
+}
+
+async fn session(conn: &ConnArgs, cmd: SessionCmd) -> Result<ExitCode> {
+    let c = conn.connect().await?;
+    match cmd {
+        SessionCmd::List { org, json } => output::sessions(&c.list_sessions(&org).await?, json),
+        SessionCmd::Kill { org, session } => {
+            c.kill_session(&org, session).await?;
+            println!("killed {session}");
+        }
+    }
+    finish(c).await
+}
+
+async fn finish(c: Client) -> Result<ExitCode> {
+    c.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The exit code for an error code: 3 quota, 4 machine limit, 5 auth, 1 otherwise.
+pub fn exit_code_for(code: Option<ErrorCode>) -> u8 {
+    match code {
+        Some(ErrorCode::QuotaExceeded) => 3,
+        Some(ErrorCode::MachineLimit) => 4,
+        Some(ErrorCode::Unauthorized | ErrorCode::Forbidden) => 5,
+        _ => 1,
+    }
+}
+
+/// The exit code for a failed command.
+pub fn exit_code_of(e: &anyhow::Error) -> u8 {
+    exit_code_for(e.downcast_ref::<ClientError>().and_then(ClientError::code))
+}

@@ -1,0 +1,78 @@
+//! `license-broker serve`: run the broker until SIGINT/SIGTERM, then drain.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use license_broker::server::{self, Options};
+use license_broker::tls::TlsFiles;
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Where the store, TLS files and keys live (created if missing).
+    #[arg(long, default_value = "./broker-data")]
+    data_dir: PathBuf,
+    /// UDP address to listen on.
+    #[arg(long, default_value = "127.0.0.1:4433")]
+    listen: SocketAddr,
+    /// How long a lease lives without a heartbeat (e.g. 30s, 2m).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// PEM certificate chain (default: generated into DATA_DIR/tls/cert.pem).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key matching --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Connections beyond this are refused.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Close connections silent for this long.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    idle_timeout: Duration,
+    /// How long shutdown waits for clients to leave.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    drain_grace: Duration,
+}
+
+pub async fn run(a: ServeArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if a.lease_ttl < Duration::from_millis(100) {
+        bail!("--lease-ttl must be at least 100ms");
+    }
+    let mut options = Options::new(a.data_dir, a.listen);
+    options.lease_ttl = a.lease_ttl;
+    options.tls = a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key });
+    options.max_connections = a.max_connections;
+    options.idle_timeout = a.idle_timeout;
+    options.drain_grace = a.drain_grace;
+    let running = server::start(options).await?;
+    if let Some(keys) = &running.bootstrap {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "operator api key: {}", keys.operator)?;
+        writeln!(out, "owner api key: {}", keys.owner)?;
+        out.flush()?;
+    }
+    tracing::info!(cert = %running.cert_path.display(), "clients trust this certificate with --ca");
+    wait_for_signal().await?;
+    tracing::info!("signal received: draining");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

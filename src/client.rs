@@ -1,0 +1,411 @@
+//! The client library: one QUIC connection, one pipelined request stream,
+//! and the server's notice stream. The CLI, the tests and the load harness
+//! all talk to the broker through this.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{
+    ErrorCode, KeyInfo, MachineId, MachineInfo, OrgName, PoolId, PoolStatus, Role, SessionId, SessionInfo, UserInfo,
+};
+use crate::proto::{
+    encode, ClientFrame, FrameBuf, Hello, Notice, Outcome, Req, Request, Resp, ServerFrame, Welcome, WireError, VERSION,
+};
+
+/// Where and as whom to connect.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// `HOST:PORT` of the broker.
+    pub server: String,
+    /// TLS name to verify; defaults to the host part of `server`.
+    pub server_name: Option<String>,
+    /// PEM of the CA (or self-signed cert) to trust; `None` trusts the system roots.
+    pub ca: Option<PathBuf>,
+    /// The API key to present.
+    pub api_key: String,
+}
+
+/// Why a client call failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Bad local configuration (CA file, address).
+    Config(String),
+    /// The broker could not be reached or the handshake failed.
+    Connect(String),
+    /// The broker refused the request with a typed error.
+    Rejected(WireError),
+    /// The connection or stream closed.
+    Closed(String),
+    /// The broker sent something this client does not understand.
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The broker's error code, if the broker refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Rejected(e) => Some(e.code),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Config(e) => write!(f, "configuration: {e}"),
+            ClientError::Connect(e) => write!(f, "cannot connect: {e}"),
+            ClientError::Rejected(e) => write!(f, "{e}"),
+            ClientError::Closed(e) => write!(f, "connection closed: {e}"),
+            ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<WireError> for ClientError {
+    fn from(e: WireError) -> ClientError {
+        ClientError::Rejected(e)
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, ClientError>>>>>;
+
+/// A connected, authenticated client.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    send: tokio::sync::Mutex<quinn::SendStream>,
+    pending: Pending,
+    next_id: AtomicU64,
+    welcome: Welcome,
+    notices: tokio::sync::Mutex<mpsc::Receiver<Notice>>,
+}
+
+/// Resolves `HOST:PORT` and the TLS name to verify.
+pub async fn resolve(server: &str, server_name: Option<&str>) -> Result<(SocketAddr, String), ClientError> {
+    let addr = tokio::net::lookup_host(server)
+        .await
+        .map_err(|e| ClientError::Config(format!("resolving {server}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Config(format!("{server} resolves to no address")))?;
+    let name = match server_name {
+        Some(n) => n.to_string(),
+        None => {
+            let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
+            host.trim_start_matches('[').trim_end_matches(']').to_string()
+        }
+    };
+    Ok((addr, name))
+}
+
+/// A client endpoint (one UDP socket) usable for many connections.
+pub fn endpoint(ca: Option<&std::path::Path>, ipv6: bool) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| ClientError::Config("bind".into()))?;
+    let mut ep = quinn::Endpoint::client(bind).map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
+    let config = crate::tls::client_config(ca).map_err(|e| ClientError::Config(format!("{e:#}")))?;
+    ep.set_default_client_config(config);
+    Ok(ep)
+}
+
+impl Client {
+    /// Connects with its own endpoint and authenticates.
+    pub async fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
+        let (addr, name) = resolve(&opts.server, opts.server_name.as_deref()).await?;
+        let ep = endpoint(opts.ca.as_deref(), addr.is_ipv6())?;
+        Client::connect_on(ep, addr, &name, &opts.api_key).await
+    }
+
+    /// Connects over an existing endpoint (load generators share one).
+    pub async fn connect_on(endpoint: quinn::Endpoint, addr: SocketAddr, name: &str, api_key: &str) -> Result<Client, ClientError> {
+        let connecting = endpoint.connect(addr, name).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let hello = ClientFrame::Hello(Hello { version: VERSION, api_key: api_key.to_string(), client: client_name() });
+        let mut buf = Vec::new();
+        encode(&hello, &mut buf);
+        send.write_all(&buf).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let mut frames = FrameBuf::new();
+        let first = read_frame(&mut recv, &mut frames).await?;
+        let welcome = match first {
+            ServerFrame::Welcome(w) => w,
+            ServerFrame::Error(e) => return Err(ClientError::Rejected(e)),
+            other => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+        };
+        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(read_responses(recv, frames, pending.clone()));
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(read_notices(conn.clone(), tx));
+        Ok(Client {
+            endpoint,
+            conn,
+            send: tokio::sync::Mutex::new(send),
+            pending,
+            next_id: AtomicU64::new(1),
+            welcome,
+            notices: tokio::sync::Mutex::new(rx),
+        })
+    }
+
+    /// Who the broker says we are, and its lease TTL.
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    /// The broker's lease TTL.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.welcome.lease_ttl_ms)
+    }
+
+    /// Sends one request and waits for its answer. Calls from many tasks at
+    /// once are pipelined on the one stream.
+    pub async fn call(&self, body: Req) -> Result<Resp, ClientError> {
+        // Relaxed: ids only need to be unique.
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(id, tx);
+        let mut buf = Vec::with_capacity(64);
+        encode(&ClientFrame::Request(Request { id, body }), &mut buf);
+        let written = self.send.lock().await.write_all(&buf).await;
+        if let Err(e) = written {
+            self.pending.lock().remove(&id);
+            return Err(ClientError::Closed(e.to_string()));
+        }
+        match rx.await {
+            Ok(Ok(Outcome::Ok(resp))) => Ok(resp),
+            Ok(Ok(Outcome::Err(e))) => Err(ClientError::Rejected(e)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed("response stream ended".into())),
+        }
+    }
+
+    /// The next notice the broker pushed (session ended, draining).
+    pub async fn next_notice(&self) -> Option<Notice> {
+        self.notices.lock().await.recv().await
+    }
+
+    /// Closes cleanly: the broker ends any session still held by this
+    /// connection (reason: connection closed).
+    pub async fn close(self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Drops the connection without telling the broker, as a crashed runner
+    /// would (for tests of lease expiry).
+    pub fn abandon(self) {
+        self.endpoint.close(quinn::VarInt::from_u32(1), b"");
+        // Drop without notifying: the endpoint's socket is gone, so the
+        // broker sees silence, not a close.
+        drop(self);
+    }
+
+    /// Registers a machine; `true` if it was new.
+    pub async fn register_machine(&self, org: &OrgName, pool: PoolId, machine: &MachineId) -> Result<bool, ClientError> {
+        match self.call(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await? {
+            Resp::Registered { new } => Ok(new),
+            other => unexpected(other),
+        }
+    }
+
+    /// Acquires (or re-attaches to) a session; returns the session and deadline (Unix ms).
+    pub async fn acquire(&self, org: &OrgName, pool: PoolId, machine: &MachineId, nonce: u128) -> Result<Admitted, ClientError> {
+        match self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
+            Resp::Admitted { session, deadline_ms, ttl_ms, reattached } => Ok(Admitted { session, deadline_ms, ttl_ms, reattached }),
+            other => unexpected(other),
+        }
+    }
+
+    /// Heartbeat; returns the new deadline (Unix ms).
+    pub async fn renew(&self, session: SessionId) -> Result<u64, ClientError> {
+        match self.call(Req::Renew { session }).await? {
+            Resp::Renewed { deadline_ms } => Ok(deadline_ms),
+            other => unexpected(other),
+        }
+    }
+
+    /// Gives a seat back.
+    pub async fn release(&self, session: SessionId) -> Result<(), ClientError> {
+        match self.call(Req::Release { session }).await? {
+            Resp::Released => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// Pool numbers.
+    pub async fn status(&self, org: Option<&OrgName>) -> Result<Vec<PoolStatus>, ClientError> {
+        match self.call(Req::Status { org: org.cloned() }).await? {
+            Resp::Status(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Operator: creates an org; returns its Owner's key.
+    pub async fn create_org(&self, name: &OrgName, subscription_end: &str, owner: &str) -> Result<String, ClientError> {
+        let req = Req::CreateOrg { name: name.clone(), subscription_end: subscription_end.into(), owner: owner.into() };
+        match self.call(req).await? {
+            Resp::OrgCreated { owner_key } => Ok(owner_key),
+            other => unexpected(other),
+        }
+    }
+
+    /// Operator: sets a pool's quota (creating the pool).
+    pub async fn set_pool(&self, org: &OrgName, pool: PoolId, quota: u32) -> Result<(), ClientError> {
+        self.done(Req::SetPool { org: org.clone(), pool, quota }).await
+    }
+
+    /// Owner/Admin: adds a member.
+    pub async fn add_user(&self, org: &OrgName, email: &str, role: Role) -> Result<(), ClientError> {
+        self.done(Req::AddUser { org: org.clone(), email: email.into(), role }).await
+    }
+
+    /// Owner/Admin: creates a key for a member; returns (key, id).
+    pub async fn create_key(&self, org: &OrgName, email: &str) -> Result<(String, String), ClientError> {
+        match self.call(Req::CreateKey { org: org.clone(), email: email.into() }).await? {
+            Resp::KeyCreated { key, id } => Ok((key, id)),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: revokes a key by id or full key.
+    pub async fn revoke_key(&self, org: &OrgName, key: &str) -> Result<(), ClientError> {
+        self.done(Req::RevokeKey { org: org.clone(), key: key.into() }).await
+    }
+
+    /// Owner/Admin: the org's keys.
+    pub async fn list_keys(&self, org: &OrgName) -> Result<Vec<KeyInfo>, ClientError> {
+        match self.call(Req::ListKeys { org: org.clone() }).await? {
+            Resp::Keys(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: the org's members.
+    pub async fn list_users(&self, org: &OrgName) -> Result<Vec<UserInfo>, ClientError> {
+        match self.call(Req::ListUsers { org: org.clone() }).await? {
+            Resp::Users(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: registered machines.
+    pub async fn list_machines(&self, org: &OrgName) -> Result<Vec<MachineInfo>, ClientError> {
+        match self.call(Req::ListMachines { org: org.clone() }).await? {
+            Resp::Machines(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: removes a machine (from one pool or all).
+    pub async fn remove_machine(&self, org: &OrgName, pool: Option<PoolId>, machine: &MachineId) -> Result<(), ClientError> {
+        self.done(Req::RemoveMachine { org: org.clone(), pool, machine: machine.clone() }).await
+    }
+
+    /// Owner/Admin: live sessions.
+    pub async fn list_sessions(&self, org: &OrgName) -> Result<Vec<SessionInfo>, ClientError> {
+        match self.call(Req::ListSessions { org: org.clone() }).await? {
+            Resp::Sessions(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: ends a session.
+    pub async fn kill_session(&self, org: &OrgName, session: SessionId) -> Result<(), ClientError> {
+        match self.call(Req::KillSession { org: org.clone(), session }).await? {
+            Resp::Killed => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    async fn done(&self, req: Req) -> Result<(), ClientError> {
+        match self.call(req).await? {
+            Resp::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+}
+
+/// A granted lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The session.
+    pub session: SessionId,
+    /// Its deadline (Unix ms).
+    pub deadline_ms: u64,
+    /// The lease TTL.
+    pub ttl_ms: u64,
+    /// Whether an existing session was re-attached (same nonce).
+    pub reattached: bool,
+}
+
+fn unexpected<T>(resp: Resp) -> Result<T, ClientError> {
+    Err(ClientError::Protocol(format!("unexpected response {resp:?}")))
+}
+
+fn client_name() -> String {
+    format!("license-broker/{}", env!("CARGO_PKG_VERSION"))
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream, frames: &mut FrameBuf) -> Result<ServerFrame, ClientError> {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        if let Some(body) = frames.next_frame().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            return postcard::from_bytes(body).map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")));
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => frames.extend(&chunk[..n]),
+            Ok(None) => return Err(ClientError::Closed("stream finished by the broker".into())),
+            Err(e) => return Err(ClientError::Closed(e.to_string())),
+        }
+    }
+}
+
+async fn read_responses(mut recv: quinn::RecvStream, mut frames: FrameBuf, pending: Pending) {
+    let failure = loop {
+        match read_frame(&mut recv, &mut frames).await {
+            Ok(ServerFrame::Response(r)) => {
+                if let Some(tx) = pending.lock().remove(&r.id) {
+                    let _ = tx.send(Ok(r.outcome));
+                }
+            }
+            Ok(ServerFrame::Error(e)) => break ClientError::Rejected(e),
+            Ok(other) => break ClientError::Protocol(format!("unexpected frame {other:?}")),
+            Err(e) => break e,
+        }
+    };
+    let msg = failure.to_string();
+    for (_, tx) in pending.lock().drain() {
+        let _ = tx.send(Err(ClientError::Closed(msg.clone())));
+    }
+}
+
+async fn read_notices(conn: quinn::Connection, tx: mpsc::Sender<Notice>) {
+    let Ok(mut recv) = conn.accept_uni().await else { return };
+    let mut frames = FrameBuf::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        while let Ok(Some(body)) = frames.next_frame() {
+            match postcard::from_bytes::<Notice>(body) {
+                Ok(n) => {
+                    if tx.send(n).await.is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => frames.extend(&chunk[..n]),
+            _ => return,
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Planning of admin requests: authorise, validate, and say which durable
+//! changes would carry them out. Nothing here mutates memory; the shell
+//! commits the plan to the store and then calls `Broker::apply`.
+
+use serde::{Deserialize, Serialize};
+
+use super::broker::Broker;
+use super::error::{Error, Result};
+use super::id::{Email, KeyHash, MachineId, OrgName, Role};
+use super::pool::PoolId;
+use super::record::{Change, Record};
+use super::time::Millis;
+use super::Principal;
+
+/// Largest quota a pool can have; far above any real purchase, small
+/// enough that counters never approach their 32-bit limit.
+pub const MAX_QUOTA: u32 = 10_000_000;
+
+/// A member of an org, for `user list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The user.
+    pub email: Email,
+    /// Their role.
+    pub role: Role,
+    /// When they were added.
+    pub created: Millis,
+}
+
+/// An API key's metadata, for `key list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Its public id (first 6 bytes of the hash, hex).
+    pub id: String,
+    /// Whose key it is.
+    pub email: Email,
+    /// When it was created.
+    pub created: Millis,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+impl Broker {
+    /// The records of a fresh broker: the operator's key, the `default` org
+    /// (subscription through 9999-12-31) and its Owner with a key.
+    pub fn plan_bootstrap(&self, operator_key: KeyHash, owner: &Email, owner_key: KeyHash, now: Millis) -> Vec<Change> {
+        // Invariant: these literals satisfy the validators (tested below).
+        let default = OrgName::new("default").expect("valid org name");
+        let operator = Email::new("operator@localhost").expect("valid email");
+        let end = Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + 86_400_000));
+        vec![
+            Change::Put(Record::Key { hash: operator_key, org: None, email: operator, created: now, revoked: false }),
+            Change::Put(Record::Org { name: default.clone(), subscription_end: end, created: now }),
+            Change::Put(Record::User { org: default.clone(), email: owner.clone(), role: Role::Owner, created: now }),
+            Change::Put(Record::Key { hash: owner_key, org: Some(default), email: owner.clone(), created: now, revoked: false }),
+        ]
+    }
+
+    /// Operator: a new org with its first Owner and that Owner's key.
+    pub fn plan_create_org(
+        &self,
+        p: &Principal,
+        name: &OrgName,
+        subscription_end: Millis,
+        owner: &Email,
+        owner_key: KeyHash,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
+        p.require_operator()?;
+        if subscription_end <= now {
+            return Err(Error::invalid("subscription end", "must be today or later"));
+        }
+        self.with_dir(|dir| match dir.orgs.contains_key(name) {
+            true => Err(Error::AlreadyExists { what: "org", name: name.to_string() }),
+            false => Ok(()),
+        })?;
+        Ok(vec![
+            Change::Put(Record::Org { name: name.clone(), subscription_end, created: now }),
+            Change::Put(Record::User { org: name.clone(), email: owner.clone(), role: Role::Owner, created: now }),
+            Change::Put(Record::Key { hash: owner_key, org: Some(name.clone()), email: owner.clone(), created: now, revoked: false }),
+        ])
+    }
+
+    /// Operator: creates a pool or changes its quota.
+    pub fn plan_set_pool(&self, p: &Principal, org: &OrgName, pool: PoolId, quota: u32) -> Result<Vec<Change>> {
+        p.require_operator()?;
+        if quota > MAX_QUOTA {
+            return Err(Error::invalid("quota", format!("at most {MAX_QUOTA}")));
+        }
+        self.with_dir(|dir| dir.org(org).map(|_| ()))?;
+        Ok(vec![Change::Put(Record::Pool { org: org.clone(), pool, quota })])
+    }
+
+    /// Owner/Admin: adds a member. Only Owners add Owners.
+    pub fn plan_add_user(&self, p: &Principal, org: &OrgName, email: &Email, role: Role, now: Millis) -> Result<Vec<Change>> {
+        p.require_admin(org)?;
+        if role == Role::Operator {
+            return Err(Error::invalid("role", "expected owner, admin or user"));
+        }
+        p.require_may_manage(role)?;
+        self.with_dir(|dir| {
+            if dir.org(org)?.users.contains_key(email) {
+                return Err(Error::AlreadyExists { what: "user", name: email.to_string() });
+            }
+            Ok(())
+        })?;
+        Ok(vec![Change::Put(Record::User { org: org.clone(), email: email.clone(), role, created: now })])
+    }
+
+    /// Owner/Admin: a new API key for a member (only Owners mint Owner keys).
+    pub fn plan_create_key(&self, p: &Principal, org: &OrgName, email: &Email, hash: KeyHash, now: Millis) -> Result<Vec<Change>> {
+        p.require_admin(org)?;
+        let role = self.with_dir(|dir| {
+            dir.org(org)?.users.get(email).map(|u| u.role).ok_or_else(|| Error::not_found("user", email))
+        })?;
+        p.require_may_manage(role)?;
+        Ok(vec![Change::Put(Record::Key { hash, org: Some(org.clone()), email: email.clone(), created: now, revoked: false })])
+    }
+
+    /// Owner/Admin: revokes a key of their org, named by its id or the key's hash.
+    pub fn plan_revoke_key(&self, p: &Principal, org: &OrgName, key: KeyRef) -> Result<Vec<Change>> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| {
+            let found = dir.keys.iter().find(|(hash, entry)| {
+                entry.org.as_ref() == Some(org)
+                    && match &key {
+                        KeyRef::Id(id) => hash.key_id() == *id,
+                        KeyRef::Hash(h) => *hash == h,
+                    }
+            });
+            let (hash, entry) = found.ok_or_else(|| Error::not_found("api key", key.describe()))?;
+            let role = dir.org(org)?.users.get(&entry.email).map_or(Role::User, |u| u.role);
+            p.require_may_manage(role)?;
+            Ok(vec![Change::Put(Record::Key {
+                hash: *hash,
+                org: entry.org.clone(),
+                email: entry.email.clone(),
+                created: entry.created,
+                revoked: true,
+            })])
+        })
+    }
+
+    /// Owner/Admin: removes a machine from one pool, or from every pool of the org.
+    pub fn plan_remove_machine(&self, p: &Principal, org: &OrgName, pool: Option<PoolId>, machine: &MachineId) -> Result<Vec<Change>> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| {
+            let changes: Vec<Change> = dir
+                .org(org)?
+                .pools
+                .values()
+                .filter(|p| pool.is_none_or(|want| p.id == want) && p.has_machine(machine))
+                .map(|p| Change::RemoveMachine { org: org.clone(), pool: p.id, machine: machine.clone() })
+                .collect();
+            if changes.is_empty() {
+                return Err(Error::not_found("machine", machine));
+            }
+            Ok(changes)
+        })
+    }
+
+    /// Owner/Admin: the org's members.
+    pub fn users(&self, p: &Principal, org: &OrgName) -> Result<Vec<UserInfo>> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| {
+            let mut v: Vec<UserInfo> = dir
+                .org(org)?
+                .users
+                .iter()
+                .map(|(email, u)| UserInfo { email: email.clone(), role: u.role, created: u.created })
+                .collect();
+            v.sort_by(|a, b| a.email.cmp(&b.email));
+            Ok(v)
+        })
+    }
+
+    /// Owner/Admin: the org's API keys (metadata only).
+    pub fn keys(&self, p: &Principal, org: &OrgName) -> Result<Vec<KeyInfo>> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| {
+            dir.org(org)?;
+            let mut v: Vec<KeyInfo> = dir
+                .keys
+                .iter()
+                .filter(|(_, k)| k.org.as_ref() == Some(org))
+                .map(|(h, k)| KeyInfo { id: h.key_id(), email: k.email.clone(), created: k.created, revoked: k.revoked })
+                .collect();
+            v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+            Ok(v)
+        })
+    }
+}
+
+/// How a key to revoke is named: its short id, or the key itself (hashed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRef {
+    /// The 12-hex-digit id shown by `key list`.
+    Id(String),
+    /// The hash of the full key.
+    Hash(KeyHash),
+}
+
+impl KeyRef {
+    fn describe(&self) -> String {
+        match self {
+            KeyRef::Id(id) => id.clone(),
+            KeyRef::Hash(h) => h.key_id(),
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The broker core: every admission, lease and authorisation rule, given `now`.
+//!
+//! `Broker` is what the transport calls. It is concurrent (any number of
+//! connection tasks call it at once) but never reads a clock, sleeps, spawns
+//! or does I/O. Durable changes follow plan → commit (by the caller) → apply,
+//! so memory never runs ahead of the store.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::directory::{Directory, Principal};
+use super::error::{Error, Result};
+use super::id::{MachineId, Nonce, OrgName, SessionId};
+use super::pool::{Pool, PoolId, PoolStatus, Registration};
+use super::record::{Change, Record};
+use super::session::{ConnId, EndReason, Ended, Lease, SessionInfo, SessionRequest, SessionTable};
+use super::time::Millis;
+use crate::sync::{Arc, AtomicU64, Ordering, RwLock};
+
+/// Tunables of the core.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long a lease lives without a heartbeat.
+    pub lease_ttl: Duration,
+    /// log2 of the session table's shard count.
+    pub shard_bits: u32,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { lease_ttl: Duration::from_secs(30), shard_bits: 6 }
+    }
+}
+
+/// A registered machine, for `machine list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// The pool it is registered in.
+    pub pool: PoolId,
+    /// The machine.
+    pub machine: MachineId,
+    /// When it registered.
+    pub registered: Millis,
+}
+
+/// The broker core.
+pub struct Broker {
+    config: Config,
+    /// Orgs, pools, users and keys; read on every Hello, written by admins.
+    dir: RwLock<Directory>,
+    /// Bumped after every applied change, so streams can cache a principal
+    /// and re-resolve it only when something may have changed.
+    version: AtomicU64,
+    /// Live sessions and their deadlines.
+    sessions: SessionTable,
+    /// Source of pool uids (distinct per pool, never reused).
+    pool_uids: AtomicU64,
+}
+
+impl Broker {
+    /// An empty broker; `apply` the store's records to fill it.
+    pub fn new(config: Config) -> Broker {
+        Broker {
+            sessions: SessionTable::new(config.shard_bits),
+            config,
+            dir: RwLock::new(Directory::default()),
+            version: AtomicU64::new(1),
+            pool_uids: AtomicU64::new(1),
+        }
+    }
+
+    /// The lease TTL runners should heartbeat against.
+    pub fn lease_ttl(&self) -> Duration {
+        self.config.lease_ttl
+    }
+
+    /// The directory version; a cached principal is valid while it is unchanged.
+    pub fn version(&self) -> u64 {
+        // Acquire pairs with the Release in `apply`: a reader that sees the
+        // new version also sees the directory change behind it.
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// Resolves an API key hash to the caller.
+    pub fn authenticate(&self, key: &super::id::KeyHash) -> Result<Principal> {
+        self.dir.read().principal(key)
+    }
+
+    fn pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
+        p.require_member(org)?;
+        self.dir.read().pool(org, pool).cloned()
+    }
+
+    /// Registers a machine in a pool. On `New` the caller must commit the
+    /// returned change and call `forget_machine` if that fails.
+    pub fn register_machine(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        now: Millis,
+    ) -> Result<(Registration, Option<Change>)> {
+        let handle = self.pool(p, org, pool)?;
+        let reg = handle.register_machine(machine, now)?;
+        let change = (reg == Registration::New).then(|| {
+            Change::Put(Record::Machine { org: org.clone(), pool, machine: machine.clone(), registered: now })
+        });
+        Ok((reg, change))
+    }
+
+    /// Undoes a `New` registration whose commit failed.
+    pub fn forget_machine(&self, org: &OrgName, pool: PoolId, machine: &MachineId) {
+        if let Ok(p) = self.dir.read().pool(org, pool) {
+            p.forget_machine(machine);
+        }
+    }
+
+    /// Admits a session (or re-attaches the nonce's live one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn acquire(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        machine: MachineId,
+        nonce: Nonce,
+        conn: ConnId,
+        now: Millis,
+    ) -> Result<Lease> {
+        let handle = self.pool(p, org, pool)?;
+        if !handle.has_machine(&machine) {
+            return Err(Error::MachineNotRegistered);
+        }
+        let req = SessionRequest { machine, user: p.email.clone(), nonce, conn };
+        self.sessions.acquire(&handle, req, now, self.config.lease_ttl)
+    }
+
+    /// Heartbeat: extends a live session of the caller's org.
+    pub fn renew(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Millis> {
+        self.sessions.renew(session, now, self.config.lease_ttl, |pool| Some(&pool.org) == p.org.as_ref())
+    }
+
+    /// Ends a session of the caller's org on the runner's request.
+    pub fn release(&self, p: &Principal, session: SessionId) -> Result<Ended> {
+        self.sessions.end(session, EndReason::Released, |pool, _| Some(&pool.org) == p.org.as_ref())
+    }
+
+    /// An Owner/Admin ends a session of their org.
+    pub fn kill(&self, p: &Principal, org: &OrgName, session: SessionId) -> Result<Ended> {
+        p.require_admin(org)?;
+        self.sessions
+            .end(session, EndReason::Revoked, |pool, _| &pool.org == org)
+            .map_err(|_| Error::not_found("session", session))
+    }
+
+    /// A connection closed cleanly: end the sessions it still holds.
+    pub fn close_connection(&self, conn: ConnId, sessions: impl IntoIterator<Item = SessionId>) -> Vec<Ended> {
+        sessions
+            .into_iter()
+            .filter_map(|id| self.sessions.end(id, EndReason::ConnectionClosed, |_, owner| owner == conn).ok())
+            .collect()
+    }
+
+    /// The earliest lease deadline, for the expiry task's sleep.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.sessions.next_deadline()
+    }
+
+    /// Ends every lease whose deadline is at or before `now`.
+    pub fn expire(&self, now: Millis) -> Vec<Ended> {
+        self.sessions.expire(now)
+    }
+
+    /// Live sessions of an org (Owner/Admin).
+    pub fn sessions(&self, p: &Principal, org: &OrgName) -> Result<Vec<SessionInfo>> {
+        p.require_admin(org)?;
+        self.dir.read().org(org)?;
+        Ok(self.sessions.list(|pool| &pool.org == org))
+    }
+
+    /// Registered machines of an org (Owner/Admin).
+    pub fn machines(&self, p: &Principal, org: &OrgName) -> Result<Vec<MachineInfo>> {
+        p.require_admin(org)?;
+        let dir = self.dir.read();
+        let mut pools: Vec<_> = dir.org(org)?.pools.values().cloned().collect();
+        pools.sort_by_key(|p| p.id);
+        Ok(pools
+            .iter()
+            .flat_map(|pool| {
+                pool.machines().into_iter().map(|(machine, registered)| MachineInfo { pool: pool.id, machine, registered })
+            })
+            .collect())
+    }
+
+    /// Pool numbers: the operator sees every org, members see their own.
+    pub fn status(&self, p: &Principal, org: Option<&OrgName>) -> Result<Vec<PoolStatus>> {
+        let dir = self.dir.read();
+        let wanted: Vec<&OrgName> = match (org, &p.org) {
+            (Some(o), _) => {
+                if p.role != super::id::Role::Operator {
+                    p.require_member(o)?;
+                }
+                vec![dir.orgs.get_key_value(o).ok_or_else(|| Error::not_found("org", o))?.0]
+            }
+            (None, Some(mine)) => vec![mine],
+            (None, None) => dir.orgs.keys().collect(),
+        };
+        let mut out: Vec<PoolStatus> = wanted
+            .into_iter()
+            .filter_map(|o| dir.orgs.get(o))
+            .flat_map(|e| e.pools.values().map(|p| p.status()))
+            .collect();
+        out.sort_by(|a, b| (&a.org, a.pool).cmp(&(&b.org, b.pool)));
+        Ok(out)
+    }
+
+    /// Applies committed changes to memory; returns sessions ended as a
+    /// consequence (a removed machine's sessions are revoked).
+    pub fn apply(&self, changes: &[Change]) -> Vec<Ended> {
+        let mut ended = Vec::new();
+        {
+            let mut dir = self.dir.write();
+            for change in changes {
+                dir.apply(change, |org, id, quota, end| {
+                    // Relaxed: uniqueness only; no other memory depends on it.
+                    let uid = self.pool_uids.fetch_add(1, Ordering::Relaxed);
+                    Arc::new(Pool::new(uid, org.clone(), id, quota, end))
+                });
+            }
+        }
+        // Release: pairs with the Acquire in `version`.
+        self.version.fetch_add(1, Ordering::Release);
+        for change in changes {
+            if let Change::RemoveMachine { org, pool, machine } = change {
+                ended.extend(self.sessions.end_where(EndReason::Revoked, |p, m| {
+                    &p.org == org && p.id == *pool && m == machine
+                }));
+            }
+        }
+        ended
+    }
+
+    /// Runs `f` on the directory for read-only planning (admin module).
+    pub(crate) fn with_dir<T>(&self, f: impl FnOnce(&Directory) -> T) -> T {
+        f(&self.dir.read())
+    }
+
+    /// Number of live sessions across all pools.
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether a machine is already registered in a pool of the caller's org
+    /// (the fast path of registration, which needs no durable write).
+    pub fn is_registered(&self, p: &Principal, org: &OrgName, pool: PoolId, machine: &MachineId) -> Result<bool> {
+        Ok(self.pool(p, org, pool)?.has_machine(machine))
+    }
+}

@@ -1,0 +1,164 @@
+//! Who exists and who may do what: orgs, their pools and users, API keys.
+//!
+//! The directory is read-mostly (it changes only on admin requests), so it
+//! sits behind one reader-writer lock in the broker; the hot counters live
+//! in the `Pool`s it hands out. It never touches sessions or the store.
+
+use std::collections::HashMap;
+
+use super::error::{Error, Result};
+use super::id::{Email, KeyHash, OrgName, Role};
+use super::pool::{Pool, PoolId};
+use super::record::{Change, Record};
+use super::time::Millis;
+use crate::sync::Arc;
+
+/// An authenticated caller, resolved from an API key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// The caller's org; `None` for the operator.
+    pub org: Option<OrgName>,
+    /// The user the key belongs to.
+    pub email: Email,
+    /// What the caller may do.
+    pub role: Role,
+}
+
+impl Principal {
+    /// Refuses unless the caller is the broker's operator.
+    pub fn require_operator(&self) -> Result<()> {
+        match self.role {
+            Role::Operator => Ok(()),
+            _ => Err(Error::Forbidden("only the broker's operator can do this")),
+        }
+    }
+
+    /// Refuses unless the caller belongs to `org` (any role).
+    pub fn require_member(&self, org: &OrgName) -> Result<()> {
+        match &self.org {
+            Some(mine) if mine == org => Ok(()),
+            None => Err(Error::Forbidden("the operator is not a member of any org")),
+            Some(_) => Err(Error::Forbidden("not a member of that org")),
+        }
+    }
+
+    /// Refuses unless the caller is an Owner or Admin of `org`.
+    pub fn require_admin(&self, org: &OrgName) -> Result<()> {
+        self.require_member(org)?;
+        if self.role.is_admin() {
+            Ok(())
+        } else {
+            Err(Error::Forbidden("only an Owner or Admin of the org can do this"))
+        }
+    }
+
+    /// Refuses when an Admin acts on an Owner: only Owners manage Owners.
+    pub fn require_may_manage(&self, target: Role) -> Result<()> {
+        if target == Role::Owner && self.role != Role::Owner {
+            return Err(Error::Forbidden("only an Owner can manage an Owner"));
+        }
+        Ok(())
+    }
+}
+
+/// One org's durable state in memory.
+pub(crate) struct OrgEntry {
+    pub subscription_end: Millis,
+    pub pools: HashMap<PoolId, Arc<Pool>>,
+    pub users: HashMap<Email, UserEntry>,
+}
+
+/// A member of an org.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UserEntry {
+    pub role: Role,
+    pub created: Millis,
+}
+
+/// An API key's metadata (never the key).
+#[derive(Clone, Debug)]
+pub(crate) struct KeyEntry {
+    pub org: Option<OrgName>,
+    pub email: Email,
+    pub created: Millis,
+    pub revoked: bool,
+}
+
+/// Orgs and keys.
+#[derive(Default)]
+pub(crate) struct Directory {
+    pub orgs: HashMap<OrgName, OrgEntry>,
+    pub keys: HashMap<KeyHash, KeyEntry>,
+}
+
+impl Directory {
+    /// Resolves a key to its principal; revoked keys and removed users are refused.
+    pub fn principal(&self, hash: &KeyHash) -> Result<Principal> {
+        let key = self.keys.get(hash).filter(|k| !k.revoked).ok_or(Error::Unauthorized)?;
+        let role = match &key.org {
+            None => Role::Operator,
+            Some(org) => {
+                let entry = self.orgs.get(org).ok_or(Error::Unauthorized)?;
+                entry.users.get(&key.email).ok_or(Error::Unauthorized)?.role
+            }
+        };
+        Ok(Principal { org: key.org.clone(), email: key.email.clone(), role })
+    }
+
+    pub fn org(&self, org: &OrgName) -> Result<&OrgEntry> {
+        self.orgs.get(org).ok_or_else(|| Error::not_found("org", org))
+    }
+
+    pub fn pool(&self, org: &OrgName, pool: PoolId) -> Result<&Arc<Pool>> {
+        self.org(org)?
+            .pools
+            .get(&pool)
+            .ok_or_else(|| Error::not_found("pool", format!("{org}/{pool}")))
+    }
+
+    /// Applies one committed change. `new_pool` builds pools so the broker
+    /// controls their uids. Returns a machine removal for the caller to sweep.
+    pub fn apply(&mut self, change: &Change, mut new_pool: impl FnMut(&OrgName, PoolId, u32, Millis) -> Arc<Pool>) {
+        match change {
+            Change::Put(Record::Org { name, subscription_end, .. }) => {
+                let entry = self.orgs.entry(name.clone()).or_insert_with(|| OrgEntry {
+                    subscription_end: *subscription_end,
+                    pools: HashMap::new(),
+                    users: HashMap::new(),
+                });
+                entry.subscription_end = *subscription_end;
+                for pool in entry.pools.values() {
+                    pool.set_not_after(*subscription_end);
+                }
+            }
+            Change::Put(Record::Pool { org, pool, quota }) => {
+                let Some(entry) = self.orgs.get_mut(org) else { return };
+                let end = entry.subscription_end;
+                match entry.pools.get(pool) {
+                    Some(p) => p.set_quota(*quota),
+                    None => {
+                        entry.pools.insert(*pool, new_pool(org, *pool, *quota, end));
+                    }
+                }
+            }
+            Change::Put(Record::User { org, email, role, created }) => {
+                if let Some(entry) = self.orgs.get_mut(org) {
+                    entry.users.insert(email.clone(), UserEntry { role: *role, created: *created });
+                }
+            }
+            Change::Put(Record::Key { hash, org, email, created, revoked }) => {
+                self.keys.insert(*hash, KeyEntry { org: org.clone(), email: email.clone(), created: *created, revoked: *revoked });
+            }
+            Change::Put(Record::Machine { org, pool, machine, registered }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.restore_machine(machine.clone(), *registered);
+                }
+            }
+            Change::RemoveMachine { org, pool, machine } => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.forget_machine(machine);
+                }
+            }
+        }
+    }
+}

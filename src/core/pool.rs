@@ -1,0 +1,325 @@
+//! A license pool: what an org bought of one product, and its live counters.
+//!
+//! The pool owns the seat counter and the set of registered machines. It
+//! never decides *who* may use it (that is `directory`) nor tracks sessions
+//! (that is `session`).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+use super::id::{MachineId, OrgName};
+use super::seats::{SeatCount, Seats};
+use super::time::Millis;
+use crate::sync::{AtomicU64, Mutex, Ordering};
+
+/// Which Katalon product a pool licenses.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub enum Product {
+    /// Katalon Runtime Engine: CI runners.
+    Kre,
+    /// Katalon Studio Enterprise: people.
+    Kse,
+}
+
+/// How licenses of a pool bind to machines.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub enum Kind {
+    /// Any machine, up to the quota at a time.
+    Floating,
+    /// Bound to a machine ID.
+    NodeLocked,
+}
+
+/// The subscription term of a pool.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub enum Term {
+    /// Yearly subscription.
+    Annual,
+    /// Monthly subscription.
+    Monthly,
+}
+
+/// A pool's identity within its org, written `PRODUCT-KIND-TERM`
+/// (e.g. `kre-floating-annual`). At most one pool per id per org.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
+pub struct PoolId {
+    /// The product licensed.
+    pub product: Product,
+    /// Node-locked or floating.
+    pub kind: Kind,
+    /// Annual or monthly.
+    pub term: Term,
+}
+
+impl PoolId {
+    /// The pool KRE runners use unless told otherwise.
+    pub const KRE_DEFAULT: PoolId =
+        PoolId { product: Product::Kre, kind: Kind::Floating, term: Term::Annual };
+}
+
+impl fmt::Display for PoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let product = match self.product {
+            Product::Kre => "kre",
+            Product::Kse => "kse",
+        };
+        let kind = match self.kind {
+            Kind::Floating => "floating",
+            Kind::NodeLocked => "node-locked",
+        };
+        let term = match self.term {
+            Term::Annual => "annual",
+            Term::Monthly => "monthly",
+        };
+        write!(f, "{product}-{kind}-{term}")
+    }
+}
+
+impl FromStr for PoolId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<PoolId> {
+        let bad = || Error::invalid("pool", format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"));
+        let (product, rest) = s.split_once('-').ok_or_else(bad)?;
+        let (kind, term) = rest.rsplit_once('-').ok_or_else(bad)?;
+        Ok(PoolId {
+            product: product.parse()?,
+            kind: kind.parse()?,
+            term: term.parse()?,
+        })
+    }
+}
+
+impl FromStr for Product {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Product> {
+        match s {
+            "kre" => Ok(Product::Kre),
+            "kse" => Ok(Product::Kse),
+            _ => Err(Error::invalid("product", format!("{s:?}: expected kre or kse"))),
+        }
+    }
+}
+
+impl FromStr for Kind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Kind> {
+        match s {
+            "floating" => Ok(Kind::Floating),
+            "node-locked" => Ok(Kind::NodeLocked),
+            _ => Err(Error::invalid("kind", format!("{s:?}: expected floating or node-locked"))),
+        }
+    }
+}
+
+impl FromStr for Term {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Term> {
+        match s {
+            "annual" => Ok(Term::Annual),
+            "monthly" => Ok(Term::Monthly),
+            _ => Err(Error::invalid("term", format!("{s:?}: expected annual or monthly"))),
+        }
+    }
+}
+
+/// Whether a machine registration added a machine or found it already there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Registration {
+    /// The machine was already registered; nothing changed.
+    Known,
+    /// The machine took a new slot; the caller must persist it (or `forget_machine`).
+    New,
+}
+
+/// One pool's live state. Shared (behind `Arc`) by the directory and every
+/// session holding one of its seats.
+pub struct Pool {
+    /// Unique per pool within this process; keys runner nonces to their pool.
+    pub uid: u64,
+    /// The org that bought it.
+    pub org: OrgName,
+    /// Its identity within the org.
+    pub id: PoolId,
+    /// Quota and seats in use.
+    seats: Seats,
+    /// Registered machine IDs and when each registered. Registration is rare
+    /// (once per machine), so a plain lock keeps the cap check simple.
+    machines: Mutex<HashMap<MachineId, Millis>>,
+    /// The org's subscription end; nothing is admitted at or after it.
+    not_after: AtomicU64,
+    /// Sessions admitted since start (statistics only).
+    admitted: AtomicU64,
+    /// Acquires refused for quota since start (statistics only).
+    rejected: AtomicU64,
+}
+
+/// A pool's numbers for `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// The org that owns the pool.
+    pub org: OrgName,
+    /// Which pool.
+    pub pool: PoolId,
+    /// Quota and seats in use.
+    pub quota: u32,
+    /// Sessions holding a seat.
+    pub in_use: u32,
+    /// Registered machine IDs.
+    pub machines: u32,
+    /// Sessions admitted since the broker started.
+    pub admitted: u64,
+    /// Acquires refused for quota since the broker started.
+    pub rejected: u64,
+}
+
+impl Pool {
+    /// A new, empty pool.
+    pub fn new(uid: u64, org: OrgName, id: PoolId, quota: u32, not_after: Millis) -> Pool {
+        Pool {
+            uid,
+            org,
+            id,
+            seats: Seats::new(quota),
+            machines: Mutex::new(HashMap::new()),
+            not_after: AtomicU64::new(not_after.0),
+            admitted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes a seat for a new session at `now`.
+    pub fn take_seat(&self, now: Millis) -> Result<SeatCount> {
+        // Relaxed: the subscription end is an independent value; a change
+        // racing an acquire may apply to it or not, either is correct.
+        if now.0 >= self.not_after.load(Ordering::Relaxed) {
+            return Err(Error::SubscriptionExpired);
+        }
+        match self.seats.try_acquire() {
+            Ok(count) => {
+                // Relaxed: statistics, read only for reporting.
+                self.admitted.fetch_add(1, Ordering::Relaxed);
+                Ok(count)
+            }
+            Err(quota) => {
+                // Relaxed: statistics, read only for reporting.
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                Err(Error::QuotaExceeded { quota })
+            }
+        }
+    }
+
+    /// Returns a seat; called exactly once per ended session.
+    pub fn return_seat(&self) {
+        self.seats.release();
+    }
+
+    /// Quota and seats in use.
+    pub fn count(&self) -> SeatCount {
+        self.seats.count()
+    }
+
+    /// Changes the quota (operator only; checked by the caller).
+    pub fn set_quota(&self, quota: u32) {
+        self.seats.set_quota(quota);
+    }
+
+    /// Changes the subscription end.
+    pub fn set_not_after(&self, not_after: Millis) {
+        // Relaxed: see take_seat.
+        self.not_after.store(not_after.0, Ordering::Relaxed);
+    }
+
+    /// Registers a machine unless the pool's machine count is at its quota.
+    /// Re-registering a known machine is idempotent and always allowed.
+    pub fn register_machine(&self, machine: &MachineId, now: Millis) -> Result<Registration> {
+        let mut machines = self.machines.lock();
+        if machines.contains_key(machine) {
+            return Ok(Registration::Known);
+        }
+        let quota = self.seats.count().quota;
+        if machines.len() >= quota as usize {
+            return Err(Error::MachineLimit { quota });
+        }
+        machines.insert(machine.clone(), now);
+        Ok(Registration::New)
+    }
+
+    /// Removes a machine registration; returns whether it was there.
+    pub fn forget_machine(&self, machine: &MachineId) -> bool {
+        self.machines.lock().remove(machine).is_some()
+    }
+
+    /// Restores a persisted registration at startup (no cap check: the
+    /// store only ever held registrations that passed it).
+    pub fn restore_machine(&self, machine: MachineId, registered: Millis) {
+        self.machines.lock().insert(machine, registered);
+    }
+
+    /// Whether the machine is registered.
+    pub fn has_machine(&self, machine: &MachineId) -> bool {
+        self.machines.lock().contains_key(machine)
+    }
+
+    /// Registered machines with their registration times, sorted by id.
+    pub fn machines(&self) -> Vec<(MachineId, Millis)> {
+        let mut v: Vec<_> = self.machines.lock().iter().map(|(m, t)| (m.clone(), *t)).collect();
+        v.sort();
+        v
+    }
+
+    /// The pool's numbers for `status`.
+    pub fn status(&self) -> PoolStatus {
+        let c = self.seats.count();
+        PoolStatus {
+            org: self.org.clone(),
+            pool: self.id,
+            quota: c.quota,
+            in_use: c.in_use,
+            machines: self.machines.lock().len() as u32,
+            // Relaxed: statistics.
+            admitted: self.admitted.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(all(test, not(broker_loom)))]
+mod tests {
+    use super::*;
+
+    fn pool(quota: u32) -> Pool {
+        Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, quota, Millis::MAX)
+    }
+
+    #[test]
+    fn pool_ids_round_trip() {
+        for s in ["kre-floating-annual", "kse-node-locked-monthly", "kre-node-locked-annual"] {
+            assert_eq!(s.parse::<PoolId>().unwrap().to_string(), s);
+        }
+        assert!("kre".parse::<PoolId>().is_err());
+        assert!("kre-floating-weekly".parse::<PoolId>().is_err());
+    }
+
+    #[test]
+    fn machines_capped_by_quota_and_idempotent() {
+        let p = pool(2);
+        let m = |s: &str| MachineId::new(s).unwrap();
+        assert_eq!(p.register_machine(&m("a"), Millis(1)), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("a"), Millis(2)), Ok(Registration::Known));
+        assert_eq!(p.register_machine(&m("b"), Millis(3)), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("c"), Millis(4)), Err(Error::MachineLimit { quota: 2 }));
+        assert!(p.forget_machine(&m("a")));
+        assert_eq!(p.register_machine(&m("c"), Millis(5)), Ok(Registration::New));
+    }
+
+    #[test]
+    fn nothing_admitted_after_subscription_end() {
+        let p = Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, 5, Millis(100));
+        assert!(p.take_seat(Millis(99)).is_ok());
+        assert_eq!(p.take_seat(Millis(100)), Err(Error::SubscriptionExpired));
+    }
+}

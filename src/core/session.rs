@@ -1,0 +1,355 @@
+//! The live session table and its lease-expiry index.
+//!
+//! Sessions are spread over shards, each a lock around a map of sessions, a
+//! map from runner nonce to session, and an ordered set of deadlines. A
+//! session, its nonce entry and its deadline live in the same shard, so every
+//! operation on one session takes exactly one lock, and removing a session
+//! from its shard is the single point where its seat is returned: whoever
+//! removes it (release, expiry, kill, connection close) returns the seat and
+//! names the reason, so a seat comes back exactly once.
+//!
+//! Each shard publishes its earliest deadline in an atomic so the expiry
+//! task finds the next deadline without taking any lock.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{Error, Result};
+use super::id::{Email, MachineId, Nonce, SessionId};
+use super::pool::Pool;
+use super::time::Millis;
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
+
+/// Identifies the connection that acquired (or last re-attached to) a session.
+pub type ConnId = u64;
+
+/// Why a session ended. Every end carries exactly one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The runner gave it back.
+    Released,
+    /// Its lease deadline passed without a heartbeat.
+    Expired,
+    /// An Owner or Admin ended it (kill, machine removal).
+    Revoked,
+    /// Its connection closed cleanly without releasing first.
+    ConnectionClosed,
+}
+
+impl EndReason {
+    /// Lowercase name for JSON and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+            EndReason::ConnectionClosed => "connection_closed",
+        }
+    }
+}
+
+/// What a new session needs besides its pool.
+#[derive(Clone, Debug)]
+pub struct SessionRequest {
+    /// The registered machine the runner runs on.
+    pub machine: MachineId,
+    /// The user whose API key acquired it.
+    pub user: Email,
+    /// The runner instance's nonce (idempotency key).
+    pub nonce: Nonce,
+    /// The connection asking.
+    pub conn: ConnId,
+}
+
+/// A successful acquire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// The session.
+    pub session: SessionId,
+    /// When it expires unless renewed.
+    pub deadline: Millis,
+    /// True when the nonce already held this session (a retry or reconnect).
+    pub reattached: bool,
+}
+
+/// A public view of one live session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session.
+    pub session: SessionId,
+    /// Its pool, as `PRODUCT-KIND-TERM`.
+    pub pool: super::pool::PoolId,
+    /// The machine it runs on.
+    pub machine: MachineId,
+    /// The user whose key acquired it.
+    pub user: Email,
+    /// When it started.
+    pub started: Millis,
+    /// When it expires unless renewed.
+    pub deadline: Millis,
+}
+
+/// A session that has just ended, for notices and logs.
+#[derive(Clone, Debug)]
+pub struct Ended {
+    /// What ended.
+    pub info: SessionInfo,
+    /// The connection that held it.
+    pub conn: ConnId,
+    /// Why.
+    pub reason: EndReason,
+}
+
+struct Live {
+    pool: Arc<Pool>,
+    machine: MachineId,
+    user: Email,
+    nonce: Nonce,
+    conn: ConnId,
+    started: Millis,
+    deadline: Millis,
+}
+
+#[derive(Default)]
+struct Shard {
+    /// Next sequence number; combined with the shard index into a SessionId.
+    seq: u64,
+    /// Live sessions of this shard.
+    live: HashMap<SessionId, Live>,
+    /// (pool uid, nonce) → session, for idempotent acquire.
+    by_nonce: HashMap<(u64, Nonce), SessionId>,
+    /// Every live session's deadline, earliest first.
+    deadlines: BTreeSet<(Millis, SessionId)>,
+}
+
+/// All live sessions of the broker.
+pub struct SessionTable {
+    shards: Box<[Mutex<Shard>]>,
+    /// Each shard's earliest deadline (u64::MAX when empty), readable without its lock.
+    earliest: Box<[AtomicU64]>,
+    /// log2 of the shard count.
+    shard_bits: u32,
+}
+
+/// Most sessions expired under one shard lock before letting others in.
+const EXPIRE_BATCH: usize = 1024;
+
+impl SessionTable {
+    /// A table with `2^shard_bits` shards (more shards, less contention).
+    pub fn new(shard_bits: u32) -> SessionTable {
+        let n = 1usize << shard_bits;
+        SessionTable {
+            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            earliest: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            shard_bits,
+        }
+    }
+
+    fn shard_of_nonce(&self, pool: &Pool, nonce: Nonce) -> usize {
+        // A cheap mix of nonce and pool; nonces are client-chosen random values.
+        let x = (nonce.0 as u64) ^ ((nonce.0 >> 64) as u64) ^ pool.uid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        (x >> (64 - self.shard_bits.max(1))) as usize & ((1 << self.shard_bits) - 1)
+    }
+
+    fn shard_of(&self, id: SessionId) -> usize {
+        (id.0 & ((1 << self.shard_bits) - 1)) as usize
+    }
+
+    /// Admits a session, or re-attaches the nonce's existing live session
+    /// (renewing it) without taking a second seat.
+    pub fn acquire(&self, pool: &Arc<Pool>, req: SessionRequest, now: Millis, ttl: Duration) -> Result<Lease> {
+        let index = self.shard_of_nonce(pool, req.nonce);
+        let mut shard = self.shards[index].lock();
+        let deadline = now.after(ttl);
+        if let Some(&id) = shard.by_nonce.get(&(pool.uid, req.nonce)) {
+            if let Some(s) = shard.live.get_mut(&id).filter(|s| s.deadline > now) {
+                s.conn = req.conn;
+                shard.set_deadline(id, deadline);
+                self.publish(index, &shard);
+                return Ok(Lease { session: id, deadline, reattached: true });
+            }
+            // Its lease ran out before the expiry task got to it: end it now,
+            // so its seat is free for this very acquire.
+            if let Some(old) = shard.remove(id) {
+                old.pool.return_seat();
+            }
+        }
+        if let Err(e) = pool.take_seat(now) {
+            self.publish(index, &shard);
+            return Err(e);
+        }
+        shard.seq += 1;
+        let id = SessionId((shard.seq << self.shard_bits) | index as u64);
+        shard.by_nonce.insert((pool.uid, req.nonce), id);
+        shard.deadlines.insert((deadline, id));
+        shard.live.insert(id, Live {
+            pool: pool.clone(),
+            machine: req.machine,
+            user: req.user,
+            nonce: req.nonce,
+            conn: req.conn,
+            started: now,
+            deadline,
+        });
+        self.publish(index, &shard);
+        Ok(Lease { session: id, deadline, reattached: false })
+    }
+
+    /// Extends a live session's lease to `now + ttl`. `allow` vets the caller.
+    /// A session whose deadline has passed is ended as expired and refused.
+    pub fn renew(&self, id: SessionId, now: Millis, ttl: Duration, allow: impl FnOnce(&Pool) -> bool) -> Result<Millis> {
+        let index = self.shard_of(id);
+        let mut shard = self.shards[index].lock();
+        let Some(s) = shard.live.get(&id) else { return Err(Error::SessionExpired) };
+        if !allow(&s.pool) {
+            return Err(Error::SessionExpired);
+        }
+        if s.deadline <= now {
+            if let Some(e) = shard.remove(id) {
+                e.pool.return_seat();
+            }
+            self.publish(index, &shard);
+            return Err(Error::SessionExpired);
+        }
+        let deadline = now.after(ttl);
+        shard.set_deadline(id, deadline);
+        self.publish(index, &shard);
+        Ok(deadline)
+    }
+
+    /// Ends a live session for `reason` if `allow` accepts it, returning its seat.
+    pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(&Pool, ConnId) -> bool) -> Result<Ended> {
+        let index = self.shard_of(id);
+        let mut shard = self.shards[index].lock();
+        let Some(s) = shard.live.get(&id) else { return Err(Error::SessionExpired) };
+        if !allow(&s.pool, s.conn) {
+            return Err(Error::SessionExpired);
+        }
+        let Some(live) = shard.remove(id) else { return Err(Error::SessionExpired) };
+        self.publish(index, &shard);
+        drop(shard);
+        live.pool.return_seat();
+        Ok(live.into_ended(id, reason))
+    }
+
+    /// Ends every live session matching `pred` (admin sweeps: a removed
+    /// machine, a deleted pool). Linear in live sessions; admin-rate only.
+    pub fn end_where(&self, reason: EndReason, mut pred: impl FnMut(&Pool, &MachineId) -> bool) -> Vec<Ended> {
+        let mut out = Vec::new();
+        for (index, m) in self.shards.iter().enumerate() {
+            let mut shard = m.lock();
+            let ids: Vec<SessionId> = shard.live.iter().filter(|(_, s)| pred(&s.pool, &s.machine)).map(|(id, _)| *id).collect();
+            for id in ids {
+                if let Some(live) = shard.remove(id) {
+                    live.pool.return_seat();
+                    out.push(live.into_ended(id, reason));
+                }
+            }
+            self.publish(index, &shard);
+        }
+        out
+    }
+
+    /// The earliest lease deadline of any live session, without locking.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        // Acquire pairs with the Release in `publish`; the value is a hint
+        // that `expire` re-checks under the shard lock.
+        let min = self.earliest.iter().map(|a| a.load(Ordering::Acquire)).min().unwrap_or(u64::MAX);
+        (min != u64::MAX).then_some(Millis(min))
+    }
+
+    /// Ends every session whose deadline is at or before `now`.
+    pub fn expire(&self, now: Millis) -> Vec<Ended> {
+        let mut out = Vec::new();
+        for index in 0..self.shards.len() {
+            while self.earliest[index].load(Ordering::Acquire) <= now.0 {
+                let mut shard = self.shards[index].lock();
+                for _ in 0..EXPIRE_BATCH {
+                    let Some(&(deadline, id)) = shard.deadlines.first() else { break };
+                    if deadline > now {
+                        break;
+                    }
+                    match shard.remove(id) {
+                        Some(live) => {
+                            live.pool.return_seat();
+                            out.push(live.into_ended(id, EndReason::Expired));
+                        }
+                        // Unreachable while remove() keeps the indexes in step;
+                        // dropping the entry guarantees this loop terminates.
+                        None => {
+                            shard.deadlines.remove(&(deadline, id));
+                        }
+                    }
+                }
+                self.publish(index, &shard);
+            }
+        }
+        out
+    }
+
+    /// Live sessions matching `pred`, sorted by id.
+    pub fn list(&self, mut pred: impl FnMut(&Pool) -> bool) -> Vec<SessionInfo> {
+        let mut out = Vec::new();
+        for m in self.shards.iter() {
+            let shard = m.lock();
+            out.extend(shard.live.iter().filter(|(_, s)| pred(&s.pool)).map(|(id, s)| s.info(*id)));
+        }
+        out.sort_by_key(|i| i.session);
+        out
+    }
+
+    /// Number of live sessions (all pools).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|m| m.lock().live.len()).sum()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn publish(&self, index: usize, shard: &Shard) {
+        let first = shard.deadlines.first().map_or(u64::MAX, |(d, _)| d.0);
+        // Release: pairs with the Acquire loads in next_deadline/expire.
+        self.earliest[index].store(first, Ordering::Release);
+    }
+}
+
+impl Shard {
+    fn set_deadline(&mut self, id: SessionId, deadline: Millis) {
+        if let Some(s) = self.live.get_mut(&id) {
+            self.deadlines.remove(&(s.deadline, id));
+            s.deadline = deadline;
+            self.deadlines.insert((deadline, id));
+        }
+    }
+
+    /// The single removal point: drops the session and its index entries.
+    /// The caller returns the seat exactly once for each `Some`.
+    fn remove(&mut self, id: SessionId) -> Option<Live> {
+        let live = self.live.remove(&id)?;
+        self.deadlines.remove(&(live.deadline, id));
+        self.by_nonce.remove(&(live.pool.uid, live.nonce));
+        Some(live)
+    }
+}
+
+impl Live {
+    fn info(&self, id: SessionId) -> SessionInfo {
+        SessionInfo {
+            session: id,
+            pool: self.pool.id,
+            machine: self.machine.clone(),
+            user: self.user.clone(),
+            started: self.started,
+            deadline: self.deadline,
+        }
+    }
+
+    fn into_ended(self, id: SessionId, reason: EndReason) -> Ended {
+        Ended { info: self.info(id), conn: self.conn, reason }
+    }
+}

@@ -1,0 +1,25 @@
+//! license-broker: a floating-license session broker over QUIC.
+//!
+//! Reading order: `server` (listener, connections, expiry task) → `proto`
+//! (frames and messages, no I/O) → `core` (every rule, no I/O, no clock).
+//! `store` keeps durable records; `client` is the library the CLI, the tests
+//! and the load harness use.
+
+#![forbid(unsafe_code)]
+
+pub mod core;
+pub mod proto;
+pub mod sync;
+
+#[cfg(feature = "server")]
+pub mod client;
+#[cfg(feature = "server")]
+pub mod keys;
+#[cfg(feature = "server")]
+pub mod machine_id;
+#[cfg(feature = "server")]
+pub mod server;
+#[cfg(feature = "server")]
+pub mod store;
+#[cfg(feature = "server")]
+pub mod tls;

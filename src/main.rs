@@ -1,0 +1,29 @@
+//! `license-broker`: the broker (`serve`) and every client command.
+//!
+//! Errors are printed as one readable line (never a backtrace) and mapped to
+//! exit codes: 3 quota exceeded, 4 machine limit, 5 authentication or
+//! authorisation, 2 command-line misuse, 1 anything else.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::run(args)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(cli::exit_code_of(&e))
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Every message of the protocol. Field order is wire order: postcard
+//! encodes structs as their fields in sequence and enums as a varint variant
+//! index followed by the variant's fields, so never reorder, only append
+//! new enum variants at the end.
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::{
+    EndReason, ErrorCode, KeyInfo, MachineId, MachineInfo, OrgName, PoolId, PoolStatus, Role, SessionId,
+    SessionInfo, UserInfo,
+};
+
+/// A frame from client to server on a bidirectional stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// Must be the first frame of every stream, and only the first.
+    Hello(Hello),
+    /// Any number may follow, pipelined.
+    Request(Request),
+}
+
+/// Opens a stream: protocol version and credentials.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version; this build speaks `proto::VERSION`.
+    pub version: u16,
+    /// The caller's API key, as printed when it was created.
+    pub api_key: String,
+    /// Free text naming the client software, for logs.
+    pub client: String,
+}
+
+/// One request; its `id` is echoed in the response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client; responses may arrive in any order.
+    pub id: u64,
+    /// What is asked.
+    pub body: Req,
+}
+
+/// Request bodies.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Req {
+    /// Register a machine ID in a pool (idempotent).
+    RegisterMachine { org: OrgName, pool: PoolId, machine: MachineId },
+    /// Take a session lease. `nonce` identifies the runner instance: the
+    /// same nonce re-attaches to its live session instead of taking a seat.
+    Acquire { org: OrgName, pool: PoolId, machine: MachineId, nonce: u128 },
+    /// Heartbeat: extend the lease by the broker's TTL.
+    Renew { session: SessionId },
+    /// Give the seat back.
+    Release { session: SessionId },
+    /// Pool numbers of one org, or of all visible orgs.
+    Status { org: Option<OrgName> },
+    /// Operator: create an org; `subscription_end` is `YYYY-MM-DD` (inclusive).
+    CreateOrg { name: OrgName, subscription_end: String, owner: String },
+    /// Operator: create a pool or set its quota.
+    SetPool { org: OrgName, pool: PoolId, quota: u32 },
+    /// Owner/Admin: add a member.
+    AddUser { org: OrgName, email: String, role: Role },
+    /// Owner/Admin: create an API key for a member.
+    CreateKey { org: OrgName, email: String },
+    /// Owner/Admin: revoke a key, by its id or the full key.
+    RevokeKey { org: OrgName, key: String },
+    /// Owner/Admin: list the org's keys.
+    ListKeys { org: OrgName },
+    /// Owner/Admin: list the org's members.
+    ListUsers { org: OrgName },
+    /// Owner/Admin: list registered machines.
+    ListMachines { org: OrgName },
+    /// Owner/Admin: remove a machine from one pool, or all pools if `None`.
+    RemoveMachine { org: OrgName, pool: Option<PoolId>, machine: MachineId },
+    /// Owner/Admin: list live sessions.
+    ListSessions { org: OrgName },
+    /// Owner/Admin: end a live session (reason: revoked).
+    KillSession { org: OrgName, session: SessionId },
+}
+
+/// A frame from server to client on a bidirectional stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// Accepts the `Hello`.
+    Welcome(Welcome),
+    /// Answers the request with the same id.
+    Response(Response),
+    /// A refusal not tied to a request (bad frame, wrong version, out of
+    /// order). After `FRAME_TOO_LARGE` and `UNSUPPORTED_VERSION` the server
+    /// finishes the stream.
+    Error(WireError),
+}
+
+/// The server's answer to `Hello`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The version the stream will speak.
+    pub version: u16,
+    /// Lease lifetime; heartbeat at a third of it.
+    pub lease_ttl_ms: u64,
+    /// The caller's org (`None` for the operator).
+    pub org: Option<OrgName>,
+    /// The caller's email.
+    pub email: String,
+    /// The caller's role.
+    pub role: Role,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// Success or a typed error.
+    pub outcome: Outcome,
+}
+
+/// Success or failure of a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// It worked.
+    Ok(Resp),
+    /// It was refused; nothing changed.
+    Err(WireError),
+}
+
+/// A typed error with a human message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    /// The documented code.
+    pub code: ErrorCode,
+    /// What a person should read.
+    pub message: String,
+}
+
+/// Successful results, one per request kind (some shared).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Resp {
+    /// RegisterMachine: `new` is false if it was already registered.
+    Registered { new: bool },
+    /// Acquire: the lease.
+    Admitted { session: SessionId, deadline_ms: u64, ttl_ms: u64, reattached: bool },
+    /// Renew: the new deadline (Unix ms).
+    Renewed { deadline_ms: u64 },
+    /// Release.
+    Released,
+    /// Status.
+    Status(Vec<PoolStatus>),
+    /// CreateOrg: the new Owner's key, shown once.
+    OrgCreated { owner_key: String },
+    /// SetPool, AddUser, RevokeKey, RemoveMachine.
+    Done,
+    /// CreateKey: the key, shown once, and its id.
+    KeyCreated { key: String, id: String },
+    /// ListKeys.
+    Keys(Vec<KeyInfo>),
+    /// ListUsers.
+    Users(Vec<UserInfo>),
+    /// ListMachines.
+    Machines(Vec<MachineInfo>),
+    /// ListSessions.
+    Sessions(Vec<SessionInfo>),
+    /// KillSession.
+    Killed,
+}
+
+/// A server-pushed notice, on the server's unidirectional stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Notice {
+    /// A session held through this connection ended without the runner asking.
+    SessionEnded { session: SessionId, reason: EndReason },
+    /// The server is shutting down within `grace_ms`; admits nothing new.
+    Draining { grace_ms: u64 },
+}
+
+impl WireError {
+    /// A wire error from a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError { code, message: message.into() }
+    }
+}
+
+impl From<crate::core::Error> for WireError {
+    fn from(e: crate::core::Error) -> WireError {
+        WireError { code: e.code(), message: e.to_string() }
+    }
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for WireError {}

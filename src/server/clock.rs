@@ -1,0 +1,42 @@
+//! The real clock, read only here: Unix milliseconds that never go backwards.
+//!
+//! Anchored to the wall clock once at start and advanced by the monotonic
+//! clock after that, so a wall-clock step (NTP, an operator) can neither
+//! expire every lease at once nor keep dead ones alive.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::core::Millis;
+
+/// Source of `now` for the core.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock {
+    wall_at_start: u64,
+    start: Instant,
+}
+
+impl Clock {
+    /// A clock anchored to the current wall time.
+    pub fn new() -> Clock {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Clock { wall_at_start: wall, start: Instant::now() }
+    }
+
+    /// The current instant.
+    pub fn now(&self) -> Millis {
+        Millis(self.wall_at_start + self.start.elapsed().as_millis() as u64)
+    }
+
+    /// The tokio instant at which `deadline` falls.
+    pub fn instant_of(&self, deadline: Millis) -> tokio::time::Instant {
+        let offset = deadline.0.saturating_sub(self.wall_at_start);
+        let offset = std::time::Duration::from_millis(offset.min(u64::MAX / 4));
+        tokio::time::Instant::from_std(self.start) + offset
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::new()
+    }
+}

@@ -1,0 +1,116 @@
+//! One task per QUIC connection: accepts its request streams, pushes its
+//! notices, and on a clean close ends the sessions it still holds.
+//!
+//! A connection that merely vanishes (timeout, reset) keeps its sessions
+//! until their leases expire, so a runner that reconnects within the TTL
+//! re-attaches with its nonce instead of losing its seat.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+
+use super::{stream, Shared};
+use crate::core::SessionId;
+use crate::proto::{encode, Notice};
+
+/// Notices queued per connection before new ones are dropped.
+const NOTICE_QUEUE: usize = 256;
+
+/// Per-connection state shared by its streams.
+pub(super) struct ConnCtx {
+    /// Identifies the connection to the core (session ownership).
+    pub id: u64,
+    /// Sessions acquired through this connection and not yet ended by it.
+    pub sessions: Mutex<HashSet<SessionId>>,
+}
+
+/// Accepts connections until told to stop, refusing those over the limit.
+pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => i,
+            _ = stop.changed() => break,
+        };
+        let Some(incoming) = incoming else { break };
+        // Relaxed: an approximate limit; a few connections over it during a burst is harmless.
+        let open = shared.open_conns.load(Ordering::Relaxed);
+        if shared.is_draining() || open >= shared.options.max_connections {
+            tracing::debug!(open, "refusing connection");
+            incoming.refuse();
+            continue;
+        }
+        shared.open_conns.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(serve(shared.clone(), incoming));
+    }
+}
+
+async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
+    let _open = OpenGuard(shared.clone());
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("handshake failed: {e}");
+            return;
+        }
+    };
+    // Relaxed: uniqueness only.
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let ctx = Arc::new(ConnCtx { id, sessions: Mutex::new(HashSet::new()) });
+    let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
+    shared.notices.insert(id, tx);
+    tokio::spawn(push_notices(conn.clone(), rx));
+    tracing::debug!(conn = id, remote = %conn.remote_address(), "connection open");
+
+    let reason = loop {
+        match conn.accept_bi().await {
+            Ok((send, recv)) => {
+                tokio::spawn(stream::serve(shared.clone(), ctx.clone(), send, recv));
+            }
+            Err(e) => break e,
+        }
+    };
+    shared.notices.remove(&id);
+    let clean = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0);
+    if clean {
+        let held: Vec<SessionId> = ctx.sessions.lock().drain().collect();
+        let ended = shared.core.close_connection(id, held);
+        shared.announce(ended);
+    }
+    tracing::debug!(conn = id, clean, "connection closed: {reason}");
+}
+
+/// Opens the server's notice stream on the first notice and writes them all.
+async fn push_notices(conn: quinn::Connection, mut rx: mpsc::Receiver<Notice>) {
+    let mut send = None;
+    let mut buf = Vec::new();
+    while let Some(notice) = rx.recv().await {
+        if send.is_none() {
+            match conn.open_uni().await {
+                Ok(s) => send = Some(s),
+                Err(_) => return,
+            }
+        }
+        buf.clear();
+        encode(&notice, &mut buf);
+        while let Ok(more) = rx.try_recv() {
+            encode(&more, &mut buf);
+        }
+        if let Some(s) = send.as_mut() {
+            if s.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Counts a connection as open for as long as its task lives.
+struct OpenGuard(Arc<Shared>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open_conns.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,246 @@
+//! The async shell: owns the socket, the tasks and the real clock, and moves
+//! bytes between QUIC streams and the core.
+//!
+//! Reading order: `start` (here) binds and spawns the accept loop and the
+//! expiry task → `connection` (one per QUIC connection) → `stream` (one per
+//! request stream: framing, Hello, pipelining) → `handler` (one request →
+//! core, and the store for durable changes).
+
+mod clock;
+mod connection;
+mod expiry;
+mod handler;
+mod socket;
+mod stream;
+
+pub use clock::Clock;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use dashmap::DashMap;
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::core::{Broker, Change, Config, Email, Ended};
+use crate::proto::Notice;
+use crate::store::{RedbStore, Store};
+use crate::tls::{self, TlsFiles};
+
+/// How to run a broker.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the store and the generated TLS files live.
+    pub data_dir: PathBuf,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Lease lifetime without a heartbeat.
+    pub lease_ttl: Duration,
+    /// Certificate and key; `None` uses (and first generates) `DATA_DIR/tls/`.
+    pub tls: Option<TlsFiles>,
+    /// Connections beyond this are refused.
+    pub max_connections: usize,
+    /// Concurrent request streams per connection.
+    pub max_streams: u32,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a shutdown waits for clients to leave.
+    pub drain_grace: Duration,
+}
+
+impl Options {
+    /// Defaults with the given data dir and listen address.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Options {
+        Options {
+            data_dir,
+            listen,
+            lease_ttl: Duration::from_secs(30),
+            tls: None,
+            max_connections: 10_000,
+            max_streams: 16,
+            idle_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Keys created when a data dir is initialised; shown once.
+#[derive(Clone, Debug)]
+pub struct BootstrapKeys {
+    /// The operator's key (creates orgs, sets quotas).
+    pub operator: String,
+    /// The Owner key of the `default` org.
+    pub owner: String,
+}
+
+/// State shared by every task of one broker.
+pub(crate) struct Shared {
+    pub core: Broker,
+    pub store: Arc<dyn Store>,
+    pub clock: Clock,
+    /// Serialises durable changes: plan, commit and apply happen as one step.
+    pub writer: tokio::sync::Mutex<()>,
+    /// Notice senders by connection, for pushing session ends and draining.
+    pub notices: DashMap<u64, mpsc::Sender<Notice>>,
+    /// Wakes the expiry task when a deadline earlier than its target appears.
+    pub expiry_wake: Notify,
+    /// The deadline (Unix ms) the expiry task is sleeping towards.
+    pub expiry_target: AtomicU64,
+    /// Set on shutdown: nothing new is admitted.
+    pub draining: AtomicBool,
+    pub next_conn: AtomicU64,
+    pub open_conns: AtomicUsize,
+    pub options: Options,
+}
+
+impl Shared {
+    /// Commits changes durably (off the async threads), then applies them.
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Ended>, crate::store::StoreError> {
+        let store = self.store.clone();
+        let changes = tokio::task::spawn_blocking(move || store.commit(&changes).map(|()| changes))
+            .await
+            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))??;
+        Ok(self.core.apply(&changes))
+    }
+
+    /// Tells each ended session's connection why it ended.
+    pub fn announce(&self, ended: Vec<Ended>) {
+        for e in ended {
+            tracing::debug!(session = %e.info.session, reason = e.reason.name(), "session ended");
+            if let Some(tx) = self.notices.get(&e.conn) {
+                // Notices are advisory: a full queue means the client is not
+                // reading, and its next request will say the session is gone.
+                let _ = tx.try_send(Notice::SessionEnded { session: e.info.session, reason: e.reason });
+            }
+        }
+    }
+
+    /// Wakes the expiry task if `deadline` is earlier than what it waits for.
+    pub fn deadline_added(&self, deadline: crate::core::Millis) {
+        // Relaxed: a stale read only causes a spurious or a missed wake-up of
+        // a task that re-reads the table's published deadlines anyway, and a
+        // missed one is impossible: the task stores its target before sleeping.
+        if deadline.0 < self.expiry_target.load(Ordering::Relaxed) {
+            self.expiry_wake.notify_one();
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        // Relaxed: a request racing the start of a drain may go either way.
+        self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// A running broker.
+pub struct Running {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Keys printed on first start, `None` on later starts.
+    pub bootstrap: Option<BootstrapKeys>,
+    /// The certificate clients should trust.
+    pub cert_path: PathBuf,
+}
+
+/// Opens the data dir (initialising it if empty), binds, and starts serving.
+pub async fn start(options: Options) -> Result<Running> {
+    std::fs::create_dir_all(&options.data_dir)
+        .with_context(|| format!("creating data dir {}", options.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(&options.data_dir.join("broker.redb")).context("opening the store")?,
+    );
+    let core = Broker::new(Config { lease_ttl: options.lease_ttl, ..Config::default() });
+    let records = store.load().context("loading the store")?;
+    let fresh = records.is_empty();
+    core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
+    let clock = Clock::new();
+    let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
+
+    let files = match &options.tls {
+        Some(f) => f.clone(),
+        None => {
+            let f = TlsFiles::in_data_dir(&options.data_dir);
+            tls::ensure_self_signed(&f)?;
+            f
+        }
+    };
+    let server_config = tls::server_config(&files, options.idle_timeout, options.max_streams)?;
+    let socket = socket::bind(options.listen).with_context(|| format!("binding {}", options.listen))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let addr = endpoint.local_addr()?;
+
+    let shared = Arc::new(Shared {
+        core,
+        store,
+        clock,
+        writer: tokio::sync::Mutex::new(()),
+        notices: DashMap::new(),
+        expiry_wake: Notify::new(),
+        expiry_target: AtomicU64::new(u64::MAX),
+        draining: AtomicBool::new(false),
+        next_conn: AtomicU64::new(1),
+        open_conns: AtomicUsize::new(0),
+        options,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(connection::accept_loop(shared.clone(), endpoint.clone(), stop_rx.clone())),
+        tokio::spawn(expiry::run(shared.clone(), stop_rx)),
+    ];
+    tracing::info!(%addr, lease_ttl = ?shared.options.lease_ttl, "broker listening");
+    Ok(Running { addr, shared, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
+}
+
+fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys> {
+    let (operator, operator_hash) = crate::keys::generate()?;
+    let (owner, owner_hash) = crate::keys::generate()?;
+    let owner_email = Email::new("owner@default").context("owner email")?;
+    let changes = core.plan_bootstrap(operator_hash, &owner_email, owner_hash, clock.now());
+    store.commit(&changes).context("initialising the store")?;
+    core.apply(&changes);
+    Ok(BootstrapKeys { operator, owner })
+}
+
+impl Running {
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Live sessions right now (for tests and logs).
+    pub fn live_sessions(&self) -> usize {
+        self.shared.core.live_sessions()
+    }
+
+    /// Drains: admits nothing new, tells every client, waits up to the grace
+    /// period for them to leave, then closes the endpoint.
+    pub async fn shutdown(self) {
+        let shared = &self.shared;
+        shared.draining.store(true, Ordering::Relaxed);
+        let grace = shared.options.drain_grace;
+        for entry in shared.notices.iter() {
+            let _ = entry.value().try_send(Notice::Draining { grace_ms: grace.as_millis() as u64 });
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while shared.open_conns.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = self.stop.send(true);
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        tracing::info!("broker stopped");
+    }
+}

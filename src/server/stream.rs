@@ -1,0 +1,175 @@
+//! One task per request stream: splits bytes into frames, enforces the
+//! Hello-first rule, hands each request to the handler, and writes the
+//! responses of everything read in one go back in one write (pipelining).
+//!
+//! Bad input never ends the connection: an undecodable frame gets a
+//! `BAD_FRAME` answer and the stream goes on; only a broken length prefix or
+//! a wrong protocol version finishes the stream, since nothing after it can
+//! be understood.
+
+use std::sync::Arc;
+
+use quinn::{RecvStream, SendStream};
+
+use super::connection::ConnCtx;
+use super::{handler, Shared};
+use crate::core::{ErrorCode, KeyHash, Principal};
+use crate::proto::{
+    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Request, Response, ServerFrame, Welcome, WireError,
+    VERSION,
+};
+
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 32 * 1024;
+
+/// The authenticated caller of a stream, re-resolved when the directory changes.
+struct Caller {
+    key: KeyHash,
+    principal: Principal,
+    /// Directory version the principal was resolved at.
+    version: u64,
+}
+
+/// What one frame turned out to be.
+enum Decoded {
+    Frame(ClientFrame),
+    /// Undecodable; carries the request id when it could be read.
+    Bad { id: Option<u64>, detail: String },
+}
+
+pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
+    let mut frames = FrameBuf::new();
+    let mut out = Vec::with_capacity(4096);
+    let mut caller: Option<Caller> = None;
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match recv.read(&mut chunk).await {
+            Ok(Some(n)) => n,
+            Ok(None) | Err(_) => break,
+        };
+        frames.extend(&chunk[..n]);
+        let mut finish = false;
+        loop {
+            let decoded = match frames.next_frame() {
+                Ok(Some(body)) => decode(body),
+                Ok(None) => break,
+                Err(e) => {
+                    let code = match e {
+                        FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
+                        FrameError::Empty => ErrorCode::BadFrame,
+                    };
+                    encode(&ServerFrame::Error(WireError::new(code, e.to_string())), &mut out);
+                    finish = true;
+                    break;
+                }
+            };
+            finish = on_frame(&shared, &ctx, &mut caller, decoded, &mut out).await;
+            if finish {
+                break;
+            }
+        }
+        if !out.is_empty() {
+            if send.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if finish {
+            break;
+        }
+    }
+    let _ = send.finish();
+}
+
+fn decode(body: &[u8]) -> Decoded {
+    match postcard::from_bytes::<ClientFrame>(body) {
+        Ok(frame) => Decoded::Frame(frame),
+        Err(e) => {
+            // Salvage the request id so the client can match the error:
+            // a Request frame starts with variant 1, then the id.
+            let id = postcard::take_from_bytes::<u32>(body)
+                .ok()
+                .filter(|(variant, _)| *variant == 1)
+                .and_then(|(_, rest)| postcard::take_from_bytes::<u64>(rest).ok())
+                .map(|(id, _)| id);
+            Decoded::Bad { id, detail: e.to_string() }
+        }
+    }
+}
+
+/// Handles one frame; returns true when the stream must be finished.
+async fn on_frame(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, frame: Decoded, out: &mut Vec<u8>) -> bool {
+    match frame {
+        Decoded::Bad { id, detail } => {
+            let err = WireError::new(ErrorCode::BadFrame, format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"));
+            reply(out, id, err);
+            false
+        }
+        Decoded::Frame(ClientFrame::Hello(hello)) => on_hello(shared, caller, hello, out),
+        Decoded::Frame(ClientFrame::Request(Request { id, body })) => {
+            let outcome = match authorised(shared, caller) {
+                Ok(principal) => match handler::handle(shared, ctx, principal, body).await {
+                    Ok(resp) => Outcome::Ok(resp),
+                    Err(e) => Outcome::Err(e),
+                },
+                Err(e) => Outcome::Err(e),
+            };
+            encode(&ServerFrame::Response(Response { id, outcome }), out);
+            false
+        }
+    }
+}
+
+fn reply(out: &mut Vec<u8>, id: Option<u64>, err: WireError) {
+    match id {
+        Some(id) => encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out),
+        None => encode(&ServerFrame::Error(err), out),
+    }
+}
+
+fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> bool {
+    if caller.is_some() {
+        let err = WireError::new(ErrorCode::OutOfOrder, "Hello may only be the first frame of a stream");
+        encode(&ServerFrame::Error(err), out);
+        return false;
+    }
+    if hello.version != VERSION {
+        let err = WireError::new(
+            ErrorCode::UnsupportedVersion,
+            format!("this broker speaks protocol version {VERSION}, not {}", hello.version),
+        );
+        encode(&ServerFrame::Error(err), out);
+        return true;
+    }
+    let key = crate::keys::hash(&hello.api_key);
+    let version = shared.core.version();
+    match shared.core.authenticate(&key) {
+        Ok(principal) => {
+            let welcome = Welcome {
+                version: VERSION,
+                lease_ttl_ms: shared.core.lease_ttl().as_millis() as u64,
+                org: principal.org.clone(),
+                email: principal.email.to_string(),
+                role: principal.role,
+            };
+            encode(&ServerFrame::Welcome(welcome), out);
+            *caller = Some(Caller { key, principal, version });
+        }
+        Err(e) => encode(&ServerFrame::Error(e.into()), out),
+    }
+    false
+}
+
+/// The stream's principal, re-resolved if the directory changed since (so
+/// a revoked key or a removed user loses access on their next request).
+fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<&'a Principal, WireError> {
+    let Some(c) = caller.as_mut() else {
+        return Err(WireError::new(ErrorCode::OutOfOrder, "send Hello before any request"));
+    };
+    let version = shared.core.version();
+    if version != c.version {
+        c.principal = shared.core.authenticate(&c.key)?;
+        c.version = version;
+    }
+    Ok(&c.principal)
+}

@@ -1,0 +1,39 @@
+//! Durable records behind a small trait, so the core never knows where
+//! records live. `redb` is the single-node backend; a distributed backend
+//! (fenced etcd transactions) implements the same two calls.
+
+mod redb_store;
+
+pub use redb_store::RedbStore;
+
+use crate::core::{Change, Record};
+
+/// Why the store could not load or commit. A failed commit changed nothing.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    Backend(String),
+    /// A stored record could not be decoded (corruption or a newer format).
+    Corrupt { table: &'static str, key: String },
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Backend(e) => write!(f, "store failure: {e}"),
+            StoreError::Corrupt { table, key } => write!(f, "corrupt record {table}/{key}"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Where durable records live.
+pub trait Store: Send + Sync + 'static {
+    /// Every record, parents before children (orgs, pools, users, keys, machines).
+    fn load(&self) -> Result<Vec<Record>, StoreError>;
+
+    /// Applies all changes atomically and durably (fsync'd) or none of them.
+    fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
+}

@@ -1,0 +1,129 @@
+//! TLS material and QUIC crypto configs. rustls with the ring provider only,
+//! TLS 1.3 only, ALPN `lbroker/1`.
+//!
+//! By default the server generates a self-signed certificate once (valid for
+//! `localhost`, `127.0.0.1` and `::1`) into `DATA_DIR/tls/`; clients trust it
+//! by passing `--ca DATA_DIR/tls/cert.pem`.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::proto::ALPN;
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Paths of the certificate and key the server uses.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    /// The default location inside a data dir.
+    pub fn in_data_dir(dir: &Path) -> TlsFiles {
+        TlsFiles { cert: dir.join("tls/cert.pem"), key: dir.join("tls/key.pem") }
+    }
+}
+
+/// Generates a self-signed certificate at `files` unless both files exist.
+pub fn ensure_self_signed(files: &TlsFiles) -> Result<bool> {
+    if files.cert.exists() && files.key.exists() {
+        return Ok(false);
+    }
+    if let Some(parent) = files.cert.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).context("generating a TLS certificate")?;
+    write_private(&files.key, certified.key_pair.serialize_pem().as_bytes())?;
+    fs::write(&files.cert, certified.cert.pem()).with_context(|| format!("writing {}", files.cert.display()))?;
+    Ok(true)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// The QUIC server config for the given certificate and key.
+pub fn server_config(files: &TlsFiles, idle_timeout: Duration, max_streams: u32) -> Result<quinn::ServerConfig> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+        .with_context(|| format!("reading {}", files.cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing {}", files.cert.display()))?;
+    if certs.is_empty() {
+        return Err(anyhow!("{} holds no certificate", files.cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading {}", files.key.display()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("certificate and key do not match")?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicServerConfig::try_from(tls)?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_idle_timeout(Some(idle_timeout.try_into()?))
+        .max_concurrent_bidi_streams(max_streams.into())
+        .max_concurrent_uni_streams(0u32.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
+
+/// The QUIC client config trusting `ca` (a PEM file) or the system roots.
+pub fn client_config(ca: Option<&Path>) -> Result<quinn::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading CA {}", path.display()))? {
+                roots.add(cert.with_context(|| format!("parsing CA {}", path.display()))?)?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                // Skip system certificates rustls cannot parse rather than fail.
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err(anyhow!("no trusted certificate authority (pass --ca PEM)"));
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = QuicClientConfig::try_from(tls)?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .keep_alive_interval(Some(Duration::from_secs(5)))
+        .max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
