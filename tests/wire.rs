@@ -1,0 +1,160 @@
+//! Bad input on the wire: malformed, oversized and out-of-order frames and a
+//! wrong protocol version each get a typed error; the server survives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start, TestBroker};
+use license_broker::core::ErrorCode;
+use license_broker::proto::{encode, ClientFrame, FrameBuf, Hello, Outcome, Req, Request, ServerFrame, MAX_FRAME, VERSION};
+
+struct Raw {
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    frames: FrameBuf,
+    _conn: quinn::Connection,
+}
+
+async fn raw(b: &TestBroker) -> Raw {
+    let (addr, name) = license_broker::client::resolve(&b.server, None).await.unwrap();
+    let ep = license_broker::client::endpoint(Some(&b.ca), false).unwrap();
+    let conn = ep.connect(addr, &name).unwrap().await.unwrap();
+    let (send, recv) = conn.open_bi().await.unwrap();
+    Raw { send, recv, frames: FrameBuf::new(), _conn: conn }
+}
+
+impl Raw {
+    async fn send_frame(&mut self, f: &ClientFrame) {
+        let mut buf = Vec::new();
+        encode(f, &mut buf);
+        self.send.write_all(&buf).await.unwrap();
+    }
+
+    async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.unwrap();
+    }
+
+    async fn hello(&mut self, key: &str, version: u16) {
+        self.send_frame(&ClientFrame::Hello(Hello { version, api_key: key.into(), client: "test".into() })).await;
+    }
+
+    /// The next frame, or None if the server finished the stream.
+    async fn next(&mut self) -> Option<ServerFrame> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(body) = self.frames.next_frame().unwrap() {
+                return Some(postcard::from_bytes(body).unwrap());
+            }
+            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk)).await.unwrap() {
+                Ok(Some(n)) => self.frames.extend(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+}
+
+fn error_code(f: Option<ServerFrame>) -> ErrorCode {
+    match f {
+        Some(ServerFrame::Error(e)) => e.code,
+        Some(ServerFrame::Response(r)) => match r.outcome {
+            Outcome::Err(e) => e.code,
+            other => panic!("expected an error, got {other:?}"),
+        },
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn status_req(id: u64) -> ClientFrame {
+    ClientFrame::Request(Request { id, body: Req::Status { org: None } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_gets_bad_frame_and_the_stream_goes_on() {
+    let b = start(Duration::from_secs(30)).await;
+    let mut r = raw(&b).await;
+    r.hello(&b.owner, VERSION).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Welcome(_))));
+    // Unknown variant, random bytes, and a Request with a valid id but a broken body.
+    for body in [vec![9u8, 1, 2], vec![0xff; 40], vec![1, 42, 200]] {
+        let mut framed = (body.len() as u32).to_be_bytes().to_vec();
+        framed.extend(&body);
+        r.send_bytes(&framed).await;
+        let f = r.next().await;
+        if let Some(ServerFrame::Response(resp)) = &f {
+            assert_eq!(resp.id, 42, "the request id is salvaged");
+        }
+        assert_eq!(error_code(f), ErrorCode::BadFrame);
+    }
+    // The stream still works.
+    r.send_frame(&status_req(7)).await;
+    match r.next().await {
+        Some(ServerFrame::Response(resp)) => assert!(matches!(resp.outcome, Outcome::Ok(_)) && resp.id == 7),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_is_refused_and_the_server_survives() {
+    let b = start(Duration::from_secs(30)).await;
+    let mut r = raw(&b).await;
+    r.hello(&b.owner, VERSION).await;
+    r.next().await;
+    r.send_bytes(&((MAX_FRAME as u32) + 1).to_be_bytes()).await;
+    assert_eq!(error_code(r.next().await), ErrorCode::FrameTooLarge);
+    assert!(r.next().await.is_none(), "stream finished");
+    // Zero-length frames are refused the same way.
+    let mut r = raw(&b).await;
+    r.send_bytes(&[0, 0, 0, 0]).await;
+    assert_eq!(error_code(r.next().await), ErrorCode::BadFrame);
+    // Other clients are unaffected.
+    let c = b.owner().await;
+    c.status(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_version_and_out_of_order_frames_are_refused() {
+    let b = start(Duration::from_secs(30)).await;
+    let mut r = raw(&b).await;
+    r.hello(&b.owner, VERSION + 1).await;
+    assert_eq!(error_code(r.next().await), ErrorCode::UnsupportedVersion);
+    assert!(r.next().await.is_none());
+
+    let mut r = raw(&b).await;
+    r.send_frame(&status_req(1)).await;
+    assert_eq!(error_code(r.next().await), ErrorCode::OutOfOrder);
+    r.hello(&b.owner, VERSION).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Welcome(_))));
+    r.hello(&b.owner, VERSION).await;
+    assert_eq!(error_code(r.next().await), ErrorCode::OutOfOrder);
+
+    let mut r = raw(&b).await;
+    r.hello("lbk_wrong", VERSION).await;
+    assert_eq!(error_code(r.next().await), ErrorCode::Unauthorized);
+    r.send_frame(&status_req(2)).await;
+    assert_eq!(error_code(r.next().await), ErrorCode::OutOfOrder);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_split_across_writes_and_pipelined_requests_all_answered() {
+    let b = start(Duration::from_secs(30)).await;
+    let mut r = raw(&b).await;
+    let mut buf = Vec::new();
+    encode(&ClientFrame::Hello(Hello { version: VERSION, api_key: b.owner.clone(), client: "t".into() }), &mut buf);
+    for id in 0..200 {
+        encode(&status_req(id), &mut buf);
+    }
+    for piece in buf.chunks(7) {
+        r.send_bytes(piece).await;
+    }
+    assert!(matches!(r.next().await, Some(ServerFrame::Welcome(_))));
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        match r.next().await {
+            Some(ServerFrame::Response(resp)) => ids.push(resp.id),
+            other => panic!("{other:?}"),
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, (0..200).collect::<Vec<_>>());
+}
