@@ -13,10 +13,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{
-    ErrorCode, KeyInfo, MachineId, MachineInfo, OrgName, PoolId, PoolStatus, Role, SessionId, SessionInfo, UserInfo,
+    ErrorCode, KeyInfo, MachineId, MachineInfo, OrgName, PoolId, PoolStatus, Role, SessionId,
+    SessionInfo, UserInfo,
 };
 use crate::proto::{
-    encode, ClientFrame, FrameBuf, Hello, Notice, Outcome, Req, Request, Resp, ServerFrame, Welcome, WireError, VERSION,
+    encode, ClientFrame, FrameBuf, Hello, Notice, Outcome, Req, Request, Resp, ServerFrame,
+    Welcome, WireError, VERSION,
 };
 
 /// Where and as whom to connect.
@@ -92,7 +94,10 @@ pub struct Client {
 }
 
 /// Resolves `HOST:PORT` and the TLS name to verify.
-pub async fn resolve(server: &str, server_name: Option<&str>) -> Result<(SocketAddr, String), ClientError> {
+pub async fn resolve(
+    server: &str,
+    server_name: Option<&str>,
+) -> Result<(SocketAddr, String), ClientError> {
     let addr = tokio::net::lookup_host(server)
         .await
         .map_err(|e| ClientError::Config(format!("resolving {server}: {e}")))?
@@ -102,7 +107,9 @@ pub async fn resolve(server: &str, server_name: Option<&str>) -> Result<(SocketA
         Some(n) => n.to_string(),
         None => {
             let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
-            host.trim_start_matches('[').trim_end_matches(']').to_string()
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
         }
     };
     Ok((addr, name))
@@ -110,9 +117,13 @@ pub async fn resolve(server: &str, server_name: Option<&str>) -> Result<(SocketA
 
 /// A client endpoint (one UDP socket) usable for many connections.
 pub fn endpoint(ca: Option<&std::path::Path>, ipv6: bool) -> Result<quinn::Endpoint, ClientError> {
-    let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| ClientError::Config("bind".into()))?;
-    let mut ep = quinn::Endpoint::client(bind).map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
-    let config = crate::tls::client_config(ca).map_err(|e| ClientError::Config(format!("{e:#}")))?;
+    let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|_| ClientError::Config("bind".into()))?;
+    let mut ep = quinn::Endpoint::client(bind)
+        .map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
+    let config =
+        crate::tls::client_config(ca).map_err(|e| ClientError::Config(format!("{e:#}")))?;
     ep.set_default_client_config(config);
     Ok(ep)
 }
@@ -126,20 +137,42 @@ impl Client {
     }
 
     /// Connects over an existing endpoint (load generators share one).
-    pub async fn connect_on(endpoint: quinn::Endpoint, addr: SocketAddr, name: &str, api_key: &str) -> Result<Client, ClientError> {
-        let connecting = endpoint.connect(addr, name).map_err(|e| ClientError::Connect(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
-        let hello = ClientFrame::Hello(Hello { version: VERSION, api_key: api_key.to_string(), client: client_name() });
+    pub async fn connect_on(
+        endpoint: quinn::Endpoint,
+        addr: SocketAddr,
+        name: &str,
+        api_key: &str,
+    ) -> Result<Client, ClientError> {
+        let connecting = endpoint
+            .connect(addr, name)
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let conn = connecting
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (mut send, mut recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let hello = ClientFrame::Hello(Hello {
+            version: VERSION,
+            api_key: api_key.to_string(),
+            client: client_name(),
+        });
         let mut buf = Vec::new();
         encode(&hello, &mut buf);
-        send.write_all(&buf).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        send.write_all(&buf)
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut frames = FrameBuf::new();
         let first = read_frame(&mut recv, &mut frames).await?;
         let welcome = match first {
             ServerFrame::Welcome(w) => w,
             ServerFrame::Error(e) => return Err(ClientError::Rejected(e)),
-            other => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
+            other => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Welcome, got {other:?}"
+                )))
+            }
         };
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(read_responses(recv, frames, pending.clone()));
@@ -210,17 +243,53 @@ impl Client {
     }
 
     /// Registers a machine; `true` if it was new.
-    pub async fn register_machine(&self, org: &OrgName, pool: PoolId, machine: &MachineId) -> Result<bool, ClientError> {
-        match self.call(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await? {
+    pub async fn register_machine(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+    ) -> Result<bool, ClientError> {
+        match self
+            .call(Req::RegisterMachine {
+                org: org.clone(),
+                pool,
+                machine: machine.clone(),
+            })
+            .await?
+        {
             Resp::Registered { new } => Ok(new),
             other => unexpected(other),
         }
     }
 
     /// Acquires (or re-attaches to) a session; returns the session and deadline (Unix ms).
-    pub async fn acquire(&self, org: &OrgName, pool: PoolId, machine: &MachineId, nonce: u128) -> Result<Admitted, ClientError> {
-        match self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
-            Resp::Admitted { session, deadline_ms, ttl_ms, reattached } => Ok(Admitted { session, deadline_ms, ttl_ms, reattached }),
+    pub async fn acquire(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        nonce: u128,
+    ) -> Result<Admitted, ClientError> {
+        match self
+            .call(Req::Acquire {
+                org: org.clone(),
+                pool,
+                machine: machine.clone(),
+                nonce,
+            })
+            .await?
+        {
+            Resp::Admitted {
+                session,
+                deadline_ms,
+                ttl_ms,
+                reattached,
+            } => Ok(Admitted {
+                session,
+                deadline_ms,
+                ttl_ms,
+                reattached,
+            }),
             other => unexpected(other),
         }
     }
@@ -250,8 +319,17 @@ impl Client {
     }
 
     /// Operator: creates an org; returns its Owner's key.
-    pub async fn create_org(&self, name: &OrgName, subscription_end: &str, owner: &str) -> Result<String, ClientError> {
-        let req = Req::CreateOrg { name: name.clone(), subscription_end: subscription_end.into(), owner: owner.into() };
+    pub async fn create_org(
+        &self,
+        name: &OrgName,
+        subscription_end: &str,
+        owner: &str,
+    ) -> Result<String, ClientError> {
+        let req = Req::CreateOrg {
+            name: name.clone(),
+            subscription_end: subscription_end.into(),
+            owner: owner.into(),
+        };
         match self.call(req).await? {
             Resp::OrgCreated { owner_key } => Ok(owner_key),
             other => unexpected(other),
@@ -259,18 +337,48 @@ impl Client {
     }
 
     /// Operator: sets a pool's quota (creating the pool).
-    pub async fn set_pool(&self, org: &OrgName, pool: PoolId, quota: u32) -> Result<(), ClientError> {
-        self.done(Req::SetPool { org: org.clone(), pool, quota }).await
+    pub async fn set_pool(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        quota: u32,
+    ) -> Result<(), ClientError> {
+        self.done(Req::SetPool {
+            org: org.clone(),
+            pool,
+            quota,
+        })
+        .await
     }
 
     /// Owner/Admin: adds a member.
-    pub async fn add_user(&self, org: &OrgName, email: &str, role: Role) -> Result<(), ClientError> {
-        self.done(Req::AddUser { org: org.clone(), email: email.into(), role }).await
+    pub async fn add_user(
+        &self,
+        org: &OrgName,
+        email: &str,
+        role: Role,
+    ) -> Result<(), ClientError> {
+        self.done(Req::AddUser {
+            org: org.clone(),
+            email: email.into(),
+            role,
+        })
+        .await
     }
 
     /// Owner/Admin: creates a key for a member; returns (key, id).
-    pub async fn create_key(&self, org: &OrgName, email: &str) -> Result<(String, String), ClientError> {
-        match self.call(Req::CreateKey { org: org.clone(), email: email.into() }).await? {
+    pub async fn create_key(
+        &self,
+        org: &OrgName,
+        email: &str,
+    ) -> Result<(String, String), ClientError> {
+        match self
+            .call(Req::CreateKey {
+                org: org.clone(),
+                email: email.into(),
+            })
+            .await?
+        {
             Resp::KeyCreated { key, id } => Ok((key, id)),
             other => unexpected(other),
         }
@@ -278,7 +386,11 @@ impl Client {
 
     /// Owner/Admin: revokes a key by id or full key.
     pub async fn revoke_key(&self, org: &OrgName, key: &str) -> Result<(), ClientError> {
-        self.done(Req::RevokeKey { org: org.clone(), key: key.into() }).await
+        self.done(Req::RevokeKey {
+            org: org.clone(),
+            key: key.into(),
+        })
+        .await
     }
 
     /// Owner/Admin: the org's keys.
@@ -306,8 +418,18 @@ impl Client {
     }
 
     /// Owner/Admin: removes a machine (from one pool or all).
-    pub async fn remove_machine(&self, org: &OrgName, pool: Option<PoolId>, machine: &MachineId) -> Result<(), ClientError> {
-        self.done(Req::RemoveMachine { org: org.clone(), pool, machine: machine.clone() }).await
+    pub async fn remove_machine(
+        &self,
+        org: &OrgName,
+        pool: Option<PoolId>,
+        machine: &MachineId,
+    ) -> Result<(), ClientError> {
+        self.done(Req::RemoveMachine {
+            org: org.clone(),
+            pool,
+            machine: machine.clone(),
+        })
+        .await
     }
 
     /// Owner/Admin: live sessions.
@@ -320,7 +442,13 @@ impl Client {
 
     /// Owner/Admin: ends a session.
     pub async fn kill_session(&self, org: &OrgName, session: SessionId) -> Result<(), ClientError> {
-        match self.call(Req::KillSession { org: org.clone(), session }).await? {
+        match self
+            .call(Req::KillSession {
+                org: org.clone(),
+                session,
+            })
+            .await?
+        {
             Resp::Killed => Ok(()),
             other => unexpected(other),
         }
@@ -348,18 +476,27 @@ pub struct Admitted {
 }
 
 fn unexpected<T>(resp: Resp) -> Result<T, ClientError> {
-    Err(ClientError::Protocol(format!("unexpected response {resp:?}")))
+    Err(ClientError::Protocol(format!(
+        "unexpected response {resp:?}"
+    )))
 }
 
 fn client_name() -> String {
     format!("license-broker/{}", env!("CARGO_PKG_VERSION"))
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, frames: &mut FrameBuf) -> Result<ServerFrame, ClientError> {
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    frames: &mut FrameBuf,
+) -> Result<ServerFrame, ClientError> {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        if let Some(body) = frames.next_frame().map_err(|e| ClientError::Protocol(e.to_string()))? {
-            return postcard::from_bytes(body).map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")));
+        if let Some(body) = frames
+            .next_frame()
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+        {
+            return postcard::from_bytes(body)
+                .map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")));
         }
         match recv.read(&mut chunk).await {
             Ok(Some(n)) => frames.extend(&chunk[..n]),
@@ -389,7 +526,9 @@ async fn read_responses(mut recv: quinn::RecvStream, mut frames: FrameBuf, pendi
 }
 
 async fn read_notices(conn: quinn::Connection, tx: mpsc::Sender<Notice>) {
-    let Ok(mut recv) = conn.accept_uni().await else { return };
+    let Ok(mut recv) = conn.accept_uni().await else {
+        return;
+    };
     let mut frames = FrameBuf::new();
     let mut chunk = vec![0u8; 4096];
     loop {

@@ -17,7 +17,6 @@ pub use loom::sync::Arc;
 
 /// A mutual-exclusion lock whose `lock` never fails (no poisoning), so core
 /// code reads the same under both builds.
-
 pub struct Mutex<T> {
     #[cfg(not(broker_loom))]
     inner: parking_lot::Mutex<T>,
@@ -26,7 +25,6 @@ pub struct Mutex<T> {
 }
 
 /// A reader-writer lock for read-mostly state (the org directory).
-
 pub struct RwLock<T> {
     #[cfg(not(broker_loom))]
     inner: parking_lot::RwLock<T>,
@@ -44,7 +42,9 @@ mod imp {
 
     impl<T> Mutex<T> {
         pub fn new(value: T) -> Self {
-            Self { inner: parking_lot::Mutex::new(value) }
+            Self {
+                inner: parking_lot::Mutex::new(value),
+            }
         }
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.inner.lock()
@@ -53,7 +53,9 @@ mod imp {
 
     impl<T> RwLock<T> {
         pub fn new(value: T) -> Self {
-            Self { inner: parking_lot::RwLock::new(value) }
+            Self {
+                inner: parking_lot::RwLock::new(value),
+            }
         }
         pub fn read(&self) -> ReadGuard<'_, T> {
             self.inner.read()
@@ -76,7 +78,9 @@ mod imp {
     // fails the model; unwrapping here cannot hide a bug.
     impl<T> Mutex<T> {
         pub fn new(value: T) -> Self {
-            Self { inner: loom::sync::Mutex::new(value) }
+            Self {
+                inner: loom::sync::Mutex::new(value),
+            }
         }
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.inner.lock().unwrap()
@@ -85,7 +89,9 @@ mod imp {
 
     impl<T> RwLock<T> {
         pub fn new(value: T) -> Self {
-            Self { inner: loom::sync::RwLock::new(value) }
+            Self {
+                inner: loom::sync::RwLock::new(value),
+            }
         }
         pub fn read(&self) -> ReadGuard<'_, T> {
             self.inner.read().unwrap()

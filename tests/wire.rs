@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use common::{start, TestBroker};
 use license_broker::core::ErrorCode;
-use license_broker::proto::{encode, ClientFrame, FrameBuf, Hello, Outcome, Req, Request, ServerFrame, MAX_FRAME, VERSION};
+use license_broker::proto::{
+    encode, ClientFrame, FrameBuf, Hello, Outcome, Req, Request, ServerFrame, MAX_FRAME, VERSION,
+};
 
 struct Raw {
     send: quinn::SendStream,
@@ -17,11 +19,18 @@ struct Raw {
 }
 
 async fn raw(b: &TestBroker) -> Raw {
-    let (addr, name) = license_broker::client::resolve(&b.server, None).await.unwrap();
+    let (addr, name) = license_broker::client::resolve(&b.server, None)
+        .await
+        .unwrap();
     let ep = license_broker::client::endpoint(Some(&b.ca), false).unwrap();
     let conn = ep.connect(addr, &name).unwrap().await.unwrap();
     let (send, recv) = conn.open_bi().await.unwrap();
-    Raw { send, recv, frames: FrameBuf::new(), _conn: conn }
+    Raw {
+        send,
+        recv,
+        frames: FrameBuf::new(),
+        _conn: conn,
+    }
 }
 
 impl Raw {
@@ -36,7 +45,12 @@ impl Raw {
     }
 
     async fn hello(&mut self, key: &str, version: u16) {
-        self.send_frame(&ClientFrame::Hello(Hello { version, api_key: key.into(), client: "test".into() })).await;
+        self.send_frame(&ClientFrame::Hello(Hello {
+            version,
+            api_key: key.into(),
+            client: "test".into(),
+        }))
+        .await;
     }
 
     /// The next frame, or None if the server finished the stream.
@@ -46,7 +60,10 @@ impl Raw {
             if let Some(body) = self.frames.next_frame().unwrap() {
                 return Some(postcard::from_bytes(body).unwrap());
             }
-            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk)).await.unwrap() {
+            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk))
+                .await
+                .unwrap()
+            {
                 Ok(Some(n)) => self.frames.extend(&chunk[..n]),
                 _ => return None,
             }
@@ -66,7 +83,10 @@ fn error_code(f: Option<ServerFrame>) -> ErrorCode {
 }
 
 fn status_req(id: u64) -> ClientFrame {
-    ClientFrame::Request(Request { id, body: Req::Status { org: None } })
+    ClientFrame::Request(Request {
+        id,
+        body: Req::Status { org: None },
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +109,9 @@ async fn garbage_gets_bad_frame_and_the_stream_goes_on() {
     // The stream still works.
     r.send_frame(&status_req(7)).await;
     match r.next().await {
-        Some(ServerFrame::Response(resp)) => assert!(matches!(resp.outcome, Outcome::Ok(_)) && resp.id == 7),
+        Some(ServerFrame::Response(resp)) => {
+            assert!(matches!(resp.outcome, Outcome::Ok(_)) && resp.id == 7)
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -140,7 +162,14 @@ async fn frames_split_across_writes_and_pipelined_requests_all_answered() {
     let b = start(Duration::from_secs(30)).await;
     let mut r = raw(&b).await;
     let mut buf = Vec::new();
-    encode(&ClientFrame::Hello(Hello { version: VERSION, api_key: b.owner.clone(), client: "t".into() }), &mut buf);
+    encode(
+        &ClientFrame::Hello(Hello {
+            version: VERSION,
+            api_key: b.owner.clone(),
+            client: "t".into(),
+        }),
+        &mut buf,
+    );
     for id in 0..200 {
         encode(&status_req(id), &mut buf);
     }

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use license_broker::client::{Client, ClientError, ClientOptions};
-use license_broker::core::{ErrorCode, Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};
+use license_broker::core::{
+    ErrorCode, Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term,
+};
 
 /// A floating-license session broker over QUIC.
 #[derive(Parser, Debug)]
@@ -26,7 +28,12 @@ pub struct Args {
 #[derive(clap::Args, Debug, Clone)]
 struct ConnArgs {
     /// Broker address HOST:PORT.
-    #[arg(long, env = "LB_SERVER", default_value = "127.0.0.1:4433", global = true)]
+    #[arg(
+        long,
+        env = "LB_SERVER",
+        default_value = "127.0.0.1:4433",
+        global = true
+    )]
     server: String,
     /// PEM certificate to trust (the broker's DATA_DIR/tls/cert.pem); system roots if absent.
     #[arg(long, env = "LB_CA", global = true)]
@@ -196,8 +203,16 @@ enum SessionCmd {
 
 impl ConnArgs {
     fn options(&self) -> Result<ClientOptions> {
-        let api_key = self.api_key.clone().context("no API key: pass --api-key or set LB_API_KEY")?;
-        Ok(ClientOptions { server: self.server.clone(), server_name: self.server_name.clone(), ca: self.ca.clone(), api_key })
+        let api_key = self
+            .api_key
+            .clone()
+            .context("no API key: pass --api-key or set LB_API_KEY")?;
+        Ok(ClientOptions {
+            server: self.server.clone(),
+            server_name: self.server_name.clone(),
+            ca: self.ca.clone(),
+            api_key,
+        })
     }
 
     async fn connect(&self) -> Result<Client> {
@@ -222,15 +237,30 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             output::status(&pools, json);
             finish(c).await
         }
-        Command::Org(OrgCmd::Create { name, subscription_end, owner }) => {
+        Command::Org(OrgCmd::Create {
+            name,
+            subscription_end,
+            owner,
+        }) => {
             let c = conn.connect().await?;
             let key = c.create_org(&name, &subscription_end, &owner).await?;
             println!("owner api key: {key}");
             finish(c).await
         }
-        Command::Pool(PoolCmd::Set { org, product, kind, term, pool, quota }) => {
+        Command::Pool(PoolCmd::Set {
+            org,
+            product,
+            kind,
+            term,
+            pool,
+            quota,
+        }) => {
             let c = conn.connect().await?;
-            let pool = pool.unwrap_or(PoolId { product, kind, term });
+            let pool = pool.unwrap_or(PoolId {
+                product,
+                kind,
+                term,
+            });
             c.set_pool(&org, pool, quota).await?;
             println!("pool {org}/{pool}: quota {quota}");
             finish(c).await

@@ -11,7 +11,11 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
@@ -52,7 +56,12 @@ pub fn status(pools: &[PoolStatus], as_json: bool) {
             ]
         })
         .collect();
-    table(&["ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED"], rows);
+    table(
+        &[
+            "ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED",
+        ],
+        rows,
+    );
 }
 
 pub fn sessions(list: &[SessionInfo], as_json: bool) {
@@ -82,7 +91,10 @@ pub fn sessions(list: &[SessionInfo], as_json: bool) {
             ]
         })
         .collect();
-    table(&["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES"], rows);
+    table(
+        &["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES"],
+        rows,
+    );
 }
 
 pub fn machines(list: &[MachineInfo], as_json: bool) {
@@ -94,7 +106,16 @@ pub fn machines(list: &[MachineInfo], as_json: bool) {
         println!("{}", json!({ "machines": v }));
         return;
     }
-    let rows = list.iter().map(|m| vec![m.pool.to_string(), m.machine.to_string(), format_utc(m.registered)]).collect();
+    let rows = list
+        .iter()
+        .map(|m| {
+            vec![
+                m.pool.to_string(),
+                m.machine.to_string(),
+                format_utc(m.registered),
+            ]
+        })
+        .collect();
     table(&["POOL", "MACHINE", "REGISTERED"], rows);
 }
 
@@ -105,7 +126,16 @@ pub fn users(list: &[UserInfo], as_json: bool) {
         println!("{}", json!({ "users": v }));
         return;
     }
-    let rows = list.iter().map(|u| vec![u.email.to_string(), u.role.to_string(), format_utc(u.created)]).collect();
+    let rows = list
+        .iter()
+        .map(|u| {
+            vec![
+                u.email.to_string(),
+                u.role.to_string(),
+                format_utc(u.created),
+            ]
+        })
+        .collect();
     table(&["EMAIL", "ROLE", "ADDED"], rows);
 }
 
@@ -120,7 +150,14 @@ pub fn keys(list: &[KeyInfo], as_json: bool) {
     }
     let rows = list
         .iter()
-        .map(|k| vec![k.id.clone(), k.email.to_string(), format_utc(k.created), if k.revoked { "revoked" } else { "active" }.into()])
+        .map(|k| {
+            vec![
+                k.id.clone(),
+                k.email.to_string(),
+                format_utc(k.created),
+                if k.revoked { "revoked" } else { "active" }.into(),
+            ]
+        })
         .collect();
     table(&["ID", "EMAIL", "CREATED", "STATE"], rows);
 }

@@ -51,7 +51,10 @@ impl Events {
             ClientError::Rejected(w) => (w.code.name().to_string(), w.message.clone()),
             other => ("CONNECTION".to_string(), other.to_string()),
         };
-        self.emit(json!({"event": "rejected", "code": code, "message": message}), format!("rejected: {code}: {message}"));
+        self.emit(
+            json!({"event": "rejected", "code": code, "message": message}),
+            format!("rejected: {code}: {message}"),
+        );
         ExitCode::from(exit_code_for(e.code()))
     }
 }
@@ -77,7 +80,12 @@ pub async fn run(a: RunnerArgs, conn: &ConnArgs) -> Result<ExitCode> {
 }
 
 /// Connects, registers the machine and acquires (or re-attaches).
-async fn attach(opts: &ClientOptions, a: &RunnerArgs, machine: &MachineId, nonce: u128) -> Result<(Client, Admitted), ClientError> {
+async fn attach(
+    opts: &ClientOptions,
+    a: &RunnerArgs,
+    machine: &MachineId,
+    nonce: u128,
+) -> Result<(Client, Admitted), ClientError> {
     let client = Client::connect(opts).await?;
     client.register_machine(&a.org, a.pool, machine).await?;
     let lease = client.acquire(&a.org, a.pool, machine, nonce).await?;
@@ -103,7 +111,8 @@ async fn hold(
     let until = a.hold.map(|h| tokio::time::Instant::now() + h);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = loop {
-        let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+        let release_at = until
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
         tokio::select! {
             _ = tokio::time::sleep(beat) => match client.renew(lease.session).await {
                 Ok(deadline) => lease.deadline_ms = deadline,
@@ -146,8 +155,10 @@ async fn hold(
             }
         }
         Stop::Ended(reason) => {
-            ev.emit(json!({"event": "ended", "session": lease.session.to_string(), "reason": reason}),
-                    format!("session {} ended: {reason}", lease.session));
+            ev.emit(
+                json!({"event": "ended", "session": lease.session.to_string(), "reason": reason}),
+                format!("session {} ended: {reason}", lease.session),
+            );
             client.close().await;
             Ok(ExitCode::from(1))
         }
@@ -182,5 +193,7 @@ async fn reattach(
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -50,7 +50,10 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     }
     let mut options = Options::new(a.data_dir, a.listen);
     options.lease_ttl = a.lease_ttl;
-    options.tls = a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key });
+    options.tls = a
+        .tls_cert
+        .zip(a.tls_key)
+        .map(|(cert, key)| TlsFiles { cert, key });
     options.max_connections = a.max_connections;
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;

@@ -43,16 +43,44 @@ pub struct KeyInfo {
 impl Broker {
     /// The records of a fresh broker: the operator's key, the `default` org
     /// (subscription through 9999-12-31) and its Owner with a key.
-    pub fn plan_bootstrap(&self, operator_key: KeyHash, owner: &Email, owner_key: KeyHash, now: Millis) -> Vec<Change> {
+    pub fn plan_bootstrap(
+        &self,
+        operator_key: KeyHash,
+        owner: &Email,
+        owner_key: KeyHash,
+        now: Millis,
+    ) -> Vec<Change> {
         // Invariant: these literals satisfy the validators (tested below).
         let default = OrgName::new("default").expect("valid org name");
         let operator = Email::new("operator@localhost").expect("valid email");
-        let end = Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + 86_400_000));
+        let end =
+            Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + 86_400_000));
         vec![
-            Change::Put(Record::Key { hash: operator_key, org: None, email: operator, created: now, revoked: false }),
-            Change::Put(Record::Org { name: default.clone(), subscription_end: end, created: now }),
-            Change::Put(Record::User { org: default.clone(), email: owner.clone(), role: Role::Owner, created: now }),
-            Change::Put(Record::Key { hash: owner_key, org: Some(default), email: owner.clone(), created: now, revoked: false }),
+            Change::Put(Record::Key {
+                hash: operator_key,
+                org: None,
+                email: operator,
+                created: now,
+                revoked: false,
+            }),
+            Change::Put(Record::Org {
+                name: default.clone(),
+                subscription_end: end,
+                created: now,
+            }),
+            Change::Put(Record::User {
+                org: default.clone(),
+                email: owner.clone(),
+                role: Role::Owner,
+                created: now,
+            }),
+            Change::Put(Record::Key {
+                hash: owner_key,
+                org: Some(default),
+                email: owner.clone(),
+                created: now,
+                revoked: false,
+            }),
         ]
     }
 
@@ -71,28 +99,63 @@ impl Broker {
             return Err(Error::invalid("subscription end", "must be today or later"));
         }
         self.with_dir(|dir| match dir.orgs.contains_key(name) {
-            true => Err(Error::AlreadyExists { what: "org", name: name.to_string() }),
+            true => Err(Error::AlreadyExists {
+                what: "org",
+                name: name.to_string(),
+            }),
             false => Ok(()),
         })?;
         Ok(vec![
-            Change::Put(Record::Org { name: name.clone(), subscription_end, created: now }),
-            Change::Put(Record::User { org: name.clone(), email: owner.clone(), role: Role::Owner, created: now }),
-            Change::Put(Record::Key { hash: owner_key, org: Some(name.clone()), email: owner.clone(), created: now, revoked: false }),
+            Change::Put(Record::Org {
+                name: name.clone(),
+                subscription_end,
+                created: now,
+            }),
+            Change::Put(Record::User {
+                org: name.clone(),
+                email: owner.clone(),
+                role: Role::Owner,
+                created: now,
+            }),
+            Change::Put(Record::Key {
+                hash: owner_key,
+                org: Some(name.clone()),
+                email: owner.clone(),
+                created: now,
+                revoked: false,
+            }),
         ])
     }
 
     /// Operator: creates a pool or changes its quota.
-    pub fn plan_set_pool(&self, p: &Principal, org: &OrgName, pool: PoolId, quota: u32) -> Result<Vec<Change>> {
+    pub fn plan_set_pool(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        quota: u32,
+    ) -> Result<Vec<Change>> {
         p.require_operator()?;
         if quota > MAX_QUOTA {
             return Err(Error::invalid("quota", format!("at most {MAX_QUOTA}")));
         }
         self.with_dir(|dir| dir.org(org).map(|_| ()))?;
-        Ok(vec![Change::Put(Record::Pool { org: org.clone(), pool, quota })])
+        Ok(vec![Change::Put(Record::Pool {
+            org: org.clone(),
+            pool,
+            quota,
+        })])
     }
 
     /// Owner/Admin: adds a member. Only Owners add Owners.
-    pub fn plan_add_user(&self, p: &Principal, org: &OrgName, email: &Email, role: Role, now: Millis) -> Result<Vec<Change>> {
+    pub fn plan_add_user(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        email: &Email,
+        role: Role,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
         p.require_admin(org)?;
         if role == Role::Operator {
             return Err(Error::invalid("role", "expected owner, admin or user"));
@@ -100,25 +163,55 @@ impl Broker {
         p.require_may_manage(role)?;
         self.with_dir(|dir| {
             if dir.org(org)?.users.contains_key(email) {
-                return Err(Error::AlreadyExists { what: "user", name: email.to_string() });
+                return Err(Error::AlreadyExists {
+                    what: "user",
+                    name: email.to_string(),
+                });
             }
             Ok(())
         })?;
-        Ok(vec![Change::Put(Record::User { org: org.clone(), email: email.clone(), role, created: now })])
+        Ok(vec![Change::Put(Record::User {
+            org: org.clone(),
+            email: email.clone(),
+            role,
+            created: now,
+        })])
     }
 
     /// Owner/Admin: a new API key for a member (only Owners mint Owner keys).
-    pub fn plan_create_key(&self, p: &Principal, org: &OrgName, email: &Email, hash: KeyHash, now: Millis) -> Result<Vec<Change>> {
+    pub fn plan_create_key(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        email: &Email,
+        hash: KeyHash,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
         p.require_admin(org)?;
         let role = self.with_dir(|dir| {
-            dir.org(org)?.users.get(email).map(|u| u.role).ok_or_else(|| Error::not_found("user", email))
+            dir.org(org)?
+                .users
+                .get(email)
+                .map(|u| u.role)
+                .ok_or_else(|| Error::not_found("user", email))
         })?;
         p.require_may_manage(role)?;
-        Ok(vec![Change::Put(Record::Key { hash, org: Some(org.clone()), email: email.clone(), created: now, revoked: false })])
+        Ok(vec![Change::Put(Record::Key {
+            hash,
+            org: Some(org.clone()),
+            email: email.clone(),
+            created: now,
+            revoked: false,
+        })])
     }
 
     /// Owner/Admin: revokes a key of their org, named by its id or the key's hash.
-    pub fn plan_revoke_key(&self, p: &Principal, org: &OrgName, key: KeyRef) -> Result<Vec<Change>> {
+    pub fn plan_revoke_key(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        key: KeyRef,
+    ) -> Result<Vec<Change>> {
         p.require_admin(org)?;
         self.with_dir(|dir| {
             let found = dir.keys.iter().find(|(hash, entry)| {
@@ -129,7 +222,11 @@ impl Broker {
                     }
             });
             let (hash, entry) = found.ok_or_else(|| Error::not_found("api key", key.describe()))?;
-            let role = dir.org(org)?.users.get(&entry.email).map_or(Role::User, |u| u.role);
+            let role = dir
+                .org(org)?
+                .users
+                .get(&entry.email)
+                .map_or(Role::User, |u| u.role);
             p.require_may_manage(role)?;
             Ok(vec![Change::Put(Record::Key {
                 hash: *hash,
@@ -142,7 +239,13 @@ impl Broker {
     }
 
     /// Owner/Admin: removes a machine from one pool, or from every pool of the org.
-    pub fn plan_remove_machine(&self, p: &Principal, org: &OrgName, pool: Option<PoolId>, machine: &MachineId) -> Result<Vec<Change>> {
+    pub fn plan_remove_machine(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: Option<PoolId>,
+        machine: &MachineId,
+    ) -> Result<Vec<Change>> {
         p.require_admin(org)?;
         self.with_dir(|dir| {
             let changes: Vec<Change> = dir
@@ -150,7 +253,11 @@ impl Broker {
                 .pools
                 .values()
                 .filter(|p| pool.is_none_or(|want| p.id == want) && p.has_machine(machine))
-                .map(|p| Change::RemoveMachine { org: org.clone(), pool: p.id, machine: machine.clone() })
+                .map(|p| Change::RemoveMachine {
+                    org: org.clone(),
+                    pool: p.id,
+                    machine: machine.clone(),
+                })
                 .collect();
             if changes.is_empty() {
                 return Err(Error::not_found("machine", machine));
@@ -167,7 +274,11 @@ impl Broker {
                 .org(org)?
                 .users
                 .iter()
-                .map(|(email, u)| UserInfo { email: email.clone(), role: u.role, created: u.created })
+                .map(|(email, u)| UserInfo {
+                    email: email.clone(),
+                    role: u.role,
+                    created: u.created,
+                })
                 .collect();
             v.sort_by(|a, b| a.email.cmp(&b.email));
             Ok(v)
@@ -183,7 +294,12 @@ impl Broker {
                 .keys
                 .iter()
                 .filter(|(_, k)| k.org.as_ref() == Some(org))
-                .map(|(h, k)| KeyInfo { id: h.key_id(), email: k.email.clone(), created: k.created, revoked: k.revoked })
+                .map(|(h, k)| KeyInfo {
+                    id: h.key_id(),
+                    email: k.email.clone(),
+                    created: k.created,
+                    revoked: k.revoked,
+                })
                 .collect();
             v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
             Ok(v)

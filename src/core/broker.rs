@@ -29,7 +29,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config { lease_ttl: Duration::from_secs(30), shard_bits: 6 }
+        Config {
+            lease_ttl: Duration::from_secs(30),
+            shard_bits: 6,
+        }
     }
 }
 
@@ -105,7 +108,12 @@ impl Broker {
         let handle = self.pool(p, org, pool)?;
         let reg = handle.register_machine(machine, now)?;
         let change = (reg == Registration::New).then(|| {
-            Change::Put(Record::Machine { org: org.clone(), pool, machine: machine.clone(), registered: now })
+            Change::Put(Record::Machine {
+                org: org.clone(),
+                pool,
+                machine: machine.clone(),
+                registered: now,
+            })
         });
         Ok((reg, change))
     }
@@ -133,18 +141,29 @@ impl Broker {
         if !handle.has_machine(&machine) {
             return Err(Error::MachineNotRegistered);
         }
-        let req = SessionRequest { machine, user: p.email.clone(), nonce, conn };
-        self.sessions.acquire(&handle, req, now, self.config.lease_ttl)
+        let req = SessionRequest {
+            machine,
+            user: p.email.clone(),
+            nonce,
+            conn,
+        };
+        self.sessions
+            .acquire(&handle, req, now, self.config.lease_ttl)
     }
 
     /// Heartbeat: extends a live session of the caller's org.
     pub fn renew(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Millis> {
-        self.sessions.renew(session, now, self.config.lease_ttl, |pool| Some(&pool.org) == p.org.as_ref())
+        self.sessions
+            .renew(session, now, self.config.lease_ttl, |pool| {
+                Some(&pool.org) == p.org.as_ref()
+            })
     }
 
     /// Ends a session of the caller's org on the runner's request.
     pub fn release(&self, p: &Principal, session: SessionId) -> Result<Ended> {
-        self.sessions.end(session, EndReason::Released, |pool, _| Some(&pool.org) == p.org.as_ref())
+        self.sessions.end(session, EndReason::Released, |pool, _| {
+            Some(&pool.org) == p.org.as_ref()
+        })
     }
 
     /// An Owner/Admin ends a session of their org.
@@ -156,10 +175,18 @@ impl Broker {
     }
 
     /// A connection closed cleanly: end the sessions it still holds.
-    pub fn close_connection(&self, conn: ConnId, sessions: impl IntoIterator<Item = SessionId>) -> Vec<Ended> {
+    pub fn close_connection(
+        &self,
+        conn: ConnId,
+        sessions: impl IntoIterator<Item = SessionId>,
+    ) -> Vec<Ended> {
         sessions
             .into_iter()
-            .filter_map(|id| self.sessions.end(id, EndReason::ConnectionClosed, |_, owner| owner == conn).ok())
+            .filter_map(|id| {
+                self.sessions
+                    .end(id, EndReason::ConnectionClosed, |_, owner| owner == conn)
+                    .ok()
+            })
             .collect()
     }
 
@@ -189,7 +216,13 @@ impl Broker {
         Ok(pools
             .iter()
             .flat_map(|pool| {
-                pool.machines().into_iter().map(|(machine, registered)| MachineInfo { pool: pool.id, machine, registered })
+                pool.machines()
+                    .into_iter()
+                    .map(|(machine, registered)| MachineInfo {
+                        pool: pool.id,
+                        machine,
+                        registered,
+                    })
             })
             .collect())
     }
@@ -202,7 +235,12 @@ impl Broker {
                 if p.role != super::id::Role::Operator {
                     p.require_member(o)?;
                 }
-                vec![dir.orgs.get_key_value(o).ok_or_else(|| Error::not_found("org", o))?.0]
+                vec![
+                    dir.orgs
+                        .get_key_value(o)
+                        .ok_or_else(|| Error::not_found("org", o))?
+                        .0,
+                ]
             }
             (None, Some(mine)) => vec![mine],
             (None, None) => dir.orgs.keys().collect(),
@@ -247,6 +285,13 @@ impl Broker {
         f(&self.dir.read())
     }
 
+    /// The session-table shard a nonce lands on in a pool (for loom models,
+    /// which need acquires that do or do not share a lock).
+    pub fn session_shard(&self, org: &OrgName, pool: PoolId, nonce: Nonce) -> Option<usize> {
+        let handle = self.dir.read().pool(org, pool).ok()?.clone();
+        Some(self.sessions.shard_of_nonce(&handle, nonce))
+    }
+
     /// Number of live sessions across all pools.
     pub fn live_sessions(&self) -> usize {
         self.sessions.len()
@@ -254,7 +299,13 @@ impl Broker {
 
     /// Whether a machine is already registered in a pool of the caller's org
     /// (the fast path of registration, which needs no durable write).
-    pub fn is_registered(&self, p: &Principal, org: &OrgName, pool: PoolId, machine: &MachineId) -> Result<bool> {
+    pub fn is_registered(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+    ) -> Result<bool> {
         Ok(self.pool(p, org, pool)?.has_machine(machine))
     }
 }

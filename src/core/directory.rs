@@ -48,7 +48,9 @@ impl Principal {
         if self.role.is_admin() {
             Ok(())
         } else {
-            Err(Error::Forbidden("only an Owner or Admin of the org can do this"))
+            Err(Error::Forbidden(
+                "only an Owner or Admin of the org can do this",
+            ))
         }
     }
 
@@ -94,7 +96,11 @@ pub(crate) struct Directory {
 impl Directory {
     /// Resolves a key to its principal; revoked keys and removed users are refused.
     pub fn principal(&self, hash: &KeyHash) -> Result<Principal> {
-        let key = self.keys.get(hash).filter(|k| !k.revoked).ok_or(Error::Unauthorized)?;
+        let key = self
+            .keys
+            .get(hash)
+            .filter(|k| !k.revoked)
+            .ok_or(Error::Unauthorized)?;
         let role = match &key.org {
             None => Role::Operator,
             Some(org) => {
@@ -102,11 +108,17 @@ impl Directory {
                 entry.users.get(&key.email).ok_or(Error::Unauthorized)?.role
             }
         };
-        Ok(Principal { org: key.org.clone(), email: key.email.clone(), role })
+        Ok(Principal {
+            org: key.org.clone(),
+            email: key.email.clone(),
+            role,
+        })
     }
 
     pub fn org(&self, org: &OrgName) -> Result<&OrgEntry> {
-        self.orgs.get(org).ok_or_else(|| Error::not_found("org", org))
+        self.orgs
+            .get(org)
+            .ok_or_else(|| Error::not_found("org", org))
     }
 
     pub fn pool(&self, org: &OrgName, pool: PoolId) -> Result<&Arc<Pool>> {
@@ -118,9 +130,17 @@ impl Directory {
 
     /// Applies one committed change. `new_pool` builds pools so the broker
     /// controls their uids. Returns a machine removal for the caller to sweep.
-    pub fn apply(&mut self, change: &Change, mut new_pool: impl FnMut(&OrgName, PoolId, u32, Millis) -> Arc<Pool>) {
+    pub fn apply(
+        &mut self,
+        change: &Change,
+        mut new_pool: impl FnMut(&OrgName, PoolId, u32, Millis) -> Arc<Pool>,
+    ) {
         match change {
-            Change::Put(Record::Org { name, subscription_end, .. }) => {
+            Change::Put(Record::Org {
+                name,
+                subscription_end,
+                ..
+            }) => {
                 let entry = self.orgs.entry(name.clone()).or_insert_with(|| OrgEntry {
                     subscription_end: *subscription_end,
                     pools: HashMap::new(),
@@ -132,7 +152,9 @@ impl Directory {
                 }
             }
             Change::Put(Record::Pool { org, pool, quota }) => {
-                let Some(entry) = self.orgs.get_mut(org) else { return };
+                let Some(entry) = self.orgs.get_mut(org) else {
+                    return;
+                };
                 let end = entry.subscription_end;
                 match entry.pools.get(pool) {
                     Some(p) => p.set_quota(*quota),
@@ -141,15 +163,45 @@ impl Directory {
                     }
                 }
             }
-            Change::Put(Record::User { org, email, role, created }) => {
+            Change::Put(Record::User {
+                org,
+                email,
+                role,
+                created,
+            }) => {
                 if let Some(entry) = self.orgs.get_mut(org) {
-                    entry.users.insert(email.clone(), UserEntry { role: *role, created: *created });
+                    entry.users.insert(
+                        email.clone(),
+                        UserEntry {
+                            role: *role,
+                            created: *created,
+                        },
+                    );
                 }
             }
-            Change::Put(Record::Key { hash, org, email, created, revoked }) => {
-                self.keys.insert(*hash, KeyEntry { org: org.clone(), email: email.clone(), created: *created, revoked: *revoked });
+            Change::Put(Record::Key {
+                hash,
+                org,
+                email,
+                created,
+                revoked,
+            }) => {
+                self.keys.insert(
+                    *hash,
+                    KeyEntry {
+                        org: org.clone(),
+                        email: email.clone(),
+                        created: *created,
+                        revoked: *revoked,
+                    },
+                );
             }
-            Change::Put(Record::Machine { org, pool, machine, registered }) => {
+            Change::Put(Record::Machine {
+                org,
+                pool,
+                machine,
+                registered,
+            }) => {
                 if let Ok(p) = self.pool(org, *pool) {
                     p.restore_machine(machine.clone(), *registered);
                 }

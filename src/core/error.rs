@@ -44,8 +44,6 @@ pub enum ErrorCode {
     SubscriptionExpired,
     /// The broker is shutting down and admits nothing new.
     Draining,
-    /// Too many requests or connections; retry later.
-    Busy,
     /// The durable store failed; nothing was changed.
     StoreFailure,
     /// An unexpected internal error.
@@ -54,7 +52,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 17] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -70,7 +68,6 @@ impl ErrorCode {
         ErrorCode::SessionExpired,
         ErrorCode::SubscriptionExpired,
         ErrorCode::Draining,
-        ErrorCode::Busy,
         ErrorCode::StoreFailure,
         ErrorCode::Internal,
     ];
@@ -93,7 +90,6 @@ impl ErrorCode {
             ErrorCode::SessionExpired => "SESSION_EXPIRED",
             ErrorCode::SubscriptionExpired => "SUBSCRIPTION_EXPIRED",
             ErrorCode::Draining => "DRAINING",
-            ErrorCode::Busy => "BUSY",
             ErrorCode::StoreFailure => "STORE_FAILURE",
             ErrorCode::Internal => "INTERNAL",
         }
@@ -150,11 +146,17 @@ impl Error {
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
-        Error::Invalid { what, reason: reason.into() }
+        Error::Invalid {
+            what,
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn not_found(what: &'static str, name: impl fmt::Display) -> Error {
-        Error::NotFound { what, name: name.to_string() }
+        Error::NotFound {
+            what,
+            name: name.to_string(),
+        }
     }
 }
 
@@ -162,10 +164,16 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::QuotaExceeded { quota } => {
-                write!(f, "quota exceeded: all {quota} licenses of the pool are in use")
+                write!(
+                    f,
+                    "quota exceeded: all {quota} licenses of the pool are in use"
+                )
             }
             Error::MachineLimit { quota } => {
-                write!(f, "machine limit reached: the pool already has {quota} registered machines")
+                write!(
+                    f,
+                    "machine limit reached: the pool already has {quota} registered machines"
+                )
             }
             Error::MachineNotRegistered => f.write_str("machine is not registered in this pool"),
             Error::SessionExpired => f.write_str("session expired or already ended"),

@@ -82,7 +82,9 @@ fn check_org(s: &str) -> Result<(), String> {
         return Err("must be 1 to 63 characters".into());
     }
     if !s.chars().all(ok_char) || !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err("use lowercase letters, digits, '-' and '_', starting with a letter or digit".into());
+        return Err(
+            "use lowercase letters, digits, '-' and '_', starting with a letter or digit".into(),
+        );
     }
     Ok(())
 }

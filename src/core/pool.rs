@@ -57,8 +57,11 @@ pub struct PoolId {
 
 impl PoolId {
     /// The pool KRE runners use unless told otherwise.
-    pub const KRE_DEFAULT: PoolId =
-        PoolId { product: Product::Kre, kind: Kind::Floating, term: Term::Annual };
+    pub const KRE_DEFAULT: PoolId = PoolId {
+        product: Product::Kre,
+        kind: Kind::Floating,
+        term: Term::Annual,
+    };
 }
 
 impl fmt::Display for PoolId {
@@ -82,7 +85,12 @@ impl fmt::Display for PoolId {
 impl FromStr for PoolId {
     type Err = Error;
     fn from_str(s: &str) -> Result<PoolId> {
-        let bad = || Error::invalid("pool", format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"));
+        let bad = || {
+            Error::invalid(
+                "pool",
+                format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"),
+            )
+        };
         let (product, rest) = s.split_once('-').ok_or_else(bad)?;
         let (kind, term) = rest.rsplit_once('-').ok_or_else(bad)?;
         Ok(PoolId {
@@ -99,7 +107,10 @@ impl FromStr for Product {
         match s {
             "kre" => Ok(Product::Kre),
             "kse" => Ok(Product::Kse),
-            _ => Err(Error::invalid("product", format!("{s:?}: expected kre or kse"))),
+            _ => Err(Error::invalid(
+                "product",
+                format!("{s:?}: expected kre or kse"),
+            )),
         }
     }
 }
@@ -110,7 +121,10 @@ impl FromStr for Kind {
         match s {
             "floating" => Ok(Kind::Floating),
             "node-locked" => Ok(Kind::NodeLocked),
-            _ => Err(Error::invalid("kind", format!("{s:?}: expected floating or node-locked"))),
+            _ => Err(Error::invalid(
+                "kind",
+                format!("{s:?}: expected floating or node-locked"),
+            )),
         }
     }
 }
@@ -121,7 +135,10 @@ impl FromStr for Term {
         match s {
             "annual" => Ok(Term::Annual),
             "monthly" => Ok(Term::Monthly),
-            _ => Err(Error::invalid("term", format!("{s:?}: expected annual or monthly"))),
+            _ => Err(Error::invalid(
+                "term",
+                format!("{s:?}: expected annual or monthly"),
+            )),
         }
     }
 }
@@ -266,7 +283,12 @@ impl Pool {
 
     /// Registered machines with their registration times, sorted by id.
     pub fn machines(&self) -> Vec<(MachineId, Millis)> {
-        let mut v: Vec<_> = self.machines.lock().iter().map(|(m, t)| (m.clone(), *t)).collect();
+        let mut v: Vec<_> = self
+            .machines
+            .lock()
+            .iter()
+            .map(|(m, t)| (m.clone(), *t))
+            .collect();
         v.sort();
         v
     }
@@ -292,12 +314,22 @@ mod tests {
     use super::*;
 
     fn pool(quota: u32) -> Pool {
-        Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, quota, Millis::MAX)
+        Pool::new(
+            1,
+            OrgName::new("acme").unwrap(),
+            PoolId::KRE_DEFAULT,
+            quota,
+            Millis::MAX,
+        )
     }
 
     #[test]
     fn pool_ids_round_trip() {
-        for s in ["kre-floating-annual", "kse-node-locked-monthly", "kre-node-locked-annual"] {
+        for s in [
+            "kre-floating-annual",
+            "kse-node-locked-monthly",
+            "kre-node-locked-annual",
+        ] {
             assert_eq!(s.parse::<PoolId>().unwrap().to_string(), s);
         }
         assert!("kre".parse::<PoolId>().is_err());
@@ -308,17 +340,38 @@ mod tests {
     fn machines_capped_by_quota_and_idempotent() {
         let p = pool(2);
         let m = |s: &str| MachineId::new(s).unwrap();
-        assert_eq!(p.register_machine(&m("a"), Millis(1)), Ok(Registration::New));
-        assert_eq!(p.register_machine(&m("a"), Millis(2)), Ok(Registration::Known));
-        assert_eq!(p.register_machine(&m("b"), Millis(3)), Ok(Registration::New));
-        assert_eq!(p.register_machine(&m("c"), Millis(4)), Err(Error::MachineLimit { quota: 2 }));
+        assert_eq!(
+            p.register_machine(&m("a"), Millis(1)),
+            Ok(Registration::New)
+        );
+        assert_eq!(
+            p.register_machine(&m("a"), Millis(2)),
+            Ok(Registration::Known)
+        );
+        assert_eq!(
+            p.register_machine(&m("b"), Millis(3)),
+            Ok(Registration::New)
+        );
+        assert_eq!(
+            p.register_machine(&m("c"), Millis(4)),
+            Err(Error::MachineLimit { quota: 2 })
+        );
         assert!(p.forget_machine(&m("a")));
-        assert_eq!(p.register_machine(&m("c"), Millis(5)), Ok(Registration::New));
+        assert_eq!(
+            p.register_machine(&m("c"), Millis(5)),
+            Ok(Registration::New)
+        );
     }
 
     #[test]
     fn nothing_admitted_after_subscription_end() {
-        let p = Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, 5, Millis(100));
+        let p = Pool::new(
+            1,
+            OrgName::new("acme").unwrap(),
+            PoolId::KRE_DEFAULT,
+            5,
+            Millis(100),
+        );
         assert!(p.take_seat(Millis(99)).is_ok());
         assert_eq!(p.take_seat(Millis(100)), Err(Error::SubscriptionExpired));
     }

@@ -15,15 +15,39 @@ use super::time::Millis;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// An organisation and its subscription end.
-    Org { name: OrgName, subscription_end: Millis, created: Millis },
+    Org {
+        name: OrgName,
+        subscription_end: Millis,
+        created: Millis,
+    },
     /// A pool of an org and its quota.
-    Pool { org: OrgName, pool: PoolId, quota: u32 },
+    Pool {
+        org: OrgName,
+        pool: PoolId,
+        quota: u32,
+    },
     /// A member of an org and their role.
-    User { org: OrgName, email: Email, role: Role, created: Millis },
+    User {
+        org: OrgName,
+        email: Email,
+        role: Role,
+        created: Millis,
+    },
     /// An API key (by hash). `org: None` is an operator key.
-    Key { hash: KeyHash, org: Option<OrgName>, email: Email, created: Millis, revoked: bool },
+    Key {
+        hash: KeyHash,
+        org: Option<OrgName>,
+        email: Email,
+        created: Millis,
+        revoked: bool,
+    },
     /// A machine registered in a pool.
-    Machine { org: OrgName, pool: PoolId, machine: MachineId, registered: Millis },
+    Machine {
+        org: OrgName,
+        pool: PoolId,
+        machine: MachineId,
+        registered: Millis,
+    },
 }
 
 /// One step of a durable transaction.
@@ -32,7 +56,11 @@ pub enum Change {
     /// Insert or overwrite the record with the same key.
     Put(Record),
     /// Remove a machine registration.
-    RemoveMachine { org: OrgName, pool: PoolId, machine: MachineId },
+    RemoveMachine {
+        org: OrgName,
+        pool: PoolId,
+        machine: MachineId,
+    },
 }
 
 impl Record {
@@ -42,8 +70,13 @@ impl Record {
             Record::Org { name, .. } => (Table::Orgs, name.to_string()),
             Record::Pool { org, pool, .. } => (Table::Pools, format!("{org}/{pool}")),
             Record::User { org, email, .. } => (Table::Users, format!("{org}/{email}")),
-            Record::Key { hash, .. } => (Table::Keys, hash.0.iter().map(|b| format!("{b:02x}")).collect()),
-            Record::Machine { org, pool, machine, .. } => (Table::Machines, format!("{org}/{pool}/{machine}")),
+            Record::Key { hash, .. } => (
+                Table::Keys,
+                hash.0.iter().map(|b| format!("{b:02x}")).collect(),
+            ),
+            Record::Machine {
+                org, pool, machine, ..
+            } => (Table::Machines, format!("{org}/{pool}/{machine}")),
         }
     }
 }
@@ -53,7 +86,9 @@ impl Change {
     pub fn key(&self) -> (Table, String) {
         match self {
             Change::Put(r) => r.key(),
-            Change::RemoveMachine { org, pool, machine } => (Table::Machines, format!("{org}/{pool}/{machine}")),
+            Change::RemoveMachine { org, pool, machine } => {
+                (Table::Machines, format!("{org}/{pool}/{machine}"))
+            }
         }
     }
 }
@@ -76,7 +111,13 @@ pub enum Table {
 
 impl Table {
     /// Every table, parents first.
-    pub const ALL: [Table; 5] = [Table::Orgs, Table::Pools, Table::Users, Table::Keys, Table::Machines];
+    pub const ALL: [Table; 5] = [
+        Table::Orgs,
+        Table::Pools,
+        Table::Users,
+        Table::Keys,
+        Table::Machines,
+    ];
 
     /// The table's name in a store.
     pub fn name(self) -> &'static str {

@@ -28,13 +28,18 @@ fn pack(quota: u32, in_use: u32) -> u64 {
 }
 
 fn unpack(word: u64) -> SeatCount {
-    SeatCount { quota: (word >> 32) as u32, in_use: word as u32 }
+    SeatCount {
+        quota: (word >> 32) as u32,
+        in_use: word as u32,
+    }
 }
 
 impl Seats {
     /// A counter with `quota` seats, none in use.
     pub fn new(quota: u32) -> Seats {
-        Seats { word: AtomicU64::new(pack(quota, 0)) }
+        Seats {
+            word: AtomicU64::new(pack(quota, 0)),
+        }
     }
 
     /// Takes one seat if one is free; on refusal returns the quota that refused it.
@@ -49,7 +54,12 @@ impl Seats {
                 return Err(c.quota);
             }
             let next = pack(c.quota, c.in_use + 1);
-            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(unpack(next)),
                 Err(actual) => current = actual,
             }
@@ -66,7 +76,12 @@ impl Seats {
             // Saturate rather than borrow into the quota half if that is ever violated.
             debug_assert!(c.in_use > 0, "seat released twice");
             let next = pack(c.quota, c.in_use.saturating_sub(1));
-            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -79,7 +94,12 @@ impl Seats {
         let mut current = self.word.load(Ordering::Acquire);
         loop {
             let next = pack(quota, unpack(current).in_use);
-            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+            match self.word.compare_exchange_weak(
+                current,
+                next,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -113,7 +133,13 @@ mod tests {
             s.try_acquire().unwrap();
         }
         s.set_quota(1);
-        assert_eq!(s.count(), SeatCount { quota: 1, in_use: 3 });
+        assert_eq!(
+            s.count(),
+            SeatCount {
+                quota: 1,
+                in_use: 3
+            }
+        );
         s.release();
         assert_eq!(s.try_acquire(), Err(1));
         s.release();

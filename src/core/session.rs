@@ -147,9 +147,13 @@ impl SessionTable {
         }
     }
 
-    fn shard_of_nonce(&self, pool: &Pool, nonce: Nonce) -> usize {
+    /// The shard a runner nonce's session lives in (exposed so models can
+    /// force same-shard and cross-shard races).
+    pub fn shard_of_nonce(&self, pool: &Pool, nonce: Nonce) -> usize {
         // A cheap mix of nonce and pool; nonces are client-chosen random values.
-        let x = (nonce.0 as u64) ^ ((nonce.0 >> 64) as u64) ^ pool.uid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let x = (nonce.0 as u64)
+            ^ ((nonce.0 >> 64) as u64)
+            ^ pool.uid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         (x >> (64 - self.shard_bits.max(1))) as usize & ((1 << self.shard_bits) - 1)
     }
@@ -160,7 +164,13 @@ impl SessionTable {
 
     /// Admits a session, or re-attaches the nonce's existing live session
     /// (renewing it) without taking a second seat.
-    pub fn acquire(&self, pool: &Arc<Pool>, req: SessionRequest, now: Millis, ttl: Duration) -> Result<Lease> {
+    pub fn acquire(
+        &self,
+        pool: &Arc<Pool>,
+        req: SessionRequest,
+        now: Millis,
+        ttl: Duration,
+    ) -> Result<Lease> {
         let index = self.shard_of_nonce(pool, req.nonce);
         let mut shard = self.shards[index].lock();
         let deadline = now.after(ttl);
@@ -169,7 +179,11 @@ impl SessionTable {
                 s.conn = req.conn;
                 shard.set_deadline(id, deadline);
                 self.publish(index, &shard);
-                return Ok(Lease { session: id, deadline, reattached: true });
+                return Ok(Lease {
+                    session: id,
+                    deadline,
+                    reattached: true,
+                });
             }
             // Its lease ran out before the expiry task got to it: end it now,
             // so its seat is free for this very acquire.
@@ -185,25 +199,40 @@ impl SessionTable {
         let id = SessionId((shard.seq << self.shard_bits) | index as u64);
         shard.by_nonce.insert((pool.uid, req.nonce), id);
         shard.deadlines.insert((deadline, id));
-        shard.live.insert(id, Live {
-            pool: pool.clone(),
-            machine: req.machine,
-            user: req.user,
-            nonce: req.nonce,
-            conn: req.conn,
-            started: now,
-            deadline,
-        });
+        shard.live.insert(
+            id,
+            Live {
+                pool: pool.clone(),
+                machine: req.machine,
+                user: req.user,
+                nonce: req.nonce,
+                conn: req.conn,
+                started: now,
+                deadline,
+            },
+        );
         self.publish(index, &shard);
-        Ok(Lease { session: id, deadline, reattached: false })
+        Ok(Lease {
+            session: id,
+            deadline,
+            reattached: false,
+        })
     }
 
     /// Extends a live session's lease to `now + ttl`. `allow` vets the caller.
     /// A session whose deadline has passed is ended as expired and refused.
-    pub fn renew(&self, id: SessionId, now: Millis, ttl: Duration, allow: impl FnOnce(&Pool) -> bool) -> Result<Millis> {
+    pub fn renew(
+        &self,
+        id: SessionId,
+        now: Millis,
+        ttl: Duration,
+        allow: impl FnOnce(&Pool) -> bool,
+    ) -> Result<Millis> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock();
-        let Some(s) = shard.live.get(&id) else { return Err(Error::SessionExpired) };
+        let Some(s) = shard.live.get(&id) else {
+            return Err(Error::SessionExpired);
+        };
         if !allow(&s.pool) {
             return Err(Error::SessionExpired);
         }
@@ -221,14 +250,23 @@ impl SessionTable {
     }
 
     /// Ends a live session for `reason` if `allow` accepts it, returning its seat.
-    pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(&Pool, ConnId) -> bool) -> Result<Ended> {
+    pub fn end(
+        &self,
+        id: SessionId,
+        reason: EndReason,
+        allow: impl FnOnce(&Pool, ConnId) -> bool,
+    ) -> Result<Ended> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock();
-        let Some(s) = shard.live.get(&id) else { return Err(Error::SessionExpired) };
+        let Some(s) = shard.live.get(&id) else {
+            return Err(Error::SessionExpired);
+        };
         if !allow(&s.pool, s.conn) {
             return Err(Error::SessionExpired);
         }
-        let Some(live) = shard.remove(id) else { return Err(Error::SessionExpired) };
+        let Some(live) = shard.remove(id) else {
+            return Err(Error::SessionExpired);
+        };
         self.publish(index, &shard);
         drop(shard);
         live.pool.return_seat();
@@ -237,11 +275,20 @@ impl SessionTable {
 
     /// Ends every live session matching `pred` (admin sweeps: a removed
     /// machine, a deleted pool). Linear in live sessions; admin-rate only.
-    pub fn end_where(&self, reason: EndReason, mut pred: impl FnMut(&Pool, &MachineId) -> bool) -> Vec<Ended> {
+    pub fn end_where(
+        &self,
+        reason: EndReason,
+        mut pred: impl FnMut(&Pool, &MachineId) -> bool,
+    ) -> Vec<Ended> {
         let mut out = Vec::new();
         for (index, m) in self.shards.iter().enumerate() {
             let mut shard = m.lock();
-            let ids: Vec<SessionId> = shard.live.iter().filter(|(_, s)| pred(&s.pool, &s.machine)).map(|(id, _)| *id).collect();
+            let ids: Vec<SessionId> = shard
+                .live
+                .iter()
+                .filter(|(_, s)| pred(&s.pool, &s.machine))
+                .map(|(id, _)| *id)
+                .collect();
             for id in ids {
                 if let Some(live) = shard.remove(id) {
                     live.pool.return_seat();
@@ -257,7 +304,12 @@ impl SessionTable {
     pub fn next_deadline(&self) -> Option<Millis> {
         // Acquire pairs with the Release in `publish`; the value is a hint
         // that `expire` re-checks under the shard lock.
-        let min = self.earliest.iter().map(|a| a.load(Ordering::Acquire)).min().unwrap_or(u64::MAX);
+        let min = self
+            .earliest
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX);
         (min != u64::MAX).then_some(Millis(min))
     }
 
@@ -268,7 +320,9 @@ impl SessionTable {
             while self.earliest[index].load(Ordering::Acquire) <= now.0 {
                 let mut shard = self.shards[index].lock();
                 for _ in 0..EXPIRE_BATCH {
-                    let Some(&(deadline, id)) = shard.deadlines.first() else { break };
+                    let Some(&(deadline, id)) = shard.deadlines.first() else {
+                        break;
+                    };
                     if deadline > now {
                         break;
                     }
@@ -295,7 +349,13 @@ impl SessionTable {
         let mut out = Vec::new();
         for m in self.shards.iter() {
             let shard = m.lock();
-            out.extend(shard.live.iter().filter(|(_, s)| pred(&s.pool)).map(|(id, s)| s.info(*id)));
+            out.extend(
+                shard
+                    .live
+                    .iter()
+                    .filter(|(_, s)| pred(&s.pool))
+                    .map(|(id, s)| s.info(*id)),
+            );
         }
         out.sort_by_key(|i| i.session);
         out
@@ -350,6 +410,10 @@ impl Live {
     }
 
     fn into_ended(self, id: SessionId, reason: EndReason) -> Ended {
-        Ended { info: self.info(id), conn: self.conn, reason }
+        Ended {
+            info: self.info(id),
+            conn: self.conn,
+            reason,
+        }
     }
 }

@@ -87,31 +87,22 @@ fn civil_from_days(z: i64) -> (i32, u32, u32) {
     ((y + i64::from(m <= 2)) as i32, m, d)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn civil_dates_round_trip() {
-        assert_eq!(Millis::from_civil_date(1970, 1, 1), Some(Millis(0)));
-        let m = Millis::from_civil_date(2026, 11, 27).unwrap();
-        assert_eq!(m.0, 1_795_737_600_000);
-        assert_eq!(m.civil_date(), (2026, 11, 27));
-        assert_eq!(Millis::from_civil_date(2024, 2, 30), None);
-        assert_eq!(Millis::from_civil_date(2024, 2, 29).unwrap().civil_date(), (2024, 2, 29));
-    }
-}
-
 /// Parses `YYYY-MM-DD` into the instant that date *ends* (midnight UTC
 /// after it): a subscription ending on a date is valid throughout that date.
 pub fn parse_end_of_date(s: &str) -> Result<Millis, super::error::Error> {
     let bad = || super::error::Error::invalid("date", format!("{s:?}: expected YYYY-MM-DD"));
     let mut parts = s.splitn(3, '-');
-    let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else { return Err(bad()) };
+    let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
     if y.len() != 4 || m.len() != 2 || d.len() != 2 {
         return Err(bad());
     }
-    let (y, m, d) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    let (y, m, d) = (
+        y.parse().map_err(|_| bad())?,
+        m.parse().map_err(|_| bad())?,
+        d.parse().map_err(|_| bad())?,
+    );
     let start = Millis::from_civil_date(y, m, d).ok_or_else(bad)?;
     Ok(Millis(start.0 + 86_400_000))
 }
@@ -126,5 +117,28 @@ pub fn format_end_date(end: Millis) -> String {
 pub fn format_utc(t: Millis) -> String {
     let (y, m, d) = t.civil_date();
     let secs = (t.0 / 1000) % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs / 60) % 60, secs % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs / 60) % 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates_round_trip() {
+        assert_eq!(Millis::from_civil_date(1970, 1, 1), Some(Millis(0)));
+        let m = Millis::from_civil_date(2026, 11, 27).unwrap();
+        assert_eq!(m.0, 1_795_737_600_000);
+        assert_eq!(m.civil_date(), (2026, 11, 27));
+        assert_eq!(Millis::from_civil_date(2024, 2, 30), None);
+        assert_eq!(
+            Millis::from_civil_date(2024, 2, 29).unwrap().civil_date(),
+            (2024, 2, 29)
+        );
+    }
 }

@@ -22,7 +22,9 @@ pub enum FrameError {
 impl fmt::Display for FrameError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FrameError::TooLarge(n) => write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit"),
+            FrameError::TooLarge(n) => {
+                write!(f, "frame of {n} bytes exceeds the {MAX_FRAME}-byte limit")
+            }
             FrameError::Empty => f.write_str("empty frame"),
         }
     }
@@ -37,7 +39,8 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     // Serialising our own message types into a Vec cannot fail: they hold
     // only strings, integers, enums, options and sequences.
     let mut buf = std::mem::take(out);
-    buf = postcard::to_extend(msg, buf).unwrap_or_else(|_| unreachable!("postcard into Vec is infallible"));
+    buf = postcard::to_extend(msg, buf)
+        .unwrap_or_else(|_| unreachable!("postcard into Vec is infallible"));
     *out = buf;
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -72,7 +75,9 @@ impl FrameBuf {
     /// The next whole frame's body, if one has fully arrived.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
         let avail = &self.buf[self.start..];
-        let Some(prefix) = avail.get(..4) else { return Ok(None) };
+        let Some(prefix) = avail.get(..4) else {
+            return Ok(None);
+        };
         let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
         if len == 0 {
             return Err(FrameError::Empty);
@@ -124,7 +129,10 @@ mod tests {
     fn refuses_oversized_and_empty_frames() {
         let mut fb = FrameBuf::new();
         fb.extend(&((MAX_FRAME as u32) + 1).to_be_bytes());
-        assert_eq!(fb.next_frame(), Err(FrameError::TooLarge(MAX_FRAME as u32 + 1)));
+        assert_eq!(
+            fb.next_frame(),
+            Err(FrameError::TooLarge(MAX_FRAME as u32 + 1))
+        );
         let mut fb = FrameBuf::new();
         fb.extend(&[0, 0, 0, 0]);
         assert_eq!(fb.next_frame(), Err(FrameError::Empty));

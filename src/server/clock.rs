@@ -18,8 +18,13 @@ pub struct Clock {
 impl Clock {
     /// A clock anchored to the current wall time.
     pub fn new() -> Clock {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Clock { wall_at_start: wall, start: Instant::now() }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        Clock {
+            wall_at_start: wall,
+            start: Instant::now(),
+        }
     }
 
     /// The current instant.
@@ -30,7 +35,8 @@ impl Clock {
     /// The tokio instant at which `deadline` falls.
     pub fn instant_of(&self, deadline: Millis) -> tokio::time::Instant {
         let offset = deadline.0.saturating_sub(self.wall_at_start);
-        let offset = std::time::Duration::from_millis(offset.min(u64::MAX / 4));
+        // Cap at ten years: no lease is that long, and Instant + Duration must not overflow.
+        let offset = std::time::Duration::from_millis(offset.min(10 * 365 * 86_400_000));
         tokio::time::Instant::from_std(self.start) + offset
     }
 }

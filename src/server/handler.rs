@@ -7,7 +7,8 @@
 use super::connection::ConnCtx;
 use super::Shared;
 use crate::core::{
-    parse_end_of_date, Broker, Change, Email, ErrorCode, KeyRef, Nonce, Principal, Registration, Result as CoreResult,
+    parse_end_of_date, Broker, Change, Email, ErrorCode, KeyRef, Nonce, Principal, Registration,
+    Result as CoreResult,
 };
 use crate::keys;
 use crate::proto::{Req, Resp, WireError};
@@ -20,7 +21,10 @@ fn store_failure(e: crate::store::StoreError) -> WireError {
 }
 
 fn draining() -> WireError {
-    WireError::new(ErrorCode::Draining, "the broker is shutting down; retry against the restarted broker")
+    WireError::new(
+        ErrorCode::Draining,
+        "the broker is shutting down; retry against the restarted broker",
+    )
 }
 
 fn random_failure(e: keys::RandomUnavailable) -> WireError {
@@ -31,7 +35,12 @@ pub(super) async fn handle(shared: &Shared, ctx: &ConnCtx, p: &Principal, req: R
     let core = &shared.core;
     let now = shared.clock.now();
     match req {
-        Req::Acquire { org, pool, machine, nonce } => {
+        Req::Acquire {
+            org,
+            pool,
+            machine,
+            nonce,
+        } => {
             if shared.is_draining() {
                 return Err(draining());
             }
@@ -47,7 +56,9 @@ pub(super) async fn handle(shared: &Shared, ctx: &ConnCtx, p: &Principal, req: R
         }
         Req::Renew { session } => {
             let deadline = core.renew(p, session, now)?;
-            Ok(Resp::Renewed { deadline_ms: deadline.0 })
+            Ok(Resp::Renewed {
+                deadline_ms: deadline.0,
+            })
         }
         Req::Release { session } => {
             core.release(p, session)?;
@@ -69,7 +80,9 @@ pub(super) async fn handle(shared: &Shared, ctx: &ConnCtx, p: &Principal, req: R
                     return Err(store_failure(e));
                 }
             }
-            Ok(Resp::Registered { new: registration == Registration::New })
+            Ok(Resp::Registered {
+                new: registration == Registration::New,
+            })
         }
         Req::Status { org } => Ok(Resp::Status(core.status(p, org.as_ref())?)),
         Req::ListSessions { org } => Ok(Resp::Sessions(core.sessions(p, &org)?)),
@@ -82,11 +95,18 @@ pub(super) async fn handle(shared: &Shared, ctx: &ConnCtx, p: &Principal, req: R
             shared.announce(vec![ended]);
             Ok(Resp::Killed)
         }
-        Req::CreateOrg { name, subscription_end, owner } => {
+        Req::CreateOrg {
+            name,
+            subscription_end,
+            owner,
+        } => {
             let end = parse_end_of_date(&subscription_end)?;
             let owner = Email::parse_lenient(&owner)?;
             let (key, hash) = keys::generate().map_err(random_failure)?;
-            mutate(shared, |core| core.plan_create_org(p, &name, end, &owner, hash, now)).await?;
+            mutate(shared, |core| {
+                core.plan_create_org(p, &name, end, &owner, hash, now)
+            })
+            .await?;
             Ok(Resp::OrgCreated { owner_key: key })
         }
         Req::SetPool { org, pool, quota } => {
@@ -95,29 +115,48 @@ pub(super) async fn handle(shared: &Shared, ctx: &ConnCtx, p: &Principal, req: R
         }
         Req::AddUser { org, email, role } => {
             let email = Email::parse_lenient(&email)?;
-            mutate(shared, |core| core.plan_add_user(p, &org, &email, role, now)).await?;
+            mutate(shared, |core| {
+                core.plan_add_user(p, &org, &email, role, now)
+            })
+            .await?;
             Ok(Resp::Done)
         }
         Req::CreateKey { org, email } => {
             let email = Email::parse_lenient(&email)?;
             let (key, hash) = keys::generate().map_err(random_failure)?;
-            mutate(shared, |core| core.plan_create_key(p, &org, &email, hash, now)).await?;
-            Ok(Resp::KeyCreated { key, id: hash.key_id() })
+            mutate(shared, |core| {
+                core.plan_create_key(p, &org, &email, hash, now)
+            })
+            .await?;
+            Ok(Resp::KeyCreated {
+                key,
+                id: hash.key_id(),
+            })
         }
         Req::RevokeKey { org, key } => {
-            let key = if keys::looks_like_key(&key) { KeyRef::Hash(keys::hash(&key)) } else { KeyRef::Id(key) };
+            let key = if keys::looks_like_key(&key) {
+                KeyRef::Hash(keys::hash(&key))
+            } else {
+                KeyRef::Id(key)
+            };
             mutate(shared, |core| core.plan_revoke_key(p, &org, key)).await?;
             Ok(Resp::Done)
         }
         Req::RemoveMachine { org, pool, machine } => {
-            mutate(shared, |core| core.plan_remove_machine(p, &org, pool, &machine)).await?;
+            mutate(shared, |core| {
+                core.plan_remove_machine(p, &org, pool, &machine)
+            })
+            .await?;
             Ok(Resp::Done)
         }
     }
 }
 
 /// Plan → commit → apply, as one step with respect to other durable changes.
-async fn mutate(shared: &Shared, plan: impl FnOnce(&Broker) -> CoreResult<Vec<Change>>) -> Result<(), WireError> {
+async fn mutate(
+    shared: &Shared,
+    plan: impl FnOnce(&Broker) -> CoreResult<Vec<Change>>,
+) -> Result<(), WireError> {
     let _writer = shared.writer.lock().await;
     let changes = plan(&shared.core)?;
     let ended = shared.commit(changes).await.map_err(store_failure)?;

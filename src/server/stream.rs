@@ -15,8 +15,8 @@ use super::connection::ConnCtx;
 use super::{handler, Shared};
 use crate::core::{ErrorCode, KeyHash, Principal};
 use crate::proto::{
-    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Request, Response, ServerFrame, Welcome, WireError,
-    VERSION,
+    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Request, Response, ServerFrame,
+    Welcome, WireError, VERSION,
 };
 
 /// Bytes asked of the stream per read.
@@ -34,10 +34,18 @@ struct Caller {
 enum Decoded {
     Frame(ClientFrame),
     /// Undecodable; carries the request id when it could be read.
-    Bad { id: Option<u64>, detail: String },
+    Bad {
+        id: Option<u64>,
+        detail: String,
+    },
 }
 
-pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
+pub(super) async fn serve(
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
     let mut frames = FrameBuf::new();
     let mut out = Vec::with_capacity(4096);
     let mut caller: Option<Caller> = None;
@@ -58,7 +66,10 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                         FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
                         FrameError::Empty => ErrorCode::BadFrame,
                     };
-                    encode(&ServerFrame::Error(WireError::new(code, e.to_string())), &mut out);
+                    encode(
+                        &ServerFrame::Error(WireError::new(code, e.to_string())),
+                        &mut out,
+                    );
                     finish = true;
                     break;
                 }
@@ -92,13 +103,22 @@ fn decode(body: &[u8]) -> Decoded {
                 .filter(|(variant, _)| *variant == 1)
                 .and_then(|(_, rest)| postcard::take_from_bytes::<u64>(rest).ok())
                 .map(|(id, _)| id);
-            Decoded::Bad { id, detail: e.to_string() }
+            Decoded::Bad {
+                id,
+                detail: e.to_string(),
+            }
         }
     }
 }
 
 /// Handles one frame; returns true when the stream must be finished.
-async fn on_frame(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, frame: Decoded, out: &mut Vec<u8>) -> bool {
+async fn on_frame(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    caller: &mut Option<Caller>,
+    frame: Decoded,
+    out: &mut Vec<u8>,
+) -> bool {
     match frame {
         Decoded::Bad { id, detail } => {
             let err = WireError::new(ErrorCode::BadFrame, format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"));
@@ -122,21 +142,33 @@ async fn on_frame(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, f
 
 fn reply(out: &mut Vec<u8>, id: Option<u64>, err: WireError) {
     match id {
-        Some(id) => encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out),
+        Some(id) => encode(
+            &ServerFrame::Response(Response {
+                id,
+                outcome: Outcome::Err(err),
+            }),
+            out,
+        ),
         None => encode(&ServerFrame::Error(err), out),
     }
 }
 
 fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> bool {
     if caller.is_some() {
-        let err = WireError::new(ErrorCode::OutOfOrder, "Hello may only be the first frame of a stream");
+        let err = WireError::new(
+            ErrorCode::OutOfOrder,
+            "Hello may only be the first frame of a stream",
+        );
         encode(&ServerFrame::Error(err), out);
         return false;
     }
     if hello.version != VERSION {
         let err = WireError::new(
             ErrorCode::UnsupportedVersion,
-            format!("this broker speaks protocol version {VERSION}, not {}", hello.version),
+            format!(
+                "this broker speaks protocol version {VERSION}, not {}",
+                hello.version
+            ),
         );
         encode(&ServerFrame::Error(err), out);
         return true;
@@ -153,7 +185,11 @@ fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mu
                 role: principal.role,
             };
             encode(&ServerFrame::Welcome(welcome), out);
-            *caller = Some(Caller { key, principal, version });
+            *caller = Some(Caller {
+                key,
+                principal,
+                version,
+            });
         }
         Err(e) => encode(&ServerFrame::Error(e.into()), out),
     }
@@ -162,9 +198,15 @@ fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mu
 
 /// The stream's principal, re-resolved if the directory changed since (so
 /// a revoked key or a removed user loses access on their next request).
-fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<&'a Principal, WireError> {
+fn authorised<'a>(
+    shared: &Shared,
+    caller: &'a mut Option<Caller>,
+) -> Result<&'a Principal, WireError> {
     let Some(c) = caller.as_mut() else {
-        return Err(WireError::new(ErrorCode::OutOfOrder, "send Hello before any request"));
+        return Err(WireError::new(
+            ErrorCode::OutOfOrder,
+            "send Hello before any request",
+        ));
     };
     let version = shared.core.version();
     if version != c.version {

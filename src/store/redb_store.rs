@@ -43,8 +43,11 @@ impl Store for RedbStore {
             let t = tx.open_table(def(table)).map_err(backend)?;
             for row in t.iter().map_err(backend)? {
                 let (k, v) = row.map_err(backend)?;
-                let record: Record = postcard::from_bytes(v.value())
-                    .map_err(|_| StoreError::Corrupt { table: table.name(), key: k.value().to_string() })?;
+                let record: Record =
+                    postcard::from_bytes(v.value()).map_err(|_| StoreError::Corrupt {
+                        table: table.name(),
+                        key: k.value().to_string(),
+                    })?;
                 out.push(record);
             }
         }
@@ -85,19 +88,46 @@ mod tests {
         {
             let s = RedbStore::open(&path).unwrap();
             s.commit(&[
-                Change::Put(Record::Org { name: org.clone(), subscription_end: Millis(5), created: Millis(1) }),
-                Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 3 }),
-                Change::Put(Record::Machine { org: org.clone(), pool: PoolId::KRE_DEFAULT, machine: machine.clone(), registered: Millis(2) }),
+                Change::Put(Record::Org {
+                    name: org.clone(),
+                    subscription_end: Millis(5),
+                    created: Millis(1),
+                }),
+                Change::Put(Record::Pool {
+                    org: org.clone(),
+                    pool: PoolId::KRE_DEFAULT,
+                    quota: 3,
+                }),
+                Change::Put(Record::Machine {
+                    org: org.clone(),
+                    pool: PoolId::KRE_DEFAULT,
+                    machine: machine.clone(),
+                    registered: Millis(2),
+                }),
             ])
             .unwrap();
-            s.commit(&[Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 7 })]).unwrap();
+            s.commit(&[Change::Put(Record::Pool {
+                org: org.clone(),
+                pool: PoolId::KRE_DEFAULT,
+                quota: 7,
+            })])
+            .unwrap();
         }
         let s = RedbStore::open(&path).unwrap();
         let records = s.load().unwrap();
         assert_eq!(records.len(), 3);
         assert!(matches!(records[0], Record::Org { .. }));
-        assert!(records.contains(&Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 7 }));
-        s.commit(&[Change::RemoveMachine { org, pool: PoolId::KRE_DEFAULT, machine }]).unwrap();
+        assert!(records.contains(&Record::Pool {
+            org: org.clone(),
+            pool: PoolId::KRE_DEFAULT,
+            quota: 7
+        }));
+        s.commit(&[Change::RemoveMachine {
+            org,
+            pool: PoolId::KRE_DEFAULT,
+            machine,
+        }])
+        .unwrap();
         assert_eq!(s.load().unwrap().len(), 2);
     }
 }

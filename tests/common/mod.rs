@@ -41,12 +41,24 @@ pub async fn start_in(dir: tempfile::TempDir, lease_ttl: Duration) -> TestBroker
     let server = running.local_addr().to_string();
     let ca = running.cert_path.clone();
     let (operator, owner) = keys.map(|k| (k.operator, k.owner)).unwrap_or_default();
-    TestBroker { running: Some(running), dir, server, ca, operator, owner }
+    TestBroker {
+        running: Some(running),
+        dir,
+        server,
+        ca,
+        operator,
+        owner,
+    }
 }
 
 impl TestBroker {
     pub fn options(&self, key: &str) -> ClientOptions {
-        ClientOptions { server: self.server.clone(), server_name: None, ca: Some(self.ca.clone()), api_key: key.to_string() }
+        ClientOptions {
+            server: self.server.clone(),
+            server_name: None,
+            ca: Some(self.ca.clone()),
+            api_key: key.to_string(),
+        }
     }
 
     pub async fn client(&self, key: &str) -> Client {

@@ -1,0 +1,262 @@
+//! loom models of the admission core, run on the shipped code with loom's
+//! primitives swapped in by `license_broker::sync`. Each asserts its
+//! invariant in every interleaving loom explores.
+
+#![cfg(broker_loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+
+use license_broker::core::{EndReason, Error, Registration};
+use loom_tests::{t, Fixture};
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(f);
+}
+
+/// 1a. Two acquires race for the last seat: exactly one wins, the other sees QUOTA_EXCEEDED.
+#[test]
+fn acquires_at_quota_minus_one_admit_exactly_one() {
+    model(|| {
+        let f = Arc::new(Fixture::new(2));
+        f.acquire(100, t(0)).unwrap();
+        let (a, b) = f.nonces_in_distinct_shards();
+        let handles: Vec<_> = [a, b]
+            .into_iter()
+            .map(|n| {
+                let f = f.clone();
+                thread::spawn(move || f.acquire(n, t(0)))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(admitted, 1, "{results:?}");
+        assert!(results
+            .iter()
+            .any(|r| *r == Err(Error::QuotaExceeded { quota: 2 })));
+        assert_eq!(f.in_use(), 2);
+    });
+}
+
+/// 1b. At quota, concurrent acquires are all refused and nothing moves.
+#[test]
+fn acquires_at_quota_admit_none() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        f.acquire(100, t(0)).unwrap();
+        let handles: Vec<_> = (1..=2u128)
+            .map(|n| {
+                let f = f.clone();
+                thread::spawn(move || f.acquire(n, t(0)))
+            })
+            .collect();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), Err(Error::QuotaExceeded { quota: 1 }));
+        }
+        assert_eq!(f.in_use(), 1);
+    });
+}
+
+/// 1c. Three acquirers, quota two, from empty: never more than two admitted,
+/// checked inside the threads as well as at the end.
+#[test]
+fn three_acquirers_never_exceed_quota_two() {
+    model(|| {
+        let f = Arc::new(Fixture::new(2));
+        let handles: Vec<_> = (1..=3u128)
+            .map(|n| {
+                let f = f.clone();
+                thread::spawn(move || {
+                    let r = f.acquire(n, t(0));
+                    assert!(f.in_use() <= 2, "over quota mid-flight");
+                    r.is_ok()
+                })
+            })
+            .collect();
+        let admitted = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count();
+        assert_eq!(admitted, 2);
+        assert_eq!(f.in_use(), 2);
+    });
+}
+
+/// 2. Release racing expiry of the same session: the seat comes back exactly
+/// once and the session ends with exactly one reason.
+#[test]
+fn release_racing_expiry_returns_the_seat_once() {
+    model(|| {
+        // A second, longer session keeps a seat, so a seat returned twice
+        // shows as 0 in use instead of hiding behind the counter's floor.
+        let f = Arc::new(Fixture::new(2));
+        let (a, b) = f.nonces_in_distinct_shards();
+        let lease = f.acquire(a, t(0)).unwrap();
+        f.acquire(b, t(1)).unwrap();
+        let fr = f.clone();
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, lease.session));
+        let fe = f.clone();
+        let expirer = thread::spawn(move || fe.broker.expire(lease.deadline));
+        let released = releaser.join().unwrap();
+        let expired = expirer.join().unwrap();
+        let reasons: Vec<EndReason> = released
+            .iter()
+            .map(|e| e.reason)
+            .chain(expired.iter().map(|e| e.reason))
+            .collect();
+        assert_eq!(reasons.len(), 1, "exactly one end: {reasons:?}");
+        assert_eq!(f.in_use(), 1);
+        assert!(
+            f.acquire(7, lease.deadline).is_ok(),
+            "the seat is usable again"
+        );
+        assert_eq!(f.in_use(), 2);
+    });
+}
+
+/// 3. Heartbeat racing expiry: either the renewal wins (the session lives,
+/// with the new deadline) or expiry wins (the renewal is told it expired).
+#[test]
+fn renew_racing_expiry_is_one_or_the_other() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        let lease = f.acquire(1, t(0)).unwrap();
+        let renew_at = t(29_999);
+        let fr = f.clone();
+        let renewer = thread::spawn(move || fr.broker.renew(&fr.owner, lease.session, renew_at));
+        let fe = f.clone();
+        let expirer = thread::spawn(move || fe.broker.expire(lease.deadline));
+        let renewed = renewer.join().unwrap();
+        let expired = expirer.join().unwrap();
+        match renewed {
+            Ok(deadline) => {
+                assert!(expired.is_empty(), "renewed and expired at once");
+                assert_eq!(deadline, renew_at.after(loom_tests::TTL));
+                assert_eq!(f.in_use(), 1);
+                assert_eq!(f.broker.next_deadline(), Some(deadline));
+            }
+            Err(e) => {
+                assert_eq!(e, Error::SessionExpired);
+                assert_eq!(expired.len(), 1);
+                assert_eq!(expired[0].reason, EndReason::Expired);
+                assert_eq!(f.in_use(), 0);
+                assert_eq!(f.broker.next_deadline(), None);
+            }
+        }
+    });
+}
+
+/// 4. The same runner nonce acquiring from two threads: one session, one seat.
+#[test]
+fn duplicate_nonce_takes_one_seat() {
+    model(|| {
+        let f = Arc::new(Fixture::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let f = f.clone();
+                thread::spawn(move || f.acquire(42, t(0)).unwrap())
+            })
+            .collect();
+        let leases: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(leases[0].session, leases[1].session);
+        assert_eq!(leases.iter().filter(|l| l.reattached).count(), 1);
+        assert_eq!(f.in_use(), 1);
+    });
+}
+
+/// 5. Machine registrations at the cap: never more machines than the quota;
+/// re-registering a known machine is idempotent.
+#[test]
+fn machine_registrations_never_exceed_the_cap() {
+    model(|| {
+        let f = Arc::new(Fixture::new(2)); // machine "m" already registered
+        let handles: Vec<_> = ["a", "b", "m"]
+            .into_iter()
+            .map(|name| {
+                let f = f.clone();
+                thread::spawn(move || f.register(name))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(
+            results[2],
+            Ok(Registration::Known),
+            "known machine is idempotent"
+        );
+        let new = results[..2]
+            .iter()
+            .filter(|r| **r == Ok(Registration::New))
+            .count();
+        let limited = results[..2]
+            .iter()
+            .filter(|r| **r == Err(Error::MachineLimit { quota: 2 }))
+            .count();
+        assert_eq!((new, limited), (1, 1), "{results:?}");
+        assert_eq!(f.machines(), 2);
+    });
+}
+
+/// 6. Quota lowered while acquires are in flight.
+///
+/// Guarantee: every admission is decided by one compare-and-swap over the
+/// packed (quota, in use) word, so it is checked against the quota in force
+/// at that instant, never a stale one. Here the quota drops from 2 to 1 while
+/// two acquires run, one of them issued after the change returned: whichever
+/// order the steps take, exactly one session is admitted.
+#[test]
+fn lowered_quota_is_never_exceeded_by_in_flight_acquires() {
+    model(|| {
+        let f = Arc::new(Fixture::new(2));
+        let (a, b) = f.nonces_in_distinct_shards();
+        let fl = f.clone();
+        let lowerer = thread::spawn(move || {
+            fl.set_quota(1);
+            fl.acquire(a, t(0)).is_ok()
+        });
+        let fa = f.clone();
+        let acquirer = thread::spawn(move || fa.acquire(b, t(0)).is_ok());
+        let admitted = [lowerer.join().unwrap(), acquirer.join().unwrap()];
+        assert_eq!(admitted.iter().filter(|a| **a).count(), 1, "{admitted:?}");
+        assert_eq!(f.in_use(), 1);
+    });
+}
+
+/// 7. Admin kill racing the runner's release and lease expiry: one end, one
+/// reason, one seat back.
+#[test]
+fn kill_racing_release_and_expiry_ends_once() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        let lease = f.acquire(1, t(0)).unwrap();
+        let fk = f.clone();
+        let killer = thread::spawn(move || {
+            fk.broker
+                .kill(&fk.owner, &fk.org, lease.session)
+                .ok()
+                .map(|e| e.reason)
+        });
+        let fr = f.clone();
+        let releaser = thread::spawn(move || {
+            fr.broker
+                .release(&fr.owner, lease.session)
+                .ok()
+                .map(|e| e.reason)
+        });
+        let expired: Vec<_> = f
+            .broker
+            .expire(lease.deadline)
+            .into_iter()
+            .map(|e| e.reason)
+            .collect();
+        let mut reasons: Vec<EndReason> = expired;
+        reasons.extend(killer.join().unwrap());
+        reasons.extend(releaser.join().unwrap());
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert_eq!(f.in_use(), 0);
+    });
+}
