@@ -1,0 +1,246 @@
+//! Model-based test of the core: random sequences of operations against
+//! `Broker`, each result compared with a small sequential reference model
+//! written plainly here. Time is driven explicitly.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use license_broker::core::{
+    Broker, Config, Email, EndReason, Error, KeyHash, MachineId, Millis, Nonce, OrgName, PoolId, Principal,
+    Registration, SessionId,
+};
+use proptest::prelude::*;
+
+const TTL_MS: u64 = 10_000;
+const MACHINES: [&str; 4] = ["m0", "m1", "m2", "m3"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire { nonce: u8, machine: usize, conn: u64 },
+    Release { pick: usize },
+    Renew { pick: usize },
+    Kill { pick: usize },
+    Close { conn: u64 },
+    Register { machine: usize },
+    RemoveMachine { machine: usize },
+    SetQuota { quota: u32 },
+    Advance { ms: u64 },
+    Expire,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0u8..6, 0..MACHINES.len(), 0u64..3).prop_map(|(nonce, machine, conn)| Op::Acquire { nonce, machine, conn }),
+        2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
+        3 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::Kill { pick }),
+        1 => (0u64..3).prop_map(|conn| Op::Close { conn }),
+        3 => (0..MACHINES.len()).prop_map(|machine| Op::Register { machine }),
+        1 => (0..MACHINES.len()).prop_map(|machine| Op::RemoveMachine { machine }),
+        1 => (0u32..5).prop_map(|quota| Op::SetQuota { quota }),
+        3 => (0u64..2 * TTL_MS).prop_map(|ms| Op::Advance { ms }),
+        2 => Just(Op::Expire),
+    ]
+}
+
+/// The reference: everything in plain maps, one step at a time.
+#[derive(Default)]
+struct Reference {
+    quota: u32,
+    machines: Vec<usize>,
+    /// nonce → live session.
+    live: BTreeMap<u8, RefSession>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RefSession {
+    id: SessionId,
+    machine: usize,
+    conn: u64,
+    deadline: u64,
+}
+
+impl Reference {
+    fn by_id(&self, id: SessionId) -> Option<u8> {
+        self.live.iter().find(|(_, s)| s.id == id).map(|(n, _)| *n)
+    }
+
+    fn min_deadline(&self) -> Option<u64> {
+        self.live.values().map(|s| s.deadline).min()
+    }
+}
+
+struct Real {
+    broker: Broker,
+    operator: Principal,
+    owner: Principal,
+    org: OrgName,
+}
+
+fn real(quota: u32) -> Real {
+    let broker = Broker::new(Config { lease_ttl: Duration::from_millis(TTL_MS), shard_bits: 2 });
+    let email = Email::new("owner@default").unwrap();
+    broker.apply(&broker.plan_bootstrap(KeyHash([1; 32]), &email, KeyHash([2; 32]), Millis(0)));
+    let operator = broker.authenticate(&KeyHash([1; 32])).unwrap();
+    let owner = broker.authenticate(&KeyHash([2; 32])).unwrap();
+    let org = OrgName::new("default").unwrap();
+    broker.apply(&broker.plan_set_pool(&operator, &org, PoolId::KRE_DEFAULT, quota).unwrap());
+    Real { broker, operator, owner, org }
+}
+
+const BASE: u64 = 1_795_000_000_000;
+
+fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let r = real(initial_quota);
+    let mut m = Reference { quota: initial_quota, ..Reference::default() };
+    let mut now = BASE;
+    // Every session id ever issued, so ops can target ended ones too.
+    let mut issued: Vec<SessionId> = Vec::new();
+    let mid = |i: usize| MachineId::new(MACHINES[i]).unwrap();
+    let pool = PoolId::KRE_DEFAULT;
+
+    for op in ops {
+        let t = Millis(now);
+        match op {
+            Op::Acquire { nonce, machine, conn } => {
+                let got = r.broker.acquire(&r.owner, &r.org, pool, mid(machine), Nonce(nonce.into()), conn, t);
+                if !m.machines.contains(&machine) {
+                    prop_assert_eq!(got, Err(Error::MachineNotRegistered));
+                    continue;
+                }
+                if let Some(s) = m.live.get_mut(&nonce) {
+                    if s.deadline > now {
+                        s.deadline = now + TTL_MS;
+                        s.conn = conn;
+                        let lease = got.map_err(|e| TestCaseError::fail(format!("reattach refused: {e}")))?;
+                        prop_assert_eq!((lease.session, lease.reattached, lease.deadline.0), (s.id, true, s.deadline));
+                        continue;
+                    }
+                    m.live.remove(&nonce);
+                }
+                if m.live.len() as u32 >= m.quota {
+                    prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: m.quota }));
+                } else {
+                    let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
+                    prop_assert!(!lease.reattached);
+                    prop_assert!(!issued.contains(&lease.session), "session id reused");
+                    issued.push(lease.session);
+                    m.live.insert(nonce, RefSession { id: lease.session, machine, conn, deadline: now + TTL_MS });
+                }
+            }
+            Op::Release { pick } | Op::Renew { pick } | Op::Kill { pick } if issued.is_empty() => {
+                let _ = pick;
+            }
+            Op::Release { pick } => {
+                let id = issued[pick % issued.len()];
+                let got = r.broker.release(&r.owner, id);
+                match m.by_id(id) {
+                    Some(n) => {
+                        m.live.remove(&n);
+                        prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Released));
+                    }
+                    None => prop_assert_eq!(got.map(|e| e.reason), Err(Error::SessionExpired)),
+                }
+            }
+            Op::Renew { pick } => {
+                let id = issued[pick % issued.len()];
+                let got = r.broker.renew(&r.owner, id, t);
+                match m.by_id(id) {
+                    Some(n) if m.live[&n].deadline > now => {
+                        m.live.get_mut(&n).unwrap().deadline = now + TTL_MS;
+                        prop_assert_eq!(got, Ok(Millis(now + TTL_MS)));
+                    }
+                    Some(n) => {
+                        m.live.remove(&n);
+                        prop_assert_eq!(got, Err(Error::SessionExpired));
+                    }
+                    None => prop_assert_eq!(got, Err(Error::SessionExpired)),
+                }
+            }
+            Op::Kill { pick } => {
+                let id = issued[pick % issued.len()];
+                let got = r.broker.kill(&r.owner, &r.org, id);
+                match m.by_id(id) {
+                    Some(n) => {
+                        m.live.remove(&n);
+                        prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Revoked));
+                    }
+                    None => prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND"),
+                }
+            }
+            Op::Close { conn } => {
+                let mut got: Vec<SessionId> =
+                    r.broker.close_connection(conn, issued.clone()).into_iter().map(|e| e.info.session).collect();
+                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.conn == conn).map(|s| s.id).collect();
+                m.live.retain(|_, s| s.conn != conn);
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
+            }
+            Op::Register { machine } => {
+                let got = r.broker.register_machine(&r.owner, &r.org, pool, &mid(machine), t);
+                let got = got.map(|(reg, change)| {
+                    if let Some(c) = change {
+                        r.broker.apply(&[c]);
+                    }
+                    reg
+                });
+                if m.machines.contains(&machine) {
+                    prop_assert_eq!(got, Ok(Registration::Known));
+                } else if m.machines.len() as u32 >= m.quota {
+                    prop_assert_eq!(got, Err(Error::MachineLimit { quota: m.quota }));
+                } else {
+                    prop_assert_eq!(got, Ok(Registration::New));
+                    m.machines.push(machine);
+                }
+            }
+            Op::RemoveMachine { machine } => {
+                let got = r.broker.plan_remove_machine(&r.owner, &r.org, None, &mid(machine));
+                if !m.machines.contains(&machine) {
+                    prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND");
+                    continue;
+                }
+                let mut ended: Vec<SessionId> = r.broker.apply(&got.unwrap()).into_iter().map(|e| e.info.session).collect();
+                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect();
+                m.live.retain(|_, s| s.machine != machine);
+                m.machines.retain(|x| *x != machine);
+                ended.sort();
+                want.sort();
+                prop_assert_eq!(ended, want);
+            }
+            Op::SetQuota { quota } => {
+                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, pool, quota).unwrap());
+                m.quota = quota;
+            }
+            Op::Advance { ms } => now += ms,
+            Op::Expire => {
+                let mut got: Vec<SessionId> = r.broker.expire(t).into_iter().map(|e| e.info.session).collect();
+                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.deadline <= now).map(|s| s.id).collect();
+                m.live.retain(|_, s| s.deadline > now);
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
+            }
+        }
+        // After every step: the numbers users see agree with the model.
+        let status = &r.broker.status(&r.operator, Some(&r.org)).unwrap()[0];
+        prop_assert_eq!(status.in_use as usize, m.live.len());
+        prop_assert_eq!(status.machines as usize, m.machines.len());
+        prop_assert_eq!(status.quota, m.quota);
+        prop_assert_eq!(r.broker.next_deadline().map(|d| d.0), m.min_deadline());
+        prop_assert_eq!(r.broker.sessions(&r.owner, &r.org).unwrap().len(), m.live.len());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn core_agrees_with_the_reference_model(quota in 0u32..5, ops in prop::collection::vec(op(), 1..80)) {
+        run(quota, ops)?;
+    }
+}
