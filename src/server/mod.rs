@@ -271,6 +271,15 @@ impl Running {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         for t in self.tasks {
             t.abort();
+            let _ = t.await;
+        }
+        // Connection and stream tasks end as the endpoint's close reaches
+        // them; wait for their handles on the shared state so the store is
+        // closed (and its file lock released) when this returns.
+        let shared = self.shared;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while Arc::strong_count(&shared) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::info!("broker stopped");
     }
