@@ -91,6 +91,8 @@ pub struct Client {
     next_id: AtomicU64,
     welcome: Welcome,
     notices: tokio::sync::Mutex<mpsc::Receiver<Notice>>,
+    /// Whether this client made its endpoint (and so waits for it on close).
+    owns_endpoint: bool,
 }
 
 /// Resolves `HOST:PORT` and the TLS name to verify.
@@ -117,13 +119,22 @@ pub async fn resolve(
 
 /// A client endpoint (one UDP socket) usable for many connections.
 pub fn endpoint(ca: Option<&std::path::Path>, ipv6: bool) -> Result<quinn::Endpoint, ClientError> {
+    endpoint_with(ca, ipv6, true)
+}
+
+/// As `endpoint`; `resumption` false forces a full TLS handshake per connection.
+pub fn endpoint_with(
+    ca: Option<&std::path::Path>,
+    ipv6: bool,
+    resumption: bool,
+) -> Result<quinn::Endpoint, ClientError> {
     let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }
         .parse()
         .map_err(|_| ClientError::Config("bind".into()))?;
     let mut ep = quinn::Endpoint::client(bind)
         .map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
     let config =
-        crate::tls::client_config(ca).map_err(|e| ClientError::Config(format!("{e:#}")))?;
+        crate::tls::client_config_with(ca, resumption).map_err(|e| ClientError::Config(format!("{e:#}")))?;
     ep.set_default_client_config(config);
     Ok(ep)
 }
@@ -133,7 +144,9 @@ impl Client {
     pub async fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
         let (addr, name) = resolve(&opts.server, opts.server_name.as_deref()).await?;
         let ep = endpoint(opts.ca.as_deref(), addr.is_ipv6())?;
-        Client::connect_on(ep, addr, &name, &opts.api_key).await
+        let mut client = Client::connect_on(ep, addr, &name, &opts.api_key).await?;
+        client.owns_endpoint = true;
+        Ok(client)
     }
 
     /// Connects over an existing endpoint (load generators share one).
@@ -186,6 +199,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             welcome,
             notices: tokio::sync::Mutex::new(rx),
+            owns_endpoint: false,
         })
     }
 
@@ -221,6 +235,53 @@ impl Client {
         }
     }
 
+    /// Sends many requests in one write and waits for all their answers
+    /// (results in request order). This is how a runner fleet or a load
+    /// generator keeps many requests in flight cheaply.
+    pub async fn call_batch(&self, bodies: Vec<Req>) -> Vec<Result<Resp, ClientError>> {
+        self.call_batch_timed(bodies).await.into_iter().map(|(r, _)| r).collect()
+    }
+
+    /// As `call_batch`, with each answer's latency: from just before the
+    /// write to the moment that answer was read.
+    pub async fn call_batch_timed(&self, bodies: Vec<Req>) -> Vec<(Result<Resp, ClientError>, Duration)> {
+        let n = bodies.len() as u64;
+        // Relaxed: ids only need to be unique.
+        let first = self.next_id.fetch_add(n, Ordering::Relaxed);
+        let mut buf = Vec::with_capacity(bodies.len() * 48);
+        let mut waiting = Vec::with_capacity(bodies.len());
+        {
+            let mut pending = self.pending.lock();
+            for (i, body) in bodies.into_iter().enumerate() {
+                let id = first + i as u64;
+                let (tx, rx) = oneshot::channel();
+                pending.insert(id, tx);
+                waiting.push(rx);
+                encode(&ClientFrame::Request(Request { id, body }), &mut buf);
+            }
+        }
+        let started = std::time::Instant::now();
+        if let Err(e) = self.send.lock().await.write_all(&buf).await {
+            let mut pending = self.pending.lock();
+            for i in 0..n {
+                pending.remove(&(first + i));
+            }
+            let closed = || Err(ClientError::Closed(e.to_string()));
+            return waiting.iter().map(|_| (closed(), started.elapsed())).collect();
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            let result = match rx.await {
+                Ok(Ok(Outcome::Ok(resp))) => Ok(resp),
+                Ok(Ok(Outcome::Err(e))) => Err(ClientError::Rejected(e)),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(ClientError::Closed("response stream ended".into())),
+            };
+            out.push((result, started.elapsed()));
+        }
+        out
+    }
+
     /// The next notice the broker pushed (session ended, draining).
     pub async fn next_notice(&self) -> Option<Notice> {
         self.notices.lock().await.recv().await
@@ -230,16 +291,21 @@ impl Client {
     /// connection (reason: connection closed).
     pub async fn close(self) {
         self.conn.close(quinn::VarInt::from_u32(0), b"bye");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        if self.owns_endpoint {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        }
     }
 
-    /// Drops the connection without telling the broker, as a crashed runner
-    /// would (for tests of lease expiry).
+    /// Closes cleanly without waiting for the close to be acknowledged.
+    pub fn close_nowait(self) {
+        self.conn.close(quinn::VarInt::from_u32(0), b"bye");
+    }
+
+    /// Drops the connection as a crashed runner would, without releasing:
+    /// it closes with a non-zero code, which the broker treats like silence
+    /// (sessions stay until their leases expire, so a reconnect can re-attach).
     pub fn abandon(self) {
-        self.endpoint.close(quinn::VarInt::from_u32(1), b"");
-        // Drop without notifying: the endpoint's socket is gone, so the
-        // broker sees silence, not a close.
-        drop(self);
+        self.endpoint.close(quinn::VarInt::from_u32(1), b"abandoned");
     }
 
     /// Registers a machine; `true` if it was new.
@@ -507,16 +573,36 @@ async fn read_frame(
 }
 
 async fn read_responses(mut recv: quinn::RecvStream, mut frames: FrameBuf, pending: Pending) {
-    let failure = loop {
-        match read_frame(&mut recv, &mut frames).await {
-            Ok(ServerFrame::Response(r)) => {
-                if let Some(tx) = pending.lock().remove(&r.id) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut ready = Vec::new();
+    let failure = 'read: loop {
+        loop {
+            match frames.next_frame() {
+                Ok(Some(body)) => match postcard::from_bytes::<ServerFrame>(body) {
+                    Ok(ServerFrame::Response(r)) => ready.push(r),
+                    Ok(ServerFrame::Error(e)) => break 'read ClientError::Rejected(e),
+                    Ok(other) => {
+                        break 'read ClientError::Protocol(format!("unexpected frame {other:?}"))
+                    }
+                    Err(e) => break 'read ClientError::Protocol(format!("undecodable frame: {e}")),
+                },
+                Ok(None) => break,
+                Err(e) => break 'read ClientError::Protocol(e.to_string()),
+            }
+        }
+        if !ready.is_empty() {
+            // One lock per read, however many responses it carried.
+            let mut waiting = pending.lock();
+            for r in ready.drain(..) {
+                if let Some(tx) = waiting.remove(&r.id) {
                     let _ = tx.send(Ok(r.outcome));
                 }
             }
-            Ok(ServerFrame::Error(e)) => break ClientError::Rejected(e),
-            Ok(other) => break ClientError::Protocol(format!("unexpected frame {other:?}")),
-            Err(e) => break e,
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(n)) => frames.extend(&chunk[..n]),
+            Ok(None) => break ClientError::Closed("stream finished by the broker".into()),
+            Err(e) => break ClientError::Closed(e.to_string()),
         }
     };
     let msg = failure.to_string();

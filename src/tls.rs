@@ -110,6 +110,12 @@ pub fn server_config(
 
 /// The QUIC client config trusting `ca` (a PEM file) or the system roots.
 pub fn client_config(ca: Option<&Path>) -> Result<quinn::ClientConfig> {
+    client_config_with(ca, true)
+}
+
+/// As `client_config`; with `resumption` false every connection makes a
+/// full TLS handshake (load tests of handshake cost).
+pub fn client_config_with(ca: Option<&Path>, resumption: bool) -> Result<quinn::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
@@ -134,6 +140,9 @@ pub fn client_config(ca: Option<&Path>) -> Result<quinn::ClientConfig> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    if !resumption {
+        tls.resumption = rustls::client::Resumption::disabled();
+    }
     let crypto = QuicClientConfig::try_from(tls)?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

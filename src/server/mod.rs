@@ -13,6 +13,8 @@ mod handler;
 mod socket;
 mod stream;
 
+pub use socket::bind as bind_udp;
+
 pub use clock::Clock;
 
 use std::net::SocketAddr;

@@ -1,0 +1,156 @@
+//! `churn`: C connections × D requests in flight each, acquire then release
+//! as fast as possible (or at a paced rate), across O orgs. The same loop
+//! drives the bare-QUIC echo server for the transport ceiling.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use license_broker::client::{Client, ClientOptions};
+use license_broker::core::{PoolId, SessionId};
+use license_broker::proto::{Req, Resp};
+
+use crate::report::{Errors, Lat};
+use crate::target::LoadOrg;
+
+/// Shape of a churn run.
+#[derive(Clone, Debug)]
+pub struct Shape {
+    pub connections: usize,
+    pub depth: usize,
+    pub duration: Duration,
+    /// Target acquire+release pairs per second in total; `None` = as fast as possible.
+    pub rate: Option<f64>,
+}
+
+/// What a churn run measured.
+#[derive(Default)]
+pub struct Outcome {
+    pub pairs: u64,
+    pub elapsed: Duration,
+    pub acquire: Lat,
+    pub release: Lat,
+    pub errors: Errors,
+}
+
+impl Outcome {
+    pub fn pairs_per_s(&self) -> f64 {
+        self.pairs as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs churn with one connection per `C`, each using org `i % O`.
+pub async fn run(opts: Vec<ClientOptions>, orgs: Vec<LoadOrg>, shape: Shape) -> Result<Outcome> {
+    let mut clients = Vec::with_capacity(shape.connections);
+    for i in 0..shape.connections {
+        clients.push(Client::connect(&opts[i % opts.len()]).await?);
+    }
+    let start = Instant::now();
+    let deadline = start + shape.duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (i, client) in clients.into_iter().enumerate() {
+        let org = orgs[i % orgs.len()].clone();
+        let shape = shape.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move { connection(i as u64, client, org, shape, deadline, stop).await }));
+    }
+    let mut total = Outcome::default();
+    for t in tasks {
+        let o = t.await?;
+        total.pairs += o.pairs;
+        total.acquire.merge(&o.acquire);
+        total.release.merge(&o.release);
+        total.errors.merge(&o.errors);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+async fn connection(index: u64, client: Client, org: LoadOrg, shape: Shape, deadline: Instant, stop: Arc<AtomicBool>) -> Outcome {
+    let mut out = Outcome::default();
+    let mut nonce = u128::from(index) << 64;
+    // Pacing: each batch of D pairs gets D / (rate / C) seconds.
+    let period = shape.rate.map(|r| Duration::from_secs_f64(shape.depth as f64 * shape.connections as f64 / r));
+    let mut next = tokio::time::Instant::now();
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if let Some(p) = period {
+            tokio::time::sleep_until(next).await;
+            next += p;
+        }
+        let acquires: Vec<Req> = (0..shape.depth)
+            .map(|_| {
+                nonce += 1;
+                Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce }
+            })
+            .collect();
+        let mut sessions = Vec::with_capacity(shape.depth);
+        for (r, t) in client.call_batch_timed(acquires).await {
+            match r {
+                Ok(Resp::Admitted { session, .. }) => {
+                    out.acquire.record(t);
+                    sessions.push(session);
+                }
+                Ok(_) => out.errors.add_named("UNEXPECTED_RESPONSE"),
+                Err(e) => out.errors.add(&e),
+            }
+        }
+        if sessions.is_empty() && out.errors.0.values().sum::<u64>() > 1000 {
+            break; // the target is refusing everything; stop rather than spin
+        }
+        let releases: Vec<Req> = sessions.iter().map(|s: &SessionId| Req::Release { session: *s }).collect();
+        for (r, t) in client.call_batch_timed(releases).await {
+            match r {
+                Ok(_) => {
+                    out.release.record(t);
+                    out.pairs += 1;
+                }
+                Err(e) => out.errors.add(&e),
+            }
+        }
+    }
+    client.close().await;
+    out
+}
+
+/// Samples the broker's pools while a run goes on; records the highest
+/// in-use seen per pool and whether any exceeded its quota.
+pub struct Monitor {
+    pub max_in_use: Arc<AtomicU32>,
+    pub over_quota: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    pub fn start(client: Client, orgs: Vec<LoadOrg>) -> Monitor {
+        let max_in_use = Arc::new(AtomicU32::new(0));
+        let over_quota = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, o, s) = (max_in_use.clone(), over_quota.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                for org in &orgs {
+                    if let Ok(pools) = client.status(Some(&org.org)).await {
+                        for p in pools {
+                            m.fetch_max(p.in_use, Ordering::Relaxed);
+                            if p.in_use > p.quota {
+                                o.store(true, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            client.close().await;
+        });
+        Monitor { max_in_use, over_quota, stop, task }
+    }
+
+    pub async fn finish(self) -> (u32, bool) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (self.max_in_use.load(Ordering::Relaxed), self.over_quota.load(Ordering::Relaxed))
+    }
+}

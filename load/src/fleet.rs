@@ -1,0 +1,202 @@
+//! A fleet of simulated runners, many per connection: each acquires, holds
+//! its session for a while heartbeating at a third of the TTL, releases,
+//! and starts over. One driver task per connection batches whatever its
+//! runners have due into a single pipelined write.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use license_broker::client::{Client, ClientError};
+use license_broker::core::{ErrorCode, PoolId, SessionId};
+use license_broker::proto::{Req, Resp};
+use tokio::time::Instant;
+
+use crate::report::{Errors, Lat};
+use crate::target::LoadOrg;
+
+/// Most requests a driver sends in one write.
+const BATCH: usize = 4096;
+
+/// How runners behave.
+#[derive(Clone, Copy, Debug)]
+pub struct Behaviour {
+    /// Lease TTL (heartbeat every third).
+    pub ttl: Duration,
+    /// Mean hold time; `None` holds until stopped.
+    pub hold: Option<Duration>,
+    /// Acquisitions are spread over this long at the start.
+    pub ramp: Duration,
+}
+
+/// What one driver measured.
+#[derive(Default)]
+pub struct Stats {
+    pub acquire: Lat,
+    pub renew: Lat,
+    pub release: Lat,
+    pub acquired: u64,
+    pub renewed: u64,
+    pub released: u64,
+    /// Heartbeats refused because the lease had expired (should be 0).
+    pub lost: u64,
+    pub errors: Errors,
+}
+
+impl Stats {
+    pub fn merge(&mut self, o: &Stats) {
+        self.acquire.merge(&o.acquire);
+        self.renew.merge(&o.renew);
+        self.release.merge(&o.release);
+        self.acquired += o.acquired;
+        self.renewed += o.renewed;
+        self.released += o.released;
+        self.lost += o.lost;
+        self.errors.merge(&o.errors);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Step {
+    Acquire,
+    Renew,
+    Release,
+}
+
+struct Runner {
+    nonce: u128,
+    session: Option<SessionId>,
+    release_at: Instant,
+}
+
+/// Shared view of a running fleet.
+#[derive(Clone, Default)]
+pub struct Live {
+    /// Sessions held right now across the fleet.
+    pub held: Arc<AtomicI64>,
+    /// Set to stop every driver (they release what they hold).
+    pub stop: Arc<AtomicBool>,
+}
+
+/// Drives `count` runners over one connection until `live.stop`.
+pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize, b: Behaviour, live: Live) -> Stats {
+    let mut stats = Stats::default();
+    let mut rng = first_nonce as u64 | 1;
+    let start = Instant::now();
+    let far = start + Duration::from_secs(86_400 * 365);
+    let mut runners: Vec<Runner> =
+        (0..count).map(|i| Runner { nonce: first_nonce + i as u128, session: None, release_at: far }).collect();
+    let mut due: BinaryHeap<Reverse<(Instant, usize, Step)>> = BinaryHeap::with_capacity(count);
+    for i in 0..count {
+        let offset = b.ramp.mul_f64(i as f64 / count.max(1) as f64);
+        due.push(Reverse((start + offset, i, Step::Acquire)));
+    }
+    let beat = b.ttl / 3;
+    while !live.stop.load(Ordering::Relaxed) {
+        let now = Instant::now();
+        let mut batch = Vec::new();
+        while let Some(Reverse((at, i, step))) = due.peek().copied() {
+            if at > now || batch.len() >= BATCH {
+                break;
+            }
+            due.pop();
+            batch.push((i, step));
+        }
+        if batch.is_empty() {
+            let wake = due.peek().map_or(now + Duration::from_millis(50), |Reverse((at, _, _))| *at);
+            tokio::time::sleep_until(wake.min(now + Duration::from_millis(50))).await;
+            continue;
+        }
+        let reqs: Vec<Req> = batch.iter().map(|&(i, step)| request(&org, &runners[i], step)).collect();
+        let results = client.call_batch_timed(reqs).await;
+        let now = Instant::now();
+        for ((i, step), (result, took)) in batch.into_iter().zip(results) {
+            let r = &mut runners[i];
+            let next = match (step, result) {
+                (Step::Acquire, Ok(Resp::Admitted { session, .. })) => {
+                    stats.acquire.record(took);
+                    stats.acquired += 1;
+                    live.held.fetch_add(1, Ordering::Relaxed);
+                    r.session = Some(session);
+                    r.release_at = match b.hold {
+                        Some(mean) => now + mean.mul_f64(0.5 + (xorshift(&mut rng) % 1000) as f64 / 1000.0),
+                        None => far,
+                    };
+                    Some(next_hold_step(r, now, beat))
+                }
+                (Step::Renew, Ok(_)) => {
+                    stats.renew.record(took);
+                    stats.renewed += 1;
+                    Some(next_hold_step(r, now, beat))
+                }
+                (Step::Release, Ok(_)) => {
+                    stats.release.record(took);
+                    stats.released += 1;
+                    live.held.fetch_sub(1, Ordering::Relaxed);
+                    r.session = None;
+                    r.nonce += 1u128 << 96; // a new runner instance
+                    Some((now, Step::Acquire))
+                }
+                (_, Err(e)) => Some(on_error(r, step, &e, now, &mut stats, &live)),
+                (_, Ok(_)) => {
+                    stats.errors.add_named("UNEXPECTED_RESPONSE");
+                    None
+                }
+            };
+            if let Some((at, step)) = next {
+                due.push(Reverse((at, i, step)));
+            }
+        }
+    }
+    let held: Vec<Req> = runners.iter().filter_map(|r| r.session.map(|session| Req::Release { session })).collect();
+    for chunk in held.chunks(BATCH) {
+        for (r, took) in client.call_batch_timed(chunk.to_vec()).await {
+            match r {
+                Ok(_) => {
+                    stats.release.record(took);
+                    stats.released += 1;
+                    live.held.fetch_sub(1, Ordering::Relaxed);
+                }
+                Err(e) => stats.errors.add(&e),
+            }
+        }
+    }
+    client.close().await;
+    stats
+}
+
+fn request(org: &LoadOrg, r: &Runner, step: Step) -> Req {
+    match (step, r.session) {
+        (Step::Renew, Some(session)) => Req::Renew { session },
+        (Step::Release, Some(session)) => Req::Release { session },
+        _ => Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce: r.nonce },
+    }
+}
+
+fn next_hold_step(r: &Runner, now: Instant, beat: Duration) -> (Instant, Step) {
+    if r.release_at <= now + beat {
+        (r.release_at.max(now), Step::Release)
+    } else {
+        (now + beat, Step::Renew)
+    }
+}
+
+fn on_error(r: &mut Runner, step: Step, e: &ClientError, now: Instant, stats: &mut Stats, live: &Live) -> (Instant, Step) {
+    stats.errors.add(e);
+    if step != Step::Acquire && r.session.take().is_some() {
+        live.held.fetch_sub(1, Ordering::Relaxed);
+        if e.code() == Some(ErrorCode::SessionExpired) {
+            stats.lost += 1;
+        }
+    }
+    (now + Duration::from_millis(100), Step::Acquire)
+}
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}

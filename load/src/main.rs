@@ -1,0 +1,183 @@
+//! `license-load`: drives a broker over real QUIC on loopback and reports
+//! latency percentiles, throughput, errors by code, and whether the broker's
+//! invariants held. Every loop is bounded in time and stops by itself.
+
+mod burst;
+mod churn;
+mod compare;
+mod echo;
+mod fleet;
+mod redis_sem;
+mod report;
+mod scenarios;
+mod target;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+
+use crate::report::Report;
+use crate::scenarios::Params;
+use crate::target::Target;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// C connections × D in flight: acquire then release, as fast as possible.
+    Churn,
+    /// R runners holding sessions for random times, heartbeating.
+    Steady,
+    /// R runners ask at once for a pool of quota Q < R.
+    Burst,
+    /// Runners vanish; measures how fast their seats are reclaimed.
+    Die,
+    /// New connections per second, each authenticating and acquiring once.
+    Handshake,
+    /// Broker vs a Redis semaphore vs bare quinn, same shape, one run.
+    Compare,
+    /// (internal) the bare-quinn echo server used by `compare`.
+    #[value(hide = true)]
+    EchoServer,
+}
+
+/// Load harness for license-broker (loopback only).
+#[derive(Parser, Debug)]
+#[command(name = "license-load", version, about)]
+struct Args {
+    scenario: Scenario,
+    /// Start a broker of our own from the built binary (the default without --server).
+    #[arg(long, conflicts_with = "server")]
+    spawn: bool,
+    /// A running broker on loopback.
+    #[arg(long, env = "LB_SERVER", requires_all = ["ca", "api_key"])]
+    server: Option<String>,
+    /// Its certificate.
+    #[arg(long, env = "LB_CA")]
+    ca: Option<PathBuf>,
+    /// The operator's API key (the harness creates orgs of its own).
+    #[arg(long, env = "LB_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Connections.
+    #[arg(long, default_value_t = 16)]
+    connections: usize,
+    /// Requests in flight per connection.
+    #[arg(long, default_value_t = 64)]
+    depth: usize,
+    /// Orgs to spread churn over.
+    #[arg(long, default_value_t = 4)]
+    orgs: usize,
+    /// Simulated runners (steady, burst, die).
+    #[arg(long)]
+    runners: Option<usize>,
+    /// Pool quota (burst).
+    #[arg(long)]
+    quota: Option<u32>,
+    /// Runners that vanish (die).
+    #[arg(long)]
+    victims: Option<usize>,
+    /// Pace churn at this many pairs per second in total.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Lease TTL of a spawned broker (default: 2s for die, 30s otherwise).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease_ttl: Option<Duration>,
+    /// Print a JSON report instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// (echo-server) address to listen on.
+    #[arg(long, hide = true, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// (echo-server) where to keep its certificate.
+    #[arg(long, hide = true)]
+    data_dir: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the scenario; `Ok(false)` when an invariant failed.
+async fn run(a: Args) -> Result<bool> {
+    if a.scenario == Scenario::EchoServer {
+        let dir = a.data_dir.context("--data-dir is required")?;
+        target::require_loopback(&a.listen.to_string())?;
+        echo::serve(a.listen, &dir).await?;
+        return Ok(true);
+    }
+    let ttl = a.lease_ttl.unwrap_or(if a.scenario == Scenario::Die { Duration::from_secs(2) } else { Duration::from_secs(30) });
+    let runners = a.runners.unwrap_or(match a.scenario {
+        Scenario::Burst => 1000,
+        Scenario::Die => 1000,
+        _ => 10_000,
+    });
+    let p = Params {
+        duration: a.duration,
+        connections: a.connections.max(1),
+        depth: a.depth.max(1),
+        orgs: a.orgs.max(1),
+        runners,
+        quota: a.quota.unwrap_or((runners as u32 / 2).max(1)),
+        victims: a.victims.unwrap_or((runners / 10).clamp(1, 100)),
+        rate: a.rate,
+        lease_ttl: ttl,
+    };
+    if a.scenario == Scenario::Compare {
+        if a.server.is_some() {
+            bail!("compare always spawns its own broker, Redis and echo server");
+        }
+        let (report, summary) = compare::run(&p).await?;
+        emit(&report, a.json, Some(summary));
+        return Ok(report.passed());
+    }
+    let target = match &a.server {
+        Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
+        None => Target::spawn(ttl)?,
+    };
+    let report = match a.scenario {
+        Scenario::Churn => scenarios::churn(&target, &p).await?,
+        Scenario::Steady => scenarios::steady(&target, &p).await?,
+        Scenario::Burst => burst::run(&target, p.runners, p.quota, p.connections).await?,
+        Scenario::Die => scenarios::die(&target, &p).await?,
+        Scenario::Handshake => {
+            let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
+            let (rate, lat, errors) = scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
+            scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
+        }
+        Scenario::Compare | Scenario::EchoServer => unreachable!("handled above"),
+    };
+    emit(&report, a.json, None);
+    Ok(report.passed())
+}
+
+fn emit(report: &Report, json: bool, summary: Option<serde_json::Value>) {
+    if json {
+        let mut v = serde_json::to_value(report).unwrap_or_default();
+        if let (Some(obj), Some(serde_json::Value::Object(extra))) = (v.as_object_mut(), summary) {
+            obj.extend(extra);
+        }
+        println!("{v}");
+    } else {
+        report.print_human();
+    }
+}

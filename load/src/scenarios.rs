@@ -1,0 +1,322 @@
+//! The scenarios that drive a broker: churn, steady, die, handshake.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Result};
+use license_broker::client::{self, Client, ClientOptions};
+use license_broker::core::PoolId;
+use license_broker::proto::{Req, Resp};
+
+use crate::churn::{self, Monitor, Shape};
+use crate::fleet::{self, Behaviour, Live, Stats};
+use crate::report::{self, Errors, Lat, Report};
+use crate::target::Target;
+
+/// Options common to the scenarios.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub duration: Duration,
+    pub connections: usize,
+    pub depth: usize,
+    pub orgs: usize,
+    pub runners: usize,
+    pub quota: u32,
+    pub victims: usize,
+    pub rate: Option<f64>,
+    pub lease_ttl: Duration,
+}
+
+/// Quota given to pools that should never refuse for quota.
+const UNBOUNDED: u32 = license_broker::core::MAX_QUOTA;
+
+pub async fn churn(target: &Target, p: &Params) -> Result<Report> {
+    let orgs = target.setup_orgs(p.orgs, UNBOUNDED).await?;
+    let opts: Vec<ClientOptions> = orgs.iter().map(|o| target.options(&o.key)).collect();
+    let monitor = Monitor::start(target.client(&target.operator).await?, orgs.clone());
+    let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: p.rate };
+    let bar = report::progress(p.duration, "churn");
+    let ticker = tokio::spawn(report::tick(bar, tokio::time::Instant::now() + p.duration));
+    let out = churn::run(opts, orgs.clone(), shape).await?;
+    ticker.abort();
+    let (max_in_use, over) = monitor.finish().await;
+    let leaked: u32 = target.pools(&orgs).await?.iter().map(|s| s.in_use).sum();
+
+    let mut r = Report::new("churn", "broker");
+    r.duration_s = out.elapsed.as_secs_f64();
+    r.param("connections", p.connections);
+    r.param("depth", p.depth);
+    r.param("orgs", p.orgs);
+    if let Some(rate) = p.rate {
+        r.param("rate", rate);
+    }
+    r.throughput.insert("pairs_per_s".into(), out.pairs_per_s());
+    r.latency("acquire", &out.acquire);
+    r.latency("release", &out.release);
+    r.errors = out.errors.0.clone();
+    r.extra("max_in_use_sampled", max_in_use);
+    r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}"));
+    r.check("no seat leaked", leaked == 0, format!("{leaked} seats in use after all releases"));
+    r.check("no errors", out.errors.0.is_empty(), format!("{:?}", out.errors.0));
+    r.check("made progress", out.pairs > 0, format!("{} pairs", out.pairs));
+    Ok(r)
+}
+
+/// Starts a fleet of `runners` over `connections` connections of one org.
+async fn start_fleet(
+    target: &Target,
+    key: &str,
+    org: &crate::target::LoadOrg,
+    runners: usize,
+    connections: usize,
+    b: Behaviour,
+    nonce_base: u128,
+) -> Result<(Live, Vec<tokio::task::JoinHandle<Stats>>)> {
+    let live = Live::default();
+    let mut tasks = Vec::new();
+    let per = runners.div_ceil(connections.max(1));
+    for c in 0..connections {
+        let count = per.min(runners.saturating_sub(c * per));
+        if count == 0 {
+            break;
+        }
+        let client = Client::connect(&target.options(key)).await?;
+        let first = nonce_base + ((c as u128) << 64);
+        tasks.push(tokio::spawn(fleet::drive(client, org.clone(), first, count, b, live.clone())));
+    }
+    Ok((live, tasks))
+}
+
+async fn stop_fleet(live: &Live, tasks: Vec<tokio::task::JoinHandle<Stats>>) -> Result<Stats> {
+    live.stop.store(true, Ordering::Relaxed);
+    let mut total = Stats::default();
+    for t in tasks {
+        total.merge(&t.await?);
+    }
+    Ok(total)
+}
+
+pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
+    let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
+    let monitor = Monitor::start(target.client(&target.operator).await?, vec![org.clone()]);
+    let b = Behaviour { ttl: p.lease_ttl, hold: Some(p.duration / 2), ramp: (p.duration / 4).min(p.lease_ttl / 3) };
+    let started = std::time::Instant::now();
+    let (live, tasks) = start_fleet(target, &org.key, &org, p.runners, p.connections, b, 1).await?;
+    let mut rss_max = 0u64;
+    let mut held_max = 0i64;
+    let bar = report::progress(p.duration, "steady");
+    let deadline = tokio::time::Instant::now() + p.duration;
+    let mut last_tick = tokio::time::Instant::now();
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_max = rss_max.max(target.rss_bytes().unwrap_or(0));
+        held_max = held_max.max(live.held.load(Ordering::Relaxed));
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            bar.inc(1);
+            last_tick = tokio::time::Instant::now();
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    let stats = stop_fleet(&live, tasks).await?;
+    let (max_in_use, over) = monitor.finish().await;
+    let leaked: u32 = target.pools(std::slice::from_ref(&org)).await?.iter().map(|s| s.in_use).sum();
+
+    let mut r = Report::new("steady", "broker");
+    r.duration_s = elapsed.as_secs_f64();
+    r.param("runners", p.runners);
+    r.param("connections", p.connections);
+    r.param("lease_ttl_ms", p.lease_ttl.as_millis() as u64);
+    r.throughput.insert("heartbeats_per_s".into(), stats.renewed as f64 / elapsed.as_secs_f64());
+    r.throughput.insert("acquires_per_s".into(), stats.acquired as f64 / elapsed.as_secs_f64());
+    r.latency("acquire", &stats.acquire);
+    r.latency("renew", &stats.renew);
+    r.latency("release", &stats.release);
+    r.errors = stats.errors.0.clone();
+    r.extra("live_sessions_max", held_max);
+    if rss_max > 0 {
+        r.extra("server_rss_bytes_max", rss_max);
+        r.extra("server_rss_bytes_per_session", rss_max / (held_max.max(1) as u64));
+    }
+    r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}"));
+    r.check("no heartbeat found its lease expired", stats.lost == 0, format!("{} lost", stats.lost));
+    r.check("no seat leaked", leaked == 0, format!("{leaked} seats in use after all releases"));
+    Ok(r)
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `die`: R live sessions (heartbeating) fill a pool of quota R; V of them
+/// vanish; V waiters poll until admitted. Reclaim latency per seat = the
+/// waiter's admission (broker time) minus the vanished lease's deadline.
+pub async fn die(target: &Target, p: &Params) -> Result<Report> {
+    let victims = p.victims.clamp(1, p.runners.max(1));
+    let background = p.runners.saturating_sub(victims);
+    let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
+    let monitor = Monitor::start(target.client(&target.operator).await?, vec![org.clone()]);
+    let b = Behaviour { ttl: p.lease_ttl, hold: None, ramp: Duration::ZERO };
+    let (live, tasks) = start_fleet(target, &org.key, &org, background, p.connections, b, 1).await?;
+    let fill_started = std::time::Instant::now();
+    while (live.held.load(Ordering::Relaxed) as usize) < background {
+        if fill_started.elapsed() > Duration::from_secs(300) {
+            bail!("fleet never reached {background} sessions");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fill_s = fill_started.elapsed().as_secs_f64();
+
+    // The victims take the last seats and vanish without a word.
+    let vc = Client::connect(&target.options(&org.key)).await?;
+    let reqs: Vec<Req> = (0..victims)
+        .map(|i| Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce: (7u128 << 120) | i as u128 })
+        .collect();
+    let mut deadlines = Vec::new();
+    for r in vc.call_batch(reqs).await {
+        if let Ok(Resp::Admitted { deadline_ms, .. }) = r {
+            deadlines.push(deadline_ms);
+        }
+    }
+    vc.abandon();
+    if deadlines.len() != victims {
+        bail!("only {} of {victims} victims were admitted", deadlines.len());
+    }
+    deadlines.sort_unstable();
+
+    // Waiters poll from just before the first deadline.
+    let waiter = Client::connect(&target.options(&org.key)).await?;
+    let first = deadlines[0];
+    let wait_ms = first.saturating_sub(unix_ms()).saturating_sub(100);
+    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+    let mut admitted_at = Vec::new();
+    let mut early = 0usize;
+    let mut errors = Errors::default();
+    let mut waiting: Vec<u128> = (0..victims).map(|i| (9u128 << 120) | i as u128).collect();
+    let mut sessions = Vec::new();
+    let give_up = deadlines[victims - 1] + p.lease_ttl.as_millis() as u64 + 10_000;
+    while !waiting.is_empty() && unix_ms() < give_up {
+        let reqs: Vec<Req> = waiting
+            .iter()
+            .map(|n| Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce: *n })
+            .collect();
+        let results = waiter.call_batch(reqs).await;
+        let mut still = Vec::new();
+        for (n, r) in waiting.iter().zip(results) {
+            match r {
+                Ok(Resp::Admitted { session, deadline_ms, ttl_ms, .. }) => {
+                    let at = deadline_ms - ttl_ms;
+                    if at < first {
+                        early += 1;
+                    }
+                    admitted_at.push(at);
+                    sessions.push(session);
+                }
+                Ok(_) => errors.add_named("UNEXPECTED_RESPONSE"),
+                Err(e) => {
+                    if e.code().is_none() {
+                        errors.add(&e);
+                    }
+                    still.push(*n);
+                }
+            }
+        }
+        waiting = still;
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    admitted_at.sort_unstable();
+    let mut reclaim = Lat::new();
+    for (d, a) in deadlines.iter().zip(&admitted_at) {
+        reclaim.record_us(a.saturating_sub(*d) * 1000);
+    }
+    let _ = waiter.call_batch(sessions.into_iter().map(|session| Req::Release { session }).collect()).await;
+    waiter.close().await;
+    let rss = target.rss_bytes();
+    let stats = stop_fleet(&live, tasks).await?;
+    let (max_in_use, over) = monitor.finish().await;
+    let pool = &target.pools(std::slice::from_ref(&org)).await?[0];
+
+    let mut r = Report::new("die", "broker");
+    r.duration_s = fill_started.elapsed().as_secs_f64();
+    r.param("runners", p.runners);
+    r.param("victims", victims);
+    r.param("connections", p.connections);
+    r.param("lease_ttl_ms", p.lease_ttl.as_millis() as u64);
+    r.latency("reclaim", &reclaim);
+    r.latency("renew", &stats.renew);
+    r.extra("fill_seconds", fill_s);
+    if let Some(rss) = rss {
+        r.extra("server_rss_bytes", rss);
+    }
+    r.errors = errors.0.clone();
+    r.errors.extend(stats.errors.0.clone());
+    r.check("every vanished seat was reclaimed", admitted_at.len() == victims, format!("{} of {victims}", admitted_at.len()));
+    r.check("no waiter admitted before a deadline passed", early == 0, format!("{early} early"));
+    r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}, quota {}", p.runners));
+    r.check("live runners kept their leases", stats.lost == 0, format!("{} heartbeats found their lease gone", stats.lost));
+    r.check("no seat leaked", pool.in_use == 0, format!("{} in use after all runners left", pool.in_use));
+    Ok(r)
+}
+
+/// `handshake`: new connections per second, each authenticating and doing
+/// one acquire, then closing cleanly (which releases the seat). With a full
+/// TLS handshake every time (no resumption).
+pub async fn handshake(server: &str, ca: &std::path::Path, key: &str, org: Option<crate::target::LoadOrg>, p: &Params) -> Result<(f64, Lat, Errors)> {
+    let (addr, name) = client::resolve(server, None).await?;
+    let deadline = tokio::time::Instant::now() + p.duration;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..p.connections {
+        let endpoint = client::endpoint_with(Some(ca), addr.is_ipv6(), false)?;
+        let (name, key, org) = (name.clone(), key.to_string(), org.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Lat::new();
+            let mut errors = Errors::default();
+            let mut done = 0u64;
+            let mut nonce = (w as u128) << 64;
+            while tokio::time::Instant::now() < deadline {
+                let t = std::time::Instant::now();
+                match Client::connect_on(endpoint.clone(), addr, &name, &key).await {
+                    Ok(c) => {
+                        nonce += 1;
+                        let (o, m) = match &org {
+                            Some(o) => (o.org.clone(), o.machine.clone()),
+                            None => (license_broker::core::OrgName::new("echo").unwrap_or_else(|_| unreachable!()), license_broker::core::MachineId::new("echo").unwrap_or_else(|_| unreachable!())),
+                        };
+                        match c.acquire(&o, PoolId::KRE_DEFAULT, &m, nonce).await {
+                            Ok(_) => {
+                                lat.record(t.elapsed());
+                                done += 1;
+                            }
+                            Err(e) => errors.add(&e),
+                        }
+                        c.close_nowait();
+                    }
+                    Err(e) => errors.add(&e),
+                }
+            }
+            (done, lat, errors)
+        }));
+    }
+    let mut total = 0;
+    let mut lat = Lat::new();
+    let mut errors = Errors::default();
+    for t in tasks {
+        let (d, l, e) = t.await?;
+        total += d;
+        lat.merge(&l);
+        errors.merge(&e);
+    }
+    Ok((total as f64 / started.elapsed().as_secs_f64(), lat, errors))
+}
+
+pub fn handshake_report(rate: f64, lat: &Lat, errors: &Errors, p: &Params, target: &str) -> Report {
+    let mut r = Report::new("handshake", target);
+    r.duration_s = p.duration.as_secs_f64();
+    r.param("concurrency", p.connections);
+    r.throughput.insert("handshakes_per_s".into(), rate);
+    r.latency("connect+acquire", lat);
+    r.errors = errors.0.clone();
+    r.check("no errors", errors.0.is_empty(), format!("{:?}", errors.0));
+    r
+}

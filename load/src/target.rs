@@ -1,0 +1,165 @@
+//! The broker under test: one spawned from the built binary with a
+//! temporary data dir, or one already running on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use license_broker::client::{Client, ClientOptions};
+use license_broker::core::{MachineId, OrgName, PoolId, PoolStatus};
+
+/// A broker to drive.
+pub struct Target {
+    /// `HOST:PORT`, always on loopback.
+    pub server: String,
+    /// The certificate to trust.
+    pub ca: PathBuf,
+    /// The operator's key (creates the orgs the scenario uses).
+    pub operator: String,
+    child: Option<Child>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// One org set up for a scenario: its owner key and a registered machine.
+#[derive(Clone, Debug)]
+pub struct LoadOrg {
+    pub org: OrgName,
+    pub key: String,
+    pub machine: MachineId,
+}
+
+/// The `license-broker` binary: `LB_BROKER_BIN`, or next to this one.
+pub fn broker_binary() -> Result<PathBuf> {
+    if let Ok(p) = std::env::var("LB_BROKER_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let me = std::env::current_exe()?;
+    let path = me.with_file_name("license-broker");
+    if !path.exists() {
+        bail!(
+            "{} not found: build the whole workspace first (cargo build --release --workspace) or set LB_BROKER_BIN",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Refuses anything but loopback: load goes nowhere else.
+pub fn require_loopback(server: &str) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<_> = server.to_socket_addrs().with_context(|| format!("resolving {server}"))?.collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
+        bail!("{server} is not a loopback address; the load harness only sends traffic to 127.0.0.0/8 or ::1");
+    }
+    Ok(())
+}
+
+impl Target {
+    /// Starts a broker on a free loopback port with a fresh data dir.
+    pub fn spawn(lease_ttl: Duration) -> Result<Target> {
+        let bin = broker_binary()?;
+        let dir = tempfile::tempdir()?;
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let server = format!("127.0.0.1:{port}");
+        let mut child = Command::new(&bin)
+            .args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", &server, "--lease-ttl", &humantime::format_duration(lease_ttl).to_string()])
+            .args(["--max-connections", "100000", "--drain-grace", "0s"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("broker stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let mut operator = None;
+        for _ in 0..2 {
+            let line = lines.next().context("broker exited before printing its keys")??;
+            if let Some(k) = line.strip_prefix("operator api key: ") {
+                operator = Some(k.to_string());
+            }
+        }
+        let ca = dir.path().join("tls/cert.pem");
+        Ok(Target {
+            server,
+            ca,
+            operator: operator.context("no operator key printed")?,
+            child: Some(child),
+            _dir: Some(dir),
+        })
+    }
+
+    /// A broker already running on loopback; `key` must be the operator's.
+    pub fn remote(server: String, ca: PathBuf, key: String) -> Result<Target> {
+        require_loopback(&server)?;
+        Ok(Target { server, ca, operator: key, child: None, _dir: None })
+    }
+
+    pub fn options(&self, key: &str) -> ClientOptions {
+        ClientOptions { server: self.server.clone(), server_name: None, ca: Some(self.ca.clone()), api_key: key.to_string() }
+    }
+
+    pub async fn client(&self, key: &str) -> Result<Client> {
+        Ok(Client::connect(&self.options(key)).await?)
+    }
+
+    /// Resident memory of a spawned broker, from /proc.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kb * 1024)
+    }
+
+    /// Creates `n` orgs named for this run, each with a KRE pool of `quota`
+    /// and one registered machine.
+    pub async fn setup_orgs(&self, n: usize, quota: u32) -> Result<Vec<LoadOrg>> {
+        let op = self.client(&self.operator).await.context("connecting as the operator")?;
+        let tag = std::process::id();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let mut orgs = Vec::with_capacity(n);
+        for i in 0..n {
+            let org = OrgName::new(format!("load-{tag}-{nanos}-{i}"))?;
+            let key = op.create_org(&org, "2099-12-31", "load@localhost").await?;
+            op.set_pool(&org, PoolId::KRE_DEFAULT, quota).await?;
+            let machine = MachineId::new("load-machine")?;
+            let owner = self.client(&key).await?;
+            owner.register_machine(&org, PoolId::KRE_DEFAULT, &machine).await?;
+            owner.close().await;
+            orgs.push(LoadOrg { org, key, machine });
+        }
+        op.close().await;
+        Ok(orgs)
+    }
+
+    /// The pools of the given orgs, as the broker reports them.
+    pub async fn pools(&self, orgs: &[LoadOrg]) -> Result<Vec<PoolStatus>> {
+        let op = self.client(&self.operator).await?;
+        let mut out = Vec::new();
+        for o in orgs {
+            out.extend(op.status(Some(&o.org)).await?);
+        }
+        op.close().await;
+        Ok(out)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            for _ in 0..50 {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
