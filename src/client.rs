@@ -2,7 +2,6 @@
 //! and the server's notice stream. The CLI, the tests and the load harness
 //! all talk to the broker through this.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,7 +79,19 @@ impl From<WireError> for ClientError {
     }
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Outcome, ClientError>>>>>;
+/// One answer and when it was read.
+type Answer = (Result<Resp, ClientError>, std::time::Instant);
+
+/// Requests in flight, by batch: a batch's ids are consecutive, so one entry
+/// and one wake-up serve all of its requests, however many.
+struct Batch {
+    answers: Vec<Option<Answer>>,
+    remaining: usize,
+    done: Option<oneshot::Sender<Vec<Option<Answer>>>>,
+}
+
+/// First id of each batch in flight → the batch.
+type Pending = Arc<Mutex<std::collections::BTreeMap<u64, Batch>>>;
 
 /// A connected, authenticated client.
 pub struct Client {
@@ -133,8 +144,8 @@ pub fn endpoint_with(
         .map_err(|_| ClientError::Config("bind".into()))?;
     let mut ep = quinn::Endpoint::client(bind)
         .map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
-    let config =
-        crate::tls::client_config_with(ca, resumption).map_err(|e| ClientError::Config(format!("{e:#}")))?;
+    let config = crate::tls::client_config_with(ca, resumption)
+        .map_err(|e| ClientError::Config(format!("{e:#}")))?;
     ep.set_default_client_config(config);
     Ok(ep)
 }
@@ -187,7 +198,7 @@ impl Client {
                 )))
             }
         };
-        let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+        let pending: Pending = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
         tokio::spawn(read_responses(recv, frames, pending.clone()));
         let (tx, rx) = mpsc::channel(1024);
         tokio::spawn(read_notices(conn.clone(), tx));
@@ -216,70 +227,70 @@ impl Client {
     /// Sends one request and waits for its answer. Calls from many tasks at
     /// once are pipelined on the one stream.
     pub async fn call(&self, body: Req) -> Result<Resp, ClientError> {
-        // Relaxed: ids only need to be unique.
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().insert(id, tx);
-        let mut buf = Vec::with_capacity(64);
-        encode(&ClientFrame::Request(Request { id, body }), &mut buf);
-        let written = self.send.lock().await.write_all(&buf).await;
-        if let Err(e) = written {
-            self.pending.lock().remove(&id);
-            return Err(ClientError::Closed(e.to_string()));
-        }
-        match rx.await {
-            Ok(Ok(Outcome::Ok(resp))) => Ok(resp),
-            Ok(Ok(Outcome::Err(e))) => Err(ClientError::Rejected(e)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed("response stream ended".into())),
-        }
+        let mut answers = self.call_batch_timed(vec![body]).await;
+        answers
+            .pop()
+            .map_or_else(|| Err(ClientError::Closed("no answer".into())), |(r, _)| r)
     }
 
     /// Sends many requests in one write and waits for all their answers
     /// (results in request order). This is how a runner fleet or a load
     /// generator keeps many requests in flight cheaply.
     pub async fn call_batch(&self, bodies: Vec<Req>) -> Vec<Result<Resp, ClientError>> {
-        self.call_batch_timed(bodies).await.into_iter().map(|(r, _)| r).collect()
+        self.call_batch_timed(bodies)
+            .await
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
     }
 
     /// As `call_batch`, with each answer's latency: from just before the
     /// write to the moment that answer was read.
-    pub async fn call_batch_timed(&self, bodies: Vec<Req>) -> Vec<(Result<Resp, ClientError>, Duration)> {
-        let n = bodies.len() as u64;
-        // Relaxed: ids only need to be unique.
-        let first = self.next_id.fetch_add(n, Ordering::Relaxed);
-        let mut buf = Vec::with_capacity(bodies.len() * 48);
-        let mut waiting = Vec::with_capacity(bodies.len());
-        {
-            let mut pending = self.pending.lock();
-            for (i, body) in bodies.into_iter().enumerate() {
-                let id = first + i as u64;
-                let (tx, rx) = oneshot::channel();
-                pending.insert(id, tx);
-                waiting.push(rx);
-                encode(&ClientFrame::Request(Request { id, body }), &mut buf);
-            }
+    pub async fn call_batch_timed(
+        &self,
+        bodies: Vec<Req>,
+    ) -> Vec<(Result<Resp, ClientError>, Duration)> {
+        let n = bodies.len();
+        if n == 0 {
+            return Vec::new();
         }
+        // Relaxed: ids only need to be unique.
+        let first = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
+        let mut buf = Vec::with_capacity(n * 48);
+        for (i, body) in bodies.into_iter().enumerate() {
+            encode(
+                &ClientFrame::Request(Request {
+                    id: first + i as u64,
+                    body,
+                }),
+                &mut buf,
+            );
+        }
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            answers: (0..n).map(|_| None).collect(),
+            remaining: n,
+            done: Some(tx),
+        };
+        self.pending.lock().insert(first, batch);
         let started = std::time::Instant::now();
         if let Err(e) = self.send.lock().await.write_all(&buf).await {
-            let mut pending = self.pending.lock();
-            for i in 0..n {
-                pending.remove(&(first + i));
-            }
-            let closed = || Err(ClientError::Closed(e.to_string()));
-            return waiting.iter().map(|_| (closed(), started.elapsed())).collect();
+            self.pending.lock().remove(&first);
+            return (0..n)
+                .map(|_| (Err(ClientError::Closed(e.to_string())), started.elapsed()))
+                .collect();
         }
-        let mut out = Vec::with_capacity(waiting.len());
-        for rx in waiting {
-            let result = match rx.await {
-                Ok(Ok(Outcome::Ok(resp))) => Ok(resp),
-                Ok(Ok(Outcome::Err(e))) => Err(ClientError::Rejected(e)),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(ClientError::Closed("response stream ended".into())),
-            };
-            out.push((result, started.elapsed()));
-        }
-        out
+        let answers = rx.await.unwrap_or_else(|_| (0..n).map(|_| None).collect());
+        answers
+            .into_iter()
+            .map(|a| match a {
+                Some((r, at)) => (r, at.saturating_duration_since(started)),
+                None => (
+                    Err(ClientError::Closed("response stream ended".into())),
+                    started.elapsed(),
+                ),
+            })
+            .collect()
     }
 
     /// The next notice the broker pushed (session ended, draining).
@@ -305,7 +316,8 @@ impl Client {
     /// it closes with a non-zero code, which the broker treats like silence
     /// (sessions stay until their leases expire, so a reconnect can re-attach).
     pub fn abandon(self) {
-        self.endpoint.close(quinn::VarInt::from_u32(1), b"abandoned");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(1), b"abandoned");
     }
 
     /// Registers a machine; `true` if it was new.
@@ -591,12 +603,15 @@ async fn read_responses(mut recv: quinn::RecvStream, mut frames: FrameBuf, pendi
             }
         }
         if !ready.is_empty() {
-            // One lock per read, however many responses it carried.
+            // One clock reading and one lock per read, however many answers it carried.
+            let at = std::time::Instant::now();
             let mut waiting = pending.lock();
             for r in ready.drain(..) {
-                if let Some(tx) = waiting.remove(&r.id) {
-                    let _ = tx.send(Ok(r.outcome));
-                }
+                let result = match r.outcome {
+                    Outcome::Ok(resp) => Ok(resp),
+                    Outcome::Err(e) => Err(ClientError::Rejected(e)),
+                };
+                deliver(&mut waiting, r.id, (result, at));
             }
         }
         match recv.read(&mut chunk).await {
@@ -606,8 +621,38 @@ async fn read_responses(mut recv: quinn::RecvStream, mut frames: FrameBuf, pendi
         }
     };
     let msg = failure.to_string();
-    for (_, tx) in pending.lock().drain() {
-        let _ = tx.send(Err(ClientError::Closed(msg.clone())));
+    let at = std::time::Instant::now();
+    let mut waiting = pending.lock();
+    for (_, mut batch) in std::mem::take(&mut *waiting) {
+        for slot in batch.answers.iter_mut().filter(|a| a.is_none()) {
+            *slot = Some((Err(ClientError::Closed(msg.clone())), at));
+        }
+        if let Some(tx) = batch.done.take() {
+            let _ = tx.send(batch.answers);
+        }
+    }
+}
+
+/// Files one answer with its batch, waking the caller when the batch is complete.
+fn deliver(waiting: &mut std::collections::BTreeMap<u64, Batch>, id: u64, answer: Answer) {
+    let Some((&first, batch)) = waiting.range_mut(..=id).next_back() else {
+        return;
+    };
+    let Some(slot) = batch
+        .answers
+        .get_mut((id - first) as usize)
+        .filter(|s| s.is_none())
+    else {
+        return;
+    };
+    *slot = Some(answer);
+    batch.remaining -= 1;
+    if batch.remaining == 0 {
+        if let Some(mut done) = waiting.remove(&first) {
+            if let Some(tx) = done.done.take() {
+                let _ = tx.send(done.answers);
+            }
+        }
     }
 }
 

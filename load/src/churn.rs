@@ -54,7 +54,9 @@ pub async fn run(opts: Vec<ClientOptions>, orgs: Vec<LoadOrg>, shape: Shape) -> 
         let org = orgs[i % orgs.len()].clone();
         let shape = shape.clone();
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { connection(i as u64, client, org, shape, deadline, stop).await }));
+        tasks.push(tokio::spawn(async move {
+            connection(i as u64, client, org, shape, deadline, stop).await
+        }));
     }
     let mut total = Outcome::default();
     for t in tasks {
@@ -68,11 +70,20 @@ pub async fn run(opts: Vec<ClientOptions>, orgs: Vec<LoadOrg>, shape: Shape) -> 
     Ok(total)
 }
 
-async fn connection(index: u64, client: Client, org: LoadOrg, shape: Shape, deadline: Instant, stop: Arc<AtomicBool>) -> Outcome {
+async fn connection(
+    index: u64,
+    client: Client,
+    org: LoadOrg,
+    shape: Shape,
+    deadline: Instant,
+    stop: Arc<AtomicBool>,
+) -> Outcome {
     let mut out = Outcome::default();
     let mut nonce = u128::from(index) << 64;
     // Pacing: each batch of D pairs gets D / (rate / C) seconds.
-    let period = shape.rate.map(|r| Duration::from_secs_f64(shape.depth as f64 * shape.connections as f64 / r));
+    let period = shape
+        .rate
+        .map(|r| Duration::from_secs_f64(shape.depth as f64 * shape.connections as f64 / r));
     let mut next = tokio::time::Instant::now();
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if let Some(p) = period {
@@ -82,7 +93,12 @@ async fn connection(index: u64, client: Client, org: LoadOrg, shape: Shape, dead
         let acquires: Vec<Req> = (0..shape.depth)
             .map(|_| {
                 nonce += 1;
-                Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce }
+                Req::Acquire {
+                    org: org.org.clone(),
+                    pool: PoolId::KRE_DEFAULT,
+                    machine: org.machine.clone(),
+                    nonce,
+                }
             })
             .collect();
         let mut sessions = Vec::with_capacity(shape.depth);
@@ -99,7 +115,10 @@ async fn connection(index: u64, client: Client, org: LoadOrg, shape: Shape, dead
         if sessions.is_empty() && out.errors.0.values().sum::<u64>() > 1000 {
             break; // the target is refusing everything; stop rather than spin
         }
-        let releases: Vec<Req> = sessions.iter().map(|s: &SessionId| Req::Release { session: *s }).collect();
+        let releases: Vec<Req> = sessions
+            .iter()
+            .map(|s: &SessionId| Req::Release { session: *s })
+            .collect();
         for (r, t) in client.call_batch_timed(releases).await {
             match r {
                 Ok(_) => {
@@ -145,12 +164,20 @@ impl Monitor {
             }
             client.close().await;
         });
-        Monitor { max_in_use, over_quota, stop, task }
+        Monitor {
+            max_in_use,
+            over_quota,
+            stop,
+            task,
+        }
     }
 
     pub async fn finish(self) -> (u32, bool) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
-        (self.max_in_use.load(Ordering::Relaxed), self.over_quota.load(Ordering::Relaxed))
+        (
+            self.max_in_use.load(Ordering::Relaxed),
+            self.over_quota.load(Ordering::Relaxed),
+        )
     }
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 use license_broker::core::{Role, SessionId};
-use license_broker::proto::{encode, ClientFrame, FrameBuf, Outcome, Req, Resp, Response, ServerFrame, Welcome, VERSION};
+use license_broker::proto::{
+    encode, ClientFrame, FrameBuf, Outcome, Req, Resp, Response, ServerFrame, Welcome, VERSION,
+};
 use license_broker::tls::{self, TlsFiles};
 
 /// Serves until the process is killed; prints `listening on ADDR` first.
@@ -20,7 +22,12 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> Result<()> {
     tls::ensure_self_signed(&files)?;
     let config = tls::server_config(&files, Duration::from_secs(30), 16)?;
     let socket = license_broker::server::bind_udp(listen)?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
     println!("listening on {}", endpoint.local_addr()?);
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(async move {
@@ -50,10 +57,18 @@ async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
                 }),
                 Ok(ClientFrame::Request(r)) => {
                     let resp = match r.body {
-                        Req::Acquire { .. } => Resp::Admitted { session: SessionId(r.id), deadline_ms: 0, ttl_ms: 30_000, reattached: false },
+                        Req::Acquire { .. } => Resp::Admitted {
+                            session: SessionId(r.id),
+                            deadline_ms: 0,
+                            ttl_ms: 30_000,
+                            reattached: false,
+                        },
                         _ => Resp::Released,
                     };
-                    ServerFrame::Response(Response { id: r.id, outcome: Outcome::Ok(resp) })
+                    ServerFrame::Response(Response {
+                        id: r.id,
+                        outcome: Outcome::Ok(resp),
+                    })
                 }
                 Err(_) => return,
             };

@@ -81,13 +81,25 @@ pub struct Live {
 }
 
 /// Drives `count` runners over one connection until `live.stop`.
-pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize, b: Behaviour, live: Live) -> Stats {
+pub async fn drive(
+    client: Client,
+    org: LoadOrg,
+    first_nonce: u128,
+    count: usize,
+    b: Behaviour,
+    live: Live,
+) -> Stats {
     let mut stats = Stats::default();
     let mut rng = first_nonce as u64 | 1;
     let start = Instant::now();
     let far = start + Duration::from_secs(86_400 * 365);
-    let mut runners: Vec<Runner> =
-        (0..count).map(|i| Runner { nonce: first_nonce + i as u128, session: None, release_at: far }).collect();
+    let mut runners: Vec<Runner> = (0..count)
+        .map(|i| Runner {
+            nonce: first_nonce + i as u128,
+            session: None,
+            release_at: far,
+        })
+        .collect();
     let mut due: BinaryHeap<Reverse<(Instant, usize, Step)>> = BinaryHeap::with_capacity(count);
     for i in 0..count {
         let offset = b.ramp.mul_f64(i as f64 / count.max(1) as f64);
@@ -105,11 +117,16 @@ pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize
             batch.push((i, step));
         }
         if batch.is_empty() {
-            let wake = due.peek().map_or(now + Duration::from_millis(50), |Reverse((at, _, _))| *at);
+            let wake = due
+                .peek()
+                .map_or(now + Duration::from_millis(50), |Reverse((at, _, _))| *at);
             tokio::time::sleep_until(wake.min(now + Duration::from_millis(50))).await;
             continue;
         }
-        let reqs: Vec<Req> = batch.iter().map(|&(i, step)| request(&org, &runners[i], step)).collect();
+        let reqs: Vec<Req> = batch
+            .iter()
+            .map(|&(i, step)| request(&org, &runners[i], step))
+            .collect();
         let results = client.call_batch_timed(reqs).await;
         let now = Instant::now();
         for ((i, step), (result, took)) in batch.into_iter().zip(results) {
@@ -121,7 +138,9 @@ pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize
                     live.held.fetch_add(1, Ordering::Relaxed);
                     r.session = Some(session);
                     r.release_at = match b.hold {
-                        Some(mean) => now + mean.mul_f64(0.5 + (xorshift(&mut rng) % 1000) as f64 / 1000.0),
+                        Some(mean) => {
+                            now + mean.mul_f64(0.5 + (xorshift(&mut rng) % 1000) as f64 / 1000.0)
+                        }
                         None => far,
                     };
                     Some(next_hold_step(r, now, beat))
@@ -150,7 +169,10 @@ pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize
             }
         }
     }
-    let held: Vec<Req> = runners.iter().filter_map(|r| r.session.map(|session| Req::Release { session })).collect();
+    let held: Vec<Req> = runners
+        .iter()
+        .filter_map(|r| r.session.map(|session| Req::Release { session }))
+        .collect();
     for chunk in held.chunks(BATCH) {
         for (r, took) in client.call_batch_timed(chunk.to_vec()).await {
             match r {
@@ -171,7 +193,12 @@ fn request(org: &LoadOrg, r: &Runner, step: Step) -> Req {
     match (step, r.session) {
         (Step::Renew, Some(session)) => Req::Renew { session },
         (Step::Release, Some(session)) => Req::Release { session },
-        _ => Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce: r.nonce },
+        _ => Req::Acquire {
+            org: org.org.clone(),
+            pool: PoolId::KRE_DEFAULT,
+            machine: org.machine.clone(),
+            nonce: r.nonce,
+        },
     }
 }
 
@@ -183,7 +210,14 @@ fn next_hold_step(r: &Runner, now: Instant, beat: Duration) -> (Instant, Step) {
     }
 }
 
-fn on_error(r: &mut Runner, step: Step, e: &ClientError, now: Instant, stats: &mut Stats, live: &Live) -> (Instant, Step) {
+fn on_error(
+    r: &mut Runner,
+    step: Step,
+    e: &ClientError,
+    now: Instant,
+    stats: &mut Stats,
+    live: &Live,
+) -> (Instant, Step) {
     stats.errors.add(e);
     if step != Step::Acquire && r.session.take().is_some() {
         live.held.fetch_sub(1, Ordering::Relaxed);

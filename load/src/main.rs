@@ -100,7 +100,10 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -125,7 +128,11 @@ async fn run(a: Args) -> Result<bool> {
         echo::serve(a.listen, &dir).await?;
         return Ok(true);
     }
-    let ttl = a.lease_ttl.unwrap_or(if a.scenario == Scenario::Die { Duration::from_secs(2) } else { Duration::from_secs(30) });
+    let ttl = a.lease_ttl.unwrap_or(if a.scenario == Scenario::Die {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(30)
+    });
     let runners = a.runners.unwrap_or(match a.scenario {
         Scenario::Burst => 1000,
         Scenario::Die => 1000,
@@ -151,7 +158,11 @@ async fn run(a: Args) -> Result<bool> {
         return Ok(report.passed());
     }
     let target = match &a.server {
-        Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
+        Some(s) => Target::remote(
+            s.clone(),
+            a.ca.clone().context("--ca")?,
+            a.api_key.clone().context("--api-key")?,
+        )?,
         None => Target::spawn(ttl)?,
     };
     let report = match a.scenario {
@@ -160,8 +171,13 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Burst => burst::run(&target, p.runners, p.quota, p.connections).await?,
         Scenario::Die => scenarios::die(&target, &p).await?,
         Scenario::Handshake => {
-            let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
-            let (rate, lat, errors) = scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
+            let org = target
+                .setup_orgs(1, license_broker::core::MAX_QUOTA)
+                .await?
+                .remove(0);
+            let (rate, lat, errors) =
+                scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p)
+                    .await?;
             scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
         }
         Scenario::Compare | Scenario::EchoServer => unreachable!("handled above"),

@@ -29,8 +29,19 @@ pub struct RedisServer {
 
 /// Finds redis-server, installing Debian's package if it is missing and we may.
 fn redis_binary() -> Result<String> {
-    let found = |p: &str| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
-    for p in ["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
+    let found = |p: &str| {
+        Command::new(p)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    for p in [
+        "redis-server",
+        "/usr/bin/redis-server",
+        "/usr/local/bin/redis-server",
+    ] {
         if found(p) {
             return Ok(p.to_string());
         }
@@ -52,8 +63,24 @@ impl RedisServer {
         let bin = redis_binary()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args([
+                "--protected-mode",
+                "yes",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ])
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server")?;
@@ -76,7 +103,9 @@ impl Drop for RedisServer {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Churn against the Redis semaphore: each connection pipelines D acquires,
@@ -84,7 +113,11 @@ fn now_ms() -> u64 {
 pub async fn churn(port: u16, shape: Shape, limit: u64) -> Result<Outcome> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
     let mut setup = client.get_multiplexed_async_connection().await?;
-    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(ACQUIRE).query_async(&mut setup).await?;
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(ACQUIRE)
+        .query_async(&mut setup)
+        .await?;
     let mut conns = Vec::new();
     for _ in 0..shape.connections {
         conns.push(client.get_multiplexed_async_connection().await?);
@@ -99,16 +132,31 @@ pub async fn churn(port: u16, shape: Shape, limit: u64) -> Result<Outcome> {
             let mut out = Outcome::default();
             let mut n = 0u64;
             while Instant::now() < deadline {
-                let holders: Vec<String> = (0..depth).map(|_| { n += 1; format!("h{i}-{n}") }).collect();
+                let holders: Vec<String> = (0..depth)
+                    .map(|_| {
+                        n += 1;
+                        format!("h{i}-{n}")
+                    })
+                    .collect();
                 let mut pipe = redis::pipe();
                 let now = now_ms();
                 for h in &holders {
-                    pipe.cmd("EVALSHA").arg(&sha).arg(1).arg("sem").arg(h).arg(now).arg(30_000).arg(limit);
+                    pipe.cmd("EVALSHA")
+                        .arg(&sha)
+                        .arg(1)
+                        .arg("sem")
+                        .arg(h)
+                        .arg(now)
+                        .arg(30_000)
+                        .arg(limit);
                 }
                 let t = Instant::now();
                 let admitted: Vec<i64> = match pipe.query_async(&mut con).await {
                     Ok(v) => v,
-                    Err(_) => { out.errors.add_named("REDIS"); continue; }
+                    Err(_) => {
+                        out.errors.add_named("REDIS");
+                        continue;
+                    }
                 };
                 let lat = t.elapsed();
                 let mut release = redis::pipe();
@@ -122,13 +170,17 @@ pub async fn churn(port: u16, shape: Shape, limit: u64) -> Result<Outcome> {
                         out.errors.add_named("QUOTA_EXCEEDED");
                     }
                 }
-                if count == 0 { continue; }
+                if count == 0 {
+                    continue;
+                }
                 let t = Instant::now();
                 let removed: Result<Vec<i64>, _> = release.query_async(&mut con).await;
                 match removed {
                     Ok(v) => {
                         let lat = t.elapsed();
-                        for _ in &v { out.release.record(lat); }
+                        for _ in &v {
+                            out.release.record(lat);
+                        }
                         out.pairs += v.iter().filter(|x| **x == 1).count() as u64;
                     }
                     Err(_) => out.errors.add_named("REDIS"),

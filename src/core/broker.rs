@@ -90,7 +90,9 @@ impl Broker {
         self.dir.read().principal(key)
     }
 
-    fn pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
+    /// The pool `org`/`pool`, if the caller is a member of `org`. The shell
+    /// caches the handle per stream while `version()` is unchanged.
+    pub fn member_pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
         p.require_member(org)?;
         self.dir.read().pool(org, pool).cloned()
     }
@@ -105,7 +107,7 @@ impl Broker {
         machine: &MachineId,
         now: Millis,
     ) -> Result<(Registration, Option<Change>)> {
-        let handle = self.pool(p, org, pool)?;
+        let handle = self.member_pool(p, org, pool)?;
         let reg = handle.register_machine(machine, now)?;
         let change = (reg == Registration::New).then(|| {
             Change::Put(Record::Machine {
@@ -137,18 +139,32 @@ impl Broker {
         conn: ConnId,
         now: Millis,
     ) -> Result<Lease> {
-        let handle = self.pool(p, org, pool)?;
+        let handle = self.member_pool(p, org, pool)?;
         if !handle.has_machine(&machine) {
             return Err(Error::MachineNotRegistered);
         }
+        self.acquire_on(p, &handle, machine, nonce, conn, now)
+    }
+
+    /// Admits on a pool handle from `member_pool` whose machine the caller
+    /// has already seen registered under the current directory version.
+    /// This is the hot path: no directory lock, no machine lookup.
+    pub fn acquire_on(
+        &self,
+        p: &Principal,
+        pool: &Arc<Pool>,
+        machine: MachineId,
+        nonce: Nonce,
+        conn: ConnId,
+        now: Millis,
+    ) -> Result<Lease> {
         let req = SessionRequest {
             machine,
             user: p.email.clone(),
             nonce,
             conn,
         };
-        self.sessions
-            .acquire(&handle, req, now, self.config.lease_ttl)
+        self.sessions.acquire(pool, req, now, self.config.lease_ttl)
     }
 
     /// Heartbeat: extends a live session of the caller's org.
@@ -306,6 +322,6 @@ impl Broker {
         pool: PoolId,
         machine: &MachineId,
     ) -> Result<bool> {
-        Ok(self.pool(p, org, pool)?.has_machine(machine))
+        Ok(self.member_pool(p, org, pool)?.has_machine(machine))
     }
 }

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,16 +12,22 @@ use super::error::Error;
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $what:literal, $check:path) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// Parses and validates.
             pub fn new(s: impl Into<String>) -> Result<Self, Error> {
                 let s = s.into();
                 $check(&s).map_err(|reason| Error::invalid($what, reason))?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
             }
 
             /// The validated text.
@@ -38,7 +45,7 @@ macro_rules! string_id {
 
         impl From<$name> for String {
             fn from(v: $name) -> String {
-                v.0
+                v.0.to_string()
             }
         }
 
@@ -63,6 +70,8 @@ macro_rules! string_id {
     };
 }
 
+// Names are `Arc<str>`: a session keeps its machine and user, and cloning
+// them must not allocate on the admission path.
 string_id!(
     /// An organisation's name: 1–63 of `a-z 0-9 - _`, starting with a letter or digit.
     OrgName, "org name", check_org

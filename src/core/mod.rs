@@ -7,6 +7,7 @@ pub mod admin;
 pub mod broker;
 pub mod directory;
 pub mod error;
+pub mod hash;
 pub mod id;
 pub mod pool;
 pub mod record;

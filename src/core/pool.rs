@@ -4,13 +4,13 @@
 //! never decides *who* may use it (that is `directory`) nor tracks sessions
 //! (that is `session`).
 
-use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::hash::FastMap;
 use super::id::{MachineId, OrgName};
 use super::seats::{SeatCount, Seats};
 use super::time::Millis;
@@ -165,7 +165,7 @@ pub struct Pool {
     seats: Seats,
     /// Registered machine IDs and when each registered. Registration is rare
     /// (once per machine), so a plain lock keeps the cap check simple.
-    machines: Mutex<HashMap<MachineId, Millis>>,
+    machines: Mutex<FastMap<MachineId, Millis>>,
     /// The org's subscription end; nothing is admitted at or after it.
     not_after: AtomicU64,
     /// Sessions admitted since start (statistics only).
@@ -201,7 +201,7 @@ impl Pool {
             org,
             id,
             seats: Seats::new(quota),
-            machines: Mutex::new(HashMap::new()),
+            machines: Mutex::new(FastMap::default()),
             not_after: AtomicU64::new(not_after.0),
             admitted: AtomicU64::new(0),
             rejected: AtomicU64::new(0),

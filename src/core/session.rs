@@ -11,12 +11,13 @@
 //! Each shard publishes its earliest deadline in an atomic so the expiry
 //! task finds the next deadline without taking any lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
+use super::hash::FastMap;
 use super::id::{Email, MachineId, Nonce, SessionId};
 use super::pool::Pool;
 use super::time::Millis;
@@ -117,9 +118,9 @@ struct Shard {
     /// Next sequence number; combined with the shard index into a SessionId.
     seq: u64,
     /// Live sessions of this shard.
-    live: HashMap<SessionId, Live>,
+    live: FastMap<SessionId, Live>,
     /// (pool uid, nonce) → session, for idempotent acquire.
-    by_nonce: HashMap<(u64, Nonce), SessionId>,
+    by_nonce: FastMap<(u64, Nonce), SessionId>,
     /// Every live session's deadline, earliest first.
     deadlines: BTreeSet<(Millis, SessionId)>,
 }

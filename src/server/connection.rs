@@ -5,7 +5,6 @@
 //! until their leases expire, so a runner that reconnects within the TTL
 //! re-attaches with its nonce instead of losing its seat.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -13,6 +12,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
 use super::{stream, Shared};
+use crate::core::hash::FastSet;
 use crate::core::SessionId;
 use crate::proto::{encode, Notice};
 
@@ -24,7 +24,7 @@ pub(super) struct ConnCtx {
     /// Identifies the connection to the core (session ownership).
     pub id: u64,
     /// Sessions acquired through this connection and not yet ended by it.
-    pub sessions: Mutex<HashSet<SessionId>>,
+    pub sessions: Mutex<FastSet<SessionId>>,
 }
 
 /// Accepts connections until told to stop, refusing those over the limit.
@@ -64,7 +64,7 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let ctx = Arc::new(ConnCtx {
         id,
-        sessions: Mutex::new(HashSet::new()),
+        sessions: Mutex::new(FastSet::default()),
     });
     let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
     shared.notices.insert(id, tx);

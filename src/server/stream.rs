@@ -2,6 +2,9 @@
 //! Hello-first rule, hands each request to the handler, and writes the
 //! responses of everything read in one go back in one write (pipelining).
 //!
+//! Hot requests are answered synchronously, without creating a future per
+//! request; only requests that need the store are awaited.
+//!
 //! Bad input never ends the connection: an undecodable frame gets a
 //! `BAD_FRAME` answer and the stream goes on; only a broken length prefix or
 //! a wrong protocol version finishes the stream, since nothing after it can
@@ -12,10 +15,11 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 
 use super::connection::ConnCtx;
-use super::{handler, Shared};
+use super::handler::{self, PoolCache};
+use super::Shared;
 use crate::core::{ErrorCode, KeyHash, Principal};
 use crate::proto::{
-    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Request, Response, ServerFrame,
+    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Req, Request, Response, ServerFrame,
     Welcome, WireError, VERSION,
 };
 
@@ -40,6 +44,23 @@ enum Decoded {
     },
 }
 
+/// What to do after a frame was handled synchronously.
+enum Next {
+    Continue,
+    Finish,
+    /// Needs the store: await it, then answer request `id`.
+    Slow {
+        id: u64,
+        body: Req,
+    },
+}
+
+/// Per-stream state.
+struct StreamState {
+    caller: Option<Caller>,
+    pools: PoolCache,
+}
+
 pub(super) async fn serve(
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
@@ -48,7 +69,10 @@ pub(super) async fn serve(
 ) {
     let mut frames = FrameBuf::new();
     let mut out = Vec::with_capacity(4096);
-    let mut caller: Option<Caller> = None;
+    let mut state = StreamState {
+        caller: None,
+        pools: PoolCache::default(),
+    };
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         let n = match recv.read(&mut chunk).await {
@@ -56,6 +80,8 @@ pub(super) async fn serve(
             Ok(None) | Err(_) => break,
         };
         frames.extend(&chunk[..n]);
+        // One clock reading per read: every request in it arrived together.
+        let now = shared.clock.now();
         let mut finish = false;
         loop {
             let decoded = match frames.next_frame() {
@@ -74,9 +100,19 @@ pub(super) async fn serve(
                     break;
                 }
             };
-            finish = on_frame(&shared, &ctx, &mut caller, decoded, &mut out).await;
-            if finish {
-                break;
+            match on_frame(&shared, &ctx, &mut state, decoded, now, &mut out) {
+                Next::Continue => {}
+                Next::Finish => {
+                    finish = true;
+                    break;
+                }
+                Next::Slow { id, body } => {
+                    let outcome = match authorised(&shared, &mut state.caller) {
+                        Ok(p) => into_outcome(handler::slow(&shared, p, body).await),
+                        Err(e) => Outcome::Err(e),
+                    };
+                    encode(&ServerFrame::Response(Response { id, outcome }), &mut out);
+                }
             }
         }
         if !out.is_empty() {
@@ -90,6 +126,13 @@ pub(super) async fn serve(
         }
     }
     let _ = send.finish();
+}
+
+fn into_outcome(r: Result<crate::proto::Resp, WireError>) -> Outcome {
+    match r {
+        Ok(resp) => Outcome::Ok(resp),
+        Err(e) => Outcome::Err(e),
+    }
 }
 
 fn decode(body: &[u8]) -> Decoded {
@@ -111,48 +154,71 @@ fn decode(body: &[u8]) -> Decoded {
     }
 }
 
-/// Handles one frame; returns true when the stream must be finished.
-async fn on_frame(
+fn on_frame(
     shared: &Shared,
     ctx: &ConnCtx,
-    caller: &mut Option<Caller>,
+    state: &mut StreamState,
     frame: Decoded,
+    now: crate::core::Millis,
     out: &mut Vec<u8>,
-) -> bool {
+) -> Next {
     match frame {
         Decoded::Bad { id, detail } => {
-            let err = WireError::new(ErrorCode::BadFrame, format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"));
-            reply(out, id, err);
-            false
+            let err = WireError::new(
+                ErrorCode::BadFrame,
+                format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"),
+            );
+            match id {
+                Some(id) => encode(
+                    &ServerFrame::Response(Response {
+                        id,
+                        outcome: Outcome::Err(err),
+                    }),
+                    out,
+                ),
+                None => encode(&ServerFrame::Error(err), out),
+            }
+            Next::Continue
         }
-        Decoded::Frame(ClientFrame::Hello(hello)) => on_hello(shared, caller, hello, out),
+        Decoded::Frame(ClientFrame::Hello(hello)) => {
+            if on_hello(shared, &mut state.caller, hello, out) {
+                Next::Finish
+            } else {
+                Next::Continue
+            }
+        }
         Decoded::Frame(ClientFrame::Request(Request { id, body })) => {
-            let outcome = match authorised(shared, caller) {
-                Ok(principal) => match handler::handle(shared, ctx, principal, body).await {
-                    Ok(resp) => Outcome::Ok(resp),
-                    Err(e) => Outcome::Err(e),
-                },
-                Err(e) => Outcome::Err(e),
+            let principal = match authorised(shared, &mut state.caller) {
+                Ok(p) => p,
+                Err(e) => {
+                    encode(
+                        &ServerFrame::Response(Response {
+                            id,
+                            outcome: Outcome::Err(e),
+                        }),
+                        out,
+                    );
+                    return Next::Continue;
+                }
             };
-            encode(&ServerFrame::Response(Response { id, outcome }), out);
-            false
+            match handler::fast(shared, ctx, principal, &mut state.pools, body, now) {
+                Ok(result) => {
+                    encode(
+                        &ServerFrame::Response(Response {
+                            id,
+                            outcome: into_outcome(result),
+                        }),
+                        out,
+                    );
+                    Next::Continue
+                }
+                Err(body) => Next::Slow { id, body },
+            }
         }
     }
 }
 
-fn reply(out: &mut Vec<u8>, id: Option<u64>, err: WireError) {
-    match id {
-        Some(id) => encode(
-            &ServerFrame::Response(Response {
-                id,
-                outcome: Outcome::Err(err),
-            }),
-            out,
-        ),
-        None => encode(&ServerFrame::Error(err), out),
-    }
-}
-
+/// Answers a Hello; returns true when the stream must be finished.
 fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> bool {
     if caller.is_some() {
         let err = WireError::new(
