@@ -126,6 +126,8 @@ pub enum Error {
     Invalid { what: &'static str, reason: String },
     /// The org's subscription ended.
     SubscriptionExpired,
+    /// The session table has no room (16.7 million sessions per shard).
+    TableFull,
 }
 
 impl Error {
@@ -142,6 +144,7 @@ impl Error {
             Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
             Error::Invalid { .. } => ErrorCode::InvalidArgument,
             Error::SubscriptionExpired => ErrorCode::SubscriptionExpired,
+            Error::TableFull => ErrorCode::Internal,
         }
     }
 
@@ -183,6 +186,7 @@ impl fmt::Display for Error {
             Error::AlreadyExists { what, name } => write!(f, "{what} already exists: {name}"),
             Error::Invalid { what, reason } => write!(f, "invalid {what}: {reason}"),
             Error::SubscriptionExpired => f.write_str("the organisation's subscription has ended"),
+            Error::TableFull => f.write_str("the broker's session table is full"),
         }
     }
 }

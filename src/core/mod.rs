@@ -13,6 +13,7 @@ pub mod pool;
 pub mod record;
 pub mod seats;
 pub mod session;
+mod shard;
 pub mod time;
 
 #[cfg(all(test, not(broker_loom)))]

@@ -1,8 +1,9 @@
 //! The live session table and its lease-expiry index.
 //!
-//! Sessions are spread over shards, each a lock around a map of sessions, a
-//! map from runner nonce to session, and an ordered set of deadlines. A
-//! session, its nonce entry and its deadline live in the same shard, so every
+//! Sessions are spread over shards (see `shard`), each a lock around a slab
+//! of sessions, an index from runner nonce to session, and an ordered set of
+//! deadlines. A session, its nonce entry and its deadline live in the same
+//! shard, so every
 //! operation on one session takes exactly one lock, and removing a session
 //! from its shard is the single point where its seat is returned: whoever
 //! removes it (release, expiry, kill, connection close) returns the seat and
@@ -11,15 +12,14 @@
 //! Each shard publishes its earliest deadline in an atomic so the expiry
 //! task finds the next deadline without taking any lock.
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
-use super::hash::FastMap;
 use super::id::{Email, MachineId, Nonce, SessionId};
 use super::pool::Pool;
+use super::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
@@ -103,28 +103,6 @@ pub struct Ended {
     pub reason: EndReason,
 }
 
-struct Live {
-    pool: Arc<Pool>,
-    machine: MachineId,
-    user: Email,
-    nonce: Nonce,
-    conn: ConnId,
-    started: Millis,
-    deadline: Millis,
-}
-
-#[derive(Default)]
-struct Shard {
-    /// Next sequence number; combined with the shard index into a SessionId.
-    seq: u64,
-    /// Live sessions of this shard.
-    live: FastMap<SessionId, Live>,
-    /// (pool uid, nonce) → session, for idempotent acquire.
-    by_nonce: FastMap<(u64, Nonce), SessionId>,
-    /// Every live session's deadline, earliest first.
-    deadlines: BTreeSet<(Millis, SessionId)>,
-}
-
 /// All live sessions of the broker.
 pub struct SessionTable {
     shards: Box<[Mutex<Shard>]>,
@@ -138,11 +116,12 @@ pub struct SessionTable {
 const EXPIRE_BATCH: usize = 1024;
 
 impl SessionTable {
-    /// A table with `2^shard_bits` shards (more shards, less contention).
+    /// A table with `2^shard_bits` shards (more shards, less contention; at most 256).
     pub fn new(shard_bits: u32) -> SessionTable {
+        let shard_bits = shard_bits.min(SHARD_ID_BITS);
         let n = 1usize << shard_bits;
         SessionTable {
-            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
+            shards: (0..n).map(|i| Mutex::new(Shard::new(i))).collect(),
             earliest: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
             shard_bits,
         }
@@ -175,8 +154,8 @@ impl SessionTable {
         let index = self.shard_of_nonce(pool, req.nonce);
         let mut shard = self.shards[index].lock();
         let deadline = now.after(ttl);
-        if let Some(&id) = shard.by_nonce.get(&(pool.uid, req.nonce)) {
-            if let Some(s) = shard.live.get_mut(&id).filter(|s| s.deadline > now) {
+        if let Some(id) = shard.find_nonce(pool.uid, req.nonce) {
+            if let Some(s) = shard.get_mut(id).filter(|s| s.deadline > now) {
                 s.conn = req.conn;
                 shard.set_deadline(id, deadline);
                 self.publish(index, &shard);
@@ -192,26 +171,25 @@ impl SessionTable {
                 old.pool.return_seat();
             }
         }
+        if shard.len() >= MAX_SLOTS {
+            self.publish(index, &shard);
+            return Err(Error::TableFull);
+        }
         if let Err(e) = pool.take_seat(now) {
             self.publish(index, &shard);
             return Err(e);
         }
-        shard.seq += 1;
-        let id = SessionId((shard.seq << self.shard_bits) | index as u64);
-        shard.by_nonce.insert((pool.uid, req.nonce), id);
-        shard.deadlines.insert((deadline, id));
-        shard.live.insert(
-            id,
-            Live {
-                pool: pool.clone(),
-                machine: req.machine,
-                user: req.user,
-                nonce: req.nonce,
-                conn: req.conn,
-                started: now,
-                deadline,
-            },
-        );
+        let live = Live {
+            pool: pool.clone(),
+            machine: req.machine,
+            user: req.user,
+            nonce: req.nonce,
+            conn: req.conn,
+            started: now,
+            deadline,
+        };
+        // Invariant: the shard has room (checked above, under the same lock).
+        let id = shard.insert(live).expect("shard has a free slot");
         self.publish(index, &shard);
         Ok(Lease {
             session: id,
@@ -231,7 +209,7 @@ impl SessionTable {
     ) -> Result<Millis> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock();
-        let Some(s) = shard.live.get(&id) else {
+        let Some(s) = shard.get(id) else {
             return Err(Error::SessionExpired);
         };
         if !allow(&s.pool) {
@@ -259,7 +237,7 @@ impl SessionTable {
     ) -> Result<Ended> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock();
-        let Some(s) = shard.live.get(&id) else {
+        let Some(s) = shard.get(id) else {
             return Err(Error::SessionExpired);
         };
         if !allow(&s.pool, s.conn) {
@@ -271,7 +249,7 @@ impl SessionTable {
         self.publish(index, &shard);
         drop(shard);
         live.pool.return_seat();
-        Ok(live.into_ended(id, reason))
+        Ok(into_ended(live, id, reason))
     }
 
     /// Ends every live session matching `pred` (admin sweeps: a removed
@@ -285,15 +263,14 @@ impl SessionTable {
         for (index, m) in self.shards.iter().enumerate() {
             let mut shard = m.lock();
             let ids: Vec<SessionId> = shard
-                .live
                 .iter()
                 .filter(|(_, s)| pred(&s.pool, &s.machine))
-                .map(|(id, _)| *id)
+                .map(|(id, _)| id)
                 .collect();
             for id in ids {
                 if let Some(live) = shard.remove(id) {
                     live.pool.return_seat();
-                    out.push(live.into_ended(id, reason));
+                    out.push(into_ended(live, id, reason));
                 }
             }
             self.publish(index, &shard);
@@ -321,7 +298,7 @@ impl SessionTable {
             while self.earliest[index].load(Ordering::Acquire) <= now.0 {
                 let mut shard = self.shards[index].lock();
                 for _ in 0..EXPIRE_BATCH {
-                    let Some(&(deadline, id)) = shard.deadlines.first() else {
+                    let Some((deadline, id)) = shard.first_deadline() else {
                         break;
                     };
                     if deadline > now {
@@ -330,13 +307,11 @@ impl SessionTable {
                     match shard.remove(id) {
                         Some(live) => {
                             live.pool.return_seat();
-                            out.push(live.into_ended(id, EndReason::Expired));
+                            out.push(into_ended(live, id, EndReason::Expired));
                         }
                         // Unreachable while remove() keeps the indexes in step;
                         // dropping the entry guarantees this loop terminates.
-                        None => {
-                            shard.deadlines.remove(&(deadline, id));
-                        }
+                        None => shard.forget_deadline(deadline, id),
                     }
                 }
                 self.publish(index, &shard);
@@ -352,10 +327,9 @@ impl SessionTable {
             let shard = m.lock();
             out.extend(
                 shard
-                    .live
                     .iter()
                     .filter(|(_, s)| pred(&s.pool))
-                    .map(|(id, s)| s.info(*id)),
+                    .map(|(id, s)| info(s, id)),
             );
         }
         out.sort_by_key(|i| i.session);
@@ -364,7 +338,7 @@ impl SessionTable {
 
     /// Number of live sessions (all pools).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|m| m.lock().live.len()).sum()
+        self.shards.iter().map(|m| m.lock().len()).sum()
     }
 
     /// Whether no session is live.
@@ -373,48 +347,27 @@ impl SessionTable {
     }
 
     fn publish(&self, index: usize, shard: &Shard) {
-        let first = shard.deadlines.first().map_or(u64::MAX, |(d, _)| d.0);
+        let first = shard.first_deadline().map_or(u64::MAX, |(d, _)| d.0);
         // Release: pairs with the Acquire loads in next_deadline/expire.
         self.earliest[index].store(first, Ordering::Release);
     }
 }
 
-impl Shard {
-    fn set_deadline(&mut self, id: SessionId, deadline: Millis) {
-        if let Some(s) = self.live.get_mut(&id) {
-            self.deadlines.remove(&(s.deadline, id));
-            s.deadline = deadline;
-            self.deadlines.insert((deadline, id));
-        }
-    }
-
-    /// The single removal point: drops the session and its index entries.
-    /// The caller returns the seat exactly once for each `Some`.
-    fn remove(&mut self, id: SessionId) -> Option<Live> {
-        let live = self.live.remove(&id)?;
-        self.deadlines.remove(&(live.deadline, id));
-        self.by_nonce.remove(&(live.pool.uid, live.nonce));
-        Some(live)
+fn info(live: &Live, id: SessionId) -> SessionInfo {
+    SessionInfo {
+        session: id,
+        pool: live.pool.id,
+        machine: live.machine.clone(),
+        user: live.user.clone(),
+        started: live.started,
+        deadline: live.deadline,
     }
 }
 
-impl Live {
-    fn info(&self, id: SessionId) -> SessionInfo {
-        SessionInfo {
-            session: id,
-            pool: self.pool.id,
-            machine: self.machine.clone(),
-            user: self.user.clone(),
-            started: self.started,
-            deadline: self.deadline,
-        }
-    }
-
-    fn into_ended(self, id: SessionId, reason: EndReason) -> Ended {
-        Ended {
-            info: self.info(id),
-            conn: self.conn,
-            reason,
-        }
+fn into_ended(live: Live, id: SessionId, reason: EndReason) -> Ended {
+    Ended {
+        info: info(&live, id),
+        conn: live.conn,
+        reason,
     }
 }

@@ -1,0 +1,188 @@
+//! One shard of the session table: a slab of sessions, an index from
+//! runner nonce to slot, and the shard's deadlines in order.
+//!
+//! Compact on purpose (a broker holds a million sessions): sessions sit in
+//! a dense slab addressed by slot, so a `SessionId` is found without
+//! hashing; the nonce index stores bare slot numbers and hashes through the
+//! slab; a slot's generation makes stale ids of reused slots miss. Not
+//! thread-safe by itself: `SessionTable` holds each shard under its lock.
+
+use std::collections::BTreeSet;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+use super::id::{Email, MachineId, Nonce, SessionId};
+use super::pool::Pool;
+use super::session::ConnId;
+use super::time::Millis;
+use crate::sync::Arc;
+
+/// Bits of a `SessionId` that name the shard (so at most 256 shards).
+pub(super) const SHARD_ID_BITS: u32 = 8;
+/// Bits that name the slot within a shard.
+const SLOT_BITS: u32 = 24;
+/// Most sessions one shard can hold.
+pub(super) const MAX_SLOTS: usize = 1 << SLOT_BITS;
+
+/// A live session.
+pub(super) struct Live {
+    pub pool: Arc<Pool>,
+    pub machine: MachineId,
+    pub user: Email,
+    pub nonce: Nonce,
+    pub conn: ConnId,
+    pub started: Millis,
+    pub deadline: Millis,
+}
+
+struct Slot {
+    /// Bumped every time the slot is freed, so old ids stop matching.
+    generation: u32,
+    live: Option<Live>,
+}
+
+pub(super) struct Shard {
+    index: u64,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    /// Slots of live sessions, found by (pool uid, nonce).
+    by_nonce: HashTable<u32>,
+    hasher: foldhash::fast::RandomState,
+    /// Every live session's deadline, earliest first.
+    deadlines: BTreeSet<(Millis, SessionId)>,
+}
+
+impl Shard {
+    pub fn new(index: usize) -> Shard {
+        Shard {
+            index: index as u64,
+            slots: Vec::new(),
+            free: Vec::new(),
+            by_nonce: HashTable::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            deadlines: BTreeSet::new(),
+        }
+    }
+
+    fn id_of(&self, slot: u32) -> SessionId {
+        let generation = u64::from(self.slots[slot as usize].generation);
+        SessionId((generation << 32) | (u64::from(slot) << SHARD_ID_BITS) | self.index)
+    }
+
+    fn slot_of(&self, id: SessionId) -> Option<usize> {
+        let slot = ((id.0 >> SHARD_ID_BITS) as usize) & (MAX_SLOTS - 1);
+        let s = self.slots.get(slot)?;
+        (u64::from(s.generation) == id.0 >> 32 && s.live.is_some()).then_some(slot)
+    }
+
+    pub fn get(&self, id: SessionId) -> Option<&Live> {
+        self.slot_of(id).and_then(|s| self.slots[s].live.as_ref())
+    }
+
+    pub fn get_mut(&mut self, id: SessionId) -> Option<&mut Live> {
+        let s = self.slot_of(id)?;
+        self.slots[s].live.as_mut()
+    }
+
+    fn nonce_hash(hasher: &foldhash::fast::RandomState, pool: u64, nonce: Nonce) -> u64 {
+        hasher.hash_one((pool, nonce.0))
+    }
+
+    /// The live session a runner nonce holds in a pool.
+    pub fn find_nonce(&self, pool: u64, nonce: Nonce) -> Option<SessionId> {
+        let hash = Self::nonce_hash(&self.hasher, pool, nonce);
+        let slots = &self.slots;
+        let found = self.by_nonce.find(hash, |&s| {
+            slots[s as usize]
+                .live
+                .as_ref()
+                .is_some_and(|l| l.pool.uid == pool && l.nonce == nonce)
+        })?;
+        Some(self.id_of(*found))
+    }
+
+    /// Stores a new session; `None` if the shard is full.
+    pub fn insert(&mut self, live: Live) -> Option<SessionId> {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None if self.slots.len() < MAX_SLOTS => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    live: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+            None => return None,
+        };
+        let (pool, nonce, deadline) = (live.pool.uid, live.nonce, live.deadline);
+        self.slots[slot as usize].live = Some(live);
+        let Shard {
+            by_nonce,
+            slots,
+            hasher,
+            ..
+        } = self;
+        let hash = Self::nonce_hash(hasher, pool, nonce);
+        by_nonce.insert_unique(hash, slot, |&s| {
+            // Invariant: the index holds only slots with a live session.
+            let l = slots[s as usize]
+                .live
+                .as_ref()
+                .expect("indexed slot is live");
+            Self::nonce_hash(hasher, l.pool.uid, l.nonce)
+        });
+        let id = self.id_of(slot);
+        self.deadlines.insert((deadline, id));
+        Some(id)
+    }
+
+    /// Moves a live session's deadline.
+    pub fn set_deadline(&mut self, id: SessionId, deadline: Millis) {
+        let Some(s) = self.slot_of(id) else { return };
+        if let Some(live) = self.slots[s].live.as_mut() {
+            self.deadlines.remove(&(live.deadline, id));
+            live.deadline = deadline;
+            self.deadlines.insert((deadline, id));
+        }
+    }
+
+    /// The single removal point: drops the session and its index entries.
+    /// The caller returns the seat exactly once for each `Some`.
+    pub fn remove(&mut self, id: SessionId) -> Option<Live> {
+        let s = self.slot_of(id)?;
+        let live = self.slots[s].live.take()?;
+        self.deadlines.remove(&(live.deadline, id));
+        let hash = Self::nonce_hash(&self.hasher, live.pool.uid, live.nonce);
+        if let Ok(entry) = self.by_nonce.find_entry(hash, |&x| x as usize == s) {
+            entry.remove();
+        }
+        let slot = &mut self.slots[s];
+        slot.generation = slot.generation.wrapping_add(1);
+        self.free.push(s as u32);
+        Some(live)
+    }
+
+    /// Drops a deadline entry with no session behind it (never expected;
+    /// keeps the expiry loop terminating whatever happens).
+    pub fn forget_deadline(&mut self, deadline: Millis, id: SessionId) {
+        self.deadlines.remove(&(deadline, id));
+    }
+
+    /// The earliest deadline and its session.
+    pub fn first_deadline(&self) -> Option<(Millis, SessionId)> {
+        self.deadlines.first().copied()
+    }
+
+    /// Live sessions of this shard.
+    pub fn iter(&self) -> impl Iterator<Item = (SessionId, &Live)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of(s as u32), l)))
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_nonce.len()
+    }
+}
