@@ -84,7 +84,10 @@ async fn connection(
     let period = shape
         .rate
         .map(|r| Duration::from_secs_f64(shape.depth as f64 * shape.connections as f64 / r));
-    let mut next = tokio::time::Instant::now();
+    // Connections start their pacing evenly spread over one period, so
+    // paced load arrives smoothly instead of in synchronized bursts.
+    let mut next = tokio::time::Instant::now()
+        + period.map_or(Duration::ZERO, |p| p.mul_f64(index as f64 / shape.connections as f64));
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if let Some(p) = period {
             tokio::time::sleep_until(next).await;
