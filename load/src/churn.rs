@@ -87,7 +87,9 @@ async fn connection(
     // Connections start their pacing evenly spread over one period, so
     // paced load arrives smoothly instead of in synchronized bursts.
     let mut next = tokio::time::Instant::now()
-        + period.map_or(Duration::ZERO, |p| p.mul_f64(index as f64 / shape.connections as f64));
+        + period.map_or(Duration::ZERO, |p| {
+            p.mul_f64(index as f64 / shape.connections as f64)
+        });
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if let Some(p) = period {
             tokio::time::sleep_until(next).await;

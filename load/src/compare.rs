@@ -118,7 +118,10 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     let echo = Echo::spawn()?;
     let echo_out = churn::run(vec![echo.options()], vec![Echo::org()?], shape.clone()).await?;
     eprintln!("compare: bare quinn echo paced at the broker's half rate (latency control)");
-    let paced_shape = Shape { rate: Some(broker_rate / 2.0), ..shape };
+    let paced_shape = Shape {
+        rate: Some(broker_rate / 2.0),
+        ..shape
+    };
     let echo_paced = churn::run(vec![echo.options()], vec![Echo::org()?], paced_shape).await?;
     eprintln!("compare: bare quinn handshakes");
     let (echo_hs, _, _) = scenarios::handshake(&echo.server, &echo.ca, "echo", None, &hs).await?;
@@ -162,7 +165,10 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     );
     r.extra("handshake_share", summary["handshake_share"].clone());
     r.extra("broker_p99_acquire_us_at_half_rate", p99_half);
-    r.extra("quic_p99_us_at_same_rate", echo_paced.acquire.stats().p99_us);
+    r.extra(
+        "quic_p99_us_at_same_rate",
+        echo_paced.acquire.stats().p99_us,
+    );
     r.latency_us = broker.latency_us.clone();
     r.invariants = broker.invariants.clone();
     r.invariants.extend(paced.invariants.iter().cloned());

@@ -264,7 +264,12 @@ impl Broker {
         let mut out: Vec<PoolStatus> = wanted
             .into_iter()
             .filter_map(|o| dir.orgs.get(o))
-            .flat_map(|e| e.pools.values().map(|p| p.status()))
+            .flat_map(|e| {
+                e.pools.values().map(|p| {
+                    let (admitted, rejected) = self.sessions.counts(p.uid);
+                    p.status(admitted, rejected)
+                })
+            })
             .collect();
         out.sort_by(|a, b| (&a.org, a.pool).cmp(&(&b.org, b.pool)));
         Ok(out)

@@ -154,6 +154,12 @@ pub enum Registration {
 
 /// One pool's live state. Shared (behind `Arc`) by the directory and every
 /// session holding one of its seats.
+///
+/// Laid out for two cores hammering one pool: the struct is aligned so the
+/// `Arc`'s reference counts sit on a cache line of their own, and the seat
+/// word gets its own line, so an admission on one
+/// core does not evict the read-mostly fields another core is reading.
+#[repr(align(128))]
 pub struct Pool {
     /// Unique per pool within this process; keys runner nonces to their pool.
     pub uid: u64,
@@ -161,17 +167,24 @@ pub struct Pool {
     pub org: OrgName,
     /// Its identity within the org.
     pub id: PoolId,
-    /// Quota and seats in use.
-    seats: Seats,
+    /// The org's subscription end; nothing is admitted at or after it.
+    not_after: AtomicU64,
     /// Registered machine IDs and when each registered. Registration is rare
     /// (once per machine), so a plain lock keeps the cap check simple.
     machines: Mutex<FastMap<MachineId, Millis>>,
-    /// The org's subscription end; nothing is admitted at or after it.
-    not_after: AtomicU64,
-    /// Sessions admitted since start (statistics only).
-    admitted: AtomicU64,
-    /// Acquires refused for quota since start (statistics only).
-    rejected: AtomicU64,
+    /// Quota and seats in use.
+    seats: Padded<Seats>,
+}
+
+/// Keeps its contents on cache lines of their own.
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 /// A pool's numbers for `status`.
@@ -200,33 +213,24 @@ impl Pool {
             uid,
             org,
             id,
-            seats: Seats::new(quota),
-            machines: Mutex::new(FastMap::default()),
             not_after: AtomicU64::new(not_after.0),
-            admitted: AtomicU64::new(0),
-            rejected: AtomicU64::new(0),
+            machines: Mutex::new(FastMap::default()),
+            seats: Padded(Seats::new(quota)),
         }
     }
 
-    /// Takes a seat for a new session at `now`.
+    /// Takes a seat for a new session at `now`. (Admission statistics are
+    /// counted by the session table's shards, under their locks, so that
+    /// the only shared write of an admission is the seat word itself.)
     pub fn take_seat(&self, now: Millis) -> Result<SeatCount> {
         // Relaxed: the subscription end is an independent value; a change
         // racing an acquire may apply to it or not, either is correct.
         if now.0 >= self.not_after.load(Ordering::Relaxed) {
             return Err(Error::SubscriptionExpired);
         }
-        match self.seats.try_acquire() {
-            Ok(count) => {
-                // Relaxed: statistics, read only for reporting.
-                self.admitted.fetch_add(1, Ordering::Relaxed);
-                Ok(count)
-            }
-            Err(quota) => {
-                // Relaxed: statistics, read only for reporting.
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(Error::QuotaExceeded { quota })
-            }
-        }
+        self.seats
+            .try_acquire()
+            .map_err(|quota| Error::QuotaExceeded { quota })
     }
 
     /// Returns a seat; called exactly once per ended session.
@@ -293,8 +297,9 @@ impl Pool {
         v
     }
 
-    /// The pool's numbers for `status`.
-    pub fn status(&self) -> PoolStatus {
+    /// The pool's numbers for `status`, with the admission counts the
+    /// session table keeps.
+    pub fn status(&self, admitted: u64, rejected: u64) -> PoolStatus {
         let c = self.seats.count();
         PoolStatus {
             org: self.org.clone(),
@@ -302,9 +307,8 @@ impl Pool {
             quota: c.quota,
             in_use: c.in_use,
             machines: self.machines.lock().len() as u32,
-            // Relaxed: statistics.
-            admitted: self.admitted.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
+            admitted,
+            rejected,
         }
     }
 }

@@ -105,11 +105,18 @@ pub struct Ended {
 
 /// All live sessions of the broker.
 pub struct SessionTable {
-    shards: Box<[Mutex<Shard>]>,
-    /// Each shard's earliest deadline (u64::MAX when empty), readable without its lock.
-    earliest: Box<[AtomicU64]>,
+    shards: Box<[ShardCell]>,
     /// log2 of the shard count.
     shard_bits: u32,
+}
+
+/// A shard and its published earliest deadline, on cache lines of their
+/// own so two cores working different shards never share a line.
+#[repr(align(128))]
+struct ShardCell {
+    lock: Mutex<Shard>,
+    /// The shard's earliest deadline (u64::MAX when empty), readable without its lock.
+    earliest: AtomicU64,
 }
 
 /// Most sessions expired under one shard lock before letting others in.
@@ -121,8 +128,12 @@ impl SessionTable {
         let shard_bits = shard_bits.min(SHARD_ID_BITS);
         let n = 1usize << shard_bits;
         SessionTable {
-            shards: (0..n).map(|i| Mutex::new(Shard::new(i))).collect(),
-            earliest: (0..n).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            shards: (0..n)
+                .map(|i| ShardCell {
+                    lock: Mutex::new(Shard::new(i)),
+                    earliest: AtomicU64::new(u64::MAX),
+                })
+                .collect(),
             shard_bits,
         }
     }
@@ -152,7 +163,7 @@ impl SessionTable {
         ttl: Duration,
     ) -> Result<Lease> {
         let index = self.shard_of_nonce(pool, req.nonce);
-        let mut shard = self.shards[index].lock();
+        let mut shard = self.shards[index].lock.lock();
         let deadline = now.after(ttl);
         if let Some(id) = shard.find_nonce(pool.uid, req.nonce) {
             if let Some(s) = shard.get_mut(id).filter(|s| s.deadline > now) {
@@ -167,20 +178,18 @@ impl SessionTable {
             }
             // Its lease ran out before the expiry task got to it: end it now,
             // so its seat is free for this very acquire.
-            if let Some(old) = shard.remove(id) {
-                old.pool.return_seat();
-            }
+            shard.end(id, EndReason::Expired);
         }
         if shard.len() >= MAX_SLOTS {
             self.publish(index, &shard);
             return Err(Error::TableFull);
         }
-        if let Err(e) = pool.take_seat(now) {
+        if let Err(e) = shard.admit(pool, now) {
             self.publish(index, &shard);
             return Err(e);
         }
         let live = Live {
-            pool: pool.clone(),
+            pool: pool.uid,
             machine: req.machine,
             user: req.user,
             nonce: req.nonce,
@@ -208,17 +217,15 @@ impl SessionTable {
         allow: impl FnOnce(&Pool) -> bool,
     ) -> Result<Millis> {
         let index = self.shard_of(id);
-        let mut shard = self.shards[index].lock();
+        let mut shard = self.shards[index].lock.lock();
         let Some(s) = shard.get(id) else {
             return Err(Error::SessionExpired);
         };
-        if !allow(&s.pool) {
+        if !allow(shard.pool_of(s)) {
             return Err(Error::SessionExpired);
         }
         if s.deadline <= now {
-            if let Some(e) = shard.remove(id) {
-                e.pool.return_seat();
-            }
+            shard.end(id, EndReason::Expired);
             self.publish(index, &shard);
             return Err(Error::SessionExpired);
         }
@@ -236,20 +243,16 @@ impl SessionTable {
         allow: impl FnOnce(&Pool, ConnId) -> bool,
     ) -> Result<Ended> {
         let index = self.shard_of(id);
-        let mut shard = self.shards[index].lock();
+        let mut shard = self.shards[index].lock.lock();
         let Some(s) = shard.get(id) else {
             return Err(Error::SessionExpired);
         };
-        if !allow(&s.pool, s.conn) {
+        if !allow(shard.pool_of(s), s.conn) {
             return Err(Error::SessionExpired);
         }
-        let Some(live) = shard.remove(id) else {
-            return Err(Error::SessionExpired);
-        };
+        let ended = shard.end(id, reason).ok_or(Error::SessionExpired)?;
         self.publish(index, &shard);
-        drop(shard);
-        live.pool.return_seat();
-        Ok(into_ended(live, id, reason))
+        Ok(ended)
     }
 
     /// Ends every live session matching `pred` (admin sweeps: a removed
@@ -260,19 +263,14 @@ impl SessionTable {
         mut pred: impl FnMut(&Pool, &MachineId) -> bool,
     ) -> Vec<Ended> {
         let mut out = Vec::new();
-        for (index, m) in self.shards.iter().enumerate() {
-            let mut shard = m.lock();
+        for (index, cell) in self.shards.iter().enumerate() {
+            let mut shard = cell.lock.lock();
             let ids: Vec<SessionId> = shard
                 .iter()
-                .filter(|(_, s)| pred(&s.pool, &s.machine))
+                .filter(|(_, s)| pred(shard.pool_of(s), &s.machine))
                 .map(|(id, _)| id)
                 .collect();
-            for id in ids {
-                if let Some(live) = shard.remove(id) {
-                    live.pool.return_seat();
-                    out.push(into_ended(live, id, reason));
-                }
-            }
+            out.extend(ids.into_iter().filter_map(|id| shard.end(id, reason)));
             self.publish(index, &shard);
         }
         out
@@ -283,9 +281,9 @@ impl SessionTable {
         // Acquire pairs with the Release in `publish`; the value is a hint
         // that `expire` re-checks under the shard lock.
         let min = self
-            .earliest
+            .shards
             .iter()
-            .map(|a| a.load(Ordering::Acquire))
+            .map(|c| c.earliest.load(Ordering::Acquire))
             .min()
             .unwrap_or(u64::MAX);
         (min != u64::MAX).then_some(Millis(min))
@@ -294,9 +292,9 @@ impl SessionTable {
     /// Ends every session whose deadline is at or before `now`.
     pub fn expire(&self, now: Millis) -> Vec<Ended> {
         let mut out = Vec::new();
-        for index in 0..self.shards.len() {
-            while self.earliest[index].load(Ordering::Acquire) <= now.0 {
-                let mut shard = self.shards[index].lock();
+        for (index, cell) in self.shards.iter().enumerate() {
+            while cell.earliest.load(Ordering::Acquire) <= now.0 {
+                let mut shard = cell.lock.lock();
                 for _ in 0..EXPIRE_BATCH {
                     let Some((deadline, id)) = shard.first_deadline() else {
                         break;
@@ -304,13 +302,10 @@ impl SessionTable {
                     if deadline > now {
                         break;
                     }
-                    match shard.remove(id) {
-                        Some(live) => {
-                            live.pool.return_seat();
-                            out.push(into_ended(live, id, EndReason::Expired));
-                        }
-                        // Unreachable while remove() keeps the indexes in step;
-                        // dropping the entry guarantees this loop terminates.
+                    match shard.end(id, EndReason::Expired) {
+                        Some(ended) => out.push(ended),
+                        // Unreachable while the shard keeps its indexes in
+                        // step; dropping the entry keeps this loop finite.
                         None => shard.forget_deadline(deadline, id),
                     }
                 }
@@ -323,13 +318,13 @@ impl SessionTable {
     /// Live sessions matching `pred`, sorted by id.
     pub fn list(&self, mut pred: impl FnMut(&Pool) -> bool) -> Vec<SessionInfo> {
         let mut out = Vec::new();
-        for m in self.shards.iter() {
-            let shard = m.lock();
+        for cell in self.shards.iter() {
+            let shard = cell.lock.lock();
             out.extend(
                 shard
                     .iter()
-                    .filter(|(_, s)| pred(&s.pool))
-                    .map(|(id, s)| info(s, id)),
+                    .filter(|(_, s)| pred(shard.pool_of(s)))
+                    .map(|(id, s)| shard.info(s, id)),
             );
         }
         out.sort_by_key(|i| i.session);
@@ -338,7 +333,15 @@ impl SessionTable {
 
     /// Number of live sessions (all pools).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|m| m.lock().len()).sum()
+        self.shards.iter().map(|c| c.lock.lock().len()).sum()
+    }
+
+    /// Admissions and quota refusals of a pool since start, summed over shards.
+    pub fn counts(&self, pool: u64) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(a, r), c| {
+            let (sa, sr) = c.lock.lock().counts(pool);
+            (a + sa, r + sr)
+        })
     }
 
     /// Whether no session is live.
@@ -348,26 +351,12 @@ impl SessionTable {
 
     fn publish(&self, index: usize, shard: &Shard) {
         let first = shard.first_deadline().map_or(u64::MAX, |(d, _)| d.0);
-        // Release: pairs with the Acquire loads in next_deadline/expire.
-        self.earliest[index].store(first, Ordering::Release);
-    }
-}
-
-fn info(live: &Live, id: SessionId) -> SessionInfo {
-    SessionInfo {
-        session: id,
-        pool: live.pool.id,
-        machine: live.machine.clone(),
-        user: live.user.clone(),
-        started: live.started,
-        deadline: live.deadline,
-    }
-}
-
-fn into_ended(live: Live, id: SessionId, reason: EndReason) -> Ended {
-    Ended {
-        info: info(&live, id),
-        conn: live.conn,
-        reason,
+        let cell = &self.shards[index].earliest;
+        // Relaxed load: only the lock holder stores, so it reads its own
+        // last store; skipping unchanged stores keeps the line quiet.
+        if cell.load(Ordering::Relaxed) != first {
+            // Release: pairs with the Acquire loads in next_deadline/expire.
+            cell.store(first, Ordering::Release);
+        }
     }
 }

@@ -12,9 +12,11 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use super::error::{Error, Result};
+use super::hash::FastMap;
 use super::id::{Email, MachineId, Nonce, SessionId};
 use super::pool::Pool;
-use super::session::ConnId;
+use super::session::{ConnId, EndReason, Ended, SessionInfo};
 use super::time::Millis;
 use crate::sync::Arc;
 
@@ -27,7 +29,8 @@ pub(super) const MAX_SLOTS: usize = 1 << SLOT_BITS;
 
 /// A live session.
 pub(super) struct Live {
-    pub pool: Arc<Pool>,
+    /// The pool's uid; the pool itself is in the shard's `pools`.
+    pub pool: u64,
     pub machine: MachineId,
     pub user: Email,
     pub nonce: Nonce,
@@ -51,6 +54,19 @@ pub(super) struct Shard {
     hasher: foldhash::fast::RandomState,
     /// Every live session's deadline, earliest first.
     deadlines: BTreeSet<(Millis, SessionId)>,
+    /// The pools this shard has admitted into, with this shard's share of
+    /// their statistics. Holding the `Arc` here (once per pool, not once
+    /// per session) keeps reference-count traffic off the admission path.
+    pools: FastMap<u64, ShardPool>,
+}
+
+/// A pool as one shard sees it.
+pub(super) struct ShardPool {
+    pub pool: Arc<Pool>,
+    /// Sessions this shard admitted into the pool since start.
+    pub admitted: u64,
+    /// Acquires this shard refused for quota since start.
+    pub rejected: u64,
 }
 
 impl Shard {
@@ -62,6 +78,7 @@ impl Shard {
             by_nonce: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
             deadlines: BTreeSet::new(),
+            pools: FastMap::default(),
         }
     }
 
@@ -97,7 +114,7 @@ impl Shard {
             slots[s as usize]
                 .live
                 .as_ref()
-                .is_some_and(|l| l.pool.uid == pool && l.nonce == nonce)
+                .is_some_and(|l| l.pool == pool && l.nonce == nonce)
         })?;
         Some(self.id_of(*found))
     }
@@ -115,7 +132,7 @@ impl Shard {
             }
             None => return None,
         };
-        let (pool, nonce, deadline) = (live.pool.uid, live.nonce, live.deadline);
+        let (pool, nonce, deadline) = (live.pool, live.nonce, live.deadline);
         self.slots[slot as usize].live = Some(live);
         let Shard {
             by_nonce,
@@ -130,7 +147,7 @@ impl Shard {
                 .live
                 .as_ref()
                 .expect("indexed slot is live");
-            Self::nonce_hash(hasher, l.pool.uid, l.nonce)
+            Self::nonce_hash(hasher, l.pool, l.nonce)
         });
         let id = self.id_of(slot);
         self.deadlines.insert((deadline, id));
@@ -147,13 +164,38 @@ impl Shard {
         }
     }
 
+    /// Ends a session: removes it, returns its seat, and says why. Built on
+    /// `remove`, so each session ends (and its seat comes back) at most once.
+    pub fn end(&mut self, id: SessionId, reason: EndReason) -> Option<Ended> {
+        let live = self.remove(id)?;
+        let pool = self.pool_of(&live);
+        pool.return_seat();
+        Some(Ended {
+            info: self.info(&live, id),
+            conn: live.conn,
+            reason,
+        })
+    }
+
+    /// A public view of a live session.
+    pub fn info(&self, live: &Live, id: SessionId) -> SessionInfo {
+        SessionInfo {
+            session: id,
+            pool: self.pool_of(live).id,
+            machine: live.machine.clone(),
+            user: live.user.clone(),
+            started: live.started,
+            deadline: live.deadline,
+        }
+    }
+
     /// The single removal point: drops the session and its index entries.
-    /// The caller returns the seat exactly once for each `Some`.
-    pub fn remove(&mut self, id: SessionId) -> Option<Live> {
+    /// Only `end` calls it, and returns the seat for each `Some`.
+    fn remove(&mut self, id: SessionId) -> Option<Live> {
         let s = self.slot_of(id)?;
         let live = self.slots[s].live.take()?;
         self.deadlines.remove(&(live.deadline, id));
-        let hash = Self::nonce_hash(&self.hasher, live.pool.uid, live.nonce);
+        let hash = Self::nonce_hash(&self.hasher, live.pool, live.nonce);
         if let Ok(entry) = self.by_nonce.find_entry(hash, |&x| x as usize == s) {
             entry.remove();
         }
@@ -184,5 +226,44 @@ impl Shard {
 
     pub fn len(&self) -> usize {
         self.by_nonce.len()
+    }
+
+    /// Takes a seat in `pool` for a new session, counting the outcome.
+    pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis) -> Result<()> {
+        let entry = self.pools.entry(pool.uid).or_insert_with(|| ShardPool {
+            pool: pool.clone(),
+            admitted: 0,
+            rejected: 0,
+        });
+        match pool.take_seat(now) {
+            Ok(_) => {
+                entry.admitted += 1;
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, Error::QuotaExceeded { .. }) {
+                    entry.rejected += 1;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The pool a live session of this shard belongs to.
+    pub fn pool_of(&self, live: &Live) -> &Arc<Pool> {
+        // Invariant: `admit` registered the pool before any session of it
+        // was inserted, and entries are never removed.
+        &self
+            .pools
+            .get(&live.pool)
+            .expect("a session's pool is registered in its shard")
+            .pool
+    }
+
+    /// This shard's admission counts for a pool.
+    pub fn counts(&self, pool: u64) -> (u64, u64) {
+        self.pools
+            .get(&pool)
+            .map_or((0, 0), |p| (p.admitted, p.rejected))
     }
 }
