@@ -21,9 +21,7 @@ fn pair<T: Serialize + DeserializeOwned>(c: &mut Criterion, name: &str, msg: T) 
     buf.clear();
     encode(&msg, &mut buf);
     let body = buf[4..].to_vec();
-    c.bench_function(&format!("decode {name}"), |b| {
-        b.iter(|| postcard::from_bytes::<T>(black_box(&body)).is_ok())
-    });
+    c.bench_function(&format!("decode {name}"), |b| b.iter(|| postcard::from_bytes::<T>(black_box(&body)).is_ok()));
 }
 
 fn messages(c: &mut Criterion) {
@@ -31,12 +29,7 @@ fn messages(c: &mut Criterion) {
     let machine = MachineId::new("3f2a9c0d5e7b41a8b6c2d9e0f1a2b3c4").unwrap();
     let session = SessionId(0x0000_0001_0000_3f07);
     let req = |body| ClientFrame::Request(Request { id: 123_456, body });
-    let resp = |r| {
-        ServerFrame::Response(Response {
-            id: 123_456,
-            outcome: Outcome::Ok(r),
-        })
-    };
+    let resp = |r| ServerFrame::Response(Response { id: 123_456, outcome: Outcome::Ok(r) });
     pair(
         c,
         "Hello",
@@ -58,32 +51,13 @@ fn messages(c: &mut Criterion) {
     );
     pair(c, "Renew", req(Req::Renew { session }));
     pair(c, "Release", req(Req::Release { session }));
-    pair(
-        c,
-        "RegisterMachine",
-        req(Req::RegisterMachine {
-            org: org.clone(),
-            pool: PoolId::KRE_DEFAULT,
-            machine,
-        }),
-    );
+    pair(c, "RegisterMachine", req(Req::RegisterMachine { org: org.clone(), pool: PoolId::KRE_DEFAULT, machine }));
     pair(
         c,
         "Admitted",
-        resp(Resp::Admitted {
-            session,
-            deadline_ms: 1_795_823_839_671,
-            ttl_ms: 30_000,
-            reattached: false,
-        }),
+        resp(Resp::Admitted { session, deadline_ms: 1_795_823_839_671, ttl_ms: 30_000, reattached: false }),
     );
-    pair(
-        c,
-        "Renewed",
-        resp(Resp::Renewed {
-            deadline_ms: 1_795_823_839_671,
-        }),
-    );
+    pair(c, "Renewed", resp(Resp::Renewed { deadline_ms: 1_795_823_839_671 }));
     pair(c, "Released", resp(Resp::Released));
     pair(
         c,
@@ -106,14 +80,7 @@ fn messages(c: &mut Criterion) {
         rejected: 12,
     };
     pair(c, "Status (4 pools)", resp(Resp::Status(vec![status; 4])));
-    pair(
-        c,
-        "Notice",
-        Notice::SessionEnded {
-            session,
-            reason: license_broker::core::EndReason::Expired,
-        },
-    );
+    pair(c, "Notice", Notice::SessionEnded { session, reason: license_broker::core::EndReason::Expired });
 }
 
 criterion_group! {

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use license_broker::core::{
-    Broker, Config, Email, KeyHash, MachineId, Millis, Nonce, OrgName, PoolId, Principal,
-};
+use license_broker::core::{Broker, Config, Email, KeyHash, MachineId, Millis, Nonce, OrgName, PoolId, Principal};
 
 const T0: u64 = 1_795_000_000_000;
 
@@ -19,51 +17,23 @@ struct World {
 }
 
 fn world(quota: u32) -> World {
-    let broker = Broker::new(Config {
-        lease_ttl: Duration::from_secs(30),
-        shard_bits: 6,
-    });
+    let broker = Broker::new(Config { lease_ttl: Duration::from_secs(30), shard_bits: 6 });
     let email = Email::new("owner@default").unwrap();
     broker.apply(&broker.plan_bootstrap(KeyHash([1; 32]), &email, KeyHash([2; 32]), Millis(T0)));
     let op = broker.authenticate(&KeyHash([1; 32])).unwrap();
     let owner = broker.authenticate(&KeyHash([2; 32])).unwrap();
     let org = OrgName::new("default").unwrap();
-    broker.apply(
-        &broker
-            .plan_set_pool(&op, &org, PoolId::KRE_DEFAULT, quota)
-            .unwrap(),
-    );
+    broker.apply(&broker.plan_set_pool(&op, &org, PoolId::KRE_DEFAULT, quota, Millis(T0)).unwrap());
     let machine = MachineId::new("m").unwrap();
-    let (_, c) = broker
-        .register_machine(&owner, &org, PoolId::KRE_DEFAULT, &machine, Millis(T0))
-        .unwrap();
+    let (_, c) = broker.register_machine(&owner, &org, PoolId::KRE_DEFAULT, &machine, Millis(T0)).unwrap();
     broker.apply(&[c.unwrap()]);
-    let pool = broker
-        .member_pool(&owner, &org, PoolId::KRE_DEFAULT)
-        .unwrap();
-    World {
-        broker,
-        owner,
-        pool,
-        machine,
-    }
+    let pool = broker.member_pool(&owner, &org, PoolId::KRE_DEFAULT).unwrap();
+    World { broker, owner, pool, machine }
 }
 
 fn pair(w: &World, nonce: u128) {
-    let lease = w
-        .broker
-        .acquire_on(
-            &w.owner,
-            &w.pool,
-            w.machine.clone(),
-            Nonce(nonce),
-            1,
-            Millis(T0),
-        )
-        .unwrap();
-    w.broker
-        .release(&w.owner, black_box(lease.session))
-        .unwrap();
+    let lease = w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(nonce), 1, Millis(T0)).unwrap();
+    w.broker.release(&w.owner, black_box(lease.session)).unwrap();
 }
 
 fn admission(c: &mut Criterion) {
@@ -98,19 +68,7 @@ fn admission(c: &mut Criterion) {
 fn renewal(c: &mut Criterion) {
     let w = world(10_000);
     let sessions: Vec<_> = (0..10_000u128)
-        .map(|n| {
-            w.broker
-                .acquire_on(
-                    &w.owner,
-                    &w.pool,
-                    w.machine.clone(),
-                    Nonce(n),
-                    1,
-                    Millis(T0),
-                )
-                .unwrap()
-                .session
-        })
+        .map(|n| w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n), 1, Millis(T0)).unwrap().session)
         .collect();
     let mut i = 0usize;
     let mut now = T0;
@@ -130,9 +88,7 @@ fn expiry(c: &mut Criterion) {
     // millisecond's lease while a million stay live.
     for n in 0..live {
         let at = Millis(T0 + n / 1000 * 1000 + n % 1000);
-        w.broker
-            .acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n.into()), 1, at)
-            .unwrap();
+        w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n.into()), 1, at).unwrap();
     }
     let mut cursor = T0 + 30_000;
     let mut refill = live as u128;
@@ -142,14 +98,7 @@ fn expiry(c: &mut Criterion) {
                 // Keep the table at a million: re-admit what the last run expired.
                 while w.broker.live_sessions() < live as usize {
                     refill += 1;
-                    let _ = w.broker.acquire_on(
-                        &w.owner,
-                        &w.pool,
-                        w.machine.clone(),
-                        Nonce(refill),
-                        1,
-                        Millis(cursor),
-                    );
+                    let _ = w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(refill), 1, Millis(cursor));
                 }
                 cursor += 1;
                 Millis(cursor)
@@ -158,9 +107,7 @@ fn expiry(c: &mut Criterion) {
             BatchSize::PerIteration,
         )
     });
-    c.bench_function("next deadline with 1,000,000 live leases", |b| {
-        b.iter(|| w.broker.next_deadline())
-    });
+    c.bench_function("next deadline with 1,000,000 live leases", |b| b.iter(|| w.broker.next_deadline()));
 }
 
 criterion_group! {

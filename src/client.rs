@@ -12,12 +12,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::{
-    ErrorCode, KeyInfo, MachineId, MachineInfo, OrgName, PoolId, PoolStatus, Role, SessionId,
-    SessionInfo, UserInfo,
+    AuditEntry, ErrorCode, GrantInfo, KeyInfo, MachineId, MachineInfo, OfflineInfo, OrgName, PoolId, PoolStatus, Role,
+    SessionId, SessionInfo, UserInfo,
 };
 use crate::proto::{
-    encode, ClientFrame, FrameBuf, Hello, Notice, Outcome, Req, Request, Resp, ServerFrame,
-    Welcome, WireError, VERSION,
+    encode, ClientFrame, FrameBuf, Hello, Notice, Outcome, Req, Request, Resp, ServerFrame, Welcome, WireError, VERSION,
 };
 
 /// Where and as whom to connect.
@@ -107,10 +106,7 @@ pub struct Client {
 }
 
 /// Resolves `HOST:PORT` and the TLS name to verify.
-pub async fn resolve(
-    server: &str,
-    server_name: Option<&str>,
-) -> Result<(SocketAddr, String), ClientError> {
+pub async fn resolve(server: &str, server_name: Option<&str>) -> Result<(SocketAddr, String), ClientError> {
     let addr = tokio::net::lookup_host(server)
         .await
         .map_err(|e| ClientError::Config(format!("resolving {server}: {e}")))?
@@ -120,9 +116,7 @@ pub async fn resolve(
         Some(n) => n.to_string(),
         None => {
             let host = server.rsplit_once(':').map_or(server, |(h, _)| h);
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string()
+            host.trim_start_matches('[').trim_end_matches(']').to_string()
         }
     };
     Ok((addr, name))
@@ -139,13 +133,10 @@ pub fn endpoint_with(
     ipv6: bool,
     resumption: bool,
 ) -> Result<quinn::Endpoint, ClientError> {
-    let bind: SocketAddr = if ipv6 { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|_| ClientError::Config("bind".into()))?;
-    let mut ep = quinn::Endpoint::client(bind)
-        .map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
-    let config = crate::tls::client_config_with(ca, resumption)
-        .map_err(|e| ClientError::Config(format!("{e:#}")))?;
+    let bind: SocketAddr =
+        if ipv6 { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|_| ClientError::Config("bind".into()))?;
+    let mut ep = quinn::Endpoint::client(bind).map_err(|e| ClientError::Config(format!("binding UDP socket: {e}")))?;
+    let config = crate::tls::client_config_with(ca, resumption).map_err(|e| ClientError::Config(format!("{e:#}")))?;
     ep.set_default_client_config(config);
     Ok(ep)
 }
@@ -167,36 +158,19 @@ impl Client {
         name: &str,
         api_key: &str,
     ) -> Result<Client, ClientError> {
-        let connecting = endpoint
-            .connect(addr, name)
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let conn = connecting
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
-        let hello = ClientFrame::Hello(Hello {
-            version: VERSION,
-            api_key: api_key.to_string(),
-            client: client_name(),
-        });
+        let connecting = endpoint.connect(addr, name).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let hello = ClientFrame::Hello(Hello { version: VERSION, api_key: api_key.to_string(), client: client_name() });
         let mut buf = Vec::new();
         encode(&hello, &mut buf);
-        send.write_all(&buf)
-            .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+        send.write_all(&buf).await.map_err(|e| ClientError::Connect(e.to_string()))?;
         let mut frames = FrameBuf::new();
         let first = read_frame(&mut recv, &mut frames).await?;
         let welcome = match first {
             ServerFrame::Welcome(w) => w,
             ServerFrame::Error(e) => return Err(ClientError::Rejected(e)),
-            other => {
-                return Err(ClientError::Protocol(format!(
-                    "expected Welcome, got {other:?}"
-                )))
-            }
+            other => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
         };
         let pending: Pending = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
         tokio::spawn(read_responses(recv, frames, pending.clone()));
@@ -228,28 +202,19 @@ impl Client {
     /// once are pipelined on the one stream.
     pub async fn call(&self, body: Req) -> Result<Resp, ClientError> {
         let mut answers = self.call_batch_timed(vec![body]).await;
-        answers
-            .pop()
-            .map_or_else(|| Err(ClientError::Closed("no answer".into())), |(r, _)| r)
+        answers.pop().map_or_else(|| Err(ClientError::Closed("no answer".into())), |(r, _)| r)
     }
 
     /// Sends many requests in one write and waits for all their answers
     /// (results in request order). This is how a runner fleet or a load
     /// generator keeps many requests in flight cheaply.
     pub async fn call_batch(&self, bodies: Vec<Req>) -> Vec<Result<Resp, ClientError>> {
-        self.call_batch_timed(bodies)
-            .await
-            .into_iter()
-            .map(|(r, _)| r)
-            .collect()
+        self.call_batch_timed(bodies).await.into_iter().map(|(r, _)| r).collect()
     }
 
     /// As `call_batch`, with each answer's latency: from just before the
     /// write to the moment that answer was read.
-    pub async fn call_batch_timed(
-        &self,
-        bodies: Vec<Req>,
-    ) -> Vec<(Result<Resp, ClientError>, Duration)> {
+    pub async fn call_batch_timed(&self, bodies: Vec<Req>) -> Vec<(Result<Resp, ClientError>, Duration)> {
         let n = bodies.len();
         if n == 0 {
             return Vec::new();
@@ -258,37 +223,22 @@ impl Client {
         let first = self.next_id.fetch_add(n as u64, Ordering::Relaxed);
         let mut buf = Vec::with_capacity(n * 48);
         for (i, body) in bodies.into_iter().enumerate() {
-            encode(
-                &ClientFrame::Request(Request {
-                    id: first + i as u64,
-                    body,
-                }),
-                &mut buf,
-            );
+            encode(&ClientFrame::Request(Request { id: first + i as u64, body }), &mut buf);
         }
         let (tx, rx) = oneshot::channel();
-        let batch = Batch {
-            answers: (0..n).map(|_| None).collect(),
-            remaining: n,
-            done: Some(tx),
-        };
+        let batch = Batch { answers: (0..n).map(|_| None).collect(), remaining: n, done: Some(tx) };
         self.pending.lock().insert(first, batch);
         let started = std::time::Instant::now();
         if let Err(e) = self.send.lock().await.write_all(&buf).await {
             self.pending.lock().remove(&first);
-            return (0..n)
-                .map(|_| (Err(ClientError::Closed(e.to_string())), started.elapsed()))
-                .collect();
+            return (0..n).map(|_| (Err(ClientError::Closed(e.to_string())), started.elapsed())).collect();
         }
         let answers = rx.await.unwrap_or_else(|_| (0..n).map(|_| None).collect());
         answers
             .into_iter()
             .map(|a| match a {
                 Some((r, at)) => (r, at.saturating_duration_since(started)),
-                None => (
-                    Err(ClientError::Closed("response stream ended".into())),
-                    started.elapsed(),
-                ),
+                None => (Err(ClientError::Closed("response stream ended".into())), started.elapsed()),
             })
             .collect()
     }
@@ -316,8 +266,7 @@ impl Client {
     /// it closes with a non-zero code, which the broker treats like silence
     /// (sessions stay until their leases expire, so a reconnect can re-attach).
     pub fn abandon(self) {
-        self.endpoint
-            .close(quinn::VarInt::from_u32(1), b"abandoned");
+        self.endpoint.close(quinn::VarInt::from_u32(1), b"abandoned");
     }
 
     /// Registers a machine; `true` if it was new.
@@ -327,14 +276,7 @@ impl Client {
         pool: PoolId,
         machine: &MachineId,
     ) -> Result<bool, ClientError> {
-        match self
-            .call(Req::RegisterMachine {
-                org: org.clone(),
-                pool,
-                machine: machine.clone(),
-            })
-            .await?
-        {
+        match self.call(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await? {
             Resp::Registered { new } => Ok(new),
             other => unexpected(other),
         }
@@ -348,26 +290,10 @@ impl Client {
         machine: &MachineId,
         nonce: u128,
     ) -> Result<Admitted, ClientError> {
-        match self
-            .call(Req::Acquire {
-                org: org.clone(),
-                pool,
-                machine: machine.clone(),
-                nonce,
-            })
-            .await?
-        {
-            Resp::Admitted {
-                session,
-                deadline_ms,
-                ttl_ms,
-                reattached,
-            } => Ok(Admitted {
-                session,
-                deadline_ms,
-                ttl_ms,
-                reattached,
-            }),
+        match self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
+            Resp::Admitted { session, deadline_ms, ttl_ms, reattached } => {
+                Ok(Admitted { session, deadline_ms, ttl_ms, reattached })
+            }
             other => unexpected(other),
         }
     }
@@ -397,17 +323,8 @@ impl Client {
     }
 
     /// Operator: creates an org; returns its Owner's key.
-    pub async fn create_org(
-        &self,
-        name: &OrgName,
-        subscription_end: &str,
-        owner: &str,
-    ) -> Result<String, ClientError> {
-        let req = Req::CreateOrg {
-            name: name.clone(),
-            subscription_end: subscription_end.into(),
-            owner: owner.into(),
-        };
+    pub async fn create_org(&self, name: &OrgName, subscription_end: &str, owner: &str) -> Result<String, ClientError> {
+        let req = Req::CreateOrg { name: name.clone(), subscription_end: subscription_end.into(), owner: owner.into() };
         match self.call(req).await? {
             Resp::OrgCreated { owner_key } => Ok(owner_key),
             other => unexpected(other),
@@ -415,48 +332,18 @@ impl Client {
     }
 
     /// Operator: sets a pool's quota (creating the pool).
-    pub async fn set_pool(
-        &self,
-        org: &OrgName,
-        pool: PoolId,
-        quota: u32,
-    ) -> Result<(), ClientError> {
-        self.done(Req::SetPool {
-            org: org.clone(),
-            pool,
-            quota,
-        })
-        .await
+    pub async fn set_pool(&self, org: &OrgName, pool: PoolId, quota: u32) -> Result<(), ClientError> {
+        self.done(Req::SetPool { org: org.clone(), pool, quota }).await
     }
 
     /// Owner/Admin: adds a member.
-    pub async fn add_user(
-        &self,
-        org: &OrgName,
-        email: &str,
-        role: Role,
-    ) -> Result<(), ClientError> {
-        self.done(Req::AddUser {
-            org: org.clone(),
-            email: email.into(),
-            role,
-        })
-        .await
+    pub async fn add_user(&self, org: &OrgName, email: &str, role: Role) -> Result<(), ClientError> {
+        self.done(Req::AddUser { org: org.clone(), email: email.into(), role }).await
     }
 
     /// Owner/Admin: creates a key for a member; returns (key, id).
-    pub async fn create_key(
-        &self,
-        org: &OrgName,
-        email: &str,
-    ) -> Result<(String, String), ClientError> {
-        match self
-            .call(Req::CreateKey {
-                org: org.clone(),
-                email: email.into(),
-            })
-            .await?
-        {
+    pub async fn create_key(&self, org: &OrgName, email: &str) -> Result<(String, String), ClientError> {
+        match self.call(Req::CreateKey { org: org.clone(), email: email.into() }).await? {
             Resp::KeyCreated { key, id } => Ok((key, id)),
             other => unexpected(other),
         }
@@ -464,11 +351,7 @@ impl Client {
 
     /// Owner/Admin: revokes a key by id or full key.
     pub async fn revoke_key(&self, org: &OrgName, key: &str) -> Result<(), ClientError> {
-        self.done(Req::RevokeKey {
-            org: org.clone(),
-            key: key.into(),
-        })
-        .await
+        self.done(Req::RevokeKey { org: org.clone(), key: key.into() }).await
     }
 
     /// Owner/Admin: the org's keys.
@@ -502,12 +385,7 @@ impl Client {
         pool: Option<PoolId>,
         machine: &MachineId,
     ) -> Result<(), ClientError> {
-        self.done(Req::RemoveMachine {
-            org: org.clone(),
-            pool,
-            machine: machine.clone(),
-        })
-        .await
+        self.done(Req::RemoveMachine { org: org.clone(), pool, machine: machine.clone() }).await
     }
 
     /// Owner/Admin: live sessions.
@@ -520,14 +398,91 @@ impl Client {
 
     /// Owner/Admin: ends a session.
     pub async fn kill_session(&self, org: &OrgName, session: SessionId) -> Result<(), ClientError> {
-        match self
-            .call(Req::KillSession {
-                org: org.clone(),
-                session,
-            })
-            .await?
-        {
+        match self.call(Req::KillSession { org: org.clone(), session }).await? {
             Resp::Killed => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: grants a KSE pool's license to a member.
+    pub async fn grant(&self, org: &OrgName, pool: PoolId, email: &str) -> Result<(), ClientError> {
+        self.done(Req::Grant { org: org.clone(), pool, email: email.into() }).await
+    }
+
+    /// Owner/Admin: revokes a grant.
+    pub async fn revoke_grant(&self, org: &OrgName, pool: PoolId, email: &str) -> Result<(), ClientError> {
+        self.done(Req::RevokeGrant { org: org.clone(), pool, email: email.into() }).await
+    }
+
+    /// Owner/Admin: licensed users and their activations.
+    pub async fn list_grants(&self, org: &OrgName, pool: Option<PoolId>) -> Result<Vec<GrantInfo>, ClientError> {
+        match self.call(Req::ListGrants { org: org.clone(), pool }).await? {
+            Resp::Grants(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// A licensed user activates KSE on a machine.
+    pub async fn activate(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        nonce: u128,
+    ) -> Result<Activated, ClientError> {
+        match self.call(Req::Activate { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
+            Resp::Activated { machine, session, deadline_ms, ttl_ms, already } => {
+                Ok(Activated { machine, session, deadline_ms, ttl_ms, already })
+            }
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: creates an offline license; returns (file name, content).
+    pub async fn create_offline(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        expires: &str,
+    ) -> Result<(String, String), ClientError> {
+        let req = Req::CreateOffline { org: org.clone(), pool, machine: machine.clone(), expires: expires.into() };
+        match self.call(req).await? {
+            Resp::OfflineCreated { file_name, content } => Ok((file_name, content)),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: the org's offline licenses.
+    pub async fn list_offline(&self, org: &OrgName) -> Result<Vec<OfflineInfo>, ClientError> {
+        match self.call(Req::ListOffline { org: org.clone() }).await? {
+            Resp::Offline(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: asks to revoke an offline license (the broker refuses).
+    pub async fn revoke_offline(&self, org: &OrgName, license: &str) -> Result<(), ClientError> {
+        self.done(Req::RevokeOffline { org: org.clone(), license: license.into() }).await
+    }
+
+    /// Owner/Admin: asks to move an offline license (the broker refuses).
+    pub async fn transfer_offline(&self, org: &OrgName, license: &str, machine: &MachineId) -> Result<(), ClientError> {
+        self.done(Req::TransferOffline { org: org.clone(), license: license.into(), machine: machine.clone() }).await
+    }
+
+    /// The broker's offline-license public key (PEM).
+    pub async fn offline_public_key(&self) -> Result<String, ClientError> {
+        match self.call(Req::OfflinePublicKey).await? {
+            Resp::PublicKey { pem } => Ok(pem),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: the org's audit trail.
+    pub async fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, ClientError> {
+        match self.call(Req::Audit { org: org.clone() }).await? {
+            Resp::AuditLog(v) => Ok(v),
             other => unexpected(other),
         }
     }
@@ -538,6 +493,21 @@ impl Client {
             other => unexpected(other),
         }
     }
+}
+
+/// The result of a KSE activation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activated {
+    /// The machine it is bound to (node-locked) or runs on (floating).
+    pub machine: MachineId,
+    /// The leased session of a floating activation; none for node-locked.
+    pub session: Option<SessionId>,
+    /// The session's deadline (Unix ms), 0 for node-locked.
+    pub deadline_ms: u64,
+    /// The lease TTL, 0 for node-locked.
+    pub ttl_ms: u64,
+    /// Whether it was already activated (same machine, or same nonce).
+    pub already: bool,
 }
 
 /// A granted lease.
@@ -554,27 +524,18 @@ pub struct Admitted {
 }
 
 fn unexpected<T>(resp: Resp) -> Result<T, ClientError> {
-    Err(ClientError::Protocol(format!(
-        "unexpected response {resp:?}"
-    )))
+    Err(ClientError::Protocol(format!("unexpected response {resp:?}")))
 }
 
 fn client_name() -> String {
     format!("license-broker/{}", env!("CARGO_PKG_VERSION"))
 }
 
-async fn read_frame(
-    recv: &mut quinn::RecvStream,
-    frames: &mut FrameBuf,
-) -> Result<ServerFrame, ClientError> {
+async fn read_frame(recv: &mut quinn::RecvStream, frames: &mut FrameBuf) -> Result<ServerFrame, ClientError> {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        if let Some(body) = frames
-            .next_frame()
-            .map_err(|e| ClientError::Protocol(e.to_string()))?
-        {
-            return postcard::from_bytes(body)
-                .map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")));
+        if let Some(body) = frames.next_frame().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            return postcard::from_bytes(body).map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")));
         }
         match recv.read(&mut chunk).await {
             Ok(Some(n)) => frames.extend(&chunk[..n]),
@@ -593,9 +554,7 @@ async fn read_responses(mut recv: quinn::RecvStream, mut frames: FrameBuf, pendi
                 Ok(Some(body)) => match postcard::from_bytes::<ServerFrame>(body) {
                     Ok(ServerFrame::Response(r)) => ready.push(r),
                     Ok(ServerFrame::Error(e)) => break 'read ClientError::Rejected(e),
-                    Ok(other) => {
-                        break 'read ClientError::Protocol(format!("unexpected frame {other:?}"))
-                    }
+                    Ok(other) => break 'read ClientError::Protocol(format!("unexpected frame {other:?}")),
                     Err(e) => break 'read ClientError::Protocol(format!("undecodable frame: {e}")),
                 },
                 Ok(None) => break,
@@ -638,11 +597,7 @@ fn deliver(waiting: &mut std::collections::BTreeMap<u64, Batch>, id: u64, answer
     let Some((&first, batch)) = waiting.range_mut(..=id).next_back() else {
         return;
     };
-    let Some(slot) = batch
-        .answers
-        .get_mut((id - first) as usize)
-        .filter(|s| s.is_none())
-    else {
+    let Some(slot) = batch.answers.get_mut((id - first) as usize).filter(|s| s.is_none()) else {
         return;
     };
     *slot = Some(answer);

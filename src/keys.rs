@@ -24,9 +24,7 @@ impl std::error::Error for RandomUnavailable {}
 /// A fresh key (`lbk_` + 64 hex digits) and its hash.
 pub fn generate() -> Result<(String, KeyHash), RandomUnavailable> {
     let mut secret = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut secret)
-        .map_err(|_| RandomUnavailable)?;
+    SystemRandom::new().fill(&mut secret).map_err(|_| RandomUnavailable)?;
     let key = format!("{PREFIX}{}", hex(&secret));
     let hash = hash(&key);
     Ok((key, hash))
@@ -48,9 +46,7 @@ pub fn looks_like_key(s: &str) -> bool {
 /// 128 random bits, e.g. a runner nonce.
 pub fn random_u128() -> Result<u128, RandomUnavailable> {
     let mut b = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut b)
-        .map_err(|_| RandomUnavailable)?;
+    SystemRandom::new().fill(&mut b).map_err(|_| RandomUnavailable)?;
     Ok(u128::from_le_bytes(b))
 }
 

@@ -18,6 +18,8 @@ pub mod keys;
 #[cfg(feature = "server")]
 pub mod machine_id;
 #[cfg(feature = "server")]
+pub mod offline;
+#[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;

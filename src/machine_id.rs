@@ -10,11 +10,7 @@ use ring::digest::{digest, SHA256};
 use crate::core::{Error, MachineId};
 
 /// Files tried in order for a stable host identity.
-const HOST_SOURCES: [&str; 3] = [
-    "/etc/machine-id",
-    "/var/lib/dbus/machine-id",
-    "/sys/class/dmi/id/product_uuid",
-];
+const HOST_SOURCES: [&str; 3] = ["/etc/machine-id", "/var/lib/dbus/machine-id", "/sys/class/dmi/id/product_uuid"];
 
 /// The machine ID of this host and user (or `LB_MACHINE_ID`).
 pub fn current() -> Result<MachineId, Error> {
@@ -42,23 +38,17 @@ fn host_identity() -> String {
             }
         }
     }
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 fn user_identity() -> String {
     let uid = fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1).unwrap_or("").to_string())
         })
         .unwrap_or_default();
-    let name = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_default();
+    let name = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_default();
     format!("{uid}:{name}")
 }
 

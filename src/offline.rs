@@ -27,7 +27,7 @@ use std::path::Path;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
-use crate::core::{format_utc, parse_end_of_date, Millis, MachineId, OrgName, PoolId, Product};
+use crate::core::{format_utc, parse_end_of_date, MachineId, Millis, OrgName, PoolId, Product};
 
 const MAGIC: &str = "license-broker offline license v1";
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key follows.
@@ -87,7 +87,9 @@ impl fmt::Display for VerifyError {
             VerifyError::Malformed(why) => write!(f, "malformed license file: {why}"),
             VerifyError::BadSignature => f.write_str("bad signature: the file was changed or signed by another broker"),
             VerifyError::Expired { last_day } => write!(f, "expired: the license was valid through {last_day}"),
-            VerifyError::NotYetValid { issued } => write!(f, "not yet valid: issued {issued}, later than this machine's clock"),
+            VerifyError::NotYetValid { issued } => {
+                write!(f, "not yet valid: issued {issued}, later than this machine's clock")
+            }
             VerifyError::WrongMachine { licensed, this } => {
                 write!(f, "wrong machine: licensed to {licensed}, this machine is {this}")
             }
@@ -179,20 +181,31 @@ pub fn parse_public_pem(text: &str) -> Result<[u8; 32], String> {
 
 /// Checks a license file: canonical form, signature, validity at `now`, and
 /// (if given) that it is bound to `machine`.
-pub fn verify(file: &[u8], public_key: &[u8; 32], machine: Option<&MachineId>, now: Millis) -> Result<LicenseFields, VerifyError> {
+pub fn verify(
+    file: &[u8],
+    public_key: &[u8; 32],
+    machine: Option<&MachineId>,
+    now: Millis,
+) -> Result<LicenseFields, VerifyError> {
     let text = std::str::from_utf8(file).map_err(|_| VerifyError::Malformed("not UTF-8".into()))?;
     let marker = "signature: ";
     let at = text.rfind(marker).ok_or_else(|| VerifyError::Malformed("no signature line".into()))?;
     let (body, sig_line) = text.split_at(at);
     let fields = parse_body(body)?;
-    let sig_hex = sig_line[marker.len()..].strip_suffix('\n').ok_or_else(|| VerifyError::Malformed("signature line must end the file with a newline".into()))?;
-    let signature = unhex(sig_hex).filter(|s| s.len() == 64).ok_or_else(|| VerifyError::Malformed("signature is not 128 lowercase hex digits".into()))?;
+    let sig_hex = sig_line[marker.len()..]
+        .strip_suffix('\n')
+        .ok_or_else(|| VerifyError::Malformed("signature line must end the file with a newline".into()))?;
+    let signature = unhex(sig_hex)
+        .filter(|s| s.len() == 64)
+        .ok_or_else(|| VerifyError::Malformed("signature is not 128 lowercase hex digits".into()))?;
     // Canonical form: the file must be exactly what the broker would write.
     let canonical = format!("{}{marker}{}\n", fields.render_unsigned(), crate::keys::hex(&signature));
     if canonical.as_bytes() != file {
         return Err(VerifyError::Malformed("not in canonical form".into()));
     }
-    UnparsedPublicKey::new(&ED25519, public_key).verify(body.as_bytes(), &signature).map_err(|_| VerifyError::BadSignature)?;
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(body.as_bytes(), &signature)
+        .map_err(|_| VerifyError::BadSignature)?;
     if fields.issued.0 > now.0.saturating_add(CLOCK_SKEW_MS) {
         return Err(VerifyError::NotYetValid { issued: format_utc(fields.issued) });
     }

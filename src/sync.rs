@@ -42,9 +42,7 @@ mod imp {
 
     impl<T> Mutex<T> {
         pub fn new(value: T) -> Self {
-            Self {
-                inner: parking_lot::Mutex::new(value),
-            }
+            Self { inner: parking_lot::Mutex::new(value) }
         }
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.inner.lock()
@@ -53,9 +51,7 @@ mod imp {
 
     impl<T> RwLock<T> {
         pub fn new(value: T) -> Self {
-            Self {
-                inner: parking_lot::RwLock::new(value),
-            }
+            Self { inner: parking_lot::RwLock::new(value) }
         }
         pub fn read(&self) -> ReadGuard<'_, T> {
             self.inner.read()
@@ -78,9 +74,7 @@ mod imp {
     // fails the model; unwrapping here cannot hide a bug.
     impl<T> Mutex<T> {
         pub fn new(value: T) -> Self {
-            Self {
-                inner: loom::sync::Mutex::new(value),
-            }
+            Self { inner: loom::sync::Mutex::new(value) }
         }
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.inner.lock().unwrap()
@@ -89,9 +83,7 @@ mod imp {
 
     impl<T> RwLock<T> {
         pub fn new(value: T) -> Self {
-            Self {
-                inner: loom::sync::RwLock::new(value),
-            }
+            Self { inner: loom::sync::RwLock::new(value) }
         }
         pub fn read(&self) -> ReadGuard<'_, T> {
             self.inner.read().unwrap()

@@ -35,10 +35,7 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// The default location inside a data dir.
     pub fn in_data_dir(dir: &Path) -> TlsFiles {
-        TlsFiles {
-            cert: dir.join("tls/cert.pem"),
-            key: dir.join("tls/key.pem"),
-        }
+        TlsFiles { cert: dir.join("tls/cert.pem"), key: dir.join("tls/key.pem") }
     }
 }
 
@@ -50,20 +47,15 @@ pub fn ensure_self_signed(files: &TlsFiles) -> Result<bool> {
     if let Some(parent) = files.cert.parent() {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    let certified =
-        rcgen::generate_simple_self_signed(names).context("generating a TLS certificate")?;
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).context("generating a TLS certificate")?;
     write_private(&files.key, certified.key_pair.serialize_pem().as_bytes())?;
-    fs::write(&files.cert, certified.cert.pem())
-        .with_context(|| format!("writing {}", files.cert.display()))?;
+    fs::write(&files.cert, certified.cert.pem()).with_context(|| format!("writing {}", files.cert.display()))?;
     Ok(true)
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a secret file readable by its owner only (mode 0600).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -77,11 +69,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The QUIC server config for the given certificate and key.
-pub fn server_config(
-    files: &TlsFiles,
-    idle_timeout: Duration,
-    max_streams: u32,
-) -> Result<quinn::ServerConfig> {
+pub fn server_config(files: &TlsFiles, idle_timeout: Duration, max_streams: u32) -> Result<quinn::ServerConfig> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .with_context(|| format!("reading {}", files.cert.display()))?
         .collect::<Result<_, _>>()
@@ -89,8 +77,7 @@ pub fn server_config(
     if certs.is_empty() {
         return Err(anyhow!("{} holds no certificate", files.cert.display()));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .with_context(|| format!("reading {}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading {}", files.key.display()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
@@ -119,9 +106,7 @@ pub fn client_config_with(ca: Option<&Path>, resumption: bool) -> Result<quinn::
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading CA {}", path.display()))?
-            {
+            for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading CA {}", path.display()))? {
                 roots.add(cert.with_context(|| format!("parsing CA {}", path.display()))?)?;
             }
         }

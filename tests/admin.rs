@@ -16,42 +16,21 @@ fn code(r: Result<Resp, ClientError>) -> Option<ErrorCode> {
 /// Every admin request of the protocol, aimed at `org`.
 fn admin_requests(org: &OrgName) -> Vec<Req> {
     vec![
-        Req::AddUser {
-            org: org.clone(),
-            email: "new@x".into(),
-            role: Role::User,
-        },
-        Req::CreateKey {
-            org: org.clone(),
-            email: "owner@default".into(),
-        },
-        Req::RevokeKey {
-            org: org.clone(),
-            key: "000000000000".into(),
-        },
+        Req::AddUser { org: org.clone(), email: "new@x".into(), role: Role::User },
+        Req::CreateKey { org: org.clone(), email: "owner@default".into() },
+        Req::RevokeKey { org: org.clone(), key: "000000000000".into() },
         Req::ListKeys { org: org.clone() },
         Req::ListUsers { org: org.clone() },
         Req::ListMachines { org: org.clone() },
-        Req::RemoveMachine {
-            org: org.clone(),
-            pool: None,
-            machine: machine("m"),
-        },
+        Req::RemoveMachine { org: org.clone(), pool: None, machine: machine("m") },
         Req::ListSessions { org: org.clone() },
-        Req::KillSession {
-            org: org.clone(),
-            session: SessionId(1),
-        },
+        Req::KillSession { org: org.clone(), session: SessionId(1) },
     ]
 }
 
 fn operator_requests(org: &OrgName) -> Vec<Req> {
     vec![
-        Req::SetPool {
-            org: org.clone(),
-            pool: POOL,
-            quota: 1000,
-        },
+        Req::SetPool { org: org.clone(), pool: POOL, quota: 1000 },
         Req::CreateOrg {
             name: OrgName::new("sneaky").unwrap(),
             subscription_end: "2099-01-01".into(),
@@ -65,75 +44,32 @@ async fn roles_and_org_isolation_hold_for_every_admin_request() {
     let b = start(Duration::from_secs(30)).await;
     b.quota(2).await;
     let owner = b.owner().await;
-    owner
-        .add_user(&org(), "user@default", Role::User)
-        .await
-        .unwrap();
+    owner.add_user(&org(), "user@default", Role::User).await.unwrap();
     let (user_key, _) = owner.create_key(&org(), "user@default").await.unwrap();
     let user = b.client(&user_key).await;
     let op = b.operator().await;
     let acme = OrgName::new("acme").unwrap();
-    let acme_owner_key = op
-        .create_org(&acme, "2099-12-31", "boss@acme")
-        .await
-        .unwrap();
+    let acme_owner_key = op.create_org(&acme, "2099-12-31", "boss@acme").await.unwrap();
     let stranger = b.client(&acme_owner_key).await;
 
     for req in admin_requests(&org()) {
-        for (who, c) in [
-            ("user", &user),
-            ("other org's owner", &stranger),
-            ("operator", &op),
-        ] {
-            assert_eq!(
-                code(c.call(req.clone()).await),
-                Some(ErrorCode::Forbidden),
-                "{who}: {req:?}"
-            );
+        for (who, c) in [("user", &user), ("other org's owner", &stranger), ("operator", &op)] {
+            assert_eq!(code(c.call(req.clone()).await), Some(ErrorCode::Forbidden), "{who}: {req:?}");
         }
     }
     for req in operator_requests(&org()) {
-        for (who, c) in [
-            ("user", &user),
-            ("owner", &owner),
-            ("other org's owner", &stranger),
-        ] {
-            assert_eq!(
-                code(c.call(req.clone()).await),
-                Some(ErrorCode::Forbidden),
-                "{who}: {req:?}"
-            );
+        for (who, c) in [("user", &user), ("owner", &owner), ("other org's owner", &stranger)] {
+            assert_eq!(code(c.call(req.clone()).await), Some(ErrorCode::Forbidden), "{who}: {req:?}");
         }
     }
     // Runners of another org cannot touch our pool.
-    let r = stranger
-        .call(Req::RegisterMachine {
-            org: org(),
-            pool: POOL,
-            machine: machine("m"),
-        })
-        .await;
+    let r = stranger.call(Req::RegisterMachine { org: org(), pool: POOL, machine: machine("m") }).await;
     assert_eq!(code(r), Some(ErrorCode::Forbidden));
-    let r = stranger
-        .call(Req::Acquire {
-            org: org(),
-            pool: POOL,
-            machine: machine("m"),
-            nonce: 1,
-        })
-        .await;
+    let r = stranger.call(Req::Acquire { org: org(), pool: POOL, machine: machine("m"), nonce: 1 }).await;
     assert_eq!(code(r), Some(ErrorCode::Forbidden));
-    assert_eq!(
-        code(stranger.call(Req::Status { org: Some(org()) }).await),
-        Some(ErrorCode::Forbidden)
-    );
+    assert_eq!(code(stranger.call(Req::Status { org: Some(org()) }).await), Some(ErrorCode::Forbidden));
     // The owner does what owners do; the quota stays what the operator set.
-    assert!(owner
-        .list_users(&org())
-        .await
-        .unwrap()
-        .iter()
-        .any(|u| u.role == Role::User));
+    assert!(owner.list_users(&org()).await.unwrap().iter().any(|u| u.role == Role::User));
     assert_eq!(owner.status(None).await.unwrap()[0].quota, 2);
     // And the operator sees every org's pools.
     op.set_pool(&acme, POOL, 5).await.unwrap();
@@ -146,30 +82,18 @@ async fn revoked_key_is_refused_at_once_even_on_an_open_connection() {
     let b = start(Duration::from_secs(30)).await;
     b.quota(2).await;
     let owner = b.owner().await;
-    owner
-        .add_user(&org(), "ci@default", Role::User)
-        .await
-        .unwrap();
+    owner.add_user(&org(), "ci@default", Role::User).await.unwrap();
     let (key, id) = owner.create_key(&org(), "ci@default").await.unwrap();
     let runner = b.client(&key).await;
-    runner
-        .register_machine(&org(), POOL, &machine("m"))
-        .await
-        .unwrap();
+    runner.register_machine(&org(), POOL, &machine("m")).await.unwrap();
     let keys = owner.list_keys(&org()).await.unwrap();
     assert!(keys.iter().any(|k| k.id == id && !k.revoked));
     owner.revoke_key(&org(), &id).await.unwrap();
-    let e = runner
-        .acquire(&org(), POOL, &machine("m"), 1)
-        .await
-        .unwrap_err();
+    let e = runner.acquire(&org(), POOL, &machine("m"), 1).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::Unauthorized));
     let e = Client::connect(&b.options(&key)).await.err().unwrap();
     assert_eq!(e.code(), Some(ErrorCode::Unauthorized));
-    let e = Client::connect(&b.options("lbk_not-a-key"))
-        .await
-        .err()
-        .unwrap();
+    let e = Client::connect(&b.options("lbk_not-a-key")).await.err().unwrap();
     assert_eq!(e.code(), Some(ErrorCode::Unauthorized));
 }
 
@@ -194,53 +118,17 @@ async fn bad_arguments_get_typed_errors() {
         })
         .await;
     assert_eq!(code(r), Some(ErrorCode::InvalidArgument));
-    let r = op
-        .call(Req::SetPool {
-            org: org(),
-            pool: POOL,
-            quota: u32::MAX,
-        })
-        .await;
+    let r = op.call(Req::SetPool { org: org(), pool: POOL, quota: u32::MAX }).await;
     assert_eq!(code(r), Some(ErrorCode::InvalidArgument));
-    let r = op
-        .call(Req::SetPool {
-            org: OrgName::new("nope").unwrap(),
-            pool: POOL,
-            quota: 1,
-        })
-        .await;
+    let r = op.call(Req::SetPool { org: OrgName::new("nope").unwrap(), pool: POOL, quota: 1 }).await;
     assert_eq!(code(r), Some(ErrorCode::NotFound));
-    let r = owner
-        .call(Req::AddUser {
-            org: org(),
-            email: "not-an-email".into(),
-            role: Role::User,
-        })
-        .await;
+    let r = owner.call(Req::AddUser { org: org(), email: "not-an-email".into(), role: Role::User }).await;
     assert_eq!(code(r), Some(ErrorCode::InvalidArgument));
-    let r = owner
-        .call(Req::AddUser {
-            org: org(),
-            email: "owner@default".into(),
-            role: Role::User,
-        })
-        .await;
+    let r = owner.call(Req::AddUser { org: org(), email: "owner@default".into(), role: Role::User }).await;
     assert_eq!(code(r), Some(ErrorCode::AlreadyExists));
-    let r = owner
-        .call(Req::CreateKey {
-            org: org(),
-            email: "ghost@default".into(),
-        })
-        .await;
+    let r = owner.call(Req::CreateKey { org: org(), email: "ghost@default".into() }).await;
     assert_eq!(code(r), Some(ErrorCode::NotFound));
-    let r = owner
-        .call(Req::Acquire {
-            org: org(),
-            pool: POOL,
-            machine: machine("m"),
-            nonce: 1,
-        })
-        .await;
+    let r = owner.call(Req::Acquire { org: org(), pool: POOL, machine: machine("m"), nonce: 1 }).await;
     assert_eq!(code(r), Some(ErrorCode::NotFound), "no pool yet");
 }
 
@@ -249,40 +137,23 @@ async fn durable_records_survive_a_restart_and_leases_do_not() {
     let mut b = start(Duration::from_secs(30)).await;
     b.quota(3).await;
     let owner = b.owner().await;
-    owner
-        .add_user(&org(), "ci@default", Role::User)
-        .await
-        .unwrap();
+    owner.add_user(&org(), "ci@default", Role::User).await.unwrap();
     let (key, _) = owner.create_key(&org(), "ci@default").await.unwrap();
-    owner
-        .register_machine(&org(), POOL, &machine("m1"))
-        .await
-        .unwrap();
-    owner
-        .acquire(&org(), POOL, &machine("m1"), 1)
-        .await
-        .unwrap();
+    owner.register_machine(&org(), POOL, &machine("m1")).await.unwrap();
+    owner.acquire(&org(), POOL, &machine("m1"), 1).await.unwrap();
     owner.close().await;
     let (operator, owner_key) = (b.operator.clone(), b.owner.clone());
     b.stop().await;
 
     let dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
     let mut b2 = start_in(dir, Duration::from_secs(30)).await;
-    assert!(
-        b2.running.as_ref().unwrap().bootstrap.is_none(),
-        "no new keys on a later start"
-    );
+    assert!(b2.running.as_ref().unwrap().bootstrap.is_none(), "no new keys on a later start");
     b2.operator = operator;
     b2.owner = owner_key;
     let ci = b2.client(&key).await;
     let s = &ci.status(None).await.unwrap()[0];
     assert_eq!((s.quota, s.machines, s.in_use), (3, 1, 0));
-    assert!(
-        !ci.register_machine(&org(), POOL, &machine("m1"))
-            .await
-            .unwrap(),
-        "registration survived"
-    );
+    assert!(!ci.register_machine(&org(), POOL, &machine("m1")).await.unwrap(), "registration survived");
     b2.operator().await.set_pool(&org(), POOL, 4).await.unwrap();
     b2.stop().await;
 }

@@ -17,11 +17,7 @@ struct Serve {
 }
 
 fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn serve(dir: &Path, ttl: &str) -> Serve {
@@ -37,29 +33,18 @@ fn serve(dir: &Path, ttl: &str) -> Serve {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut key = |prefix: &str| {
         let line = lines.next().unwrap().unwrap();
-        line.strip_prefix(prefix)
-            .unwrap_or_else(|| panic!("{line:?}"))
-            .to_string()
+        line.strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?}")).to_string()
     };
     let operator = key("operator api key: ");
     let owner = key("owner api key: ");
     let ca = dir.join("tls/cert.pem").display().to_string();
-    Serve {
-        child,
-        addr,
-        operator,
-        owner,
-        ca,
-    }
+    Serve { child, addr, operator, owner, ca }
 }
 
 impl Serve {
     fn cmd(&self, key: &str) -> Command {
         let mut c = Command::new(BIN);
-        c.env("LB_SERVER", &self.addr)
-            .env("LB_CA", &self.ca)
-            .env("LB_API_KEY", key)
-            .env("LB_MACHINE_ID", "ci-host-1");
+        c.env("LB_SERVER", &self.addr).env("LB_CA", &self.ca).env("LB_API_KEY", key).env("LB_MACHINE_ID", "ci-host-1");
         c
     }
 
@@ -92,36 +77,19 @@ impl Drop for Serve {
 
 fn first_event(child: &mut Child) -> serde_json::Value {
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
 fn signal(child: &Child, sig: &str) {
-    Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
 }
 
 #[test]
 fn quickstart_three_admitted_two_rejected_and_a_killed_runner_reclaimed() {
     let dir = tempfile::tempdir().unwrap();
     let s = serve(dir.path(), "3s");
-    let out = s.run(
-        &s.operator,
-        &[
-            "pool",
-            "set",
-            "--org",
-            "default",
-            "--product",
-            "kre",
-            "--quota",
-            "3",
-        ],
-    );
+    let out = s.run(&s.operator, &["pool", "set", "--org", "default", "--product", "kre", "--quota", "3"]);
     assert!(out.status.success(), "{out:?}");
 
     let mut runners: Vec<Child> = (0..5).map(|_| s.runner("60s")).collect();
@@ -146,17 +114,10 @@ fn quickstart_three_admitted_two_rejected_and_a_killed_runner_reclaimed() {
     let mut dead = admitted.pop().unwrap();
     dead.kill().unwrap();
     dead.wait().unwrap();
-    assert_eq!(
-        s.in_use(),
-        3,
-        "a vanished runner keeps its seat until its lease expires"
-    );
+    assert_eq!(s.in_use(), 3, "a vanished runner keeps its seat until its lease expires");
     let started = Instant::now();
     while s.in_use() != 2 {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "seat never reclaimed"
-        );
+        assert!(started.elapsed() < Duration::from_secs(15), "seat never reclaimed");
         std::thread::sleep(Duration::from_millis(100));
     }
     let mut newcomer = s.runner("1s");
@@ -165,9 +126,7 @@ fn quickstart_three_admitted_two_rejected_and_a_killed_runner_reclaimed() {
     // SIGTERM releases gracefully and exits 0.
     for r in admitted.iter_mut().chain(std::iter::once(&mut newcomer)) {
         signal(r, "-TERM");
-        let out = std::mem::replace(r, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
+        let out = std::mem::replace(r, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains(r#""event":"released""#));
     }
@@ -178,64 +137,30 @@ fn quickstart_three_admitted_two_rejected_and_a_killed_runner_reclaimed() {
 fn exit_codes_name_the_refusal() {
     let dir = tempfile::tempdir().unwrap();
     let s = serve(dir.path(), "30s");
-    assert!(s
-        .run(
-            &s.operator,
-            &["pool", "set", "--org", "default", "--quota", "1"]
-        )
-        .status
-        .success());
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
     // Machine limit: a second machine ID on a pool of one.
-    let out = s
-        .cmd(&s.owner)
-        .args([
-            "runner",
-            "--org",
-            "default",
-            "--machine-id",
-            "a",
-            "--hold",
-            "0s",
-        ])
-        .output()
-        .unwrap();
+    let out =
+        s.cmd(&s.owner).args(["runner", "--org", "default", "--machine-id", "a", "--hold", "0s"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let out = s
-        .cmd(&s.owner)
-        .args(["runner", "--org", "default", "--machine-id", "b", "--json"])
-        .output()
-        .unwrap();
+    let out = s.cmd(&s.owner).args(["runner", "--org", "default", "--machine-id", "b", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("MACHINE_LIMIT"));
     // Authentication and authorisation.
     let out = s.run("lbk_bogus", &["runner", "--org", "default", "--json"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("UNAUTHORIZED"));
-    let out = s.run(
-        &s.owner,
-        &["pool", "set", "--org", "default", "--quota", "50"],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "an Owner cannot raise their own quota: {out:?}"
-    );
+    let out = s.run(&s.owner, &["pool", "set", "--org", "default", "--quota", "50"]);
+    assert_eq!(out.status.code(), Some(5), "an Owner cannot raise their own quota: {out:?}");
     // Misuse: clear message, non-zero exit, no backtrace.
-    for args in [
-        &["pool", "set", "--org", "default", "--quota", "many"][..],
-        &["runner", "--org", "Bad Org!"],
-        &["frobnicate"],
-    ] {
+    for args in
+        [&["pool", "set", "--org", "default", "--quota", "many"][..], &["runner", "--org", "Bad Org!"], &["frobnicate"]]
+    {
         let out = s.run(&s.owner, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("error") && !err.contains("backtrace"), "{err}");
     }
-    let out = Command::new(BIN)
-        .args(["status"])
-        .env_remove("LB_API_KEY")
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["status"]).env_remove("LB_API_KEY").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no API key"));
 }
@@ -244,53 +169,15 @@ fn exit_codes_name_the_refusal() {
 fn admin_commands_and_org_creation() {
     let dir = tempfile::tempdir().unwrap();
     let s = serve(dir.path(), "30s");
-    let out = s.run(
-        &s.operator,
-        &["org", "create", "acme", "--subscription-end", "2099-12-31"],
-    );
+    let out = s.run(&s.operator, &["org", "create", "acme", "--subscription-end", "2099-12-31"]);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let acme_owner = stdout
-        .trim()
-        .strip_prefix("owner api key: ")
-        .unwrap()
-        .to_string();
-    assert!(s
-        .run(
-            &s.operator,
-            &["pool", "set", "--org", "acme", "--quota", "2"]
-        )
-        .status
-        .success());
-    assert!(s
-        .run(
-            &acme_owner,
-            &[
-                "user",
-                "add",
-                "--org",
-                "acme",
-                "ci@acme.test",
-                "--role",
-                "user"
-            ]
-        )
-        .status
-        .success());
-    let out = s.run(
-        &acme_owner,
-        &["key", "create", "--org", "acme", "ci@acme.test"],
-    );
-    let ci_key = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .strip_prefix("api key: ")
-        .unwrap()
-        .to_string();
-    let out = s
-        .cmd(&ci_key)
-        .args(["runner", "--org", "acme", "--hold", "0s", "--json"])
-        .output()
-        .unwrap();
+    let acme_owner = stdout.trim().strip_prefix("owner api key: ").unwrap().to_string();
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "acme", "--quota", "2"]).status.success());
+    assert!(s.run(&acme_owner, &["user", "add", "--org", "acme", "ci@acme.test", "--role", "user"]).status.success());
+    let out = s.run(&acme_owner, &["key", "create", "--org", "acme", "ci@acme.test"]);
+    let ci_key = String::from_utf8_lossy(&out.stdout).trim().strip_prefix("api key: ").unwrap().to_string();
+    let out = s.cmd(&ci_key).args(["runner", "--org", "acme", "--hold", "0s", "--json"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let out = s.run(&acme_owner, &["machine", "list", "--org", "acme", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -301,24 +188,12 @@ fn admin_commands_and_org_creation() {
     // Revoke by id, then the key is refused.
     let out = s.run(&acme_owner, &["key", "list", "--org", "acme", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let id = v["keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["email"] == "ci@acme.test")
-        .unwrap()["id"]
+    let id = v["keys"].as_array().unwrap().iter().find(|k| k["email"] == "ci@acme.test").unwrap()["id"]
         .as_str()
         .unwrap()
         .to_string();
-    assert!(s
-        .run(&acme_owner, &["key", "revoke", "--org", "acme", &id])
-        .status
-        .success());
-    let out = s
-        .cmd(&ci_key)
-        .args(["runner", "--org", "acme", "--hold", "0s"])
-        .output()
-        .unwrap();
+    assert!(s.run(&acme_owner, &["key", "revoke", "--org", "acme", &id]).status.success());
+    let out = s.cmd(&ci_key).args(["runner", "--org", "acme", "--hold", "0s"]).output().unwrap();
     assert_eq!(out.status.code(), Some(5));
 }
 
@@ -326,13 +201,7 @@ fn admin_commands_and_org_creation() {
 fn serve_drains_on_sigterm_and_keeps_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = serve(dir.path(), "30s");
-    assert!(s
-        .run(
-            &s.operator,
-            &["pool", "set", "--org", "default", "--quota", "4"]
-        )
-        .status
-        .success());
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "4"]).status.success());
     signal(&s.child, "-TERM");
     assert_eq!(s.child.wait().unwrap().code(), Some(0));
     // A second start reuses the dir and prints no keys.
@@ -349,16 +218,7 @@ fn serve_drains_on_sigterm_and_keeps_its_data() {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(10) {
         let out = Command::new(BIN)
-            .args([
-                "status",
-                "--json",
-                "--server",
-                &addr,
-                "--ca",
-                &s.ca,
-                "--api-key",
-                &s.owner,
-            ])
+            .args(["status", "--json", "--server", &addr, "--ca", &s.ca, "--api-key", &s.owner])
             .output()
             .unwrap();
         if out.status.success() {
@@ -373,9 +233,5 @@ fn serve_drains_on_sigterm_and_keeps_its_data() {
     signal(&again, "-INT");
     let out = again.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
-    assert!(
-        out.stdout.is_empty(),
-        "keys are printed only once: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(out.stdout.is_empty(), "keys are printed only once: {:?}", String::from_utf8_lossy(&out.stdout));
 }

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use license_broker::core::{
-    Broker, Config, Email, EndReason, Error, KeyHash, MachineId, Millis, Nonce, OrgName, PoolId,
-    Principal, Registration, SessionId,
+    Broker, Config, Email, EndReason, Error, KeyHash, MachineId, Millis, Nonce, OrgName, PoolId, Principal,
+    Registration, SessionId,
 };
 use proptest::prelude::*;
 
@@ -16,35 +16,15 @@ const MACHINES: [&str; 4] = ["m0", "m1", "m2", "m3"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Acquire {
-        nonce: u8,
-        machine: usize,
-        conn: u64,
-    },
-    Release {
-        pick: usize,
-    },
-    Renew {
-        pick: usize,
-    },
-    Kill {
-        pick: usize,
-    },
-    Close {
-        conn: u64,
-    },
-    Register {
-        machine: usize,
-    },
-    RemoveMachine {
-        machine: usize,
-    },
-    SetQuota {
-        quota: u32,
-    },
-    Advance {
-        ms: u64,
-    },
+    Acquire { nonce: u8, machine: usize, conn: u64 },
+    Release { pick: usize },
+    Renew { pick: usize },
+    Kill { pick: usize },
+    Close { conn: u64 },
+    Register { machine: usize },
+    RemoveMachine { machine: usize },
+    SetQuota { quota: u32 },
+    Advance { ms: u64 },
     Expire,
 }
 
@@ -98,36 +78,21 @@ struct Real {
 }
 
 fn real(quota: u32) -> Real {
-    let broker = Broker::new(Config {
-        lease_ttl: Duration::from_millis(TTL_MS),
-        shard_bits: 2,
-    });
+    let broker = Broker::new(Config { lease_ttl: Duration::from_millis(TTL_MS), shard_bits: 2 });
     let email = Email::new("owner@default").unwrap();
     broker.apply(&broker.plan_bootstrap(KeyHash([1; 32]), &email, KeyHash([2; 32]), Millis(0)));
     let operator = broker.authenticate(&KeyHash([1; 32])).unwrap();
     let owner = broker.authenticate(&KeyHash([2; 32])).unwrap();
     let org = OrgName::new("default").unwrap();
-    broker.apply(
-        &broker
-            .plan_set_pool(&operator, &org, PoolId::KRE_DEFAULT, quota)
-            .unwrap(),
-    );
-    Real {
-        broker,
-        operator,
-        owner,
-        org,
-    }
+    broker.apply(&broker.plan_set_pool(&operator, &org, PoolId::KRE_DEFAULT, quota, Millis(0)).unwrap());
+    Real { broker, operator, owner, org }
 }
 
 const BASE: u64 = 1_795_000_000_000;
 
 fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let r = real(initial_quota);
-    let mut m = Reference {
-        quota: initial_quota,
-        ..Reference::default()
-    };
+    let mut m = Reference { quota: initial_quota, ..Reference::default() };
     let mut now = BASE;
     // Every session id ever issued, so ops can target ended ones too.
     let mut issued: Vec<SessionId> = Vec::new();
@@ -137,20 +102,8 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         let t = Millis(now);
         match op {
-            Op::Acquire {
-                nonce,
-                machine,
-                conn,
-            } => {
-                let got = r.broker.acquire(
-                    &r.owner,
-                    &r.org,
-                    pool,
-                    mid(machine),
-                    Nonce(nonce.into()),
-                    conn,
-                    t,
-                );
+            Op::Acquire { nonce, machine, conn } => {
+                let got = r.broker.acquire(&r.owner, &r.org, pool, mid(machine), Nonce(nonce.into()), conn, t);
                 if !m.machines.contains(&machine) {
                     prop_assert_eq!(got, Err(Error::MachineNotRegistered));
                     continue;
@@ -159,12 +112,8 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     if s.deadline > now {
                         s.deadline = now + TTL_MS;
                         s.conn = conn;
-                        let lease =
-                            got.map_err(|e| TestCaseError::fail(format!("reattach refused: {e}")))?;
-                        prop_assert_eq!(
-                            (lease.session, lease.reattached, lease.deadline.0),
-                            (s.id, true, s.deadline)
-                        );
+                        let lease = got.map_err(|e| TestCaseError::fail(format!("reattach refused: {e}")))?;
+                        prop_assert_eq!((lease.session, lease.reattached, lease.deadline.0), (s.id, true, s.deadline));
                         continue;
                     }
                     m.live.remove(&nonce);
@@ -172,20 +121,11 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 if m.live.len() as u32 >= m.quota {
                     prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: m.quota }));
                 } else {
-                    let lease =
-                        got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
+                    let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
                     prop_assert!(!lease.reattached);
                     prop_assert!(!issued.contains(&lease.session), "session id reused");
                     issued.push(lease.session);
-                    m.live.insert(
-                        nonce,
-                        RefSession {
-                            id: lease.session,
-                            machine,
-                            conn,
-                            deadline: now + TTL_MS,
-                        },
-                    );
+                    m.live.insert(nonce, RefSession { id: lease.session, machine, conn, deadline: now + TTL_MS });
                 }
             }
             Op::Release { pick } | Op::Renew { pick } | Op::Kill { pick } if issued.is_empty() => {
@@ -225,34 +165,20 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         m.live.remove(&n);
                         prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Revoked));
                     }
-                    None => prop_assert!(
-                        matches!(got, Err(Error::NotFound { .. })),
-                        "expected NOT_FOUND"
-                    ),
+                    None => prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND"),
                 }
             }
             Op::Close { conn } => {
-                let mut got: Vec<SessionId> = r
-                    .broker
-                    .close_connection(conn, issued.clone())
-                    .into_iter()
-                    .map(|e| e.info.session)
-                    .collect();
-                let mut want: Vec<SessionId> = m
-                    .live
-                    .values()
-                    .filter(|s| s.conn == conn)
-                    .map(|s| s.id)
-                    .collect();
+                let mut got: Vec<SessionId> =
+                    r.broker.close_connection(conn, issued.clone()).into_iter().map(|e| e.info.session).collect();
+                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.conn == conn).map(|s| s.id).collect();
                 m.live.retain(|_, s| s.conn != conn);
                 got.sort();
                 want.sort();
                 prop_assert_eq!(got, want);
             }
             Op::Register { machine } => {
-                let got = r
-                    .broker
-                    .register_machine(&r.owner, &r.org, pool, &mid(machine), t);
+                let got = r.broker.register_machine(&r.owner, &r.org, pool, &mid(machine), t);
                 let got = got.map(|(reg, change)| {
                     if let Some(c) = change {
                         r.broker.apply(&[c]);
@@ -269,28 +195,14 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::RemoveMachine { machine } => {
-                let got = r
-                    .broker
-                    .plan_remove_machine(&r.owner, &r.org, None, &mid(machine));
+                let got = r.broker.plan_remove_machine(&r.owner, &r.org, None, &mid(machine), t);
                 if !m.machines.contains(&machine) {
-                    prop_assert!(
-                        matches!(got, Err(Error::NotFound { .. })),
-                        "expected NOT_FOUND"
-                    );
+                    prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND");
                     continue;
                 }
-                let mut ended: Vec<SessionId> = r
-                    .broker
-                    .apply(&got.unwrap())
-                    .into_iter()
-                    .map(|e| e.info.session)
-                    .collect();
-                let mut want: Vec<SessionId> = m
-                    .live
-                    .values()
-                    .filter(|s| s.machine == machine)
-                    .map(|s| s.id)
-                    .collect();
+                let mut ended: Vec<SessionId> =
+                    r.broker.apply(&got.unwrap()).into_iter().map(|e| e.info.session).collect();
+                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect();
                 m.live.retain(|_, s| s.machine != machine);
                 m.machines.retain(|x| *x != machine);
                 ended.sort();
@@ -298,27 +210,13 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(ended, want);
             }
             Op::SetQuota { quota } => {
-                r.broker.apply(
-                    &r.broker
-                        .plan_set_pool(&r.operator, &r.org, pool, quota)
-                        .unwrap(),
-                );
+                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, pool, quota, t).unwrap());
                 m.quota = quota;
             }
             Op::Advance { ms } => now += ms,
             Op::Expire => {
-                let mut got: Vec<SessionId> = r
-                    .broker
-                    .expire(t)
-                    .into_iter()
-                    .map(|e| e.info.session)
-                    .collect();
-                let mut want: Vec<SessionId> = m
-                    .live
-                    .values()
-                    .filter(|s| s.deadline <= now)
-                    .map(|s| s.id)
-                    .collect();
+                let mut got: Vec<SessionId> = r.broker.expire(t).into_iter().map(|e| e.info.session).collect();
+                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.deadline <= now).map(|s| s.id).collect();
                 m.live.retain(|_, s| s.deadline > now);
                 got.sort();
                 want.sort();
@@ -331,10 +229,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(status.machines as usize, m.machines.len());
         prop_assert_eq!(status.quota, m.quota);
         prop_assert_eq!(r.broker.next_deadline().map(|d| d.0), m.min_deadline());
-        prop_assert_eq!(
-            r.broker.sessions(&r.owner, &r.org).unwrap().len(),
-            m.live.len()
-        );
+        prop_assert_eq!(r.broker.sessions(&r.owner, &r.org).unwrap().len(), m.live.len());
     }
     Ok(())
 }

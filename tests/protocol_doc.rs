@@ -9,20 +9,13 @@ const DOC: &str = include_str!("../docs/PROTOCOL.md");
 fn hex<T: serde::Serialize>(msg: &T) -> String {
     let mut b = Vec::new();
     encode(msg, &mut b);
-    b.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    b.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 #[test]
 fn worked_examples_match_the_encoder() {
     let examples = [
-        hex(&ClientFrame::Hello(Hello {
-            version: 1,
-            api_key: "lbk_ab".into(),
-            client: "x".into(),
-        })),
+        hex(&ClientFrame::Hello(Hello { version: 1, api_key: "lbk_ab".into(), client: "x".into() })),
         hex(&ClientFrame::Request(Request {
             id: 1,
             body: Req::Acquire {
@@ -45,18 +38,10 @@ fn worked_examples_match_the_encoder() {
             id: 2,
             outcome: Outcome::Err(WireError::new(ErrorCode::QuotaExceeded, "full")),
         })),
-        hex(&ClientFrame::Request(Request {
-            id: 3,
-            body: Req::Renew {
-                session: SessionId(0x62),
-            },
-        })),
+        hex(&ClientFrame::Request(Request { id: 3, body: Req::Renew { session: SessionId(0x62) } })),
     ];
     for e in examples {
-        assert!(
-            DOC.contains(&format!("    {e}\n")),
-            "PROTOCOL.md lacks the example {e}"
-        );
+        assert!(DOC.contains(&format!("    {e}\n")), "PROTOCOL.md lacks the example {e}");
     }
 }
 
@@ -64,14 +49,7 @@ fn worked_examples_match_the_encoder() {
 fn error_table_lists_every_code_with_its_wire_number() {
     for (n, code) in ErrorCode::ALL.iter().enumerate() {
         let bytes = postcard::to_allocvec(code).unwrap();
-        assert_eq!(
-            bytes,
-            postcard::to_allocvec(&(n as u32)).unwrap(),
-            "{code} is variant {n}"
-        );
-        assert!(
-            DOC.contains(&format!("| {n} | {} |", code.name())),
-            "PROTOCOL.md lacks row {n} {code}"
-        );
+        assert_eq!(bytes, postcard::to_allocvec(&(n as u32)).unwrap(), "{code} is variant {n}");
+        assert!(DOC.contains(&format!("| {n} | {} |", code.name())), "PROTOCOL.md lacks row {n} {code}");
     }
 }

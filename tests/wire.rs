@@ -19,18 +19,11 @@ struct Raw {
 }
 
 async fn raw(b: &TestBroker) -> Raw {
-    let (addr, name) = license_broker::client::resolve(&b.server, None)
-        .await
-        .unwrap();
+    let (addr, name) = license_broker::client::resolve(&b.server, None).await.unwrap();
     let ep = license_broker::client::endpoint(Some(&b.ca), false).unwrap();
     let conn = ep.connect(addr, &name).unwrap().await.unwrap();
     let (send, recv) = conn.open_bi().await.unwrap();
-    Raw {
-        send,
-        recv,
-        frames: FrameBuf::new(),
-        _conn: conn,
-    }
+    Raw { send, recv, frames: FrameBuf::new(), _conn: conn }
 }
 
 impl Raw {
@@ -45,12 +38,7 @@ impl Raw {
     }
 
     async fn hello(&mut self, key: &str, version: u16) {
-        self.send_frame(&ClientFrame::Hello(Hello {
-            version,
-            api_key: key.into(),
-            client: "test".into(),
-        }))
-        .await;
+        self.send_frame(&ClientFrame::Hello(Hello { version, api_key: key.into(), client: "test".into() })).await;
     }
 
     /// The next frame, or None if the server finished the stream.
@@ -60,10 +48,7 @@ impl Raw {
             if let Some(body) = self.frames.next_frame().unwrap() {
                 return Some(postcard::from_bytes(body).unwrap());
             }
-            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk))
-                .await
-                .unwrap()
-            {
+            match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk)).await.unwrap() {
                 Ok(Some(n)) => self.frames.extend(&chunk[..n]),
                 _ => return None,
             }
@@ -83,10 +68,7 @@ fn error_code(f: Option<ServerFrame>) -> ErrorCode {
 }
 
 fn status_req(id: u64) -> ClientFrame {
-    ClientFrame::Request(Request {
-        id,
-        body: Req::Status { org: None },
-    })
+    ClientFrame::Request(Request { id, body: Req::Status { org: None } })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,14 +144,7 @@ async fn frames_split_across_writes_and_pipelined_requests_all_answered() {
     let b = start(Duration::from_secs(30)).await;
     let mut r = raw(&b).await;
     let mut buf = Vec::new();
-    encode(
-        &ClientFrame::Hello(Hello {
-            version: VERSION,
-            api_key: b.owner.clone(),
-            client: "t".into(),
-        }),
-        &mut buf,
-    );
+    encode(&ClientFrame::Hello(Hello { version: VERSION, api_key: b.owner.clone(), client: "t".into() }), &mut buf);
     for id in 0..200 {
         encode(&status_req(id), &mut buf);
     }

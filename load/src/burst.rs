@@ -13,12 +13,7 @@ use tokio::sync::Barrier;
 use crate::report::{Errors, Lat, Report};
 use crate::target::Target;
 
-pub async fn run(
-    target: &Target,
-    runners: usize,
-    quota: u32,
-    connections: usize,
-) -> Result<Report> {
+pub async fn run(target: &Target, runners: usize, quota: u32, connections: usize) -> Result<Report> {
     let org = target.setup_orgs(1, quota).await?.remove(0);
     let connections = connections.clamp(1, runners.max(1));
     let mut clients = Vec::new();
@@ -65,14 +60,7 @@ pub async fn run(
     let admitted: usize = held.iter().map(|(_, s)| s.len()).sum();
     let in_use = target.pools(std::slice::from_ref(&org)).await?[0].in_use;
     for (client, sessions) in held {
-        let _ = client
-            .call_batch(
-                sessions
-                    .into_iter()
-                    .map(|session| Req::Release { session })
-                    .collect(),
-            )
-            .await;
+        let _ = client.call_batch(sessions.into_iter().map(|session| Req::Release { session }).collect()).await;
         client.close().await;
     }
     let after = target.pools(std::slice::from_ref(&org)).await?[0].in_use;
@@ -87,28 +75,13 @@ pub async fn run(
     r.errors = errors.0.clone();
     let want = (quota as usize).min(runners);
     let quota_errors = errors.count(ErrorCode::QuotaExceeded.name()) as usize;
-    r.check(
-        "exactly Q admitted",
-        admitted == want,
-        format!("{admitted} admitted, quota {quota}"),
-    );
+    r.check("exactly Q admitted", admitted == want, format!("{admitted} admitted, quota {quota}"));
     r.check(
         "the rest refused with QUOTA_EXCEEDED",
         quota_errors == runners - want && errors.0.len() <= 1,
-        format!(
-            "{quota_errors} QUOTA_EXCEEDED of {} refused",
-            runners - admitted
-        ),
+        format!("{quota_errors} QUOTA_EXCEEDED of {} refused", runners - admitted),
     );
-    r.check(
-        "broker agrees on seats in use",
-        in_use as usize == admitted,
-        format!("status in_use {in_use}"),
-    );
-    r.check(
-        "no seat leaked after release",
-        after == 0,
-        format!("in_use {after} after releasing"),
-    );
+    r.check("broker agrees on seats in use", in_use as usize == admitted, format!("status in_use {in_use}"));
+    r.check("no seat leaked after release", after == 0, format!("in_use {after} after releasing"));
     Ok(r)
 }

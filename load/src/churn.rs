@@ -54,9 +54,7 @@ pub async fn run(opts: Vec<ClientOptions>, orgs: Vec<LoadOrg>, shape: Shape) -> 
         let org = orgs[i % orgs.len()].clone();
         let shape = shape.clone();
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            connection(i as u64, client, org, shape, deadline, stop).await
-        }));
+        tasks.push(tokio::spawn(async move { connection(i as u64, client, org, shape, deadline, stop).await }));
     }
     let mut total = Outcome::default();
     for t in tasks {
@@ -81,15 +79,11 @@ async fn connection(
     let mut out = Outcome::default();
     let mut nonce = u128::from(index) << 64;
     // Pacing: each batch of D pairs gets D / (rate / C) seconds.
-    let period = shape
-        .rate
-        .map(|r| Duration::from_secs_f64(shape.depth as f64 * shape.connections as f64 / r));
+    let period = shape.rate.map(|r| Duration::from_secs_f64(shape.depth as f64 * shape.connections as f64 / r));
     // Connections start their pacing evenly spread over one period, so
     // paced load arrives smoothly instead of in synchronized bursts.
     let mut next = tokio::time::Instant::now()
-        + period.map_or(Duration::ZERO, |p| {
-            p.mul_f64(index as f64 / shape.connections as f64)
-        });
+        + period.map_or(Duration::ZERO, |p| p.mul_f64(index as f64 / shape.connections as f64));
     while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
         if let Some(p) = period {
             tokio::time::sleep_until(next).await;
@@ -98,12 +92,7 @@ async fn connection(
         let acquires: Vec<Req> = (0..shape.depth)
             .map(|_| {
                 nonce += 1;
-                Req::Acquire {
-                    org: org.org.clone(),
-                    pool: PoolId::KRE_DEFAULT,
-                    machine: org.machine.clone(),
-                    nonce,
-                }
+                Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce }
             })
             .collect();
         let mut sessions = Vec::with_capacity(shape.depth);
@@ -120,10 +109,7 @@ async fn connection(
         if sessions.is_empty() && out.errors.0.values().sum::<u64>() > 1000 {
             break; // the target is refusing everything; stop rather than spin
         }
-        let releases: Vec<Req> = sessions
-            .iter()
-            .map(|s: &SessionId| Req::Release { session: *s })
-            .collect();
+        let releases: Vec<Req> = sessions.iter().map(|s: &SessionId| Req::Release { session: *s }).collect();
         for (r, t) in client.call_batch_timed(releases).await {
             match r {
                 Ok(_) => {
@@ -169,20 +155,12 @@ impl Monitor {
             }
             client.close().await;
         });
-        Monitor {
-            max_in_use,
-            over_quota,
-            stop,
-            task,
-        }
+        Monitor { max_in_use, over_quota, stop, task }
     }
 
     pub async fn finish(self) -> (u32, bool) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
-        (
-            self.max_in_use.load(Ordering::Relaxed),
-            self.over_quota.load(Ordering::Relaxed),
-        )
+        (self.max_in_use.load(Ordering::Relaxed), self.over_quota.load(Ordering::Relaxed))
     }
 }

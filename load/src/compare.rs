@@ -35,17 +35,8 @@ impl Echo {
             .context("starting the echo server")?;
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("echo stdout")?).read_line(&mut line)?;
-        let server = line
-            .trim()
-            .strip_prefix("listening on ")
-            .context("echo server did not start")?
-            .to_string();
-        Ok(Echo {
-            child,
-            server,
-            ca: dir.path().join("tls/cert.pem"),
-            _dir: dir,
-        })
+        let server = line.trim().strip_prefix("listening on ").context("echo server did not start")?.to_string();
+        Ok(Echo { child, server, ca: dir.path().join("tls/cert.pem"), _dir: dir })
     }
 
     fn options(&self) -> ClientOptions {
@@ -58,11 +49,7 @@ impl Echo {
     }
 
     fn org() -> Result<LoadOrg> {
-        Ok(LoadOrg {
-            org: OrgName::new("echo")?,
-            key: "echo".into(),
-            machine: MachineId::new("echo")?,
-        })
+        Ok(LoadOrg { org: OrgName::new("echo")?, key: "echo".into(), machine: MachineId::new("echo")? })
     }
 }
 
@@ -74,12 +61,7 @@ impl Drop for Echo {
 }
 
 pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
-    let shape = Shape {
-        connections: p.connections,
-        depth: p.depth,
-        duration: p.duration,
-        rate: None,
-    };
+    let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: None };
     eprintln!("compare: redis semaphore churn ({}s)", p.duration.as_secs());
     let redis = RedisServer::start()?;
     let redis_out = redis_sem::churn(redis.port, shape.clone(), 1_000_000).await?;
@@ -90,38 +72,20 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     let broker = scenarios::churn(&target, p).await?;
     let broker_rate = broker.throughput["pairs_per_s"];
     eprintln!("compare: broker churn at half that rate (latency)");
-    let half = Params {
-        rate: Some(broker_rate / 2.0),
-        ..p.clone()
-    };
+    let half = Params { rate: Some(broker_rate / 2.0), ..p.clone() };
     let paced = scenarios::churn(&target, &half).await?;
     eprintln!("compare: broker handshakes");
-    let horg = target
-        .setup_orgs(1, license_broker::core::MAX_QUOTA)
-        .await?
-        .remove(0);
-    let hs = Params {
-        connections: 32,
-        ..p.clone()
-    };
-    let (broker_hs, _, _) = scenarios::handshake(
-        &target.server,
-        &target.ca,
-        &horg.key,
-        Some(horg.clone()),
-        &hs,
-    )
-    .await?;
+    let horg = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
+    let hs = Params { connections: 32, ..p.clone() };
+    let (broker_hs, _, _) =
+        scenarios::handshake(&target.server, &target.ca, &horg.key, Some(horg.clone()), &hs).await?;
     drop(target);
 
     eprintln!("compare: bare quinn echo churn");
     let echo = Echo::spawn()?;
     let echo_out = churn::run(vec![echo.options()], vec![Echo::org()?], shape.clone()).await?;
     eprintln!("compare: bare quinn echo paced at the broker's half rate (latency control)");
-    let paced_shape = Shape {
-        rate: Some(broker_rate / 2.0),
-        ..shape
-    };
+    let paced_shape = Shape { rate: Some(broker_rate / 2.0), ..shape };
     let echo_paced = churn::run(vec![echo.options()], vec![Echo::org()?], paced_shape).await?;
     eprintln!("compare: bare quinn handshakes");
     let (echo_hs, _, _) = scenarios::handshake(&echo.server, &echo.ca, "echo", None, &hs).await?;
@@ -151,36 +115,20 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     r.duration_s = p.duration.as_secs_f64();
     r.param("connections", p.connections);
     r.param("depth", p.depth);
-    r.throughput
-        .insert("broker_pairs_per_s".into(), broker_rate);
+    r.throughput.insert("broker_pairs_per_s".into(), broker_rate);
     r.throughput.insert("redis_pairs_per_s".into(), redis_rate);
     r.throughput.insert("quic_ceiling_per_s".into(), quic_rate);
-    r.throughput
-        .insert("broker_handshakes_per_s".into(), broker_hs);
+    r.throughput.insert("broker_handshakes_per_s".into(), broker_hs);
     r.throughput.insert("quic_handshakes_per_s".into(), echo_hs);
     r.extra("ratio_vs_redis", summary["ratio_vs_redis"].clone());
-    r.extra(
-        "share_of_quic_ceiling",
-        summary["share_of_quic_ceiling"].clone(),
-    );
+    r.extra("share_of_quic_ceiling", summary["share_of_quic_ceiling"].clone());
     r.extra("handshake_share", summary["handshake_share"].clone());
     r.extra("broker_p99_acquire_us_at_half_rate", p99_half);
-    r.extra(
-        "quic_p99_us_at_same_rate",
-        echo_paced.acquire.stats().p99_us,
-    );
+    r.extra("quic_p99_us_at_same_rate", echo_paced.acquire.stats().p99_us);
     r.latency_us = broker.latency_us.clone();
     r.invariants = broker.invariants.clone();
     r.invariants.extend(paced.invariants.iter().cloned());
-    r.check(
-        "redis semaphore made progress",
-        redis_out.pairs > 0,
-        format!("{} pairs", redis_out.pairs),
-    );
-    r.check(
-        "echo made progress",
-        echo_out.pairs > 0,
-        format!("{} pairs", echo_out.pairs),
-    );
+    r.check("redis semaphore made progress", redis_out.pairs > 0, format!("{} pairs", redis_out.pairs));
+    r.check("echo made progress", echo_out.pairs > 0, format!("{} pairs", echo_out.pairs));
     Ok((r, summary))
 }

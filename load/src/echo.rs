@@ -22,12 +22,8 @@ pub async fn serve(listen: SocketAddr, dir: &Path) -> Result<()> {
     tls::ensure_self_signed(&files)?;
     let config = tls::server_config(&files, Duration::from_secs(30), 16)?;
     let socket = license_broker::server::bind_udp(listen)?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )?;
+    let endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))?;
     println!("listening on {}", endpoint.local_addr()?);
     while let Some(incoming) = endpoint.accept().await {
         tokio::spawn(async move {
@@ -65,10 +61,7 @@ async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
                         },
                         _ => Resp::Released,
                     };
-                    ServerFrame::Response(Response {
-                        id: r.id,
-                        outcome: Outcome::Ok(resp),
-                    })
+                    ServerFrame::Response(Response { id: r.id, outcome: Outcome::Ok(resp) })
                 }
                 Err(_) => return,
             };

@@ -81,25 +81,13 @@ pub struct Live {
 }
 
 /// Drives `count` runners over one connection until `live.stop`.
-pub async fn drive(
-    client: Client,
-    org: LoadOrg,
-    first_nonce: u128,
-    count: usize,
-    b: Behaviour,
-    live: Live,
-) -> Stats {
+pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize, b: Behaviour, live: Live) -> Stats {
     let mut stats = Stats::default();
     let mut rng = first_nonce as u64 | 1;
     let start = Instant::now();
     let far = start + Duration::from_secs(86_400 * 365);
-    let mut runners: Vec<Runner> = (0..count)
-        .map(|i| Runner {
-            nonce: first_nonce + i as u128,
-            session: None,
-            release_at: far,
-        })
-        .collect();
+    let mut runners: Vec<Runner> =
+        (0..count).map(|i| Runner { nonce: first_nonce + i as u128, session: None, release_at: far }).collect();
     let mut due: BinaryHeap<Reverse<(Instant, usize, Step)>> = BinaryHeap::with_capacity(count);
     for i in 0..count {
         let offset = b.ramp.mul_f64(i as f64 / count.max(1) as f64);
@@ -117,16 +105,11 @@ pub async fn drive(
             batch.push((i, step));
         }
         if batch.is_empty() {
-            let wake = due
-                .peek()
-                .map_or(now + Duration::from_millis(50), |Reverse((at, _, _))| *at);
+            let wake = due.peek().map_or(now + Duration::from_millis(50), |Reverse((at, _, _))| *at);
             tokio::time::sleep_until(wake.min(now + Duration::from_millis(50))).await;
             continue;
         }
-        let reqs: Vec<Req> = batch
-            .iter()
-            .map(|&(i, step)| request(&org, &runners[i], step))
-            .collect();
+        let reqs: Vec<Req> = batch.iter().map(|&(i, step)| request(&org, &runners[i], step)).collect();
         let results = client.call_batch_timed(reqs).await;
         let now = Instant::now();
         for ((i, step), (result, took)) in batch.into_iter().zip(results) {
@@ -138,9 +121,7 @@ pub async fn drive(
                     live.held.fetch_add(1, Ordering::Relaxed);
                     r.session = Some(session);
                     r.release_at = match b.hold {
-                        Some(mean) => {
-                            now + mean.mul_f64(0.5 + (xorshift(&mut rng) % 1000) as f64 / 1000.0)
-                        }
+                        Some(mean) => now + mean.mul_f64(0.5 + (xorshift(&mut rng) % 1000) as f64 / 1000.0),
                         None => far,
                     };
                     Some(next_hold_step(r, now, beat))
@@ -169,10 +150,7 @@ pub async fn drive(
             }
         }
     }
-    let held: Vec<Req> = runners
-        .iter()
-        .filter_map(|r| r.session.map(|session| Req::Release { session }))
-        .collect();
+    let held: Vec<Req> = runners.iter().filter_map(|r| r.session.map(|session| Req::Release { session })).collect();
     for chunk in held.chunks(BATCH) {
         for (r, took) in client.call_batch_timed(chunk.to_vec()).await {
             match r {

@@ -100,10 +100,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -158,11 +155,7 @@ async fn run(a: Args) -> Result<bool> {
         return Ok(report.passed());
     }
     let target = match &a.server {
-        Some(s) => Target::remote(
-            s.clone(),
-            a.ca.clone().context("--ca")?,
-            a.api_key.clone().context("--api-key")?,
-        )?,
+        Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
         None => Target::spawn(ttl)?,
     };
     let report = match a.scenario {
@@ -171,13 +164,9 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Burst => burst::run(&target, p.runners, p.quota, p.connections).await?,
         Scenario::Die => scenarios::die(&target, &p).await?,
         Scenario::Handshake => {
-            let org = target
-                .setup_orgs(1, license_broker::core::MAX_QUOTA)
-                .await?
-                .remove(0);
+            let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =
-                scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p)
-                    .await?;
+                scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
             scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
         }
         Scenario::Compare | Scenario::EchoServer => unreachable!("handled above"),

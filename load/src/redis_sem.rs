@@ -29,26 +29,18 @@ pub struct RedisServer {
 
 /// Finds redis-server, installing Debian's package if it is missing and we may.
 fn redis_binary() -> Result<String> {
-    let found = |p: &str| {
-        Command::new(p)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok()
-    };
-    for p in [
-        "redis-server",
-        "/usr/bin/redis-server",
-        "/usr/local/bin/redis-server",
-    ] {
+    let found = |p: &str| Command::new(p).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok();
+    for p in ["redis-server", "/usr/bin/redis-server", "/usr/local/bin/redis-server"] {
         if found(p) {
             return Ok(p.to_string());
         }
     }
     eprintln!("redis-server not found; installing Debian's redis-server with apt-get");
     let ok = Command::new("sh")
-        .args(["-c", "(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null"])
+        .args([
+            "-c",
+            "(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null",
+        ])
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
@@ -63,24 +55,8 @@ impl RedisServer {
         let bin = redis_binary()?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new(bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args([
-                "--protected-mode",
-                "yes",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"])
             .stdout(Stdio::null())
             .spawn()
             .context("starting redis-server")?;
@@ -103,9 +79,7 @@ impl Drop for RedisServer {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Churn against the Redis semaphore: each connection pipelines D acquires,
@@ -113,11 +87,7 @@ fn now_ms() -> u64 {
 pub async fn churn(port: u16, shape: Shape, limit: u64) -> Result<Outcome> {
     let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))?;
     let mut setup = client.get_multiplexed_async_connection().await?;
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(ACQUIRE)
-        .query_async(&mut setup)
-        .await?;
+    let sha: String = redis::cmd("SCRIPT").arg("LOAD").arg(ACQUIRE).query_async(&mut setup).await?;
     let mut conns = Vec::new();
     for _ in 0..shape.connections {
         conns.push(client.get_multiplexed_async_connection().await?);
@@ -141,14 +111,7 @@ pub async fn churn(port: u16, shape: Shape, limit: u64) -> Result<Outcome> {
                 let mut pipe = redis::pipe();
                 let now = now_ms();
                 for h in &holders {
-                    pipe.cmd("EVALSHA")
-                        .arg(&sha)
-                        .arg(1)
-                        .arg("sem")
-                        .arg(h)
-                        .arg(now)
-                        .arg(30_000)
-                        .arg(limit);
+                    pipe.cmd("EVALSHA").arg(&sha).arg(1).arg("sem").arg(h).arg(now).arg(30_000).arg(limit);
                 }
                 let t = Instant::now();
                 let admitted: Vec<i64> = match pipe.query_async(&mut con).await {

@@ -117,21 +117,15 @@ pub struct Report {
 
 impl Report {
     pub fn new(scenario: &str, target: &str) -> Report {
-        Report {
-            scenario: scenario.into(),
-            target: target.into(),
-            ..Report::default()
-        }
+        Report { scenario: scenario.into(), target: target.into(), ..Report::default() }
     }
 
     pub fn param(&mut self, k: &str, v: impl Serialize) {
-        self.params
-            .insert(k.into(), serde_json::to_value(v).unwrap_or_default());
+        self.params.insert(k.into(), serde_json::to_value(v).unwrap_or_default());
     }
 
     pub fn extra(&mut self, k: &str, v: impl Serialize) {
-        self.extra
-            .insert(k.into(), serde_json::to_value(v).unwrap_or_default());
+        self.extra.insert(k.into(), serde_json::to_value(v).unwrap_or_default());
     }
 
     pub fn latency(&mut self, op: &str, lat: &Lat) {
@@ -141,11 +135,7 @@ impl Report {
     }
 
     pub fn check(&mut self, name: &str, ok: bool, detail: impl Into<String>) {
-        self.invariants.push(Check {
-            name: name.into(),
-            ok,
-            detail: detail.into(),
-        });
+        self.invariants.push(Check { name: name.into(), ok, detail: detail.into() });
     }
 
     pub fn passed(&self) -> bool {
@@ -154,16 +144,9 @@ impl Report {
 
     /// Prints as a human table.
     pub fn print_human(&self) {
-        println!(
-            "== {} against {} ({:.1}s)",
-            self.scenario, self.target, self.duration_s
-        );
+        println!("== {} against {} ({:.1}s)", self.scenario, self.target, self.duration_s);
         if !self.params.is_empty() {
-            let p: Vec<String> = self
-                .params
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let p: Vec<String> = self.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("   {}", p.join(" "));
         }
         for (k, v) in &self.throughput {
@@ -185,20 +168,11 @@ impl Report {
             println!("   {k:<28} {v}");
         }
         if !self.errors.is_empty() {
-            let e: Vec<String> = self
-                .errors
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+            let e: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!("   errors: {}", e.join(" "));
         }
         for c in &self.invariants {
-            println!(
-                "   [{}] {} — {}",
-                if c.ok { "ok" } else { "FAILED" },
-                c.name,
-                c.detail
-            );
+            println!("   [{}] {} — {}", if c.ok { "ok" } else { "FAILED" }, c.name, c.detail);
         }
     }
 }

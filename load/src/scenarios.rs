@@ -34,12 +34,7 @@ pub async fn churn(target: &Target, p: &Params) -> Result<Report> {
     let orgs = target.setup_orgs(p.orgs, UNBOUNDED).await?;
     let opts: Vec<ClientOptions> = orgs.iter().map(|o| target.options(&o.key)).collect();
     let monitor = Monitor::start(target.client(&target.operator).await?, orgs.clone());
-    let shape = Shape {
-        connections: p.connections,
-        depth: p.depth,
-        duration: p.duration,
-        rate: p.rate,
-    };
+    let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: p.rate };
     let bar = report::progress(p.duration, "churn");
     let ticker = tokio::spawn(report::tick(bar, tokio::time::Instant::now() + p.duration));
     let out = churn::run(opts, orgs.clone(), shape).await?;
@@ -60,26 +55,10 @@ pub async fn churn(target: &Target, p: &Params) -> Result<Report> {
     r.latency("release", &out.release);
     r.errors = out.errors.0.clone();
     r.extra("max_in_use_sampled", max_in_use);
-    r.check(
-        "no pool above quota",
-        !over,
-        format!("highest in-use sampled {max_in_use}"),
-    );
-    r.check(
-        "no seat leaked",
-        leaked == 0,
-        format!("{leaked} seats in use after all releases"),
-    );
-    r.check(
-        "no errors",
-        out.errors.0.is_empty(),
-        format!("{:?}", out.errors.0),
-    );
-    r.check(
-        "made progress",
-        out.pairs > 0,
-        format!("{} pairs", out.pairs),
-    );
+    r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}"));
+    r.check("no seat leaked", leaked == 0, format!("{leaked} seats in use after all releases"));
+    r.check("no errors", out.errors.0.is_empty(), format!("{:?}", out.errors.0));
+    r.check("made progress", out.pairs > 0, format!("{} pairs", out.pairs));
     Ok(r)
 }
 
@@ -103,14 +82,7 @@ async fn start_fleet(
         }
         let client = Client::connect(&target.options(key)).await?;
         let first = nonce_base + ((c as u128) << 64);
-        tasks.push(tokio::spawn(fleet::drive(
-            client,
-            org.clone(),
-            first,
-            count,
-            b,
-            live.clone(),
-        )));
+        tasks.push(tokio::spawn(fleet::drive(client, org.clone(), first, count, b, live.clone())));
     }
     Ok((live, tasks))
 }
@@ -127,11 +99,7 @@ async fn stop_fleet(live: &Live, tasks: Vec<tokio::task::JoinHandle<Stats>>) -> 
 pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
     let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
     let monitor = Monitor::start(target.client(&target.operator).await?, vec![org.clone()]);
-    let b = Behaviour {
-        ttl: p.lease_ttl,
-        hold: Some(p.duration / 2),
-        ramp: (p.duration / 4).min(p.lease_ttl / 3),
-    };
+    let b = Behaviour { ttl: p.lease_ttl, hold: Some(p.duration / 2), ramp: (p.duration / 4).min(p.lease_ttl / 3) };
     let started = std::time::Instant::now();
     let (live, tasks) = start_fleet(target, &org.key, &org, p.runners, p.connections, b, 1).await?;
     let mut rss_max = 0u64;
@@ -152,26 +120,15 @@ pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
     let elapsed = started.elapsed();
     let stats = stop_fleet(&live, tasks).await?;
     let (max_in_use, over) = monitor.finish().await;
-    let leaked: u32 = target
-        .pools(std::slice::from_ref(&org))
-        .await?
-        .iter()
-        .map(|s| s.in_use)
-        .sum();
+    let leaked: u32 = target.pools(std::slice::from_ref(&org)).await?.iter().map(|s| s.in_use).sum();
 
     let mut r = Report::new("steady", "broker");
     r.duration_s = elapsed.as_secs_f64();
     r.param("runners", p.runners);
     r.param("connections", p.connections);
     r.param("lease_ttl_ms", p.lease_ttl.as_millis() as u64);
-    r.throughput.insert(
-        "heartbeats_per_s".into(),
-        stats.renewed as f64 / elapsed.as_secs_f64(),
-    );
-    r.throughput.insert(
-        "acquires_per_s".into(),
-        stats.acquired as f64 / elapsed.as_secs_f64(),
-    );
+    r.throughput.insert("heartbeats_per_s".into(), stats.renewed as f64 / elapsed.as_secs_f64());
+    r.throughput.insert("acquires_per_s".into(), stats.acquired as f64 / elapsed.as_secs_f64());
     r.latency("acquire", &stats.acquire);
     r.latency("renew", &stats.renew);
     r.latency("release", &stats.release);
@@ -179,33 +136,16 @@ pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
     r.extra("live_sessions_max", held_max);
     if rss_max > 0 {
         r.extra("server_rss_bytes_max", rss_max);
-        r.extra(
-            "server_rss_bytes_per_session",
-            rss_max / (held_max.max(1) as u64),
-        );
+        r.extra("server_rss_bytes_per_session", rss_max / (held_max.max(1) as u64));
     }
-    r.check(
-        "no pool above quota",
-        !over,
-        format!("highest in-use sampled {max_in_use}"),
-    );
-    r.check(
-        "no heartbeat found its lease expired",
-        stats.lost == 0,
-        format!("{} lost", stats.lost),
-    );
-    r.check(
-        "no seat leaked",
-        leaked == 0,
-        format!("{leaked} seats in use after all releases"),
-    );
+    r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}"));
+    r.check("no heartbeat found its lease expired", stats.lost == 0, format!("{} lost", stats.lost));
+    r.check("no seat leaked", leaked == 0, format!("{leaked} seats in use after all releases"));
     Ok(r)
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `die`: R live sessions (heartbeating) fill a pool of quota R; V of them
@@ -216,13 +156,8 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
     let background = p.runners.saturating_sub(victims);
     let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
     let monitor = Monitor::start(target.client(&target.operator).await?, vec![org.clone()]);
-    let b = Behaviour {
-        ttl: p.lease_ttl,
-        hold: None,
-        ramp: Duration::ZERO,
-    };
-    let (live, tasks) =
-        start_fleet(target, &org.key, &org, background, p.connections, b, 1).await?;
+    let b = Behaviour { ttl: p.lease_ttl, hold: None, ramp: Duration::ZERO };
+    let (live, tasks) = start_fleet(target, &org.key, &org, background, p.connections, b, 1).await?;
     let fill_started = std::time::Instant::now();
     while (live.held.load(Ordering::Relaxed) as usize) < background {
         if fill_started.elapsed() > Duration::from_secs(300) {
@@ -250,10 +185,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
     }
     vc.abandon();
     if deadlines.len() != victims {
-        bail!(
-            "only {} of {victims} victims were admitted",
-            deadlines.len()
-        );
+        bail!("only {} of {victims} victims were admitted", deadlines.len());
     }
     deadlines.sort_unstable();
 
@@ -282,12 +214,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
         let mut still = Vec::new();
         for (n, r) in waiting.iter().zip(results) {
             match r {
-                Ok(Resp::Admitted {
-                    session,
-                    deadline_ms,
-                    ttl_ms,
-                    ..
-                }) => {
+                Ok(Resp::Admitted { session, deadline_ms, ttl_ms, .. }) => {
                     let at = deadline_ms - ttl_ms;
                     if at < first {
                         early += 1;
@@ -312,14 +239,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
     for (d, a) in deadlines.iter().zip(&admitted_at) {
         reclaim.record_us(a.saturating_sub(*d) * 1000);
     }
-    let _ = waiter
-        .call_batch(
-            sessions
-                .into_iter()
-                .map(|session| Req::Release { session })
-                .collect(),
-        )
-        .await;
+    let _ = waiter.call_batch(sessions.into_iter().map(|session| Req::Release { session }).collect()).await;
     waiter.close().await;
     let rss = target.rss_bytes();
     let stats = stop_fleet(&live, tasks).await?;
@@ -345,26 +265,14 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
         admitted_at.len() == victims,
         format!("{} of {victims}", admitted_at.len()),
     );
-    r.check(
-        "no waiter admitted before a deadline passed",
-        early == 0,
-        format!("{early} early"),
-    );
-    r.check(
-        "no pool above quota",
-        !over,
-        format!("highest in-use sampled {max_in_use}, quota {}", p.runners),
-    );
+    r.check("no waiter admitted before a deadline passed", early == 0, format!("{early} early"));
+    r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}, quota {}", p.runners));
     r.check(
         "live runners kept their leases",
         stats.lost == 0,
         format!("{} heartbeats found their lease gone", stats.lost),
     );
-    r.check(
-        "no seat leaked",
-        pool.in_use == 0,
-        format!("{} in use after all runners left", pool.in_use),
-    );
+    r.check("no seat leaked", pool.in_use == 0, format!("{} in use after all runners left", pool.in_use));
     Ok(r)
 }
 
@@ -398,10 +306,8 @@ pub async fn handshake(
                         let (o, m) = match &org {
                             Some(o) => (o.org.clone(), o.machine.clone()),
                             None => (
-                                license_broker::core::OrgName::new("echo")
-                                    .unwrap_or_else(|_| unreachable!()),
-                                license_broker::core::MachineId::new("echo")
-                                    .unwrap_or_else(|_| unreachable!()),
+                                license_broker::core::OrgName::new("echo").unwrap_or_else(|_| unreachable!()),
+                                license_broker::core::MachineId::new("echo").unwrap_or_else(|_| unreachable!()),
                             ),
                         };
                         match c.acquire(&o, PoolId::KRE_DEFAULT, &m, nonce).await {

@@ -49,10 +49,7 @@ pub fn broker_binary() -> Result<PathBuf> {
 /// Refuses anything but loopback: load goes nowhere else.
 pub fn require_loopback(server: &str) -> Result<()> {
     use std::net::ToSocketAddrs;
-    let addrs: Vec<_> = server
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {server}"))?
-        .collect();
+    let addrs: Vec<_> = server.to_socket_addrs().with_context(|| format!("resolving {server}"))?.collect();
     if addrs.is_empty() || addrs.iter().any(|a| !a.ip().is_loopback()) {
         bail!("{server} is not a loopback address; the load harness only sends traffic to 127.0.0.0/8 or ::1");
     }
@@ -64,19 +61,12 @@ impl Target {
     pub fn spawn(lease_ttl: Duration) -> Result<Target> {
         let bin = broker_binary()?;
         let dir = tempfile::tempdir()?;
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = format!("127.0.0.1:{port}");
         let mut child = Command::new(&bin)
             .args(["serve", "--data-dir"])
             .arg(dir.path())
-            .args([
-                "--listen",
-                &server,
-                "--lease-ttl",
-                &humantime::format_duration(lease_ttl).to_string(),
-            ])
+            .args(["--listen", &server, "--lease-ttl", &humantime::format_duration(lease_ttl).to_string()])
             .args(["--max-connections", "100000", "--drain-grace", "0s"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -87,9 +77,7 @@ impl Target {
         let mut lines = BufReader::new(stdout).lines();
         let mut operator = None;
         for _ in 0..2 {
-            let line = lines
-                .next()
-                .context("broker exited before printing its keys")??;
+            let line = lines.next().context("broker exited before printing its keys")??;
             if let Some(k) = line.strip_prefix("operator api key: ") {
                 operator = Some(k.to_string());
             }
@@ -107,13 +95,7 @@ impl Target {
     /// A broker already running on loopback; `key` must be the operator's.
     pub fn remote(server: String, ca: PathBuf, key: String) -> Result<Target> {
         require_loopback(&server)?;
-        Ok(Target {
-            server,
-            ca,
-            operator: key,
-            child: None,
-            _dir: None,
-        })
+        Ok(Target { server, ca, operator: key, child: None, _dir: None })
     }
 
     pub fn options(&self, key: &str) -> ClientOptions {
@@ -141,14 +123,9 @@ impl Target {
     /// Creates `n` orgs named for this run, each with a KRE pool of `quota`
     /// and one registered machine.
     pub async fn setup_orgs(&self, n: usize, quota: u32) -> Result<Vec<LoadOrg>> {
-        let op = self
-            .client(&self.operator)
-            .await
-            .context("connecting as the operator")?;
+        let op = self.client(&self.operator).await.context("connecting as the operator")?;
         let tag = std::process::id();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_nanos();
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
         let mut orgs = Vec::with_capacity(n);
         for i in 0..n {
             let org = OrgName::new(format!("load-{tag}-{nanos}-{i}"))?;
@@ -156,9 +133,7 @@ impl Target {
             op.set_pool(&org, PoolId::KRE_DEFAULT, quota).await?;
             let machine = MachineId::new("load-machine")?;
             let owner = self.client(&key).await?;
-            owner
-                .register_machine(&org, PoolId::KRE_DEFAULT, &machine)
-                .await?;
+            owner.register_machine(&org, PoolId::KRE_DEFAULT, &machine).await?;
             owner.close().await;
             orgs.push(LoadOrg { org, key, machine });
         }
@@ -181,9 +156,7 @@ impl Target {
 impl Drop for Target {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             for _ in 0..50 {
                 if let Ok(Some(_)) = child.try_wait() {
                     return;

@@ -7,8 +7,7 @@
 use std::time::Duration;
 
 use license_broker::core::{
-    Broker, Config, Email, KeyHash, Lease, MachineId, Millis, Nonce, OrgName, PoolId, Principal,
-    Result,
+    Broker, Config, Email, KeyHash, Lease, MachineId, Millis, Nonce, OrgName, PoolId, Principal, Result,
 };
 
 /// The lease TTL of every model.
@@ -36,31 +35,14 @@ impl Fixture {
     pub fn new(quota: u32) -> Fixture {
         // Two shards: few loom objects, yet acquires can race on the seat
         // counter without sharing a shard lock (see `nonces_in_distinct_shards`).
-        let broker = Broker::new(Config {
-            lease_ttl: TTL,
-            shard_bits: 1,
-        });
+        let broker = Broker::new(Config { lease_ttl: TTL, shard_bits: 1 });
         let owner_email = Email::new("owner@default").unwrap();
-        broker.apply(&broker.plan_bootstrap(
-            KeyHash([1; 32]),
-            &owner_email,
-            KeyHash([2; 32]),
-            t(0),
-        ));
+        broker.apply(&broker.plan_bootstrap(KeyHash([1; 32]), &owner_email, KeyHash([2; 32]), t(0)));
         let operator = broker.authenticate(&KeyHash([1; 32])).unwrap();
         let owner = broker.authenticate(&KeyHash([2; 32])).unwrap();
         let org = OrgName::new("default").unwrap();
-        broker.apply(
-            &broker
-                .plan_set_pool(&operator, &org, PoolId::KRE_DEFAULT, quota)
-                .unwrap(),
-        );
-        let f = Fixture {
-            broker,
-            owner,
-            operator,
-            org,
-        };
+        broker.apply(&broker.plan_set_pool(&operator, &org, PoolId::KRE_DEFAULT, quota, t(0)).unwrap());
+        let f = Fixture { broker, owner, operator, org };
         if quota > 0 {
             f.register("m").unwrap();
         }
@@ -70,9 +52,7 @@ impl Fixture {
     /// Registers a machine and applies the change as the shell would after committing it.
     pub fn register(&self, machine: &str) -> Result<license_broker::core::Registration> {
         let m = MachineId::new(machine).unwrap();
-        let (reg, change) =
-            self.broker
-                .register_machine(&self.owner, &self.org, PoolId::KRE_DEFAULT, &m, t(0))?;
+        let (reg, change) = self.broker.register_machine(&self.owner, &self.org, PoolId::KRE_DEFAULT, &m, t(0))?;
         if let Some(c) = change {
             self.broker.apply(&[c]);
         }
@@ -82,28 +62,14 @@ impl Fixture {
     /// Acquires on machine `m` with the given nonce at `now`.
     pub fn acquire(&self, nonce: u128, now: Millis) -> Result<Lease> {
         let m = MachineId::new("m").unwrap();
-        self.broker.acquire(
-            &self.owner,
-            &self.org,
-            PoolId::KRE_DEFAULT,
-            m,
-            Nonce(nonce),
-            1,
-            now,
-        )
+        self.broker.acquire(&self.owner, &self.org, PoolId::KRE_DEFAULT, m, Nonce(nonce), 1, now)
     }
 
     /// Two nonces whose sessions live in different shards, so their acquires meet only at the seat counter.
     pub fn nonces_in_distinct_shards(&self) -> (u128, u128) {
-        let shard = |n: u128| {
-            self.broker
-                .session_shard(&self.org, PoolId::KRE_DEFAULT, Nonce(n))
-                .unwrap()
-        };
+        let shard = |n: u128| self.broker.session_shard(&self.org, PoolId::KRE_DEFAULT, Nonce(n)).unwrap();
         let first = 1u128;
-        let second = (2..1000)
-            .find(|n| shard(*n) != shard(first))
-            .expect("two shards are both reachable");
+        let second = (2..1000).find(|n| shard(*n) != shard(first)).expect("two shards are both reachable");
         (first, second)
     }
 
@@ -119,10 +85,7 @@ impl Fixture {
 
     /// Sets the quota as the operator.
     pub fn set_quota(&self, quota: u32) {
-        let plan = self
-            .broker
-            .plan_set_pool(&self.operator, &self.org, PoolId::KRE_DEFAULT, quota)
-            .unwrap();
+        let plan = self.broker.plan_set_pool(&self.operator, &self.org, PoolId::KRE_DEFAULT, quota, t(0)).unwrap();
         self.broker.apply(&plan);
     }
 }

@@ -35,9 +35,7 @@ fn acquires_at_quota_minus_one_admit_exactly_one() {
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         let admitted = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(admitted, 1, "{results:?}");
-        assert!(results
-            .iter()
-            .any(|r| *r == Err(Error::QuotaExceeded { quota: 2 })));
+        assert!(results.iter().any(|r| *r == Err(Error::QuotaExceeded { quota: 2 })));
         assert_eq!(f.in_use(), 2);
     });
 }
@@ -77,11 +75,7 @@ fn three_acquirers_never_exceed_quota_two() {
                 })
             })
             .collect();
-        let admitted = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|ok| *ok)
-            .count();
+        let admitted = handles.into_iter().map(|h| h.join().unwrap()).filter(|ok| *ok).count();
         assert_eq!(admitted, 2);
         assert_eq!(f.in_use(), 2);
     });
@@ -104,17 +98,11 @@ fn release_racing_expiry_returns_the_seat_once() {
         let expirer = thread::spawn(move || fe.broker.expire(lease.deadline));
         let released = releaser.join().unwrap();
         let expired = expirer.join().unwrap();
-        let reasons: Vec<EndReason> = released
-            .iter()
-            .map(|e| e.reason)
-            .chain(expired.iter().map(|e| e.reason))
-            .collect();
+        let reasons: Vec<EndReason> =
+            released.iter().map(|e| e.reason).chain(expired.iter().map(|e| e.reason)).collect();
         assert_eq!(reasons.len(), 1, "exactly one end: {reasons:?}");
         assert_eq!(f.in_use(), 1);
-        assert!(
-            f.acquire(7, lease.deadline).is_ok(),
-            "the seat is usable again"
-        );
+        assert!(f.acquire(7, lease.deadline).is_ok(), "the seat is usable again");
         assert_eq!(f.in_use(), 2);
     });
 }
@@ -183,19 +171,9 @@ fn machine_registrations_never_exceed_the_cap() {
             })
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(
-            results[2],
-            Ok(Registration::Known),
-            "known machine is idempotent"
-        );
-        let new = results[..2]
-            .iter()
-            .filter(|r| **r == Ok(Registration::New))
-            .count();
-        let limited = results[..2]
-            .iter()
-            .filter(|r| **r == Err(Error::MachineLimit { quota: 2 }))
-            .count();
+        assert_eq!(results[2], Ok(Registration::Known), "known machine is idempotent");
+        let new = results[..2].iter().filter(|r| **r == Ok(Registration::New)).count();
+        let limited = results[..2].iter().filter(|r| **r == Err(Error::MachineLimit { quota: 2 })).count();
         assert_eq!((new, limited), (1, 1), "{results:?}");
         assert_eq!(f.machines(), 2);
     });
@@ -234,25 +212,10 @@ fn kill_racing_release_and_expiry_ends_once() {
         let f = Arc::new(Fixture::new(1));
         let lease = f.acquire(1, t(0)).unwrap();
         let fk = f.clone();
-        let killer = thread::spawn(move || {
-            fk.broker
-                .kill(&fk.owner, &fk.org, lease.session)
-                .ok()
-                .map(|e| e.reason)
-        });
+        let killer = thread::spawn(move || fk.broker.kill(&fk.owner, &fk.org, lease.session).ok().map(|e| e.reason));
         let fr = f.clone();
-        let releaser = thread::spawn(move || {
-            fr.broker
-                .release(&fr.owner, lease.session)
-                .ok()
-                .map(|e| e.reason)
-        });
-        let expired: Vec<_> = f
-            .broker
-            .expire(lease.deadline)
-            .into_iter()
-            .map(|e| e.reason)
-            .collect();
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, lease.session).ok().map(|e| e.reason));
+        let expired: Vec<_> = f.broker.expire(lease.deadline).into_iter().map(|e| e.reason).collect();
         let mut reasons: Vec<EndReason> = expired;
         reasons.extend(killer.join().unwrap());
         reasons.extend(releaser.join().unwrap());

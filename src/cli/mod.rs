@@ -1,5 +1,6 @@
 //! Command-line definitions and the commands that are a single request.
 
+mod offline;
 mod output;
 mod runner;
 mod serve;
@@ -10,9 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use license_broker::client::{Client, ClientError, ClientOptions};
-use license_broker::core::{
-    ErrorCode, Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term,
-};
+use license_broker::core::{ErrorCode, Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};
 
 /// A floating-license session broker over QUIC.
 #[derive(Parser, Debug)]
@@ -28,12 +27,7 @@ pub struct Args {
 #[derive(clap::Args, Debug, Clone)]
 struct ConnArgs {
     /// Broker address HOST:PORT.
-    #[arg(
-        long,
-        env = "LB_SERVER",
-        default_value = "127.0.0.1:4433",
-        global = true
-    )]
+    #[arg(long, env = "LB_SERVER", default_value = "127.0.0.1:4433", global = true)]
     server: String,
     /// PEM certificate to trust (the broker's DATA_DIR/tls/cert.pem); system roots if absent.
     #[arg(long, env = "LB_CA", global = true)]
@@ -70,6 +64,33 @@ enum Command {
     Session(SessionCmd),
     /// Act as a KRE runner: register this machine, hold a session, release it.
     Runner(runner::RunnerArgs),
+    /// Owner/Admin: grant a KSE pool's license to a member of the org.
+    Grant(GrantArgs),
+    /// Owner/Admin: revoke a KSE grant (ends the user's sessions, frees an activation).
+    Revoke(GrantArgs),
+    /// Owner/Admin: licensed users and online (node-locked) licenses.
+    Licenses {
+        #[arg(long)]
+        org: OrgName,
+        /// Only this pool.
+        #[arg(long)]
+        pool: Option<PoolId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Activate KSE as a licensed user: bind a node-locked license to this
+    /// machine, or hold a floating session (like `runner`).
+    Activate(runner::RunnerArgs),
+    /// Offline licenses: create, list, public-key, verify.
+    #[command(subcommand)]
+    Offline(offline::OfflineCmd),
+    /// Owner/Admin: the org's audit trail.
+    Audit {
+        #[arg(long)]
+        org: OrgName,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print this machine's ID (override with LB_MACHINE_ID).
     MachineId,
     /// Per-pool quota, sessions in use, machines, admissions and rejections.
@@ -81,6 +102,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct GrantArgs {
+    #[arg(long)]
+    org: OrgName,
+    /// The KSE pool, e.g. kse-floating-annual.
+    #[arg(long)]
+    pool: PoolId,
+    /// The member.
+    email: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -203,10 +235,7 @@ enum SessionCmd {
 
 impl ConnArgs {
     fn options(&self) -> Result<ClientOptions> {
-        let api_key = self
-            .api_key
-            .clone()
-            .context("no API key: pass --api-key or set LB_API_KEY")?;
+        let api_key = self.api_key.clone().context("no API key: pass --api-key or set LB_API_KEY")?;
         Ok(ClientOptions {
             server: self.server.clone(),
             server_name: self.server_name.clone(),
@@ -215,7 +244,7 @@ impl ConnArgs {
         })
     }
 
-    async fn connect(&self) -> Result<Client> {
+    pub(crate) async fn connect(&self) -> Result<Client> {
         let opts = self.options()?;
         Ok(Client::connect(&opts).await?)
     }
@@ -226,7 +255,31 @@ pub async fn run(args: Args) -> Result<ExitCode> {
     let conn = &args.conn;
     match args.command {
         Command::Serve(a) => serve::run(a).await,
-        Command::Runner(a) => runner::run(a, conn).await,
+        Command::Runner(a) => runner::run(a, conn, false).await,
+        Command::Activate(a) => runner::run(a, conn, true).await,
+        Command::Offline(cmd) => offline::run(cmd, conn).await,
+        Command::Grant(GrantArgs { org, pool, email }) => {
+            let c = conn.connect().await?;
+            c.grant(&org, pool, &email).await?;
+            println!("granted {pool} to {email}");
+            finish(c).await
+        }
+        Command::Revoke(GrantArgs { org, pool, email }) => {
+            let c = conn.connect().await?;
+            c.revoke_grant(&org, pool, &email).await?;
+            println!("revoked {pool} from {email}");
+            finish(c).await
+        }
+        Command::Licenses { org, pool, json } => {
+            let c = conn.connect().await?;
+            output::grants(&c.list_grants(&org, pool).await?, json);
+            finish(c).await
+        }
+        Command::Audit { org, json } => {
+            let c = conn.connect().await?;
+            output::audit(&c.audit(&org).await?, json);
+            finish(c).await
+        }
         Command::MachineId => {
             println!("{}", license_broker::machine_id::current()?);
             Ok(ExitCode::SUCCESS)
@@ -237,30 +290,15 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             output::status(&pools, json);
             finish(c).await
         }
-        Command::Org(OrgCmd::Create {
-            name,
-            subscription_end,
-            owner,
-        }) => {
+        Command::Org(OrgCmd::Create { name, subscription_end, owner }) => {
             let c = conn.connect().await?;
             let key = c.create_org(&name, &subscription_end, &owner).await?;
             println!("owner api key: {key}");
             finish(c).await
         }
-        Command::Pool(PoolCmd::Set {
-            org,
-            product,
-            kind,
-            term,
-            pool,
-            quota,
-        }) => {
+        Command::Pool(PoolCmd::Set { org, product, kind, term, pool, quota }) => {
             let c = conn.connect().await?;
-            let pool = pool.unwrap_or(PoolId {
-                product,
-                kind,
-                term,
-            });
+            let pool = pool.unwrap_or(PoolId { product, kind, term });
             c.set_pool(&org, pool, quota).await?;
             println!("pool {org}/{pool}: quota {quota}");
             finish(c).await
@@ -325,17 +363,19 @@ async fn session(conn: &ConnArgs, cmd: SessionCmd) -> Result<ExitCode> {
     finish(c).await
 }
 
-async fn finish(c: Client) -> Result<ExitCode> {
+pub(crate) async fn finish(c: Client) -> Result<ExitCode> {
     c.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
-/// The exit code for an error code: 3 quota, 4 machine limit, 5 auth, 1 otherwise.
+/// The exit code for an error code: 3 quota (or grant limit), 4 machine
+/// limit (or activated elsewhere), 5 authentication/authorisation (or not
+/// licensed), 1 otherwise.
 pub fn exit_code_for(code: Option<ErrorCode>) -> u8 {
     match code {
-        Some(ErrorCode::QuotaExceeded) => 3,
-        Some(ErrorCode::MachineLimit) => 4,
-        Some(ErrorCode::Unauthorized | ErrorCode::Forbidden) => 5,
+        Some(ErrorCode::QuotaExceeded | ErrorCode::GrantLimit) => 3,
+        Some(ErrorCode::MachineLimit | ErrorCode::AlreadyActivated) => 4,
+        Some(ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::NotLicensed) => 5,
         _ => 1,
     }
 }

@@ -1,6 +1,8 @@
 //! Human tables and `--json` output for the list commands.
 
-use license_broker::core::{format_utc, KeyInfo, MachineInfo, PoolStatus, SessionInfo, UserInfo};
+use license_broker::core::{
+    format_utc, AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
+};
 use serde_json::json;
 
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
@@ -11,11 +13,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         println!("{}", padded.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
@@ -56,12 +54,7 @@ pub fn status(pools: &[PoolStatus], as_json: bool) {
             ]
         })
         .collect();
-    table(
-        &[
-            "ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED",
-        ],
-        rows,
-    );
+    table(&["ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED"], rows);
 }
 
 pub fn sessions(list: &[SessionInfo], as_json: bool) {
@@ -91,10 +84,7 @@ pub fn sessions(list: &[SessionInfo], as_json: bool) {
             ]
         })
         .collect();
-    table(
-        &["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES"],
-        rows,
-    );
+    table(&["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES"], rows);
 }
 
 pub fn machines(list: &[MachineInfo], as_json: bool) {
@@ -106,36 +96,20 @@ pub fn machines(list: &[MachineInfo], as_json: bool) {
         println!("{}", json!({ "machines": v }));
         return;
     }
-    let rows = list
-        .iter()
-        .map(|m| {
-            vec![
-                m.pool.to_string(),
-                m.machine.to_string(),
-                format_utc(m.registered),
-            ]
-        })
-        .collect();
+    let rows = list.iter().map(|m| vec![m.pool.to_string(), m.machine.to_string(), format_utc(m.registered)]).collect();
     table(&["POOL", "MACHINE", "REGISTERED"], rows);
 }
 
 pub fn users(list: &[UserInfo], as_json: bool) {
     if as_json {
-        let v: Vec<_> =
-            list.iter().map(|u| json!({ "email": u.email.as_str(), "role": u.role.name(), "created_ms": u.created.0 })).collect();
+        let v: Vec<_> = list
+            .iter()
+            .map(|u| json!({ "email": u.email.as_str(), "role": u.role.name(), "created_ms": u.created.0 }))
+            .collect();
         println!("{}", json!({ "users": v }));
         return;
     }
-    let rows = list
-        .iter()
-        .map(|u| {
-            vec![
-                u.email.to_string(),
-                u.role.to_string(),
-                format_utc(u.created),
-            ]
-        })
-        .collect();
+    let rows = list.iter().map(|u| vec![u.email.to_string(), u.role.to_string(), format_utc(u.created)]).collect();
     table(&["EMAIL", "ROLE", "ADDED"], rows);
 }
 
@@ -160,4 +134,71 @@ pub fn keys(list: &[KeyInfo], as_json: bool) {
         })
         .collect();
     table(&["ID", "EMAIL", "CREATED", "STATE"], rows);
+}
+
+pub fn grants(list: &[GrantInfo], as_json: bool) {
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|g| {
+                json!({ "pool": g.pool.to_string(), "email": g.email.as_str(), "granted_ms": g.granted.0,
+                        "machine": g.machine.as_ref().map(|m| m.as_str()) })
+            })
+            .collect();
+        println!("{}", json!({ "licenses": v }));
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|g| {
+            let machine = g.machine.as_ref().map_or("-".to_string(), |m| m.to_string());
+            vec![g.pool.to_string(), g.email.to_string(), format_utc(g.granted), machine]
+        })
+        .collect();
+    table(&["POOL", "LICENSED USER", "GRANTED", "ACTIVATED ON"], rows);
+}
+
+pub fn offline(list: &[OfflineInfo], as_json: bool) {
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|o| {
+                json!({ "pool": o.pool.to_string(), "id": o.id, "machine": o.machine.as_str(), "issued_ms": o.issued.0,
+                        "last_day": o.last_day, "created_by": o.created_by.as_str(), "active": o.active })
+            })
+            .collect();
+        println!("{}", json!({ "offline": v }));
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|o| {
+            let state = if o.active { "active" } else { "expired" };
+            vec![
+                o.pool.to_string(),
+                o.id.clone(),
+                o.machine.to_string(),
+                o.last_day.clone(),
+                o.created_by.to_string(),
+                state.into(),
+            ]
+        })
+        .collect();
+    table(&["POOL", "LICENSE", "MACHINE", "LAST DAY", "CREATED BY", "STATE"], rows);
+}
+
+pub fn audit(list: &[AuditEntry], as_json: bool) {
+    if as_json {
+        let v: Vec<_> = list
+            .iter()
+            .map(|e| json!({ "at_ms": e.at.0, "actor": e.actor.as_str(), "action": e.action.name(), "detail": e.detail }))
+            .collect();
+        println!("{}", json!({ "audit": v }));
+        return;
+    }
+    let rows = list
+        .iter()
+        .map(|e| vec![format_utc(e.at), e.actor.to_string(), e.action.name().to_string(), e.detail.clone()])
+        .collect();
+    table(&["WHEN", "WHO", "WHAT", "DETAIL"], rows);
 }

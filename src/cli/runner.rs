@@ -59,7 +59,7 @@ impl Events {
     }
 }
 
-pub async fn run(a: RunnerArgs, conn: &ConnArgs) -> Result<ExitCode> {
+pub async fn run(a: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<ExitCode> {
     let ev = Events { json: a.json };
     let opts = conn.options()?;
     let machine = match a.machine_id.clone() {
@@ -67,8 +67,16 @@ pub async fn run(a: RunnerArgs, conn: &ConnArgs) -> Result<ExitCode> {
         None => license_broker::machine_id::current()?,
     };
     let nonce = license_broker::keys::random_u128()?;
-    let (client, lease) = match attach(&opts, &a, &machine, nonce).await {
-        Ok(v) => v,
+    let (client, lease) = match attach(&opts, &a, &machine, nonce, activation).await {
+        Ok((client, Attached::Lease(lease))) => (client, lease),
+        Ok((client, Attached::Bound { already })) => {
+            ev.emit(
+                json!({"event": "activated", "machine": machine.as_str(), "pool": a.pool.to_string(), "already": already}),
+                format!("activated: {} bound to machine {machine}{}", a.pool, if already { " (already)" } else { "" }),
+            );
+            client.close().await;
+            return Ok(ExitCode::SUCCESS);
+        }
         Err(e) => return Ok(ev.rejected(&e)),
     };
     ev.emit(
@@ -76,20 +84,41 @@ pub async fn run(a: RunnerArgs, conn: &ConnArgs) -> Result<ExitCode> {
                "pool": a.pool.to_string(), "deadline_ms": lease.deadline_ms}),
         format!("admitted: session {} on machine {machine}", lease.session),
     );
-    hold(client, lease, &opts, &a, &machine, nonce, &ev).await
+    hold(client, lease, &opts, &a, &machine, nonce, activation, &ev).await
 }
 
-/// Connects, registers the machine and acquires (or re-attaches).
+/// What attaching got: a leased session, or a node-locked binding.
+enum Attached {
+    Lease(Admitted),
+    Bound { already: bool },
+}
+
+/// Connects and acquires (a runner registers its machine first; an
+/// activation asks for a KSE activation). Re-attaches on a repeated nonce.
 async fn attach(
     opts: &ClientOptions,
     a: &RunnerArgs,
     machine: &MachineId,
     nonce: u128,
-) -> Result<(Client, Admitted), ClientError> {
+    activation: bool,
+) -> Result<(Client, Attached), ClientError> {
     let client = Client::connect(opts).await?;
+    if activation {
+        let act = client.activate(&a.org, a.pool, machine, nonce).await?;
+        let attached = match act.session {
+            Some(session) => Attached::Lease(Admitted {
+                session,
+                deadline_ms: act.deadline_ms,
+                ttl_ms: act.ttl_ms,
+                reattached: act.already,
+            }),
+            None => Attached::Bound { already: act.already },
+        };
+        return Ok((client, attached));
+    }
     client.register_machine(&a.org, a.pool, machine).await?;
     let lease = client.acquire(&a.org, a.pool, machine, nonce).await?;
-    Ok((client, lease))
+    Ok((client, Attached::Lease(lease)))
 }
 
 enum Stop {
@@ -98,6 +127,7 @@ enum Stop {
     Lost(ClientError),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn hold(
     mut client: Client,
     mut lease: Admitted,
@@ -105,19 +135,19 @@ async fn hold(
     a: &RunnerArgs,
     machine: &MachineId,
     nonce: u128,
+    activation: bool,
     ev: &Events,
 ) -> Result<ExitCode> {
     let beat = Duration::from_millis((lease.ttl_ms / 3).max(1));
     let until = a.hold.map(|h| tokio::time::Instant::now() + h);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let stop = loop {
-        let release_at = until
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+        let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
         tokio::select! {
             _ = tokio::time::sleep(beat) => match client.renew(lease.session).await {
                 Ok(deadline) => lease.deadline_ms = deadline,
                 Err(ClientError::Rejected(e)) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
-                Err(e) => match reattach(opts, a, machine, nonce, lease.deadline_ms).await {
+                Err(e) => match reattach(opts, a, machine, nonce, activation, lease.deadline_ms).await {
                     Ok((c, l)) => {
                         ev.emit(json!({"event": "reattached", "session": l.session.to_string()}),
                                 format!("reconnected: session {}", l.session));
@@ -147,8 +177,10 @@ async fn hold(
             client.close().await;
             match result {
                 Ok(()) => {
-                    ev.emit(json!({"event": "released", "session": lease.session.to_string(), "reason": "released"}),
-                            format!("released: session {}", lease.session));
+                    ev.emit(
+                        json!({"event": "released", "session": lease.session.to_string(), "reason": "released"}),
+                        format!("released: session {}", lease.session),
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => Ok(ev.rejected(&e)),
@@ -163,8 +195,10 @@ async fn hold(
             Ok(ExitCode::from(1))
         }
         Stop::Lost(e) => {
-            ev.emit(json!({"event": "lost", "session": lease.session.to_string(), "message": e.to_string()}),
-                    format!("lost the broker: {e}"));
+            ev.emit(
+                json!({"event": "lost", "session": lease.session.to_string(), "message": e.to_string()}),
+                format!("lost the broker: {e}"),
+            );
             Ok(ExitCode::from(1))
         }
     }
@@ -176,11 +210,15 @@ async fn reattach(
     a: &RunnerArgs,
     machine: &MachineId,
     nonce: u128,
+    activation: bool,
     deadline_ms: u64,
 ) -> Result<(Client, Admitted), ClientError> {
     loop {
-        match attach(opts, a, machine, nonce).await {
-            Ok(v) => return Ok(v),
+        match attach(opts, a, machine, nonce, activation).await {
+            Ok((c, Attached::Lease(l))) => return Ok((c, l)),
+            Ok((_, Attached::Bound { .. })) => {
+                return Err(ClientError::Protocol("a leased session became a binding".into()))
+            }
             Err(e @ ClientError::Rejected(_)) => return Err(e),
             Err(e) => {
                 if unix_ms() + 1000 >= deadline_ms {
@@ -193,7 +231,5 @@ async fn reattach(
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

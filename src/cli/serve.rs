@@ -40,9 +40,7 @@ pub struct ServeArgs {
 
 pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     if a.lease_ttl < Duration::from_millis(100) {
@@ -50,10 +48,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     }
     let mut options = Options::new(a.data_dir, a.listen);
     options.lease_ttl = a.lease_ttl;
-    options.tls = a
-        .tls_cert
-        .zip(a.tls_key)
-        .map(|(cert, key)| TlsFiles { cert, key });
+    options.tls = a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key });
     options.max_connections = a.max_connections;
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;

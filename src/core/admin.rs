@@ -8,7 +8,7 @@ use super::broker::Broker;
 use super::error::{Error, Result};
 use super::id::{Email, KeyHash, MachineId, OrgName, Role};
 use super::pool::PoolId;
-use super::record::{Change, Record};
+use super::record::{AuditAction, Change, Record};
 use super::time::Millis;
 use super::Principal;
 
@@ -43,37 +43,15 @@ pub struct KeyInfo {
 impl Broker {
     /// The records of a fresh broker: the operator's key, the `default` org
     /// (subscription through 9999-12-31) and its Owner with a key.
-    pub fn plan_bootstrap(
-        &self,
-        operator_key: KeyHash,
-        owner: &Email,
-        owner_key: KeyHash,
-        now: Millis,
-    ) -> Vec<Change> {
+    pub fn plan_bootstrap(&self, operator_key: KeyHash, owner: &Email, owner_key: KeyHash, now: Millis) -> Vec<Change> {
         // Invariant: these literals satisfy the validators (tested below).
         let default = OrgName::new("default").expect("valid org name");
         let operator = Email::new("operator@localhost").expect("valid email");
-        let end =
-            Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + 86_400_000));
+        let end = Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + 86_400_000));
         vec![
-            Change::Put(Record::Key {
-                hash: operator_key,
-                org: None,
-                email: operator,
-                created: now,
-                revoked: false,
-            }),
-            Change::Put(Record::Org {
-                name: default.clone(),
-                subscription_end: end,
-                created: now,
-            }),
-            Change::Put(Record::User {
-                org: default.clone(),
-                email: owner.clone(),
-                role: Role::Owner,
-                created: now,
-            }),
+            Change::Put(Record::Key { hash: operator_key, org: None, email: operator, created: now, revoked: false }),
+            Change::Put(Record::Org { name: default.clone(), subscription_end: end, created: now }),
+            Change::Put(Record::User { org: default.clone(), email: owner.clone(), role: Role::Owner, created: now }),
             Change::Put(Record::Key {
                 hash: owner_key,
                 org: Some(default),
@@ -99,24 +77,12 @@ impl Broker {
             return Err(Error::invalid("subscription end", "must be today or later"));
         }
         self.with_dir(|dir| match dir.orgs.contains_key(name) {
-            true => Err(Error::AlreadyExists {
-                what: "org",
-                name: name.to_string(),
-            }),
+            true => Err(Error::AlreadyExists { what: "org", name: name.to_string() }),
             false => Ok(()),
         })?;
         Ok(vec![
-            Change::Put(Record::Org {
-                name: name.clone(),
-                subscription_end,
-                created: now,
-            }),
-            Change::Put(Record::User {
-                org: name.clone(),
-                email: owner.clone(),
-                role: Role::Owner,
-                created: now,
-            }),
+            Change::Put(Record::Org { name: name.clone(), subscription_end, created: now }),
+            Change::Put(Record::User { org: name.clone(), email: owner.clone(), role: Role::Owner, created: now }),
             Change::Put(Record::Key {
                 hash: owner_key,
                 org: Some(name.clone()),
@@ -124,27 +90,34 @@ impl Broker {
                 created: now,
                 revoked: false,
             }),
+            self.audit(name, p, AuditAction::OrgCreated, format!("owner={owner}"), now),
         ])
     }
 
-    /// Operator: creates a pool or changes its quota.
+    /// Operator: creates a pool or changes its quota. Lowering it below the
+    /// seats, machines or grants in use cuts nothing; it refuses new ones
+    /// until usage is below the new quota.
     pub fn plan_set_pool(
         &self,
         p: &Principal,
         org: &OrgName,
         pool: PoolId,
         quota: u32,
+        now: Millis,
     ) -> Result<Vec<Change>> {
         p.require_operator()?;
         if quota > MAX_QUOTA {
             return Err(Error::invalid("quota", format!("at most {MAX_QUOTA}")));
         }
-        self.with_dir(|dir| dir.org(org).map(|_| ()))?;
-        Ok(vec![Change::Put(Record::Pool {
-            org: org.clone(),
-            pool,
-            quota,
-        })])
+        let old = self.with_dir(|dir| dir.org(org).map(|o| o.pools.get(&pool).map(|h| h.count().quota)))?;
+        let detail = match old {
+            Some(old) => format!("pool={pool} quota {old} -> {quota}"),
+            None => format!("pool={pool} created with quota {quota}"),
+        };
+        Ok(vec![
+            Change::Put(Record::Pool { org: org.clone(), pool, quota }),
+            self.audit(org, p, AuditAction::QuotaChanged, detail, now),
+        ])
     }
 
     /// Owner/Admin: adds a member. Only Owners add Owners.
@@ -163,19 +136,14 @@ impl Broker {
         p.require_may_manage(role)?;
         self.with_dir(|dir| {
             if dir.org(org)?.users.contains_key(email) {
-                return Err(Error::AlreadyExists {
-                    what: "user",
-                    name: email.to_string(),
-                });
+                return Err(Error::AlreadyExists { what: "user", name: email.to_string() });
             }
             Ok(())
         })?;
-        Ok(vec![Change::Put(Record::User {
-            org: org.clone(),
-            email: email.clone(),
-            role,
-            created: now,
-        })])
+        Ok(vec![
+            Change::Put(Record::User { org: org.clone(), email: email.clone(), role, created: now }),
+            self.audit(org, p, AuditAction::UserAdded, format!("user={email} role={role}"), now),
+        ])
     }
 
     /// Owner/Admin: a new API key for a member (only Owners mint Owner keys).
@@ -189,29 +157,23 @@ impl Broker {
     ) -> Result<Vec<Change>> {
         p.require_admin(org)?;
         let role = self.with_dir(|dir| {
-            dir.org(org)?
-                .users
-                .get(email)
-                .map(|u| u.role)
-                .ok_or_else(|| Error::not_found("user", email))
+            dir.org(org)?.users.get(email).map(|u| u.role).ok_or_else(|| Error::not_found("user", email))
         })?;
         p.require_may_manage(role)?;
-        Ok(vec![Change::Put(Record::Key {
-            hash,
-            org: Some(org.clone()),
-            email: email.clone(),
-            created: now,
-            revoked: false,
-        })])
+        Ok(vec![
+            Change::Put(Record::Key {
+                hash,
+                org: Some(org.clone()),
+                email: email.clone(),
+                created: now,
+                revoked: false,
+            }),
+            self.audit(org, p, AuditAction::KeyCreated, format!("key={} user={email}", hash.key_id()), now),
+        ])
     }
 
     /// Owner/Admin: revokes a key of their org, named by its id or the key's hash.
-    pub fn plan_revoke_key(
-        &self,
-        p: &Principal,
-        org: &OrgName,
-        key: KeyRef,
-    ) -> Result<Vec<Change>> {
+    pub fn plan_revoke_key(&self, p: &Principal, org: &OrgName, key: KeyRef, now: Millis) -> Result<Vec<Change>> {
         p.require_admin(org)?;
         self.with_dir(|dir| {
             let found = dir.keys.iter().find(|(hash, entry)| {
@@ -222,48 +184,51 @@ impl Broker {
                     }
             });
             let (hash, entry) = found.ok_or_else(|| Error::not_found("api key", key.describe()))?;
-            let role = dir
-                .org(org)?
-                .users
-                .get(&entry.email)
-                .map_or(Role::User, |u| u.role);
+            let role = dir.org(org)?.users.get(&entry.email).map_or(Role::User, |u| u.role);
             p.require_may_manage(role)?;
-            Ok(vec![Change::Put(Record::Key {
-                hash: *hash,
-                org: entry.org.clone(),
-                email: entry.email.clone(),
-                created: entry.created,
-                revoked: true,
-            })])
+            Ok(vec![
+                Change::Put(Record::Key {
+                    hash: *hash,
+                    org: entry.org.clone(),
+                    email: entry.email.clone(),
+                    created: entry.created,
+                    revoked: true,
+                }),
+                self.audit(org, p, AuditAction::KeyRevoked, format!("key={} user={}", hash.key_id(), entry.email), now),
+            ])
         })
     }
 
-    /// Owner/Admin: removes a machine from one pool, or from every pool of the org.
+    /// Owner/Admin: removes a machine from one pool, or from every pool of
+    /// the org: its KRE registration, and any node-locked activation bound
+    /// to it (whose seat comes back). Its live sessions end (revoked).
     pub fn plan_remove_machine(
         &self,
         p: &Principal,
         org: &OrgName,
         pool: Option<PoolId>,
         machine: &MachineId,
+        now: Millis,
     ) -> Result<Vec<Change>> {
         p.require_admin(org)?;
-        self.with_dir(|dir| {
-            let changes: Vec<Change> = dir
-                .org(org)?
-                .pools
-                .values()
-                .filter(|p| pool.is_none_or(|want| p.id == want) && p.has_machine(machine))
-                .map(|p| Change::RemoveMachine {
-                    org: org.clone(),
-                    pool: p.id,
-                    machine: machine.clone(),
-                })
-                .collect();
-            if changes.is_empty() {
-                return Err(Error::not_found("machine", machine));
+        let mut changes: Vec<Change> = self.with_dir(|dir| {
+            let mut out = Vec::new();
+            for h in dir.org(org)?.pools.values().filter(|h| pool.is_none_or(|want| h.id == want)) {
+                if h.has_machine(machine) {
+                    out.push(Change::RemoveMachine { org: org.clone(), pool: h.id, machine: machine.clone() });
+                }
+                for email in h.bound_to(machine) {
+                    out.push(Change::RemoveBinding { org: org.clone(), pool: h.id, email });
+                }
             }
-            Ok(changes)
-        })
+            Ok::<_, Error>(out)
+        })?;
+        if changes.is_empty() {
+            return Err(Error::not_found("machine", machine));
+        }
+        let scope = pool.map_or("every pool".to_string(), |p| p.to_string());
+        changes.push(self.audit(org, p, AuditAction::MachineRemoved, format!("machine={machine} from={scope}"), now));
+        Ok(changes)
     }
 
     /// Owner/Admin: the org's members.
@@ -274,11 +239,7 @@ impl Broker {
                 .org(org)?
                 .users
                 .iter()
-                .map(|(email, u)| UserInfo {
-                    email: email.clone(),
-                    role: u.role,
-                    created: u.created,
-                })
+                .map(|(email, u)| UserInfo { email: email.clone(), role: u.role, created: u.created })
                 .collect();
             v.sort_by(|a, b| a.email.cmp(&b.email));
             Ok(v)

@@ -5,6 +5,7 @@
 //! or does I/O. Durable changes follow plan → commit (by the caller) → apply,
 //! so memory never runs ahead of the store.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -12,11 +13,11 @@ use serde::{Deserialize, Serialize};
 use super::directory::{Directory, Principal};
 use super::error::{Error, Result};
 use super::id::{MachineId, Nonce, OrgName, SessionId};
-use super::pool::{Pool, PoolId, PoolStatus, Registration};
-use super::record::{Change, Record};
+use super::pool::{Kind, Pool, PoolId, PoolStatus, Product, Registration};
+use super::record::{AuditAction, AuditEntry, Change, Record};
 use super::session::{ConnId, EndReason, Ended, Lease, SessionInfo, SessionRequest, SessionTable};
 use super::time::Millis;
-use crate::sync::{Arc, AtomicU64, Ordering, RwLock};
+use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
 /// Tunables of the core.
 #[derive(Clone, Debug)]
@@ -29,10 +30,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Config {
-        Config {
-            lease_ttl: Duration::from_secs(30),
-            shard_bits: 6,
-        }
+        Config { lease_ttl: Duration::from_secs(30), shard_bits: 6 }
     }
 }
 
@@ -59,6 +57,12 @@ pub struct Broker {
     sessions: SessionTable,
     /// Source of pool uids (distinct per pool, never reused).
     pool_uids: AtomicU64,
+    /// Active offline licenses by expiry: their seats come back then.
+    /// Few (bounded by quotas) and touched only by admins and the expiry
+    /// task, so a plain lock.
+    offline_due: Mutex<BTreeMap<(Millis, u128), Arc<Pool>>>,
+    /// Orders audit entries written in the same millisecond.
+    audit_seq: AtomicU64,
 }
 
 impl Broker {
@@ -70,6 +74,8 @@ impl Broker {
             dir: RwLock::new(Directory::default()),
             version: AtomicU64::new(1),
             pool_uids: AtomicU64::new(1),
+            offline_due: Mutex::new(BTreeMap::new()),
+            audit_seq: AtomicU64::new(0),
         }
     }
 
@@ -110,12 +116,7 @@ impl Broker {
         let handle = self.member_pool(p, org, pool)?;
         let reg = handle.register_machine(machine, now)?;
         let change = (reg == Registration::New).then(|| {
-            Change::Put(Record::Machine {
-                org: org.clone(),
-                pool,
-                machine: machine.clone(),
-                registered: now,
-            })
+            Change::Put(Record::Machine { org: org.clone(), pool, machine: machine.clone(), registered: now })
         });
         Ok((reg, change))
     }
@@ -140,7 +141,7 @@ impl Broker {
         now: Millis,
     ) -> Result<Lease> {
         let handle = self.member_pool(p, org, pool)?;
-        if !handle.has_machine(&machine) {
+        if handle.id.product == Product::Kre && !handle.has_machine(&machine) {
             return Err(Error::MachineNotRegistered);
         }
         self.acquire_on(p, &handle, machine, nonce, conn, now)
@@ -158,28 +159,26 @@ impl Broker {
         conn: ConnId,
         now: Millis,
     ) -> Result<Lease> {
-        let req = SessionRequest {
-            machine,
-            user: p.email.clone(),
-            nonce,
-            conn,
-        };
+        if pool.id.product == Product::Kse {
+            if pool.id.kind == Kind::NodeLocked {
+                return Err(Error::invalid("pool", "a node-locked KSE license is activated on a machine, not leased"));
+            }
+            if !pool.has_grant(&p.email) {
+                return Err(Error::NotLicensed);
+            }
+        }
+        let req = SessionRequest { machine, user: p.email.clone(), nonce, conn };
         self.sessions.acquire(pool, req, now, self.config.lease_ttl)
     }
 
     /// Heartbeat: extends a live session of the caller's org.
     pub fn renew(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Millis> {
-        self.sessions
-            .renew(session, now, self.config.lease_ttl, |pool| {
-                Some(&pool.org) == p.org.as_ref()
-            })
+        self.sessions.renew(session, now, self.config.lease_ttl, |pool| Some(&pool.org) == p.org.as_ref())
     }
 
     /// Ends a session of the caller's org on the runner's request.
     pub fn release(&self, p: &Principal, session: SessionId) -> Result<Ended> {
-        self.sessions.end(session, EndReason::Released, |pool, _| {
-            Some(&pool.org) == p.org.as_ref()
-        })
+        self.sessions.end(session, EndReason::Released, |pool, _| Some(&pool.org) == p.org.as_ref())
     }
 
     /// An Owner/Admin ends a session of their org.
@@ -191,29 +190,69 @@ impl Broker {
     }
 
     /// A connection closed cleanly: end the sessions it still holds.
-    pub fn close_connection(
-        &self,
-        conn: ConnId,
-        sessions: impl IntoIterator<Item = SessionId>,
-    ) -> Vec<Ended> {
+    pub fn close_connection(&self, conn: ConnId, sessions: impl IntoIterator<Item = SessionId>) -> Vec<Ended> {
         sessions
             .into_iter()
-            .filter_map(|id| {
-                self.sessions
-                    .end(id, EndReason::ConnectionClosed, |_, owner| owner == conn)
-                    .ok()
-            })
+            .filter_map(|id| self.sessions.end(id, EndReason::ConnectionClosed, |_, owner| owner == conn).ok())
             .collect()
     }
 
     /// The earliest lease deadline, for the expiry task's sleep.
     pub fn next_deadline(&self) -> Option<Millis> {
-        self.sessions.next_deadline()
+        let offline = self.offline_due.lock().keys().next().map(|(at, _)| *at);
+        match (self.sessions.next_deadline(), offline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Ends every lease whose deadline is at or before `now`.
+    /// Ends every lease whose deadline is at or before `now`, and returns
+    /// the seats of offline licenses that expired.
     pub fn expire(&self, now: Millis) -> Vec<Ended> {
+        self.expire_offline(now);
         self.sessions.expire(now)
+    }
+
+    fn expire_offline(&self, now: Millis) {
+        let due: Vec<((Millis, u128), Arc<Pool>)> = {
+            let mut map = self.offline_due.lock();
+            let later = map.split_off(&(Millis(now.0.saturating_add(1)), 0));
+            std::mem::replace(&mut *map, later).into_iter().collect()
+        };
+        for ((_, id), pool) in due {
+            pool.expire_offline(id);
+        }
+    }
+
+    /// Tracks an active offline license for expiry.
+    pub(crate) fn track_offline(&self, pool: Arc<Pool>, id: u128, expires: Millis) {
+        self.offline_due.lock().insert((expires, id), pool);
+    }
+
+    /// Forgets an offline license's expiry (its reservation was cancelled).
+    pub(crate) fn untrack_offline(&self, id: u128, expires: Millis) {
+        self.offline_due.lock().remove(&(expires, id));
+    }
+
+    /// A new audit line for `org`.
+    pub(crate) fn audit(
+        &self,
+        org: &OrgName,
+        p: &Principal,
+        action: AuditAction,
+        detail: String,
+        now: Millis,
+    ) -> Change {
+        // Relaxed: ordering within a millisecond only needs distinct values.
+        let seq = self.audit_seq.fetch_add(1, Ordering::Relaxed);
+        Change::Put(Record::Audit(AuditEntry {
+            org: org.clone(),
+            at: now,
+            seq,
+            actor: p.email.clone(),
+            action,
+            detail,
+        }))
     }
 
     /// Live sessions of an org (Owner/Admin).
@@ -232,13 +271,11 @@ impl Broker {
         Ok(pools
             .iter()
             .flat_map(|pool| {
-                pool.machines()
-                    .into_iter()
-                    .map(|(machine, registered)| MachineInfo {
-                        pool: pool.id,
-                        machine,
-                        registered,
-                    })
+                pool.machines().into_iter().map(|(machine, registered)| MachineInfo {
+                    pool: pool.id,
+                    machine,
+                    registered,
+                })
             })
             .collect())
     }
@@ -251,12 +288,7 @@ impl Broker {
                 if p.role != super::id::Role::Operator {
                     p.require_member(o)?;
                 }
-                vec![
-                    dir.orgs
-                        .get_key_value(o)
-                        .ok_or_else(|| Error::not_found("org", o))?
-                        .0,
-                ]
+                vec![dir.orgs.get_key_value(o).ok_or_else(|| Error::not_found("org", o))?.0]
             }
             (None, Some(mine)) => vec![mine],
             (None, None) => dir.orgs.keys().collect(),
@@ -282,20 +314,33 @@ impl Broker {
         {
             let mut dir = self.dir.write();
             for change in changes {
-                dir.apply(change, |org, id, quota, end| {
+                let restored = dir.apply(change, |org, id, quota, end| {
                     // Relaxed: uniqueness only; no other memory depends on it.
                     let uid = self.pool_uids.fetch_add(1, Ordering::Relaxed);
                     Arc::new(Pool::new(uid, org.clone(), id, quota, end))
                 });
+                if let Some((pool, entry)) = restored {
+                    self.track_offline(pool, entry.id, entry.expires);
+                }
             }
         }
         // Release: pairs with the Acquire in `version`.
         self.version.fetch_add(1, Ordering::Release);
         for change in changes {
-            if let Change::RemoveMachine { org, pool, machine } = change {
-                ended.extend(self.sessions.end_where(EndReason::Revoked, |p, m| {
-                    &p.org == org && p.id == *pool && m == machine
-                }));
+            match change {
+                Change::RemoveMachine { org, pool, machine } => {
+                    ended.extend(
+                        self.sessions
+                            .end_where(EndReason::Revoked, |p, m, _| &p.org == org && p.id == *pool && m == machine),
+                    );
+                }
+                Change::RemoveGrant { org, pool, email } => {
+                    ended.extend(
+                        self.sessions
+                            .end_where(EndReason::Revoked, |p, _, u| &p.org == org && p.id == *pool && u == email),
+                    );
+                }
+                _ => {}
             }
         }
         ended
@@ -320,13 +365,7 @@ impl Broker {
 
     /// Whether a machine is already registered in a pool of the caller's org
     /// (the fast path of registration, which needs no durable write).
-    pub fn is_registered(
-        &self,
-        p: &Principal,
-        org: &OrgName,
-        pool: PoolId,
-        machine: &MachineId,
-    ) -> Result<bool> {
+    pub fn is_registered(&self, p: &Principal, org: &OrgName, pool: PoolId, machine: &MachineId) -> Result<bool> {
         Ok(self.member_pool(p, org, pool)?.has_machine(machine))
     }
 }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use super::error::{Error, Result};
 use super::id::{Email, KeyHash, OrgName, Role};
-use super::pool::{Pool, PoolId};
+use super::pool::{OfflineEntry, Pool, PoolId};
 use super::record::{Change, Record};
 use super::time::Millis;
 use crate::sync::Arc;
@@ -48,9 +48,7 @@ impl Principal {
         if self.role.is_admin() {
             Ok(())
         } else {
-            Err(Error::Forbidden(
-                "only an Owner or Admin of the org can do this",
-            ))
+            Err(Error::Forbidden("only an Owner or Admin of the org can do this"))
         }
     }
 
@@ -96,11 +94,7 @@ pub(crate) struct Directory {
 impl Directory {
     /// Resolves a key to its principal; revoked keys and removed users are refused.
     pub fn principal(&self, hash: &KeyHash) -> Result<Principal> {
-        let key = self
-            .keys
-            .get(hash)
-            .filter(|k| !k.revoked)
-            .ok_or(Error::Unauthorized)?;
+        let key = self.keys.get(hash).filter(|k| !k.revoked).ok_or(Error::Unauthorized)?;
         let role = match &key.org {
             None => Role::Operator,
             Some(org) => {
@@ -108,24 +102,15 @@ impl Directory {
                 entry.users.get(&key.email).ok_or(Error::Unauthorized)?.role
             }
         };
-        Ok(Principal {
-            org: key.org.clone(),
-            email: key.email.clone(),
-            role,
-        })
+        Ok(Principal { org: key.org.clone(), email: key.email.clone(), role })
     }
 
     pub fn org(&self, org: &OrgName) -> Result<&OrgEntry> {
-        self.orgs
-            .get(org)
-            .ok_or_else(|| Error::not_found("org", org))
+        self.orgs.get(org).ok_or_else(|| Error::not_found("org", org))
     }
 
     pub fn pool(&self, org: &OrgName, pool: PoolId) -> Result<&Arc<Pool>> {
-        self.org(org)?
-            .pools
-            .get(&pool)
-            .ok_or_else(|| Error::not_found("pool", format!("{org}/{pool}")))
+        self.org(org)?.pools.get(&pool).ok_or_else(|| Error::not_found("pool", format!("{org}/{pool}")))
     }
 
     /// Applies one committed change. `new_pool` builds pools so the broker
@@ -134,13 +119,9 @@ impl Directory {
         &mut self,
         change: &Change,
         mut new_pool: impl FnMut(&OrgName, PoolId, u32, Millis) -> Arc<Pool>,
-    ) {
+    ) -> Option<(Arc<Pool>, OfflineEntry)> {
         match change {
-            Change::Put(Record::Org {
-                name,
-                subscription_end,
-                ..
-            }) => {
+            Change::Put(Record::Org { name, subscription_end, .. }) => {
                 let entry = self.orgs.entry(name.clone()).or_insert_with(|| OrgEntry {
                     subscription_end: *subscription_end,
                     pools: HashMap::new(),
@@ -153,7 +134,7 @@ impl Directory {
             }
             Change::Put(Record::Pool { org, pool, quota }) => {
                 let Some(entry) = self.orgs.get_mut(org) else {
-                    return;
+                    return None;
                 };
                 let end = entry.subscription_end;
                 match entry.pools.get(pool) {
@@ -163,45 +144,18 @@ impl Directory {
                     }
                 }
             }
-            Change::Put(Record::User {
-                org,
-                email,
-                role,
-                created,
-            }) => {
+            Change::Put(Record::User { org, email, role, created }) => {
                 if let Some(entry) = self.orgs.get_mut(org) {
-                    entry.users.insert(
-                        email.clone(),
-                        UserEntry {
-                            role: *role,
-                            created: *created,
-                        },
-                    );
+                    entry.users.insert(email.clone(), UserEntry { role: *role, created: *created });
                 }
             }
-            Change::Put(Record::Key {
-                hash,
-                org,
-                email,
-                created,
-                revoked,
-            }) => {
+            Change::Put(Record::Key { hash, org, email, created, revoked }) => {
                 self.keys.insert(
                     *hash,
-                    KeyEntry {
-                        org: org.clone(),
-                        email: email.clone(),
-                        created: *created,
-                        revoked: *revoked,
-                    },
+                    KeyEntry { org: org.clone(), email: email.clone(), created: *created, revoked: *revoked },
                 );
             }
-            Change::Put(Record::Machine {
-                org,
-                pool,
-                machine,
-                registered,
-            }) => {
+            Change::Put(Record::Machine { org, pool, machine, registered }) => {
                 if let Ok(p) = self.pool(org, *pool) {
                     p.restore_machine(machine.clone(), *registered);
                 }
@@ -211,6 +165,42 @@ impl Directory {
                     p.forget_machine(machine);
                 }
             }
+            Change::Put(Record::Grant { org, pool, email, granted }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.restore_grant(email, *granted);
+                }
+            }
+            Change::RemoveGrant { org, pool, email } => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.forget_grant(email);
+                }
+            }
+            Change::Put(Record::Binding { org, pool, email, machine, bound }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.restore_binding(email, machine, *bound);
+                }
+            }
+            Change::RemoveBinding { org, pool, email } => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.unbind(email);
+                }
+            }
+            Change::Put(Record::Offline { org, pool, license }) => {
+                let p = self.pool(org, *pool).ok()?;
+                let entry = OfflineEntry {
+                    id: license.id,
+                    machine: license.machine.clone(),
+                    issued: license.issued,
+                    expires: license.expires,
+                    created_by: license.created_by.clone(),
+                    active: true,
+                };
+                if p.restore_offline(entry.clone()) {
+                    return Some((p.clone(), entry));
+                }
+            }
+            Change::Put(Record::Audit(_)) => {}
         }
+        None
     }
 }

@@ -8,6 +8,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::id::MachineId;
+
 /// The stable, documented error codes of the protocol.
 ///
 /// Numbers are part of the wire format and never reused.
@@ -48,11 +50,23 @@ pub enum ErrorCode {
     StoreFailure,
     /// An unexpected internal error.
     Internal,
+    /// Every license of the pool is granted; revoke one first.
+    GrantLimit,
+    /// The user holds no grant of this (KSE) pool.
+    NotLicensed,
+    /// The user's node-locked license is activated on another machine.
+    AlreadyActivated,
+    /// Offline licenses come only from annual node-locked pools.
+    OfflineNotAllowed,
+    /// The offline license would outlive its limit (60 days, or the subscription).
+    ExpiryTooLate,
+    /// Offline licenses cannot be revoked or transferred.
+    OfflineIrrevocable,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -70,6 +84,12 @@ impl ErrorCode {
         ErrorCode::Draining,
         ErrorCode::StoreFailure,
         ErrorCode::Internal,
+        ErrorCode::GrantLimit,
+        ErrorCode::NotLicensed,
+        ErrorCode::AlreadyActivated,
+        ErrorCode::OfflineNotAllowed,
+        ErrorCode::ExpiryTooLate,
+        ErrorCode::OfflineIrrevocable,
     ];
 
     /// The SCREAMING_SNAKE name used in JSON output and the docs.
@@ -92,6 +112,12 @@ impl ErrorCode {
             ErrorCode::Draining => "DRAINING",
             ErrorCode::StoreFailure => "STORE_FAILURE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::GrantLimit => "GRANT_LIMIT",
+            ErrorCode::NotLicensed => "NOT_LICENSED",
+            ErrorCode::AlreadyActivated => "ALREADY_ACTIVATED",
+            ErrorCode::OfflineNotAllowed => "OFFLINE_NOT_ALLOWED",
+            ErrorCode::ExpiryTooLate => "EXPIRY_TOO_LATE",
+            ErrorCode::OfflineIrrevocable => "OFFLINE_IRREVOCABLE",
         }
     }
 }
@@ -128,6 +154,18 @@ pub enum Error {
     SubscriptionExpired,
     /// The session table has no room (16.7 million sessions per shard).
     TableFull,
+    /// Every license of the pool is granted.
+    GrantLimit { quota: u32 },
+    /// The user holds no grant of the pool.
+    NotLicensed,
+    /// The user's node-locked license is bound to another machine.
+    AlreadyActivated { machine: MachineId },
+    /// The pool cannot issue offline licenses; the text says why.
+    OfflineNotAllowed(String),
+    /// The requested expiry is past a limit; the text names it.
+    ExpiryTooLate(String),
+    /// Offline licenses cannot be revoked or transferred; it returns its seat at `expires`.
+    OfflineIrrevocable { expires: String },
 }
 
 impl Error {
@@ -145,21 +183,21 @@ impl Error {
             Error::Invalid { .. } => ErrorCode::InvalidArgument,
             Error::SubscriptionExpired => ErrorCode::SubscriptionExpired,
             Error::TableFull => ErrorCode::Internal,
+            Error::GrantLimit { .. } => ErrorCode::GrantLimit,
+            Error::NotLicensed => ErrorCode::NotLicensed,
+            Error::AlreadyActivated { .. } => ErrorCode::AlreadyActivated,
+            Error::OfflineNotAllowed(_) => ErrorCode::OfflineNotAllowed,
+            Error::ExpiryTooLate(_) => ErrorCode::ExpiryTooLate,
+            Error::OfflineIrrevocable { .. } => ErrorCode::OfflineIrrevocable,
         }
     }
 
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
-        Error::Invalid {
-            what,
-            reason: reason.into(),
-        }
+        Error::Invalid { what, reason: reason.into() }
     }
 
     pub(crate) fn not_found(what: &'static str, name: impl fmt::Display) -> Error {
-        Error::NotFound {
-            what,
-            name: name.to_string(),
-        }
+        Error::NotFound { what, name: name.to_string() }
     }
 }
 
@@ -187,6 +225,20 @@ impl fmt::Display for Error {
             Error::Invalid { what, reason } => write!(f, "invalid {what}: {reason}"),
             Error::SubscriptionExpired => f.write_str("the organisation's subscription has ended"),
             Error::TableFull => f.write_str("the broker's session table is full"),
+            Error::GrantLimit { quota } => {
+                write!(f, "grant limit reached: all {quota} licenses of the pool are granted; revoke one first")
+            }
+            Error::NotLicensed => f.write_str("no license of this pool is granted to you; ask an Owner or Admin"),
+            Error::AlreadyActivated { machine } => write!(
+                f,
+                "your license is already activated on machine {machine}; an Owner or Admin must free it first (machine remove)"
+            ),
+            Error::OfflineNotAllowed(why) => write!(f, "offline licenses are not allowed here: {why}"),
+            Error::ExpiryTooLate(why) => write!(f, "expiry too late: {why}"),
+            Error::OfflineIrrevocable { expires } => write!(
+                f,
+                "an offline license cannot be revoked or transferred; its seat returns by itself after {expires}"
+            ),
         }
     }
 }

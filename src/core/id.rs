@@ -91,9 +91,7 @@ fn check_org(s: &str) -> Result<(), String> {
         return Err("must be 1 to 63 characters".into());
     }
     if !s.chars().all(ok_char) || !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(
-            "use lowercase letters, digits, '-' and '_', starting with a letter or digit".into(),
-        );
+        return Err("use lowercase letters, digits, '-' and '_', starting with a letter or digit".into());
     }
     Ok(())
 }
@@ -152,9 +150,7 @@ impl fmt::Debug for SessionId {
 impl FromStr for SessionId {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        u64::from_str_radix(s, 16)
-            .map(SessionId)
-            .map_err(|_| Error::invalid("session id", "expected 16 hex digits"))
+        u64::from_str_radix(s, 16).map(SessionId).map_err(|_| Error::invalid("session id", "expected 16 hex digits"))
     }
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::hash::FastMap;
-use super::id::{MachineId, OrgName};
+use super::id::{Email, MachineId, OrgName};
 use super::seats::{SeatCount, Seats};
 use super::time::Millis;
 use crate::sync::{AtomicU64, Mutex, Ordering};
@@ -56,12 +56,16 @@ pub struct PoolId {
 }
 
 impl PoolId {
+    /// `KSE` or `KRE`, as license file names spell it.
+    pub fn product_name(&self) -> &'static str {
+        match self.product {
+            Product::Kse => "KSE",
+            Product::Kre => "KRE",
+        }
+    }
+
     /// The pool KRE runners use unless told otherwise.
-    pub const KRE_DEFAULT: PoolId = PoolId {
-        product: Product::Kre,
-        kind: Kind::Floating,
-        term: Term::Annual,
-    };
+    pub const KRE_DEFAULT: PoolId = PoolId { product: Product::Kre, kind: Kind::Floating, term: Term::Annual };
 }
 
 impl fmt::Display for PoolId {
@@ -85,19 +89,10 @@ impl fmt::Display for PoolId {
 impl FromStr for PoolId {
     type Err = Error;
     fn from_str(s: &str) -> Result<PoolId> {
-        let bad = || {
-            Error::invalid(
-                "pool",
-                format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"),
-            )
-        };
+        let bad = || Error::invalid("pool", format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"));
         let (product, rest) = s.split_once('-').ok_or_else(bad)?;
         let (kind, term) = rest.rsplit_once('-').ok_or_else(bad)?;
-        Ok(PoolId {
-            product: product.parse()?,
-            kind: kind.parse()?,
-            term: term.parse()?,
-        })
+        Ok(PoolId { product: product.parse()?, kind: kind.parse()?, term: term.parse()? })
     }
 }
 
@@ -107,10 +102,7 @@ impl FromStr for Product {
         match s {
             "kre" => Ok(Product::Kre),
             "kse" => Ok(Product::Kse),
-            _ => Err(Error::invalid(
-                "product",
-                format!("{s:?}: expected kre or kse"),
-            )),
+            _ => Err(Error::invalid("product", format!("{s:?}: expected kre or kse"))),
         }
     }
 }
@@ -121,10 +113,7 @@ impl FromStr for Kind {
         match s {
             "floating" => Ok(Kind::Floating),
             "node-locked" => Ok(Kind::NodeLocked),
-            _ => Err(Error::invalid(
-                "kind",
-                format!("{s:?}: expected floating or node-locked"),
-            )),
+            _ => Err(Error::invalid("kind", format!("{s:?}: expected floating or node-locked"))),
         }
     }
 }
@@ -135,10 +124,7 @@ impl FromStr for Term {
         match s {
             "annual" => Ok(Term::Annual),
             "monthly" => Ok(Term::Monthly),
-            _ => Err(Error::invalid(
-                "term",
-                format!("{s:?}: expected annual or monthly"),
-            )),
+            _ => Err(Error::invalid("term", format!("{s:?}: expected annual or monthly"))),
         }
     }
 }
@@ -174,6 +160,37 @@ pub struct Pool {
     machines: Mutex<FastMap<MachineId, Millis>>,
     /// Quota and seats in use.
     seats: Padded<Seats>,
+    /// KSE grants, node-locked activations and offline licenses. Changed
+    /// only by admin requests and activations, which the shell serialises,
+    /// so a plain lock.
+    licensing: Mutex<Licensing>,
+}
+
+#[derive(Default)]
+struct Licensing {
+    /// Licensed users (KSE) and when each was granted.
+    grants: FastMap<Email, Millis>,
+    /// Node-locked activations: user → machine; each holds a seat.
+    bindings: FastMap<Email, (MachineId, Millis)>,
+    /// Every offline license created from the pool, expired ones included.
+    offline: Vec<OfflineEntry>,
+}
+
+/// An offline license as the pool tracks it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineEntry {
+    /// Unique id.
+    pub id: u128,
+    /// The machine it is bound to.
+    pub machine: MachineId,
+    /// When it was created.
+    pub issued: Millis,
+    /// When its seat comes back.
+    pub expires: Millis,
+    /// Who created it.
+    pub created_by: Email,
+    /// Whether it still holds its seat.
+    pub active: bool,
 }
 
 /// Keeps its contents on cache lines of their own.
@@ -216,6 +233,7 @@ impl Pool {
             not_after: AtomicU64::new(not_after.0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(Seats::new(quota)),
+            licensing: Mutex::new(Licensing::default()),
         }
     }
 
@@ -228,9 +246,7 @@ impl Pool {
         if now.0 >= self.not_after.load(Ordering::Relaxed) {
             return Err(Error::SubscriptionExpired);
         }
-        self.seats
-            .try_acquire()
-            .map_err(|quota| Error::QuotaExceeded { quota })
+        self.seats.try_acquire().map_err(|quota| Error::QuotaExceeded { quota })
     }
 
     /// Returns a seat; called exactly once per ended session.
@@ -287,14 +303,132 @@ impl Pool {
 
     /// Registered machines with their registration times, sorted by id.
     pub fn machines(&self) -> Vec<(MachineId, Millis)> {
-        let mut v: Vec<_> = self
-            .machines
-            .lock()
-            .iter()
-            .map(|(m, t)| (m.clone(), *t))
-            .collect();
+        let mut v: Vec<_> = self.machines.lock().iter().map(|(m, t)| (m.clone(), *t)).collect();
         v.sort();
         v
+    }
+
+    /// Whether `email` holds a grant (KSE licensed user).
+    pub fn has_grant(&self, email: &Email) -> bool {
+        self.licensing.lock().grants.contains_key(email)
+    }
+
+    /// Licensed users: email, when granted, and the machine a node-locked
+    /// activation bound them to.
+    pub fn grants(&self) -> Vec<(Email, Millis, Option<MachineId>)> {
+        let l = self.licensing.lock();
+        let mut v: Vec<_> =
+            l.grants.iter().map(|(e, t)| (e.clone(), *t, l.bindings.get(e).map(|(m, _)| m.clone()))).collect();
+        v.sort();
+        v
+    }
+
+    /// How many users hold a grant.
+    pub fn grant_count(&self) -> usize {
+        self.licensing.lock().grants.len()
+    }
+
+    /// Records a grant (idempotent).
+    pub fn restore_grant(&self, email: &Email, at: Millis) {
+        self.licensing.lock().grants.entry(email.clone()).or_insert(at);
+    }
+
+    /// Drops a grant; returns whether it was there.
+    pub fn forget_grant(&self, email: &Email) -> bool {
+        self.licensing.lock().grants.remove(email).is_some()
+    }
+
+    /// The machine a user's node-locked license is activated on.
+    pub fn binding(&self, email: &Email) -> Option<MachineId> {
+        self.licensing.lock().bindings.get(email).map(|(m, _)| m.clone())
+    }
+
+    /// Users whose node-locked license is activated on `machine`.
+    pub fn bound_to(&self, machine: &MachineId) -> Vec<Email> {
+        self.licensing.lock().bindings.iter().filter(|(_, (m, _))| m == machine).map(|(e, _)| e.clone()).collect()
+    }
+
+    /// Activates a user's license on a machine, taking a seat.
+    pub fn bind(&self, email: &Email, machine: &MachineId, at: Millis) -> Result<()> {
+        let mut l = self.licensing.lock();
+        if l.bindings.contains_key(email) {
+            return Ok(());
+        }
+        self.seats.try_acquire().map_err(|quota| Error::QuotaExceeded { quota })?;
+        l.bindings.insert(email.clone(), (machine.clone(), at));
+        Ok(())
+    }
+
+    /// Restores a persisted activation at start (idempotent; see `Seats::force_take`).
+    pub fn restore_binding(&self, email: &Email, machine: &MachineId, at: Millis) {
+        let mut l = self.licensing.lock();
+        if !l.bindings.contains_key(email) {
+            self.seats.force_take();
+            l.bindings.insert(email.clone(), (machine.clone(), at));
+        }
+    }
+
+    /// Frees a user's activation and its seat; returns the machine it was on.
+    pub fn unbind(&self, email: &Email) -> Option<MachineId> {
+        let (machine, _) = self.licensing.lock().bindings.remove(email)?;
+        self.seats.release();
+        Some(machine)
+    }
+
+    /// The expiry of the active offline license bound to `machine`, if any.
+    pub fn active_offline_for(&self, machine: &MachineId) -> Option<Millis> {
+        self.licensing.lock().offline.iter().find(|o| o.active && &o.machine == machine).map(|o| o.expires)
+    }
+
+    /// Records a new offline license, taking a seat.
+    pub fn reserve_offline(&self, entry: OfflineEntry) -> Result<()> {
+        let mut l = self.licensing.lock();
+        self.seats.try_acquire().map_err(|quota| Error::QuotaExceeded { quota })?;
+        l.offline.push(entry);
+        Ok(())
+    }
+
+    /// Restores a persisted offline license (idempotent): it holds a seat
+    /// until the broker's first expiry pass finds it expired. Returns
+    /// whether it was new to memory.
+    pub fn restore_offline(&self, entry: OfflineEntry) -> bool {
+        let mut l = self.licensing.lock();
+        if l.offline.iter().any(|o| o.id == entry.id) {
+            return false;
+        }
+        if entry.active {
+            self.seats.force_take();
+        }
+        l.offline.push(entry);
+        true
+    }
+
+    /// Undoes `reserve_offline` whose commit failed.
+    pub fn cancel_offline(&self, id: u128) {
+        let mut l = self.licensing.lock();
+        if let Some(i) = l.offline.iter().position(|o| o.id == id) {
+            if l.offline.remove(i).active {
+                self.seats.release();
+            }
+        }
+    }
+
+    /// Returns an offline license's seat at its expiry (once).
+    pub fn expire_offline(&self, id: u128) -> bool {
+        let mut l = self.licensing.lock();
+        match l.offline.iter_mut().find(|o| o.id == id && o.active) {
+            Some(o) => {
+                o.active = false;
+                self.seats.release();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every offline license of the pool, oldest first.
+    pub fn offline(&self) -> Vec<OfflineEntry> {
+        self.licensing.lock().offline.clone()
     }
 
     /// The pool's numbers for `status`, with the admission counts the
@@ -318,22 +452,12 @@ mod tests {
     use super::*;
 
     fn pool(quota: u32) -> Pool {
-        Pool::new(
-            1,
-            OrgName::new("acme").unwrap(),
-            PoolId::KRE_DEFAULT,
-            quota,
-            Millis::MAX,
-        )
+        Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, quota, Millis::MAX)
     }
 
     #[test]
     fn pool_ids_round_trip() {
-        for s in [
-            "kre-floating-annual",
-            "kse-node-locked-monthly",
-            "kre-node-locked-annual",
-        ] {
+        for s in ["kre-floating-annual", "kse-node-locked-monthly", "kre-node-locked-annual"] {
             assert_eq!(s.parse::<PoolId>().unwrap().to_string(), s);
         }
         assert!("kre".parse::<PoolId>().is_err());
@@ -344,38 +468,17 @@ mod tests {
     fn machines_capped_by_quota_and_idempotent() {
         let p = pool(2);
         let m = |s: &str| MachineId::new(s).unwrap();
-        assert_eq!(
-            p.register_machine(&m("a"), Millis(1)),
-            Ok(Registration::New)
-        );
-        assert_eq!(
-            p.register_machine(&m("a"), Millis(2)),
-            Ok(Registration::Known)
-        );
-        assert_eq!(
-            p.register_machine(&m("b"), Millis(3)),
-            Ok(Registration::New)
-        );
-        assert_eq!(
-            p.register_machine(&m("c"), Millis(4)),
-            Err(Error::MachineLimit { quota: 2 })
-        );
+        assert_eq!(p.register_machine(&m("a"), Millis(1)), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("a"), Millis(2)), Ok(Registration::Known));
+        assert_eq!(p.register_machine(&m("b"), Millis(3)), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("c"), Millis(4)), Err(Error::MachineLimit { quota: 2 }));
         assert!(p.forget_machine(&m("a")));
-        assert_eq!(
-            p.register_machine(&m("c"), Millis(5)),
-            Ok(Registration::New)
-        );
+        assert_eq!(p.register_machine(&m("c"), Millis(5)), Ok(Registration::New));
     }
 
     #[test]
     fn nothing_admitted_after_subscription_end() {
-        let p = Pool::new(
-            1,
-            OrgName::new("acme").unwrap(),
-            PoolId::KRE_DEFAULT,
-            5,
-            Millis(100),
-        );
+        let p = Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, 5, Millis(100));
         assert!(p.take_seat(Millis(99)).is_ok());
         assert_eq!(p.take_seat(Millis(100)), Err(Error::SubscriptionExpired));
     }

@@ -3,7 +3,11 @@
 //! The core plans a change as a list of `Change`s, the shell commits them to
 //! the store, and only then does the core apply them to memory. At startup
 //! the store's records are applied in order to rebuild the directory. The
-//! store never interprets a record beyond its key.
+//! store never interprets a record beyond its key. Applying a record that
+//! memory already holds (a reservation made before its commit) changes
+//! nothing, so apply is idempotent.
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
@@ -15,39 +19,106 @@ use super::time::Millis;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// An organisation and its subscription end.
-    Org {
-        name: OrgName,
-        subscription_end: Millis,
-        created: Millis,
-    },
+    Org { name: OrgName, subscription_end: Millis, created: Millis },
     /// A pool of an org and its quota.
-    Pool {
-        org: OrgName,
-        pool: PoolId,
-        quota: u32,
-    },
+    Pool { org: OrgName, pool: PoolId, quota: u32 },
     /// A member of an org and their role.
-    User {
-        org: OrgName,
-        email: Email,
-        role: Role,
-        created: Millis,
-    },
+    User { org: OrgName, email: Email, role: Role, created: Millis },
     /// An API key (by hash). `org: None` is an operator key.
-    Key {
-        hash: KeyHash,
-        org: Option<OrgName>,
-        email: Email,
-        created: Millis,
-        revoked: bool,
-    },
-    /// A machine registered in a pool.
-    Machine {
-        org: OrgName,
-        pool: PoolId,
-        machine: MachineId,
-        registered: Millis,
-    },
+    Key { hash: KeyHash, org: Option<OrgName>, email: Email, created: Millis, revoked: bool },
+    /// A machine registered in a (KRE) pool.
+    Machine { org: OrgName, pool: PoolId, machine: MachineId, registered: Millis },
+    /// A KSE license granted to a user.
+    Grant { org: OrgName, pool: PoolId, email: Email, granted: Millis },
+    /// A node-locked KSE license activated on a machine; holds a seat.
+    Binding { org: OrgName, pool: PoolId, email: Email, machine: MachineId, bound: Millis },
+    /// An offline license; holds a seat until `expires`.
+    Offline { org: OrgName, pool: PoolId, license: OfflineLicense },
+    /// One line of an org's audit trail (never read back into memory).
+    Audit(AuditEntry),
+}
+
+/// An offline license as the broker keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineLicense {
+    /// Unique id (random, chosen by the shell).
+    pub id: u128,
+    /// The machine it is bound to.
+    pub machine: MachineId,
+    /// When it was created.
+    pub issued: Millis,
+    /// When its seat comes back: midnight UTC after its last valid day.
+    pub expires: Millis,
+    /// Who created it.
+    pub created_by: Email,
+    /// The signed file as handed out.
+    pub file: String,
+}
+
+/// What an audit line records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditAction {
+    /// An org was created (by the operator).
+    OrgCreated,
+    /// A pool was created or its quota changed (by the operator).
+    QuotaChanged,
+    /// A member was added.
+    UserAdded,
+    /// An API key was created.
+    KeyCreated,
+    /// An API key was revoked.
+    KeyRevoked,
+    /// A machine was removed from a pool.
+    MachineRemoved,
+    /// A KSE license was granted.
+    Granted,
+    /// A KSE license was revoked.
+    GrantRevoked,
+    /// A KSE license was activated (bound, or a floating session opened).
+    Activated,
+    /// An offline license was created.
+    OfflineCreated,
+}
+
+impl AuditAction {
+    /// Lowercase name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditAction::OrgCreated => "org_created",
+            AuditAction::QuotaChanged => "quota_changed",
+            AuditAction::UserAdded => "user_added",
+            AuditAction::KeyCreated => "key_created",
+            AuditAction::KeyRevoked => "key_revoked",
+            AuditAction::MachineRemoved => "machine_removed",
+            AuditAction::Granted => "granted",
+            AuditAction::GrantRevoked => "grant_revoked",
+            AuditAction::Activated => "activated",
+            AuditAction::OfflineCreated => "offline_created",
+        }
+    }
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Who did what to an org, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The org it concerns.
+    pub org: OrgName,
+    /// When.
+    pub at: Millis,
+    /// Orders entries of the same millisecond.
+    pub seq: u64,
+    /// Who (an email; the operator is `operator@localhost`).
+    pub actor: Email,
+    /// What.
+    pub action: AuditAction,
+    /// Particulars: pool, user, machine, quota, key id, license id.
+    pub detail: String,
 }
 
 /// One step of a durable transaction.
@@ -56,11 +127,11 @@ pub enum Change {
     /// Insert or overwrite the record with the same key.
     Put(Record),
     /// Remove a machine registration.
-    RemoveMachine {
-        org: OrgName,
-        pool: PoolId,
-        machine: MachineId,
-    },
+    RemoveMachine { org: OrgName, pool: PoolId, machine: MachineId },
+    /// Remove a KSE grant.
+    RemoveGrant { org: OrgName, pool: PoolId, email: Email },
+    /// Remove a node-locked activation (its seat comes back).
+    RemoveBinding { org: OrgName, pool: PoolId, email: Email },
 }
 
 impl Record {
@@ -70,13 +141,12 @@ impl Record {
             Record::Org { name, .. } => (Table::Orgs, name.to_string()),
             Record::Pool { org, pool, .. } => (Table::Pools, format!("{org}/{pool}")),
             Record::User { org, email, .. } => (Table::Users, format!("{org}/{email}")),
-            Record::Key { hash, .. } => (
-                Table::Keys,
-                hash.0.iter().map(|b| format!("{b:02x}")).collect(),
-            ),
-            Record::Machine {
-                org, pool, machine, ..
-            } => (Table::Machines, format!("{org}/{pool}/{machine}")),
+            Record::Key { hash, .. } => (Table::Keys, hash.0.iter().map(|b| format!("{b:02x}")).collect()),
+            Record::Machine { org, pool, machine, .. } => (Table::Machines, format!("{org}/{pool}/{machine}")),
+            Record::Grant { org, pool, email, .. } => (Table::Grants, format!("{org}/{pool}/{email}")),
+            Record::Binding { org, pool, email, .. } => (Table::Bindings, format!("{org}/{pool}/{email}")),
+            Record::Offline { org, pool, license } => (Table::Offline, format!("{org}/{pool}/{:032x}", license.id)),
+            Record::Audit(e) => (Table::Audit, format!("{}/{:016x}/{:016x}", e.org, e.at.0, e.seq)),
         }
     }
 }
@@ -86,9 +156,9 @@ impl Change {
     pub fn key(&self) -> (Table, String) {
         match self {
             Change::Put(r) => r.key(),
-            Change::RemoveMachine { org, pool, machine } => {
-                (Table::Machines, format!("{org}/{pool}/{machine}"))
-            }
+            Change::RemoveMachine { org, pool, machine } => (Table::Machines, format!("{org}/{pool}/{machine}")),
+            Change::RemoveGrant { org, pool, email } => (Table::Grants, format!("{org}/{pool}/{email}")),
+            Change::RemoveBinding { org, pool, email } => (Table::Bindings, format!("{org}/{pool}/{email}")),
         }
     }
 }
@@ -107,16 +177,40 @@ pub enum Table {
     Keys,
     /// Machine registrations.
     Machines,
+    /// KSE grants.
+    Grants,
+    /// Node-locked activations.
+    Bindings,
+    /// Offline licenses.
+    Offline,
+    /// The audit trail (appended, listed per org, never loaded at start).
+    Audit,
 }
 
 impl Table {
     /// Every table, parents first.
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 9] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
         Table::Keys,
         Table::Machines,
+        Table::Grants,
+        Table::Bindings,
+        Table::Offline,
+        Table::Audit,
+    ];
+
+    /// The tables that rebuild memory at startup.
+    pub const DIRECTORY: [Table; 8] = [
+        Table::Orgs,
+        Table::Pools,
+        Table::Users,
+        Table::Keys,
+        Table::Machines,
+        Table::Grants,
+        Table::Bindings,
+        Table::Offline,
     ];
 
     /// The table's name in a store.
@@ -127,6 +221,10 @@ impl Table {
             Table::Users => "users",
             Table::Keys => "keys",
             Table::Machines => "machines",
+            Table::Grants => "grants",
+            Table::Bindings => "bindings",
+            Table::Offline => "offline",
+            Table::Audit => "audit",
         }
     }
 }

@@ -28,18 +28,13 @@ fn pack(quota: u32, in_use: u32) -> u64 {
 }
 
 fn unpack(word: u64) -> SeatCount {
-    SeatCount {
-        quota: (word >> 32) as u32,
-        in_use: word as u32,
-    }
+    SeatCount { quota: (word >> 32) as u32, in_use: word as u32 }
 }
 
 impl Seats {
     /// A counter with `quota` seats, none in use.
     pub fn new(quota: u32) -> Seats {
-        Seats {
-            word: AtomicU64::new(pack(quota, 0)),
-        }
+        Seats { word: AtomicU64::new(pack(quota, 0)) }
     }
 
     /// Takes one seat if one is free; on refusal returns the quota that refused it.
@@ -54,12 +49,7 @@ impl Seats {
                 return Err(c.quota);
             }
             let next = pack(c.quota, c.in_use + 1);
-            match self.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return Ok(unpack(next)),
                 Err(actual) => current = actual,
             }
@@ -76,12 +66,22 @@ impl Seats {
             // Saturate rather than borrow into the quota half if that is ever violated.
             debug_assert!(c.in_use > 0, "seat released twice");
             let next = pack(c.quota, c.in_use.saturating_sub(1));
-            match self.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    /// Takes a seat without the quota check: only for restoring, at start,
+    /// holders the store says already hold one (an activation, an offline
+    /// license), which were admitted under the check when they were made.
+    pub fn force_take(&self) {
+        let mut current = self.word.load(Ordering::Acquire);
+        loop {
+            let c = unpack(current);
+            let next = pack(c.quota, c.in_use.saturating_add(1));
+            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -94,12 +94,7 @@ impl Seats {
         let mut current = self.word.load(Ordering::Acquire);
         loop {
             let next = pack(quota, unpack(current).in_use);
-            match self.word.compare_exchange_weak(
-                current,
-                next,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return,
                 Err(actual) => current = actual,
             }
@@ -133,13 +128,7 @@ mod tests {
             s.try_acquire().unwrap();
         }
         s.set_quota(1);
-        assert_eq!(
-            s.count(),
-            SeatCount {
-                quota: 1,
-                in_use: 3
-            }
-        );
+        assert_eq!(s.count(), SeatCount { quota: 1, in_use: 3 });
         s.release();
         assert_eq!(s.try_acquire(), Err(1));
         s.release();

@@ -129,10 +129,7 @@ impl SessionTable {
         let n = 1usize << shard_bits;
         SessionTable {
             shards: (0..n)
-                .map(|i| ShardCell {
-                    lock: Mutex::new(Shard::new(i)),
-                    earliest: AtomicU64::new(u64::MAX),
-                })
+                .map(|i| ShardCell { lock: Mutex::new(Shard::new(i)), earliest: AtomicU64::new(u64::MAX) })
                 .collect(),
             shard_bits,
         }
@@ -142,9 +139,7 @@ impl SessionTable {
     /// force same-shard and cross-shard races).
     pub fn shard_of_nonce(&self, pool: &Pool, nonce: Nonce) -> usize {
         // A cheap mix of nonce and pool; nonces are client-chosen random values.
-        let x = (nonce.0 as u64)
-            ^ ((nonce.0 >> 64) as u64)
-            ^ pool.uid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let x = (nonce.0 as u64) ^ ((nonce.0 >> 64) as u64) ^ pool.uid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         (x >> (64 - self.shard_bits.max(1))) as usize & ((1 << self.shard_bits) - 1)
     }
@@ -155,13 +150,7 @@ impl SessionTable {
 
     /// Admits a session, or re-attaches the nonce's existing live session
     /// (renewing it) without taking a second seat.
-    pub fn acquire(
-        &self,
-        pool: &Arc<Pool>,
-        req: SessionRequest,
-        now: Millis,
-        ttl: Duration,
-    ) -> Result<Lease> {
+    pub fn acquire(&self, pool: &Arc<Pool>, req: SessionRequest, now: Millis, ttl: Duration) -> Result<Lease> {
         let index = self.shard_of_nonce(pool, req.nonce);
         let mut shard = self.shards[index].lock.lock();
         let deadline = now.after(ttl);
@@ -170,11 +159,7 @@ impl SessionTable {
                 s.conn = req.conn;
                 shard.set_deadline(id, deadline);
                 self.publish(index, &shard);
-                return Ok(Lease {
-                    session: id,
-                    deadline,
-                    reattached: true,
-                });
+                return Ok(Lease { session: id, deadline, reattached: true });
             }
             // Its lease ran out before the expiry task got to it: end it now,
             // so its seat is free for this very acquire.
@@ -200,11 +185,7 @@ impl SessionTable {
         // Invariant: the shard has room (checked above, under the same lock).
         let id = shard.insert(live).expect("shard has a free slot");
         self.publish(index, &shard);
-        Ok(Lease {
-            session: id,
-            deadline,
-            reattached: false,
-        })
+        Ok(Lease { session: id, deadline, reattached: false })
     }
 
     /// Extends a live session's lease to `now + ttl`. `allow` vets the caller.
@@ -236,12 +217,7 @@ impl SessionTable {
     }
 
     /// Ends a live session for `reason` if `allow` accepts it, returning its seat.
-    pub fn end(
-        &self,
-        id: SessionId,
-        reason: EndReason,
-        allow: impl FnOnce(&Pool, ConnId) -> bool,
-    ) -> Result<Ended> {
+    pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(&Pool, ConnId) -> bool) -> Result<Ended> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock.lock();
         let Some(s) = shard.get(id) else {
@@ -256,20 +232,13 @@ impl SessionTable {
     }
 
     /// Ends every live session matching `pred` (admin sweeps: a removed
-    /// machine, a deleted pool). Linear in live sessions; admin-rate only.
-    pub fn end_where(
-        &self,
-        reason: EndReason,
-        mut pred: impl FnMut(&Pool, &MachineId) -> bool,
-    ) -> Vec<Ended> {
+    /// machine, a revoked grant). Linear in live sessions; admin-rate only.
+    pub fn end_where(&self, reason: EndReason, mut pred: impl FnMut(&Pool, &MachineId, &Email) -> bool) -> Vec<Ended> {
         let mut out = Vec::new();
         for (index, cell) in self.shards.iter().enumerate() {
             let mut shard = cell.lock.lock();
-            let ids: Vec<SessionId> = shard
-                .iter()
-                .filter(|(_, s)| pred(shard.pool_of(s), &s.machine))
-                .map(|(id, _)| id)
-                .collect();
+            let ids: Vec<SessionId> =
+                shard.iter().filter(|(_, s)| pred(shard.pool_of(s), &s.machine, &s.user)).map(|(id, _)| id).collect();
             out.extend(ids.into_iter().filter_map(|id| shard.end(id, reason)));
             self.publish(index, &shard);
         }
@@ -280,12 +249,7 @@ impl SessionTable {
     pub fn next_deadline(&self) -> Option<Millis> {
         // Acquire pairs with the Release in `publish`; the value is a hint
         // that `expire` re-checks under the shard lock.
-        let min = self
-            .shards
-            .iter()
-            .map(|c| c.earliest.load(Ordering::Acquire))
-            .min()
-            .unwrap_or(u64::MAX);
+        let min = self.shards.iter().map(|c| c.earliest.load(Ordering::Acquire)).min().unwrap_or(u64::MAX);
         (min != u64::MAX).then_some(Millis(min))
     }
 
@@ -320,12 +284,7 @@ impl SessionTable {
         let mut out = Vec::new();
         for cell in self.shards.iter() {
             let shard = cell.lock.lock();
-            out.extend(
-                shard
-                    .iter()
-                    .filter(|(_, s)| pred(shard.pool_of(s)))
-                    .map(|(id, s)| shard.info(s, id)),
-            );
+            out.extend(shard.iter().filter(|(_, s)| pred(shard.pool_of(s))).map(|(id, s)| shard.info(s, id)));
         }
         out.sort_by_key(|i| i.session);
         out

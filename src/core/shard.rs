@@ -110,12 +110,9 @@ impl Shard {
     pub fn find_nonce(&self, pool: u64, nonce: Nonce) -> Option<SessionId> {
         let hash = Self::nonce_hash(&self.hasher, pool, nonce);
         let slots = &self.slots;
-        let found = self.by_nonce.find(hash, |&s| {
-            slots[s as usize]
-                .live
-                .as_ref()
-                .is_some_and(|l| l.pool == pool && l.nonce == nonce)
-        })?;
+        let found = self
+            .by_nonce
+            .find(hash, |&s| slots[s as usize].live.as_ref().is_some_and(|l| l.pool == pool && l.nonce == nonce))?;
         Some(self.id_of(*found))
     }
 
@@ -124,29 +121,18 @@ impl Shard {
         let slot = match self.free.pop() {
             Some(s) => s,
             None if self.slots.len() < MAX_SLOTS => {
-                self.slots.push(Slot {
-                    generation: 0,
-                    live: None,
-                });
+                self.slots.push(Slot { generation: 0, live: None });
                 (self.slots.len() - 1) as u32
             }
             None => return None,
         };
         let (pool, nonce, deadline) = (live.pool, live.nonce, live.deadline);
         self.slots[slot as usize].live = Some(live);
-        let Shard {
-            by_nonce,
-            slots,
-            hasher,
-            ..
-        } = self;
+        let Shard { by_nonce, slots, hasher, .. } = self;
         let hash = Self::nonce_hash(hasher, pool, nonce);
         by_nonce.insert_unique(hash, slot, |&s| {
             // Invariant: the index holds only slots with a live session.
-            let l = slots[s as usize]
-                .live
-                .as_ref()
-                .expect("indexed slot is live");
+            let l = slots[s as usize].live.as_ref().expect("indexed slot is live");
             Self::nonce_hash(hasher, l.pool, l.nonce)
         });
         let id = self.id_of(slot);
@@ -170,11 +156,7 @@ impl Shard {
         let live = self.remove(id)?;
         let pool = self.pool_of(&live);
         pool.return_seat();
-        Some(Ended {
-            info: self.info(&live, id),
-            conn: live.conn,
-            reason,
-        })
+        Some(Ended { info: self.info(&live, id), conn: live.conn, reason })
     }
 
     /// A public view of a live session.
@@ -218,10 +200,7 @@ impl Shard {
 
     /// Live sessions of this shard.
     pub fn iter(&self) -> impl Iterator<Item = (SessionId, &Live)> + '_ {
-        self.slots
-            .iter()
-            .enumerate()
-            .filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of(s as u32), l)))
+        self.slots.iter().enumerate().filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of(s as u32), l)))
     }
 
     pub fn len(&self) -> usize {
@@ -230,11 +209,8 @@ impl Shard {
 
     /// Takes a seat in `pool` for a new session, counting the outcome.
     pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis) -> Result<()> {
-        let entry = self.pools.entry(pool.uid).or_insert_with(|| ShardPool {
-            pool: pool.clone(),
-            admitted: 0,
-            rejected: 0,
-        });
+        let entry =
+            self.pools.entry(pool.uid).or_insert_with(|| ShardPool { pool: pool.clone(), admitted: 0, rejected: 0 });
         match pool.take_seat(now) {
             Ok(_) => {
                 entry.admitted += 1;
@@ -253,17 +229,11 @@ impl Shard {
     pub fn pool_of(&self, live: &Live) -> &Arc<Pool> {
         // Invariant: `admit` registered the pool before any session of it
         // was inserted, and entries are never removed.
-        &self
-            .pools
-            .get(&live.pool)
-            .expect("a session's pool is registered in its shard")
-            .pool
+        &self.pools.get(&live.pool).expect("a session's pool is registered in its shard").pool
     }
 
     /// This shard's admission counts for a pool.
     pub fn counts(&self, pool: u64) -> (u64, u64) {
-        self.pools
-            .get(&pool)
-            .map_or((0, 0), |p| (p.admitted, p.rejected))
+        self.pools.get(&pool).map_or((0, 0), |p| (p.admitted, p.rejected))
     }
 }

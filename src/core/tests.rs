@@ -26,37 +26,19 @@ fn mid(s: &str) -> MachineId {
 }
 
 fn world(quota: u32) -> World {
-    let broker = Broker::new(Config {
-        lease_ttl: TTL,
-        shard_bits: 2,
-    });
+    let broker = Broker::new(Config { lease_ttl: TTL, shard_bits: 2 });
     let owner_email = Email::new("owner@default").unwrap();
     broker.apply(&broker.plan_bootstrap(key(1), &owner_email, key(2), t(0)));
     let op = broker.authenticate(&key(1)).unwrap();
     let owner = broker.authenticate(&key(2)).unwrap();
     let org = OrgName::new("default").unwrap();
-    broker.apply(
-        &broker
-            .plan_set_pool(&op, &org, PoolId::KRE_DEFAULT, quota)
-            .unwrap(),
-    );
-    World {
-        broker,
-        op,
-        owner,
-        org,
-    }
+    broker.apply(&broker.plan_set_pool(&op, &org, PoolId::KRE_DEFAULT, quota, t(0)).unwrap());
+    World { broker, op, owner, org }
 }
 
 impl World {
     fn register(&self, m: &str) -> Result<Registration> {
-        let (reg, change) = self.broker.register_machine(
-            &self.owner,
-            &self.org,
-            PoolId::KRE_DEFAULT,
-            &mid(m),
-            t(0),
-        )?;
+        let (reg, change) = self.broker.register_machine(&self.owner, &self.org, PoolId::KRE_DEFAULT, &mid(m), t(0))?;
         if let Some(c) = change {
             self.broker.apply(&[c]);
         }
@@ -64,15 +46,7 @@ impl World {
     }
 
     fn acquire(&self, m: &str, nonce: u128, conn: ConnId, now: Millis) -> Result<Lease> {
-        self.broker.acquire(
-            &self.owner,
-            &self.org,
-            PoolId::KRE_DEFAULT,
-            mid(m),
-            Nonce(nonce),
-            conn,
-            now,
-        )
+        self.broker.acquire(&self.owner, &self.org, PoolId::KRE_DEFAULT, mid(m), Nonce(nonce), conn, now)
     }
 
     fn in_use(&self) -> u32 {
@@ -81,18 +55,8 @@ impl World {
 
     fn add_member(&self, email: &str, role: Role, k: u8) -> Principal {
         let email = Email::new(email).unwrap();
-        self.broker.apply(
-            &self
-                .broker
-                .plan_add_user(&self.owner, &self.org, &email, role, t(0))
-                .unwrap(),
-        );
-        self.broker.apply(
-            &self
-                .broker
-                .plan_create_key(&self.owner, &self.org, &email, key(k), t(0))
-                .unwrap(),
-        );
+        self.broker.apply(&self.broker.plan_add_user(&self.owner, &self.org, &email, role, t(0)).unwrap());
+        self.broker.apply(&self.broker.plan_create_key(&self.owner, &self.org, &email, key(k), t(0)).unwrap());
         self.broker.authenticate(&key(k)).unwrap()
     }
 }
@@ -104,10 +68,7 @@ fn admits_exactly_the_quota() {
     for n in 0..3 {
         w.acquire("m1", n, 1, t(0)).unwrap();
     }
-    assert_eq!(
-        w.acquire("m1", 99, 1, t(0)),
-        Err(Error::QuotaExceeded { quota: 3 })
-    );
+    assert_eq!(w.acquire("m1", 99, 1, t(0)), Err(Error::QuotaExceeded { quota: 3 }));
     let s = &w.broker.status(&w.owner, None).unwrap()[0];
     assert_eq!((s.in_use, s.admitted, s.rejected), (3, 3, 1));
 }
@@ -115,10 +76,7 @@ fn admits_exactly_the_quota() {
 #[test]
 fn acquire_needs_a_registered_machine() {
     let w = world(3);
-    assert_eq!(
-        w.acquire("m1", 1, 1, t(0)),
-        Err(Error::MachineNotRegistered)
-    );
+    assert_eq!(w.acquire("m1", 1, 1, t(0)), Err(Error::MachineNotRegistered));
 }
 
 #[test]
@@ -129,16 +87,10 @@ fn machine_registrations_capped_and_removal_frees_a_slot() {
     assert_eq!(w.register("a"), Ok(Registration::Known));
     assert_eq!(w.register("c"), Err(Error::MachineLimit { quota: 2 }));
     let lease = w.acquire("a", 1, 7, t(0)).unwrap();
-    let plan = w
-        .broker
-        .plan_remove_machine(&w.owner, &w.org, None, &mid("a"))
-        .unwrap();
+    let plan = w.broker.plan_remove_machine(&w.owner, &w.org, None, &mid("a"), t(0)).unwrap();
     let ended = w.broker.apply(&plan);
     assert_eq!(ended.len(), 1, "the removed machine's session is revoked");
-    assert_eq!(
-        (ended[0].info.session, ended[0].reason, ended[0].conn),
-        (lease.session, EndReason::Revoked, 7)
-    );
+    assert_eq!((ended[0].info.session, ended[0].reason, ended[0].conn), (lease.session, EndReason::Revoked, 7));
     assert_eq!(w.in_use(), 0);
     assert_eq!(w.register("c"), Ok(Registration::New));
 }
@@ -151,10 +103,7 @@ fn lease_expires_at_its_deadline_and_frees_the_seat() {
     assert_eq!(lease.deadline, t(30_000));
     assert_eq!(w.broker.next_deadline(), Some(t(30_000)));
     assert!(w.broker.expire(t(29_999)).is_empty());
-    assert_eq!(
-        w.acquire("m", 2, 1, t(29_999)),
-        Err(Error::QuotaExceeded { quota: 1 })
-    );
+    assert_eq!(w.acquire("m", 2, 1, t(29_999)), Err(Error::QuotaExceeded { quota: 1 }));
     let ended = w.broker.expire(t(30_000));
     assert_eq!(ended.len(), 1);
     assert_eq!(ended[0].reason, EndReason::Expired);
@@ -167,25 +116,13 @@ fn heartbeat_extends_and_late_heartbeat_is_refused() {
     let w = world(1);
     w.register("m").unwrap();
     let lease = w.acquire("m", 1, 1, t(0)).unwrap();
-    assert_eq!(
-        w.broker.renew(&w.owner, lease.session, t(20_000)),
-        Ok(t(50_000))
-    );
-    assert!(
-        w.broker.expire(t(30_000)).is_empty(),
-        "renewed lease outlives the old deadline"
-    );
+    assert_eq!(w.broker.renew(&w.owner, lease.session, t(20_000)), Ok(t(50_000)));
+    assert!(w.broker.expire(t(30_000)).is_empty(), "renewed lease outlives the old deadline");
     assert_eq!(w.broker.next_deadline(), Some(t(50_000)));
     // Deadline passed but the expiry task has not run yet: still refused, seat freed.
-    assert_eq!(
-        w.broker.renew(&w.owner, lease.session, t(50_000)),
-        Err(Error::SessionExpired)
-    );
+    assert_eq!(w.broker.renew(&w.owner, lease.session, t(50_000)), Err(Error::SessionExpired));
     assert_eq!(w.in_use(), 0);
-    assert!(
-        w.broker.expire(t(60_000)).is_empty(),
-        "the seat came back exactly once"
-    );
+    assert!(w.broker.expire(t(60_000)).is_empty(), "the seat came back exactly once");
 }
 
 #[test]
@@ -223,23 +160,11 @@ fn every_end_has_one_reason_and_one_seat() {
     let a = w.acquire("m", 1, 1, t(0)).unwrap();
     let b = w.acquire("m", 2, 1, t(0)).unwrap();
     let c = w.acquire("m", 3, 1, t(0)).unwrap();
-    assert_eq!(
-        w.broker.release(&w.owner, a.session).unwrap().reason,
-        EndReason::Released
-    );
-    assert_eq!(
-        w.broker.kill(&w.owner, &w.org, b.session).unwrap().reason,
-        EndReason::Revoked
-    );
-    assert_eq!(
-        w.broker.close_connection(1, [c.session])[0].reason,
-        EndReason::ConnectionClosed
-    );
+    assert_eq!(w.broker.release(&w.owner, a.session).unwrap().reason, EndReason::Released);
+    assert_eq!(w.broker.kill(&w.owner, &w.org, b.session).unwrap().reason, EndReason::Revoked);
+    assert_eq!(w.broker.close_connection(1, [c.session])[0].reason, EndReason::ConnectionClosed);
     assert_eq!(w.in_use(), 0);
-    assert_eq!(
-        w.broker.release(&w.owner, a.session).unwrap_err(),
-        Error::SessionExpired
-    );
+    assert_eq!(w.broker.release(&w.owner, a.session).unwrap_err(), Error::SessionExpired);
     assert!(w.broker.kill(&w.owner, &w.org, b.session).is_err());
     assert!(w.broker.expire(t(100_000)).is_empty());
     assert_eq!(w.in_use(), 0);
@@ -249,20 +174,11 @@ fn every_end_has_one_reason_and_one_seat() {
 fn lowered_quota_admits_nothing_until_usage_drains() {
     let w = world(3);
     w.register("m").unwrap();
-    let leases: Vec<_> = (0..3)
-        .map(|n| w.acquire("m", n, 1, t(0)).unwrap())
-        .collect();
-    w.broker.apply(
-        &w.broker
-            .plan_set_pool(&w.op, &w.org, PoolId::KRE_DEFAULT, 1)
-            .unwrap(),
-    );
+    let leases: Vec<_> = (0..3).map(|n| w.acquire("m", n, 1, t(0)).unwrap()).collect();
+    w.broker.apply(&w.broker.plan_set_pool(&w.op, &w.org, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
     assert_eq!(w.in_use(), 3, "existing sessions are not cut");
     w.broker.release(&w.owner, leases[0].session).unwrap();
-    assert_eq!(
-        w.acquire("m", 10, 1, t(0)),
-        Err(Error::QuotaExceeded { quota: 1 })
-    );
+    assert_eq!(w.acquire("m", 10, 1, t(0)), Err(Error::QuotaExceeded { quota: 1 }));
     w.broker.release(&w.owner, leases[1].session).unwrap();
     w.broker.release(&w.owner, leases[2].session).unwrap();
     assert!(w.acquire("m", 10, 1, t(0)).is_ok());
@@ -274,37 +190,14 @@ fn nothing_admitted_after_the_subscription_ends() {
     let name = OrgName::new("acme").unwrap();
     let owner = Email::new("o@acme").unwrap();
     let end = parse_end_of_date("2026-01-01").unwrap(); // before t(0), in 2026-11
-    assert!(matches!(
-        w.broker
-            .plan_create_org(&w.op, &name, end, &owner, key(9), t(0)),
-        Err(Error::Invalid { .. })
-    ));
+    assert!(matches!(w.broker.plan_create_org(&w.op, &name, end, &owner, key(9), t(0)), Err(Error::Invalid { .. })));
     let end = Millis(t(0).0 + 86_400_000);
-    w.broker.apply(
-        &w.broker
-            .plan_create_org(&w.op, &name, end, &owner, key(9), t(0))
-            .unwrap(),
-    );
-    w.broker.apply(
-        &w.broker
-            .plan_set_pool(&w.op, &name, PoolId::KRE_DEFAULT, 1)
-            .unwrap(),
-    );
+    w.broker.apply(&w.broker.plan_create_org(&w.op, &name, end, &owner, key(9), t(0)).unwrap());
+    w.broker.apply(&w.broker.plan_set_pool(&w.op, &name, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
     let acme = w.broker.authenticate(&key(9)).unwrap();
-    let (_, c) = w
-        .broker
-        .register_machine(&acme, &name, PoolId::KRE_DEFAULT, &mid("m"), t(0))
-        .unwrap();
+    let (_, c) = w.broker.register_machine(&acme, &name, PoolId::KRE_DEFAULT, &mid("m"), t(0)).unwrap();
     w.broker.apply(&[c.unwrap()]);
-    let r = w.broker.acquire(
-        &acme,
-        &name,
-        PoolId::KRE_DEFAULT,
-        mid("m"),
-        Nonce(1),
-        1,
-        end,
-    );
+    let r = w.broker.acquire(&acme, &name, PoolId::KRE_DEFAULT, mid("m"), Nonce(1), 1, end);
     assert_eq!(r, Err(Error::SubscriptionExpired));
 }
 
@@ -315,94 +208,41 @@ fn roles_and_orgs_are_enforced() {
     let admin = w.add_member("a@default", Role::Admin, 4);
     let other = OrgName::new("other").unwrap();
     w.broker.apply(
-        &w.broker
-            .plan_create_org(
-                &w.op,
-                &other,
-                Millis::MAX,
-                &Email::new("o@other").unwrap(),
-                key(5),
-                t(0),
-            )
-            .unwrap(),
+        &w.broker.plan_create_org(&w.op, &other, Millis::MAX, &Email::new("o@other").unwrap(), key(5), t(0)).unwrap(),
     );
     let stranger = w.broker.authenticate(&key(5)).unwrap();
     let email = Email::new("x@default").unwrap();
-    let forbidden =
-        |r: Result<Vec<Change>>| assert!(matches!(r, Err(Error::Forbidden(_))), "{r:?}");
+    let forbidden = |r: Result<Vec<Change>>| assert!(matches!(r, Err(Error::Forbidden(_))), "{r:?}");
     // Quotas are the operator's alone: not even the Owner raises their own.
-    forbidden(
-        w.broker
-            .plan_set_pool(&w.owner, &w.org, PoolId::KRE_DEFAULT, 100),
-    );
-    forbidden(
-        w.broker
-            .plan_create_org(&w.owner, &other, Millis::MAX, &email, key(8), t(0)),
-    );
+    forbidden(w.broker.plan_set_pool(&w.owner, &w.org, PoolId::KRE_DEFAULT, 100, t(0)));
+    forbidden(w.broker.plan_create_org(&w.owner, &other, Millis::MAX, &email, key(8), t(0)));
     // Users administer nothing; strangers nothing of ours; the operator no members.
     for p in [&user, &stranger, &w.op] {
         forbidden(w.broker.plan_add_user(p, &w.org, &email, Role::User, t(0)));
-        forbidden(w.broker.plan_create_key(
-            p,
-            &w.org,
-            &Email::new("u@default").unwrap(),
-            key(8),
-            t(0),
-        ));
-        forbidden(w.broker.plan_revoke_key(p, &w.org, KeyRef::Hash(key(3))));
-        forbidden(w.broker.plan_remove_machine(p, &w.org, None, &mid("m")));
-        assert!(matches!(
-            w.broker.sessions(p, &w.org),
-            Err(Error::Forbidden(_))
-        ));
-        assert!(matches!(
-            w.broker.machines(p, &w.org),
-            Err(Error::Forbidden(_))
-        ));
-        assert!(matches!(
-            w.broker.users(p, &w.org),
-            Err(Error::Forbidden(_))
-        ));
+        forbidden(w.broker.plan_create_key(p, &w.org, &Email::new("u@default").unwrap(), key(8), t(0)));
+        forbidden(w.broker.plan_revoke_key(p, &w.org, KeyRef::Hash(key(3)), t(0)));
+        forbidden(w.broker.plan_remove_machine(p, &w.org, None, &mid("m"), t(0)));
+        assert!(matches!(w.broker.sessions(p, &w.org), Err(Error::Forbidden(_))));
+        assert!(matches!(w.broker.machines(p, &w.org), Err(Error::Forbidden(_))));
+        assert!(matches!(w.broker.users(p, &w.org), Err(Error::Forbidden(_))));
         assert!(matches!(w.broker.keys(p, &w.org), Err(Error::Forbidden(_))));
     }
     // Admins cannot create Owners or act on an Owner's keys.
-    forbidden(
-        w.broker
-            .plan_add_user(&admin, &w.org, &email, Role::Owner, t(0)),
-    );
-    forbidden(w.broker.plan_create_key(
-        &admin,
-        &w.org,
-        &Email::new("owner@default").unwrap(),
-        key(8),
-        t(0),
-    ));
-    forbidden(
-        w.broker
-            .plan_revoke_key(&admin, &w.org, KeyRef::Hash(key(2))),
-    );
-    assert!(w
-        .broker
-        .plan_add_user(&admin, &w.org, &email, Role::User, t(0))
-        .is_ok());
+    forbidden(w.broker.plan_add_user(&admin, &w.org, &email, Role::Owner, t(0)));
+    forbidden(w.broker.plan_create_key(&admin, &w.org, &Email::new("owner@default").unwrap(), key(8), t(0)));
+    forbidden(w.broker.plan_revoke_key(&admin, &w.org, KeyRef::Hash(key(2)), t(0)));
+    assert!(w.broker.plan_add_user(&admin, &w.org, &email, Role::User, t(0)).is_ok());
     // A stranger cannot run sessions on, or see, our pools.
     assert!(matches!(
-        w.broker
-            .register_machine(&stranger, &w.org, PoolId::KRE_DEFAULT, &mid("m"), t(0)),
+        w.broker.register_machine(&stranger, &w.org, PoolId::KRE_DEFAULT, &mid("m"), t(0)),
         Err(Error::Forbidden(_))
     ));
-    assert!(matches!(
-        w.broker.status(&stranger, Some(&w.org)),
-        Err(Error::Forbidden(_))
-    ));
+    assert!(matches!(w.broker.status(&stranger, Some(&w.org)), Err(Error::Forbidden(_))));
     assert!(w.broker.status(&stranger, None).unwrap().is_empty());
     // A stranger cannot renew, release or kill our sessions.
     w.register("m").unwrap();
     let lease = w.acquire("m", 1, 1, t(0)).unwrap();
-    assert_eq!(
-        w.broker.renew(&stranger, lease.session, t(1)),
-        Err(Error::SessionExpired)
-    );
+    assert_eq!(w.broker.renew(&stranger, lease.session, t(1)), Err(Error::SessionExpired));
     assert!(w.broker.release(&stranger, lease.session).is_err());
     assert!(w.broker.kill(&stranger, &other, lease.session).is_err());
     assert_eq!(w.in_use(), 1);
@@ -414,11 +254,7 @@ fn revoked_key_no_longer_authenticates() {
     let user = w.add_member("u@default", Role::User, 3);
     assert_eq!(user.role, Role::User);
     let id = key(3).key_id();
-    w.broker.apply(
-        &w.broker
-            .plan_revoke_key(&w.owner, &w.org, KeyRef::Id(id))
-            .unwrap(),
-    );
+    w.broker.apply(&w.broker.plan_revoke_key(&w.owner, &w.org, KeyRef::Id(id), t(0)).unwrap());
     assert_eq!(w.broker.authenticate(&key(3)), Err(Error::Unauthorized));
     assert_eq!(w.broker.authenticate(&key(77)), Err(Error::Unauthorized));
 }
@@ -428,8 +264,7 @@ fn expiry_scales_to_many_leases() {
     let w = world(100_000);
     w.register("m").unwrap();
     for n in 0..50_000u128 {
-        w.acquire("m", n, 1, Millis(t(0).0 + (n as u64 % 1000)))
-            .unwrap();
+        w.acquire("m", n, 1, Millis(t(0).0 + (n as u64 % 1000))).unwrap();
     }
     let ended = w.broker.expire(t(30_499));
     assert_eq!(ended.len(), 25_000);

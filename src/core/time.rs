@@ -98,11 +98,7 @@ pub fn parse_end_of_date(s: &str) -> Result<Millis, super::error::Error> {
     if y.len() != 4 || m.len() != 2 || d.len() != 2 {
         return Err(bad());
     }
-    let (y, m, d) = (
-        y.parse().map_err(|_| bad())?,
-        m.parse().map_err(|_| bad())?,
-        d.parse().map_err(|_| bad())?,
-    );
+    let (y, m, d) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
     let start = Millis::from_civil_date(y, m, d).ok_or_else(bad)?;
     Ok(Millis(start.0 + 86_400_000))
 }
@@ -117,12 +113,7 @@ pub fn format_end_date(end: Millis) -> String {
 pub fn format_utc(t: Millis) -> String {
     let (y, m, d) = t.civil_date();
     let secs = (t.0 / 1000) % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, (secs / 60) % 60, secs % 60)
 }
 
 #[cfg(test)]
@@ -136,9 +127,6 @@ mod tests {
         assert_eq!(m.0, 1_795_737_600_000);
         assert_eq!(m.civil_date(), (2026, 11, 27));
         assert_eq!(Millis::from_civil_date(2024, 2, 30), None);
-        assert_eq!(
-            Millis::from_civil_date(2024, 2, 29).unwrap().civil_date(),
-            (2024, 2, 29)
-        );
+        assert_eq!(Millis::from_civil_date(2024, 2, 29).unwrap().civil_date(), (2024, 2, 29));
     }
 }

@@ -39,8 +39,7 @@ pub fn encode<T: Serialize>(msg: &T, out: &mut Vec<u8>) {
     // Serialising our own message types into a Vec cannot fail: they hold
     // only strings, integers, enums, options and sequences.
     let mut buf = std::mem::take(out);
-    buf = postcard::to_extend(msg, buf)
-        .unwrap_or_else(|_| unreachable!("postcard into Vec is infallible"));
+    buf = postcard::to_extend(msg, buf).unwrap_or_else(|_| unreachable!("postcard into Vec is infallible"));
     *out = buf;
     let len = (out.len() - start - 4) as u32;
     out[start..start + 4].copy_from_slice(&len.to_be_bytes());
@@ -129,10 +128,7 @@ mod tests {
     fn refuses_oversized_and_empty_frames() {
         let mut fb = FrameBuf::new();
         fb.extend(&((MAX_FRAME as u32) + 1).to_be_bytes());
-        assert_eq!(
-            fb.next_frame(),
-            Err(FrameError::TooLarge(MAX_FRAME as u32 + 1))
-        );
+        assert_eq!(fb.next_frame(), Err(FrameError::TooLarge(MAX_FRAME as u32 + 1)));
         let mut fb = FrameBuf::new();
         fb.extend(&[0, 0, 0, 0]);
         assert_eq!(fb.next_frame(), Err(FrameError::Empty));

@@ -6,8 +6,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::{
-    EndReason, ErrorCode, KeyInfo, MachineId, MachineInfo, OrgName, PoolId, PoolStatus, Role,
-    SessionId, SessionInfo, UserInfo,
+    AuditEntry, EndReason, ErrorCode, GrantInfo, KeyInfo, MachineId, MachineInfo, OfflineInfo, OrgName, PoolId,
+    PoolStatus, Role, SessionId, SessionInfo, UserInfo,
 };
 
 /// A frame from client to server on a bidirectional stream.
@@ -43,19 +43,10 @@ pub struct Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Req {
     /// Register a machine ID in a pool (idempotent).
-    RegisterMachine {
-        org: OrgName,
-        pool: PoolId,
-        machine: MachineId,
-    },
+    RegisterMachine { org: OrgName, pool: PoolId, machine: MachineId },
     /// Take a session lease. `nonce` identifies the runner instance: the
     /// same nonce re-attaches to its live session instead of taking a seat.
-    Acquire {
-        org: OrgName,
-        pool: PoolId,
-        machine: MachineId,
-        nonce: u128,
-    },
+    Acquire { org: OrgName, pool: PoolId, machine: MachineId, nonce: u128 },
     /// Heartbeat: extend the lease by the broker's TTL.
     Renew { session: SessionId },
     /// Give the seat back.
@@ -63,23 +54,11 @@ pub enum Req {
     /// Pool numbers of one org, or of all visible orgs.
     Status { org: Option<OrgName> },
     /// Operator: create an org; `subscription_end` is `YYYY-MM-DD` (inclusive).
-    CreateOrg {
-        name: OrgName,
-        subscription_end: String,
-        owner: String,
-    },
+    CreateOrg { name: OrgName, subscription_end: String, owner: String },
     /// Operator: create a pool or set its quota.
-    SetPool {
-        org: OrgName,
-        pool: PoolId,
-        quota: u32,
-    },
+    SetPool { org: OrgName, pool: PoolId, quota: u32 },
     /// Owner/Admin: add a member.
-    AddUser {
-        org: OrgName,
-        email: String,
-        role: Role,
-    },
+    AddUser { org: OrgName, email: String, role: Role },
     /// Owner/Admin: create an API key for a member.
     CreateKey { org: OrgName, email: String },
     /// Owner/Admin: revoke a key, by its id or the full key.
@@ -91,15 +70,32 @@ pub enum Req {
     /// Owner/Admin: list registered machines.
     ListMachines { org: OrgName },
     /// Owner/Admin: remove a machine from one pool, or all pools if `None`.
-    RemoveMachine {
-        org: OrgName,
-        pool: Option<PoolId>,
-        machine: MachineId,
-    },
+    RemoveMachine { org: OrgName, pool: Option<PoolId>, machine: MachineId },
     /// Owner/Admin: list live sessions.
     ListSessions { org: OrgName },
     /// Owner/Admin: end a live session (reason: revoked).
     KillSession { org: OrgName, session: SessionId },
+    /// Owner/Admin: grant a KSE pool's license to a member.
+    Grant { org: OrgName, pool: PoolId, email: String },
+    /// Owner/Admin: revoke a grant (ends the user's sessions, frees an activation).
+    RevokeGrant { org: OrgName, pool: PoolId, email: String },
+    /// Owner/Admin: licensed users (and node-locked activations), one pool or all.
+    ListGrants { org: OrgName, pool: Option<PoolId> },
+    /// A licensed user activates KSE: binds a node-locked license to the
+    /// machine, or opens a leased session on a floating pool (`nonce` as in Acquire).
+    Activate { org: OrgName, pool: PoolId, machine: MachineId, nonce: u128 },
+    /// Owner/Admin: create an offline license; `expires` is its last valid day, `YYYY-MM-DD`.
+    CreateOffline { org: OrgName, pool: PoolId, machine: MachineId, expires: String },
+    /// Owner/Admin: list the org's offline licenses.
+    ListOffline { org: OrgName },
+    /// Owner/Admin: revoke an offline license (always refused: OFFLINE_IRREVOCABLE).
+    RevokeOffline { org: OrgName, license: String },
+    /// Owner/Admin: move an offline license to another machine (always refused).
+    TransferOffline { org: OrgName, license: String, machine: MachineId },
+    /// Any authenticated caller: the broker's offline-license public key.
+    OfflinePublicKey,
+    /// Owner/Admin: the org's audit trail.
+    Audit { org: OrgName },
 }
 
 /// A frame from server to client on a bidirectional stream.
@@ -163,12 +159,7 @@ pub enum Resp {
     /// RegisterMachine: `new` is false if it was already registered.
     Registered { new: bool },
     /// Acquire: the lease.
-    Admitted {
-        session: SessionId,
-        deadline_ms: u64,
-        ttl_ms: u64,
-        reattached: bool,
-    },
+    Admitted { session: SessionId, deadline_ms: u64, ttl_ms: u64, reattached: bool },
     /// Renew: the new deadline (Unix ms).
     Renewed { deadline_ms: u64 },
     /// Release.
@@ -191,16 +182,25 @@ pub enum Resp {
     Sessions(Vec<SessionInfo>),
     /// KillSession.
     Killed,
+    /// ListGrants.
+    Grants(Vec<GrantInfo>),
+    /// Activate: a node-locked binding (`session` none) or a floating session.
+    Activated { machine: MachineId, session: Option<SessionId>, deadline_ms: u64, ttl_ms: u64, already: bool },
+    /// CreateOffline: the file's name and its exact content.
+    OfflineCreated { file_name: String, content: String },
+    /// ListOffline.
+    Offline(Vec<OfflineInfo>),
+    /// OfflinePublicKey: PEM (SubjectPublicKeyInfo, Ed25519).
+    PublicKey { pem: String },
+    /// Audit.
+    AuditLog(Vec<AuditEntry>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Notice {
     /// A session held through this connection ended without the runner asking.
-    SessionEnded {
-        session: SessionId,
-        reason: EndReason,
-    },
+    SessionEnded { session: SessionId, reason: EndReason },
     /// The server is shutting down within `grace_ms`; admits nothing new.
     Draining { grace_ms: u64 },
 }
@@ -208,19 +208,13 @@ pub enum Notice {
 impl WireError {
     /// A wire error from a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
-        WireError {
-            code,
-            message: message.into(),
-        }
+        WireError { code, message: message.into() }
     }
 }
 
 impl From<crate::core::Error> for WireError {
     fn from(e: crate::core::Error) -> WireError {
-        WireError {
-            code: e.code(),
-            message: e.to_string(),
-        }
+        WireError { code: e.code(), message: e.to_string() }
     }
 }
 

@@ -18,13 +18,8 @@ pub struct Clock {
 impl Clock {
     /// A clock anchored to the current wall time.
     pub fn new() -> Clock {
-        let wall = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        Clock {
-            wall_at_start: wall,
-            start: Instant::now(),
-        }
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        Clock { wall_at_start: wall, start: Instant::now() }
     }
 
     /// The current instant.

@@ -28,11 +28,7 @@ pub(super) struct ConnCtx {
 }
 
 /// Accepts connections until told to stop, refusing those over the limit.
-pub(super) async fn accept_loop(
-    shared: Arc<Shared>,
-    endpoint: quinn::Endpoint,
-    mut stop: watch::Receiver<bool>,
-) {
+pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => i,
@@ -62,10 +58,7 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     // Relaxed: uniqueness only.
     let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
-    let ctx = Arc::new(ConnCtx {
-        id,
-        sessions: Mutex::new(FastSet::default()),
-    });
+    let ctx = Arc::new(ConnCtx { id, sessions: Mutex::new(FastSet::default()) });
     let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
     shared.notices.insert(id, tx);
     tokio::spawn(push_notices(conn.clone(), rx));

@@ -8,8 +8,8 @@
 use super::connection::ConnCtx;
 use super::Shared;
 use crate::core::{
-    parse_end_of_date, Broker, Change, Email, ErrorCode, KeyRef, MachineId, Millis, Nonce, OrgName,
-    PoolId, Principal, Registration, Result as CoreResult,
+    parse_end_of_date, Activation, Broker, Change, Email, ErrorCode, KeyRef, Kind, MachineId, Millis, Nonce, OrgName,
+    PoolId, Principal, Product, Registration, Result as CoreResult,
 };
 use crate::keys;
 use crate::proto::{Req, Resp, WireError};
@@ -52,23 +52,14 @@ impl PoolCache {
             self.entries.clear();
             self.version = version;
         }
-        let index = match self
-            .entries
-            .iter()
-            .position(|e| e.pool == pool && &e.org == org)
-        {
+        let index = match self.entries.iter().position(|e| e.pool == pool && &e.org == org) {
             Some(i) => i,
             None => {
                 let handle = core.member_pool(p, org, pool)?;
                 if self.entries.len() >= CACHE_POOLS {
                     self.entries.remove(0);
                 }
-                self.entries.push(CachedPool {
-                    org: org.clone(),
-                    pool,
-                    handle,
-                    machines: Vec::new(),
-                });
+                self.entries.push(CachedPool { org: org.clone(), pool, handle, machines: Vec::new() });
                 self.entries.len() - 1
             }
         };
@@ -76,7 +67,9 @@ impl PoolCache {
         if let Some(m) = entry.machines.iter().find(|m| **m == machine) {
             return Ok((entry.handle.clone(), m.clone()));
         }
-        if !entry.handle.has_machine(&machine) {
+        // KRE runners register their machine first; KSE floating sessions
+        // may come from any machine of a licensed user.
+        if entry.handle.id.product == crate::core::Product::Kre && !entry.handle.has_machine(&machine) {
             return Err(crate::core::Error::MachineNotRegistered);
         }
         if entry.machines.len() >= CACHE_MACHINES {
@@ -93,10 +86,7 @@ fn store_failure(e: crate::store::StoreError) -> WireError {
 }
 
 fn draining() -> WireError {
-    WireError::new(
-        ErrorCode::Draining,
-        "the broker is shutting down; retry against the restarted broker",
-    )
+    WireError::new(ErrorCode::Draining, "the broker is shutting down; retry against the restarted broker")
 }
 
 fn random_failure(e: keys::RandomUnavailable) -> WireError {
@@ -114,16 +104,10 @@ pub(super) fn fast(
 ) -> Result<Reply, Req> {
     let core = &shared.core;
     let reply = match req {
-        Req::Acquire {
-            org,
-            pool,
-            machine,
-            nonce,
-        } => acquire(shared, ctx, p, pools, org, pool, machine, nonce, now),
-        Req::Renew { session } => core
-            .renew(p, session, now)
-            .map(|d| Resp::Renewed { deadline_ms: d.0 })
-            .map_err(Into::into),
+        Req::Acquire { org, pool, machine, nonce } => acquire(shared, ctx, p, pools, org, pool, machine, nonce, now),
+        Req::Renew { session } => {
+            core.renew(p, session, now).map(|d| Resp::Renewed { deadline_ms: d.0 }).map_err(Into::into)
+        }
         Req::Release { session } => core
             .release(p, session)
             .map(|_| {
@@ -131,18 +115,9 @@ pub(super) fn fast(
                 Resp::Released
             })
             .map_err(Into::into),
-        Req::Status { org } => core
-            .status(p, org.as_ref())
-            .map(Resp::Status)
-            .map_err(Into::into),
-        Req::ListSessions { org } => core
-            .sessions(p, &org)
-            .map(Resp::Sessions)
-            .map_err(Into::into),
-        Req::ListMachines { org } => core
-            .machines(p, &org)
-            .map(Resp::Machines)
-            .map_err(Into::into),
+        Req::Status { org } => core.status(p, org.as_ref()).map(Resp::Status).map_err(Into::into),
+        Req::ListSessions { org } => core.sessions(p, &org).map(Resp::Sessions).map_err(Into::into),
+        Req::ListMachines { org } => core.machines(p, &org).map(Resp::Machines).map_err(Into::into),
         Req::ListUsers { org } => core.users(p, &org).map(Resp::Users).map_err(Into::into),
         Req::ListKeys { org } => core.keys(p, &org).map(Resp::Keys).map_err(Into::into),
         Req::KillSession { org, session } => core
@@ -153,6 +128,12 @@ pub(super) fn fast(
                 Resp::Killed
             })
             .map_err(Into::into),
+        Req::ListGrants { org, pool } => core.grants(p, &org, pool).map(Resp::Grants).map_err(Into::into),
+        Req::ListOffline { org } => core.offline_licenses(p, &org).map(Resp::Offline).map_err(Into::into),
+        Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {
+            Err(core.refuse_offline_change(p, &org, &license).into())
+        }
+        Req::OfflinePublicKey => Ok(Resp::PublicKey { pem: shared.signing.public_pem() }),
         slow => return Err(slow),
     };
     Ok(reply)
@@ -187,7 +168,7 @@ fn acquire(
 }
 
 /// Requests that write durable records.
-pub(super) async fn slow(shared: &Shared, p: &Principal, req: Req) -> Reply {
+pub(super) async fn slow(shared: &Shared, ctx: &ConnCtx, p: &Principal, req: Req) -> Reply {
     let core = &shared.core;
     let now = shared.clock.now();
     match req {
@@ -206,81 +187,164 @@ pub(super) async fn slow(shared: &Shared, p: &Principal, req: Req) -> Reply {
                     return Err(store_failure(e));
                 }
             }
-            Ok(Resp::Registered {
-                new: registration == Registration::New,
-            })
+            Ok(Resp::Registered { new: registration == Registration::New })
         }
-        Req::CreateOrg {
-            name,
-            subscription_end,
-            owner,
-        } => {
+        Req::CreateOrg { name, subscription_end, owner } => {
             let end = parse_end_of_date(&subscription_end)?;
             let owner = Email::parse_lenient(&owner)?;
             let (key, hash) = keys::generate().map_err(random_failure)?;
-            mutate(shared, |core| {
-                core.plan_create_org(p, &name, end, &owner, hash, now)
-            })
-            .await?;
+            mutate(shared, |core| core.plan_create_org(p, &name, end, &owner, hash, now)).await?;
             Ok(Resp::OrgCreated { owner_key: key })
         }
         Req::SetPool { org, pool, quota } => {
-            mutate(shared, |core| core.plan_set_pool(p, &org, pool, quota)).await?;
+            mutate(shared, |core| core.plan_set_pool(p, &org, pool, quota, now)).await?;
             Ok(Resp::Done)
         }
         Req::AddUser { org, email, role } => {
             let email = Email::parse_lenient(&email)?;
-            mutate(shared, |core| {
-                core.plan_add_user(p, &org, &email, role, now)
-            })
-            .await?;
+            mutate(shared, |core| core.plan_add_user(p, &org, &email, role, now)).await?;
             Ok(Resp::Done)
         }
         Req::CreateKey { org, email } => {
             let email = Email::parse_lenient(&email)?;
             let (key, hash) = keys::generate().map_err(random_failure)?;
-            mutate(shared, |core| {
-                core.plan_create_key(p, &org, &email, hash, now)
-            })
-            .await?;
-            Ok(Resp::KeyCreated {
-                key,
-                id: hash.key_id(),
-            })
+            mutate(shared, |core| core.plan_create_key(p, &org, &email, hash, now)).await?;
+            Ok(Resp::KeyCreated { key, id: hash.key_id() })
         }
         Req::RevokeKey { org, key } => {
-            let key = if keys::looks_like_key(&key) {
-                KeyRef::Hash(keys::hash(&key))
-            } else {
-                KeyRef::Id(key)
-            };
-            mutate(shared, |core| core.plan_revoke_key(p, &org, key)).await?;
+            let key = if keys::looks_like_key(&key) { KeyRef::Hash(keys::hash(&key)) } else { KeyRef::Id(key) };
+            mutate(shared, |core| core.plan_revoke_key(p, &org, key, now)).await?;
             Ok(Resp::Done)
         }
         Req::RemoveMachine { org, pool, machine } => {
-            mutate(shared, |core| {
-                core.plan_remove_machine(p, &org, pool, &machine)
-            })
-            .await?;
+            mutate(shared, |core| core.plan_remove_machine(p, &org, pool, &machine, now)).await?;
             Ok(Resp::Done)
+        }
+        Req::Grant { org, pool, email } => {
+            let email = Email::parse_lenient(&email)?;
+            mutate(shared, |core| core.plan_grant(p, &org, pool, &email, now)).await?;
+            Ok(Resp::Done)
+        }
+        Req::RevokeGrant { org, pool, email } => {
+            let email = Email::parse_lenient(&email)?;
+            mutate(shared, |core| core.plan_revoke_grant(p, &org, pool, &email, now)).await?;
+            Ok(Resp::Done)
+        }
+        Req::Activate { org, pool, machine, nonce } => activate(shared, ctx, p, org, pool, machine, nonce).await,
+        Req::CreateOffline { org, pool, machine, expires } => {
+            create_offline(shared, p, org, pool, machine, expires).await
+        }
+        Req::Audit { org } => {
+            core.require_org_admin(p, &org)?;
+            let store = shared.store.clone();
+            let entries = tokio::task::spawn_blocking(move || store.audit(&org))
+                .await
+                .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+                .map_err(store_failure)?;
+            Ok(Resp::AuditLog(entries))
         }
         // `fast` answers everything else; reaching here is a routing bug,
         // reported rather than panicked on.
-        other => Err(WireError::new(
-            ErrorCode::Internal,
-            format!("request {other:?} reached the slow path"),
-        )),
+        other => Err(WireError::new(ErrorCode::Internal, format!("request {other:?} reached the slow path"))),
     }
 }
 
 /// Plan → commit → apply, as one step with respect to other durable changes.
-async fn mutate(
-    shared: &Shared,
-    plan: impl FnOnce(&Broker) -> CoreResult<Vec<Change>>,
-) -> Result<(), WireError> {
+async fn mutate(shared: &Shared, plan: impl FnOnce(&Broker) -> CoreResult<Vec<Change>>) -> Result<(), WireError> {
     let _writer = shared.writer.lock().await;
     let changes = plan(&shared.core)?;
     let ended = shared.commit(changes).await.map_err(store_failure)?;
     shared.announce(ended);
     Ok(())
+}
+
+/// KSE activation: binds a node-locked license to the machine, or opens a
+/// leased session on a floating pool. Either way it is audited durably.
+async fn activate(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    p: &Principal,
+    org: OrgName,
+    pool: PoolId,
+    machine: MachineId,
+    nonce: u128,
+) -> Reply {
+    if shared.is_draining() {
+        return Err(draining());
+    }
+    let core = &shared.core;
+    let now = shared.clock.now();
+    if pool.product != Product::Kse {
+        return Err(WireError::new(
+            ErrorCode::InvalidArgument,
+            "KRE licenses are not activated: run `license-broker runner`",
+        ));
+    }
+    let _writer = shared.writer.lock().await;
+    if pool.kind == Kind::NodeLocked {
+        return match core.activate_node_locked(p, &org, pool, &machine, now)? {
+            Activation::AlreadyBound => {
+                Ok(Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already: true })
+            }
+            Activation::Bound { changes } => match shared.commit(changes).await {
+                Ok(ended) => {
+                    shared.announce(ended);
+                    Ok(Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already: false })
+                }
+                Err(e) => {
+                    core.unbind(&org, pool, &p.email);
+                    Err(store_failure(e))
+                }
+            },
+        };
+    }
+    let lease = core.acquire(p, &org, pool, machine.clone(), Nonce(nonce), ctx.id, now)?;
+    if !lease.reattached {
+        if let Err(e) = shared.commit(vec![core.audit_activation(p, &org, pool, &machine, now)]).await {
+            let _ = core.release(p, lease.session);
+            return Err(store_failure(e));
+        }
+    }
+    ctx.sessions.lock().insert(lease.session);
+    shared.deadline_added(lease.deadline);
+    Ok(Resp::Activated {
+        machine,
+        session: Some(lease.session),
+        deadline_ms: lease.deadline.0,
+        ttl_ms: core.lease_ttl().as_millis() as u64,
+        already: lease.reattached,
+    })
+}
+
+/// Reserves the seat, signs the file, commits it, and hands the file back.
+async fn create_offline(
+    shared: &Shared,
+    p: &Principal,
+    org: OrgName,
+    pool: PoolId,
+    machine: MachineId,
+    expires: String,
+) -> Reply {
+    let core = &shared.core;
+    let now = shared.clock.now();
+    let last_day_end = parse_end_of_date(&expires)?;
+    let id = keys::random_u128().map_err(random_failure)?;
+    let _writer = shared.writer.lock().await;
+    let r = core.reserve_offline(p, &org, pool, &machine, last_day_end, id, now)?;
+    let fields = crate::offline::LicenseFields {
+        id: r.id,
+        org: r.org.clone(),
+        pool: r.pool,
+        machine: r.machine.clone(),
+        issued: r.issued,
+        expires: r.expires,
+    };
+    let content = shared.signing.sign(&fields);
+    let changes = core.offline_changes(p, &r, content.clone(), now);
+    if let Err(e) = shared.commit(changes).await {
+        core.cancel_offline(&r);
+        return Err(store_failure(e));
+    }
+    shared.deadline_added(r.expires);
+    Ok(Resp::OfflineCreated { file_name: fields.file_name(), content })
 }

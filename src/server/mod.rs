@@ -96,14 +96,13 @@ pub(crate) struct Shared {
     pub next_conn: AtomicU64,
     pub open_conns: AtomicUsize,
     pub options: Options,
+    /// Signs offline licenses (generated once into the data dir).
+    pub signing: crate::offline::SigningKey,
 }
 
 impl Shared {
     /// Commits changes durably (off the async threads), then applies them.
-    pub async fn commit(
-        &self,
-        changes: Vec<Change>,
-    ) -> Result<Vec<Ended>, crate::store::StoreError> {
+    pub async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Ended>, crate::store::StoreError> {
         let store = self.store.clone();
         let changes = tokio::task::spawn_blocking(move || store.commit(&changes).map(|()| changes))
             .await
@@ -118,10 +117,7 @@ impl Shared {
             if let Some(tx) = self.notices.get(&e.conn) {
                 // Notices are advisory: a full queue means the client is not
                 // reading, and its next request will say the session is gone.
-                let _ = tx.try_send(Notice::SessionEnded {
-                    session: e.info.session,
-                    reason: e.reason,
-                });
+                let _ = tx.try_send(Notice::SessionEnded { session: e.info.session, reason: e.reason });
             }
         }
     }
@@ -159,22 +155,14 @@ pub struct Running {
 pub async fn start(options: Options) -> Result<Running> {
     std::fs::create_dir_all(&options.data_dir)
         .with_context(|| format!("creating data dir {}", options.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        RedbStore::open(&options.data_dir.join("broker.redb")).context("opening the store")?,
-    );
-    let core = Broker::new(Config {
-        lease_ttl: options.lease_ttl,
-        ..Config::default()
-    });
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&options.data_dir.join("broker.redb")).context("opening the store")?);
+    let core = Broker::new(Config { lease_ttl: options.lease_ttl, ..Config::default() });
     let records = store.load().context("loading the store")?;
     let fresh = records.is_empty();
     core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
     let clock = Clock::new();
-    let bootstrap = if fresh {
-        Some(bootstrap(&core, store.as_ref(), clock)?)
-    } else {
-        None
-    };
+    let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
 
     let files = match &options.tls {
         Some(f) => f.clone(),
@@ -185,8 +173,9 @@ pub async fn start(options: Options) -> Result<Running> {
         }
     };
     let server_config = tls::server_config(&files, options.idle_timeout, options.max_streams)?;
-    let socket =
-        socket::bind(options.listen).with_context(|| format!("binding {}", options.listen))?;
+    let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))
+        .context("loading the offline-license signing key")?;
+    let socket = socket::bind(options.listen).with_context(|| format!("binding {}", options.listen))?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_config),
@@ -207,26 +196,15 @@ pub async fn start(options: Options) -> Result<Running> {
         next_conn: AtomicU64::new(1),
         open_conns: AtomicUsize::new(0),
         options,
+        signing,
     });
     let (stop, stop_rx) = watch::channel(false);
     let tasks = vec![
-        tokio::spawn(connection::accept_loop(
-            shared.clone(),
-            endpoint.clone(),
-            stop_rx.clone(),
-        )),
+        tokio::spawn(connection::accept_loop(shared.clone(), endpoint.clone(), stop_rx.clone())),
         tokio::spawn(expiry::run(shared.clone(), stop_rx)),
     ];
     tracing::info!(%addr, lease_ttl = ?shared.options.lease_ttl, "broker listening");
-    Ok(Running {
-        addr,
-        shared,
-        endpoint,
-        stop,
-        tasks,
-        bootstrap,
-        cert_path: files.cert,
-    })
+    Ok(Running { addr, shared, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
 }
 
 fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys> {
@@ -257,19 +235,14 @@ impl Running {
         shared.draining.store(true, Ordering::Relaxed);
         let grace = shared.options.drain_grace;
         for entry in shared.notices.iter() {
-            let _ = entry.value().try_send(Notice::Draining {
-                grace_ms: grace.as_millis() as u64,
-            });
+            let _ = entry.value().try_send(Notice::Draining { grace_ms: grace.as_millis() as u64 });
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while shared.open_conns.load(Ordering::Relaxed) > 0
-            && tokio::time::Instant::now() < deadline
-        {
+        while shared.open_conns.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = self.stop.send(true);
-        self.endpoint
-            .close(quinn::VarInt::from_u32(0), b"broker shutting down");
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         for t in self.tasks {
             t.abort();

@@ -17,10 +17,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         // Accept only what was asked for; dual-stack surprises nobody wants.
         let _ = socket.set_only_v6(true);
     }
-    for (what, result) in [
-        ("receive", socket.set_recv_buffer_size(BUFFER_BYTES)),
-        ("send", socket.set_send_buffer_size(BUFFER_BYTES)),
-    ] {
+    for (what, result) in
+        [("receive", socket.set_recv_buffer_size(BUFFER_BYTES)), ("send", socket.set_send_buffer_size(BUFFER_BYTES))]
+    {
         if let Err(e) = result {
             tracing::warn!("could not raise the UDP {what} buffer: {e}");
         }

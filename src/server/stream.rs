@@ -19,8 +19,8 @@ use super::handler::{self, PoolCache};
 use super::Shared;
 use crate::core::{ErrorCode, KeyHash, Principal};
 use crate::proto::{
-    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Req, Request, Response, ServerFrame,
-    Welcome, WireError, VERSION,
+    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Req, Request, Response, ServerFrame, Welcome, WireError,
+    VERSION,
 };
 
 /// Bytes asked of the stream per read.
@@ -61,18 +61,10 @@ struct StreamState {
     pools: PoolCache,
 }
 
-pub(super) async fn serve(
-    shared: Arc<Shared>,
-    ctx: Arc<ConnCtx>,
-    mut send: SendStream,
-    mut recv: RecvStream,
-) {
+pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
     let mut frames = FrameBuf::new();
     let mut out = Vec::with_capacity(4096);
-    let mut state = StreamState {
-        caller: None,
-        pools: PoolCache::default(),
-    };
+    let mut state = StreamState { caller: None, pools: PoolCache::default() };
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         let n = match recv.read(&mut chunk).await {
@@ -92,10 +84,7 @@ pub(super) async fn serve(
                         FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
                         FrameError::Empty => ErrorCode::BadFrame,
                     };
-                    encode(
-                        &ServerFrame::Error(WireError::new(code, e.to_string())),
-                        &mut out,
-                    );
+                    encode(&ServerFrame::Error(WireError::new(code, e.to_string())), &mut out);
                     finish = true;
                     break;
                 }
@@ -108,7 +97,7 @@ pub(super) async fn serve(
                 }
                 Next::Slow { id, body } => {
                     let outcome = match authorised(&shared, &mut state.caller) {
-                        Ok(p) => into_outcome(handler::slow(&shared, p, body).await),
+                        Ok(p) => into_outcome(handler::slow(&shared, &ctx, p, body).await),
                         Err(e) => Outcome::Err(e),
                     };
                     encode(&ServerFrame::Response(Response { id, outcome }), &mut out);
@@ -146,10 +135,7 @@ fn decode(body: &[u8]) -> Decoded {
                 .filter(|(variant, _)| *variant == 1)
                 .and_then(|(_, rest)| postcard::take_from_bytes::<u64>(rest).ok())
                 .map(|(id, _)| id);
-            Decoded::Bad {
-                id,
-                detail: e.to_string(),
-            }
+            Decoded::Bad { id, detail: e.to_string() }
         }
     }
 }
@@ -169,13 +155,7 @@ fn on_frame(
                 format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"),
             );
             match id {
-                Some(id) => encode(
-                    &ServerFrame::Response(Response {
-                        id,
-                        outcome: Outcome::Err(err),
-                    }),
-                    out,
-                ),
+                Some(id) => encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out),
                 None => encode(&ServerFrame::Error(err), out),
             }
             Next::Continue
@@ -191,25 +171,13 @@ fn on_frame(
             let principal = match authorised(shared, &mut state.caller) {
                 Ok(p) => p,
                 Err(e) => {
-                    encode(
-                        &ServerFrame::Response(Response {
-                            id,
-                            outcome: Outcome::Err(e),
-                        }),
-                        out,
-                    );
+                    encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
                     return Next::Continue;
                 }
             };
             match handler::fast(shared, ctx, principal, &mut state.pools, body, now) {
                 Ok(result) => {
-                    encode(
-                        &ServerFrame::Response(Response {
-                            id,
-                            outcome: into_outcome(result),
-                        }),
-                        out,
-                    );
+                    encode(&ServerFrame::Response(Response { id, outcome: into_outcome(result) }), out);
                     Next::Continue
                 }
                 Err(body) => Next::Slow { id, body },
@@ -221,20 +189,14 @@ fn on_frame(
 /// Answers a Hello; returns true when the stream must be finished.
 fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> bool {
     if caller.is_some() {
-        let err = WireError::new(
-            ErrorCode::OutOfOrder,
-            "Hello may only be the first frame of a stream",
-        );
+        let err = WireError::new(ErrorCode::OutOfOrder, "Hello may only be the first frame of a stream");
         encode(&ServerFrame::Error(err), out);
         return false;
     }
     if hello.version != VERSION {
         let err = WireError::new(
             ErrorCode::UnsupportedVersion,
-            format!(
-                "this broker speaks protocol version {VERSION}, not {}",
-                hello.version
-            ),
+            format!("this broker speaks protocol version {VERSION}, not {}", hello.version),
         );
         encode(&ServerFrame::Error(err), out);
         return true;
@@ -251,11 +213,7 @@ fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mu
                 role: principal.role,
             };
             encode(&ServerFrame::Welcome(welcome), out);
-            *caller = Some(Caller {
-                key,
-                principal,
-                version,
-            });
+            *caller = Some(Caller { key, principal, version });
         }
         Err(e) => encode(&ServerFrame::Error(e.into()), out),
     }
@@ -264,15 +222,9 @@ fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mu
 
 /// The stream's principal, re-resolved if the directory changed since (so
 /// a revoked key or a removed user loses access on their next request).
-fn authorised<'a>(
-    shared: &Shared,
-    caller: &'a mut Option<Caller>,
-) -> Result<&'a Principal, WireError> {
+fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<&'a Principal, WireError> {
     let Some(c) = caller.as_mut() else {
-        return Err(WireError::new(
-            ErrorCode::OutOfOrder,
-            "send Hello before any request",
-        ));
+        return Err(WireError::new(ErrorCode::OutOfOrder, "send Hello before any request"));
     };
     let version = shared.core.version();
     if version != c.version {

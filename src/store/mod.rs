@@ -6,7 +6,7 @@ mod redb_store;
 
 pub use redb_store::RedbStore;
 
-use crate::core::{Change, Record};
+use crate::core::{AuditEntry, Change, OrgName, Record};
 
 /// Why the store could not load or commit. A failed commit changed nothing.
 #[derive(Debug)]
@@ -31,9 +31,13 @@ impl std::error::Error for StoreError {}
 
 /// Where durable records live.
 pub trait Store: Send + Sync + 'static {
-    /// Every record, parents before children (orgs, pools, users, keys, machines).
+    /// Every record that rebuilds memory, parents before children (orgs,
+    /// pools, users, keys, machines, grants, bindings, offline licenses).
     fn load(&self) -> Result<Vec<Record>, StoreError>;
 
     /// Applies all changes atomically and durably (fsync'd) or none of them.
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
+
+    /// An org's audit trail, oldest first.
+    fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -41,14 +41,7 @@ pub async fn start_in(dir: tempfile::TempDir, lease_ttl: Duration) -> TestBroker
     let server = running.local_addr().to_string();
     let ca = running.cert_path.clone();
     let (operator, owner) = keys.map(|k| (k.operator, k.owner)).unwrap_or_default();
-    TestBroker {
-        running: Some(running),
-        dir,
-        server,
-        ca,
-        operator,
-        owner,
-    }
+    TestBroker { running: Some(running), dir, server, ca, operator, owner }
 }
 
 impl TestBroker {

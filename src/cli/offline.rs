@@ -1,0 +1,143 @@
+//! `license-broker offline …`: create, list, public-key (via the broker),
+//! revoke/transfer (which the broker refuses), and verify (no broker).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use license_broker::core::{MachineId, Millis, OrgName, PoolId};
+use license_broker::offline;
+
+use super::{finish, output, ConnArgs};
+
+#[derive(Subcommand, Debug)]
+pub enum OfflineCmd {
+    /// Owner/Admin: create an offline license for a machine (annual node-locked pools).
+    Create {
+        #[arg(long)]
+        org: OrgName,
+        #[arg(long)]
+        pool: PoolId,
+        #[arg(long)]
+        machine_id: MachineId,
+        /// Last valid day, YYYY-MM-DD: at most 60 days from today, not after the subscription end.
+        #[arg(long)]
+        expires: String,
+        /// Directory to write KSE_<machineID>.lic / KRE_<machineID>.lic into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
+    /// Owner/Admin: the org's offline licenses, expired ones included.
+    List {
+        #[arg(long)]
+        org: OrgName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Owner/Admin: revoke an offline license (refused: they cannot be revoked).
+    Revoke {
+        #[arg(long)]
+        org: OrgName,
+        license: String,
+    },
+    /// Owner/Admin: move an offline license to another machine (refused).
+    Transfer {
+        #[arg(long)]
+        org: OrgName,
+        license: String,
+        #[arg(long)]
+        machine_id: MachineId,
+    },
+    /// Print the broker's public key for verifying offline licenses (PEM).
+    PublicKey,
+    /// Verify a license file without the broker. Exit 0 valid, 10 bad
+    /// signature, 11 expired, 12 not yet valid, 13 wrong machine, 14 malformed.
+    Verify {
+        file: PathBuf,
+        /// The broker's public key (PEM), from `offline public-key`.
+        #[arg(long)]
+        public_key: PathBuf,
+        /// Also check the license is bound to this machine ID.
+        #[arg(long)]
+        machine_id: Option<MachineId>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cmd: OfflineCmd, conn: &ConnArgs) -> Result<ExitCode> {
+    match cmd {
+        OfflineCmd::Verify { file, public_key, machine_id, json } => {
+            verify(&file, &public_key, machine_id.as_ref(), json)
+        }
+        OfflineCmd::Create { org, pool, machine_id, expires, out } => {
+            let c = conn.connect().await?;
+            let (name, content) = c.create_offline(&org, pool, &machine_id, &expires).await?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let path = out.join(&name);
+            std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
+            println!("{}", path.display());
+            finish(c).await
+        }
+        OfflineCmd::List { org, json } => {
+            let c = conn.connect().await?;
+            output::offline(&c.list_offline(&org).await?, json);
+            finish(c).await
+        }
+        OfflineCmd::Revoke { org, license } => {
+            let c = conn.connect().await?;
+            c.revoke_offline(&org, &license).await?;
+            finish(c).await
+        }
+        OfflineCmd::Transfer { org, license, machine_id } => {
+            let c = conn.connect().await?;
+            c.transfer_offline(&org, &license, &machine_id).await?;
+            finish(c).await
+        }
+        OfflineCmd::PublicKey => {
+            let c = conn.connect().await?;
+            print!("{}", c.offline_public_key().await?);
+            finish(c).await
+        }
+    }
+}
+
+fn verify(file: &PathBuf, public_key: &PathBuf, machine: Option<&MachineId>, json: bool) -> Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let pem = std::fs::read_to_string(public_key).with_context(|| format!("reading {}", public_key.display()))?;
+    let key = offline::parse_public_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", public_key.display()))?;
+    let now = Millis(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64));
+    match offline::verify(&bytes, &key, machine, now) {
+        Ok(f) => {
+            let last_day = license_broker::core::format_end_date(f.expires);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"valid": true, "org": f.org.as_str(), "pool": f.pool.to_string(),
+                        "machine": f.machine.as_str(), "last_day": last_day, "license": format!("{:032x}", f.id),
+                        "machine_checked": machine.is_some()})
+                );
+            } else {
+                let checked = if machine.is_some() { "" } else { " (machine not checked: pass --machine-id)" };
+                println!(
+                    "valid: {} license for {} from {}/{}, through {last_day}{checked}",
+                    f.pool.product_name(),
+                    f.machine,
+                    f.org,
+                    f.pool
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({"valid": false, "reason": e.to_string(), "exit": e.exit_code()}));
+            } else {
+                println!("invalid: {e}");
+            }
+            Ok(ExitCode::from(e.exit_code()))
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! KSE grants, node-locked activations and offline licenses: the rest of
+//! the vendor's rules (docs/OFFLINE.md has the offline ones in full).
+//!
+//! Like `admin`, these plan durable changes and never touch the store.
+//! Activations and offline licenses take a seat *before* their commit (a
+//! reservation, undone if the commit fails), because sessions compete for
+//! the same seats without any lock.
+
+use serde::{Deserialize, Serialize};
+
+use super::broker::Broker;
+use super::error::{Error, Result};
+use super::id::{Email, MachineId, OrgName, Role};
+use super::pool::{Kind, OfflineEntry, Pool, PoolId, Product, Term};
+use super::record::{AuditAction, Change, OfflineLicense, Record};
+use super::time::{format_end_date, Millis};
+use super::Principal;
+use crate::sync::Arc;
+
+/// Longest an offline license may last, in days after the day it is created.
+pub const OFFLINE_MAX_DAYS: u64 = 60;
+
+const DAY_MS: u64 = 86_400_000;
+
+/// A licensed user of a pool, for `licenses`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantInfo {
+    /// The pool.
+    pub pool: PoolId,
+    /// The licensed user.
+    pub email: Email,
+    /// When the grant was made.
+    pub granted: Millis,
+    /// Where a node-locked license is activated (the pool's online licenses).
+    pub machine: Option<MachineId>,
+}
+
+/// An offline license, for `offline list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineInfo {
+    /// The pool whose seat it holds.
+    pub pool: PoolId,
+    /// Its id, 32 hex digits.
+    pub id: String,
+    /// Its machine.
+    pub machine: MachineId,
+    /// When it was created.
+    pub issued: Millis,
+    /// Its last valid day, `YYYY-MM-DD`.
+    pub last_day: String,
+    /// Who created it.
+    pub created_by: Email,
+    /// Whether it still holds its seat (false once expired).
+    pub active: bool,
+}
+
+/// What an activation did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// A node-locked license was bound to the machine now: commit `changes`
+    /// (on failure call `unbind`).
+    Bound { changes: Vec<Change> },
+    /// It was already bound to this machine; nothing to do.
+    AlreadyBound,
+}
+
+/// An offline license reserved (seat taken) but not yet committed.
+#[derive(Clone, Debug)]
+pub struct Reservation {
+    pub org: OrgName,
+    pub pool: PoolId,
+    pub id: u128,
+    pub machine: MachineId,
+    pub issued: Millis,
+    pub expires: Millis,
+}
+
+impl Broker {
+    /// Refuses unless the caller is an Owner or Admin of an existing org.
+    pub fn require_org_admin(&self, p: &Principal, org: &OrgName) -> Result<()> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| dir.org(org).map(|_| ()))
+    }
+
+    fn admin_pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| dir.pool(org, pool).cloned())
+    }
+
+    /// Owner/Admin: grants a KSE pool's license to a member of the org.
+    pub fn plan_grant(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        email: &Email,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
+        let handle = self.admin_pool(p, org, pool)?;
+        if pool.product != Product::Kse {
+            return Err(Error::invalid("pool", "KRE licenses need no grant: every member of the org may use them"));
+        }
+        let role = self.with_dir(|dir| {
+            dir.org(org)?.users.get(email).map(|u| u.role).ok_or_else(|| Error::not_found("user", email))
+        })?;
+        if role == Role::Operator {
+            return Err(Error::invalid("user", "the operator cannot hold licenses"));
+        }
+        if handle.has_grant(email) {
+            return Err(Error::AlreadyExists { what: "grant", name: format!("{email} on {pool}") });
+        }
+        let quota = handle.count().quota;
+        if handle.grant_count() >= quota as usize {
+            return Err(Error::GrantLimit { quota });
+        }
+        Ok(vec![
+            Change::Put(Record::Grant { org: org.clone(), pool, email: email.clone(), granted: now }),
+            self.audit(org, p, AuditAction::Granted, format!("pool={pool} user={email}"), now),
+        ])
+    }
+
+    /// Owner/Admin: revokes a grant. Applying it ends the user's live
+    /// sessions on the pool (reason: revoked) and frees a node-locked activation.
+    pub fn plan_revoke_grant(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        email: &Email,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
+        let handle = self.admin_pool(p, org, pool)?;
+        if !handle.has_grant(email) {
+            return Err(Error::not_found("grant", format!("{email} on {pool}")));
+        }
+        let mut changes = vec![Change::RemoveGrant { org: org.clone(), pool, email: email.clone() }];
+        if handle.binding(email).is_some() {
+            changes.push(Change::RemoveBinding { org: org.clone(), pool, email: email.clone() });
+        }
+        changes.push(self.audit(org, p, AuditAction::GrantRevoked, format!("pool={pool} user={email}"), now));
+        Ok(changes)
+    }
+
+    /// Owner/Admin: licensed users of one pool or all, with their activations.
+    pub fn grants(&self, p: &Principal, org: &OrgName, pool: Option<PoolId>) -> Result<Vec<GrantInfo>> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| {
+            let mut pools: Vec<&Arc<Pool>> =
+                dir.org(org)?.pools.values().filter(|h| pool.is_none_or(|want| h.id == want)).collect();
+            pools.sort_by_key(|h| h.id);
+            Ok(pools
+                .into_iter()
+                .flat_map(|h| {
+                    h.grants().into_iter().map(|(email, granted, machine)| GrantInfo {
+                        pool: h.id,
+                        email,
+                        granted,
+                        machine,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    /// A licensed user activates a node-locked KSE license on a machine.
+    /// Takes the seat now; the caller commits the changes or calls `unbind`.
+    pub fn activate_node_locked(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        now: Millis,
+    ) -> Result<Activation> {
+        let handle = self.member_pool(p, org, pool)?;
+        if pool.product != Product::Kse || pool.kind != Kind::NodeLocked {
+            return Err(Error::invalid("pool", "only node-locked KSE pools are activated on a machine"));
+        }
+        if !handle.has_grant(&p.email) {
+            return Err(Error::NotLicensed);
+        }
+        match handle.binding(&p.email) {
+            Some(bound) if &bound == machine => return Ok(Activation::AlreadyBound),
+            Some(bound) => return Err(Error::AlreadyActivated { machine: bound }),
+            None => {}
+        }
+        handle.bind(&p.email, machine, now)?;
+        Ok(Activation::Bound {
+            changes: vec![
+                Change::Put(Record::Binding {
+                    org: org.clone(),
+                    pool,
+                    email: p.email.clone(),
+                    machine: machine.clone(),
+                    bound: now,
+                }),
+                self.audit(org, p, AuditAction::Activated, format!("pool={pool} machine={machine}"), now),
+            ],
+        })
+    }
+
+    /// Undoes an activation whose commit failed.
+    pub fn unbind(&self, org: &OrgName, pool: PoolId, email: &Email) {
+        if let Ok(h) = self.with_dir(|dir| dir.pool(org, pool).cloned()) {
+            h.unbind(email);
+        }
+    }
+
+    /// The audit line of a floating activation (a session), to commit after it opened.
+    pub fn audit_activation(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        now: Millis,
+    ) -> Change {
+        self.audit(org, p, AuditAction::Activated, format!("pool={pool} machine={machine} floating"), now)
+    }
+
+    /// Owner/Admin: reserves an offline license (takes its seat) for
+    /// `machine` until the end of `last_day_end` (midnight after its last day).
+    pub fn reserve_offline(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        last_day_end: Millis,
+        id: u128,
+        now: Millis,
+    ) -> Result<Reservation> {
+        let handle = self.admin_pool(p, org, pool)?;
+        if pool.kind != Kind::NodeLocked || pool.term != Term::Annual {
+            return Err(Error::OfflineNotAllowed(format!("{pool} is not an annual node-locked pool")));
+        }
+        let today_end = Millis((now.0 / DAY_MS + 1) * DAY_MS);
+        if last_day_end < today_end {
+            return Err(Error::invalid("expiry", "must be today or later"));
+        }
+        let sixty = Millis(today_end.0 + OFFLINE_MAX_DAYS * DAY_MS);
+        if last_day_end > sixty {
+            return Err(Error::ExpiryTooLate(format!(
+                "an offline license lasts at most {OFFLINE_MAX_DAYS} days: the latest expiry today is {}",
+                format_end_date(sixty)
+            )));
+        }
+        let subscription_end = self.with_dir(|dir| dir.org(org).map(|o| o.subscription_end))?;
+        if last_day_end > subscription_end {
+            return Err(Error::ExpiryTooLate(format!(
+                "the org's subscription ends {}; an offline license cannot outlive it",
+                format_end_date(subscription_end)
+            )));
+        }
+        if let Some(until) = handle.active_offline_for(machine) {
+            return Err(Error::AlreadyExists {
+                what: "offline license",
+                name: format!(
+                    "for {machine} until {} (a new one can be made once it has expired)",
+                    format_end_date(until)
+                ),
+            });
+        }
+        // Whole seconds: the file states its issue time to the second.
+        let issued = Millis(now.0 / 1000 * 1000);
+        let entry = OfflineEntry {
+            id,
+            machine: machine.clone(),
+            issued,
+            expires: last_day_end,
+            created_by: p.email.clone(),
+            active: true,
+        };
+        handle.reserve_offline(entry)?;
+        self.track_offline(handle, id, last_day_end);
+        Ok(Reservation { org: org.clone(), pool, id, machine: machine.clone(), issued, expires: last_day_end })
+    }
+
+    /// The durable changes of a reserved offline license, with its signed file.
+    pub fn offline_changes(&self, p: &Principal, r: &Reservation, file: String, now: Millis) -> Vec<Change> {
+        let license = OfflineLicense {
+            id: r.id,
+            machine: r.machine.clone(),
+            issued: r.issued,
+            expires: r.expires,
+            created_by: p.email.clone(),
+            file,
+        };
+        vec![
+            Change::Put(Record::Offline { org: r.org.clone(), pool: r.pool, license }),
+            self.audit(
+                &r.org,
+                p,
+                AuditAction::OfflineCreated,
+                format!(
+                    "pool={} machine={} license={:032x} last_day={}",
+                    r.pool,
+                    r.machine,
+                    r.id,
+                    format_end_date(r.expires)
+                ),
+                now,
+            ),
+        ]
+    }
+
+    /// Undoes a reservation whose commit failed.
+    pub fn cancel_offline(&self, r: &Reservation) {
+        if let Ok(h) = self.with_dir(|dir| dir.pool(&r.org, r.pool).cloned()) {
+            h.cancel_offline(r.id);
+        }
+        self.untrack_offline(r.id, r.expires);
+    }
+
+    /// Owner/Admin: every offline license of the org.
+    pub fn offline_licenses(&self, p: &Principal, org: &OrgName) -> Result<Vec<OfflineInfo>> {
+        p.require_admin(org)?;
+        self.with_dir(|dir| {
+            let mut pools: Vec<&Arc<Pool>> = dir.org(org)?.pools.values().collect();
+            pools.sort_by_key(|h| h.id);
+            Ok(pools
+                .into_iter()
+                .flat_map(|h| {
+                    h.offline().into_iter().map(|o| OfflineInfo {
+                        pool: h.id,
+                        id: format!("{:032x}", o.id),
+                        machine: o.machine,
+                        issued: o.issued,
+                        last_day: format_end_date(o.expires),
+                        created_by: o.created_by,
+                        active: o.active,
+                    })
+                })
+                .collect())
+        })
+    }
+
+    /// Owner/Admin asks to revoke or transfer an offline license: always
+    /// refused (the vendor's rule), with when its seat comes back.
+    pub fn refuse_offline_change(&self, p: &Principal, org: &OrgName, id: &str) -> Error {
+        if let Err(e) = p.require_admin(org) {
+            return e;
+        }
+        match self.offline_licenses(p, org).map(|v| v.into_iter().find(|o| o.id == id)) {
+            Ok(Some(o)) => Error::OfflineIrrevocable { expires: o.last_day },
+            Ok(None) => Error::not_found("offline license", id),
+            Err(e) => e,
+        }
+    }
+}
