@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::*;
+use super::licensing;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -270,4 +271,199 @@ fn expiry_scales_to_many_leases() {
     assert_eq!(ended.len(), 25_000);
     assert_eq!(w.in_use(), 25_000);
     assert_eq!(w.broker.next_deadline(), Some(t(30_500)));
+}
+
+// ---- KSE grants, activations, offline licenses ----
+
+fn pool_id(s: &str) -> PoolId {
+    s.parse().unwrap()
+}
+
+impl World {
+    fn set_pool(&self, pool: &str, quota: u32) {
+        self.broker.apply(&self.broker.plan_set_pool(&self.op, &self.org, pool_id(pool), quota, t(0)).unwrap());
+    }
+
+    fn grant(&self, pool: &str, email: &str) -> Result<()> {
+        let plan = self.broker.plan_grant(&self.owner, &self.org, pool_id(pool), &Email::new(email).unwrap(), t(0))?;
+        self.broker.apply(&plan);
+        Ok(())
+    }
+
+    fn offline(&self, pool: &str, machine: &str, last_day_end: Millis, id: u128, now: Millis) -> Result<licensing::Reservation> {
+        let r = self.broker.reserve_offline(&self.owner, &self.org, pool_id(pool), &mid(machine), last_day_end, id, now)?;
+        let changes = self.broker.offline_changes(&self.owner, &r, "file".into(), now);
+        self.broker.apply(&changes);
+        Ok(r)
+    }
+
+    fn pool_in_use(&self, pool: &str) -> u32 {
+        self.broker.status(&self.owner, None).unwrap().iter().find(|s| s.pool == pool_id(pool)).unwrap().in_use
+    }
+}
+
+const DAY: u64 = 86_400_000;
+
+#[test]
+fn grants_are_capped_by_quota_and_transferable() {
+    let w = world(1);
+    w.set_pool("kse-floating-annual", 2);
+    let a = w.add_member("a@default", Role::User, 3);
+    w.add_member("b@default", Role::User, 4);
+    w.add_member("c@default", Role::User, 5);
+    w.grant("kse-floating-annual", "a@default").unwrap();
+    w.grant("kse-floating-annual", "b@default").unwrap();
+    assert_eq!(w.grant("kse-floating-annual", "c@default"), Err(Error::GrantLimit { quota: 2 }));
+    assert!(matches!(w.grant("kre-floating-annual", "c@default"), Err(Error::Invalid { .. })), "KRE needs no grant");
+    // Transfer: revoke from a, grant to c. Revoking ends a's live sessions.
+    let lease = w.broker.acquire(&a, &w.org, pool_id("kse-floating-annual"), mid("laptop"), Nonce(1), 9, t(0)).unwrap();
+    let plan = w.broker.plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("a@default").unwrap(), t(1)).unwrap();
+    let ended = w.broker.apply(&plan);
+    assert_eq!((ended.len(), ended[0].info.session, ended[0].reason), (1, lease.session, EndReason::Revoked));
+    assert_eq!(w.broker.acquire(&a, &w.org, pool_id("kse-floating-annual"), mid("laptop"), Nonce(2), 9, t(2)), Err(Error::NotLicensed));
+    w.grant("kse-floating-annual", "c@default").unwrap();
+    // Lowering the quota below the grants keeps them but refuses new ones.
+    w.set_pool("kse-floating-annual", 1);
+    assert_eq!(w.broker.grants(&w.owner, &w.org, None).unwrap().len(), 2);
+    let plan = w.broker.plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("b@default").unwrap(), t(1)).unwrap();
+    w.broker.apply(&plan);
+    assert_eq!(w.grant("kse-floating-annual", "a@default"), Err(Error::GrantLimit { quota: 1 }));
+}
+
+#[test]
+fn node_locked_activation_binds_one_machine_until_freed() {
+    let w = world(1);
+    w.set_pool("kse-node-locked-annual", 1);
+    let a = w.add_member("a@default", Role::User, 3);
+    let b = w.add_member("b@default", Role::User, 4);
+    let pool = pool_id("kse-node-locked-annual");
+    assert_eq!(w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(0)), Err(Error::NotLicensed));
+    w.grant("kse-node-locked-annual", "a@default").unwrap();
+    let Activation::Bound { changes } = w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(0)).unwrap() else {
+        panic!("expected a new binding")
+    };
+    w.broker.apply(&changes);
+    assert_eq!(w.pool_in_use("kse-node-locked-annual"), 1, "a binding holds a seat");
+    assert_eq!(w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(1)), Ok(Activation::AlreadyBound));
+    assert_eq!(
+        w.broker.activate_node_locked(&a, &w.org, pool, &mid("m2"), t(1)),
+        Err(Error::AlreadyActivated { machine: mid("m1") })
+    );
+    assert!(matches!(w.broker.acquire(&a, &w.org, pool, mid("m1"), Nonce(1), 1, t(1)), Err(Error::Invalid { .. })));
+    let _ = b;
+    // The Owner frees m1; a may activate elsewhere.
+    w.broker.apply(&w.broker.plan_remove_machine(&w.owner, &w.org, Some(pool), &mid("m1"), t(2)).unwrap());
+    assert_eq!(w.pool_in_use("kse-node-locked-annual"), 0);
+    assert!(matches!(w.broker.activate_node_locked(&a, &w.org, pool, &mid("m2"), t(3)), Ok(Activation::Bound { .. })));
+}
+
+#[test]
+fn offline_license_holds_a_seat_until_it_expires() {
+    let w = world(1);
+    w.set_pool("kre-node-locked-annual", 2);
+    let now = t(0);
+    let today_end = Millis((now.0 / DAY + 1) * DAY);
+    let r = w.offline("kre-node-locked-annual", "air-gapped", Millis(today_end.0 + 10 * DAY), 7, now).unwrap();
+    assert_eq!(w.pool_in_use("kre-node-locked-annual"), 1);
+    assert_eq!(w.broker.next_deadline(), Some(r.expires));
+    // One machine, one live offline license.
+    assert!(matches!(
+        w.offline("kre-node-locked-annual", "air-gapped", Millis(today_end.0 + 20 * DAY), 8, now),
+        Err(Error::AlreadyExists { .. })
+    ));
+    w.offline("kre-node-locked-annual", "other", Millis(today_end.0 + 5 * DAY), 9, now).unwrap();
+    assert!(matches!(
+        w.offline("kre-node-locked-annual", "third", Millis(today_end.0 + 5 * DAY), 10, now),
+        Err(Error::QuotaExceeded { quota: 2 })
+    ));
+    // Time passes: the 5-day one returns its seat at its expiry, not before.
+    w.broker.expire(Millis(today_end.0 + 5 * DAY - 1));
+    assert_eq!(w.pool_in_use("kre-node-locked-annual"), 2);
+    w.broker.expire(Millis(today_end.0 + 5 * DAY));
+    assert_eq!(w.pool_in_use("kre-node-locked-annual"), 1);
+    w.broker.expire(r.expires);
+    assert_eq!(w.pool_in_use("kre-node-locked-annual"), 0);
+    // Expired ones stay listed; a new one for the same machine is allowed now.
+    let listed = w.broker.offline_licenses(&w.owner, &w.org).unwrap();
+    assert_eq!(listed.iter().filter(|o| !o.active).count(), 2);
+    w.offline("kre-node-locked-annual", "air-gapped", Millis(r.expires.0 + 30 * DAY), 11, r.expires).unwrap();
+    assert_eq!(w.pool_in_use("kre-node-locked-annual"), 1);
+}
+
+#[test]
+fn offline_licenses_refused_with_the_rule_that_applies() {
+    let w = world(1);
+    for pool in ["kse-node-locked-monthly", "kse-floating-annual", "kse-node-locked-annual"] {
+        w.set_pool(pool, 5);
+    }
+    let user = w.add_member("u@default", Role::User, 3);
+    let now = t(0);
+    let today_end = Millis((now.0 / DAY + 1) * DAY);
+    let in_days = |d: u64| Millis(today_end.0 + d * DAY);
+    let reserve = |p: &Principal, pool: &str, end: Millis| {
+        w.broker.reserve_offline(p, &w.org, pool_id(pool), &mid("m"), end, 1, now).map(|_| ())
+    };
+    assert!(matches!(reserve(&w.owner, "kse-node-locked-monthly", in_days(1)), Err(Error::OfflineNotAllowed(_))));
+    assert!(matches!(reserve(&w.owner, "kse-floating-annual", in_days(1)), Err(Error::OfflineNotAllowed(_))));
+    assert!(matches!(reserve(&user, "kse-node-locked-annual", in_days(1)), Err(Error::Forbidden(_))));
+    match reserve(&w.owner, "kse-node-locked-annual", in_days(61)) {
+        Err(Error::ExpiryTooLate(why)) => assert!(why.contains("60 days"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(reserve(&w.owner, "kse-node-locked-annual", Millis(today_end.0 - DAY)).is_err(), "yesterday");
+    // A subscription ending sooner than 60 days is the limit that applies.
+    let acme = OrgName::new("acme").unwrap();
+    let owner = Email::new("o@acme").unwrap();
+    w.broker.apply(&w.broker.plan_create_org(&w.op, &acme, in_days(10), &owner, key(9), now).unwrap());
+    w.broker.apply(&w.broker.plan_set_pool(&w.op, &acme, pool_id("kse-node-locked-annual"), 3, now).unwrap());
+    let acme_owner = w.broker.authenticate(&key(9)).unwrap();
+    let r = w.broker.reserve_offline(&acme_owner, &acme, pool_id("kse-node-locked-annual"), &mid("m"), in_days(11), 2, now);
+    match r {
+        Err(Error::ExpiryTooLate(why)) => assert!(why.contains("subscription"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    // Nothing above took a seat.
+    assert_eq!(w.pool_in_use("kse-node-locked-annual"), 0);
+    // Revoke and transfer are refused outright.
+    w.offline("kse-node-locked-annual", "m", in_days(3), 0xabc, now).unwrap();
+    let id = format!("{:032x}", 0xabc);
+    assert!(matches!(w.broker.refuse_offline_change(&w.owner, &w.org, &id), Error::OfflineIrrevocable { .. }));
+    assert!(matches!(w.broker.refuse_offline_change(&user, &w.org, &id), Error::Forbidden(_)));
+}
+
+#[test]
+fn restart_restores_activations_and_offline_seats() {
+    let w = world(1);
+    w.set_pool("kse-node-locked-annual", 3);
+    let a = w.add_member("a@default", Role::User, 3);
+    w.grant("kse-node-locked-annual", "a@default").unwrap();
+    let Activation::Bound { changes } =
+        w.broker.activate_node_locked(&a, &w.org, pool_id("kse-node-locked-annual"), &mid("m1"), t(0)).unwrap()
+    else {
+        panic!()
+    };
+    w.broker.apply(&changes);
+    let today_end = Millis((t(0).0 / DAY + 1) * DAY);
+    w.offline("kse-node-locked-annual", "m2", Millis(today_end.0 + DAY), 5, t(0)).unwrap();
+    // Replay everything durable into a fresh broker, as a restart does.
+    let fresh = Broker::new(Config { lease_ttl: TTL, shard_bits: 2 });
+    let mut durable = fresh.plan_bootstrap(key(1), &Email::new("owner@default").unwrap(), key(2), t(0));
+    durable.push(Change::Put(Record::Pool { org: w.org.clone(), pool: pool_id("kse-node-locked-annual"), quota: 3 }));
+    durable.push(Change::Put(Record::User { org: w.org.clone(), email: Email::new("a@default").unwrap(), role: Role::User, created: t(0) }));
+    durable.extend(changes.iter().filter(|c| !matches!(c, Change::Put(Record::Audit(_)))).cloned());
+    durable.push(Change::Put(Record::Grant { org: w.org.clone(), pool: pool_id("kse-node-locked-annual"), email: Email::new("a@default").unwrap(), granted: t(0) }));
+    let r = w.broker.offline_licenses(&w.owner, &w.org).unwrap();
+    assert_eq!(r.len(), 1);
+    durable.push(Change::Put(Record::Offline {
+        org: w.org.clone(),
+        pool: pool_id("kse-node-locked-annual"),
+        license: OfflineLicense { id: 5, machine: mid("m2"), issued: t(0), expires: Millis(today_end.0 + DAY), created_by: Email::new("owner@default").unwrap(), file: "file".into() },
+    }));
+    fresh.apply(&durable);
+    fresh.apply(&durable); // applying twice changes nothing
+    let owner = fresh.authenticate(&key(2)).unwrap();
+    let in_use = |b: &Broker| b.status(&owner, None).unwrap()[0].in_use;
+    assert_eq!(in_use(&fresh), 2, "binding and offline license hold their seats after a restart");
+    fresh.expire(Millis(today_end.0 + DAY));
+    assert_eq!(in_use(&fresh), 1, "the offline seat returns at expiry");
 }
