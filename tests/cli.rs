@@ -235,3 +235,90 @@ fn serve_drains_on_sigterm_and_keeps_its_data() {
     assert_eq!(out.status.code(), Some(0));
     assert!(out.stdout.is_empty(), "keys are printed only once: {:?}", String::from_utf8_lossy(&out.stdout));
 }
+
+#[test]
+fn kse_grant_activate_and_offline_license_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    let ok = |out: Output| {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    ok(s.run(
+        &s.operator,
+        &["pool", "set", "--org", "default", "--product", "kse", "--kind", "node-locked", "--quota", "2"],
+    ));
+    ok(s.run(&s.owner, &["user", "add", "--org", "default", "u@default", "--role", "user"]));
+    let key = ok(s.run(&s.owner, &["key", "create", "--org", "default", "u@default"]));
+    let user_key = key.trim().strip_prefix("api key: ").unwrap().to_string();
+    // Not licensed yet: exit 5.
+    let out = s.run(&user_key, &["activate", "--org", "default", "--pool", "kse-node-locked-annual", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    ok(s.run(&s.owner, &["grant", "--org", "default", "--pool", "kse-node-locked-annual", "u@default"]));
+    let out = ok(s.run(&user_key, &["activate", "--org", "default", "--pool", "kse-node-locked-annual", "--json"]));
+    assert!(out.contains(r#""event":"activated""#), "{out}");
+    let out = s
+        .run(&user_key, &["activate", "--org", "default", "--pool", "kse-node-locked-annual", "--machine-id", "other"]);
+    assert_eq!(out.status.code(), Some(4), "activated elsewhere: {out:?}");
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(s.run(&s.owner, &["licenses", "--org", "default", "--json"]))).unwrap();
+    assert_eq!(v["licenses"][0]["machine"], "ci-host-1");
+
+    // Offline: create, fetch the public key as the user, verify without the broker.
+    let out_dir = dir.path().join("lic");
+    let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let expires =
+        license_broker::core::format_end_date(license_broker::core::Millis((today / 86_400_000 + 11) * 86_400_000));
+    let args = [
+        "offline",
+        "create",
+        "--org",
+        "default",
+        "--pool",
+        "kse-node-locked-annual",
+        "--machine-id",
+        "m-9",
+        "--expires",
+        &expires,
+        "--out",
+    ];
+    let path = ok(s.cmd(&s.owner).args(args).arg(&out_dir).output().unwrap());
+    let file = out_dir.join("KSE_m-9.lic");
+    assert_eq!(path.trim(), file.display().to_string());
+    let pem = ok(s.run(&user_key, &["offline", "public-key"]));
+    let pem_path = dir.path().join("broker.pub.pem");
+    std::fs::write(&pem_path, pem).unwrap();
+    let verify = |file: &Path, machine: &str| {
+        Command::new(BIN)
+            .args(["offline", "verify"])
+            .arg(file)
+            .arg("--public-key")
+            .arg(&pem_path)
+            .args(["--machine-id", machine])
+            .output()
+            .unwrap()
+    };
+    assert_eq!(verify(&file, "m-9").status.code(), Some(0));
+    assert_eq!(verify(&file, "m-10").status.code(), Some(13), "wrong machine");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x04;
+    let tampered = dir.path().join("tampered.lic");
+    std::fs::write(&tampered, &bytes).unwrap();
+    assert!(matches!(verify(&tampered, "m-9").status.code(), Some(10) | Some(14)), "tampered file rejected");
+    std::fs::write(&tampered, b"hello").unwrap();
+    assert_eq!(verify(&tampered, "m-9").status.code(), Some(14), "malformed");
+    // Revoking it is refused with a clear message.
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(s.run(&s.owner, &["offline", "list", "--org", "default", "--json"]))).unwrap();
+    let id = list["offline"][0]["id"].as_str().unwrap().to_string();
+    let out = s.run(&s.owner, &["offline", "revoke", "--org", "default", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be revoked or transferred"), "{out:?}");
+    // The audit trail has it all; a User may not read it.
+    let audit = ok(s.run(&s.owner, &["audit", "--org", "default", "--json"]));
+    for action in ["quota_changed", "user_added", "key_created", "granted", "activated", "offline_created"] {
+        assert!(audit.contains(action), "{action} missing from {audit}");
+    }
+    assert_eq!(s.run(&user_key, &["audit", "--org", "default"]).status.code(), Some(5));
+}

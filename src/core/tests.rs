@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::*;
 use super::licensing;
+use super::*;
 
 const TTL: Duration = Duration::from_secs(30);
 
@@ -290,8 +290,16 @@ impl World {
         Ok(())
     }
 
-    fn offline(&self, pool: &str, machine: &str, last_day_end: Millis, id: u128, now: Millis) -> Result<licensing::Reservation> {
-        let r = self.broker.reserve_offline(&self.owner, &self.org, pool_id(pool), &mid(machine), last_day_end, id, now)?;
+    fn offline(
+        &self,
+        pool: &str,
+        machine: &str,
+        last_day_end: Millis,
+        id: u128,
+        now: Millis,
+    ) -> Result<licensing::Reservation> {
+        let r =
+            self.broker.reserve_offline(&self.owner, &self.org, pool_id(pool), &mid(machine), last_day_end, id, now)?;
         let changes = self.broker.offline_changes(&self.owner, &r, "file".into(), now);
         self.broker.apply(&changes);
         Ok(r)
@@ -317,15 +325,24 @@ fn grants_are_capped_by_quota_and_transferable() {
     assert!(matches!(w.grant("kre-floating-annual", "c@default"), Err(Error::Invalid { .. })), "KRE needs no grant");
     // Transfer: revoke from a, grant to c. Revoking ends a's live sessions.
     let lease = w.broker.acquire(&a, &w.org, pool_id("kse-floating-annual"), mid("laptop"), Nonce(1), 9, t(0)).unwrap();
-    let plan = w.broker.plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("a@default").unwrap(), t(1)).unwrap();
+    let plan = w
+        .broker
+        .plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("a@default").unwrap(), t(1))
+        .unwrap();
     let ended = w.broker.apply(&plan);
     assert_eq!((ended.len(), ended[0].info.session, ended[0].reason), (1, lease.session, EndReason::Revoked));
-    assert_eq!(w.broker.acquire(&a, &w.org, pool_id("kse-floating-annual"), mid("laptop"), Nonce(2), 9, t(2)), Err(Error::NotLicensed));
+    assert_eq!(
+        w.broker.acquire(&a, &w.org, pool_id("kse-floating-annual"), mid("laptop"), Nonce(2), 9, t(2)),
+        Err(Error::NotLicensed)
+    );
     w.grant("kse-floating-annual", "c@default").unwrap();
     // Lowering the quota below the grants keeps them but refuses new ones.
     w.set_pool("kse-floating-annual", 1);
     assert_eq!(w.broker.grants(&w.owner, &w.org, None).unwrap().len(), 2);
-    let plan = w.broker.plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("b@default").unwrap(), t(1)).unwrap();
+    let plan = w
+        .broker
+        .plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("b@default").unwrap(), t(1))
+        .unwrap();
     w.broker.apply(&plan);
     assert_eq!(w.grant("kse-floating-annual", "a@default"), Err(Error::GrantLimit { quota: 1 }));
 }
@@ -339,7 +356,8 @@ fn node_locked_activation_binds_one_machine_until_freed() {
     let pool = pool_id("kse-node-locked-annual");
     assert_eq!(w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(0)), Err(Error::NotLicensed));
     w.grant("kse-node-locked-annual", "a@default").unwrap();
-    let Activation::Bound { changes } = w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(0)).unwrap() else {
+    let Activation::Bound { changes } = w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(0)).unwrap()
+    else {
         panic!("expected a new binding")
     };
     w.broker.apply(&changes);
@@ -417,7 +435,8 @@ fn offline_licenses_refused_with_the_rule_that_applies() {
     w.broker.apply(&w.broker.plan_create_org(&w.op, &acme, in_days(10), &owner, key(9), now).unwrap());
     w.broker.apply(&w.broker.plan_set_pool(&w.op, &acme, pool_id("kse-node-locked-annual"), 3, now).unwrap());
     let acme_owner = w.broker.authenticate(&key(9)).unwrap();
-    let r = w.broker.reserve_offline(&acme_owner, &acme, pool_id("kse-node-locked-annual"), &mid("m"), in_days(11), 2, now);
+    let r =
+        w.broker.reserve_offline(&acme_owner, &acme, pool_id("kse-node-locked-annual"), &mid("m"), in_days(11), 2, now);
     match r {
         Err(Error::ExpiryTooLate(why)) => assert!(why.contains("subscription"), "{why}"),
         other => panic!("{other:?}"),
@@ -449,15 +468,32 @@ fn restart_restores_activations_and_offline_seats() {
     let fresh = Broker::new(Config { lease_ttl: TTL, shard_bits: 2 });
     let mut durable = fresh.plan_bootstrap(key(1), &Email::new("owner@default").unwrap(), key(2), t(0));
     durable.push(Change::Put(Record::Pool { org: w.org.clone(), pool: pool_id("kse-node-locked-annual"), quota: 3 }));
-    durable.push(Change::Put(Record::User { org: w.org.clone(), email: Email::new("a@default").unwrap(), role: Role::User, created: t(0) }));
+    durable.push(Change::Put(Record::User {
+        org: w.org.clone(),
+        email: Email::new("a@default").unwrap(),
+        role: Role::User,
+        created: t(0),
+    }));
     durable.extend(changes.iter().filter(|c| !matches!(c, Change::Put(Record::Audit(_)))).cloned());
-    durable.push(Change::Put(Record::Grant { org: w.org.clone(), pool: pool_id("kse-node-locked-annual"), email: Email::new("a@default").unwrap(), granted: t(0) }));
+    durable.push(Change::Put(Record::Grant {
+        org: w.org.clone(),
+        pool: pool_id("kse-node-locked-annual"),
+        email: Email::new("a@default").unwrap(),
+        granted: t(0),
+    }));
     let r = w.broker.offline_licenses(&w.owner, &w.org).unwrap();
     assert_eq!(r.len(), 1);
     durable.push(Change::Put(Record::Offline {
         org: w.org.clone(),
         pool: pool_id("kse-node-locked-annual"),
-        license: OfflineLicense { id: 5, machine: mid("m2"), issued: t(0), expires: Millis(today_end.0 + DAY), created_by: Email::new("owner@default").unwrap(), file: "file".into() },
+        license: OfflineLicense {
+            id: 5,
+            machine: mid("m2"),
+            issued: t(0),
+            expires: Millis(today_end.0 + DAY),
+            created_by: Email::new("owner@default").unwrap(),
+            file: "file".into(),
+        },
     }));
     fresh.apply(&durable);
     fresh.apply(&durable); // applying twice changes nothing
