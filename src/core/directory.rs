@@ -133,9 +133,7 @@ impl Directory {
                 }
             }
             Change::Put(Record::Pool { org, pool, quota }) => {
-                let Some(entry) = self.orgs.get_mut(org) else {
-                    return None;
-                };
+                let entry = self.orgs.get_mut(org)?;
                 let end = entry.subscription_end;
                 match entry.pools.get(pool) {
                     Some(p) => p.set_quota(*quota),

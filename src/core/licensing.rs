@@ -220,6 +220,7 @@ impl Broker {
 
     /// Owner/Admin: reserves an offline license (takes its seat) for
     /// `machine` until the end of `last_day_end` (midnight after its last day).
+    #[allow(clippy::too_many_arguments)]
     pub fn reserve_offline(
         &self,
         p: &Principal,
