@@ -35,6 +35,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// Sums the outcomes of per-connection tasks started at `start`.
+    pub async fn gather(tasks: Vec<tokio::task::JoinHandle<Outcome>>, start: Instant) -> Result<Outcome> {
+        let mut total = Outcome::default();
+        for t in tasks {
+            let o = t.await?;
+            total.pairs += o.pairs;
+            total.acquire.merge(&o.acquire);
+            total.release.merge(&o.release);
+            total.errors.merge(&o.errors);
+        }
+        total.elapsed = start.elapsed();
+        Ok(total)
+    }
+
     pub fn pairs_per_s(&self) -> f64 {
         self.pairs as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -56,16 +70,7 @@ pub async fn run(opts: Vec<ClientOptions>, orgs: Vec<LoadOrg>, shape: Shape) -> 
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move { connection(i as u64, client, org, shape, deadline, stop).await }));
     }
-    let mut total = Outcome::default();
-    for t in tasks {
-        let o = t.await?;
-        total.pairs += o.pairs;
-        total.acquire.merge(&o.acquire);
-        total.release.merge(&o.release);
-        total.errors.merge(&o.errors);
-    }
-    total.elapsed = start.elapsed();
-    Ok(total)
+    Outcome::gather(tasks, start).await
 }
 
 async fn connection(

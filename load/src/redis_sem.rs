@@ -152,14 +152,5 @@ pub async fn churn(port: u16, shape: Shape, limit: u64) -> Result<Outcome> {
             out
         }));
     }
-    let mut total = Outcome::default();
-    for t in tasks {
-        let o = t.await?;
-        total.pairs += o.pairs;
-        total.acquire.merge(&o.acquire);
-        total.release.merge(&o.release);
-        total.errors.merge(&o.errors);
-    }
-    total.elapsed = start.elapsed();
-    Ok(total)
+    Outcome::gather(tasks, start).await
 }
