@@ -21,6 +21,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use crate::report::Report;
+
+// The same allocator as the broker, so neither side of a comparison pays
+// for glibc malloc's pauses that the other does not.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use crate::scenarios::Params;
 use crate::target::Target;
 
