@@ -25,9 +25,14 @@ pub struct Echo {
 }
 
 impl Echo {
-    pub fn spawn() -> Result<Echo> {
+    /// Starts it with `workers` async threads (like a spawned broker's).
+    pub fn spawn(workers: Option<usize>) -> Result<Echo> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(std::env::current_exe()?)
+        let mut cmd = Command::new(std::env::current_exe()?);
+        if let Some(n) = workers {
+            cmd.args(["--workers", &n.to_string()]);
+        }
+        let mut child = cmd
             .args(["echo-server", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
             .stdout(Stdio::piped())
@@ -68,7 +73,7 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     drop(redis);
 
     eprintln!("compare: broker churn");
-    let target = Target::spawn(p.lease_ttl)?;
+    let target = Target::spawn(p.lease_ttl, p.broker_workers)?;
     let broker = scenarios::churn(&target, p).await?;
     let broker_rate = broker.throughput["pairs_per_s"];
     eprintln!("compare: broker churn at half that rate (latency)");
@@ -82,7 +87,7 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     drop(target);
 
     eprintln!("compare: bare quinn echo churn");
-    let echo = Echo::spawn()?;
+    let echo = Echo::spawn(p.broker_workers)?;
     let echo_out = churn::run(vec![echo.options()], vec![Echo::org()?], shape.clone()).await?;
     eprintln!("compare: bare quinn echo paced at the broker's half rate (latency control)");
     let paced_shape = Shape { rate: Some(broker_rate / 2.0), ..shape };
@@ -107,6 +112,8 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
         "handshake_share": broker_hs / echo_hs.max(1e-9),
         "connections": p.connections,
         "depth": p.depth,
+        "broker_workers": p.broker_workers,
+        "load_workers": tokio::runtime::Handle::current().metrics().num_workers(),
         "duration_s": p.duration.as_secs_f64(),
         "redis_errors": redis_out.errors.0,
         "echo_errors": echo_out.errors.0,

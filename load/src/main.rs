@@ -71,9 +71,9 @@ struct Args {
     /// Connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
-    /// Requests in flight per connection.
-    #[arg(long, default_value_t = 64)]
-    depth: usize,
+    /// Requests in flight per connection (default: 64; 16 for compare).
+    #[arg(long)]
+    depth: Option<usize>,
     /// Orgs to spread churn over.
     #[arg(long, default_value_t = 4)]
     orgs: usize,
@@ -92,6 +92,14 @@ struct Args {
     /// Lease TTL of a spawned broker (default: 2s for die, 30s otherwise).
     #[arg(long, value_parser = humantime::parse_duration)]
     lease_ttl: Option<Duration>,
+    /// This harness's own async worker threads (default: one per CPU; for
+    /// compare, half of them: the servers get the other half).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Worker threads of a spawned broker and echo server (default: one per
+    /// CPU; for compare, half of them, as Redis gets one thread).
+    #[arg(long)]
+    broker_workers: Option<usize>,
     /// Print a JSON report instead of a table.
     #[arg(long)]
     json: bool,
@@ -103,9 +111,24 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
+/// Half the machine's CPUs (at least one): `compare` splits the machine
+/// between the servers and the load generator, so neither starves the other.
+fn half_the_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut args = Args::parse();
+    if args.scenario == Scenario::Compare {
+        args.workers = args.workers.or(Some(half_the_cores()));
+        args.broker_workers = args.broker_workers.or(Some(half_the_cores()));
+        args.depth = args.depth.or(Some(16));
+    }
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.workers.filter(|n| *n > 0) {
+        builder.worker_threads(n);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: {e}");
@@ -143,13 +166,14 @@ async fn run(a: Args) -> Result<bool> {
     let p = Params {
         duration: a.duration,
         connections: a.connections.max(1),
-        depth: a.depth.max(1),
+        depth: a.depth.unwrap_or(64).max(1),
         orgs: a.orgs.max(1),
         runners,
         quota: a.quota.unwrap_or((runners as u32 / 2).max(1)),
         victims: a.victims.unwrap_or((runners / 10).clamp(1, 100)),
         rate: a.rate,
         lease_ttl: ttl,
+        broker_workers: a.broker_workers,
     };
     if a.scenario == Scenario::Compare {
         if a.server.is_some() {
@@ -161,7 +185,7 @@ async fn run(a: Args) -> Result<bool> {
     }
     let target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
-        None => Target::spawn(ttl)?,
+        None => Target::spawn(ttl, p.broker_workers)?,
     };
     let report = match a.scenario {
         Scenario::Churn => scenarios::churn(&target, &p).await?,

@@ -25,6 +25,8 @@ pub struct Params {
     pub victims: usize,
     pub rate: Option<f64>,
     pub lease_ttl: Duration,
+    /// Worker threads of a spawned broker.
+    pub broker_workers: Option<usize>,
 }
 
 /// Quota given to pools that should never refuse for quota.

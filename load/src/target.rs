@@ -58,13 +58,18 @@ pub fn require_loopback(server: &str) -> Result<()> {
 
 impl Target {
     /// Starts a broker on a free loopback port with a fresh data dir.
-    pub fn spawn(lease_ttl: Duration) -> Result<Target> {
+    pub fn spawn(lease_ttl: Duration, workers: Option<usize>) -> Result<Target> {
         let bin = broker_binary()?;
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = format!("127.0.0.1:{port}");
-        let mut child = Command::new(&bin)
-            .args(["serve", "--data-dir"])
+        let mut cmd = Command::new(&bin);
+        cmd.arg("serve");
+        if let Some(n) = workers {
+            cmd.args(["--workers", &n.to_string()]);
+        }
+        let mut child = cmd
+            .args(["--data-dir"])
             .arg(dir.path())
             .args(["--listen", &server, "--lease-ttl", &humantime::format_duration(lease_ttl).to_string()])
             .args(["--max-connections", "100000", "--drain-grace", "0s"])

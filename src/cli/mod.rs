@@ -250,6 +250,16 @@ impl ConnArgs {
     }
 }
 
+impl Args {
+    /// Worker threads asked for (`serve --workers`); `None` means one per CPU.
+    pub fn workers(&self) -> Option<usize> {
+        match &self.command {
+            Command::Serve(a) => a.workers.filter(|n| *n > 0),
+            _ => None,
+        }
+    }
+}
+
 /// Runs one command; returns the process exit code.
 pub async fn run(args: Args) -> Result<ExitCode> {
     let conn = &args.conn;

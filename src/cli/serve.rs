@@ -33,6 +33,9 @@ pub struct ServeArgs {
     /// Close connections silent for this long.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
+    /// Async worker threads (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
     /// How long shutdown waits for clients to leave.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
