@@ -65,6 +65,9 @@ impl Drop for Echo {
     }
 }
 
+/// Requests in flight per connection for the latency measurement.
+const LATENCY_DEPTH: usize = 16;
+
 pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: None };
     eprintln!("compare: redis semaphore churn ({}s)", p.duration.as_secs());
@@ -76,8 +79,14 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     let target = Target::spawn(p.lease_ttl, p.broker_workers)?;
     let broker = scenarios::churn(&target, p).await?;
     let broker_rate = broker.throughput["pairs_per_s"];
+    // Latency is measured with shallower pipelining (16 in flight), at half
+    // the maximum rate of that same shape: with 64 requests per write the
+    // p99 is mostly the batch queued ahead of each request.
+    eprintln!("compare: broker churn, {LATENCY_DEPTH} in flight (latency shape)");
+    let lat_shape = Params { depth: LATENCY_DEPTH, ..p.clone() };
+    let lat_max = scenarios::churn(&target, &lat_shape).await?.throughput["pairs_per_s"];
     eprintln!("compare: broker churn at half that rate (latency)");
-    let half = Params { rate: Some(broker_rate / 2.0), ..p.clone() };
+    let half = Params { rate: Some(lat_max / 2.0), ..lat_shape.clone() };
     let paced = scenarios::churn(&target, &half).await?;
     eprintln!("compare: broker handshakes");
     let horg = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
@@ -90,7 +99,7 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     let echo = Echo::spawn(p.broker_workers)?;
     let echo_out = churn::run(vec![echo.options()], vec![Echo::org()?], shape.clone()).await?;
     eprintln!("compare: bare quinn echo paced at the broker's half rate (latency control)");
-    let paced_shape = Shape { rate: Some(broker_rate / 2.0), ..shape };
+    let paced_shape = Shape { rate: Some(lat_max / 2.0), depth: LATENCY_DEPTH, ..shape };
     let echo_paced = churn::run(vec![echo.options()], vec![Echo::org()?], paced_shape).await?;
     eprintln!("compare: bare quinn handshakes");
     let (echo_hs, _, _) = scenarios::handshake(&echo.server, &echo.ca, "echo", None, &hs).await?;
@@ -106,6 +115,8 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
         "quic_ceiling_per_s": quic_rate,
         "share_of_quic_ceiling": broker_rate / quic_rate.max(1e-9),
         "broker_p99_acquire_us_at_half_rate": p99_half,
+        "latency_depth": LATENCY_DEPTH,
+        "latency_shape_max_pairs_per_s": lat_max,
         "quic_p99_us_at_same_rate": echo_paced.acquire.stats().p99_us,
         "broker_handshakes_per_s": broker_hs,
         "quic_handshakes_per_s": echo_hs,

@@ -71,7 +71,7 @@ struct Args {
     /// Connections.
     #[arg(long, default_value_t = 16)]
     connections: usize,
-    /// Requests in flight per connection (default: 64; 16 for compare).
+    /// Requests in flight per connection (compare measures latency at 16).
     #[arg(long)]
     depth: Option<usize>,
     /// Orgs to spread churn over.
@@ -122,7 +122,6 @@ fn main() -> ExitCode {
     if args.scenario == Scenario::Compare {
         args.workers = args.workers.or(Some(half_the_cores()));
         args.broker_workers = args.broker_workers.or(Some(half_the_cores()));
-        args.depth = args.depth.or(Some(16));
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers.filter(|n| *n > 0) {
