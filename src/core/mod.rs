@@ -11,6 +11,7 @@ pub mod hash;
 pub mod id;
 pub mod licensing;
 pub mod pool;
+pub mod pool_id;
 pub mod record;
 pub mod seats;
 pub mod session;

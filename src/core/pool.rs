@@ -4,130 +4,15 @@
 //! never decides *who* may use it (that is `directory`) nor tracks sessions
 //! (that is `session`).
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::hash::FastMap;
 use super::id::{Email, MachineId, OrgName};
+pub use super::pool_id::{Kind, PoolId, Product, Term};
 use super::seats::{SeatCount, Seats};
 use super::time::Millis;
 use crate::sync::{AtomicU64, Mutex, Ordering};
-
-/// Which Katalon product a pool licenses.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-pub enum Product {
-    /// Katalon Runtime Engine: CI runners.
-    Kre,
-    /// Katalon Studio Enterprise: people.
-    Kse,
-}
-
-/// How licenses of a pool bind to machines.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-pub enum Kind {
-    /// Any machine, up to the quota at a time.
-    Floating,
-    /// Bound to a machine ID.
-    NodeLocked,
-}
-
-/// The subscription term of a pool.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-pub enum Term {
-    /// Yearly subscription.
-    Annual,
-    /// Monthly subscription.
-    Monthly,
-}
-
-/// A pool's identity within its org, written `PRODUCT-KIND-TERM`
-/// (e.g. `kre-floating-annual`). At most one pool per id per org.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-pub struct PoolId {
-    /// The product licensed.
-    pub product: Product,
-    /// Node-locked or floating.
-    pub kind: Kind,
-    /// Annual or monthly.
-    pub term: Term,
-}
-
-impl PoolId {
-    /// `KSE` or `KRE`, as license file names spell it.
-    pub fn product_name(&self) -> &'static str {
-        match self.product {
-            Product::Kse => "KSE",
-            Product::Kre => "KRE",
-        }
-    }
-
-    /// The pool KRE runners use unless told otherwise.
-    pub const KRE_DEFAULT: PoolId = PoolId { product: Product::Kre, kind: Kind::Floating, term: Term::Annual };
-}
-
-impl fmt::Display for PoolId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let product = match self.product {
-            Product::Kre => "kre",
-            Product::Kse => "kse",
-        };
-        let kind = match self.kind {
-            Kind::Floating => "floating",
-            Kind::NodeLocked => "node-locked",
-        };
-        let term = match self.term {
-            Term::Annual => "annual",
-            Term::Monthly => "monthly",
-        };
-        write!(f, "{product}-{kind}-{term}")
-    }
-}
-
-impl FromStr for PoolId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<PoolId> {
-        let bad = || Error::invalid("pool", format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"));
-        let (product, rest) = s.split_once('-').ok_or_else(bad)?;
-        let (kind, term) = rest.rsplit_once('-').ok_or_else(bad)?;
-        Ok(PoolId { product: product.parse()?, kind: kind.parse()?, term: term.parse()? })
-    }
-}
-
-impl FromStr for Product {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Product> {
-        match s {
-            "kre" => Ok(Product::Kre),
-            "kse" => Ok(Product::Kse),
-            _ => Err(Error::invalid("product", format!("{s:?}: expected kre or kse"))),
-        }
-    }
-}
-
-impl FromStr for Kind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Kind> {
-        match s {
-            "floating" => Ok(Kind::Floating),
-            "node-locked" => Ok(Kind::NodeLocked),
-            _ => Err(Error::invalid("kind", format!("{s:?}: expected floating or node-locked"))),
-        }
-    }
-}
-
-impl FromStr for Term {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Term> {
-        match s {
-            "annual" => Ok(Term::Annual),
-            "monthly" => Ok(Term::Monthly),
-            _ => Err(Error::invalid("term", format!("{s:?}: expected annual or monthly"))),
-        }
-    }
-}
 
 /// Whether a machine registration added a machine or found it already there.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -453,15 +338,6 @@ mod tests {
 
     fn pool(quota: u32) -> Pool {
         Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, quota, Millis::MAX)
-    }
-
-    #[test]
-    fn pool_ids_round_trip() {
-        for s in ["kre-floating-annual", "kse-node-locked-monthly", "kre-node-locked-annual"] {
-            assert_eq!(s.parse::<PoolId>().unwrap().to_string(), s);
-        }
-        assert!("kre".parse::<PoolId>().is_err());
-        assert!("kre-floating-weekly".parse::<PoolId>().is_err());
     }
 
     #[test]

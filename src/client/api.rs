@@ -1,0 +1,267 @@
+//! One typed method per request of the protocol, on top of `Client::call`.
+
+use super::{Client, ClientError};
+use crate::core::{
+    AuditEntry, GrantInfo, KeyInfo, MachineId, MachineInfo, OfflineInfo, OrgName, PoolId, PoolStatus, Role, SessionId,
+    SessionInfo, UserInfo,
+};
+use crate::proto::{Req, Resp};
+
+impl Client {
+    /// Registers a machine; `true` if it was new.
+    pub async fn register_machine(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+    ) -> Result<bool, ClientError> {
+        match self.call(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await? {
+            Resp::Registered { new } => Ok(new),
+            other => unexpected(other),
+        }
+    }
+
+    /// Acquires (or re-attaches to) a session; returns the session and deadline (Unix ms).
+    pub async fn acquire(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        nonce: u128,
+    ) -> Result<Admitted, ClientError> {
+        match self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
+            Resp::Admitted { session, deadline_ms, ttl_ms, reattached } => {
+                Ok(Admitted { session, deadline_ms, ttl_ms, reattached })
+            }
+            other => unexpected(other),
+        }
+    }
+
+    /// Heartbeat; returns the new deadline (Unix ms).
+    pub async fn renew(&self, session: SessionId) -> Result<u64, ClientError> {
+        match self.call(Req::Renew { session }).await? {
+            Resp::Renewed { deadline_ms } => Ok(deadline_ms),
+            other => unexpected(other),
+        }
+    }
+
+    /// Gives a seat back.
+    pub async fn release(&self, session: SessionId) -> Result<(), ClientError> {
+        match self.call(Req::Release { session }).await? {
+            Resp::Released => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// Pool numbers.
+    pub async fn status(&self, org: Option<&OrgName>) -> Result<Vec<PoolStatus>, ClientError> {
+        match self.call(Req::Status { org: org.cloned() }).await? {
+            Resp::Status(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Operator: creates an org; returns its Owner's key.
+    pub async fn create_org(&self, name: &OrgName, subscription_end: &str, owner: &str) -> Result<String, ClientError> {
+        let req = Req::CreateOrg { name: name.clone(), subscription_end: subscription_end.into(), owner: owner.into() };
+        match self.call(req).await? {
+            Resp::OrgCreated { owner_key } => Ok(owner_key),
+            other => unexpected(other),
+        }
+    }
+
+    /// Operator: sets a pool's quota (creating the pool).
+    pub async fn set_pool(&self, org: &OrgName, pool: PoolId, quota: u32) -> Result<(), ClientError> {
+        self.done(Req::SetPool { org: org.clone(), pool, quota }).await
+    }
+
+    /// Owner/Admin: adds a member.
+    pub async fn add_user(&self, org: &OrgName, email: &str, role: Role) -> Result<(), ClientError> {
+        self.done(Req::AddUser { org: org.clone(), email: email.into(), role }).await
+    }
+
+    /// Owner/Admin: creates a key for a member; returns (key, id).
+    pub async fn create_key(&self, org: &OrgName, email: &str) -> Result<(String, String), ClientError> {
+        match self.call(Req::CreateKey { org: org.clone(), email: email.into() }).await? {
+            Resp::KeyCreated { key, id } => Ok((key, id)),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: revokes a key by id or full key.
+    pub async fn revoke_key(&self, org: &OrgName, key: &str) -> Result<(), ClientError> {
+        self.done(Req::RevokeKey { org: org.clone(), key: key.into() }).await
+    }
+
+    /// Owner/Admin: the org's keys.
+    pub async fn list_keys(&self, org: &OrgName) -> Result<Vec<KeyInfo>, ClientError> {
+        match self.call(Req::ListKeys { org: org.clone() }).await? {
+            Resp::Keys(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: the org's members.
+    pub async fn list_users(&self, org: &OrgName) -> Result<Vec<UserInfo>, ClientError> {
+        match self.call(Req::ListUsers { org: org.clone() }).await? {
+            Resp::Users(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: registered machines.
+    pub async fn list_machines(&self, org: &OrgName) -> Result<Vec<MachineInfo>, ClientError> {
+        match self.call(Req::ListMachines { org: org.clone() }).await? {
+            Resp::Machines(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: removes a machine (from one pool or all).
+    pub async fn remove_machine(
+        &self,
+        org: &OrgName,
+        pool: Option<PoolId>,
+        machine: &MachineId,
+    ) -> Result<(), ClientError> {
+        self.done(Req::RemoveMachine { org: org.clone(), pool, machine: machine.clone() }).await
+    }
+
+    /// Owner/Admin: live sessions.
+    pub async fn list_sessions(&self, org: &OrgName) -> Result<Vec<SessionInfo>, ClientError> {
+        match self.call(Req::ListSessions { org: org.clone() }).await? {
+            Resp::Sessions(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: ends a session.
+    pub async fn kill_session(&self, org: &OrgName, session: SessionId) -> Result<(), ClientError> {
+        match self.call(Req::KillSession { org: org.clone(), session }).await? {
+            Resp::Killed => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: grants a KSE pool's license to a member.
+    pub async fn grant(&self, org: &OrgName, pool: PoolId, email: &str) -> Result<(), ClientError> {
+        self.done(Req::Grant { org: org.clone(), pool, email: email.into() }).await
+    }
+
+    /// Owner/Admin: revokes a grant.
+    pub async fn revoke_grant(&self, org: &OrgName, pool: PoolId, email: &str) -> Result<(), ClientError> {
+        self.done(Req::RevokeGrant { org: org.clone(), pool, email: email.into() }).await
+    }
+
+    /// Owner/Admin: licensed users and their activations.
+    pub async fn list_grants(&self, org: &OrgName, pool: Option<PoolId>) -> Result<Vec<GrantInfo>, ClientError> {
+        match self.call(Req::ListGrants { org: org.clone(), pool }).await? {
+            Resp::Grants(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// A licensed user activates KSE on a machine.
+    pub async fn activate(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        nonce: u128,
+    ) -> Result<Activated, ClientError> {
+        match self.call(Req::Activate { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
+            Resp::Activated { machine, session, deadline_ms, ttl_ms, already } => {
+                Ok(Activated { machine, session, deadline_ms, ttl_ms, already })
+            }
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: creates an offline license; returns (file name, content).
+    pub async fn create_offline(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        expires: &str,
+    ) -> Result<(String, String), ClientError> {
+        let req = Req::CreateOffline { org: org.clone(), pool, machine: machine.clone(), expires: expires.into() };
+        match self.call(req).await? {
+            Resp::OfflineCreated { file_name, content } => Ok((file_name, content)),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: the org's offline licenses.
+    pub async fn list_offline(&self, org: &OrgName) -> Result<Vec<OfflineInfo>, ClientError> {
+        match self.call(Req::ListOffline { org: org.clone() }).await? {
+            Resp::Offline(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: asks to revoke an offline license (the broker refuses).
+    pub async fn revoke_offline(&self, org: &OrgName, license: &str) -> Result<(), ClientError> {
+        self.done(Req::RevokeOffline { org: org.clone(), license: license.into() }).await
+    }
+
+    /// Owner/Admin: asks to move an offline license (the broker refuses).
+    pub async fn transfer_offline(&self, org: &OrgName, license: &str, machine: &MachineId) -> Result<(), ClientError> {
+        self.done(Req::TransferOffline { org: org.clone(), license: license.into(), machine: machine.clone() }).await
+    }
+
+    /// The broker's offline-license public key (PEM).
+    pub async fn offline_public_key(&self) -> Result<String, ClientError> {
+        match self.call(Req::OfflinePublicKey).await? {
+            Resp::PublicKey { pem } => Ok(pem),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: the org's audit trail.
+    pub async fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, ClientError> {
+        match self.call(Req::Audit { org: org.clone() }).await? {
+            Resp::AuditLog(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    async fn done(&self, req: Req) -> Result<(), ClientError> {
+        match self.call(req).await? {
+            Resp::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+}
+
+/// The result of a KSE activation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activated {
+    /// The machine it is bound to (node-locked) or runs on (floating).
+    pub machine: MachineId,
+    /// The leased session of a floating activation; none for node-locked.
+    pub session: Option<SessionId>,
+    /// The session's deadline (Unix ms), 0 for node-locked.
+    pub deadline_ms: u64,
+    /// The lease TTL, 0 for node-locked.
+    pub ttl_ms: u64,
+    /// Whether it was already activated (same machine, or same nonce).
+    pub already: bool,
+}
+
+/// A granted lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admitted {
+    /// The session.
+    pub session: SessionId,
+    /// Its deadline (Unix ms).
+    pub deadline_ms: u64,
+    /// The lease TTL.
+    pub ttl_ms: u64,
+    /// Whether an existing session was re-attached (same nonce).
+    pub reattached: bool,
+}
+
+fn unexpected<T>(resp: Resp) -> Result<T, ClientError> {
+    Err(ClientError::Protocol(format!("unexpected response {resp:?}")))
+}
