@@ -14,6 +14,8 @@ pub mod sync;
 #[cfg(feature = "server")]
 pub mod client;
 #[cfg(feature = "server")]
+pub mod error;
+#[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
 pub mod machine_id;

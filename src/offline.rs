@@ -28,6 +28,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
 use crate::core::{format_utc, parse_end_of_date, MachineId, Millis, OrgName, PoolId, Product};
+use crate::error::SetupError;
 
 const MAGIC: &str = "license-broker offline license v1";
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key follows.
@@ -134,21 +135,21 @@ pub struct SigningKey {
 
 impl SigningKey {
     /// Loads the key at `path`, generating it first if the file does not exist.
-    pub fn load_or_generate(path: &Path) -> anyhow::Result<SigningKey> {
-        use anyhow::Context;
+    pub fn load_or_generate(path: &Path) -> Result<SigningKey, SetupError> {
+        let key_error = |why: String| SetupError::SigningKey(format!("{}: {why}", path.display()));
         if !path.exists() {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
-                .map_err(|_| anyhow::anyhow!("generating the offline signing key failed"))?;
+                .map_err(|_| key_error("the system's secure random source failed".into()))?;
             let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+                std::fs::create_dir_all(dir).map_err(SetupError::io(format!("creating {}", dir.display())))?;
             }
             crate::tls::write_private(path, pem.as_bytes())?;
         }
-        let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let parsed = pem::parse(text).with_context(|| format!("parsing {}", path.display()))?;
-        let pair = Ed25519KeyPair::from_pkcs8(parsed.contents())
-            .map_err(|_| anyhow::anyhow!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
+        let text = std::fs::read(path).map_err(SetupError::io(format!("reading {}", path.display())))?;
+        let parsed = pem::parse(text).map_err(|e| key_error(e.to_string()))?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8(parsed.contents()).map_err(|_| key_error("not an Ed25519 PKCS#8 key".into()))?;
         Ok(SigningKey { pair })
     }
 

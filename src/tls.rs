@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::error::SetupError;
 use crate::proto::ALPN;
+
+type Result<T, E = SetupError> = std::result::Result<T, E>;
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -45,50 +47,52 @@ pub fn ensure_self_signed(files: &TlsFiles) -> Result<bool> {
         return Ok(false);
     }
     if let Some(parent) = files.cert.parent() {
-        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        fs::create_dir_all(parent).map_err(SetupError::io(format!("creating {}", parent.display())))?;
     }
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
-    let certified = rcgen::generate_simple_self_signed(names).context("generating a TLS certificate")?;
+    let certified =
+        rcgen::generate_simple_self_signed(names).map_err(|e| SetupError::tls("generating a certificate", e))?;
     write_private(&files.key, certified.key_pair.serialize_pem().as_bytes())?;
-    fs::write(&files.cert, certified.cert.pem()).with_context(|| format!("writing {}", files.cert.display()))?;
+    fs::write(&files.cert, certified.cert.pem())
+        .map_err(SetupError::io(format!("writing {}", files.cert.display())))?;
     Ok(true)
 }
 
 /// Writes a secret file readable by its owner only (mode 0600).
 pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    };
+    write().map_err(SetupError::io(format!("writing {}", path.display())))
 }
 
 /// The QUIC server config for the given certificate and key.
 pub fn server_config(files: &TlsFiles, idle_timeout: Duration, max_streams: u32) -> Result<quinn::ServerConfig> {
+    let cert_path = files.cert.display();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .with_context(|| format!("reading {}", files.cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing {}", files.cert.display()))?;
+        .map_err(|e| SetupError::tls(format!("reading {cert_path}"), e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| SetupError::tls(format!("parsing {cert_path}"), e))?;
     if certs.is_empty() {
-        return Err(anyhow!("{} holds no certificate", files.cert.display()));
+        return Err(SetupError::Tls(format!("{cert_path} holds no certificate")));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).with_context(|| format!("reading {}", files.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| SetupError::tls(format!("reading {}", files.key.display()), e))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| SetupError::tls("TLS 1.3", e))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .context("certificate and key do not match")?;
+        .map_err(|e| SetupError::tls("certificate and key do not match", e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = QuicServerConfig::try_from(tls)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| SetupError::tls("QUIC crypto", e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    let idle = idle_timeout.try_into().map_err(|e| SetupError::tls("idle timeout", e))?;
     transport
-        .max_idle_timeout(Some(idle_timeout.try_into()?))
+        .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(max_streams.into())
         .max_concurrent_uni_streams(0u32.into());
     config.transport_config(Arc::new(transport));
@@ -106,8 +110,10 @@ pub fn client_config_with(ca: Option<&Path>, resumption: bool) -> Result<quinn::
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            for cert in CertificateDer::pem_file_iter(path).with_context(|| format!("reading CA {}", path.display()))? {
-                roots.add(cert.with_context(|| format!("parsing CA {}", path.display()))?)?;
+            let what = || format!("reading CA {}", path.display());
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| SetupError::tls(what(), e))? {
+                let cert = cert.map_err(|e| SetupError::tls(what(), e))?;
+                roots.add(cert).map_err(|e| SetupError::tls(what(), e))?;
             }
         }
         None => {
@@ -118,22 +124,22 @@ pub fn client_config_with(ca: Option<&Path>, resumption: bool) -> Result<quinn::
         }
     }
     if roots.is_empty() {
-        return Err(anyhow!("no trusted certificate authority (pass --ca PEM)"));
+        return Err(SetupError::Tls("no trusted certificate authority (pass --ca PEM)".into()));
     }
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| SetupError::tls("TLS 1.3", e))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     if !resumption {
         tls.resumption = rustls::client::Resumption::disabled();
     }
-    let crypto = QuicClientConfig::try_from(tls)?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| SetupError::tls("QUIC crypto", e))?;
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport
-        .keep_alive_interval(Some(Duration::from_secs(5)))
-        .max_idle_timeout(Some(Duration::from_secs(30).try_into()?));
+    let idle = Duration::from_secs(30).try_into().map_err(|e| SetupError::tls("idle timeout", e))?;
+    transport.keep_alive_interval(Some(Duration::from_secs(5))).max_idle_timeout(Some(idle));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

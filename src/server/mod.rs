@@ -23,11 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::core::{Broker, Change, Config, Email, Ended};
+use crate::error::SetupError;
 use crate::proto::Notice;
 use crate::store::{RedbStore, Store};
 use crate::tls::{self, TlsFiles};
@@ -152,13 +152,14 @@ pub struct Running {
 }
 
 /// Opens the data dir (initialising it if empty), binds, and starts serving.
-pub async fn start(options: Options) -> Result<Running> {
+pub async fn start(options: Options) -> Result<Running, SetupError> {
     std::fs::create_dir_all(&options.data_dir)
-        .with_context(|| format!("creating data dir {}", options.data_dir.display()))?;
+        .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
+    let store_error = |what| move |source| SetupError::Store { what, source };
     let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&options.data_dir.join("broker.redb")).context("opening the store")?);
+        Arc::new(RedbStore::open(&options.data_dir.join("broker.redb")).map_err(store_error("opening the store"))?);
     let core = Broker::new(Config { lease_ttl: options.lease_ttl, ..Config::default() });
-    let records = store.load().context("loading the store")?;
+    let records = store.load().map_err(store_error("loading the store"))?;
     let fresh = records.is_empty();
     core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
     let clock = Clock::new();
@@ -173,16 +174,17 @@ pub async fn start(options: Options) -> Result<Running> {
         }
     };
     let server_config = tls::server_config(&files, options.idle_timeout, options.max_streams)?;
-    let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))
-        .context("loading the offline-license signing key")?;
-    let socket = socket::bind(options.listen).with_context(|| format!("binding {}", options.listen))?;
+    let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))?;
+    let bind_error = |source| SetupError::Bind { addr: options.listen, source };
+    let socket = socket::bind(options.listen).map_err(bind_error)?;
     let endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_config),
         socket,
         Arc::new(quinn::TokioRuntime),
-    )?;
-    let addr = endpoint.local_addr()?;
+    )
+    .map_err(bind_error)?;
+    let addr = endpoint.local_addr().map_err(bind_error)?;
 
     let shared = Arc::new(Shared {
         core,
@@ -207,12 +209,14 @@ pub async fn start(options: Options) -> Result<Running> {
     Ok(Running { addr, shared, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
 }
 
-fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys> {
-    let (operator, operator_hash) = crate::keys::generate()?;
-    let (owner, owner_hash) = crate::keys::generate()?;
-    let owner_email = Email::new("owner@default").context("owner email")?;
+fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys, SetupError> {
+    let random = |_: crate::keys::RandomUnavailable| SetupError::Random;
+    let (operator, operator_hash) = crate::keys::generate().map_err(random)?;
+    let (owner, owner_hash) = crate::keys::generate().map_err(random)?;
+    // Invariant: a literal that satisfies the email rules (core tests use it too).
+    let owner_email = Email::new("owner@default").expect("valid email");
     let changes = core.plan_bootstrap(operator_hash, &owner_email, owner_hash, clock.now());
-    store.commit(&changes).context("initialising the store")?;
+    store.commit(&changes).map_err(|source| SetupError::Store { what: "initialising the store", source })?;
     core.apply(&changes);
     Ok(BootstrapKeys { operator, owner })
 }

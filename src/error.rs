@@ -1,0 +1,61 @@
+//! Errors of setting a broker up: files, TLS material, keys, the store, the
+//! socket. Each names what it was doing, so the CLI can print it as is.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use crate::store::StoreError;
+
+/// Why a broker (or a client's TLS configuration) could not be set up.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A file or directory could not be read or written.
+    Io { what: String, source: std::io::Error },
+    /// TLS material is missing, malformed or inconsistent.
+    Tls(String),
+    /// The offline-license signing key could not be made or read.
+    SigningKey(String),
+    /// The store could not be opened, loaded or initialised.
+    Store { what: &'static str, source: StoreError },
+    /// The listen address could not be bound.
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// The system's secure random source failed (no keys could be made).
+    Random,
+}
+
+impl SetupError {
+    /// An I/O error while doing `what`.
+    pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SetupError {
+        let what = what.into();
+        move |source| SetupError::Io { what, source }
+    }
+
+    /// A TLS error with its context.
+    pub fn tls(what: impl fmt::Display, e: impl fmt::Display) -> SetupError {
+        SetupError::Tls(format!("{what}: {e}"))
+    }
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Io { what, source } => write!(f, "{what}: {source}"),
+            SetupError::Tls(why) => write!(f, "TLS: {why}"),
+            SetupError::SigningKey(why) => write!(f, "offline signing key: {why}"),
+            SetupError::Store { what, source } => write!(f, "{what}: {source}"),
+            SetupError::Bind { addr, source } => write!(f, "binding {addr}: {source}"),
+            SetupError::Random => f.write_str("the system's secure random source failed"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SetupError::Io { source, .. } | SetupError::Bind { source, .. } => Some(source),
+            SetupError::Store { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
