@@ -78,6 +78,9 @@ fn messages(c: &mut Criterion) {
         machines: 17,
         admitted: 1_000_000,
         rejected: 12,
+        grants: 0,
+        activations: 0,
+        offline: 0,
     };
     pair(c, "Status (4 pools)", resp(Resp::Status(vec![status; 4])));
     pair(c, "Notice", Notice::SessionEnded { session, reason: license_broker::core::EndReason::Expired });

@@ -131,6 +131,8 @@ async fn node_locked_license_binds_one_machine_until_an_admin_frees_it() {
     assert_eq!(online[0].machine.as_ref().map(|m| m.to_string()).as_deref(), Some("a-1"), "shown as an online license");
     let seats = |s: Vec<license_broker::core::PoolStatus>| s.iter().find(|p| p.pool == nl).unwrap().in_use;
     assert_eq!(seats(owner.status(None).await.unwrap()), 1);
+    let st = owner.status(None).await.unwrap().into_iter().find(|p| p.pool == nl).unwrap();
+    assert_eq!((st.grants, st.activations, st.offline), (1, 1, 0), "status shows what holds the seats");
     owner.remove_machine(&org(), Some(nl), &machine("a-1")).await.unwrap();
     assert_eq!(seats(owner.status(None).await.unwrap()), 0);
     users[0].activate(&org(), nl, &machine("a-2"), 4).await.unwrap();
@@ -210,7 +212,8 @@ async fn offline_licenses_are_refused_by_the_rule_that_applies() {
     let listed = owner.list_offline(&org()).await.unwrap();
     assert_eq!((listed.len(), listed[0].active, listed[0].last_day.clone()), (1, true, day(30)));
     let status = owner.status(None).await.unwrap();
-    assert_eq!(status.iter().find(|s| s.pool == pool("kre-node-locked-annual")).unwrap().in_use, 1);
+    let kre_nl = status.iter().find(|s| s.pool == pool("kre-node-locked-annual")).unwrap();
+    assert_eq!((kre_nl.in_use, kre_nl.offline), (1, 1));
     refused(owner.revoke_offline(&org(), &listed[0].id).await, ErrorCode::OfflineIrrevocable);
     refused(owner.transfer_offline(&org(), &listed[0].id, &machine("elsewhere")).await, ErrorCode::OfflineIrrevocable);
     refused(owner.revoke_offline(&org(), "00000000000000000000000000000000").await, ErrorCode::NotFound);

@@ -30,6 +30,7 @@ pub fn status(pools: &[PoolStatus], as_json: bool) {
                 json!({
                     "org": p.org.as_str(), "pool": p.pool.to_string(), "quota": p.quota,
                     "in_use": p.in_use, "machines": p.machines, "admitted": p.admitted, "rejected": p.rejected,
+                    "grants": p.grants, "activations": p.activations, "offline": p.offline,
                 })
             })
             .collect();
@@ -51,10 +52,21 @@ pub fn status(pools: &[PoolStatus], as_json: bool) {
                 p.machines.to_string(),
                 p.admitted.to_string(),
                 p.rejected.to_string(),
+                kse_column(p.pool.product == license_broker::core::Product::Kse, p.grants),
+                p.offline.to_string(),
             ]
         })
         .collect();
-    table(&["ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED"], rows);
+    table(&["ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED", "GRANTS", "OFFLINE"], rows);
+}
+
+/// Grants mean something for KSE pools only; KRE shows a dash.
+fn kse_column(kse: bool, n: u32) -> String {
+    if kse {
+        n.to_string()
+    } else {
+        "-".to_string()
+    }
 }
 
 pub fn sessions(list: &[SessionInfo], as_json: bool) {

@@ -96,9 +96,9 @@ pub struct PoolStatus {
     pub org: OrgName,
     /// Which pool.
     pub pool: PoolId,
-    /// Quota and seats in use.
+    /// Licenses bought.
     pub quota: u32,
-    /// Sessions holding a seat.
+    /// Seats in use: live sessions, node-locked activations and live offline licenses.
     pub in_use: u32,
     /// Registered machine IDs.
     pub machines: u32,
@@ -106,6 +106,12 @@ pub struct PoolStatus {
     pub admitted: u64,
     /// Acquires refused for quota since the broker started.
     pub rejected: u64,
+    /// Licensed users (KSE grants).
+    pub grants: u32,
+    /// Node-locked activations (each holds a seat).
+    pub activations: u32,
+    /// Offline licenses holding a seat.
+    pub offline: u32,
 }
 
 impl Pool {
@@ -320,6 +326,10 @@ impl Pool {
     /// session table keeps.
     pub fn status(&self, admitted: u64, rejected: u64) -> PoolStatus {
         let c = self.seats.count();
+        let (grants, activations, offline) = {
+            let l = self.licensing.lock();
+            (l.grants.len() as u32, l.bindings.len() as u32, l.offline.iter().filter(|o| o.active).count() as u32)
+        };
         PoolStatus {
             org: self.org.clone(),
             pool: self.id,
@@ -328,6 +338,9 @@ impl Pool {
             machines: self.machines.lock().len() as u32,
             admitted,
             rejected,
+            grants,
+            activations,
+            offline,
         }
     }
 }
