@@ -32,7 +32,7 @@ fn world(quota: u32) -> World {
 }
 
 fn pair(w: &World, nonce: u128) {
-    let lease = w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(nonce), 1, Millis(T0)).unwrap();
+    let lease = w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(nonce), 1, Millis(T0), 0).unwrap();
     w.broker.release(&w.owner, black_box(lease.session)).unwrap();
 }
 
@@ -68,7 +68,7 @@ fn admission(c: &mut Criterion) {
 fn renewal(c: &mut Criterion) {
     let w = world(10_000);
     let sessions: Vec<_> = (0..10_000u128)
-        .map(|n| w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n), 1, Millis(T0)).unwrap().session)
+        .map(|n| w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n), 1, Millis(T0), 0).unwrap().session)
         .collect();
     let mut i = 0usize;
     let mut now = T0;
@@ -88,7 +88,7 @@ fn expiry(c: &mut Criterion) {
     // millisecond's lease while a million stay live.
     for n in 0..live {
         let at = Millis(T0 + n / 1000 * 1000 + n % 1000);
-        w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n.into()), 1, at).unwrap();
+        w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n.into()), 1, at, 0).unwrap();
     }
     let mut cursor = T0 + 30_000;
     let mut refill = live as u128;
@@ -98,7 +98,8 @@ fn expiry(c: &mut Criterion) {
                 // Keep the table at a million: re-admit what the last run expired.
                 while w.broker.live_sessions() < live as usize {
                     refill += 1;
-                    let _ = w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(refill), 1, Millis(cursor));
+                    let _ =
+                        w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(refill), 1, Millis(cursor), 0);
                 }
                 cursor += 1;
                 Millis(cursor)

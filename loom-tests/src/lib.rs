@@ -83,6 +83,15 @@ impl Fixture {
         self.broker.status(&self.operator, Some(&self.org)).unwrap()[0].machines
     }
 
+    /// Adds a KSE floating pool of `quota` and grants it to the Owner.
+    pub fn with_kse_grant(&self, quota: u32) -> PoolId {
+        let kse: PoolId = "kse-floating-annual".parse().unwrap();
+        self.broker.apply(&self.broker.plan_set_pool(&self.operator, &self.org, kse, quota, t(0)).unwrap());
+        let email = self.owner.email.clone();
+        self.broker.apply(&self.broker.plan_grant(&self.owner, &self.org, kse, &email, t(0)).unwrap());
+        kse
+    }
+
     /// Sets the quota as the operator.
     pub fn set_quota(&self, quota: u32) {
         let plan = self.broker.plan_set_pool(&self.operator, &self.org, PoolId::KRE_DEFAULT, quota, t(0)).unwrap();

@@ -223,3 +223,55 @@ fn kill_racing_release_and_expiry_ends_once() {
         assert_eq!(f.in_use(), 0);
     });
 }
+
+/// 8. A grant revoked while its holder activates (KSE floating): no session
+/// of the revoked user survives, whichever way the steps interleave; the
+/// activation either fails NOT_LICENSED or its session is swept.
+#[test]
+fn grant_revoke_racing_activation_leaves_no_session() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        let kse = f.with_kse_grant(2);
+        let email = f.owner.email.clone();
+        let plan = f.broker.plan_revoke_grant(&f.owner, &f.org, kse, &email, t(0)).unwrap();
+        let fa = f.clone();
+        let activator = thread::spawn(move || {
+            let m = license_broker::core::MachineId::new("laptop").unwrap();
+            fa.broker.acquire(&fa.owner, &fa.org, kse, m, license_broker::core::Nonce(5), 1, t(1))
+        });
+        let fr = f.clone();
+        let revoker = thread::spawn(move || fr.broker.apply(&plan).len());
+        let activated = activator.join().unwrap();
+        let swept = revoker.join().unwrap();
+        match activated {
+            Ok(_) => assert_eq!(swept, 1, "an admitted session must be swept by the revoke"),
+            Err(e) => assert_eq!(e, Error::NotLicensed),
+        }
+        assert_eq!(f.broker.live_sessions(), 0);
+        let status = f.broker.status(&f.operator, Some(&f.org)).unwrap();
+        assert!(status.iter().all(|s| s.in_use == 0), "{status:?}");
+    });
+}
+
+/// 9. A machine removed while a runner on it acquires: no session on the
+/// removed machine survives; the acquire either fails or is swept.
+#[test]
+fn machine_removal_racing_acquire_leaves_no_session() {
+    model(|| {
+        let f = Arc::new(Fixture::new(2)); // machine "m" registered
+        let m = license_broker::core::MachineId::new("m").unwrap();
+        let plan = f.broker.plan_remove_machine(&f.owner, &f.org, None, &m, t(0)).unwrap();
+        let fa = f.clone();
+        let acquirer = thread::spawn(move || fa.acquire(1, t(1)));
+        let fr = f.clone();
+        let remover = thread::spawn(move || fr.broker.apply(&plan).len());
+        let acquired = acquirer.join().unwrap();
+        let swept = remover.join().unwrap();
+        match acquired {
+            Ok(_) => assert_eq!(swept, 1, "an admitted session must be swept by the removal"),
+            Err(e) => assert_eq!(e, Error::MachineNotRegistered),
+        }
+        assert_eq!(f.broker.live_sessions(), 0);
+        assert_eq!(f.in_use(), 0);
+    });
+}

@@ -141,15 +141,18 @@ impl Broker {
         now: Millis,
     ) -> Result<Lease> {
         let handle = self.member_pool(p, org, pool)?;
+        let epoch = handle.machine_epoch();
         if handle.id.product == Product::Kre && !handle.has_machine(&machine) {
             return Err(Error::MachineNotRegistered);
         }
-        self.acquire_on(p, &handle, machine, nonce, conn, now)
+        self.acquire_on(p, &handle, machine, nonce, conn, now, epoch)
     }
 
-    /// Admits on a pool handle from `member_pool` whose machine the caller
-    /// has already seen registered under the current directory version.
-    /// This is the hot path: no directory lock, no machine lookup.
+    /// Admits on a pool handle from `member_pool` whose machine (KRE) the
+    /// caller saw registered when the pool's `machine_epoch` was
+    /// `machine_epoch`. This is the hot path: no directory lock, and no
+    /// machine lookup unless a machine was removed since.
+    #[allow(clippy::too_many_arguments)]
     pub fn acquire_on(
         &self,
         p: &Principal,
@@ -158,6 +161,7 @@ impl Broker {
         nonce: Nonce,
         conn: ConnId,
         now: Millis,
+        machine_epoch: u64,
     ) -> Result<Lease> {
         if pool.id.product == Product::Kse {
             if pool.id.kind == Kind::NodeLocked {
@@ -168,7 +172,27 @@ impl Broker {
             }
         }
         let req = SessionRequest { machine, user: p.email.clone(), nonce, conn };
-        self.sessions.acquire(pool, req, now, self.config.lease_ttl)
+        let lease = self.sessions.acquire(pool, req, now, self.config.lease_ttl)?;
+        // A revoke may have landed between the check above and the insert,
+        // its sweep missing this session. Checking again after the insert
+        // closes that window: either this check sees the grant gone, or the
+        // revoke's sweep (which follows its removal of the grant) sees the
+        // session. (Modelled in loom-tests: revoke racing activation.)
+        if pool.id.product == Product::Kse && !pool.has_grant(&p.email) {
+            let _ = self.sessions.end(lease.session, EndReason::Revoked, |_, _| true);
+            return Err(Error::NotLicensed);
+        }
+        // The same for a machine removed meanwhile: either this sees the
+        // epoch moved (and checks the machine), or the removal's sweep,
+        // which follows the bump, sees the session.
+        if pool.id.product == Product::Kre && pool.machine_epoch() != machine_epoch {
+            let still = self.sessions.machine_of(lease.session).is_some_and(|m| pool.has_machine(&m));
+            if !still {
+                let _ = self.sessions.end(lease.session, EndReason::Revoked, |_, _| true);
+                return Err(Error::MachineNotRegistered);
+            }
+        }
+        Ok(lease)
     }
 
     /// Heartbeat: extends a live session of the caller's org.

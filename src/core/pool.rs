@@ -40,6 +40,10 @@ pub struct Pool {
     pub id: PoolId,
     /// The org's subscription end; nothing is admitted at or after it.
     not_after: AtomicU64,
+    /// Bumped after every machine removal. An acquire that saw its machine
+    /// registered at an older value checks again after inserting its
+    /// session, so a removal's sweep can never miss a session it should end.
+    removals: AtomicU64,
     /// Registered machine IDs and when each registered. Registration is rare
     /// (once per machine), so a plain lock keeps the cap check simple.
     machines: Mutex<FastMap<MachineId, Millis>>,
@@ -122,6 +126,7 @@ impl Pool {
             org,
             id,
             not_after: AtomicU64::new(not_after.0),
+            removals: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(Seats::new(quota)),
             licensing: Mutex::new(Licensing::default()),
@@ -178,7 +183,20 @@ impl Pool {
 
     /// Removes a machine registration; returns whether it was there.
     pub fn forget_machine(&self, machine: &MachineId) -> bool {
-        self.machines.lock().remove(machine).is_some()
+        let removed = self.machines.lock().remove(machine).is_some();
+        if removed {
+            // Release: pairs with the Acquire in `machine_epoch`; the mutexes
+            // around the machine set and the session shards already order the
+            // removal, the sweep and a racing acquire (see Broker::acquire_on).
+            self.removals.fetch_add(1, Ordering::Release);
+        }
+        removed
+    }
+
+    /// How many machine removals this pool has seen.
+    pub fn machine_epoch(&self) -> u64 {
+        // Acquire: pairs with the Release in `forget_machine`.
+        self.removals.load(Ordering::Acquire)
     }
 
     /// Restores a persisted registration at startup (no cap check: the

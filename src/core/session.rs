@@ -295,6 +295,11 @@ impl SessionTable {
         self.shards.iter().map(|c| c.lock.lock().len()).sum()
     }
 
+    /// The machine a live session runs on.
+    pub fn machine_of(&self, id: SessionId) -> Option<MachineId> {
+        self.shards[self.shard_of(id)].lock.lock().get(id).map(|s| s.machine.clone())
+    }
+
     /// Admissions and quota refusals of a pool since start, summed over shards.
     pub fn counts(&self, pool: u64) -> (u64, u64) {
         self.shards.iter().fold((0, 0), |(a, r), c| {

@@ -30,7 +30,8 @@ struct CachedPool {
     org: OrgName,
     pool: PoolId,
     handle: Arc<crate::core::pool::Pool>,
-    machines: Vec<MachineId>,
+    /// Machines seen registered, with the pool's machine epoch when seen.
+    machines: Vec<(MachineId, u64)>,
 }
 
 /// Most pools, and machines per pool, a stream remembers.
@@ -46,7 +47,7 @@ impl PoolCache {
         org: &OrgName,
         pool: PoolId,
         machine: MachineId,
-    ) -> CoreResult<(Arc<crate::core::pool::Pool>, MachineId)> {
+    ) -> CoreResult<(Arc<crate::core::pool::Pool>, MachineId, u64)> {
         let version = core.version();
         if version != self.version {
             self.entries.clear();
@@ -64,9 +65,11 @@ impl PoolCache {
             }
         };
         let entry = &mut self.entries[index];
-        if let Some(m) = entry.machines.iter().find(|m| **m == machine) {
-            return Ok((entry.handle.clone(), m.clone()));
+        if let Some((m, epoch)) = entry.machines.iter().find(|(m, _)| *m == machine) {
+            return Ok((entry.handle.clone(), m.clone(), *epoch));
         }
+        // The epoch before the check: a removal after it makes the core check again.
+        let epoch = entry.handle.machine_epoch();
         // KRE runners register their machine first; KSE floating sessions
         // may come from any machine of a licensed user.
         if entry.handle.id.product == crate::core::Product::Kre && !entry.handle.has_machine(&machine) {
@@ -75,8 +78,8 @@ impl PoolCache {
         if entry.machines.len() >= CACHE_MACHINES {
             entry.machines.remove(0);
         }
-        entry.machines.push(machine.clone());
-        Ok((entry.handle.clone(), machine))
+        entry.machines.push((machine.clone(), epoch));
+        Ok((entry.handle.clone(), machine, epoch))
     }
 }
 
@@ -155,8 +158,8 @@ fn acquire(
         return Err(draining());
     }
     let core = &shared.core;
-    let (handle, machine) = pools.resolve(core, p, &org, pool, machine)?;
-    let lease = core.acquire_on(p, &handle, machine, Nonce(nonce), ctx.id, now)?;
+    let (handle, machine, epoch) = pools.resolve(core, p, &org, pool, machine)?;
+    let lease = core.acquire_on(p, &handle, machine, Nonce(nonce), ctx.id, now, epoch)?;
     ctx.sessions.lock().insert(lease.session);
     shared.deadline_added(lease.deadline);
     Ok(Resp::Admitted {
