@@ -53,3 +53,79 @@ fn error_table_lists_every_code_with_its_wire_number() {
         assert!(DOC.contains(&format!("| {n} | {} |", code.name())), "PROTOCOL.md lacks row {n} {code}");
     }
 }
+
+/// The variant index postcard writes first for `msg`.
+fn variant<T: serde::Serialize>(msg: &T) -> u32 {
+    let bytes = postcard::to_allocvec(msg).unwrap();
+    postcard::take_from_bytes::<u32>(&bytes).unwrap().0
+}
+
+#[test]
+fn every_request_and_response_variant_is_documented_with_its_index() {
+    use license_broker::core::{MachineId, Role};
+    let org = OrgName::new("o").unwrap();
+    let m = MachineId::new("m").unwrap();
+    let p = PoolId::KRE_DEFAULT;
+    let s = SessionId(1);
+    let reqs: Vec<(&str, Req)> = vec![
+        ("RegisterMachine", Req::RegisterMachine { org: org.clone(), pool: p, machine: m.clone() }),
+        ("Acquire", Req::Acquire { org: org.clone(), pool: p, machine: m.clone(), nonce: 1 }),
+        ("Renew", Req::Renew { session: s }),
+        ("Release", Req::Release { session: s }),
+        ("Status", Req::Status { org: None }),
+        ("CreateOrg", Req::CreateOrg { name: org.clone(), subscription_end: "x".into(), owner: "x".into() }),
+        ("SetPool", Req::SetPool { org: org.clone(), pool: p, quota: 1 }),
+        ("AddUser", Req::AddUser { org: org.clone(), email: "x".into(), role: Role::User }),
+        ("CreateKey", Req::CreateKey { org: org.clone(), email: "x".into() }),
+        ("RevokeKey", Req::RevokeKey { org: org.clone(), key: "x".into() }),
+        ("ListKeys", Req::ListKeys { org: org.clone() }),
+        ("ListUsers", Req::ListUsers { org: org.clone() }),
+        ("ListMachines", Req::ListMachines { org: org.clone() }),
+        ("RemoveMachine", Req::RemoveMachine { org: org.clone(), pool: None, machine: m.clone() }),
+        ("ListSessions", Req::ListSessions { org: org.clone() }),
+        ("KillSession", Req::KillSession { org: org.clone(), session: s }),
+        ("Grant", Req::Grant { org: org.clone(), pool: p, email: "x".into() }),
+        ("RevokeGrant", Req::RevokeGrant { org: org.clone(), pool: p, email: "x".into() }),
+        ("ListGrants", Req::ListGrants { org: org.clone(), pool: None }),
+        ("Activate", Req::Activate { org: org.clone(), pool: p, machine: m.clone(), nonce: 1 }),
+        ("CreateOffline", Req::CreateOffline { org: org.clone(), pool: p, machine: m.clone(), expires: "x".into() }),
+        ("ListOffline", Req::ListOffline { org: org.clone() }),
+        ("RevokeOffline", Req::RevokeOffline { org: org.clone(), license: "x".into() }),
+        ("TransferOffline", Req::TransferOffline { org: org.clone(), license: "x".into(), machine: m.clone() }),
+        ("OfflinePublicKey", Req::OfflinePublicKey),
+        ("Audit", Req::Audit { org: org.clone() }),
+    ];
+    for (name, req) in &reqs {
+        let n = variant(req);
+        let line = format!("{n:>4}: {name}");
+        let alt = format!("{n}: {name}");
+        assert!(DOC.contains(&line) || DOC.contains(&alt), "PROTOCOL.md lacks `{alt}`");
+    }
+    let resps: Vec<(&str, Resp)> = vec![
+        ("Registered", Resp::Registered { new: true }),
+        ("Admitted", Resp::Admitted { session: s, deadline_ms: 0, ttl_ms: 0, reattached: false }),
+        ("Renewed", Resp::Renewed { deadline_ms: 0 }),
+        ("Released", Resp::Released),
+        ("Status", Resp::Status(vec![])),
+        ("OrgCreated", Resp::OrgCreated { owner_key: "x".into() }),
+        ("Done", Resp::Done),
+        ("KeyCreated", Resp::KeyCreated { key: "x".into(), id: "x".into() }),
+        ("Keys", Resp::Keys(vec![])),
+        ("Users", Resp::Users(vec![])),
+        ("Machines", Resp::Machines(vec![])),
+        ("Sessions", Resp::Sessions(vec![])),
+        ("Killed", Resp::Killed),
+        ("Grants", Resp::Grants(vec![])),
+        ("Activated", Resp::Activated { machine: m.clone(), session: None, deadline_ms: 0, ttl_ms: 0, already: false }),
+        ("OfflineCreated", Resp::OfflineCreated { file_name: "x".into(), content: "x".into() }),
+        ("Offline", Resp::Offline(vec![])),
+        ("PublicKey", Resp::PublicKey { pem: "x".into() }),
+        ("AuditLog", Resp::AuditLog(vec![])),
+    ];
+    for (name, resp) in &resps {
+        let n = variant(resp);
+        let line = format!("{n:>4}: {name}");
+        let alt = format!("{n}: {name}");
+        assert!(DOC.contains(&line) || DOC.contains(&alt), "PROTOCOL.md lacks `{alt}`");
+    }
+}
