@@ -27,7 +27,7 @@ use std::path::Path;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
-use crate::core::{format_utc, parse_end_of_date, MachineId, Millis, OrgName, PoolId, Product};
+use crate::core::{format_utc, parse_end_of_date, MachineId, Millis, OrgName, PoolId};
 use crate::error::SetupError;
 
 const MAGIC: &str = "license-broker offline license v1";
@@ -100,17 +100,10 @@ impl fmt::Display for VerifyError {
 
 impl std::error::Error for VerifyError {}
 
-fn product_name(p: Product) -> &'static str {
-    match p {
-        Product::Kse => "KSE",
-        Product::Kre => "KRE",
-    }
-}
-
 impl LicenseFields {
     /// `KSE_<machineID>.lic` or `KRE_<machineID>.lic`.
     pub fn file_name(&self) -> String {
-        format!("{}_{}.lic", product_name(self.pool.product), self.machine)
+        format!("{}_{}.lic", self.pool.product_name(), self.machine)
     }
 
     /// The signed part of the file.
@@ -120,7 +113,7 @@ impl LicenseFields {
             self.id,
             self.org,
             self.pool,
-            product_name(self.pool.product),
+            self.pool.product_name(),
             self.machine,
             format_utc(self.issued),
             crate::core::format_end_date(self.expires),

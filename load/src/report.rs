@@ -14,7 +14,8 @@ pub struct Lat(Histogram<u64>);
 
 impl Lat {
     pub fn new() -> Lat {
-        // 1 µs .. 1 h, 3 significant figures.
+        // 1 µs .. 1 h, 3 significant figures. Invariant: constant bounds
+        // that hdrhistogram accepts (low ≥ 1, high ≥ 2 × low, sigfig ≤ 5).
         Lat(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid"))
     }
 

@@ -142,10 +142,12 @@ impl Record {
             Record::Pool { org, pool, .. } => (Table::Pools, format!("{org}/{pool}")),
             Record::User { org, email, .. } => (Table::Users, format!("{org}/{email}")),
             Record::Key { hash, .. } => (Table::Keys, hash.0.iter().map(|b| format!("{b:02x}")).collect()),
-            Record::Machine { org, pool, machine, .. } => (Table::Machines, format!("{org}/{pool}/{machine}")),
-            Record::Grant { org, pool, email, .. } => (Table::Grants, format!("{org}/{pool}/{email}")),
-            Record::Binding { org, pool, email, .. } => (Table::Bindings, format!("{org}/{pool}/{email}")),
-            Record::Offline { org, pool, license } => (Table::Offline, format!("{org}/{pool}/{:032x}", license.id)),
+            Record::Machine { org, pool, machine, .. } => (Table::Machines, in_pool(org, pool, machine)),
+            Record::Grant { org, pool, email, .. } => (Table::Grants, in_pool(org, pool, email)),
+            Record::Binding { org, pool, email, .. } => (Table::Bindings, in_pool(org, pool, email)),
+            Record::Offline { org, pool, license } => {
+                (Table::Offline, in_pool(org, pool, format!("{:032x}", license.id)))
+            }
             Record::Audit(e) => (Table::Audit, format!("{}/{:016x}/{:016x}", e.org, e.at.0, e.seq)),
         }
     }
@@ -156,11 +158,17 @@ impl Change {
     pub fn key(&self) -> (Table, String) {
         match self {
             Change::Put(r) => r.key(),
-            Change::RemoveMachine { org, pool, machine } => (Table::Machines, format!("{org}/{pool}/{machine}")),
-            Change::RemoveGrant { org, pool, email } => (Table::Grants, format!("{org}/{pool}/{email}")),
-            Change::RemoveBinding { org, pool, email } => (Table::Bindings, format!("{org}/{pool}/{email}")),
+            Change::RemoveMachine { org, pool, machine } => (Table::Machines, in_pool(org, pool, machine)),
+            Change::RemoveGrant { org, pool, email } => (Table::Grants, in_pool(org, pool, email)),
+            Change::RemoveBinding { org, pool, email } => (Table::Bindings, in_pool(org, pool, email)),
         }
     }
+}
+
+/// The key of a per-pool record: a `Put` and the removal of the same
+/// thing must agree on it, so both build it here.
+fn in_pool(org: &OrgName, pool: &PoolId, item: impl fmt::Display) -> String {
+    format!("{org}/{pool}/{item}")
 }
 
 /// The record families; a store keeps one table (or key prefix) per family.
