@@ -5,34 +5,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use license_broker::core::{Broker, Config, Email, KeyHash, MachineId, Millis, Nonce, OrgName, PoolId, Principal};
+use license_broker::core::testkit::{t, Fixture};
+use license_broker::core::{ConnId, Lease, Millis, Nonce, Ticket};
 
-const T0: u64 = 1_795_000_000_000;
-
+/// The shared core fixture, 64 shards as the broker runs, machine `m`
+/// registered, and a ticket resolved once as a stream's cache would hold it.
 struct World {
-    broker: Broker,
-    owner: Principal,
-    pool: license_broker::sync::Arc<license_broker::core::pool::Pool>,
-    machine: MachineId,
+    f: Fixture,
+    ticket: Ticket,
+}
+
+impl std::ops::Deref for World {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.f
+    }
 }
 
 fn world(quota: u32) -> World {
-    let broker = Broker::new(Config { lease_ttl: Duration::from_secs(30), shard_bits: 6 });
-    let email = Email::new("owner@default").unwrap();
-    broker.apply(&broker.plan_bootstrap(KeyHash([1; 32]), &email, KeyHash([2; 32]), Millis(T0)));
-    let op = broker.authenticate(&KeyHash([1; 32])).unwrap();
-    let owner = broker.authenticate(&KeyHash([2; 32])).unwrap();
-    let org = OrgName::new("default").unwrap();
-    broker.apply(&broker.plan_set_pool(&op, &org, PoolId::KRE_DEFAULT, quota, Millis(T0)).unwrap());
-    let machine = MachineId::new("m").unwrap();
-    let (_, c) = broker.register_machine(&owner, &org, PoolId::KRE_DEFAULT, &machine, Millis(T0)).unwrap();
-    broker.apply(&[c.unwrap()]);
-    let pool = broker.member_pool(&owner, &org, PoolId::KRE_DEFAULT).unwrap();
-    World { broker, owner, pool, machine }
+    let f = Fixture::new(quota, 6, Duration::from_secs(30));
+    f.register("m").unwrap();
+    let ticket = f.broker.resolve(&f.owner, &f.target("m")).unwrap();
+    World { f, ticket }
+}
+
+fn admit(w: &World, nonce: u128, at: Millis) -> license_broker::core::Result<Lease> {
+    w.broker.admit(&w.ticket, Nonce(nonce), ConnId(1), at)
 }
 
 fn pair(w: &World, nonce: u128) {
-    let lease = w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(nonce), 1, Millis(T0), 0).unwrap();
+    let lease = admit(w, nonce, t(0)).unwrap();
     w.broker.release(&w.owner, black_box(lease.session)).unwrap();
 }
 
@@ -67,11 +69,9 @@ fn admission(c: &mut Criterion) {
 
 fn renewal(c: &mut Criterion) {
     let w = world(10_000);
-    let sessions: Vec<_> = (0..10_000u128)
-        .map(|n| w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n), 1, Millis(T0), 0).unwrap().session)
-        .collect();
+    let sessions: Vec<_> = (0..10_000u128).map(|n| admit(&w, n, t(0)).unwrap().session).collect();
     let mut i = 0usize;
-    let mut now = T0;
+    let mut now = t(0).0;
     c.bench_function("heartbeat renew (10k live)", |b| {
         b.iter(|| {
             i = (i + 1) % sessions.len();
@@ -87,10 +87,10 @@ fn expiry(c: &mut Criterion) {
     // One deadline per millisecond over 1000 s; each run expires the next
     // millisecond's lease while a million stay live.
     for n in 0..live {
-        let at = Millis(T0 + n / 1000 * 1000 + n % 1000);
-        w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(n.into()), 1, at, 0).unwrap();
+        let at = t(n / 1000 * 1000 + n % 1000);
+        admit(&w, n.into(), at).unwrap();
     }
-    let mut cursor = T0 + 30_000;
+    let mut cursor = t(30_000).0;
     let mut refill = live as u128;
     c.bench_function("expire the next due lease with 1,000,000 live", |b| {
         b.iter_batched(
@@ -98,8 +98,7 @@ fn expiry(c: &mut Criterion) {
                 // Keep the table at a million: re-admit what the last run expired.
                 while w.broker.live_sessions() < live as usize {
                     refill += 1;
-                    let _ =
-                        w.broker.acquire_on(&w.owner, &w.pool, w.machine.clone(), Nonce(refill), 1, Millis(cursor), 0);
+                    let _ = admit(&w, refill, Millis(cursor));
                 }
                 cursor += 1;
                 Millis(cursor)

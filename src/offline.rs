@@ -27,7 +27,7 @@ use std::path::Path;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
-use crate::core::{format_utc, parse_end_of_date, MachineId, Millis, OrgName, PoolId};
+use crate::core::{format_utc, parse_end_of_date, MachineId, Millis, OfflineId, OrgName, PoolId};
 use crate::error::SetupError;
 
 const MAGIC: &str = "license-broker offline license v1";
@@ -37,22 +37,8 @@ const SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0
 /// (tolerates clock skew between the broker and the licensed machine).
 pub const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
-/// What a license says.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LicenseFields {
-    /// Unique id.
-    pub id: u128,
-    /// The org it was issued from.
-    pub org: OrgName,
-    /// The pool whose seat it holds.
-    pub pool: PoolId,
-    /// The machine it is bound to.
-    pub machine: MachineId,
-    /// When it was issued (whole seconds).
-    pub issued: Millis,
-    /// The instant it stops being valid: midnight UTC after its last day.
-    pub expires: Millis,
-}
+/// What a license says: the core's reservation of its seat, as signed.
+pub use crate::core::LicenseFields;
 
 /// Why a license file is not valid.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +95,7 @@ impl LicenseFields {
     /// The signed part of the file.
     pub fn render_unsigned(&self) -> String {
         format!(
-            "{MAGIC}\nlicense-id: {:032x}\norg: {}\npool: {}\nproduct: {}\nmachine-id: {}\nissued: {}\nexpires: {}\n",
+            "{MAGIC}\nlicense-id: {}\norg: {}\npool: {}\nproduct: {}\nmachine-id: {}\nissued: {}\nexpires: {}\n",
             self.id,
             self.org,
             self.pool,
@@ -234,13 +220,13 @@ fn parse_body(body: &str) -> Result<LicenseFields, VerifyError> {
     if lines.next().is_some() {
         return Err(bad("unexpected lines before the signature"));
     }
-    Ok(LicenseFields { id, org, pool, machine, issued, expires })
+    Ok(LicenseFields { id: OfflineId(id), org, pool, machine, issued, expires })
 }
 
 /// Parses `YYYY-MM-DDTHH:MM:SSZ`.
 fn parse_utc(s: &str) -> Option<Millis> {
     let (date, time) = s.strip_suffix('Z')?.split_once('T')?;
-    let day = parse_end_of_date(date).ok()?.0 - 86_400_000;
+    let day = parse_end_of_date(date).ok()?.0 - crate::core::DAY_MS;
     let mut hms = time.split(':').map(|p| if p.len() == 2 { p.parse::<u64>().ok() } else { None });
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
     if hms.next().is_some() || h > 23 || m > 59 || sec > 59 {
@@ -262,7 +248,7 @@ mod tests {
 
     fn fields() -> LicenseFields {
         LicenseFields {
-            id: 0x1234,
+            id: OfflineId(0x1234),
             org: OrgName::new("acme").unwrap(),
             pool: "kse-node-locked-annual".parse().unwrap(),
             machine: MachineId::new("m-1").unwrap(),

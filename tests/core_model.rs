@@ -5,10 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use license_broker::core::{
-    Broker, Config, Email, EndReason, Error, KeyHash, MachineId, Millis, Nonce, OrgName, PoolId, Principal,
-    Registration, SessionId,
-};
+use license_broker::core::testkit::Fixture;
+use license_broker::core::{ConnId, EndReason, Error, MachineId, Millis, PoolId, Registration, SessionId};
 use proptest::prelude::*;
 
 const TTL_MS: u64 = 10_000;
@@ -70,22 +68,8 @@ impl Reference {
     }
 }
 
-struct Real {
-    broker: Broker,
-    operator: Principal,
-    owner: Principal,
-    org: OrgName,
-}
-
-fn real(quota: u32) -> Real {
-    let broker = Broker::new(Config { lease_ttl: Duration::from_millis(TTL_MS), shard_bits: 2 });
-    let email = Email::new("owner@default").unwrap();
-    broker.apply(&broker.plan_bootstrap(KeyHash([1; 32]), &email, KeyHash([2; 32]), Millis(0)));
-    let operator = broker.authenticate(&KeyHash([1; 32])).unwrap();
-    let owner = broker.authenticate(&KeyHash([2; 32])).unwrap();
-    let org = OrgName::new("default").unwrap();
-    broker.apply(&broker.plan_set_pool(&operator, &org, PoolId::KRE_DEFAULT, quota, Millis(0)).unwrap());
-    Real { broker, operator, owner, org }
+fn real(quota: u32) -> Fixture {
+    Fixture::new(quota, 2, Duration::from_millis(TTL_MS))
 }
 
 const BASE: u64 = 1_795_000_000_000;
@@ -103,7 +87,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let t = Millis(now);
         match op {
             Op::Acquire { nonce, machine, conn } => {
-                let got = r.broker.acquire(&r.owner, &r.org, pool, mid(machine), Nonce(nonce.into()), conn, t);
+                let got = r.acquire(MACHINES[machine], nonce.into(), conn, t);
                 if !m.machines.contains(&machine) {
                     prop_assert_eq!(got, Err(Error::MachineNotRegistered));
                     continue;
@@ -169,8 +153,12 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
             }
             Op::Close { conn } => {
-                let mut got: Vec<SessionId> =
-                    r.broker.close_connection(conn, issued.clone()).into_iter().map(|e| e.info.session).collect();
+                let mut got: Vec<SessionId> = r
+                    .broker
+                    .close_connection(ConnId(conn), issued.clone())
+                    .into_iter()
+                    .map(|e| e.info.session)
+                    .collect();
                 let mut want: Vec<SessionId> = m.live.values().filter(|s| s.conn == conn).map(|s| s.id).collect();
                 m.live.retain(|_, s| s.conn != conn);
                 got.sort();
@@ -178,13 +166,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got, want);
             }
             Op::Register { machine } => {
-                let got = r.broker.register_machine(&r.owner, &r.org, pool, &mid(machine), t);
-                let got = got.map(|(reg, change)| {
-                    if let Some(c) = change {
-                        r.broker.apply(&[c]);
-                    }
-                    reg
-                });
+                let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t).map(|p| r.commit(p));
                 if m.machines.contains(&machine) {
                     prop_assert_eq!(got, Ok(Registration::Known));
                 } else if m.machines.len() as u32 >= m.quota {

@@ -236,8 +236,8 @@ fn grant_revoke_racing_activation_leaves_no_session() {
         let plan = f.broker.plan_revoke_grant(&f.owner, &f.org, kse, &email, t(0)).unwrap();
         let fa = f.clone();
         let activator = thread::spawn(move || {
-            let m = license_broker::core::MachineId::new("laptop").unwrap();
-            fa.broker.acquire(&fa.owner, &fa.org, kse, m, license_broker::core::Nonce(5), 1, t(1))
+            let target = fa.target_in(kse, "laptop");
+            fa.broker.acquire(&fa.owner, &target, license_broker::core::Nonce(5), license_broker::core::ConnId(1), t(1))
         });
         let fr = f.clone();
         let revoker = thread::spawn(move || fr.broker.apply(&plan).len());

@@ -116,7 +116,7 @@ fn verify(file: &PathBuf, public_key: &PathBuf, machine: Option<&MachineId>, jso
                 println!(
                     "{}",
                     serde_json::json!({"valid": true, "org": f.org.as_str(), "pool": f.pool.to_string(),
-                        "machine": f.machine.as_str(), "last_day": last_day, "license": format!("{:032x}", f.id),
+                        "machine": f.machine.as_str(), "last_day": last_day, "license": f.id.to_string(),
                         "machine_checked": machine.is_some()})
                 );
             } else {

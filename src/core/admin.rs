@@ -9,7 +9,7 @@ use super::error::{Error, Result};
 use super::id::{Email, KeyHash, MachineId, OrgName, Role};
 use super::pool::PoolId;
 use super::record::{AuditAction, Change, Record};
-use super::time::Millis;
+use super::time::{Millis, DAY_MS};
 use super::Principal;
 
 /// Largest quota a pool can have; far above any real purchase, small
@@ -47,7 +47,7 @@ impl Broker {
         // Invariant: these literals satisfy the validators (tested below).
         let default = OrgName::new("default").expect("valid org name");
         let operator = Email::new("operator@localhost").expect("valid email");
-        let end = Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + 86_400_000));
+        let end = Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + DAY_MS));
         vec![
             Change::Put(Record::Key { hash: operator_key, org: None, email: operator, created: now, revoked: false }),
             Change::Put(Record::Org { name: default.clone(), subscription_end: end, created: now }),

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use super::directory::{Directory, Principal};
 use super::error::{Error, Result};
-use super::id::{MachineId, Nonce, OrgName, SessionId};
-use super::pool::{Kind, Pool, PoolId, PoolStatus, Product, Registration};
+use super::id::{ConnId, MachineId, Nonce, OfflineId, OrgName, SessionId};
+use super::pool::{Pool, PoolId, PoolStatus, PoolUid};
 use super::record::{AuditAction, AuditEntry, Change, Record};
-use super::session::{ConnId, EndReason, Ended, Lease, SessionInfo, SessionRequest, SessionTable};
+use super::session::{EndReason, Ended, SessionInfo, SessionTable};
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
@@ -54,13 +54,13 @@ pub struct Broker {
     /// and re-resolve it only when something may have changed.
     version: AtomicU64,
     /// Live sessions and their deadlines.
-    sessions: SessionTable,
+    pub(crate) sessions: SessionTable,
     /// Source of pool uids (distinct per pool, never reused).
     pool_uids: AtomicU64,
     /// Active offline licenses by expiry: their seats come back then.
     /// Few (bounded by quotas) and touched only by admins and the expiry
     /// task, so a plain lock.
-    offline_due: Mutex<BTreeMap<(Millis, u128), Arc<Pool>>>,
+    offline_due: Mutex<BTreeMap<(Millis, OfflineId), Arc<Pool>>>,
     /// Orders audit entries written in the same millisecond.
     audit_seq: AtomicU64,
 }
@@ -96,105 +96,6 @@ impl Broker {
         self.dir.read().principal(key)
     }
 
-    /// The pool `org`/`pool`, if the caller is a member of `org`. The shell
-    /// caches the handle per stream while `version()` is unchanged.
-    pub fn member_pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
-        p.require_member(org)?;
-        self.dir.read().pool(org, pool).cloned()
-    }
-
-    /// Registers a machine in a pool. On `New` the caller must commit the
-    /// returned change and call `forget_machine` if that fails.
-    pub fn register_machine(
-        &self,
-        p: &Principal,
-        org: &OrgName,
-        pool: PoolId,
-        machine: &MachineId,
-        now: Millis,
-    ) -> Result<(Registration, Option<Change>)> {
-        let handle = self.member_pool(p, org, pool)?;
-        let reg = handle.register_machine(machine, now)?;
-        let change = (reg == Registration::New).then(|| {
-            Change::Put(Record::Machine { org: org.clone(), pool, machine: machine.clone(), registered: now })
-        });
-        Ok((reg, change))
-    }
-
-    /// Undoes a `New` registration whose commit failed.
-    pub fn forget_machine(&self, org: &OrgName, pool: PoolId, machine: &MachineId) {
-        if let Ok(p) = self.dir.read().pool(org, pool) {
-            p.forget_machine(machine);
-        }
-    }
-
-    /// Admits a session (or re-attaches the nonce's live one).
-    #[allow(clippy::too_many_arguments)]
-    pub fn acquire(
-        &self,
-        p: &Principal,
-        org: &OrgName,
-        pool: PoolId,
-        machine: MachineId,
-        nonce: Nonce,
-        conn: ConnId,
-        now: Millis,
-    ) -> Result<Lease> {
-        let handle = self.member_pool(p, org, pool)?;
-        let epoch = handle.machine_epoch();
-        if handle.id.product == Product::Kre && !handle.has_machine(&machine) {
-            return Err(Error::MachineNotRegistered);
-        }
-        self.acquire_on(p, &handle, machine, nonce, conn, now, epoch)
-    }
-
-    /// Admits on a pool handle from `member_pool` whose machine (KRE) the
-    /// caller saw registered when the pool's `machine_epoch` was
-    /// `machine_epoch`. This is the hot path: no directory lock, and no
-    /// machine lookup unless a machine was removed since.
-    #[allow(clippy::too_many_arguments)]
-    pub fn acquire_on(
-        &self,
-        p: &Principal,
-        pool: &Arc<Pool>,
-        machine: MachineId,
-        nonce: Nonce,
-        conn: ConnId,
-        now: Millis,
-        machine_epoch: u64,
-    ) -> Result<Lease> {
-        if pool.id.product == Product::Kse {
-            if pool.id.kind == Kind::NodeLocked {
-                return Err(Error::invalid("pool", "a node-locked KSE license is activated on a machine, not leased"));
-            }
-            if !pool.has_grant(&p.email) {
-                return Err(Error::NotLicensed);
-            }
-        }
-        let req = SessionRequest { machine, user: p.email.clone(), nonce, conn };
-        let lease = self.sessions.acquire(pool, req, now, self.config.lease_ttl)?;
-        // A revoke may have landed between the check above and the insert,
-        // its sweep missing this session. Checking again after the insert
-        // closes that window: either this check sees the grant gone, or the
-        // revoke's sweep (which follows its removal of the grant) sees the
-        // session. (Modelled in loom-tests: revoke racing activation.)
-        if pool.id.product == Product::Kse && !pool.has_grant(&p.email) {
-            let _ = self.sessions.end(lease.session, EndReason::Revoked, |_, _| true);
-            return Err(Error::NotLicensed);
-        }
-        // The same for a machine removed meanwhile: either this sees the
-        // epoch moved (and checks the machine), or the removal's sweep,
-        // which follows the bump, sees the session.
-        if pool.id.product == Product::Kre && pool.machine_epoch() != machine_epoch {
-            let still = self.sessions.machine_of(lease.session).is_some_and(|m| pool.has_machine(&m));
-            if !still {
-                let _ = self.sessions.end(lease.session, EndReason::Revoked, |_, _| true);
-                return Err(Error::MachineNotRegistered);
-            }
-        }
-        Ok(lease)
-    }
-
     /// Heartbeat: extends a live session of the caller's org.
     pub fn renew(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Millis> {
         self.sessions.renew(session, now, self.config.lease_ttl, |pool| Some(&pool.org) == p.org.as_ref())
@@ -203,6 +104,11 @@ impl Broker {
     /// Ends a session of the caller's org on the runner's request.
     pub fn release(&self, p: &Principal, session: SessionId) -> Result<Ended> {
         self.sessions.end(session, EndReason::Released, |pool, _| Some(&pool.org) == p.org.as_ref())
+    }
+
+    /// Ends a live session unconditionally (an undo, a failed re-check).
+    pub(crate) fn end_session(&self, session: SessionId, reason: EndReason) -> Result<Ended> {
+        self.sessions.end(session, reason, |_, _| true)
     }
 
     /// An Owner/Admin ends a session of their org.
@@ -238,9 +144,9 @@ impl Broker {
     }
 
     fn expire_offline(&self, now: Millis) {
-        let due: Vec<((Millis, u128), Arc<Pool>)> = {
+        let due: Vec<((Millis, OfflineId), Arc<Pool>)> = {
             let mut map = self.offline_due.lock();
-            let later = map.split_off(&(Millis(now.0.saturating_add(1)), 0));
+            let later = map.split_off(&(Millis(now.0.saturating_add(1)), OfflineId(0)));
             std::mem::replace(&mut *map, later).into_iter().collect()
         };
         for ((_, id), pool) in due {
@@ -249,12 +155,12 @@ impl Broker {
     }
 
     /// Tracks an active offline license for expiry.
-    pub(crate) fn track_offline(&self, pool: Arc<Pool>, id: u128, expires: Millis) {
+    pub(crate) fn track_offline(&self, pool: Arc<Pool>, id: OfflineId, expires: Millis) {
         self.offline_due.lock().insert((expires, id), pool);
     }
 
     /// Forgets an offline license's expiry (its reservation was cancelled).
-    pub(crate) fn untrack_offline(&self, id: u128, expires: Millis) {
+    pub(crate) fn untrack_offline(&self, id: OfflineId, expires: Millis) {
         self.offline_due.lock().remove(&(expires, id));
     }
 
@@ -340,7 +246,7 @@ impl Broker {
             for change in changes {
                 let restored = dir.apply(change, |org, id, quota, end| {
                     // Relaxed: uniqueness only; no other memory depends on it.
-                    let uid = self.pool_uids.fetch_add(1, Ordering::Relaxed);
+                    let uid = PoolUid(self.pool_uids.fetch_add(1, Ordering::Relaxed));
                     Arc::new(Pool::new(uid, org.clone(), id, quota, end))
                 });
                 if let Some((pool, entry)) = restored {
@@ -385,11 +291,5 @@ impl Broker {
     /// Number of live sessions across all pools.
     pub fn live_sessions(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// Whether a machine is already registered in a pool of the caller's org
-    /// (the fast path of registration, which needs no durable write).
-    pub fn is_registered(&self, p: &Principal, org: &OrgName, pool: PoolId, machine: &MachineId) -> Result<bool> {
-        Ok(self.member_pool(p, org, pool)?.has_machine(machine))
     }
 }

@@ -8,19 +8,19 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::admission::Target;
 use super::broker::Broker;
 use super::error::{Error, Result};
-use super::id::{Email, MachineId, OrgName, Role};
+use super::id::{Email, MachineId, OfflineId, OrgName, Role};
+use super::pending::{Pending, Undo};
 use super::pool::{Kind, OfflineEntry, Pool, PoolId, Product, Term};
 use super::record::{AuditAction, Change, OfflineLicense, Record};
-use super::time::{format_end_date, Millis};
+use super::time::{format_end_date, Millis, DAY_MS};
 use super::Principal;
 use crate::sync::Arc;
 
 /// Longest an offline license may last, in days after the day it is created.
 pub const OFFLINE_MAX_DAYS: u64 = 60;
-
-const DAY_MS: u64 = 86_400_000;
 
 /// A licensed user of a pool, for `licenses`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,24 +54,31 @@ pub struct OfflineInfo {
     pub active: bool,
 }
 
-/// What an activation did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Activation {
-    /// A node-locked license was bound to the machine now: commit `changes`
-    /// (on failure call `unbind`).
-    Bound { changes: Vec<Change> },
-    /// It was already bound to this machine; nothing to do.
-    AlreadyBound,
+/// An order for an offline license: where, and until the end of which day.
+#[derive(Clone, Debug)]
+pub struct OfflineOrder {
+    /// The (annual node-locked) pool and the machine the license binds to.
+    pub target: Target,
+    /// Midnight UTC after the license's last valid day.
+    pub last_day_end: Millis,
+    /// Its id, random, chosen by the shell.
+    pub id: OfflineId,
 }
 
-/// An offline license reserved (seat taken) but not yet committed.
-#[derive(Clone, Debug)]
-pub struct Reservation {
+/// What an offline license states: the seat it holds, where and until when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LicenseFields {
+    /// The org.
     pub org: OrgName,
+    /// The pool whose seat it holds.
     pub pool: PoolId,
-    pub id: u128,
+    /// Its id.
+    pub id: OfflineId,
+    /// The machine it is bound to.
     pub machine: MachineId,
+    /// When it was issued (whole seconds).
     pub issued: Millis,
+    /// When its seat comes back.
     pub expires: Millis,
 }
 
@@ -162,76 +169,44 @@ impl Broker {
         })
     }
 
-    /// A licensed user activates a node-locked KSE license on a machine.
-    /// Takes the seat now; the caller commits the changes or calls `unbind`.
-    pub fn activate_node_locked(
+    /// Owner/Admin: creates an offline license. Takes its seat now; `sign`
+    /// turns the reservation into the signed file, which the pending change
+    /// stores. The seat comes back if the commit fails.
+    pub fn create_offline(
         &self,
         p: &Principal,
-        org: &OrgName,
-        pool: PoolId,
-        machine: &MachineId,
+        order: &OfflineOrder,
         now: Millis,
-    ) -> Result<Activation> {
-        let handle = self.member_pool(p, org, pool)?;
-        if pool.product != Product::Kse || pool.kind != Kind::NodeLocked {
-            return Err(Error::invalid("pool", "only node-locked KSE pools are activated on a machine"));
+        sign: impl FnOnce(&LicenseFields) -> String,
+    ) -> Result<Pending<(LicenseFields, String)>> {
+        let Target { org, pool, machine } = &order.target;
+        let handle = self.admin_pool(p, org, *pool)?;
+        self.check_offline_expiry(org, *pool, order.last_day_end, now)?;
+        if let Some(until) = handle.active_offline_for(machine) {
+            return Err(Error::AlreadyExists {
+                what: "offline license",
+                name: format!(
+                    "for {machine} until {} (a new one can be made once it has expired)",
+                    format_end_date(until)
+                ),
+            });
         }
-        if !handle.has_grant(&p.email) {
-            return Err(Error::NotLicensed);
-        }
-        match handle.binding(&p.email) {
-            Some(bound) if &bound == machine => return Ok(Activation::AlreadyBound),
-            Some(bound) => return Err(Error::AlreadyActivated { machine: bound }),
-            None => {}
-        }
-        handle.bind(&p.email, machine, now)?;
-        Ok(Activation::Bound {
-            changes: vec![
-                Change::Put(Record::Binding {
-                    org: org.clone(),
-                    pool,
-                    email: p.email.clone(),
-                    machine: machine.clone(),
-                    bound: now,
-                }),
-                self.audit(org, p, AuditAction::Activated, format!("pool={pool} machine={machine}"), now),
-            ],
-        })
+        // Whole seconds: the file states its issue time to the second.
+        let issued = Millis(now.0 / 1000 * 1000);
+        let (id, expires) = (order.id, order.last_day_end);
+        let created_by = p.email.clone();
+        let entry = OfflineEntry { id, machine: machine.clone(), issued, expires, created_by, active: true };
+        handle.reserve_offline(entry)?;
+        self.track_offline(handle.clone(), id, expires);
+        let r = LicenseFields { org: org.clone(), pool: *pool, id, machine: machine.clone(), issued, expires };
+        let file = sign(&r);
+        let changes = self.offline_changes(p, &r, file.clone(), now);
+        Ok(Pending::reserved(changes, (r, file), Undo::CancelOffline(handle, id, expires)))
     }
 
-    /// Undoes an activation whose commit failed.
-    pub fn unbind(&self, org: &OrgName, pool: PoolId, email: &Email) {
-        if let Ok(h) = self.with_dir(|dir| dir.pool(org, pool).cloned()) {
-            h.unbind(email);
-        }
-    }
-
-    /// The audit line of a floating activation (a session), to commit after it opened.
-    pub fn audit_activation(
-        &self,
-        p: &Principal,
-        org: &OrgName,
-        pool: PoolId,
-        machine: &MachineId,
-        now: Millis,
-    ) -> Change {
-        self.audit(org, p, AuditAction::Activated, format!("pool={pool} machine={machine} floating"), now)
-    }
-
-    /// Owner/Admin: reserves an offline license (takes its seat) for
-    /// `machine` until the end of `last_day_end` (midnight after its last day).
-    #[allow(clippy::too_many_arguments)]
-    pub fn reserve_offline(
-        &self,
-        p: &Principal,
-        org: &OrgName,
-        pool: PoolId,
-        machine: &MachineId,
-        last_day_end: Millis,
-        id: u128,
-        now: Millis,
-    ) -> Result<Reservation> {
-        let handle = self.admin_pool(p, org, pool)?;
+    /// Refuses an offline license from a pool that cannot issue them, or
+    /// one that would end before today, past 60 days or past the subscription.
+    fn check_offline_expiry(&self, org: &OrgName, pool: PoolId, last_day_end: Millis, now: Millis) -> Result<()> {
         if pool.kind != Kind::NodeLocked || pool.term != Term::Annual {
             return Err(Error::OfflineNotAllowed(format!("{pool} is not an annual node-locked pool")));
         }
@@ -253,32 +228,11 @@ impl Broker {
                 format_end_date(subscription_end)
             )));
         }
-        if let Some(until) = handle.active_offline_for(machine) {
-            return Err(Error::AlreadyExists {
-                what: "offline license",
-                name: format!(
-                    "for {machine} until {} (a new one can be made once it has expired)",
-                    format_end_date(until)
-                ),
-            });
-        }
-        // Whole seconds: the file states its issue time to the second.
-        let issued = Millis(now.0 / 1000 * 1000);
-        let entry = OfflineEntry {
-            id,
-            machine: machine.clone(),
-            issued,
-            expires: last_day_end,
-            created_by: p.email.clone(),
-            active: true,
-        };
-        handle.reserve_offline(entry)?;
-        self.track_offline(handle, id, last_day_end);
-        Ok(Reservation { org: org.clone(), pool, id, machine: machine.clone(), issued, expires: last_day_end })
+        Ok(())
     }
 
     /// The durable changes of a reserved offline license, with its signed file.
-    pub fn offline_changes(&self, p: &Principal, r: &Reservation, file: String, now: Millis) -> Vec<Change> {
+    fn offline_changes(&self, p: &Principal, r: &LicenseFields, file: String, now: Millis) -> Vec<Change> {
         let license = OfflineLicense {
             id: r.id,
             machine: r.machine.clone(),
@@ -287,30 +241,12 @@ impl Broker {
             created_by: p.email.clone(),
             file,
         };
+        let detail =
+            format!("pool={} machine={} license={} last_day={}", r.pool, r.machine, r.id, format_end_date(r.expires));
         vec![
             Change::Put(Record::Offline { org: r.org.clone(), pool: r.pool, license }),
-            self.audit(
-                &r.org,
-                p,
-                AuditAction::OfflineCreated,
-                format!(
-                    "pool={} machine={} license={:032x} last_day={}",
-                    r.pool,
-                    r.machine,
-                    r.id,
-                    format_end_date(r.expires)
-                ),
-                now,
-            ),
+            self.audit(&r.org, p, AuditAction::OfflineCreated, detail, now),
         ]
-    }
-
-    /// Undoes a reservation whose commit failed.
-    pub fn cancel_offline(&self, r: &Reservation) {
-        if let Ok(h) = self.with_dir(|dir| dir.pool(&r.org, r.pool).cloned()) {
-            h.cancel_offline(r.id);
-        }
-        self.untrack_offline(r.id, r.expires);
     }
 
     /// Owner/Admin: every offline license of the org.
@@ -324,7 +260,7 @@ impl Broker {
                 .flat_map(|h| {
                     h.offline().into_iter().map(|o| OfflineInfo {
                         pool: h.id,
-                        id: format!("{:032x}", o.id),
+                        id: o.id.to_string(),
                         machine: o.machine,
                         issued: o.issued,
                         last_day: format_end_date(o.expires),

@@ -2,32 +2,43 @@
 //! expiry. It never reads a clock (every call takes `now`), never spawns,
 //! never does I/O, and builds without tokio or quinn. Its shared state uses
 //! only the primitives of `crate::sync`, so loom can model it as shipped.
+//!
+//! Reading order: `broker` (the type the shell calls) → `admission`
+//! (tickets, sessions, registration, activation) → `pending` (a durable
+//! change and its undo) → `admin` and `licensing` (planned admin changes) →
+//! `directory` (who exists) → `pool` and `seats` (a pool's counters) →
+//! `session` (the lease table and its shards) → `record` (what the store
+//! keeps) → `id`, `pool_id`, `time`, `error` (values).
 
 pub mod admin;
+pub mod admission;
 pub mod broker;
 pub mod directory;
 pub mod error;
 pub mod hash;
 pub mod id;
 pub mod licensing;
+pub mod pending;
 pub mod pool;
 pub mod pool_id;
 pub mod record;
 pub mod seats;
 pub mod session;
-mod shard;
+pub mod testkit;
 pub mod time;
 
 #[cfg(all(test, not(broker_loom)))]
 mod tests;
 
 pub use admin::{KeyInfo, KeyRef, UserInfo, MAX_QUOTA};
+pub use admission::{Activation, Target, Ticket};
 pub use broker::{Broker, Config, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ErrorCode, Result};
-pub use id::{Email, KeyHash, MachineId, Nonce, OrgName, Role, SessionId};
-pub use licensing::{Activation, GrantInfo, OfflineInfo, Reservation, OFFLINE_MAX_DAYS};
-pub use pool::{Kind, OfflineEntry, PoolId, PoolStatus, Product, Registration, Term};
+pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
+pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OFFLINE_MAX_DAYS};
+pub use pending::Pending;
+pub use pool::{Kind, OfflineEntry, PoolId, PoolStatus, PoolUid, Product, Registration, Term};
 pub use record::{AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
-pub use session::{ConnId, EndReason, Ended, Lease, SessionInfo};
-pub use time::{format_end_date, format_utc, parse_end_of_date, Millis};
+pub use session::{EndReason, Ended, Lease, SessionInfo};
+pub use time::{format_end_date, format_utc, parse_end_of_date, Millis, DAY_MS};

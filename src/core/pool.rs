@@ -8,11 +8,16 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{Error, Result};
 use super::hash::FastMap;
-use super::id::{Email, MachineId, OrgName};
+use super::id::{Email, MachineId, OfflineId, OrgName};
 pub use super::pool_id::{Kind, PoolId, Product, Term};
 use super::seats::{SeatCount, Seats};
 use super::time::Millis;
 use crate::sync::{AtomicU64, Mutex, Ordering};
+
+/// A pool's identity within this process: distinct per pool, never reused,
+/// so runner nonces (and the shard statistics) are keyed by it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct PoolUid(pub u64);
 
 /// Whether a machine registration added a machine or found it already there.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -33,7 +38,7 @@ pub enum Registration {
 #[repr(align(128))]
 pub struct Pool {
     /// Unique per pool within this process; keys runner nonces to their pool.
-    pub uid: u64,
+    pub uid: PoolUid,
     /// The org that bought it.
     pub org: OrgName,
     /// Its identity within the org.
@@ -69,7 +74,7 @@ struct Licensing {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineEntry {
     /// Unique id.
-    pub id: u128,
+    pub id: OfflineId,
     /// The machine it is bound to.
     pub machine: MachineId,
     /// When it was created.
@@ -120,7 +125,7 @@ pub struct PoolStatus {
 
 impl Pool {
     /// A new, empty pool.
-    pub fn new(uid: u64, org: OrgName, id: PoolId, quota: u32, not_after: Millis) -> Pool {
+    pub fn new(uid: PoolUid, org: OrgName, id: PoolId, quota: u32, not_after: Millis) -> Pool {
         Pool {
             uid,
             org,
@@ -313,7 +318,7 @@ impl Pool {
     }
 
     /// Undoes `reserve_offline` whose commit failed.
-    pub fn cancel_offline(&self, id: u128) {
+    pub fn cancel_offline(&self, id: OfflineId) {
         let mut l = self.licensing.lock();
         if let Some(i) = l.offline.iter().position(|o| o.id == id) {
             if l.offline.remove(i).active {
@@ -323,7 +328,7 @@ impl Pool {
     }
 
     /// Returns an offline license's seat at its expiry (once).
-    pub fn expire_offline(&self, id: u128) -> bool {
+    pub fn expire_offline(&self, id: OfflineId) -> bool {
         let mut l = self.licensing.lock();
         match l.offline.iter_mut().find(|o| o.id == id && o.active) {
             Some(o) => {
@@ -368,7 +373,7 @@ mod tests {
     use super::*;
 
     fn pool(quota: u32) -> Pool {
-        Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, quota, Millis::MAX)
+        Pool::new(PoolUid(1), OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, quota, Millis::MAX)
     }
 
     #[test]
@@ -385,7 +390,7 @@ mod tests {
 
     #[test]
     fn nothing_admitted_after_subscription_end() {
-        let p = Pool::new(1, OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, 5, Millis(100));
+        let p = Pool::new(PoolUid(1), OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, 5, Millis(100));
         assert!(p.take_seat(Millis(99)).is_ok());
         assert_eq!(p.take_seat(Millis(100)), Err(Error::SubscriptionExpired));
     }

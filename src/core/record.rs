@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::id::{Email, KeyHash, MachineId, OrgName, Role};
+use super::id::{Email, KeyHash, MachineId, OfflineId, OrgName, Role};
 use super::pool::PoolId;
 use super::time::Millis;
 
@@ -42,7 +42,7 @@ pub enum Record {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OfflineLicense {
     /// Unique id (random, chosen by the shell).
-    pub id: u128,
+    pub id: OfflineId,
     /// The machine it is bound to.
     pub machine: MachineId,
     /// When it was created.
@@ -145,9 +145,7 @@ impl Record {
             Record::Machine { org, pool, machine, .. } => (Table::Machines, in_pool(org, pool, machine)),
             Record::Grant { org, pool, email, .. } => (Table::Grants, in_pool(org, pool, email)),
             Record::Binding { org, pool, email, .. } => (Table::Bindings, in_pool(org, pool, email)),
-            Record::Offline { org, pool, license } => {
-                (Table::Offline, in_pool(org, pool, format!("{:032x}", license.id)))
-            }
+            Record::Offline { org, pool, license } => (Table::Offline, in_pool(org, pool, license.id)),
             Record::Audit(e) => (Table::Audit, format!("{}/{:016x}/{:016x}", e.org, e.at.0, e.seq)),
         }
     }

@@ -39,63 +39,51 @@ impl Seats {
 
     /// Takes one seat if one is free; on refusal returns the quota that refused it.
     pub fn try_acquire(&self) -> Result<SeatCount, u32> {
-        // Acquire/AcqRel: a seat hand-off (release on one thread, acquire on
-        // another) must order the releaser's session-table writes before the
-        // acquirer's; the counter word itself is totally ordered by its RMWs.
-        let mut current = self.word.load(Ordering::Acquire);
-        loop {
-            let c = unpack(current);
-            if c.in_use >= c.quota {
-                return Err(c.quota);
-            }
-            let next = pack(c.quota, c.in_use + 1);
-            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return Ok(unpack(next)),
-                Err(actual) => current = actual,
-            }
-        }
+        self.update(|c| (c.in_use < c.quota).then(|| SeatCount { in_use: c.in_use + 1, ..c })).map_err(|c| c.quota)
     }
 
     /// Gives one seat back. Callers guarantee exactly one release per
     /// successful acquire (the session table's single removal point).
     pub fn release(&self) {
-        let mut current = self.word.load(Ordering::Acquire);
-        loop {
-            let c = unpack(current);
+        let _ = self.update(|c| {
             // Invariant: a release always follows its acquire, so in_use > 0.
             // Saturate rather than borrow into the quota half if that is ever violated.
             debug_assert!(c.in_use > 0, "seat released twice");
-            let next = pack(c.quota, c.in_use.saturating_sub(1));
-            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
+            Some(SeatCount { in_use: c.in_use.saturating_sub(1), ..c })
+        });
     }
 
     /// Takes a seat without the quota check: only for restoring, at start,
     /// holders the store says already hold one (an activation, an offline
     /// license), which were admitted under the check when they were made.
     pub fn force_take(&self) {
-        let mut current = self.word.load(Ordering::Acquire);
-        loop {
-            let c = unpack(current);
-            let next = pack(c.quota, c.in_use.saturating_add(1));
-            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
-            }
-        }
+        let _ = self.update(|c| Some(SeatCount { in_use: c.in_use.saturating_add(1), ..c }));
     }
 
     /// Changes the quota. Seats in use above a lowered quota stay until they
     /// are released; nothing new is admitted until usage is below it.
     pub fn set_quota(&self, quota: u32) {
+        let _ = self.update(|c| Some(SeatCount { quota, ..c }));
+    }
+
+    /// The one compare-and-swap loop every change goes through: `f` maps
+    /// the current count to the next one, or refuses with `None` (then the
+    /// count that refused is returned as the error).
+    fn update(&self, mut f: impl FnMut(SeatCount) -> Option<SeatCount>) -> Result<SeatCount, SeatCount> {
+        // Acquire/AcqRel: a seat hand-off (release on one thread, acquire on
+        // another) must order the releaser's session-table writes before the
+        // acquirer's; the counter word itself is totally ordered by its RMWs.
         let mut current = self.word.load(Ordering::Acquire);
         loop {
-            let next = pack(quota, unpack(current).in_use);
-            match self.word.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
+            let c = unpack(current);
+            let next = f(c).ok_or(c)?;
+            match self.word.compare_exchange_weak(
+                current,
+                pack(next.quota, next.in_use),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Ok(next),
                 Err(actual) => current = actual,
             }
         }

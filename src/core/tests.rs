@@ -2,64 +2,13 @@
 
 use std::time::Duration;
 
-use super::licensing;
+use super::testkit::{key, mid, t, Fixture};
 use super::*;
 
 const TTL: Duration = Duration::from_secs(30);
 
-struct World {
-    broker: Broker,
-    op: Principal,
-    owner: Principal,
-    org: OrgName,
-}
-
-fn key(n: u8) -> KeyHash {
-    KeyHash([n; 32])
-}
-
-fn t(ms: u64) -> Millis {
-    Millis(1_795_000_000_000 + ms)
-}
-
-fn mid(s: &str) -> MachineId {
-    MachineId::new(s).unwrap()
-}
-
-fn world(quota: u32) -> World {
-    let broker = Broker::new(Config { lease_ttl: TTL, shard_bits: 2 });
-    let owner_email = Email::new("owner@default").unwrap();
-    broker.apply(&broker.plan_bootstrap(key(1), &owner_email, key(2), t(0)));
-    let op = broker.authenticate(&key(1)).unwrap();
-    let owner = broker.authenticate(&key(2)).unwrap();
-    let org = OrgName::new("default").unwrap();
-    broker.apply(&broker.plan_set_pool(&op, &org, PoolId::KRE_DEFAULT, quota, t(0)).unwrap());
-    World { broker, op, owner, org }
-}
-
-impl World {
-    fn register(&self, m: &str) -> Result<Registration> {
-        let (reg, change) = self.broker.register_machine(&self.owner, &self.org, PoolId::KRE_DEFAULT, &mid(m), t(0))?;
-        if let Some(c) = change {
-            self.broker.apply(&[c]);
-        }
-        Ok(reg)
-    }
-
-    fn acquire(&self, m: &str, nonce: u128, conn: ConnId, now: Millis) -> Result<Lease> {
-        self.broker.acquire(&self.owner, &self.org, PoolId::KRE_DEFAULT, mid(m), Nonce(nonce), conn, now)
-    }
-
-    fn in_use(&self) -> u32 {
-        self.broker.status(&self.owner, None).unwrap()[0].in_use
-    }
-
-    fn add_member(&self, email: &str, role: Role, k: u8) -> Principal {
-        let email = Email::new(email).unwrap();
-        self.broker.apply(&self.broker.plan_add_user(&self.owner, &self.org, &email, role, t(0)).unwrap());
-        self.broker.apply(&self.broker.plan_create_key(&self.owner, &self.org, &email, key(k), t(0)).unwrap());
-        self.broker.authenticate(&key(k)).unwrap()
-    }
+fn world(quota: u32) -> Fixture {
+    Fixture::new(quota, 2, TTL)
 }
 
 #[test]
@@ -91,7 +40,7 @@ fn machine_registrations_capped_and_removal_frees_a_slot() {
     let plan = w.broker.plan_remove_machine(&w.owner, &w.org, None, &mid("a"), t(0)).unwrap();
     let ended = w.broker.apply(&plan);
     assert_eq!(ended.len(), 1, "the removed machine's session is revoked");
-    assert_eq!((ended[0].info.session, ended[0].reason, ended[0].conn), (lease.session, EndReason::Revoked, 7));
+    assert_eq!((ended[0].info.session, ended[0].reason, ended[0].conn), (lease.session, EndReason::Revoked, ConnId(7)));
     assert_eq!(w.in_use(), 0);
     assert_eq!(w.register("c"), Ok(Registration::New));
 }
@@ -137,8 +86,8 @@ fn same_nonce_reattaches_without_a_second_seat() {
     assert_eq!(b.deadline, t(40_000));
     assert_eq!(w.in_use(), 1);
     // The old connection closing no longer ends it: the new one owns it.
-    assert!(w.broker.close_connection(1, [a.session]).is_empty());
-    let ended = w.broker.close_connection(2, [a.session]);
+    assert!(w.broker.close_connection(ConnId(1), [a.session]).is_empty());
+    let ended = w.broker.close_connection(ConnId(2), [a.session]);
     assert_eq!(ended[0].reason, EndReason::ConnectionClosed);
     assert_eq!(w.in_use(), 0);
 }
@@ -163,7 +112,7 @@ fn every_end_has_one_reason_and_one_seat() {
     let c = w.acquire("m", 3, 1, t(0)).unwrap();
     assert_eq!(w.broker.release(&w.owner, a.session).unwrap().reason, EndReason::Released);
     assert_eq!(w.broker.kill(&w.owner, &w.org, b.session).unwrap().reason, EndReason::Revoked);
-    assert_eq!(w.broker.close_connection(1, [c.session])[0].reason, EndReason::ConnectionClosed);
+    assert_eq!(w.broker.close_connection(ConnId(1), [c.session])[0].reason, EndReason::ConnectionClosed);
     assert_eq!(w.in_use(), 0);
     assert_eq!(w.broker.release(&w.owner, a.session).unwrap_err(), Error::SessionExpired);
     assert!(w.broker.kill(&w.owner, &w.org, b.session).is_err());
@@ -176,7 +125,7 @@ fn lowered_quota_admits_nothing_until_usage_drains() {
     let w = world(3);
     w.register("m").unwrap();
     let leases: Vec<_> = (0..3).map(|n| w.acquire("m", n, 1, t(0)).unwrap()).collect();
-    w.broker.apply(&w.broker.plan_set_pool(&w.op, &w.org, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
+    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &w.org, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
     assert_eq!(w.in_use(), 3, "existing sessions are not cut");
     w.broker.release(&w.owner, leases[0].session).unwrap();
     assert_eq!(w.acquire("m", 10, 1, t(0)), Err(Error::QuotaExceeded { quota: 1 }));
@@ -191,14 +140,17 @@ fn nothing_admitted_after_the_subscription_ends() {
     let name = OrgName::new("acme").unwrap();
     let owner = Email::new("o@acme").unwrap();
     let end = parse_end_of_date("2026-01-01").unwrap(); // before t(0), in 2026-11
-    assert!(matches!(w.broker.plan_create_org(&w.op, &name, end, &owner, key(9), t(0)), Err(Error::Invalid { .. })));
-    let end = Millis(t(0).0 + 86_400_000);
-    w.broker.apply(&w.broker.plan_create_org(&w.op, &name, end, &owner, key(9), t(0)).unwrap());
-    w.broker.apply(&w.broker.plan_set_pool(&w.op, &name, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
+    assert!(matches!(
+        w.broker.plan_create_org(&w.operator, &name, end, &owner, key(9), t(0)),
+        Err(Error::Invalid { .. })
+    ));
+    let end = Millis(t(0).0 + DAY_MS);
+    w.broker.apply(&w.broker.plan_create_org(&w.operator, &name, end, &owner, key(9), t(0)).unwrap());
+    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &name, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
     let acme = w.broker.authenticate(&key(9)).unwrap();
-    let (_, c) = w.broker.register_machine(&acme, &name, PoolId::KRE_DEFAULT, &mid("m"), t(0)).unwrap();
-    w.broker.apply(&[c.unwrap()]);
-    let r = w.broker.acquire(&acme, &name, PoolId::KRE_DEFAULT, mid("m"), Nonce(1), 1, end);
+    let target = Target { org: name.clone(), pool: PoolId::KRE_DEFAULT, machine: mid("m") };
+    w.commit(w.broker.register(&acme, &target, t(0)).unwrap());
+    let r = w.broker.acquire(&acme, &target, Nonce(1), ConnId(1), end);
     assert_eq!(r, Err(Error::SubscriptionExpired));
 }
 
@@ -209,7 +161,9 @@ fn roles_and_orgs_are_enforced() {
     let admin = w.add_member("a@default", Role::Admin, 4);
     let other = OrgName::new("other").unwrap();
     w.broker.apply(
-        &w.broker.plan_create_org(&w.op, &other, Millis::MAX, &Email::new("o@other").unwrap(), key(5), t(0)).unwrap(),
+        &w.broker
+            .plan_create_org(&w.operator, &other, Millis::MAX, &Email::new("o@other").unwrap(), key(5), t(0))
+            .unwrap(),
     );
     let stranger = w.broker.authenticate(&key(5)).unwrap();
     let email = Email::new("x@default").unwrap();
@@ -218,7 +172,7 @@ fn roles_and_orgs_are_enforced() {
     forbidden(w.broker.plan_set_pool(&w.owner, &w.org, PoolId::KRE_DEFAULT, 100, t(0)));
     forbidden(w.broker.plan_create_org(&w.owner, &other, Millis::MAX, &email, key(8), t(0)));
     // Users administer nothing; strangers nothing of ours; the operator no members.
-    for p in [&user, &stranger, &w.op] {
+    for p in [&user, &stranger, &w.operator] {
         forbidden(w.broker.plan_add_user(p, &w.org, &email, Role::User, t(0)));
         forbidden(w.broker.plan_create_key(p, &w.org, &Email::new("u@default").unwrap(), key(8), t(0)));
         forbidden(w.broker.plan_revoke_key(p, &w.org, KeyRef::Hash(key(3)), t(0)));
@@ -234,10 +188,7 @@ fn roles_and_orgs_are_enforced() {
     forbidden(w.broker.plan_revoke_key(&admin, &w.org, KeyRef::Hash(key(2)), t(0)));
     assert!(w.broker.plan_add_user(&admin, &w.org, &email, Role::User, t(0)).is_ok());
     // A stranger cannot run sessions on, or see, our pools.
-    assert!(matches!(
-        w.broker.register_machine(&stranger, &w.org, PoolId::KRE_DEFAULT, &mid("m"), t(0)),
-        Err(Error::Forbidden(_))
-    ));
+    assert!(matches!(w.broker.register(&stranger, &w.target("m"), t(0)), Err(Error::Forbidden(_))));
     assert!(matches!(w.broker.status(&stranger, Some(&w.org)), Err(Error::Forbidden(_))));
     assert!(w.broker.status(&stranger, None).unwrap().is_empty());
     // A stranger cannot renew, release or kill our sessions.
@@ -279,9 +230,17 @@ fn pool_id(s: &str) -> PoolId {
     s.parse().unwrap()
 }
 
-impl World {
+trait Kse {
+    fn set_pool(&self, pool: &str, quota: u32);
+    fn grant(&self, pool: &str, email: &str) -> Result<()>;
+    fn activate(&self, p: &Principal, pool: PoolId, machine: &str, now: Millis) -> Result<Activation>;
+    fn offline(&self, pool: &str, machine: &str, last_day_end: Millis, id: u128, now: Millis) -> Result<LicenseFields>;
+    fn pool_in_use(&self, pool: &str) -> u32;
+}
+
+impl Kse for Fixture {
     fn set_pool(&self, pool: &str, quota: u32) {
-        self.broker.apply(&self.broker.plan_set_pool(&self.op, &self.org, pool_id(pool), quota, t(0)).unwrap());
+        self.set_quota(pool_id(pool), quota);
     }
 
     fn grant(&self, pool: &str, email: &str) -> Result<()> {
@@ -290,19 +249,15 @@ impl World {
         Ok(())
     }
 
-    fn offline(
-        &self,
-        pool: &str,
-        machine: &str,
-        last_day_end: Millis,
-        id: u128,
-        now: Millis,
-    ) -> Result<licensing::Reservation> {
-        let r =
-            self.broker.reserve_offline(&self.owner, &self.org, pool_id(pool), &mid(machine), last_day_end, id, now)?;
-        let changes = self.broker.offline_changes(&self.owner, &r, "file".into(), now);
-        self.broker.apply(&changes);
-        Ok(r)
+    fn activate(&self, p: &Principal, pool: PoolId, machine: &str, now: Millis) -> Result<Activation> {
+        let pending = self.broker.activate(p, &self.target_in(pool, machine), Nonce(0), ConnId(0), now)?;
+        Ok(self.commit(pending))
+    }
+
+    fn offline(&self, pool: &str, machine: &str, last_day_end: Millis, id: u128, now: Millis) -> Result<LicenseFields> {
+        let order = OfflineOrder { target: self.target_in(pool_id(pool), machine), last_day_end, id: OfflineId(id) };
+        let pending = self.broker.create_offline(&self.owner, &order, now, |_| "file".into())?;
+        Ok(self.commit(pending).0)
     }
 
     fn pool_in_use(&self, pool: &str) -> u32 {
@@ -310,7 +265,7 @@ impl World {
     }
 }
 
-const DAY: u64 = 86_400_000;
+const DAY: u64 = DAY_MS;
 
 #[test]
 fn grants_are_capped_by_quota_and_transferable() {
@@ -324,7 +279,10 @@ fn grants_are_capped_by_quota_and_transferable() {
     assert_eq!(w.grant("kse-floating-annual", "c@default"), Err(Error::GrantLimit { quota: 2 }));
     assert!(matches!(w.grant("kre-floating-annual", "c@default"), Err(Error::Invalid { .. })), "KRE needs no grant");
     // Transfer: revoke from a, grant to c. Revoking ends a's live sessions.
-    let lease = w.broker.acquire(&a, &w.org, pool_id("kse-floating-annual"), mid("laptop"), Nonce(1), 9, t(0)).unwrap();
+    let lease = w
+        .broker
+        .acquire(&a, &w.target_in(pool_id("kse-floating-annual"), "laptop"), Nonce(1), ConnId(9), t(0))
+        .unwrap();
     let plan = w
         .broker
         .plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("a@default").unwrap(), t(1))
@@ -332,7 +290,7 @@ fn grants_are_capped_by_quota_and_transferable() {
     let ended = w.broker.apply(&plan);
     assert_eq!((ended.len(), ended[0].info.session, ended[0].reason), (1, lease.session, EndReason::Revoked));
     assert_eq!(
-        w.broker.acquire(&a, &w.org, pool_id("kse-floating-annual"), mid("laptop"), Nonce(2), 9, t(2)),
+        w.broker.acquire(&a, &w.target_in(pool_id("kse-floating-annual"), "laptop"), Nonce(2), ConnId(9), t(2)),
         Err(Error::NotLicensed)
     );
     w.grant("kse-floating-annual", "c@default").unwrap();
@@ -354,25 +312,21 @@ fn node_locked_activation_binds_one_machine_until_freed() {
     let a = w.add_member("a@default", Role::User, 3);
     let b = w.add_member("b@default", Role::User, 4);
     let pool = pool_id("kse-node-locked-annual");
-    assert_eq!(w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(0)), Err(Error::NotLicensed));
+    assert_eq!(w.activate(&a, pool, "m1", t(0)), Err(Error::NotLicensed));
     w.grant("kse-node-locked-annual", "a@default").unwrap();
-    let Activation::Bound { changes } = w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(0)).unwrap()
-    else {
-        panic!("expected a new binding")
-    };
-    w.broker.apply(&changes);
+    assert_eq!(w.activate(&a, pool, "m1", t(0)), Ok(Activation::Bound { already: false }));
     assert_eq!(w.pool_in_use("kse-node-locked-annual"), 1, "a binding holds a seat");
-    assert_eq!(w.broker.activate_node_locked(&a, &w.org, pool, &mid("m1"), t(1)), Ok(Activation::AlreadyBound));
-    assert_eq!(
-        w.broker.activate_node_locked(&a, &w.org, pool, &mid("m2"), t(1)),
-        Err(Error::AlreadyActivated { machine: mid("m1") })
-    );
-    assert!(matches!(w.broker.acquire(&a, &w.org, pool, mid("m1"), Nonce(1), 1, t(1)), Err(Error::Invalid { .. })));
+    assert_eq!(w.activate(&a, pool, "m1", t(1)), Ok(Activation::Bound { already: true }));
+    assert_eq!(w.activate(&a, pool, "m2", t(1)), Err(Error::AlreadyActivated { machine: mid("m1") }));
+    assert!(matches!(
+        w.broker.acquire(&a, &w.target_in(pool, "m1"), Nonce(1), ConnId(1), t(1)),
+        Err(Error::Invalid { .. })
+    ));
     let _ = b;
     // The Owner frees m1; a may activate elsewhere.
     w.broker.apply(&w.broker.plan_remove_machine(&w.owner, &w.org, Some(pool), &mid("m1"), t(2)).unwrap());
     assert_eq!(w.pool_in_use("kse-node-locked-annual"), 0);
-    assert!(matches!(w.broker.activate_node_locked(&a, &w.org, pool, &mid("m2"), t(3)), Ok(Activation::Bound { .. })));
+    assert!(matches!(w.activate(&a, pool, "m2", t(3)), Ok(Activation::Bound { already: false })));
 }
 
 #[test]
@@ -419,7 +373,8 @@ fn offline_licenses_refused_with_the_rule_that_applies() {
     let today_end = Millis((now.0 / DAY + 1) * DAY);
     let in_days = |d: u64| Millis(today_end.0 + d * DAY);
     let reserve = |p: &Principal, pool: &str, end: Millis| {
-        w.broker.reserve_offline(p, &w.org, pool_id(pool), &mid("m"), end, 1, now).map(|_| ())
+        let order = OfflineOrder { target: w.target_in(pool_id(pool), "m"), last_day_end: end, id: OfflineId(1) };
+        w.broker.create_offline(p, &order, now, |_| String::new()).map(|_| ())
     };
     assert!(matches!(reserve(&w.owner, "kse-node-locked-monthly", in_days(1)), Err(Error::OfflineNotAllowed(_))));
     assert!(matches!(reserve(&w.owner, "kse-floating-annual", in_days(1)), Err(Error::OfflineNotAllowed(_))));
@@ -432,11 +387,12 @@ fn offline_licenses_refused_with_the_rule_that_applies() {
     // A subscription ending sooner than 60 days is the limit that applies.
     let acme = OrgName::new("acme").unwrap();
     let owner = Email::new("o@acme").unwrap();
-    w.broker.apply(&w.broker.plan_create_org(&w.op, &acme, in_days(10), &owner, key(9), now).unwrap());
-    w.broker.apply(&w.broker.plan_set_pool(&w.op, &acme, pool_id("kse-node-locked-annual"), 3, now).unwrap());
+    w.broker.apply(&w.broker.plan_create_org(&w.operator, &acme, in_days(10), &owner, key(9), now).unwrap());
+    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &acme, pool_id("kse-node-locked-annual"), 3, now).unwrap());
     let acme_owner = w.broker.authenticate(&key(9)).unwrap();
-    let r =
-        w.broker.reserve_offline(&acme_owner, &acme, pool_id("kse-node-locked-annual"), &mid("m"), in_days(11), 2, now);
+    let target = Target { org: acme.clone(), pool: pool_id("kse-node-locked-annual"), machine: mid("m") };
+    let order = OfflineOrder { target, last_day_end: in_days(11), id: OfflineId(2) };
+    let r = w.broker.create_offline(&acme_owner, &order, now, |_| String::new()).map(|_| ());
     match r {
         Err(Error::ExpiryTooLate(why)) => assert!(why.contains("subscription"), "{why}"),
         other => panic!("{other:?}"),
@@ -456,12 +412,11 @@ fn restart_restores_activations_and_offline_seats() {
     w.set_pool("kse-node-locked-annual", 3);
     let a = w.add_member("a@default", Role::User, 3);
     w.grant("kse-node-locked-annual", "a@default").unwrap();
-    let Activation::Bound { changes } =
-        w.broker.activate_node_locked(&a, &w.org, pool_id("kse-node-locked-annual"), &mid("m1"), t(0)).unwrap()
-    else {
-        panic!()
-    };
-    w.broker.apply(&changes);
+    let pending =
+        w.broker.activate(&a, &w.target_in(pool_id("kse-node-locked-annual"), "m1"), Nonce(0), ConnId(0), t(0));
+    let pending = pending.unwrap();
+    let changes = pending.changes().to_vec();
+    assert_eq!(w.commit(pending), Activation::Bound { already: false });
     let today_end = Millis((t(0).0 / DAY + 1) * DAY);
     w.offline("kse-node-locked-annual", "m2", Millis(today_end.0 + DAY), 5, t(0)).unwrap();
     // Replay everything durable into a fresh broker, as a restart does.
@@ -487,7 +442,7 @@ fn restart_restores_activations_and_offline_seats() {
         org: w.org.clone(),
         pool: pool_id("kse-node-locked-annual"),
         license: OfflineLicense {
-            id: 5,
+            id: OfflineId(5),
             machine: mid("m2"),
             issued: t(0),
             expires: Millis(today_end.0 + DAY),

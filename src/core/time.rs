@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct Millis(pub u64);
 
+/// One day in milliseconds (UTC days have no leap seconds in Unix time).
+pub const DAY_MS: u64 = 86_400_000;
+
 impl Millis {
     /// The latest representable instant; used as "no deadline".
     pub const MAX: Millis = Millis(u64::MAX);
@@ -35,12 +38,12 @@ impl Millis {
             return None;
         }
         let days = days_from_civil(year, month, day);
-        u64::try_from(days).ok().map(|d| Millis(d * 86_400_000))
+        u64::try_from(days).ok().map(|d| Millis(d * DAY_MS))
     }
 
     /// The civil date (UTC) containing this instant.
     pub fn civil_date(self) -> (i32, u32, u32) {
-        civil_from_days((self.0 / 86_400_000) as i64)
+        civil_from_days((self.0 / DAY_MS) as i64)
     }
 }
 
@@ -100,7 +103,7 @@ pub fn parse_end_of_date(s: &str) -> Result<Millis, super::error::Error> {
     }
     let (y, m, d) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
     let start = Millis::from_civil_date(y, m, d).ok_or_else(bad)?;
-    Ok(Millis(start.0 + 86_400_000))
+    Ok(Millis(start.0 + DAY_MS))
 }
 
 /// Formats the last date covered by an exclusive end instant as `YYYY-MM-DD`.

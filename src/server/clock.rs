@@ -31,7 +31,7 @@ impl Clock {
     pub fn instant_of(&self, deadline: Millis) -> tokio::time::Instant {
         let offset = deadline.0.saturating_sub(self.wall_at_start);
         // Cap at ten years: no lease is that long, and Instant + Duration must not overflow.
-        let offset = std::time::Duration::from_millis(offset.min(10 * 365 * 86_400_000));
+        let offset = std::time::Duration::from_millis(offset.min(10 * 365 * crate::core::DAY_MS));
         tokio::time::Instant::from_std(self.start) + offset
     }
 }

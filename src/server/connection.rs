@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{stream, Shared};
 use crate::core::hash::FastSet;
-use crate::core::SessionId;
+use crate::core::{ConnId, SessionId};
 use crate::proto::{encode, Notice};
 
 /// Notices queued per connection before new ones are dropped.
@@ -22,7 +22,7 @@ const NOTICE_QUEUE: usize = 256;
 /// Per-connection state shared by its streams.
 pub(super) struct ConnCtx {
     /// Identifies the connection to the core (session ownership).
-    pub id: u64,
+    pub id: ConnId,
     /// Sessions acquired through this connection and not yet ended by it.
     pub sessions: Mutex<FastSet<SessionId>>,
 }
@@ -57,12 +57,12 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         }
     };
     // Relaxed: uniqueness only.
-    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    let id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
     let ctx = Arc::new(ConnCtx { id, sessions: Mutex::new(FastSet::default()) });
     let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
     shared.notices.insert(id, tx);
     tokio::spawn(push_notices(conn.clone(), rx));
-    tracing::debug!(conn = id, remote = %conn.remote_address(), "connection open");
+    tracing::debug!(conn = id.0, remote = %conn.remote_address(), "connection open");
 
     let reason = loop {
         match conn.accept_bi().await {
@@ -79,7 +79,7 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
         let ended = shared.core.close_connection(id, held);
         shared.announce(ended);
     }
-    tracing::debug!(conn = id, clean, "connection closed: {reason}");
+    tracing::debug!(conn = id.0, clean, "connection closed: {reason}");
 }
 
 /// Opens the server's notice stream on the first notice and writes them all.

@@ -26,10 +26,10 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::core::{Broker, Change, Config, Email, Ended};
+use crate::core::{Broker, Change, Config, ConnId, Email, Ended, Pending};
 use crate::error::SetupError;
-use crate::proto::Notice;
-use crate::store::{RedbStore, Store};
+use crate::proto::{Notice, WireError};
+use crate::store::{RedbStore, Store, StoreError};
 use crate::tls::{self, TlsFiles};
 
 /// How to run a broker.
@@ -86,7 +86,7 @@ pub(crate) struct Shared {
     /// Serialises durable changes: plan, commit and apply happen as one step.
     pub writer: tokio::sync::Mutex<()>,
     /// Notice senders by connection, for pushing session ends and draining.
-    pub notices: DashMap<u64, mpsc::Sender<Notice>>,
+    pub notices: DashMap<ConnId, mpsc::Sender<Notice>>,
     /// Wakes the expiry task when a deadline earlier than its target appears.
     pub expiry_wake: Notify,
     /// The deadline (Unix ms) the expiry task is sleeping towards.
@@ -101,13 +101,21 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Commits changes durably (off the async threads), then applies them.
-    pub async fn commit(&self, changes: Vec<Change>) -> Result<Vec<Ended>, crate::store::StoreError> {
-        let store = self.store.clone();
-        let changes = tokio::task::spawn_blocking(move || store.commit(&changes).map(|()| changes))
-            .await
-            .map_err(|e| crate::store::StoreError::Backend(e.to_string()))??;
-        Ok(self.core.apply(&changes))
+    /// Commits a pending change durably (off the async threads) and settles
+    /// it: applied on success, undone on failure. Sessions it ended are announced.
+    pub async fn settle<T>(&self, pending: Pending<T>) -> Result<T, WireError> {
+        let committed = match pending.changes() {
+            [] => Ok(()),
+            changes => {
+                let (store, changes) = (self.store.clone(), changes.to_vec());
+                tokio::task::spawn_blocking(move || store.commit(&changes))
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())))
+            }
+        };
+        let (value, ended) = pending.settle(&self.core, committed).map_err(handler::store_failure)?;
+        self.announce(ended);
+        Ok(value)
     }
 
     /// Tells each ended session's connection why it ended.

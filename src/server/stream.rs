@@ -15,9 +15,9 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 
 use super::connection::ConnCtx;
-use super::handler::{self, PoolCache};
+use super::handler::{self, Call};
 use super::Shared;
-use crate::core::{ErrorCode, KeyHash, Principal};
+use crate::core::{Broker, ErrorCode, KeyHash, Principal, Result as CoreResult, Target, Ticket};
 use crate::proto::{
     encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Req, Request, Response, ServerFrame, Welcome, WireError,
     VERSION,
@@ -58,13 +58,13 @@ enum Next {
 /// Per-stream state.
 struct StreamState {
     caller: Option<Caller>,
-    pools: PoolCache,
+    tickets: Tickets,
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
     let mut frames = FrameBuf::new();
     let mut out = Vec::with_capacity(4096);
-    let mut state = StreamState { caller: None, pools: PoolCache::default() };
+    let mut state = StreamState { caller: None, tickets: Tickets::default() };
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         let n = match recv.read(&mut chunk).await {
@@ -97,7 +97,10 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                 }
                 Next::Slow { id, body } => {
                     let outcome = match authorised(&shared, &mut state.caller) {
-                        Ok(p) => into_outcome(handler::slow(&shared, &ctx, p, body).await),
+                        Ok(p) => {
+                            let call = Call { shared: &shared, ctx: &ctx, p, now: shared.clock.now() };
+                            into_outcome(handler::slow(&call, body).await)
+                        }
                         Err(e) => Outcome::Err(e),
                     };
                     encode(&ServerFrame::Response(Response { id, outcome }), &mut out);
@@ -175,7 +178,8 @@ fn on_frame(
                     return Next::Continue;
                 }
             };
-            match handler::fast(shared, ctx, principal, &mut state.pools, body, now) {
+            let call = Call { shared, ctx, p: principal, now };
+            match handler::fast(&call, &mut state.tickets, body) {
                 Ok(result) => {
                     encode(&ServerFrame::Response(Response { id, outcome: into_outcome(result) }), out);
                     Next::Continue
@@ -232,4 +236,40 @@ fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<&'a
         c.version = version;
     }
     Ok(&c.principal)
+}
+
+/// Admission tickets a stream has resolved, valid while the directory
+/// version is unchanged: saves the directory lock and the machine lookup on
+/// every acquire. The core decides what a ticket allows; this only caches.
+#[derive(Default)]
+pub(super) struct Tickets {
+    version: u64,
+    entries: Vec<Ticket>,
+}
+
+/// Most tickets (pool × machine pairs) a stream remembers.
+const TICKETS: usize = 64;
+
+impl Tickets {
+    /// The cached ticket for `target`, resolving (and caching) it on a miss.
+    pub fn get(&mut self, core: &Broker, p: &Principal, target: Target) -> CoreResult<&Ticket> {
+        let version = core.version();
+        if version != self.version {
+            self.entries.clear();
+            self.version = version;
+        }
+        let found = self.entries.iter().position(|t| t.is_for(&target.org, target.pool, &target.machine));
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let ticket = core.resolve(p, &target)?;
+                if self.entries.len() >= TICKETS {
+                    self.entries.remove(0);
+                }
+                self.entries.push(ticket);
+                self.entries.len() - 1
+            }
+        };
+        Ok(&self.entries[index])
+    }
 }

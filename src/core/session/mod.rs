@@ -12,19 +12,18 @@
 //! Each shard publishes its earliest deadline in an atomic so the expiry
 //! task finds the next deadline without taking any lock.
 
+mod shard;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{Error, Result};
-use super::id::{Email, MachineId, Nonce, SessionId};
-use super::pool::Pool;
-use super::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
-use super::time::Millis;
+use self::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
+use crate::core::error::{Error, Result};
+use crate::core::id::{ConnId, Email, MachineId, Nonce, SessionId};
+use crate::core::pool::{Pool, PoolUid};
+use crate::core::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
-
-/// Identifies the connection that acquired (or last re-attached to) a session.
-pub type ConnId = u64;
 
 /// Why a session ended. Every end carries exactly one.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
@@ -139,7 +138,7 @@ impl SessionTable {
     /// force same-shard and cross-shard races).
     pub fn shard_of_nonce(&self, pool: &Pool, nonce: Nonce) -> usize {
         // A cheap mix of nonce and pool; nonces are client-chosen random values.
-        let x = (nonce.0 as u64) ^ ((nonce.0 >> 64) as u64) ^ pool.uid.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let x = (nonce.0 as u64) ^ ((nonce.0 >> 64) as u64) ^ pool.uid.0.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
         (x >> (64 - self.shard_bits.max(1))) as usize & ((1 << self.shard_bits) - 1)
     }
@@ -301,7 +300,7 @@ impl SessionTable {
     }
 
     /// Admissions and quota refusals of a pool since start, summed over shards.
-    pub fn counts(&self, pool: u64) -> (u64, u64) {
+    pub fn counts(&self, pool: PoolUid) -> (u64, u64) {
         self.shards.iter().fold((0, 0), |(a, r), c| {
             let (sa, sr) = c.lock.lock().counts(pool);
             (a + sa, r + sr)

@@ -12,12 +12,14 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
-use super::error::{Error, Result};
-use super::hash::FastMap;
-use super::id::{Email, MachineId, Nonce, SessionId};
-use super::pool::Pool;
-use super::session::{ConnId, EndReason, Ended, SessionInfo};
-use super::time::Millis;
+use super::{EndReason, Ended, SessionInfo};
+use crate::core::error::{Error, Result};
+use crate::core::hash::FastMap;
+use crate::core::id::ConnId;
+use crate::core::id::{Email, MachineId, Nonce, SessionId};
+use crate::core::pool::Pool;
+use crate::core::pool::PoolUid;
+use crate::core::time::Millis;
 use crate::sync::Arc;
 
 /// Bits of a `SessionId` that name the shard (so at most 256 shards).
@@ -30,7 +32,7 @@ pub(super) const MAX_SLOTS: usize = 1 << SLOT_BITS;
 /// A live session.
 pub(super) struct Live {
     /// The pool's uid; the pool itself is in the shard's `pools`.
-    pub pool: u64,
+    pub pool: PoolUid,
     pub machine: MachineId,
     pub user: Email,
     pub nonce: Nonce,
@@ -57,7 +59,7 @@ pub(super) struct Shard {
     /// The pools this shard has admitted into, with this shard's share of
     /// their statistics. Holding the `Arc` here (once per pool, not once
     /// per session) keeps reference-count traffic off the admission path.
-    pools: FastMap<u64, ShardPool>,
+    pools: FastMap<PoolUid, ShardPool>,
 }
 
 /// A pool as one shard sees it.
@@ -102,12 +104,12 @@ impl Shard {
         self.slots[s].live.as_mut()
     }
 
-    fn nonce_hash(hasher: &foldhash::fast::RandomState, pool: u64, nonce: Nonce) -> u64 {
+    fn nonce_hash(hasher: &foldhash::fast::RandomState, pool: PoolUid, nonce: Nonce) -> u64 {
         hasher.hash_one((pool, nonce.0))
     }
 
     /// The live session a runner nonce holds in a pool.
-    pub fn find_nonce(&self, pool: u64, nonce: Nonce) -> Option<SessionId> {
+    pub fn find_nonce(&self, pool: PoolUid, nonce: Nonce) -> Option<SessionId> {
         let hash = Self::nonce_hash(&self.hasher, pool, nonce);
         let slots = &self.slots;
         let found = self
@@ -233,7 +235,7 @@ impl Shard {
     }
 
     /// This shard's admission counts for a pool.
-    pub fn counts(&self, pool: u64) -> (u64, u64) {
+    pub fn counts(&self, pool: PoolUid) -> (u64, u64) {
         self.pools.get(&pool).map_or((0, 0), |p| (p.admitted, p.rejected))
     }
 }

@@ -1,0 +1,198 @@
+//! Who may take a seat where: machine registration, session admission and
+//! KSE activation, the rules of each in one place.
+//!
+//! Admission is split in two so the hot path stays cheap without the shell
+//! knowing any rule: `resolve` checks everything that only changes when the
+//! directory does (membership, the pool, the product's rules, the machine's
+//! registration) and hands out a `Ticket`; `admit` takes a seat on a ticket,
+//! re-checking only what can change under it (grants, machine removals).
+//! The shell may cache a ticket while `Broker::version` is unchanged.
+
+use super::broker::Broker;
+use super::directory::Principal;
+use super::error::{Error, Result};
+use super::id::{ConnId, Email, MachineId, Nonce, OrgName};
+use super::pending::{Pending, Undo};
+use super::pool::{Kind, Pool, PoolId, Product, Registration};
+use super::record::{AuditAction, Change, Record};
+use super::session::{EndReason, Lease, SessionRequest};
+use super::time::Millis;
+use crate::sync::Arc;
+
+/// Where a caller wants a seat: an org's pool, from a machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The org.
+    pub org: OrgName,
+    /// The pool within it.
+    pub pool: PoolId,
+    /// The machine the session or activation runs on.
+    pub machine: MachineId,
+}
+
+/// A resolved admission: the caller may ask for seats of this pool from
+/// this machine, as of the directory version it was resolved at.
+pub struct Ticket {
+    pool: Arc<Pool>,
+    user: Email,
+    machine: MachineId,
+    /// The pool's machine-removal epoch before the machine was seen
+    /// registered: if it moved by the time a session is inserted, `admit`
+    /// checks the machine again (see `admit`).
+    machine_epoch: u64,
+}
+
+/// What an activation did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// A node-locked license is bound to the machine; `already` when it was before.
+    Bound { already: bool },
+    /// A floating license opened (or re-attached to) a leased session.
+    Leased(Lease),
+}
+
+impl Ticket {
+    /// Whether this ticket was resolved for `target`.
+    pub fn is_for(&self, org: &OrgName, pool: PoolId, machine: &MachineId) -> bool {
+        self.pool.id == pool && &self.machine == machine && &self.pool.org == org
+    }
+}
+
+impl Broker {
+    /// The pool `org`/`pool`, if the caller is a member of `org`.
+    pub(crate) fn member_pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
+        p.require_member(org)?;
+        self.with_dir(|dir| dir.pool(org, pool).cloned())
+    }
+
+    /// Checks the rules that hold until the directory changes and returns a
+    /// ticket to `admit` on.
+    pub fn resolve(&self, p: &Principal, target: &Target) -> Result<Ticket> {
+        let pool = self.member_pool(p, &target.org, target.pool)?;
+        // The epoch before the check: a removal after it makes `admit` check again.
+        let machine_epoch = pool.machine_epoch();
+        match (pool.id.product, pool.id.kind) {
+            // KRE runners register their machine first.
+            (Product::Kre, _) if !pool.has_machine(&target.machine) => return Err(Error::MachineNotRegistered),
+            (Product::Kse, Kind::NodeLocked) => {
+                return Err(Error::invalid("pool", "a node-locked KSE license is activated on a machine, not leased"))
+            }
+            // KSE floating sessions may come from any machine of a licensed user.
+            _ => {}
+        }
+        Ok(Ticket { pool, user: p.email.clone(), machine: target.machine.clone(), machine_epoch })
+    }
+
+    /// Admits a session on a ticket (or re-attaches the nonce's live one).
+    /// This is the hot path: no directory lock, and no machine lookup
+    /// unless a machine was removed since the ticket was resolved.
+    pub fn admit(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
+        let pool = &ticket.pool;
+        let kse = pool.id.product == Product::Kse;
+        if kse && !pool.has_grant(&ticket.user) {
+            return Err(Error::NotLicensed);
+        }
+        let req = SessionRequest { machine: ticket.machine.clone(), user: ticket.user.clone(), nonce, conn };
+        let lease = self.sessions.acquire(pool, req, now, self.lease_ttl())?;
+        // A revoke may have landed between the check above and the insert,
+        // its sweep missing this session. Checking again after the insert
+        // closes that window: either this check sees the grant gone, or the
+        // revoke's sweep (which follows its removal of the grant) sees the
+        // session. (Modelled in loom-tests: revoke racing activation.)
+        if kse && !pool.has_grant(&ticket.user) {
+            let _ = self.end_session(lease.session, EndReason::Revoked);
+            return Err(Error::NotLicensed);
+        }
+        // The same for a machine removed meanwhile: either this sees the
+        // epoch moved (and checks the machine), or the removal's sweep,
+        // which follows the bump, sees the session.
+        if !kse && pool.machine_epoch() != ticket.machine_epoch {
+            let still = self.sessions.machine_of(lease.session).is_some_and(|m| pool.has_machine(&m));
+            if !still {
+                let _ = self.end_session(lease.session, EndReason::Revoked);
+                return Err(Error::MachineNotRegistered);
+            }
+        }
+        Ok(lease)
+    }
+
+    /// `resolve` and `admit` in one call, for callers without a ticket cache.
+    pub fn acquire(&self, p: &Principal, target: &Target, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
+        self.admit(&self.resolve(p, target)?, nonce, conn, now)
+    }
+
+    /// Whether a machine is already registered in a pool of the caller's org
+    /// (the fast path of registration, which needs no durable write).
+    pub fn is_registered(&self, p: &Principal, target: &Target) -> Result<bool> {
+        Ok(self.member_pool(p, &target.org, target.pool)?.has_machine(&target.machine))
+    }
+
+    /// Registers a machine in a pool. A new machine takes its slot of the
+    /// machine cap now; the pending change gives it back if the commit fails.
+    pub fn register(&self, p: &Principal, target: &Target, now: Millis) -> Result<Pending<Registration>> {
+        let pool = self.member_pool(p, &target.org, target.pool)?;
+        let Target { org, pool: id, machine } = target.clone();
+        Ok(match pool.register_machine(&machine, now)? {
+            Registration::Known => Pending::done(Registration::Known),
+            Registration::New => Pending::reserved(
+                vec![Change::Put(Record::Machine { org, pool: id, machine: machine.clone(), registered: now })],
+                Registration::New,
+                Undo::ForgetMachine(pool, machine),
+            ),
+        })
+    }
+
+    /// A licensed user activates KSE on a machine: binds a node-locked
+    /// license to it, or opens a leased session on a floating pool. The seat
+    /// is taken now; the audit line (and binding) are the pending change.
+    pub fn activate(
+        &self,
+        p: &Principal,
+        target: &Target,
+        nonce: Nonce,
+        conn: ConnId,
+        now: Millis,
+    ) -> Result<Pending<Activation>> {
+        if target.pool.product != Product::Kse {
+            return Err(Error::invalid("pool", "KRE licenses are not activated: run `license-broker runner`"));
+        }
+        if target.pool.kind == Kind::NodeLocked {
+            return self.bind(p, target, now);
+        }
+        let lease = self.acquire(p, target, nonce, conn, now)?;
+        if lease.reattached {
+            return Ok(Pending::done(Activation::Leased(lease)));
+        }
+        let detail = format!("pool={} machine={} floating", target.pool, target.machine);
+        let audit = self.audit(&target.org, p, AuditAction::Activated, detail, now);
+        Ok(Pending::reserved(vec![audit], Activation::Leased(lease), Undo::EndSession(lease.session)))
+    }
+
+    /// Node-locked activation: one machine per licensed user, one seat each.
+    fn bind(&self, p: &Principal, target: &Target, now: Millis) -> Result<Pending<Activation>> {
+        let Target { org, pool: id, machine } = target;
+        let pool = self.member_pool(p, org, *id)?;
+        if !pool.has_grant(&p.email) {
+            return Err(Error::NotLicensed);
+        }
+        match pool.binding(&p.email) {
+            Some(bound) if &bound == machine => return Ok(Pending::done(Activation::Bound { already: true })),
+            Some(bound) => return Err(Error::AlreadyActivated { machine: bound }),
+            None => {}
+        }
+        pool.bind(&p.email, machine, now)?;
+        let binding = Record::Binding {
+            org: org.clone(),
+            pool: *id,
+            email: p.email.clone(),
+            machine: machine.clone(),
+            bound: now,
+        };
+        let audit = self.audit(org, p, AuditAction::Activated, format!("pool={id} machine={machine}"), now);
+        Ok(Pending::reserved(
+            vec![Change::Put(binding), audit],
+            Activation::Bound { already: false },
+            Undo::Unbind(pool, p.email.clone()),
+        ))
+    }
+}

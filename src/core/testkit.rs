@@ -1,0 +1,129 @@
+//! A ready-made broker for tests, models and benchmarks: the operator, the
+//! `default` org with its Owner, and its KRE pool, built through the same
+//! plan → apply path the shell uses (with no store: every pending change
+//! is settled as committed).
+//!
+//! One fixture for the core's unit tests, the model-based test, the loom
+//! models and the benchmarks, so they all exercise the broker the same way.
+//! Test support only: its calls panic on a refusal the caller did not expect
+//! (`expect` with the step that failed).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use super::{
+    Broker, Config, ConnId, Email, KeyHash, Lease, MachineId, Millis, Nonce, OrgName, Pending, PoolId, Principal,
+    Registration, Result, Role, Target,
+};
+
+/// The fixture's API key hashes: `key(1)` is the operator's, `key(2)` the Owner's.
+pub fn key(n: u8) -> KeyHash {
+    KeyHash([n; 32])
+}
+
+/// Instant `ms` of a test's timeline (a fixed date in 2026).
+pub fn t(ms: u64) -> Millis {
+    Millis(1_795_000_000_000 + ms)
+}
+
+/// A machine id from a literal.
+pub fn mid(s: &str) -> MachineId {
+    MachineId::new(s).expect("test machine ids are valid")
+}
+
+/// A broker with the `default` org and its KRE pool.
+pub struct Fixture {
+    /// The broker under test.
+    pub broker: Broker,
+    /// The broker's operator.
+    pub operator: Principal,
+    /// The `default` org's Owner.
+    pub owner: Principal,
+    /// `default`.
+    pub org: OrgName,
+}
+
+impl Fixture {
+    /// Bootstraps a broker with `2^shard_bits` session shards and lease
+    /// `ttl`, and gives the `default` org a KRE pool of `quota`, at `t(0)`.
+    pub fn new(quota: u32, shard_bits: u32, ttl: Duration) -> Fixture {
+        let broker = Broker::new(Config { lease_ttl: ttl, shard_bits });
+        let owner_email = Email::new("owner@default").expect("valid email");
+        broker.apply(&broker.plan_bootstrap(key(1), &owner_email, key(2), t(0)));
+        let operator = broker.authenticate(&key(1)).expect("operator key bootstrapped");
+        let owner = broker.authenticate(&key(2)).expect("owner key bootstrapped");
+        let org = OrgName::new("default").expect("valid org name");
+        let f = Fixture { broker, operator, owner, org };
+        f.set_quota(PoolId::KRE_DEFAULT, quota);
+        f
+    }
+
+    /// Settles a pending change as committed; returns its value.
+    pub fn commit<T>(&self, pending: Pending<T>) -> T {
+        match pending.settle(&self.broker, Ok::<(), Infallible>(())) {
+            Ok((value, _)) => value,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Applies an admin plan, as the shell does after committing it.
+    pub fn apply(&self, plan: Result<Vec<super::Change>>) {
+        self.broker.apply(&plan.expect("the plan is allowed"));
+    }
+
+    /// The KRE pool on `machine`.
+    pub fn target(&self, machine: &str) -> Target {
+        self.target_in(PoolId::KRE_DEFAULT, machine)
+    }
+
+    /// Pool `pool` of the org, on `machine`.
+    pub fn target_in(&self, pool: PoolId, machine: &str) -> Target {
+        Target { org: self.org.clone(), pool, machine: mid(machine) }
+    }
+
+    /// Registers `machine` in the KRE pool as the Owner, committed.
+    pub fn register(&self, machine: &str) -> Result<Registration> {
+        Ok(self.commit(self.broker.register(&self.owner, &self.target(machine), t(0))?))
+    }
+
+    /// Acquires a KRE session as the Owner.
+    pub fn acquire(&self, machine: &str, nonce: u128, conn: u64, now: Millis) -> Result<Lease> {
+        self.broker.acquire(&self.owner, &self.target(machine), Nonce(nonce), ConnId(conn), now)
+    }
+
+    /// Creates or changes a pool's quota, as the operator.
+    pub fn set_quota(&self, pool: PoolId, quota: u32) {
+        self.apply(self.broker.plan_set_pool(&self.operator, &self.org, pool, quota, t(0)));
+    }
+
+    /// The first pool's numbers, as the operator sees them.
+    pub fn pool_status(&self) -> super::PoolStatus {
+        self.broker.status(&self.operator, Some(&self.org)).expect("the operator reads any org").remove(0)
+    }
+
+    /// Seats in use in the org's first pool.
+    pub fn in_use(&self) -> u32 {
+        self.pool_status().in_use
+    }
+
+    /// Registered machines in the org's first pool.
+    pub fn machines(&self) -> u32 {
+        self.pool_status().machines
+    }
+
+    /// Adds a member with API key `key(k)` and returns them as a principal.
+    pub fn add_member(&self, email: &str, role: Role, k: u8) -> Principal {
+        let email = Email::new(email).expect("valid email");
+        self.apply(self.broker.plan_add_user(&self.owner, &self.org, &email, role, t(0)));
+        self.apply(self.broker.plan_create_key(&self.owner, &self.org, &email, key(k), t(0)));
+        self.broker.authenticate(&key(k)).expect("key just created")
+    }
+
+    /// Adds a KSE pool of `quota` and grants it to `who`.
+    pub fn with_kse_grant(&self, pool: &str, quota: u32, who: &Principal) -> PoolId {
+        let kse: PoolId = pool.parse().expect("valid pool id");
+        self.set_quota(kse, quota);
+        self.apply(self.broker.plan_grant(&self.owner, &self.org, kse, &who.email, t(0)));
+        kse
+    }
+}
