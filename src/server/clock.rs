@@ -1,10 +1,14 @@
 //! The real clock, read only here: Unix milliseconds that never go backwards.
 //!
-//! Anchored to the wall clock once at start and advanced by the monotonic
-//! clock after that, so a wall-clock step (NTP, an operator) can neither
-//! expire every lease at once nor keep dead ones alive.
+//! Anchored to the wall clock once at start and advanced by tokio's
+//! monotonic clock after that, so a wall-clock step (NTP, an operator) can
+//! neither expire every lease at once nor keep dead ones alive, and a test
+//! that pauses tokio's clock (`tokio::time::pause`) drives leases with
+//! `tokio::time::advance` instead of sleeping on wall time.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use crate::core::Millis;
 
@@ -32,7 +36,7 @@ impl Clock {
         let offset = deadline.0.saturating_sub(self.wall_at_start);
         // Cap at ten years: no lease is that long, and Instant + Duration must not overflow.
         let offset = std::time::Duration::from_millis(offset.min(10 * 365 * crate::core::DAY_MS));
-        tokio::time::Instant::from_std(self.start) + offset
+        self.start + offset
     }
 }
 

@@ -111,6 +111,8 @@ struct OpenGuard(Arc<Shared>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.open_conns.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open_conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.conns_gone.notify_waiters();
+        }
     }
 }

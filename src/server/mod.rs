@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::core::{Broker, Change, Config, ConnId, Email, Ended, Pending};
 use crate::error::SetupError;
@@ -95,9 +95,14 @@ pub(crate) struct Shared {
     pub draining: AtomicBool,
     pub next_conn: AtomicU64,
     pub open_conns: AtomicUsize,
+    /// Signalled when the last open connection ends (shutdown waits on it).
+    pub conns_gone: Notify,
     pub options: Options,
     /// Signs offline licenses (generated once into the data dir).
     pub signing: crate::offline::SigningKey,
+    /// Dropped with the last handle on this state, after every field above
+    /// (fields drop in order), so `Running::shutdown` knows the store is closed.
+    pub _closed: oneshot::Sender<()>,
 }
 
 impl Shared {
@@ -140,6 +145,21 @@ impl Shared {
         }
     }
 
+    /// Resolves once no connection is open.
+    async fn all_connections_gone(&self) {
+        loop {
+            let gone = self.conns_gone.notified();
+            tokio::pin!(gone);
+            // Registered before the check, so a close between the two still wakes us.
+            gone.as_mut().enable();
+            // Relaxed: paired with the Notify, which orders the wake-up.
+            if self.open_conns.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            gone.await;
+        }
+    }
+
     pub fn is_draining(&self) -> bool {
         // Relaxed: a request racing the start of a drain may go either way.
         self.draining.load(Ordering::Relaxed)
@@ -150,6 +170,8 @@ impl Shared {
 pub struct Running {
     addr: SocketAddr,
     shared: Arc<Shared>,
+    /// Resolves when the last handle on `shared` is gone (the store closed).
+    closed: oneshot::Receiver<()>,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -194,6 +216,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     .map_err(bind_error)?;
     let addr = endpoint.local_addr().map_err(bind_error)?;
 
+    let (closed_tx, closed) = oneshot::channel();
     let shared = Arc::new(Shared {
         core,
         store,
@@ -205,8 +228,10 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         draining: AtomicBool::new(false),
         next_conn: AtomicU64::new(1),
         open_conns: AtomicUsize::new(0),
+        conns_gone: Notify::new(),
         options,
         signing,
+        _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);
     let tasks = vec![
@@ -214,7 +239,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         tokio::spawn(expiry::run(shared.clone(), stop_rx)),
     ];
     tracing::info!(%addr, lease_ttl = ?shared.options.lease_ttl, "broker listening");
-    Ok(Running { addr, shared, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
+    Ok(Running { addr, shared, closed, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
 }
 
 fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys, SetupError> {
@@ -249,10 +274,7 @@ impl Running {
         for entry in shared.notices.iter() {
             let _ = entry.value().try_send(Notice::Draining { grace_ms: grace.as_millis() as u64 });
         }
-        let deadline = tokio::time::Instant::now() + grace;
-        while shared.open_conns.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let _ = tokio::time::timeout(grace, shared.all_connections_gone()).await;
         let _ = self.stop.send(true);
         self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
@@ -261,13 +283,11 @@ impl Running {
             let _ = t.await;
         }
         // Connection and stream tasks end as the endpoint's close reaches
-        // them; wait for their handles on the shared state so the store is
-        // closed (and its file lock released) when this returns.
-        let shared = self.shared;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while Arc::strong_count(&shared) > 1 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        // them, dropping their handles on the shared state; wait for the
+        // last one, so the store is closed (and its file lock released)
+        // when this returns.
+        drop(self.shared);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.closed).await;
         tracing::info!("broker stopped");
     }
 }
