@@ -51,9 +51,7 @@ pub fn random_u128() -> Result<u128, RandomUnavailable> {
 }
 
 /// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::core::id::hex;
 
 #[cfg(test)]
 mod tests {

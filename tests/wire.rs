@@ -45,8 +45,8 @@ impl Raw {
     async fn next(&mut self) -> Option<ServerFrame> {
         let mut chunk = [0u8; 4096];
         loop {
-            if let Some(body) = self.frames.next_frame().unwrap() {
-                return Some(postcard::from_bytes(body).unwrap());
+            if let Some(frame) = self.frames.next_message().unwrap() {
+                return Some(frame);
             }
             match tokio::time::timeout(Duration::from_secs(5), self.recv.read(&mut chunk)).await.unwrap() {
                 Ok(Some(n)) => self.frames.extend(&chunk[..n]),

@@ -42,8 +42,8 @@ async fn stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let mut out = Vec::with_capacity(4096);
     while let Ok(Some(n)) = recv.read(&mut chunk).await {
         frames.extend(&chunk[..n]);
-        while let Ok(Some(body)) = frames.next_frame() {
-            let reply = match postcard::from_bytes::<ClientFrame>(body) {
+        while let Some(frame) = frames.next_message::<ClientFrame>().transpose() {
+            let reply = match frame {
                 Ok(ClientFrame::Hello(_)) => ServerFrame::Welcome(Welcome {
                     version: VERSION,
                     lease_ttl_ms: 30_000,

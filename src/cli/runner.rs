@@ -59,32 +59,32 @@ impl Events {
     }
 }
 
-pub async fn run(a: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<ExitCode> {
-    let ev = Events { json: a.json };
-    let opts = conn.options()?;
-    let machine = match a.machine_id.clone() {
+/// One runner (or activation): what it asks for, as whom, and where its events go.
+struct Runner {
+    opts: ClientOptions,
+    args: RunnerArgs,
+    machine: MachineId,
+    /// This runner instance's identity: re-attaching with it never takes a second seat.
+    nonce: u128,
+    /// A KSE activation rather than a KRE session.
+    activation: bool,
+    ev: Events,
+}
+
+pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<ExitCode> {
+    let machine = match args.machine_id.clone() {
         Some(m) => m,
         None => license_broker::machine_id::current()?,
     };
-    let nonce = license_broker::keys::random_u128()?;
-    let (client, lease) = match attach(&opts, &a, &machine, nonce, activation).await {
-        Ok((client, Attached::Lease(lease))) => (client, lease),
-        Ok((client, Attached::Bound { already })) => {
-            ev.emit(
-                json!({"event": "activated", "machine": machine.as_str(), "pool": a.pool.to_string(), "already": already}),
-                format!("activated: {} bound to machine {machine}{}", a.pool, if already { " (already)" } else { "" }),
-            );
-            client.close().await;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Err(e) => return Ok(ev.rejected(&e)),
+    let runner = Runner {
+        opts: conn.options()?,
+        ev: Events { json: args.json },
+        args,
+        machine,
+        nonce: license_broker::keys::random_u128()?,
+        activation,
     };
-    ev.emit(
-        json!({"event": "admitted", "session": lease.session.to_string(), "machine": machine.as_str(),
-               "pool": a.pool.to_string(), "deadline_ms": lease.deadline_ms}),
-        format!("admitted: session {} on machine {machine}", lease.session),
-    );
-    hold(client, lease, &opts, &a, &machine, nonce, activation, &ev).await
+    runner.run().await
 }
 
 /// What attaching got: a leased session, or a node-locked binding.
@@ -93,138 +93,148 @@ enum Attached {
     Bound { already: bool },
 }
 
-/// Connects and acquires (a runner registers its machine first; an
-/// activation asks for a KSE activation). Re-attaches on a repeated nonce.
-async fn attach(
-    opts: &ClientOptions,
-    a: &RunnerArgs,
-    machine: &MachineId,
-    nonce: u128,
-    activation: bool,
-) -> Result<(Client, Attached), ClientError> {
-    let client = Client::connect(opts).await?;
-    if activation {
-        let act = client.activate(&a.org, a.pool, machine, nonce).await?;
-        let attached = match act.session {
-            Some(session) => Attached::Lease(Admitted {
-                session,
-                deadline_ms: act.deadline_ms,
-                ttl_ms: act.ttl_ms,
-                reattached: act.already,
-            }),
-            None => Attached::Bound { already: act.already },
-        };
-        return Ok((client, attached));
-    }
-    client.register_machine(&a.org, a.pool, machine).await?;
-    let lease = client.acquire(&a.org, a.pool, machine, nonce).await?;
-    Ok((client, Attached::Lease(lease)))
-}
-
+/// Why holding a lease stopped.
 enum Stop {
     Release,
     Ended(String),
     Lost(ClientError),
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn hold(
-    mut client: Client,
-    mut lease: Admitted,
-    opts: &ClientOptions,
-    a: &RunnerArgs,
-    machine: &MachineId,
-    nonce: u128,
-    activation: bool,
-    ev: &Events,
-) -> Result<ExitCode> {
-    let beat = Duration::from_millis((lease.ttl_ms / 3).max(1));
-    let until = a.hold.map(|h| tokio::time::Instant::now() + h);
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop = loop {
-        let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
-        tokio::select! {
-            _ = tokio::time::sleep(beat) => match client.renew(lease.session).await {
-                Ok(deadline) => lease.deadline_ms = deadline,
-                Err(ClientError::Rejected(e)) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
-                Err(e) => match reattach(opts, a, machine, nonce, activation, lease.deadline_ms).await {
-                    Ok((c, l)) => {
-                        ev.emit(json!({"event": "reattached", "session": l.session.to_string()}),
-                                format!("reconnected: session {}", l.session));
-                        client = c;
-                        lease = l;
-                    }
-                    Err(_) => break Stop::Lost(e),
-                },
-            },
-            n = client.next_notice() => match n {
-                Some(Notice::SessionEnded { session, reason }) if session == lease.session => {
-                    break Stop::Ended(reason.name().to_string())
-                }
-                Some(Notice::Draining { .. }) => {
-                    ev.emit(json!({"event": "draining"}), "broker is draining; will reconnect".into());
-                }
-                _ => {}
-            },
-            _ = tokio::time::sleep_until(release_at) => break Stop::Release,
-            _ = tokio::signal::ctrl_c() => break Stop::Release,
-            _ = term.recv() => break Stop::Release,
-        }
-    };
-    match stop {
-        Stop::Release => {
-            let result = client.release(lease.session).await;
-            client.close().await;
-            match result {
-                Ok(()) => {
-                    ev.emit(
-                        json!({"event": "released", "session": lease.session.to_string(), "reason": "released"}),
-                        format!("released: session {}", lease.session),
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Err(e) => Ok(ev.rejected(&e)),
+impl Runner {
+    async fn run(&self) -> Result<ExitCode> {
+        let (machine, pool) = (&self.machine, self.args.pool);
+        let (client, lease) = match self.attach().await {
+            Ok((client, Attached::Lease(lease))) => (client, lease),
+            Ok((client, Attached::Bound { already })) => {
+                self.ev.emit(
+                    json!({"event": "activated", "machine": machine.as_str(), "pool": pool.to_string(), "already": already}),
+                    format!("activated: {pool} bound to machine {machine}{}", if already { " (already)" } else { "" }),
+                );
+                client.close().await;
+                return Ok(ExitCode::SUCCESS);
             }
+            Err(e) => return Ok(self.ev.rejected(&e)),
+        };
+        self.ev.emit(
+            json!({"event": "admitted", "session": lease.session.to_string(), "machine": machine.as_str(),
+                   "pool": pool.to_string(), "deadline_ms": lease.deadline_ms}),
+            format!("admitted: session {} on machine {machine}", lease.session),
+        );
+        self.hold(client, lease).await
+    }
+
+    /// Connects and acquires (a runner registers its machine first; an
+    /// activation asks for a KSE activation). Re-attaches on a repeated nonce.
+    async fn attach(&self) -> Result<(Client, Attached), ClientError> {
+        let (org, pool, machine, nonce) = (&self.args.org, self.args.pool, &self.machine, self.nonce);
+        let client = Client::connect(&self.opts).await?;
+        if self.activation {
+            let act = client.activate(org, pool, machine, nonce).await?;
+            let attached = match act.session {
+                Some(session) => Attached::Lease(Admitted {
+                    session,
+                    deadline_ms: act.deadline_ms,
+                    ttl_ms: act.ttl_ms,
+                    reattached: act.already,
+                }),
+                None => Attached::Bound { already: act.already },
+            };
+            return Ok((client, attached));
         }
-        Stop::Ended(reason) => {
-            ev.emit(
-                json!({"event": "ended", "session": lease.session.to_string(), "reason": reason}),
-                format!("session {} ended: {reason}", lease.session),
-            );
-            client.close().await;
-            Ok(ExitCode::from(1))
-        }
-        Stop::Lost(e) => {
-            ev.emit(
-                json!({"event": "lost", "session": lease.session.to_string(), "message": e.to_string()}),
-                format!("lost the broker: {e}"),
-            );
-            Ok(ExitCode::from(1))
+        client.register_machine(org, pool, machine).await?;
+        let lease = client.acquire(org, pool, machine, nonce).await?;
+        Ok((client, Attached::Lease(lease)))
+    }
+
+    /// Heartbeats until told to release, the session ends, or the broker is lost.
+    async fn hold(&self, mut client: Client, mut lease: Admitted) -> Result<ExitCode> {
+        let beat = Duration::from_millis((lease.ttl_ms / 3).max(1));
+        let until = self.args.hold.map(|h| tokio::time::Instant::now() + h);
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let stop = loop {
+            let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
+            tokio::select! {
+                _ = tokio::time::sleep(beat) => match client.renew(lease.session).await {
+                    Ok(deadline) => lease.deadline_ms = deadline,
+                    Err(ClientError::Rejected(e)) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
+                    Err(e) => match self.reattach(lease.deadline_ms).await {
+                        Ok((c, l)) => {
+                            self.ev.emit(json!({"event": "reattached", "session": l.session.to_string()}),
+                                    format!("reconnected: session {}", l.session));
+                            client = c;
+                            lease = l;
+                        }
+                        Err(_) => break Stop::Lost(e),
+                    },
+                },
+                n = client.next_notice() => match n {
+                    Some(Notice::SessionEnded { session, reason }) if session == lease.session => {
+                        break Stop::Ended(reason.name().to_string())
+                    }
+                    Some(Notice::Draining { .. }) => {
+                        self.ev.emit(json!({"event": "draining"}), "broker is draining; will reconnect".into());
+                    }
+                    _ => {}
+                },
+                _ = tokio::time::sleep_until(release_at) => break Stop::Release,
+                _ = tokio::signal::ctrl_c() => break Stop::Release,
+                _ = term.recv() => break Stop::Release,
+            }
+        };
+        self.finish(stop, client, lease).await
+    }
+
+    /// Releases (or reports the end), closes, and picks the exit code.
+    async fn finish(&self, stop: Stop, client: Client, lease: Admitted) -> Result<ExitCode> {
+        let session = lease.session.to_string();
+        match stop {
+            Stop::Release => {
+                let result = client.release(lease.session).await;
+                client.close().await;
+                match result {
+                    Ok(()) => {
+                        self.ev.emit(
+                            json!({"event": "released", "session": session, "reason": "released"}),
+                            format!("released: session {session}"),
+                        );
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => Ok(self.ev.rejected(&e)),
+                }
+            }
+            Stop::Ended(reason) => {
+                self.ev.emit(
+                    json!({"event": "ended", "session": session, "reason": reason}),
+                    format!("session {session} ended: {reason}"),
+                );
+                client.close().await;
+                Ok(ExitCode::from(1))
+            }
+            Stop::Lost(e) => {
+                self.ev.emit(
+                    json!({"event": "lost", "session": session, "message": e.to_string()}),
+                    format!("lost the broker: {e}"),
+                );
+                Ok(ExitCode::from(1))
+            }
         }
     }
-}
 
-/// Reconnects until the lease's deadline passes, re-attaching with the nonce.
-async fn reattach(
-    opts: &ClientOptions,
-    a: &RunnerArgs,
-    machine: &MachineId,
-    nonce: u128,
-    activation: bool,
-    deadline_ms: u64,
-) -> Result<(Client, Admitted), ClientError> {
-    loop {
-        match attach(opts, a, machine, nonce, activation).await {
-            Ok((c, Attached::Lease(l))) => return Ok((c, l)),
-            Ok((_, Attached::Bound { .. })) => {
-                return Err(ClientError::Protocol("a leased session became a binding".into()))
-            }
-            Err(e @ ClientError::Rejected(_)) => return Err(e),
-            Err(e) => {
-                if unix_ms() + 1000 >= deadline_ms {
-                    return Err(e);
+    /// Reconnects until the lease's deadline passes, re-attaching with the nonce.
+    async fn reattach(&self, deadline_ms: u64) -> Result<(Client, Admitted), ClientError> {
+        loop {
+            match self.attach().await {
+                Ok((c, Attached::Lease(l))) => return Ok((c, l)),
+                Ok((_, Attached::Bound { .. })) => {
+                    return Err(ClientError::Protocol("a leased session became a binding".into()))
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                Err(e @ ClientError::Rejected(_)) => return Err(e),
+                Err(e) => {
+                    if unix_ms() + 1000 >= deadline_ms {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     }

@@ -278,8 +278,8 @@ fn client_name() -> String {
 async fn read_frame(recv: &mut quinn::RecvStream, frames: &mut FrameBuf) -> Result<ServerFrame, ClientError> {
     let mut chunk = vec![0u8; 16 * 1024];
     loop {
-        if let Some(body) = frames.next_frame().map_err(|e| ClientError::Protocol(e.to_string()))? {
-            return postcard::from_bytes(body).map_err(|e| ClientError::Protocol(format!("undecodable frame: {e}")));
+        if let Some(frame) = frames.next_message().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            return Ok(frame);
         }
         match recv.read(&mut chunk).await {
             Ok(Some(n)) => frames.extend(&chunk[..n]),
@@ -294,13 +294,10 @@ async fn read_responses(mut recv: quinn::RecvStream, mut frames: FrameBuf, pendi
     let mut ready = Vec::new();
     let failure = 'read: loop {
         loop {
-            match frames.next_frame() {
-                Ok(Some(body)) => match postcard::from_bytes::<ServerFrame>(body) {
-                    Ok(ServerFrame::Response(r)) => ready.push(r),
-                    Ok(ServerFrame::Error(e)) => break 'read ClientError::Rejected(e),
-                    Ok(other) => break 'read ClientError::Protocol(format!("unexpected frame {other:?}")),
-                    Err(e) => break 'read ClientError::Protocol(format!("undecodable frame: {e}")),
-                },
+            match frames.next_message::<ServerFrame>() {
+                Ok(Some(ServerFrame::Response(r))) => ready.push(r),
+                Ok(Some(ServerFrame::Error(e))) => break 'read ClientError::Rejected(e),
+                Ok(Some(other)) => break 'read ClientError::Protocol(format!("unexpected frame {other:?}")),
                 Ok(None) => break,
                 Err(e) => break 'read ClientError::Protocol(e.to_string()),
             }
@@ -362,13 +359,14 @@ async fn read_notices(conn: quinn::Connection, tx: mpsc::Sender<Notice>) {
     let mut frames = FrameBuf::new();
     let mut chunk = vec![0u8; 4096];
     loop {
-        while let Ok(Some(body)) = frames.next_frame() {
-            match postcard::from_bytes::<Notice>(body) {
-                Ok(n) => {
+        loop {
+            match frames.next_message::<Notice>() {
+                Ok(Some(n)) => {
                     if tx.send(n).await.is_err() {
                         return;
                     }
                 }
+                Ok(None) => break,
                 Err(_) => return,
             }
         }

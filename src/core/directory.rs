@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use super::error::{Error, Result};
 use super::id::{Email, KeyHash, OrgName, Role};
 use super::pool::{OfflineEntry, Pool, PoolId};
-use super::record::{Change, Record};
+use super::record::{Change, OfflineLicense, Record};
 use super::time::Millis;
 use crate::sync::Arc;
 
@@ -114,91 +114,100 @@ impl Directory {
     }
 
     /// Applies one committed change. `new_pool` builds pools so the broker
-    /// controls their uids. Returns a machine removal for the caller to sweep.
+    /// controls their uids. Returns an offline license that became active in
+    /// memory, for the broker to track its expiry.
     pub fn apply(
         &mut self,
         change: &Change,
-        mut new_pool: impl FnMut(&OrgName, PoolId, u32, Millis) -> Arc<Pool>,
+        new_pool: impl FnOnce(&OrgName, PoolId, u32, Millis) -> Arc<Pool>,
     ) -> Option<(Arc<Pool>, OfflineEntry)> {
         match change {
-            Change::Put(Record::Org { name, subscription_end, .. }) => {
-                let entry = self.orgs.entry(name.clone()).or_insert_with(|| OrgEntry {
-                    subscription_end: *subscription_end,
-                    pools: HashMap::new(),
-                    users: HashMap::new(),
-                });
-                entry.subscription_end = *subscription_end;
-                for pool in entry.pools.values() {
-                    pool.set_not_after(*subscription_end);
-                }
-            }
-            Change::Put(Record::Pool { org, pool, quota }) => {
-                let entry = self.orgs.get_mut(org)?;
-                let end = entry.subscription_end;
-                match entry.pools.get(pool) {
-                    Some(p) => p.set_quota(*quota),
-                    None => {
-                        entry.pools.insert(*pool, new_pool(org, *pool, *quota, end));
-                    }
-                }
-            }
+            Change::Put(Record::Org { name, subscription_end, .. }) => self.put_org(name, *subscription_end),
+            Change::Put(Record::Pool { org, pool, quota }) => self.put_pool(org, *pool, *quota, new_pool),
             Change::Put(Record::User { org, email, role, created }) => {
                 if let Some(entry) = self.orgs.get_mut(org) {
                     entry.users.insert(email.clone(), UserEntry { role: *role, created: *created });
                 }
             }
             Change::Put(Record::Key { hash, org, email, created, revoked }) => {
-                self.keys.insert(
-                    *hash,
-                    KeyEntry { org: org.clone(), email: email.clone(), created: *created, revoked: *revoked },
-                );
+                let entry = KeyEntry { org: org.clone(), email: email.clone(), created: *created, revoked: *revoked };
+                self.keys.insert(*hash, entry);
             }
-            Change::Put(Record::Machine { org, pool, machine, registered }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.restore_machine(machine.clone(), *registered);
-                }
-            }
-            Change::RemoveMachine { org, pool, machine } => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.forget_machine(machine);
-                }
-            }
-            Change::Put(Record::Grant { org, pool, email, granted }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.restore_grant(email, *granted);
-                }
-            }
-            Change::RemoveGrant { org, pool, email } => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.forget_grant(email);
-                }
-            }
-            Change::Put(Record::Binding { org, pool, email, machine, bound }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.restore_binding(email, machine, *bound);
-                }
-            }
-            Change::RemoveBinding { org, pool, email } => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.unbind(email);
-                }
-            }
-            Change::Put(Record::Offline { org, pool, license }) => {
-                let p = self.pool(org, *pool).ok()?;
-                let entry = OfflineEntry {
-                    id: license.id,
-                    machine: license.machine.clone(),
-                    issued: license.issued,
-                    expires: license.expires,
-                    created_by: license.created_by.clone(),
-                    active: true,
-                };
-                if p.restore_offline(entry.clone()) {
-                    return Some((p.clone(), entry));
-                }
-            }
+            Change::Put(Record::Offline { org, pool, license }) => return self.put_offline(org, *pool, license),
             Change::Put(Record::Audit(_)) => {}
+            other => self.apply_to_pool(other),
         }
         None
+    }
+
+    fn put_org(&mut self, name: &OrgName, subscription_end: Millis) {
+        let entry = self.orgs.entry(name.clone()).or_insert_with(|| OrgEntry {
+            subscription_end,
+            pools: HashMap::new(),
+            users: HashMap::new(),
+        });
+        entry.subscription_end = subscription_end;
+        for pool in entry.pools.values() {
+            pool.set_not_after(subscription_end);
+        }
+    }
+
+    fn put_pool(
+        &mut self,
+        org: &OrgName,
+        pool: PoolId,
+        quota: u32,
+        new_pool: impl FnOnce(&OrgName, PoolId, u32, Millis) -> Arc<Pool>,
+    ) {
+        let Some(entry) = self.orgs.get_mut(org) else { return };
+        match entry.pools.get(&pool) {
+            Some(p) => p.set_quota(quota),
+            None => {
+                let end = entry.subscription_end;
+                entry.pools.insert(pool, new_pool(org, pool, quota, end));
+            }
+        }
+    }
+
+    fn put_offline(&self, org: &OrgName, pool: PoolId, license: &OfflineLicense) -> Option<(Arc<Pool>, OfflineEntry)> {
+        let p = self.pool(org, pool).ok()?;
+        let entry = OfflineEntry {
+            id: license.id,
+            machine: license.machine.clone(),
+            issued: license.issued,
+            expires: license.expires,
+            created_by: license.created_by.clone(),
+            active: true,
+        };
+        p.restore_offline(entry.clone()).then(|| (p.clone(), entry))
+    }
+
+    /// The per-pool records: machines, grants and bindings, put or removed.
+    fn apply_to_pool(&self, change: &Change) {
+        let (org, pool) = match change {
+            Change::Put(
+                Record::Machine { org, pool, .. } | Record::Grant { org, pool, .. } | Record::Binding { org, pool, .. },
+            )
+            | Change::RemoveMachine { org, pool, .. }
+            | Change::RemoveGrant { org, pool, .. }
+            | Change::RemoveBinding { org, pool, .. } => (org, *pool),
+            _ => return,
+        };
+        let Ok(p) = self.pool(org, pool) else { return };
+        match change {
+            Change::Put(Record::Machine { machine, registered, .. }) => p.restore_machine(machine.clone(), *registered),
+            Change::RemoveMachine { machine, .. } => {
+                p.forget_machine(machine);
+            }
+            Change::Put(Record::Grant { email, granted, .. }) => p.restore_grant(email, *granted),
+            Change::RemoveGrant { email, .. } => {
+                p.forget_grant(email);
+            }
+            Change::Put(Record::Binding { email, machine, bound, .. }) => p.restore_binding(email, machine, *bound),
+            Change::RemoveBinding { email, .. } => {
+                p.unbind(email);
+            }
+            _ => {}
+        }
     }
 }

@@ -193,7 +193,12 @@ pub struct KeyHash(pub [u8; 32]);
 impl KeyHash {
     /// The short public identifier of a key: the first 6 bytes of its hash, in hex.
     pub fn key_id(&self) -> String {
-        self.0[..6].iter().map(|b| format!("{b:02x}")).collect()
+        hex(&self.0[..6])
+    }
+
+    /// The whole hash in lowercase hex (its key in the store).
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
     }
 }
 
@@ -201,6 +206,16 @@ impl fmt::Debug for KeyHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "KeyHash({})", self.key_id())
     }
+}
+
+/// Lowercase hex of `bytes`, two digits a byte.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        // Invariant: writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+        s
+    })
 }
 
 /// What a principal may do. Operator is the broker's own operator, outside every org.

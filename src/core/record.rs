@@ -141,7 +141,7 @@ impl Record {
             Record::Org { name, .. } => (Table::Orgs, name.to_string()),
             Record::Pool { org, pool, .. } => (Table::Pools, format!("{org}/{pool}")),
             Record::User { org, email, .. } => (Table::Users, format!("{org}/{email}")),
-            Record::Key { hash, .. } => (Table::Keys, hash.0.iter().map(|b| format!("{b:02x}")).collect()),
+            Record::Key { hash, .. } => (Table::Keys, hash.to_hex()),
             Record::Machine { org, pool, machine, .. } => (Table::Machines, in_pool(org, pool, machine)),
             Record::Grant { org, pool, email, .. } => (Table::Grants, in_pool(org, pool, email)),
             Record::Binding { org, pool, email, .. } => (Table::Bindings, in_pool(org, pool, email)),

@@ -19,6 +19,12 @@ pub enum ClientFrame {
     Request(Request),
 }
 
+impl ClientFrame {
+    /// `Request`'s variant index on the wire (it follows `Hello`); the
+    /// broker reads it to salvage the id of an undecodable request.
+    pub const REQUEST_VARIANT: u32 = 1;
+}
+
 /// Opens a stream: protocol version and credentials.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Hello {

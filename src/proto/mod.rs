@@ -2,9 +2,11 @@
 //! Pure bytes in, values out: no sockets here. docs/PROTOCOL.md is the
 //! normative description; keep it in step with `message`.
 
+pub mod decode;
 pub mod frame;
 pub mod message;
 
+pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
 pub use message::*;
 

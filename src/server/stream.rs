@@ -19,8 +19,8 @@ use super::handler::{self, Call};
 use super::Shared;
 use crate::core::{Broker, ErrorCode, KeyHash, Principal, Result as CoreResult, Target, Ticket};
 use crate::proto::{
-    encode, ClientFrame, FrameBuf, FrameError, Hello, Outcome, Req, Request, Response, ServerFrame, Welcome, WireError,
-    VERSION,
+    decode_client, encode, ClientDecoded, ClientFrame, DecodeError, FrameBuf, FrameError, Hello, Outcome, Req, Request,
+    Response, ServerFrame, Welcome, WireError, VERSION,
 };
 
 /// Bytes asked of the stream per read.
@@ -32,16 +32,6 @@ struct Caller {
     principal: Principal,
     /// Directory version the principal was resolved at.
     version: u64,
-}
-
-/// What one frame turned out to be.
-enum Decoded {
-    Frame(ClientFrame),
-    /// Undecodable; carries the request id when it could be read.
-    Bad {
-        id: Option<u64>,
-        detail: String,
-    },
 }
 
 /// What to do after a frame was handled synchronously.
@@ -77,7 +67,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
         let mut finish = false;
         loop {
             let decoded = match frames.next_frame() {
-                Ok(Some(body)) => decode(body),
+                Ok(Some(body)) => decode_client(body),
                 Ok(None) => break,
                 Err(e) => {
                     let code = match e {
@@ -127,32 +117,20 @@ fn into_outcome(r: Result<crate::proto::Resp, WireError>) -> Outcome {
     }
 }
 
-fn decode(body: &[u8]) -> Decoded {
-    match postcard::from_bytes::<ClientFrame>(body) {
-        Ok(frame) => Decoded::Frame(frame),
-        Err(e) => {
-            // Salvage the request id so the client can match the error:
-            // a Request frame starts with variant 1, then the id.
-            let id = postcard::take_from_bytes::<u32>(body)
-                .ok()
-                .filter(|(variant, _)| *variant == 1)
-                .and_then(|(_, rest)| postcard::take_from_bytes::<u64>(rest).ok())
-                .map(|(id, _)| id);
-            Decoded::Bad { id, detail: e.to_string() }
-        }
-    }
-}
-
 fn on_frame(
     shared: &Shared,
     ctx: &ConnCtx,
     state: &mut StreamState,
-    frame: Decoded,
+    frame: ClientDecoded,
     now: crate::core::Millis,
     out: &mut Vec<u8>,
 ) -> Next {
     match frame {
-        Decoded::Bad { id, detail } => {
+        ClientDecoded::Bad { id, error } => {
+            let detail = match error {
+                DecodeError::Body(e) => e.to_string(),
+                other => other.to_string(),
+            };
             let err = WireError::new(
                 ErrorCode::BadFrame,
                 format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"),
@@ -163,14 +141,14 @@ fn on_frame(
             }
             Next::Continue
         }
-        Decoded::Frame(ClientFrame::Hello(hello)) => {
+        ClientDecoded::Frame(ClientFrame::Hello(hello)) => {
             if on_hello(shared, &mut state.caller, hello, out) {
                 Next::Finish
             } else {
                 Next::Continue
             }
         }
-        Decoded::Frame(ClientFrame::Request(Request { id, body })) => {
+        ClientDecoded::Frame(ClientFrame::Request(Request { id, body })) => {
             let principal = match authorised(shared, &mut state.caller) {
                 Ok(p) => p,
                 Err(e) => {
