@@ -9,6 +9,18 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::id::MachineId;
+use super::licensing::OFFLINE_MAX_DAYS;
+use super::pool_id::PoolId;
+use super::time::{format_end_date, Millis};
+
+/// Which limit an offline license's expiry ran into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpiryLimit {
+    /// At most `OFFLINE_MAX_DAYS` after the day it is created.
+    MaxDays,
+    /// Never past the org's subscription.
+    Subscription,
+}
 
 /// The stable, documented error codes of the protocol.
 ///
@@ -160,12 +172,12 @@ pub enum Error {
     NotLicensed,
     /// The user's node-locked license is bound to another machine.
     AlreadyActivated { machine: MachineId },
-    /// The pool cannot issue offline licenses; the text says why.
-    OfflineNotAllowed(String),
-    /// The requested expiry is past a limit; the text names it.
-    ExpiryTooLate(String),
-    /// Offline licenses cannot be revoked or transferred; it returns its seat at `expires`.
-    OfflineIrrevocable { expires: String },
+    /// The pool cannot issue offline licenses: only annual node-locked pools can.
+    OfflineNotAllowed { pool: PoolId },
+    /// The requested expiry is past `limit`; `latest` is the end of the latest day allowed.
+    ExpiryTooLate { limit: ExpiryLimit, latest: Millis },
+    /// Offline licenses cannot be revoked or transferred; its seat returns at `expires`.
+    OfflineIrrevocable { expires: Millis },
 }
 
 impl Error {
@@ -186,8 +198,8 @@ impl Error {
             Error::GrantLimit { .. } => ErrorCode::GrantLimit,
             Error::NotLicensed => ErrorCode::NotLicensed,
             Error::AlreadyActivated { .. } => ErrorCode::AlreadyActivated,
-            Error::OfflineNotAllowed(_) => ErrorCode::OfflineNotAllowed,
-            Error::ExpiryTooLate(_) => ErrorCode::ExpiryTooLate,
+            Error::OfflineNotAllowed { .. } => ErrorCode::OfflineNotAllowed,
+            Error::ExpiryTooLate { .. } => ErrorCode::ExpiryTooLate,
             Error::OfflineIrrevocable { .. } => ErrorCode::OfflineIrrevocable,
         }
     }
@@ -233,11 +245,23 @@ impl fmt::Display for Error {
                 f,
                 "your license is already activated on machine {machine}; an Owner or Admin must free it first (machine remove)"
             ),
-            Error::OfflineNotAllowed(why) => write!(f, "offline licenses are not allowed here: {why}"),
-            Error::ExpiryTooLate(why) => write!(f, "expiry too late: {why}"),
+            Error::OfflineNotAllowed { pool } => {
+                write!(f, "offline licenses are not allowed here: {pool} is not an annual node-locked pool")
+            }
+            Error::ExpiryTooLate { limit: ExpiryLimit::MaxDays, latest } => write!(
+                f,
+                "expiry too late: an offline license lasts at most {OFFLINE_MAX_DAYS} days: the latest expiry today is {}",
+                format_end_date(*latest)
+            ),
+            Error::ExpiryTooLate { limit: ExpiryLimit::Subscription, latest } => write!(
+                f,
+                "expiry too late: the org's subscription ends {}; an offline license cannot outlive it",
+                format_end_date(*latest)
+            ),
             Error::OfflineIrrevocable { expires } => write!(
                 f,
-                "an offline license cannot be revoked or transferred; its seat returns by itself after {expires}"
+                "an offline license cannot be revoked or transferred; its seat returns by itself after {}",
+                format_end_date(*expires)
             ),
         }
     }

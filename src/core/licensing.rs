@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::admission::Target;
 use super::broker::Broker;
-use super::error::{Error, Result};
+use super::error::{Error, ExpiryLimit, Result};
 use super::id::{Email, MachineId, OfflineId, OrgName, Role};
 use super::pending::{Pending, Undo};
 use super::pool::{Kind, OfflineEntry, Pool, PoolId, Product, Term};
@@ -208,7 +208,7 @@ impl Broker {
     /// one that would end before today, past 60 days or past the subscription.
     fn check_offline_expiry(&self, org: &OrgName, pool: PoolId, last_day_end: Millis, now: Millis) -> Result<()> {
         if pool.kind != Kind::NodeLocked || pool.term != Term::Annual {
-            return Err(Error::OfflineNotAllowed(format!("{pool} is not an annual node-locked pool")));
+            return Err(Error::OfflineNotAllowed { pool });
         }
         let today_end = Millis((now.0 / DAY_MS + 1) * DAY_MS);
         if last_day_end < today_end {
@@ -216,17 +216,11 @@ impl Broker {
         }
         let sixty = Millis(today_end.0 + OFFLINE_MAX_DAYS * DAY_MS);
         if last_day_end > sixty {
-            return Err(Error::ExpiryTooLate(format!(
-                "an offline license lasts at most {OFFLINE_MAX_DAYS} days: the latest expiry today is {}",
-                format_end_date(sixty)
-            )));
+            return Err(Error::ExpiryTooLate { limit: ExpiryLimit::MaxDays, latest: sixty });
         }
         let subscription_end = self.with_dir(|dir| dir.org(org).map(|o| o.subscription_end))?;
         if last_day_end > subscription_end {
-            return Err(Error::ExpiryTooLate(format!(
-                "the org's subscription ends {}; an offline license cannot outlive it",
-                format_end_date(subscription_end)
-            )));
+            return Err(Error::ExpiryTooLate { limit: ExpiryLimit::Subscription, latest: subscription_end });
         }
         Ok(())
     }
@@ -278,8 +272,12 @@ impl Broker {
         if let Err(e) = p.require_admin(org) {
             return e;
         }
-        match self.offline_licenses(p, org).map(|v| v.into_iter().find(|o| o.id == id)) {
-            Ok(Some(o)) => Error::OfflineIrrevocable { expires: o.last_day },
+        let found = self.with_dir(|dir| {
+            let pools = dir.org(org)?.pools.values();
+            Ok(pools.flat_map(|h| h.offline()).find(|o| o.id.to_string() == id).map(|o| o.expires))
+        });
+        match found {
+            Ok(Some(expires)) => Error::OfflineIrrevocable { expires },
             Ok(None) => Error::not_found("offline license", id),
             Err(e) => e,
         }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::error::ExpiryLimit;
 use super::testkit::{key, mid, t, Fixture};
 use super::*;
 
@@ -376,11 +377,13 @@ fn offline_licenses_refused_with_the_rule_that_applies() {
         let order = OfflineOrder { target: w.target_in(pool_id(pool), "m"), last_day_end: end, id: OfflineId(1) };
         w.broker.create_offline(p, &order, now, |_| String::new()).map(|_| ())
     };
-    assert!(matches!(reserve(&w.owner, "kse-node-locked-monthly", in_days(1)), Err(Error::OfflineNotAllowed(_))));
-    assert!(matches!(reserve(&w.owner, "kse-floating-annual", in_days(1)), Err(Error::OfflineNotAllowed(_))));
+    assert!(matches!(reserve(&w.owner, "kse-node-locked-monthly", in_days(1)), Err(Error::OfflineNotAllowed { .. })));
+    assert!(matches!(reserve(&w.owner, "kse-floating-annual", in_days(1)), Err(Error::OfflineNotAllowed { .. })));
     assert!(matches!(reserve(&user, "kse-node-locked-annual", in_days(1)), Err(Error::Forbidden(_))));
     match reserve(&w.owner, "kse-node-locked-annual", in_days(61)) {
-        Err(Error::ExpiryTooLate(why)) => assert!(why.contains("60 days"), "{why}"),
+        Err(e @ Error::ExpiryTooLate { limit: ExpiryLimit::MaxDays, .. }) => {
+            assert!(e.to_string().contains("60 days"), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     assert!(reserve(&w.owner, "kse-node-locked-annual", Millis(today_end.0 - DAY)).is_err(), "yesterday");
@@ -394,7 +397,9 @@ fn offline_licenses_refused_with_the_rule_that_applies() {
     let order = OfflineOrder { target, last_day_end: in_days(11), id: OfflineId(2) };
     let r = w.broker.create_offline(&acme_owner, &order, now, |_| String::new()).map(|_| ());
     match r {
-        Err(Error::ExpiryTooLate(why)) => assert!(why.contains("subscription"), "{why}"),
+        Err(e @ Error::ExpiryTooLate { limit: ExpiryLimit::Subscription, .. }) => {
+            assert!(e.to_string().contains("subscription"), "{e}")
+        }
         other => panic!("{other:?}"),
     }
     // Nothing above took a seat.

@@ -115,7 +115,7 @@ impl Shared {
                 let (store, changes) = (self.store.clone(), changes.to_vec());
                 tokio::task::spawn_blocking(move || store.commit(&changes))
                     .await
-                    .unwrap_or_else(|e| Err(StoreError::Backend(e.to_string())))
+                    .unwrap_or_else(|e| Err(StoreError::Backend(Box::new(e))))
             }
         };
         let (value, ended) = pending.settle(&self.core, committed).map_err(handler::store_failure)?;

@@ -12,8 +12,8 @@ use crate::core::{AuditEntry, Change, OrgName, Record};
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// The database could not be opened, read or written.
-    Backend(String),
+    /// The database could not be opened, read or written (the backend's error is the source).
+    Backend(Box<dyn std::error::Error + Send + Sync>),
     /// A stored record could not be decoded (corruption or a newer format).
     Corrupt { table: &'static str, key: String },
 }
@@ -27,7 +27,14 @@ impl std::fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Backend(e) => Some(e.as_ref()),
+            StoreError::Corrupt { .. } => None,
+        }
+    }
+}
 
 /// Where durable records live.
 pub trait Store: Send + Sync + 'static {

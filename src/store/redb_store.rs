@@ -17,8 +17,8 @@ fn def(table: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
     TableDefinition::new(table.name())
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Backend(e.to_string())
+fn backend(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Backend(Box::new(e.into()))
 }
 
 impl RedbStore {
@@ -59,7 +59,7 @@ impl Store for RedbStore {
             let mut t = tx.open_table(def(table)).map_err(backend)?;
             match change {
                 Change::Put(record) => {
-                    let bytes = postcard::to_allocvec(record).map_err(backend)?;
+                    let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Backend(Box::new(e)))?;
                     t.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
                 }
                 Change::RemoveMachine { .. } | Change::RemoveGrant { .. } | Change::RemoveBinding { .. } => {
