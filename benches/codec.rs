@@ -4,8 +4,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use license_broker::core::{MachineId, OrgName, PoolId, PoolStatus, SessionId};
+use license_broker::proto::PoolStatus;
 use license_broker::proto::*;
+use license_broker::value::{MachineId, OrgName, PoolId, SessionId};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -65,7 +66,7 @@ fn messages(c: &mut Criterion) {
         ServerFrame::Response(Response {
             id: 1,
             outcome: Outcome::Err(WireError::new(
-                license_broker::core::ErrorCode::QuotaExceeded,
+                license_broker::proto::ErrorCode::QuotaExceeded,
                 "quota exceeded: all 3 licenses of the pool are in use",
             )),
         }),
@@ -83,7 +84,7 @@ fn messages(c: &mut Criterion) {
         offline: 0,
     };
     pair(c, "Status (4 pools)", resp(Resp::Status(vec![status; 4])));
-    pair(c, "Notice", Notice::SessionEnded { session, reason: license_broker::core::EndReason::Expired });
+    pair(c, "Notice", Notice::SessionEnded { session, reason: license_broker::proto::EndReason::Expired });
 }
 
 criterion_group! {

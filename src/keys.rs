@@ -4,7 +4,7 @@
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::core::KeyHash;
+use crate::value::KeyHash;
 
 /// Every key starts with this, so a key is recognisable in configs and logs.
 pub const PREFIX: &str = "lbk_";

@@ -10,6 +10,7 @@
 pub mod core;
 pub mod proto;
 pub mod sync;
+pub mod value;
 
 #[cfg(feature = "server")]
 pub mod client;

@@ -7,13 +7,14 @@ use std::fs;
 
 use ring::digest::{digest, SHA256};
 
-use crate::core::{Error, MachineId};
+use crate::value::Invalid;
+use crate::value::MachineId;
 
 /// Files tried in order for a stable host identity.
 const HOST_SOURCES: [&str; 3] = ["/etc/machine-id", "/var/lib/dbus/machine-id", "/sys/class/dmi/id/product_uuid"];
 
 /// The machine ID of this host and user (or `LB_MACHINE_ID`).
-pub fn current() -> Result<MachineId, Error> {
+pub fn current() -> Result<MachineId, Invalid> {
     if let Ok(v) = std::env::var("LB_MACHINE_ID") {
         return MachineId::new(v.trim());
     }

@@ -27,8 +27,8 @@ use std::path::Path;
 use ring::rand::SystemRandom;
 use ring::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 
-use crate::core::{format_utc, parse_end_of_date, MachineId, Millis, OfflineId, OrgName, PoolId};
 use crate::error::SetupError;
+use crate::value::{format_utc, parse_end_of_date, MachineId, Millis, OfflineId, OrgName, PoolId};
 
 const MAGIC: &str = "license-broker offline license v1";
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (RFC 8410); the 32-byte key follows.
@@ -212,7 +212,7 @@ fn parse_body(body: &str) -> Result<LicenseFields, VerifyError> {
     };
     let id = u128::from_str_radix(field("license-id")?, 16).map_err(|_| bad("license-id"))?;
     let org = OrgName::new(field("org")?).map_err(|e| bad(&e.to_string()))?;
-    let pool: PoolId = field("pool")?.parse().map_err(|e: crate::core::Error| bad(&e.to_string()))?;
+    let pool: PoolId = field("pool")?.parse().map_err(|e: crate::value::Invalid| bad(&e.to_string()))?;
     let _product = field("product")?;
     let machine = MachineId::new(field("machine-id")?).map_err(|e| bad(&e.to_string()))?;
     let issued = parse_utc(field("issued")?).ok_or_else(|| bad("issued"))?;

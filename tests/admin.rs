@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use common::{machine, org, start, start_in, POOL};
 use license_broker::client::{Client, ClientError};
-use license_broker::core::{ErrorCode, OrgName, Role, SessionId};
+use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
+use license_broker::value::{OrgName, Role, SessionId};
 
 fn code(r: Result<Resp, ClientError>) -> Option<ErrorCode> {
     r.err().and_then(|e| e.code())

@@ -267,8 +267,9 @@ fn kse_grant_activate_and_offline_license_round_trip() {
     // Offline: create, fetch the public key as the user, verify without the broker.
     let out_dir = dir.path().join("lic");
     let today = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let expires =
-        license_broker::core::format_end_date(license_broker::core::Millis((today / 86_400_000 + 11) * 86_400_000));
+    let expires = license_broker::value::format_end_date(license_broker::value::Millis(
+        (today / license_broker::value::DAY_MS + 11) * license_broker::value::DAY_MS,
+    ));
     let args = [
         "offline",
         "create",

@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{machine, org, start, TestBroker};
 use license_broker::client::Client;
-use license_broker::core::{format_end_date, AuditAction, EndReason, ErrorCode, Millis, OrgName, PoolId, Role};
 use license_broker::proto::Notice;
+use license_broker::proto::{AuditAction, EndReason, ErrorCode};
+use license_broker::value::{format_end_date, Millis, OrgName, PoolId, Role};
 
 const DAY: u64 = 86_400_000;
 
@@ -129,7 +130,7 @@ async fn node_locked_license_binds_one_machine_until_an_admin_frees_it() {
     assert_eq!(code(users[0].activate(&org(), nl, &machine("a-2"), 3).await), Some(ErrorCode::AlreadyActivated));
     let online = owner.list_grants(&org(), Some(nl)).await.unwrap();
     assert_eq!(online[0].machine.as_ref().map(|m| m.to_string()).as_deref(), Some("a-1"), "shown as an online license");
-    let seats = |s: Vec<license_broker::core::PoolStatus>| s.iter().find(|p| p.pool == nl).unwrap().in_use;
+    let seats = |s: Vec<license_broker::proto::PoolStatus>| s.iter().find(|p| p.pool == nl).unwrap().in_use;
     assert_eq!(seats(owner.status(None).await.unwrap()), 1);
     let st = owner.status(None).await.unwrap().into_iter().find(|p| p.pool == nl).unwrap();
     assert_eq!((st.grants, st.activations, st.offline), (1, 1, 0), "status shows what holds the seats");

@@ -1,8 +1,9 @@
 //! docs/PROTOCOL.md is normative: its worked examples and error table must
 //! match what the code puts on the wire.
 
-use license_broker::core::{ErrorCode, MachineId, OrgName, PoolId, SessionId};
+use license_broker::proto::ErrorCode;
 use license_broker::proto::*;
+use license_broker::value::{MachineId, OrgName, PoolId, SessionId};
 
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
 
@@ -62,7 +63,7 @@ fn variant<T: serde::Serialize>(msg: &T) -> u32 {
 
 #[test]
 fn every_request_and_response_variant_is_documented_with_its_index() {
-    use license_broker::core::{MachineId, Role};
+    use license_broker::value::{MachineId, Role};
     let org = OrgName::new("o").unwrap();
     let m = MachineId::new("m").unwrap();
     let p = PoolId::KRE_DEFAULT;

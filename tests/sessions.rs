@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{machine, org, start, POOL};
-use license_broker::core::{EndReason, ErrorCode};
 use license_broker::proto::Notice;
+use license_broker::proto::{EndReason, ErrorCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_quota_admitted_under_concurrent_acquires() {

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{start, TestBroker};
-use license_broker::core::ErrorCode;
+use license_broker::proto::ErrorCode;
 use license_broker::proto::{
     encode, ClientFrame, FrameBuf, Hello, Outcome, Req, Request, ServerFrame, MAX_FRAME, VERSION,
 };

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use anyhow::Result;
 use license_broker::client::Client;
-use license_broker::core::{ErrorCode, PoolId};
+use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
+use license_broker::value::PoolId;
 use tokio::sync::Barrier;
 
 use crate::report::{Errors, Lat, Report};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use license_broker::client::{Client, ClientOptions};
-use license_broker::core::{PoolId, SessionId};
 use license_broker::proto::{Req, Resp};
+use license_broker::value::{PoolId, SessionId};
 
 use crate::report::{Errors, Lat};
 use crate::target::LoadOrg;

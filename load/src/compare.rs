@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
 use license_broker::client::ClientOptions;
-use license_broker::core::{MachineId, OrgName};
+use license_broker::value::{MachineId, OrgName};
 use serde_json::json;
 
 use crate::churn::{self, Shape};

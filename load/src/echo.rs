@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use license_broker::core::{Role, SessionId};
 use license_broker::proto::{
     encode, ClientFrame, FrameBuf, Outcome, Req, Resp, Response, ServerFrame, Welcome, VERSION,
 };
 use license_broker::tls::{self, TlsFiles};
+use license_broker::value::{Role, SessionId};
 
 /// Serves until the process is killed; prints `listening on ADDR` first.
 pub async fn serve(listen: SocketAddr, dir: &Path) -> Result<()> {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use license_broker::client::{Client, ClientError};
-use license_broker::core::{ErrorCode, PoolId, SessionId};
+use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
+use license_broker::value::{PoolId, SessionId};
 use tokio::time::Instant;
 
 use crate::report::{Errors, Lat};

@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Result};
 use license_broker::client::{self, Client, ClientOptions};
-use license_broker::core::PoolId;
 use license_broker::proto::{Req, Resp};
+use license_broker::value::PoolId;
 
 use crate::churn::{self, Monitor, Shape};
 use crate::fleet::{self, Behaviour, Live, Stats};
@@ -308,8 +308,8 @@ pub async fn handshake(
                         let (o, m) = match &org {
                             Some(o) => (o.org.clone(), o.machine.clone()),
                             None => (
-                                license_broker::core::OrgName::new("echo").unwrap_or_else(|_| unreachable!()),
-                                license_broker::core::MachineId::new("echo").unwrap_or_else(|_| unreachable!()),
+                                license_broker::value::OrgName::new("echo").unwrap_or_else(|_| unreachable!()),
+                                license_broker::value::MachineId::new("echo").unwrap_or_else(|_| unreachable!()),
                             ),
                         };
                         match c.acquire(&o, PoolId::KRE_DEFAULT, &m, nonce).await {

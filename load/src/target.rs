@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use license_broker::client::{Client, ClientOptions};
-use license_broker::core::{MachineId, OrgName, PoolId, PoolStatus};
+use license_broker::proto::PoolStatus;
+use license_broker::value::{MachineId, OrgName, PoolId};
 
 /// A broker to drive.
 pub struct Target {

@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use license_broker::client::{Client, ClientError, ClientOptions};
-use license_broker::core::{ErrorCode, Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};
+use license_broker::proto::ErrorCode;
+use license_broker::value::{Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};
 
 /// A floating-license session broker over QUIC.
 #[derive(Parser, Debug)]

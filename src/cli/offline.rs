@@ -7,8 +7,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use license_broker::core::{MachineId, Millis, OrgName, PoolId};
 use license_broker::offline;
+use license_broker::value::{MachineId, Millis, OrgName, PoolId};
 
 use super::{finish, output, ConnArgs};
 

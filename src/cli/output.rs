@@ -1,8 +1,9 @@
 //! Human tables and `--json` output for the list commands.
 
-use license_broker::core::{
-    format_utc, AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
+use license_broker::proto::{
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
 };
+use license_broker::value::format_utc;
 use serde_json::json;
 
 fn table(header: &[&str], rows: Vec<Vec<String>>) {

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use license_broker::client::{Admitted, Client, ClientError, ClientOptions};
-use license_broker::core::{MachineId, OrgName, PoolId};
 use license_broker::proto::Notice;
+use license_broker::value::{MachineId, OrgName, PoolId};
 use serde_json::json;
 
 use super::{exit_code_for, ConnArgs};

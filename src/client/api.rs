@@ -1,11 +1,9 @@
 //! One typed method per request of the protocol, on top of `Client::call`.
 
 use super::{Client, ClientError};
-use crate::core::{
-    AuditEntry, GrantInfo, KeyInfo, MachineId, MachineInfo, OfflineInfo, OrgName, PoolId, PoolStatus, Role, SessionId,
-    SessionInfo, UserInfo,
-};
+use crate::proto::{AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo};
 use crate::proto::{Req, Resp};
+use crate::value::{MachineId, OrgName, PoolId, Role, SessionId};
 
 impl Client {
     /// Registers a machine; `true` if it was new.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::ErrorCode;
+use crate::proto::ErrorCode;
 use crate::proto::{
     encode, ClientFrame, FrameBuf, Hello, Notice, Outcome, Req, Request, Resp, ServerFrame, Welcome, WireError, VERSION,
 };

@@ -2,8 +2,6 @@
 //! changes would carry them out. Nothing here mutates memory; the shell
 //! commits the plan to the store and then calls `Broker::apply`.
 
-use serde::{Deserialize, Serialize};
-
 use super::broker::Broker;
 use super::error::{Error, Result};
 use super::id::{Email, KeyHash, MachineId, OrgName, Role};
@@ -17,7 +15,7 @@ use super::Principal;
 pub const MAX_QUOTA: u32 = 10_000_000;
 
 /// A member of an org, for `user list`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserInfo {
     /// The user.
     pub email: Email,
@@ -28,7 +26,7 @@ pub struct UserInfo {
 }
 
 /// An API key's metadata, for `key list`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyInfo {
     /// Its public id (first 6 bytes of the hash, hex).
     pub id: String,

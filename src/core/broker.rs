@@ -8,8 +8,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use super::directory::{Directory, Principal};
 use super::error::{Error, Result};
 use super::id::{ConnId, MachineId, Nonce, OfflineId, OrgName, SessionId};
@@ -35,7 +33,7 @@ impl Default for Config {
 }
 
 /// A registered machine, for `machine list`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MachineInfo {
     /// The pool it is registered in.
     pub pool: PoolId,

@@ -1,12 +1,9 @@
-//! Typed errors of the core and the documented wire codes they map to.
-//!
-//! Every refusal a client can see has exactly one `ErrorCode`; the table in
-//! docs/PROTOCOL.md is generated from the same names and numbers, so keep
-//! them in step.
+//! Typed errors of the core: one variant per refusal, with typed fields;
+//! the message a person reads is rendered by `Display`. The wire code each
+//! maps to is the shell's business (`server::wire`), so the core never
+//! knows the protocol.
 
 use std::fmt;
-
-use serde::{Deserialize, Serialize};
 
 use super::id::MachineId;
 use super::licensing::OFFLINE_MAX_DAYS;
@@ -20,124 +17,6 @@ pub enum ExpiryLimit {
     MaxDays,
     /// Never past the org's subscription.
     Subscription,
-}
-
-/// The stable, documented error codes of the protocol.
-///
-/// Numbers are part of the wire format and never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[non_exhaustive]
-pub enum ErrorCode {
-    /// A frame could not be decoded.
-    BadFrame,
-    /// A frame's declared length exceeds the limit.
-    FrameTooLarge,
-    /// The client speaks a protocol version this broker does not.
-    UnsupportedVersion,
-    /// A request arrived before `Hello`, or `Hello` arrived twice.
-    OutOfOrder,
-    /// A field failed validation (bad name, email, machine id, quota...).
-    InvalidArgument,
-    /// The API key is unknown or revoked.
-    Unauthorized,
-    /// The caller's role or org does not allow this request.
-    Forbidden,
-    /// The named org, pool, user, key, machine or session does not exist.
-    NotFound,
-    /// The thing being created already exists.
-    AlreadyExists,
-    /// The pool holds as many sessions as its quota.
-    QuotaExceeded,
-    /// The pool has as many registered machines as its quota.
-    MachineLimit,
-    /// The machine must be registered in the pool before acquiring.
-    MachineNotRegistered,
-    /// The session has expired or already ended.
-    SessionExpired,
-    /// The org's subscription has ended.
-    SubscriptionExpired,
-    /// The broker is shutting down and admits nothing new.
-    Draining,
-    /// The durable store failed; nothing was changed.
-    StoreFailure,
-    /// An unexpected internal error.
-    Internal,
-    /// Every license of the pool is granted; revoke one first.
-    GrantLimit,
-    /// The user holds no grant of this (KSE) pool.
-    NotLicensed,
-    /// The user's node-locked license is activated on another machine.
-    AlreadyActivated,
-    /// Offline licenses come only from annual node-locked pools.
-    OfflineNotAllowed,
-    /// The offline license would outlive its limit (60 days, or the subscription).
-    ExpiryTooLate,
-    /// Offline licenses cannot be revoked or transferred.
-    OfflineIrrevocable,
-}
-
-impl ErrorCode {
-    /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 23] = [
-        ErrorCode::BadFrame,
-        ErrorCode::FrameTooLarge,
-        ErrorCode::UnsupportedVersion,
-        ErrorCode::OutOfOrder,
-        ErrorCode::InvalidArgument,
-        ErrorCode::Unauthorized,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::AlreadyExists,
-        ErrorCode::QuotaExceeded,
-        ErrorCode::MachineLimit,
-        ErrorCode::MachineNotRegistered,
-        ErrorCode::SessionExpired,
-        ErrorCode::SubscriptionExpired,
-        ErrorCode::Draining,
-        ErrorCode::StoreFailure,
-        ErrorCode::Internal,
-        ErrorCode::GrantLimit,
-        ErrorCode::NotLicensed,
-        ErrorCode::AlreadyActivated,
-        ErrorCode::OfflineNotAllowed,
-        ErrorCode::ExpiryTooLate,
-        ErrorCode::OfflineIrrevocable,
-    ];
-
-    /// The SCREAMING_SNAKE name used in JSON output and the docs.
-    pub fn name(self) -> &'static str {
-        match self {
-            ErrorCode::BadFrame => "BAD_FRAME",
-            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
-            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
-            ErrorCode::OutOfOrder => "OUT_OF_ORDER",
-            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
-            ErrorCode::Unauthorized => "UNAUTHORIZED",
-            ErrorCode::Forbidden => "FORBIDDEN",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
-            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
-            ErrorCode::MachineLimit => "MACHINE_LIMIT",
-            ErrorCode::MachineNotRegistered => "MACHINE_NOT_REGISTERED",
-            ErrorCode::SessionExpired => "SESSION_EXPIRED",
-            ErrorCode::SubscriptionExpired => "SUBSCRIPTION_EXPIRED",
-            ErrorCode::Draining => "DRAINING",
-            ErrorCode::StoreFailure => "STORE_FAILURE",
-            ErrorCode::Internal => "INTERNAL",
-            ErrorCode::GrantLimit => "GRANT_LIMIT",
-            ErrorCode::NotLicensed => "NOT_LICENSED",
-            ErrorCode::AlreadyActivated => "ALREADY_ACTIVATED",
-            ErrorCode::OfflineNotAllowed => "OFFLINE_NOT_ALLOWED",
-            ErrorCode::ExpiryTooLate => "EXPIRY_TOO_LATE",
-            ErrorCode::OfflineIrrevocable => "OFFLINE_IRREVOCABLE",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// Why the core refused a request.
@@ -181,29 +60,6 @@ pub enum Error {
 }
 
 impl Error {
-    /// The wire code for this error.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
-            Error::MachineLimit { .. } => ErrorCode::MachineLimit,
-            Error::MachineNotRegistered => ErrorCode::MachineNotRegistered,
-            Error::SessionExpired => ErrorCode::SessionExpired,
-            Error::Unauthorized => ErrorCode::Unauthorized,
-            Error::Forbidden(_) => ErrorCode::Forbidden,
-            Error::NotFound { .. } => ErrorCode::NotFound,
-            Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
-            Error::Invalid { .. } => ErrorCode::InvalidArgument,
-            Error::SubscriptionExpired => ErrorCode::SubscriptionExpired,
-            Error::TableFull => ErrorCode::Internal,
-            Error::GrantLimit { .. } => ErrorCode::GrantLimit,
-            Error::NotLicensed => ErrorCode::NotLicensed,
-            Error::AlreadyActivated { .. } => ErrorCode::AlreadyActivated,
-            Error::OfflineNotAllowed { .. } => ErrorCode::OfflineNotAllowed,
-            Error::ExpiryTooLate { .. } => ErrorCode::ExpiryTooLate,
-            Error::OfflineIrrevocable { .. } => ErrorCode::OfflineIrrevocable,
-        }
-    }
-
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
         Error::Invalid { what, reason: reason.into() }
     }
@@ -268,6 +124,12 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<crate::value::Invalid> for Error {
+    fn from(e: crate::value::Invalid) -> Error {
+        Error::Invalid { what: e.what, reason: e.reason }
+    }
+}
 
 /// Shorthand for core results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

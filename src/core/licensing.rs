@@ -6,8 +6,6 @@
 //! reservation, undone if the commit fails), because sessions compete for
 //! the same seats without any lock.
 
-use serde::{Deserialize, Serialize};
-
 use super::admission::Target;
 use super::broker::Broker;
 use super::error::{Error, ExpiryLimit, Result};
@@ -23,7 +21,7 @@ use crate::sync::Arc;
 pub const OFFLINE_MAX_DAYS: u64 = 60;
 
 /// A licensed user of a pool, for `licenses`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantInfo {
     /// The pool.
     pub pool: PoolId,
@@ -36,7 +34,7 @@ pub struct GrantInfo {
 }
 
 /// An offline license, for `offline list`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OfflineInfo {
     /// The pool whose seat it holds.
     pub pool: PoolId,

@@ -8,7 +8,7 @@
 //! change and its undo) → `admin` and `licensing` (planned admin changes) →
 //! `directory` (who exists) → `pool` and `seats` (a pool's counters) →
 //! `session` (the lease table and its shards) → `record` (what the store
-//! keeps) → `id`, `pool_id`, `time`, `error` (values).
+//! keeps) → `error`. Values (ids, pool names, instants) come from `crate::value`.
 
 pub mod admin;
 pub mod admission;
@@ -16,16 +16,16 @@ pub mod broker;
 pub mod directory;
 pub mod error;
 pub mod hash;
-pub mod id;
 pub mod licensing;
 pub mod pending;
 pub mod pool;
-pub mod pool_id;
 pub mod record;
 pub mod seats;
 pub mod session;
 pub mod testkit;
-pub mod time;
+
+/// The shared values (`crate::value`), under the names core modules use.
+pub use crate::value::{id, pool_id, time};
 
 #[cfg(all(test, not(broker_loom)))]
 mod tests;
@@ -34,7 +34,7 @@ pub use admin::{KeyInfo, KeyRef, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Target, Ticket};
 pub use broker::{Broker, Config, MachineInfo};
 pub use directory::Principal;
-pub use error::{Error, ErrorCode, Result};
+pub use error::{Error, ExpiryLimit, Result};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OFFLINE_MAX_DAYS};
 pub use pending::Pending;

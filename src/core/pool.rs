@@ -99,7 +99,7 @@ impl<T> std::ops::Deref for Padded<T> {
 }
 
 /// A pool's numbers for `status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PoolStatus {
     /// The org that owns the pool.
     pub org: OrgName,

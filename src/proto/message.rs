@@ -5,10 +5,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::{
-    AuditEntry, EndReason, ErrorCode, GrantInfo, KeyInfo, MachineId, MachineInfo, OfflineInfo, OrgName, PoolId,
-    PoolStatus, Role, SessionId, SessionInfo, UserInfo,
+use super::error::WireError;
+use super::info::{
+    AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
 };
+use crate::value::{MachineId, OrgName, PoolId, Role, SessionId};
 
 /// A frame from client to server on a bidirectional stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,15 +151,6 @@ pub enum Outcome {
     Err(WireError),
 }
 
-/// A typed error with a human message.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct WireError {
-    /// The documented code.
-    pub code: ErrorCode,
-    /// What a person should read.
-    pub message: String,
-}
-
 /// Successful results, one per request kind (some shared).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Resp {
@@ -210,24 +202,3 @@ pub enum Notice {
     /// The server is shutting down within `grace_ms`; admits nothing new.
     Draining { grace_ms: u64 },
 }
-
-impl WireError {
-    /// A wire error from a code and message.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
-        WireError { code, message: message.into() }
-    }
-}
-
-impl From<crate::core::Error> for WireError {
-    fn from(e: crate::core::Error) -> WireError {
-        WireError { code: e.code(), message: e.to_string() }
-    }
-}
-
-impl std::fmt::Display for WireError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for WireError {}

@@ -3,11 +3,17 @@
 //! normative description; keep it in step with `message`.
 
 pub mod decode;
+pub mod error;
 pub mod frame;
+pub mod info;
 pub mod message;
 
 pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
+pub use error::{ErrorCode, WireError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
+pub use info::{
+    AuditAction, AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
+};
 pub use message::*;
 
 /// The protocol version this build speaks (first field of `Hello`).

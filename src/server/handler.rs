@@ -9,13 +9,14 @@
 
 use super::connection::ConnCtx;
 use super::stream::Tickets;
+use super::wire::list;
 use super::Shared;
 use crate::core::{
-    parse_end_of_date, Activation, Broker, Change, Email, ErrorCode, KeyRef, Lease, Millis, Nonce, OfflineId,
-    OfflineOrder, Pending, Principal, Registration, Result as CoreResult, Target,
+    parse_end_of_date, Activation, Broker, Change, Email, KeyRef, Lease, Millis, Nonce, OfflineId, OfflineOrder,
+    Pending, Principal, Registration, Result as CoreResult, Target,
 };
 use crate::keys;
-use crate::proto::{Req, Resp, WireError};
+use crate::proto::{ErrorCode, Req, Resp, WireError};
 
 type Reply = Result<Resp, WireError>;
 
@@ -38,11 +39,11 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         Req::Release { session } => {
             core.release(p, session).map(|_| call.forget(session, Resp::Released)).map_err(Into::into)
         }
-        Req::Status { org } => core.status(p, org.as_ref()).map(Resp::Status).map_err(Into::into),
-        Req::ListSessions { org } => core.sessions(p, &org).map(Resp::Sessions).map_err(Into::into),
-        Req::ListMachines { org } => core.machines(p, &org).map(Resp::Machines).map_err(Into::into),
-        Req::ListUsers { org } => core.users(p, &org).map(Resp::Users).map_err(Into::into),
-        Req::ListKeys { org } => core.keys(p, &org).map(Resp::Keys).map_err(Into::into),
+        Req::Status { org } => core.status(p, org.as_ref()).map(|v| Resp::Status(list(v))).map_err(Into::into),
+        Req::ListSessions { org } => core.sessions(p, &org).map(|v| Resp::Sessions(list(v))).map_err(Into::into),
+        Req::ListMachines { org } => core.machines(p, &org).map(|v| Resp::Machines(list(v))).map_err(Into::into),
+        Req::ListUsers { org } => core.users(p, &org).map(|v| Resp::Users(list(v))).map_err(Into::into),
+        Req::ListKeys { org } => core.keys(p, &org).map(|v| Resp::Keys(list(v))).map_err(Into::into),
         Req::KillSession { org, session } => core
             .kill(p, &org, session)
             .map(|ended| {
@@ -50,8 +51,8 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
                 call.forget(session, Resp::Killed)
             })
             .map_err(Into::into),
-        Req::ListGrants { org, pool } => core.grants(p, &org, pool).map(Resp::Grants).map_err(Into::into),
-        Req::ListOffline { org } => core.offline_licenses(p, &org).map(Resp::Offline).map_err(Into::into),
+        Req::ListGrants { org, pool } => core.grants(p, &org, pool).map(|v| Resp::Grants(list(v))).map_err(Into::into),
+        Req::ListOffline { org } => core.offline_licenses(p, &org).map(|v| Resp::Offline(list(v))).map_err(Into::into),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {
             Err(core.refuse_offline_change(p, &org, &license).into())
         }
@@ -205,7 +206,7 @@ async fn audit(call: &Call<'_>, org: crate::core::OrgName) -> Reply {
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
         .map_err(store_failure)?;
-    Ok(Resp::AuditLog(entries))
+    Ok(Resp::AuditLog(list(entries)))
 }
 
 /// A failed commit as the client sees it; logged, since it is the broker's fault.

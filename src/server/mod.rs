@@ -12,6 +12,7 @@ mod expiry;
 mod handler;
 mod socket;
 mod stream;
+mod wire;
 
 pub use socket::bind as bind_udp;
 
@@ -130,7 +131,7 @@ impl Shared {
             if let Some(tx) = self.notices.get(&e.conn) {
                 // Notices are advisory: a full queue means the client is not
                 // reading, and its next request will say the session is gone.
-                let _ = tx.try_send(Notice::SessionEnded { session: e.info.session, reason: e.reason });
+                let _ = tx.try_send(Notice::SessionEnded { session: e.info.session, reason: e.reason.into() });
             }
         }
     }

@@ -17,10 +17,10 @@ use quinn::{RecvStream, SendStream};
 use super::connection::ConnCtx;
 use super::handler::{self, Call};
 use super::Shared;
-use crate::core::{Broker, ErrorCode, KeyHash, Principal, Result as CoreResult, Target, Ticket};
+use crate::core::{Broker, KeyHash, Principal, Result as CoreResult, Target, Ticket};
 use crate::proto::{
-    decode_client, encode, ClientDecoded, ClientFrame, DecodeError, FrameBuf, FrameError, Hello, Outcome, Req, Request,
-    Response, ServerFrame, Welcome, WireError, VERSION,
+    decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,
+    Req, Request, Response, ServerFrame, Welcome, WireError, VERSION,
 };
 
 /// Bytes asked of the stream per read.

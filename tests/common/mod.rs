@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use license_broker::client::{Client, ClientOptions};
-use license_broker::core::{MachineId, OrgName, PoolId};
 use license_broker::server::{self, Options, Running};
+use license_broker::value::{MachineId, OrgName, PoolId};
 
 pub struct TestBroker {
     pub running: Option<Running>,

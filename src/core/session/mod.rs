@@ -16,8 +16,6 @@ mod shard;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use self::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
 use crate::core::error::{Error, Result};
 use crate::core::id::{ConnId, Email, MachineId, Nonce, SessionId};
@@ -26,7 +24,7 @@ use crate::core::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
 /// Why a session ended. Every end carries exactly one.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum EndReason {
     /// The runner gave it back.
     Released,
@@ -75,7 +73,7 @@ pub struct Lease {
 }
 
 /// A public view of one live session.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionInfo {
     /// The session.
     pub session: SessionId,

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::Invalid;
+
 /// Milliseconds since 1970-01-01T00:00:00Z.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct Millis(pub u64);
@@ -92,8 +94,8 @@ fn civil_from_days(z: i64) -> (i32, u32, u32) {
 
 /// Parses `YYYY-MM-DD` into the instant that date *ends* (midnight UTC
 /// after it): a subscription ending on a date is valid throughout that date.
-pub fn parse_end_of_date(s: &str) -> Result<Millis, super::error::Error> {
-    let bad = || super::error::Error::invalid("date", format!("{s:?}: expected YYYY-MM-DD"));
+pub fn parse_end_of_date(s: &str) -> Result<Millis, Invalid> {
+    let bad = || Invalid::new("date", format!("{s:?}: expected YYYY-MM-DD"));
     let mut parts = s.splitn(3, '-');
     let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad());

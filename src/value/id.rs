@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::Error;
+use super::Invalid;
 
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $what:literal, $check:path) => {
@@ -24,9 +24,9 @@ macro_rules! string_id {
 
         impl $name {
             /// Parses and validates.
-            pub fn new(s: impl Into<String>) -> Result<Self, Error> {
+            pub fn new(s: impl Into<String>) -> Result<Self, Invalid> {
                 let s = s.into();
-                $check(&s).map_err(|reason| Error::invalid($what, reason))?;
+                $check(&s).map_err(|reason| Invalid::new($what, reason))?;
                 Ok(Self(Arc::from(s)))
             }
 
@@ -37,8 +37,8 @@ macro_rules! string_id {
         }
 
         impl TryFrom<String> for $name {
-            type Error = Error;
-            fn try_from(s: String) -> Result<Self, Error> {
+            type Error = Invalid;
+            fn try_from(s: String) -> Result<Self, Invalid> {
                 Self::new(s)
             }
         }
@@ -50,8 +50,8 @@ macro_rules! string_id {
         }
 
         impl FromStr for $name {
-            type Err = Error;
-            fn from_str(s: &str) -> Result<Self, Error> {
+            type Err = Invalid;
+            fn from_str(s: &str) -> Result<Self, Invalid> {
                 Self::new(s)
             }
         }
@@ -126,7 +126,7 @@ fn check_machine(s: &str) -> Result<(), String> {
 
 impl Email {
     /// Parses an email, lowercasing it first (addresses are case-insensitive in practice).
-    pub fn parse_lenient(s: &str) -> Result<Email, Error> {
+    pub fn parse_lenient(s: &str) -> Result<Email, Invalid> {
         Email::new(s.trim().to_ascii_lowercase())
     }
 }
@@ -148,9 +148,9 @@ impl fmt::Debug for SessionId {
 }
 
 impl FromStr for SessionId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        u64::from_str_radix(s, 16).map(SessionId).map_err(|_| Error::invalid("session id", "expected 16 hex digits"))
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        u64::from_str_radix(s, 16).map(SessionId).map_err(|_| Invalid::new("session id", "expected 16 hex digits"))
     }
 }
 
@@ -249,13 +249,13 @@ impl Role {
 }
 
 impl FromStr for Role {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         match s {
             "owner" => Ok(Role::Owner),
             "admin" => Ok(Role::Admin),
             "user" => Ok(Role::User),
-            _ => Err(Error::invalid("role", "expected owner, admin or user")),
+            _ => Err(Invalid::new("role", "expected owner, admin or user")),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{Error, Result};
+use super::Invalid;
 
 /// Which Katalon product a pool licenses.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
@@ -78,9 +78,9 @@ impl fmt::Display for PoolId {
 }
 
 impl FromStr for PoolId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<PoolId> {
-        let bad = || Error::invalid("pool", format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"));
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<PoolId, Invalid> {
+        let bad = || Invalid::new("pool", format!("{s:?}: expected PRODUCT-KIND-TERM, e.g. kre-floating-annual"));
         let (product, rest) = s.split_once('-').ok_or_else(bad)?;
         let (kind, term) = rest.rsplit_once('-').ok_or_else(bad)?;
         Ok(PoolId { product: product.parse()?, kind: kind.parse()?, term: term.parse()? })
@@ -88,34 +88,34 @@ impl FromStr for PoolId {
 }
 
 impl FromStr for Product {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Product> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Product, Invalid> {
         match s {
             "kre" => Ok(Product::Kre),
             "kse" => Ok(Product::Kse),
-            _ => Err(Error::invalid("product", format!("{s:?}: expected kre or kse"))),
+            _ => Err(Invalid::new("product", format!("{s:?}: expected kre or kse"))),
         }
     }
 }
 
 impl FromStr for Kind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Kind> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Kind, Invalid> {
         match s {
             "floating" => Ok(Kind::Floating),
             "node-locked" => Ok(Kind::NodeLocked),
-            _ => Err(Error::invalid("kind", format!("{s:?}: expected floating or node-locked"))),
+            _ => Err(Invalid::new("kind", format!("{s:?}: expected floating or node-locked"))),
         }
     }
 }
 
 impl FromStr for Term {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Term> {
+    type Err = Invalid;
+    fn from_str(s: &str) -> Result<Term, Invalid> {
         match s {
             "annual" => Ok(Term::Annual),
             "monthly" => Ok(Term::Monthly),
-            _ => Err(Error::invalid("term", format!("{s:?}: expected annual or monthly"))),
+            _ => Err(Invalid::new("term", format!("{s:?}: expected annual or monthly"))),
         }
     }
 }

@@ -1,0 +1,152 @@
+//! The protocol's error codes and the error a client reads.
+//!
+//! Every refusal a client can see has exactly one `ErrorCode`; the table in
+//! docs/PROTOCOL.md is checked against these names and numbers
+//! (tests/protocol_doc.rs), so keep them in step. Codes are numbered by
+//! their order here: never reorder, only append.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The stable, documented error codes of the protocol.
+///
+/// Numbers are part of the wire format and never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// A frame could not be decoded.
+    BadFrame,
+    /// A frame's declared length exceeds the limit.
+    FrameTooLarge,
+    /// The client speaks a protocol version this broker does not.
+    UnsupportedVersion,
+    /// A request arrived before `Hello`, or `Hello` arrived twice.
+    OutOfOrder,
+    /// A field failed validation (bad name, email, machine id, quota...).
+    InvalidArgument,
+    /// The API key is unknown or revoked.
+    Unauthorized,
+    /// The caller's role or org does not allow this request.
+    Forbidden,
+    /// The named org, pool, user, key, machine or session does not exist.
+    NotFound,
+    /// The thing being created already exists.
+    AlreadyExists,
+    /// The pool holds as many sessions as its quota.
+    QuotaExceeded,
+    /// The pool has as many registered machines as its quota.
+    MachineLimit,
+    /// The machine must be registered in the pool before acquiring.
+    MachineNotRegistered,
+    /// The session has expired or already ended.
+    SessionExpired,
+    /// The org's subscription has ended.
+    SubscriptionExpired,
+    /// The broker is shutting down and admits nothing new.
+    Draining,
+    /// The durable store failed; nothing was changed.
+    StoreFailure,
+    /// An unexpected internal error.
+    Internal,
+    /// Every license of the pool is granted; revoke one first.
+    GrantLimit,
+    /// The user holds no grant of this (KSE) pool.
+    NotLicensed,
+    /// The user's node-locked license is activated on another machine.
+    AlreadyActivated,
+    /// Offline licenses come only from annual node-locked pools.
+    OfflineNotAllowed,
+    /// The offline license would outlive its limit (60 days, or the subscription).
+    ExpiryTooLate,
+    /// Offline licenses cannot be revoked or transferred.
+    OfflineIrrevocable,
+}
+
+impl ErrorCode {
+    /// Every code, in wire order.
+    pub const ALL: [ErrorCode; 23] = [
+        ErrorCode::BadFrame,
+        ErrorCode::FrameTooLarge,
+        ErrorCode::UnsupportedVersion,
+        ErrorCode::OutOfOrder,
+        ErrorCode::InvalidArgument,
+        ErrorCode::Unauthorized,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::AlreadyExists,
+        ErrorCode::QuotaExceeded,
+        ErrorCode::MachineLimit,
+        ErrorCode::MachineNotRegistered,
+        ErrorCode::SessionExpired,
+        ErrorCode::SubscriptionExpired,
+        ErrorCode::Draining,
+        ErrorCode::StoreFailure,
+        ErrorCode::Internal,
+        ErrorCode::GrantLimit,
+        ErrorCode::NotLicensed,
+        ErrorCode::AlreadyActivated,
+        ErrorCode::OfflineNotAllowed,
+        ErrorCode::ExpiryTooLate,
+        ErrorCode::OfflineIrrevocable,
+    ];
+
+    /// The SCREAMING_SNAKE name used in JSON output and the docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "BAD_FRAME",
+            ErrorCode::FrameTooLarge => "FRAME_TOO_LARGE",
+            ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
+            ErrorCode::OutOfOrder => "OUT_OF_ORDER",
+            ErrorCode::InvalidArgument => "INVALID_ARGUMENT",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::MachineLimit => "MACHINE_LIMIT",
+            ErrorCode::MachineNotRegistered => "MACHINE_NOT_REGISTERED",
+            ErrorCode::SessionExpired => "SESSION_EXPIRED",
+            ErrorCode::SubscriptionExpired => "SUBSCRIPTION_EXPIRED",
+            ErrorCode::Draining => "DRAINING",
+            ErrorCode::StoreFailure => "STORE_FAILURE",
+            ErrorCode::Internal => "INTERNAL",
+            ErrorCode::GrantLimit => "GRANT_LIMIT",
+            ErrorCode::NotLicensed => "NOT_LICENSED",
+            ErrorCode::AlreadyActivated => "ALREADY_ACTIVATED",
+            ErrorCode::OfflineNotAllowed => "OFFLINE_NOT_ALLOWED",
+            ErrorCode::ExpiryTooLate => "EXPIRY_TOO_LATE",
+            ErrorCode::OfflineIrrevocable => "OFFLINE_IRREVOCABLE",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A typed error with a human message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireError {
+    /// The documented code.
+    pub code: ErrorCode,
+    /// What a person should read.
+    pub message: String,
+}
+
+impl WireError {
+    /// A wire error from a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError { code, message: message.into() }
+    }
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for WireError {}

@@ -1,0 +1,213 @@
+//! What the protocol says about things: the views a response carries
+//! (status, sessions, machines, users, keys, grants, offline licenses,
+//! audit lines) and why a session ended.
+//!
+//! These are the wire's own types, not the core's: postcard encodes a
+//! struct as its fields in order and an enum as its variant index, so the
+//! order here *is* the encoding. Never reorder; append only. The shell
+//! converts the core's values into these at the boundary (`server::wire`),
+//! so a change in the core can never change a byte on the wire.
+
+use serde::{Deserialize, Serialize};
+
+use crate::value::{Email, MachineId, Millis, OrgName, PoolId, Role, SessionId};
+
+/// A pool's numbers for `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// The org that owns the pool.
+    pub org: OrgName,
+    /// Which pool.
+    pub pool: PoolId,
+    /// Licenses bought.
+    pub quota: u32,
+    /// Seats in use: live sessions, node-locked activations and live offline licenses.
+    pub in_use: u32,
+    /// Registered machine IDs.
+    pub machines: u32,
+    /// Sessions admitted since the broker started.
+    pub admitted: u64,
+    /// Acquires refused for quota since the broker started.
+    pub rejected: u64,
+    /// Licensed users (KSE grants).
+    pub grants: u32,
+    /// Node-locked activations (each holds a seat).
+    pub activations: u32,
+    /// Offline licenses holding a seat.
+    pub offline: u32,
+}
+
+/// A public view of one live session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// The session.
+    pub session: SessionId,
+    /// Its pool, as `PRODUCT-KIND-TERM`.
+    pub pool: PoolId,
+    /// The machine it runs on.
+    pub machine: MachineId,
+    /// The user whose key acquired it.
+    pub user: Email,
+    /// When it started.
+    pub started: Millis,
+    /// When it expires unless renewed.
+    pub deadline: Millis,
+}
+
+/// Why a session ended. Every end carries exactly one.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub enum EndReason {
+    /// The runner gave it back.
+    Released,
+    /// Its lease deadline passed without a heartbeat.
+    Expired,
+    /// An Owner or Admin ended it (kill, machine removal).
+    Revoked,
+    /// Its connection closed cleanly without releasing first.
+    ConnectionClosed,
+}
+
+/// A registered machine, for `machine list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// The pool it is registered in.
+    pub pool: PoolId,
+    /// The machine.
+    pub machine: MachineId,
+    /// When it registered.
+    pub registered: Millis,
+}
+
+/// A licensed user of a pool, for `licenses`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantInfo {
+    /// The pool.
+    pub pool: PoolId,
+    /// The licensed user.
+    pub email: Email,
+    /// When the grant was made.
+    pub granted: Millis,
+    /// Where a node-locked license is activated (the pool's online licenses).
+    pub machine: Option<MachineId>,
+}
+
+/// An offline license, for `offline list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfflineInfo {
+    /// The pool whose seat it holds.
+    pub pool: PoolId,
+    /// Its id, 32 hex digits.
+    pub id: String,
+    /// Its machine.
+    pub machine: MachineId,
+    /// When it was created.
+    pub issued: Millis,
+    /// Its last valid day, `YYYY-MM-DD`.
+    pub last_day: String,
+    /// Who created it.
+    pub created_by: Email,
+    /// Whether it still holds its seat (false once expired).
+    pub active: bool,
+}
+
+/// A member of an org, for `user list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// The user.
+    pub email: Email,
+    /// Their role.
+    pub role: Role,
+    /// When they were added.
+    pub created: Millis,
+}
+
+/// An API key's metadata, for `key list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// Its public id (first 6 bytes of the hash, hex).
+    pub id: String,
+    /// Whose key it is.
+    pub email: Email,
+    /// When it was created.
+    pub created: Millis,
+    /// Whether it was revoked.
+    pub revoked: bool,
+}
+
+/// Who did what to an org, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// The org it concerns.
+    pub org: OrgName,
+    /// When.
+    pub at: Millis,
+    /// Orders entries of the same millisecond.
+    pub seq: u64,
+    /// Who (an email; the operator is `operator@localhost`).
+    pub actor: Email,
+    /// What.
+    pub action: AuditAction,
+    /// Particulars: pool, user, machine, quota, key id, license id.
+    pub detail: String,
+}
+
+/// What an audit line records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditAction {
+    /// An org was created (by the operator).
+    OrgCreated,
+    /// A pool was created or its quota changed (by the operator).
+    QuotaChanged,
+    /// A member was added.
+    UserAdded,
+    /// An API key was created.
+    KeyCreated,
+    /// An API key was revoked.
+    KeyRevoked,
+    /// A machine was removed from a pool.
+    MachineRemoved,
+    /// A KSE license was granted.
+    Granted,
+    /// A KSE license was revoked.
+    GrantRevoked,
+    /// A KSE license was activated (bound, or a floating session opened).
+    Activated,
+    /// An offline license was created.
+    OfflineCreated,
+}
+
+impl EndReason {
+    /// Lowercase name for JSON and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EndReason::Released => "released",
+            EndReason::Expired => "expired",
+            EndReason::Revoked => "revoked",
+            EndReason::ConnectionClosed => "connection_closed",
+        }
+    }
+}
+
+impl AuditAction {
+    /// Lowercase name for listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            AuditAction::OrgCreated => "org_created",
+            AuditAction::QuotaChanged => "quota_changed",
+            AuditAction::UserAdded => "user_added",
+            AuditAction::KeyCreated => "key_created",
+            AuditAction::KeyRevoked => "key_revoked",
+            AuditAction::MachineRemoved => "machine_removed",
+            AuditAction::Granted => "granted",
+            AuditAction::GrantRevoked => "grant_revoked",
+            AuditAction::Activated => "activated",
+            AuditAction::OfflineCreated => "offline_created",
+        }
+    }
+}
+
+impl std::fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
