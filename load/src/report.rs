@@ -80,7 +80,7 @@ impl Errors {
             Some(c) => c.name().to_string(),
             None => match e {
                 ClientError::Closed(_) => "CLOSED".into(),
-                ClientError::Connect(_) => "CONNECT".into(),
+                ClientError::Connect { .. } => "CONNECT".into(),
                 _ => "CLIENT".into(),
             },
         };

@@ -268,61 +268,60 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Serve(a) => serve::run(a).await,
         Command::Runner(a) => runner::run(a, conn, false).await,
         Command::Activate(a) => runner::run(a, conn, true).await,
-        Command::Offline(cmd) => offline::run(cmd, conn).await,
-        Command::Grant(GrantArgs { org, pool, email }) => {
-            let c = conn.connect().await?;
-            c.grant(&org, pool, &email).await?;
-            println!("granted {pool} to {email}");
-            finish(c).await
-        }
-        Command::Revoke(GrantArgs { org, pool, email }) => {
-            let c = conn.connect().await?;
-            c.revoke_grant(&org, pool, &email).await?;
-            println!("revoked {pool} from {email}");
-            finish(c).await
-        }
-        Command::Licenses { org, pool, json } => {
-            let c = conn.connect().await?;
-            output::grants(&c.list_grants(&org, pool).await?, json);
-            finish(c).await
-        }
-        Command::Audit { org, json } => {
-            let c = conn.connect().await?;
-            output::audit(&c.audit(&org).await?, json);
-            finish(c).await
+        Command::Offline(offline::OfflineCmd::Verify { file, public_key, machine_id, json }) => {
+            offline::verify(&file, &public_key, machine_id.as_ref(), json)
         }
         Command::MachineId => {
             println!("{}", license_broker::machine_id::current()?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { org, json } => {
+        command => {
+            // Every other command is one request: connect, ask, close cleanly.
             let c = conn.connect().await?;
-            let pools = c.status(org.as_ref()).await?;
-            output::status(&pools, json);
-            finish(c).await
+            let result = request(&c, command).await;
+            c.close().await;
+            result.map(|()| ExitCode::SUCCESS)
         }
-        Command::Org(OrgCmd::Create { name, subscription_end, owner }) => {
-            let c = conn.connect().await?;
-            let key = c.create_org(&name, &subscription_end, &owner).await?;
-            println!("owner api key: {key}");
-            finish(c).await
-        }
-        Command::Pool(PoolCmd::Set { org, product, kind, term, pool, quota }) => {
-            let c = conn.connect().await?;
-            let pool = pool.unwrap_or(PoolId { product, kind, term });
-            c.set_pool(&org, pool, quota).await?;
-            println!("pool {org}/{pool}: quota {quota}");
-            finish(c).await
-        }
-        Command::User(cmd) => user(conn, cmd).await,
-        Command::Key(cmd) => key(conn, cmd).await,
-        Command::Machine(cmd) => machine(conn, cmd).await,
-        Command::Session(cmd) => session(conn, cmd).await,
     }
 }
 
-async fn user(conn: &ConnArgs, cmd: UserCmd) -> Result<ExitCode> {
-    let c = conn.connect().await?;
+/// The commands that are a single request on a connected client.
+async fn request(c: &Client, command: Command) -> Result<()> {
+    match command {
+        Command::Grant(GrantArgs { org, pool, email }) => {
+            c.grant(&org, pool, &email).await?;
+            println!("granted {pool} to {email}");
+        }
+        Command::Revoke(GrantArgs { org, pool, email }) => {
+            c.revoke_grant(&org, pool, &email).await?;
+            println!("revoked {pool} from {email}");
+        }
+        Command::Licenses { org, pool, json } => output::grants(&c.list_grants(&org, pool).await?, json),
+        Command::Audit { org, json } => output::audit(&c.audit(&org).await?, json),
+        Command::Status { org, json } => output::status(&c.status(org.as_ref()).await?, json),
+        Command::Org(OrgCmd::Create { name, subscription_end, owner }) => {
+            let key = c.create_org(&name, &subscription_end, &owner).await?;
+            println!("owner api key: {key}");
+        }
+        Command::Pool(PoolCmd::Set { org, product, kind, term, pool, quota }) => {
+            let pool = pool.unwrap_or(PoolId { product, kind, term });
+            c.set_pool(&org, pool, quota).await?;
+            println!("pool {org}/{pool}: quota {quota}");
+        }
+        Command::User(cmd) => user(c, cmd).await?,
+        Command::Key(cmd) => key(c, cmd).await?,
+        Command::Machine(cmd) => machine(c, cmd).await?,
+        Command::Session(cmd) => session(c, cmd).await?,
+        Command::Offline(cmd) => offline::request(c, cmd).await?,
+        // `run` answers these without a connection; never routed here.
+        Command::Serve(_) | Command::Runner(_) | Command::Activate(_) | Command::MachineId => {
+            anyhow::bail!("internal: command routed to the request path")
+        }
+    }
+    Ok(())
+}
+
+async fn user(c: &Client, cmd: UserCmd) -> Result<()> {
     match cmd {
         UserCmd::Add { org, email, role } => {
             c.add_user(&org, &email, role).await?;
@@ -330,11 +329,10 @@ async fn user(conn: &ConnArgs, cmd: UserCmd) -> Result<ExitCode> {
         }
         UserCmd::List { org, json } => output::users(&c.list_users(&org).await?, json),
     }
-    finish(c).await
+    Ok(())
 }
 
-async fn key(conn: &ConnArgs, cmd: KeyCmd) -> Result<ExitCode> {
-    let c = conn.connect().await?;
+async fn key(c: &Client, cmd: KeyCmd) -> Result<()> {
     match cmd {
         KeyCmd::Create { org, email } => {
             let (key, id) = c.create_key(&org, &email).await?;
@@ -347,11 +345,10 @@ async fn key(conn: &ConnArgs, cmd: KeyCmd) -> Result<ExitCode> {
         }
         KeyCmd::List { org, json } => output::keys(&c.list_keys(&org).await?, json),
     }
-    finish(c).await
+    Ok(())
 }
 
-async fn machine(conn: &ConnArgs, cmd: MachineCmd) -> Result<ExitCode> {
-    let c = conn.connect().await?;
+async fn machine(c: &Client, cmd: MachineCmd) -> Result<()> {
     match cmd {
         MachineCmd::List { org, json } => output::machines(&c.list_machines(&org).await?, json),
         MachineCmd::Remove { org, machine, pool } => {
@@ -359,11 +356,10 @@ async fn machine(conn: &ConnArgs, cmd: MachineCmd) -> Result<ExitCode> {
             println!("removed {machine}");
         }
     }
-    finish(c).await
+    Ok(())
 }
 
-async fn session(conn: &ConnArgs, cmd: SessionCmd) -> Result<ExitCode> {
-    let c = conn.connect().await?;
+async fn session(c: &Client, cmd: SessionCmd) -> Result<()> {
     match cmd {
         SessionCmd::List { org, json } => output::sessions(&c.list_sessions(&org).await?, json),
         SessionCmd::Kill { org, session } => {
@@ -371,12 +367,7 @@ async fn session(conn: &ConnArgs, cmd: SessionCmd) -> Result<ExitCode> {
             println!("killed {session}");
         }
     }
-    finish(c).await
-}
-
-pub(crate) async fn finish(c: Client) -> Result<ExitCode> {
-    c.close().await;
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The exit code for an error code: 3 quota (or grant limit), 4 machine

@@ -10,7 +10,9 @@ use clap::Subcommand;
 use license_broker::offline;
 use license_broker::value::{MachineId, Millis, OrgName, PoolId};
 
-use super::{finish, output, ConnArgs};
+use license_broker::client::Client;
+
+use super::output;
 
 #[derive(Subcommand, Debug)]
 pub enum OfflineCmd {
@@ -67,44 +69,28 @@ pub enum OfflineCmd {
     },
 }
 
-pub async fn run(cmd: OfflineCmd, conn: &ConnArgs) -> Result<ExitCode> {
+/// The offline commands that ask the broker (`verify` needs none: see `verify`).
+pub async fn request(c: &Client, cmd: OfflineCmd) -> Result<()> {
     match cmd {
-        OfflineCmd::Verify { file, public_key, machine_id, json } => {
-            verify(&file, &public_key, machine_id.as_ref(), json)
-        }
         OfflineCmd::Create { org, pool, machine_id, expires, out } => {
-            let c = conn.connect().await?;
             let (name, content) = c.create_offline(&org, pool, &machine_id, &expires).await?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             let path = out.join(&name);
             std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
             println!("{}", path.display());
-            finish(c).await
         }
-        OfflineCmd::List { org, json } => {
-            let c = conn.connect().await?;
-            output::offline(&c.list_offline(&org).await?, json);
-            finish(c).await
-        }
-        OfflineCmd::Revoke { org, license } => {
-            let c = conn.connect().await?;
-            c.revoke_offline(&org, &license).await?;
-            finish(c).await
-        }
-        OfflineCmd::Transfer { org, license, machine_id } => {
-            let c = conn.connect().await?;
-            c.transfer_offline(&org, &license, &machine_id).await?;
-            finish(c).await
-        }
-        OfflineCmd::PublicKey => {
-            let c = conn.connect().await?;
-            print!("{}", c.offline_public_key().await?);
-            finish(c).await
-        }
+        OfflineCmd::List { org, json } => output::offline(&c.list_offline(&org).await?, json),
+        OfflineCmd::Revoke { org, license } => c.revoke_offline(&org, &license).await?,
+        OfflineCmd::Transfer { org, license, machine_id } => c.transfer_offline(&org, &license, &machine_id).await?,
+        OfflineCmd::PublicKey => print!("{}", c.offline_public_key().await?),
+        // `cli::run` verifies locally, without a connection; never routed here.
+        OfflineCmd::Verify { .. } => anyhow::bail!("internal: verify routed to the request path"),
     }
+    Ok(())
 }
 
-fn verify(file: &PathBuf, public_key: &PathBuf, machine: Option<&MachineId>, json: bool) -> Result<ExitCode> {
+/// Verifies a license file against the broker's public key, offline.
+pub fn verify(file: &PathBuf, public_key: &PathBuf, machine: Option<&MachineId>, json: bool) -> Result<ExitCode> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let pem = std::fs::read_to_string(public_key).with_context(|| format!("reading {}", public_key.display()))?;
     let key = offline::parse_public_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", public_key.display()))?;

@@ -1,10 +1,36 @@
 //! Human tables and `--json` output for the list commands.
+//!
+//! Each listed type says once how it looks as a table row and as a JSON
+//! object; `print` does the rest. The JSON is a documented CLI format of its
+//! own (times as `_ms` numbers, pools and roles as their names), not the
+//! wire's encoding, so it is spelled out here rather than derived.
 
 use license_broker::proto::{
     AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
 };
-use license_broker::value::format_utc;
-use serde_json::json;
+use license_broker::value::{format_utc, Product};
+use serde_json::{json, Value};
+
+/// A type the CLI lists.
+trait Listing {
+    /// The JSON key the list is printed under.
+    const KEY: &'static str;
+    /// The table's column titles.
+    const HEADER: &'static [&'static str];
+    /// One JSON object.
+    fn json(&self) -> Value;
+    /// One table row, a cell per column.
+    fn row(&self) -> Vec<String>;
+}
+
+/// Prints `list` as `{KEY: [...]}` or as an aligned table.
+fn print<T: Listing>(list: &[T], as_json: bool) {
+    if as_json {
+        println!("{}", json!({ T::KEY: list.iter().map(T::json).collect::<Vec<_>>() }));
+    } else {
+        table(T::HEADER, list.iter().map(T::row).collect());
+    }
+}
 
 fn table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -24,194 +50,164 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
 }
 
 pub fn status(pools: &[PoolStatus], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = pools
-            .iter()
-            .map(|p| {
-                json!({
-                    "org": p.org.as_str(), "pool": p.pool.to_string(), "quota": p.quota,
-                    "in_use": p.in_use, "machines": p.machines, "admitted": p.admitted, "rejected": p.rejected,
-                    "grants": p.grants, "activations": p.activations, "offline": p.offline,
-                })
-            })
-            .collect();
-        println!("{}", json!({ "pools": v }));
-        return;
-    }
-    if pools.is_empty() {
+    if pools.is_empty() && !as_json {
         println!("no pools yet (the operator creates them with `pool set`)");
         return;
     }
-    let rows = pools
-        .iter()
-        .map(|p| {
-            vec![
-                p.org.to_string(),
-                p.pool.to_string(),
-                p.quota.to_string(),
-                p.in_use.to_string(),
-                p.machines.to_string(),
-                p.admitted.to_string(),
-                p.rejected.to_string(),
-                kse_column(p.pool.product == license_broker::core::Product::Kse, p.grants),
-                p.offline.to_string(),
-            ]
-        })
-        .collect();
-    table(&["ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED", "GRANTS", "OFFLINE"], rows);
-}
-
-/// Grants mean something for KSE pools only; KRE shows a dash.
-fn kse_column(kse: bool, n: u32) -> String {
-    if kse {
-        n.to_string()
-    } else {
-        "-".to_string()
-    }
+    print(pools, as_json);
 }
 
 pub fn sessions(list: &[SessionInfo], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|s| {
-                json!({
-                    "session": s.session.to_string(), "pool": s.pool.to_string(), "machine": s.machine.as_str(),
-                    "user": s.user.as_str(), "started_ms": s.started.0, "deadline_ms": s.deadline.0,
-                })
-            })
-            .collect();
-        println!("{}", json!({ "sessions": v }));
-        return;
-    }
-    let rows = list
-        .iter()
-        .map(|s| {
-            vec![
-                s.session.to_string(),
-                s.pool.to_string(),
-                s.machine.to_string(),
-                s.user.to_string(),
-                format_utc(s.started),
-                format_utc(s.deadline),
-            ]
-        })
-        .collect();
-    table(&["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES"], rows);
+    print(list, as_json);
 }
 
 pub fn machines(list: &[MachineInfo], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|m| json!({ "pool": m.pool.to_string(), "machine": m.machine.as_str(), "registered_ms": m.registered.0 }))
-            .collect();
-        println!("{}", json!({ "machines": v }));
-        return;
-    }
-    let rows = list.iter().map(|m| vec![m.pool.to_string(), m.machine.to_string(), format_utc(m.registered)]).collect();
-    table(&["POOL", "MACHINE", "REGISTERED"], rows);
+    print(list, as_json);
 }
 
 pub fn users(list: &[UserInfo], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|u| json!({ "email": u.email.as_str(), "role": u.role.name(), "created_ms": u.created.0 }))
-            .collect();
-        println!("{}", json!({ "users": v }));
-        return;
-    }
-    let rows = list.iter().map(|u| vec![u.email.to_string(), u.role.to_string(), format_utc(u.created)]).collect();
-    table(&["EMAIL", "ROLE", "ADDED"], rows);
+    print(list, as_json);
 }
 
 pub fn keys(list: &[KeyInfo], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|k| json!({ "id": k.id, "email": k.email.as_str(), "created_ms": k.created.0, "revoked": k.revoked }))
-            .collect();
-        println!("{}", json!({ "keys": v }));
-        return;
-    }
-    let rows = list
-        .iter()
-        .map(|k| {
-            vec![
-                k.id.clone(),
-                k.email.to_string(),
-                format_utc(k.created),
-                if k.revoked { "revoked" } else { "active" }.into(),
-            ]
-        })
-        .collect();
-    table(&["ID", "EMAIL", "CREATED", "STATE"], rows);
+    print(list, as_json);
 }
 
 pub fn grants(list: &[GrantInfo], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|g| {
-                json!({ "pool": g.pool.to_string(), "email": g.email.as_str(), "granted_ms": g.granted.0,
-                        "machine": g.machine.as_ref().map(|m| m.as_str()) })
-            })
-            .collect();
-        println!("{}", json!({ "licenses": v }));
-        return;
-    }
-    let rows = list
-        .iter()
-        .map(|g| {
-            let machine = g.machine.as_ref().map_or("-".to_string(), |m| m.to_string());
-            vec![g.pool.to_string(), g.email.to_string(), format_utc(g.granted), machine]
-        })
-        .collect();
-    table(&["POOL", "LICENSED USER", "GRANTED", "ACTIVATED ON"], rows);
+    print(list, as_json);
 }
 
 pub fn offline(list: &[OfflineInfo], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|o| {
-                json!({ "pool": o.pool.to_string(), "id": o.id, "machine": o.machine.as_str(), "issued_ms": o.issued.0,
-                        "last_day": o.last_day, "created_by": o.created_by.as_str(), "active": o.active })
-            })
-            .collect();
-        println!("{}", json!({ "offline": v }));
-        return;
-    }
-    let rows = list
-        .iter()
-        .map(|o| {
-            let state = if o.active { "active" } else { "expired" };
-            vec![
-                o.pool.to_string(),
-                o.id.clone(),
-                o.machine.to_string(),
-                o.last_day.clone(),
-                o.created_by.to_string(),
-                state.into(),
-            ]
-        })
-        .collect();
-    table(&["POOL", "LICENSE", "MACHINE", "LAST DAY", "CREATED BY", "STATE"], rows);
+    print(list, as_json);
 }
 
 pub fn audit(list: &[AuditEntry], as_json: bool) {
-    if as_json {
-        let v: Vec<_> = list
-            .iter()
-            .map(|e| json!({ "at_ms": e.at.0, "actor": e.actor.as_str(), "action": e.action.name(), "detail": e.detail }))
-            .collect();
-        println!("{}", json!({ "audit": v }));
-        return;
+    print(list, as_json);
+}
+
+impl Listing for PoolStatus {
+    const KEY: &'static str = "pools";
+    const HEADER: &'static [&'static str] =
+        &["ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED", "GRANTS", "OFFLINE"];
+    fn json(&self) -> Value {
+        json!({
+            "org": self.org.as_str(), "pool": self.pool.to_string(), "quota": self.quota,
+            "in_use": self.in_use, "machines": self.machines, "admitted": self.admitted, "rejected": self.rejected,
+            "grants": self.grants, "activations": self.activations, "offline": self.offline,
+        })
     }
-    let rows = list
-        .iter()
-        .map(|e| vec![format_utc(e.at), e.actor.to_string(), e.action.name().to_string(), e.detail.clone()])
-        .collect();
-    table(&["WHEN", "WHO", "WHAT", "DETAIL"], rows);
+    fn row(&self) -> Vec<String> {
+        // Grants mean something for KSE pools only; KRE shows a dash.
+        let grants = if self.pool.product == Product::Kse { self.grants.to_string() } else { "-".to_string() };
+        vec![
+            self.org.to_string(),
+            self.pool.to_string(),
+            self.quota.to_string(),
+            self.in_use.to_string(),
+            self.machines.to_string(),
+            self.admitted.to_string(),
+            self.rejected.to_string(),
+            grants,
+            self.offline.to_string(),
+        ]
+    }
+}
+
+impl Listing for SessionInfo {
+    const KEY: &'static str = "sessions";
+    const HEADER: &'static [&'static str] = &["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES"];
+    fn json(&self) -> Value {
+        json!({
+            "session": self.session.to_string(), "pool": self.pool.to_string(), "machine": self.machine.as_str(),
+            "user": self.user.as_str(), "started_ms": self.started.0, "deadline_ms": self.deadline.0,
+        })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.session.to_string(),
+            self.pool.to_string(),
+            self.machine.to_string(),
+            self.user.to_string(),
+            format_utc(self.started),
+            format_utc(self.deadline),
+        ]
+    }
+}
+
+impl Listing for MachineInfo {
+    const KEY: &'static str = "machines";
+    const HEADER: &'static [&'static str] = &["POOL", "MACHINE", "REGISTERED"];
+    fn json(&self) -> Value {
+        json!({ "pool": self.pool.to_string(), "machine": self.machine.as_str(), "registered_ms": self.registered.0 })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![self.pool.to_string(), self.machine.to_string(), format_utc(self.registered)]
+    }
+}
+
+impl Listing for UserInfo {
+    const KEY: &'static str = "users";
+    const HEADER: &'static [&'static str] = &["EMAIL", "ROLE", "ADDED"];
+    fn json(&self) -> Value {
+        json!({ "email": self.email.as_str(), "role": self.role.name(), "created_ms": self.created.0 })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![self.email.to_string(), self.role.to_string(), format_utc(self.created)]
+    }
+}
+
+impl Listing for KeyInfo {
+    const KEY: &'static str = "keys";
+    const HEADER: &'static [&'static str] = &["ID", "EMAIL", "CREATED", "STATE"];
+    fn json(&self) -> Value {
+        json!({ "id": self.id, "email": self.email.as_str(), "created_ms": self.created.0, "revoked": self.revoked })
+    }
+    fn row(&self) -> Vec<String> {
+        let state = if self.revoked { "revoked" } else { "active" };
+        vec![self.id.clone(), self.email.to_string(), format_utc(self.created), state.into()]
+    }
+}
+
+impl Listing for GrantInfo {
+    const KEY: &'static str = "licenses";
+    const HEADER: &'static [&'static str] = &["POOL", "LICENSED USER", "GRANTED", "ACTIVATED ON"];
+    fn json(&self) -> Value {
+        json!({ "pool": self.pool.to_string(), "email": self.email.as_str(), "granted_ms": self.granted.0,
+                "machine": self.machine.as_ref().map(|m| m.as_str()) })
+    }
+    fn row(&self) -> Vec<String> {
+        let machine = self.machine.as_ref().map_or("-".to_string(), |m| m.to_string());
+        vec![self.pool.to_string(), self.email.to_string(), format_utc(self.granted), machine]
+    }
+}
+
+impl Listing for OfflineInfo {
+    const KEY: &'static str = "offline";
+    const HEADER: &'static [&'static str] = &["POOL", "LICENSE", "MACHINE", "LAST DAY", "CREATED BY", "STATE"];
+    fn json(&self) -> Value {
+        json!({ "pool": self.pool.to_string(), "id": self.id, "machine": self.machine.as_str(), "issued_ms": self.issued.0,
+                "last_day": self.last_day, "created_by": self.created_by.as_str(), "active": self.active })
+    }
+    fn row(&self) -> Vec<String> {
+        let state = if self.active { "active" } else { "expired" };
+        vec![
+            self.pool.to_string(),
+            self.id.clone(),
+            self.machine.to_string(),
+            self.last_day.clone(),
+            self.created_by.to_string(),
+            state.into(),
+        ]
+    }
+}
+
+impl Listing for AuditEntry {
+    const KEY: &'static str = "audit";
+    const HEADER: &'static [&'static str] = &["WHEN", "WHO", "WHAT", "DETAIL"];
+    fn json(&self) -> Value {
+        json!({ "at_ms": self.at.0, "actor": self.actor.as_str(), "action": self.action.name(), "detail": self.detail })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![format_utc(self.at), self.actor.to_string(), self.action.name().to_string(), self.detail.clone()]
+    }
 }

@@ -39,8 +39,8 @@ pub struct ClientOptions {
 pub enum ClientError {
     /// Bad local configuration (CA file, address).
     Config(String),
-    /// The broker could not be reached or the handshake failed.
-    Connect(String),
+    /// The broker at `addr` could not be reached, or the handshake failed.
+    Connect { addr: SocketAddr, source: ConnectFailure },
     /// The broker refused the request with a typed error.
     Rejected(WireError),
     /// The connection or stream closed.
@@ -63,7 +63,7 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Config(e) => write!(f, "configuration: {e}"),
-            ClientError::Connect(e) => write!(f, "cannot connect: {e}"),
+            ClientError::Connect { source, .. } => write!(f, "cannot connect: {source}"),
             ClientError::Rejected(e) => write!(f, "{e}"),
             ClientError::Closed(e) => write!(f, "connection closed: {e}"),
             ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
@@ -71,7 +71,47 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Connect { source, .. } => Some(source),
+            ClientError::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// Which step of connecting failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// The connection could not even be started (bad address, endpoint closed).
+    Start(quinn::ConnectError),
+    /// The QUIC or TLS handshake failed, or the connection was lost during it.
+    Handshake(quinn::ConnectionError),
+    /// The `Hello` could not be sent.
+    Hello(quinn::WriteError),
+}
+
+impl std::fmt::Display for ConnectFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectFailure::Start(e) => e.fmt(f),
+            ConnectFailure::Handshake(e) => e.fmt(f),
+            ConnectFailure::Hello(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ConnectFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectFailure::Start(e) => Some(e),
+            ConnectFailure::Handshake(e) => Some(e),
+            ConnectFailure::Hello(e) => Some(e),
+        }
+    }
+}
 
 impl From<WireError> for ClientError {
     fn from(e: WireError) -> ClientError {
@@ -159,13 +199,14 @@ impl Client {
         name: &str,
         api_key: &str,
     ) -> Result<Client, ClientError> {
-        let connecting = endpoint.connect(addr, name).map_err(|e| ClientError::Connect(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| ClientError::Connect(e.to_string()))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let failed = |source| ClientError::Connect { addr, source };
+        let connecting = endpoint.connect(addr, name).map_err(|e| failed(ConnectFailure::Start(e)))?;
+        let conn = connecting.await.map_err(|e| failed(ConnectFailure::Handshake(e)))?;
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(ConnectFailure::Handshake(e)))?;
         let hello = ClientFrame::Hello(Hello { version: VERSION, api_key: api_key.to_string(), client: client_name() });
         let mut buf = Vec::new();
         encode(&hello, &mut buf);
-        send.write_all(&buf).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        send.write_all(&buf).await.map_err(|e| failed(ConnectFailure::Hello(e)))?;
         let mut frames = FrameBuf::new();
         let first = read_frame(&mut recv, &mut frames).await?;
         let welcome = match first {
