@@ -11,15 +11,30 @@ use crate::store::StoreError;
 #[non_exhaustive]
 pub enum SetupError {
     /// A file or directory could not be read or written.
-    Io { what: String, source: std::io::Error },
+    Io {
+        /// What kind of thing (`"org"`, `"user"`, `"pool"`...).
+        what: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// TLS material is missing, malformed or inconsistent.
     Tls(String),
     /// The offline-license signing key could not be made or read.
     SigningKey(String),
     /// The store could not be opened, loaded or initialised.
-    Store { what: &'static str, source: StoreError },
+    Store {
+        /// What kind of thing (`"org"`, `"user"`, `"pool"`...).
+        what: &'static str,
+        /// The underlying error.
+        source: StoreError,
+    },
     /// The listen address could not be bound.
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The address that could not be bound.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The system's secure random source failed (no keys could be made).
     Random,
 }

@@ -6,6 +6,7 @@
 //! and the load harness use.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod core;
 pub mod proto;

@@ -48,11 +48,22 @@ pub enum VerifyError {
     /// The signature does not match the content or the key.
     BadSignature,
     /// Its last valid day has passed.
-    Expired { last_day: String },
+    Expired {
+        /// The license's last valid day, `YYYY-MM-DD`.
+        last_day: String,
+    },
     /// Its issue time is in the future.
-    NotYetValid { issued: String },
+    NotYetValid {
+        /// When it was issued.
+        issued: String,
+    },
     /// It is bound to another machine.
-    WrongMachine { licensed: MachineId, this: MachineId },
+    WrongMachine {
+        /// The machine the license is bound to.
+        licensed: MachineId,
+        /// The machine it was checked on.
+        this: MachineId,
+    },
 }
 
 impl VerifyError {

@@ -36,26 +36,34 @@ pub struct RwLock<T> {
 mod imp {
     use super::{Mutex, RwLock};
 
+    /// Held while the lock is.
     pub type MutexGuard<'a, T> = parking_lot::MutexGuard<'a, T>;
+    /// A shared read of the lock.
     pub type ReadGuard<'a, T> = parking_lot::RwLockReadGuard<'a, T>;
+    /// Exclusive write access.
     pub type WriteGuard<'a, T> = parking_lot::RwLockWriteGuard<'a, T>;
 
     impl<T> Mutex<T> {
+        /// A lock around `value`.
         pub fn new(value: T) -> Self {
             Self { inner: parking_lot::Mutex::new(value) }
         }
+        /// Waits for the lock.
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.inner.lock()
         }
     }
 
     impl<T> RwLock<T> {
+        /// A lock around `value`.
         pub fn new(value: T) -> Self {
             Self { inner: parking_lot::RwLock::new(value) }
         }
+        /// Waits for shared access.
         pub fn read(&self) -> ReadGuard<'_, T> {
             self.inner.read()
         }
+        /// Waits for exclusive access.
         pub fn write(&self) -> WriteGuard<'_, T> {
             self.inner.write()
         }
@@ -66,28 +74,36 @@ mod imp {
 mod imp {
     use super::{Mutex, RwLock};
 
+    /// Held while the lock is.
     pub type MutexGuard<'a, T> = loom::sync::MutexGuard<'a, T>;
+    /// A shared read of the lock.
     pub type ReadGuard<'a, T> = loom::sync::RwLockReadGuard<'a, T>;
+    /// Exclusive write access.
     pub type WriteGuard<'a, T> = loom::sync::RwLockWriteGuard<'a, T>;
 
     // Poisoning only follows a panic in another model thread, which already
     // fails the model; unwrapping here cannot hide a bug.
     impl<T> Mutex<T> {
+        /// A lock around `value`.
         pub fn new(value: T) -> Self {
             Self { inner: loom::sync::Mutex::new(value) }
         }
+        /// Waits for the lock.
         pub fn lock(&self) -> MutexGuard<'_, T> {
             self.inner.lock().unwrap()
         }
     }
 
     impl<T> RwLock<T> {
+        /// A lock around `value`.
         pub fn new(value: T) -> Self {
             Self { inner: loom::sync::RwLock::new(value) }
         }
+        /// Waits for shared access.
         pub fn read(&self) -> ReadGuard<'_, T> {
             self.inner.read().unwrap()
         }
+        /// Waits for exclusive access.
         pub fn write(&self) -> WriteGuard<'_, T> {
             self.inner.write().unwrap()
         }

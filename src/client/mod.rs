@@ -40,7 +40,12 @@ pub enum ClientError {
     /// Bad local configuration (CA file, address).
     Config(String),
     /// The broker at `addr` could not be reached, or the handshake failed.
-    Connect { addr: SocketAddr, source: ConnectFailure },
+    Connect {
+        /// The broker address tried.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: ConnectFailure,
+    },
     /// The broker refused the request with a typed error.
     Rejected(WireError),
     /// The connection or stream closed.

@@ -45,8 +45,11 @@ pub struct Ticket {
 /// What an activation did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Activation {
-    /// A node-locked license is bound to the machine; `already` when it was before.
-    Bound { already: bool },
+    /// A node-locked license is bound to the machine.
+    Bound {
+        /// It was bound to this machine before; nothing new was taken.
+        already: bool,
+    },
     /// A floating license opened (or re-attached to) a leased session.
     Leased(Lease),
 }

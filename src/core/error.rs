@@ -24,9 +24,15 @@ pub enum ExpiryLimit {
 #[non_exhaustive]
 pub enum Error {
     /// The pool is full.
-    QuotaExceeded { quota: u32 },
+    QuotaExceeded {
+        /// The pool's quota.
+        quota: u32,
+    },
     /// The pool's machine registrations are at the quota.
-    MachineLimit { quota: u32 },
+    MachineLimit {
+        /// The pool's quota.
+        quota: u32,
+    },
     /// Acquire named a machine that is not registered in the pool.
     MachineNotRegistered,
     /// The session is not live (it expired or already ended).
@@ -36,27 +42,59 @@ pub enum Error {
     /// The caller may not do this; the text says which rule refused it.
     Forbidden(&'static str),
     /// A named thing does not exist.
-    NotFound { what: &'static str, name: String },
+    NotFound {
+        /// What kind of thing (`"org"`, `"user"`, `"pool"`...).
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
     /// A thing being created already exists.
-    AlreadyExists { what: &'static str, name: String },
+    AlreadyExists {
+        /// What kind of thing (`"org"`, `"user"`, `"pool"`...).
+        what: &'static str,
+        /// Its name.
+        name: String,
+    },
     /// A field failed validation.
-    Invalid { what: &'static str, reason: String },
+    Invalid {
+        /// What kind of thing (`"org"`, `"user"`, `"pool"`...).
+        what: &'static str,
+        /// Why it was refused, for a person to read.
+        reason: String,
+    },
     /// The org's subscription ended.
     SubscriptionExpired,
     /// The session table has no room (16.7 million sessions per shard).
     TableFull,
     /// Every license of the pool is granted.
-    GrantLimit { quota: u32 },
+    GrantLimit {
+        /// The pool's quota.
+        quota: u32,
+    },
     /// The user holds no grant of the pool.
     NotLicensed,
     /// The user's node-locked license is bound to another machine.
-    AlreadyActivated { machine: MachineId },
+    AlreadyActivated {
+        /// The machine.
+        machine: MachineId,
+    },
     /// The pool cannot issue offline licenses: only annual node-locked pools can.
-    OfflineNotAllowed { pool: PoolId },
+    OfflineNotAllowed {
+        /// The pool.
+        pool: PoolId,
+    },
     /// The requested expiry is past `limit`; `latest` is the end of the latest day allowed.
-    ExpiryTooLate { limit: ExpiryLimit, latest: Millis },
+    ExpiryTooLate {
+        /// Which limit applied.
+        limit: ExpiryLimit,
+        /// The end of the latest day allowed.
+        latest: Millis,
+    },
     /// Offline licenses cannot be revoked or transferred; its seat returns at `expires`.
-    OfflineIrrevocable { expires: Millis },
+    OfflineIrrevocable {
+        /// The license's last valid day, `YYYY-MM-DD`.
+        expires: Millis,
+    },
 }
 
 impl Error {

@@ -19,21 +19,91 @@ use super::time::Millis;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Record {
     /// An organisation and its subscription end.
-    Org { name: OrgName, subscription_end: Millis, created: Millis },
+    Org {
+        /// The org's name.
+        name: OrgName,
+        /// The subscription's last day (`YYYY-MM-DD` on the wire; midnight after it in records).
+        subscription_end: Millis,
+        /// When it was created.
+        created: Millis,
+    },
     /// A pool of an org and its quota.
-    Pool { org: OrgName, pool: PoolId, quota: u32 },
+    Pool {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The pool's quota.
+        quota: u32,
+    },
     /// A member of an org and their role.
-    User { org: OrgName, email: Email, role: Role, created: Millis },
+    User {
+        /// The org.
+        org: OrgName,
+        /// The user.
+        email: Email,
+        /// Their role.
+        role: Role,
+        /// When it was created.
+        created: Millis,
+    },
     /// An API key (by hash). `org: None` is an operator key.
-    Key { hash: KeyHash, org: Option<OrgName>, email: Email, created: Millis, revoked: bool },
+    Key {
+        /// The SHA-256 of the key.
+        hash: KeyHash,
+        /// The org (`None` for an operator key).
+        org: Option<OrgName>,
+        /// The user.
+        email: Email,
+        /// When it was created.
+        created: Millis,
+        /// Whether it is revoked.
+        revoked: bool,
+    },
     /// A machine registered in a (KRE) pool.
-    Machine { org: OrgName, pool: PoolId, machine: MachineId, registered: Millis },
+    Machine {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+        /// When it registered.
+        registered: Millis,
+    },
     /// A KSE license granted to a user.
-    Grant { org: OrgName, pool: PoolId, email: Email, granted: Millis },
+    Grant {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The user.
+        email: Email,
+        /// When the grant was made.
+        granted: Millis,
+    },
     /// A node-locked KSE license activated on a machine; holds a seat.
-    Binding { org: OrgName, pool: PoolId, email: Email, machine: MachineId, bound: Millis },
+    Binding {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The user.
+        email: Email,
+        /// The machine.
+        machine: MachineId,
+        /// When it was bound.
+        bound: Millis,
+    },
     /// An offline license; holds a seat until `expires`.
-    Offline { org: OrgName, pool: PoolId, license: OfflineLicense },
+    Offline {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The license as kept.
+        license: OfflineLicense,
+    },
     /// One line of an org's audit trail (never read back into memory).
     Audit(AuditEntry),
 }
@@ -127,11 +197,32 @@ pub enum Change {
     /// Insert or overwrite the record with the same key.
     Put(Record),
     /// Remove a machine registration.
-    RemoveMachine { org: OrgName, pool: PoolId, machine: MachineId },
+    RemoveMachine {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+    },
     /// Remove a KSE grant.
-    RemoveGrant { org: OrgName, pool: PoolId, email: Email },
+    RemoveGrant {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The user.
+        email: Email,
+    },
     /// Remove a node-locked activation (its seat comes back).
-    RemoveBinding { org: OrgName, pool: PoolId, email: Email },
+    RemoveBinding {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The user.
+        email: Email,
+    },
 }
 
 impl Record {

@@ -55,7 +55,12 @@ pub enum ClientDecoded {
     /// A well-formed frame.
     Frame(ClientFrame),
     /// Undecodable; `id` is the request's id if the frame began as a request.
-    Bad { id: Option<u64>, error: DecodeError },
+    Bad {
+        /// The request's id, when the frame began as a request.
+        id: Option<u64>,
+        /// Why it could not be decoded.
+        error: DecodeError,
+    },
 }
 
 /// Decodes a client frame, salvaging the request id of a bad request.

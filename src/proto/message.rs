@@ -50,59 +50,194 @@ pub struct Request {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Req {
     /// Register a machine ID in a pool (idempotent).
-    RegisterMachine { org: OrgName, pool: PoolId, machine: MachineId },
+    RegisterMachine {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+    },
     /// Take a session lease. `nonce` identifies the runner instance: the
     /// same nonce re-attaches to its live session instead of taking a seat.
-    Acquire { org: OrgName, pool: PoolId, machine: MachineId, nonce: u128 },
+    Acquire {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+        /// The runner instance's nonce: the same nonce re-attaches instead of taking a second seat.
+        nonce: u128,
+    },
     /// Heartbeat: extend the lease by the broker's TTL.
-    Renew { session: SessionId },
+    Renew {
+        /// The session.
+        session: SessionId,
+    },
     /// Give the seat back.
-    Release { session: SessionId },
+    Release {
+        /// The session.
+        session: SessionId,
+    },
     /// Pool numbers of one org, or of all visible orgs.
-    Status { org: Option<OrgName> },
+    Status {
+        /// The org.
+        org: Option<OrgName>,
+    },
     /// Operator: create an org; `subscription_end` is `YYYY-MM-DD` (inclusive).
-    CreateOrg { name: OrgName, subscription_end: String, owner: String },
+    CreateOrg {
+        /// The new org's name.
+        name: OrgName,
+        /// The subscription's last day (`YYYY-MM-DD` on the wire; midnight after it in records).
+        subscription_end: String,
+        /// Email of the org's first Owner.
+        owner: String,
+    },
     /// Operator: create a pool or set its quota.
-    SetPool { org: OrgName, pool: PoolId, quota: u32 },
+    SetPool {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The pool's quota.
+        quota: u32,
+    },
     /// Owner/Admin: add a member.
-    AddUser { org: OrgName, email: String, role: Role },
+    AddUser {
+        /// The org.
+        org: OrgName,
+        /// The member.
+        email: String,
+        /// Their role.
+        role: Role,
+    },
     /// Owner/Admin: create an API key for a member.
-    CreateKey { org: OrgName, email: String },
+    CreateKey {
+        /// The org.
+        org: OrgName,
+        /// The member.
+        email: String,
+    },
     /// Owner/Admin: revoke a key, by its id or the full key.
-    RevokeKey { org: OrgName, key: String },
+    RevokeKey {
+        /// The org.
+        org: OrgName,
+        /// The key's id (from `key list`) or the full key.
+        key: String,
+    },
     /// Owner/Admin: list the org's keys.
-    ListKeys { org: OrgName },
+    ListKeys {
+        /// The org.
+        org: OrgName,
+    },
     /// Owner/Admin: list the org's members.
-    ListUsers { org: OrgName },
+    ListUsers {
+        /// The org.
+        org: OrgName,
+    },
     /// Owner/Admin: list registered machines.
-    ListMachines { org: OrgName },
+    ListMachines {
+        /// The org.
+        org: OrgName,
+    },
     /// Owner/Admin: remove a machine from one pool, or all pools if `None`.
-    RemoveMachine { org: OrgName, pool: Option<PoolId>, machine: MachineId },
+    RemoveMachine {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: Option<PoolId>,
+        /// The machine.
+        machine: MachineId,
+    },
     /// Owner/Admin: list live sessions.
-    ListSessions { org: OrgName },
+    ListSessions {
+        /// The org.
+        org: OrgName,
+    },
     /// Owner/Admin: end a live session (reason: revoked).
-    KillSession { org: OrgName, session: SessionId },
+    KillSession {
+        /// The org.
+        org: OrgName,
+        /// The session.
+        session: SessionId,
+    },
     /// Owner/Admin: grant a KSE pool's license to a member.
-    Grant { org: OrgName, pool: PoolId, email: String },
+    Grant {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The member.
+        email: String,
+    },
     /// Owner/Admin: revoke a grant (ends the user's sessions, frees an activation).
-    RevokeGrant { org: OrgName, pool: PoolId, email: String },
+    RevokeGrant {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The member.
+        email: String,
+    },
     /// Owner/Admin: licensed users (and node-locked activations), one pool or all.
-    ListGrants { org: OrgName, pool: Option<PoolId> },
+    ListGrants {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: Option<PoolId>,
+    },
     /// A licensed user activates KSE: binds a node-locked license to the
     /// machine, or opens a leased session on a floating pool (`nonce` as in Acquire).
-    Activate { org: OrgName, pool: PoolId, machine: MachineId, nonce: u128 },
+    Activate {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+        /// The runner instance's nonce: the same nonce re-attaches instead of taking a second seat.
+        nonce: u128,
+    },
     /// Owner/Admin: create an offline license; `expires` is its last valid day, `YYYY-MM-DD`.
-    CreateOffline { org: OrgName, pool: PoolId, machine: MachineId, expires: String },
+    CreateOffline {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+        /// The license's last valid day, `YYYY-MM-DD`.
+        expires: String,
+    },
     /// Owner/Admin: list the org's offline licenses.
-    ListOffline { org: OrgName },
+    ListOffline {
+        /// The org.
+        org: OrgName,
+    },
     /// Owner/Admin: revoke an offline license (always refused: OFFLINE_IRREVOCABLE).
-    RevokeOffline { org: OrgName, license: String },
+    RevokeOffline {
+        /// The org.
+        org: OrgName,
+        /// The offline license's id (32 hex digits).
+        license: String,
+    },
     /// Owner/Admin: move an offline license to another machine (always refused).
-    TransferOffline { org: OrgName, license: String, machine: MachineId },
+    TransferOffline {
+        /// The org.
+        org: OrgName,
+        /// The offline license's id (32 hex digits).
+        license: String,
+        /// The machine.
+        machine: MachineId,
+    },
     /// Any authenticated caller: the broker's offline-license public key.
     OfflinePublicKey,
     /// Owner/Admin: the org's audit trail.
-    Audit { org: OrgName },
+    Audit {
+        /// The org.
+        org: OrgName,
+    },
 }
 
 /// A frame from server to client on a bidirectional stream.
@@ -155,21 +290,44 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Resp {
     /// RegisterMachine: `new` is false if it was already registered.
-    Registered { new: bool },
+    Registered {
+        /// False if the machine was already registered.
+        new: bool,
+    },
     /// Acquire: the lease.
-    Admitted { session: SessionId, deadline_ms: u64, ttl_ms: u64, reattached: bool },
+    Admitted {
+        /// The session.
+        session: SessionId,
+        /// The lease deadline, Unix milliseconds.
+        deadline_ms: u64,
+        /// The lease TTL in milliseconds; heartbeat at a third of it.
+        ttl_ms: u64,
+        /// True when the nonce already held this session (a retry or reconnect).
+        reattached: bool,
+    },
     /// Renew: the new deadline (Unix ms).
-    Renewed { deadline_ms: u64 },
+    Renewed {
+        /// The lease deadline, Unix milliseconds.
+        deadline_ms: u64,
+    },
     /// Release.
     Released,
     /// Status.
     Status(Vec<PoolStatus>),
     /// CreateOrg: the new Owner's key, shown once.
-    OrgCreated { owner_key: String },
+    OrgCreated {
+        /// The new Owner's API key, shown once.
+        owner_key: String,
+    },
     /// SetPool, AddUser, RevokeKey, RemoveMachine.
     Done,
     /// CreateKey: the key, shown once, and its id.
-    KeyCreated { key: String, id: String },
+    KeyCreated {
+        /// The key's id (from `key list`) or the full key.
+        key: String,
+        /// Its id.
+        id: String,
+    },
     /// ListKeys.
     Keys(Vec<KeyInfo>),
     /// ListUsers.
@@ -183,13 +341,32 @@ pub enum Resp {
     /// ListGrants.
     Grants(Vec<GrantInfo>),
     /// Activate: a node-locked binding (`session` none) or a floating session.
-    Activated { machine: MachineId, session: Option<SessionId>, deadline_ms: u64, ttl_ms: u64, already: bool },
+    Activated {
+        /// The machine.
+        machine: MachineId,
+        /// The session.
+        session: Option<SessionId>,
+        /// The lease deadline, Unix milliseconds.
+        deadline_ms: u64,
+        /// The lease TTL in milliseconds; heartbeat at a third of it.
+        ttl_ms: u64,
+        /// True when nothing new was taken (already bound, or a re-attach).
+        already: bool,
+    },
     /// CreateOffline: the file's name and its exact content.
-    OfflineCreated { file_name: String, content: String },
+    OfflineCreated {
+        /// The file's name (`KRE_<machine>.lic` or `KSE_<machine>.lic`).
+        file_name: String,
+        /// The file's exact content.
+        content: String,
+    },
     /// ListOffline.
     Offline(Vec<OfflineInfo>),
     /// OfflinePublicKey: PEM (SubjectPublicKeyInfo, Ed25519).
-    PublicKey { pem: String },
+    PublicKey {
+        /// The PEM text.
+        pem: String,
+    },
     /// Audit.
     AuditLog(Vec<AuditEntry>),
 }
@@ -198,7 +375,15 @@ pub enum Resp {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Notice {
     /// A session held through this connection ended without the runner asking.
-    SessionEnded { session: SessionId, reason: EndReason },
+    SessionEnded {
+        /// The session.
+        session: SessionId,
+        /// Why.
+        reason: EndReason,
+    },
     /// The server is shutting down within `grace_ms`; admits nothing new.
-    Draining { grace_ms: u64 },
+    Draining {
+        /// How long the broker waits for clients to leave, in milliseconds.
+        grace_ms: u64,
+    },
 }

@@ -11,21 +11,13 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 
-use super::{stream, Shared};
+use super::{stream, ConnCtx, Shared};
 use crate::core::hash::FastSet;
 use crate::core::{ConnId, SessionId};
 use crate::proto::{encode, Notice};
 
 /// Notices queued per connection before new ones are dropped.
 const NOTICE_QUEUE: usize = 256;
-
-/// Per-connection state shared by its streams.
-pub(super) struct ConnCtx {
-    /// Identifies the connection to the core (session ownership).
-    pub id: ConnId,
-    /// Sessions acquired through this connection and not yet ended by it.
-    pub sessions: Mutex<FastSet<SessionId>>,
-}
 
 /// Accepts connections until told to stop, refusing those over the limit.
 pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {

@@ -7,10 +7,9 @@
 //! lock: the core plans (and reserves), the store commits off the async
 //! threads, and the core's pending change is settled with the result.
 
-use super::connection::ConnCtx;
 use super::stream::Tickets;
 use super::wire::list;
-use super::Shared;
+use super::{ConnCtx, Shared};
 use crate::core::{
     parse_end_of_date, Activation, Broker, Change, Email, KeyRef, Lease, Millis, Nonce, OfflineId, OfflineOrder,
     Pending, Principal, Registration, Result as CoreResult, Target,

@@ -27,7 +27,8 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
-use crate::core::{Broker, Change, Config, ConnId, Email, Ended, Pending};
+use crate::core::hash::FastSet;
+use crate::core::{Broker, Change, Config, ConnId, Email, Ended, Pending, SessionId};
 use crate::error::SetupError;
 use crate::proto::{Notice, WireError};
 use crate::store::{RedbStore, Store, StoreError};
@@ -165,6 +166,15 @@ impl Shared {
         // Relaxed: a request racing the start of a drain may go either way.
         self.draining.load(Ordering::Relaxed)
     }
+}
+
+/// State of one connection, shared by its streams: what the shell needs
+/// to end the connection's sessions on a clean close.
+pub(crate) struct ConnCtx {
+    /// Identifies the connection to the core (session ownership).
+    pub id: ConnId,
+    /// Sessions acquired through this connection and not yet ended by it.
+    pub sessions: parking_lot::Mutex<FastSet<SessionId>>,
 }
 
 /// A running broker.

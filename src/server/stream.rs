@@ -14,9 +14,8 @@ use std::sync::Arc;
 
 use quinn::{RecvStream, SendStream};
 
-use super::connection::ConnCtx;
 use super::handler::{self, Call};
-use super::Shared;
+use super::{ConnCtx, Shared};
 use crate::core::{Broker, KeyHash, Principal, Result as CoreResult, Target, Ticket};
 use crate::proto::{
     decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,

@@ -15,7 +15,12 @@ pub enum StoreError {
     /// The database could not be opened, read or written (the backend's error is the source).
     Backend(Box<dyn std::error::Error + Send + Sync>),
     /// A stored record could not be decoded (corruption or a newer format).
-    Corrupt { table: &'static str, key: String },
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The key's id (from `key list`) or the full key.
+        key: String,
+    },
 }
 
 impl std::fmt::Display for StoreError {
