@@ -45,3 +45,24 @@ impl Default for Clock {
         Clock::new()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Tests drive the broker's time with tokio's paused clock: no sleeping
+    /// on wall time, and leases fall due exactly when the test says.
+    #[tokio::test(start_paused = true)]
+    async fn follows_the_paused_tokio_clock() {
+        let clock = Clock::new();
+        let start = clock.now();
+        let deadline = start.after(Duration::from_secs(30));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(clock.now().0 - start.0, 10_000);
+        assert_eq!(clock.instant_of(deadline) - Instant::now(), Duration::from_secs(20));
+        tokio::time::sleep_until(clock.instant_of(deadline)).await;
+        assert_eq!(clock.now(), deadline, "the expiry task wakes exactly at a lease's deadline");
+    }
+}
