@@ -47,7 +47,7 @@ fn messages(c: &mut Criterion) {
             org: org.clone(),
             pool: PoolId::KRE_DEFAULT,
             machine: machine.clone(),
-            nonce: u128::MAX / 3,
+            nonce: license_broker::value::Nonce(u128::MAX / 3),
         }),
     );
     pair(c, "Renew", req(Req::Renew { session }));

@@ -66,7 +66,9 @@ async fn roles_and_org_isolation_hold_for_every_admin_request() {
     // Runners of another org cannot touch our pool.
     let r = stranger.call(Req::RegisterMachine { org: org(), pool: POOL, machine: machine("m") }).await;
     assert_eq!(code(r), Some(ErrorCode::Forbidden));
-    let r = stranger.call(Req::Acquire { org: org(), pool: POOL, machine: machine("m"), nonce: 1 }).await;
+    let r = stranger
+        .call(Req::Acquire { org: org(), pool: POOL, machine: machine("m"), nonce: license_broker::value::Nonce(1) })
+        .await;
     assert_eq!(code(r), Some(ErrorCode::Forbidden));
     assert_eq!(code(stranger.call(Req::Status { org: Some(org()) }).await), Some(ErrorCode::Forbidden));
     // The owner does what owners do; the quota stays what the operator set.
@@ -129,7 +131,9 @@ async fn bad_arguments_get_typed_errors() {
     assert_eq!(code(r), Some(ErrorCode::AlreadyExists));
     let r = owner.call(Req::CreateKey { org: org(), email: "ghost@default".into() }).await;
     assert_eq!(code(r), Some(ErrorCode::NotFound));
-    let r = owner.call(Req::Acquire { org: org(), pool: POOL, machine: machine("m"), nonce: 1 }).await;
+    let r = owner
+        .call(Req::Acquire { org: org(), pool: POOL, machine: machine("m"), nonce: license_broker::value::Nonce(1) })
+        .await;
     assert_eq!(code(r), Some(ErrorCode::NotFound), "no pool yet");
 }
 

@@ -3,7 +3,7 @@
 
 use license_broker::proto::ErrorCode;
 use license_broker::proto::*;
-use license_broker::value::{MachineId, OrgName, PoolId, SessionId};
+use license_broker::value::{MachineId, Nonce, OrgName, PoolId, SessionId};
 
 const DOC: &str = include_str!("../docs/PROTOCOL.md");
 
@@ -23,7 +23,7 @@ fn worked_examples_match_the_encoder() {
                 org: OrgName::new("default").unwrap(),
                 pool: PoolId::KRE_DEFAULT,
                 machine: MachineId::new("m1").unwrap(),
-                nonce: 300,
+                nonce: Nonce(300),
             },
         })),
         hex(&ServerFrame::Response(Response {
@@ -70,7 +70,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
     let s = SessionId(1);
     let reqs: Vec<(&str, Req)> = vec![
         ("RegisterMachine", Req::RegisterMachine { org: org.clone(), pool: p, machine: m.clone() }),
-        ("Acquire", Req::Acquire { org: org.clone(), pool: p, machine: m.clone(), nonce: 1 }),
+        ("Acquire", Req::Acquire { org: org.clone(), pool: p, machine: m.clone(), nonce: Nonce(1) }),
         ("Renew", Req::Renew { session: s }),
         ("Release", Req::Release { session: s }),
         ("Status", Req::Status { org: None }),
@@ -88,7 +88,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("Grant", Req::Grant { org: org.clone(), pool: p, email: "x".into() }),
         ("RevokeGrant", Req::RevokeGrant { org: org.clone(), pool: p, email: "x".into() }),
         ("ListGrants", Req::ListGrants { org: org.clone(), pool: None }),
-        ("Activate", Req::Activate { org: org.clone(), pool: p, machine: m.clone(), nonce: 1 }),
+        ("Activate", Req::Activate { org: org.clone(), pool: p, machine: m.clone(), nonce: Nonce(1) }),
         ("CreateOffline", Req::CreateOffline { org: org.clone(), pool: p, machine: m.clone(), expires: "x".into() }),
         ("ListOffline", Req::ListOffline { org: org.clone() }),
         ("RevokeOffline", Req::RevokeOffline { org: org.clone(), license: "x".into() }),

@@ -8,7 +8,7 @@ use anyhow::Result;
 use license_broker::client::Client;
 use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
-use license_broker::value::PoolId;
+use license_broker::value::{Nonce, PoolId};
 use tokio::sync::Barrier;
 
 use crate::report::{Errors, Lat, Report};
@@ -33,7 +33,7 @@ pub async fn run(target: &Target, runners: usize, quota: u32, connections: usize
                     org: org.org.clone(),
                     pool: PoolId::KRE_DEFAULT,
                     machine: org.machine.clone(),
-                    nonce: ((c as u128) << 64) | i as u128,
+                    nonce: Nonce(((c as u128) << 64) | i as u128),
                 })
                 .collect();
             barrier.wait().await;

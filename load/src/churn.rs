@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use license_broker::client::{Client, ClientOptions};
 use license_broker::proto::{Req, Resp};
-use license_broker::value::{PoolId, SessionId};
+use license_broker::value::{Nonce, PoolId, SessionId};
 
 use crate::report::{Errors, Lat};
 use crate::target::LoadOrg;
@@ -97,7 +97,12 @@ async fn connection(
         let acquires: Vec<Req> = (0..shape.depth)
             .map(|_| {
                 nonce += 1;
-                Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce }
+                Req::Acquire {
+                    org: org.org.clone(),
+                    pool: PoolId::KRE_DEFAULT,
+                    machine: org.machine.clone(),
+                    nonce: Nonce(nonce),
+                }
             })
             .collect();
         let mut sessions = Vec::with_capacity(shape.depth);

@@ -12,7 +12,7 @@ use std::time::Duration;
 use license_broker::client::{Client, ClientError};
 use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
-use license_broker::value::{PoolId, SessionId};
+use license_broker::value::{Nonce, PoolId, SessionId};
 use tokio::time::Instant;
 
 use crate::report::{Errors, Lat};
@@ -176,7 +176,7 @@ fn request(org: &LoadOrg, r: &Runner, step: Step) -> Req {
             org: org.org.clone(),
             pool: PoolId::KRE_DEFAULT,
             machine: org.machine.clone(),
-            nonce: r.nonce,
+            nonce: Nonce(r.nonce),
         },
     }
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use license_broker::client::{self, Client, ClientOptions};
 use license_broker::proto::{Req, Resp};
-use license_broker::value::PoolId;
+use license_broker::value::{Nonce, PoolId};
 
 use crate::churn::{self, Monitor, Shape};
 use crate::fleet::{self, Behaviour, Live, Stats};
@@ -176,7 +176,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
             org: org.org.clone(),
             pool: PoolId::KRE_DEFAULT,
             machine: org.machine.clone(),
-            nonce: (7u128 << 120) | i as u128,
+            nonce: Nonce((7u128 << 120) | i as u128),
         })
         .collect();
     let mut deadlines = Vec::new();
@@ -209,7 +209,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
                 org: org.org.clone(),
                 pool: PoolId::KRE_DEFAULT,
                 machine: org.machine.clone(),
-                nonce: *n,
+                nonce: Nonce(*n),
             })
             .collect();
         let results = waiter.call_batch(reqs).await;

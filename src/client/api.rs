@@ -3,7 +3,7 @@
 use super::{Client, ClientError};
 use crate::proto::{AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo};
 use crate::proto::{Req, Resp};
-use crate::value::{MachineId, OrgName, PoolId, Role, SessionId};
+use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
 impl Client {
     /// Registers a machine; `true` if it was new.
@@ -27,7 +27,7 @@ impl Client {
         machine: &MachineId,
         nonce: u128,
     ) -> Result<Admitted, ClientError> {
-        match self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
+        match self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce) }).await? {
             Resp::Admitted { session, deadline_ms, ttl_ms, reattached } => {
                 Ok(Admitted { session, deadline_ms, ttl_ms, reattached })
             }
@@ -167,7 +167,8 @@ impl Client {
         machine: &MachineId,
         nonce: u128,
     ) -> Result<Activated, ClientError> {
-        match self.call(Req::Activate { org: org.clone(), pool, machine: machine.clone(), nonce }).await? {
+        match self.call(Req::Activate { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce) }).await?
+        {
             Resp::Activated { machine, session, deadline_ms, ttl_ms, already } => {
                 Ok(Activated { machine, session, deadline_ms, ttl_ms, already })
             }

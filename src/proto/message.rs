@@ -9,7 +9,7 @@ use super::error::WireError;
 use super::info::{
     AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
 };
-use crate::value::{MachineId, OrgName, PoolId, Role, SessionId};
+use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
 /// A frame from client to server on a bidirectional stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,7 +68,7 @@ pub enum Req {
         /// The machine.
         machine: MachineId,
         /// The runner instance's nonce: the same nonce re-attaches instead of taking a second seat.
-        nonce: u128,
+        nonce: Nonce,
     },
     /// Heartbeat: extend the lease by the broker's TTL.
     Renew {
@@ -197,7 +197,7 @@ pub enum Req {
         /// The machine.
         machine: MachineId,
         /// The runner instance's nonce: the same nonce re-attaches instead of taking a second seat.
-        nonce: u128,
+        nonce: Nonce,
     },
     /// Owner/Admin: create an offline license; `expires` is its last valid day, `YYYY-MM-DD`.
     CreateOffline {

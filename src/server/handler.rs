@@ -147,11 +147,11 @@ impl Call<'_> {
     }
 }
 
-fn acquire(call: &Call<'_>, tickets: &mut Tickets, target: Target, nonce: u128) -> Reply {
+fn acquire(call: &Call<'_>, tickets: &mut Tickets, target: Target, nonce: Nonce) -> Reply {
     call.admitting()?;
     let core = &call.shared.core;
     let ticket = tickets.get(core, call.p, target)?;
-    let lease = core.admit(ticket, Nonce(nonce), call.ctx.id, call.now)?;
+    let lease = core.admit(ticket, nonce, call.ctx.id, call.now)?;
     call.hold(&lease);
     let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
     Ok(Resp::Admitted { session, deadline_ms, ttl_ms: call.ttl_ms(), reattached })
@@ -169,11 +169,11 @@ async fn register(call: &Call<'_>, target: Target) -> Reply {
 }
 
 /// KSE activation: a node-locked binding or a floating lease, audited durably.
-async fn activate(call: &Call<'_>, target: Target, nonce: u128) -> Reply {
+async fn activate(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
     call.admitting()?;
     let core = &call.shared.core;
     let _writer = call.shared.writer.lock().await;
-    let pending = core.activate(call.p, &target, Nonce(nonce), call.ctx.id, call.now)?;
+    let pending = core.activate(call.p, &target, nonce, call.ctx.id, call.now)?;
     let machine = target.machine;
     Ok(match call.shared.settle(pending).await? {
         Activation::Bound { already } => Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already },
