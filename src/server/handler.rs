@@ -32,26 +32,19 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
     let (core, p) = (&call.shared.core, call.p);
     let reply = match req {
         Req::Acquire { org, pool, machine, nonce } => acquire(call, tickets, Target { org, pool, machine }, nonce),
-        Req::Renew { session } => {
-            core.renew(p, session, call.now).map(|d| Resp::Renewed { deadline_ms: d.0 }).map_err(Into::into)
-        }
-        Req::Release { session } => {
-            core.release(p, session).map(|_| call.forget(session, Resp::Released)).map_err(Into::into)
-        }
-        Req::Status { org } => core.status(p, org.as_ref()).map(|v| Resp::Status(list(v))).map_err(Into::into),
-        Req::ListSessions { org } => core.sessions(p, &org).map(|v| Resp::Sessions(list(v))).map_err(Into::into),
-        Req::ListMachines { org } => core.machines(p, &org).map(|v| Resp::Machines(list(v))).map_err(Into::into),
-        Req::ListUsers { org } => core.users(p, &org).map(|v| Resp::Users(list(v))).map_err(Into::into),
-        Req::ListKeys { org } => core.keys(p, &org).map(|v| Resp::Keys(list(v))).map_err(Into::into),
-        Req::KillSession { org, session } => core
-            .kill(p, &org, session)
-            .map(|ended| {
-                call.shared.announce(vec![ended]);
-                call.forget(session, Resp::Killed)
-            })
-            .map_err(Into::into),
-        Req::ListGrants { org, pool } => core.grants(p, &org, pool).map(|v| Resp::Grants(list(v))).map_err(Into::into),
-        Req::ListOffline { org } => core.offline_licenses(p, &org).map(|v| Resp::Offline(list(v))).map_err(Into::into),
+        Req::Renew { session } => reply(core.renew(p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 }),
+        Req::Release { session } => reply(core.release(p, session), |_| call.forget(session, Resp::Released)),
+        Req::Status { org } => reply(core.status(p, org.as_ref()), |v| Resp::Status(list(v))),
+        Req::ListSessions { org } => reply(core.sessions(p, &org), |v| Resp::Sessions(list(v))),
+        Req::ListMachines { org } => reply(core.machines(p, &org), |v| Resp::Machines(list(v))),
+        Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
+        Req::ListKeys { org } => reply(core.keys(p, &org), |v| Resp::Keys(list(v))),
+        Req::KillSession { org, session } => reply(core.kill(p, &org, session), |ended| {
+            call.shared.announce(vec![ended]);
+            call.forget(session, Resp::Killed)
+        }),
+        Req::ListGrants { org, pool } => reply(core.grants(p, &org, pool), |v| Resp::Grants(list(v))),
+        Req::ListOffline { org } => reply(core.offline_licenses(p, &org), |v| Resp::Offline(list(v))),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {
             Err(core.refuse_offline_change(p, &org, &license).into())
         }
@@ -59,6 +52,11 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         slow => return Err(slow),
     };
     Ok(reply)
+}
+
+/// The core's answer as a reply: `ok` builds the response, errors become wire errors.
+fn reply<T>(result: CoreResult<T>, ok: impl FnOnce(T) -> Resp) -> Reply {
+    result.map(ok).map_err(Into::into)
 }
 
 /// Requests that write durable records.
