@@ -1,9 +1,11 @@
 //! license-broker: a floating-license session broker over QUIC.
 //!
 //! Reading order: `server` (listener, connections, expiry task) → `proto`
-//! (frames and messages, no I/O) → `core` (every rule, no I/O, no clock).
-//! `store` keeps durable records; `client` is the library the CLI, the tests
-//! and the load harness use.
+//! (the wire's own types, no I/O) → `core` (every rule, no I/O, no clock).
+//! `value` holds the validated ids and instants both build on, so neither
+//! imports the other; `server::wire` converts between them. `store` keeps
+//! durable records; `client` is the library the CLI, the tests and the load
+//! harness use.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
