@@ -1,89 +1,13 @@
 //! The command line as users run it: the built binary against a broker
 //! started by `license-broker serve`, following the README's quickstart.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_license-broker");
+mod process;
 
-struct Serve {
-    child: Child,
-    addr: String,
-    operator: String,
-    owner: String,
-    ca: String,
-}
-
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn serve(dir: &Path, ttl: &str) -> Serve {
-    let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = Command::new(BIN)
-        .args(["serve", "--data-dir"])
-        .arg(dir)
-        .args(["--listen", &addr, "--lease-ttl", ttl])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut key = |prefix: &str| {
-        let line = lines.next().unwrap().unwrap();
-        line.strip_prefix(prefix).unwrap_or_else(|| panic!("{line:?}")).to_string()
-    };
-    let operator = key("operator api key: ");
-    let owner = key("owner api key: ");
-    let ca = dir.join("tls/cert.pem").display().to_string();
-    Serve { child, addr, operator, owner, ca }
-}
-
-impl Serve {
-    fn cmd(&self, key: &str) -> Command {
-        let mut c = Command::new(BIN);
-        c.env("LB_SERVER", &self.addr).env("LB_CA", &self.ca).env("LB_API_KEY", key).env("LB_MACHINE_ID", "ci-host-1");
-        c
-    }
-
-    fn run(&self, key: &str, args: &[&str]) -> Output {
-        self.cmd(key).args(args).output().unwrap()
-    }
-
-    fn runner(&self, hold: &str) -> Child {
-        self.cmd(&self.owner)
-            .args(["runner", "--org", "default", "--json", "--hold", hold])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    }
-
-    fn in_use(&self) -> u64 {
-        let out = self.run(&self.owner, &["status", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["pools"][0]["in_use"].as_u64().unwrap()
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn first_event(child: &mut Child) -> serde_json::Value {
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
-}
-
-fn signal(child: &Child, sig: &str) {
-    Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
-}
+use process::{first_event, free_port, serve, signal, BIN};
 
 #[test]
 fn quickstart_three_admitted_two_rejected_and_a_killed_runner_reclaimed() {

@@ -46,10 +46,8 @@ impl Echo {
 
     fn options(&self) -> ClientOptions {
         ClientOptions {
-            server: self.server.clone(),
             server_name: Some("localhost".into()),
-            ca: Some(self.ca.clone()),
-            api_key: "echo".into(),
+            ..ClientOptions::new(self.server.clone(), Some(self.ca.clone()), "echo")
         }
     }
 

@@ -105,12 +105,7 @@ impl Target {
     }
 
     pub fn options(&self, key: &str) -> ClientOptions {
-        ClientOptions {
-            server: self.server.clone(),
-            server_name: None,
-            ca: Some(self.ca.clone()),
-            api_key: key.to_string(),
-        }
+        ClientOptions::new(self.server.clone(), Some(self.ca.clone()), key)
     }
 
     pub async fn client(&self, key: &str) -> Result<Client> {

@@ -39,6 +39,9 @@ struct ConnArgs {
     /// TLS name to verify instead of the host part of --server.
     #[arg(long, env = "LB_SERVER_NAME", global = true)]
     server_name: Option<String>,
+    /// Give up connecting after this long (e.g. 5s, 500ms).
+    #[arg(long, env = "LB_CONNECT_TIMEOUT", global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    connect_timeout: std::time::Duration,
 }
 
 #[derive(Subcommand, Debug)]
@@ -238,10 +241,9 @@ impl ConnArgs {
     fn options(&self) -> Result<ClientOptions> {
         let api_key = self.api_key.clone().context("no API key: pass --api-key or set LB_API_KEY")?;
         Ok(ClientOptions {
-            server: self.server.clone(),
             server_name: self.server_name.clone(),
-            ca: self.ca.clone(),
-            api_key,
+            connect_timeout: self.connect_timeout,
+            ..ClientOptions::new(self.server.clone(), self.ca.clone(), api_key)
         })
     }
 
@@ -369,6 +371,10 @@ async fn session(c: &Client, cmd: SessionCmd) -> Result<()> {
     }
     Ok(())
 }
+
+/// Exit code of a runner (or floating activation) whose lease was lost: it
+/// could not renew before its deadline, or re-attaching was refused.
+pub const EXIT_LEASE_LOST: u8 = 6;
 
 /// The exit code for an error code: 3 quota (or grant limit), 4 machine
 /// limit (or activated elsewhere), 5 authentication/authorisation (or not

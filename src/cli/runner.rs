@@ -1,18 +1,24 @@
 //! `license-broker runner`: behaves like a KRE runner. Registers its machine,
 //! acquires a session, heartbeats at a third of the TTL, and releases after
-//! `--hold` or on SIGINT/SIGTERM. If the connection drops it reconnects and
-//! re-attaches with the same nonce, so it never takes a second seat.
+//! `--hold` or on SIGINT/SIGTERM.
+//!
+//! When the broker goes away (a heartbeat unanswered within a third of the
+//! TTL, the connection closed, a drain) it reconnects with capped, jittered
+//! backoff and re-attaches with the same nonce, so it never takes a second
+//! seat and never spins. If it cannot renew by its lease's own deadline it
+//! considers the lease lost: it says so (`lost`) and exits with code 6, so
+//! nobody goes on believing in a seat the broker may have given away.
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use license_broker::client::{Admitted, Client, ClientError, ClientOptions};
-use license_broker::proto::Notice;
+use license_broker::client::{Admitted, Backoff, Client, ClientError, ClientOptions};
+use license_broker::proto::{ErrorCode, Notice};
 use license_broker::value::{MachineId, OrgName, PoolId};
 use serde_json::json;
 
-use super::{exit_code_for, ConnArgs};
+use super::{exit_code_for, ConnArgs, EXIT_LEASE_LOST};
 
 #[derive(clap::Args, Debug)]
 pub struct RunnerArgs {
@@ -95,9 +101,12 @@ enum Attached {
 
 /// Why holding a lease stopped.
 enum Stop {
+    /// Release it (hold elapsed, SIGINT/SIGTERM).
     Release,
+    /// The broker ended it (revoked, expired, killed); the text says why.
     Ended(String),
-    Lost(ClientError),
+    /// It could not be renewed by its deadline, or re-attaching was refused.
+    Lost(String),
 }
 
 impl Runner {
@@ -146,98 +155,152 @@ impl Runner {
         Ok((client, Attached::Lease(lease)))
     }
 
-    /// Heartbeats until told to release, the session ends, or the broker is lost.
+    /// Heartbeats until told to release, the session ends, or the lease is lost.
     async fn hold(&self, mut client: Client, mut lease: Admitted) -> Result<ExitCode> {
         let beat = Duration::from_millis((lease.ttl_ms / 3).max(1));
         let until = self.args.hold.map(|h| tokio::time::Instant::now() + h);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // The notice stream ends with the connection; stop polling it then.
+        let mut notices_open = true;
         let stop = loop {
             let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
-            tokio::select! {
-                _ = tokio::time::sleep(beat) => match client.renew(lease.session).await {
-                    Ok(deadline) => lease.deadline_ms = deadline,
-                    Err(ClientError::Rejected(e)) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
-                    Err(e) => match self.reattach(lease.deadline_ms).await {
-                        Ok((c, l)) => {
-                            self.ev.emit(json!({"event": "reattached", "session": l.session.to_string()}),
-                                    format!("reconnected: session {}", l.session));
-                            client = c;
-                            lease = l;
-                        }
-                        Err(_) => break Stop::Lost(e),
-                    },
+            let broken = tokio::select! {
+                _ = tokio::time::sleep(beat) => match tokio::time::timeout(beat, client.renew(lease.session)).await {
+                    Ok(Ok(deadline)) => {
+                        lease.deadline_ms = deadline;
+                        None
+                    }
+                    Ok(Err(ClientError::Rejected(e))) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(_) => Some(format!("no answer to a heartbeat within {beat:?}")),
                 },
-                n = client.next_notice() => match n {
+                n = client.next_notice(), if notices_open => match n {
                     Some(Notice::SessionEnded { session, reason }) if session == lease.session => {
                         break Stop::Ended(reason.name().to_string())
                     }
-                    Some(Notice::Draining { .. }) => {
-                        self.ev.emit(json!({"event": "draining"}), "broker is draining; will reconnect".into());
+                    Some(Notice::Draining { grace_ms }) => {
+                        self.ev.emit(json!({"event": "draining", "grace_ms": grace_ms}),
+                                     "broker is draining; will reconnect".into());
+                        None
                     }
-                    _ => {}
+                    Some(_) => None,
+                    None => {
+                        notices_open = false;
+                        Some("the connection closed".to_string())
+                    }
                 },
                 _ = tokio::time::sleep_until(release_at) => break Stop::Release,
                 _ = tokio::signal::ctrl_c() => break Stop::Release,
                 _ = term.recv() => break Stop::Release,
+            };
+            let Some(why) = broken else { continue };
+            self.ev.emit(
+                json!({"event": "reconnecting", "session": lease.session.to_string(), "reason": why}),
+                format!("lost the connection ({why}); reconnecting"),
+            );
+            client.close_nowait();
+            match self.reattach(lease.deadline_ms, &mut term).await {
+                Ok((c, l)) => {
+                    self.ev.emit(
+                        json!({"event": "reattached", "session": l.session.to_string()}),
+                        format!("reconnected: session {}", l.session),
+                    );
+                    (client, lease, notices_open) = (c, l, true);
+                }
+                Err(stop) => return self.finish(stop, None, lease).await,
             }
         };
-        self.finish(stop, client, lease).await
+        self.finish(stop, Some(client), lease).await
     }
 
     /// Releases (or reports the end), closes, and picks the exit code.
-    async fn finish(&self, stop: Stop, client: Client, lease: Admitted) -> Result<ExitCode> {
+    async fn finish(&self, stop: Stop, client: Option<Client>, lease: Admitted) -> Result<ExitCode> {
         let session = lease.session.to_string();
-        match stop {
-            Stop::Release => {
+        let code = match (stop, client) {
+            (Stop::Release, Some(client)) => {
                 let result = client.release(lease.session).await;
                 client.close().await;
-                match result {
-                    Ok(()) => {
-                        self.ev.emit(
-                            json!({"event": "released", "session": session, "reason": "released"}),
-                            format!("released: session {session}"),
-                        );
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    Err(e) => Ok(self.ev.rejected(&e)),
+                if let Err(e) = result {
+                    return Ok(self.ev.rejected(&e));
                 }
+                self.ev.emit(
+                    json!({"event": "released", "session": session, "reason": "released"}),
+                    format!("released: session {session}"),
+                );
+                ExitCode::SUCCESS
             }
-            Stop::Ended(reason) => {
+            // `hold` asks for a release only while it holds a client.
+            (Stop::Release, None) => ExitCode::from(1),
+            (Stop::Ended(reason), client) => {
                 self.ev.emit(
                     json!({"event": "ended", "session": session, "reason": reason}),
                     format!("session {session} ended: {reason}"),
                 );
-                client.close().await;
-                Ok(ExitCode::from(1))
+                if let Some(c) = client {
+                    c.close().await;
+                }
+                ExitCode::from(1)
             }
-            Stop::Lost(e) => {
+            (Stop::Lost(message), client) => {
                 self.ev.emit(
-                    json!({"event": "lost", "session": session, "message": e.to_string()}),
-                    format!("lost the broker: {e}"),
+                    json!({"event": "lost", "session": session, "message": message}),
+                    format!("lease lost: {message}"),
                 );
-                Ok(ExitCode::from(1))
+                if let Some(c) = client {
+                    c.close_nowait();
+                }
+                ExitCode::from(EXIT_LEASE_LOST)
             }
-        }
+        };
+        Ok(code)
     }
 
-    /// Reconnects until the lease's deadline passes, re-attaching with the nonce.
-    async fn reattach(&self, deadline_ms: u64) -> Result<(Client, Admitted), ClientError> {
+    /// Reconnects with backoff until the lease's deadline, re-attaching with
+    /// the nonce. A signal meanwhile ends the runner (its seat returns when
+    /// the lease expires).
+    async fn reattach(
+        &self,
+        deadline_ms: u64,
+        term: &mut tokio::signal::unix::Signal,
+    ) -> Result<(Client, Admitted), Stop> {
+        let mut backoff = Backoff::reconnect();
         loop {
-            match self.attach().await {
-                Ok((c, Attached::Lease(l))) => return Ok((c, l)),
-                Ok((_, Attached::Bound { .. })) => {
-                    return Err(ClientError::Protocol("a leased session became a binding".into()))
+            let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
+            if left.is_zero() {
+                return Err(Stop::Lost("the lease's deadline passed before the broker could be reached".into()));
+            }
+            let attempt = tokio::select! {
+                a = tokio::time::timeout(left, self.attach()) => a,
+                _ = tokio::signal::ctrl_c() => return Err(interrupted()),
+                _ = term.recv() => return Err(interrupted()),
+            };
+            let last = match attempt {
+                Ok(Ok((c, Attached::Lease(l)))) => return Ok((c, l)),
+                Ok(Ok((_, Attached::Bound { .. }))) => {
+                    return Err(Stop::Lost("a leased session became a binding".into()))
                 }
-                Err(e @ ClientError::Rejected(_)) => return Err(e),
-                Err(e) => {
-                    if unix_ms() + 1000 >= deadline_ms {
-                        return Err(e);
-                    }
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
+                // A draining broker is about to restart: keep trying.
+                Ok(Err(ClientError::Rejected(e))) if e.code == ErrorCode::Draining => e.to_string(),
+                // Refused outright (its seat was taken, the key revoked...): the lease is gone.
+                Ok(Err(e @ ClientError::Rejected(_))) => return Err(Stop::Lost(e.to_string())),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer before the lease's deadline".to_string(),
+            };
+            let wait = backoff.next_delay();
+            if unix_ms() + wait.as_millis() as u64 >= deadline_ms {
+                return Err(Stop::Lost(format!("could not renew before the lease's deadline: {last}")));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = tokio::signal::ctrl_c() => return Err(interrupted()),
+                _ = term.recv() => return Err(interrupted()),
             }
         }
     }
+}
+
+fn interrupted() -> Stop {
+    Stop::Ended("interrupted while reconnecting; the seat returns when its lease expires".into())
 }
 
 fn unix_ms() -> u64 {

@@ -3,8 +3,10 @@
 //! all talk to the broker through this. `api` holds one typed method per request.
 
 mod api;
+mod backoff;
 
 pub use api::{Activated, Admitted};
+pub use backoff::Backoff;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,7 +33,27 @@ pub struct ClientOptions {
     pub ca: Option<PathBuf>,
     /// The API key to present.
     pub api_key: String,
+    /// Give up on a connection attempt (handshake and `Hello`) after this long.
+    pub connect_timeout: Duration,
 }
+
+impl ClientOptions {
+    /// Options for `server`, trusting `ca`, as the holder of `api_key`,
+    /// with the default connect timeout.
+    pub fn new(server: impl Into<String>, ca: Option<PathBuf>, api_key: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            server: server.into(),
+            server_name: None,
+            ca,
+            api_key: api_key.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+}
+
+/// How long a connection attempt may take by default: a broker on the
+/// network answers a handshake in milliseconds; past this it is not there.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a client call failed.
 #[derive(Debug)]
@@ -68,7 +90,7 @@ impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ClientError::Config(e) => write!(f, "configuration: {e}"),
-            ClientError::Connect { source, .. } => write!(f, "cannot connect: {source}"),
+            ClientError::Connect { addr, source } => write!(f, "cannot connect to {addr}: {source}{}", source.hint()),
             ClientError::Rejected(e) => write!(f, "{e}"),
             ClientError::Closed(e) => write!(f, "connection closed: {e}"),
             ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
@@ -76,15 +98,10 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-impl std::error::Error for ClientError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ClientError::Connect { source, .. } => Some(source),
-            ClientError::Rejected(e) => Some(e),
-            _ => None,
-        }
-    }
-}
+/// The message already renders every cause (with a hint where one helps),
+/// so `source()` does not repeat it: `{:#}` prints each cause once. The
+/// typed cause stays in the variant's fields.
+impl std::error::Error for ClientError {}
 
 /// Which step of connecting failed.
 #[derive(Debug)]
@@ -96,6 +113,31 @@ pub enum ConnectFailure {
     Handshake(quinn::ConnectionError),
     /// The `Hello` could not be sent.
     Hello(quinn::WriteError),
+    /// No answer within the connect timeout.
+    TimedOut(Duration),
+}
+
+impl ConnectFailure {
+    /// What a person should check, for the failures that have a usual cause.
+    fn hint(&self) -> &'static str {
+        match self {
+            ConnectFailure::TimedOut(_) => {
+                " (is the broker running there? is --server / LB_SERVER right? is UDP to that port blocked?)"
+            }
+            ConnectFailure::Handshake(quinn::ConnectionError::TransportError(t)) if untrusted_certificate(t.code) => {
+                " (the broker's certificate is not trusted: pass --ca with its certificate, \
+                 e.g. --ca DATA_DIR/tls/cert.pem, or set LB_CA)"
+            }
+            _ => "",
+        }
+    }
+}
+
+/// Whether a handshake failed because the broker's certificate chain is not
+/// trusted: TLS alerts unknown_ca (48), bad_certificate (42), and
+/// decrypt_error (51, a different certificate under a trusted name).
+fn untrusted_certificate(code: quinn::TransportErrorCode) -> bool {
+    [48u8, 42, 51].into_iter().any(|alert| code == quinn::TransportErrorCode::crypto(alert))
 }
 
 impl std::fmt::Display for ConnectFailure {
@@ -104,6 +146,7 @@ impl std::fmt::Display for ConnectFailure {
             ConnectFailure::Start(e) => e.fmt(f),
             ConnectFailure::Handshake(e) => e.fmt(f),
             ConnectFailure::Hello(e) => e.fmt(f),
+            ConnectFailure::TimedOut(t) => write!(f, "no answer within {:.1} s", t.as_secs_f64()),
         }
     }
 }
@@ -114,6 +157,7 @@ impl std::error::Error for ConnectFailure {
             ConnectFailure::Start(e) => Some(e),
             ConnectFailure::Handshake(e) => Some(e),
             ConnectFailure::Hello(e) => Some(e),
+            ConnectFailure::TimedOut(_) => None,
         }
     }
 }
@@ -192,7 +236,15 @@ impl Client {
     pub async fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
         let (addr, name) = resolve(&opts.server, opts.server_name.as_deref()).await?;
         let ep = endpoint(opts.ca.as_deref(), addr.is_ipv6())?;
-        let mut client = Client::connect_on(ep, addr, &name, &opts.api_key).await?;
+        let attempt = Client::connect_on(ep.clone(), addr, &name, &opts.api_key);
+        let mut client = match tokio::time::timeout(opts.connect_timeout, attempt).await {
+            Ok(result) => result?,
+            Err(_) => {
+                ep.close(quinn::VarInt::from_u32(0), b"connect timeout");
+                let source = ConnectFailure::TimedOut(opts.connect_timeout);
+                return Err(ClientError::Connect { addr, source });
+            }
+        };
         client.owns_endpoint = true;
         Ok(client)
     }

@@ -46,12 +46,7 @@ pub async fn start_in(dir: tempfile::TempDir, lease_ttl: Duration) -> TestBroker
 
 impl TestBroker {
     pub fn options(&self, key: &str) -> ClientOptions {
-        ClientOptions {
-            server: self.server.clone(),
-            server_name: None,
-            ca: Some(self.ca.clone()),
-            api_key: key.to_string(),
-        }
+        ClientOptions::new(self.server.clone(), Some(self.ca.clone()), key)
     }
 
     pub async fn client(&self, key: &str) -> Client {

@@ -1,0 +1,81 @@
+//! Runners and clients when the broker goes away: they ride out a restart
+//! without spinning, give up on a lease they can no longer renew, and fail
+//! fast with a message that says where and why.
+
+mod process;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use process::{cpu_ticks, free_port, serve, signal, spawn_serve, Events, BIN};
+
+#[test]
+fn runner_rides_out_a_broker_restart_without_spinning() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), "10s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let mut runner = s.runner("60s");
+    let events = Events::of(&mut runner);
+    events.wait_for("admitted", Duration::from_secs(10));
+
+    // SIGTERM: the broker drains and exits; the runner is told, then loses the connection.
+    signal(&s.child, "-TERM");
+    assert_eq!(s.child.wait().unwrap().code(), Some(0));
+    events.wait_for("reconnecting", Duration::from_secs(10));
+    // While the broker is down the runner waits between attempts instead of spinning.
+    let before = cpu_ticks(runner.id());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_ticks(runner.id()) - before;
+    assert!(used < 50, "runner used {used} ticks of CPU in 2 s while the broker was down");
+
+    // The broker comes back on the same address and data: the runner re-attaches.
+    s.child = spawn_serve(dir.path(), &s.addr, "10s");
+    events.wait_for("reattached", Duration::from_secs(10));
+    assert_eq!(s.in_use(), 1, "the runner holds its seat again");
+    signal(&runner, "-TERM");
+    events.wait_for("released", Duration::from_secs(10));
+    assert_eq!(runner.wait().unwrap().code(), Some(0));
+    assert_eq!(s.in_use(), 0);
+}
+
+#[test]
+fn runner_that_cannot_renew_by_its_deadline_reports_the_lease_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), "2s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let mut runner = s.runner("60s");
+    let events = Events::of(&mut runner);
+    events.wait_for("admitted", Duration::from_secs(10));
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let lost = events.wait_for("lost", Duration::from_secs(15));
+    assert!(lost["message"].as_str().unwrap().contains("deadline"), "{lost}");
+    assert_eq!(runner.wait().unwrap().code(), Some(6), "exit code 6: lease lost");
+}
+
+#[test]
+fn unreachable_broker_fails_fast_naming_the_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let started = Instant::now();
+    let out = s.cmd(&s.owner).args(["status", "--server", &nobody, "--connect-timeout", "1s"]).output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&nobody) && err.contains("is the broker running"), "{err}");
+}
+
+#[test]
+fn untrusted_certificate_hints_at_the_ca_flag() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let s = serve(a.path(), "30s");
+    let other = serve(b.path(), "30s");
+    let out = Command::new(BIN)
+        .args(["status", "--server", &s.addr, "--ca", &other.ca, "--api-key", &s.owner])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ca"), "{err}");
+}
