@@ -79,3 +79,38 @@ fn untrusted_certificate_hints_at_the_ca_flag() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--ca"), "{err}");
 }
+
+#[test]
+fn a_broker_that_cannot_bind_creates_no_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let busy = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(BIN).args(["serve", "--data-dir"]).arg(&data).args(["--listen", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&addr), "{out:?}");
+    assert!(!data.exists(), "nothing initialised, so no keys were made unseen");
+    drop(busy);
+    // The next start on a free address initialises it and shows the keys.
+    let s = serve(&data, "30s");
+    assert!(s.operator.starts_with("lbk_"));
+}
+
+#[test]
+fn a_lost_operator_key_is_replaced_offline_from_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), "30s");
+    let mint = || Command::new(BIN).args(["admin", "new-operator-key", "--data-dir"]).arg(dir.path()).output().unwrap();
+    let out = mint();
+    assert_eq!(out.status.code(), Some(1), "refused while the broker holds the store: {out:?}");
+    signal(&s.child, "-TERM");
+    s.child.wait().unwrap();
+    let out = mint();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let key = stdout.trim().strip_prefix("operator api key: ").unwrap().to_string();
+    s.child = spawn_serve(dir.path(), &s.addr, "30s");
+    s.wait_ready(Duration::from_secs(10));
+    let out = s.run(&key, &["pool", "set", "--org", "default", "--quota", "2"]);
+    assert!(out.status.success(), "the new key acts as the operator: {out:?}");
+}

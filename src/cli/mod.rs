@@ -97,6 +97,9 @@ enum Command {
     },
     /// Print this machine's ID (override with LB_MACHINE_ID).
     MachineId,
+    /// Broker maintenance on its data dir, offline (the broker stopped).
+    #[command(subcommand)]
+    Admin(AdminCmd),
     /// Per-pool quota, sessions in use, machines, admissions and rejections.
     Status {
         /// Only this org (default: your own; the operator sees all).
@@ -105,6 +108,17 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AdminCmd {
+    /// Mint a new operator API key into the data dir and print it (when the
+    /// operator's key is lost). The broker must be stopped.
+    NewOperatorKey {
+        /// The broker's data dir.
+        #[arg(long, default_value = "./broker-data")]
+        data_dir: PathBuf,
     },
 }
 
@@ -277,6 +291,11 @@ pub async fn run(args: Args) -> Result<ExitCode> {
             println!("{}", license_broker::machine_id::current()?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Admin(AdminCmd::NewOperatorKey { data_dir }) => {
+            let key = license_broker::server::mint_operator_key(&data_dir)?;
+            println!("operator api key: {key}");
+            Ok(ExitCode::SUCCESS)
+        }
         command => {
             // Every other command is one request: connect, ask, close cleanly.
             let c = conn.connect().await?;
@@ -316,7 +335,7 @@ async fn request(c: &Client, command: Command) -> Result<()> {
         Command::Session(cmd) => session(c, cmd).await?,
         Command::Offline(cmd) => offline::request(c, cmd).await?,
         // `run` answers these without a connection; never routed here.
-        Command::Serve(_) | Command::Runner(_) | Command::Activate(_) | Command::MachineId => {
+        Command::Serve(_) | Command::Runner(_) | Command::Activate(_) | Command::MachineId | Command::Admin(_) => {
             anyhow::bail!("internal: command routed to the request path")
         }
     }

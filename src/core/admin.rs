@@ -10,6 +10,9 @@ use super::record::{AuditAction, Change, Record};
 use super::time::{Millis, DAY_MS};
 use super::Principal;
 
+/// The operator's identity in the audit trail.
+pub const OPERATOR_EMAIL: &str = "operator@localhost";
+
 /// Largest quota a pool can have; far above any real purchase, small
 /// enough that counters never approach their 32-bit limit.
 pub const MAX_QUOTA: u32 = 10_000_000;
@@ -42,12 +45,11 @@ impl Broker {
     /// The records of a fresh broker: the operator's key, the `default` org
     /// (subscription through 9999-12-31) and its Owner with a key.
     pub fn plan_bootstrap(&self, operator_key: KeyHash, owner: &Email, owner_key: KeyHash, now: Millis) -> Vec<Change> {
-        // Invariant: these literals satisfy the validators (tested below).
+        // Invariant: these literals satisfy the validators (every test fixture bootstraps through here).
         let default = OrgName::new("default").expect("valid org name");
-        let operator = Email::new("operator@localhost").expect("valid email");
         let end = Millis::from_civil_date(9999, 12, 31).map_or(Millis::MAX, |m| Millis(m.0 + DAY_MS));
         vec![
-            Change::Put(Record::Key { hash: operator_key, org: None, email: operator, created: now, revoked: false }),
+            self.plan_operator_key(operator_key, now),
             Change::Put(Record::Org { name: default.clone(), subscription_end: end, created: now }),
             Change::Put(Record::User { org: default.clone(), email: owner.clone(), role: Role::Owner, created: now }),
             Change::Put(Record::Key {
@@ -58,6 +60,14 @@ impl Broker {
                 revoked: false,
             }),
         ]
+    }
+
+    /// A new operator key: for a fresh broker, or minted offline by whoever
+    /// holds the data dir when the operator's key is lost.
+    pub fn plan_operator_key(&self, hash: KeyHash, now: Millis) -> Change {
+        // Invariant: the literal satisfies the email rules (every test fixture mints one).
+        let operator = Email::new(OPERATOR_EMAIL).expect("valid email");
+        Change::Put(Record::Key { hash, org: None, email: operator, created: now, revoked: false })
     }
 
     /// Operator: a new org with its first Owner and that Owner's key.

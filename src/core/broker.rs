@@ -24,11 +24,15 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// log2 of the session table's shard count.
     pub shard_bits: u32,
+    /// First sequence number of this process's audit entries. The shell
+    /// picks it at random so that entries written in the same millisecond
+    /// by two runs of the broker never share a key.
+    pub audit_seq_base: u64,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { lease_ttl: Duration::from_secs(30), shard_bits: 6 }
+        Config { lease_ttl: Duration::from_secs(30), shard_bits: 6, audit_seq_base: 0 }
     }
 }
 
@@ -66,6 +70,7 @@ pub struct Broker {
 impl Broker {
     /// An empty broker; `apply` the store's records to fill it.
     pub fn new(config: Config) -> Broker {
+        let audit_seq_base = config.audit_seq_base;
         Broker {
             sessions: SessionTable::new(config.shard_bits),
             config,
@@ -73,7 +78,7 @@ impl Broker {
             version: AtomicU64::new(1),
             pool_uids: AtomicU64::new(1),
             offline_due: Mutex::new(BTreeMap::new()),
-            audit_seq: AtomicU64::new(0),
+            audit_seq: AtomicU64::new(audit_seq_base),
         }
     }
 
@@ -172,6 +177,7 @@ impl Broker {
         now: Millis,
     ) -> Change {
         // Relaxed: ordering within a millisecond only needs distinct values.
+        // (Wrapping is harmless: the base leaves 2^63 values before it.)
         let seq = self.audit_seq.fetch_add(1, Ordering::Relaxed);
         Change::Put(Record::Audit(AuditEntry {
             org: org.clone(),

@@ -49,9 +49,9 @@ pub struct Pool {
     /// registered at an older value checks again after inserting its
     /// session, so a removal's sweep can never miss a session it should end.
     removals: AtomicU64,
-    /// Registered machine IDs and when each registered. Registration is rare
-    /// (once per machine), so a plain lock keeps the cap check simple.
-    machines: Mutex<FastMap<MachineId, Millis>>,
+    /// Machine IDs and when each registered. Registration is rare (once per
+    /// machine), so a plain lock keeps the cap check simple.
+    machines: Mutex<FastMap<MachineId, Machine>>,
     /// Quota and seats in use.
     seats: Padded<Seats>,
     /// KSE grants, node-locked activations and offline licenses. Changed
@@ -85,6 +85,15 @@ pub struct OfflineEntry {
     pub created_by: Email,
     /// Whether it still holds its seat.
     pub active: bool,
+}
+
+/// A machine registration: it counts toward the cap from the moment it is
+/// planned, but admits sessions only once its record is durable, so nobody
+/// runs on a registration a crash could still lose.
+#[derive(Clone, Copy, Debug)]
+struct Machine {
+    registered: Millis,
+    committed: bool,
 }
 
 /// Keeps its contents on cache lines of their own.
@@ -171,10 +180,14 @@ impl Pool {
         self.not_after.store(not_after.0, Ordering::Relaxed);
     }
 
-    /// Registers a machine unless the pool's machine count is at its quota.
-    /// Re-registering a known machine is idempotent and always allowed.
+    /// Plans a machine's registration unless the pool's machine count is at
+    /// its quota: the machine takes its slot now, and admits sessions once
+    /// `restore_machine` applies its committed record. Re-registering a known
+    /// machine is idempotent and always allowed.
     pub fn register_machine(&self, machine: &MachineId, now: Millis) -> Result<Registration> {
         let mut machines = self.machines.lock();
+        // A pending registration of the same machine is in flight under the
+        // shell's writer lock; reporting it as known takes no second slot.
         if machines.contains_key(machine) {
             return Ok(Registration::Known);
         }
@@ -182,7 +195,7 @@ impl Pool {
         if machines.len() >= quota as usize {
             return Err(Error::MachineLimit { quota });
         }
-        machines.insert(machine.clone(), now);
+        machines.insert(machine.clone(), Machine { registered: now, committed: false });
         Ok(Registration::New)
     }
 
@@ -192,7 +205,7 @@ impl Pool {
         if removed {
             // Release: pairs with the Acquire in `machine_epoch`; the mutexes
             // around the machine set and the session shards already order the
-            // removal, the sweep and a racing acquire (see Broker::acquire_on).
+            // removal, the sweep and a racing acquire (see Broker::admit).
             self.removals.fetch_add(1, Ordering::Release);
         }
         removed
@@ -204,20 +217,22 @@ impl Pool {
         self.removals.load(Ordering::Acquire)
     }
 
-    /// Restores a persisted registration at startup (no cap check: the
-    /// store only ever held registrations that passed it).
+    /// Applies a committed registration (at startup, or after its commit):
+    /// no cap check, the store only ever holds registrations that passed it.
     pub fn restore_machine(&self, machine: MachineId, registered: Millis) {
-        self.machines.lock().insert(machine, registered);
+        self.machines.lock().insert(machine, Machine { registered, committed: true });
     }
 
-    /// Whether the machine is registered.
+    /// Whether the machine is registered durably (and so may run sessions).
     pub fn has_machine(&self, machine: &MachineId) -> bool {
-        self.machines.lock().contains_key(machine)
+        self.machines.lock().get(machine).is_some_and(|m| m.committed)
     }
 
     /// Registered machines with their registration times, sorted by id.
     pub fn machines(&self) -> Vec<(MachineId, Millis)> {
-        let mut v: Vec<_> = self.machines.lock().iter().map(|(m, t)| (m.clone(), *t)).collect();
+        let machines = self.machines.lock();
+        let mut v: Vec<_> =
+            machines.iter().filter(|(_, m)| m.committed).map(|(id, m)| (id.clone(), m.registered)).collect();
         v.sort();
         v
     }
@@ -358,7 +373,7 @@ impl Pool {
             pool: self.id,
             quota: c.quota,
             in_use: c.in_use,
-            machines: self.machines.lock().len() as u32,
+            machines: self.machines.lock().values().filter(|m| m.committed).count() as u32,
             admitted,
             rejected,
             grants,

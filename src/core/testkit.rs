@@ -47,7 +47,7 @@ impl Fixture {
     /// Bootstraps a broker with `2^shard_bits` session shards and lease
     /// `ttl`, and gives the `default` org a KRE pool of `quota`, at `t(0)`.
     pub fn new(quota: u32, shard_bits: u32, ttl: Duration) -> Fixture {
-        let broker = Broker::new(Config { lease_ttl: ttl, shard_bits });
+        let broker = Broker::new(Config { lease_ttl: ttl, shard_bits, ..Config::default() });
         let owner_email = Email::new("owner@default").expect("valid email");
         broker.apply(&broker.plan_bootstrap(key(1), &owner_email, key(2), t(0)));
         let operator = broker.authenticate(&key(1)).expect("operator key bootstrapped");

@@ -425,7 +425,7 @@ fn restart_restores_activations_and_offline_seats() {
     let today_end = Millis((t(0).0 / DAY + 1) * DAY);
     w.offline("kse-node-locked-annual", "m2", Millis(today_end.0 + DAY), 5, t(0)).unwrap();
     // Replay everything durable into a fresh broker, as a restart does.
-    let fresh = Broker::new(Config { lease_ttl: TTL, shard_bits: 2 });
+    let fresh = Broker::new(Config { lease_ttl: TTL, shard_bits: 2, ..Config::default() });
     let mut durable = fresh.plan_bootstrap(key(1), &Email::new("owner@default").unwrap(), key(2), t(0));
     durable.push(Change::Put(Record::Pool { org: w.org.clone(), pool: pool_id("kse-node-locked-annual"), quota: 3 }));
     durable.push(Change::Put(Record::User {
@@ -462,4 +462,21 @@ fn restart_restores_activations_and_offline_seats() {
     assert_eq!(in_use(&fresh), 2, "binding and offline license hold their seats after a restart");
     fresh.expire(Millis(today_end.0 + DAY));
     assert_eq!(in_use(&fresh), 1, "the offline seat returns at expiry");
+}
+
+#[test]
+fn a_registration_admits_nobody_until_it_is_committed() {
+    let w = world(2);
+    let pending = w.broker.register(&w.owner, &w.target("new"), t(0)).unwrap();
+    assert_eq!(w.acquire("new", 1, 1, t(0)), Err(Error::MachineNotRegistered), "not durable yet");
+    assert!(!w.broker.is_registered(&w.owner, &w.target("new")).unwrap());
+    assert_eq!(w.machines(), 0, "status counts durable machines only");
+    // It holds its slot of the cap meanwhile.
+    let second = w.broker.register(&w.owner, &w.target("other"), t(0)).unwrap();
+    assert!(matches!(w.broker.register(&w.owner, &w.target("third"), t(0)), Err(Error::MachineLimit { quota: 2 })));
+    // A failed commit gives the slot back; a committed one admits.
+    assert_eq!(second.settle(&w.broker, Err("disk full")).err(), Some("disk full"));
+    assert_eq!(w.commit(pending), Registration::New);
+    assert!(w.acquire("new", 1, 1, t(0)).is_ok());
+    assert_eq!(w.register("third"), Ok(Registration::New));
 }

@@ -192,20 +192,14 @@ pub struct Running {
     pub cert_path: PathBuf,
 }
 
-/// Opens the data dir (initialising it if empty), binds, and starts serving.
+/// Binds, opens the data dir (initialising it if empty), and starts serving.
+/// Binding comes first: a broker that cannot listen leaves no data dir
+/// behind, so the keys of a first start are never created unseen.
 pub async fn start(options: Options) -> Result<Running, SetupError> {
-    std::fs::create_dir_all(&options.data_dir)
-        .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
-    let store_error = |what| move |source| SetupError::Store { what, source };
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&options.data_dir.join("broker.redb")).map_err(store_error("opening the store"))?);
-    let core = Broker::new(Config { lease_ttl: options.lease_ttl, ..Config::default() });
-    let records = store.load().map_err(store_error("loading the store"))?;
-    let fresh = records.is_empty();
-    core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
+    let bind_error = |source| SetupError::Bind { addr: options.listen, source };
+    let socket = socket::bind(options.listen).map_err(bind_error)?;
     let clock = Clock::new();
-    let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
-
+    let (store, core, bootstrap) = open(&options, clock)?;
     let files = match &options.tls {
         Some(f) => f.clone(),
         None => {
@@ -216,15 +210,9 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     };
     let server_config = tls::server_config(&files, options.idle_timeout, options.max_streams)?;
     let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))?;
-    let bind_error = |source| SetupError::Bind { addr: options.listen, source };
-    let socket = socket::bind(options.listen).map_err(bind_error)?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server_config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(bind_error)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+        .map_err(bind_error)?;
     let addr = endpoint.local_addr().map_err(bind_error)?;
 
     let (closed_tx, closed) = oneshot::channel();
@@ -252,6 +240,46 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     tracing::info!(%addr, lease_ttl = ?shared.options.lease_ttl, "broker listening");
     Ok(Running { addr, shared, closed, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
 }
+
+/// A data dir opened: its store, the core rebuilt from it, and the keys of
+/// a first start (to show once).
+type Opened = (Arc<dyn Store>, Broker, Option<BootstrapKeys>);
+
+/// Opens the store in the data dir, replays it into a new core, and
+/// initialises it (with keys to show once) if it was empty.
+fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
+    let store_error = |what| move |source| SetupError::Store { what, source };
+    let store: Arc<dyn Store> =
+        Arc::new(RedbStore::open(&options.data_dir.join(STORE_FILE)).map_err(store_error("opening the store"))?);
+    let audit_base = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64 >> 1;
+    let core = Broker::new(Config { lease_ttl: options.lease_ttl, audit_seq_base: audit_base, ..Config::default() });
+    let records = store.load().map_err(store_error("loading the store"))?;
+    let fresh = records.is_empty();
+    core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
+    let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
+    Ok((store, core, bootstrap))
+}
+
+/// Mints a new operator key straight into a data dir, for an operator who
+/// lost theirs: whoever can read and write the data dir owns the broker
+/// anyway. Refused while a broker has the store open (its file is locked).
+pub fn mint_operator_key(data_dir: &std::path::Path) -> Result<String, SetupError> {
+    let path = data_dir.join(STORE_FILE);
+    if !path.exists() {
+        let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no broker store here");
+        return Err(SetupError::Io { what: format!("opening {}", path.display()), source });
+    }
+    let store = RedbStore::open(&path).map_err(|source| SetupError::Store { what: "opening the store", source })?;
+    let (key, hash) = crate::keys::generate().map_err(|_| SetupError::Random)?;
+    let change = Broker::new(Config::default()).plan_operator_key(hash, Clock::new().now());
+    store.commit(&[change]).map_err(|source| SetupError::Store { what: "writing the key", source })?;
+    Ok(key)
+}
+
+/// The store's file inside the data dir.
+pub const STORE_FILE: &str = "broker.redb";
 
 fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys, SetupError> {
     let random = |_: crate::keys::RandomUnavailable| SetupError::Random;
