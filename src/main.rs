@@ -2,7 +2,8 @@
 //!
 //! Errors are printed as one readable line (never a backtrace) and mapped to
 //! exit codes: 3 quota exceeded, 4 machine limit, 5 authentication or
-//! authorisation, 2 command-line misuse, 1 anything else.
+//! authorisation, 6 a runner's lease lost, 2 command-line misuse, 1
+//! anything else (listed in `--help`).
 
 mod cli;
 

@@ -16,7 +16,15 @@ use license_broker::value::{Kind, MachineId, OrgName, PoolId, Product, Role, Ses
 
 /// A floating-license session broker over QUIC.
 #[derive(Parser, Debug)]
-#[command(name = "license-broker", version, about)]
+#[command(
+    name = "license-broker",
+    version,
+    about,
+    after_help = "Exit codes: 0 success; 1 other failure (or a runner's session ended by the broker); \
+                  2 command-line misuse; 3 quota exceeded or grant limit; 4 machine limit or activated \
+                  elsewhere; 5 not authenticated, not allowed or not licensed; 6 lease lost (a runner \
+                  could not renew before its deadline)."
+)]
 pub struct Args {
     #[command(subcommand)]
     command: Command,
