@@ -1,14 +1,19 @@
 //! `churn`: C connections × D requests in flight each, acquire then release
 //! as fast as possible (or at a paced rate), across O orgs. The same loop
 //! drives the bare-QUIC echo server for the transport ceiling.
+//!
+//! A connection that breaks (the target restarted, say) reconnects with
+//! capped, jittered backoff until the run's end; requests lost with it are
+//! counted apart from refusals, and a connection that never comes back
+//! fails the run.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use license_broker::client::{Client, ClientOptions};
-use license_broker::proto::{Req, Resp};
+use license_broker::client::{Backoff, Client, ClientError, ClientOptions};
+use license_broker::proto::{ErrorCode, Req, Resp};
 use license_broker::value::{Nonce, PoolId, SessionId};
 
 use crate::report::{Errors, Lat};
@@ -31,7 +36,15 @@ pub struct Outcome {
     pub elapsed: Duration,
     pub acquire: Lat,
     pub release: Lat,
+    /// Refusals and protocol errors (a healthy run has none).
     pub errors: Errors,
+    /// Requests whose connection broke before they were answered, or that
+    /// a draining broker turned away.
+    pub lost_in_flight: u64,
+    /// Times a broken connection was re-established.
+    pub reconnects: u64,
+    /// Connections that broke and could not reconnect before the run ended.
+    pub unrecovered: u64,
 }
 
 impl Outcome {
@@ -44,6 +57,9 @@ impl Outcome {
             total.acquire.merge(&o.acquire);
             total.release.merge(&o.release);
             total.errors.merge(&o.errors);
+            total.lost_in_flight += o.lost_in_flight;
+            total.reconnects += o.reconnects;
+            total.unrecovered += o.unrecovered;
         }
         total.elapsed = start.elapsed();
         Ok(total)
@@ -68,14 +84,16 @@ pub async fn run(opts: Vec<ClientOptions>, orgs: Vec<LoadOrg>, shape: Shape) -> 
         let org = orgs[i % orgs.len()].clone();
         let shape = shape.clone();
         let stop = stop.clone();
-        tasks.push(tokio::spawn(async move { connection(i as u64, client, org, shape, deadline, stop).await }));
+        let opts = opts[i % opts.len()].clone();
+        tasks.push(tokio::spawn(async move { connection(i as u64, client, opts, org, shape, deadline, stop).await }));
     }
     Outcome::gather(tasks, start).await
 }
 
 async fn connection(
     index: u64,
-    client: Client,
+    mut client: Client,
+    opts: ClientOptions,
     org: LoadOrg,
     shape: Shape,
     deadline: Instant,
@@ -97,15 +115,12 @@ async fn connection(
         let acquires: Vec<Req> = (0..shape.depth)
             .map(|_| {
                 nonce += 1;
-                Req::Acquire {
-                    org: org.org.clone(),
-                    pool: PoolId::KRE_DEFAULT,
-                    machine: org.machine.clone(),
-                    nonce: Nonce(nonce),
-                }
+                let (org, machine) = (org.org.clone(), org.machine.clone());
+                Req::Acquire { org, pool: PoolId::KRE_DEFAULT, machine, nonce: Nonce(nonce) }
             })
             .collect();
         let mut sessions = Vec::with_capacity(shape.depth);
+        let (mut broken, mut draining) = (false, false);
         for (r, t) in client.call_batch_timed(acquires).await {
             match r {
                 Ok(Resp::Admitted { session, .. }) => {
@@ -113,7 +128,11 @@ async fn connection(
                     sessions.push(session);
                 }
                 Ok(_) => out.errors.add_named("UNEXPECTED_RESPONSE"),
-                Err(e) => out.errors.add(&e),
+                Err(e) => match out.failed(&e) {
+                    Failure::Broken => broken = true,
+                    Failure::Draining => draining = true,
+                    Failure::Refused => {}
+                },
             }
         }
         if sessions.is_empty() && out.errors.0.values().sum::<u64>() > 1000 {
@@ -126,12 +145,73 @@ async fn connection(
                     out.release.record(t);
                     out.pairs += 1;
                 }
-                Err(e) => out.errors.add(&e),
+                Err(e) => broken |= out.failed(&e) == Failure::Broken,
+            }
+        }
+        if draining && !broken {
+            // The broker is going away: wait for it to close the connection
+            // (then reconnect) instead of hammering it with refusals.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if broken {
+            client.close_nowait();
+            match reconnect(&opts, deadline, &stop).await {
+                Some(c) => {
+                    client = c;
+                    out.reconnects += 1;
+                }
+                None => {
+                    out.unrecovered += 1;
+                    return out;
+                }
             }
         }
     }
     client.close().await;
     out
+}
+
+/// What a failed request says about its connection.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The connection is gone: reconnect.
+    Broken,
+    /// The broker is shutting down: it will close the connection soon.
+    Draining,
+    /// A refusal or protocol error: counted, the connection carries on.
+    Refused,
+}
+
+impl Outcome {
+    /// Counts a failed request and says what it means for the connection.
+    fn failed(&mut self, e: &ClientError) -> Failure {
+        match e {
+            ClientError::Closed(_) | ClientError::Connect { .. } => {
+                self.lost_in_flight += 1;
+                Failure::Broken
+            }
+            ClientError::Rejected(w) if w.code == ErrorCode::Draining => {
+                self.lost_in_flight += 1;
+                Failure::Draining
+            }
+            other => {
+                self.errors.add(other);
+                Failure::Refused
+            }
+        }
+    }
+}
+
+/// Connects again with backoff until the run ends; `None` if it never could.
+async fn reconnect(opts: &ClientOptions, deadline: Instant, stop: &AtomicBool) -> Option<Client> {
+    let mut backoff = Backoff::reconnect();
+    while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+        if let Ok(c) = Client::connect(opts).await {
+            return Some(c);
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+    None
 }
 
 /// Samples the broker's pools while a run goes on; records the highest
@@ -144,28 +224,39 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    pub fn start(client: Client, orgs: Vec<LoadOrg>) -> Monitor {
+    /// Samples every 100 ms as the holder of `opts` (the operator),
+    /// reconnecting if the broker goes away, until `finish`.
+    pub async fn start(opts: ClientOptions, orgs: Vec<LoadOrg>) -> Result<Monitor> {
+        let mut client = Client::connect(&opts).await?;
         let max_in_use = Arc::new(AtomicU32::new(0));
         let over_quota = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let (m, o, s) = (max_in_use.clone(), over_quota.clone(), stop.clone());
         let task = tokio::spawn(async move {
+            let far = Instant::now() + Duration::from_secs(365 * 86_400);
             while !s.load(Ordering::Relaxed) {
                 for org in &orgs {
-                    if let Ok(pools) = client.status(Some(&org.org)).await {
-                        for p in pools {
-                            m.fetch_max(p.in_use, Ordering::Relaxed);
-                            if p.in_use > p.quota {
-                                o.store(true, Ordering::Relaxed);
+                    match client.status(Some(&org.org)).await {
+                        Ok(pools) => {
+                            for p in pools {
+                                m.fetch_max(p.in_use, Ordering::Relaxed);
+                                if p.in_use > p.quota {
+                                    o.store(true, Ordering::Relaxed);
+                                }
                             }
                         }
+                        Err(ClientError::Closed(_)) => match reconnect(&opts, far, &s).await {
+                            Some(c) => client = c,
+                            None => return,
+                        },
+                        Err(_) => {}
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             client.close().await;
         });
-        Monitor { max_in_use, over_quota, stop, task }
+        Ok(Monitor { max_in_use, over_quota, stop, task })
     }
 
     pub async fn finish(self) -> (u32, bool) {

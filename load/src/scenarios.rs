@@ -35,7 +35,7 @@ const UNBOUNDED: u32 = license_broker::core::MAX_QUOTA;
 pub async fn churn(target: &Target, p: &Params) -> Result<Report> {
     let orgs = target.setup_orgs(p.orgs, UNBOUNDED).await?;
     let opts: Vec<ClientOptions> = orgs.iter().map(|o| target.options(&o.key)).collect();
-    let monitor = Monitor::start(target.client(&target.operator).await?, orgs.clone());
+    let monitor = Monitor::start(target.options(&target.operator), orgs.clone()).await?;
     let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: p.rate };
     let bar = report::progress(p.duration, "churn");
     let ticker = tokio::spawn(report::tick(bar, tokio::time::Instant::now() + p.duration));
@@ -59,7 +59,14 @@ pub async fn churn(target: &Target, p: &Params) -> Result<Report> {
     r.extra("max_in_use_sampled", max_in_use);
     r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}"));
     r.check("no seat leaked", leaked == 0, format!("{leaked} seats in use after all releases"));
+    r.extra("lost_in_flight", out.lost_in_flight);
+    r.extra("reconnects", out.reconnects);
     r.check("no errors", out.errors.0.is_empty(), format!("{:?}", out.errors.0));
+    r.check(
+        "every broken connection came back",
+        out.unrecovered == 0,
+        format!("{} reconnects, {} never came back", out.reconnects, out.unrecovered),
+    );
     r.check("made progress", out.pairs > 0, format!("{} pairs", out.pairs));
     Ok(r)
 }
@@ -100,7 +107,7 @@ async fn stop_fleet(live: &Live, tasks: Vec<tokio::task::JoinHandle<Stats>>) -> 
 
 pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
     let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
-    let monitor = Monitor::start(target.client(&target.operator).await?, vec![org.clone()]);
+    let monitor = Monitor::start(target.options(&target.operator), vec![org.clone()]).await?;
     let b = Behaviour { ttl: p.lease_ttl, hold: Some(p.duration / 2), ramp: (p.duration / 4).min(p.lease_ttl / 3) };
     let started = std::time::Instant::now();
     let (live, tasks) = start_fleet(target, &org.key, &org, p.runners, p.connections, b, 1).await?;
@@ -157,7 +164,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
     let victims = p.victims.clamp(1, p.runners.max(1));
     let background = p.runners.saturating_sub(victims);
     let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
-    let monitor = Monitor::start(target.client(&target.operator).await?, vec![org.clone()]);
+    let monitor = Monitor::start(target.options(&target.operator), vec![org.clone()]).await?;
     let b = Behaviour { ttl: p.lease_ttl, hold: None, ramp: Duration::ZERO };
     let (live, tasks) = start_fleet(target, &org.key, &org, background, p.connections, b, 1).await?;
     let fill_started = std::time::Instant::now();
