@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use license_broker::client::{Admitted, Backoff, Client, ClientError, ClientOptions};
+use license_broker::client::{Admitted, Backoff, Client, ClientError, Connector};
 use license_broker::proto::{ErrorCode, Notice};
 use license_broker::value::{MachineId, OrgName, PoolId};
 use serde_json::json;
@@ -67,7 +67,8 @@ impl Events {
 
 /// One runner (or activation): what it asks for, as whom, and where its events go.
 struct Runner {
-    opts: ClientOptions,
+    /// One endpoint for every (re)connection, so reconnects resume TLS sessions.
+    connector: Connector,
     args: RunnerArgs,
     machine: MachineId,
     /// This runner instance's identity: re-attaching with it never takes a second seat.
@@ -83,7 +84,7 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         None => license_broker::machine_id::current()?,
     };
     let runner = Runner {
-        opts: conn.options()?,
+        connector: Connector::new(conn.options()?).await?,
         ev: Events { json: args.json },
         args,
         machine,
@@ -120,6 +121,7 @@ impl Runner {
                     format!("activated: {pool} bound to machine {machine}{}", if already { " (already)" } else { "" }),
                 );
                 client.close().await;
+                self.connector.wait_idle().await;
                 return Ok(ExitCode::SUCCESS);
             }
             Err(e) => return Ok(self.ev.rejected(&e)),
@@ -136,7 +138,7 @@ impl Runner {
     /// activation asks for a KSE activation). Re-attaches on a repeated nonce.
     async fn attach(&self) -> Result<(Client, Attached), ClientError> {
         let (org, pool, machine, nonce) = (&self.args.org, self.args.pool, &self.machine, self.nonce);
-        let client = Client::connect(&self.opts).await?;
+        let client = self.connector.connect().await?;
         if self.activation {
             let act = client.activate(org, pool, machine, nonce).await?;
             let attached = match act.session {
@@ -252,6 +254,7 @@ impl Runner {
                 ExitCode::from(EXIT_LEASE_LOST)
             }
         };
+        self.connector.wait_idle().await;
         Ok(code)
     }
 

@@ -231,20 +231,47 @@ pub fn endpoint_with(
     Ok(ep)
 }
 
+/// Connects, again and again, to one broker over one UDP endpoint: the
+/// endpoint keeps the TLS session tickets the broker hands out, so a
+/// reconnect resumes its session instead of paying for a full handshake.
+pub struct Connector {
+    opts: ClientOptions,
+    addr: SocketAddr,
+    name: String,
+    endpoint: quinn::Endpoint,
+}
+
+impl Connector {
+    /// Resolves the broker's address and opens the endpoint (no traffic yet).
+    pub async fn new(opts: ClientOptions) -> Result<Connector, ClientError> {
+        let (addr, name) = resolve(&opts.server, opts.server_name.as_deref()).await?;
+        let endpoint = endpoint(opts.ca.as_deref(), addr.is_ipv6())?;
+        Ok(Connector { opts, addr, name, endpoint })
+    }
+
+    /// Connects and authenticates, giving up after the connect timeout.
+    pub async fn connect(&self) -> Result<Client, ClientError> {
+        let attempt = Client::connect_on(self.endpoint.clone(), self.addr, &self.name, &self.opts.api_key);
+        match tokio::time::timeout(self.opts.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => {
+                let source = ConnectFailure::TimedOut(self.opts.connect_timeout);
+                Err(ClientError::Connect { addr: self.addr, source })
+            }
+        }
+    }
+
+    /// Waits (up to a second) until the endpoint's connections have closed,
+    /// so a clean close reaches the broker before the process exits.
+    pub async fn wait_idle(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
 impl Client {
     /// Connects with its own endpoint and authenticates.
     pub async fn connect(opts: &ClientOptions) -> Result<Client, ClientError> {
-        let (addr, name) = resolve(&opts.server, opts.server_name.as_deref()).await?;
-        let ep = endpoint(opts.ca.as_deref(), addr.is_ipv6())?;
-        let attempt = Client::connect_on(ep.clone(), addr, &name, &opts.api_key);
-        let mut client = match tokio::time::timeout(opts.connect_timeout, attempt).await {
-            Ok(result) => result?,
-            Err(_) => {
-                ep.close(quinn::VarInt::from_u32(0), b"connect timeout");
-                let source = ConnectFailure::TimedOut(opts.connect_timeout);
-                return Err(ClientError::Connect { addr, source });
-            }
-        };
+        let mut client = Connector::new(opts.clone()).await?.connect().await?;
         client.owns_endpoint = true;
         Ok(client)
     }
