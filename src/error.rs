@@ -37,6 +37,13 @@ pub enum SetupError {
     },
     /// The system's secure random source failed (no keys could be made).
     Random,
+    /// The clock reads earlier than the latest time a previous run recorded.
+    ClockBehind {
+        /// The clock now.
+        now: crate::value::Millis,
+        /// The latest time recorded.
+        high_water: crate::value::Millis,
+    },
 }
 
 impl SetupError {
@@ -61,6 +68,14 @@ impl fmt::Display for SetupError {
             SetupError::Store { what, source } => write!(f, "{what}: {source}"),
             SetupError::Bind { addr, source } => write!(f, "binding {addr}: {source}"),
             SetupError::Random => f.write_str("the system's secure random source failed"),
+            SetupError::ClockBehind { now, high_water } => write!(
+                f,
+                "the clock reads {}, earlier than {} recorded by a previous run: leases and offline licenses \
+                 would be judged on the wrong time. Fix the clock, or start with --allow-clock-rollback if \
+                 you are sure it is right now",
+                crate::value::format_utc(*now),
+                crate::value::format_utc(*high_water)
+            ),
         }
     }
 }

@@ -114,3 +114,57 @@ fn a_lost_operator_key_is_replaced_offline_from_the_data_dir() {
     let out = s.run(&key, &["pool", "set", "--org", "default", "--quota", "2"]);
     assert!(out.status.success(), "the new key acts as the operator: {out:?}");
 }
+
+#[test]
+fn admission_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    assert!(s.cmd(&s.owner).args(["runner", "--org", "default", "--hold", "0s"]).status().unwrap().success());
+    let mut holder = s.runner("60s");
+    let events = Events::of(&mut holder);
+    events.wait_for("admitted", Duration::from_secs(10));
+    let refused = s.cmd(&s.owner).args(["runner", "--org", "default", "--json"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(3));
+    let counts = |s: &process::Serve| {
+        let out = s.run(&s.owner, &["status", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (v["pools"][0]["admitted"].as_u64().unwrap(), v["pools"][0]["rejected"].as_u64().unwrap())
+    };
+    assert_eq!(counts(&s), (2, 1));
+    // (The holder would re-attach after the restart and count again; it goes first.)
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    signal(&s.child, "-TERM");
+    s.child.wait().unwrap();
+    s.child = spawn_serve(dir.path(), &s.addr, "30s");
+    s.wait_ready(Duration::from_secs(10));
+    assert_eq!(counts(&s), (2, 1), "ADMITTED and REJECTED carry on across a restart");
+}
+
+#[test]
+fn a_clock_behind_the_last_run_is_refused_unless_the_operator_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let serve_with = |extra: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.args(["serve", "--data-dir"]).arg(dir.path()).args(["--listen", &addr]).args(extra);
+        c
+    };
+    // A run whose clock was a day ahead leaves its time behind.
+    let mut ahead = serve_with(&["--clock-ahead", "1day"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&ahead, "-TERM");
+    assert_eq!(ahead.wait().unwrap().code(), Some(0));
+    // With the right clock the broker refuses to start, naming both times.
+    let out = serve_with(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("earlier than") && err.contains("--allow-clock-rollback"), "{err}");
+    // The operator checked the clock: the override starts it.
+    let mut ok = serve_with(&["--allow-clock-rollback"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(ok.try_wait().unwrap().is_none(), "the broker runs with the override");
+    signal(&ok, "-TERM");
+    assert_eq!(ok.wait().unwrap().code(), Some(0));
+}

@@ -39,6 +39,13 @@ pub struct ServeArgs {
     /// How long shutdown waits for clients to leave.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
+    /// Start even though the clock reads earlier than the latest time a
+    /// previous run recorded (check the clock first).
+    #[arg(long)]
+    allow_clock_rollback: bool,
+    /// Run the broker's clock this far ahead (for rehearsing clock trouble).
+    #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
+    clock_ahead: Duration,
 }
 
 pub async fn run(a: ServeArgs) -> Result<ExitCode> {
@@ -55,6 +62,8 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.max_connections = a.max_connections;
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;
+    options.allow_clock_rollback = a.allow_clock_rollback;
+    options.clock_ahead = a.clock_ahead;
     let running = server::start(options).await?;
     if let Some(keys) = &running.bootstrap {
         let mut out = std::io::stdout().lock();

@@ -65,6 +65,9 @@ pub struct Broker {
     offline_due: Mutex<BTreeMap<(Millis, OfflineId), Arc<Pool>>>,
     /// Orders audit entries written in the same millisecond.
     audit_seq: AtomicU64,
+    /// The latest time a previous run recorded (`Record::Clock`), for the
+    /// shell's check that the clock has not gone backwards.
+    high_water: AtomicU64,
 }
 
 impl Broker {
@@ -79,6 +82,7 @@ impl Broker {
             pool_uids: AtomicU64::new(1),
             offline_due: Mutex::new(BTreeMap::new()),
             audit_seq: AtomicU64::new(audit_seq_base),
+            high_water: AtomicU64::new(0),
         }
     }
 
@@ -248,6 +252,10 @@ impl Broker {
         {
             let mut dir = self.dir.write();
             for change in changes {
+                if let Change::Put(Record::Clock { high_water }) = change {
+                    // Relaxed: read only by the shell at start, after loading.
+                    self.high_water.store(high_water.0, Ordering::Relaxed);
+                }
                 let restored = dir.apply(change, |org, id, quota, end| {
                     // Relaxed: uniqueness only; no other memory depends on it.
                     let uid = PoolUid(self.pool_uids.fetch_add(1, Ordering::Relaxed));
@@ -278,6 +286,34 @@ impl Broker {
             }
         }
         ended
+    }
+
+    /// The latest time a previous run recorded (0 if none).
+    pub fn high_water(&self) -> Millis {
+        // Relaxed: see `apply`.
+        Millis(self.high_water.load(Ordering::Relaxed))
+    }
+
+    /// Records that keep what must outlive this run but is not a durable
+    /// change of its own: every pool's admission counts, and the clock's
+    /// high-water mark `now`. The shell writes them to the store now and
+    /// then; they are never applied back to this run's memory.
+    pub fn checkpoint(&self, now: Millis) -> Vec<Record> {
+        let mut out = vec![Record::Clock { high_water: now }];
+        let dir = self.dir.read();
+        for (org, entry) in &dir.orgs {
+            for pool in entry.pools.values() {
+                let (admitted, rejected) = self.sessions.counts(pool.uid);
+                let st = pool.status(admitted, rejected);
+                out.push(Record::Counters {
+                    org: org.clone(),
+                    pool: pool.id,
+                    admitted: st.admitted,
+                    rejected: st.rejected,
+                });
+            }
+        }
+        out
     }
 
     /// Runs `f` on the directory for read-only planning (admin module).

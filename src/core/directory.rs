@@ -134,7 +134,13 @@ impl Directory {
                 self.keys.insert(*hash, entry);
             }
             Change::Put(Record::Offline { org, pool, license }) => return self.put_offline(org, *pool, license),
-            Change::Put(Record::Audit(_)) => {}
+            Change::Put(Record::Counters { org, pool, admitted, rejected }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.restore_counts(*admitted, *rejected);
+                }
+            }
+            // The audit trail is never read back; the broker keeps the clock mark.
+            Change::Put(Record::Audit(_) | Record::Clock { .. }) => {}
             other => self.apply_to_pool(other),
         }
         None

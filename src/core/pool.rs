@@ -54,6 +54,9 @@ pub struct Pool {
     machines: Mutex<FastMap<MachineId, Machine>>,
     /// Quota and seats in use.
     seats: Padded<Seats>,
+    /// Admissions and quota refusals counted before this process started
+    /// (from the store); the session table's shards count the rest.
+    counted: Mutex<(u64, u64)>,
     /// KSE grants, node-locked activations and offline licenses. Changed
     /// only by admin requests and activations, which the shell serialises,
     /// so a plain lock.
@@ -143,6 +146,7 @@ impl Pool {
             removals: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(Seats::new(quota)),
+            counted: Mutex::new((0, 0)),
             licensing: Mutex::new(Licensing::default()),
         }
     }
@@ -360,9 +364,16 @@ impl Pool {
         self.licensing.lock().offline.clone()
     }
 
+    /// Sets the admission counts of earlier runs (a store record; idempotent).
+    pub fn restore_counts(&self, admitted: u64, rejected: u64) {
+        *self.counted.lock() = (admitted, rejected);
+    }
+
     /// The pool's numbers for `status`, with the admission counts the
-    /// session table keeps.
+    /// session table keeps for this run.
     pub fn status(&self, admitted: u64, rejected: u64) -> PoolStatus {
+        let (earlier_admitted, earlier_rejected) = *self.counted.lock();
+        let (admitted, rejected) = (earlier_admitted + admitted, earlier_rejected + rejected);
         let c = self.seats.count();
         let (grants, activations, offline) = {
             let l = self.licensing.lock();

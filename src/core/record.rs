@@ -106,6 +106,23 @@ pub enum Record {
     },
     /// One line of an org's audit trail (never read back into memory).
     Audit(AuditEntry),
+    /// The latest time the broker has seen, so a clock that went backwards
+    /// is noticed at the next start. (New variants go last: the index is the encoding.)
+    Clock {
+        /// The broker's clock when it was written.
+        high_water: Millis,
+    },
+    /// A pool's admission statistics, so `status` keeps counting across restarts.
+    Counters {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Sessions admitted since the pool was created.
+        admitted: u64,
+        /// Acquires refused for quota since the pool was created.
+        rejected: u64,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -238,6 +255,8 @@ impl Record {
             Record::Binding { org, pool, email, .. } => (Table::Bindings, in_pool(org, pool, email)),
             Record::Offline { org, pool, license } => (Table::Offline, in_pool(org, pool, license.id)),
             Record::Audit(e) => (Table::Audit, format!("{}/{:016x}/{:016x}", e.org, e.at.0, e.seq)),
+            Record::Clock { .. } => (Table::Meta, "clock".to_string()),
+            Record::Counters { org, pool, .. } => (Table::Counters, format!("{org}/{pool}")),
         }
     }
 }
@@ -282,11 +301,15 @@ pub enum Table {
     Offline,
     /// The audit trail (appended, listed per org, never loaded at start).
     Audit,
+    /// Admission statistics per pool.
+    Counters,
+    /// Broker-wide facts (the clock's high-water mark).
+    Meta,
 }
 
 impl Table {
     /// Every table, parents first.
-    pub const ALL: [Table; 9] = [
+    pub const ALL: [Table; 11] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
@@ -296,10 +319,12 @@ impl Table {
         Table::Bindings,
         Table::Offline,
         Table::Audit,
+        Table::Counters,
+        Table::Meta,
     ];
 
     /// The tables that rebuild memory at startup.
-    pub const DIRECTORY: [Table; 8] = [
+    pub const DIRECTORY: [Table; 10] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
@@ -308,6 +333,8 @@ impl Table {
         Table::Grants,
         Table::Bindings,
         Table::Offline,
+        Table::Counters,
+        Table::Meta,
     ];
 
     /// The table's name in a store.
@@ -322,6 +349,8 @@ impl Table {
             Table::Bindings => "bindings",
             Table::Offline => "offline",
             Table::Audit => "audit",
+            Table::Counters => "counters",
+            Table::Meta => "meta",
         }
     }
 }

@@ -480,3 +480,21 @@ fn a_registration_admits_nobody_until_it_is_committed() {
     assert!(w.acquire("new", 1, 1, t(0)).is_ok());
     assert_eq!(w.register("third"), Ok(Registration::New));
 }
+
+#[test]
+fn checkpoint_carries_admission_counts_and_the_clock_into_the_next_run() {
+    let w = world(1);
+    w.register("m").unwrap();
+    w.acquire("m", 1, 1, t(0)).unwrap();
+    assert!(w.acquire("m", 2, 1, t(0)).is_err());
+    let records = w.broker.checkpoint(t(5));
+    assert!(records.contains(&Record::Clock { high_water: t(5) }));
+    let next = Fixture::new(1, 2, TTL);
+    next.broker.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
+    let st = next.pool_status();
+    assert_eq!((st.admitted, st.rejected), (1, 1));
+    assert_eq!(next.broker.high_water(), t(5));
+    next.register("m").unwrap();
+    next.acquire("m", 1, 1, t(6)).unwrap();
+    assert_eq!(next.pool_status().admitted, 2, "this run's admissions add to the earlier ones");
+}

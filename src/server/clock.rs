@@ -22,8 +22,13 @@ pub struct Clock {
 impl Clock {
     /// A clock anchored to the current wall time.
     pub fn new() -> Clock {
+        Clock::ahead(std::time::Duration::ZERO)
+    }
+
+    /// A clock running `ahead` of the wall time (for rehearsing clock trouble).
+    pub fn ahead(ahead: std::time::Duration) -> Clock {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        Clock { wall_at_start: wall, start: Instant::now() }
+        Clock { wall_at_start: wall.saturating_add(ahead.as_millis() as u64), start: Instant::now() }
     }
 
     /// The current instant.

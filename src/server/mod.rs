@@ -6,6 +6,7 @@
 //! request stream: framing, Hello, pipelining) → `handler` (one request →
 //! core, and the store for durable changes).
 
+mod checkpoint;
 mod clock;
 mod connection;
 mod expiry;
@@ -28,7 +29,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::core::hash::FastSet;
-use crate::core::{Broker, Change, Config, ConnId, Email, Ended, Pending, SessionId};
+use crate::core::{Broker, Change, Config, ConnId, Email, Ended, Pending, Record, SessionId};
 use crate::error::SetupError;
 use crate::proto::{Notice, WireError};
 use crate::store::{RedbStore, Store, StoreError};
@@ -53,6 +54,12 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// How long a shutdown waits for clients to leave.
     pub drain_grace: Duration,
+    /// Start even if the clock is behind the latest time a previous run
+    /// recorded (the operator has checked the clock).
+    pub allow_clock_rollback: bool,
+    /// Runs the broker's clock this far ahead of the system's (for
+    /// rehearsing and testing clock trouble; zero in production).
+    pub clock_ahead: Duration,
 }
 
 impl Options {
@@ -67,6 +74,8 @@ impl Options {
             max_streams: 16,
             idle_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(1),
+            allow_clock_rollback: false,
+            clock_ahead: Duration::ZERO,
         }
     }
 }
@@ -198,7 +207,7 @@ pub struct Running {
 pub async fn start(options: Options) -> Result<Running, SetupError> {
     let bind_error = |source| SetupError::Bind { addr: options.listen, source };
     let socket = socket::bind(options.listen).map_err(bind_error)?;
-    let clock = Clock::new();
+    let clock = Clock::ahead(options.clock_ahead);
     let (store, core, bootstrap) = open(&options, clock)?;
     let files = match &options.tls {
         Some(f) => f.clone(),
@@ -235,7 +244,8 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     let (stop, stop_rx) = watch::channel(false);
     let tasks = vec![
         tokio::spawn(connection::accept_loop(shared.clone(), endpoint.clone(), stop_rx.clone())),
-        tokio::spawn(expiry::run(shared.clone(), stop_rx)),
+        tokio::spawn(expiry::run(shared.clone(), stop_rx.clone())),
+        tokio::spawn(checkpoint::run(shared.clone(), stop_rx)),
     ];
     tracing::info!(%addr, lease_ttl = ?shared.options.lease_ttl, "broker listening");
     Ok(Running { addr, shared, closed, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
@@ -256,9 +266,17 @@ fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
     let audit_base = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64 >> 1;
     let core = Broker::new(Config { lease_ttl: options.lease_ttl, audit_seq_base: audit_base, ..Config::default() });
     let records = store.load().map_err(store_error("loading the store"))?;
-    let fresh = records.is_empty();
+    // Bootstrap writes every first record in one commit: no key, no bootstrap yet.
+    let fresh = !records.iter().any(|r| matches!(r, Record::Key { .. }));
     core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
+    let (now, high_water) = (clock.now(), core.high_water());
+    if now < high_water && !options.allow_clock_rollback {
+        return Err(SetupError::ClockBehind { now, high_water });
+    }
     let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
+    // Record this start's time at once: a crash from here on still leaves a mark.
+    let mark = Change::Put(Record::Clock { high_water: now });
+    store.commit(&[mark]).map_err(store_error("recording the clock"))?;
     Ok((store, core, bootstrap))
 }
 
@@ -321,6 +339,8 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
+        // The last counts and the clock, so a restart continues from here.
+        checkpoint::write(&self.shared, Vec::new()).await;
         // Connection and stream tasks end as the endpoint's close reaches
         // them, dropping their handles on the shared state; wait for the
         // last one, so the store is closed (and its file lock released)
