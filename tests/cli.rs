@@ -247,3 +247,54 @@ fn kse_grant_activate_and_offline_license_round_trip() {
     }
     assert_eq!(s.run(&user_key, &["audit", "--org", "default"]).status.code(), Some(5));
 }
+
+#[test]
+fn data_dir_is_owner_only_and_keys_come_from_a_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let addr = format!("127.0.0.1:{}", free_port());
+    // Started under umask 022, as a default shell would.
+    let mut child = Command::new("sh")
+        .args(["-c", "umask 022 && exec \"$0\" \"$@\"", BIN, "serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &addr])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let operator = first_line(&mut child).strip_prefix("operator api key: ").unwrap().to_string();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    for file in ["broker.redb", "tls/key.pem", "tls/cert.pem", "offline/signing-key.pem"] {
+        assert_eq!(mode(&data.join(file)), 0o600, "{file}");
+    }
+    assert_eq!(mode(&data.join("tls")), 0o700);
+    // A key from a file, nothing on the command line.
+    let key_file = dir.path().join("operator.key");
+    std::fs::write(&key_file, format!("{operator}\n")).unwrap();
+    let ca = data.join("tls/cert.pem");
+    let status = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["status", "--server", &addr, "--ca"])
+            .arg(&ca)
+            .args(extra)
+            .env_remove("LB_API_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = status(&["--api-key-file", key_file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"), "{out:?}");
+    let out = status(&["--api-key", &operator]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("visible to other users"), "{out:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    line.trim_end().to_string()
+}

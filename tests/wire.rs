@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{start, TestBroker};
+use common::{start, start_with, TestBroker};
 use license_broker::proto::ErrorCode;
 use license_broker::proto::{
     encode, ClientFrame, FrameBuf, Hello, Outcome, Req, Request, ServerFrame, MAX_FRAME, VERSION,
@@ -161,4 +161,26 @@ async fn frames_split_across_writes_and_pipelined_requests_all_answered() {
     }
     ids.sort();
     assert_eq!(ids, (0..200).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_hello_is_closed_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| o.hello_timeout = Duration::from_millis(300)).await;
+    // A stranger that opens a stream and says nothing (its keep-alives answer PINGs).
+    let silent = raw(&b).await;
+    let closed =
+        tokio::time::timeout(Duration::from_secs(10), silent._conn.closed()).await.expect("closed by the broker");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 2),
+        "{closed:?}"
+    );
+    // An authenticated connection outlives the deadline.
+    let mut ok = raw(&b).await;
+    ok.hello(&b.owner, VERSION).await;
+    assert!(matches!(ok.next().await, Some(ServerFrame::Welcome(_))));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(ok._conn.close_reason().is_none(), "a welcomed connection stays open");
+    let client = b.client(&b.owner).await;
+    assert!(client.status(None).await.is_ok());
 }

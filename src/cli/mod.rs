@@ -41,9 +41,13 @@ struct ConnArgs {
     /// PEM certificate to trust (the broker's DATA_DIR/tls/cert.pem); system roots if absent.
     #[arg(long, env = "LB_CA", global = true)]
     ca: Option<PathBuf>,
-    /// API key to authenticate with.
+    /// API key to authenticate with. Prefer LB_API_KEY or --api-key-file:
+    /// a key on the command line is visible to every user of the host (ps).
     #[arg(long, env = "LB_API_KEY", global = true, hide_env_values = true)]
     api_key: Option<String>,
+    /// Read the API key from this file (first line).
+    #[arg(long, env = "LB_API_KEY_FILE", global = true, conflicts_with = "api_key")]
+    api_key_file: Option<PathBuf>,
     /// TLS name to verify instead of the host part of --server.
     #[arg(long, env = "LB_SERVER_NAME", global = true)]
     server_name: Option<String>,
@@ -261,7 +265,22 @@ enum SessionCmd {
 
 impl ConnArgs {
     fn options(&self) -> Result<ClientOptions> {
-        let api_key = self.api_key.clone().context("no API key: pass --api-key or set LB_API_KEY")?;
+        let api_key = match (&self.api_key, &self.api_key_file) {
+            (Some(key), _) => {
+                if std::env::args().any(|a| a == "--api-key" || a.starts_with("--api-key=")) {
+                    eprintln!(
+                        "warning: an API key on the command line is visible to other users of this host; \
+                         use LB_API_KEY or --api-key-file"
+                    );
+                }
+                key.clone()
+            }
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                text.lines().next().unwrap_or("").trim().to_string()
+            }
+            (None, None) => anyhow::bail!("no API key: set LB_API_KEY or pass --api-key-file"),
+        };
         Ok(ClientOptions {
             server_name: self.server_name.clone(),
             connect_timeout: self.connect_timeout,

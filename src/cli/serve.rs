@@ -39,6 +39,10 @@ pub struct ServeArgs {
     /// How long shutdown waits for clients to leave.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
+    /// Close a connection that authenticates no stream (sends no valid
+    /// Hello) within this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    hello_timeout: Duration,
     /// Start even though the clock reads earlier than the latest time a
     /// previous run recorded (check the clock first).
     #[arg(long)]
@@ -62,6 +66,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.max_connections = a.max_connections;
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;
+    options.hello_timeout = a.hello_timeout;
     options.allow_clock_rollback = a.allow_clock_rollback;
     options.clock_ahead = a.clock_ahead;
     let running = server::start(options).await?;

@@ -81,6 +81,7 @@ impl Broker {
         now: Millis,
     ) -> Result<Vec<Change>> {
         p.require_operator()?;
+        reserved_for_operator(owner)?;
         if subscription_end <= now {
             return Err(Error::invalid("subscription end", "must be today or later"));
         }
@@ -142,6 +143,7 @@ impl Broker {
             return Err(Error::invalid("role", "expected owner, admin or user"));
         }
         p.require_may_manage(role)?;
+        reserved_for_operator(email)?;
         self.with_dir(|dir| {
             if dir.org(org)?.users.contains_key(email) {
                 return Err(Error::AlreadyExists { what: "user", name: email.to_string() });
@@ -273,6 +275,15 @@ impl Broker {
             v.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
             Ok(v)
         })
+    }
+}
+
+/// Refuses the operator's own email for a member: in the audit trail the
+/// operator must never be someone an Owner added.
+fn reserved_for_operator(email: &Email) -> Result<()> {
+    match email.as_str() == OPERATOR_EMAIL {
+        true => Err(Error::invalid("email", format!("{OPERATOR_EMAIL} is reserved for the broker's operator"))),
+        false => Ok(()),
     }
 }
 

@@ -498,3 +498,14 @@ fn checkpoint_carries_admission_counts_and_the_clock_into_the_next_run() {
     next.acquire("m", 1, 1, t(6)).unwrap();
     assert_eq!(next.pool_status().admitted, 2, "this run's admissions add to the earlier ones");
 }
+
+#[test]
+fn nobody_can_be_added_as_the_operator() {
+    let w = world(1);
+    let operator = Email::new(admin::OPERATOR_EMAIL).unwrap();
+    let add = w.broker.plan_add_user(&w.owner, &w.org, &operator, Role::User, t(0));
+    assert!(matches!(add, Err(Error::Invalid { what: "email", .. })), "{add:?}");
+    let name = OrgName::new("acme").unwrap();
+    let org = w.broker.plan_create_org(&w.operator, &name, t(86_400_000), &operator, key(9), t(0));
+    assert!(matches!(org, Err(Error::Invalid { what: "email", .. })), "{org:?}");
+}

@@ -9,12 +9,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::{stream, ConnCtx, Shared};
 use crate::core::hash::FastSet;
 use crate::core::{ConnId, SessionId};
 use crate::proto::{encode, Notice};
+
+/// QUIC application close code for a connection that sent no `Hello` in time.
+pub const HELLO_TIMEOUT_CODE: u32 = 2;
 
 /// Notices queued per connection before new ones are dropped.
 const NOTICE_QUEUE: usize = 256;
@@ -50,18 +53,32 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     // Relaxed: uniqueness only.
     let id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
-    let ctx = Arc::new(ConnCtx { id, sessions: Mutex::new(FastSet::default()) });
+    let ctx = Arc::new(ConnCtx { id, sessions: Mutex::new(FastSet::default()), welcomed: Notify::new() });
     let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
     shared.notices.insert(id, tx);
     tokio::spawn(push_notices(conn.clone(), rx));
     tracing::debug!(conn = id.0, remote = %conn.remote_address(), "connection open");
 
+    // A stranger gets `hello_timeout` to authenticate a stream; keep-alives
+    // alone do not hold a connection (and its slot) open.
+    let welcomed = ctx.welcomed.notified();
+    let hello_deadline = tokio::time::sleep(shared.options.hello_timeout);
+    tokio::pin!(welcomed, hello_deadline);
+    let mut waiting_for_hello = true;
     let reason = loop {
-        match conn.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(stream::serve(shared.clone(), ctx.clone(), send, recv));
+        tokio::select! {
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::spawn(stream::serve(shared.clone(), ctx.clone(), send, recv));
+                }
+                Err(e) => break e,
+            },
+            _ = &mut welcomed, if waiting_for_hello => waiting_for_hello = false,
+            _ = &mut hello_deadline, if waiting_for_hello => {
+                waiting_for_hello = false;
+                tracing::debug!(conn = id.0, remote = %conn.remote_address(), "no Hello in time: closing");
+                conn.close(quinn::VarInt::from_u32(HELLO_TIMEOUT_CODE), b"no Hello within the deadline");
             }
-            Err(e) => break e,
         }
     };
     shared.notices.remove(&id);

@@ -54,6 +54,8 @@ pub struct Options {
     pub idle_timeout: Duration,
     /// How long a shutdown waits for clients to leave.
     pub drain_grace: Duration,
+    /// A connection that authenticates no stream within this is closed.
+    pub hello_timeout: Duration,
     /// Start even if the clock is behind the latest time a previous run
     /// recorded (the operator has checked the clock).
     pub allow_clock_rollback: bool,
@@ -74,6 +76,7 @@ impl Options {
             max_streams: 16,
             idle_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(5),
             allow_clock_rollback: false,
             clock_ahead: Duration::ZERO,
         }
@@ -184,6 +187,9 @@ pub(crate) struct ConnCtx {
     pub id: ConnId,
     /// Sessions acquired through this connection and not yet ended by it.
     pub sessions: parking_lot::Mutex<FastSet<SessionId>>,
+    /// Signalled when a stream of this connection is welcomed (its `Hello`
+    /// authenticated), which lifts the connection's Hello deadline.
+    pub welcomed: Notify,
 }
 
 /// A running broker.
@@ -219,6 +225,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     };
     let server_config = tls::server_config(&files, options.idle_timeout, options.max_streams)?;
     let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))?;
+    restrict_tree(&options.data_dir)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
         .map_err(bind_error)?;
@@ -260,6 +267,8 @@ type Opened = (Arc<dyn Store>, Broker, Option<BootstrapKeys>);
 fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
     std::fs::create_dir_all(&options.data_dir)
         .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
+    // Owner-only before anything is written into it, whatever the umask.
+    restrict(&options.data_dir, 0o700)?;
     let store_error = |what| move |source| SetupError::Store { what, source };
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&options.data_dir.join(STORE_FILE)).map_err(store_error("opening the store"))?);
@@ -294,6 +303,31 @@ pub fn mint_operator_key(data_dir: &std::path::Path) -> Result<String, SetupErro
     let change = Broker::new(Config::default()).plan_operator_key(hash, Clock::new().now());
     store.commit(&[change]).map_err(|source| SetupError::Store { what: "writing the key", source })?;
     Ok(key)
+}
+
+/// Sets `path`'s permission bits to `mode`.
+fn restrict(path: &std::path::Path, mode: u32) -> Result<(), SetupError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(SetupError::io(format!("restricting {}", path.display())))
+}
+
+/// Makes the data dir owner-only: every directory 0700, every file 0600
+/// (the store, the TLS key, the signing key: secrets or what guards them).
+fn restrict_tree(dir: &std::path::Path) -> Result<(), SetupError> {
+    let entries = std::fs::read_dir(dir).map_err(SetupError::io(format!("reading {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(SetupError::io(format!("reading {}", dir.display())))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(SetupError::io(format!("reading {}", path.display())))?;
+        if kind.is_dir() {
+            restrict(&path, 0o700)?;
+            restrict_tree(&path)?;
+        } else if kind.is_file() {
+            restrict(&path, 0o600)?;
+        }
+    }
+    Ok(())
 }
 
 /// The store's file inside the data dir.

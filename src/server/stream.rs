@@ -141,7 +141,7 @@ fn on_frame(
             Next::Continue
         }
         ClientDecoded::Frame(ClientFrame::Hello(hello)) => {
-            if on_hello(shared, &mut state.caller, hello, out) {
+            if on_hello(shared, ctx, &mut state.caller, hello, out) {
                 Next::Finish
             } else {
                 Next::Continue
@@ -168,7 +168,7 @@ fn on_frame(
 }
 
 /// Answers a Hello; returns true when the stream must be finished.
-fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> bool {
+fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> bool {
     if caller.is_some() {
         let err = WireError::new(ErrorCode::OutOfOrder, "Hello may only be the first frame of a stream");
         encode(&ServerFrame::Error(err), out);
@@ -195,6 +195,8 @@ fn on_hello(shared: &Shared, caller: &mut Option<Caller>, hello: Hello, out: &mu
             };
             encode(&ServerFrame::Welcome(welcome), out);
             *caller = Some(Caller { key, principal, version });
+            // notify_one keeps a permit if the connection task is not waiting yet.
+            ctx.welcomed.notify_one();
         }
         Err(e) => encode(&ServerFrame::Error(e.into()), out),
     }

@@ -204,7 +204,11 @@ mod tests {
         let _unmount = Unmount(dir.path());
         let s = RedbStore::open(&dir.path().join("db.redb")).unwrap();
         let pool = |n: u32| {
-            Change::Put(Record::Pool { org: OrgName::new(format!("org{n}")).unwrap(), pool: PoolId::KRE_DEFAULT, quota: n })
+            Change::Put(Record::Pool {
+                org: OrgName::new(format!("org{n}")).unwrap(),
+                pool: PoolId::KRE_DEFAULT,
+                quota: n,
+            })
         };
         s.commit(&[pool(1)]).unwrap();
         // Fill the disk.

@@ -33,9 +33,15 @@ pub async fn start(lease_ttl: Duration) -> TestBroker {
 }
 
 pub async fn start_in(dir: tempfile::TempDir, lease_ttl: Duration) -> TestBroker {
+    start_with(dir, lease_ttl, |_| {}).await
+}
+
+/// A broker whose options `tune` adjusts first.
+pub async fn start_with(dir: tempfile::TempDir, lease_ttl: Duration, tune: impl FnOnce(&mut Options)) -> TestBroker {
     let mut opts = Options::new(dir.path().to_path_buf(), "127.0.0.1:0".parse().unwrap());
     opts.lease_ttl = lease_ttl;
     opts.drain_grace = Duration::from_millis(50);
+    tune(&mut opts);
     let running = server::start(opts).await.unwrap();
     let keys = running.bootstrap.clone();
     let server = running.local_addr().to_string();
