@@ -13,7 +13,7 @@ use super::error::{Error, Result};
 use super::id::{ConnId, MachineId, Nonce, OfflineId, OrgName, SessionId};
 use super::pool::{Pool, PoolId, PoolStatus, PoolUid};
 use super::record::{AuditAction, AuditEntry, Change, Record};
-use super::session::{EndReason, Ended, SessionInfo, SessionTable};
+use super::session::{EndReason, Ended, Holder, SessionInfo, SessionTable};
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
@@ -70,6 +70,11 @@ pub struct Broker {
     high_water: AtomicU64,
 }
 
+/// Whether `p` is the user holding the session (in the session's org).
+fn held_by(h: Holder<'_>, p: &Principal) -> bool {
+    Some(&h.pool.org) == p.org.as_ref() && h.user == &p.email
+}
+
 impl Broker {
     /// An empty broker; `apply` the store's records to fill it.
     pub fn new(config: Config) -> Broker {
@@ -103,26 +108,29 @@ impl Broker {
         self.dir.read().principal(key)
     }
 
-    /// Heartbeat: extends a live session of the caller's org.
+    /// Heartbeat: extends a live session the caller holds. Anyone else's
+    /// session looks ended (`SESSION_EXPIRED`): a session id grants nothing
+    /// to whoever guesses it.
     pub fn renew(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Millis> {
-        self.sessions.renew(session, now, self.config.lease_ttl, |pool| Some(&pool.org) == p.org.as_ref())
+        self.sessions.renew(session, now, self.config.lease_ttl, |h| held_by(h, p))
     }
 
-    /// Ends a session of the caller's org on the runner's request.
+    /// Ends a session the caller holds, on the runner's request. (Owners and
+    /// Admins end other people's sessions with `kill`.)
     pub fn release(&self, p: &Principal, session: SessionId) -> Result<Ended> {
-        self.sessions.end(session, EndReason::Released, |pool, _| Some(&pool.org) == p.org.as_ref())
+        self.sessions.end(session, EndReason::Released, |h| held_by(h, p))
     }
 
     /// Ends a live session unconditionally (an undo, a failed re-check).
     pub(crate) fn end_session(&self, session: SessionId, reason: EndReason) -> Result<Ended> {
-        self.sessions.end(session, reason, |_, _| true)
+        self.sessions.end(session, reason, |_| true)
     }
 
     /// An Owner/Admin ends a session of their org.
     pub fn kill(&self, p: &Principal, org: &OrgName, session: SessionId) -> Result<Ended> {
         p.require_admin(org)?;
         self.sessions
-            .end(session, EndReason::Revoked, |pool, _| &pool.org == org)
+            .end(session, EndReason::Revoked, |h| &h.pool.org == org)
             .map_err(|_| Error::not_found("session", session))
     }
 
@@ -130,7 +138,7 @@ impl Broker {
     pub fn close_connection(&self, conn: ConnId, sessions: impl IntoIterator<Item = SessionId>) -> Vec<Ended> {
         sessions
             .into_iter()
-            .filter_map(|id| self.sessions.end(id, EndReason::ConnectionClosed, |_, owner| owner == conn).ok())
+            .filter_map(|id| self.sessions.end(id, EndReason::ConnectionClosed, |h| h.conn == conn).ok())
             .collect()
     }
 

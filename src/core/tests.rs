@@ -509,3 +509,20 @@ fn nobody_can_be_added_as_the_operator() {
     let org = w.broker.plan_create_org(&w.operator, &name, t(86_400_000), &operator, key(9), t(0));
     assert!(matches!(org, Err(Error::Invalid { what: "email", .. })), "{org:?}");
 }
+
+#[test]
+fn only_the_holder_renews_or_releases_a_session() {
+    let w = world(2);
+    w.register("m").unwrap();
+    let lease = w.acquire("m", 1, 1, t(0)).unwrap();
+    let other = w.add_member("u@default", Role::User, 3);
+    let admin = w.add_member("a@default", Role::Admin, 4);
+    for p in [&other, &admin] {
+        assert_eq!(w.broker.renew(p, lease.session, t(1)), Err(Error::SessionExpired), "looks ended to {}", p.email);
+        assert_eq!(w.broker.release(p, lease.session).map(|e| e.reason), Err(Error::SessionExpired));
+    }
+    assert_eq!(w.in_use(), 1, "nothing was released");
+    assert!(w.broker.renew(&w.owner, lease.session, t(1)).is_ok(), "the holder renews");
+    let ended = w.broker.kill(&admin, &w.org, lease.session).unwrap();
+    assert_eq!(ended.reason, EndReason::Revoked, "an Admin ends it with kill");
+}

@@ -89,6 +89,18 @@ pub struct SessionInfo {
     pub deadline: Millis,
 }
 
+/// Who holds a live session: what a caller is vetted against before it
+/// may renew or end it.
+#[derive(Clone, Copy)]
+pub struct Holder<'a> {
+    /// Its pool.
+    pub pool: &'a Pool,
+    /// The user whose key acquired it.
+    pub user: &'a Email,
+    /// The connection that acquired (or last re-attached to) it.
+    pub conn: ConnId,
+}
+
 /// A session that has just ended, for notices and logs.
 #[derive(Clone, Debug)]
 pub struct Ended {
@@ -185,21 +197,22 @@ impl SessionTable {
         Ok(Lease { session: id, deadline, reattached: false })
     }
 
-    /// Extends a live session's lease to `now + ttl`. `allow` vets the caller.
+    /// Extends a live session's lease to `now + ttl`. `allow` vets the caller
+    /// against the session's holder.
     /// A session whose deadline has passed is ended as expired and refused.
     pub fn renew(
         &self,
         id: SessionId,
         now: Millis,
         ttl: Duration,
-        allow: impl FnOnce(&Pool) -> bool,
+        allow: impl FnOnce(Holder<'_>) -> bool,
     ) -> Result<Millis> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock.lock();
         let Some(s) = shard.get(id) else {
             return Err(Error::SessionExpired);
         };
-        if !allow(shard.pool_of(s)) {
+        if !allow(Holder { pool: shard.pool_of(s), user: &s.user, conn: s.conn }) {
             return Err(Error::SessionExpired);
         }
         if s.deadline <= now {
@@ -214,13 +227,13 @@ impl SessionTable {
     }
 
     /// Ends a live session for `reason` if `allow` accepts it, returning its seat.
-    pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(&Pool, ConnId) -> bool) -> Result<Ended> {
+    pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(Holder<'_>) -> bool) -> Result<Ended> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock.lock();
         let Some(s) = shard.get(id) else {
             return Err(Error::SessionExpired);
         };
-        if !allow(shard.pool_of(s), s.conn) {
+        if !allow(Holder { pool: shard.pool_of(s), user: &s.user, conn: s.conn }) {
             return Err(Error::SessionExpired);
         }
         let ended = shard.end(id, reason).ok_or(Error::SessionExpired)?;
