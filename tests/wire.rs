@@ -184,3 +184,21 @@ async fn a_connection_without_hello_is_closed_at_the_deadline() {
     let client = b.client(&b.owner).await;
     assert!(client.status(None).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_hellos_cost_the_connection() {
+    let b = start(Duration::from_secs(30)).await;
+    let mut guesser = raw(&b).await;
+    for _ in 0..2 {
+        guesser.hello("lbk_guess", VERSION).await;
+        assert_eq!(error_code(guesser.next().await), ErrorCode::Unauthorized);
+    }
+    guesser.hello("lbk_guess", VERSION).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), guesser._conn.closed()).await.expect("closed");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 3),
+        "the third failed Hello closes the connection: {closed:?}"
+    );
+    // Legitimate clients are not affected.
+    assert!(b.client(&b.owner).await.status(None).await.is_ok());
+}

@@ -53,7 +53,13 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
     };
     // Relaxed: uniqueness only.
     let id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
-    let ctx = Arc::new(ConnCtx { id, sessions: Mutex::new(FastSet::default()), welcomed: Notify::new() });
+    let ctx = Arc::new(ConnCtx {
+        id,
+        sessions: Mutex::new(FastSet::default()),
+        welcomed: Notify::new(),
+        failed_hellos: 0.into(),
+        conn: conn.clone(),
+    });
     let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
     shared.notices.insert(id, tx);
     tokio::spawn(push_notices(conn.clone(), rx));

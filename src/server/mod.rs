@@ -114,6 +114,8 @@ pub(crate) struct Shared {
     pub options: Options,
     /// Signs offline licenses (generated once into the data dir).
     pub signing: crate::offline::SigningKey,
+    /// Rate limit of the failed-authentication log.
+    pub auth_log: LogBudget,
     /// Dropped with the last handle on this state, after every field above
     /// (fields drop in order), so `Running::shutdown` knows the store is closed.
     pub _closed: oneshot::Sender<()>,
@@ -190,6 +192,33 @@ pub(crate) struct ConnCtx {
     /// Signalled when a stream of this connection is welcomed (its `Hello`
     /// authenticated), which lifts the connection's Hello deadline.
     pub welcomed: Notify,
+    /// `Hello`s of this connection that failed to authenticate.
+    pub failed_hellos: std::sync::atomic::AtomicU32,
+    /// The connection itself, to close it from a stream.
+    pub conn: quinn::Connection,
+}
+
+/// Lets through at most `PER_SECOND` log lines a second, so a flood of
+/// failures cannot flood the log.
+#[derive(Default)]
+pub(crate) struct LogBudget {
+    /// (second, lines logged in it), packed as second << 16 | count.
+    window: AtomicU64,
+}
+
+impl LogBudget {
+    const PER_SECOND: u64 = 10;
+
+    /// Whether one more line may be logged at `now`.
+    pub fn allow(&self, now: crate::core::Millis) -> bool {
+        let second = now.0 / 1000;
+        // Relaxed: an approximate budget; a few lines more or less is fine.
+        let prev = self.window.load(Ordering::Relaxed);
+        let (s, n) = (prev >> 16, prev & 0xffff);
+        let next = if s == second { (second << 16) | (n + 1).min(0xffff) } else { (second << 16) | 1 };
+        let _ = self.window.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed);
+        s != second || n < Self::PER_SECOND
+    }
 }
 
 /// A running broker.
@@ -246,6 +275,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         conns_gone: Notify::new(),
         options,
         signing,
+        auth_log: LogBudget::default(),
         _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);

@@ -198,10 +198,35 @@ fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: 
             // notify_one keeps a permit if the connection task is not waiting yet.
             ctx.welcomed.notify_one();
         }
-        Err(e) => encode(&ServerFrame::Error(e.into()), out),
+        Err(e) => {
+            encode(&ServerFrame::Error(e.into()), out);
+            return failed_hello(shared, ctx);
+        }
     }
     false
 }
+
+/// Counts a failed authentication: logged (source address, never the key;
+/// at most a few lines a second), and the connection is closed after
+/// `MAX_FAILED_HELLOS`, so guessing keys costs a handshake per few guesses.
+fn failed_hello(shared: &Shared, ctx: &ConnCtx) -> bool {
+    // Relaxed: a per-connection count; exactness across streams does not matter.
+    let failures = ctx.failed_hellos.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if shared.auth_log.allow(shared.clock.now()) {
+        tracing::warn!(remote = %ctx.conn.remote_address(), failures, "authentication failed");
+    }
+    if failures >= MAX_FAILED_HELLOS {
+        ctx.conn.close(quinn::VarInt::from_u32(AUTH_FAILED_CODE), b"too many failed Hellos");
+        return true;
+    }
+    false
+}
+
+/// Failed `Hello`s a connection may make before it is closed.
+pub const MAX_FAILED_HELLOS: u32 = 3;
+
+/// QUIC application close code for a connection closed after failed `Hello`s.
+pub const AUTH_FAILED_CODE: u32 = 3;
 
 /// The stream's principal, re-resolved if the directory changed since (so
 /// a revoked key or a removed user loses access on their next request).
