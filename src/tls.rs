@@ -68,7 +68,12 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     write().map_err(SetupError::io(format!("writing {}", path.display())))
 }
 
-/// The QUIC server config for the given certificate and key.
+/// Bytes a client may send on one stream before the broker has read them.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+/// Bytes in flight per connection, each way.
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+
+/// The QUIC server config: TLS 1.3 with `files`, and the transport limits.
 pub fn server_config(files: &TlsFiles, idle_timeout: Duration, max_streams: u32) -> Result<quinn::ServerConfig> {
     let cert_path = files.cert.display();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
@@ -91,10 +96,18 @@ pub fn server_config(files: &TlsFiles, idle_timeout: Duration, max_streams: u32)
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     let idle = idle_timeout.try_into().map_err(|e| SetupError::tls("idle timeout", e))?;
+    // Windows sized to the protocol, not to bulk transfer: a stream needs
+    // room for a 64 KiB frame and some pipelining, a connection for a few
+    // busy streams. They bound what a client that sends without reading (or
+    // reads without acknowledging) can make the broker buffer: quinn's
+    // defaults are ~1.2 MB per stream, unlimited per connection, 10 MB out.
     transport
         .max_idle_timeout(Some(idle))
         .max_concurrent_bidi_streams(max_streams.into())
-        .max_concurrent_uni_streams(0u32.into());
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(CONNECTION_WINDOW.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }
