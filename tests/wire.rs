@@ -202,3 +202,19 @@ async fn failed_hellos_cost_the_connection() {
     // Legitimate clients are not affected.
     assert!(b.client(&b.owner).await.status(None).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_left_half_sent_is_dropped_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| o.frame_timeout = Duration::from_millis(300)).await;
+    let mut slow = raw(&b).await;
+    slow.hello(&b.owner, VERSION).await;
+    assert!(matches!(slow.next().await, Some(ServerFrame::Welcome(_))));
+    // A length prefix of 60 KiB, then ten bytes, then silence.
+    let mut partial = (60 * 1024u32).to_be_bytes().to_vec();
+    partial.extend_from_slice(&[0; 10]);
+    slow.send_bytes(&partial).await;
+    assert_eq!(error_code(slow.next().await), ErrorCode::BadFrame);
+    assert!(slow.next().await.is_none(), "the stream ends");
+    assert!(b.client(&b.owner).await.status(None).await.is_ok());
+}

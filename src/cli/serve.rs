@@ -43,6 +43,9 @@ pub struct ServeArgs {
     /// Hello) within this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     hello_timeout: Duration,
+    /// Drop a request stream whose started frame is not complete within this long.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    frame_timeout: Duration,
     /// Start even though the clock reads earlier than the latest time a
     /// previous run recorded (check the clock first).
     #[arg(long)]
@@ -67,6 +70,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;
     options.hello_timeout = a.hello_timeout;
+    options.frame_timeout = a.frame_timeout;
     options.allow_clock_rollback = a.allow_clock_rollback;
     options.clock_ahead = a.clock_ahead;
     let running = server::start(options).await?;

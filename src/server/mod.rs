@@ -56,6 +56,8 @@ pub struct Options {
     pub drain_grace: Duration,
     /// A connection that authenticates no stream within this is closed.
     pub hello_timeout: Duration,
+    /// A frame whose first bytes arrived must be complete within this.
+    pub frame_timeout: Duration,
     /// Start even if the clock is behind the latest time a previous run
     /// recorded (the operator has checked the clock).
     pub allow_clock_rollback: bool,
@@ -77,6 +79,7 @@ impl Options {
             idle_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
             allow_clock_rollback: false,
             clock_ahead: Duration::ZERO,
         }

@@ -56,7 +56,23 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
     let mut state = StreamState { caller: None, tickets: Tickets::default() };
     let mut chunk = vec![0u8; READ_CHUNK];
     loop {
-        let n = match recv.read(&mut chunk).await {
+        // A frame that has started must finish within the frame deadline:
+        // a stranger cannot hold a half-sent frame's buffer for ever.
+        let read = recv.read(&mut chunk);
+        let n = match frames.pending() {
+            0 => read.await,
+            _ => match tokio::time::timeout(shared.options.frame_timeout, read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
+                    encode(&ServerFrame::Error(err), &mut out);
+                    let _ = send.write_all(&out).await;
+                    let _ = recv.stop(quinn::VarInt::from_u32(0));
+                    break;
+                }
+            },
+        };
+        let n = match n {
             Ok(Some(n)) => n,
             Ok(None) | Err(_) => break,
         };
