@@ -168,3 +168,72 @@ fn a_clock_behind_the_last_run_is_refused_unless_the_operator_overrides() {
     signal(&ok, "-TERM");
     assert_eq!(ok.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn runner_runs_a_job_under_its_lease_and_exits_with_its_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let out = s
+        .cmd(&s.owner)
+        .args(["runner", "--org", "default", "--json", "--", "sh", "-c", "echo \"job sees $LB_SESSION\"; exit 7"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(7), "the job's exit code: {out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let events = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.starts_with("job sees ") && stdout.trim().len() > "job sees ".len(), "{stdout}");
+    assert!(!stdout.contains("event"), "the job's stdout is its own: {stdout}");
+    assert!(events.contains(r#""event":"admitted""#) && events.contains(r#""reason":"job_exited""#), "{events}");
+    assert_eq!(s.in_use(), 0, "released when the job exited");
+    // A job that cannot start: the seat is given back, exit 127.
+    let out = s.cmd(&s.owner).args(["runner", "--org", "default", "--", "/nonexistent/job"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert_eq!(s.in_use(), 0);
+}
+
+#[test]
+fn a_job_whose_lease_is_revoked_is_stopped_and_the_runner_exits_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let marker = dir.path().join("got-term");
+    let script = format!("trap 'echo term > {}; exit 0' TERM; sleep 60 & wait", marker.display());
+    let mut runner = s
+        .cmd(&s.owner)
+        .args(["runner", "--org", "default", "--json", "--kill-grace", "5s", "--", "sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = Events::of_stderr(&mut runner);
+    let admitted = events.wait_for("admitted", Duration::from_secs(10));
+    let session = admitted["session"].as_str().unwrap().to_string();
+    let out = s.run(&s.owner, &["session", "kill", "--org", "default", &session]);
+    assert!(out.status.success(), "{out:?}");
+    events.wait_for("job_stopped", Duration::from_secs(15));
+    assert_eq!(runner.wait().unwrap().code(), Some(6), "lease lost");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "term", "the job was asked to stop");
+}
+
+#[test]
+fn sigterm_to_the_runner_is_forwarded_to_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let mut runner = s
+        .cmd(&s.owner)
+        .args(["runner", "--org", "default", "--json", "--", "sh", "-c", "trap 'exit 3' TERM; sleep 60 & wait"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = Events::of_stderr(&mut runner);
+    events.wait_for("admitted", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(200)); // let the shell install its trap
+    signal(&runner, "-TERM");
+    let released = events.wait_for("released", Duration::from_secs(10));
+    assert_eq!(released["exit"], 3, "{released}");
+    assert_eq!(runner.wait().unwrap().code(), Some(3), "the runner exits with the job's code");
+    assert_eq!(s.in_use(), 0);
+}

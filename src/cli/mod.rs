@@ -1,5 +1,6 @@
 //! Command-line definitions and the commands that are a single request.
 
+mod job;
 mod offline;
 mod output;
 mod runner;

@@ -18,6 +18,7 @@ use license_broker::proto::{ErrorCode, Notice};
 use license_broker::value::{MachineId, OrgName, PoolId};
 use serde_json::json;
 
+use super::job::{self, Job, EXIT_NOT_STARTED};
 use super::{exit_code_for, ConnArgs, EXIT_LEASE_LOST};
 
 #[derive(clap::Args, Debug)]
@@ -32,23 +33,37 @@ pub struct RunnerArgs {
     #[arg(long)]
     machine_id: Option<MachineId>,
     /// Release after this long (e.g. 10s); default: hold until SIGINT/SIGTERM.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "command")]
     hold: Option<Duration>,
     /// Print one JSON object per event.
     #[arg(long)]
     json: bool,
+    /// With a command: how long the job gets between SIGTERM and SIGKILL
+    /// when the lease is lost.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    kill_grace: Duration,
+    /// Run this command under the lease (after `--`): its stdout and stderr
+    /// are untouched, the runner's events go to stderr, SIGINT/SIGTERM are
+    /// forwarded to it, the lease is released when it exits, and the runner
+    /// exits with its exit code. If the lease is lost the job is stopped and
+    /// the runner exits 6.
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 struct Events {
     json: bool,
+    /// A job owns stdout; the runner's own events then go to stderr.
+    to_stderr: bool,
 }
 
 impl Events {
     fn emit(&self, value: serde_json::Value, human: String) {
-        if self.json {
-            println!("{value}");
+        let line = if self.json { value.to_string() } else { human };
+        if self.to_stderr {
+            eprintln!("{line}");
         } else {
-            println!("{human}");
+            println!("{line}");
         }
     }
 
@@ -85,7 +100,7 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
     };
     let runner = Runner {
         connector: Connector::new(conn.options()?).await?,
-        ev: Events { json: args.json },
+        ev: Events { json: args.json, to_stderr: !args.command.is_empty() },
         args,
         machine,
         nonce: license_broker::keys::random_u128()?,
@@ -108,6 +123,8 @@ enum Stop {
     Ended(String),
     /// It could not be renewed by its deadline, or re-attaching was refused.
     Lost(String),
+    /// The job exited on its own.
+    JobExited(std::process::ExitStatus),
 }
 
 impl Runner {
@@ -131,7 +148,30 @@ impl Runner {
                    "pool": pool.to_string(), "deadline_ms": lease.deadline_ms}),
             format!("admitted: session {} on machine {machine}", lease.session),
         );
-        self.hold(client, lease).await
+        let job = match self.args.command.is_empty() {
+            true => None,
+            false => match Job::spawn(&self.args.command, &self.job_env(&lease)) {
+                Ok(job) => Some(job),
+                Err(e) => {
+                    self.ev.emit(json!({"event": "job_failed", "message": format!("{e:#}")}), format!("{e:#}"));
+                    let _ = client.release(lease.session).await;
+                    client.close().await;
+                    self.connector.wait_idle().await;
+                    return Ok(ExitCode::from(EXIT_NOT_STARTED));
+                }
+            },
+        };
+        self.hold(client, lease, job).await
+    }
+
+    /// What a job learns about its lease from its environment.
+    fn job_env(&self, lease: &Admitted) -> Vec<(&'static str, String)> {
+        vec![
+            ("LB_SESSION", lease.session.to_string()),
+            ("LB_ORG", self.args.org.to_string()),
+            ("LB_POOL", self.args.pool.to_string()),
+            ("LB_MACHINE_ID", self.machine.to_string()),
+        ]
     }
 
     /// Connects and acquires (a runner registers its machine first; an
@@ -158,7 +198,7 @@ impl Runner {
     }
 
     /// Heartbeats until told to release, the session ends, or the lease is lost.
-    async fn hold(&self, mut client: Client, mut lease: Admitted) -> Result<ExitCode> {
+    async fn hold(&self, mut client: Client, mut lease: Admitted, mut job: Option<Job>) -> Result<ExitCode> {
         let beat = Duration::from_millis((lease.ttl_ms / 3).max(1));
         let until = self.args.hold.map(|h| tokio::time::Instant::now() + h);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -191,9 +231,21 @@ impl Runner {
                         Some("the connection closed".to_string())
                     }
                 },
+                status = wait_job(&mut job) => {
+                    break match status {
+                        Ok(status) => Stop::JobExited(status),
+                        Err(e) => Stop::Ended(format!("lost track of the job: {e}")),
+                    }
+                }
                 _ = tokio::time::sleep_until(release_at) => break Stop::Release,
-                _ = tokio::signal::ctrl_c() => break Stop::Release,
-                _ = term.recv() => break Stop::Release,
+                _ = tokio::signal::ctrl_c() => match &job {
+                    Some(j) => { j.signal(libc::SIGINT); None }
+                    None => break Stop::Release,
+                },
+                _ = term.recv() => match &job {
+                    Some(j) => { j.signal(libc::SIGTERM); None }
+                    None => break Stop::Release,
+                },
             };
             let Some(why) = broken else { continue };
             self.ev.emit(
@@ -209,16 +261,49 @@ impl Runner {
                     );
                     (client, lease, notices_open) = (c, l, true);
                 }
-                Err(stop) => return self.finish(stop, None, lease).await,
+                Err(stop) => return self.finish(stop, None, lease, job).await,
             }
         };
-        self.finish(stop, Some(client), lease).await
+        self.finish(stop, Some(client), lease, job).await
     }
 
     /// Releases (or reports the end), closes, and picks the exit code.
-    async fn finish(&self, stop: Stop, client: Option<Client>, lease: Admitted) -> Result<ExitCode> {
+    async fn finish(&self, stop: Stop, client: Option<Client>, lease: Admitted, job: Option<Job>) -> Result<ExitCode> {
+        let session = lease.session.to_string();
+        // A job whose lease is gone must stop: nobody may run on a seat the broker can give away.
+        if let (Some(mut job), Stop::Ended(_) | Stop::Lost(_)) = (job, &stop) {
+            let status = job.stop(self.args.kill_grace).await;
+            self.ev.emit(
+                json!({"event": "job_stopped", "session": session, "exit": status.ok().map(job::exit_code)}),
+                "the lease is gone: job stopped".into(),
+            );
+            let _ = self.report(stop, client, lease).await;
+            self.connector.wait_idle().await;
+            return Ok(ExitCode::from(EXIT_LEASE_LOST));
+        }
+        let code = self.report(stop, client, lease).await?;
+        self.connector.wait_idle().await;
+        Ok(code)
+    }
+
+    /// Releases (or reports the end), closes, and picks the exit code.
+    async fn report(&self, stop: Stop, client: Option<Client>, lease: Admitted) -> Result<ExitCode> {
         let session = lease.session.to_string();
         let code = match (stop, client) {
+            (Stop::JobExited(status), Some(client)) => {
+                let result = client.release(lease.session).await;
+                client.close().await;
+                let exit = job::exit_code(status);
+                self.ev.emit(
+                    json!({"event": "released", "session": session, "reason": "job_exited", "exit": exit}),
+                    format!("job exited with {exit}; released session {session}"),
+                );
+                if let Err(e) = result {
+                    self.ev.emit(json!({"event": "release_failed", "message": e.to_string()}), e.to_string());
+                }
+                ExitCode::from(exit)
+            }
+            (Stop::JobExited(status), None) => ExitCode::from(job::exit_code(status)),
             (Stop::Release, Some(client)) => {
                 let result = client.release(lease.session).await;
                 client.close().await;
@@ -254,7 +339,6 @@ impl Runner {
                 ExitCode::from(EXIT_LEASE_LOST)
             }
         };
-        self.connector.wait_idle().await;
         Ok(code)
     }
 
@@ -299,6 +383,14 @@ impl Runner {
                 _ = term.recv() => return Err(interrupted()),
             }
         }
+    }
+}
+
+/// The job's exit, or never when there is no job.
+async fn wait_job(job: &mut Option<Job>) -> std::io::Result<std::process::ExitStatus> {
+    match job {
+        Some(j) => j.wait().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -110,11 +110,20 @@ pub struct Events(mpsc::Receiver<serde_json::Value>);
 impl Events {
     /// Takes over the child's stdout.
     pub fn of(child: &mut Child) -> Events {
-        let out = child.stdout.take().unwrap();
+        Events::reading(child.stdout.take().unwrap())
+    }
+
+    /// Takes over the child's stderr (a runner with a job reports there).
+    pub fn of_stderr(child: &mut Child) -> Events {
+        Events::reading(child.stderr.take().unwrap())
+    }
+
+    fn reading(out: impl std::io::Read + Send + 'static) -> Events {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+                // Only the JSON event lines; anything else is not ours to read.
+                let Ok(v) = serde_json::from_str(&line) else { continue };
                 if tx.send(v).is_err() {
                     return;
                 }
