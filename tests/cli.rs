@@ -298,3 +298,54 @@ fn first_line(child: &mut Child) -> String {
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
     line.trim_end().to_string()
 }
+
+#[test]
+fn logs_are_plain_or_json_with_a_line_per_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = dir.path().join("broker.log");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &addr, "--log-format", "json"])
+        .env("RUST_LOG", "license_broker=debug")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let operator = first_line(&mut child).strip_prefix("operator api key: ").unwrap().to_string();
+    let ca = data.join("tls/cert.pem");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &addr, "--ca"])
+            .arg(&ca)
+            .env("LB_API_KEY", &operator)
+            .env("LB_MACHINE_ID", "log-host")
+            .output()
+            .unwrap()
+    };
+    assert!(run(&["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let owner = String::from_utf8(run(&["org", "create", "logs", "--subscription-end", "2099-12-31"]).stdout).unwrap();
+    let owner = owner.trim().strip_prefix("owner api key: ").unwrap().to_string();
+    assert!(run(&["pool", "set", "--org", "logs", "--quota", "1"]).status.success());
+    let out = Command::new(BIN)
+        .args(["runner", "--org", "logs", "--hold", "0s", "--server", &addr, "--ca"])
+        .arg(&ca)
+        .env("LB_API_KEY", &owner)
+        .env("LB_MACHINE_ID", "log-host")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    signal(&child, "-TERM");
+    child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains('\x1b'), "no terminal colours in a file");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let message = |m: &str| lines.iter().find(|l| l["fields"]["message"] == m).cloned();
+    let started = message("session started").expect("a line when a session starts");
+    assert_eq!(started["fields"]["machine"], "log-host");
+    let ended = message("session ended").expect("a line when it ends");
+    assert_eq!(ended["fields"]["reason"], "released");
+}

@@ -169,6 +169,9 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t).map(|p| r.commit(p));
                 if m.machines.contains(&machine) {
                     prop_assert_eq!(got, Ok(Registration::Known));
+                } else if m.quota == 0 {
+                    // A pool with no licenses says so, rather than "machine limit".
+                    prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: 0 }));
                 } else if m.machines.len() as u32 >= m.quota {
                     prop_assert_eq!(got, Err(Error::MachineLimit { quota: m.quota }));
                 } else {

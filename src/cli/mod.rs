@@ -79,7 +79,9 @@ enum Command {
     /// Owner/Admin: live sessions.
     #[command(subcommand)]
     Session(SessionCmd),
-    /// Act as a KRE runner: register this machine, hold a session, release it.
+    /// Act as a KRE runner: register this machine, hold a session (or run a
+    /// job under it: `runner --org ORG -- COMMAND…`), release it.
+    #[command(after_help = RUNNER_EXIT_CODES)]
     Runner(runner::RunnerArgs),
     /// Owner/Admin: grant a KSE pool's license to a member of the org.
     Grant(GrantArgs),
@@ -96,7 +98,8 @@ enum Command {
         json: bool,
     },
     /// Activate KSE as a licensed user: bind a node-locked license to this
-    /// machine, or hold a floating session (like `runner`).
+    /// machine, or hold a floating session (like `runner`, job included).
+    #[command(after_help = RUNNER_EXIT_CODES)]
     Activate(runner::RunnerArgs),
     /// Offline licenses: create, list, public-key, verify.
     #[command(subcommand)]
@@ -418,6 +421,12 @@ async fn session(c: &Client, cmd: SessionCmd) -> Result<()> {
     }
     Ok(())
 }
+
+/// The exit codes of `runner` and `activate`, for their `--help`.
+const RUNNER_EXIT_CODES: &str = "Exit codes: 0 released (or, with a job, the job's own exit code); \
+    1 failure, or the broker ended the session; 3 quota exceeded; 4 machine limit or activated \
+    elsewhere; 5 not authenticated, not allowed or not licensed; 6 lease lost (with a job: the \
+    job was stopped); 127 the job could not be started.";
 
 /// Exit code of a runner (or floating activation) whose lease was lost: it
 /// could not renew before its deadline, or re-attaching was refused.

@@ -26,9 +26,10 @@ pub struct RunnerArgs {
     /// The org whose licenses to use.
     #[arg(long)]
     org: OrgName,
-    /// The pool (PRODUCT-KIND-TERM).
-    #[arg(long, default_value = "kre-floating-annual")]
-    pool: PoolId,
+    /// The pool (PRODUCT-KIND-TERM); a runner defaults to
+    /// kre-floating-annual, `activate` needs it (a KSE pool).
+    #[arg(long)]
+    pool: Option<PoolId>,
     /// Machine ID to report (default: this machine's, see `machine-id`).
     #[arg(long)]
     machine_id: Option<MachineId>,
@@ -82,6 +83,8 @@ impl Events {
 
 /// One runner (or activation): what it asks for, as whom, and where its events go.
 struct Runner {
+    /// The pool it asks for seats of.
+    pool: PoolId,
     /// One endpoint for every (re)connection, so reconnects resume TLS sessions.
     connector: Connector,
     args: RunnerArgs,
@@ -98,7 +101,13 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         Some(m) => m,
         None => license_broker::machine_id::current()?,
     };
+    let pool = match (args.pool, activation) {
+        (Some(pool), _) => pool,
+        (None, false) => PoolId::KRE_DEFAULT,
+        (None, true) => anyhow::bail!("activate needs --pool: the KSE pool, e.g. kse-floating-annual"),
+    };
     let runner = Runner {
+        pool,
         connector: Connector::new(conn.options()?).await?,
         ev: Events { json: args.json, to_stderr: !args.command.is_empty() },
         args,
@@ -129,7 +138,7 @@ enum Stop {
 
 impl Runner {
     async fn run(&self) -> Result<ExitCode> {
-        let (machine, pool) = (&self.machine, self.args.pool);
+        let (machine, pool) = (&self.machine, self.pool);
         let (client, lease) = match self.attach().await {
             Ok((client, Attached::Lease(lease))) => (client, lease),
             Ok((client, Attached::Bound { already })) => {
@@ -169,7 +178,7 @@ impl Runner {
         vec![
             ("LB_SESSION", lease.session.to_string()),
             ("LB_ORG", self.args.org.to_string()),
-            ("LB_POOL", self.args.pool.to_string()),
+            ("LB_POOL", self.pool.to_string()),
             ("LB_MACHINE_ID", self.machine.to_string()),
         ]
     }
@@ -177,7 +186,7 @@ impl Runner {
     /// Connects and acquires (a runner registers its machine first; an
     /// activation asks for a KSE activation). Re-attaches on a repeated nonce.
     async fn attach(&self) -> Result<(Client, Attached), ClientError> {
-        let (org, pool, machine, nonce) = (&self.args.org, self.args.pool, &self.machine, self.nonce);
+        let (org, pool, machine, nonce) = (&self.args.org, self.pool, &self.machine, self.nonce);
         let client = self.connector.connect().await?;
         if self.activation {
             let act = client.activate(org, pool, machine, nonce).await?;

@@ -50,16 +50,37 @@ pub struct ServeArgs {
     /// previous run recorded (check the clock first).
     #[arg(long)]
     allow_clock_rollback: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
+    log_format: LogFormat,
     /// Run the broker's clock this far ahead (for rehearsing clock trouble).
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
     clock_ahead: Duration,
 }
 
+/// How `serve` writes its log lines (to stderr).
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LogFormat {
+    /// One human-readable line per event (colours only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs to stderr at `RUST_LOG` (default `info`): `debug` adds a line per
+/// session start and end.
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 pub async fn run(a: ServeArgs) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+    init_logs(a.log_format);
     if a.lease_ttl < Duration::from_millis(100) {
         bail!("--lease-ttl must be at least 100ms");
     }

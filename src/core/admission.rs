@@ -55,6 +55,21 @@ pub enum Activation {
 }
 
 impl Ticket {
+    /// The org of the ticket's pool.
+    pub fn org(&self) -> &OrgName {
+        &self.pool.org
+    }
+
+    /// The ticket's pool.
+    pub fn pool(&self) -> PoolId {
+        self.pool.id
+    }
+
+    /// The machine the ticket admits sessions from.
+    pub fn machine(&self) -> &MachineId {
+        &self.machine
+    }
+
     /// Whether this ticket was resolved for `target`.
     pub fn is_for(&self, org: &OrgName, pool: PoolId, machine: &MachineId) -> bool {
         self.pool.id == pool && &self.machine == machine && &self.pool.org == org

@@ -110,6 +110,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::QuotaExceeded { quota: 0 } => {
+                f.write_str("quota exceeded: the pool has no licenses (quota 0); ask the operator to set one")
+            }
             Error::QuotaExceeded { quota } => {
                 write!(
                     f,

@@ -196,6 +196,10 @@ impl Pool {
             return Ok(Registration::Known);
         }
         let quota = self.seats.count().quota;
+        if quota == 0 {
+            // No licenses at all: say so, rather than "machine limit".
+            return Err(Error::QuotaExceeded { quota });
+        }
         if machines.len() >= quota as usize {
             return Err(Error::MachineLimit { quota });
         }

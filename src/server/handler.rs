@@ -33,7 +33,10 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
     let reply = match req {
         Req::Acquire { org, pool, machine, nonce } => acquire(call, tickets, Target { org, pool, machine }, nonce),
         Req::Renew { session } => reply(core.renew(p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 }),
-        Req::Release { session } => reply(core.release(p, session), |_| call.forget(session, Resp::Released)),
+        Req::Release { session } => reply(core.release(p, session), |ended| {
+            super::log_ended(&ended);
+            call.forget(session, Resp::Released)
+        }),
         Req::Status { org } => reply(core.status(p, org.as_ref()), |v| Resp::Status(list(v))),
         Req::ListSessions { org } => reply(core.sessions(p, &org), |v| Resp::Sessions(list(v))),
         Req::ListMachines { org } => reply(core.machines(p, &org), |v| Resp::Machines(list(v))),
@@ -150,6 +153,10 @@ fn acquire(call: &Call<'_>, tickets: &mut Tickets, target: Target, nonce: Nonce)
     let core = &call.shared.core;
     let ticket = tickets.get(core, call.p, target)?;
     let lease = core.admit(ticket, nonce, call.ctx.id, call.now)?;
+    if !lease.reattached {
+        let (org, pool, machine) = (ticket.org(), ticket.pool(), ticket.machine());
+        tracing::debug!(session = %lease.session, %org, %pool, %machine, user = %call.p.email, "session started");
+    }
     call.hold(&lease);
     let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
     Ok(Resp::Admitted { session, deadline_ms, ttl_ms: call.ttl_ms(), reattached })

@@ -145,7 +145,7 @@ impl Shared {
     /// Tells each ended session's connection why it ended.
     pub fn announce(&self, ended: Vec<Ended>) {
         for e in ended {
-            tracing::debug!(session = %e.info.session, reason = e.reason.name(), "session ended");
+            log_ended(&e);
             if let Some(tx) = self.notices.get(&e.conn) {
                 // Notices are advisory: a full queue means the client is not
                 // reading, and its next request will say the session is gone.
@@ -222,6 +222,13 @@ impl LogBudget {
         let _ = self.window.compare_exchange(prev, next, Ordering::Relaxed, Ordering::Relaxed);
         s != second || n < Self::PER_SECOND
     }
+}
+
+/// The debug log line of a session's end.
+pub(crate) fn log_ended(e: &Ended) {
+    let i = &e.info;
+    let reason = e.reason.name();
+    tracing::debug!(session = %i.session, pool = %i.pool, machine = %i.machine, user = %i.user, reason, "session ended");
 }
 
 /// A running broker.
