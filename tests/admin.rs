@@ -26,6 +26,7 @@ fn admin_requests(org: &OrgName) -> Vec<Req> {
         Req::RemoveMachine { org: org.clone(), pool: None, machine: machine("m") },
         Req::ListSessions { org: org.clone() },
         Req::KillSession { org: org.clone(), session: SessionId(1) },
+        Req::RemoveUser { org: org.clone(), email: "someone@x".into() },
     ]
 }
 
@@ -161,4 +162,41 @@ async fn durable_records_survive_a_restart_and_leases_do_not() {
     assert!(!ci.register_machine(&org(), POOL, &machine("m1")).await.unwrap(), "registration survived");
     b2.operator().await.set_pool(&org(), POOL, 4).await.unwrap();
     b2.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_user_revokes_everything_they_held_and_is_audited() {
+    let b = start(Duration::from_secs(30)).await;
+    let op = b.operator().await;
+    op.set_pool(&org(), POOL, 2).await.unwrap();
+    let owner = b.owner().await;
+    owner.add_user(&org(), "ci@default", Role::User).await.unwrap();
+    let (ci_key, _) = owner.create_key(&org(), "ci@default").await.unwrap();
+    let ci = b.client(&ci_key).await;
+    ci.register_machine(&org(), POOL, &machine("m")).await.unwrap();
+    let lease = ci.acquire(&org(), POOL, &machine("m"), 1).await.unwrap();
+    let mine = owner.acquire(&org(), POOL, &machine("m"), 2).await.unwrap();
+
+    // Killing someone's session is audited.
+    owner.kill_session(&org(), mine.session).await.unwrap();
+    // Removing the user ends their session and their key stops working.
+    assert_eq!(
+        code(owner.call(Req::RemoveUser { org: org(), email: "owner@default".into() }).await),
+        Some(ErrorCode::InvalidArgument),
+        "nobody removes themselves"
+    );
+    owner.remove_user(&org(), "ci@default").await.unwrap();
+    assert!(owner.list_users(&org()).await.unwrap().iter().all(|u| u.email.as_str() != "ci@default"));
+    assert_eq!(owner.status(None).await.unwrap()[0].in_use, 0, "their session ended");
+    assert_eq!(ci.renew(lease.session).await.unwrap_err().code(), Some(ErrorCode::Unauthorized));
+    assert!(Client::connect(&b.options(&ci_key)).await.is_err(), "their key is revoked");
+    let actions: Vec<String> = owner.audit(&org()).await.unwrap().iter().map(|e| e.action.name().to_string()).collect();
+    assert!(
+        actions.contains(&"session_killed".to_string()) && actions.contains(&"user_removed".to_string()),
+        "{actions:?}"
+    );
+    // The operator lists every org.
+    let orgs = op.list_orgs().await.unwrap();
+    assert_eq!(orgs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), vec!["default"]);
+    assert_eq!(code(owner.call(Req::ListOrgs).await), Some(ErrorCode::Forbidden));
 }

@@ -95,6 +95,8 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("TransferOffline", Req::TransferOffline { org: org.clone(), license: "x".into(), machine: m.clone() }),
         ("OfflinePublicKey", Req::OfflinePublicKey),
         ("Audit", Req::Audit { org: org.clone() }),
+        ("ListOrgs", Req::ListOrgs),
+        ("RemoveUser", Req::RemoveUser { org: org.clone(), email: "x".into() }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -122,6 +124,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("Offline", Resp::Offline(vec![])),
         ("PublicKey", Resp::PublicKey { pem: "x".into() }),
         ("AuditLog", Resp::AuditLog(vec![])),
+        ("Orgs", Resp::Orgs(vec![])),
     ];
     for (name, resp) in &resps {
         let n = variant(resp);

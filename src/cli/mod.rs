@@ -151,6 +151,12 @@ struct GrantArgs {
 
 #[derive(Subcommand, Debug)]
 enum OrgCmd {
+    /// List every org (operator).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Create an org and print its Owner's API key.
     Create {
         /// The org's name.
@@ -197,6 +203,15 @@ enum UserCmd {
         email: String,
         #[arg(long, default_value = "user")]
         role: Role,
+    },
+    /// Remove a member: revokes their keys, frees their grants and
+    /// activations, ends their sessions (audited).
+    Remove {
+        /// The org.
+        #[arg(long)]
+        org: OrgName,
+        /// The member's email.
+        email: String,
     },
     /// List the org's members.
     List {
@@ -351,6 +366,7 @@ async fn request(c: &Client, command: Command) -> Result<()> {
         Command::Licenses { org, pool, json } => output::grants(&c.list_grants(&org, pool).await?, json),
         Command::Audit { org, json } => output::audit(&c.audit(&org).await?, json),
         Command::Status { org, json } => output::status(&c.status(org.as_ref()).await?, json),
+        Command::Org(OrgCmd::List { json }) => output::orgs(&c.list_orgs().await?, json),
         Command::Org(OrgCmd::Create { name, subscription_end, owner }) => {
             let key = c.create_org(&name, &subscription_end, &owner).await?;
             println!("owner api key: {key}");
@@ -378,6 +394,10 @@ async fn user(c: &Client, cmd: UserCmd) -> Result<()> {
         UserCmd::Add { org, email, role } => {
             c.add_user(&org, &email, role).await?;
             println!("added {email} to {org} as {role}");
+        }
+        UserCmd::Remove { org, email } => {
+            c.remove_user(&org, &email).await?;
+            println!("removed {email} from {org}");
         }
         UserCmd::List { org, json } => output::users(&c.list_users(&org).await?, json),
     }

@@ -6,9 +6,9 @@
 //! wire's encoding, so it is spelled out here rather than derived.
 
 use license_broker::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo, UserInfo,
 };
-use license_broker::value::{format_utc, Product};
+use license_broker::value::{format_end_date, format_utc, Product};
 use serde_json::{json, Value};
 
 /// A type the CLI lists.
@@ -83,6 +83,28 @@ pub fn offline(list: &[OfflineInfo], as_json: bool) {
 
 pub fn audit(list: &[AuditEntry], as_json: bool) {
     print(list, as_json);
+}
+
+pub fn orgs(list: &[OrgInfo], as_json: bool) {
+    print(list, as_json);
+}
+
+impl Listing for OrgInfo {
+    const KEY: &'static str = "orgs";
+    const HEADER: &'static [&'static str] = &["ORG", "SUBSCRIPTION ENDS", "POOLS", "USERS", "CREATED"];
+    fn json(&self) -> Value {
+        json!({ "org": self.name.as_str(), "last_day": format_end_date(self.subscription_end),
+                "pools": self.pools, "users": self.users, "created_ms": self.created.0 })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.to_string(),
+            format_end_date(self.subscription_end),
+            self.pools.to_string(),
+            self.users.to_string(),
+            format_utc(self.created),
+        ]
+    }
 }
 
 impl Listing for PoolStatus {

@@ -1,7 +1,9 @@
 //! One typed method per request of the protocol, on top of `Client::call`.
 
 use super::{Client, ClientError};
-use crate::proto::{AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo};
+use crate::proto::{
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo, UserInfo,
+};
 use crate::proto::{Req, Resp};
 use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
@@ -223,6 +225,20 @@ impl Client {
             Resp::AuditLog(v) => Ok(v),
             other => unexpected(other),
         }
+    }
+
+    /// Operator: every org.
+    pub async fn list_orgs(&self) -> Result<Vec<OrgInfo>, ClientError> {
+        match self.call(Req::ListOrgs).await? {
+            Resp::Orgs(v) => Ok(v),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: removes a member (keys revoked, grants and activations
+    /// freed, sessions ended).
+    pub async fn remove_user(&self, org: &OrgName, email: &str) -> Result<(), ClientError> {
+        self.done(Req::RemoveUser { org: org.clone(), email: email.into() }).await
     }
 
     async fn done(&self, req: Req) -> Result<(), ClientError> {

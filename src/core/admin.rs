@@ -4,7 +4,7 @@
 
 use super::broker::Broker;
 use super::error::{Error, Result};
-use super::id::{Email, KeyHash, MachineId, OrgName, Role};
+use super::id::{Email, KeyHash, MachineId, OrgName, Role, SessionId};
 use super::pool::PoolId;
 use super::record::{AuditAction, Change, Record};
 use super::time::{Millis, DAY_MS};
@@ -241,6 +241,73 @@ impl Broker {
         Ok(changes)
     }
 
+    /// Operator: every org.
+    pub fn orgs(&self, p: &Principal) -> Result<Vec<OrgInfo>> {
+        p.require_operator()?;
+        self.with_dir(|dir| {
+            let mut v: Vec<OrgInfo> = dir
+                .orgs
+                .iter()
+                .map(|(name, e)| OrgInfo {
+                    name: name.clone(),
+                    subscription_end: e.subscription_end,
+                    created: e.created,
+                    pools: e.pools.len() as u32,
+                    users: e.users.len() as u32,
+                })
+                .collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(v)
+        })
+    }
+
+    /// Owner/Admin: removes a member: revokes their keys, frees their
+    /// grants and node-locked activations, and (on apply) ends their live
+    /// sessions. Only Owners remove Owners; nobody removes themselves.
+    pub fn plan_remove_user(&self, p: &Principal, org: &OrgName, email: &Email, now: Millis) -> Result<Vec<Change>> {
+        p.require_admin(org)?;
+        if &p.email == email {
+            return Err(Error::invalid("user", "you cannot remove yourself; another Owner or Admin can"));
+        }
+        let mut changes = self.with_dir(|dir| {
+            let entry = dir.org(org)?;
+            let role = entry.users.get(email).map(|u| u.role).ok_or_else(|| Error::not_found("user", email))?;
+            p.require_may_manage(role)?;
+            let mut out = vec![Change::RemoveUser { org: org.clone(), email: email.clone() }];
+            for (hash, key) in dir.keys.iter().filter(|(_, k)| k.org.as_ref() == Some(org) && &k.email == email) {
+                let (created, revoked) = (key.created, true);
+                out.push(Change::Put(Record::Key {
+                    hash: *hash,
+                    org: key.org.clone(),
+                    email: email.clone(),
+                    created,
+                    revoked,
+                }));
+            }
+            for pool in entry.pools.values() {
+                if pool.binding(email).is_some() {
+                    out.push(Change::RemoveBinding { org: org.clone(), pool: pool.id, email: email.clone() });
+                }
+                if pool.has_grant(email) {
+                    out.push(Change::RemoveGrant { org: org.clone(), pool: pool.id, email: email.clone() });
+                }
+            }
+            Ok::<_, Error>(out)
+        })?;
+        changes.push(self.audit(org, p, AuditAction::UserRemoved, format!("user={email}"), now));
+        Ok(changes)
+    }
+
+    /// Owner/Admin: the audit line of ending someone's session; the shell
+    /// commits it, then kills the session (`kill`).
+    pub fn plan_kill(&self, p: &Principal, org: &OrgName, session: SessionId, now: Millis) -> Result<Vec<Change>> {
+        p.require_admin(org)?;
+        let info =
+            self.sessions.info(session, |pool| &pool.org == org).ok_or_else(|| Error::not_found("session", session))?;
+        let detail = format!("session={session} pool={} machine={} user={}", info.pool, info.machine, info.user);
+        Ok(vec![self.audit(org, p, AuditAction::SessionKilled, detail, now)])
+    }
+
     /// Owner/Admin: the org's members.
     pub fn users(&self, p: &Principal, org: &OrgName) -> Result<Vec<UserInfo>> {
         p.require_admin(org)?;
@@ -285,6 +352,21 @@ fn reserved_for_operator(email: &Email) -> Result<()> {
         true => Err(Error::invalid("email", format!("{OPERATOR_EMAIL} is reserved for the broker's operator"))),
         false => Ok(()),
     }
+}
+
+/// An org, for `org list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OrgInfo {
+    /// Its name.
+    pub name: OrgName,
+    /// Midnight UTC after the subscription's last day.
+    pub subscription_end: Millis,
+    /// When it was created.
+    pub created: Millis,
+    /// Its pools.
+    pub pools: u32,
+    /// Its members.
+    pub users: u32,
 }
 
 /// How a key to revoke is named: its short id, or the key itself (hashed).

@@ -290,6 +290,9 @@ impl Broker {
                             .end_where(EndReason::Revoked, |p, _, u| &p.org == org && p.id == *pool && u == email),
                     );
                 }
+                Change::RemoveUser { org, email } => {
+                    ended.extend(self.sessions.end_where(EndReason::Revoked, |p, _, u| &p.org == org && u == email));
+                }
                 _ => {}
             }
         }

@@ -64,6 +64,7 @@ impl Principal {
 /// One org's durable state in memory.
 pub(crate) struct OrgEntry {
     pub subscription_end: Millis,
+    pub created: Millis,
     pub pools: HashMap<PoolId, Arc<Pool>>,
     pub users: HashMap<Email, UserEntry>,
 }
@@ -122,7 +123,14 @@ impl Directory {
         new_pool: impl FnOnce(&OrgName, PoolId, u32, Millis) -> Arc<Pool>,
     ) -> Option<(Arc<Pool>, OfflineEntry)> {
         match change {
-            Change::Put(Record::Org { name, subscription_end, .. }) => self.put_org(name, *subscription_end),
+            Change::Put(Record::Org { name, subscription_end, created }) => {
+                self.put_org(name, *subscription_end, *created)
+            }
+            Change::RemoveUser { org, email } => {
+                if let Some(entry) = self.orgs.get_mut(org) {
+                    entry.users.remove(email);
+                }
+            }
             Change::Put(Record::Pool { org, pool, quota }) => self.put_pool(org, *pool, *quota, new_pool),
             Change::Put(Record::User { org, email, role, created }) => {
                 if let Some(entry) = self.orgs.get_mut(org) {
@@ -146,9 +154,10 @@ impl Directory {
         None
     }
 
-    fn put_org(&mut self, name: &OrgName, subscription_end: Millis) {
+    fn put_org(&mut self, name: &OrgName, subscription_end: Millis, created: Millis) {
         let entry = self.orgs.entry(name.clone()).or_insert_with(|| OrgEntry {
             subscription_end,
+            created,
             pools: HashMap::new(),
             users: HashMap::new(),
         });

@@ -30,7 +30,7 @@ pub use crate::value::{id, pool_id, time};
 #[cfg(all(test, not(broker_loom)))]
 mod tests;
 
-pub use admin::{KeyInfo, KeyRef, UserInfo, MAX_QUOTA};
+pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Target, Ticket};
 pub use broker::{Broker, Config, MachineInfo};
 pub use directory::Principal;

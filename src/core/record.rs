@@ -165,6 +165,10 @@ pub enum AuditAction {
     Activated,
     /// An offline license was created.
     OfflineCreated,
+    /// A member was removed from the org.
+    UserRemoved,
+    /// An Owner or Admin ended someone's session.
+    SessionKilled,
 }
 
 impl AuditAction {
@@ -181,6 +185,8 @@ impl AuditAction {
             AuditAction::GrantRevoked => "grant_revoked",
             AuditAction::Activated => "activated",
             AuditAction::OfflineCreated => "offline_created",
+            AuditAction::UserRemoved => "user_removed",
+            AuditAction::SessionKilled => "session_killed",
         }
     }
 }
@@ -240,6 +246,13 @@ pub enum Change {
         /// The user.
         email: Email,
     },
+    /// Remove a member of an org (their keys are revoked by the same change set).
+    RemoveUser {
+        /// The org.
+        org: OrgName,
+        /// The member.
+        email: Email,
+    },
 }
 
 impl Record {
@@ -269,6 +282,7 @@ impl Change {
             Change::RemoveMachine { org, pool, machine } => (Table::Machines, in_pool(org, pool, machine)),
             Change::RemoveGrant { org, pool, email } => (Table::Grants, in_pool(org, pool, email)),
             Change::RemoveBinding { org, pool, email } => (Table::Bindings, in_pool(org, pool, email)),
+            Change::RemoveUser { org, email } => (Table::Users, format!("{org}/{email}")),
         }
     }
 }

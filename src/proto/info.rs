@@ -174,6 +174,25 @@ pub enum AuditAction {
     Activated,
     /// An offline license was created.
     OfflineCreated,
+    /// A member was removed from the org.
+    UserRemoved,
+    /// An Owner or Admin ended someone's session.
+    SessionKilled,
+}
+
+/// An org, for `org list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrgInfo {
+    /// Its name.
+    pub name: OrgName,
+    /// Midnight UTC after the subscription's last day.
+    pub subscription_end: Millis,
+    /// When it was created.
+    pub created: Millis,
+    /// Its pools.
+    pub pools: u32,
+    /// Its members.
+    pub users: u32,
 }
 
 impl EndReason {
@@ -202,6 +221,8 @@ impl AuditAction {
             AuditAction::GrantRevoked => "grant_revoked",
             AuditAction::Activated => "activated",
             AuditAction::OfflineCreated => "offline_created",
+            AuditAction::UserRemoved => "user_removed",
+            AuditAction::SessionKilled => "session_killed",
         }
     }
 }

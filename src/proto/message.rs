@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::WireError;
 use super::info::{
-    AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
+    AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo, UserInfo,
 };
 use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
@@ -238,6 +238,16 @@ pub enum Req {
         /// The org.
         org: OrgName,
     },
+    /// Operator: every org.
+    ListOrgs,
+    /// Owner/Admin: remove a member (revokes their keys, frees their grants
+    /// and activations, ends their sessions).
+    RemoveUser {
+        /// The org.
+        org: OrgName,
+        /// The member.
+        email: String,
+    },
 }
 
 /// A frame from server to client on a bidirectional stream.
@@ -369,6 +379,8 @@ pub enum Resp {
     },
     /// Audit.
     AuditLog(Vec<AuditEntry>),
+    /// ListOrgs.
+    Orgs(Vec<OrgInfo>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

@@ -12,7 +12,8 @@ pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use error::{ErrorCode, WireError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
 pub use info::{
-    AuditAction, AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, PoolStatus, SessionInfo, UserInfo,
+    AuditAction, AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo,
+    UserInfo,
 };
 pub use message::*;
 

@@ -42,10 +42,7 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         Req::ListMachines { org } => reply(core.machines(p, &org), |v| Resp::Machines(list(v))),
         Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
         Req::ListKeys { org } => reply(core.keys(p, &org), |v| Resp::Keys(list(v))),
-        Req::KillSession { org, session } => reply(core.kill(p, &org, session), |ended| {
-            call.shared.announce(vec![ended]);
-            call.forget(session, Resp::Killed)
-        }),
+        Req::ListOrgs => reply(core.orgs(p), |v| Resp::Orgs(list(v))),
         Req::ListGrants { org, pool } => reply(core.grants(p, &org, pool), |v| Resp::Grants(list(v))),
         Req::ListOffline { org } => reply(core.offline_licenses(p, &org), |v| Resp::Offline(list(v))),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {
@@ -106,6 +103,11 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
             create_offline(call, Target { org, pool, machine }, &expires).await
         }
         Req::Audit { org } => audit(call, org).await,
+        Req::KillSession { org, session } => kill(call, org, session).await,
+        Req::RemoveUser { org, email } => {
+            let email = Email::parse_lenient(&email)?;
+            call.mutate(|core, now| core.plan_remove_user(p, &org, &email, now)).await.map(|()| Resp::Done)
+        }
         // `fast` answers everything else; reaching here is a routing bug,
         // reported rather than panicked on.
         other => Err(WireError::new(ErrorCode::Internal, format!("request {other:?} reached the slow path"))),
@@ -201,6 +203,17 @@ async fn create_offline(call: &Call<'_>, target: Target, expires: &str) -> Reply
     let (fields, content) = shared.settle(pending).await?;
     shared.deadline_added(fields.expires);
     Ok(Resp::OfflineCreated { file_name: fields.file_name(), content })
+}
+
+/// An Owner/Admin ends a session: audited first, then ended (the holder gets a notice).
+async fn kill(call: &Call<'_>, org: crate::core::OrgName, session: crate::core::SessionId) -> Reply {
+    let (core, p) = (&call.shared.core, call.p);
+    let _writer = call.shared.writer.lock().await;
+    let audit = core.plan_kill(p, &org, session, call.now)?;
+    call.shared.settle(Pending::plan(audit, ())).await?;
+    let ended = core.kill(p, &org, session)?;
+    call.shared.announce(vec![ended]);
+    Ok(call.forget(session, Resp::Killed))
 }
 
 async fn audit(call: &Call<'_>, org: crate::core::OrgName) -> Reply {

@@ -65,6 +65,7 @@ same_fields! {
     core::UserInfo => UserInfo { email, role, created }
     core::KeyInfo => KeyInfo { id, email, created, revoked }
     core::AuditEntry => AuditEntry { org, at, seq, actor, action, detail }
+    core::OrgInfo => OrgInfo { name, subscription_end, created, pools, users }
 }
 
 impl From<core::EndReason> for proto::EndReason {
@@ -92,6 +93,8 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::GrantRevoked => proto::AuditAction::GrantRevoked,
             A::Activated => proto::AuditAction::Activated,
             A::OfflineCreated => proto::AuditAction::OfflineCreated,
+            A::UserRemoved => proto::AuditAction::UserRemoved,
+            A::SessionKilled => proto::AuditAction::SessionKilled,
         }
     }
 }

@@ -121,7 +121,10 @@ fn commit(db: &Database, changes: &[Change]) -> Result<(), StoreError> {
                 let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Backend(Box::new(e)))?;
                 t.insert(key.as_str(), bytes.as_slice()).map_err(backend)?;
             }
-            Change::RemoveMachine { .. } | Change::RemoveGrant { .. } | Change::RemoveBinding { .. } => {
+            Change::RemoveMachine { .. }
+            | Change::RemoveGrant { .. }
+            | Change::RemoveBinding { .. }
+            | Change::RemoveUser { .. } => {
                 t.remove(key.as_str()).map_err(backend)?;
             }
         }

@@ -305,6 +305,12 @@ impl SessionTable {
         self.shards.iter().map(|c| c.lock.lock().len()).sum()
     }
 
+    /// A live session's public view, if it is live and its pool passes `pred`.
+    pub fn info(&self, id: SessionId, pred: impl FnOnce(&Pool) -> bool) -> Option<SessionInfo> {
+        let shard = self.shards[self.shard_of(id)].lock.lock();
+        shard.get(id).filter(|s| pred(shard.pool_of(s))).map(|s| shard.info(s, id))
+    }
+
     /// The machine a live session runs on.
     pub fn machine_of(&self, id: SessionId) -> Option<MachineId> {
         self.shards[self.shard_of(id)].lock.lock().get(id).map(|s| s.machine.clone())
