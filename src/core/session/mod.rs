@@ -89,6 +89,17 @@ pub struct SessionInfo {
     pub deadline: Millis,
 }
 
+/// Checks that `id` is live in `shard` and that `allow` accepts its holder;
+/// returns its deadline. Anything else looks like an ended session, so an id
+/// reveals nothing to a caller who may not use it.
+fn vet(shard: &Shard, id: SessionId, allow: impl FnOnce(Holder<'_>) -> bool) -> Result<Millis> {
+    let s = shard.get(id).ok_or(Error::SessionExpired)?;
+    match allow(Holder { pool: shard.pool_of(s), user: &s.user, conn: s.conn }) {
+        true => Ok(s.deadline),
+        false => Err(Error::SessionExpired),
+    }
+}
+
 /// Who holds a live session: what a caller is vetted against before it
 /// may renew or end it.
 #[derive(Clone, Copy)]
@@ -209,13 +220,7 @@ impl SessionTable {
     ) -> Result<Millis> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock.lock();
-        let Some(s) = shard.get(id) else {
-            return Err(Error::SessionExpired);
-        };
-        if !allow(Holder { pool: shard.pool_of(s), user: &s.user, conn: s.conn }) {
-            return Err(Error::SessionExpired);
-        }
-        if s.deadline <= now {
+        if vet(&shard, id, allow)? <= now {
             shard.end(id, EndReason::Expired);
             self.publish(index, &shard);
             return Err(Error::SessionExpired);
@@ -230,12 +235,7 @@ impl SessionTable {
     pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(Holder<'_>) -> bool) -> Result<Ended> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock.lock();
-        let Some(s) = shard.get(id) else {
-            return Err(Error::SessionExpired);
-        };
-        if !allow(Holder { pool: shard.pool_of(s), user: &s.user, conn: s.conn }) {
-            return Err(Error::SessionExpired);
-        }
+        vet(&shard, id, allow)?;
         let ended = shard.end(id, reason).ok_or(Error::SessionExpired)?;
         self.publish(index, &shard);
         Ok(ended)
