@@ -155,3 +155,22 @@ async fn each_way_of_ending_frees_the_seat_with_its_reason() {
     }
     assert!(admin.list_sessions(&org()).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_too_large_for_a_frame_is_refused_not_sent() {
+    use license_broker::proto::{Req, Resp};
+    use license_broker::value::Nonce;
+    let b = start(Duration::from_secs(30)).await;
+    b.quota(5000).await;
+    let c = b.owner().await;
+    c.register_machine(&org(), POOL, &machine("ci")).await.unwrap();
+    let acquires: Vec<Req> = (0..3000u128)
+        .map(|n| Req::Acquire { org: org(), pool: POOL, machine: machine("ci"), nonce: Nonce(n) })
+        .collect();
+    assert!(c.call_batch(acquires).await.iter().all(|r| matches!(r, Ok(Resp::Admitted { .. }))));
+    let e = c.list_sessions(&org()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ResponseTooLarge), "{e}");
+    assert!(e.to_string().contains("frame limit"), "{e}");
+    // The stream goes on: smaller answers still come.
+    assert_eq!(c.status(None).await.unwrap()[0].in_use, 3000);
+}

@@ -61,11 +61,13 @@ pub enum ErrorCode {
     ExpiryTooLate,
     /// Offline licenses cannot be revoked or transferred.
     OfflineIrrevocable,
+    /// The answer would not fit in one frame; ask for less.
+    ResponseTooLarge,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -89,6 +91,7 @@ impl ErrorCode {
         ErrorCode::OfflineNotAllowed,
         ErrorCode::ExpiryTooLate,
         ErrorCode::OfflineIrrevocable,
+        ErrorCode::ResponseTooLarge,
     ];
 
     /// The SCREAMING_SNAKE name used in JSON output and the docs.
@@ -117,6 +120,7 @@ impl ErrorCode {
             ErrorCode::OfflineNotAllowed => "OFFLINE_NOT_ALLOWED",
             ErrorCode::ExpiryTooLate => "EXPIRY_TOO_LATE",
             ErrorCode::OfflineIrrevocable => "OFFLINE_IRREVOCABLE",
+            ErrorCode::ResponseTooLarge => "RESPONSE_TOO_LARGE",
         }
     }
 }

@@ -19,7 +19,7 @@ use super::{ConnCtx, Shared};
 use crate::core::{Broker, KeyHash, Principal, Result as CoreResult, Target, Ticket};
 use crate::proto::{
     decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,
-    Req, Request, Response, ServerFrame, Welcome, WireError, VERSION,
+    Req, Request, Response, ServerFrame, Welcome, WireError, MAX_FRAME, VERSION,
 };
 
 /// Bytes asked of the stream per read.
@@ -108,7 +108,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                         }
                         Err(e) => Outcome::Err(e),
                     };
-                    encode(&ServerFrame::Response(Response { id, outcome }), &mut out);
+                    respond(id, outcome, &mut out);
                 }
             }
         }
@@ -123,6 +123,25 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
         }
     }
     let _ = send.finish();
+}
+
+/// Appends the response to `out`, or, if it would not fit in one frame, a
+/// `RESPONSE_TOO_LARGE` error in its place: the broker never sends a frame
+/// its clients must refuse.
+fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
+    let start = out.len();
+    encode(&ServerFrame::Response(Response { id, outcome }), out);
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME {
+        out.truncate(start);
+        let err = WireError::new(
+            ErrorCode::ResponseTooLarge,
+            format!(
+                "the answer is {len} bytes, over the {MAX_FRAME}-byte frame limit; ask for less (one org, one pool)"
+            ),
+        );
+        encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out);
+    }
 }
 
 fn into_outcome(r: Result<crate::proto::Resp, WireError>) -> Outcome {
@@ -174,7 +193,7 @@ fn on_frame(
             let call = Call { shared, ctx, p: principal, now };
             match handler::fast(&call, &mut state.tickets, body) {
                 Ok(result) => {
-                    encode(&ServerFrame::Response(Response { id, outcome: into_outcome(result) }), out);
+                    respond(id, into_outcome(result), out);
                     Next::Continue
                 }
                 Err(body) => Next::Slow { id, body },
