@@ -38,6 +38,7 @@ fn operator_requests(org: &OrgName) -> Vec<Req> {
             subscription_end: "2099-01-01".into(),
             owner: "a@b".into(),
         },
+        Req::SetSubscription { org: org.clone(), subscription_end: "2099-01-01".into() },
     ]
 }
 
@@ -195,8 +196,14 @@ async fn removing_a_user_revokes_everything_they_held_and_is_audited() {
         actions.contains(&"session_killed".to_string()) && actions.contains(&"user_removed".to_string()),
         "{actions:?}"
     );
-    // The operator lists every org.
+    // The operator renews the subscription and lists every org.
+    assert_eq!(
+        code(op.call(Req::SetSubscription { org: org(), subscription_end: "2001-01-01".into() }).await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    op.set_subscription(&org(), "2098-06-30").await.unwrap();
     let orgs = op.list_orgs().await.unwrap();
+    assert_eq!(license_broker::value::format_end_date(orgs[0].subscription_end), "2098-06-30");
     assert_eq!(orgs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), vec!["default"]);
     assert_eq!(code(owner.call(Req::ListOrgs).await), Some(ErrorCode::Forbidden));
 }

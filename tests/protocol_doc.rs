@@ -97,6 +97,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("Audit", Req::Audit { org: org.clone() }),
         ("ListOrgs", Req::ListOrgs),
         ("RemoveUser", Req::RemoveUser { org: org.clone(), email: "x".into() }),
+        ("SetSubscription", Req::SetSubscription { org: org.clone(), subscription_end: "x".into() }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);

@@ -157,6 +157,14 @@ enum OrgCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Renew or change an org's subscription (operator).
+    Set {
+        /// The org's name.
+        name: OrgName,
+        /// New last day of the subscription, YYYY-MM-DD.
+        #[arg(long)]
+        subscription_end: String,
+    },
     /// Create an org and print its Owner's API key.
     Create {
         /// The org's name.
@@ -367,6 +375,10 @@ async fn request(c: &Client, command: Command) -> Result<()> {
         Command::Audit { org, json } => output::audit(&c.audit(&org).await?, json),
         Command::Status { org, json } => output::status(&c.status(org.as_ref()).await?, json),
         Command::Org(OrgCmd::List { json }) => output::orgs(&c.list_orgs().await?, json),
+        Command::Org(OrgCmd::Set { name, subscription_end }) => {
+            c.set_subscription(&name, &subscription_end).await?;
+            println!("org {name}: subscription through {subscription_end}");
+        }
         Command::Org(OrgCmd::Create { name, subscription_end, owner }) => {
             let key = c.create_org(&name, &subscription_end, &owner).await?;
             println!("owner api key: {key}");

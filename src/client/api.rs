@@ -235,6 +235,11 @@ impl Client {
         }
     }
 
+    /// Operator: renews or changes an org's subscription (last day `YYYY-MM-DD`).
+    pub async fn set_subscription(&self, org: &OrgName, subscription_end: &str) -> Result<(), ClientError> {
+        self.done(Req::SetSubscription { org: org.clone(), subscription_end: subscription_end.into() }).await
+    }
+
     /// Owner/Admin: removes a member (keys revoked, grants and activations
     /// freed, sessions ended).
     pub async fn remove_user(&self, org: &OrgName, email: &str) -> Result<(), ClientError> {

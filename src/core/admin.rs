@@ -7,7 +7,7 @@ use super::error::{Error, Result};
 use super::id::{Email, KeyHash, MachineId, OrgName, Role, SessionId};
 use super::pool::PoolId;
 use super::record::{AuditAction, Change, Record};
-use super::time::{Millis, DAY_MS};
+use super::time::{format_end_date, Millis, DAY_MS};
 use super::Principal;
 
 /// The operator's identity in the audit trail.
@@ -100,6 +100,21 @@ impl Broker {
                 revoked: false,
             }),
             self.audit(name, p, AuditAction::OrgCreated, format!("owner={owner}"), now),
+        ])
+    }
+
+    /// Operator: renews or changes an org's subscription; `end` is midnight
+    /// after its last day. Pools admit again at once if it had lapsed.
+    pub fn plan_set_subscription(&self, p: &Principal, org: &OrgName, end: Millis, now: Millis) -> Result<Vec<Change>> {
+        p.require_operator()?;
+        if end <= now {
+            return Err(Error::invalid("subscription end", "must be today or later"));
+        }
+        let (old, created) = self.with_dir(|dir| dir.org(org).map(|o| (o.subscription_end, o.created)))?;
+        let detail = format!("last_day {} -> {}", format_end_date(old), format_end_date(end));
+        Ok(vec![
+            Change::Put(Record::Org { name: org.clone(), subscription_end: end, created }),
+            self.audit(org, p, AuditAction::SubscriptionChanged, detail, now),
         ])
     }
 

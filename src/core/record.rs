@@ -169,6 +169,8 @@ pub enum AuditAction {
     UserRemoved,
     /// An Owner or Admin ended someone's session.
     SessionKilled,
+    /// The operator renewed or changed an org's subscription.
+    SubscriptionChanged,
 }
 
 impl AuditAction {
@@ -187,6 +189,7 @@ impl AuditAction {
             AuditAction::OfflineCreated => "offline_created",
             AuditAction::UserRemoved => "user_removed",
             AuditAction::SessionKilled => "session_killed",
+            AuditAction::SubscriptionChanged => "subscription_changed",
         }
     }
 }

@@ -153,6 +153,11 @@ fn nothing_admitted_after_the_subscription_ends() {
     w.commit(w.broker.register(&acme, &target, t(0)).unwrap());
     let r = w.broker.acquire(&acme, &target, Nonce(1), ConnId(1), end);
     assert_eq!(r, Err(Error::SubscriptionExpired));
+    // Renewed: the lapsed org admits again at once.
+    let renewed = Millis(end.0 + 365 * DAY_MS);
+    assert!(w.broker.plan_set_subscription(&acme, &name, renewed, end).is_err(), "operator only");
+    w.broker.apply(&w.broker.plan_set_subscription(&w.operator, &name, renewed, end).unwrap());
+    assert!(w.broker.acquire(&acme, &target, Nonce(1), ConnId(1), end).is_ok());
 }
 
 #[test]

@@ -178,6 +178,8 @@ pub enum AuditAction {
     UserRemoved,
     /// An Owner or Admin ended someone's session.
     SessionKilled,
+    /// The operator renewed or changed an org's subscription.
+    SubscriptionChanged,
 }
 
 /// An org, for `org list`.
@@ -223,6 +225,7 @@ impl AuditAction {
             AuditAction::OfflineCreated => "offline_created",
             AuditAction::UserRemoved => "user_removed",
             AuditAction::SessionKilled => "session_killed",
+            AuditAction::SubscriptionChanged => "subscription_changed",
         }
     }
 }

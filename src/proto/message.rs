@@ -248,6 +248,14 @@ pub enum Req {
         /// The member.
         email: String,
     },
+    /// Operator: renew or change an org's subscription; `subscription_end`
+    /// is its new last day, `YYYY-MM-DD`.
+    SetSubscription {
+        /// The org.
+        org: OrgName,
+        /// The new last day, `YYYY-MM-DD`.
+        subscription_end: String,
+    },
 }
 
 /// A frame from server to client on a bidirectional stream.

@@ -104,6 +104,10 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
         }
         Req::Audit { org } => audit(call, org).await,
         Req::KillSession { org, session } => kill(call, org, session).await,
+        Req::SetSubscription { org, subscription_end } => {
+            let end = parse_end_of_date(&subscription_end)?;
+            call.mutate(|core, now| core.plan_set_subscription(p, &org, end, now)).await.map(|()| Resp::Done)
+        }
         Req::RemoveUser { org, email } => {
             let email = Email::parse_lenient(&email)?;
             call.mutate(|core, now| core.plan_remove_user(p, &org, &email, now)).await.map(|()| Resp::Done)

@@ -95,6 +95,7 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::OfflineCreated => proto::AuditAction::OfflineCreated,
             A::UserRemoved => proto::AuditAction::UserRemoved,
             A::SessionKilled => proto::AuditAction::SessionKilled,
+            A::SubscriptionChanged => proto::AuditAction::SubscriptionChanged,
         }
     }
 }
