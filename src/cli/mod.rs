@@ -89,11 +89,13 @@ enum Command {
     Revoke(GrantArgs),
     /// Owner/Admin: licensed users and online (node-locked) licenses.
     Licenses {
+        /// The org.
         #[arg(long)]
         org: OrgName,
         /// Only this pool.
         #[arg(long)]
         pool: Option<PoolId>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -106,8 +108,10 @@ enum Command {
     Offline(offline::OfflineCmd),
     /// Owner/Admin: the org's audit trail.
     Audit {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -140,6 +144,7 @@ enum AdminCmd {
 
 #[derive(clap::Args, Debug)]
 struct GrantArgs {
+    /// The org.
     #[arg(long)]
     org: OrgName,
     /// The KSE pool, e.g. kse-floating-annual.
@@ -182,6 +187,7 @@ enum OrgCmd {
 enum PoolCmd {
     /// Create the pool or change its quota.
     Set {
+        /// The org.
         #[arg(long)]
         org: OrgName,
         /// kre or kse.
@@ -206,9 +212,12 @@ enum PoolCmd {
 enum UserCmd {
     /// Add a member to the org.
     Add {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The member's email.
         email: String,
+        /// owner, admin or user.
         #[arg(long, default_value = "user")]
         role: Role,
     },
@@ -223,8 +232,10 @@ enum UserCmd {
     },
     /// List the org's members.
     List {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -234,20 +245,26 @@ enum UserCmd {
 enum KeyCmd {
     /// Create an API key for a member; it is printed once.
     Create {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The member's email.
         email: String,
     },
     /// Revoke a key, by its id (from `key list`) or the key itself.
     Revoke {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The key id (from `key list`) or the full key.
         key: String,
     },
     /// List the org's keys (ids, never the keys).
     List {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -257,15 +274,19 @@ enum KeyCmd {
 enum MachineCmd {
     /// List registered machines.
     List {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Remove a machine, freeing its slot (its live sessions are revoked).
     Remove {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The machine id.
         machine: MachineId,
         /// Only from this pool (default: every pool of the org).
         #[arg(long)]
@@ -277,15 +298,19 @@ enum MachineCmd {
 enum SessionCmd {
     /// List live sessions.
     List {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// End a session now (reason: revoked).
     Kill {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The session id (from `session list`).
         session: SessionId,
     },
 }

@@ -18,6 +18,7 @@ use super::output;
 pub enum OfflineCmd {
     /// Owner/Admin: create an offline license for a machine (annual node-locked pools).
     Create {
+        /// The org.
         #[arg(long)]
         org: OrgName,
         #[arg(long)]
@@ -33,19 +34,23 @@ pub enum OfflineCmd {
     },
     /// Owner/Admin: the org's offline licenses, expired ones included.
     List {
+        /// The org.
         #[arg(long)]
         org: OrgName,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Owner/Admin: revoke an offline license (refused: they cannot be revoked).
     Revoke {
+        /// The org.
         #[arg(long)]
         org: OrgName,
         license: String,
     },
     /// Owner/Admin: move an offline license to another machine (refused).
     Transfer {
+        /// The org.
         #[arg(long)]
         org: OrgName,
         license: String,
@@ -64,6 +69,7 @@ pub enum OfflineCmd {
         /// Also check the license is bound to this machine ID.
         #[arg(long)]
         machine_id: Option<MachineId>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
