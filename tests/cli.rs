@@ -349,3 +349,29 @@ fn logs_are_plain_or_json_with_a_line_per_session() {
     let ended = message("session ended").expect("a line when it ends");
     assert_eq!(ended["fields"]["reason"], "released");
 }
+
+#[test]
+fn serve_takes_its_options_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("from-env");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .env("LB_DATA_DIR", &data)
+        .env("LB_LISTEN", &addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let operator = first_line(&mut child).strip_prefix("operator api key: ").unwrap().to_string();
+    assert!(data.join("broker.redb").exists(), "LB_DATA_DIR was used");
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--server", &addr, "--ca"])
+        .arg(data.join("tls/cert.pem"))
+        .env("LB_API_KEY", &operator)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "LB_LISTEN was used: {out:?}");
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -10,45 +10,47 @@ use anyhow::{bail, Result};
 use license_broker::server::{self, Options};
 use license_broker::tls::TlsFiles;
 
+/// Every option can also come from the environment (`LB_LISTEN`,
+/// `LB_DATA_DIR`, `LB_LEASE_TTL`, ...); a flag wins over the environment.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Where the store, TLS files and keys live (created if missing).
-    #[arg(long, default_value = "./broker-data")]
+    #[arg(env = "LB_DATA_DIR", long, default_value = "./broker-data")]
     data_dir: PathBuf,
     /// UDP address to listen on.
-    #[arg(long, default_value = "127.0.0.1:4433")]
+    #[arg(env = "LB_LISTEN", long, default_value = "127.0.0.1:4433")]
     listen: SocketAddr,
     /// How long a lease lives without a heartbeat (e.g. 30s, 2m).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(env = "LB_LEASE_TTL", long, default_value = "30s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
     /// PEM certificate chain (default: generated into DATA_DIR/tls/cert.pem).
-    #[arg(long, requires = "tls_key")]
+    #[arg(env = "LB_TLS_CERT", long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// PEM private key matching --tls-cert.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(env = "LB_TLS_KEY", long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Connections beyond this are refused.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(env = "LB_MAX_CONNECTIONS", long, default_value_t = 10_000)]
     max_connections: usize,
     /// Close connections silent for this long.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(env = "LB_IDLE_TIMEOUT", long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
     /// Async worker threads (default: one per CPU).
-    #[arg(long)]
+    #[arg(env = "LB_WORKERS", long)]
     pub workers: Option<usize>,
     /// How long shutdown waits for clients to leave.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(env = "LB_DRAIN_GRACE", long, default_value = "1s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
     /// Close a connection that authenticates no stream (sends no valid
     /// Hello) within this long.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(env = "LB_HELLO_TIMEOUT", long, default_value = "5s", value_parser = humantime::parse_duration)]
     hello_timeout: Duration,
     /// Drop a request stream whose started frame is not complete within this long.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(env = "LB_FRAME_TIMEOUT", long, default_value = "10s", value_parser = humantime::parse_duration)]
     frame_timeout: Duration,
     /// Start even though the clock reads earlier than the latest time a
     /// previous run recorded (check the clock first).
-    #[arg(long)]
+    #[arg(env = "LB_ALLOW_CLOCK_ROLLBACK", long)]
     allow_clock_rollback: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
