@@ -24,7 +24,7 @@ pub struct PoolUid(pub u64);
 pub enum Registration {
     /// The machine was already registered; nothing changed.
     Known,
-    /// The machine took a new slot; the caller must persist it (or `forget_machine`).
+    /// The machine took a new slot; its pending change persists it, or gives the slot back if the commit fails.
     New,
 }
 
@@ -340,7 +340,7 @@ impl Pool {
         true
     }
 
-    /// Undoes `reserve_offline` whose commit failed.
+    /// Undoes `reserve_offline` whose commit failed (the pending change's undo).
     pub fn cancel_offline(&self, id: OfflineId) {
         let mut l = self.licensing.lock();
         if let Some(i) = l.offline.iter().position(|o| o.id == id) {
