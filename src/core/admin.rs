@@ -133,15 +133,21 @@ impl Broker {
         if quota > MAX_QUOTA {
             return Err(Error::invalid("quota", format!("at most {MAX_QUOTA}")));
         }
-        let old = self.with_dir(|dir| dir.org(org).map(|o| o.pools.get(&pool).map(|h| h.count().quota)))?;
+        let old = self.with_dir(|dir| dir.org(org).map(|o| o.pools.get(&pool).map(|h| h.quota())))?;
         let detail = match old {
             Some(old) => format!("pool={pool} quota {old} -> {quota}"),
             None => format!("pool={pool} created with quota {quota}"),
         };
-        Ok(vec![
+        let mut changes = vec![
             Change::Put(Record::Pool { org: org.clone(), pool, quota }),
             self.audit(org, p, AuditAction::QuotaChanged, detail, now),
-        ])
+        ];
+        if old.is_none() && self.ceilings() {
+            // A new pool starts with no seats for sessions; the first
+            // admission raises the ceiling.
+            changes.push(Change::Put(Record::Ceiling { org: org.clone(), pool, seats: 0 }));
+        }
+        Ok(changes)
     }
 
     /// Owner/Admin: adds a member. Only Owners add Owners.

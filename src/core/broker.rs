@@ -28,12 +28,39 @@ pub struct Config {
     /// picks it at random so that entries written in the same millisecond
     /// by two runs of the broker never share a key.
     pub audit_seq_base: u64,
+    /// Whether pools keep a durable session ceiling (see `pool::Bounds`),
+    /// so that a restart knows how many seats runners may still believe
+    /// they hold. The shell turns it on; without it (the core's own tests)
+    /// admission is bounded by the quota alone and `CeilingReached` never
+    /// happens.
+    pub ceilings: bool,
+    /// How long after a restart, beyond one lease TTL, seats stay held for
+    /// the previous run's runners to re-attach.
+    pub restart_grace: Duration,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { lease_ttl: Duration::from_secs(30), shard_bits: 6, audit_seq_base: 0 }
+        Config {
+            lease_ttl: Duration::from_secs(30),
+            shard_bits: 6,
+            audit_seq_base: 0,
+            ceilings: false,
+            restart_grace: Duration::from_secs(10),
+        }
     }
+}
+
+/// Seats a restart holds for the previous run's runners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hold {
+    /// Seats held, over all pools.
+    pub seats: u64,
+    /// When the seats not re-attached by then come back.
+    pub until: Millis,
+    /// The record to commit before admitting anything, so the next restart
+    /// honours this run's TTL and this hold.
+    pub record: Record,
 }
 
 /// A registered machine, for `machine list`.
@@ -68,6 +95,10 @@ pub struct Broker {
     /// The latest time a previous run recorded (`Record::Clock`), for the
     /// shell's check that the clock has not gone backwards.
     high_water: AtomicU64,
+    /// The previous run's `Record::Leases` (TTL in ms, hold end), if any.
+    previous_leases: Mutex<Option<(u64, Millis)>>,
+    /// When seats held for the previous run's sessions come back (0: no hold).
+    hold_until: AtomicU64,
 }
 
 /// Whether `p` is the user holding the session (in the session's org).
@@ -88,7 +119,14 @@ impl Broker {
             offline_due: Mutex::new(BTreeMap::new()),
             audit_seq: AtomicU64::new(audit_seq_base),
             high_water: AtomicU64::new(0),
+            previous_leases: Mutex::new(None),
+            hold_until: AtomicU64::new(0),
         }
+    }
+
+    /// Whether pools keep durable session ceilings.
+    pub fn ceilings(&self) -> bool {
+        self.config.ceilings
     }
 
     /// The lease TTL runners should heartbeat against.
@@ -145,17 +183,87 @@ impl Broker {
     /// The earliest lease deadline, for the expiry task's sleep.
     pub fn next_deadline(&self) -> Option<Millis> {
         let offline = self.offline_due.lock().keys().next().map(|(at, _)| *at);
-        match (self.sessions.next_deadline(), offline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // Acquire: pairs with the Release in `hold_reserves`.
+        let hold = Some(Millis(self.hold_until.load(Ordering::Acquire))).filter(|h| h.0 != 0);
+        [self.sessions.next_deadline(), offline, hold].into_iter().flatten().min()
     }
 
-    /// Ends every lease whose deadline is at or before `now`, and returns
-    /// the seats of offline licenses that expired.
+    /// Ends every lease whose deadline is at or before `now`, returns the
+    /// seats of offline licenses that expired, and ends a restart's hold
+    /// when it is due.
     pub fn expire(&self, now: Millis) -> Vec<Ended> {
         self.expire_offline(now);
+        self.end_hold(now);
         self.sessions.expire(now)
+    }
+
+    /// After a restart, before admitting anything: every pool holds its
+    /// durable ceiling's worth of seats for the previous run's sessions,
+    /// until their runners re-attach or one lease TTL of the run that
+    /// admitted them, plus the restart grace, has passed since `now` (or
+    /// until an earlier run's hold ends, if later). `None` when ceilings
+    /// are off.
+    pub fn hold_reserves(&self, now: Millis) -> Option<Hold> {
+        if !self.config.ceilings {
+            return None;
+        }
+        let previous = *self.previous_leases.lock();
+        // A store without the record predates ceilings (or is new): this
+        // run's TTL is the best estimate of the last run's.
+        let ttl = previous.map_or(self.config.lease_ttl, |(ms, _)| Duration::from_millis(ms));
+        let until = now.after(ttl + self.config.restart_grace).max(previous.map_or(Millis(0), |(_, h)| h));
+        let seats = self.with_dir(|dir| {
+            dir.orgs.values().flat_map(|o| o.pools.values()).map(|p| u64::from(p.hold_reserve())).sum::<u64>()
+        });
+        if seats > 0 {
+            // Release: pairs with the Acquire in `next_deadline`.
+            self.hold_until.store(until.0, Ordering::Release);
+        }
+        let record = Record::Leases { ttl_ms: self.config.lease_ttl.as_millis() as u64, hold_until: until };
+        Some(Hold { seats, until, record })
+    }
+
+    /// Returns the seats still held for the previous run once the hold is due.
+    fn end_hold(&self, now: Millis) {
+        // Relaxed pre-check; the swap below decides who ends it.
+        let until = self.hold_until.load(Ordering::Relaxed);
+        if until == 0 || now.0 < until || self.hold_until.swap(0, Ordering::AcqRel) == 0 {
+            return;
+        }
+        self.with_dir(|dir| {
+            for pool in dir.orgs.values().flat_map(|o| o.pools.values()) {
+                pool.release_reserve();
+            }
+        });
+    }
+
+    /// The ceiling record to commit before `org`/`pool` admits past its
+    /// current ceiling, or `None` if none is needed any more (a concurrent
+    /// raise got there, seats were freed, or the quota is what binds).
+    /// The shell serialises ceiling writes; committing and settling the
+    /// change raises the ceiling in memory.
+    pub fn plan_ceiling(&self, org: &OrgName, pool: PoolId) -> Option<super::pending::Pending<()>> {
+        let handle = self.with_dir(|dir| dir.pool(org, pool).ok().cloned())?;
+        let seats = handle.ceiling_wanted()?;
+        let record = Record::Ceiling { org: org.clone(), pool, seats };
+        Some(super::pending::Pending::plan(vec![Change::Put(record)], ()))
+    }
+
+    /// Lowers, in memory, the ceilings of pools whose sessions hold far
+    /// fewer seats, and returns the records the shell must then write
+    /// (serialised with raises; they need no applying).
+    pub fn lower_ceilings(&self) -> Vec<Record> {
+        self.with_dir(|dir| {
+            let mut out = Vec::new();
+            for (org, entry) in &dir.orgs {
+                for pool in entry.pools.values() {
+                    if let Some(seats) = pool.lower_ceiling() {
+                        out.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats });
+                    }
+                }
+            }
+            out
+        })
     }
 
     fn expire_offline(&self, now: Millis) {
@@ -260,9 +368,15 @@ impl Broker {
         {
             let mut dir = self.dir.write();
             for change in changes {
-                if let Change::Put(Record::Clock { high_water }) = change {
-                    // Relaxed: read only by the shell at start, after loading.
-                    self.high_water.store(high_water.0, Ordering::Relaxed);
+                match change {
+                    Change::Put(Record::Clock { high_water }) => {
+                        // Relaxed: read only by the shell at start, after loading.
+                        self.high_water.store(high_water.0, Ordering::Relaxed);
+                    }
+                    Change::Put(Record::Leases { ttl_ms, hold_until }) => {
+                        *self.previous_leases.lock() = Some((*ttl_ms, *hold_until));
+                    }
+                    _ => {}
                 }
                 let restored = dir.apply(change, |org, id, quota, end| {
                     // Relaxed: uniqueness only; no other memory depends on it.

@@ -147,8 +147,13 @@ impl Directory {
                     p.restore_counts(*admitted, *rejected);
                 }
             }
-            // The audit trail is never read back; the broker keeps the clock mark.
-            Change::Put(Record::Audit(_) | Record::Clock { .. }) => {}
+            Change::Put(Record::Ceiling { org, pool, seats }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.set_ceiling(*seats);
+                }
+            }
+            // The audit trail is never read back; the broker keeps the clock and lease marks.
+            Change::Put(Record::Audit(_) | Record::Clock { .. } | Record::Leases { .. }) => {}
             other => self.apply_to_pool(other),
         }
         None

@@ -95,6 +95,10 @@ pub enum Error {
         /// The license's last valid day, `YYYY-MM-DD`.
         expires: Millis,
     },
+    /// The pool has free seats under its quota but not under its durable
+    /// session ceiling: the shell must raise the ceiling (a durable write)
+    /// and ask again. Never shown to a client.
+    CeilingReached,
 }
 
 impl Error {
@@ -110,6 +114,7 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Error::CeilingReached => f.write_str("the pool's durable seat ceiling must be raised before admitting more"),
             Error::QuotaExceeded { quota: 0 } => {
                 f.write_str("quota exceeded: the pool has no licenses (quota 0); ask the operator to set one")
             }

@@ -114,7 +114,7 @@ impl Broker {
         if handle.has_grant(email) {
             return Err(Error::AlreadyExists { what: "grant", name: format!("{email} on {pool}") });
         }
-        let quota = handle.count().quota;
+        let quota = handle.quota();
         if handle.grant_count() >= quota as usize {
             return Err(Error::GrantLimit { quota });
         }

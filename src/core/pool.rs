@@ -12,7 +12,7 @@ use super::id::{Email, MachineId, OfflineId, OrgName};
 pub use super::pool_id::{Kind, PoolId, Product, Term};
 use super::seats::{SeatCount, Seats};
 use super::time::Millis;
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// A pool's identity within this process: distinct per pool, never reused,
 /// so runner nonces (and the shard statistics) are keyed by it.
@@ -52,8 +52,17 @@ pub struct Pool {
     /// Machine IDs and when each registered. Registration is rare (once per
     /// machine), so a plain lock keeps the cap check simple.
     machines: Mutex<FastMap<MachineId, Machine>>,
-    /// Quota and seats in use.
+    /// Admission limit and seats in use.
     seats: Padded<Seats>,
+    /// What the limit is computed from. Every limit change happens under
+    /// this lock; admissions never take it (they only CAS the seat word).
+    bounds: Mutex<Bounds>,
+    /// The quota, readable without the lock (to tell a full pool from a
+    /// ceiling that must be raised, after a refusal).
+    quota: AtomicU32,
+    /// Seats held, after a restart, for the previous run's sessions until
+    /// their runners re-attach or the hold ends (counted in `in_use`).
+    reserve: AtomicU32,
     /// Admissions and quota refusals counted before this process started
     /// (from the store); the session table's shards count the rest.
     counted: Mutex<(u64, u64)>,
@@ -61,6 +70,42 @@ pub struct Pool {
     /// only by admin requests and activations, which the shell serialises,
     /// so a plain lock.
     licensing: Mutex<Licensing>,
+}
+
+/// The inputs of a pool's admission limit.
+///
+/// Sessions are not durable; the ceiling is. It bounds the seats that
+/// sessions (and seats reserved for the previous run's sessions) may hold,
+/// and the store always holds a ceiling at least as high as the one in
+/// memory: it is raised durably before memory, and lowered in memory
+/// before durably. After a crash the broker therefore knows how many
+/// runners may still believe they hold a seat, without an fsync per lease.
+/// Activations and offline licenses are durable records of their own and
+/// do not count against it.
+struct Bounds {
+    /// Licenses bought.
+    quota: u32,
+    /// Most seats sessions may hold (`None`: not enforced, a broker without
+    /// durable ceilings, as in the core's own tests).
+    ceiling: Option<u32>,
+    /// Seats held by activations and offline licenses.
+    durable: u32,
+}
+
+impl Bounds {
+    fn limit(&self) -> u32 {
+        match self.ceiling {
+            Some(c) => self.quota.min(c.saturating_add(self.durable)),
+            None => self.quota,
+        }
+    }
+}
+
+/// How far a ceiling moves past the seats sessions hold: a quarter more,
+/// at least 8, so a pool filling up raises it a few dozen times at most
+/// (each a durable write), and a crash reserves little more than was used.
+fn headroom(sessions: u32) -> u32 {
+    (sessions / 4).max(8)
 }
 
 #[derive(Default)]
@@ -146,6 +191,9 @@ impl Pool {
             removals: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(Seats::new(quota)),
+            bounds: Mutex::new(Bounds { quota, ceiling: None, durable: 0 }),
+            quota: AtomicU32::new(quota),
+            reserve: AtomicU32::new(0),
             counted: Mutex::new((0, 0)),
             licensing: Mutex::new(Licensing::default()),
         }
@@ -160,22 +208,162 @@ impl Pool {
         if now.0 >= self.not_after.load(Ordering::Relaxed) {
             return Err(Error::SubscriptionExpired);
         }
-        self.seats.try_acquire().map_err(|quota| Error::QuotaExceeded { quota })
+        self.seats.try_acquire().map_err(|c| self.refusal(c))
     }
 
-    /// Returns a seat; called exactly once per ended session.
+    /// Why a full seat word refused: the quota, or a ceiling to raise.
+    fn refusal(&self, c: SeatCount) -> Error {
+        // Relaxed: a quota change racing this refusal may be seen or not;
+        // either answer was true an instant ago, and a retry re-reads.
+        let quota = self.quota.load(Ordering::Relaxed);
+        match c.in_use < quota {
+            true => Error::CeilingReached,
+            false => Error::QuotaExceeded { quota },
+        }
+    }
+
+    /// Returns a session's seat; called exactly once per ended session.
     pub fn return_seat(&self) {
-        self.seats.release();
+        self.seats.release(1);
     }
 
-    /// Quota and seats in use.
-    pub fn count(&self) -> SeatCount {
-        self.seats.count()
+    /// Seats in use.
+    pub fn in_use(&self) -> u32 {
+        self.seats.count().in_use
+    }
+
+    /// Licenses bought.
+    pub fn quota(&self) -> u32 {
+        // Relaxed: see `refusal`.
+        self.quota.load(Ordering::Relaxed)
     }
 
     /// Changes the quota (operator only; checked by the caller).
     pub fn set_quota(&self, quota: u32) {
-        self.seats.set_quota(quota);
+        let mut b = self.bounds.lock();
+        b.quota = quota;
+        self.quota.store(quota, Ordering::Relaxed);
+        self.relimit(&b, 0);
+    }
+
+    /// Recomputes the seat word's limit from `b`, moving `in_use` by `delta`
+    /// in the same step. Callers hold the bounds lock.
+    fn relimit(&self, b: &Bounds, delta: i64) {
+        let limit = b.limit();
+        let _ = self.seats.update(|c| {
+            let in_use = (i64::from(c.in_use) + delta).clamp(0, i64::from(u32::MAX)) as u32;
+            Some(SeatCount { limit, in_use })
+        });
+    }
+
+    /// Takes a seat for a durable holder (activation, offline license)
+    /// against the quota alone; `check: false` restores one the store
+    /// already holds (it passed the check when it was made).
+    fn take_durable(&self, check: bool) -> Result<()> {
+        let mut b = self.bounds.lock();
+        let quota = b.quota;
+        b.durable += 1;
+        let limit = b.limit();
+        let taken = self.seats.update(|c| {
+            (!check || c.in_use < quota).then(|| SeatCount { limit, in_use: c.in_use.saturating_add(1) })
+        });
+        if taken.is_err() {
+            b.durable -= 1;
+            return Err(Error::QuotaExceeded { quota });
+        }
+        Ok(())
+    }
+
+    /// Returns a durable holder's seat.
+    fn return_durable(&self) {
+        let mut b = self.bounds.lock();
+        b.durable = b.durable.saturating_sub(1);
+        self.relimit(&b, -1);
+    }
+
+    /// Seats sessions hold (reserved ones included), given a reading of the word.
+    fn sessions_in(b: &Bounds, c: SeatCount) -> u32 {
+        c.in_use.saturating_sub(b.durable)
+    }
+
+    /// The ceiling to write before admitting past the current one, or
+    /// `None` when none is needed (another raise got there first, or the
+    /// quota is what binds).
+    pub fn ceiling_wanted(&self) -> Option<u32> {
+        let b = self.bounds.lock();
+        let current = b.ceiling?;
+        let sessions = Self::sessions_in(&b, self.seats.count());
+        if sessions < current || current >= b.quota {
+            return None;
+        }
+        Some(b.quota.min(sessions.max(current).saturating_add(headroom(sessions))))
+    }
+
+    /// Sets the ceiling (a committed `Ceiling` record, or a lowering that
+    /// is about to be written).
+    pub fn set_ceiling(&self, ceiling: u32) {
+        let mut b = self.bounds.lock();
+        b.ceiling = Some(ceiling);
+        self.relimit(&b, 0);
+    }
+
+    /// Lowers the ceiling in memory, if it is well above what sessions
+    /// hold, and returns the new value for the caller to write. Memory
+    /// first: from this instant admissions obey the lower value, so the
+    /// durable one (still higher until the write) stays an upper bound.
+    pub fn lower_ceiling(&self) -> Option<u32> {
+        let mut b = self.bounds.lock();
+        let current = b.ceiling?;
+        let (quota, durable) = (b.quota, b.durable);
+        let mut lowered = None;
+        // One CAS reads the sessions and sets the limit, so no admission
+        // can slip in between the reading and the new limit.
+        let _ = self.seats.update(|c| {
+            let sessions = c.in_use.saturating_sub(durable);
+            let target = sessions.saturating_add(headroom(sessions));
+            lowered = None;
+            if current <= target.saturating_add(headroom(sessions)) {
+                return None;
+            }
+            lowered = Some(target);
+            Some(SeatCount { limit: quota.min(target.saturating_add(durable)), ..c })
+        });
+        if let Some(target) = lowered {
+            b.ceiling = Some(target);
+        }
+        lowered
+    }
+
+    /// After a restart: holds `ceiling` seats (the durable ceiling, or for a
+    /// pool that never had one, every seat not held durably) for the
+    /// previous run's sessions. Returns how many.
+    pub fn hold_reserve(&self) -> u32 {
+        let mut b = self.bounds.lock();
+        let held = b.ceiling.unwrap_or_else(|| b.quota.saturating_sub(b.durable));
+        b.ceiling = Some(held);
+        self.reserve.store(held, Ordering::Release);
+        self.relimit(&b, i64::from(held));
+        held
+    }
+
+    /// Takes one reserved seat for a re-attaching runner; false when none is left.
+    pub fn take_reserved(&self) -> bool {
+        // AcqRel: pairs with `release_reserve`'s swap; exactly one of them gets each seat.
+        self.reserve.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1)).is_ok()
+    }
+
+    /// Ends the hold: seats still reserved go back. Returns how many.
+    pub fn release_reserve(&self) -> u32 {
+        let n = self.reserve.swap(0, Ordering::AcqRel);
+        if n > 0 {
+            self.seats.release(n);
+        }
+        n
+    }
+
+    /// Seats still reserved for the previous run's sessions.
+    pub fn reserved(&self) -> u32 {
+        self.reserve.load(Ordering::Acquire)
     }
 
     /// Changes the subscription end.
@@ -195,7 +383,7 @@ impl Pool {
         if machines.contains_key(machine) {
             return Ok(Registration::Known);
         }
-        let quota = self.seats.count().quota;
+        let quota = self.quota();
         if quota == 0 {
             // No licenses at all: say so, rather than "machine limit".
             return Err(Error::QuotaExceeded { quota });
@@ -291,16 +479,17 @@ impl Pool {
         if l.bindings.contains_key(email) {
             return Ok(());
         }
-        self.seats.try_acquire().map_err(|quota| Error::QuotaExceeded { quota })?;
+        self.take_durable(true)?;
         l.bindings.insert(email.clone(), (machine.clone(), at));
         Ok(())
     }
 
-    /// Restores a persisted activation at start (idempotent; see `Seats::force_take`).
+    /// Restores a persisted activation at start (idempotent; no quota check:
+    /// it passed one when it was made).
     pub fn restore_binding(&self, email: &Email, machine: &MachineId, at: Millis) {
         let mut l = self.licensing.lock();
         if !l.bindings.contains_key(email) {
-            self.seats.force_take();
+            let _ = self.take_durable(false);
             l.bindings.insert(email.clone(), (machine.clone(), at));
         }
     }
@@ -308,7 +497,7 @@ impl Pool {
     /// Frees a user's activation and its seat; returns the machine it was on.
     pub fn unbind(&self, email: &Email) -> Option<MachineId> {
         let (machine, _) = self.licensing.lock().bindings.remove(email)?;
-        self.seats.release();
+        self.return_durable();
         Some(machine)
     }
 
@@ -320,7 +509,7 @@ impl Pool {
     /// Records a new offline license, taking a seat.
     pub fn reserve_offline(&self, entry: OfflineEntry) -> Result<()> {
         let mut l = self.licensing.lock();
-        self.seats.try_acquire().map_err(|quota| Error::QuotaExceeded { quota })?;
+        self.take_durable(true)?;
         l.offline.push(entry);
         Ok(())
     }
@@ -334,7 +523,7 @@ impl Pool {
             return false;
         }
         if entry.active {
-            self.seats.force_take();
+            let _ = self.take_durable(false);
         }
         l.offline.push(entry);
         true
@@ -345,7 +534,7 @@ impl Pool {
         let mut l = self.licensing.lock();
         if let Some(i) = l.offline.iter().position(|o| o.id == id) {
             if l.offline.remove(i).active {
-                self.seats.release();
+                self.return_durable();
             }
         }
     }
@@ -356,7 +545,7 @@ impl Pool {
         match l.offline.iter_mut().find(|o| o.id == id && o.active) {
             Some(o) => {
                 o.active = false;
-                self.seats.release();
+                self.return_durable();
                 true
             }
             None => false,
@@ -378,7 +567,7 @@ impl Pool {
     pub fn status(&self, admitted: u64, rejected: u64) -> PoolStatus {
         let (earlier_admitted, earlier_rejected) = *self.counted.lock();
         let (admitted, rejected) = (earlier_admitted + admitted, earlier_rejected + rejected);
-        let c = self.seats.count();
+        let in_use = self.in_use();
         let (grants, activations, offline) = {
             let l = self.licensing.lock();
             (l.grants.len() as u32, l.bindings.len() as u32, l.offline.iter().filter(|o| o.active).count() as u32)
@@ -386,8 +575,8 @@ impl Pool {
         PoolStatus {
             org: self.org.clone(),
             pool: self.id,
-            quota: c.quota,
-            in_use: c.in_use,
+            quota: self.quota(),
+            in_use,
             machines: self.machines.lock().values().filter(|m| m.committed).count() as u32,
             admitted,
             rejected,

@@ -123,6 +123,24 @@ pub enum Record {
         /// Acquires refused for quota since the pool was created.
         rejected: u64,
     },
+    /// A pool's durable session ceiling: at no instant do its sessions hold
+    /// more seats than the last value written (see `pool::Bounds`).
+    Ceiling {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Most seats sessions may hold.
+        seats: u32,
+    },
+    /// What a restart must honour of earlier runs' leases: their TTL, and
+    /// until when seats are already held for runs before them.
+    Leases {
+        /// The lease TTL of the run that wrote it, in milliseconds.
+        ttl_ms: u64,
+        /// Seats reserved for earlier runs' sessions are held until then.
+        hold_until: Millis,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -273,6 +291,8 @@ impl Record {
             Record::Audit(e) => (Table::Audit, format!("{}/{:016x}/{:016x}", e.org, e.at.0, e.seq)),
             Record::Clock { .. } => (Table::Meta, "clock".to_string()),
             Record::Counters { org, pool, .. } => (Table::Counters, format!("{org}/{pool}")),
+            Record::Ceiling { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ceiling")),
+            Record::Leases { .. } => (Table::Meta, "leases".to_string()),
         }
     }
 }
@@ -318,9 +338,9 @@ pub enum Table {
     Offline,
     /// The audit trail (appended, listed per org, never loaded at start).
     Audit,
-    /// Admission statistics per pool.
+    /// Admission statistics and session ceilings per pool.
     Counters,
-    /// Broker-wide facts (the clock's high-water mark).
+    /// Broker-wide facts (the clock's high-water mark, the lease hold).
     Meta,
 }
 

@@ -47,7 +47,19 @@ impl Fixture {
     /// Bootstraps a broker with `2^shard_bits` session shards and lease
     /// `ttl`, and gives the `default` org a KRE pool of `quota`, at `t(0)`.
     pub fn new(quota: u32, shard_bits: u32, ttl: Duration) -> Fixture {
-        let broker = Broker::new(Config { lease_ttl: ttl, shard_bits, ..Config::default() });
+        Fixture::with_config(quota, Config { lease_ttl: ttl, shard_bits, ..Config::default() })
+    }
+
+    /// The same with durable session ceilings on, as the shell runs it:
+    /// the new pool starts with a ceiling of 0, so the first acquire meets
+    /// `CeilingReached` until `raise` settles a ceiling record.
+    pub fn with_ceilings(quota: u32, shard_bits: u32, ttl: Duration) -> Fixture {
+        Fixture::with_config(quota, Config { lease_ttl: ttl, shard_bits, ceilings: true, ..Config::default() })
+    }
+
+    /// Bootstraps a broker with `config`; see `new`.
+    pub fn with_config(quota: u32, config: Config) -> Fixture {
+        let broker = Broker::new(config);
         let owner_email = Email::new("owner@default").expect("valid email");
         broker.apply(&broker.plan_bootstrap(key(1), &owner_email, key(2), t(0)));
         let operator = broker.authenticate(&key(1)).expect("operator key bootstrapped");
@@ -64,6 +76,18 @@ impl Fixture {
             Ok((value, _)) => value,
             Err(never) => match never {},
         }
+    }
+
+    /// Raises the KRE pool's ceiling as the shell would (plan, commit,
+    /// settle); returns the new ceiling, or `None` if none was needed.
+    pub fn raise(&self) -> Option<u32> {
+        let pending = self.broker.plan_ceiling(&self.org, PoolId::KRE_DEFAULT)?;
+        let seats = match pending.changes() {
+            [super::Change::Put(super::Record::Ceiling { seats, .. })] => *seats,
+            other => panic!("a ceiling plan writes one ceiling record, not {other:?}"),
+        };
+        self.commit(pending);
+        Some(seats)
     }
 
     /// Applies an admin plan, as the shell does after committing it.

@@ -531,3 +531,146 @@ fn only_the_holder_renews_or_releases_a_session() {
     let ended = w.broker.kill(&admin, &w.org, lease.session).unwrap();
     assert_eq!(ended.reason, EndReason::Revoked, "an Admin ends it with kill");
 }
+
+fn ceiling_world(quota: u32) -> Fixture {
+    let w = Fixture::with_ceilings(quota, 2, TTL);
+    w.register("m").unwrap();
+    w
+}
+
+#[test]
+fn sessions_admitted_past_the_ceiling_only_after_it_is_raised() {
+    let w = ceiling_world(100);
+    assert_eq!(w.acquire("m", 1, 1, t(0)), Err(Error::CeilingReached), "a new pool's ceiling is 0");
+    assert_eq!(w.raise(), Some(8));
+    assert_eq!(w.raise(), None, "a raise that is no longer needed writes nothing");
+    for n in 1..=8 {
+        w.acquire("m", n, 1, t(0)).unwrap();
+    }
+    assert_eq!(w.acquire("m", 9, 1, t(0)), Err(Error::CeilingReached));
+    assert_eq!(w.raise(), Some(16));
+    w.acquire("m", 9, 1, t(0)).unwrap();
+    let s = w.pool_status();
+    assert_eq!((s.in_use, s.rejected), (9, 0), "a ceiling refusal is not a quota refusal");
+}
+
+#[test]
+fn the_ceiling_never_passes_the_quota_and_the_quota_still_refuses() {
+    let w = ceiling_world(10);
+    assert_eq!(w.raise(), Some(8));
+    for n in 0..8 {
+        w.acquire("m", n, 1, t(0)).unwrap();
+    }
+    assert_eq!(w.acquire("m", 8, 1, t(0)), Err(Error::CeilingReached));
+    assert_eq!(w.raise(), Some(10));
+    w.acquire("m", 8, 1, t(0)).unwrap();
+    w.acquire("m", 9, 1, t(0)).unwrap();
+    assert_eq!(w.acquire("m", 10, 1, t(0)), Err(Error::QuotaExceeded { quota: 10 }));
+    assert_eq!(w.raise(), None);
+}
+
+#[test]
+fn an_idle_pool_lowers_its_ceiling_in_memory_first() {
+    let w = ceiling_world(1000);
+    let mut leases = Vec::new();
+    for n in 0..100 {
+        loop {
+            match w.acquire("m", n, 1, t(0)) {
+                Ok(l) => break leases.push(l),
+                Err(Error::CeilingReached) => assert!(w.raise().is_some()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    assert!(w.broker.lower_ceilings().is_empty(), "a busy pool keeps its ceiling");
+    for l in &leases[..98] {
+        w.broker.release(&w.owner, l.session).unwrap();
+    }
+    let lowered = w.broker.lower_ceilings();
+    assert_eq!(lowered.len(), 1);
+    assert!(matches!(lowered[0], Record::Ceiling { seats: 10, .. }), "{lowered:?}");
+    // Memory obeys the lower value before anything is written.
+    for n in 200..208 {
+        w.acquire("m", n, 1, t(0)).unwrap();
+    }
+    assert_eq!(w.acquire("m", 300, 1, t(0)), Err(Error::CeilingReached));
+}
+
+#[test]
+fn durable_holders_do_not_count_against_the_ceiling() {
+    let w = Fixture::with_ceilings(3, 2, TTL);
+    let kse = w.with_kse_grant("kse-node-locked-annual", 3, &w.owner);
+    let bound = w.broker.activate(&w.owner, &w.target_in(kse, "pc"), Nonce(1), ConnId(1), t(0)).unwrap();
+    assert_eq!(w.commit(bound), Activation::Bound { already: false });
+    let status = w.broker.status(&w.owner, None).unwrap();
+    assert_eq!(status.iter().find(|s| s.pool == kse).unwrap().in_use, 1);
+}
+
+/// A broker restarted over `w`'s records, with a durable ceiling of `ceiling` on the KRE pool.
+fn restarted(w: &Fixture, ceiling: u32, previous: Option<Record>) -> Fixture {
+    let r = Fixture::with_ceilings(10, 2, TTL);
+    r.register("m").unwrap();
+    let mut records = vec![Change::Put(Record::Ceiling { org: w.org.clone(), pool: PoolId::KRE_DEFAULT, seats: ceiling })];
+    records.extend(previous.map(Change::Put));
+    r.broker.apply(&records);
+    r
+}
+
+#[test]
+fn a_restart_holds_the_ceiling_for_the_previous_runs_runners() {
+    let w = ceiling_world(10);
+    let r = restarted(&w, 4, None);
+    let hold = r.broker.hold_reserves(t(1_000)).unwrap();
+    assert_eq!((hold.seats, hold.until), (4, t(1_000 + 30_000 + 10_000)));
+    assert_eq!(hold.record, Record::Leases { ttl_ms: 30_000, hold_until: hold.until });
+    assert_eq!(r.in_use(), 4);
+    // A newcomer needs a raise (the ceiling covers the held seats), then fits under the quota.
+    assert_eq!(r.acquire("m", 50, 1, t(1_000)), Err(Error::CeilingReached));
+    assert_eq!(r.raise(), Some(12.min(10)));
+    r.acquire("m", 50, 1, t(1_000)).unwrap();
+    assert_eq!(r.in_use(), 5);
+    // A runner of the previous run takes its held seat: nothing new is counted.
+    let target = r.target("m");
+    let back = r.broker.reattach(&r.owner, &target, Nonce(7), ConnId(2), t(2_000)).unwrap();
+    assert!(!back.reattached);
+    assert_eq!((r.in_use(), r.broker.status(&r.owner, None).unwrap()[0].admitted), (5, 1));
+    // Twice with the same nonce: the same session, no second seat.
+    let again = r.broker.reattach(&r.owner, &target, Nonce(7), ConnId(3), t(2_500)).unwrap();
+    assert_eq!((again.session, again.reattached, r.in_use()), (back.session, true, 5));
+    // Both sessions' leases run out before the hold ends; the held seats stay held.
+    assert_eq!(r.broker.expire(Millis(hold.until.0 - 1)).len(), 2);
+    assert_eq!(r.broker.next_deadline(), Some(hold.until));
+    assert_eq!(r.in_use(), 3);
+    // The hold ends: the three seats nobody came back for are free again.
+    r.broker.expire(hold.until);
+    assert_eq!((r.in_use(), r.broker.next_deadline()), (0, None));
+    // Past the hold a re-attach is an acquire like any other.
+    let late = r.broker.reattach(&r.owner, &target, Nonce(8), ConnId(2), hold.until).unwrap();
+    assert!(!late.reattached);
+    assert_eq!(r.in_use(), 1);
+}
+
+#[test]
+fn a_hold_covers_the_previous_runs_ttl_and_any_earlier_hold() {
+    let w = ceiling_world(10);
+    let previous = Record::Leases { ttl_ms: 120_000, hold_until: t(500_000) };
+    let r = restarted(&w, 2, Some(previous));
+    assert_eq!(r.broker.hold_reserves(t(1_000)).unwrap().until, t(500_000));
+    let previous = Record::Leases { ttl_ms: 120_000, hold_until: t(0) };
+    let r = restarted(&w, 2, Some(previous));
+    assert_eq!(r.broker.hold_reserves(t(1_000)).unwrap().until, t(1_000 + 120_000 + 10_000));
+}
+
+#[test]
+fn a_pool_without_a_ceiling_record_holds_every_seat_not_held_durably() {
+    // A data dir written before ceilings existed: the safe guess is every seat.
+    let legacy = Fixture::new(6, 2, TTL);
+    assert_eq!(legacy.broker.hold_reserves(t(0)), None, "ceilings off: nothing held");
+    let old = Broker::new(Config { ceilings: true, ..Config::default() });
+    let org = OrgName::new("acme").unwrap();
+    old.apply(&[
+        Change::Put(Record::Org { name: org.clone(), subscription_end: Millis::MAX, created: t(0) }),
+        Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 6 }),
+    ]);
+    assert_eq!(old.hold_reserves(t(0)).unwrap().seats, 6);
+}

@@ -33,7 +33,7 @@ fn code(e: &Error) -> ErrorCode {
         Error::AlreadyExists { .. } => ErrorCode::AlreadyExists,
         Error::Invalid { .. } => ErrorCode::InvalidArgument,
         Error::SubscriptionExpired => ErrorCode::SubscriptionExpired,
-        Error::TableFull => ErrorCode::Internal,
+        Error::TableFull | Error::CeilingReached => ErrorCode::Internal,
         Error::GrantLimit { .. } => ErrorCode::GrantLimit,
         Error::NotLicensed => ErrorCode::NotLicensed,
         Error::AlreadyActivated { .. } => ErrorCode::AlreadyActivated,

@@ -169,8 +169,17 @@ impl SessionTable {
     }
 
     /// Admits a session, or re-attaches the nonce's existing live session
-    /// (renewing it) without taking a second seat.
-    pub fn acquire(&self, pool: &Arc<Pool>, req: SessionRequest, now: Millis, ttl: Duration) -> Result<Lease> {
+    /// (renewing it) without taking a second seat. With `reserved`, a new
+    /// session takes one of the seats the pool holds for the previous run's
+    /// sessions, if any is left, before asking for a free one.
+    pub fn acquire(
+        &self,
+        pool: &Arc<Pool>,
+        req: SessionRequest,
+        now: Millis,
+        ttl: Duration,
+        reserved: bool,
+    ) -> Result<Lease> {
         let index = self.shard_of_nonce(pool, req.nonce);
         let mut shard = self.shards[index].lock.lock();
         let deadline = now.after(ttl);
@@ -189,7 +198,13 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(Error::TableFull);
         }
-        if let Err(e) = shard.admit(pool, now) {
+        // A reserved seat is already counted in the pool's seats; the
+        // session takes it over (and returns it when it ends, as any other).
+        let seat = match reserved && pool.take_reserved() {
+            true => Ok(shard.adopt(pool)),
+            false => shard.admit(pool, now),
+        };
+        if let Err(e) = seat {
             self.publish(index, &shard);
             return Err(e);
         }

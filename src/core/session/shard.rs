@@ -211,8 +211,7 @@ impl Shard {
 
     /// Takes a seat in `pool` for a new session, counting the outcome.
     pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis) -> Result<()> {
-        let entry =
-            self.pools.entry(pool.uid).or_insert_with(|| ShardPool { pool: pool.clone(), admitted: 0, rejected: 0 });
+        let entry = self.entry(pool);
         match pool.take_seat(now) {
             Ok(_) => {
                 entry.admitted += 1;
@@ -225,6 +224,16 @@ impl Shard {
                 Err(e)
             }
         }
+    }
+
+    /// Registers `pool` for a session that took a reserved seat (already
+    /// counted, and not a new admission).
+    pub fn adopt(&mut self, pool: &Arc<Pool>) {
+        self.entry(pool);
+    }
+
+    fn entry(&mut self, pool: &Arc<Pool>) -> &mut ShardPool {
+        self.pools.entry(pool.uid).or_insert_with(|| ShardPool { pool: pool.clone(), admitted: 0, rejected: 0 })
     }
 
     /// The pool a live session of this shard belongs to.
