@@ -38,6 +38,21 @@ impl Fixture {
         f
     }
 
+    /// The same with durable session ceilings on (as the broker ships),
+    /// after a restart: the KRE pool's durable ceiling was `held`, so that
+    /// many seats are held for the previous run's runners, and the ceiling
+    /// has since been raised to the quota.
+    pub fn restarted(quota: u32, held: u32) -> (Fixture, license_broker::core::Hold) {
+        use license_broker::core::{Change, Record};
+        let f = Fixture(testkit::Fixture::with_ceilings(quota, 1, TTL));
+        f.register("m").unwrap();
+        let ceiling = Record::Ceiling { org: f.org.clone(), pool: PoolId::KRE_DEFAULT, seats: held };
+        f.broker.apply(&[Change::Put(ceiling)]);
+        let hold = f.broker.hold_reserves(t(0)).expect("ceilings are on");
+        while f.raise().is_some() {}
+        (f, hold)
+    }
+
     /// Acquires on machine `m` with the given nonce at `now`.
     pub fn acquire(&self, nonce: u128, now: license_broker::core::Millis) -> Result<Lease> {
         self.0.acquire("m", nonce, 1, now)

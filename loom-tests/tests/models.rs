@@ -275,3 +275,65 @@ fn machine_removal_racing_acquire_leaves_no_session() {
         assert_eq!(f.in_use(), 0);
     });
 }
+
+/// 10. After a restart, a runner of the previous run re-attaches while the
+/// hold ends and a newcomer acquires: each held seat goes to exactly one
+/// of them (the re-attach or the hold's end), and the seat count always
+/// equals the sessions plus the seats still held.
+#[test]
+fn reattach_racing_the_end_of_the_hold_counts_every_seat_once() {
+    model(|| {
+        let (f, hold) = Fixture::restarted(3, 1);
+        let f = Arc::new(f);
+        assert_eq!((hold.seats, f.in_use()), (1, 1));
+        let (a, b) = f.nonces_in_distinct_shards();
+        let fr = f.clone();
+        let reattacher = thread::spawn(move || {
+            let target = fr.target("m");
+            fr.broker.reattach(&fr.owner, &target, license_broker::core::Nonce(a), license_broker::core::ConnId(1), t(20_000))
+        });
+        let fe = f.clone();
+        let ender = thread::spawn(move || fe.broker.expire(hold.until).len());
+        let fa = f.clone();
+        let newcomer = thread::spawn(move || fa.acquire(b, t(20_000)));
+        let back = reattacher.join().unwrap().expect("a free seat or the held one");
+        assert!(!back.reattached);
+        newcomer.join().unwrap().expect("the quota has room");
+        // The fresh sessions' deadlines (t(50_000)) are after the hold's end (t(40_000)).
+        assert_eq!(ender.join().unwrap(), 0);
+        assert_eq!(f.broker.live_sessions(), 2);
+        assert_eq!(f.in_use(), 2, "the held seat went to the re-attach or back to the pool, once");
+    });
+}
+
+/// 11. Lowering a ceiling races an admission: the admission either fits
+/// under the lowered limit or is refused for the ceiling, and the value
+/// the lowering returns (what the shell then writes) covers every session.
+#[test]
+fn lowering_the_ceiling_racing_an_admission_never_undercounts() {
+    model(|| {
+        let (f, _) = Fixture::restarted(100, 0);
+        let f = Arc::new(f);
+        // Raised to headroom (8) over 0 sessions by `restarted`; lift it far
+        // above, as if the pool had been busy, so that lowering applies.
+        let ceiling = license_broker::core::Record::Ceiling {
+            org: f.org.clone(),
+            pool: license_broker::core::PoolId::KRE_DEFAULT,
+            seats: 60,
+        };
+        f.broker.apply(&[license_broker::core::Change::Put(ceiling)]);
+        let fl = f.clone();
+        let lowerer = thread::spawn(move || fl.broker.lower_ceilings());
+        let fa = f.clone();
+        let acquirer = thread::spawn(move || fa.acquire(1, t(1)));
+        let lowered = lowerer.join().unwrap();
+        acquirer.join().unwrap().expect("far below any ceiling");
+        let seats = match lowered.as_slice() {
+            [license_broker::core::Record::Ceiling { seats, .. }] => *seats,
+            other => panic!("one pool lowered, not {other:?}"),
+        };
+        assert!(seats >= 8, "{seats}");
+        assert!(f.in_use() <= seats);
+        assert_eq!(f.in_use(), 1);
+    });
+}
