@@ -167,7 +167,7 @@ async fn an_answer_too_large_for_a_frame_is_refused_not_sent() {
     let acquires: Vec<Req> = (0..3000u128)
         .map(|n| Req::Acquire { org: org(), pool: POOL, machine: machine("ci"), nonce: Nonce(n) })
         .collect();
-    assert!(c.call_batch(acquires).await.iter().all(|r| matches!(r, Ok(Resp::Admitted { .. }))));
+    assert!(c.call_batch(acquires).await.iter().all(|r| matches!(r, Ok(Resp::Leased { .. }))));
     let e = c.list_sessions(&org()).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ResponseTooLarge), "{e}");
     assert!(e.to_string().contains("frame limit"), "{e}");

@@ -50,7 +50,7 @@ pub async fn run(target: &Target, runners: usize, quota: u32, connections: usize
         for (r, d) in results {
             lat.record(d);
             match r {
-                Ok(Resp::Admitted { session, .. }) => sessions.push(session),
+                Ok(Resp::Admitted { session, .. } | Resp::Leased { session, .. }) => sessions.push(session),
                 Ok(_) => errors.add_named("UNEXPECTED_RESPONSE"),
                 Err(e) => errors.add(&e),
             }

@@ -123,7 +123,7 @@ async fn connection(
         let (mut broken, mut draining) = (false, false);
         for (r, t) in client.call_batch_timed(acquires).await {
             match r {
-                Ok(Resp::Admitted { session, .. }) => {
+                Ok(Resp::Admitted { session, .. } | Resp::Leased { session, .. }) => {
                     out.acquire.record(t);
                     sessions.push(session);
                 }

@@ -116,7 +116,7 @@ pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize
         for ((i, step), (result, took)) in batch.into_iter().zip(results) {
             let r = &mut runners[i];
             let next = match (step, result) {
-                (Step::Acquire, Ok(Resp::Admitted { session, .. })) => {
+                (Step::Acquire, Ok(Resp::Admitted { session, .. } | Resp::Leased { session, .. })) => {
                     stats.acquire.record(took);
                     stats.acquired += 1;
                     live.held.fetch_add(1, Ordering::Relaxed);

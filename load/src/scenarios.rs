@@ -188,7 +188,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
         .collect();
     let mut deadlines = Vec::new();
     for r in vc.call_batch(reqs).await {
-        if let Ok(Resp::Admitted { deadline_ms, .. }) = r {
+        if let Ok(Resp::Admitted { deadline_ms, .. } | Resp::Leased { deadline_ms, .. }) = r {
             deadlines.push(deadline_ms);
         }
     }
@@ -223,7 +223,10 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
         let mut still = Vec::new();
         for (n, r) in waiting.iter().zip(results) {
             match r {
-                Ok(Resp::Admitted { session, deadline_ms, ttl_ms, .. }) => {
+                Ok(
+                    Resp::Admitted { session, deadline_ms, ttl_ms, .. }
+                    | Resp::Leased { session, deadline_ms, ttl_ms, .. },
+                ) => {
                     let at = deadline_ms - ttl_ms;
                     if at < first {
                         early += 1;

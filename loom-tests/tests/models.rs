@@ -290,7 +290,14 @@ fn reattach_racing_the_end_of_the_hold_counts_every_seat_once() {
         let fr = f.clone();
         let reattacher = thread::spawn(move || {
             let target = fr.target("m");
-            fr.broker.reattach(&fr.owner, &target, license_broker::core::Nonce(a), license_broker::core::ConnId(1), t(20_000))
+            fr.broker.reattach(
+                &fr.owner,
+                &target,
+                license_broker::core::Nonce(a),
+                license_broker::core::ConnId(1),
+                t(20_000),
+                true,
+            )
         });
         let fe = f.clone();
         let ender = thread::spawn(move || fe.broker.expire(hold.until).len());
@@ -323,7 +330,7 @@ fn lowering_the_ceiling_racing_an_admission_never_undercounts() {
         };
         f.broker.apply(&[license_broker::core::Change::Put(ceiling)]);
         let fl = f.clone();
-        let lowerer = thread::spawn(move || fl.broker.lower_ceilings());
+        let lowerer = thread::spawn(move || fl.broker.lower_ceilings(false));
         let fa = f.clone();
         let acquirer = thread::spawn(move || fa.acquire(1, t(1)));
         let lowered = lowerer.join().unwrap();

@@ -196,6 +196,7 @@ impl Runner {
                     deadline_ms: act.deadline_ms,
                     ttl_ms: act.ttl_ms,
                     reattached: act.already,
+                    token: None,
                 }),
                 None => Attached::Bound { already: act.already },
             };
@@ -216,11 +217,8 @@ impl Runner {
         let stop = loop {
             let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
             let broken = tokio::select! {
-                _ = tokio::time::sleep(beat) => match tokio::time::timeout(beat, client.renew(lease.session)).await {
-                    Ok(Ok(deadline)) => {
-                        lease.deadline_ms = deadline;
-                        None
-                    }
+                _ = tokio::time::sleep(beat) => match self.renew(&client, &mut lease, beat).await {
+                    Ok(Ok(())) => None,
                     Ok(Err(ClientError::Rejected(e))) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some(format!("no answer to a heartbeat within {beat:?}")),
@@ -262,7 +260,7 @@ impl Runner {
                 format!("lost the connection ({why}); reconnecting"),
             );
             client.close_nowait();
-            match self.reattach(lease.deadline_ms, &mut term).await {
+            match self.reattach(&lease, &mut term).await {
                 Ok((c, l)) => {
                     self.ev.emit(
                         json!({"event": "reattached", "session": l.session.to_string()}),
@@ -351,14 +349,46 @@ impl Runner {
         Ok(code)
     }
 
-    /// Reconnects with backoff until the lease's deadline, re-attaching with
-    /// the nonce. A signal meanwhile ends the runner (its seat returns when
-    /// the lease expires).
+    /// One heartbeat. The lease's deadline becomes the earlier of the
+    /// broker's and this runner's own (send time + TTL), so a clock that
+    /// differs from the broker's never makes the runner believe longer than
+    /// the broker holds its seat.
+    async fn renew(
+        &self,
+        client: &Client,
+        lease: &mut Admitted,
+        beat: Duration,
+    ) -> Result<Result<(), ClientError>, tokio::time::error::Elapsed> {
+        let sent = unix_ms();
+        let (deadline, token) = match tokio::time::timeout(beat, client.renew_lease(lease.session)).await? {
+            Ok(renewed) => renewed,
+            Err(e) => return Ok(Err(e)),
+        };
+        lease.deadline_ms = deadline.min(sent + lease.ttl_ms);
+        lease.token = token.or(lease.token);
+        Ok(Ok(()))
+    }
+
+    /// Connects and re-attaches: with the lease's token when it has one
+    /// (this survives a broker restart), else by acquiring with the same
+    /// nonce (which finds the session only if the broker still has it).
+    async fn attach_again(&self, lease: &Admitted) -> Result<(Client, Attached), ClientError> {
+        let Some(token) = lease.token else { return self.attach().await };
+        let (org, pool, machine, nonce) = (&self.args.org, self.pool, &self.machine, self.nonce);
+        let client = self.connector.connect().await?;
+        let again = client.reattach(org, pool, machine, nonce, token).await?;
+        Ok((client, Attached::Lease(again)))
+    }
+
+    /// Reconnects with backoff until the lease's deadline, re-attaching
+    /// (see `attach_again`). A signal meanwhile ends the runner (its seat
+    /// returns when the lease expires).
     async fn reattach(
         &self,
-        deadline_ms: u64,
+        lease: &Admitted,
         term: &mut tokio::signal::unix::Signal,
     ) -> Result<(Client, Admitted), Stop> {
+        let deadline_ms = lease.deadline_ms;
         let mut backoff = Backoff::reconnect();
         loop {
             let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
@@ -366,7 +396,7 @@ impl Runner {
                 return Err(Stop::Lost("the lease's deadline passed before the broker could be reached".into()));
             }
             let attempt = tokio::select! {
-                a = tokio::time::timeout(left, self.attach()) => a,
+                a = tokio::time::timeout(left, self.attach_again(lease)) => a,
                 _ = tokio::signal::ctrl_c() => return Err(interrupted()),
                 _ = term.recv() => return Err(interrupted()),
             };

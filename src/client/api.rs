@@ -4,7 +4,7 @@ use super::{Client, ClientError};
 use crate::proto::{
     AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo, UserInfo,
 };
-use crate::proto::{Req, Resp};
+use crate::proto::{Req, Resp, SessionToken};
 use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
 impl Client {
@@ -29,18 +29,35 @@ impl Client {
         machine: &MachineId,
         nonce: u128,
     ) -> Result<Admitted, ClientError> {
-        match self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce) }).await? {
-            Resp::Admitted { session, deadline_ms, ttl_ms, reattached } => {
-                Ok(Admitted { session, deadline_ms, ttl_ms, reattached })
-            }
-            other => unexpected(other),
-        }
+        admitted(
+            self.call(Req::Acquire { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce) }).await?,
+        )
+    }
+
+    /// Keeps a lease across a broker restart or a lost connection: presents
+    /// the lease's latest token (from `Admitted::token` or `renew_lease`).
+    pub async fn reattach(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        nonce: u128,
+        token: SessionToken,
+    ) -> Result<Admitted, ClientError> {
+        let req = Req::Reattach { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce), token };
+        admitted(self.call(req).await?)
     }
 
     /// Heartbeat; returns the new deadline (Unix ms).
     pub async fn renew(&self, session: SessionId) -> Result<u64, ClientError> {
+        self.renew_lease(session).await.map(|(deadline_ms, _)| deadline_ms)
+    }
+
+    /// Heartbeat; returns the new deadline (Unix ms) and the lease's new token.
+    pub async fn renew_lease(&self, session: SessionId) -> Result<(u64, Option<SessionToken>), ClientError> {
         match self.call(Req::Renew { session }).await? {
-            Resp::Renewed { deadline_ms } => Ok(deadline_ms),
+            Resp::Extended { deadline_ms, token } => Ok((deadline_ms, Some(token))),
+            Resp::Renewed { deadline_ms } => Ok((deadline_ms, None)),
             other => unexpected(other),
         }
     }
@@ -280,6 +297,21 @@ pub struct Admitted {
     pub ttl_ms: u64,
     /// Whether an existing session was re-attached (same nonce).
     pub reattached: bool,
+    /// The lease's token (protocol version 2); keep the latest for `reattach`.
+    pub token: Option<SessionToken>,
+}
+
+/// A lease answer, in either protocol version.
+fn admitted(resp: Resp) -> Result<Admitted, ClientError> {
+    match resp {
+        Resp::Leased { session, deadline_ms, ttl_ms, reattached, token } => {
+            Ok(Admitted { session, deadline_ms, ttl_ms, reattached, token: Some(token) })
+        }
+        Resp::Admitted { session, deadline_ms, ttl_ms, reattached } => {
+            Ok(Admitted { session, deadline_ms, ttl_ms, reattached, token: None })
+        }
+        other => unexpected(other),
+    }
 }
 
 fn unexpected<T>(resp: Resp) -> Result<T, ClientError> {

@@ -15,7 +15,7 @@ use super::id::{ConnId, Email, MachineId, Nonce, OrgName};
 use super::pending::{Pending, Undo};
 use super::pool::{Kind, Pool, PoolId, Product, Registration};
 use super::record::{AuditAction, Change, Record};
-use super::session::{EndReason, Lease, SessionRequest};
+use super::session::{EndReason, Lease, SeatFrom, SessionRequest};
 use super::time::Millis;
 use crate::sync::Arc;
 
@@ -105,28 +105,38 @@ impl Broker {
     /// This is the hot path: no directory lock, and no machine lookup
     /// unless a machine was removed since the ticket was resolved.
     pub fn admit(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
-        self.admit_from(ticket, nonce, conn, now, false)
+        self.admit_from(ticket, nonce, conn, now, SeatFrom::Free)
     }
 
-    /// A runner of an earlier run re-attaches: its live session if this run
-    /// already has one for the nonce, else one of the seats held for the
-    /// earlier run's sessions, else a free seat like any acquire. The shell
-    /// has checked the runner's signed session token first (that it was
-    /// issued by an earlier run of this broker, to this user, for this
-    /// pool, machine and nonce, and that its lease had not expired); the
-    /// core re-checks everything else as for an acquire.
-    pub fn reattach(&self, p: &Principal, target: &Target, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
-        self.admit_from(&self.resolve(p, target)?, nonce, conn, now, true)
+    /// A runner re-attaches to its lease: to its live session if this run
+    /// has one for the nonce; else, if its token came from an earlier run
+    /// (`earlier_run`), to one of the seats held for that run's sessions,
+    /// or a free seat like any acquire; else (this run's session ended) it
+    /// is refused. The shell has checked the runner's signed session token
+    /// first (issued by this broker, to this user, for this pool, machine
+    /// and nonce, its lease not yet expired); the core re-checks
+    /// everything else as for an acquire.
+    pub fn reattach(
+        &self,
+        p: &Principal,
+        target: &Target,
+        nonce: Nonce,
+        conn: ConnId,
+        now: Millis,
+        earlier_run: bool,
+    ) -> Result<Lease> {
+        let seat = if earlier_run { SeatFrom::HeldFirst } else { SeatFrom::Nowhere };
+        self.admit_from(&self.resolve(p, target)?, nonce, conn, now, seat)
     }
 
-    fn admit_from(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis, reserved: bool) -> Result<Lease> {
+    fn admit_from(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis, seat: SeatFrom) -> Result<Lease> {
         let pool = &ticket.pool;
         let kse = pool.id.product == Product::Kse;
         if kse && !pool.has_grant(&ticket.user) {
             return Err(Error::NotLicensed);
         }
         let req = SessionRequest { machine: ticket.machine.clone(), user: ticket.user.clone(), nonce, conn };
-        let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), reserved)?;
+        let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), seat)?;
         // A revoke may have landed between the check above and the insert,
         // its sweep missing this session. Checking again after the insert
         // closes that window: either this check sees the grant gone, or the

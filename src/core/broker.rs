@@ -13,7 +13,7 @@ use super::error::{Error, Result};
 use super::id::{ConnId, MachineId, Nonce, OfflineId, OrgName, SessionId};
 use super::pool::{Pool, PoolId, PoolStatus, PoolUid};
 use super::record::{AuditAction, AuditEntry, Change, Record};
-use super::session::{EndReason, Ended, Holder, SessionInfo, SessionTable};
+use super::session::{EndReason, Ended, Holder, Renewal, SessionInfo, SessionTable};
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
@@ -150,6 +150,11 @@ impl Broker {
     /// session looks ended (`SESSION_EXPIRED`): a session id grants nothing
     /// to whoever guesses it.
     pub fn renew(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Millis> {
+        self.renew_lease(p, session, now).map(|r| r.deadline)
+    }
+
+    /// `renew`, with what the shell signs into the lease's new token.
+    pub fn renew_lease(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Renewal> {
         self.sessions.renew(session, now, self.config.lease_ttl, |h| held_by(h, p))
     }
 
@@ -250,14 +255,15 @@ impl Broker {
     }
 
     /// Lowers, in memory, the ceilings of pools whose sessions hold far
-    /// fewer seats, and returns the records the shell must then write
-    /// (serialised with raises; they need no applying).
-    pub fn lower_ceilings(&self) -> Vec<Record> {
+    /// fewer seats (`tight`: any fewer, to exactly what they hold), and
+    /// returns the records the shell must then write (serialised with
+    /// raises; they need no applying).
+    pub fn lower_ceilings(&self, tight: bool) -> Vec<Record> {
         self.with_dir(|dir| {
             let mut out = Vec::new();
             for (org, entry) in &dir.orgs {
                 for pool in entry.pools.values() {
-                    if let Some(seats) = pool.lower_ceiling() {
+                    if let Some(seats) = pool.lower_ceiling(tight) {
                         out.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats });
                     }
                 }

@@ -264,9 +264,9 @@ impl Pool {
         let quota = b.quota;
         b.durable += 1;
         let limit = b.limit();
-        let taken = self.seats.update(|c| {
-            (!check || c.in_use < quota).then(|| SeatCount { limit, in_use: c.in_use.saturating_add(1) })
-        });
+        let taken = self
+            .seats
+            .update(|c| (!check || c.in_use < quota).then(|| SeatCount { limit, in_use: c.in_use.saturating_add(1) }));
         if taken.is_err() {
             b.durable -= 1;
             return Err(Error::QuotaExceeded { quota });
@@ -311,7 +311,9 @@ impl Pool {
     /// hold, and returns the new value for the caller to write. Memory
     /// first: from this instant admissions obey the lower value, so the
     /// durable one (still higher until the write) stays an upper bound.
-    pub fn lower_ceiling(&self) -> Option<u32> {
+    /// `tight` lowers it to exactly the sessions held (a draining broker,
+    /// which admits nothing more, so that its restart holds no spare seat).
+    pub fn lower_ceiling(&self, tight: bool) -> Option<u32> {
         let mut b = self.bounds.lock();
         let current = b.ceiling?;
         let (quota, durable) = (b.quota, b.durable);
@@ -320,9 +322,12 @@ impl Pool {
         // can slip in between the reading and the new limit.
         let _ = self.seats.update(|c| {
             let sessions = c.in_use.saturating_sub(durable);
-            let target = sessions.saturating_add(headroom(sessions));
+            let (target, slack) = match tight {
+                true => (sessions, 0),
+                false => (sessions.saturating_add(headroom(sessions)), headroom(sessions)),
+            };
             lowered = None;
-            if current <= target.saturating_add(headroom(sessions)) {
+            if current <= target.saturating_add(slack) {
                 return None;
             }
             lowered = Some(target);

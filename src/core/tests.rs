@@ -582,11 +582,11 @@ fn an_idle_pool_lowers_its_ceiling_in_memory_first() {
             }
         }
     }
-    assert!(w.broker.lower_ceilings().is_empty(), "a busy pool keeps its ceiling");
+    assert!(w.broker.lower_ceilings(false).is_empty(), "a busy pool keeps its ceiling");
     for l in &leases[..98] {
         w.broker.release(&w.owner, l.session).unwrap();
     }
-    let lowered = w.broker.lower_ceilings();
+    let lowered = w.broker.lower_ceilings(false);
     assert_eq!(lowered.len(), 1);
     assert!(matches!(lowered[0], Record::Ceiling { seats: 10, .. }), "{lowered:?}");
     // Memory obeys the lower value before anything is written.
@@ -610,7 +610,8 @@ fn durable_holders_do_not_count_against_the_ceiling() {
 fn restarted(w: &Fixture, ceiling: u32, previous: Option<Record>) -> Fixture {
     let r = Fixture::with_ceilings(10, 2, TTL);
     r.register("m").unwrap();
-    let mut records = vec![Change::Put(Record::Ceiling { org: w.org.clone(), pool: PoolId::KRE_DEFAULT, seats: ceiling })];
+    let mut records =
+        vec![Change::Put(Record::Ceiling { org: w.org.clone(), pool: PoolId::KRE_DEFAULT, seats: ceiling })];
     records.extend(previous.map(Change::Put));
     r.broker.apply(&records);
     r
@@ -626,16 +627,16 @@ fn a_restart_holds_the_ceiling_for_the_previous_runs_runners() {
     assert_eq!(r.in_use(), 4);
     // A newcomer needs a raise (the ceiling covers the held seats), then fits under the quota.
     assert_eq!(r.acquire("m", 50, 1, t(1_000)), Err(Error::CeilingReached));
-    assert_eq!(r.raise(), Some(12.min(10)));
+    assert_eq!(r.raise(), Some(10), "4 held + 8 headroom, capped at the quota");
     r.acquire("m", 50, 1, t(1_000)).unwrap();
     assert_eq!(r.in_use(), 5);
     // A runner of the previous run takes its held seat: nothing new is counted.
     let target = r.target("m");
-    let back = r.broker.reattach(&r.owner, &target, Nonce(7), ConnId(2), t(2_000)).unwrap();
+    let back = r.broker.reattach(&r.owner, &target, Nonce(7), ConnId(2), t(2_000), true).unwrap();
     assert!(!back.reattached);
     assert_eq!((r.in_use(), r.broker.status(&r.owner, None).unwrap()[0].admitted), (5, 1));
     // Twice with the same nonce: the same session, no second seat.
-    let again = r.broker.reattach(&r.owner, &target, Nonce(7), ConnId(3), t(2_500)).unwrap();
+    let again = r.broker.reattach(&r.owner, &target, Nonce(7), ConnId(3), t(2_500), true).unwrap();
     assert_eq!((again.session, again.reattached, r.in_use()), (back.session, true, 5));
     // Both sessions' leases run out before the hold ends; the held seats stay held.
     assert_eq!(r.broker.expire(Millis(hold.until.0 - 1)).len(), 2);
@@ -645,7 +646,7 @@ fn a_restart_holds_the_ceiling_for_the_previous_runs_runners() {
     r.broker.expire(hold.until);
     assert_eq!((r.in_use(), r.broker.next_deadline()), (0, None));
     // Past the hold a re-attach is an acquire like any other.
-    let late = r.broker.reattach(&r.owner, &target, Nonce(8), ConnId(2), hold.until).unwrap();
+    let late = r.broker.reattach(&r.owner, &target, Nonce(8), ConnId(2), hold.until, true).unwrap();
     assert!(!late.reattached);
     assert_eq!(r.in_use(), 1);
 }
@@ -673,4 +674,17 @@ fn a_pool_without_a_ceiling_record_holds_every_seat_not_held_durably() {
         Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 6 }),
     ]);
     assert_eq!(old.hold_reserves(t(0)).unwrap().seats, 6);
+}
+
+#[test]
+fn a_runner_of_this_run_cannot_reattach_to_an_ended_session() {
+    let w = ceiling_world(10);
+    assert!(w.raise().is_some());
+    let lease = w.acquire("m", 1, 1, t(0)).unwrap();
+    let target = w.target("m");
+    let again = w.broker.reattach(&w.owner, &target, Nonce(1), ConnId(2), t(1), false).unwrap();
+    assert_eq!((again.session, again.reattached), (lease.session, true));
+    w.broker.kill(&w.owner, &w.org, lease.session).unwrap();
+    assert_eq!(w.broker.reattach(&w.owner, &target, Nonce(1), ConnId(2), t(2), false), Err(Error::SessionExpired));
+    assert_eq!(w.in_use(), 0);
 }

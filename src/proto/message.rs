@@ -256,6 +256,42 @@ pub enum Req {
         /// The new last day, `YYYY-MM-DD`.
         subscription_end: String,
     },
+    /// Keep a lease across a broker restart (or a lost connection): the
+    /// runner's live session if the broker still has it, else one of the
+    /// seats the restarted broker holds for the previous run's runners.
+    /// Any member may send it in any version; the caller must be the user
+    /// the token was issued to.
+    Reattach {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+        /// The runner instance's nonce, as acquired.
+        nonce: Nonce,
+        /// The latest token the broker issued for the lease.
+        token: SessionToken,
+    },
+}
+
+/// A lease's proof, issued with every `Leased` and `Extended` answer and
+/// echoed in `Reattach`: the broker's MAC over the org, pool, machine,
+/// nonce, user, broker run and lease deadline. Opaque to clients; 32 bytes
+/// on the wire (a fixed-size array: no length prefix).
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionToken(pub [u8; 32]);
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SessionToken({})", crate::value::hex(&self.0))
+    }
+}
+
+impl std::fmt::Display for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::value::hex(&self.0))
+    }
 }
 
 /// A frame from server to client on a bidirectional stream.
@@ -389,6 +425,27 @@ pub enum Resp {
     AuditLog(Vec<AuditEntry>),
     /// ListOrgs.
     Orgs(Vec<OrgInfo>),
+    /// Acquire (version 2) and Reattach: the lease and its token.
+    Leased {
+        /// The session.
+        session: SessionId,
+        /// The lease deadline, Unix milliseconds.
+        deadline_ms: u64,
+        /// The lease TTL in milliseconds; heartbeat at a third of it.
+        ttl_ms: u64,
+        /// True when the broker still had this nonce's live session (a
+        /// retry or a reconnect); false when a seat was taken for it.
+        reattached: bool,
+        /// Keep the latest one: `Reattach` presents it after a restart.
+        token: SessionToken,
+    },
+    /// Renew (version 2): the new deadline and a token for it.
+    Extended {
+        /// The lease deadline, Unix milliseconds.
+        deadline_ms: u64,
+        /// Replaces the previous token.
+        token: SessionToken,
+    },
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

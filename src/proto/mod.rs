@@ -18,7 +18,13 @@ pub use info::{
 pub use message::*;
 
 /// The protocol version this build speaks (first field of `Hello`).
-pub const VERSION: u16 = 1;
+/// Version 2 answers `Acquire` with `Leased` and `Renew` with `Extended`,
+/// both carrying a session token (see `Req::Reattach`).
+pub const VERSION: u16 = 2;
+
+/// The oldest version the broker still speaks: a version 1 stream gets
+/// `Admitted` and `Renewed`, without tokens.
+pub const MIN_VERSION: u16 = 1;
 
 /// The TLS ALPN protocol id.
 pub const ALPN: &[u8] = b"lbroker/1";

@@ -2,6 +2,8 @@
 //! this run without being a durable change of its own: the clock's
 //! high-water mark (so a clock that went backwards is noticed at the next
 //! start) and each pool's admission counts (so `status` keeps counting).
+//! It also lowers the session ceilings of pools that have emptied, so a
+//! crash holds back only about as many seats as were in use.
 //! Off the hot path: one small store commit per period, skipped when
 //! nothing changed but the clock.
 
@@ -25,16 +27,23 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => return,
         }
-        last = write(&shared, last).await;
+        last = write(&shared, last, false).await;
     }
 }
 
 /// Writes the records that changed since `last` (the clock always does);
 /// returns what is now on disk, or `last` again if the write failed.
-pub(super) async fn write(shared: &Shared, last: Vec<Record>) -> Vec<Record> {
+/// `tight` lowers ceilings to exactly the sessions held (at shutdown, when
+/// nothing more is admitted).
+pub(super) async fn write(shared: &Shared, last: Vec<Record>, tight: bool) -> Vec<Record> {
     let now = shared.clock.now();
     let records = shared.core.checkpoint(now);
-    let changes: Vec<Change> = records.iter().filter(|r| !last.contains(r)).cloned().map(Change::Put).collect();
+    let mut changes: Vec<Change> = records.iter().filter(|r| !last.contains(r)).cloned().map(Change::Put).collect();
+    // Held until the commit ends: no raise may write between a lowering in
+    // memory and its durable write. If the write fails, memory is lower
+    // than the store, which is the safe way round.
+    let _ceiling = shared.ceiling.lock().await;
+    changes.extend(shared.core.lower_ceilings(tight).into_iter().map(Change::Put));
     let store = shared.store.clone();
     match tokio::task::spawn_blocking(move || store.commit(&changes)).await {
         Ok(Ok(())) => records,

@@ -8,14 +8,15 @@
 //! threads, and the core's pending change is settled with the result.
 
 use super::stream::Tickets;
+use super::token::Claims;
 use super::wire::list;
 use super::{ConnCtx, Shared};
 use crate::core::{
-    parse_end_of_date, Activation, Broker, Change, Email, KeyRef, Lease, Millis, Nonce, OfflineId, OfflineOrder,
-    Pending, Principal, Registration, Result as CoreResult, Target,
+    parse_end_of_date, Activation, Broker, Change, Email, Error, KeyRef, Lease, Millis, Nonce, OfflineId, OfflineOrder,
+    Pending, Principal, Registration, Result as CoreResult, SessionId, Target,
 };
 use crate::keys;
-use crate::proto::{ErrorCode, Req, Resp, WireError};
+use crate::proto::{ErrorCode, Req, Resp, SessionToken, WireError};
 
 type Reply = Result<Resp, WireError>;
 
@@ -25,14 +26,23 @@ pub(super) struct Call<'a> {
     pub ctx: &'a ConnCtx,
     pub p: &'a Principal,
     pub now: Millis,
+    /// The protocol version of the caller's stream.
+    pub proto: u16,
 }
 
 /// Answers a request that needs no durable write; hands others back.
 pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<Reply, Req> {
     let (core, p) = (&call.shared.core, call.p);
     let reply = match req {
-        Req::Acquire { org, pool, machine, nonce } => acquire(call, tickets, Target { org, pool, machine }, nonce),
-        Req::Renew { session } => reply(core.renew(p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 }),
+        Req::Acquire { org, pool, machine, nonce } => {
+            let target = Target { org, pool, machine };
+            match acquire(call, tickets, &target, nonce) {
+                Some(reply) => reply,
+                // The pool's ceiling must be raised first: a durable write.
+                None => return Err(Req::Acquire { org: target.org, pool, machine: target.machine, nonce }),
+            }
+        }
+        Req::Renew { session } => renew(call, session),
         Req::Release { session } => reply(core.release(p, session), |ended| {
             super::log_ended(&ended);
             call.forget(session, Resp::Released)
@@ -63,6 +73,10 @@ fn reply<T>(result: CoreResult<T>, ok: impl FnOnce(T) -> Resp) -> Reply {
 pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
     let p = call.p;
     match req {
+        Req::Acquire { org, pool, machine, nonce } => acquire_slow(call, Target { org, pool, machine }, nonce).await,
+        Req::Reattach { org, pool, machine, nonce, token } => {
+            reattach(call, Target { org, pool, machine }, nonce, token).await
+        }
         Req::RegisterMachine { org, pool, machine } => register(call, Target { org, pool, machine }).await,
         Req::CreateOrg { name, subscription_end, owner } => {
             let (end, owner) = (parse_end_of_date(&subscription_end)?, Email::parse_lenient(&owner)?);
@@ -130,6 +144,40 @@ impl Call<'_> {
         }
     }
 
+    /// What a lease's token is about.
+    fn claims<'t>(&'t self, target: &'t Target, nonce: Nonce) -> Claims<'t> {
+        Claims { org: &target.org, pool: target.pool, machine: &target.machine, nonce, user: &self.p.email }
+    }
+
+    /// Books an admitted (or re-attached) session and answers with it: with
+    /// its token on a version 2 stream.
+    fn leased(&self, target: &Target, nonce: Nonce, lease: Lease) -> Resp {
+        self.book(target, &lease);
+        match self.proto {
+            1 => {
+                let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
+                Resp::Admitted { session, deadline_ms, ttl_ms: self.ttl_ms(), reattached }
+            }
+            _ => self.with_token(target, nonce, lease),
+        }
+    }
+
+    /// Logs a session that took a seat, and books it.
+    fn book(&self, target: &Target, lease: &Lease) {
+        if !lease.reattached {
+            let (org, pool, machine) = (&target.org, target.pool, &target.machine);
+            tracing::debug!(session = %lease.session, %org, %pool, %machine, user = %self.p.email, "session started");
+        }
+        self.hold(lease);
+    }
+
+    /// The `Leased` answer for `lease`, with a fresh token.
+    fn with_token(&self, target: &Target, nonce: Nonce, lease: Lease) -> Resp {
+        let token = self.shared.tokens.issue(&self.claims(target, nonce), lease.deadline);
+        let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
+        Resp::Leased { session, deadline_ms, ttl_ms: self.ttl_ms(), reattached, token }
+    }
+
     /// Books a new or re-attached lease on this connection and the expiry task.
     fn hold(&self, lease: &Lease) {
         self.ctx.sessions.lock().insert(lease.session);
@@ -137,7 +185,7 @@ impl Call<'_> {
     }
 
     /// Forgets a session this connection no longer holds.
-    fn forget(&self, session: crate::core::SessionId, resp: Resp) -> Resp {
+    fn forget(&self, session: SessionId, resp: Resp) -> Resp {
         self.ctx.sessions.lock().remove(&session);
         resp
     }
@@ -154,18 +202,87 @@ impl Call<'_> {
     }
 }
 
-fn acquire(call: &Call<'_>, tickets: &mut Tickets, target: Target, nonce: Nonce) -> Reply {
+/// The hot path: a cached ticket and one seat CAS. `None` when the pool's
+/// ceiling must be raised first (the slow path does that, then admits).
+fn acquire(call: &Call<'_>, tickets: &mut Tickets, target: &Target, nonce: Nonce) -> Option<Reply> {
+    if let Err(e) = call.admitting() {
+        return Some(Err(e));
+    }
+    let core = &call.shared.core;
+    let ticket = match tickets.get(core, call.p, target) {
+        Ok(t) => t,
+        Err(e) => return Some(Err(e.into())),
+    };
+    match core.admit(ticket, nonce, call.ctx.id, call.now) {
+        Ok(lease) => Some(Ok(call.leased(target, nonce, lease))),
+        Err(Error::CeilingReached) => None,
+        Err(e) => Some(Err(e.into())),
+    }
+}
+
+/// Most ceiling raises one admission waits for before giving up (each
+/// raise makes room for at least 8 more sessions, so only a stampede of
+/// newcomers on one pool ever needs more than one).
+const RAISES: usize = 8;
+
+/// Runs `admit` until it stops meeting the pool's ceiling, raising the
+/// ceiling durably before each retry.
+async fn with_room<T>(
+    call: &Call<'_>,
+    target: &Target,
+    mut admit: impl FnMut() -> CoreResult<T>,
+) -> Result<T, WireError> {
+    for _ in 0..RAISES {
+        match admit() {
+            Err(Error::CeilingReached) => call.shared.raise_ceiling(&target.org, target.pool).await?,
+            other => return other.map_err(Into::into),
+        }
+    }
+    Err(WireError::new(ErrorCode::Internal, "the pool's seat ceiling could not be raised in time; retry"))
+}
+
+/// An acquire that met the pool's ceiling: raise it, then admit.
+async fn acquire_slow(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
     call.admitting()?;
     let core = &call.shared.core;
-    let ticket = tickets.get(core, call.p, target)?;
-    let lease = core.admit(ticket, nonce, call.ctx.id, call.now)?;
-    if !lease.reattached {
-        let (org, pool, machine) = (ticket.org(), ticket.pool(), ticket.machine());
-        tracing::debug!(session = %lease.session, %org, %pool, %machine, user = %call.p.email, "session started");
+    let lease = with_room(call, &target, || core.acquire(call.p, &target, nonce, call.ctx.id, call.now)).await?;
+    Ok(call.leased(&target, nonce, lease))
+}
+
+/// A runner keeps its lease across a restart or a lost connection, on the
+/// strength of its session token.
+async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionToken) -> Reply {
+    call.admitting()?;
+    let claims = call.claims(&target, nonce);
+    let checked = call.shared.tokens.check(&claims, &token).map_err(|_| {
+        WireError::new(
+            ErrorCode::InvalidArgument,
+            "the session token was not issued by this broker for this org, pool, machine, nonce and user",
+        )
+    })?;
+    if checked.deadline <= call.now {
+        return Err(WireError::new(ErrorCode::SessionExpired, "the lease's deadline passed before it was re-attached"));
     }
-    call.hold(&lease);
-    let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
-    Ok(Resp::Admitted { session, deadline_ms, ttl_ms: call.ttl_ms(), reattached })
+    let core = &call.shared.core;
+    let earlier = !checked.this_run;
+    let lease =
+        with_room(call, &target, || core.reattach(call.p, &target, nonce, call.ctx.id, call.now, earlier)).await?;
+    call.book(&target, &lease);
+    // Whatever version the stream speaks, a re-attach answers with a token.
+    Ok(call.with_token(&target, nonce, lease))
+}
+
+/// Heartbeat; a version 2 stream gets the new deadline's token with it.
+fn renew(call: &Call<'_>, session: SessionId) -> Reply {
+    let core = &call.shared.core;
+    if call.proto < 2 {
+        return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });
+    }
+    let r = core.renew_lease(call.p, session, call.now)?;
+    // A holder is always a member of the session's org (see `Broker::renew`).
+    let Some(org) = call.p.org.as_ref() else { return Ok(Resp::Renewed { deadline_ms: r.deadline.0 }) };
+    let claims = Claims { org, pool: r.pool, machine: &r.machine, nonce: r.nonce, user: &call.p.email };
+    Ok(Resp::Extended { deadline_ms: r.deadline.0, token: call.shared.tokens.issue(&claims, r.deadline) })
 }
 
 async fn register(call: &Call<'_>, target: Target) -> Reply {
@@ -184,7 +301,7 @@ async fn activate(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
     call.admitting()?;
     let core = &call.shared.core;
     let _writer = call.shared.writer.lock().await;
-    let pending = core.activate(call.p, &target, nonce, call.ctx.id, call.now)?;
+    let pending = with_room(call, &target, || core.activate(call.p, &target, nonce, call.ctx.id, call.now)).await?;
     let machine = target.machine;
     Ok(match call.shared.settle(pending).await? {
         Activation::Bound { already } => Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already },

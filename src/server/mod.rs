@@ -13,6 +13,7 @@ mod expiry;
 mod handler;
 mod socket;
 mod stream;
+mod token;
 mod wire;
 
 pub use socket::bind as bind_udp;
@@ -64,6 +65,9 @@ pub struct Options {
     /// Runs the broker's clock this far ahead of the system's (for
     /// rehearsing and testing clock trouble; zero in production).
     pub clock_ahead: Duration,
+    /// After a restart, seats stay held for the previous run's runners for
+    /// one lease TTL plus this long, so they can reconnect and re-attach.
+    pub restart_grace: Duration,
 }
 
 impl Options {
@@ -82,6 +86,7 @@ impl Options {
             frame_timeout: Duration::from_secs(10),
             allow_clock_rollback: false,
             clock_ahead: Duration::ZERO,
+            restart_grace: Duration::from_secs(10),
         }
     }
 }
@@ -119,6 +124,11 @@ pub(crate) struct Shared {
     pub signing: crate::offline::SigningKey,
     /// Rate limit of the failed-authentication log.
     pub auth_log: LogBudget,
+    /// Signs and checks session tokens.
+    pub tokens: token::Tokens,
+    /// Serialises ceiling writes (raises and lowerings), so the durable
+    /// ceiling is always the last value written and never below memory's.
+    pub ceiling: tokio::sync::Mutex<()>,
     /// Dropped with the last handle on this state, after every field above
     /// (fields drop in order), so `Running::shutdown` knows the store is closed.
     pub _closed: oneshot::Sender<()>,
@@ -140,6 +150,16 @@ impl Shared {
         let (value, ended) = pending.settle(&self.core, committed).map_err(handler::store_failure)?;
         self.announce(ended);
         Ok(value)
+    }
+
+    /// Raises `org`/`pool`'s durable ceiling before admitting past it (a
+    /// no-op if a concurrent raise already made room).
+    pub async fn raise_ceiling(&self, org: &crate::core::OrgName, pool: crate::core::PoolId) -> Result<(), WireError> {
+        let _ceiling = self.ceiling.lock().await;
+        match self.core.plan_ceiling(org, pool) {
+            Some(pending) => self.settle(pending).await,
+            None => Ok(()),
+        }
     }
 
     /// Tells each ended session's connection why it ended.
@@ -264,6 +284,8 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     };
     let server_config = tls::server_config(&files, options.idle_timeout, options.max_streams)?;
     let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))?;
+    let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
+    let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
     restrict_tree(&options.data_dir)?;
     let runtime = Arc::new(quinn::TokioRuntime);
     let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
@@ -286,6 +308,8 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         options,
         signing,
         auth_log: LogBudget::default(),
+        tokens,
+        ceiling: tokio::sync::Mutex::new(()),
         _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -313,7 +337,13 @@ fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
     let store: Arc<dyn Store> =
         Arc::new(RedbStore::open(&options.data_dir.join(STORE_FILE)).map_err(store_error("opening the store"))?);
     let audit_base = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64 >> 1;
-    let core = Broker::new(Config { lease_ttl: options.lease_ttl, audit_seq_base: audit_base, ..Config::default() });
+    let core = Broker::new(Config {
+        lease_ttl: options.lease_ttl,
+        audit_seq_base: audit_base,
+        ceilings: true,
+        restart_grace: options.restart_grace,
+        ..Config::default()
+    });
     let records = store.load().map_err(store_error("loading the store"))?;
     // Bootstrap writes every first record in one commit: no key, no bootstrap yet.
     let fresh = !records.iter().any(|r| matches!(r, Record::Key { .. }));
@@ -323,9 +353,18 @@ fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
         return Err(SetupError::ClockBehind { now, high_water });
     }
     let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
-    // Record this start's time at once: a crash from here on still leaves a mark.
-    let mark = Change::Put(Record::Clock { high_water: now });
-    store.commit(&[mark]).map_err(store_error("recording the clock"))?;
+    // Record this start's time at once: a crash from here on still leaves
+    // a mark. With it, before anything is admitted, the hold of the
+    // previous run's seats, so that a crash during the hold still honours it.
+    let mut marks = vec![Change::Put(Record::Clock { high_water: now })];
+    if let Some(hold) = core.hold_reserves(now) {
+        if hold.seats > 0 {
+            let until = crate::core::format_utc(hold.until);
+            tracing::info!(seats = hold.seats, %until, "holding seats for the previous run's runners to re-attach");
+        }
+        marks.push(Change::Put(hold.record));
+    }
+    store.commit(&marks).map_err(store_error("recording the clock"))?;
     Ok((store, core, bootstrap))
 }
 
@@ -373,6 +412,10 @@ fn restrict_tree(dir: &std::path::Path) -> Result<(), SetupError> {
 /// The store's file inside the data dir.
 pub const STORE_FILE: &str = "broker.redb";
 
+/// The session-token key inside the data dir (32 bytes; whoever has it can
+/// forge leases for a restarted broker, so owner-only like the rest).
+pub const TOKEN_KEY_FILE: &str = "session-token.key";
+
 fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys, SetupError> {
     let random = |_: crate::keys::RandomUnavailable| SetupError::Random;
     let (operator, operator_hash) = crate::keys::generate().map_err(random)?;
@@ -413,8 +456,11 @@ impl Running {
             t.abort();
             let _ = t.await;
         }
-        // The last counts and the clock, so a restart continues from here.
-        checkpoint::write(&self.shared, Vec::new()).await;
+        // The last counts and the clock, so a restart continues from here,
+        // and ceilings down to the sessions still held (nothing is admitted
+        // any more), so the restart holds seats only for runners that may
+        // still be running.
+        checkpoint::write(&self.shared, Vec::new(), true).await;
         // Connection and stream tasks end as the endpoint's close reaches
         // them, dropping their handles on the shared state; wait for the
         // last one, so the store is closed (and its file lock released)

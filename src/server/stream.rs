@@ -19,7 +19,7 @@ use super::{ConnCtx, Shared};
 use crate::core::{Broker, KeyHash, Principal, Result as CoreResult, Target, Ticket};
 use crate::proto::{
     decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,
-    Req, Request, Response, ServerFrame, Welcome, WireError, MAX_FRAME, VERSION,
+    Req, Request, Response, ServerFrame, Welcome, WireError, MAX_FRAME, MIN_VERSION, VERSION,
 };
 
 /// Bytes asked of the stream per read.
@@ -31,6 +31,8 @@ struct Caller {
     principal: Principal,
     /// Directory version the principal was resolved at.
     version: u64,
+    /// The protocol version this stream speaks (its `Hello`'s).
+    proto: u16,
 }
 
 /// What to do after a frame was handled synchronously.
@@ -102,8 +104,8 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                 }
                 Next::Slow { id, body } => {
                     let outcome = match authorised(&shared, &mut state.caller) {
-                        Ok(p) => {
-                            let call = Call { shared: &shared, ctx: &ctx, p, now: shared.clock.now() };
+                        Ok((p, proto)) => {
+                            let call = Call { shared: &shared, ctx: &ctx, p, now: shared.clock.now(), proto };
                             into_outcome(handler::slow(&call, body).await)
                         }
                         Err(e) => Outcome::Err(e),
@@ -183,14 +185,14 @@ fn on_frame(
             }
         }
         ClientDecoded::Frame(ClientFrame::Request(Request { id, body })) => {
-            let principal = match authorised(shared, &mut state.caller) {
-                Ok(p) => p,
+            let (principal, proto) = match authorised(shared, &mut state.caller) {
+                Ok(caller) => caller,
                 Err(e) => {
                     encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
                     return Next::Continue;
                 }
             };
-            let call = Call { shared, ctx, p: principal, now };
+            let call = Call { shared, ctx, p: principal, now, proto };
             match handler::fast(&call, &mut state.tickets, body) {
                 Ok(result) => {
                     respond(id, into_outcome(result), out);
@@ -209,10 +211,10 @@ fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: 
         encode(&ServerFrame::Error(err), out);
         return false;
     }
-    if hello.version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&hello.version) {
         let err = WireError::new(
             ErrorCode::UnsupportedVersion,
-            format!("this broker speaks protocol version {VERSION}, not {}", hello.version),
+            format!("this broker speaks protocol versions {MIN_VERSION} to {VERSION}, not {}", hello.version),
         );
         encode(&ServerFrame::Error(err), out);
         return true;
@@ -222,14 +224,14 @@ fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: 
     match shared.core.authenticate(&key) {
         Ok(principal) => {
             let welcome = Welcome {
-                version: VERSION,
+                version: hello.version,
                 lease_ttl_ms: shared.core.lease_ttl().as_millis() as u64,
                 org: principal.org.clone(),
                 email: principal.email.to_string(),
                 role: principal.role,
             };
             encode(&ServerFrame::Welcome(welcome), out);
-            *caller = Some(Caller { key, principal, version });
+            *caller = Some(Caller { key, principal, version, proto: hello.version });
             // notify_one keeps a permit if the connection task is not waiting yet.
             ctx.welcomed.notify_one();
         }
@@ -264,8 +266,9 @@ pub const MAX_FAILED_HELLOS: u32 = 3;
 pub const AUTH_FAILED_CODE: u32 = 3;
 
 /// The stream's principal, re-resolved if the directory changed since (so
-/// a revoked key or a removed user loses access on their next request).
-fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<&'a Principal, WireError> {
+/// a revoked key or a removed user loses access on their next request),
+/// and the protocol version the stream speaks.
+fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<(&'a Principal, u16), WireError> {
     let Some(c) = caller.as_mut() else {
         return Err(WireError::new(ErrorCode::OutOfOrder, "send Hello before any request"));
     };
@@ -274,7 +277,7 @@ fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<&'a
         c.principal = shared.core.authenticate(&c.key)?;
         c.version = version;
     }
-    Ok(&c.principal)
+    Ok((&c.principal, c.proto))
 }
 
 /// Admission tickets a stream has resolved, valid while the directory
@@ -291,7 +294,7 @@ const TICKETS: usize = 64;
 
 impl Tickets {
     /// The cached ticket for `target`, resolving (and caching) it on a miss.
-    pub fn get(&mut self, core: &Broker, p: &Principal, target: Target) -> CoreResult<&Ticket> {
+    pub fn get(&mut self, core: &Broker, p: &Principal, target: &Target) -> CoreResult<&Ticket> {
         let version = core.version();
         if version != self.version {
             self.entries.clear();
@@ -301,7 +304,7 @@ impl Tickets {
         let index = match found {
             Some(i) => i,
             None => {
-                let ticket = core.resolve(p, &target)?;
+                let ticket = core.resolve(p, target)?;
                 if self.entries.len() >= TICKETS {
                     self.entries.remove(0);
                 }

@@ -61,6 +61,21 @@ pub struct SessionRequest {
     pub conn: ConnId,
 }
 
+/// Where a new session's seat may come from (a live session of the same
+/// nonce is always re-attached instead).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum SeatFrom {
+    /// A free seat under the pool's limit: a plain acquire.
+    Free,
+    /// One of the seats held after a restart for the previous run's
+    /// sessions while any is left, else a free one: a runner of an earlier
+    /// run re-attaching.
+    HeldFirst,
+    /// None: only the live session may be re-attached (a runner of this
+    /// run whose session ended must not come back by re-attaching).
+    Nowhere,
+}
+
 /// A successful acquire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -70,6 +85,19 @@ pub struct Lease {
     pub deadline: Millis,
     /// True when the nonce already held this session (a retry or reconnect).
     pub reattached: bool,
+}
+
+/// A renewed lease and what its token is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    /// The new deadline.
+    pub deadline: Millis,
+    /// The session's pool.
+    pub pool: super::pool::PoolId,
+    /// The machine it runs on.
+    pub machine: MachineId,
+    /// The runner instance's nonce.
+    pub nonce: Nonce,
 }
 
 /// A public view of one live session.
@@ -169,16 +197,15 @@ impl SessionTable {
     }
 
     /// Admits a session, or re-attaches the nonce's existing live session
-    /// (renewing it) without taking a second seat. With `reserved`, a new
-    /// session takes one of the seats the pool holds for the previous run's
-    /// sessions, if any is left, before asking for a free one.
+    /// (renewing it) without taking a second seat; `seat` says where a new
+    /// session's seat may come from.
     pub fn acquire(
         &self,
         pool: &Arc<Pool>,
         req: SessionRequest,
         now: Millis,
         ttl: Duration,
-        reserved: bool,
+        seat: SeatFrom,
     ) -> Result<Lease> {
         let index = self.shard_of_nonce(pool, req.nonce);
         let mut shard = self.shards[index].lock.lock();
@@ -198,11 +225,16 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(Error::TableFull);
         }
-        // A reserved seat is already counted in the pool's seats; the
-        // session takes it over (and returns it when it ends, as any other).
-        let seat = match reserved && pool.take_reserved() {
-            true => Ok(shard.adopt(pool)),
-            false => shard.admit(pool, now),
+        // A held seat is already counted in the pool's seats; the session
+        // takes it over (and returns it when it ends, as any other).
+        let seat = match seat {
+            SeatFrom::Free => shard.admit(pool, now),
+            SeatFrom::HeldFirst if pool.take_reserved() => {
+                shard.adopt(pool);
+                Ok(())
+            }
+            SeatFrom::HeldFirst => shard.admit(pool, now),
+            SeatFrom::Nowhere => Err(Error::SessionExpired),
         };
         if let Err(e) = seat {
             self.publish(index, &shard);
@@ -232,7 +264,7 @@ impl SessionTable {
         now: Millis,
         ttl: Duration,
         allow: impl FnOnce(Holder<'_>) -> bool,
-    ) -> Result<Millis> {
+    ) -> Result<Renewal> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock.lock();
         if vet(&shard, id, allow)? <= now {
@@ -243,7 +275,9 @@ impl SessionTable {
         let deadline = now.after(ttl);
         shard.set_deadline(id, deadline);
         self.publish(index, &shard);
-        Ok(deadline)
+        // Invariant: vetted live under this same lock.
+        let s = shard.get(id).expect("vetted live above");
+        Ok(Renewal { deadline, pool: shard.pool_of(s).id, machine: s.machine.clone(), nonce: s.nonce })
     }
 
     /// Ends a live session for `reason` if `allow` accepts it, returning its seat.

@@ -1,0 +1,178 @@
+//! Session tokens: the broker's signature on a lease, so that a runner can
+//! prove to a restarted broker (which kept no sessions) that it held a
+//! seat, without the broker writing anything durable per lease.
+//!
+//! A token is `run (8 bytes LE) | deadline_ms (8 bytes LE) | mac (16 bytes)`,
+//! where the MAC is HMAC-SHA256, truncated to 128 bits, under a key kept in
+//! the data dir, over a domain tag and the lease's org, pool, machine,
+//! nonce, user, the run that issued it and its deadline. Truncation keeps
+//! the token small; a forger still needs about 2^128 guesses (2^64 to hit
+//! any one of many live tokens), and every guess costs a request.
+//!
+//! The core decides what a valid token may take (see
+//! `Broker::reattach`); this module only issues and checks signatures,
+//! because signing needs a key and a crypto crate, which the core does not
+//! have. Issuing costs one HMAC (three SHA-256 blocks) per acquire and per
+//! renew; see `docs/RESTART.md` for what that costs in throughput.
+
+use std::path::Path;
+
+use ring::hmac;
+
+use crate::core::{Email, MachineId, Millis, Nonce, OrgName, PoolId};
+use crate::error::SetupError;
+use crate::proto::SessionToken;
+
+/// Separates these MACs from any other use of the key.
+const DOMAIN: &[u8] = b"lbroker session token v1";
+
+/// Issues and checks this broker's session tokens.
+pub(crate) struct Tokens {
+    key: hmac::Key,
+    /// This run of the broker: random per start, so a token says whether
+    /// the broker that issued it still has its session in memory.
+    run: u64,
+}
+
+/// What a token is about.
+pub(crate) struct Claims<'a> {
+    pub org: &'a OrgName,
+    pub pool: PoolId,
+    pub machine: &'a MachineId,
+    pub nonce: Nonce,
+    pub user: &'a Email,
+}
+
+/// A token that checked out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// Issued by this run (the session, if live, is in memory).
+    pub this_run: bool,
+    /// The lease deadline it was issued with.
+    pub deadline: Millis,
+}
+
+/// Why a token was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TokenError {
+    /// Not signed by this broker for these claims.
+    Forged,
+}
+
+impl Tokens {
+    /// Loads the key from `path`, generating it (owner-only) on first start.
+    pub fn load_or_generate(path: &Path, run: u64) -> Result<Tokens, SetupError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = crate::keys::random_u128().map_err(|_| SetupError::Random)?.to_le_bytes();
+                let key2 = crate::keys::random_u128().map_err(|_| SetupError::Random)?.to_le_bytes();
+                let bytes = [key, key2].concat();
+                write_new(path, &bytes)?;
+                bytes
+            }
+            Err(e) => return Err(SetupError::Io { what: format!("reading {}", path.display()), source: e }),
+        };
+        if bytes.len() != 32 {
+            let source = std::io::Error::new(std::io::ErrorKind::InvalidData, "expected 32 bytes");
+            return Err(SetupError::Io { what: format!("reading {}", path.display()), source });
+        }
+        Ok(Tokens { key: hmac::Key::new(hmac::HMAC_SHA256, &bytes), run })
+    }
+
+    /// The token for a lease with `deadline`.
+    pub fn issue(&self, c: &Claims<'_>, deadline: Millis) -> SessionToken {
+        let mut out = [0u8; 32];
+        out[..8].copy_from_slice(&self.run.to_le_bytes());
+        out[8..16].copy_from_slice(&deadline.0.to_le_bytes());
+        out[16..].copy_from_slice(&self.mac(c, self.run, deadline));
+        SessionToken(out)
+    }
+
+    /// Checks that `token` was issued by this broker (any run) for `c`.
+    pub fn check(&self, c: &Claims<'_>, token: &SessionToken) -> Result<Checked, TokenError> {
+        let t = &token.0;
+        // Invariant: fixed-size slices of a 32-byte array.
+        let run = u64::from_le_bytes(t[..8].try_into().expect("8 bytes"));
+        let deadline = Millis(u64::from_le_bytes(t[8..16].try_into().expect("8 bytes")));
+        let expected = self.mac(c, run, deadline);
+        // Constant time: how many leading bytes matched must not leak.
+        let diff = expected.iter().zip(&t[16..]).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        match diff {
+            0 => Ok(Checked { this_run: run == self.run, deadline }),
+            _ => Err(TokenError::Forged),
+        }
+    }
+
+    fn mac(&self, c: &Claims<'_>, run: u64, deadline: Millis) -> [u8; 16] {
+        let mut ctx = hmac::Context::with_key(&self.key);
+        ctx.update(DOMAIN);
+        for field in [c.org.as_str().as_bytes(), c.machine.as_str().as_bytes(), c.user.as_str().as_bytes()] {
+            // Length-prefixed, so no two different claims share an input.
+            ctx.update(&(field.len() as u32).to_le_bytes());
+            ctx.update(field);
+        }
+        let pool = [c.pool.product as u8, c.pool.kind as u8, c.pool.term as u8];
+        ctx.update(&pool);
+        ctx.update(&c.nonce.0.to_le_bytes());
+        ctx.update(&run.to_le_bytes());
+        ctx.update(&deadline.0.to_le_bytes());
+        let tag = ctx.sign();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag.as_ref()[..16]);
+        out
+    }
+}
+
+/// Writes a new secret file, owner-only from its creation.
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), SetupError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let what = || format!("writing {}", path.display());
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(SetupError::io(what()))?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(SetupError::io(what()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(SetupError::io(what()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims<'a>(org: &'a OrgName, machine: &'a MachineId, user: &'a Email, nonce: u128) -> Claims<'a> {
+        Claims { org, pool: PoolId::KRE_DEFAULT, machine, nonce: Nonce(nonce), user }
+    }
+
+    #[test]
+    fn a_token_checks_only_for_its_own_claims_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("session-token.key");
+        let tokens = Tokens::load_or_generate(&path, 7).unwrap();
+        let (org, m, u) = (OrgName::new("acme").unwrap(), MachineId::new("m1").unwrap(), Email::new("a@b").unwrap());
+        let t = tokens.issue(&claims(&org, &m, &u, 1), Millis(99));
+        assert_eq!(tokens.check(&claims(&org, &m, &u, 1), &t), Ok(Checked { this_run: true, deadline: Millis(99) }));
+        // The next run of the same broker (same key file) accepts it as an earlier run's.
+        let next = Tokens::load_or_generate(&path, 8).unwrap();
+        assert!(!next.check(&claims(&org, &m, &u, 1), &t).unwrap().this_run);
+        // Any other nonce, machine, user or org, or any changed byte, is refused.
+        let other_m = MachineId::new("m2").unwrap();
+        let other_u = Email::new("c@d").unwrap();
+        assert_eq!(next.check(&claims(&org, &m, &u, 2), &t), Err(TokenError::Forged));
+        assert_eq!(next.check(&claims(&org, &other_m, &u, 1), &t), Err(TokenError::Forged));
+        assert_eq!(next.check(&claims(&org, &m, &other_u, 1), &t), Err(TokenError::Forged));
+        for i in 0..32 {
+            let mut bad = t;
+            bad.0[i] ^= 1;
+            assert_eq!(next.check(&claims(&org, &m, &u, 1), &bad), Err(TokenError::Forged), "byte {i}");
+        }
+        // Another broker's key refuses it.
+        let other = Tokens::load_or_generate(&dir.path().join("other.key"), 7).unwrap();
+        assert_eq!(other.check(&claims(&org, &m, &u, 1), &t), Err(TokenError::Forged));
+    }
+}
