@@ -153,6 +153,11 @@ pub fn client_config_with(ca: Option<&Path>, resumption: bool) -> Result<quinn::
     let mut transport = quinn::TransportConfig::default();
     let idle = Duration::from_secs(30).try_into().map_err(|e| SetupError::tls("idle timeout", e))?;
     transport.keep_alive_interval(Some(Duration::from_secs(5))).max_idle_timeout(Some(idle));
+    // QUIC's default first RTT guess (333 ms) means a lost first packet (a
+    // broker restarting this very moment) is resent only after about a
+    // second; a runner reconnecting against its lease deadline cannot wait
+    // that long. Resending an Initial early costs one small datagram.
+    transport.initial_rtt(Duration::from_millis(100));
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

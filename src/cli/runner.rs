@@ -59,7 +59,12 @@ struct Events {
 }
 
 impl Events {
-    fn emit(&self, value: serde_json::Value, human: String) {
+    /// Prints one event; JSON events carry `at_ms`, the Unix time in ms
+    /// when it happened (so a history of many runners can be ordered).
+    fn emit(&self, mut value: serde_json::Value, human: String) {
+        if let Some(fields) = value.as_object_mut() {
+            fields.insert("at_ms".into(), unix_ms().into());
+        }
         let line = if self.json { value.to_string() } else { human };
         if self.to_stderr {
             eprintln!("{line}");
@@ -259,7 +264,7 @@ impl Runner {
                 json!({"event": "reconnecting", "session": lease.session.to_string(), "reason": why}),
                 format!("lost the connection ({why}); reconnecting"),
             );
-            client.close_nowait();
+            client.disconnect();
             match self.reattach(&lease, &mut term).await {
                 Ok((c, l)) => {
                     self.ev.emit(
@@ -298,30 +303,17 @@ impl Runner {
         let session = lease.session.to_string();
         let code = match (stop, client) {
             (Stop::JobExited(status), Some(client)) => {
-                let result = client.release(lease.session).await;
-                client.close().await;
                 let exit = job::exit_code(status);
-                self.ev.emit(
-                    json!({"event": "released", "session": session, "reason": "job_exited", "exit": exit}),
-                    format!("job exited with {exit}; released session {session}"),
-                );
-                if let Err(e) = result {
-                    self.ev.emit(json!({"event": "release_failed", "message": e.to_string()}), e.to_string());
-                }
+                let extra = json!({"reason": "job_exited", "exit": exit});
+                self.give_back(client, &lease, extra, format!("job exited with {exit}; ")).await;
                 ExitCode::from(exit)
             }
             (Stop::JobExited(status), None) => ExitCode::from(job::exit_code(status)),
             (Stop::Release, Some(client)) => {
-                let result = client.release(lease.session).await;
-                client.close().await;
-                if let Err(e) = result {
-                    return Ok(self.ev.rejected(&e));
+                match self.give_back(client, &lease, json!({"reason": "released"}), String::new()).await {
+                    true => ExitCode::SUCCESS,
+                    false => ExitCode::from(1),
                 }
-                self.ev.emit(
-                    json!({"event": "released", "session": session, "reason": "released"}),
-                    format!("released: session {session}"),
-                );
-                ExitCode::SUCCESS
             }
             // `hold` asks for a release only while it holds a client.
             (Stop::Release, None) => ExitCode::from(1),
@@ -380,6 +372,40 @@ impl Runner {
         Ok((client, Attached::Lease(again)))
     }
 
+    /// Releases the seat and closes; says so with `believed_until_ms`, the
+    /// moment the runner stopped relying on the seat (before asking). The
+    /// release waits at most a third of the TTL: if the broker does not
+    /// answer, the seat comes back when its lease expires, and the runner
+    /// says `release_failed`. Returns whether the release was confirmed.
+    async fn give_back(&self, client: Client, lease: &Admitted, extra: serde_json::Value, human: String) -> bool {
+        let until = unix_ms();
+        let session = lease.session.to_string();
+        let wait = Duration::from_millis((lease.ttl_ms / 3).max(1000));
+        let result = match tokio::time::timeout(wait, client.release(lease.session)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {wait:?}; the seat returns when its lease expires")),
+        };
+        let ok = result.is_ok();
+        let mut event = match &result {
+            Ok(()) => json!({"event": "released", "session": session}),
+            Err(message) => json!({"event": "release_failed", "session": session, "message": message}),
+        };
+        if let (Some(fields), Some(more)) = (event.as_object_mut(), extra.as_object()) {
+            fields.extend(more.clone());
+            fields.insert("believed_until_ms".into(), until.into());
+        }
+        let text = match result {
+            Ok(()) => format!("{human}released session {session}"),
+            Err(message) => format!("{human}release of session {session} failed: {message}"),
+        };
+        self.ev.emit(event, text);
+        match ok {
+            true => client.close().await,
+            false => client.disconnect(),
+        }
+        ok
+    }
+
     /// Reconnects with backoff until the lease's deadline, re-attaching
     /// (see `attach_again`). A signal meanwhile ends the runner (its seat
     /// returns when the lease expires).
@@ -389,14 +415,19 @@ impl Runner {
         term: &mut tokio::signal::unix::Signal,
     ) -> Result<(Client, Admitted), Stop> {
         let deadline_ms = lease.deadline_ms;
-        let mut backoff = Backoff::reconnect();
+        // Several attempts fit in one lease, whatever the TTL.
+        let cap = Duration::from_millis(lease.ttl_ms / 6).clamp(Duration::from_millis(200), Duration::from_secs(5));
+        let mut backoff = Backoff::new(Duration::from_millis(100), cap);
         loop {
             let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
             if left.is_zero() {
                 return Err(Stop::Lost("the lease's deadline passed before the broker could be reached".into()));
             }
+            // One attempt may not use up the lease: a connect whose first
+            // packets went nowhere is abandoned and started afresh.
+            let limit = left.min(cap.max(Duration::from_millis(500)));
             let attempt = tokio::select! {
-                a = tokio::time::timeout(left, self.attach_again(lease)) => a,
+                a = tokio::time::timeout(limit, self.attach_again(lease)) => a,
                 _ = tokio::signal::ctrl_c() => return Err(interrupted()),
                 _ = term.recv() => return Err(interrupted()),
             };
@@ -410,12 +441,14 @@ impl Runner {
                 // Refused outright (its seat was taken, the key revoked...): the lease is gone.
                 Ok(Err(e @ ClientError::Rejected(_))) => return Err(Stop::Lost(e.to_string())),
                 Ok(Err(e)) => e.to_string(),
-                Err(_) => "no answer before the lease's deadline".to_string(),
+                Err(_) => format!("no answer within {limit:?}"),
             };
-            let wait = backoff.next_delay();
-            if unix_ms() + wait.as_millis() as u64 >= deadline_ms {
+            // The last wait is cut short to leave one more attempt before the deadline.
+            let left = deadline_ms.saturating_sub(unix_ms());
+            if left <= LAST_TRY_MS {
                 return Err(Stop::Lost(format!("could not renew before the lease's deadline: {last}")));
             }
+            let wait = backoff.next_delay().min(Duration::from_millis(left - LAST_TRY_MS));
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = tokio::signal::ctrl_c() => return Err(interrupted()),
@@ -424,6 +457,9 @@ impl Runner {
         }
     }
 }
+
+/// Time kept for a last re-attach attempt before the lease's deadline.
+const LAST_TRY_MS: u64 = 50;
 
 /// The job's exit, or never when there is no job.
 async fn wait_job(job: &mut Option<Job>) -> std::io::Result<std::process::ExitStatus> {

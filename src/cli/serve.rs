@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// Drop a request stream whose started frame is not complete within this long.
     #[arg(env = "LB_FRAME_TIMEOUT", long, default_value = "10s", value_parser = humantime::parse_duration)]
     frame_timeout: Duration,
+    /// After a restart, seats stay held for the previous run's runners for
+    /// one lease TTL plus this long, so they can reconnect and re-attach
+    /// before anyone else takes their seats.
+    #[arg(env = "LB_RESTART_GRACE", long, default_value = "10s", value_parser = humantime::parse_duration)]
+    restart_grace: Duration,
     /// Start even though the clock reads earlier than the latest time a
     /// previous run recorded (check the clock first).
     #[arg(env = "LB_ALLOW_CLOCK_ROLLBACK", long)]
@@ -96,6 +101,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.frame_timeout = a.frame_timeout;
     options.allow_clock_rollback = a.allow_clock_rollback;
     options.clock_ahead = a.clock_ahead;
+    options.restart_grace = a.restart_grace;
     let running = server::start(options).await?;
     if let Some(keys) = &running.bootstrap {
         let mut out = std::io::stdout().lock();

@@ -388,6 +388,14 @@ impl Client {
         self.conn.close(quinn::VarInt::from_u32(0), b"bye");
     }
 
+    /// Gives up on this connection to reconnect: closes it with a non-zero
+    /// code, so a broker that is still there keeps its sessions (their
+    /// leases run on) for the new connection to re-attach to. The endpoint
+    /// stays open for the reconnect (and its TLS resumption).
+    pub fn disconnect(self) {
+        self.conn.close(quinn::VarInt::from_u32(1), b"reconnecting");
+    }
+
     /// Drops the connection as a crashed runner would, without releasing:
     /// it closes with a non-zero code, which the broker treats like silence
     /// (sessions stay until their leases expire, so a reconnect can re-attach).

@@ -101,11 +101,12 @@ impl Bounds {
     }
 }
 
-/// How far a ceiling moves past the seats sessions hold: a quarter more,
-/// at least 8, so a pool filling up raises it a few dozen times at most
-/// (each a durable write), and a crash reserves little more than was used.
+/// How far a ceiling moves past the seats sessions hold: a quarter more
+/// (at least one), so a pool filling up to a million seats raises it about
+/// seventy times (each a durable write), and a crash holds back at most a
+/// quarter more seats than were in use.
 fn headroom(sessions: u32) -> u32 {
-    (sessions / 4).max(8)
+    (sessions / 4).max(1)
 }
 
 #[derive(Default)]

@@ -542,29 +542,32 @@ fn ceiling_world(quota: u32) -> Fixture {
 fn sessions_admitted_past_the_ceiling_only_after_it_is_raised() {
     let w = ceiling_world(100);
     assert_eq!(w.acquire("m", 1, 1, t(0)), Err(Error::CeilingReached), "a new pool's ceiling is 0");
-    assert_eq!(w.raise(), Some(8));
+    assert_eq!(w.raise(), Some(1));
     assert_eq!(w.raise(), None, "a raise that is no longer needed writes nothing");
-    for n in 1..=8 {
-        w.acquire("m", n, 1, t(0)).unwrap();
+    w.acquire("m", 1, 1, t(0)).unwrap();
+    assert_eq!(w.acquire("m", 2, 1, t(0)), Err(Error::CeilingReached));
+    // Each raise adds a quarter of the sessions held (at least one).
+    let mut raises = vec![];
+    for n in 2..=40 {
+        if w.acquire("m", n, 1, t(0)) == Err(Error::CeilingReached) {
+            raises.push(w.raise().unwrap());
+            w.acquire("m", n, 1, t(0)).unwrap();
+        }
     }
-    assert_eq!(w.acquire("m", 9, 1, t(0)), Err(Error::CeilingReached));
-    assert_eq!(w.raise(), Some(16));
-    w.acquire("m", 9, 1, t(0)).unwrap();
+    assert_eq!(raises, [2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 18, 22, 27, 33, 41]);
     let s = w.pool_status();
-    assert_eq!((s.in_use, s.rejected), (9, 0), "a ceiling refusal is not a quota refusal");
+    assert_eq!((s.in_use, s.rejected), (40, 0), "a ceiling refusal is not a quota refusal");
 }
 
 #[test]
 fn the_ceiling_never_passes_the_quota_and_the_quota_still_refuses() {
     let w = ceiling_world(10);
-    assert_eq!(w.raise(), Some(8));
-    for n in 0..8 {
-        w.acquire("m", n, 1, t(0)).unwrap();
+    for n in 0..10 {
+        if w.acquire("m", n, 1, t(0)) == Err(Error::CeilingReached) {
+            assert!(w.raise().unwrap() <= 10);
+            w.acquire("m", n, 1, t(0)).unwrap();
+        }
     }
-    assert_eq!(w.acquire("m", 8, 1, t(0)), Err(Error::CeilingReached));
-    assert_eq!(w.raise(), Some(10));
-    w.acquire("m", 8, 1, t(0)).unwrap();
-    w.acquire("m", 9, 1, t(0)).unwrap();
     assert_eq!(w.acquire("m", 10, 1, t(0)), Err(Error::QuotaExceeded { quota: 10 }));
     assert_eq!(w.raise(), None);
 }
@@ -588,12 +591,14 @@ fn an_idle_pool_lowers_its_ceiling_in_memory_first() {
     }
     let lowered = w.broker.lower_ceilings(false);
     assert_eq!(lowered.len(), 1);
-    assert!(matches!(lowered[0], Record::Ceiling { seats: 10, .. }), "{lowered:?}");
+    assert!(matches!(lowered[0], Record::Ceiling { seats: 3, .. }), "{lowered:?}");
     // Memory obeys the lower value before anything is written.
-    for n in 200..208 {
-        w.acquire("m", n, 1, t(0)).unwrap();
-    }
+    w.acquire("m", 200, 1, t(0)).unwrap();
     assert_eq!(w.acquire("m", 300, 1, t(0)), Err(Error::CeilingReached));
+    // At a drain, exactly what sessions hold.
+    assert!(w.broker.lower_ceilings(true).is_empty(), "already exactly the 3 sessions held");
+    w.broker.release(&w.owner, leases[98].session).unwrap();
+    assert!(matches!(w.broker.lower_ceilings(true)[..], [Record::Ceiling { seats: 2, .. }]));
 }
 
 #[test]
@@ -627,7 +632,7 @@ fn a_restart_holds_the_ceiling_for_the_previous_runs_runners() {
     assert_eq!(r.in_use(), 4);
     // A newcomer needs a raise (the ceiling covers the held seats), then fits under the quota.
     assert_eq!(r.acquire("m", 50, 1, t(1_000)), Err(Error::CeilingReached));
-    assert_eq!(r.raise(), Some(10), "4 held + 8 headroom, capped at the quota");
+    assert_eq!(r.raise(), Some(5), "4 held, and a quarter more (at least one)");
     r.acquire("m", 50, 1, t(1_000)).unwrap();
     assert_eq!(r.in_use(), 5);
     // A runner of the previous run takes its held seat: nothing new is counted.
