@@ -40,10 +40,38 @@ fn worked_examples_match_the_encoder() {
             outcome: Outcome::Err(WireError::new(ErrorCode::QuotaExceeded, "full")),
         })),
         hex(&ClientFrame::Request(Request { id: 3, body: Req::Renew { session: SessionId(0x62) } })),
+        hex(&ClientFrame::Hello(Hello { version: 2, api_key: "lbk_ab".into(), client: "x".into() })),
+        hex(&ServerFrame::Response(Response {
+            id: 1,
+            outcome: Outcome::Ok(Resp::Leased {
+                session: SessionId(0x62),
+                deadline_ms: 1795823839671,
+                ttl_ms: 30000,
+                reattached: false,
+                token: SessionToken([0xaa; 32]),
+            }),
+        })),
+        hex(&ClientFrame::Request(Request {
+            id: 4,
+            body: Req::Reattach {
+                org: OrgName::new("default").unwrap(),
+                pool: PoolId::KRE_DEFAULT,
+                machine: MachineId::new("m1").unwrap(),
+                nonce: Nonce(300),
+                token: SessionToken([0xaa; 32]),
+            },
+        })),
     ];
     for e in examples {
         assert!(DOC.contains(&format!("    {e}\n")), "PROTOCOL.md lacks the example {e}");
     }
+}
+
+#[test]
+fn a_session_token_is_32_bytes_without_a_length_prefix() {
+    let bytes = postcard::to_allocvec(&SessionToken([7; 32])).unwrap();
+    assert_eq!(bytes, [7; 32]);
+    assert!(DOC.contains("SessionToken = [u8; 32]"));
 }
 
 #[test]
@@ -98,6 +126,10 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("ListOrgs", Req::ListOrgs),
         ("RemoveUser", Req::RemoveUser { org: org.clone(), email: "x".into() }),
         ("SetSubscription", Req::SetSubscription { org: org.clone(), subscription_end: "x".into() }),
+        (
+            "Reattach",
+            Req::Reattach { org: org.clone(), pool: p, machine: m.clone(), nonce: Nonce(1), token: SessionToken([0; 32]) },
+        ),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -126,6 +158,11 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("PublicKey", Resp::PublicKey { pem: "x".into() }),
         ("AuditLog", Resp::AuditLog(vec![])),
         ("Orgs", Resp::Orgs(vec![])),
+        (
+            "Leased",
+            Resp::Leased { session: s, deadline_ms: 0, ttl_ms: 0, reattached: false, token: SessionToken([0; 32]) },
+        ),
+        ("Extended", Resp::Extended { deadline_ms: 0, token: SessionToken([0; 32]) }),
     ];
     for (name, resp) in &resps {
         let n = variant(resp);
