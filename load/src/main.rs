@@ -9,6 +9,7 @@ mod echo;
 mod fleet;
 mod redis_sem;
 mod report;
+mod restart;
 mod scenarios;
 mod target;
 
@@ -43,6 +44,9 @@ enum Scenario {
     Handshake,
     /// Broker vs a Redis semaphore vs bare quinn, same shape, one run.
     Compare,
+    /// N runners hold leases; the spawned broker is killed (SIGKILL) and
+    /// restarted under them; every runner re-attaches with its token.
+    Restart,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -160,6 +164,7 @@ async fn run(a: Args) -> Result<bool> {
     let runners = a.runners.unwrap_or(match a.scenario {
         Scenario::Burst => 1000,
         Scenario::Die => 1000,
+        Scenario::Restart => 100_000,
         _ => 10_000,
     });
     let p = Params {
@@ -182,7 +187,10 @@ async fn run(a: Args) -> Result<bool> {
         emit(&report, a.json, Some(summary));
         return Ok(report.passed());
     }
-    let target = match &a.server {
+    if a.scenario == Scenario::Restart && a.server.is_some() {
+        bail!("restart kills and restarts the broker, so it always spawns its own");
+    }
+    let mut target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
         None => Target::spawn(ttl, p.broker_workers)?,
     };
@@ -191,6 +199,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Steady => scenarios::steady(&target, &p).await?,
         Scenario::Burst => burst::run(&target, p.runners, p.quota, p.connections).await?,
         Scenario::Die => scenarios::die(&target, &p).await?,
+        Scenario::Restart => restart::run(&mut target, &p).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =

@@ -20,6 +20,9 @@ pub struct Target {
     /// The operator's key (creates the orgs the scenario uses).
     pub operator: String,
     child: Option<Child>,
+    /// How the spawned broker was started, to start it again on the same
+    /// data dir and address (`restart`).
+    command: Option<Vec<std::ffi::OsString>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -60,25 +63,19 @@ pub fn require_loopback(server: &str) -> Result<()> {
 impl Target {
     /// Starts a broker on a free loopback port with a fresh data dir.
     pub fn spawn(lease_ttl: Duration, workers: Option<usize>) -> Result<Target> {
-        let bin = broker_binary()?;
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = format!("127.0.0.1:{port}");
-        let mut cmd = Command::new(&bin);
-        cmd.arg("serve");
+        let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
         if let Some(n) = workers {
-            cmd.args(["--workers", &n.to_string()]);
+            args.extend(["--workers".into(), n.to_string().into()]);
         }
-        let mut child = cmd
-            .args(["--data-dir"])
-            .arg(dir.path())
-            .args(["--listen", &server, "--lease-ttl", &humantime::format_duration(lease_ttl).to_string()])
-            .args(["--max-connections", "100000", "--drain-grace", "0s"])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        args.extend(["--data-dir".into(), dir.path().as_os_str().to_owned()]);
+        let ttl = humantime::format_duration(lease_ttl).to_string();
+        for a in ["--listen", &server, "--lease-ttl", &ttl, "--max-connections", "100000", "--drain-grace", "0s"] {
+            args.push(a.into());
+        }
+        let mut child = start(&args)?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let mut operator = None;
@@ -94,14 +91,43 @@ impl Target {
             ca,
             operator: operator.context("no operator key printed")?,
             child: Some(child),
+            command: Some(args),
             _dir: Some(dir),
         })
+    }
+
+    /// Kills a spawned broker with SIGKILL, as a crash would.
+    pub fn crash(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("only a spawned broker can be crashed")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the crashed broker again on the same data dir and address;
+    /// returns once it answers (at most 30 s), with the time that took.
+    pub async fn restart(&mut self) -> Result<Duration> {
+        let args = self.command.clone().context("only a spawned broker can be restarted")?;
+        let started = std::time::Instant::now();
+        self.child = Some(start(&args)?);
+        let mut opts = self.options(&self.operator);
+        opts.connect_timeout = Duration::from_millis(200);
+        loop {
+            if let Ok(c) = Client::connect(&opts).await {
+                c.close().await;
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the restarted broker did not answer within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A broker already running on loopback; `key` must be the operator's.
     pub fn remote(server: String, ca: PathBuf, key: String) -> Result<Target> {
         require_loopback(&server)?;
-        Ok(Target { server, ca, operator: key, child: None, _dir: None })
+        Ok(Target { server, ca, operator: key, child: None, command: None, _dir: None })
     }
 
     pub fn options(&self, key: &str) -> ClientOptions {
@@ -152,6 +178,18 @@ impl Target {
         op.close().await;
         Ok(out)
     }
+}
+
+/// Starts `license-broker` with `args`, stdout piped (it prints keys once).
+fn start(args: &[std::ffi::OsString]) -> Result<Child> {
+    let bin = broker_binary()?;
+    Command::new(&bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))
 }
 
 impl Drop for Target {
