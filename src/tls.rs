@@ -74,7 +74,13 @@ pub const STREAM_WINDOW: u32 = 256 * 1024;
 pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// The QUIC server config: TLS 1.3 with `files`, and the transport limits.
-pub fn server_config(files: &TlsFiles, idle_timeout: Duration, max_streams: u32) -> Result<quinn::ServerConfig> {
+/// `tickets` issues the TLS session tickets (the broker's survive a restart).
+pub fn server_config(
+    files: &TlsFiles,
+    idle_timeout: Duration,
+    max_streams: u32,
+    tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
+) -> Result<quinn::ServerConfig> {
     let cert_path = files.cert.display();
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
         .map_err(|e| SetupError::tls(format!("reading {cert_path}"), e))?
@@ -92,6 +98,11 @@ pub fn server_config(files: &TlsFiles, idle_timeout: Duration, max_streams: u32)
         .with_single_cert(certs, key)
         .map_err(|e| SetupError::tls("certificate and key do not match", e))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    if let Some(t) = tickets {
+        // Stateless tickets: nothing kept per client, readable after a restart.
+        tls.ticketer = t;
+        tls.send_tls13_tickets = 2;
+    }
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| SetupError::tls("QUIC crypto", e))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

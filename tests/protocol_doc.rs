@@ -68,10 +68,15 @@ fn worked_examples_match_the_encoder() {
 }
 
 #[test]
-fn a_session_token_is_32_bytes_without_a_length_prefix() {
+fn a_session_token_is_a_32_byte_string() {
     let bytes = postcard::to_allocvec(&SessionToken([7; 32])).unwrap();
-    assert_eq!(bytes, [7; 32]);
-    assert!(DOC.contains("SessionToken = [u8; 32]"));
+    assert_eq!(bytes[0], 32);
+    assert_eq!(bytes[1..], [7; 32]);
+    assert!(DOC.contains("| `SessionToken` | Bytes | exactly 32 bytes"));
+    // Any other length is refused.
+    let mut short = vec![31u8];
+    short.extend([7; 31]);
+    assert!(postcard::from_bytes::<SessionToken>(&short).is_err());
 }
 
 #[test]
@@ -128,7 +133,13 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("SetSubscription", Req::SetSubscription { org: org.clone(), subscription_end: "x".into() }),
         (
             "Reattach",
-            Req::Reattach { org: org.clone(), pool: p, machine: m.clone(), nonce: Nonce(1), token: SessionToken([0; 32]) },
+            Req::Reattach {
+                org: org.clone(),
+                pool: p,
+                machine: m.clone(),
+                nonce: Nonce(1),
+                token: SessionToken([0; 32]),
+            },
         ),
     ];
     for (name, req) in &reqs {

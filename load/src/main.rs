@@ -107,6 +107,10 @@ struct Args {
     /// Print a JSON report instead of a table.
     #[arg(long)]
     json: bool,
+    /// handshake: resume TLS sessions from tickets (as reconnecting runners
+    /// do) instead of making a full handshake every time.
+    #[arg(long)]
+    resume: bool,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -178,6 +182,7 @@ async fn run(a: Args) -> Result<bool> {
         rate: a.rate,
         lease_ttl: ttl,
         broker_workers: a.broker_workers,
+        resume: a.resume,
     };
     if a.scenario == Scenario::Compare {
         if a.server.is_some() {

@@ -27,6 +27,8 @@ pub struct Params {
     pub lease_ttl: Duration,
     /// Worker threads of a spawned broker.
     pub broker_workers: Option<usize>,
+    /// handshake: resume TLS sessions (tickets) instead of full handshakes.
+    pub resume: bool,
 }
 
 /// Quota given to pools that should never refuse for quota.
@@ -303,7 +305,7 @@ pub async fn handshake(
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
     for w in 0..p.connections {
-        let endpoint = client::endpoint_with(Some(ca), addr.is_ipv6(), false)?;
+        let endpoint = client::endpoint_with(Some(ca), addr.is_ipv6(), p.resume)?;
         let (name, key, org) = (name.clone(), key.to_string(), org.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Lat::new();
@@ -353,6 +355,7 @@ pub fn handshake_report(rate: f64, lat: &Lat, errors: &Errors, p: &Params, targe
     let mut r = Report::new("handshake", target);
     r.duration_s = p.duration.as_secs_f64();
     r.param("concurrency", p.connections);
+    r.param("resume", p.resume);
     r.throughput.insert("handshakes_per_s".into(), rate);
     r.latency("connect+acquire", lat);
     r.errors = errors.0.clone();

@@ -277,10 +277,34 @@ pub enum Req {
 
 /// A lease's proof, issued with every `Leased` and `Extended` answer and
 /// echoed in `Reattach`: the broker's MAC over the org, pool, machine,
-/// nonce, user, broker run and lease deadline. Opaque to clients; 32 bytes
-/// on the wire (a fixed-size array: no length prefix).
-#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// nonce, user, broker run and lease deadline. Opaque to clients; on the
+/// wire a byte string (varint length 32, then the 32 bytes): one copy to
+/// encode, where a fixed-size array would be 32 separate elements.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SessionToken(pub [u8; 32]);
+
+impl Serialize for SessionToken {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionToken {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<SessionToken, D::Error> {
+        struct Bytes32;
+        impl<'de> serde::de::Visitor<'de> for Bytes32 {
+            type Value = SessionToken;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("32 bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<SessionToken, E> {
+                let bytes: [u8; 32] = v.try_into().map_err(|_| E::invalid_length(v.len(), &self))?;
+                Ok(SessionToken(bytes))
+            }
+        }
+        d.deserialize_bytes(Bytes32)
+    }
+}
 
 impl std::fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -13,6 +13,7 @@ mod expiry;
 mod handler;
 mod socket;
 mod stream;
+mod tickets;
 mod token;
 mod wire;
 
@@ -282,7 +283,9 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
             f
         }
     };
-    let server_config = tls::server_config(&files, options.idle_timeout, options.max_streams)?;
+    let ticketer = tickets::Ticketer::load_or_generate(&options.data_dir.join(TICKET_KEY_FILE))?;
+    let server_config =
+        tls::server_config(&files, options.idle_timeout, options.max_streams, Some(Arc::new(ticketer)))?;
     let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))?;
     let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
     let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
@@ -411,6 +414,9 @@ fn restrict_tree(dir: &std::path::Path) -> Result<(), SetupError> {
 
 /// The store's file inside the data dir.
 pub const STORE_FILE: &str = "broker.redb";
+
+/// The TLS ticket secret inside the data dir (see `tickets`).
+pub const TICKET_KEY_FILE: &str = "tls/ticket.key";
 
 /// The session-token key inside the data dir (32 bytes; whoever has it can
 /// forge leases for a restarted broker, so owner-only like the rest).
