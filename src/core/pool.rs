@@ -63,6 +63,9 @@ pub struct Pool {
     /// Seats held, after a restart, for the previous run's sessions until
     /// their runners re-attach or the hold ends (counted in `in_use`).
     reserve: AtomicU32,
+    /// Admissions refused at the ceiling since the last raise: each waits
+    /// for a raise, so the next raise makes room for all of them at once.
+    misses: AtomicU32,
     /// Admissions and quota refusals counted before this process started
     /// (from the store); the session table's shards count the rest.
     counted: Mutex<(u64, u64)>,
@@ -195,6 +198,7 @@ impl Pool {
             bounds: Mutex::new(Bounds { quota, ceiling: None, durable: 0 }),
             quota: AtomicU32::new(quota),
             reserve: AtomicU32::new(0),
+            misses: AtomicU32::new(0),
             counted: Mutex::new((0, 0)),
             licensing: Mutex::new(Licensing::default()),
         }
@@ -218,7 +222,11 @@ impl Pool {
         // either answer was true an instant ago, and a retry re-reads.
         let quota = self.quota.load(Ordering::Relaxed);
         match c.in_use < quota {
-            true => Error::CeilingReached,
+            true => {
+                // Relaxed: a sizing hint for the next raise, nothing more.
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                Error::CeilingReached
+            }
             false => Error::QuotaExceeded { quota },
         }
     }
@@ -297,7 +305,9 @@ impl Pool {
         if sessions < current || current >= b.quota {
             return None;
         }
-        Some(b.quota.min(sessions.max(current).saturating_add(headroom(sessions))))
+        // Relaxed: see `refusal`.
+        let waiting = self.misses.swap(0, Ordering::Relaxed);
+        Some(b.quota.min(sessions.max(current).saturating_add(headroom(sessions).max(waiting))))
     }
 
     /// Sets the ceiling (a committed `Ceiling` record, or a lowering that

@@ -220,9 +220,9 @@ fn acquire(call: &Call<'_>, tickets: &mut Tickets, target: &Target, nonce: Nonce
     }
 }
 
-/// Most ceiling raises one admission waits for before giving up (each
-/// raise makes room for at least 8 more sessions, so only a stampede of
-/// newcomers on one pool ever needs more than one).
+/// Most ceiling raises one admission waits for before giving up. A raise
+/// makes room for every admission refused at the ceiling before it (and a
+/// quarter more), so one waiting admission rarely needs a second.
 const RAISES: usize = 8;
 
 /// Runs `admit` until it stops meeting the pool's ceiling, raising the
