@@ -218,3 +218,79 @@ async fn a_frame_left_half_sent_is_dropped_at_the_deadline() {
     assert!(slow.next().await.is_none(), "the stream ends");
     assert!(b.client(&b.owner).await.status(None).await.is_ok());
 }
+
+/// docs/PROTOCOL.md's table of which frame carries each refusal, checked
+/// case by case over QUIC (and the rows checked to be in the document).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_comes_in_the_frame_the_docs_name() {
+    const DOC: &str = include_str!("../docs/PROTOCOL.md");
+    let row = |case: &str, frame: &str, code: &str| {
+        let line =
+            DOC.lines().find(|l| l.starts_with(&format!("| {case}"))).unwrap_or_else(|| panic!("no row {case:?}"));
+        assert!(line.contains(&format!("| {frame} | `{code}` |")), "row {case:?} does not say {frame} {code}: {line}");
+    };
+    let framed = |body: &[u8]| {
+        let mut f = (body.len() as u32).to_be_bytes().to_vec();
+        f.extend(body);
+        f
+    };
+    let b = start(Duration::from_secs(30)).await;
+
+    row("`Hello` with a version other than 1 or 2", "`Error`", "UNSUPPORTED_VERSION");
+    let mut r = raw(&b).await;
+    r.hello(&b.owner, 3).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Error(e)) if e.code == ErrorCode::UnsupportedVersion));
+    assert!(r.next().await.is_none(), "finished");
+
+    row("`Hello` with an unknown or revoked key", "`Error`", "UNAUTHORIZED");
+    row("a `Request` before a welcomed `Hello`", "`Response { id, Err }`", "OUT_OF_ORDER");
+    row("a second `Hello` on a stream", "`Error`", "OUT_OF_ORDER");
+    let mut r = raw(&b).await;
+    r.hello("lbk_wrong", VERSION).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Error(e)) if e.code == ErrorCode::Unauthorized));
+    r.send_frame(&status_req(5)).await;
+    assert!(
+        matches!(r.next().await, Some(ServerFrame::Response(x)) if x.id == 5 && error_code(Some(ServerFrame::Response(x.clone()))) == ErrorCode::OutOfOrder)
+    );
+    r.hello(&b.owner, VERSION).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Welcome(_))));
+    r.hello(&b.owner, VERSION).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Error(e)) if e.code == ErrorCode::OutOfOrder));
+
+    row("a body that starts as a `Request`", "`Response { id, Err }`", "BAD_FRAME");
+    let mut whole = Vec::new();
+    encode(&status_req(45), &mut whole);
+    let mut trailing = whole[4..].to_vec();
+    trailing.push(0);
+    let mut bad_org = vec![1u8, 43, 4, 1, 8];
+    bad_org.extend(b"BAD NAME");
+    for (id, bytes) in [
+        (42, framed(&[1, 42, 0x7f])),             // unknown request variant
+        (43, framed(&bad_org)),                   // Status { org: "BAD NAME" }
+        (44, framed(&[1, 44, 1, 7, b'd', b'e'])), // truncated Acquire
+        (45, framed(&trailing)),                  // a whole Status request, then one byte more
+    ] {
+        r.send_bytes(&bytes).await;
+        match r.next().await {
+            Some(ServerFrame::Response(x)) => {
+                assert_eq!(x.id, id);
+                assert_eq!(error_code(Some(ServerFrame::Response(x))), ErrorCode::BadFrame);
+            }
+            other => panic!("case {id}: {other:?}"),
+        }
+    }
+
+    row("a body whose request id cannot be read", "`Error`", "BAD_FRAME");
+    r.send_bytes(&framed(&[9, 1, 2])).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Error(e)) if e.code == ErrorCode::BadFrame));
+    // The stream goes on after all of them.
+    r.send_frame(&status_req(7)).await;
+    assert!(
+        matches!(r.next().await, Some(ServerFrame::Response(x)) if x.id == 7 && matches!(x.outcome, Outcome::Ok(_)))
+    );
+
+    row("a declared length over 65 536", "`Error`", "FRAME_TOO_LARGE");
+    row("a declared length of 0", "`Error`", "BAD_FRAME");
+    row("a frame begun but not completed", "`Error`", "BAD_FRAME");
+    row("an answer that would not fit in one frame", "`Response { id, Err }`", "RESPONSE_TOO_LARGE");
+}

@@ -341,6 +341,9 @@ fn lowering_the_ceiling_racing_an_admission_never_undercounts() {
             seats: 60,
         };
         f.broker.apply(&[license_broker::core::Change::Put(ceiling)]);
+        // Two quiet passes first: the third lowers.
+        assert!(f.broker.lower_ceilings(false).is_empty());
+        assert!(f.broker.lower_ceilings(false).is_empty());
         let fl = f.clone();
         let lowerer = thread::spawn(move || fl.broker.lower_ceilings(false));
         let fa = f.clone();

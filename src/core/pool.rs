@@ -93,7 +93,14 @@ struct Bounds {
     ceiling: Option<u32>,
     /// Seats held by activations and offline licenses.
     durable: u32,
+    /// Lowering passes since the ceiling was last set: a pool is lowered
+    /// only after `QUIET_PASSES` of them, so a busy pool whose use swings
+    /// is not lowered and raised again (a durable write each) every pass.
+    quiet: u32,
 }
+
+/// Lowering passes a ceiling must sit unchanged before it is lowered.
+const QUIET_PASSES: u32 = 3;
 
 impl Bounds {
     fn limit(&self) -> u32 {
@@ -195,7 +202,7 @@ impl Pool {
             removals: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(Seats::new(quota)),
-            bounds: Mutex::new(Bounds { quota, ceiling: None, durable: 0 }),
+            bounds: Mutex::new(Bounds { quota, ceiling: None, durable: 0, quiet: 0 }),
             quota: AtomicU32::new(quota),
             reserve: AtomicU32::new(0),
             misses: AtomicU32::new(0),
@@ -315,6 +322,7 @@ impl Pool {
     pub fn set_ceiling(&self, ceiling: u32) {
         let mut b = self.bounds.lock();
         b.ceiling = Some(ceiling);
+        b.quiet = 0;
         self.relimit(&b, 0);
     }
 
@@ -327,6 +335,10 @@ impl Pool {
     pub fn lower_ceiling(&self, tight: bool) -> Option<u32> {
         let mut b = self.bounds.lock();
         let current = b.ceiling?;
+        b.quiet = b.quiet.saturating_add(1);
+        if !tight && b.quiet < QUIET_PASSES {
+            return None;
+        }
         let (quota, durable) = (b.quota, b.durable);
         let mut lowered = None;
         // One CAS reads the sessions and sets the limit, so no admission
@@ -346,6 +358,7 @@ impl Pool {
         });
         if let Some(target) = lowered {
             b.ceiling = Some(target);
+            b.quiet = 0;
         }
         lowered
     }
@@ -357,6 +370,7 @@ impl Pool {
         let mut b = self.bounds.lock();
         let held = b.ceiling.unwrap_or_else(|| b.quota.saturating_sub(b.durable));
         b.ceiling = Some(held);
+        b.quiet = 0;
         self.reserve.store(held, Ordering::Release);
         self.relimit(&b, i64::from(held));
         held

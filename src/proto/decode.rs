@@ -18,6 +18,9 @@ pub enum DecodeError {
     Frame(FrameError),
     /// A whole frame arrived but its body is not the expected message.
     Body(postcard::Error),
+    /// The body decoded, with this many bytes left over: refused rather than
+    /// ignored, so a sender that disagrees about a message's shape finds out.
+    Trailing(usize),
 }
 
 impl fmt::Display for DecodeError {
@@ -25,6 +28,7 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::Frame(e) => e.fmt(f),
             DecodeError::Body(e) => write!(f, "undecodable frame: {e}"),
+            DecodeError::Trailing(n) => write!(f, "undecodable frame: {n} bytes after the end of the message"),
         }
     }
 }
@@ -34,6 +38,7 @@ impl std::error::Error for DecodeError {
         match self {
             DecodeError::Frame(e) => Some(e),
             DecodeError::Body(e) => Some(e),
+            DecodeError::Trailing(_) => None,
         }
     }
 }
@@ -44,9 +49,12 @@ impl From<FrameError> for DecodeError {
     }
 }
 
-/// Decodes one frame body as a `T`.
+/// Decodes one frame body as a `T`: all of it, nothing left over.
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    postcard::from_bytes(body).map_err(DecodeError::Body)
+    match postcard::take_from_bytes(body).map_err(DecodeError::Body)? {
+        (value, []) => Ok(value),
+        (_, rest) => Err(DecodeError::Trailing(rest.len())),
+    }
 }
 
 /// A client frame, or an undecodable one with its request id when the id
@@ -111,5 +119,17 @@ mod tests {
             ClientDecoded::Frame(f) => panic!("decoded {f:?}"),
         }
         assert!(matches!(decode_client(&[0x7f]), ClientDecoded::Bad { id: None, .. }));
+    }
+
+    #[test]
+    fn a_byte_after_a_valid_body_is_refused_with_the_request_id() {
+        let mut wire = Vec::new();
+        encode(&ClientFrame::Request(Request { id: 9, body: Req::Status { org: None } }), &mut wire);
+        let mut body = wire[4..].to_vec();
+        body.push(0);
+        match decode_client(&body) {
+            ClientDecoded::Bad { id, error } => assert_eq!((id, error), (Some(9), DecodeError::Trailing(1))),
+            ClientDecoded::Frame(f) => panic!("decoded {f:?}"),
+        }
     }
 }
