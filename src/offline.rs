@@ -130,7 +130,8 @@ impl SigningKey {
         if !path.exists() {
             let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
                 .map_err(|_| key_error("the system's secure random source failed".into()))?;
-            let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()));
+            let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+            let pem = pem::encode_config(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref().to_vec()), lf);
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(SetupError::io(format!("creating {}", dir.display())))?;
             }
@@ -143,11 +144,13 @@ impl SigningKey {
         Ok(SigningKey { pair })
     }
 
-    /// The public key as a PEM SubjectPublicKeyInfo.
+    /// The public key as a PEM SubjectPublicKeyInfo, with LF line endings
+    /// (the one canonical form, over the wire and on the command line).
     pub fn public_pem(&self) -> String {
         let mut der = SPKI_PREFIX.to_vec();
         der.extend_from_slice(self.pair.public_key().as_ref());
-        pem::encode(&pem::Pem::new("PUBLIC KEY", der))
+        let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        pem::encode_config(&pem::Pem::new("PUBLIC KEY", der), lf)
     }
 
     /// The whole license file for `fields`.
@@ -273,6 +276,14 @@ mod tests {
         let k = SigningKey::load_or_generate(&dir.path().join("k.pem")).unwrap();
         let public = parse_public_pem(&k.public_pem()).unwrap();
         (k, public, dir)
+    }
+
+    #[test]
+    fn the_public_key_pem_has_lf_line_endings() {
+        let (k, _, _d) = key();
+        let pem = k.public_pem();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n") && pem.ends_with("-----END PUBLIC KEY-----\n"));
+        assert!(!pem.contains('\r'), "{pem:?}");
     }
 
     #[test]

@@ -207,3 +207,26 @@ async fn removing_a_user_revokes_everything_they_held_and_is_audited() {
     assert_eq!(orgs.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), vec!["default"]);
     assert_eq!(code(owner.call(Req::ListOrgs).await), Some(ErrorCode::Forbidden));
 }
+
+/// The error table: a member naming an org that does not exist is refused
+/// as for any org not theirs (FORBIDDEN); only the operator, who sees every
+/// org, is told it does not exist (NOT_FOUND).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_org_is_forbidden_to_members_and_not_found_for_the_operator() {
+    let b = start(Duration::from_secs(30)).await;
+    let nowhere = OrgName::new("nowhere").unwrap();
+    let owner = b.owner().await;
+    let acquire = Req::Acquire {
+        org: nowhere.clone(),
+        pool: POOL,
+        machine: machine("m"),
+        nonce: license_broker::value::Nonce(1),
+    };
+    assert_eq!(code(owner.call(acquire).await), Some(ErrorCode::Forbidden));
+    assert_eq!(code(owner.call(Req::Status { org: Some(nowhere.clone()) }).await), Some(ErrorCode::Forbidden));
+    let op = b.operator().await;
+    assert_eq!(code(op.call(Req::Status { org: Some(nowhere.clone()) }).await), Some(ErrorCode::NotFound));
+    assert_eq!(code(op.call(Req::SetPool { org: nowhere, pool: POOL, quota: 1 }).await), Some(ErrorCode::NotFound));
+    const DOC: &str = include_str!("../docs/PROTOCOL.md");
+    assert!(DOC.contains("| 6 | FORBIDDEN | the caller's role or org does not allow the request; also a member naming an org that does not exist"));
+}

@@ -120,7 +120,9 @@ enum Command {
     /// Broker maintenance on its data dir, offline (the broker stopped).
     #[command(subcommand)]
     Admin(AdminCmd),
-    /// Per-pool quota, sessions in use, machines, admissions and rejections.
+    /// Per-pool quota, seats in use (sessions, node-locked activations,
+    /// offline licenses, and seats held after a restart for runners to
+    /// re-attach), machines, admissions and rejections.
     Status {
         /// Only this org (default: your own; the operator sees all).
         #[arg(long)]
