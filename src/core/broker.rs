@@ -13,7 +13,7 @@ use super::error::{Error, Result};
 use super::id::{ConnId, MachineId, Nonce, OfflineId, OrgName, SessionId};
 use super::pool::{Pool, PoolId, PoolStatus, PoolUid};
 use super::record::{AuditAction, AuditEntry, Change, Record};
-use super::session::{EndReason, Ended, Holder, Renewal, SessionInfo, SessionTable};
+use super::session::{EndReason, Ended, Holder, Renewed, SessionInfo, SessionTable};
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
@@ -150,12 +150,19 @@ impl Broker {
     /// session looks ended (`SESSION_EXPIRED`): a session id grants nothing
     /// to whoever guesses it.
     pub fn renew(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Millis> {
-        self.renew_lease(p, session, now).map(|r| r.deadline)
+        self.renew_with(p, session, now, |r| r.deadline)
     }
 
-    /// `renew`, with what the shell signs into the lease's new token.
-    pub fn renew_lease(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Renewal> {
-        self.sessions.renew(session, now, self.config.lease_ttl, |h| held_by(h, p))
+    /// `renew`, handing the renewed lease (what the shell signs into its new
+    /// token) to `then`.
+    pub fn renew_with<R>(
+        &self,
+        p: &Principal,
+        session: SessionId,
+        now: Millis,
+        then: impl FnOnce(Renewed<'_>) -> R,
+    ) -> Result<R> {
+        self.sessions.renew(session, now, self.config.lease_ttl, |h| held_by(h, p), then)
     }
 
     /// Ends a session the caller holds, on the runner's request. (Owners and

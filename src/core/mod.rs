@@ -40,5 +40,5 @@ pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OFFLINE
 pub use pending::Pending;
 pub use pool::{Kind, OfflineEntry, PoolId, PoolStatus, PoolUid, Product, Registration, Term};
 pub use record::{AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
-pub use session::{EndReason, Ended, Lease, Renewal, SessionInfo};
+pub use session::{EndReason, Ended, Lease, Renewed, SessionInfo};
 pub use time::{format_end_date, format_utc, parse_end_of_date, Millis, DAY_MS};

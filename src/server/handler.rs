@@ -278,11 +278,16 @@ fn renew(call: &Call<'_>, session: SessionId) -> Reply {
     if call.proto < 2 {
         return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });
     }
-    let r = core.renew_lease(call.p, session, call.now)?;
     // A holder is always a member of the session's org (see `Broker::renew`).
-    let Some(org) = call.p.org.as_ref() else { return Ok(Resp::Renewed { deadline_ms: r.deadline.0 }) };
-    let claims = Claims { org, pool: r.pool, machine: &r.machine, nonce: r.nonce, user: &call.p.email };
-    Ok(Resp::Extended { deadline_ms: r.deadline.0, token: call.shared.tokens.issue(&claims, r.deadline) })
+    let Some(org) = call.p.org.as_ref() else {
+        return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });
+    };
+    let user = &call.p.email;
+    let resp = core.renew_with(call.p, session, call.now, |r| {
+        let claims = Claims { org, pool: r.pool, machine: r.machine, nonce: r.nonce, user };
+        Resp::Extended { deadline_ms: r.deadline.0, token: call.shared.tokens.issue(&claims, r.deadline) }
+    })?;
+    Ok(resp)
 }
 
 async fn register(call: &Call<'_>, target: Target) -> Reply {

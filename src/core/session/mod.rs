@@ -87,15 +87,16 @@ pub struct Lease {
     pub reattached: bool,
 }
 
-/// A renewed lease and what its token is about.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Renewal {
+/// A lease just renewed, as its holder's new token must describe it
+/// (borrowed from the session table, for the duration of `renew`'s callback).
+#[derive(Clone, Copy, Debug)]
+pub struct Renewed<'a> {
     /// The new deadline.
     pub deadline: Millis,
     /// The session's pool.
     pub pool: super::pool::PoolId,
     /// The machine it runs on.
-    pub machine: MachineId,
+    pub machine: &'a MachineId,
     /// The runner instance's nonce.
     pub nonce: Nonce,
 }
@@ -256,15 +257,17 @@ impl SessionTable {
     }
 
     /// Extends a live session's lease to `now + ttl`. `allow` vets the caller
-    /// against the session's holder.
+    /// against the session's holder; `then` sees the renewed lease (under
+    /// the shard's lock, so without copying it) and makes the result.
     /// A session whose deadline has passed is ended as expired and refused.
-    pub fn renew(
+    pub fn renew<R>(
         &self,
         id: SessionId,
         now: Millis,
         ttl: Duration,
         allow: impl FnOnce(Holder<'_>) -> bool,
-    ) -> Result<Renewal> {
+        then: impl FnOnce(Renewed<'_>) -> R,
+    ) -> Result<R> {
         let index = self.shard_of(id);
         let mut shard = self.shards[index].lock.lock();
         if vet(&shard, id, allow)? <= now {
@@ -275,9 +278,9 @@ impl SessionTable {
         let deadline = now.after(ttl);
         shard.set_deadline(id, deadline);
         self.publish(index, &shard);
-        // Invariant: vetted live under this same lock.
+        // Invariant: vetted live above, under this same lock.
         let s = shard.get(id).expect("vetted live above");
-        Ok(Renewal { deadline, pool: shard.pool_of(s).id, machine: s.machine.clone(), nonce: s.nonce })
+        Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
     }
 
     /// Ends a live session for `reason` if `allow` accepts it, returning its seat.
