@@ -14,10 +14,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let args = cli::parse_args();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers() {
         builder.worker_threads(n);

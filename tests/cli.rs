@@ -375,3 +375,75 @@ fn serve_takes_its_options_from_the_environment() {
     signal(&child, "-TERM");
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// `serve --config FILE.toml`: the file sets serve options; an `LB_*`
+/// variable wins over it (and a flag over both); an unknown key is a
+/// command-line error naming it.
+#[test]
+fn serve_reads_a_config_file_below_env_and_flags() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", process::free_port());
+    let config = dir.path().join("broker.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = {:?}\nlisten = {addr:?}\nlease-ttl = \"7s\"\nmax-connections = 50\n",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    // A lease's TTL as a runner sees it: its deadline minus when it was admitted.
+    let ttl_seen = |env_ttl: Option<&str>, flag_ttl: Option<&str>| -> u64 {
+        let mut cmd = std::process::Command::new(process::BIN);
+        cmd.args(["serve", "--config"]).arg(&config);
+        if let Some(t) = env_ttl {
+            cmd.env("LB_LEASE_TTL", t);
+        }
+        if let Some(t) = flag_ttl {
+            cmd.args(["--lease-ttl", t]);
+        }
+        let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut s = process::Serve {
+            child,
+            addr: addr.clone(),
+            operator: String::new(),
+            owner: String::new(),
+            ca: data.join("tls/cert.pem").display().to_string(),
+        };
+        if env_ttl.is_none() && flag_ttl.is_none() {
+            s.operator = lines.next().unwrap().unwrap().trim_start_matches("operator api key: ").to_string();
+            s.owner = lines.next().unwrap().unwrap().trim_start_matches("owner api key: ").to_string();
+            std::fs::write(dir.path().join("keys"), format!("{}\n{}\n", s.operator, s.owner)).unwrap();
+        } else {
+            let keys = std::fs::read_to_string(dir.path().join("keys")).unwrap();
+            let mut k = keys.lines();
+            (s.operator, s.owner) = (k.next().unwrap().to_string(), k.next().unwrap().to_string());
+        }
+        s.wait_ready(Duration::from_secs(10));
+        assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+        let out = s.run(&s.owner, &["runner", "--org", "default", "--json", "--hold", "10ms"]);
+        let admitted: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["event"] == "admitted")
+            .unwrap_or_else(|| panic!("no admitted event: {out:?}"));
+        process::signal(&s.child, "-TERM");
+        s.child.wait().unwrap();
+        admitted["deadline_ms"].as_u64().unwrap() - admitted["at_ms"].as_u64().unwrap()
+    };
+    let from_file = ttl_seen(None, None);
+    assert!((6_000..=7_000).contains(&from_file), "the file's 7s lease TTL: {from_file} ms");
+    let from_env = ttl_seen(Some("9s"), None);
+    assert!((8_000..=9_000).contains(&from_env), "LB_LEASE_TTL=9s wins over the file: {from_env} ms");
+    let from_flag = ttl_seen(Some("9s"), Some("5s"));
+    assert!((4_000..=5_000).contains(&from_flag), "--lease-ttl 5s wins over both: {from_flag} ms");
+
+    std::fs::write(&config, "listen = \"127.0.0.1:1\"\nlease_ttl = \"7s\"\n").unwrap();
+    let out = std::process::Command::new(process::BIN).args(["serve", "--config"]).arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown key `lease_ttl`"), "{stderr}");
+}

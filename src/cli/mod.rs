@@ -1,5 +1,6 @@
 //! Command-line definitions and the commands that are a single request.
 
+mod config;
 mod job;
 mod offline;
 mod output;
@@ -11,6 +12,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+
+pub use config::parse as parse_args;
 use license_broker::client::{Client, ClientError, ClientOptions};
 use license_broker::proto::ErrorCode;
 use license_broker::value::{Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};

@@ -11,9 +11,15 @@ use license_broker::server::{self, Options};
 use license_broker::tls::TlsFiles;
 
 /// Every option can also come from the environment (`LB_LISTEN`,
-/// `LB_DATA_DIR`, `LB_LEASE_TTL`, ...); a flag wins over the environment.
+/// `LB_DATA_DIR`, `LB_LEASE_TTL`, ...) or a `--config` file; a flag wins
+/// over the environment, which wins over the file.
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
+    /// TOML file of serve options; keys are the flag names without `--`
+    /// (`listen = "0.0.0.0:4433"`, `lease-ttl = "30s"`,
+    /// `allow-clock-rollback = true`). A flag or LB_* variable wins over it.
+    #[arg(env = "LB_CONFIG", long)]
+    config: Option<PathBuf>,
     /// Where the store, TLS files and keys live (created if missing).
     #[arg(env = "LB_DATA_DIR", long, default_value = "./broker-data")]
     data_dir: PathBuf,
