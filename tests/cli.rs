@@ -447,3 +447,19 @@ fn serve_reads_a_config_file_below_env_and_flags() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown key `lease_ttl`"), "{stderr}");
 }
+
+/// `serve --help` (and the other commands that never connect) shows only
+/// its own flags; client commands still show how to reach the broker.
+#[test]
+fn server_side_help_lists_no_client_flags() {
+    let help = |args: &[&str]| String::from_utf8(Command::new(BIN).args(args).output().unwrap().stdout).unwrap();
+    for args in [&["serve", "--help"][..], &["admin", "new-operator-key", "--help"], &["machine-id", "--help"]] {
+        let text = help(args);
+        for flag in ["--server", "--ca", "--api-key", "--connect-timeout"] {
+            assert!(!text.contains(flag), "{args:?} help lists {flag}:\n{text}");
+        }
+    }
+    let status = help(&["status", "--help"]);
+    assert!(status.contains("--server") && status.contains("--api-key-file"), "{status}");
+    assert!(help(&["serve", "--help"]).contains("--config"));
+}

@@ -19,7 +19,7 @@ use super::Args;
 /// (code 2, with clap's message) on any misuse, as a bad flag does.
 pub fn parse() -> Args {
     let argv: Vec<OsString> = std::env::args_os().collect();
-    let matches = Args::command().get_matches_from(&argv);
+    let matches = command().get_matches_from(&argv);
     let extra = match file_flags(&matches) {
         Ok(extra) => extra,
         Err(message) => Args::command().error(clap::error::ErrorKind::InvalidValue, message).exit(),
@@ -28,8 +28,24 @@ pub fn parse() -> Args {
         return Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     }
     let all: Vec<OsString> = argv.into_iter().chain(extra).collect();
-    let matches = Args::command().get_matches_from(all);
+    let matches = command().get_matches_from(all);
     Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The command line's definition, with the client flags (global, so any
+/// client command takes them after its name) hidden from the help of the
+/// commands that do not connect to a broker.
+fn command() -> clap::Command {
+    let mut cmd = Args::command();
+    // A subcommand that defines an argument itself does not get the global
+    // one propagated into it: give these a hidden copy of each.
+    let client_flags: Vec<clap::Arg> =
+        cmd.get_arguments().filter(|a| a.is_global_set()).map(|a| a.clone().global(false).hide(true)).collect();
+    for name in ["serve", "machine-id", "admin"] {
+        let flags = client_flags.clone();
+        cmd = cmd.mut_subcommand(name, move |sub| sub.args(flags));
+    }
+    cmd
 }
 
 /// The flags `serve --config FILE` stands for, where nothing else set them.
