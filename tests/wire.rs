@@ -294,3 +294,45 @@ async fn every_refusal_comes_in_the_frame_the_docs_name() {
     row("a frame begun but not completed", "`Error`", "BAD_FRAME");
     row("an answer that would not fit in one frame", "`Response { id, Err }`", "RESPONSE_TOO_LARGE");
 }
+
+/// One source address that opens connections and never authenticates
+/// fills only its own share: its extra connections are refused, while a
+/// client from another address gets in and is served; once the stranger's
+/// connections are gone, its address may connect again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_strangers_from_one_address_cannot_lock_others_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| {
+        o.hello_timeout = Duration::from_secs(30);
+        o.strangers.strangers = 8;
+        o.strangers.strangers_per_address = 4;
+    })
+    .await;
+    let (addr, name) = license_broker::client::resolve(&b.server, None).await.unwrap();
+    // The stranger connects from 127.0.0.2 (still loopback).
+    let mut ep = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(license_broker::tls::client_config(Some(&b.ca)).unwrap());
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..10 {
+        match tokio::time::timeout(Duration::from_secs(5), ep.connect(addr, &name).unwrap()).await {
+            Ok(Ok(conn)) => held.push(conn),
+            Ok(Err(_)) => refused += 1,
+            Err(_) => panic!("a handshake neither completed nor was refused"),
+        }
+    }
+    assert_eq!((held.len(), refused), (4, 6), "four strangers per address");
+    // Everyone else still gets in and is served.
+    let mut ok = raw(&b).await;
+    ok.hello(&b.owner, VERSION).await;
+    assert!(matches!(ok.next().await, Some(ServerFrame::Welcome(_))));
+    let client = b.client(&b.owner).await;
+    assert!(client.status(None).await.is_ok());
+    // The stranger leaves; its address gets its share back.
+    for c in held.drain(..) {
+        c.close(0u32.into(), b"bye");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = tokio::time::timeout(Duration::from_secs(5), ep.connect(addr, &name).unwrap()).await.unwrap();
+    assert!(again.is_ok(), "{again:?}");
+}

@@ -38,6 +38,16 @@ pub struct ServeArgs {
     /// Connections beyond this are refused.
     #[arg(env = "LB_MAX_CONNECTIONS", long, default_value_t = 10_000)]
     max_connections: usize,
+    /// Connections that have not authenticated yet (no welcomed Hello) that
+    /// may be open at once (default: a quarter of --max-connections, at least 16).
+    #[arg(env = "LB_MAX_UNAUTHENTICATED", long)]
+    max_unauthenticated: Option<usize>,
+    /// Unauthenticated connections one source address may hold at once.
+    #[arg(env = "LB_MAX_UNAUTHENTICATED_PER_ADDRESS", long, default_value_t = 256)]
+    max_unauthenticated_per_address: u32,
+    /// New connections one source address may open per second.
+    #[arg(env = "LB_MAX_HANDSHAKES_PER_ADDRESS", long, default_value_t = 1_000)]
+    max_handshakes_per_address: u32,
     /// Close connections silent for this long.
     #[arg(env = "LB_IDLE_TIMEOUT", long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -101,6 +111,13 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.lease_ttl = a.lease_ttl;
     options.tls = a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key });
     options.max_connections = a.max_connections;
+    options.strangers = server::GateLimits {
+        strangers: a
+            .max_unauthenticated
+            .unwrap_or(server::GateLimits::for_max_connections(a.max_connections).strangers),
+        strangers_per_address: a.max_unauthenticated_per_address,
+        handshakes_per_address: a.max_handshakes_per_address,
+    };
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;
     options.hello_timeout = a.hello_timeout;

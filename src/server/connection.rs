@@ -37,12 +37,23 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, 
             incoming.refuse();
             continue;
         }
+        let addr = incoming.remote_address();
+        let pass = match shared.gate.admit(addr.ip(), shared.clock.now().0 / 1000) {
+            Ok(pass) => pass,
+            Err(refusal) => {
+                if shared.auth_log.allow(shared.clock.now()) {
+                    tracing::warn!(remote = %addr, reason = refusal.name(), "refusing connection");
+                }
+                incoming.refuse();
+                continue;
+            }
+        };
         shared.open_conns.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve(shared.clone(), incoming));
+        tokio::spawn(serve(shared.clone(), incoming, pass));
     }
 }
 
-async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
+async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate::Pass) {
     let _open = OpenGuard(shared.clone());
     let conn = match incoming.await {
         Ok(c) => c,
@@ -79,7 +90,11 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming) {
                 }
                 Err(e) => break e,
             },
-            _ = &mut welcomed, if waiting_for_hello => waiting_for_hello = false,
+            _ = &mut welcomed, if waiting_for_hello => {
+                waiting_for_hello = false;
+                // Authenticated: no longer a stranger (a dropped pass releases too).
+                pass.welcomed();
+            }
             _ = &mut hello_deadline, if waiting_for_hello => {
                 waiting_for_hello = false;
                 tracing::debug!(conn = id.0, remote = %conn.remote_address(), "no Hello in time: closing");

@@ -10,6 +10,7 @@ mod checkpoint;
 mod clock;
 mod connection;
 mod expiry;
+mod gate;
 mod handler;
 mod socket;
 mod stream;
@@ -20,6 +21,7 @@ mod wire;
 pub use socket::bind as bind_udp;
 
 pub use clock::Clock;
+pub use gate::GateLimits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -69,6 +71,8 @@ pub struct Options {
     /// After a restart, seats stay held for the previous run's runners for
     /// one lease TTL plus this long, so they can reconnect and re-attach.
     pub restart_grace: Duration,
+    /// Limits on connections that have not authenticated yet.
+    pub strangers: GateLimits,
 }
 
 impl Options {
@@ -88,6 +92,7 @@ impl Options {
             allow_clock_rollback: false,
             clock_ahead: Duration::ZERO,
             restart_grace: Duration::from_secs(10),
+            strangers: GateLimits::for_max_connections(10_000),
         }
     }
 }
@@ -127,6 +132,8 @@ pub(crate) struct Shared {
     pub auth_log: LogBudget,
     /// Signs and checks session tokens.
     pub tokens: token::Tokens,
+    /// Budgets connections that have not authenticated yet.
+    pub gate: Arc<gate::Gate>,
     /// Serialises ceiling writes (raises and lowerings), so the durable
     /// ceiling is always the last value written and never below memory's.
     pub ceiling: tokio::sync::Mutex<()>,
@@ -295,6 +302,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         .map_err(bind_error)?;
     let addr = endpoint.local_addr().map_err(bind_error)?;
 
+    let gate = Arc::new(gate::Gate::new(options.strangers));
     let (closed_tx, closed) = oneshot::channel();
     let shared = Arc::new(Shared {
         core,
@@ -312,6 +320,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         signing,
         auth_log: LogBudget::default(),
         tokens,
+        gate,
         ceiling: tokio::sync::Mutex::new(()),
         _closed: closed_tx,
     });

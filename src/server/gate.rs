@@ -1,0 +1,203 @@
+//! Who may open a connection: strangers (connections that have not yet
+//! authenticated a stream) get a budget of their own, a share of
+//! `--max-connections`, and each source address gets a cap on its
+//! strangers and on its handshakes per second. So a flood of silent or
+//! failing connections from one address cannot fill the broker, and
+//! legitimate clients, which authenticate within milliseconds and then no
+//! longer count as strangers, keep getting in.
+//!
+//! Every count is released exactly once: by the connection's first welcomed
+//! `Hello`, or when the connection ends without one (the `Pass` guard).
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::core::hash::FastMap;
+
+/// The gate's limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateLimits {
+    /// Connections not yet authenticated, over all addresses.
+    pub strangers: usize,
+    /// Connections not yet authenticated, per source address.
+    pub strangers_per_address: u32,
+    /// New connections (handshakes) per second, per source address.
+    pub handshakes_per_address: u32,
+}
+
+impl GateLimits {
+    /// The defaults for a broker of `max_connections`: a quarter of them
+    /// for strangers (at least 16), 256 strangers and 1,000 handshakes a
+    /// second per address (a CI fleet behind one NAT reconnecting after a
+    /// restart still gets about half of what two cores can handshake).
+    pub fn for_max_connections(max_connections: usize) -> GateLimits {
+        GateLimits {
+            strangers: (max_connections / 4).max(16),
+            strangers_per_address: 256,
+            handshakes_per_address: 1_000,
+        }
+    }
+}
+
+/// Addresses tracked at once; beyond this, new addresses are refused until
+/// idle ones are forgotten (spoofed sources cannot grow the table).
+const MAX_SOURCES: usize = 65_536;
+
+/// Why a connection was refused at the gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The strangers' budget is spent.
+    Strangers,
+    /// This address has too many connections that have not authenticated.
+    AddressStrangers,
+    /// This address opened too many connections this second.
+    AddressRate,
+    /// Too many addresses are being tracked.
+    Sources,
+}
+
+impl Refusal {
+    /// For logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refusal::Strangers => "unauthenticated connections at their budget",
+            Refusal::AddressStrangers => "too many unauthenticated connections from this address",
+            Refusal::AddressRate => "too many handshakes per second from this address",
+            Refusal::Sources => "too many source addresses tracked",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Source {
+    strangers: u32,
+    /// The second `handshakes` counts.
+    second: u64,
+    handshakes: u32,
+}
+
+/// Counts strangers, globally and per address.
+pub(crate) struct Gate {
+    limits: GateLimits,
+    strangers: AtomicUsize,
+    sources: Mutex<FastMap<IpAddr, Source>>,
+}
+
+/// A connection admitted at the gate; counts as a stranger until `welcomed`
+/// or dropped.
+pub(crate) struct Pass {
+    gate: Arc<Gate>,
+    addr: IpAddr,
+    released: AtomicBool,
+}
+
+impl Gate {
+    pub fn new(limits: GateLimits) -> Gate {
+        Gate { limits, strangers: AtomicUsize::new(0), sources: Mutex::new(FastMap::default()) }
+    }
+
+    /// Admits a new connection from `addr` in second `second`, or says why not.
+    pub fn admit(self: &Arc<Self>, addr: IpAddr, second: u64) -> Result<Pass, Refusal> {
+        let mut sources = self.sources.lock();
+        // Relaxed: changed only under the sources lock, which orders it.
+        if self.strangers.load(Ordering::Relaxed) >= self.limits.strangers {
+            return Err(Refusal::Strangers);
+        }
+        if !sources.contains_key(&addr) && sources.len() >= MAX_SOURCES {
+            sources.retain(|_, s| s.strangers > 0 || s.second >= second);
+            if sources.len() >= MAX_SOURCES {
+                return Err(Refusal::Sources);
+            }
+        }
+        let source = sources.entry(addr).or_default();
+        if source.second != second {
+            (source.second, source.handshakes) = (second, 0);
+        }
+        if source.handshakes >= self.limits.handshakes_per_address {
+            return Err(Refusal::AddressRate);
+        }
+        source.handshakes += 1;
+        if source.strangers >= self.limits.strangers_per_address {
+            return Err(Refusal::AddressStrangers);
+        }
+        source.strangers += 1;
+        self.strangers.fetch_add(1, Ordering::Relaxed);
+        Ok(Pass { gate: self.clone(), addr, released: AtomicBool::new(false) })
+    }
+
+    fn release(&self, addr: IpAddr) {
+        let mut sources = self.sources.lock();
+        self.strangers.fetch_sub(1, Ordering::Relaxed);
+        if let Some(s) = sources.get_mut(&addr) {
+            s.strangers = s.strangers.saturating_sub(1);
+        }
+    }
+
+    /// Connections not yet authenticated.
+    #[cfg(test)]
+    fn strangers(&self) -> usize {
+        self.strangers.load(Ordering::Relaxed)
+    }
+}
+
+impl Pass {
+    /// The connection authenticated: it no longer counts as a stranger.
+    pub fn welcomed(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.gate.release(self.addr);
+        }
+    }
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        self.welcomed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(strangers: usize, per_address: u32, rate: u32) -> Arc<Gate> {
+        Arc::new(Gate::new(GateLimits { strangers, strangers_per_address: per_address, handshakes_per_address: rate }))
+    }
+
+    #[test]
+    fn one_address_cannot_spend_the_strangers_budget() {
+        let g = gate(10, 3, 100);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let held: Vec<Pass> = (0..3).map(|_| g.admit(a, 1).unwrap()).collect();
+        assert_eq!(g.admit(a, 1).err(), Some(Refusal::AddressStrangers));
+        let other = g.admit(b, 1).unwrap();
+        // Authenticating frees the slot; dropping a welcomed pass frees nothing twice.
+        held[0].welcomed();
+        drop(held);
+        assert_eq!(g.strangers(), 1);
+        other.welcomed();
+        other.welcomed();
+        drop(other);
+        assert_eq!(g.strangers(), 0);
+    }
+
+    #[test]
+    fn the_budget_and_the_rate_bound_everyone() {
+        let g = gate(2, 5, 3);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let c: IpAddr = "10.0.0.3".parse().unwrap();
+        let _p1 = g.admit(a, 1).unwrap();
+        let _p2 = g.admit(b, 1).unwrap();
+        assert_eq!(g.admit(c, 1).err(), Some(Refusal::Strangers));
+        drop(_p2);
+        // Three handshakes a second from one address, then refused until the next second.
+        for _ in 0..2 {
+            g.admit(a, 1).unwrap().welcomed();
+        }
+        assert_eq!(g.admit(a, 1).err(), Some(Refusal::AddressRate));
+        assert!(g.admit(a, 2).is_ok());
+    }
+}
