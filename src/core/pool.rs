@@ -317,8 +317,8 @@ impl Pool {
         Some(b.quota.min(sessions.max(current).saturating_add(headroom(sessions).max(waiting))))
     }
 
-    /// Sets the ceiling (a committed `Ceiling` record, or a lowering that
-    /// is about to be written).
+    /// Sets the ceiling from a committed `Ceiling` record (at start, or a
+    /// raise just written). Lowerings set memory in `lower_ceiling` instead.
     pub fn set_ceiling(&self, ceiling: u32) {
         let mut b = self.bounds.lock();
         b.ceiling = Some(ceiling);
@@ -382,18 +382,12 @@ impl Pool {
         self.reserve.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1)).is_ok()
     }
 
-    /// Ends the hold: seats still reserved go back. Returns how many.
-    pub fn release_reserve(&self) -> u32 {
+    /// Ends the hold: seats still reserved go back.
+    pub fn release_reserve(&self) {
         let n = self.reserve.swap(0, Ordering::AcqRel);
         if n > 0 {
             self.seats.release(n);
         }
-        n
-    }
-
-    /// Seats still reserved for the previous run's sessions.
-    pub fn reserved(&self) -> u32 {
-        self.reserve.load(Ordering::Acquire)
     }
 
     /// Changes the subscription end.
