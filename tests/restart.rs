@@ -237,3 +237,39 @@ fn sigterm_to_the_runner_is_forwarded_to_its_job() {
     assert_eq!(runner.wait().unwrap().code(), Some(3), "the runner exits with the job's code");
     assert_eq!(s.in_use(), 0);
 }
+
+#[test]
+fn a_floating_kse_activation_rides_out_a_crash_on_its_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), "10s");
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let pool = ["--org", "default", "--product", "kse", "--kind", "floating", "--quota", "1"];
+    ok(s.run(&s.operator, &[&["pool", "set"][..], &pool[..]].concat()));
+    ok(s.run(&s.owner, &["user", "add", "--org", "default", "u@default", "--role", "user"]));
+    let key = ok(s.run(&s.owner, &["key", "create", "--org", "default", "u@default"]));
+    let user_key = key.trim().strip_prefix("api key: ").unwrap().to_string();
+    ok(s.run(&s.owner, &["grant", "--org", "default", "--pool", "kse-floating-annual", "u@default"]));
+    let mut holder = s
+        .cmd(&user_key)
+        .args(["activate", "--org", "default", "--pool", "kse-floating-annual", "--json", "--hold", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let events = Events::of(&mut holder);
+    events.wait_for("admitted", Duration::from_secs(10));
+
+    // kill -9: the seat is held for the activation, which takes it back with its token.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    s.child = spawn_serve(dir.path(), &s.addr, "10s");
+    events.wait_for("reattached", Duration::from_secs(15));
+    let other = s.cmd(&s.owner).args(["runner", "--org", "default", "--pool", "kse-floating-annual"]).output().unwrap();
+    assert_ne!(other.status.code(), Some(0), "nobody else gets the seat: {other:?}");
+    signal(&holder, "-TERM");
+    events.wait_for("released", Duration::from_secs(10));
+    assert_eq!(holder.wait().unwrap().code(), Some(0));
+}

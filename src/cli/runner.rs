@@ -201,7 +201,7 @@ impl Runner {
                     deadline_ms: act.deadline_ms,
                     ttl_ms: act.ttl_ms,
                     reattached: act.already,
-                    token: None,
+                    token: act.token,
                 }),
                 None => Attached::Bound { already: act.already },
             };

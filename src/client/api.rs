@@ -189,8 +189,17 @@ impl Client {
         match self.call(Req::Activate { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce) }).await?
         {
             Resp::Activated { machine, session, deadline_ms, ttl_ms, already } => {
-                Ok(Activated { machine, session, deadline_ms, ttl_ms, already })
+                Ok(Activated { machine, session, deadline_ms, ttl_ms, already, token: None })
             }
+            // A version 2 broker answers a floating activation with its lease's token.
+            Resp::Leased { session, deadline_ms, ttl_ms, reattached, token } => Ok(Activated {
+                machine: machine.clone(),
+                session: Some(session),
+                deadline_ms,
+                ttl_ms,
+                already: reattached,
+                token: Some(token),
+            }),
             other => unexpected(other),
         }
     }
@@ -284,6 +293,9 @@ pub struct Activated {
     pub ttl_ms: u64,
     /// Whether it was already activated (same machine, or same nonce).
     pub already: bool,
+    /// A floating activation's session token (version 2): `reattach`
+    /// presents it after a restart. None for node-locked.
+    pub token: Option<SessionToken>,
 }
 
 /// A granted lease.

@@ -307,9 +307,15 @@ async fn activate(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
     let core = &call.shared.core;
     let _writer = call.shared.writer.lock().await;
     let pending = with_room(call, &target, || core.activate(call.p, &target, nonce, call.ctx.id, call.now)).await?;
-    let machine = target.machine;
+    let machine = target.machine.clone();
     Ok(match call.shared.settle(pending).await? {
         Activation::Bound { already } => Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already },
+        // A floating activation is a lease like a runner's: on a version 2
+        // stream it comes with its token, so it survives a restart too.
+        Activation::Leased(lease) if call.proto >= 2 => {
+            call.hold(&lease);
+            call.with_token(&target, nonce, lease)
+        }
         Activation::Leased(lease) => {
             call.hold(&lease);
             let (session, deadline_ms, ttl_ms) = (Some(lease.session), lease.deadline.0, call.ttl_ms());
