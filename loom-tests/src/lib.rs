@@ -58,6 +58,11 @@ impl Fixture {
         self.0.acquire("m", nonce, 1, now)
     }
 
+    /// Waits for a seat on machine `m` with the given nonce; a grant lands in the inbox.
+    pub fn wait(&self, nonce: u128) -> (Result<license_broker::core::Waited>, testkit::Inbox) {
+        self.0.wait("m", nonce, 1, t(0))
+    }
+
     /// Two nonces whose sessions live in different shards, so their acquires meet only at the seat counter.
     pub fn nonces_in_distinct_shards(&self) -> (u128, u128) {
         let shard = |n: u128| self.broker.session_shard(&self.org, PoolId::KRE_DEFAULT, Nonce(n)).unwrap();

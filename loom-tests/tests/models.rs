@@ -359,3 +359,114 @@ fn lowering_the_ceiling_racing_an_admission_never_undercounts() {
         assert_eq!(f.in_use(), 1);
     });
 }
+
+/// The waiter's place in the queue (it was queued, not admitted).
+fn place(w: license_broker::core::Waited) -> license_broker::core::Place {
+    match w {
+        license_broker::core::Waited::Queued(p) => p,
+        other => panic!("expected to queue: {other:?}"),
+    }
+}
+
+/// 12. Queue: a freed seat racing the head waiter's departure (as the
+/// shell's guard leaves: leave, else close the inbox and drop what came).
+/// The seat is given to exactly one waiter, and is not lost: it ends with
+/// the second waiter, counted once.
+#[test]
+fn a_seat_freed_as_the_head_waiter_leaves_goes_to_the_next_once() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        let held = f.acquire(100, t(0)).unwrap();
+        let (first, a) = f.wait(1);
+        let (_, b) = f.wait(2);
+        let first = place(first.unwrap());
+        let fr = f.clone();
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session).map(|_| ()));
+        let leaver = thread::spawn(move || {
+            if !first.leave() {
+                // Granted meanwhile: gone waiters hand the seat back.
+                drop(a.close());
+            }
+        });
+        releaser.join().unwrap().unwrap();
+        leaver.join().unwrap();
+        let grant = b.take();
+        assert!(grant.is_some(), "the seat reached the next waiter");
+        assert_eq!(f.in_use(), 1, "counted once");
+        assert_eq!(f.pool_status().waiting, 0);
+    });
+}
+
+/// 13. Queue: while someone waits, a newcomer's plain acquire racing a
+/// release never takes the freed seat; the waiter gets it.
+#[test]
+fn a_newcomer_never_takes_a_seat_from_a_waiter() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        let held = f.acquire(100, t(0)).unwrap();
+        let (_, a) = f.wait(1);
+        let fr = f.clone();
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session).map(|_| ()));
+        let fn_ = f.clone();
+        let newcomer = thread::spawn(move || fn_.acquire(2, t(0)));
+        releaser.join().unwrap().unwrap();
+        assert_eq!(newcomer.join().unwrap(), Err(Error::QuotaExceeded { quota: 1 }));
+        let grant = a.take();
+        assert!(grant.is_some(), "the waiter got the seat");
+        assert_eq!(f.in_use(), 1);
+    });
+}
+
+/// 14. Queue: joining racing the release of the last seat never strands
+/// the waiter beside a free seat: it is admitted at once or granted the
+/// freed seat, and the seat is counted once.
+#[test]
+fn joining_the_queue_racing_a_release_is_never_stranded() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        let held = f.acquire(100, t(0)).unwrap();
+        let fr = f.clone();
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session).map(|_| ()));
+        let fw = f.clone();
+        let waiter = thread::spawn(move || {
+            let (w, inbox) = fw.wait(1);
+            (w.unwrap(), inbox)
+        });
+        releaser.join().unwrap().unwrap();
+        let (waited, inbox) = waiter.join().unwrap();
+        let admitted = matches!(waited, license_broker::core::Waited::Leased(_));
+        let grant = inbox.take();
+        assert!(admitted || grant.is_some(), "a free seat and a waiter never both remain");
+        assert_eq!(f.in_use(), 1);
+        assert_eq!(f.pool_status().waiting, 0);
+    });
+}
+
+/// 15. Queue: two seats freed at once with two waiters: each waiter gets
+/// exactly one, none twice.
+#[test]
+fn two_seats_freed_at_once_go_one_to_each_waiter() {
+    model(|| {
+        let f = Arc::new(Fixture::new(2));
+        let (n1, n2) = f.nonces_in_distinct_shards();
+        let x = f.acquire(n1, t(0)).unwrap();
+        let y = f.acquire(n2, t(0)).unwrap();
+        let (_, a) = f.wait(500);
+        let (_, b) = f.wait(501);
+        let handles: Vec<_> = [x, y]
+            .into_iter()
+            .map(|l| {
+                let f = f.clone();
+                thread::spawn(move || f.broker.release(&f.owner, l.session).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        let (ga, gb) = (a.take(), b.take());
+        assert!(ga.is_some() && gb.is_some(), "one seat each");
+        assert_eq!(f.in_use(), 2);
+        drop((ga, gb));
+        assert_eq!(f.in_use(), 0, "both seats come back once");
+    });
+}

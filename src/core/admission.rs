@@ -14,6 +14,7 @@ use super::error::{Error, Result};
 use super::id::{ConnId, Email, MachineId, Nonce, OrgName};
 use super::pending::{Pending, Undo};
 use super::pool::{Kind, Pool, PoolId, Product, Registration};
+use super::queue::{Deliver, Grant, Joined, Place};
 use super::record::{AuditAction, Change, Record};
 use super::session::{EndReason, Lease, SeatFrom, SessionRequest};
 use super::time::Millis;
@@ -52,6 +53,15 @@ pub enum Activation {
     },
     /// A floating license opened (or re-attached to) a leased session.
     Leased(Lease),
+}
+
+/// What asking to wait for a seat gave.
+#[derive(Debug)]
+pub enum Waited {
+    /// A seat was free and nobody waited (or the nonce's session was live).
+    Leased(Lease),
+    /// Queued: the seat comes through the `Deliver` closure, to `claim`.
+    Queued(Place),
 }
 
 impl Ticket {
@@ -127,6 +137,59 @@ impl Broker {
     ) -> Result<Lease> {
         let seat = if earlier_run { SeatFrom::HeldFirst } else { SeatFrom::Nowhere };
         self.admit_from(&self.resolve(p, target)?, nonce, conn, now, seat)
+    }
+
+    /// Admits a session now if a seat is free and nobody waits for one;
+    /// otherwise joins the pool's wait queue (first come, first admitted).
+    /// A queued runner's seat is handed to `deliver` the moment one frees,
+    /// and becomes its session with `claim`. Refusals are an acquire's, or
+    /// `QueueFull`; `CeilingReached` asks the shell to raise the ceiling
+    /// and call again, as for an acquire.
+    pub fn wait(
+        &self,
+        p: &Principal,
+        target: &Target,
+        nonce: Nonce,
+        conn: ConnId,
+        now: Millis,
+        deliver: Deliver,
+    ) -> Result<Waited> {
+        let ticket = self.resolve(p, target)?;
+        match self.admit_from(&ticket, nonce, conn, now, SeatFrom::Free) {
+            Err(Error::QuotaExceeded { .. }) => {}
+            other => return other.map(Waited::Leased),
+        }
+        if ticket.pool.quota() == 0 {
+            // Nothing will ever free: waiting would only time out.
+            return Err(Error::QuotaExceeded { quota: 0 });
+        }
+        match Pool::join_queue(&ticket.pool, deliver, self.config.max_waiters)? {
+            Joined::Seat(grant) => {
+                self.admit_from(&ticket, nonce, conn, now, SeatFrom::Granted(grant)).map(Waited::Leased)
+            }
+            Joined::Waiting(place) => Ok(Waited::Queued(place)),
+        }
+    }
+
+    /// Turns a seat the queue granted into the waiter's session, re-checking
+    /// everything an acquire checks (the machine, the grant, the
+    /// subscription may have changed while it waited). On a refusal the
+    /// grant is dropped and its seat goes to the next waiter.
+    pub fn claim(
+        &self,
+        p: &Principal,
+        target: &Target,
+        nonce: Nonce,
+        conn: ConnId,
+        now: Millis,
+        grant: Grant,
+    ) -> Result<Lease> {
+        let ticket = self.resolve(p, target)?;
+        if !Arc::ptr_eq(grant.pool(), &ticket.pool) {
+            return Err(Error::invalid("pool", "the seat was granted in another pool"));
+        }
+        ticket.pool.open_at(now)?;
+        self.admit_from(&ticket, nonce, conn, now, SeatFrom::Granted(grant))
     }
 
     fn admit_from(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis, seat: SeatFrom) -> Result<Lease> {

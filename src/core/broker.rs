@@ -37,6 +37,8 @@ pub struct Config {
     /// How long after a restart, beyond one lease TTL, seats stay held for
     /// the previous run's runners to re-attach.
     pub restart_grace: Duration,
+    /// Most runners one pool's wait queue holds (`QUEUE_FULL` past it).
+    pub max_waiters: u32,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             audit_seq_base: 0,
             ceilings: false,
             restart_grace: Duration::from_secs(10),
+            max_waiters: 10_000,
         }
     }
 }
@@ -76,7 +79,7 @@ pub struct MachineInfo {
 
 /// The broker core.
 pub struct Broker {
-    config: Config,
+    pub(super) config: Config,
     /// Orgs, pools, users and keys; read on every Hello, written by admins.
     dir: RwLock<Directory>,
     /// Bumped after every applied change, so streams can cache a principal

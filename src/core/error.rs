@@ -28,6 +28,11 @@ pub enum Error {
         /// The pool's quota.
         quota: u32,
     },
+    /// The pool's wait queue holds its most waiters.
+    QueueFull {
+        /// Most waiters a pool's queue holds.
+        max: u32,
+    },
     /// The pool's machine registrations are at the quota.
     MachineLimit {
         /// The pool's quota.
@@ -123,6 +128,9 @@ impl fmt::Display for Error {
                     f,
                     "quota exceeded: all {quota} licenses of the pool are in use"
                 )
+            }
+            Error::QueueFull { max } => {
+                write!(f, "the pool's wait queue is full ({max} runners wait); retry later")
             }
             Error::MachineLimit { quota } => {
                 write!(

@@ -19,6 +19,7 @@ pub mod hash;
 pub mod licensing;
 pub mod pending;
 pub mod pool;
+pub mod queue;
 pub mod record;
 pub mod seats;
 pub mod session;
@@ -29,9 +30,11 @@ pub use crate::value::{id, pool_id, time};
 
 #[cfg(all(test, not(broker_loom)))]
 mod tests;
+#[cfg(all(test, not(broker_loom)))]
+mod tests_queue;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
-pub use admission::{Activation, Target, Ticket};
+pub use admission::{Activation, Target, Ticket, Waited};
 pub use broker::{Broker, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
@@ -39,6 +42,7 @@ pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role,
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OFFLINE_MAX_DAYS};
 pub use pending::Pending;
 pub use pool::{Kind, OfflineEntry, PoolId, PoolStatus, PoolUid, Product, Registration, Term};
+pub use queue::{Deliver, Grant, Joined, Place};
 pub use record::{AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
 pub use session::{EndReason, Ended, Lease, Renewed, SessionInfo};
 pub use time::{format_end_date, format_utc, parse_end_of_date, Millis, DAY_MS};

@@ -10,7 +10,8 @@ use super::error::{Error, Result};
 use super::hash::FastMap;
 use super::id::{Email, MachineId, OfflineId, OrgName};
 pub use super::pool_id::{Kind, PoolId, Product, Term};
-use super::seats::{SeatCount, Seats};
+use super::queue::WaitQueue;
+use super::seats::{SeatCount, Seats, MAX_IN_USE};
 use super::time::Millis;
 use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
 
@@ -52,8 +53,10 @@ pub struct Pool {
     /// Machine IDs and when each registered. Registration is rare (once per
     /// machine), so a plain lock keeps the cap check simple.
     machines: Mutex<FastMap<MachineId, Machine>>,
-    /// Admission limit and seats in use.
-    seats: Padded<Seats>,
+    /// Admission limit, seats in use, and whether anyone waits.
+    pub(super) seats: Padded<Seats>,
+    /// Runners waiting for a seat, in arrival order (see `queue`).
+    pub(super) queue: Mutex<WaitQueue>,
     /// What the limit is computed from. Every limit change happens under
     /// this lock; admissions never take it (they only CAS the seat word).
     bounds: Mutex<Bounds>,
@@ -157,7 +160,7 @@ struct Machine {
 
 /// Keeps its contents on cache lines of their own.
 #[repr(align(128))]
-struct Padded<T>(T);
+pub(super) struct Padded<T>(T);
 
 impl<T> std::ops::Deref for Padded<T> {
     type Target = T;
@@ -189,6 +192,8 @@ pub struct PoolStatus {
     pub activations: u32,
     /// Offline licenses holding a seat.
     pub offline: u32,
+    /// Runners waiting in the pool's queue.
+    pub waiting: u32,
 }
 
 impl Pool {
@@ -202,6 +207,7 @@ impl Pool {
             removals: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(Seats::new(quota)),
+            queue: Mutex::new(WaitQueue::default()),
             bounds: Mutex::new(Bounds { quota, ceiling: None, durable: 0, quiet: 0 }),
             quota: AtomicU32::new(quota),
             reserve: AtomicU32::new(0),
@@ -215,12 +221,18 @@ impl Pool {
     /// counted by the session table's shards, under their locks, so that
     /// the only shared write of an admission is the seat word itself.)
     pub fn take_seat(&self, now: Millis) -> Result<SeatCount> {
+        self.open_at(now)?;
+        self.seats.try_acquire().map_err(|c| self.refusal(c))
+    }
+
+    /// Refuses once the org's subscription has ended.
+    pub fn open_at(&self, now: Millis) -> Result<()> {
         // Relaxed: the subscription end is an independent value; a change
         // racing an acquire may apply to it or not, either is correct.
-        if now.0 >= self.not_after.load(Ordering::Relaxed) {
-            return Err(Error::SubscriptionExpired);
+        match now.0 >= self.not_after.load(Ordering::Relaxed) {
+            true => Err(Error::SubscriptionExpired),
+            false => Ok(()),
         }
-        self.seats.try_acquire().map_err(|c| self.refusal(c))
     }
 
     /// Why a full seat word refused: the quota, or a ceiling to raise.
@@ -228,7 +240,8 @@ impl Pool {
         // Relaxed: a quota change racing this refusal may be seen or not;
         // either answer was true an instant ago, and a retry re-reads.
         let quota = self.quota.load(Ordering::Relaxed);
-        match c.in_use < quota {
+        // Runners wait for the next seat: a newcomer is behind them.
+        match c.in_use < quota && !c.queued {
             true => {
                 // Relaxed: a sizing hint for the next raise, nothing more.
                 self.misses.fetch_add(1, Ordering::Relaxed);
@@ -238,9 +251,17 @@ impl Pool {
         }
     }
 
-    /// Returns a session's seat; called exactly once per ended session.
+    /// Returns a session's (or a grant's) seat; called exactly once per
+    /// ended session. The head waiter, if any, gets it at once.
     pub fn return_seat(&self) {
-        self.seats.release(1);
+        self.freed(self.seats.release(1));
+    }
+
+    /// After a change that may have made room: hands it to the waiters.
+    fn freed(&self, after: SeatCount) {
+        if after.queued {
+            self.pump();
+        }
     }
 
     /// Seats in use.
@@ -263,13 +284,15 @@ impl Pool {
     }
 
     /// Recomputes the seat word's limit from `b`, moving `in_use` by `delta`
-    /// in the same step. Callers hold the bounds lock.
+    /// in the same step, and lets waiters have any room it made. Callers
+    /// hold the bounds lock.
     fn relimit(&self, b: &Bounds, delta: i64) {
         let limit = b.limit();
-        let _ = self.seats.update(|c| {
-            let in_use = (i64::from(c.in_use) + delta).clamp(0, i64::from(u32::MAX)) as u32;
-            Some(SeatCount { limit, in_use })
+        let after = self.seats.update(|c| {
+            let in_use = (i64::from(c.in_use) + delta).clamp(0, i64::from(MAX_IN_USE)) as u32;
+            Some(SeatCount { limit, in_use, ..c })
         });
+        self.freed(after.unwrap_or_else(|c| c));
     }
 
     /// Takes a seat for a durable holder (activation, offline license)
@@ -280,9 +303,9 @@ impl Pool {
         let quota = b.quota;
         b.durable += 1;
         let limit = b.limit();
-        let taken = self
-            .seats
-            .update(|c| (!check || c.in_use < quota).then(|| SeatCount { limit, in_use: c.in_use.saturating_add(1) }));
+        let taken = self.seats.update(|c| {
+            (!check || c.in_use < quota).then(|| SeatCount { limit, in_use: c.in_use.saturating_add(1), ..c })
+        });
         if taken.is_err() {
             b.durable -= 1;
             return Err(Error::QuotaExceeded { quota });
@@ -313,7 +336,7 @@ impl Pool {
             return None;
         }
         // Relaxed: see `refusal`.
-        let waiting = self.misses.swap(0, Ordering::Relaxed);
+        let waiting = self.misses.swap(0, Ordering::Relaxed).saturating_add(self.waiting());
         Some(b.quota.min(sessions.max(current).saturating_add(headroom(sessions).max(waiting))))
     }
 
@@ -341,6 +364,7 @@ impl Pool {
         }
         let (quota, durable) = (b.quota, b.durable);
         let mut lowered = None;
+        // Runners waiting: the pool is not quiet, whatever its sessions.
         // One CAS reads the sessions and sets the limit, so no admission
         // can slip in between the reading and the new limit.
         let _ = self.seats.update(|c| {
@@ -350,7 +374,7 @@ impl Pool {
                 false => (sessions.saturating_add(headroom(sessions)), headroom(sessions)),
             };
             lowered = None;
-            if current <= target.saturating_add(slack) {
+            if c.queued || current <= target.saturating_add(slack) {
                 return None;
             }
             lowered = Some(target);
@@ -386,7 +410,7 @@ impl Pool {
     pub fn release_reserve(&self) {
         let n = self.reserve.swap(0, Ordering::AcqRel);
         if n > 0 {
-            self.seats.release(n);
+            self.freed(self.seats.release(n));
         }
     }
 
@@ -607,6 +631,7 @@ impl Pool {
             grants,
             activations,
             offline,
+            waiting: self.waiting(),
         }
     }
 }

@@ -115,6 +115,18 @@ impl Fixture {
         self.broker.acquire(&self.owner, &self.target(machine), Nonce(nonce), ConnId(conn), now)
     }
 
+    /// Waits for a KRE seat as the Owner; a grant lands in the returned inbox.
+    pub fn wait(&self, machine: &str, nonce: u128, conn: u64, now: Millis) -> (Result<super::Waited>, Inbox) {
+        let inbox = Inbox::default();
+        let deliver = inbox.deliver();
+        (self.broker.wait(&self.owner, &self.target(machine), Nonce(nonce), ConnId(conn), now, deliver), inbox)
+    }
+
+    /// Turns a delivered grant into the waiter's session.
+    pub fn claim(&self, machine: &str, nonce: u128, conn: u64, now: Millis, grant: super::Grant) -> Result<Lease> {
+        self.broker.claim(&self.owner, &self.target(machine), Nonce(nonce), ConnId(conn), now, grant)
+    }
+
     /// Creates or changes a pool's quota, as the operator.
     pub fn set_quota(&self, pool: PoolId, quota: u32) {
         self.apply(self.broker.plan_set_pool(&self.operator, &self.org, pool, quota, t(0)));
@@ -149,5 +161,47 @@ impl Fixture {
         self.set_quota(kse, quota);
         self.apply(self.broker.plan_grant(&self.owner, &self.org, kse, &who.email, t(0)));
         kse
+    }
+}
+
+/// Where a waiter's grant lands; `closed` makes deliveries fail, as for a
+/// waiter that is gone.
+#[derive(Clone)]
+pub struct Inbox {
+    slot: crate::sync::Arc<crate::sync::Mutex<(Option<super::Grant>, bool)>>,
+}
+
+impl Default for Inbox {
+    fn default() -> Inbox {
+        Inbox { slot: crate::sync::Arc::new(crate::sync::Mutex::new((None, false))) }
+    }
+}
+
+impl Inbox {
+    /// The closure the queue calls with the grant.
+    pub fn deliver(&self) -> super::Deliver {
+        let slot = self.slot.clone();
+        Box::new(move |grant| {
+            let mut s = slot.lock();
+            match s.1 {
+                true => Err(grant),
+                false => {
+                    s.0 = Some(grant);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    /// The grant, if one was delivered (taken out).
+    pub fn take(&self) -> Option<super::Grant> {
+        self.slot.lock().0.take()
+    }
+
+    /// From now on deliveries fail; returns a grant delivered before.
+    pub fn close(&self) -> Option<super::Grant> {
+        let mut s = self.slot.lock();
+        s.1 = true;
+        s.0.take()
     }
 }

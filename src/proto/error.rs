@@ -63,11 +63,15 @@ pub enum ErrorCode {
     OfflineIrrevocable,
     /// The answer would not fit in one frame; ask for less.
     ResponseTooLarge,
+    /// The pool's wait queue is full; retry later.
+    QueueFull,
+    /// No seat came within the time the waiter asked to wait.
+    QueueTimeout,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 24] = [
+    pub const ALL: [ErrorCode; 26] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -92,6 +96,8 @@ impl ErrorCode {
         ErrorCode::ExpiryTooLate,
         ErrorCode::OfflineIrrevocable,
         ErrorCode::ResponseTooLarge,
+        ErrorCode::QueueFull,
+        ErrorCode::QueueTimeout,
     ];
 
     /// The SCREAMING_SNAKE name used in JSON output and the docs.
@@ -121,6 +127,8 @@ impl ErrorCode {
             ErrorCode::ExpiryTooLate => "EXPIRY_TOO_LATE",
             ErrorCode::OfflineIrrevocable => "OFFLINE_IRREVOCABLE",
             ErrorCode::ResponseTooLarge => "RESPONSE_TOO_LARGE",
+            ErrorCode::QueueFull => "QUEUE_FULL",
+            ErrorCode::QueueTimeout => "QUEUE_TIMEOUT",
         }
     }
 }

@@ -24,6 +24,7 @@ impl From<Invalid> for WireError {
 fn code(e: &Error) -> ErrorCode {
     match e {
         Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
+        Error::QueueFull { .. } => ErrorCode::QueueFull,
         Error::MachineLimit { .. } => ErrorCode::MachineLimit,
         Error::MachineNotRegistered => ErrorCode::MachineNotRegistered,
         Error::SessionExpired => ErrorCode::SessionExpired,

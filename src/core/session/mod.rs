@@ -63,7 +63,7 @@ pub struct SessionRequest {
 
 /// Where a new session's seat may come from (a live session of the same
 /// nonce is always re-attached instead).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Debug)]
 pub enum SeatFrom {
     /// A free seat under the pool's limit: a plain acquire.
     Free,
@@ -74,6 +74,9 @@ pub enum SeatFrom {
     /// None: only the live session may be re-attached (a runner of this
     /// run whose session ended must not come back by re-attaching).
     Nowhere,
+    /// The seat the wait queue granted this runner (already counted; if no
+    /// session takes it, dropping the grant gives it back).
+    Granted(super::queue::Grant),
 }
 
 /// A successful acquire.
@@ -236,6 +239,11 @@ impl SessionTable {
             }
             SeatFrom::HeldFirst => shard.admit(pool, now),
             SeatFrom::Nowhere => Err(Error::SessionExpired),
+            SeatFrom::Granted(grant) => {
+                grant.consume();
+                shard.admit_granted(pool);
+                Ok(())
+            }
         };
         if let Err(e) = seat {
             self.publish(index, &shard);

@@ -226,6 +226,12 @@ impl Shard {
         }
     }
 
+    /// Counts the admission of a session whose seat the wait queue granted
+    /// (already taken from the seat word).
+    pub fn admit_granted(&mut self, pool: &Arc<Pool>) {
+        self.entry(pool).admitted += 1;
+    }
+
     /// Registers `pool` for a session that took a reserved seat (already
     /// counted, and not a new admission).
     pub fn adopt(&mut self, pool: &Arc<Pool>) {

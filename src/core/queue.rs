@@ -1,0 +1,216 @@
+//! A pool's wait queue: runners that asked to wait for a seat, first come
+//! first admitted.
+//!
+//! Fairness is enforced by the seat word, not by politeness: while the
+//! queue is not empty its `queued` bit is set and every plain acquire is
+//! refused, so a freed seat can only go to the head waiter. The bit and the
+//! queue change together, under the queue's lock; a release that finds the
+//! bit set hands its seat on (`Pool::pump`) in the same call that freed it.
+//!
+//! A waiter is given its seat as a `Grant`: a seat already counted in the
+//! pool's `in_use`, held by nobody yet. The shell turns it into a session
+//! (`Broker::claim`). A grant that is dropped instead (its waiter gave up,
+//! its connection closed, its claim failed) gives the seat back, which
+//! hands it to the next waiter: a seat granted is never lost and never
+//! given twice. (Modelled in loom-tests.)
+//!
+//! The core never learns how a grant reaches its waiter: the shell supplies
+//! a `Deliver` closure when it enqueues, which the core calls once, outside
+//! its locks, with the grant. A closure that cannot deliver (the waiter is
+//! gone) hands the grant back, and the seat goes to the next waiter.
+
+use std::collections::BTreeMap;
+
+use super::error::{Error, Result};
+use super::pool::Pool;
+use super::seats::SeatCount;
+use crate::sync::Arc;
+
+/// Hands a granted seat to its waiter; gives it back if the waiter is gone.
+pub type Deliver = Box<dyn FnOnce(Grant) -> std::result::Result<(), Grant> + Send>;
+
+/// A waiter's place in its pool's queue, to leave it by.
+#[derive(Clone)]
+pub struct Place {
+    pool: Arc<Pool>,
+    seq: u64,
+    /// 1-based position when it joined (1: next to be admitted).
+    pub position: u32,
+}
+
+impl Place {
+    /// Leaves the queue. False if the waiter was no longer in it: its seat
+    /// was granted (and is being, or was, delivered).
+    pub fn leave(&self) -> bool {
+        self.pool.leave_queue(self.seq)
+    }
+}
+
+impl std::fmt::Debug for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Place({}/{} #{} at {})", self.pool.org, self.pool.id, self.seq, self.position)
+    }
+}
+
+/// A seat counted in its pool's `in_use` and promised to one waiter. Turn
+/// it into a session with `Broker::claim`; dropped, it gives the seat back
+/// (to the next waiter first).
+#[must_use = "a grant dropped gives its seat back"]
+pub struct Grant {
+    pool: Arc<Pool>,
+    armed: bool,
+}
+
+impl Grant {
+    pub(super) fn new(pool: Arc<Pool>) -> Grant {
+        Grant { pool, armed: true }
+    }
+
+    /// The pool the seat is in.
+    pub(super) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// The seat now belongs to a session, which returns it when it ends.
+    pub(super) fn consume(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pool.return_seat();
+        }
+    }
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Grant({}/{})", self.pool.org, self.pool.id)
+    }
+}
+
+/// What joining the queue gave.
+#[derive(Debug)]
+pub enum Joined {
+    /// A seat was free and nobody waited: it is granted at once.
+    Seat(Grant),
+    /// Queued; the grant comes through the `Deliver` closure.
+    Waiting(Place),
+}
+
+/// The waiters of one pool, in arrival order.
+#[derive(Default)]
+pub(super) struct WaitQueue {
+    /// Arrival number → the waiter.
+    waiting: BTreeMap<u64, Waiter>,
+    next: u64,
+}
+
+/// One queued runner.
+struct Waiter {
+    /// How to hand it its seat.
+    deliver: Deliver,
+    /// The pool, for the grant to return its seat to. (The pool holds its
+    /// waiters and each holds the pool; the cycle ends when the waiter
+    /// leaves the queue, which every waiter does: granted, gone or timed out.)
+    pool: Arc<Pool>,
+}
+
+impl WaitQueue {
+    pub fn len(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+impl Pool {
+    /// Joins the queue, or takes a seat at once if one is free and nobody
+    /// waits. Refuses with `QueueFull` past `max` waiters, and with
+    /// `CeilingReached` when only the durable ceiling (not the quota) is in
+    /// the way, so the caller raises it and tries again rather than wait
+    /// for a seat the quota allows.
+    pub fn join_queue(pool: &Arc<Pool>, deliver: Deliver, max: u32) -> Result<Joined> {
+        let this: &Pool = pool;
+        let mut q = this.queue.lock();
+        let quota = this.quota();
+        let len = q.len() as u32;
+        let mut seat = false;
+        let update = this.seats.update(|c| {
+            seat = c.in_use < c.limit && !c.queued;
+            match seat {
+                true => Some(SeatCount { in_use: c.in_use + 1, ..c }),
+                false if c.in_use < quota && c.limit < quota => None,
+                false if len >= max => None,
+                false => Some(SeatCount { queued: true, ..c }),
+            }
+        });
+        match update {
+            Ok(_) if seat => Ok(Joined::Seat(Grant::new(pool.clone()))),
+            Ok(_) => {
+                let seq = q.next;
+                q.next += 1;
+                q.waiting.insert(seq, Waiter { deliver, pool: pool.clone() });
+                Ok(Joined::Waiting(Place { pool: pool.clone(), seq, position: len + 1 }))
+            }
+            Err(c) if c.in_use < quota && c.limit < quota => Err(Error::CeilingReached),
+            Err(_) => Err(Error::QueueFull { max }),
+        }
+    }
+
+    /// Removes waiter `seq`; false if it is no longer queued.
+    fn leave_queue(&self, seq: u64) -> bool {
+        let mut q = self.queue.lock();
+        if q.waiting.remove(&seq).is_none() {
+            return false;
+        }
+        if q.waiting.is_empty() {
+            let _ = self.seats.update(|c| Some(SeatCount { queued: false, ..c }));
+            // The bit was what held newcomers back from any free seat; they
+            // may take one now. Nothing to hand on: the queue is empty.
+        }
+        true
+    }
+
+    /// Waiters in the queue.
+    pub fn waiting(&self) -> u32 {
+        self.queue.lock().len() as u32
+    }
+
+    /// Hands free seats to the head waiters while there are both. Called
+    /// after every change that can free a seat or raise the limit while
+    /// the `queued` bit is set. Deliveries run outside the queue's lock; a
+    /// waiter that is gone hands its seat back, and the loop offers that
+    /// same seat to the next one.
+    pub(super) fn pump(&self) {
+        // A seat handed back by a waiter that was gone: still counted.
+        let mut spare: Option<Grant> = None;
+        loop {
+            let waiter = {
+                let mut q = self.queue.lock();
+                let Some(seq) = q.waiting.first_key_value().map(|(&seq, _)| seq) else { break };
+                let last = q.len() == 1;
+                let has_spare = spare.is_some();
+                let taken = self.seats.update(|c| {
+                    // A spare seat is already in `in_use`: it may pass on
+                    // while that is within the limit (a quota lowered
+                    // meanwhile takes it back instead).
+                    let room = if has_spare { c.in_use <= c.limit } else { c.in_use < c.limit };
+                    let in_use = if has_spare { c.in_use } else { c.in_use + 1 };
+                    room.then_some(SeatCount { in_use, queued: !last, ..c })
+                });
+                if taken.is_err() {
+                    break;
+                }
+                // Invariant: `seq` was found under this same lock.
+                q.waiting.remove(&seq).expect("head waiter present")
+            };
+            let Waiter { deliver, pool } = waiter;
+            let grant = spare.take().unwrap_or_else(|| Grant::new(pool));
+            spare = deliver(grant).err();
+        }
+        // Dropped here, a spare seat goes back; the queue was empty or full
+        // up, so the release does not come back here for long.
+        drop(spare);
+    }
+}
