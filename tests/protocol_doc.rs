@@ -141,6 +141,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
                 token: SessionToken([0; 32]),
             },
         ),
+        ("Wait", Req::Wait { org: org.clone(), pool: p, machine: m.clone(), nonce: Nonce(1), wait_ms: 1 }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -174,11 +175,21 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
             Resp::Leased { session: s, deadline_ms: 0, ttl_ms: 0, reattached: false, token: SessionToken([0; 32]) },
         ),
         ("Extended", Resp::Extended { deadline_ms: 0, token: SessionToken([0; 32]) }),
+        ("Pools", Resp::Pools(vec![])),
     ];
     for (name, resp) in &resps {
         let n = variant(resp);
         let line = format!("{n:>4}: {name}");
         let alt = format!("{n}: {name}");
         assert!(DOC.contains(&line) || DOC.contains(&alt), "PROTOCOL.md lacks `{alt}`");
+    }
+    let notices: Vec<(&str, Notice)> = vec![
+        ("SessionEnded", Notice::SessionEnded { session: s, reason: license_broker::proto::EndReason::Expired }),
+        ("Draining", Notice::Draining { grace_ms: 0 }),
+        ("Queued", Notice::Queued { nonce: Nonce(1), position: 1 }),
+    ];
+    for (name, notice) in &notices {
+        let n = variant(notice);
+        assert!(DOC.contains(&format!("  {n}: {name} ")), "PROTOCOL.md lacks notice `{n}: {name}`");
     }
 }

@@ -273,3 +273,35 @@ fn a_floating_kse_activation_rides_out_a_crash_on_its_token() {
     events.wait_for("released", Duration::from_secs(10));
     assert_eq!(holder.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn a_runner_with_wait_queues_for_a_full_pool_then_runs_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let mut holder = s.runner("60s");
+    let held = Events::of(&mut holder);
+    held.wait_for("admitted", Duration::from_secs(10));
+
+    // Without --wait a full pool refuses at once; with a short wait, after it.
+    let out = s.cmd(&s.owner).args(["runner", "--org", "default", "--wait", "300ms", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("QUEUE_TIMEOUT"), "{out:?}");
+
+    let mut waiter = s
+        .cmd(&s.owner)
+        .args(["runner", "--org", "default", "--wait", "60s", "--json", "--", "sh", "-c", "echo ran; exit 4"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let events = Events::of_stderr(&mut waiter);
+    let queued = events.wait_for("queued", Duration::from_secs(10));
+    assert_eq!(queued["position"], 1);
+    signal(&holder, "-TERM");
+    assert_eq!(holder.wait().unwrap().code(), Some(0));
+    events.wait_for("admitted", Duration::from_secs(10));
+    let status = waiter.wait().unwrap();
+    assert_eq!(status.code(), Some(4), "the job ran under the lease and its code came back");
+    assert_eq!(s.in_use(), 0);
+}

@@ -25,7 +25,8 @@ use license_broker::value::{Kind, MachineId, OrgName, PoolId, Product, Role, Ses
     version,
     about,
     after_help = "Exit codes: 0 success; 1 other failure (or a runner's session ended by the broker); \
-                  2 command-line misuse; 3 quota exceeded or grant limit; 4 machine limit or activated \
+                  2 command-line misuse; 3 quota exceeded or grant limit (or, with --wait, no seat \
+                  came in time or the queue is full); 4 machine limit or activated \
                   elsewhere; 5 not authenticated, not allowed or not licensed; 6 lease lost (a runner \
                   could not renew before its deadline)."
 )]
@@ -403,7 +404,7 @@ async fn request(c: &Client, command: Command) -> Result<()> {
         }
         Command::Licenses { org, pool, json } => output::grants(&c.list_grants(&org, pool).await?, json),
         Command::Audit { org, json } => output::audit(&c.audit(&org).await?, json),
-        Command::Status { org, json } => output::status(&c.status(org.as_ref()).await?, json),
+        Command::Status { org, json } => output::status(&c.pools(org.as_ref()).await?, json),
         Command::Org(OrgCmd::List { json }) => output::orgs(&c.list_orgs().await?, json),
         Command::Org(OrgCmd::Set { name, subscription_end }) => {
             c.set_subscription(&name, &subscription_end).await?;
@@ -486,7 +487,8 @@ async fn session(c: &Client, cmd: SessionCmd) -> Result<()> {
 
 /// The exit codes of `runner` and `activate`, for their `--help`.
 const RUNNER_EXIT_CODES: &str = "Exit codes: 0 released (or, with a job, the job's own exit code); \
-    1 failure, or the broker ended the session; 3 quota exceeded; 4 machine limit or activated \
+    1 failure, or the broker ended the session; 3 quota exceeded (with --wait: no seat came in \
+    time, or the queue was full); 4 machine limit or activated \
     elsewhere; 5 not authenticated, not allowed or not licensed; 6 lease lost (with a job: the \
     job was stopped); 127 the job could not be started.";
 
@@ -499,7 +501,7 @@ pub const EXIT_LEASE_LOST: u8 = 6;
 /// licensed), 1 otherwise.
 pub fn exit_code_for(code: Option<ErrorCode>) -> u8 {
     match code {
-        Some(ErrorCode::QuotaExceeded | ErrorCode::GrantLimit) => 3,
+        Some(ErrorCode::QuotaExceeded | ErrorCode::GrantLimit | ErrorCode::QueueTimeout | ErrorCode::QueueFull) => 3,
         Some(ErrorCode::MachineLimit | ErrorCode::AlreadyActivated) => 4,
         Some(ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::NotLicensed) => 5,
         _ => 1,

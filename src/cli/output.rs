@@ -6,7 +6,7 @@
 //! wire's encoding, so it is spelled out here rather than derived.
 
 use license_broker::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo, UserInfo,
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, SessionInfo, UserInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Product};
 use serde_json::{json, Value};
@@ -49,7 +49,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-pub fn status(pools: &[PoolStatus], as_json: bool) {
+pub fn status(pools: &[PoolState], as_json: bool) {
     if pools.is_empty() && !as_json {
         println!("no pools yet (the operator creates them with `pool set`)");
         return;
@@ -107,30 +107,33 @@ impl Listing for OrgInfo {
     }
 }
 
-impl Listing for PoolStatus {
+impl Listing for PoolState {
     const KEY: &'static str = "pools";
     const HEADER: &'static [&'static str] =
-        &["ORG", "POOL", "QUOTA", "IN USE", "MACHINES", "ADMITTED", "REJECTED", "GRANTS", "OFFLINE"];
+        &["ORG", "POOL", "QUOTA", "IN USE", "WAITING", "MACHINES", "ADMITTED", "REJECTED", "GRANTS", "OFFLINE"];
     fn json(&self) -> Value {
+        let (s, waiting) = (&self.status, self.waiting);
         json!({
-            "org": self.org.as_str(), "pool": self.pool.to_string(), "quota": self.quota,
-            "in_use": self.in_use, "machines": self.machines, "admitted": self.admitted, "rejected": self.rejected,
-            "grants": self.grants, "activations": self.activations, "offline": self.offline,
+            "org": s.org.as_str(), "pool": s.pool.to_string(), "quota": s.quota,
+            "in_use": s.in_use, "waiting": waiting, "machines": s.machines, "admitted": s.admitted,
+            "rejected": s.rejected, "grants": s.grants, "activations": s.activations, "offline": s.offline,
         })
     }
     fn row(&self) -> Vec<String> {
+        let s = &self.status;
         // Grants mean something for KSE pools only; KRE shows a dash.
-        let grants = if self.pool.product == Product::Kse { self.grants.to_string() } else { "-".to_string() };
+        let grants = if s.pool.product == Product::Kse { s.grants.to_string() } else { "-".to_string() };
         vec![
-            self.org.to_string(),
-            self.pool.to_string(),
-            self.quota.to_string(),
-            self.in_use.to_string(),
-            self.machines.to_string(),
-            self.admitted.to_string(),
-            self.rejected.to_string(),
+            s.org.to_string(),
+            s.pool.to_string(),
+            s.quota.to_string(),
+            s.in_use.to_string(),
+            self.waiting.to_string(),
+            s.machines.to_string(),
+            s.admitted.to_string(),
+            s.rejected.to_string(),
             grants,
-            self.offline.to_string(),
+            s.offline.to_string(),
         ]
     }
 }

@@ -36,6 +36,12 @@ pub struct RunnerArgs {
     /// Release after this long (e.g. 10s); default: hold until SIGINT/SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "command")]
     hold: Option<Duration>,
+    /// When the pool is full, wait up to this long (e.g. 10m) in its queue:
+    /// first come, first admitted; a `queued` event gives the position.
+    /// Exit 3 if no seat came in time. A broker restart meanwhile is ridden
+    /// out (the runner queues again, at the back).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    wait: Option<Duration>,
     /// Print one JSON object per event.
     #[arg(long)]
     json: bool,
@@ -98,6 +104,8 @@ struct Runner {
     nonce: u128,
     /// A KSE activation rather than a KRE session.
     activation: bool,
+    /// With `--wait`: when waiting for a seat gives up.
+    wait_until: Option<tokio::time::Instant>,
     ev: Events,
 }
 
@@ -112,6 +120,7 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         (None, true) => anyhow::bail!("activate needs --pool: the KSE pool, e.g. kse-floating-annual"),
     };
     let runner = Runner {
+        wait_until: args.wait.map(|w| tokio::time::Instant::now() + w),
         pool,
         connector: Connector::new(conn.options()?).await?,
         ev: Events { json: args.json, to_stderr: !args.command.is_empty() },
@@ -144,7 +153,7 @@ enum Stop {
 impl Runner {
     async fn run(&self) -> Result<ExitCode> {
         let (machine, pool) = (&self.machine, self.pool);
-        let (client, lease) = match self.attach().await {
+        let (client, lease) = match self.first_attach().await {
             Ok((client, Attached::Lease(lease))) => (client, lease),
             Ok((client, Attached::Bound { already })) => {
                 self.ev.emit(
@@ -208,8 +217,55 @@ impl Runner {
             return Ok((client, attached));
         }
         client.register_machine(org, pool, machine).await?;
-        let lease = client.acquire(org, pool, machine, nonce).await?;
+        let lease = match self.wait_until {
+            None => client.acquire(org, pool, machine, nonce).await?,
+            Some(until) => self.queue(&client, until.saturating_duration_since(tokio::time::Instant::now())).await?,
+        };
         Ok((client, Attached::Lease(lease)))
+    }
+
+    /// Waits in the pool's queue, saying where it stands.
+    async fn queue(&self, client: &Client, wait: Duration) -> Result<Admitted, ClientError> {
+        let (org, pool, machine, nonce) = (&self.args.org, self.pool, &self.machine, self.nonce);
+        let answer = client.wait(org, pool, machine, nonce, wait);
+        tokio::pin!(answer);
+        loop {
+            tokio::select! {
+                a = &mut answer => return a,
+                n = client.next_notice() => match n {
+                    Some(Notice::Queued { position, .. }) => self.ev.emit(
+                        json!({"event": "queued", "position": position, "pool": pool.to_string()}),
+                        format!("queued for a seat in {pool}: position {position}"),
+                    ),
+                    Some(_) => {}
+                    None => return answer.await,
+                },
+            }
+        }
+    }
+
+    /// The first attach: with `--wait`, a lost connection (a broker
+    /// restart) is retried with backoff, queueing again, until the wait
+    /// runs out.
+    async fn first_attach(&self) -> Result<(Client, Attached), ClientError> {
+        let Some(until) = self.wait_until else { return self.attach().await };
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            let e = match self.attach().await {
+                Err(e @ (ClientError::Connect { .. } | ClientError::Closed(_))) => e,
+                Err(ClientError::Rejected(e)) if e.code == ErrorCode::Draining => ClientError::Rejected(e),
+                other => return other,
+            };
+            let pause = backoff.next_delay();
+            if tokio::time::Instant::now() + pause >= until {
+                return Err(e);
+            }
+            self.ev.emit(
+                json!({"event": "reconnecting", "reason": e.to_string()}),
+                format!("lost the broker while waiting ({e}); queueing again"),
+            );
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// Heartbeats until told to release, the session ends, or the lease is lost.

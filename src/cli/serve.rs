@@ -69,6 +69,10 @@ pub struct ServeArgs {
     /// before anyone else takes their seats.
     #[arg(env = "LB_RESTART_GRACE", long, default_value = "10s", value_parser = humantime::parse_duration)]
     restart_grace: Duration,
+    /// Most runners one pool's wait queue holds (`runner --wait`); more are
+    /// refused with QUEUE_FULL.
+    #[arg(env = "LB_MAX_WAITERS", long, default_value_t = 10_000)]
+    max_waiters: u32,
     /// Start even though the clock reads earlier than the latest time a
     /// previous run recorded (check the clock first).
     #[arg(env = "LB_ALLOW_CLOCK_ROLLBACK", long)]
@@ -125,6 +129,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.allow_clock_rollback = a.allow_clock_rollback;
     options.clock_ahead = a.clock_ahead;
     options.restart_grace = a.restart_grace;
+    options.max_waiters = a.max_waiters;
     let running = server::start(options).await?;
     if let Some(keys) = &running.bootstrap {
         let mut out = std::io::stdout().lock();

@@ -2,7 +2,7 @@
 
 use super::{Client, ClientError};
 use crate::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo, UserInfo,
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, UserInfo,
 };
 use crate::proto::{Req, Resp, SessionToken};
 use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
@@ -72,10 +72,33 @@ impl Client {
 
     /// Pool numbers.
     pub async fn status(&self, org: Option<&OrgName>) -> Result<Vec<PoolStatus>, ClientError> {
+        Ok(self.pools(org).await?.into_iter().map(|p| p.status).collect())
+    }
+
+    /// Pool numbers with each pool's wait queue (0 from a version 2 broker).
+    pub async fn pools(&self, org: Option<&OrgName>) -> Result<Vec<PoolState>, ClientError> {
         match self.call(Req::Status { org: org.cloned() }).await? {
-            Resp::Status(v) => Ok(v),
+            Resp::Pools(v) => Ok(v),
+            Resp::Status(v) => Ok(v.into_iter().map(|status| PoolState { status, waiting: 0 }).collect()),
             other => unexpected(other),
         }
+    }
+
+    /// Acquires, waiting up to `wait` in the pool's queue (first come, first
+    /// admitted) when no seat is free. The broker pushes a `Queued` notice
+    /// with the position meanwhile. Refused with `QUEUE_TIMEOUT` if no seat
+    /// came in time, `QUEUE_FULL`, or an acquire's refusal.
+    pub async fn wait(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+        nonce: u128,
+        wait: std::time::Duration,
+    ) -> Result<Admitted, ClientError> {
+        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        let req = Req::Wait { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce), wait_ms };
+        admitted(self.call(req).await?)
     }
 
     /// Operator: creates an org; returns its Owner's key.

@@ -37,6 +37,15 @@ pub struct PoolStatus {
     pub offline: u32,
 }
 
+/// A pool's numbers and its wait queue (`Status` on version 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolState {
+    /// The numbers every version gets.
+    pub status: PoolStatus,
+    /// Runners waiting in the pool's queue.
+    pub waiting: u32,
+}
+
 /// A public view of one live session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::WireError;
 use super::info::{
-    AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolStatus, SessionInfo, UserInfo,
+    AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo,
+    UserInfo,
 };
 use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
@@ -273,6 +274,24 @@ pub enum Req {
         /// The latest token the broker issued for the lease.
         token: SessionToken,
     },
+    /// Version 3: an `Acquire` that waits in the pool's queue (first come,
+    /// first admitted) for up to `wait_ms` when no seat is free. Answered
+    /// with `Leased` when a seat is taken (at once, or later: other
+    /// requests on the stream are answered meanwhile), else `QUEUE_TIMEOUT`,
+    /// `QUEUE_FULL` or an acquire's refusal. While it waits, a `Queued`
+    /// notice gives its position.
+    Wait {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The registered machine.
+        machine: MachineId,
+        /// The runner instance's nonce (idempotency key).
+        nonce: Nonce,
+        /// Longest wait, milliseconds (at most a day).
+        wait_ms: u64,
+    },
 }
 
 /// A lease's proof, issued with every `Leased` and `Extended` answer and
@@ -470,6 +489,8 @@ pub enum Resp {
         /// Replaces the previous token.
         token: SessionToken,
     },
+    /// Status (version 3): each pool's numbers and its wait queue.
+    Pools(Vec<PoolState>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.
@@ -486,5 +507,12 @@ pub enum Notice {
     Draining {
         /// How long the broker waits for clients to leave, in milliseconds.
         grace_ms: u64,
+    },
+    /// A `Wait` request joined its pool's queue.
+    Queued {
+        /// The waiting runner's nonce (as in its `Wait`).
+        nonce: Nonce,
+        /// Its place: 1 is admitted at the next free seat.
+        position: u32,
     },
 }

@@ -70,6 +70,7 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate
         welcomed: Notify::new(),
         failed_hellos: 0.into(),
         conn: conn.clone(),
+        waits: 0.into(),
     });
     let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
     shared.notices.insert(id, tx);

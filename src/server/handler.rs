@@ -16,9 +16,9 @@ use crate::core::{
     Pending, Principal, Registration, Result as CoreResult, SessionId, Target,
 };
 use crate::keys;
-use crate::proto::{ErrorCode, Req, Resp, SessionToken, WireError};
+use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, WireError};
 
-type Reply = Result<Resp, WireError>;
+pub(super) type Reply = Result<Resp, WireError>;
 
 /// Who asks, on which connection, and when: what every arm needs.
 pub(super) struct Call<'a> {
@@ -47,7 +47,11 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
             super::log_ended(&ended);
             call.forget(session, Resp::Released)
         }),
-        Req::Status { org } => reply(core.status(p, org.as_ref()), |v| Resp::Status(list(v))),
+        Req::Status { org } => reply(core.status(p, org.as_ref()), |v| match call.proto {
+            1 | 2 => Resp::Status(list(v)),
+            // Version 3: each pool's wait queue too.
+            _ => Resp::Pools(v.into_iter().map(|s| PoolState { waiting: s.waiting, status: s.into() }).collect()),
+        }),
         Req::ListSessions { org } => reply(core.sessions(p, &org), |v| Resp::Sessions(list(v))),
         Req::ListMachines { org } => reply(core.machines(p, &org), |v| Resp::Machines(list(v))),
         Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
@@ -134,7 +138,7 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
 
 impl Call<'_> {
     /// Refuses new seats while the broker drains.
-    fn admitting(&self) -> Result<(), WireError> {
+    pub(super) fn admitting(&self) -> Result<(), WireError> {
         match self.shared.is_draining() {
             true => Err(WireError::new(
                 ErrorCode::Draining,
@@ -163,7 +167,7 @@ impl Call<'_> {
     }
 
     /// Logs a session that took a seat, and books it.
-    fn book(&self, target: &Target, lease: &Lease) {
+    pub(super) fn book(&self, target: &Target, lease: &Lease) {
         if !lease.reattached {
             let (org, pool, machine) = (&target.org, target.pool, &target.machine);
             tracing::debug!(session = %lease.session, %org, %pool, %machine, user = %self.p.email, "session started");
@@ -172,7 +176,7 @@ impl Call<'_> {
     }
 
     /// The `Leased` answer for `lease`, with a fresh token.
-    fn with_token(&self, target: &Target, nonce: Nonce, lease: Lease) -> Resp {
+    pub(super) fn with_token(&self, target: &Target, nonce: Nonce, lease: Lease) -> Resp {
         let token = self.shared.tokens.issue(&self.claims(target, nonce), lease.deadline);
         let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
         Resp::Leased { session, deadline_ms, ttl_ms: self.ttl_ms(), reattached, token }
@@ -227,7 +231,7 @@ const RAISES: usize = 8;
 
 /// Runs `admit` until it stops meeting the pool's ceiling, raising the
 /// ceiling durably before each retry.
-async fn with_room<T>(
+pub(super) async fn with_room<T>(
     call: &Call<'_>,
     target: &Target,
     mut admit: impl FnMut() -> CoreResult<T>,

@@ -16,6 +16,7 @@ mod socket;
 mod stream;
 mod tickets;
 mod token;
+mod waiting;
 mod wire;
 
 pub use socket::bind as bind_udp;
@@ -71,6 +72,8 @@ pub struct Options {
     /// After a restart, seats stay held for the previous run's runners for
     /// one lease TTL plus this long, so they can reconnect and re-attach.
     pub restart_grace: Duration,
+    /// Most runners one pool's wait queue holds.
+    pub max_waiters: u32,
     /// Limits on connections that have not authenticated yet.
     pub strangers: GateLimits,
 }
@@ -92,6 +95,7 @@ impl Options {
             allow_clock_rollback: false,
             clock_ahead: Duration::ZERO,
             restart_grace: Duration::from_secs(10),
+            max_waiters: 10_000,
             strangers: GateLimits::for_max_connections(10_000),
         }
     }
@@ -227,6 +231,8 @@ pub(crate) struct ConnCtx {
     pub failed_hellos: std::sync::atomic::AtomicU32,
     /// The connection itself, to close it from a stream.
     pub conn: quinn::Connection,
+    /// Its `Wait` requests still waiting (bounded, see `waiting`).
+    pub waits: std::sync::atomic::AtomicU32,
 }
 
 /// Lets through at most `PER_SECOND` log lines a second, so a flood of
@@ -354,6 +360,7 @@ fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
         audit_seq_base: audit_base,
         ceilings: true,
         restart_grace: options.restart_grace,
+        max_waiters: options.max_waiters,
         ..Config::default()
     });
     let records = store.load().map_err(store_error("loading the store"))?;

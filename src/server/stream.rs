@@ -15,6 +15,7 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 
 use super::handler::{self, Call};
+use super::waiting;
 use super::{ConnCtx, Shared};
 use crate::core::{Broker, KeyHash, Principal, Result as CoreResult, Target, Ticket};
 use crate::proto::{
@@ -57,27 +58,38 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
     let mut out = Vec::with_capacity(4096);
     let mut state = StreamState { caller: None, tickets: Tickets::default() };
     let mut chunk = vec![0u8; READ_CHUNK];
+    // Answers to `Wait` requests come later, from their tasks.
+    let (late_tx, mut late_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(waiting::LATE_QUEUE);
     loop {
         // A frame that has started must finish within the frame deadline:
         // a stranger cannot hold a half-sent frame's buffer for ever.
-        let read = recv.read(&mut chunk);
-        let n = match frames.pending() {
-            0 => read.await,
-            _ => match tokio::time::timeout(shared.options.frame_timeout, read).await {
-                Ok(r) => r,
-                Err(_) => {
-                    let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
-                    encode(&ServerFrame::Error(err), &mut out);
-                    let _ = send.write_all(&out).await;
-                    let _ = recv.stop(quinn::VarInt::from_u32(0));
-                    break;
+        let deadline = match frames.pending() {
+            0 => None,
+            _ => Some(shared.options.frame_timeout),
+        };
+        // (quinn's `read` is cancel-safe: a late answer winning the race loses no bytes.)
+        let n = tokio::select! {
+            r = read_within(&mut recv, &mut chunk, deadline) => r,
+            Some(answer) = late_rx.recv() => {
+                if send.write_all(&answer).await.is_err() {
+                    return;
                 }
-            },
+                continue;
+            }
         };
         let n = match n {
-            Ok(Some(n)) => n,
-            Ok(None) | Err(_) => break,
+            Some(n) => n,
+            None => {
+                let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
+                encode(&ServerFrame::Error(err), &mut out);
+                let _ = send.write_all(&out).await;
+                let _ = recv.stop(quinn::VarInt::from_u32(0));
+                break;
+            }
         };
+        if n == 0 {
+            break;
+        }
         frames.extend(&chunk[..n]);
         // One clock reading per read: every request in it arrived together.
         let now = shared.clock.now();
@@ -103,14 +115,25 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                     break;
                 }
                 Next::Slow { id, body } => {
+                    let key = state.caller.as_ref().map(|c| c.key);
                     let outcome = match authorised(&shared, &mut state.caller) {
+                        Err(e) => Some(Outcome::Err(e)),
                         Ok((p, proto)) => {
                             let call = Call { shared: &shared, ctx: &ctx, p, now: shared.clock.now(), proto };
-                            into_outcome(handler::slow(&call, body).await)
+                            match (body, key) {
+                                (Req::Wait { org, pool, machine, nonce, wait_ms }, Some(key)) => {
+                                    let target = crate::core::Target { org, pool, machine };
+                                    let wait = std::time::Duration::from_millis(wait_ms).min(waiting::MAX_WAIT);
+                                    let req = waiting::WaitReq { id, target, nonce, wait, key };
+                                    waiting::start(&shared, &ctx, p, proto, req, &late_tx).await.map(into_outcome)
+                                }
+                                (body, _) => Some(into_outcome(handler::slow(&call, body).await)),
+                            }
                         }
-                        Err(e) => Outcome::Err(e),
                     };
-                    respond(id, outcome, &mut out);
+                    if let Some(outcome) = outcome {
+                        respond(id, outcome, &mut out);
+                    }
                 }
             }
         }
@@ -127,10 +150,25 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
     let _ = send.finish();
 }
 
+/// Reads the next bytes; `None` if a started frame missed its deadline,
+/// `Some(0)` at the end of the stream or on an error.
+async fn read_within(recv: &mut RecvStream, chunk: &mut [u8], deadline: Option<std::time::Duration>) -> Option<usize> {
+    let read = async {
+        match recv.read(chunk).await {
+            Ok(Some(n)) => n,
+            Ok(None) | Err(_) => 0,
+        }
+    };
+    match deadline {
+        None => Some(read.await),
+        Some(d) => tokio::time::timeout(d, read).await.ok(),
+    }
+}
+
 /// Appends the response to `out`, or, if it would not fit in one frame, a
 /// `RESPONSE_TOO_LARGE` error in its place: the broker never sends a frame
 /// its clients must refuse.
-fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
+pub(super) fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
     let start = out.len();
     encode(&ServerFrame::Response(Response { id, outcome }), out);
     let len = out.len() - start - 4;
@@ -146,7 +184,7 @@ fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
     }
 }
 
-fn into_outcome(r: Result<crate::proto::Resp, WireError>) -> Outcome {
+pub(super) fn into_outcome(r: Result<crate::proto::Resp, WireError>) -> Outcome {
     match r {
         Ok(resp) => Outcome::Ok(resp),
         Err(e) => Outcome::Err(e),

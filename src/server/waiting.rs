@@ -1,0 +1,217 @@
+//! `Wait` requests: a runner queued for a seat, answered when one comes.
+//!
+//! The core keeps the queue and hands a freed seat to the head waiter as a
+//! `Grant` (see `core::queue`); this module is the waiter's side. Each
+//! queued request gets a task that holds its place and waits for the grant,
+//! its deadline, or its stream going away. The stream keeps reading and
+//! answering other requests meanwhile: the late answer reaches it through a
+//! channel (`Late`).
+//!
+//! Whatever ends the wait, the place is given up exactly once (`Place`'s
+//! guard): a waiter that is gone never keeps a seat, and a grant that
+//! arrives as its waiter leaves goes on to the next one.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::handler::{with_room, Call, Reply};
+use super::{ConnCtx, Shared};
+use crate::core::{Grant, KeyHash, Nonce, Place, Principal, Target, Waited};
+use crate::proto::{ErrorCode, Notice, WireError};
+
+/// Encoded answers a stream writes when they come (late `Wait` answers).
+pub(super) type Late = mpsc::Sender<Vec<u8>>;
+
+/// Late answers a stream buffers before a waiter's send waits for room.
+pub(super) const LATE_QUEUE: usize = 64;
+
+/// Longest wait a request may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
+
+/// Requests one connection may have waiting at once: a member cannot fill
+/// a pool's queue (and the broker's memory) from one connection.
+pub const MAX_WAITS_PER_CONNECTION: u32 = 1024;
+
+/// What a `Wait` asks for.
+pub(super) struct WaitReq {
+    pub id: u64,
+    pub target: Target,
+    pub nonce: Nonce,
+    pub wait: Duration,
+    /// The caller's key, to check it again when the seat comes.
+    pub key: KeyHash,
+}
+
+/// Answers a `Wait` now (admitted or refused), or queues it and returns
+/// `None`: its task sends the answer through `late`.
+pub(super) async fn start(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ConnCtx>,
+    p: &Principal,
+    proto: u16,
+    req: WaitReq,
+    late: &Late,
+) -> Option<Reply> {
+    let call = &Call { shared, ctx, p, now: shared.clock.now(), proto };
+    if let Err(e) = call.admitting() {
+        return Some(Err(e));
+    }
+    let Some(slot) = Slot::take(ctx) else {
+        let msg = format!("this connection already has {MAX_WAITS_PER_CONNECTION} requests waiting");
+        return Some(Err(WireError::new(ErrorCode::QueueFull, msg)));
+    };
+    let (core, (target, nonce)) = (&call.shared.core, (&req.target, req.nonce));
+    let mut inbox = None;
+    let joined = with_room(call, target, || {
+        let (tx, rx) = oneshot::channel::<Grant>();
+        inbox = Some(rx);
+        core.wait(call.p, target, nonce, call.ctx.id, call.now, Box::new(move |grant| tx.send(grant)))
+    })
+    .await;
+    let place = match joined {
+        Err(e) => return Some(Err(e)),
+        Ok(Waited::Leased(lease)) => {
+            call.book(target, &lease);
+            return Some(Ok(call.with_token(target, nonce, lease)));
+        }
+        Ok(Waited::Queued(place)) => place,
+    };
+    // Invariant: the closure ran (it made the place).
+    let rx = inbox.expect("the queue was joined through the closure");
+    if let Some(tx) = call.shared.notices.get(&call.ctx.id) {
+        // Advisory, like every notice: the answer itself never depends on it.
+        let _ = tx.try_send(Notice::Queued { nonce, position: place.position });
+    }
+    tracing::debug!(org = %target.org, pool = %target.pool, machine = %target.machine, position = place.position, "queued");
+    let held = Held { place, rx: Some(rx) };
+    let task = Waiter { shared: shared.clone(), ctx: ctx.clone(), proto, req, late: late.clone() };
+    tokio::spawn(task.run(held, slot));
+    None
+}
+
+/// One queued request's task.
+struct Waiter {
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
+    proto: u16,
+    req: WaitReq,
+    late: Late,
+}
+
+impl Waiter {
+    async fn run(self, mut held: Held, _slot: Slot) {
+        let wait = self.req.wait;
+        let grant = {
+            // Invariant: `rx` is taken only below, after this borrow ends.
+            let rx = held.rx.as_mut().expect("receiver held until the grant");
+            tokio::select! {
+                g = rx => g.ok(),
+                _ = tokio::time::sleep(wait) => None,
+                // The stream is gone (its connection closed): give up the place.
+                _ = self.late.closed() => return,
+            }
+        };
+        let grant = match grant {
+            Some(g) => Some(g),
+            // Timed out; unless the seat was granted as the clock ran out.
+            None => held.settle().await,
+        };
+        held.rx = None;
+        let reply = match grant {
+            None => Err(WireError::new(
+                ErrorCode::QueueTimeout,
+                format!("no seat came within {wait:?}; the pool is still full (see `status` for its queue)"),
+            )),
+            Some(grant) => self.claim(grant),
+        };
+        self.answer(reply).await;
+    }
+
+    /// Turns the granted seat into the runner's session (the rules are
+    /// checked again: the key, the machine, the grant, the subscription).
+    fn claim(&self, grant: Grant) -> Reply {
+        let (shared, req) = (&self.shared, &self.req);
+        let p = shared.core.authenticate(&req.key)?;
+        let call = Call { shared, ctx: &self.ctx, p: &p, now: shared.clock.now(), proto: self.proto };
+        call.admitting()?;
+        let lease = shared.core.claim(&p, &req.target, req.nonce, self.ctx.id, call.now, grant)?;
+        call.book(&req.target, &lease);
+        Ok(call.with_token(&req.target, req.nonce, lease))
+    }
+
+    /// Sends the late answer. A session the runner will never hear of
+    /// (its stream or connection went away meanwhile) is ended at once.
+    async fn answer(&self, reply: Reply) {
+        let session = match &reply {
+            Ok(crate::proto::Resp::Leased { session, .. }) => Some(*session),
+            _ => None,
+        };
+        let mut bytes = Vec::new();
+        super::stream::respond(self.req.id, super::stream::into_outcome(reply), &mut bytes);
+        let sent = self.late.send(bytes).await.is_ok();
+        if let Some(session) = session.filter(|_| !sent || self.ctx.conn.close_reason().is_some()) {
+            self.ctx.sessions.lock().remove(&session);
+            let ended = self.shared.core.close_connection(self.ctx.id, vec![session]);
+            self.shared.announce(ended);
+        }
+    }
+}
+
+/// A queued request's place and the receiver of its grant. Dropped while
+/// still holding them (the stream went away, the task was cancelled), it
+/// leaves the queue or gives back a seat granted meanwhile.
+struct Held {
+    place: Place,
+    rx: Option<oneshot::Receiver<Grant>>,
+}
+
+impl Held {
+    /// After the deadline: leaves the queue, or, if the seat was granted
+    /// as the deadline passed, takes it (its delivery is under way).
+    async fn settle(&mut self) -> Option<Grant> {
+        if self.place.leave() {
+            self.rx = None;
+            return None;
+        }
+        self.rx.take()?.await.ok()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        if self.place.leave() {
+            return;
+        }
+        // Granted: after `close` no delivery can succeed, so a grant is
+        // either here now or handed back to the queue by its delivery.
+        rx.close();
+        if let Ok(grant) = rx.try_recv() {
+            drop(grant);
+        }
+    }
+}
+
+/// One of a connection's waiting requests (see `MAX_WAITS_PER_CONNECTION`).
+struct Slot(Arc<ConnCtx>);
+
+impl Slot {
+    fn take(ctx: &Arc<ConnCtx>) -> Option<Slot> {
+        // Relaxed: a per-connection count, exact under its own RMWs.
+        let before = ctx.waits.fetch_add(1, Ordering::Relaxed);
+        if before >= MAX_WAITS_PER_CONNECTION {
+            ctx.waits.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(ctx.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.waits.fetch_sub(1, Ordering::Relaxed);
+    }
+}
