@@ -7,6 +7,7 @@ mod churn;
 mod compare;
 mod echo;
 mod fleet;
+mod queue;
 mod redis_sem;
 mod report;
 mod restart;
@@ -47,6 +48,9 @@ enum Scenario {
     /// N runners hold leases; the spawned broker is killed (SIGKILL) and
     /// restarted under them; every runner re-attaches with its token.
     Restart,
+    /// R runners wait in a full pool's queue (quota Q, default 64); seats
+    /// are freed one at a time: the hand-off to the head waiter, in order.
+    Queue,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -81,7 +85,7 @@ struct Args {
     /// Orgs to spread churn over.
     #[arg(long, default_value_t = 4)]
     orgs: usize,
-    /// Simulated runners (steady, burst, die).
+    /// Simulated runners (steady, burst, die, restart; waiters in queue).
     #[arg(long)]
     runners: Option<usize>,
     /// Pool quota (burst).
@@ -177,7 +181,10 @@ async fn run(a: Args) -> Result<bool> {
         depth: a.depth.unwrap_or(64).max(1),
         orgs: a.orgs.max(1),
         runners,
-        quota: a.quota.unwrap_or((runners as u32 / 2).max(1)),
+        quota: a.quota.unwrap_or(match a.scenario {
+            Scenario::Queue => 64,
+            _ => (runners as u32 / 2).max(1),
+        }),
         victims: a.victims.unwrap_or((runners / 10).clamp(1, 100)),
         rate: a.rate,
         lease_ttl: ttl,
@@ -205,6 +212,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Burst => burst::run(&target, p.runners, p.quota, p.connections).await?,
         Scenario::Die => scenarios::die(&target, &p).await?,
         Scenario::Restart => restart::run(&mut target, &p).await?,
+        Scenario::Queue => queue::run(&target, &p).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =

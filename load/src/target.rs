@@ -172,6 +172,14 @@ impl Target {
         Ok(orgs)
     }
 
+    /// Runners waiting in `org`'s KRE pool queue.
+    pub async fn queue(&self, org: &LoadOrg) -> Result<u32> {
+        let op = self.client(&self.operator).await?;
+        let pools = op.pools(Some(&org.org)).await?;
+        op.close().await;
+        Ok(pools.iter().find(|p| p.status.pool == PoolId::KRE_DEFAULT).map_or(0, |p| p.waiting))
+    }
+
     /// The pools of the given orgs, as the broker reports them.
     pub async fn pools(&self, orgs: &[LoadOrg]) -> Result<Vec<PoolStatus>> {
         let op = self.client(&self.operator).await?;
