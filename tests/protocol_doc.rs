@@ -141,7 +141,18 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
                 token: SessionToken([0; 32]),
             },
         ),
-        ("Wait", Req::Wait { org: org.clone(), pool: p, machine: m.clone(), nonce: Nonce(1), wait_ms: 1 }),
+        (
+            "Checkout",
+            Req::Checkout {
+                org: org.clone(),
+                pool: p,
+                machine: m.clone(),
+                nonce: Nonce(1),
+                wait_ms: 1,
+                labels: license_broker::value::Labels::default(),
+            },
+        ),
+        ("Label", Req::Label { session: s, labels: license_broker::value::Labels::default() }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -176,6 +187,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ),
         ("Extended", Resp::Extended { deadline_ms: 0, token: SessionToken([0; 32]) }),
         ("Pools", Resp::Pools(vec![])),
+        ("SessionViews", Resp::SessionViews(vec![])),
     ];
     for (name, resp) in &resps {
         let n = variant(resp);

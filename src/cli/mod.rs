@@ -2,6 +2,7 @@
 
 mod config;
 mod job;
+mod labels;
 mod offline;
 mod output;
 mod runner;

@@ -6,7 +6,7 @@
 //! wire's encoding, so it is spelled out here rather than derived.
 
 use license_broker::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, SessionInfo, UserInfo,
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, SessionView, UserInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Product};
 use serde_json::{json, Value};
@@ -57,7 +57,7 @@ pub fn status(pools: &[PoolState], as_json: bool) {
     print(pools, as_json);
 }
 
-pub fn sessions(list: &[SessionInfo], as_json: bool) {
+pub fn sessions(list: &[SessionView], as_json: bool) {
     print(list, as_json);
 }
 
@@ -138,23 +138,28 @@ impl Listing for PoolState {
     }
 }
 
-impl Listing for SessionInfo {
+impl Listing for SessionView {
     const KEY: &'static str = "sessions";
-    const HEADER: &'static [&'static str] = &["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES"];
+    const HEADER: &'static [&'static str] = &["SESSION", "POOL", "MACHINE", "USER", "STARTED", "EXPIRES", "LABELS"];
     fn json(&self) -> Value {
+        let s = &self.info;
+        let labels: serde_json::Map<String, Value> =
+            self.labels.iter().map(|(k, v)| (k.to_string(), Value::from(v))).collect();
         json!({
-            "session": self.session.to_string(), "pool": self.pool.to_string(), "machine": self.machine.as_str(),
-            "user": self.user.as_str(), "started_ms": self.started.0, "deadline_ms": self.deadline.0,
+            "session": s.session.to_string(), "pool": s.pool.to_string(), "machine": s.machine.as_str(),
+            "user": s.user.as_str(), "started_ms": s.started.0, "deadline_ms": s.deadline.0, "labels": labels,
         })
     }
     fn row(&self) -> Vec<String> {
+        let s = &self.info;
         vec![
-            self.session.to_string(),
-            self.pool.to_string(),
-            self.machine.to_string(),
-            self.user.to_string(),
-            format_utc(self.started),
-            format_utc(self.deadline),
+            s.session.to_string(),
+            s.pool.to_string(),
+            s.machine.to_string(),
+            s.user.to_string(),
+            format_utc(s.started),
+            format_utc(s.deadline),
+            self.labels.to_string(),
         ]
     }
 }

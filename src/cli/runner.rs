@@ -13,9 +13,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
-use license_broker::client::{Admitted, Backoff, Client, ClientError, Connector};
+use license_broker::client::{Admitted, Backoff, Checkout, Client, ClientError, Connector};
 use license_broker::proto::{ErrorCode, Notice};
-use license_broker::value::{MachineId, OrgName, PoolId};
+use license_broker::value::{Labels, MachineId, OrgName, PoolId};
 use serde_json::json;
 
 use super::job::{self, Job, EXIT_NOT_STARTED};
@@ -42,6 +42,12 @@ pub struct RunnerArgs {
     /// out (the runner queues again, at the back).
     #[arg(long, value_parser = humantime::parse_duration)]
     wait: Option<Duration>,
+    /// A job label, KEY=VALUE (repeatable; at most 8, keys of letters,
+    /// digits, '_', '.', '-'). Shown with the session in `session list` and
+    /// the broker's log. Labels of the CI job (GitHub Actions, GitLab CI,
+    /// Jenkins) are added from its environment; these win over them.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
     /// Print one JSON object per event.
     #[arg(long)]
     json: bool,
@@ -106,6 +112,8 @@ struct Runner {
     activation: bool,
     /// With `--wait`: when waiting for a seat gives up.
     wait_until: Option<tokio::time::Instant>,
+    /// The job's labels (`--label` and the CI system's).
+    labels: Labels,
     ev: Events,
 }
 
@@ -119,7 +127,9 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         (None, false) => PoolId::KRE_DEFAULT,
         (None, true) => anyhow::bail!("activate needs --pool: the KSE pool, e.g. kse-floating-annual"),
     };
+    let labels = super::labels::of_job(&args.labels, |name| std::env::var(name).ok())?;
     let runner = Runner {
+        labels,
         wait_until: args.wait.map(|w| tokio::time::Instant::now() + w),
         pool,
         connector: Connector::new(conn.options()?).await?,
@@ -168,7 +178,7 @@ impl Runner {
         };
         self.ev.emit(
             json!({"event": "admitted", "session": lease.session.to_string(), "machine": machine.as_str(),
-                   "pool": pool.to_string(), "deadline_ms": lease.deadline_ms}),
+                   "pool": pool.to_string(), "deadline_ms": lease.deadline_ms, "labels": self.labels.to_string()}),
             format!("admitted: session {} on machine {machine}", lease.session),
         );
         let job = match self.args.command.is_empty() {
@@ -217,17 +227,22 @@ impl Runner {
             return Ok((client, attached));
         }
         client.register_machine(org, pool, machine).await?;
-        let lease = match self.wait_until {
-            None => client.acquire(org, pool, machine, nonce).await?,
-            Some(until) => self.queue(&client, until.saturating_duration_since(tokio::time::Instant::now())).await?,
+        let lease = match (self.wait_until, self.labels.is_empty()) {
+            (None, true) => client.acquire(org, pool, machine, nonce).await?,
+            (None, false) => self.queue(&client, Duration::ZERO).await?,
+            (Some(until), _) => {
+                self.queue(&client, until.saturating_duration_since(tokio::time::Instant::now())).await?
+            }
         };
         Ok((client, Attached::Lease(lease)))
     }
 
-    /// Waits in the pool's queue, saying where it stands.
+    /// Acquires with the job's labels, waiting up to `wait` in the pool's
+    /// queue and saying where it stands.
     async fn queue(&self, client: &Client, wait: Duration) -> Result<Admitted, ClientError> {
         let (org, pool, machine, nonce) = (&self.args.org, self.pool, &self.machine, self.nonce);
-        let answer = client.wait(org, pool, machine, nonce, wait);
+        let checkout = Checkout { org, pool, machine, nonce, wait, labels: self.labels.clone() };
+        let answer = client.checkout(&checkout);
         tokio::pin!(answer);
         loop {
             tokio::select! {
@@ -425,6 +440,10 @@ impl Runner {
         let (org, pool, machine, nonce) = (&self.args.org, self.pool, &self.machine, self.nonce);
         let client = self.connector.connect().await?;
         let again = client.reattach(org, pool, machine, nonce, token).await?;
+        if !again.reattached && !self.labels.is_empty() {
+            // A restarted broker gave a new session: label it again.
+            client.label(again.session, self.labels.clone()).await?;
+        }
         Ok((client, Attached::Lease(again)))
     }
 
@@ -531,4 +550,9 @@ fn interrupted() -> Stop {
 
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `--label KEY=VALUE`, validated as the broker will.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    Labels::parse_pair(s).map_err(|e| e.to_string())
 }

@@ -2,10 +2,10 @@
 
 use super::{Client, ClientError};
 use crate::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, UserInfo,
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionView, UserInfo,
 };
 use crate::proto::{Req, Resp, SessionToken};
-use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
+use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
 impl Client {
     /// Registers a machine; `true` if it was new.
@@ -84,10 +84,25 @@ impl Client {
         }
     }
 
-    /// Acquires, waiting up to `wait` in the pool's queue (first come, first
-    /// admitted) when no seat is free. The broker pushes a `Queued` notice
-    /// with the position meanwhile. Refused with `QUEUE_TIMEOUT` if no seat
-    /// came in time, `QUEUE_FULL`, or an acquire's refusal.
+    /// Acquires with the job's labels, waiting up to `wait` in the pool's
+    /// queue (first come, first admitted) when no seat is free (zero: do
+    /// not wait). The broker pushes a `Queued` notice with the position
+    /// meanwhile. Refused with `QUEUE_TIMEOUT` if no seat came in time,
+    /// `QUEUE_FULL`, or an acquire's refusal.
+    pub async fn checkout(&self, c: &Checkout<'_>) -> Result<Admitted, ClientError> {
+        let wait_ms = u64::try_from(c.wait.as_millis()).unwrap_or(u64::MAX);
+        let req = Req::Checkout {
+            org: c.org.clone(),
+            pool: c.pool,
+            machine: c.machine.clone(),
+            nonce: Nonce(c.nonce),
+            wait_ms,
+            labels: c.labels.clone(),
+        };
+        admitted(self.call(req).await?)
+    }
+
+    /// `checkout` without labels.
     pub async fn wait(
         &self,
         org: &OrgName,
@@ -96,9 +111,7 @@ impl Client {
         nonce: u128,
         wait: std::time::Duration,
     ) -> Result<Admitted, ClientError> {
-        let wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
-        let req = Req::Wait { org: org.clone(), pool, machine: machine.clone(), nonce: Nonce(nonce), wait_ms };
-        admitted(self.call(req).await?)
+        self.checkout(&Checkout { org, pool, machine, nonce, wait, labels: Labels::default() }).await
     }
 
     /// Operator: creates an org; returns its Owner's key.
@@ -168,9 +181,20 @@ impl Client {
     }
 
     /// Owner/Admin: live sessions.
-    pub async fn list_sessions(&self, org: &OrgName) -> Result<Vec<SessionInfo>, ClientError> {
+    pub async fn list_sessions(&self, org: &OrgName) -> Result<Vec<SessionView>, ClientError> {
         match self.call(Req::ListSessions { org: org.clone() }).await? {
-            Resp::Sessions(v) => Ok(v),
+            Resp::SessionViews(v) => Ok(v),
+            Resp::Sessions(v) => {
+                Ok(v.into_iter().map(|info| SessionView { info, labels: Labels::default() }).collect())
+            }
+            other => unexpected(other),
+        }
+    }
+
+    /// Replaces the labels of a session this user holds.
+    pub async fn label(&self, session: SessionId, labels: Labels) -> Result<(), ClientError> {
+        match self.call(Req::Label { session, labels }).await? {
+            Resp::Done => Ok(()),
             other => unexpected(other),
         }
     }
@@ -301,6 +325,23 @@ impl Client {
             other => unexpected(other),
         }
     }
+}
+
+/// What `checkout` asks for.
+#[derive(Clone, Debug)]
+pub struct Checkout<'a> {
+    /// The org.
+    pub org: &'a OrgName,
+    /// The pool.
+    pub pool: PoolId,
+    /// The registered machine.
+    pub machine: &'a MachineId,
+    /// The runner instance's nonce.
+    pub nonce: u128,
+    /// Longest wait in the queue; zero: do not wait.
+    pub wait: std::time::Duration,
+    /// The job's labels.
+    pub labels: Labels,
 }
 
 /// The result of a KSE activation.

@@ -5,7 +5,7 @@
 mod api;
 mod backoff;
 
-pub use api::{Activated, Admitted};
+pub use api::{Activated, Admitted, Checkout};
 pub use backoff::Backoff;
 
 use std::net::SocketAddr;

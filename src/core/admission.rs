@@ -19,6 +19,7 @@ use super::record::{AuditAction, Change, Record};
 use super::session::{EndReason, Lease, SeatFrom, SessionRequest};
 use super::time::Millis;
 use crate::sync::Arc;
+use crate::value::Labels;
 
 /// Where a caller wants a seat: an org's pool, from a machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +54,18 @@ pub enum Activation {
     },
     /// A floating license opened (or re-attached to) a leased session.
     Leased(Lease),
+}
+
+/// Who asks for a seat: the runner instance (its nonce makes a retry find
+/// its session instead of a second seat), its connection, its job labels.
+#[derive(Clone, Debug)]
+pub struct Claimant {
+    /// The runner instance's nonce.
+    pub nonce: Nonce,
+    /// The connection asking (the session's holder connection).
+    pub conn: ConnId,
+    /// Which pipeline or job it runs (shown with the session).
+    pub labels: Labels,
 }
 
 /// What asking to wait for a seat gave.
@@ -115,7 +128,7 @@ impl Broker {
     /// This is the hot path: no directory lock, and no machine lookup
     /// unless a machine was removed since the ticket was resolved.
     pub fn admit(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
-        self.admit_from(ticket, nonce, conn, now, SeatFrom::Free)
+        self.admit_from(ticket, &Claimant { nonce, conn, labels: Labels::default() }, now, SeatFrom::Free)
     }
 
     /// A runner re-attaches to its lease: to its live session if this run
@@ -136,7 +149,8 @@ impl Broker {
         earlier_run: bool,
     ) -> Result<Lease> {
         let seat = if earlier_run { SeatFrom::HeldFirst } else { SeatFrom::Nowhere };
-        self.admit_from(&self.resolve(p, target)?, nonce, conn, now, seat)
+        let who = Claimant { nonce, conn, labels: Labels::default() };
+        self.admit_from(&self.resolve(p, target)?, &who, now, seat)
     }
 
     /// Admits a session now if a seat is free and nobody waits for one;
@@ -149,13 +163,12 @@ impl Broker {
         &self,
         p: &Principal,
         target: &Target,
-        nonce: Nonce,
-        conn: ConnId,
+        who: &Claimant,
         now: Millis,
         deliver: Deliver,
     ) -> Result<Waited> {
         let ticket = self.resolve(p, target)?;
-        match self.admit_from(&ticket, nonce, conn, now, SeatFrom::Free) {
+        match self.admit_from(&ticket, who, now, SeatFrom::Free) {
             Err(Error::QuotaExceeded { .. }) => {}
             other => return other.map(Waited::Leased),
         }
@@ -164,9 +177,7 @@ impl Broker {
             return Err(Error::QuotaExceeded { quota: 0 });
         }
         match Pool::join_queue(&ticket.pool, deliver, self.config.max_waiters)? {
-            Joined::Seat(grant) => {
-                self.admit_from(&ticket, nonce, conn, now, SeatFrom::Granted(grant)).map(Waited::Leased)
-            }
+            Joined::Seat(grant) => self.admit_from(&ticket, who, now, SeatFrom::Granted(grant)).map(Waited::Leased),
             Joined::Waiting(place) => Ok(Waited::Queued(place)),
         }
     }
@@ -175,30 +186,29 @@ impl Broker {
     /// everything an acquire checks (the machine, the grant, the
     /// subscription may have changed while it waited). On a refusal the
     /// grant is dropped and its seat goes to the next waiter.
-    pub fn claim(
-        &self,
-        p: &Principal,
-        target: &Target,
-        nonce: Nonce,
-        conn: ConnId,
-        now: Millis,
-        grant: Grant,
-    ) -> Result<Lease> {
+    pub fn claim(&self, p: &Principal, target: &Target, who: &Claimant, now: Millis, grant: Grant) -> Result<Lease> {
         let ticket = self.resolve(p, target)?;
         if !Arc::ptr_eq(grant.pool(), &ticket.pool) {
             return Err(Error::invalid("pool", "the seat was granted in another pool"));
         }
         ticket.pool.open_at(now)?;
-        self.admit_from(&ticket, nonce, conn, now, SeatFrom::Granted(grant))
+        self.admit_from(&ticket, who, now, SeatFrom::Granted(grant))
     }
 
-    fn admit_from(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis, seat: SeatFrom) -> Result<Lease> {
+    /// Acquires with `who`'s labels, without waiting (a `Checkout` that
+    /// does not queue).
+    pub fn acquire_as(&self, p: &Principal, target: &Target, who: &Claimant, now: Millis) -> Result<Lease> {
+        self.admit_from(&self.resolve(p, target)?, who, now, SeatFrom::Free)
+    }
+
+    fn admit_from(&self, ticket: &Ticket, who: &Claimant, now: Millis, seat: SeatFrom) -> Result<Lease> {
         let pool = &ticket.pool;
         let kse = pool.id.product == Product::Kse;
         if kse && !pool.has_grant(&ticket.user) {
             return Err(Error::NotLicensed);
         }
-        let req = SessionRequest { machine: ticket.machine.clone(), user: ticket.user.clone(), nonce, conn };
+        let (nonce, conn, labels) = (who.nonce, who.conn, who.labels.clone());
+        let req = SessionRequest { machine: ticket.machine.clone(), user: ticket.user.clone(), nonce, conn, labels };
         let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), seat)?;
         // A revoke may have landed between the check above and the insert,
         // its sweep missing this session. Checking again after the insert

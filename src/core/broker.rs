@@ -174,6 +174,12 @@ impl Broker {
         self.sessions.end(session, EndReason::Released, |h| held_by(h, p))
     }
 
+    /// Sets the labels of a session the caller holds (a runner that
+    /// re-attached after a restart got a new, unlabelled session).
+    pub fn label(&self, p: &Principal, session: SessionId, labels: crate::value::Labels) -> Result<()> {
+        self.sessions.label(session, labels, |h| held_by(h, p))
+    }
+
     /// Ends a live session unconditionally (an undo, a failed re-check).
     pub(crate) fn end_session(&self, session: SessionId, reason: EndReason) -> Result<Ended> {
         self.sessions.end(session, reason, |_| true)

@@ -7,6 +7,7 @@
 //! (tickets, sessions, registration, activation) → `pending` (a durable
 //! change and its undo) → `admin` and `licensing` (planned admin changes) →
 //! `directory` (who exists) → `pool` and `seats` (a pool's counters) →
+//! `queue` (a pool's waiters and the seats handed to them) →
 //! `session` (the lease table and its shards) → `record` (what the store
 //! keeps) → `error`. Values (ids, pool names, instants) come from `crate::value`.
 
@@ -25,6 +26,7 @@ pub mod seats;
 pub mod session;
 pub mod testkit;
 
+pub use crate::value::Labels;
 /// The shared values (`crate::value`), under the names core modules use.
 pub use crate::value::{id, pool_id, time};
 
@@ -34,7 +36,7 @@ mod tests;
 mod tests_queue;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
-pub use admission::{Activation, Target, Ticket, Waited};
+pub use admission::{Activation, Claimant, Target, Ticket, Waited};
 pub use broker::{Broker, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};

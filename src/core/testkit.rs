@@ -119,12 +119,14 @@ impl Fixture {
     pub fn wait(&self, machine: &str, nonce: u128, conn: u64, now: Millis) -> (Result<super::Waited>, Inbox) {
         let inbox = Inbox::default();
         let deliver = inbox.deliver();
-        (self.broker.wait(&self.owner, &self.target(machine), Nonce(nonce), ConnId(conn), now, deliver), inbox)
+        let who = super::Claimant { nonce: Nonce(nonce), conn: ConnId(conn), labels: Default::default() };
+        (self.broker.wait(&self.owner, &self.target(machine), &who, now, deliver), inbox)
     }
 
     /// Turns a delivered grant into the waiter's session.
     pub fn claim(&self, machine: &str, nonce: u128, conn: u64, now: Millis, grant: super::Grant) -> Result<Lease> {
-        self.broker.claim(&self.owner, &self.target(machine), Nonce(nonce), ConnId(conn), now, grant)
+        let who = super::Claimant { nonce: Nonce(nonce), conn: ConnId(conn), labels: Default::default() };
+        self.broker.claim(&self.owner, &self.target(machine), &who, now, grant)
     }
 
     /// Creates or changes a pool's quota, as the operator.

@@ -712,3 +712,20 @@ fn a_raise_makes_room_for_every_admission_waiting_for_it() {
         w.acquire("m", n, 1, t(0)).unwrap();
     }
 }
+
+#[test]
+fn labels_travel_with_the_session_and_only_its_holder_relabels_it() {
+    let w = world(2);
+    w.register("m").unwrap();
+    let labels = Labels::new([("job".to_string(), "e2e".to_string())]).unwrap();
+    let who = Claimant { nonce: Nonce(1), conn: ConnId(1), labels: labels.clone() };
+    let lease = w.broker.acquire_as(&w.owner, &w.target("m"), &who, t(0)).unwrap();
+    assert_eq!(w.broker.sessions(&w.owner, &w.org).unwrap()[0].labels, labels);
+    let other = w.add_member("u@default", Role::User, 9);
+    let relabel = Labels::new([("job".to_string(), "nightly".to_string())]).unwrap();
+    assert_eq!(w.broker.label(&other, lease.session, relabel.clone()), Err(Error::SessionExpired));
+    w.broker.label(&w.owner, lease.session, relabel.clone()).unwrap();
+    assert_eq!(w.broker.sessions(&w.owner, &w.org).unwrap()[0].labels, relabel);
+    let ended = w.broker.release(&w.owner, lease.session).unwrap();
+    assert_eq!(ended.info.labels, relabel, "the end carries them (for the log and usage history)");
+}

@@ -46,6 +46,15 @@ pub struct PoolState {
     pub waiting: u32,
 }
 
+/// A live session with its job labels (`ListSessions` on version 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionView {
+    /// What every version gets.
+    pub info: SessionInfo,
+    /// Which pipeline or job holds it.
+    pub labels: crate::value::Labels,
+}
+
 /// A public view of one live session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {

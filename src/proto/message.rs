@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use super::error::WireError;
 use super::info::{
     AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo,
-    UserInfo,
+    SessionView, UserInfo,
 };
-use crate::value::{MachineId, Nonce, OrgName, PoolId, Role, SessionId};
+use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
 /// A frame from client to server on a bidirectional stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -274,13 +274,13 @@ pub enum Req {
         /// The latest token the broker issued for the lease.
         token: SessionToken,
     },
-    /// Version 3: an `Acquire` that waits in the pool's queue (first come,
-    /// first admitted) for up to `wait_ms` when no seat is free. Answered
-    /// with `Leased` when a seat is taken (at once, or later: other
-    /// requests on the stream are answered meanwhile), else `QUEUE_TIMEOUT`,
-    /// `QUEUE_FULL` or an acquire's refusal. While it waits, a `Queued`
-    /// notice gives its position.
-    Wait {
+    /// Version 3: an `Acquire` with the job's labels that, with `wait_ms`
+    /// above 0, waits in the pool's queue (first come, first admitted) for
+    /// up to `wait_ms` when no seat is free. Answered with `Leased` when a
+    /// seat is taken (at once, or later: other requests on the stream are
+    /// answered meanwhile), else `QUEUE_TIMEOUT`, `QUEUE_FULL` or an
+    /// acquire's refusal. While it waits, a `Queued` notice gives its position.
+    Checkout {
         /// The org.
         org: OrgName,
         /// The pool.
@@ -289,8 +289,18 @@ pub enum Req {
         machine: MachineId,
         /// The runner instance's nonce (idempotency key).
         nonce: Nonce,
-        /// Longest wait, milliseconds (at most a day).
+        /// Longest wait, milliseconds (at most a day); 0 = do not wait.
         wait_ms: u64,
+        /// Which pipeline or job this is (shown with the session).
+        labels: Labels,
+    },
+    /// Version 3: replaces the labels of a session the caller holds (after
+    /// a re-attach into a new session, say). Answered with `Done`.
+    Label {
+        /// The session.
+        session: SessionId,
+        /// Its labels.
+        labels: Labels,
     },
 }
 
@@ -491,6 +501,8 @@ pub enum Resp {
     },
     /// Status (version 3): each pool's numbers and its wait queue.
     Pools(Vec<PoolState>),
+    /// ListSessions (version 3): each session with its labels.
+    SessionViews(Vec<SessionView>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.
@@ -508,9 +520,9 @@ pub enum Notice {
         /// How long the broker waits for clients to leave, in milliseconds.
         grace_ms: u64,
     },
-    /// A `Wait` request joined its pool's queue.
+    /// A waiting `Checkout` joined its pool's queue.
     Queued {
-        /// The waiting runner's nonce (as in its `Wait`).
+        /// The waiting runner's nonce (as in its `Checkout`).
         nonce: Nonce,
         /// Its place: 1 is admitted at the next free seat.
         position: u32,

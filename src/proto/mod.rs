@@ -13,15 +13,16 @@ pub use error::{ErrorCode, WireError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
 pub use info::{
     AuditAction, AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus,
-    SessionInfo, UserInfo,
+    SessionInfo, SessionView, UserInfo,
 };
 pub use message::*;
 
 /// The protocol version this build speaks (first field of `Hello`).
 /// Version 2 answers `Acquire` with `Leased` and `Renew` with `Extended`,
 /// both carrying a session token (see `Req::Reattach`). Version 3 adds the
-/// wait queue (`Req::Wait`, `Notice::Queued`) and answers `Status` with
-/// `Pools` (each pool's queue depth too).
+/// wait queue and job labels (`Req::Checkout`, `Req::Label`,
+/// `Notice::Queued`), and answers `Status` with `Pools` (each pool's queue
+/// depth too) and `ListSessions` with `SessionViews` (labels too).
 pub const VERSION: u16 = 3;
 
 /// The oldest version the broker still speaks: a version 1 stream gets

@@ -16,7 +16,7 @@ use crate::core::{
     Pending, Principal, Registration, Result as CoreResult, SessionId, Target,
 };
 use crate::keys;
-use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, WireError};
+use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, SessionView, WireError};
 
 pub(super) type Reply = Result<Resp, WireError>;
 
@@ -52,7 +52,14 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
             // Version 3: each pool's wait queue too.
             _ => Resp::Pools(v.into_iter().map(|s| PoolState { waiting: s.waiting, status: s.into() }).collect()),
         }),
-        Req::ListSessions { org } => reply(core.sessions(p, &org), |v| Resp::Sessions(list(v))),
+        Req::ListSessions { org } => reply(core.sessions(p, &org), |v| match call.proto {
+            1 | 2 => Resp::Sessions(list(v)),
+            // Version 3: with each session's labels.
+            _ => Resp::SessionViews(
+                v.into_iter().map(|s| SessionView { labels: s.labels.clone(), info: s.into() }).collect(),
+            ),
+        }),
+        Req::Label { session, labels } => reply(core.label(p, session, labels), |()| Resp::Done),
         Req::ListMachines { org } => reply(core.machines(p, &org), |v| Resp::Machines(list(v))),
         Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
         Req::ListKeys { org } => reply(core.keys(p, &org), |v| Resp::Keys(list(v))),
@@ -156,7 +163,7 @@ impl Call<'_> {
     /// Books an admitted (or re-attached) session and answers with it: with
     /// its token on a version 2 stream.
     fn leased(&self, target: &Target, nonce: Nonce, lease: Lease) -> Resp {
-        self.book(target, &lease);
+        self.book(target, &lease, &crate::core::Labels::default());
         match self.proto {
             1 => {
                 let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
@@ -167,10 +174,10 @@ impl Call<'_> {
     }
 
     /// Logs a session that took a seat, and books it.
-    pub(super) fn book(&self, target: &Target, lease: &Lease) {
+    pub(super) fn book(&self, target: &Target, lease: &Lease, labels: &crate::core::Labels) {
         if !lease.reattached {
-            let (org, pool, machine) = (&target.org, target.pool, &target.machine);
-            tracing::debug!(session = %lease.session, %org, %pool, %machine, user = %self.p.email, "session started");
+            let (org, pool, machine, user) = (&target.org, target.pool, &target.machine, &self.p.email);
+            tracing::debug!(session = %lease.session, %org, %pool, %machine, %user, %labels, "session started");
         }
         self.hold(lease);
     }
@@ -271,7 +278,7 @@ async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionT
     let earlier = !checked.this_run;
     let lease =
         with_room(call, &target, || core.reattach(call.p, &target, nonce, call.ctx.id, call.now, earlier)).await?;
-    call.book(&target, &lease);
+    call.book(&target, &lease, &crate::core::Labels::default());
     // Whatever version the stream speaks, a re-attach answers with a token.
     Ok(call.with_token(&target, nonce, lease))
 }

@@ -231,7 +231,7 @@ pub(crate) struct ConnCtx {
     pub failed_hellos: std::sync::atomic::AtomicU32,
     /// The connection itself, to close it from a stream.
     pub conn: quinn::Connection,
-    /// Its `Wait` requests still waiting (bounded, see `waiting`).
+    /// Its `Checkout` requests still waiting (bounded, see `waiting`).
     pub waits: std::sync::atomic::AtomicU32,
 }
 
@@ -262,7 +262,8 @@ impl LogBudget {
 pub(crate) fn log_ended(e: &Ended) {
     let i = &e.info;
     let reason = e.reason.name();
-    tracing::debug!(session = %i.session, pool = %i.pool, machine = %i.machine, user = %i.user, reason, "session ended");
+    let (session, pool, machine, user, labels) = (&i.session, &i.pool, &i.machine, &i.user, &i.labels);
+    tracing::debug!(%session, %pool, %machine, %user, %labels, reason, "session ended");
 }
 
 /// A running broker.

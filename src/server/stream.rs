@@ -58,7 +58,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
     let mut out = Vec::with_capacity(4096);
     let mut state = StreamState { caller: None, tickets: Tickets::default() };
     let mut chunk = vec![0u8; READ_CHUNK];
-    // Answers to `Wait` requests come later, from their tasks.
+    // Answers to waiting `Checkout` requests come later, from their tasks.
     let (late_tx, mut late_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(waiting::LATE_QUEUE);
     loop {
         // A frame that has started must finish within the frame deadline:
@@ -121,10 +121,10 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                         Ok((p, proto)) => {
                             let call = Call { shared: &shared, ctx: &ctx, p, now: shared.clock.now(), proto };
                             match (body, key) {
-                                (Req::Wait { org, pool, machine, nonce, wait_ms }, Some(key)) => {
+                                (Req::Checkout { org, pool, machine, nonce, wait_ms, labels }, Some(key)) => {
                                     let target = crate::core::Target { org, pool, machine };
                                     let wait = std::time::Duration::from_millis(wait_ms).min(waiting::MAX_WAIT);
-                                    let req = waiting::WaitReq { id, target, nonce, wait, key };
+                                    let req = waiting::WaitReq { id, target, nonce, wait, key, labels };
                                     waiting::start(&shared, &ctx, p, proto, req, &late_tx).await.map(into_outcome)
                                 }
                                 (body, _) => Some(into_outcome(handler::slow(&call, body).await)),

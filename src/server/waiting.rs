@@ -1,4 +1,5 @@
-//! `Wait` requests: a runner queued for a seat, answered when one comes.
+//! `Checkout` requests: an acquire with the job's labels that, asked to,
+//! waits in the pool's queue for a seat, answered when one comes.
 //!
 //! The core keeps the queue and hands a freed seat to the head waiter as a
 //! `Grant` (see `core::queue`); this module is the waiter's side. Each
@@ -19,10 +20,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::handler::{with_room, Call, Reply};
 use super::{ConnCtx, Shared};
-use crate::core::{Grant, KeyHash, Nonce, Place, Principal, Target, Waited};
+use crate::core::{Claimant, ConnId, Grant, KeyHash, Labels, Nonce, Place, Principal, Target, Waited};
 use crate::proto::{ErrorCode, Notice, WireError};
 
-/// Encoded answers a stream writes when they come (late `Wait` answers).
+/// Encoded answers a stream writes when they come (late `Checkout` answers).
 pub(super) type Late = mpsc::Sender<Vec<u8>>;
 
 /// Late answers a stream buffers before a waiter's send waits for room.
@@ -35,18 +36,26 @@ pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
 /// a pool's queue (and the broker's memory) from one connection.
 pub const MAX_WAITS_PER_CONNECTION: u32 = 1024;
 
-/// What a `Wait` asks for.
+/// What a `Checkout` asks for.
 pub(super) struct WaitReq {
     pub id: u64,
     pub target: Target,
     pub nonce: Nonce,
+    /// Zero: do not queue.
     pub wait: Duration,
     /// The caller's key, to check it again when the seat comes.
     pub key: KeyHash,
+    pub labels: Labels,
 }
 
-/// Answers a `Wait` now (admitted or refused), or queues it and returns
-/// `None`: its task sends the answer through `late`.
+impl WaitReq {
+    fn claimant(&self, conn: ConnId) -> Claimant {
+        Claimant { nonce: self.nonce, conn, labels: self.labels.clone() }
+    }
+}
+
+/// Answers a `Checkout` now (admitted or refused), or queues it and
+/// returns `None`: its task sends the answer through `late`.
 pub(super) async fn start(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnCtx>,
@@ -59,6 +68,15 @@ pub(super) async fn start(
     if let Err(e) = call.admitting() {
         return Some(Err(e));
     }
+    let who = req.claimant(ctx.id);
+    if req.wait.is_zero() {
+        let core = &shared.core;
+        let admitted = with_room(call, &req.target, || core.acquire_as(p, &req.target, &who, call.now)).await;
+        return Some(admitted.map(|lease| {
+            call.book(&req.target, &lease, &req.labels);
+            call.with_token(&req.target, req.nonce, lease)
+        }));
+    }
     let Some(slot) = Slot::take(ctx) else {
         let msg = format!("this connection already has {MAX_WAITS_PER_CONNECTION} requests waiting");
         return Some(Err(WireError::new(ErrorCode::QueueFull, msg)));
@@ -68,13 +86,13 @@ pub(super) async fn start(
     let joined = with_room(call, target, || {
         let (tx, rx) = oneshot::channel::<Grant>();
         inbox = Some(rx);
-        core.wait(call.p, target, nonce, call.ctx.id, call.now, Box::new(move |grant| tx.send(grant)))
+        core.wait(call.p, target, &who, call.now, Box::new(move |grant| tx.send(grant)))
     })
     .await;
     let place = match joined {
         Err(e) => return Some(Err(e)),
         Ok(Waited::Leased(lease)) => {
-            call.book(target, &lease);
+            call.book(target, &lease, &who.labels);
             return Some(Ok(call.with_token(target, nonce, lease)));
         }
         Ok(Waited::Queued(place)) => place,
@@ -137,8 +155,8 @@ impl Waiter {
         let p = shared.core.authenticate(&req.key)?;
         let call = Call { shared, ctx: &self.ctx, p: &p, now: shared.clock.now(), proto: self.proto };
         call.admitting()?;
-        let lease = shared.core.claim(&p, &req.target, req.nonce, self.ctx.id, call.now, grant)?;
-        call.book(&req.target, &lease);
+        let lease = shared.core.claim(&p, &req.target, &req.claimant(self.ctx.id), call.now, grant)?;
+        call.book(&req.target, &lease, &req.labels);
         Ok(call.with_token(&req.target, req.nonce, lease))
     }
 

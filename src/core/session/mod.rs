@@ -59,6 +59,8 @@ pub struct SessionRequest {
     pub nonce: Nonce,
     /// The connection asking.
     pub conn: ConnId,
+    /// The job's labels.
+    pub labels: crate::value::Labels,
 }
 
 /// Where a new session's seat may come from (a live session of the same
@@ -119,6 +121,8 @@ pub struct SessionInfo {
     pub started: Millis,
     /// When it expires unless renewed.
     pub deadline: Millis,
+    /// The job's labels (pipeline, job), as the runner gave them.
+    pub labels: crate::value::Labels,
 }
 
 /// Checks that `id` is live in `shard` and that `allow` accepts its holder;
@@ -257,6 +261,7 @@ impl SessionTable {
             conn: req.conn,
             started: now,
             deadline,
+            labels: req.labels,
         };
         // Invariant: the shard has room (checked above, under the same lock).
         let id = shard.insert(live).expect("shard has a free slot");
@@ -289,6 +294,21 @@ impl SessionTable {
         // Invariant: vetted live above, under this same lock.
         let s = shard.get(id).expect("vetted live above");
         Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
+    }
+
+    /// Replaces a live session's labels if `allow` accepts its holder.
+    pub fn label(
+        &self,
+        id: SessionId,
+        labels: crate::value::Labels,
+        allow: impl FnOnce(Holder<'_>) -> bool,
+    ) -> Result<()> {
+        let index = self.shard_of(id);
+        let mut shard = self.shards[index].lock.lock();
+        vet(&shard, id, allow)?;
+        // Invariant: vetted live above, under this same lock.
+        shard.get_mut(id).expect("vetted live above").labels = labels;
+        Ok(())
     }
 
     /// Ends a live session for `reason` if `allow` accepts it, returning its seat.

@@ -39,6 +39,8 @@ pub(super) struct Live {
     pub conn: ConnId,
     pub started: Millis,
     pub deadline: Millis,
+    /// Which job holds it; one pointer, none when unlabelled.
+    pub labels: crate::value::Labels,
 }
 
 struct Slot {
@@ -170,6 +172,7 @@ impl Shard {
             user: live.user.clone(),
             started: live.started,
             deadline: live.deadline,
+            labels: live.labels.clone(),
         }
     }
 

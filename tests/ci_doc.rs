@@ -1,0 +1,101 @@
+//! docs/CI.md's snippets, run as the CI systems would run them: the
+//! runner command of each (GitHub Actions, GitLab CI, Jenkins) under that
+//! system's environment variables, against a local broker, with a stand-in
+//! `katalonc` that checks it holds a live, labelled session.
+
+mod process;
+
+use std::path::Path;
+use std::process::Command;
+
+use process::{serve, BIN};
+
+const DOC: &str = include_str!("../docs/CI.md");
+
+/// The `license-broker runner …` command in the section `heading`, as the
+/// CI system's shell would receive it.
+fn command_of(heading: &str) -> String {
+    let section = DOC.split(&format!("## {heading}\n")).nth(1).unwrap_or_else(|| panic!("no section {heading}"));
+    let line = section.lines().find(|l| l.contains("license-broker runner")).expect("a runner command");
+    let from = line.find("license-broker runner").unwrap();
+    let cmd = &line[from..];
+    // Jenkins wraps it in sh '…'.
+    cmd.strip_suffix('\'').unwrap_or(cmd).to_string()
+}
+
+/// A `katalonc` that checks its lease: a session in its environment, and
+/// that session listed by the broker with the CI system's labels.
+fn stand_in(dir: &Path) {
+    let script = format!(
+        "#!/bin/sh\n[ -n \"$LB_SESSION\" ] || exit 42\n\"{BIN}\" session list --org \"$LB_ORG\" --json > \"{}/sessions.json\" || exit 43\nexit 0\n",
+        dir.display()
+    );
+    let path = dir.join("bin/katalonc");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, script).unwrap();
+    std::os::unix::fs::symlink(BIN, dir.join("bin/license-broker")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn each_ci_snippet_runs_its_job_under_a_labelled_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    let out = s.run(&s.operator, &["org", "create", "acme", "--subscription-end", "2099-12-31"]);
+    assert!(out.status.success(), "{out:?}");
+    let owner = String::from_utf8_lossy(&out.stdout).trim().strip_prefix("owner api key: ").unwrap().to_string();
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "acme", "--quota", "1"]).status.success());
+
+    type Pairs = &'static [(&'static str, &'static str)];
+    let cases: [(&str, Pairs, Pairs); 3] = [
+        (
+            "GitHub Actions",
+            &[
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_REPOSITORY", "acme/web"),
+                ("GITHUB_RUN_ID", "9001"),
+                ("GITHUB_JOB", "e2e"),
+            ],
+            &[("ci", "github"), ("repository", "acme/web"), ("run", "9001"), ("job", "e2e")],
+        ),
+        (
+            "GitLab CI",
+            &[("GITLAB_CI", "true"), ("CI_PROJECT_PATH", "acme/api"), ("CI_PIPELINE_ID", "77"), ("CI_JOB_NAME", "e2e")],
+            &[("ci", "gitlab"), ("project", "acme/api"), ("pipeline", "77"), ("job", "e2e")],
+        ),
+        (
+            "Jenkins",
+            &[("JENKINS_URL", "http://jenkins.local/"), ("JOB_NAME", "acme/app"), ("BUILD_NUMBER", "12")],
+            &[("ci", "jenkins"), ("job", "acme/app"), ("build", "12")],
+        ),
+    ];
+    for (heading, env, want) in cases {
+        let work = tempfile::tempdir().unwrap();
+        stand_in(work.path());
+        let path = format!("{}:{}", work.path().join("bin").display(), std::env::var("PATH").unwrap());
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(command_of(heading))
+            .current_dir(work.path())
+            .env_clear()
+            .env("PATH", path)
+            .env("LB_SERVER", &s.addr)
+            .env("LB_CA", &s.ca)
+            .env("LB_API_KEY", &owner)
+            .env("LB_MACHINE_ID", "runner-host-1")
+            .env("CI_PROJECT_DIR", work.path())
+            .env("WORKSPACE", work.path())
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{heading}: {out:?}");
+        let listed: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(work.path().join("sessions.json")).unwrap()).unwrap();
+        let labels = &listed["sessions"][0]["labels"];
+        for (k, v) in want {
+            assert_eq!(labels[k], *v, "{heading}: label {k} in {listed}");
+        }
+        assert_eq!(listed["sessions"][0]["machine"], "runner-host-1", "{heading}");
+    }
+}
