@@ -186,6 +186,23 @@ fn runner_runs_a_job_under_its_lease_and_exits_with_its_code() {
     assert!(!stdout.contains("event"), "the job's stdout is its own: {stdout}");
     assert!(events.contains(r#""event":"admitted""#) && events.contains(r#""reason":"job_exited""#), "{events}");
     assert_eq!(s.in_use(), 0, "released when the job exited");
+    // --events-file: the runner's events go there, stderr stays the job's.
+    let events_path = dir.path().join("events.jsonl");
+    let out = s
+        .cmd(&s.owner)
+        .args(["runner", "--org", "default", "--events-file"])
+        .arg(&events_path)
+        .args(["--", "sh", "-c", "echo job-err >&2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "job-err\n", "only the job's own stderr");
+    let written = std::fs::read_to_string(&events_path).unwrap();
+    let names: Vec<String> = written
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["admitted", "released"], "{written}");
     // A job that cannot start: the seat is given back, exit 127.
     let out = s.cmd(&s.owner).args(["runner", "--org", "default", "--", "/nonexistent/job"]).output().unwrap();
     assert_eq!(out.status.code(), Some(127), "{out:?}");

@@ -12,7 +12,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use license_broker::client::{Admitted, Backoff, Checkout, Client, ClientError, Connector};
 use license_broker::proto::{ErrorCode, Notice};
 use license_broker::value::{Labels, MachineId, OrgName, PoolId};
@@ -51,12 +51,18 @@ pub struct RunnerArgs {
     /// Print one JSON object per event.
     #[arg(long)]
     json: bool,
+    /// Append the runner's events to this file, one JSON object per line,
+    /// instead of printing them (the job's output stays alone on the
+    /// terminal or in the CI log).
+    #[arg(long, value_name = "PATH")]
+    events_file: Option<std::path::PathBuf>,
     /// With a command: how long the job gets between SIGTERM and SIGKILL
     /// when the lease is lost.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     kill_grace: Duration,
     /// Run this command under the lease (after `--`): its stdout and stderr
-    /// are untouched, the runner's events go to stderr, SIGINT/SIGTERM are
+    /// are untouched, the runner's events go to stderr (or
+    /// `--events-file`), SIGINT/SIGTERM are
     /// forwarded to it, the lease is released when it exits, and the runner
     /// exits with its exit code. If the lease is lost the job is stopped and
     /// the runner exits 6.
@@ -68,6 +74,8 @@ struct Events {
     json: bool,
     /// A job owns stdout; the runner's own events then go to stderr.
     to_stderr: bool,
+    /// `--events-file`: JSON lines appended there instead.
+    file: Option<parking_lot::Mutex<std::fs::File>>,
 }
 
 impl Events {
@@ -76,6 +84,12 @@ impl Events {
     fn emit(&self, mut value: serde_json::Value, human: String) {
         if let Some(fields) = value.as_object_mut() {
             fields.insert("at_ms".into(), unix_ms().into());
+        }
+        if let Some(file) = &self.file {
+            use std::io::Write;
+            // An event that cannot be written is not worth stopping the job for.
+            let _ = writeln!(file.lock(), "{value}");
+            return;
         }
         let line = if self.json { value.to_string() } else { human };
         if self.to_stderr {
@@ -133,7 +147,7 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         wait_until: args.wait.map(|w| tokio::time::Instant::now() + w),
         pool,
         connector: Connector::new(conn.options()?).await?,
-        ev: Events { json: args.json, to_stderr: !args.command.is_empty() },
+        ev: Events { json: args.json, to_stderr: !args.command.is_empty(), file: events_file(&args)? },
         args,
         machine,
         nonce: license_broker::keys::random_u128()?,
@@ -555,4 +569,15 @@ fn unix_ms() -> u64 {
 /// `--label KEY=VALUE`, validated as the broker will.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     Labels::parse_pair(s).map_err(|e| e.to_string())
+}
+
+/// Opens `--events-file` for appending (created if missing).
+fn events_file(args: &RunnerArgs) -> Result<Option<parking_lot::Mutex<std::fs::File>>> {
+    let Some(path) = &args.events_file else { return Ok(None) };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening the events file {}", path.display()))?;
+    Ok(Some(parking_lot::Mutex::new(file)))
 }
