@@ -127,7 +127,7 @@ enum Command {
     Admin(AdminCmd),
     /// Per-pool quota, seats in use (sessions, node-locked activations,
     /// offline licenses, and seats held after a restart for runners to
-    /// re-attach), machines, admissions and rejections.
+    /// re-attach), machines, admissions and rejections, and runners waiting in the queue.
     Status {
         /// Only this org (default: your own; the operator sees all).
         #[arg(long)]
@@ -512,4 +512,28 @@ pub fn exit_code_for(code: Option<ErrorCode>) -> u8 {
 /// The exit code for a failed command.
 pub fn exit_code_of(e: &anyhow::Error) -> u8 {
     exit_code_for(e.downcast_ref::<ClientError>().and_then(ClientError::code))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it is for.
+    #[test]
+    fn every_flag_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Args::command(), "license-broker", &mut missing);
+        assert!(missing.is_empty(), "flags without a description: {missing:?}");
+    }
 }

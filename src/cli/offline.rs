@@ -21,8 +21,10 @@ pub enum OfflineCmd {
         /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The annual node-locked pool, e.g. kse-node-locked-annual.
         #[arg(long)]
         pool: PoolId,
+        /// The machine ID the license is bound to (`machine-id` on that machine prints it).
         #[arg(long)]
         machine_id: MachineId,
         /// Last valid day, YYYY-MM-DD: at most 60 days from today, not after the subscription end.
@@ -46,6 +48,7 @@ pub enum OfflineCmd {
         /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The license's id (from `offline list`).
         license: String,
     },
     /// Owner/Admin: move an offline license to another machine (refused).
@@ -53,7 +56,9 @@ pub enum OfflineCmd {
         /// The org.
         #[arg(long)]
         org: OrgName,
+        /// The license's id (from `offline list`).
         license: String,
+        /// The machine it would move to.
         #[arg(long)]
         machine_id: MachineId,
     },
@@ -62,6 +67,7 @@ pub enum OfflineCmd {
     /// Verify a license file without the broker. Exit 0 valid, 10 bad
     /// signature, 11 expired, 12 not yet valid, 13 wrong machine, 14 malformed.
     Verify {
+        /// The license file (KRE_<machineID>.lic or KSE_<machineID>.lic).
         file: PathBuf,
         /// The broker's public key (PEM), from `offline public-key`.
         #[arg(long)]
