@@ -463,3 +463,29 @@ fn server_side_help_lists_no_client_flags() {
     assert!(status.contains("--server") && status.contains("--api-key-file"), "{status}");
     assert!(help(&["serve", "--help"]).contains("--config"));
 }
+
+#[test]
+fn an_admin_caps_one_users_sessions_and_the_cap_is_listed_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "5"]).status.success());
+    let limit = ["pool", "limit", "--org", "default", "--pool", "kre-floating-annual", "--user", "owner@default"];
+    let out = s.run(&s.owner, &[&limit[..], &["--max", "1"]].concat());
+    assert!(out.status.success(), "{out:?}");
+    let mut holder = s.runner("60s");
+    assert_eq!(first_event(&mut holder)["event"], "admitted");
+    let out = s.cmd(&s.owner).args(["runner", "--org", "default", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("USER_LIMIT"), "{out:?}");
+    let out = s.run(&s.owner, &["pool", "limits", "--org", "default", "--pool", "kre-floating-annual", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["limits"][0], serde_json::json!({"user": "owner@default", "max": 1, "sessions": 1}));
+    let audit = s.run(&s.owner, &["audit", "--org", "default"]);
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("user_limit_set"), "{audit:?}");
+    // Lifted: a second session is admitted.
+    assert!(s.run(&s.owner, &[&limit[..], &["--unlimited"]].concat()).status.success());
+    let out = s.cmd(&s.owner).args(["runner", "--org", "default", "--hold", "0s"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    signal(&holder, "-TERM");
+    holder.wait().unwrap();
+}

@@ -153,6 +153,8 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
             },
         ),
         ("Label", Req::Label { session: s, labels: license_broker::value::Labels::default() }),
+        ("SetUserLimit", Req::SetUserLimit { org: org.clone(), pool: p, email: "x".into(), max: None }),
+        ("ListUserLimits", Req::ListUserLimits { org: org.clone(), pool: p }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -188,6 +190,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("Extended", Resp::Extended { deadline_ms: 0, token: SessionToken([0; 32]) }),
         ("Pools", Resp::Pools(vec![])),
         ("SessionViews", Resp::SessionViews(vec![])),
+        ("UserLimits", Resp::UserLimits(vec![])),
     ];
     for (name, resp) in &resps {
         let n = variant(resp);

@@ -63,6 +63,26 @@ impl Fixture {
         self.0.wait("m", nonce, 1, t(0))
     }
 
+    /// Caps the Owner's sessions in the KRE pool at `max` (as the Owner).
+    pub fn cap_owner(&self, max: u32) {
+        let email = self.owner.email.clone();
+        self.0.apply(self.broker.plan_set_user_limit(
+            &self.owner,
+            &self.org,
+            PoolId::KRE_DEFAULT,
+            &email,
+            Some(max),
+            t(0),
+        ));
+    }
+
+    /// (sessions counted in the Owner's KRE cap, the Owner's live KRE sessions).
+    pub fn owner_cap_count(&self) -> (u32, usize) {
+        let counted = self.broker.user_limits(&self.owner, &self.org, PoolId::KRE_DEFAULT).unwrap();
+        let live = self.broker.sessions(&self.owner, &self.org).unwrap().len();
+        (counted.first().map_or(0, |c| c.2), live)
+    }
+
     /// Two nonces whose sessions live in different shards, so their acquires meet only at the seat counter.
     pub fn nonces_in_distinct_shards(&self) -> (u128, u128) {
         let shard = |n: u128| self.broker.session_shard(&self.org, PoolId::KRE_DEFAULT, Nonce(n)).unwrap();

@@ -470,3 +470,47 @@ fn two_seats_freed_at_once_go_one_to_each_waiter() {
         assert_eq!(f.in_use(), 0, "both seats come back once");
     });
 }
+
+/// 16. Per-user cap: two acquires of a user capped at 1 race (on distinct
+/// shards, meeting only at the cap's word): exactly one is admitted.
+#[test]
+fn a_user_capped_at_one_gets_exactly_one_of_two_racing_sessions() {
+    model(|| {
+        let f = Arc::new(Fixture::new(3));
+        f.cap_owner(1);
+        let (a, b) = f.nonces_in_distinct_shards();
+        let handles: Vec<_> = [a, b]
+            .into_iter()
+            .map(|n| {
+                let f = f.clone();
+                thread::spawn(move || f.acquire(n, t(0)))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        assert!(results.iter().any(|r| *r == Err(Error::UserLimit { max: 1 })));
+        assert_eq!(f.owner_cap_count(), (1, 1));
+        assert_eq!(f.in_use(), 1, "the refused one took no pool seat");
+    });
+}
+
+/// 17. Per-user cap created while the user's sessions are being admitted:
+/// every live session of the user ends up counted exactly once (the sweep
+/// or the admission's own re-check), so the cap is exact from then on.
+#[test]
+fn a_cap_created_racing_admissions_counts_every_session_once() {
+    model(|| {
+        let f = Arc::new(Fixture::new(3));
+        let (a, b) = f.nonces_in_distinct_shards();
+        let fc = f.clone();
+        let capper = thread::spawn(move || fc.cap_owner(1));
+        let fa = f.clone();
+        let admitter = thread::spawn(move || (fa.acquire(a, t(0)).is_ok(), fa.acquire(b, t(0)).is_ok()));
+        capper.join().unwrap();
+        let (first, _second) = admitter.join().unwrap();
+        assert!(first, "nothing capped the first session");
+        let (counted, live) = f.owner_cap_count();
+        assert_eq!(counted as usize, live, "every live session counted once");
+        assert!(f.acquire(7, t(0)).is_err(), "at or over the cap, nothing more");
+    });
+}

@@ -69,7 +69,7 @@ enum Command {
     /// Operator: manage orgs.
     #[command(subcommand)]
     Org(OrgCmd),
-    /// Operator: create a pool or set its quota.
+    /// Pools: create one or set its quota (operator); per-user caps (Owner/Admin).
     #[command(subcommand)]
     Pool(PoolCmd),
     /// Owner/Admin: manage the org's users.
@@ -212,6 +212,37 @@ enum PoolCmd {
         /// Licenses bought.
         #[arg(long)]
         quota: u32,
+    },
+    /// Owner/Admin: cap how many sessions one member may hold at once in a
+    /// pool (FlexNet's MAX). Running sessions are not cut.
+    Limit {
+        /// The org.
+        #[arg(long)]
+        org: OrgName,
+        /// The pool, e.g. kre-floating-annual.
+        #[arg(long)]
+        pool: PoolId,
+        /// The member.
+        #[arg(long)]
+        user: String,
+        /// Most sessions at once (0: none).
+        #[arg(long, required_unless_present = "unlimited")]
+        max: Option<u32>,
+        /// Remove the member's cap.
+        #[arg(long, conflicts_with = "max")]
+        unlimited: bool,
+    },
+    /// Owner/Admin: a pool's per-user caps and each member's sessions.
+    Limits {
+        /// The org.
+        #[arg(long)]
+        org: OrgName,
+        /// The pool, e.g. kre-floating-annual.
+        #[arg(long)]
+        pool: PoolId,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -415,6 +446,16 @@ async fn request(c: &Client, command: Command) -> Result<()> {
             let key = c.create_org(&name, &subscription_end, &owner).await?;
             println!("owner api key: {key}");
         }
+        Command::Pool(PoolCmd::Limit { org, pool, user, max, unlimited: _ }) => {
+            c.set_user_limit(&org, pool, &user, max).await?;
+            match max {
+                Some(max) => println!("{user} may hold at most {max} sessions of {pool} at once"),
+                None => println!("{user} has no cap on {pool}"),
+            }
+        }
+        Command::Pool(PoolCmd::Limits { org, pool, json }) => {
+            output::user_limits(&c.user_limits(&org, pool).await?, json)
+        }
         Command::Pool(PoolCmd::Set { org, product, kind, term, pool, quota }) => {
             let pool = pool.unwrap_or(PoolId { product, kind, term });
             c.set_pool(&org, pool, quota).await?;
@@ -502,7 +543,13 @@ pub const EXIT_LEASE_LOST: u8 = 6;
 /// licensed), 1 otherwise.
 pub fn exit_code_for(code: Option<ErrorCode>) -> u8 {
     match code {
-        Some(ErrorCode::QuotaExceeded | ErrorCode::GrantLimit | ErrorCode::QueueTimeout | ErrorCode::QueueFull) => 3,
+        Some(
+            ErrorCode::QuotaExceeded
+            | ErrorCode::GrantLimit
+            | ErrorCode::QueueTimeout
+            | ErrorCode::QueueFull
+            | ErrorCode::UserLimit,
+        ) => 3,
         Some(ErrorCode::MachineLimit | ErrorCode::AlreadyActivated) => 4,
         Some(ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::NotLicensed) => 5,
         _ => 1,

@@ -6,7 +6,7 @@
 //! wire's encoding, so it is spelled out here rather than derived.
 
 use license_broker::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, SessionView, UserInfo,
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, SessionView, UserInfo, UserLimitInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Product};
 use serde_json::{json, Value};
@@ -55,6 +55,23 @@ pub fn status(pools: &[PoolState], as_json: bool) {
         return;
     }
     print(pools, as_json);
+}
+
+pub fn user_limits(list: &[UserLimitInfo], as_json: bool) {
+    print(list, as_json);
+}
+
+impl Listing for UserLimitInfo {
+    const KEY: &'static str = "limits";
+    const HEADER: &'static [&'static str] = &["USER", "MAX", "SESSIONS"];
+    fn json(&self) -> Value {
+        let max = if self.max == u32::MAX { Value::Null } else { Value::from(self.max) };
+        json!({ "user": self.email.as_str(), "max": max, "sessions": self.sessions })
+    }
+    fn row(&self) -> Vec<String> {
+        let max = if self.max == u32::MAX { "-".to_string() } else { self.max.to_string() };
+        vec![self.email.to_string(), max, self.sessions.to_string()]
+    }
 }
 
 pub fn sessions(list: &[SessionView], as_json: bool) {

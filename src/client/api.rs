@@ -3,6 +3,7 @@
 use super::{Client, ClientError};
 use crate::proto::{
     AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionView, UserInfo,
+    UserLimitInfo,
 };
 use crate::proto::{Req, Resp, SessionToken};
 use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
@@ -187,6 +188,28 @@ impl Client {
             Resp::Sessions(v) => {
                 Ok(v.into_iter().map(|info| SessionView { info, labels: Labels::default() }).collect())
             }
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: caps one member's concurrent sessions in a pool (`None`: no cap).
+    pub async fn set_user_limit(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        email: &str,
+        max: Option<u32>,
+    ) -> Result<(), ClientError> {
+        match self.call(Req::SetUserLimit { org: org.clone(), pool, email: email.into(), max }).await? {
+            Resp::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: a pool's per-user caps.
+    pub async fn user_limits(&self, org: &OrgName, pool: PoolId) -> Result<Vec<UserLimitInfo>, ClientError> {
+        match self.call(Req::ListUserLimits { org: org.clone(), pool }).await? {
+            Resp::UserLimits(v) => Ok(v),
             other => unexpected(other),
         }
     }

@@ -38,6 +38,10 @@ pub struct Ticket {
     pool: Arc<Pool>,
     user: Email,
     machine: MachineId,
+    /// The user's cap in the pool, as of resolution, and the pool's cap
+    /// epoch before it was looked up (see `admit_from`).
+    cap: Option<Arc<crate::core::seats::Seats>>,
+    cap_epoch: u64,
     /// The pool's machine-removal epoch before the machine was seen
     /// registered: if it moved by the time a session is inserted, `admit`
     /// checks the machine again (see `admit`).
@@ -121,7 +125,10 @@ impl Broker {
             // KSE floating sessions may come from any machine of a licensed user.
             _ => {}
         }
-        Ok(Ticket { pool, user: p.email.clone(), machine: target.machine.clone(), machine_epoch })
+        // The epoch before the lookup: a cap created after it makes `admit` check again.
+        let cap_epoch = pool.cap_epoch();
+        let cap = pool.cap_of(&p.email);
+        Ok(Ticket { pool, user: p.email.clone(), machine: target.machine.clone(), machine_epoch, cap, cap_epoch })
     }
 
     /// Admits a session on a ticket (or re-attaches the nonce's live one).
@@ -207,9 +214,24 @@ impl Broker {
         if kse && !pool.has_grant(&ticket.user) {
             return Err(Error::NotLicensed);
         }
-        let (nonce, conn, labels) = (who.nonce, who.conn, who.labels.clone());
-        let req = SessionRequest { machine: ticket.machine.clone(), user: ticket.user.clone(), nonce, conn, labels };
+        // A capped user's new session is counted in their cap (by the
+        // session table, after it found no live session of the nonce).
+        let (nonce, conn, labels, cap) = (who.nonce, who.conn, who.labels.clone(), ticket.cap.clone());
+        let req =
+            SessionRequest { machine: ticket.machine.clone(), user: ticket.user.clone(), nonce, conn, labels, cap };
         let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), seat)?;
+        if lease.reattached {
+            return Ok(lease);
+        }
+        // A cap created since the ticket was resolved: either its sweep saw
+        // this session, or this sees the epoch moved and counts it here,
+        // refusing it if the cap is full. (Modelled in loom-tests.)
+        if pool.cap_epoch() != ticket.cap_epoch {
+            if let Err(e) = self.sessions.adopt_cap(lease.session, true, |u| pool.cap_of(u)) {
+                let _ = self.end_session(lease.session, EndReason::Revoked);
+                return Err(e);
+            }
+        }
         // A revoke may have landed between the check above and the insert,
         // its sweep missing this session. Checking again after the insert
         // closes that window: either this check sees the grant gone, or the

@@ -429,6 +429,14 @@ impl Broker {
                 Change::RemoveUser { org, email } => {
                     ended.extend(self.sessions.end_where(EndReason::Revoked, |p, _, u| &p.org == org && u == email));
                 }
+                Change::Put(Record::UserLimit { org, pool, email, .. }) => {
+                    // Count the user's live sessions into the cap (after the
+                    // epoch bump: see `admit_from`); counted ones are skipped.
+                    let cap = self.with_dir(|dir| dir.pool(org, *pool).map(|p| p.cap_of(email))).ok().flatten();
+                    if let Some(cap) = cap {
+                        self.sessions.adopt_where(&cap, |p, u| &p.org == org && p.id == *pool && u == email);
+                    }
+                }
                 _ => {}
             }
         }

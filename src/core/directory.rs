@@ -147,6 +147,12 @@ impl Directory {
                     p.restore_counts(*admitted, *rejected);
                 }
             }
+            Change::Put(Record::UserLimit { org, pool, email, max }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    // A new cap counts the user's live sessions: `Broker::apply` sweeps.
+                    let _ = p.set_cap(email, *max);
+                }
+            }
             Change::Put(Record::Ceiling { org, pool, seats }) => {
                 if let Ok(p) = self.pool(org, *pool) {
                     p.set_ceiling(*seats);

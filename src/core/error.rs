@@ -28,6 +28,11 @@ pub enum Error {
         /// The pool's quota.
         quota: u32,
     },
+    /// The user holds as many sessions in the pool as their cap allows.
+    UserLimit {
+        /// The user's cap.
+        max: u32,
+    },
     /// The pool's wait queue holds its most waiters.
     QueueFull {
         /// Most waiters a pool's queue holds.
@@ -128,6 +133,9 @@ impl fmt::Display for Error {
                     f,
                     "quota exceeded: all {quota} licenses of the pool are in use"
                 )
+            }
+            Error::UserLimit { max } => {
+                write!(f, "user limit reached: this user may hold {max} sessions of the pool at once (`pool limit`)")
             }
             Error::QueueFull { max } => {
                 write!(f, "the pool's wait queue is full ({max} runners wait); retry later")

@@ -92,6 +92,35 @@ impl Broker {
         self.with_dir(|dir| dir.pool(org, pool).cloned())
     }
 
+    /// Owner/Admin: caps how many sessions one member may hold at once in
+    /// a pool (`None`: no cap). Existing sessions are not cut; the member
+    /// gets no new one until below the cap. Audited.
+    pub fn plan_set_user_limit(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        email: &Email,
+        max: Option<u32>,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
+        self.admin_pool(p, org, pool)?;
+        self.with_dir(|dir| dir.org(org)?.users.get(email).map(|_| ()).ok_or_else(|| Error::not_found("user", email)))?;
+        let detail = match max {
+            Some(max) => format!("pool={pool} user={email} max={max}"),
+            None => format!("pool={pool} user={email} no limit"),
+        };
+        Ok(vec![
+            Change::Put(Record::UserLimit { org: org.clone(), pool, email: email.clone(), max }),
+            self.audit(org, p, AuditAction::UserLimitSet, detail, now),
+        ])
+    }
+
+    /// Owner/Admin: the pool's per-user caps: (user, max, sessions counted).
+    pub fn user_limits(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Vec<(Email, u32, u32)>> {
+        Ok(self.admin_pool(p, org, pool)?.caps())
+    }
+
     /// Owner/Admin: grants a KSE pool's license to a member of the org.
     pub fn plan_grant(
         &self,

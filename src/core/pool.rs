@@ -13,7 +13,7 @@ pub use super::pool_id::{Kind, PoolId, Product, Term};
 use super::queue::WaitQueue;
 use super::seats::{SeatCount, Seats, MAX_IN_USE};
 use super::time::Millis;
-use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// A pool's identity within this process: distinct per pool, never reused,
 /// so runner nonces (and the shard statistics) are keyed by it.
@@ -53,6 +53,14 @@ pub struct Pool {
     /// Machine IDs and when each registered. Registration is rare (once per
     /// machine), so a plain lock keeps the cap check simple.
     machines: Mutex<FastMap<MachineId, Machine>>,
+    /// Per-user caps (FlexNet's MAX): a user's sessions in this pool,
+    /// counted and limited by a seat word of their own (see `admission`).
+    /// Set rarely, by admins; read at ticket resolution, not per admission.
+    caps: Mutex<FastMap<Email, Arc<Seats>>>,
+    /// Bumped when a user's cap is first created, before the sweep that
+    /// counts their live sessions: an admission resolved before the bump
+    /// checks again after inserting, so no session goes uncounted.
+    cap_epoch: AtomicU64,
     /// Admission limit, seats in use, and whether anyone waits.
     pub(super) seats: Padded<Seats>,
     /// Runners waiting for a seat, in arrival order (see `queue`).
@@ -205,6 +213,8 @@ impl Pool {
             id,
             not_after: AtomicU64::new(not_after.0),
             removals: AtomicU64::new(0),
+            caps: Mutex::new(FastMap::default()),
+            cap_epoch: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(Seats::new(quota)),
             queue: Mutex::new(WaitQueue::default()),
@@ -453,6 +463,43 @@ impl Pool {
             self.removals.fetch_add(1, Ordering::Release);
         }
         removed
+    }
+
+    /// `email`'s cap in this pool, if one was ever set.
+    pub fn cap_of(&self, email: &Email) -> Option<Arc<Seats>> {
+        self.caps.lock().get(email).cloned()
+    }
+
+    /// How many caps were created (see `cap_epoch`).
+    pub fn cap_epoch(&self) -> u64 {
+        // Acquire: pairs with the AcqRel in `set_cap`.
+        self.cap_epoch.load(Ordering::Acquire)
+    }
+
+    /// Sets `email`'s cap to `max` (`None`: unlimited). Returns the cap if
+    /// it is new, for the caller to count the user's live sessions into it.
+    /// Lowering a cap ends nothing: like a lowered quota, no new session is
+    /// admitted until the user is below it.
+    pub fn set_cap(&self, email: &Email, max: Option<u32>) -> Option<Arc<Seats>> {
+        let limit = max.unwrap_or(u32::MAX);
+        let mut caps = self.caps.lock();
+        if let Some(cap) = caps.get(email) {
+            let _ = cap.update(|c| Some(SeatCount { limit, ..c }));
+            return None;
+        }
+        let cap = Arc::new(Seats::new(limit));
+        caps.insert(email.clone(), cap.clone());
+        // AcqRel: the new cap is in the map before any reader sees the bump.
+        self.cap_epoch.fetch_add(1, Ordering::AcqRel);
+        Some(cap)
+    }
+
+    /// Every user cap: (user, max, sessions counted).
+    pub fn caps(&self) -> Vec<(Email, u32, u32)> {
+        let mut out: Vec<_> =
+            self.caps.lock().iter().map(|(e, c)| (e.clone(), c.count().limit, c.count().in_use)).collect();
+        out.sort();
+        out
     }
 
     /// How many machine removals this pool has seen.

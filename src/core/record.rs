@@ -141,6 +141,17 @@ pub enum Record {
         /// Seats reserved for earlier runs' sessions are held until then.
         hold_until: Millis,
     },
+    /// A user's cap on concurrent sessions in a pool (FlexNet's MAX).
+    UserLimit {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The user.
+        email: Email,
+        /// Most sessions at once; `None`: no cap.
+        max: Option<u32>,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -189,6 +200,8 @@ pub enum AuditAction {
     SessionKilled,
     /// The operator renewed or changed an org's subscription.
     SubscriptionChanged,
+    /// An Owner or Admin capped (or uncapped) a user's sessions in a pool.
+    UserLimitSet,
 }
 
 impl AuditAction {
@@ -208,6 +221,7 @@ impl AuditAction {
             AuditAction::UserRemoved => "user_removed",
             AuditAction::SessionKilled => "session_killed",
             AuditAction::SubscriptionChanged => "subscription_changed",
+            AuditAction::UserLimitSet => "user_limit_set",
         }
     }
 }
@@ -293,6 +307,7 @@ impl Record {
             Record::Counters { org, pool, .. } => (Table::Counters, format!("{org}/{pool}")),
             Record::Ceiling { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ceiling")),
             Record::Leases { .. } => (Table::Meta, "leases".to_string()),
+            Record::UserLimit { org, pool, email, .. } => (Table::Counters, format!("{org}/{pool}/limit/{email}")),
         }
     }
 }

@@ -24,6 +24,12 @@ pub struct Seats {
     word: AtomicU64,
 }
 
+impl std::fmt::Debug for Seats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Seats({:?})", self.count())
+    }
+}
+
 /// A consistent reading of a pool's counter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SeatCount {
@@ -81,7 +87,7 @@ impl Seats {
     /// the current count to the next one, or refuses with `None` (then the
     /// count that refused is returned as the error). The pool changes the
     /// limit through it, under its bounds lock.
-    pub(super) fn update(&self, mut f: impl FnMut(SeatCount) -> Option<SeatCount>) -> Result<SeatCount, SeatCount> {
+    pub fn update(&self, mut f: impl FnMut(SeatCount) -> Option<SeatCount>) -> Result<SeatCount, SeatCount> {
         // Acquire/AcqRel: a seat hand-off (release on one thread, acquire on
         // another) must order the releaser's session-table writes before the
         // acquirer's; the counter word itself is totally ordered by its RMWs.

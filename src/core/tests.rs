@@ -729,3 +729,36 @@ fn labels_travel_with_the_session_and_only_its_holder_relabels_it() {
     let ended = w.broker.release(&w.owner, lease.session).unwrap();
     assert_eq!(ended.info.labels, relabel, "the end carries them (for the log and usage history)");
 }
+
+#[test]
+fn a_user_cap_limits_that_user_alone_and_counts_sessions_older_than_it() {
+    let w = world(5);
+    w.register("m").unwrap();
+    let cap =
+        |max| w.apply(w.broker.plan_set_user_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, &w.owner.email, max, t(0)));
+    let first = w.acquire("m", 1, 1, t(0)).unwrap();
+    let second = w.acquire("m", 2, 1, t(0)).unwrap();
+    cap(Some(1));
+    // The two sessions from before the cap are counted, not cut.
+    assert_eq!(w.broker.user_limits(&w.owner, &w.org, PoolId::KRE_DEFAULT).unwrap()[0].2, 2);
+    assert_eq!(w.acquire("m", 3, 1, t(0)), Err(Error::UserLimit { max: 1 }));
+    w.broker.release(&w.owner, first.session).unwrap();
+    assert_eq!(w.acquire("m", 3, 1, t(0)), Err(Error::UserLimit { max: 1 }), "still at the cap");
+    w.broker.release(&w.owner, second.session).unwrap();
+    let third = w.acquire("m", 3, 1, t(0)).unwrap();
+    assert_eq!(w.acquire("m", 3, 1, t(1)).unwrap().session, third.session, "a retry takes no second count");
+    // Another member is not capped.
+    let other = w.add_member("u@default", Role::User, 9);
+    let target = w.target("m");
+    assert!(w.broker.acquire(&other, &target, Nonce(50), ConnId(2), t(0)).is_ok());
+    // Expiry gives the count back too; no cap admits freely again.
+    assert_eq!(w.broker.expire(t(40_000)).len(), 2);
+    cap(None);
+    for n in 10..13 {
+        w.acquire("m", n, 1, t(40_000)).unwrap();
+    }
+    assert_eq!(
+        w.broker.user_limits(&w.owner, &w.org, PoolId::KRE_DEFAULT).unwrap()[0],
+        (w.owner.email.clone(), u32::MAX, 3)
+    );
+}

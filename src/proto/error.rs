@@ -67,11 +67,13 @@ pub enum ErrorCode {
     QueueFull,
     /// No seat came within the time the waiter asked to wait.
     QueueTimeout,
+    /// The user holds as many sessions of the pool as their cap allows.
+    UserLimit,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -98,6 +100,7 @@ impl ErrorCode {
         ErrorCode::ResponseTooLarge,
         ErrorCode::QueueFull,
         ErrorCode::QueueTimeout,
+        ErrorCode::UserLimit,
     ];
 
     /// The SCREAMING_SNAKE name used in JSON output and the docs.
@@ -129,6 +132,7 @@ impl ErrorCode {
             ErrorCode::ResponseTooLarge => "RESPONSE_TOO_LARGE",
             ErrorCode::QueueFull => "QUEUE_FULL",
             ErrorCode::QueueTimeout => "QUEUE_TIMEOUT",
+            ErrorCode::UserLimit => "USER_LIMIT",
         }
     }
 }

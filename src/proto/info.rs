@@ -46,6 +46,17 @@ pub struct PoolState {
     pub waiting: u32,
 }
 
+/// A member's cap on concurrent sessions in a pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserLimitInfo {
+    /// The member.
+    pub email: Email,
+    /// Most sessions at once (4294967295: no cap).
+    pub max: u32,
+    /// Their sessions in the pool now (counted since the cap was first set).
+    pub sessions: u32,
+}
+
 /// A live session with its job labels (`ListSessions` on version 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
@@ -198,6 +209,8 @@ pub enum AuditAction {
     SessionKilled,
     /// The operator renewed or changed an org's subscription.
     SubscriptionChanged,
+    /// A user's sessions in a pool were capped or uncapped (version 3).
+    UserLimitSet,
 }
 
 /// An org, for `org list`.
@@ -244,6 +257,7 @@ impl AuditAction {
             AuditAction::UserRemoved => "user_removed",
             AuditAction::SessionKilled => "session_killed",
             AuditAction::SubscriptionChanged => "subscription_changed",
+            AuditAction::UserLimitSet => "user_limit_set",
         }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::error::WireError;
 use super::info::{
     AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo,
-    SessionView, UserInfo,
+    SessionView, UserInfo, UserLimitInfo,
 };
 use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
@@ -302,6 +302,25 @@ pub enum Req {
         /// Its labels.
         labels: Labels,
     },
+    /// Version 3, Owner/Admin: caps how many sessions one member may hold
+    /// at once in a pool (`max` none: no cap). Answered with `Done`.
+    SetUserLimit {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The member.
+        email: String,
+        /// Most sessions at once.
+        max: Option<u32>,
+    },
+    /// Version 3, Owner/Admin: a pool's per-user caps.
+    ListUserLimits {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+    },
 }
 
 /// A lease's proof, issued with every `Leased` and `Extended` answer and
@@ -503,6 +522,8 @@ pub enum Resp {
     Pools(Vec<PoolState>),
     /// ListSessions (version 3): each session with its labels.
     SessionViews(Vec<SessionView>),
+    /// ListUserLimits: each capped member, the cap and their sessions.
+    UserLimits(Vec<UserLimitInfo>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

@@ -13,7 +13,7 @@ pub use error::{ErrorCode, WireError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
 pub use info::{
     AuditAction, AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus,
-    SessionInfo, SessionView, UserInfo,
+    SessionInfo, SessionView, UserInfo, UserLimitInfo,
 };
 pub use message::*;
 

@@ -16,7 +16,7 @@ use crate::core::{
     Pending, Principal, Registration, Result as CoreResult, SessionId, Target,
 };
 use crate::keys;
-use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, SessionView, WireError};
+use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, SessionView, UserLimitInfo, WireError};
 
 pub(super) type Reply = Result<Resp, WireError>;
 
@@ -60,6 +60,11 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
             ),
         }),
         Req::Label { session, labels } => reply(core.label(p, session, labels), |()| Resp::Done),
+        Req::ListUserLimits { org, pool } => reply(core.user_limits(p, &org, pool), |v| {
+            Resp::UserLimits(
+                v.into_iter().map(|(email, max, sessions)| UserLimitInfo { email, max, sessions }).collect(),
+            )
+        }),
         Req::ListMachines { org } => reply(core.machines(p, &org), |v| Resp::Machines(list(v))),
         Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
         Req::ListKeys { org } => reply(core.keys(p, &org), |v| Resp::Keys(list(v))),
@@ -129,6 +134,11 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
         }
         Req::Audit { org } => audit(call, org).await,
         Req::KillSession { org, session } => kill(call, org, session).await,
+        Req::SetUserLimit { org, pool, email, max } => {
+            let email = Email::parse_lenient(&email)?;
+            let plan = |core: &Broker, now| core.plan_set_user_limit(p, &org, pool, &email, max, now);
+            call.mutate(plan).await.map(|()| Resp::Done)
+        }
         Req::SetSubscription { org, subscription_end } => {
             let end = parse_end_of_date(&subscription_end)?;
             call.mutate(|core, now| core.plan_set_subscription(p, &org, end, now)).await.map(|()| Resp::Done)
@@ -366,7 +376,17 @@ async fn audit(call: &Call<'_>, org: crate::core::OrgName) -> Reply {
         .await
         .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
         .map_err(store_failure)?;
-    Ok(Resp::AuditLog(list(entries)))
+    let mut entries: Vec<crate::proto::AuditEntry> = list(entries);
+    if call.proto < 3 {
+        // Actions added in version 3 are unknown to older clients: they see
+        // the nearest older one (the detail names what happened).
+        for e in &mut entries {
+            if e.action == crate::proto::AuditAction::UserLimitSet {
+                e.action = crate::proto::AuditAction::QuotaChanged;
+            }
+        }
+    }
+    Ok(Resp::AuditLog(entries))
 }
 
 /// A failed commit as the client sees it; logged, since it is the broker's fault.

@@ -25,6 +25,7 @@ fn code(e: &Error) -> ErrorCode {
     match e {
         Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
         Error::QueueFull { .. } => ErrorCode::QueueFull,
+        Error::UserLimit { .. } => ErrorCode::UserLimit,
         Error::MachineLimit { .. } => ErrorCode::MachineLimit,
         Error::MachineNotRegistered => ErrorCode::MachineNotRegistered,
         Error::SessionExpired => ErrorCode::SessionExpired,
@@ -97,6 +98,7 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::UserRemoved => proto::AuditAction::UserRemoved,
             A::SessionKilled => proto::AuditAction::SessionKilled,
             A::SubscriptionChanged => proto::AuditAction::SubscriptionChanged,
+            A::UserLimitSet => proto::AuditAction::UserLimitSet,
         }
     }
 }

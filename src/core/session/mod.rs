@@ -20,6 +20,7 @@ use self::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
 use crate::core::error::{Error, Result};
 use crate::core::id::{ConnId, Email, MachineId, Nonce, SessionId};
 use crate::core::pool::{Pool, PoolUid};
+use crate::core::seats::{SeatCount, Seats};
 use crate::core::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
@@ -61,6 +62,9 @@ pub struct SessionRequest {
     pub conn: ConnId,
     /// The job's labels.
     pub labels: crate::value::Labels,
+    /// The user's cap in the pool, if any: already counted for this
+    /// session; the session returns it when it ends.
+    pub cap: Option<Arc<Seats>>,
 }
 
 /// Where a new session's seat may come from (a live session of the same
@@ -123,6 +127,18 @@ pub struct SessionInfo {
     pub deadline: Millis,
     /// The job's labels (pipeline, job), as the runner gave them.
     pub labels: crate::value::Labels,
+}
+
+/// See `Sessions::adopt_cap`.
+fn adopt(live: &mut Live, enforce: bool, cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>) -> Result<()> {
+    if live.cap.is_some() {
+        return Ok(());
+    }
+    let Some(cap) = cap_for(&live.user) else { return Ok(()) };
+    cap.update(|c| (!enforce || c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, ..c }))
+        .map_err(|c| Error::UserLimit { max: c.limit })?;
+    live.cap = Some(cap);
+    Ok(())
 }
 
 /// Checks that `id` is live in `shard` and that `allow` accepts its holder;
@@ -233,6 +249,14 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(Error::TableFull);
         }
+        // The user's cap first (a refusal leaves the pool untouched), then
+        // the pool's seat; the session returns both when it ends.
+        if let Some(cap) = &req.cap {
+            if let Err(c) = cap.try_acquire() {
+                self.publish(index, &shard);
+                return Err(Error::UserLimit { max: c.limit });
+            }
+        }
         // A held seat is already counted in the pool's seats; the session
         // takes it over (and returns it when it ends, as any other).
         let seat = match seat {
@@ -250,6 +274,9 @@ impl SessionTable {
             }
         };
         if let Err(e) = seat {
+            if let Some(cap) = &req.cap {
+                cap.release(1);
+            }
             self.publish(index, &shard);
             return Err(e);
         }
@@ -262,6 +289,7 @@ impl SessionTable {
             started: now,
             deadline,
             labels: req.labels,
+            cap: req.cap,
         };
         // Invariant: the shard has room (checked above, under the same lock).
         let id = shard.insert(live).expect("shard has a free slot");
@@ -294,6 +322,37 @@ impl SessionTable {
         // Invariant: vetted live above, under this same lock.
         let s = shard.get(id).expect("vetted live above");
         Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
+    }
+
+    /// Counts a live session into its user's cap (`cap_for` finds it),
+    /// unless it already is: `enforce` refuses (`UserLimit`) when the cap
+    /// is full (an admission checking itself after inserting), otherwise
+    /// it counts it regardless (a session older than the cap, which is not
+    /// cut). Under the shard's lock, so a session is counted at most once.
+    pub fn adopt_cap(
+        &self,
+        id: SessionId,
+        enforce: bool,
+        cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>,
+    ) -> Result<()> {
+        let index = self.shard_of(id);
+        let mut shard = self.shards[index].lock.lock();
+        let Some(live) = shard.get_mut(id) else { return Ok(()) };
+        adopt(live, enforce, cap_for)
+    }
+
+    /// Counts every live session matching `pred` into `cap` (a new cap's sweep).
+    pub fn adopt_where(&self, cap: &Arc<Seats>, mut pred: impl FnMut(&Pool, &Email) -> bool) {
+        for cell in self.shards.iter() {
+            let mut shard = cell.lock.lock();
+            let ids: Vec<SessionId> =
+                shard.iter().filter(|(_, s)| pred(shard.pool_of(s), &s.user)).map(|(id, _)| id).collect();
+            for id in ids {
+                if let Some(live) = shard.get_mut(id) {
+                    let _ = adopt(live, false, |_| Some(cap.clone()));
+                }
+            }
+        }
     }
 
     /// Replaces a live session's labels if `allow` accepts its holder.

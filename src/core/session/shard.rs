@@ -41,6 +41,8 @@ pub(super) struct Live {
     pub deadline: Millis,
     /// Which job holds it; one pointer, none when unlabelled.
     pub labels: crate::value::Labels,
+    /// Its user's cap in the pool, when the session is counted in one.
+    pub cap: Option<Arc<super::super::seats::Seats>>,
 }
 
 struct Slot {
@@ -158,6 +160,9 @@ impl Shard {
     /// `remove`, so each session ends (and its seat comes back) at most once.
     pub fn end(&mut self, id: SessionId, reason: EndReason) -> Option<Ended> {
         let live = self.remove(id)?;
+        if let Some(cap) = &live.cap {
+            cap.release(1);
+        }
         let pool = self.pool_of(&live);
         pool.return_seat();
         Some(Ended { info: self.info(&live, id), conn: live.conn, reason })
