@@ -1,16 +1,18 @@
 //! The core in random states: a byte string drives acquires, re-attaches,
 //! renewals, releases, kills, quota changes, ceiling raises and lowerings,
-//! expiry and a restart's hold on a broker with durable ceilings on (as
-//! shipped). After every step the seats in use cover the live sessions and
-//! exceed them by no more than the seats the hold took; no acquire is
-//! admitted at or over the quota; nothing panics.
+//! expiry, a restart's hold, and the wait queue (joining, leaving,
+//! claiming or dropping a granted seat) on a broker with durable ceilings
+//! on (as shipped). After every step the seats in use cover the live
+//! sessions and exceed them by no more than the seats the hold took plus
+//! the seats granted to waiters and not yet claimed; no acquire is admitted
+//! at or over the quota; nothing panics.
 #![no_main]
 
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use license_broker::core::testkit::{t, Fixture};
-use license_broker::core::{ConnId, Error, Nonce, SessionId};
+use license_broker::core::testkit::{t, Fixture, Inbox};
+use license_broker::core::{ConnId, Error, Nonce, Place, SessionId, Waited};
 
 fuzz_target!(|data: &[u8]| {
     let f = Fixture::with_ceilings(4, 1, Duration::from_secs(30));
@@ -23,8 +25,9 @@ fuzz_target!(|data: &[u8]| {
     let mut held = false;
     // Seats in use beyond the live sessions: only what a hold took.
     let mut extra_max = 0u32;
+    let mut waiters: Vec<(u128, Inbox, Place)> = Vec::new();
     for op in data.chunks(2) {
-        let (kind, arg) = (op[0] % 10, *op.get(1).unwrap_or(&0));
+        let (kind, arg) = (op[0] % 13, *op.get(1).unwrap_or(&0));
         now += u64::from(arg) * 100;
         let at = t(now);
         match kind {
@@ -81,10 +84,49 @@ fuzz_target!(|data: &[u8]| {
                     extra_max = hold.seats as u32;
                 }
             }
+            10 => {
+                let nonce = 100 + u128::from(arg % 16);
+                match f.wait("m", nonce, 3, at) {
+                    (Ok(Waited::Leased(lease)), _) if !lease.reattached => live.push(lease.session),
+                    (Ok(Waited::Leased(_)), _) => {}
+                    (Ok(Waited::Queued(place)), inbox) => waiters.push((nonce, inbox, place)),
+                    (Err(Error::CeilingReached | Error::QuotaExceeded { .. }), _) => {}
+                    (Err(e), _) => panic!("wait: {e}"),
+                }
+            }
+            11 if !waiters.is_empty() => {
+                // A waiter gives up (its deadline, its connection), as the shell's guard does.
+                let (_, inbox, place) = waiters.remove(usize::from(arg) % waiters.len());
+                if !place.leave() {
+                    drop(inbox.close());
+                }
+            }
+            12 if !waiters.is_empty() => {
+                let i = usize::from(arg) % waiters.len();
+                if let Some(grant) = waiters[i].1.take() {
+                    let (nonce, _, _) = waiters.remove(i);
+                    if let Ok(lease) = f.claim("m", nonce, 3, at, grant) {
+                        if !lease.reattached {
+                            live.push(lease.session);
+                        }
+                    }
+                }
+            }
             _ => {}
         }
         let (in_use, sessions) = (f.in_use(), f.broker.live_sessions() as u32);
-        assert!(in_use >= sessions, "{sessions} sessions on {in_use} seats");
-        assert!(in_use - sessions <= extra_max, "{in_use} seats for {sessions} sessions, hold {extra_max}");
+        let granted = waiters.iter().filter(|(_, inbox, _)| inbox.has_grant()).count() as u32;
+        assert!(in_use >= sessions + granted, "{sessions} sessions and {granted} grants on {in_use} seats");
+        assert!(
+            in_use - sessions - granted <= extra_max,
+            "{in_use} seats for {sessions} sessions and {granted} grants, hold {extra_max}"
+        );
+    }
+    // Every waiter leaves in the end, as the shell's guard makes them (a
+    // queued waiter and its pool refer to each other until it does).
+    for (_, inbox, place) in waiters {
+        if !place.leave() {
+            drop(inbox.close());
+        }
     }
 });

@@ -200,6 +200,11 @@ impl Inbox {
         self.slot.lock().0.take()
     }
 
+    /// Whether a grant waits in the inbox.
+    pub fn has_grant(&self) -> bool {
+        self.slot.lock().0.is_some()
+    }
+
     /// From now on deliveries fail; returns a grant delivered before.
     pub fn close(&self) -> Option<super::Grant> {
         let mut s = self.slot.lock();
