@@ -175,7 +175,7 @@ impl Broker {
         deliver: Deliver,
     ) -> Result<Waited> {
         let ticket = self.resolve(p, target)?;
-        match self.admit_from(&ticket, who, now, SeatFrom::Free) {
+        match self.admit_from(&ticket, who, now, SeatFrom::FreeOrQueue) {
             Err(Error::QuotaExceeded { .. }) => {}
             other => return other.map(Waited::Leased),
         }

@@ -26,7 +26,7 @@ fn a_free_seat_is_taken_at_once_and_a_full_pool_queues_in_order() {
     let (first, a) = w.wait("m", 100, 2, t(0));
     let (second, b) = w.wait("m", 101, 3, t(0));
     assert_eq!((queued(&first.unwrap()), queued(&second.unwrap())), (1, 2));
-    assert_eq!(w.pool_status().waiting, 2);
+    assert_eq!((w.pool_status().waiting, w.pool_status().rejected), (2, 0), "queued, not rejected");
     w.broker.release(&w.owner, held[0].session).unwrap();
     let grant = a.take().expect("the head waiter got the freed seat");
     assert!(b.take().is_none(), "the second waits on");

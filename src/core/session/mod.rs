@@ -73,6 +73,9 @@ pub struct SessionRequest {
 pub enum SeatFrom {
     /// A free seat under the pool's limit: a plain acquire.
     Free,
+    /// The same for a runner that will queue if refused: a refusal is not
+    /// counted as rejected (it waits instead).
+    FreeOrQueue,
     /// One of the seats held after a restart for the previous run's
     /// sessions while any is left, else a free one: a runner of an earlier
     /// run re-attaching.
@@ -260,12 +263,13 @@ impl SessionTable {
         // A held seat is already counted in the pool's seats; the session
         // takes it over (and returns it when it ends, as any other).
         let seat = match seat {
-            SeatFrom::Free => shard.admit(pool, now),
+            SeatFrom::Free => shard.admit(pool, now, true),
+            SeatFrom::FreeOrQueue => shard.admit(pool, now, false),
             SeatFrom::HeldFirst if pool.take_reserved() => {
                 shard.adopt(pool);
                 Ok(())
             }
-            SeatFrom::HeldFirst => shard.admit(pool, now),
+            SeatFrom::HeldFirst => shard.admit(pool, now, true),
             SeatFrom::Nowhere => Err(Error::SessionExpired),
             SeatFrom::Granted(grant) => {
                 grant.consume();

@@ -217,8 +217,9 @@ impl Shard {
         self.by_nonce.len()
     }
 
-    /// Takes a seat in `pool` for a new session, counting the outcome.
-    pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis) -> Result<()> {
+    /// Takes a seat in `pool` for a new session, counting the outcome (a
+    /// quota refusal only if `count_refusal`).
+    pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis, count_refusal: bool) -> Result<()> {
         let entry = self.entry(pool);
         match pool.take_seat(now) {
             Ok(_) => {
@@ -226,7 +227,7 @@ impl Shard {
                 Ok(())
             }
             Err(e) => {
-                if matches!(e, Error::QuotaExceeded { .. }) {
+                if count_refusal && matches!(e, Error::QuotaExceeded { .. }) {
                     entry.rejected += 1;
                 }
                 Err(e)
