@@ -32,6 +32,9 @@ pub(super) const LATE_QUEUE: usize = 64;
 /// Longest wait a request may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(86_400);
 
+/// Longest a queued request waits for room to tell its position.
+const NOTICE_WAIT: Duration = Duration::from_secs(1);
+
 /// Requests one connection may have waiting at once: a member cannot fill
 /// a pool's queue (and the broker's memory) from one connection.
 pub const MAX_WAITS_PER_CONNECTION: u32 = 1024;
@@ -99,9 +102,12 @@ pub(super) async fn start(
     };
     // Invariant: the closure ran (it made the place).
     let rx = inbox.expect("the queue was joined through the closure");
-    if let Some(tx) = call.shared.notices.get(&call.ctx.id) {
-        // Advisory, like every notice: the answer itself never depends on it.
-        let _ = tx.try_send(Notice::Queued { nonce, position: place.position });
+    // The position is worth a short wait for room in the connection's
+    // notice queue (a client that does not read them only slows itself);
+    // after that it is dropped, like any notice: the answer never depends on it.
+    let notices = call.shared.notices.get(&call.ctx.id).map(|tx| tx.clone());
+    if let Some(tx) = notices {
+        let _ = tokio::time::timeout(NOTICE_WAIT, tx.send(Notice::Queued { nonce, position: place.position })).await;
     }
     tracing::debug!(org = %target.org, pool = %target.pool, machine = %target.machine, position = place.position, "queued");
     let held = Held { place, rx: Some(rx) };
