@@ -336,3 +336,28 @@ async fn silent_strangers_from_one_address_cannot_lock_others_out() {
     let again = tokio::time::timeout(Duration::from_secs(5), ep.connect(addr, &name).unwrap()).await.unwrap();
     assert!(again.is_ok(), "{again:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_failing_hellos_across_connections_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| o.strangers.failed_hellos_per_address = 1).await;
+    // Two failures from one address within a second: the second closes its
+    // connection, before the per-connection limit of three. (Retried in
+    // case a second boundary falls between the two.)
+    let mut cut = false;
+    for _ in 0..3 {
+        let (mut first, mut second) = (raw(&b).await, raw(&b).await);
+        first.hello("lbk_guess", VERSION).await;
+        let _ = first.next().await;
+        second.hello("lbk_guess", VERSION).await;
+        let closed = tokio::time::timeout(Duration::from_secs(2), second._conn.closed()).await;
+        if let Ok(quinn::ConnectionError::ApplicationClosed(c)) = closed {
+            assert_eq!(c.error_code.into_inner(), 3);
+            assert_eq!(&c.reason[..], b"too many failed Hellos from this address");
+            cut = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    assert!(cut, "the address was never cut off");
+}

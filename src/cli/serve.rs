@@ -48,6 +48,11 @@ pub struct ServeArgs {
     /// New connections one source address may open per second.
     #[arg(env = "LB_MAX_HANDSHAKES_PER_ADDRESS", long, default_value_t = 1_000)]
     max_handshakes_per_address: u32,
+    /// Failed Hellos (wrong or revoked keys) one source address may make
+    /// per second; past it the failing connection is closed and the address
+    /// gets no new connection until the next second.
+    #[arg(env = "LB_MAX_FAILED_HELLOS_PER_ADDRESS", long, default_value_t = 100)]
+    max_failed_hellos_per_address: u32,
     /// Close connections silent for this long.
     #[arg(env = "LB_IDLE_TIMEOUT", long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -121,6 +126,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
             .unwrap_or(server::GateLimits::for_max_connections(a.max_connections).strangers),
         strangers_per_address: a.max_unauthenticated_per_address,
         handshakes_per_address: a.max_handshakes_per_address,
+        failed_hellos_per_address: a.max_failed_hellos_per_address,
     };
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;

@@ -26,6 +26,10 @@ pub struct GateLimits {
     pub strangers_per_address: u32,
     /// New connections (handshakes) per second, per source address.
     pub handshakes_per_address: u32,
+    /// Failed `Hello`s per second, per source address: past it, the
+    /// failing connection is closed and the address gets no new connection
+    /// until the next second.
+    pub failed_hellos_per_address: u32,
 }
 
 impl GateLimits {
@@ -38,6 +42,7 @@ impl GateLimits {
             strangers: (max_connections / 4).max(16),
             strangers_per_address: 256,
             handshakes_per_address: 1_000,
+            failed_hellos_per_address: 100,
         }
     }
 }
@@ -55,6 +60,8 @@ pub enum Refusal {
     AddressStrangers,
     /// This address opened too many connections this second.
     AddressRate,
+    /// This address failed to authenticate too often this second.
+    AddressFailures,
     /// Too many addresses are being tracked.
     Sources,
 }
@@ -66,6 +73,7 @@ impl Refusal {
             Refusal::Strangers => "unauthenticated connections at their budget",
             Refusal::AddressStrangers => "too many unauthenticated connections from this address",
             Refusal::AddressRate => "too many handshakes per second from this address",
+            Refusal::AddressFailures => "too many failed Hellos per second from this address",
             Refusal::Sources => "too many source addresses tracked",
         }
     }
@@ -77,6 +85,9 @@ struct Source {
     /// The second `handshakes` counts.
     second: u64,
     handshakes: u32,
+    /// The second `failures` counts.
+    failed_second: u64,
+    failures: u32,
 }
 
 /// Counts strangers, globally and per address.
@@ -107,7 +118,7 @@ impl Gate {
             return Err(Refusal::Strangers);
         }
         if !sources.contains_key(&addr) && sources.len() >= MAX_SOURCES {
-            sources.retain(|_, s| s.strangers > 0 || s.second >= second);
+            sources.retain(|_, s| s.strangers > 0 || s.second >= second || s.failed_second >= second);
             if sources.len() >= MAX_SOURCES {
                 return Err(Refusal::Sources);
             }
@@ -115,6 +126,9 @@ impl Gate {
         let source = sources.entry(addr).or_default();
         if source.second != second {
             (source.second, source.handshakes) = (second, 0);
+        }
+        if source.failed_second == second && source.failures >= self.limits.failed_hellos_per_address {
+            return Err(Refusal::AddressFailures);
         }
         if source.handshakes >= self.limits.handshakes_per_address {
             return Err(Refusal::AddressRate);
@@ -126,6 +140,18 @@ impl Gate {
         source.strangers += 1;
         self.strangers.fetch_add(1, Ordering::Relaxed);
         Ok(Pass { gate: self.clone(), addr, released: AtomicBool::new(false) })
+    }
+
+    /// Counts a failed `Hello` from `addr` in second `second`; true when
+    /// the address is past its limit (close the connection).
+    pub fn failed(&self, addr: IpAddr, second: u64) -> bool {
+        let mut sources = self.sources.lock();
+        let Some(source) = sources.get_mut(&addr) else { return true };
+        if source.failed_second != second {
+            (source.failed_second, source.failures) = (second, 0);
+        }
+        source.failures = source.failures.saturating_add(1);
+        source.failures > self.limits.failed_hellos_per_address
     }
 
     fn release(&self, addr: IpAddr) {
@@ -163,7 +189,25 @@ mod tests {
     use super::*;
 
     fn gate(strangers: usize, per_address: u32, rate: u32) -> Arc<Gate> {
-        Arc::new(Gate::new(GateLimits { strangers, strangers_per_address: per_address, handshakes_per_address: rate }))
+        Arc::new(Gate::new(GateLimits {
+            strangers,
+            strangers_per_address: per_address,
+            handshakes_per_address: rate,
+            failed_hellos_per_address: 4,
+        }))
+    }
+
+    #[test]
+    fn an_address_that_keeps_failing_to_authenticate_is_shut_out_for_the_second() {
+        let g = gate(100, 100, 100);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let _conns: Vec<Pass> = (0..3).map(|_| g.admit(a, 1).unwrap()).collect();
+        let _other = g.admit(b, 1).unwrap();
+        let over: Vec<bool> = (0..5).map(|_| g.failed(a, 1)).collect();
+        assert_eq!(over, [false, false, false, false, true], "the fifth failure in a second closes its connection");
+        assert_eq!(g.admit(a, 1).err(), Some(Refusal::AddressFailures));
+        assert!(g.admit(b, 1).is_ok(), "other addresses are not affected");
+        assert!(g.admit(a, 2).is_ok(), "the next second the address may try again");
     }
 
     #[test]

@@ -290,6 +290,11 @@ fn failed_hello(shared: &Shared, ctx: &ConnCtx) -> bool {
     if shared.auth_log.allow(shared.clock.now()) {
         tracing::warn!(remote = %ctx.conn.remote_address(), failures, "authentication failed");
     }
+    let second = shared.clock.now().0 / 1000;
+    if shared.gate.failed(ctx.conn.remote_address().ip(), second) {
+        ctx.conn.close(quinn::VarInt::from_u32(AUTH_FAILED_CODE), b"too many failed Hellos from this address");
+        return true;
+    }
     if failures >= MAX_FAILED_HELLOS {
         ctx.conn.close(quinn::VarInt::from_u32(AUTH_FAILED_CODE), b"too many failed Hellos");
         return true;
