@@ -74,6 +74,14 @@ pub struct ServeArgs {
     /// before anyone else takes their seats.
     #[arg(env = "LB_RESTART_GRACE", long, default_value = "10s", value_parser = humantime::parse_duration)]
     restart_grace: Duration,
+    /// Serve the ops endpoint (/metrics in the OpenMetrics format,
+    /// /healthz) over HTTP on this address, e.g. 127.0.0.1:9464. Off unless
+    /// given; keep it on loopback or an ops network.
+    #[arg(env = "LB_HTTP", long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on /metrics.
+    #[arg(env = "LB_METRICS_TOKEN", long, hide_env_values = true)]
+    metrics_token: Option<String>,
     /// Most runners one pool's wait queue holds (`runner --wait`); more are
     /// refused with QUEUE_FULL.
     #[arg(env = "LB_MAX_WAITERS", long, default_value_t = 10_000)]
@@ -136,6 +144,8 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.clock_ahead = a.clock_ahead;
     options.restart_grace = a.restart_grace;
     options.max_waiters = a.max_waiters;
+    options.http = a.http;
+    options.metrics_token = a.metrics_token;
     let running = server::start(options).await?;
     if let Some(keys) = &running.bootstrap {
         let mut out = std::io::stdout().lock();

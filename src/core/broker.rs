@@ -356,6 +356,23 @@ impl Broker {
             .collect())
     }
 
+    /// Every pool's numbers and every org's subscription end, for the ops
+    /// views (whoever serves them decides who may read them).
+    pub fn census(&self) -> (Vec<PoolStatus>, Vec<(OrgName, Millis)>) {
+        let dir = self.dir.read();
+        let subscriptions = dir.orgs.iter().map(|(name, e)| (name.clone(), e.subscription_end)).collect();
+        let pools = dir
+            .orgs
+            .values()
+            .flat_map(|e| e.pools.values())
+            .map(|p| {
+                let (admitted, rejected) = self.sessions.counts(p.uid);
+                p.status(admitted, rejected)
+            })
+            .collect();
+        (pools, subscriptions)
+    }
+
     /// Pool numbers: the operator sees every org, members see their own.
     pub fn status(&self, p: &Principal, org: Option<&OrgName>) -> Result<Vec<PoolStatus>> {
         let dir = self.dir.read();

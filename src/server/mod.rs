@@ -74,6 +74,10 @@ pub struct Options {
     pub restart_grace: Duration,
     /// Most runners one pool's wait queue holds.
     pub max_waiters: u32,
+    /// Where to serve the ops endpoint (`/metrics`, `/healthz`), if anywhere.
+    pub http: Option<SocketAddr>,
+    /// A bearer token `/metrics` requires, if set.
+    pub metrics_token: Option<String>,
     /// Limits on connections that have not authenticated yet.
     pub strangers: GateLimits,
 }
@@ -96,6 +100,8 @@ impl Options {
             clock_ahead: Duration::ZERO,
             restart_grace: Duration::from_secs(10),
             max_waiters: 10_000,
+            http: None,
+            metrics_token: None,
             strangers: GateLimits::for_max_connections(10_000),
         }
     }
@@ -269,6 +275,7 @@ pub(crate) fn log_ended(e: &Ended) {
 /// A running broker.
 pub struct Running {
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     /// Resolves when the last handle on `shared` is gone (the store closed).
     closed: oneshot::Receiver<()>,
@@ -287,6 +294,12 @@ pub struct Running {
 pub async fn start(options: Options) -> Result<Running, SetupError> {
     let bind_error = |source| SetupError::Bind { addr: options.listen, source };
     let socket = socket::bind(options.listen).map_err(bind_error)?;
+    let http = match options.http {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Bind { addr, source })?)
+        }
+        None => None,
+    };
     let clock = Clock::ahead(options.clock_ahead);
     let (store, core, bootstrap) = open(&options, clock)?;
     let files = match &options.tls {
@@ -332,13 +345,22 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(connection::accept_loop(shared.clone(), endpoint.clone(), stop_rx.clone())),
         tokio::spawn(expiry::run(shared.clone(), stop_rx.clone())),
-        tokio::spawn(checkpoint::run(shared.clone(), stop_rx)),
+        tokio::spawn(checkpoint::run(shared.clone(), stop_rx.clone())),
     ];
+    let http_addr = match http {
+        Some(listener) => {
+            let local = listener.local_addr().ok();
+            tasks.push(tokio::spawn(crate::http::serve(shared.clone(), listener, stop_rx)));
+            tracing::info!(addr = ?local, "ops endpoint listening (/metrics, /healthz)");
+            local
+        }
+        None => None,
+    };
     tracing::info!(%addr, lease_ttl = ?shared.options.lease_ttl, "broker listening");
-    Ok(Running { addr, shared, closed, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
+    Ok(Running { addr, http_addr, shared, closed, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
 }
 
 /// A data dir opened: its store, the core rebuilt from it, and the keys of
@@ -455,6 +477,11 @@ impl Running {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The ops endpoint's address, if `--http` was given.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// Live sessions right now (for tests and logs).

@@ -1,0 +1,188 @@
+//! `/metrics`: a snapshot of the broker's numbers, encoded by
+//! `prometheus-client` in the OpenMetrics text format.
+//!
+//! Read at scrape time from the same state `status` reads (the core's pool
+//! counters, which survive restarts, and the shell's connection count), so
+//! there is nothing to keep in step on the hot path. Never a session, a user
+//! or a machine as a label: the labels are `org` and `pool` only, and the
+//! `org` label is capped (`MAX_ORGS`, the busiest first); the rest are
+//! folded into `org="_other"`, and `lbroker_orgs_folded` says how many.
+
+use std::collections::BTreeMap;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::core::PoolStatus;
+use crate::server::Shared;
+
+/// What `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Orgs labelled by name; the rest share `org="_other"`.
+pub const MAX_ORGS: usize = 100;
+
+/// The label an org past `MAX_ORGS` is folded into.
+const OTHER: &str = "_other";
+
+/// Encodes the broker's metrics now.
+pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("lbroker");
+    registry.register_collector(Box::new(Snapshot::take(shared)));
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &registry)?;
+    Ok(body)
+}
+
+/// One pool's numbers, summed when orgs are folded.
+#[derive(Debug, Default, Clone, Copy)]
+struct Numbers {
+    in_use: u64,
+    quota: u64,
+    machines: u64,
+    waiting: u64,
+    admitted: u64,
+    rejected: u64,
+    grants: u64,
+    activations: u64,
+    offline: u64,
+}
+
+impl Numbers {
+    fn add(&mut self, s: &PoolStatus) {
+        self.in_use += u64::from(s.in_use);
+        self.quota += u64::from(s.quota);
+        self.machines += u64::from(s.machines);
+        self.waiting += u64::from(s.waiting);
+        self.admitted += s.admitted;
+        self.rejected += s.rejected;
+        self.grants += u64::from(s.grants);
+        self.activations += u64::from(s.activations);
+        self.offline += u64::from(s.offline);
+    }
+}
+
+/// The broker's numbers at one instant.
+#[derive(Debug)]
+struct Snapshot {
+    /// (org label, pool) → numbers.
+    pools: BTreeMap<(String, String), Numbers>,
+    /// org label → subscription end, Unix seconds (named orgs only).
+    subscriptions: BTreeMap<String, u64>,
+    folded: usize,
+    connections: u64,
+}
+
+impl Snapshot {
+    fn take(shared: &Shared) -> Snapshot {
+        let (pools, subscriptions) = shared.core.census();
+        // The busiest orgs keep their names: by seats in use, then by name.
+        let mut load: BTreeMap<String, u64> = BTreeMap::new();
+        for (org, _) in &subscriptions {
+            load.insert(org.to_string(), 0);
+        }
+        for p in &pools {
+            *load.entry(p.org.to_string()).or_default() += u64::from(p.in_use);
+        }
+        let mut ranked: Vec<(&String, &u64)> = load.iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let named: std::collections::BTreeSet<&String> = ranked.iter().take(MAX_ORGS).map(|(o, _)| *o).collect();
+        let label = |org: &str| if named.contains(&org.to_string()) { org.to_string() } else { OTHER.to_string() };
+        let mut out = BTreeMap::new();
+        for p in &pools {
+            out.entry((label(p.org.as_str()), p.pool.to_string())).or_insert_with(Numbers::default).add(p);
+        }
+        let subs = subscriptions
+            .iter()
+            .filter(|(org, _)| named.contains(&org.to_string()))
+            .map(|(org, end)| (org.to_string(), end.0 / 1000))
+            .collect();
+        Snapshot {
+            pools: out,
+            subscriptions: subs,
+            folded: load.len().saturating_sub(named.len()),
+            // Relaxed: a gauge read once per scrape.
+            connections: shared.open_conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
+        }
+    }
+
+    /// One family of per-pool values.
+    fn per_pool(
+        &self,
+        encoder: &mut DescriptorEncoder<'_>,
+        (name, help, kind): (&str, &str, MetricType),
+        reason: Option<&str>,
+        value: impl Fn(&Numbers) -> u64,
+    ) -> std::fmt::Result {
+        let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+        for ((org, pool), n) in &self.pools {
+            let mut labels = vec![("org", org.as_str()), ("pool", pool.as_str())];
+            labels.extend(reason.map(|r| ("reason", r)));
+            let metric = family.encode_family(&labels)?;
+            match kind {
+                MetricType::Counter => ConstCounter::new(value(n)).encode(metric)?,
+                _ => ConstGauge::new(value(n) as i64).encode(metric)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let e = &mut encoder;
+        self.per_pool(
+            e,
+            (
+                "seats_in_use",
+                "Seats held: sessions, node-locked activations, live offline licenses, seats held after a restart.",
+                Gauge,
+            ),
+            None,
+            |n| n.in_use,
+        )?;
+        self.per_pool(e, ("seats_quota", "Licenses bought (the pool's quota).", Gauge), None, |n| n.quota)?;
+        self.per_pool(e, ("machines_registered", "Registered machine IDs.", Gauge), None, |n| n.machines)?;
+        self.per_pool(e, ("queue_waiting", "Runners waiting in the pool's queue.", Gauge), None, |n| n.waiting)?;
+        self.per_pool(
+            e,
+            ("admissions", "Sessions admitted since the pool was created (survives restarts).", Counter),
+            None,
+            |n| n.admitted,
+        )?;
+        let denials = "Acquires refused, by error code, since the pool was created (survives restarts). Counted so far: QUOTA_EXCEEDED.";
+        self.per_pool(e, ("denials", denials, Counter), Some("QUOTA_EXCEEDED"), |n| n.rejected)?;
+        self.per_pool(e, ("kse_grants", "Licensed users of a KSE pool.", Gauge), None, |n| n.grants)?;
+        self.per_pool(e, ("kse_activations", "Node-locked KSE activations (each holds a seat).", Gauge), None, |n| {
+            n.activations
+        })?;
+        self.per_pool(e, ("offline_licenses", "Offline licenses holding a seat.", Gauge), None, |n| n.offline)?;
+        let mut subs = e.encode_descriptor(
+            "subscription_end_timestamp_seconds",
+            "When the org's subscription ends (nothing is admitted from then on), Unix seconds.",
+            None,
+            Gauge,
+        )?;
+        for (org, end) in &self.subscriptions {
+            ConstGauge::new(*end as i64).encode(subs.encode_family(&[("org", org.as_str())])?)?;
+        }
+        let one = |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64| -> std::fmt::Result {
+            ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, Gauge)?)
+        };
+        one(
+            e,
+            "orgs_folded",
+            "Orgs whose numbers are summed under org=\"_other\" (past the first 100).",
+            self.folded as i64,
+        )?;
+        one(e, "connections_open", "QUIC connections open.", self.connections as i64)?;
+        let mut build = e.encode_descriptor("build_info", "The broker's version.", None, Gauge)?;
+        ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,55 @@
+//! The ops endpoint, `serve --http ADDR`: what ops read, over plain HTTP/1
+//! (axum), separate from the QUIC port runners use.
+//!
+//! - `GET /metrics`: the broker's numbers in the OpenMetrics text format
+//!   (`metrics`), documented in docs/METRICS.md.
+//! - `GET /healthz`: 200 while the broker admits, 503 while it drains.
+//!
+//! Off unless `--http` is given; meant for a loopback or ops-network
+//! address (README Security). It decides nothing: it reads the core and the
+//! shell's counters. With `--metrics-token`, `/metrics` wants
+//! `Authorization: Bearer TOKEN`.
+
+mod metrics;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::server::Shared;
+
+/// Serves the ops endpoint on `listener` until `stop` fires.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(health)).with_state(shared);
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+        tracing::warn!("the http endpoint stopped: {e}");
+    }
+}
+
+async fn scrape(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    if let Some(token) = &shared.options.metrics_token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {token}").as_str()) {
+            return (StatusCode::UNAUTHORIZED, "a bearer token is required (--metrics-token)\n").into_response();
+        }
+    }
+    match metrics::render(&shared) {
+        Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics failed: {e}\n")).into_response(),
+    }
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    match shared.is_draining() {
+        false => (StatusCode::OK, "ok\n").into_response(),
+        true => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
+    }
+}

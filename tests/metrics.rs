@@ -1,0 +1,64 @@
+//! The ops endpoint (`serve --http`): `/metrics` in the OpenMetrics text
+//! format with the numbers `status` shows, a bearer token when configured,
+//! `/healthz`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use common::{machine, org, start_with, POOL};
+use license_broker::proto::ErrorCode;
+
+/// A plain HTTP/1.0 GET: (status code, body).
+fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (code, body.to_string())
+}
+
+/// The value of the sample `name{labels}` in an exposition.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_what_status_shows_and_honour_the_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.metrics_token = Some("s3cret".into());
+    })
+    .await;
+    let http = b.running.as_ref().unwrap().http_addr().expect("bound");
+    b.quota(2).await;
+    let c = b.owner().await;
+    c.register_machine(&org(), POOL, &machine("m")).await.unwrap();
+    let held = c.acquire(&org(), POOL, &machine("m"), 1).await.unwrap();
+    c.acquire(&org(), POOL, &machine("m"), 2).await.unwrap();
+    let e = c.acquire(&org(), POOL, &machine("m"), 3).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded));
+    c.release(held.session).await.unwrap();
+
+    let (code, _) = tokio::task::spawn_blocking(move || get(http, "/metrics", None)).await.unwrap();
+    assert_eq!(code, 401, "no token, no metrics");
+    let (code, body) = tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap();
+    assert_eq!(code, 200);
+    let pool = r#"{org="default",pool="kre-floating-annual"}"#;
+    assert_eq!(sample(&body, &format!("lbroker_seats_in_use{pool}")), Some(1.0), "{body}");
+    assert_eq!(sample(&body, &format!("lbroker_seats_quota{pool}")), Some(2.0));
+    assert_eq!(sample(&body, &format!("lbroker_machines_registered{pool}")), Some(1.0));
+    assert_eq!(sample(&body, &format!("lbroker_admissions_total{pool}")), Some(2.0));
+    let denied = r#"lbroker_denials_total{org="default",pool="kre-floating-annual",reason="QUOTA_EXCEEDED"}"#;
+    assert_eq!(sample(&body, denied), Some(1.0));
+    assert_eq!(sample(&body, "lbroker_connections_open"), Some(1.0));
+    assert!(body.contains("# TYPE lbroker_admissions counter") && body.trim_end().ends_with("# EOF"), "{body}");
+    let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+}
