@@ -102,15 +102,17 @@ pub(super) async fn start(
     };
     // Invariant: the closure ran (it made the place).
     let rx = inbox.expect("the queue was joined through the closure");
+    // Guarded from here on: if this future is dropped (its connection
+    // closed) the place is given up.
+    let (position, held) = (place.position, Held { place, rx: Some(rx) });
     // The position is worth a short wait for room in the connection's
     // notice queue (a client that does not read them only slows itself);
     // after that it is dropped, like any notice: the answer never depends on it.
     let notices = call.shared.notices.get(&call.ctx.id).map(|tx| tx.clone());
     if let Some(tx) = notices {
-        let _ = tokio::time::timeout(NOTICE_WAIT, tx.send(Notice::Queued { nonce, position: place.position })).await;
+        let _ = tokio::time::timeout(NOTICE_WAIT, tx.send(Notice::Queued { nonce, position })).await;
     }
-    tracing::debug!(org = %target.org, pool = %target.pool, machine = %target.machine, position = place.position, "queued");
-    let held = Held { place, rx: Some(rx) };
+    tracing::debug!(org = %target.org, pool = %target.pool, machine = %target.machine, position, "queued");
     let task = Waiter { shared: shared.clone(), ctx: ctx.clone(), proto, req, late: late.clone() };
     tokio::spawn(task.run(held, slot));
     None
