@@ -13,7 +13,7 @@ use super::error::{Error, Result};
 use super::id::{ConnId, MachineId, Nonce, OfflineId, OrgName, SessionId};
 use super::pool::{Pool, PoolId, PoolStatus, PoolUid};
 use super::record::{AuditAction, AuditEntry, Change, Record};
-use super::session::{EndReason, Ended, Holder, Renewed, SessionInfo, SessionTable};
+use super::session::{EndReason, Ended, Holder, IdCipher, Renewed, SessionInfo, SessionTable};
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
@@ -39,6 +39,9 @@ pub struct Config {
     pub restart_grace: Duration,
     /// Most runners one pool's wait queue holds (`QUEUE_FULL` past it).
     pub max_waiters: u32,
+    /// Keys the permutation that makes session ids unpredictable (the
+    /// shell draws one at random per run; see `session::ids`).
+    pub session_id_key: u128,
 }
 
 impl Default for Config {
@@ -50,6 +53,7 @@ impl Default for Config {
             ceilings: false,
             restart_grace: Duration::from_secs(10),
             max_waiters: 10_000,
+            session_id_key: 0,
         }
     }
 }
@@ -114,7 +118,7 @@ impl Broker {
     pub fn new(config: Config) -> Broker {
         let audit_seq_base = config.audit_seq_base;
         Broker {
-            sessions: SessionTable::new(config.shard_bits),
+            sessions: SessionTable::new(config.shard_bits, IdCipher::new(config.session_id_key)),
             config,
             dir: RwLock::new(Directory::default()),
             version: AtomicU64::new(1),

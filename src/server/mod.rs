@@ -384,6 +384,7 @@ fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
         ceilings: true,
         restart_grace: options.restart_grace,
         max_waiters: options.max_waiters,
+        session_id_key: crate::keys::random_u128().map_err(|_| SetupError::Random)?,
         ..Config::default()
     });
     let records = store.load().map_err(store_error("loading the store"))?;

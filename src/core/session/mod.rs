@@ -12,7 +12,10 @@
 //! Each shard publishes its earliest deadline in an atomic so the expiry
 //! task finds the next deadline without taking any lock.
 
+mod ids;
 mod shard;
+
+pub use ids::IdCipher;
 
 use std::time::Duration;
 
@@ -183,6 +186,8 @@ pub struct SessionTable {
     shards: Box<[ShardCell]>,
     /// log2 of the shard count.
     shard_bits: u32,
+    /// Seals and opens session ids.
+    ids: IdCipher,
 }
 
 /// A shard and its published earliest deadline, on cache lines of their
@@ -199,14 +204,16 @@ const EXPIRE_BATCH: usize = 1024;
 
 impl SessionTable {
     /// A table with `2^shard_bits` shards (more shards, less contention; at most 256).
-    pub fn new(shard_bits: u32) -> SessionTable {
+    /// Ids are sealed with `ids` (see `ids`).
+    pub fn new(shard_bits: u32, ids: IdCipher) -> SessionTable {
         let shard_bits = shard_bits.min(SHARD_ID_BITS);
         let n = 1usize << shard_bits;
         SessionTable {
             shards: (0..n)
-                .map(|i| ShardCell { lock: Mutex::new(Shard::new(i)), earliest: AtomicU64::new(u64::MAX) })
+                .map(|i| ShardCell { lock: Mutex::new(Shard::new(i, ids.clone())), earliest: AtomicU64::new(u64::MAX) })
                 .collect(),
             shard_bits,
+            ids,
         }
     }
 
@@ -220,7 +227,7 @@ impl SessionTable {
     }
 
     fn shard_of(&self, id: SessionId) -> usize {
-        (id.0 & ((1 << self.shard_bits) - 1)) as usize
+        (self.ids.open(id.0) & ((1 << self.shard_bits) - 1)) as usize
     }
 
     /// Admits a session, or re-attaches the nonce's existing live session

@@ -52,6 +52,8 @@ struct Slot {
 }
 
 pub(super) struct Shard {
+    /// Seals the ids this shard hands out and opens those it is given.
+    ids: super::IdCipher,
     index: u64,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -76,8 +78,9 @@ pub(super) struct ShardPool {
 }
 
 impl Shard {
-    pub fn new(index: usize) -> Shard {
+    pub fn new(index: usize, ids: super::IdCipher) -> Shard {
         Shard {
+            ids,
             index: index as u64,
             slots: Vec::new(),
             free: Vec::new(),
@@ -88,15 +91,21 @@ impl Shard {
         }
     }
 
+    /// The world's id of the session in `slot`: (generation, slot, shard)
+    /// sealed (see `ids`).
     fn id_of(&self, slot: u32) -> SessionId {
         let generation = u64::from(self.slots[slot as usize].generation);
-        SessionId((generation << 32) | (u64::from(slot) << SHARD_ID_BITS) | self.index)
+        SessionId(self.ids.seal((generation << 32) | (u64::from(slot) << SHARD_ID_BITS) | self.index))
     }
 
     fn slot_of(&self, id: SessionId) -> Option<usize> {
-        let slot = ((id.0 >> SHARD_ID_BITS) as usize) & (MAX_SLOTS - 1);
+        let inner = self.ids.open(id.0);
+        if inner & ((1 << SHARD_ID_BITS) - 1) != self.index {
+            return None;
+        }
+        let slot = ((inner >> SHARD_ID_BITS) as usize) & (MAX_SLOTS - 1);
         let s = self.slots.get(slot)?;
-        (u64::from(s.generation) == id.0 >> 32 && s.live.is_some()).then_some(slot)
+        (u64::from(s.generation) == inner >> 32 && s.live.is_some()).then_some(slot)
     }
 
     pub fn get(&self, id: SessionId) -> Option<&Live> {
