@@ -226,8 +226,18 @@ impl SessionTable {
         (x >> (64 - self.shard_bits.max(1))) as usize & ((1 << self.shard_bits) - 1)
     }
 
-    fn shard_of(&self, id: SessionId) -> usize {
-        (self.ids.open(id.0) & ((1 << self.shard_bits) - 1)) as usize
+    /// The shard holding `id`, and `id` opened (see `ids`).
+    fn locate(&self, id: SessionId) -> (usize, u64) {
+        let inner = self.ids.open(id.0);
+        ((inner & ((1 << self.shard_bits) - 1)) as usize, inner)
+    }
+
+    /// Locks the shard holding `id`, telling it what `id` opens to.
+    fn lock_for(&self, id: SessionId) -> (usize, crate::sync::MutexGuard<'_, Shard>) {
+        let (index, inner) = self.locate(id);
+        let shard = self.shards[index].lock.lock();
+        shard.know(id, inner);
+        (index, shard)
     }
 
     /// Admits a session, or re-attaches the nonce's existing live session
@@ -320,8 +330,7 @@ impl SessionTable {
         allow: impl FnOnce(Holder<'_>) -> bool,
         then: impl FnOnce(Renewed<'_>) -> R,
     ) -> Result<R> {
-        let index = self.shard_of(id);
-        let mut shard = self.shards[index].lock.lock();
+        let (index, mut shard) = self.lock_for(id);
         if vet(&shard, id, allow)? <= now {
             shard.end(id, EndReason::Expired);
             self.publish(index, &shard);
@@ -346,8 +355,7 @@ impl SessionTable {
         enforce: bool,
         cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>,
     ) -> Result<()> {
-        let index = self.shard_of(id);
-        let mut shard = self.shards[index].lock.lock();
+        let (_, mut shard) = self.lock_for(id);
         let Some(live) = shard.get_mut(id) else { return Ok(()) };
         adopt(live, enforce, cap_for)
     }
@@ -373,8 +381,7 @@ impl SessionTable {
         labels: crate::value::Labels,
         allow: impl FnOnce(Holder<'_>) -> bool,
     ) -> Result<()> {
-        let index = self.shard_of(id);
-        let mut shard = self.shards[index].lock.lock();
+        let (_, mut shard) = self.lock_for(id);
         vet(&shard, id, allow)?;
         // Invariant: vetted live above, under this same lock.
         shard.get_mut(id).expect("vetted live above").labels = labels;
@@ -383,8 +390,7 @@ impl SessionTable {
 
     /// Ends a live session for `reason` if `allow` accepts it, returning its seat.
     pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(Holder<'_>) -> bool) -> Result<Ended> {
-        let index = self.shard_of(id);
-        let mut shard = self.shards[index].lock.lock();
+        let (index, mut shard) = self.lock_for(id);
         vet(&shard, id, allow)?;
         let ended = shard.end(id, reason).ok_or(Error::SessionExpired)?;
         self.publish(index, &shard);
@@ -457,13 +463,13 @@ impl SessionTable {
 
     /// A live session's public view, if it is live and its pool passes `pred`.
     pub fn info(&self, id: SessionId, pred: impl FnOnce(&Pool) -> bool) -> Option<SessionInfo> {
-        let shard = self.shards[self.shard_of(id)].lock.lock();
+        let (_, shard) = self.lock_for(id);
         shard.get(id).filter(|s| pred(shard.pool_of(s))).map(|s| shard.info(s, id))
     }
 
     /// The machine a live session runs on.
     pub fn machine_of(&self, id: SessionId) -> Option<MachineId> {
-        self.shards[self.shard_of(id)].lock.lock().get(id).map(|s| s.machine.clone())
+        self.lock_for(id).1.get(id).map(|s| s.machine.clone())
     }
 
     /// Admissions and quota refusals of a pool since start, summed over shards.

@@ -54,6 +54,11 @@ struct Slot {
 pub(super) struct Shard {
     /// Seals the ids this shard hands out and opens those it is given.
     ids: super::IdCipher,
+    /// The last id opened or sealed here, (world's, table's): one request
+    /// looks its session up several times, and opening costs a few tens of
+    /// nanoseconds; the table opens an id once, to find the shard, and
+    /// tells the shard (`know`).
+    known: std::cell::Cell<Option<(u64, u64)>>,
     index: u64,
     slots: Vec<Slot>,
     free: Vec<u32>,
@@ -81,6 +86,7 @@ impl Shard {
     pub fn new(index: usize, ids: super::IdCipher) -> Shard {
         Shard {
             ids,
+            known: std::cell::Cell::new(None),
             index: index as u64,
             slots: Vec::new(),
             free: Vec::new(),
@@ -95,11 +101,26 @@ impl Shard {
     /// sealed (see `ids`).
     fn id_of(&self, slot: u32) -> SessionId {
         let generation = u64::from(self.slots[slot as usize].generation);
-        SessionId(self.ids.seal((generation << 32) | (u64::from(slot) << SHARD_ID_BITS) | self.index))
+        let inner = (generation << 32) | (u64::from(slot) << SHARD_ID_BITS) | self.index;
+        let outer = self.ids.seal(inner);
+        self.known.set(Some((outer, inner)));
+        SessionId(outer)
+    }
+
+    /// Records that the world's `id` is the table's `inner` (already opened).
+    pub fn know(&self, id: SessionId, inner: u64) {
+        self.known.set(Some((id.0, inner)));
     }
 
     fn slot_of(&self, id: SessionId) -> Option<usize> {
-        let inner = self.ids.open(id.0);
+        let inner = match self.known.get() {
+            Some((outer, inner)) if outer == id.0 => inner,
+            _ => {
+                let inner = self.ids.open(id.0);
+                self.known.set(Some((id.0, inner)));
+                inner
+            }
+        };
         if inner & ((1 << SHARD_ID_BITS) - 1) != self.index {
             return None;
         }
