@@ -210,7 +210,7 @@ impl SessionTable {
         let n = 1usize << shard_bits;
         SessionTable {
             shards: (0..n)
-                .map(|i| ShardCell { lock: Mutex::new(Shard::new(i, ids.clone())), earliest: AtomicU64::new(u64::MAX) })
+                .map(|i| ShardCell { lock: Mutex::new(Shard::new(i, ids)), earliest: AtomicU64::new(u64::MAX) })
                 .collect(),
             shard_bits,
             ids,
