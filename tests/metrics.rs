@@ -58,6 +58,13 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     let denied = r#"lbroker_denials_total{org="default",pool="kre-floating-annual",reason="QUOTA_EXCEEDED"}"#;
     assert_eq!(sample(&body, denied), Some(1.0));
     assert_eq!(sample(&body, "lbroker_connections_open"), Some(1.0));
+    let ends = |reason: &str| {
+        sample(
+            &body,
+            &format!(r#"lbroker_session_ends_total{{org="default",pool="kre-floating-annual",reason="{reason}"}}"#),
+        )
+    };
+    assert_eq!((ends("released"), ends("expired")), (Some(1.0), Some(0.0)));
     assert!(body.contains("# TYPE lbroker_admissions counter") && body.trim_end().ends_with("# EOF"), "{body}");
     let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));

@@ -365,15 +365,8 @@ impl Broker {
     pub fn census(&self) -> (Vec<PoolStatus>, Vec<(OrgName, Millis)>) {
         let dir = self.dir.read();
         let subscriptions = dir.orgs.iter().map(|(name, e)| (name.clone(), e.subscription_end)).collect();
-        let pools = dir
-            .orgs
-            .values()
-            .flat_map(|e| e.pools.values())
-            .map(|p| {
-                let (admitted, rejected) = self.sessions.counts(p.uid);
-                p.status(admitted, rejected)
-            })
-            .collect();
+        let pools =
+            dir.orgs.values().flat_map(|e| e.pools.values()).map(|p| p.status(self.sessions.counts(p.uid))).collect();
         (pools, subscriptions)
     }
 
@@ -393,12 +386,7 @@ impl Broker {
         let mut out: Vec<PoolStatus> = wanted
             .into_iter()
             .filter_map(|o| dir.orgs.get(o))
-            .flat_map(|e| {
-                e.pools.values().map(|p| {
-                    let (admitted, rejected) = self.sessions.counts(p.uid);
-                    p.status(admitted, rejected)
-                })
-            })
+            .flat_map(|e| e.pools.values().map(|p| p.status(self.sessions.counts(p.uid))))
             .collect();
         out.sort_by(|a, b| (&a.org, a.pool).cmp(&(&b.org, b.pool)));
         Ok(out)
@@ -479,14 +467,14 @@ impl Broker {
         let dir = self.dir.read();
         for (org, entry) in &dir.orgs {
             for pool in entry.pools.values() {
-                let (admitted, rejected) = self.sessions.counts(pool.uid);
-                let st = pool.status(admitted, rejected);
+                let st = pool.status(self.sessions.counts(pool.uid));
                 out.push(Record::Counters {
                     org: org.clone(),
                     pool: pool.id,
                     admitted: st.admitted,
                     rejected: st.rejected,
                 });
+                out.push(Record::Ends { org: org.clone(), pool: pool.id, by_reason: st.ends });
             }
         }
         out

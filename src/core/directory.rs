@@ -147,6 +147,11 @@ impl Directory {
                     p.restore_counts(*admitted, *rejected);
                 }
             }
+            Change::Put(Record::Ends { org, pool, by_reason }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.restore_ends(*by_reason);
+                }
+            }
             Change::Put(Record::UserLimit { org, pool, email, max }) => {
                 if let Ok(p) = self.pool(org, *pool) {
                     // A new cap counts the user's live sessions: `Broker::apply` sweeps.

@@ -12,6 +12,7 @@ use super::id::{Email, MachineId, OfflineId, OrgName};
 pub use super::pool_id::{Kind, PoolId, Product, Term};
 use super::queue::WaitQueue;
 use super::seats::{SeatCount, Seats, MAX_IN_USE};
+use super::session::Counts;
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
 
@@ -79,7 +80,7 @@ pub struct Pool {
     misses: AtomicU32,
     /// Admissions and quota refusals counted before this process started
     /// (from the store); the session table's shards count the rest.
-    counted: Mutex<(u64, u64)>,
+    counted: Mutex<Counts>,
     /// KSE grants, node-locked activations and offline licenses. Changed
     /// only by admin requests and activations, which the shell serialises,
     /// so a plain lock.
@@ -202,6 +203,8 @@ pub struct PoolStatus {
     pub offline: u32,
     /// Runners waiting in the pool's queue.
     pub waiting: u32,
+    /// Sessions ended since the pool was created, by reason (`EndReason::ALL` order).
+    pub ends: [u64; 4],
 }
 
 impl Pool {
@@ -222,7 +225,7 @@ impl Pool {
             quota: AtomicU32::new(quota),
             reserve: AtomicU32::new(0),
             misses: AtomicU32::new(0),
-            counted: Mutex::new((0, 0)),
+            counted: Mutex::new(Counts::default()),
             licensing: Mutex::new(Licensing::default()),
         }
     }
@@ -654,14 +657,19 @@ impl Pool {
 
     /// Sets the admission counts of earlier runs (a store record; idempotent).
     pub fn restore_counts(&self, admitted: u64, rejected: u64) {
-        *self.counted.lock() = (admitted, rejected);
+        let mut c = self.counted.lock();
+        (c.admitted, c.rejected) = (admitted, rejected);
     }
 
-    /// The pool's numbers for `status`, with the admission counts the
-    /// session table keeps for this run.
-    pub fn status(&self, admitted: u64, rejected: u64) -> PoolStatus {
-        let (earlier_admitted, earlier_rejected) = *self.counted.lock();
-        let (admitted, rejected) = (earlier_admitted + admitted, earlier_rejected + rejected);
+    /// Sets the session-end counts of earlier runs (a store record; idempotent).
+    pub fn restore_ends(&self, ends: [u64; 4]) {
+        self.counted.lock().ends = ends;
+    }
+
+    /// The pool's numbers for `status`, with the counts the session table
+    /// keeps for this run.
+    pub fn status(&self, this_run: Counts) -> PoolStatus {
+        let Counts { admitted, rejected, ends } = self.counted.lock().plus(this_run);
         let in_use = self.in_use();
         let (grants, activations, offline) = {
             let l = self.licensing.lock();
@@ -679,6 +687,7 @@ impl Pool {
             activations,
             offline,
             waiting: self.waiting(),
+            ends,
         }
     }
 }

@@ -141,6 +141,16 @@ pub enum Record {
         /// Seats reserved for earlier runs' sessions are held until then.
         hold_until: Millis,
     },
+    /// A pool's session ends by reason (released, expired, revoked,
+    /// connection closed), so the counts survive restarts.
+    Ends {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Sessions ended since the pool was created, by reason.
+        by_reason: [u64; 4],
+    },
     /// A user's cap on concurrent sessions in a pool (FlexNet's MAX).
     UserLimit {
         /// The org.
@@ -308,6 +318,7 @@ impl Record {
             Record::Ceiling { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ceiling")),
             Record::Leases { .. } => (Table::Meta, "leases".to_string()),
             Record::UserLimit { org, pool, email, .. } => (Table::Counters, format!("{org}/{pool}/limit/{email}")),
+            Record::Ends { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ends")),
         }
     }
 }

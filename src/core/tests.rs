@@ -762,3 +762,23 @@ fn a_user_cap_limits_that_user_alone_and_counts_sessions_older_than_it() {
         (w.owner.email.clone(), u32::MAX, 3)
     );
 }
+
+#[test]
+fn session_ends_are_counted_by_reason_and_carried_across_a_restart() {
+    let w = world(4);
+    w.register("m").unwrap();
+    let l: Vec<_> = (0..4).map(|n| w.acquire("m", n, 1, t(0)).unwrap()).collect();
+    w.broker.release(&w.owner, l[0].session).unwrap();
+    w.broker.renew(&w.owner, l[1].session, t(20_000)).unwrap();
+    w.broker.renew(&w.owner, l[2].session, t(20_000)).unwrap();
+    assert_eq!(w.broker.expire(t(31_000)).len(), 1, "the one never renewed");
+    w.broker.kill(&w.owner, &w.org, l[1].session).unwrap();
+    w.broker.close_connection(ConnId(1), [l[2].session]);
+    // Released, expired, revoked, connection closed.
+    assert_eq!(w.pool_status().ends, [1, 1, 1, 1]);
+    let saved: Vec<Change> = w.broker.checkpoint(t(40_000)).into_iter().map(Change::Put).collect();
+    let again = world(4);
+    again.broker.apply(&saved);
+    assert_eq!(again.pool_status().ends, [1, 1, 1, 1], "restored from the checkpoint's records");
+    assert_eq!((again.pool_status().admitted, again.pool_status().rejected), (4, 0));
+}

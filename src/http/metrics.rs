@@ -50,6 +50,7 @@ struct Numbers {
     grants: u64,
     activations: u64,
     offline: u64,
+    ends: [u64; 4],
 }
 
 impl Numbers {
@@ -63,6 +64,9 @@ impl Numbers {
         self.grants += u64::from(s.grants);
         self.activations += u64::from(s.activations);
         self.offline += u64::from(s.offline);
+        for (e, n) in self.ends.iter_mut().zip(s.ends) {
+            *e += n;
+        }
     }
 }
 
@@ -132,6 +136,21 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// `session_ends_total`, labelled org, pool and reason.
+    fn session_ends(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let help = "Sessions ended since the pool was created, by reason (survives restarts).";
+        let mut ends = e.encode_descriptor("session_ends", help, None, MetricType::Counter)?;
+        for ((org, pool), n) in &self.pools {
+            for (reason, count) in crate::core::EndReason::ALL.iter().zip(n.ends) {
+                let labels = [("org", org.as_str()), ("pool", pool.as_str()), ("reason", reason.name())];
+                ConstCounter::new(count).encode(ends.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
         use MetricType::{Counter, Gauge};
@@ -157,6 +176,7 @@ impl Collector for Snapshot {
         )?;
         let denials = "Acquires refused, by error code, since the pool was created (survives restarts). Counted so far: QUOTA_EXCEEDED.";
         self.per_pool(e, ("denials", denials, Counter), Some("QUOTA_EXCEEDED"), |n| n.rejected)?;
+        self.session_ends(e)?;
         self.per_pool(e, ("kse_grants", "Licensed users of a KSE pool.", Gauge), None, |n| n.grants)?;
         self.per_pool(e, ("kse_activations", "Node-locked KSE activations (each holds a seat).", Gauge), None, |n| {
             n.activations

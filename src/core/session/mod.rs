@@ -41,6 +41,10 @@ pub enum EndReason {
 }
 
 impl EndReason {
+    /// Every reason, in the order `Counts::ends` keeps them.
+    pub const ALL: [EndReason; 4] =
+        [EndReason::Released, EndReason::Expired, EndReason::Revoked, EndReason::ConnectionClosed];
+
     /// Lowercase name for JSON and logs.
     pub fn name(self) -> &'static str {
         match self {
@@ -49,6 +53,29 @@ impl EndReason {
             EndReason::Revoked => "revoked",
             EndReason::ConnectionClosed => "connection_closed",
         }
+    }
+}
+
+/// A pool's session statistics: admitted, refused for quota, and ended
+/// by reason (`EndReason::ALL` order).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Sessions admitted.
+    pub admitted: u64,
+    /// Acquires refused with `QuotaExceeded`.
+    pub rejected: u64,
+    /// Sessions ended, by reason.
+    pub ends: [u64; 4],
+}
+
+impl Counts {
+    /// Both added up.
+    pub fn plus(self, o: Counts) -> Counts {
+        let mut ends = self.ends;
+        for (e, more) in ends.iter_mut().zip(o.ends) {
+            *e += more;
+        }
+        Counts { admitted: self.admitted + o.admitted, rejected: self.rejected + o.rejected, ends }
     }
 }
 
@@ -473,11 +500,8 @@ impl SessionTable {
     }
 
     /// Admissions and quota refusals of a pool since start, summed over shards.
-    pub fn counts(&self, pool: PoolUid) -> (u64, u64) {
-        self.shards.iter().fold((0, 0), |(a, r), c| {
-            let (sa, sr) = c.lock.lock().counts(pool);
-            (a + sa, r + sr)
-        })
+    pub fn counts(&self, pool: PoolUid) -> Counts {
+        self.shards.iter().fold(Counts::default(), |sum, c| sum.plus(c.lock.lock().counts(pool)))
     }
 
     /// Whether no session is live.

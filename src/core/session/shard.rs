@@ -80,6 +80,8 @@ pub(super) struct ShardPool {
     pub admitted: u64,
     /// Acquires this shard refused for quota since start.
     pub rejected: u64,
+    /// Sessions of the pool this shard ended since start, by reason.
+    pub ends: [u64; 4],
 }
 
 impl Shard {
@@ -193,7 +195,10 @@ impl Shard {
         if let Some(cap) = &live.cap {
             cap.release(1);
         }
-        let pool = self.pool_of(&live);
+        // Invariant: as in `pool_of`, the session's pool is registered here.
+        let entry = self.pools.get_mut(&live.pool).expect("a session's pool is registered in its shard");
+        entry.ends[reason as usize] += 1;
+        let pool = &entry.pool;
         pool.return_seat();
         Some(Ended { info: self.info(&live, id), conn: live.conn, reason })
     }
@@ -278,7 +283,12 @@ impl Shard {
     }
 
     fn entry(&mut self, pool: &Arc<Pool>) -> &mut ShardPool {
-        self.pools.entry(pool.uid).or_insert_with(|| ShardPool { pool: pool.clone(), admitted: 0, rejected: 0 })
+        self.pools.entry(pool.uid).or_insert_with(|| ShardPool {
+            pool: pool.clone(),
+            admitted: 0,
+            rejected: 0,
+            ends: [0; 4],
+        })
     }
 
     /// The pool a live session of this shard belongs to.
@@ -289,7 +299,11 @@ impl Shard {
     }
 
     /// This shard's admission counts for a pool.
-    pub fn counts(&self, pool: PoolUid) -> (u64, u64) {
-        self.pools.get(&pool).map_or((0, 0), |p| (p.admitted, p.rejected))
+    pub fn counts(&self, pool: PoolUid) -> super::Counts {
+        self.pools.get(&pool).map_or_else(Default::default, |p| super::Counts {
+            admitted: p.admitted,
+            rejected: p.rejected,
+            ends: p.ends,
+        })
     }
 }
