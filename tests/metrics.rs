@@ -45,6 +45,8 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     let e = c.acquire(&org(), POOL, &machine("m"), 3).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded));
     c.release(held.session).await.unwrap();
+    let wrong = license_broker::client::Client::connect(&b.options("lbk_wrong")).await;
+    assert!(wrong.is_err(), "an unknown key is refused");
 
     let (code, _) = tokio::task::spawn_blocking(move || get(http, "/metrics", None)).await.unwrap();
     assert_eq!(code, 401, "no token, no metrics");
@@ -65,6 +67,7 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
         )
     };
     assert_eq!((ends("released"), ends("expired")), (Some(1.0), Some(0.0)));
+    assert_eq!(sample(&body, "lbroker_auth_failures_total"), Some(1.0));
     assert!(body.contains("# TYPE lbroker_admissions counter") && body.trim_end().ends_with("# EOF"), "{body}");
     let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));

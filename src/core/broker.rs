@@ -102,6 +102,9 @@ pub struct Broker {
     /// The latest time a previous run recorded (`Record::Clock`), for the
     /// shell's check that the clock has not gone backwards.
     high_water: AtomicU64,
+    /// Failed authentications since the broker was first started (this
+    /// run's plus the count restored from the store).
+    auth_failures: AtomicU64,
     /// The previous run's `Record::Leases` (TTL in ms, hold end), if any.
     previous_leases: Mutex<Option<(u64, Millis)>>,
     /// When seats held for the previous run's sessions come back (0: no hold).
@@ -126,6 +129,7 @@ impl Broker {
             offline_due: Mutex::new(BTreeMap::new()),
             audit_seq: AtomicU64::new(audit_seq_base),
             high_water: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
             previous_leases: Mutex::new(None),
             hold_until: AtomicU64::new(0),
         }
@@ -407,6 +411,10 @@ impl Broker {
                     Change::Put(Record::Leases { ttl_ms, hold_until }) => {
                         *self.previous_leases.lock() = Some((*ttl_ms, *hold_until));
                     }
+                    Change::Put(Record::AuthFailures { count }) => {
+                        // Relaxed: a statistic; restored before anything counts.
+                        self.auth_failures.store(*count, Ordering::Relaxed);
+                    }
                     _ => {}
                 }
                 let restored = dir.apply(change, |org, id, quota, end| {
@@ -452,6 +460,18 @@ impl Broker {
         ended
     }
 
+    /// Counts a failed authentication (an unknown or revoked key).
+    pub fn note_auth_failure(&self) {
+        // Relaxed: a statistic.
+        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed authentications since the broker was first started.
+    pub fn auth_failures(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.auth_failures.load(Ordering::Relaxed)
+    }
+
     /// The latest time a previous run recorded (0 if none).
     pub fn high_water(&self) -> Millis {
         // Relaxed: see `apply`.
@@ -463,7 +483,9 @@ impl Broker {
     /// high-water mark `now`. The shell writes them to the store now and
     /// then; they are never applied back to this run's memory.
     pub fn checkpoint(&self, now: Millis) -> Vec<Record> {
-        let mut out = vec![Record::Clock { high_water: now }];
+        // Relaxed: a statistic.
+        let auth_failures = self.auth_failures.load(Ordering::Relaxed);
+        let mut out = vec![Record::Clock { high_water: now }, Record::AuthFailures { count: auth_failures }];
         let dir = self.dir.read();
         for (org, entry) in &dir.orgs {
             for pool in entry.pools.values() {

@@ -151,6 +151,11 @@ pub enum Record {
         /// Sessions ended since the pool was created, by reason.
         by_reason: [u64; 4],
     },
+    /// Failed authentications since the broker was first started.
+    AuthFailures {
+        /// How many.
+        count: u64,
+    },
     /// A user's cap on concurrent sessions in a pool (FlexNet's MAX).
     UserLimit {
         /// The org.
@@ -319,6 +324,7 @@ impl Record {
             Record::Leases { .. } => (Table::Meta, "leases".to_string()),
             Record::UserLimit { org, pool, email, .. } => (Table::Counters, format!("{org}/{pool}/limit/{email}")),
             Record::Ends { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ends")),
+            Record::AuthFailures { .. } => (Table::Meta, "auth_failures".to_string()),
         }
     }
 }

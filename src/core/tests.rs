@@ -782,3 +782,15 @@ fn session_ends_are_counted_by_reason_and_carried_across_a_restart() {
     assert_eq!(again.pool_status().ends, [1, 1, 1, 1], "restored from the checkpoint's records");
     assert_eq!((again.pool_status().admitted, again.pool_status().rejected), (4, 0));
 }
+
+#[test]
+fn failed_authentications_are_counted_across_restarts() {
+    let w = world(1);
+    w.broker.note_auth_failure();
+    w.broker.note_auth_failure();
+    let saved: Vec<Change> = w.broker.checkpoint(t(1_000)).into_iter().map(Change::Put).collect();
+    let again = world(1);
+    again.broker.apply(&saved);
+    again.broker.note_auth_failure();
+    assert_eq!(again.broker.auth_failures(), 3);
+}

@@ -79,6 +79,7 @@ struct Snapshot {
     subscriptions: BTreeMap<String, u64>,
     folded: usize,
     connections: u64,
+    auth_failures: u64,
 }
 
 impl Snapshot {
@@ -111,6 +112,7 @@ impl Snapshot {
             folded: load.len().saturating_sub(named.len()),
             // Relaxed: a gauge read once per scrape.
             connections: shared.open_conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
+            auth_failures: shared.core.auth_failures(),
         }
     }
 
@@ -201,6 +203,8 @@ impl Collector for Snapshot {
             self.folded as i64,
         )?;
         one(e, "connections_open", "QUIC connections open.", self.connections as i64)?;
+        let help = "Hellos refused for an unknown or revoked API key (survives restarts).";
+        ConstCounter::new(self.auth_failures).encode(e.encode_descriptor("auth_failures", help, None, Counter)?)?;
         let mut build = e.encode_descriptor("build_info", "The broker's version.", None, Gauge)?;
         ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
         Ok(())

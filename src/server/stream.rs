@@ -287,6 +287,7 @@ fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: 
 fn failed_hello(shared: &Shared, ctx: &ConnCtx) -> bool {
     // Relaxed: a per-connection count; exactness across streams does not matter.
     let failures = ctx.failed_hellos.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    shared.core.note_auth_failure();
     if shared.auth_log.allow(shared.clock.now()) {
         tracing::warn!(remote = %ctx.conn.remote_address(), failures, "authentication failed");
     }
