@@ -95,15 +95,15 @@ impl Snapshot {
         }
         let mut ranked: Vec<(&String, &u64)> = load.iter().collect();
         ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let named: std::collections::BTreeSet<&String> = ranked.iter().take(MAX_ORGS).map(|(o, _)| *o).collect();
-        let label = |org: &str| if named.contains(&org.to_string()) { org.to_string() } else { OTHER.to_string() };
+        let named: std::collections::BTreeSet<&str> = ranked.iter().take(MAX_ORGS).map(|(o, _)| o.as_str()).collect();
+        let label = |org: &str| if named.contains(org) { org } else { OTHER }.to_string();
         let mut out = BTreeMap::new();
         for p in &pools {
             out.entry((label(p.org.as_str()), p.pool.to_string())).or_insert_with(Numbers::default).add(p);
         }
         let subs = subscriptions
             .iter()
-            .filter(|(org, _)| named.contains(&org.to_string()))
+            .filter(|(org, _)| named.contains(org.as_str()))
             .map(|(org, end)| (org.to_string(), end.0 / 1000))
             .collect();
         Snapshot {

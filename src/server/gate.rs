@@ -146,7 +146,11 @@ impl Gate {
     /// the address is past its limit (close the connection).
     pub fn failed(&self, addr: IpAddr, second: u64) -> bool {
         let mut sources = self.sources.lock();
-        let Some(source) = sources.get_mut(&addr) else { return true };
+        // An address with a connection open is normally tracked; one whose
+        // entry was pruned (a welcomed connection no longer counts as a
+        // stranger) starts counting again. Only open connections fail
+        // Hellos, so this cannot grow the table past what `admit` allows.
+        let source = sources.entry(addr).or_default();
         if source.failed_second != second {
             (source.failed_second, source.failures) = (second, 0);
         }

@@ -71,9 +71,8 @@ pub(super) async fn start(
     if let Err(e) = call.admitting() {
         return Some(Err(e));
     }
-    let who = req.claimant(ctx.id);
+    let (core, who) = (&shared.core, req.claimant(ctx.id));
     if req.wait.is_zero() {
-        let core = &shared.core;
         let admitted = with_room(call, &req.target, || core.acquire_as(p, &req.target, &who, call.now)).await;
         return Some(admitted.map(|lease| {
             call.book(&req.target, &lease, &req.labels);
@@ -84,7 +83,7 @@ pub(super) async fn start(
         let msg = format!("this connection already has {MAX_WAITS_PER_CONNECTION} requests waiting");
         return Some(Err(WireError::new(ErrorCode::QueueFull, msg)));
     };
-    let (core, (target, nonce)) = (&call.shared.core, (&req.target, req.nonce));
+    let (target, nonce) = (&req.target, req.nonce);
     let mut inbox = None;
     let joined = with_room(call, target, || {
         let (tx, rx) = oneshot::channel::<Grant>();
