@@ -155,6 +155,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("Label", Req::Label { session: s, labels: license_broker::value::Labels::default() }),
         ("SetUserLimit", Req::SetUserLimit { org: org.clone(), pool: p, email: "x".into(), max: None }),
         ("ListUserLimits", Req::ListUserLimits { org: org.clone(), pool: p }),
+        ("List", Req::List { of: ListOf::Orgs, after: None, limit: 0 }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -191,12 +192,39 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("Pools", Resp::Pools(vec![])),
         ("SessionViews", Resp::SessionViews(vec![])),
         ("UserLimits", Resp::UserLimits(vec![])),
+        ("Page", Resp::Page { items: PageItems::Orgs(vec![]), next: None }),
     ];
     for (name, resp) in &resps {
         let n = variant(resp);
         let line = format!("{n:>4}: {name}");
         let alt = format!("{n}: {name}");
         assert!(DOC.contains(&line) || DOC.contains(&alt), "PROTOCOL.md lacks `{alt}`");
+    }
+    let o = || org.clone();
+    let lists: Vec<(&str, ListOf, PageItems)> = vec![
+        ("Status", ListOf::Status { org: None }, PageItems::Pools(vec![])),
+        ("Sessions", ListOf::Sessions { org: o() }, PageItems::Sessions(vec![])),
+        ("Machines", ListOf::Machines { org: o() }, PageItems::Machines(vec![])),
+        ("Users", ListOf::Users { org: o() }, PageItems::Users(vec![])),
+        ("Keys", ListOf::Keys { org: o() }, PageItems::Keys(vec![])),
+        ("Grants", ListOf::Grants { org: o(), pool: None }, PageItems::Grants(vec![])),
+        ("Offline", ListOf::Offline { org: o() }, PageItems::Offline(vec![])),
+        ("Audit", ListOf::Audit { org: o() }, PageItems::Audit(vec![])),
+        ("Orgs", ListOf::Orgs, PageItems::Orgs(vec![])),
+        ("UserLimits", ListOf::UserLimits { org: o(), pool: p }, PageItems::UserLimits(vec![])),
+    ];
+    let section = |name: &str| {
+        let start = DOC.find(&format!("{name} = enum {{")).unwrap_or_else(|| panic!("no {name} in PROTOCOL.md"));
+        &DOC[start..start + DOC[start..].find("\n}").unwrap()]
+    };
+    for (name, of, items) in &lists {
+        // The same index in both enums: a page answers with its list's items.
+        assert_eq!(variant(of), variant(items), "{name}");
+        let line = format!("{:>4}: {name}", variant(of));
+        assert!(section("ListOf").contains(&line), "ListOf lacks `{line}`");
+        let item_name = if *name == "Status" { "Pools" } else { name };
+        let line = format!("{:>4}: {item_name}", variant(items));
+        assert!(section("PageItems").contains(&line), "PageItems lacks `{line}`");
     }
     let notices: Vec<(&str, Notice)> = vec![
         ("SessionEnded", Notice::SessionEnded { session: s, reason: license_broker::proto::EndReason::Expired }),

@@ -5,7 +5,8 @@
 //! on (as shipped). After every step the seats in use cover the live
 //! sessions and exceed them by no more than the seats the hold took plus
 //! the seats granted to waiters and not yet claimed; no acquire is admitted
-//! at or over the quota; nothing panics.
+//! at or over the quota; paging through the sessions lists each live one
+//! exactly once; nothing panics.
 #![no_main]
 
 use std::time::Duration;
@@ -27,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
     let mut extra_max = 0u32;
     let mut waiters: Vec<(u128, Inbox, Place)> = Vec::new();
     for op in data.chunks(2) {
-        let (kind, arg) = (op[0] % 13, *op.get(1).unwrap_or(&0));
+        let (kind, arg) = (op[0] % 14, *op.get(1).unwrap_or(&0));
         now += u64::from(arg) * 100;
         let at = t(now);
         match kind {
@@ -111,6 +112,24 @@ fuzz_target!(|data: &[u8]| {
                         }
                     }
                 }
+            }
+            13 => {
+                // Paging through the live sessions, a few at a time, lists
+                // each exactly once, whatever slots were reused before.
+                let org = f.target("m").org;
+                let (mut seen, mut after) = (Vec::new(), None);
+                loop {
+                    let (page, more) = f.broker.sessions_page(&f.owner, &org, after, usize::from(arg % 4) + 1).unwrap();
+                    after = page.last().map(|s| s.session);
+                    seen.extend(page.into_iter().map(|s| s.session));
+                    if !more {
+                        break;
+                    }
+                }
+                let mut all: Vec<SessionId> = f.broker.sessions(&f.owner, &org).unwrap().iter().map(|s| s.session).collect();
+                seen.sort();
+                all.sort();
+                assert_eq!(seen, all, "paging lost or repeated a session");
             }
             _ => {}
         }

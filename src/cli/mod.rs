@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 
 pub use config::parse as parse_args;
 use license_broker::client::{Client, ClientError, ClientOptions};
-use license_broker::proto::ErrorCode;
+use license_broker::proto::{ErrorCode, ListOf};
 use license_broker::value::{Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};
 
 /// A floating-license session broker over QUIC.
@@ -434,10 +434,10 @@ async fn request(c: &Client, command: Command) -> Result<()> {
             c.revoke_grant(&org, pool, &email).await?;
             println!("revoked {pool} from {email}");
         }
-        Command::Licenses { org, pool, json } => output::grants(&c.list_grants(&org, pool).await?, json),
-        Command::Audit { org, json } => output::audit(&c.audit(&org).await?, json),
+        Command::Licenses { org, pool, json } => output::paged(c, ListOf::Grants { org, pool }, json).await?,
+        Command::Audit { org, json } => output::paged(c, ListOf::Audit { org }, json).await?,
         Command::Status { org, json } => output::status(&c.pools(org.as_ref()).await?, json),
-        Command::Org(OrgCmd::List { json }) => output::orgs(&c.list_orgs().await?, json),
+        Command::Org(OrgCmd::List { json }) => output::paged(c, ListOf::Orgs, json).await?,
         Command::Org(OrgCmd::Set { name, subscription_end }) => {
             c.set_subscription(&name, &subscription_end).await?;
             println!("org {name}: subscription through {subscription_end}");
@@ -454,7 +454,7 @@ async fn request(c: &Client, command: Command) -> Result<()> {
             }
         }
         Command::Pool(PoolCmd::Limits { org, pool, json }) => {
-            output::user_limits(&c.user_limits(&org, pool).await?, json)
+            output::paged(c, ListOf::UserLimits { org, pool }, json).await?
         }
         Command::Pool(PoolCmd::Set { org, product, kind, term, pool, quota }) => {
             let pool = pool.unwrap_or(PoolId { product, kind, term });
@@ -484,7 +484,7 @@ async fn user(c: &Client, cmd: UserCmd) -> Result<()> {
             c.remove_user(&org, &email).await?;
             println!("removed {email} from {org}");
         }
-        UserCmd::List { org, json } => output::users(&c.list_users(&org).await?, json),
+        UserCmd::List { org, json } => output::paged(c, ListOf::Users { org }, json).await?,
     }
     Ok(())
 }
@@ -500,14 +500,14 @@ async fn key(c: &Client, cmd: KeyCmd) -> Result<()> {
             c.revoke_key(&org, &key).await?;
             println!("revoked");
         }
-        KeyCmd::List { org, json } => output::keys(&c.list_keys(&org).await?, json),
+        KeyCmd::List { org, json } => output::paged(c, ListOf::Keys { org }, json).await?,
     }
     Ok(())
 }
 
 async fn machine(c: &Client, cmd: MachineCmd) -> Result<()> {
     match cmd {
-        MachineCmd::List { org, json } => output::machines(&c.list_machines(&org).await?, json),
+        MachineCmd::List { org, json } => output::paged(c, ListOf::Machines { org }, json).await?,
         MachineCmd::Remove { org, machine, pool } => {
             c.remove_machine(&org, pool, &machine).await?;
             println!("removed {machine}");
@@ -518,7 +518,7 @@ async fn machine(c: &Client, cmd: MachineCmd) -> Result<()> {
 
 async fn session(c: &Client, cmd: SessionCmd) -> Result<()> {
     match cmd {
-        SessionCmd::List { org, json } => output::sessions(&c.list_sessions(&org).await?, json),
+        SessionCmd::List { org, json } => output::paged(c, ListOf::Sessions { org }, json).await?,
         SessionCmd::Kill { org, session } => {
             c.kill_session(&org, session).await?;
             println!("killed {session}");

@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use license_broker::offline;
+use license_broker::proto::ListOf;
 use license_broker::value::{MachineId, Millis, OrgName, PoolId};
 
 use license_broker::client::Client;
@@ -91,7 +92,7 @@ pub async fn request(c: &Client, cmd: OfflineCmd) -> Result<()> {
             std::fs::write(&path, content).with_context(|| format!("writing {}", path.display()))?;
             println!("{}", path.display());
         }
-        OfflineCmd::List { org, json } => output::offline(&c.list_offline(&org).await?, json),
+        OfflineCmd::List { org, json } => output::paged(c, ListOf::Offline { org }, json).await?,
         OfflineCmd::Revoke { org, license } => c.revoke_offline(&org, &license).await?,
         OfflineCmd::Transfer { org, license, machine_id } => c.transfer_offline(&org, &license, &machine_id).await?,
         OfflineCmd::PublicKey => print!("{}", c.offline_public_key().await?),

@@ -5,8 +5,10 @@
 //! own (times as `_ms` numbers, pools and roles as their names), not the
 //! wire's encoding, so it is spelled out here rather than derived.
 
+use license_broker::client::{Client, ClientError};
 use license_broker::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, SessionView, UserInfo, UserLimitInfo,
+    AuditEntry, GrantInfo, KeyInfo, ListOf, MachineInfo, OfflineInfo, OrgInfo, PageItems, PoolState, SessionView,
+    UserInfo, UserLimitInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Product};
 use serde_json::{json, Value};
@@ -23,30 +25,106 @@ trait Listing {
     fn row(&self) -> Vec<String>;
 }
 
-/// Prints `list` as `{KEY: [...]}` or as an aligned table.
-fn print<T: Listing>(list: &[T], as_json: bool) {
-    if as_json {
-        println!("{}", json!({ T::KEY: list.iter().map(T::json).collect::<Vec<_>>() }));
-    } else {
-        table(T::HEADER, list.iter().map(T::row).collect());
+/// Prints a list as its pages arrive: each item is written once and never
+/// held, so a million sessions print in constant memory. A table's column
+/// widths are set by the first page (a longer cell later widens only its own
+/// row); JSON is one `{KEY: [...]}` object written item by item. Output
+/// stops quietly when stdout closes (`| head`).
+struct Printer {
+    as_json: bool,
+    /// Column widths once the first page set them; items written so far.
+    widths: Option<Vec<usize>>,
+    written: usize,
+    out: std::io::BufWriter<std::io::Stdout>,
+    closed: bool,
+}
+
+impl Printer {
+    fn new(as_json: bool) -> Printer {
+        let out = std::io::BufWriter::new(std::io::stdout());
+        Printer { as_json, widths: None, written: 0, out, closed: false }
+    }
+
+    fn page<T: Listing>(&mut self, list: &[T]) {
+        if self.widths.is_none() {
+            let widths = match self.as_json {
+                true => {
+                    self.write(format_args!("{{\"{}\":[", T::KEY));
+                    Vec::new()
+                }
+                false => {
+                    let mut widths: Vec<usize> = T::HEADER.iter().map(|h| h.len()).collect();
+                    for row in list.iter().map(T::row) {
+                        for (w, cell) in widths.iter_mut().zip(&row) {
+                            *w = (*w).max(cell.len());
+                        }
+                    }
+                    let header = T::HEADER.iter().map(|s| s.to_string()).collect();
+                    self.line(&widths, header);
+                    widths
+                }
+            };
+            self.widths = Some(widths);
+        }
+        let widths = self.widths.clone().unwrap_or_default();
+        for item in list {
+            match self.as_json {
+                true => {
+                    let comma = if self.written == 0 { "" } else { "," };
+                    self.write(format_args!("{comma}{}", item.json()));
+                }
+                false => self.line(&widths, item.row()),
+            }
+            self.written += 1;
+        }
+    }
+
+    fn line(&mut self, widths: &[usize], cells: Vec<String>) {
+        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        self.write(format_args!("{}\n", padded.join("  ").trim_end()));
+    }
+
+    fn write(&mut self, text: std::fmt::Arguments<'_>) {
+        use std::io::Write;
+        if !self.closed && self.out.write_fmt(text).is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn finish(mut self) {
+        use std::io::Write;
+        if self.as_json {
+            self.write(format_args!("]}}\n"));
+        }
+        let _ = self.out.flush();
     }
 }
 
-fn table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(header.iter().map(|s| s.to_string()).collect());
-    for row in rows {
-        line(row);
-    }
+/// Prints a whole list (one page).
+fn print<T: Listing>(list: &[T], as_json: bool) {
+    let mut p = Printer::new(as_json);
+    p.page(list);
+    p.finish();
+}
+
+/// Pages through a list on the broker, printing each page as it arrives.
+pub async fn paged(c: &Client, of: ListOf, as_json: bool) -> Result<(), ClientError> {
+    let mut p = Printer::new(as_json);
+    c.each_page(of, |items| match items {
+        PageItems::Pools(v) => p.page(&v),
+        PageItems::Sessions(v) => p.page(&v),
+        PageItems::Machines(v) => p.page(&v),
+        PageItems::Users(v) => p.page(&v),
+        PageItems::Keys(v) => p.page(&v),
+        PageItems::Grants(v) => p.page(&v),
+        PageItems::Offline(v) => p.page(&v),
+        PageItems::Audit(v) => p.page(&v),
+        PageItems::Orgs(v) => p.page(&v),
+        PageItems::UserLimits(v) => p.page(&v),
+    })
+    .await?;
+    p.finish();
+    Ok(())
 }
 
 pub fn status(pools: &[PoolState], as_json: bool) {
@@ -55,10 +133,6 @@ pub fn status(pools: &[PoolState], as_json: bool) {
         return;
     }
     print(pools, as_json);
-}
-
-pub fn user_limits(list: &[UserLimitInfo], as_json: bool) {
-    print(list, as_json);
 }
 
 impl Listing for UserLimitInfo {
@@ -72,38 +146,6 @@ impl Listing for UserLimitInfo {
         let max = if self.max == u32::MAX { "-".to_string() } else { self.max.to_string() };
         vec![self.email.to_string(), max, self.sessions.to_string()]
     }
-}
-
-pub fn sessions(list: &[SessionView], as_json: bool) {
-    print(list, as_json);
-}
-
-pub fn machines(list: &[MachineInfo], as_json: bool) {
-    print(list, as_json);
-}
-
-pub fn users(list: &[UserInfo], as_json: bool) {
-    print(list, as_json);
-}
-
-pub fn keys(list: &[KeyInfo], as_json: bool) {
-    print(list, as_json);
-}
-
-pub fn grants(list: &[GrantInfo], as_json: bool) {
-    print(list, as_json);
-}
-
-pub fn offline(list: &[OfflineInfo], as_json: bool) {
-    print(list, as_json);
-}
-
-pub fn audit(list: &[AuditEntry], as_json: bool) {
-    print(list, as_json);
-}
-
-pub fn orgs(list: &[OrgInfo], as_json: bool) {
-    print(list, as_json);
 }
 
 impl Listing for OrgInfo {

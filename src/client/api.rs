@@ -5,7 +5,7 @@ use crate::proto::{
     AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionView, UserInfo,
     UserLimitInfo,
 };
-use crate::proto::{Req, Resp, SessionToken};
+use crate::proto::{Cursor, ListOf, PageItems, Req, Resp, SessionToken};
 use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
 impl Client {
@@ -78,11 +78,11 @@ impl Client {
 
     /// Pool numbers with each pool's wait queue (0 from a version 2 broker).
     pub async fn pools(&self, org: Option<&OrgName>) -> Result<Vec<PoolState>, ClientError> {
-        match self.call(Req::Status { org: org.cloned() }).await? {
-            Resp::Pools(v) => Ok(v),
-            Resp::Status(v) => Ok(v.into_iter().map(|status| PoolState { status, waiting: 0 }).collect()),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Status { org: org.cloned() }, |i| match i {
+            PageItems::Pools(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Acquires with the job's labels, waiting up to `wait` in the pool's
@@ -149,26 +149,29 @@ impl Client {
 
     /// Owner/Admin: the org's keys.
     pub async fn list_keys(&self, org: &OrgName) -> Result<Vec<KeyInfo>, ClientError> {
-        match self.call(Req::ListKeys { org: org.clone() }).await? {
-            Resp::Keys(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Keys { org: org.clone() }, |i| match i {
+            PageItems::Keys(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Owner/Admin: the org's members.
     pub async fn list_users(&self, org: &OrgName) -> Result<Vec<UserInfo>, ClientError> {
-        match self.call(Req::ListUsers { org: org.clone() }).await? {
-            Resp::Users(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Users { org: org.clone() }, |i| match i {
+            PageItems::Users(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Owner/Admin: registered machines.
     pub async fn list_machines(&self, org: &OrgName) -> Result<Vec<MachineInfo>, ClientError> {
-        match self.call(Req::ListMachines { org: org.clone() }).await? {
-            Resp::Machines(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Machines { org: org.clone() }, |i| match i {
+            PageItems::Machines(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Owner/Admin: removes a machine (from one pool or all).
@@ -183,13 +186,11 @@ impl Client {
 
     /// Owner/Admin: live sessions.
     pub async fn list_sessions(&self, org: &OrgName) -> Result<Vec<SessionView>, ClientError> {
-        match self.call(Req::ListSessions { org: org.clone() }).await? {
-            Resp::SessionViews(v) => Ok(v),
-            Resp::Sessions(v) => {
-                Ok(v.into_iter().map(|info| SessionView { info, labels: Labels::default() }).collect())
-            }
-            other => unexpected(other),
-        }
+        self.all(ListOf::Sessions { org: org.clone() }, |i| match i {
+            PageItems::Sessions(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Owner/Admin: caps one member's concurrent sessions in a pool (`None`: no cap).
@@ -208,10 +209,11 @@ impl Client {
 
     /// Owner/Admin: a pool's per-user caps.
     pub async fn user_limits(&self, org: &OrgName, pool: PoolId) -> Result<Vec<UserLimitInfo>, ClientError> {
-        match self.call(Req::ListUserLimits { org: org.clone(), pool }).await? {
-            Resp::UserLimits(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::UserLimits { org: org.clone(), pool }, |i| match i {
+            PageItems::UserLimits(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Replaces the labels of a session this user holds.
@@ -242,10 +244,11 @@ impl Client {
 
     /// Owner/Admin: licensed users and their activations.
     pub async fn list_grants(&self, org: &OrgName, pool: Option<PoolId>) -> Result<Vec<GrantInfo>, ClientError> {
-        match self.call(Req::ListGrants { org: org.clone(), pool }).await? {
-            Resp::Grants(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Grants { org: org.clone(), pool }, |i| match i {
+            PageItems::Grants(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// A licensed user activates KSE on a machine.
@@ -291,10 +294,11 @@ impl Client {
 
     /// Owner/Admin: the org's offline licenses.
     pub async fn list_offline(&self, org: &OrgName) -> Result<Vec<OfflineInfo>, ClientError> {
-        match self.call(Req::ListOffline { org: org.clone() }).await? {
-            Resp::Offline(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Offline { org: org.clone() }, |i| match i {
+            PageItems::Offline(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Owner/Admin: asks to revoke an offline license (the broker refuses).
@@ -317,18 +321,20 @@ impl Client {
 
     /// Owner/Admin: the org's audit trail.
     pub async fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, ClientError> {
-        match self.call(Req::Audit { org: org.clone() }).await? {
-            Resp::AuditLog(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Audit { org: org.clone() }, |i| match i {
+            PageItems::Audit(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Operator: every org.
     pub async fn list_orgs(&self) -> Result<Vec<OrgInfo>, ClientError> {
-        match self.call(Req::ListOrgs).await? {
-            Resp::Orgs(v) => Ok(v),
-            other => unexpected(other),
-        }
+        self.all(ListOf::Orgs, |i| match i {
+            PageItems::Orgs(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Operator: renews or changes an org's subscription (last day `YYYY-MM-DD`).
@@ -410,6 +416,60 @@ fn admitted(resp: Resp) -> Result<Admitted, ClientError> {
             Ok(Admitted { session, deadline_ms, ttl_ms, reattached, token: None })
         }
         other => unexpected(other),
+    }
+}
+
+impl Client {
+    /// One page of a list (protocol version 4): its items, and the cursor
+    /// of the next page (none after the last). `limit` 0: as many as fit.
+    pub async fn page(
+        &self,
+        of: ListOf,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<(PageItems, Option<Cursor>), ClientError> {
+        match self.call(Req::List { of, after, limit }).await? {
+            Resp::Page { items, next } => Ok((items, next)),
+            other => unexpected(other),
+        }
+    }
+
+    /// Every page of a list in order, each handed to `each` as it arrives
+    /// (so a million sessions never sit in memory at once).
+    pub async fn each_page(&self, of: ListOf, mut each: impl FnMut(PageItems)) -> Result<(), ClientError> {
+        let mut after: Option<Cursor> = None;
+        loop {
+            let (items, next) = self.page(of.clone(), after.clone(), 0).await?;
+            let empty = items.is_empty();
+            each(items);
+            match next {
+                None => return Ok(()),
+                // A cursor that does not move would page for ever.
+                Some(c) if empty || after.as_ref() == Some(&c) => {
+                    return Err(ClientError::Protocol(format!("the broker's {of:?} pages stopped advancing")));
+                }
+                Some(c) => after = Some(c),
+            }
+        }
+    }
+
+    /// Every item of a list, paged through and collected; `take` unwraps
+    /// the list's own variant.
+    async fn all<T>(
+        &self,
+        of: ListOf,
+        take: fn(PageItems) -> Result<Vec<T>, PageItems>,
+    ) -> Result<Vec<T>, ClientError> {
+        let (mut out, mut wrong) = (Vec::new(), None);
+        self.each_page(of, |items| match take(items) {
+            Ok(v) => out.extend(v),
+            Err(other) => wrong = Some(other),
+        })
+        .await?;
+        match wrong {
+            None => Ok(out),
+            Some(other) => Err(ClientError::Protocol(format!("unexpected page {other:?}"))),
+        }
     }
 }
 

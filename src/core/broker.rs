@@ -346,6 +346,19 @@ impl Broker {
         Ok(self.sessions.list(|pool| &pool.org == org))
     }
 
+    /// Owner/Admin: one page of the org's live sessions (see `SessionTable::page`).
+    pub fn sessions_page(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<(Vec<SessionInfo>, bool)> {
+        p.require_admin(org)?;
+        self.dir.read().org(org)?;
+        Ok(self.sessions.page(after, limit, |pool| &pool.org == org))
+    }
+
     /// Registered machines of an org (Owner/Admin).
     pub fn machines(&self, p: &Principal, org: &OrgName) -> Result<Vec<MachineInfo>> {
         p.require_admin(org)?;

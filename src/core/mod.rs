@@ -45,6 +45,6 @@ pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OFFLINE
 pub use pending::Pending;
 pub use pool::{Kind, OfflineEntry, PoolId, PoolStatus, PoolUid, Product, Registration, Term};
 pub use queue::{Deliver, Grant, Joined, Place};
-pub use record::{AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
+pub use record::{audit_key, AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
 pub use session::{EndReason, Ended, Lease, Renewed, SessionInfo};
 pub use time::{format_end_date, format_utc, parse_end_of_date, Millis, DAY_MS};

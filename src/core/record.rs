@@ -305,6 +305,12 @@ pub enum Change {
     },
 }
 
+/// An audit entry's key: `org/at/seq` in fixed-width hex, so an org's
+/// entries sort by time, then sequence.
+pub fn audit_key(org: &OrgName, at: Millis, seq: u64) -> String {
+    format!("{org}/{:016x}/{seq:016x}", at.0)
+}
+
 impl Record {
     /// The record's table and key; a `Put` replaces the record with the same key.
     pub fn key(&self) -> (Table, String) {
@@ -317,7 +323,7 @@ impl Record {
             Record::Grant { org, pool, email, .. } => (Table::Grants, in_pool(org, pool, email)),
             Record::Binding { org, pool, email, .. } => (Table::Bindings, in_pool(org, pool, email)),
             Record::Offline { org, pool, license } => (Table::Offline, in_pool(org, pool, license.id)),
-            Record::Audit(e) => (Table::Audit, format!("{}/{:016x}/{:016x}", e.org, e.at.0, e.seq)),
+            Record::Audit(e) => (Table::Audit, audit_key(&e.org, e.at, e.seq)),
             Record::Clock { .. } => (Table::Meta, "clock".to_string()),
             Record::Counters { org, pool, .. } => (Table::Counters, format!("{org}/{pool}")),
             Record::Ceiling { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ceiling")),

@@ -321,6 +321,165 @@ pub enum Req {
         /// The pool.
         pool: PoolId,
     },
+    /// Version 4: one page of a list, in the list's order, starting after
+    /// `after` (the previous page's `next`; none: from the start). At most
+    /// `limit` items (0: as many as fit), and never more than fit in one
+    /// frame. Answered with `Page`. Who may ask is as for the list's own request.
+    List {
+        /// Which list.
+        of: ListOf,
+        /// Where the previous page ended.
+        after: Option<Cursor>,
+        /// Most items wanted (0: as many as fit in a frame).
+        limit: u32,
+    },
+}
+
+/// The lists `Req::List` pages through; each names the request it pages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ListOf {
+    /// As `Status`, answered with `PageItems::Pools`; ordered by org, then pool.
+    Status {
+        /// The org (none: every visible org).
+        org: Option<OrgName>,
+    },
+    /// As `ListSessions`: `PageItems::Sessions`, in the broker's table order.
+    Sessions {
+        /// The org.
+        org: OrgName,
+    },
+    /// As `ListMachines`; by pool, then machine.
+    Machines {
+        /// The org.
+        org: OrgName,
+    },
+    /// As `ListUsers`; by email.
+    Users {
+        /// The org.
+        org: OrgName,
+    },
+    /// As `ListKeys`; by creation time, then id.
+    Keys {
+        /// The org.
+        org: OrgName,
+    },
+    /// As `ListGrants`; by pool, then email.
+    Grants {
+        /// The org.
+        org: OrgName,
+        /// One pool, or every pool.
+        pool: Option<PoolId>,
+    },
+    /// As `ListOffline`; by pool, then license id.
+    Offline {
+        /// The org.
+        org: OrgName,
+    },
+    /// As `Audit`; oldest first.
+    Audit {
+        /// The org.
+        org: OrgName,
+    },
+    /// As `ListOrgs`; by name.
+    Orgs,
+    /// As `ListUserLimits`; by email.
+    UserLimits {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+    },
+}
+
+/// Where a page ended: opaque to clients (at most `Cursor::MAX` bytes),
+/// meaningful only to the broker and only for the list it came from. On the
+/// wire a byte string (varint length, then the bytes).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Cursor(pub Vec<u8>);
+
+impl Cursor {
+    /// The longest cursor the broker issues or accepts.
+    pub const MAX: usize = 512;
+}
+
+impl Serialize for Cursor {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cursor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Cursor, D::Error> {
+        struct Bytes;
+        impl<'de> serde::de::Visitor<'de> for Bytes {
+            type Value = Cursor;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "at most {} bytes", Cursor::MAX)
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Cursor, E> {
+                match v.len() <= Cursor::MAX {
+                    true => Ok(Cursor(v.to_vec())),
+                    false => Err(E::invalid_length(v.len(), &self)),
+                }
+            }
+        }
+        d.deserialize_bytes(Bytes)
+    }
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cursor({})", crate::value::hex(&self.0))
+    }
+}
+
+/// One page's items: the list `ListOf` asked for, in the element types of
+/// the unpaged answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PageItems {
+    /// Status.
+    Pools(Vec<PoolState>),
+    /// Sessions, with their labels.
+    Sessions(Vec<SessionView>),
+    /// Machines.
+    Machines(Vec<MachineInfo>),
+    /// Users.
+    Users(Vec<UserInfo>),
+    /// Keys.
+    Keys(Vec<KeyInfo>),
+    /// Grants.
+    Grants(Vec<GrantInfo>),
+    /// Offline licenses.
+    Offline(Vec<OfflineInfo>),
+    /// Audit entries.
+    Audit(Vec<AuditEntry>),
+    /// Orgs.
+    Orgs(Vec<OrgInfo>),
+    /// Per-user caps.
+    UserLimits(Vec<UserLimitInfo>),
+}
+
+impl PageItems {
+    /// How many items the page holds.
+    pub fn len(&self) -> usize {
+        match self {
+            PageItems::Pools(v) => v.len(),
+            PageItems::Sessions(v) => v.len(),
+            PageItems::Machines(v) => v.len(),
+            PageItems::Users(v) => v.len(),
+            PageItems::Keys(v) => v.len(),
+            PageItems::Grants(v) => v.len(),
+            PageItems::Offline(v) => v.len(),
+            PageItems::Audit(v) => v.len(),
+            PageItems::Orgs(v) => v.len(),
+            PageItems::UserLimits(v) => v.len(),
+        }
+    }
+
+    /// Whether the page is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// A lease's proof, issued with every `Leased` and `Extended` answer and
@@ -524,6 +683,13 @@ pub enum Resp {
     SessionViews(Vec<SessionView>),
     /// ListUserLimits: each capped member, the cap and their sessions.
     UserLimits(Vec<UserLimitInfo>),
+    /// List (version 4): one page, and where the next one starts (none: this was the last).
+    Page {
+        /// The page's items.
+        items: PageItems,
+        /// Pass as `after` for the next page; none on the last page.
+        next: Option<Cursor>,
+    },
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

@@ -23,7 +23,8 @@ pub use message::*;
 /// wait queue and job labels (`Req::Checkout`, `Req::Label`,
 /// `Notice::Queued`), and answers `Status` with `Pools` (each pool's queue
 /// depth too) and `ListSessions` with `SessionViews` (labels too).
-pub const VERSION: u16 = 3;
+/// Version 4 adds paged lists (`Req::List`, `Resp::Page`).
+pub const VERSION: u16 = 4;
 
 /// The oldest version the broker still speaks: a version 1 stream gets
 /// `Admitted` and `Renewed`, without tokens.

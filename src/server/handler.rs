@@ -7,6 +7,7 @@
 //! lock: the core plans (and reserves), the store commits off the async
 //! threads, and the core's pending change is settled with the result.
 
+use super::paging;
 use super::stream::Tickets;
 use super::token::Claims;
 use super::wire::list;
@@ -52,13 +53,7 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
             // Version 3: each pool's wait queue too.
             _ => Resp::Pools(v.into_iter().map(|s| PoolState { waiting: s.waiting, status: s.into() }).collect()),
         }),
-        Req::ListSessions { org } => reply(core.sessions(p, &org), |v| match call.proto {
-            1 | 2 => Resp::Sessions(list(v)),
-            // Version 3: with each session's labels.
-            _ => Resp::SessionViews(
-                v.into_iter().map(|s| SessionView { labels: s.labels.clone(), info: s.into() }).collect(),
-            ),
-        }),
+        Req::ListSessions { org } => list_sessions(call, &org),
         Req::Label { session, labels } => reply(core.label(p, session, labels), |()| Resp::Done),
         Req::ListUserLimits { org, pool } => reply(core.user_limits(p, &org, pool), |v| {
             Resp::UserLimits(
@@ -78,6 +73,24 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         slow => return Err(slow),
     };
     Ok(reply)
+}
+
+/// The unpaged session list (versions 1 to 3), sorted by id: everything
+/// when it fits a frame, else `RESPONSE_TOO_LARGE` after reading no more
+/// than a frame could hold.
+fn list_sessions(call: &Call<'_>, org: &crate::core::OrgName) -> Reply {
+    let (mut found, more) = call.shared.core.sessions_page(call.p, org, None, paging::LEGACY_MAX)?;
+    if more {
+        return Err(paging::too_large("sessions"));
+    }
+    found.sort_by_key(|s| s.session);
+    Ok(match call.proto {
+        1 | 2 => Resp::Sessions(list(found)),
+        // Version 3 on: with each session's labels.
+        _ => Resp::SessionViews(
+            found.into_iter().map(|s| SessionView { labels: s.labels.clone(), info: s.into() }).collect(),
+        ),
+    })
 }
 
 /// The core's answer as a reply: `ok` builds the response, errors become wire errors.
@@ -132,7 +145,11 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
         Req::CreateOffline { org, pool, machine, expires } => {
             create_offline(call, Target { org, pool, machine }, &expires).await
         }
-        Req::Audit { org } => audit(call, org).await,
+        Req::Audit { org } => match paging::audit(call, org, None, paging::LEGACY_MAX).await? {
+            (_, true) => Err(paging::too_large("audit entries")),
+            (entries, false) => Ok(Resp::AuditLog(entries)),
+        },
+        Req::List { of, after, limit } => paging::list_page(call, of, after, limit).await,
         Req::KillSession { org, session } => kill(call, org, session).await,
         Req::SetUserLimit { org, pool, email, max } => {
             let email = Email::parse_lenient(&email)?;
@@ -367,26 +384,6 @@ async fn kill(call: &Call<'_>, org: crate::core::OrgName, session: crate::core::
     let ended = core.kill(p, &org, session)?;
     call.shared.announce(vec![ended]);
     Ok(call.forget(session, Resp::Killed))
-}
-
-async fn audit(call: &Call<'_>, org: crate::core::OrgName) -> Reply {
-    call.shared.core.require_org_admin(call.p, &org)?;
-    let store = call.shared.store.clone();
-    let entries = tokio::task::spawn_blocking(move || store.audit(&org))
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(store_failure)?;
-    let mut entries: Vec<crate::proto::AuditEntry> = list(entries);
-    if call.proto < 3 {
-        // Actions added in version 3 are unknown to older clients: they see
-        // the nearest older one (the detail names what happened).
-        for e in &mut entries {
-            if e.action == crate::proto::AuditAction::UserLimitSet {
-                e.action = crate::proto::AuditAction::QuotaChanged;
-            }
-        }
-    }
-    Ok(Resp::AuditLog(entries))
 }
 
 /// A failed commit as the client sees it; logged, since it is the broker's fault.

@@ -12,6 +12,7 @@ mod connection;
 mod expiry;
 mod gate;
 mod handler;
+mod paging;
 mod socket;
 mod stream;
 mod tickets;

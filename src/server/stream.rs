@@ -174,12 +174,7 @@ pub(super) fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
     let len = out.len() - start - 4;
     if len > MAX_FRAME {
         out.truncate(start);
-        let err = WireError::new(
-            ErrorCode::ResponseTooLarge,
-            format!(
-                "the answer is {len} bytes, over the {MAX_FRAME}-byte frame limit; ask for less (one org, one pool)"
-            ),
-        );
+        let err = super::paging::too_large(&format!("answer's {len} bytes"));
         encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out);
     }
 }

@@ -6,7 +6,7 @@ mod redb_store;
 
 pub use redb_store::RedbStore;
 
-use crate::core::{AuditEntry, Change, OrgName, Record};
+use crate::core::{AuditEntry, Change, Millis, OrgName, Record};
 
 /// Why the store could not load or commit. A failed commit changed nothing.
 #[derive(Debug)]
@@ -50,6 +50,12 @@ pub trait Store: Send + Sync + 'static {
     /// Applies all changes atomically and durably (fsync'd) or none of them.
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError>;
 
-    /// An org's audit trail, oldest first.
-    fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Up to `limit` entries of an org's audit trail, oldest first, after
+    /// the entry at (`at`, `seq`) if given; and whether more follow.
+    fn audit_page(
+        &self,
+        org: &OrgName,
+        after: Option<(Millis, u64)>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, bool), StoreError>;
 }

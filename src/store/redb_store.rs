@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{Store, StoreError};
-use crate::core::{AuditEntry, Change, OrgName, Record, Table};
+use crate::core::{audit_key, AuditEntry, Change, Millis, OrgName, Record, Table};
 
 /// A redb database file holding every durable record.
 pub struct RedbStore {
@@ -90,8 +90,13 @@ impl Store for RedbStore {
         self.with_db(|db| commit(db, changes))
     }
 
-    fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, StoreError> {
-        self.with_db(|db| audit(db, org))
+    fn audit_page(
+        &self,
+        org: &OrgName,
+        after: Option<(Millis, u64)>,
+        limit: usize,
+    ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
+        self.with_db(|db| audit_page(db, org, after, limit))
     }
 }
 
@@ -132,20 +137,35 @@ fn commit(db: &Database, changes: &[Change]) -> Result<(), StoreError> {
     tx.commit().map_err(backend)
 }
 
-fn audit(db: &Database, org: &OrgName) -> Result<Vec<AuditEntry>, StoreError> {
+fn audit_page(
+    db: &Database,
+    org: &OrgName,
+    after: Option<(Millis, u64)>,
+    limit: usize,
+) -> Result<(Vec<AuditEntry>, bool), StoreError> {
+    use std::ops::Bound;
     let tx = db.begin_read().map_err(backend)?;
     let t = tx.open_table(def(Table::Audit)).map_err(backend)?;
-    // Keys are `org/at/seq`; '/' sorts before '0' (the end bound is `org0`).
-    let (start, end) = (format!("{org}/"), format!("{org}0"));
+    // Keys are `org/at/seq` (fixed-width hex, so they sort by time, then
+    // sequence); '/' sorts before '0', so the end bound is `org0`.
+    let start = match after {
+        None => Bound::Included(format!("{org}/")),
+        Some((at, seq)) => Bound::Excluded(audit_key(org, at, seq)),
+    };
+    let end = format!("{org}0");
+    let range = (start.as_ref().map(String::as_str), Bound::Excluded(end.as_str()));
     let mut out = Vec::new();
-    for row in t.range(start.as_str()..end.as_str()).map_err(backend)? {
+    for row in t.range::<&str>(range).map_err(backend)? {
+        if out.len() == limit {
+            return Ok((out, true));
+        }
         let (k, v) = row.map_err(backend)?;
         match postcard::from_bytes::<Record>(v.value()) {
             Ok(Record::Audit(e)) => out.push(e),
             _ => return Err(StoreError::Corrupt { table: Table::Audit.name(), key: k.value().to_string() }),
         }
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 #[cfg(test)]

@@ -483,6 +483,40 @@ impl SessionTable {
         out
     }
 
+    /// Up to `limit` live sessions matching `pred`, in table order (shard,
+    /// then slot) after the position of `after` (an id from an earlier page,
+    /// live or not: only the position it names matters), and whether any
+    /// match follows. Every page costs the slots it walks, not the whole
+    /// table, so paging through a million sessions is linear. Sessions
+    /// admitted during the walk into slots already passed are not seen;
+    /// those live throughout are seen exactly once.
+    pub fn page(
+        &self,
+        after: Option<SessionId>,
+        limit: usize,
+        mut pred: impl FnMut(&Pool) -> bool,
+    ) -> (Vec<SessionInfo>, bool) {
+        let (first_shard, first_slot) = match after {
+            None => (0, 0),
+            Some(id) => {
+                let (index, inner) = self.locate(id);
+                (index, ((inner >> SHARD_ID_BITS) as usize & (MAX_SLOTS - 1)) + 1)
+            }
+        };
+        let mut out = Vec::new();
+        for (index, cell) in self.shards.iter().enumerate().skip(first_shard) {
+            let shard = cell.lock.lock();
+            let from = if index == first_shard { first_slot } else { 0 };
+            for (id, s) in shard.iter_from(from).filter(|(_, s)| pred(shard.pool_of(s))) {
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push(shard.info(s, id));
+            }
+        }
+        (out, false)
+    }
+
     /// Number of live sessions (all pools).
     pub fn len(&self) -> usize {
         self.shards.iter().map(|c| c.lock.lock().len()).sum()

@@ -245,7 +245,15 @@ impl Shard {
 
     /// Live sessions of this shard.
     pub fn iter(&self) -> impl Iterator<Item = (SessionId, &Live)> + '_ {
-        self.slots.iter().enumerate().filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of(s as u32), l)))
+        self.iter_from(0)
+    }
+
+    /// Live sessions in slot order, from slot `first` on.
+    pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (SessionId, &Live)> + '_ {
+        let rest = self.slots.get(first..).unwrap_or_default();
+        rest.iter()
+            .enumerate()
+            .filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of((first + s) as u32), l)))
     }
 
     pub fn len(&self) -> usize {
