@@ -7,6 +7,7 @@ mod churn;
 mod compare;
 mod echo;
 mod fleet;
+mod lists;
 mod queue;
 mod redis_sem;
 mod report;
@@ -51,6 +52,9 @@ enum Scenario {
     /// R runners wait in a full pool's queue (quota Q, default 64); seats
     /// are freed one at a time: the hand-off to the head waiter, in order.
     Queue,
+    /// A million live sessions (R) and as many audit entries: the CLI's
+    /// `session list` and `audit` page through them; time and CLI memory.
+    Lists,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -173,6 +177,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Burst => 1000,
         Scenario::Die => 1000,
         Scenario::Restart => 100_000,
+        Scenario::Lists => 1_000_000,
         _ => 10_000,
     });
     let p = Params {
@@ -199,8 +204,8 @@ async fn run(a: Args) -> Result<bool> {
         emit(&report, a.json, Some(summary));
         return Ok(report.passed());
     }
-    if a.scenario == Scenario::Restart && a.server.is_some() {
-        bail!("restart kills and restarts the broker, so it always spawns its own");
+    if matches!(a.scenario, Scenario::Restart | Scenario::Lists) && a.server.is_some() {
+        bail!("restart and lists stop and start the broker, so they always spawn their own");
     }
     let mut target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
@@ -213,6 +218,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Die => scenarios::die(&target, &p).await?,
         Scenario::Restart => restart::run(&mut target, &p).await?,
         Scenario::Queue => queue::run(&target, &p).await?,
+        Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =

@@ -142,6 +142,11 @@ impl Target {
         Ok(Client::connect(&self.options(key)).await?)
     }
 
+    /// A spawned broker's data dir.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
+
     /// Resident memory of a spawned broker, from /proc.
     pub fn rss_bytes(&self) -> Option<u64> {
         let pid = self.child.as_ref()?.id();

@@ -28,7 +28,8 @@ trait Listing {
 /// Prints a list as its pages arrive: each item is written once and never
 /// held, so a million sessions print in constant memory. A table's column
 /// widths are set by the first page (a longer cell later widens only its own
-/// row); JSON is one `{KEY: [...]}` object written item by item. Output
+/// row); JSON is one `{KEY: [...]}` object written item by item, an item
+/// per line (so it also greps and streams line by line). Output
 /// stops quietly when stdout closes (`| head`).
 struct Printer {
     as_json: bool,
@@ -71,7 +72,7 @@ impl Printer {
             match self.as_json {
                 true => {
                     let comma = if self.written == 0 { "" } else { "," };
-                    self.write(format_args!("{comma}{}", item.json()));
+                    self.write(format_args!("{comma}\n{}", item.json()));
                 }
                 false => self.line(&widths, item.row()),
             }
@@ -94,7 +95,8 @@ impl Printer {
     fn finish(mut self) {
         use std::io::Write;
         if self.as_json {
-            self.write(format_args!("]}}\n"));
+            let newline = if self.written == 0 { "" } else { "\n" };
+            self.write(format_args!("{newline}]}}\n"));
         }
         let _ = self.out.flush();
     }

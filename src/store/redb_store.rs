@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use parking_lot::RwLock;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Store, StoreError};
 use crate::core::{audit_key, AuditEntry, Change, Millis, OrgName, Record, Table};
@@ -69,16 +69,46 @@ impl RedbStore {
     }
 }
 
+/// Redb's cache for reads and writes. The records that rebuild memory are
+/// read once at start; what is read later (the audit trail, page by page)
+/// streams through, so a small cache costs nothing, and the broker's
+/// memory does not grow with what an Owner reads (redb's default is 1 GiB).
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Opens (creating if needed) the database and every table, so reads never
-/// meet a missing table (older data dirs gain the tables added since).
+/// meet a missing table (older data dirs gain the tables added since). A
+/// file written by redb 2 is upgraded in place first (see `upgrade_v2`).
 fn create(path: &Path) -> Result<Database, StoreError> {
-    let db = Database::create(path).map_err(backend)?;
+    let open = || Database::builder().set_cache_size(CACHE_BYTES).create(path);
+    let db = match open() {
+        Err(redb::DatabaseError::UpgradeRequired(_)) => {
+            upgrade_v2(path)?;
+            open().map_err(backend)?
+        }
+        other => other.map_err(backend)?,
+    };
     let tx = db.begin_write().map_err(backend)?;
     for table in Table::ALL {
         tx.open_table(def(table)).map_err(backend)?;
     }
     tx.commit().map_err(backend)?;
     Ok(db)
+}
+
+/// Rewrites a redb 2 file (format v2) in the format redb 3 and later read,
+/// with redb 2.6's own `upgrade` (the one supported path: redb 3 dropped
+/// format v2). The tables hold `&str` keys and byte values, whose encoding
+/// did not change, so the records read back as written. A crash midway is
+/// safe: the upgrade is one redb transaction.
+fn upgrade_v2(path: &Path) -> Result<(), StoreError> {
+    let failed = |e: &dyn std::fmt::Display| {
+        StoreError::Backend(format!("upgrading {} from redb 2's file format: {e}", path.display()).into())
+    };
+    let mut old = redb2::Database::open(path).map_err(|e| failed(&e))?;
+    let upgraded = old.upgrade().map_err(|e| failed(&e))?;
+    drop(old);
+    tracing::info!(path = %path.display(), upgraded, "store file upgraded from redb 2's format");
+    Ok(())
 }
 
 impl Store for RedbStore {
