@@ -14,12 +14,34 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::process::ExitCode;
 
+/// Called by each worker thread as it goes idle: at most once a second per
+/// thread, hands the thread's free allocator pages back to the OS. mimalloc
+/// frees a thread's pages only when that thread allocates again, so without
+/// this a burst (an attack, a million sessions ending) would stay resident
+/// for as long as the broker is quiet.
+fn return_free_memory() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    if LAST.get().is_some_and(|last| now.duration_since(last) < Duration::from_secs(1)) {
+        return;
+    }
+    LAST.set(Some(now));
+    // SAFETY: mi_collect only walks this thread's heap (and abandoned
+    // pages); it takes no pointers and may be called from any thread.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 fn main() -> ExitCode {
     let args = cli::parse_args();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = args.workers() {
         builder.worker_threads(n);
     }
+    builder.on_thread_park(return_free_memory);
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {

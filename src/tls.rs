@@ -72,13 +72,41 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 pub const STREAM_WINDOW: u32 = 256 * 1024;
 /// Bytes in flight per connection, each way.
 pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// The streams and bytes in flight (each way) a connection may have.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Concurrent request streams.
+    pub streams: u32,
+    /// Bytes in flight per connection, each way.
+    pub window: u32,
+}
+
+impl Limits {
+    /// Before any of its streams authenticated: one stream at a time (a
+    /// `Hello` needs no more) and 64 KiB in flight each way (a frame), so a
+    /// stranger's connection holds a fraction of a member's buffers.
+    pub const STRANGER: Limits = Limits { streams: 1, window: 64 * 1024 };
+
+    /// A member's connection: `streams` request streams, `CONNECTION_WINDOW`.
+    pub fn member(streams: u32) -> Limits {
+        Limits { streams, window: CONNECTION_WINDOW }
+    }
+
+    /// Applies these limits to an open connection (raising a stranger's
+    /// once one of its streams authenticated).
+    pub fn apply(self, conn: &quinn::Connection) {
+        conn.set_max_concurrent_bi_streams(self.streams.into());
+        conn.set_receive_window(self.window.into());
+        conn.set_send_window(self.window.into());
+    }
+}
 
 /// The QUIC server config: TLS 1.3 with `files`, and the transport limits.
 /// `tickets` issues the TLS session tickets (the broker's survive a restart).
 pub fn server_config(
     files: &TlsFiles,
     idle_timeout: Duration,
-    max_streams: u32,
+    initial: Limits,
     tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<quinn::ServerConfig> {
     let cert_path = files.cert.display();
@@ -112,13 +140,14 @@ pub fn server_config(
     // busy streams. They bound what a client that sends without reading (or
     // reads without acknowledging) can make the broker buffer: quinn's
     // defaults are ~1.2 MB per stream, unlimited per connection, 10 MB out.
+    // Every connection starts with `initial` (the broker's: a stranger's).
     transport
         .max_idle_timeout(Some(idle))
-        .max_concurrent_bidi_streams(max_streams.into())
+        .max_concurrent_bidi_streams(initial.streams.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window(STREAM_WINDOW.into())
-        .receive_window(CONNECTION_WINDOW.into())
-        .send_window(CONNECTION_WINDOW.into());
+        .receive_window(initial.window.into())
+        .send_window(initial.window.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

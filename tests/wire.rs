@@ -361,3 +361,84 @@ async fn an_address_failing_hellos_across_connections_is_cut_off() {
     }
     assert!(cut, "the address was never cut off");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_pipelining_junk_is_closed_after_a_few_refusals() {
+    use license_broker::server::{MAX_STRANGER_REFUSALS, STRANGER_REFUSALS_CODE};
+    let b = start(Duration::from_secs(30)).await;
+    let mut junk = Vec::new();
+    for _ in 0..1000 {
+        junk.extend_from_slice(&8u32.to_be_bytes());
+        junk.extend_from_slice(&[0xff; 8]);
+    }
+    let mut r = raw(&b).await;
+    r.send_bytes(&junk).await;
+    let mut refusals = 0;
+    while let Some(frame) = r.next().await {
+        assert_eq!(error_code(Some(frame)), ErrorCode::BadFrame);
+        refusals += 1;
+    }
+    // (The close may overtake answers still in flight: at most the limit arrive.)
+    assert!(refusals <= MAX_STRANGER_REFUSALS, "{refusals} answers to a stranger's junk");
+    let closed = tokio::time::timeout(Duration::from_secs(5), r._conn.closed()).await.expect("closed");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == u64::from(STRANGER_REFUSALS_CODE)),
+        "{closed:?}"
+    );
+    // A member's bad frames are answered one by one and the stream goes on.
+    let mut member = raw(&b).await;
+    member.hello(&b.owner, VERSION).await;
+    assert!(matches!(member.next().await, Some(ServerFrame::Welcome(_))));
+    member.send_bytes(&junk[..12 * 100]).await;
+    for _ in 0..100 {
+        assert_eq!(error_code(member.next().await), ErrorCode::BadFrame);
+    }
+    member.send_frame(&status_req(1)).await;
+    assert!(matches!(member.next().await, Some(ServerFrame::Response(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_one_stream_until_it_authenticates() {
+    let b = start(Duration::from_secs(30)).await;
+    let mut r = raw(&b).await;
+    // The first stream is open (raw opened it); a second waits for credit.
+    let second = tokio::time::timeout(Duration::from_millis(300), r._conn.open_bi()).await;
+    assert!(second.is_err(), "a stranger opened a second stream");
+    r.hello(&b.owner, VERSION).await;
+    assert!(matches!(r.next().await, Some(ServerFrame::Welcome(_))));
+    let mut more = Vec::new();
+    for _ in 0..15 {
+        let s = tokio::time::timeout(Duration::from_secs(5), r._conn.open_bi()).await;
+        more.push(s.expect("a member gets its streams").unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answers_is_closed_at_the_write_deadline() {
+    use license_broker::server::NOT_READING_CODE;
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| o.write_timeout = Duration::from_millis(300)).await;
+    let owner = b.owner().await;
+    for i in 0..100 {
+        owner
+            .add_user(&common::org(), &format!("member-{i:03}@default"), license_broker::value::Role::User)
+            .await
+            .unwrap();
+    }
+    // Each answer is a few KiB: 2,000 of them are far more than the
+    // connection's window, so the broker's writes block, and stay blocked.
+    let mut r = raw(&b).await;
+    r.hello(&b.owner, VERSION).await;
+    let mut buf = Vec::new();
+    for id in 0..2000 {
+        encode(&ClientFrame::Request(Request { id, body: Req::ListUsers { org: common::org() } }), &mut buf);
+    }
+    r.send_bytes(&buf).await;
+    let closed = tokio::time::timeout(Duration::from_secs(10), r._conn.closed()).await.expect("closed");
+    assert!(
+        matches!(&closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == u64::from(NOT_READING_CODE)),
+        "{closed:?}"
+    );
+    // Everyone else is served.
+    assert!(owner.status(None).await.is_ok());
+}

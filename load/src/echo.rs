@@ -20,7 +20,7 @@ use license_broker::value::{Role, SessionId};
 pub async fn serve(listen: SocketAddr, dir: &Path) -> Result<()> {
     let files = TlsFiles::in_data_dir(dir);
     tls::ensure_self_signed(&files)?;
-    let config = tls::server_config(&files, Duration::from_secs(30), 16, None)?;
+    let config = tls::server_config(&files, Duration::from_secs(30), tls::Limits::member(16), None)?;
     let socket = license_broker::server::bind_udp(listen)?;
     let endpoint =
         quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, Arc::new(quinn::TokioRuntime))?;

@@ -2,6 +2,7 @@
 //! latency percentiles, throughput, errors by code, and whether the broker's
 //! invariants held. Every loop is bounded in time and stops by itself.
 
+mod abuse;
 mod burst;
 mod churn;
 mod compare;
@@ -52,6 +53,11 @@ enum Scenario {
     /// R runners wait in a full pool's queue (quota Q, default 64); seats
     /// are freed one at a time: the hand-off to the head waiter, in order.
     Queue,
+    /// 1,000 hostile connections (--connections: silent, never-read,
+    /// slowloris, failed-Hello floods) against a broker on its default
+    /// limits, while a runner works: the broker's memory and the runner's
+    /// latency.
+    Abuse,
     /// A million live sessions (R) and as many audit entries: the CLI's
     /// `session list` and `audit` page through them; time and CLI memory.
     Lists,
@@ -80,9 +86,9 @@ struct Args {
     /// How long to run.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
-    /// Connections.
-    #[arg(long, default_value_t = 16)]
-    connections: usize,
+    /// Connections (default 16; abuse: hostile connections, 1,000).
+    #[arg(long)]
+    connections: Option<usize>,
     /// Requests in flight per connection (compare measures latency at 16).
     #[arg(long)]
     depth: Option<usize>,
@@ -119,6 +125,10 @@ struct Args {
     /// do) instead of making a full handshake every time.
     #[arg(long)]
     resume: bool,
+    /// abuse: fail when a target is missed (peak memory ≤ 256 MiB, back to
+    /// ≤ 1.5× within 30 s, runner p99 ≤ 10 ms), not only an invariant.
+    #[arg(long)]
+    strict: bool,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -182,7 +192,7 @@ async fn run(a: Args) -> Result<bool> {
     });
     let p = Params {
         duration: a.duration,
-        connections: a.connections.max(1),
+        connections: a.connections.unwrap_or(if a.scenario == Scenario::Abuse { 1_000 } else { 16 }).max(1),
         depth: a.depth.unwrap_or(64).max(1),
         orgs: a.orgs.max(1),
         runners,
@@ -195,6 +205,7 @@ async fn run(a: Args) -> Result<bool> {
         lease_ttl: ttl,
         broker_workers: a.broker_workers,
         resume: a.resume,
+        strict: a.strict,
     };
     if a.scenario == Scenario::Compare {
         if a.server.is_some() {
@@ -204,12 +215,12 @@ async fn run(a: Args) -> Result<bool> {
         emit(&report, a.json, Some(summary));
         return Ok(report.passed());
     }
-    if matches!(a.scenario, Scenario::Restart | Scenario::Lists) && a.server.is_some() {
-        bail!("restart and lists stop and start the broker, so they always spawn their own");
+    if matches!(a.scenario, Scenario::Restart | Scenario::Lists | Scenario::Abuse) && a.server.is_some() {
+        bail!("restart, lists and abuse watch, stop or start the broker process, so they always spawn their own");
     }
     let mut target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
-        None => Target::spawn(ttl, p.broker_workers)?,
+        None => Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse)?,
     };
     let report = match a.scenario {
         Scenario::Churn => scenarios::churn(&target, &p).await?,
@@ -219,6 +230,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Restart => restart::run(&mut target, &p).await?,
         Scenario::Queue => queue::run(&target, &p).await?,
         Scenario::Lists => lists::run(&mut target, &p).await?,
+        Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =

@@ -29,6 +29,8 @@ pub struct Params {
     pub broker_workers: Option<usize>,
     /// handshake: resume TLS sessions (tickets) instead of full handshakes.
     pub resume: bool,
+    /// abuse: fail the run when a target (memory, latency) is missed.
+    pub strict: bool,
 }
 
 /// Quota given to pools that should never refuse for quota.

@@ -63,6 +63,13 @@ pub fn require_loopback(server: &str) -> Result<()> {
 impl Target {
     /// Starts a broker on a free loopback port with a fresh data dir.
     pub fn spawn(lease_ttl: Duration, workers: Option<usize>) -> Result<Target> {
+        Target::spawn_with(lease_ttl, workers, true)
+    }
+
+    /// As `spawn`; `lift` false keeps the broker's per-address limits on
+    /// their defaults (`abuse` measures them; every other scenario comes
+    /// from one address and would only measure the limits).
+    pub fn spawn_with(lease_ttl: Duration, workers: Option<usize>, lift: bool) -> Result<Target> {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = format!("127.0.0.1:{port}");
@@ -76,7 +83,8 @@ impl Target {
         // limits meant for strangers, or they would cap the measurement.
         let lifted = ["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"];
         let base = ["--listen", &server, "--lease-ttl", &ttl, "--max-connections", "100000", "--drain-grace", "0s"];
-        for a in base.into_iter().chain(lifted) {
+        let lifted = if lift { &lifted[..] } else { &[] };
+        for a in base.into_iter().chain(lifted.iter().copied()) {
             args.push(a.into());
         }
         let mut child = start(&args)?;
@@ -149,11 +157,13 @@ impl Target {
 
     /// Resident memory of a spawned broker, from /proc.
     pub fn rss_bytes(&self) -> Option<u64> {
-        let pid = self.child.as_ref()?.id();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kb * 1024)
+        rss_of(self.child.as_ref()?.id())
+    }
+
+    /// Reads a spawned broker's resident memory, from any task.
+    pub fn rss_probe(&self) -> impl Fn() -> Option<u64> + Send + 'static {
+        let pid = self.child.as_ref().map(|c| c.id());
+        move || rss_of(pid?)
     }
 
     /// Creates `n` orgs named for this run, each with a KRE pool of `quota`
@@ -195,6 +205,14 @@ impl Target {
         op.close().await;
         Ok(out)
     }
+}
+
+/// Resident memory of process `pid`, from /proc.
+fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// Starts `license-broker` with `args`, stdout piped (it prints keys once).

@@ -65,7 +65,7 @@ struct ConnArgs {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the broker.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Operator: manage orgs.
     #[command(subcommand)]
     Org(OrgCmd),
@@ -398,7 +398,7 @@ impl Args {
 pub async fn run(args: Args) -> Result<ExitCode> {
     let conn = &args.conn;
     match args.command {
-        Command::Serve(a) => serve::run(a).await,
+        Command::Serve(a) => serve::run(*a).await,
         Command::Runner(a) => runner::run(a, conn, false).await,
         Command::Activate(a) => runner::run(a, conn, true).await,
         Command::Offline(offline::OfflineCmd::Verify { file, public_key, machine_id, json }) => {

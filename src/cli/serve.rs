@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// gets no new connection until the next second.
     #[arg(env = "LB_MAX_FAILED_HELLOS_PER_ADDRESS", long, default_value_t = 100)]
     max_failed_hellos_per_address: u32,
+    /// New connections per second from an address whose connection was
+    /// closed for misbehaving before authenticating (no Hello in time, junk,
+    /// repeated wrong keys, answers left unread), for 10 s after.
+    #[arg(env = "LB_MAX_HANDSHAKES_PER_PENALIZED_ADDRESS", long, default_value_t = 10)]
+    max_handshakes_per_penalized_address: u32,
     /// Close connections silent for this long.
     #[arg(env = "LB_IDLE_TIMEOUT", long, default_value = "30s", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -69,6 +74,10 @@ pub struct ServeArgs {
     /// Drop a request stream whose started frame is not complete within this long.
     #[arg(env = "LB_FRAME_TIMEOUT", long, default_value = "10s", value_parser = humantime::parse_duration)]
     frame_timeout: Duration,
+    /// Close a connection whose client does not read its answers (grants no
+    /// flow-control credit) within this long.
+    #[arg(env = "LB_WRITE_TIMEOUT", long, default_value = "10s", value_parser = humantime::parse_duration)]
+    write_timeout: Duration,
     /// After a restart, seats stay held for the previous run's runners for
     /// one lease TTL plus this long, so they can reconnect and re-attach
     /// before anyone else takes their seats.
@@ -135,11 +144,13 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         strangers_per_address: a.max_unauthenticated_per_address,
         handshakes_per_address: a.max_handshakes_per_address,
         failed_hellos_per_address: a.max_failed_hellos_per_address,
+        penalized_handshakes_per_address: a.max_handshakes_per_penalized_address,
     };
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;
     options.hello_timeout = a.hello_timeout;
     options.frame_timeout = a.frame_timeout;
+    options.write_timeout = a.write_timeout;
     options.allow_clock_rollback = a.allow_clock_rollback;
     options.clock_ahead = a.clock_ahead;
     options.restart_grace = a.restart_grace;

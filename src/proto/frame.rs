@@ -64,6 +64,11 @@ impl FrameBuf {
         if self.start > 0 && self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
+            if self.buf.capacity() > MAX_FRAME {
+                // Everything was consumed: a large frame's room is not kept
+                // for the stream's life (a stream is idle most of it).
+                self.buf.shrink_to(4096);
+            }
         } else if self.start > 64 * 1024 {
             self.buf.drain(..self.start);
             self.start = 0;
@@ -102,6 +107,19 @@ impl FrameBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_frames_room_is_given_back_once_consumed() {
+        let mut wire = Vec::new();
+        encode(&vec![7u8; 60_000], &mut wire);
+        encode(&vec![7u8; 60_000], &mut wire);
+        let mut b = FrameBuf::new();
+        b.extend(&wire);
+        while b.next_frame().unwrap().is_some() {}
+        assert!(b.buf.capacity() > MAX_FRAME);
+        b.extend(&[0, 0, 0, 1]);
+        assert!(b.buf.capacity() <= 4096, "kept {} bytes for an idle stream", b.buf.capacity());
+    }
 
     #[test]
     fn splits_frames_across_arbitrary_reads() {

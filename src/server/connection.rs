@@ -69,6 +69,8 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate
         sessions: Mutex::new(FastSet::default()),
         welcomed: Notify::new(),
         failed_hellos: 0.into(),
+        authenticated: false.into(),
+        stranger_refusals: 0.into(),
         conn: conn.clone(),
         waits: 0.into(),
     });
@@ -93,13 +95,16 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate
             },
             _ = &mut welcomed, if waiting_for_hello => {
                 waiting_for_hello = false;
-                // Authenticated: no longer a stranger (a dropped pass releases too).
+                // Authenticated: no longer a stranger (a dropped pass releases
+                // too), so it gets a member's streams and windows.
                 pass.welcomed();
+                crate::tls::Limits::member(shared.options.max_streams).apply(&conn);
             }
             _ = &mut hello_deadline, if waiting_for_hello => {
                 waiting_for_hello = false;
                 tracing::debug!(conn = id.0, remote = %conn.remote_address(), "no Hello in time: closing");
                 conn.close(quinn::VarInt::from_u32(HELLO_TIMEOUT_CODE), b"no Hello within the deadline");
+                shared.penalize(&ctx);
             }
         }
     };

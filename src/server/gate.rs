@@ -30,6 +30,12 @@ pub struct GateLimits {
     /// failing connection is closed and the address gets no new connection
     /// until the next second.
     pub failed_hellos_per_address: u32,
+    /// New connections per second from an address whose connection was
+    /// closed for misbehaving before it authenticated (no `Hello` in time,
+    /// junk, repeated wrong keys, answers left unread), for `PENALTY_SECONDS`
+    /// after: an attacker reconnecting as fast as it is thrown out costs the
+    /// broker a handshake now and then instead of its CPU.
+    pub penalized_handshakes_per_address: u32,
 }
 
 impl GateLimits {
@@ -43,9 +49,14 @@ impl GateLimits {
             strangers_per_address: 256,
             handshakes_per_address: 1_000,
             failed_hellos_per_address: 100,
+            penalized_handshakes_per_address: 10,
         }
     }
 }
+
+/// How long an address stays penalized after a connection of its was
+/// closed for misbehaving before authenticating.
+pub const PENALTY_SECONDS: u64 = 10;
 
 /// Addresses tracked at once; beyond this, new addresses are refused until
 /// idle ones are forgotten (spoofed sources cannot grow the table).
@@ -62,6 +73,9 @@ pub enum Refusal {
     AddressRate,
     /// This address failed to authenticate too often this second.
     AddressFailures,
+    /// This address's connections misbehaved before authenticating lately,
+    /// and it used up its reduced handshakes for this second.
+    Penalized,
     /// Too many addresses are being tracked.
     Sources,
 }
@@ -74,6 +88,7 @@ impl Refusal {
             Refusal::AddressStrangers => "too many unauthenticated connections from this address",
             Refusal::AddressRate => "too many handshakes per second from this address",
             Refusal::AddressFailures => "too many failed Hellos per second from this address",
+            Refusal::Penalized => "this address's connections misbehaved before authenticating: throttled",
             Refusal::Sources => "too many source addresses tracked",
         }
     }
@@ -88,6 +103,8 @@ struct Source {
     /// The second `failures` counts.
     failed_second: u64,
     failures: u32,
+    /// Penalized (reduced handshake rate) before this second.
+    penalized_until: u64,
 }
 
 /// Counts strangers, globally and per address.
@@ -118,7 +135,9 @@ impl Gate {
             return Err(Refusal::Strangers);
         }
         if !sources.contains_key(&addr) && sources.len() >= MAX_SOURCES {
-            sources.retain(|_, s| s.strangers > 0 || s.second >= second || s.failed_second >= second);
+            sources.retain(|_, s| {
+                s.strangers > 0 || s.second >= second || s.failed_second >= second || s.penalized_until > second
+            });
             if sources.len() >= MAX_SOURCES {
                 return Err(Refusal::Sources);
             }
@@ -129,6 +148,9 @@ impl Gate {
         }
         if source.failed_second == second && source.failures >= self.limits.failed_hellos_per_address {
             return Err(Refusal::AddressFailures);
+        }
+        if second < source.penalized_until && source.handshakes >= self.limits.penalized_handshakes_per_address {
+            return Err(Refusal::Penalized);
         }
         if source.handshakes >= self.limits.handshakes_per_address {
             return Err(Refusal::AddressRate);
@@ -156,6 +178,15 @@ impl Gate {
         }
         source.failures = source.failures.saturating_add(1);
         source.failures > self.limits.failed_hellos_per_address
+    }
+
+    /// A connection from `addr` was closed for misbehaving before it
+    /// authenticated: the address gets the reduced handshake rate for the
+    /// next `PENALTY_SECONDS`.
+    pub fn penalize(&self, addr: IpAddr, second: u64) {
+        // An address with a connection open is tracked (its pass); `or_default`
+        // only re-creates an entry pruned meanwhile, as in `failed`.
+        self.sources.lock().entry(addr).or_default().penalized_until = second + PENALTY_SECONDS;
     }
 
     fn release(&self, addr: IpAddr) {
@@ -198,7 +229,26 @@ mod tests {
             strangers_per_address: per_address,
             handshakes_per_address: rate,
             failed_hellos_per_address: 4,
+            penalized_handshakes_per_address: 2,
         }))
+    }
+
+    #[test]
+    fn an_address_whose_connection_misbehaved_gets_few_handshakes_for_a_while() {
+        let g = gate(100, 100, 100);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        g.admit(a, 1).unwrap().welcomed();
+        g.penalize(a, 1);
+        // Second 1 already had one handshake: one more fits the reduced rate.
+        assert!(g.admit(a, 1).is_ok());
+        assert_eq!(g.admit(a, 1).err(), Some(Refusal::Penalized));
+        assert!(g.admit(b, 1).is_ok(), "other addresses are not affected");
+        for second in 2..1 + PENALTY_SECONDS {
+            let admitted = (0..5).filter(|_| g.admit(a, second).is_ok()).count();
+            assert_eq!(admitted, 2, "second {second}: the reduced rate");
+        }
+        let admitted = (0..5).filter(|_| g.admit(a, 1 + PENALTY_SECONDS).is_ok()).count();
+        assert_eq!(admitted, 5, "the penalty ends");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub use socket::bind as bind_udp;
 
 pub use clock::Clock;
 pub use gate::GateLimits;
+pub use stream::{MAX_STRANGER_REFUSALS, NOT_READING_CODE, STRANGER_REFUSALS_CODE};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,9 @@ pub struct Options {
     pub hello_timeout: Duration,
     /// A frame whose first bytes arrived must be complete within this.
     pub frame_timeout: Duration,
+    /// Answers must be taken (read) by the client within this, or its
+    /// connection is closed.
+    pub write_timeout: Duration,
     /// Start even if the clock is behind the latest time a previous run
     /// recorded (the operator has checked the clock).
     pub allow_clock_rollback: bool,
@@ -97,6 +101,7 @@ impl Options {
             drain_grace: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
             allow_clock_rollback: false,
             clock_ahead: Duration::ZERO,
             restart_grace: Duration::from_secs(10),
@@ -236,10 +241,27 @@ pub(crate) struct ConnCtx {
     pub welcomed: Notify,
     /// `Hello`s of this connection that failed to authenticate.
     pub failed_hellos: std::sync::atomic::AtomicU32,
+    /// Whether any stream of this connection has authenticated.
+    pub authenticated: AtomicBool,
+    /// Frames refused (undecodable, or a request before `Hello`) while no
+    /// stream of this connection had authenticated.
+    pub stranger_refusals: std::sync::atomic::AtomicU32,
     /// The connection itself, to close it from a stream.
     pub conn: quinn::Connection,
     /// Its `Checkout` requests still waiting (bounded, see `waiting`).
     pub waits: std::sync::atomic::AtomicU32,
+}
+
+impl Shared {
+    /// A connection is being closed for misbehaving: if none of its streams
+    /// authenticated, its address gets the gate's reduced handshake rate
+    /// for a while (see `GateLimits::penalized_handshakes_per_address`).
+    pub(crate) fn penalize(&self, ctx: &ConnCtx) {
+        // Relaxed: a hint; a member's connection is never penalized once seen.
+        if !ctx.authenticated.load(Ordering::Relaxed) {
+            self.gate.penalize(ctx.conn.remote_address().ip(), self.clock.now().0 / 1000);
+        }
+    }
 }
 
 /// Lets through at most `PER_SECOND` log lines a second, so a flood of
@@ -313,7 +335,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     };
     let ticketer = tickets::Ticketer::load_or_generate(&options.data_dir.join(TICKET_KEY_FILE))?;
     let server_config =
-        tls::server_config(&files, options.idle_timeout, options.max_streams, Some(Arc::new(ticketer)))?;
+        tls::server_config(&files, options.idle_timeout, tls::Limits::STRANGER, Some(Arc::new(ticketer)))?;
     let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))?;
     let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
     let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;

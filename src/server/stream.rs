@@ -23,8 +23,18 @@ use crate::proto::{
     Req, Request, Response, ServerFrame, Welcome, WireError, MAX_FRAME, MIN_VERSION, VERSION,
 };
 
-/// Bytes asked of the stream per read.
+/// Most bytes taken from the stream per read (quinn hands over its own
+/// buffer: no scratch buffer per stream).
 const READ_CHUNK: usize = 32 * 1024;
+
+/// Answers buffered before they are written: a client that pipelines faster
+/// than it reads gets its answers in pieces of about this size, and the
+/// stream decodes no more of its requests until the piece is written.
+const OUT_HIGH_WATER: usize = 32 * 1024;
+
+/// QUIC application close code for a connection that did not read its
+/// answers within the write deadline.
+pub const NOT_READING_CODE: u32 = 4;
 
 /// The authenticated caller of a stream, re-resolved when the directory changes.
 struct Caller {
@@ -57,44 +67,49 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
     let mut frames = FrameBuf::new();
     let mut out = Vec::with_capacity(4096);
     let mut state = StreamState { caller: None, tickets: Tickets::default() };
-    let mut chunk = vec![0u8; READ_CHUNK];
     // Answers to waiting `Checkout` requests come later, from their tasks.
     let (late_tx, mut late_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(waiting::LATE_QUEUE);
+    // Whole frames already read but not yet handled (answers were flushed first).
+    let mut backlog = false;
     loop {
-        // A frame that has started must finish within the frame deadline:
-        // a stranger cannot hold a half-sent frame's buffer for ever.
-        let deadline = match frames.pending() {
-            0 => None,
-            _ => Some(shared.options.frame_timeout),
-        };
-        // (quinn's `read` is cancel-safe: a late answer winning the race loses no bytes.)
-        let n = tokio::select! {
-            r = read_within(&mut recv, &mut chunk, deadline) => r,
-            Some(answer) = late_rx.recv() => {
-                if send.write_all(&answer).await.is_err() {
-                    return;
+        if !backlog {
+            // A frame that has started must finish within the frame deadline:
+            // a stranger cannot hold a half-sent frame's buffer for ever.
+            let deadline = match frames.pending() {
+                0 => None,
+                _ => Some(shared.options.frame_timeout),
+            };
+            // (quinn's `read_chunk` is cancel-safe: a late answer winning the race loses no bytes.)
+            let read = tokio::select! {
+                r = read_within(&mut recv, deadline) => r,
+                Some(answer) = late_rx.recv() => {
+                    if !write_within(&shared, &ctx, &mut send, &answer).await {
+                        return;
+                    }
+                    continue;
                 }
-                continue;
+            };
+            match read {
+                Read::Bytes(chunk) => frames.extend(&chunk.bytes),
+                Read::End => break,
+                Read::Late => {
+                    let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
+                    encode(&ServerFrame::Error(err), &mut out);
+                    let _ = write_within(&shared, &ctx, &mut send, &out).await;
+                    let _ = recv.stop(quinn::VarInt::from_u32(0));
+                    break;
+                }
             }
-        };
-        let n = match n {
-            Some(n) => n,
-            None => {
-                let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
-                encode(&ServerFrame::Error(err), &mut out);
-                let _ = send.write_all(&out).await;
-                let _ = recv.stop(quinn::VarInt::from_u32(0));
-                break;
-            }
-        };
-        if n == 0 {
-            break;
         }
-        frames.extend(&chunk[..n]);
         // One clock reading per read: every request in it arrived together.
         let now = shared.clock.now();
         let mut finish = false;
+        backlog = false;
         loop {
+            if out.len() >= OUT_HIGH_WATER {
+                backlog = true;
+                break;
+            }
             let decoded = match frames.next_frame() {
                 Ok(Some(body)) => decode_client(body),
                 Ok(None) => break,
@@ -138,10 +153,14 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
             }
         }
         if !out.is_empty() {
-            if send.write_all(&out).await.is_err() {
+            if !write_within(&shared, &ctx, &mut send, &out).await {
                 return;
             }
             out.clear();
+            if out.capacity() > 4 * OUT_HIGH_WATER {
+                // A burst's worth of answers is not kept for the stream's life.
+                out.shrink_to(4096);
+            }
         }
         if finish {
             break;
@@ -150,18 +169,45 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
     let _ = send.finish();
 }
 
-/// Reads the next bytes; `None` if a started frame missed its deadline,
-/// `Some(0)` at the end of the stream or on an error.
-async fn read_within(recv: &mut RecvStream, chunk: &mut [u8], deadline: Option<std::time::Duration>) -> Option<usize> {
+/// What a read brought.
+enum Read {
+    Bytes(quinn::Chunk),
+    /// The stream ended (or failed).
+    End,
+    /// A frame that had started missed its deadline.
+    Late,
+}
+
+/// Reads the next bytes, within `deadline` if one is given.
+async fn read_within(recv: &mut RecvStream, deadline: Option<std::time::Duration>) -> Read {
     let read = async {
-        match recv.read(chunk).await {
-            Ok(Some(n)) => n,
-            Ok(None) | Err(_) => 0,
+        match recv.read_chunk(READ_CHUNK, true).await {
+            Ok(Some(chunk)) => Read::Bytes(chunk),
+            Ok(None) | Err(_) => Read::End,
         }
     };
     match deadline {
-        None => Some(read.await),
-        Some(d) => tokio::time::timeout(d, read).await.ok(),
+        None => read.await,
+        Some(d) => tokio::time::timeout(d, read).await.unwrap_or(Read::Late),
+    }
+}
+
+/// Writes answers, within the write deadline: a client that does not read
+/// them (and so grants no flow-control credit) has its connection closed
+/// once the deadline passes, instead of holding the broker's buffers. The
+/// stream reads none of its requests meanwhile. False when the stream (or
+/// the connection) is done.
+pub(super) async fn write_within(shared: &Shared, ctx: &ConnCtx, send: &mut SendStream, bytes: &[u8]) -> bool {
+    match tokio::time::timeout(shared.options.write_timeout, send.write_all(bytes)).await {
+        Ok(written) => written.is_ok(),
+        Err(_) => {
+            if shared.auth_log.allow(shared.clock.now()) {
+                tracing::warn!(remote = %ctx.conn.remote_address(), "answers not read in time: closing the connection");
+            }
+            ctx.conn.close(quinn::VarInt::from_u32(NOT_READING_CODE), b"answers not read within the deadline");
+            shared.penalize(ctx);
+            false
+        }
     }
 }
 
@@ -208,7 +254,7 @@ fn on_frame(
                 Some(id) => encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out),
                 None => encode(&ServerFrame::Error(err), out),
             }
-            Next::Continue
+            stranger_refused(shared, ctx)
         }
         ClientDecoded::Frame(ClientFrame::Hello(hello)) => {
             if on_hello(shared, ctx, &mut state.caller, hello, out) {
@@ -222,7 +268,7 @@ fn on_frame(
                 Ok(caller) => caller,
                 Err(e) => {
                     encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
-                    return Next::Continue;
+                    return stranger_refused(shared, ctx);
                 }
             };
             let call = Call { shared, ctx, p: principal, now, proto };
@@ -235,6 +281,32 @@ fn on_frame(
             }
         }
     }
+}
+
+/// Frames a connection may have refused before any of its streams
+/// authenticated: past this, the connection is closed, so a stranger
+/// pipelining junk pays a handshake per few answers instead of making the
+/// broker decode and answer all of it.
+pub const MAX_STRANGER_REFUSALS: u32 = 16;
+
+/// QUIC application close code for a connection closed after
+/// `MAX_STRANGER_REFUSALS`.
+pub const STRANGER_REFUSALS_CODE: u32 = 5;
+
+/// Counts a refused frame; closes a connection that never authenticated
+/// once it has had `MAX_STRANGER_REFUSALS` of them.
+fn stranger_refused(shared: &Shared, ctx: &ConnCtx) -> Next {
+    use std::sync::atomic::Ordering::Relaxed;
+    // Relaxed: per-connection counts; exactness across streams does not matter.
+    if ctx.authenticated.load(Relaxed) {
+        return Next::Continue;
+    }
+    if ctx.stranger_refusals.fetch_add(1, Relaxed) + 1 < MAX_STRANGER_REFUSALS {
+        return Next::Continue;
+    }
+    ctx.conn.close(quinn::VarInt::from_u32(STRANGER_REFUSALS_CODE), b"too many refused frames before authenticating");
+    shared.penalize(ctx);
+    Next::Finish
 }
 
 /// Answers a Hello; returns true when the stream must be finished.
@@ -265,6 +337,8 @@ fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: 
             };
             encode(&ServerFrame::Welcome(welcome), out);
             *caller = Some(Caller { key, principal, version, proto: hello.version });
+            // Relaxed: read only by this connection's streams, as a hint.
+            ctx.authenticated.store(true, std::sync::atomic::Ordering::Relaxed);
             // notify_one keeps a permit if the connection task is not waiting yet.
             ctx.welcomed.notify_one();
         }
@@ -289,10 +363,12 @@ fn failed_hello(shared: &Shared, ctx: &ConnCtx) -> bool {
     let second = shared.clock.now().0 / 1000;
     if shared.gate.failed(ctx.conn.remote_address().ip(), second) {
         ctx.conn.close(quinn::VarInt::from_u32(AUTH_FAILED_CODE), b"too many failed Hellos from this address");
+        shared.penalize(ctx);
         return true;
     }
     if failures >= MAX_FAILED_HELLOS {
         ctx.conn.close(quinn::VarInt::from_u32(AUTH_FAILED_CODE), b"too many failed Hellos");
+        shared.penalize(ctx);
         return true;
     }
     false
