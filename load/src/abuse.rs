@@ -84,6 +84,21 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
         Ok(v) => KINDS.iter().copied().filter(|k| v.contains(&format!("{k:?}"))).collect(),
         Err(_) => KINDS.to_vec(),
     };
+    // The attackers run on a runtime of their own, optionally at a lower
+    // CPU priority (`--attacker-nice`): on one box the attacker's own TLS
+    // work competes with the broker for the same cores, which a remote
+    // attacker's would not.
+    let nice = p.attacker_nice;
+    let attack_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(move || {
+            if nice > 0 {
+                // SAFETY: setpriority on this thread's own id; no pointers.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+            }
+        })
+        .build()?;
+    let _in_attack_rt = attack_rt.enter();
     for a in 0..ATTACK_ADDRESSES {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + a));
         let endpoint = attack_endpoint(ip, &target.ca)?;
@@ -91,9 +106,10 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
             let kind = kinds[(usize::from(a) * per_address + i) % kinds.len()];
             let (endpoint, stop, stats) = (endpoint.clone(), stop.clone(), stats.clone());
             let server: SocketAddr = target.server.parse()?;
-            attackers.push(tokio::spawn(async move { attack(kind, endpoint, server, stop, stats).await }));
+            attackers.push(attack_rt.spawn(async move { attack(kind, endpoint, server, stop, stats).await }));
         }
     }
+    drop(_in_attack_rt);
     let peak = Arc::new(AtomicU64::new(baseline));
     let sampler = {
         let (peak, stop) = (peak.clone(), stop.clone());
@@ -118,6 +134,8 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     for a in attackers {
         a.abort();
     }
+    // The attackers vanish with their runtime (their connections close).
+    attack_rt.shutdown_background();
     let _ = sampler.await;
     let peak = peak.load(Ordering::Relaxed);
 
@@ -142,6 +160,7 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     r.duration_s = p.duration.as_secs_f64();
     r.param("hostile_connections", p.connections);
     r.param("attack_addresses", ATTACK_ADDRESSES);
+    r.param("attacker_nice", p.attacker_nice);
     for (i, kind) in KINDS.iter().enumerate() {
         let name = format!("{kind:?}").to_lowercase();
         r.extra(&format!("attack_{name}_connections_made"), stats.connected[i].load(Ordering::Relaxed));

@@ -129,6 +129,10 @@ struct Args {
     /// ≤ 1.5× within 30 s, runner p99 ≤ 10 ms), not only an invariant.
     #[arg(long)]
     strict: bool,
+    /// abuse: run the attackers at this nice value (e.g. 10), so their own
+    /// TLS work yields to the broker's, as a remote attacker's would.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
+    attacker_nice: i32,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -206,6 +210,7 @@ async fn run(a: Args) -> Result<bool> {
         broker_workers: a.broker_workers,
         resume: a.resume,
         strict: a.strict,
+        attacker_nice: a.attacker_nice,
     };
     if a.scenario == Scenario::Compare {
         if a.server.is_some() {

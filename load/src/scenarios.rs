@@ -31,6 +31,8 @@ pub struct Params {
     pub resume: bool,
     /// abuse: fail the run when a target (memory, latency) is missed.
     pub strict: bool,
+    /// abuse: the attacker threads' nice value (0: the harness's own).
+    pub attacker_nice: i32,
 }
 
 /// Quota given to pools that should never refuse for quota.
