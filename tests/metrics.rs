@@ -50,8 +50,17 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
 
     let (code, _) = tokio::task::spawn_blocking(move || get(http, "/metrics", None)).await.unwrap();
     assert_eq!(code, 401, "no token, no metrics");
-    let (code, body) = tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap();
-    assert_eq!(code, 200);
+    // The refused client's connection closes asynchronously: scrape until
+    // the broker has seen it go (at most 5 s).
+    let started = std::time::Instant::now();
+    let body = loop {
+        let (code, body) = tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap();
+        assert_eq!(code, 200);
+        if sample(&body, "lbroker_connections_open") == Some(1.0) || started.elapsed() > Duration::from_secs(5) {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let pool = r#"{org="default",pool="kre-floating-annual"}"#;
     assert_eq!(sample(&body, &format!("lbroker_seats_in_use{pool}")), Some(1.0), "{body}");
     assert_eq!(sample(&body, &format!("lbroker_seats_quota{pool}")), Some(2.0));
@@ -69,6 +78,15 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     assert_eq!((ends("released"), ends("expired")), (Some(1.0), Some(0.0)));
     assert_eq!(sample(&body, "lbroker_auth_failures_total"), Some(1.0));
     assert!(body.contains("# TYPE lbroker_admissions counter") && body.trim_end().ends_with("# EOF"), "{body}");
+    // Every request answered is in the latency histogram, by kind: three
+    // acquires, one release, one register (and nothing for kinds not used).
+    let count = |op: &str| sample(&body, &format!(r#"lbroker_request_duration_seconds_count{{op="{op}"}}"#));
+    assert_eq!((count("acquire"), count("release"), count("register")), (Some(3.0), Some(1.0), Some(1.0)), "{body}");
+    assert_eq!(count("activate"), Some(0.0));
+    let all = sample(&body, r#"lbroker_request_duration_seconds_bucket{le="+Inf",op="acquire"}"#);
+    assert_eq!(all, Some(3.0), "the +Inf bucket holds every acquire: {body}");
+    let fast = sample(&body, r#"lbroker_request_duration_seconds_bucket{le="1.0",op="acquire"}"#);
+    assert!(fast.is_some_and(|n| n <= 3.0), "buckets are cumulative, never above the count: {body}");
     let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 }

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet as NoLabels};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -80,6 +80,7 @@ struct Snapshot {
     folded: usize,
     connections: u64,
     auth_failures: u64,
+    latencies: Vec<crate::server::latency::OpLatency>,
 }
 
 impl Snapshot {
@@ -113,6 +114,7 @@ impl Snapshot {
             // Relaxed: a gauge read once per scrape.
             connections: shared.open_conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
             auth_failures: shared.core.auth_failures(),
+            latencies: shared.latencies.snapshot(),
         }
     }
 
@@ -205,6 +207,11 @@ impl Collector for Snapshot {
         one(e, "connections_open", "QUIC connections open.", self.connections as i64)?;
         let help = "Hellos refused for an unknown or revoked API key (survives restarts).";
         ConstCounter::new(self.auth_failures).encode(e.encode_descriptor("auth_failures", help, None, Counter)?)?;
+        let help = "Time from the read that brought a request to the write of its answer, by kind of request.";
+        let mut durations = e.encode_descriptor("request_duration_seconds", help, None, MetricType::Histogram)?;
+        for l in &self.latencies {
+            durations.encode_family(&[("op", l.op)])?.encode_histogram::<NoLabels>(l.sum, l.count, &l.buckets, None)?;
+        }
         let mut build = e.encode_descriptor("build_info", "The broker's version.", None, Gauge)?;
         ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
         Ok(())

@@ -12,6 +12,7 @@ mod connection;
 mod expiry;
 mod gate;
 mod handler;
+pub(crate) mod latency;
 mod paging;
 mod socket;
 mod stream;
@@ -146,6 +147,8 @@ pub(crate) struct Shared {
     pub signing: crate::offline::SigningKey,
     /// Rate limit of the failed-authentication log.
     pub auth_log: LogBudget,
+    /// Request latencies by kind, for `/metrics`.
+    pub latencies: latency::Latencies,
     /// Signs and checks session tokens.
     pub tokens: token::Tokens,
     /// Budgets connections that have not authenticated yet.
@@ -347,6 +350,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
 
     let gate = Arc::new(gate::Gate::new(options.strangers));
     let (closed_tx, closed) = oneshot::channel();
+    let metrics_served = options.http.is_some();
     let shared = Arc::new(Shared {
         core,
         store,
@@ -362,6 +366,8 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         options,
         signing,
         auth_log: LogBudget::default(),
+        // Recorded only when someone can read them.
+        latencies: latency::Latencies::new(metrics_served),
         tokens,
         gate,
         ceiling: tokio::sync::Mutex::new(()),

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use quinn::{RecvStream, SendStream};
 
 use super::handler::{self, Call};
+use super::latency;
 use super::waiting;
 use super::{ConnCtx, Shared};
 use crate::core::{Broker, KeyHash, Principal, Result as CoreResult, Target, Ticket};
@@ -71,6 +72,10 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
     let (late_tx, mut late_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(waiting::LATE_QUEUE);
     // Whole frames already read but not yet handled (answers were flushed first).
     let mut backlog = false;
+    // The requests answered since the last write, by kind, and when the
+    // read that brought them returned (for the latency histogram).
+    let mut tally = latency::Tally::default();
+    let mut read_at = std::time::Instant::now();
     loop {
         if !backlog {
             // A frame that has started must finish within the frame deadline:
@@ -90,7 +95,12 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                 }
             };
             match read {
-                Read::Bytes(chunk) => frames.extend(&chunk.bytes),
+                Read::Bytes(chunk) => {
+                    if shared.latencies.enabled() {
+                        read_at = std::time::Instant::now();
+                    }
+                    frames.extend(&chunk.bytes);
+                }
                 Read::End => break,
                 Read::Late => {
                     let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
@@ -123,7 +133,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                     break;
                 }
             };
-            match on_frame(&shared, &ctx, &mut state, decoded, now, &mut out) {
+            match on_frame(&shared, &ctx, &mut state, decoded, now, &mut out, &mut tally) {
                 Next::Continue => {}
                 Next::Finish => {
                     finish = true;
@@ -156,6 +166,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
             if !write_within(&shared, &ctx, &mut send, &out).await {
                 return;
             }
+            shared.latencies.record(&mut tally, read_at.elapsed());
             out.clear();
             if out.capacity() > 4 * OUT_HIGH_WATER {
                 // A burst's worth of answers is not kept for the stream's life.
@@ -239,6 +250,7 @@ fn on_frame(
     frame: ClientDecoded,
     now: crate::core::Millis,
     out: &mut Vec<u8>,
+    tally: &mut latency::Tally,
 ) -> Next {
     match frame {
         ClientDecoded::Bad { id, error } => {
@@ -272,6 +284,7 @@ fn on_frame(
                 }
             };
             let call = Call { shared, ctx, p: principal, now, proto };
+            tally.add(latency::op_of(&body));
             match handler::fast(&call, &mut state.tickets, body) {
                 Ok(result) => {
                     respond(id, into_outcome(result), out);
