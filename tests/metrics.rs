@@ -45,6 +45,12 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     let e = c.acquire(&org(), POOL, &machine("m"), 3).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded));
     c.release(held.session).await.unwrap();
+    // Refusals for other reasons count under their own codes.
+    let e = c.acquire(&org(), POOL, &machine("unregistered"), 4).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::MachineNotRegistered));
+    c.set_user_limit(&org(), POOL, "owner@default", Some(1)).await.unwrap();
+    let e = c.acquire(&org(), POOL, &machine("m"), 5).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UserLimit));
     let wrong = license_broker::client::Client::connect(&b.options("lbk_wrong")).await;
     assert!(wrong.is_err(), "an unknown key is refused");
 
@@ -66,8 +72,16 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     assert_eq!(sample(&body, &format!("lbroker_seats_quota{pool}")), Some(2.0));
     assert_eq!(sample(&body, &format!("lbroker_machines_registered{pool}")), Some(1.0));
     assert_eq!(sample(&body, &format!("lbroker_admissions_total{pool}")), Some(2.0));
-    let denied = r#"lbroker_denials_total{org="default",pool="kre-floating-annual",reason="QUOTA_EXCEEDED"}"#;
-    assert_eq!(sample(&body, denied), Some(1.0));
+    let denied = |reason: &str| {
+        sample(
+            &body,
+            &format!(r#"lbroker_denials_total{{org="default",pool="kre-floating-annual",reason="{reason}"}}"#),
+        )
+    };
+    assert_eq!(denied("QUOTA_EXCEEDED"), Some(1.0), "{body}");
+    assert_eq!(denied("MACHINE_NOT_REGISTERED"), Some(1.0));
+    assert_eq!(denied("USER_LIMIT"), Some(1.0));
+    assert_eq!(denied("QUEUE_TIMEOUT"), Some(0.0), "every reason is exported, counted or not");
     assert_eq!(sample(&body, "lbroker_connections_open"), Some(1.0));
     let ends = |reason: &str| {
         sample(
@@ -78,15 +92,16 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     assert_eq!((ends("released"), ends("expired")), (Some(1.0), Some(0.0)));
     assert_eq!(sample(&body, "lbroker_auth_failures_total"), Some(1.0));
     assert!(body.contains("# TYPE lbroker_admissions counter") && body.trim_end().ends_with("# EOF"), "{body}");
-    // Every request answered is in the latency histogram, by kind: three
-    // acquires, one release, one register (and nothing for kinds not used).
+    // Every request answered is in the latency histogram, by kind: five
+    // acquires (two refused), one release, one register (and nothing for
+    // kinds not used).
     let count = |op: &str| sample(&body, &format!(r#"lbroker_request_duration_seconds_count{{op="{op}"}}"#));
-    assert_eq!((count("acquire"), count("release"), count("register")), (Some(3.0), Some(1.0), Some(1.0)), "{body}");
+    assert_eq!((count("acquire"), count("release"), count("register")), (Some(5.0), Some(1.0), Some(1.0)), "{body}");
     assert_eq!(count("activate"), Some(0.0));
     let all = sample(&body, r#"lbroker_request_duration_seconds_bucket{le="+Inf",op="acquire"}"#);
-    assert_eq!(all, Some(3.0), "the +Inf bucket holds every acquire: {body}");
+    assert_eq!(all, Some(5.0), "the +Inf bucket holds every acquire: {body}");
     let fast = sample(&body, r#"lbroker_request_duration_seconds_bucket{le="1.0",op="acquire"}"#);
-    assert!(fast.is_some_and(|n| n <= 3.0), "buckets are cumulative, never above the count: {body}");
+    assert!(fast.is_some_and(|n| n <= 5.0), "buckets are cumulative, never above the count: {body}");
     let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 }

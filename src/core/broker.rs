@@ -479,6 +479,14 @@ impl Broker {
         self.auth_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an admission to `org`'s `pool` refused for `why` (nothing
+    /// if the pool does not exist: a made-up name names no pool to count).
+    pub fn note_denial(&self, org: &OrgName, pool: PoolId, why: super::pool::Denial) {
+        if let Ok(p) = self.dir.read().pool(org, pool) {
+            p.deny(why);
+        }
+    }
+
     /// Failed authentications since the broker was first started.
     pub fn auth_failures(&self) -> u64 {
         // Relaxed: a statistic.
@@ -510,6 +518,7 @@ impl Broker {
                     rejected: st.rejected,
                 });
                 out.push(Record::Ends { org: org.clone(), pool: pool.id, by_reason: st.ends });
+                out.push(Record::Denials { org: org.clone(), pool: pool.id, by_reason: st.denied.to_vec() });
             }
         }
         out

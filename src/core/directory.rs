@@ -152,6 +152,11 @@ impl Directory {
                     p.restore_ends(*by_reason);
                 }
             }
+            Change::Put(Record::Denials { org, pool, by_reason }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.restore_denials(by_reason);
+                }
+            }
             Change::Put(Record::UserLimit { org, pool, email, max }) => {
                 if let Ok(p) = self.pool(org, *pool) {
                     // A new cap counts the user's live sessions: `Broker::apply` sweeps.

@@ -81,6 +81,9 @@ pub struct Pool {
     /// Admissions and quota refusals counted before this process started
     /// (from the store); the session table's shards count the rest.
     counted: Mutex<Counts>,
+    /// Admissions refused for other reasons than the quota, by `Denial`
+    /// (this run's and, restored, earlier runs').
+    denied: Mutex<[u64; Denial::ALL.len()]>,
     /// KSE grants, node-locked activations and offline licenses. Changed
     /// only by admin requests and activations, which the shell serialises,
     /// so a plain lock.
@@ -205,6 +208,42 @@ pub struct PoolStatus {
     pub waiting: u32,
     /// Sessions ended since the pool was created, by reason (`EndReason::ALL` order).
     pub ends: [u64; 4],
+    /// Admissions refused for other reasons than the quota since the pool
+    /// was created (`Denial::ALL` order).
+    pub denied: [u64; Denial::ALL.len()],
+}
+
+/// Why an admission (acquire, checkout, activation) was refused, besides
+/// the quota, which the session table counts itself (`rejected`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// The member is at their cap in the pool.
+    UserLimit,
+    /// The pool's queue (or the connection's share of waits) is full.
+    QueueFull,
+    /// No seat came within the wait.
+    QueueTimeout,
+    /// The machine is not registered in the pool.
+    MachineNotRegistered,
+    /// The org's subscription has ended.
+    SubscriptionExpired,
+    /// The member holds no grant for the KSE pool.
+    NotLicensed,
+    /// The member's node-locked license is bound to another machine.
+    AlreadyActivated,
+}
+
+impl Denial {
+    /// Every reason, in the order counts are kept and stored.
+    pub const ALL: [Denial; 7] = [
+        Denial::UserLimit,
+        Denial::QueueFull,
+        Denial::QueueTimeout,
+        Denial::MachineNotRegistered,
+        Denial::SubscriptionExpired,
+        Denial::NotLicensed,
+        Denial::AlreadyActivated,
+    ];
 }
 
 impl Pool {
@@ -226,6 +265,7 @@ impl Pool {
             reserve: AtomicU32::new(0),
             misses: AtomicU32::new(0),
             counted: Mutex::new(Counts::default()),
+            denied: Mutex::new([0; Denial::ALL.len()]),
             licensing: Mutex::new(Licensing::default()),
         }
     }
@@ -666,6 +706,20 @@ impl Pool {
         self.counted.lock().ends = ends;
     }
 
+    /// Counts an admission refused for `why`.
+    pub fn deny(&self, why: Denial) {
+        self.denied.lock()[why as usize] += 1;
+    }
+
+    /// Sets the refusal counts of earlier runs (a store record; idempotent).
+    /// Counts of reasons this build does not know are dropped.
+    pub fn restore_denials(&self, by_reason: &[u64]) {
+        let mut d = self.denied.lock();
+        for (slot, n) in d.iter_mut().zip(by_reason) {
+            *slot = *n;
+        }
+    }
+
     /// The pool's numbers for `status`, with the counts the session table
     /// keeps for this run.
     pub fn status(&self, this_run: Counts) -> PoolStatus {
@@ -688,6 +742,7 @@ impl Pool {
             offline,
             waiting: self.waiting(),
             ends,
+            denied: *self.denied.lock(),
         }
     }
 }

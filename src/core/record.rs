@@ -167,6 +167,17 @@ pub enum Record {
         /// Most sessions at once; `None`: no cap.
         max: Option<u32>,
     },
+    /// A pool's admissions refused for reasons other than its quota, by
+    /// reason (`Denial::ALL` order; a later reason appends), so the counts
+    /// survive restarts.
+    Denials {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Refusals since the pool was created, by reason.
+        by_reason: Vec<u64>,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -331,6 +342,7 @@ impl Record {
             Record::UserLimit { org, pool, email, .. } => (Table::Counters, format!("{org}/{pool}/limit/{email}")),
             Record::Ends { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ends")),
             Record::AuthFailures { .. } => (Table::Meta, "auth_failures".to_string()),
+            Record::Denials { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/denials")),
         }
     }
 }

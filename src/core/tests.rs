@@ -794,3 +794,21 @@ fn failed_authentications_are_counted_across_restarts() {
     again.broker.note_auth_failure();
     assert_eq!(again.broker.auth_failures(), 3);
 }
+
+#[test]
+fn denials_are_counted_by_reason_and_carried_across_a_restart() {
+    use crate::core::Denial;
+    let w = world(1);
+    w.broker.note_denial(&w.org, PoolId::KRE_DEFAULT, Denial::UserLimit);
+    w.broker.note_denial(&w.org, PoolId::KRE_DEFAULT, Denial::QueueTimeout);
+    w.broker.note_denial(&w.org, PoolId::KRE_DEFAULT, Denial::QueueTimeout);
+    // A pool that does not exist counts nothing (and creates nothing).
+    let kse: PoolId = "kse-floating-annual".parse().unwrap();
+    w.broker.note_denial(&w.org, kse, Denial::NotLicensed);
+    assert_eq!(w.pool_status().denied, [1, 0, 2, 0, 0, 0, 0]);
+    let saved: Vec<Change> = w.broker.checkpoint(t(1_000)).into_iter().map(Change::Put).collect();
+    let again = world(1);
+    again.broker.apply(&saved);
+    again.broker.note_denial(&again.org, PoolId::KRE_DEFAULT, Denial::UserLimit);
+    assert_eq!(again.pool_status().denied, [2, 0, 2, 0, 0, 0, 0], "restored, then counting on");
+}

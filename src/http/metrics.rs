@@ -51,6 +51,7 @@ struct Numbers {
     activations: u64,
     offline: u64,
     ends: [u64; 4],
+    denied: [u64; crate::core::Denial::ALL.len()],
 }
 
 impl Numbers {
@@ -66,6 +67,9 @@ impl Numbers {
         self.offline += u64::from(s.offline);
         for (e, n) in self.ends.iter_mut().zip(s.ends) {
             *e += n;
+        }
+        for (d, n) in self.denied.iter_mut().zip(s.denied) {
+            *d += n;
         }
     }
 }
@@ -123,13 +127,11 @@ impl Snapshot {
         &self,
         encoder: &mut DescriptorEncoder<'_>,
         (name, help, kind): (&str, &str, MetricType),
-        reason: Option<&str>,
         value: impl Fn(&Numbers) -> u64,
     ) -> std::fmt::Result {
         let mut family = encoder.encode_descriptor(name, help, None, kind)?;
         for ((org, pool), n) in &self.pools {
-            let mut labels = vec![("org", org.as_str()), ("pool", pool.as_str())];
-            labels.extend(reason.map(|r| ("reason", r)));
+            let labels = [("org", org.as_str()), ("pool", pool.as_str())];
             let metric = family.encode_family(&labels)?;
             match kind {
                 MetricType::Counter => ConstCounter::new(value(n)).encode(metric)?,
@@ -141,6 +143,21 @@ impl Snapshot {
 }
 
 impl Snapshot {
+    /// `denials_total`, labelled org, pool and reason (the error code).
+    fn denials(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let help = "Admissions refused since the pool was created, by error code (survives restarts).";
+        let mut denials = e.encode_descriptor("denials", help, None, MetricType::Counter)?;
+        for ((org, pool), n) in &self.pools {
+            let quota = std::iter::once((crate::proto::ErrorCode::QuotaExceeded, n.rejected));
+            let others = crate::core::Denial::ALL.iter().map(|d| crate::server::denial_code(*d)).zip(n.denied);
+            for (code, count) in quota.chain(others) {
+                let labels = [("org", org.as_str()), ("pool", pool.as_str()), ("reason", code.name())];
+                ConstCounter::new(count).encode(denials.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `session_ends_total`, labelled org, pool and reason.
     fn session_ends(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let help = "Sessions ended since the pool was created, by reason (survives restarts).";
@@ -166,26 +183,23 @@ impl Collector for Snapshot {
                 "Seats held: sessions, node-locked activations, live offline licenses, seats held after a restart.",
                 Gauge,
             ),
-            None,
             |n| n.in_use,
         )?;
-        self.per_pool(e, ("seats_quota", "Licenses bought (the pool's quota).", Gauge), None, |n| n.quota)?;
-        self.per_pool(e, ("machines_registered", "Registered machine IDs.", Gauge), None, |n| n.machines)?;
-        self.per_pool(e, ("queue_waiting", "Runners waiting in the pool's queue.", Gauge), None, |n| n.waiting)?;
+        self.per_pool(e, ("seats_quota", "Licenses bought (the pool's quota).", Gauge), |n| n.quota)?;
+        self.per_pool(e, ("machines_registered", "Registered machine IDs.", Gauge), |n| n.machines)?;
+        self.per_pool(e, ("queue_waiting", "Runners waiting in the pool's queue.", Gauge), |n| n.waiting)?;
         self.per_pool(
             e,
             ("admissions", "Sessions admitted since the pool was created (survives restarts).", Counter),
-            None,
             |n| n.admitted,
         )?;
-        let denials = "Acquires refused, by error code, since the pool was created (survives restarts). Counted so far: QUOTA_EXCEEDED.";
-        self.per_pool(e, ("denials", denials, Counter), Some("QUOTA_EXCEEDED"), |n| n.rejected)?;
+        self.denials(e)?;
         self.session_ends(e)?;
-        self.per_pool(e, ("kse_grants", "Licensed users of a KSE pool.", Gauge), None, |n| n.grants)?;
-        self.per_pool(e, ("kse_activations", "Node-locked KSE activations (each holds a seat).", Gauge), None, |n| {
+        self.per_pool(e, ("kse_grants", "Licensed users of a KSE pool.", Gauge), |n| n.grants)?;
+        self.per_pool(e, ("kse_activations", "Node-locked KSE activations (each holds a seat).", Gauge), |n| {
             n.activations
         })?;
-        self.per_pool(e, ("offline_licenses", "Offline licenses holding a seat.", Gauge), None, |n| n.offline)?;
+        self.per_pool(e, ("offline_licenses", "Offline licenses holding a seat.", Gauge), |n| n.offline)?;
         let mut subs = e.encode_descriptor(
             "subscription_end_timestamp_seconds",
             "When the org's subscription ends (nothing is admitted from then on), Unix seconds.",

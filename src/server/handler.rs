@@ -38,7 +38,7 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         Req::Acquire { org, pool, machine, nonce } => {
             let target = Target { org, pool, machine };
             match acquire(call, tickets, &target, nonce) {
-                Some(reply) => reply,
+                Some(reply) => counted(call.shared, &target, reply),
                 // The pool's ceiling must be raised first: a durable write.
                 None => return Err(Req::Acquire { org: target.org, pool, machine: target.machine, nonce }),
             }
@@ -102,7 +102,10 @@ fn reply<T>(result: CoreResult<T>, ok: impl FnOnce(T) -> Resp) -> Reply {
 pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
     let p = call.p;
     match req {
-        Req::Acquire { org, pool, machine, nonce } => acquire_slow(call, Target { org, pool, machine }, nonce).await,
+        Req::Acquire { org, pool, machine, nonce } => {
+            let target = Target { org, pool, machine };
+            counted(call.shared, &target, acquire_slow(call, &target, nonce).await)
+        }
         Req::Reattach { org, pool, machine, nonce, token } => {
             reattach(call, Target { org, pool, machine }, nonce, token).await
         }
@@ -141,7 +144,10 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
             let email = Email::parse_lenient(&email)?;
             call.mutate(|core, now| core.plan_revoke_grant(p, &org, pool, &email, now)).await.map(|()| Resp::Done)
         }
-        Req::Activate { org, pool, machine, nonce } => activate(call, Target { org, pool, machine }, nonce).await,
+        Req::Activate { org, pool, machine, nonce } => {
+            let target = Target { org, pool, machine };
+            counted(call.shared, &target, activate(call, &target, nonce).await)
+        }
         Req::CreateOffline { org, pool, machine, expires } => {
             create_offline(call, Target { org, pool, machine }, &expires).await
         }
@@ -280,11 +286,22 @@ pub(super) async fn with_room<T>(
 }
 
 /// An acquire that met the pool's ceiling: raise it, then admit.
-async fn acquire_slow(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
+async fn acquire_slow(call: &Call<'_>, target: &Target, nonce: Nonce) -> Reply {
     call.admitting()?;
     let core = &call.shared.core;
-    let lease = with_room(call, &target, || core.acquire(call.p, &target, nonce, call.ctx.id, call.now)).await?;
-    Ok(call.leased(&target, nonce, lease))
+    let lease = with_room(call, target, || core.acquire(call.p, target, nonce, call.ctx.id, call.now)).await?;
+    Ok(call.leased(target, nonce, lease))
+}
+
+/// Counts an admission's refusal in its pool's denials (by reason), and
+/// passes the reply on.
+pub(super) fn counted(shared: &Shared, target: &Target, reply: Reply) -> Reply {
+    if let Err(e) = &reply {
+        if let Some(why) = super::wire::denial_of(e.code) {
+            shared.core.note_denial(&target.org, target.pool, why);
+        }
+    }
+    reply
 }
 
 /// A runner keeps its lease across a restart or a lost connection, on the
@@ -340,11 +357,11 @@ async fn register(call: &Call<'_>, target: Target) -> Reply {
 }
 
 /// KSE activation: a node-locked binding or a floating lease, audited durably.
-async fn activate(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
+async fn activate(call: &Call<'_>, target: &Target, nonce: Nonce) -> Reply {
     call.admitting()?;
     let core = &call.shared.core;
     let _writer = call.shared.writer.lock().await;
-    let pending = with_room(call, &target, || core.activate(call.p, &target, nonce, call.ctx.id, call.now)).await?;
+    let pending = with_room(call, target, || core.activate(call.p, target, nonce, call.ctx.id, call.now)).await?;
     let machine = target.machine.clone();
     Ok(match call.shared.settle(pending).await? {
         Activation::Bound { already } => Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already },
@@ -352,7 +369,7 @@ async fn activate(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
         // stream it comes with its token, so it survives a restart too.
         Activation::Leased(lease) if call.proto >= 2 => {
             call.hold(&lease);
-            call.with_token(&target, nonce, lease)
+            call.with_token(target, nonce, lease)
         }
         Activation::Leased(lease) => {
             call.hold(&lease);

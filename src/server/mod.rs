@@ -26,6 +26,7 @@ pub use socket::bind as bind_udp;
 pub use clock::Clock;
 pub use gate::GateLimits;
 pub use stream::{MAX_STRANGER_REFUSALS, NOT_READING_CODE, STRANGER_REFUSALS_CODE};
+pub(crate) use wire::denial_code;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -58,8 +58,22 @@ impl WaitReq {
 }
 
 /// Answers a `Checkout` now (admitted or refused), or queues it and
-/// returns `None`: its task sends the answer through `late`.
+/// returns `None`: its task sends the answer through `late`. A refusal,
+/// now or later, counts in the pool's denials.
 pub(super) async fn start(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ConnCtx>,
+    p: &Principal,
+    proto: u16,
+    req: WaitReq,
+    late: &Late,
+) -> Option<Reply> {
+    let target = req.target.clone();
+    let reply = answer_or_queue(shared, ctx, p, proto, req, late).await?;
+    Some(super::handler::counted(shared, &target, reply))
+}
+
+async fn answer_or_queue(
     shared: &Arc<Shared>,
     ctx: &Arc<ConnCtx>,
     p: &Principal,
@@ -152,6 +166,7 @@ impl Waiter {
             )),
             Some(grant) => self.claim(grant),
         };
+        let reply = super::handler::counted(&self.shared, &self.req.target, reply);
         self.answer(reply).await;
     }
 
