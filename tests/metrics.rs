@@ -105,3 +105,35 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_ops_connections_are_bounded_in_number_and_lifetime() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.http_connections = 2;
+        o.http_lifetime = Duration::from_millis(500);
+    })
+    .await;
+    let http = b.running.as_ref().unwrap().http_addr().expect("bound");
+    let outcome = tokio::task::spawn_blocking(move || {
+        // Two connections that never send a request take both slots...
+        let idle: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(http).unwrap()).collect();
+        std::thread::sleep(Duration::from_millis(100));
+        // ...so a scrape waits until their lifetime ends, then is served.
+        let started = std::time::Instant::now();
+        let (code, _) = get(http, "/healthz", None);
+        let waited = started.elapsed();
+        // The idle ones were closed by the broker.
+        let closed = idle.into_iter().all(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            matches!(s.read(&mut [0u8; 16]), Ok(0) | Err(_))
+        });
+        (code, waited, closed)
+    })
+    .await
+    .unwrap();
+    assert_eq!(outcome.0, 200);
+    assert!(outcome.1 >= Duration::from_millis(200), "served before a slot was free ({:?})", outcome.1);
+    assert!(outcome.2, "idle connections outlived their lifetime");
+}

@@ -6,11 +6,15 @@
 //! - `GET /healthz`: 200 while the broker admits, 503 while it drains.
 //!
 //! Off unless `--http` is given; meant for a loopback or ops-network
-//! address (README Security). It decides nothing: it reads the core and the
+//! address (README Security). Its connections are bounded in number and
+//! lifetime (`listener`). It decides nothing: it reads the core and the
 //! shell's counters. With `--metrics-token`, `/metrics` wants
 //! `Authorization: Bearer TOKEN`.
 
+mod listener;
 mod metrics;
+
+pub use listener::{LIFETIME as CONNECTION_LIFETIME, MAX_CONNECTIONS};
 
 use std::sync::Arc;
 
@@ -25,10 +29,12 @@ use crate::server::Shared;
 
 /// Serves the ops endpoint on `listener` until `stop` fires.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    let (connections, lifetime) = (shared.options.http_connections, shared.options.http_lifetime);
     let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(health)).with_state(shared);
     let stopped = async move {
         let _ = stop.changed().await;
     };
+    let listener = listener::Bounded::new(listener, connections, lifetime);
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
         tracing::warn!("the http endpoint stopped: {e}");
     }

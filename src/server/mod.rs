@@ -85,6 +85,10 @@ pub struct Options {
     pub http: Option<SocketAddr>,
     /// A bearer token `/metrics` requires, if set.
     pub metrics_token: Option<String>,
+    /// Connections the ops endpoint serves at once.
+    pub http_connections: usize,
+    /// How long one ops connection may stay open.
+    pub http_lifetime: Duration,
     /// Limits on connections that have not authenticated yet.
     pub strangers: GateLimits,
 }
@@ -110,6 +114,8 @@ impl Options {
             max_waiters: 10_000,
             http: None,
             metrics_token: None,
+            http_connections: crate::http::MAX_CONNECTIONS,
+            http_lifetime: crate::http::CONNECTION_LIFETIME,
             strangers: GateLimits::for_max_connections(10_000),
         }
     }
