@@ -14,6 +14,7 @@ mod redis_sem;
 mod report;
 mod restart;
 mod scenarios;
+mod scrape;
 mod target;
 
 use std::net::SocketAddr;
@@ -61,6 +62,9 @@ enum Scenario {
     /// A million live sessions (R) and as many audit entries: the CLI's
     /// `session list` and `audit` page through them; time and CLI memory.
     Lists,
+    /// `/metrics` scraped with many orgs (--orgs, 10,000 by default):
+    /// the scrape's latency.
+    Scrape,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -92,9 +96,9 @@ struct Args {
     /// Requests in flight per connection (compare measures latency at 16).
     #[arg(long)]
     depth: Option<usize>,
-    /// Orgs to spread churn over.
-    #[arg(long, default_value_t = 4)]
-    orgs: usize,
+    /// Orgs to spread churn over (4), or to scrape (10,000).
+    #[arg(long)]
+    orgs: Option<usize>,
     /// Simulated runners (steady, burst, die, restart; waiters in queue).
     #[arg(long)]
     runners: Option<usize>,
@@ -198,7 +202,7 @@ async fn run(a: Args) -> Result<bool> {
         duration: a.duration,
         connections: a.connections.unwrap_or(if a.scenario == Scenario::Abuse { 1_000 } else { 16 }).max(1),
         depth: a.depth.unwrap_or(64).max(1),
-        orgs: a.orgs.max(1),
+        orgs: a.orgs.unwrap_or(if a.scenario == Scenario::Scrape { 10_000 } else { 4 }).max(1),
         runners,
         quota: a.quota.unwrap_or(match a.scenario {
             Scenario::Queue => 64,
@@ -220,12 +224,16 @@ async fn run(a: Args) -> Result<bool> {
         emit(&report, a.json, Some(summary));
         return Ok(report.passed());
     }
-    if matches!(a.scenario, Scenario::Restart | Scenario::Lists | Scenario::Abuse) && a.server.is_some() {
+    if matches!(a.scenario, Scenario::Restart | Scenario::Lists | Scenario::Abuse | Scenario::Scrape)
+        && a.server.is_some()
+    {
         bail!("restart, lists and abuse watch, stop or start the broker process, so they always spawn their own");
     }
     let mut target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
-        None => Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse)?,
+        None => {
+            Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse, a.scenario == Scenario::Scrape)?
+        }
     };
     let report = match a.scenario {
         Scenario::Churn => scenarios::churn(&target, &p).await?,
@@ -236,6 +244,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Queue => queue::run(&target, &p).await?,
         Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Abuse => abuse::run(&target, &p).await?,
+        Scenario::Scrape => scrape::run(&target, &p).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =

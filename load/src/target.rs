@@ -19,6 +19,8 @@ pub struct Target {
     pub ca: PathBuf,
     /// The operator's key (creates the orgs the scenario uses).
     pub operator: String,
+    /// Where a spawned broker serves `/metrics`, if asked to.
+    pub http: Option<std::net::SocketAddr>,
     child: Option<Child>,
     /// How the spawned broker was started, to start it again on the same
     /// data dir and address (`restart`).
@@ -63,13 +65,14 @@ pub fn require_loopback(server: &str) -> Result<()> {
 impl Target {
     /// Starts a broker on a free loopback port with a fresh data dir.
     pub fn spawn(lease_ttl: Duration, workers: Option<usize>) -> Result<Target> {
-        Target::spawn_with(lease_ttl, workers, true)
+        Target::spawn_with(lease_ttl, workers, true, false)
     }
 
     /// As `spawn`; `lift` false keeps the broker's per-address limits on
     /// their defaults (`abuse` measures them; every other scenario comes
     /// from one address and would only measure the limits).
-    pub fn spawn_with(lease_ttl: Duration, workers: Option<usize>, lift: bool) -> Result<Target> {
+    /// `http`: also serve `/metrics` on a free loopback port.
+    pub fn spawn_with(lease_ttl: Duration, workers: Option<usize>, lift: bool, http: bool) -> Result<Target> {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = format!("127.0.0.1:{port}");
@@ -84,6 +87,14 @@ impl Target {
         let lifted = ["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"];
         let base = ["--listen", &server, "--lease-ttl", &ttl, "--max-connections", "100000", "--drain-grace", "0s"];
         let lifted = if lift { &lifted[..] } else { &[] };
+        let http = match http {
+            true => {
+                let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+                args.extend(["--http".into(), addr.to_string().into()]);
+                Some(addr)
+            }
+            false => None,
+        };
         for a in base.into_iter().chain(lifted.iter().copied()) {
             args.push(a.into());
         }
@@ -102,6 +113,7 @@ impl Target {
             server,
             ca,
             operator: operator.context("no operator key printed")?,
+            http,
             child: Some(child),
             command: Some(args),
             _dir: Some(dir),
@@ -139,7 +151,7 @@ impl Target {
     /// A broker already running on loopback; `key` must be the operator's.
     pub fn remote(server: String, ca: PathBuf, key: String) -> Result<Target> {
         require_loopback(&server)?;
-        Ok(Target { server, ca, operator: key, child: None, command: None, _dir: None })
+        Ok(Target { server, ca, operator: key, http: None, child: None, command: None, _dir: None })
     }
 
     pub fn options(&self, key: &str) -> ClientOptions {

@@ -380,10 +380,11 @@ impl Broker {
     /// Every pool's numbers and every org's subscription end, for the ops
     /// views (whoever serves them decides who may read them).
     pub fn census(&self) -> (Vec<PoolStatus>, Vec<(OrgName, Millis)>) {
+        let counts = self.sessions.all_counts();
         let dir = self.dir.read();
         let subscriptions = dir.orgs.iter().map(|(name, e)| (name.clone(), e.subscription_end)).collect();
-        let pools =
-            dir.orgs.values().flat_map(|e| e.pools.values()).map(|p| p.status(self.sessions.counts(p.uid))).collect();
+        let this_run = |p: &Pool| counts.get(&p.uid).copied().unwrap_or_default();
+        let pools = dir.orgs.values().flat_map(|e| e.pools.values()).map(|p| p.status(this_run(p))).collect();
         (pools, subscriptions)
     }
 
@@ -507,10 +508,11 @@ impl Broker {
         // Relaxed: a statistic.
         let auth_failures = self.auth_failures.load(Ordering::Relaxed);
         let mut out = vec![Record::Clock { high_water: now }, Record::AuthFailures { count: auth_failures }];
+        let counts = self.sessions.all_counts();
         let dir = self.dir.read();
         for (org, entry) in &dir.orgs {
             for pool in entry.pools.values() {
-                let st = pool.status(self.sessions.counts(pool.uid));
+                let st = pool.status(counts.get(&pool.uid).copied().unwrap_or_default());
                 out.push(Record::Counters {
                     org: org.clone(),
                     pool: pool.id,

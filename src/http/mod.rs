@@ -15,6 +15,7 @@ mod listener;
 mod metrics;
 
 pub use listener::{LIFETIME as CONNECTION_LIFETIME, MAX_CONNECTIONS};
+pub use metrics::MAX_ORGS;
 
 use std::sync::Arc;
 

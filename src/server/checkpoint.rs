@@ -21,7 +21,7 @@ pub(super) const EVERY: Duration = Duration::from_secs(5);
 
 /// Writes a checkpoint every `EVERY` until told to stop.
 pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut last = Vec::new();
+    let mut last = Written::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
@@ -31,14 +31,27 @@ pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// The checkpoint records last written, by key: with ten thousand pools a
+/// checkpoint holds tens of thousands of records, nearly all unchanged.
+pub(super) type Written = std::collections::HashMap<String, Record>;
+
 /// Writes the records that changed since `last` (the clock always does);
 /// returns what is now on disk, or `last` again if the write failed.
 /// `tight` lowers ceilings to exactly the sessions held (at shutdown, when
 /// nothing more is admitted).
-pub(super) async fn write(shared: &Shared, last: Vec<Record>, tight: bool) -> Vec<Record> {
+pub(super) async fn write(shared: &Shared, last: Written, tight: bool) -> Written {
     let now = shared.clock.now();
-    let records = shared.core.checkpoint(now);
-    let mut changes: Vec<Change> = records.iter().filter(|r| !last.contains(r)).cloned().map(Change::Put).collect();
+    let records: Written = shared
+        .core
+        .checkpoint(now)
+        .into_iter()
+        .map(|r| {
+            let (table, key) = r.key();
+            (format!("{}/{key}", table.name()), r)
+        })
+        .collect();
+    let mut changes: Vec<Change> =
+        records.iter().filter(|(k, r)| last.get(*k) != Some(*r)).map(|(_, r)| Change::Put(r.clone())).collect();
     // Held until the commit ends: no raise may write between a lowering in
     // memory and its durable write. If the write fails, memory is lower
     // than the store, which is the safe way round.

@@ -547,7 +547,7 @@ impl Running {
         // and ceilings down to the sessions still held (nothing is admitted
         // any more), so the restart holds seats only for runners that may
         // still be running.
-        checkpoint::write(&self.shared, Vec::new(), true).await;
+        checkpoint::write(&self.shared, checkpoint::Written::default(), true).await;
         // Connection and stream tasks end as the endpoint's close reaches
         // them, dropping their handles on the shared state; wait for the
         // last one, so the store is closed (and its file lock released)

@@ -538,6 +538,20 @@ impl SessionTable {
         self.shards.iter().fold(Counts::default(), |sum, c| sum.plus(c.lock.lock().counts(pool)))
     }
 
+    /// Every pool's counts, summed over shards, each shard locked once (a
+    /// scrape or a checkpoint of ten thousand pools would otherwise lock
+    /// every shard once per pool).
+    pub fn all_counts(&self) -> crate::core::hash::FastMap<PoolUid, Counts> {
+        let mut out = crate::core::hash::FastMap::default();
+        for cell in self.shards.iter() {
+            for (uid, c) in cell.lock.lock().all_counts() {
+                let sum: &mut Counts = out.entry(uid).or_default();
+                *sum = sum.plus(c);
+            }
+        }
+        out
+    }
+
     /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -307,6 +307,13 @@ impl Shard {
     }
 
     /// This shard's admission counts for a pool.
+    /// Every pool's counts in this shard.
+    pub fn all_counts(&self) -> impl Iterator<Item = (PoolUid, super::Counts)> + '_ {
+        self.pools
+            .iter()
+            .map(|(uid, p)| (*uid, super::Counts { admitted: p.admitted, rejected: p.rejected, ends: p.ends }))
+    }
+
     pub fn counts(&self, pool: PoolUid) -> super::Counts {
         self.pools.get(&pool).map_or_else(Default::default, |p| super::Counts {
             admitted: p.admitted,
