@@ -52,7 +52,7 @@ pub fn ensure_self_signed(files: &TlsFiles) -> Result<bool> {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
     let certified =
         rcgen::generate_simple_self_signed(names).map_err(|e| SetupError::tls("generating a certificate", e))?;
-    write_private(&files.key, certified.key_pair.serialize_pem().as_bytes())?;
+    write_private(&files.key, certified.signing_key.serialize_pem().as_bytes())?;
     fs::write(&files.cert, certified.cert.pem())
         .map_err(SetupError::io(format!("writing {}", files.cert.display())))?;
     Ok(true)

@@ -7,6 +7,8 @@
 //! registered machine, an offline license and its audit trail, stopped
 //! cleanly. `fixtures/redb2-data-dir.keys` holds the API keys it printed.
 //! This build upgrades the file in place on start and must serve all of it.
+//! The dir's TLS certificate and key were made by rcgen 0.13 (this build
+//! has 0.14): connecting to the broker over them checks those too.
 
 mod common;
 
