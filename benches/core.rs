@@ -35,7 +35,7 @@ fn admit(w: &World, nonce: u128, at: Millis) -> license_broker::core::Result<Lea
 
 fn pair(w: &World, nonce: u128) {
     let lease = admit(w, nonce, t(0)).unwrap();
-    w.broker.release(&w.owner, black_box(lease.session)).unwrap();
+    w.broker.release(&w.owner, black_box(lease.session), t(0)).unwrap();
 }
 
 fn admission(c: &mut Criterion) {

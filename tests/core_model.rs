@@ -117,7 +117,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Release { pick } => {
                 let id = issued[pick % issued.len()];
-                let got = r.broker.release(&r.owner, id);
+                let got = r.broker.release(&r.owner, id, t);
                 match m.by_id(id) {
                     Some(n) => {
                         m.live.remove(&n);
@@ -143,7 +143,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Kill { pick } => {
                 let id = issued[pick % issued.len()];
-                let got = r.broker.kill(&r.owner, &r.org, id);
+                let got = r.broker.kill(&r.owner, &r.org, id, t);
                 match m.by_id(id) {
                     Some(n) => {
                         m.live.remove(&n);
@@ -155,7 +155,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Close { conn } => {
                 let mut got: Vec<SessionId> = r
                     .broker
-                    .close_connection(ConnId(conn), issued.clone())
+                    .close_connection(ConnId(conn), issued.clone(), t)
                     .into_iter()
                     .map(|e| e.info.session)
                     .collect();
@@ -186,7 +186,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let mut ended: Vec<SessionId> =
-                    r.broker.apply(&got.unwrap()).into_iter().map(|e| e.info.session).collect();
+                    r.broker.apply(&got.unwrap(), t).into_iter().map(|e| e.info.session).collect();
                 let mut want: Vec<SessionId> = m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect();
                 m.live.retain(|_, s| s.machine != machine);
                 m.machines.retain(|x| *x != machine);
@@ -195,7 +195,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(ended, want);
             }
             Op::SetQuota { quota } => {
-                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, pool, quota, t).unwrap());
+                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, pool, quota, t).unwrap(), t);
                 m.quota = quota;
             }
             Op::Advance { ms } => now += ms,

@@ -102,6 +102,16 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     assert_eq!(all, Some(5.0), "the +Inf bucket holds every acquire: {body}");
     let fast = sample(&body, r#"lbroker_request_duration_seconds_bucket{le="1.0",op="acquire"}"#);
     assert!(fast.is_some_and(|n| n <= 5.0), "buckets are cumulative, never above the count: {body}");
+    // Seat time: one session is held throughout, so between two scrapes
+    // at least 200 ms apart the counter grows by that interval, no more
+    // than the time around them.
+    let seat = |body: &str| sample(body, &format!("lbroker_seat_seconds_total{pool}")).expect("exported");
+    let around = std::time::Instant::now();
+    let first = seat(&tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap().1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let second = seat(&tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap().1);
+    let grew = second - first;
+    assert!(grew >= 0.2 - 0.001 && grew <= around.elapsed().as_secs_f64() + 0.001, "{first} then {second}");
     let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 }

@@ -6,7 +6,9 @@
 //! sessions and exceed them by no more than the seats the hold took plus
 //! the seats granted to waiters and not yet claimed; no acquire is admitted
 //! at or over the quota; paging through the sessions lists each live one
-//! exactly once; nothing panics.
+//! exactly once; the seat time the broker reports is exactly the integral
+//! of the live sessions over time, and the minutes harvested for the
+//! history never add up to more; nothing panics.
 #![no_main]
 
 use std::time::Duration;
@@ -27,9 +29,14 @@ fuzz_target!(|data: &[u8]| {
     // Seats in use beyond the live sessions: only what a hold took.
     let mut extra_max = 0u32;
     let mut waiters: Vec<(u128, Inbox, Place)> = Vec::new();
+    // The integral of live sessions over time, from the steps (sessions
+    // change only at a step's instant), and what harvests handed over.
+    let (mut expected_ms, mut sessions_before, mut harvested_ms) = (0u64, 0u64, 0u64);
     for op in data.chunks(2) {
-        let (kind, arg) = (op[0] % 14, *op.get(1).unwrap_or(&0));
-        now += u64::from(arg) * 100;
+        let (kind, arg) = (op[0] % 15, *op.get(1).unwrap_or(&0));
+        let step = u64::from(arg) * 100;
+        now += step;
+        expected_ms += sessions_before * step;
         let at = t(now);
         match kind {
             0 | 1 => {
@@ -59,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             }
             3 if !live.is_empty() => {
                 let s = live.remove(usize::from(arg) % live.len());
-                let _ = f.broker.release(&f.owner, s);
+                let _ = f.broker.release(&f.owner, s, at);
             }
             4 if !live.is_empty() => {
                 let s = live[usize::from(arg) % live.len()];
@@ -126,13 +133,24 @@ fuzz_target!(|data: &[u8]| {
                         break;
                     }
                 }
-                let mut all: Vec<SessionId> = f.broker.sessions(&f.owner, &org).unwrap().iter().map(|s| s.session).collect();
+                let mut all: Vec<SessionId> =
+                    f.broker.sessions(&f.owner, &org).unwrap().iter().map(|s| s.session).collect();
                 seen.sort();
                 all.sort();
                 assert_eq!(seen, all, "paging lost or repeated a session");
             }
+            14 => {
+                let h = f.broker.harvest(at);
+                assert_eq!(h.dropped, 0);
+                harvested_ms +=
+                    h.minutes.iter().map(|(_, _, c)| c.tally.seat_ms + c.idle * c.held * 60_000).sum::<u64>();
+            }
             _ => {}
         }
+        let got: u64 = f.broker.seat_ms(at).iter().map(|(_, _, ms)| ms).sum();
+        sessions_before = f.broker.live_sessions() as u64;
+        assert_eq!(got, expected_ms, "seat time reported vs the integral of live sessions");
+        assert!(harvested_ms <= got, "harvested {harvested_ms} ms of {got}");
         let (in_use, sessions) = (f.in_use(), f.broker.live_sessions() as u32);
         let granted = waiters.iter().filter(|(_, inbox, _)| inbox.has_grant()).count() as u32;
         assert!(in_use >= sessions + granted, "{sessions} sessions and {granted} grants on {in_use} seats");

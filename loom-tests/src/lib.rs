@@ -47,7 +47,7 @@ impl Fixture {
         let f = Fixture(testkit::Fixture::with_ceilings(quota, 1, TTL));
         f.register("m").unwrap();
         let ceiling = Record::Ceiling { org: f.org.clone(), pool: PoolId::KRE_DEFAULT, seats: held };
-        f.broker.apply(&[Change::Put(ceiling)]);
+        f.broker.apply(&[Change::Put(ceiling)], t(0));
         let hold = f.broker.hold_reserves(t(0)).expect("ceilings are on");
         while f.raise().is_some() {}
         (f, hold)

@@ -93,7 +93,7 @@ fn release_racing_expiry_returns_the_seat_once() {
         let lease = f.acquire(a, t(0)).unwrap();
         f.acquire(b, t(1)).unwrap();
         let fr = f.clone();
-        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, lease.session));
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, lease.session, t(0)));
         let fe = f.clone();
         let expirer = thread::spawn(move || fe.broker.expire(lease.deadline));
         let released = releaser.join().unwrap();
@@ -212,9 +212,10 @@ fn kill_racing_release_and_expiry_ends_once() {
         let f = Arc::new(Fixture::new(1));
         let lease = f.acquire(1, t(0)).unwrap();
         let fk = f.clone();
-        let killer = thread::spawn(move || fk.broker.kill(&fk.owner, &fk.org, lease.session).ok().map(|e| e.reason));
+        let killer =
+            thread::spawn(move || fk.broker.kill(&fk.owner, &fk.org, lease.session, t(0)).ok().map(|e| e.reason));
         let fr = f.clone();
-        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, lease.session).ok().map(|e| e.reason));
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, lease.session, t(0)).ok().map(|e| e.reason));
         let expired: Vec<_> = f.broker.expire(lease.deadline).into_iter().map(|e| e.reason).collect();
         let mut reasons: Vec<EndReason> = expired;
         reasons.extend(killer.join().unwrap());
@@ -240,7 +241,7 @@ fn grant_revoke_racing_activation_leaves_no_session() {
             fa.broker.acquire(&fa.owner, &target, license_broker::core::Nonce(5), license_broker::core::ConnId(1), t(1))
         });
         let fr = f.clone();
-        let revoker = thread::spawn(move || fr.broker.apply(&plan).len());
+        let revoker = thread::spawn(move || fr.broker.apply(&plan, t(0)).len());
         let activated = activator.join().unwrap();
         let swept = revoker.join().unwrap();
         match activated {
@@ -264,7 +265,7 @@ fn machine_removal_racing_acquire_leaves_no_session() {
         let fa = f.clone();
         let acquirer = thread::spawn(move || fa.acquire(1, t(1)));
         let fr = f.clone();
-        let remover = thread::spawn(move || fr.broker.apply(&plan).len());
+        let remover = thread::spawn(move || fr.broker.apply(&plan, t(0)).len());
         let acquired = acquirer.join().unwrap();
         let swept = remover.join().unwrap();
         match acquired {
@@ -340,7 +341,7 @@ fn lowering_the_ceiling_racing_an_admission_never_undercounts() {
             pool: license_broker::core::PoolId::KRE_DEFAULT,
             seats: 60,
         };
-        f.broker.apply(&[license_broker::core::Change::Put(ceiling)]);
+        f.broker.apply(&[license_broker::core::Change::Put(ceiling)], t(0));
         // Two quiet passes first: the third lowers.
         assert!(f.broker.lower_ceilings(false).is_empty());
         assert!(f.broker.lower_ceilings(false).is_empty());
@@ -381,7 +382,7 @@ fn a_seat_freed_as_the_head_waiter_leaves_goes_to_the_next_once() {
         let (_, b) = f.wait(2);
         let first = place(first.unwrap());
         let fr = f.clone();
-        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session).map(|_| ()));
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session, t(0)).map(|_| ()));
         let leaver = thread::spawn(move || {
             if !first.leave() {
                 // Granted meanwhile: gone waiters hand the seat back.
@@ -406,7 +407,7 @@ fn a_newcomer_never_takes_a_seat_from_a_waiter() {
         let held = f.acquire(100, t(0)).unwrap();
         let (_, a) = f.wait(1);
         let fr = f.clone();
-        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session).map(|_| ()));
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session, t(0)).map(|_| ()));
         let fn_ = f.clone();
         let newcomer = thread::spawn(move || fn_.acquire(2, t(0)));
         releaser.join().unwrap().unwrap();
@@ -426,7 +427,7 @@ fn joining_the_queue_racing_a_release_is_never_stranded() {
         let f = Arc::new(Fixture::new(1));
         let held = f.acquire(100, t(0)).unwrap();
         let fr = f.clone();
-        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session).map(|_| ()));
+        let releaser = thread::spawn(move || fr.broker.release(&fr.owner, held.session, t(0)).map(|_| ()));
         let fw = f.clone();
         let waiter = thread::spawn(move || {
             let (w, inbox) = fw.wait(1);
@@ -457,7 +458,7 @@ fn two_seats_freed_at_once_go_one_to_each_waiter() {
             .into_iter()
             .map(|l| {
                 let f = f.clone();
-                thread::spawn(move || f.broker.release(&f.owner, l.session).map(|_| ()))
+                thread::spawn(move || f.broker.release(&f.owner, l.session, t(0)).map(|_| ()))
             })
             .collect();
         for h in handles {
@@ -512,5 +513,31 @@ fn a_cap_created_racing_admissions_counts_every_session_once() {
         let (counted, live) = f.owner_cap_count();
         assert_eq!(counted as usize, live, "every live session counted once");
         assert!(f.acquire(7, t(0)).is_err(), "at or over the cap, nothing more");
+    });
+}
+
+/// 9. The history's per-minute extremes: a harvest racing a runner's
+/// acquire and release loses neither value: each lands in the window the
+/// harvest closed or in the next one, never nowhere.
+#[test]
+fn harvest_racing_seat_changes_loses_no_extreme() {
+    model(|| {
+        let f = Arc::new(Fixture::new(3));
+        f.acquire(100, t(0)).unwrap();
+        // Seed the window at today's level (1), as the first harvest does.
+        let _ = f.broker.harvest(t(0));
+        let fa = f.clone();
+        let runner = thread::spawn(move || {
+            let lease = fa.acquire(1, t(0)).unwrap();
+            fa.broker.release(&fa.owner, lease.session, t(0)).unwrap();
+        });
+        let fh = f.clone();
+        let harvester = thread::spawn(move || fh.broker.harvest(t(0)).pools[0].clone());
+        runner.join().unwrap();
+        let raced = harvester.join().unwrap();
+        let last = f.broker.harvest(t(0)).pools[0].clone();
+        assert_eq!(raced.peak.max(last.peak), 2, "the peak of 2 was lost: {raced:?} then {last:?}");
+        assert_eq!(raced.trough.min(last.trough), 1, "{raced:?} then {last:?}");
+        assert_eq!((last.peak, last.trough).1, 1);
     });
 }

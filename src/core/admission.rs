@@ -228,7 +228,7 @@ impl Broker {
         // refusing it if the cap is full. (Modelled in loom-tests.)
         if pool.cap_epoch() != ticket.cap_epoch {
             if let Err(e) = self.sessions.adopt_cap(lease.session, true, |u| pool.cap_of(u)) {
-                let _ = self.end_session(lease.session, EndReason::Revoked);
+                let _ = self.end_session(lease.session, EndReason::Revoked, now);
                 return Err(e);
             }
         }
@@ -238,7 +238,7 @@ impl Broker {
         // revoke's sweep (which follows its removal of the grant) sees the
         // session. (Modelled in loom-tests: revoke racing activation.)
         if kse && !pool.has_grant(&ticket.user) {
-            let _ = self.end_session(lease.session, EndReason::Revoked);
+            let _ = self.end_session(lease.session, EndReason::Revoked, now);
             return Err(Error::NotLicensed);
         }
         // The same for a machine removed meanwhile: either this sees the
@@ -247,7 +247,7 @@ impl Broker {
         if !kse && pool.machine_epoch() != ticket.machine_epoch {
             let still = self.sessions.machine_of(lease.session).is_some_and(|m| pool.has_machine(&m));
             if !still {
-                let _ = self.end_session(lease.session, EndReason::Revoked);
+                let _ = self.end_session(lease.session, EndReason::Revoked, now);
                 return Err(Error::MachineNotRegistered);
             }
         }

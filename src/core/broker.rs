@@ -81,6 +81,36 @@ pub struct MachineInfo {
     pub registered: Millis,
 }
 
+/// What `Broker::harvest` hands the history.
+#[derive(Debug, Default)]
+pub struct Harvest {
+    /// Closed minutes per pool (several shards' shares of a minute come
+    /// separately; the history sums them).
+    pub minutes: Vec<(OrgName, PoolId, super::usage::Closed)>,
+    /// Every pool's numbers at the harvest.
+    pub pools: Vec<PoolSample>,
+    /// Closed minutes dropped because no harvest came for too long.
+    pub dropped: u64,
+}
+
+/// One pool at a harvest.
+#[derive(Debug, Clone)]
+pub struct PoolSample {
+    /// Its org.
+    pub org: OrgName,
+    /// Which pool.
+    pub pool: PoolId,
+    /// Highest seats in use since the last harvest.
+    pub peak: u32,
+    /// Lowest seats in use since the last harvest.
+    pub trough: u32,
+    /// Its quota now.
+    pub quota: u32,
+    /// Refusals for other reasons than the quota, since the pool was
+    /// created (`Denial::ALL` order): the history takes differences.
+    pub denied: [u64; super::pool::Denial::ALL.len()],
+}
+
 /// The broker core.
 pub struct Broker {
     pub(super) config: Config,
@@ -178,8 +208,8 @@ impl Broker {
 
     /// Ends a session the caller holds, on the runner's request. (Owners and
     /// Admins end other people's sessions with `kill`.)
-    pub fn release(&self, p: &Principal, session: SessionId) -> Result<Ended> {
-        self.sessions.end(session, EndReason::Released, |h| held_by(h, p))
+    pub fn release(&self, p: &Principal, session: SessionId, now: Millis) -> Result<Ended> {
+        self.sessions.end(session, EndReason::Released, now, |h| held_by(h, p))
     }
 
     /// Sets the labels of a session the caller holds (a runner that
@@ -189,23 +219,28 @@ impl Broker {
     }
 
     /// Ends a live session unconditionally (an undo, a failed re-check).
-    pub(crate) fn end_session(&self, session: SessionId, reason: EndReason) -> Result<Ended> {
-        self.sessions.end(session, reason, |_| true)
+    pub(crate) fn end_session(&self, session: SessionId, reason: EndReason, now: Millis) -> Result<Ended> {
+        self.sessions.end(session, reason, now, |_| true)
     }
 
     /// An Owner/Admin ends a session of their org.
-    pub fn kill(&self, p: &Principal, org: &OrgName, session: SessionId) -> Result<Ended> {
+    pub fn kill(&self, p: &Principal, org: &OrgName, session: SessionId, now: Millis) -> Result<Ended> {
         p.require_admin(org)?;
         self.sessions
-            .end(session, EndReason::Revoked, |h| &h.pool.org == org)
+            .end(session, EndReason::Revoked, now, |h| &h.pool.org == org)
             .map_err(|_| Error::not_found("session", session))
     }
 
     /// A connection closed cleanly: end the sessions it still holds.
-    pub fn close_connection(&self, conn: ConnId, sessions: impl IntoIterator<Item = SessionId>) -> Vec<Ended> {
+    pub fn close_connection(
+        &self,
+        conn: ConnId,
+        sessions: impl IntoIterator<Item = SessionId>,
+        now: Millis,
+    ) -> Vec<Ended> {
         sessions
             .into_iter()
-            .filter_map(|id| self.sessions.end(id, EndReason::ConnectionClosed, |h| h.conn == conn).ok())
+            .filter_map(|id| self.sessions.end(id, EndReason::ConnectionClosed, now, |h| h.conn == conn).ok())
             .collect()
     }
 
@@ -410,9 +445,9 @@ impl Broker {
         Ok(out)
     }
 
-    /// Applies committed changes to memory; returns sessions ended as a
-    /// consequence (a removed machine's sessions are revoked).
-    pub fn apply(&self, changes: &[Change]) -> Vec<Ended> {
+    /// Applies changes committed at `now` to memory; returns sessions
+    /// ended as a consequence (a removed machine's sessions are revoked).
+    pub fn apply(&self, changes: &[Change], now: Millis) -> Vec<Ended> {
         let mut ended = Vec::new();
         {
             let mut dir = self.dir.write();
@@ -447,18 +482,21 @@ impl Broker {
             match change {
                 Change::RemoveMachine { org, pool, machine } => {
                     ended.extend(
-                        self.sessions
-                            .end_where(EndReason::Revoked, |p, m, _| &p.org == org && p.id == *pool && m == machine),
+                        self.sessions.end_where(EndReason::Revoked, now, |p, m, _| {
+                            &p.org == org && p.id == *pool && m == machine
+                        }),
                     );
                 }
                 Change::RemoveGrant { org, pool, email } => {
-                    ended.extend(
-                        self.sessions
-                            .end_where(EndReason::Revoked, |p, _, u| &p.org == org && p.id == *pool && u == email),
-                    );
+                    ended
+                        .extend(self.sessions.end_where(EndReason::Revoked, now, |p, _, u| {
+                            &p.org == org && p.id == *pool && u == email
+                        }));
                 }
                 Change::RemoveUser { org, email } => {
-                    ended.extend(self.sessions.end_where(EndReason::Revoked, |p, _, u| &p.org == org && u == email));
+                    ended.extend(
+                        self.sessions.end_where(EndReason::Revoked, now, |p, _, u| &p.org == org && u == email),
+                    );
                 }
                 Change::Put(Record::UserLimit { org, pool, email, .. }) => {
                     // Count the user's live sessions into the cap (after the
@@ -509,6 +547,7 @@ impl Broker {
         let auth_failures = self.auth_failures.load(Ordering::Relaxed);
         let mut out = vec![Record::Clock { high_water: now }, Record::AuthFailures { count: auth_failures }];
         let counts = self.sessions.all_counts();
+        let seat_ms = self.sessions.seat_ms(now);
         let dir = self.dir.read();
         for (org, entry) in &dir.orgs {
             for pool in entry.pools.values() {
@@ -521,9 +560,43 @@ impl Broker {
                 });
                 out.push(Record::Ends { org: org.clone(), pool: pool.id, by_reason: st.ends });
                 out.push(Record::Denials { org: org.clone(), pool: pool.id, by_reason: st.denied.to_vec() });
+                let ms = pool.seat_ms_before() + seat_ms.get(&pool.uid).copied().unwrap_or(0);
+                out.push(Record::SeatTime { org: org.clone(), pool: pool.id, ms });
             }
         }
         out
+    }
+
+    /// Seat-milliseconds every pool's sessions have held up to `now`, since
+    /// the pool was created (survives restarts through `checkpoint`): the
+    /// integral of seats in use, so its rate over the quota is utilization.
+    pub fn seat_ms(&self, now: Millis) -> Vec<(OrgName, PoolId, u64)> {
+        let this_run = self.sessions.seat_ms(now);
+        let dir = self.dir.read();
+        dir.orgs
+            .values()
+            .flat_map(|e| e.pools.values())
+            .map(|p| (p.org.clone(), p.id, p.seat_ms_before() + this_run.get(&p.uid).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Closes every pool's minutes up to `now` (see `usage`) for the
+    /// history: each pool's closed minutes, its seats-in-use extremes since
+    /// the last harvest, and how many closed minutes were dropped.
+    pub fn harvest(&self, now: Millis) -> Harvest {
+        let mut minutes = Vec::new();
+        let dropped = self.sessions.harvest(now, |pool, closed| minutes.push((pool.org.clone(), pool.id, closed)));
+        let dir = self.dir.read();
+        let pools = dir
+            .orgs
+            .values()
+            .flat_map(|e| e.pools.values())
+            .map(|p| {
+                let (peak, trough) = p.take_extremes();
+                PoolSample { org: p.org.clone(), pool: p.id, peak, trough, quota: p.quota(), denied: p.denied() }
+            })
+            .collect();
+        Harvest { minutes, pools, dropped }
     }
 
     /// Runs `f` on the directory for read-only planning (admin module).

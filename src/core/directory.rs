@@ -157,6 +157,11 @@ impl Directory {
                     p.restore_denials(by_reason);
                 }
             }
+            Change::Put(Record::SeatTime { org, pool, ms }) => {
+                if let Ok(p) = self.pool(org, *pool) {
+                    p.restore_seat_ms(*ms);
+                }
+            }
             Change::Put(Record::UserLimit { org, pool, email, max }) => {
                 if let Ok(p) = self.pool(org, *pool) {
                     // A new cap counts the user's live sessions: `Broker::apply` sweeps.

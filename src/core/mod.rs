@@ -25,6 +25,7 @@ pub mod record;
 pub mod seats;
 pub mod session;
 pub mod testkit;
+pub mod usage;
 
 pub use crate::value::Labels;
 /// The shared values (`crate::value`), under the names core modules use.

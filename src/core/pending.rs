@@ -66,15 +66,16 @@ impl<T> Pending<T> {
     /// Ends the change with the store's verdict: `Ok` applies it to memory
     /// and returns its value with any sessions the change ended (a removed
     /// machine's, a revoked grant's); `Err` undoes the reservation and
-    /// passes the error on.
-    pub fn settle<E>(self, core: &Broker, committed: Result<(), E>) -> Result<(T, Vec<Ended>), E> {
+    /// passes the error on. `now` is when the verdict came (the time any
+    /// session the change ends ends at).
+    pub fn settle<E>(self, core: &Broker, committed: Result<(), E>, now: Millis) -> Result<(T, Vec<Ended>), E> {
         match committed {
             Ok(()) => {
-                let ended = core.apply(&self.changes);
+                let ended = core.apply(&self.changes, now);
                 Ok((self.value, ended))
             }
             Err(e) => {
-                self.undo.run(core);
+                self.undo.run(core, now);
                 Err(e)
             }
         }
@@ -82,14 +83,14 @@ impl<T> Pending<T> {
 }
 
 impl Undo {
-    fn run(self, core: &Broker) {
+    fn run(self, core: &Broker, now: Millis) {
         match self {
             Undo::Nothing => {}
             Undo::ForgetMachine(pool, machine) => {
                 pool.forget_machine(&machine);
             }
             Undo::EndSession(session) => {
-                let _ = core.end_session(session, EndReason::Released);
+                let _ = core.end_session(session, EndReason::Released, now);
             }
             Undo::Unbind(pool, email) => {
                 pool.unbind(&email);

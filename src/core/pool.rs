@@ -14,6 +14,7 @@ use super::queue::WaitQueue;
 use super::seats::{SeatCount, Seats, MAX_IN_USE};
 use super::session::Counts;
 use super::time::Millis;
+use super::usage::Extremes;
 use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
 
 /// A pool's identity within this process: distinct per pool, never reused,
@@ -62,8 +63,12 @@ pub struct Pool {
     /// counts their live sessions: an admission resolved before the bump
     /// checks again after inserting, so no session goes uncounted.
     cap_epoch: AtomicU64,
-    /// Admission limit, seats in use, and whether anyone waits.
-    pub(super) seats: Padded<Seats>,
+    /// Admission limit, seats in use, and whether anyone waits; with the
+    /// history's extremes on the same line (see `SeatLine`).
+    pub(super) seats: Padded<SeatLine>,
+    /// Seat-milliseconds held by sessions in earlier runs (from the store);
+    /// the session table's shards count this run's.
+    seat_ms_before: AtomicU64,
     /// Runners waiting for a seat, in arrival order (see `queue`).
     pub(super) queue: Mutex<WaitQueue>,
     /// What the limit is computed from. Every limit change happens under
@@ -170,6 +175,23 @@ struct Machine {
     committed: bool,
 }
 
+/// A pool's seat word and the history's extremes of it, on one cache line:
+/// every change of the word reports its value right after its
+/// compare-and-swap, while this core still owns the line, so the report
+/// costs no transfer of its own.
+pub(super) struct SeatLine {
+    seats: Seats,
+    /// The highest and lowest seats in use since the history's last harvest.
+    pub extremes: Extremes,
+}
+
+impl std::ops::Deref for SeatLine {
+    type Target = Seats;
+    fn deref(&self) -> &Seats {
+        &self.seats
+    }
+}
+
 /// Keeps its contents on cache lines of their own.
 #[repr(align(128))]
 pub(super) struct Padded<T>(T);
@@ -258,7 +280,8 @@ impl Pool {
             caps: Mutex::new(FastMap::default()),
             cap_epoch: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
-            seats: Padded(Seats::new(quota)),
+            seats: Padded(SeatLine { seats: Seats::new(quota), extremes: Extremes::default() }),
+            seat_ms_before: AtomicU64::new(0),
             queue: Mutex::new(WaitQueue::default()),
             bounds: Mutex::new(Bounds { quota, ceiling: None, durable: 0, quiet: 0 }),
             quota: AtomicU32::new(quota),
@@ -275,7 +298,40 @@ impl Pool {
     /// the only shared write of an admission is the seat word itself.)
     pub fn take_seat(&self, now: Millis) -> Result<SeatCount> {
         self.open_at(now)?;
-        self.seats.try_acquire().map_err(|c| self.refusal(c))
+        self.seats.try_acquire().map(|c| self.rose(c)).map_err(|c| self.refusal(c))
+    }
+
+    /// Reports a seat-word value just produced by a change that can only
+    /// have raised it.
+    pub(super) fn rose(&self, c: SeatCount) -> SeatCount {
+        self.seats.extremes.rose(c.in_use);
+        c
+    }
+
+    /// Reports a seat-word value just produced by any change.
+    pub(super) fn seen(&self, c: SeatCount) -> SeatCount {
+        self.seats.extremes.saw(c.in_use);
+        c
+    }
+
+    /// The highest and lowest seats in use since the last call (see `usage::Extremes`).
+    pub fn take_extremes(&self) -> (u32, u32) {
+        // The level is read with a read-modify-write: it is the word's
+        // latest value, and every change after it synchronises with it, so
+        // that change's report lands after the swap (see `Extremes::take`).
+        self.seats.extremes.take(|| self.seats.update(Some).unwrap_or_else(|c| c).in_use)
+    }
+
+    /// Seat-milliseconds held by sessions in earlier runs.
+    pub fn seat_ms_before(&self) -> u64 {
+        // Relaxed: a statistic, restored before anything reads it.
+        self.seat_ms_before.load(Ordering::Relaxed)
+    }
+
+    /// Sets the seat time of earlier runs (a store record; idempotent).
+    pub fn restore_seat_ms(&self, ms: u64) {
+        // Relaxed: see `seat_ms_before`.
+        self.seat_ms_before.store(ms, Ordering::Relaxed);
     }
 
     /// Refuses once the org's subscription has ended.
@@ -307,7 +363,9 @@ impl Pool {
     /// Returns a session's (or a grant's) seat; called exactly once per
     /// ended session. The head waiter, if any, gets it at once.
     pub fn return_seat(&self) {
-        self.freed(self.seats.release(1));
+        let after = self.seats.release(1);
+        self.seats.extremes.fell(after.in_use);
+        self.freed(after);
     }
 
     /// After a change that may have made room: hands it to the waiters.
@@ -345,7 +403,7 @@ impl Pool {
             let in_use = (i64::from(c.in_use) + delta).clamp(0, i64::from(MAX_IN_USE)) as u32;
             Some(SeatCount { limit, in_use, ..c })
         });
-        self.freed(after.unwrap_or_else(|c| c));
+        self.freed(self.seen(after.unwrap_or_else(|c| c)));
     }
 
     /// Takes a seat for a durable holder (activation, offline license)
@@ -359,6 +417,7 @@ impl Pool {
         let taken = self.seats.update(|c| {
             (!check || c.in_use < quota).then(|| SeatCount { limit, in_use: c.in_use.saturating_add(1), ..c })
         });
+        let taken = taken.map(|c| self.rose(c));
         if taken.is_err() {
             b.durable -= 1;
             return Err(Error::QuotaExceeded { quota });
@@ -463,7 +522,9 @@ impl Pool {
     pub fn release_reserve(&self) {
         let n = self.reserve.swap(0, Ordering::AcqRel);
         if n > 0 {
-            self.freed(self.seats.release(n));
+            let after = self.seats.release(n);
+            self.seats.extremes.fell(after.in_use);
+            self.freed(after);
         }
     }
 
@@ -709,6 +770,12 @@ impl Pool {
     /// Counts an admission refused for `why`.
     pub fn deny(&self, why: Denial) {
         self.denied.lock()[why as usize] += 1;
+    }
+
+    /// Admissions refused for other reasons than the quota, since the pool
+    /// was created (`Denial::ALL` order).
+    pub fn denied(&self) -> [u64; Denial::ALL.len()] {
+        *self.denied.lock()
     }
 
     /// Sets the refusal counts of earlier runs (a store record; idempotent).

@@ -145,7 +145,7 @@ impl Pool {
                 false => Some(SeatCount { queued: true, ..c }),
             }
         });
-        match update {
+        match update.map(|c| this.rose(c)) {
             Ok(_) if seat => Ok(Joined::Seat(Grant::new(pool.clone()))),
             Ok(_) => {
                 let seq = q.next;
@@ -199,8 +199,9 @@ impl Pool {
                     let in_use = if has_spare { c.in_use } else { c.in_use + 1 };
                     room.then_some(SeatCount { in_use, queued: !last, ..c })
                 });
-                if taken.is_err() {
-                    break;
+                match taken {
+                    Ok(c) => _ = self.rose(c),
+                    Err(_) => break,
                 }
                 // Invariant: `seq` was found under this same lock.
                 q.waiting.remove(&seq).expect("head waiter present")

@@ -178,6 +178,16 @@ pub enum Record {
         /// Refusals since the pool was created, by reason.
         by_reason: Vec<u64>,
     },
+    /// Seat-milliseconds a pool's sessions have held since it was created,
+    /// so `lbroker_seat_seconds_total` survives restarts.
+    SeatTime {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Seat-milliseconds.
+        ms: u64,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -343,6 +353,7 @@ impl Record {
             Record::Ends { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ends")),
             Record::AuthFailures { .. } => (Table::Meta, "auth_failures".to_string()),
             Record::Denials { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/denials")),
+            Record::SeatTime { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/seat-ms")),
         }
     }
 }

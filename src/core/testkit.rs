@@ -61,7 +61,7 @@ impl Fixture {
     pub fn with_config(quota: u32, config: Config) -> Fixture {
         let broker = Broker::new(config);
         let owner_email = Email::new("owner@default").expect("valid email");
-        broker.apply(&broker.plan_bootstrap(key(1), &owner_email, key(2), t(0)));
+        broker.apply(&broker.plan_bootstrap(key(1), &owner_email, key(2), t(0)), t(0));
         let operator = broker.authenticate(&key(1)).expect("operator key bootstrapped");
         let owner = broker.authenticate(&key(2)).expect("owner key bootstrapped");
         let org = OrgName::new("default").expect("valid org name");
@@ -72,7 +72,7 @@ impl Fixture {
 
     /// Settles a pending change as committed; returns its value.
     pub fn commit<T>(&self, pending: Pending<T>) -> T {
-        match pending.settle(&self.broker, Ok::<(), Infallible>(())) {
+        match pending.settle(&self.broker, Ok::<(), Infallible>(()), t(0)) {
             Ok((value, _)) => value,
             Err(never) => match never {},
         }
@@ -92,7 +92,7 @@ impl Fixture {
 
     /// Applies an admin plan, as the shell does after committing it.
     pub fn apply(&self, plan: Result<Vec<super::Change>>) {
-        self.broker.apply(&plan.expect("the plan is allowed"));
+        self.broker.apply(&plan.expect("the plan is allowed"), t(0));
     }
 
     /// The KRE pool on `machine`.

@@ -39,7 +39,7 @@ fn machine_registrations_capped_and_removal_frees_a_slot() {
     assert_eq!(w.register("c"), Err(Error::MachineLimit { quota: 2 }));
     let lease = w.acquire("a", 1, 7, t(0)).unwrap();
     let plan = w.broker.plan_remove_machine(&w.owner, &w.org, None, &mid("a"), t(0)).unwrap();
-    let ended = w.broker.apply(&plan);
+    let ended = w.broker.apply(&plan, t(0));
     assert_eq!(ended.len(), 1, "the removed machine's session is revoked");
     assert_eq!((ended[0].info.session, ended[0].reason, ended[0].conn), (lease.session, EndReason::Revoked, ConnId(7)));
     assert_eq!(w.in_use(), 0);
@@ -87,8 +87,8 @@ fn same_nonce_reattaches_without_a_second_seat() {
     assert_eq!(b.deadline, t(40_000));
     assert_eq!(w.in_use(), 1);
     // The old connection closing no longer ends it: the new one owns it.
-    assert!(w.broker.close_connection(ConnId(1), [a.session]).is_empty());
-    let ended = w.broker.close_connection(ConnId(2), [a.session]);
+    assert!(w.broker.close_connection(ConnId(1), [a.session], t(0)).is_empty());
+    let ended = w.broker.close_connection(ConnId(2), [a.session], t(0));
     assert_eq!(ended[0].reason, EndReason::ConnectionClosed);
     assert_eq!(w.in_use(), 0);
 }
@@ -111,12 +111,12 @@ fn every_end_has_one_reason_and_one_seat() {
     let a = w.acquire("m", 1, 1, t(0)).unwrap();
     let b = w.acquire("m", 2, 1, t(0)).unwrap();
     let c = w.acquire("m", 3, 1, t(0)).unwrap();
-    assert_eq!(w.broker.release(&w.owner, a.session).unwrap().reason, EndReason::Released);
-    assert_eq!(w.broker.kill(&w.owner, &w.org, b.session).unwrap().reason, EndReason::Revoked);
-    assert_eq!(w.broker.close_connection(ConnId(1), [c.session])[0].reason, EndReason::ConnectionClosed);
+    assert_eq!(w.broker.release(&w.owner, a.session, t(0)).unwrap().reason, EndReason::Released);
+    assert_eq!(w.broker.kill(&w.owner, &w.org, b.session, t(0)).unwrap().reason, EndReason::Revoked);
+    assert_eq!(w.broker.close_connection(ConnId(1), [c.session], t(0))[0].reason, EndReason::ConnectionClosed);
     assert_eq!(w.in_use(), 0);
-    assert_eq!(w.broker.release(&w.owner, a.session).unwrap_err(), Error::SessionExpired);
-    assert!(w.broker.kill(&w.owner, &w.org, b.session).is_err());
+    assert_eq!(w.broker.release(&w.owner, a.session, t(0)).unwrap_err(), Error::SessionExpired);
+    assert!(w.broker.kill(&w.owner, &w.org, b.session, t(0)).is_err());
     assert!(w.broker.expire(t(100_000)).is_empty());
     assert_eq!(w.in_use(), 0);
 }
@@ -126,12 +126,12 @@ fn lowered_quota_admits_nothing_until_usage_drains() {
     let w = world(3);
     w.register("m").unwrap();
     let leases: Vec<_> = (0..3).map(|n| w.acquire("m", n, 1, t(0)).unwrap()).collect();
-    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &w.org, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
+    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &w.org, PoolId::KRE_DEFAULT, 1, t(0)).unwrap(), t(0));
     assert_eq!(w.in_use(), 3, "existing sessions are not cut");
-    w.broker.release(&w.owner, leases[0].session).unwrap();
+    w.broker.release(&w.owner, leases[0].session, t(0)).unwrap();
     assert_eq!(w.acquire("m", 10, 1, t(0)), Err(Error::QuotaExceeded { quota: 1 }));
-    w.broker.release(&w.owner, leases[1].session).unwrap();
-    w.broker.release(&w.owner, leases[2].session).unwrap();
+    w.broker.release(&w.owner, leases[1].session, t(0)).unwrap();
+    w.broker.release(&w.owner, leases[2].session, t(0)).unwrap();
     assert!(w.acquire("m", 10, 1, t(0)).is_ok());
 }
 
@@ -146,8 +146,8 @@ fn nothing_admitted_after_the_subscription_ends() {
         Err(Error::Invalid { .. })
     ));
     let end = Millis(t(0).0 + DAY_MS);
-    w.broker.apply(&w.broker.plan_create_org(&w.operator, &name, end, &owner, key(9), t(0)).unwrap());
-    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &name, PoolId::KRE_DEFAULT, 1, t(0)).unwrap());
+    w.broker.apply(&w.broker.plan_create_org(&w.operator, &name, end, &owner, key(9), t(0)).unwrap(), t(0));
+    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &name, PoolId::KRE_DEFAULT, 1, t(0)).unwrap(), t(0));
     let acme = w.broker.authenticate(&key(9)).unwrap();
     let target = Target { org: name.clone(), pool: PoolId::KRE_DEFAULT, machine: mid("m") };
     w.commit(w.broker.register(&acme, &target, t(0)).unwrap());
@@ -156,7 +156,7 @@ fn nothing_admitted_after_the_subscription_ends() {
     // Renewed: the lapsed org admits again at once.
     let renewed = Millis(end.0 + 365 * DAY_MS);
     assert!(w.broker.plan_set_subscription(&acme, &name, renewed, end).is_err(), "operator only");
-    w.broker.apply(&w.broker.plan_set_subscription(&w.operator, &name, renewed, end).unwrap());
+    w.broker.apply(&w.broker.plan_set_subscription(&w.operator, &name, renewed, end).unwrap(), t(0));
     assert!(w.broker.acquire(&acme, &target, Nonce(1), ConnId(1), end).is_ok());
 }
 
@@ -170,6 +170,7 @@ fn roles_and_orgs_are_enforced() {
         &w.broker
             .plan_create_org(&w.operator, &other, Millis::MAX, &Email::new("o@other").unwrap(), key(5), t(0))
             .unwrap(),
+        t(0),
     );
     let stranger = w.broker.authenticate(&key(5)).unwrap();
     let email = Email::new("x@default").unwrap();
@@ -201,8 +202,8 @@ fn roles_and_orgs_are_enforced() {
     w.register("m").unwrap();
     let lease = w.acquire("m", 1, 1, t(0)).unwrap();
     assert_eq!(w.broker.renew(&stranger, lease.session, t(1)), Err(Error::SessionExpired));
-    assert!(w.broker.release(&stranger, lease.session).is_err());
-    assert!(w.broker.kill(&stranger, &other, lease.session).is_err());
+    assert!(w.broker.release(&stranger, lease.session, t(0)).is_err());
+    assert!(w.broker.kill(&stranger, &other, lease.session, t(0)).is_err());
     assert_eq!(w.in_use(), 1);
 }
 
@@ -212,7 +213,7 @@ fn revoked_key_no_longer_authenticates() {
     let user = w.add_member("u@default", Role::User, 3);
     assert_eq!(user.role, Role::User);
     let id = key(3).key_id();
-    w.broker.apply(&w.broker.plan_revoke_key(&w.owner, &w.org, KeyRef::Id(id), t(0)).unwrap());
+    w.broker.apply(&w.broker.plan_revoke_key(&w.owner, &w.org, KeyRef::Id(id), t(0)).unwrap(), t(0));
     assert_eq!(w.broker.authenticate(&key(3)), Err(Error::Unauthorized));
     assert_eq!(w.broker.authenticate(&key(77)), Err(Error::Unauthorized));
 }
@@ -251,7 +252,7 @@ impl Kse for Fixture {
 
     fn grant(&self, pool: &str, email: &str) -> Result<()> {
         let plan = self.broker.plan_grant(&self.owner, &self.org, pool_id(pool), &Email::new(email).unwrap(), t(0))?;
-        self.broker.apply(&plan);
+        self.broker.apply(&plan, t(0));
         Ok(())
     }
 
@@ -293,7 +294,7 @@ fn grants_are_capped_by_quota_and_transferable() {
         .broker
         .plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("a@default").unwrap(), t(1))
         .unwrap();
-    let ended = w.broker.apply(&plan);
+    let ended = w.broker.apply(&plan, t(0));
     assert_eq!((ended.len(), ended[0].info.session, ended[0].reason), (1, lease.session, EndReason::Revoked));
     assert_eq!(
         w.broker.acquire(&a, &w.target_in(pool_id("kse-floating-annual"), "laptop"), Nonce(2), ConnId(9), t(2)),
@@ -307,7 +308,7 @@ fn grants_are_capped_by_quota_and_transferable() {
         .broker
         .plan_revoke_grant(&w.owner, &w.org, pool_id("kse-floating-annual"), &Email::new("b@default").unwrap(), t(1))
         .unwrap();
-    w.broker.apply(&plan);
+    w.broker.apply(&plan, t(0));
     assert_eq!(w.grant("kse-floating-annual", "a@default"), Err(Error::GrantLimit { quota: 1 }));
 }
 
@@ -330,7 +331,7 @@ fn node_locked_activation_binds_one_machine_until_freed() {
     ));
     let _ = b;
     // The Owner frees m1; a may activate elsewhere.
-    w.broker.apply(&w.broker.plan_remove_machine(&w.owner, &w.org, Some(pool), &mid("m1"), t(2)).unwrap());
+    w.broker.apply(&w.broker.plan_remove_machine(&w.owner, &w.org, Some(pool), &mid("m1"), t(2)).unwrap(), t(0));
     assert_eq!(w.pool_in_use("kse-node-locked-annual"), 0);
     assert!(matches!(w.activate(&a, pool, "m2", t(3)), Ok(Activation::Bound { already: false })));
 }
@@ -395,8 +396,9 @@ fn offline_licenses_refused_with_the_rule_that_applies() {
     // A subscription ending sooner than 60 days is the limit that applies.
     let acme = OrgName::new("acme").unwrap();
     let owner = Email::new("o@acme").unwrap();
-    w.broker.apply(&w.broker.plan_create_org(&w.operator, &acme, in_days(10), &owner, key(9), now).unwrap());
-    w.broker.apply(&w.broker.plan_set_pool(&w.operator, &acme, pool_id("kse-node-locked-annual"), 3, now).unwrap());
+    w.broker.apply(&w.broker.plan_create_org(&w.operator, &acme, in_days(10), &owner, key(9), now).unwrap(), t(0));
+    w.broker
+        .apply(&w.broker.plan_set_pool(&w.operator, &acme, pool_id("kse-node-locked-annual"), 3, now).unwrap(), t(0));
     let acme_owner = w.broker.authenticate(&key(9)).unwrap();
     let target = Target { org: acme.clone(), pool: pool_id("kse-node-locked-annual"), machine: mid("m") };
     let order = OfflineOrder { target, last_day_end: in_days(11), id: OfflineId(2) };
@@ -460,8 +462,8 @@ fn restart_restores_activations_and_offline_seats() {
             file: "file".into(),
         },
     }));
-    fresh.apply(&durable);
-    fresh.apply(&durable); // applying twice changes nothing
+    fresh.apply(&durable, t(0));
+    fresh.apply(&durable, t(0)); // applying twice changes nothing
     let owner = fresh.authenticate(&key(2)).unwrap();
     let in_use = |b: &Broker| b.status(&owner, None).unwrap()[0].in_use;
     assert_eq!(in_use(&fresh), 2, "binding and offline license hold their seats after a restart");
@@ -480,7 +482,7 @@ fn a_registration_admits_nobody_until_it_is_committed() {
     let second = w.broker.register(&w.owner, &w.target("other"), t(0)).unwrap();
     assert!(matches!(w.broker.register(&w.owner, &w.target("third"), t(0)), Err(Error::MachineLimit { quota: 2 })));
     // A failed commit gives the slot back; a committed one admits.
-    assert_eq!(second.settle(&w.broker, Err("disk full")).err(), Some("disk full"));
+    assert_eq!(second.settle(&w.broker, Err("disk full"), t(0)).err(), Some("disk full"));
     assert_eq!(w.commit(pending), Registration::New);
     assert!(w.acquire("new", 1, 1, t(0)).is_ok());
     assert_eq!(w.register("third"), Ok(Registration::New));
@@ -495,7 +497,7 @@ fn checkpoint_carries_admission_counts_and_the_clock_into_the_next_run() {
     let records = w.broker.checkpoint(t(5));
     assert!(records.contains(&Record::Clock { high_water: t(5) }));
     let next = Fixture::new(1, 2, TTL);
-    next.broker.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
+    next.broker.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), t(0));
     let st = next.pool_status();
     assert_eq!((st.admitted, st.rejected), (1, 1));
     assert_eq!(next.broker.high_water(), t(5));
@@ -524,11 +526,11 @@ fn only_the_holder_renews_or_releases_a_session() {
     let admin = w.add_member("a@default", Role::Admin, 4);
     for p in [&other, &admin] {
         assert_eq!(w.broker.renew(p, lease.session, t(1)), Err(Error::SessionExpired), "looks ended to {}", p.email);
-        assert_eq!(w.broker.release(p, lease.session).map(|e| e.reason), Err(Error::SessionExpired));
+        assert_eq!(w.broker.release(p, lease.session, t(0)).map(|e| e.reason), Err(Error::SessionExpired));
     }
     assert_eq!(w.in_use(), 1, "nothing was released");
     assert!(w.broker.renew(&w.owner, lease.session, t(1)).is_ok(), "the holder renews");
-    let ended = w.broker.kill(&admin, &w.org, lease.session).unwrap();
+    let ended = w.broker.kill(&admin, &w.org, lease.session, t(0)).unwrap();
     assert_eq!(ended.reason, EndReason::Revoked, "an Admin ends it with kill");
 }
 
@@ -588,7 +590,7 @@ fn an_idle_pool_lowers_its_ceiling_in_memory_first() {
     }
     assert!(w.broker.lower_ceilings(false).is_empty(), "a busy pool keeps its ceiling");
     for l in &leases[..98] {
-        w.broker.release(&w.owner, l.session).unwrap();
+        w.broker.release(&w.owner, l.session, t(0)).unwrap();
     }
     // Lowered only after three passes without a raise: a pool whose use
     // swings is not lowered and raised again every pass.
@@ -601,7 +603,7 @@ fn an_idle_pool_lowers_its_ceiling_in_memory_first() {
     assert_eq!(w.acquire("m", 300, 1, t(0)), Err(Error::CeilingReached));
     // At a drain, exactly what sessions hold.
     assert!(w.broker.lower_ceilings(true).is_empty(), "already exactly the 3 sessions held");
-    w.broker.release(&w.owner, leases[98].session).unwrap();
+    w.broker.release(&w.owner, leases[98].session, t(0)).unwrap();
     assert!(matches!(w.broker.lower_ceilings(true)[..], [Record::Ceiling { seats: 2, .. }]));
 }
 
@@ -622,7 +624,7 @@ fn restarted(w: &Fixture, ceiling: u32, previous: Option<Record>) -> Fixture {
     let mut records =
         vec![Change::Put(Record::Ceiling { org: w.org.clone(), pool: PoolId::KRE_DEFAULT, seats: ceiling })];
     records.extend(previous.map(Change::Put));
-    r.broker.apply(&records);
+    r.broker.apply(&records, t(0));
     r
 }
 
@@ -678,10 +680,13 @@ fn a_pool_without_a_ceiling_record_holds_every_seat_not_held_durably() {
     assert_eq!(legacy.broker.hold_reserves(t(0)), None, "ceilings off: nothing held");
     let old = Broker::new(Config { ceilings: true, ..Config::default() });
     let org = OrgName::new("acme").unwrap();
-    old.apply(&[
-        Change::Put(Record::Org { name: org.clone(), subscription_end: Millis::MAX, created: t(0) }),
-        Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 6 }),
-    ]);
+    old.apply(
+        &[
+            Change::Put(Record::Org { name: org.clone(), subscription_end: Millis::MAX, created: t(0) }),
+            Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 6 }),
+        ],
+        t(0),
+    );
     assert_eq!(old.hold_reserves(t(0)).unwrap().seats, 6);
 }
 
@@ -693,7 +698,7 @@ fn a_runner_of_this_run_cannot_reattach_to_an_ended_session() {
     let target = w.target("m");
     let again = w.broker.reattach(&w.owner, &target, Nonce(1), ConnId(2), t(1), false).unwrap();
     assert_eq!((again.session, again.reattached), (lease.session, true));
-    w.broker.kill(&w.owner, &w.org, lease.session).unwrap();
+    w.broker.kill(&w.owner, &w.org, lease.session, t(0)).unwrap();
     assert_eq!(w.broker.reattach(&w.owner, &target, Nonce(1), ConnId(2), t(2), false), Err(Error::SessionExpired));
     assert_eq!(w.in_use(), 0);
 }
@@ -726,7 +731,7 @@ fn labels_travel_with_the_session_and_only_its_holder_relabels_it() {
     assert_eq!(w.broker.label(&other, lease.session, relabel.clone()), Err(Error::SessionExpired));
     w.broker.label(&w.owner, lease.session, relabel.clone()).unwrap();
     assert_eq!(w.broker.sessions(&w.owner, &w.org).unwrap()[0].labels, relabel);
-    let ended = w.broker.release(&w.owner, lease.session).unwrap();
+    let ended = w.broker.release(&w.owner, lease.session, t(0)).unwrap();
     assert_eq!(ended.info.labels, relabel, "the end carries them (for the log and usage history)");
 }
 
@@ -742,9 +747,9 @@ fn a_user_cap_limits_that_user_alone_and_counts_sessions_older_than_it() {
     // The two sessions from before the cap are counted, not cut.
     assert_eq!(w.broker.user_limits(&w.owner, &w.org, PoolId::KRE_DEFAULT).unwrap()[0].2, 2);
     assert_eq!(w.acquire("m", 3, 1, t(0)), Err(Error::UserLimit { max: 1 }));
-    w.broker.release(&w.owner, first.session).unwrap();
+    w.broker.release(&w.owner, first.session, t(0)).unwrap();
     assert_eq!(w.acquire("m", 3, 1, t(0)), Err(Error::UserLimit { max: 1 }), "still at the cap");
-    w.broker.release(&w.owner, second.session).unwrap();
+    w.broker.release(&w.owner, second.session, t(0)).unwrap();
     let third = w.acquire("m", 3, 1, t(0)).unwrap();
     assert_eq!(w.acquire("m", 3, 1, t(1)).unwrap().session, third.session, "a retry takes no second count");
     // Another member is not capped.
@@ -768,17 +773,17 @@ fn session_ends_are_counted_by_reason_and_carried_across_a_restart() {
     let w = world(4);
     w.register("m").unwrap();
     let l: Vec<_> = (0..4).map(|n| w.acquire("m", n, 1, t(0)).unwrap()).collect();
-    w.broker.release(&w.owner, l[0].session).unwrap();
+    w.broker.release(&w.owner, l[0].session, t(0)).unwrap();
     w.broker.renew(&w.owner, l[1].session, t(20_000)).unwrap();
     w.broker.renew(&w.owner, l[2].session, t(20_000)).unwrap();
     assert_eq!(w.broker.expire(t(31_000)).len(), 1, "the one never renewed");
-    w.broker.kill(&w.owner, &w.org, l[1].session).unwrap();
-    w.broker.close_connection(ConnId(1), [l[2].session]);
+    w.broker.kill(&w.owner, &w.org, l[1].session, t(0)).unwrap();
+    w.broker.close_connection(ConnId(1), [l[2].session], t(0));
     // Released, expired, revoked, connection closed.
     assert_eq!(w.pool_status().ends, [1, 1, 1, 1]);
     let saved: Vec<Change> = w.broker.checkpoint(t(40_000)).into_iter().map(Change::Put).collect();
     let again = world(4);
-    again.broker.apply(&saved);
+    again.broker.apply(&saved, t(0));
     assert_eq!(again.pool_status().ends, [1, 1, 1, 1], "restored from the checkpoint's records");
     assert_eq!((again.pool_status().admitted, again.pool_status().rejected), (4, 0));
 }
@@ -790,7 +795,7 @@ fn failed_authentications_are_counted_across_restarts() {
     w.broker.note_auth_failure();
     let saved: Vec<Change> = w.broker.checkpoint(t(1_000)).into_iter().map(Change::Put).collect();
     let again = world(1);
-    again.broker.apply(&saved);
+    again.broker.apply(&saved, t(0));
     again.broker.note_auth_failure();
     assert_eq!(again.broker.auth_failures(), 3);
 }
@@ -808,7 +813,49 @@ fn denials_are_counted_by_reason_and_carried_across_a_restart() {
     assert_eq!(w.pool_status().denied, [1, 0, 2, 0, 0, 0, 0]);
     let saved: Vec<Change> = w.broker.checkpoint(t(1_000)).into_iter().map(Change::Put).collect();
     let again = world(1);
-    again.broker.apply(&saved);
+    again.broker.apply(&saved, t(0));
     again.broker.note_denial(&again.org, PoolId::KRE_DEFAULT, Denial::UserLimit);
     assert_eq!(again.pool_status().denied, [2, 0, 2, 0, 0, 0, 0], "restored, then counting on");
+}
+
+#[test]
+fn seat_time_and_minutes_are_exact_across_shards_and_survive_a_restart() {
+    // A timeline starting on a minute boundary.
+    let first = t(0).0 / usage::MINUTE_MS + 1;
+    let at = |ms: u64| Millis(first * usage::MINUTE_MS + ms);
+    let w = world(3);
+    w.register("m1").unwrap();
+    // Nonces 1..=8 spread over the 4 shards; two sessions held, in two shards at least.
+    let a = w.acquire("m1", 1, 1, at(10_000)).unwrap();
+    let _b = w.acquire("m1", 2, 1, at(20_000)).unwrap();
+    w.broker.release(&w.owner, a.session, at(70_000)).unwrap();
+    assert_eq!(w.acquire("m1", 3, 1, at(80_000)).map(|_| ()), Ok(()));
+    w.acquire("m1", 4, 1, at(90_000)).unwrap();
+    assert_eq!(w.acquire("m1", 5, 1, at(100_000)), Err(Error::QuotaExceeded { quota: 3 }));
+    let seat_ms = |b: &Broker, now| b.seat_ms(now).iter().map(|(_, _, ms)| ms).sum::<u64>();
+    // Minute 0: a 50 s + b 40 s. Minute 1: a 10 s + b 60 s + c 40 s + d 30 s. Minute 2 so far: b, c, d 5 s each.
+    assert_eq!(seat_ms(&w.broker, at(125_000)), 90_000 + 140_000 + 15_000);
+    let h = w.broker.harvest(at(125_000));
+    let mut minutes: std::collections::BTreeMap<u64, usage::Tally> = Default::default();
+    for (_, _, c) in &h.minutes {
+        minutes.entry(c.minute).or_default().add(&c.tally);
+        for idle in 1..=c.idle {
+            let held = usage::Tally { seat_ms: c.held * usage::MINUTE_MS, ..Default::default() };
+            minutes.entry(c.minute + idle).or_default().add(&held);
+        }
+    }
+    let m0 = usage::Tally { seat_ms: 90_000, admitted: 2, ..Default::default() };
+    let m1 = usage::Tally { seat_ms: 140_000, admitted: 2, rejected: 1, ends: [1, 0, 0, 0] };
+    assert_eq!(minutes.into_iter().collect::<Vec<_>>(), vec![(first, m0), (first + 1, m1)]);
+    let pool = &h.pools[0];
+    assert_eq!((pool.peak, pool.trough, pool.quota), (3, 0, 3), "{pool:?}");
+    let next = w.broker.harvest(at(130_000));
+    assert!(next.minutes.is_empty(), "minute 2 is still open");
+    assert_eq!((next.pools[0].peak, next.pools[0].trough), (3, 3), "a window with no change is its level");
+    // The counter survives a restart through the checkpoint.
+    let saved: Vec<Change> = w.broker.checkpoint(at(130_000)).into_iter().map(Change::Put).collect();
+    assert!(saved.iter().any(|c| matches!(c, Change::Put(Record::SeatTime { ms: 260_000, .. }))), "{saved:?}");
+    let again = world(3);
+    again.broker.apply(&saved, at(0));
+    assert_eq!(seat_ms(&again.broker, at(200_000)), 260_000);
 }

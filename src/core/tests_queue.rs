@@ -27,16 +27,16 @@ fn a_free_seat_is_taken_at_once_and_a_full_pool_queues_in_order() {
     let (second, b) = w.wait("m", 101, 3, t(0));
     assert_eq!((queued(&first.unwrap()), queued(&second.unwrap())), (1, 2));
     assert_eq!((w.pool_status().waiting, w.pool_status().rejected), (2, 0), "queued, not rejected");
-    w.broker.release(&w.owner, held[0].session).unwrap();
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
     let grant = a.take().expect("the head waiter got the freed seat");
     assert!(b.take().is_none(), "the second waits on");
     assert_eq!(w.in_use(), 1, "the granted seat is counted");
     let lease = w.claim("m", 100, 2, t(5), grant).unwrap();
     assert!(!lease.reattached);
     assert_eq!((w.in_use(), w.pool_status().waiting), (1, 1));
-    w.broker.release(&w.owner, lease.session).unwrap();
+    w.broker.release(&w.owner, lease.session, t(0)).unwrap();
     let lease = w.claim("m", 101, 3, t(6), b.take().expect("then the second")).unwrap();
-    w.broker.release(&w.owner, lease.session).unwrap();
+    w.broker.release(&w.owner, lease.session, t(0)).unwrap();
     assert_eq!((w.in_use(), w.pool_status().waiting), (0, 0));
     let (now, _) = w.wait("m", 102, 4, t(7));
     assert!(matches!(now.unwrap(), Waited::Leased(_)), "an empty queue and a free seat: admitted at once");
@@ -46,12 +46,12 @@ fn a_free_seat_is_taken_at_once_and_a_full_pool_queues_in_order() {
 fn nobody_overtakes_a_waiter() {
     let (w, held) = full_pool(2);
     let (_, a) = w.wait("m", 100, 2, t(0));
-    w.broker.release(&w.owner, held[0].session).unwrap();
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
     // The seat went to the waiter, not back to the pool.
     assert_eq!(w.acquire("m", 200, 9, t(1)), Err(Error::QuotaExceeded { quota: 2 }));
     let lease = w.claim("m", 100, 2, t(1), a.take().unwrap()).unwrap();
     // Queue empty again: a freed seat is anyone's.
-    w.broker.release(&w.owner, lease.session).unwrap();
+    w.broker.release(&w.owner, lease.session, t(0)).unwrap();
     assert!(w.acquire("m", 200, 9, t(2)).is_ok());
 }
 
@@ -65,7 +65,7 @@ fn a_waiter_that_leaves_is_skipped_and_one_gone_hands_its_seat_on() {
     assert!(place.leave(), "left before any seat came");
     assert!(!place.leave(), "once");
     assert!(b.close().is_none());
-    w.broker.release(&w.owner, held[0].session).unwrap();
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
     assert!(a.take().is_none());
     let grant = c.take().expect("the seat passed over the one gone to the next");
     assert_eq!(w.in_use(), 1);
@@ -109,7 +109,7 @@ fn a_claim_the_rules_now_refuse_gives_the_seat_to_the_next() {
     let (w, held) = full_pool(1);
     let (_, a) = w.wait("m", 100, 2, t(0));
     let (_, b) = w.wait("m", 101, 3, t(0));
-    w.broker.release(&w.owner, held[0].session).unwrap();
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
     let grant = a.take().unwrap();
     w.apply(w.broker.plan_set_subscription(&w.operator, &w.org, t(10), t(0)));
     assert_eq!(w.claim("m", 100, 2, t(20), grant), Err(Error::SubscriptionExpired));

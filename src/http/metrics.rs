@@ -52,6 +52,7 @@ struct Numbers {
     offline: u64,
     ends: [u64; 4],
     denied: [u64; crate::core::Denial::ALL.len()],
+    seat_ms: u64,
 }
 
 impl Numbers {
@@ -90,6 +91,8 @@ struct Snapshot {
 impl Snapshot {
     fn take(shared: &Shared) -> Snapshot {
         let (pools, subscriptions) = shared.core.census();
+        let seat_ms: std::collections::HashMap<_, _> =
+            shared.core.seat_ms(shared.clock.now()).into_iter().map(|(org, pool, ms)| ((org, pool), ms)).collect();
         // The busiest orgs keep their names: by seats in use, then by name.
         let mut load: BTreeMap<String, u64> = BTreeMap::new();
         for (org, _) in &subscriptions {
@@ -104,7 +107,9 @@ impl Snapshot {
         let label = |org: &str| if named.contains(org) { org } else { OTHER }.to_string();
         let mut out = BTreeMap::new();
         for p in &pools {
-            out.entry((label(p.org.as_str()), p.pool.to_string())).or_insert_with(Numbers::default).add(p);
+            let n = out.entry((label(p.org.as_str()), p.pool.to_string())).or_insert_with(Numbers::default);
+            n.add(p);
+            n.seat_ms += seat_ms.get(&(p.org.clone(), p.pool)).copied().unwrap_or(0);
         }
         let subs = subscriptions
             .iter()
@@ -195,6 +200,12 @@ impl Collector for Snapshot {
         )?;
         self.denials(e)?;
         self.session_ends(e)?;
+        let help = "Seat-seconds held by sessions since the pool was created (survives restarts): its rate over the quota is utilization.";
+        let mut seat = e.encode_descriptor("seat_seconds", help, None, Counter)?;
+        for ((org, pool), n) in &self.pools {
+            let labels = [("org", org.as_str()), ("pool", pool.as_str())];
+            ConstCounter::new(n.seat_ms as f64 / 1000.0).encode(seat.encode_family(&labels)?)?;
+        }
         self.per_pool(e, ("kse_grants", "Licensed users of a KSE pool.", Gauge), |n| n.grants)?;
         self.per_pool(e, ("kse_activations", "Node-locked KSE activations (each holds a seat).", Gauge), |n| {
             n.activations

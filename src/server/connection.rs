@@ -112,7 +112,7 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate
     let clean = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0);
     if clean {
         let held: Vec<SessionId> = ctx.sessions.lock().drain().collect();
-        let ended = shared.core.close_connection(id, held);
+        let ended = shared.core.close_connection(id, held, shared.clock.now());
         shared.announce(ended);
     }
     tracing::debug!(conn = id.0, clean, "connection closed: {reason}");

@@ -44,7 +44,7 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
             }
         }
         Req::Renew { session } => renew(call, session),
-        Req::Release { session } => reply(core.release(p, session), |ended| {
+        Req::Release { session } => reply(core.release(p, session, call.now), |ended| {
             super::log_ended(&ended);
             call.forget(session, Resp::Released)
         }),
@@ -398,7 +398,7 @@ async fn kill(call: &Call<'_>, org: crate::core::OrgName, session: crate::core::
     let _writer = call.shared.writer.lock().await;
     let audit = core.plan_kill(p, &org, session, call.now)?;
     call.shared.settle(Pending::plan(audit, ())).await?;
-    let ended = core.kill(p, &org, session)?;
+    let ended = core.kill(p, &org, session, call.shared.clock.now())?;
     call.shared.announce(vec![ended]);
     Ok(call.forget(session, Resp::Killed))
 }

@@ -181,7 +181,7 @@ impl Shared {
                     .unwrap_or_else(|e| Err(StoreError::Backend(Box::new(e))))
             }
         };
-        let (value, ended) = pending.settle(&self.core, committed).map_err(handler::store_failure)?;
+        let (value, ended) = pending.settle(&self.core, committed, self.clock.now()).map_err(handler::store_failure)?;
         self.announce(ended);
         Ok(value)
     }
@@ -426,7 +426,7 @@ fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
     let records = store.load().map_err(store_error("loading the store"))?;
     // Bootstrap writes every first record in one commit: no key, no bootstrap yet.
     let fresh = !records.iter().any(|r| matches!(r, Record::Key { .. }));
-    core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>());
+    core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), clock.now());
     let (now, high_water) = (clock.now(), core.high_water());
     if now < high_water && !options.allow_clock_rollback {
         return Err(SetupError::ClockBehind { now, high_water });
@@ -506,7 +506,7 @@ fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<Bootstrap
     let owner_email = Email::new("owner@default").expect("valid email");
     let changes = core.plan_bootstrap(operator_hash, &owner_email, owner_hash, clock.now());
     store.commit(&changes).map_err(|source| SetupError::Store { what: "initialising the store", source })?;
-    core.apply(&changes);
+    core.apply(&changes, clock.now());
     Ok(BootstrapKeys { operator, owner })
 }
 

@@ -194,7 +194,7 @@ impl Waiter {
         let sent = self.late.send(bytes).await.is_ok();
         if let Some(session) = session.filter(|_| !sent || self.ctx.conn.close_reason().is_some()) {
             self.ctx.sessions.lock().remove(&session);
-            let ended = self.shared.core.close_connection(self.ctx.id, vec![session]);
+            let ended = self.shared.core.close_connection(self.ctx.id, vec![session], self.shared.clock.now());
             self.shared.announce(ended);
         }
     }

@@ -197,7 +197,7 @@ pub struct Holder<'a> {
     pub conn: ConnId,
 }
 
-/// A session that has just ended, for notices and logs.
+/// A session that has just ended, for notices, logs and the history.
 #[derive(Clone, Debug)]
 pub struct Ended {
     /// What ended.
@@ -206,6 +206,8 @@ pub struct Ended {
     pub conn: ConnId,
     /// Why.
     pub reason: EndReason,
+    /// When.
+    pub at: Millis,
 }
 
 /// All live sessions of the broker.
@@ -290,7 +292,7 @@ impl SessionTable {
             }
             // Its lease ran out before the expiry task got to it: end it now,
             // so its seat is free for this very acquire.
-            shard.end(id, EndReason::Expired);
+            shard.end(id, EndReason::Expired, now);
         }
         if shard.len() >= MAX_SLOTS {
             self.publish(index, &shard);
@@ -310,14 +312,14 @@ impl SessionTable {
             SeatFrom::Free => shard.admit(pool, now, true),
             SeatFrom::FreeOrQueue => shard.admit(pool, now, false),
             SeatFrom::HeldFirst if pool.take_reserved() => {
-                shard.adopt(pool);
+                shard.adopt(pool, now);
                 Ok(())
             }
             SeatFrom::HeldFirst => shard.admit(pool, now, true),
             SeatFrom::Nowhere => Err(Error::SessionExpired),
             SeatFrom::Granted(grant) => {
                 grant.consume();
-                shard.admit_granted(pool);
+                shard.admit_granted(pool, now);
                 Ok(())
             }
         };
@@ -359,7 +361,7 @@ impl SessionTable {
     ) -> Result<R> {
         let (index, mut shard) = self.lock_for(id);
         if vet(&shard, id, allow)? <= now {
-            shard.end(id, EndReason::Expired);
+            shard.end(id, EndReason::Expired, now);
             self.publish(index, &shard);
             return Err(Error::SessionExpired);
         }
@@ -415,24 +417,35 @@ impl SessionTable {
         Ok(())
     }
 
-    /// Ends a live session for `reason` if `allow` accepts it, returning its seat.
-    pub fn end(&self, id: SessionId, reason: EndReason, allow: impl FnOnce(Holder<'_>) -> bool) -> Result<Ended> {
+    /// Ends a live session at `now` for `reason` if `allow` accepts it, returning its seat.
+    pub fn end(
+        &self,
+        id: SessionId,
+        reason: EndReason,
+        now: Millis,
+        allow: impl FnOnce(Holder<'_>) -> bool,
+    ) -> Result<Ended> {
         let (index, mut shard) = self.lock_for(id);
         vet(&shard, id, allow)?;
-        let ended = shard.end(id, reason).ok_or(Error::SessionExpired)?;
+        let ended = shard.end(id, reason, now).ok_or(Error::SessionExpired)?;
         self.publish(index, &shard);
         Ok(ended)
     }
 
     /// Ends every live session matching `pred` (admin sweeps: a removed
     /// machine, a revoked grant). Linear in live sessions; admin-rate only.
-    pub fn end_where(&self, reason: EndReason, mut pred: impl FnMut(&Pool, &MachineId, &Email) -> bool) -> Vec<Ended> {
+    pub fn end_where(
+        &self,
+        reason: EndReason,
+        now: Millis,
+        mut pred: impl FnMut(&Pool, &MachineId, &Email) -> bool,
+    ) -> Vec<Ended> {
         let mut out = Vec::new();
         for (index, cell) in self.shards.iter().enumerate() {
             let mut shard = cell.lock.lock();
             let ids: Vec<SessionId> =
                 shard.iter().filter(|(_, s)| pred(shard.pool_of(s), &s.machine, &s.user)).map(|(id, _)| id).collect();
-            out.extend(ids.into_iter().filter_map(|id| shard.end(id, reason)));
+            out.extend(ids.into_iter().filter_map(|id| shard.end(id, reason, now)));
             self.publish(index, &shard);
         }
         out
@@ -459,7 +472,7 @@ impl SessionTable {
                     if deadline > now {
                         break;
                     }
-                    match shard.end(id, EndReason::Expired) {
+                    match shard.end(id, EndReason::Expired, now) {
                         Some(ended) => out.push(ended),
                         // Unreachable while the shard keeps its indexes in
                         // step; dropping the entry keeps this loop finite.
@@ -547,6 +560,25 @@ impl SessionTable {
             for (uid, c) in cell.lock.lock().all_counts() {
                 let sum: &mut Counts = out.entry(uid).or_default();
                 *sum = sum.plus(c);
+            }
+        }
+        out
+    }
+
+    /// Closes every pool's minutes up to `now` in every shard (each locked
+    /// once) and hands each (pool, closed minute) to `each`; returns how
+    /// many closed minutes shards dropped since the last harvest.
+    pub fn harvest(&self, now: Millis, mut each: impl FnMut(&Arc<Pool>, crate::core::usage::Closed)) -> u64 {
+        self.shards.iter().map(|cell| cell.lock.lock().harvest(now, &mut each)).sum()
+    }
+
+    /// Seat-milliseconds every pool's sessions held this run up to `now`,
+    /// each shard locked once.
+    pub fn seat_ms(&self, now: Millis) -> crate::core::hash::FastMap<PoolUid, u64> {
+        let mut out = crate::core::hash::FastMap::default();
+        for cell in self.shards.iter() {
+            for (uid, ms) in cell.lock.lock().seat_ms(now) {
+                *out.entry(uid).or_default() += ms;
             }
         }
         out

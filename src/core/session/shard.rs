@@ -20,6 +20,7 @@ use crate::core::id::{Email, MachineId, Nonce, SessionId};
 use crate::core::pool::Pool;
 use crate::core::pool::PoolUid;
 use crate::core::time::Millis;
+use crate::core::usage::{Accrual, Closed};
 use crate::sync::Arc;
 
 /// Bits of a `SessionId` that name the shard (so at most 256 shards).
@@ -71,7 +72,17 @@ pub(super) struct Shard {
     /// their statistics. Holding the `Arc` here (once per pool, not once
     /// per session) keeps reference-count traffic off the admission path.
     pools: FastMap<PoolUid, ShardPool>,
+    /// Minutes closed here since the last harvest (see `usage`), at most
+    /// `MAX_CLOSED`; past that they are dropped and counted.
+    closed: Vec<(PoolUid, Closed)>,
+    /// Closed minutes dropped because the harvest fell behind.
+    dropped: u64,
 }
+
+/// Most closed minutes a shard keeps for the harvest: a harvest a minute
+/// finds at most one per pool the shard saw, so this is only reached when
+/// the harvest is stuck (then the history's gap is counted, not grown).
+const MAX_CLOSED: usize = 1 << 16;
 
 /// A pool as one shard sees it.
 pub(super) struct ShardPool {
@@ -82,6 +93,8 @@ pub(super) struct ShardPool {
     pub rejected: u64,
     /// Sessions of the pool this shard ended since start, by reason.
     pub ends: [u64; 4],
+    /// The open minute's activity and the seat time (see `usage`).
+    pub accrual: Accrual,
 }
 
 impl Shard {
@@ -96,6 +109,8 @@ impl Shard {
             hasher: foldhash::fast::RandomState::default(),
             deadlines: BTreeSet::new(),
             pools: FastMap::default(),
+            closed: Vec::new(),
+            dropped: 0,
         }
     }
 
@@ -190,17 +205,19 @@ impl Shard {
 
     /// Ends a session: removes it, returns its seat, and says why. Built on
     /// `remove`, so each session ends (and its seat comes back) at most once.
-    pub fn end(&mut self, id: SessionId, reason: EndReason) -> Option<Ended> {
+    pub fn end(&mut self, id: SessionId, reason: EndReason, now: Millis) -> Option<Ended> {
         let live = self.remove(id)?;
         if let Some(cap) = &live.cap {
             cap.release(1);
         }
+        let Shard { pools, closed, dropped, .. } = self;
         // Invariant: as in `pool_of`, the session's pool is registered here.
-        let entry = self.pools.get_mut(&live.pool).expect("a session's pool is registered in its shard");
+        let entry = pools.get_mut(&live.pool).expect("a session's pool is registered in its shard");
         entry.ends[reason as usize] += 1;
+        entry.accrual.end(live.started, now, reason as usize, &mut keep(closed, dropped, live.pool));
         let pool = &entry.pool;
         pool.return_seat();
-        Some(Ended { info: self.info(&live, id), conn: live.conn, reason })
+        Some(Ended { info: self.info(&live, id), conn: live.conn, reason, at: now })
     }
 
     /// A public view of a live session.
@@ -263,40 +280,70 @@ impl Shard {
     /// Takes a seat in `pool` for a new session, counting the outcome (a
     /// quota refusal only if `count_refusal`).
     pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis, count_refusal: bool) -> Result<()> {
-        let entry = self.entry(pool);
+        let (entry, mut out) = self.entry(pool);
         match pool.take_seat(now) {
             Ok(_) => {
                 entry.admitted += 1;
+                entry.accrual.start(now, true, &mut out);
                 Ok(())
             }
             Err(e) => {
                 if count_refusal && matches!(e, Error::QuotaExceeded { .. }) {
                     entry.rejected += 1;
+                    entry.accrual.reject(now, &mut out);
                 }
                 Err(e)
             }
         }
     }
 
-    /// Counts the admission of a session whose seat the wait queue granted
-    /// (already taken from the seat word).
-    pub fn admit_granted(&mut self, pool: &Arc<Pool>) {
-        self.entry(pool).admitted += 1;
+    /// Counts the admission at `now` of a session whose seat the wait
+    /// queue granted (already taken from the seat word).
+    pub fn admit_granted(&mut self, pool: &Arc<Pool>, now: Millis) {
+        let (entry, mut out) = self.entry(pool);
+        entry.admitted += 1;
+        entry.accrual.start(now, true, &mut out);
     }
 
-    /// Registers `pool` for a session that took a reserved seat (already
+    /// Registers a session starting at `now` on a reserved seat (already
     /// counted, and not a new admission).
-    pub fn adopt(&mut self, pool: &Arc<Pool>) {
-        self.entry(pool);
+    pub fn adopt(&mut self, pool: &Arc<Pool>, now: Millis) {
+        let (entry, mut out) = self.entry(pool);
+        entry.accrual.start(now, false, &mut out);
     }
 
-    fn entry(&mut self, pool: &Arc<Pool>) -> &mut ShardPool {
-        self.pools.entry(pool.uid).or_insert_with(|| ShardPool {
+    /// The shard's entry for `pool` (made on first use), and where its
+    /// closed minutes go.
+    fn entry(&mut self, pool: &Arc<Pool>) -> (&mut ShardPool, impl FnMut(Closed) + '_) {
+        let Shard { pools, closed, dropped, .. } = self;
+        let entry = pools.entry(pool.uid).or_insert_with(|| ShardPool {
             pool: pool.clone(),
             admitted: 0,
             rejected: 0,
             ends: [0; 4],
-        })
+            accrual: Accrual::default(),
+        });
+        (entry, keep(closed, dropped, pool.uid))
+    }
+
+    /// Closes every pool's minutes up to `now` and hands over (pool, closed
+    /// minute) for each, with how many were dropped since the last harvest.
+    pub fn harvest(&mut self, now: Millis, mut each: impl FnMut(&Arc<Pool>, Closed)) -> u64 {
+        let Shard { pools, closed, dropped, .. } = self;
+        for (uid, entry) in pools.iter_mut() {
+            entry.accrual.roll(now, &mut keep(closed, dropped, *uid));
+        }
+        for (uid, c) in closed.drain(..) {
+            if let Some(entry) = pools.get(&uid) {
+                each(&entry.pool, c);
+            }
+        }
+        std::mem::take(dropped)
+    }
+
+    /// Seat-milliseconds each pool's sessions in this shard held up to `now`.
+    pub fn seat_ms(&self, now: Millis) -> impl Iterator<Item = (PoolUid, u64)> + '_ {
+        self.pools.iter().map(move |(uid, p)| (*uid, p.accrual.seat_ms(now)))
     }
 
     /// The pool a live session of this shard belongs to.
@@ -306,7 +353,6 @@ impl Shard {
         &self.pools.get(&live.pool).expect("a session's pool is registered in its shard").pool
     }
 
-    /// This shard's admission counts for a pool.
     /// Every pool's counts in this shard.
     pub fn all_counts(&self) -> impl Iterator<Item = (PoolUid, super::Counts)> + '_ {
         self.pools
@@ -320,5 +366,14 @@ impl Shard {
             rejected: p.rejected,
             ends: p.ends,
         })
+    }
+}
+
+/// Where an accrual of `pool` puts the minutes it closes: the shard's
+/// outbox, or the dropped count once that is full.
+fn keep<'a>(closed: &'a mut Vec<(PoolUid, Closed)>, dropped: &'a mut u64, pool: PoolUid) -> impl FnMut(Closed) + 'a {
+    move |c| match closed.len() < MAX_CLOSED {
+        true => closed.push((pool, c)),
+        false => *dropped += 1,
     }
 }
