@@ -91,6 +91,19 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer TOKEN` on /metrics.
     #[arg(env = "LB_METRICS_TOKEN", long, hide_env_values = true)]
     metrics_token: Option<String>,
+    /// Keep the per-minute utilization history (and the ended sessions) this long.
+    #[arg(env = "LB_HISTORY_MINUTES", long, default_value = "35d", value_parser = humantime::parse_duration)]
+    history_minutes: Duration,
+    /// Keep the hourly rollups this long.
+    #[arg(env = "LB_HISTORY_HOURS", long, default_value = "400d", value_parser = humantime::parse_duration)]
+    history_hours: Duration,
+    /// Keep the daily rollups this long ("forever": never delete them).
+    #[arg(env = "LB_HISTORY_DAYS", long, default_value = "forever", value_parser = parse_forever)]
+    history_days: Forever,
+    /// Keep no utilization history at all (no history.redb; the dashboard
+    /// and `usage` have nothing to show).
+    #[arg(env = "LB_NO_HISTORY", long)]
+    no_history: bool,
     /// Most runners one pool's wait queue holds (`runner --wait`); more are
     /// refused with QUEUE_FULL.
     #[arg(env = "LB_MAX_WAITERS", long, default_value_t = 10_000)]
@@ -105,6 +118,17 @@ pub struct ServeArgs {
     /// Run the broker's clock this far ahead (for rehearsing clock trouble).
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
     clock_ahead: Duration,
+}
+
+/// A duration, or `forever` (`None`).
+#[derive(Clone, Copy, Debug)]
+pub struct Forever(Option<Duration>);
+
+fn parse_forever(s: &str) -> Result<Forever, humantime::DurationError> {
+    match s {
+        "forever" => Ok(Forever(None)),
+        _ => humantime::parse_duration(s).map(|d| Forever(Some(d))),
+    }
 }
 
 /// How `serve` writes its log lines (to stderr).
@@ -157,6 +181,11 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.max_waiters = a.max_waiters;
     options.http = a.http;
     options.metrics_token = a.metrics_token;
+    options.history = (!a.no_history).then_some(license_broker::history::Retention {
+        minutes: a.history_minutes,
+        hours: a.history_hours,
+        days: a.history_days.0,
+    });
     let running = server::start(options).await?;
     if let Some(keys) = &running.bootstrap {
         let mut out = std::io::stdout().lock();

@@ -381,6 +381,14 @@ impl Broker {
         Ok(self.sessions.list(|pool| &pool.org == org))
     }
 
+    /// When each live session of `org`'s `pool` started, for replaying
+    /// demand (no identities, so any member may read it).
+    pub fn live_starts(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Vec<Millis>> {
+        p.require_reader(org)?;
+        let uid = self.dir.read().pool(org, pool)?.uid;
+        Ok(self.sessions.list(|p| p.uid == uid).into_iter().map(|s| s.started).collect())
+    }
+
     /// Owner/Admin: one page of the org's live sessions (see `SessionTable::page`).
     pub fn sessions_page(
         &self,

@@ -42,6 +42,15 @@ impl Principal {
         }
     }
 
+    /// Refuses unless the caller may read `org`'s numbers: the operator
+    /// (every org) or a member (any role).
+    pub fn require_reader(&self, org: &OrgName) -> Result<()> {
+        match self.role {
+            Role::Operator => Ok(()),
+            _ => self.require_member(org),
+        }
+    }
+
     /// Refuses unless the caller is an Owner or Admin of `org`.
     pub fn require_admin(&self, org: &OrgName) -> Result<()> {
         self.require_member(org)?;

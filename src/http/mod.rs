@@ -4,6 +4,9 @@
 //! - `GET /metrics`: the broker's numbers in the OpenMetrics text format
 //!   (`metrics`), documented in docs/METRICS.md.
 //! - `GET /healthz`: 200 while the broker admits, 503 while it drains.
+//! - `GET /api/v1/usage`, `/api/v1/sessions`, `/api/v1/what-if`: the
+//!   utilization reports as JSON or CSV (`api`), for a caller with an API
+//!   key (`auth`): the operator reads every org, members their own.
 //!
 //! Off unless `--http` is given; meant for a loopback or ops-network
 //! address (README Security). Its connections are bounded in number and
@@ -11,6 +14,8 @@
 //! shell's counters. With `--metrics-token`, `/metrics` wants
 //! `Authorization: Bearer TOKEN`.
 
+mod api;
+pub mod auth;
 mod listener;
 mod metrics;
 
@@ -31,7 +36,13 @@ use crate::server::Shared;
 /// Serves the ops endpoint on `listener` until `stop` fires.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
     let (connections, lifetime) = (shared.options.http_connections, shared.options.http_lifetime);
-    let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(health)).with_state(shared);
+    let app = Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(health))
+        .route("/api/v1/usage", get(api::usage))
+        .route("/api/v1/sessions", get(api::sessions))
+        .route("/api/v1/what-if", get(api::what_if))
+        .with_state(shared);
     let stopped = async move {
         let _ = stop.changed().await;
     };

@@ -45,7 +45,7 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         }
         Req::Renew { session } => renew(call, session),
         Req::Release { session } => reply(core.release(p, session, call.now), |ended| {
-            super::log_ended(&ended);
+            call.shared.ended(ended);
             call.forget(session, Resp::Released)
         }),
         Req::Status { org } => reply(core.status(p, org.as_ref()), |v| match call.proto {

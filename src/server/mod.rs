@@ -91,6 +91,9 @@ pub struct Options {
     pub http_lifetime: Duration,
     /// Limits on connections that have not authenticated yet.
     pub strangers: GateLimits,
+    /// Keep the utilization history (`history.redb` in the data dir) for
+    /// this long, or not at all (`None`).
+    pub history: Option<crate::history::Retention>,
 }
 
 impl Options {
@@ -117,6 +120,7 @@ impl Options {
             http_connections: crate::http::MAX_CONNECTIONS,
             http_lifetime: crate::http::CONNECTION_LIFETIME,
             strangers: GateLimits::for_max_connections(10_000),
+            history: Some(crate::history::Retention::default()),
         }
     }
 }
@@ -163,6 +167,10 @@ pub(crate) struct Shared {
     /// Serialises ceiling writes (raises and lowerings), so the durable
     /// ceiling is always the last value written and never below memory's.
     pub ceiling: tokio::sync::Mutex<()>,
+    /// The utilization history, unless it is off.
+    pub history: Option<Arc<crate::history::History>>,
+    /// Signs the ops endpoint's sign-in cookies.
+    pub signer: crate::http::auth::Signer,
     /// Dropped with the last handle on this state, after every field above
     /// (fields drop in order), so `Running::shutdown` knows the store is closed.
     pub _closed: oneshot::Sender<()>,
@@ -199,12 +207,23 @@ impl Shared {
     /// Tells each ended session's connection why it ended.
     pub fn announce(&self, ended: Vec<Ended>) {
         for e in ended {
-            log_ended(&e);
             if let Some(tx) = self.notices.get(&e.conn) {
                 // Notices are advisory: a full queue means the client is not
                 // reading, and its next request will say the session is gone.
                 let _ = tx.try_send(Notice::SessionEnded { session: e.info.session, reason: e.reason.into() });
             }
+            self.ended(e);
+        }
+    }
+
+    /// Every session end passes here once: logged, and handed to the history.
+    pub fn ended(&self, e: Ended) {
+        let i = &e.info;
+        let reason = e.reason.name();
+        let (session, pool, machine, user, labels) = (&i.session, &i.pool, &i.machine, &i.user, &i.labels);
+        tracing::debug!(%session, %pool, %machine, %user, %labels, reason, "session ended");
+        if let Some(h) = &self.history {
+            h.ended(e);
         }
     }
 
@@ -298,13 +317,6 @@ impl LogBudget {
 }
 
 /// The debug log line of a session's end.
-pub(crate) fn log_ended(e: &Ended) {
-    let i = &e.info;
-    let reason = e.reason.name();
-    let (session, pool, machine, user, labels) = (&i.session, &i.pool, &i.machine, &i.user, &i.labels);
-    tracing::debug!(%session, %pool, %machine, %user, %labels, reason, "session ended");
-}
-
 /// A running broker.
 pub struct Running {
     addr: SocketAddr,
@@ -355,6 +367,12 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         .map_err(bind_error)?;
     let addr = endpoint.local_addr().map_err(bind_error)?;
 
+    let history = match &options.history {
+        Some(keep) => {
+            Some(Arc::new(crate::history::History::open(&options.data_dir, keep.clone()).map_err(SetupError::History)?))
+        }
+        None => None,
+    };
     let gate = Arc::new(gate::Gate::new(options.strangers));
     let (closed_tx, closed) = oneshot::channel();
     let metrics_served = options.http.is_some();
@@ -378,6 +396,8 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         tokens,
         gate,
         ceiling: tokio::sync::Mutex::new(()),
+        history: history.clone(),
+        signer: crate::http::auth::Signer::new().map_err(|_| SetupError::Random)?,
         _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -386,6 +406,9 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         tokio::spawn(expiry::run(shared.clone(), stop_rx.clone())),
         tokio::spawn(checkpoint::run(shared.clone(), stop_rx.clone())),
     ];
+    if let Some(h) = history {
+        tasks.push(tokio::spawn(crate::history::run(shared.clone(), h, stop_rx.clone())));
+    }
     let http_addr = match http {
         Some(listener) => {
             let local = listener.local_addr().ok();

@@ -200,6 +200,8 @@ pub struct Holder<'a> {
 /// A session that has just ended, for notices, logs and the history.
 #[derive(Clone, Debug)]
 pub struct Ended {
+    /// Its org (the pool is in `info`).
+    pub org: crate::core::id::OrgName,
     /// What ended.
     pub info: SessionInfo,
     /// The connection that held it.

@@ -217,7 +217,8 @@ impl Shard {
         entry.accrual.end(live.started, now, reason as usize, &mut keep(closed, dropped, live.pool));
         let pool = &entry.pool;
         pool.return_seat();
-        Some(Ended { info: self.info(&live, id), conn: live.conn, reason, at: now })
+        let org = pool.org.clone();
+        Some(Ended { org, info: self.info(&live, id), conn: live.conn, reason, at: now })
     }
 
     /// A public view of a live session.

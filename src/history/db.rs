@@ -1,0 +1,272 @@
+//! The history's own redb file, `history.redb` in the data dir.
+//!
+//! A file of its own rather than tables in the records' store: history is
+//! written in batches (a minute's rollups, a second's ended sessions)
+//! without an fsync per batch, so it never queues behind or slows the
+//! fsync'd commits admissions wait for; a damaged or deleted history
+//! loses charts, never a license record; and its size is its own to watch.
+//! redb rather than SQLite: it is already in the tree (no C build), its
+//! ordered tuple keys make every query a range scan, and retention a
+//! range delete.
+//!
+//! Tables (postcard values):
+//! - `minutes`, `hours`, `days`: (org, pool, period index) → `Usage`.
+//! - `sessions`: (org, end ms, session id) → `EndedRow`.
+
+use std::path::Path;
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{Period, Retention};
+
+type Key<'a> = (&'a str, &'a str, u64);
+
+const MINUTES: TableDefinition<'static, Key<'static>, &'static [u8]> = TableDefinition::new("minutes");
+const HOURS: TableDefinition<'static, Key<'static>, &'static [u8]> = TableDefinition::new("hours");
+const DAYS: TableDefinition<'static, Key<'static>, &'static [u8]> = TableDefinition::new("days");
+const SESSIONS: TableDefinition<'static, (&'static str, u64, u64), &'static [u8]> = TableDefinition::new("sessions");
+
+fn table(p: Period) -> TableDefinition<'static, Key<'static>, &'static [u8]> {
+    match p {
+        Period::Minute => MINUTES,
+        Period::Hour => HOURS,
+        Period::Day => DAYS,
+    }
+}
+
+/// What a pool did in one period (a minute, an hour or a day).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Most seats in use at any instant of the period.
+    pub peak: u32,
+    /// Fewest seats in use at any instant of the period (over the minutes
+    /// that have a row: a pool with nothing at all has no row).
+    pub trough: u32,
+    /// The quota (the highest it was during the period).
+    pub quota: u32,
+    /// Seat-milliseconds held by sessions.
+    pub seat_ms: u64,
+    /// Sessions admitted.
+    pub admitted: u64,
+    /// Admissions refused, by error code: `QUOTA_EXCEEDED` first, then
+    /// `Denial::ALL`'s order (a later reason appends).
+    pub denied: Vec<u64>,
+    /// Sessions ended, by reason (`EndReason::ALL` order).
+    pub ends: [u64; 4],
+}
+
+impl Usage {
+    /// Folds `o` (a later or concurrent part of the same period) in.
+    pub fn merge(&mut self, o: &Usage) {
+        self.peak = self.peak.max(o.peak);
+        self.trough = self.trough.min(o.trough);
+        self.quota = self.quota.max(o.quota);
+        self.seat_ms += o.seat_ms;
+        self.admitted += o.admitted;
+        if self.denied.len() < o.denied.len() {
+            self.denied.resize(o.denied.len(), 0);
+        }
+        for (d, n) in self.denied.iter_mut().zip(&o.denied) {
+            *d += n;
+        }
+        for (e, n) in self.ends.iter_mut().zip(o.ends) {
+            *e += n;
+        }
+    }
+
+    /// Refusals of every reason.
+    pub fn denials(&self) -> u64 {
+        self.denied.iter().sum()
+    }
+}
+
+/// One ended session as the history keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedRow {
+    /// Its pool.
+    pub pool: String,
+    /// The user whose key acquired it.
+    pub user: String,
+    /// The machine it ran on.
+    pub machine: String,
+    /// When it started (ms since 1970).
+    pub start: u64,
+    /// When it ended.
+    pub end: u64,
+    /// Why (`EndReason::name`).
+    pub reason: String,
+    /// The job's labels (pipeline, job), as the runner gave them.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Why the history could not be read or written.
+#[derive(Debug)]
+pub struct DbError(pub String);
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "history store: {}", self.0)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+fn err(e: impl std::fmt::Display) -> DbError {
+    DbError(e.to_string())
+}
+
+/// The history file.
+pub struct Db {
+    db: Database,
+}
+
+/// Reads stream through; rollups are small. redb's default cache is 1 GiB.
+const CACHE_BYTES: usize = 16 << 20;
+
+/// A batch of rows to write in one transaction.
+#[derive(Default, Debug)]
+pub struct Batch {
+    /// (org, pool, minute) → what the minute adds.
+    pub minutes: Vec<((String, String, u64), Usage)>,
+    /// Ended sessions: (org, session id, row).
+    pub sessions: Vec<(String, u64, EndedRow)>,
+}
+
+impl Db {
+    /// Opens (creating if needed) the history at `path`.
+    pub fn open(path: &Path) -> Result<Db, DbError> {
+        let db = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(err)?;
+        let tx = db.begin_write().map_err(err)?;
+        for t in [MINUTES, HOURS, DAYS] {
+            tx.open_table(t).map_err(err)?;
+        }
+        tx.open_table(SESSIONS).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Db { db })
+    }
+
+    /// Writes a batch: minutes merged into any row already there (a
+    /// restart within a minute), and into their hour and day.
+    ///
+    /// Not fsync'd (`Durability::None`): a crash may lose the batches since
+    /// the last durable commit, never corrupt the file; `write_durable`
+    /// (once a minute) makes everything before it durable.
+    pub fn write(&self, batch: &Batch, durable: bool) -> Result<(), DbError> {
+        let mut tx = self.db.begin_write().map_err(err)?;
+        if !durable {
+            tx.set_durability(Durability::None).map_err(err)?;
+        }
+        {
+            for period in [Period::Minute, Period::Hour, Period::Day] {
+                let mut t = tx.open_table(table(period)).map_err(err)?;
+                // Several minutes of a batch fall in one hour: merge in memory first.
+                let mut merged: std::collections::BTreeMap<(&str, &str, u64), Usage> = Default::default();
+                for ((org, pool, minute), u) in &batch.minutes {
+                    let k = (org.as_str(), pool.as_str(), minute / period.minutes());
+                    match merged.get_mut(&k) {
+                        Some(m) => m.merge(u),
+                        None => _ = merged.insert(k, u.clone()),
+                    }
+                }
+                for (k, u) in merged {
+                    let old = match t.get(k).map_err(err)? {
+                        Some(old) => Some(postcard::from_bytes::<Usage>(old.value()).map_err(err)?),
+                        None => None,
+                    };
+                    let row = match old {
+                        Some(mut row) => {
+                            row.merge(&u);
+                            row
+                        }
+                        None => u,
+                    };
+                    t.insert(k, postcard::to_allocvec(&row).map_err(err)?.as_slice()).map_err(err)?;
+                }
+            }
+            let mut t = tx.open_table(SESSIONS).map_err(err)?;
+            for (org, id, row) in &batch.sessions {
+                t.insert((org.as_str(), row.end, *id), postcard::to_allocvec(row).map_err(err)?.as_slice())
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Rows of `org`'s `pool` for periods `from..to` of `period`.
+    pub fn usage(
+        &self,
+        period: Period,
+        org: &str,
+        pool: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Usage)>, DbError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(table(period)).map_err(err)?;
+        let mut out = Vec::new();
+        for row in t.range((org, pool, from)..(org, pool, to)).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            out.push((k.value().2, postcard::from_bytes(v.value()).map_err(err)?));
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` sessions of `org` that ended in `from..to` ms, oldest
+    /// end first, after (end, id) `after`; and whether more follow.
+    pub fn sessions(
+        &self,
+        org: &str,
+        from: u64,
+        to: u64,
+        after: Option<(u64, u64)>,
+        limit: usize,
+    ) -> Result<(Vec<(u64, EndedRow)>, bool), DbError> {
+        let tx = self.db.begin_read().map_err(err)?;
+        let t = tx.open_table(SESSIONS).map_err(err)?;
+        let start = match after {
+            Some((end, id)) => (org, end, id.saturating_add(1)),
+            None => (org, from, 0),
+        };
+        let mut out = Vec::new();
+        for row in t.range(start..(org, to, 0)).map_err(err)? {
+            let (k, v) = row.map_err(err)?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            out.push((k.value().2, postcard::from_bytes(v.value()).map_err(err)?));
+        }
+        Ok((out, false))
+    }
+
+    /// Deletes what `keep` no longer keeps, as of minute `now`, for the
+    /// given (org, pool)s and orgs.
+    pub fn prune(&self, keep: &Retention, now_minute: u64, pools: &[(String, String)]) -> Result<(), DbError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        {
+            for (period, kept) in
+                [(Period::Minute, Some(keep.minutes)), (Period::Hour, Some(keep.hours)), (Period::Day, keep.days)]
+            {
+                let Some(kept) = kept else { continue };
+                let cutoff = now_minute.saturating_sub(kept.as_secs() / 60) / period.minutes();
+                let mut t = tx.open_table(table(period)).map_err(err)?;
+                for (org, pool) in pools {
+                    t.retain_in((org.as_str(), pool.as_str(), 0)..(org.as_str(), pool.as_str(), cutoff), |_, _| false)
+                        .map_err(err)?;
+                }
+            }
+            let cutoff_ms = now_minute.saturating_sub(keep.minutes.as_secs() / 60) * 60_000;
+            let mut t = tx.open_table(SESSIONS).map_err(err)?;
+            let orgs: std::collections::BTreeSet<&str> = pools.iter().map(|(o, _)| o.as_str()).collect();
+            for org in orgs {
+                t.retain_in((org, 0, 0)..(org, cutoff_ms, 0), |_, _| false).map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// Bytes the file takes on disk.
+    pub fn file_bytes(path: &Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}

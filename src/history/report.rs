@@ -1,0 +1,218 @@
+//! The reports the dashboard, the JSON/CSV API and the CLI share: who may
+//! read what, the bounds on a query, and the answers, in one place, so
+//! HTTP and QUIC differ only in their encoding.
+
+use crate::core::{Broker, Millis, OrgName, PoolId, Principal};
+
+use super::{EndedRow, History, Point, WhatIf};
+
+/// Most points one usage answer holds (a year of hours is 8,760).
+pub const MAX_POINTS: u64 = 10_000;
+
+/// Most ended sessions one answer holds (the caller pages on).
+pub const MAX_SESSIONS: usize = 100_000;
+
+/// Why a report was refused.
+#[derive(Debug)]
+pub enum ReportError {
+    /// A rule of the core: unknown org or pool, not a member.
+    Core(crate::core::Error),
+    /// The question is malformed or too large (the message says how).
+    Invalid(String),
+    /// The broker keeps no history (`serve --no-history`).
+    Off,
+    /// The history could not be read.
+    Db(super::DbError),
+}
+
+impl std::fmt::Display for ReportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReportError::Core(e) => write!(f, "{e}"),
+            ReportError::Invalid(why) => f.write_str(why),
+            ReportError::Off => f.write_str("this broker keeps no utilization history (started with --no-history)"),
+            ReportError::Db(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<crate::core::Error> for ReportError {
+    fn from(e: crate::core::Error) -> Self {
+        ReportError::Core(e)
+    }
+}
+
+impl From<super::DbError> for ReportError {
+    fn from(e: super::DbError) -> Self {
+        ReportError::Db(e)
+    }
+}
+
+/// One pool's series.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// The pool.
+    pub pool: PoolId,
+    /// Its quota now.
+    pub quota: u32,
+    /// One point per step with data, oldest first.
+    pub points: Vec<Point>,
+}
+
+/// A time range `from..to` in ms, checked.
+fn range(from: Millis, to: Millis) -> Result<(), ReportError> {
+    match from < to {
+        true => Ok(()),
+        false => Err(ReportError::Invalid(format!(
+            "the range is empty: from {} is not before to {}",
+            crate::core::format_utc(from),
+            crate::core::format_utc(to)
+        ))),
+    }
+}
+
+fn history(h: Option<&History>) -> Result<&History, ReportError> {
+    h.ok_or(ReportError::Off)
+}
+
+/// Usage of `org`'s pools (or just `pool`) over `from..to` in steps of `step_ms`.
+pub fn usage(
+    core: &Broker,
+    h: Option<&History>,
+    p: &Principal,
+    org: &OrgName,
+    pool: Option<PoolId>,
+    (from, to): (Millis, Millis),
+    step_ms: u64,
+) -> Result<Vec<Series>, ReportError> {
+    let pools = core.status(p, Some(org))?;
+    let h = history(h)?;
+    range(from, to)?;
+    if step_ms < crate::core::usage::MINUTE_MS || step_ms % crate::core::usage::MINUTE_MS != 0 {
+        return Err(ReportError::Invalid("the step must be a whole number of minutes".into()));
+    }
+    if (to.0 - from.0) / step_ms > MAX_POINTS {
+        return Err(ReportError::Invalid(format!(
+            "more than {MAX_POINTS} points: use a larger step or a shorter range"
+        )));
+    }
+    if let Some(pool) = pool {
+        if !pools.iter().any(|s| s.pool == pool) {
+            return Err(crate::core::Error::not_found("pool", pool).into());
+        }
+    }
+    let mut out = Vec::new();
+    for s in pools.iter().filter(|s| pool.is_none_or(|p| p == s.pool)) {
+        let points = h.usage(org.as_str(), &s.pool.to_string(), from, to, step_ms)?;
+        out.push(Series { pool: s.pool, quota: s.quota, points });
+    }
+    Ok(out)
+}
+
+/// A page of ended sessions (session id, row) and the next page's cursor.
+pub type SessionsPage = (Vec<(u64, EndedRow)>, Option<(u64, u64)>);
+
+/// Sessions of `org` that ended in `from..to`, at most `limit`, after the
+/// cursor (end ms, session id); and the cursor of the next page, if any.
+/// Members read their org; the operator every org.
+pub fn sessions(
+    core: &Broker,
+    h: Option<&History>,
+    p: &Principal,
+    org: &OrgName,
+    (from, to): (Millis, Millis),
+    after: Option<(u64, u64)>,
+    limit: usize,
+) -> Result<SessionsPage, ReportError> {
+    core.status(p, Some(org))?;
+    let h = history(h)?;
+    range(from, to)?;
+    let (rows, more) = h.sessions(org.as_str(), from, to, after, limit.min(MAX_SESSIONS))?;
+    let next = if more { rows.last().map(|(id, r)| (r.end, *id)) } else { None };
+    Ok((rows, next))
+}
+
+/// Replays `org`'s `pool`'s demand over `from..to` against `seats` (see `replay`).
+pub fn what_if(
+    core: &Broker,
+    h: Option<&History>,
+    p: &Principal,
+    (org, pool): (&OrgName, PoolId),
+    (from, to): (Millis, Millis),
+    seats: std::ops::RangeInclusive<u32>,
+) -> Result<WhatIf, ReportError> {
+    let live = core.live_starts(p, org, pool)?;
+    let h = history(h)?;
+    range(from, to)?;
+    if seats.is_empty() || seats.clone().count() > super::MAX_SEAT_COUNTS {
+        return Err(ReportError::Invalid(format!(
+            "seats must be N or N..M with at most {} counts",
+            super::MAX_SEAT_COUNTS
+        )));
+    }
+    Ok(h.what_if(org.as_str(), &pool.to_string(), from, to, &live, seats)?)
+}
+
+/// Parses a point in time for a report: `now`; a duration back from now
+/// (`7d`, `90m`); a date (`2026-11-28`, its start, UTC); an RFC 3339 time
+/// (`2026-11-28T12:00:00Z`); or Unix seconds.
+pub fn parse_when(s: &str, now: Millis) -> Result<Millis, String> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Millis(secs.saturating_mul(1000)));
+    }
+    if let Ok(ago) = humantime::parse_duration(s) {
+        return Ok(Millis(now.0.saturating_sub(ago.as_millis() as u64)));
+    }
+    if let Ok(end) = crate::core::parse_end_of_date(s) {
+        return Ok(Millis(end.0 - crate::core::DAY_MS));
+    }
+    match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => Ok(Millis(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))),
+        Err(_) => Err(format!(
+            "`{s}` is not a time: use now, a duration back from now (7d), a date (2026-11-28), \
+             an RFC 3339 time (2026-11-28T12:00:00Z) or Unix seconds"
+        )),
+    }
+}
+
+/// Parses a step (`1m`, `5m`, `1h`, `1d`).
+pub fn parse_step(s: &str) -> Result<u64, String> {
+    humantime::parse_duration(s.trim())
+        .map(|d| d.as_millis() as u64)
+        .map_err(|_| format!("`{s}` is not a step: use a duration such as 1m, 15m, 1h, 1d"))
+}
+
+/// A step giving a few hundred points over `span_ms`: 1 minute up to 6
+/// hours, 5 minutes up to 2 days, 1 hour up to 3 weeks, 1 day beyond.
+pub fn auto_step(span_ms: u64) -> u64 {
+    const MIN: u64 = 60_000;
+    match span_ms {
+        s if s <= 6 * 60 * MIN => MIN,
+        s if s <= 2 * 1440 * MIN => 5 * MIN,
+        s if s <= 21 * 1440 * MIN => 60 * MIN,
+        _ => 1440 * MIN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_every_documented_form() {
+        let now = Millis(1_800_000_000_000);
+        assert_eq!(parse_when("now", now), Ok(now));
+        assert_eq!(parse_when("7d", now), Ok(Millis(now.0 - 7 * 86_400_000)));
+        assert_eq!(parse_when("1700000000", now), Ok(Millis(1_700_000_000_000)));
+        assert_eq!(parse_when("2026-11-28", now), Ok(Millis::from_civil_date(2026, 11, 28).unwrap()));
+        let noon = Millis::from_civil_date(2026, 11, 28).unwrap().0 + 12 * 3_600_000;
+        assert_eq!(parse_when("2026-11-28T12:00:00Z", now), Ok(Millis(noon)));
+        assert!(parse_when("yesterday-ish", now).unwrap_err().contains("is not a time"));
+        assert_eq!(parse_step("15m"), Ok(900_000));
+        assert_eq!(auto_step(86_400_000), 300_000);
+    }
+}

@@ -1,0 +1,91 @@
+//! The history on the core's own clock: minutes, rollups, sessions and
+//! replays from real lease events, without sockets.
+
+use std::time::Duration;
+
+use super::*;
+use crate::core::testkit::{t, Fixture};
+use crate::core::{EndReason, Error};
+
+/// A timeline starting on a minute boundary.
+fn timeline() -> impl Fn(u64) -> Millis {
+    let first = t(0).0 / MINUTE_MS + 1;
+    move |ms| Millis(first * MINUTE_MS + ms)
+}
+
+#[test]
+fn minutes_hours_sessions_and_what_if_from_lease_events() {
+    let at = timeline();
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path(), Retention::default()).unwrap();
+    let w = Fixture::new(2, 2, Duration::from_secs(300));
+    w.register("m").unwrap();
+    let base = at(0);
+    h.record(w.broker.harvest(base), base, Vec::new(), true).unwrap();
+    let a = w.acquire("m", 1, 1, at(10_000)).unwrap();
+    w.acquire("m", 2, 1, at(20_000)).unwrap();
+    assert_eq!(w.acquire("m", 3, 1, at(30_000)), Err(Error::QuotaExceeded { quota: 2 }));
+    h.record(w.broker.harvest(at(60_500)), at(60_500), Vec::new(), true).unwrap();
+    let ended = w.broker.release(&w.owner, a.session, at(70_000)).unwrap();
+    h.record(w.broker.harvest(at(120_500)), at(120_500), vec![ended], true).unwrap();
+
+    let org = w.org.to_string();
+    let pool = "kre-floating-annual";
+    let minutes = h.usage(&org, pool, base, at(180_000), MINUTE_MS).unwrap();
+    assert_eq!(minutes.len(), 2, "{minutes:?}");
+    let (m0, m1) = (&minutes[0].usage, &minutes[1].usage);
+    assert_eq!((minutes[0].start, minutes[1].start), (base.0, base.0 + MINUTE_MS));
+    // Minute 0: a from 10 s, b from 20 s; a refusal. Minute 1: a until 70 s, b throughout.
+    assert_eq!((m0.peak, m0.trough, m0.quota, m0.seat_ms, m0.admitted, m0.denied[0]), (2, 0, 2, 90_000, 2, 1));
+    assert_eq!((m1.peak, m1.trough, m1.seat_ms, m1.ends), (2, 1, 70_000, [1, 0, 0, 0]));
+    assert!((minutes[0].average() - 1.5).abs() < 1e-9);
+    // The hour holds both minutes.
+    let hour = h.usage(&org, pool, base, at(180_000), 60 * MINUTE_MS).unwrap();
+    assert_eq!(hour.len(), 1);
+    assert_eq!((hour[0].usage.peak, hour[0].usage.seat_ms, hour[0].usage.admitted), (2, 160_000, 2));
+    let five = h.usage(&org, pool, base, at(600_000), 5 * MINUTE_MS).unwrap();
+    assert_eq!(five.len(), 1, "five-minute steps read minutes and sum them");
+    assert_eq!(five[0].usage.seat_ms, 160_000);
+    // The ended session, with its times.
+    let (rows, more) = h.sessions(&org, base, at(600_000), None, 10).unwrap();
+    assert!(!more);
+    assert_eq!(rows.len(), 1);
+    let r = &rows[0].1;
+    assert_eq!((r.start, r.end, r.reason.as_str()), (at(10_000).0, at(70_000).0, EndReason::Released.name()));
+    // What if: one seat would have refused b (and the refused acquire);
+    // three would have admitted everything.
+    let live = w.broker.live_starts(&w.owner, &w.org, crate::core::PoolId::KRE_DEFAULT).unwrap();
+    let wi = h.what_if(&org, pool, base, at(120_000), &live, 1..=3).unwrap();
+    assert_eq!((wi.sessions, wi.refusals), (2, 1));
+    let denied: Vec<u64> = wi.outcomes.iter().map(|o| o.denied).collect();
+    assert_eq!(denied, vec![2, 1, 0], "{wi:?}");
+}
+
+#[test]
+fn minutes_survive_reopening_and_retention_prunes_them() {
+    let at = timeline();
+    let dir = tempfile::tempdir().unwrap();
+    let keep = Retention { minutes: Duration::from_secs(120), hours: Duration::from_secs(7200), days: None };
+    let w = Fixture::new(2, 2, Duration::from_secs(3_600));
+    w.register("m").unwrap();
+    let org = w.org.to_string();
+    let pool = "kre-floating-annual";
+    {
+        let h = History::open(dir.path(), keep.clone()).unwrap();
+        h.record(w.broker.harvest(at(0)), at(0), Vec::new(), true).unwrap();
+        w.acquire("m", 1, 1, at(1_000)).unwrap();
+        h.record(w.broker.harvest(at(60_000)), at(60_000), Vec::new(), true).unwrap();
+        // Ten minutes later (the session held throughout: idle minutes).
+        h.record(w.broker.harvest(at(600_000)), at(600_000), Vec::new(), true).unwrap();
+        let all = h.usage(&org, pool, at(0), at(600_000), MINUTE_MS).unwrap();
+        assert_eq!(all.len(), 10, "{all:#?}");
+        assert!(all[1..].iter().all(|p| p.usage.seat_ms == MINUTE_MS && (p.usage.peak, p.usage.trough) == (1, 1)));
+        assert!(all.iter().all(|p| p.usage.quota == 2), "{all:#?}");
+        h.prune(at(600_000), &[(org.clone(), pool.to_string())]).unwrap();
+    }
+    let h = History::open(dir.path(), keep).unwrap();
+    let kept = h.usage(&org, pool, at(0), at(600_000), MINUTE_MS).unwrap();
+    assert_eq!(kept.len(), 2, "two minutes of minutes are kept, across a reopen");
+    let hours = h.usage(&org, pool, at(0), at(600_000), 60 * MINUTE_MS).unwrap();
+    assert_eq!(hours[0].usage.seat_ms, 59_000 + 9 * MINUTE_MS, "the hour keeps what the pruned minutes held");
+}

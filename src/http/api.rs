@@ -1,0 +1,221 @@
+//! The JSON and CSV reports: `/api/v1/usage`, `/api/v1/sessions`,
+//! `/api/v1/what-if`. Each authenticates the caller (`auth`), parses its
+//! query, and asks `history::report`, which holds every rule; this module
+//! only encodes. Reads run off the async threads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth;
+use crate::core::{Millis, OrgName, PoolId, Principal};
+use crate::history::export;
+use crate::history::report::{self, ReportError};
+use crate::server::Shared;
+
+/// A refusal in the API's shape: a status, and `{"error": CODE, "message": ...}`.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    }
+}
+
+/// A refusal with `status` and error `code`.
+pub(super) fn refuse(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> Refusal {
+    Refusal { status, code, message: message.to_string() }
+}
+
+fn report_error(e: ReportError) -> Refusal {
+    match e {
+        ReportError::Core(e) => {
+            let w = crate::proto::WireError::from(e);
+            let status = match w.code {
+                crate::proto::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                crate::proto::ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            refuse(status, w.code.name(), w.message)
+        }
+        ReportError::Invalid(why) => refuse(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why),
+        ReportError::Off => refuse(StatusCode::NOT_FOUND, "NO_HISTORY", ReportError::Off),
+        ReportError::Db(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "STORE_FAILURE", e),
+    }
+}
+
+fn bad(why: impl std::fmt::Display) -> Refusal {
+    refuse(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why)
+}
+
+/// The query's `org` (required), `from` and `to` (defaults: `default_span` back from now, and now).
+fn org_and_range(
+    q: &HashMap<String, String>,
+    now: Millis,
+    default_from: &str,
+) -> Result<(OrgName, (Millis, Millis)), Refusal> {
+    let org = q.get("org").ok_or_else(|| bad("the query needs org=ORG"))?;
+    let org = OrgName::new(org.as_str()).map_err(bad)?;
+    let to = report::parse_when(q.get("to").map_or("now", String::as_str), now).map_err(bad)?;
+    let from = report::parse_when(q.get("from").map_or(default_from, String::as_str), to).map_err(bad)?;
+    Ok((org, (from, to)))
+}
+
+fn pool_of(q: &HashMap<String, String>) -> Result<Option<PoolId>, Refusal> {
+    q.get("pool").map(|p| p.parse::<PoolId>().map_err(bad)).transpose()
+}
+
+/// Whether the caller asked for CSV (`format=csv`) or JSON (the default).
+fn csv(q: &HashMap<String, String>) -> Result<bool, Refusal> {
+    match q.get("format").map(String::as_str) {
+        None | Some("json") => Ok(false),
+        Some("csv") => Ok(true),
+        Some(other) => Err(bad(format!("format must be json or csv, not `{other}`"))),
+    }
+}
+
+fn json_body(v: serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], v.to_string()).into_response()
+}
+
+fn csv_body(name: &str, body: String) -> Response {
+    let disposition = format!("attachment; filename=\"{name}.csv\"");
+    ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
+        .into_response()
+}
+
+/// Runs a report off the async threads.
+async fn blocking(f: impl FnOnce() -> Result<Response, Refusal> + Send + 'static) -> Response {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(r)) => r.into_response(),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e).into_response(),
+    }
+}
+
+/// `GET /api/v1/usage?org=&pool=&from=&to=&step=&format=json|csv`.
+pub(super) async fn usage(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let p = match auth::principal(&shared, &headers) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    blocking(move || usage_report(&shared, &p, &q)).await
+}
+
+fn usage_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(q, shared.clock.now(), "7d")?;
+    let pool = pool_of(q)?;
+    let step = match q.get("step") {
+        Some(s) => report::parse_step(s).map_err(bad)?,
+        None => report::auto_step(range.1 .0.saturating_sub(range.0 .0)),
+    };
+    let series =
+        report::usage(&shared.core, shared.history.as_deref(), p, &org, pool, range, step).map_err(report_error)?;
+    Ok(match csv(q)? {
+        true => csv_body(&format!("usage-{org}"), export::usage_csv(&series)),
+        false => json_body(export::usage_json(org.as_str(), range, step, &series)),
+    })
+}
+
+/// `GET /api/v1/sessions?org=&from=&to=&format=json|csv&limit=&after=`:
+/// sessions that ended in the range, oldest end first; `next` (JSON) or
+/// the `X-Next-After` header (CSV) is the `after` of the next page.
+pub(super) async fn sessions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let p = match auth::principal(&shared, &headers) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    blocking(move || sessions_report(&shared, &p, &q)).await
+}
+
+fn sessions_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(q, shared.clock.now(), "1d")?;
+    let limit = match q.get("limit") {
+        Some(n) => n.parse::<usize>().map_err(|_| bad("limit must be a number"))?,
+        None => report::MAX_SESSIONS,
+    };
+    let after = match q.get("after") {
+        Some(a) => {
+            let parsed = a
+                .split_once('.')
+                .and_then(|(end, id)| Some((end.parse().ok()?, id.parse::<crate::core::SessionId>().ok()?.0)));
+            Some(parsed.ok_or_else(|| bad("after must be the `next` of an earlier page"))?)
+        }
+        None => None,
+    };
+    let (rows, next) = report::sessions(&shared.core, shared.history.as_deref(), p, &org, range, after, limit)
+        .map_err(report_error)?;
+    let next = next.map(|(end, id)| format!("{end}.{}", crate::core::SessionId(id)));
+    Ok(match csv(q)? {
+        true => {
+            let mut body = String::from(export::SESSIONS_CSV_HEADER);
+            for (id, r) in &rows {
+                body.push_str(&export::session_csv(*id, r));
+            }
+            let mut response = csv_body(&format!("sessions-{org}"), body);
+            if let Some(next) = next.and_then(|n| n.parse().ok()) {
+                response.headers_mut().insert("x-next-after", next);
+            }
+            response
+        }
+        false => {
+            let list: Vec<serde_json::Value> = rows.iter().map(|(id, r)| export::session_json(*id, r)).collect();
+            json_body(serde_json::json!({ "org": org.as_str(), "sessions": list, "next": next }))
+        }
+    })
+}
+
+/// `GET /api/v1/what-if?org=&pool=&seats=N[..M]&from=&to=&format=json|csv`.
+pub(super) async fn what_if(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let p = match auth::principal(&shared, &headers) {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    blocking(move || what_if_report(&shared, &p, &q)).await
+}
+
+/// Parses `N` or `N..M`.
+pub fn parse_seats(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("seats must be N or N..M (numbers), not `{s}`");
+    match s.split_once("..") {
+        Some((a, b)) => Ok(a.trim().parse().map_err(|_| bad())?..=b.trim().parse().map_err(|_| bad())?),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            Ok(n..=n)
+        }
+    }
+}
+
+fn what_if_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(q, shared.clock.now(), "30d")?;
+    let pool = pool_of(q)?.ok_or_else(|| bad("the query needs pool=POOL"))?;
+    let seats =
+        parse_seats(q.get("seats").ok_or_else(|| bad("the query needs seats=N or seats=N..M"))?).map_err(bad)?;
+    let w = report::what_if(&shared.core, shared.history.as_deref(), p, (&org, pool), range, seats)
+        .map_err(report_error)?;
+    Ok(match csv(q)? {
+        true => csv_body(&format!("what-if-{org}-{pool}"), export::what_if_csv(&w)),
+        false => json_body(export::what_if_json(org.as_str(), &pool.to_string(), range, &w)),
+    })
+}

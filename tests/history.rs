@@ -1,0 +1,98 @@
+//! The utilization history over the real broker: lease events over QUIC
+//! become minute rows, read back through `/api/v1/usage`, `/sessions` and
+//! `/what-if` with an API key; the reports refuse strangers and outsiders.
+//!
+//! The broker's clock is set a few seconds before a minute boundary
+//! (`clock_ahead`), so a minute closes and is harvested within seconds.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{machine, org, start_with, POOL};
+use license_broker::proto::ErrorCode;
+
+/// A plain HTTP/1.0 GET: (status code, body).
+fn get(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+}
+
+async fn fetch(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
+    let (path, key) = (path.to_string(), key.map(str::to_string));
+    tokio::task::spawn_blocking(move || get(addr, &path, key.as_deref())).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_events_become_minutes_sessions_and_replays() {
+    // 4 s before the next minute boundary (at least 3 s from now).
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ahead = (60_000 - wall % 60_000 + 60_000 - 4_000) % 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.clock_ahead = Duration::from_millis(ahead);
+    })
+    .await;
+    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    b.quota(2).await;
+    let c = b.owner().await;
+    c.register_machine(&org(), POOL, &machine("m")).await.unwrap();
+    let first = c.acquire(&org(), POOL, &machine("m"), 1).await.unwrap();
+    c.acquire(&org(), POOL, &machine("m"), 2).await.unwrap();
+    let e = c.acquire(&org(), POOL, &machine("m"), 3).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.release(first.session).await.unwrap();
+    // Past the boundary and the next harvest tick.
+    let waited = std::time::Instant::now();
+    let owner = b.owner.clone();
+    let usage = "/api/v1/usage?org=default&pool=kre-floating-annual&from=10m&step=1m";
+    let body = loop {
+        let (code, body) = fetch(http, usage, Some(&owner)).await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["pools"][0]["points"].as_array().is_some_and(|p| !p.is_empty()) {
+            break v;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(20), "no minute was harvested: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let point = &body["pools"][0]["points"][0];
+    assert_eq!(point["peak"], 2, "{body}");
+    assert_eq!(point["quota"], 2);
+    assert_eq!(point["admitted"], 2);
+    assert_eq!(point["denied"]["QUOTA_EXCEEDED"], 1);
+    assert_eq!(point["ends"]["released"], 1);
+    let seat = point["seat_seconds"].as_f64().unwrap();
+    assert!(seat > 0.3 && seat < 8.0, "two sessions for a few seconds: {seat}");
+    // The ended session, in CSV.
+    let (code, csv) = fetch(http, "/api/v1/sessions?org=default&from=10m&format=csv", Some(&owner)).await;
+    assert_eq!(code, 200, "{csv}");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[0].starts_with("session,pool,user,machine,start,end,duration_seconds,reason"));
+    assert!(lines[1].contains(&first.session.to_string()) && lines[1].contains(",released,"), "{csv}");
+    // What if: with one seat the second session (live) or the refusal is refused.
+    let (code, w) = fetch(http, "/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..3&from=10m", Some(&owner)).await;
+    assert_eq!(code, 200, "{w}");
+    let w: serde_json::Value = serde_json::from_str(&w).unwrap();
+    assert_eq!(w["outcomes"].as_array().unwrap().len(), 3, "{w}");
+    assert_eq!(w["refusals"], 1);
+    assert!(w["outcomes"][0]["denied"].as_u64().unwrap() >= 1, "{w}");
+    // Strangers and outsiders.
+    assert_eq!(fetch(http, usage, None).await.0, 401);
+    assert_eq!(fetch(http, usage, Some("lbk_wrong")).await.0, 401);
+    assert_eq!(fetch(http, &usage.replace("default", "nobody"), Some(&b.operator)).await.0, 404);
+    let (code, body) = fetch(http, "/api/v1/usage?org=default&from=1d&step=1s", Some(&owner)).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("INVALID_ARGUMENT"));
+    assert_eq!(fetch(http, usage, Some(&b.operator)).await.0, 200, "the operator reads every org");
+}
