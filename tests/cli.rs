@@ -489,3 +489,76 @@ fn an_admin_caps_one_users_sessions_and_the_cap_is_listed_and_audited() {
     signal(&holder, "-TERM");
     holder.wait().unwrap();
 }
+
+/// `usage`, `usage sessions` and `usage what-if` print what the broker
+/// recorded: two runners one after the other, one seat's worth of demand.
+#[test]
+fn usage_reports_from_the_command_line() {
+    // The broker's clock starts 5 s before a minute boundary, so the
+    // minute closes and is harvested within seconds.
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ahead = format!("{}ms", (60_000 - wall % 60_000 + 60_000 - 5_000) % 60_000);
+    // The broker's clock runs ahead of this one: ask about wide ranges.
+    let (from, to) = ((wall / 1000 - 600).to_string(), (wall / 1000 + 600).to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let s = process::serve_with(dir.path(), "30s", &["--clock-ahead", &ahead]);
+    let out = s.run(&s.operator, &["pool", "set", "--org", "default", "--product", "kre", "--quota", "2"]);
+    assert!(out.status.success(), "{out:?}");
+    for _ in 0..2 {
+        let out = s.run(&s.owner, &["runner", "--org", "default", "--json", "--hold", "200ms"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let started = Instant::now();
+    let csv = loop {
+        let out =
+            s.run(&s.owner, &["usage", "--org", "default", "--from", &from, "--to", &to, "--step", "1m", "--csv"]);
+        assert!(out.status.success(), "{out:?}");
+        let csv = String::from_utf8(out.stdout).unwrap();
+        if csv.lines().count() > 1 {
+            break csv;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no minute harvested");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("{name} in {csv}"));
+    let sum = |name: &str| -> u64 {
+        csv.lines().skip(1).map(|l| l.split(',').nth(col(name)).unwrap().parse::<u64>().unwrap()).sum()
+    };
+    assert_eq!(sum("admitted"), 2, "{csv}");
+    assert_eq!(sum("ended_released"), 2, "{csv}");
+    let peak = csv.lines().skip(1).map(|l| l.split(',').nth(col("peak")).unwrap().parse::<u32>().unwrap()).max();
+    assert_eq!(peak, Some(1), "one after the other: {csv}");
+    let out = s.run(&s.owner, &["usage", "sessions", "--org", "default", "--from", &from, "--to", &to, "--csv"]);
+    let sessions = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(sessions.lines().filter(|l| l.contains(",released,")).count(), 2, "{sessions}");
+    let out = s.run(
+        &s.owner,
+        &[
+            "usage",
+            "what-if",
+            "--org",
+            "default",
+            "--pool",
+            "kre-floating-annual",
+            "--seats",
+            "0..2",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let w: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let denied: Vec<u64> = w["outcomes"].as_array().unwrap().iter().map(|o| o["denied"].as_u64().unwrap()).collect();
+    assert_eq!(denied, vec![2, 0, 0], "no seat refuses both, one is enough: {w}");
+    let out = s.run(&s.owner, &["usage", "--org", "nobody"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("FORBIDDEN")
+            || String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{out:?}"
+    );
+}

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{machine, org, start_with, POOL};
-use license_broker::proto::ErrorCode;
+use license_broker::proto::{ErrorCode, ListOf, PageItems};
 
 /// A plain HTTP/1.0 GET: (status code, body).
 fn get(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
@@ -81,7 +81,8 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     assert!(lines[0].starts_with("session,pool,user,machine,start,end,duration_seconds,reason"));
     assert!(lines[1].contains(&first.session.to_string()) && lines[1].contains(",released,"), "{csv}");
     // What if: with one seat the second session (live) or the refusal is refused.
-    let (code, w) = fetch(http, "/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..3&from=10m", Some(&owner)).await;
+    let (code, w) =
+        fetch(http, "/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..3&from=10m", Some(&owner)).await;
     assert_eq!(code, 200, "{w}");
     let w: serde_json::Value = serde_json::from_str(&w).unwrap();
     assert_eq!(w["outcomes"].as_array().unwrap().len(), 3, "{w}");
@@ -95,4 +96,44 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("INVALID_ARGUMENT"));
     assert_eq!(fetch(http, usage, Some(&b.operator)).await.0, 200, "the operator reads every org");
+
+    // Over QUIC: the ended sessions page one at a time, each exactly once.
+    for nonce in [10, 11] {
+        let l = c.acquire(&org(), POOL, &machine("m"), nonce).await;
+        if let Ok(l) = l {
+            c.release(l.session).await.unwrap();
+        }
+    }
+    let of = ListOf::Ended { org: org(), from_ms: 0, to_ms: u64::MAX / 2 };
+    let started = std::time::Instant::now();
+    loop {
+        let (mut seen, mut after) = (Vec::new(), None);
+        loop {
+            let (items, next) = c.page(of.clone(), after, 1).await.unwrap();
+            let PageItems::Ended(v) = items else { panic!("{items:?}") };
+            assert!(v.len() <= 1);
+            seen.extend(v.into_iter().map(|e| e.session));
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        let distinct: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(distinct.len(), seen.len(), "a session paged twice: {seen:?}");
+        if seen.len() == 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "ended sessions not written: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = c
+        .what_if(
+            &org(),
+            POOL,
+            (license_broker::value::Millis(0), license_broker::value::Millis(u64::MAX / 2)),
+            (0, 300),
+        )
+        .await;
+    let e = r.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
 }

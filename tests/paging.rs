@@ -229,5 +229,7 @@ fn items(p: &PageItems) -> Vec<String> {
         PageItems::Audit(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::Orgs(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::UserLimits(v) => v.iter().map(|x| format!("{x:?}")).collect(),
+        PageItems::Usage(v) => v.iter().map(|x| format!("{x:?}")).collect(),
+        PageItems::Ended(v) => v.iter().map(|x| format!("{x:?}")).collect(),
     }
 }

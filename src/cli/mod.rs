@@ -7,6 +7,7 @@ mod offline;
 mod output;
 mod runner;
 mod serve;
+mod usage;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -120,6 +121,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Utilization history: per-step peak, average and trough of each pool
+    /// (`usage`), the sessions that ended (`usage sessions`), and what
+    /// other seat counts would have done (`usage what-if`). Members read
+    /// their org; the operator any org.
+    Usage(usage::UsageArgs),
     /// Print this machine's ID (override with LB_MACHINE_ID).
     MachineId,
     /// Broker maintenance on its data dir, offline (the broker stopped).
@@ -465,6 +471,7 @@ async fn request(c: &Client, command: Command) -> Result<()> {
         Command::Key(cmd) => key(c, cmd).await?,
         Command::Machine(cmd) => machine(c, cmd).await?,
         Command::Session(cmd) => session(c, cmd).await?,
+        Command::Usage(a) => usage::run(c, a).await?,
         Command::Offline(cmd) => offline::request(c, cmd).await?,
         // `run` answers these without a connection; never routed here.
         Command::Serve(_) | Command::Runner(_) | Command::Activate(_) | Command::MachineId | Command::Admin(_) => {

@@ -5,8 +5,8 @@ use crate::proto::{
     AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionView, UserInfo,
     UserLimitInfo,
 };
-use crate::proto::{Cursor, ListOf, PageItems, Req, Resp, SessionToken};
-use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
+use crate::proto::{Cursor, ListOf, PageItems, Req, Resp, SessionToken, WhatIfReport};
+use crate::value::{Labels, MachineId, Millis, Nonce, OrgName, PoolId, Role, SessionId};
 
 impl Client {
     /// Registers a machine; `true` if it was new.
@@ -315,6 +315,29 @@ impl Client {
     pub async fn offline_public_key(&self) -> Result<String, ClientError> {
         match self.call(Req::OfflinePublicKey).await? {
             Resp::PublicKey { pem } => Ok(pem),
+            other => unexpected(other),
+        }
+    }
+
+    /// Replays a pool's recorded demand over `range` (Unix ms) against each
+    /// seat count from `seats.0` to `seats.1`.
+    pub async fn what_if(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        range: (Millis, Millis),
+        seats: (u32, u32),
+    ) -> Result<WhatIfReport, ClientError> {
+        let req = Req::WhatIf {
+            org: org.clone(),
+            pool,
+            from_ms: range.0 .0,
+            to_ms: range.1 .0,
+            seats_min: seats.0,
+            seats_max: seats.1,
+        };
+        match self.call(req).await? {
+            Resp::WhatIf(r) => Ok(r),
             other => unexpected(other),
         }
     }

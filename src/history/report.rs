@@ -75,7 +75,18 @@ fn history(h: Option<&History>) -> Result<&History, ReportError> {
     h.ok_or(ReportError::Off)
 }
 
-/// Usage of `org`'s pools (or just `pool`) over `from..to` in steps of `step_ms`.
+/// A usage question, checked (who may ask, bounds) and ready to read.
+#[derive(Clone, Debug)]
+pub struct UsageAsk {
+    org: OrgName,
+    /// The pools asked about, with their quota now.
+    pools: Vec<(PoolId, u32)>,
+    range: (Millis, Millis),
+    step_ms: u64,
+}
+
+/// Checks a usage question about `org`'s pools (or just `pool`) over
+/// `from..to` in steps of `step_ms`. No I/O: `UsageAsk::read` reads.
 pub fn usage(
     core: &Broker,
     h: Option<&History>,
@@ -84,9 +95,9 @@ pub fn usage(
     pool: Option<PoolId>,
     (from, to): (Millis, Millis),
     step_ms: u64,
-) -> Result<Vec<Series>, ReportError> {
+) -> Result<UsageAsk, ReportError> {
     let pools = core.status(p, Some(org))?;
-    let h = history(h)?;
+    history(h)?;
     range(from, to)?;
     if step_ms < crate::core::usage::MINUTE_MS || step_ms % crate::core::usage::MINUTE_MS != 0 {
         return Err(ReportError::Invalid("the step must be a whole number of minutes".into()));
@@ -101,20 +112,38 @@ pub fn usage(
             return Err(crate::core::Error::not_found("pool", pool).into());
         }
     }
-    let mut out = Vec::new();
-    for s in pools.iter().filter(|s| pool.is_none_or(|p| p == s.pool)) {
-        let points = h.usage(org.as_str(), &s.pool.to_string(), from, to, step_ms)?;
-        out.push(Series { pool: s.pool, quota: s.quota, points });
+    let pools = pools.iter().filter(|s| pool.is_none_or(|p| p == s.pool)).map(|s| (s.pool, s.quota)).collect();
+    Ok(UsageAsk { org: org.clone(), pools, range: (from, to), step_ms })
+}
+
+impl UsageAsk {
+    /// Reads the answer: one series per pool.
+    pub fn read(&self, h: &History) -> Result<Vec<Series>, ReportError> {
+        let (from, to) = self.range;
+        let mut out = Vec::new();
+        for &(pool, quota) in &self.pools {
+            let points = h.usage(self.org.as_str(), &pool.to_string(), from, to, self.step_ms)?;
+            out.push(Series { pool, quota, points });
+        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// A page of ended sessions (session id, row) and the next page's cursor.
 pub type SessionsPage = (Vec<(u64, EndedRow)>, Option<(u64, u64)>);
 
-/// Sessions of `org` that ended in `from..to`, at most `limit`, after the
-/// cursor (end ms, session id); and the cursor of the next page, if any.
-/// Members read their org; the operator every org.
+/// A question about ended sessions, checked.
+#[derive(Clone, Debug)]
+pub struct SessionsAsk {
+    org: OrgName,
+    range: (Millis, Millis),
+    after: Option<(u64, u64)>,
+    limit: usize,
+}
+
+/// Checks a question about sessions of `org` that ended in `from..to`,
+/// at most `limit`, after the cursor (end ms, session id). Members read
+/// their org; the operator every org.
 pub fn sessions(
     core: &Broker,
     h: Option<&History>,
@@ -123,16 +152,35 @@ pub fn sessions(
     (from, to): (Millis, Millis),
     after: Option<(u64, u64)>,
     limit: usize,
-) -> Result<SessionsPage, ReportError> {
+) -> Result<SessionsAsk, ReportError> {
     core.status(p, Some(org))?;
-    let h = history(h)?;
+    history(h)?;
     range(from, to)?;
-    let (rows, more) = h.sessions(org.as_str(), from, to, after, limit.min(MAX_SESSIONS))?;
-    let next = if more { rows.last().map(|(id, r)| (r.end, *id)) } else { None };
-    Ok((rows, next))
+    Ok(SessionsAsk { org: org.clone(), range: (from, to), after, limit: limit.clamp(1, MAX_SESSIONS) })
 }
 
-/// Replays `org`'s `pool`'s demand over `from..to` against `seats` (see `replay`).
+impl SessionsAsk {
+    /// Reads the page, and the cursor of the next one if any.
+    pub fn read(&self, h: &History) -> Result<SessionsPage, ReportError> {
+        let (from, to) = self.range;
+        let (rows, more) = h.sessions(self.org.as_str(), from, to, self.after, self.limit)?;
+        let next = if more { rows.last().map(|(id, r)| (r.end, *id)) } else { None };
+        Ok((rows, next))
+    }
+}
+
+/// A what-if question, checked, with the live sessions' starts gathered.
+#[derive(Clone, Debug)]
+pub struct WhatIfAsk {
+    org: OrgName,
+    pool: PoolId,
+    range: (Millis, Millis),
+    live: Vec<Millis>,
+    seats: std::ops::RangeInclusive<u32>,
+}
+
+/// Checks a replay of `org`'s `pool`'s demand over `from..to` against
+/// `seats` (see `replay`); any member of the org, or the operator.
 pub fn what_if(
     core: &Broker,
     h: Option<&History>,
@@ -140,17 +188,25 @@ pub fn what_if(
     (org, pool): (&OrgName, PoolId),
     (from, to): (Millis, Millis),
     seats: std::ops::RangeInclusive<u32>,
-) -> Result<WhatIf, ReportError> {
+) -> Result<WhatIfAsk, ReportError> {
     let live = core.live_starts(p, org, pool)?;
-    let h = history(h)?;
+    history(h)?;
     range(from, to)?;
     if seats.is_empty() || seats.clone().count() > super::MAX_SEAT_COUNTS {
         return Err(ReportError::Invalid(format!(
-            "seats must be N or N..M with at most {} counts",
+            "seats must be N or N..M (N at most M) with at most {} counts",
             super::MAX_SEAT_COUNTS
         )));
     }
-    Ok(h.what_if(org.as_str(), &pool.to_string(), from, to, &live, seats)?)
+    Ok(WhatIfAsk { org: org.clone(), pool, range: (from, to), live, seats })
+}
+
+impl WhatIfAsk {
+    /// Replays.
+    pub fn read(&self, h: &History) -> Result<WhatIf, ReportError> {
+        let (from, to) = self.range;
+        Ok(h.what_if(self.org.as_str(), &self.pool.to_string(), from, to, &self.live, self.seats.clone())?)
+    }
 }
 
 /// Parses a point in time for a report: `now`; a duration back from now
@@ -184,6 +240,18 @@ pub fn parse_step(s: &str) -> Result<u64, String> {
     humantime::parse_duration(s.trim())
         .map(|d| d.as_millis() as u64)
         .map_err(|_| format!("`{s}` is not a step: use a duration such as 1m, 15m, 1h, 1d"))
+}
+
+/// Parses `N` or `N..M`.
+pub fn parse_seats(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
+    let bad = || format!("seats must be N or N..M (numbers), not `{s}`");
+    match s.split_once("..") {
+        Some((a, b)) => Ok(a.trim().parse().map_err(|_| bad())?..=b.trim().parse().map_err(|_| bad())?),
+        None => {
+            let n = s.trim().parse().map_err(|_| bad())?;
+            Ok(n..=n)
+        }
+    }
 }
 
 /// A step giving a few hundred points over `span_ms`: 1 minute up to 6

@@ -53,6 +53,11 @@ fn report_error(e: ReportError) -> Refusal {
     }
 }
 
+/// The history (the reports checked that there is one).
+fn history(shared: &Shared) -> Result<&crate::history::History, Refusal> {
+    shared.history.as_deref().ok_or_else(|| report_error(ReportError::Off))
+}
+
 fn bad(why: impl std::fmt::Display) -> Refusal {
     refuse(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why)
 }
@@ -122,8 +127,9 @@ fn usage_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> 
         Some(s) => report::parse_step(s).map_err(bad)?,
         None => report::auto_step(range.1 .0.saturating_sub(range.0 .0)),
     };
-    let series =
+    let ask =
         report::usage(&shared.core, shared.history.as_deref(), p, &org, pool, range, step).map_err(report_error)?;
+    let series = ask.read(history(shared)?).map_err(report_error)?;
     Ok(match csv(q)? {
         true => csv_body(&format!("usage-{org}"), export::usage_csv(&series)),
         false => json_body(export::usage_json(org.as_str(), range, step, &series)),
@@ -160,8 +166,9 @@ fn sessions_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) 
         }
         None => None,
     };
-    let (rows, next) = report::sessions(&shared.core, shared.history.as_deref(), p, &org, range, after, limit)
+    let ask = report::sessions(&shared.core, shared.history.as_deref(), p, &org, range, after, limit)
         .map_err(report_error)?;
+    let (rows, next) = ask.read(history(shared)?).map_err(report_error)?;
     let next = next.map(|(end, id)| format!("{end}.{}", crate::core::SessionId(id)));
     Ok(match csv(q)? {
         true => {
@@ -195,25 +202,14 @@ pub(super) async fn what_if(
     blocking(move || what_if_report(&shared, &p, &q)).await
 }
 
-/// Parses `N` or `N..M`.
-pub fn parse_seats(s: &str) -> Result<std::ops::RangeInclusive<u32>, String> {
-    let bad = || format!("seats must be N or N..M (numbers), not `{s}`");
-    match s.split_once("..") {
-        Some((a, b)) => Ok(a.trim().parse().map_err(|_| bad())?..=b.trim().parse().map_err(|_| bad())?),
-        None => {
-            let n = s.trim().parse().map_err(|_| bad())?;
-            Ok(n..=n)
-        }
-    }
-}
-
 fn what_if_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
     let (org, range) = org_and_range(q, shared.clock.now(), "30d")?;
     let pool = pool_of(q)?.ok_or_else(|| bad("the query needs pool=POOL"))?;
-    let seats =
-        parse_seats(q.get("seats").ok_or_else(|| bad("the query needs seats=N or seats=N..M"))?).map_err(bad)?;
-    let w = report::what_if(&shared.core, shared.history.as_deref(), p, (&org, pool), range, seats)
+    let seats = report::parse_seats(q.get("seats").ok_or_else(|| bad("the query needs seats=N or seats=N..M"))?)
+        .map_err(bad)?;
+    let ask = report::what_if(&shared.core, shared.history.as_deref(), p, (&org, pool), range, seats)
         .map_err(report_error)?;
+    let w = ask.read(history(shared)?).map_err(report_error)?;
     Ok(match csv(q)? {
         true => csv_body(&format!("what-if-{org}-{pool}"), export::what_if_csv(&w)),
         false => json_body(export::what_if_json(org.as_str(), &pool.to_string(), range, &w)),

@@ -267,3 +267,83 @@ impl std::fmt::Display for AuditAction {
         f.write_str(self.name())
     }
 }
+
+/// One step of a pool's utilization history (`ListOf::Usage`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsagePoint {
+    /// The pool.
+    pub pool: PoolId,
+    /// The pool's quota now.
+    pub quota_now: u32,
+    /// When the step starts (Unix ms).
+    pub start_ms: u64,
+    /// Its length (ms).
+    pub step_ms: u64,
+    /// Most seats in use at any instant of the step.
+    pub peak: u32,
+    /// Fewest seats in use in the step's minutes that had any activity.
+    pub trough: u32,
+    /// The quota during the step (the highest).
+    pub quota: u32,
+    /// Seat-milliseconds held by sessions.
+    pub seat_ms: u64,
+    /// Sessions admitted.
+    pub admitted: u64,
+    /// Refusals by error code: `QUOTA_EXCEEDED`, then `USER_LIMIT`,
+    /// `QUEUE_FULL`, `QUEUE_TIMEOUT`, `MACHINE_NOT_REGISTERED`,
+    /// `SUBSCRIPTION_EXPIRED`, `NOT_LICENSED`, `ALREADY_ACTIVATED`.
+    pub denied: Vec<u64>,
+    /// Sessions ended by reason: released, expired, revoked, connection closed.
+    pub ends: [u64; 4],
+}
+
+/// A session that ended (`ListOf::Ended`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndedSession {
+    /// The session.
+    pub session: SessionId,
+    /// Its pool.
+    pub pool: String,
+    /// The user whose key acquired it.
+    pub user: String,
+    /// The machine it ran on.
+    pub machine: String,
+    /// When it started (Unix ms).
+    pub start_ms: u64,
+    /// When it ended (Unix ms).
+    pub end_ms: u64,
+    /// Why: released, expired, revoked, connection_closed.
+    pub reason: String,
+    /// The job's labels.
+    pub labels: Vec<(String, String)>,
+}
+
+/// What a what-if replay found (`Req::WhatIf`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatIfReport {
+    /// Sessions replayed.
+    pub sessions: u64,
+    /// Refusals for want of a seat replayed (as sessions of the median length).
+    pub refusals: u64,
+    /// That median (ms).
+    pub median_ms: u64,
+    /// The demand was cut short (too much of it).
+    pub truncated: bool,
+    /// One per seat count.
+    pub outcomes: Vec<WhatIfOutcome>,
+}
+
+/// One seat count's replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhatIfOutcome {
+    /// Seats.
+    pub seats: u32,
+    /// Wishes granted.
+    pub admitted: u64,
+    /// Wishes refused.
+    pub denied: u64,
+    /// Time with every seat held (ms).
+    pub at_capacity_ms: u64,
+    /// The range's length (ms).
+    pub span_ms: u64,
+}

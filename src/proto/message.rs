@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::WireError;
 use super::info::{
-    AuditEntry, EndReason, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo,
-    SessionView, UserInfo, UserLimitInfo,
+    AuditEntry, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus,
+    SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfReport,
 };
 use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
@@ -333,6 +333,25 @@ pub enum Req {
         /// Most items wanted (0: as many as fit in a frame).
         limit: u32,
     },
+    /// Version 4 (added after the first version-4 brokers, which answer it
+    /// with `BAD_REQUEST`): replay a pool's recorded demand over
+    /// `from_ms..to_ms` against each seat count from `seats_min` to
+    /// `seats_max` (at most 256 counts). Any member of the org, or the
+    /// operator. Answered with `WhatIf`.
+    WhatIf {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Start of the range (Unix ms).
+        from_ms: u64,
+        /// End of the range (Unix ms).
+        to_ms: u64,
+        /// Fewest seats to replay.
+        seats_min: u32,
+        /// Most seats to replay.
+        seats_max: u32,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -388,6 +407,33 @@ pub enum ListOf {
         org: OrgName,
         /// The pool.
         pool: PoolId,
+    },
+    /// The utilization history (added after the first version-4
+    /// brokers): `PageItems::Usage`, by pool, then time; one point per
+    /// step of `step_ms` (a whole number of minutes) that has data. Any
+    /// member of the org, or the operator.
+    Usage {
+        /// The org.
+        org: OrgName,
+        /// One pool, or every pool of the org.
+        pool: Option<PoolId>,
+        /// Start of the range (Unix ms).
+        from_ms: u64,
+        /// End of the range (Unix ms).
+        to_ms: u64,
+        /// The step (ms).
+        step_ms: u64,
+    },
+    /// Sessions that ended in the range (added after the first version-4
+    /// brokers): `PageItems::Ended`, oldest end first. Any member of the
+    /// org, or the operator.
+    Ended {
+        /// The org.
+        org: OrgName,
+        /// Start of the range (Unix ms).
+        from_ms: u64,
+        /// End of the range (Unix ms).
+        to_ms: u64,
     },
 }
 
@@ -457,6 +503,10 @@ pub enum PageItems {
     Orgs(Vec<OrgInfo>),
     /// Per-user caps.
     UserLimits(Vec<UserLimitInfo>),
+    /// Utilization history points.
+    Usage(Vec<UsagePoint>),
+    /// Ended sessions.
+    Ended(Vec<EndedSession>),
 }
 
 impl PageItems {
@@ -473,6 +523,8 @@ impl PageItems {
             PageItems::Audit(v) => v.len(),
             PageItems::Orgs(v) => v.len(),
             PageItems::UserLimits(v) => v.len(),
+            PageItems::Usage(v) => v.len(),
+            PageItems::Ended(v) => v.len(),
         }
     }
 
@@ -690,6 +742,8 @@ pub enum Resp {
         /// Pass as `after` for the next page; none on the last page.
         next: Option<Cursor>,
     },
+    /// WhatIf: one outcome per seat count.
+    WhatIf(WhatIfReport),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

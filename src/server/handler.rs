@@ -156,6 +156,9 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
             (entries, false) => Ok(Resp::AuditLog(entries)),
         },
         Req::List { of, after, limit } => paging::list_page(call, of, after, limit).await,
+        Req::WhatIf { org, pool, from_ms, to_ms, seats_min, seats_max } => {
+            super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await.map(Resp::WhatIf)
+        }
         Req::KillSession { org, session } => kill(call, org, session).await,
         Req::SetUserLimit { org, pool, email, max } => {
             let email = Email::parse_lenient(&email)?;

@@ -48,7 +48,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::ListOrgs
         | Req::ListUserLimits { .. }
         | Req::OfflinePublicKey
-        | Req::List { .. } => 8,
+        | Req::List { .. }
+        | Req::WhatIf { .. } => 8,
         Req::CreateOrg { .. }
         | Req::SetPool { .. }
         | Req::AddUser { .. }

@@ -14,6 +14,7 @@ mod gate;
 mod handler;
 pub(crate) mod latency;
 mod paging;
+mod reports;
 mod socket;
 mod stream;
 mod tickets;

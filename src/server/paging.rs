@@ -21,8 +21,8 @@ use super::handler::{store_failure, Call, Reply};
 use super::wire::list;
 use crate::core::{Millis, SessionId};
 use crate::proto::{
-    AuditEntry, Cursor, ErrorCode, GrantInfo, KeyInfo, ListOf, MachineInfo, OfflineInfo, OrgInfo, PageItems, PoolState,
-    Resp, SessionView, UserInfo, UserLimitInfo, WireError, MAX_FRAME,
+    AuditEntry, Cursor, EndedSession, ErrorCode, GrantInfo, KeyInfo, ListOf, MachineInfo, OfflineInfo, OrgInfo,
+    PageItems, PoolState, Resp, SessionView, UsagePoint, UserInfo, UserLimitInfo, WireError, MAX_FRAME,
 };
 
 /// Most items on one page, whatever the client asks (`limit` 0 asks for this).
@@ -99,6 +99,17 @@ pub(super) async fn list_page(call: &Call<'_>, of: ListOf, after: Option<Cursor>
             let caps = caps.into_iter().map(|(email, max, sessions)| UserLimitInfo { email, max, sessions }).collect();
             let (v, next) = sorted(caps, |c| c.email.clone(), after, limit)?;
             (PageItems::UserLimits(v), next)
+        }
+        ListOf::Usage { org, pool, from_ms, to_ms, step_ms } => {
+            let points = super::reports::usage(call, org, pool, (from_ms, to_ms), step_ms).await?;
+            let (v, next) = sorted(points, |u: &UsagePoint| (u.pool, u.start_ms), after, limit)?;
+            (PageItems::Usage(v), next)
+        }
+        ListOf::Ended { org, from_ms, to_ms } => {
+            let from = after.map(open::<(u64, u64)>).transpose()?;
+            let (found, more) = super::reports::ended(call, org, (from_ms, to_ms), from, limit).await?;
+            let (v, next) = cut(found.into_iter(), more, limit, |e: &EndedSession| (e.end_ms, e.session.0))?;
+            (PageItems::Ended(v), next)
         }
     };
     Ok(Resp::Page { items, next })

@@ -26,8 +26,13 @@ pub fn free_port() -> u16 {
 
 /// Starts a broker on a fresh data dir and reads the two keys it prints.
 pub fn serve(dir: &Path, ttl: &str) -> Serve {
+    serve_with(dir, ttl, &[])
+}
+
+/// `serve`, with more `serve` flags.
+pub fn serve_with(dir: &Path, ttl: &str, extra: &[&str]) -> Serve {
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut child = spawn_serve(dir, &addr, ttl);
+    let mut child = spawn_serve_with(dir, &addr, ttl, extra);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut key = |prefix: &str| {
         let line = lines.next().unwrap().unwrap();
@@ -41,10 +46,16 @@ pub fn serve(dir: &Path, ttl: &str) -> Serve {
 
 /// `license-broker serve` on `dir` and `addr` (stdout piped, stderr dropped).
 pub fn spawn_serve(dir: &Path, addr: &str, ttl: &str) -> Child {
+    spawn_serve_with(dir, addr, ttl, &[])
+}
+
+/// `spawn_serve`, with more `serve` flags.
+pub fn spawn_serve_with(dir: &Path, addr: &str, ttl: &str, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(dir)
         .args(["--listen", addr, "--lease-ttl", ttl])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

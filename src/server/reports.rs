@@ -1,0 +1,122 @@
+//! The utilization reports over QUIC (`ListOf::Usage`, `ListOf::Ended`,
+//! `Req::WhatIf`): `history::report` checks the question on the async
+//! thread (it only reads memory), the history is read off it, and the
+//! answer is put in its wire form. The HTTP API asks the same functions.
+
+use std::sync::Arc;
+
+use super::handler::Call;
+use crate::core::{Millis, OrgName, PoolId};
+use crate::history::report::{self, ReportError};
+use crate::history::History;
+use crate::proto::{EndedSession, ErrorCode, UsagePoint, WhatIfOutcome, WhatIfReport, WireError};
+
+impl From<ReportError> for WireError {
+    fn from(e: ReportError) -> WireError {
+        match e {
+            ReportError::Core(e) => e.into(),
+            ReportError::Invalid(why) => WireError::new(ErrorCode::InvalidArgument, why),
+            ReportError::Off => WireError::new(ErrorCode::NotFound, ReportError::Off.to_string()),
+            ReportError::Db(e) => WireError::new(ErrorCode::StoreFailure, e.to_string()),
+        }
+    }
+}
+
+/// Runs `read` on the history off the async threads.
+async fn read<T: Send + 'static>(
+    call: &Call<'_>,
+    read: impl FnOnce(&History) -> Result<T, ReportError> + Send + 'static,
+) -> Result<T, WireError> {
+    let h: Arc<History> = call.shared.history.clone().ok_or(ReportError::Off)?;
+    tokio::task::spawn_blocking(move || read(&h))
+        .await
+        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(WireError::from)
+}
+
+/// Every point of the usage question, by pool then time.
+pub(super) async fn usage(
+    call: &Call<'_>,
+    org: OrgName,
+    pool: Option<PoolId>,
+    range: (u64, u64),
+    step_ms: u64,
+) -> Result<Vec<UsagePoint>, WireError> {
+    let range = (Millis(range.0), Millis(range.1));
+    let ask = report::usage(&call.shared.core, call.shared.history.as_deref(), call.p, &org, pool, range, step_ms)?;
+    let series = read(call, move |h| ask.read(h)).await?;
+    Ok(series
+        .into_iter()
+        .flat_map(|s| {
+            s.points.into_iter().map(move |p| UsagePoint {
+                pool: s.pool,
+                quota_now: s.quota,
+                start_ms: p.start,
+                step_ms: p.step_ms,
+                peak: p.usage.peak,
+                trough: p.usage.trough,
+                quota: p.usage.quota,
+                seat_ms: p.usage.seat_ms,
+                admitted: p.usage.admitted,
+                denied: p.usage.denied,
+                ends: p.usage.ends,
+            })
+        })
+        .collect())
+}
+
+/// Up to `limit` sessions that ended in the range after the cursor, and whether more follow.
+pub(super) async fn ended(
+    call: &Call<'_>,
+    org: OrgName,
+    range: (u64, u64),
+    after: Option<(u64, u64)>,
+    limit: usize,
+) -> Result<(Vec<EndedSession>, bool), WireError> {
+    let range = (Millis(range.0), Millis(range.1));
+    let ask = report::sessions(&call.shared.core, call.shared.history.as_deref(), call.p, &org, range, after, limit)?;
+    let (rows, next) = read(call, move |h| ask.read(h)).await?;
+    let rows = rows
+        .into_iter()
+        .map(|(id, r)| EndedSession {
+            session: crate::core::SessionId(id),
+            pool: r.pool,
+            user: r.user,
+            machine: r.machine,
+            start_ms: r.start,
+            end_ms: r.end,
+            reason: r.reason,
+            labels: r.labels,
+        })
+        .collect();
+    Ok((rows, next.is_some()))
+}
+
+/// `Req::WhatIf`.
+pub(super) async fn what_if(
+    call: &Call<'_>,
+    (org, pool): (OrgName, PoolId),
+    range: (u64, u64),
+    seats: std::ops::RangeInclusive<u32>,
+) -> Result<WhatIfReport, WireError> {
+    let range = (Millis(range.0), Millis(range.1));
+    let ask = report::what_if(&call.shared.core, call.shared.history.as_deref(), call.p, (&org, pool), range, seats)?;
+    let w = read(call, move |h| ask.read(h)).await?;
+    Ok(WhatIfReport {
+        sessions: w.sessions,
+        refusals: w.refusals,
+        median_ms: w.median_ms,
+        truncated: w.truncated,
+        outcomes: w
+            .outcomes
+            .iter()
+            .map(|o| WhatIfOutcome {
+                seats: o.seats,
+                admitted: o.admitted,
+                denied: o.denied,
+                at_capacity_ms: o.at_capacity_ms,
+                span_ms: o.span_ms,
+            })
+            .collect(),
+    })
+}
