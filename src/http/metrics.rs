@@ -86,6 +86,8 @@ struct Snapshot {
     connections: u64,
     auth_failures: u64,
     latencies: Vec<crate::server::latency::OpLatency>,
+    /// (ended sessions dropped, closed minutes dropped, file bytes), if the history is on.
+    history: Option<(u64, u64, u64)>,
 }
 
 impl Snapshot {
@@ -124,6 +126,11 @@ impl Snapshot {
             connections: shared.open_conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
             auth_failures: shared.core.auth_failures(),
             latencies: shared.latencies.snapshot(),
+            // Relaxed: statistics read once per scrape.
+            history: shared.history.as_ref().map(|h| {
+                use std::sync::atomic::Ordering::Relaxed;
+                (h.dropped_sessions.load(Relaxed), h.dropped_minutes.load(Relaxed), h.file_bytes())
+            }),
         }
     }
 
@@ -236,6 +243,13 @@ impl Collector for Snapshot {
         let mut durations = e.encode_descriptor("request_duration_seconds", help, None, MetricType::Histogram)?;
         for l in &self.latencies {
             durations.encode_family(&[("op", l.op)])?.encode_histogram::<NoLabels>(l.sum, l.count, &l.buckets, None)?;
+        }
+        if let Some((sessions, minutes, bytes)) = self.history {
+            let help = "Ended sessions and closed minutes the utilization history did not keep because it was behind (this run).";
+            let mut dropped = e.encode_descriptor("history_dropped", help, None, Counter)?;
+            ConstCounter::new(sessions).encode(dropped.encode_family(&[("what", "sessions")])?)?;
+            ConstCounter::new(minutes).encode(dropped.encode_family(&[("what", "minutes")])?)?;
+            one(e, "history_bytes", "Size of the utilization history's file (history.redb).", bytes as i64)?;
         }
         let mut build = e.encode_descriptor("build_info", "The broker's version.", None, Gauge)?;
         ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
