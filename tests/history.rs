@@ -137,3 +137,52 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     let e = r.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
 }
+
+/// A raw HTTP/1.0 request: (status code, head, body).
+fn request(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, String, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "{head}\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (h, b) = out.split_once("\r\n\r\n").unwrap();
+    (h.split_whitespace().nth(1).unwrap().parse().unwrap(), h.to_string(), b.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_signs_in_with_a_key_into_a_strict_http_only_cookie() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    let owner = b.owner.clone();
+    let (code, _, page) = tokio::task::spawn_blocking(move || request(http, "GET / HTTP/1.0", "")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains(r#"action="/signin""#), "the sign-in form: {page}");
+    let form = format!("key={owner}");
+    let (code, head, _) = tokio::task::spawn_blocking(move || {
+        request(http, "POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", &form)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 303, "{head}");
+    let cookie_line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a cookie");
+    assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"), "{cookie_line}");
+    assert!(!cookie_line.contains(&b.owner), "the cookie never holds the key");
+    let cookie = cookie_line.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_string();
+    let get_org = format!("GET /org/default HTTP/1.0\r\nCookie: {cookie}");
+    let (code, _, page) = tokio::task::spawn_blocking(move || request(http, &get_org, "")).await.unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("svg") && page.contains("Live sessions"), "{page}");
+    // A wrong key is refused and counted; a tampered cookie signs no one in.
+    let (code, _, _) = tokio::task::spawn_blocking(move || {
+        request(http, "POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", "key=lbk_wrong")
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 401);
+    let forged = format!("GET /org/default HTTP/1.0\r\nCookie: {}x", cookie);
+    let (code, head, _) = tokio::task::spawn_blocking(move || request(http, &forged, "")).await.unwrap();
+    assert_eq!(code, 303, "back to sign-in: {head}");
+}

@@ -4,6 +4,7 @@
 //! - `GET /metrics`: the broker's numbers in the OpenMetrics text format
 //!   (`metrics`), documented in docs/METRICS.md.
 //! - `GET /healthz`: 200 while the broker admits, 503 while it drains.
+//! - `GET /`: the license utilization dashboard (`dashboard`).
 //! - `GET /api/v1/usage`, `/api/v1/sessions`, `/api/v1/what-if`: the
 //!   utilization reports as JSON or CSV (`api`), for a caller with an API
 //!   key (`auth`): the operator reads every org, members their own.
@@ -16,6 +17,7 @@
 
 mod api;
 pub mod auth;
+pub mod dashboard;
 mod listener;
 mod metrics;
 
@@ -42,6 +44,11 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         .route("/api/v1/usage", get(api::usage))
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/what-if", get(api::what_if))
+        .route("/", get(dashboard::home))
+        .route("/signin", axum::routing::post(dashboard::sign_in))
+        .route("/signout", axum::routing::post(dashboard::sign_out))
+        .route("/org/{org}", get(dashboard::org_page))
+        .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
         .with_state(shared);
     let stopped = async move {
         let _ = stop.changed().await;

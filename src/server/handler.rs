@@ -397,12 +397,7 @@ async fn create_offline(call: &Call<'_>, target: Target, expires: &str) -> Reply
 
 /// An Owner/Admin ends a session: audited first, then ended (the holder gets a notice).
 async fn kill(call: &Call<'_>, org: crate::core::OrgName, session: crate::core::SessionId) -> Reply {
-    let (core, p) = (&call.shared.core, call.p);
-    let _writer = call.shared.writer.lock().await;
-    let audit = core.plan_kill(p, &org, session, call.now)?;
-    call.shared.settle(Pending::plan(audit, ())).await?;
-    let ended = core.kill(p, &org, session, call.shared.clock.now())?;
-    call.shared.announce(vec![ended]);
+    call.shared.kill(call.p, org, session).await?;
     Ok(call.forget(session, Resp::Killed))
 }
 

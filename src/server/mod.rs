@@ -217,6 +217,23 @@ impl Shared {
         }
     }
 
+    /// An Owner/Admin ends a session of their org: audited first, then
+    /// ended (its holder gets a notice). QUIC's `KillSession` and the
+    /// dashboard's Kill button both come here.
+    pub async fn kill(
+        &self,
+        p: &crate::core::Principal,
+        org: crate::core::OrgName,
+        session: crate::core::SessionId,
+    ) -> Result<(), WireError> {
+        let _writer = self.writer.lock().await;
+        let audit = self.core.plan_kill(p, &org, session, self.clock.now())?;
+        self.settle(Pending::plan(audit, ())).await?;
+        let ended = self.core.kill(p, &org, session, self.clock.now())?;
+        self.announce(vec![ended]);
+        Ok(())
+    }
+
     /// Every session end passes here once: logged, and handed to the history.
     pub fn ended(&self, e: Ended) {
         let i = &e.info;

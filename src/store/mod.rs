@@ -58,4 +58,7 @@ pub trait Store: Send + Sync + 'static {
         after: Option<(Millis, u64)>,
         limit: usize,
     ) -> Result<(Vec<AuditEntry>, bool), StoreError>;
+
+    /// The latest `limit` entries of an org's audit trail, newest first.
+    fn audit_latest(&self, org: &OrgName, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
 }

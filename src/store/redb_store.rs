@@ -128,6 +128,23 @@ impl Store for RedbStore {
     ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
         self.with_db(|db| audit_page(db, org, after, limit))
     }
+
+    fn audit_latest(&self, org: &OrgName, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let t = tx.open_table(def(Table::Audit)).map_err(backend)?;
+            let (start, end) = (format!("{org}/"), format!("{org}0"));
+            let mut out = Vec::new();
+            for row in t.range::<&str>(start.as_str()..end.as_str()).map_err(backend)?.rev().take(limit) {
+                let (k, v) = row.map_err(backend)?;
+                match postcard::from_bytes::<Record>(v.value()) {
+                    Ok(Record::Audit(e)) => out.push(e),
+                    _ => return Err(StoreError::Corrupt { table: Table::Audit.name(), key: k.value().to_string() }),
+                }
+            }
+            Ok(out)
+        })
+    }
 }
 
 fn load(db: &Database) -> Result<Vec<Record>, StoreError> {

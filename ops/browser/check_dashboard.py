@@ -1,0 +1,167 @@
+"""Loads the broker's dashboard in headless Chromium over the DevTools
+protocol, signs in with an API key, and checks the rendered page against
+`license-broker status --json`: charts drawn, one row per live session,
+the numbers equal; then kills a session with its button and checks it is
+gone. Saves a screenshot. Exits non-zero (with the reason) on any
+mismatch. Loopback only; every wait is bounded.
+
+usage: check_dashboard.py BASE_URL API_KEY STATUS_CMD SCREENSHOT
+  STATUS_CMD: a shell command printing `status --json` (run before and after the kill)
+"""
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+from websocket import create_connection
+
+BASE, KEY, STATUS_CMD, SHOT = sys.argv[1:5]
+assert BASE.startswith("http://127.0.0.1:"), "loopback only"
+
+
+def fail(why):
+    print("FAIL:", why, file=sys.stderr)
+    sys.exit(1)
+
+
+class Page:
+    def __init__(self, ws):
+        self.ws, self.next = ws, 0
+
+    def call(self, method, **params):
+        self.next += 1
+        self.ws.send(json.dumps({"id": self.next, "method": method, "params": params}))
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            msg = json.loads(self.ws.recv())
+            if msg.get("id") == self.next:
+                if "error" in msg:
+                    fail(f"{method}: {msg['error']}")
+                return msg["result"]
+        fail(f"{method}: no answer in 30 s")
+
+    def js(self, expr):
+        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in r:
+            fail(f"script error in {expr!r}: {r['exceptionDetails']}")
+        return r["result"].get("value")
+
+    def wait_for(self, path, what):
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            state = self.js("document.readyState + ' ' + location.pathname + location.search")
+            if state and state.startswith("complete ") and path in state:
+                return
+            time.sleep(0.1)
+        fail(f"the page never reached {path} ({what}); last: {state}")
+
+    def go(self, url, path):
+        self.call("Page.navigate", url=url)
+        self.wait_for(path, url)
+
+
+def status():
+    out = subprocess.run(STATUS_CMD, shell=True, check=True, capture_output=True, text=True).stdout
+    return {p["pool"]: p for p in json.loads(out)["pools"]}
+
+
+def main():
+    profile = tempfile.mkdtemp(prefix="lb-chromium-")
+    chrome = subprocess.Popen(
+        ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
+         f"--user-data-dir={profile}", "--window-size=1100,1400", "about:blank"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        port_file = os.path.join(profile, "DevToolsActivePort")
+        deadline = time.time() + 30
+        while not os.path.exists(port_file) or not open(port_file).read().strip():
+            if time.time() > deadline or chrome.poll() is not None:
+                fail("chromium did not start")
+            time.sleep(0.1)
+        port = int(open(port_file).read().split()[0])
+        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10))
+        ws = create_connection([t for t in targets if t["type"] == "page"][0]["webSocketDebuggerUrl"], timeout=30)
+        page = Page(ws)
+        page.call("Page.enable")
+
+        # Sign in through the form, as a person would.
+        page.go(BASE + "/", "/")
+        if not page.js("!!document.querySelector('input[name=key]')"):
+            fail("no sign-in form at /")
+        page.js(f"document.querySelector('input[name=key]').value = {json.dumps(KEY)};"
+                "document.querySelector('form[action=\"/signin\"]').submit(); true")
+        page.wait_for("/org/default", "after signing in")
+        page.go(BASE + "/org/default?range=day", "/org/default?range=day")
+
+        before = status()
+        seen = json.loads(page.js("""JSON.stringify({
+            pools: [...document.querySelectorAll('section.pool')].map(s => ({
+                pool: s.dataset.pool,
+                stats: Object.fromEntries([...s.querySelectorAll('[data-stat]')].map(b => [b.dataset.stat, b.textContent])),
+                charts: s.querySelectorAll('svg.chart').length,
+                peakLines: s.querySelectorAll('svg.chart path.line.peak').length,
+                quotaLines: s.querySelectorAll('svg.chart path.line.quota').length,
+                heatCells: s.querySelectorAll('svg.heatmap rect').length,
+                levelBars: s.querySelectorAll('svg.bars rect').length,
+                whatIfRows: s.querySelectorAll('table.what-if tr').length,
+            })),
+            sessions: [...document.querySelectorAll('tr.session')].map(r => r.dataset.session),
+            killButtons: document.querySelectorAll('button.kill').length,
+        })"""))
+        if not seen["pools"]:
+            fail("no pool on the page")
+        for p in seen["pools"]:
+            want = before.get(p["pool"])
+            if want is None:
+                fail(f"pool {p['pool']} is on the page but not in status")
+            for stat in ("quota", "in_use", "machines"):
+                if str(want[stat]) != p["stats"].get(stat):
+                    fail(f"{p['pool']}: {stat} is {p['stats'].get(stat)} on the page, {want[stat]} in status")
+            if p["charts"] != 1 or p["peakLines"] != 1 or p["quotaLines"] != 1:
+                fail(f"{p['pool']}: the usage chart is missing its lines: {p}")
+            if p["heatCells"] != 7 * 24:
+                fail(f"{p['pool']}: the heatmap has {p['heatCells']} cells, not 168")
+            if p["levelBars"] < 1 or p["whatIfRows"] < 2:
+                fail(f"{p['pool']}: no time-at-level histogram or what-if table: {p}")
+        live = sum(p["in_use"] for p in before.values())
+        if len(seen["sessions"]) != live:
+            fail(f"{len(seen['sessions'])} session rows, {live} seats in use in status")
+        if seen["killButtons"] != live:
+            fail(f"{seen['killButtons']} kill buttons for {live} sessions (signed in as the Owner)")
+        shot = page.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        with open(SHOT, "wb") as f:
+            f.write(base64.b64decode(shot["data"]))
+
+        # Kill one session with its button.
+        victim = seen["sessions"][0]
+        page.js(f"document.querySelector('tr.session[data-session=\"{victim}\"] button.kill').click(); true")
+        page.wait_for("killed=", "after the kill")
+        after_rows = json.loads(page.js("JSON.stringify([...document.querySelectorAll('tr.session')].map(r => r.dataset.session))"))
+        if victim in after_rows or len(after_rows) != live - 1:
+            fail(f"session {victim} still listed after its kill: {after_rows}")
+        after = sum(p["in_use"] for p in status().values())
+        if after != live - 1:
+            fail(f"status shows {after} seats in use after the kill, not {live - 1}")
+        # A forged kill (no CSRF token) is refused.
+        code = page.js(f"""fetch('/org/default/kill', {{method: 'POST',
+            headers: {{'Content-Type': 'application/x-www-form-urlencoded'}},
+            body: 'session={after_rows[0] if after_rows else victim}&csrf=forged'}}).then(r => r.status)""")
+        if code != 403:
+            fail(f"a kill with a forged CSRF token answered {code}, not 403")
+        print(f"dashboard ok: {len(seen['pools'])} pool(s), {live} session rows, charts drawn, kill worked; screenshot {SHOT}")
+    finally:
+        chrome.terminate()
+        try:
+            chrome.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            chrome.kill()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+main()

@@ -1,0 +1,369 @@
+//! The license utilization dashboard at `/`: server-rendered HTML with
+//! inline SVG, no script, no CDN, so it works offline and in any browser.
+//!
+//! - `GET /`: the sign-in form; signed in, the operator's list of orgs, or
+//!   a member's org page.
+//! - `POST /signin` (form `key`), `POST /signout`.
+//! - `GET /org/ORG?range=day|week|month|year`: the org's page (`view`).
+//! - `POST /org/ORG/kill` (form `session`, `csrf`): an Owner or Admin
+//!   ends a live session, audited, as `session kill` does.
+//!
+//! Who sees what follows the broker's roles: the operator and every
+//! member see the org's numbers and charts; the lists of sessions,
+//! machines, licensed users, offline licenses and the audit trail are for
+//! the org's Owners and Admins, who alone get the Kill button.
+
+mod svg;
+pub mod view;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+use super::auth::{self, COOKIE};
+use crate::core::usage::MINUTE_MS;
+use crate::core::{Millis, OrgName, Principal, Role, SessionId};
+use crate::history::report;
+use crate::server::Shared;
+use view::{LiveView, OrgView, PoolView, RANGES};
+
+/// Most audit entries the page shows.
+const AUDIT_SHOWN: usize = 25;
+
+/// The caller signed in with the cookie, with the cookie's value.
+fn signed_in(shared: &Shared, headers: &HeaderMap) -> Option<(Principal, String)> {
+    let value = auth::cookie(headers, COOKIE)?;
+    let hash = shared.signer.open(value, shared.clock.now().0)?;
+    shared.core.authenticate(&hash).ok().map(|p| (p, value.to_string()))
+}
+
+fn who(p: &Principal) -> String {
+    let role = match p.role {
+        Role::Operator => "operator",
+        Role::Owner => "Owner",
+        Role::Admin => "Admin",
+        _ => "User",
+    };
+    match &p.org {
+        Some(org) => format!("{} ({role} of {org})", p.email),
+        None => format!("{} ({role})", p.email),
+    }
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+/// `GET /`.
+pub(super) async fn home(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let Some((p, _)) = signed_in(&shared, &headers) else {
+        return html(StatusCode::OK, view::sign_in(None));
+    };
+    match &p.org {
+        Some(org) => Redirect::to(&format!("/org/{org}")).into_response(),
+        None => {
+            let (pools, subscriptions) = shared.core.census();
+            let orgs = subscriptions
+                .iter()
+                .map(|(org, end)| {
+                    let n = pools.iter().filter(|s| &s.org == org).count() as u32;
+                    (org.to_string(), crate::core::format_end_date(*end), n)
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect::<Vec<_>>();
+            html(StatusCode::OK, view::orgs(&who(&p), &orgs))
+        }
+    }
+}
+
+/// The sign-in form's fields.
+#[derive(serde::Deserialize)]
+pub(super) struct SignIn {
+    key: String,
+}
+
+/// `POST /signin`.
+pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, Form(f): Form<SignIn>) -> Response {
+    let hash = crate::keys::hash(f.key.trim());
+    if shared.core.authenticate(&hash).is_err() {
+        shared.core.note_auth_failure();
+        return html(StatusCode::UNAUTHORIZED, view::sign_in(Some("That key is unknown or revoked.")));
+    }
+    let expires = shared.clock.now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
+    let cookie = format!(
+        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        shared.signer.cookie(&hash, expires),
+        auth::SIGN_IN_FOR.as_secs()
+    );
+    let mut r = Redirect::to("/").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `POST /signout`.
+pub(super) async fn sign_out() -> Response {
+    let mut r = Redirect::to("/").into_response();
+    let gone = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&gone) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// `GET /org/ORG`.
+pub(super) async fn org_page(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let Some((p, cookie)) = signed_in(&shared, &headers) else {
+        return Redirect::to("/").into_response();
+    };
+    let Ok(org) = OrgName::new(org) else {
+        return html(StatusCode::NOT_FOUND, view::page("Not found", Some(&who(&p)), "<p>No such org.</p>"));
+    };
+    let range = q.get("range").cloned().unwrap_or_else(|| "week".into());
+    let flash = q.get("killed").map(|s| format!("Session {s} was ended."));
+    let s = shared.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let mut v = gather(&s, &p, &org, &range, s.clock.now())?;
+        v.flash = flash;
+        if v.kill_token.is_some() {
+            v.kill_token = Some(s.signer.csrf_token(&cookie));
+        }
+        Ok::<_, crate::core::Error>(view::org(&v))
+    })
+    .await;
+    match built {
+        Ok(Ok(page)) => html(StatusCode::OK, page),
+        Ok(Err(e)) => {
+            let w = crate::proto::WireError::from(e);
+            let status = match w.code {
+                crate::proto::ErrorCode::NotFound => StatusCode::NOT_FOUND,
+                _ => StatusCode::FORBIDDEN,
+            };
+            html(status, view::page("Refused", None, &format!("<p class=\"err\">{}</p>", view::esc(&w.message))))
+        }
+        Err(e) => html(StatusCode::INTERNAL_SERVER_ERROR, view::page("Error", None, &view::esc(&e.to_string()))),
+    }
+}
+
+/// The kill form's fields.
+#[derive(serde::Deserialize)]
+pub(super) struct Kill {
+    session: String,
+    csrf: String,
+}
+
+/// `POST /org/ORG/kill`.
+pub(super) async fn kill(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Form(f): Form<Kill>,
+) -> Response {
+    let Some((p, cookie)) = signed_in(&shared, &headers) else {
+        return html(StatusCode::UNAUTHORIZED, view::sign_in(Some("Sign in first.")));
+    };
+    // The token is derived from this browser's cookie: a page of another
+    // origin can make the browser send the cookie, never read the token.
+    if f.csrf != shared.signer.csrf_token(&cookie) {
+        return html(
+            StatusCode::FORBIDDEN,
+            view::page("Refused", None, "<p class=\"err\">The form is stale or forged (CSRF token mismatch).</p>"),
+        );
+    }
+    let (Ok(org), Ok(session)) = (OrgName::new(org), f.session.parse::<SessionId>()) else {
+        return html(StatusCode::BAD_REQUEST, view::page("Refused", None, "<p class=\"err\">No such session.</p>"));
+    };
+    match shared.kill(&p, org.clone(), session).await {
+        Ok(()) => Redirect::to(&format!("/org/{org}?killed={session}")).into_response(),
+        Err(e) => html(
+            StatusCode::FORBIDDEN,
+            view::page("Refused", None, &format!("<p class=\"err\">{}</p>", view::esc(&e.message))),
+        ),
+    }
+}
+
+/// Everything the org page shows, gathered as `p` may see it.
+fn gather(
+    shared: &Shared,
+    p: &Principal,
+    org: &OrgName,
+    range: &str,
+    now: Millis,
+) -> Result<OrgView, crate::core::Error> {
+    let core = &shared.core;
+    let status = core.status(p, Some(org))?;
+    let (range, span, step) = RANGES.iter().find(|r| r.0 == range).copied().unwrap_or(RANGES[1]);
+    let (from, to) = (Millis(now.0.saturating_sub(span)), now);
+    let history = shared.history.as_deref();
+    let subscription_ends = core
+        .census()
+        .1
+        .into_iter()
+        .find(|(o, _)| o == org)
+        .map(|(_, end)| crate::core::format_end_date(end))
+        .unwrap_or_default();
+    let mut pools = Vec::new();
+    for s in &status {
+        let kre = s.pool.product == crate::core::Product::Kre;
+        let mut pv = PoolView {
+            pool: s.pool.to_string(),
+            kre,
+            quota: s.quota,
+            in_use: s.in_use,
+            machines: s.machines,
+            waiting: s.waiting,
+            grants: s.grants,
+            activations: s.activations,
+            offline: s.offline,
+            series: None,
+            heat: [[None; 24]; 7],
+            levels: Vec::new(),
+            what_if: Vec::new(),
+        };
+        if let Some(h) = history {
+            let read = |step: u64, (from, to): (Millis, Millis)| {
+                report::usage(core, Some(h), p, org, Some(s.pool), (from, to), step)
+                    .and_then(|ask| ask.read(h))
+                    .ok()
+                    .and_then(|mut v| v.pop())
+            };
+            pv.series = read(step, (from, to));
+            // The heatmap reads hours over the range (at least a week).
+            let heat_from = Millis(now.0.saturating_sub(span.max(7 * 86_400_000)));
+            if let Some(hours) = read(3_600_000, (heat_from, to)) {
+                pv.heat = heat(&hours, s.quota);
+            }
+            // Time at level: minutes (up to a month), else hours.
+            let level_step = if span <= 35 * 86_400_000 { MINUTE_MS } else { 3_600_000 };
+            if let Some(fine) = read(level_step, (from, to)) {
+                pv.levels = levels(&fine, span, level_step);
+            }
+            if kre {
+                let seats = s.quota.saturating_sub(2)..=s.quota + 2;
+                let replay_from = Millis(now.0.saturating_sub(span.min(30 * 86_400_000)));
+                if let Ok(w) =
+                    report::what_if(core, Some(h), p, (org, s.pool), (replay_from, to), seats).and_then(|a| a.read(h))
+                {
+                    pv.what_if = w.outcomes;
+                }
+            }
+        }
+        pools.push(pv);
+    }
+    let ttl = core.lease_ttl().as_millis() as u64;
+    let live = core.sessions(p, org).ok().map(|v| {
+        v.into_iter()
+            .map(|s| LiveView {
+                session: s.session.to_string(),
+                pool: s.pool.to_string(),
+                user: s.user.to_string(),
+                machine: s.machine.to_string(),
+                started: s.started,
+                heartbeat: Millis(s.deadline.0.saturating_sub(ttl)),
+                job: s.labels.to_string(),
+            })
+            .collect::<Vec<_>>()
+    });
+    let admin = p.require_admin(org).is_ok();
+    let licensed = core.grants(p, org, None).ok().map(|grants| {
+        let last = last_use(shared, p, org, now);
+        grants
+            .into_iter()
+            .filter(|g| g.pool.product == crate::core::Product::Kse)
+            .map(|g| {
+                let seen = last.get(g.email.as_str()).copied();
+                (g.pool.to_string(), g.email.to_string(), g.granted, g.machine.map(|m| m.to_string()), seen)
+            })
+            .collect()
+    });
+    let offline = core.offline_licenses(p, org).ok().map(|v| {
+        v.into_iter().map(|o| (o.pool.to_string(), o.id, o.machine.to_string(), o.last_day, o.active)).collect()
+    });
+    let machines = core
+        .machines(p, org)
+        .ok()
+        .map(|v| v.into_iter().map(|m| (m.pool.to_string(), m.machine.to_string(), m.registered)).collect());
+    let audit = match admin {
+        true => shared.store.audit_latest(org, AUDIT_SHOWN).ok().map(|v| {
+            v.into_iter().map(|e| (e.at, e.actor.to_string(), format!("{} {}", e.action, e.detail))).collect()
+        }),
+        false => None,
+    };
+    Ok(OrgView {
+        org: org.to_string(),
+        subscription_ends,
+        who: who(p),
+        range: (range, from, to),
+        pools,
+        live,
+        kill_token: admin.then(String::new),
+        licensed,
+        offline,
+        machines,
+        audit,
+        flash: None,
+    })
+}
+
+/// Each user's last active use: a live session now, else the end of their
+/// latest ended session in the history's minute retention.
+fn last_use(shared: &Shared, p: &Principal, org: &OrgName, now: Millis) -> HashMap<String, Millis> {
+    let mut last: HashMap<String, Millis> = HashMap::new();
+    if let Some(h) = shared.history.as_deref() {
+        let from = Millis(now.0.saturating_sub(h.retention().minutes.as_millis() as u64));
+        if let Ok((rows, _)) = report::sessions(&shared.core, Some(h), p, org, (from, now), None, report::MAX_SESSIONS)
+            .and_then(|a| a.read(h))
+        {
+            for (_, r) in rows {
+                let e = last.entry(r.user).or_insert(Millis(0));
+                *e = (*e).max(Millis(r.end));
+            }
+        }
+    }
+    if let Ok(live) = shared.core.sessions(p, org) {
+        for s in live {
+            last.insert(s.user.to_string(), now);
+        }
+    }
+    last
+}
+
+/// Peak by UTC weekday and hour as a share of `quota`, from hourly points.
+fn heat(hours: &report::Series, quota: u32) -> [[Option<f64>; 24]; 7] {
+    let mut cells = [[None; 24]; 7];
+    for pt in &hours.points {
+        let h = (pt.start / 3_600_000) as usize;
+        // 1970-01-01 was a Thursday (Monday = 0).
+        let (day, hour) = ((h / 24 + 3) % 7, h % 24);
+        let share = f64::from(pt.usage.peak) / f64::from(quota.max(pt.usage.quota).max(1));
+        let c: &mut Option<f64> = &mut cells[day][hour];
+        *c = Some(c.unwrap_or(0.0).max(share));
+    }
+    cells
+}
+
+/// Minutes at each level of average seats in use (rounded), over a range
+/// of `span` ms read in steps of `step`; steps with no row held 0 seats.
+fn levels(points: &report::Series, span: u64, step: u64) -> Vec<(u32, u64)> {
+    let mut by: std::collections::BTreeMap<u32, u64> = Default::default();
+    let per = step / MINUTE_MS;
+    for pt in &points.points {
+        *by.entry(pt.average().round() as u32).or_default() += per;
+    }
+    let counted: u64 = by.values().sum();
+    let total = span / MINUTE_MS;
+    if total > counted {
+        *by.entry(0).or_default() += total - counted;
+    }
+    by.into_iter().collect()
+}

@@ -1,0 +1,423 @@
+//! The dashboard's pages as HTML, from plain data (`OrgView`): no I/O, so
+//! the benchmark times exactly the rendering, and the page is the same
+//! whoever gathered the data.
+
+use std::fmt::Write;
+
+use super::svg::{self, Line};
+use crate::core::{format_utc, Millis};
+use crate::history::replay::Outcome;
+use crate::history::report::Series;
+
+/// Escapes text for HTML (element content and quoted attributes).
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The page's own style: no external file, no CDN.
+const STYLE: &str = r#"
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2733;background:#f5f7fa}
+header{background:#1d2733;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
+header a{color:#cfe3ff}header form{margin-left:auto}
+main{padding:16px 20px;max-width:1000px}
+section{background:#fff;border:1px solid #dde3ea;border-radius:6px;padding:12px 16px;margin:0 0 16px}
+h1{font-size:18px;margin:0}h2{font-size:16px;margin:0 0 8px}h3{font-size:14px;margin:12px 0 6px}
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:3px 8px;border-bottom:1px solid #eef1f5}
+th{font-weight:600;color:#4a5867}td.n,th.n{text-align:right}
+.stats{display:flex;gap:24px;flex-wrap:wrap;margin:6px 0}.stat b{display:block;font-size:20px}
+.ranges a{margin-right:10px}.ranges a.on{font-weight:700;text-decoration:none;color:#1d2733}
+svg{width:100%;height:auto}.axis{font-size:11px;fill:#5b6877}.grid{stroke:#e6eaef}
+.line{fill:none;stroke-width:1.6}.line.peak{stroke:#c2410c}.line.average{stroke:#2563eb}
+.line.quota{stroke:#111;stroke-dasharray:6 4}.denial{fill:#dc2626;fill-opacity:.75}
+.cell{fill:#c2410c}.empty{fill:#eef1f5}.bar{fill:#2563eb}
+.legend span{margin-right:14px}.legend i{display:inline-block;width:18px;height:3px;vertical-align:middle;margin-right:4px}
+.note{color:#5b6877}.err{color:#b91c1c}button{cursor:pointer}
+"#;
+
+/// A whole page around `body`.
+pub fn page(title: &str, who: Option<&str>, body: &str) -> String {
+    let signed = match who {
+        Some(w) => {
+            format!(r#"<span>{}</span><form method="post" action="/signout"><button>Sign out</button></form>"#, esc(w))
+        }
+        None => String::new(),
+    };
+    format!(
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1"><title>{} · license broker</title><style>{STYLE}</style></head><body><header><h1><a href="/">License broker</a></h1>{signed}</header><main>{body}</main></body></html>"#,
+        esc(title)
+    )
+}
+
+/// The sign-in page (with an error line after a failed attempt).
+pub fn sign_in(error: Option<&str>) -> String {
+    let error = error.map(|e| format!(r#"<p class="err">{}</p>"#, esc(e))).unwrap_or_default();
+    page(
+        "Sign in",
+        None,
+        &format!(
+            r#"<section><h2>Sign in</h2>{error}<form method="post" action="/signin"><p><label>API key <input name="key" type="password" size="72" autocomplete="off" required></label></p><p><button>Sign in</button></p></form><p class="note">Any API key of the broker: the operator's shows every org, a member's shows their org.</p></section>"#
+        ),
+    )
+}
+
+/// The operator's list of orgs.
+pub fn orgs(who: &str, orgs: &[(String, String, u32)]) -> String {
+    let mut rows = String::new();
+    for (name, end, pools) in orgs {
+        let _ = write!(
+            rows,
+            r#"<tr><td><a href="/org/{0}">{0}</a></td><td>{1}</td><td class="n">{2}</td></tr>"#,
+            esc(name),
+            esc(end),
+            pools
+        );
+    }
+    page(
+        "Orgs",
+        Some(who),
+        &format!(
+            r#"<section><h2>Orgs</h2><table><tr><th>Org</th><th>Subscription ends</th><th class="n">Pools</th></tr>{rows}</table></section>"#
+        ),
+    )
+}
+
+/// The ranges the dashboard offers.
+pub const RANGES: [(&str, u64, u64); 4] = [
+    ("day", 86_400_000, 5 * 60_000),
+    ("week", 7 * 86_400_000, 3_600_000),
+    ("month", 30 * 86_400_000, 4 * 3_600_000),
+    ("year", 365 * 86_400_000, 86_400_000),
+];
+
+/// One pool's part of an org page.
+pub struct PoolView {
+    /// The pool's name.
+    pub pool: String,
+    /// Whether it is a KRE pool (sessions) or KSE (licensed users).
+    pub kre: bool,
+    /// Quota, seats in use, machines, waiting, grants, activations, offline.
+    pub quota: u32,
+    /// Seats in use now.
+    pub in_use: u32,
+    /// Registered machines.
+    pub machines: u32,
+    /// Runners waiting.
+    pub waiting: u32,
+    /// KSE: licensed users.
+    pub grants: u32,
+    /// KSE: node-locked activations.
+    pub activations: u32,
+    /// Offline licenses holding a seat.
+    pub offline: u32,
+    /// The chart's series over the range.
+    pub series: Option<Series>,
+    /// Peak seats in use by weekday and hour, as a share of the quota.
+    pub heat: [[Option<f64>; 24]; 7],
+    /// Minutes at each level of average seats in use (level, minutes).
+    pub levels: Vec<(u32, u64)>,
+    /// What-if outcomes for seat counts around the quota.
+    pub what_if: Vec<Outcome>,
+}
+
+/// A live session as the page lists it.
+pub struct LiveView {
+    /// Its id.
+    pub session: String,
+    /// Its pool.
+    pub pool: String,
+    /// The user.
+    pub user: String,
+    /// The machine.
+    pub machine: String,
+    /// When it started.
+    pub started: Millis,
+    /// Its last heartbeat (its deadline less the lease TTL).
+    pub heartbeat: Millis,
+    /// The job's labels (`pipeline=web job=e2e`).
+    pub job: String,
+}
+
+/// A KSE licensed user: (pool, email, granted, bound machine, last active use).
+pub type Licensed = (String, String, Millis, Option<String>, Option<Millis>);
+
+/// An offline license: (pool, id, machine, last day, holds a seat).
+pub type Offline = (String, String, String, String, bool);
+
+/// What an org's page shows.
+pub struct OrgView {
+    /// The org.
+    pub org: String,
+    /// Its subscription's last day.
+    pub subscription_ends: String,
+    /// Who is signed in (email and role).
+    pub who: String,
+    /// The range's name and bounds.
+    pub range: (&'static str, Millis, Millis),
+    /// Its pools.
+    pub pools: Vec<PoolView>,
+    /// Live sessions (`None`: the role may not list them).
+    pub live: Option<Vec<LiveView>>,
+    /// The CSRF token for the kill forms (`None`: no kill button for this role).
+    pub kill_token: Option<String>,
+    /// KSE licensed users.
+    pub licensed: Option<Vec<Licensed>>,
+    /// Offline licenses.
+    pub offline: Option<Vec<Offline>>,
+    /// Registered machines: (pool, machine, registered).
+    pub machines: Option<Vec<(String, String, Millis)>>,
+    /// The audit trail's latest entries: (time, actor, action).
+    pub audit: Option<Vec<(Millis, String, String)>>,
+    /// A message after an action (a kill), if any.
+    pub flash: Option<String>,
+}
+
+fn when(t: Millis) -> String {
+    format_utc(t)
+}
+
+fn admins_only() -> &'static str {
+    r#"<p class="note">Listed for the org's Owners and Admins.</p>"#
+}
+
+/// Renders an org's page.
+pub fn org(v: &OrgView) -> String {
+    let mut b = String::with_capacity(64 * 1024);
+    let (range, from, to) = v.range;
+    let _ = write!(b, r#"<section><h2>{}</h2><p>Subscription through {} · "#, esc(&v.org), esc(&v.subscription_ends));
+    b.push_str(r#"<span class="ranges">"#);
+    for (name, _, _) in RANGES {
+        let on = if name == range { r#" class="on""# } else { "" };
+        let _ = write!(b, r#"<a{on} href="?range={name}">{name}</a>"#);
+    }
+    let _ = write!(b, "</span></p>");
+    if let Some(f) = &v.flash {
+        let _ = write!(b, r#"<p class="note" id="flash">{}</p>"#, esc(f));
+    }
+    b.push_str("</section>");
+    for p in &v.pools {
+        pool(&mut b, p, (from, to));
+    }
+    live(&mut b, v);
+    lists(&mut b, v);
+    page(&v.org, Some(&v.who), &b)
+}
+
+fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
+    let _ = write!(b, r#"<section class="pool" data-pool="{0}"><h2>{0}</h2><div class="stats">"#, esc(&p.pool));
+    let stat = |b: &mut String, id: &str, name: &str, value: String| {
+        let _ = write!(b, r#"<div class="stat"><b data-stat="{id}">{}</b>{name}</div>"#, esc(&value));
+    };
+    stat(b, "quota", "purchased", p.quota.to_string());
+    stat(b, "in_use", "in use now", p.in_use.to_string());
+    if p.kre {
+        stat(b, "machines", &format!("machines of {}", p.quota), p.machines.to_string());
+        stat(b, "waiting", "waiting", p.waiting.to_string());
+    } else {
+        stat(b, "grants", "assigned", p.grants.to_string());
+        stat(b, "activations", "activated", p.activations.to_string());
+    }
+    stat(b, "offline", "offline", p.offline.to_string());
+    let Some(series) = &p.series else {
+        b.push_str(r#"</div><p class="note">No history (the broker runs with --no-history).</p></section>"#);
+        return;
+    };
+    let points = &series.points;
+    let peak = points.iter().map(|x| x.usage.peak).max().unwrap_or(0);
+    let denials: u64 = points.iter().map(|x| x.usage.denials()).sum();
+    let seat_ms: u64 = points.iter().map(|x| x.usage.seat_ms).sum();
+    let span = to.0.saturating_sub(from.0).max(1);
+    let utilization = if p.quota == 0 { 0.0 } else { seat_ms as f64 / span as f64 / f64::from(p.quota) };
+    let daily = daily_peaks(points);
+    let avg_daily_peak = if daily.is_empty() { 0.0 } else { daily.iter().sum::<u32>() as f64 / daily.len() as f64 };
+    stat(b, "peak", "peak concurrent", peak.to_string());
+    stat(b, "avg_daily_peak", "average daily peak", format!("{avg_daily_peak:.1}"));
+    stat(b, "utilization", "utilization", format!("{:.1}%", utilization * 100.0));
+    stat(b, "denials", "refused", denials.to_string());
+    b.push_str("</div>");
+    let lines = [
+        Line {
+            class: "quota",
+            name: "capacity",
+            points: points.iter().map(|x| (x.start, f64::from(x.usage.quota.max(p.quota)))).collect(),
+            steps: true,
+        },
+        Line {
+            class: "peak",
+            name: "peak",
+            points: points.iter().map(|x| (x.start, f64::from(x.usage.peak))).collect(),
+            steps: true,
+        },
+        Line {
+            class: "average",
+            name: "average",
+            points: points.iter().map(|x| (x.start + x.step_ms / 2, x.average())).collect(),
+            steps: false,
+        },
+    ];
+    let marks: Vec<(u64, u64)> =
+        points.iter().filter(|x| x.usage.denials() > 0).map(|x| (x.start + x.step_ms / 2, x.usage.denials())).collect();
+    b.push_str(&svg::time_chart(&format!("{} seats in use", p.pool), (from.0, to.0), &lines, &marks));
+    b.push_str(r##"<p class="legend"><span><i style="background:#111"></i>capacity</span><span><i style="background:#c2410c"></i>peak</span><span><i style="background:#2563eb"></i>average</span><span><i style="background:#dc2626;height:8px;border-radius:4px;width:8px"></i>refused</span></p>"##);
+    b.push_str("<h3>Peak by weekday and hour (share of capacity)</h3>");
+    b.push_str(&svg::heatmap(&format!("{} peak by weekday and hour", p.pool), &p.heat));
+    let total: u64 = p.levels.iter().map(|l| l.1).sum();
+    if total > 0 {
+        b.push_str("<h3>Time at each level (average seats in use, by minute)</h3>");
+        let rows: Vec<(String, f64)> =
+            p.levels.iter().map(|(level, n)| (format!("{level} seats"), *n as f64 / total as f64)).collect();
+        b.push_str(&svg::bars(&format!("{} time at level", p.pool), &rows));
+    }
+    if !p.what_if.is_empty() {
+        b.push_str(r#"<h3>What if the pool had…</h3><table class="what-if"><tr><th class="n">Seats</th><th class="n">Refused</th><th class="n">Time at capacity</th></tr>"#);
+        for o in &p.what_if {
+            let mark = if o.seats == p.quota { " (now)" } else { "" };
+            let _ = write!(
+                b,
+                r#"<tr><td class="n">{}{mark}</td><td class="n">{}</td><td class="n">{:.1}%</td></tr>"#,
+                o.seats,
+                o.denied,
+                o.at_capacity() * 100.0
+            );
+        }
+        b.push_str("</table>");
+    }
+    b.push_str("</section>");
+}
+
+/// Each UTC day's highest peak.
+fn daily_peaks(points: &[crate::history::Point]) -> Vec<u32> {
+    let mut days: std::collections::BTreeMap<u64, u32> = Default::default();
+    for p in points {
+        let d = days.entry(p.start / 86_400_000).or_default();
+        *d = (*d).max(p.usage.peak);
+    }
+    days.into_values().collect()
+}
+
+fn live(b: &mut String, v: &OrgView) {
+    b.push_str("<section><h2>Live sessions</h2>");
+    let Some(live) = &v.live else {
+        b.push_str(admins_only());
+        b.push_str("</section>");
+        return;
+    };
+    let kill = v.kill_token.is_some();
+    let _ = write!(
+        b,
+        r#"<table id="live"><tr><th>Session</th><th>Pool</th><th>User</th><th>Machine</th><th>Job</th><th>Started</th><th>Last heartbeat</th>{}</tr>"#,
+        if kill { "<th></th>" } else { "" }
+    );
+    for s in live {
+        let _ = write!(
+            b,
+            r#"<tr class="session" data-session="{0}"><td>{0}</td><td>{1}</td><td>{2}</td><td>{3}</td><td>{6}</td><td>{4}</td><td>{5}</td>"#,
+            esc(&s.session),
+            esc(&s.pool),
+            esc(&s.user),
+            esc(&s.machine),
+            when(s.started),
+            when(s.heartbeat),
+            esc(&s.job)
+        );
+        if let Some(token) = &v.kill_token {
+            let _ = write!(
+                b,
+                r#"<td><form method="post" action="/org/{}/kill"><input type="hidden" name="session" value="{}"><input type="hidden" name="csrf" value="{}"><button class="kill">Kill</button></form></td>"#,
+                esc(&v.org),
+                esc(&s.session),
+                esc(token)
+            );
+        }
+        b.push_str("</tr>");
+    }
+    b.push_str("</table>");
+    if live.is_empty() {
+        b.push_str(r#"<p class="note">No session is live.</p>"#);
+    }
+    b.push_str("</section>");
+}
+
+fn lists(b: &mut String, v: &OrgView) {
+    b.push_str("<section><h2>Licensed users</h2>");
+    match &v.licensed {
+        None => b.push_str(admins_only()),
+        Some(rows) => {
+            b.push_str("<table><tr><th>Pool</th><th>User</th><th>Granted</th><th>Node-locked to</th><th>Last active use</th></tr>");
+            for (pool, user, granted, machine, last) in rows {
+                let _ = write!(
+                    b,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(pool),
+                    esc(user),
+                    when(*granted),
+                    esc(machine.as_deref().unwrap_or("—")),
+                    last.map(when).unwrap_or_else(|| "—".into())
+                );
+            }
+            b.push_str("</table>");
+        }
+    }
+    b.push_str("</section><section><h2>Offline licenses</h2>");
+    match &v.offline {
+        None => b.push_str(admins_only()),
+        Some(rows) => {
+            b.push_str("<table><tr><th>Pool</th><th>License</th><th>Machine</th><th>Last day</th><th>State</th></tr>");
+            for (pool, id, machine, last_day, active) in rows {
+                let _ = write!(
+                    b,
+                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    esc(pool),
+                    esc(id),
+                    esc(machine),
+                    esc(last_day),
+                    if *active { "holds a seat" } else { "ended" }
+                );
+            }
+            b.push_str("</table>");
+        }
+    }
+    b.push_str("</section><section><h2>Machines</h2>");
+    match &v.machines {
+        None => b.push_str(admins_only()),
+        Some(rows) => {
+            b.push_str("<table><tr><th>Pool</th><th>Machine</th><th>Registered</th></tr>");
+            for (pool, machine, at) in rows {
+                let _ = write!(b, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", esc(pool), esc(machine), when(*at));
+            }
+            b.push_str("</table>");
+        }
+    }
+    b.push_str("</section><section><h2>Audit trail (latest)</h2>");
+    match &v.audit {
+        None => b.push_str(admins_only()),
+        Some(rows) => {
+            b.push_str("<table><tr><th>When</th><th>Who</th><th>What</th></tr>");
+            for (at, actor, action) in rows {
+                let _ = write!(b, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", when(*at), esc(actor), esc(action));
+            }
+            b.push_str("</table>");
+        }
+    }
+    b.push_str("</section>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_escaped() {
+        assert_eq!(esc(r#"<a href="x">&'"#), "&lt;a href=&quot;x&quot;&gt;&amp;&#39;");
+    }
+}
