@@ -6,6 +6,7 @@ mod abuse;
 mod burst;
 mod churn;
 mod compare;
+mod dashboard;
 mod echo;
 mod fleet;
 mod lists;
@@ -65,6 +66,9 @@ enum Scenario {
     /// `/metrics` scraped with many orgs (--orgs, 10,000 by default):
     /// the scrape's latency.
     Scrape,
+    /// The dashboard's org page over a year of minute history (seeded):
+    /// page latency per range, and the history's size on disk.
+    Dashboard,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -224,15 +228,18 @@ async fn run(a: Args) -> Result<bool> {
         emit(&report, a.json, Some(summary));
         return Ok(report.passed());
     }
-    if matches!(a.scenario, Scenario::Restart | Scenario::Lists | Scenario::Abuse | Scenario::Scrape)
-        && a.server.is_some()
+    if matches!(
+        a.scenario,
+        Scenario::Restart | Scenario::Lists | Scenario::Abuse | Scenario::Scrape | Scenario::Dashboard
+    ) && a.server.is_some()
     {
         bail!("restart, lists and abuse watch, stop or start the broker process, so they always spawn their own");
     }
     let mut target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
         None => {
-            Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse, a.scenario == Scenario::Scrape)?
+            let http = matches!(a.scenario, Scenario::Scrape | Scenario::Dashboard);
+            Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse, http)?
         }
     };
     let report = match a.scenario {
@@ -245,6 +252,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Scrape => scrape::run(&target, &p).await?,
+        Scenario::Dashboard => dashboard::run(&mut target).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =

@@ -19,6 +19,8 @@ pub struct Target {
     pub ca: PathBuf,
     /// The operator's key (creates the orgs the scenario uses).
     pub operator: String,
+    /// The `default` org's Owner key (a spawned broker's).
+    pub owner: Option<String>,
     /// Where a spawned broker serves `/metrics`, if asked to.
     pub http: Option<std::net::SocketAddr>,
     child: Option<Child>,
@@ -101,11 +103,14 @@ impl Target {
         let mut child = start(&args)?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let mut operator = None;
+        let (mut operator, mut owner) = (None, None);
         for _ in 0..2 {
             let line = lines.next().context("broker exited before printing its keys")??;
             if let Some(k) = line.strip_prefix("operator api key: ") {
                 operator = Some(k.to_string());
+            }
+            if let Some(k) = line.strip_prefix("owner api key: ") {
+                owner = Some(k.to_string());
             }
         }
         let ca = dir.path().join("tls/cert.pem");
@@ -113,6 +118,7 @@ impl Target {
             server,
             ca,
             operator: operator.context("no operator key printed")?,
+            owner,
             http,
             child: Some(child),
             command: Some(args),
@@ -151,7 +157,7 @@ impl Target {
     /// A broker already running on loopback; `key` must be the operator's.
     pub fn remote(server: String, ca: PathBuf, key: String) -> Result<Target> {
         require_loopback(&server)?;
-        Ok(Target { server, ca, operator: key, http: None, child: None, command: None, _dir: None })
+        Ok(Target { server, ca, operator: key, owner: None, http: None, child: None, command: None, _dir: None })
     }
 
     pub fn options(&self, key: &str) -> ClientOptions {

@@ -41,7 +41,7 @@ pub const FILE: &str = "history.redb";
 /// Ended sessions the task writes per second at most (the rest are dropped
 /// and counted). Far above what CI fleets end (a thousand runners with
 /// one-minute jobs end 17 a second), far below a load test's million.
-pub const SESSIONS_PER_SECOND: usize = 5_000;
+pub const SESSIONS_PER_SECOND: usize = 2_000;
 
 /// A granularity of the rollups.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -171,6 +171,17 @@ impl History {
         };
         let sessions = sessions.into_iter().map(row_of).collect();
         self.db.write(&db::Batch { minutes, sessions }, durable)
+    }
+
+    /// Writes rows as they are (merged into any already there, and into
+    /// their hours and days): for tools that seed a history (benchmarks,
+    /// imports), not for the broker, which records harvests.
+    pub fn write_rows(
+        &self,
+        minutes: Vec<((String, String, u64), Usage)>,
+        sessions: Vec<(String, u64, EndedRow)>,
+    ) -> Result<(), DbError> {
+        self.db.write(&db::Batch { minutes, sessions }, false)
     }
 
     /// Writes ended sessions only.

@@ -1,0 +1,192 @@
+//! `dashboard`: how long the dashboard takes to render a year of minute
+//! data, server-side, and how large that history is on disk.
+//!
+//! A broker is started (to create its data dir, the pool, an Owner key),
+//! stopped, and its history is seeded with a year of minutes for one pool
+//! of 20 seats (office hours busy, nights and weekends quiet, refusals at
+//! the peaks) and 30 days of ended sessions; the history file's size is
+//! read. The broker is started again on the same data dir, the Owner
+//! signs in, and each range of the org's page is fetched `FETCHES` times
+//! over HTTP/1 on loopback: the latency is the whole request (history
+//! reads, the what-if replay, rendering), as a browser sees it.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use license_broker::history::{EndedRow, History, Retention, Usage};
+use license_broker::proto::{Req, Resp};
+use license_broker::value::{OrgName, PoolId};
+
+use crate::report::{Lat, Report};
+use crate::target::Target;
+
+/// Page fetches timed per range.
+const FETCHES: usize = 20;
+/// The pool's seats.
+const QUOTA: u32 = 20;
+const MINUTE: u64 = 60_000;
+const DAY_MINUTES: u64 = 1440;
+
+/// Seats in use in minute `m` (since 1970) of the synthetic year: busy on
+/// weekday office hours, a little use at night and at weekends, some noise.
+fn level(m: u64) -> u32 {
+    let hour = (m / 60) % 24;
+    let weekday = (m / DAY_MINUTES + 3) % 7; // 0 = Monday
+    let noise = (m.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 59) as u32; // 0..32
+    let base = match (weekday < 5, hour) {
+        (true, 9..=17) => 14 + noise / 4,
+        (true, 7..=8 | 18..=20) => 6 + noise / 6,
+        (true, _) => 1 + noise / 16,
+        (false, 10..=16) => 3 + noise / 10,
+        (false, _) => noise / 16,
+    };
+    base.min(QUOTA + 2)
+}
+
+pub async fn run(target: &mut Target) -> Result<Report> {
+    let http = target.http.context("the spawned broker serves the dashboard (--http)")?;
+    let org = OrgName::new("default")?;
+    let owner_key = target.owner.clone().context("the spawned broker's Owner key")?;
+    let op = target.client(&target.operator).await?;
+    match op.call(Req::SetPool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: QUOTA }).await {
+        Ok(Resp::Done) => {}
+        other => bail!("setting up the pool: {other:?}"),
+    }
+    op.close().await;
+    target.crash()?;
+
+    // Seed a year of minutes ending now, and 30 days of ended sessions.
+    let dir = target.data_dir().context("a spawned broker's data dir")?.to_path_buf();
+    let now_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64 / MINUTE;
+    let first = now_minute - 365 * DAY_MINUTES;
+    let seeding = Instant::now();
+    let (rows, sessions) = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+        let h = History::open(&dir, Retention::default())?;
+        let pool = PoolId::KRE_DEFAULT.to_string();
+        let mut rows = 0u64;
+        for day in 0..365 {
+            let mut batch = Vec::with_capacity(DAY_MINUTES as usize);
+            for m in first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES {
+                let want = level(m);
+                let held = want.min(QUOTA);
+                let refused = u64::from(want.saturating_sub(QUOTA));
+                let u = Usage {
+                    peak: held,
+                    trough: held.saturating_sub(2),
+                    quota: QUOTA,
+                    seat_ms: u64::from(held) * MINUTE * 9 / 10,
+                    admitted: u64::from(held / 3),
+                    denied: vec![refused, 0, 0, 0, 0, 0, 0, 0],
+                    ends: [u64::from(held / 3), 0, 0, 0],
+                };
+                batch.push((("default".to_string(), pool.clone(), m), u));
+            }
+            rows += batch.len() as u64;
+            h.write_rows(batch, Vec::new())?;
+        }
+        // 30 days of sessions: ~25 minutes each while the office is busy.
+        let mut sessions = 0u64;
+        for day in 335..365 {
+            let mut batch = Vec::new();
+            for m in (first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES).step_by(5) {
+                for k in 0..level(m).min(QUOTA) / 5 {
+                    sessions += 1;
+                    let start = m * MINUTE + u64::from(k) * 1_000;
+                    batch.push((
+                        "default".to_string(),
+                        sessions,
+                        EndedRow {
+                            pool: pool.clone(),
+                            user: "owner@default".into(),
+                            machine: format!("ci-{k}"),
+                            start,
+                            end: start + 25 * MINUTE,
+                            reason: "released".into(),
+                            labels: vec![("pipeline".into(), "web".into())],
+                        },
+                    ));
+                }
+            }
+            h.write_rows(Vec::new(), batch)?;
+        }
+        Ok((rows, sessions))
+    })
+    .await??;
+    let seed_s = seeding.elapsed().as_secs_f64();
+    let dir = target.data_dir().context("data dir")?;
+    let bytes = std::fs::metadata(dir.join(license_broker::history::FILE))?.len();
+    target.restart().await?;
+
+    // Sign in as the Owner, then fetch each range.
+    let cookie = tokio::task::spawn_blocking(move || sign_in(http, &owner_key)).await??;
+    let mut r = Report::new("dashboard", "broker");
+    r.param("minutes", rows);
+    r.param("sessions", sessions);
+    r.extra("seed_s", seed_s);
+    r.extra("history_bytes", bytes);
+    r.extra("bytes_per_minute_row", bytes / rows.max(1));
+    let started = Instant::now();
+    let mut year_p50 = u64::MAX;
+    for range in ["year", "month", "week", "day"] {
+        let c = cookie.clone();
+        let (lat, size, body) = tokio::task::spawn_blocking(move || -> Result<(Lat, usize, String)> {
+            let mut lat = Lat::new();
+            let mut body = String::new();
+            for _ in 0..FETCHES {
+                let t = Instant::now();
+                body = get(http, &format!("/org/default?range={range}"), &c)?;
+                lat.record(t.elapsed());
+            }
+            Ok((lat, body.len(), body))
+        })
+        .await??;
+        if !body.contains("svg class=\"chart\"") {
+            bail!("the {range} page has no chart");
+        }
+        if range == "year" {
+            year_p50 = lat.stats().p50_us;
+            r.check("the year chart shows the seeded peak", body.contains("data-stat=\"peak\">20<"), "peak 20 of 20");
+        }
+        r.latency(&format!("page_{range}"), &lat);
+        r.extra(&format!("page_{range}_bytes"), size);
+    }
+    r.duration_s = started.elapsed().as_secs_f64();
+    r.extra("target_year_p50_le_100ms", year_p50 <= 100_000);
+    Ok(r)
+}
+
+/// Signs in with `key`: the session cookie.
+fn sign_in(addr: SocketAddr, key: &str) -> Result<String> {
+    let body = format!("key={key}");
+    let head = request(
+        addr,
+        &format!(
+            "POST /signin HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )?
+    .0;
+    let line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).context("no cookie set")?;
+    Ok(line.split_once(':').context("a header")?.1.trim().split(';').next().unwrap_or_default().to_string())
+}
+
+fn request(addr: SocketAddr, raw: &str) -> Result<(String, String)> {
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    s.write_all(raw.as_bytes())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let (head, body) = out.split_once("\r\n\r\n").context("an HTTP answer")?;
+    Ok((head.to_string(), body.to_string()))
+}
+
+/// One GET with the session cookie: the body.
+fn get(addr: SocketAddr, path: &str, cookie: &str) -> Result<String> {
+    let (head, body) = request(addr, &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n"))?;
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {head}");
+    }
+    Ok(body)
+}
