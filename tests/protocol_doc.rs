@@ -156,6 +156,10 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("SetUserLimit", Req::SetUserLimit { org: org.clone(), pool: p, email: "x".into(), max: None }),
         ("ListUserLimits", Req::ListUserLimits { org: org.clone(), pool: p }),
         ("List", Req::List { of: ListOf::Orgs, after: None, limit: 0 }),
+        (
+            "WhatIf",
+            Req::WhatIf { org: org.clone(), pool: p, from_ms: 0, to_ms: 1, seats_min: 1, seats_max: 2 },
+        ),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -193,6 +197,16 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("SessionViews", Resp::SessionViews(vec![])),
         ("UserLimits", Resp::UserLimits(vec![])),
         ("Page", Resp::Page { items: PageItems::Orgs(vec![]), next: None }),
+        (
+            "WhatIf",
+            Resp::WhatIf(license_broker::proto::WhatIfReport {
+                sessions: 0,
+                refusals: 0,
+                median_ms: 0,
+                truncated: false,
+                outcomes: vec![],
+            }),
+        ),
     ];
     for (name, resp) in &resps {
         let n = variant(resp);
@@ -212,6 +226,12 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("Audit", ListOf::Audit { org: o() }, PageItems::Audit(vec![])),
         ("Orgs", ListOf::Orgs, PageItems::Orgs(vec![])),
         ("UserLimits", ListOf::UserLimits { org: o(), pool: p }, PageItems::UserLimits(vec![])),
+        (
+            "Usage",
+            ListOf::Usage { org: o(), pool: None, from_ms: 0, to_ms: 1, step_ms: 60_000 },
+            PageItems::Usage(vec![]),
+        ),
+        ("Ended", ListOf::Ended { org: o(), from_ms: 0, to_ms: 1 }, PageItems::Ended(vec![])),
     ];
     let section = |name: &str| {
         let start = DOC.find(&format!("{name} = enum {{")).unwrap_or_else(|| panic!("no {name} in PROTOCOL.md"));

@@ -141,6 +141,10 @@ struct Args {
     /// TLS work yields to the broker's, as a remote attacker's would.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     attacker_nice: i32,
+    /// dashboard: keep the broker running this long after measuring (to
+    /// look at the seeded dashboard; its address and Owner key are printed).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    keep: Option<Duration>,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -252,7 +256,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Scrape => scrape::run(&target, &p).await?,
-        Scenario::Dashboard => dashboard::run(&mut target).await?,
+        Scenario::Dashboard => dashboard::run(&mut target, a.keep).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =

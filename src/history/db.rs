@@ -265,6 +265,16 @@ impl Db {
         tx.commit().map_err(err)
     }
 
+    /// Bytes the rows take in the file (stored plus metadata; the file
+    /// itself grows in regions and keeps freed pages, so it is larger).
+    pub fn data_bytes(&self) -> Result<u64, DbError> {
+        let tx = self.db.begin_write().map_err(err)?;
+        let s = tx.stats().map_err(err)?;
+        let bytes = s.stored_bytes() + s.metadata_bytes();
+        tx.abort().map_err(err)?;
+        Ok(bytes)
+    }
+
     /// Bytes the file takes on disk.
     pub fn file_bytes(path: &Path) -> u64 {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)

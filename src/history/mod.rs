@@ -156,6 +156,11 @@ impl History {
         }
     }
 
+    /// Bytes the rows take (see `Db::data_bytes`).
+    pub fn data_bytes(&self) -> Result<u64, DbError> {
+        self.db.data_bytes()
+    }
+
     /// Bytes the history file takes on disk.
     pub fn file_bytes(&self) -> u64 {
         db::Db::file_bytes(&self.path)

@@ -243,8 +243,8 @@ fn gather(
             if let Some(hours) = read(3_600_000, (heat_from, to)) {
                 pv.heat = heat(&hours, s.quota);
             }
-            // Time at level: minutes (up to a month), else hours.
-            let level_step = if span <= 35 * 86_400_000 { MINUTE_MS } else { 3_600_000 };
+            // Time at level: by minute while that is few enough points, else by hour.
+            let level_step = if span / MINUTE_MS <= report::MAX_POINTS { MINUTE_MS } else { 3_600_000 };
             if let Some(fine) = read(level_step, (from, to)) {
                 pv.levels = levels(&fine, span, level_step);
             }

@@ -273,7 +273,7 @@ fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
     b.push_str(&svg::heatmap(&format!("{} peak by weekday and hour", p.pool), &p.heat));
     let total: u64 = p.levels.iter().map(|l| l.1).sum();
     if total > 0 {
-        b.push_str("<h3>Time at each level (average seats in use, by minute)</h3>");
+        b.push_str("<h3>Time at each level of average seats in use</h3>");
         let rows: Vec<(String, f64)> =
             p.levels.iter().map(|(level, n)| (format!("{level} seats"), *n as f64 / total as f64)).collect();
         b.push_str(&svg::bars(&format!("{} time at level", p.pool), &rows));
