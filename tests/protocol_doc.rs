@@ -156,10 +156,7 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("SetUserLimit", Req::SetUserLimit { org: org.clone(), pool: p, email: "x".into(), max: None }),
         ("ListUserLimits", Req::ListUserLimits { org: org.clone(), pool: p }),
         ("List", Req::List { of: ListOf::Orgs, after: None, limit: 0 }),
-        (
-            "WhatIf",
-            Req::WhatIf { org: org.clone(), pool: p, from_ms: 0, to_ms: 1, seats_min: 1, seats_max: 2 },
-        ),
+        ("WhatIf", Req::WhatIf { org: org.clone(), pool: p, from_ms: 0, to_ms: 1, seats_min: 1, seats_max: 2 }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);

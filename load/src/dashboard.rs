@@ -62,59 +62,60 @@ pub async fn run(target: &mut Target, keep: Option<Duration>) -> Result<Report> 
     let now_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64 / MINUTE;
     let first = now_minute - 365 * DAY_MINUTES;
     let seeding = Instant::now();
-    let (rows, sessions, minutes_bytes, data_bytes) = tokio::task::spawn_blocking(move || -> Result<(u64, u64, u64, u64)> {
-        let h = History::open(&dir, Retention::default())?;
-        let pool = PoolId::KRE_DEFAULT.to_string();
-        let mut rows = 0u64;
-        for day in 0..365 {
-            let mut batch = Vec::with_capacity(DAY_MINUTES as usize);
-            for m in first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES {
-                let want = level(m);
-                let held = want.min(QUOTA);
-                let refused = u64::from(want.saturating_sub(QUOTA));
-                let u = Usage {
-                    peak: held,
-                    trough: held.saturating_sub(2),
-                    quota: QUOTA,
-                    seat_ms: u64::from(held) * MINUTE * 9 / 10,
-                    admitted: u64::from(held / 3),
-                    denied: vec![refused, 0, 0, 0, 0, 0, 0, 0],
-                    ends: [u64::from(held / 3), 0, 0, 0],
-                };
-                batch.push((("default".to_string(), pool.clone(), m), u));
-            }
-            rows += batch.len() as u64;
-            h.write_rows(batch, Vec::new())?;
-        }
-        let minutes_bytes = h.data_bytes()?;
-        // 30 days of sessions: ~25 minutes each while the office is busy.
-        let mut sessions = 0u64;
-        for day in 335..365 {
-            let mut batch = Vec::new();
-            for m in (first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES).step_by(5) {
-                for k in 0..level(m).min(QUOTA) / 5 {
-                    sessions += 1;
-                    let start = m * MINUTE + u64::from(k) * 1_000;
-                    batch.push((
-                        "default".to_string(),
-                        sessions,
-                        EndedRow {
-                            pool: pool.clone(),
-                            user: "owner@default".into(),
-                            machine: format!("ci-{k}"),
-                            start,
-                            end: start + 25 * MINUTE,
-                            reason: "released".into(),
-                            labels: vec![("pipeline".into(), "web".into())],
-                        },
-                    ));
+    let (rows, sessions, minutes_bytes, data_bytes) =
+        tokio::task::spawn_blocking(move || -> Result<(u64, u64, u64, u64)> {
+            let h = History::open(&dir, Retention::default())?;
+            let pool = PoolId::KRE_DEFAULT.to_string();
+            let mut rows = 0u64;
+            for day in 0..365 {
+                let mut batch = Vec::with_capacity(DAY_MINUTES as usize);
+                for m in first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES {
+                    let want = level(m);
+                    let held = want.min(QUOTA);
+                    let refused = u64::from(want.saturating_sub(QUOTA));
+                    let u = Usage {
+                        peak: held,
+                        trough: held.saturating_sub(2),
+                        quota: QUOTA,
+                        seat_ms: u64::from(held) * MINUTE * 9 / 10,
+                        admitted: u64::from(held / 3),
+                        denied: vec![refused, 0, 0, 0, 0, 0, 0, 0],
+                        ends: [u64::from(held / 3), 0, 0, 0],
+                    };
+                    batch.push((("default".to_string(), pool.clone(), m), u));
                 }
+                rows += batch.len() as u64;
+                h.write_rows(batch, Vec::new())?;
             }
-            h.write_rows(Vec::new(), batch)?;
-        }
-        Ok((rows, sessions, minutes_bytes, h.data_bytes()?))
-    })
-    .await??;
+            let minutes_bytes = h.data_bytes()?;
+            // 30 days of sessions: ~25 minutes each while the office is busy.
+            let mut sessions = 0u64;
+            for day in 335..365 {
+                let mut batch = Vec::new();
+                for m in (first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES).step_by(5) {
+                    for k in 0..level(m).min(QUOTA) / 5 {
+                        sessions += 1;
+                        let start = m * MINUTE + u64::from(k) * 1_000;
+                        batch.push((
+                            "default".to_string(),
+                            sessions,
+                            EndedRow {
+                                pool: pool.clone(),
+                                user: "owner@default".into(),
+                                machine: format!("ci-{k}"),
+                                start,
+                                end: start + 25 * MINUTE,
+                                reason: "released".into(),
+                                labels: vec![("pipeline".into(), "web".into())],
+                            },
+                        ));
+                    }
+                }
+                h.write_rows(Vec::new(), batch)?;
+            }
+            Ok((rows, sessions, minutes_bytes, h.data_bytes()?))
+        })
+        .await??;
     let seed_s = seeding.elapsed().as_secs_f64();
     let dir = target.data_dir().context("data dir")?;
     let bytes = std::fs::metadata(dir.join(license_broker::history::FILE))?.len();
@@ -158,7 +159,12 @@ pub async fn run(target: &mut Target, keep: Option<Duration>) -> Result<Report> 
     r.duration_s = started.elapsed().as_secs_f64();
     r.extra("target_year_p50_le_100ms", year_p50 <= 100_000);
     if let Some(keep) = keep {
-        eprintln!("dashboard: http://{http}/ (Owner key {}; QUIC {}, CA {})", target.owner.as_deref().unwrap_or(""), target.server, target.ca.display());
+        eprintln!(
+            "dashboard: http://{http}/ (Owner key {}; QUIC {}, CA {})",
+            target.owner.as_deref().unwrap_or(""),
+            target.server,
+            target.ca.display()
+        );
         tokio::time::sleep(keep).await;
     }
     Ok(r)

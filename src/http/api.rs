@@ -98,6 +98,17 @@ fn csv_body(name: &str, body: String) -> Response {
         .into_response()
 }
 
+/// A report: the caller and the query to the answer.
+type Report = fn(&Shared, &Principal, &HashMap<String, String>) -> Result<Response, Refusal>;
+
+/// Authenticates the caller, then runs `report` off the async threads.
+async fn answer(shared: Arc<Shared>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
+    match auth::principal(&shared, headers) {
+        Ok(p) => blocking(move || report(&shared, &p, &q)).await,
+        Err(r) => r.into_response(),
+    }
+}
+
 /// Runs a report off the async threads.
 async fn blocking(f: impl FnOnce() -> Result<Response, Refusal> + Send + 'static) -> Response {
     match tokio::task::spawn_blocking(f).await {
@@ -113,11 +124,7 @@ pub(super) async fn usage(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let p = match auth::principal(&shared, &headers) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    blocking(move || usage_report(&shared, &p, &q)).await
+    answer(shared, &headers, q, usage_report).await
 }
 
 fn usage_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
@@ -144,11 +151,7 @@ pub(super) async fn sessions(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let p = match auth::principal(&shared, &headers) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    blocking(move || sessions_report(&shared, &p, &q)).await
+    answer(shared, &headers, q, sessions_report).await
 }
 
 fn sessions_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
@@ -195,11 +198,7 @@ pub(super) async fn what_if(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let p = match auth::principal(&shared, &headers) {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    blocking(move || what_if_report(&shared, &p, &q)).await
+    answer(shared, &headers, q, what_if_report).await
 }
 
 fn what_if_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {

@@ -284,7 +284,9 @@ fn on_frame(
                 }
             };
             let call = Call { shared, ctx, p: principal, now, proto };
-            tally.add(latency::op_of(&body));
+            if shared.latencies.enabled() {
+                tally.add(latency::op_of(&body));
+            }
             match handler::fast(&call, &mut state.tickets, body) {
                 Ok(result) => {
                     respond(id, into_outcome(result), out);
