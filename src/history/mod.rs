@@ -360,7 +360,19 @@ pub(crate) async fn run(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                // Sessions ended while draining are kept (the minute in
+                // progress is not: see the module docs).
+                let mut last = Vec::new();
+                while let Ok(e) = rx.try_recv() {
+                    last.push(e);
+                }
+                let h = history.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || h.record_sessions(last)).await {
+                    tracing::warn!("ended sessions not written at shutdown: {e}");
+                }
+                return;
+            }
         }
         let mut sessions = Vec::new();
         while sessions.len() < SESSIONS_PER_SECOND {

@@ -345,6 +345,8 @@ pub struct Running {
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The history's task: let finish (it writes the last ended sessions), not aborted.
+    history_task: Option<tokio::task::JoinHandle<()>>,
     /// Keys printed on first start, `None` on later starts.
     pub bootstrap: Option<BootstrapKeys>,
     /// The certificate clients should trust.
@@ -424,9 +426,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         tokio::spawn(expiry::run(shared.clone(), stop_rx.clone())),
         tokio::spawn(checkpoint::run(shared.clone(), stop_rx.clone())),
     ];
-    if let Some(h) = history {
-        tasks.push(tokio::spawn(crate::history::run(shared.clone(), h, stop_rx.clone())));
-    }
+    let history_task = history.map(|h| tokio::spawn(crate::history::run(shared.clone(), h, stop_rx.clone())));
     let http_addr = match http {
         Some(listener) => {
             let local = listener.local_addr().ok();
@@ -437,7 +437,18 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         None => None,
     };
     tracing::info!(%addr, lease_ttl = ?shared.options.lease_ttl, "broker listening");
-    Ok(Running { addr, http_addr, shared, closed, endpoint, stop, tasks, bootstrap, cert_path: files.cert })
+    Ok(Running {
+        addr,
+        http_addr,
+        shared,
+        closed,
+        endpoint,
+        stop,
+        tasks,
+        history_task,
+        bootstrap,
+        cert_path: files.cert,
+    })
 }
 
 /// A data dir opened: its store, the core rebuilt from it, and the keys of
@@ -583,6 +594,13 @@ impl Running {
         for t in self.tasks {
             t.abort();
             let _ = t.await;
+        }
+        if let Some(t) = self.history_task {
+            // It writes what it still holds, then returns; bounded all the same.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+                abort.abort();
+            }
         }
         // The last counts and the clock, so a restart continues from here,
         // and ceilings down to the sessions still held (nothing is admitted
