@@ -81,6 +81,7 @@ pub async fn run(target: &mut Target, keep: Option<Duration>) -> Result<Report> 
                         admitted: u64::from(held / 3),
                         denied: vec![refused, 0, 0, 0, 0, 0, 0, 0],
                         ends: [u64::from(held / 3), 0, 0, 0],
+                        queued: 0,
                     };
                     batch.push((("default".to_string(), pool.clone(), m), u));
                 }

@@ -213,6 +213,7 @@ pub fn usage_table(all: &[license_broker::history::report::Series]) {
                 admitted: pt.usage.admitted,
                 denied: pt.usage.denied.clone(),
                 ends: pt.usage.ends,
+                queued: pt.usage.queued,
             })
             .collect();
         p.page(&points);

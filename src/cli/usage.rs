@@ -125,6 +125,7 @@ async fn series(c: &Client, a: SeriesArgs) -> Result<()> {
                         admitted: p.admitted,
                         denied: p.denied,
                         ends: p.ends,
+                        queued: p.queued,
                     },
                 };
                 match all.last_mut() {

@@ -109,6 +109,8 @@ pub struct PoolSample {
     /// Refusals for other reasons than the quota, since the pool was
     /// created (`Denial::ALL` order): the history takes differences.
     pub denied: [u64; super::pool::Denial::ALL.len()],
+    /// Runners that joined the wait queue this run (differences, too).
+    pub queued: u64,
 }
 
 /// The broker core.
@@ -601,7 +603,15 @@ impl Broker {
             .flat_map(|e| e.pools.values())
             .map(|p| {
                 let (peak, trough) = p.take_extremes();
-                PoolSample { org: p.org.clone(), pool: p.id, peak, trough, quota: p.quota(), denied: p.denied() }
+                PoolSample {
+                    org: p.org.clone(),
+                    pool: p.id,
+                    peak,
+                    trough,
+                    quota: p.quota(),
+                    denied: p.denied(),
+                    queued: p.queued(),
+                }
             })
             .collect();
         Harvest { minutes, pools, dropped }

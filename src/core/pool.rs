@@ -89,6 +89,9 @@ pub struct Pool {
     /// Admissions refused for other reasons than the quota, by `Denial`
     /// (this run's and, restored, earlier runs').
     denied: Mutex<[u64; Denial::ALL.len()]>,
+    /// Runners that joined the wait queue this run (the history takes
+    /// differences; joining is under the queue's lock, so no contention).
+    pub(super) queued: AtomicU64,
     /// KSE grants, node-locked activations and offline licenses. Changed
     /// only by admin requests and activations, which the shell serialises,
     /// so a plain lock.
@@ -289,6 +292,7 @@ impl Pool {
             misses: AtomicU32::new(0),
             counted: Mutex::new(Counts::default()),
             denied: Mutex::new([0; Denial::ALL.len()]),
+            queued: AtomicU64::new(0),
             licensing: Mutex::new(Licensing::default()),
         }
     }
@@ -770,6 +774,12 @@ impl Pool {
     /// Counts an admission refused for `why`.
     pub fn deny(&self, why: Denial) {
         self.denied.lock()[why as usize] += 1;
+    }
+
+    /// Runners that joined the pool's wait queue since this run started.
+    pub fn queued(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Admissions refused for other reasons than the quota, since the pool

@@ -151,6 +151,8 @@ impl Pool {
                 let seq = q.next;
                 q.next += 1;
                 q.waiting.insert(seq, Waiter { deliver, pool: pool.clone() });
+                // Relaxed: a statistic.
+                this.queued.fetch_add(1, crate::sync::Ordering::Relaxed);
                 Ok(Joined::Waiting(Place { pool: pool.clone(), seq, position: len + 1 }))
             }
             Err(c) if c.in_use < quota && c.limit < quota => Err(Error::CeilingReached),

@@ -54,6 +54,8 @@ pub struct Usage {
     pub denied: Vec<u64>,
     /// Sessions ended, by reason (`EndReason::ALL` order).
     pub ends: [u64; 4],
+    /// Runners that joined the pool's wait queue (`runner --wait`).
+    pub queued: u64,
 }
 
 impl Usage {
@@ -73,6 +75,7 @@ impl Usage {
         for (e, n) in self.ends.iter_mut().zip(o.ends) {
             *e += n;
         }
+        self.queued += o.queued;
     }
 
     /// Refusals of every reason.

@@ -43,6 +43,7 @@ pub fn usage_json(org: &str, (from, to): (Millis, Millis), step_ms: u64, series:
                         "quota": u.quota,
                         "seat_seconds": u.seat_ms as f64 / 1000.0,
                         "admitted": u.admitted,
+                        "queued": u.queued,
                         "denied": denied,
                         "ends": ends,
                     })
@@ -57,7 +58,7 @@ pub fn usage_json(org: &str, (from, to): (Millis, Millis), step_ms: u64, series:
 /// Usage as CSV, one row per pool and step.
 pub fn usage_csv(series: &[Series]) -> String {
     let names = denial_names();
-    let mut out = String::from("pool,start,peak,trough,average,quota,seat_seconds,admitted,denied");
+    let mut out = String::from("pool,start,peak,trough,average,quota,seat_seconds,admitted,queued,denied");
     for n in &names {
         out.push_str(&format!(",denied_{n}"));
     }
@@ -69,7 +70,7 @@ pub fn usage_csv(series: &[Series]) -> String {
         for p in &s.points {
             let u = &p.usage;
             out.push_str(&format!(
-                "{},{},{},{},{:.3},{},{:.3},{},{}",
+                "{},{},{},{},{:.3},{},{:.3},{},{},{}",
                 s.pool,
                 time(p.start),
                 u.peak,
@@ -78,6 +79,7 @@ pub fn usage_csv(series: &[Series]) -> String {
                 u.quota,
                 u.seat_ms as f64 / 1000.0,
                 u.admitted,
+                u.queued,
                 u.denials()
             ));
             for i in 0..names.len() {

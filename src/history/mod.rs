@@ -117,8 +117,8 @@ pub struct History {
 struct State {
     /// The minute the last harvest closed up to (exclusive).
     harvested_to: Option<u64>,
-    /// Each pool's refusal counts at the last harvest.
-    denied: std::collections::HashMap<(OrgName, PoolId), Vec<u64>>,
+    /// Each pool's refusal counts and queue joins at the last harvest.
+    denied: std::collections::HashMap<(OrgName, PoolId), (Vec<u64>, u64)>,
 }
 
 /// Ended sessions the channel holds: about two seconds at the write rate.
@@ -279,7 +279,7 @@ const MAX_IDLE_MINUTES: u64 = 35 * 1440;
 /// shards' shares summed), idle minutes expanded, the peak and trough
 /// since the last harvest on every minute since it, and the refusals
 /// counted since then (other than the quota's, which the minutes carry)
-/// on the last closed minute.
+/// and the runners that joined the wait queue, on the last closed minute.
 fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, u64), Usage)> {
     use std::collections::BTreeMap;
     let to = minute_of(now);
@@ -307,15 +307,17 @@ fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, 
     }
     for s in &h.pools {
         let (org, pool) = (s.org.to_string(), s.pool.to_string());
-        let last = state.denied.insert((s.org.clone(), s.pool), s.denied.to_vec());
-        let newly: Vec<u64> = match last {
-            Some(last) => s
-                .denied
-                .iter()
-                .zip(last.iter().chain(std::iter::repeat(&0)))
-                .map(|(n, l)| n.saturating_sub(*l))
-                .collect(),
-            None => vec![0; s.denied.len()],
+        let last = state.denied.insert((s.org.clone(), s.pool), (s.denied.to_vec(), s.queued));
+        let (newly, queued): (Vec<u64>, u64) = match last {
+            Some((last, queued)) => (
+                s.denied
+                    .iter()
+                    .zip(last.iter().chain(std::iter::repeat(&0)))
+                    .map(|(n, l)| n.saturating_sub(*l))
+                    .collect(),
+                s.queued.saturating_sub(queued),
+            ),
+            None => (vec![0; s.denied.len()], 0),
         };
         for m in from..to {
             let key = (org.clone(), pool.clone(), m);
@@ -331,12 +333,13 @@ fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, 
         for (_, u) in rows.range_mut((org.clone(), pool.clone(), 0)..(org.clone(), pool.clone(), from)) {
             u.quota = s.quota;
         }
-        if newly.iter().any(|n| *n > 0) && to > 0 {
+        if (queued > 0 || newly.iter().any(|n| *n > 0)) && to > 0 {
             let u = rows.entry((org, pool, to - 1)).or_insert_with(blank);
             u.quota = s.quota;
             for (d, n) in u.denied[1..].iter_mut().zip(newly) {
                 *d += n;
             }
+            u.queued += queued;
         }
     }
     state.harvested_to = Some(to);

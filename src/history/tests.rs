@@ -25,6 +25,9 @@ fn minutes_hours_sessions_and_what_if_from_lease_events() {
     let a = w.acquire("m", 1, 1, at(10_000)).unwrap();
     w.acquire("m", 2, 1, at(20_000)).unwrap();
     assert_eq!(w.acquire("m", 3, 1, at(30_000)), Err(Error::QuotaExceeded { quota: 2 }));
+    // A runner that waits for a seat instead (handed a's seat when it is released).
+    let (waited, _inbox) = w.wait("m", 4, 1, at(40_000));
+    assert!(matches!(waited, Ok(crate::core::Waited::Queued(_))), "{waited:?}");
     h.record(w.broker.harvest(at(60_500)), at(60_500), Vec::new(), true).unwrap();
     let ended = w.broker.release(&w.owner, a.session, at(70_000)).unwrap();
     h.record(w.broker.harvest(at(120_500)), at(120_500), vec![ended], true).unwrap();
@@ -37,6 +40,7 @@ fn minutes_hours_sessions_and_what_if_from_lease_events() {
     assert_eq!((minutes[0].start, minutes[1].start), (base.0, base.0 + MINUTE_MS));
     // Minute 0: a from 10 s, b from 20 s; a refusal. Minute 1: a until 70 s, b throughout.
     assert_eq!((m0.peak, m0.trough, m0.quota, m0.seat_ms, m0.admitted, m0.denied[0]), (2, 0, 2, 90_000, 2, 1));
+    assert_eq!((m0.queued, m1.queued), (1, 0));
     assert_eq!((m1.peak, m1.trough, m1.seat_ms, m1.ends), (2, 1, 70_000, [1, 0, 0, 0]));
     assert!((minutes[0].average() - 1.5).abs() < 1e-9);
     // The hour holds both minutes.

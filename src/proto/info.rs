@@ -295,6 +295,8 @@ pub struct UsagePoint {
     pub denied: Vec<u64>,
     /// Sessions ended by reason: released, expired, revoked, connection closed.
     pub ends: [u64; 4],
+    /// Runners that joined the pool's wait queue.
+    pub queued: u64,
 }
 
 /// A session that ended (`ListOf::Ended`).

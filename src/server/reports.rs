@@ -60,6 +60,7 @@ pub(super) async fn usage(
                 admitted: p.usage.admitted,
                 denied: p.usage.denied,
                 ends: p.usage.ends,
+                queued: p.usage.queued,
             })
         })
         .collect())

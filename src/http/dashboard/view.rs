@@ -244,6 +244,10 @@ fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
     stat(b, "avg_daily_peak", "average daily peak", format!("{avg_daily_peak:.1}"));
     stat(b, "utilization", "utilization", format!("{:.1}%", utilization * 100.0));
     stat(b, "denials", "refused", denials.to_string());
+    if p.kre {
+        let queued: u64 = points.iter().map(|x| x.usage.queued).sum();
+        stat(b, "queued", "waited for a seat", queued.to_string());
+    }
     b.push_str("</div>");
     let lines = [
         Line {
