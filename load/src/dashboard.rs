@@ -1,5 +1,6 @@
 //! `dashboard`: how long the dashboard takes to render a year of minute
-//! data, server-side, and how large that history is on disk.
+//! data (`--days`, 365 by default), server-side, and how large that
+//! history is on disk.
 //!
 //! A broker is started (to create its data dir, the pool, an Owner key),
 //! stopped, and its history is seeded with a year of minutes for one pool
@@ -45,7 +46,7 @@ fn level(m: u64) -> u32 {
     base.min(QUOTA + 2)
 }
 
-pub async fn run(target: &mut Target, keep: Option<Duration>) -> Result<Report> {
+pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Result<Report> {
     let http = target.http.context("the spawned broker serves the dashboard (--http)")?;
     let org = OrgName::new("default")?;
     let owner_key = target.owner.clone().context("the spawned broker's Owner key")?;
@@ -60,14 +61,14 @@ pub async fn run(target: &mut Target, keep: Option<Duration>) -> Result<Report> 
     // Seed a year of minutes ending now, and 30 days of ended sessions.
     let dir = target.data_dir().context("a spawned broker's data dir")?.to_path_buf();
     let now_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64 / MINUTE;
-    let first = now_minute - 365 * DAY_MINUTES;
+    let first = now_minute - days * DAY_MINUTES;
     let seeding = Instant::now();
     let (rows, sessions, minutes_bytes, data_bytes) =
         tokio::task::spawn_blocking(move || -> Result<(u64, u64, u64, u64)> {
             let h = History::open(&dir, Retention::default())?;
             let pool = PoolId::KRE_DEFAULT.to_string();
             let mut rows = 0u64;
-            for day in 0..365 {
+            for day in 0..days {
                 let mut batch = Vec::with_capacity(DAY_MINUTES as usize);
                 for m in first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES {
                     let want = level(m);
@@ -91,7 +92,7 @@ pub async fn run(target: &mut Target, keep: Option<Duration>) -> Result<Report> 
             let minutes_bytes = h.data_bytes()?;
             // 30 days of sessions: ~25 minutes each while the office is busy.
             let mut sessions = 0u64;
-            for day in 335..365 {
+            for day in days.saturating_sub(30)..days {
                 let mut batch = Vec::new();
                 for m in (first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES).step_by(5) {
                     for k in 0..level(m).min(QUOTA) / 5 {

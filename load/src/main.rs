@@ -145,6 +145,9 @@ struct Args {
     /// look at the seeded dashboard; its address and Owner key are printed).
     #[arg(long, value_parser = humantime::parse_duration)]
     keep: Option<Duration>,
+    /// dashboard: days of minute history to seed.
+    #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
+    days: u64,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -256,7 +259,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Scrape => scrape::run(&target, &p).await?,
-        Scenario::Dashboard => dashboard::run(&mut target, a.keep).await?,
+        Scenario::Dashboard => dashboard::run(&mut target, a.days, a.keep).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =
