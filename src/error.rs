@@ -37,8 +37,6 @@ pub enum SetupError {
     },
     /// The system's secure random source failed (no keys could be made).
     Random,
-    /// The utilization history could not be opened.
-    History(crate::history::DbError),
     /// The clock reads earlier than the latest time a previous run recorded.
     ClockBehind {
         /// The clock now.
@@ -70,11 +68,6 @@ impl fmt::Display for SetupError {
             SetupError::Store { what, source } => write!(f, "{what}: {source}"),
             SetupError::Bind { addr, source } => write!(f, "binding {addr}: {source}"),
             SetupError::Random => f.write_str("the system's secure random source failed"),
-            SetupError::History(e) => write!(
-                f,
-                "opening {}: {e} (move the file away to start with an empty history, or start with --no-history)",
-                crate::history::FILE
-            ),
             SetupError::ClockBehind { now, high_water } => write!(
                 f,
                 "the clock reads {}, earlier than {} recorded by a previous run: leases and offline licenses \

@@ -186,3 +186,18 @@ async fn the_dashboard_signs_in_with_a_key_into_a_strict_http_only_cookie() {
     let (code, head, _) = tokio::task::spawn_blocking(move || request(http, &forged, "")).await.unwrap();
     assert_eq!(code, 303, "back to sign-in: {head}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_history_file_costs_the_charts_not_the_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(license_broker::history::FILE), b"not a redb file at all").unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| o.http = Some("127.0.0.1:0".parse().unwrap())).await;
+    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    b.quota(1).await;
+    let c = b.owner().await;
+    c.register_machine(&org(), POOL, &machine("m")).await.unwrap();
+    c.acquire(&org(), POOL, &machine("m"), 1).await.expect("runners are admitted");
+    let (code, body) = fetch(http, "/api/v1/usage?org=default", Some(&b.owner)).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("NO_HISTORY"), "{body}");
+}

@@ -30,7 +30,10 @@ impl std::fmt::Display for ReportError {
         match self {
             ReportError::Core(e) => write!(f, "{e}"),
             ReportError::Invalid(why) => f.write_str(why),
-            ReportError::Off => f.write_str("this broker keeps no utilization history (started with --no-history)"),
+            ReportError::Off => f.write_str(
+                "this broker keeps no utilization history (started with --no-history, or its history file \
+                 could not be opened: see its log)",
+            ),
             ReportError::Db(e) => write!(f, "{e}"),
         }
     }

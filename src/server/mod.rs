@@ -334,7 +334,6 @@ impl LogBudget {
     }
 }
 
-/// The debug log line of a session's end.
 /// A running broker.
 pub struct Running {
     addr: SocketAddr,
@@ -387,10 +386,19 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         .map_err(bind_error)?;
     let addr = endpoint.local_addr().map_err(bind_error)?;
 
+    // A history that cannot be opened costs the charts, never the broker:
+    // runners are admitted whatever state the history file is in.
     let history = match &options.history {
-        Some(keep) => {
-            Some(Arc::new(crate::history::History::open(&options.data_dir, keep.clone()).map_err(SetupError::History)?))
-        }
+        Some(keep) => match crate::history::History::open(&options.data_dir, keep.clone()) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                tracing::error!(
+                    "the utilization history is off for this run: {e} (move {} away to start a new one)",
+                    options.data_dir.join(crate::history::FILE).display()
+                );
+                None
+            }
+        },
         None => None,
     };
     let gate = Arc::new(gate::Gate::new(options.strangers));
