@@ -18,6 +18,8 @@ pub mod value;
 #[cfg(feature = "server")]
 pub mod client;
 #[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
 pub mod error;
 #[cfg(feature = "server")]
 pub mod history;

@@ -1,0 +1,359 @@
+//! A small etcd v3 client: the key-value, transaction and lease calls the
+//! cluster needs, spoken to etcd's JSON gateway (`POST /v3/...`, keys and
+//! values base64) over HTTP/1 with the hyper the ops endpoint already
+//! brings, instead of a second RPC stack (tonic, prost) for a handful of
+//! calls. etcd 3.4 and later serve the gateway on every client URL.
+//!
+//! Several endpoints (the members' client URLs): a call goes to the
+//! member that answered last, and on a connection failure or timeout to
+//! the next, once round; it never loops. Whoever calls decides whether and
+//! when to try again (with a bounded backoff), and every error names what
+//! it tried.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use serde_json::{json, Value};
+
+/// Why an etcd call failed.
+#[derive(Debug)]
+pub enum EtcdError {
+    /// No endpoint answered (each tried once, in turn).
+    Unreachable {
+        /// The call (`/v3/kv/range`...).
+        call: &'static str,
+        /// Each endpoint tried, with why it failed.
+        tried: Vec<String>,
+    },
+    /// An endpoint answered with an error (its status and body).
+    Refused {
+        /// The call.
+        call: &'static str,
+        /// The HTTP status.
+        status: u16,
+        /// etcd's message.
+        message: String,
+    },
+    /// The answer was not what the gateway documents.
+    Malformed {
+        /// The call.
+        call: &'static str,
+        /// What was wrong.
+        why: String,
+    },
+}
+
+impl std::fmt::Display for EtcdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EtcdError::Unreachable { call, tried } => {
+                write!(f, "etcd {call}: no endpoint answered ({})", tried.join("; "))
+            }
+            EtcdError::Refused { call, status, message } => write!(f, "etcd {call}: refused ({status}): {message}"),
+            EtcdError::Malformed { call, why } => write!(f, "etcd {call}: unexpected answer: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for EtcdError {}
+
+/// A key and its value, with etcd's bookkeeping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// The revision that created the key (its first put since it last did not exist).
+    pub create_revision: i64,
+    /// The revision of its last put.
+    pub mod_revision: i64,
+    /// Puts since it was created.
+    pub version: i64,
+    /// The lease it is bound to (0: none).
+    pub lease: i64,
+}
+
+/// One condition of a transaction.
+#[derive(Clone, Debug)]
+pub enum Compare {
+    /// The key's create revision equals this (0: the key does not exist).
+    CreateRevision(Vec<u8>, i64),
+    /// The key's last modification is at this revision.
+    ModRevision(Vec<u8>, i64),
+}
+
+/// One operation of a transaction.
+#[derive(Clone, Debug)]
+pub enum Op {
+    /// Write `value` at `key`, bound to a lease if given.
+    Put(Vec<u8>, Vec<u8>, Option<i64>),
+    /// Delete `key`.
+    Delete(Vec<u8>),
+    /// Read `key`.
+    Get(Vec<u8>),
+}
+
+/// What a transaction did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnResult {
+    /// Every compare held: the success branch ran (else the failure branch).
+    pub succeeded: bool,
+    /// The store's revision after it.
+    pub revision: i64,
+    /// What each `Op::Get` of the branch that ran read, in order.
+    pub reads: Vec<Vec<Kv>>,
+}
+
+/// A client of one etcd cluster.
+pub struct Etcd {
+    /// `host:port` of each member's client URL.
+    endpoints: Vec<String>,
+    /// The endpoint that answered last.
+    preferred: AtomicUsize,
+    /// Each attempt's bound (connect, send, read).
+    timeout: Duration,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    B64.encode(bytes)
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's convention).
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0] // every key
+}
+
+/// An int64 of the gateway's JSON (a string, or absent for 0).
+fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn bytes(call: &'static str, v: &Value) -> Result<Vec<u8>, EtcdError> {
+    match v.as_str() {
+        None => Ok(Vec::new()),
+        Some(s) => B64.decode(s).map_err(|e| EtcdError::Malformed { call, why: format!("base64: {e}") }),
+    }
+}
+
+fn kvs(call: &'static str, v: &Value) -> Result<Vec<Kv>, EtcdError> {
+    let Some(list) = v.get("kvs").and_then(Value::as_array) else { return Ok(Vec::new()) };
+    list.iter()
+        .map(|kv| {
+            Ok(Kv {
+                key: bytes(call, &kv["key"])?,
+                value: bytes(call, &kv["value"])?,
+                create_revision: int(&kv["create_revision"]),
+                mod_revision: int(&kv["mod_revision"]),
+                version: int(&kv["version"]),
+                lease: int(&kv["lease"]),
+            })
+        })
+        .collect()
+}
+
+fn revision(v: &Value) -> i64 {
+    int(&v["header"]["revision"])
+}
+
+impl Etcd {
+    /// A client of the members at `endpoints` (`http://HOST:PORT`, or
+    /// `HOST:PORT`); each attempt is bounded by `timeout`.
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd, String> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .map(|e| {
+                let hostport = e.trim().strip_prefix("http://").unwrap_or(e.trim()).trim_end_matches('/');
+                match hostport.is_empty() || hostport.contains('/') || e.trim().starts_with("https://") {
+                    true => Err(format!("`{e}` is not an etcd client URL of the form http://HOST:PORT")),
+                    false => Ok(hostport.to_string()),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        if endpoints.is_empty() {
+            return Err("no etcd endpoint given".into());
+        }
+        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), timeout })
+    }
+
+    /// POSTs `body` to `call` on the preferred member, then on each other once.
+    async fn post(&self, call: &'static str, body: &Value) -> Result<Value, EtcdError> {
+        let body = Bytes::from(body.to_string());
+        // Relaxed: a hint; any member answers every call.
+        let first = self.preferred.load(Ordering::Relaxed);
+        let mut tried = Vec::new();
+        for i in 0..self.endpoints.len() {
+            let at = (first + i) % self.endpoints.len();
+            let endpoint = &self.endpoints[at];
+            match tokio::time::timeout(self.timeout, once(endpoint, call, body.clone())).await {
+                Ok(Ok((200, answer))) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return serde_json::from_slice(&answer)
+                        .map_err(|e| EtcdError::Malformed { call, why: e.to_string() });
+                }
+                Ok(Ok((status, answer))) => {
+                    let message = serde_json::from_slice::<Value>(&answer)
+                        .ok()
+                        .and_then(|v| {
+                            v.get("error").or_else(|| v.get("message")).and_then(Value::as_str).map(str::to_string)
+                        })
+                        .unwrap_or_else(|| String::from_utf8_lossy(&answer).chars().take(200).collect());
+                    // A member without a leader (or cut off) says so with a
+                    // 5xx: another member may do better.
+                    if status >= 500 {
+                        tried.push(format!("{endpoint}: {status} {message}"));
+                        continue;
+                    }
+                    return Err(EtcdError::Refused { call, status, message });
+                }
+                Ok(Err(e)) => tried.push(format!("{endpoint}: {e}")),
+                Err(_) => tried.push(format!("{endpoint}: no answer within {:?}", self.timeout)),
+            }
+        }
+        Err(EtcdError::Unreachable { call, tried })
+    }
+
+    /// The key, or with `prefix` every key starting with it; and the revision read at.
+    pub async fn range(&self, key: &[u8], prefix: bool) -> Result<(Vec<Kv>, i64), EtcdError> {
+        let mut body = json!({ "key": b64(key) });
+        if prefix {
+            body["range_end"] = json!(b64(&prefix_end(key)));
+        }
+        let v = self.post("/v3/kv/range", &body).await?;
+        Ok((kvs("/v3/kv/range", &v)?, revision(&v)))
+    }
+
+    /// Writes `value` at `key` (bound to `lease` if given); the new revision.
+    pub async fn put(&self, key: &[u8], value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
+        let mut body = json!({ "key": b64(key), "value": b64(value) });
+        if let Some(l) = lease {
+            body["lease"] = json!(l.to_string());
+        }
+        Ok(revision(&self.post("/v3/kv/put", &body).await?))
+    }
+
+    /// Runs `success` if every compare holds, else `failure`, atomically.
+    pub async fn txn(&self, compares: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, EtcdError> {
+        let compare: Vec<Value> = compares
+            .iter()
+            .map(|c| match c {
+                Compare::CreateRevision(k, r) => {
+                    json!({ "target": "CREATE", "result": "EQUAL", "key": b64(k), "create_revision": r.to_string() })
+                }
+                Compare::ModRevision(k, r) => {
+                    json!({ "target": "MOD", "result": "EQUAL", "key": b64(k), "mod_revision": r.to_string() })
+                }
+            })
+            .collect();
+        let ops = |ops: &[Op]| -> Vec<Value> {
+            ops.iter()
+                .map(|o| match o {
+                    Op::Put(k, v, lease) => {
+                        let mut put = json!({ "key": b64(k), "value": b64(v) });
+                        if let Some(l) = lease {
+                            put["lease"] = json!(l.to_string());
+                        }
+                        json!({ "request_put": put })
+                    }
+                    Op::Delete(k) => json!({ "request_delete_range": { "key": b64(k) } }),
+                    Op::Get(k) => json!({ "request_range": { "key": b64(k) } }),
+                })
+                .collect()
+        };
+        let body = json!({ "compare": compare, "success": ops(success), "failure": ops(failure) });
+        let v = self.post("/v3/kv/txn", &body).await?;
+        let mut reads = Vec::new();
+        for r in v.get("responses").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(range) = r.get("response_range") {
+                reads.push(kvs("/v3/kv/txn", range)?);
+            }
+        }
+        Ok(TxnResult { succeeded: v["succeeded"].as_bool().unwrap_or(false), revision: revision(&v), reads })
+    }
+
+    /// A new lease of `ttl` (whole seconds, at least 1): its id and the TTL etcd granted.
+    pub async fn grant(&self, ttl: Duration) -> Result<(i64, Duration), EtcdError> {
+        let v = self.post("/v3/lease/grant", &json!({ "TTL": ttl.as_secs().max(1).to_string() })).await?;
+        let id = int(&v["ID"]);
+        if id == 0 {
+            return Err(EtcdError::Malformed { call: "/v3/lease/grant", why: format!("no lease id in {v}") });
+        }
+        Ok((id, Duration::from_secs(int(&v["TTL"]).max(0) as u64)))
+    }
+
+    /// Renews lease `id`: the TTL it has again, or `None` if it is gone
+    /// (expired or revoked: whatever was bound to it is deleted).
+    pub async fn keep_alive(&self, id: i64) -> Result<Option<Duration>, EtcdError> {
+        let v = self.post("/v3/lease/keepalive", &json!({ "ID": id.to_string() })).await?;
+        let ttl = int(&v["result"]["TTL"]);
+        Ok((ttl > 0).then(|| Duration::from_secs(ttl as u64)))
+    }
+
+    /// Ends lease `id` now (its keys are deleted).
+    pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
+        match self.post("/v3/lease/revoke", &json!({ "ID": id.to_string() })).await {
+            Ok(_) => Ok(()),
+            // Already gone: what revoking wanted.
+            Err(EtcdError::Refused { message, .. }) if message.contains("not found") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One POST on a fresh connection: (status, body).
+async fn once(endpoint: &str, path: &str, body: Bytes) -> Result<(u16, Bytes), String> {
+    let stream = tokio::net::TcpStream::connect(endpoint).await.map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
+    let driver = tokio::spawn(conn);
+    let request = hyper::Request::post(path)
+        .header(hyper::header::HOST, endpoint)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .map_err(|e| format!("request: {e}"))?;
+    let answer = send.send_request(request).await.map_err(|e| format!("send: {e}"));
+    let result = match answer {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            r.into_body().collect().await.map(|b| (status, b.to_bytes())).map_err(|e| format!("read: {e}"))
+        }
+        Err(e) => Err(e),
+    };
+    driver.abort();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_follow_etcds_convention() {
+        assert_eq!(prefix_end(b"org/"), b"org0".to_vec());
+        assert_eq!(prefix_end(&[b'a', 0xff]), vec![b'b']);
+        assert_eq!(prefix_end(&[0xff]), vec![0]);
+    }
+
+    #[test]
+    fn endpoints_are_http_host_port() {
+        assert!(Etcd::new(&["http://127.0.0.1:2379".into(), "127.0.0.1:2380".into()], Duration::from_secs(1)).is_ok());
+        assert!(Etcd::new(&["https://x:1".into()], Duration::from_secs(1)).is_err(), "TLS is not spoken yet");
+        assert!(Etcd::new(&[], Duration::from_secs(1)).is_err());
+    }
+}

@@ -1,0 +1,8 @@
+//! Several brokers on etcd (issue: high availability). Nothing outside
+//! this module speaks to etcd.
+//!
+//! So far: `etcd`, the client of etcd's v3 API the rest will build on (the
+//! records' store, org ownership with lease-bound claims and revision
+//! fencing). `serve --cluster` does not exist yet.
+
+pub mod etcd;
