@@ -105,7 +105,9 @@ impl Accrual {
             return;
         }
         let mut tally = self.open;
-        tally.seat_ms += self.live * MINUTE_MS - self.offsets;
+        // Each offset is at most a minute, so this never saturates; if the
+        // books were ever off, a short minute beats a panic or a wrap.
+        tally.seat_ms += (self.live * MINUTE_MS).saturating_sub(self.offsets);
         let idle = m - self.minute - 1;
         self.closed_ms += tally.seat_ms + idle * self.live * MINUTE_MS;
         if !tally.is_empty() || (idle > 0 && self.live > 0) {
@@ -151,7 +153,7 @@ impl Accrual {
             // Not rolled yet: the whole open minute, then whole idle minutes, then part of this one.
             true => {
                 let whole = (minute_of(now) - self.minute) * MINUTE_MS;
-                self.live * (whole + now.0 % MINUTE_MS) - self.offsets
+                (self.live * (whole + now.0 % MINUTE_MS)).saturating_sub(self.offsets)
             }
             false => (self.live * self.offset(now)).saturating_sub(self.offsets),
         };
