@@ -44,6 +44,8 @@ pub enum SetupError {
         /// The latest time recorded.
         high_water: crate::value::Millis,
     },
+    /// The cluster (etcd) could not be reached or configured.
+    Cluster(String),
 }
 
 impl SetupError {
@@ -76,6 +78,7 @@ impl fmt::Display for SetupError {
                 crate::value::format_utc(*now),
                 crate::value::format_utc(*high_water)
             ),
+            SetupError::Cluster(why) => write!(f, "cluster: {why}"),
         }
     }
 }

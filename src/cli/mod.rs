@@ -42,7 +42,8 @@ pub struct Args {
 /// How client commands reach the broker.
 #[derive(clap::Args, Debug, Clone)]
 struct ConnArgs {
-    /// Broker address HOST:PORT.
+    /// Broker address HOST:PORT; for a cluster, several nodes
+    /// comma-separated (a,b,c): tried in turn, redirects followed.
     #[arg(long, env = "LB_SERVER", default_value = "127.0.0.1:4433", global = true)]
     server: String,
     /// PEM certificate to trust (the broker's DATA_DIR/tls/cert.pem); system roots if absent.

@@ -281,8 +281,13 @@ impl Runner {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let e = match self.attach().await {
-                Err(e @ (ClientError::Connect { .. } | ClientError::Closed(_))) => e,
-                Err(ClientError::Rejected(e)) if e.code == ErrorCode::Draining => ClientError::Rejected(e),
+                Err(
+                    e @ (ClientError::Connect { .. }
+                    | ClientError::Closed(_)
+                    | ClientError::Unreachable(_)
+                    | ClientError::Redirected { .. }),
+                ) => e,
+                Err(ClientError::Rejected(e)) if passing(e.code) => ClientError::Rejected(e),
                 other => return other,
             };
             let pause = backoff.next_delay();
@@ -309,6 +314,8 @@ impl Runner {
             let broken = tokio::select! {
                 _ = tokio::time::sleep(beat) => match self.renew(&client, &mut lease, beat).await {
                     Ok(Ok(())) => None,
+                    // The node stopped serving: reconnect (another took over).
+                    Ok(Err(ClientError::Rejected(e))) if passing(e.code) => Some(e.to_string()),
                     Ok(Err(ClientError::Rejected(e))) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
                     Ok(Err(e)) => Some(e.to_string()),
                     Err(_) => Some(format!("no answer to a heartbeat within {beat:?}")),
@@ -525,8 +532,9 @@ impl Runner {
                 Ok(Ok((_, Attached::Bound { .. }))) => {
                     return Err(Stop::Lost("a leased session became a binding".into()))
                 }
-                // A draining broker is about to restart: keep trying.
-                Ok(Err(ClientError::Rejected(e))) if e.code == ErrorCode::Draining => e.to_string(),
+                // A draining broker is about to restart, a node that lost
+                // its claim hands over: keep trying.
+                Ok(Err(ClientError::Rejected(e))) if passing(e.code) => e.to_string(),
                 // Refused outright (its seat was taken, the key revoked...): the lease is gone.
                 Ok(Err(e @ ClientError::Rejected(_))) => return Err(Stop::Lost(e.to_string())),
                 Ok(Err(e)) => e.to_string(),
@@ -545,6 +553,12 @@ impl Runner {
             }
         }
     }
+}
+
+/// Whether a refusal only says this broker (or node) is going away, so
+/// the runner reconnects rather than giving up its lease.
+fn passing(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Draining | ErrorCode::NotOwner)
 }
 
 /// Time kept for a last re-attach attempt before the lease's deadline.

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use license_broker::cluster::{ClusterOptions, Event};
 use license_broker::server::{self, Options};
 use license_broker::tls::TlsFiles;
 
@@ -115,6 +116,21 @@ pub struct ServeArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Join a cluster of brokers on etcd (its client URLs,
+    /// http://HOST:PORT[,...]): records live in etcd, one node serves at a
+    /// time and the others redirect to it and take over when it goes
+    /// (docs/CLUSTER.md). Needs --node-name and --advertise.
+    #[arg(env = "LB_CLUSTER", long, value_delimiter = ',', requires_all = ["node_name", "advertise"])]
+    cluster: Vec<String>,
+    /// This node's name in the cluster (unique per node).
+    #[arg(env = "LB_NODE_NAME", long, requires = "cluster")]
+    node_name: Option<String>,
+    /// HOST:PORT clients reach this node at (what other nodes redirect to).
+    #[arg(env = "LB_ADVERTISE", long, requires = "cluster")]
+    advertise: Option<String>,
+    /// Where in etcd the cluster keeps its keys (several clusters can share one etcd).
+    #[arg(env = "LB_CLUSTER_PREFIX", long, default_value = license_broker::cluster::node::DEFAULT_PREFIX)]
+    cluster_prefix: String,
     /// Run the broker's clock this far ahead (for rehearsing clock trouble).
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
     clock_ahead: Duration,
@@ -186,17 +202,56 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         hours: a.history_hours,
         days: a.history_days.0,
     });
+    if let (false, Some(node), Some(advertise)) = (a.cluster.is_empty(), a.node_name, a.advertise) {
+        let cluster = ClusterOptions { endpoints: a.cluster, node, advertise, prefix: a.cluster_prefix };
+        return run_node(options, cluster).await;
+    }
     let running = server::start(options).await?;
     if let Some(keys) = &running.bootstrap {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "operator api key: {}", keys.operator)?;
-        writeln!(out, "owner api key: {}", keys.owner)?;
-        out.flush()?;
+        show_keys(keys)?;
     }
     tracing::info!(cert = %running.cert_path.display(), "clients trust this certificate with --ca");
     wait_for_signal().await?;
     tracing::info!("signal received: draining");
     running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints the keys of a first start (once, on stdout).
+fn show_keys(keys: &server::BootstrapKeys) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "operator api key: {}", keys.operator)?;
+    writeln!(out, "owner api key: {}", keys.owner)?;
+    out.flush()
+}
+
+/// Runs one node of a cluster until SIGINT/SIGTERM.
+async fn run_node(options: Options, cluster: ClusterOptions) -> Result<ExitCode> {
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let node = cluster.node.clone();
+    let events = move |e: Event| match e {
+        Event::Serving(keys) => {
+            tracing::info!(node = %node, "serving: this node holds the cluster's claim");
+            if let Some(keys) = keys {
+                if let Err(e) = show_keys(&keys) {
+                    tracing::error!("printing the first keys: {e}");
+                }
+            }
+        }
+        Event::StandingBy(Some(owner)) => {
+            tracing::info!(node = %node, owner = %owner.node, at = %owner.advertise, "standing by; redirecting clients")
+        }
+        Event::StandingBy(None) => tracing::info!(node = %node, "standing by; no node serves yet"),
+    };
+    let run = license_broker::cluster::node::run(options, cluster, stop_rx, events);
+    tokio::pin!(run);
+    tokio::select! {
+        r = &mut run => { r?; return Ok(ExitCode::SUCCESS); }
+        r = wait_for_signal() => r?,
+    }
+    tracing::info!("signal received: leaving the cluster");
+    let _ = stop.send(true);
+    run.await?;
     Ok(ExitCode::SUCCESS)
 }
 

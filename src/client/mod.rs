@@ -10,7 +10,7 @@ pub use backoff::Backoff;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,7 +25,8 @@ use crate::proto::{
 /// Where and as whom to connect.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
-    /// `HOST:PORT` of the broker.
+    /// `HOST:PORT` of the broker, or of several nodes of a cluster,
+    /// comma-separated (tried in turn; see `Connector`).
     pub server: String,
     /// TLS name to verify; defaults to the host part of `server`.
     pub server_name: Option<String>,
@@ -74,6 +75,14 @@ pub enum ClientError {
     Closed(String),
     /// The broker sent something this client does not understand.
     Protocol(String),
+    /// A node of a cluster that does not serve sent us to `to` (empty: no
+    /// node serves at this moment).
+    Redirected {
+        /// `HOST:PORT` of the node that serves, or empty.
+        to: String,
+    },
+    /// None of several servers could be reached: what each one said.
+    Unreachable(Vec<String>),
 }
 
 impl ClientError {
@@ -94,6 +103,11 @@ impl std::fmt::Display for ClientError {
             ClientError::Rejected(e) => write!(f, "{e}"),
             ClientError::Closed(e) => write!(f, "connection closed: {e}"),
             ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
+            ClientError::Redirected { to } if to.is_empty() => {
+                f.write_str("no node of the cluster serves at this moment (a failover is under way); retry shortly")
+            }
+            ClientError::Redirected { to } => write!(f, "redirected to {to} too many times in a row"),
+            ClientError::Unreachable(tried) => write!(f, "no broker answered: {}", tried.join("; ")),
         }
     }
 }
@@ -231,32 +245,95 @@ pub fn endpoint_with(
     Ok(ep)
 }
 
-/// Connects, again and again, to one broker over one UDP endpoint: the
+/// Connects, again and again, to a broker over one UDP endpoint: the
 /// endpoint keeps the TLS session tickets the broker hands out, so a
 /// reconnect resumes its session instead of paying for a full handshake.
+///
+/// `server` may name several nodes of a cluster (`a:4433,b:4433`): a
+/// connection is tried on the node that answered last, then on each other
+/// once round, following a node's `Redirect` to the node that serves (at
+/// most `MAX_REDIRECTS` in a row). It never loops: callers retry with a
+/// backoff (the runner does), and the error names every node tried.
 pub struct Connector {
     opts: ClientOptions,
-    addr: SocketAddr,
-    name: String,
+    /// Each server given: (as written, address, TLS name).
+    servers: Vec<(String, SocketAddr, String)>,
+    /// The server that answered last (an index into `servers`).
+    preferred: AtomicUsize,
     endpoint: quinn::Endpoint,
 }
 
+/// The least time one node of several gets to answer a connection attempt
+/// (a handshake on a network takes milliseconds).
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+
+/// Redirects a connection attempt follows in a row before giving up: two
+/// nodes that disagree about the owner cannot bounce a client for ever.
+pub const MAX_REDIRECTS: usize = 3;
+
+/// The servers of a `--server` list (`HOST:PORT[,HOST:PORT...]`).
+pub fn server_list(server: &str) -> Vec<&str> {
+    server.split(',').map(str::trim).filter(|s| !s.is_empty()).collect()
+}
+
 impl Connector {
-    /// Resolves the broker's address and opens the endpoint (no traffic yet).
+    /// Resolves the brokers' addresses and opens the endpoint (no traffic yet).
     pub async fn new(opts: ClientOptions) -> Result<Connector, ClientError> {
-        let (addr, name) = resolve(&opts.server, opts.server_name.as_deref()).await?;
-        let endpoint = endpoint(opts.ca.as_deref(), addr.is_ipv6())?;
-        Ok(Connector { opts, addr, name, endpoint })
+        let mut servers = Vec::new();
+        for server in server_list(&opts.server) {
+            let (addr, name) = resolve(server, opts.server_name.as_deref()).await?;
+            servers.push((server.to_string(), addr, name));
+        }
+        let Some((_, first, _)) = servers.first() else {
+            return Err(ClientError::Config("no server given".into()));
+        };
+        let endpoint = endpoint(opts.ca.as_deref(), first.is_ipv6())?;
+        Ok(Connector { opts, servers, preferred: AtomicUsize::new(0), endpoint })
     }
 
-    /// Connects and authenticates, giving up after the connect timeout.
+    /// Connects and authenticates within the connect timeout: tries every
+    /// node given once (each with an equal share of the timeout), following
+    /// redirects. A node that fails is not the first tried next time.
     pub async fn connect(&self) -> Result<Client, ClientError> {
-        let attempt = Client::connect_on(self.endpoint.clone(), self.addr, &self.name, &self.opts.api_key);
-        match tokio::time::timeout(self.opts.connect_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => {
-                let source = ConnectFailure::TimedOut(self.opts.connect_timeout);
-                Err(ClientError::Connect { addr: self.addr, source })
+        // Relaxed: a hint of where to start.
+        let first = self.preferred.load(Ordering::Relaxed);
+        let n = self.servers.len();
+        let share = (self.opts.connect_timeout / n as u32).max(MIN_ATTEMPT.min(self.opts.connect_timeout));
+        let mut failures = Vec::new();
+        for i in 0..n {
+            let at = (first + i) % n;
+            let (server, addr, name) = &self.servers[at];
+            self.preferred.store((at + 1) % n, Ordering::Relaxed);
+            match self.follow(*addr, name.clone(), share).await {
+                Ok(client) => {
+                    self.preferred.store(at, Ordering::Relaxed);
+                    return Ok(client);
+                }
+                // A refusal (wrong key...) is the same on every node.
+                Err(e @ ClientError::Rejected(_)) => return Err(e),
+                Err(e) if n == 1 => return Err(e),
+                Err(e) => failures.push(format!("{server}: {e}")),
+            }
+        }
+        Err(ClientError::Unreachable(failures))
+    }
+
+    /// One attempt at `addr`, then at each node it redirects to, each
+    /// within `limit`.
+    async fn follow(&self, mut addr: SocketAddr, mut name: String, limit: Duration) -> Result<Client, ClientError> {
+        let mut hops = 0;
+        loop {
+            let attempt = Client::connect_on(self.endpoint.clone(), addr, &name, &self.opts.api_key);
+            let result = match tokio::time::timeout(limit, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(ClientError::Connect { addr, source: ConnectFailure::TimedOut(limit) }),
+            };
+            match result {
+                Err(ClientError::Redirected { to }) if !to.is_empty() && hops < MAX_REDIRECTS => {
+                    hops += 1;
+                    (addr, name) = resolve(&to, self.opts.server_name.as_deref()).await?;
+                }
+                other => return other,
             }
         }
     }
@@ -296,6 +373,7 @@ impl Client {
         let welcome = match first {
             ServerFrame::Welcome(w) => w,
             ServerFrame::Error(e) => return Err(ClientError::Rejected(e)),
+            ServerFrame::Redirect { server } => return Err(ClientError::Redirected { to: server }),
             other => return Err(ClientError::Protocol(format!("expected Welcome, got {other:?}"))),
         };
         let pending: Pending = Arc::new(Mutex::new(std::collections::BTreeMap::new()));

@@ -238,6 +238,24 @@ impl Etcd {
         Ok((kvs("/v3/kv/range", &v)?, revision(&v)))
     }
 
+    /// Up to `limit` keys in `[start, end)` in key order (`descending`:
+    /// from the end), and whether more keys are in the range.
+    pub async fn range_in(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        descending: bool,
+    ) -> Result<(Vec<Kv>, bool), EtcdError> {
+        let mut body = json!({ "key": b64(start), "range_end": b64(end), "limit": limit.to_string() });
+        if descending {
+            body["sort_order"] = json!("DESCEND");
+            body["sort_target"] = json!("KEY");
+        }
+        let v = self.post("/v3/kv/range", &body).await?;
+        Ok((kvs("/v3/kv/range", &v)?, v["more"].as_bool().unwrap_or(false)))
+    }
+
     /// Writes `value` at `key` (bound to `lease` if given); the new revision.
     pub async fn put(&self, key: &[u8], value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
         let mut body = json!({ "key": b64(key), "value": b64(value) });

@@ -69,11 +69,14 @@ pub enum ErrorCode {
     QueueTimeout,
     /// The user holds as many sessions of the pool as their cap allows.
     UserLimit,
+    /// This node of a cluster does not serve (it lost its claim, or never
+    /// had it): reconnect, and any node redirects to the one that does.
+    NotOwner,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -101,6 +104,7 @@ impl ErrorCode {
         ErrorCode::QueueFull,
         ErrorCode::QueueTimeout,
         ErrorCode::UserLimit,
+        ErrorCode::NotOwner,
     ];
 
     /// The SCREAMING_SNAKE name used in JSON output and the docs.
@@ -133,6 +137,7 @@ impl ErrorCode {
             ErrorCode::QueueFull => "QUEUE_FULL",
             ErrorCode::QueueTimeout => "QUEUE_TIMEOUT",
             ErrorCode::UserLimit => "USER_LIMIT",
+            ErrorCode::NotOwner => "NOT_OWNER",
         }
     }
 }

@@ -588,6 +588,13 @@ pub enum ServerFrame {
     /// order). After `FRAME_TOO_LARGE` and `UNSUPPORTED_VERSION` the server
     /// finishes the stream.
     Error(WireError),
+    /// Answers `Hello` on a node of a cluster that does not serve: the
+    /// address of the node that does (`HOST:PORT`), or empty while none
+    /// does (a failover is under way: retry shortly). The stream is finished.
+    Redirect {
+        /// Where to connect instead; empty when unknown.
+        server: String,
+    },
 }
 
 /// The server's answer to `Hello`.

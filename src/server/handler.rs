@@ -182,6 +182,7 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
 impl Call<'_> {
     /// Refuses new seats while the broker drains.
     pub(super) fn admitting(&self) -> Result<(), WireError> {
+        self.shared.owning()?;
         match self.shared.is_draining() {
             true => Err(WireError::new(
                 ErrorCode::Draining,
@@ -332,6 +333,8 @@ async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionT
 
 /// Heartbeat; a version 2 stream gets the new deadline's token with it.
 fn renew(call: &Call<'_>, session: SessionId) -> Reply {
+    // A node whose claim lapsed extends nobody's belief in a seat.
+    call.shared.owning()?;
     let core = &call.shared.core;
     if call.proto < 2 {
         return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });
@@ -403,6 +406,12 @@ async fn kill(call: &Call<'_>, org: crate::core::OrgName, session: crate::core::
 
 /// A failed commit as the client sees it; logged, since it is the broker's fault.
 pub(super) fn store_failure(e: crate::store::StoreError) -> WireError {
+    if let crate::store::StoreError::Fenced = e {
+        return WireError::new(
+            ErrorCode::NotOwner,
+            format!("{e}; reconnect: any node redirects to the one that serves"),
+        );
+    }
     tracing::error!("{e}");
     WireError::new(ErrorCode::StoreFailure, format!("{e}; nothing was changed"))
 }

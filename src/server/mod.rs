@@ -126,6 +126,22 @@ impl Options {
     }
 }
 
+/// What a cluster node hands the broker it runs while it holds the claim
+/// (`cluster::node`): the records' store in etcd, fenced on the claim, and
+/// how long the claim is known to last. Without it the broker is a single
+/// node on its redb file.
+pub struct ClusterSeat {
+    /// The cluster's records.
+    pub store: Arc<dyn Store>,
+    /// Until when this node may admit and renew.
+    pub validity: Arc<crate::cluster::Validity>,
+}
+
+/// How far behind the clock recorded by a previous run a cluster node's
+/// clock may read and still start: the run before was most likely another
+/// node, whose clock is never exactly this one's.
+pub const CLUSTER_CLOCK_SKEW: Duration = Duration::from_secs(2);
+
 /// Keys created when a data dir is initialised; shown once.
 #[derive(Clone, Debug)]
 pub struct BootstrapKeys {
@@ -172,6 +188,8 @@ pub(crate) struct Shared {
     pub history: Option<Arc<crate::history::History>>,
     /// Signs the ops endpoint's sign-in cookies.
     pub signer: crate::http::auth::Signer,
+    /// In a cluster: until when this node may admit and renew.
+    pub validity: Option<Arc<crate::cluster::Validity>>,
     /// Dropped with the last handle on this state, after every field above
     /// (fields drop in order), so `Running::shutdown` knows the store is closed.
     pub _closed: oneshot::Sender<()>,
@@ -274,6 +292,18 @@ impl Shared {
         // Relaxed: a request racing the start of a drain may go either way.
         self.draining.load(Ordering::Relaxed)
     }
+
+    /// Refuses (`NOT_OWNER`) on a cluster node whose claim may have lapsed:
+    /// it admits and renews nothing more, whatever its memory holds.
+    pub fn owning(&self) -> Result<(), WireError> {
+        match &self.validity {
+            Some(v) if !v.valid() => Err(WireError::new(
+                crate::proto::ErrorCode::NotOwner,
+                "this node no longer serves (its claim lapsed); reconnect: any node redirects to the one that does",
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// State of one connection, shared by its streams: what the shell needs
@@ -356,6 +386,11 @@ pub struct Running {
 /// Binding comes first: a broker that cannot listen leaves no data dir
 /// behind, so the keys of a first start are never created unseen.
 pub async fn start(options: Options) -> Result<Running, SetupError> {
+    start_with(options, None).await
+}
+
+/// As `start`, on a cluster's store when `seat` is given.
+pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<Running, SetupError> {
     let bind_error = |source| SetupError::Bind { addr: options.listen, source };
     let socket = socket::bind(options.listen).map_err(bind_error)?;
     let http = match options.http {
@@ -365,7 +400,8 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         None => None,
     };
     let clock = Clock::ahead(options.clock_ahead);
-    let (store, core, bootstrap) = open(&options, clock)?;
+    let validity = seat.as_ref().map(|s| s.validity.clone());
+    let (store, core, bootstrap) = open(&options, clock, seat.map(|s| s.store))?;
     let files = match &options.tls {
         Some(f) => f.clone(),
         None => {
@@ -377,7 +413,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
     let ticketer = tickets::Ticketer::load_or_generate(&options.data_dir.join(TICKET_KEY_FILE))?;
     let server_config =
         tls::server_config(&files, options.idle_timeout, tls::Limits::STRANGER, Some(Arc::new(ticketer)))?;
-    let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join("offline/signing-key.pem"))?;
+    let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join(SIGNING_KEY_FILE))?;
     let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
     let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
     restrict_tree(&options.data_dir)?;
@@ -426,6 +462,7 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
         ceiling: tokio::sync::Mutex::new(()),
         history: history.clone(),
         signer: crate::http::auth::Signer::new().map_err(|_| SetupError::Random)?,
+        validity,
         _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -465,14 +502,19 @@ type Opened = (Arc<dyn Store>, Broker, Option<BootstrapKeys>);
 
 /// Opens the store in the data dir, replays it into a new core, and
 /// initialises it (with keys to show once) if it was empty.
-fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
+fn open(options: &Options, clock: Clock, cluster: Option<Arc<dyn Store>>) -> Result<Opened, SetupError> {
     std::fs::create_dir_all(&options.data_dir)
         .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
     // Owner-only before anything is written into it, whatever the umask.
     restrict(&options.data_dir, 0o700)?;
     let store_error = |what| move |source| SetupError::Store { what, source };
-    let store: Arc<dyn Store> =
-        Arc::new(RedbStore::open(&options.data_dir.join(STORE_FILE)).map_err(store_error("opening the store"))?);
+    let skew = if cluster.is_some() { CLUSTER_CLOCK_SKEW } else { Duration::ZERO };
+    let store: Arc<dyn Store> = match cluster {
+        Some(store) => store,
+        None => {
+            Arc::new(RedbStore::open(&options.data_dir.join(STORE_FILE)).map_err(store_error("opening the store"))?)
+        }
+    };
     let audit_base = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64 >> 1;
     let core = Broker::new(Config {
         lease_ttl: options.lease_ttl,
@@ -488,7 +530,7 @@ fn open(options: &Options, clock: Clock) -> Result<Opened, SetupError> {
     let fresh = !records.iter().any(|r| matches!(r, Record::Key { .. }));
     core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), clock.now());
     let (now, high_water) = (clock.now(), core.high_water());
-    if now < high_water && !options.allow_clock_rollback {
+    if now.after(skew) < high_water && !options.allow_clock_rollback {
         return Err(SetupError::ClockBehind { now, high_water });
     }
     let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
@@ -558,6 +600,36 @@ pub const TICKET_KEY_FILE: &str = "tls/ticket.key";
 /// forge leases for a restarted broker, so owner-only like the rest).
 pub const TOKEN_KEY_FILE: &str = "session-token.key";
 
+/// Makes every secret of the data dir a broker needs (TLS files unless
+/// given, session-token key, offline signing key, TLS ticket key) that is
+/// not there yet. A cluster node calls it between adopting the cluster's
+/// secrets and publishing its own (`cluster::secrets`).
+pub(crate) fn ensure_secrets(options: &Options) -> Result<(), SetupError> {
+    std::fs::create_dir_all(&options.data_dir)
+        .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
+    restrict(&options.data_dir, 0o700)?;
+    if options.tls.is_none() {
+        tls::ensure_self_signed(&TlsFiles::in_data_dir(&options.data_dir))?;
+    }
+    tickets::Ticketer::load_or_generate(&options.data_dir.join(TICKET_KEY_FILE))?;
+    crate::offline::SigningKey::load_or_generate(&options.data_dir.join(SIGNING_KEY_FILE))?;
+    token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), 0)?;
+    Ok(())
+}
+
+/// The files `ensure_secrets` makes, as paths inside the data dir; the TLS
+/// pair only when the broker generates its own.
+pub(crate) fn secret_files(options: &Options) -> Vec<&'static str> {
+    let mut files = vec![TOKEN_KEY_FILE, SIGNING_KEY_FILE, TICKET_KEY_FILE];
+    if options.tls.is_none() {
+        files.extend(["tls/cert.pem", "tls/key.pem"]);
+    }
+    files
+}
+
+/// The offline-license signing key inside the data dir.
+pub const SIGNING_KEY_FILE: &str = "offline/signing-key.pem";
+
 fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys, SetupError> {
     let random = |_: crate::keys::RandomUnavailable| SetupError::Random;
     let (operator, operator_hash) = crate::keys::generate().map_err(random)?;
@@ -584,6 +656,24 @@ impl Running {
     /// Live sessions right now (for tests and logs).
     pub fn live_sessions(&self) -> usize {
         self.shared.core.live_sessions()
+    }
+
+    /// Stops at once without a last checkpoint: a cluster node whose claim
+    /// lapsed (its writes would be refused anyway). Every connection is
+    /// closed; runners reconnect and are redirected to the node that
+    /// serves now, and re-attach there with their tokens.
+    pub async fn abandon(self) {
+        self.shared.draining.store(true, Ordering::Relaxed);
+        let _ = self.stop.send(true);
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"this node no longer serves");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for t in self.tasks.into_iter().chain(self.history_task) {
+            t.abort();
+            let _ = t.await;
+        }
+        drop(self.shared);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.closed).await;
+        tracing::info!("broker stopped serving (claim lost)");
     }
 
     /// Drains: admits nothing new, tells every client, waits up to the grace

@@ -1,6 +1,6 @@
 //! Durable records behind a small trait, so the core never knows where
 //! records live. `redb` is the single-node backend; a distributed backend
-//! (fenced etcd transactions) implements the same two calls.
+//! (fenced etcd transactions, `cluster::store`) implements the same calls.
 
 mod redb_store;
 
@@ -21,6 +21,9 @@ pub enum StoreError {
         /// The key's id (from `key list`) or the full key.
         key: String,
     },
+    /// This node no longer owns the cluster's records (another node's
+    /// claim replaced its own, or it never had one): nothing was written.
+    Fenced,
 }
 
 impl std::fmt::Display for StoreError {
@@ -28,6 +31,9 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Backend(e) => write!(f, "store failure: {e}"),
             StoreError::Corrupt { table, key } => write!(f, "corrupt record {table}/{key}"),
+            StoreError::Fenced => {
+                f.write_str("this node no longer serves (another node owns the records now); nothing was written")
+            }
         }
     }
 }
@@ -36,7 +42,7 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Backend(e) => Some(e.as_ref()),
-            StoreError::Corrupt { .. } => None,
+            StoreError::Corrupt { .. } | StoreError::Fenced => None,
         }
     }
 }

@@ -143,6 +143,11 @@ impl Events {
         Events(rx)
     }
 
+    /// The next event, if one comes within `limit`.
+    pub fn next_within(&self, limit: Duration) -> Option<serde_json::Value> {
+        self.0.recv_timeout(limit).ok()
+    }
+
     /// The next event named `name`, skipping others; panics after `limit`.
     pub fn wait_for(&self, name: &str, limit: Duration) -> serde_json::Value {
         let deadline = Instant::now() + limit;

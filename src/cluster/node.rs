@@ -1,0 +1,198 @@
+//! One node of a cluster: shares the secrets, then alternates between
+//! standing by (answering `Hello`s with a redirect to the owner, watching
+//! the claim) and serving (the whole broker, on the etcd store, fenced on
+//! its claim) until told to stop.
+//!
+//! A takeover is a restart of the broker on another node: it loads the
+//! records from etcd and holds each pool's durable ceiling for the previous
+//! owner's runners until they re-attach (with tokens any node verifies) or
+//! one lease TTL and the grace pass, exactly as a single broker does after
+//! a crash.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use super::etcd::Etcd;
+use super::ownership::{self, Campaign, Owner, Validity};
+use super::redirect::Redirector;
+use super::store::{EtcdStore, Fence, Layout};
+use crate::error::SetupError;
+use crate::server::{self, BootstrapKeys, ClusterSeat, Options};
+use crate::tls::TlsFiles;
+
+/// How a node joins its cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// etcd's client URLs (`http://HOST:PORT`).
+    pub endpoints: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// `HOST:PORT` clients reach this node at.
+    pub advertise: String,
+    /// Where in etcd the cluster keeps its keys.
+    pub prefix: String,
+}
+
+/// The prefix of a cluster's keys in etcd unless told otherwise.
+pub const DEFAULT_PREFIX: &str = "/license-broker/";
+
+/// How often a standby reads the claim. A failover waits for the claim's
+/// lease to lapse (`ownership::LEASE_TTL`) plus at most this.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Bound of one etcd call; a standby tries again after `POLL`.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long a node tries to rebind its address after the redirector let
+/// go of it (the old endpoint's socket closes as its driver ends).
+const REBIND_FOR: Duration = Duration::from_secs(3);
+
+/// What a node tells whoever runs it.
+#[derive(Debug)]
+pub enum Event {
+    /// This node serves now (the first owner of an empty cluster also
+    /// created its first keys: shown once).
+    Serving(Option<BootstrapKeys>),
+    /// This node stands by; the owner, if known.
+    StandingBy(Option<Owner>),
+}
+
+/// Runs a node until `stop` turns true: then a serving node drains and
+/// hands over at once (revokes its claim), a standby just leaves.
+pub async fn run(
+    options: Options,
+    cluster: ClusterOptions,
+    mut stop: watch::Receiver<bool>,
+    events: impl Fn(Event),
+) -> Result<(), SetupError> {
+    let etcd = Arc::new(
+        Etcd::new(&cluster.endpoints, CALL_TIMEOUT).map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
+    );
+    let layout = Layout::new(&cluster.prefix);
+    let me = Owner { node: cluster.node.clone(), advertise: cluster.advertise.clone() };
+    // etcd may be starting too (or briefly unreachable): retry with a
+    // bounded backoff until it answers or the node is told to stop.
+    let mut backoff = crate::client::Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let files = server::secret_files(&options);
+    loop {
+        let shared =
+            super::secrets::share(&etcd, &layout, &options.data_dir, &files, || server::ensure_secrets(&options));
+        match shared.await {
+            Ok(()) => break,
+            Err(SetupError::Cluster(why)) => {
+                tracing::warn!("{why}; trying again");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let tls = options.tls.clone().unwrap_or_else(|| TlsFiles::in_data_dir(&options.data_dir));
+    loop {
+        // Standing by.
+        let target = Arc::new(Mutex::new(String::new()));
+        let redirector = bind_retrying(|| Redirector::start(options.listen, &tls, target.clone())).await?;
+        let validity = Arc::new(Validity::default());
+        let mut last_seen: Option<Option<Owner>> = None;
+        let claim = loop {
+            if *stop.borrow() {
+                redirector.stop().await;
+                return Ok(());
+            }
+            let seen = match ownership::owner(&etcd, &layout).await {
+                Ok(None) => match ownership::campaign(&etcd, &layout, &me, &validity).await {
+                    Ok(Campaign::Won(claim)) => break claim,
+                    Ok(Campaign::Held(owner)) => Some(owner),
+                    Err(e) => {
+                        tracing::warn!("claiming the cluster: {e}");
+                        None
+                    }
+                },
+                Ok(Some(owner)) => Some(Some(owner)),
+                Err(e) => {
+                    tracing::warn!("reading the cluster's owner: {e}");
+                    None
+                }
+            };
+            if let Some(owner) = seen {
+                *target.lock() = owner.as_ref().map(|o| o.advertise.clone()).unwrap_or_default();
+                if last_seen.as_ref() != Some(&owner) {
+                    events(Event::StandingBy(owner.clone()));
+                    last_seen = Some(owner);
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => {}
+            }
+        };
+        redirector.stop().await;
+
+        // Serving.
+        tracing::info!(node = %me.node, fence = claim.fence, "this node holds the claim: serving");
+        let fence = Arc::new(Fence::default());
+        fence.set(claim.fence);
+        let store: Arc<dyn crate::store::Store> = Arc::new(
+            EtcdStore::new(etcd.clone(), layout.clone(), fence.clone())
+                .map_err(|source| SetupError::Store { what: "opening the cluster's store", source })?,
+        );
+        // Renewing from the moment of the win: loading the records takes time.
+        let mut keeper = {
+            let (etcd, validity) = (etcd.clone(), validity.clone());
+            tokio::spawn(async move { ownership::keep(&etcd, claim, &validity).await })
+        };
+        let deadline = tokio::time::Instant::now() + REBIND_FOR;
+        let running = loop {
+            let seat = ClusterSeat { store: store.clone(), validity: validity.clone() };
+            match server::start_with(options.clone(), Some(seat)).await {
+                Ok(r) => break r,
+                Err(SetupError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => {
+                    keeper.abort();
+                    let _ = etcd.revoke(claim.lease).await;
+                    return Err(e);
+                }
+            }
+        };
+        events(Event::Serving(running.bootstrap.clone()));
+        tokio::select! {
+            _ = &mut keeper => {
+                validity.lose();
+                fence.set(0);
+                running.abandon().await;
+                tracing::warn!(node = %me.node, "claim lost: standing by");
+            }
+            _ = stop.changed() => {
+                keeper.abort();
+                running.shutdown().await;
+                validity.lose();
+                fence.set(0);
+                // Hand over now rather than when the lease lapses.
+                if let Err(e) = etcd.revoke(claim.lease).await {
+                    tracing::warn!("releasing the claim (it lapses by itself within {:?}): {e}", ownership::LEASE_TTL);
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Tries `f` until it does not fail to bind, for up to `REBIND_FOR`.
+async fn bind_retrying<T>(mut f: impl FnMut() -> Result<T, SetupError>) -> Result<T, SetupError> {
+    let deadline = tokio::time::Instant::now() + REBIND_FOR;
+    loop {
+        match f() {
+            Err(SetupError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
+}

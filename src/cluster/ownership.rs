@@ -1,0 +1,206 @@
+//! Which node serves: one owner claim in etcd, created if absent and bound
+//! to the claimant's etcd lease. Its create revision is the fence every
+//! durable write compares (`store`); the lease's keep-alives tell the owner
+//! how long it may go on admitting (`Validity`).
+//!
+//! The safety argument, in full in docs/CLUSTER.md: etcd deletes the claim
+//! no sooner than one TTL after it last renewed the lease, and the lease's
+//! renewal reached etcd after this node sent it; so measured from the
+//! *send*, the claim lasts at least one TTL. The owner stops admitting and
+//! renewing a margin before that (`MARGIN`), on its own monotonic clock,
+//! which keeps running while the process is paused: a node woken from a
+//! SIGSTOP past its validity refuses before it reads a single request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::etcd::{Compare, Etcd, EtcdError, Op};
+use super::store::Layout;
+
+/// The TTL of the owner's etcd lease: etcd's smallest with its default
+/// election timeout (it rounds smaller ones up to this).
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+
+/// How often the owner renews its lease: four times a TTL, so three
+/// renewals in a row may fail before it stops serving.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_millis(500);
+
+/// How long before the earliest moment etcd could drop the claim the owner
+/// stops serving. It covers clock-rate differences (ppm) and the coarse
+/// clock's resolution (a few ms) with room to spare.
+pub const MARGIN: Duration = Duration::from_millis(400);
+
+/// Milliseconds on the monotonic clock since the first call (it counts
+/// while the process is stopped, and a read costs a vDSO call).
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // Starts at 1, so that 0 always means "never valid".
+    let epoch = EPOCH.get_or_init(|| {
+        let now = std::time::Instant::now();
+        now.checked_sub(Duration::from_millis(1)).unwrap_or(now)
+    });
+    epoch.elapsed().as_millis() as u64
+}
+
+/// Until when (monotonic ms) this node may admit and renew as the owner.
+#[derive(Debug, Default)]
+pub struct Validity(AtomicU64);
+
+impl Validity {
+    /// Whether the node may still serve now.
+    pub fn valid(&self) -> bool {
+        self.valid_at(monotonic_ms())
+    }
+
+    /// Whether the node may serve at `now_ms` (monotonic).
+    pub fn valid_at(&self, now_ms: u64) -> bool {
+        // Relaxed: the value only moves forward while owned and to 0 once
+        // lost; a stale read is at most one renewal old, which `MARGIN` covers.
+        now_ms < self.0.load(Ordering::Relaxed)
+    }
+
+    /// A renewal sent at `sent_ms` was granted `ttl`: serve until its margin.
+    pub fn renewed(&self, sent_ms: u64, ttl: Duration) {
+        let until = sent_ms + (ttl.saturating_sub(MARGIN)).as_millis() as u64;
+        self.0.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// Stops serving at once (the lease is gone, or the node steps down).
+    pub fn lose(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A claim this node holds.
+#[derive(Clone, Copy, Debug)]
+pub struct Claim {
+    /// The etcd lease the claim is bound to.
+    pub lease: i64,
+    /// The claim's create revision: the fence.
+    pub fence: i64,
+}
+
+/// Who holds the claim, as its value says: the node's name and the address
+/// clients reach it at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The node's name.
+    pub node: String,
+    /// `HOST:PORT` for clients.
+    pub advertise: String,
+}
+
+impl Owner {
+    /// The claim's value.
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}", self.node, self.advertise).into_bytes()
+    }
+
+    /// Reads a claim's value (`None` if it is not one).
+    pub fn decode(v: &[u8]) -> Option<Owner> {
+        let s = std::str::from_utf8(v).ok()?;
+        let (node, advertise) = s.split_once('\n')?;
+        Some(Owner { node: node.to_string(), advertise: advertise.to_string() })
+    }
+}
+
+/// What a campaign found.
+#[derive(Debug)]
+pub enum Campaign {
+    /// This node holds the claim now.
+    Won(Claim),
+    /// Another node does (or the claim is unreadable: `None`).
+    Held(Option<Owner>),
+}
+
+/// The current owner, if any.
+pub async fn owner(etcd: &Etcd, layout: &Layout) -> Result<Option<Owner>, EtcdError> {
+    let (kvs, _) = etcd.range(&layout.owner(), false).await?;
+    Ok(kvs.first().and_then(|kv| Owner::decode(&kv.value)))
+}
+
+/// Claims ownership if nobody holds it: a new lease, and the claim created
+/// under it only if absent. On success `validity` is set from the grant.
+pub async fn campaign(etcd: &Etcd, layout: &Layout, me: &Owner, validity: &Validity) -> Result<Campaign, EtcdError> {
+    let sent = monotonic_ms();
+    let (lease, ttl) = etcd.grant(LEASE_TTL).await?;
+    let key = layout.owner();
+    let outcome = etcd
+        .txn(
+            &[Compare::CreateRevision(key.clone(), 0)],
+            &[Op::Put(key.clone(), me.encode(), Some(lease)), Op::Get(key.clone())],
+            &[Op::Get(key)],
+        )
+        .await;
+    let done = match outcome {
+        Ok(d) => d,
+        Err(e) => {
+            // Whether or not it was created, the lease ends it soon; revoke now.
+            let _ = etcd.revoke(lease).await;
+            return Err(e);
+        }
+    };
+    let read = done.reads.first().and_then(|kvs| kvs.first());
+    if done.succeeded {
+        if let Some(kv) = read {
+            validity.renewed(sent, ttl);
+            return Ok(Campaign::Won(Claim { lease, fence: kv.create_revision }));
+        }
+    }
+    let _ = etcd.revoke(lease).await;
+    Ok(Campaign::Held(read.and_then(|kv| Owner::decode(&kv.value))))
+}
+
+/// Keeps the claim's lease alive until it is lost: renews every
+/// `KEEPALIVE_EVERY`, extending `validity` from each renewal's send time.
+/// Returns when the lease is gone or validity has lapsed (etcd unreachable
+/// for longer than the margin allows).
+pub async fn keep(etcd: &Etcd, claim: Claim, validity: &Validity) {
+    loop {
+        let sent = monotonic_ms();
+        match etcd.keep_alive(claim.lease).await {
+            Ok(Some(ttl)) => validity.renewed(sent, ttl),
+            Ok(None) => {
+                tracing::warn!(lease = claim.lease, "the owner claim's etcd lease is gone: this node stops serving");
+                validity.lose();
+                return;
+            }
+            Err(e) => tracing::warn!("renewing the owner claim's lease: {e}"),
+        }
+        if !validity.valid() {
+            tracing::warn!("the owner claim could not be renewed in time: this node stops serving");
+            return;
+        }
+        tokio::time::sleep(KEEPALIVE_EVERY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validity_runs_from_the_send_and_is_lost_at_once() {
+        let v = Validity::default();
+        assert!(!v.valid(), "a node that never claimed serves nothing");
+        v.renewed(monotonic_ms(), LEASE_TTL);
+        assert!(v.valid());
+        v.lose();
+        assert!(!v.valid());
+        let ttl = LEASE_TTL.as_millis() as u64;
+        v.renewed(10_000, LEASE_TTL);
+        assert!(v.valid_at(10_000 + ttl - MARGIN.as_millis() as u64 - 1));
+        assert!(
+            !v.valid_at(10_000 + ttl - MARGIN.as_millis() as u64),
+            "stops a margin before etcd could drop the claim"
+        );
+        assert!(!v.valid_at(10_000 + ttl), "a renewal sent a TTL ago gives nothing: the claim may be gone");
+    }
+
+    #[test]
+    fn owner_values_round_trip() {
+        let o = Owner { node: "b1".into(), advertise: "10.0.0.1:4433".into() };
+        assert_eq!(Owner::decode(&o.encode()), Some(o));
+        assert_eq!(Owner::decode(b"no newline"), None);
+    }
+}
