@@ -3,6 +3,8 @@
 //! the others redirect to it; when the serving node is killed with SIGKILL
 //! another takes over, the acknowledged records are all there, and a
 //! runner that held a seat re-attaches to the new node with its token.
+//! Then the same judged from the runners' side over a loop of owner kills
+//! and pauses (SIGSTOP: the owner that wakes up believing it still serves).
 
 mod etcd_members;
 mod process;
@@ -24,6 +26,13 @@ struct Node {
     _dir: tempfile::TempDir,
 }
 
+impl Node {
+    /// Starts the node again on its data dir and address (after a kill).
+    fn respawn(&mut self, etcd: &[String], lines: &mpsc::Sender<String>) {
+        self.child = spawn_process(&self.name, self._dir.path(), &self.addr, etcd, lines);
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -35,14 +44,25 @@ impl Drop for Node {
 fn spawn_node(name: &str, etcd: &[String], lines: &mpsc::Sender<String>) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
+    let child = spawn_process(name, dir.path(), &addr, etcd, lines);
+    Node { child, addr, name: name.to_string(), _dir: dir }
+}
+
+fn spawn_process(
+    name: &str,
+    dir: &std::path::Path,
+    addr: &str,
+    etcd: &[String],
+    lines: &mpsc::Sender<String>,
+) -> Child {
     let mut child = Command::new(BIN)
         .args(["serve", "--data-dir"])
-        .arg(dir.path())
-        .args(["--listen", &addr, "--advertise", &addr, "--node-name", name])
+        .arg(dir)
+        .args(["--listen", addr, "--advertise", addr, "--node-name", name])
         .args(["--cluster", &etcd.join(",")])
         // A lease must outlast a failover (about 2.5 s) after its last
         // heartbeat (a third of a TTL before): 6 s does, with room.
-        .args(["--lease-ttl", "6s", "--restart-grace", "1s", "--no-history"])
+        .args(["--lease-ttl", "6s", "--restart-grace", "500ms", "--no-history"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -54,7 +74,7 @@ fn spawn_node(name: &str, etcd: &[String], lines: &mpsc::Sender<String>) -> Node
             let _ = tx.send(line);
         }
     });
-    Node { child, addr, name: name.to_string(), _dir: dir }
+    child
 }
 
 /// The keys the first serving node prints.
@@ -167,7 +187,7 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
         seen.push(e);
     }
     // Seats nobody re-attached to stay held for one lease TTL and the grace
-    // (7 s here), then only the runner's remains.
+    // (6.5 s here), then only the runner's remains.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let in_use = status_json(&survivors, &ca, &owner_key).unwrap()["pools"][0]["in_use"].as_u64().unwrap();
@@ -180,4 +200,107 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
     }
     signal(&runner, "-INT");
     let _ = runner.wait();
+}
+
+const QUOTA: i64 = 3;
+/// Runners kept alive at once: more than the quota, so seats are contested.
+const FLEET: usize = 5;
+/// Owner faults: kill -9 (then started again as a standby), and every
+/// third a SIGSTOP of 4 s (longer than its claim lasts) then SIGCONT.
+const FAULTS: usize = 6;
+
+#[test]
+fn believers_never_exceed_the_quota_across_owner_kills_and_pauses() {
+    use process::fleet::{check, reap, spawn_runner, Rng};
+    let etcd = start_cluster();
+    let (tx, lines) = mpsc::channel();
+    let mut nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
+    let (operator, owner_key) = keys(&lines, Duration::from_secs(30));
+    let servers = nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
+    let ca = nodes[0]._dir.path().join("tls/cert.pem");
+    let limit = Instant::now() + Duration::from_secs(240);
+    while !cli(&servers, &ca, &operator)
+        .args(["pool", "set", "--org", "default", "--quota", &QUOTA.to_string()])
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(Instant::now() < limit, "the cluster never took a write");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let (events_tx, feed) = mpsc::channel();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let mut fleet: Vec<(usize, Child)> = Vec::new();
+    let mut exits = std::collections::HashMap::new();
+    let mut spawned = 0;
+    // Durable writes the cluster acknowledged (a member added per step).
+    let mut acknowledged = Vec::new();
+    let mut step = 0;
+    let mut run_for = |d: Duration, fleet: &mut Vec<(usize, Child)>, exits: &mut _, rng: &mut Rng| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            reap(fleet, exits);
+            if fleet.len() < FLEET {
+                let hold = 1_500 + rng.below(3_000);
+                let cmd = cli(&servers, &ca, &owner_key);
+                fleet.push((spawned, spawn_runner(cmd, spawned, hold, &events_tx)));
+                spawned += 1;
+            }
+            step += 1;
+            let email = format!("member{step}@default");
+            if cli(&servers, &ca, &owner_key)
+                .args(["user", "add", "--org", "default", &email])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+            {
+                acknowledged.push(email);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    for fault in 0..FAULTS {
+        // Longer than the hold after a takeover (one TTL and the grace), so
+        // newcomers get seats between faults.
+        run_for(Duration::from_millis(8_000 + rng.below(2_000)), &mut fleet, &mut exits, &mut rng);
+        // Fault whichever node serves now (waiting out a failover still under way).
+        let serving = loop {
+            if let Some(o) = owner(&etcd.clients) {
+                break o;
+            }
+            assert!(Instant::now() < limit, "no node serves");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let victim = nodes.iter_mut().find(|n| n.name == serving).unwrap();
+        if fault % 3 == 2 {
+            signal(&victim.child, "-STOP");
+            run_for(Duration::from_secs(4), &mut fleet, &mut exits, &mut rng);
+            signal(&victim.child, "-CONT");
+        } else {
+            victim.child.kill().unwrap();
+            victim.child.wait().unwrap();
+            victim.respawn(&etcd.clients, &tx);
+        }
+        assert!(Instant::now() < limit, "the fault loop overran its time limit");
+    }
+    // No more newcomers: every runner finishes its hold and leaves.
+    while !fleet.is_empty() {
+        reap(&mut fleet, &mut exits);
+        assert!(Instant::now() < limit, "runners still running at the time limit");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(events_tx);
+    check(feed, &exits, spawned, QUOTA, FAULTS / 2);
+
+    // No acknowledged durable write was lost.
+    let out = cli(&servers, &ca, &owner_key).args(["user", "list", "--org", "default", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listed = String::from_utf8_lossy(&out.stdout);
+    let missing: Vec<&String> = acknowledged.iter().filter(|e| !listed.contains(e.as_str())).collect();
+    eprintln!("{} member additions acknowledged during the faults", acknowledged.len());
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    assert!(acknowledged.len() >= 20, "too few writes to judge: {}", acknowledged.len());
 }

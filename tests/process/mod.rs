@@ -3,6 +3,8 @@
 //! the CLI tests and the restart tests.
 #![allow(dead_code)] // each test crate uses its own subset
 
+pub mod fleet;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
