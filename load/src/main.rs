@@ -8,6 +8,7 @@ mod churn;
 mod compare;
 mod dashboard;
 mod echo;
+mod failover;
 mod fleet;
 mod lists;
 mod queue;
@@ -69,6 +70,11 @@ enum Scenario {
     /// The dashboard's org page over a year of minute history (seeded):
     /// page latency per range, and the history's size on disk.
     Dashboard,
+    /// Three broker nodes on a three-member etcd (spawned; needs etcd):
+    /// the serving node killed --kills times under N runners: time until
+    /// a node serves and every runner re-attached; etcd writes per 1,000
+    /// admissions; clustered vs standalone churn.
+    Failover,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -148,6 +154,9 @@ struct Args {
     /// dashboard: days of minute history to seed.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
     days: u64,
+    /// failover: how many times the serving node is killed.
+    #[arg(long, default_value_t = 20)]
+    kills: usize,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -197,15 +206,17 @@ async fn run(a: Args) -> Result<bool> {
         echo::serve(a.listen, &dir).await?;
         return Ok(true);
     }
-    let ttl = a.lease_ttl.unwrap_or(if a.scenario == Scenario::Die {
-        Duration::from_secs(2)
-    } else {
-        Duration::from_secs(30)
+    let ttl = a.lease_ttl.unwrap_or(match a.scenario {
+        Scenario::Die => Duration::from_secs(2),
+        // Short enough that the kills come often, long enough to outlast a failover.
+        Scenario::Failover => Duration::from_secs(10),
+        _ => Duration::from_secs(30),
     });
     let runners = a.runners.unwrap_or(match a.scenario {
         Scenario::Burst => 1000,
         Scenario::Die => 1000,
         Scenario::Restart => 100_000,
+        Scenario::Failover => 1_000,
         Scenario::Lists => 1_000_000,
         _ => 10_000,
     });
@@ -233,6 +244,14 @@ async fn run(a: Args) -> Result<bool> {
         }
         let (report, summary) = compare::run(&p).await?;
         emit(&report, a.json, Some(summary));
+        return Ok(report.passed());
+    }
+    if a.scenario == Scenario::Failover {
+        if a.server.is_some() {
+            bail!("failover always spawns its own etcd and broker nodes");
+        }
+        let report = failover::run(&p, a.kills).await?;
+        emit(&report, a.json, None);
         return Ok(report.passed());
     }
     if matches!(
@@ -266,7 +285,7 @@ async fn run(a: Args) -> Result<bool> {
                 scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
             scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
         }
-        Scenario::Compare | Scenario::EchoServer => unreachable!("handled above"),
+        Scenario::Compare | Scenario::EchoServer | Scenario::Failover => unreachable!("handled above"),
     };
     emit(&report, a.json, None);
     Ok(report.passed())

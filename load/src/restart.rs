@@ -24,7 +24,7 @@ const NEWCOMERS: usize = 100;
 
 /// One runner's lease as it knows it.
 #[derive(Clone, Copy)]
-struct Held {
+pub(crate) struct Held {
     nonce: u128,
     token: SessionToken,
 }
@@ -123,7 +123,7 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
 type Part = (Vec<Held>, Lat, Errors, Instant);
 
 /// Runs `work` over `connections` connections, each with its share of `items`.
-async fn on_connections<T, F, Fut>(
+pub(crate) async fn on_connections<T, F, Fut>(
     target: &Target,
     org: &LoadOrg,
     connections: usize,
@@ -155,7 +155,7 @@ fn acquire_req(org: &LoadOrg, nonce: u128) -> Req {
     Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce: Nonce(nonce) }
 }
 
-async fn acquire(client: Client, org: LoadOrg, nonces: Vec<u128>) -> Result<Part> {
+pub(crate) async fn acquire(client: Client, org: LoadOrg, nonces: Vec<u128>) -> Result<Part> {
     let mut held = Vec::with_capacity(nonces.len());
     let mut errors = Errors::default();
     for chunk in nonces.chunks(BATCH) {
@@ -175,7 +175,7 @@ async fn acquire(client: Client, org: LoadOrg, nonces: Vec<u128>) -> Result<Part
 
 /// Re-attaches a share of the runners; latency counts from `ready`, when
 /// the restarted broker first answered.
-async fn reattach(client: Client, org: LoadOrg, held: Vec<Held>, ready: Instant) -> Result<Part> {
+pub(crate) async fn reattach(client: Client, org: LoadOrg, held: Vec<Held>, ready: Instant) -> Result<Part> {
     let started = ready;
     let mut lat = Lat::new();
     let mut errors = Errors::default();

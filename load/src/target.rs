@@ -160,6 +160,23 @@ impl Target {
         Ok(Target { server, ca, operator: key, owner: None, http: None, child: None, command: None, _dir: None })
     }
 
+    /// Nodes of a cluster on loopback (`a,b,c`); `key` must be the operator's.
+    pub fn cluster(servers: String, ca: PathBuf, key: String) -> Result<Target> {
+        for s in license_broker::client::server_list(&servers) {
+            require_loopback(s)?;
+        }
+        Ok(Target {
+            server: servers,
+            ca,
+            operator: key,
+            owner: None,
+            http: None,
+            child: None,
+            command: None,
+            _dir: None,
+        })
+    }
+
     pub fn options(&self, key: &str) -> ClientOptions {
         ClientOptions::new(self.server.clone(), Some(self.ca.clone()), key)
     }

@@ -263,9 +263,36 @@ pub struct Connector {
     endpoint: quinn::Endpoint,
 }
 
-/// The least time one node of several gets to answer a connection attempt
-/// (a handshake on a network takes milliseconds).
-const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+/// How long a connection attempt to one of several nodes has before the
+/// next node is tried beside it: a handshake on a network takes
+/// milliseconds, and a node that has not answered in this is likely gone.
+pub const STAGGER: Duration = Duration::from_millis(250);
+
+/// One attempt at `addr`, then at each node it redirects to, all within `limit`.
+async fn follow(
+    endpoint: quinn::Endpoint,
+    opts: ClientOptions,
+    mut addr: SocketAddr,
+    mut name: String,
+    limit: Duration,
+) -> Result<Client, ClientError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut hops = 0;
+    loop {
+        let attempt = Client::connect_on(endpoint.clone(), addr, &name, &opts.api_key);
+        let result = match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Connect { addr, source: ConnectFailure::TimedOut(limit) }),
+        };
+        match result {
+            Err(ClientError::Redirected { to }) if !to.is_empty() && hops < MAX_REDIRECTS => {
+                hops += 1;
+                (addr, name) = resolve(&to, opts.server_name.as_deref()).await?;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Redirects a connection attempt follows in a row before giving up: two
 /// nodes that disagree about the owner cannot bounce a client for ever.
@@ -291,49 +318,55 @@ impl Connector {
         Ok(Connector { opts, servers, preferred: AtomicUsize::new(0), endpoint })
     }
 
-    /// Connects and authenticates within the connect timeout: tries every
-    /// node given once (each with an equal share of the timeout), following
-    /// redirects. A node that fails is not the first tried next time.
+    /// Connects and authenticates within the connect timeout. With several
+    /// nodes, attempts are staggered (`STAGGER`) rather than sequential: a
+    /// node that does not answer (dead, paused) delays the next one by a
+    /// quarter second, not by its share of the timeout. Redirects are
+    /// followed; the first node to welcome us wins and is tried first next
+    /// time.
     pub async fn connect(&self) -> Result<Client, ClientError> {
+        let limit = self.opts.connect_timeout;
+        if let [(_, addr, name)] = self.servers.as_slice() {
+            return follow(self.endpoint.clone(), self.opts.clone(), *addr, name.clone(), limit).await;
+        }
+        let deadline = tokio::time::Instant::now() + limit;
         // Relaxed: a hint of where to start.
         let first = self.preferred.load(Ordering::Relaxed);
         let n = self.servers.len();
-        let share = (self.opts.connect_timeout / n as u32).max(MIN_ATTEMPT.min(self.opts.connect_timeout));
-        let mut failures = Vec::new();
-        for i in 0..n {
-            let at = (first + i) % n;
-            let (server, addr, name) = &self.servers[at];
-            self.preferred.store((at + 1) % n, Ordering::Relaxed);
-            match self.follow(*addr, name.clone(), share).await {
-                Ok(client) => {
-                    self.preferred.store(at, Ordering::Relaxed);
-                    return Ok(client);
-                }
-                // A refusal (wrong key...) is the same on every node.
-                Err(e @ ClientError::Rejected(_)) => return Err(e),
-                Err(e) if n == 1 => return Err(e),
-                Err(e) => failures.push(format!("{server}: {e}")),
-            }
-        }
-        Err(ClientError::Unreachable(failures))
-    }
-
-    /// One attempt at `addr`, then at each node it redirects to, each
-    /// within `limit`.
-    async fn follow(&self, mut addr: SocketAddr, mut name: String, limit: Duration) -> Result<Client, ClientError> {
-        let mut hops = 0;
+        let mut attempts = tokio::task::JoinSet::new();
+        let (mut started, mut failures) = (0, Vec::new());
         loop {
-            let attempt = Client::connect_on(self.endpoint.clone(), addr, &name, &self.opts.api_key);
-            let result = match tokio::time::timeout(limit, attempt).await {
-                Ok(result) => result,
-                Err(_) => Err(ClientError::Connect { addr, source: ConnectFailure::TimedOut(limit) }),
-            };
-            match result {
-                Err(ClientError::Redirected { to }) if !to.is_empty() && hops < MAX_REDIRECTS => {
-                    hops += 1;
-                    (addr, name) = resolve(&to, self.opts.server_name.as_deref()).await?;
+            if started < n {
+                let at = (first + started) % n;
+                let (_, addr, name) = self.servers[at].clone();
+                let (endpoint, opts) = (self.endpoint.clone(), self.opts.clone());
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                attempts.spawn(async move { (at, follow(endpoint, opts, addr, name, left).await) });
+                started += 1;
+            }
+            let stagger = async {
+                match started < n {
+                    true => tokio::time::sleep(STAGGER).await,
+                    false => std::future::pending().await,
                 }
-                other => return other,
+            };
+            tokio::select! {
+                done = attempts.join_next() => match done {
+                    Some(Ok((at, Ok(client)))) => {
+                        self.preferred.store(at, Ordering::Relaxed);
+                        // The slower attempts are dropped; a connection one
+                        // of them made closes with it.
+                        attempts.abort_all();
+                        return Ok(client);
+                    }
+                    // A refusal (wrong key...) is the same on every node.
+                    Some(Ok((_, Err(e @ ClientError::Rejected(_))))) => return Err(e),
+                    Some(Ok((at, Err(e)))) => failures.push(format!("{}: {e}", self.servers[at].0)),
+                    Some(Err(e)) => failures.push(format!("connection attempt: {e}")),
+                    None if started >= n => return Err(ClientError::Unreachable(failures)),
+                    None => {}
+                },
+                _ = stagger => {}
             }
         }
     }

@@ -1,0 +1,286 @@
+//! `failover`: a cluster of three broker nodes on a three-member etcd (all
+//! spawned on loopback: Debian's `etcd-server` must be installed). N
+//! runners hold leases; the serving node is killed with SIGKILL again and
+//! again (`--kills`, 20 by default) and started again as a standby. Per
+//! kill: how long until a node serves again (a client given all three
+//! addresses gets an answer), and until every runner has re-attached.
+//! Then, in the same run: etcd writes per 1,000 admissions, and churn
+//! throughput of the serving node against a standalone broker.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use license_broker::client::{Client, ClientOptions};
+use license_broker::cluster::etcd::Etcd;
+
+use crate::report::{Errors, Lat, Report};
+use crate::restart::{acquire, on_connections, reattach, Held};
+use crate::scenarios::Params;
+use crate::target::{broker_binary, Target};
+
+/// The cluster's key prefix in etcd (the broker's default).
+const OWNER_KEY: &[u8] = b"/license-broker/owner";
+
+/// Churn rounds on each side (interleaved; medians reported).
+const ROUNDS: usize = 3;
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Processes killed when dropped.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Three etcd members on loopback; their client URLs.
+fn start_etcd(dir: &Path) -> Result<(Procs, Vec<String>)> {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| Ok((port()?, port()?))).collect::<Result<_>>()?;
+    let initial: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}")).collect();
+    let mut procs = Procs(Vec::new());
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}")])
+            .arg("--data-dir")
+            .arg(dir.join(format!("m{i}")))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &initial.join(",")])
+            .args(["--initial-cluster-state", "new", "--initial-cluster-token", "lb-load"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting etcd (install Debian's etcd-server)")?;
+        procs.0.push(child);
+    }
+    Ok((procs, ports.iter().map(|(c, _)| format!("http://127.0.0.1:{c}")).collect()))
+}
+
+/// One broker node: its name, address, data dir and process.
+struct Node {
+    name: String,
+    addr: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn spawn(&mut self, etcd: &[String], ttl: Duration) -> Result<()> {
+        let ttl = humantime::format_duration(ttl).to_string();
+        let child = Command::new(broker_binary()?)
+            .args(["serve", "--data-dir"])
+            .arg(&self.dir)
+            .args(["--listen", &self.addr, "--advertise", &self.addr, "--node-name", &self.name])
+            .args(["--cluster", &etcd.join(","), "--lease-ttl", &ttl, "--restart-grace", "2s", "--no-history"])
+            .args(["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"])
+            .args(["--max-connections", "100000", "--drain-grace", "0s"])
+            .env("RUST_LOG", std::env::var("LB_NODE_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("LB_NODE_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .context("starting a broker node")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// The node holding the claim, by name, and etcd's revision.
+async fn owner(etcd: &Etcd) -> Option<(String, i64)> {
+    let (kvs, rev) = etcd.range(OWNER_KEY, false).await.ok()?;
+    let value = String::from_utf8(kvs.first()?.value.clone()).ok()?;
+    value.split_once('\n').map(|(name, _)| (name.to_string(), rev))
+}
+
+/// Waits until a client given every node gets an answer; how long that took.
+async fn until_served(opts: &ClientOptions, since: Instant, limit: Duration) -> Result<Duration> {
+    loop {
+        if let Ok(c) = Client::connect(opts).await {
+            let ok = c.status(None).await.is_ok();
+            c.close_nowait();
+            if ok {
+                return Ok(since.elapsed());
+            }
+        }
+        if since.elapsed() > limit {
+            bail!("no node served within {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn run(p: &Params, kills: usize) -> Result<Report> {
+    let ttl = p.lease_ttl;
+    if ttl < Duration::from_secs(8) {
+        bail!("failover needs --lease-ttl of at least 8s: a lease must outlast a failover and a cycle");
+    }
+    let dir = tempfile::tempdir()?;
+    let (_etcd_procs, etcd_urls) = start_etcd(dir.path())?;
+    let etcd = Etcd::new(&etcd_urls, Duration::from_secs(1)).map_err(anyhow::Error::msg)?;
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            Ok(Node {
+                name: format!("n{i}"),
+                addr: udp.local_addr()?.to_string(),
+                dir: dir.path().join(format!("node{i}")),
+                child: None,
+            })
+        })
+        .collect::<Result<_>>()?;
+    for n in &mut nodes {
+        n.spawn(&etcd_urls, ttl)?;
+    }
+    // The first node to serve prints the first keys.
+    let (tx, rx) = std::sync::mpsc::channel();
+    for n in &mut nodes {
+        let out = n.child.as_mut().and_then(|c| c.stdout.take()).context("node stdout")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+    }
+    let operator = rx
+        .recv_timeout(Duration::from_secs(60))
+        .context("no node printed the first keys")?
+        .strip_prefix("operator api key: ")
+        .context("the operator key first")?
+        .to_string();
+    let servers = nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
+    let ca = nodes[0].dir.join("tls/cert.pem");
+    let target = Target::cluster(servers.clone(), ca.clone(), operator.clone())?;
+
+    let n = p.runners.max(1);
+    let org = target.setup_orgs(1, (n + n / 4) as u32).await?.remove(0);
+    let connections = p.connections.clamp(1, n);
+    let mut held: Vec<Held> = Vec::with_capacity(n);
+    for part in on_connections(&target, &org, connections, (0..n).map(|i| i as u128).collect(), acquire).await? {
+        held.extend(part?.0);
+    }
+    if held.len() != n {
+        bail!("only {} of {n} runners were admitted", held.len());
+    }
+
+    let mut probe = target.options(&operator);
+    probe.connect_timeout = Duration::from_millis(600);
+    let (mut serve_lat, mut attach_lat, mut reattach_lat) = (Lat::new(), Lat::new(), Lat::new());
+    let mut errors = Errors::default();
+    let mut lost = 0usize;
+    for kill in 0..kills {
+        let (serving, _) = owner(&etcd).await.context("no node holds the claim")?;
+        let victim = nodes.iter_mut().find(|n| n.name == serving).context("the owner is not one of ours")?;
+        let killed = Instant::now();
+        victim.kill()?;
+        let served = until_served(&probe, killed, Duration::from_secs(30)).await?;
+        serve_lat.record(served);
+        let ready = Instant::now();
+        let work = move |client, org, held| reattach(client, org, held, ready);
+        let mut back = Vec::with_capacity(n);
+        let mut last = ready;
+        for part in on_connections(&target, &org, connections, held, work).await? {
+            let (done, part_lat, part_errors, finished) = part?;
+            back.extend(done);
+            reattach_lat.merge(&part_lat);
+            errors.merge(&part_errors);
+            last = last.max(finished);
+        }
+        attach_lat.record(last - killed);
+        lost += n - back.len();
+        held = back;
+        eprintln!(
+            "kill {}/{kills}: {serving} killed; served again after {} ms, all {} runners re-attached after {} ms",
+            kill + 1,
+            served.as_millis(),
+            held.len(),
+            (last - killed).as_millis()
+        );
+        let victim = nodes.iter_mut().find(|n| n.name == serving).context("victim")?;
+        victim.spawn(&etcd_urls, ttl)?;
+        // The restarted node joins as a standby before the next kill.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+    }
+
+    // Churn on the serving node and on a standalone broker, interleaved
+    // (three rounds each, medians): the cluster's etcd members and standbys
+    // run beside both. etcd writes per admission: revisions spent over the
+    // clustered rounds (admissions happen in memory; checkpoints and
+    // ceiling raises are what reach etcd).
+    let (serving, _) = owner(&etcd).await.context("no owner")?;
+    let owner_addr = nodes.iter().find(|n| n.name == serving).context("owner")?.addr.clone();
+    let clustered = Target::remote(owner_addr, ca.clone(), operator.clone())?;
+    let standalone = Target::spawn(ttl, p.broker_workers)?;
+    let (mut rounds_c, mut rounds_s) = (Vec::new(), Vec::new());
+    let (mut writes, mut admissions, mut churn_ok) = (0.0, 0.0, true);
+    for _ in 0..ROUNDS {
+        let (_, before) = owner(&etcd).await.context("no owner")?;
+        let c = crate::scenarios::churn(&clustered, p).await?;
+        let (_, after) = owner(&etcd).await.context("no owner after churn")?;
+        let pairs = c.throughput.get("pairs_per_s").copied().unwrap_or(0.0);
+        writes += (after - before).max(0) as f64;
+        admissions += pairs * c.duration_s;
+        churn_ok &= c.passed();
+        rounds_c.push(pairs);
+        let s = crate::scenarios::churn(&standalone, p).await?;
+        rounds_s.push(s.throughput.get("pairs_per_s").copied().unwrap_or(0.0));
+    }
+    let (pairs_c, pairs_s) = (median(&mut rounds_c), median(&mut rounds_s));
+
+    let mut r = Report::new("failover", "cluster of 3 nodes on a 3-member etcd");
+    r.param("kills", kills);
+    r.param("runners", n);
+    r.param("lease_ttl_s", ttl.as_secs_f64());
+    r.latency("kill_to_served", &serve_lat);
+    r.latency("kill_to_all_reattached", &attach_lat);
+    r.latency("reattach_after_served", &reattach_lat);
+    r.errors = errors.0.clone();
+    r.throughput.insert("clustered_pairs_per_s".into(), pairs_c);
+    r.throughput.insert("standalone_pairs_per_s".into(), pairs_s);
+    r.extra("clustered_vs_standalone", if pairs_s > 0.0 { pairs_c / pairs_s } else { 0.0 });
+    r.extra("etcd_writes", writes);
+    r.extra("admissions", admissions.round());
+    r.extra("etcd_writes_per_1000_admissions", if admissions > 0.0 { writes * 1000.0 / admissions } else { 0.0 });
+    r.extra(
+        "aggregate_note",
+        "one node serves every org; the standbys only redirect, so the aggregate is the serving node's",
+    );
+    let p99 = serve_lat.stats().p99_us as f64 / 1e6;
+    r.check("every runner re-attached after every kill", lost == 0, format!("{lost} re-attaches failed"));
+    r.check("a node serves within 3 s of a kill (p99)", p99 <= 3.0, format!("p99 {p99:.2} s"));
+    r.extra("clustered_rounds_pairs_per_s", &rounds_c);
+    r.extra("standalone_rounds_pairs_per_s", &rounds_s);
+    r.check("clustered churn without errors", churn_ok, "see the churn checks");
+    Ok(r)
+}
