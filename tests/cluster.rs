@@ -139,6 +139,25 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
         assert_eq!(v["pools"][0]["quota"], 2, "{} (owner {serving})", n.name);
     }
 
+    // `nodes` (and the last line of `status`) say who serves and who stands by.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = cli(&servers, &ca, &owner_key).args(["nodes", "--json"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let list = v["nodes"].as_array().unwrap();
+        let up: Vec<&str> =
+            list.iter().filter(|n| n["role"] == "serving").map(|n| n["name"].as_str().unwrap()).collect();
+        if list.len() == 3 && up == [serving.as_str()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes never listed the three with {serving} serving: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = cli(&servers, &ca, &owner_key).arg("status").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("cluster of 3 nodes: {serving} (")), "{text}");
+
     // A runner takes a seat and holds it across the failover.
     let mut runner = cli(&servers, &ca, &owner_key)
         .args(["runner", "--org", "default", "--json", "--hold", "60s"])

@@ -132,9 +132,17 @@ enum Command {
     /// Broker maintenance on its data dir, offline (the broker stopped).
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// The nodes of the cluster the broker belongs to: name, address, and
+    /// which one serves (nothing for a single broker).
+    Nodes {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Per-pool quota, seats in use (sessions, node-locked activations,
     /// offline licenses, and seats held after a restart for runners to
-    /// re-attach), machines, admissions and rejections, and runners waiting in the queue.
+    /// re-attach), machines, admissions and rejections, and runners waiting
+    /// in the queue; in a cluster, which node answered and serves.
     Status {
         /// Only this org (default: your own; the operator sees all).
         #[arg(long)]
@@ -443,7 +451,14 @@ async fn request(c: &Client, command: Command) -> Result<()> {
         }
         Command::Licenses { org, pool, json } => output::paged(c, ListOf::Grants { org, pool }, json).await?,
         Command::Audit { org, json } => output::paged(c, ListOf::Audit { org }, json).await?,
-        Command::Status { org, json } => output::status(&c.pools(org.as_ref()).await?, json),
+        Command::Status { org, json } => {
+            output::status(&c.pools(org.as_ref()).await?, json);
+            if !json {
+                // Best effort: older brokers do not know the request.
+                output::cluster_line(&c.nodes().await.unwrap_or_default());
+            }
+        }
+        Command::Nodes { json } => output::nodes(&c.nodes().await?, json),
         Command::Org(OrgCmd::List { json }) => output::paged(c, ListOf::Orgs, json).await?,
         Command::Org(OrgCmd::Set { name, subscription_end }) => {
             c.set_subscription(&name, &subscription_end).await?;

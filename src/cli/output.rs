@@ -7,8 +7,8 @@
 
 use license_broker::client::{Client, ClientError};
 use license_broker::proto::{
-    AuditEntry, EndedSession, GrantInfo, KeyInfo, ListOf, MachineInfo, OfflineInfo, OrgInfo, PageItems, PoolState,
-    SessionView, UsagePoint, UserInfo, UserLimitInfo,
+    AuditEntry, EndedSession, GrantInfo, KeyInfo, ListOf, MachineInfo, NodeInfo, OfflineInfo, OrgInfo, PageItems,
+    PoolState, SessionView, UsagePoint, UserInfo, UserLimitInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Millis, Product};
 use serde_json::{json, Value};
@@ -129,6 +129,51 @@ pub async fn paged(c: &Client, of: ListOf, as_json: bool) -> Result<(), ClientEr
     .await?;
     p.finish();
     Ok(())
+}
+
+/// The last line of `status` on a cluster: who serves, who stands by.
+pub fn cluster_line(nodes: &[NodeInfo]) {
+    if nodes.is_empty() {
+        return;
+    }
+    let serving: Vec<String> =
+        nodes.iter().filter(|n| n.serving).map(|n| format!("{} ({})", n.name, n.advertise)).collect();
+    let standby: Vec<&str> = nodes.iter().filter(|n| !n.serving).map(|n| n.name.as_str()).collect();
+    println!(
+        "cluster of {} nodes: {} serves every org; standing by: {}",
+        nodes.len(),
+        if serving.is_empty() { "no node".to_string() } else { serving.join(", ") },
+        if standby.is_empty() { "none".to_string() } else { standby.join(", ") }
+    );
+}
+
+/// `nodes`.
+pub fn nodes(nodes: &[NodeInfo], as_json: bool) {
+    if nodes.is_empty() && !as_json {
+        println!("a single broker (not a cluster)");
+        return;
+    }
+    print(nodes, as_json);
+}
+
+impl Listing for NodeInfo {
+    const KEY: &'static str = "nodes";
+    const HEADER: &'static [&'static str] = &["NODE", "ADDRESS", "ROLE", "SERVES"];
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name, "advertise": self.advertise,
+            "role": if self.serving { "serving" } else { "standby" },
+            "serves": if self.serving { "every org" } else { "" },
+        })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            self.advertise.clone(),
+            if self.serving { "serving" } else { "standby" }.to_string(),
+            if self.serving { "every org" } else { "-" }.to_string(),
+        ]
+    }
 }
 
 pub fn status(pools: &[PoolState], as_json: bool) {

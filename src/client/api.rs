@@ -342,6 +342,17 @@ impl Client {
         }
     }
 
+    /// The nodes of the cluster the broker belongs to (empty for a single
+    /// broker, and from brokers older than the request).
+    pub async fn nodes(&self) -> Result<Vec<crate::proto::NodeInfo>, ClientError> {
+        match self.call(Req::Nodes).await {
+            Ok(Resp::Nodes(v)) => Ok(v),
+            Ok(other) => unexpected(other),
+            Err(ClientError::Rejected(e)) if e.code == crate::proto::ErrorCode::BadFrame => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Owner/Admin: the org's audit trail.
     pub async fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, ClientError> {
         self.all(ListOf::Audit { org: org.clone() }, |i| match i {

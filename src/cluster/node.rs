@@ -92,6 +92,36 @@ pub async fn run(
             Err(e) => return Err(e),
         }
     }
+    // Announced whatever the role, until the node leaves.
+    let membership = Arc::new(super::Membership::default());
+    let presence_lease = Arc::new(Mutex::new(0i64));
+    let presence = tokio::spawn(super::membership::announce(
+        etcd.clone(),
+        layout.clone(),
+        me.clone(),
+        membership.clone(),
+        presence_lease.clone(),
+    ));
+    let result = serve(&options, &etcd, &layout, &me, &membership, &mut stop, &events).await;
+    presence.abort();
+    let lease = *presence_lease.lock();
+    if lease != 0 {
+        let _ = etcd.revoke(lease).await;
+    }
+    result
+}
+
+/// The node's life after joining: standing by and serving, in turn, until
+/// told to stop.
+async fn serve(
+    options: &Options,
+    etcd: &Arc<Etcd>,
+    layout: &Layout,
+    me: &Owner,
+    membership: &Arc<super::Membership>,
+    stop: &mut watch::Receiver<bool>,
+    events: &impl Fn(Event),
+) -> Result<(), SetupError> {
     let tls = options.tls.clone().unwrap_or_else(|| TlsFiles::in_data_dir(&options.data_dir));
     loop {
         // Standing by.
@@ -104,8 +134,8 @@ pub async fn run(
                 redirector.stop().await;
                 return Ok(());
             }
-            let seen = match ownership::owner(&etcd, &layout).await {
-                Ok(None) => match ownership::campaign(&etcd, &layout, &me, &validity).await {
+            let seen = match ownership::owner(etcd, layout).await {
+                Ok(None) => match ownership::campaign(etcd, layout, me, &validity).await {
                     Ok(Campaign::Won(claim)) => break claim,
                     Ok(Campaign::Held(owner)) => Some(owner),
                     Err(e) => {
@@ -148,7 +178,7 @@ pub async fn run(
         };
         let deadline = tokio::time::Instant::now() + REBIND_FOR;
         let running = loop {
-            let seat = ClusterSeat { store: store.clone(), validity: validity.clone() };
+            let seat = ClusterSeat { store: store.clone(), validity: validity.clone(), membership: membership.clone() };
             match server::start_with(options.clone(), Some(seat)).await {
                 Ok(r) => break r,
                 Err(SetupError::Bind { .. }) if tokio::time::Instant::now() < deadline => {

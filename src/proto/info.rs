@@ -213,6 +213,18 @@ pub enum AuditAction {
     UserLimitSet,
 }
 
+/// A node of a cluster, for `nodes` (and the last line of `status`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Its name (`serve --node-name`).
+    pub name: String,
+    /// Where clients reach it (`serve --advertise`).
+    pub advertise: String,
+    /// Whether it serves (holds the claim: every org); the others stand
+    /// by and redirect.
+    pub serving: bool,
+}
+
 /// An org, for `org list`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrgInfo {

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::WireError;
 use super::info::{
-    AuditEntry, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus,
-    SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfReport,
+    AuditEntry, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState,
+    PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfReport,
 };
 use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId, Role, SessionId};
 
@@ -352,6 +352,10 @@ pub enum Req {
         /// Most seats to replay.
         seats_max: u32,
     },
+    /// The nodes of the cluster this broker belongs to, as etcd last said
+    /// (an empty list from a single broker). Anyone authenticated.
+    /// Answered with `Nodes`.
+    Nodes,
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -751,6 +755,8 @@ pub enum Resp {
     },
     /// WhatIf: one outcome per seat count.
     WhatIf(WhatIfReport),
+    /// Nodes: the cluster's nodes (empty from a single broker).
+    Nodes(Vec<NodeInfo>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

@@ -64,6 +64,7 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
         Req::ListKeys { org } => reply(core.keys(p, &org), |v| Resp::Keys(list(v))),
         Req::ListOrgs => reply(core.orgs(p), |v| Resp::Orgs(list(v))),
+        Req::Nodes => Ok(Resp::Nodes(call.shared.membership.as_ref().map(|m| m.nodes()).unwrap_or_default())),
         Req::ListGrants { org, pool } => reply(core.grants(p, &org, pool), |v| Resp::Grants(list(v))),
         Req::ListOffline { org } => reply(core.offline_licenses(p, &org), |v| Resp::Offline(list(v))),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {

@@ -49,7 +49,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::ListUserLimits { .. }
         | Req::OfflinePublicKey
         | Req::List { .. }
-        | Req::WhatIf { .. } => 8,
+        | Req::WhatIf { .. }
+        | Req::Nodes => 8,
         Req::CreateOrg { .. }
         | Req::SetPool { .. }
         | Req::AddUser { .. }

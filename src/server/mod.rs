@@ -135,6 +135,8 @@ pub struct ClusterSeat {
     pub store: Arc<dyn Store>,
     /// Until when this node may admit and renew.
     pub validity: Arc<crate::cluster::Validity>,
+    /// The cluster's nodes, for `Nodes`.
+    pub membership: Arc<crate::cluster::Membership>,
 }
 
 /// How far behind the clock recorded by a previous run a cluster node's
@@ -190,6 +192,8 @@ pub(crate) struct Shared {
     pub signer: crate::http::auth::Signer,
     /// In a cluster: until when this node may admit and renew.
     pub validity: Option<Arc<crate::cluster::Validity>>,
+    /// In a cluster: its nodes.
+    pub membership: Option<Arc<crate::cluster::Membership>>,
     /// Dropped with the last handle on this state, after every field above
     /// (fields drop in order), so `Running::shutdown` knows the store is closed.
     pub _closed: oneshot::Sender<()>,
@@ -401,6 +405,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     };
     let clock = Clock::ahead(options.clock_ahead);
     let validity = seat.as_ref().map(|s| s.validity.clone());
+    let membership = seat.as_ref().map(|s| s.membership.clone());
     let (store, core, bootstrap) = open(&options, clock, seat.map(|s| s.store))?;
     let files = match &options.tls {
         Some(f) => f.clone(),
@@ -463,6 +468,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         history: history.clone(),
         signer: crate::http::auth::Signer::new().map_err(|_| SetupError::Random)?,
         validity,
+        membership,
         _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);
