@@ -18,6 +18,14 @@ use etcd_members::start_cluster;
 use license_broker::cluster::etcd::Etcd;
 use process::{free_port, signal, BIN};
 
+/// One cluster at a time: two of them (six etcd and broker processes,
+/// plus runners) on two cores starve each other's timers.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A broker node process.
 struct Node {
     child: Child,
@@ -42,7 +50,9 @@ impl Drop for Node {
 
 /// Starts node `name` on `etcd`; its stdout lines go to `lines`.
 fn spawn_node(name: &str, etcd: &[String], lines: &mpsc::Sender<String>) -> Node {
-    let dir = tempfile::tempdir().unwrap();
+    // LB_KEEP_NODE_DIRS=1 keeps each node's data dir (and its node.log).
+    let keep = std::env::var_os("LB_KEEP_NODE_DIRS").is_some();
+    let dir = tempfile::Builder::new().prefix(&format!("lb-{name}-")).disable_cleanup(keep).tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let child = spawn_process(name, dir.path(), &addr, etcd, lines);
     Node { child, addr, name: name.to_string(), _dir: dir }
@@ -64,7 +74,8 @@ fn spawn_process(
         // heartbeat (a third of a TTL before): 6 s does, with room.
         .args(["--lease-ttl", "6s", "--restart-grace", "500ms", "--no-history"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        // Each node's log, appended across restarts, for a failure's post-mortem.
+        .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).unwrap()))
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
@@ -112,6 +123,7 @@ fn status_json(servers: &str, ca: &std::path::Path, key: &str) -> Option<serde_j
 
 #[test]
 fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
+    let _one = exclusive();
     let etcd = start_cluster();
     let (tx, lines) = mpsc::channel();
     let mut nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
@@ -230,6 +242,7 @@ const FAULTS: usize = 6;
 
 #[test]
 fn believers_never_exceed_the_quota_across_owner_kills_and_pauses() {
+    let _one = exclusive();
     use process::fleet::{check, reap, spawn_runner, Rng};
     let etcd = start_cluster();
     let (tx, lines) = mpsc::channel();

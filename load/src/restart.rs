@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use license_broker::client::Client;
 use license_broker::proto::{Req, Resp, SessionToken};
 use license_broker::value::{Nonce, PoolId};
@@ -139,9 +139,21 @@ where
     for (i, item) in items.into_iter().enumerate() {
         shares[i % connections].push(item);
     }
+    // Connected all at once: one connection's wait for a node (a dead one
+    // of a cluster, say) must not delay the others'.
+    let mut connecting = tokio::task::JoinSet::new();
+    for i in 0..shares.len() {
+        let opts = target.options(&org.key);
+        connecting.spawn(async move { (i, Client::connect(&opts).await) });
+    }
+    let mut clients: Vec<Option<Client>> = (0..shares.len()).map(|_| None).collect();
+    while let Some(joined) = connecting.join_next().await {
+        let (i, client) = joined?;
+        clients[i] = Some(client?);
+    }
     let mut tasks = Vec::new();
-    for share in shares {
-        let client = Client::connect(&target.options(&org.key)).await?;
+    for (share, client) in shares.into_iter().zip(clients) {
+        let client = client.context("a connection went missing")?;
         tasks.push(tokio::spawn(work(client, org.clone(), share)));
     }
     let mut out = Vec::new();

@@ -477,10 +477,47 @@ impl Runner {
         let until = unix_ms();
         let session = lease.session.to_string();
         let wait = Duration::from_millis((lease.ttl_ms / 3).max(1000));
-        let result = match tokio::time::timeout(wait, client.release(lease.session)).await {
+        let mut result = match tokio::time::timeout(wait, client.release(lease.session)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {wait:?}; the seat returns when its lease expires")),
         };
+        let mut client = Some(client);
+        if result.is_err() && lease.token.is_some() {
+            // The broker went away under the release (a restart, a cluster
+            // failing over): give the seat back through whoever serves now,
+            // once, within the lease. The runner already stopped relying on it.
+            if let Some(c) = client.take() {
+                c.disconnect();
+            }
+            let left = Duration::from_millis(lease.deadline_ms.saturating_sub(unix_ms()));
+            let again = async {
+                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+                loop {
+                    let e = match self.attach_again(lease).await {
+                        Ok((c, Attached::Lease(l))) => match c.release(l.session).await {
+                            Ok(()) => {
+                                c.close().await;
+                                return true;
+                            }
+                            Err(e) => e,
+                        },
+                        Ok((c, Attached::Bound { .. })) => {
+                            c.close().await;
+                            return false;
+                        }
+                        Err(e) => e,
+                    };
+                    // Refused for good (the session is gone, say): nothing to give back.
+                    if matches!(&e, ClientError::Rejected(w) if !passing(w.code)) {
+                        return false;
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            };
+            if let Ok(true) = tokio::time::timeout(left.min(wait * 2), again).await {
+                result = Ok(());
+            }
+        }
         let ok = result.is_ok();
         let mut event = match &result {
             Ok(()) => json!({"event": "released", "session": session}),
@@ -495,9 +532,10 @@ impl Runner {
             Err(message) => format!("{human}release of session {session} failed: {message}"),
         };
         self.ev.emit(event, text);
-        match ok {
-            true => client.close().await,
-            false => client.disconnect(),
+        match (ok, client) {
+            (true, Some(c)) => c.close().await,
+            (false, Some(c)) => c.disconnect(),
+            (_, None) => {}
         }
         ok
     }

@@ -203,6 +203,14 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         days: a.history_days.0,
     });
     if let (false, Some(node), Some(advertise)) = (a.cluster.is_empty(), a.node_name, a.advertise) {
+        if options.lease_ttl < MIN_CLUSTER_LEASE_TTL {
+            tracing::warn!(
+                lease_ttl = ?options.lease_ttl,
+                "in a cluster a lease should outlast a failover (about 2.7 s) after its last heartbeat \
+                 (a third of the TTL before): use --lease-ttl 6s or more, or runners may lose their seats \
+                 when the serving node dies (docs/CLUSTER.md)"
+            );
+        }
         let cluster = ClusterOptions { endpoints: a.cluster, node, advertise, prefix: a.cluster_prefix };
         return run_node(options, cluster).await;
     }
@@ -216,6 +224,10 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
+
+/// The shortest lease TTL that outlasts a failover after the last
+/// heartbeat (TTL/3 + 2.7 s < TTL).
+const MIN_CLUSTER_LEASE_TTL: Duration = Duration::from_secs(6);
 
 /// Prints the keys of a first start (once, on stdout).
 fn show_keys(keys: &server::BootstrapKeys) -> std::io::Result<()> {

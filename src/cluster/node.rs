@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use super::etcd::Etcd;
 use super::ownership::{self, Campaign, Owner, Validity};
-use super::redirect::Redirector;
+use super::redirect::{self, Redirector};
 use super::store::{EtcdStore, Fence, Layout};
 use crate::error::SetupError;
 use crate::server::{self, BootstrapKeys, ClusterSeat, Options};
@@ -45,10 +45,6 @@ pub const POLL: Duration = Duration::from_millis(100);
 
 /// Bound of one etcd call; a standby tries again after `POLL`.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
-
-/// How long a node tries to rebind its address after the redirector let
-/// go of it (the old endpoint's socket closes as its driver ends).
-const REBIND_FOR: Duration = Duration::from_secs(3);
 
 /// What a node tells whoever runs it.
 #[derive(Debug)]
@@ -123,15 +119,16 @@ async fn serve(
     events: &impl Fn(Event),
 ) -> Result<(), SetupError> {
     let tls = options.tls.clone().unwrap_or_else(|| TlsFiles::in_data_dir(&options.data_dir));
+    let mut endpoint = redirect::bind(options.listen)?;
     loop {
         // Standing by.
         let target = Arc::new(Mutex::new(String::new()));
-        let redirector = bind_retrying(|| Redirector::start(options.listen, &tls, target.clone())).await?;
+        let redirector = Redirector::start(endpoint, &tls, target.clone())?;
         let validity = Arc::new(Validity::default());
         let mut last_seen: Option<Option<Owner>> = None;
         let claim = loop {
             if *stop.borrow() {
-                redirector.stop().await;
+                redirector.stop().await.close(quinn::VarInt::from_u32(0), b"node leaving");
                 return Ok(());
             }
             let seen = match ownership::owner(etcd, layout).await {
@@ -150,7 +147,10 @@ async fn serve(
                 }
             };
             if let Some(owner) = seen {
-                *target.lock() = owner.as_ref().map(|o| o.advertise.clone()).unwrap_or_default();
+                // A claim in this node's own name is a previous run's (killed
+                // before its lease lapsed): nobody serves until it does.
+                let serving = owner.as_ref().filter(|o| o.node != me.node);
+                *target.lock() = serving.map(|o| o.advertise.clone()).unwrap_or_default();
                 if last_seen.as_ref() != Some(&owner) {
                     events(Event::StandingBy(owner.clone()));
                     last_seen = Some(owner);
@@ -161,7 +161,7 @@ async fn serve(
                 _ = stop.changed() => {}
             }
         };
-        redirector.stop().await;
+        let standby_endpoint = redirector.stop().await;
 
         // Serving.
         tracing::info!(node = %me.node, fence = claim.fence, "this node holds the claim: serving");
@@ -176,19 +176,18 @@ async fn serve(
             let (etcd, validity) = (etcd.clone(), validity.clone());
             tokio::spawn(async move { ownership::keep(&etcd, claim, &validity).await })
         };
-        let deadline = tokio::time::Instant::now() + REBIND_FOR;
-        let running = loop {
-            let seat = ClusterSeat { store: store.clone(), validity: validity.clone(), membership: membership.clone() };
-            match server::start_with(options.clone(), Some(seat)).await {
-                Ok(r) => break r,
-                Err(SetupError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(e) => {
-                    keeper.abort();
-                    let _ = etcd.revoke(claim.lease).await;
-                    return Err(e);
-                }
+        let seat = ClusterSeat {
+            store,
+            validity: validity.clone(),
+            membership: membership.clone(),
+            endpoint: standby_endpoint.clone(),
+        };
+        let running = match server::start_with(options.clone(), Some(seat)).await {
+            Ok(r) => r,
+            Err(e) => {
+                keeper.abort();
+                let _ = etcd.revoke(claim.lease).await;
+                return Err(e);
             }
         };
         events(Event::Serving(running.bootstrap.clone()));
@@ -196,7 +195,7 @@ async fn serve(
             _ = &mut keeper => {
                 validity.lose();
                 fence.set(0);
-                running.abandon().await;
+                endpoint = running.abandon().await;
                 tracing::warn!(node = %me.node, "claim lost: standing by");
             }
             _ = stop.changed() => {
@@ -210,19 +209,6 @@ async fn serve(
                 }
                 return Ok(());
             }
-        }
-    }
-}
-
-/// Tries `f` until it does not fail to bind, for up to `REBIND_FOR`.
-async fn bind_retrying<T>(mut f: impl FnMut() -> Result<T, SetupError>) -> Result<T, SetupError> {
-    let deadline = tokio::time::Instant::now() + REBIND_FOR;
-    loop {
-        match f() {
-            Err(SetupError::Bind { .. }) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
         }
     }
 }

@@ -32,25 +32,31 @@ pub struct Redirector {
 /// Where clients are sent; updated as the claim changes hands.
 pub type Target = Arc<Mutex<String>>;
 
+/// Binds the node's endpoint, once for its whole life: the redirector and
+/// the broker take turns on it, so a node never lets go of its address
+/// (a rebind would wait for the old endpoint's connections to drain).
+/// Accepts nothing until a role sets its server configuration.
+pub fn bind(listen: SocketAddr) -> Result<quinn::Endpoint, SetupError> {
+    let bind_error = |source| SetupError::Bind { addr: listen, source };
+    let socket = crate::server::bind_udp(listen).map_err(bind_error)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map_err(bind_error)
+}
+
 impl Redirector {
-    /// Binds `listen` and answers every `Hello` with `Redirect` to `target`.
-    pub fn start(listen: SocketAddr, files: &TlsFiles, target: Target) -> Result<Redirector, SetupError> {
-        let bind_error = |source| SetupError::Bind { addr: listen, source };
-        let socket = crate::server::bind_udp(listen).map_err(bind_error)?;
-        let config = tls::server_config(files, HELLO_DEADLINE, tls::Limits::STRANGER, None)?;
-        let runtime = Arc::new(quinn::TokioRuntime);
-        let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
-            .map_err(bind_error)?;
+    /// Answers every `Hello` on `endpoint` with `Redirect` to `target`.
+    pub fn start(endpoint: quinn::Endpoint, files: &TlsFiles, target: Target) -> Result<Redirector, SetupError> {
+        endpoint.set_server_config(Some(tls::server_config(files, HELLO_DEADLINE, tls::Limits::STRANGER, None)?));
         let task = tokio::spawn(accept(endpoint.clone(), target));
         Ok(Redirector { endpoint, task })
     }
 
-    /// Stops answering, closes every connection, and releases the address.
-    pub async fn stop(self) {
+    /// Stops answering and hands the endpoint back (connections already
+    /// answered close by themselves).
+    pub async fn stop(self) -> quinn::Endpoint {
         self.task.abort();
         let _ = self.task.await;
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"node now serves");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        self.endpoint
     }
 }
 

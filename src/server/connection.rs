@@ -19,6 +19,10 @@ use crate::proto::{encode, Notice};
 /// QUIC application close code for a connection that sent no `Hello` in time.
 pub const HELLO_TIMEOUT_CODE: u32 = 2;
 
+/// QUIC application close code of every connection of a cluster node that
+/// stopped serving (it lost its claim): reconnect, and be redirected.
+pub const NOT_SERVING_CODE: u32 = 6;
+
 /// Notices queued per connection before new ones are dropped.
 const NOTICE_QUEUE: usize = 256;
 
@@ -49,11 +53,16 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, 
             }
         };
         shared.open_conns.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve(shared.clone(), incoming, pass));
+        tokio::spawn(serve(shared.clone(), incoming, pass, stop.clone()));
     }
 }
 
-async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate::Pass) {
+async fn serve(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    pass: super::gate::Pass,
+    mut stop: watch::Receiver<bool>,
+) {
     let _open = OpenGuard(shared.clone());
     let conn = match incoming.await {
         Ok(c) => c,
@@ -99,6 +108,11 @@ async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate
                 // too), so it gets a member's streams and windows.
                 pass.welcomed();
                 crate::tls::Limits::member(shared.options.max_streams).apply(&conn);
+            }
+            // The broker stops serving on this endpoint (a cluster node
+            // that lost its claim): the client reconnects elsewhere.
+            Ok(()) = stop.changed() => {
+                conn.close(quinn::VarInt::from_u32(NOT_SERVING_CODE), b"this node no longer serves; reconnect");
             }
             _ = &mut hello_deadline, if waiting_for_hello => {
                 waiting_for_hello = false;

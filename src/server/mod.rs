@@ -137,6 +137,9 @@ pub struct ClusterSeat {
     pub validity: Arc<crate::cluster::Validity>,
     /// The cluster's nodes, for `Nodes`.
     pub membership: Arc<crate::cluster::Membership>,
+    /// The node's endpoint, bound once: the broker serves on it while it
+    /// holds the claim, and hands it back when it loses it.
+    pub endpoint: quinn::Endpoint,
 }
 
 /// How far behind the clock recorded by a previous run a cluster node's
@@ -396,7 +399,12 @@ pub async fn start(options: Options) -> Result<Running, SetupError> {
 /// As `start`, on a cluster's store when `seat` is given.
 pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<Running, SetupError> {
     let bind_error = |source| SetupError::Bind { addr: options.listen, source };
-    let socket = socket::bind(options.listen).map_err(bind_error)?;
+    // A cluster node binds once for its whole life (standing by and
+    // serving in turn on the same endpoint); a single broker binds here.
+    let (socket, given) = match seat.as_ref().map(|s| s.endpoint.clone()) {
+        Some(endpoint) => (None, Some(endpoint)),
+        None => (Some(socket::bind(options.listen).map_err(bind_error)?), None),
+    };
     let http = match options.http {
         Some(addr) => {
             Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Bind { addr, source })?)
@@ -422,9 +430,18 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
     let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
     restrict_tree(&options.data_dir)?;
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-        .map_err(bind_error)?;
+    let endpoint = match (given, socket) {
+        (Some(endpoint), _) => {
+            endpoint.set_server_config(Some(server_config));
+            endpoint
+        }
+        (None, Some(socket)) => {
+            let runtime = Arc::new(quinn::TokioRuntime);
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+                .map_err(bind_error)?
+        }
+        (None, None) => unreachable!("bound above when no endpoint is given"),
+    };
     let addr = endpoint.local_addr().map_err(bind_error)?;
 
     // A history that cannot be opened costs the charts, never the broker:
@@ -666,13 +683,14 @@ impl Running {
 
     /// Stops at once without a last checkpoint: a cluster node whose claim
     /// lapsed (its writes would be refused anyway). Every connection is
-    /// closed; runners reconnect and are redirected to the node that
-    /// serves now, and re-attach there with their tokens.
-    pub async fn abandon(self) {
+    /// closed (runners reconnect, are redirected to the node that serves
+    /// now, and re-attach there with their tokens), but not the endpoint:
+    /// it is handed back for the node to stand by on.
+    pub async fn abandon(self) -> quinn::Endpoint {
         self.shared.draining.store(true, Ordering::Relaxed);
+        // Every connection task closes its connection on this.
         let _ = self.stop.send(true);
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"this node no longer serves");
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.all_connections_gone()).await;
         for t in self.tasks.into_iter().chain(self.history_task) {
             t.abort();
             let _ = t.await;
@@ -680,6 +698,7 @@ impl Running {
         drop(self.shared);
         let _ = tokio::time::timeout(Duration::from_secs(2), self.closed).await;
         tracing::info!("broker stopped serving (claim lost)");
+        self.endpoint
     }
 
     /// Drains: admits nothing new, tells every client, waits up to the grace
