@@ -121,12 +121,23 @@ fn status_json(servers: &str, ca: &std::path::Path, key: &str) -> Option<serde_j
     out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
 }
 
-#[test]
-fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
-    let _one = exclusive();
+/// A cluster on loopback: three etcd members and three broker nodes, the
+/// default org's KRE quota set.
+struct Started {
+    etcd: etcd_members::Cluster,
+    nodes: Vec<Node>,
+    /// The nodes' stdout lines (a respawned node writes here too).
+    lines: mpsc::Sender<String>,
+    owner_key: String,
+    /// Every node's address, comma-separated.
+    servers: String,
+    ca: std::path::PathBuf,
+}
+
+fn start_nodes(quota: i64) -> Started {
     let etcd = start_cluster();
     let (tx, lines) = mpsc::channel();
-    let mut nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
+    let nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
     // etcd elects a leader, a node claims the empty cluster and prints its first keys.
     let (operator, owner_key) = keys(&lines, Duration::from_secs(30));
     let servers = nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
@@ -134,7 +145,7 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
     let ca = nodes[0]._dir.path().join("tls/cert.pem");
     let deadline = Instant::now() + Duration::from_secs(20);
     while !cli(&servers, &ca, &operator)
-        .args(["pool", "set", "--org", "default", "--quota", "2"])
+        .args(["pool", "set", "--org", "default", "--quota", &quota.to_string()])
         .status()
         .unwrap()
         .success()
@@ -142,6 +153,13 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
         assert!(Instant::now() < deadline, "the cluster never took a write");
         std::thread::sleep(Duration::from_millis(200));
     }
+    Started { etcd, nodes, lines: tx, owner_key, servers, ca }
+}
+
+#[test]
+fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
+    let _one = exclusive();
+    let Started { etcd, mut nodes, lines: _lines, owner_key, servers, ca } = start_nodes(2);
 
     // Every node answers, the standbys by redirecting to the owner.
     let serving = owner(&etcd.clients).expect("a node holds the claim");
@@ -244,22 +262,8 @@ const FAULTS: usize = 6;
 fn believers_never_exceed_the_quota_across_owner_kills_and_pauses() {
     let _one = exclusive();
     use process::fleet::{check, reap, spawn_runner, Rng};
-    let etcd = start_cluster();
-    let (tx, lines) = mpsc::channel();
-    let mut nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
-    let (operator, owner_key) = keys(&lines, Duration::from_secs(30));
-    let servers = nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
-    let ca = nodes[0]._dir.path().join("tls/cert.pem");
+    let Started { etcd, mut nodes, lines: tx, owner_key, servers, ca } = start_nodes(QUOTA);
     let limit = Instant::now() + Duration::from_secs(240);
-    while !cli(&servers, &ca, &operator)
-        .args(["pool", "set", "--org", "default", "--quota", &QUOTA.to_string()])
-        .status()
-        .unwrap()
-        .success()
-    {
-        assert!(Instant::now() < limit, "the cluster never took a write");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 
     let (events_tx, feed) = mpsc::channel();
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);

@@ -181,7 +181,7 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
         .to_string();
     let servers = nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
     let ca = nodes[0].dir.join("tls/cert.pem");
-    let target = Target::cluster(servers.clone(), ca.clone(), operator.clone())?;
+    let target = Target::remote(servers.clone(), ca.clone(), operator.clone())?;
 
     let n = p.runners.max(1);
     let org = target.setup_orgs(1, (n + n / 4) as u32).await?.remove(0);

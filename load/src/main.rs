@@ -88,7 +88,7 @@ struct Args {
     /// Start a broker of our own from the built binary (the default without --server).
     #[arg(long, conflicts_with = "server")]
     spawn: bool,
-    /// A running broker on loopback.
+    /// A running broker on loopback, or a cluster's nodes (a,b,c).
     #[arg(long, env = "LB_SERVER", requires_all = ["ca", "api_key"])]
     server: Option<String>,
     /// Its certificate.

@@ -304,6 +304,9 @@ pub async fn handshake(
     org: Option<crate::target::LoadOrg>,
     p: &Params,
 ) -> Result<(f64, Lat, Errors)> {
+    if client::server_list(server).len() > 1 {
+        anyhow::bail!("handshake measures one broker: give --server one address (a cluster's serving node)");
+    }
     let (addr, name) = client::resolve(server, None).await?;
     let deadline = tokio::time::Instant::now() + p.duration;
     let started = std::time::Instant::now();

@@ -154,27 +154,13 @@ impl Target {
         }
     }
 
-    /// A broker already running on loopback; `key` must be the operator's.
+    /// A broker already running on loopback, or the nodes of a cluster
+    /// (`a,b,c`, every one on loopback); `key` must be the operator's.
     pub fn remote(server: String, ca: PathBuf, key: String) -> Result<Target> {
-        require_loopback(&server)?;
-        Ok(Target { server, ca, operator: key, owner: None, http: None, child: None, command: None, _dir: None })
-    }
-
-    /// Nodes of a cluster on loopback (`a,b,c`); `key` must be the operator's.
-    pub fn cluster(servers: String, ca: PathBuf, key: String) -> Result<Target> {
-        for s in license_broker::client::server_list(&servers) {
+        for s in license_broker::client::server_list(&server) {
             require_loopback(s)?;
         }
-        Ok(Target {
-            server: servers,
-            ca,
-            operator: key,
-            owner: None,
-            http: None,
-            child: None,
-            command: None,
-            _dir: None,
-        })
+        Ok(Target { server, ca, operator: key, owner: None, http: None, child: None, command: None, _dir: None })
     }
 
     pub fn options(&self, key: &str) -> ClientOptions {

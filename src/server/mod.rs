@@ -401,9 +401,13 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     let bind_error = |source| SetupError::Bind { addr: options.listen, source };
     // A cluster node binds once for its whole life (standing by and
     // serving in turn on the same endpoint); a single broker binds here.
-    let (socket, given) = match seat.as_ref().map(|s| s.endpoint.clone()) {
-        Some(endpoint) => (None, Some(endpoint)),
-        None => (Some(socket::bind(options.listen).map_err(bind_error)?), None),
+    enum Listen {
+        Given(quinn::Endpoint),
+        Bound(std::net::UdpSocket),
+    }
+    let listen = match seat.as_ref().map(|s| s.endpoint.clone()) {
+        Some(endpoint) => Listen::Given(endpoint),
+        None => Listen::Bound(socket::bind(options.listen).map_err(bind_error)?),
     };
     let http = match options.http {
         Some(addr) => {
@@ -430,17 +434,16 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
     let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
     restrict_tree(&options.data_dir)?;
-    let endpoint = match (given, socket) {
-        (Some(endpoint), _) => {
+    let endpoint = match listen {
+        Listen::Given(endpoint) => {
             endpoint.set_server_config(Some(server_config));
             endpoint
         }
-        (None, Some(socket)) => {
+        Listen::Bound(socket) => {
             let runtime = Arc::new(quinn::TokioRuntime);
             quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
                 .map_err(bind_error)?
         }
-        (None, None) => unreachable!("bound above when no endpoint is given"),
     };
     let addr = endpoint.local_addr().map_err(bind_error)?;
 
