@@ -102,3 +102,89 @@ async fn reads_writes_fences_leases_and_fails_over() {
     let e = etcd.range(b"x", false).await.unwrap_err().to_string();
     assert!(cluster.clients.iter().all(|c| e.contains(c.trim_start_matches("http://"))), "{e}");
 }
+
+/// The records' store in etcd, as a serving node uses it: commits read back
+/// in the order that rebuilds memory (parents first), removals stick, a
+/// commit larger than one etcd transaction goes through, the audit trail
+/// pages forwards and reads backwards, and once another node's claim
+/// replaces this one's, every write is refused (`Fenced`) and changes
+/// nothing.
+#[test]
+fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
+    use license_broker::cluster::store::{EtcdStore, Fence, Layout, MAX_TXN_OPS};
+    use license_broker::core::{AuditAction, AuditEntry, Change, Email, MachineId, Millis, OrgName, PoolId, Record};
+    use license_broker::store::{Store, StoreError};
+    use std::sync::Arc;
+
+    let _cluster = start_cluster();
+    let clients = _cluster.clients.clone();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let etcd = Arc::new(Etcd::new(&clients, Duration::from_secs(2)).unwrap());
+    let layout = Layout::new("/lb-test/");
+    // This node's claim: its create revision is the fence.
+    let claim = |who: &'static [u8]| {
+        let (etcd, key) = (etcd.clone(), layout.owner());
+        rt.block_on(async move {
+            eventually(Duration::from_secs(20), || etcd.put(b"/lb-test/ready", b"1", None)).await;
+            etcd.txn(&[], &[Op::Delete(key.clone())], &[]).await.unwrap();
+            let done = etcd.txn(&[], &[Op::Put(key.clone(), who.to_vec(), None), Op::Get(key)], &[]).await.unwrap();
+            done.reads[0][0].create_revision
+        })
+    };
+    let fence = Arc::new(Fence::default());
+    let store = EtcdStore::new(etcd.clone(), layout.clone(), fence.clone()).unwrap();
+    assert!(matches!(store.commit(&[]), Err(StoreError::Fenced)), "no claim, no write");
+    fence.set(claim(b"a"));
+
+    let org = OrgName::new("acme").unwrap();
+    let machine = |i: usize| MachineId::new(format!("m{i}")).unwrap();
+    // Children first in the commit: load must still give parents first.
+    let mut changes: Vec<Change> = (0..MAX_TXN_OPS + 30)
+        .map(|i| {
+            Change::Put(Record::Machine {
+                org: org.clone(),
+                pool: PoolId::KRE_DEFAULT,
+                machine: machine(i),
+                registered: Millis(2),
+            })
+        })
+        .collect();
+    changes.push(Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 500 }));
+    changes.push(Change::Put(Record::Org { name: org.clone(), subscription_end: Millis(9), created: Millis(1) }));
+    store.commit(&changes).unwrap();
+    store
+        .commit(&[Change::RemoveMachine { org: org.clone(), pool: PoolId::KRE_DEFAULT, machine: machine(0) }])
+        .unwrap();
+    let records = store.load().unwrap();
+    assert_eq!(records.len(), 2 + MAX_TXN_OPS + 29, "every record but the removed machine");
+    assert!(matches!(records[0], Record::Org { .. }) && matches!(records[1], Record::Pool { .. }), "parents first");
+
+    // The audit trail: oldest first by pages, newest first for the latest.
+    let entry = |at: u64| {
+        Change::Put(Record::Audit(AuditEntry {
+            org: org.clone(),
+            at: Millis(at),
+            seq: at,
+            actor: Email::new("owner@acme").unwrap(),
+            action: AuditAction::QuotaChanged,
+            detail: format!("entry {at}"),
+        }))
+    };
+    store.commit(&(1..=25).map(entry).collect::<Vec<_>>()).unwrap();
+    let (first, more) = store.audit_page(&org, None, 10).unwrap();
+    assert!(more);
+    assert_eq!(first.iter().map(|e| e.at.0).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    let last = first.last().unwrap();
+    let (next, _) = store.audit_page(&org, Some((last.at, last.seq)), 10).unwrap();
+    assert_eq!(next[0].at.0, 11, "the next page starts after the last entry read");
+    let latest = store.audit_latest(&org, 3).unwrap();
+    assert_eq!(latest.iter().map(|e| e.at.0).collect::<Vec<_>>(), vec![25, 24, 23]);
+    assert!(store.audit_latest(&OrgName::new("other").unwrap(), 3).unwrap().is_empty());
+
+    // Another node's claim replaces this one's: this node's writes fail and change nothing.
+    claim(b"b");
+    let quota = |q| Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: q });
+    assert!(matches!(store.commit(&[quota(7)]), Err(StoreError::Fenced)));
+    assert_eq!(fence.get(), 0, "and it knows it no longer serves");
+    assert!(store.load().unwrap().contains(&Record::Pool { org, pool: PoolId::KRE_DEFAULT, quota: 500 }));
+}
