@@ -30,6 +30,8 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 struct Node {
     child: Child,
     addr: String,
+    /// Its ops endpoint (`--http`).
+    http: String,
     name: String,
     _dir: tempfile::TempDir,
 }
@@ -37,7 +39,7 @@ struct Node {
 impl Node {
     /// Starts the node again on its data dir and address (after a kill).
     fn respawn(&mut self, etcd: &[String], lines: &mpsc::Sender<String>) {
-        self.child = spawn_process(&self.name, self._dir.path(), &self.addr, etcd, lines);
+        self.child = spawn_process(&self.name, self._dir.path(), (&self.addr, &self.http), etcd, lines);
     }
 }
 
@@ -54,21 +56,22 @@ fn spawn_node(name: &str, etcd: &[String], lines: &mpsc::Sender<String>) -> Node
     let keep = std::env::var_os("LB_KEEP_NODE_DIRS").is_some();
     let dir = tempfile::Builder::new().prefix(&format!("lb-{name}-")).disable_cleanup(keep).tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = spawn_process(name, dir.path(), &addr, etcd, lines);
-    Node { child, addr, name: name.to_string(), _dir: dir }
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let child = spawn_process(name, dir.path(), (&addr, &http), etcd, lines);
+    Node { child, addr, http, name: name.to_string(), _dir: dir }
 }
 
 fn spawn_process(
     name: &str,
     dir: &std::path::Path,
-    addr: &str,
+    (addr, http): (&str, &str),
     etcd: &[String],
     lines: &mpsc::Sender<String>,
 ) -> Child {
     let mut child = Command::new(BIN)
         .args(["serve", "--data-dir"])
         .arg(dir)
-        .args(["--listen", addr, "--advertise", addr, "--node-name", name])
+        .args(["--listen", addr, "--advertise", addr, "--node-name", name, "--http", http])
         .args(["--cluster", &etcd.join(",")])
         // A lease must outlast a failover (about 2.5 s) after its last
         // heartbeat (a third of a TTL before): 6 s does, with room.
@@ -187,6 +190,17 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
     let out = cli(&servers, &ca, &owner_key).arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("cluster of 3 nodes: {serving} (")), "{text}");
+    // Every node's ops endpoint answers: healthy, and whether it serves.
+    let serves = |n: &Node| {
+        let (code, body) = process::http_get(&n.http, "/metrics");
+        assert_eq!(code, 200, "{}: {body}", n.name);
+        body.lines().find_map(|l| l.strip_prefix("lbroker_cluster_serving ")).map(str::to_string)
+    };
+    for n in &nodes {
+        assert_eq!(process::http_get(&n.http, "/healthz").0, 200, "{}", n.name);
+        let expected = if n.name == serving { "1" } else { "0" };
+        assert_eq!(serves(n).as_deref(), Some(expected), "{}", n.name);
+    }
 
     // A runner takes a seat and holds it across the failover.
     let mut runner = cli(&servers, &ca, &owner_key)
@@ -224,6 +238,8 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
     eprintln!("failover: {new_owner} serves {:?} after the kill of {serving}", killed_at.elapsed());
     // What was acknowledged before the kill is there.
     assert_eq!(v["pools"][0]["quota"], 2);
+    let now_serving = nodes.iter().find(|n| n.name == new_owner).unwrap();
+    assert_eq!(serves(now_serving).as_deref(), Some("1"), "the new owner's metrics say it serves");
 
     // The runner re-attaches to the new owner with its token.
     let mut seen = Vec::new();

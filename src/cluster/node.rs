@@ -124,10 +124,28 @@ async fn serve(
         // Standing by.
         let target = Arc::new(Mutex::new(String::new()));
         let redirector = Redirector::start(endpoint, &tls, target.clone())?;
+        // The ops address answers while standing by too: healthy, and not serving.
+        let standby_http = match options.http {
+            Some(addr) => {
+                let listener =
+                    tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Bind { addr, source })?;
+                let limits = (options.metrics_token.clone(), options.http_connections, options.http_lifetime);
+                Some(tokio::spawn(crate::http::serve_standby(listener, limits, me.node.clone(), target.clone())))
+            }
+            None => None,
+        };
+        let stop_http = |task: Option<tokio::task::JoinHandle<()>>| async move {
+            if let Some(t) = task {
+                // Its listener is closed once the task is gone: the broker binds the address next.
+                t.abort();
+                let _ = t.await;
+            }
+        };
         let validity = Arc::new(Validity::default());
         let mut last_seen: Option<Option<Owner>> = None;
         let claim = loop {
             if *stop.borrow() {
+                stop_http(standby_http).await;
                 redirector.stop().await.close(quinn::VarInt::from_u32(0), b"node leaving");
                 return Ok(());
             }
@@ -161,6 +179,7 @@ async fn serve(
                 _ = stop.changed() => {}
             }
         };
+        stop_http(standby_http).await;
         let standby_endpoint = redirector.stop().await;
 
         // Serving.

@@ -88,6 +88,8 @@ struct Snapshot {
     latencies: Vec<crate::server::latency::OpLatency>,
     /// (ended sessions dropped, closed minutes dropped, file bytes), if the history is on.
     history: Option<(u64, u64, u64)>,
+    /// On a cluster node: whether it serves (a standby renders `Standby`).
+    serving: Option<bool>,
 }
 
 impl Snapshot {
@@ -131,6 +133,8 @@ impl Snapshot {
                 use std::sync::atomic::Ordering::Relaxed;
                 (h.dropped_sessions.load(Relaxed), h.dropped_minutes.load(Relaxed), h.file_bytes())
             }),
+            // A broker running as a cluster node serves while it runs.
+            serving: shared.validity.as_ref().map(|_| true),
         }
     }
 
@@ -251,8 +255,39 @@ impl Collector for Snapshot {
             ConstCounter::new(minutes).encode(dropped.encode_family(&[("what", "minutes")])?)?;
             one(e, "history_bytes", "Size of the utilization history's file (history.redb).", bytes as i64)?;
         }
-        let mut build = e.encode_descriptor("build_info", "The broker's version.", None, Gauge)?;
-        ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)?;
-        Ok(())
+        if let Some(serving) = self.serving {
+            cluster_serving(e, serving)?;
+        }
+        build_info(e)
     }
+}
+
+fn build_info(e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+    let mut build = e.encode_descriptor("build_info", "The broker's version.", None, MetricType::Gauge)?;
+    ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)
+}
+
+fn cluster_serving(e: &mut DescriptorEncoder<'_>, serving: bool) -> std::fmt::Result {
+    let help = "On a node of a cluster: 1 while it serves, 0 while it stands by (absent on a single broker).";
+    ConstGauge::new(i64::from(serving)).encode(e.encode_descriptor("cluster_serving", help, None, MetricType::Gauge)?)
+}
+
+/// What a cluster node standing by exports: that it stands by, and its version.
+#[derive(Debug)]
+struct Standby;
+
+impl Collector for Standby {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        cluster_serving(&mut encoder, false)?;
+        build_info(&mut encoder)
+    }
+}
+
+/// `/metrics` of a cluster node standing by.
+pub fn render_standby() -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::with_prefix("lbroker");
+    registry.register_collector(Box::new(Standby));
+    let mut body = String::new();
+    prometheus_client::encoding::text::encode(&mut body, &registry)?;
+    Ok(body)
 }
