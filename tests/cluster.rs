@@ -91,13 +91,29 @@ fn spawn_process(
     child
 }
 
-/// The keys the first serving node prints.
-fn keys(lines: &mpsc::Receiver<String>, limit: Duration) -> (String, String) {
+/// The keys the first serving node prints, if within `limit`.
+fn keys(lines: &mpsc::Receiver<String>, limit: Duration) -> Option<(String, String)> {
     let deadline = Instant::now() + limit;
-    let next = || lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("no keys printed");
-    let operator = next().strip_prefix("operator api key: ").expect("operator key first").to_string();
-    let owner = next().strip_prefix("owner api key: ").expect("then the owner key").to_string();
-    (operator, owner)
+    let next = || lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok();
+    let operator = next()?.strip_prefix("operator api key: ").expect("operator key first").to_string();
+    let owner = next()?.strip_prefix("owner api key: ").expect("then the owner key").to_string();
+    Some((operator, owner))
+}
+
+/// Every node's log so far, for a failure's message.
+fn logs(nodes: &[Node]) -> String {
+    nodes
+        .iter()
+        .map(|n| {
+            let log = std::fs::read_to_string(n._dir.path().join("node.log")).unwrap_or_default();
+            format!(
+                "--- {}:\n{}",
+                n.name,
+                log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A client command against `servers` (comma-separated).
@@ -142,7 +158,8 @@ fn start_nodes(quota: i64) -> Started {
     let (tx, lines) = mpsc::channel();
     let nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
     // etcd elects a leader, a node claims the empty cluster and prints its first keys.
-    let (operator, owner_key) = keys(&lines, Duration::from_secs(30));
+    let (operator, owner_key) =
+        keys(&lines, Duration::from_secs(60)).unwrap_or_else(|| panic!("no keys printed\n{}", logs(&nodes)));
     let servers = nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
     // Every node holds the cluster's certificate once it has joined.
     let ca = nodes[0]._dir.path().join("tls/cert.pem");
@@ -153,7 +170,7 @@ fn start_nodes(quota: i64) -> Started {
         .unwrap()
         .success()
     {
-        assert!(Instant::now() < deadline, "the cluster never took a write");
+        assert!(Instant::now() < deadline, "the cluster never took a write\n{}", logs(&nodes));
         std::thread::sleep(Duration::from_millis(200));
     }
     Started { etcd, nodes, lines: tx, owner_key, servers, ca }

@@ -43,6 +43,10 @@ pub const DEFAULT_PREFIX: &str = "/license-broker/";
 /// lease to lapse (`ownership::LEASE_TTL`) plus at most this.
 pub const POLL: Duration = Duration::from_millis(100);
 
+/// How long a node that failed to take over (etcd trouble while loading)
+/// waits before campaigning again, so it does not hold the claim in a loop.
+const TAKEOVER_RETRY: Duration = Duration::from_secs(1);
+
 /// Bound of one etcd call; a standby tries again after `POLL`.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 
@@ -205,7 +209,19 @@ async fn serve(
             Ok(r) => r,
             Err(e) => {
                 keeper.abort();
+                validity.lose();
+                fence.set(0);
                 let _ = etcd.revoke(claim.lease).await;
+                // etcd trouble (a leader election, a timeout) while loading:
+                // hand the claim back and stand by; another node, or this
+                // one after a pause, takes over. Anything else (TLS files, a
+                // clock behind the cluster's) will not mend by itself.
+                if let SetupError::Store { .. } = e {
+                    tracing::warn!(node = %me.node, "could not take over: {e}; standing by");
+                    endpoint = standby_endpoint;
+                    tokio::time::sleep(TAKEOVER_RETRY).await;
+                    continue;
+                }
                 return Err(e);
             }
         };

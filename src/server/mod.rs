@@ -559,10 +559,12 @@ fn open(options: &Options, clock: Clock, cluster: Option<Arc<dyn Store>>) -> Res
     if now.after(skew) < high_water && !options.allow_clock_rollback {
         return Err(SetupError::ClockBehind { now, high_water });
     }
-    let bootstrap = if fresh { Some(bootstrap(&core, store.as_ref(), clock)?) } else { None };
     // Record this start's time at once: a crash from here on still leaves
     // a mark. With it, before anything is admitted, the hold of the
-    // previous run's seats, so that a crash during the hold still honours it.
+    // previous run's seats, so that a crash during the hold still honours
+    // it; and on a fresh store the first records, in the same commit: if
+    // it fails, the next start is fresh again and shows its own keys (keys
+    // committed but never shown would be lost to everyone).
     let mut marks = vec![Change::Put(Record::Clock { high_water: now })];
     if let Some(hold) = core.hold_reserves(now) {
         if hold.seats > 0 {
@@ -571,7 +573,19 @@ fn open(options: &Options, clock: Clock, cluster: Option<Arc<dyn Store>>) -> Res
         }
         marks.push(Change::Put(hold.record));
     }
-    store.commit(&marks).map_err(store_error("recording the clock"))?;
+    let bootstrap = match fresh {
+        true => {
+            let (keys, changes) = bootstrap(&core, clock)?;
+            marks.extend(changes.iter().cloned());
+            Some((keys, changes))
+        }
+        false => None,
+    };
+    store.commit(&marks).map_err(store_error("initialising the store"))?;
+    let bootstrap = bootstrap.map(|(keys, changes)| {
+        core.apply(&changes, now);
+        keys
+    });
     Ok((store, core, bootstrap))
 }
 
@@ -656,16 +670,17 @@ pub(crate) fn secret_files(options: &Options) -> Vec<&'static str> {
 /// The offline-license signing key inside the data dir.
 pub const SIGNING_KEY_FILE: &str = "offline/signing-key.pem";
 
-fn bootstrap(core: &Broker, store: &dyn Store, clock: Clock) -> Result<BootstrapKeys, SetupError> {
+/// The first records of a fresh store (an operator key, the `default`
+/// org and its Owner's key) and the keys to show once; committed by the
+/// caller with the start's marks.
+fn bootstrap(core: &Broker, clock: Clock) -> Result<(BootstrapKeys, Vec<Change>), SetupError> {
     let random = |_: crate::keys::RandomUnavailable| SetupError::Random;
     let (operator, operator_hash) = crate::keys::generate().map_err(random)?;
     let (owner, owner_hash) = crate::keys::generate().map_err(random)?;
     // Invariant: a literal that satisfies the email rules (core tests use it too).
     let owner_email = Email::new("owner@default").expect("valid email");
     let changes = core.plan_bootstrap(operator_hash, &owner_email, owner_hash, clock.now());
-    store.commit(&changes).map_err(|source| SetupError::Store { what: "initialising the store", source })?;
-    core.apply(&changes, clock.now());
-    Ok(BootstrapKeys { operator, owner })
+    Ok((BootstrapKeys { operator, owner }, changes))
 }
 
 impl Running {
