@@ -111,7 +111,16 @@ pub struct History {
     pub dropped_minutes: AtomicU64,
     /// What the last harvest needs from the one before.
     state: parking_lot::Mutex<State>,
+    /// Reports read at once (see `READERS`).
+    readers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Reports (usage, sessions, what-if, a dashboard page) computed at once,
+/// over every transport. One can hold tens of MB (a sessions export of
+/// 100,000 rows, a what-if over 2,000,000 demand entries); with this bound
+/// the broker holds at most a few of them, however many ops connections and
+/// QUIC streams ask, and the rest wait their turn.
+pub const READERS: usize = 2;
 
 #[derive(Default)]
 struct State {
@@ -139,7 +148,14 @@ impl History {
             dropped_sessions: AtomicU64::new(0),
             dropped_minutes: AtomicU64::new(0),
             state: Default::default(),
+            readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
         })
+    }
+
+    /// Waits for a turn to read a report; hold the permit while reading.
+    /// (`None` only if the semaphore were closed, which it never is.)
+    pub async fn reading(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.readers.clone().acquire_owned().await.ok()
     }
 
     /// How long each granularity is kept.

@@ -93,3 +93,20 @@ fn minutes_survive_reopening_and_retention_prunes_them() {
     let hours = h.usage(&org, pool, at(0), at(600_000), 60 * MINUTE_MS).unwrap();
     assert_eq!(hours[0].usage.seat_ms, 59_000 + 9 * MINUTE_MS, "the hour keeps what the pruned minutes held");
 }
+
+/// At most `READERS` reports are computed at once; the next waits for a
+/// turn and gets one as soon as a report finishes.
+#[tokio::test]
+async fn reports_take_turns() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path(), Retention::default()).unwrap();
+    let mut turns = Vec::new();
+    for _ in 0..READERS {
+        turns.push(h.reading().await.expect("a turn"));
+    }
+    let waiting = tokio::time::timeout(Duration::from_millis(50), h.reading()).await;
+    assert!(waiting.is_err(), "a report past the bound waits");
+    turns.pop();
+    let next = tokio::time::timeout(Duration::from_secs(5), h.reading()).await;
+    assert!(matches!(next, Ok(Some(_))), "and gets its turn when one finishes");
+}

@@ -104,7 +104,14 @@ type Report = fn(&Shared, &Principal, &HashMap<String, String>) -> Result<Respon
 /// Authenticates the caller, then runs `report` off the async threads.
 async fn answer(shared: Arc<Shared>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
     match auth::principal(&shared, headers) {
-        Ok(p) => blocking(move || report(&shared, &p, &q)).await,
+        Ok(p) => {
+            let turn = shared.report_turn().await;
+            blocking(move || {
+                let _turn = turn;
+                report(&shared, &p, &q)
+            })
+            .await
+        }
         Err(r) => r.into_response(),
     }
 }

@@ -300,6 +300,15 @@ impl Shared {
         self.draining.load(Ordering::Relaxed)
     }
 
+    /// Waits for a turn to compute a report from the history (bounded
+    /// memory: `history::READERS` at once); `None` when the history is off.
+    pub async fn report_turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        match &self.history {
+            Some(h) => h.reading().await,
+            None => None,
+        }
+    }
+
     /// Refuses (`NOT_OWNER`) on a cluster node whose claim may have lapsed:
     /// it admits and renews nothing more, whatever its memory holds.
     pub fn owning(&self) -> Result<(), WireError> {

@@ -28,10 +28,14 @@ async fn read<T: Send + 'static>(
     read: impl FnOnce(&History) -> Result<T, ReportError> + Send + 'static,
 ) -> Result<T, WireError> {
     let h: Arc<History> = call.shared.history.clone().ok_or(ReportError::Off)?;
-    tokio::task::spawn_blocking(move || read(&h))
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(WireError::from)
+    let turn = h.reading().await;
+    tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        read(&h)
+    })
+    .await
+    .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(WireError::from)
 }
 
 /// Every point of the usage question, by pool then time.

@@ -132,7 +132,9 @@ pub(super) async fn org_page(
     let range = q.get("range").cloned().unwrap_or_else(|| "week".into());
     let flash = q.get("killed").map(|s| format!("Session {s} was ended."));
     let s = shared.clone();
+    let turn = shared.report_turn().await;
     let built = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let mut v = gather(&s, &p, &org, &range, s.clock.now())?;
         v.flash = flash;
         if v.kill_token.is_some() {
