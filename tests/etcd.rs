@@ -104,14 +104,14 @@ async fn reads_writes_fences_leases_and_fails_over() {
 }
 
 /// The records' store in etcd, as a serving node uses it: commits read back
-/// in the order that rebuilds memory (parents first), removals stick, a
-/// commit larger than one etcd transaction goes through, the audit trail
+/// in the order that rebuilds memory (parents first) and page by page,
+/// removals stick, a commit larger than one etcd transaction goes through, the audit trail
 /// pages forwards and reads backwards, and once another node's claim
 /// replaces this one's, every write is refused (`Fenced`) and changes
 /// nothing.
 #[test]
 fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
-    use license_broker::cluster::store::{EtcdStore, Fence, Layout, MAX_TXN_OPS};
+    use license_broker::cluster::store::{EtcdStore, Fence, Layout, LOAD_PAGE, MAX_TXN_OPS};
     use license_broker::core::{AuditAction, AuditEntry, Change, Email, MachineId, Millis, OrgName, PoolId, Record};
     use license_broker::store::{Store, StoreError};
     use std::sync::Arc;
@@ -139,7 +139,9 @@ fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
     let org = OrgName::new("acme").unwrap();
     let machine = |i: usize| MachineId::new(format!("m{i}")).unwrap();
     // Children first in the commit: load must still give parents first.
-    let mut changes: Vec<Change> = (0..MAX_TXN_OPS + 30)
+    // More than one transaction's ops, and more than one page of a load.
+    let machines = LOAD_PAGE.max(MAX_TXN_OPS) + 50;
+    let mut changes: Vec<Change> = (0..machines)
         .map(|i| {
             Change::Put(Record::Machine {
                 org: org.clone(),
@@ -156,7 +158,7 @@ fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
         .commit(&[Change::RemoveMachine { org: org.clone(), pool: PoolId::KRE_DEFAULT, machine: machine(0) }])
         .unwrap();
     let records = store.load().unwrap();
-    assert_eq!(records.len(), 2 + MAX_TXN_OPS + 29, "every record but the removed machine");
+    assert_eq!(records.len(), 2 + machines - 1, "every record but the removed machine");
     assert!(matches!(records[0], Record::Org { .. }) && matches!(records[1], Record::Pool { .. }), "parents first");
 
     // The audit trail: oldest first by pages, newest first for the latest.

@@ -102,7 +102,13 @@ pub async fn run(
         membership.clone(),
         presence_lease.clone(),
     ));
-    let result = serve(&options, &etcd, &layout, &me, &membership, &mut stop, &events).await;
+    // The store's calls get a longer bound than the claim's (pages of records).
+    let store_etcd = Arc::new(
+        Etcd::new(&cluster.endpoints, super::store::CALL_TIMEOUT)
+            .map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
+    );
+    let clients = Clients { claim: etcd.clone(), store: store_etcd };
+    let result = serve(&options, &clients, &layout, &me, &membership, &mut stop, &events).await;
     presence.abort();
     let lease = *presence_lease.lock();
     if lease != 0 {
@@ -113,15 +119,23 @@ pub async fn run(
 
 /// The node's life after joining: standing by and serving, in turn, until
 /// told to stop.
+/// The node's two etcd clients: the claim's (short calls, short bound)
+/// and the store's.
+struct Clients {
+    claim: Arc<Etcd>,
+    store: Arc<Etcd>,
+}
+
 async fn serve(
     options: &Options,
-    etcd: &Arc<Etcd>,
+    clients: &Clients,
     layout: &Layout,
     me: &Owner,
     membership: &Arc<super::Membership>,
     stop: &mut watch::Receiver<bool>,
     events: &impl Fn(Event),
 ) -> Result<(), SetupError> {
+    let etcd = &clients.claim;
     let tls = options.tls.clone().unwrap_or_else(|| TlsFiles::in_data_dir(&options.data_dir));
     let mut endpoint = redirect::bind(options.listen)?;
     loop {
@@ -191,7 +205,7 @@ async fn serve(
         let fence = Arc::new(Fence::default());
         fence.set(claim.fence);
         let store: Arc<dyn crate::store::Store> = Arc::new(
-            EtcdStore::new(etcd.clone(), layout.clone(), fence.clone())
+            EtcdStore::new(clients.store.clone(), layout.clone(), fence.clone())
                 .map_err(|source| SetupError::Store { what: "opening the cluster's store", source })?,
         );
         // Renewing from the moment of the win: loading the records takes time.

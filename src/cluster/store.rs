@@ -23,6 +23,15 @@ use crate::store::{Store, StoreError};
 /// each fenced; every change the core plans as one step is far smaller.
 pub const MAX_TXN_OPS: usize = 120;
 
+/// Records read per etcd call when loading.
+pub const LOAD_PAGE: usize = 1000;
+
+/// Bound of one of the store's etcd calls: longer than the ownership
+/// loop's, since a page of records or a large commit takes longer than a
+/// renewal; a node that holds the claim has time (its lease is renewed
+/// meanwhile).
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The revision that created this node's owner claim, or 0 while it owns
 /// nothing (every write refused). Shared with the ownership loop.
 #[derive(Debug, Default)]
@@ -145,17 +154,29 @@ impl EtcdStore {
         Ok(EtcdStore { etcd, layout, fence, bridge })
     }
 
-    /// Every record of `table`, decoded.
+    /// Every record of `table`, decoded; read `LOAD_PAGE` keys at a time,
+    /// so no answer grows with the number of records.
     async fn table(etcd: &Etcd, layout: &Layout, table: Table) -> Result<Vec<Record>, StoreError> {
-        let (kvs, _) = etcd.range(layout.table(table).as_bytes(), true).await.map_err(etcd_error)?;
-        kvs.iter()
-            .map(|kv| {
-                postcard::from_bytes(&kv.value).map_err(|_| StoreError::Corrupt {
+        let prefix = layout.table(table).into_bytes();
+        let end = prefix_end(&prefix);
+        let (mut start, mut out) = (prefix, Vec::new());
+        loop {
+            let (kvs, more) = etcd.range_in(&start, &end, LOAD_PAGE, false).await.map_err(etcd_error)?;
+            for kv in &kvs {
+                out.push(postcard::from_bytes(&kv.value).map_err(|_| StoreError::Corrupt {
                     table: table.name(),
                     key: String::from_utf8_lossy(&kv.key).into_owned(),
-                })
-            })
-            .collect()
+                })?);
+            }
+            match (more, kvs.last()) {
+                (true, Some(last)) => {
+                    // Just past the last key read.
+                    start = last.key.clone();
+                    start.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
     }
 
     fn audit(
