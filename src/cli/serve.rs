@@ -128,6 +128,16 @@ pub struct ServeArgs {
     /// HOST:PORT clients reach this node at (what other nodes redirect to).
     #[arg(env = "LB_ADVERTISE", long, requires = "cluster")]
     advertise: Option<String>,
+    /// PEM of the CA that signed etcd's certificates, for https:// endpoints
+    /// (system roots if absent).
+    #[arg(env = "LB_ETCD_CA", long, requires = "cluster")]
+    etcd_ca: Option<PathBuf>,
+    /// PEM certificate this node presents to etcd (etcd --client-cert-auth).
+    #[arg(env = "LB_ETCD_CERT", long, requires_all = ["cluster", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(env = "LB_ETCD_KEY", long, requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// Where in etcd the cluster keeps its keys (several clusters can share one etcd).
     #[arg(env = "LB_CLUSTER_PREFIX", long, default_value = license_broker::cluster::node::DEFAULT_PREFIX)]
     cluster_prefix: String,
@@ -211,7 +221,8 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
                  when the serving node dies (docs/CLUSTER.md)"
             );
         }
-        let cluster = ClusterOptions { endpoints: a.cluster, node, advertise, prefix: a.cluster_prefix };
+        let tls = license_broker::cluster::etcd::EtcdTls { ca: a.etcd_ca, identity: a.etcd_cert.zip(a.etcd_key) };
+        let cluster = ClusterOptions { endpoints: a.cluster, node, advertise, prefix: a.cluster_prefix, tls };
         return run_node(options, cluster).await;
     }
     let running = server::start(options).await?;

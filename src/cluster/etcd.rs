@@ -3,6 +3,8 @@
 //! values base64) over HTTP/1 with the hyper the ops endpoint already
 //! brings, instead of a second RPC stack (tonic, prost) for a handful of
 //! calls. etcd 3.4 and later serve the gateway on every client URL.
+//! `https://` URLs speak TLS 1.3 (rustls with the ring provider, as the
+//! QUIC side), presenting a client certificate when given one.
 //!
 //! Several endpoints (the members' client URLs): a call goes to the
 //! member that answered last, and on a connection failure or timeout to
@@ -11,6 +13,7 @@
 //! it tried.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -111,12 +114,65 @@ pub struct TxnResult {
 
 /// A client of one etcd cluster.
 pub struct Etcd {
-    /// `host:port` of each member's client URL.
-    endpoints: Vec<String>,
+    /// Each member's client URL: `host:port`, and whether it speaks TLS.
+    endpoints: Vec<(String, bool)>,
     /// The endpoint that answered last.
     preferred: AtomicUsize,
     /// Each attempt's bound (connect, send, read).
     timeout: Duration,
+    /// For `https://` endpoints.
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// How to speak TLS to etcd (`https://` endpoints): whom to trust, and the
+/// client certificate to present if etcd asks for one (`--client-cert-auth`).
+#[derive(Clone, Debug, Default)]
+pub struct EtcdTls {
+    /// PEM of the CA that signed etcd's certificates (system roots if absent).
+    pub ca: Option<std::path::PathBuf>,
+    /// PEM certificate chain and private key of this client, if any.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl EtcdTls {
+    /// The rustls configuration (TLS 1.3, the ring provider).
+    fn connector(&self) -> Result<tokio_rustls::TlsConnector, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(path) => {
+                let what = |e: &dyn std::fmt::Display| format!("reading the etcd CA {}: {e}", path.display());
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| what(&e))? {
+                    roots.add(cert.map_err(|e| what(&e))?).map_err(|e| what(&e))?;
+                }
+            }
+            None => {
+                for cert in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(cert);
+                }
+            }
+        }
+        if roots.is_empty() {
+            return Err("no trusted certificate authority for etcd (pass --etcd-ca PEM)".into());
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| format!("TLS 1.3: {e}"))?
+            .with_root_certificates(roots);
+        let config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_file_iter(cert)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("reading the etcd client certificate {}: {e}", cert.display()))?;
+                let key = PrivateKeyDer::from_pem_file(key)
+                    .map_err(|e| format!("reading the etcd client key {}: {e}", key.display()))?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| format!("the etcd client certificate: {e}"))?
+            }
+        };
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    }
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -175,20 +231,36 @@ impl Etcd {
     /// A client of the members at `endpoints` (`http://HOST:PORT`, or
     /// `HOST:PORT`); each attempt is bounded by `timeout`.
     pub fn new(endpoints: &[String], timeout: Duration) -> Result<Etcd, String> {
-        let endpoints: Vec<String> = endpoints
+        Etcd::with_tls(endpoints, timeout, None)
+    }
+
+    /// As `new`; `https://` endpoints speak TLS with `tls`.
+    pub fn with_tls(endpoints: &[String], timeout: Duration, tls: Option<&EtcdTls>) -> Result<Etcd, String> {
+        let endpoints: Vec<(String, bool)> = endpoints
             .iter()
             .map(|e| {
-                let hostport = e.trim().strip_prefix("http://").unwrap_or(e.trim()).trim_end_matches('/');
-                match hostport.is_empty() || hostport.contains('/') || e.trim().starts_with("https://") {
-                    true => Err(format!("`{e}` is not an etcd client URL of the form http://HOST:PORT")),
-                    false => Ok(hostport.to_string()),
+                let e = e.trim();
+                let (rest, secure) = match (e.strip_prefix("https://"), e.strip_prefix("http://")) {
+                    (Some(rest), _) => (rest, true),
+                    (None, Some(rest)) => (rest, false),
+                    (None, None) => (e, false),
+                };
+                let hostport = rest.trim_end_matches('/');
+                if hostport.is_empty() || hostport.contains('/') {
+                    return Err(format!("`{e}` is not an etcd client URL of the form http(s)://HOST:PORT"));
                 }
+                Ok((hostport.to_string(), secure))
             })
             .collect::<Result<_, _>>()?;
         if endpoints.is_empty() {
             return Err("no etcd endpoint given".into());
         }
-        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), timeout })
+        let tls = match (endpoints.iter().any(|(_, secure)| *secure), tls) {
+            (true, Some(t)) => Some(t.connector()?),
+            (true, None) => Some(EtcdTls::default().connector()?),
+            (false, _) => None,
+        };
+        Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), timeout, tls })
     }
 
     /// POSTs `body` to `call` on the preferred member, then on each other once.
@@ -199,8 +271,9 @@ impl Etcd {
         let mut tried = Vec::new();
         for i in 0..self.endpoints.len() {
             let at = (first + i) % self.endpoints.len();
-            let endpoint = &self.endpoints[at];
-            match tokio::time::timeout(self.timeout, once(endpoint, call, body.clone())).await {
+            let (endpoint, secure) = &self.endpoints[at];
+            let tls = if *secure { self.tls.as_ref() } else { None };
+            match tokio::time::timeout(self.timeout, once(endpoint, tls, call, body.clone())).await {
                 Ok(Ok((200, answer))) => {
                     self.preferred.store(at, Ordering::Relaxed);
                     return serde_json::from_slice(&answer)
@@ -333,11 +406,33 @@ impl Etcd {
     }
 }
 
-/// One POST on a fresh connection: (status, body).
-async fn once(endpoint: &str, path: &str, body: Bytes) -> Result<(u16, Bytes), String> {
+/// One POST on a fresh connection (TLS with `tls`): (status, body).
+async fn once(
+    endpoint: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+    path: &str,
+    body: Bytes,
+) -> Result<(u16, Bytes), String> {
     let stream = tokio::net::TcpStream::connect(endpoint).await.map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let io = hyper_util::rt::TokioIo::new(stream);
+    match tls {
+        None => post(hyper_util::rt::TokioIo::new(stream), endpoint, path, body).await,
+        Some(connector) => {
+            let host =
+                endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("TLS name {host}: {e}"))?;
+            let stream = connector.connect(name, stream).await.map_err(|e| format!("TLS handshake: {e}"))?;
+            post(hyper_util::rt::TokioIo::new(stream), endpoint, path, body).await
+        }
+    }
+}
+
+/// The HTTP/1 exchange over an established connection.
+async fn post<I>(io: I, endpoint: &str, path: &str, body: Bytes) -> Result<(u16, Bytes), String>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
     let driver = tokio::spawn(conn);
     let request = hyper::Request::post(path)
@@ -371,7 +466,7 @@ mod tests {
     #[test]
     fn endpoints_are_http_host_port() {
         assert!(Etcd::new(&["http://127.0.0.1:2379".into(), "127.0.0.1:2380".into()], Duration::from_secs(1)).is_ok());
-        assert!(Etcd::new(&["https://x:1".into()], Duration::from_secs(1)).is_err(), "TLS is not spoken yet");
+        assert!(Etcd::new(&["ftp://x:1/y".into()], Duration::from_secs(1)).is_err(), "not a client URL");
         assert!(Etcd::new(&[], Duration::from_secs(1)).is_err());
     }
 }

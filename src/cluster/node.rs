@@ -34,6 +34,8 @@ pub struct ClusterOptions {
     pub advertise: String,
     /// Where in etcd the cluster keeps its keys.
     pub prefix: String,
+    /// How to speak TLS to `https://` endpoints.
+    pub tls: super::etcd::EtcdTls,
 }
 
 /// The prefix of a cluster's keys in etcd unless told otherwise.
@@ -69,7 +71,8 @@ pub async fn run(
     events: impl Fn(Event),
 ) -> Result<(), SetupError> {
     let etcd = Arc::new(
-        Etcd::new(&cluster.endpoints, CALL_TIMEOUT).map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
+        Etcd::with_tls(&cluster.endpoints, CALL_TIMEOUT, Some(&cluster.tls))
+            .map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
     );
     let layout = Layout::new(&cluster.prefix);
     let me = Owner { node: cluster.node.clone(), advertise: cluster.advertise.clone() };
@@ -104,7 +107,7 @@ pub async fn run(
     ));
     // The store's calls get a longer bound than the claim's (pages of records).
     let store_etcd = Arc::new(
-        Etcd::new(&cluster.endpoints, super::store::CALL_TIMEOUT)
+        Etcd::with_tls(&cluster.endpoints, super::store::CALL_TIMEOUT, Some(&cluster.tls))
             .map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
     );
     let clients = Clients { claim: etcd.clone(), store: store_etcd };
