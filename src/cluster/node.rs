@@ -74,6 +74,12 @@ pub async fn run(
         Etcd::with_tls(&cluster.endpoints, CALL_TIMEOUT, Some(&cluster.tls))
             .map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
     );
+    // The store's calls get a longer bound than the claim's (pages of records).
+    let store_etcd = Arc::new(
+        Etcd::with_tls(&cluster.endpoints, super::store::CALL_TIMEOUT, Some(&cluster.tls))
+            .map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
+    );
+    let clients = Clients { claim: etcd.clone(), store: store_etcd };
     let layout = Layout::new(&cluster.prefix);
     let me = Owner { node: cluster.node.clone(), advertise: cluster.advertise.clone() };
     // etcd may be starting too (or briefly unreachable): retry with a
@@ -105,12 +111,6 @@ pub async fn run(
         membership.clone(),
         presence_lease.clone(),
     ));
-    // The store's calls get a longer bound than the claim's (pages of records).
-    let store_etcd = Arc::new(
-        Etcd::with_tls(&cluster.endpoints, super::store::CALL_TIMEOUT, Some(&cluster.tls))
-            .map_err(|e| SetupError::Cluster(format!("--cluster: {e}")))?,
-    );
-    let clients = Clients { claim: etcd.clone(), store: store_etcd };
     let result = serve(&options, &clients, &layout, &me, &membership, &mut stop, &events).await;
     presence.abort();
     let lease = *presence_lease.lock();
@@ -120,8 +120,6 @@ pub async fn run(
     result
 }
 
-/// The node's life after joining: standing by and serving, in turn, until
-/// told to stop.
 /// The node's two etcd clients: the claim's (short calls, short bound)
 /// and the store's.
 struct Clients {
@@ -129,6 +127,8 @@ struct Clients {
     store: Arc<Etcd>,
 }
 
+/// The node's life after joining: standing by and serving, in turn, until
+/// told to stop.
 async fn serve(
     options: &Options,
     clients: &Clients,
