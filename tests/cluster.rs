@@ -135,6 +135,19 @@ fn owner(etcd: &[String]) -> Option<String> {
     })
 }
 
+/// Waits for the runner to say it re-attached (it must not lose its lease meanwhile).
+fn reattached(events: &process::Events) {
+    let mut seen = Vec::new();
+    loop {
+        let e = events.next_within(Duration::from_secs(20)).unwrap_or_else(|| panic!("runner went quiet: {seen:?}"));
+        if e["event"] == "reattached" {
+            return;
+        }
+        assert!(e["event"] != "lost" && e["event"] != "ended", "{e} after {seen:?}");
+        seen.push(e);
+    }
+}
+
 fn status_json(servers: &str, ca: &std::path::Path, key: &str) -> Option<serde_json::Value> {
     let out = cli(servers, ca, key).args(["status", "--json"]).output().unwrap();
     out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
@@ -259,15 +272,7 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
     assert_eq!(serves(now_serving).as_deref(), Some("1"), "the new owner's metrics say it serves");
 
     // The runner re-attaches to the new owner with its token.
-    let mut seen = Vec::new();
-    loop {
-        let e = events.next_within(Duration::from_secs(20)).unwrap_or_else(|| panic!("runner went quiet: {seen:?}"));
-        if e["event"] == "reattached" {
-            break;
-        }
-        assert!(e["event"] != "lost" && e["event"] != "ended", "{e} after {seen:?}");
-        seen.push(e);
-    }
+    reattached(&events);
     // Seats nobody re-attached to stay held for one lease TTL and the grace
     // (6.5 s here), then only the runner's remains.
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -280,6 +285,16 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
         assert!(Instant::now() < deadline, "the held seats never came back: {in_use} in use");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // SIGTERM of the serving node: it drains, exits cleanly, and its claim
+    // is gone by the time it has exited (handed over, not left to lapse);
+    // the runner re-attaches to whichever node serves next.
+    let leaving = nodes.iter().position(|n| n.name == new_owner).unwrap();
+    signal(&nodes[leaving].child, "-TERM");
+    let status = nodes[leaving].child.wait().unwrap();
+    assert!(status.success(), "{new_owner} exited with {status}");
+    assert_ne!(owner(&etcd.clients).as_deref(), Some(new_owner.as_str()), "the claim left with the node");
+    reattached(&events);
     signal(&runner, "-INT");
     let _ = runner.wait();
 }
