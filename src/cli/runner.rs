@@ -485,7 +485,8 @@ impl Runner {
         if result.is_err() && lease.token.is_some() {
             // The broker went away under the release (a restart, a cluster
             // failing over): give the seat back through whoever serves now,
-            // once, within the lease. The runner already stopped relying on it.
+            // retrying with a backoff for at most twice the release's wait
+            // and never past the lease. The runner already stopped relying on it.
             if let Some(c) = client.take() {
                 c.disconnect();
             }
