@@ -102,3 +102,45 @@ async fn answer(incoming: quinn::Incoming, target: &Target) -> Option<()> {
         frames.extend(&chunk[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{Client, ClientError};
+
+    /// A `Hello` gets `Redirect` to the current target (empty while nobody
+    /// serves); a stream that opens with junk gets nothing and is dropped,
+    /// and the endpoint goes on answering the next client.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hellos_are_redirected_and_junk_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = TlsFiles::in_data_dir(dir.path());
+        std::fs::create_dir_all(dir.path().join("tls")).unwrap();
+        tls::ensure_self_signed(&files).unwrap();
+        let target: Target = Arc::new(Mutex::new(String::new()));
+        let endpoint = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = endpoint.local_addr().unwrap();
+        let redirector = Redirector::start(endpoint, &files, target.clone()).unwrap();
+        let client = crate::client::endpoint(Some(&files.cert), false).unwrap();
+        let hello = || Client::connect_on(client.clone(), addr, "localhost", "lbk_any");
+
+        match hello().await {
+            Err(ClientError::Redirected { to }) => assert_eq!(to, "", "nobody serves yet"),
+            other => panic!("expected a redirect, got {:?}", other.map(|_| ())),
+        }
+        *target.lock() = "10.1.2.3:4433".to_string();
+        match hello().await {
+            Err(ClientError::Redirected { to }) => assert_eq!(to, "10.1.2.3:4433"),
+            other => panic!("expected a redirect, got {:?}", other.map(|_| ())),
+        }
+
+        // Junk instead of a Hello: no answer, the stream ends.
+        let conn = client.connect(addr, "localhost").unwrap().await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+        let read = tokio::time::timeout(HELLO_DEADLINE + Duration::from_secs(2), recv.read_to_end(1024)).await;
+        assert!(!matches!(read, Ok(Ok(ref b)) if !b.is_empty()), "junk gets no answer: {read:?}");
+        assert!(matches!(hello().await, Err(ClientError::Redirected { .. })), "and the next client is answered");
+        redirector.stop().await;
+    }
+}
