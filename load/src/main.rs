@@ -140,7 +140,8 @@ struct Args {
     #[arg(long)]
     resume: bool,
     /// abuse: fail when a target is missed (peak memory ≤ 256 MiB, back to
-    /// ≤ 1.5× within 30 s, runner p99 ≤ 10 ms), not only an invariant.
+    /// ≤ 1.5× within 30 s, runner p99 ≤ 10 ms), not only an invariant;
+    /// failover: when a node does not serve within 3 s of a kill (p99).
     #[arg(long)]
     strict: bool,
     /// abuse: run the attackers at this nice value (e.g. 10), so their own
