@@ -261,3 +261,44 @@ async fn etcd_over_tls_with_client_certificates() {
     let plain = Etcd::new(&[format!("http://127.0.0.1:{client_port}")], Duration::from_secs(2)).unwrap();
     assert!(plain.range(b"lb/tls", false).await.is_err(), "plain HTTP to a TLS member fails");
 }
+
+/// Nodes joining at once share one set of secrets, all from the same node:
+/// a certificate from one node with another's key would match nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_joining_at_once_adopt_one_consistent_set_of_secrets() {
+    use license_broker::cluster::secrets::share;
+    use license_broker::cluster::store::Layout;
+    use std::sync::Arc;
+
+    let cluster = start_cluster();
+    let etcd = Arc::new(Etcd::new(&cluster.clients, Duration::from_secs(2)).unwrap());
+    eventually(Duration::from_secs(20), || etcd.put(b"/lb-secrets/ready", b"1", None)).await;
+    let layout = Layout::new("/lb-secrets/");
+    let files = ["tls/cert.pem", "tls/key.pem", "session-token.key"];
+    let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut joins = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        let (etcd, layout, path) = (etcd.clone(), layout.clone(), dir.path().to_path_buf());
+        joins.push(tokio::spawn(async move {
+            share(&etcd, &layout, &path, &files, || {
+                // Each node's own pair, marked with who made it.
+                std::fs::create_dir_all(path.join("tls")).unwrap();
+                for f in files {
+                    std::fs::write(path.join(f), format!("{f} made by node {i}")).unwrap();
+                }
+                Ok(())
+            })
+            .await
+        }));
+    }
+    for j in joins {
+        j.await.unwrap().unwrap();
+    }
+    let read = |d: &tempfile::TempDir, f: &str| std::fs::read_to_string(d.path().join(f)).unwrap();
+    let maker = read(&dirs[0], files[0]).rsplit(' ').next().unwrap().to_string();
+    for d in &dirs {
+        for f in files {
+            assert_eq!(read(d, f), format!("{f} made by node {maker}"), "every file from the same node, on every node");
+        }
+    }
+}

@@ -17,8 +17,9 @@ use super::store::Layout;
 use crate::error::SetupError;
 
 /// Copies each of `files` (paths inside `data_dir`) from etcd where it is
-/// there, generates the missing ones with `generate`, then publishes each
-/// (create-if-absent) and adopts whichever copy won.
+/// there, generates the missing ones with `generate`, then publishes them
+/// all at once if none is there yet (create-if-absent, one transaction)
+/// and otherwise adopts the cluster's.
 pub async fn share(
     etcd: &Etcd,
     layout: &Layout,
@@ -34,21 +35,32 @@ pub async fn share(
         }
     }
     generate()?;
+    // All published in one transaction, or none: a certificate from one
+    // node with the key of another would match nothing.
+    let mut mine = Vec::with_capacity(files.len());
     for file in files {
         let path = data_dir.join(file);
-        let mine = std::fs::read(&path).map_err(SetupError::io(format!("reading {}", path.display())))?;
-        let key = layout.secret(file);
-        let done = etcd
-            .txn(
-                &[Compare::CreateRevision(key.clone(), 0)],
-                &[Op::Put(key.clone(), mine.clone(), None)],
-                &[Op::Get(key)],
-            )
-            .await
-            .map_err(unreachable)?;
-        if let Some(theirs) = done.reads.first().and_then(|kvs| kvs.first()) {
-            if theirs.value != mine {
-                write(data_dir, file, &theirs.value)?;
+        mine.push(std::fs::read(&path).map_err(SetupError::io(format!("reading {}", path.display())))?);
+    }
+    let keys: Vec<Vec<u8>> = files.iter().map(|f| layout.secret(f)).collect();
+    let done = etcd
+        .txn(
+            &keys.iter().map(|k| Compare::CreateRevision(k.clone(), 0)).collect::<Vec<_>>(),
+            &keys.iter().zip(&mine).map(|(k, v)| Op::Put(k.clone(), v.clone(), None)).collect::<Vec<_>>(),
+            &keys.iter().map(|k| Op::Get(k.clone())).collect::<Vec<_>>(),
+        )
+        .await
+        .map_err(unreachable)?;
+    if !done.succeeded {
+        for ((file, theirs), mine) in files.iter().zip(&done.reads).zip(&mine) {
+            match theirs.first() {
+                Some(kv) if &kv.value != mine => write(data_dir, file, &kv.value)?,
+                Some(_) => {}
+                None => {
+                    return Err(SetupError::Cluster(format!(
+                        "the cluster's secrets in etcd are incomplete ({file} is missing): restore them from a backup"
+                    )))
+                }
             }
         }
     }
