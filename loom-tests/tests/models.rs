@@ -541,3 +541,33 @@ fn harvest_racing_seat_changes_loses_no_extreme() {
         assert_eq!((last.peak, last.trough).1, 1);
     });
 }
+
+/// 17. In a cluster, a node adopts an org (holding its ceiling's seats for
+/// the previous owner's runners) while its expiry task runs: the hold is
+/// either ended by that pass or left for a later one, never lost or ended
+/// twice, and once it is due every held seat is back.
+#[test]
+fn adopting_an_org_racing_the_expiry_task_ends_its_hold_once() {
+    model(|| {
+        use license_broker::core::{Broker, Config};
+        let w = Fixture::new(3);
+        let records = w.org_records(3, 2);
+        let config = Config { lease_ttl: loom_tests::TTL, ceilings: true, shard_bits: 1, ..Config::default() };
+        let b = Arc::new(Broker::new(config));
+        let ba = b.clone();
+        let org = w.org.clone();
+        let adopter = thread::spawn(move || ba.adopt_org(&org, records, t(0)));
+        let be = b.clone();
+        let expirer = thread::spawn(move || be.expire(t(1_000_000)).len());
+        assert_eq!(adopter.join().unwrap(), 2);
+        assert_eq!(expirer.join().unwrap(), 0);
+        let owner = b.authenticate(&license_broker::core::testkit::key(2)).unwrap();
+        let in_use = || b.status(&owner, None).unwrap()[0].in_use;
+        assert!(in_use() == 2 || in_use() == 0, "held, or ended by the racing pass");
+        // The hold's end (one TTL and the grace after t(0)) comes, once.
+        let until = t(0).after(loom_tests::TTL + Config::default().restart_grace);
+        assert_eq!(b.next_deadline().is_some(), in_use() == 2);
+        b.expire(until);
+        assert_eq!((in_use(), b.next_deadline()), (0, None));
+    });
+}

@@ -141,6 +141,10 @@ pub struct Broker {
     previous_leases: Mutex<Option<(u64, Millis)>>,
     /// When seats held for the previous run's sessions come back (0: no hold).
     hold_until: AtomicU64,
+    /// In a cluster: orgs adopted from another node, and when the seats
+    /// held for that node's runners come back. Few (one per takeover in
+    /// progress) and touched by adoptions and the expiry task: a plain lock.
+    org_holds: Mutex<Vec<(Millis, OrgName)>>,
 }
 
 /// Whether `p` is the user holding the session (in the session's org).
@@ -164,6 +168,7 @@ impl Broker {
             auth_failures: AtomicU64::new(0),
             previous_leases: Mutex::new(None),
             hold_until: AtomicU64::new(0),
+            org_holds: Mutex::new(Vec::new()),
         }
     }
 
@@ -251,7 +256,8 @@ impl Broker {
         let offline = self.offline_due.lock().keys().next().map(|(at, _)| *at);
         // Acquire: pairs with the Release in `hold_reserves`.
         let hold = Some(Millis(self.hold_until.load(Ordering::Acquire))).filter(|h| h.0 != 0);
-        [self.sessions.next_deadline(), offline, hold].into_iter().flatten().min()
+        let org_hold = self.org_holds.lock().iter().map(|(at, _)| *at).min();
+        [self.sessions.next_deadline(), offline, hold, org_hold].into_iter().flatten().min()
     }
 
     /// Ends every lease whose deadline is at or before `now`, returns the
@@ -289,8 +295,57 @@ impl Broker {
         Some(Hold { seats, until, record })
     }
 
+    /// In a cluster, taking over `org` from another node: applies its
+    /// records (read from the cluster's store) and, with ceilings on, holds
+    /// every pool's durable ceiling for the previous owner's runners until
+    /// they re-attach or one lease TTL (the longest any node has recorded)
+    /// plus the restart grace has passed since `now`. Returns the seats held.
+    /// The same rule as a restart (`hold_reserves`), for one org.
+    pub fn adopt_org(&self, org: &OrgName, records: Vec<Record>, now: Millis) -> u64 {
+        self.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), now);
+        if !self.config.ceilings {
+            return 0;
+        }
+        let previous = self.previous_leases.lock().map_or(Duration::ZERO, |(ms, _)| Duration::from_millis(ms));
+        let until = now.after(self.config.lease_ttl.max(previous) + self.config.restart_grace);
+        let seats = self.with_dir(|dir| {
+            dir.orgs.get(org).map_or(0, |o| o.pools.values().map(|p| u64::from(p.hold_reserve())).sum::<u64>())
+        });
+        if seats > 0 {
+            self.org_holds.lock().push((until, org.clone()));
+        }
+        seats
+    }
+
+    /// In a cluster, handing `org` to another node: forgets it entirely (its
+    /// pools, members and keys, its live sessions without ending them, since
+    /// their runners re-attach at the next owner, and any hold). The shell
+    /// has already stopped admitting for it and writing its records.
+    pub fn forget_org(&self, org: &OrgName, now: Millis) {
+        let removed = {
+            let mut dir = self.dir.write();
+            dir.keys.retain(|_, k| k.org.as_ref() != Some(org));
+            dir.orgs.remove(org)
+        };
+        // Release: pairs with the Acquire in `version` (cached principals of the org go stale).
+        self.version.fetch_add(1, Ordering::Release);
+        if removed.is_none() {
+            return;
+        }
+        self.offline_due.lock().retain(|_, pool| &pool.org != org);
+        self.org_holds.lock().retain(|(_, o)| o != org);
+        // Not ends: nobody released these seats; the next owner holds them.
+        let _ = self.sessions.end_where(EndReason::ConnectionClosed, now, |p, _, _| &p.org == org);
+    }
+
+    /// The orgs in memory (in a cluster: the orgs this node serves).
+    pub fn org_names(&self) -> Vec<OrgName> {
+        self.with_dir(|dir| dir.orgs.keys().cloned().collect())
+    }
+
     /// Returns the seats still held for the previous run once the hold is due.
     fn end_hold(&self, now: Millis) {
+        self.end_org_holds(now);
         // Relaxed pre-check; the swap below decides who ends it.
         let until = self.hold_until.load(Ordering::Relaxed);
         if until == 0 || now.0 < until || self.hold_until.swap(0, Ordering::AcqRel) == 0 {
@@ -298,6 +353,24 @@ impl Broker {
         }
         self.with_dir(|dir| {
             for pool in dir.orgs.values().flat_map(|o| o.pools.values()) {
+                pool.release_reserve();
+            }
+        });
+    }
+
+    /// Returns the seats held for adopted orgs whose hold is due.
+    fn end_org_holds(&self, now: Millis) {
+        let due: Vec<OrgName> = {
+            let mut holds = self.org_holds.lock();
+            if holds.iter().all(|(at, _)| *at > now) {
+                return;
+            }
+            let (due, later) = std::mem::take(&mut *holds).into_iter().partition(|(at, _)| *at <= now);
+            *holds = later;
+            due.into_iter().map(|(_, org): (Millis, OrgName)| org).collect()
+        };
+        self.with_dir(|dir| {
+            for pool in due.iter().filter_map(|o| dir.orgs.get(o)).flat_map(|o| o.pools.values()) {
                 pool.release_reserve();
             }
         });

@@ -70,6 +70,30 @@ impl Fixture {
         f
     }
 
+    /// The records a cluster's store would hold for the org (as another
+    /// node adopting it reads them): its bootstrap, its KRE pool of
+    /// `quota`, machine `m` and a durable ceiling of `ceiling`.
+    pub fn org_records(&self, quota: u32, ceiling: u32) -> Vec<super::Record> {
+        use super::{Change, Record};
+        let owner_email = Email::new("owner@default").expect("valid email");
+        let mut records: Vec<Record> = self
+            .broker
+            .plan_bootstrap(key(1), &owner_email, key(2), t(0))
+            .into_iter()
+            .filter_map(|c| match c {
+                Change::Put(r @ (Record::Org { .. } | Record::User { .. } | Record::Key { org: Some(_), .. })) => {
+                    Some(r)
+                }
+                _ => None,
+            })
+            .collect();
+        let (org, pool) = (self.org.clone(), PoolId::KRE_DEFAULT);
+        records.push(Record::Pool { org: org.clone(), pool, quota });
+        records.push(Record::Machine { org: org.clone(), pool, machine: mid("m"), registered: t(0) });
+        records.push(Record::Ceiling { org, pool, seats: ceiling });
+        records
+    }
+
     /// Settles a pending change as committed; returns its value.
     pub fn commit<T>(&self, pending: Pending<T>) -> T {
         match pending.settle(&self.broker, Ok::<(), Infallible>(()), t(0)) {

@@ -859,3 +859,37 @@ fn seat_time_and_minutes_are_exact_across_shards_and_survive_a_restart() {
     again.broker.apply(&saved, at(0));
     assert_eq!(seat_ms(&again.broker, at(200_000)), 260_000);
 }
+
+#[test]
+fn adopting_an_org_holds_its_ceiling_for_the_previous_owners_runners_then_forgetting_it_leaves_nothing() {
+    let w = ceiling_world(10);
+    // Another node: it knows the cluster's global records (a run with a longer TTL wrote its mark).
+    let b = Broker::new(Config { lease_ttl: TTL, ceilings: true, shard_bits: 2, ..Config::default() });
+    b.apply(&[Change::Put(Record::Leases { ttl_ms: 60_000, hold_until: t(0) })], t(0));
+    assert!(b.authenticate(&key(2)).is_err(), "not adopted yet: the org's keys are unknown here");
+    assert_eq!(b.adopt_org(&w.org, w.org_records(10, 4), t(1_000)), 4);
+    let until = t(1_000 + 60_000 + 10_000);
+    assert_eq!(b.next_deadline(), Some(until), "the longest recorded TTL, plus the grace");
+    let owner = b.authenticate(&key(2)).unwrap();
+    let in_use = |b: &Broker| b.status(&owner, None).unwrap()[0].in_use;
+    assert_eq!(in_use(&b), 4, "the ceiling's seats are held");
+    // A runner of the previous owner takes a held seat; a newcomer needs a raise first.
+    let target = w.target("m");
+    assert!(!b.reattach(&owner, &target, Nonce(7), ConnId(1), t(2_000), true).unwrap().reattached);
+    assert_eq!(in_use(&b), 4);
+    assert_eq!(b.acquire(&owner, &target, Nonce(8), ConnId(1), t(2_000)), Err(Error::CeilingReached));
+    // The hold ends: only the runner that came back holds a seat.
+    let session = b.sessions.list(|_| true)[0].session;
+    b.renew(&owner, session, t(25_000)).unwrap();
+    b.renew(&owner, session, t(50_000)).unwrap();
+    b.expire(until);
+    assert_eq!(in_use(&b), 1);
+    // Handed on: the org, its keys, sessions and deadlines are gone; the rest stays.
+    assert!(b.adopt_org(&w.org, w.org_records(10, 1), t(3_000)) <= 1);
+    b.forget_org(&w.org, t(3_000));
+    assert!(b.authenticate(&key(2)).is_err());
+    assert_eq!((b.live_sessions(), b.next_deadline(), b.org_names()), (0, None, vec![]));
+    // And it can be adopted again, from its records alone.
+    assert_eq!(b.adopt_org(&w.org, w.org_records(10, 3), t(4_000)), 3);
+    assert_eq!(b.org_names(), vec![w.org.clone()]);
+}
