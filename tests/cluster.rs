@@ -1,10 +1,12 @@
 //! Three broker nodes on a three-member etcd, all on loopback, as users run
-//! them (`license-broker serve --cluster ...` processes): one node serves,
-//! the others redirect to it; when the serving node is killed with SIGKILL
-//! another takes over, the acknowledged records are all there, and a
-//! runner that held a seat re-attaches to the new node with its token.
-//! Then the same judged from the runners' side over a loop of owner kills
-//! and pauses (SIGSTOP: the owner that wakes up believing it still serves).
+//! them (`license-broker serve --cluster ...` processes): orgs spread over
+//! the nodes, and any node redirects a client to the node serving its org;
+//! when a node is killed with SIGKILL its orgs (and only those) move to the
+//! others, the acknowledged records are all there, and a runner that held a
+//! seat re-attaches to the new node with its token; a node that comes back
+//! takes its orgs back. Then the same judged from the runners' side over a
+//! loop of kills and pauses of the node serving the runners' org (SIGSTOP:
+//! the node that wakes up believing it still serves).
 
 mod etcd_members;
 mod process;
@@ -124,15 +126,27 @@ fn cli(servers: &str, ca: &std::path::Path, key: &str) -> Command {
     c
 }
 
-/// The node holding the claim, by name, as etcd says.
-fn owner(etcd: &[String]) -> Option<String> {
+/// Every org's claim as etcd holds it: org → (node, the claim's revision).
+fn claims(etcd: &[String]) -> std::collections::BTreeMap<String, (String, i64)> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let client = Etcd::new(etcd, Duration::from_secs(1)).ok()?;
-        let (kvs, _) = client.range(b"/license-broker/owner", false).await.ok()?;
-        let value = String::from_utf8(kvs.first()?.value.clone()).ok()?;
-        value.split_once('\n').map(|(name, _)| name.to_string())
+        let Ok(client) = Etcd::new(etcd, Duration::from_secs(1)) else { return Default::default() };
+        let prefix = b"/license-broker/claims/";
+        let Ok((kvs, _)) = client.range(prefix, true).await else { return Default::default() };
+        kvs.iter()
+            .filter_map(|kv| {
+                let org = String::from_utf8(kv.key[prefix.len()..].to_vec()).ok()?;
+                let value = String::from_utf8(kv.value.clone()).ok()?;
+                let node = value.split_once('\n')?.0.to_string();
+                Some((org, (node, kv.create_revision)))
+            })
+            .collect()
     })
+}
+
+/// The node serving `org`, by name, as etcd says.
+fn owner(etcd: &[String], org: &str) -> Option<String> {
+    claims(etcd).remove(org).map(|(node, _)| node)
 }
 
 /// Waits for the runner to say it re-attached (it must not lose its lease meanwhile).
@@ -160,6 +174,7 @@ struct Started {
     nodes: Vec<Node>,
     /// The nodes' stdout lines (a respawned node writes here too).
     lines: mpsc::Sender<String>,
+    operator: String,
     owner_key: String,
     /// Every node's address, comma-separated.
     servers: String,
@@ -186,50 +201,102 @@ fn start_nodes(quota: i64) -> Started {
         assert!(Instant::now() < deadline, "the cluster never took a write\n{}", logs(&nodes));
         std::thread::sleep(Duration::from_millis(200));
     }
-    Started { etcd, nodes, lines: tx, owner_key, servers, ca }
+    Started { etcd, nodes, lines: tx, operator, owner_key, servers, ca }
+}
+
+/// Orgs the first test creates besides `default`: enough that every node
+/// serves some (rendezvous over n0, n1, n2 gives each of them several).
+const ORGS: usize = 11;
+
+/// Waits until etcd's claims satisfy `ok`, and returns them.
+fn claims_until(
+    etcd: &[String],
+    what: &str,
+    ok: impl Fn(&std::collections::BTreeMap<String, (String, i64)>) -> bool,
+) -> std::collections::BTreeMap<String, (String, i64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = claims(etcd);
+        if ok(&c) {
+            return c;
+        }
+        assert!(Instant::now() < deadline, "claims never {what}: {c:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
-fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
+fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_orgs() {
     let _one = exclusive();
-    let Started { etcd, mut nodes, lines: _lines, owner_key, servers, ca } = start_nodes(2);
+    let Started { etcd, mut nodes, lines, operator, owner_key, servers, ca } = start_nodes(2);
+    for i in 0..ORGS {
+        let out = cli(&servers, &ca, &operator)
+            .args(["org", "create", &format!("team-{i}"), "--subscription-end", "2099-12-31"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "org create: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Orgs move to the node rendezvous hashing prefers once it has settled:
+    // every org is claimed, and every node serves some.
+    let spread = claims_until(&etcd.clients, "spread over the three nodes", |c| {
+        c.len() == ORGS + 1 && nodes.iter().all(|n| c.values().any(|(node, _)| node == &n.name))
+    });
+    // Placement settles (no more moves for two seconds).
+    let mut settled = spread;
+    loop {
+        std::thread::sleep(Duration::from_secs(2));
+        let now = claims(&etcd.clients);
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let serving = settled["default"].0.clone();
+    eprintln!("placement: {:?}", settled.iter().map(|(o, (n, _))| format!("{o}@{n}")).collect::<Vec<_>>());
 
-    // Every node answers, the standbys by redirecting to the owner.
-    let serving = owner(&etcd.clients).expect("a node holds the claim");
+    // Every node answers for `default`, those that do not serve it by redirecting.
     for n in &nodes {
         let v =
             status_json(&n.addr, &ca, &owner_key).unwrap_or_else(|| panic!("{} did not answer or redirect", n.name));
-        assert_eq!(v["pools"][0]["quota"], 2, "{} (owner {serving})", n.name);
+        assert_eq!(v["pools"][0]["quota"], 2, "{} (default served by {serving})", n.name);
     }
 
-    // `nodes` (and the last line of `status`) say who serves and who stands by.
+    // `nodes` names each node's orgs as etcd's claims do; `status` sums them up.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = cli(&servers, &ca, &owner_key).args(["nodes", "--json"]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let list = v["nodes"].as_array().unwrap();
-        let up: Vec<&str> =
-            list.iter().filter(|n| n["role"] == "serving").map(|n| n["name"].as_str().unwrap()).collect();
-        if list.len() == 3 && up == [serving.as_str()] {
+        let listed = |name: &str| -> Vec<String> {
+            let n = list.iter().find(|n| n["name"] == name);
+            n.map(|n| n["orgs"].as_array().unwrap().iter().map(|o| o.as_str().unwrap().to_string()).collect())
+                .unwrap_or_default()
+        };
+        let claimed = |name: &str| -> Vec<String> {
+            settled.iter().filter(|(_, (n, _))| n == name).map(|(o, _)| o.clone()).collect()
+        };
+        if list.len() == 3 && nodes.iter().all(|n| listed(&n.name) == claimed(&n.name)) {
             break;
         }
-        assert!(Instant::now() < deadline, "nodes never listed the three with {serving} serving: {v}");
+        assert!(Instant::now() < deadline, "nodes never listed what etcd's claims say ({settled:?}): {v}");
         std::thread::sleep(Duration::from_millis(200));
     }
     let out = cli(&servers, &ca, &owner_key).arg("status").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("cluster of 3 nodes: {serving} (")), "{text}");
-    // Every node's ops endpoint answers: healthy, and whether it serves.
-    let serves = |n: &Node| {
+    assert!(text.contains("cluster of 3 nodes: n0 ("), "{text}");
+    // Every node's ops endpoint answers: healthy, serving, and how many orgs.
+    let metric = |n: &Node, name: &str| {
         let (code, body) = process::http_get(&n.http, "/metrics");
         assert_eq!(code, 200, "{}: {body}", n.name);
-        body.lines().find_map(|l| l.strip_prefix("lbroker_cluster_serving ")).map(str::to_string)
+        body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map(str::to_string)
     };
     for n in &nodes {
         assert_eq!(process::http_get(&n.http, "/healthz").0, 200, "{}", n.name);
-        let expected = if n.name == serving { "1" } else { "0" };
-        assert_eq!(serves(n).as_deref(), Some(expected), "{}", n.name);
+        assert_eq!(metric(n, "lbroker_cluster_serving").as_deref(), Some("1"), "{}", n.name);
+        let mine = settled.values().filter(|(node, _)| node == &n.name).count();
+        assert_eq!(metric(n, "lbroker_cluster_orgs"), Some(mine.to_string()), "{}", n.name);
+        assert_eq!(metric(n, "lbroker_cluster_orgs_known"), Some((ORGS + 1).to_string()), "{}", n.name);
     }
 
     // A runner takes a seat and holds it across the failover.
@@ -243,33 +310,34 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
     let admitted = events.next_within(Duration::from_secs(10)).expect("the runner says something");
     assert_eq!(admitted["event"], "admitted", "{admitted}");
 
-    // Kill -9 the owner; another node takes over within seconds.
+    // Kill -9 the node serving `default`: its orgs move to the others
+    // within seconds; the others' orgs stay where they were.
     let victim = nodes.iter().position(|n| n.name == serving).unwrap();
     let killed_at = Instant::now();
     nodes[victim].child.kill().unwrap();
     nodes[victim].child.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let new_owner = loop {
-        match owner(&etcd.clients) {
-            Some(o) if o != serving => break o,
-            _ => {}
+    let moved = claims_until(&etcd.clients, "left the killed node", |c| {
+        c.len() == ORGS + 1 && c.values().all(|(node, _)| node != &serving)
+    });
+    let taken = killed_at.elapsed();
+    for (org, (node, fence)) in &settled {
+        if node != &serving {
+            assert_eq!(moved.get(org), Some(&(node.clone(), *fence)), "{org} moved though its node stayed");
         }
-        assert!(Instant::now() < deadline, "no node took over");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    let new_owner = moved["default"].0.clone();
     let survivors: String =
         nodes.iter().filter(|n| n.name != serving).map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
+    let deadline = Instant::now() + Duration::from_secs(20);
     let v = loop {
         if let Some(v) = status_json(&survivors, &ca, &owner_key) {
             break v;
         }
         assert!(Instant::now() < deadline, "the new owner never answered");
     };
-    eprintln!("failover: {new_owner} serves {:?} after the kill of {serving}", killed_at.elapsed());
+    eprintln!("failover: {new_owner} serves default {taken:?} after the kill of {serving}");
     // What was acknowledged before the kill is there.
     assert_eq!(v["pools"][0]["quota"], 2);
-    let now_serving = nodes.iter().find(|n| n.name == new_owner).unwrap();
-    assert_eq!(serves(now_serving).as_deref(), Some("1"), "the new owner's metrics say it serves");
 
     // The runner re-attaches to the new owner with its token.
     reattached(&events);
@@ -286,14 +354,28 @@ fn one_node_serves_the_others_redirect_and_a_kill_9_fails_over() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // SIGTERM of the serving node: it drains, exits cleanly, and its claim
-    // is gone by the time it has exited (handed over, not left to lapse);
-    // the runner re-attaches to whichever node serves next.
-    let leaving = nodes.iter().position(|n| n.name == new_owner).unwrap();
+    // The killed node comes back: once settled, the orgs that prefer it are
+    // handed back to it, and only those.
+    nodes[victim].respawn(&etcd.clients, &lines);
+    let back = claims_until(&etcd.clients, "went back to the restarted node", |c| {
+        c.len() == ORGS + 1 && c.iter().all(|(org, (node, _))| &settled[org].0 == node)
+    });
+    eprintln!("rejoin: {serving} serves its {} orgs again", back.values().filter(|(n, _)| n == &serving).count());
+    if new_owner != serving && back["default"].0 == serving {
+        // `default` moved back too: the runner follows it.
+        reattached(&events);
+    }
+
+    // SIGTERM of the node serving `default`: it drains, exits cleanly, and
+    // its claims are gone by the time it has exited (handed over, not left
+    // to lapse); the runner re-attaches to whichever node serves next.
+    let leaving_name = back["default"].0.clone();
+    let leaving = nodes.iter().position(|n| n.name == leaving_name).unwrap();
     signal(&nodes[leaving].child, "-TERM");
     let status = nodes[leaving].child.wait().unwrap();
-    assert!(status.success(), "{new_owner} exited with {status}");
-    assert_ne!(owner(&etcd.clients).as_deref(), Some(new_owner.as_str()), "the claim left with the node");
+    assert!(status.success(), "{leaving_name} exited with {status}");
+    let after = claims(&etcd.clients);
+    assert!(after.values().all(|(n, _)| n != &leaving_name), "the claims left with the node: {after:?}");
     reattached(&events);
     signal(&runner, "-INT");
     let _ = runner.wait();
@@ -310,7 +392,7 @@ const FAULTS: usize = 6;
 fn believers_never_exceed_the_quota_across_owner_kills_and_pauses() {
     let _one = exclusive();
     use process::fleet::{check, reap, spawn_runner, Rng};
-    let Started { etcd, mut nodes, lines: tx, owner_key, servers, ca } = start_nodes(QUOTA);
+    let Started { etcd, mut nodes, lines: tx, owner_key, servers, ca, .. } = start_nodes(QUOTA);
     let limit = Instant::now() + Duration::from_secs(240);
 
     let (events_tx, feed) = mpsc::channel();
@@ -350,9 +432,10 @@ fn believers_never_exceed_the_quota_across_owner_kills_and_pauses() {
         // Longer than the hold after a takeover (one TTL and the grace), so
         // newcomers get seats between faults.
         run_for(Duration::from_millis(8_000 + rng.below(2_000)), &mut fleet, &mut exits, &mut rng);
-        // Fault whichever node serves now (waiting out a failover still under way).
+        // Fault whichever node serves the runners' org now (waiting out a
+        // failover still under way).
         let serving = loop {
-            if let Some(o) = owner(&etcd.clients) {
+            if let Some(o) = owner(&etcd.clients, "default") {
                 break o;
             }
             assert!(Instant::now() < limit, "no node serves");

@@ -103,16 +103,20 @@ async fn reads_writes_fences_leases_and_fails_over() {
     assert!(cluster.clients.iter().all(|c| e.contains(c.trim_start_matches("http://"))), "{e}");
 }
 
-/// The records' store in etcd, as a serving node uses it: commits read back
-/// in the order that rebuilds memory (parents first) and page by page,
-/// removals stick, a commit larger than one etcd transaction goes through, the audit trail
-/// pages forwards and reads backwards, and once another node's claim
-/// replaces this one's, every write is refused (`Fenced`) and changes
-/// nothing.
+/// The records' store in etcd, as cluster nodes use it: a node loads the
+/// broker's own records at start and each org's when it takes the org over
+/// (parents first, page by page, only that org's, with its keys), removals
+/// stick, a commit larger than one etcd transaction goes through, the audit
+/// trail pages forwards and reads backwards, a key is found by its hash;
+/// and each org's writes are fenced on its own claim: once another node's
+/// claim replaces this node's for one org, that org's writes are refused
+/// (`Fenced`) and change nothing, while another org's still go through.
 #[test]
-fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
-    use license_broker::cluster::store::{EtcdStore, Fence, Layout, LOAD_PAGE, MAX_TXN_OPS};
-    use license_broker::core::{AuditAction, AuditEntry, Change, Email, MachineId, Millis, OrgName, PoolId, Record};
+fn the_etcd_store_keeps_records_per_org_and_fences_each_org() {
+    use license_broker::cluster::store::{EtcdStore, Fences, Layout, LOAD_PAGE, MAX_TXN_OPS};
+    use license_broker::core::{
+        AuditAction, AuditEntry, Change, Email, KeyHash, MachineId, Millis, OrgName, PoolId, Record,
+    };
     use license_broker::store::{Store, StoreError};
     use std::sync::Arc;
 
@@ -121,9 +125,9 @@ fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let etcd = Arc::new(Etcd::new(&clients, Duration::from_secs(2)).unwrap());
     let layout = Layout::new("/lb-test/");
-    // This node's claim: its create revision is the fence.
-    let claim = |who: &'static [u8]| {
-        let (etcd, key) = (etcd.clone(), layout.owner());
+    // An org's claim, (re)made by `who`: its create revision is the fence.
+    let claim = |org: &str, who: &'static [u8]| {
+        let (etcd, key) = (etcd.clone(), layout.claim(org));
         rt.block_on(async move {
             eventually(Duration::from_secs(20), || etcd.put(b"/lb-test/ready", b"1", None)).await;
             etcd.txn(&[], &[Op::Delete(key.clone())], &[]).await.unwrap();
@@ -131,14 +135,18 @@ fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
             done.reads[0][0].create_revision
         })
     };
-    let fence = Arc::new(Fence::default());
-    let store = EtcdStore::new(etcd.clone(), layout.clone(), fence.clone()).unwrap();
-    assert!(matches!(store.commit(&[]), Err(StoreError::Fenced)), "no claim, no write");
-    fence.set(claim(b"a"));
+    let fences = Arc::new(Fences::default());
+    let store = EtcdStore::new(etcd.clone(), layout.clone(), fences.clone()).unwrap();
+    let (org, other) = (OrgName::new("acme").unwrap(), OrgName::new("acme2").unwrap());
+    let org_record = |name: &OrgName| {
+        Change::Put(Record::Org { name: name.clone(), subscription_end: Millis(9), created: Millis(1) })
+    };
+    assert!(matches!(store.commit(&[org_record(&org)]), Err(StoreError::Fenced)), "no claim, no write");
+    fences.set(&org, claim("acme", b"a"));
+    fences.set(&other, claim("acme2", b"a"));
 
-    let org = OrgName::new("acme").unwrap();
     let machine = |i: usize| MachineId::new(format!("m{i}")).unwrap();
-    // Children first in the commit: load must still give parents first.
+    // Children first in the commit: a load must still give parents first.
     // More than one transaction's ops, and more than one page of a load.
     let machines = LOAD_PAGE.max(MAX_TXN_OPS) + 50;
     let mut changes: Vec<Change> = (0..machines)
@@ -152,14 +160,47 @@ fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
         })
         .collect();
     changes.push(Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 500 }));
-    changes.push(Change::Put(Record::Org { name: org.clone(), subscription_end: Millis(9), created: Millis(1) }));
+    changes.push(org_record(&org));
+    let key = |n: u8, org: Option<&OrgName>| Record::Key {
+        hash: KeyHash([n; 32]),
+        org: org.cloned(),
+        email: Email::new("owner@acme").unwrap(),
+        created: Millis(1),
+        revoked: false,
+    };
+    changes.push(Change::Put(key(1, Some(&org))));
+    // The other org, and the broker's own records (no fence needed).
+    changes.push(org_record(&other));
+    changes.push(Change::Put(key(2, Some(&other))));
+    changes.push(Change::Put(key(3, None)));
+    changes.push(Change::Put(Record::Clock { high_water: Millis(5) }));
     store.commit(&changes).unwrap();
     store
         .commit(&[Change::RemoveMachine { org: org.clone(), pool: PoolId::KRE_DEFAULT, machine: machine(0) }])
         .unwrap();
-    let records = store.load().unwrap();
-    assert_eq!(records.len(), 2 + machines - 1, "every record but the removed machine");
-    assert!(matches!(records[0], Record::Org { .. }) && matches!(records[1], Record::Pool { .. }), "parents first");
+
+    // At start: the broker's own records only.
+    assert_eq!(store.load().unwrap(), vec![key(3, None), Record::Clock { high_water: Millis(5) }]);
+    // Taking the orgs over: each org's own records, parents first.
+    let loaded = store.load_orgs(&[org.clone(), other.clone()]).unwrap();
+    let (acme, acme2) = (&loaded[0].1, &loaded[1].1);
+    assert_eq!(acme.len(), 3 + machines - 1, "org, pool, key and every machine but the removed one");
+    assert!(matches!(acme[0], Record::Org { .. }) && matches!(acme[1], Record::Pool { .. }), "parents first");
+    assert!(acme.contains(&key(1, Some(&org))) && !acme.contains(&key(2, Some(&other))));
+    assert_eq!(
+        acme2,
+        &vec![
+            match org_record(&other) {
+                Change::Put(r) => r,
+                _ => unreachable!(),
+            },
+            key(2, Some(&other))
+        ]
+    );
+    assert_eq!(store.org_names().unwrap().into_iter().collect::<Vec<_>>(), vec![org.clone(), other.clone()]);
+    assert!(store.has_org(&org).unwrap() && !store.has_org(&OrgName::new("acm").unwrap()).unwrap());
+    assert_eq!(store.key(&KeyHash([2; 32])).unwrap(), Some(key(2, Some(&other))));
+    assert_eq!(store.key(&KeyHash([9; 32])).unwrap(), None);
 
     // The audit trail: oldest first by pages, newest first for the latest.
     let entry = |at: u64| {
@@ -183,12 +224,16 @@ fn the_etcd_store_keeps_records_pages_the_audit_and_is_fenced() {
     assert_eq!(latest.iter().map(|e| e.at.0).collect::<Vec<_>>(), vec![25, 24, 23]);
     assert!(store.audit_latest(&OrgName::new("other").unwrap(), 3).unwrap().is_empty());
 
-    // Another node's claim replaces this one's: this node's writes fail and change nothing.
-    claim(b"b");
-    let quota = |q| Change::Put(Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: q });
-    assert!(matches!(store.commit(&[quota(7)]), Err(StoreError::Fenced)));
-    assert_eq!(fence.get(), 0, "and it knows it no longer serves");
-    assert!(store.load().unwrap().contains(&Record::Pool { org, pool: PoolId::KRE_DEFAULT, quota: 500 }));
+    // Another node's claim replaces this one's on acme: acme's writes fail
+    // and change nothing (nor does a commit touching both orgs), acme2's go on.
+    claim("acme", b"b");
+    let quota = |o: &OrgName, q| Change::Put(Record::Pool { org: o.clone(), pool: PoolId::KRE_DEFAULT, quota: q });
+    assert!(matches!(store.commit(&[quota(&org, 7)]), Err(StoreError::Fenced)));
+    assert!(matches!(store.commit(&[quota(&other, 7), quota(&org, 7)]), Err(StoreError::Fenced)));
+    store.commit(&[quota(&other, 8)]).unwrap();
+    let loaded = store.load_orgs(&[org.clone(), other.clone()]).unwrap();
+    assert!(loaded[0].1.contains(&Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 500 }));
+    assert!(loaded[1].1.contains(&Record::Pool { org: other.clone(), pool: PoolId::KRE_DEFAULT, quota: 8 }));
 }
 
 /// etcd over TLS with client certificates (`etcd --client-cert-auth`): a

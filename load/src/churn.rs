@@ -224,10 +224,15 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Samples every 100 ms as the holder of `opts` (the operator),
-    /// reconnecting if the broker goes away, until `finish`.
+    /// Samples every 100 ms, as each org's Owner (`opts` with the org's
+    /// key: on a cluster, each connection goes to the node serving its
+    /// org), reconnecting if a broker goes away, until `finish`.
     pub async fn start(opts: ClientOptions, orgs: Vec<LoadOrg>) -> Result<Monitor> {
-        let mut client = Client::connect(&opts).await?;
+        let mut clients = Vec::with_capacity(orgs.len());
+        for org in &orgs {
+            let opts = ClientOptions { api_key: org.key.clone(), ..opts.clone() };
+            clients.push((Client::connect(&opts).await?, opts));
+        }
         let max_in_use = Arc::new(AtomicU32::new(0));
         let over_quota = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
@@ -235,7 +240,7 @@ impl Monitor {
         let task = tokio::spawn(async move {
             let far = Instant::now() + Duration::from_secs(365 * 86_400);
             while !s.load(Ordering::Relaxed) {
-                for org in &orgs {
+                for (org, (client, opts)) in orgs.iter().zip(clients.iter_mut()) {
                     match client.status(Some(&org.org)).await {
                         Ok(pools) => {
                             for p in pools {
@@ -245,8 +250,8 @@ impl Monitor {
                                 }
                             }
                         }
-                        Err(ClientError::Closed(_)) => match reconnect(&opts, far, &s).await {
-                            Some(c) => client = c,
+                        Err(ClientError::Closed(_)) => match reconnect(opts, far, &s).await {
+                            Some(c) => *client = c,
                             None => return,
                         },
                         Err(_) => {}
@@ -254,7 +259,9 @@ impl Monitor {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            client.close().await;
+            for (client, _) in clients {
+                client.close().await;
+            }
         });
         Ok(Monitor { max_in_use, over_quota, stop, task })
     }

@@ -171,6 +171,19 @@ impl Target {
         Ok(Client::connect(&self.options(key)).await?)
     }
 
+    /// The operator, connected to the node serving `org` (on a cluster,
+    /// the node that should serve it, to create it there: it is not moved
+    /// afterwards); `op` itself when that is the node it is on.
+    async fn operator_for(&self, op: &Client, org: &OrgName) -> Result<Option<Client>> {
+        match op.route(org).await? {
+            Some(server) => {
+                let opts = ClientOptions { server, ..self.options(&self.operator) };
+                Ok(Some(Client::connect(&opts).await?))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// A spawned broker's data dir.
     pub fn data_dir(&self) -> Option<&std::path::Path> {
         self._dir.as_ref().map(|d| d.path())
@@ -196,8 +209,13 @@ impl Target {
         let mut orgs = Vec::with_capacity(n);
         for i in 0..n {
             let org = OrgName::new(format!("load-{tag}-{nanos}-{i}"))?;
-            let key = op.create_org(&org, "2099-12-31", "load@localhost").await?;
-            op.set_pool(&org, PoolId::KRE_DEFAULT, quota).await?;
+            let there = self.operator_for(&op, &org).await?;
+            let at = there.as_ref().unwrap_or(&op);
+            let key = at.create_org(&org, "2099-12-31", "load@localhost").await?;
+            at.set_pool(&org, PoolId::KRE_DEFAULT, quota).await?;
+            if let Some(c) = there {
+                c.close().await;
+            }
             let machine = MachineId::new("load-machine")?;
             let owner = self.client(&key).await?;
             owner.register_machine(&org, PoolId::KRE_DEFAULT, &machine).await?;
@@ -211,7 +229,11 @@ impl Target {
     /// Runners waiting in `org`'s KRE pool queue.
     pub async fn queue(&self, org: &LoadOrg) -> Result<u32> {
         let op = self.client(&self.operator).await?;
-        let pools = op.pools(Some(&org.org)).await?;
+        let there = self.operator_for(&op, &org.org).await?;
+        let pools = there.as_ref().unwrap_or(&op).pools(Some(&org.org)).await?;
+        if let Some(c) = there {
+            c.close().await;
+        }
         op.close().await;
         Ok(pools.iter().find(|p| p.status.pool == PoolId::KRE_DEFAULT).map_or(0, |p| p.waiting))
     }
@@ -221,7 +243,11 @@ impl Target {
         let op = self.client(&self.operator).await?;
         let mut out = Vec::new();
         for o in orgs {
-            out.extend(op.status(Some(&o.org)).await?);
+            let there = self.operator_for(&op, &o.org).await?;
+            out.extend(there.as_ref().unwrap_or(&op).status(Some(&o.org)).await?);
+            if let Some(c) = there {
+                c.close().await;
+            }
         }
         op.close().await;
         Ok(out)

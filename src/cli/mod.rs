@@ -430,11 +430,37 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         }
         command => {
             // Every other command is one request: connect, ask, close cleanly.
-            let c = conn.connect().await?;
+            let mut c = conn.connect().await?;
+            // The operator's key is welcome on every node of a cluster; a
+            // command about one org goes to the node serving it (or, to
+            // create it, to the node that should).
+            if let (Role::Operator, Some(org)) = (c.welcome().role, org_of(&command)) {
+                if let Some(server) = c.route(org).await? {
+                    c.close().await;
+                    c = Client::connect(&ClientOptions { server, ..conn.options()? }).await?;
+                }
+            }
             let result = request(&c, command).await;
             c.close().await;
             result.map(|()| ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The org a command is about, if any.
+fn org_of(command: &Command) -> Option<&OrgName> {
+    match command {
+        Command::Org(OrgCmd::Set { name, .. } | OrgCmd::Create { name, .. }) => Some(name),
+        Command::Pool(PoolCmd::Set { org, .. } | PoolCmd::Limit { org, .. } | PoolCmd::Limits { org, .. })
+        | Command::User(UserCmd::Add { org, .. } | UserCmd::Remove { org, .. } | UserCmd::List { org, .. })
+        | Command::Key(KeyCmd::Create { org, .. } | KeyCmd::Revoke { org, .. } | KeyCmd::List { org, .. })
+        | Command::Machine(MachineCmd::List { org, .. } | MachineCmd::Remove { org, .. })
+        | Command::Session(SessionCmd::List { org, .. } | SessionCmd::Kill { org, .. })
+        | Command::Licenses { org, .. }
+        | Command::Audit { org, .. } => Some(org),
+        Command::Status { org, .. } => org.as_ref(),
+        Command::Usage(a) => a.org(),
+        _ => None,
     }
 }
 

@@ -131,20 +131,14 @@ pub async fn paged(c: &Client, of: ListOf, as_json: bool) -> Result<(), ClientEr
     Ok(())
 }
 
-/// The last line of `status` on a cluster: who serves, who stands by.
+/// The last line of `status` on a cluster: how many orgs each node serves.
 pub fn cluster_line(nodes: &[NodeInfo]) {
     if nodes.is_empty() {
         return;
     }
-    let serving: Vec<String> =
-        nodes.iter().filter(|n| n.serving).map(|n| format!("{} ({})", n.name, n.advertise)).collect();
-    let standby: Vec<&str> = nodes.iter().filter(|n| !n.serving).map(|n| n.name.as_str()).collect();
-    println!(
-        "cluster of {} nodes: {} serves every org; standing by: {}",
-        nodes.len(),
-        if serving.is_empty() { "no node".to_string() } else { serving.join(", ") },
-        if standby.is_empty() { "none".to_string() } else { standby.join(", ") }
-    );
+    let each: Vec<String> =
+        nodes.iter().map(|n| format!("{} ({}) {} orgs", n.name, n.advertise, n.org_count)).collect();
+    println!("cluster of {} nodes: {}; `nodes` names each node's orgs", nodes.len(), each.join(", "));
 }
 
 /// `nodes`.
@@ -158,20 +152,23 @@ pub fn nodes(nodes: &[NodeInfo], as_json: bool) {
 
 impl Listing for NodeInfo {
     const KEY: &'static str = "nodes";
-    const HEADER: &'static [&'static str] = &["NODE", "ADDRESS", "ROLE", "SERVES"];
+    const HEADER: &'static [&'static str] = &["NODE", "ADDRESS", "ORGS", "SERVES"];
     fn json(&self) -> Value {
         json!({
-            "name": self.name, "advertise": self.advertise,
-            "role": if self.serving { "serving" } else { "standby" },
-            "serves": if self.serving { "every org" } else { "" },
+            "name": self.name, "advertise": self.advertise, "serving": self.serving,
+            "org_count": self.org_count, "orgs": self.orgs,
         })
     }
     fn row(&self) -> Vec<String> {
+        let mut serves = self.orgs.join(",");
+        if (self.orgs.len() as u32) < self.org_count {
+            serves.push_str(&format!(",... ({} more)", self.org_count - self.orgs.len() as u32));
+        }
         vec![
             self.name.clone(),
             self.advertise.clone(),
-            if self.serving { "serving" } else { "standby" }.to_string(),
-            if self.serving { "every org" } else { "-" }.to_string(),
+            self.org_count.to_string(),
+            if serves.is_empty() { "-".to_string() } else { serves },
         ]
     }
 }

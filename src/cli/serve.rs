@@ -240,6 +240,16 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
 /// heartbeat (TTL/3 + 2.7 s < TTL).
 const MIN_CLUSTER_LEASE_TTL: Duration = Duration::from_secs(6);
 
+/// Org names for a log line (the first few, and how many more).
+fn names(orgs: &[license_broker::core::OrgName]) -> String {
+    let mut out: Vec<&str> = orgs.iter().take(10).map(|o| o.as_str()).collect();
+    let more = orgs.len().saturating_sub(10).to_string() + " more";
+    if orgs.len() > 10 {
+        out.push(&more);
+    }
+    out.join(",")
+}
+
 /// Prints the keys of a first start (once, on stdout).
 fn show_keys(keys: &server::BootstrapKeys) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
@@ -253,18 +263,19 @@ async fn run_node(options: Options, cluster: ClusterOptions) -> Result<ExitCode>
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let node = cluster.node.clone();
     let events = move |e: Event| match e {
-        Event::Serving(keys) => {
-            tracing::info!(node = %node, "serving: this node holds the cluster's claim");
+        Event::Joined(keys) => {
+            tracing::info!(node = %node, "joined the cluster: serving the orgs placed on this node");
             if let Some(keys) = keys {
                 if let Err(e) = show_keys(&keys) {
                     tracing::error!("printing the first keys: {e}");
                 }
             }
         }
-        Event::StandingBy(Some(owner)) => {
-            tracing::info!(node = %node, owner = %owner.node, at = %owner.advertise, "standing by; redirecting clients")
+        Event::Took(orgs) => tracing::info!(node = %node, orgs = %names(&orgs), "took orgs over"),
+        Event::Gave(orgs) => tracing::info!(node = %node, orgs = %names(&orgs), "handed orgs on"),
+        Event::Lost => {
+            tracing::warn!(node = %node, "lost this node's etcd lease: closed every connection; joining again")
         }
-        Event::StandingBy(None) => tracing::info!(node = %node, "standing by; no node serves yet"),
     };
     let run = license_broker::cluster::node::run(options, cluster, stop_rx, events);
     tokio::pin!(run);

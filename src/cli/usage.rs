@@ -22,6 +22,16 @@ pub struct UsageArgs {
     series: SeriesArgs,
 }
 
+impl UsageArgs {
+    /// The org asked about, if given.
+    pub fn org(&self) -> Option<&OrgName> {
+        match &self.what {
+            Some(UsageCmd::Sessions { range, .. } | UsageCmd::WhatIf { range, .. }) => range.org.as_ref(),
+            None => self.series.range.org.as_ref(),
+        }
+    }
+}
+
 #[derive(clap::Subcommand, Debug)]
 enum UsageCmd {
     /// Sessions that ended in the range (user, machine, start, end, reason, job labels).

@@ -353,6 +353,18 @@ impl Client {
         }
     }
 
+    /// Where `org` is served: `Some(HOST:PORT)` of another node of the
+    /// cluster, `None` for this one (always, from a single broker and from
+    /// brokers older than the request).
+    pub async fn route(&self, org: &OrgName) -> Result<Option<String>, ClientError> {
+        match self.call(Req::Route { org: org.clone() }).await {
+            Ok(Resp::Route { server }) => Ok(Some(server).filter(|s| !s.is_empty())),
+            Ok(other) => unexpected(other),
+            Err(ClientError::Rejected(e)) if e.code == crate::proto::ErrorCode::BadFrame => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Owner/Admin: the org's audit trail.
     pub async fn audit(&self, org: &OrgName) -> Result<Vec<AuditEntry>, ClientError> {
         self.all(ListOf::Audit { org: org.clone() }, |i| match i {

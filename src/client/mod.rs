@@ -103,9 +103,9 @@ impl std::fmt::Display for ClientError {
             ClientError::Rejected(e) => write!(f, "{e}"),
             ClientError::Closed(e) => write!(f, "connection closed: {e}"),
             ClientError::Protocol(e) => write!(f, "protocol error: {e}"),
-            ClientError::Redirected { to } if to.is_empty() => {
-                f.write_str("no node of the cluster serves at this moment (a failover is under way); retry shortly")
-            }
+            ClientError::Redirected { to } if to.is_empty() => f.write_str(
+                "no node of the cluster serves this org at this moment (it is moving to another node); retry shortly",
+            ),
             ClientError::Redirected { to } => write!(f, "redirected to {to} too many times in a row"),
             ClientError::Unreachable(tried) => write!(f, "no broker answered: {}", tried.join("; ")),
         }
@@ -277,7 +277,7 @@ async fn follow(
     limit: Duration,
 ) -> Result<Client, ClientError> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut hops = 0;
+    let (mut hops, mut waits) = (0, 0);
     loop {
         let attempt = Client::connect_on(endpoint.clone(), addr, &name, &opts.api_key);
         let result = match tokio::time::timeout_at(deadline, attempt).await {
@@ -289,6 +289,16 @@ async fn follow(
                 hops += 1;
                 (addr, name) = resolve(&to, opts.server_name.as_deref()).await?;
             }
+            // The org is moving between nodes (or being taken over): ask
+            // again after a pause, as long as the attempt has time left.
+            Err(ClientError::Redirected { to }) if to.is_empty() && waits < MOVING_WAITS.len() => {
+                let pause = MOVING_WAITS[waits];
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(ClientError::Redirected { to });
+                }
+                waits += 1;
+                tokio::time::sleep(pause).await;
+            }
             other => return other,
         }
     }
@@ -297,6 +307,12 @@ async fn follow(
 /// Redirects a connection attempt follows in a row before giving up: two
 /// nodes that disagree about the owner cannot bounce a client for ever.
 pub const MAX_REDIRECTS: usize = 3;
+
+/// The pauses of a connection attempt told that no node serves its org
+/// this instant (an empty `Redirect`: the org is moving), before it asks
+/// again; past the last, or the attempt's time, the caller gets the error.
+pub const MOVING_WAITS: [Duration; 4] =
+    [Duration::from_millis(100), Duration::from_millis(250), Duration::from_millis(500), Duration::from_secs(1)];
 
 /// The servers of a `--server` list (`HOST:PORT[,HOST:PORT...]`).
 pub fn server_list(server: &str) -> Vec<&str> {

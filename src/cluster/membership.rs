@@ -1,76 +1,92 @@
-//! Which nodes are in the cluster: each node announces itself under
-//! `PREFIX/nodes/NAME` (its advertised address) bound to a lease of its
-//! own, renewed every second whatever its role, so a node that dies or is
-//! cut off from etcd drops out of the list within `TTL`. The list, with
-//! which node holds the claim, is refreshed every second and kept here
-//! for `nodes` and `status` to read without an etcd round trip.
+//! What this node knows of the cluster, as its placement loop last read it
+//! from etcd (`node`): the live nodes (each announced under `nodes/NAME`,
+//! bound to its lease, so a node that dies or is cut off from etcd drops
+//! out with its claims) and which node holds which org's claim. Kept here
+//! so that `nodes`, `status` and the routing of a `Hello` read it without
+//! an etcd round trip.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
-use super::etcd::Etcd;
-use super::ownership::Owner;
-use super::store::Layout;
+use super::ownership::{Claimed, Owner};
+use super::placement;
 use crate::proto::NodeInfo;
 
-/// How long a node's announcement outlives its last renewal.
-pub const TTL: Duration = Duration::from_secs(3);
+/// Orgs named per node in a `Nodes` answer (the count is always exact):
+/// the answer stays one frame however many orgs a cluster serves.
+pub const MAX_LISTED_ORGS: usize = 200;
 
-/// How often a node renews its announcement and re-reads the list.
-pub const EVERY: Duration = Duration::from_secs(1);
-
-/// The cluster's nodes as last read from etcd.
+/// The cluster as last read.
 #[derive(Debug, Default)]
 pub struct Membership {
-    nodes: Mutex<Vec<NodeInfo>>,
+    view: RwLock<View>,
+}
+
+#[derive(Debug, Default)]
+struct View {
+    /// Live nodes and their leases, by name.
+    nodes: Vec<(Owner, i64)>,
+    /// Each claimed org's claim.
+    claims: HashMap<String, Claimed>,
+    /// How many orgs the cluster has.
+    orgs: usize,
 }
 
 impl Membership {
-    /// The nodes, by name.
+    /// Replaces the view with what was just read: the live nodes and
+    /// their leases, the claims, and how many orgs the cluster has.
+    pub fn update(&self, mut nodes: Vec<(Owner, i64)>, claims: HashMap<String, Claimed>, orgs: usize) {
+        nodes.sort_by(|a, b| a.0.node.cmp(&b.0.node));
+        *self.view.write() = View { nodes, claims, orgs };
+    }
+
+    /// How many orgs the cluster has, as last read.
+    pub fn org_count(&self) -> usize {
+        self.view.read().orgs
+    }
+
+    /// The nodes, by name, each with the orgs it serves.
     pub fn nodes(&self) -> Vec<NodeInfo> {
-        self.nodes.lock().clone()
-    }
-}
-
-/// Announces `me` and refreshes `view` until the task is aborted; then the
-/// announcement lapses within `TTL` (a node leaving cleanly revokes it).
-pub async fn announce(etcd: Arc<Etcd>, layout: Layout, me: Owner, view: Arc<Membership>, lease: Arc<Mutex<i64>>) {
-    loop {
-        let current = *lease.lock();
-        let alive = match current {
-            0 => false,
-            id => matches!(etcd.keep_alive(id).await, Ok(Some(_))),
-        };
-        if !alive {
-            // First time, or the lease lapsed (etcd was out of reach): anew.
-            if let Ok((id, _)) = etcd.grant(TTL).await {
-                if etcd.put(&layout.node(&me.node), me.advertise.as_bytes(), Some(id)).await.is_ok() {
-                    *lease.lock() = id;
+        let view = self.view.read();
+        view.nodes
+            .iter()
+            .map(|(node, lease)| {
+                let mut orgs: Vec<String> = view
+                    .claims
+                    .iter()
+                    .filter(|(_, c)| c.lease == *lease && c.owner.node == node.node)
+                    .map(|(org, _)| org.clone())
+                    .collect();
+                orgs.sort();
+                let org_count = orgs.len() as u32;
+                orgs.truncate(MAX_LISTED_ORGS);
+                NodeInfo {
+                    name: node.node.clone(),
+                    advertise: node.advertise.clone(),
+                    serving: org_count > 0,
+                    orgs,
+                    org_count,
                 }
-            }
-        }
-        if let Ok(list) = read(&etcd, &layout).await {
-            *view.nodes.lock() = list;
-        }
-        tokio::time::sleep(EVERY).await;
+            })
+            .collect()
     }
-}
 
-/// Every announced node, and whether it holds the claim.
-async fn read(etcd: &Etcd, layout: &Layout) -> Result<Vec<NodeInfo>, super::etcd::EtcdError> {
-    let owner = super::ownership::owner(etcd, layout).await?;
-    let prefix = layout.nodes();
-    let (kvs, _) = etcd.range(&prefix, true).await?;
-    let mut nodes: Vec<NodeInfo> = kvs
-        .iter()
-        .map(|kv| {
-            let name = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
-            let serving = owner.as_ref().is_some_and(|o| o.node == name);
-            NodeInfo { name, advertise: String::from_utf8_lossy(&kv.value).into_owned(), serving }
-        })
-        .collect();
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(nodes)
+    /// The names of the live nodes.
+    pub fn live(&self) -> Vec<String> {
+        self.view.read().nodes.iter().map(|(n, _)| n.node.clone()).collect()
+    }
+
+    /// Who holds `org`'s claim, if anyone.
+    pub fn claim_of(&self, org: &str) -> Option<Claimed> {
+        self.view.read().claims.get(org).cloned()
+    }
+
+    /// The live node that should serve `org` (rendezvous over the live nodes).
+    pub fn preferred(&self, org: &str) -> Option<Owner> {
+        let view = self.view.read();
+        let names: Vec<String> = view.nodes.iter().map(|(n, _)| n.node.clone()).collect();
+        let name = placement::preferred(org, &names)?;
+        view.nodes.iter().find(|(n, _)| n.node == name).map(|(n, _)| n.clone())
+    }
 }

@@ -1,12 +1,15 @@
-//! Which node serves: one owner claim in etcd, created if absent and bound
-//! to the claimant's etcd lease. Its create revision is the fence every
-//! durable write compares (`store`); the lease's keep-alives tell the owner
-//! how long it may go on admitting (`Validity`).
+//! Which node serves which org: each node holds one etcd lease for its
+//! life in the cluster (its announcement under `nodes/NAME` is bound to
+//! it), and claims an org by creating `claims/ORG` under that lease, only
+//! if absent. A claim's create revision is the fence every durable write
+//! of the org's records compares (`store`); the lease's keep-alives tell
+//! the node how long it may go on admitting for its orgs (`Validity`).
+//! When the lease lapses, every claim of the node goes with it, at once.
 //!
-//! The safety argument, in full in docs/CLUSTER.md: etcd deletes the claim
+//! The safety argument, in full in docs/CLUSTER.md: etcd deletes a claim
 //! no sooner than one TTL after it last renewed the lease, and the lease's
 //! renewal reached etcd after this node sent it; so measured from the
-//! *send*, the claim lasts at least one TTL. The owner stops admitting and
+//! *send*, the claim lasts at least one TTL. The node stops admitting and
 //! renewing a margin before that (`MARGIN`), on its own monotonic clock,
 //! which keeps running while the process is paused: a node woken from a
 //! SIGSTOP past its validity refuses before it reads a single request.
@@ -71,17 +74,12 @@ impl Validity {
     }
 }
 
-/// A claim this node holds.
-#[derive(Clone, Copy, Debug)]
-pub struct Claim {
-    /// The etcd lease the claim is bound to.
-    pub lease: i64,
-    /// The claim's create revision: the fence.
-    pub fence: i64,
-}
+/// This node's lease: its announcement and every claim it makes are bound to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeLease(pub i64);
 
-/// Who holds the claim, as its value says: the node's name and the address
-/// clients reach it at.
+/// Who holds a claim (or announces itself), as its value says: the node's
+/// name and the address clients reach it at.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     /// The node's name.
@@ -104,71 +102,108 @@ impl Owner {
     }
 }
 
-/// What a campaign found.
-#[derive(Debug)]
-pub enum Campaign {
-    /// This node holds the claim now.
-    Won(Claim),
-    /// Another node does (or the claim is unreadable: `None`).
-    Held(Option<Owner>),
+/// An org's claim as read from etcd.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Claimed {
+    /// Who holds it.
+    pub owner: Owner,
+    /// The lease it is bound to (a node's current lease, or a previous
+    /// run's that has not lapsed yet).
+    pub lease: i64,
+    /// Its create revision: the fence.
+    pub fence: i64,
 }
 
-/// The current owner, if any.
-pub async fn owner(etcd: &Etcd, layout: &Layout) -> Result<Option<Owner>, EtcdError> {
-    let (kvs, _) = etcd.range(&layout.owner(), false).await?;
-    Ok(kvs.first().and_then(|kv| Owner::decode(&kv.value)))
-}
-
-/// Claims ownership if nobody holds it: a new lease, and the claim created
-/// under it only if absent. On success `validity` is set from the grant.
-pub async fn campaign(etcd: &Etcd, layout: &Layout, me: &Owner, validity: &Validity) -> Result<Campaign, EtcdError> {
+/// Joins the cluster: a new lease, and `me` announced under it. On
+/// success `validity` is set from the grant.
+pub async fn join(etcd: &Etcd, layout: &Layout, me: &Owner, validity: &Validity) -> Result<NodeLease, EtcdError> {
     let sent = monotonic_ms();
     let (lease, ttl) = etcd.grant(LEASE_TTL).await?;
-    let key = layout.owner();
-    let outcome = etcd
-        .txn(
-            &[Compare::CreateRevision(key.clone(), 0)],
-            &[Op::Put(key.clone(), me.encode(), Some(lease)), Op::Get(key.clone())],
-            &[Op::Get(key)],
-        )
-        .await;
-    let done = match outcome {
-        Ok(d) => d,
-        Err(e) => {
-            // Whether or not it was created, the lease ends it soon; revoke now.
-            let _ = etcd.revoke(lease).await;
-            return Err(e);
-        }
-    };
-    let read = done.reads.first().and_then(|kvs| kvs.first());
-    if done.succeeded {
-        if let Some(kv) = read {
-            validity.renewed(sent, ttl);
-            return Ok(Campaign::Won(Claim { lease, fence: kv.create_revision }));
-        }
+    if let Err(e) = etcd.put(&layout.node(&me.node), &me.encode(), Some(lease)).await {
+        let _ = etcd.revoke(lease).await;
+        return Err(e);
     }
-    let _ = etcd.revoke(lease).await;
-    Ok(Campaign::Held(read.and_then(|kv| Owner::decode(&kv.value))))
+    validity.renewed(sent, ttl);
+    Ok(NodeLease(lease))
 }
 
-/// Keeps the claim's lease alive until it is lost: renews every
+/// Claims `org` under this node's lease if nobody holds it: its fence, or
+/// `None` if another claim is there.
+pub async fn claim(
+    etcd: &Etcd,
+    layout: &Layout,
+    org: &str,
+    me: &Owner,
+    lease: NodeLease,
+) -> Result<Option<i64>, EtcdError> {
+    let key = layout.claim(org);
+    let done = etcd
+        .txn(
+            &[Compare::CreateRevision(key.clone(), 0)],
+            &[Op::Put(key.clone(), me.encode(), Some(lease.0)), Op::Get(key)],
+            &[],
+        )
+        .await?;
+    let read = done.reads.first().and_then(|kvs| kvs.first());
+    Ok(read.filter(|_| done.succeeded).map(|kv| kv.create_revision))
+}
+
+/// Gives up the claim on an org created at `fence` (if it is still that
+/// claim), so another node may take the org at once.
+pub async fn release(etcd: &Etcd, layout: &Layout, org: &str, fence: i64) -> Result<bool, EtcdError> {
+    let key = layout.claim(org);
+    let done = etcd.txn(&[Compare::CreateRevision(key.clone(), fence)], &[Op::Delete(key)], &[]).await?;
+    Ok(done.succeeded)
+}
+
+/// Every org's claim, by org name.
+pub async fn claims(etcd: &Etcd, layout: &Layout) -> Result<Vec<(String, Claimed)>, EtcdError> {
+    let prefix = layout.claims();
+    let end = super::etcd::prefix_end(&prefix);
+    let (mut start, mut out) = (prefix.clone(), Vec::new());
+    loop {
+        let (kvs, more) = etcd.range_in(&start, &end, super::store::LOAD_PAGE, false).await?;
+        for kv in &kvs {
+            let org = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+            if let Some(owner) = Owner::decode(&kv.value) {
+                out.push((org, Claimed { owner, lease: kv.lease, fence: kv.create_revision }));
+            }
+        }
+        match (more, kvs.last()) {
+            (true, Some(last)) => {
+                start = last.key.clone();
+                start.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Every announced node (a node's announcement lives as long as its lease).
+pub async fn nodes(etcd: &Etcd, layout: &Layout) -> Result<Vec<(Owner, i64)>, EtcdError> {
+    let prefix = layout.nodes();
+    let (kvs, _) = etcd.range(&prefix, true).await?;
+    Ok(kvs.iter().filter_map(|kv| Owner::decode(&kv.value).map(|o| (o, kv.lease))).collect())
+}
+
+/// Keeps the node's lease alive until it is lost: renews every
 /// `KEEPALIVE_EVERY`, extending `validity` from each renewal's send time.
 /// Returns when the lease is gone or validity has lapsed (etcd unreachable
 /// for longer than the margin allows).
-pub async fn keep(etcd: &Etcd, claim: Claim, validity: &Validity) {
+pub async fn keep(etcd: &Etcd, lease: NodeLease, validity: &Validity) {
     loop {
         let sent = monotonic_ms();
-        match etcd.keep_alive(claim.lease).await {
+        match etcd.keep_alive(lease.0).await {
             Ok(Some(ttl)) => validity.renewed(sent, ttl),
             Ok(None) => {
-                tracing::warn!(lease = claim.lease, "the owner claim's etcd lease is gone: this node stops serving");
+                tracing::warn!(lease = lease.0, "this node's etcd lease is gone: it stops serving its orgs");
                 validity.lose();
                 return;
             }
-            Err(e) => tracing::warn!("renewing the owner claim's lease: {e}"),
+            Err(e) => tracing::warn!("renewing this node's etcd lease: {e}"),
         }
         if !validity.valid() {
-            tracing::warn!("the owner claim could not be renewed in time: this node stops serving");
+            tracing::warn!("this node's etcd lease could not be renewed in time: it stops serving its orgs");
             return;
         }
         tokio::time::sleep(KEEPALIVE_EVERY).await;

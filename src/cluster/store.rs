@@ -1,17 +1,25 @@
 //! The records of a cluster, in etcd, behind the same `Store` trait as the
 //! embedded redb file: one key per record (`PREFIX/r/TABLE/KEY`, postcard
 //! value, the same keys and encoding as redb's tables), and every write a
-//! transaction that first compares the owner claim's create revision with
-//! this node's fence. A node that lost its claim (paused, partitioned,
-//! replaced) therefore writes nothing, whatever it still believes.
+//! transaction that first compares, for each org it touches, that org's
+//! claim's create revision with this node's fence for it. A node that lost
+//! an org (paused, partitioned, handed on) therefore writes nothing of
+//! that org's, whatever it still believes. The broker's own records
+//! (operator keys, the clock and lease marks) belong to no org and are
+//! written by any node.
+//!
+//! A node loads only the broker's own records at start (`load`), and each
+//! org's when it takes the org over (`load_orgs`).
 //!
 //! The trait is synchronous (the shell calls it from blocking threads);
 //! etcd's client is async. A small runtime of its own, on one thread,
 //! runs the calls, so a blocking caller never waits on the runtime that
 //! called it.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use super::etcd::{prefix_end, Compare, Etcd, EtcdError, Op};
 use crate::core::{audit_key, AuditEntry, Change, Millis, OrgName, Record, Table};
@@ -32,21 +40,36 @@ pub const LOAD_PAGE: usize = 1000;
 /// meanwhile).
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The revision that created this node's owner claim, or 0 while it owns
-/// nothing (every write refused). Shared with the ownership loop.
+/// For each org this node serves, the revision that created its claim:
+/// every write of the org's records is fenced on it, and an org without a
+/// fence is not served (its writes refused). Shared with the placement loop.
 #[derive(Debug, Default)]
-pub struct Fence(AtomicI64);
+pub struct Fences(RwLock<HashMap<OrgName, i64>>);
 
-impl Fence {
-    /// The current fence (0: none).
-    pub fn get(&self) -> i64 {
-        // Acquire: pairs with `set`, so a write sees the claim it is fenced on.
-        self.0.load(Ordering::Acquire)
+impl Fences {
+    /// The fence of `org`, if this node serves it.
+    pub fn get(&self, org: &OrgName) -> Option<i64> {
+        self.0.read().get(org).copied()
     }
 
-    /// Sets the fence (0 to refuse every write from now on).
-    pub fn set(&self, revision: i64) {
-        self.0.store(revision, Ordering::Release);
+    /// Serves `org` under the claim created at `revision`.
+    pub fn set(&self, org: &OrgName, revision: i64) {
+        self.0.write().insert(org.clone(), revision);
+    }
+
+    /// Stops serving `org`: its writes are refused from now on.
+    pub fn remove(&self, org: &OrgName) -> Option<i64> {
+        self.0.write().remove(org)
+    }
+
+    /// Stops serving every org.
+    pub fn clear(&self) {
+        self.0.write().clear();
+    }
+
+    /// The orgs served and their fences.
+    pub fn all(&self) -> Vec<(OrgName, i64)> {
+        self.0.read().iter().map(|(o, f)| (o.clone(), *f)).collect()
     }
 }
 
@@ -66,9 +89,14 @@ impl Layout {
         Layout { prefix }
     }
 
-    /// The owner claim: created with a lease by the node that serves.
-    pub fn owner(&self) -> Vec<u8> {
-        format!("{}owner", self.prefix).into_bytes()
+    /// An org's claim: created with its lease by the node that serves it.
+    pub fn claim(&self, org: &str) -> Vec<u8> {
+        format!("{}claims/{org}", self.prefix).into_bytes()
+    }
+
+    /// The prefix of every org's claim.
+    pub fn claims(&self) -> Vec<u8> {
+        format!("{}claims/", self.prefix).into_bytes()
     }
 
     /// Where live nodes announce themselves (lease-bound).
@@ -135,11 +163,12 @@ impl Drop for Bridge {
     }
 }
 
-/// The records of a cluster in etcd, written only under this node's fence.
+/// The records of a cluster in etcd, an org's written only under this
+/// node's fence for it.
 pub struct EtcdStore {
     etcd: Arc<Etcd>,
     layout: Layout,
-    fence: Arc<Fence>,
+    fences: Arc<Fences>,
     bridge: Bridge,
 }
 
@@ -148,10 +177,78 @@ fn etcd_error(e: EtcdError) -> StoreError {
 }
 
 impl EtcdStore {
-    /// A store on `etcd` under `layout`, writing while `fence` is set.
-    pub fn new(etcd: Arc<Etcd>, layout: Layout, fence: Arc<Fence>) -> Result<EtcdStore, StoreError> {
+    /// A store on `etcd` under `layout`, writing an org's records while
+    /// `fences` holds a fence for it.
+    pub fn new(etcd: Arc<Etcd>, layout: Layout, fences: Arc<Fences>) -> Result<EtcdStore, StoreError> {
         let bridge = Bridge::new().map_err(|e| StoreError::Backend(Box::new(e)))?;
-        Ok(EtcdStore { etcd, layout, fence, bridge })
+        Ok(EtcdStore { etcd, layout, fences, bridge })
+    }
+
+    /// The records of each of `orgs`, parents before children, as a node
+    /// taking them over applies them (`Broker::adopt_org`). The keys table
+    /// is read once for all of them.
+    pub fn load_orgs(&self, orgs: &[OrgName]) -> Result<Vec<(OrgName, Vec<Record>)>, StoreError> {
+        let (etcd, layout, orgs) = (self.etcd.clone(), self.layout.clone(), orgs.to_vec());
+        self.bridge.run(async move {
+            let mut keys: HashMap<OrgName, Vec<Record>> = HashMap::new();
+            for record in EtcdStore::table(&etcd, &layout, Table::Keys).await? {
+                if let Some(org) = record.org().cloned() {
+                    keys.entry(org).or_default().push(record);
+                }
+            }
+            let mut out = Vec::with_capacity(orgs.len());
+            for org in orgs {
+                let mut records = Vec::new();
+                for table in Table::DIRECTORY {
+                    match table {
+                        Table::Keys => records.extend(keys.remove(&org).unwrap_or_default()),
+                        Table::Meta => {}
+                        Table::Orgs => {
+                            let key = layout.record(table, org.as_str());
+                            let end = prefix_end(&key);
+                            records.extend(EtcdStore::range(&etcd, table, key, end).await?);
+                        }
+                        _ => {
+                            let prefix = layout.record(table, &format!("{org}/"));
+                            let end = prefix_end(&prefix);
+                            records.extend(EtcdStore::range(&etcd, table, prefix, end).await?);
+                        }
+                    }
+                }
+                // `r/orgs/acme` also starts `r/orgs/acme2`: keep the org's own.
+                records.retain(|r| r.org() == Some(&org));
+                out.push((org, records));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The names of every org in the cluster.
+    pub fn org_names(&self) -> Result<BTreeSet<OrgName>, StoreError> {
+        let (etcd, layout) = (self.etcd.clone(), self.layout.clone());
+        self.bridge.run(async move {
+            let orgs = EtcdStore::table(&etcd, &layout, Table::Orgs).await?;
+            Ok(orgs.iter().filter_map(|r| r.org().cloned()).collect())
+        })
+    }
+
+    /// Whether `org`'s record exists.
+    pub fn has_org(&self, org: &OrgName) -> Result<bool, StoreError> {
+        let (etcd, key) = (self.etcd.clone(), self.layout.record(Table::Orgs, org.as_str()));
+        self.bridge.run(async move {
+            let (kvs, _) = etcd.range(&key, false).await.map_err(etcd_error)?;
+            Ok(!kvs.is_empty())
+        })
+    }
+
+    /// An API key's record, read from etcd (a node routes a key of an org
+    /// it does not serve by it).
+    pub fn key(&self, hash: &crate::core::KeyHash) -> Result<Option<Record>, StoreError> {
+        let (etcd, key) = (self.etcd.clone(), self.layout.record(Table::Keys, &hash.to_hex()));
+        self.bridge.run(async move {
+            let end = prefix_end(&key);
+            Ok(EtcdStore::range(&etcd, Table::Keys, key, end).await?.into_iter().next())
+        })
     }
 
     /// Every record of `table`, decoded; read `LOAD_PAGE` keys at a time,
@@ -159,7 +256,12 @@ impl EtcdStore {
     async fn table(etcd: &Etcd, layout: &Layout, table: Table) -> Result<Vec<Record>, StoreError> {
         let prefix = layout.table(table).into_bytes();
         let end = prefix_end(&prefix);
-        let (mut start, mut out) = (prefix, Vec::new());
+        EtcdStore::range(etcd, table, prefix, end).await
+    }
+
+    /// Every record of `table` from `start` to before `end`, decoded, a page at a time.
+    async fn range(etcd: &Etcd, table: Table, start: Vec<u8>, end: Vec<u8>) -> Result<Vec<Record>, StoreError> {
+        let (mut start, mut out) = (start, Vec::new());
         loop {
             let (kvs, more) = etcd.range_in(&start, &end, LOAD_PAGE, false).await.map_err(etcd_error)?;
             for kv in &kvs {
@@ -210,26 +312,29 @@ impl EtcdStore {
 }
 
 impl Store for EtcdStore {
+    /// The broker's own records only (operator keys, the clock and lease
+    /// marks): an org's records are loaded when a node takes it over.
     fn load(&self) -> Result<Vec<Record>, StoreError> {
         let (etcd, layout) = (self.etcd.clone(), self.layout.clone());
         self.bridge.run(async move {
-            let mut out = Vec::new();
-            // Parents before children: the order of `Table::DIRECTORY`.
-            for table in Table::DIRECTORY {
-                out.extend(EtcdStore::table(&etcd, &layout, table).await?);
-            }
+            let mut out: Vec<Record> = EtcdStore::table(&etcd, &layout, Table::Keys).await?;
+            out.retain(|r| r.org().is_none());
+            out.extend(EtcdStore::table(&etcd, &layout, Table::Meta).await?);
             Ok(out)
         })
     }
 
     fn commit(&self, changes: &[Change]) -> Result<(), StoreError> {
-        let fence = self.fence.get();
-        if fence == 0 {
-            return Err(StoreError::Fenced);
-        }
         let mut txns = Vec::new();
         for chunk in changes.chunks(MAX_TXN_OPS) {
             let mut ops = Vec::with_capacity(chunk.len());
+            // Each org the chunk touches, compared with its fence (one
+            // compare per org; at most as many as the chunk has changes).
+            let mut compare = Vec::new();
+            for org in chunk.iter().filter_map(Change::org).collect::<BTreeSet<_>>() {
+                let fence = self.fences.get(org).ok_or(StoreError::Fenced)?;
+                compare.push(Compare::CreateRevision(self.layout.claim(org.as_str()), fence));
+            }
             for change in chunk {
                 let (table, key) = change.key();
                 let key = self.layout.record(table, &key);
@@ -244,17 +349,16 @@ impl Store for EtcdStore {
                     | Change::RemoveUser { .. } => Op::Delete(key),
                 });
             }
-            txns.push(ops);
+            txns.push((compare, ops));
         }
-        let (etcd, owner) = (self.etcd.clone(), self.layout.owner());
-        let fence_handle = self.fence.clone();
+        let etcd = self.etcd.clone();
         self.bridge.run(async move {
-            for ops in txns {
-                let compare = [Compare::CreateRevision(owner.clone(), fence)];
+            for (compare, ops) in txns {
                 let done = etcd.txn(&compare, &ops, &[]).await.map_err(etcd_error)?;
                 if !done.succeeded {
-                    // Another node's claim (or none): this node serves no more.
-                    fence_handle.set(0);
+                    // Another node's claim (or none) on one of the orgs:
+                    // its lease lapsed, so this node's validity has too, and
+                    // the placement loop drops the org at its next pass.
                     return Err(StoreError::Fenced);
                 }
             }

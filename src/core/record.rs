@@ -358,7 +358,43 @@ impl Record {
     }
 }
 
+impl Record {
+    /// The org the record belongs to; `None` for the broker's own records
+    /// (operator keys, the clock and lease marks, the failure count).
+    pub fn org(&self) -> Option<&OrgName> {
+        match self {
+            Record::Org { name, .. } => Some(name),
+            Record::Pool { org, .. }
+            | Record::User { org, .. }
+            | Record::Machine { org, .. }
+            | Record::Grant { org, .. }
+            | Record::Binding { org, .. }
+            | Record::Offline { org, .. }
+            | Record::Counters { org, .. }
+            | Record::Ceiling { org, .. }
+            | Record::UserLimit { org, .. }
+            | Record::Ends { org, .. }
+            | Record::Denials { org, .. }
+            | Record::SeatTime { org, .. } => Some(org),
+            Record::Key { org, .. } => org.as_ref(),
+            Record::Audit(e) => Some(&e.org),
+            Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,
+        }
+    }
+}
+
 impl Change {
+    /// The org whose records the change touches (`Record::org`).
+    pub fn org(&self) -> Option<&OrgName> {
+        match self {
+            Change::Put(r) => r.org(),
+            Change::RemoveMachine { org, .. }
+            | Change::RemoveGrant { org, .. }
+            | Change::RemoveBinding { org, .. }
+            | Change::RemoveUser { org, .. } => Some(org),
+        }
+    }
+
     /// The table and key this change touches.
     pub fn key(&self) -> (Table, String) {
         match self {

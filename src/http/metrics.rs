@@ -89,7 +89,17 @@ struct Snapshot {
     /// (ended sessions dropped, closed minutes dropped, file bytes), if the history is on.
     history: Option<(u64, u64, u64)>,
     /// On a cluster node: whether it serves (a standby renders `Standby`).
-    serving: Option<bool>,
+
+    /// On a cluster node: its lease and orgs.
+    cluster: Option<Cluster>,
+}
+
+/// A cluster node's part in its cluster, at a scrape.
+#[derive(Debug)]
+struct Cluster {
+    serving: bool,
+    orgs: u64,
+    known: u64,
 }
 
 impl Snapshot {
@@ -133,8 +143,13 @@ impl Snapshot {
                 use std::sync::atomic::Ordering::Relaxed;
                 (h.dropped_sessions.load(Relaxed), h.dropped_minutes.load(Relaxed), h.file_bytes())
             }),
-            // A broker running as a cluster node serves while it runs.
-            serving: shared.validity.as_ref().map(|_| true),
+            // A cluster node: whether its lease is valid, the orgs it
+            // serves, the orgs the cluster has (as last read).
+            cluster: shared.cluster.as_ref().map(|seat| Cluster {
+                serving: seat.validity.valid(),
+                orgs: seat.fences.all().len() as u64,
+                known: seat.view.org_count() as u64,
+            }),
         }
     }
 
@@ -255,8 +270,12 @@ impl Collector for Snapshot {
             ConstCounter::new(minutes).encode(dropped.encode_family(&[("what", "minutes")])?)?;
             one(e, "history_bytes", "Size of the utilization history's file (history.redb).", bytes as i64)?;
         }
-        if let Some(serving) = self.serving {
-            cluster_serving(e, serving)?;
+        if let Some(c) = &self.cluster {
+            let help = "On a node of a cluster: 1 while its etcd lease is known to last (it serves its orgs), else 0 (absent on a single broker).";
+            one(e, "cluster_serving", help, i64::from(c.serving))?;
+            one(e, "cluster_orgs", "On a node of a cluster: the orgs it serves.", c.orgs as i64)?;
+            let help = "On a node of a cluster: the orgs the cluster has, as this node last read them.";
+            one(e, "cluster_orgs_known", help, c.known as i64)?;
         }
         build_info(e)
     }
@@ -265,29 +284,4 @@ impl Collector for Snapshot {
 fn build_info(e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
     let mut build = e.encode_descriptor("build_info", "The broker's version.", None, MetricType::Gauge)?;
     ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)
-}
-
-fn cluster_serving(e: &mut DescriptorEncoder<'_>, serving: bool) -> std::fmt::Result {
-    let help = "On a node of a cluster: 1 while it serves, 0 while it stands by (absent on a single broker).";
-    ConstGauge::new(i64::from(serving)).encode(e.encode_descriptor("cluster_serving", help, None, MetricType::Gauge)?)
-}
-
-/// What a cluster node standing by exports: that it stands by, and its version.
-#[derive(Debug)]
-struct Standby;
-
-impl Collector for Standby {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        cluster_serving(&mut encoder, false)?;
-        build_info(&mut encoder)
-    }
-}
-
-/// `/metrics` of a cluster node standing by.
-pub fn render_standby() -> Result<String, std::fmt::Error> {
-    let mut registry = Registry::with_prefix("lbroker");
-    registry.register_collector(Box::new(Standby));
-    let mut body = String::new();
-    prometheus_client::encoding::text::encode(&mut body, &registry)?;
-    Ok(body)
 }

@@ -4,8 +4,6 @@
 //! - `GET /metrics`: the broker's numbers in the OpenMetrics text format
 //!   (`metrics`), documented in docs/METRICS.md.
 //! - `GET /healthz`: 200 while the broker admits, 503 while it drains.
-//!   A cluster node standing by serves only this and `/metrics`
-//!   (`serve_standby`).
 //! - `GET /`: the license utilization dashboard (`dashboard`).
 //! - `GET /api/v1/usage`, `/api/v1/sessions`, `/api/v1/what-if`: the
 //!   utilization reports as JSON or CSV (`api`), for a caller with an API
@@ -80,51 +78,6 @@ fn exposition(
     match render() {
         Ok(body) => ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("encoding the metrics failed: {e}\n")).into_response(),
-    }
-}
-
-/// What a cluster node standing by serves on its ops address: `/healthz`
-/// (200: a healthy standby), `/metrics` (`lbroker_cluster_serving 0` and
-/// the version, so a scrape of every node finds each one up and which one
-/// serves), and for anything else a 503 naming the node that serves.
-pub(crate) async fn serve_standby(
-    listener: tokio::net::TcpListener,
-    (token, connections, lifetime): (Option<String>, usize, std::time::Duration),
-    node: String,
-    serving: Arc<parking_lot::Mutex<String>>,
-) {
-    let metrics_token = token.clone();
-    let scrape = move |headers: HeaderMap| {
-        let token = metrics_token.clone();
-        async move { exposition(token.as_deref(), &headers, metrics::render_standby) }
-    };
-    let (name, owner) = (node.clone(), serving.clone());
-    let health = move || {
-        let (name, owner) = (name.clone(), owner.lock().clone());
-        async move { (StatusCode::OK, format!("standby ({name}); serving: {}\n", or_none(&owner))) }
-    };
-    let elsewhere = move || {
-        let owner = serving.lock().clone();
-        async move {
-            let text = format!(
-                "this node ({node}) stands by: the dashboard and the reports are served by the node that serves ({})\n",
-                or_none(&owner)
-            );
-            (StatusCode::SERVICE_UNAVAILABLE, text)
-        }
-    };
-    let app = Router::new().route("/metrics", get(scrape)).route("/healthz", get(health)).fallback(elsewhere);
-    let listener = listener::Bounded::new(listener, connections, lifetime);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::warn!("the standby's http endpoint stopped: {e}");
-    }
-}
-
-fn or_none(owner: &str) -> &str {
-    if owner.is_empty() {
-        "none at this moment"
-    } else {
-        owner
     }
 }
 

@@ -220,9 +220,12 @@ pub struct NodeInfo {
     pub name: String,
     /// Where clients reach it (`serve --advertise`).
     pub advertise: String,
-    /// Whether it serves (holds the claim: every org); the others stand
-    /// by and redirect.
+    /// Whether it serves any org now.
     pub serving: bool,
+    /// The orgs it serves, by name (at most 200 named; see `org_count`).
+    pub orgs: Vec<String>,
+    /// How many orgs it serves.
+    pub org_count: u32,
 }
 
 /// An org, for `org list`.

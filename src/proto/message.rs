@@ -356,6 +356,15 @@ pub enum Req {
     /// (an empty list from a single broker). Anyone authenticated.
     /// Answered with `Nodes`.
     Nodes,
+    /// Which node of a cluster serves `org` (or should, if none does yet:
+    /// where to create it). Anyone authenticated; the operator, whose key
+    /// every node welcomes, asks before acting on an org. Answered with
+    /// `Route` (an empty address: this node; a single broker always
+    /// answers so).
+    Route {
+        /// The org.
+        org: OrgName,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -757,6 +766,12 @@ pub enum Resp {
     WhatIf(WhatIfReport),
     /// Nodes: the cluster's nodes (empty from a single broker).
     Nodes(Vec<NodeInfo>),
+    /// Route: `HOST:PORT` of the node serving the org, or empty for the
+    /// node that answered.
+    Route {
+        /// Where to connect; empty: here.
+        server: String,
+    },
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.
@@ -781,4 +796,71 @@ pub enum Notice {
         /// Its place: 1 is admitted at the next free seat.
         position: u32,
     },
+}
+
+impl Req {
+    /// The org the request names, if any (a cluster node answers for the
+    /// orgs it serves: see `NOT_OWNER`). `CreateOrg` names an org that
+    /// does not exist yet, so none.
+    pub fn org(&self) -> Option<&OrgName> {
+        match self {
+            Req::RegisterMachine { org, .. }
+            | Req::Acquire { org, .. }
+            | Req::SetPool { org, .. }
+            | Req::AddUser { org, .. }
+            | Req::CreateKey { org, .. }
+            | Req::RevokeKey { org, .. }
+            | Req::ListKeys { org }
+            | Req::ListUsers { org }
+            | Req::ListMachines { org }
+            | Req::RemoveMachine { org, .. }
+            | Req::ListSessions { org }
+            | Req::KillSession { org, .. }
+            | Req::Grant { org, .. }
+            | Req::RevokeGrant { org, .. }
+            | Req::ListGrants { org, .. }
+            | Req::Activate { org, .. }
+            | Req::CreateOffline { org, .. }
+            | Req::ListOffline { org }
+            | Req::RevokeOffline { org, .. }
+            | Req::TransferOffline { org, .. }
+            | Req::Audit { org }
+            | Req::RemoveUser { org, .. }
+            | Req::SetSubscription { org, .. }
+            | Req::Reattach { org, .. }
+            | Req::Checkout { org, .. }
+            | Req::SetUserLimit { org, .. }
+            | Req::ListUserLimits { org, .. }
+            | Req::WhatIf { org, .. } => Some(org),
+            Req::Status { org } => org.as_ref(),
+            Req::List { of, .. } => of.org(),
+            Req::Renew { .. }
+            | Req::Release { .. }
+            | Req::CreateOrg { .. }
+            | Req::OfflinePublicKey
+            | Req::ListOrgs
+            | Req::Label { .. }
+            | Req::Nodes
+            | Req::Route { .. } => None,
+        }
+    }
+}
+
+impl ListOf {
+    /// The org the listing names, if any.
+    pub fn org(&self) -> Option<&OrgName> {
+        match self {
+            ListOf::Status { org } => org.as_ref(),
+            ListOf::Sessions { org }
+            | ListOf::Machines { org }
+            | ListOf::Users { org }
+            | ListOf::Keys { org }
+            | ListOf::Grants { org, .. }
+            | ListOf::Offline { org }
+            | ListOf::Audit { org }
+            | ListOf::UserLimits { org, .. } => Some(org),
+            ListOf::Usage { org, .. } | ListOf::Ended { org, .. } => Some(org),
+            ListOf::Orgs => None,
+        }
+    }
 }

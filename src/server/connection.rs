@@ -123,6 +123,7 @@ async fn serve(
         }
     };
     shared.notices.remove(&id);
+    shared.members.remove(&id);
     let clean = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0);
     if clean {
         let held: Vec<SessionId> = ctx.sessions.lock().drain().collect();

@@ -64,7 +64,12 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
         Req::ListKeys { org } => reply(core.keys(p, &org), |v| Resp::Keys(list(v))),
         Req::ListOrgs => reply(core.orgs(p), |v| Resp::Orgs(list(v))),
-        Req::Nodes => Ok(Resp::Nodes(call.shared.membership.as_ref().map(|m| m.nodes()).unwrap_or_default())),
+        Req::Nodes => Ok(Resp::Nodes(call.shared.cluster.as_ref().map(|c| c.view.nodes()).unwrap_or_default())),
+        Req::Route { org } => {
+            let elsewhere =
+                call.shared.cluster.as_ref().filter(|c| !c.serves(&org)).and_then(|c| c.served_at(org.as_str()));
+            Ok(Resp::Route { server: elsewhere.map(|o| o.advertise).unwrap_or_default() })
+        }
         Req::ListGrants { org, pool } => reply(core.grants(p, &org, pool), |v| Resp::Grants(list(v))),
         Req::ListOffline { org } => reply(core.offline_licenses(p, &org), |v| Resp::Offline(list(v))),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {
@@ -114,7 +119,25 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
         Req::CreateOrg { name, subscription_end, owner } => {
             let (end, owner) = (parse_end_of_date(&subscription_end)?, Email::parse_lenient(&owner)?);
             let (key, hash) = keys::generate().map_err(random_failure)?;
-            call.mutate(|core, now| core.plan_create_org(p, &name, end, &owner, hash, now)).await?;
+            p.require_operator()?;
+            // In a cluster, the node that creates an org claims it first:
+            // the creation is fenced on that claim, like every later write.
+            let seat = call.shared.cluster.as_ref();
+            if let Some(seat) = seat {
+                seat.claim_new(&name).await.map_err(|e| match e {
+                    crate::cluster::seat::ClaimError::Exists => {
+                        WireError::from(Error::AlreadyExists { what: "org", name: name.to_string() })
+                    }
+                    crate::cluster::seat::ClaimError::Etcd(why) => {
+                        WireError::new(ErrorCode::StoreFailure, format!("claiming the new org in etcd: {why}"))
+                    }
+                })?;
+            }
+            let created = call.mutate(|core, now| core.plan_create_org(p, &name, end, &owner, hash, now)).await;
+            if let (Err(_), Some(seat)) = (&created, seat) {
+                seat.unclaim(&name).await;
+            }
+            created?;
             Ok(Resp::OrgCreated { owner_key: key })
         }
         Req::SetPool { org, pool, quota } => {
@@ -183,7 +206,7 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
 impl Call<'_> {
     /// Refuses new seats while the broker drains.
     pub(super) fn admitting(&self) -> Result<(), WireError> {
-        self.shared.owning()?;
+        self.shared.owning(self.p.org.as_ref())?;
         match self.shared.is_draining() {
             true => Err(WireError::new(
                 ErrorCode::Draining,
@@ -335,7 +358,7 @@ async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionT
 /// Heartbeat; a version 2 stream gets the new deadline's token with it.
 fn renew(call: &Call<'_>, session: SessionId) -> Reply {
     // A node whose claim lapsed extends nobody's belief in a seat.
-    call.shared.owning()?;
+    call.shared.owning(call.p.org.as_ref())?;
     let core = &call.shared.core;
     if call.proto < 2 {
         return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });

@@ -50,7 +50,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::OfflinePublicKey
         | Req::List { .. }
         | Req::WhatIf { .. }
-        | Req::Nodes => 8,
+        | Req::Nodes
+        | Req::Route { .. } => 8,
         Req::CreateOrg { .. }
         | Req::SetPool { .. }
         | Req::AddUser { .. }

@@ -39,7 +39,7 @@ use dashmap::DashMap;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::core::hash::FastSet;
-use crate::core::{Broker, Change, Config, ConnId, Email, Ended, Pending, Record, SessionId};
+use crate::core::{Broker, Change, Config, ConnId, Email, Ended, OrgName, Pending, Record, SessionId};
 use crate::error::SetupError;
 use crate::proto::{Notice, WireError};
 use crate::store::{RedbStore, Store, StoreError};
@@ -126,20 +126,20 @@ impl Options {
     }
 }
 
-/// What a cluster node hands the broker it runs while it holds the claim
-/// (`cluster::node`): the records' store in etcd, fenced on the claim, and
-/// how long the claim is known to last. Without it the broker is a single
-/// node on its redb file.
+/// What a cluster node hands the broker it runs for as long as its etcd
+/// lease lasts (`cluster::node`): the records in etcd, which orgs it serves
+/// and how long it may. Without it the broker is a single node on its
+/// redb file.
 pub struct ClusterSeat {
-    /// The cluster's records.
-    pub store: Arc<dyn Store>,
-    /// Until when this node may admit and renew.
-    pub validity: Arc<crate::cluster::Validity>,
-    /// The cluster's nodes, for `Nodes`.
-    pub membership: Arc<crate::cluster::Membership>,
-    /// The node's endpoint, bound once: the broker serves on it while it
-    /// holds the claim, and hands it back when it loses it.
+    /// The node's place in the cluster.
+    pub seat: Arc<crate::cluster::Seat>,
+    /// The node's endpoint, bound once: the broker serves on it while the
+    /// node's lease lasts, and hands it back when it is lost.
     pub endpoint: quinn::Endpoint,
+    /// Whether this node may create an empty cluster's first records (it
+    /// holds the claim of the `default` org they create): of nodes joining
+    /// an empty cluster at once, only one does.
+    pub may_bootstrap: bool,
 }
 
 /// How far behind the clock recorded by a previous run a cluster node's
@@ -193,10 +193,12 @@ pub(crate) struct Shared {
     pub history: Option<Arc<crate::history::History>>,
     /// Signs the ops endpoint's sign-in cookies.
     pub signer: crate::http::auth::Signer,
-    /// In a cluster: until when this node may admit and renew.
-    pub validity: Option<Arc<crate::cluster::Validity>>,
-    /// In a cluster: its nodes.
-    pub membership: Option<Arc<crate::cluster::Membership>>,
+    /// In a cluster: which orgs this node serves, and until when.
+    pub cluster: Option<Arc<crate::cluster::Seat>>,
+    /// In a cluster: the connections of each org's members, so that an org
+    /// handed to another node has its connections closed (they reconnect
+    /// and are redirected). Empty on a single broker.
+    pub members: DashMap<ConnId, (OrgName, quinn::Connection)>,
     /// Dropped with the last handle on this state, after every field above
     /// (fields drop in order), so `Running::shutdown` knows the store is closed.
     pub _closed: oneshot::Sender<()>,
@@ -309,14 +311,26 @@ impl Shared {
         }
     }
 
-    /// Refuses (`NOT_OWNER`) on a cluster node whose claim may have lapsed:
-    /// it admits and renews nothing more, whatever its memory holds.
-    pub fn owning(&self) -> Result<(), WireError> {
-        match &self.validity {
-            Some(v) if !v.valid() => Err(WireError::new(
-                crate::proto::ErrorCode::NotOwner,
-                "this node no longer serves (its claim lapsed); reconnect: any node redirects to the one that does",
-            )),
+    /// Refuses (`NOT_OWNER`) on a cluster node that does not serve `org`
+    /// (or, for `None`, whose lease may have lapsed): it admits and renews
+    /// nothing for it, whatever its memory holds.
+    pub fn owning(&self, org: Option<&OrgName>) -> Result<(), WireError> {
+        let Some(seat) = &self.cluster else { return Ok(()) };
+        let not_owner = |why: String| Err(WireError::new(crate::proto::ErrorCode::NotOwner, why));
+        if !seat.validity.valid() {
+            return not_owner(
+                "this node no longer serves (its etcd lease lapsed); reconnect: any node redirects to the one that does"
+                    .into(),
+            );
+        }
+        match org {
+            Some(org) if seat.fences.get(org).is_none() => match seat.served_at(org.as_str()) {
+                Some(owner) => not_owner(format!(
+                    "org {org} is served by node {} at {}: connect there (--server {})",
+                    owner.node, owner.advertise, owner.advertise
+                )),
+                None => not_owner(format!("no node serves org {org} this instant (it is moving); retry shortly")),
+            },
             _ => Ok(()),
         }
     }
@@ -425,9 +439,10 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         None => None,
     };
     let clock = Clock::ahead(options.clock_ahead);
-    let validity = seat.as_ref().map(|s| s.validity.clone());
-    let membership = seat.as_ref().map(|s| s.membership.clone());
-    let (store, core, bootstrap) = open(&options, clock, seat.map(|s| s.store))?;
+    let cluster = seat.as_ref().map(|s| s.seat.clone());
+    let may_bootstrap = seat.as_ref().is_none_or(|s| s.may_bootstrap);
+    let store: Option<Arc<dyn Store>> = seat.map(|s| s.seat.store.clone() as Arc<dyn Store>);
+    let (store, core, bootstrap) = open(&options, clock, store, may_bootstrap)?;
     let files = match &options.tls {
         Some(f) => f.clone(),
         None => {
@@ -496,8 +511,8 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         ceiling: tokio::sync::Mutex::new(()),
         history: history.clone(),
         signer: crate::http::auth::Signer::new().map_err(|_| SetupError::Random)?,
-        validity,
-        membership,
+        cluster,
+        members: DashMap::new(),
         _closed: closed_tx,
     });
     let (stop, stop_rx) = watch::channel(false);
@@ -537,13 +552,19 @@ type Opened = (Arc<dyn Store>, Broker, Option<BootstrapKeys>);
 
 /// Opens the store in the data dir, replays it into a new core, and
 /// initialises it (with keys to show once) if it was empty.
-fn open(options: &Options, clock: Clock, cluster: Option<Arc<dyn Store>>) -> Result<Opened, SetupError> {
+fn open(
+    options: &Options,
+    clock: Clock,
+    cluster: Option<Arc<dyn Store>>,
+    may_bootstrap: bool,
+) -> Result<Opened, SetupError> {
     std::fs::create_dir_all(&options.data_dir)
         .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
     // Owner-only before anything is written into it, whatever the umask.
     restrict(&options.data_dir, 0o700)?;
     let store_error = |what| move |source| SetupError::Store { what, source };
-    let skew = if cluster.is_some() { CLUSTER_CLOCK_SKEW } else { Duration::ZERO };
+    let clustered = cluster.is_some();
+    let skew = if clustered { CLUSTER_CLOCK_SKEW } else { Duration::ZERO };
     let store: Arc<dyn Store> = match cluster {
         Some(store) => store,
         None => {
@@ -560,9 +581,15 @@ fn open(options: &Options, clock: Clock, cluster: Option<Arc<dyn Store>>) -> Res
         session_id_key: crate::keys::random_u128().map_err(|_| SetupError::Random)?,
         ..Config::default()
     });
+    // (In a cluster, only the broker's own records: each org's are loaded
+    // when this node takes it over.)
     let records = store.load().map_err(store_error("loading the store"))?;
+    let recorded_ttl = records.iter().find_map(|r| match r {
+        Record::Leases { ttl_ms, .. } => Some(*ttl_ms),
+        _ => None,
+    });
     // Bootstrap writes every first record in one commit: no key, no bootstrap yet.
-    let fresh = !records.iter().any(|r| matches!(r, Record::Key { .. }));
+    let fresh = may_bootstrap && !records.iter().any(|r| matches!(r, Record::Key { .. }));
     core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), clock.now());
     let (now, high_water) = (clock.now(), core.high_water());
     if now.after(skew) < high_water && !options.allow_clock_rollback {
@@ -575,10 +602,16 @@ fn open(options: &Options, clock: Clock, cluster: Option<Arc<dyn Store>>) -> Res
     // it fails, the next start is fresh again and shows its own keys (keys
     // committed but never shown would be lost to everyone).
     let mut marks = vec![Change::Put(Record::Clock { high_water: now })];
-    if let Some(hold) = core.hold_reserves(now) {
+    if let Some(mut hold) = core.hold_reserves(now) {
         if hold.seats > 0 {
             let until = crate::core::format_utc(hold.until);
             tracing::info!(seats = hold.seats, %until, "holding seats for the previous run's runners to re-attach");
+        }
+        // In a cluster, the longest TTL any node has run with: a node taking
+        // over an org holds its seats for that long (`Broker::adopt_org`),
+        // whichever node admitted its runners.
+        if let (true, Record::Leases { ttl_ms, .. }) = (clustered, &mut hold.record) {
+            *ttl_ms = (*ttl_ms).max(recorded_ttl.unwrap_or(0));
         }
         marks.push(Change::Put(hold.record));
     }
@@ -693,6 +726,46 @@ fn bootstrap(core: &Broker, clock: Clock) -> Result<(BootstrapKeys, Vec<Change>)
 }
 
 impl Running {
+    /// In a cluster, takes over `org` from its records (read from etcd after
+    /// claiming it): its pools' durable ceilings are held for the previous
+    /// owner's runners (`Broker::adopt_org`). The caller sets the org's
+    /// fence after this, so nothing is admitted for it before the hold.
+    /// Returns the seats held.
+    pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> u64 {
+        let now = self.shared.clock.now();
+        let seats = self.shared.core.adopt_org(org, records, now);
+        if seats > 0 {
+            tracing::info!(%org, seats, "took the org over: holding seats for its runners to re-attach");
+        }
+        // The expiry task must wake for the hold's end.
+        self.shared.expiry_wake.notify_one();
+        seats
+    }
+
+    /// In a cluster, hands `org` on: closes its members' connections (they
+    /// reconnect and are redirected to the next owner, where their runners
+    /// re-attach) and forgets it. The caller has removed its fence first,
+    /// so nothing more was admitted or renewed for it here.
+    pub fn drop_org(&self, org: &OrgName) {
+        let shared = &self.shared;
+        let gone: Vec<ConnId> = shared.members.iter().filter(|e| &e.value().0 == org).map(|e| *e.key()).collect();
+        for id in gone {
+            if let Some((_, (_, conn))) = shared.members.remove(&id) {
+                conn.close(
+                    quinn::VarInt::from_u32(connection::NOT_SERVING_CODE),
+                    b"org moved to another node; reconnect",
+                );
+            }
+        }
+        shared.core.forget_org(org, shared.clock.now());
+        tracing::info!(%org, "handed the org on");
+    }
+
+    /// The orgs this broker has in memory (in a cluster: those it serves).
+    pub fn orgs(&self) -> Vec<OrgName> {
+        self.shared.core.org_names()
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr

@@ -56,6 +56,9 @@ enum Next {
         id: u64,
         body: Req,
     },
+    /// A cluster node's `Hello` it cannot welcome by itself: ask etcd
+    /// where the key's org is served.
+    Route(Hello),
 }
 
 /// Per-stream state.
@@ -138,6 +141,12 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
                 Next::Finish => {
                     finish = true;
                     break;
+                }
+                Next::Route(hello) => {
+                    if route_hello(&shared, &ctx, &mut state.caller, hello, &mut out).await {
+                        finish = true;
+                        break;
+                    }
                 }
                 Next::Slow { id, body } => {
                     let key = state.caller.as_ref().map(|c| c.key);
@@ -268,13 +277,7 @@ fn on_frame(
             }
             stranger_refused(shared, ctx)
         }
-        ClientDecoded::Frame(ClientFrame::Hello(hello)) => {
-            if on_hello(shared, ctx, &mut state.caller, hello, out) {
-                Next::Finish
-            } else {
-                Next::Continue
-            }
-        }
+        ClientDecoded::Frame(ClientFrame::Hello(hello)) => on_hello(shared, ctx, &mut state.caller, hello, out),
         ClientDecoded::Frame(ClientFrame::Request(Request { id, body })) => {
             let (principal, proto) = match authorised(shared, &mut state.caller) {
                 Ok(caller) => caller,
@@ -283,6 +286,14 @@ fn on_frame(
                     return stranger_refused(shared, ctx);
                 }
             };
+            // A cluster node answers for the orgs it serves, and for the
+            // operator's requests that name none; the rest are sent on.
+            if shared.cluster.is_some() {
+                if let Err(e) = shared.owning(body.org().or(principal.org.as_ref())) {
+                    encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
+                    return Next::Continue;
+                }
+            }
             let call = Call { shared, ctx, p: principal, now, proto };
             if shared.latencies.enabled() {
                 tally.add(latency::op_of(&body));
@@ -324,12 +335,12 @@ fn stranger_refused(shared: &Shared, ctx: &ConnCtx) -> Next {
     Next::Finish
 }
 
-/// Answers a Hello; returns true when the stream must be finished.
-fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> bool {
+/// Answers a Hello (or, on a cluster node, hands it to `route_hello`).
+fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> Next {
     if caller.is_some() {
         let err = WireError::new(ErrorCode::OutOfOrder, "Hello may only be the first frame of a stream");
         encode(&ServerFrame::Error(err), out);
-        return false;
+        return Next::Continue;
     }
     if !(MIN_VERSION..=VERSION).contains(&hello.version) {
         let err = WireError::new(
@@ -337,8 +348,27 @@ fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: 
             format!("this broker speaks protocol versions {MIN_VERSION} to {VERSION}, not {}", hello.version),
         );
         encode(&ServerFrame::Error(err), out);
-        return true;
+        return Next::Finish;
     }
+    if let Some(seat) = &shared.cluster {
+        // Welcomed here only as a member of an org this node serves; an
+        // operator's key is re-read from etcd (another node may have
+        // revoked it), any other key is routed.
+        let key = crate::keys::hash(&hello.api_key);
+        let here = shared.core.authenticate(&key).is_ok_and(|p| p.org.as_ref().is_some_and(|o| seat.serves(o)));
+        if !here {
+            return Next::Route(hello);
+        }
+    }
+    match welcome(shared, ctx, caller, &hello, out) {
+        true => Next::Finish,
+        false => Next::Continue,
+    }
+}
+
+/// Welcomes the `Hello`'s key if this broker knows it; returns true when
+/// the stream must be finished.
+fn welcome(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: &Hello, out: &mut Vec<u8>) -> bool {
     let key = crate::keys::hash(&hello.api_key);
     let version = shared.core.version();
     match shared.core.authenticate(&key) {
@@ -351,18 +381,54 @@ fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: 
                 role: principal.role,
             };
             encode(&ServerFrame::Welcome(welcome), out);
+            if let (Some(_), Some(org)) = (&shared.cluster, &principal.org) {
+                shared.members.insert(ctx.id, (org.clone(), ctx.conn.clone()));
+            }
             *caller = Some(Caller { key, principal, version, proto: hello.version });
             // Relaxed: read only by this connection's streams, as a hint.
             ctx.authenticated.store(true, std::sync::atomic::Ordering::Relaxed);
             // notify_one keeps a permit if the connection task is not waiting yet.
             ctx.welcomed.notify_one();
+            false
         }
         Err(e) => {
             encode(&ServerFrame::Error(e.into()), out);
-            return failed_hello(shared, ctx);
+            failed_hello(shared, ctx)
         }
     }
-    false
+}
+
+/// A cluster node's `Hello` for a key it does not serve: welcomed if it is
+/// an operator's key (refreshed from etcd), redirected to the node serving
+/// the key's org (an empty redirect while the org is moving: the client
+/// tries again shortly), refused if etcd has no such key. Returns true when
+/// the stream must be finished.
+async fn route_hello(
+    shared: &Shared,
+    ctx: &ConnCtx,
+    caller: &mut Option<Caller>,
+    hello: Hello,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(seat) = &shared.cluster else { return welcome(shared, ctx, caller, &hello, out) };
+    match seat.route(crate::keys::hash(&hello.api_key)).await {
+        crate::cluster::Route::Operator(record) => {
+            shared.core.apply(&[crate::core::Change::Put(record)], shared.clock.now());
+            welcome(shared, ctx, caller, &hello, out)
+        }
+        crate::cluster::Route::Elsewhere(server) => {
+            encode(&ServerFrame::Redirect { server }, out);
+            true
+        }
+        crate::cluster::Route::Busy => {
+            encode(&ServerFrame::Redirect { server: String::new() }, out);
+            true
+        }
+        crate::cluster::Route::Unknown => {
+            encode(&ServerFrame::Error(crate::core::Error::Unauthorized.into()), out);
+            failed_hello(shared, ctx)
+        }
+    }
 }
 
 /// Counts a failed authentication: logged (source address, never the key;

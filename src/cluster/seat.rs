@@ -1,0 +1,171 @@
+//! What the broker on a cluster node asks of the cluster while it runs:
+//! whether this node serves an org right now, where the org of a key it
+//! does not know is served, and a claim on an org it is asked to create.
+//! One `Seat` per node lease, shared by the broker (`server`) and the
+//! node's placement loop (`node`), which fills the fences and the view.
+
+use std::sync::Arc;
+
+use super::etcd::Etcd;
+use super::membership::Membership;
+use super::ownership::{self, NodeLease, Owner, Validity};
+use super::store::{EtcdStore, Fences, Layout};
+use crate::core::{KeyHash, OrgName, Record};
+use crate::store::StoreError;
+
+/// etcd look-ups for `Hello`s of keys this node does not know, at once:
+/// a stranger guessing keys costs etcd at most this many reads in flight
+/// (and the usual failed-Hello budget); past it, `Route::Busy`.
+pub const MAX_LOOKUPS: usize = 32;
+
+/// Where a `Hello` whose key this node cannot welcome by itself goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// No such key, or it is revoked: the `Hello` fails as anywhere.
+    Unknown,
+    /// An operator key, as etcd holds it now (the broker refreshes its copy).
+    Operator(Record),
+    /// A key of an org another node serves: `HOST:PORT` to redirect to.
+    Elsewhere(String),
+    /// A key of an org no node serves this instant (it is moving, or this
+    /// node is taking it over), or etcd is out of reach: try again shortly.
+    Busy,
+}
+
+/// A node's place in its cluster, for the broker it runs.
+pub struct Seat {
+    /// The records, an org's written under its fence.
+    pub store: Arc<EtcdStore>,
+    /// Until when the node's lease (and so its every claim) is known to last.
+    pub validity: Arc<Validity>,
+    /// The orgs this node serves, with their claims' revisions.
+    pub fences: Arc<Fences>,
+    /// The cluster as last read.
+    pub view: Arc<Membership>,
+    etcd: Arc<Etcd>,
+    layout: Layout,
+    me: Owner,
+    lease: NodeLease,
+    lookups: tokio::sync::Semaphore,
+}
+
+/// Why an org could not be claimed for its creation.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// Another node holds its claim, or its records exist already.
+    Exists,
+    /// etcd did not answer.
+    Etcd(String),
+}
+
+impl Seat {
+    /// The seat of a node holding `lease`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<EtcdStore>,
+        validity: Arc<Validity>,
+        fences: Arc<Fences>,
+        view: Arc<Membership>,
+        etcd: Arc<Etcd>,
+        layout: Layout,
+        me: Owner,
+        lease: NodeLease,
+    ) -> Seat {
+        let lookups = tokio::sync::Semaphore::new(MAX_LOOKUPS);
+        Seat { store, validity, fences, view, etcd, layout, me, lease, lookups }
+    }
+
+    /// This node's name and address.
+    pub fn me(&self) -> &Owner {
+        &self.me
+    }
+
+    /// This node's lease.
+    pub fn lease(&self) -> NodeLease {
+        self.lease
+    }
+
+    /// Whether this node may admit and renew for `org` now: its lease is
+    /// known to last, and it holds the org's claim.
+    pub fn serves(&self, org: &OrgName) -> bool {
+        self.validity.valid() && self.fences.get(org).is_some()
+    }
+
+    /// Where `org` is served, for a client sent elsewhere: the node holding
+    /// its claim, else the live node that should take it; `None` when that
+    /// is this node (it is taking the org over) or no node is known.
+    pub fn served_at(&self, org: &str) -> Option<Owner> {
+        let owner = match self.view.claim_of(org) {
+            Some(claim) if claim.owner.node == self.me.node && claim.lease == self.lease.0 => return None,
+            Some(claim) => claim.owner,
+            None => self.view.preferred(org)?,
+        };
+        (owner.node != self.me.node).then_some(owner)
+    }
+
+    /// Reads a key this node cannot welcome by itself from etcd, and says
+    /// where its `Hello` goes.
+    pub async fn route(&self, hash: KeyHash) -> Route {
+        let Ok(_turn) = self.lookups.try_acquire() else {
+            return Route::Busy;
+        };
+        let store = self.store.clone();
+        let read = tokio::task::spawn_blocking(move || store.key(&hash)).await;
+        let record = match read {
+            Ok(Ok(Some(record))) => record,
+            Ok(Ok(None)) => return Route::Unknown,
+            Ok(Err(e)) => {
+                tracing::warn!("reading a key's record from etcd: {e}");
+                return Route::Busy;
+            }
+            Err(_) => return Route::Busy,
+        };
+        match &record {
+            // Revoked or not: the broker applies it, then authenticates.
+            Record::Key { org: None, .. } => Route::Operator(record),
+            Record::Key { revoked: true, .. } => Route::Unknown,
+            Record::Key { org: Some(org), .. } => match self.served_at(org.as_str()) {
+                Some(owner) => Route::Elsewhere(owner.advertise),
+                None => Route::Busy,
+            },
+            _ => Route::Unknown,
+        }
+    }
+
+    /// Claims a new org for its creation on this node: the fence is set
+    /// (the creation's commit is fenced on it) unless another node holds
+    /// the claim or the org's records exist already.
+    pub async fn claim_new(&self, org: &OrgName) -> Result<(), ClaimError> {
+        let etcd_error = |e: super::etcd::EtcdError| ClaimError::Etcd(e.to_string());
+        let fence = ownership::claim(&self.etcd, &self.layout, org.as_str(), &self.me, self.lease)
+            .await
+            .map_err(etcd_error)?
+            .ok_or(ClaimError::Exists)?;
+        // The claim keeps anyone else from creating it now; was it created before?
+        let store = self.store.clone();
+        let name = org.clone();
+        let exists = tokio::task::spawn_blocking(move || store.has_org(&name))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Backend(Box::new(e))));
+        match exists {
+            Ok(false) => {
+                self.fences.set(org, fence);
+                Ok(())
+            }
+            other => {
+                let _ = ownership::release(&self.etcd, &self.layout, org.as_str(), fence).await;
+                match other {
+                    Ok(_) => Err(ClaimError::Exists),
+                    Err(e) => Err(ClaimError::Etcd(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// Gives up the claim of an org whose creation failed.
+    pub async fn unclaim(&self, org: &OrgName) {
+        if let Some(fence) = self.fences.remove(org) {
+            let _ = ownership::release(&self.etcd, &self.layout, org.as_str(), fence).await;
+        }
+    }
+}
