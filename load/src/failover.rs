@@ -196,6 +196,17 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
     let servers = nodes.iter().map(|n| n.addr.clone()).collect::<Vec<_>>().join(",");
     let ca = nodes[0].dir.join("tls/cert.pem");
     let target = Target::remote(servers.clone(), ca.clone(), operator.clone())?;
+    // Every node joined and settled, so the org is created where it stays.
+    let op = target.client(&operator).await?;
+    let joined = Instant::now();
+    while op.nodes().await?.len() < nodes.len() {
+        if joined.elapsed() > Duration::from_secs(30) {
+            bail!("the three nodes never all joined");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    op.close().await;
+    tokio::time::sleep(SETTLE_WAIT).await;
 
     let n = p.runners.max(1);
     let org = target.setup_orgs(1, (n + n / 4) as u32).await?.remove(0);

@@ -17,6 +17,7 @@
 //! called it.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -44,32 +45,54 @@ pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// every write of the org's records is fenced on it, and an org without a
 /// fence is not served (its writes refused). Shared with the placement loop.
 #[derive(Debug, Default)]
-pub struct Fences(RwLock<HashMap<OrgName, i64>>);
+pub struct Fences {
+    map: RwLock<HashMap<OrgName, i64>>,
+    /// Bumped by every change, so a stream may cache "this node serves my
+    /// org" until it moves (`version`).
+    version: AtomicU64,
+}
 
 impl Fences {
     /// The fence of `org`, if this node serves it.
     pub fn get(&self, org: &OrgName) -> Option<i64> {
-        self.0.read().get(org).copied()
+        self.map.read().get(org).copied()
     }
 
     /// Serves `org` under the claim created at `revision`.
     pub fn set(&self, org: &OrgName, revision: i64) {
-        self.0.write().insert(org.clone(), revision);
+        self.map.write().insert(org.clone(), revision);
+        self.bump();
     }
 
     /// Stops serving `org`: its writes are refused from now on.
     pub fn remove(&self, org: &OrgName) -> Option<i64> {
-        self.0.write().remove(org)
+        let removed = self.map.write().remove(org);
+        self.bump();
+        removed
     }
 
     /// Stops serving every org.
     pub fn clear(&self) {
-        self.0.write().clear();
+        self.map.write().clear();
+        self.bump();
     }
 
     /// The orgs served and their fences.
     pub fn all(&self) -> Vec<(OrgName, i64)> {
-        self.0.read().iter().map(|(o, f)| (o.clone(), *f)).collect()
+        self.map.read().iter().map(|(o, f)| (o.clone(), *f)).collect()
+    }
+
+    /// Changes so far: an answer of `get` read at version v holds while
+    /// the version is still v.
+    pub fn version(&self) -> u64 {
+        // Acquire: pairs with `bump`; a reader that sees the new version
+        // reads the map as changed.
+        self.version.load(Ordering::Acquire)
+    }
+
+    fn bump(&self) {
+        // Release: after the map's change (see `version`).
+        self.version.fetch_add(1, Ordering::Release);
     }
 }
 

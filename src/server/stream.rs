@@ -65,12 +65,15 @@ enum Next {
 struct StreamState {
     caller: Option<Caller>,
     tickets: Tickets,
+    /// On a cluster node: the fences' version at which this node was last
+    /// seen serving the caller's org (see `served_here`).
+    served_at: Option<u64>,
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
     let mut frames = FrameBuf::new();
     let mut out = Vec::with_capacity(4096);
-    let mut state = StreamState { caller: None, tickets: Tickets::default() };
+    let mut state = StreamState { caller: None, tickets: Tickets::default(), served_at: None };
     // Answers to waiting `Checkout` requests come later, from their tasks.
     let (late_tx, mut late_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(waiting::LATE_QUEUE);
     // Whole frames already read but not yet handled (answers were flushed first).
@@ -288,11 +291,9 @@ fn on_frame(
             };
             // A cluster node answers for the orgs it serves, and for the
             // operator's requests that name none; the rest are sent on.
-            if shared.cluster.is_some() {
-                if let Err(e) = shared.owning(body.org().or(principal.org.as_ref())) {
-                    encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
-                    return Next::Continue;
-                }
+            if let Err(e) = served_here(shared, &mut state.served_at, principal, body.org()) {
+                encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
+                return Next::Continue;
             }
             let call = Call { shared, ctx, p: principal, now, proto };
             if shared.latencies.enabled() {
@@ -307,6 +308,31 @@ fn on_frame(
             }
         }
     }
+}
+
+/// On a cluster node, refuses (`NOT_OWNER`) a request about an org this
+/// node does not serve (the one it names, else the caller's), or any
+/// request once the node's lease may have lapsed. A member's requests are
+/// about their own org: that this node serves it is cached per stream
+/// until the fences change (a clock read and an atomic load per request).
+fn served_here(
+    shared: &Shared,
+    served_at: &mut Option<u64>,
+    principal: &Principal,
+    named: Option<&crate::core::OrgName>,
+) -> Result<(), WireError> {
+    let Some(seat) = &shared.cluster else { return Ok(()) };
+    let org = named.or(principal.org.as_ref());
+    let own = org.is_some() && org == principal.org.as_ref();
+    let version = seat.fences.version();
+    if own && *served_at == Some(version) && seat.validity.valid() {
+        return Ok(());
+    }
+    shared.owning(org)?;
+    if own {
+        *served_at = Some(version);
+    }
+    Ok(())
 }
 
 /// Frames a connection may have refused before any of its streams
