@@ -224,6 +224,7 @@ pub async fn run(
             orgs: BTreeSet::new(),
             orgs_read: None,
             first_seen: HashMap::new(),
+            last_read: None,
         };
         // `default`, claimed above but created before this start: taken over like any org.
         if !bootstrapped {
@@ -283,7 +284,12 @@ struct Placer {
     orgs_read: Option<Instant>,
     /// When each live node was first seen live (by name and lease).
     first_seen: HashMap<(String, i64), Instant>,
+    /// The last read of the nodes and claims, and etcd's revision before it.
+    last_read: Option<(i64, ClusterRead)>,
 }
+
+/// The live nodes (and their leases) and every org's claim, as read.
+type ClusterRead = (Vec<(Owner, i64)>, HashMap<String, Claimed>);
 
 impl Placer {
     /// One pass: reads the live nodes and the claims, drops the orgs whose
@@ -294,16 +300,10 @@ impl Placer {
     async fn pass(&mut self, running: &Running) -> (Vec<OrgName>, Vec<OrgName>) {
         // Fences set before the claims are read are fences of claims the read sees.
         let before = self.fences.all();
-        let (nodes, claims) =
-            match tokio::join!(ownership::nodes(&self.etcd, &self.layout), ownership::claims(&self.etcd, &self.layout))
-            {
-                (Ok(n), Ok(c)) => (n, c.into_iter().collect::<HashMap<String, Claimed>>()),
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::debug!("reading the cluster: {e}");
-                    return (Vec::new(), Vec::new());
-                }
-            };
-        if self.orgs_read.is_none_or(|at| at.elapsed() >= ORGS_EVERY) {
+        let Some(((nodes, claims), changed)) = self.read().await else {
+            return (Vec::new(), Vec::new());
+        };
+        if changed && self.orgs_read.is_none_or(|at| at.elapsed() >= ORGS_EVERY) {
             let store = self.store.clone();
             if let Ok(Ok(orgs)) = tokio::task::spawn_blocking(move || store.org_names()).await {
                 self.orgs = orgs;
@@ -372,6 +372,36 @@ impl Placer {
             gave.push(org);
         }
         (took, gave)
+    }
+
+    /// The live nodes and every claim, and whether anything changed since
+    /// the last pass. etcd's revision moves with every write (a lease's
+    /// expiry too): while it stands still, the last read is reused, so an
+    /// idle cluster costs etcd one small read per node per pass whatever
+    /// its number of orgs. `None` on an etcd error.
+    async fn read(&mut self) -> Option<(ClusterRead, bool)> {
+        let revision = ownership::revision(&self.etcd, &self.layout)
+            .await
+            .map_err(|e| tracing::debug!("reading the cluster: {e}"))
+            .ok()?;
+        if let Some((at, read)) = &self.last_read {
+            if *at == revision {
+                return Some((read.clone(), false));
+            }
+        }
+        let (nodes, claims) =
+            match tokio::join!(ownership::nodes(&self.etcd, &self.layout), ownership::claims(&self.etcd, &self.layout))
+            {
+                (Ok(n), Ok(c)) => (n, c.into_iter().collect::<HashMap<String, Claimed>>()),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!("reading the cluster: {e}");
+                    return None;
+                }
+            };
+        // Read after the revision: a change in between shows at the next pass.
+        let read = (nodes, claims);
+        self.last_read = Some((revision, read.clone()));
+        Some((read, true))
     }
 
     /// Loads the records of orgs just claimed and serves them; on etcd

@@ -179,6 +179,13 @@ pub async fn claims(etcd: &Etcd, layout: &Layout) -> Result<Vec<(String, Claimed
     }
 }
 
+/// etcd's current revision (it moves with every write and every expiry),
+/// read with one small range.
+pub async fn revision(etcd: &Etcd, layout: &Layout) -> Result<i64, EtcdError> {
+    let (_, revision) = etcd.range(&layout.claims(), false).await?;
+    Ok(revision)
+}
+
 /// Every announced node (a node's announcement lives as long as its lease).
 pub async fn nodes(etcd: &Etcd, layout: &Layout) -> Result<Vec<(Owner, i64)>, EtcdError> {
     let prefix = layout.nodes();

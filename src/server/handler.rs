@@ -206,7 +206,8 @@ pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
 impl Call<'_> {
     /// Refuses new seats while the broker drains.
     pub(super) fn admitting(&self) -> Result<(), WireError> {
-        self.shared.owning(self.p.org.as_ref())?;
+        // (The request's org was checked as it arrived: `stream::served_here`.)
+        self.shared.valid()?;
         match self.shared.is_draining() {
             true => Err(WireError::new(
                 ErrorCode::Draining,
@@ -358,7 +359,7 @@ async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionT
 /// Heartbeat; a version 2 stream gets the new deadline's token with it.
 fn renew(call: &Call<'_>, session: SessionId) -> Reply {
     // A node whose claim lapsed extends nobody's belief in a seat.
-    call.shared.owning(call.p.org.as_ref())?;
+    call.shared.valid()?;
     let core = &call.shared.core;
     if call.proto < 2 {
         return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });

@@ -311,18 +311,26 @@ impl Shared {
         }
     }
 
-    /// Refuses (`NOT_OWNER`) on a cluster node that does not serve `org`
-    /// (or, for `None`, whose lease may have lapsed): it admits and renews
-    /// nothing for it, whatever its memory holds.
+    /// Refuses (`NOT_OWNER`) on a cluster node whose lease may have
+    /// lapsed: it admits and renews nothing more, whatever its memory
+    /// holds. Checked before every admission and renewal (docs/CLUSTER.md:
+    /// the window); one monotonic clock read.
+    pub fn valid(&self) -> Result<(), WireError> {
+        match &self.cluster {
+            Some(seat) if !seat.validity.valid() => Err(WireError::new(
+                crate::proto::ErrorCode::NotOwner,
+                "this node no longer serves (its etcd lease lapsed); reconnect: any node redirects to the one that does",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses (`NOT_OWNER`) on a cluster node that does not serve `org`,
+    /// or whose lease may have lapsed.
     pub fn owning(&self, org: Option<&OrgName>) -> Result<(), WireError> {
         let Some(seat) = &self.cluster else { return Ok(()) };
+        self.valid()?;
         let not_owner = |why: String| Err(WireError::new(crate::proto::ErrorCode::NotOwner, why));
-        if !seat.validity.valid() {
-            return not_owner(
-                "this node no longer serves (its etcd lease lapsed); reconnect: any node redirects to the one that does"
-                    .into(),
-            );
-        }
         match org {
             Some(org) if seat.fences.get(org).is_none() => match seat.served_at(org.as_str()) {
                 Some(owner) => not_owner(format!(

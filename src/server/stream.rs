@@ -311,10 +311,10 @@ fn on_frame(
 }
 
 /// On a cluster node, refuses (`NOT_OWNER`) a request about an org this
-/// node does not serve (the one it names, else the caller's), or any
-/// request once the node's lease may have lapsed. A member's requests are
-/// about their own org: that this node serves it is cached per stream
-/// until the fences change (a clock read and an atomic load per request).
+/// node does not serve (the one it names, else the caller's). A member's
+/// requests are about their own org: that this node serves it is cached
+/// per stream until the fences change (an atomic load per request). Every
+/// admission and renewal also checks the node's lease (`Shared::valid`).
 fn served_here(
     shared: &Shared,
     served_at: &mut Option<u64>,
@@ -325,7 +325,7 @@ fn served_here(
     let org = named.or(principal.org.as_ref());
     let own = org.is_some() && org == principal.org.as_ref();
     let version = seat.fences.version();
-    if own && *served_at == Some(version) && seat.validity.valid() {
+    if own && *served_at == Some(version) {
         return Ok(());
     }
     shared.owning(org)?;

@@ -176,6 +176,8 @@ impl Waiter {
         let (shared, req) = (&self.shared, &self.req);
         let p = shared.core.authenticate(&req.key)?;
         let call = Call { shared, ctx: &self.ctx, p: &p, now: shared.clock.now(), proto: self.proto };
+        // Seconds may have passed since the request arrived: is the org still served here?
+        shared.owning(Some(&req.target.org))?;
         call.admitting()?;
         let lease = shared.core.claim(&p, &req.target, &req.claimant(self.ctx.id), call.now, grant)?;
         call.book(&req.target, &lease, &req.labels);
