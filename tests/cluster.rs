@@ -384,8 +384,9 @@ fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_org
 const QUOTA: i64 = 3;
 /// Runners kept alive at once: more than the quota, so seats are contested.
 const FLEET: usize = 5;
-/// Owner faults: kill -9 (then started again as a standby), and every
-/// third a SIGSTOP of 4 s (longer than its claim lasts) then SIGCONT.
+/// Faults of the node serving the runners' org: kill -9 (then started
+/// again: it takes the org back once settled, a handover under the fleet),
+/// and every third a SIGSTOP of 4 s (longer than its lease lasts) then SIGCONT.
 const FAULTS: usize = 6;
 
 #[test]

@@ -37,8 +37,8 @@ pub const LOAD_PAGE: usize = 1000;
 
 /// Bound of one of the store's etcd calls: longer than the ownership
 /// loop's, since a page of records or a large commit takes longer than a
-/// renewal; a node that holds the claim has time (its lease is renewed
-/// meanwhile).
+/// renewal; a node loading or writing an org's records has time (its
+/// lease is renewed meanwhile).
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// For each org this node serves, the revision that created its claim:

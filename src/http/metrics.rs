@@ -88,8 +88,6 @@ struct Snapshot {
     latencies: Vec<crate::server::latency::OpLatency>,
     /// (ended sessions dropped, closed minutes dropped, file bytes), if the history is on.
     history: Option<(u64, u64, u64)>,
-    /// On a cluster node: whether it serves (a standby renders `Standby`).
-
     /// On a cluster node: its lease and orgs.
     cluster: Option<Cluster>,
 }

@@ -789,11 +789,12 @@ impl Running {
         self.shared.core.live_sessions()
     }
 
-    /// Stops at once without a last checkpoint: a cluster node whose claim
+    /// Stops at once without a last checkpoint: a cluster node whose lease
     /// lapsed (its writes would be refused anyway). Every connection is
     /// closed (runners reconnect, are redirected to the node that serves
-    /// now, and re-attach there with their tokens), but not the endpoint:
-    /// it is handed back for the node to stand by on.
+    /// their org now, and re-attach there with their tokens), but not the
+    /// endpoint: it is handed back for the node's next run, once it has
+    /// joined again.
     pub async fn abandon(self) -> quinn::Endpoint {
         self.shared.draining.store(true, Ordering::Relaxed);
         // Every connection task closes its connection on this.
