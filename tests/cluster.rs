@@ -299,6 +299,25 @@ fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_org
         assert_eq!(metric(n, "lbroker_cluster_orgs_known"), Some((ORGS + 1).to_string()), "{}", n.name);
     }
 
+    // The reports API: a node answers for the orgs it serves (here: no
+    // history kept, so 404 once the caller and the org are accepted); the
+    // others name the node that serves `default`, to its members (whose key
+    // they do not hold) and to the operator (whose key every node takes in).
+    let default_at = nodes.iter().find(|n| n.name == serving).unwrap().addr.clone();
+    for n in &nodes {
+        let get = |key: &str| process::http_get_as(&n.http, "/api/v1/usage?org=default", Some(key));
+        let (member, operator_view) = (get(&owner_key), get(&operator));
+        if n.name == serving {
+            assert_eq!((member.0, operator_view.0), (404, 404), "{}: {member:?} {operator_view:?}", n.name);
+        } else {
+            assert_eq!((member.0, operator_view.0), (401, 421), "{}: {member:?} {operator_view:?}", n.name);
+            assert!(
+                member.1.contains(&default_at) && operator_view.1.contains(&default_at),
+                "{member:?} {operator_view:?}"
+            );
+        }
+    }
+
     // A runner takes a seat and holds it across the failover.
     let mut runner = cli(&servers, &ca, &owner_key)
         .args(["runner", "--org", "default", "--json", "--hold", "60s"])

@@ -103,8 +103,13 @@ type Report = fn(&Shared, &Principal, &HashMap<String, String>) -> Result<Respon
 
 /// Authenticates the caller, then runs `report` off the async threads.
 async fn answer(shared: Arc<Shared>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
-    match auth::principal(&shared, headers) {
+    match auth::principal(&shared, headers).await {
         Ok(p) => {
+            // On a cluster node, an org served elsewhere: say which node serves it.
+            let named = q.get("org").and_then(|o| crate::core::OrgName::new(o).ok());
+            if let Err(e) = shared.owning(named.as_ref()) {
+                return refuse(StatusCode::MISDIRECTED_REQUEST, e.code.name(), e.message).into_response();
+            }
             let turn = shared.report_turn().await;
             blocking(move || {
                 let _turn = turn;

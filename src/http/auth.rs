@@ -83,14 +83,39 @@ fn unauthorized(why: &str) -> super::api::Refusal {
     super::api::refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why)
 }
 
+/// On a cluster node, what it can learn of a key it does not know: an
+/// operator's key created on another node is read from etcd and taken in
+/// (it authenticates from then on); for a key of an org another node
+/// serves, a refusal's words naming that node. `None`: nothing more to
+/// say (the key is known, or unknown everywhere, or this is a single broker).
+pub(super) async fn learn(shared: &Shared, hash: crate::core::KeyHash) -> Option<String> {
+    let seat = shared.cluster.as_ref()?;
+    if shared.core.authenticate(&hash).is_ok() {
+        return None;
+    }
+    match seat.route(hash).await {
+        crate::cluster::Route::Operator(record) => {
+            shared.core.apply(&[crate::core::Change::Put(record)], shared.clock.now());
+            None
+        }
+        crate::cluster::Route::Elsewhere(node) => Some(format!(
+            "this node of the cluster does not serve your org: the node at {node} (its broker's address) does; use that node's ops endpoint"
+        )),
+        crate::cluster::Route::Busy => Some("your org is moving between the cluster's nodes; try again in a few seconds".into()),
+        crate::cluster::Route::Unknown => None,
+    }
+}
+
 /// The caller: by bearer key, else by sign-in cookie.
-pub(super) fn principal(shared: &Shared, headers: &HeaderMap) -> Result<Principal, super::api::Refusal> {
+pub(super) async fn principal(shared: &Shared, headers: &HeaderMap) -> Result<Principal, super::api::Refusal> {
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if let Some(key) = bearer {
-        return shared.core.authenticate(&crate::keys::hash(key.trim())).map_err(|_| {
+        let hash = crate::keys::hash(key.trim());
+        let elsewhere = learn(shared, hash).await;
+        return shared.core.authenticate(&hash).map_err(|_| {
             shared.core.note_auth_failure();
-            unauthorized("unknown or revoked API key")
+            unauthorized(elsewhere.as_deref().unwrap_or("unknown or revoked API key"))
         });
     }
     let signed_in = cookie(headers, COOKIE).and_then(|c| shared.signer.open(c, shared.clock.now().0));

@@ -89,9 +89,11 @@ pub(super) struct SignIn {
 /// `POST /signin`.
 pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, Form(f): Form<SignIn>) -> Response {
     let hash = crate::keys::hash(f.key.trim());
+    let elsewhere = auth::learn(&shared, hash).await;
     if shared.core.authenticate(&hash).is_err() {
         shared.core.note_auth_failure();
-        return html(StatusCode::UNAUTHORIZED, view::sign_in(Some("That key is unknown or revoked.")));
+        let why = elsewhere.unwrap_or_else(|| "That key is unknown or revoked.".into());
+        return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&why)));
     }
     let expires = shared.clock.now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
     let cookie = format!(
