@@ -318,6 +318,18 @@ fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_org
         }
     }
 
+    // The operator's commands about one org go to its node; the operator's
+    // `status` gathers every node's orgs, whichever node it asks first.
+    let (elsewhere, _) = settled.iter().find(|(_, (node, _))| node != &serving).unwrap();
+    let out =
+        cli(&nodes[0].addr, &ca, &operator).args(["pool", "set", "--org", elsewhere, "--quota", "1"]).output().unwrap();
+    assert!(out.status.success(), "pool set --org {elsewhere}: {}", String::from_utf8_lossy(&out.stderr));
+    for n in &nodes {
+        let v = status_json(&n.addr, &ca, &operator).unwrap_or_else(|| panic!("{}: operator status", n.name));
+        let orgs: Vec<&str> = v["pools"].as_array().unwrap().iter().map(|p| p["org"].as_str().unwrap()).collect();
+        assert_eq!(orgs, ["default", elsewhere.as_str()], "asked {}: {v}", n.name);
+    }
+
     // A runner takes a seat and holds it across the failover.
     let mut runner = cli(&servers, &ca, &owner_key)
         .args(["runner", "--org", "default", "--json", "--hold", "60s"])

@@ -440,11 +440,53 @@ pub async fn run(args: Args) -> Result<ExitCode> {
                     c = Client::connect(&ClientOptions { server, ..conn.options()? }).await?;
                 }
             }
-            let result = request(&c, command).await;
+            let result = match command {
+                // The operator's view of every org, on a cluster: each node
+                // answers for its own orgs, so ask every node.
+                Command::Status { org: None, json } if c.welcome().role == Role::Operator => {
+                    cluster_status(&c, conn, json).await
+                }
+                command => request(&c, command).await,
+            };
             c.close().await;
             result.map(|()| ExitCode::SUCCESS)
         }
     }
+}
+
+/// `status` as the operator: every org's pools, gathered from every node of
+/// a cluster (each serves its own orgs); a single broker's own answer
+/// otherwise. A node that does not answer is named on stderr, and the
+/// command fails after printing what the others said.
+async fn cluster_status(c: &Client, conn: &ConnArgs, json: bool) -> Result<()> {
+    let nodes = c.nodes().await?;
+    let mut pools = c.pools(None).await?;
+    let mut failed = Vec::new();
+    for node in nodes.iter().filter(|n| n.org_count > 0) {
+        let opts = ClientOptions { server: node.advertise.clone(), ..conn.options()? };
+        match Client::connect(&opts).await {
+            Ok(other) => {
+                match other.pools(None).await {
+                    Ok(more) => pools.extend(more),
+                    Err(e) => failed.push(format!("{} ({}): {e}", node.name, node.advertise)),
+                }
+                other.close().await;
+            }
+            Err(e) => failed.push(format!("{} ({}): {e}", node.name, node.advertise)),
+        }
+    }
+    // The node first asked is among the nodes: its pools came twice.
+    pools.sort_by(|a, b| (&a.status.org, a.status.pool).cmp(&(&b.status.org, b.status.pool)));
+    pools.dedup_by(|a, b| (&a.status.org, a.status.pool) == (&b.status.org, b.status.pool));
+    output::status(&pools, json);
+    if !json {
+        output::cluster_line(&nodes);
+    }
+    for f in &failed {
+        eprintln!("warning: no answer from node {f}: its orgs are missing above");
+    }
+    anyhow::ensure!(failed.is_empty(), "{} node(s) did not answer", failed.len());
+    Ok(())
 }
 
 /// The org a command is about, if any.
