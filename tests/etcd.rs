@@ -197,6 +197,9 @@ fn the_etcd_store_keeps_records_per_org_and_fences_each_org() {
             key(2, Some(&other))
         ]
     );
+    // One org alone is read by ranges of its own (its machines are two
+    // pages of the table: more calls than one org's range), the same records.
+    assert_eq!(&store.load_orgs(std::slice::from_ref(&org)).unwrap()[0].1, acme);
     assert_eq!(store.org_names().unwrap().into_iter().collect::<Vec<_>>(), vec![org.clone(), other.clone()]);
     assert!(store.has_org(&org).unwrap() && !store.has_org(&OrgName::new("acm").unwrap()).unwrap());
     assert_eq!(store.key(&KeyHash([2; 32])).unwrap(), Some(key(2, Some(&other))));
@@ -345,5 +348,60 @@ async fn nodes_joining_at_once_adopt_one_consistent_set_of_secrets() {
         for f in files {
             assert_eq!(read(d, f), format!("{f} made by node {maker}"), "every file from the same node, on every node");
         }
+    }
+}
+
+/// A node taking over many orgs at once (its peer died) loads them in one
+/// batch: each org gets exactly its own records, and the time it took is
+/// printed (a failover waits for it: docs/CLUSTER.md).
+#[test]
+fn a_batch_of_orgs_is_loaded_each_with_its_own_records() {
+    use license_broker::cluster::store::{EtcdStore, Fences, Layout};
+    use license_broker::core::{Email, KeyHash, Millis, OrgName, PoolId, Record, Role};
+    use std::sync::Arc;
+
+    const ORGS: usize = 200;
+    let _cluster = start_cluster();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let etcd = Arc::new(Etcd::new(&_cluster.clients, Duration::from_secs(2)).unwrap());
+    rt.block_on(eventually(Duration::from_secs(20), || etcd.put(b"/lb-batch/ready", b"1", None)));
+    let store = EtcdStore::new(etcd.clone(), Layout::new("/lb-batch/"), Arc::new(Fences::default())).unwrap();
+    let orgs: Vec<OrgName> = (0..ORGS).map(|i| OrgName::new(format!("org-{i}")).unwrap()).collect();
+    // Written straight to etcd (no claims in this test), 100 puts a transaction.
+    let mut puts = Vec::new();
+    for (i, org) in orgs.iter().enumerate() {
+        let email = Email::new(format!("owner@{org}")).unwrap();
+        let records = [
+            Record::Org { name: org.clone(), subscription_end: Millis(9), created: Millis(1) },
+            Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 5 },
+            Record::User { org: org.clone(), email: email.clone(), role: Role::Owner, created: Millis(1) },
+            Record::Key {
+                hash: KeyHash([i as u8; 32]),
+                org: Some(org.clone()),
+                email,
+                created: Millis(1),
+                revoked: false,
+            },
+            Record::Ceiling { org: org.clone(), pool: PoolId::KRE_DEFAULT, seats: 3 },
+        ];
+        for r in records {
+            let (table, key) = r.key();
+            let k = format!("/lb-batch/r/{}/{key}", table.name()).into_bytes();
+            puts.push(Op::Put(k, postcard::to_allocvec(&r).unwrap(), None));
+        }
+    }
+    rt.block_on(async {
+        for chunk in puts.chunks(100) {
+            assert!(etcd.txn(&[], chunk, &[]).await.unwrap().succeeded);
+        }
+    });
+    let started = Instant::now();
+    let loaded = store.load_orgs(&orgs).unwrap();
+    eprintln!("{ORGS} orgs (5 records each) loaded in {:?}", started.elapsed());
+    assert_eq!(loaded.len(), ORGS);
+    for (org, records) in &loaded {
+        assert_eq!(records.len(), 5, "{org}: {records:?}");
+        assert!(records.iter().all(|r| r.org() == Some(org)), "{org}: {records:?}");
+        assert!(matches!(records[0], Record::Org { .. }), "parents first: {records:?}");
     }
 }

@@ -329,6 +329,13 @@ impl Etcd {
         Ok((kvs("/v3/kv/range", &v)?, v["more"].as_bool().unwrap_or(false)))
     }
 
+    /// How many keys are in `[start, end)` (read without their values).
+    pub async fn count(&self, start: &[u8], end: &[u8]) -> Result<u64, EtcdError> {
+        let body = json!({ "key": b64(start), "range_end": b64(end), "count_only": true });
+        let v = self.post("/v3/kv/range", &body).await?;
+        Ok(int(&v["count"]).max(0) as u64)
+    }
+
     /// Writes `value` at `key` (bound to `lease` if given); the new revision.
     pub async fn put(&self, key: &[u8], value: &[u8], lease: Option<i64>) -> Result<i64, EtcdError> {
         let mut body = json!({ "key": b64(key), "value": b64(value) });

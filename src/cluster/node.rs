@@ -343,15 +343,22 @@ impl Placer {
             .take(CLAIM_BATCH)
             .cloned()
             .collect();
-        let mut claimed = Vec::new();
+        // All at once (each claim is its own create-if-absent transaction).
+        let mut calls = tokio::task::JoinSet::new();
         for org in wanted {
-            match ownership::claim(&self.etcd, &self.layout, org.as_str(), &self.me, self.lease).await {
-                Ok(Some(fence)) => claimed.push((org, fence)),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(%org, "claiming: {e}");
-                    break;
-                }
+            let (etcd, layout, me, lease) = (self.etcd.clone(), self.layout.clone(), self.me.clone(), self.lease);
+            calls.spawn(async move {
+                let claimed = ownership::claim(&etcd, &layout, org.as_str(), &me, lease).await;
+                (org, claimed)
+            });
+        }
+        let mut claimed = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok((org, Ok(Some(fence)))) => claimed.push((org, fence)),
+                Ok((_, Ok(None))) => {}
+                Ok((org, Err(e))) => tracing::debug!(%org, "claiming: {e}"),
+                Err(e) => tracing::debug!("claiming: {e}"),
             }
         }
         let took = self.adopt(running, claimed).await;

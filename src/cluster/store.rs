@@ -35,6 +35,9 @@ pub const MAX_TXN_OPS: usize = 120;
 /// Records read per etcd call when loading.
 pub const LOAD_PAGE: usize = 1000;
 
+/// etcd calls in flight at once while loading the orgs a node takes over.
+pub const LOAD_CONCURRENCY: usize = 32;
+
 /// Bound of one of the store's etcd calls: longer than the ownership
 /// loop's, since a page of records or a large commit takes longer than a
 /// renewal; a node loading or writing an org's records has time (its
@@ -213,29 +216,61 @@ impl EtcdStore {
     pub fn load_orgs(&self, orgs: &[OrgName]) -> Result<Vec<(OrgName, Vec<Record>)>, StoreError> {
         let (etcd, layout, orgs) = (self.etcd.clone(), self.layout.clone(), orgs.to_vec());
         self.bridge.run(async move {
+            // Per table, whichever takes fewer calls: the whole table, a
+            // page at a time, keeping the batch's orgs; or one range per
+            // org. The ranges all at once, at most `LOAD_CONCURRENCY` calls
+            // in flight: a takeover of many orgs waits for the slowest few
+            // calls, not for the sum of them all.
+            let tables: Vec<Table> =
+                Table::DIRECTORY.into_iter().filter(|t| !matches!(t, Table::Keys | Table::Meta)).collect();
+            let wanted: HashMap<&OrgName, usize> = orgs.iter().enumerate().map(|(i, o)| (o, i)).collect();
+            let mut parts: Vec<Vec<Vec<Record>>> = vec![vec![Vec::new(); tables.len()]; orgs.len()];
+            let limit = Arc::new(tokio::sync::Semaphore::new(LOAD_CONCURRENCY));
+            let mut calls = tokio::task::JoinSet::new();
+            for (t, table) in tables.iter().enumerate() {
+                let whole = layout.table(*table).into_bytes();
+                let pages =
+                    etcd.count(&whole, &prefix_end(&whole)).await.map_err(etcd_error)?.div_ceil(LOAD_PAGE as u64);
+                if pages <= orgs.len() as u64 {
+                    for record in EtcdStore::table(&etcd, &layout, *table).await? {
+                        if let Some(&o) = record.org().and_then(|org| wanted.get(org)) {
+                            parts[o][t].push(record);
+                        }
+                    }
+                    continue;
+                }
+                for (o, org) in orgs.iter().enumerate() {
+                    // `r/orgs/acme` is the org's record; every other table's are under `ORG/`.
+                    let start = match table {
+                        Table::Orgs => layout.record(*table, org.as_str()),
+                        _ => layout.record(*table, &format!("{org}/")),
+                    };
+                    let (etcd, limit, table) = (etcd.clone(), limit.clone(), *table);
+                    calls.spawn(async move {
+                        let _turn = limit.acquire_owned().await;
+                        let end = prefix_end(&start);
+                        (o, t, EtcdStore::range(&etcd, table, start, end).await)
+                    });
+                }
+            }
             let mut keys: HashMap<OrgName, Vec<Record>> = HashMap::new();
             for record in EtcdStore::table(&etcd, &layout, Table::Keys).await? {
                 if let Some(org) = record.org().cloned() {
                     keys.entry(org).or_default().push(record);
                 }
             }
+            while let Some(done) = calls.join_next().await {
+                let (o, t, records) = done.map_err(|e| StoreError::Backend(Box::new(e)))?;
+                parts[o][t] = records?;
+            }
             let mut out = Vec::with_capacity(orgs.len());
-            for org in orgs {
+            for (org, tables_read) in orgs.into_iter().zip(parts) {
                 let mut records = Vec::new();
-                for table in Table::DIRECTORY {
-                    match table {
-                        Table::Keys => records.extend(keys.remove(&org).unwrap_or_default()),
-                        Table::Meta => {}
-                        Table::Orgs => {
-                            let key = layout.record(table, org.as_str());
-                            let end = prefix_end(&key);
-                            records.extend(EtcdStore::range(&etcd, table, key, end).await?);
-                        }
-                        _ => {
-                            let prefix = layout.record(table, &format!("{org}/"));
-                            let end = prefix_end(&prefix);
-                            records.extend(EtcdStore::range(&etcd, table, prefix, end).await?);
-                        }
+                // Parents before children: `Table::DIRECTORY`'s order, the keys after the users.
+                for (table, read) in tables.iter().zip(tables_read) {
+                    records.extend(read);
+                    if *table == Table::Users {
+                        records.extend(keys.remove(&org).unwrap_or_default());
                     }
                 }
                 // `r/orgs/acme` also starts `r/orgs/acme2`: keep the org's own.
