@@ -154,7 +154,35 @@ async fn until_served(opts: &ClientOptions, org: &OrgName, since: Instant, limit
     }
 }
 
-pub async fn run(p: &Params, kills: usize) -> Result<Report> {
+/// Every org's claim: org → the node holding it.
+async fn claims(etcd: &Etcd) -> Result<std::collections::HashMap<String, String>> {
+    let prefix = b"/license-broker/claims/";
+    let (kvs, _) = etcd.range(prefix, true).await.map_err(anyhow::Error::msg)?;
+    Ok(kvs
+        .iter()
+        .filter_map(|kv| {
+            let org = String::from_utf8(kv.key[prefix.len()..].to_vec()).ok()?;
+            let node = String::from_utf8(kv.value.clone()).ok()?.split_once('\n')?.0.to_string();
+            Some((org, node))
+        })
+        .collect())
+}
+
+/// Waits until every one of `orgs` is claimed by a node other than `gone`; how long since `since`.
+async fn until_taken(etcd: &Etcd, orgs: &[String], gone: &str, since: Instant) -> Result<Duration> {
+    loop {
+        let now = claims(etcd).await?;
+        if orgs.iter().all(|o| now.get(o).is_some_and(|n| n != gone)) {
+            return Ok(since.elapsed());
+        }
+        if since.elapsed() > Duration::from_secs(60) {
+            bail!("the orgs of {gone} were not all taken over within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub async fn run(p: &Params, kills: usize, spread_orgs: usize) -> Result<Report> {
     let ttl = p.lease_ttl;
     if ttl < Duration::from_secs(8) {
         bail!("failover needs --lease-ttl of at least 8s: a lease must outlast a failover and a cycle");
@@ -210,6 +238,11 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
 
     let n = p.runners.max(1);
     let org = target.setup_orgs(1, (n + n / 4) as u32).await?.remove(0);
+    // Other orgs, spread over the nodes: what a kill moves besides the runners' org.
+    if spread_orgs > 0 {
+        target.setup_orgs(spread_orgs, 10).await?;
+        tokio::time::sleep(SETTLE_WAIT).await;
+    }
     let connections = p.connections.clamp(1, n);
     let mut held: Vec<Held> = Vec::with_capacity(n);
     for part in on_connections(&target, &org, connections, (0..n).map(|i| i as u128).collect(), acquire).await? {
@@ -222,6 +255,7 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
     let mut probe = target.options(&org.key);
     probe.connect_timeout = Duration::from_millis(600);
     let (mut serve_lat, mut attach_lat, mut reattach_lat) = (Lat::new(), Lat::new(), Lat::new());
+    let (mut taken_lat, mut moved) = (Lat::new(), Vec::new());
     let mut errors = Errors::default();
     let mut lost = 0usize;
     // Every runner re-attaches (to whichever node serves the org now);
@@ -245,10 +279,15 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
     for kill in 0..kills {
         let (serving, _) = owner(&etcd, &org.org).await.context("no node serves the org")?;
         let victim = nodes.iter_mut().find(|n| n.name == serving).context("the owner is not one of ours")?;
+        let its_orgs: Vec<String> =
+            claims(&etcd).await?.into_iter().filter(|(_, node)| node == &serving).map(|(o, _)| o).collect();
         let killed = Instant::now();
         victim.kill()?;
         let served = until_served(&probe, &org.org, killed, Duration::from_secs(30)).await?;
         serve_lat.record(served);
+        let taken = until_taken(&etcd, &its_orgs, &serving, killed).await?;
+        taken_lat.record(taken);
+        moved.push(its_orgs.len());
         let (back, lat, errs, last) = reattach_all(held, killed).await?;
         reattach_lat.merge(&lat);
         errors.merge(&errs);
@@ -256,9 +295,11 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
         lost += n - back.len();
         held = back;
         eprintln!(
-            "kill {}/{kills}: {serving} killed; served again after {} ms, all {} runners re-attached after {} ms",
+            "kill {}/{kills}: {serving} killed; served again after {} ms, its {} orgs all taken over after {} ms, all {} runners re-attached after {} ms",
             kill + 1,
             served.as_millis(),
+            moved.last().copied().unwrap_or(0),
+            taken.as_millis(),
             held.len(),
             (last - killed).as_millis()
         );
@@ -307,6 +348,9 @@ pub async fn run(p: &Params, kills: usize) -> Result<Report> {
     r.param("runners", n);
     r.param("lease_ttl_s", ttl.as_secs_f64());
     r.latency("kill_to_served", &serve_lat);
+    r.latency("kill_to_all_its_orgs_taken", &taken_lat);
+    r.param("spread_orgs", spread_orgs);
+    r.extra("orgs_moved_per_kill", &moved);
     r.latency("kill_to_all_reattached", &attach_lat);
     r.latency("reattach_after_served", &reattach_lat);
     r.errors = errors.0.clone();

@@ -158,6 +158,11 @@ struct Args {
     /// failover: how many times the serving node is killed.
     #[arg(long, default_value_t = 20)]
     kills: usize,
+    /// failover: orgs (each with a pool) spread over the nodes besides the
+    /// runners' org; per kill, how long until every org of the killed node
+    /// is served by another.
+    #[arg(long, default_value_t = 300)]
+    spread_orgs: usize,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -251,7 +256,7 @@ async fn run(a: Args) -> Result<bool> {
         if a.server.is_some() {
             bail!("failover always spawns its own etcd and broker nodes");
         }
-        let report = failover::run(&p, a.kills).await?;
+        let report = failover::run(&p, a.kills, a.spread_orgs).await?;
         emit(&report, a.json, None);
         return Ok(report.passed());
     }
