@@ -327,12 +327,14 @@ impl Placer {
 
         // Lost: a claim this node held is gone or is another's (its lease
         // lapsed; its validity lapsed before).
+        let mut lost = Vec::new();
         for (org, fence) in before {
             if claims.get(org.as_str()).map(|c| c.fence) != Some(fence) && self.fences.remove(&org).is_some() {
                 tracing::warn!(%org, "this node lost the org's claim");
-                running.drop_org(&org);
+                lost.push(org);
             }
         }
+        running.drop_orgs(lost).await;
 
         // Taken: orgs nobody serves that prefer this node.
         let mine = |org: &OrgName| placement::preferred(org.as_str(), &live) == Some(self.me.node.as_str());
@@ -363,22 +365,25 @@ impl Placer {
         }
         let took = self.adopt(running, claimed).await;
 
-        // Given: orgs that prefer another live node, once it has settled.
+        // Given: orgs that prefer another live node, once it has settled:
+        // fences first (nothing more is admitted for them here), then their
+        // connections and memory, then their claims.
         let mut gave = Vec::new();
         for (org, fence) in self.fences.all() {
             let Some(to) = placement::preferred(org.as_str(), &live) else { continue };
             let seen = claims.get(org.as_str()).map(|c| c.fence) == Some(fence);
-            if to == self.me.node || !seen || !settled.iter().any(|n| n == to) {
-                continue;
+            if to != self.me.node && seen && settled.iter().any(|n| n == to) {
+                self.fences.remove(&org);
+                gave.push((org, fence));
             }
-            self.fences.remove(&org);
-            running.drop_org(&org);
-            if let Err(e) = ownership::release(&self.etcd, &self.layout, org.as_str(), fence).await {
+        }
+        running.drop_orgs(gave.iter().map(|(o, _)| o.clone()).collect()).await;
+        for (org, fence) in &gave {
+            if let Err(e) = ownership::release(&self.etcd, &self.layout, org.as_str(), *fence).await {
                 tracing::warn!(%org, "releasing the org's claim (it lapses with this node's lease otherwise): {e}");
             }
-            gave.push(org);
         }
-        (took, gave)
+        (took, gave.into_iter().map(|(o, _)| o).collect())
     }
 
     /// The live nodes and every claim, and whether anything changed since

@@ -322,20 +322,27 @@ impl Broker {
     /// their runners re-attach at the next owner, and any hold). The shell
     /// has already stopped admitting for it and writing its records.
     pub fn forget_org(&self, org: &OrgName, now: Millis) {
+        self.forget_orgs(std::slice::from_ref(org), now);
+    }
+
+    /// `forget_org` for several orgs at once: one pass over the sessions,
+    /// whatever their number (a node that joins takes many orgs at once).
+    pub fn forget_orgs(&self, orgs: &[OrgName], now: Millis) {
+        let gone: std::collections::HashSet<&OrgName> = orgs.iter().collect();
         let removed = {
             let mut dir = self.dir.write();
-            dir.keys.retain(|_, k| k.org.as_ref() != Some(org));
-            dir.orgs.remove(org)
+            dir.keys.retain(|_, k| k.org.as_ref().is_none_or(|o| !gone.contains(o)));
+            orgs.iter().filter(|o| dir.orgs.remove(*o).is_some()).count()
         };
-        // Release: pairs with the Acquire in `version` (cached principals of the org go stale).
+        // Release: pairs with the Acquire in `version` (cached principals of the orgs go stale).
         self.version.fetch_add(1, Ordering::Release);
-        if removed.is_none() {
+        if removed == 0 {
             return;
         }
-        self.offline_due.lock().retain(|_, pool| &pool.org != org);
-        self.org_holds.lock().retain(|(_, o)| o != org);
+        self.offline_due.lock().retain(|_, pool| !gone.contains(&pool.org));
+        self.org_holds.lock().retain(|(_, o)| !gone.contains(o));
         // Not ends: nobody released these seats; the next owner holds them.
-        let _ = self.sessions.end_where(EndReason::ConnectionClosed, now, |p, _, _| &p.org == org);
+        let _ = self.sessions.end_where(EndReason::ConnectionClosed, now, |p, _, _| gone.contains(&p.org));
     }
 
     /// The orgs in memory (in a cluster: the orgs this node serves).

@@ -750,13 +750,18 @@ impl Running {
         seats
     }
 
-    /// In a cluster, hands `org` on: closes its members' connections (they
+    /// In a cluster, hands orgs on: closes their members' connections (they
     /// reconnect and are redirected to the next owner, where their runners
-    /// re-attach) and forgets it. The caller has removed its fence first,
-    /// so nothing more was admitted or renewed for it here.
-    pub fn drop_org(&self, org: &OrgName) {
-        let shared = &self.shared;
-        let gone: Vec<ConnId> = shared.members.iter().filter(|e| &e.value().0 == org).map(|e| *e.key()).collect();
+    /// re-attach) and forgets them, in one pass over the sessions, off the
+    /// async threads. The caller has removed their fences first, so nothing
+    /// more was admitted or renewed for them here.
+    pub async fn drop_orgs(&self, orgs: Vec<OrgName>) {
+        if orgs.is_empty() {
+            return;
+        }
+        let shared = self.shared.clone();
+        let gone: Vec<ConnId> =
+            shared.members.iter().filter(|e| orgs.contains(&e.value().0)).map(|e| *e.key()).collect();
         for id in gone {
             if let Some((_, (_, conn))) = shared.members.remove(&id) {
                 conn.close(
@@ -765,8 +770,14 @@ impl Running {
                 );
             }
         }
-        shared.core.forget_org(org, shared.clock.now());
-        tracing::info!(%org, "handed the org on");
+        let forget = tokio::task::spawn_blocking(move || {
+            shared.core.forget_orgs(&orgs, shared.clock.now());
+            orgs
+        });
+        match forget.await {
+            Ok(orgs) => tracing::info!(orgs = orgs.len(), "handed orgs on"),
+            Err(e) => tracing::error!("forgetting the orgs handed on: {e}"),
+        }
     }
 
     /// The orgs this broker has in memory (in a cluster: those it serves).
