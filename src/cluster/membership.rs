@@ -72,11 +72,6 @@ impl Membership {
             .collect()
     }
 
-    /// The names of the live nodes.
-    pub fn live(&self) -> Vec<String> {
-        self.view.read().nodes.iter().map(|(n, _)| n.node.clone()).collect()
-    }
-
     /// Who holds `org`'s claim, if anyone.
     pub fn claim_of(&self, org: &str) -> Option<Claimed> {
         self.view.read().claims.get(org).cloned()

@@ -75,16 +75,6 @@ impl Seat {
         Seat { store, validity, fences, view, etcd, layout, me, lease, lookups }
     }
 
-    /// This node's name and address.
-    pub fn me(&self) -> &Owner {
-        &self.me
-    }
-
-    /// This node's lease.
-    pub fn lease(&self) -> NodeLease {
-        self.lease
-    }
-
     /// Whether this node may admit and renew for `org` now: its lease is
     /// known to last, and it holds the org's claim.
     pub fn serves(&self, org: &OrgName) -> bool {

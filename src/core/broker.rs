@@ -317,16 +317,12 @@ impl Broker {
         seats
     }
 
-    /// In a cluster, handing `org` to another node: forgets it entirely (its
-    /// pools, members and keys, its live sessions without ending them, since
-    /// their runners re-attach at the next owner, and any hold). The shell
-    /// has already stopped admitting for it and writing its records.
-    pub fn forget_org(&self, org: &OrgName, now: Millis) {
-        self.forget_orgs(std::slice::from_ref(org), now);
-    }
-
-    /// `forget_org` for several orgs at once: one pass over the sessions,
-    /// whatever their number (a node that joins takes many orgs at once).
+    /// In a cluster, handing orgs to other nodes: forgets them entirely
+    /// (their pools, members and keys, their live sessions without ending
+    /// them, since their runners re-attach at the next owner, and any
+    /// hold), in one pass over the sessions whatever their number (a node
+    /// that joins takes many orgs at once). The shell has already stopped
+    /// admitting for them and writing their records.
     pub fn forget_orgs(&self, orgs: &[OrgName], now: Millis) {
         let gone: std::collections::HashSet<&OrgName> = orgs.iter().collect();
         let removed = {

@@ -886,7 +886,7 @@ fn adopting_an_org_holds_its_ceiling_for_the_previous_owners_runners_then_forget
     assert_eq!(in_use(&b), 1);
     // Handed on: the org, its keys, sessions and deadlines are gone; the rest stays.
     assert!(b.adopt_org(&w.org, w.org_records(10, 1), t(3_000)) <= 1);
-    b.forget_org(&w.org, t(3_000));
+    b.forget_orgs(std::slice::from_ref(&w.org), t(3_000));
     assert!(b.authenticate(&key(2)).is_err());
     assert_eq!((b.live_sessions(), b.next_deadline(), b.org_names()), (0, None, vec![]));
     // And it can be adopted again, from its records alone.

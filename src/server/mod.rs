@@ -760,8 +760,9 @@ impl Running {
             return;
         }
         let shared = self.shared.clone();
+        let moving: std::collections::HashSet<&OrgName> = orgs.iter().collect();
         let gone: Vec<ConnId> =
-            shared.members.iter().filter(|e| orgs.contains(&e.value().0)).map(|e| *e.key()).collect();
+            shared.members.iter().filter(|e| moving.contains(&e.value().0)).map(|e| *e.key()).collect();
         for id in gone {
             if let Some((_, (_, conn))) = shared.members.remove(&id) {
                 conn.close(
@@ -778,11 +779,6 @@ impl Running {
             Ok(orgs) => tracing::info!(orgs = orgs.len(), "handed orgs on"),
             Err(e) => tracing::error!("forgetting the orgs handed on: {e}"),
         }
-    }
-
-    /// The orgs this broker has in memory (in a cluster: those it serves).
-    pub fn orgs(&self) -> Vec<OrgName> {
-        self.shared.core.org_names()
     }
 
     /// The address actually bound (useful with port 0).
