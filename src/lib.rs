@@ -18,6 +18,8 @@ pub mod value;
 #[cfg(feature = "server")]
 pub mod client;
 #[cfg(feature = "server")]
+pub mod clock;
+#[cfg(feature = "server")]
 pub mod cluster;
 #[cfg(feature = "server")]
 pub mod error;
@@ -28,9 +30,15 @@ pub mod http;
 #[cfg(feature = "server")]
 pub mod keys;
 #[cfg(feature = "server")]
+pub mod latency;
+#[cfg(feature = "server")]
 pub mod machine_id;
 #[cfg(feature = "server")]
+pub mod node;
+#[cfg(feature = "server")]
 pub mod offline;
+#[cfg(feature = "server")]
+pub mod operations;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]

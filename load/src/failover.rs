@@ -33,7 +33,7 @@ fn claim_key(org: &OrgName) -> Vec<u8> {
 const ROUNDS: usize = 3;
 
 /// How long after a node restarts the orgs that prefer it have moved back
-/// to it (the broker's `cluster::node::SETTLE`, a placement pass, room).
+/// to it (the broker's `node::SETTLE`, a placement pass, room).
 const SETTLE_WAIT: Duration = Duration::from_millis(4_500);
 
 /// etcd's current revision (every write moves it).

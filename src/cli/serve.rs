@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use license_broker::cluster::{ClusterOptions, Event};
+use license_broker::node::{ClusterOptions, Event};
 use license_broker::server::{self, Options};
 use license_broker::tls::TlsFiles;
 
@@ -139,7 +139,7 @@ pub struct ServeArgs {
     #[arg(env = "LB_ETCD_KEY", long, requires = "etcd_cert")]
     etcd_key: Option<PathBuf>,
     /// Where in etcd the cluster keeps its keys (several clusters can share one etcd).
-    #[arg(env = "LB_CLUSTER_PREFIX", long, default_value = license_broker::cluster::node::DEFAULT_PREFIX)]
+    #[arg(env = "LB_CLUSTER_PREFIX", long, default_value = license_broker::node::DEFAULT_PREFIX)]
     cluster_prefix: String,
     /// Run the broker's clock this far ahead (for rehearsing clock trouble).
     #[arg(long, hide = true, default_value = "0s", value_parser = humantime::parse_duration)]
@@ -277,7 +277,7 @@ async fn run_node(options: Options, cluster: ClusterOptions) -> Result<ExitCode>
             tracing::warn!(node = %node, "lost this node's etcd lease: closed every connection; joining again")
         }
     };
-    let run = license_broker::cluster::node::run(options, cluster, stop_rx, events);
+    let run = license_broker::node::run(options, cluster, stop_rx, events);
     tokio::pin!(run);
     tokio::select! {
         r = &mut run => { r?; return Ok(ExitCode::SUCCESS); }

@@ -11,11 +11,12 @@
 //! - `placement`: which node should serve which org (rendezvous hashing).
 //! - `seat`: what the broker asks of the cluster (does this node serve an
 //!   org, where is a key's org served, a claim for a new org).
-//! - `node`: a node's life: joining, placing orgs, leaving.
+//!
+//! The node that runs a broker on these (`crate::node`) sits above the
+//! broker; the broker asks only its `Seat`.
 
 pub mod etcd;
 pub mod membership;
-pub mod node;
 pub mod ownership;
 pub mod placement;
 pub mod seat;
@@ -23,6 +24,5 @@ pub mod secrets;
 pub mod store;
 
 pub use membership::Membership;
-pub use node::{ClusterOptions, Event};
 pub use ownership::Validity;
 pub use seat::{Route, Seat};

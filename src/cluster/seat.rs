@@ -32,8 +32,23 @@ pub enum Route {
     Busy,
 }
 
-/// A node's place in its cluster, for the broker it runs.
+/// A node's place in its cluster, for the broker it runs. Its fields are
+/// the node's (the placement loop fills the fences and the view); the
+/// broker only asks.
 pub struct Seat {
+    store: Arc<EtcdStore>,
+    validity: Arc<Validity>,
+    fences: Arc<Fences>,
+    view: Arc<Membership>,
+    etcd: Arc<Etcd>,
+    layout: Layout,
+    me: Owner,
+    lease: NodeLease,
+    lookups: tokio::sync::Semaphore,
+}
+
+/// What a seat is made of: the node's state for one of its leases.
+pub struct SeatParts {
     /// The records, an org's written under its fence.
     pub store: Arc<EtcdStore>,
     /// Until when the node's lease (and so its every claim) is known to last.
@@ -42,11 +57,14 @@ pub struct Seat {
     pub fences: Arc<Fences>,
     /// The cluster as last read.
     pub view: Arc<Membership>,
-    etcd: Arc<Etcd>,
-    layout: Layout,
-    me: Owner,
-    lease: NodeLease,
-    lookups: tokio::sync::Semaphore,
+    /// The placement loop's etcd client (claims of new orgs).
+    pub etcd: Arc<Etcd>,
+    /// Where the cluster's keys live in etcd.
+    pub layout: Layout,
+    /// This node.
+    pub me: Owner,
+    /// The node's lease.
+    pub lease: NodeLease,
 }
 
 /// Why an org could not be claimed for its creation.
@@ -59,20 +77,47 @@ pub enum ClaimError {
 }
 
 impl Seat {
-    /// The seat of a node holding `lease`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Arc<EtcdStore>,
-        validity: Arc<Validity>,
-        fences: Arc<Fences>,
-        view: Arc<Membership>,
-        etcd: Arc<Etcd>,
-        layout: Layout,
-        me: Owner,
-        lease: NodeLease,
-    ) -> Seat {
+    /// The seat of a node holding `parts.lease`.
+    pub fn new(parts: SeatParts) -> Seat {
+        let SeatParts { store, validity, fences, view, etcd, layout, me, lease } = parts;
         let lookups = tokio::sync::Semaphore::new(MAX_LOOKUPS);
         Seat { store, validity, fences, view, etcd, layout, me, lease, lookups }
+    }
+
+    /// The records in etcd (the broker opens its store on them).
+    pub fn store(&self) -> Arc<EtcdStore> {
+        self.store.clone()
+    }
+
+    /// Whether the node's lease is known to last now (one monotonic clock read).
+    pub fn valid(&self) -> bool {
+        self.validity.valid()
+    }
+
+    /// The fence of `org`'s claim, if this node holds it.
+    pub fn fence(&self, org: &OrgName) -> Option<i64> {
+        self.fences.get(org)
+    }
+
+    /// A number that changes whenever an org is taken or handed on (a
+    /// stream caches that its caller's org is served here until it moves).
+    pub fn fences_version(&self) -> u64 {
+        self.fences.version()
+    }
+
+    /// How many orgs this node serves.
+    pub fn orgs_served(&self) -> usize {
+        self.fences.all().len()
+    }
+
+    /// How many orgs the cluster has, as last read.
+    pub fn orgs_known(&self) -> usize {
+        self.view.org_count()
+    }
+
+    /// The cluster's nodes, as last read.
+    pub fn nodes(&self) -> Vec<crate::proto::NodeInfo> {
+        self.view.nodes()
     }
 
     /// Whether this node may admit and renew for `org` now: its lease is

@@ -111,8 +111,13 @@ impl Broker {
     }
 
     /// Checks the rules that hold until the directory changes and returns a
-    /// ticket to `admit` on.
+    /// ticket to `admit` on. A refusal counts in the pool's denials.
     pub fn resolve(&self, p: &Principal, target: &Target) -> Result<Ticket> {
+        self.counted(target, self.ticket(p, target))
+    }
+
+    /// `resolve`, uncounted (a re-attach's refusals are not denials).
+    fn ticket(&self, p: &Principal, target: &Target) -> Result<Ticket> {
         let pool = self.member_pool(p, &target.org, target.pool)?;
         // The epoch before the check: a removal after it makes `admit` check again.
         let machine_epoch = pool.machine_epoch();
@@ -135,7 +140,21 @@ impl Broker {
     /// This is the hot path: no directory lock, and no machine lookup
     /// unless a machine was removed since the ticket was resolved.
     pub fn admit(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
-        self.admit_from(ticket, &Claimant { nonce, conn, labels: Labels::default() }, now, SeatFrom::Free)
+        let admitted =
+            self.admit_from(ticket, &Claimant { nonce, conn, labels: Labels::default() }, now, SeatFrom::Free);
+        if let Some(why) = admitted.as_ref().err().and_then(Error::denial) {
+            ticket.pool.deny(why);
+        }
+        admitted
+    }
+
+    /// Counts `result`'s refusal, if it is a denial, in `target`'s pool:
+    /// every admission's refusal is counted here, where it is decided.
+    fn counted<T>(&self, target: &Target, result: Result<T>) -> Result<T> {
+        if let Some(why) = result.as_ref().err().and_then(Error::denial) {
+            self.note_denial(&target.org, target.pool, why);
+        }
+        result
     }
 
     /// A runner re-attaches to its lease: to its live session if this run
@@ -157,7 +176,7 @@ impl Broker {
     ) -> Result<Lease> {
         let seat = if earlier_run { SeatFrom::HeldFirst } else { SeatFrom::Nowhere };
         let who = Claimant { nonce, conn, labels: Labels::default() };
-        self.admit_from(&self.resolve(p, target)?, &who, now, seat)
+        self.admit_from(&self.ticket(p, target)?, &who, now, seat)
     }
 
     /// Admits a session now if a seat is free and nobody waits for one;
@@ -174,7 +193,11 @@ impl Broker {
         now: Millis,
         deliver: Deliver,
     ) -> Result<Waited> {
-        let ticket = self.resolve(p, target)?;
+        self.counted(target, self.join(p, target, who, now, deliver))
+    }
+
+    fn join(&self, p: &Principal, target: &Target, who: &Claimant, now: Millis, deliver: Deliver) -> Result<Waited> {
+        let ticket = self.ticket(p, target)?;
         match self.admit_from(&ticket, who, now, SeatFrom::FreeOrQueue) {
             Err(Error::QuotaExceeded { .. }) => {}
             other => return other.map(Waited::Leased),
@@ -194,7 +217,18 @@ impl Broker {
     /// subscription may have changed while it waited). On a refusal the
     /// grant is dropped and its seat goes to the next waiter.
     pub fn claim(&self, p: &Principal, target: &Target, who: &Claimant, now: Millis, grant: Grant) -> Result<Lease> {
-        let ticket = self.resolve(p, target)?;
+        self.counted(target, self.claim_granted(p, target, who, now, grant))
+    }
+
+    fn claim_granted(
+        &self,
+        p: &Principal,
+        target: &Target,
+        who: &Claimant,
+        now: Millis,
+        grant: Grant,
+    ) -> Result<Lease> {
+        let ticket = self.ticket(p, target)?;
         if !Arc::ptr_eq(grant.pool(), &ticket.pool) {
             return Err(Error::invalid("pool", "the seat was granted in another pool"));
         }
@@ -205,7 +239,8 @@ impl Broker {
     /// Acquires with `who`'s labels, without waiting (a `Checkout` that
     /// does not queue).
     pub fn acquire_as(&self, p: &Principal, target: &Target, who: &Claimant, now: Millis) -> Result<Lease> {
-        self.admit_from(&self.resolve(p, target)?, who, now, SeatFrom::Free)
+        let admitted = self.ticket(p, target).and_then(|t| self.admit_from(&t, who, now, SeatFrom::Free));
+        self.counted(target, admitted)
     }
 
     fn admit_from(&self, ticket: &Ticket, who: &Claimant, now: Millis, seat: SeatFrom) -> Result<Lease> {
@@ -256,7 +291,9 @@ impl Broker {
 
     /// `resolve` and `admit` in one call, for callers without a ticket cache.
     pub fn acquire(&self, p: &Principal, target: &Target, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
-        self.admit(&self.resolve(p, target)?, nonce, conn, now)
+        let who = Claimant { nonce, conn, labels: Labels::default() };
+        let admitted = self.ticket(p, target).and_then(|t| self.admit_from(&t, &who, now, SeatFrom::Free));
+        self.counted(target, admitted)
     }
 
     /// Whether a machine is already registered in a pool of the caller's org
@@ -295,8 +332,9 @@ impl Broker {
             return Err(Error::invalid("pool", "KRE licenses are not activated: run `license-broker runner`"));
         }
         if target.pool.kind == Kind::NodeLocked {
-            return self.bind(p, target, now);
+            return self.counted(target, self.bind(p, target, now));
         }
+        // (Counted by `acquire`.)
         let lease = self.acquire(p, target, nonce, conn, now)?;
         if lease.reattached {
             return Ok(Pending::done(Activation::Leased(lease)));

@@ -112,6 +112,22 @@ pub enum Error {
 }
 
 impl Error {
+    /// The reason this refusal counts under in its pool's denials, if it
+    /// is an admission's refusal other than the quota (which the seat
+    /// counter counts where it refuses).
+    pub fn denial(&self) -> Option<super::Denial> {
+        use super::Denial;
+        match self {
+            Error::UserLimit { .. } => Some(Denial::UserLimit),
+            Error::QueueFull { .. } => Some(Denial::QueueFull),
+            Error::MachineNotRegistered => Some(Denial::MachineNotRegistered),
+            Error::SubscriptionExpired => Some(Denial::SubscriptionExpired),
+            Error::NotLicensed => Some(Denial::NotLicensed),
+            Error::AlreadyActivated { .. } => Some(Denial::AlreadyActivated),
+            _ => None,
+        }
+    }
+
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
         Error::Invalid { what, reason: reason.into() }
     }

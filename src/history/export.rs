@@ -9,7 +9,7 @@ use crate::core::{format_utc, EndReason, Millis};
 
 /// The names of `Usage::denied`'s slots: the error codes.
 pub fn denial_names() -> Vec<&'static str> {
-    let others = crate::core::Denial::ALL.iter().map(|d| crate::server::denial_code(*d).name());
+    let others = crate::core::Denial::ALL.iter().map(|d| crate::operations::denial_code(*d).name());
     std::iter::once(crate::proto::ErrorCode::QuotaExceeded.name()).chain(others).collect()
 }
 

@@ -366,10 +366,12 @@ fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, 
 /// writes the rows, writes ended sessions every second, prunes once an
 /// hour, until `stop` fires.
 pub(crate) async fn run(
-    shared: Arc<crate::server::Shared>,
+    core: Arc<crate::core::Broker>,
+    clock: crate::clock::Clock,
     history: Arc<History>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    let shared = Source { core, clock };
     let Some(mut rx) = history.take_receiver() else { return };
     // The first harvest seeds the extremes and the refusal counts.
     harvest(&shared, &history, Vec::new()).await;
@@ -420,7 +422,14 @@ pub(crate) async fn run(
     }
 }
 
-async fn harvest(shared: &Arc<crate::server::Shared>, history: &Arc<History>, sessions: Vec<Ended>) {
+/// What the history's task reads: the core it harvests, and the clock.
+#[derive(Clone)]
+struct Source {
+    core: Arc<crate::core::Broker>,
+    clock: crate::clock::Clock,
+}
+
+async fn harvest(shared: &Source, history: &Arc<History>, sessions: Vec<Ended>) {
     let (s, h) = (shared.clone(), history.clone());
     let done = tokio::task::spawn_blocking(move || {
         let now = s.clock.now();
@@ -434,7 +443,7 @@ async fn harvest(shared: &Arc<crate::server::Shared>, history: &Arc<History>, se
     }
 }
 
-async fn prune(shared: &Arc<crate::server::Shared>, history: &Arc<History>) {
+async fn prune(shared: &Source, history: &Arc<History>) {
     let (s, h) = (shared.clone(), history.clone());
     let done = tokio::task::spawn_blocking(move || {
         let (pools, _) = s.core.census();

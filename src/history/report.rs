@@ -23,6 +23,8 @@ pub enum ReportError {
     Off,
     /// The history could not be read.
     Db(super::DbError),
+    /// The task reading it failed (the broker's fault, logged).
+    Task(String),
 }
 
 impl std::fmt::Display for ReportError {
@@ -35,6 +37,7 @@ impl std::fmt::Display for ReportError {
                  could not be opened: see its log)",
             ),
             ReportError::Db(e) => write!(f, "{e}"),
+            ReportError::Task(why) => write!(f, "reading the history failed: {why}"),
         }
     }
 }

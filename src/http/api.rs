@@ -14,7 +14,7 @@ use super::auth;
 use crate::core::{Millis, OrgName, PoolId, Principal};
 use crate::history::export;
 use crate::history::report::{self, ReportError};
-use crate::server::Shared;
+use crate::http::Web;
 
 /// A refusal in the API's shape: a status, and `{"error": CODE, "message": ...}`.
 #[derive(Debug)]
@@ -50,12 +50,13 @@ fn report_error(e: ReportError) -> Refusal {
         ReportError::Invalid(why) => refuse(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why),
         ReportError::Off => refuse(StatusCode::NOT_FOUND, "NO_HISTORY", ReportError::Off),
         ReportError::Db(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "STORE_FAILURE", e),
+        ReportError::Task(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e),
     }
 }
 
 /// The history (the reports checked that there is one).
-fn history(shared: &Shared) -> Result<&crate::history::History, Refusal> {
-    shared.history.as_deref().ok_or_else(|| report_error(ReportError::Off))
+fn history(web: &Web) -> Result<&crate::history::History, Refusal> {
+    web.ops.history().ok_or_else(|| report_error(ReportError::Off))
 }
 
 fn bad(why: impl std::fmt::Display) -> Refusal {
@@ -99,21 +100,21 @@ fn csv_body(name: &str, body: String) -> Response {
 }
 
 /// A report: the caller and the query to the answer.
-type Report = fn(&Shared, &Principal, &HashMap<String, String>) -> Result<Response, Refusal>;
+type Report = fn(&Web, &Principal, &HashMap<String, String>) -> Result<Response, Refusal>;
 
 /// Authenticates the caller, then runs `report` off the async threads.
-async fn answer(shared: Arc<Shared>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
-    match auth::principal(&shared, headers).await {
+async fn answer(web: Arc<Web>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
+    match auth::principal(&web, headers).await {
         Ok(p) => {
             // On a cluster node, an org served elsewhere: say which node serves it.
             let named = q.get("org").and_then(|o| crate::core::OrgName::new(o).ok());
-            if let Err(e) = shared.owning(named.as_ref()) {
+            if let Err(e) = web.ops.owning(named.as_ref()) {
                 return refuse(StatusCode::MISDIRECTED_REQUEST, e.code.name(), e.message).into_response();
             }
-            let turn = shared.report_turn().await;
+            let turn = web.ops.report_turn().await;
             blocking(move || {
                 let _turn = turn;
-                report(&shared, &p, &q)
+                report(&web, &p, &q)
             })
             .await
         }
@@ -132,23 +133,22 @@ async fn blocking(f: impl FnOnce() -> Result<Response, Refusal> + Send + 'static
 
 /// `GET /api/v1/usage?org=&pool=&from=&to=&step=&format=json|csv`.
 pub(super) async fn usage(
-    State(shared): State<Arc<Shared>>,
+    State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(shared, &headers, q, usage_report).await
+    answer(web, &headers, q, usage_report).await
 }
 
-fn usage_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
-    let (org, range) = org_and_range(q, shared.clock.now(), "7d")?;
+fn usage_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(q, web.ops.clock().now(), "7d")?;
     let pool = pool_of(q)?;
     let step = match q.get("step") {
         Some(s) => report::parse_step(s).map_err(bad)?,
         None => report::auto_step(range.1 .0.saturating_sub(range.0 .0)),
     };
-    let ask =
-        report::usage(&shared.core, shared.history.as_deref(), p, &org, pool, range, step).map_err(report_error)?;
-    let series = ask.read(history(shared)?).map_err(report_error)?;
+    let ask = report::usage(web.ops.core(), web.ops.history(), p, &org, pool, range, step).map_err(report_error)?;
+    let series = ask.read(history(web)?).map_err(report_error)?;
     Ok(match csv(q)? {
         true => csv_body(&format!("usage-{org}"), export::usage_csv(&series)),
         false => json_body(export::usage_json(org.as_str(), range, step, &series)),
@@ -159,15 +159,15 @@ fn usage_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> 
 /// sessions that ended in the range, oldest end first; `next` (JSON) or
 /// the `X-Next-After` header (CSV) is the `after` of the next page.
 pub(super) async fn sessions(
-    State(shared): State<Arc<Shared>>,
+    State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(shared, &headers, q, sessions_report).await
+    answer(web, &headers, q, sessions_report).await
 }
 
-fn sessions_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
-    let (org, range) = org_and_range(q, shared.clock.now(), "1d")?;
+fn sessions_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(q, web.ops.clock().now(), "1d")?;
     let limit = match q.get("limit") {
         Some(n) => n.parse::<usize>().map_err(|_| bad("limit must be a number"))?,
         None => report::MAX_SESSIONS,
@@ -181,9 +181,9 @@ fn sessions_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) 
         }
         None => None,
     };
-    let ask = report::sessions(&shared.core, shared.history.as_deref(), p, &org, range, after, limit)
-        .map_err(report_error)?;
-    let (rows, next) = ask.read(history(shared)?).map_err(report_error)?;
+    let ask =
+        report::sessions(web.ops.core(), web.ops.history(), p, &org, range, after, limit).map_err(report_error)?;
+    let (rows, next) = ask.read(history(web)?).map_err(report_error)?;
     let next = next.map(|(end, id)| format!("{end}.{}", crate::core::SessionId(id)));
     Ok(match csv(q)? {
         true => {
@@ -206,21 +206,21 @@ fn sessions_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) 
 
 /// `GET /api/v1/what-if?org=&pool=&seats=N[..M]&from=&to=&format=json|csv`.
 pub(super) async fn what_if(
-    State(shared): State<Arc<Shared>>,
+    State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(shared, &headers, q, what_if_report).await
+    answer(web, &headers, q, what_if_report).await
 }
 
-fn what_if_report(shared: &Shared, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
-    let (org, range) = org_and_range(q, shared.clock.now(), "30d")?;
+fn what_if_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(q, web.ops.clock().now(), "30d")?;
     let pool = pool_of(q)?.ok_or_else(|| bad("the query needs pool=POOL"))?;
     let seats = report::parse_seats(q.get("seats").ok_or_else(|| bad("the query needs seats=N or seats=N..M"))?)
         .map_err(bad)?;
-    let ask = report::what_if(&shared.core, shared.history.as_deref(), p, (&org, pool), range, seats)
-        .map_err(report_error)?;
-    let w = ask.read(history(shared)?).map_err(report_error)?;
+    let ask =
+        report::what_if(web.ops.core(), web.ops.history(), p, (&org, pool), range, seats).map_err(report_error)?;
+    let w = ask.read(history(web)?).map_err(report_error)?;
     Ok(match csv(q)? {
         true => csv_body(&format!("what-if-{org}-{pool}"), export::what_if_csv(&w)),
         false => json_body(export::what_if_json(org.as_str(), &pool.to_string(), range, &w)),

@@ -14,7 +14,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use ring::hmac;
 
 use crate::core::{KeyHash, Principal};
-use crate::server::Shared;
+use crate::http::Web;
+use crate::operations::SignIn;
 
 /// The cookie's name.
 pub const COOKIE: &str = "lb_session";
@@ -83,45 +84,32 @@ fn unauthorized(why: &str) -> super::api::Refusal {
     super::api::refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why)
 }
 
-/// On a cluster node, what it can learn of a key it does not know: an
-/// operator's key created on another node is read from etcd and taken in
-/// (it authenticates from then on); for a key of an org another node
-/// serves, a refusal's words naming that node. `None`: nothing more to
-/// say (the key is known, or unknown everywhere, or this is a single broker).
-pub(super) async fn learn(shared: &Shared, hash: crate::core::KeyHash) -> Option<String> {
-    let seat = shared.cluster.as_ref()?;
-    if shared.core.authenticate(&hash).is_ok() {
-        return None;
-    }
-    match seat.route(hash).await {
-        crate::cluster::Route::Operator(record) => {
-            shared.core.apply(&[crate::core::Change::Put(record)], shared.clock.now());
-            None
-        }
-        crate::cluster::Route::Elsewhere(node) => Some(format!(
+/// Signs `hash` in, as the QUIC door does (`Operations::sign_in`). A
+/// refusal says why on a cluster node (which node serves the key's org);
+/// `None`: the key is unknown or revoked.
+pub(super) async fn sign_in(web: &Web, hash: &KeyHash) -> Result<Principal, Option<String>> {
+    match web.ops.sign_in(hash).await {
+        SignIn::Here(p) => Ok(p),
+        SignIn::Elsewhere(node) => Err(Some(format!(
             "this node of the cluster does not serve your org: the node at {node} (its broker's address) does; use that node's ops endpoint"
-        )),
-        crate::cluster::Route::Busy => Some("your org is moving between the cluster's nodes; try again in a few seconds".into()),
-        crate::cluster::Route::Unknown => None,
+        ))),
+        SignIn::Moving => Err(Some("your org is moving between the cluster's nodes; try again in a few seconds".into())),
+        SignIn::Unknown => Err(None),
     }
 }
 
 /// The caller: by bearer key, else by sign-in cookie.
-pub(super) async fn principal(shared: &Shared, headers: &HeaderMap) -> Result<Principal, super::api::Refusal> {
+pub(super) async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principal, super::api::Refusal> {
     let bearer =
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if let Some(key) = bearer {
-        let hash = crate::keys::hash(key.trim());
-        let elsewhere = learn(shared, hash).await;
-        return shared.core.authenticate(&hash).map_err(|_| {
-            shared.core.note_auth_failure();
-            unauthorized(elsewhere.as_deref().unwrap_or("unknown or revoked API key"))
-        });
+        let signed = sign_in(web, &crate::keys::hash(key.trim())).await;
+        return signed.map_err(|why| unauthorized(why.as_deref().unwrap_or("unknown or revoked API key")));
     }
-    let signed_in = cookie(headers, COOKIE).and_then(|c| shared.signer.open(c, shared.clock.now().0));
+    let signed_in = cookie(headers, COOKIE).and_then(|c| web.signer.open(c, web.ops.clock().now().0));
     match signed_in {
         Some(hash) => {
-            shared.core.authenticate(&hash).map_err(|_| unauthorized("the key you signed in with was revoked"))
+            web.ops.core().authenticate(&hash).map_err(|_| unauthorized("the key you signed in with was revoked"))
         }
         None => Err(unauthorized("sign in, or send Authorization: Bearer API_KEY")),
     }

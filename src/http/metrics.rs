@@ -18,7 +18,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::core::PoolStatus;
-use crate::server::Shared;
+use crate::http::Web;
 
 /// What `/metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -30,9 +30,9 @@ pub const MAX_ORGS: usize = 100;
 const OTHER: &str = "_other";
 
 /// Encodes the broker's metrics now.
-pub fn render(shared: &Shared) -> Result<String, std::fmt::Error> {
+pub fn render(web: &Web) -> Result<String, std::fmt::Error> {
     let mut registry = Registry::with_prefix("lbroker");
-    registry.register_collector(Box::new(Snapshot::take(shared)));
+    registry.register_collector(Box::new(Snapshot::take(web)));
     let mut body = String::new();
     prometheus_client::encoding::text::encode(&mut body, &registry)?;
     Ok(body)
@@ -85,7 +85,7 @@ struct Snapshot {
     folded: usize,
     connections: u64,
     auth_failures: u64,
-    latencies: Vec<crate::server::latency::OpLatency>,
+    latencies: Vec<crate::latency::OpLatency>,
     /// (ended sessions dropped, closed minutes dropped, file bytes), if the history is on.
     history: Option<(u64, u64, u64)>,
     /// On a cluster node: its lease and orgs.
@@ -101,10 +101,15 @@ struct Cluster {
 }
 
 impl Snapshot {
-    fn take(shared: &Shared) -> Snapshot {
-        let (pools, subscriptions) = shared.core.census();
-        let seat_ms: std::collections::HashMap<_, _> =
-            shared.core.seat_ms(shared.clock.now()).into_iter().map(|(org, pool, ms)| ((org, pool), ms)).collect();
+    fn take(web: &Web) -> Snapshot {
+        let (pools, subscriptions) = web.ops.core().census();
+        let seat_ms: std::collections::HashMap<_, _> = web
+            .ops
+            .core()
+            .seat_ms(web.ops.clock().now())
+            .into_iter()
+            .map(|(org, pool, ms)| ((org, pool), ms))
+            .collect();
         // The busiest orgs keep their names: by seats in use, then by name.
         let mut load: BTreeMap<String, u64> = BTreeMap::new();
         for (org, _) in &subscriptions {
@@ -132,21 +137,20 @@ impl Snapshot {
             pools: out,
             subscriptions: subs,
             folded: load.len().saturating_sub(named.len()),
-            // Relaxed: a gauge read once per scrape.
-            connections: shared.open_conns.load(std::sync::atomic::Ordering::Relaxed) as u64,
-            auth_failures: shared.core.auth_failures(),
-            latencies: shared.latencies.snapshot(),
+            connections: web.quic.connections(),
+            auth_failures: web.ops.core().auth_failures(),
+            latencies: web.quic.latencies(),
             // Relaxed: statistics read once per scrape.
-            history: shared.history.as_ref().map(|h| {
+            history: web.ops.history().map(|h| {
                 use std::sync::atomic::Ordering::Relaxed;
                 (h.dropped_sessions.load(Relaxed), h.dropped_minutes.load(Relaxed), h.file_bytes())
             }),
             // A cluster node: whether its lease is valid, the orgs it
             // serves, the orgs the cluster has (as last read).
-            cluster: shared.cluster.as_ref().map(|seat| Cluster {
-                serving: seat.validity.valid(),
-                orgs: seat.fences.all().len() as u64,
-                known: seat.view.org_count() as u64,
+            cluster: web.ops.cluster().map(|seat| Cluster {
+                serving: seat.valid(),
+                orgs: seat.orgs_served() as u64,
+                known: seat.orgs_known() as u64,
             }),
         }
     }
@@ -178,7 +182,7 @@ impl Snapshot {
         let mut denials = e.encode_descriptor("denials", help, None, MetricType::Counter)?;
         for ((org, pool), n) in &self.pools {
             let quota = std::iter::once((crate::proto::ErrorCode::QuotaExceeded, n.rejected));
-            let others = crate::core::Denial::ALL.iter().map(|d| crate::server::denial_code(*d)).zip(n.denied);
+            let others = crate::core::Denial::ALL.iter().map(|d| crate::operations::denial_code(*d)).zip(n.denied);
             for (code, count) in quota.chain(others) {
                 let labels = [("org", org.as_str()), ("pool", pool.as_str()), ("reason", code.name())];
                 ConstCounter::new(count).encode(denials.encode_family(&labels)?)?;

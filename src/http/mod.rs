@@ -11,9 +11,11 @@
 //!
 //! Off unless `--http` is given; meant for a loopback or ops-network
 //! address (README Security). Its connections are bounded in number and
-//! lifetime (`listener`). It decides nothing: it reads the core and the
-//! shell's counters. With `--metrics-token`, `/metrics` wants
-//! `Authorization: Bearer TOKEN`.
+//! lifetime (`listener`). It decides nothing: every act and every rule is
+//! `crate::operations`' (the same functions the QUIC door calls), and it
+//! reads the core and the QUIC door's counters (`Door`). Its own state is
+//! `Web`; it never imports the QUIC server. With `--metrics-token`,
+//! `/metrics` wants `Authorization: Bearer TOKEN`.
 
 mod api;
 pub mod auth;
@@ -33,11 +35,55 @@ use axum::routing::get;
 use axum::Router;
 use tokio::sync::watch;
 
-use crate::server::Shared;
+use crate::latency::OpLatency;
+use crate::operations::Operations;
+
+/// What `/metrics` shows of the QUIC door (which implements it).
+pub trait Door: Send + Sync {
+    /// QUIC connections open now.
+    fn connections(&self) -> u64;
+    /// Request latencies by kind.
+    fn latencies(&self) -> Vec<OpLatency>;
+}
+
+/// The web door's own state.
+pub struct Web {
+    ops: Arc<Operations>,
+    /// Signs the sign-in cookies (a secret made at start).
+    signer: auth::Signer,
+    /// A bearer token `/metrics` requires, if set.
+    metrics_token: Option<String>,
+    quic: Arc<dyn Door>,
+}
+
+impl Web {
+    /// The web door over `ops`, showing `quic`'s counters.
+    pub fn new(
+        ops: Arc<Operations>,
+        metrics_token: Option<String>,
+        quic: Arc<dyn Door>,
+    ) -> Result<Web, crate::keys::RandomUnavailable> {
+        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, quic })
+    }
+}
+
+/// How many connections the web door serves at once, and for how long each.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections served at once.
+    pub connections: usize,
+    /// How long one connection may stay open.
+    pub lifetime: std::time::Duration,
+}
 
 /// Serves the ops endpoint on `listener` until `stop` fires.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
-    let (connections, lifetime) = (shared.options.http_connections, shared.options.http_lifetime);
+pub(crate) async fn serve(
+    web: Arc<Web>,
+    listener: tokio::net::TcpListener,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Limits { connections, lifetime } = limits;
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
@@ -49,7 +95,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         .route("/signout", axum::routing::post(dashboard::sign_out))
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
-        .with_state(shared);
+        .with_state(web);
     let stopped = async move {
         let _ = stop.changed().await;
     };
@@ -59,8 +105,8 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
     }
 }
 
-async fn scrape(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    exposition(shared.options.metrics_token.as_deref(), &headers, || metrics::render(&shared))
+async fn scrape(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    exposition(web.metrics_token.as_deref(), &headers, || metrics::render(&web))
 }
 
 /// `/metrics`: the token checked, then `render`'s body in OpenMetrics.
@@ -81,8 +127,8 @@ fn exposition(
     }
 }
 
-async fn health(State(shared): State<Arc<Shared>>) -> Response {
-    match shared.is_draining() {
+async fn health(State(web): State<Arc<Web>>) -> Response {
+    match web.ops.is_draining() {
         false => (StatusCode::OK, "ok\n").into_response(),
         true => (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response(),
     }

@@ -7,6 +7,7 @@ pub mod error;
 pub mod frame;
 pub mod info;
 pub mod message;
+pub mod version;
 
 pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use error::{ErrorCode, WireError};
@@ -16,6 +17,7 @@ pub use info::{
     PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
 };
 pub use message::*;
+pub use version::Version;
 
 /// The protocol version this build speaks (first field of `Hello`).
 /// Version 2 answers `Acquire` with `Leased` and `Renew` with `Extended`,

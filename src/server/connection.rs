@@ -11,9 +11,12 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch, Notify};
 
+use dashmap::DashMap;
+
 use super::{stream, ConnCtx, Shared};
 use crate::core::hash::FastSet;
-use crate::core::{ConnId, SessionId};
+use crate::core::{ConnId, Ended, SessionId};
+use crate::operations::Holders;
 use crate::proto::{encode, Notice};
 
 /// QUIC application close code for a connection that sent no `Hello` in time.
@@ -26,6 +29,37 @@ pub const NOT_SERVING_CODE: u32 = 6;
 /// Notices queued per connection before new ones are dropped.
 const NOTICE_QUEUE: usize = 256;
 
+/// Each connection's notice queue: how a session's holder hears that it
+/// ended (expired, killed, revoked) and that the broker drains.
+#[derive(Default)]
+pub(crate) struct Notices(DashMap<ConnId, mpsc::Sender<Notice>>);
+
+impl Notices {
+    /// Queues `notice` on every connection.
+    pub fn tell_all(&self, notice: Notice) {
+        for entry in self.0.iter() {
+            let _ = entry.value().try_send(notice.clone());
+        }
+    }
+
+    /// Queues `notice` on `conn`, waiting up to `wait` for room (a client
+    /// that does not read them only slows itself); false when it was dropped.
+    pub async fn tell(&self, conn: ConnId, notice: Notice, wait: std::time::Duration) -> bool {
+        let Some(tx) = self.0.get(&conn).map(|tx| tx.clone()) else { return false };
+        matches!(tokio::time::timeout(wait, tx.send(notice)).await, Ok(Ok(())))
+    }
+}
+
+impl Holders for Notices {
+    fn ended(&self, e: &Ended) {
+        if let Some(tx) = self.0.get(&e.conn) {
+            // Notices are advisory: a full queue means the client is not
+            // reading, and its next request will say the session is gone.
+            let _ = tx.try_send(Notice::SessionEnded { session: e.info.session, reason: e.reason.into() });
+        }
+    }
+}
+
 /// Accepts connections until told to stop, refusing those over the limit.
 pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
     loop {
@@ -36,16 +70,16 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, 
         let Some(incoming) = incoming else { break };
         // Relaxed: an approximate limit; a few connections over it during a burst is harmless.
         let open = shared.open_conns.load(Ordering::Relaxed);
-        if shared.is_draining() || open >= shared.options.max_connections {
+        if shared.ops.is_draining() || open >= shared.options.max_connections {
             tracing::debug!(open, "refusing connection");
             incoming.refuse();
             continue;
         }
         let addr = incoming.remote_address();
-        let pass = match shared.gate.admit(addr.ip(), shared.clock.now().0 / 1000) {
+        let pass = match shared.gate.admit(addr.ip(), shared.ops.clock().now().0 / 1000) {
             Ok(pass) => pass,
             Err(refusal) => {
-                if shared.auth_log.allow(shared.clock.now()) {
+                if shared.auth_log.allow(shared.ops.clock().now()) {
                     tracing::warn!(remote = %addr, reason = refusal.name(), "refusing connection");
                 }
                 incoming.refuse();
@@ -84,7 +118,7 @@ async fn serve(
         waits: 0.into(),
     });
     let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
-    shared.notices.insert(id, tx);
+    shared.notices.0.insert(id, tx);
     tokio::spawn(push_notices(conn.clone(), rx));
     tracing::debug!(conn = id.0, remote = %conn.remote_address(), "connection open");
 
@@ -122,13 +156,12 @@ async fn serve(
             }
         }
     };
-    shared.notices.remove(&id);
+    shared.notices.0.remove(&id);
     shared.members.remove(&id);
     let clean = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0);
     if clean {
         let held: Vec<SessionId> = ctx.sessions.lock().drain().collect();
-        let ended = shared.core.close_connection(id, held, shared.clock.now());
-        shared.announce(ended);
+        shared.ops.close_connection(id, held);
     }
     tracing::debug!(conn = id.0, clean, "connection closed: {reason}");
 }

@@ -1,57 +1,69 @@
-//! One request → the core (and the store, for durable changes) → one result.
+//! One request → one operation → one answer.
 //!
-//! A plain router: one short arm per request, no product or kind branching
-//! and no undo by name; the rules and the undos live in the core. `fast`
-//! answers everything that needs no durable write, synchronously: acquire,
-//! renew, release, kills and reads. `slow` handles the rest under the writer
-//! lock: the core plans (and reserves), the store commits off the async
-//! threads, and the core's pending change is settled with the result.
+//! A router: one short arm per request, calling `crate::operations` (or,
+//! for a read the core answers by itself, the core) and putting the answer
+//! in the wire form of the stream's protocol version. No role check, rule
+//! or undo lives here.
+//!
+//! `fast` answers synchronously everything that needs no durable write:
+//! the hot path (an acquire on a cached ticket, one seat CAS), renewals,
+//! releases and reads. What needs the store comes back as `Later`, already
+//! decoded, and `slow` awaits it with the same caller and the same instant:
+//! an acquire that met its pool's ceiling, a re-attach, a `Checkout` (which
+//! may queue: `waiting`), the admin acts. Session tokens are this door's
+//! own: issued with each lease, checked before a re-attach.
+
+use std::sync::Arc;
 
 use super::paging;
-use super::stream::Tickets;
 use super::token::Claims;
+use super::waiting::{self, Late};
 use super::wire::list;
 use super::{ConnCtx, Shared};
 use crate::core::{
-    parse_end_of_date, Activation, Broker, Change, Email, Error, KeyRef, Lease, Millis, Nonce, OfflineId, OfflineOrder,
-    Pending, Principal, Registration, Result as CoreResult, SessionId, Target,
+    parse_end_of_date, Activation, Broker, Email, KeyHash, KeyRef, Lease, Millis, Nonce, OrgName, Principal,
+    Result as CoreResult, SessionId, Target, Ticket,
 };
-use crate::keys;
-use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, SessionView, UserLimitInfo, WireError};
+use crate::operations::Caller;
+use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, SessionView, UserLimitInfo, Version, WireError};
 
 pub(super) type Reply = Result<Resp, WireError>;
 
 /// Who asks, on which connection, and when: what every arm needs.
 pub(super) struct Call<'a> {
-    pub shared: &'a Shared,
-    pub ctx: &'a ConnCtx,
+    pub shared: &'a Arc<Shared>,
+    pub ctx: &'a Arc<ConnCtx>,
     pub p: &'a Principal,
+    /// The caller's key (a queued request checks it again when its seat comes).
+    pub key: KeyHash,
+    /// The request's instant: the clock is read once per read of the stream.
     pub now: Millis,
     /// The protocol version of the caller's stream.
-    pub proto: u16,
+    pub proto: Version,
 }
 
-/// Answers a request that needs no durable write; hands others back.
-pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<Reply, Req> {
-    let (core, p) = (&call.shared.core, call.p);
-    let reply = match req {
+/// A request `fast` could not answer without awaiting the store.
+pub(super) enum Later {
+    /// An acquire that met its pool's durable ceiling: raise it, then admit.
+    Acquire(Target, Nonce),
+    /// Any request that writes durable records.
+    Req(Req),
+}
+
+/// Answers a request that needs no durable write; leaves the others for `slow`.
+pub(super) fn fast(call: &Call<'_>, tickets: &mut TicketCache, req: Req) -> Result<Reply, Later> {
+    let (core, p) = (call.shared.ops.core(), call.p);
+    Ok(match req {
         Req::Acquire { org, pool, machine, nonce } => {
-            let target = Target { org, pool, machine };
-            match acquire(call, tickets, &target, nonce) {
-                Some(reply) => counted(call.shared, &target, reply),
-                // The pool's ceiling must be raised first: a durable write.
-                None => return Err(Req::Acquire { org: target.org, pool, machine: target.machine, nonce }),
-            }
+            return acquire(call, tickets, Target { org, pool, machine }, nonce)
         }
         Req::Renew { session } => renew(call, session),
-        Req::Release { session } => reply(core.release(p, session, call.now), |ended| {
-            call.shared.ended(ended);
-            call.forget(session, Resp::Released)
-        }),
-        Req::Status { org } => reply(core.status(p, org.as_ref()), |v| match call.proto {
-            1 | 2 => Resp::Status(list(v)),
-            // Version 3: each pool's wait queue too.
-            _ => Resp::Pools(v.into_iter().map(|s| PoolState { waiting: s.waiting, status: s.into() }).collect()),
+        Req::Release { session } => {
+            call.shared.ops.release(call.c(), session).map(|()| call.forget(session, Resp::Released))
+        }
+        Req::Status { org } => reply(core.status(p, org.as_ref()), |v| match call.proto.queues_and_labels() {
+            false => Resp::Status(list(v)),
+            true => Resp::Pools(v.into_iter().map(|s| PoolState { waiting: s.waiting, status: s.into() }).collect()),
         }),
         Req::ListSessions { org } => list_sessions(call, &org),
         Req::Label { session, labels } => reply(core.label(p, session, labels), |()| Resp::Done),
@@ -64,36 +76,114 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut Tickets, req: Req) -> Result<R
         Req::ListUsers { org } => reply(core.users(p, &org), |v| Resp::Users(list(v))),
         Req::ListKeys { org } => reply(core.keys(p, &org), |v| Resp::Keys(list(v))),
         Req::ListOrgs => reply(core.orgs(p), |v| Resp::Orgs(list(v))),
-        Req::Nodes => Ok(Resp::Nodes(call.shared.cluster.as_ref().map(|c| c.view.nodes()).unwrap_or_default())),
-        Req::Route { org } => {
-            let elsewhere =
-                call.shared.cluster.as_ref().filter(|c| !c.serves(&org)).and_then(|c| c.served_at(org.as_str()));
-            Ok(Resp::Route { server: elsewhere.map(|o| o.advertise).unwrap_or_default() })
-        }
+        Req::Nodes => Ok(Resp::Nodes(call.shared.ops.nodes())),
+        Req::Route { org } => Ok(Resp::Route { server: call.shared.ops.route(&org) }),
         Req::ListGrants { org, pool } => reply(core.grants(p, &org, pool), |v| Resp::Grants(list(v))),
         Req::ListOffline { org } => reply(core.offline_licenses(p, &org), |v| Resp::Offline(list(v))),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {
             Err(core.refuse_offline_change(p, &org, &license).into())
         }
-        Req::OfflinePublicKey => Ok(Resp::PublicKey { pem: call.shared.signing.public_pem() }),
-        slow => return Err(slow),
+        Req::OfflinePublicKey => Ok(Resp::PublicKey { pem: call.shared.ops.offline_public_key() }),
+        slow => return Err(Later::Req(slow)),
+    })
+}
+
+/// Answers what `fast` left: `None` when the request waits in a queue
+/// (its answer goes out through `late` when its seat comes).
+pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) -> Option<Reply> {
+    let req = match later {
+        Later::Acquire(target, nonce) => return Some(acquire_slow(call, target, nonce).await),
+        Later::Req(req) => req,
     };
-    Ok(reply)
+    Some(match req {
+        Req::Checkout { org, pool, machine, nonce, wait_ms, labels } => {
+            let wait = std::time::Duration::from_millis(wait_ms).min(waiting::MAX_WAIT);
+            let req = waiting::WaitReq { id, target: Target { org, pool, machine }, nonce, wait, labels };
+            return waiting::start(call, req, late).await;
+        }
+        Req::Reattach { org, pool, machine, nonce, token } => {
+            reattach(call, Target { org, pool, machine }, nonce, token).await
+        }
+        Req::RegisterMachine { org, pool, machine } => {
+            let new = call.shared.ops.register(call.c(), &Target { org, pool, machine }).await;
+            new.map(|new| Resp::Registered { new })
+        }
+        Req::Activate { org, pool, machine, nonce } => activate(call, Target { org, pool, machine }, nonce).await,
+        Req::Audit { org } => match paging::audit(call, org, None, paging::LEGACY_MAX).await {
+            Ok((_, true)) => Err(paging::too_large("audit entries")),
+            Ok((entries, false)) => Ok(Resp::AuditLog(entries)),
+            Err(e) => Err(e),
+        },
+        Req::List { of, after, limit } => paging::list_page(call, of, after, limit).await,
+        Req::WhatIf { org, pool, from_ms, to_ms, seats_min, seats_max } => {
+            super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await.map(Resp::WhatIf)
+        }
+        Req::KillSession { org, session } => {
+            call.shared.ops.kill(call.c(), &org, session).await.map(|()| call.forget(session, Resp::Killed))
+        }
+        other => act(call, other).await,
+    })
+}
+
+/// The Owner's, Admin's and operator's durable acts.
+async fn act(call: &Call<'_>, req: Req) -> Reply {
+    let (ops, c) = (&call.shared.ops, call.c());
+    let done = |r: Result<(), WireError>| r.map(|()| Resp::Done);
+    match req {
+        Req::CreateOrg { name, subscription_end, owner } => {
+            let (end, owner) = (parse_end_of_date(&subscription_end)?, Email::parse_lenient(&owner)?);
+            let key = ops.create_org(c, &name, end, &owner).await?;
+            Ok(Resp::OrgCreated { owner_key: key.key })
+        }
+        Req::SetPool { org, pool, quota } => done(ops.set_pool(c, &org, pool, quota).await),
+        Req::SetSubscription { org, subscription_end } => {
+            done(ops.set_subscription(c, &org, parse_end_of_date(&subscription_end)?).await)
+        }
+        Req::AddUser { org, email, role } => done(ops.add_user(c, &org, &Email::parse_lenient(&email)?, role).await),
+        Req::RemoveUser { org, email } => done(ops.remove_user(c, &org, &Email::parse_lenient(&email)?).await),
+        Req::CreateKey { org, email } => {
+            let key = ops.create_key(c, &org, &Email::parse_lenient(&email)?).await?;
+            Ok(Resp::KeyCreated { key: key.key, id: key.id })
+        }
+        Req::RevokeKey { org, key } => done(ops.revoke_key(c, &org, key_ref(&key)).await),
+        Req::RemoveMachine { org, pool, machine } => done(ops.remove_machine(c, &org, pool, &machine).await),
+        Req::Grant { org, pool, email } => done(ops.grant(c, &org, pool, &Email::parse_lenient(&email)?).await),
+        Req::RevokeGrant { org, pool, email } => {
+            done(ops.revoke_grant(c, &org, pool, &Email::parse_lenient(&email)?).await)
+        }
+        Req::SetUserLimit { org, pool, email, max } => {
+            done(ops.set_user_limit(c, (&org, pool), &Email::parse_lenient(&email)?, max).await)
+        }
+        Req::CreateOffline { org, pool, machine, expires } => {
+            let file = ops.create_offline(c, Target { org, pool, machine }, parse_end_of_date(&expires)?).await?;
+            Ok(Resp::OfflineCreated { file_name: file.file_name, content: file.content })
+        }
+        // `fast` answers everything else; reaching here is a routing bug,
+        // reported rather than panicked on.
+        other => Err(WireError::new(ErrorCode::Internal, format!("request {other:?} reached the slow path"))),
+    }
+}
+
+/// A key named by its id, or by the key itself.
+fn key_ref(key: &str) -> KeyRef {
+    match crate::keys::looks_like_key(key) {
+        true => KeyRef::Hash(crate::keys::hash(key)),
+        false => KeyRef::Id(key.to_string()),
+    }
 }
 
 /// The unpaged session list (versions 1 to 3), sorted by id: everything
 /// when it fits a frame, else `RESPONSE_TOO_LARGE` after reading no more
 /// than a frame could hold.
-fn list_sessions(call: &Call<'_>, org: &crate::core::OrgName) -> Reply {
-    let (mut found, more) = call.shared.core.sessions_page(call.p, org, None, paging::LEGACY_MAX)?;
+fn list_sessions(call: &Call<'_>, org: &OrgName) -> Reply {
+    let (mut found, more) = call.shared.ops.core().sessions_page(call.p, org, None, paging::LEGACY_MAX)?;
     if more {
         return Err(paging::too_large("sessions"));
     }
     found.sort_by_key(|s| s.session);
-    Ok(match call.proto {
-        1 | 2 => Resp::Sessions(list(found)),
-        // Version 3 on: with each session's labels.
-        _ => Resp::SessionViews(
+    Ok(match call.proto.queues_and_labels() {
+        false => Resp::Sessions(list(found)),
+        true => Resp::SessionViews(
             found.into_iter().map(|s| SessionView { labels: s.labels.clone(), info: s.into() }).collect(),
         ),
     })
@@ -104,117 +194,84 @@ fn reply<T>(result: CoreResult<T>, ok: impl FnOnce(T) -> Resp) -> Reply {
     result.map(ok).map_err(Into::into)
 }
 
-/// Requests that write durable records.
-pub(super) async fn slow(call: &Call<'_>, req: Req) -> Reply {
-    let p = call.p;
-    match req {
-        Req::Acquire { org, pool, machine, nonce } => {
-            let target = Target { org, pool, machine };
-            counted(call.shared, &target, acquire_slow(call, &target, nonce).await)
-        }
-        Req::Reattach { org, pool, machine, nonce, token } => {
-            reattach(call, Target { org, pool, machine }, nonce, token).await
-        }
-        Req::RegisterMachine { org, pool, machine } => register(call, Target { org, pool, machine }).await,
-        Req::CreateOrg { name, subscription_end, owner } => {
-            let (end, owner) = (parse_end_of_date(&subscription_end)?, Email::parse_lenient(&owner)?);
-            let (key, hash) = keys::generate().map_err(random_failure)?;
-            p.require_operator()?;
-            // In a cluster, the node that creates an org claims it first:
-            // the creation is fenced on that claim, like every later write.
-            let seat = call.shared.cluster.as_ref();
-            if let Some(seat) = seat {
-                seat.claim_new(&name).await.map_err(|e| match e {
-                    crate::cluster::seat::ClaimError::Exists => {
-                        WireError::from(Error::AlreadyExists { what: "org", name: name.to_string() })
-                    }
-                    crate::cluster::seat::ClaimError::Etcd(why) => {
-                        WireError::new(ErrorCode::StoreFailure, format!("claiming the new org in etcd: {why}"))
-                    }
-                })?;
-            }
-            let created = call.mutate(|core, now| core.plan_create_org(p, &name, end, &owner, hash, now)).await;
-            if let (Err(_), Some(seat)) = (&created, seat) {
-                seat.unclaim(&name).await;
-            }
-            created?;
-            Ok(Resp::OrgCreated { owner_key: key })
-        }
-        Req::SetPool { org, pool, quota } => {
-            call.mutate(|core, now| core.plan_set_pool(p, &org, pool, quota, now)).await.map(|()| Resp::Done)
-        }
-        Req::AddUser { org, email, role } => {
-            let email = Email::parse_lenient(&email)?;
-            call.mutate(|core, now| core.plan_add_user(p, &org, &email, role, now)).await.map(|()| Resp::Done)
-        }
-        Req::CreateKey { org, email } => {
-            let email = Email::parse_lenient(&email)?;
-            let (key, hash) = keys::generate().map_err(random_failure)?;
-            call.mutate(|core, now| core.plan_create_key(p, &org, &email, hash, now)).await?;
-            Ok(Resp::KeyCreated { key, id: hash.key_id() })
-        }
-        Req::RevokeKey { org, key } => {
-            let key = if keys::looks_like_key(&key) { KeyRef::Hash(keys::hash(&key)) } else { KeyRef::Id(key) };
-            call.mutate(|core, now| core.plan_revoke_key(p, &org, key, now)).await.map(|()| Resp::Done)
-        }
-        Req::RemoveMachine { org, pool, machine } => {
-            call.mutate(|core, now| core.plan_remove_machine(p, &org, pool, &machine, now)).await.map(|()| Resp::Done)
-        }
-        Req::Grant { org, pool, email } => {
-            let email = Email::parse_lenient(&email)?;
-            call.mutate(|core, now| core.plan_grant(p, &org, pool, &email, now)).await.map(|()| Resp::Done)
-        }
-        Req::RevokeGrant { org, pool, email } => {
-            let email = Email::parse_lenient(&email)?;
-            call.mutate(|core, now| core.plan_revoke_grant(p, &org, pool, &email, now)).await.map(|()| Resp::Done)
-        }
-        Req::Activate { org, pool, machine, nonce } => {
-            let target = Target { org, pool, machine };
-            counted(call.shared, &target, activate(call, &target, nonce).await)
-        }
-        Req::CreateOffline { org, pool, machine, expires } => {
-            create_offline(call, Target { org, pool, machine }, &expires).await
-        }
-        Req::Audit { org } => match paging::audit(call, org, None, paging::LEGACY_MAX).await? {
-            (_, true) => Err(paging::too_large("audit entries")),
-            (entries, false) => Ok(Resp::AuditLog(entries)),
-        },
-        Req::List { of, after, limit } => paging::list_page(call, of, after, limit).await,
-        Req::WhatIf { org, pool, from_ms, to_ms, seats_min, seats_max } => {
-            super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await.map(Resp::WhatIf)
-        }
-        Req::KillSession { org, session } => kill(call, org, session).await,
-        Req::SetUserLimit { org, pool, email, max } => {
-            let email = Email::parse_lenient(&email)?;
-            let plan = |core: &Broker, now| core.plan_set_user_limit(p, &org, pool, &email, max, now);
-            call.mutate(plan).await.map(|()| Resp::Done)
-        }
-        Req::SetSubscription { org, subscription_end } => {
-            let end = parse_end_of_date(&subscription_end)?;
-            call.mutate(|core, now| core.plan_set_subscription(p, &org, end, now)).await.map(|()| Resp::Done)
-        }
-        Req::RemoveUser { org, email } => {
-            let email = Email::parse_lenient(&email)?;
-            call.mutate(|core, now| core.plan_remove_user(p, &org, &email, now)).await.map(|()| Resp::Done)
-        }
-        // `fast` answers everything else; reaching here is a routing bug,
-        // reported rather than panicked on.
-        other => Err(WireError::new(ErrorCode::Internal, format!("request {other:?} reached the slow path"))),
+/// The hot path: a cached ticket and one seat CAS. Left for `slow` when
+/// the pool's ceiling must be raised first.
+fn acquire(call: &Call<'_>, tickets: &mut TicketCache, target: Target, nonce: Nonce) -> Result<Reply, Later> {
+    let ops = &call.shared.ops;
+    let ticket = match tickets.get(ops.core(), call.p, &target) {
+        Ok(t) => t,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    match ops.admit(ticket, nonce, call.ctx.id, call.now) {
+        Some(admitted) => Ok(admitted.map(|lease| call.leased(&target, nonce, lease))),
+        None => Err(Later::Acquire(target, nonce)),
     }
 }
 
-impl Call<'_> {
-    /// Refuses new seats while the broker drains.
-    pub(super) fn admitting(&self) -> Result<(), WireError> {
-        // (The request's org was checked as it arrived: `stream::served_here`.)
-        self.shared.valid()?;
-        match self.shared.is_draining() {
-            true => Err(WireError::new(
-                ErrorCode::Draining,
-                "the broker is shutting down; retry against the restarted broker",
-            )),
-            false => Ok(()),
+/// An acquire that met the pool's ceiling: raised, then admitted.
+async fn acquire_slow(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
+    let lease = call.shared.ops.acquire(call.c(), &target, nonce, call.ctx.id).await?;
+    Ok(call.leased(&target, nonce, lease))
+}
+
+/// A runner keeps its lease across a restart or a lost connection, on the
+/// strength of its session token.
+async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionToken) -> Reply {
+    call.shared.ops.admitting()?;
+    let checked = call.shared.tokens.check(&call.claims(&target, nonce), &token).map_err(|_| {
+        WireError::new(
+            ErrorCode::InvalidArgument,
+            "the session token was not issued by this broker for this org, pool, machine, nonce and user",
+        )
+    })?;
+    if checked.deadline <= call.now {
+        return Err(WireError::new(ErrorCode::SessionExpired, "the lease's deadline passed before it was re-attached"));
+    }
+    let who = (nonce, call.ctx.id);
+    let lease = call.shared.ops.reattach(call.c(), &target, who, !checked.this_run).await?;
+    call.book(&target, &lease, &crate::core::Labels::default());
+    // Whatever version the stream speaks, a re-attach answers with a token.
+    Ok(call.with_token(&target, nonce, lease))
+}
+
+/// Heartbeat; from version 2 on, with the new deadline's token.
+fn renew(call: &Call<'_>, session: SessionId) -> Reply {
+    let ops = &call.shared.ops;
+    // A holder is always a member of the session's org (see `Broker::renew`).
+    let org = call.p.org.as_ref().filter(|_| call.proto.tokens());
+    let Some(org) = org else {
+        return ops.renew(call.c(), session, |r| Resp::Renewed { deadline_ms: r.deadline.0 });
+    };
+    let user = &call.p.email;
+    ops.renew(call.c(), session, |r| {
+        let claims = Claims { org, pool: r.pool, machine: r.machine, nonce: r.nonce, user };
+        Resp::Extended { deadline_ms: r.deadline.0, token: call.shared.tokens.issue(&claims, r.deadline) }
+    })
+}
+
+/// KSE activation: a node-locked binding or a floating lease.
+async fn activate(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
+    let machine = target.machine.clone();
+    Ok(match call.shared.ops.activate(call.c(), &target, nonce, call.ctx.id).await? {
+        Activation::Bound { already } => Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already },
+        // A floating activation is a lease like a runner's: from version 2
+        // on it comes with its token, so it survives a restart too.
+        Activation::Leased(lease) if call.proto.tokens() => {
+            call.hold(&lease);
+            call.with_token(&target, nonce, lease)
         }
+        Activation::Leased(lease) => {
+            call.hold(&lease);
+            let (session, deadline_ms, ttl_ms) = (Some(lease.session), lease.deadline.0, call.ttl_ms());
+            Resp::Activated { machine, session, deadline_ms, ttl_ms, already: lease.reattached }
+        }
+    })
+}
+
+impl Call<'_> {
+    /// The caller, for the operations.
+    pub(super) fn c(&self) -> Caller<'_> {
+        Caller { p: self.p, now: self.now }
     }
 
     /// What a lease's token is about.
@@ -222,16 +279,16 @@ impl Call<'_> {
         Claims { org: &target.org, pool: target.pool, machine: &target.machine, nonce, user: &self.p.email }
     }
 
-    /// Books an admitted (or re-attached) session and answers with it: with
-    /// its token on a version 2 stream.
+    /// Books an admitted session and answers with it: with its token from
+    /// version 2 on.
     fn leased(&self, target: &Target, nonce: Nonce, lease: Lease) -> Resp {
         self.book(target, &lease, &crate::core::Labels::default());
-        match self.proto {
-            1 => {
+        match self.proto.tokens() {
+            false => {
                 let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
                 Resp::Admitted { session, deadline_ms, ttl_ms: self.ttl_ms(), reattached }
             }
-            _ => self.with_token(target, nonce, lease),
+            true => self.with_token(target, nonce, lease),
         }
     }
 
@@ -254,7 +311,7 @@ impl Call<'_> {
     /// Books a new or re-attached lease on this connection and the expiry task.
     fn hold(&self, lease: &Lease) {
         self.ctx.sessions.lock().insert(lease.session);
-        self.shared.deadline_added(lease.deadline);
+        self.shared.ops.deadline_added(lease.deadline);
     }
 
     /// Forgets a session this connection no longer holds.
@@ -264,183 +321,42 @@ impl Call<'_> {
     }
 
     fn ttl_ms(&self) -> u64 {
-        self.shared.core.lease_ttl().as_millis() as u64
-    }
-
-    /// Plan → commit → apply, as one step with respect to other durable changes.
-    async fn mutate(&self, plan: impl FnOnce(&Broker, Millis) -> CoreResult<Vec<Change>>) -> Result<(), WireError> {
-        let _writer = self.shared.writer.lock().await;
-        let pending = Pending::plan(plan(&self.shared.core, self.now)?, ());
-        self.shared.settle(pending).await
+        self.shared.ops.core().lease_ttl().as_millis() as u64
     }
 }
 
-/// The hot path: a cached ticket and one seat CAS. `None` when the pool's
-/// ceiling must be raised first (the slow path does that, then admits).
-fn acquire(call: &Call<'_>, tickets: &mut Tickets, target: &Target, nonce: Nonce) -> Option<Reply> {
-    if let Err(e) = call.admitting() {
-        return Some(Err(e));
-    }
-    let core = &call.shared.core;
-    let ticket = match tickets.get(core, call.p, target) {
-        Ok(t) => t,
-        Err(e) => return Some(Err(e.into())),
-    };
-    match core.admit(ticket, nonce, call.ctx.id, call.now) {
-        Ok(lease) => Some(Ok(call.leased(target, nonce, lease))),
-        Err(Error::CeilingReached) => None,
-        Err(e) => Some(Err(e.into())),
-    }
+/// Admission tickets a stream has resolved, valid while the directory
+/// version is unchanged: saves the directory lock and the machine lookup on
+/// every acquire. The core decides what a ticket allows; this only caches.
+#[derive(Default)]
+pub(super) struct TicketCache {
+    version: u64,
+    entries: Vec<Ticket>,
 }
 
-/// Most ceiling raises one admission waits for before giving up. A raise
-/// makes room for every admission refused at the ceiling before it (and a
-/// quarter more), so one waiting admission rarely needs a second.
-const RAISES: usize = 8;
+/// Most tickets (pool × machine pairs) a stream remembers.
+const TICKETS: usize = 64;
 
-/// Runs `admit` until it stops meeting the pool's ceiling, raising the
-/// ceiling durably before each retry.
-pub(super) async fn with_room<T>(
-    call: &Call<'_>,
-    target: &Target,
-    mut admit: impl FnMut() -> CoreResult<T>,
-) -> Result<T, WireError> {
-    for _ in 0..RAISES {
-        match admit() {
-            Err(Error::CeilingReached) => call.shared.raise_ceiling(&target.org, target.pool).await?,
-            other => return other.map_err(Into::into),
+impl TicketCache {
+    /// The cached ticket for `target`, resolving (and caching) it on a miss.
+    fn get(&mut self, core: &Broker, p: &Principal, target: &Target) -> CoreResult<&Ticket> {
+        let version = core.version();
+        if version != self.version {
+            self.entries.clear();
+            self.version = version;
         }
+        let found = self.entries.iter().position(|t| t.is_for(&target.org, target.pool, &target.machine));
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let ticket = core.resolve(p, target)?;
+                if self.entries.len() >= TICKETS {
+                    self.entries.remove(0);
+                }
+                self.entries.push(ticket);
+                self.entries.len() - 1
+            }
+        };
+        Ok(&self.entries[index])
     }
-    Err(WireError::new(ErrorCode::Internal, "the pool's seat ceiling could not be raised in time; retry"))
-}
-
-/// An acquire that met the pool's ceiling: raise it, then admit.
-async fn acquire_slow(call: &Call<'_>, target: &Target, nonce: Nonce) -> Reply {
-    call.admitting()?;
-    let core = &call.shared.core;
-    let lease = with_room(call, target, || core.acquire(call.p, target, nonce, call.ctx.id, call.now)).await?;
-    Ok(call.leased(target, nonce, lease))
-}
-
-/// Counts an admission's refusal in its pool's denials (by reason), and
-/// passes the reply on.
-pub(super) fn counted(shared: &Shared, target: &Target, reply: Reply) -> Reply {
-    if let Err(e) = &reply {
-        if let Some(why) = super::wire::denial_of(e.code) {
-            shared.core.note_denial(&target.org, target.pool, why);
-        }
-    }
-    reply
-}
-
-/// A runner keeps its lease across a restart or a lost connection, on the
-/// strength of its session token.
-async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionToken) -> Reply {
-    call.admitting()?;
-    let claims = call.claims(&target, nonce);
-    let checked = call.shared.tokens.check(&claims, &token).map_err(|_| {
-        WireError::new(
-            ErrorCode::InvalidArgument,
-            "the session token was not issued by this broker for this org, pool, machine, nonce and user",
-        )
-    })?;
-    if checked.deadline <= call.now {
-        return Err(WireError::new(ErrorCode::SessionExpired, "the lease's deadline passed before it was re-attached"));
-    }
-    let core = &call.shared.core;
-    let earlier = !checked.this_run;
-    let lease =
-        with_room(call, &target, || core.reattach(call.p, &target, nonce, call.ctx.id, call.now, earlier)).await?;
-    call.book(&target, &lease, &crate::core::Labels::default());
-    // Whatever version the stream speaks, a re-attach answers with a token.
-    Ok(call.with_token(&target, nonce, lease))
-}
-
-/// Heartbeat; a version 2 stream gets the new deadline's token with it.
-fn renew(call: &Call<'_>, session: SessionId) -> Reply {
-    // A node whose claim lapsed extends nobody's belief in a seat.
-    call.shared.valid()?;
-    let core = &call.shared.core;
-    if call.proto < 2 {
-        return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });
-    }
-    // A holder is always a member of the session's org (see `Broker::renew`).
-    let Some(org) = call.p.org.as_ref() else {
-        return reply(core.renew(call.p, session, call.now), |d| Resp::Renewed { deadline_ms: d.0 });
-    };
-    let user = &call.p.email;
-    let resp = core.renew_with(call.p, session, call.now, |r| {
-        let claims = Claims { org, pool: r.pool, machine: r.machine, nonce: r.nonce, user };
-        Resp::Extended { deadline_ms: r.deadline.0, token: call.shared.tokens.issue(&claims, r.deadline) }
-    })?;
-    Ok(resp)
-}
-
-async fn register(call: &Call<'_>, target: Target) -> Reply {
-    call.admitting()?;
-    let core = &call.shared.core;
-    if core.is_registered(call.p, &target)? {
-        return Ok(Resp::Registered { new: false });
-    }
-    let _writer = call.shared.writer.lock().await;
-    let registration = call.shared.settle(core.register(call.p, &target, call.now)?).await?;
-    Ok(Resp::Registered { new: registration == Registration::New })
-}
-
-/// KSE activation: a node-locked binding or a floating lease, audited durably.
-async fn activate(call: &Call<'_>, target: &Target, nonce: Nonce) -> Reply {
-    call.admitting()?;
-    let core = &call.shared.core;
-    let _writer = call.shared.writer.lock().await;
-    let pending = with_room(call, target, || core.activate(call.p, target, nonce, call.ctx.id, call.now)).await?;
-    let machine = target.machine.clone();
-    Ok(match call.shared.settle(pending).await? {
-        Activation::Bound { already } => Resp::Activated { machine, session: None, deadline_ms: 0, ttl_ms: 0, already },
-        // A floating activation is a lease like a runner's: on a version 2
-        // stream it comes with its token, so it survives a restart too.
-        Activation::Leased(lease) if call.proto >= 2 => {
-            call.hold(&lease);
-            call.with_token(target, nonce, lease)
-        }
-        Activation::Leased(lease) => {
-            call.hold(&lease);
-            let (session, deadline_ms, ttl_ms) = (Some(lease.session), lease.deadline.0, call.ttl_ms());
-            Resp::Activated { machine, session, deadline_ms, ttl_ms, already: lease.reattached }
-        }
-    })
-}
-
-/// Reserves the seat, signs the file, commits it, and hands the file back.
-async fn create_offline(call: &Call<'_>, target: Target, expires: &str) -> Reply {
-    let last_day_end = parse_end_of_date(expires)?;
-    let id = OfflineId(keys::random_u128().map_err(random_failure)?);
-    let shared = call.shared;
-    let _writer = shared.writer.lock().await;
-    let order = OfflineOrder { target, last_day_end, id };
-    let pending = shared.core.create_offline(call.p, &order, call.now, |f| shared.signing.sign(f))?;
-    let (fields, content) = shared.settle(pending).await?;
-    shared.deadline_added(fields.expires);
-    Ok(Resp::OfflineCreated { file_name: fields.file_name(), content })
-}
-
-/// An Owner/Admin ends a session: audited first, then ended (the holder gets a notice).
-async fn kill(call: &Call<'_>, org: crate::core::OrgName, session: crate::core::SessionId) -> Reply {
-    call.shared.kill(call.p, org, session).await?;
-    Ok(call.forget(session, Resp::Killed))
-}
-
-/// A failed commit as the client sees it; logged, since it is the broker's fault.
-pub(super) fn store_failure(e: crate::store::StoreError) -> WireError {
-    if let crate::store::StoreError::Fenced = e {
-        return WireError::new(
-            ErrorCode::NotOwner,
-            format!("{e}; reconnect: any node redirects to the one that serves"),
-        );
-    }
-    tracing::error!("{e}");
-    WireError::new(ErrorCode::StoreFailure, format!("{e}; nothing was changed"))
-}
-
-fn random_failure(e: keys::RandomUnavailable) -> WireError {
-    WireError::new(ErrorCode::Internal, e.to_string())
 }

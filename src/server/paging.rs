@@ -17,7 +17,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::handler::{store_failure, Call, Reply};
+use super::handler::{Call, Reply};
 use super::wire::list;
 use crate::core::{Millis, SessionId};
 use crate::proto::{
@@ -38,7 +38,7 @@ pub const LEGACY_MAX: usize = MAX_FRAME / 16;
 
 /// One page of `of`, after `after`, of at most `limit` items.
 pub(super) async fn list_page(call: &Call<'_>, of: ListOf, after: Option<Cursor>, limit: u32) -> Reply {
-    let (core, p) = (&call.shared.core, call.p);
+    let (core, p) = (call.shared.ops.core(), call.p);
     let limit = match limit as usize {
         0 => MAX_PAGE,
         n => n.min(MAX_PAGE),
@@ -123,14 +123,9 @@ pub(super) async fn audit(
     after: Option<(Millis, u64)>,
     limit: usize,
 ) -> Result<(Vec<AuditEntry>, bool), WireError> {
-    call.shared.core.require_org_admin(call.p, &org)?;
-    let store = call.shared.store.clone();
-    let (entries, more) = tokio::task::spawn_blocking(move || store.audit_page(&org, after, limit))
-        .await
-        .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-        .map_err(store_failure)?;
+    let (entries, more) = call.shared.ops.audit(call.c(), &org, after, limit).await?;
     let mut entries: Vec<AuditEntry> = list(entries);
-    if call.proto < 3 {
+    if !call.proto.queues_and_labels() {
         // Actions added in version 3 are unknown to older clients: they see
         // the nearest older one (the detail names what happened).
         for e in &mut entries {

@@ -3,8 +3,6 @@
 //! thread (it only reads memory), the history is read off it, and the
 //! answer is put in its wire form. The HTTP API asks the same functions.
 
-use std::sync::Arc;
-
 use super::handler::Call;
 use crate::core::{Millis, OrgName, PoolId};
 use crate::history::report::{self, ReportError};
@@ -18,6 +16,7 @@ impl From<ReportError> for WireError {
             ReportError::Invalid(why) => WireError::new(ErrorCode::InvalidArgument, why),
             ReportError::Off => WireError::new(ErrorCode::NotFound, ReportError::Off.to_string()),
             ReportError::Db(e) => WireError::new(ErrorCode::StoreFailure, e.to_string()),
+            ReportError::Task(why) => WireError::new(ErrorCode::Internal, why),
         }
     }
 }
@@ -27,15 +26,7 @@ async fn read<T: Send + 'static>(
     call: &Call<'_>,
     read: impl FnOnce(&History) -> Result<T, ReportError> + Send + 'static,
 ) -> Result<T, WireError> {
-    let h: Arc<History> = call.shared.history.clone().ok_or(ReportError::Off)?;
-    let turn = h.reading().await;
-    tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        read(&h)
-    })
-    .await
-    .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
-    .map_err(WireError::from)
+    Ok(call.shared.ops.read_history(read).await?)
 }
 
 /// Every point of the usage question, by pool then time.
@@ -47,7 +38,7 @@ pub(super) async fn usage(
     step_ms: u64,
 ) -> Result<Vec<UsagePoint>, WireError> {
     let range = (Millis(range.0), Millis(range.1));
-    let ask = report::usage(&call.shared.core, call.shared.history.as_deref(), call.p, &org, pool, range, step_ms)?;
+    let ask = report::usage(call.shared.ops.core(), call.shared.ops.history(), call.p, &org, pool, range, step_ms)?;
     let series = read(call, move |h| ask.read(h)).await?;
     Ok(series
         .into_iter()
@@ -79,7 +70,7 @@ pub(super) async fn ended(
     limit: usize,
 ) -> Result<(Vec<EndedSession>, bool), WireError> {
     let range = (Millis(range.0), Millis(range.1));
-    let ask = report::sessions(&call.shared.core, call.shared.history.as_deref(), call.p, &org, range, after, limit)?;
+    let ask = report::sessions(call.shared.ops.core(), call.shared.ops.history(), call.p, &org, range, after, limit)?;
     let (rows, next) = read(call, move |h| ask.read(h)).await?;
     let rows = rows
         .into_iter()
@@ -105,7 +96,7 @@ pub(super) async fn what_if(
     seats: std::ops::RangeInclusive<u32>,
 ) -> Result<WhatIfReport, WireError> {
     let range = (Millis(range.0), Millis(range.1));
-    let ask = report::what_if(&call.shared.core, call.shared.history.as_deref(), call.p, (&org, pool), range, seats)?;
+    let ask = report::what_if(call.shared.ops.core(), call.shared.ops.history(), call.p, (&org, pool), range, seats)?;
     let w = read(call, move |h| ask.read(h)).await?;
     Ok(WhatIfReport {
         sessions: w.sessions,

@@ -11,17 +11,19 @@
 //! be understood.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use quinn::{RecvStream, SendStream};
 
-use super::handler::{self, Call};
-use super::latency;
-use super::waiting;
+use super::handler::{self, Call, Later, TicketCache};
+use super::hello::{self, Caller};
+use super::waiting::{self, Late};
 use super::{ConnCtx, Shared};
-use crate::core::{Broker, KeyHash, Principal, Result as CoreResult, Target, Ticket};
+use crate::core::{Millis, OrgName, Principal};
+use crate::latency;
 use crate::proto::{
     decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,
-    Req, Request, Response, ServerFrame, Welcome, WireError, MAX_FRAME, MIN_VERSION, VERSION,
+    Request, Response, ServerFrame, WireError, MAX_FRAME,
 };
 
 /// Most bytes taken from the stream per read (quinn hands over its own
@@ -37,15 +39,15 @@ const OUT_HIGH_WATER: usize = 32 * 1024;
 /// answers within the write deadline.
 pub const NOT_READING_CODE: u32 = 4;
 
-/// The authenticated caller of a stream, re-resolved when the directory changes.
-struct Caller {
-    key: KeyHash,
-    principal: Principal,
-    /// Directory version the principal was resolved at.
-    version: u64,
-    /// The protocol version this stream speaks (its `Hello`'s).
-    proto: u16,
-}
+/// Frames a connection may have refused before any of its streams
+/// authenticated: past this, the connection is closed, so a stranger
+/// pipelining junk pays a handshake per few answers instead of making the
+/// broker decode and answer all of it.
+pub const MAX_STRANGER_REFUSALS: u32 = 16;
+
+/// QUIC application close code for a connection closed after
+/// `MAX_STRANGER_REFUSALS`.
+pub const STRANGER_REFUSALS_CODE: u32 = 5;
 
 /// What to do after a frame was handled synchronously.
 enum Next {
@@ -54,142 +56,225 @@ enum Next {
     /// Needs the store: await it, then answer request `id`.
     Slow {
         id: u64,
-        body: Req,
+        later: Later,
     },
-    /// A cluster node's `Hello` it cannot welcome by itself: ask etcd
-    /// where the key's org is served.
-    Route(Hello),
+    /// A `Hello`: signing in may ask etcd (a cluster node).
+    Hello(Hello),
 }
 
-/// Per-stream state.
-struct StreamState {
+/// One request stream.
+struct Stream {
+    shared: Arc<Shared>,
+    ctx: Arc<ConnCtx>,
     caller: Option<Caller>,
-    tickets: Tickets,
+    tickets: TicketCache,
     /// On a cluster node: the fences' version at which this node was last
     /// seen serving the caller's org (see `served_here`).
     served_at: Option<u64>,
+    /// Where waiting `Checkout`s send their answers when they come.
+    late: Late,
+    /// Answers not yet written.
+    out: Vec<u8>,
+    /// The requests answered since the last write, by kind (for the latency histogram).
+    tally: latency::Tally,
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
-    let mut frames = FrameBuf::new();
-    let mut out = Vec::with_capacity(4096);
-    let mut state = StreamState { caller: None, tickets: Tickets::default(), served_at: None };
     // Answers to waiting `Checkout` requests come later, from their tasks.
-    let (late_tx, mut late_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(waiting::LATE_QUEUE);
+    let (late, mut late_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(waiting::LATE_QUEUE);
+    let out = Vec::with_capacity(4096);
+    let mut s = Stream {
+        shared,
+        ctx,
+        caller: None,
+        tickets: TicketCache::default(),
+        served_at: None,
+        late,
+        out,
+        tally: <_>::default(),
+    };
+    let mut frames = FrameBuf::new();
     // Whole frames already read but not yet handled (answers were flushed first).
     let mut backlog = false;
-    // The requests answered since the last write, by kind, and when the
-    // read that brought them returned (for the latency histogram).
-    let mut tally = latency::Tally::default();
-    let mut read_at = std::time::Instant::now();
+    // When the read that brought the requests returned (for the latency histogram).
+    let mut read_at = Instant::now();
     loop {
         if !backlog {
-            // A frame that has started must finish within the frame deadline:
-            // a stranger cannot hold a half-sent frame's buffer for ever.
-            let deadline = match frames.pending() {
-                0 => None,
-                _ => Some(shared.options.frame_timeout),
-            };
+            let deadline = (frames.pending() > 0).then_some(s.shared.options.frame_timeout);
             // (quinn's `read_chunk` is cancel-safe: a late answer winning the race loses no bytes.)
             let read = tokio::select! {
                 r = read_within(&mut recv, deadline) => r,
-                Some(answer) = late_rx.recv() => {
-                    if !write_within(&shared, &ctx, &mut send, &answer).await {
-                        return;
-                    }
-                    continue;
-                }
+                Some(answer) = late_rx.recv() => match s.write(&mut send, &answer).await {
+                    true => continue,
+                    false => return,
+                },
             };
             match read {
                 Read::Bytes(chunk) => {
-                    if shared.latencies.enabled() {
-                        read_at = std::time::Instant::now();
+                    if s.shared.latencies.enabled() {
+                        read_at = Instant::now();
                     }
                     frames.extend(&chunk.bytes);
                 }
                 Read::End => break,
                 Read::Late => {
-                    let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
-                    encode(&ServerFrame::Error(err), &mut out);
-                    let _ = write_within(&shared, &ctx, &mut send, &out).await;
-                    let _ = recv.stop(quinn::VarInt::from_u32(0));
+                    s.late_frame(&mut send, &mut recv).await;
                     break;
                 }
             }
         }
-        // One clock reading per read: every request in it arrived together.
-        let now = shared.clock.now();
-        let mut finish = false;
-        backlog = false;
-        loop {
-            if out.len() >= OUT_HIGH_WATER {
-                backlog = true;
-                break;
-            }
-            let decoded = match frames.next_frame() {
-                Ok(Some(body)) => decode_client(body),
-                Ok(None) => break,
-                Err(e) => {
-                    let code = match e {
-                        FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
-                        FrameError::Empty => ErrorCode::BadFrame,
-                    };
-                    encode(&ServerFrame::Error(WireError::new(code, e.to_string())), &mut out);
-                    finish = true;
-                    break;
-                }
-            };
-            match on_frame(&shared, &ctx, &mut state, decoded, now, &mut out, &mut tally) {
-                Next::Continue => {}
-                Next::Finish => {
-                    finish = true;
-                    break;
-                }
-                Next::Route(hello) => {
-                    if route_hello(&shared, &ctx, &mut state.caller, hello, &mut out).await {
-                        finish = true;
-                        break;
-                    }
-                }
-                Next::Slow { id, body } => {
-                    let key = state.caller.as_ref().map(|c| c.key);
-                    let outcome = match authorised(&shared, &mut state.caller) {
-                        Err(e) => Some(Outcome::Err(e)),
-                        Ok((p, proto)) => {
-                            let call = Call { shared: &shared, ctx: &ctx, p, now: shared.clock.now(), proto };
-                            match (body, key) {
-                                (Req::Checkout { org, pool, machine, nonce, wait_ms, labels }, Some(key)) => {
-                                    let target = crate::core::Target { org, pool, machine };
-                                    let wait = std::time::Duration::from_millis(wait_ms).min(waiting::MAX_WAIT);
-                                    let req = waiting::WaitReq { id, target, nonce, wait, key, labels };
-                                    waiting::start(&shared, &ctx, p, proto, req, &late_tx).await.map(into_outcome)
-                                }
-                                (body, _) => Some(into_outcome(handler::slow(&call, body).await)),
-                            }
-                        }
-                    };
-                    if let Some(outcome) = outcome {
-                        respond(id, outcome, &mut out);
-                    }
-                }
-            }
-        }
-        if !out.is_empty() {
-            if !write_within(&shared, &ctx, &mut send, &out).await {
-                return;
-            }
-            shared.latencies.record(&mut tally, read_at.elapsed());
-            out.clear();
-            if out.capacity() > 4 * OUT_HIGH_WATER {
-                // A burst's worth of answers is not kept for the stream's life.
-                out.shrink_to(4096);
-            }
+        let finish;
+        (finish, backlog) = s.handle(&mut frames).await;
+        if !s.flush(&mut send, read_at).await {
+            return;
         }
         if finish {
             break;
         }
     }
     let _ = send.finish();
+}
+
+impl Stream {
+    /// Handles the whole frames read so far, answering into `out`; returns
+    /// (finish the stream, frames are left for after a flush).
+    async fn handle(&mut self, frames: &mut FrameBuf) -> (bool, bool) {
+        // One clock reading per read: every request in it arrived together.
+        let now = self.shared.ops.clock().now();
+        loop {
+            if self.out.len() >= OUT_HIGH_WATER {
+                return (false, true);
+            }
+            let decoded = match frames.next_frame() {
+                Ok(Some(body)) => decode_client(body),
+                Ok(None) => return (false, false),
+                Err(e) => {
+                    let code = match e {
+                        FrameError::TooLarge(_) => ErrorCode::FrameTooLarge,
+                        FrameError::Empty => ErrorCode::BadFrame,
+                    };
+                    encode(&ServerFrame::Error(WireError::new(code, e.to_string())), &mut self.out);
+                    return (true, false);
+                }
+            };
+            let finish = match self.on_frame(decoded, now) {
+                Next::Continue => false,
+                Next::Finish => true,
+                Next::Hello(h) => hello::hello(&self.shared, &self.ctx, &mut self.caller, h, &mut self.out).await,
+                Next::Slow { id, later } => {
+                    self.slow(id, later, now).await;
+                    false
+                }
+            };
+            if finish {
+                return (true, false);
+            }
+        }
+    }
+
+    /// Awaits what needs the store, with the caller and instant `on_frame` saw.
+    async fn slow(&mut self, id: u64, later: Later, now: Millis) {
+        // `on_frame` hands over work only for a caller it has just authorised.
+        let Some(caller) = self.caller.as_ref() else { return };
+        let (key, proto, p) = (caller.key, caller.proto, caller.principal());
+        let call = Call { shared: &self.shared, ctx: &self.ctx, p, key, now, proto };
+        if let Some(reply) = handler::slow(&call, later, id, &self.late).await {
+            respond(id, into_outcome(reply), &mut self.out);
+        }
+    }
+
+    fn on_frame(&mut self, frame: ClientDecoded, now: Millis) -> Next {
+        let Request { id, body } = match frame {
+            ClientDecoded::Bad { id, error } => return self.undecodable(id, error),
+            ClientDecoded::Frame(ClientFrame::Hello(hello)) => return Next::Hello(hello),
+            ClientDecoded::Frame(ClientFrame::Request(request)) => request,
+        };
+        let (shared, ctx) = (&self.shared, &self.ctx);
+        let Some(caller) = self.caller.as_mut() else {
+            let err = WireError::new(ErrorCode::OutOfOrder, "send Hello before any request");
+            return refused(shared, ctx, id, err, &mut self.out);
+        };
+        let (key, proto) = (caller.key, caller.proto);
+        let principal = match caller.authorised(shared.ops.core()) {
+            Ok(p) => p,
+            Err(e) => return refused(shared, ctx, id, e, &mut self.out),
+        };
+        // A cluster node answers for the orgs it serves, and for the
+        // operator's requests that name none; the rest are sent on.
+        if let Err(e) = served_here(shared, &mut self.served_at, principal, body.org()) {
+            respond(id, Outcome::Err(e), &mut self.out);
+            return Next::Continue;
+        }
+        if shared.latencies.enabled() {
+            self.tally.add(latency::op_of(&body));
+        }
+        let call = Call { shared, ctx, p: principal, key, now, proto };
+        match handler::fast(&call, &mut self.tickets, body) {
+            Ok(result) => {
+                respond(id, into_outcome(result), &mut self.out);
+                Next::Continue
+            }
+            Err(later) => Next::Slow { id, later },
+        }
+    }
+
+    /// Answers a frame that could not be decoded.
+    fn undecodable(&mut self, id: Option<u64>, error: DecodeError) -> Next {
+        let detail = match error {
+            DecodeError::Body(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        let err = WireError::new(
+            ErrorCode::BadFrame,
+            format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"),
+        );
+        match id {
+            Some(id) => encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), &mut self.out),
+            None => encode(&ServerFrame::Error(err), &mut self.out),
+        }
+        stranger_refused(&self.shared, &self.ctx)
+    }
+
+    /// Writes the answers so far, recording their latencies; false when
+    /// the stream is done.
+    async fn flush(&mut self, send: &mut SendStream, read_at: Instant) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let out = std::mem::take(&mut self.out);
+        let written = self.write(send, &out).await;
+        self.out = out;
+        if !written {
+            return false;
+        }
+        self.shared.latencies.record(&mut self.tally, read_at.elapsed());
+        self.out.clear();
+        if self.out.capacity() > 4 * OUT_HIGH_WATER {
+            // A burst's worth of answers is not kept for the stream's life.
+            self.out.shrink_to(4096);
+        }
+        true
+    }
+
+    /// A frame that had started missed its deadline: a stranger cannot hold
+    /// a half-sent frame's buffer for ever.
+    async fn late_frame(&mut self, send: &mut SendStream, recv: &mut RecvStream) {
+        let err = WireError::new(ErrorCode::BadFrame, "frame not completed within the deadline");
+        encode(&ServerFrame::Error(err), &mut self.out);
+        let out = std::mem::take(&mut self.out);
+        let _ = self.write(send, &out).await;
+        let _ = recv.stop(quinn::VarInt::from_u32(0));
+    }
+
+    async fn write(&self, send: &mut SendStream, bytes: &[u8]) -> bool {
+        write_within(&self.shared, &self.ctx, send, bytes).await
+    }
+}
+
+/// Refuses request `id` of a caller not (or no longer) authenticated.
+fn refused(shared: &Shared, ctx: &ConnCtx, id: u64, err: WireError, out: &mut Vec<u8>) -> Next {
+    encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out);
+    stranger_refused(shared, ctx)
 }
 
 /// What a read brought.
@@ -202,7 +287,7 @@ enum Read {
 }
 
 /// Reads the next bytes, within `deadline` if one is given.
-async fn read_within(recv: &mut RecvStream, deadline: Option<std::time::Duration>) -> Read {
+async fn read_within(recv: &mut RecvStream, deadline: Option<Duration>) -> Read {
     let read = async {
         match recv.read_chunk(READ_CHUNK, true).await {
             Ok(Some(chunk)) => Read::Bytes(chunk),
@@ -224,7 +309,7 @@ pub(super) async fn write_within(shared: &Shared, ctx: &ConnCtx, send: &mut Send
     match tokio::time::timeout(shared.options.write_timeout, send.write_all(bytes)).await {
         Ok(written) => written.is_ok(),
         Err(_) => {
-            if shared.auth_log.allow(shared.clock.now()) {
+            if shared.auth_log.allow(shared.ops.clock().now()) {
                 tracing::warn!(remote = %ctx.conn.remote_address(), "answers not read in time: closing the connection");
             }
             ctx.conn.close(quinn::VarInt::from_u32(NOT_READING_CODE), b"answers not read within the deadline");
@@ -255,95 +340,30 @@ pub(super) fn into_outcome(r: Result<crate::proto::Resp, WireError>) -> Outcome 
     }
 }
 
-fn on_frame(
-    shared: &Shared,
-    ctx: &ConnCtx,
-    state: &mut StreamState,
-    frame: ClientDecoded,
-    now: crate::core::Millis,
-    out: &mut Vec<u8>,
-    tally: &mut latency::Tally,
-) -> Next {
-    match frame {
-        ClientDecoded::Bad { id, error } => {
-            let detail = match error {
-                DecodeError::Body(e) => e.to_string(),
-                other => other.to_string(),
-            };
-            let err = WireError::new(
-                ErrorCode::BadFrame,
-                format!("frame could not be decoded ({detail}); check field types and order against docs/PROTOCOL.md"),
-            );
-            match id {
-                Some(id) => encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out),
-                None => encode(&ServerFrame::Error(err), out),
-            }
-            stranger_refused(shared, ctx)
-        }
-        ClientDecoded::Frame(ClientFrame::Hello(hello)) => on_hello(shared, ctx, &mut state.caller, hello, out),
-        ClientDecoded::Frame(ClientFrame::Request(Request { id, body })) => {
-            let (principal, proto) = match authorised(shared, &mut state.caller) {
-                Ok(caller) => caller,
-                Err(e) => {
-                    encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
-                    return stranger_refused(shared, ctx);
-                }
-            };
-            // A cluster node answers for the orgs it serves, and for the
-            // operator's requests that name none; the rest are sent on.
-            if let Err(e) = served_here(shared, &mut state.served_at, principal, body.org()) {
-                encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(e) }), out);
-                return Next::Continue;
-            }
-            let call = Call { shared, ctx, p: principal, now, proto };
-            if shared.latencies.enabled() {
-                tally.add(latency::op_of(&body));
-            }
-            match handler::fast(&call, &mut state.tickets, body) {
-                Ok(result) => {
-                    respond(id, into_outcome(result), out);
-                    Next::Continue
-                }
-                Err(body) => Next::Slow { id, body },
-            }
-        }
-    }
-}
-
 /// On a cluster node, refuses (`NOT_OWNER`) a request about an org this
 /// node does not serve (the one it names, else the caller's). A member's
 /// requests are about their own org: that this node serves it is cached
 /// per stream until the fences change (an atomic load per request). Every
-/// admission and renewal also checks the node's lease (`Shared::valid`).
+/// admission and renewal also checks the node's lease (`Operations::valid`).
 fn served_here(
     shared: &Shared,
     served_at: &mut Option<u64>,
     principal: &Principal,
-    named: Option<&crate::core::OrgName>,
+    named: Option<&OrgName>,
 ) -> Result<(), WireError> {
-    let Some(seat) = &shared.cluster else { return Ok(()) };
+    let Some(seat) = shared.ops.cluster() else { return Ok(()) };
     let org = named.or(principal.org.as_ref());
     let own = org.is_some() && org == principal.org.as_ref();
-    let version = seat.fences.version();
+    let version = seat.fences_version();
     if own && *served_at == Some(version) {
         return Ok(());
     }
-    shared.owning(org)?;
+    shared.ops.owning(org)?;
     if own {
         *served_at = Some(version);
     }
     Ok(())
 }
-
-/// Frames a connection may have refused before any of its streams
-/// authenticated: past this, the connection is closed, so a stranger
-/// pipelining junk pays a handshake per few answers instead of making the
-/// broker decode and answer all of it.
-pub const MAX_STRANGER_REFUSALS: u32 = 16;
-
-/// QUIC application close code for a connection closed after
-/// `MAX_STRANGER_REFUSALS`.
-pub const STRANGER_REFUSALS_CODE: u32 = 5;
 
 /// Counts a refused frame; closes a connection that never authenticated
 /// once it has had `MAX_STRANGER_REFUSALS` of them.
@@ -359,181 +379,4 @@ fn stranger_refused(shared: &Shared, ctx: &ConnCtx) -> Next {
     ctx.conn.close(quinn::VarInt::from_u32(STRANGER_REFUSALS_CODE), b"too many refused frames before authenticating");
     shared.penalize(ctx);
     Next::Finish
-}
-
-/// Answers a Hello (or, on a cluster node, hands it to `route_hello`).
-fn on_hello(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: Hello, out: &mut Vec<u8>) -> Next {
-    if caller.is_some() {
-        let err = WireError::new(ErrorCode::OutOfOrder, "Hello may only be the first frame of a stream");
-        encode(&ServerFrame::Error(err), out);
-        return Next::Continue;
-    }
-    if !(MIN_VERSION..=VERSION).contains(&hello.version) {
-        let err = WireError::new(
-            ErrorCode::UnsupportedVersion,
-            format!("this broker speaks protocol versions {MIN_VERSION} to {VERSION}, not {}", hello.version),
-        );
-        encode(&ServerFrame::Error(err), out);
-        return Next::Finish;
-    }
-    if let Some(seat) = &shared.cluster {
-        // Welcomed here only as a member of an org this node serves; an
-        // operator's key is re-read from etcd (another node may have
-        // revoked it), any other key is routed.
-        let key = crate::keys::hash(&hello.api_key);
-        let here = shared.core.authenticate(&key).is_ok_and(|p| p.org.as_ref().is_some_and(|o| seat.serves(o)));
-        if !here {
-            return Next::Route(hello);
-        }
-    }
-    match welcome(shared, ctx, caller, &hello, out) {
-        true => Next::Finish,
-        false => Next::Continue,
-    }
-}
-
-/// Welcomes the `Hello`'s key if this broker knows it; returns true when
-/// the stream must be finished.
-fn welcome(shared: &Shared, ctx: &ConnCtx, caller: &mut Option<Caller>, hello: &Hello, out: &mut Vec<u8>) -> bool {
-    let key = crate::keys::hash(&hello.api_key);
-    let version = shared.core.version();
-    match shared.core.authenticate(&key) {
-        Ok(principal) => {
-            let welcome = Welcome {
-                version: hello.version,
-                lease_ttl_ms: shared.core.lease_ttl().as_millis() as u64,
-                org: principal.org.clone(),
-                email: principal.email.to_string(),
-                role: principal.role,
-            };
-            encode(&ServerFrame::Welcome(welcome), out);
-            if let (Some(_), Some(org)) = (&shared.cluster, &principal.org) {
-                shared.members.insert(ctx.id, (org.clone(), ctx.conn.clone()));
-            }
-            *caller = Some(Caller { key, principal, version, proto: hello.version });
-            // Relaxed: read only by this connection's streams, as a hint.
-            ctx.authenticated.store(true, std::sync::atomic::Ordering::Relaxed);
-            // notify_one keeps a permit if the connection task is not waiting yet.
-            ctx.welcomed.notify_one();
-            false
-        }
-        Err(e) => {
-            encode(&ServerFrame::Error(e.into()), out);
-            failed_hello(shared, ctx)
-        }
-    }
-}
-
-/// A cluster node's `Hello` for a key it does not serve: welcomed if it is
-/// an operator's key (refreshed from etcd), redirected to the node serving
-/// the key's org (an empty redirect while the org is moving: the client
-/// tries again shortly), refused if etcd has no such key. Returns true when
-/// the stream must be finished.
-async fn route_hello(
-    shared: &Shared,
-    ctx: &ConnCtx,
-    caller: &mut Option<Caller>,
-    hello: Hello,
-    out: &mut Vec<u8>,
-) -> bool {
-    let Some(seat) = &shared.cluster else { return welcome(shared, ctx, caller, &hello, out) };
-    match seat.route(crate::keys::hash(&hello.api_key)).await {
-        crate::cluster::Route::Operator(record) => {
-            shared.core.apply(&[crate::core::Change::Put(record)], shared.clock.now());
-            welcome(shared, ctx, caller, &hello, out)
-        }
-        crate::cluster::Route::Elsewhere(server) => {
-            encode(&ServerFrame::Redirect { server }, out);
-            true
-        }
-        crate::cluster::Route::Busy => {
-            encode(&ServerFrame::Redirect { server: String::new() }, out);
-            true
-        }
-        crate::cluster::Route::Unknown => {
-            encode(&ServerFrame::Error(crate::core::Error::Unauthorized.into()), out);
-            failed_hello(shared, ctx)
-        }
-    }
-}
-
-/// Counts a failed authentication: logged (source address, never the key;
-/// at most a few lines a second), and the connection is closed after
-/// `MAX_FAILED_HELLOS`, so guessing keys costs a handshake per few guesses.
-fn failed_hello(shared: &Shared, ctx: &ConnCtx) -> bool {
-    // Relaxed: a per-connection count; exactness across streams does not matter.
-    let failures = ctx.failed_hellos.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    shared.core.note_auth_failure();
-    if shared.auth_log.allow(shared.clock.now()) {
-        tracing::warn!(remote = %ctx.conn.remote_address(), failures, "authentication failed");
-    }
-    let second = shared.clock.now().0 / 1000;
-    if shared.gate.failed(ctx.conn.remote_address().ip(), second) {
-        ctx.conn.close(quinn::VarInt::from_u32(AUTH_FAILED_CODE), b"too many failed Hellos from this address");
-        shared.penalize(ctx);
-        return true;
-    }
-    if failures >= MAX_FAILED_HELLOS {
-        ctx.conn.close(quinn::VarInt::from_u32(AUTH_FAILED_CODE), b"too many failed Hellos");
-        shared.penalize(ctx);
-        return true;
-    }
-    false
-}
-
-/// Failed `Hello`s a connection may make before it is closed.
-pub const MAX_FAILED_HELLOS: u32 = 3;
-
-/// QUIC application close code for a connection closed after failed `Hello`s.
-pub const AUTH_FAILED_CODE: u32 = 3;
-
-/// The stream's principal, re-resolved if the directory changed since (so
-/// a revoked key or a removed user loses access on their next request),
-/// and the protocol version the stream speaks.
-fn authorised<'a>(shared: &Shared, caller: &'a mut Option<Caller>) -> Result<(&'a Principal, u16), WireError> {
-    let Some(c) = caller.as_mut() else {
-        return Err(WireError::new(ErrorCode::OutOfOrder, "send Hello before any request"));
-    };
-    let version = shared.core.version();
-    if version != c.version {
-        c.principal = shared.core.authenticate(&c.key)?;
-        c.version = version;
-    }
-    Ok((&c.principal, c.proto))
-}
-
-/// Admission tickets a stream has resolved, valid while the directory
-/// version is unchanged: saves the directory lock and the machine lookup on
-/// every acquire. The core decides what a ticket allows; this only caches.
-#[derive(Default)]
-pub(super) struct Tickets {
-    version: u64,
-    entries: Vec<Ticket>,
-}
-
-/// Most tickets (pool × machine pairs) a stream remembers.
-const TICKETS: usize = 64;
-
-impl Tickets {
-    /// The cached ticket for `target`, resolving (and caching) it on a miss.
-    pub fn get(&mut self, core: &Broker, p: &Principal, target: &Target) -> CoreResult<&Ticket> {
-        let version = core.version();
-        if version != self.version {
-            self.entries.clear();
-            self.version = version;
-        }
-        let found = self.entries.iter().position(|t| t.is_for(&target.org, target.pool, &target.machine));
-        let index = match found {
-            Some(i) => i,
-            None => {
-                let ticket = core.resolve(p, target)?;
-                if self.entries.len() >= TICKETS {
-                    self.entries.remove(0);
-                }
-                self.entries.push(ticket);
-                self.entries.len() - 1
-            }
-        };
-        Ok(&self.entries[index])
-    }
 }

@@ -18,10 +18,11 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::handler::{with_room, Call, Reply};
-use super::{ConnCtx, Shared};
-use crate::core::{Claimant, ConnId, Grant, KeyHash, Labels, Nonce, Place, Principal, Target, Waited};
-use crate::proto::{ErrorCode, Notice, WireError};
+use super::handler::{Call, Reply};
+use super::ConnCtx;
+use super::Shared;
+use crate::core::{Claimant, ConnId, Denial, Grant, KeyHash, Labels, Nonce, Place, Target, Waited};
+use crate::proto::{ErrorCode, Notice, Version, WireError};
 
 /// Encoded answers a stream writes when they come (late `Checkout` answers).
 pub(super) type Late = mpsc::Sender<Vec<u8>>;
@@ -46,8 +47,6 @@ pub(super) struct WaitReq {
     pub nonce: Nonce,
     /// Zero: do not queue.
     pub wait: Duration,
-    /// The caller's key, to check it again when the seat comes.
-    pub key: KeyHash,
     pub labels: Labels,
 }
 
@@ -58,84 +57,74 @@ impl WaitReq {
 }
 
 /// Answers a `Checkout` now (admitted or refused), or queues it and
-/// returns `None`: its task sends the answer through `late`. A refusal,
-/// now or later, counts in the pool's denials.
-pub(super) async fn start(
-    shared: &Arc<Shared>,
-    ctx: &Arc<ConnCtx>,
-    p: &Principal,
-    proto: u16,
-    req: WaitReq,
-    late: &Late,
-) -> Option<Reply> {
-    let target = req.target.clone();
-    let reply = answer_or_queue(shared, ctx, p, proto, req, late).await?;
-    Some(super::handler::counted(shared, &target, reply))
-}
-
-async fn answer_or_queue(
-    shared: &Arc<Shared>,
-    ctx: &Arc<ConnCtx>,
-    p: &Principal,
-    proto: u16,
-    req: WaitReq,
-    late: &Late,
-) -> Option<Reply> {
-    let call = &Call { shared, ctx, p, now: shared.clock.now(), proto };
-    if let Err(e) = call.admitting() {
+/// returns `None`: its task sends the answer through `late`.
+pub(super) async fn start(call: &Call<'_>, req: WaitReq, late: &Late) -> Option<Reply> {
+    let (ops, who) = (&call.shared.ops, req.claimant(call.ctx.id));
+    if let Err(e) = ops.admitting() {
         return Some(Err(e));
     }
-    let (core, who) = (&shared.core, req.claimant(ctx.id));
     if req.wait.is_zero() {
-        let admitted = with_room(call, &req.target, || core.acquire_as(p, &req.target, &who, call.now)).await;
+        let admitted = ops.acquire_as(call.c(), &req.target, &who).await;
         return Some(admitted.map(|lease| {
             call.book(&req.target, &lease, &req.labels);
             call.with_token(&req.target, req.nonce, lease)
         }));
     }
-    let Some(slot) = Slot::take(ctx) else {
+    let Some(slot) = Slot::take(call.ctx) else {
+        ops.deny(&req.target, Denial::QueueFull);
         let msg = format!("this connection already has {MAX_WAITS_PER_CONNECTION} requests waiting");
         return Some(Err(WireError::new(ErrorCode::QueueFull, msg)));
     };
-    let (target, nonce) = (&req.target, req.nonce);
     let mut inbox = None;
-    let joined = with_room(call, target, || {
+    let joined = ops.join_queue(call.c(), &req.target, &who, || {
         let (tx, rx) = oneshot::channel::<Grant>();
         inbox = Some(rx);
-        core.wait(call.p, target, &who, call.now, Box::new(move |grant| tx.send(grant)))
-    })
-    .await;
-    let place = match joined {
+        Box::new(move |grant| tx.send(grant))
+    });
+    let place = match joined.await {
         Err(e) => return Some(Err(e)),
         Ok(Waited::Leased(lease)) => {
-            call.book(target, &lease, &who.labels);
-            return Some(Ok(call.with_token(target, nonce, lease)));
+            call.book(&req.target, &lease, &who.labels);
+            return Some(Ok(call.with_token(&req.target, req.nonce, lease)));
         }
         Ok(Waited::Queued(place)) => place,
     };
-    // Invariant: the closure ran (it made the place).
-    let rx = inbox.expect("the queue was joined through the closure");
+    // Invariant: the deliverer was made (it made the place).
+    let rx = inbox.expect("the queue was joined through the deliverer");
     // Guarded from here on: if this future is dropped (its connection
     // closed) the place is given up.
-    let (position, held) = (place.position, Held { place, rx: Some(rx) });
-    // The position is worth a short wait for room in the connection's
-    // notice queue (a client that does not read them only slows itself);
-    // after that it is dropped, like any notice: the answer never depends on it.
-    let notices = call.shared.notices.get(&call.ctx.id).map(|tx| tx.clone());
-    if let Some(tx) = notices {
-        let _ = tokio::time::timeout(NOTICE_WAIT, tx.send(Notice::Queued { nonce, position })).await;
-    }
-    tracing::debug!(org = %target.org, pool = %target.pool, machine = %target.machine, position, "queued");
-    let task = Waiter { shared: shared.clone(), ctx: ctx.clone(), proto, req, late: late.clone() };
+    let held = Held { place, rx: Some(rx) };
+    queued(call, &req, held.place.position).await;
+    let task = Waiter {
+        shared: call.shared.clone(),
+        ctx: call.ctx.clone(),
+        key: call.key,
+        proto: call.proto,
+        req,
+        late: late.clone(),
+    };
     tokio::spawn(task.run(held, slot));
     None
+}
+
+/// Tells the runner its place. The position is worth a short wait for
+/// room in the connection's notice queue (a client that does not read
+/// them only slows itself); after that it is dropped, like any notice: the
+/// answer never depends on it.
+async fn queued(call: &Call<'_>, req: &WaitReq, position: u32) {
+    let notice = Notice::Queued { nonce: req.nonce, position };
+    call.shared.notices.tell(call.ctx.id, notice, NOTICE_WAIT).await;
+    let target = &req.target;
+    tracing::debug!(org = %target.org, pool = %target.pool, machine = %target.machine, position, "queued");
 }
 
 /// One queued request's task.
 struct Waiter {
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    proto: u16,
+    /// The caller's key, to check it again when the seat comes.
+    key: KeyHash,
+    proto: Version,
     req: WaitReq,
     late: Late,
 }
@@ -160,26 +149,31 @@ impl Waiter {
         };
         held.rx = None;
         let reply = match grant {
-            None => Err(WireError::new(
-                ErrorCode::QueueTimeout,
-                format!("no seat came within {wait:?}; the pool is still full (see `status` for its queue)"),
-            )),
+            None => {
+                self.shared.ops.deny(&self.req.target, Denial::QueueTimeout);
+                Err(WireError::new(
+                    ErrorCode::QueueTimeout,
+                    format!("no seat came within {wait:?}; the pool is still full (see `status` for its queue)"),
+                ))
+            }
             Some(grant) => self.claim(grant),
         };
-        let reply = super::handler::counted(&self.shared, &self.req.target, reply);
         self.answer(reply).await;
     }
 
     /// Turns the granted seat into the runner's session (the rules are
     /// checked again: the key, the machine, the grant, the subscription).
     fn claim(&self, grant: Grant) -> Reply {
-        let (shared, req) = (&self.shared, &self.req);
-        let p = shared.core.authenticate(&req.key)?;
-        let call = Call { shared, ctx: &self.ctx, p: &p, now: shared.clock.now(), proto: self.proto };
-        // Seconds may have passed since the request arrived: is the org still served here?
-        shared.owning(Some(&req.target.org))?;
-        call.admitting()?;
-        let lease = shared.core.claim(&p, &req.target, &req.claimant(self.ctx.id), call.now, grant)?;
+        let (ops, req) = (&self.shared.ops, &self.req);
+        let (p, lease) = ops.claim(&self.key, &req.target, &req.claimant(self.ctx.id), grant)?;
+        let call = Call {
+            shared: &self.shared,
+            ctx: &self.ctx,
+            p: &p,
+            key: self.key,
+            now: ops.clock().now(),
+            proto: self.proto,
+        };
         call.book(&req.target, &lease, &req.labels);
         Ok(call.with_token(&req.target, req.nonce, lease))
     }
@@ -196,8 +190,7 @@ impl Waiter {
         let sent = self.late.send(bytes).await.is_ok();
         if let Some(session) = session.filter(|_| !sent || self.ctx.conn.close_reason().is_some()) {
             self.ctx.sessions.lock().remove(&session);
-            let ended = self.shared.core.close_connection(self.ctx.id, vec![session], self.shared.clock.now());
-            self.shared.announce(ended);
+            self.shared.ops.close_connection(self.ctx.id, vec![session]);
         }
     }
 }

@@ -45,25 +45,6 @@ fn code(e: &Error) -> ErrorCode {
     }
 }
 
-/// The reason a refusal counts under in the pool's denials, if it is one
-/// (`QUOTA_EXCEEDED` is counted by the core where it happens).
-pub(crate) fn denial_of(code: ErrorCode) -> Option<core::Denial> {
-    core::Denial::ALL.into_iter().find(|d| denial_code(*d) == code)
-}
-
-/// The documented code of a denial (the `reason` label of `lbroker_denials_total`).
-pub(crate) fn denial_code(d: core::Denial) -> ErrorCode {
-    match d {
-        core::Denial::UserLimit => ErrorCode::UserLimit,
-        core::Denial::QueueFull => ErrorCode::QueueFull,
-        core::Denial::QueueTimeout => ErrorCode::QueueTimeout,
-        core::Denial::MachineNotRegistered => ErrorCode::MachineNotRegistered,
-        core::Denial::SubscriptionExpired => ErrorCode::SubscriptionExpired,
-        core::Denial::NotLicensed => ErrorCode::NotLicensed,
-        core::Denial::AlreadyActivated => ErrorCode::AlreadyActivated,
-    }
-}
-
 /// `From` for structs whose wire form has the same fields as the core's.
 macro_rules! same_fields {
     ($($from:ty => $to:ident { $($field:ident),* $(,)? })*) => {$(

@@ -27,17 +27,17 @@ use super::auth::{self, COOKIE};
 use crate::core::usage::MINUTE_MS;
 use crate::core::{Millis, OrgName, Principal, Role, SessionId};
 use crate::history::report;
-use crate::server::Shared;
+use crate::http::Web;
 use view::{LiveView, OrgView, PoolView, RANGES};
 
 /// Most audit entries the page shows.
 const AUDIT_SHOWN: usize = 25;
 
 /// The caller signed in with the cookie, with the cookie's value.
-fn signed_in(shared: &Shared, headers: &HeaderMap) -> Option<(Principal, String)> {
+fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
     let value = auth::cookie(headers, COOKIE)?;
-    let hash = shared.signer.open(value, shared.clock.now().0)?;
-    shared.core.authenticate(&hash).ok().map(|p| (p, value.to_string()))
+    let hash = web.signer.open(value, web.ops.clock().now().0)?;
+    web.ops.core().authenticate(&hash).ok().map(|p| (p, value.to_string()))
 }
 
 fn who(p: &Principal) -> String {
@@ -58,14 +58,14 @@ fn html(status: StatusCode, body: String) -> Response {
 }
 
 /// `GET /`.
-pub(super) async fn home(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
-    let Some((p, _)) = signed_in(&shared, &headers) else {
+pub(super) async fn home(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let Some((p, _)) = signed_in(&web, &headers) else {
         return html(StatusCode::OK, view::sign_in(None));
     };
     match &p.org {
         Some(org) => Redirect::to(&format!("/org/{org}")).into_response(),
         None => {
-            let (pools, subscriptions) = shared.core.census();
+            let (pools, subscriptions) = web.ops.core().census();
             let orgs = subscriptions
                 .iter()
                 .map(|(org, end)| {
@@ -87,18 +87,16 @@ pub(super) struct SignIn {
 }
 
 /// `POST /signin`.
-pub(super) async fn sign_in(State(shared): State<Arc<Shared>>, Form(f): Form<SignIn>) -> Response {
+pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) -> Response {
     let hash = crate::keys::hash(f.key.trim());
-    let elsewhere = auth::learn(&shared, hash).await;
-    if shared.core.authenticate(&hash).is_err() {
-        shared.core.note_auth_failure();
-        let why = elsewhere.unwrap_or_else(|| "That key is unknown or revoked.".into());
+    if let Err(why) = auth::sign_in(&web, &hash).await {
+        let why = why.unwrap_or_else(|| "That key is unknown or revoked.".into());
         return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&why)));
     }
-    let expires = shared.clock.now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
+    let expires = web.ops.clock().now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
     let cookie = format!(
         "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        shared.signer.cookie(&hash, expires),
+        web.signer.cookie(&hash, expires),
         auth::SIGN_IN_FOR.as_secs()
     );
     let mut r = Redirect::to("/").into_response();
@@ -120,12 +118,12 @@ pub(super) async fn sign_out() -> Response {
 
 /// `GET /org/ORG`.
 pub(super) async fn org_page(
-    State(shared): State<Arc<Shared>>,
+    State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Path(org): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some((p, cookie)) = signed_in(&shared, &headers) else {
+    let Some((p, cookie)) = signed_in(&web, &headers) else {
         return Redirect::to("/").into_response();
     };
     let Ok(org) = OrgName::new(org) else {
@@ -133,11 +131,11 @@ pub(super) async fn org_page(
     };
     let range = q.get("range").cloned().unwrap_or_else(|| "week".into());
     let flash = q.get("killed").map(|s| format!("Session {s} was ended."));
-    let s = shared.clone();
-    let turn = shared.report_turn().await;
+    let s = web.clone();
+    let turn = web.ops.report_turn().await;
     let built = tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let mut v = gather(&s, &p, &org, &range, s.clock.now())?;
+        let mut v = gather(&s, &p, &org, &range, s.ops.clock().now())?;
         v.flash = flash;
         if v.kill_token.is_some() {
             v.kill_token = Some(s.signer.csrf_token(&cookie));
@@ -168,17 +166,17 @@ pub(super) struct Kill {
 
 /// `POST /org/ORG/kill`.
 pub(super) async fn kill(
-    State(shared): State<Arc<Shared>>,
+    State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Path(org): Path<String>,
     Form(f): Form<Kill>,
 ) -> Response {
-    let Some((p, cookie)) = signed_in(&shared, &headers) else {
+    let Some((p, cookie)) = signed_in(&web, &headers) else {
         return html(StatusCode::UNAUTHORIZED, view::sign_in(Some("Sign in first.")));
     };
     // The token is derived from this browser's cookie: a page of another
     // origin can make the browser send the cookie, never read the token.
-    if f.csrf != shared.signer.csrf_token(&cookie) {
+    if f.csrf != web.signer.csrf_token(&cookie) {
         return html(
             StatusCode::FORBIDDEN,
             view::page("Refused", None, "<p class=\"err\">The form is stale or forged (CSRF token mismatch).</p>"),
@@ -187,7 +185,7 @@ pub(super) async fn kill(
     let (Ok(org), Ok(session)) = (OrgName::new(org), f.session.parse::<SessionId>()) else {
         return html(StatusCode::BAD_REQUEST, view::page("Refused", None, "<p class=\"err\">No such session.</p>"));
     };
-    match shared.kill(&p, org.clone(), session).await {
+    match web.ops.kill(web.ops.caller(&p), &org, session).await {
         Ok(()) => Redirect::to(&format!("/org/{org}?killed={session}")).into_response(),
         Err(e) => html(
             StatusCode::FORBIDDEN,
@@ -197,18 +195,12 @@ pub(super) async fn kill(
 }
 
 /// Everything the org page shows, gathered as `p` may see it.
-fn gather(
-    shared: &Shared,
-    p: &Principal,
-    org: &OrgName,
-    range: &str,
-    now: Millis,
-) -> Result<OrgView, crate::core::Error> {
-    let core = &shared.core;
+fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> Result<OrgView, crate::core::Error> {
+    let core = web.ops.core();
     let status = core.status(p, Some(org))?;
     let (range, span, step) = RANGES.iter().find(|r| r.0 == range).copied().unwrap_or(RANGES[1]);
     let (from, to) = (Millis(now.0.saturating_sub(span)), now);
-    let history = shared.history.as_deref();
+    let history = web.ops.history();
     let subscription_ends = core
         .census()
         .1
@@ -280,7 +272,7 @@ fn gather(
     });
     let admin = p.require_admin(org).is_ok();
     let licensed = core.grants(p, org, None).ok().map(|grants| {
-        let last = last_use(shared, p, org, now);
+        let last = last_use(web, p, org, now);
         grants
             .into_iter()
             .filter(|g| g.pool.product == crate::core::Product::Kse)
@@ -297,12 +289,10 @@ fn gather(
         .machines(p, org)
         .ok()
         .map(|v| v.into_iter().map(|m| (m.pool.to_string(), m.machine.to_string(), m.registered)).collect());
-    let audit = match admin {
-        true => shared.store.audit_latest(org, AUDIT_SHOWN).ok().map(|v| {
+    let audit =
+        web.ops.audit_latest(web.ops.caller(p), org, AUDIT_SHOWN).ok().map(|v| {
             v.into_iter().map(|e| (e.at, e.actor.to_string(), format!("{} {}", e.action, e.detail))).collect()
-        }),
-        false => None,
-    };
+        });
     Ok(OrgView {
         org: org.to_string(),
         subscription_ends,
@@ -321,12 +311,13 @@ fn gather(
 
 /// Each user's last active use: a live session now, else the end of their
 /// latest ended session in the history's minute retention.
-fn last_use(shared: &Shared, p: &Principal, org: &OrgName, now: Millis) -> HashMap<String, Millis> {
+fn last_use(web: &Web, p: &Principal, org: &OrgName, now: Millis) -> HashMap<String, Millis> {
     let mut last: HashMap<String, Millis> = HashMap::new();
-    if let Some(h) = shared.history.as_deref() {
+    if let Some(h) = web.ops.history() {
         let from = Millis(now.0.saturating_sub(h.retention().minutes.as_millis() as u64));
-        if let Ok((rows, _)) = report::sessions(&shared.core, Some(h), p, org, (from, now), None, report::MAX_SESSIONS)
-            .and_then(|a| a.read(h))
+        if let Ok((rows, _)) =
+            report::sessions(web.ops.core(), Some(h), p, org, (from, now), None, report::MAX_SESSIONS)
+                .and_then(|a| a.read(h))
         {
             for (_, r) in rows {
                 let e = last.entry(r.user).or_insert(Millis(0));
@@ -334,7 +325,7 @@ fn last_use(shared: &Shared, p: &Principal, org: &OrgName, now: Millis) -> HashM
             }
         }
     }
-    if let Ok(live) = shared.core.sessions(p, org) {
+    if let Ok(live) = web.ops.core().sessions(p, org) {
         for s in live {
             last.insert(s.user.to_string(), now);
         }

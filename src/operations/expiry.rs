@@ -8,31 +8,32 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Shared;
+use super::Operations;
 
 /// Longest sleep with no deadline pending; a safety net, not a poll.
 const IDLE_SLEEP: Duration = Duration::from_secs(60);
 
-pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Runs until `stop` fires.
+pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
     loop {
-        let now = shared.clock.now();
-        let ended = shared.core.expire(now);
+        let now = ops.clock.now();
+        let ended = ops.core.expire(now);
         if !ended.is_empty() {
             tracing::debug!(count = ended.len(), "leases expired");
-            shared.announce(ended);
+            ops.announce(ended);
         }
-        let next = shared.core.next_deadline();
+        let next = ops.core.next_deadline();
         let target = next.map_or(u64::MAX, |d| d.0);
-        // Relaxed: see Shared::deadline_added; Notify keeps a permit, so a
+        // Relaxed: see Operations::deadline_added; Notify keeps a permit, so a
         // wake-up sent between this store and the select below is not lost.
-        shared.expiry_target.store(target, Ordering::Relaxed);
+        ops.expiry_target.store(target, Ordering::Relaxed);
         let wake_at = match next {
-            Some(d) => shared.clock.instant_of(d),
+            Some(d) => ops.clock.instant_of(d),
             None => tokio::time::Instant::now() + IDLE_SLEEP,
         };
         tokio::select! {
             _ = tokio::time::sleep_until(wake_at) => {}
-            _ = shared.expiry_wake.notified() => {}
+            _ = ops.expiry_wake.notified() => {}
             _ = stop.changed() => return,
         }
     }

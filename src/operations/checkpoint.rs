@@ -12,36 +12,36 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::Shared;
+use super::Operations;
 use crate::core::{Change, Record};
 
 /// How often the checkpoint is written. A crash loses at most this much of
 /// the counts, and the high-water mark lags the clock by at most this much.
-pub(super) const EVERY: Duration = Duration::from_secs(5);
+pub const EVERY: Duration = Duration::from_secs(5);
 
 /// Writes a checkpoint every `EVERY` until told to stop.
-pub(super) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
     let mut last = Written::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => return,
         }
-        last = write(&shared, last, false).await;
+        last = write(&ops, last, false).await;
     }
 }
 
 /// The checkpoint records last written, by key: with ten thousand pools a
 /// checkpoint holds tens of thousands of records, nearly all unchanged.
-pub(super) type Written = std::collections::HashMap<String, Record>;
+pub type Written = std::collections::HashMap<String, Record>;
 
 /// Writes the records that changed since `last` (the clock always does);
 /// returns what is now on disk, or `last` again if the write failed.
 /// `tight` lowers ceilings to exactly the sessions held (at shutdown, when
 /// nothing more is admitted).
-pub(super) async fn write(shared: &Shared, last: Written, tight: bool) -> Written {
-    let now = shared.clock.now();
-    let records: Written = shared
+pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
+    let now = ops.clock.now();
+    let records: Written = ops
         .core
         .checkpoint(now)
         .into_iter()
@@ -55,9 +55,9 @@ pub(super) async fn write(shared: &Shared, last: Written, tight: bool) -> Writte
     // Held until the commit ends: no raise may write between a lowering in
     // memory and its durable write. If the write fails, memory is lower
     // than the store, which is the safe way round.
-    let _ceiling = shared.ceiling.lock().await;
-    changes.extend(shared.core.lower_ceilings(tight).into_iter().map(Change::Put));
-    let store = shared.store.clone();
+    let _ceiling = ops.ceiling.lock().await;
+    changes.extend(ops.core.lower_ceilings(tight).into_iter().map(Change::Put));
+    let store = ops.store.clone();
     match tokio::task::spawn_blocking(move || store.commit(&changes)).await {
         Ok(Ok(())) => records,
         Ok(Err(e)) => {

@@ -1,0 +1,244 @@
+//! Which orgs this node serves, pass by pass: it reads the live nodes and
+//! the claims (reusing the last read while etcd's revision stands still),
+//! drops the orgs whose claim it lost, takes over the orgs nobody serves
+//! that prefer it (rendezvous over the live nodes), and hands on those
+//! that prefer another node once that one has settled.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{Node, CLAIM_BATCH, ORGS_EVERY, SETTLE};
+use crate::cluster::etcd::Etcd;
+use crate::cluster::membership::Membership;
+use crate::cluster::ownership::{self, Claimed, NodeLease, Owner};
+use crate::cluster::placement;
+use crate::cluster::store::{EtcdStore, Fences, Layout};
+use crate::core::OrgName;
+use crate::server::Running;
+
+/// Decides which orgs this node serves, pass by pass.
+pub(super) struct Placer {
+    etcd: Arc<Etcd>,
+    layout: Layout,
+    me: Owner,
+    lease: NodeLease,
+    store: Arc<EtcdStore>,
+    fences: Arc<Fences>,
+    view: Arc<Membership>,
+    /// Every org of the cluster, as last listed (and any seen claimed since).
+    orgs: BTreeSet<OrgName>,
+    /// When the orgs were last listed.
+    orgs_read: Option<Instant>,
+    /// When each live node was first seen live (by name and lease).
+    first_seen: HashMap<(String, i64), Instant>,
+    /// The last read of the nodes and claims, and etcd's revision before it.
+    last_read: Option<(i64, ClusterRead)>,
+}
+
+/// The live nodes (and their leases) and every org's claim, as read.
+type ClusterRead = (Vec<(Owner, i64)>, HashMap<String, Claimed>);
+
+/// What one pass saw of the cluster.
+struct Seen {
+    claims: HashMap<String, Claimed>,
+    /// The live nodes' names.
+    live: Vec<String>,
+    /// The live nodes that have been live for `SETTLE`.
+    settled: Vec<String>,
+}
+
+impl Placer {
+    /// A placer for the term of `lease`.
+    pub fn new(node: &Node, lease: NodeLease, store: Arc<EtcdStore>, fences: Arc<Fences>) -> Placer {
+        Placer {
+            etcd: node.etcd.clone(),
+            layout: node.layout.clone(),
+            me: node.me.clone(),
+            lease,
+            store,
+            fences,
+            view: node.view.clone(),
+            orgs: BTreeSet::new(),
+            orgs_read: None,
+            first_seen: HashMap::new(),
+            last_read: None,
+        }
+    }
+
+    /// One pass: reads the live nodes and the claims, drops the orgs whose
+    /// claim this node lost, takes the orgs nobody serves that prefer it,
+    /// and hands on those that prefer another node settled in the cluster.
+    /// Returns the orgs taken and given. An etcd error ends the pass early
+    /// (the next one retries); nothing is given or taken on a partial view.
+    pub async fn pass(&mut self, running: &Running) -> (Vec<OrgName>, Vec<OrgName>) {
+        // Fences set before the claims are read are fences of claims the read sees.
+        let before = self.fences.all();
+        let Some(seen) = self.observe().await else {
+            return (Vec::new(), Vec::new());
+        };
+        running.drop_orgs(self.lost(before, &seen.claims)).await;
+        let claimed = self.claim_wanted(&seen).await;
+        let took = self.adopt(running, claimed).await;
+        let gave = self.give(running, &seen).await;
+        (took, gave)
+    }
+
+    /// Reads the cluster (the orgs' list too, every `ORGS_EVERY` while it
+    /// changes), notes when each live node was first seen, and updates the
+    /// view the broker routes with.
+    async fn observe(&mut self) -> Option<Seen> {
+        let ((nodes, claims), changed) = self.read().await?;
+        if changed && self.orgs_read.is_none_or(|at| at.elapsed() >= ORGS_EVERY) {
+            let store = self.store.clone();
+            if let Ok(Ok(orgs)) = tokio::task::spawn_blocking(move || store.org_names()).await {
+                self.orgs = orgs;
+                self.orgs_read = Some(Instant::now());
+            }
+        }
+        self.orgs.extend(claims.keys().filter_map(|o| OrgName::new(o).ok()));
+        let now = Instant::now();
+        self.first_seen.retain(|k, _| nodes.iter().any(|(n, l)| (&n.node, *l) == (&k.0, k.1)));
+        for (n, l) in &nodes {
+            self.first_seen.entry((n.node.clone(), *l)).or_insert(now);
+        }
+        let live = nodes.iter().map(|(n, _)| n.node.clone()).collect();
+        let settled = self
+            .first_seen
+            .iter()
+            .filter(|(_, at)| now.duration_since(**at) >= SETTLE)
+            .map(|((n, _), _)| n.clone())
+            .collect();
+        self.view.update(nodes, claims.clone(), self.orgs.len());
+        Some(Seen { claims, live, settled })
+    }
+
+    /// Lost: a claim this node held is gone or is another's (its lease
+    /// lapsed; its validity lapsed before). Their fences are removed.
+    fn lost(&self, before: Vec<(OrgName, i64)>, claims: &HashMap<String, Claimed>) -> Vec<OrgName> {
+        let mut lost = Vec::new();
+        for (org, fence) in before {
+            if claims.get(org.as_str()).map(|c| c.fence) != Some(fence) && self.fences.remove(&org).is_some() {
+                tracing::warn!(%org, "this node lost the org's claim");
+                lost.push(org);
+            }
+        }
+        lost
+    }
+
+    /// Claims orgs nobody serves that prefer this node (at most
+    /// `CLAIM_BATCH`), all at once: each claim is its own create-if-absent
+    /// transaction. Returns the claims won.
+    async fn claim_wanted(&self, seen: &Seen) -> Vec<(OrgName, i64)> {
+        let mine = |org: &OrgName| placement::preferred(org.as_str(), &seen.live) == Some(self.me.node.as_str());
+        let wanted = self.orgs.iter().filter(|o| !seen.claims.contains_key(o.as_str()) && mine(o)).take(CLAIM_BATCH);
+        let mut calls = tokio::task::JoinSet::new();
+        for org in wanted.cloned() {
+            let (etcd, layout, me, lease) = (self.etcd.clone(), self.layout.clone(), self.me.clone(), self.lease);
+            calls.spawn(async move {
+                let claimed = ownership::claim(&etcd, &layout, org.as_str(), &me, lease).await;
+                (org, claimed)
+            });
+        }
+        let mut claimed = Vec::new();
+        while let Some(done) = calls.join_next().await {
+            match done {
+                Ok((org, Ok(Some(fence)))) => claimed.push((org, fence)),
+                Ok((_, Ok(None))) => {}
+                Ok((org, Err(e))) => tracing::debug!(%org, "claiming: {e}"),
+                Err(e) => tracing::debug!("claiming: {e}"),
+            }
+        }
+        claimed
+    }
+
+    /// Given: orgs that prefer another live node, once it has settled:
+    /// fences first (nothing more is admitted for them here), then their
+    /// connections and memory, then their claims.
+    async fn give(&self, running: &Running, seen: &Seen) -> Vec<OrgName> {
+        let mut gave = Vec::new();
+        for (org, fence) in self.fences.all() {
+            let Some(to) = placement::preferred(org.as_str(), &seen.live) else { continue };
+            let held = seen.claims.get(org.as_str()).map(|c| c.fence) == Some(fence);
+            if to != self.me.node && held && seen.settled.iter().any(|n| n == to) {
+                self.fences.remove(&org);
+                gave.push((org, fence));
+            }
+        }
+        running.drop_orgs(gave.iter().map(|(o, _)| o.clone()).collect()).await;
+        for (org, fence) in &gave {
+            if let Err(e) = ownership::release(&self.etcd, &self.layout, org.as_str(), *fence).await {
+                tracing::warn!(%org, "releasing the org's claim (it lapses with this node's lease otherwise): {e}");
+            }
+        }
+        gave.into_iter().map(|(o, _)| o).collect()
+    }
+
+    /// The live nodes and every claim, and whether anything changed since
+    /// the last pass. etcd's revision moves with every write (a lease's
+    /// expiry too): while it stands still, the last read is reused, so an
+    /// idle cluster costs etcd one small read per node per pass whatever
+    /// its number of orgs. `None` on an etcd error.
+    async fn read(&mut self) -> Option<(ClusterRead, bool)> {
+        let revision = ownership::revision(&self.etcd, &self.layout)
+            .await
+            .map_err(|e| tracing::debug!("reading the cluster: {e}"))
+            .ok()?;
+        if let Some((at, read)) = &self.last_read {
+            if *at == revision {
+                return Some((read.clone(), false));
+            }
+        }
+        let (nodes, claims) =
+            match tokio::join!(ownership::nodes(&self.etcd, &self.layout), ownership::claims(&self.etcd, &self.layout))
+            {
+                (Ok(n), Ok(c)) => (n, c.into_iter().collect::<HashMap<String, Claimed>>()),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::debug!("reading the cluster: {e}");
+                    return None;
+                }
+            };
+        // Read after the revision: a change in between shows at the next pass.
+        let read = (nodes, claims);
+        self.last_read = Some((revision, read.clone()));
+        Some((read, true))
+    }
+
+    /// Loads the records of orgs just claimed and serves them; on etcd
+    /// trouble gives the claims back (another pass, here or elsewhere,
+    /// takes them again). Returns the orgs now served.
+    pub async fn adopt(&self, running: &Running, claimed: Vec<(OrgName, i64)>) -> Vec<OrgName> {
+        if claimed.is_empty() {
+            return Vec::new();
+        }
+        let names: Vec<OrgName> = claimed.iter().map(|(o, _)| o.clone()).collect();
+        let store = self.store.clone();
+        let loaded = tokio::task::spawn_blocking(move || store.load_orgs(&names)).await;
+        match loaded {
+            Ok(Ok(loaded)) => {
+                let fences: HashMap<OrgName, i64> = claimed.into_iter().collect();
+                let mut took = Vec::new();
+                for (org, records) in loaded {
+                    running.adopt(&org, records);
+                    if let Some(fence) = fences.get(&org) {
+                        self.fences.set(&org, *fence);
+                        took.push(org);
+                    }
+                }
+                took
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => String::new(),
+                };
+                tracing::warn!("loading the records of orgs claimed: {why}; giving the claims back");
+                for (org, fence) in claimed {
+                    let _ = ownership::release(&self.etcd, &self.layout, org.as_str(), fence).await;
+                }
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! How to run a broker: the options a command line or a config file
+//! sets, and what a cluster node hands the broker it runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::GateLimits;
+use crate::tls::TlsFiles;
+
+/// How to run a broker.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where the store and the generated TLS files live.
+    pub data_dir: PathBuf,
+    /// UDP address to listen on.
+    pub listen: SocketAddr,
+    /// Lease lifetime without a heartbeat.
+    pub lease_ttl: Duration,
+    /// Certificate and key; `None` uses (and first generates) `DATA_DIR/tls/`.
+    pub tls: Option<TlsFiles>,
+    /// Connections beyond this are refused.
+    pub max_connections: usize,
+    /// Concurrent request streams per connection.
+    pub max_streams: u32,
+    /// A connection silent this long is closed.
+    pub idle_timeout: Duration,
+    /// How long a shutdown waits for clients to leave.
+    pub drain_grace: Duration,
+    /// A connection that authenticates no stream within this is closed.
+    pub hello_timeout: Duration,
+    /// A frame whose first bytes arrived must be complete within this.
+    pub frame_timeout: Duration,
+    /// Answers must be taken (read) by the client within this, or its
+    /// connection is closed.
+    pub write_timeout: Duration,
+    /// Start even if the clock is behind the latest time a previous run
+    /// recorded (the operator has checked the clock).
+    pub allow_clock_rollback: bool,
+    /// Runs the broker's clock this far ahead of the system's (for
+    /// rehearsing and testing clock trouble; zero in production).
+    pub clock_ahead: Duration,
+    /// After a restart, seats stay held for the previous run's runners for
+    /// one lease TTL plus this long, so they can reconnect and re-attach.
+    pub restart_grace: Duration,
+    /// Most runners one pool's wait queue holds.
+    pub max_waiters: u32,
+    /// Where to serve the ops endpoint (`/metrics`, `/healthz`), if anywhere.
+    pub http: Option<SocketAddr>,
+    /// A bearer token `/metrics` requires, if set.
+    pub metrics_token: Option<String>,
+    /// Connections the ops endpoint serves at once.
+    pub http_connections: usize,
+    /// How long one ops connection may stay open.
+    pub http_lifetime: Duration,
+    /// Limits on connections that have not authenticated yet.
+    pub strangers: GateLimits,
+    /// Keep the utilization history (`history.redb` in the data dir) for
+    /// this long, or not at all (`None`).
+    pub history: Option<crate::history::Retention>,
+}
+
+impl Options {
+    /// Defaults with the given data dir and listen address.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Options {
+        Options {
+            data_dir,
+            listen,
+            lease_ttl: Duration::from_secs(30),
+            tls: None,
+            max_connections: 10_000,
+            max_streams: 16,
+            idle_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            allow_clock_rollback: false,
+            clock_ahead: Duration::ZERO,
+            restart_grace: Duration::from_secs(10),
+            max_waiters: 10_000,
+            http: None,
+            metrics_token: None,
+            http_connections: crate::http::MAX_CONNECTIONS,
+            http_lifetime: crate::http::CONNECTION_LIFETIME,
+            strangers: GateLimits::for_max_connections(10_000),
+            history: Some(crate::history::Retention::default()),
+        }
+    }
+}
+
+/// What a cluster node hands the broker it runs for as long as its etcd
+/// lease lasts (`crate::node`): the records in etcd, which orgs it serves
+/// and how long it may. Without it the broker is a single node on its
+/// redb file.
+pub struct ClusterSeat {
+    /// The node's place in the cluster.
+    pub seat: Arc<crate::cluster::Seat>,
+    /// The node's endpoint, bound once: the broker serves on it while the
+    /// node's lease lasts, and hands it back when it is lost.
+    pub endpoint: quinn::Endpoint,
+    /// Whether this node may create an empty cluster's first records (it
+    /// holds the claim of the `default` org they create): of nodes joining
+    /// an empty cluster at once, only one does.
+    pub may_bootstrap: bool,
+}
+
+/// How far behind the clock recorded by a previous run a cluster node's
+/// clock may read and still start: the run before was most likely another
+/// node, whose clock is never exactly this one's.
+pub const CLUSTER_CLOCK_SKEW: Duration = Duration::from_secs(2);
+
+/// Keys created when a data dir is initialised; shown once.
+#[derive(Clone, Debug)]
+pub struct BootstrapKeys {
+    /// The operator's key (creates orgs, sets quotas).
+    pub operator: String,
+    /// The Owner key of the `default` org.
+    pub owner: String,
+}

@@ -1,0 +1,324 @@
+//! A broker's life: `start` binds, opens the data dir, builds the
+//! operations both doors call, and spawns the QUIC accept loop, the web
+//! door, the expiry, checkpoint and history tasks; `Running` is the handle
+//! that hands orgs on (a cluster node), abandons or drains, and stops.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::sync::{oneshot, watch, Notify};
+
+use super::connection::{self, Notices};
+use super::datadir::{self, TICKET_KEY_FILE, TOKEN_KEY_FILE};
+use super::options::{BootstrapKeys, ClusterSeat, Options};
+use super::{gate, socket, tickets, token, LogBudget, Shared};
+use crate::clock::Clock;
+use crate::core::{ConnId, OrgName, Record};
+use crate::error::SetupError;
+use crate::history::History;
+use crate::latency::Latencies;
+use crate::operations::{checkpoint, expiry, Operations, Parts};
+use crate::proto::Notice;
+use crate::store::Store;
+use crate::tls::{self, TlsFiles};
+
+/// A running broker.
+pub struct Running {
+    addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    /// Resolves when the last handle on the operations is gone (the store closed).
+    closed: oneshot::Receiver<()>,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The history's task: let finish (it writes the last ended sessions), not aborted.
+    history_task: Option<tokio::task::JoinHandle<()>>,
+    /// Keys printed on first start, `None` on later starts.
+    pub bootstrap: Option<BootstrapKeys>,
+    /// The certificate clients should trust.
+    pub cert_path: PathBuf,
+}
+
+/// Binds, opens the data dir (initialising it if empty), and starts serving.
+/// Binding comes first: a broker that cannot listen leaves no data dir
+/// behind, so the keys of a first start are never created unseen.
+pub async fn start(options: Options) -> Result<Running, SetupError> {
+    start_with(options, None).await
+}
+
+/// Where the QUIC door listens: a cluster node binds once for its whole
+/// life (serving in turn on the same endpoint); a single broker binds here.
+enum Listen {
+    Given(quinn::Endpoint),
+    Bound(std::net::UdpSocket),
+}
+
+/// As `start`, on a cluster's store when `seat` is given.
+pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<Running, SetupError> {
+    let bind_error = |source| SetupError::Bind { addr: options.listen, source };
+    let listen = match seat.as_ref().map(|s| s.endpoint.clone()) {
+        Some(endpoint) => Listen::Given(endpoint),
+        None => Listen::Bound(socket::bind(options.listen).map_err(bind_error)?),
+    };
+    let http = match options.http {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Bind { addr, source })?)
+        }
+        None => None,
+    };
+    let clock = Clock::ahead(options.clock_ahead);
+    let cluster = seat.as_ref().map(|s| s.seat.clone());
+    let may_bootstrap = seat.as_ref().is_none_or(|s| s.may_bootstrap);
+    let store: Option<Arc<dyn Store>> = cluster.as_ref().map(|s| s.store() as Arc<dyn Store>);
+    let (store, core, bootstrap) = datadir::open(&options, clock, store, may_bootstrap)?;
+    let (endpoint, cert_path) = endpoint(&options, listen)?;
+    let addr = endpoint.local_addr().map_err(bind_error)?;
+    let history = open_history(&options);
+    let (closed_tx, closed) = oneshot::channel();
+    let notices = Arc::new(Notices::default());
+    let ops = Arc::new(Operations::new(Parts {
+        core: Arc::new(core),
+        store,
+        clock,
+        signing: crate::offline::SigningKey::load_or_generate(&options.data_dir.join(datadir::SIGNING_KEY_FILE))?,
+        history: history.clone(),
+        cluster: cluster.clone(),
+        holders: notices.clone(),
+        closed: closed_tx,
+    }));
+    let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
+    let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
+    datadir::restrict_tree(&options.data_dir)?;
+    let shared = Arc::new(Shared {
+        ops,
+        notices,
+        next_conn: 1.into(),
+        open_conns: 0.into(),
+        conns_gone: Notify::new(),
+        auth_log: LogBudget::default(),
+        // Recorded only when someone can read them.
+        latencies: Latencies::new(options.http.is_some()),
+        tokens,
+        gate: Arc::new(gate::Gate::new(options.strangers)),
+        members: DashMap::new(),
+        options,
+    });
+    let mut running = Running {
+        addr,
+        http_addr: None,
+        shared,
+        closed,
+        endpoint,
+        stop: watch::channel(false).0,
+        tasks: Vec::new(),
+        history_task: None,
+        bootstrap,
+        cert_path,
+    };
+    running.spawn(history, http)?;
+    tracing::info!(%addr, lease_ttl = ?running.shared.options.lease_ttl, "broker listening");
+    Ok(running)
+}
+
+/// The QUIC endpoint with the broker's TLS (the given files, or the data
+/// dir's own, generated on first start), and the certificate to trust.
+fn endpoint(options: &Options, listen: Listen) -> Result<(quinn::Endpoint, PathBuf), SetupError> {
+    let files = match &options.tls {
+        Some(f) => f.clone(),
+        None => {
+            let f = TlsFiles::in_data_dir(&options.data_dir);
+            tls::ensure_self_signed(&f)?;
+            f
+        }
+    };
+    let ticketer = tickets::Ticketer::load_or_generate(&options.data_dir.join(TICKET_KEY_FILE))?;
+    let server_config =
+        tls::server_config(&files, options.idle_timeout, tls::Limits::STRANGER, Some(Arc::new(ticketer)))?;
+    let endpoint = match listen {
+        Listen::Given(endpoint) => {
+            endpoint.set_server_config(Some(server_config));
+            endpoint
+        }
+        Listen::Bound(socket) => {
+            let runtime = Arc::new(quinn::TokioRuntime);
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+                .map_err(|source| SetupError::Bind { addr: options.listen, source })?
+        }
+    };
+    Ok((endpoint, files.cert))
+}
+
+/// The utilization history, unless it is off. One that cannot be opened
+/// costs the charts, never the broker: runners are admitted whatever state
+/// the history file is in.
+fn open_history(options: &Options) -> Option<Arc<History>> {
+    let keep = options.history.as_ref()?;
+    match History::open(&options.data_dir, keep.clone()) {
+        Ok(h) => Some(Arc::new(h)),
+        Err(e) => {
+            tracing::error!(
+                "the utilization history is off for this run: {e} (move {} away to start a new one)",
+                options.data_dir.join(crate::history::FILE).display()
+            );
+            None
+        }
+    }
+}
+
+impl Running {
+    /// Spawns the broker's tasks: the QUIC accept loop, the expiry and
+    /// checkpoint tasks, the history's, and the web door if asked for.
+    fn spawn(
+        &mut self,
+        history: Option<Arc<History>>,
+        http: Option<tokio::net::TcpListener>,
+    ) -> Result<(), SetupError> {
+        let (shared, ops) = (&self.shared, &self.shared.ops);
+        let stop = self.stop.subscribe();
+        self.tasks = vec![
+            tokio::spawn(connection::accept_loop(shared.clone(), self.endpoint.clone(), stop.clone())),
+            tokio::spawn(expiry::run(ops.clone(), stop.clone())),
+            tokio::spawn(checkpoint::run(ops.clone(), stop.clone())),
+        ];
+        self.history_task =
+            history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));
+        if let Some(listener) = http {
+            self.http_addr = listener.local_addr().ok();
+            let o = &shared.options;
+            let limits = crate::http::Limits { connections: o.http_connections, lifetime: o.http_lifetime };
+            let web = crate::http::Web::new(ops.clone(), o.metrics_token.clone(), shared.clone())
+                .map_err(|_| SetupError::Random)?;
+            self.tasks.push(tokio::spawn(crate::http::serve(Arc::new(web), listener, limits, stop)));
+            tracing::info!(addr = ?self.http_addr, "ops endpoint listening (/metrics, /healthz)");
+        }
+        Ok(())
+    }
+
+    /// In a cluster, takes over `org` from its records (read from etcd after
+    /// claiming it): its pools' durable ceilings are held for the previous
+    /// owner's runners (`Broker::adopt_org`). The caller sets the org's
+    /// fence after this, so nothing is admitted for it before the hold.
+    /// Returns the seats held.
+    pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> u64 {
+        let ops = &self.shared.ops;
+        let seats = ops.core().adopt_org(org, records, ops.clock().now());
+        if seats > 0 {
+            tracing::info!(%org, seats, "took the org over: holding seats for its runners to re-attach");
+        }
+        // The expiry task must wake for the hold's end.
+        ops.wake_expiry();
+        seats
+    }
+
+    /// In a cluster, hands orgs on: closes their members' connections (they
+    /// reconnect and are redirected to the next owner, where their runners
+    /// re-attach) and forgets them, in one pass over the sessions, off the
+    /// async threads. The caller has removed their fences first, so nothing
+    /// more was admitted or renewed for them here.
+    pub async fn drop_orgs(&self, orgs: Vec<OrgName>) {
+        if orgs.is_empty() {
+            return;
+        }
+        self.close_members(&orgs);
+        let ops = self.shared.ops.clone();
+        let forget = tokio::task::spawn_blocking(move || {
+            ops.core().forget_orgs(&orgs, ops.clock().now());
+            orgs
+        });
+        match forget.await {
+            Ok(orgs) => tracing::info!(orgs = orgs.len(), "handed orgs on"),
+            Err(e) => tracing::error!("forgetting the orgs handed on: {e}"),
+        }
+    }
+
+    /// Closes the connections of the members of `orgs`.
+    fn close_members(&self, orgs: &[OrgName]) {
+        let members = &self.shared.members;
+        let moving: std::collections::HashSet<&OrgName> = orgs.iter().collect();
+        let gone: Vec<ConnId> = members.iter().filter(|e| moving.contains(&e.value().0)).map(|e| *e.key()).collect();
+        for id in gone {
+            if let Some((_, (_, conn))) = members.remove(&id) {
+                conn.close(
+                    quinn::VarInt::from_u32(connection::NOT_SERVING_CODE),
+                    b"org moved to another node; reconnect",
+                );
+            }
+        }
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The ops endpoint's address, if `--http` was given.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Live sessions right now (for tests and logs).
+    pub fn live_sessions(&self) -> usize {
+        self.shared.ops.core().live_sessions()
+    }
+
+    /// Stops at once without a last checkpoint: a cluster node whose lease
+    /// lapsed (its writes would be refused anyway). Every connection is
+    /// closed (runners reconnect, are redirected to the node that serves
+    /// their org now, and re-attach there with their tokens), but not the
+    /// endpoint: it is handed back for the node's next run, once it has
+    /// joined again.
+    pub async fn abandon(self) -> quinn::Endpoint {
+        self.shared.ops.drain();
+        // Every connection task closes its connection on this.
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.all_connections_gone()).await;
+        for t in self.tasks.into_iter().chain(self.history_task) {
+            t.abort();
+            let _ = t.await;
+        }
+        drop(self.shared);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.closed).await;
+        tracing::info!("broker stopped serving (claim lost)");
+        self.endpoint
+    }
+
+    /// Drains: admits nothing new, tells every client, waits up to the grace
+    /// period for them to leave, then closes the endpoint.
+    pub async fn shutdown(self) {
+        let shared = &self.shared;
+        shared.ops.drain();
+        let grace = shared.options.drain_grace;
+        shared.notices.tell_all(Notice::Draining { grace_ms: grace.as_millis() as u64 });
+        let _ = tokio::time::timeout(grace, shared.all_connections_gone()).await;
+        let _ = self.stop.send(true);
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"broker shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Some(t) = self.history_task {
+            // It writes what it still holds, then returns; bounded all the same.
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), t).await.is_err() {
+                abort.abort();
+            }
+        }
+        // The last counts and the clock, so a restart continues from here,
+        // and ceilings down to the sessions still held (nothing is admitted
+        // any more), so the restart holds seats only for runners that may
+        // still be running.
+        checkpoint::write(&self.shared.ops, checkpoint::Written::default(), true).await;
+        // Connection and stream tasks end as the endpoint's close reaches
+        // them, dropping their handles on the shared state; wait for the
+        // last one, so the store is closed (and its file lock released)
+        // when this returns.
+        drop(self.shared);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.closed).await;
+        tracing::info!("broker stopped");
+    }
+}
