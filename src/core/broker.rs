@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::directory::{Directory, Principal};
 use super::error::{Error, Result};
-use super::id::{ConnId, MachineId, Nonce, OfflineId, OrgName, SessionId};
+use super::id::{ConnId, Email, MachineId, Nonce, OfflineId, OrgName, SessionId};
 use super::pool::{Pool, PoolId, PoolStatus, PoolUid};
 use super::record::{AuditAction, AuditEntry, Change, Record};
 use super::session::{EndReason, Ended, Holder, IdCipher, Renewed, SessionInfo, SessionTable};
@@ -534,24 +534,10 @@ impl Broker {
     /// Applies changes committed at `now` to memory; returns sessions
     /// ended as a consequence (a removed machine's sessions are revoked).
     pub fn apply(&self, changes: &[Change], now: Millis) -> Vec<Ended> {
-        let mut ended = Vec::new();
         {
             let mut dir = self.dir.write();
             for change in changes {
-                match change {
-                    Change::Put(Record::Clock { high_water }) => {
-                        // Relaxed: read only by the shell at start, after loading.
-                        self.high_water.store(high_water.0, Ordering::Relaxed);
-                    }
-                    Change::Put(Record::Leases { ttl_ms, hold_until }) => {
-                        *self.previous_leases.lock() = Some((*ttl_ms, *hold_until));
-                    }
-                    Change::Put(Record::AuthFailures { count }) => {
-                        // Relaxed: a statistic; restored before anything counts.
-                        self.auth_failures.store(*count, Ordering::Relaxed);
-                    }
-                    _ => {}
-                }
+                self.apply_own(change);
                 let restored = dir.apply(change, |org, id, quota, end| {
                     // Relaxed: uniqueness only; no other memory depends on it.
                     let uid = PoolUid(self.pool_uids.fetch_add(1, Ordering::Relaxed));
@@ -564,38 +550,51 @@ impl Broker {
         }
         // Release: pairs with the Acquire in `version`.
         self.version.fetch_add(1, Ordering::Release);
-        for change in changes {
-            match change {
-                Change::RemoveMachine { org, pool, machine } => {
-                    ended.extend(
-                        self.sessions.end_where(EndReason::Revoked, now, |p, m, _| {
-                            &p.org == org && p.id == *pool && m == machine
-                        }),
-                    );
-                }
-                Change::RemoveGrant { org, pool, email } => {
-                    ended
-                        .extend(self.sessions.end_where(EndReason::Revoked, now, |p, _, u| {
-                            &p.org == org && p.id == *pool && u == email
-                        }));
-                }
-                Change::RemoveUser { org, email } => {
-                    ended.extend(
-                        self.sessions.end_where(EndReason::Revoked, now, |p, _, u| &p.org == org && u == email),
-                    );
-                }
-                Change::Put(Record::UserLimit { org, pool, email, .. }) => {
-                    // Count the user's live sessions into the cap (after the
-                    // epoch bump: see `admit_from`); counted ones are skipped.
-                    let cap = self.with_dir(|dir| dir.pool(org, *pool).map(|p| p.cap_of(email))).ok().flatten();
-                    if let Some(cap) = cap {
-                        self.sessions.adopt_where(&cap, |p, u| &p.org == org && p.id == *pool && u == email);
-                    }
-                }
-                _ => {}
+        changes.iter().flat_map(|change| self.follow(change, now)).collect()
+    }
+
+    /// Applies the records the broker keeps outside the directory.
+    fn apply_own(&self, change: &Change) {
+        match change {
+            Change::Put(Record::Clock { high_water }) => {
+                // Relaxed: read only by the shell at start, after loading.
+                self.high_water.store(high_water.0, Ordering::Relaxed);
             }
+            Change::Put(Record::Leases { ttl_ms, hold_until }) => {
+                *self.previous_leases.lock() = Some((*ttl_ms, *hold_until));
+            }
+            Change::Put(Record::AuthFailures { count }) => {
+                // Relaxed: a statistic; restored before anything counts.
+                self.auth_failures.store(*count, Ordering::Relaxed);
+            }
+            _ => {}
         }
-        ended
+    }
+
+    /// What an applied change does to live sessions: ends those it revokes
+    /// (returned), counts those a new cap covers.
+    fn follow(&self, change: &Change, now: Millis) -> Vec<Ended> {
+        let revoked =
+            |f: &dyn Fn(&Pool, &MachineId, &Email) -> bool| self.sessions.end_where(EndReason::Revoked, now, f);
+        match change {
+            Change::RemoveMachine { org, pool, machine } => {
+                revoked(&|p, m, _| &p.org == org && p.id == *pool && m == machine)
+            }
+            Change::RemoveGrant { org, pool, email } => {
+                revoked(&|p, _, u| &p.org == org && p.id == *pool && u == email)
+            }
+            Change::RemoveUser { org, email } => revoked(&|p, _, u| &p.org == org && u == email),
+            Change::Put(Record::UserLimit { org, pool, email, .. }) => {
+                // Count the user's live sessions into the cap (after the
+                // epoch bump: see `admit_from`); counted ones are skipped.
+                let cap = self.with_dir(|dir| dir.pool(org, *pool).map(|p| p.cap_of(email))).ok().flatten();
+                if let Some(cap) = cap {
+                    self.sessions.adopt_where(&cap, |p, u| &p.org == org && p.id == *pool && u == email);
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Counts a failed authentication (an unknown or revoked key).

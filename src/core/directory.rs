@@ -151,37 +151,6 @@ impl Directory {
                 self.keys.insert(*hash, entry);
             }
             Change::Put(Record::Offline { org, pool, license }) => return self.put_offline(org, *pool, license),
-            Change::Put(Record::Counters { org, pool, admitted, rejected }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.restore_counts(*admitted, *rejected);
-                }
-            }
-            Change::Put(Record::Ends { org, pool, by_reason }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.restore_ends(*by_reason);
-                }
-            }
-            Change::Put(Record::Denials { org, pool, by_reason }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.restore_denials(by_reason);
-                }
-            }
-            Change::Put(Record::SeatTime { org, pool, ms }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.restore_seat_ms(*ms);
-                }
-            }
-            Change::Put(Record::UserLimit { org, pool, email, max }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    // A new cap counts the user's live sessions: `Broker::apply` sweeps.
-                    let _ = p.set_cap(email, *max);
-                }
-            }
-            Change::Put(Record::Ceiling { org, pool, seats }) => {
-                if let Ok(p) = self.pool(org, *pool) {
-                    p.set_ceiling(*seats);
-                }
-            }
             // The audit trail is never read back; the broker keeps the clock and lease marks.
             Change::Put(Record::Audit(_) | Record::Clock { .. } | Record::Leases { .. }) => {}
             other => self.apply_to_pool(other),
@@ -232,11 +201,20 @@ impl Directory {
         p.restore_offline(entry.clone()).then(|| (p.clone(), entry))
     }
 
-    /// The per-pool records: machines, grants and bindings, put or removed.
+    /// The per-pool records: machines, grants and bindings, put or removed;
+    /// the restored counts, caps and ceilings.
     fn apply_to_pool(&self, change: &Change) {
         let (org, pool) = match change {
             Change::Put(
-                Record::Machine { org, pool, .. } | Record::Grant { org, pool, .. } | Record::Binding { org, pool, .. },
+                Record::Machine { org, pool, .. }
+                | Record::Grant { org, pool, .. }
+                | Record::Binding { org, pool, .. }
+                | Record::Counters { org, pool, .. }
+                | Record::Ends { org, pool, .. }
+                | Record::Denials { org, pool, .. }
+                | Record::SeatTime { org, pool, .. }
+                | Record::UserLimit { org, pool, .. }
+                | Record::Ceiling { org, pool, .. },
             )
             | Change::RemoveMachine { org, pool, .. }
             | Change::RemoveGrant { org, pool, .. }
@@ -257,6 +235,15 @@ impl Directory {
             Change::RemoveBinding { email, .. } => {
                 p.unbind(email);
             }
+            Change::Put(Record::Counters { admitted, rejected, .. }) => p.restore_counts(*admitted, *rejected),
+            Change::Put(Record::Ends { by_reason, .. }) => p.restore_ends(*by_reason),
+            Change::Put(Record::Denials { by_reason, .. }) => p.restore_denials(by_reason),
+            Change::Put(Record::SeatTime { ms, .. }) => p.restore_seat_ms(*ms),
+            // A new cap counts the user's live sessions: `Broker::apply` sweeps.
+            Change::Put(Record::UserLimit { email, max, .. }) => {
+                let _ = p.set_cap(email, *max);
+            }
+            Change::Put(Record::Ceiling { seats, .. }) => p.set_ceiling(*seats),
             _ => {}
         }
     }

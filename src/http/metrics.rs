@@ -207,67 +207,12 @@ impl Snapshot {
 
 impl Collector for Snapshot {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        use MetricType::{Counter, Gauge};
         let e = &mut encoder;
-        self.per_pool(
-            e,
-            (
-                "seats_in_use",
-                "Seats held: sessions, node-locked activations, live offline licenses, seats held after a restart.",
-                Gauge,
-            ),
-            |n| n.in_use,
-        )?;
-        self.per_pool(e, ("seats_quota", "Licenses bought (the pool's quota).", Gauge), |n| n.quota)?;
-        self.per_pool(e, ("machines_registered", "Registered machine IDs.", Gauge), |n| n.machines)?;
-        self.per_pool(e, ("queue_waiting", "Runners waiting in the pool's queue.", Gauge), |n| n.waiting)?;
-        self.per_pool(
-            e,
-            ("admissions", "Sessions admitted since the pool was created (survives restarts).", Counter),
-            |n| n.admitted,
-        )?;
-        self.denials(e)?;
-        self.session_ends(e)?;
-        let help = "Seat-seconds held by sessions since the pool was created (survives restarts): its rate over the quota is utilization.";
-        let mut seat = e.encode_descriptor("seat_seconds", help, None, Counter)?;
-        for ((org, pool), n) in &self.pools {
-            let labels = [("org", org.as_str()), ("pool", pool.as_str())];
-            ConstCounter::new(n.seat_ms as f64 / 1000.0).encode(seat.encode_family(&labels)?)?;
-        }
-        self.per_pool(e, ("kse_grants", "Licensed users of a KSE pool.", Gauge), |n| n.grants)?;
-        self.per_pool(e, ("kse_activations", "Node-locked KSE activations (each holds a seat).", Gauge), |n| {
-            n.activations
-        })?;
-        self.per_pool(e, ("offline_licenses", "Offline licenses holding a seat.", Gauge), |n| n.offline)?;
-        let mut subs = e.encode_descriptor(
-            "subscription_end_timestamp_seconds",
-            "When the org's subscription ends (nothing is admitted from then on), Unix seconds.",
-            None,
-            Gauge,
-        )?;
-        for (org, end) in &self.subscriptions {
-            ConstGauge::new(*end as i64).encode(subs.encode_family(&[("org", org.as_str())])?)?;
-        }
-        let one = |e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64| -> std::fmt::Result {
-            ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, Gauge)?)
-        };
-        one(
-            e,
-            "orgs_folded",
-            "Orgs whose numbers are summed under org=\"_other\" (past the first 100).",
-            self.folded as i64,
-        )?;
-        one(e, "connections_open", "QUIC connections open.", self.connections as i64)?;
-        let help = "Hellos refused for an unknown or revoked API key (survives restarts).";
-        ConstCounter::new(self.auth_failures).encode(e.encode_descriptor("auth_failures", help, None, Counter)?)?;
-        let help = "Time from the read that brought a request to the write of its answer, by kind of request.";
-        let mut durations = e.encode_descriptor("request_duration_seconds", help, None, MetricType::Histogram)?;
-        for l in &self.latencies {
-            durations.encode_family(&[("op", l.op)])?.encode_histogram::<NoLabels>(l.sum, l.count, &l.buckets, None)?;
-        }
+        self.pool_families(e)?;
+        self.broker_families(e)?;
         if let Some((sessions, minutes, bytes)) = self.history {
             let help = "Ended sessions and closed minutes the utilization history did not keep because it was behind (this run).";
-            let mut dropped = e.encode_descriptor("history_dropped", help, None, Counter)?;
+            let mut dropped = e.encode_descriptor("history_dropped", help, None, MetricType::Counter)?;
             ConstCounter::new(sessions).encode(dropped.encode_family(&[("what", "sessions")])?)?;
             ConstCounter::new(minutes).encode(dropped.encode_family(&[("what", "minutes")])?)?;
             one(e, "history_bytes", "Size of the utilization history's file (history.redb).", bytes as i64)?;
@@ -280,6 +225,64 @@ impl Collector for Snapshot {
             one(e, "cluster_orgs_known", help, c.known as i64)?;
         }
         build_info(e)
+    }
+}
+
+/// One gauge family with one value and no labels.
+fn one(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    ConstGauge::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Gauge)?)
+}
+
+impl Snapshot {
+    /// The families labelled by org and pool, and the subscriptions' ends.
+    fn pool_families(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let in_use =
+            "Seats held: sessions, node-locked activations, live offline licenses, seats held after a restart.";
+        self.per_pool(e, ("seats_in_use", in_use, Gauge), |n| n.in_use)?;
+        self.per_pool(e, ("seats_quota", "Licenses bought (the pool's quota).", Gauge), |n| n.quota)?;
+        self.per_pool(e, ("machines_registered", "Registered machine IDs.", Gauge), |n| n.machines)?;
+        self.per_pool(e, ("queue_waiting", "Runners waiting in the pool's queue.", Gauge), |n| n.waiting)?;
+        let admitted = "Sessions admitted since the pool was created (survives restarts).";
+        self.per_pool(e, ("admissions", admitted, Counter), |n| n.admitted)?;
+        self.denials(e)?;
+        self.session_ends(e)?;
+        let help = "Seat-seconds held by sessions since the pool was created (survives restarts): its rate over the quota is utilization.";
+        let mut seat = e.encode_descriptor("seat_seconds", help, None, Counter)?;
+        for ((org, pool), n) in &self.pools {
+            let labels = [("org", org.as_str()), ("pool", pool.as_str())];
+            ConstCounter::new(n.seat_ms as f64 / 1000.0).encode(seat.encode_family(&labels)?)?;
+        }
+        self.per_pool(e, ("kse_grants", "Licensed users of a KSE pool.", Gauge), |n| n.grants)?;
+        let activations = "Node-locked KSE activations (each holds a seat).";
+        self.per_pool(e, ("kse_activations", activations, Gauge), |n| n.activations)?;
+        self.per_pool(e, ("offline_licenses", "Offline licenses holding a seat.", Gauge), |n| n.offline)?;
+        let help = "When the org's subscription ends (nothing is admitted from then on), Unix seconds.";
+        let mut subs = e.encode_descriptor("subscription_end_timestamp_seconds", help, None, Gauge)?;
+        for (org, end) in &self.subscriptions {
+            ConstGauge::new(*end as i64).encode(subs.encode_family(&[("org", org.as_str())])?)?;
+        }
+        Ok(())
+    }
+
+    /// The broker's own families: folded orgs, connections, failed keys, latencies.
+    fn broker_families(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let folded = "Orgs whose numbers are summed under org=\"_other\" (past the first 100).";
+        one(e, "orgs_folded", folded, self.folded as i64)?;
+        one(e, "connections_open", "QUIC connections open.", self.connections as i64)?;
+        let help = "Hellos refused for an unknown or revoked API key (survives restarts).";
+        ConstCounter::new(self.auth_failures).encode(e.encode_descriptor(
+            "auth_failures",
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+        let help = "Time from the read that brought a request to the write of its answer, by kind of request.";
+        let mut durations = e.encode_descriptor("request_duration_seconds", help, None, MetricType::Histogram)?;
+        for l in &self.latencies {
+            durations.encode_family(&[("op", l.op)])?.encode_histogram::<NoLabels>(l.sum, l.count, &l.buckets, None)?;
+        }
+        Ok(())
     }
 }
 

@@ -32,7 +32,7 @@ use crate::cluster::seat::{Seat, SeatParts};
 use crate::cluster::store::{self as etcd_store, EtcdStore, Fences, Layout};
 use crate::core::OrgName;
 use crate::error::SetupError;
-use crate::server::{self, BootstrapKeys, ClusterSeat, Options};
+use crate::server::{self, BootstrapKeys, ClusterSeat, Options, Running};
 use placer::Placer;
 
 /// How a node joins its cluster.
@@ -240,18 +240,7 @@ impl Node {
             Err(e) => {
                 keeper.abort();
                 self.leave(&validity, &fences);
-                tracing::warn!(node = %self.me.node, "could not start the broker");
-                let _ = self.etcd.revoke(lease.0).await;
-                // etcd trouble (a leader election, a timeout) while loading:
-                // join again after a pause. Anything else (TLS files, a
-                // clock behind the cluster's) will not mend by itself.
-                return match e {
-                    SetupError::Store { .. } => {
-                        tracing::warn!(node = %self.me.node, "{e}; joining again");
-                        Ok(Term::Retry(endpoint))
-                    }
-                    e => Err(e),
-                };
+                return self.failed_start(lease, e, endpoint).await;
             }
         };
         events(Event::Joined(running.bootstrap.clone()));
@@ -262,23 +251,64 @@ impl Node {
                 took(events, placer.adopt(&running, vec![(default, fence)]).await);
             }
         }
+        Ok(match self.place(&running, &mut placer, &mut keeper, stop, events).await {
+            None => {
+                self.leave(&validity, &fences);
+                let endpoint = running.abandon().await;
+                events(Event::Lost);
+                Term::Lost(endpoint)
+            }
+            // Drained while still serving (its last checkpoint is fenced
+            // on its claims), then handed over at once.
+            Some(()) => {
+                running.shutdown().await;
+                self.leave(&validity, &fences);
+                self.revoke(lease).await;
+                Term::Stopped
+            }
+        })
+    }
+
+    /// The broker of this term could not start: the lease is given up.
+    /// etcd trouble (a leader election, a timeout) while loading: join
+    /// again after a pause. Anything else (TLS files, a clock behind the
+    /// cluster's) will not mend by itself.
+    async fn failed_start(
+        &self,
+        lease: NodeLease,
+        e: SetupError,
+        endpoint: quinn::Endpoint,
+    ) -> Result<Term, SetupError> {
+        tracing::warn!(node = %self.me.node, "could not start the broker");
+        let _ = self.etcd.revoke(lease.0).await;
+        match e {
+            SetupError::Store { .. } => {
+                tracing::warn!(node = %self.me.node, "{e}; joining again");
+                Ok(Term::Retry(endpoint))
+            }
+            e => Err(e),
+        }
+    }
+
+    /// Places orgs every `POLL` until the lease is lost (`None`: its
+    /// keeper ended) or the node is told to stop (the keeper is aborted).
+    async fn place(
+        &self,
+        running: &Running,
+        placer: &mut Placer,
+        keeper: &mut tokio::task::JoinHandle<()>,
+        stop: &mut watch::Receiver<bool>,
+        events: &impl Fn(Event),
+    ) -> Option<()> {
         loop {
             tokio::select! {
-                _ = &mut keeper => {
-                    self.leave(&validity, &fences);
-                    let endpoint = running.abandon().await;
-                    events(Event::Lost);
-                    return Ok(Term::Lost(endpoint));
-                }
+                _ = &mut *keeper => return None,
                 _ = stop.changed() => {
                     keeper.abort();
-                    running.shutdown().await;
-                    self.leave(&validity, &fences);
-                    self.revoke(lease).await;
-                    return Ok(Term::Stopped);
+                    return Some(());
                 }
                 _ = tokio::time::sleep(POLL) => {
-                    let (taken, gave) = placer.pass(&running).await;
+                    let (taken, gave) = placer.pass(running).await;
                     took(events, taken);
                     if !gave.is_empty() {
                         events(Event::Gave(gave));

@@ -91,12 +91,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, 
     }
 }
 
-async fn serve(
-    shared: Arc<Shared>,
-    incoming: quinn::Incoming,
-    pass: super::gate::Pass,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn serve(shared: Arc<Shared>, incoming: quinn::Incoming, pass: super::gate::Pass, stop: watch::Receiver<bool>) {
     let _open = OpenGuard(shared.clone());
     let conn = match incoming.await {
         Ok(c) => c,
@@ -105,43 +100,66 @@ async fn serve(
             return;
         }
     };
+    let ctx = opened(&shared, conn);
+    let reason = streams(&shared, &ctx, pass, stop).await;
+    shared.notices.0.remove(&ctx.id);
+    shared.members.remove(&ctx.id);
+    let clean = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0);
+    if clean {
+        let held: Vec<SessionId> = ctx.sessions.lock().drain().collect();
+        shared.ops.close_connection(ctx.id, held);
+    }
+    tracing::debug!(conn = ctx.id.0, clean, "connection closed: {reason}");
+}
+
+/// A connection's state, and its notice queue and task.
+fn opened(shared: &Shared, conn: quinn::Connection) -> Arc<ConnCtx> {
     // Relaxed: uniqueness only.
     let id = ConnId(shared.next_conn.fetch_add(1, Ordering::Relaxed));
-    let ctx = Arc::new(ConnCtx {
+    let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
+    shared.notices.0.insert(id, tx);
+    tokio::spawn(push_notices(conn.clone(), rx));
+    tracing::debug!(conn = id.0, remote = %conn.remote_address(), "connection open");
+    Arc::new(ConnCtx {
         id,
         sessions: Mutex::new(FastSet::default()),
         welcomed: Notify::new(),
         failed_hellos: 0.into(),
         authenticated: false.into(),
         stranger_refusals: 0.into(),
-        conn: conn.clone(),
+        conn,
         waits: 0.into(),
-    });
-    let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
-    shared.notices.0.insert(id, tx);
-    tokio::spawn(push_notices(conn.clone(), rx));
-    tracing::debug!(conn = id.0, remote = %conn.remote_address(), "connection open");
+    })
+}
 
+/// Accepts the connection's request streams until it closes; why it closed.
+async fn streams(
+    shared: &Arc<Shared>,
+    ctx: &Arc<ConnCtx>,
+    pass: super::gate::Pass,
+    mut stop: watch::Receiver<bool>,
+) -> quinn::ConnectionError {
+    let conn = &ctx.conn;
     // A stranger gets `hello_timeout` to authenticate a stream; keep-alives
     // alone do not hold a connection (and its slot) open.
     let welcomed = ctx.welcomed.notified();
     let hello_deadline = tokio::time::sleep(shared.options.hello_timeout);
     tokio::pin!(welcomed, hello_deadline);
     let mut waiting_for_hello = true;
-    let reason = loop {
+    loop {
         tokio::select! {
             accepted = conn.accept_bi() => match accepted {
                 Ok((send, recv)) => {
                     tokio::spawn(stream::serve(shared.clone(), ctx.clone(), send, recv));
                 }
-                Err(e) => break e,
+                Err(e) => return e,
             },
             _ = &mut welcomed, if waiting_for_hello => {
                 waiting_for_hello = false;
                 // Authenticated: no longer a stranger (a dropped pass releases
                 // too), so it gets a member's streams and windows.
                 pass.welcomed();
-                crate::tls::Limits::member(shared.options.max_streams).apply(&conn);
+                crate::tls::Limits::member(shared.options.max_streams).apply(conn);
             }
             // The broker stops serving on this endpoint (a cluster node
             // that lost its claim): the client reconnects elsewhere.
@@ -150,20 +168,12 @@ async fn serve(
             }
             _ = &mut hello_deadline, if waiting_for_hello => {
                 waiting_for_hello = false;
-                tracing::debug!(conn = id.0, remote = %conn.remote_address(), "no Hello in time: closing");
+                tracing::debug!(conn = ctx.id.0, remote = %conn.remote_address(), "no Hello in time: closing");
                 conn.close(quinn::VarInt::from_u32(HELLO_TIMEOUT_CODE), b"no Hello within the deadline");
-                shared.penalize(&ctx);
+                shared.penalize(ctx);
             }
         }
-    };
-    shared.notices.0.remove(&id);
-    shared.members.remove(&id);
-    let clean = matches!(&reason, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == 0);
-    if clean {
-        let held: Vec<SessionId> = ctx.sessions.lock().drain().collect();
-        shared.ops.close_connection(id, held);
     }
-    tracing::debug!(conn = id.0, clean, "connection closed: {reason}");
 }
 
 /// Opens the server's notice stream on the first notice and writes them all.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::options::{BootstrapKeys, Options, CLUSTER_CLOCK_SKEW};
 use super::{tickets, token};
 use crate::clock::Clock;
-use crate::core::{Broker, Change, Config, Email, Record};
+use crate::core::{Broker, Change, Config, Email, Millis, Record};
 use crate::error::SetupError;
 use crate::store::{RedbStore, Store};
 use crate::tls::{self, TlsFiles};
@@ -30,25 +30,14 @@ pub(super) fn open(
         .map_err(SetupError::io(format!("creating data dir {}", options.data_dir.display())))?;
     // Owner-only before anything is written into it, whatever the umask.
     restrict(&options.data_dir, 0o700)?;
-    let store_error = |what| move |source| SetupError::Store { what, source };
     let clustered = cluster.is_some();
-    let skew = if clustered { CLUSTER_CLOCK_SKEW } else { Duration::ZERO };
     let store: Arc<dyn Store> = match cluster {
         Some(store) => store,
         None => {
             Arc::new(RedbStore::open(&options.data_dir.join(STORE_FILE)).map_err(store_error("opening the store"))?)
         }
     };
-    let audit_base = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64 >> 1;
-    let core = Broker::new(Config {
-        lease_ttl: options.lease_ttl,
-        audit_seq_base: audit_base,
-        ceilings: true,
-        restart_grace: options.restart_grace,
-        max_waiters: options.max_waiters,
-        session_id_key: crate::keys::random_u128().map_err(|_| SetupError::Random)?,
-        ..Config::default()
-    });
+    let core = new_core(options)?;
     // (In a cluster, only the broker's own records: each org's are loaded
     // when this node takes it over.)
     let records = store.load().map_err(store_error("loading the store"))?;
@@ -59,30 +48,9 @@ pub(super) fn open(
     // Bootstrap writes every first record in one commit: no key, no bootstrap yet.
     let fresh = may_bootstrap && !records.iter().any(|r| matches!(r, Record::Key { .. }));
     core.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), clock.now());
-    let (now, high_water) = (clock.now(), core.high_water());
-    if now.after(skew) < high_water && !options.allow_clock_rollback {
-        return Err(SetupError::ClockBehind { now, high_water });
-    }
-    // Record this start's time at once: a crash from here on still leaves
-    // a mark. With it, before anything is admitted, the hold of the
-    // previous run's seats, so that a crash during the hold still honours
-    // it; and on a fresh store the first records, in the same commit: if
-    // it fails, the next start is fresh again and shows its own keys (keys
-    // committed but never shown would be lost to everyone).
-    let mut marks = vec![Change::Put(Record::Clock { high_water: now })];
-    if let Some(mut hold) = core.hold_reserves(now) {
-        if hold.seats > 0 {
-            let until = crate::core::format_utc(hold.until);
-            tracing::info!(seats = hold.seats, %until, "holding seats for the previous run's runners to re-attach");
-        }
-        // In a cluster, the longest TTL any node has run with: a node taking
-        // over an org holds its seats for that long (`Broker::adopt_org`),
-        // whichever node admitted its runners.
-        if let (true, Record::Leases { ttl_ms, .. }) = (clustered, &mut hold.record) {
-            *ttl_ms = (*ttl_ms).max(recorded_ttl.unwrap_or(0));
-        }
-        marks.push(Change::Put(hold.record));
-    }
+    let now = clock.now();
+    check_clock(options, &core, now, clustered)?;
+    let mut marks = start_marks(&core, now, clustered.then_some(recorded_ttl.unwrap_or(0)));
     let bootstrap = match fresh {
         true => {
             let (keys, changes) = bootstrap(&core, clock)?;
@@ -99,6 +67,62 @@ pub(super) fn open(
     Ok((store, core, bootstrap))
 }
 
+/// A store failure while opening, saying what was being done.
+fn store_error(what: &'static str) -> impl Fn(crate::store::StoreError) -> SetupError {
+    move |source| SetupError::Store { what, source }
+}
+
+/// A new, empty core with this run's options and secrets.
+fn new_core(options: &Options) -> Result<Broker, SetupError> {
+    let audit_base = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64 >> 1;
+    Ok(Broker::new(Config {
+        lease_ttl: options.lease_ttl,
+        audit_seq_base: audit_base,
+        ceilings: true,
+        restart_grace: options.restart_grace,
+        max_waiters: options.max_waiters,
+        session_id_key: crate::keys::random_u128().map_err(|_| SetupError::Random)?,
+        ..Config::default()
+    }))
+}
+
+/// Refuses to start on a clock behind the latest time a previous run
+/// recorded (a cluster node allows `CLUSTER_CLOCK_SKEW`: the run before was
+/// most likely another node's), unless the operator has checked it.
+fn check_clock(options: &Options, core: &Broker, now: Millis, clustered: bool) -> Result<(), SetupError> {
+    let skew = if clustered { CLUSTER_CLOCK_SKEW } else { Duration::ZERO };
+    let high_water = core.high_water();
+    match now.after(skew) < high_water && !options.allow_clock_rollback {
+        true => Err(SetupError::ClockBehind { now, high_water }),
+        false => Ok(()),
+    }
+}
+
+/// This start's marks. Its time, at once: a crash from here on still
+/// leaves a mark. With it, before anything is admitted, the hold of the
+/// previous run's seats, so that a crash during the hold still honours
+/// it; a fresh store's first records join them in the same commit: if it
+/// fails, the next start is fresh again and shows its own keys (keys
+/// committed but never shown would be lost to everyone). `cluster_ttl`:
+/// in a cluster, the longest TTL recorded by any node.
+fn start_marks(core: &Broker, now: Millis, cluster_ttl: Option<u64>) -> Vec<Change> {
+    let mut marks = vec![Change::Put(Record::Clock { high_water: now })];
+    if let Some(mut hold) = core.hold_reserves(now) {
+        if hold.seats > 0 {
+            let until = crate::core::format_utc(hold.until);
+            tracing::info!(seats = hold.seats, %until, "holding seats for the previous run's runners to re-attach");
+        }
+        // In a cluster, the longest TTL any node has run with: a node taking
+        // over an org holds its seats for that long (`Broker::adopt_org`),
+        // whichever node admitted its runners.
+        if let (Some(recorded), Record::Leases { ttl_ms, .. }) = (cluster_ttl, &mut hold.record) {
+            *ttl_ms = (*ttl_ms).max(recorded);
+        }
+        marks.push(Change::Put(hold.record));
+    }
+    marks
+}
+
 /// Mints a new operator key straight into a data dir, for an operator who
 /// lost theirs: whoever can read and write the data dir owns the broker
 /// anyway. Refused while a broker has the store open (its file is locked).
@@ -108,10 +132,10 @@ pub fn mint_operator_key(data_dir: &std::path::Path) -> Result<String, SetupErro
         let source = std::io::Error::new(std::io::ErrorKind::NotFound, "no broker store here");
         return Err(SetupError::Io { what: format!("opening {}", path.display()), source });
     }
-    let store = RedbStore::open(&path).map_err(|source| SetupError::Store { what: "opening the store", source })?;
+    let store = RedbStore::open(&path).map_err(store_error("opening the store"))?;
     let (key, hash) = crate::keys::generate().map_err(|_| SetupError::Random)?;
     let change = Broker::new(Config::default()).plan_operator_key(hash, Clock::new().now());
-    store.commit(&[change]).map_err(|source| SetupError::Store { what: "writing the key", source })?;
+    store.commit(&[change]).map_err(store_error("writing the key"))?;
     Ok(key)
 }
 

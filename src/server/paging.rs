@@ -36,69 +36,23 @@ const ITEM_BUDGET: usize = MAX_FRAME - 1024;
 /// encodes in fewer than 16 bytes, so more than this never fits a frame.
 pub const LEGACY_MAX: usize = MAX_FRAME / 16;
 
+/// A page's items and the cursor of the next one.
+type Page = Result<(PageItems, Option<Cursor>), WireError>;
+
 /// One page of `of`, after `after`, of at most `limit` items.
 pub(super) async fn list_page(call: &Call<'_>, of: ListOf, after: Option<Cursor>, limit: u32) -> Reply {
-    let (core, p) = (call.shared.ops.core(), call.p);
     let limit = match limit as usize {
         0 => MAX_PAGE,
         n => n.min(MAX_PAGE),
     };
     let after = after.as_ref();
     let (items, next) = match of {
-        ListOf::Status { org } => {
-            let pools: Vec<PoolState> = core
-                .status(p, org.as_ref())?
-                .into_iter()
-                .map(|s| PoolState { waiting: s.waiting, status: s.into() })
-                .collect();
-            let (v, next) = sorted(pools, |s| (s.status.org.clone(), s.status.pool), after, limit)?;
-            (PageItems::Pools(v), next)
-        }
-        ListOf::Sessions { org } => {
-            let from = after.map(open::<SessionId>).transpose()?;
-            let (found, more) = core.sessions_page(p, &org, from, limit)?;
-            let views = found.into_iter().map(|s| SessionView { labels: s.labels.clone(), info: s.into() });
-            let (v, next) = cut(views, more, limit, |s: &SessionView| s.info.session)?;
-            (PageItems::Sessions(v), next)
-        }
-        ListOf::Machines { org } => {
-            let (v, next) =
-                sorted(list(core.machines(p, &org)?), |m: &MachineInfo| (m.pool, m.machine.clone()), after, limit)?;
-            (PageItems::Machines(v), next)
-        }
-        ListOf::Users { org } => {
-            let (v, next) = sorted(list(core.users(p, &org)?), |u: &UserInfo| u.email.clone(), after, limit)?;
-            (PageItems::Users(v), next)
-        }
-        ListOf::Keys { org } => {
-            let (v, next) = sorted(list(core.keys(p, &org)?), |k: &KeyInfo| (k.created, k.id.clone()), after, limit)?;
-            (PageItems::Keys(v), next)
-        }
-        ListOf::Grants { org, pool } => {
-            let (v, next) =
-                sorted(list(core.grants(p, &org, pool)?), |g: &GrantInfo| (g.pool, g.email.clone()), after, limit)?;
-            (PageItems::Grants(v), next)
-        }
-        ListOf::Offline { org } => {
-            let all = list(core.offline_licenses(p, &org)?);
-            let (v, next) = sorted(all, |o: &OfflineInfo| (o.pool, o.id.clone()), after, limit)?;
-            (PageItems::Offline(v), next)
-        }
+        ListOf::Sessions { org } => sessions(call, &org, after, limit)?,
         ListOf::Audit { org } => {
             let from = after.map(open::<(Millis, u64)>).transpose()?;
             let (found, more) = audit(call, org, from, limit).await?;
             let (v, next) = cut(found.into_iter(), more, limit, |e: &AuditEntry| (e.at, e.seq))?;
             (PageItems::Audit(v), next)
-        }
-        ListOf::Orgs => {
-            let (v, next) = sorted(list(core.orgs(p)?), |o: &OrgInfo| o.name.clone(), after, limit)?;
-            (PageItems::Orgs(v), next)
-        }
-        ListOf::UserLimits { org, pool } => {
-            let caps = core.user_limits(p, &org, pool)?;
-            let caps = caps.into_iter().map(|(email, max, sessions)| UserLimitInfo { email, max, sessions }).collect();
-            let (v, next) = sorted(caps, |c| c.email.clone(), after, limit)?;
-            (PageItems::UserLimits(v), next)
         }
         ListOf::Usage { org, pool, from_ms, to_ms, step_ms } => {
             let points = super::reports::usage(call, org, pool, (from_ms, to_ms), step_ms).await?;
@@ -111,8 +65,66 @@ pub(super) async fn list_page(call: &Call<'_>, of: ListOf, after: Option<Cursor>
             let (v, next) = cut(found.into_iter(), more, limit, |e: &EndedSession| (e.end_ms, e.session.0))?;
             (PageItems::Ended(v), next)
         }
+        of => directory(call, of, after, limit)?,
     };
     Ok(Resp::Page { items, next })
+}
+
+/// Live sessions, walked from the cursor in the session table's order.
+fn sessions(call: &Call<'_>, org: &crate::core::OrgName, after: Option<&Cursor>, limit: usize) -> Page {
+    let from = after.map(open::<SessionId>).transpose()?;
+    let (found, more) = call.shared.ops.core().sessions_page(call.p, org, from, limit)?;
+    let views = found.into_iter().map(|s| SessionView { labels: s.labels.clone(), info: s.into() });
+    let (v, next) = cut(views, more, limit, |s: &SessionView| s.info.session)?;
+    Ok((PageItems::Sessions(v), next))
+}
+
+/// A page of one of the directory's lists, in memory.
+fn directory(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) -> Page {
+    let (core, p) = (call.shared.ops.core(), call.p);
+    Ok(match of {
+        ListOf::Status { org } => {
+            let pools = core.status(p, org.as_ref())?;
+            let pools = pools.into_iter().map(|s| PoolState { waiting: s.waiting, status: s.into() }).collect();
+            let (v, next) = sorted(pools, |s: &PoolState| (s.status.org.clone(), s.status.pool), after, limit)?;
+            (PageItems::Pools(v), next)
+        }
+        ListOf::Machines { org } => {
+            let all = list(core.machines(p, &org)?);
+            let (v, next) = sorted(all, |m: &MachineInfo| (m.pool, m.machine.clone()), after, limit)?;
+            (PageItems::Machines(v), next)
+        }
+        ListOf::Users { org } => {
+            let (v, next) = sorted(list(core.users(p, &org)?), |u: &UserInfo| u.email.clone(), after, limit)?;
+            (PageItems::Users(v), next)
+        }
+        ListOf::Keys { org } => {
+            let (v, next) = sorted(list(core.keys(p, &org)?), |k: &KeyInfo| (k.created, k.id.clone()), after, limit)?;
+            (PageItems::Keys(v), next)
+        }
+        ListOf::Grants { org, pool } => {
+            let all = list(core.grants(p, &org, pool)?);
+            let (v, next) = sorted(all, |g: &GrantInfo| (g.pool, g.email.clone()), after, limit)?;
+            (PageItems::Grants(v), next)
+        }
+        ListOf::Offline { org } => {
+            let all = list(core.offline_licenses(p, &org)?);
+            let (v, next) = sorted(all, |o: &OfflineInfo| (o.pool, o.id.clone()), after, limit)?;
+            (PageItems::Offline(v), next)
+        }
+        ListOf::Orgs => {
+            let (v, next) = sorted(list(core.orgs(p)?), |o: &OrgInfo| o.name.clone(), after, limit)?;
+            (PageItems::Orgs(v), next)
+        }
+        ListOf::UserLimits { org, pool } => {
+            let caps = core.user_limits(p, &org, pool)?;
+            let caps = caps.into_iter().map(|(email, max, sessions)| UserLimitInfo { email, max, sessions }).collect();
+            let (v, next) = sorted(caps, |c: &UserLimitInfo| c.email.clone(), after, limit)?;
+            (PageItems::UserLimits(v), next)
+        }
+        // The lists above are all the directory's; the others are paged by `list_page`.
+        other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a directory list"))),
+    })
 }
 
 /// Reads up to `limit` audit entries after `after` (off the async threads),

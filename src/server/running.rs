@@ -80,20 +80,31 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     let history = open_history(&options);
     let (closed_tx, closed) = oneshot::channel();
     let notices = Arc::new(Notices::default());
-    let ops = Arc::new(Operations::new(Parts {
+    let ops = Operations::new(Parts {
         core: Arc::new(core),
         store,
         clock,
         signing: crate::offline::SigningKey::load_or_generate(&options.data_dir.join(datadir::SIGNING_KEY_FILE))?,
         history: history.clone(),
-        cluster: cluster.clone(),
+        cluster,
         holders: notices.clone(),
         closed: closed_tx,
-    }));
+    });
+    let shared = Arc::new(door(options, Arc::new(ops), notices)?);
+    let (stop, tasks, http_addr) = (watch::channel(false).0, Vec::new(), None);
+    let mut running =
+        Running { addr, http_addr, shared, closed, endpoint, stop, tasks, history_task: None, bootstrap, cert_path };
+    running.spawn(history, http)?;
+    tracing::info!(%addr, lease_ttl = ?running.shared.options.lease_ttl, "broker listening");
+    Ok(running)
+}
+
+/// The QUIC door's state over `ops`.
+fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>) -> Result<Shared, SetupError> {
     let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
     let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
     datadir::restrict_tree(&options.data_dir)?;
-    let shared = Arc::new(Shared {
+    Ok(Shared {
         ops,
         notices,
         next_conn: 1.into(),
@@ -106,22 +117,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         gate: Arc::new(gate::Gate::new(options.strangers)),
         members: DashMap::new(),
         options,
-    });
-    let mut running = Running {
-        addr,
-        http_addr: None,
-        shared,
-        closed,
-        endpoint,
-        stop: watch::channel(false).0,
-        tasks: Vec::new(),
-        history_task: None,
-        bootstrap,
-        cert_path,
-    };
-    running.spawn(history, http)?;
-    tracing::info!(%addr, lease_ttl = ?running.shared.options.lease_ttl, "broker listening");
-    Ok(running)
+    })
 }
 
 /// The QUIC endpoint with the broker's TLS (the given files, or the data

@@ -308,23 +308,7 @@ impl SessionTable {
                 return Err(Error::UserLimit { max: c.limit });
             }
         }
-        // A held seat is already counted in the pool's seats; the session
-        // takes it over (and returns it when it ends, as any other).
-        let seat = match seat {
-            SeatFrom::Free => shard.admit(pool, now, true),
-            SeatFrom::FreeOrQueue => shard.admit(pool, now, false),
-            SeatFrom::HeldFirst if pool.take_reserved() => {
-                shard.adopt(pool, now);
-                Ok(())
-            }
-            SeatFrom::HeldFirst => shard.admit(pool, now, true),
-            SeatFrom::Nowhere => Err(Error::SessionExpired),
-            SeatFrom::Granted(grant) => {
-                grant.consume();
-                shard.admit_granted(pool, now);
-                Ok(())
-            }
-        };
+        let seat = Self::take_seat(&mut shard, pool, now, seat);
         if let Err(e) = seat {
             if let Some(cap) = &req.cap {
                 cap.release(1);
@@ -347,6 +331,28 @@ impl SessionTable {
         let id = shard.insert(live).expect("shard has a free slot");
         self.publish(index, &shard);
         Ok(Lease { session: id, deadline, reattached: false })
+    }
+
+    /// Takes a new session's seat from where `seat` says. A held seat is
+    /// already counted in the pool's seats; the session takes it over (and
+    /// returns it when it ends, as any other).
+    #[inline]
+    fn take_seat(shard: &mut Shard, pool: &Arc<Pool>, now: Millis, seat: SeatFrom) -> Result<()> {
+        match seat {
+            SeatFrom::Free => shard.admit(pool, now, true),
+            SeatFrom::FreeOrQueue => shard.admit(pool, now, false),
+            SeatFrom::HeldFirst if pool.take_reserved() => {
+                shard.adopt(pool, now);
+                Ok(())
+            }
+            SeatFrom::HeldFirst => shard.admit(pool, now, true),
+            SeatFrom::Nowhere => Err(Error::SessionExpired),
+            SeatFrom::Granted(grant) => {
+                grant.consume();
+                shard.admit_granted(pool, now);
+                Ok(())
+            }
+        }
     }
 
     /// Extends a live session's lease to `now + ttl`. `allow` vets the caller

@@ -200,7 +200,6 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
     let status = core.status(p, Some(org))?;
     let (range, span, step) = RANGES.iter().find(|r| r.0 == range).copied().unwrap_or(RANGES[1]);
     let (from, to) = (Millis(now.0.saturating_sub(span)), now);
-    let history = web.ops.history();
     let subscription_ends = core
         .census()
         .1
@@ -208,80 +207,9 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
         .find(|(o, _)| o == org)
         .map(|(_, end)| crate::core::format_end_date(end))
         .unwrap_or_default();
-    let mut pools = Vec::new();
-    for s in &status {
-        let kre = s.pool.product == crate::core::Product::Kre;
-        let mut pv = PoolView {
-            pool: s.pool.to_string(),
-            kre,
-            quota: s.quota,
-            in_use: s.in_use,
-            machines: s.machines,
-            waiting: s.waiting,
-            grants: s.grants,
-            activations: s.activations,
-            offline: s.offline,
-            series: None,
-            heat: [[None; 24]; 7],
-            levels: Vec::new(),
-            what_if: Vec::new(),
-        };
-        if let Some(h) = history {
-            let read = |step: u64, (from, to): (Millis, Millis)| {
-                report::usage(core, Some(h), p, org, Some(s.pool), (from, to), step)
-                    .and_then(|ask| ask.read(h))
-                    .ok()
-                    .and_then(|mut v| v.pop())
-            };
-            pv.series = read(step, (from, to));
-            // The heatmap reads hours over the range (at least a week).
-            let heat_from = Millis(now.0.saturating_sub(span.max(7 * 86_400_000)));
-            if let Some(hours) = read(3_600_000, (heat_from, to)) {
-                pv.heat = heat(&hours, s.quota);
-            }
-            // Time at level: by minute while that is few enough points, else by hour.
-            let level_step = if span / MINUTE_MS <= report::MAX_POINTS { MINUTE_MS } else { 3_600_000 };
-            if let Some(fine) = read(level_step, (from, to)) {
-                pv.levels = levels(&fine, span, level_step);
-            }
-            if kre {
-                let seats = s.quota.saturating_sub(2)..=s.quota + 2;
-                let replay_from = Millis(now.0.saturating_sub(span.min(30 * 86_400_000)));
-                if let Ok(w) =
-                    report::what_if(core, Some(h), p, (org, s.pool), (replay_from, to), seats).and_then(|a| a.read(h))
-                {
-                    pv.what_if = w.outcomes;
-                }
-            }
-        }
-        pools.push(pv);
-    }
-    let ttl = core.lease_ttl().as_millis() as u64;
-    let live = core.sessions(p, org).ok().map(|v| {
-        v.into_iter()
-            .map(|s| LiveView {
-                session: s.session.to_string(),
-                pool: s.pool.to_string(),
-                user: s.user.to_string(),
-                machine: s.machine.to_string(),
-                started: s.started,
-                heartbeat: Millis(s.deadline.0.saturating_sub(ttl)),
-                job: s.labels.to_string(),
-            })
-            .collect::<Vec<_>>()
-    });
+    let ask = Ask { web, p, org, span, step, now };
+    let pools = status.iter().map(|s| ask.pool(s)).collect();
     let admin = p.require_admin(org).is_ok();
-    let licensed = core.grants(p, org, None).ok().map(|grants| {
-        let last = last_use(web, p, org, now);
-        grants
-            .into_iter()
-            .filter(|g| g.pool.product == crate::core::Product::Kse)
-            .map(|g| {
-                let seen = last.get(g.email.as_str()).copied();
-                (g.pool.to_string(), g.email.to_string(), g.granted, g.machine.map(|m| m.to_string()), seen)
-            })
-            .collect()
-    });
     let offline = core.offline_licenses(p, org).ok().map(|v| {
         v.into_iter().map(|o| (o.pool.to_string(), o.id, o.machine.to_string(), o.last_day, o.active)).collect()
     });
@@ -299,14 +227,120 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
         who: who(p),
         range: (range, from, to),
         pools,
-        live,
+        live: ask.live(),
         kill_token: admin.then(String::new),
-        licensed,
+        licensed: ask.licensed(),
         offline,
         machines,
         audit,
         flash: None,
     })
+}
+
+/// One org page's question: who asks about which org, over which span.
+struct Ask<'a> {
+    web: &'a Web,
+    p: &'a Principal,
+    org: &'a OrgName,
+    /// The range's length and its chart's step (ms).
+    span: u64,
+    step: u64,
+    now: Millis,
+}
+
+impl Ask<'_> {
+    /// A pool's numbers and, with the history on, its charts.
+    fn pool(&self, s: &crate::core::PoolStatus) -> PoolView {
+        let kre = s.pool.product == crate::core::Product::Kre;
+        let mut pv = PoolView {
+            pool: s.pool.to_string(),
+            kre,
+            quota: s.quota,
+            in_use: s.in_use,
+            machines: s.machines,
+            waiting: s.waiting,
+            grants: s.grants,
+            activations: s.activations,
+            offline: s.offline,
+            series: None,
+            heat: [[None; 24]; 7],
+            levels: Vec::new(),
+            what_if: Vec::new(),
+        };
+        if let Some(h) = self.web.ops.history() {
+            self.charts(h, s, &mut pv);
+        }
+        pv
+    }
+
+    /// A pool's charts from the history: its series, the week's heatmap,
+    /// time at each level, and (KRE) the what-if replay.
+    fn charts(&self, h: &crate::history::History, s: &crate::core::PoolStatus, pv: &mut PoolView) {
+        let (core, p, org, span, now) = (self.web.ops.core(), self.p, self.org, self.span, self.now);
+        let (from, to) = (Millis(now.0.saturating_sub(span)), now);
+        let read = |step: u64, (from, to): (Millis, Millis)| {
+            report::usage(core, Some(h), p, org, Some(s.pool), (from, to), step)
+                .and_then(|ask| ask.read(h))
+                .ok()
+                .and_then(|mut v| v.pop())
+        };
+        pv.series = read(self.step, (from, to));
+        // The heatmap reads hours over the range (at least a week).
+        let heat_from = Millis(now.0.saturating_sub(span.max(7 * 86_400_000)));
+        if let Some(hours) = read(3_600_000, (heat_from, to)) {
+            pv.heat = heat(&hours, s.quota);
+        }
+        // Time at level: by minute while that is few enough points, else by hour.
+        let level_step = if span / MINUTE_MS <= report::MAX_POINTS { MINUTE_MS } else { 3_600_000 };
+        if let Some(fine) = read(level_step, (from, to)) {
+            pv.levels = levels(&fine, span, level_step);
+        }
+        if pv.kre {
+            let seats = s.quota.saturating_sub(2)..=s.quota + 2;
+            let replay_from = Millis(now.0.saturating_sub(span.min(30 * 86_400_000)));
+            let replay = report::what_if(core, Some(h), p, (org, s.pool), (replay_from, to), seats);
+            if let Ok(w) = replay.and_then(|a| a.read(h)) {
+                pv.what_if = w.outcomes;
+            }
+        }
+    }
+
+    /// The live sessions, if `p` may list them.
+    fn live(&self) -> Option<Vec<LiveView>> {
+        let core = self.web.ops.core();
+        let ttl = core.lease_ttl().as_millis() as u64;
+        let sessions = core.sessions(self.p, self.org).ok()?;
+        Some(
+            sessions
+                .into_iter()
+                .map(|s| LiveView {
+                    session: s.session.to_string(),
+                    pool: s.pool.to_string(),
+                    user: s.user.to_string(),
+                    machine: s.machine.to_string(),
+                    started: s.started,
+                    heartbeat: Millis(s.deadline.0.saturating_sub(ttl)),
+                    job: s.labels.to_string(),
+                })
+                .collect(),
+        )
+    }
+
+    /// The KSE licensed users with their last use, if `p` may list them.
+    fn licensed(&self) -> Option<Vec<view::Licensed>> {
+        let grants = self.web.ops.core().grants(self.p, self.org, None).ok()?;
+        let last = last_use(self.web, self.p, self.org, self.now);
+        Some(
+            grants
+                .into_iter()
+                .filter(|g| g.pool.product == crate::core::Product::Kse)
+                .map(|g| {
+                    let seen = last.get(g.email.as_str()).copied();
+                    (g.pool.to_string(), g.email.to_string(), g.granted, g.machine.map(|m| m.to_string()), seen)
+                })
+                .collect(),
+        )
+    }
 }
 
 /// Each user's last active use: a live session now, else the end of their
