@@ -1,12 +1,15 @@
 //! The wire protocol: length-delimited frames of postcard-encoded messages.
 //! Pure bytes in, values out: no sockets here. docs/PROTOCOL.md is the
-//! normative description; keep it in step with `message`.
+//! normative description; keep it in step with `request`, `response` and
+//! `token`.
 
 pub mod decode;
 pub mod error;
 pub mod frame;
 pub mod info;
-pub mod message;
+pub mod request;
+pub mod response;
+pub mod token;
 
 pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use error::{ErrorCode, WireError};
@@ -15,7 +18,9 @@ pub use info::{
     AuditAction, AuditEntry, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, NodeInfo, OfflineInfo, OrgInfo,
     PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
 };
-pub use message::*;
+pub use request::*;
+pub use response::*;
+pub use token::*;
 
 /// The protocol version this build speaks (first field of `Hello`).
 /// Version 2 answers `Acquire` with `Leased` and `Renew` with `Extended`,
