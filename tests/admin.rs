@@ -1,14 +1,15 @@
 //! Roles, org isolation, API keys and durability over real QUIC.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{machine, org, start, start_in, POOL};
 use license_broker::client::{Client, ClientError};
 use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
 use license_broker::value::{OrgName, Role, SessionId};
+
+use support::{machine, org, start, start_in, POOL};
 
 fn code(r: Result<Resp, ClientError>) -> Option<ErrorCode> {
     r.err().and_then(|e| e.code())

@@ -5,30 +5,14 @@
 //! The broker's clock is set a few seconds before a minute boundary
 //! (`clock_ahead`), so a minute closes and is harvested within seconds.
 
-mod common;
+mod support;
 
-use std::io::{Read, Write};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{machine, org, start_with, POOL};
 use license_broker::proto::{ErrorCode, ListOf, PageItems};
 
-/// A plain HTTP/1.0 GET: (status code, body).
-fn get(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
-}
-
-async fn fetch(addr: std::net::SocketAddr, path: &str, key: Option<&str>) -> (u16, String) {
-    let (path, key) = (path.to_string(), key.map(str::to_string));
-    tokio::task::spawn_blocking(move || get(addr, &path, key.as_deref())).await.unwrap()
-}
+use support::http::{fetch, request};
+use support::{machine, org, start_with, POOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_events_become_minutes_sessions_and_replays() {
@@ -136,17 +120,6 @@ async fn lease_events_become_minutes_sessions_and_replays() {
         .await;
     let e = r.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
-}
-
-/// A raw HTTP/1.0 request: (status code, head, body).
-fn request(addr: std::net::SocketAddr, head: &str, body: &str) -> (u16, String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "{head}\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (h, b) = out.split_once("\r\n\r\n").unwrap();
-    (h.split_whitespace().nth(1).unwrap().parse().unwrap(), h.to_string(), b.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,16 +1,17 @@
 //! KSE grants and activations, offline licenses and the audit trail, over
 //! real QUIC on 127.0.0.1.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{machine, org, start, TestBroker};
 use license_broker::client::Client;
 use license_broker::proto::Notice;
 use license_broker::proto::{AuditAction, EndReason, ErrorCode};
 use license_broker::value::{format_end_date, Millis, OrgName, PoolId, Role};
+
+use support::{machine, org, start, TestBroker};
 
 const DAY: u64 = 86_400_000;
 
@@ -139,7 +140,7 @@ async fn node_locked_license_binds_one_machine_until_an_admin_frees_it() {
     users[0].activate(&org(), nl, &machine("a-2"), 4).await.unwrap();
     // KRE runners do not activate.
     assert_eq!(
-        code(users[0].activate(&org(), common::POOL, &machine("a-2"), 5).await),
+        code(users[0].activate(&org(), support::POOL, &machine("a-2"), 5).await),
         Some(ErrorCode::InvalidArgument)
     );
 }
@@ -261,7 +262,7 @@ async fn the_audit_trail_records_who_did_what_and_survives_restart() {
     let (operator, owner_key) = (b.operator.clone(), b.owner.clone());
     b.stop().await;
     let dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
-    let mut b2 = common::start_in(dir, Duration::from_secs(30)).await;
+    let mut b2 = support::start_in(dir, Duration::from_secs(30)).await;
     b2.operator = operator;
     b2.owner = owner_key;
     let owner = b2.owner().await;

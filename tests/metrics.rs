@@ -2,26 +2,15 @@
 //! format with the numbers `status` shows, a bearer token when configured,
 //! `/healthz`.
 
-mod common;
+mod support;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::time::Duration;
 
-use common::{machine, org, start_with, POOL};
 use license_broker::proto::ErrorCode;
 
-/// A plain HTTP/1.0 GET: (status code, body).
-fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    let code = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (code, body.to_string())
-}
+use support::http::get;
+use support::{machine, org, start_with, POOL};
 
 /// The value of the sample `name{labels}` in an exposition.
 fn sample(body: &str, series: &str) -> Option<f64> {

@@ -3,15 +3,16 @@
 //! refuse the rest with `RESPONSE_TOO_LARGE`, and paging gives each item
 //! exactly once, over real QUIC.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{machine, org, start, POOL};
 use license_broker::client::Client;
 use license_broker::proto::{Cursor, ErrorCode, ListOf, PageItems, Req, Resp};
 use license_broker::value::{Nonce, PoolId, Role, SessionId};
+
+use support::{machine, org, start, POOL};
 
 /// Every page of `of` at `limit` items a page: their items, and how many pages.
 async fn pages(c: &Client, of: ListOf, limit: u32) -> (Vec<PageItems>, usize) {

@@ -1,13 +1,14 @@
 //! The wait queue over real QUIC on 127.0.0.1: first come first admitted,
 //! positions, no overtaking, timeouts, and waiters that go away.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{machine, org, start, POOL};
 use license_broker::proto::{ErrorCode, Notice};
+
+use support::{machine, org, start, POOL};
 
 const LONG: Duration = Duration::from_secs(60);
 

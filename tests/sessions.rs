@@ -1,14 +1,15 @@
 //! Session rules over real QUIC on 127.0.0.1: quota, machine cap, expiry,
 //! idempotent acquire, end reasons.
 
-mod common;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{machine, org, start, POOL};
 use license_broker::proto::Notice;
 use license_broker::proto::{EndReason, ErrorCode};
+
+use support::{machine, org, start, POOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_quota_admitted_under_concurrent_acquires() {

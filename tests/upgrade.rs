@@ -10,12 +10,13 @@
 //! The dir's TLS certificate and key were made by rcgen 0.13 (this build
 //! has 0.14): connecting to the broker over them checks those too.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{org, start_in};
 use license_broker::value::PoolId;
+
+use support::{org, start_in};
 
 fn fixture_keys() -> (String, String, String) {
     let text = include_str!("fixtures/redb2-data-dir.keys");

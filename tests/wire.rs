@@ -1,15 +1,16 @@
 //! Bad input on the wire: malformed, oversized and out-of-order frames and a
 //! wrong protocol version each get a typed error; the server survives.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
-use common::{start, start_with, TestBroker};
 use license_broker::proto::ErrorCode;
 use license_broker::proto::{
     encode, ClientFrame, FrameBuf, Hello, Outcome, Req, Request, ServerFrame, MAX_FRAME, VERSION,
 };
+
+use support::{start, start_with, TestBroker};
 
 struct Raw {
     send: quinn::SendStream,
@@ -421,7 +422,7 @@ async fn a_client_that_never_reads_its_answers_is_closed_at_the_write_deadline()
     let owner = b.owner().await;
     for i in 0..100 {
         owner
-            .add_user(&common::org(), &format!("member-{i:03}@default"), license_broker::value::Role::User)
+            .add_user(&support::org(), &format!("member-{i:03}@default"), license_broker::value::Role::User)
             .await
             .unwrap();
     }
@@ -431,7 +432,7 @@ async fn a_client_that_never_reads_its_answers_is_closed_at_the_write_deadline()
     r.hello(&b.owner, VERSION).await;
     let mut buf = Vec::new();
     for id in 0..2000 {
-        encode(&ClientFrame::Request(Request { id, body: Req::ListUsers { org: common::org() } }), &mut buf);
+        encode(&ClientFrame::Request(Request { id, body: Req::ListUsers { org: support::org() } }), &mut buf);
     }
     r.send_bytes(&buf).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), r._conn.closed()).await.expect("closed");

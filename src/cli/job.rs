@@ -14,9 +14,6 @@ pub struct Job {
     child: Child,
 }
 
-/// Exit code of a runner whose job could not be started (as a shell's).
-pub const EXIT_NOT_STARTED: u8 = 127;
-
 impl Job {
     /// Starts `argv` with `env` added to the runner's environment.
     pub fn spawn(argv: &[String], env: &[(&str, String)]) -> Result<Job> {

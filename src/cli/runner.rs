@@ -18,8 +18,9 @@ use license_broker::proto::{ErrorCode, Notice};
 use license_broker::value::{Labels, MachineId, OrgName, PoolId};
 use serde_json::json;
 
-use super::job::{self, Job, EXIT_NOT_STARTED};
-use super::{exit_code_for, ConnArgs, EXIT_LEASE_LOST};
+use super::args::ConnArgs;
+use super::exit::{exit_code_for, EXIT_LEASE_LOST, EXIT_NOT_STARTED};
+use super::job::{self, Job};
 
 #[derive(clap::Args, Debug)]
 pub struct RunnerArgs {

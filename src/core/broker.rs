@@ -28,7 +28,7 @@ pub struct Config {
     /// picks it at random so that entries written in the same millisecond
     /// by two runs of the broker never share a key.
     pub audit_seq_base: u64,
-    /// Whether pools keep a durable session ceiling (see `pool::Bounds`),
+    /// Whether pools keep a durable session ceiling (see `pool::limit::Bounds`),
     /// so that a restart knows how many seats runners may still believe
     /// they hold. The shell turns it on; without it (the core's own tests)
     /// admission is bounded by the quota alone and `CeilingReached` never

@@ -24,6 +24,7 @@ pub mod queue;
 pub mod record;
 pub mod seats;
 pub mod session;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod usage;
 

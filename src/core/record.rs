@@ -124,7 +124,7 @@ pub enum Record {
         rejected: u64,
     },
     /// A pool's durable session ceiling: at no instant do its sessions hold
-    /// more seats than the last value written (see `pool::Bounds`).
+    /// more seats than the last value written (see `pool::limit::Bounds`).
     Ceiling {
         /// The org.
         org: OrgName,

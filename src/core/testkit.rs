@@ -6,7 +6,8 @@
 //! One fixture for the core's unit tests, the model-based test, the loom
 //! models and the benchmarks, so they all exercise the broker the same way.
 //! Test support only: its calls panic on a refusal the caller did not expect
-//! (`expect` with the step that failed).
+//! (`expect` with the step that failed). Compiled for the crate's own unit
+//! tests and behind the `testkit` feature (off by default) for the others.
 
 use std::convert::Infallible;
 use std::time::Duration;

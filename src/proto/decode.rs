@@ -8,7 +8,7 @@ use std::fmt;
 use serde::de::DeserializeOwned;
 
 use super::frame::{FrameBuf, FrameError};
-use super::message::ClientFrame;
+use super::request::ClientFrame;
 
 /// Why bytes could not be read as a message.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,12 +1,15 @@
 //! The wire protocol: length-delimited frames of postcard-encoded messages.
 //! Pure bytes in, values out: no sockets here. docs/PROTOCOL.md is the
-//! normative description; keep it in step with `message`.
+//! normative description; keep it in step with `request`, `response` and
+//! `token`.
 
 pub mod decode;
 pub mod error;
 pub mod frame;
 pub mod info;
-pub mod message;
+pub mod request;
+pub mod response;
+pub mod token;
 pub mod version;
 
 pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
@@ -16,7 +19,9 @@ pub use info::{
     AuditAction, AuditEntry, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, NodeInfo, OfflineInfo, OrgInfo,
     PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
 };
-pub use message::*;
+pub use request::*;
+pub use response::*;
+pub use token::*;
 pub use version::Version;
 
 /// The protocol version this build speaks (first field of `Hello`).

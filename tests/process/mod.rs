@@ -173,22 +173,3 @@ pub fn cpu_ticks(pid: u32) -> u64 {
     // utime and stime are fields 14 and 15 of the file, 12 and 13 after the name.
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
-
-/// A plain HTTP/1.0 GET to a broker's ops endpoint: (status code, body).
-pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    http_get_as(addr, path, None)
-}
-
-/// `http_get` with `Authorization: Bearer KEY` when a key is given.
-#[allow(dead_code)]
-pub fn http_get_as(addr: &str, path: &str, key: Option<&str>) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = key.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{auth}\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
-}

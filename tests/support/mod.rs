@@ -1,5 +1,10 @@
-//! A real broker on 127.0.0.1 (port 0) with a temporary data dir, and clients for it.
-#![allow(dead_code)]
+//! What the integration tests share: a real broker on 127.0.0.1 (port 0)
+//! with a temporary data dir, clients for it, and (`http`) the one HTTP
+//! client for its web door. Tests that run the built binary instead find it
+//! in `tests/process`.
+#![allow(dead_code)] // each test crate uses its own subset
+
+pub mod http;
 
 use std::path::PathBuf;
 use std::time::Duration;

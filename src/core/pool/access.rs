@@ -1,0 +1,160 @@
+//! Where and how much a pool may be used: its registered machines (capped
+//! by the quota, durable before they admit) and its per-user caps.
+//!
+//! Both change rarely (by registration or by admins) and are read at
+//! ticket resolution, not per admission, so each sits behind a plain lock.
+//! The epochs here let an admission that raced a removal or a new cap
+//! check again after inserting its session.
+
+use super::Pool;
+use crate::core::error::{Error, Result};
+use crate::core::id::{Email, MachineId};
+use crate::core::seats::{SeatCount, Seats};
+use crate::core::time::Millis;
+use crate::sync::{Arc, Ordering};
+
+/// Whether a machine registration added a machine or found it already there.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Registration {
+    /// The machine was already registered; nothing changed.
+    Known,
+    /// The machine took a new slot; its pending change persists it, or gives the slot back if the commit fails.
+    New,
+}
+
+/// A machine registration: it counts toward the cap from the moment it is
+/// planned, but admits sessions only once its record is durable, so nobody
+/// runs on a registration a crash could still lose.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Machine {
+    registered: Millis,
+    committed: bool,
+}
+
+impl Pool {
+    /// Plans a machine's registration unless the pool's machine count is at
+    /// its quota: the machine takes its slot now, and admits sessions once
+    /// `restore_machine` applies its committed record. Re-registering a known
+    /// machine is idempotent and always allowed.
+    pub fn register_machine(&self, machine: &MachineId, now: Millis) -> Result<Registration> {
+        let mut machines = self.machines.lock();
+        // A pending registration of the same machine is in flight under the
+        // shell's writer lock; reporting it as known takes no second slot.
+        if machines.contains_key(machine) {
+            return Ok(Registration::Known);
+        }
+        let quota = self.quota();
+        if quota == 0 {
+            // No licenses at all: say so, rather than "machine limit".
+            return Err(Error::QuotaExceeded { quota });
+        }
+        if machines.len() >= quota as usize {
+            return Err(Error::MachineLimit { quota });
+        }
+        machines.insert(machine.clone(), Machine { registered: now, committed: false });
+        Ok(Registration::New)
+    }
+
+    /// Removes a machine registration; returns whether it was there.
+    pub fn forget_machine(&self, machine: &MachineId) -> bool {
+        let removed = self.machines.lock().remove(machine).is_some();
+        if removed {
+            // Release: pairs with the Acquire in `machine_epoch`; the mutexes
+            // around the machine set and the session shards already order the
+            // removal, the sweep and a racing acquire (see Broker::admit).
+            self.removals.fetch_add(1, Ordering::Release);
+        }
+        removed
+    }
+
+    /// `email`'s cap in this pool, if one was ever set.
+    pub fn cap_of(&self, email: &Email) -> Option<Arc<Seats>> {
+        self.caps.lock().get(email).cloned()
+    }
+
+    /// How many caps were created (see `cap_epoch`).
+    pub fn cap_epoch(&self) -> u64 {
+        // Acquire: pairs with the AcqRel in `set_cap`.
+        self.cap_epoch.load(Ordering::Acquire)
+    }
+
+    /// Sets `email`'s cap to `max` (`None`: unlimited). Returns the cap if
+    /// it is new, for the caller to count the user's live sessions into it.
+    /// Lowering a cap ends nothing: like a lowered quota, no new session is
+    /// admitted until the user is below it.
+    pub fn set_cap(&self, email: &Email, max: Option<u32>) -> Option<Arc<Seats>> {
+        let limit = max.unwrap_or(u32::MAX);
+        let mut caps = self.caps.lock();
+        if let Some(cap) = caps.get(email) {
+            let _ = cap.update(|c| Some(SeatCount { limit, ..c }));
+            return None;
+        }
+        let cap = Arc::new(Seats::new(limit));
+        caps.insert(email.clone(), cap.clone());
+        // AcqRel: the new cap is in the map before any reader sees the bump.
+        self.cap_epoch.fetch_add(1, Ordering::AcqRel);
+        Some(cap)
+    }
+
+    /// Every user cap: (user, max, sessions counted).
+    pub fn caps(&self) -> Vec<(Email, u32, u32)> {
+        let mut out: Vec<_> =
+            self.caps.lock().iter().map(|(e, c)| (e.clone(), c.count().limit, c.count().in_use)).collect();
+        out.sort();
+        out
+    }
+
+    /// How many machine removals this pool has seen.
+    pub fn machine_epoch(&self) -> u64 {
+        // Acquire: pairs with the Release in `forget_machine`.
+        self.removals.load(Ordering::Acquire)
+    }
+
+    /// Applies a committed registration (at startup, or after its commit):
+    /// no cap check, the store only ever holds registrations that passed it.
+    pub fn restore_machine(&self, machine: MachineId, registered: Millis) {
+        self.machines.lock().insert(machine, Machine { registered, committed: true });
+    }
+
+    /// Whether the machine is registered durably (and so may run sessions).
+    pub fn has_machine(&self, machine: &MachineId) -> bool {
+        self.machines.lock().get(machine).is_some_and(|m| m.committed)
+    }
+
+    /// Registered machines with their registration times, sorted by id.
+    pub fn machines(&self) -> Vec<(MachineId, Millis)> {
+        let machines = self.machines.lock();
+        let mut v: Vec<_> =
+            machines.iter().filter(|(_, m)| m.committed).map(|(id, m)| (id.clone(), m.registered)).collect();
+        v.sort();
+        v
+    }
+
+    /// How many machines are registered durably (for `status`).
+    pub(super) fn machine_count(&self) -> u32 {
+        self.machines.lock().values().filter(|m| m.committed).count() as u32
+    }
+}
+
+#[cfg(all(test, not(broker_loom)))]
+mod tests {
+    use super::*;
+    use crate::core::id::OrgName;
+    use crate::core::pool::{PoolId, PoolUid};
+
+    fn pool(quota: u32) -> Pool {
+        Pool::new(PoolUid(1), OrgName::new("acme").unwrap(), PoolId::KRE_DEFAULT, quota, Millis::MAX)
+    }
+
+    #[test]
+    fn machines_capped_by_quota_and_idempotent() {
+        let p = pool(2);
+        let m = |s: &str| MachineId::new(s).unwrap();
+        assert_eq!(p.register_machine(&m("a"), Millis(1)), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("a"), Millis(2)), Ok(Registration::Known));
+        assert_eq!(p.register_machine(&m("b"), Millis(3)), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("c"), Millis(4)), Err(Error::MachineLimit { quota: 2 }));
+        assert!(p.forget_machine(&m("a")));
+        assert_eq!(p.register_machine(&m("c"), Millis(5)), Ok(Registration::New));
+    }
+}

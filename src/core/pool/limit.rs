@@ -1,0 +1,205 @@
+//! What a pool's admission limit is computed from, and every change of it:
+//! the quota, the durable session ceiling, the seats durable holders
+//! (activations, offline licenses) take, and the seats held after a
+//! restart for the previous run's sessions.
+//!
+//! Every limit change happens under the bounds lock and recomputes the seat
+//! word's limit in the same step; admissions never take that lock.
+
+use super::Pool;
+use crate::core::error::{Error, Result};
+use crate::core::seats::{SeatCount, MAX_IN_USE};
+use crate::sync::Ordering;
+
+/// The inputs of a pool's admission limit.
+///
+/// Sessions are not durable; the ceiling is. It bounds the seats that
+/// sessions (and seats reserved for the previous run's sessions) may hold,
+/// and the store always holds a ceiling at least as high as the one in
+/// memory: it is raised durably before memory, and lowered in memory
+/// before durably. After a crash the broker therefore knows how many
+/// runners may still believe they hold a seat, without an fsync per lease.
+/// Activations and offline licenses are durable records of their own and
+/// do not count against it.
+pub(super) struct Bounds {
+    /// Licenses bought.
+    quota: u32,
+    /// Most seats sessions may hold (`None`: not enforced, a broker without
+    /// durable ceilings, as in the core's own tests).
+    ceiling: Option<u32>,
+    /// Seats held by activations and offline licenses.
+    durable: u32,
+    /// Lowering passes since the ceiling was last set: a pool is lowered
+    /// only after `QUIET_PASSES` of them, so a busy pool whose use swings
+    /// is not lowered and raised again (a durable write each) every pass.
+    quiet: u32,
+}
+
+/// Lowering passes a ceiling must sit unchanged before it is lowered.
+const QUIET_PASSES: u32 = 3;
+
+impl Bounds {
+    /// A pool's bounds before any ceiling or durable holder: the quota alone.
+    pub(super) fn new(quota: u32) -> Bounds {
+        Bounds { quota, ceiling: None, durable: 0, quiet: 0 }
+    }
+
+    fn limit(&self) -> u32 {
+        match self.ceiling {
+            Some(c) => self.quota.min(c.saturating_add(self.durable)),
+            None => self.quota,
+        }
+    }
+}
+
+/// How far a ceiling moves past the seats sessions hold: a quarter more
+/// (at least one), so a pool filling up to a million seats raises it about
+/// seventy times (each a durable write), and a crash holds back at most a
+/// quarter more seats than were in use.
+fn headroom(sessions: u32) -> u32 {
+    (sessions / 4).max(1)
+}
+
+impl Pool {
+    /// Changes the quota (operator only; checked by the caller).
+    pub fn set_quota(&self, quota: u32) {
+        let mut b = self.bounds.lock();
+        b.quota = quota;
+        self.quota.store(quota, Ordering::Relaxed);
+        self.relimit(&b, 0);
+    }
+
+    /// Recomputes the seat word's limit from `b`, moving `in_use` by `delta`
+    /// in the same step, and lets waiters have any room it made. Callers
+    /// hold the bounds lock.
+    fn relimit(&self, b: &Bounds, delta: i64) {
+        let limit = b.limit();
+        let after = self.seats.update(|c| {
+            let in_use = (i64::from(c.in_use) + delta).clamp(0, i64::from(MAX_IN_USE)) as u32;
+            Some(SeatCount { limit, in_use, ..c })
+        });
+        self.freed(self.seen(after.unwrap_or_else(|c| c)));
+    }
+
+    /// Takes a seat for a durable holder (activation, offline license)
+    /// against the quota alone; `check: false` restores one the store
+    /// already holds (it passed the check when it was made).
+    pub(super) fn take_durable(&self, check: bool) -> Result<()> {
+        let mut b = self.bounds.lock();
+        let quota = b.quota;
+        b.durable += 1;
+        let limit = b.limit();
+        let taken = self.seats.update(|c| {
+            (!check || c.in_use < quota).then(|| SeatCount { limit, in_use: c.in_use.saturating_add(1), ..c })
+        });
+        let taken = taken.map(|c| self.rose(c));
+        if taken.is_err() {
+            b.durable -= 1;
+            return Err(Error::QuotaExceeded { quota });
+        }
+        Ok(())
+    }
+
+    /// Returns a durable holder's seat.
+    pub(super) fn return_durable(&self) {
+        let mut b = self.bounds.lock();
+        b.durable = b.durable.saturating_sub(1);
+        self.relimit(&b, -1);
+    }
+
+    /// Seats sessions hold (reserved ones included), given a reading of the word.
+    fn sessions_in(b: &Bounds, c: SeatCount) -> u32 {
+        c.in_use.saturating_sub(b.durable)
+    }
+
+    /// The ceiling to write before admitting past the current one, or
+    /// `None` when none is needed (another raise got there first, or the
+    /// quota is what binds).
+    pub fn ceiling_wanted(&self) -> Option<u32> {
+        let b = self.bounds.lock();
+        let current = b.ceiling?;
+        let sessions = Self::sessions_in(&b, self.seats.count());
+        if sessions < current || current >= b.quota {
+            return None;
+        }
+        // Relaxed: see `refusal`.
+        let waiting = self.misses.swap(0, Ordering::Relaxed).saturating_add(self.waiting());
+        Some(b.quota.min(sessions.max(current).saturating_add(headroom(sessions).max(waiting))))
+    }
+
+    /// Sets the ceiling from a committed `Ceiling` record (at start, or a
+    /// raise just written). Lowerings set memory in `lower_ceiling` instead.
+    pub fn set_ceiling(&self, ceiling: u32) {
+        let mut b = self.bounds.lock();
+        b.ceiling = Some(ceiling);
+        b.quiet = 0;
+        self.relimit(&b, 0);
+    }
+
+    /// Lowers the ceiling in memory, if it is well above what sessions
+    /// hold, and returns the new value for the caller to write. Memory
+    /// first: from this instant admissions obey the lower value, so the
+    /// durable one (still higher until the write) stays an upper bound.
+    /// `tight` lowers it to exactly the sessions held (a draining broker,
+    /// which admits nothing more, so that its restart holds no spare seat).
+    pub fn lower_ceiling(&self, tight: bool) -> Option<u32> {
+        let mut b = self.bounds.lock();
+        let current = b.ceiling?;
+        b.quiet = b.quiet.saturating_add(1);
+        if !tight && b.quiet < QUIET_PASSES {
+            return None;
+        }
+        let (quota, durable) = (b.quota, b.durable);
+        let mut lowered = None;
+        // Runners waiting: the pool is not quiet, whatever its sessions.
+        // One CAS reads the sessions and sets the limit, so no admission
+        // can slip in between the reading and the new limit.
+        let _ = self.seats.update(|c| {
+            let sessions = c.in_use.saturating_sub(durable);
+            let (target, slack) = match tight {
+                true => (sessions, 0),
+                false => (sessions.saturating_add(headroom(sessions)), headroom(sessions)),
+            };
+            lowered = None;
+            if c.queued || current <= target.saturating_add(slack) {
+                return None;
+            }
+            lowered = Some(target);
+            Some(SeatCount { limit: quota.min(target.saturating_add(durable)), ..c })
+        });
+        if let Some(target) = lowered {
+            b.ceiling = Some(target);
+            b.quiet = 0;
+        }
+        lowered
+    }
+
+    /// After a restart: holds `ceiling` seats (the durable ceiling, or for a
+    /// pool that never had one, every seat not held durably) for the
+    /// previous run's sessions. Returns how many.
+    pub fn hold_reserve(&self) -> u32 {
+        let mut b = self.bounds.lock();
+        let held = b.ceiling.unwrap_or_else(|| b.quota.saturating_sub(b.durable));
+        b.ceiling = Some(held);
+        b.quiet = 0;
+        self.reserve.store(held, Ordering::Release);
+        self.relimit(&b, i64::from(held));
+        held
+    }
+
+    /// Takes one reserved seat for a re-attaching runner; false when none is left.
+    pub fn take_reserved(&self) -> bool {
+        // AcqRel: pairs with `release_reserve`'s swap; exactly one of them gets each seat.
+        self.reserve.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1)).is_ok()
+    }
+
+    /// Ends the hold: seats still reserved go back.
+    pub fn release_reserve(&self) {
+        let n = self.reserve.swap(0, Ordering::AcqRel);
+        if n > 0 {
+            let after = self.seats.release(n);
+            self.seats.extremes.fell(after.in_use);
+            self.freed(after);
+        }
+    }
+}

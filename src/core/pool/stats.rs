@@ -1,0 +1,150 @@
+//! A pool's counters: admissions, refusals by reason, session ends and
+//! seat time of earlier runs (restored from the store), and the `status`
+//! view that adds this run's counts from the session table.
+//!
+//! Only statistics live here; nothing in this file decides an admission.
+
+use super::Pool;
+use crate::core::id::OrgName;
+use crate::core::pool_id::PoolId;
+use crate::core::session::Counts;
+use crate::sync::Ordering;
+
+/// A pool's numbers for `status`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The org that owns the pool.
+    pub org: OrgName,
+    /// Which pool.
+    pub pool: PoolId,
+    /// Licenses bought.
+    pub quota: u32,
+    /// Seats in use: live sessions, node-locked activations and live offline licenses.
+    pub in_use: u32,
+    /// Registered machine IDs.
+    pub machines: u32,
+    /// Sessions admitted since the broker started.
+    pub admitted: u64,
+    /// Acquires refused for quota since the broker started.
+    pub rejected: u64,
+    /// Licensed users (KSE grants).
+    pub grants: u32,
+    /// Node-locked activations (each holds a seat).
+    pub activations: u32,
+    /// Offline licenses holding a seat.
+    pub offline: u32,
+    /// Runners waiting in the pool's queue.
+    pub waiting: u32,
+    /// Sessions ended since the pool was created, by reason (`EndReason::ALL` order).
+    pub ends: [u64; 4],
+    /// Admissions refused for other reasons than the quota since the pool
+    /// was created (`Denial::ALL` order).
+    pub denied: [u64; Denial::ALL.len()],
+}
+
+/// Why an admission (acquire, checkout, activation) was refused, besides
+/// the quota, which the session table counts itself (`rejected`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// The member is at their cap in the pool.
+    UserLimit,
+    /// The pool's queue (or the connection's share of waits) is full.
+    QueueFull,
+    /// No seat came within the wait.
+    QueueTimeout,
+    /// The machine is not registered in the pool.
+    MachineNotRegistered,
+    /// The org's subscription has ended.
+    SubscriptionExpired,
+    /// The member holds no grant for the KSE pool.
+    NotLicensed,
+    /// The member's node-locked license is bound to another machine.
+    AlreadyActivated,
+}
+
+impl Denial {
+    /// Every reason, in the order counts are kept and stored.
+    pub const ALL: [Denial; 7] = [
+        Denial::UserLimit,
+        Denial::QueueFull,
+        Denial::QueueTimeout,
+        Denial::MachineNotRegistered,
+        Denial::SubscriptionExpired,
+        Denial::NotLicensed,
+        Denial::AlreadyActivated,
+    ];
+}
+
+impl Pool {
+    /// Seat-milliseconds held by sessions in earlier runs.
+    pub fn seat_ms_before(&self) -> u64 {
+        // Relaxed: a statistic, restored before anything reads it.
+        self.seat_ms_before.load(Ordering::Relaxed)
+    }
+
+    /// Sets the seat time of earlier runs (a store record; idempotent).
+    pub fn restore_seat_ms(&self, ms: u64) {
+        // Relaxed: see `seat_ms_before`.
+        self.seat_ms_before.store(ms, Ordering::Relaxed);
+    }
+
+    /// Sets the admission counts of earlier runs (a store record; idempotent).
+    pub fn restore_counts(&self, admitted: u64, rejected: u64) {
+        let mut c = self.counted.lock();
+        (c.admitted, c.rejected) = (admitted, rejected);
+    }
+
+    /// Sets the session-end counts of earlier runs (a store record; idempotent).
+    pub fn restore_ends(&self, ends: [u64; 4]) {
+        self.counted.lock().ends = ends;
+    }
+
+    /// Counts an admission refused for `why`.
+    pub fn deny(&self, why: Denial) {
+        self.denied.lock()[why as usize] += 1;
+    }
+
+    /// Runners that joined the pool's wait queue since this run started.
+    pub fn queued(&self) -> u64 {
+        // Relaxed: a statistic.
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Admissions refused for other reasons than the quota, since the pool
+    /// was created (`Denial::ALL` order).
+    pub fn denied(&self) -> [u64; Denial::ALL.len()] {
+        *self.denied.lock()
+    }
+
+    /// Sets the refusal counts of earlier runs (a store record; idempotent).
+    /// Counts of reasons this build does not know are dropped.
+    pub fn restore_denials(&self, by_reason: &[u64]) {
+        let mut d = self.denied.lock();
+        for (slot, n) in d.iter_mut().zip(by_reason) {
+            *slot = *n;
+        }
+    }
+
+    /// The pool's numbers for `status`, with the counts the session table
+    /// keeps for this run.
+    pub fn status(&self, this_run: Counts) -> PoolStatus {
+        let Counts { admitted, rejected, ends } = self.counted.lock().plus(this_run);
+        let in_use = self.in_use();
+        let (grants, activations, offline) = self.licensing_counts();
+        PoolStatus {
+            org: self.org.clone(),
+            pool: self.id,
+            quota: self.quota(),
+            in_use,
+            machines: self.machine_count(),
+            admitted,
+            rejected,
+            grants,
+            activations,
+            offline,
+            waiting: self.waiting(),
+            ends,
+            denied: *self.denied.lock(),
+        }
+    }
+}
