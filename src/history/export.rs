@@ -9,8 +9,7 @@ use crate::core::{format_utc, EndReason, Millis};
 
 /// The names of `Usage::denied`'s slots: the error codes.
 pub fn denial_names() -> Vec<&'static str> {
-    let others = crate::core::Denial::ALL.iter().map(|d| crate::operations::denial_code(*d).name());
-    std::iter::once(crate::proto::ErrorCode::QuotaExceeded.name()).chain(others).collect()
+    crate::proto::ErrorCode::DENIALS.iter().map(|c| c.name()).collect()
 }
 
 fn time(ms: u64) -> String {

@@ -181,9 +181,8 @@ impl Snapshot {
         let help = "Admissions refused since the pool was created, by error code (survives restarts).";
         let mut denials = e.encode_descriptor("denials", help, None, MetricType::Counter)?;
         for ((org, pool), n) in &self.pools {
-            let quota = std::iter::once((crate::proto::ErrorCode::QuotaExceeded, n.rejected));
-            let others = crate::core::Denial::ALL.iter().map(|d| crate::operations::denial_code(*d)).zip(n.denied);
-            for (code, count) in quota.chain(others) {
+            let counts = std::iter::once(n.rejected).chain(n.denied);
+            for (code, count) in crate::proto::ErrorCode::DENIALS.iter().zip(counts) {
                 let labels = [("org", org.as_str()), ("pool", pool.as_str()), ("reason", code.name())];
                 ConstCounter::new(count).encode(denials.encode_family(&labels)?)?;
             }

@@ -304,17 +304,3 @@ pub fn store_failure(e: StoreError) -> WireError {
 fn random_failure(e: crate::keys::RandomUnavailable) -> WireError {
     WireError::new(ErrorCode::Internal, e.to_string())
 }
-
-/// The documented code of a denial (the `reason` label of `lbroker_denials_total`).
-pub fn denial_code(d: crate::core::Denial) -> ErrorCode {
-    use crate::core::Denial;
-    match d {
-        Denial::UserLimit => ErrorCode::UserLimit,
-        Denial::QueueFull => ErrorCode::QueueFull,
-        Denial::QueueTimeout => ErrorCode::QueueTimeout,
-        Denial::MachineNotRegistered => ErrorCode::MachineNotRegistered,
-        Denial::SubscriptionExpired => ErrorCode::SubscriptionExpired,
-        Denial::NotLicensed => ErrorCode::NotLicensed,
-        Denial::AlreadyActivated => ErrorCode::AlreadyActivated,
-    }
-}

@@ -9,6 +9,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::value::Denial;
+
 /// The stable, documented error codes of the protocol.
 ///
 /// Numbers are part of the wire format and never reused.
@@ -106,6 +108,33 @@ impl ErrorCode {
         ErrorCode::UserLimit,
         ErrorCode::NotOwner,
     ];
+
+    /// The codes a pool's refused admissions are counted under, in the
+    /// order their counts are kept: `QUOTA_EXCEEDED` (the seat counter's
+    /// own count) first, then each `Denial` in `Denial::ALL`'s order. The
+    /// one list `/metrics`' `reason` label and the reports' columns use.
+    pub const DENIALS: [ErrorCode; 1 + Denial::ALL.len()] = {
+        let mut codes = [ErrorCode::QuotaExceeded; 1 + Denial::ALL.len()];
+        let mut i = 0;
+        while i < Denial::ALL.len() {
+            codes[i + 1] = ErrorCode::of_denial(Denial::ALL[i]);
+            i += 1;
+        }
+        codes
+    };
+
+    /// The documented code of a refusal counted as `d`.
+    pub const fn of_denial(d: Denial) -> ErrorCode {
+        match d {
+            Denial::UserLimit => ErrorCode::UserLimit,
+            Denial::QueueFull => ErrorCode::QueueFull,
+            Denial::QueueTimeout => ErrorCode::QueueTimeout,
+            Denial::MachineNotRegistered => ErrorCode::MachineNotRegistered,
+            Denial::SubscriptionExpired => ErrorCode::SubscriptionExpired,
+            Denial::NotLicensed => ErrorCode::NotLicensed,
+            Denial::AlreadyActivated => ErrorCode::AlreadyActivated,
+        }
+    }
 
     /// The SCREAMING_SNAKE name used in JSON output and the docs.
     pub fn name(self) -> &'static str {

@@ -4,6 +4,7 @@
 //! the core, the wire or the store; the core and `proto` both build on it,
 //! so neither needs the other.
 
+pub mod denial;
 pub mod id;
 pub mod labels;
 pub mod pool_id;
@@ -11,6 +12,7 @@ pub mod time;
 
 use std::fmt;
 
+pub use denial::Denial;
 pub use id::{hex, ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use labels::Labels;
 pub use pool_id::{Kind, PoolId, Product, Term};

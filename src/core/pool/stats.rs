@@ -9,6 +9,7 @@ use crate::core::id::OrgName;
 use crate::core::pool_id::PoolId;
 use crate::core::session::Counts;
 use crate::sync::Ordering;
+pub use crate::value::Denial;
 
 /// A pool's numbers for `status`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,39 +41,6 @@ pub struct PoolStatus {
     /// Admissions refused for other reasons than the quota since the pool
     /// was created (`Denial::ALL` order).
     pub denied: [u64; Denial::ALL.len()],
-}
-
-/// Why an admission (acquire, checkout, activation) was refused, besides
-/// the quota, which the session table counts itself (`rejected`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Denial {
-    /// The member is at their cap in the pool.
-    UserLimit,
-    /// The pool's queue (or the connection's share of waits) is full.
-    QueueFull,
-    /// No seat came within the wait.
-    QueueTimeout,
-    /// The machine is not registered in the pool.
-    MachineNotRegistered,
-    /// The org's subscription has ended.
-    SubscriptionExpired,
-    /// The member holds no grant for the KSE pool.
-    NotLicensed,
-    /// The member's node-locked license is bound to another machine.
-    AlreadyActivated,
-}
-
-impl Denial {
-    /// Every reason, in the order counts are kept and stored.
-    pub const ALL: [Denial; 7] = [
-        Denial::UserLimit,
-        Denial::QueueFull,
-        Denial::QueueTimeout,
-        Denial::MachineNotRegistered,
-        Denial::SubscriptionExpired,
-        Denial::NotLicensed,
-        Denial::AlreadyActivated,
-    ];
 }
 
 impl Pool {
