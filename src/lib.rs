@@ -1,11 +1,30 @@
 //! license-broker: a floating-license session broker over QUIC.
 //!
-//! Reading order: `server` (listener, connections, expiry task) → `proto`
-//! (the wire's own types, no I/O) → `core` (every rule, no I/O, no clock).
-//! `value` holds the validated ids and instants both build on, so neither
-//! imports the other; `server::wire` converts between them. `store` keeps
-//! durable records; `client` is the library the CLI, the tests and the load
-//! harness use.
+//! Reading order, bottom up (each layer imports only those before it):
+//!
+//! 1. `value`: the validated ids, names, instants and denial reasons every
+//!    layer shares; `sync`: the concurrency facade (std/parking_lot, or
+//!    loom under `--cfg broker_loom`).
+//! 2. `core`: every rule, sans I/O, no clock (every call takes `now`); it
+//!    counts its own refusals and emits what ended. `proto`: the wire's own
+//!    types, frames and codes (imports `value` only; `proto::Version` names
+//!    what each protocol version can do).
+//! 3. `store` (records behind the `Store` trait, redb), `cluster` (the
+//!    records in etcd, org ownership, and the `Seat` a broker asks),
+//!    `history` (rollups of what the core emits), `clock`, `offline`,
+//!    `keys`, `tls`, `latency`.
+//! 4. `operations`: one function per kind of request, behind both doors:
+//!    who may and what changes is the core's, commit and settle happen
+//!    here once; the expiry and checkpoint tasks.
+//! 5. The two doors: `server` (QUIC: connections, streams, `Hello`, session
+//!    tokens, budgets for strangers; `server::start` runs a broker) and
+//!    `http` (the web door: `/metrics`, the reports' API, the dashboard).
+//!    Neither imports the other's state; both call `operations`.
+//! 6. `node`: a cluster node's supervisor, above the broker it runs.
+//! 7. `client`: what the CLI, the tests and the load harness speak with
+//!    (`client::Keeper` keeps one lease: heartbeat, re-attach, give back).
+//!
+//! See ../shared/DESIGN.md for the picture and what must never import what.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

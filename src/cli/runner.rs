@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use license_broker::client::{Admitted, Backoff, Checkout, Client, ClientError, Connector};
-use license_broker::proto::{ErrorCode, Notice};
+use license_broker::client::keeper::{self, Beat};
+use license_broker::client::{Admitted, Backoff, Checkout, Client, ClientError, Connector, Keeper};
+use license_broker::proto::Notice;
 use license_broker::value::{Labels, MachineId, OrgName, PoolId};
 use serde_json::json;
 
@@ -279,28 +280,18 @@ impl Runner {
     /// runs out.
     async fn first_attach(&self) -> Result<(Client, Attached), ClientError> {
         let Some(until) = self.wait_until else { return self.attach().await };
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-        loop {
-            let e = match self.attach().await {
-                Err(
-                    e @ (ClientError::Connect { .. }
-                    | ClientError::Closed(_)
-                    | ClientError::Unreachable(_)
-                    | ClientError::Redirected { .. }),
-                ) => e,
-                Err(ClientError::Rejected(e)) if passing(e.code) => ClientError::Rejected(e),
-                other => return other,
-            };
-            let pause = backoff.next_delay();
-            if tokio::time::Instant::now() + pause >= until {
-                return Err(e);
-            }
+        let retried = |e: &ClientError| {
             self.ev.emit(
                 json!({"event": "reconnecting", "reason": e.to_string()}),
                 format!("lost the broker while waiting ({e}); queueing again"),
-            );
-            tokio::time::sleep(pause).await;
-        }
+            )
+        };
+        keeper::retry_until(until, Backoff::reconnect(), || self.attach(), retried).await
+    }
+
+    /// The keeper of this runner's lease.
+    fn keeper(&self) -> Keeper<'_> {
+        Keeper::new(&self.connector, (&self.args.org, self.pool, &self.machine), self.nonce, &self.labels)
     }
 
     /// Heartbeats until told to release, the session ends, or the lease is lost.
@@ -313,13 +304,11 @@ impl Runner {
         let stop = loop {
             let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
             let broken = tokio::select! {
-                _ = tokio::time::sleep(beat) => match self.renew(&client, &mut lease, beat).await {
-                    Ok(Ok(())) => None,
-                    // The node stopped serving: reconnect (another took over).
-                    Ok(Err(ClientError::Rejected(e))) if passing(e.code) => Some(e.to_string()),
-                    Ok(Err(ClientError::Rejected(e))) => break Stop::Ended(format!("{}: {}", e.code, e.message)),
-                    Ok(Err(e)) => Some(e.to_string()),
-                    Err(_) => Some(format!("no answer to a heartbeat within {beat:?}")),
+                _ = tokio::time::sleep(beat) => match self.keeper().renew(&client, &mut lease, beat).await {
+                    Beat::Renewed => None,
+                    Beat::Ended(why) => break Stop::Ended(why),
+                    // No answer, or the node stopped serving: reconnect (another took over).
+                    Beat::Broken(why) => Some(why),
                 },
                 n = client.next_notice(), if notices_open => match n {
                     Some(Notice::SessionEnded { session, reason }) if session == lease.session => {
@@ -434,93 +423,13 @@ impl Runner {
         Ok(code)
     }
 
-    /// One heartbeat. The lease's deadline becomes the earlier of the
-    /// broker's and this runner's own (send time + TTL), so a clock that
-    /// differs from the broker's never makes the runner believe longer than
-    /// the broker holds its seat.
-    async fn renew(
-        &self,
-        client: &Client,
-        lease: &mut Admitted,
-        beat: Duration,
-    ) -> Result<Result<(), ClientError>, tokio::time::error::Elapsed> {
-        let sent = unix_ms();
-        let (deadline, token) = match tokio::time::timeout(beat, client.renew_lease(lease.session)).await? {
-            Ok(renewed) => renewed,
-            Err(e) => return Ok(Err(e)),
-        };
-        lease.deadline_ms = deadline.min(sent + lease.ttl_ms);
-        lease.token = token.or(lease.token);
-        Ok(Ok(()))
-    }
-
-    /// Connects and re-attaches: with the lease's token when it has one
-    /// (this survives a broker restart), else by acquiring with the same
-    /// nonce (which finds the session only if the broker still has it).
-    async fn attach_again(&self, lease: &Admitted) -> Result<(Client, Attached), ClientError> {
-        let Some(token) = lease.token else { return self.attach().await };
-        let (org, pool, machine, nonce) = (&self.args.org, self.pool, &self.machine, self.nonce);
-        let client = self.connector.connect().await?;
-        let again = client.reattach(org, pool, machine, nonce, token).await?;
-        if !again.reattached && !self.labels.is_empty() {
-            // A restarted broker gave a new session: label it again.
-            client.label(again.session, self.labels.clone()).await?;
-        }
-        Ok((client, Attached::Lease(again)))
-    }
-
-    /// Releases the seat and closes; says so with `believed_until_ms`, the
-    /// moment the runner stopped relying on the seat (before asking). The
-    /// release waits at most a third of the TTL: if the broker does not
-    /// answer, the seat comes back when its lease expires, and the runner
-    /// says `release_failed`. Returns whether the release was confirmed.
+    /// Releases the seat through the keeper and says so, with
+    /// `believed_until_ms`: the moment the runner stopped relying on the
+    /// seat (before asking). Returns whether the release was confirmed.
     async fn give_back(&self, client: Client, lease: &Admitted, extra: serde_json::Value, human: String) -> bool {
         let until = unix_ms();
         let session = lease.session.to_string();
-        let wait = Duration::from_millis((lease.ttl_ms / 3).max(1000));
-        let mut result = match tokio::time::timeout(wait, client.release(lease.session)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {wait:?}; the seat returns when its lease expires")),
-        };
-        let mut client = Some(client);
-        if result.is_err() && lease.token.is_some() {
-            // The broker went away under the release (a restart, a cluster
-            // failing over): give the seat back through whoever serves now,
-            // retrying with a backoff for at most twice the release's wait
-            // and never past the lease. The runner already stopped relying on it.
-            if let Some(c) = client.take() {
-                c.disconnect();
-            }
-            let left = Duration::from_millis(lease.deadline_ms.saturating_sub(unix_ms()));
-            let again = async {
-                let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-                loop {
-                    let e = match self.attach_again(lease).await {
-                        Ok((c, Attached::Lease(l))) => match c.release(l.session).await {
-                            Ok(()) => {
-                                c.close().await;
-                                return true;
-                            }
-                            Err(e) => e,
-                        },
-                        Ok((c, Attached::Bound { .. })) => {
-                            c.close().await;
-                            return false;
-                        }
-                        Err(e) => e,
-                    };
-                    // Refused for good (the session is gone, say): nothing to give back.
-                    if matches!(&e, ClientError::Rejected(w) if !passing(w.code)) {
-                        return false;
-                    }
-                    tokio::time::sleep(backoff.next_delay()).await;
-                }
-            };
-            if let Ok(true) = tokio::time::timeout(left.min(wait * 2), again).await {
-                result = Ok(());
-            }
-        }
-        let ok = result.is_ok();
+        let result = self.keeper().give_back(client, lease).await;
         let mut event = match &result {
             Ok(()) => json!({"event": "released", "session": session}),
             Err(message) => json!({"event": "release_failed", "session": session, "message": message}),
@@ -529,80 +438,29 @@ impl Runner {
             fields.extend(more.clone());
             fields.insert("believed_until_ms".into(), until.into());
         }
-        let text = match result {
+        let text = match &result {
             Ok(()) => format!("{human}released session {session}"),
             Err(message) => format!("{human}release of session {session} failed: {message}"),
         };
         self.ev.emit(event, text);
-        match (ok, client) {
-            (true, Some(c)) => c.close().await,
-            (false, Some(c)) => c.disconnect(),
-            (_, None) => {}
-        }
-        ok
+        result.is_ok()
     }
 
-    /// Reconnects with backoff until the lease's deadline, re-attaching
-    /// (see `attach_again`). A signal meanwhile ends the runner (its seat
-    /// returns when the lease expires).
+    /// Re-attaches through the keeper until the lease's deadline. A signal
+    /// meanwhile ends the runner (its seat returns when the lease expires).
     async fn reattach(
         &self,
         lease: &Admitted,
         term: &mut tokio::signal::unix::Signal,
     ) -> Result<(Client, Admitted), Stop> {
-        let deadline_ms = lease.deadline_ms;
-        // Several attempts fit in one lease, whatever the TTL.
-        let cap = Duration::from_millis(lease.ttl_ms / 6).clamp(Duration::from_millis(200), Duration::from_secs(5));
-        let mut backoff = Backoff::new(Duration::from_millis(100), cap);
-        loop {
-            let left = Duration::from_millis(deadline_ms.saturating_sub(unix_ms()));
-            if left.is_zero() {
-                return Err(Stop::Lost("the lease's deadline passed before the broker could be reached".into()));
-            }
-            // One attempt may not use up the lease: a connect whose first
-            // packets went nowhere is abandoned and started afresh.
-            let limit = left.min(cap.max(Duration::from_millis(500)));
-            let attempt = tokio::select! {
-                a = tokio::time::timeout(limit, self.attach_again(lease)) => a,
-                _ = tokio::signal::ctrl_c() => return Err(interrupted()),
-                _ = term.recv() => return Err(interrupted()),
-            };
-            let last = match attempt {
-                Ok(Ok((c, Attached::Lease(l)))) => return Ok((c, l)),
-                Ok(Ok((_, Attached::Bound { .. }))) => {
-                    return Err(Stop::Lost("a leased session became a binding".into()))
-                }
-                // A draining broker is about to restart, a node that lost
-                // its claim hands over: keep trying.
-                Ok(Err(ClientError::Rejected(e))) if passing(e.code) => e.to_string(),
-                // Refused outright (its seat was taken, the key revoked...): the lease is gone.
-                Ok(Err(e @ ClientError::Rejected(_))) => return Err(Stop::Lost(e.to_string())),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {limit:?}"),
-            };
-            // The last wait is cut short to leave one more attempt before the deadline.
-            let left = deadline_ms.saturating_sub(unix_ms());
-            if left <= LAST_TRY_MS {
-                return Err(Stop::Lost(format!("could not renew before the lease's deadline: {last}")));
-            }
-            let wait = backoff.next_delay().min(Duration::from_millis(left - LAST_TRY_MS));
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = tokio::signal::ctrl_c() => return Err(interrupted()),
-                _ = term.recv() => return Err(interrupted()),
-            }
+        let keeper = self.keeper();
+        tokio::select! {
+            kept = keeper.reattach(lease) => kept.map_err(Stop::Lost),
+            _ = tokio::signal::ctrl_c() => Err(interrupted()),
+            _ = term.recv() => Err(interrupted()),
         }
     }
 }
-
-/// Whether a refusal only says this broker (or node) is going away, so
-/// the runner reconnects rather than giving up its lease.
-fn passing(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::Draining | ErrorCode::NotOwner)
-}
-
-/// Time kept for a last re-attach attempt before the lease's deadline.
-const LAST_TRY_MS: u64 = 50;
 
 /// The job's exit, or never when there is no job.
 async fn wait_job(job: &mut Option<Job>) -> std::io::Result<std::process::ExitStatus> {

@@ -4,9 +4,11 @@
 
 mod api;
 mod backoff;
+pub mod keeper;
 
 pub use api::{Activated, Admitted, Checkout};
 pub use backoff::Backoff;
+pub use keeper::Keeper;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

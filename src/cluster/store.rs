@@ -202,6 +202,30 @@ fn etcd_error(e: EtcdError) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
 
+/// Each org's records as read (by org, then table), parents before
+/// children: `Table::DIRECTORY`'s order, the keys after the users.
+fn assemble(
+    orgs: Vec<OrgName>,
+    tables: &[Table],
+    parts: Vec<Vec<Vec<Record>>>,
+    mut keys: HashMap<OrgName, Vec<Record>>,
+) -> Vec<(OrgName, Vec<Record>)> {
+    let mut out = Vec::with_capacity(orgs.len());
+    for (org, tables_read) in orgs.into_iter().zip(parts) {
+        let mut records = Vec::new();
+        for (table, read) in tables.iter().zip(tables_read) {
+            records.extend(read);
+            if *table == Table::Users {
+                records.extend(keys.remove(&org).unwrap_or_default());
+            }
+        }
+        // `r/orgs/acme` also starts `r/orgs/acme2`: keep the org's own.
+        records.retain(|r| r.org() == Some(&org));
+        out.push((org, records));
+    }
+    out
+}
+
 impl EtcdStore {
     /// A store on `etcd` under `layout`, writing an org's records while
     /// `fences` holds a fence for it.
@@ -253,32 +277,24 @@ impl EtcdStore {
                     });
                 }
             }
-            let mut keys: HashMap<OrgName, Vec<Record>> = HashMap::new();
-            for record in EtcdStore::table(&etcd, &layout, Table::Keys).await? {
-                if let Some(org) = record.org().cloned() {
-                    keys.entry(org).or_default().push(record);
-                }
-            }
+            let keys = EtcdStore::keys_by_org(&etcd, &layout).await?;
             while let Some(done) = calls.join_next().await {
                 let (o, t, records) = done.map_err(|e| StoreError::Backend(Box::new(e)))?;
                 parts[o][t] = records?;
             }
-            let mut out = Vec::with_capacity(orgs.len());
-            for (org, tables_read) in orgs.into_iter().zip(parts) {
-                let mut records = Vec::new();
-                // Parents before children: `Table::DIRECTORY`'s order, the keys after the users.
-                for (table, read) in tables.iter().zip(tables_read) {
-                    records.extend(read);
-                    if *table == Table::Users {
-                        records.extend(keys.remove(&org).unwrap_or_default());
-                    }
-                }
-                // `r/orgs/acme` also starts `r/orgs/acme2`: keep the org's own.
-                records.retain(|r| r.org() == Some(&org));
-                out.push((org, records));
-            }
-            Ok(out)
+            Ok(assemble(orgs, &tables, parts, keys))
         })
+    }
+
+    /// Every key record, by org.
+    async fn keys_by_org(etcd: &Etcd, layout: &Layout) -> Result<HashMap<OrgName, Vec<Record>>, StoreError> {
+        let mut keys: HashMap<OrgName, Vec<Record>> = HashMap::new();
+        for record in EtcdStore::table(etcd, layout, Table::Keys).await? {
+            if let Some(org) = record.org().cloned() {
+                keys.entry(org).or_default().push(record);
+            }
+        }
+        Ok(keys)
     }
 
     /// The names of every org in the cluster.

@@ -297,44 +297,12 @@ const MAX_IDLE_MINUTES: u64 = 35 * 1440;
 /// counted since then (other than the quota's, which the minutes carry)
 /// and the runners that joined the wait queue, on the last closed minute.
 fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, u64), Usage)> {
-    use std::collections::BTreeMap;
     let to = minute_of(now);
     let from = state.harvested_to.unwrap_or(to.saturating_sub(1)).clamp(to.saturating_sub(1440), to);
-    let oldest = to.saturating_sub(MAX_IDLE_MINUTES);
-    let mut rows: BTreeMap<(String, String, u64), Usage> = BTreeMap::new();
-    let denial_kinds = 1 + crate::core::Denial::ALL.len();
-    let blank = || Usage { denied: vec![0; denial_kinds], ..Usage::default() };
-    for (org, pool, c) in &h.minutes {
-        let key = |m: u64| (org.to_string(), pool.to_string(), m);
-        let u = rows.entry(key(c.minute)).or_insert_with(blank);
-        u.seat_ms += c.tally.seat_ms;
-        u.admitted += c.tally.admitted;
-        u.denied[0] += c.tally.rejected;
-        for (e, n) in u.ends.iter_mut().zip(c.tally.ends) {
-            *e += n;
-        }
-        for m in (c.minute + 1).max(oldest)..=c.minute + c.idle {
-            let u = rows.entry(key(m)).or_insert_with(blank);
-            u.seat_ms += c.held * MINUTE_MS;
-            // Nothing changed in an idle minute: its level is what was held.
-            u.peak = u.peak.max(c.held as u32);
-            u.trough = u.peak;
-        }
-    }
+    let mut rows = closed_minutes(h, to.saturating_sub(MAX_IDLE_MINUTES));
     for s in &h.pools {
         let (org, pool) = (s.org.to_string(), s.pool.to_string());
-        let last = state.denied.insert((s.org.clone(), s.pool), (s.denied.to_vec(), s.queued));
-        let (newly, queued): (Vec<u64>, u64) = match last {
-            Some((last, queued)) => (
-                s.denied
-                    .iter()
-                    .zip(last.iter().chain(std::iter::repeat(&0)))
-                    .map(|(n, l)| n.saturating_sub(*l))
-                    .collect(),
-                s.queued.saturating_sub(queued),
-            ),
-            None => (vec![0; s.denied.len()], 0),
-        };
+        let (newly, queued) = since_last(state, s);
         for m in from..to {
             let key = (org.clone(), pool.clone(), m);
             if s.peak == 0 && !rows.contains_key(&key) {
@@ -360,6 +328,51 @@ fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, 
     }
     state.harvested_to = Some(to);
     rows.into_iter().collect()
+}
+
+/// Rows keyed by (org, pool, minute).
+type Rows = std::collections::BTreeMap<(String, String, u64), Usage>;
+
+/// A minute's row with nothing in it yet.
+fn blank() -> Usage {
+    Usage { denied: vec![0; crate::proto::ErrorCode::DENIALS.len()], ..Usage::default() }
+}
+
+/// Each pool's closed minutes, the shards' shares summed, and the idle
+/// minutes after each expanded (back to `oldest` at most).
+fn closed_minutes(h: &Harvest, oldest: u64) -> Rows {
+    let mut rows = Rows::new();
+    for (org, pool, c) in &h.minutes {
+        let key = |m: u64| (org.to_string(), pool.to_string(), m);
+        let u = rows.entry(key(c.minute)).or_insert_with(blank);
+        u.seat_ms += c.tally.seat_ms;
+        u.admitted += c.tally.admitted;
+        u.denied[0] += c.tally.rejected;
+        for (e, n) in u.ends.iter_mut().zip(c.tally.ends) {
+            *e += n;
+        }
+        for m in (c.minute + 1).max(oldest)..=c.minute + c.idle {
+            let u = rows.entry(key(m)).or_insert_with(blank);
+            u.seat_ms += c.held * MINUTE_MS;
+            // Nothing changed in an idle minute: its level is what was held.
+            u.peak = u.peak.max(c.held as u32);
+            u.trough = u.peak;
+        }
+    }
+    rows
+}
+
+/// A pool's refusals (by reason) and queue joins since the last harvest
+/// (none at the first: its counts only seed the next difference).
+fn since_last(state: &mut State, s: &crate::core::broker::PoolSample) -> (Vec<u64>, u64) {
+    let last = state.denied.insert((s.org.clone(), s.pool), (s.denied.to_vec(), s.queued));
+    match last {
+        Some((last, queued)) => (
+            s.denied.iter().zip(last.iter().chain(std::iter::repeat(&0))).map(|(n, l)| n.saturating_sub(*l)).collect(),
+            s.queued.saturating_sub(queued),
+        ),
+        None => (vec![0; s.denied.len()], 0),
+    }
 }
 
 /// The history's task: harvests the core at every minute boundary and

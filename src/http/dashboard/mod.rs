@@ -64,20 +64,28 @@ pub(super) async fn home(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
     };
     match &p.org {
         Some(org) => Redirect::to(&format!("/org/{org}")).into_response(),
-        None => {
-            let (pools, subscriptions) = web.ops.core().census();
-            let orgs = subscriptions
-                .iter()
-                .map(|(org, end)| {
-                    let n = pools.iter().filter(|s| &s.org == org).count() as u32;
-                    (org.to_string(), crate::core::format_end_date(*end), n)
-                })
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .collect::<Vec<_>>();
-            html(StatusCode::OK, view::orgs(&who(&p), &orgs))
-        }
+        // The operator's list of orgs (the core checks that they are).
+        None => match web.ops.core().orgs(&p) {
+            Ok(orgs) => {
+                let orgs: Vec<_> = orgs
+                    .into_iter()
+                    .map(|o| (o.name.to_string(), crate::core::format_end_date(o.subscription_end), o.pools))
+                    .collect();
+                html(StatusCode::OK, view::orgs(&who(&p), &orgs))
+            }
+            Err(e) => refused(e),
+        },
     }
+}
+
+/// A refusal of the core as a page.
+fn refused(e: crate::core::Error) -> Response {
+    let w = crate::proto::WireError::from(e);
+    let status = match w.code {
+        crate::proto::ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::FORBIDDEN,
+    };
+    html(status, view::page("Refused", None, &format!("<p class=\"err\">{}</p>", view::esc(&w.message))))
 }
 
 /// The sign-in form's fields.
@@ -145,14 +153,7 @@ pub(super) async fn org_page(
     .await;
     match built {
         Ok(Ok(page)) => html(StatusCode::OK, page),
-        Ok(Err(e)) => {
-            let w = crate::proto::WireError::from(e);
-            let status = match w.code {
-                crate::proto::ErrorCode::NotFound => StatusCode::NOT_FOUND,
-                _ => StatusCode::FORBIDDEN,
-            };
-            html(status, view::page("Refused", None, &format!("<p class=\"err\">{}</p>", view::esc(&w.message))))
-        }
+        Ok(Err(e)) => refused(e),
         Err(e) => html(StatusCode::INTERNAL_SERVER_ERROR, view::page("Error", None, &view::esc(&e.to_string()))),
     }
 }

@@ -67,18 +67,7 @@ pub fn time_chart(title: &str, (from, to): (u64, u64), lines: &[Line<'_>], marks
         if l.points.is_empty() {
             continue;
         }
-        let mut d = String::with_capacity(l.points.len() * 24);
-        for (i, &(t, v)) in l.points.iter().enumerate() {
-            let (px, py) = (x(t), y(v));
-            match (i, l.steps) {
-                (0, _) => _ = write!(d, "M{px:.1},{py:.1}"),
-                (_, true) => _ = write!(d, "H{px:.1}V{py:.1}"),
-                (_, false) => _ = write!(d, "L{px:.1},{py:.1}"),
-            }
-        }
-        if l.steps {
-            let _ = write!(d, "H{:.1}", x(to));
-        }
+        let d = path(l, &x, &y, to);
         let _ = write!(s, r#"<path class="line {}" d="{d}"><title>{}</title></path>"#, esc(l.class), esc(l.name));
     }
     for &(t, n) in marks {
@@ -92,6 +81,23 @@ pub fn time_chart(title: &str, (from, to): (u64, u64), lines: &[Line<'_>], marks
     }
     s.push_str("</svg>");
     s
+}
+
+/// A line's SVG path data: straight segments, or steps held until `to`.
+fn path(l: &Line<'_>, x: &impl Fn(u64) -> f64, y: &impl Fn(f64) -> f64, to: u64) -> String {
+    let mut d = String::with_capacity(l.points.len() * 24);
+    for (i, &(t, v)) in l.points.iter().enumerate() {
+        let (px, py) = (x(t), y(v));
+        match (i, l.steps) {
+            (0, _) => _ = write!(d, "M{px:.1},{py:.1}"),
+            (_, true) => _ = write!(d, "H{px:.1}V{py:.1}"),
+            (_, false) => _ = write!(d, "L{px:.1},{py:.1}"),
+        }
+    }
+    if l.steps {
+        let _ = write!(d, "H{:.1}", x(to));
+    }
+    d
 }
 
 /// A weekday × hour grid: `cells[day][hour]` is a share (0 to 1) or

@@ -215,9 +215,6 @@ pub fn org(v: &OrgView) -> String {
 
 fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
     let _ = write!(b, r#"<section class="pool" data-pool="{0}"><h2>{0}</h2><div class="stats">"#, esc(&p.pool));
-    let stat = |b: &mut String, id: &str, name: &str, value: String| {
-        let _ = write!(b, r#"<div class="stat"><b data-stat="{id}">{}</b>{name}</div>"#, esc(&value));
-    };
     stat(b, "quota", "purchased", p.quota.to_string());
     stat(b, "in_use", "in use now", p.in_use.to_string());
     if p.kre {
@@ -233,6 +230,29 @@ fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
         return;
     };
     let points = &series.points;
+    summary(b, p, points, (from, to));
+    b.push_str("</div>");
+    chart(b, p, points, (from, to));
+    b.push_str("<h3>Peak by weekday and hour (share of capacity)</h3>");
+    b.push_str(&svg::heatmap(&format!("{} peak by weekday and hour", p.pool), &p.heat));
+    let total: u64 = p.levels.iter().map(|l| l.1).sum();
+    if total > 0 {
+        b.push_str("<h3>Time at each level of average seats in use</h3>");
+        let rows: Vec<(String, f64)> =
+            p.levels.iter().map(|(level, n)| (format!("{level} seats"), *n as f64 / total as f64)).collect();
+        b.push_str(&svg::bars(&format!("{} time at level", p.pool), &rows));
+    }
+    what_if(b, p);
+    b.push_str("</section>");
+}
+
+/// One number of a pool's box.
+fn stat(b: &mut String, id: &str, name: &str, value: String) {
+    let _ = write!(b, r#"<div class="stat"><b data-stat="{id}">{}</b>{name}</div>"#, esc(&value));
+}
+
+/// The range's numbers: peak, average daily peak, utilization, refusals, waits.
+fn summary(b: &mut String, p: &PoolView, points: &[crate::history::Point], (from, to): (Millis, Millis)) {
     let peak = points.iter().map(|x| x.usage.peak).max().unwrap_or(0);
     let denials: u64 = points.iter().map(|x| x.usage.denials()).sum();
     let seat_ms: u64 = points.iter().map(|x| x.usage.seat_ms).sum();
@@ -248,7 +268,10 @@ fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
         let queued: u64 = points.iter().map(|x| x.usage.queued).sum();
         stat(b, "queued", "waited for a seat", queued.to_string());
     }
-    b.push_str("</div>");
+}
+
+/// Seats in use over the range: capacity, peak, average, refusals marked.
+fn chart(b: &mut String, p: &PoolView, points: &[crate::history::Point], (from, to): (Millis, Millis)) {
     let lines = [
         Line {
             class: "quota",
@@ -273,30 +296,25 @@ fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
         points.iter().filter(|x| x.usage.denials() > 0).map(|x| (x.start + x.step_ms / 2, x.usage.denials())).collect();
     b.push_str(&svg::time_chart(&format!("{} seats in use", p.pool), (from.0, to.0), &lines, &marks));
     b.push_str(r##"<p class="legend"><span><i style="background:#111"></i>capacity</span><span><i style="background:#c2410c"></i>peak</span><span><i style="background:#2563eb"></i>average</span><span><i style="background:#dc2626;height:8px;border-radius:4px;width:8px"></i>refused</span></p>"##);
-    b.push_str("<h3>Peak by weekday and hour (share of capacity)</h3>");
-    b.push_str(&svg::heatmap(&format!("{} peak by weekday and hour", p.pool), &p.heat));
-    let total: u64 = p.levels.iter().map(|l| l.1).sum();
-    if total > 0 {
-        b.push_str("<h3>Time at each level of average seats in use</h3>");
-        let rows: Vec<(String, f64)> =
-            p.levels.iter().map(|(level, n)| (format!("{level} seats"), *n as f64 / total as f64)).collect();
-        b.push_str(&svg::bars(&format!("{} time at level", p.pool), &rows));
+}
+
+/// The what-if replay's table, if there is one.
+fn what_if(b: &mut String, p: &PoolView) {
+    if p.what_if.is_empty() {
+        return;
     }
-    if !p.what_if.is_empty() {
-        b.push_str(r#"<h3>What if the pool had…</h3><table class="what-if"><tr><th class="n">Seats</th><th class="n">Refused</th><th class="n">Time at capacity</th></tr>"#);
-        for o in &p.what_if {
-            let mark = if o.seats == p.quota { " (now)" } else { "" };
-            let _ = write!(
-                b,
-                r#"<tr><td class="n">{}{mark}</td><td class="n">{}</td><td class="n">{:.1}%</td></tr>"#,
-                o.seats,
-                o.denied,
-                o.at_capacity() * 100.0
-            );
-        }
-        b.push_str("</table>");
+    b.push_str(r#"<h3>What if the pool had…</h3><table class="what-if"><tr><th class="n">Seats</th><th class="n">Refused</th><th class="n">Time at capacity</th></tr>"#);
+    for o in &p.what_if {
+        let mark = if o.seats == p.quota { " (now)" } else { "" };
+        let _ = write!(
+            b,
+            r#"<tr><td class="n">{}{mark}</td><td class="n">{}</td><td class="n">{:.1}%</td></tr>"#,
+            o.seats,
+            o.denied,
+            o.at_capacity() * 100.0
+        );
     }
-    b.push_str("</section>");
+    b.push_str("</table>");
 }
 
 /// Each UTC day's highest peak.
@@ -353,62 +371,55 @@ fn live(b: &mut String, v: &OrgView) {
 }
 
 fn lists(b: &mut String, v: &OrgView) {
-    b.push_str("<section><h2>Licensed users</h2>");
-    match &v.licensed {
+    let licensed = v.licensed.as_ref().map(|rows| {
+        rows.iter()
+            .map(|(pool, user, granted, machine, last)| {
+                let machine = esc(machine.as_deref().unwrap_or("—"));
+                vec![esc(pool), esc(user), when(*granted), machine, last.map(when).unwrap_or_else(|| "—".into())]
+            })
+            .collect()
+    });
+    let head = ["Pool", "User", "Granted", "Node-locked to", "Last active use"];
+    section(b, "Licensed users", &head, licensed);
+    let offline = v.offline.as_ref().map(|rows| {
+        rows.iter()
+            .map(|(pool, id, machine, last_day, active)| {
+                let state = if *active { "holds a seat" } else { "ended" };
+                vec![esc(pool), esc(id), esc(machine), esc(last_day), state.to_string()]
+            })
+            .collect()
+    });
+    section(b, "Offline licenses", &["Pool", "License", "Machine", "Last day", "State"], offline);
+    let machines = v
+        .machines
+        .as_ref()
+        .map(|rows| rows.iter().map(|(pool, machine, at)| vec![esc(pool), esc(machine), when(*at)]).collect());
+    section(b, "Machines", &["Pool", "Machine", "Registered"], machines);
+    let audit = v
+        .audit
+        .as_ref()
+        .map(|rows| rows.iter().map(|(at, actor, action)| vec![when(*at), esc(actor), esc(action)]).collect());
+    section(b, "Audit trail (latest)", &["When", "Who", "What"], audit);
+}
+
+/// A section with a table of `rows` (their cells already escaped), or,
+/// when the role may not list them (`None`), a note saying who may.
+fn section(b: &mut String, title: &str, head: &[&str], rows: Option<Vec<Vec<String>>>) {
+    let _ = write!(b, "<section><h2>{title}</h2>");
+    match rows {
         None => b.push_str(admins_only()),
         Some(rows) => {
-            b.push_str("<table><tr><th>Pool</th><th>User</th><th>Granted</th><th>Node-locked to</th><th>Last active use</th></tr>");
-            for (pool, user, granted, machine, last) in rows {
-                let _ = write!(
-                    b,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(pool),
-                    esc(user),
-                    when(*granted),
-                    esc(machine.as_deref().unwrap_or("—")),
-                    last.map(when).unwrap_or_else(|| "—".into())
-                );
+            b.push_str("<table><tr>");
+            for h in head {
+                let _ = write!(b, "<th>{h}</th>");
             }
-            b.push_str("</table>");
-        }
-    }
-    b.push_str("</section><section><h2>Offline licenses</h2>");
-    match &v.offline {
-        None => b.push_str(admins_only()),
-        Some(rows) => {
-            b.push_str("<table><tr><th>Pool</th><th>License</th><th>Machine</th><th>Last day</th><th>State</th></tr>");
-            for (pool, id, machine, last_day, active) in rows {
-                let _ = write!(
-                    b,
-                    "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                    esc(pool),
-                    esc(id),
-                    esc(machine),
-                    esc(last_day),
-                    if *active { "holds a seat" } else { "ended" }
-                );
-            }
-            b.push_str("</table>");
-        }
-    }
-    b.push_str("</section><section><h2>Machines</h2>");
-    match &v.machines {
-        None => b.push_str(admins_only()),
-        Some(rows) => {
-            b.push_str("<table><tr><th>Pool</th><th>Machine</th><th>Registered</th></tr>");
-            for (pool, machine, at) in rows {
-                let _ = write!(b, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", esc(pool), esc(machine), when(*at));
-            }
-            b.push_str("</table>");
-        }
-    }
-    b.push_str("</section><section><h2>Audit trail (latest)</h2>");
-    match &v.audit {
-        None => b.push_str(admins_only()),
-        Some(rows) => {
-            b.push_str("<table><tr><th>When</th><th>Who</th><th>What</th></tr>");
-            for (at, actor, action) in rows {
-                let _ = write!(b, "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", when(*at), esc(actor), esc(action));
+            b.push_str("</tr>");
+            for row in rows {
+                b.push_str("<tr>");
+                for cell in row {
+                    let _ = write!(b, "<td>{cell}</td>");
+                }
+                b.push_str("</tr>");
             }
             b.push_str("</table>");
         }
