@@ -310,20 +310,14 @@ impl Runner {
                     // No answer, or the node stopped serving: reconnect (another took over).
                     Beat::Broken(why) => Some(why),
                 },
-                n = client.next_notice(), if notices_open => match n {
-                    Some(Notice::SessionEnded { session, reason }) if session == lease.session => {
-                        break Stop::Ended(reason.name().to_string())
-                    }
-                    Some(Notice::Draining { grace_ms }) => {
-                        self.ev.emit(json!({"event": "draining", "grace_ms": grace_ms}),
-                                     "broker is draining; will reconnect".into());
-                        None
-                    }
-                    Some(_) => None,
-                    None => {
+                n = client.next_notice(), if notices_open => match self.notice(n, &lease) {
+                    Ok(None) => None,
+                    Ok(Some(why)) => {
+                        // The notice stream ended with the connection.
                         notices_open = false;
-                        Some("the connection closed".to_string())
+                        Some(why)
                     }
+                    Err(stop) => break stop,
                 },
                 status = wait_job(&mut job) => {
                     break match status {
@@ -342,23 +336,52 @@ impl Runner {
                 },
             };
             let Some(why) = broken else { continue };
-            self.ev.emit(
-                json!({"event": "reconnecting", "session": lease.session.to_string(), "reason": why}),
-                format!("lost the connection ({why}); reconnecting"),
-            );
-            client.disconnect();
-            match self.reattach(&lease, &mut term).await {
-                Ok((c, l)) => {
-                    self.ev.emit(
-                        json!({"event": "reattached", "session": l.session.to_string()}),
-                        format!("reconnected: session {}", l.session),
-                    );
-                    (client, lease, notices_open) = (c, l, true);
-                }
+            match self.reconnect(client, &lease, why, &mut term).await {
+                Ok((c, l)) => (client, lease, notices_open) = (c, l, true),
                 Err(stop) => return self.finish(stop, None, lease, job).await,
             }
         };
         self.finish(stop, Some(client), lease, job).await
+    }
+
+    /// A notice while holding: `Err` when it ends the lease, `Ok(Some)`
+    /// when the connection closed (reconnect).
+    fn notice(&self, n: Option<Notice>, lease: &Admitted) -> Result<Option<String>, Stop> {
+        match n {
+            Some(Notice::SessionEnded { session, reason }) if session == lease.session => {
+                Err(Stop::Ended(reason.name().to_string()))
+            }
+            Some(Notice::Draining { grace_ms }) => {
+                self.ev.emit(
+                    json!({"event": "draining", "grace_ms": grace_ms}),
+                    "broker is draining; will reconnect".into(),
+                );
+                Ok(None)
+            }
+            Some(_) => Ok(None),
+            None => Ok(Some("the connection closed".to_string())),
+        }
+    }
+
+    /// The connection broke (`why`): drops it, re-attaches, says so.
+    async fn reconnect(
+        &self,
+        client: Client,
+        lease: &Admitted,
+        why: String,
+        term: &mut tokio::signal::unix::Signal,
+    ) -> Result<(Client, Admitted), Stop> {
+        self.ev.emit(
+            json!({"event": "reconnecting", "session": lease.session.to_string(), "reason": why}),
+            format!("lost the connection ({why}); reconnecting"),
+        );
+        client.disconnect();
+        let (c, l) = self.reattach(lease, term).await?;
+        self.ev.emit(
+            json!({"event": "reattached", "session": l.session.to_string()}),
+            format!("reconnected: session {}", l.session),
+        );
+        Ok((c, l))
     }
 
     /// Releases (or reports the end), closes, and picks the exit code.
