@@ -10,10 +10,10 @@
 //! nobody goes on believing in a seat the broker may have given away.
 
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use license_broker::client::keeper::{self, Beat};
+use license_broker::client::keeper::{self, unix_ms, Beat};
 use license_broker::client::{Admitted, Backoff, Checkout, Client, ClientError, Connector, Keeper};
 use license_broker::proto::Notice;
 use license_broker::value::{Labels, MachineId, OrgName, PoolId};
@@ -495,10 +495,6 @@ async fn wait_job(job: &mut Option<Job>) -> std::io::Result<std::process::ExitSt
 
 fn interrupted() -> Stop {
     Stop::Ended("interrupted while reconnecting; the seat returns when its lease expires".into())
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// `--label KEY=VALUE`, validated as the broker will.

@@ -2,11 +2,16 @@
 //! re-attach through whichever broker serves now, and giving the seat
 //! back even when the broker went away under the release.
 //!
-//! Every loop here is bounded twice: by the lease's own deadline (a client
-//! never believes in a seat past it) and by capped, jittered backoff
-//! between attempts (it never spins). A refusal that only says the broker
-//! is going away (`DRAINING`, `NOT_OWNER`: see `passing`) is retried; any
-//! other ends the loop, with the last error saying what was tried.
+//! Every loop here is bounded twice: by a deadline (the lease's own for a
+//! re-attach, so a client never believes in a seat past it; the wait's for
+//! `retry_until`; the release's for giving back) and by capped, jittered
+//! backoff between attempts (it never spins). A refusal that only says the
+//! broker is going away (`DRAINING`, `NOT_OWNER`: see `passing`) is
+//! retried; any other ends the loop, with the last error saying what was
+//! tried.
+//!
+//! The load harness keeps thousands of leases per connection in batches
+//! (`load/src/fleet.rs`, `restart.rs`) and does not use this per-lease keeper.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,10 +95,11 @@ impl<'a> Keeper<'a> {
         }
     }
 
-    /// Connects and re-attaches once: with the lease's token when it has
-    /// one (this survives a broker restart and a cluster's failover), else
-    /// by acquiring with the same nonce (which finds the session only if
-    /// the broker still has it).
+    /// Connects and re-attaches once: with the lease's token (this survives
+    /// a broker restart and a cluster's failover). A lease without one
+    /// (only a protocol version 1 broker issues those; this client speaks
+    /// the current version) is looked for by acquiring with the same nonce,
+    /// which finds the session only if the broker still has it.
     pub async fn attach_again(&self, lease: &Admitted) -> Result<(Client, Admitted), ClientError> {
         let (org, pool, machine, nonce) = (self.org, self.pool, self.machine, self.nonce);
         let client = self.connector.connect().await?;
@@ -157,11 +163,10 @@ impl<'a> Keeper<'a> {
             client.close().await;
             return result;
         }
+        client.disconnect();
         if lease.token.is_none() {
-            client.disconnect();
             return result;
         }
-        client.disconnect();
         let left = Duration::from_millis(lease.deadline_ms.saturating_sub(unix_ms()));
         match tokio::time::timeout(left.min(wait * 2), self.release_again(lease)).await {
             Ok(true) => Ok(()),
@@ -169,8 +174,10 @@ impl<'a> Keeper<'a> {
         }
     }
 
-    /// Re-attaches and releases until one succeeds or the refusal is for
-    /// good (the session is gone: nothing to give back); the caller bounds it.
+    /// Re-attaches and releases until one succeeds or the broker refuses
+    /// for good (the session is gone: nothing to give back); any other
+    /// failure is retried. Unbounded by itself: `give_back` bounds it by
+    /// the lease's deadline.
     async fn release_again(&self, lease: &Admitted) -> bool {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         loop {
@@ -218,6 +225,7 @@ where
     }
 }
 
-fn unix_ms() -> u64 {
+/// Now, in Unix ms: the clock a client's lease deadlines are kept in.
+pub fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

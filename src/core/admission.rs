@@ -291,9 +291,7 @@ impl Broker {
 
     /// `resolve` and `admit` in one call, for callers without a ticket cache.
     pub fn acquire(&self, p: &Principal, target: &Target, nonce: Nonce, conn: ConnId, now: Millis) -> Result<Lease> {
-        let who = Claimant { nonce, conn, labels: Labels::default() };
-        let admitted = self.ticket(p, target).and_then(|t| self.admit_from(&t, &who, now, SeatFrom::Free));
-        self.counted(target, admitted)
+        self.acquire_as(p, target, &Claimant { nonce, conn, labels: Labels::default() }, now)
     }
 
     /// Whether a machine is already registered in a pool of the caller's org

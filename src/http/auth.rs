@@ -84,7 +84,7 @@ fn unauthorized(why: &str) -> super::api::Refusal {
     super::api::refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why)
 }
 
-/// Signs `hash` in, as the QUIC door does (`Operations::sign_in`). A
+/// Signs `hash` in (`Operations::sign_in`, routed as a `Hello` is). A
 /// refusal says why on a cluster node (which node serves the key's org);
 /// `None`: the key is unknown or revoked.
 pub(super) async fn sign_in(web: &Web, hash: &KeyHash) -> Result<Principal, Option<String>> {

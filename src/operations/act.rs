@@ -147,7 +147,8 @@ impl Operations {
     /// ended (its holder is told).
     pub async fn kill(&self, c: Caller<'_>, org: &OrgName, session: SessionId) -> Result<(), WireError> {
         let _writer = self.writer.lock().await;
-        let audit = self.core.plan_kill(c.p, org, session, c.now)?;
+        // Stamped once the writer lock is held: the entry is the newest.
+        let audit = self.core.plan_kill(c.p, org, session, self.clock.now())?;
         self.settle(Pending::plan(audit, ())).await?;
         let ended = self.core.kill(c.p, org, session, self.clock.now())?;
         self.announce(vec![ended]);

@@ -5,12 +5,14 @@
 //! whose lease lapsed admits nothing), and meets the pool's durable
 //! ceiling the same way: the ceiling is raised by a durable write, then the
 //! admission is tried again (`with_room`). Refusals are counted by the
-//! core where it refuses; the ones decided here (a connection's queue
-//! budget, a wait that timed out) are handed to it with their reason.
+//! core where it refuses; the ones a door decides (a connection's queue
+//! budget, a wait that timed out) are handed to it with their reason
+//! (`deny`). `TicketCache` is what a door keeps per stream so that the hot
+//! path skips the directory: the core decides what a ticket allows.
 
 use super::{Caller, Operations};
 use crate::core::{
-    Activation, Claimant, ConnId, Deliver, Denial, Error, Grant, KeyHash, Lease, Millis, Nonce, Principal,
+    Activation, Broker, Claimant, ConnId, Deliver, Denial, Error, Grant, KeyHash, Lease, Millis, Nonce, Principal,
     Registration, Result as CoreResult, SessionId, Target, Ticket, Waited,
 };
 use crate::proto::{ErrorCode, WireError};
@@ -18,17 +20,27 @@ use crate::proto::{ErrorCode, WireError};
 /// Most ceiling raises one admission waits for before giving up. A raise
 /// makes room for every admission refused at the ceiling before it (and a
 /// quarter more), so one waiting admission rarely needs a second.
-pub const RAISES: usize = 8;
+const RAISES: usize = 8;
 
 impl Operations {
-    /// The hot path: one seat CAS on a ticket the door resolved (and
-    /// cached). `None` when the pool's ceiling must be raised first:
-    /// `acquire` does that, then admits.
-    pub fn admit(&self, ticket: &Ticket, nonce: Nonce, conn: ConnId, now: Millis) -> Option<Result<Lease, WireError>> {
+    /// The hot path: a ticket from the door's cache (resolved on a miss)
+    /// and one seat CAS. `None` when the pool's ceiling must be raised
+    /// first: `acquire` does that, then admits.
+    pub fn admit(
+        &self,
+        c: Caller<'_>,
+        tickets: &mut TicketCache,
+        target: &Target,
+        (nonce, conn): (Nonce, ConnId),
+    ) -> Option<Result<Lease, WireError>> {
         if let Err(e) = self.admitting() {
             return Some(Err(e));
         }
-        match self.core.admit(ticket, nonce, conn, now) {
+        let ticket = match tickets.get(&self.core, c.p, target) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e.into())),
+        };
+        match self.core.admit(ticket, nonce, conn, c.now) {
             Err(Error::CeilingReached) => None,
             other => Some(other.map_err(Into::into)),
         }
@@ -52,18 +64,27 @@ impl Operations {
         self.with_room(target, || self.core.acquire_as(c.p, target, who, c.now)).await
     }
 
-    /// A runner keeps its lease across a restart or a lost connection. Its
-    /// door has checked its session token (`earlier`: the token is of an
-    /// earlier run, so one of the seats held for that run may be taken).
+    /// A runner keeps its lease across a restart or a lost connection, on
+    /// the strength of what `vouch` checks (its door's session token): the
+    /// lease's deadline as the token states it, and whether the token is of
+    /// an earlier run (then one of the seats held for that run may be
+    /// taken). Refused while draining before the token is looked at, and
+    /// when the token's deadline has passed.
     pub async fn reattach(
         &self,
         c: Caller<'_>,
         target: &Target,
-        who: (Nonce, ConnId),
-        earlier: bool,
+        (nonce, conn): (Nonce, ConnId),
+        vouch: impl FnOnce() -> Result<(Millis, bool), WireError>,
     ) -> Result<Lease, WireError> {
         self.admitting()?;
-        let (nonce, conn) = who;
+        let (deadline, earlier) = vouch()?;
+        if deadline <= c.now {
+            return Err(WireError::new(
+                ErrorCode::SessionExpired,
+                "the lease's deadline passed before it was re-attached",
+            ));
+        }
         self.with_room(target, || self.core.reattach(c.p, target, nonce, conn, c.now, earlier)).await
     }
 
@@ -167,5 +188,41 @@ impl Operations {
             }
         }
         Err(WireError::new(ErrorCode::Internal, "the pool's seat ceiling could not be raised in time; retry"))
+    }
+}
+
+/// Admission tickets a stream has resolved, valid while the directory
+/// version is unchanged: saves the directory lock and the machine lookup on
+/// every acquire. The core decides what a ticket allows; this only caches.
+#[derive(Default)]
+pub struct TicketCache {
+    version: u64,
+    entries: Vec<Ticket>,
+}
+
+/// Most tickets (pool × machine pairs) a stream remembers.
+const TICKETS: usize = 64;
+
+impl TicketCache {
+    /// The cached ticket for `target`, resolving (and caching) it on a miss.
+    fn get(&mut self, core: &Broker, p: &Principal, target: &Target) -> CoreResult<&Ticket> {
+        let version = core.version();
+        if version != self.version {
+            self.entries.clear();
+            self.version = version;
+        }
+        let found = self.entries.iter().position(|t| t.is_for(&target.org, target.pool, &target.machine));
+        let index = match found {
+            Some(i) => i,
+            None => {
+                let ticket = core.resolve(p, target)?;
+                if self.entries.len() >= TICKETS {
+                    self.entries.remove(0);
+                }
+                self.entries.push(ticket);
+                self.entries.len() - 1
+            }
+        };
+        Ok(&self.entries[index])
     }
 }

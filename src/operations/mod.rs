@@ -26,7 +26,7 @@ pub mod expiry;
 mod lease;
 mod read;
 
-pub use lease::RAISES;
+pub use lease::TicketCache;
 pub use read::SignIn;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,7 +43,8 @@ use crate::proto::{ErrorCode, WireError};
 use crate::store::{Store, StoreError};
 
 /// Who asks, and when: the caller authorised once per request by its door,
-/// and the clock read once for it.
+/// and the instant its door read for it (a pipelined batch of fast
+/// requests shares one reading; a request that awaits the store reads its own).
 #[derive(Clone, Copy, Debug)]
 pub struct Caller<'a> {
     /// The authenticated principal.

@@ -13,7 +13,8 @@ use crate::history::History;
 use crate::proto::{ErrorCode, NodeInfo, WireError};
 
 /// Who a key is, for a door signing it in (a `Hello`, a web sign-in, a
-/// bearer request).
+/// bearer request). The routing of a key this node does not serve is
+/// written once (`routed`) for both doors.
 #[derive(Debug)]
 pub enum SignIn {
     /// Known here: serve them.
@@ -28,11 +29,12 @@ pub enum SignIn {
 }
 
 impl Operations {
-    /// Who `key` is. A single broker knows every key. A cluster node
-    /// serves here only the members of the orgs it serves; an operator's
-    /// key is read again from etcd (another node may have made or revoked
-    /// it), and any other key's org is looked up to say where it is served.
-    pub async fn sign_in(&self, key: &KeyHash) -> SignIn {
+    /// Who `key` is, for a QUIC `Hello`. A single broker knows every key.
+    /// A cluster node welcomes here only the members of the orgs it
+    /// serves; an operator's key is read again from etcd (another node may
+    /// have made or revoked it), and any other key's org is looked up to
+    /// say where it is served (`routed`).
+    pub async fn hello(&self, key: &KeyHash) -> SignIn {
         let known = self.core.authenticate(key);
         let Some(seat) = &self.cluster else {
             return known.map_or_else(|_| self.unknown(), SignIn::Here);
@@ -42,6 +44,32 @@ impl Operations {
                 return SignIn::Here(p);
             }
         }
+        self.routed(key).await
+    }
+
+    /// Who `key` is, for the web door: any key this node knows (a member
+    /// of an org served elsewhere is then told where by `owning`), else
+    /// what etcd says of it, as for a `Hello`. Every key not signed in here
+    /// counts as a failed authentication.
+    pub async fn sign_in(&self, key: &KeyHash) -> SignIn {
+        if let Ok(p) = self.core.authenticate(key) {
+            return SignIn::Here(p);
+        }
+        if self.cluster.is_none() {
+            return self.unknown();
+        }
+        let signed = self.routed(key).await;
+        if let SignIn::Elsewhere(_) | SignIn::Moving = signed {
+            self.core.note_auth_failure();
+        }
+        signed
+    }
+
+    /// A cluster node's answer for a key it does not serve, from etcd: an
+    /// operator's key is taken in (it authenticates from then on), a
+    /// member's is sent to the node serving their org.
+    async fn routed(&self, key: &KeyHash) -> SignIn {
+        let Some(seat) = &self.cluster else { return self.unknown() };
         match seat.route(*key).await {
             Route::Operator(record) => {
                 self.core.apply(&[Change::Put(record)], self.clock.now());

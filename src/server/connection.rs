@@ -43,10 +43,11 @@ impl Notices {
     }
 
     /// Queues `notice` on `conn`, waiting up to `wait` for room (a client
-    /// that does not read them only slows itself); false when it was dropped.
-    pub async fn tell(&self, conn: ConnId, notice: Notice, wait: std::time::Duration) -> bool {
-        let Some(tx) = self.0.get(&conn).map(|tx| tx.clone()) else { return false };
-        matches!(tokio::time::timeout(wait, tx.send(notice)).await, Ok(Ok(())))
+    /// that does not read them only slows itself), else drops it.
+    pub async fn tell(&self, conn: ConnId, notice: Notice, wait: std::time::Duration) {
+        if let Some(tx) = self.0.get(&conn).map(|tx| tx.clone()) {
+            let _ = tokio::time::timeout(wait, tx.send(notice)).await;
+        }
     }
 }
 
@@ -69,7 +70,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, 
         };
         let Some(incoming) = incoming else { break };
         // Relaxed: an approximate limit; a few connections over it during a burst is harmless.
-        let open = shared.open_conns.load(Ordering::Relaxed);
+        let open = shared.load.open.load(Ordering::Relaxed);
         if shared.ops.is_draining() || open >= shared.options.max_connections {
             tracing::debug!(open, "refusing connection");
             incoming.refuse();
@@ -86,7 +87,7 @@ pub(super) async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, 
                 continue;
             }
         };
-        shared.open_conns.fetch_add(1, Ordering::Relaxed);
+        shared.load.open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(serve(shared.clone(), incoming, pass, stop.clone()));
     }
 }
@@ -205,7 +206,7 @@ struct OpenGuard(Arc<Shared>);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        if self.0.open_conns.fetch_sub(1, Ordering::Relaxed) == 1 {
+        if self.0.load.open.fetch_sub(1, Ordering::Relaxed) == 1 {
             self.0.conns_gone.notify_waiters();
         }
     }

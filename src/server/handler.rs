@@ -8,7 +8,7 @@
 //! `fast` answers synchronously everything that needs no durable write:
 //! the hot path (an acquire on a cached ticket, one seat CAS), renewals,
 //! releases and reads. What needs the store comes back as `Later`, already
-//! decoded, and `slow` awaits it with the same caller and the same instant:
+//! decoded (nothing is authorised or routed twice), and `slow` awaits it:
 //! an acquire that met its pool's ceiling, a re-attach, a `Checkout` (which
 //! may queue: `waiting`), the admin acts. Session tokens are this door's
 //! own: issued with each lease, checked before a re-attach.
@@ -21,10 +21,10 @@ use super::waiting::{self, Late};
 use super::wire::list;
 use super::{ConnCtx, Shared};
 use crate::core::{
-    parse_end_of_date, Activation, Broker, Email, KeyHash, KeyRef, Lease, Millis, Nonce, OrgName, Principal,
-    Result as CoreResult, SessionId, Target, Ticket,
+    parse_end_of_date, Activation, Email, KeyHash, KeyRef, Lease, Millis, Nonce, OrgName, Principal,
+    Result as CoreResult, SessionId, Target,
 };
-use crate::operations::Caller;
+use crate::operations::{Caller, TicketCache};
 use crate::proto::{ErrorCode, PoolState, Req, Resp, SessionToken, SessionView, UserLimitInfo, Version, WireError};
 
 pub(super) type Reply = Result<Resp, WireError>;
@@ -36,7 +36,8 @@ pub(super) struct Call<'a> {
     pub p: &'a Principal,
     /// The caller's key (a queued request checks it again when its seat comes).
     pub key: KeyHash,
-    /// The request's instant: the clock is read once per read of the stream.
+    /// The request's instant: read once per read of the stream for the
+    /// fast requests it brought, once more for each that awaits the store.
     pub now: Millis,
     /// The protocol version of the caller's stream.
     pub proto: Version,
@@ -109,11 +110,12 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
             new.map(|new| Resp::Registered { new })
         }
         Req::Activate { org, pool, machine, nonce } => activate(call, Target { org, pool, machine }, nonce).await,
-        Req::Audit { org } => match paging::audit(call, org, None, paging::LEGACY_MAX).await {
-            Ok((_, true)) => Err(paging::too_large("audit entries")),
-            Ok((entries, false)) => Ok(Resp::AuditLog(entries)),
-            Err(e) => Err(e),
-        },
+        Req::Audit { org } => {
+            paging::audit(call, org, None, paging::LEGACY_MAX).await.and_then(|(entries, more)| match more {
+                true => Err(paging::too_large("audit entries")),
+                false => Ok(Resp::AuditLog(entries)),
+            })
+        }
         Req::List { of, after, limit } => paging::list_page(call, of, after, limit).await,
         Req::WhatIf { org, pool, from_ms, to_ms, seats_min, seats_max } => {
             super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await.map(Resp::WhatIf)
@@ -197,12 +199,7 @@ fn reply<T>(result: CoreResult<T>, ok: impl FnOnce(T) -> Resp) -> Reply {
 /// The hot path: a cached ticket and one seat CAS. Left for `slow` when
 /// the pool's ceiling must be raised first.
 fn acquire(call: &Call<'_>, tickets: &mut TicketCache, target: Target, nonce: Nonce) -> Result<Reply, Later> {
-    let ops = &call.shared.ops;
-    let ticket = match tickets.get(ops.core(), call.p, &target) {
-        Ok(t) => t,
-        Err(e) => return Ok(Err(e.into())),
-    };
-    match ops.admit(ticket, nonce, call.ctx.id, call.now) {
+    match call.shared.ops.admit(call.c(), tickets, &target, (nonce, call.ctx.id)) {
         Some(admitted) => Ok(admitted.map(|lease| call.leased(&target, nonce, lease))),
         None => Err(Later::Acquire(target, nonce)),
     }
@@ -217,18 +214,16 @@ async fn acquire_slow(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
 /// A runner keeps its lease across a restart or a lost connection, on the
 /// strength of its session token.
 async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionToken) -> Reply {
-    call.shared.ops.admitting()?;
-    let checked = call.shared.tokens.check(&call.claims(&target, nonce), &token).map_err(|_| {
-        WireError::new(
-            ErrorCode::InvalidArgument,
-            "the session token was not issued by this broker for this org, pool, machine, nonce and user",
-        )
-    })?;
-    if checked.deadline <= call.now {
-        return Err(WireError::new(ErrorCode::SessionExpired, "the lease's deadline passed before it was re-attached"));
-    }
-    let who = (nonce, call.ctx.id);
-    let lease = call.shared.ops.reattach(call.c(), &target, who, !checked.this_run).await?;
+    let vouch = || {
+        let checked = call.shared.tokens.check(&call.claims(&target, nonce), &token).map_err(|_| {
+            WireError::new(
+                ErrorCode::InvalidArgument,
+                "the session token was not issued by this broker for this org, pool, machine, nonce and user",
+            )
+        })?;
+        Ok((checked.deadline, !checked.this_run))
+    };
+    let lease = call.shared.ops.reattach(call.c(), &target, (nonce, call.ctx.id), vouch).await?;
     call.book(&target, &lease, &crate::core::Labels::default());
     // Whatever version the stream speaks, a re-attach answers with a token.
     Ok(call.with_token(&target, nonce, lease))
@@ -322,41 +317,5 @@ impl Call<'_> {
 
     fn ttl_ms(&self) -> u64 {
         self.shared.ops.core().lease_ttl().as_millis() as u64
-    }
-}
-
-/// Admission tickets a stream has resolved, valid while the directory
-/// version is unchanged: saves the directory lock and the machine lookup on
-/// every acquire. The core decides what a ticket allows; this only caches.
-#[derive(Default)]
-pub(super) struct TicketCache {
-    version: u64,
-    entries: Vec<Ticket>,
-}
-
-/// Most tickets (pool × machine pairs) a stream remembers.
-const TICKETS: usize = 64;
-
-impl TicketCache {
-    /// The cached ticket for `target`, resolving (and caching) it on a miss.
-    fn get(&mut self, core: &Broker, p: &Principal, target: &Target) -> CoreResult<&Ticket> {
-        let version = core.version();
-        if version != self.version {
-            self.entries.clear();
-            self.version = version;
-        }
-        let found = self.entries.iter().position(|t| t.is_for(&target.org, target.pool, &target.machine));
-        let index = match found {
-            Some(i) => i,
-            None => {
-                let ticket = core.resolve(p, target)?;
-                if self.entries.len() >= TICKETS {
-                    self.entries.remove(0);
-                }
-                self.entries.push(ticket);
-                self.entries.len() - 1
-            }
-        };
-        Ok(&self.entries[index])
     }
 }

@@ -1,7 +1,7 @@
 //! A stream's `Hello`: the version it speaks and the key it signs in
-//! with. Who the key is comes from `Operations::sign_in`, the same answer
-//! the web door gets (on a cluster node: welcomed here, redirected to the
-//! node that serves the key's org, or told to retry while it moves).
+//! with. Who the key is comes from `Operations::hello` (on a cluster node:
+//! welcomed here, redirected to the node that serves the key's org, or
+//! told to retry while it moves; the web door's sign-in routes the same way).
 //! Failed keys are budgeted: logged at a bounded rate, and a connection
 //! (or an address) that keeps failing is closed.
 
@@ -19,7 +19,7 @@ pub const MAX_FAILED_HELLOS: u32 = 3;
 pub const AUTH_FAILED_CODE: u32 = 3;
 
 /// The authenticated caller of a stream, re-resolved when the directory changes.
-pub(super) struct Caller {
+pub(super) struct SignedIn {
     pub key: KeyHash,
     principal: Principal,
     /// Directory version the principal was resolved at.
@@ -28,7 +28,7 @@ pub(super) struct Caller {
     pub proto: Version,
 }
 
-impl Caller {
+impl SignedIn {
     /// The stream's principal, re-resolved if the directory changed since
     /// (so a revoked key or a removed user loses access on their next request).
     pub fn authorised(&mut self, core: &Broker) -> Result<&Principal, WireError> {
@@ -50,7 +50,7 @@ impl Caller {
 pub(super) async fn hello(
     shared: &Shared,
     ctx: &ConnCtx,
-    caller: &mut Option<Caller>,
+    caller: &mut Option<SignedIn>,
     hello: Hello,
     out: &mut Vec<u8>,
 ) -> bool {
@@ -69,10 +69,10 @@ pub(super) async fn hello(
     };
     let key = crate::keys::hash(&hello.api_key);
     let version = shared.ops.core().version();
-    match shared.ops.sign_in(&key).await {
+    match shared.ops.hello(&key).await {
         SignIn::Here(principal) => {
             welcome(shared, ctx, out, &principal, proto);
-            *caller = Some(Caller { key, principal, version, proto });
+            *caller = Some(SignedIn { key, principal, version, proto });
             false
         }
         SignIn::Elsewhere(server) => {

@@ -59,14 +59,13 @@ pub(crate) struct Shared {
     pub notices: Arc<connection::Notices>,
     /// Uniqueness of connection ids.
     pub next_conn: AtomicU64,
-    pub open_conns: AtomicUsize,
+    /// Open connections and request latencies (what `/metrics` shows of this door).
+    pub load: Arc<Load>,
     /// Signalled when the last open connection ends (shutdown waits on it).
     pub conns_gone: Notify,
     pub options: Options,
     /// Rate limit of the failed-authentication log.
     pub auth_log: LogBudget,
-    /// Request latencies by kind, for `/metrics`.
-    pub latencies: Latencies,
     /// Signs and checks session tokens.
     pub tokens: token::Tokens,
     /// Budgets connections that have not authenticated yet.
@@ -86,7 +85,7 @@ impl Shared {
             // Registered before the check, so a close between the two still wakes us.
             gone.as_mut().enable();
             // Relaxed: paired with the Notify, which orders the wake-up.
-            if self.open_conns.load(Ordering::Relaxed) == 0 {
+            if self.load.open.load(Ordering::Relaxed) == 0 {
                 return;
             }
             gone.await;
@@ -104,11 +103,19 @@ impl Shared {
     }
 }
 
+/// This door's load: the one part of its state the web door sees.
+pub(crate) struct Load {
+    /// Connections open now (bounded by `Options::max_connections`).
+    pub open: AtomicUsize,
+    /// Request latencies by kind.
+    pub latencies: Latencies,
+}
+
 /// What the web door's `/metrics` shows of this door.
-impl crate::http::Door for Shared {
+impl crate::http::Door for Load {
     fn connections(&self) -> u64 {
         // Relaxed: a gauge read once per scrape.
-        self.open_conns.load(Ordering::Relaxed) as u64
+        self.open.load(Ordering::Relaxed) as u64
     }
 
     fn latencies(&self) -> Vec<OpLatency> {

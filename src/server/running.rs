@@ -14,7 +14,7 @@ use tokio::sync::{oneshot, watch, Notify};
 use super::connection::{self, Notices};
 use super::datadir::{self, TICKET_KEY_FILE, TOKEN_KEY_FILE};
 use super::options::{BootstrapKeys, ClusterSeat, Options};
-use super::{gate, socket, tickets, token, LogBudget, Shared};
+use super::{gate, socket, tickets, token, Load, LogBudget, Shared};
 use crate::clock::Clock;
 use crate::core::{ConnId, OrgName, Record};
 use crate::error::SetupError;
@@ -75,54 +75,67 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     let may_bootstrap = seat.as_ref().is_none_or(|s| s.may_bootstrap);
     let store: Option<Arc<dyn Store>> = cluster.as_ref().map(|s| s.store() as Arc<dyn Store>);
     let (store, core, bootstrap) = datadir::open(&options, clock, store, may_bootstrap)?;
-    let (endpoint, cert_path) = endpoint(&options, listen)?;
+    // Every secret loaded (and the data dir made owner-only) before the
+    // endpoint takes a handshake.
+    let (server_config, cert_path) = server_config(&options)?;
+    let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join(datadir::SIGNING_KEY_FILE))?;
+    let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
+    let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
+    datadir::restrict_tree(&options.data_dir)?;
+    let endpoint = bind_endpoint(&options, listen, server_config)?;
     let addr = endpoint.local_addr().map_err(bind_error)?;
     let history = open_history(&options);
     let (closed_tx, closed) = oneshot::channel();
     let notices = Arc::new(Notices::default());
-    let ops = Operations::new(Parts {
+    let ops = Arc::new(Operations::new(Parts {
         core: Arc::new(core),
         store,
         clock,
-        signing: crate::offline::SigningKey::load_or_generate(&options.data_dir.join(datadir::SIGNING_KEY_FILE))?,
+        signing,
         history: history.clone(),
         cluster,
         holders: notices.clone(),
         closed: closed_tx,
-    });
-    let shared = Arc::new(door(options, Arc::new(ops), notices)?);
+    }));
+    let shared = Arc::new(door(options, ops, notices, tokens));
+    let web = match http {
+        Some(listener) => Some((web(&shared)?, listener)),
+        None => None,
+    };
     let (stop, tasks, http_addr) = (watch::channel(false).0, Vec::new(), None);
     let mut running =
         Running { addr, http_addr, shared, closed, endpoint, stop, tasks, history_task: None, bootstrap, cert_path };
-    running.spawn(history, http)?;
+    running.spawn(history, web);
     tracing::info!(%addr, lease_ttl = ?running.shared.options.lease_ttl, "broker listening");
     Ok(running)
 }
 
 /// The QUIC door's state over `ops`.
-fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>) -> Result<Shared, SetupError> {
-    let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
-    let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
-    datadir::restrict_tree(&options.data_dir)?;
-    Ok(Shared {
+fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>, tokens: token::Tokens) -> Shared {
+    Shared {
         ops,
         notices,
         next_conn: 1.into(),
-        open_conns: 0.into(),
+        // Latencies are recorded only when someone can read them.
+        load: Arc::new(Load { open: 0.into(), latencies: Latencies::new(options.http.is_some()) }),
         conns_gone: Notify::new(),
         auth_log: LogBudget::default(),
-        // Recorded only when someone can read them.
-        latencies: Latencies::new(options.http.is_some()),
         tokens,
         gate: Arc::new(gate::Gate::new(options.strangers)),
         members: DashMap::new(),
         options,
-    })
+    }
 }
 
-/// The QUIC endpoint with the broker's TLS (the given files, or the data
-/// dir's own, generated on first start), and the certificate to trust.
-fn endpoint(options: &Options, listen: Listen) -> Result<(quinn::Endpoint, PathBuf), SetupError> {
+/// The web door over the same operations, showing this door's load.
+fn web(shared: &Shared) -> Result<Arc<crate::http::Web>, SetupError> {
+    let web = crate::http::Web::new(shared.ops.clone(), shared.options.metrics_token.clone(), shared.load.clone());
+    Ok(Arc::new(web.map_err(|_| SetupError::Random)?))
+}
+
+/// The broker's TLS (the given files, or the data dir's own, generated on
+/// first start), and the certificate clients should trust.
+fn server_config(options: &Options) -> Result<(quinn::ServerConfig, PathBuf), SetupError> {
     let files = match &options.tls {
         Some(f) => f.clone(),
         None => {
@@ -132,20 +145,27 @@ fn endpoint(options: &Options, listen: Listen) -> Result<(quinn::Endpoint, PathB
         }
     };
     let ticketer = tickets::Ticketer::load_or_generate(&options.data_dir.join(TICKET_KEY_FILE))?;
-    let server_config =
-        tls::server_config(&files, options.idle_timeout, tls::Limits::STRANGER, Some(Arc::new(ticketer)))?;
-    let endpoint = match listen {
+    let config = tls::server_config(&files, options.idle_timeout, tls::Limits::STRANGER, Some(Arc::new(ticketer)))?;
+    Ok((config, files.cert))
+}
+
+/// The QUIC endpoint serving `config`: a cluster node's own, or one bound here.
+fn bind_endpoint(
+    options: &Options,
+    listen: Listen,
+    config: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, SetupError> {
+    match listen {
         Listen::Given(endpoint) => {
-            endpoint.set_server_config(Some(server_config));
-            endpoint
+            endpoint.set_server_config(Some(config));
+            Ok(endpoint)
         }
         Listen::Bound(socket) => {
             let runtime = Arc::new(quinn::TokioRuntime);
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-                .map_err(|source| SetupError::Bind { addr: options.listen, source })?
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(config), socket, runtime)
+                .map_err(|source| SetupError::Bind { addr: options.listen, source })
         }
-    };
-    Ok((endpoint, files.cert))
+    }
 }
 
 /// The utilization history, unless it is off. One that cannot be opened
@@ -168,11 +188,7 @@ fn open_history(options: &Options) -> Option<Arc<History>> {
 impl Running {
     /// Spawns the broker's tasks: the QUIC accept loop, the expiry and
     /// checkpoint tasks, the history's, and the web door if asked for.
-    fn spawn(
-        &mut self,
-        history: Option<Arc<History>>,
-        http: Option<tokio::net::TcpListener>,
-    ) -> Result<(), SetupError> {
+    fn spawn(&mut self, history: Option<Arc<History>>, web: Option<(Arc<crate::http::Web>, tokio::net::TcpListener)>) {
         let (shared, ops) = (&self.shared, &self.shared.ops);
         let stop = self.stop.subscribe();
         self.tasks = vec![
@@ -182,16 +198,13 @@ impl Running {
         ];
         self.history_task =
             history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));
-        if let Some(listener) = http {
+        if let Some((web, listener)) = web {
             self.http_addr = listener.local_addr().ok();
             let o = &shared.options;
             let limits = crate::http::Limits { connections: o.http_connections, lifetime: o.http_lifetime };
-            let web = crate::http::Web::new(ops.clone(), o.metrics_token.clone(), shared.clone())
-                .map_err(|_| SetupError::Random)?;
-            self.tasks.push(tokio::spawn(crate::http::serve(Arc::new(web), listener, limits, stop)));
+            self.tasks.push(tokio::spawn(crate::http::serve(web, listener, limits, stop)));
             tracing::info!(addr = ?self.http_addr, "ops endpoint listening (/metrics, /healthz)");
         }
-        Ok(())
     }
 
     /// In a cluster, takes over `org` from its records (read from etcd after

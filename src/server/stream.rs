@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 
 use quinn::{RecvStream, SendStream};
 
-use super::handler::{self, Call, Later, TicketCache};
-use super::hello::{self, Caller};
+use super::handler::{self, Call, Later};
+use super::hello::{self, SignedIn};
 use super::waiting::{self, Late};
 use super::{ConnCtx, Shared};
 use crate::core::{Millis, OrgName, Principal};
 use crate::latency;
+use crate::operations::TicketCache;
 use crate::proto::{
     decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,
     Request, Response, ServerFrame, WireError, MAX_FRAME,
@@ -66,7 +67,7 @@ enum Next {
 struct Stream {
     shared: Arc<Shared>,
     ctx: Arc<ConnCtx>,
-    caller: Option<Caller>,
+    caller: Option<SignedIn>,
     tickets: TicketCache,
     /// On a cluster node: the fences' version at which this node was last
     /// seen serving the caller's org (see `served_here`).
@@ -111,7 +112,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
             };
             match read {
                 Read::Bytes(chunk) => {
-                    if s.shared.latencies.enabled() {
+                    if s.shared.load.latencies.enabled() {
                         read_at = Instant::now();
                     }
                     frames.extend(&chunk.bytes);
@@ -162,7 +163,7 @@ impl Stream {
                 Next::Finish => true,
                 Next::Hello(h) => hello::hello(&self.shared, &self.ctx, &mut self.caller, h, &mut self.out).await,
                 Next::Slow { id, later } => {
-                    self.slow(id, later, now).await;
+                    self.slow(id, later).await;
                     false
                 }
             };
@@ -172,11 +173,17 @@ impl Stream {
         }
     }
 
-    /// Awaits what needs the store, with the caller and instant `on_frame` saw.
-    async fn slow(&mut self, id: u64, later: Later, now: Millis) {
-        // `on_frame` hands over work only for a caller it has just authorised.
-        let Some(caller) = self.caller.as_ref() else { return };
+    /// Awaits what needs the store, for the caller `on_frame` authorised,
+    /// at an instant of its own (the requests before it in the batch may
+    /// have waited for the store).
+    async fn slow(&mut self, id: u64, later: Later) {
+        let Some(caller) = self.caller.as_ref() else {
+            // Unreachable: `on_frame` hands over work only for an authorised caller.
+            let err = WireError::new(ErrorCode::OutOfOrder, "send Hello before any request");
+            return respond(id, Outcome::Err(err), &mut self.out);
+        };
         let (key, proto, p) = (caller.key, caller.proto, caller.principal());
+        let now = self.shared.ops.clock().now();
         let call = Call { shared: &self.shared, ctx: &self.ctx, p, key, now, proto };
         if let Some(reply) = handler::slow(&call, later, id, &self.late).await {
             respond(id, into_outcome(reply), &mut self.out);
@@ -205,7 +212,7 @@ impl Stream {
             respond(id, Outcome::Err(e), &mut self.out);
             return Next::Continue;
         }
-        if shared.latencies.enabled() {
+        if shared.load.latencies.enabled() {
             self.tally.add(latency::op_of(&body));
         }
         let call = Call { shared, ctx, p: principal, key, now, proto };
@@ -247,7 +254,7 @@ impl Stream {
         if !written {
             return false;
         }
-        self.shared.latencies.record(&mut self.tally, read_at.elapsed());
+        self.shared.load.latencies.record(&mut self.tally, read_at.elapsed());
         self.out.clear();
         if self.out.capacity() > 4 * OUT_HIGH_WATER {
             // A burst's worth of answers is not kept for the stream's life.
