@@ -161,6 +161,41 @@ async fn the_dashboard_signs_in_with_a_key_into_a_strict_http_only_cookie() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_of_the_web_door_forbids_scripts_framing_sniffing_and_caching() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    let bearer = format!("Authorization: Bearer {}", b.owner);
+    let asks = [
+        ("GET / HTTP/1.0".to_string(), 200),
+        ("GET /metrics HTTP/1.0".to_string(), 200),
+        ("GET /no-such-page HTTP/1.0".to_string(), 404),
+        (format!("GET /api/v1/sessions?org=default&format=csv HTTP/1.0\r\n{bearer}"), 200),
+        (format!("GET /api/v1/usage?org=default HTTP/1.0\r\n{bearer}"), 200),
+        ("GET /api/v1/usage?org=default HTTP/1.0".to_string(), 401),
+        ("POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded".to_string(), 422),
+    ];
+    for (ask, want) in asks {
+        let body = if ask.starts_with("POST") { "nokey=1" } else { "" };
+        let ask2 = ask.clone();
+        let (code, head, _) = tokio::task::spawn_blocking(move || request(http, &ask2, body)).await.unwrap();
+        assert_eq!(code, want, "{ask}: {head}");
+        let head = head.to_ascii_lowercase();
+        let value = |name: &str| {
+            head.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string)).unwrap_or_default()
+        };
+        let csp = value("content-security-policy");
+        assert!(csp.contains("default-src 'none'") && !csp.contains("script-src"), "{ask}: no script may run: {csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{ask}: {csp}");
+        assert_eq!(value("x-content-type-options"), "nosniff", "{ask}");
+        assert_eq!(value("referrer-policy"), "no-referrer", "{ask}");
+        assert_eq!(value("cache-control"), "no-store", "{ask}: member data is never cached");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_history_file_costs_the_charts_not_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(license_broker::history::FILE), b"not a redb file at all").unwrap();

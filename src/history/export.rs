@@ -115,11 +115,17 @@ pub fn session_json(id: u64, r: &EndedRow) -> Value {
 /// The CSV header of ended sessions.
 pub const SESSIONS_CSV_HEADER: &str = "session,pool,user,machine,start,end,duration_seconds,reason,pipeline,job\n";
 
-/// Quotes a CSV field when it must be.
+/// A CSV text cell: quoted when it must be, and neutralised when a
+/// spreadsheet would read it as a formula (it starts with `=`, `+`, `-`,
+/// `@`, a tab or a CR: OWASP's rule for CSV injection): a leading `'`
+/// makes it text, and the cell is quoted. Runner labels and emails come
+/// from anyone with a key, so every text cell goes through here.
 fn field(s: &str) -> String {
-    match s.contains([',', '"', '\n', '\r']) {
-        true => format!("\"{}\"", s.replace('"', "\"\"")),
-        false => s.to_string(),
+    let formula = s.starts_with(['=', '+', '-', '@', '\t', '\r']);
+    match (formula, s.contains([',', '"', '\n', '\r'])) {
+        (true, _) => format!("\"'{}\"", s.replace('"', "\"\"")),
+        (false, true) => format!("\"{}\"", s.replace('"', "\"\"")),
+        (false, false) => s.to_string(),
     }
 }
 
@@ -175,4 +181,57 @@ pub fn what_if_csv(w: &WhatIf) -> String {
         out.push_str(&format!("{},{},{},{:.4}\n", o.seats, o.admitted, o.denied, o.at_capacity()));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(user: &str, job: &str) -> EndedRow {
+        EndedRow {
+            pool: "kre-floating-annual".into(),
+            user: user.into(),
+            machine: "ci-01".into(),
+            start: 0,
+            end: 1_000,
+            reason: "released".into(),
+            labels: vec![("pipeline".into(), "main".into()), ("job".into(), job.into())],
+        }
+    }
+
+    /// The cells of one CSV line, as a spreadsheet splits them.
+    fn cells(line: &str) -> Vec<String> {
+        let (mut out, mut cell, mut quoted) = (Vec::new(), String::new(), false);
+        let mut chars = line.trim_end_matches('\n').chars().peekable();
+        while let Some(c) = chars.next() {
+            match (c, quoted) {
+                ('"', true) if chars.peek() == Some(&'"') => {
+                    cell.push('"');
+                    chars.next();
+                }
+                ('"', _) => quoted = !quoted,
+                (',', false) => out.push(std::mem::take(&mut cell)),
+                (c, _) => cell.push(c),
+            }
+        }
+        out.push(cell);
+        out
+    }
+
+    #[test]
+    fn a_cell_a_spreadsheet_would_run_as_a_formula_is_exported_as_text() {
+        for hostile in ["=HYPERLINK(\"http://x\",\"y\")", "+1+cmd|' /C calc'!A0", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
+            let line = session_csv(7, &row("=owner@acme", hostile));
+            let c = cells(&line);
+            assert_eq!(c.len(), 10, "{line}");
+            for cell in &c {
+                assert!(!cell.starts_with(['=', '+', '-', '@', '\t', '\r']), "cell {cell:?} of {line}");
+            }
+            assert_eq!(c[2], "'=owner@acme", "the user's text survives, marked as text");
+            assert_eq!(c[9], format!("'{hostile}"), "{line}");
+        }
+        // Ordinary cells are untouched; commas and quotes are still quoted.
+        let c = cells(&session_csv(7, &row("dev@acme", "build, \"nightly\"")));
+        assert_eq!((c[2].as_str(), c[8].as_str(), c[9].as_str()), ("dev@acme", "main", "build, \"nightly\""));
+    }
 }

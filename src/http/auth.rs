@@ -62,6 +62,15 @@ impl Signer {
     }
 }
 
+/// Whether a secret someone sent equals the one expected, in time that
+/// does not depend on where they differ: both are hashed first, so a
+/// comparison that stops early can only reveal how much of two digests
+/// agree, which says nothing about the secret.
+pub fn same_secret(given: &str, expected: &str) -> bool {
+    let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    digest(given).as_ref() == digest(expected).as_ref()
+}
+
 fn unhex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
@@ -130,5 +139,13 @@ mod tests {
         assert_eq!(s.open(&forged, 999), None, "the expiry is signed");
         assert_eq!(Signer::new().unwrap().open(&c, 999), None, "another run's secret");
         assert_ne!(s.csrf_token(&c), s.csrf_token(&forged));
+    }
+
+    #[test]
+    fn secrets_compare_equal_only_when_equal() {
+        assert!(same_secret("Bearer t0ken", "Bearer t0ken"));
+        for other in ["Bearer t0kem", "Bearer t0ke", "", "bearer t0ken"] {
+            assert!(!same_secret(other, "Bearer t0ken"), "{other:?}");
+        }
     }
 }

@@ -29,7 +29,7 @@ pub use metrics::MAX_ORGS;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -95,6 +95,7 @@ pub(crate) async fn serve(
         .route("/signout", axum::routing::post(dashboard::sign_out))
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
+        .layer(axum::middleware::map_response(guarded))
         .with_state(web);
     let stopped = async move {
         let _ = stop.changed().await;
@@ -103,6 +104,25 @@ pub(crate) async fn serve(
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
         tracing::warn!("the http endpoint stopped: {e}");
     }
+}
+
+/// What no page may do, said on every answer: run any script (the pages
+/// have none; styles are inline), be framed by another page, send the
+/// address on as a referrer, be sniffed as another type, or be kept by a
+/// cache (member emails, machines and sessions are on them).
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
+    form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// Adds the security headers to every answer (`CONTENT_SECURITY_POLICY`);
+/// a handler's own `Cache-Control` is kept.
+async fn guarded(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    r
 }
 
 async fn scrape(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
@@ -117,7 +137,7 @@ fn exposition(
 ) -> Response {
     if let Some(token) = token {
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given != Some(format!("Bearer {token}").as_str()) {
+        if !given.is_some_and(|g| auth::same_secret(g, &format!("Bearer {token}"))) {
             return (StatusCode::UNAUTHORIZED, "a bearer token is required (--metrics-token)\n").into_response();
         }
     }

@@ -177,7 +177,7 @@ pub(super) async fn kill(
     };
     // The token is derived from this browser's cookie: a page of another
     // origin can make the browser send the cookie, never read the token.
-    if f.csrf != web.signer.csrf_token(&cookie) {
+    if !auth::same_secret(&f.csrf, &web.signer.csrf_token(&cookie)) {
         return html(
             StatusCode::FORBIDDEN,
             view::page("Refused", None, "<p class=\"err\">The form is stale or forged (CSRF token mismatch).</p>"),
