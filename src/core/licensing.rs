@@ -207,17 +207,7 @@ impl Broker {
         sign: impl FnOnce(&LicenseFields) -> String,
     ) -> Result<Pending<(LicenseFields, String)>> {
         let Target { org, pool, machine } = &order.target;
-        let handle = self.admin_pool(p, org, *pool)?;
-        self.check_offline_expiry(org, *pool, order.last_day_end, now)?;
-        if let Some(until) = handle.active_offline_for(machine) {
-            return Err(Error::AlreadyExists {
-                what: "offline license",
-                name: format!(
-                    "for {machine} until {} (a new one can be made once it has expired)",
-                    format_end_date(until)
-                ),
-            });
-        }
+        let handle = self.offline_pool(p, &order.target, order.last_day_end, now)?;
         // Whole seconds: the file states its issue time to the second.
         let issued = Millis(now.0 / 1000 * 1000);
         let (id, expires) = (order.id, order.last_day_end);
@@ -229,6 +219,31 @@ impl Broker {
         let file = sign(&r);
         let changes = self.offline_changes(p, &r, file.clone(), now);
         Ok(Pending::reserved(changes, (r, file), Undo::CancelOffline(handle, id, expires)))
+    }
+
+    /// Owner/Admin: whether an offline license for `target` through the day
+    /// ending at `last_day_end` would be created now, every rule but the
+    /// quota checked (the console's confirmation page asks before the act).
+    pub fn check_offline(&self, p: &Principal, target: &Target, last_day_end: Millis, now: Millis) -> Result<()> {
+        self.offline_pool(p, target, last_day_end, now).map(drop)
+    }
+
+    /// The pool an offline license for `target` would hold a seat of, once
+    /// the caller, the pool's kind, the expiry and the machine are checked.
+    fn offline_pool(&self, p: &Principal, target: &Target, last_day_end: Millis, now: Millis) -> Result<Arc<Pool>> {
+        let Target { org, pool, machine } = target;
+        let handle = self.admin_pool(p, org, *pool)?;
+        self.check_offline_expiry(org, *pool, last_day_end, now)?;
+        if let Some(until) = handle.active_offline_for(machine) {
+            return Err(Error::AlreadyExists {
+                what: "offline license",
+                name: format!(
+                    "for {machine} until {} (a new one can be made once it has expired)",
+                    format_end_date(until)
+                ),
+            });
+        }
+        Ok(handle)
     }
 
     /// Refuses an offline license from a pool that cannot issue them, or
@@ -291,6 +306,19 @@ impl Broker {
                 })
                 .collect())
         })
+    }
+
+    /// Owner/Admin: what an offline license of the org says, to hand its
+    /// file out again (the signature is deterministic, so the same fields
+    /// sign to the same bytes).
+    pub fn offline_fields(&self, p: &Principal, org: &OrgName, id: &str) -> Result<LicenseFields> {
+        p.require_admin(org)?;
+        let found = self.with_dir(|dir| -> Result<_> {
+            let pools = dir.org(org)?.pools.values();
+            Ok(pools.flat_map(|h| h.offline().into_iter().map(|o| (h.id, o))).find(|(_, o)| o.id.to_string() == id))
+        })?;
+        let (pool, o) = found.ok_or_else(|| Error::not_found("offline license", id))?;
+        Ok(LicenseFields { org: org.clone(), pool, id: o.id, machine: o.machine, issued: o.issued, expires: o.expires })
     }
 
     /// Owner/Admin asks to revoke or transfer an offline license: always

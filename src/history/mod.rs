@@ -74,7 +74,7 @@ impl Period {
     pub fn for_step(step_ms: u64) -> Period {
         [Period::Day, Period::Hour, Period::Minute]
             .into_iter()
-            .find(|p| step_ms >= p.ms() && step_ms % p.ms() == 0)
+            .find(|p| step_ms >= p.ms() && step_ms.is_multiple_of(p.ms()))
             .unwrap_or(Period::Minute)
     }
 }

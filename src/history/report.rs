@@ -105,7 +105,7 @@ pub fn usage(
     let pools = core.status(p, Some(org))?;
     history(h)?;
     range(from, to)?;
-    if step_ms < crate::core::usage::MINUTE_MS || step_ms % crate::core::usage::MINUTE_MS != 0 {
+    if step_ms < crate::core::usage::MINUTE_MS || !step_ms.is_multiple_of(crate::core::usage::MINUTE_MS) {
         return Err(ReportError::Invalid("the step must be a whole number of minutes".into()));
     }
     if (to.0 - from.0) / step_ms > MAX_POINTS {

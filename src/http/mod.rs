@@ -19,6 +19,7 @@
 
 mod api;
 pub mod auth;
+mod console;
 pub mod dashboard;
 mod listener;
 mod metrics;
@@ -95,6 +96,7 @@ pub(crate) async fn serve(
         .route("/signout", axum::routing::post(dashboard::sign_out))
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
+        .merge(console::routes())
         .layer(axum::middleware::map_response(guarded))
         .with_state(web);
     let stopped = async move {

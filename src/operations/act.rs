@@ -143,6 +143,13 @@ impl Operations {
         Ok(OfflineFile { file_name: fields.file_name(), content })
     }
 
+    /// An offline license's file again, byte for byte as it was handed out
+    /// (Owner/Admin).
+    pub fn offline_file(&self, c: Caller<'_>, org: &OrgName, id: &str) -> Result<OfflineFile, WireError> {
+        let fields = self.core.offline_fields(c.p, org, id)?;
+        Ok(OfflineFile { file_name: fields.file_name(), content: self.signing.sign(&fields) })
+    }
+
     /// An Owner/Admin ends a session of their org: audited first, then
     /// ended (its holder is told).
     pub async fn kill(&self, c: Caller<'_>, org: &OrgName, session: SessionId) -> Result<(), WireError> {

@@ -36,6 +36,9 @@ pub struct PoolStatus {
     pub offline: u32,
     /// Runners waiting in the pool's queue.
     pub waiting: u32,
+    /// Seats still held after a restart or a takeover for runners that
+    /// have not re-attached yet (none once the hold ends).
+    pub held: u32,
     /// Sessions ended since the pool was created, by reason (`EndReason::ALL` order).
     pub ends: [u64; 4],
     /// Admissions refused for other reasons than the quota since the pool
@@ -111,6 +114,8 @@ impl Pool {
             activations,
             offline,
             waiting: self.waiting(),
+            // Acquire: pairs with `hold_reserve`'s Release store.
+            held: self.reserve.load(Ordering::Acquire),
             ends,
             denied: *self.denied.lock(),
         }

@@ -34,7 +34,7 @@ use view::{LiveView, OrgView, PoolView, RANGES};
 const AUDIT_SHOWN: usize = 25;
 
 /// The caller signed in with the cookie, with the cookie's value.
-fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
+pub(super) fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
     let value = auth::cookie(headers, COOKIE)?;
     let hash = web.signer.open(value, web.ops.clock().now().0)?;
     web.ops.core().authenticate(&hash).ok().map(|p| (p, value.to_string()))

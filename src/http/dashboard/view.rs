@@ -26,7 +26,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// The page's own style: no external file, no CDN.
-const STYLE: &str = r#"
+pub(crate) const STYLE: &str = r#"
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d2733;background:#f5f7fa}
 header{background:#1d2733;color:#fff;padding:10px 20px;display:flex;gap:20px;align-items:center}
 header a{color:#cfe3ff}header form{margin-left:auto}

@@ -1,0 +1,434 @@
+//! License Management, one pool at a time (the vendor's page): the
+//! subscription box, Licensed Users (KSE: grant several at once, revoke
+//! several), Online Licenses (live sessions and node-locked activations,
+//! each ended or deactivated), Registered Machines (deactivated after a
+//! confirmation that says what it ends) and Offline Licenses (listed,
+//! downloaded, created through `offline`).
+//!
+//! A batch of grants or revokes goes member by member through the same
+//! operation the CLI calls: the ones that can go through do, and the
+//! answer names each one refused with the broker's reason and code.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+
+use super::form::Q;
+use super::{end_day, org_of, refused, render, when, words, Fields, Shell, Signed};
+use crate::core::{Email, Kind, MachineId, Millis, OrgName, PoolId, PoolStatus, Principal, Product, SessionId, Term};
+use crate::http::Web;
+use crate::operations::Operations;
+
+#[derive(Template)]
+#[template(path = "licenses.html")]
+struct Page {
+    shell: Shell,
+    org: String,
+    /// Every pool as a tab: (id, selected, title).
+    pools: Vec<(String, bool, String)>,
+    pool: Option<PoolBox>,
+    /// Whether the caller manages the org (the core answered its lists).
+    manage: bool,
+    licensed: Vec<Licensed>,
+    online: Vec<Online>,
+    /// Registered machines: (machine, when).
+    machines: Vec<(String, String)>,
+    offline: Vec<super::offline::Row>,
+    /// An offline license just created (its download starts).
+    created: Option<super::offline::Row>,
+}
+
+/// A pool's subscription box.
+struct PoolBox {
+    pool: String,
+    title: String,
+    kse: bool,
+    quota: u32,
+    available: u32,
+    sessions: u32,
+    grants: u32,
+    activations: u32,
+    offline: u32,
+    held: u32,
+    machines: u32,
+    waiting: u32,
+    end: String,
+    offline_allowed: bool,
+}
+
+struct Licensed {
+    email: String,
+    since: String,
+    machine: String,
+}
+
+/// A live session or a node-locked activation.
+struct Online {
+    machine: String,
+    user: String,
+    kind: &'static str,
+    job: String,
+    since: String,
+    /// The session to end (`None`: an activation, freed by deactivating its machine).
+    session: Option<String>,
+}
+
+/// `GET /org/ORG/licenses?pool=POOL`.
+pub(super) async fn page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Q(q): Q,
+) -> Response {
+    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
+        (Ok(s), Ok(org)) => (s, org),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    match gather(&web, &s, &org, &q) {
+        Ok(page) => render(StatusCode::OK, &page),
+        Err(e) => refused(e),
+    }
+}
+
+/// The page as `s` may see it.
+fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crate::core::Error> {
+    let core = web.ops.core();
+    let status = core.status(&s.p, Some(org))?;
+    let chosen = q.one("pool").and_then(|p| p.parse::<PoolId>().ok());
+    let current = status.iter().find(|st| Some(st.pool) == chosen).or(status.first());
+    let pools = status.iter().map(|st| (st.pool.to_string(), Some(st) == current, title(st.pool))).collect();
+    let mut shell = s.shell("License management", Some(org), "licenses");
+    shell.note = s.note(web, q);
+    let mut page = Page {
+        shell,
+        org: org.to_string(),
+        pools,
+        pool: None,
+        manage: false,
+        licensed: Vec::new(),
+        online: Vec::new(),
+        machines: Vec::new(),
+        offline: Vec::new(),
+        created: None,
+    };
+    if let Some(st) = current {
+        page.pool = Some(subscription_box(st, subscription_end(web, org)));
+        fill_lists(&mut page, web, &s.p, org, st.pool);
+        page.created = q.one("created").and_then(|id| page.offline.iter().find(|o| o.id == id).cloned());
+    }
+    Ok(page)
+}
+
+/// The lists an Owner or Admin sees; left empty (and `manage` false) for
+/// anyone the core refuses them to.
+fn fill_lists(page: &mut Page, web: &Web, p: &Principal, org: &OrgName, pool: PoolId) {
+    let core = web.ops.core();
+    let now = web.ops.clock().now();
+    let (Ok(sessions), Ok(grants), Ok(machines), Ok(offline)) =
+        (core.sessions(p, org), core.grants(p, org, Some(pool)), core.machines(p, org), core.offline_licenses(p, org))
+    else {
+        return;
+    };
+    page.manage = true;
+    page.online = online(&sessions, &grants, pool, now);
+    page.licensed = grants
+        .iter()
+        .map(|g| Licensed {
+            email: g.email.to_string(),
+            since: when(g.granted, now),
+            machine: g.machine.as_ref().map(ToString::to_string).unwrap_or_default(),
+        })
+        .collect();
+    page.machines = machines
+        .into_iter()
+        .filter(|m| m.pool == pool)
+        .map(|m| (m.machine.to_string(), when(m.registered, now)))
+        .collect();
+    page.offline = offline.into_iter().filter(|o| o.pool == pool).map(super::offline::Row::of).collect();
+}
+
+/// The pool's live sessions, then its node-locked activations.
+fn online(
+    sessions: &[crate::core::SessionInfo],
+    grants: &[crate::core::GrantInfo],
+    pool: PoolId,
+    now: Millis,
+) -> Vec<Online> {
+    let live = sessions.iter().filter(|x| x.pool == pool).map(|x| Online {
+        machine: x.machine.to_string(),
+        user: x.user.to_string(),
+        kind: "session",
+        job: x.labels.to_string(),
+        since: when(x.started, now),
+        session: Some(x.session.to_string()),
+    });
+    let activated = grants.iter().filter_map(|g| {
+        Some(Online {
+            machine: g.machine.as_ref()?.to_string(),
+            user: g.email.to_string(),
+            kind: "activation",
+            job: String::new(),
+            since: when(g.granted, now),
+            session: None,
+        })
+    });
+    live.chain(activated).collect()
+}
+
+/// What the subscription box shows of a pool.
+fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
+    let kse = st.pool.product == Product::Kse;
+    PoolBox {
+        pool: st.pool.to_string(),
+        title: title(st.pool),
+        kse,
+        quota: st.quota,
+        available: st.quota.saturating_sub(st.in_use).saturating_sub(st.held),
+        sessions: st.in_use.saturating_sub(st.activations).saturating_sub(st.offline),
+        grants: st.grants,
+        activations: st.activations,
+        offline: st.offline,
+        held: st.held,
+        machines: st.machines,
+        waiting: st.waiting,
+        end,
+        offline_allowed: st.pool.kind == Kind::NodeLocked && st.pool.term == Term::Annual,
+    }
+}
+
+/// "KSE node-locked (annual)".
+pub(super) fn title(pool: PoolId) -> String {
+    let kind = match pool.kind {
+        Kind::Floating => "floating",
+        _ => "node-locked",
+    };
+    let term = match pool.term {
+        Term::Annual => "annual",
+        _ => "monthly",
+    };
+    format!("{} {kind} ({term})", pool.product_name())
+}
+
+fn subscription_end(web: &Web, org: &OrgName) -> String {
+    let (_, ends) = web.ops.core().census();
+    ends.into_iter().find(|(o, _)| o == org).map(|(_, end)| end_day(end)).unwrap_or_default()
+}
+
+/// A form's org, caller and pool, checked in that order.
+fn posted(web: &Web, headers: &HeaderMap, org: String, f: &Fields) -> Result<(Signed, OrgName, PoolId), Response> {
+    let s = Signed::posted(web, headers, f)?;
+    let org = org_of(org)?;
+    let pool = f.one("pool").and_then(|p| p.parse::<PoolId>().ok());
+    let pool = pool
+        .ok_or_else(|| super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT"))?;
+    Ok((s, org, pool))
+}
+
+fn back(org: &OrgName, pool: PoolId, anchor: &str) -> String {
+    format!("/org/{org}/licenses?pool={pool}#{anchor}")
+}
+
+/// `POST /org/ORG/licenses/grant` (`pool`, `emails`): one grant per member.
+pub(super) async fn grant(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let f = Fields::parse(&body);
+    let (s, org, pool) = match posted(&web, &headers, org, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let emails: Vec<&str> =
+        f.one("emails").unwrap_or("").split([',', '\n', ';', ' ']).filter(|e| !e.trim().is_empty()).collect();
+    let (ops, who, org) = (&web.ops, &s, &org);
+    let outcome = each(&emails, |email| async move { ops.grant(who.caller(ops), org, pool, &email).await }).await;
+    s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Granted", "not granted"))
+}
+
+/// `POST /org/ORG/licenses/revoke` (`pool`, `email` repeated).
+pub(super) async fn revoke(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let f = Fields::parse(&body);
+    let (s, org, pool) = match posted(&web, &headers, org, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let (ops, who, org) = (&web.ops, &s, &org);
+    let outcome =
+        each(&f.all("email"), |email| async move { ops.revoke_grant(who.caller(ops), org, pool, &email).await }).await;
+    s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Revoked", "not revoked"))
+}
+
+/// How a batch went, member by member.
+#[derive(Default)]
+struct Outcome {
+    done: Vec<String>,
+    refused: Vec<String>,
+}
+
+impl Outcome {
+    /// "Granted: a, b.\nNot granted (the others went through): c: why (CODE)."
+    fn say(&self, done: &str, not: &str) -> String {
+        let mut out = String::new();
+        if !self.done.is_empty() {
+            out.push_str(&format!("{done}: {}.", self.done.join(", ")));
+        }
+        if !self.refused.is_empty() {
+            let others = if self.done.is_empty() { "" } else { " (the others went through)" };
+            out.push_str(&format!("\n{}{others}: {}.", capitalised(not), self.refused.join("; ")));
+        }
+        if out.is_empty() {
+            out.push_str("No email was given.");
+        }
+        out.trim_start().to_string()
+    }
+}
+
+fn capitalised(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
+}
+
+/// Runs `act` for each email in turn; an email that does not parse is
+/// refused without asking.
+async fn each<F, Fut>(emails: &[&str], act: F) -> Outcome
+where
+    F: Fn(Email) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::proto::WireError>>,
+{
+    let mut o = Outcome::default();
+    for raw in emails {
+        let raw = raw.trim();
+        match Email::parse_lenient(raw) {
+            Err(e) => o.refused.push(format!("{raw}: {e} (INVALID_ARGUMENT)")),
+            Ok(email) => match act(email).await {
+                Ok(()) => o.done.push(raw.to_string()),
+                Err(e) => o.refused.push(format!("{raw}: {}", words(&e))),
+            },
+        }
+    }
+    o
+}
+
+/// `POST /org/ORG/sessions/end` (`pool`, `session`): an Owner or Admin
+/// ends a live session (audited; its holder is told).
+pub(super) async fn end_session(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let f = Fields::parse(&body);
+    let (s, org, pool) = match posted(&web, &headers, org, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(session) = f.one("session").and_then(|x| x.parse::<SessionId>().ok()) else {
+        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such session.", "INVALID_ARGUMENT");
+    };
+    match web.ops.kill(s.caller(&web.ops), &org, session).await {
+        Ok(()) => s.back_with(
+            &web,
+            &back(&org, pool, "online"),
+            &format!("Session {session} was ended; its runner has been told."),
+        ),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "deactivate.html")]
+struct Confirm {
+    shell: Shell,
+    org: String,
+    pool: String,
+    machine: String,
+    /// What deactivating ends, in words.
+    ends: Vec<String>,
+}
+
+/// `GET /org/ORG/machines/deactivate?pool=&machine=`: says what it ends first.
+pub(super) async fn confirm_deactivate(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Q(q): Q,
+) -> Response {
+    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
+        (Ok(s), Ok(org)) => (s, org),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let pool = q.one("pool").and_then(|p| p.parse::<PoolId>().ok());
+    let machine = q.one("machine").and_then(|m| MachineId::new(m).ok());
+    let (Some(pool), Some(machine)) = (pool, machine) else {
+        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such machine.", "INVALID_ARGUMENT");
+    };
+    match what_it_ends(&web.ops, &s.p, &org, pool, &machine) {
+        Ok(ends) => {
+            let shell = s.shell(format!("Deactivate {machine}"), Some(&org), "licenses");
+            render(
+                StatusCode::OK,
+                &Confirm { shell, org: org.to_string(), pool: pool.to_string(), machine: machine.to_string(), ends },
+            )
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// The live sessions and the activation that deactivating `machine` ends.
+fn what_it_ends(
+    ops: &Operations,
+    p: &Principal,
+    org: &OrgName,
+    pool: PoolId,
+    machine: &MachineId,
+) -> Result<Vec<String>, crate::core::Error> {
+    let core = ops.core();
+    if !core.machines(p, org)?.iter().any(|m| m.pool == pool && &m.machine == machine) {
+        return Err(crate::core::Error::not_found("registered machine", machine.as_str()));
+    }
+    let now = ops.clock().now();
+    let sessions = core.sessions(p, org)?.into_iter().filter(|x| x.pool == pool && &x.machine == machine);
+    let mut ends: Vec<String> = sessions
+        .map(|x| format!("the live session {} of {} (started {})", x.session, x.user, when(x.started, now)))
+        .collect();
+    for g in core.grants(p, org, Some(pool))?.into_iter().filter(|g| g.machine.as_ref() == Some(machine)) {
+        ends.push(format!("the node-locked activation of {} (their license stays granted)", g.email));
+    }
+    Ok(ends)
+}
+
+/// `POST /org/ORG/machines/deactivate` (`pool`, `machine`).
+pub(super) async fn deactivate(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let f = Fields::parse(&body);
+    let (s, org, pool) = match posted(&web, &headers, org, &f) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let Some(machine) = f.one("machine").and_then(|m| MachineId::new(m).ok()) else {
+        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such machine.", "INVALID_ARGUMENT");
+    };
+    match web.ops.remove_machine(s.caller(&web.ops), &org, Some(pool), &machine).await {
+        Ok(()) => s.back_with(
+            &web,
+            &back(&org, pool, "machines"),
+            &format!("Machine {machine} was deactivated; its slot is free."),
+        ),
+        Err(e) => refused(e),
+    }
+}

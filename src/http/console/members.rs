@@ -1,0 +1,221 @@
+//! Members, API keys and per-user session caps, for an org's Owners and
+//! Admins: add a member with a role (only Owners make or remove Owners:
+//! the core's rule), remove one (their keys, grants and sessions go with
+//! them), create a key (shown once, on the answer to the form, never
+//! again), revoke one, cap a member's concurrent sessions in a pool.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+
+use super::form::Q;
+use super::{org_of, refused, render, role_name, when, words, Fields, Shell, Signed};
+use crate::core::{Email, KeyRef, OrgName, PoolId, Role};
+use crate::http::Web;
+
+#[derive(Template)]
+#[template(path = "members.html")]
+struct Page {
+    shell: Shell,
+    org: String,
+    /// (email, role, since)
+    members: Vec<(String, &'static str, String)>,
+    /// (id, email, created, revoked)
+    keys: Vec<(String, String, String, bool)>,
+    /// (pool, email, max, in use)
+    caps: Vec<(String, String, u32, u32)>,
+    pools: Vec<String>,
+    /// A key just made: (email, key), shown this once.
+    new_key: Option<(String, String)>,
+}
+
+/// `GET /org/ORG/members`.
+pub(super) async fn page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Q(q): Q,
+) -> Response {
+    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
+        (Ok(s), Ok(org)) => (s, org),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let mut shell = s.shell("Members and API keys", Some(&org), "members");
+    shell.note = s.note(&web, &q);
+    match gather(&web, &s, &org, shell) {
+        Ok(page) => render(StatusCode::OK, &page),
+        Err(e) => refused(e),
+    }
+}
+
+/// Everything on the page; the core refuses it to anyone but the org's
+/// Owners and Admins (and the operator, who sees no org's users).
+fn gather(web: &Web, s: &Signed, org: &OrgName, shell: Shell) -> Result<Page, crate::core::Error> {
+    let core = web.ops.core();
+    let now = web.ops.clock().now();
+    let members = core
+        .users(&s.p, org)?
+        .into_iter()
+        .map(|u| (u.email.to_string(), role_name(u.role), when(u.created, now)))
+        .collect();
+    let keys = core
+        .keys(&s.p, org)?
+        .into_iter()
+        .map(|k| (k.id, k.email.to_string(), when(k.created, now), k.revoked))
+        .collect();
+    let pools: Vec<PoolId> = core.status(&s.p, Some(org))?.into_iter().map(|st| st.pool).collect();
+    let mut caps = Vec::new();
+    for pool in &pools {
+        for (email, max, in_use) in core.user_limits(&s.p, org, *pool)? {
+            caps.push((pool.to_string(), email.to_string(), max, in_use));
+        }
+    }
+    let pools = pools.iter().map(ToString::to_string).collect();
+    Ok(Page { shell, org: org.to_string(), members, keys, caps, pools, new_key: None })
+}
+
+/// A form's caller, org and fields.
+fn posted(web: &Web, headers: &HeaderMap, org: String, body: &[u8]) -> Result<(Signed, OrgName, Fields), Response> {
+    let f = Fields::parse(body);
+    let s = Signed::posted(web, headers, &f)?;
+    Ok((s, org_of(org)?, f))
+}
+
+/// The form's `email`, or a refusal in words.
+fn email(f: &Fields) -> Result<Email, String> {
+    let raw = f.one("email").unwrap_or("");
+    Email::parse_lenient(raw).map_err(|e| format!("{raw}: {e} (INVALID_ARGUMENT)"))
+}
+
+/// Back to the members page, saying what happened.
+fn back(s: &Signed, web: &Web, org: &OrgName, said: Result<String, String>) -> Response {
+    let note = match said {
+        Ok(done) => done,
+        Err(why) => format!("Refused: {why}"),
+    };
+    s.back_with(web, &format!("/org/{org}/members"), &note)
+}
+
+/// `POST /org/ORG/members/add` (`email`, `role`).
+pub(super) async fn add(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, org, f) = match posted(&web, &headers, org, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let said = async {
+        let email = email(&f)?;
+        let role: Role = f.one("role").unwrap_or("user").parse().map_err(|e| format!("{e} (INVALID_ARGUMENT)"))?;
+        web.ops
+            .add_user(s.caller(&web.ops), &org, &email, role)
+            .await
+            .map_err(|e| format!("{email}: {}", words(&e)))?;
+        Ok(format!("{email} is a member, as {}.", role_name(role)))
+    };
+    back(&s, &web, &org, said.await)
+}
+
+/// `POST /org/ORG/members/remove` (`email`).
+pub(super) async fn remove(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, org, f) = match posted(&web, &headers, org, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let said = async {
+        let email = email(&f)?;
+        web.ops.remove_user(s.caller(&web.ops), &org, &email).await.map_err(|e| format!("{email}: {}", words(&e)))?;
+        Ok(format!("{email} was removed: their keys, licenses and sessions ended."))
+    };
+    back(&s, &web, &org, said.await)
+}
+
+/// `POST /org/ORG/keys/create` (`email`): the answer is the page with the
+/// key on it, this once (never cached, never in an address).
+pub(super) async fn create_key(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, org, f) = match posted(&web, &headers, org, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let email = match email(&f) {
+        Ok(e) => e,
+        Err(why) => return back(&s, &web, &org, Err(why)),
+    };
+    let made = match web.ops.create_key(s.caller(&web.ops), &org, &email).await {
+        Ok(k) => k,
+        Err(e) => return back(&s, &web, &org, Err(format!("{email}: {}", words(&e)))),
+    };
+    let mut shell = s.shell("Members and API keys", Some(&org), "members");
+    shell.note = Some(format!("Key {} made for {email}.", made.id));
+    match gather(&web, &s, &org, shell) {
+        Ok(mut page) => {
+            page.new_key = Some((email.to_string(), made.key));
+            render(StatusCode::OK, &page)
+        }
+        Err(e) => refused(e),
+    }
+}
+
+/// `POST /org/ORG/keys/revoke` (`id`).
+pub(super) async fn revoke_key(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, org, f) = match posted(&web, &headers, org, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let id = f.one("id").unwrap_or("").to_string();
+    let said = web.ops.revoke_key(s.caller(&web.ops), &org, KeyRef::Id(id.clone())).await;
+    back(&s, &web, &org, said.map(|()| format!("Key {id} was revoked.")).map_err(|e| format!("{id}: {}", words(&e))))
+}
+
+/// `POST /org/ORG/limits` (`pool`, `email`, `max`; no `max`: lift the cap).
+pub(super) async fn set_limit(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, org, f) = match posted(&web, &headers, org, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let said = async {
+        let email = email(&f)?;
+        let pool: PoolId = f.one("pool").unwrap_or("").parse().map_err(|e| format!("{e} (INVALID_ARGUMENT)"))?;
+        let max = f
+            .one("max")
+            .map(str::parse::<u32>)
+            .transpose()
+            .map_err(|_| "the cap must be a whole number (INVALID_ARGUMENT)".to_string())?;
+        web.ops
+            .set_user_limit(s.caller(&web.ops), (&org, pool), &email, max)
+            .await
+            .map_err(|e| format!("{email}: {}", words(&e)))?;
+        Ok(match max {
+            Some(n) => format!("{email} may hold at most {n} sessions at once in {pool}."),
+            None => format!("{email} has no session cap in {pool}."),
+        })
+    };
+    back(&s, &web, &org, said.await)
+}

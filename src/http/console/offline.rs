@@ -1,0 +1,243 @@
+//! Offline licenses in the console, as the vendor's page makes them: a
+//! form (machine ID, last valid day), a confirmation that says the act
+//! cannot be undone or transferred (every rule but the quota already
+//! checked by the core, so the confirmation is not a promise the broker
+//! then breaks), then the file: `KSE_<machine>.lic`, byte for byte what
+//! `offline create` writes, downloadable again from the list.
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+
+use super::form::Q;
+use super::{org_of, refused, render, words, Fields, Shell, Signed};
+use crate::core::{format_end_date, MachineId, Millis, OrgName, PoolId, Target, DAY_MS, OFFLINE_MAX_DAYS};
+use crate::http::Web;
+
+/// An offline license as the lists show it.
+#[derive(Clone)]
+pub(super) struct Row {
+    pub id: String,
+    pub file: String,
+    pub machine: String,
+    pub last_day: String,
+    pub state: &'static str,
+    pub created_by: String,
+}
+
+impl Row {
+    pub fn of(o: crate::core::OfflineInfo) -> Row {
+        Row {
+            file: format!("{}_{}.lic", o.pool.product_name(), o.machine),
+            id: o.id,
+            machine: o.machine.to_string(),
+            last_day: o.last_day,
+            state: if o.active { "active (holds a seat)" } else { "expired" },
+            created_by: o.created_by.to_string(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "offline_new.html")]
+struct Form {
+    shell: Shell,
+    org: String,
+    pool: String,
+    title: String,
+    machine: String,
+    expires: String,
+    /// The last day the form offers (60 days on, or the subscription's end).
+    latest: String,
+    today: String,
+    max_days: u64,
+    machine_error: Option<String>,
+    expires_error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "offline_confirm.html")]
+struct Confirm {
+    shell: Shell,
+    org: String,
+    pool: String,
+    title: String,
+    machine: String,
+    expires: String,
+    file: String,
+}
+
+/// What the form sent: the pool, and the machine and day as typed.
+struct Order {
+    pool: PoolId,
+    machine: String,
+    expires: String,
+}
+
+impl Order {
+    fn of(f: &Fields) -> Option<Order> {
+        let pool = f.one("pool")?.parse().ok()?;
+        Some(Order {
+            pool,
+            machine: f.one("machine").unwrap_or("").into(),
+            expires: f.one("expires").unwrap_or("").into(),
+        })
+    }
+
+    fn form(&self, s: &Signed, web: &Web, org: &OrgName) -> Form {
+        let now = web.ops.clock().now();
+        let today_end = Millis((now.0 / DAY_MS + 1) * DAY_MS);
+        let sixty = Millis(today_end.0 + OFFLINE_MAX_DAYS * DAY_MS);
+        let (_, ends) = web.ops.core().census();
+        let end = ends.into_iter().find(|(o, _)| o == org).map_or(sixty, |(_, e)| e);
+        Form {
+            shell: s.shell("Create offline license", Some(org), "licenses"),
+            org: org.to_string(),
+            pool: self.pool.to_string(),
+            title: super::licenses::title(self.pool),
+            machine: self.machine.clone(),
+            expires: self.expires.clone(),
+            latest: format_end_date(sixty.min(end)),
+            today: format_end_date(today_end),
+            max_days: OFFLINE_MAX_DAYS,
+            machine_error: None,
+            expires_error: None,
+        }
+    }
+
+    /// The target and the end of the last day, or the form with its errors.
+    fn parsed(&self, form: &mut Form, org: &OrgName) -> Option<(Target, Millis)> {
+        let machine = MachineId::new(self.machine.as_str())
+            .map_err(|e| form.machine_error = Some(format!("{e} (INVALID_ARGUMENT)")));
+        let end = crate::core::parse_end_of_date(&self.expires)
+            .map_err(|e| form.expires_error = Some(format!("{e} (INVALID_ARGUMENT)")));
+        let (machine, end) = (machine.ok()?, end.ok()?);
+        Some((Target { org: org.clone(), pool: self.pool, machine }, end))
+    }
+}
+
+/// A refusal of the core, shown next to the field it is about.
+fn place(form: &mut Form, e: crate::proto::WireError) {
+    use crate::proto::ErrorCode::*;
+    match e.code {
+        ExpiryTooLate | InvalidArgument => form.expires_error = Some(words(&e)),
+        _ => form.machine_error = Some(words(&e)),
+    }
+}
+
+/// The form's org, caller and order.
+fn posted(web: &Web, headers: &HeaderMap, org: String, body: &[u8]) -> Result<(Signed, OrgName, Order), Response> {
+    let f = Fields::parse(body);
+    let s = Signed::posted(web, headers, &f)?;
+    let org = org_of(org)?;
+    let order = Order::of(&f)
+        .ok_or_else(|| super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT"))?;
+    Ok((s, org, order))
+}
+
+/// `GET /org/ORG/offline/new?pool=POOL`.
+pub(super) async fn new(State(web): State<Arc<Web>>, headers: HeaderMap, Path(org): Path<String>, Q(q): Q) -> Response {
+    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
+        (Ok(s), Ok(org)) => (s, org),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let Some(order) = Order::of(&q) else {
+        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT");
+    };
+    // Only an Owner or Admin of the org gets the form.
+    if let Err(e) = web.ops.core().require_org_admin(&s.p, &org) {
+        return refused(e);
+    }
+    let mut form = order.form(&s, &web, &org);
+    form.expires = form.latest.clone();
+    render(StatusCode::OK, &form)
+}
+
+/// `POST /org/ORG/offline/review`: the rules checked, then the confirmation.
+pub(super) async fn review(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, org, order) = match posted(&web, &headers, org, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut form = order.form(&s, &web, &org);
+    let Some((target, end)) = order.parsed(&mut form, &org) else {
+        return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
+    };
+    if let Err(e) = web.ops.core().check_offline(&s.p, &target, end, web.ops.clock().now()) {
+        place(&mut form, e.into());
+        return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
+    }
+    let file = format!("{}_{}.lic", order.pool.product_name(), target.machine);
+    let confirm = Confirm {
+        shell: s.shell("Confirm offline license", Some(&org), "licenses"),
+        org: org.to_string(),
+        pool: order.pool.to_string(),
+        title: form.title,
+        machine: target.machine.to_string(),
+        expires: format_end_date(end),
+        file,
+    };
+    render(StatusCode::OK, &confirm)
+}
+
+/// `POST /org/ORG/offline/create`: creates it, then back to the list,
+/// whose page starts the download.
+pub(super) async fn create(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (s, org, order) = match posted(&web, &headers, org, &body) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let mut form = order.form(&s, &web, &org);
+    let Some((target, end)) = order.parsed(&mut form, &org) else {
+        return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
+    };
+    let pool = target.pool;
+    match web.ops.create_offline(s.caller(&web.ops), target, end).await {
+        Ok(file) => {
+            let id = file.content.lines().find_map(|l| l.strip_prefix("license-id: ")).unwrap_or_default();
+            Redirect::to(&format!("/org/{org}/licenses?pool={pool}&created={id}#created")).into_response()
+        }
+        Err(e) => {
+            place(&mut form, e);
+            render(StatusCode::UNPROCESSABLE_ENTITY, &form)
+        }
+    }
+}
+
+/// `GET /org/ORG/offline/ID/file`: the license file, as an attachment.
+pub(super) async fn download(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path((org, id)): Path<(String, String)>,
+) -> Response {
+    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
+        (Ok(s), Ok(org)) => (s, org),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    match web.ops.offline_file(s.caller(&web.ops), &org, &id) {
+        Ok(f) => {
+            let disposition = format!("attachment; filename=\"{}\"", f.file_name.replace('"', ""));
+            let headers = [
+                (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+                (header::CONTENT_DISPOSITION, disposition),
+                (header::CACHE_CONTROL, "no-store".to_string()),
+            ];
+            (headers, f.content).into_response()
+        }
+        Err(e) => refused(e),
+    }
+}
