@@ -247,8 +247,10 @@ pub(super) async fn grant(
     let emails: Vec<&str> =
         f.one("emails").unwrap_or("").split([',', '\n', ';', ' ']).filter(|e| !e.trim().is_empty()).collect();
     let (ops, who, org) = (&web.ops, &s, &org);
-    let outcome = each(&emails, |email| async move { ops.grant(who.caller(ops), org, pool, &email).await }).await;
-    s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Granted", "not granted"))
+    match each(&emails, |email| async move { ops.grant(who.caller(ops), org, pool, &email).await }).await {
+        Ok(outcome) => s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Granted", "not granted")),
+        Err(e) => refused(e),
+    }
 }
 
 /// `POST /org/ORG/licenses/revoke` (`pool`, `email` repeated).
@@ -264,9 +266,11 @@ pub(super) async fn revoke(
         Err(r) => return r,
     };
     let (ops, who, org) = (&web.ops, &s, &org);
-    let outcome =
-        each(&f.all("email"), |email| async move { ops.revoke_grant(who.caller(ops), org, pool, &email).await }).await;
-    s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Revoked", "not revoked"))
+    let emails = f.all("email");
+    match each(&emails, |email| async move { ops.revoke_grant(who.caller(ops), org, pool, &email).await }).await {
+        Ok(outcome) => s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Revoked", "not revoked")),
+        Err(e) => refused(e),
+    }
 }
 
 /// How a batch went, member by member.
@@ -300,8 +304,9 @@ fn capitalised(s: &str) -> String {
 }
 
 /// Runs `act` for each email in turn; an email that does not parse is
-/// refused without asking.
-async fn each<F, Fut>(emails: &[&str], act: F) -> Outcome
+/// refused without asking. A caller who may not do this at all gets that
+/// refusal alone (nothing went through).
+async fn each<F, Fut>(emails: &[&str], act: F) -> Result<Outcome, crate::proto::WireError>
 where
     F: Fn(Email) -> Fut,
     Fut: std::future::Future<Output = Result<(), crate::proto::WireError>>,
@@ -313,11 +318,12 @@ where
             Err(e) => o.refused.push(format!("{raw}: {e} (INVALID_ARGUMENT)")),
             Ok(email) => match act(email).await {
                 Ok(()) => o.done.push(raw.to_string()),
+                Err(e) if super::forbidden(&e) => return Err(e),
                 Err(e) => o.refused.push(format!("{raw}: {}", words(&e))),
             },
         }
     }
-    o
+    Ok(o)
 }
 
 /// `POST /org/ORG/sessions/end` (`pool`, `session`): an Owner or Admin

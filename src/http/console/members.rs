@@ -13,9 +13,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::form::Q;
-use super::{org_of, refused, render, role_name, when, words, Fields, Shell, Signed};
+use super::{forbidden, invalid, org_of, refused, render, role_name, when, words, Fields, Shell, Signed};
 use crate::core::{Email, KeyRef, OrgName, PoolId, Role};
 use crate::http::Web;
+use crate::proto::WireError;
 
 #[derive(Template)]
 #[template(path = "members.html")]
@@ -85,19 +86,41 @@ fn posted(web: &Web, headers: &HeaderMap, org: String, body: &[u8]) -> Result<(S
     Ok((s, org_of(org)?, f))
 }
 
-/// The form's `email`, or a refusal in words.
-fn email(f: &Fields) -> Result<Email, String> {
+/// The form's `email`.
+fn email(f: &Fields) -> Result<Email, WireError> {
     let raw = f.one("email").unwrap_or("");
-    Email::parse_lenient(raw).map_err(|e| format!("{raw}: {e} (INVALID_ARGUMENT)"))
+    Email::parse_lenient(raw).map_err(|e| invalid(format!("{raw}: {e}")))
 }
 
-/// Back to the members page, saying what happened.
-fn back(s: &Signed, web: &Web, org: &OrgName, said: Result<String, String>) -> Response {
+/// Back to the members page, saying what happened; a caller who may not
+/// do this at all gets a 403 page instead.
+fn back(s: &Signed, web: &Web, org: &OrgName, said: Result<String, WireError>) -> Response {
     let note = match said {
         Ok(done) => done,
-        Err(why) => format!("Refused: {why}"),
+        Err(e) if forbidden(&e) => return refused(e),
+        Err(e) => format!("Refused: {}", words(&e)),
     };
     s.back_with(web, &format!("/org/{org}/members"), &note)
+}
+
+/// A members form: checked, then `act`'s outcome carried back as a note.
+async fn act<Fut>(
+    web: Arc<Web>,
+    headers: HeaderMap,
+    org: String,
+    body: Bytes,
+    act: impl FnOnce(Arc<Web>, Signed, OrgName, Fields) -> Fut,
+) -> Response
+where
+    Fut: std::future::Future<Output = (Signed, OrgName, Result<String, WireError>)>,
+{
+    match posted(&web, &headers, org, &body) {
+        Ok((s, org, f)) => {
+            let (s, org, said) = act(web.clone(), s, org, f).await;
+            back(&s, &web, &org, said)
+        }
+        Err(r) => r,
+    }
 }
 
 /// `POST /org/ORG/members/add` (`email`, `role`).
@@ -107,20 +130,17 @@ pub(super) async fn add(
     Path(org): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (s, org, f) = match posted(&web, &headers, org, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let said = async {
-        let email = email(&f)?;
-        let role: Role = f.one("role").unwrap_or("user").parse().map_err(|e| format!("{e} (INVALID_ARGUMENT)"))?;
-        web.ops
-            .add_user(s.caller(&web.ops), &org, &email, role)
-            .await
-            .map_err(|e| format!("{email}: {}", words(&e)))?;
-        Ok(format!("{email} is a member, as {}.", role_name(role)))
-    };
-    back(&s, &web, &org, said.await)
+    act(web, headers, org, body, |web, s, org, f| async move {
+        let said = async {
+            let email = email(&f)?;
+            let role: Role = f.one("role").unwrap_or("user").parse().map_err(invalid)?;
+            web.ops.add_user(s.caller(&web.ops), &org, &email, role).await?;
+            Ok(format!("{email} is a member, as {}.", role_name(role)))
+        };
+        let said = said.await;
+        (s, org, said)
+    })
+    .await
 }
 
 /// `POST /org/ORG/members/remove` (`email`).
@@ -130,16 +150,59 @@ pub(super) async fn remove(
     Path(org): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (s, org, f) = match posted(&web, &headers, org, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let said = async {
-        let email = email(&f)?;
-        web.ops.remove_user(s.caller(&web.ops), &org, &email).await.map_err(|e| format!("{email}: {}", words(&e)))?;
-        Ok(format!("{email} was removed: their keys, licenses and sessions ended."))
-    };
-    back(&s, &web, &org, said.await)
+    act(web, headers, org, body, |web, s, org, f| async move {
+        let said = async {
+            let email = email(&f)?;
+            web.ops.remove_user(s.caller(&web.ops), &org, &email).await?;
+            Ok(format!("{email} was removed: their keys, licenses and sessions ended."))
+        };
+        let said = said.await;
+        (s, org, said)
+    })
+    .await
+}
+
+/// `POST /org/ORG/keys/revoke` (`id`).
+pub(super) async fn revoke_key(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    act(web, headers, org, body, |web, s, org, f| async move {
+        let id = f.one("id").unwrap_or("").to_string();
+        let said = web.ops.revoke_key(s.caller(&web.ops), &org, KeyRef::Id(id.clone())).await;
+        (s, org, said.map(|()| format!("Key {id} was revoked.")))
+    })
+    .await
+}
+
+/// `POST /org/ORG/limits` (`pool`, `email`, `max`; no `max`: lift the cap).
+pub(super) async fn set_limit(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    body: Bytes,
+) -> Response {
+    act(web, headers, org, body, |web, s, org, f| async move {
+        let said = async {
+            let email = email(&f)?;
+            let pool: PoolId = f.one("pool").unwrap_or("").parse().map_err(invalid)?;
+            let max = f
+                .one("max")
+                .map(str::parse::<u32>)
+                .transpose()
+                .map_err(|_| invalid("the cap must be a whole number"))?;
+            web.ops.set_user_limit(s.caller(&web.ops), (&org, pool), &email, max).await?;
+            Ok(match max {
+                Some(n) => format!("{email} may hold at most {n} sessions at once in {pool}."),
+                None => format!("{email} has no session cap in {pool}."),
+            })
+        };
+        let said = said.await;
+        (s, org, said)
+    })
+    .await
 }
 
 /// `POST /org/ORG/keys/create` (`email`): the answer is the page with the
@@ -154,13 +217,13 @@ pub(super) async fn create_key(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let email = match email(&f) {
-        Ok(e) => e,
-        Err(why) => return back(&s, &web, &org, Err(why)),
+    let made = match email(&f) {
+        Ok(email) => web.ops.create_key(s.caller(&web.ops), &org, &email).await.map(|k| (email, k)),
+        Err(e) => Err(e),
     };
-    let made = match web.ops.create_key(s.caller(&web.ops), &org, &email).await {
-        Ok(k) => k,
-        Err(e) => return back(&s, &web, &org, Err(format!("{email}: {}", words(&e)))),
+    let (email, made) = match made {
+        Ok(x) => x,
+        Err(e) => return back(&s, &web, &org, Err(e)),
     };
     let mut shell = s.shell("Members and API keys", Some(&org), "members");
     shell.note = Some(format!("Key {} made for {email}.", made.id));
@@ -171,51 +234,4 @@ pub(super) async fn create_key(
         }
         Err(e) => refused(e),
     }
-}
-
-/// `POST /org/ORG/keys/revoke` (`id`).
-pub(super) async fn revoke_key(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (s, org, f) = match posted(&web, &headers, org, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let id = f.one("id").unwrap_or("").to_string();
-    let said = web.ops.revoke_key(s.caller(&web.ops), &org, KeyRef::Id(id.clone())).await;
-    back(&s, &web, &org, said.map(|()| format!("Key {id} was revoked.")).map_err(|e| format!("{id}: {}", words(&e))))
-}
-
-/// `POST /org/ORG/limits` (`pool`, `email`, `max`; no `max`: lift the cap).
-pub(super) async fn set_limit(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (s, org, f) = match posted(&web, &headers, org, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let said = async {
-        let email = email(&f)?;
-        let pool: PoolId = f.one("pool").unwrap_or("").parse().map_err(|e| format!("{e} (INVALID_ARGUMENT)"))?;
-        let max = f
-            .one("max")
-            .map(str::parse::<u32>)
-            .transpose()
-            .map_err(|_| "the cap must be a whole number (INVALID_ARGUMENT)".to_string())?;
-        web.ops
-            .set_user_limit(s.caller(&web.ops), (&org, pool), &email, max)
-            .await
-            .map_err(|e| format!("{email}: {}", words(&e)))?;
-        Ok(match max {
-            Some(n) => format!("{email} may hold at most {n} sessions at once in {pool}."),
-            None => format!("{email} has no session cap in {pool}."),
-        })
-    };
-    back(&s, &web, &org, said.await)
 }

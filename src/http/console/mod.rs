@@ -240,6 +240,17 @@ fn refused(e: impl Into<WireError>) -> Response {
     status_page(status_of(e.code), &e.message, e.code.name())
 }
 
+/// Whether a refusal says the caller may not do this at all (a page then
+/// answers 403 instead of carrying the refusal back as a note).
+fn forbidden(e: &WireError) -> bool {
+    matches!(e.code, ErrorCode::Forbidden | ErrorCode::Unauthorized)
+}
+
+/// A refusal of input the door parsed (an email, a role, a number).
+fn invalid(what: impl std::fmt::Display) -> WireError {
+    WireError::new(ErrorCode::InvalidArgument, what.to_string())
+}
+
 /// A refusal in words with its code, as shown next to a field or in a note.
 fn words(e: &WireError) -> String {
     format!("{} ({})", e.message, e.code.name())

@@ -1,0 +1,173 @@
+"""The license console in headless Chromium, clicked through as the seed's
+Owner would (grant, revoke, offline license, machine, members, keys) and
+then as a User (no management control; a forged POST answers 403). Every
+step asserts what the person sees, and what the broker says through the
+CLI (`status --json`, `offline verify`). Saves a screenshot of each page
+into SHOTS. Exits non-zero with the reason on any mismatch.
+
+usage: check_console.py BASE_URL OWNER_KEY USER_KEY CLI SHOTS [CHROMIUM_FLAG...]
+  CLI: the license-broker command line, with LB_SERVER/LB_CA set, as a shell prefix
+"""
+import filecmp
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cdp import Chromium, fail, wait_for_file  # noqa: E402
+
+BASE, OWNER, USER, CLI, SHOTS = sys.argv[1:6]
+FLAGS = sys.argv[6:]
+assert BASE.split("://")[1].startswith("127.0.0.1:"), "loopback only"
+ORG = "/org/default"
+KSE, KRE = "kse-node-locked-annual", "kre-floating-annual"
+
+
+def cli(args, key=OWNER, check=True):
+    r = subprocess.run(f"LB_API_KEY={key} {CLI} {args}", shell=True, capture_output=True, text=True)
+    if check and r.returncode != 0:
+        fail(f"`{args}` exited {r.returncode}: {r.stderr}")
+    return r
+
+
+def status():
+    return {p["pool"]: p for p in json.loads(cli("status --json").stdout)["pools"]}
+
+
+def sign_in(page, key):
+    page.go(BASE + "/", "/")
+    page.fill("input[name=key]", key)
+    page.click("form[action='/signin'] button", ORG, "sign in")
+
+
+def note(page):
+    return page.text("[role=status]")
+
+
+def licensed_users(page):
+    return json.loads(page.js("JSON.stringify([...document.querySelectorAll('#licensed tbody label')].map(l => l.textContent))"))
+
+
+def grant_and_revoke(page):
+    page.go(f"{BASE}{ORG}/licenses?pool={KSE}", "/licenses")
+    page.fill("#emails", "a@x.io, b@x.io\nc@x.io")
+    page.click("#licensed form[action$='/licenses/grant'] button", "note=", "Grant licenses")
+    said = note(page)
+    if "Granted: a@x.io, b@x.io" not in said or "c@x.io" not in said or "GRANT_LIMIT" not in said:
+        fail(f"after granting three on a quota of two the page says: {said!r}")
+    if sorted(licensed_users(page)) != ["a@x.io", "b@x.io"]:
+        fail(f"licensed users after the grant: {licensed_users(page)}")
+    page.screenshot(os.path.join(SHOTS, "console-licenses.png"))
+    page.js("document.querySelector('#licensed input[value=\"a@x.io\"]').click(); true")
+    page.click("#licensed form[action$='/licenses/revoke'] button", "note=", "Revoke selected")
+    if "Revoked: a@x.io" not in note(page) or licensed_users(page) != ["b@x.io"]:
+        fail(f"after revoking a@x.io: {note(page)!r}, {licensed_users(page)}")
+    print("grant and revoke ok")
+
+
+def offline_license(page, downloads):
+    page.go(f"{BASE}{ORG}/licenses?pool={KSE}", "/licenses")
+    page.click("a[href*='/offline/new']", "/offline/new", "Create offline license")
+    page.fill("#machine", "lab-pc-7")
+    page.click("form[action$='/offline/review'] button", "/offline/review", "Review")
+    text = page.text("main")
+    if "cannot be undone" not in text or "lab-pc-7" not in text:
+        fail(f"the confirmation does not say what it does: {text!r}")
+    page.screenshot(os.path.join(SHOTS, "console-offline-confirm.png"))
+    page.click("form[action$='/offline/create'] button", "created=", "Create")
+    path = os.path.join(downloads, "KSE_lab-pc-7.lic")
+    wait_for_file(path, "the offline license's download")
+    pub = os.path.join(downloads, "public.pem")
+    with open(pub, "w") as f:
+        f.write(cli("offline public-key").stdout)
+    verified = subprocess.run(f"{CLI} offline verify --public-key {pub} --machine-id lab-pc-7 {path}",
+                              shell=True, capture_output=True, text=True)
+    if verified.returncode != 0:
+        fail(f"offline verify of the downloaded file: {verified.returncode} {verified.stdout} {verified.stderr}")
+    if page.count("#offline a[download]") != 1:
+        fail("the offline license is not in the Offline Licenses list")
+    # Downloading it again from the list gives the same bytes.
+    os.rename(path, path + ".first")
+    page.js("document.querySelector('#offline a[download]').click(); true")
+    wait_for_file(path, "the second download")
+    if not filecmp.cmp(path, path + ".first", shallow=False):
+        fail("the file downloaded from the list differs from the one handed out at creation")
+    print("offline license ok:", verified.stdout.strip())
+
+
+def deactivate(page):
+    before = status()[KRE]
+    page.go(f"{BASE}{ORG}/licenses?pool={KRE}", "/licenses")
+    if page.count("#online tbody tr") != before["in_use"]:
+        fail(f"{page.count('#online tbody tr')} online licenses on the page, {before['in_use']} in status")
+    page.click("#machines a[href*='machine=ci-1']", "/machines/deactivate", "Deactivate ci-1")
+    if "live session" not in page.text("main"):
+        fail(f"the confirmation does not say it ends ci-1's session: {page.text('main')!r}")
+    page.screenshot(os.path.join(SHOTS, "console-deactivate.png"))
+    page.click("form[action$='/machines/deactivate'] button", "note=", "Deactivate")
+    after = status()[KRE]
+    if "ci-1 was deactivated" not in note(page) or page.count("#machines tbody tr") != 1:
+        fail(f"after deactivating ci-1: {note(page)!r}, {page.count('#machines tbody tr')} machines listed")
+    if (after["machines"], after["in_use"]) != (before["machines"] - 1, before["in_use"] - 1):
+        fail(f"status after deactivating: {after}, before: {before}")
+    print("deactivate ok")
+
+
+def members_and_keys(page):
+    page.go(f"{BASE}{ORG}/members", "/members")
+    page.fill("#add-email", "d@x.io")
+    page.click("form[action$='/members/add'] button", "note=", "Add member")
+    if "d@x.io is a member" not in note(page):
+        fail(f"adding d@x.io: {note(page)!r}")
+    page.fill("#key-email", "d@x.io")
+    page.click("form[action$='/keys/create'] button", "/keys/create", "Create key")
+    key = page.text("#key-value").strip()
+    if not key.startswith("lbk_"):
+        fail(f"no new key shown: {key!r}")
+    if cli("status", key=key, check=False).returncode != 0:
+        fail("the key shown does not work")
+    page.screenshot(os.path.join(SHOTS, "console-members.png"))
+    key_id = page.text("[role=status]").split()[1]
+    page.click(f"#keys form:has(input[value='{key_id}']) button", "note=", "Revoke key")
+    if f"Key {key_id} was revoked" not in note(page) or cli("status", key=key, check=False).returncode == 0:
+        fail(f"revoking key {key_id}: {note(page)!r}")
+    print("members and keys ok")
+
+
+def as_user(page):
+    page.click("form[action='/signout'] button", "/", "Sign out")
+    sign_in(page, USER)
+    page.go(f"{BASE}{ORG}/licenses?pool={KSE}", "/licenses")
+    offered = page.count("main form, #machines a, #offline a")
+    if offered or "Only the org's Owners and Admins" not in page.text("main"):
+        fail(f"a User is offered {offered} management controls")
+    code = page.js(f"""fetch('{ORG}/licenses/grant', {{method: 'POST',
+        headers: {{'Content-Type': 'application/x-www-form-urlencoded'}},
+        body: 'pool={KSE}&emails=u%40x.io&csrf=' + document.querySelector('input[name=csrf]').value}}).then(r => r.status)""")
+    if code != 403:
+        fail(f"a User's grant with their own valid CSRF token answered {code}, not 403")
+    if page.js(f"fetch('{ORG}/members').then(r => r.status)") != 403:
+        fail("a User may read the members page")
+    page.screenshot(os.path.join(SHOTS, "console-user.png"), width=390)
+    print("as a User ok: no control offered, a forged grant is refused with 403")
+
+
+def main():
+    os.makedirs(SHOTS, exist_ok=True)
+    downloads = tempfile.mkdtemp(prefix="lb-downloads-")
+    chrome = Chromium(FLAGS, downloads=downloads)
+    try:
+        sign_in(chrome.page, OWNER)
+        grant_and_revoke(chrome.page)
+        offline_license(chrome.page, downloads)
+        deactivate(chrome.page)
+        members_and_keys(chrome.page)
+        as_user(chrome.page)
+        print(f"console ok; screenshots in {SHOTS}")
+    finally:
+        chrome.close()
+
+
+main()
