@@ -8,12 +8,14 @@ into SHOTS. Exits non-zero with the reason on any mismatch.
 usage: check_console.py BASE_URL OWNER_KEY USER_KEY CLI SHOTS [CHROMIUM_FLAG...]
   CLI: the license-broker command line, with LB_SERVER/LB_CA set, as a shell prefix
 """
+import csv
 import filecmp
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cdp import Chromium, fail, wait_for_file  # noqa: E402
@@ -136,6 +138,31 @@ def members_and_keys(page):
     print("members and keys ok")
 
 
+def utilization(page, downloads):
+    page.go(f"{BASE}{ORG}/usage?preset=today", "/usage")
+    page.fill("#f-user", "u@x.io")
+    page.click("form.filters button", "user=u%40x.io", "Show")
+    users = json.loads(page.js("JSON.stringify([...document.querySelectorAll('#sessions tbody tr')].map(r => r.cells[0].textContent))"))
+    if len(users) != 2 or set(users) != {"u@x.io"}:
+        fail(f"filtered by u@x.io, the table lists {users}")
+    if page.count("svg.usage polyline") < 1:
+        fail("no session-time line drawn")
+    page.screenshot(os.path.join(SHOTS, "console-usage.png"))
+    page.js("document.getElementById('export').click(); true")
+    deadline, name = time.time() + 15, None
+    while time.time() < deadline and not name:
+        name = next((f for f in os.listdir(downloads) if f.startswith("License Utilization_default_") and f.endswith(".csv")), None)
+        time.sleep(0.1)
+    if not name:
+        fail(f"the export never downloaded (folder: {os.listdir(downloads)})")
+    time.sleep(0.5)
+    with open(os.path.join(downloads, name), newline="") as f:
+        rows = list(csv.DictReader(f))
+    if len(rows) != 2 or {r["user"] for r in rows} != {"u@x.io"} or any(float(r["duration_seconds"]) <= 0 for r in rows):
+        fail(f"the exported CSV {name} holds {rows}")
+    print(f"utilization ok: filtered by user, exported {name} with {len(rows)} rows")
+
+
 def as_user(page):
     page.click("form[action='/signout'] button", "/", "Sign out")
     sign_in(page, USER)
@@ -164,6 +191,7 @@ def main():
         offline_license(chrome.page, downloads)
         deactivate(chrome.page)
         members_and_keys(chrome.page)
+        utilization(chrome.page, downloads)
         as_user(chrome.page)
         print(f"console ok; screenshots in {SHOTS}")
     finally:

@@ -5,6 +5,7 @@
 
 use anyhow::{bail, Result};
 use license_broker::client::Client;
+use license_broker::history::filter::SessionFilter;
 use license_broker::history::report::{auto_step, parse_step, parse_when, Series};
 use license_broker::history::{export, replay, EndedRow, Point, Usage, WhatIf};
 use license_broker::proto::{EndedSession, ListOf, PageItems};
@@ -38,6 +39,8 @@ enum UsageCmd {
     Sessions {
         #[command(flatten)]
         range: Range,
+        #[command(flatten)]
+        only: Only,
         #[command(flatten)]
         format: Format,
     },
@@ -84,6 +87,36 @@ struct Range {
     to: String,
 }
 
+/// Which ended sessions to print (the API's and the console's filters).
+#[derive(clap::Args, Debug)]
+struct Only {
+    /// Only this user's sessions.
+    #[arg(long)]
+    user: Option<String>,
+    /// Only sessions on this machine.
+    #[arg(long)]
+    machine: Option<String>,
+    /// Only this pool's sessions.
+    #[arg(long = "pool")]
+    pool: Option<PoolId>,
+    /// Only sessions with this job label: KEY=VALUE, or a value under any key.
+    #[arg(long)]
+    label: Option<String>,
+}
+
+impl Only {
+    fn filter(&self) -> SessionFilter {
+        let pool = self.pool.map(|p| p.to_string());
+        SessionFilter::of(|k| match k {
+            "user" => self.user.clone(),
+            "machine" => self.machine.clone(),
+            "pool" => pool.clone(),
+            "label" => self.label.clone(),
+            _ => None,
+        })
+    }
+}
+
 #[derive(clap::Args, Debug)]
 struct Format {
     /// Print JSON.
@@ -108,7 +141,7 @@ impl Range {
 pub async fn run(c: &Client, a: UsageArgs) -> Result<()> {
     match a.what {
         None => series(c, a.series).await,
-        Some(UsageCmd::Sessions { range, format }) => sessions(c, range, format).await,
+        Some(UsageCmd::Sessions { range, only, format }) => sessions(c, range, &only.filter(), format).await,
         Some(UsageCmd::WhatIf { pool, seats, range, format }) => what_if(c, pool, &seats, range, format).await,
     }
 }
@@ -171,18 +204,19 @@ fn row_of(s: EndedSession) -> (u64, EndedRow) {
     (s.session.0, row)
 }
 
-async fn sessions(c: &Client, range: Range, format: Format) -> Result<()> {
+/// The ended sessions `filter` keeps (filtered here, as the pages come:
+/// the protocol's `ListOf::Ended` carries no filter).
+async fn sessions(c: &Client, range: Range, filter: &SessionFilter, format: Format) -> Result<()> {
     let (org, (from, to)) = range.resolve("1d")?;
     let of = ListOf::Ended { org: org.clone(), from_ms: from.0, to_ms: to.0 };
     if !format.csv {
-        output::paged(c, of, format.json).await?;
+        output::paged_ended(c, of, format.json, |s| filter.keeps(&row_of(s.clone()).1)).await?;
         return Ok(());
     }
     print!("{}", export::SESSIONS_CSV_HEADER);
     c.each_page(of, |items| {
         if let PageItems::Ended(rows) = items {
-            for s in rows {
-                let (id, r) = row_of(s);
+            for (id, r) in rows.into_iter().map(row_of).filter(|(_, r)| filter.keeps(r)) {
                 print!("{}", export::session_csv(id, &r));
             }
         }

@@ -25,6 +25,9 @@ type Key<'a> = (&'a str, &'a str, u64);
 const MINUTES: TableDefinition<'static, Key<'static>, &'static [u8]> = TableDefinition::new("minutes");
 const HOURS: TableDefinition<'static, Key<'static>, &'static [u8]> = TableDefinition::new("hours");
 const DAYS: TableDefinition<'static, Key<'static>, &'static [u8]> = TableDefinition::new("days");
+/// Most ended-session rows one page reads, kept by its filter or not.
+pub const SCAN_MAX: usize = 200_000;
+
 const SESSIONS: TableDefinition<'static, (&'static str, u64, u64), &'static [u8]> = TableDefinition::new("sessions");
 
 fn table(p: Period) -> TableDefinition<'static, Key<'static>, &'static [u8]> {
@@ -215,31 +218,38 @@ impl Db {
         Ok(out)
     }
 
-    /// Up to `limit` sessions of `org` that ended in `from..to` ms, oldest
-    /// end first, after (end, id) `after`; and whether more follow.
+    /// Up to `limit` sessions of `org` that ended in `from..to` ms and
+    /// that `keep` keeps, oldest end first, after (end, id) `after`,
+    /// reading at most `scan` rows; and the (end, id) to go on from when
+    /// the range holds more.
     pub fn sessions(
         &self,
         org: &str,
-        from: u64,
-        to: u64,
+        (from, to): (u64, u64),
         after: Option<(u64, u64)>,
-        limit: usize,
-    ) -> Result<(Vec<(u64, EndedRow)>, bool), DbError> {
+        (limit, scan): (usize, usize),
+        keep: &dyn Fn(&EndedRow) -> bool,
+    ) -> Result<super::SessionsPage, DbError> {
         let tx = self.db.begin_read().map_err(err)?;
         let t = tx.open_table(SESSIONS).map_err(err)?;
         let start = match after {
             Some((end, id)) => (org, end, id.saturating_add(1)),
             None => (org, from, 0),
         };
-        let mut out = Vec::new();
+        let (mut out, mut read, mut last) = (Vec::new(), 0, None);
         for row in t.range(start..(org, to, 0)).map_err(err)? {
-            let (k, v) = row.map_err(err)?;
-            if out.len() == limit {
-                return Ok((out, true));
+            if out.len() == limit || read == scan {
+                return Ok((out, last));
             }
-            out.push((k.value().2, postcard::from_bytes(v.value()).map_err(err)?));
+            let (k, v) = row.map_err(err)?;
+            let (_, end, id) = k.value();
+            let r: EndedRow = postcard::from_bytes(v.value()).map_err(err)?;
+            (read, last) = (read + 1, Some((end, id)));
+            if keep(&r) {
+                out.push((id, r));
+            }
         }
-        Ok((out, false))
+        Ok((out, None))
     }
 
     /// Deletes what `keep` no longer keeps, as of minute `now`, for the

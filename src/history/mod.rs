@@ -21,8 +21,13 @@
 
 mod db;
 pub mod export;
+pub mod filter;
 pub mod replay;
 pub mod report;
+
+/// A page of ended sessions (session id, row), and the (end ms, session
+/// id) cursor to go on from, if the range holds more.
+pub type SessionsPage = (Vec<(u64, EndedRow)>, Option<(u64, u64)>);
 
 pub use db::{DbError, EndedRow, Usage};
 
@@ -235,17 +240,20 @@ impl History {
         Ok(out)
     }
 
-    /// Up to `limit` sessions of `org` that ended in `from..to`, oldest end
-    /// first, after the (end ms, session id) cursor; and whether more follow.
+    /// Up to `limit` sessions of `org` that ended in `from..to` and that
+    /// `keep` keeps, oldest end first, after the (end ms, session id)
+    /// cursor; and the cursor to go on from, if the range holds more (a
+    /// page stops after `SCAN_MAX` rows read, kept or not, so a filter
+    /// that keeps few rows answers in bounded time: the next page goes on).
     pub fn sessions(
         &self,
         org: &str,
-        from: Millis,
-        to: Millis,
+        (from, to): (Millis, Millis),
         after: Option<(u64, u64)>,
         limit: usize,
-    ) -> Result<(Vec<(u64, EndedRow)>, bool), DbError> {
-        self.db.sessions(org, from.0, to.0, after, limit)
+        keep: &dyn Fn(&EndedRow) -> bool,
+    ) -> Result<SessionsPage, DbError> {
+        self.db.sessions(org, (from.0, to.0), after, (limit, db::SCAN_MAX), keep)
     }
 
     /// Takes the ended-session receiver (once: the task owns it).
@@ -507,19 +515,18 @@ impl History {
         let mut truncated = false;
         let mut after = None;
         'pages: loop {
-            let (page, more) = self.db.sessions(org, from.0, to.0, after, 10_000)?;
-            for (id, row) in &page {
+            let keep = |r: &EndedRow| r.pool == pool;
+            let (page, next) = self.db.sessions(org, (from.0, to.0), after, (10_000, db::SCAN_MAX), &keep)?;
+            for (_, row) in &page {
                 if demand.len() >= MAX_DEMAND {
                     truncated = true;
                     break 'pages;
                 }
-                if row.pool == pool {
-                    demand.push(Demand { start: row.start, end: row.end });
-                }
-                after = Some((row.end, *id));
+                demand.push(Demand { start: row.start, end: row.end });
             }
-            if !more {
-                break;
+            match next {
+                Some(cursor) => after = Some(cursor),
+                None => break,
             }
         }
         demand.extend(live.iter().map(|s| Demand { start: s.0, end: to.0 }));

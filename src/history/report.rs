@@ -4,7 +4,8 @@
 
 use crate::core::{Broker, Millis, OrgName, PoolId, Principal};
 
-use super::{EndedRow, History, Point, WhatIf};
+use super::filter::SessionFilter;
+use super::{EndedRow, History, Point, SessionsPage, WhatIf};
 
 /// Most points one usage answer holds (a year of hours is 8,760).
 pub const MAX_POINTS: u64 = 10_000;
@@ -135,9 +136,6 @@ impl UsageAsk {
     }
 }
 
-/// A page of ended sessions (session id, row) and the next page's cursor.
-pub type SessionsPage = (Vec<(u64, EndedRow)>, Option<(u64, u64)>);
-
 /// A question about ended sessions, checked.
 #[derive(Clone, Debug)]
 pub struct SessionsAsk {
@@ -145,6 +143,7 @@ pub struct SessionsAsk {
     range: (Millis, Millis),
     after: Option<(u64, u64)>,
     limit: usize,
+    filter: SessionFilter,
 }
 
 /// Checks a question about sessions of `org` that ended in `from..to`,
@@ -162,16 +161,20 @@ pub fn sessions(
     core.status(p, Some(org))?;
     history(h)?;
     range(from, to)?;
-    Ok(SessionsAsk { org: org.clone(), range: (from, to), after, limit: limit.clamp(1, MAX_SESSIONS) })
+    let filter = SessionFilter::default();
+    Ok(SessionsAsk { org: org.clone(), range: (from, to), after, limit: limit.clamp(1, MAX_SESSIONS), filter })
 }
 
 impl SessionsAsk {
+    /// The same question, keeping only the sessions `filter` keeps.
+    pub fn filtered(self, filter: SessionFilter) -> SessionsAsk {
+        SessionsAsk { filter, ..self }
+    }
+
     /// Reads the page, and the cursor of the next one if any.
     pub fn read(&self, h: &History) -> Result<SessionsPage, ReportError> {
-        let (from, to) = self.range;
-        let (rows, more) = h.sessions(self.org.as_str(), from, to, self.after, self.limit)?;
-        let next = if more { rows.last().map(|(id, r)| (r.end, *id)) } else { None };
-        Ok((rows, next))
+        let keep = |r: &EndedRow| self.filter.keeps(r);
+        Ok(h.sessions(self.org.as_str(), self.range, self.after, self.limit, &keep)?)
     }
 }
 

@@ -51,8 +51,8 @@ fn minutes_hours_sessions_and_what_if_from_lease_events() {
     assert_eq!(five.len(), 1, "five-minute steps read minutes and sum them");
     assert_eq!(five[0].usage.seat_ms, 160_000);
     // The ended session, with its times.
-    let (rows, more) = h.sessions(&org, base, at(600_000), None, 10).unwrap();
-    assert!(!more);
+    let (rows, next) = h.sessions(&org, (base, at(600_000)), None, 10, &|_| true).unwrap();
+    assert!(next.is_none());
     assert_eq!(rows.len(), 1);
     let r = &rows[0].1;
     assert_eq!((r.start, r.end, r.reason.as_str()), (at(10_000).0, at(70_000).0, EndReason::Released.name()));

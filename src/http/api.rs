@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use super::auth;
 use crate::core::{Millis, OrgName, PoolId, Principal};
 use crate::history::export;
+use crate::history::filter::SessionFilter;
 use crate::history::report::{self, ReportError};
 use crate::http::Web;
 
@@ -155,9 +156,11 @@ fn usage_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result
     })
 }
 
-/// `GET /api/v1/sessions?org=&from=&to=&format=json|csv&limit=&after=`:
-/// sessions that ended in the range, oldest end first; `next` (JSON) or
-/// the `X-Next-After` header (CSV) is the `after` of the next page.
+/// `GET /api/v1/sessions?org=&from=&to=&user=&machine=&pool=&label=&format=json|csv&limit=&after=`:
+/// sessions that ended in the range, oldest end first, those the filters
+/// keep (`history::filter`); `next` (JSON) or the `X-Next-After` header
+/// (CSV) is the `after` of the next page (a page may hold fewer than
+/// `limit` when a filter keeps few: go on while there is a `next`).
 pub(super) async fn sessions(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
@@ -181,8 +184,10 @@ fn sessions_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Res
         }
         None => None,
     };
-    let ask =
-        report::sessions(web.ops.core(), web.ops.history(), p, &org, range, after, limit).map_err(report_error)?;
+    let filter = SessionFilter::of(|k| q.get(k).cloned());
+    let ask = report::sessions(web.ops.core(), web.ops.history(), p, &org, range, after, limit)
+        .map_err(report_error)?
+        .filtered(filter);
     let (rows, next) = ask.read(history(web)?).map_err(report_error)?;
     let next = next.map(|(end, id)| format!("{end}.{}", crate::core::SessionId(id)));
     Ok(match csv(q)? {

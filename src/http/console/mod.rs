@@ -13,17 +13,21 @@
 //! CSRF token (`Signed::csrf`), checked before anything else.
 //!
 //! Pages: `licenses` (License Management, per pool), `offline` (create,
-//! confirm, download), `members` (members, keys, per-user caps).
+//! confirm, download), `members` (members, keys, per-user caps), `usage`
+//! (License Utilization: filters, session time per license type, the
+//! ended sessions, Export).
 //! Templates live in `templates/` (askama: escaped unless marked safe).
 
 // A refusal here is the page to answer with; handlers return it as is,
 // so boxing it would only add an allocation per refusal.
 #![allow(clippy::result_large_err)]
 
+mod chart;
 mod form;
 mod licenses;
 mod members;
 mod offline;
+mod usage;
 
 use std::sync::Arc;
 
@@ -57,6 +61,8 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/org/{org}/keys/create", post(members::create_key))
         .route("/org/{org}/keys/revoke", post(members::revoke_key))
         .route("/org/{org}/limits", post(members::set_limit))
+        .route("/org/{org}/usage", get(usage::page))
+        .route("/org/{org}/usage.csv", get(usage::export))
 }
 
 /// The caller of a console page: who, and the sign-in's CSRF token.

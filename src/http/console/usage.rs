@@ -1,0 +1,343 @@
+//! License Utilization, at the vendor's dashboard's level and past it:
+//! filters by user, machine, license type (pool) and job label over the
+//! vendor's presets (today, 7 days, this month, 60 and 90 days, this
+//! year) or any range up to a year; total session time per license type
+//! per day, as lines or stacked bars; the ended sessions as a paged
+//! table; Export, the same sessions as CSV named as the vendor names it.
+//!
+//! Who may read what is `history::report`'s rule (the API's and the
+//! CLI's), asked here with the same filter (`history::filter`).
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::chart::{self, Bars};
+use super::form::Q;
+use super::{org_of, refused, render, when, Fields, Shell, Signed};
+use crate::core::{format_end_date, Millis, OrgName, Principal, DAY_MS};
+use crate::history::filter::SessionFilter;
+use crate::history::report::{self, ReportError};
+use crate::history::{export, EndedRow, History};
+use crate::http::Web;
+
+/// The presets, as the vendor's dashboard offers them.
+const PRESETS: [(&str, &str); 7] = [
+    ("today", "Today"),
+    ("7d", "7 days"),
+    ("month", "This month"),
+    ("60d", "60 days"),
+    ("90d", "90 days"),
+    ("year", "This year"),
+    ("custom", "Custom"),
+];
+
+/// Longest range a question may span.
+const MAX_DAYS: u64 = 366;
+
+/// Sessions per page of the table.
+const PAGE: usize = 50;
+
+/// Most ended sessions one export holds, and one page of a filtered chart's sum.
+const MAX_ROWS: usize = report::MAX_SESSIONS;
+
+/// Most pages a filtered chart reads (each reads at most `SCAN_MAX` rows).
+const MAX_PAGES: usize = 8;
+
+#[derive(Template)]
+#[template(path = "usage.html")]
+struct Page {
+    shell: Shell,
+    org: String,
+    q: Query,
+    presets: Vec<(&'static str, &'static str, bool)>,
+    pools: Vec<String>,
+    /// Total hours per pool over the range.
+    totals: Vec<(String, String)>,
+    chart: String,
+    /// Where the chart's numbers come from, in words.
+    source: String,
+    rows: Vec<Row>,
+    /// The query of the next page of the table, if any.
+    next: Option<String>,
+    /// The query of the export and of the views (the filters, the range).
+    query: String,
+}
+
+/// A question as the form asks it.
+struct Query {
+    preset: String,
+    from_day: String,
+    to_day: String,
+    range: (Millis, Millis),
+    filter: SessionFilter,
+    user: String,
+    machine: String,
+    pool: String,
+    label: String,
+    stacked: bool,
+    after: Option<(u64, u64)>,
+}
+
+/// One ended session in the table.
+struct Row {
+    user: String,
+    session: String,
+    machine: String,
+    pool: String,
+    start: String,
+    duration: String,
+    reason: String,
+    labels: String,
+}
+
+impl Query {
+    /// The question in `q`, at `now`; a range that is malformed or longer
+    /// than a year is said in words, and the last 7 days asked instead.
+    fn of(q: &Fields, now: Millis) -> (Query, Option<String>) {
+        let mut preset = q.one("preset").unwrap_or("7d").to_string();
+        let asked = match preset.as_str() {
+            "custom" => custom(q, now),
+            p => preset_range(p, now).ok_or_else(|| format!("unknown range `{p}`")),
+        };
+        let (range, error) = match asked {
+            Ok(range) => (range, None),
+            Err(why) => {
+                preset = "7d".into();
+                ((Millis(now.0.saturating_sub(7 * DAY_MS)), now), Some(why))
+            }
+        };
+        let text = |k: &str| q.one(k).unwrap_or("").to_string();
+        let after = q.one("after").and_then(|a| {
+            let (end, id) = a.split_once('.')?;
+            Some((end.parse().ok()?, id.parse::<crate::core::SessionId>().ok()?.0))
+        });
+        let query = Query {
+            from_day: format_end_date(Millis(range.0 .0 + 1)),
+            to_day: format_end_date(range.1),
+            preset,
+            range,
+            user: text("user"),
+            machine: text("machine"),
+            pool: text("pool"),
+            label: text("label"),
+            filter: SessionFilter::of(|k| q.one(k).map(str::to_string)),
+            stacked: q.one("view") == Some("stacked"),
+            after,
+        };
+        (query, error)
+    }
+
+    /// The query string of this question, without the page cursor.
+    fn pairs(&self) -> String {
+        let mut pairs: Vec<(&str, String)> = vec![("preset", self.preset.clone())];
+        if self.preset == "custom" {
+            pairs.extend([("from", self.from_day.clone()), ("to", self.to_day.clone())]);
+        }
+        pairs.extend(self.filter.pairs());
+        let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        super::form::encode(&pairs)
+    }
+}
+
+/// A preset's range ending `now`.
+fn preset_range(preset: &str, now: Millis) -> Option<(Millis, Millis)> {
+    let today = now.0 / DAY_MS * DAY_MS;
+    let (y, m, _) = now.civil_date();
+    let from = match preset {
+        "today" => today,
+        "7d" => now.0.saturating_sub(7 * DAY_MS),
+        "month" => Millis::from_civil_date(y, m, 1)?.0,
+        "60d" => now.0.saturating_sub(60 * DAY_MS),
+        "90d" => now.0.saturating_sub(90 * DAY_MS),
+        "year" => Millis::from_civil_date(y, 1, 1)?.0,
+        _ => return None,
+    };
+    Some((Millis(from), now))
+}
+
+/// A custom range of whole days (UTC), `from` to `to` inclusive, at most a year.
+fn custom(q: &Fields, now: Millis) -> Result<(Millis, Millis), String> {
+    let day = |k: &str| {
+        let text = q.one(k).ok_or_else(|| format!("a custom range needs `{k}` (YYYY-MM-DD)"))?;
+        crate::core::parse_end_of_date(text).map_err(|e| format!("{k}: {e}"))
+    };
+    let (from, to) = (Millis(day("from")?.0 - DAY_MS), day("to")?.min(now));
+    if from >= to {
+        return Err("the range ends before it starts".into());
+    }
+    if to.0 - from.0 > MAX_DAYS * DAY_MS {
+        return Err(format!("a range may span at most {MAX_DAYS} days"));
+    }
+    Ok((from, to))
+}
+
+/// `GET /org/ORG/usage`.
+pub(super) async fn page(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Q(q): Q,
+) -> Response {
+    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
+        (Ok(s), Ok(org)) => (s, org),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let now = web.ops.clock().now();
+    let mut shell = s.shell("License utilization", Some(&org), "usage");
+    let (query, error) = Query::of(&q, now);
+    shell.error = error.map(|why| format!("{why} (INVALID_ARGUMENT)"));
+    let turn = web.ops.report_turn().await;
+    let built = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        gather(&web, &s.p, &org, query, shell)
+    })
+    .await;
+    match built {
+        Ok(Ok(page)) => render(StatusCode::OK, &page),
+        Ok(Err(e)) => report_refused(e),
+        Err(e) => super::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("the report failed: {e}")),
+    }
+}
+
+fn report_refused(e: ReportError) -> Response {
+    refused(crate::proto::WireError::from(e))
+}
+
+/// Everything the page shows, as `p` may see it.
+fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, shell: Shell) -> Result<Page, ReportError> {
+    let core = web.ops.core();
+    let h = web.ops.history().ok_or(ReportError::Off)?;
+    let pools: Vec<String> = core.status(p, Some(org))?.iter().map(|st| st.pool.to_string()).collect();
+    let (bars, source) = if q.filter.user.is_none() && q.filter.machine.is_none() && q.filter.label.is_none() {
+        (from_rollups(web, h, p, org, &q)?, "from the per-minute history (exact seat time)".to_string())
+    } else {
+        let kept = h.retention().minutes.as_secs() / 86_400;
+        (from_sessions(web, h, p, org, &q)?, format!("from the ended sessions the broker keeps ({kept} days)"))
+    };
+    let ask = report::sessions(core, Some(h), p, org, q.range, q.after, PAGE)?.filtered(q.filter.clone());
+    let (rows, next) = ask.read(h)?;
+    let now = web.ops.clock().now();
+    let query = q.pairs();
+    let next = next.map(|(end, id)| format!("{query}&after={end}.{}", crate::core::SessionId(id)));
+    Ok(Page {
+        shell,
+        org: org.to_string(),
+        presets: PRESETS.iter().map(|(k, name)| (*k, *name, *k == q.preset)).collect(),
+        pools,
+        totals: bars.totals(),
+        chart: if q.stacked { chart::stacked(&bars) } else { chart::lines(&bars) },
+        source,
+        rows: rows.into_iter().map(|(id, r)| row(id, r, now)).collect(),
+        next,
+        query,
+        q,
+    })
+}
+
+fn row(id: u64, r: EndedRow, now: Millis) -> Row {
+    let secs = r.end.saturating_sub(r.start) / 1000;
+    Row {
+        session: crate::core::SessionId(id).to_string(),
+        start: when(Millis(r.start), now),
+        duration: format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60),
+        labels: r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
+        user: r.user,
+        machine: r.machine,
+        pool: r.pool,
+        reason: r.reason,
+    }
+}
+
+/// Seat time per pool and day from the rollups (no per-user breakdown).
+fn from_rollups(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query) -> Result<Bars, ReportError> {
+    let pool =
+        q.filter.pool.as_deref().map(str::parse).transpose().map_err(|e| ReportError::Invalid(format!("{e}")))?;
+    let (from, to) = day_aligned(q.range);
+    let series = report::usage(web.ops.core(), Some(h), p, org, pool, (from, to), DAY_MS)?.read(h)?;
+    let mut bars = Bars::new(from, to);
+    for s in series {
+        for pt in s.points {
+            bars.add(&s.pool.to_string(), pt.start, pt.usage.seat_ms);
+        }
+    }
+    Ok(bars)
+}
+
+/// Seat time per pool and day from the ended sessions the filter keeps,
+/// each clipped to the range and split over the days it spans.
+fn from_sessions(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query) -> Result<Bars, ReportError> {
+    let (from, to) = day_aligned(q.range);
+    let mut bars = Bars::new(from, to);
+    let mut after = None;
+    // Each page reads at most `SCAN_MAX` rows: a bounded number of them.
+    for _ in 0..MAX_PAGES {
+        let ask = report::sessions(web.ops.core(), Some(h), p, org, q.range, after, MAX_ROWS)?;
+        let (rows, next) = ask.filtered(q.filter.clone()).read(h)?;
+        for (_, r) in rows {
+            bars.add_span(&r.pool, r.start.max(from.0), r.end.min(to.0));
+        }
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    Ok(bars)
+}
+
+/// The range widened to whole UTC days (the chart's step).
+fn day_aligned((from, to): (Millis, Millis)) -> (Millis, Millis) {
+    (Millis(from.0 / DAY_MS * DAY_MS), Millis(to.0.div_ceil(DAY_MS) * DAY_MS))
+}
+
+/// `GET /org/ORG/usage.csv`: the filtered sessions of the range, named as
+/// the vendor names its export.
+pub(super) async fn export(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Path(org): Path<String>,
+    Q(q): Q,
+) -> Response {
+    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
+        (Ok(s), Ok(org)) => (s, org),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let query = match Query::of(&q, web.ops.clock().now()) {
+        (query, None) => query,
+        (_, Some(why)) => return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, &why, "INVALID_ARGUMENT"),
+    };
+    let turn = web.ops.report_turn().await;
+    let built = tokio::task::spawn_blocking(move || {
+        let _turn = turn;
+        csv(&web, &s.p, &org, &query)
+    })
+    .await;
+    match built {
+        Ok(Ok((name, body))) => {
+            let disposition = format!("attachment; filename=\"{name}\"");
+            let headers = [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+                (header::CONTENT_DISPOSITION, disposition),
+            ];
+            (headers, body).into_response()
+        }
+        Ok(Err(e)) => report_refused(e),
+        Err(e) => super::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("the export failed: {e}")),
+    }
+}
+
+/// The export's file name and body (at most `MAX_ROWS` sessions).
+fn csv(web: &Web, p: &Principal, org: &OrgName, q: &Query) -> Result<(String, String), ReportError> {
+    let h = web.ops.history().ok_or(ReportError::Off)?;
+    let ask = report::sessions(web.ops.core(), Some(h), p, org, q.range, None, MAX_ROWS)?.filtered(q.filter.clone());
+    let (rows, _) = ask.read(h)?;
+    let mut body = String::from(export::SESSIONS_CSV_HEADER);
+    for (id, r) in &rows {
+        body.push_str(&export::session_csv(*id, r));
+    }
+    let name = format!("License Utilization_{org}_{}_{}.csv", q.from_day, q.to_day);
+    Ok((name, body))
+}
