@@ -5,7 +5,7 @@ step asserts what the person sees, and what the broker says through the
 CLI (`status --json`, `offline verify`). Saves a screenshot of each page
 into SHOTS. Exits non-zero with the reason on any mismatch.
 
-usage: check_console.py BASE_URL OWNER_KEY USER_KEY CLI SHOTS [CHROMIUM_FLAG...]
+usage: check_console.py BASE_URL OPERATOR_KEY OWNER_KEY USER_KEY CLI SHOTS [CHROMIUM_FLAG...]
   CLI: the license-broker command line, with LB_SERVER/LB_CA set, as a shell prefix
 """
 import csv
@@ -20,8 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cdp import Chromium, fail, wait_for_file  # noqa: E402
 
-BASE, OWNER, USER, CLI, SHOTS = sys.argv[1:6]
-FLAGS = sys.argv[6:]
+BASE, OPERATOR, OWNER, USER, CLI, SHOTS = sys.argv[1:7]
+FLAGS = sys.argv[7:]
 assert BASE.split("://")[1].startswith("127.0.0.1:"), "loopback only"
 ORG = "/org/default"
 KSE, KRE = "kse-node-locked-annual", "kre-floating-annual"
@@ -38,10 +38,10 @@ def status():
     return {p["pool"]: p for p in json.loads(cli("status --json").stdout)["pools"]}
 
 
-def sign_in(page, key):
+def sign_in(page, key, lands=ORG):
     page.go(BASE + "/", "/")
     page.fill("input[name=key]", key)
-    page.click("form[action='/signin'] button", ORG, "sign in")
+    page.click("form[action='/signin'] button", lands, "sign in")
 
 
 def note(page):
@@ -163,6 +163,32 @@ def utilization(page, downloads):
     print(f"utilization ok: filtered by user, exported {name} with {len(rows)} rows")
 
 
+def operator(page):
+    sign_in(page, OPERATOR, "/orgs")
+    page.fill("#org-name", "acme")
+    page.fill("#org-owner", "boss@acme.io")
+    page.fill("#org-end", "2027-06-30")
+    page.click("form[action='/orgs/create'] button", "/orgs/create", "Create org")
+    key = page.text("#owner-key").strip()
+    if not key.startswith("lbk_") or cli("status --org acme", key=key, check=False).returncode != 0:
+        fail(f"the new org's Owner key {key!r} is not shown or does not work")
+    page.screenshot(os.path.join(SHOTS, "console-orgs.png"))
+    page.go(f"{BASE}/org/acme/licenses", "/org/acme/licenses")
+    page.js("document.getElementById('op-pool').value = 'kre-floating-annual'; true")
+    page.fill("#op-quota", "5")
+    page.click("form[action$='/pools'] button", "note=", "Set quota")
+    if "quota 5" not in note(page) or status_of("acme", key)["kre-floating-annual"]["quota"] != 5:
+        fail(f"setting acme's quota: {note(page)!r}")
+    if "2027-06-30" not in page.text("#subscription"):
+        fail(f"the subscription box does not say when it ends: {page.text('#subscription')!r}")
+    print("operator ok: org created, its Owner's key works, quota set")
+    page.click("form[action='/signout'] button", "/", "Sign out")
+
+
+def status_of(org, key):
+    return {p["pool"]: p for p in json.loads(cli(f"status --org {org} --json", key=key).stdout)["pools"]}
+
+
 def as_user(page):
     page.click("form[action='/signout'] button", "/", "Sign out")
     sign_in(page, USER)
@@ -186,6 +212,7 @@ def main():
     downloads = tempfile.mkdtemp(prefix="lb-downloads-")
     chrome = Chromium(FLAGS, downloads=downloads)
     try:
+        operator(chrome.page)
         sign_in(chrome.page, OWNER)
         grant_and_revoke(chrome.page)
         offline_license(chrome.page, downloads)

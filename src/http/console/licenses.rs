@@ -40,6 +40,10 @@ struct Page {
     offline: Vec<super::offline::Row>,
     /// An offline license just created (its download starts).
     created: Option<super::offline::Row>,
+    /// Whether the caller is the operator (who sets pools and subscriptions).
+    operator: bool,
+    /// Every pool a form may name, `PRODUCT-KIND-TERM`.
+    all_pools: Vec<String>,
 }
 
 /// A pool's subscription box.
@@ -114,6 +118,8 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crat
         machines: Vec::new(),
         offline: Vec::new(),
         created: None,
+        operator: s.p.require_operator().is_ok(),
+        all_pools: every_pool(),
     };
     if let Some(st) = current {
         page.pool = Some(subscription_box(st, subscription_end(web, org)));
@@ -198,6 +204,19 @@ fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
         end,
         offline_allowed: st.pool.kind == Kind::NodeLocked && st.pool.term == Term::Annual,
     }
+}
+
+/// Every pool id there can be, for the operator's form.
+fn every_pool() -> Vec<String> {
+    let mut all = Vec::new();
+    for product in ["kre", "kse"] {
+        for kind in ["floating", "node-locked"] {
+            for term in ["annual", "monthly"] {
+                all.push(format!("{product}-{kind}-{term}"));
+            }
+        }
+    }
+    all
 }
 
 /// "KSE node-locked (annual)".

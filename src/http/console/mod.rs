@@ -15,7 +15,8 @@
 //! Pages: `licenses` (License Management, per pool), `offline` (create,
 //! confirm, download), `members` (members, keys, per-user caps), `usage`
 //! (License Utilization: filters, session time per license type, the
-//! ended sessions, Export).
+//! ended sessions, Export), `operator` (orgs, pools and quotas,
+//! subscriptions).
 //! Templates live in `templates/` (askama: escaped unless marked safe).
 
 // A refusal here is the page to answer with; handlers return it as is,
@@ -27,6 +28,7 @@ mod form;
 mod licenses;
 mod members;
 mod offline;
+mod operator;
 mod usage;
 
 use std::sync::Arc;
@@ -62,6 +64,10 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/org/{org}/keys/revoke", post(members::revoke_key))
         .route("/org/{org}/limits", post(members::set_limit))
         .route("/org/{org}/usage", get(usage::page))
+        .route("/orgs", get(operator::page))
+        .route("/orgs/create", post(operator::create))
+        .route("/org/{org}/pools", post(operator::pool))
+        .route("/org/{org}/subscription", post(operator::subscription))
         .route("/org/{org}/usage.csv", get(usage::export))
 }
 
@@ -164,9 +170,7 @@ pub(super) struct Shell {
 
 /// The console's style, after the dashboard's.
 const STYLE: &str = r#"
-nav.tabs{display:flex;gap:4px;padding:0 20px;background:#e8edf3;flex-wrap:wrap}
-nav.tabs a{padding:8px 12px;color:#1d2733;text-decoration:none;border-bottom:3px solid transparent}
-nav.tabs a.on{border-color:#2563eb;font-weight:600}
+nav.tabs{margin:0}
 .pooltabs{display:flex;gap:6px;flex-wrap:wrap;margin:0 0 12px}.pooltabs a{padding:4px 10px;border:1px solid #cdd6e0;border-radius:14px;text-decoration:none}
 .pooltabs a.on{background:#1d2733;color:#fff}
 .box{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:10px}.box div{background:#f5f7fa;padding:8px;border-radius:4px}

@@ -64,17 +64,8 @@ pub(super) async fn home(State(web): State<Arc<Web>>, headers: HeaderMap) -> Res
     };
     match &p.org {
         Some(org) => Redirect::to(&format!("/org/{org}")).into_response(),
-        // The operator's list of orgs (the core checks that they are).
-        None => match web.ops.core().orgs(&p) {
-            Ok(orgs) => {
-                let orgs: Vec<_> = orgs
-                    .into_iter()
-                    .map(|o| (o.name.to_string(), crate::core::format_end_date(o.subscription_end), o.pools))
-                    .collect();
-                html(StatusCode::OK, view::orgs(&who(&p), &orgs))
-            }
-            Err(e) => refused(e),
-        },
+        // The operator's list of orgs (the console's page).
+        None => Redirect::to("/orgs").into_response(),
     }
 }
 

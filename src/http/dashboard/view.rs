@@ -43,6 +43,8 @@ svg{width:100%;height:auto}.axis{font-size:11px;fill:#5b6877}.grid{stroke:#e6eae
 .cell{fill:#c2410c}.empty{fill:#eef1f5}.bar{fill:#2563eb}
 .legend span{margin-right:14px}.legend i{display:inline-block;width:18px;height:3px;vertical-align:middle;margin-right:4px}
 .note{color:#5b6877}.err{color:#b91c1c}button{cursor:pointer}
+nav.tabs{display:flex;gap:4px;margin:-16px -20px 16px;padding:0 20px;background:#e8edf3;flex-wrap:wrap}
+nav.tabs a{padding:8px 12px;color:#1d2733;text-decoration:none;border-bottom:3px solid transparent}nav.tabs a.on{border-color:#2563eb;font-weight:600}
 "#;
 
 /// A whole page around `body`.
@@ -67,27 +69,6 @@ pub fn sign_in(error: Option<&str>) -> String {
         None,
         &format!(
             r#"<section><h2>Sign in</h2>{error}<form method="post" action="/signin"><p><label>API key <input name="key" type="password" size="72" autocomplete="off" required></label></p><p><button>Sign in</button></p></form><p class="note">Any API key of the broker: the operator's shows every org, a member's shows their org.</p></section>"#
-        ),
-    )
-}
-
-/// The operator's list of orgs.
-pub fn orgs(who: &str, orgs: &[(String, String, u32)]) -> String {
-    let mut rows = String::new();
-    for (name, end, pools) in orgs {
-        let _ = write!(
-            rows,
-            r#"<tr><td><a href="/org/{0}">{0}</a></td><td>{1}</td><td class="n">{2}</td></tr>"#,
-            esc(name),
-            esc(end),
-            pools
-        );
-    }
-    page(
-        "Orgs",
-        Some(who),
-        &format!(
-            r#"<section><h2>Orgs</h2><table><tr><th>Org</th><th>Subscription ends</th><th class="n">Pools</th></tr>{rows}</table></section>"#
         ),
     )
 }
@@ -194,7 +175,13 @@ fn admins_only() -> &'static str {
 pub fn org(v: &OrgView) -> String {
     let mut b = String::with_capacity(64 * 1024);
     let (range, from, to) = v.range;
-    let _ = write!(b, r#"<section><h2>{}</h2><p>Subscription through {} · "#, esc(&v.org), esc(&v.subscription_ends));
+    let org = esc(&v.org);
+    // The console's tabs (src/http/console), this page being the first.
+    let _ = write!(
+        b,
+        r#"<nav class="tabs" aria-label="{org}"><a class="on" aria-current="page" href="/org/{org}">Overview</a><a href="/org/{org}/licenses">License management</a><a href="/org/{org}/usage">Utilization</a><a href="/org/{org}/members">Members and API keys</a></nav>"#
+    );
+    let _ = write!(b, r#"<section><h2>{}</h2><p>Subscription through {} · "#, org, esc(&v.subscription_ends));
     b.push_str(r#"<span class="ranges">"#);
     for (name, _, _) in RANGES {
         let on = if name == range { r#" class="on""# } else { "" };
