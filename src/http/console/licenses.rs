@@ -40,6 +40,10 @@ struct Page {
     offline: Vec<super::offline::Row>,
     /// An offline license just created (its download starts).
     created: Option<super::offline::Row>,
+    /// What the lists are narrowed to, and how many rows each matched
+    /// (licensed, online, machines, offline).
+    find: String,
+    matched: [usize; 4],
     /// Whether the caller is the operator (who sets pools and subscriptions).
     operator: bool,
     /// Every pool a form may name, `PRODUCT-KIND-TERM`.
@@ -118,12 +122,15 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crat
         machines: Vec::new(),
         offline: Vec::new(),
         created: None,
+        find: q.one("find").unwrap_or("").to_string(),
+        matched: [0; 4],
         operator: s.p.require_operator().is_ok(),
         all_pools: every_pool(),
     };
     if let Some(st) = current {
         page.pool = Some(subscription_box(st, subscription_end(web, org)));
         fill_lists(&mut page, web, &s.p, org, st.pool);
+        narrow(&mut page, q.one("find"));
         page.created = q.one("created").and_then(|id| page.offline.iter().find(|o| o.id == id).cloned());
     }
     Ok(page)
@@ -155,6 +162,32 @@ fn fill_lists(page: &mut Page, web: &Web, p: &Principal, org: &OrgName, pool: Po
         .map(|m| (m.machine.to_string(), when(m.registered, now)))
         .collect();
     page.offline = offline.into_iter().filter(|o| o.pool == pool).map(super::offline::Row::of).collect();
+}
+
+impl Page {
+    /// What to say of list `i` when it was cut short.
+    fn cut(&self, i: usize) -> Option<String> {
+        let shown = [self.licensed.len(), self.online.len(), self.machines.len(), self.offline.len()][i];
+        (shown < self.matched[i]).then(|| format!("Showing {shown} of {}: use Find to narrow.", self.matched[i]))
+    }
+}
+
+/// Each list narrowed to what `find` names, and cut at `SHOWN` rows.
+fn narrow(page: &mut Page, find: Option<&str>) {
+    use super::narrowed;
+    let licensed;
+    (licensed, page.matched[0]) = narrowed(std::mem::take(&mut page.licensed), find, |g| g.email.clone());
+    page.licensed = licensed;
+    let online;
+    (online, page.matched[1]) =
+        narrowed(std::mem::take(&mut page.online), find, |o| format!("{} {} {}", o.machine, o.user, o.job));
+    page.online = online;
+    let machines;
+    (machines, page.matched[2]) = narrowed(std::mem::take(&mut page.machines), find, |m| m.0.clone());
+    page.machines = machines;
+    let offline;
+    (offline, page.matched[3]) = narrowed(std::mem::take(&mut page.offline), find, |o| o.machine.clone());
+    page.offline = offline;
 }
 
 /// The pool's live sessions, then its node-locked activations.

@@ -32,6 +32,17 @@ struct Page {
     pools: Vec<String>,
     /// A key just made: (email, key), shown this once.
     new_key: Option<(String, String)>,
+    /// What the lists are narrowed to, and how many members and keys matched.
+    find: String,
+    matched: [usize; 2],
+}
+
+impl Page {
+    /// What to say of list `i` (members, keys) when it was cut short.
+    fn cut(&self, i: usize) -> Option<String> {
+        let shown = [self.members.len(), self.keys.len()][i];
+        (shown < self.matched[i]).then(|| format!("Showing {shown} of {}: use Find to narrow.", self.matched[i]))
+    }
 }
 
 /// `GET /org/ORG/members`.
@@ -47,7 +58,7 @@ pub(super) async fn page(
     };
     let mut shell = s.shell("Members and API keys", Some(&org), "members");
     shell.note = s.note(&web, &q);
-    match gather(&web, &s, &org, shell) {
+    match gather(&web, &s, &org, shell, q.one("find")) {
         Ok(page) => render(StatusCode::OK, &page),
         Err(e) => refused(e),
     }
@@ -55,7 +66,7 @@ pub(super) async fn page(
 
 /// Everything on the page; the core refuses it to anyone but the org's
 /// Owners and Admins (and the operator, who sees no org's users).
-fn gather(web: &Web, s: &Signed, org: &OrgName, shell: Shell) -> Result<Page, crate::core::Error> {
+fn gather(web: &Web, s: &Signed, org: &OrgName, shell: Shell, find: Option<&str>) -> Result<Page, crate::core::Error> {
     let core = web.ops.core();
     let now = web.ops.clock().now();
     let members = core
@@ -76,7 +87,10 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, shell: Shell) -> Result<Page, cr
         }
     }
     let pools = pools.iter().map(ToString::to_string).collect();
-    Ok(Page { shell, org: org.to_string(), members, keys, caps, pools, new_key: None })
+    let (members, in_members) = super::narrowed(members, find, |m| m.0.clone());
+    let (keys, in_keys) = super::narrowed(keys, find, |k| format!("{} {}", k.0, k.1));
+    let (find, matched) = (find.unwrap_or("").to_string(), [in_members, in_keys]);
+    Ok(Page { shell, org: org.to_string(), members, keys, caps, pools, new_key: None, find, matched })
 }
 
 /// A form's caller, org and fields.
@@ -227,7 +241,7 @@ pub(super) async fn create_key(
     };
     let mut shell = s.shell("Members and API keys", Some(&org), "members");
     shell.note = Some(format!("Key {} made for {email}.", made.id));
-    match gather(&web, &s, &org, shell) {
+    match gather(&web, &s, &org, shell, None) {
         Ok(mut page) => {
             page.new_key = Some((email.to_string(), made.key));
             render(StatusCode::OK, &page)

@@ -186,6 +186,20 @@ td form{display:inline}.scroll{overflow-x:auto}
 @media (max-width:600px){main{padding:10px}header{flex-wrap:wrap}th,td{padding:3px 4px}}
 "#;
 
+/// Most rows one console list shows; `find` narrows a longer one.
+pub(super) const SHOWN: usize = 500;
+
+/// The rows whose `text` contains `find` (any case), at most `SHOWN` of
+/// them, and how many matched in all.
+pub(super) fn narrowed<T>(rows: Vec<T>, find: Option<&str>, text: impl Fn(&T) -> String) -> (Vec<T>, usize) {
+    let find = find.map(str::to_lowercase);
+    let mut kept: Vec<T> =
+        rows.into_iter().filter(|r| find.as_ref().is_none_or(|f| text(r).to_lowercase().contains(f))).collect();
+    let total = kept.len();
+    kept.truncate(SHOWN);
+    (kept, total)
+}
+
 /// `p` as the header shows them.
 fn who(p: &Principal) -> String {
     let role = role_name(p.role);
@@ -286,5 +300,28 @@ pub(super) fn end_day(end: Millis) -> String {
         "no end".into()
     } else {
         day
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_are_narrowed_in_any_case_and_cut_at_the_bound() {
+        let rows: Vec<String> = (0..SHOWN + 10).map(|i| format!("ci-{i}@X.io")).collect();
+        let (all, total) = narrowed(rows.clone(), None, |r| r.clone());
+        assert_eq!((all.len(), total), (SHOWN, SHOWN + 10));
+        let (some, total) = narrowed(rows, Some("CI-50"), |r| r.clone());
+        assert_eq!(total, 11, "ci-50 and ci-500..=509");
+        assert_eq!(some[0], "ci-50@X.io");
+    }
+
+    #[test]
+    fn an_end_far_off_reads_no_end() {
+        let far = Millis::from_civil_date(9999, 12, 31).map(|m| Millis(m.0 + 86_400_000)).unwrap();
+        assert_eq!(end_day(far), "no end");
+        let near = Millis::from_civil_date(2027, 6, 30).map(|m| Millis(m.0 + 86_400_000)).unwrap();
+        assert_eq!(end_day(near), "2027-06-30");
     }
 }
