@@ -1,5 +1,6 @@
-//! The ops endpoint, `serve --http ADDR`: what ops read, over plain HTTP/1
-//! (axum), separate from the QUIC port runners use.
+//! The web door: the console, its API and what ops read, over HTTPS
+//! (HTTP/1.1 on TLS 1.3, axum on hyper), separate from the QUIC port
+//! runners use.
 //!
 //! - `GET /metrics`: the broker's numbers in the OpenMetrics text format
 //!   (`metrics`), documented in docs/METRICS.md.
@@ -9,9 +10,10 @@
 //!   utilization reports as JSON or CSV (`api`), for a caller with an API
 //!   key (`auth`): the operator reads every org, members their own.
 //!
-//! Off unless `--http` is given; meant for a loopback or ops-network
-//! address (README Security). Its connections are bounded in number and
-//! lifetime (`listener`). It decides nothing: every act and every rule is
+//! `serve` brings it up on loopback by default, with the broker's own
+//! certificate (or `--http-cert`); plain HTTP only with `--http-plain`
+//! (README Security). Its connections are bounded in number and lifetime
+//! (`listener`). It decides nothing: every act and every rule is
 //! `crate::operations`' (the same functions the QUIC door calls), and it
 //! reads the core and the QUIC door's counters (`Door`). Its own state is
 //! `Web`; it never imports the QUIC server. With `--metrics-token`,
@@ -23,13 +25,14 @@ pub mod dashboard;
 mod listener;
 mod metrics;
 
-pub use listener::{LIFETIME as CONNECTION_LIFETIME, MAX_CONNECTIONS};
+pub use listener::{Limits, LIFETIME as CONNECTION_LIFETIME, MAX_CONNECTIONS};
 pub use metrics::MAX_ORGS;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -53,37 +56,44 @@ pub struct Web {
     signer: auth::Signer,
     /// A bearer token `/metrics` requires, if set.
     metrics_token: Option<String>,
+    /// TLS, unless the door is plain HTTP (`--http-plain`).
+    tls: Option<Arc<rustls::ServerConfig>>,
     quic: Arc<dyn Door>,
+}
+
+/// How the web door is set up (from `serve`'s options).
+pub struct Config {
+    /// A bearer token `/metrics` requires, if set.
+    pub metrics_token: Option<String>,
+    /// TLS (`crate::tls::http_server_config`), or `None` for plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Web {
     /// The web door over `ops`, showing `quic`'s counters.
     pub fn new(
         ops: Arc<Operations>,
-        metrics_token: Option<String>,
+        config: Config,
         quic: Arc<dyn Door>,
     ) -> Result<Web, crate::keys::RandomUnavailable> {
-        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, quic })
+        let Config { metrics_token, tls } = config;
+        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, tls, quic })
+    }
+
+    /// Whether the door speaks TLS (secure cookies, HSTS).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
-/// How many connections the web door serves at once, and for how long each.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Connections served at once.
-    pub connections: usize,
-    /// How long one connection may stay open.
-    pub lifetime: std::time::Duration,
-}
-
-/// Serves the ops endpoint on `listener` until `stop` fires.
+/// Serves the web door on `listener` until `stop` fires.
 pub(crate) async fn serve(
     web: Arc<Web>,
     listener: tokio::net::TcpListener,
     limits: Limits,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let Limits { connections, lifetime } = limits;
+    let tls = web.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
@@ -95,15 +105,9 @@ pub(crate) async fn serve(
         .route("/signout", axum::routing::post(dashboard::sign_out))
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
-        .layer(axum::middleware::map_response(guarded))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
         .with_state(web);
-    let stopped = async move {
-        let _ = stop.changed().await;
-    };
-    let listener = listener::Bounded::new(listener, connections, lifetime);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-        tracing::warn!("the http endpoint stopped: {e}");
-    }
+    listener::serve(listener, app, tls, limits, stop).await;
 }
 
 /// What no page may do, said on every answer: run any script (the pages
@@ -115,16 +119,37 @@ pub(crate) async fn serve(
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// HSTS under TLS: a browser that reached the door over HTTPS never
+/// tries it over plain HTTP for a year.
+const HSTS: &str = "max-age=31536000";
+
 /// Adds the security headers to every answer (`CONTENT_SECURITY_POLICY`);
-/// a handler's own `Cache-Control` is kept.
-async fn guarded(mut r: Response) -> Response {
+/// a handler's own `Cache-Control` is kept. Under TLS, HSTS too, except to
+/// a loopback name: HSTS holds for a host on every port, and would turn
+/// every other plain-HTTP service on `localhost` to HTTPS in that browser
+/// (browsers ignore it for IP addresses anyway).
+async fn guarded(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
+    let loopback = host_name(req.headers()).is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok());
+    let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    if web.is_tls() && !loopback {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
     r
+}
+
+/// The request's `Host` without its port (an IPv6 literal without brackets).
+fn host_name(headers: &HeaderMap) -> Option<&str> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split_once(']').map(|(ip, _)| ip);
+    }
+    Some(host.rsplit_once(':').map_or(host, |(name, _)| name))
 }
 
 async fn scrape(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {

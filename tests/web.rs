@@ -1,0 +1,63 @@
+//! The web door's transport and its guards against hostile clients: HTTPS
+//! by default with the broker's certificate, plain HTTP only when asked
+//! for, and the cookie and HSTS that go with each.
+
+mod support;
+
+use std::time::Duration;
+
+use license_broker::server::HttpTls;
+
+use support::start_with;
+
+/// The value of header `name` (lower case) in an answer's head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_speaks_tls_with_the_brokers_certificate_and_says_so() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let running = b.running.as_ref().unwrap();
+    let addr = running.http_addr().unwrap();
+    assert_eq!(running.http_url(), Some(format!("https://{addr}/")));
+    let web = b.web();
+    assert_eq!(web.fetch("/healthz", None).await, (200, "ok\n".to_string()));
+    // HSTS for a name a certificate can be for; not for loopback, where it
+    // would turn every other local plain-HTTP service to HTTPS.
+    let (_, head, _) = web.send("GET /healthz HTTP/1.0\r\nHost: broker.example:8443", "").await;
+    assert_eq!(header(&head, "strict-transport-security").as_deref(), Some("max-age=31536000"), "{head}");
+    let (_, head, _) = web.send("GET /healthz HTTP/1.0", "").await;
+    assert_eq!(header(&head, "strict-transport-security"), None, "{head}");
+    // Plain HTTP to the TLS port gets no answer.
+    let plain = tokio::task::spawn_blocking(move || {
+        std::panic::catch_unwind(|| support::http::Web::plain(addr).get("/healthz", None)).is_err()
+    });
+    assert!(plain.await.unwrap(), "a plain request is not served on the TLS port");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_only_when_asked_for_with_a_plain_cookie() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.http_tls = HttpTls::Plain;
+    })
+    .await;
+    let running = b.running.as_ref().unwrap();
+    assert_eq!(running.http_url(), Some(format!("http://{}/", running.http_addr().unwrap())));
+    let web = b.web();
+    let form = format!("key={}", b.owner);
+    let (code, head, _) =
+        web.send("POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", &form).await;
+    assert_eq!(code, 303, "{head}");
+    let cookie = header(&head, "set-cookie").expect("a cookie");
+    assert!(cookie.starts_with("lb_session=") && !cookie.contains("Secure"), "{cookie}");
+    let (_, head, _) = web.send("GET /healthz HTTP/1.0\r\nHost: broker.example", "").await;
+    assert_eq!(header(&head, "strict-transport-security"), None, "no HSTS over plain HTTP: {head}");
+}
