@@ -109,8 +109,10 @@ async fn idle_ops_connections_are_bounded_in_number_and_lifetime() {
     let dir = tempfile::tempdir().unwrap();
     let b = start_with(dir, Duration::from_secs(30), |o| {
         o.http = Some("127.0.0.1:0".parse().unwrap());
-        o.http_connections = 2;
-        o.http_lifetime = Duration::from_millis(500);
+        // Two slots, none kept for scrapes; connections live 500 ms.
+        o.http_limits.connections = 2;
+        o.http_limits.reserved = 0;
+        o.http_limits.lifetime = Duration::from_millis(500);
     })
     .await;
     let http = b.web();

@@ -61,3 +61,65 @@ async fn plain_http_only_when_asked_for_with_a_plain_cookie() {
     let (_, head, _) = web.send("GET /healthz HTTP/1.0\r\nHost: broker.example", "").await;
     assert_eq!(header(&head, "strict-transport-security"), None, "no HSTS over plain HTTP: {head}");
 }
+
+/// Idle connections from 127.0.0.2, each reopened as soon as the broker
+/// closes it, until `until`: how many the broker turned away at once.
+async fn idle_sockets(to: std::net::SocketAddr, n: usize, until: std::time::Instant) -> usize {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut refused = 0;
+                while std::time::Instant::now() < until {
+                    let s = tokio::net::TcpSocket::new_v4().unwrap();
+                    s.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+                    let Ok(mut c) = s.connect(to).await else { continue };
+                    let opened = std::time::Instant::now();
+                    let left = until.saturating_duration_since(opened);
+                    // Holds on, sending nothing, until the broker closes it.
+                    let _ = tokio::time::timeout(left, tokio::io::AsyncReadExt::read(&mut c, &mut [0u8; 1])).await;
+                    if opened.elapsed() < Duration::from_millis(100) {
+                        refused += 1;
+                    }
+                    // Reconnect at once (a short pause keeps the test's CPU bounded).
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                refused
+            })
+        })
+        .collect();
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await.unwrap();
+    }
+    refused
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scrape_is_answered_while_100_reconnecting_idle_sockets_hold_on() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        // Fewer slots than attackers (the defaults have 112); the
+        // per-address limits are the defaults. Without them, one scrape
+        // got through in 8 s.
+        o.http_limits.connections = 32;
+        o.http_limits.reserved = 8;
+    })
+    .await;
+    let web = b.web();
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    let attack = tokio::spawn(idle_sockets(web.addr, 100, until));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Scrapes from 127.0.0.1 throughout, each with the 10 s a Prometheus
+    // scrape gets (the client's read timeout: a miss fails the test).
+    let mut scrapes = 0;
+    while std::time::Instant::now() + Duration::from_secs(1) < until {
+        let (code, body) = web.fetch("/metrics", None).await;
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("lbroker_connections_open"));
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let refused = attack.await.unwrap();
+    assert!(scrapes >= 10, "{scrapes} scrapes");
+    assert!(refused > 0, "the attacking address was held to its share (none refused)");
+}

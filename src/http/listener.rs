@@ -1,9 +1,13 @@
-//! The web door's connections: accepted, wrapped in TLS (unless the door
-//! is plain), and served by hyper's HTTP/1, each inside its budgets. At most
-//! so many are served at once (the next waits in the kernel's accept
-//! backlog until one closes) and each is closed a fixed time after it
-//! opened. The TLS handshake runs on the connection's own task, so a
-//! client that never finishes one holds its slot, never the accept loop.
+//! The web door's connections: accepted, admitted by the budgets
+//! (`budget`: per source address, at once and per second), wrapped in TLS
+//! (unless the door is plain), and served by hyper's HTTP/1, each inside
+//! its deadlines: the TLS handshake and then every request head within
+//! `Limits::head` (so an idle keep-alive ends then too), no answer left
+//! untaken for `Limits::write_stall`, no connection older than
+//! `Limits::lifetime`. At most `connections + reserved` are served at once
+//! (the next waits in the kernel's accept backlog). The TLS handshake runs
+//! on the connection's own task, so a client that never finishes one holds
+//! its slot for seconds, never the accept loop.
 
 use std::future::Future;
 use std::io;
@@ -18,25 +22,30 @@ use axum::Router;
 use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
-/// Connections the web door serves at once (`Options::http_connections`).
-pub const MAX_CONNECTIONS: usize = 32;
+use super::budget::{Budget, Held, Limits};
 
-/// How long one connection may stay open (`Options::http_lifetime`).
-pub const LIFETIME: Duration = Duration::from_secs(30);
+/// A connection's claim on a general slot (`Budget::general`), taken by
+/// its first request for more than a scrape and kept until it closes;
+/// handed to the handlers in the request's extensions.
+#[derive(Clone, Default)]
+pub struct Lane(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
-/// How many connections the web door serves at once, and for how long each.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Connections served at once.
-    pub connections: usize,
-    /// How long one connection may stay open.
-    pub lifetime: Duration,
+impl Lane {
+    /// Whether the connection holds a general slot, taking one if free.
+    pub fn general(&self, budget: &Budget) -> bool {
+        let mut slot = self.0.lock();
+        if slot.is_none() {
+            *slot = budget.general();
+        }
+        slot.is_some()
+    }
 }
 
 /// How long a connection's end waits for its answer in flight when the
@@ -49,10 +58,11 @@ pub(super) async fn serve(
     listener: TcpListener,
     app: Router,
     tls: Option<TlsAcceptor>,
-    limits: Limits,
+    budget: Arc<Budget>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.connections.max(1)));
+    let limits = *budget.limits();
+    let slots = Arc::new(Semaphore::new((limits.connections + limits.reserved).max(1)));
     loop {
         let accepted = tokio::select! {
             // The semaphore is never closed, so this always yields a permit.
@@ -63,7 +73,16 @@ pub(super) async fn serve(
             _ = stop.changed() => return,
         };
         let Some((tcp, peer, slot)) = accepted else { continue };
-        let conn = Conn { peer, app: app.clone(), limits, _slot: slot, stop: stop.clone() };
+        let held = match budget.admit(peer.ip()) {
+            Ok(held) => held,
+            Err(why) => {
+                if budget.may_log() {
+                    tracing::warn!(remote = %peer, reason = why.name(), door = "http", "refusing connection");
+                }
+                continue;
+            }
+        };
+        let conn = Conn { peer, app: app.clone(), limits, _slot: (slot, held), stop: stop.clone() };
         tokio::spawn(conn.run(tcp, tls.clone()));
     }
 }
@@ -89,8 +108,8 @@ struct Conn {
     peer: SocketAddr,
     app: Router,
     limits: Limits,
-    /// Released when the connection ends.
-    _slot: OwnedSemaphorePermit,
+    /// The door's slot and the address's, released when the connection ends.
+    _slot: (OwnedSemaphorePermit, Held),
     stop: watch::Receiver<bool>,
 }
 
@@ -99,12 +118,13 @@ impl Conn {
     /// passes or the broker stops.
     async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         let _ = tcp.set_nodelay(true);
-        let io = Timed::new(tcp, self.limits.lifetime);
+        let io = Timed::new(tcp, self.limits.lifetime, self.limits.write_stall);
         match tls {
             None => self.http(io).await,
-            Some(tls) => match tls.accept(io).await {
-                Ok(io) => self.http(io).await,
-                Err(e) => tracing::debug!(peer = %self.peer, "web door TLS handshake failed: {e}"),
+            Some(tls) => match tokio::time::timeout(self.limits.head, tls.accept(io)).await {
+                Ok(Ok(io)) => self.http(io).await,
+                Ok(Err(e)) => tracing::debug!(peer = %self.peer, "web door TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(peer = %self.peer, "web door TLS handshake not done in time"),
             },
         }
     }
@@ -113,12 +133,15 @@ impl Conn {
         let peer = self.peer;
         let app = TowerToHyperService::new(self.app.clone());
         // Handlers learn the caller's address (`ConnectInfo`) from the request.
+        let lane = Lane::default();
         let service = hyper::service::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(lane.clone());
             app.call(req)
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.head)
             .serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         tokio::select! {
@@ -134,22 +157,36 @@ impl Conn {
 }
 
 /// A connection's socket that fails every read and write once its
-/// lifetime has passed (hyper then closes it).
+/// lifetime has passed, and every write once the client has taken none of
+/// the answer for `stall` (hyper then closes it).
 pub struct Timed {
     io: TcpStream,
     deadline: Pin<Box<Sleep>>,
+    stall: Duration,
+    /// Set while a write waits for the client to take bytes.
+    stalled: Option<Pin<Box<Sleep>>>,
 }
 
 impl Timed {
-    fn new(io: TcpStream, lifetime: Duration) -> Timed {
-        Timed { io, deadline: Box::pin(tokio::time::sleep(lifetime)) }
+    fn new(io: TcpStream, lifetime: Duration, stall: Duration) -> Timed {
+        Timed { io, deadline: Box::pin(tokio::time::sleep(lifetime)), stall, stalled: None }
     }
 
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        // Polling the timer also registers the task to be woken when it fires.
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Some(io::Error::new(io::ErrorKind::TimedOut, "web connection lifetime reached")),
-            Poll::Pending => None,
+        // Polling a timer also registers the task to be woken when it fires.
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Some(io::Error::new(io::ErrorKind::TimedOut, "web connection lifetime reached"));
+        }
+        None
+    }
+
+    /// After a write that made no progress: fails once it has waited `stall`.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let stall = self.stall;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "answer not taken in time"))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -168,7 +205,13 @@ impl AsyncWrite for Timed {
         if let Some(e) = self.expired(cx) {
             return Poll::Ready(Err(e));
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Pending => self.waiting(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -21,11 +21,12 @@
 
 mod api;
 pub mod auth;
+mod budget;
 pub mod dashboard;
 mod listener;
 mod metrics;
 
-pub use listener::{Limits, LIFETIME as CONNECTION_LIFETIME, MAX_CONNECTIONS};
+pub use budget::Limits;
 pub use metrics::MAX_ORGS;
 
 use std::sync::Arc;
@@ -58,6 +59,8 @@ pub struct Web {
     metrics_token: Option<String>,
     /// TLS, unless the door is plain HTTP (`--http-plain`).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// What strangers may hold, per address and in all.
+    budget: Arc<budget::Budget>,
     quic: Arc<dyn Door>,
 }
 
@@ -67,6 +70,8 @@ pub struct Config {
     pub metrics_token: Option<String>,
     /// TLS (`crate::tls::http_server_config`), or `None` for plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Budgets and deadlines.
+    pub limits: Limits,
 }
 
 impl Web {
@@ -76,8 +81,9 @@ impl Web {
         config: Config,
         quic: Arc<dyn Door>,
     ) -> Result<Web, crate::keys::RandomUnavailable> {
-        let Config { metrics_token, tls } = config;
-        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, tls, quic })
+        let Config { metrics_token, tls, limits } = config;
+        let budget = Arc::new(budget::Budget::new(limits));
+        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, tls, budget, quic })
     }
 
     /// Whether the door speaks TLS (secure cookies, HSTS).
@@ -87,12 +93,7 @@ impl Web {
 }
 
 /// Serves the web door on `listener` until `stop` fires.
-pub(crate) async fn serve(
-    web: Arc<Web>,
-    listener: tokio::net::TcpListener,
-    limits: Limits,
-    stop: watch::Receiver<bool>,
-) {
+pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop: watch::Receiver<bool>) {
     let tls = web.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let app = Router::new()
         .route("/metrics", get(scrape))
@@ -105,9 +106,10 @@ pub(crate) async fn serve(
         .route("/signout", axum::routing::post(dashboard::sign_out))
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
         .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
-        .with_state(web);
-    listener::serve(listener, app, tls, limits, stop).await;
+        .with_state(web.clone());
+    listener::serve(listener, app, tls, web.budget.clone(), stop).await;
 }
 
 /// What no page may do, said on every answer: run any script (the pages
@@ -141,6 +143,47 @@ async fn guarded(State(web): State<Arc<Web>>, req: Request, next: Next) -> Respo
         h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
     }
     r
+}
+
+/// Scrapes (`/metrics`, `/healthz`) pass; anything else needs its
+/// connection's general slot (503 when every one is taken: the reserved
+/// ones are for scrapes), and a report (the API, an org page) a turn of
+/// its address's and the door's (429), held until its answer is written
+/// or dropped, so the answers held at once are bounded (README Security).
+async fn budgeted(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/metrics" || path == "/healthz" {
+        return next.run(req).await;
+    }
+    let report = path.starts_with("/api/") || (path.starts_with("/org/") && req.method() == axum::http::Method::GET);
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let lane = req.extensions().get::<listener::Lane>().cloned();
+    if lane.is_some_and(|lane| !lane.general(&web.budget)) {
+        let busy = "the web door is busy: every connection slot but the scrapes' is taken; try again shortly\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")], busy)
+            .into_response();
+    }
+    let pass = match (report, peer) {
+        (true, Some(ip)) => match web.budget.report(ip) {
+            Ok(pass) => Some(pass),
+            Err(why) => {
+                let body = format!("{}: try again when your earlier reports are done\n", why.name());
+                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], body).into_response();
+            }
+        },
+        _ => None,
+    };
+    let r = next.run(req).await;
+    match pass {
+        None => r,
+        // The pass lives as long as the answer's body: until it is written or dropped.
+        Some(pass) => r.map(|body| {
+            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                let _held = &pass;
+                f
+            }))
+        }),
+    }
 }
 
 /// The request's `Host` without its port (an IPv6 literal without brackets).

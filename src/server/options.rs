@@ -54,10 +54,8 @@ pub struct Options {
     pub http_tls: HttpTls,
     /// A bearer token `/metrics` requires, if set.
     pub metrics_token: Option<String>,
-    /// Connections the ops endpoint serves at once.
-    pub http_connections: usize,
-    /// How long one ops connection may stay open.
-    pub http_lifetime: Duration,
+    /// The web door's budgets and deadlines for strangers.
+    pub http_limits: crate::http::Limits,
     /// Limits on connections that have not authenticated yet.
     pub strangers: GateLimits,
     /// Keep the utilization history (`history.redb` in the data dir) for
@@ -87,8 +85,7 @@ impl Options {
             http: None,
             http_tls: HttpTls::Broker,
             metrics_token: None,
-            http_connections: crate::http::MAX_CONNECTIONS,
-            http_lifetime: crate::http::CONNECTION_LIFETIME,
+            http_limits: crate::http::Limits::default(),
             strangers: GateLimits::for_max_connections(10_000),
             history: Some(crate::history::Retention::default()),
         }

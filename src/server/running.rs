@@ -135,7 +135,7 @@ fn web(shared: &Shared) -> Result<Arc<crate::http::Web>, SetupError> {
         HttpTls::Broker => Some(tls::http_server_config(&broker_tls(o))?),
         HttpTls::Files(files) => Some(tls::http_server_config(files)?),
     };
-    let config = crate::http::Config { metrics_token: o.metrics_token.clone(), tls };
+    let config = crate::http::Config { metrics_token: o.metrics_token.clone(), tls, limits: o.http_limits };
     let web = crate::http::Web::new(shared.ops.clone(), config, shared.load.clone());
     Ok(Arc::new(web.map_err(|_| SetupError::Random)?))
 }
@@ -209,10 +209,8 @@ impl Running {
             history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));
         if let Some((web, listener)) = web {
             self.http_addr = listener.local_addr().ok();
-            let o = &shared.options;
-            let limits = crate::http::Limits { connections: o.http_connections, lifetime: o.http_lifetime };
             let plain = !web.is_tls();
-            self.tasks.push(tokio::spawn(crate::http::serve(web, listener, limits, stop)));
+            self.tasks.push(tokio::spawn(crate::http::serve(web, listener, stop)));
             if let Some(addr) = self.http_addr.filter(|a| plain && !a.ip().is_loopback()) {
                 tracing::warn!(
                     %addr,
