@@ -123,3 +123,46 @@ async fn a_scrape_is_answered_while_100_reconnecting_idle_sockets_hold_on() {
     assert!(scrapes >= 10, "{scrapes} scrapes");
     assert!(refused > 0, "the attacking address was held to its share (none refused)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_keys_over_http_are_counted_and_limited_per_address() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.metrics_token = Some("s3cret".into());
+        o.http_limits.failures_per_address = 5;
+    })
+    .await;
+    let web = b.web();
+    let usage = "/api/v1/usage?org=default";
+    let failures = |body: &str| -> f64 {
+        body.lines().find_map(|l| l.strip_prefix("lbroker_auth_failures_total ")?.parse().ok()).unwrap()
+    };
+    // A wrong metrics token counts as a failed authentication too.
+    assert_eq!(web.fetch("/metrics", Some("wrong")).await.0, 401);
+    let (_, body) = web.fetch("/metrics", Some("s3cret")).await;
+    assert_eq!(failures(&body), 1.0, "{body}");
+    // The second wait keeps all five failures within one second of the broker's.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = std::time::Instant::now();
+    for _ in 0..4 {
+        assert_eq!(web.fetch(usage, Some("lbk_wrong")).await.0, 401);
+    }
+    assert_eq!(web.fetch("/signin", None).await.0, 405, "a GET of the form's target is no attempt");
+    let (code, _, _) =
+        web.send("POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", "key=lbk_wrong").await;
+    assert_eq!(code, 401, "the fifth failure");
+    if started.elapsed() < Duration::from_millis(900) {
+        // Past the limit the address gets no new connection for the rest
+        // of the second, even with the right key (as over QUIC).
+        let (w, key) = (web.clone(), b.owner.clone());
+        let refused = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.get("/api/v1/usage?org=default", Some(&key))))
+                .is_err()
+        });
+        assert!(refused.await.unwrap(), "a connection from the failing address was served");
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(web.fetch(usage, Some(&b.owner)).await.0, 200, "the next second, the key works");
+    let (_, body) = web.fetch("/metrics", Some("s3cret")).await;
+    assert_eq!(failures(&body), 6.0, "four keys, a sign-in and the token: {body}");
+}

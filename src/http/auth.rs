@@ -114,6 +114,14 @@ impl Web {
     }
 }
 
+/// Marks an answer to a failed authentication (an unknown or revoked key,
+/// a wrong metrics token): the door counts it against the caller's
+/// address (`budget`), logs it as the QUIC door logs a failed `Hello`, and
+/// past the limit refuses the address's attempts for the rest of the
+/// second.
+#[derive(Clone, Copy, Debug)]
+pub struct Failed;
+
 /// Why a caller is not known.
 fn unauthorized(why: &str) -> super::api::Refusal {
     super::api::refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why)
@@ -139,7 +147,10 @@ pub(super) async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principa
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if let Some(key) = bearer {
         let signed = sign_in(web, &crate::keys::hash(key.trim())).await;
-        return signed.map_err(|why| unauthorized(why.as_deref().unwrap_or("unknown or revoked API key")));
+        return signed.map_err(|why| match why {
+            Some(elsewhere) => unauthorized(&elsewhere),
+            None => unauthorized("unknown or revoked API key").failed_auth(),
+        });
     }
     let signed_in = cookie(headers, web.cookie_name()).and_then(|c| web.signer.open(c, web.ops.clock().now().0));
     match signed_in {

@@ -193,6 +193,29 @@ impl Budget {
         Ok(Held { budget: self.clone(), ip })
     }
 
+    /// Counts a failed authentication from `ip`: how many this second, and
+    /// whether that is past the limit.
+    pub fn failed(&self, ip: IpAddr) -> (u32, bool) {
+        let second = self.second();
+        let mut sources = self.sources.lock();
+        // Counted even past MAX_SOURCES: an address failing has a connection,
+        // so it has an entry unless the table was pruned meanwhile.
+        let s = sources.entry(ip).or_default();
+        if s.failed_second != second {
+            (s.failed_second, s.failures) = (second, 0);
+        }
+        s.failures = s.failures.saturating_add(1);
+        (s.failures, s.failures >= self.limits.failures_per_address)
+    }
+
+    /// Whether `ip` failed to authenticate too often this second (its
+    /// attempts are refused until the next).
+    pub fn shut_out(&self, ip: IpAddr) -> bool {
+        let second = self.second();
+        let sources = self.sources.lock();
+        sources.get(&ip).is_some_and(|s| s.failed_second == second && s.failures >= self.limits.failures_per_address)
+    }
+
     /// A turn to compute and write one report for `ip`, if its share and
     /// the door's are not spent.
     pub fn report(self: &Arc<Self>, ip: IpAddr) -> Result<ReportPass, Refused> {
@@ -275,6 +298,17 @@ mod tests {
             drop(b.admit(a).unwrap());
         }
         assert_eq!(b.admit(a).err(), Some(Refused::Rate));
+    }
+
+    #[test]
+    fn failing_too_often_shuts_the_address_out_for_the_second() {
+        let b = budget(100, 100);
+        let a = "127.0.0.2".parse().unwrap();
+        let over: Vec<bool> = (0..4).map(|_| b.failed(a).1).collect();
+        assert_eq!(over, [false, false, true, true]);
+        assert!(b.shut_out(a));
+        assert_eq!(b.admit(a).err(), Some(Refused::Failures));
+        assert!(!b.shut_out("127.0.0.1".parse().unwrap()));
     }
 
     #[test]

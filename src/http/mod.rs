@@ -145,33 +145,59 @@ async fn guarded(State(web): State<Arc<Web>>, req: Request, next: Next) -> Respo
     r
 }
 
-/// Scrapes (`/metrics`, `/healthz`) pass; anything else needs its
+/// Counts failed authentications against the caller's address (logged as
+/// the QUIC door logs a failed `Hello`; past the limit the connection is
+/// closed and the address's attempts refused, 429, for the rest of the
+/// second). Scrapes (`/metrics`, `/healthz`) pass; anything else needs its
 /// connection's general slot (503 when every one is taken: the reserved
 /// ones are for scrapes), and a report (the API, an org page) a turn of
 /// its address's and the door's (429), held until its answer is written
 /// or dropped, so the answers held at once are bounded (README Security).
 async fn budgeted(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let Some(ip) = peer else { return next.run(req).await };
+    let authenticates = req.headers().contains_key(header::AUTHORIZATION) || req.uri().path() == "/signin";
+    if authenticates && web.budget.shut_out(ip) {
+        let why = "too many failed authentications from this address; try again in a second\n";
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")], why)
+            .into_response();
+    }
+    let mut r = lanes(&web, ip, req, next).await;
+    if r.extensions().get::<auth::Failed>().is_some() {
+        let (failures, over) = web.budget.failed(ip);
+        if web.budget.may_log() {
+            tracing::warn!(remote = %ip, failures, door = "http", "authentication failed");
+        }
+        if over {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    r
+}
+
+/// `budgeted`'s slots: a general slot for anything but a scrape, and a
+/// report's turn for a report, held as long as its answer.
+async fn lanes(web: &Web, ip: std::net::IpAddr, req: Request, next: Next) -> Response {
     let path = req.uri().path();
     if path == "/metrics" || path == "/healthz" {
         return next.run(req).await;
     }
     let report = path.starts_with("/api/") || (path.starts_with("/org/") && req.method() == axum::http::Method::GET);
-    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
     let lane = req.extensions().get::<listener::Lane>().cloned();
     if lane.is_some_and(|lane| !lane.general(&web.budget)) {
         let busy = "the web door is busy: every connection slot but the scrapes' is taken; try again shortly\n";
         return (StatusCode::SERVICE_UNAVAILABLE, [(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")], busy)
             .into_response();
     }
-    let pass = match (report, peer) {
-        (true, Some(ip)) => match web.budget.report(ip) {
+    let pass = match report {
+        true => match web.budget.report(ip) {
             Ok(pass) => Some(pass),
             Err(why) => {
                 let body = format!("{}: try again when your earlier reports are done\n", why.name());
                 return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], body).into_response();
             }
         },
-        _ => None,
+        false => None,
     };
     let r = next.run(req).await;
     match pass {
@@ -196,7 +222,11 @@ fn host_name(headers: &HeaderMap) -> Option<&str> {
 }
 
 async fn scrape(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    exposition(web.metrics_token.as_deref(), &headers, || metrics::render(&web))
+    let r = exposition(web.metrics_token.as_deref(), &headers, || metrics::render(&web));
+    if r.extensions().get::<auth::Failed>().is_some() {
+        web.ops.core().note_auth_failure();
+    }
+    r
 }
 
 /// `/metrics`: the token checked, then `render`'s body in OpenMetrics.
@@ -208,7 +238,12 @@ fn exposition(
     if let Some(token) = token {
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if !given.is_some_and(|g| auth::same_secret(g, &format!("Bearer {token}"))) {
-            return (StatusCode::UNAUTHORIZED, "a bearer token is required (--metrics-token)\n").into_response();
+            let mut r = (StatusCode::UNAUTHORIZED, "a bearer token is required (--metrics-token)\n").into_response();
+            // A wrong token is a failed authentication; none at all is not.
+            if given.is_some() {
+                r.extensions_mut().insert(auth::Failed);
+            }
+            return r;
         }
     }
     match render() {

@@ -97,9 +97,14 @@ pub(super) struct SignIn {
 /// `POST /signin`.
 pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) -> Response {
     let hash = crate::keys::hash(f.key.trim());
-    if let Err(why) = auth::sign_in(&web, &hash).await {
-        let why = why.unwrap_or_else(|| "That key is unknown or revoked.".into());
-        return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&why)));
+    match auth::sign_in(&web, &hash).await {
+        Ok(_) => {}
+        Err(Some(elsewhere)) => return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&elsewhere))),
+        Err(None) => {
+            let mut r = html(StatusCode::UNAUTHORIZED, view::sign_in(Some("That key is unknown or revoked.")));
+            r.extensions_mut().insert(auth::Failed);
+            return r;
+        }
     }
     let expires = web.ops.clock().now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
     let cookie = web.set_cookie(&web.signer.cookie(&hash, expires), auth::SIGN_IN_FOR);
