@@ -109,22 +109,7 @@ pub fn server_config(
     initial: Limits,
     tickets: Option<Arc<dyn rustls::server::ProducesTickets>>,
 ) -> Result<quinn::ServerConfig> {
-    let cert_path = files.cert.display();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| SetupError::tls(format!("reading {cert_path}"), e))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| SetupError::tls(format!("parsing {cert_path}"), e))?;
-    if certs.is_empty() {
-        return Err(SetupError::Tls(format!("{cert_path} holds no certificate")));
-    }
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| SetupError::tls(format!("reading {}", files.key.display()), e))?;
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| SetupError::tls("TLS 1.3", e))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| SetupError::tls("certificate and key do not match", e))?;
+    let mut tls = tls_server(files)?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     if let Some(t) = tickets {
         // Stateless tickets: nothing kept per client, readable after a restart.
@@ -150,6 +135,41 @@ pub fn server_config(
         .send_window(initial.window.into());
     config.transport_config(Arc::new(transport));
     Ok(config)
+}
+
+/// The web door's TLS (`serve --http`): TLS 1.3 with `files`, HTTP/1.1.
+/// Session tickets are rustls' default (in memory): a browser's resumption
+/// across a restart saves little.
+pub fn http_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>> {
+    let mut tls = tls_server(files)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(tls))
+}
+
+/// A TLS 1.3 server config presenting `files`' certificate chain.
+fn tls_server(files: &TlsFiles) -> Result<rustls::ServerConfig> {
+    let certs = certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| SetupError::tls(format!("reading {}", files.key.display()), e))?;
+    rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| SetupError::tls("TLS 1.3", e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| SetupError::tls("certificate and key do not match", e))
+}
+
+/// The certificates of a PEM file (at least one).
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let shown = path.display();
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| SetupError::tls(format!("reading {shown}"), e))?
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| SetupError::tls(format!("parsing {shown}"), e))?;
+    if certs.is_empty() {
+        return Err(SetupError::Tls(format!("{shown} holds no certificate")));
+    }
+    Ok(certs)
 }
 
 /// The QUIC client config trusting `ca` (a PEM file) or the system roots.

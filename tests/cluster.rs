@@ -289,12 +289,12 @@ fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_org
     assert!(text.contains("cluster of 3 nodes: n0 ("), "{text}");
     // Every node's ops endpoint answers: healthy, serving, and how many orgs.
     let metric = |n: &Node, name: &str| {
-        let (code, body) = http::get(&n.http, "/metrics", None);
+        let (code, body) = http::Web::tls(&n.http, &ca).get("/metrics", None);
         assert_eq!(code, 200, "{}: {body}", n.name);
         body.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map(str::to_string)
     };
     for n in &nodes {
-        assert_eq!(http::get(&n.http, "/healthz", None).0, 200, "{}", n.name);
+        assert_eq!(http::Web::tls(&n.http, &ca).get("/healthz", None).0, 200, "{}", n.name);
         assert_eq!(metric(n, "lbroker_cluster_serving").as_deref(), Some("1"), "{}", n.name);
         let mine = settled.values().filter(|(node, _)| node == &n.name).count();
         assert_eq!(metric(n, "lbroker_cluster_orgs"), Some(mine.to_string()), "{}", n.name);
@@ -307,7 +307,7 @@ fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_org
     // they do not hold) and to the operator (whose key every node takes in).
     let default_at = nodes.iter().find(|n| n.name == serving).unwrap().addr.clone();
     for n in &nodes {
-        let get = |key: &str| http::get(&n.http, "/api/v1/usage?org=default", Some(key));
+        let get = |key: &str| http::Web::tls(&n.http, &ca).get("/api/v1/usage?org=default", Some(key));
         let (member, operator_view) = (get(&owner_key), get(&operator));
         if n.name == serving {
             assert_eq!((member.0, operator_view.0), (404, 404), "{}: {member:?} {operator_view:?}", n.name);

@@ -11,7 +11,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use license_broker::proto::{ErrorCode, ListOf, PageItems};
 
-use support::http::{fetch, request};
 use support::{machine, org, start_with, POOL};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -25,7 +24,7 @@ async fn lease_events_become_minutes_sessions_and_replays() {
         o.clock_ahead = Duration::from_millis(ahead);
     })
     .await;
-    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    let http = b.web();
     b.quota(2).await;
     let c = b.owner().await;
     c.register_machine(&org(), POOL, &machine("m")).await.unwrap();
@@ -40,7 +39,7 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     let owner = b.owner.clone();
     let usage = "/api/v1/usage?org=default&pool=kre-floating-annual&from=10m&step=1m";
     let body = loop {
-        let (code, body) = fetch(http, usage, Some(&owner)).await;
+        let (code, body) = http.fetch(usage, Some(&owner)).await;
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         if v["pools"][0]["points"].as_array().is_some_and(|p| !p.is_empty()) {
@@ -58,7 +57,7 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     let seat = point["seat_seconds"].as_f64().unwrap();
     assert!(seat > 0.3 && seat < 8.0, "two sessions for a few seconds: {seat}");
     // The ended session, in CSV.
-    let (code, csv) = fetch(http, "/api/v1/sessions?org=default&from=10m&format=csv", Some(&owner)).await;
+    let (code, csv) = http.fetch("/api/v1/sessions?org=default&from=10m&format=csv", Some(&owner)).await;
     assert_eq!(code, 200, "{csv}");
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
@@ -66,20 +65,20 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     assert!(lines[1].contains(&first.session.to_string()) && lines[1].contains(",released,"), "{csv}");
     // What if: with one seat the second session (live) or the refusal is refused.
     let (code, w) =
-        fetch(http, "/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..3&from=10m", Some(&owner)).await;
+        http.fetch("/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..3&from=10m", Some(&owner)).await;
     assert_eq!(code, 200, "{w}");
     let w: serde_json::Value = serde_json::from_str(&w).unwrap();
     assert_eq!(w["outcomes"].as_array().unwrap().len(), 3, "{w}");
     assert_eq!(w["refusals"], 1);
     assert!(w["outcomes"][0]["denied"].as_u64().unwrap() >= 1, "{w}");
     // Strangers and outsiders.
-    assert_eq!(fetch(http, usage, None).await.0, 401);
-    assert_eq!(fetch(http, usage, Some("lbk_wrong")).await.0, 401);
-    assert_eq!(fetch(http, &usage.replace("default", "nobody"), Some(&b.operator)).await.0, 404);
-    let (code, body) = fetch(http, "/api/v1/usage?org=default&from=1d&step=1s", Some(&owner)).await;
+    assert_eq!(http.fetch(usage, None).await.0, 401);
+    assert_eq!(http.fetch(usage, Some("lbk_wrong")).await.0, 401);
+    assert_eq!(http.fetch(&usage.replace("default", "nobody"), Some(&b.operator)).await.0, 404);
+    let (code, body) = http.fetch("/api/v1/usage?org=default&from=1d&step=1s", Some(&owner)).await;
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("INVALID_ARGUMENT"));
-    assert_eq!(fetch(http, usage, Some(&b.operator)).await.0, 200, "the operator reads every org");
+    assert_eq!(http.fetch(usage, Some(&b.operator)).await.0, 200, "the operator reads every org");
 
     // Over QUIC: the ended sessions page one at a time, each exactly once.
     for nonce in [10, 11] {
@@ -128,35 +127,30 @@ async fn the_dashboard_signs_in_with_a_key_into_a_strict_http_only_cookie() {
         o.http = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
-    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    let http = b.web();
     let owner = b.owner.clone();
-    let (code, _, page) = tokio::task::spawn_blocking(move || request(http, "GET / HTTP/1.0", "")).await.unwrap();
+    let (code, _, page) = http.send("GET / HTTP/1.0", "").await;
     assert_eq!(code, 200);
     assert!(page.contains(r#"action="/signin""#), "the sign-in form: {page}");
     let form = format!("key={owner}");
-    let (code, head, _) = tokio::task::spawn_blocking(move || {
-        request(http, "POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", &form)
-    })
-    .await
-    .unwrap();
+    let (code, head, _) =
+        http.send("POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", &form).await;
     assert_eq!(code, 303, "{head}");
     let cookie_line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a cookie");
     assert!(cookie_line.contains("HttpOnly") && cookie_line.contains("SameSite=Strict"), "{cookie_line}");
+    assert!(cookie_line.contains("__Host-lb_session=") && cookie_line.contains("; Secure"), "{cookie_line}");
     assert!(!cookie_line.contains(&b.owner), "the cookie never holds the key");
     let cookie = cookie_line.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_string();
     let get_org = format!("GET /org/default HTTP/1.0\r\nCookie: {cookie}");
-    let (code, _, page) = tokio::task::spawn_blocking(move || request(http, &get_org, "")).await.unwrap();
+    let (code, _, page) = http.send(&get_org, "").await;
     assert_eq!(code, 200);
     assert!(page.contains("svg") && page.contains("Live sessions"), "{page}");
     // A wrong key is refused and counted; a tampered cookie signs no one in.
-    let (code, _, _) = tokio::task::spawn_blocking(move || {
-        request(http, "POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", "key=lbk_wrong")
-    })
-    .await
-    .unwrap();
+    let (code, _, _) =
+        http.send("POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", "key=lbk_wrong").await;
     assert_eq!(code, 401);
     let forged = format!("GET /org/default HTTP/1.0\r\nCookie: {}x", cookie);
-    let (code, head, _) = tokio::task::spawn_blocking(move || request(http, &forged, "")).await.unwrap();
+    let (code, head, _) = http.send(&forged, "").await;
     assert_eq!(code, 303, "back to sign-in: {head}");
 }
 
@@ -166,7 +160,7 @@ async fn every_answer_of_the_web_door_forbids_scripts_framing_sniffing_and_cachi
         o.http = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
-    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    let http = b.web();
     let bearer = format!("Authorization: Bearer {}", b.owner);
     let asks = [
         ("GET / HTTP/1.0".to_string(), 200),
@@ -179,8 +173,7 @@ async fn every_answer_of_the_web_door_forbids_scripts_framing_sniffing_and_cachi
     ];
     for (ask, want) in asks {
         let body = if ask.starts_with("POST") { "nokey=1" } else { "" };
-        let ask2 = ask.clone();
-        let (code, head, _) = tokio::task::spawn_blocking(move || request(http, &ask2, body)).await.unwrap();
+        let (code, head, _) = http.send(&ask, body).await;
         assert_eq!(code, want, "{ask}: {head}");
         let head = head.to_ascii_lowercase();
         let value = |name: &str| {
@@ -200,12 +193,12 @@ async fn a_damaged_history_file_costs_the_charts_not_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(license_broker::history::FILE), b"not a redb file at all").unwrap();
     let b = start_with(dir, Duration::from_secs(30), |o| o.http = Some("127.0.0.1:0".parse().unwrap())).await;
-    let http = b.running.as_ref().unwrap().http_addr().unwrap();
+    let http = b.web();
     b.quota(1).await;
     let c = b.owner().await;
     c.register_machine(&org(), POOL, &machine("m")).await.unwrap();
     c.acquire(&org(), POOL, &machine("m"), 1).await.expect("runners are admitted");
-    let (code, body) = fetch(http, "/api/v1/usage?org=default", Some(&b.owner)).await;
+    let (code, body) = http.fetch("/api/v1/usage?org=default", Some(&b.owner)).await;
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("NO_HISTORY"), "{body}");
 }

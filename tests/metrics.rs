@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use license_broker::proto::ErrorCode;
 
-use support::http::get;
 use support::{machine, org, start_with, POOL};
 
 /// The value of the sample `name{labels}` in an exposition.
@@ -25,7 +24,7 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
         o.metrics_token = Some("s3cret".into());
     })
     .await;
-    let http = b.running.as_ref().unwrap().http_addr().expect("bound");
+    let http = b.web();
     b.quota(2).await;
     let c = b.owner().await;
     c.register_machine(&org(), POOL, &machine("m")).await.unwrap();
@@ -43,13 +42,13 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     let wrong = license_broker::client::Client::connect(&b.options("lbk_wrong")).await;
     assert!(wrong.is_err(), "an unknown key is refused");
 
-    let (code, _) = tokio::task::spawn_blocking(move || get(http, "/metrics", None)).await.unwrap();
+    let (code, _) = http.fetch("/metrics", None).await;
     assert_eq!(code, 401, "no token, no metrics");
     // The refused client's connection closes asynchronously: scrape until
     // the broker has seen it go (at most 5 s).
     let started = std::time::Instant::now();
     let body = loop {
-        let (code, body) = tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap();
+        let (code, body) = http.fetch("/metrics", Some("s3cret")).await;
         assert_eq!(code, 200);
         if sample(&body, "lbroker_connections_open") == Some(1.0) || started.elapsed() > Duration::from_secs(5) {
             break body;
@@ -96,12 +95,12 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     // than the time around them.
     let seat = |body: &str| sample(body, &format!("lbroker_seat_seconds_total{pool}")).expect("exported");
     let around = std::time::Instant::now();
-    let first = seat(&tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap().1);
+    let first = seat(&http.fetch("/metrics", Some("s3cret")).await.1);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let second = seat(&tokio::task::spawn_blocking(move || get(http, "/metrics", Some("s3cret"))).await.unwrap().1);
+    let second = seat(&http.fetch("/metrics", Some("s3cret")).await.1);
     let grew = second - first;
     assert!(grew >= 0.2 - 0.001 && grew <= around.elapsed().as_secs_f64() + 0.001, "{first} then {second}");
-    let (code, body) = tokio::task::spawn_blocking(move || get(http, "/healthz", None)).await.unwrap();
+    let (code, body) = http.fetch("/healthz", None).await;
     assert_eq!((code, body.as_str()), (200, "ok\n"));
 }
 
@@ -110,18 +109,20 @@ async fn idle_ops_connections_are_bounded_in_number_and_lifetime() {
     let dir = tempfile::tempdir().unwrap();
     let b = start_with(dir, Duration::from_secs(30), |o| {
         o.http = Some("127.0.0.1:0".parse().unwrap());
-        o.http_connections = 2;
-        o.http_lifetime = Duration::from_millis(500);
+        // Two slots, none kept for scrapes; connections live 500 ms.
+        o.http_limits.connections = 2;
+        o.http_limits.reserved = 0;
+        o.http_limits.lifetime = Duration::from_millis(500);
     })
     .await;
-    let http = b.running.as_ref().unwrap().http_addr().expect("bound");
+    let http = b.web();
     let outcome = tokio::task::spawn_blocking(move || {
         // Two connections that never send a request take both slots...
-        let idle: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(http).unwrap()).collect();
+        let idle: Vec<std::net::TcpStream> = (0..2).map(|_| std::net::TcpStream::connect(http.addr).unwrap()).collect();
         std::thread::sleep(Duration::from_millis(100));
         // ...so a scrape waits until their lifetime ends, then is served.
         let started = std::time::Instant::now();
-        let (code, _) = get(http, "/healthz", None);
+        let (code, _) = http.get("/healthz", None);
         let waited = started.elapsed();
         // The idle ones were closed by the broker.
         let closed = idle.into_iter().all(|mut s| {

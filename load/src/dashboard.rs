@@ -11,8 +11,6 @@
 //! over HTTP/1 on loopback: the latency is the whole request (history
 //! reads, the what-if replay, rendering), as a browser sees it.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -22,6 +20,7 @@ use license_broker::value::{OrgName, PoolId};
 
 use crate::report::{Lat, Report};
 use crate::target::Target;
+use crate::web::Web;
 
 /// Page fetches timed per range.
 const FETCHES: usize = 20;
@@ -47,7 +46,7 @@ fn level(m: u64) -> u32 {
 }
 
 pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Result<Report> {
-    let http = target.http.context("the spawned broker serves the dashboard (--http)")?;
+    let http = target.web()?.context("the spawned broker serves the dashboard (--http)")?;
     let org = OrgName::new("default")?;
     let owner_key = target.owner.clone().context("the spawned broker's Owner key")?;
     let op = target.client(&target.operator).await?;
@@ -124,7 +123,8 @@ pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Resu
     target.restart().await?;
 
     // Sign in as the Owner, then fetch each range.
-    let cookie = tokio::task::spawn_blocking(move || sign_in(http, &owner_key)).await??;
+    let web = http.clone();
+    let cookie = tokio::task::spawn_blocking(move || sign_in(&web, &owner_key)).await??;
     let mut r = Report::new("dashboard", "broker");
     r.param("minutes", rows);
     r.param("sessions", sessions);
@@ -136,13 +136,13 @@ pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Resu
     let started = Instant::now();
     let mut year_p50 = u64::MAX;
     for range in ["year", "month", "week", "day"] {
-        let c = cookie.clone();
+        let (c, http) = (cookie.clone(), http.clone());
         let (lat, size, body) = tokio::task::spawn_blocking(move || -> Result<(Lat, usize, String)> {
             let mut lat = Lat::new();
             let mut body = String::new();
             for _ in 0..FETCHES {
                 let t = Instant::now();
-                body = get(http, &format!("/org/default?range={range}"), &c)?;
+                body = http.get(&format!("/org/default?range={range}"), &format!("Cookie: {c}\r\n"), PAGE_TIMEOUT)?;
                 lat.record(t.elapsed());
             }
             Ok((lat, body.len(), body))
@@ -162,7 +162,8 @@ pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Resu
     r.extra("target_year_p50_le_100ms", year_p50 <= 100_000);
     if let Some(keep) = keep {
         eprintln!(
-            "dashboard: http://{http}/ (Owner key {}; QUIC {}, CA {})",
+            "dashboard: https://{}/ (Owner key {}; QUIC {}, CA {})",
+            http.addr,
             target.owner.as_deref().unwrap_or(""),
             target.server,
             target.ca.display()
@@ -172,36 +173,21 @@ pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Resu
     Ok(r)
 }
 
+/// How long one page may take before the harness gives up.
+const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Signs in with `key`: the session cookie.
-fn sign_in(addr: SocketAddr, key: &str) -> Result<String> {
+fn sign_in(web: &Web, key: &str) -> Result<String> {
     let body = format!("key={key}");
-    let head = request(
-        addr,
-        &format!(
-            "POST /signin HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    )?
-    .0;
+    let head = web
+        .request(
+            &format!(
+                "POST /signin HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+            PAGE_TIMEOUT,
+        )?
+        .0;
     let line = head.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).context("no cookie set")?;
     Ok(line.split_once(':').context("a header")?.1.trim().split(';').next().unwrap_or_default().to_string())
-}
-
-fn request(addr: SocketAddr, raw: &str) -> Result<(String, String)> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.write_all(raw.as_bytes())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").context("an HTTP answer")?;
-    Ok((head.to_string(), body.to_string()))
-}
-
-/// One GET with the session cookie: the body.
-fn get(addr: SocketAddr, path: &str, cookie: &str) -> Result<String> {
-    let (head, body) = request(addr, &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nCookie: {cookie}\r\n\r\n"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {head}");
-    }
-    Ok(body)
 }

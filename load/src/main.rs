@@ -18,6 +18,7 @@ mod restart;
 mod scenarios;
 mod scrape;
 mod target;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,12 +3,10 @@
 //!
 //! The orgs are created through the API before the clock starts (pipelined
 //! `CreateOrg` and `SetPool` requests: two durable writes each). Then the
-//! endpoint is scraped `SCRAPES` times, one after another, over plain
-//! HTTP/1 on loopback; the report gives the latency percentiles, the body's
+//! endpoint is scraped `SCRAPES` times, one after another, over HTTPS
+//! (HTTP/1 on TLS, a new connection each) on loopback; the report gives the latency percentiles, the body's
 //! size, and checks the org cap folded all but 100 orgs.
 
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -25,7 +23,7 @@ const SCRAPES: usize = 100;
 const BATCH: usize = 500;
 
 pub async fn run(target: &Target, p: &Params) -> Result<Report> {
-    let http = target.http.context("the spawned broker serves /metrics (--http)")?;
+    let http = target.web()?.context("the spawned broker serves /metrics (--http)")?;
     let n = p.orgs;
     let op = target.client(&target.operator).await?;
     let setup = Instant::now();
@@ -58,7 +56,7 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
         let mut last = String::new();
         for _ in 0..SCRAPES {
             let started = Instant::now();
-            last = get(http, "/metrics")?;
+            last = http.get("/metrics", "", Duration::from_secs(30))?;
             lat.record(started.elapsed());
         }
         Ok((lat, last.len(), last))
@@ -81,18 +79,4 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     let p99 = lat.stats().p99_us;
     r.extra("target_scrape_p99_le_50ms", p99 <= 50_000);
     Ok(r)
-}
-
-/// One HTTP/1.0 GET on loopback: the body.
-fn get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let (head, body) = out.split_once("\r\n\r\n").context("an HTTP answer")?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {head}");
-    }
-    Ok(body.to_string())
 }

@@ -126,6 +126,11 @@ impl Target {
         })
     }
 
+    /// The web door of a broker spawned with `http`, over HTTPS with its CA.
+    pub fn web(&self) -> Result<Option<crate::web::Web>> {
+        self.http.map(|addr| crate::web::Web::new(addr, &self.ca)).transpose()
+    }
+
     /// Kills a spawned broker with SIGKILL, as a crash would.
     pub fn crash(&mut self) -> Result<()> {
         let mut child = self.child.take().context("only a spawned broker can be crashed")?;

@@ -5,7 +5,8 @@ the numbers equal; then kills a session with its button and checks it is
 gone. Saves a screenshot. Exits non-zero (with the reason) on any
 mismatch. Loopback only; every wait is bounded.
 
-usage: check_dashboard.py BASE_URL API_KEY STATUS_CMD SCREENSHOT
+usage: [LB_SPKI=HASH] check_dashboard.py BASE_URL API_KEY STATUS_CMD SCREENSHOT
+  LB_SPKI: base64 SHA-256 of the broker certificate's public key (https BASE_URL)
   STATUS_CMD: a shell command printing `status --json` (run before and after the kill)
 """
 import base64
@@ -21,7 +22,10 @@ import urllib.request
 from websocket import create_connection
 
 BASE, KEY, STATUS_CMD, SHOT = sys.argv[1:5]
-assert BASE.startswith("http://127.0.0.1:"), "loopback only"
+assert BASE.startswith(("https://127.0.0.1:", "http://127.0.0.1:")), "loopback only"
+# The broker's certificate, trusted by its public key's SHA-256 (base64):
+# needed for an https:// BASE with the broker's self-signed certificate.
+SPKI = os.environ.get("LB_SPKI")
 
 
 def fail(why):
@@ -75,7 +79,9 @@ def main():
     chrome = subprocess.Popen(
         ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-         f"--user-data-dir={profile}", "--window-size=1100,1400", "about:blank"],
+         f"--user-data-dir={profile}", "--window-size=1100,1400"]
+        + ([f"--ignore-certificate-errors-spki-list={SPKI}"] if SPKI else [])
+        + ["about:blank"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         port_file = os.path.join(profile, "DevToolsActivePort")

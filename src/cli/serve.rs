@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Result};
 use license_broker::node::{ClusterOptions, Event};
-use license_broker::server::{self, Options};
+use license_broker::server::{self, HttpTls, Options};
 use license_broker::tls::TlsFiles;
 
 /// Every option can also come from the environment (`LB_LISTEN`,
@@ -84,11 +84,27 @@ pub struct ServeArgs {
     /// before anyone else takes their seats.
     #[arg(env = "LB_RESTART_GRACE", long, default_value = "10s", value_parser = humantime::parse_duration)]
     restart_grace: Duration,
-    /// Serve the ops endpoint (/metrics in the OpenMetrics format,
-    /// /healthz) over HTTP on this address, e.g. 127.0.0.1:9464. Off unless
-    /// given; keep it on loopback or an ops network.
+    /// Where the web door (the console, the API, /metrics, /healthz)
+    /// listens, over HTTPS (default: TCP on 127.0.0.1 at the --listen port,
+    /// or a port the OS picks when that is 0). Keep it on loopback or an
+    /// ops network.
     #[arg(env = "LB_HTTP", long, value_name = "ADDR")]
-    http: Option<std::net::SocketAddr>,
+    http: Option<SocketAddr>,
+    /// No web door at all.
+    #[arg(env = "LB_NO_HTTP", long, conflicts_with_all = ["http", "http_plain", "http_cert"])]
+    no_http: bool,
+    /// Serve the web door over plain HTTP, not HTTPS: API keys and cookies
+    /// then cross the network in clear. For loopback, or behind a proxy
+    /// that terminates TLS (warned about on any other address).
+    #[arg(env = "LB_HTTP_PLAIN", long, conflicts_with = "http_cert")]
+    http_plain: bool,
+    /// PEM certificate chain of the web door (default: the broker's own,
+    /// --tls-cert or DATA_DIR/tls/cert.pem).
+    #[arg(env = "LB_HTTP_CERT", long, requires = "http_key")]
+    http_cert: Option<PathBuf>,
+    /// PEM private key matching --http-cert.
+    #[arg(env = "LB_HTTP_KEY", long, requires = "http_cert")]
+    http_key: Option<PathBuf>,
     /// Require `Authorization: Bearer TOKEN` on /metrics.
     #[arg(env = "LB_METRICS_TOKEN", long, hide_env_values = true)]
     metrics_token: Option<String>,
@@ -205,7 +221,12 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.clock_ahead = a.clock_ahead;
     options.restart_grace = a.restart_grace;
     options.max_waiters = a.max_waiters;
-    options.http = a.http;
+    options.http = (!a.no_http).then(|| a.http.unwrap_or_else(|| default_http(a.listen)));
+    options.http_tls = match (a.http_plain, a.http_cert.zip(a.http_key)) {
+        (true, _) => HttpTls::Plain,
+        (false, Some((cert, key))) => HttpTls::Files(TlsFiles { cert, key }),
+        (false, None) => HttpTls::Broker,
+    };
     options.metrics_token = a.metrics_token;
     options.history = (!a.no_history).then_some(license_broker::history::Retention {
         minutes: a.history_minutes,
@@ -226,9 +247,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
         return run_node(options, cluster).await;
     }
     let running = server::start(options).await?;
-    if let Some(keys) = &running.bootstrap {
-        show_keys(keys)?;
-    }
+    show_start(running.bootstrap.as_ref(), running.http_url().as_deref())?;
     tracing::info!(cert = %running.cert_path.display(), "clients trust this certificate with --ca");
     wait_for_signal().await?;
     tracing::info!("signal received: draining");
@@ -250,12 +269,38 @@ fn names(orgs: &[license_broker::core::OrgName]) -> String {
     out.join(",")
 }
 
-/// Prints the keys of a first start (once, on stdout).
-fn show_keys(keys: &server::BootstrapKeys) -> std::io::Result<()> {
+/// The web door's default address: TCP on loopback at the QUIC port's
+/// number (so a second broker on another port gets another one, and port
+/// 0 lets the OS pick both).
+fn default_http(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        ip if ip.is_loopback() => ip,
+        _ => std::net::Ipv4Addr::LOCALHOST.into(),
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Prints the keys of a first start (once), then the console's address (on
+/// every start), on stdout, in one write: a reader that takes the key
+/// lines and leaves finds the rest in the pipe, not a broken one.
+fn show_start(keys: Option<&server::BootstrapKeys>, console: Option<&str>) -> std::io::Result<()> {
+    let mut text = String::new();
+    if let Some(keys) = keys {
+        text += &format!("operator api key: {}\nowner api key: {}\n", keys.operator, keys.owner);
+    }
+    if let Some(url) = console {
+        text += &format!("console: {url}\n");
+    }
     let mut out = std::io::stdout().lock();
-    writeln!(out, "operator api key: {}", keys.operator)?;
-    writeln!(out, "owner api key: {}", keys.owner)?;
-    out.flush()
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        // The keys are shown once: not printing them is a failed start.
+        Err(e) if keys.is_some() => Err(e),
+        Err(e) => {
+            tracing::warn!("printing the console's address: {e}");
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
 }
 
 /// Runs one node of a cluster until SIGINT/SIGTERM.
@@ -266,7 +311,7 @@ async fn run_node(options: Options, cluster: ClusterOptions) -> Result<ExitCode>
         Event::Joined(keys) => {
             tracing::info!(node = %node, "joined the cluster: serving the orgs placed on this node");
             if let Some(keys) = keys {
-                if let Err(e) = show_keys(&keys) {
+                if let Err(e) = show_start(Some(&keys), None) {
                     tracing::error!("printing the first keys: {e}");
                 }
             }

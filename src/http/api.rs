@@ -23,18 +23,31 @@ pub(super) struct Refusal {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// A failed authentication (counted against the caller's address).
+    failed: bool,
+}
+
+impl Refusal {
+    /// This refusal, counted as a failed authentication (`auth::Failed`).
+    pub(super) fn failed_auth(self) -> Refusal {
+        Refusal { failed: true, ..self }
+    }
 }
 
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+        let mut r = (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        if self.failed {
+            r.extensions_mut().insert(auth::Failed);
+        }
+        r
     }
 }
 
 /// A refusal with `status` and error `code`.
 pub(super) fn refuse(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> Refusal {
-    Refusal { status, code, message: message.to_string() }
+    Refusal { status, code, message: message.to_string(), failed: false }
 }
 
 fn report_error(e: ReportError) -> Refusal {

@@ -5,7 +5,8 @@
 //! The cookie holds the key's hash and an expiry, signed with HMAC-SHA256
 //! under a secret made at start (so a restart signs everyone out), never
 //! the key itself; it is `HttpOnly` (no script reads it) and
-//! `SameSite=Strict` (no other site's page sends it). Every request looks
+//! `SameSite=Strict` (no other site's page sends it), and under TLS
+//! `Secure` and named `__Host-lb_session` (`COOKIE_TLS`). Every request looks
 //! the hash up again, so a revoked key or a removed member is signed out at
 //! once. Forms that change something also carry a CSRF token derived from
 //! the cookie (`csrf_token`).
@@ -17,8 +18,14 @@ use crate::core::{KeyHash, Principal};
 use crate::http::Web;
 use crate::operations::SignIn;
 
-/// The cookie's name.
+/// The cookie's name over plain HTTP.
 pub const COOKIE: &str = "lb_session";
+
+/// The cookie's name over TLS: a browser takes a `__Host-` cookie only
+/// from a secure origin, for that host alone (no `Domain`), path `/`, so
+/// no other web app on the host (another port, a sibling subdomain) can
+/// plant or shadow it.
+pub const COOKIE_TLS: &str = "__Host-lb_session";
 
 /// How long a sign-in lasts.
 pub const SIGN_IN_FOR: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
@@ -88,6 +95,33 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('='))
 }
 
+impl Web {
+    /// The sign-in cookie's name on this door (`COOKIE_TLS` under TLS).
+    pub fn cookie_name(&self) -> &'static str {
+        if self.is_tls() {
+            COOKIE_TLS
+        } else {
+            COOKIE
+        }
+    }
+
+    /// A `Set-Cookie` value for the sign-in cookie: `value` for `max_age`
+    /// (zero: gone), `Secure` under TLS.
+    pub fn set_cookie(&self, value: &str, max_age: std::time::Duration) -> String {
+        let secure = if self.is_tls() { "; Secure" } else { "" };
+        let name = self.cookie_name();
+        format!("{name}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{secure}", max_age.as_secs())
+    }
+}
+
+/// Marks an answer to a failed authentication (an unknown or revoked key,
+/// a wrong metrics token): the door counts it against the caller's
+/// address (`budget`), logs it as the QUIC door logs a failed `Hello`, and
+/// past the limit refuses the address's attempts for the rest of the
+/// second.
+#[derive(Clone, Copy, Debug)]
+pub struct Failed;
+
 /// Why a caller is not known.
 fn unauthorized(why: &str) -> super::api::Refusal {
     super::api::refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why)
@@ -113,9 +147,12 @@ pub(super) async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principa
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if let Some(key) = bearer {
         let signed = sign_in(web, &crate::keys::hash(key.trim())).await;
-        return signed.map_err(|why| unauthorized(why.as_deref().unwrap_or("unknown or revoked API key")));
+        return signed.map_err(|why| match why {
+            Some(elsewhere) => unauthorized(&elsewhere),
+            None => unauthorized("unknown or revoked API key").failed_auth(),
+        });
     }
-    let signed_in = cookie(headers, COOKIE).and_then(|c| web.signer.open(c, web.ops.clock().now().0));
+    let signed_in = cookie(headers, web.cookie_name()).and_then(|c| web.signer.open(c, web.ops.clock().now().0));
     match signed_in {
         Some(hash) => {
             web.ops.core().authenticate(&hash).map_err(|_| unauthorized("the key you signed in with was revoked"))

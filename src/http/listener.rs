@@ -1,8 +1,13 @@
-//! The ops endpoint's connections, bounded: at most so many at once (the
-//! next waits in the kernel's accept backlog until one closes) and each
-//! closed a fixed time after it opened. A client that opens connections and
-//! never finishes a request (or keeps one alive for ever) cannot hold the
-//! endpoint; a scraper simply reconnects.
+//! The web door's connections: accepted, admitted by the budgets
+//! (`budget`: per source address, at once and per second), wrapped in TLS
+//! (unless the door is plain), and served by hyper's HTTP/1, each inside
+//! its deadlines: the TLS handshake and then every request head within
+//! `Limits::head` (so an idle keep-alive ends then too), no answer left
+//! untaken for `Limits::write_stall`, no connection older than
+//! `Limits::lifetime`. At most `connections + reserved` are served at once
+//! (the next waits in the kernel's accept backlog). The TLS handshake runs
+//! on the connection's own task, so a client that never finishes one holds
+//! its slot for seconds, never the accept loop.
 
 use std::future::Future;
 use std::io;
@@ -12,67 +17,181 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::service::Service as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
 
-/// Connections the ops endpoint serves at once (`Options::http_connections`).
-pub const MAX_CONNECTIONS: usize = 32;
+use super::budget::{Budget, Held, Limits};
 
-/// How long one connection may stay open (`Options::http_lifetime`).
-pub const LIFETIME: Duration = Duration::from_secs(30);
+/// A connection's claim on a general slot (`Budget::general`), taken by
+/// its first request for more than a scrape and kept until it closes;
+/// handed to the handlers in the request's extensions.
+#[derive(Clone, Default)]
+pub struct Lane(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
-/// A TCP listener that hands out at most `slots` connections at a time,
-/// each ending `lifetime` after it was accepted.
-pub struct Bounded {
-    inner: TcpListener,
-    slots: Arc<Semaphore>,
-    lifetime: Duration,
-}
-
-impl Bounded {
-    pub fn new(inner: TcpListener, connections: usize, lifetime: Duration) -> Bounded {
-        Bounded { inner, slots: Arc::new(Semaphore::new(connections.max(1))), lifetime }
+impl Lane {
+    /// Whether the connection holds a general slot, taking one if free.
+    pub fn general(&self, budget: &Budget) -> bool {
+        let mut slot = self.0.lock();
+        if slot.is_none() {
+            *slot = budget.general();
+        }
+        slot.is_some()
     }
 }
 
-impl axum::serve::Listener for Bounded {
-    type Io = BoundedIo;
-    type Addr = SocketAddr;
+/// How long a connection's end waits for its answer in flight when the
+/// broker stops.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
-    async fn accept(&mut self) -> (BoundedIo, SocketAddr) {
-        // The semaphore is never closed, so this always yields a permit;
-        // without one the connection is still served (never refused on a bug).
-        let permit = self.slots.clone().acquire_owned().await.ok();
-        let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
-        (BoundedIo { io, _slot: permit, deadline: Box::pin(tokio::time::sleep(self.lifetime)) }, addr)
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+/// Accepts connections on `listener` and serves `app` on each until `stop`
+/// fires; with `tls`, every connection speaks TLS first.
+pub(super) async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Option<TlsAcceptor>,
+    budget: Arc<Budget>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limits = *budget.limits();
+    let slots = Arc::new(Semaphore::new((limits.connections + limits.reserved).max(1)));
+    loop {
+        let accepted = tokio::select! {
+            // The semaphore is never closed, so this always yields a permit.
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => accept(&listener, permit).await,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let Some((tcp, peer, slot)) = accepted else { continue };
+        let held = match budget.admit(peer.ip()) {
+            Ok(held) => held,
+            Err(why) => {
+                if budget.may_log() {
+                    tracing::warn!(remote = %peer, reason = why.name(), door = "http", "refusing connection");
+                }
+                continue;
+            }
+        };
+        let conn = Conn { peer, app: app.clone(), limits, _slot: (slot, held), stop: stop.clone() };
+        tokio::spawn(conn.run(tcp, tls.clone()));
     }
 }
 
-/// One accepted connection: holds its slot until dropped, and fails every
-/// read and write once its deadline passes (hyper then closes it).
-pub struct BoundedIo {
-    io: TcpStream,
-    _slot: Option<OwnedSemaphorePermit>,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl BoundedIo {
-    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
-        // Polling the timer also registers the task to be woken when it fires.
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Some(io::Error::new(io::ErrorKind::TimedOut, "ops connection lifetime reached")),
-            Poll::Pending => None,
+/// The next connection, holding `slot`; `None` after a failed accept
+/// (out of file descriptors: the loop tries again a little later).
+async fn accept(
+    listener: &TcpListener,
+    slot: OwnedSemaphorePermit,
+) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
+    match listener.accept().await {
+        Ok((tcp, peer)) => Some((tcp, peer, slot)),
+        Err(e) => {
+            tracing::debug!("web door accept failed: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            None
         }
     }
 }
 
-impl AsyncRead for BoundedIo {
+/// One accepted connection and what serving it needs.
+struct Conn {
+    peer: SocketAddr,
+    app: Router,
+    limits: Limits,
+    /// The door's slot and the address's, released when the connection ends.
+    _slot: (OwnedSemaphorePermit, Held),
+    stop: watch::Receiver<bool>,
+}
+
+impl Conn {
+    /// TLS (if any), then HTTP/1 until the client leaves, a deadline
+    /// passes or the broker stops.
+    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+        let _ = tcp.set_nodelay(true);
+        let io = Timed::new(tcp, self.limits.lifetime, self.limits.write_stall);
+        match tls {
+            None => self.http(io).await,
+            Some(tls) => match tokio::time::timeout(self.limits.head, tls.accept(io)).await {
+                Ok(Ok(io)) => self.http(io).await,
+                Ok(Err(e)) => tracing::debug!(peer = %self.peer, "web door TLS handshake failed: {e}"),
+                Err(_) => tracing::debug!(peer = %self.peer, "web door TLS handshake not done in time"),
+            },
+        }
+    }
+
+    async fn http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(mut self, io: I) {
+        let peer = self.peer;
+        let app = TowerToHyperService::new(self.app.clone());
+        // Handlers learn the caller's address (`ConnectInfo`) from the request.
+        let lane = Lane::default();
+        let service = hyper::service::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(lane.clone());
+            app.call(req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.head)
+            .serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => if let Err(e) = r {
+                tracing::debug!(%peer, "web door connection ended: {e}");
+            },
+            _ = self.stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(STOP_GRACE, conn).await;
+            }
+        }
+    }
+}
+
+/// A connection's socket that fails every read and write once its
+/// lifetime has passed, and every write once the client has taken none of
+/// the answer for `stall` (hyper then closes it).
+pub struct Timed {
+    io: TcpStream,
+    deadline: Pin<Box<Sleep>>,
+    stall: Duration,
+    /// Set while a write waits for the client to take bytes.
+    stalled: Option<Pin<Box<Sleep>>>,
+}
+
+impl Timed {
+    fn new(io: TcpStream, lifetime: Duration, stall: Duration) -> Timed {
+        Timed { io, deadline: Box::pin(tokio::time::sleep(lifetime)), stall, stalled: None }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        // Polling a timer also registers the task to be woken when it fires.
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Some(io::Error::new(io::ErrorKind::TimedOut, "web connection lifetime reached"));
+        }
+        None
+    }
+
+    /// After a write that made no progress: fails once it has waited `stall`.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let stall = self.stall;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "answer not taken in time"))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncRead for Timed {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if let Some(e) = self.expired(cx) {
             return Poll::Ready(Err(e));
@@ -81,12 +200,18 @@ impl AsyncRead for BoundedIo {
     }
 }
 
-impl AsyncWrite for BoundedIo {
+impl AsyncWrite for Timed {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         if let Some(e) = self.expired(cx) {
             return Poll::Ready(Err(e));
         }
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        match Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Pending => self.waiting(cx),
+            done => {
+                self.stalled = None;
+                done
+            }
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

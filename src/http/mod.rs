@@ -1,5 +1,6 @@
-//! The ops endpoint, `serve --http ADDR`: what ops read, over plain HTTP/1
-//! (axum), separate from the QUIC port runners use.
+//! The web door: the console, its API and what ops read, over HTTPS
+//! (HTTP/1.1 on TLS 1.3, axum on hyper), separate from the QUIC port
+//! runners use.
 //!
 //! - `GET /metrics`: the broker's numbers in the OpenMetrics text format
 //!   (`metrics`), documented in docs/METRICS.md.
@@ -9,9 +10,10 @@
 //!   utilization reports as JSON or CSV (`api`), for a caller with an API
 //!   key (`auth`): the operator reads every org, members their own.
 //!
-//! Off unless `--http` is given; meant for a loopback or ops-network
-//! address (README Security). Its connections are bounded in number and
-//! lifetime (`listener`). It decides nothing: every act and every rule is
+//! `serve` brings it up on loopback by default, with the broker's own
+//! certificate (or `--http-cert`); plain HTTP only with `--http-plain`
+//! (README Security). Its connections are bounded in number and lifetime
+//! (`listener`). It decides nothing: every act and every rule is
 //! `crate::operations`' (the same functions the QUIC door calls), and it
 //! reads the core and the QUIC door's counters (`Door`). Its own state is
 //! `Web`; it never imports the QUIC server. With `--metrics-token`,
@@ -19,18 +21,20 @@
 
 mod api;
 pub mod auth;
+mod budget;
 mod console;
 pub mod dashboard;
 mod listener;
 mod metrics;
 
-pub use listener::{LIFETIME as CONNECTION_LIFETIME, MAX_CONNECTIONS};
+pub use budget::Limits;
 pub use metrics::MAX_ORGS;
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -54,37 +58,44 @@ pub struct Web {
     signer: auth::Signer,
     /// A bearer token `/metrics` requires, if set.
     metrics_token: Option<String>,
+    /// TLS, unless the door is plain HTTP (`--http-plain`).
+    tls: Option<Arc<rustls::ServerConfig>>,
+    /// What strangers may hold, per address and in all.
+    budget: Arc<budget::Budget>,
     quic: Arc<dyn Door>,
+}
+
+/// How the web door is set up (from `serve`'s options).
+pub struct Config {
+    /// A bearer token `/metrics` requires, if set.
+    pub metrics_token: Option<String>,
+    /// TLS (`crate::tls::http_server_config`), or `None` for plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Budgets and deadlines.
+    pub limits: Limits,
 }
 
 impl Web {
     /// The web door over `ops`, showing `quic`'s counters.
     pub fn new(
         ops: Arc<Operations>,
-        metrics_token: Option<String>,
+        config: Config,
         quic: Arc<dyn Door>,
     ) -> Result<Web, crate::keys::RandomUnavailable> {
-        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, quic })
+        let Config { metrics_token, tls, limits } = config;
+        let budget = Arc::new(budget::Budget::new(limits));
+        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, tls, budget, quic })
+    }
+
+    /// Whether the door speaks TLS (secure cookies, HSTS).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 }
 
-/// How many connections the web door serves at once, and for how long each.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// Connections served at once.
-    pub connections: usize,
-    /// How long one connection may stay open.
-    pub lifetime: std::time::Duration,
-}
-
-/// Serves the ops endpoint on `listener` until `stop` fires.
-pub(crate) async fn serve(
-    web: Arc<Web>,
-    listener: tokio::net::TcpListener,
-    limits: Limits,
-    mut stop: watch::Receiver<bool>,
-) {
-    let Limits { connections, lifetime } = limits;
+/// Serves the web door on `listener` until `stop` fires.
+pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop: watch::Receiver<bool>) {
+    let tls = web.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     let app = Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
@@ -97,15 +108,10 @@ pub(crate) async fn serve(
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
         .merge(console::routes())
-        .layer(axum::middleware::map_response(guarded))
-        .with_state(web);
-    let stopped = async move {
-        let _ = stop.changed().await;
-    };
-    let listener = listener::Bounded::new(listener, connections, lifetime);
-    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-        tracing::warn!("the http endpoint stopped: {e}");
-    }
+        .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
+        .with_state(web.clone());
+    listener::serve(listener, app, tls, web.budget.clone(), stop).await;
 }
 
 /// What no page may do, said on every answer: run any script (the pages
@@ -117,20 +123,112 @@ pub(crate) async fn serve(
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
+/// HSTS under TLS: a browser that reached the door over HTTPS never
+/// tries it over plain HTTP for a year.
+const HSTS: &str = "max-age=31536000";
+
 /// Adds the security headers to every answer (`CONTENT_SECURITY_POLICY`);
-/// a handler's own `Cache-Control` is kept.
-async fn guarded(mut r: Response) -> Response {
+/// a handler's own `Cache-Control` is kept. Under TLS, HSTS too, except to
+/// a loopback name: HSTS holds for a host on every port, and would turn
+/// every other plain-HTTP service on `localhost` to HTTPS in that browser
+/// (browsers ignore it for IP addresses anyway).
+async fn guarded(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
+    let loopback = host_name(req.headers()).is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok());
+    let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
     h.entry(header::CACHE_CONTROL).or_insert(HeaderValue::from_static("no-store"));
+    if web.is_tls() && !loopback {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
     r
 }
 
+/// Counts failed authentications against the caller's address (logged as
+/// the QUIC door logs a failed `Hello`; past the limit the connection is
+/// closed and the address's attempts refused, 429, for the rest of the
+/// second). Scrapes (`/metrics`, `/healthz`) pass; anything else needs its
+/// connection's general slot (503 when every one is taken: the reserved
+/// ones are for scrapes), and a report (the API, an org page) a turn of
+/// its address's and the door's (429), held until its answer is written
+/// or dropped, so the answers held at once are bounded (README Security).
+async fn budgeted(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let Some(ip) = peer else { return next.run(req).await };
+    let authenticates = req.headers().contains_key(header::AUTHORIZATION) || req.uri().path() == "/signin";
+    if authenticates && web.budget.shut_out(ip) {
+        let why = "too many failed authentications from this address; try again in a second\n";
+        return (StatusCode::TOO_MANY_REQUESTS, [(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")], why)
+            .into_response();
+    }
+    let mut r = lanes(&web, ip, req, next).await;
+    if r.extensions().get::<auth::Failed>().is_some() {
+        let (failures, over) = web.budget.failed(ip);
+        if web.budget.may_log() {
+            tracing::warn!(remote = %ip, failures, door = "http", "authentication failed");
+        }
+        if over {
+            r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    r
+}
+
+/// `budgeted`'s slots: a general slot for anything but a scrape, and a
+/// report's turn for a report, held as long as its answer.
+async fn lanes(web: &Web, ip: std::net::IpAddr, req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path == "/metrics" || path == "/healthz" {
+        return next.run(req).await;
+    }
+    let report = path.starts_with("/api/") || (path.starts_with("/org/") && req.method() == axum::http::Method::GET);
+    let lane = req.extensions().get::<listener::Lane>().cloned();
+    if lane.is_some_and(|lane| !lane.general(&web.budget)) {
+        let busy = "the web door is busy: every connection slot but the scrapes' is taken; try again shortly\n";
+        return (StatusCode::SERVICE_UNAVAILABLE, [(header::CONNECTION, "close"), (header::RETRY_AFTER, "1")], busy)
+            .into_response();
+    }
+    let pass = match report {
+        true => match web.budget.report(ip) {
+            Ok(pass) => Some(pass),
+            Err(why) => {
+                let body = format!("{}: try again when your earlier reports are done\n", why.name());
+                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")], body).into_response();
+            }
+        },
+        false => None,
+    };
+    let r = next.run(req).await;
+    match pass {
+        None => r,
+        // The pass lives as long as the answer's body: until it is written or dropped.
+        Some(pass) => r.map(|body| {
+            axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                let _held = &pass;
+                f
+            }))
+        }),
+    }
+}
+
+/// The request's `Host` without its port (an IPv6 literal without brackets).
+fn host_name(headers: &HeaderMap) -> Option<&str> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    if let Some(v6) = host.strip_prefix('[') {
+        return v6.split_once(']').map(|(ip, _)| ip);
+    }
+    Some(host.rsplit_once(':').map_or(host, |(name, _)| name))
+}
+
 async fn scrape(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
-    exposition(web.metrics_token.as_deref(), &headers, || metrics::render(&web))
+    let r = exposition(web.metrics_token.as_deref(), &headers, || metrics::render(&web));
+    if r.extensions().get::<auth::Failed>().is_some() {
+        web.ops.core().note_auth_failure();
+    }
+    r
 }
 
 /// `/metrics`: the token checked, then `render`'s body in OpenMetrics.
@@ -142,7 +240,12 @@ fn exposition(
     if let Some(token) = token {
         let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if !given.is_some_and(|g| auth::same_secret(g, &format!("Bearer {token}"))) {
-            return (StatusCode::UNAUTHORIZED, "a bearer token is required (--metrics-token)\n").into_response();
+            let mut r = (StatusCode::UNAUTHORIZED, "a bearer token is required (--metrics-token)\n").into_response();
+            // A wrong token is a failed authentication; none at all is not.
+            if given.is_some() {
+                r.extensions_mut().insert(auth::Failed);
+            }
+            return r;
         }
     }
     match render() {

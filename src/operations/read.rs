@@ -49,8 +49,9 @@ impl Operations {
 
     /// Who `key` is, for the web door: any key this node knows (a member
     /// of an org served elsewhere is then told where by `owning`), else
-    /// what etcd says of it, as for a `Hello`. Every key not signed in here
-    /// counts as a failed authentication.
+    /// what etcd says of it, as for a `Hello`. Only a key nobody knows
+    /// counts as a failed authentication: a valid key of an org another
+    /// node serves is sent there, as a `Hello` is.
     pub async fn sign_in(&self, key: &KeyHash) -> SignIn {
         if let Ok(p) = self.core.authenticate(key) {
             return SignIn::Here(p);
@@ -58,11 +59,7 @@ impl Operations {
         if self.cluster.is_none() {
             return self.unknown();
         }
-        let signed = self.routed(key).await;
-        if let SignIn::Elsewhere(_) | SignIn::Moving = signed {
-            self.core.note_auth_failure();
-        }
-        signed
+        self.routed(key).await
     }
 
     /// A cluster node's answer for a key it does not serve, from etcd: an

@@ -36,7 +36,7 @@ pub use crate::clock::Clock;
 pub(crate) use datadir::{ensure_secrets, secret_files};
 pub use datadir::{mint_operator_key, SIGNING_KEY_FILE, STORE_FILE, TICKET_KEY_FILE, TOKEN_KEY_FILE};
 pub use gate::GateLimits;
-pub use options::{BootstrapKeys, ClusterSeat, Options, CLUSTER_CLOCK_SKEW};
+pub use options::{BootstrapKeys, ClusterSeat, HttpTls, Options, CLUSTER_CLOCK_SKEW};
 pub use running::{start, start_with, Running};
 pub use stream::{MAX_STRANGER_REFUSALS, NOT_READING_CODE, STRANGER_REFUSALS_CODE};
 

@@ -46,14 +46,16 @@ pub struct Options {
     pub restart_grace: Duration,
     /// Most runners one pool's wait queue holds.
     pub max_waiters: u32,
-    /// Where to serve the ops endpoint (`/metrics`, `/healthz`), if anywhere.
+    /// Where to serve the web door (console, API, `/metrics`, `/healthz`),
+    /// if anywhere (`serve` puts it on loopback unless told otherwise).
     pub http: Option<SocketAddr>,
+    /// How the web door speaks: TLS (the broker's certificate or its own),
+    /// or plain HTTP when asked for explicitly.
+    pub http_tls: HttpTls,
     /// A bearer token `/metrics` requires, if set.
     pub metrics_token: Option<String>,
-    /// Connections the ops endpoint serves at once.
-    pub http_connections: usize,
-    /// How long one ops connection may stay open.
-    pub http_lifetime: Duration,
+    /// The web door's budgets and deadlines for strangers.
+    pub http_limits: crate::http::Limits,
     /// Limits on connections that have not authenticated yet.
     pub strangers: GateLimits,
     /// Keep the utilization history (`history.redb` in the data dir) for
@@ -81,13 +83,26 @@ impl Options {
             restart_grace: Duration::from_secs(10),
             max_waiters: 10_000,
             http: None,
+            http_tls: HttpTls::Broker,
             metrics_token: None,
-            http_connections: crate::http::MAX_CONNECTIONS,
-            http_lifetime: crate::http::CONNECTION_LIFETIME,
+            http_limits: crate::http::Limits::default(),
             strangers: GateLimits::for_max_connections(10_000),
             history: Some(crate::history::Retention::default()),
         }
     }
+}
+
+/// How the web door speaks.
+#[derive(Clone, Debug)]
+pub enum HttpTls {
+    /// TLS with the certificate the QUIC door presents (`Options::tls`, or
+    /// the data dir's own).
+    Broker,
+    /// TLS with a certificate of its own (`--http-cert`, `--http-key`).
+    Files(TlsFiles),
+    /// Plain HTTP (`--http-plain`): for loopback, or behind a proxy that
+    /// terminates TLS.
+    Plain,
 }
 
 /// What a cluster node hands the broker it runs for as long as its etcd

@@ -13,7 +13,7 @@ use tokio::sync::{oneshot, watch, Notify};
 
 use super::connection::{self, Notices};
 use super::datadir::{self, TICKET_KEY_FILE, TOKEN_KEY_FILE};
-use super::options::{BootstrapKeys, ClusterSeat, Options};
+use super::options::{BootstrapKeys, ClusterSeat, HttpTls, Options};
 use super::{gate, socket, tickets, token, Load, LogBudget, Shared};
 use crate::clock::Clock;
 use crate::core::{ConnId, OrgName, Record};
@@ -129,21 +129,30 @@ fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>, tokens: t
 
 /// The web door over the same operations, showing this door's load.
 fn web(shared: &Shared) -> Result<Arc<crate::http::Web>, SetupError> {
-    let web = crate::http::Web::new(shared.ops.clone(), shared.options.metrics_token.clone(), shared.load.clone());
+    let o = &shared.options;
+    let tls = match &o.http_tls {
+        HttpTls::Plain => None,
+        HttpTls::Broker => Some(tls::http_server_config(&broker_tls(o))?),
+        HttpTls::Files(files) => Some(tls::http_server_config(files)?),
+    };
+    let config = crate::http::Config { metrics_token: o.metrics_token.clone(), tls, limits: o.http_limits };
+    let web = crate::http::Web::new(shared.ops.clone(), config, shared.load.clone());
     Ok(Arc::new(web.map_err(|_| SetupError::Random)?))
+}
+
+/// The certificate and key the QUIC door presents: the given files, or the
+/// data dir's own.
+fn broker_tls(options: &Options) -> TlsFiles {
+    options.tls.clone().unwrap_or_else(|| TlsFiles::in_data_dir(&options.data_dir))
 }
 
 /// The broker's TLS (the given files, or the data dir's own, generated on
 /// first start), and the certificate clients should trust.
 fn server_config(options: &Options) -> Result<(quinn::ServerConfig, PathBuf), SetupError> {
-    let files = match &options.tls {
-        Some(f) => f.clone(),
-        None => {
-            let f = TlsFiles::in_data_dir(&options.data_dir);
-            tls::ensure_self_signed(&f)?;
-            f
-        }
-    };
+    let files = broker_tls(options);
+    if options.tls.is_none() {
+        tls::ensure_self_signed(&files)?;
+    }
     let ticketer = tickets::Ticketer::load_or_generate(&options.data_dir.join(TICKET_KEY_FILE))?;
     let config = tls::server_config(&files, options.idle_timeout, tls::Limits::STRANGER, Some(Arc::new(ticketer)))?;
     Ok((config, files.cert))
@@ -200,10 +209,19 @@ impl Running {
             history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));
         if let Some((web, listener)) = web {
             self.http_addr = listener.local_addr().ok();
-            let o = &shared.options;
-            let limits = crate::http::Limits { connections: o.http_connections, lifetime: o.http_lifetime };
-            self.tasks.push(tokio::spawn(crate::http::serve(web, listener, limits, stop)));
-            tracing::info!(addr = ?self.http_addr, "ops endpoint listening (/metrics, /healthz)");
+            let plain = !web.is_tls();
+            self.tasks.push(tokio::spawn(crate::http::serve(web, listener, stop)));
+            if let Some(addr) = self.http_addr.filter(|a| plain && !a.ip().is_loopback()) {
+                tracing::warn!(
+                    %addr,
+                    "the web door speaks plain HTTP on a non-loopback address: API keys and sign-in cookies \
+                     cross the network in clear (use it only behind a proxy that terminates TLS)"
+                );
+            }
+            tracing::info!(
+                url = self.http_url().unwrap_or_default(),
+                "web door listening (console, API, /metrics, /healthz)"
+            );
         }
     }
 
@@ -264,9 +282,27 @@ impl Running {
         self.addr
     }
 
-    /// The ops endpoint's address, if `--http` was given.
+    /// The web door's address, if it is on.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// The web door's URL for a browser on this host (`https://ADDR/`, or
+    /// `http://` when plain); an unspecified address (0.0.0.0) is shown as
+    /// loopback.
+    pub fn http_url(&self) -> Option<String> {
+        let mut addr = self.http_addr?;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let scheme = match self.shared.options.http_tls {
+            HttpTls::Plain => "http",
+            _ => "https",
+        };
+        Some(format!("{scheme}://{addr}/"))
     }
 
     /// Live sessions right now (for tests and logs).

@@ -64,6 +64,16 @@ impl TestBroker {
         Client::connect(&self.options(key)).await.unwrap()
     }
 
+    /// The broker's web door (TLS trusting its certificate, unless plain).
+    pub fn web(&self) -> http::Web {
+        let running = self.running.as_ref().expect("running");
+        let addr = running.http_addr().expect("the web door is on (Options::http)");
+        match running.http_url().is_some_and(|u| u.starts_with("https:")) {
+            true => http::Web::tls(addr, &self.ca),
+            false => http::Web::plain(addr),
+        }
+    }
+
     pub async fn operator(&self) -> Client {
         self.client(&self.operator).await
     }

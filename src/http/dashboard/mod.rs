@@ -23,7 +23,7 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
-use super::auth::{self, COOKIE};
+use super::auth;
 use crate::core::usage::MINUTE_MS;
 use crate::core::{Millis, OrgName, Principal, Role, SessionId};
 use crate::history::report;
@@ -34,8 +34,8 @@ use view::{LiveView, OrgView, PoolView, RANGES};
 const AUDIT_SHOWN: usize = 25;
 
 /// The caller signed in with the cookie, with the cookie's value.
-pub(super) fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
-    let value = auth::cookie(headers, COOKIE)?;
+pub(crate) fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
+    let value = auth::cookie(headers, web.cookie_name())?;
     let hash = web.signer.open(value, web.ops.clock().now().0)?;
     web.ops.core().authenticate(&hash).ok().map(|p| (p, value.to_string()))
 }
@@ -88,16 +88,17 @@ pub(super) struct SignIn {
 /// `POST /signin`.
 pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) -> Response {
     let hash = crate::keys::hash(f.key.trim());
-    if let Err(why) = auth::sign_in(&web, &hash).await {
-        let why = why.unwrap_or_else(|| "That key is unknown or revoked.".into());
-        return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&why)));
+    match auth::sign_in(&web, &hash).await {
+        Ok(_) => {}
+        Err(Some(elsewhere)) => return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&elsewhere))),
+        Err(None) => {
+            let mut r = html(StatusCode::UNAUTHORIZED, view::sign_in(Some("That key is unknown or revoked.")));
+            r.extensions_mut().insert(auth::Failed);
+            return r;
+        }
     }
     let expires = web.ops.clock().now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
-    let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        web.signer.cookie(&hash, expires),
-        auth::SIGN_IN_FOR.as_secs()
-    );
+    let cookie = web.set_cookie(&web.signer.cookie(&hash, expires), auth::SIGN_IN_FOR);
     let mut r = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -106,9 +107,9 @@ pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) 
 }
 
 /// `POST /signout`.
-pub(super) async fn sign_out() -> Response {
+pub(super) async fn sign_out(State(web): State<Arc<Web>>) -> Response {
     let mut r = Redirect::to("/").into_response();
-    let gone = format!("{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+    let gone = web.set_cookie("", std::time::Duration::ZERO);
     if let Ok(v) = HeaderValue::from_str(&gone) {
         r.headers_mut().insert(header::SET_COOKIE, v);
     }
