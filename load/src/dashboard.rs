@@ -59,64 +59,8 @@ pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Resu
 
     // Seed a year of minutes ending now, and 30 days of ended sessions.
     let dir = target.data_dir().context("a spawned broker's data dir")?.to_path_buf();
-    let now_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64 / MINUTE;
-    let first = now_minute - days * DAY_MINUTES;
     let seeding = Instant::now();
-    let (rows, sessions, minutes_bytes, data_bytes) =
-        tokio::task::spawn_blocking(move || -> Result<(u64, u64, u64, u64)> {
-            let h = History::open(&dir, Retention::default())?;
-            let pool = PoolId::KRE_DEFAULT.to_string();
-            let mut rows = 0u64;
-            for day in 0..days {
-                let mut batch = Vec::with_capacity(DAY_MINUTES as usize);
-                for m in first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES {
-                    let want = level(m);
-                    let held = want.min(QUOTA);
-                    let refused = u64::from(want.saturating_sub(QUOTA));
-                    let u = Usage {
-                        peak: held,
-                        trough: held.saturating_sub(2),
-                        quota: QUOTA,
-                        seat_ms: u64::from(held) * MINUTE * 9 / 10,
-                        admitted: u64::from(held / 3),
-                        denied: vec![refused, 0, 0, 0, 0, 0, 0, 0],
-                        ends: [u64::from(held / 3), 0, 0, 0],
-                        queued: 0,
-                    };
-                    batch.push((("default".to_string(), pool.clone(), m), u));
-                }
-                rows += batch.len() as u64;
-                h.write_rows(batch, Vec::new())?;
-            }
-            let minutes_bytes = h.data_bytes()?;
-            // 30 days of sessions: ~25 minutes each while the office is busy.
-            let mut sessions = 0u64;
-            for day in days.saturating_sub(30)..days {
-                let mut batch = Vec::new();
-                for m in (first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES).step_by(5) {
-                    for k in 0..level(m).min(QUOTA) / 5 {
-                        sessions += 1;
-                        let start = m * MINUTE + u64::from(k) * 1_000;
-                        batch.push((
-                            "default".to_string(),
-                            sessions,
-                            EndedRow {
-                                pool: pool.clone(),
-                                user: "owner@default".into(),
-                                machine: format!("ci-{k}"),
-                                start,
-                                end: start + 25 * MINUTE,
-                                reason: "released".into(),
-                                labels: vec![("pipeline".into(), "web".into())],
-                            },
-                        ));
-                    }
-                }
-                h.write_rows(Vec::new(), batch)?;
-            }
-            Ok((rows, sessions, minutes_bytes, h.data_bytes()?))
-        })
-        .await??;
+    let (rows, sessions, minutes_bytes, data_bytes) = tokio::task::spawn_blocking(move || seed(&dir, days)).await??;
     let seed_s = seeding.elapsed().as_secs_f64();
     let dir = target.data_dir().context("data dir")?;
     let bytes = std::fs::metadata(dir.join(license_broker::history::FILE))?.len();
@@ -173,11 +117,72 @@ pub async fn run(target: &mut Target, days: u64, keep: Option<Duration>) -> Resu
     Ok(r)
 }
 
+/// Seeds the history of `dir` (the broker down) with `days` of minutes of
+/// the default org's KRE pool ending now, and 30 days of ended sessions
+/// (~25 minutes each while the office is busy): (minute rows, sessions,
+/// bytes of the minutes, bytes of everything).
+pub(crate) fn seed(dir: &std::path::Path, days: u64) -> Result<(u64, u64, u64, u64)> {
+    let now_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as u64 / MINUTE;
+    let first = now_minute - days * DAY_MINUTES;
+    let h = History::open(dir, Retention::default())?;
+    let mut rows = 0u64;
+    for day in 0..days {
+        let batch: Vec<_> = (first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES).map(minute).collect();
+        rows += batch.len() as u64;
+        h.write_rows(batch, Vec::new())?;
+    }
+    let minutes_bytes = h.data_bytes()?;
+    let mut sessions = 0u64;
+    for day in days.saturating_sub(30)..days {
+        let mut batch = Vec::new();
+        for m in (first + day * DAY_MINUTES..first + (day + 1) * DAY_MINUTES).step_by(5) {
+            for k in 0..level(m).min(QUOTA) / 5 {
+                sessions += 1;
+                batch.push(("default".to_string(), sessions, ended(m, k)));
+            }
+        }
+        h.write_rows(Vec::new(), batch)?;
+    }
+    Ok((rows, sessions, minutes_bytes, h.data_bytes()?))
+}
+
+/// Minute `m`'s rollup of the seeded pool.
+fn minute(m: u64) -> ((String, String, u64), Usage) {
+    let want = level(m);
+    let held = want.min(QUOTA);
+    let refused = u64::from(want.saturating_sub(QUOTA));
+    let u = Usage {
+        peak: held,
+        trough: held.saturating_sub(2),
+        quota: QUOTA,
+        seat_ms: u64::from(held) * MINUTE * 9 / 10,
+        admitted: u64::from(held / 3),
+        denied: vec![refused, 0, 0, 0, 0, 0, 0, 0],
+        ends: [u64::from(held / 3), 0, 0, 0],
+        queued: 0,
+    };
+    (("default".to_string(), PoolId::KRE_DEFAULT.to_string(), m), u)
+}
+
+/// The `k`th seeded session started in minute `m`: 25 minutes long.
+fn ended(m: u64, k: u32) -> EndedRow {
+    let start = m * MINUTE + u64::from(k) * 1_000;
+    EndedRow {
+        pool: PoolId::KRE_DEFAULT.to_string(),
+        user: "owner@default".into(),
+        machine: format!("ci-{k}"),
+        start,
+        end: start + 25 * MINUTE,
+        reason: "released".into(),
+        labels: vec![("pipeline".into(), "web".into())],
+    }
+}
+
 /// How long one page may take before the harness gives up.
-const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Signs in with `key`: the session cookie.
-fn sign_in(web: &Web, key: &str) -> Result<String> {
+pub(crate) fn sign_in(web: &Web, key: &str) -> Result<String> {
     let body = format!("key={key}");
     let head = web
         .request(

@@ -6,6 +6,7 @@ mod abuse;
 mod burst;
 mod churn;
 mod compare;
+mod console;
 mod dashboard;
 mod echo;
 mod failover;
@@ -71,6 +72,10 @@ enum Scenario {
     /// The dashboard's org page over a year of minute history (seeded):
     /// page latency per range, and the history's size on disk.
     Dashboard,
+    /// The license console's pages for an org of 10,000 members, 1,000
+    /// machines, 10,000 live sessions and a year of history (seeded):
+    /// each page's server time (Server-Timing) and request time.
+    Console,
     /// Three broker nodes on a three-member etcd (spawned; needs etcd):
     /// the serving node killed --kills times under N runners: time until
     /// a node serves and every runner re-attached; etcd writes per 1,000
@@ -263,7 +268,12 @@ async fn run(a: Args) -> Result<bool> {
     }
     if matches!(
         a.scenario,
-        Scenario::Restart | Scenario::Lists | Scenario::Abuse | Scenario::Scrape | Scenario::Dashboard
+        Scenario::Restart
+            | Scenario::Lists
+            | Scenario::Abuse
+            | Scenario::Scrape
+            | Scenario::Dashboard
+            | Scenario::Console
     ) && a.server.is_some()
     {
         bail!("restart, lists and abuse watch, stop or start the broker process, so they always spawn their own");
@@ -271,7 +281,7 @@ async fn run(a: Args) -> Result<bool> {
     let mut target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
         None => {
-            let http = matches!(a.scenario, Scenario::Scrape | Scenario::Dashboard);
+            let http = matches!(a.scenario, Scenario::Scrape | Scenario::Dashboard | Scenario::Console);
             Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse, http)?
         }
     };
@@ -286,6 +296,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Scrape => scrape::run(&target, &p).await?,
         Scenario::Dashboard => dashboard::run(&mut target, a.days, a.keep).await?,
+        Scenario::Console => console::run(&mut target, a.days).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =
