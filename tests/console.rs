@@ -1,0 +1,148 @@
+//! The license console over real HTTPS, as a browser sends its forms:
+//! an offline license downloads byte for byte as the CLI's request made
+//! it; a form without the sign-in's token changes nothing; the console's
+//! acts are the operations' (an Admin makes no Owner there either, and the
+//! audit trail says the same as for the CLI); a User is refused.
+
+mod support;
+
+use std::time::Duration;
+
+use license_broker::core::{format_end_date, Millis, PoolId, Role};
+use license_broker::proto::AuditAction;
+
+use support::{machine, org, start_with, TestBroker};
+
+/// A broker with its web door on and a KSE node-locked pool of 3.
+async fn broker() -> TestBroker {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let op = b.operator().await;
+    op.set_pool(&org(), kse(), 3).await.unwrap();
+    op.close().await;
+    b
+}
+
+fn kse() -> PoolId {
+    "kse-node-locked-annual".parse().unwrap()
+}
+
+/// The value of header `name` in an answer's head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (n, v) = l.split_once(':')?;
+        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+    })
+}
+
+/// A signed-in browser: its cookie and the CSRF token its pages carry.
+struct Browser {
+    web: support::http::Web,
+    cookie: String,
+    csrf: String,
+}
+
+impl Browser {
+    async fn sign_in(b: &TestBroker, key: &str) -> Browser {
+        let web = b.web();
+        let form = format!("key={key}");
+        let (code, head, _) =
+            web.send("POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", &form).await;
+        assert_eq!(code, 303, "{head}");
+        let cookie = header(&head, "set-cookie").unwrap().split(';').next().unwrap().to_string();
+        let mut me = Browser { web, cookie, csrf: String::new() };
+        let (_, page) = me.get("/org/default/licenses").await;
+        let at = page.find("name=\"csrf\" value=\"").expect("a form with a token") + 19;
+        me.csrf = page[at..at + 32].to_string();
+        me
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let (code, _, body) = self.web.send(&format!("GET {path} HTTP/1.0\r\nCookie: {}", self.cookie), "").await;
+        (code, body)
+    }
+
+    /// Posts `form` (url-encoded, without the token) with `csrf` as the token: (status, head).
+    async fn post_as(&self, path: &str, form: &str, csrf: &str) -> (u16, String) {
+        let head = format!(
+            "POST {path} HTTP/1.0\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nOrigin: https://localhost",
+            self.cookie
+        );
+        let (code, head, _) = self.web.send(&head, &format!("{form}&csrf={csrf}")).await;
+        (code, head)
+    }
+
+    async fn post(&self, path: &str, form: &str) -> (u16, String) {
+        self.post_as(path, form, &self.csrf.clone()).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_license_downloads_byte_for_byte_as_the_cli_made_it() {
+    let b = broker().await;
+    let owner = b.owner().await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let last_day = format_end_date(Millis(now + 10 * 86_400_000));
+    let (name, content) = owner.create_offline(&org(), kse(), &machine("lab-1"), &last_day).await.unwrap();
+    let id = owner.list_offline(&org()).await.unwrap()[0].id.clone();
+    let browser = Browser::sign_in(&b, &b.owner).await;
+    let (code, head, body) = browser
+        .web
+        .send(&format!("GET /org/default/offline/{id}/file HTTP/1.0\r\nCookie: {}", browser.cookie), "")
+        .await;
+    assert_eq!(code, 200, "{head}");
+    assert_eq!(body, content, "the download is the file the CLI was handed");
+    assert_eq!(header(&head, "content-disposition"), Some(format!("attachment; filename=\"{name}\"")));
+    let (_, list) = browser.get("/org/default/licenses?pool=kse-node-locked-annual").await;
+    assert!(list.contains(&format!("/offline/{id}/file")), "the list links the file");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_without_the_sign_ins_token_changes_nothing() {
+    let b = broker().await;
+    let owner = b.owner().await;
+    owner.add_user(&org(), "a@x.io", Role::User).await.unwrap();
+    let browser = Browser::sign_in(&b, &b.owner).await;
+    for forged in ["", "0123456789abcdef0123456789abcdef"] {
+        let (code, _) =
+            browser.post_as("/org/default/licenses/grant", "pool=kse-node-locked-annual&emails=a%40x.io", forged).await;
+        assert_eq!(code, 403, "token {forged:?}");
+    }
+    assert!(owner.list_grants(&org(), Some(kse())).await.unwrap().is_empty());
+    // With the token, the same form grants, audited as the CLI's grant is.
+    let (code, head) = browser.post("/org/default/licenses/grant", "pool=kse-node-locked-annual&emails=a%40x.io").await;
+    assert_eq!(code, 303, "{head}");
+    assert_eq!(owner.list_grants(&org(), Some(kse())).await.unwrap().len(), 1);
+    let audit = owner.audit(&org()).await.unwrap();
+    let grant = audit.iter().find(|e| e.action == AuditAction::Granted).expect("the grant is audited");
+    assert_eq!(grant.actor.as_str(), "owner@default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_refuses_what_the_operations_refuse() {
+    let b = broker().await;
+    let owner = b.owner().await;
+    owner.add_user(&org(), "admin@x.io", Role::Admin).await.unwrap();
+    owner.add_user(&org(), "user@x.io", Role::User).await.unwrap();
+    let (admin_key, _) = owner.create_key(&org(), "admin@x.io").await.unwrap();
+    let (user_key, _) = owner.create_key(&org(), "user@x.io").await.unwrap();
+
+    // An Admin makes no Owner, in the console as over QUIC.
+    let admin = Browser::sign_in(&b, &admin_key).await;
+    let (code, _) = admin.post("/org/default/members/add", "email=boss%40x.io&role=owner").await;
+    assert_eq!(code, 403);
+    assert!(!owner.list_users(&org()).await.unwrap().iter().any(|u| u.email.as_str() == "boss@x.io"));
+
+    // A User gets no management page and no act, token or not.
+    let user = Browser::sign_in(&b, &user_key).await;
+    assert_eq!(user.get("/org/default/members").await.0, 403);
+    let (_, page) = user.get("/org/default/licenses?pool=kse-node-locked-annual").await;
+    assert!(!page.contains("/licenses/grant") && page.contains("Only the org's Owners and Admins"));
+    let (code, _) = user.post("/org/default/licenses/grant", "pool=kse-node-locked-annual&emails=user%40x.io").await;
+    assert_eq!(code, 403);
+    let (code, _) = user.post("/org/default/machines/deactivate", "pool=kre-floating-annual&machine=ci-1").await;
+    assert_eq!(code, 403);
+    assert!(owner.list_grants(&org(), Some(kse())).await.unwrap().is_empty());
+}
