@@ -5,23 +5,21 @@
 //! confirmation that says what it ends) and Offline Licenses (listed,
 //! downloaded, created through `offline`).
 //!
-//! A batch of grants or revokes goes member by member through the same
-//! operation the CLI calls: the ones that can go through do, and the
-//! answer names each one refused with the broker's reason and code.
+//! The acts are in `grants` (Licensed Users in bulk) and `machines`
+//! (ending sessions, deactivating machines); `offline` makes offline
+//! licenses.
 
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::form::Q;
-use super::{end_day, org_of, refused, render, when, words, Fields, Shell, Signed};
-use crate::core::{Email, Kind, MachineId, Millis, OrgName, PoolId, PoolStatus, Principal, Product, SessionId, Term};
+use super::{end_day, org_of, refused, render, when, Fields, Shell, Signed};
+use crate::core::{Kind, Millis, OrgName, PoolId, PoolStatus, Principal, Product, Term};
 use crate::http::Web;
-use crate::operations::Operations;
 
 #[derive(Template)]
 #[template(path = "licenses.html")]
@@ -271,7 +269,12 @@ fn subscription_end(web: &Web, org: &OrgName) -> String {
 }
 
 /// A form's org, caller and pool, checked in that order.
-fn posted(web: &Web, headers: &HeaderMap, org: String, f: &Fields) -> Result<(Signed, OrgName, PoolId), Response> {
+pub(super) fn posted(
+    web: &Web,
+    headers: &HeaderMap,
+    org: String,
+    f: &Fields,
+) -> Result<(Signed, OrgName, PoolId), Response> {
     let s = Signed::posted(web, headers, f)?;
     let org = org_of(org)?;
     let pool = f.one("pool").and_then(|p| p.parse::<PoolId>().ok());
@@ -280,213 +283,6 @@ fn posted(web: &Web, headers: &HeaderMap, org: String, f: &Fields) -> Result<(Si
     Ok((s, org, pool))
 }
 
-fn back(org: &OrgName, pool: PoolId, anchor: &str) -> String {
+pub(super) fn back(org: &OrgName, pool: PoolId, anchor: &str) -> String {
     format!("/org/{org}/licenses?pool={pool}#{anchor}")
-}
-
-/// `POST /org/ORG/licenses/grant` (`pool`, `emails`): one grant per member.
-pub(super) async fn grant(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let emails: Vec<&str> =
-        f.one("emails").unwrap_or("").split([',', '\n', ';', ' ']).filter(|e| !e.trim().is_empty()).collect();
-    let (ops, who, org) = (&web.ops, &s, &org);
-    match each(&emails, |email| async move { ops.grant(who.caller(ops), org, pool, &email).await }).await {
-        Ok(outcome) => s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Granted", "not granted")),
-        Err(e) => refused(e),
-    }
-}
-
-/// `POST /org/ORG/licenses/revoke` (`pool`, `email` repeated).
-pub(super) async fn revoke(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let (ops, who, org) = (&web.ops, &s, &org);
-    let emails = f.all("email");
-    match each(&emails, |email| async move { ops.revoke_grant(who.caller(ops), org, pool, &email).await }).await {
-        Ok(outcome) => s.back_with(&web, &back(org, pool, "licensed"), &outcome.say("Revoked", "not revoked")),
-        Err(e) => refused(e),
-    }
-}
-
-/// How a batch went, member by member.
-#[derive(Default)]
-struct Outcome {
-    done: Vec<String>,
-    refused: Vec<String>,
-}
-
-impl Outcome {
-    /// "Granted: a, b.\nNot granted (the others went through): c: why (CODE)."
-    fn say(&self, done: &str, not: &str) -> String {
-        let mut out = String::new();
-        if !self.done.is_empty() {
-            out.push_str(&format!("{done}: {}.", self.done.join(", ")));
-        }
-        if !self.refused.is_empty() {
-            let others = if self.done.is_empty() { "" } else { " (the others went through)" };
-            out.push_str(&format!("\n{}{others}: {}.", capitalised(not), self.refused.join("; ")));
-        }
-        if out.is_empty() {
-            out.push_str("No email was given.");
-        }
-        out.trim_start().to_string()
-    }
-}
-
-fn capitalised(s: &str) -> String {
-    let mut c = s.chars();
-    c.next().map(|f| f.to_uppercase().chain(c).collect()).unwrap_or_default()
-}
-
-/// Runs `act` for each email in turn; an email that does not parse is
-/// refused without asking. A caller who may not do this at all gets that
-/// refusal alone (nothing went through).
-async fn each<F, Fut>(emails: &[&str], act: F) -> Result<Outcome, crate::proto::WireError>
-where
-    F: Fn(Email) -> Fut,
-    Fut: std::future::Future<Output = Result<(), crate::proto::WireError>>,
-{
-    let mut o = Outcome::default();
-    for raw in emails {
-        let raw = raw.trim();
-        match Email::parse_lenient(raw) {
-            Err(e) => o.refused.push(format!("{raw}: {e} (INVALID_ARGUMENT)")),
-            Ok(email) => match act(email).await {
-                Ok(()) => o.done.push(raw.to_string()),
-                Err(e) if super::forbidden(&e) => return Err(e),
-                Err(e) => o.refused.push(format!("{raw}: {}", words(&e))),
-            },
-        }
-    }
-    Ok(o)
-}
-
-/// `POST /org/ORG/sessions/end` (`pool`, `session`): an Owner or Admin
-/// ends a live session (audited; its holder is told).
-pub(super) async fn end_session(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(session) = f.one("session").and_then(|x| x.parse::<SessionId>().ok()) else {
-        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such session.", "INVALID_ARGUMENT");
-    };
-    match web.ops.kill(s.caller(&web.ops), &org, session).await {
-        Ok(()) => s.back_with(
-            &web,
-            &back(&org, pool, "online"),
-            &format!("Session {session} was ended; its runner has been told."),
-        ),
-        Err(e) => refused(e),
-    }
-}
-
-#[derive(Template)]
-#[template(path = "deactivate.html")]
-struct Confirm {
-    shell: Shell,
-    org: String,
-    pool: String,
-    machine: String,
-    /// What deactivating ends, in words.
-    ends: Vec<String>,
-}
-
-/// `GET /org/ORG/machines/deactivate?pool=&machine=`: says what it ends first.
-pub(super) async fn confirm_deactivate(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    Q(q): Q,
-) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
-    let pool = q.one("pool").and_then(|p| p.parse::<PoolId>().ok());
-    let machine = q.one("machine").and_then(|m| MachineId::new(m).ok());
-    let (Some(pool), Some(machine)) = (pool, machine) else {
-        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such machine.", "INVALID_ARGUMENT");
-    };
-    match what_it_ends(&web.ops, &s.p, &org, pool, &machine) {
-        Ok(ends) => {
-            let shell = s.shell(format!("Deactivate {machine}"), Some(&org), "licenses");
-            render(
-                StatusCode::OK,
-                &Confirm { shell, org: org.to_string(), pool: pool.to_string(), machine: machine.to_string(), ends },
-            )
-        }
-        Err(e) => refused(e),
-    }
-}
-
-/// The live sessions and the activation that deactivating `machine` ends.
-fn what_it_ends(
-    ops: &Operations,
-    p: &Principal,
-    org: &OrgName,
-    pool: PoolId,
-    machine: &MachineId,
-) -> Result<Vec<String>, crate::core::Error> {
-    let core = ops.core();
-    if !core.machines(p, org)?.iter().any(|m| m.pool == pool && &m.machine == machine) {
-        return Err(crate::core::Error::not_found("registered machine", machine.as_str()));
-    }
-    let now = ops.clock().now();
-    let sessions = core.sessions(p, org)?.into_iter().filter(|x| x.pool == pool && &x.machine == machine);
-    let mut ends: Vec<String> = sessions
-        .map(|x| format!("the live session {} of {} (started {})", x.session, x.user, when(x.started, now)))
-        .collect();
-    for g in core.grants(p, org, Some(pool))?.into_iter().filter(|g| g.machine.as_ref() == Some(machine)) {
-        ends.push(format!("the node-locked activation of {} (their license stays granted)", g.email));
-    }
-    Ok(ends)
-}
-
-/// `POST /org/ORG/machines/deactivate` (`pool`, `machine`).
-pub(super) async fn deactivate(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let Some(machine) = f.one("machine").and_then(|m| MachineId::new(m).ok()) else {
-        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such machine.", "INVALID_ARGUMENT");
-    };
-    match web.ops.remove_machine(s.caller(&web.ops), &org, Some(pool), &machine).await {
-        Ok(()) => s.back_with(
-            &web,
-            &back(&org, pool, "machines"),
-            &format!("Machine {machine} was deactivated; its slot is free."),
-        ),
-        Err(e) => refused(e),
-    }
 }

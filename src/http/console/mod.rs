@@ -25,7 +25,9 @@
 
 mod chart;
 mod form;
+mod grants;
 mod licenses;
+mod machines;
 mod members;
 mod offline;
 mod operator;
@@ -49,10 +51,10 @@ pub use form::Fields;
 pub(super) fn routes() -> Router<Arc<Web>> {
     Router::new()
         .route("/org/{org}/licenses", get(licenses::page))
-        .route("/org/{org}/licenses/grant", post(licenses::grant))
-        .route("/org/{org}/licenses/revoke", post(licenses::revoke))
-        .route("/org/{org}/sessions/end", post(licenses::end_session))
-        .route("/org/{org}/machines/deactivate", get(licenses::confirm_deactivate).post(licenses::deactivate))
+        .route("/org/{org}/licenses/grant", post(grants::grant))
+        .route("/org/{org}/licenses/revoke", post(grants::revoke))
+        .route("/org/{org}/sessions/end", post(machines::end_session))
+        .route("/org/{org}/machines/deactivate", get(machines::confirm_deactivate).post(machines::deactivate))
         .route("/org/{org}/offline/new", get(offline::new))
         .route("/org/{org}/offline/review", post(offline::review))
         .route("/org/{org}/offline/create", post(offline::create))
