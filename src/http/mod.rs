@@ -108,10 +108,25 @@ pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
         .merge(console::routes())
+        .layer(axum::middleware::from_fn(timed))
         .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
         .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
         .with_state(web.clone());
     listener::serve(listener, app, tls, web.budget.clone(), stop).await;
+}
+
+/// Says how long the broker took over an answer (`Server-Timing:
+/// app;dur=MS`: the handler, its reads and the rendering, not the wire),
+/// for a browser's developer tools and the load harness (`license-load
+/// console`).
+async fn timed(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let mut r = next.run(req).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Ok(v) = HeaderValue::from_str(&format!("app;dur={ms:.2}")) {
+        r.headers_mut().insert("server-timing", v);
+    }
+    r
 }
 
 /// What no page may do, said on every answer: run any script (the pages

@@ -214,7 +214,7 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
         web.ops.audit_latest(web.ops.caller(p), org, AUDIT_SHOWN).ok().map(|v| {
             v.into_iter().map(|e| (e.at, e.actor.to_string(), format!("{} {}", e.action, e.detail))).collect()
         });
-    Ok(OrgView {
+    let mut v = OrgView {
         org: org.to_string(),
         subscription_ends,
         who: who(p),
@@ -227,7 +227,10 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
         machines,
         audit,
         flash: None,
-    })
+        totals: [0; 4],
+    };
+    v.cut();
+    Ok(v)
 }
 
 /// One org page's question: who asks about which org, over which span.

@@ -161,6 +161,39 @@ pub struct OrgView {
     pub audit: Option<Vec<(Millis, String, String)>>,
     /// A message after an action (a kill), if any.
     pub flash: Option<String>,
+    /// How many live sessions, licensed users, offline licenses and
+    /// machines there were before `cut` kept the first few of each.
+    pub totals: [usize; 4],
+}
+
+/// Most rows of each list the overview shows (the console's License
+/// management lists, and finds in, all of them).
+pub const OVERVIEW_ROWS: usize = 100;
+
+impl OrgView {
+    /// Keeps the first `OVERVIEW_ROWS` of each list, counting them all.
+    pub fn cut(&mut self) {
+        fn keep<T>(list: &mut Option<Vec<T>>) -> usize {
+            let n = list.as_ref().map_or(0, Vec::len);
+            if let Some(v) = list {
+                v.truncate(OVERVIEW_ROWS);
+            }
+            n
+        }
+        self.totals =
+            [keep(&mut self.live), keep(&mut self.licensed), keep(&mut self.offline), keep(&mut self.machines)];
+    }
+}
+
+/// Says that a list of the overview was cut, and where the whole list is.
+fn more(b: &mut String, org: &str, total: usize) {
+    if total > OVERVIEW_ROWS {
+        let _ = write!(
+            b,
+            r#"<p class="note">Showing {OVERVIEW_ROWS} of {total}: <a href="/org/{}/licenses">License management</a> lists and finds them all.</p>"#,
+            esc(org)
+        );
+    }
 }
 
 fn when(t: Millis) -> String {
@@ -354,6 +387,7 @@ fn live(b: &mut String, v: &OrgView) {
     if live.is_empty() {
         b.push_str(r#"<p class="note">No session is live.</p>"#);
     }
+    more(b, &v.org, v.totals[0]);
     b.push_str("</section>");
 }
 
@@ -368,6 +402,7 @@ fn lists(b: &mut String, v: &OrgView) {
     });
     let head = ["Pool", "User", "Granted", "Node-locked to", "Last active use"];
     section(b, "Licensed users", &head, licensed);
+    more(b, &v.org, v.totals[1]);
     let offline = v.offline.as_ref().map(|rows| {
         rows.iter()
             .map(|(pool, id, machine, last_day, active)| {
@@ -377,11 +412,13 @@ fn lists(b: &mut String, v: &OrgView) {
             .collect()
     });
     section(b, "Offline licenses", &["Pool", "License", "Machine", "Last day", "State"], offline);
+    more(b, &v.org, v.totals[2]);
     let machines = v
         .machines
         .as_ref()
         .map(|rows| rows.iter().map(|(pool, machine, at)| vec![esc(pool), esc(machine), when(*at)]).collect());
     section(b, "Machines", &["Pool", "Machine", "Registered"], machines);
+    more(b, &v.org, v.totals[3]);
     let audit = v
         .audit
         .as_ref()
