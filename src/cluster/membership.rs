@@ -21,6 +21,8 @@ pub const MAX_LISTED_ORGS: usize = 200;
 #[derive(Debug, Default)]
 pub struct Membership {
     view: RwLock<View>,
+    /// Each node's console address, by node name (the nodes that say).
+    consoles: RwLock<HashMap<String, String>>,
 }
 
 #[derive(Debug, Default)]
@@ -39,6 +41,19 @@ impl Membership {
     pub fn update(&self, mut nodes: Vec<(Owner, i64)>, claims: HashMap<String, Claimed>, orgs: usize) {
         nodes.sort_by(|a, b| a.0.node.cmp(&b.0.node));
         *self.view.write() = View { nodes, claims, orgs };
+    }
+
+    /// Replaces the consoles' addresses with what was just read.
+    pub fn set_consoles(&self, consoles: HashMap<String, String>) {
+        *self.consoles.write() = consoles;
+    }
+
+    /// The console of the live node clients reach at `advertise`, if it
+    /// said where it is.
+    pub fn console_at(&self, advertise: &str) -> Option<String> {
+        let view = self.view.read();
+        let (node, _) = view.nodes.iter().find(|(n, _)| n.advertise == advertise)?;
+        self.consoles.read().get(&node.node).cloned()
     }
 
     /// How many orgs the cluster has, as last read.

@@ -14,6 +14,7 @@
 //! which keeps running while the process is paused: a node woken from a
 //! SIGSTOP past its validity refuses before it reads a single request.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -186,11 +187,31 @@ pub async fn revision(etcd: &Etcd, layout: &Layout) -> Result<i64, EtcdError> {
     Ok(revision)
 }
 
-/// Every announced node (a node's announcement lives as long as its lease).
-pub async fn nodes(etcd: &Etcd, layout: &Layout) -> Result<Vec<(Owner, i64)>, EtcdError> {
+/// Every announced node (a node's announcement lives as long as its
+/// lease), and each node's console address, by node name.
+pub async fn nodes(etcd: &Etcd, layout: &Layout) -> Result<(Vec<(Owner, i64)>, HashMap<String, String>), EtcdError> {
     let prefix = layout.nodes();
     let (kvs, _) = etcd.range(&prefix, true).await?;
-    Ok(kvs.iter().filter_map(|kv| Owner::decode(&kv.value).map(|o| (o, kv.lease))).collect())
+    let mut consoles = HashMap::new();
+    for kv in &kvs {
+        let name = kv.key.strip_prefix(prefix.as_slice()).and_then(|k| k.strip_suffix(b"/console"));
+        if let (Some(name), Ok(url)) = (name, std::str::from_utf8(&kv.value)) {
+            consoles.insert(String::from_utf8_lossy(name).into_owned(), url.to_string());
+        }
+    }
+    let nodes = kvs.iter().filter_map(|kv| Owner::decode(&kv.value).map(|o| (o, kv.lease))).collect();
+    Ok((nodes, consoles))
+}
+
+/// Says where this node's console is, under its lease.
+pub async fn announce_console(
+    etcd: &Etcd,
+    layout: &Layout,
+    name: &str,
+    url: &str,
+    lease: NodeLease,
+) -> Result<(), EtcdError> {
+    etcd.put(&layout.console(name), url.as_bytes(), Some(lease.0)).await.map(drop)
 }
 
 /// Keeps the node's lease alive until it is lost: renews every

@@ -167,6 +167,11 @@ impl Seat {
         }
     }
 
+    /// The console of the node clients reach at `advertise`, if it said.
+    pub fn console_at(&self, advertise: &str) -> Option<String> {
+        self.view.console_at(advertise)
+    }
+
     /// Claims a new org for its creation on this node: the fence is set
     /// (the creation's commit is fenced on it) unless another node holds
     /// the claim or the org's records exist already.

@@ -130,6 +130,13 @@ impl Layout {
         format!("{}nodes/{name}", self.prefix).into_bytes()
     }
 
+    /// Where a live node says where its console is (lease-bound, under its
+    /// announcement's key: read with the announcements, and ignored by
+    /// nodes that predate it, whose announcement decoding skips it).
+    pub fn console(&self, name: &str) -> Vec<u8> {
+        format!("{}nodes/{name}/console", self.prefix).into_bytes()
+    }
+
     /// The prefix of every node announcement.
     pub fn nodes(&self) -> Vec<u8> {
         format!("{}nodes/", self.prefix).into_bytes()

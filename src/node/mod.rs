@@ -244,6 +244,7 @@ impl Node {
             }
         };
         events(Event::Joined(running.bootstrap.clone()));
+        self.announce_console(&running, lease).await;
         let mut placer = Placer::new(self, lease, store, fences.clone());
         // `default`, claimed above but created before this start: taken over like any org.
         if running.bootstrap.is_none() {
@@ -267,6 +268,17 @@ impl Node {
                 Term::Stopped
             }
         })
+    }
+
+    /// Says where this node's console is, so that the other nodes send
+    /// the people of the orgs this node serves here. Best effort: a node
+    /// whose console is not announced still serves; the others then name
+    /// its broker's address instead.
+    async fn announce_console(&self, running: &Running, lease: NodeLease) {
+        let Some(url) = console_url(running, &self.me.advertise) else { return };
+        if let Err(e) = ownership::announce_console(&self.etcd, &self.layout, &self.me.node, &url, lease).await {
+            tracing::warn!(node = %self.me.node, "announcing the console at {url}: {e}");
+        }
     }
 
     /// The broker of this term could not start: the lease is given up.
@@ -375,4 +387,20 @@ fn took(events: &impl Fn(Event), orgs: Vec<OrgName>) {
     if !orgs.is_empty() {
         events(Event::Took(orgs));
     }
+}
+
+/// The console's address as people elsewhere reach it: the web door's,
+/// with the node's advertised host when the door listens on every address.
+fn console_url(running: &Running, advertise: &str) -> Option<String> {
+    let addr = running.http_addr()?;
+    let url = running.http_url()?;
+    let scheme = url.split_once("://")?.0;
+    let host = match addr.ip().is_unspecified() {
+        true => advertise.rsplit_once(':')?.0.to_string(),
+        false => match addr {
+            std::net::SocketAddr::V6(a) => format!("[{}]", a.ip()),
+            std::net::SocketAddr::V4(a) => a.ip().to_string(),
+        },
+    };
+    Some(format!("{scheme}://{host}:{}/", addr.port()))
 }

@@ -192,7 +192,10 @@ impl Placer {
         let (nodes, claims) =
             match tokio::join!(ownership::nodes(&self.etcd, &self.layout), ownership::claims(&self.etcd, &self.layout))
             {
-                (Ok(n), Ok(c)) => (n, c.into_iter().collect::<HashMap<String, Claimed>>()),
+                (Ok((n, consoles)), Ok(c)) => {
+                    self.view.set_consoles(consoles);
+                    (n, c.into_iter().collect::<HashMap<String, Claimed>>())
+                }
                 (Err(e), _) | (_, Err(e)) => {
                     tracing::debug!("reading the cluster: {e}");
                     return None;
