@@ -102,6 +102,11 @@ pub struct ServeArgs {
     /// --tls-cert or DATA_DIR/tls/cert.pem).
     #[arg(env = "LB_HTTP_CERT", long, requires = "http_key")]
     http_cert: Option<PathBuf>,
+    /// A `Host` name the web door serves (repeat, or comma-separate), besides
+    /// its listen address, localhost and its certificate's names; requests
+    /// naming any other host are refused (DNS rebinding).
+    #[arg(env = "LB_HTTP_HOSTS", long = "http-host", value_name = "NAME", value_delimiter = ',')]
+    http_hosts: Vec<String>,
     /// PEM private key matching --http-cert.
     #[arg(env = "LB_HTTP_KEY", long, requires = "http_cert")]
     http_key: Option<PathBuf>,
@@ -222,6 +227,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.restart_grace = a.restart_grace;
     options.max_waiters = a.max_waiters;
     options.http = (!a.no_http).then(|| a.http.unwrap_or_else(|| default_http(a.listen)));
+    options.http_hosts = a.http_hosts;
     options.http_tls = match (a.http_plain, a.http_cert.zip(a.http_key)) {
         (true, _) => HttpTls::Plain,
         (false, Some((cert, key))) => HttpTls::Files(TlsFiles { cert, key }),

@@ -25,6 +25,7 @@ mod budget;
 pub mod dashboard;
 mod listener;
 mod metrics;
+mod origin;
 
 pub use budget::Limits;
 pub use metrics::MAX_ORGS;
@@ -55,12 +56,16 @@ pub struct Web {
     ops: Arc<Operations>,
     /// Signs the sign-in cookies (a secret made at start).
     signer: auth::Signer,
+    /// The sign-ins not ended yet.
+    sign_ins: auth::SignIns,
     /// A bearer token `/metrics` requires, if set.
     metrics_token: Option<String>,
     /// TLS, unless the door is plain HTTP (`--http-plain`).
     tls: Option<Arc<rustls::ServerConfig>>,
     /// What strangers may hold, per address and in all.
     budget: Arc<budget::Budget>,
+    /// The `Host` names the door answers to.
+    hosts: origin::Hosts,
     quic: Arc<dyn Door>,
 }
 
@@ -72,6 +77,13 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Budgets and deadlines.
     pub limits: Limits,
+    /// `Host` names served besides the listen address, `localhost` and the
+    /// certificate's (`--http-host`).
+    pub hosts: Vec<String>,
+    /// The address the door is bound to.
+    pub listen: std::net::SocketAddr,
+    /// The certificate it presents (`crate::tls::leaf_certificate`).
+    pub cert: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Web {
@@ -81,9 +93,11 @@ impl Web {
         config: Config,
         quic: Arc<dyn Door>,
     ) -> Result<Web, crate::keys::RandomUnavailable> {
-        let Config { metrics_token, tls, limits } = config;
+        let Config { metrics_token, tls, limits, hosts, listen, cert } = config;
         let budget = Arc::new(budget::Budget::new(limits));
-        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, tls, budget, quic })
+        let hosts = origin::Hosts::new(&hosts, listen, cert);
+        let (signer, sign_ins) = (auth::Signer::new()?, auth::SignIns::default());
+        Ok(Web { ops, signer, sign_ins, metrics_token, tls, budget, hosts, quic })
     }
 
     /// Whether the door speaks TLS (secure cookies, HSTS).
@@ -107,6 +121,7 @@ pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
         .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), origin::checked))
         .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
         .with_state(web.clone());
     listener::serve(listener, app, tls, web.budget.clone(), stop).await;
@@ -131,7 +146,8 @@ const HSTS: &str = "max-age=31536000";
 /// every other plain-HTTP service on `localhost` to HTTPS in that browser
 /// (browsers ignore it for IP addresses anyway).
 async fn guarded(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
-    let loopback = host_name(req.headers()).is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok());
+    let loopback =
+        origin::host_name(req.headers()).is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok());
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
@@ -210,15 +226,6 @@ async fn lanes(web: &Web, ip: std::net::IpAddr, req: Request, next: Next) -> Res
             }))
         }),
     }
-}
-
-/// The request's `Host` without its port (an IPv6 literal without brackets).
-fn host_name(headers: &HeaderMap) -> Option<&str> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
-    if let Some(v6) = host.strip_prefix('[') {
-        return v6.split_once(']').map(|(ip, _)| ip);
-    }
-    Some(host.rsplit_once(':').map_or(host, |(name, _)| name))
 }
 
 async fn scrape(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {

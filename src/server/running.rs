@@ -99,7 +99,11 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     }));
     let shared = Arc::new(door(options, ops, notices, tokens));
     let web = match http {
-        Some(listener) => Some((web(&shared)?, listener)),
+        Some(listener) => {
+            let bound =
+                listener.local_addr().map_err(|source| SetupError::Bind { addr: options_http(&shared), source })?;
+            Some((web(&shared, bound)?, listener))
+        }
         None => None,
     };
     let (stop, tasks, http_addr) = (watch::channel(false).0, Vec::new(), None);
@@ -127,15 +131,30 @@ fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>, tokens: t
     }
 }
 
-/// The web door over the same operations, showing this door's load.
-fn web(shared: &Shared) -> Result<Arc<crate::http::Web>, SetupError> {
+/// The address the web door was asked to bind.
+fn options_http(shared: &Shared) -> SocketAddr {
+    shared.options.http.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+
+/// The web door over the same operations, bound to `bound`, showing this
+/// door's load.
+fn web(shared: &Shared, bound: SocketAddr) -> Result<Arc<crate::http::Web>, SetupError> {
     let o = &shared.options;
-    let tls = match &o.http_tls {
+    let files = match &o.http_tls {
         HttpTls::Plain => None,
-        HttpTls::Broker => Some(tls::http_server_config(&broker_tls(o))?),
-        HttpTls::Files(files) => Some(tls::http_server_config(files)?),
+        HttpTls::Broker => Some(broker_tls(o)),
+        HttpTls::Files(files) => Some(files.clone()),
     };
-    let config = crate::http::Config { metrics_token: o.metrics_token.clone(), tls, limits: o.http_limits };
+    let tls = files.as_ref().map(tls::http_server_config).transpose()?;
+    let cert = files.as_ref().map(tls::leaf_certificate).transpose()?;
+    let config = crate::http::Config {
+        metrics_token: o.metrics_token.clone(),
+        tls,
+        limits: o.http_limits,
+        hosts: o.http_hosts.clone(),
+        listen: bound,
+        cert,
+    };
     let web = crate::http::Web::new(shared.ops.clone(), config, shared.load.clone());
     Ok(Arc::new(web.map_err(|_| SetupError::Random)?))
 }

@@ -33,11 +33,10 @@ use view::{LiveView, OrgView, PoolView, RANGES};
 /// Most audit entries the page shows.
 const AUDIT_SHOWN: usize = 25;
 
-/// The caller signed in with the cookie, with the cookie's value.
+/// The caller signed in with the cookie, with the cookie's value
+/// (`auth::signed_in`).
 pub(crate) fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
-    let value = auth::cookie(headers, web.cookie_name())?;
-    let hash = web.signer.open(value, web.ops.clock().now().0)?;
-    web.ops.core().authenticate(&hash).ok().map(|p| (p, value.to_string()))
+    auth::signed_in(web, headers)
 }
 
 fn who(p: &Principal) -> String {
@@ -106,8 +105,12 @@ pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) 
             return r;
         }
     }
-    let expires = web.ops.clock().now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
-    let cookie = web.set_cookie(&web.signer.cookie(&hash, expires), auth::SIGN_IN_FOR);
+    let now = web.ops.clock().now().0;
+    let expires = now + auth::SIGN_IN_FOR.as_millis() as u64;
+    let Ok(id) = web.sign_ins.start(expires, now) else {
+        return html(StatusCode::INTERNAL_SERVER_ERROR, view::sign_in(Some("The system's random source failed.")));
+    };
+    let cookie = web.set_cookie(&web.signer.cookie(&hash, expires, id), auth::SIGN_IN_FOR);
     let mut r = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -115,8 +118,13 @@ pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) 
     r
 }
 
-/// `POST /signout`.
-pub(super) async fn sign_out(State(web): State<Arc<Web>>) -> Response {
+/// `POST /signout`: ends the sign-in on the server (its cookie, kept or
+/// copied, signs no one in any more) and clears the cookie.
+pub(super) async fn sign_out(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let opened = auth::cookie(&headers, web.cookie_name()).and_then(|c| web.signer.open(c, web.ops.clock().now().0));
+    if let Some((_, id)) = opened {
+        web.sign_ins.end(id);
+    }
     let mut r = Redirect::to("/").into_response();
     let gone = web.set_cookie("", std::time::Duration::ZERO);
     if let Ok(v) = HeaderValue::from_str(&gone) {
