@@ -240,9 +240,13 @@ async fn a_post_from_another_origin_is_refused() {
         assert_eq!(web.send(&kill, &format!("session={session}&csrf={token}")).await.0, 403, "{from}");
     }
     assert_eq!(b.running.as_ref().unwrap().live_sessions(), 1, "nothing was killed");
-    // From the door's own page the same kill goes through.
+    // From the door's own page the same kill goes through, with its token only.
     let own = format!("Origin: https://{}\r\nSec-Fetch-Site: same-origin", "localhost");
     let kill = format!("POST /org/default/kill HTTP/1.0\r\nCookie: {cookie}\r\n{FORM}\r\n{own}");
+    for forged in [format!("session={session}"), format!("session={session}&csrf=00{token}")] {
+        assert_eq!(web.send(&kill, &forged).await.0, 403, "{forged}");
+    }
+    assert_eq!(web.send(&kill.replace("/org/default/kill", "/any/form"), "a=1").await.0, 403, "every form");
     assert_eq!(web.send(&kill, &format!("session={session}&csrf={token}")).await.0, 303);
     assert_eq!(b.running.as_ref().unwrap().live_sessions(), 0);
 }

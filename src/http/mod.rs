@@ -22,6 +22,7 @@
 mod api;
 pub mod auth;
 mod budget;
+mod csrf;
 pub mod dashboard;
 mod listener;
 mod metrics;
@@ -120,6 +121,7 @@ pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop
         .route("/signout", axum::routing::post(dashboard::sign_out))
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), csrf::checked))
         .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
         .layer(axum::middleware::from_fn_with_state(web.clone(), origin::checked))
         .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
