@@ -247,8 +247,25 @@ async fn a_post_from_another_origin_is_refused() {
         assert_eq!(web.send(&kill, &forged).await.0, 403, "{forged}");
     }
     assert_eq!(web.send(&kill.replace("/org/default/kill", "/any/form"), "a=1").await.0, 403, "every form");
-    assert_eq!(web.send(&kill, &format!("session={session}&csrf={token}")).await.0, 303);
+    let (code, head, _) = web.send(&kill, &format!("session={session}&csrf={token}")).await;
+    assert_eq!(code, 303);
     assert_eq!(b.running.as_ref().unwrap().live_sessions(), 0);
+    // The page says so when this door's kill sent this browser there, and
+    // only then: a made-up or borrowed flash shows nothing.
+    let to = header(&head, "location").unwrap();
+    let page = |path: String, cookie: String| {
+        let web = web.clone();
+        async move { web.send(&format!("GET {path} HTTP/1.0\r\nCookie: {cookie}"), "").await.2 }
+    };
+    assert!(page(to.clone(), cookie.clone()).await.contains(&format!("Session {session} was ended.")), "{to}");
+    let other = sign_in(&b.web(), &b.owner).await;
+    for (path, who) in [
+        (to.clone(), other),
+        (format!("/org/default?killed={session}"), cookie.clone()),
+        ("/org/default?killed=ANY%20TEXT".to_string(), cookie.clone()),
+    ] {
+        assert!(!page(path.clone(), who).await.contains("was ended"), "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -74,6 +74,14 @@ impl Signer {
         let tag = hmac::sign(&self.key, format!("csrf.{cookie}").as_bytes());
         crate::keys::hex(&tag.as_ref()[..16])
     }
+
+    /// A tag vouching that this door said `what` to the browser of
+    /// `cookie` (a flash message carried in a redirect's address): a link
+    /// made by anyone else, or for another browser, carries none that holds.
+    pub fn flash_tag(&self, cookie: &str, what: &str) -> String {
+        let tag = hmac::sign(&self.key, format!("flash.{cookie}.{what}").as_bytes());
+        crate::keys::hex(&tag.as_ref()[..16])
+    }
 }
 
 /// The live sign-ins: id → expiry (ms). Signing out removes one; a cookie

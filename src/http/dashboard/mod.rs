@@ -147,7 +147,7 @@ pub(super) async fn org_page(
         return html(StatusCode::NOT_FOUND, view::page("Not found", Some(&who(&p)), "<p>No such org.</p>"));
     };
     let range = q.get("range").cloned().unwrap_or_else(|| "week".into());
-    let flash = q.get("killed").map(|s| format!("Session {s} was ended."));
+    let flash = killed(&web, &cookie, &org, q.get("killed")).map(|s| format!("Session {s} was ended."));
     let s = web.clone();
     let turn = web.ops.report_turn().await;
     let built = tokio::task::spawn_blocking(move || {
@@ -165,6 +165,16 @@ pub(super) async fn org_page(
         Ok(Err(e)) => refused(e),
         Err(e) => html(StatusCode::INTERNAL_SERVER_ERROR, view::page("Error", None, &view::esc(&e.to_string()))),
     }
+}
+
+/// The session a `killed=SESSION.TAG` flash names, if this door's kill
+/// redirected this browser there (`Signer::flash_tag`): a link anyone
+/// could make shows nothing.
+fn killed(web: &Web, cookie: &str, org: &OrgName, flash: Option<&String>) -> Option<SessionId> {
+    let (session, tag) = flash?.split_once('.')?;
+    let session = session.parse::<SessionId>().ok()?;
+    let expected = web.signer.flash_tag(cookie, &format!("killed.{org}.{session}"));
+    auth::same_secret(tag, &expected).then_some(session)
 }
 
 /// The kill form's fields.
@@ -196,7 +206,10 @@ pub(super) async fn kill(
         return html(StatusCode::BAD_REQUEST, view::page("Refused", None, "<p class=\"err\">No such session.</p>"));
     };
     match web.ops.kill(web.ops.caller(&p), &org, session).await {
-        Ok(()) => Redirect::to(&format!("/org/{org}?killed={session}")).into_response(),
+        Ok(()) => {
+            let tag = web.signer.flash_tag(&cookie, &format!("killed.{org}.{session}"));
+            Redirect::to(&format!("/org/{org}?killed={session}.{tag}")).into_response()
+        }
         Err(e) => html(
             StatusCode::FORBIDDEN,
             view::page("Refused", None, &format!("<p class=\"err\">{}</p>", view::esc(&e.message))),
