@@ -27,6 +27,7 @@ pub mod dashboard;
 mod listener;
 mod metrics;
 mod origin;
+mod roster;
 
 pub use budget::Limits;
 pub use metrics::MAX_ORGS;
@@ -107,10 +108,28 @@ impl Web {
     }
 }
 
-/// Serves the web door on `listener` until `stop` fires.
+/// Serves the web door on `listener` until `stop` fires: `routes()`, each
+/// behind the door's guards, outermost first: the security headers on
+/// every answer (`guarded`); a `Host` the door serves, and for anything
+/// but GET and HEAD the browser's word that it comes from our own pages
+/// (`origin`); the budgets and the count of failed authentications
+/// (`budgeted`); a form POST's CSRF token (`csrf`).
 pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop: watch::Receiver<bool>) {
     let tls = web.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let app = Router::new()
+    let app = routes()
+        .layer(axum::middleware::from_fn_with_state(web.clone(), csrf::checked))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), origin::checked))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
+        .with_state(web.clone());
+    listener::serve(listener, app, tls, web.budget.clone(), stop).await;
+}
+
+/// Every page and endpoint of the door. Add new ones here (or merge them
+/// in here): a layer covers only the routes added before it, and `serve`
+/// puts the guards over all of these.
+fn routes() -> Router<Arc<Web>> {
+    Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
         .route("/api/v1/usage", get(api::usage))
@@ -121,12 +140,6 @@ pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop
         .route("/signout", axum::routing::post(dashboard::sign_out))
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
-        .layer(axum::middleware::from_fn_with_state(web.clone(), csrf::checked))
-        .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
-        .layer(axum::middleware::from_fn_with_state(web.clone(), origin::checked))
-        .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
-        .with_state(web.clone());
-    listener::serve(listener, app, tls, web.budget.clone(), stop).await;
 }
 
 /// What no page may do, said on every answer: run any script (the pages

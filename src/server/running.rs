@@ -65,9 +65,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         None => Listen::Bound(socket::bind(options.listen).map_err(bind_error)?),
     };
     let http = match options.http {
-        Some(addr) => {
-            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Bind { addr, source })?)
-        }
+        Some(addr) => Some(bind_web(addr).await?),
         None => None,
     };
     let clock = Clock::ahead(options.clock_ahead);
@@ -99,11 +97,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     }));
     let shared = Arc::new(door(options, ops, notices, tokens));
     let web = match http {
-        Some(listener) => {
-            let bound =
-                listener.local_addr().map_err(|source| SetupError::Bind { addr: options_http(&shared), source })?;
-            Some((web(&shared, bound)?, listener))
-        }
+        Some((listener, bound)) => Some((web(&shared, bound)?, listener)),
         None => None,
     };
     let (stop, tasks, http_addr) = (watch::channel(false).0, Vec::new(), None);
@@ -131,9 +125,12 @@ fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>, tokens: t
     }
 }
 
-/// The address the web door was asked to bind.
-fn options_http(shared: &Shared) -> SocketAddr {
-    shared.options.http.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+/// The web door's listener, and the address it got.
+async fn bind_web(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), SetupError> {
+    let what = || format!("binding the web door to {addr} (serve --http ADDR moves it, --no-http turns it off)");
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(SetupError::io(what()))?;
+    let bound = listener.local_addr().map_err(SetupError::io(what()))?;
+    Ok((listener, bound))
 }
 
 /// The web door over the same operations, bound to `bound`, showing this

@@ -107,9 +107,10 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     let stats = Arc::new(AttackStats::default());
     let mut attackers = Vec::new();
     let per_address = p.connections.div_ceil(usize::from(ATTACK_ADDRESSES));
-    // ABUSE_KINDS=silent,web_idle,... runs only those kinds (to see what each costs).
+    // ABUSE_KINDS=Silent,NeverRead,web_idle,... runs only those kinds (to
+    // see what each costs; any case).
     let kinds: Vec<Kind> = match std::env::var("ABUSE_KINDS") {
-        Ok(v) => KINDS.iter().copied().filter(|k| v.split(',').any(|n| n == name(*k))).collect(),
+        Ok(v) => KINDS.iter().copied().filter(|k| v.split(',').any(|n| n.eq_ignore_ascii_case(&name(*k)))).collect(),
         Err(_) => KINDS.to_vec(),
     };
     let site = target.web()?.context("the spawned broker's web door")?;
