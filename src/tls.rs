@@ -146,6 +146,13 @@ pub fn http_server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>>
     Ok(Arc::new(tls))
 }
 
+/// The certificate `files` present (the first of the chain), for what it
+/// names (`webpki::EndEntityCert`).
+pub fn leaf_certificate(files: &TlsFiles) -> Result<CertificateDer<'static>> {
+    let mut certs = certificates(&files.cert)?;
+    Ok(certs.swap_remove(0))
+}
+
 /// A TLS 1.3 server config presenting `files`' certificate chain.
 fn tls_server(files: &TlsFiles) -> Result<rustls::ServerConfig> {
     let certs = certificates(&files.cert)?;

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 mod process;
+mod support;
 
 use process::{first_event, free_port, serve, signal, BIN};
 
@@ -563,4 +564,52 @@ fn usage_reports_from_the_command_line() {
             || String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
         "{out:?}"
     );
+}
+
+#[test]
+fn serve_reads_the_metrics_token_from_a_file_and_warns_when_it_is_on_the_command_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let (data, token) = (dir.path().join("data"), dir.path().join("token"));
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &addr, "--metrics-token-file"])
+        .arg(&token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let console = lines.map(Result::unwrap).find_map(|l| l.strip_prefix("console: https://").map(str::to_string));
+    let at = console.expect("the console's address").trim_end_matches('/').to_string();
+    assert_eq!(at, addr, "the web door at the QUIC port's number");
+    let web = support::http::Web::tls(at.as_str(), &data.join("tls/cert.pem"));
+    assert_eq!(web.get("/metrics", None).0, 401);
+    assert_eq!(web.get("/metrics", Some("t0ken")).0, 200, "the file's first line is the token");
+    signal(&child, "-TERM");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+
+    // On the command line it works, with a warning.
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut child = Command::new(BIN)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data2"))
+        .args(["--listen", &addr, "--metrics-token", "t0ken"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut warned = false;
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        warned |= line.contains("visible to other users of this host");
+        if line.contains("broker listening") {
+            break;
+        }
+    }
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    assert!(warned, "no warning about a token on the command line");
 }

@@ -79,6 +79,20 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("INVALID_ARGUMENT"));
     assert_eq!(http.fetch(usage, Some(&b.operator)).await.0, 200, "the operator reads every org");
+    // Who held the sessions is for Owners and Admins, on every door: a
+    // User and the operator read the numbers, not the ended sessions.
+    c.add_user(&org(), "user@default", license_broker::core::Role::User).await.unwrap();
+    let (user, _) = c.create_key(&org(), "user@default").await.unwrap();
+    let ended = "/api/v1/sessions?org=default&from=10m";
+    assert_eq!(http.fetch(usage, Some(&user)).await.0, 200, "a User reads the numbers");
+    for who in [&user, &b.operator] {
+        let (code, body) = http.fetch(ended, Some(who)).await;
+        assert_eq!(code, 403, "{body}");
+    }
+    let uc = b.client(&user).await;
+    let of = ListOf::Ended { org: org(), from_ms: 0, to_ms: u64::MAX / 2 };
+    let e = uc.page(of, None, 10).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden), "{e}");
 
     // Over QUIC: the ended sessions page one at a time, each exactly once.
     for nonce in [10, 11] {

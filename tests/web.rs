@@ -166,3 +166,124 @@ async fn failed_keys_over_http_are_counted_and_limited_per_address() {
     let (_, body) = web.fetch("/metrics", Some("s3cret")).await;
     assert_eq!(failures(&body), 6.0, "four keys, a sign-in and the token: {body}");
 }
+
+const FORM: &str = "Content-Type: application/x-www-form-urlencoded";
+
+/// Signs in with `key`: the cookie (`name=value`).
+async fn sign_in(web: &support::http::Web, key: &str) -> String {
+    let (code, head, _) = web.send(&format!("POST /signin HTTP/1.0\r\n{FORM}"), &format!("key={key}")).await;
+    assert_eq!(code, 303, "{head}");
+    header(&head, "set-cookie").expect("a cookie").split(';').next().unwrap().to_string()
+}
+
+/// A live session of the default org (held by the client returned), and
+/// the org page's kill form's CSRF token for `cookie`.
+async fn session_and_token(b: &support::TestBroker, cookie: &str) -> (String, String, license_broker::client::Client) {
+    b.quota(1).await;
+    let c = b.owner().await;
+    c.register_machine(&support::org(), support::POOL, &support::machine("m")).await.unwrap();
+    let lease = c.acquire(&support::org(), support::POOL, &support::machine("m"), 1).await.unwrap();
+    let (code, _, page) = b.web().send(&format!("GET /org/default HTTP/1.0\r\nCookie: {cookie}"), "").await;
+    assert_eq!(code, 200);
+    let token = page.split(r#"name="csrf" value=""#).nth(1).and_then(|t| t.split('"').next()).expect("a kill form");
+    (lease.session.to_string(), token.to_string(), c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_out_ends_the_sign_in_on_the_server() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let web = b.web();
+    let cookie = sign_in(&web, &b.owner).await;
+    let (session, token, _holder) = session_and_token(&b, &cookie).await;
+    let page = format!("GET /org/default HTTP/1.0\r\nCookie: {cookie}");
+    assert_eq!(web.send(&page, "").await.0, 200);
+    let (code, head, _) = web.send(&format!("POST /signout HTTP/1.0\r\nCookie: {cookie}"), "").await;
+    assert_eq!(code, 303);
+    assert!(header(&head, "set-cookie").unwrap().contains("Max-Age=0"), "{head}");
+    // The old cookie (kept, or copied before) signs no one in any more.
+    let (code, head, _) = web.send(&page, "").await;
+    assert_eq!((code, header(&head, "location").as_deref()), (303, Some("/")), "{head}");
+    let api = format!("GET /api/v1/usage?org=default HTTP/1.0\r\nCookie: {cookie}");
+    assert_eq!(web.send(&api, "").await.0, 401);
+    let kill = format!("POST /org/default/kill HTTP/1.0\r\nCookie: {cookie}\r\n{FORM}");
+    assert_eq!(web.send(&kill, &format!("session={session}&csrf={token}")).await.0, 401);
+    assert_eq!(b.running.as_ref().unwrap().live_sessions(), 1, "nothing was killed");
+    // Another sign-in is a new one.
+    let again = sign_in(&web, &b.owner).await;
+    assert_ne!(again, cookie);
+    assert_eq!(web.send(&format!("GET /org/default HTTP/1.0\r\nCookie: {again}"), "").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_from_another_origin_is_refused() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let web = b.web();
+    let cookie = sign_in(&web, &b.owner).await;
+    let (session, token, _holder) = session_and_token(&b, &cookie).await;
+    let evil = ["Origin: https://evil.example", "Sec-Fetch-Site: cross-site", "Origin: null"];
+    for from in evil {
+        // Login CSRF: another site cannot sign the browser in...
+        let (code, head, _) =
+            web.send(&format!("POST /signin HTTP/1.0\r\n{FORM}\r\n{from}"), &format!("key={}", b.owner)).await;
+        assert_eq!(code, 403, "{from}: {head}");
+        assert_eq!(header(&head, "set-cookie"), None);
+        // ...nor out...
+        assert_eq!(web.send(&format!("POST /signout HTTP/1.0\r\nCookie: {cookie}\r\n{from}"), "").await.0, 403);
+        // ...nor post a form with its cookie, even one with the right token.
+        let kill = format!("POST /org/default/kill HTTP/1.0\r\nCookie: {cookie}\r\n{FORM}\r\n{from}");
+        assert_eq!(web.send(&kill, &format!("session={session}&csrf={token}")).await.0, 403, "{from}");
+    }
+    assert_eq!(b.running.as_ref().unwrap().live_sessions(), 1, "nothing was killed");
+    // From the door's own page the same kill goes through, with its token only.
+    let own = format!("Origin: https://{}\r\nSec-Fetch-Site: same-origin", "localhost");
+    let kill = format!("POST /org/default/kill HTTP/1.0\r\nCookie: {cookie}\r\n{FORM}\r\n{own}");
+    for forged in [format!("session={session}"), format!("session={session}&csrf=00{token}")] {
+        assert_eq!(web.send(&kill, &forged).await.0, 403, "{forged}");
+    }
+    assert_eq!(web.send(&kill.replace("/org/default/kill", "/any/form"), "a=1").await.0, 403, "every form");
+    let (code, head, _) = web.send(&kill, &format!("session={session}&csrf={token}")).await;
+    assert_eq!(code, 303);
+    assert_eq!(b.running.as_ref().unwrap().live_sessions(), 0);
+    // The page says so when this door's kill sent this browser there, and
+    // only then: a made-up or borrowed flash shows nothing.
+    let to = header(&head, "location").unwrap();
+    let page = |path: String, cookie: String| {
+        let web = web.clone();
+        async move { web.send(&format!("GET {path} HTTP/1.0\r\nCookie: {cookie}"), "").await.2 }
+    };
+    assert!(page(to.clone(), cookie.clone()).await.contains(&format!("Session {session} was ended.")), "{to}");
+    let other = sign_in(&b.web(), &b.owner).await;
+    for (path, who) in [
+        (to.clone(), other),
+        (format!("/org/default?killed={session}"), cookie.clone()),
+        ("/org/default?killed=ANY%20TEXT".to_string(), cookie.clone()),
+    ] {
+        assert!(!page(path.clone(), who).await.contains("was ended"), "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_another_host_is_refused() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.http_hosts = vec!["broker.ops.example".into()];
+    })
+    .await;
+    let web = b.web();
+    let addr = web.addr;
+    // DNS rebinding: a page of evil.example whose name now resolves here.
+    for host in ["evil.example", "evil.example:443", "localhost.evil.example"] {
+        let (code, _, body) = web.send(&format!("GET /metrics HTTP/1.0\r\nHost: {host}"), "").await;
+        assert_eq!(code, 421, "{host}: {body}");
+    }
+    assert_eq!(web.exchange("GET /healthz HTTP/1.0\r\n\r\n").0, 421, "no Host at all");
+    for host in ["localhost".to_string(), addr.to_string(), "broker.ops.example:8443".into()] {
+        assert_eq!(web.send(&format!("GET /healthz HTTP/1.0\r\nHost: {host}"), "").await.0, 200, "{host}");
+    }
+}

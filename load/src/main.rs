@@ -281,7 +281,8 @@ async fn run(a: Args) -> Result<bool> {
     let mut target = match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
         None => {
-            let http = matches!(a.scenario, Scenario::Scrape | Scenario::Dashboard | Scenario::Console);
+            let http =
+                matches!(a.scenario, Scenario::Scrape | Scenario::Dashboard | Scenario::Abuse | Scenario::Console);
             Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse, http)?
         }
     };

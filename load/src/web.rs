@@ -35,6 +35,11 @@ impl Web {
         Ok(Web { addr, tls: Arc::new(tls) })
     }
 
+    /// The TLS client config trusting the door.
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.tls.clone()
+    }
+
     /// A TLS session on a new connection, handshake done.
     pub fn connect(&self, timeout: Duration) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
         let tcp = TcpStream::connect(self.addr)?;

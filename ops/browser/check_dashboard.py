@@ -62,7 +62,7 @@ class Page:
             if state and state.startswith("complete ") and path in state:
                 return
             time.sleep(0.1)
-        fail(f"the page never reached {path} ({what}); last: {state}")
+        fail(f"the page never reached {path} ({what}); last: {state}: {self.js('document.body.innerText.slice(0, 300)')}")
 
     def go(self, url, path):
         self.call("Page.navigate", url=url)

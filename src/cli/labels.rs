@@ -7,7 +7,7 @@
 //! build number. Each also sets `ci` to the system's name. A `--label`
 //! with the same key wins.
 
-use license_broker::value::labels::MAX_VALUE;
+use license_broker::value::labels::fit_value;
 use license_broker::value::{Invalid, Labels};
 
 /// (environment variable, label key) per CI system, after its marker.
@@ -40,8 +40,7 @@ pub fn of_job(explicit: &[(String, String)], env: impl Fn(&str) -> Option<String
     for (var, key) in vars {
         if let Some(v) = set(var) {
             // A CI system's value is not ours to refuse: keep what fits.
-            let v: String = v.chars().filter(|c| !c.is_control()).take(MAX_VALUE).collect();
-            pairs.push((key.to_string(), v));
+            pairs.push((key.to_string(), fit_value(&v)));
         }
     }
     pairs.extend(explicit.iter().cloned());
@@ -51,6 +50,7 @@ pub fn of_job(explicit: &[(String, String)], env: impl Fn(&str) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use license_broker::value::labels::MAX_VALUE;
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())

@@ -102,12 +102,22 @@ pub struct ServeArgs {
     /// --tls-cert or DATA_DIR/tls/cert.pem).
     #[arg(env = "LB_HTTP_CERT", long, requires = "http_key")]
     http_cert: Option<PathBuf>,
+    /// A `Host` name the web door serves (repeat, or comma-separate), besides
+    /// its listen address, localhost and its certificate's names; requests
+    /// naming any other host are refused (DNS rebinding).
+    #[arg(env = "LB_HTTP_HOSTS", long = "http-host", value_name = "NAME", value_delimiter = ',')]
+    http_hosts: Vec<String>,
     /// PEM private key matching --http-cert.
     #[arg(env = "LB_HTTP_KEY", long, requires = "http_cert")]
     http_key: Option<PathBuf>,
-    /// Require `Authorization: Bearer TOKEN` on /metrics.
-    #[arg(env = "LB_METRICS_TOKEN", long, hide_env_values = true)]
+    /// Require `Authorization: Bearer TOKEN` on /metrics. Prefer
+    /// LB_METRICS_TOKEN or --metrics-token-file: a token on the command line
+    /// is visible to other users of the host (warned about).
+    #[arg(env = "LB_METRICS_TOKEN", long, hide_env_values = true, conflicts_with = "metrics_token_file")]
     metrics_token: Option<String>,
+    /// A file whose first line is the token /metrics requires.
+    #[arg(env = "LB_METRICS_TOKEN_FILE", long, value_name = "PATH")]
+    metrics_token_file: Option<PathBuf>,
     /// Keep the per-minute utilization history (and the ended sessions) this long.
     #[arg(env = "LB_HISTORY_MINUTES", long, default_value = "35d", value_parser = humantime::parse_duration)]
     history_minutes: Duration,
@@ -222,12 +232,13 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.restart_grace = a.restart_grace;
     options.max_waiters = a.max_waiters;
     options.http = (!a.no_http).then(|| a.http.unwrap_or_else(|| default_http(a.listen)));
+    options.http_hosts = a.http_hosts;
     options.http_tls = match (a.http_plain, a.http_cert.zip(a.http_key)) {
         (true, _) => HttpTls::Plain,
         (false, Some((cert, key))) => HttpTls::Files(TlsFiles { cert, key }),
         (false, None) => HttpTls::Broker,
     };
-    options.metrics_token = a.metrics_token;
+    options.metrics_token = metrics_token(a.metrics_token, a.metrics_token_file.as_deref())?;
     options.history = (!a.no_history).then_some(license_broker::history::Retention {
         minutes: a.history_minutes,
         hours: a.history_hours,
@@ -267,6 +278,27 @@ fn names(orgs: &[license_broker::core::OrgName]) -> String {
         out.push(&more);
     }
     out.join(",")
+}
+
+/// The token `/metrics` requires: given (warned about when it came on the
+/// command line, where `ps` shows it), or read from a file's first line.
+fn metrics_token(given: Option<String>, file: Option<&std::path::Path>) -> Result<Option<String>> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading --metrics-token-file {}: {e}", path.display()))?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            bail!("--metrics-token-file {} holds no token on its first line", path.display());
+        }
+        return Ok(Some(token));
+    }
+    if std::env::args().any(|a| a == "--metrics-token" || a.starts_with("--metrics-token=")) {
+        tracing::warn!(
+            "a metrics token on the command line is visible to other users of this host; \
+             use LB_METRICS_TOKEN or --metrics-token-file"
+        );
+    }
+    Ok(given)
 }
 
 /// The web door's default address: TCP on loopback at the QUIC port's

@@ -454,9 +454,17 @@ impl Broker {
 
     /// Live sessions of an org (Owner/Admin).
     pub fn sessions(&self, p: &Principal, org: &OrgName) -> Result<Vec<SessionInfo>> {
-        p.require_admin(org)?;
-        self.dir.read().org(org)?;
+        self.require_session_reader(p, org)?;
         Ok(self.sessions.list(|pool| &pool.org == org))
+    }
+
+    /// Refuses unless `p` may see `org`'s sessions, live or ended, with who
+    /// held them (user, machine, labels): the org's Owners and Admins. The
+    /// one rule for every door (QUIC lists, the API, the CLI, the page);
+    /// Users and the operator read the numbers and charts, not who.
+    pub fn require_session_reader(&self, p: &Principal, org: &OrgName) -> Result<()> {
+        p.require_admin(org)?;
+        self.dir.read().org(org).map(|_| ())
     }
 
     /// When each live session of `org`'s `pool` started, for replaying
@@ -475,8 +483,7 @@ impl Broker {
         after: Option<SessionId>,
         limit: usize,
     ) -> Result<(Vec<SessionInfo>, bool)> {
-        p.require_admin(org)?;
-        self.dir.read().org(org)?;
+        self.require_session_reader(p, org)?;
         Ok(self.sessions.page(after, limit, |pool| &pool.org == org))
     }
 

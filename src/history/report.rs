@@ -147,8 +147,8 @@ pub struct SessionsAsk {
 }
 
 /// Checks a question about sessions of `org` that ended in `from..to`,
-/// at most `limit`, after the cursor (end ms, session id). Members read
-/// their org; the operator every org.
+/// at most `limit`, after the cursor (end ms, session id). The org's
+/// Owners and Admins only (`Broker::require_session_reader`).
 pub fn sessions(
     core: &Broker,
     h: Option<&History>,
@@ -158,7 +158,8 @@ pub fn sessions(
     after: Option<(u64, u64)>,
     limit: usize,
 ) -> Result<SessionsAsk, ReportError> {
-    core.status(p, Some(org))?;
+    // Who held a session is for the org's Owners and Admins, as live lists are.
+    core.require_session_reader(p, org)?;
     history(h)?;
     range(from, to)?;
     let filter = SessionFilter::default();

@@ -2,9 +2,11 @@
 //! given as `Authorization: Bearer KEY` (scripts, the JSON/CSV API) or
 //! exchanged once at sign-in for a cookie (the dashboard).
 //!
-//! The cookie holds the key's hash and an expiry, signed with HMAC-SHA256
-//! under a secret made at start (so a restart signs everyone out), never
-//! the key itself; it is `HttpOnly` (no script reads it) and
+//! The cookie holds the key's hash, an expiry and a sign-in id, signed
+//! with HMAC-SHA256 under a secret made at start (so a restart signs
+//! everyone out), never the key itself. The id is live on the server
+//! (`SignIns`) until signing out ends it, so a copy of a cookie is worth
+//! nothing after its owner signed out; it is `HttpOnly` (no script reads it) and
 //! `SameSite=Strict` (no other site's page sends it), and under TLS
 //! `Secure` and named `__Host-lb_session` (`COOKIE_TLS`). Every request looks
 //! the hash up again, so a revoked key or a removed member is signed out at
@@ -12,8 +14,10 @@
 //! the cookie (`csrf_token`).
 
 use axum::http::{header, HeaderMap, StatusCode};
+use parking_lot::Mutex;
 use ring::hmac;
 
+use crate::core::hash::FastMap;
 use crate::core::{KeyHash, Principal};
 use crate::http::Web;
 use crate::operations::SignIn;
@@ -43,22 +47,25 @@ impl Signer {
         Ok(Signer { key })
     }
 
-    /// The cookie value for `hash`, valid until `expires` (ms).
-    pub fn cookie(&self, hash: &KeyHash, expires: u64) -> String {
-        let payload = format!("{}.{expires}", crate::keys::hex(&hash.0));
+    /// The cookie value of sign-in `id` of `hash`, valid until `expires` (ms).
+    pub fn cookie(&self, hash: &KeyHash, expires: u64, id: u64) -> String {
+        let payload = format!("{}.{expires}.{id:016x}", crate::keys::hex(&hash.0));
         let tag = hmac::sign(&self.key, payload.as_bytes());
         format!("{payload}.{}", crate::keys::hex(tag.as_ref()))
     }
 
-    /// The key hash a cookie value stands for, if it is ours and not expired at `now`.
-    pub fn open(&self, value: &str, now: u64) -> Option<KeyHash> {
+    /// The key hash and sign-in id a cookie value stands for, if it is ours
+    /// and not expired at `now` (whether the sign-in is still live is
+    /// `SignIns::is_live`'s to say).
+    pub fn open(&self, value: &str, now: u64) -> Option<(KeyHash, u64)> {
         let (payload, tag) = value.rsplit_once('.')?;
         hmac::verify(&self.key, payload.as_bytes(), &unhex(tag)?).ok()?;
-        let (hash, expires) = payload.split_once('.')?;
+        let mut parts = payload.split('.');
+        let (hash, expires, id) = (parts.next()?, parts.next()?, parts.next()?);
         if expires.parse::<u64>().ok()? <= now {
             return None;
         }
-        Some(KeyHash(unhex(hash)?.try_into().ok()?))
+        Some((KeyHash(unhex(hash)?.try_into().ok()?), u64::from_str_radix(id, 16).ok()?))
     }
 
     /// The CSRF token of a cookie value: forms that change something must
@@ -66,6 +73,54 @@ impl Signer {
     pub fn csrf_token(&self, cookie: &str) -> String {
         let tag = hmac::sign(&self.key, format!("csrf.{cookie}").as_bytes());
         crate::keys::hex(&tag.as_ref()[..16])
+    }
+
+    /// A tag vouching that this door said `what` to the browser of
+    /// `cookie` (a flash message carried in a redirect's address): a link
+    /// made by anyone else, or for another browser, carries none that holds.
+    pub fn flash_tag(&self, cookie: &str, what: &str) -> String {
+        let tag = hmac::sign(&self.key, format!("flash.{cookie}.{what}").as_bytes());
+        crate::keys::hex(&tag.as_ref()[..16])
+    }
+}
+
+/// The live sign-ins: id → expiry (ms). Signing out removes one; a cookie
+/// whose id is not here signs no one in.
+#[derive(Default)]
+pub struct SignIns {
+    live: Mutex<FastMap<u64, u64>>,
+}
+
+/// Sign-ins live at once. Past it the oldest is ended (signed out), never
+/// kept: the table is bounded whoever signs in how often.
+pub const MAX_SIGN_INS: usize = 65_536;
+
+impl SignIns {
+    /// A new sign-in until `expires`: its id.
+    pub fn start(&self, expires: u64, now: u64) -> Result<u64, crate::keys::RandomUnavailable> {
+        let id = crate::keys::random_u128()? as u64;
+        let mut live = self.live.lock();
+        if live.len() >= MAX_SIGN_INS {
+            live.retain(|_, e| *e > now);
+        }
+        if live.len() >= MAX_SIGN_INS {
+            // Bounded above: the map is full, so it has a first-ending entry.
+            if let Some(oldest) = live.iter().min_by_key(|(_, e)| **e).map(|(id, _)| *id) {
+                live.remove(&oldest);
+            }
+        }
+        live.insert(id, expires);
+        Ok(id)
+    }
+
+    /// Whether sign-in `id` is live at `now`.
+    pub fn is_live(&self, id: u64, now: u64) -> bool {
+        self.live.lock().get(&id).is_some_and(|e| *e > now)
+    }
+
+    /// Ends sign-in `id` (signing out).
+    pub fn end(&self, id: u64) {
+        self.live.lock().remove(&id);
     }
 }
 
@@ -141,6 +196,19 @@ pub(super) async fn sign_in(web: &Web, hash: &KeyHash) -> Result<Principal, Opti
     }
 }
 
+/// The caller signed in with the request's cookie, with the cookie's value
+/// (for `Signer::csrf_token`): the cookie must be ours, unexpired, its
+/// sign-in not ended, and its key still valid.
+pub fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
+    let value = cookie(headers, web.cookie_name())?;
+    let now = web.ops.clock().now().0;
+    let (hash, id) = web.signer.open(value, now)?;
+    if !web.sign_ins.is_live(id, now) {
+        return None;
+    }
+    web.ops.core().authenticate(&hash).ok().map(|p| (p, value.to_string()))
+}
+
 /// The caller: by bearer key, else by sign-in cookie.
 pub(super) async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principal, super::api::Refusal> {
     let bearer =
@@ -152,12 +220,12 @@ pub(super) async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principa
             None => unauthorized("unknown or revoked API key").failed_auth(),
         });
     }
-    let signed_in = cookie(headers, web.cookie_name()).and_then(|c| web.signer.open(c, web.ops.clock().now().0));
-    match signed_in {
-        Some(hash) => {
-            web.ops.core().authenticate(&hash).map_err(|_| unauthorized("the key you signed in with was revoked"))
-        }
-        None => Err(unauthorized("sign in, or send Authorization: Bearer API_KEY")),
+    match signed_in(web, headers) {
+        Some((p, _)) => Ok(p),
+        None => Err(unauthorized(
+            "sign in (again: a sign-in ends when you sign out, the key is revoked or the broker restarts), \
+             or send Authorization: Bearer API_KEY",
+        )),
     }
 }
 
@@ -169,13 +237,25 @@ mod tests {
     fn a_cookie_opens_only_unexpired_and_untouched() {
         let s = Signer::new().unwrap();
         let hash = KeyHash([7; 32]);
-        let c = s.cookie(&hash, 1_000);
-        assert_eq!(s.open(&c, 999), Some(hash));
+        let c = s.cookie(&hash, 1_000, 42);
+        assert_eq!(s.open(&c, 999), Some((hash, 42)));
         assert_eq!(s.open(&c, 1_000), None, "expired");
         let forged = c.replacen("1000", "9999", 1);
         assert_eq!(s.open(&forged, 999), None, "the expiry is signed");
         assert_eq!(Signer::new().unwrap().open(&c, 999), None, "another run's secret");
         assert_ne!(s.csrf_token(&c), s.csrf_token(&forged));
+        assert_ne!(s.csrf_token(&c), s.csrf_token(&s.cookie(&hash, 1_000, 43)), "each sign-in its own token");
+    }
+
+    #[test]
+    fn a_sign_in_lives_until_it_ends_or_expires() {
+        let s = SignIns::default();
+        let id = s.start(1_000, 0).unwrap();
+        assert!(s.is_live(id, 999));
+        assert!(!s.is_live(id, 1_000), "expired");
+        assert!(!s.is_live(id ^ 1, 999), "an id never started");
+        s.end(id);
+        assert!(!s.is_live(id, 999), "signed out");
     }
 
     #[test]

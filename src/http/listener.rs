@@ -4,10 +4,11 @@
 //! its deadlines: the TLS handshake and then every request head within
 //! `Limits::head` (so an idle keep-alive ends then too), no answer left
 //! untaken for `Limits::write_stall`, no connection older than
-//! `Limits::lifetime`. At most `connections + reserved` are served at once
-//! (the next waits in the kernel's accept backlog). The TLS handshake runs
-//! on the connection's own task, so a client that never finishes one holds
-//! its slot for seconds, never the accept loop.
+//! `Limits::lifetime`. At most `connections + reserved` are served at once;
+//! when all are taken, a new connection takes the slot of the one idle
+//! longest (`roster`), or waits for one to free up to `Limits::head`. The
+//! TLS handshake runs on the connection's own task, so a client that never
+//! finishes one holds its slot for seconds, never the accept loop.
 
 use std::future::Future;
 use std::io;
@@ -30,6 +31,7 @@ use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 
 use super::budget::{Budget, Held, Limits};
+use super::roster::{Place, Roster};
 
 /// A connection's claim on a general slot (`Budget::general`), taken by
 /// its first request for more than a scrape and kept until it closes;
@@ -63,44 +65,49 @@ pub(super) async fn serve(
 ) {
     let limits = *budget.limits();
     let slots = Arc::new(Semaphore::new((limits.connections + limits.reserved).max(1)));
+    let roster = Arc::new(Roster::new());
     loop {
-        let accepted = tokio::select! {
-            // The semaphore is never closed, so this always yields a permit.
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => accept(&listener, permit).await,
-                Err(_) => return,
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: try again a little later.
+                    tracing::debug!("web door accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
             },
             _ = stop.changed() => return,
         };
-        let Some((tcp, peer, slot)) = accepted else { continue };
-        let held = match budget.admit(peer.ip()) {
-            Ok(held) => held,
+        let admitted = match budget.admit(peer.ip()) {
+            Ok(held) => slot(&slots, &roster, limits.head).await.map(|slot| (slot, held)).ok_or("every slot is busy"),
+            Err(why) => Err(why.name()),
+        };
+        let (slot, held) = match admitted {
+            Ok(admitted) => admitted,
             Err(why) => {
                 if budget.may_log() {
-                    tracing::warn!(remote = %peer, reason = why.name(), door = "http", "refusing connection");
+                    tracing::warn!(remote = %peer, reason = why, door = "http", "refusing connection");
                 }
                 continue;
             }
         };
-        let conn = Conn { peer, app: app.clone(), limits, _slot: (slot, held), stop: stop.clone() };
+        let place = roster.join();
+        let conn = Conn { peer, app: app.clone(), limits, _slot: (slot, held), place, stop: stop.clone() };
         tokio::spawn(conn.run(tcp, tls.clone()));
     }
 }
 
-/// The next connection, holding `slot`; `None` after a failed accept
-/// (out of file descriptors: the loop tries again a little later).
-async fn accept(
-    listener: &TcpListener,
-    slot: OwnedSemaphorePermit,
-) -> Option<(TcpStream, SocketAddr, OwnedSemaphorePermit)> {
-    match listener.accept().await {
-        Ok((tcp, peer)) => Some((tcp, peer, slot)),
-        Err(e) => {
-            tracing::debug!("web door accept failed: {e}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
-        }
+/// A slot for a new connection: a free one, else the one the connection
+/// idle longest holds (it is closed), else whichever frees first within
+/// `wait`; `None` when none does.
+async fn slot(slots: &Arc<Semaphore>, roster: &Roster, wait: Duration) -> Option<OwnedSemaphorePermit> {
+    if let Ok(free) = slots.clone().try_acquire_owned() {
+        return Some(free);
     }
+    roster.evict_idlest();
+    // The semaphore is never closed: an error is only the timeout.
+    tokio::time::timeout(wait, slots.clone().acquire_owned()).await.ok()?.ok()
 }
 
 /// One accepted connection and what serving it needs.
@@ -110,13 +117,24 @@ struct Conn {
     limits: Limits,
     /// The door's slot and the address's, released when the connection ends.
     _slot: (OwnedSemaphorePermit, Held),
+    /// Its place in the roster: busy or idle, and told to close when evicted.
+    place: Place,
     stop: watch::Receiver<bool>,
 }
 
 impl Conn {
+    /// Serves the connection until it ends or is evicted for a newcomer.
+    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+        let (entry, peer) = (self.place.entry.clone(), self.peer);
+        tokio::select! {
+            () = self.serve(tcp, tls) => {}
+            () = entry.evicted() => tracing::debug!(%peer, "web door connection closed for a newcomer (idle longest)"),
+        }
+    }
+
     /// TLS (if any), then HTTP/1 until the client leaves, a deadline
     /// passes or the broker stops.
-    async fn run(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn serve(self, tcp: TcpStream, tls: Option<TlsAcceptor>) {
         let _ = tcp.set_nodelay(true);
         let io = Timed::new(tcp, self.limits.lifetime, self.limits.write_stall);
         match tls {
@@ -133,11 +151,18 @@ impl Conn {
         let peer = self.peer;
         let app = TowerToHyperService::new(self.app.clone());
         // Handlers learn the caller's address (`ConnectInfo`) from the request.
-        let lane = Lane::default();
+        let (lane, entry) = (Lane::default(), self.place.entry.clone());
         let service = hyper::service::service_fn(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(lane.clone());
-            app.call(req)
+            let (answer, entry) = (app.call(req), entry.clone());
+            // Busy from the head's arrival until the answer's head is ready.
+            entry.busy();
+            async move {
+                let r = answer.await;
+                entry.idle();
+                r
+            }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())

@@ -23,9 +23,12 @@ mod api;
 pub mod auth;
 mod budget;
 mod console;
+mod csrf;
 pub mod dashboard;
 mod listener;
 mod metrics;
+mod origin;
+mod roster;
 
 pub use budget::Limits;
 pub use metrics::MAX_ORGS;
@@ -56,12 +59,16 @@ pub struct Web {
     ops: Arc<Operations>,
     /// Signs the sign-in cookies (a secret made at start).
     signer: auth::Signer,
+    /// The sign-ins not ended yet.
+    sign_ins: auth::SignIns,
     /// A bearer token `/metrics` requires, if set.
     metrics_token: Option<String>,
     /// TLS, unless the door is plain HTTP (`--http-plain`).
     tls: Option<Arc<rustls::ServerConfig>>,
     /// What strangers may hold, per address and in all.
     budget: Arc<budget::Budget>,
+    /// The `Host` names the door answers to.
+    hosts: origin::Hosts,
     quic: Arc<dyn Door>,
 }
 
@@ -73,6 +80,13 @@ pub struct Config {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Budgets and deadlines.
     pub limits: Limits,
+    /// `Host` names served besides the listen address, `localhost` and the
+    /// certificate's (`--http-host`).
+    pub hosts: Vec<String>,
+    /// The address the door is bound to.
+    pub listen: std::net::SocketAddr,
+    /// The certificate it presents (`crate::tls::leaf_certificate`).
+    pub cert: Option<rustls::pki_types::CertificateDer<'static>>,
 }
 
 impl Web {
@@ -82,9 +96,11 @@ impl Web {
         config: Config,
         quic: Arc<dyn Door>,
     ) -> Result<Web, crate::keys::RandomUnavailable> {
-        let Config { metrics_token, tls, limits } = config;
+        let Config { metrics_token, tls, limits, hosts, listen, cert } = config;
         let budget = Arc::new(budget::Budget::new(limits));
-        Ok(Web { ops, signer: auth::Signer::new()?, metrics_token, tls, budget, quic })
+        let hosts = origin::Hosts::new(&hosts, listen, cert);
+        let (signer, sign_ins) = (auth::Signer::new()?, auth::SignIns::default());
+        Ok(Web { ops, signer, sign_ins, metrics_token, tls, budget, hosts, quic })
     }
 
     /// Whether the door speaks TLS (secure cookies, HSTS).
@@ -93,10 +109,29 @@ impl Web {
     }
 }
 
-/// Serves the web door on `listener` until `stop` fires.
+/// Serves the web door on `listener` until `stop` fires: `routes()`, each
+/// behind the door's guards, outermost first: the security headers on
+/// every answer (`guarded`); a `Host` the door serves, and for anything
+/// but GET and HEAD the browser's word that it comes from our own pages
+/// (`origin`); the budgets and the count of failed authentications
+/// (`budgeted`); a form POST's CSRF token (`csrf`).
 pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop: watch::Receiver<bool>) {
     let tls = web.tls.clone().map(tokio_rustls::TlsAcceptor::from);
-    let app = Router::new()
+    let app = routes()
+        .layer(axum::middleware::from_fn(timed))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), csrf::checked))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), origin::checked))
+        .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
+        .with_state(web.clone());
+    listener::serve(listener, app, tls, web.budget.clone(), stop).await;
+}
+
+/// Every page and endpoint of the door. Add new ones here (or merge them
+/// in here): a layer covers only the routes added before it, and `serve`
+/// puts the guards over all of these.
+fn routes() -> Router<Arc<Web>> {
+    Router::new()
         .route("/metrics", get(scrape))
         .route("/healthz", get(health))
         .route("/api/v1/usage", get(api::usage))
@@ -108,11 +143,6 @@ pub(crate) async fn serve(web: Arc<Web>, listener: tokio::net::TcpListener, stop
         .route("/org/{org}", get(dashboard::org_page))
         .route("/org/{org}/kill", axum::routing::post(dashboard::kill))
         .merge(console::routes())
-        .layer(axum::middleware::from_fn(timed))
-        .layer(axum::middleware::from_fn_with_state(web.clone(), budgeted))
-        .layer(axum::middleware::from_fn_with_state(web.clone(), guarded))
-        .with_state(web.clone());
-    listener::serve(listener, app, tls, web.budget.clone(), stop).await;
 }
 
 /// Says how long the broker took over an answer (`Server-Timing:
@@ -148,7 +178,8 @@ const HSTS: &str = "max-age=31536000";
 /// every other plain-HTTP service on `localhost` to HTTPS in that browser
 /// (browsers ignore it for IP addresses anyway).
 async fn guarded(State(web): State<Arc<Web>>, req: Request, next: Next) -> Response {
-    let loopback = host_name(req.headers()).is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok());
+    let loopback =
+        origin::host_name(req.headers()).is_some_and(|h| h == "localhost" || h.parse::<std::net::IpAddr>().is_ok());
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
@@ -227,15 +258,6 @@ async fn lanes(web: &Web, ip: std::net::IpAddr, req: Request, next: Next) -> Res
             }))
         }),
     }
-}
-
-/// The request's `Host` without its port (an IPv6 literal without brackets).
-fn host_name(headers: &HeaderMap) -> Option<&str> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
-    if let Some(v6) = host.strip_prefix('[') {
-        return v6.split_once(']').map(|(ip, _)| ip);
-    }
-    Some(host.rsplit_once(':').map_or(host, |(name, _)| name))
 }
 
 async fn scrape(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {

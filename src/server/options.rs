@@ -56,6 +56,9 @@ pub struct Options {
     pub metrics_token: Option<String>,
     /// The web door's budgets and deadlines for strangers.
     pub http_limits: crate::http::Limits,
+    /// `Host` names the web door serves besides its listen address,
+    /// `localhost` and its certificate's names.
+    pub http_hosts: Vec<String>,
     /// Limits on connections that have not authenticated yet.
     pub strangers: GateLimits,
     /// Keep the utilization history (`history.redb` in the data dir) for
@@ -86,6 +89,7 @@ impl Options {
             http_tls: HttpTls::Broker,
             metrics_token: None,
             http_limits: crate::http::Limits::default(),
+            http_hosts: Vec::new(),
             strangers: GateLimits::for_max_connections(10_000),
             history: Some(crate::history::Retention::default()),
         }

@@ -65,9 +65,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         None => Listen::Bound(socket::bind(options.listen).map_err(bind_error)?),
     };
     let http = match options.http {
-        Some(addr) => {
-            Some(tokio::net::TcpListener::bind(addr).await.map_err(|source| SetupError::Bind { addr, source })?)
-        }
+        Some(addr) => Some(bind_web(addr).await?),
         None => None,
     };
     let clock = Clock::ahead(options.clock_ahead);
@@ -99,7 +97,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     }));
     let shared = Arc::new(door(options, ops, notices, tokens));
     let web = match http {
-        Some(listener) => Some((web(&shared)?, listener)),
+        Some((listener, bound)) => Some((web(&shared, bound)?, listener)),
         None => None,
     };
     let (stop, tasks, http_addr) = (watch::channel(false).0, Vec::new(), None);
@@ -127,15 +125,33 @@ fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>, tokens: t
     }
 }
 
-/// The web door over the same operations, showing this door's load.
-fn web(shared: &Shared) -> Result<Arc<crate::http::Web>, SetupError> {
+/// The web door's listener, and the address it got.
+async fn bind_web(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), SetupError> {
+    let what = || format!("binding the web door to {addr} (serve --http ADDR moves it, --no-http turns it off)");
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(SetupError::io(what()))?;
+    let bound = listener.local_addr().map_err(SetupError::io(what()))?;
+    Ok((listener, bound))
+}
+
+/// The web door over the same operations, bound to `bound`, showing this
+/// door's load.
+fn web(shared: &Shared, bound: SocketAddr) -> Result<Arc<crate::http::Web>, SetupError> {
     let o = &shared.options;
-    let tls = match &o.http_tls {
+    let files = match &o.http_tls {
         HttpTls::Plain => None,
-        HttpTls::Broker => Some(tls::http_server_config(&broker_tls(o))?),
-        HttpTls::Files(files) => Some(tls::http_server_config(files)?),
+        HttpTls::Broker => Some(broker_tls(o)),
+        HttpTls::Files(files) => Some(files.clone()),
     };
-    let config = crate::http::Config { metrics_token: o.metrics_token.clone(), tls, limits: o.http_limits };
+    let tls = files.as_ref().map(tls::http_server_config).transpose()?;
+    let cert = files.as_ref().map(tls::leaf_certificate).transpose()?;
+    let config = crate::http::Config {
+        metrics_token: o.metrics_token.clone(),
+        tls,
+        limits: o.http_limits,
+        hosts: o.http_hosts.clone(),
+        listen: bound,
+        cert,
+    };
     let web = crate::http::Web::new(shared.ops.clone(), config, shared.load.clone());
     Ok(Arc::new(web.map_err(|_| SetupError::Random)?))
 }

@@ -4,8 +4,11 @@
 //! Bounded, because a stranger with a member's key could otherwise make the
 //! broker hold any amount of text per session: at most `MAX_LABELS` pairs,
 //! keys of at most `MAX_KEY` characters from `[A-Za-z0-9_.-]`, values of at
-//! most `MAX_VALUE` characters without control characters. Keys are unique
-//! and kept sorted, so equal label sets compare equal.
+//! most `MAX_VALUE` characters without control characters, without the
+//! bidirectional-text controls that would make a page or a CSV cell show a
+//! job name other than the one given (U+202E...), and without the list's
+//! separator `,` (so `job=a,k=v` cannot pass for two labels). Keys are
+//! unique and kept sorted, so equal label sets compare equal.
 //!
 //! Cheap to clone and small when absent (one pointer): a session without
 //! labels costs nothing but the `None`.
@@ -82,13 +85,29 @@ fn check_key(k: &str) -> Result<(), Invalid> {
 }
 
 fn check_value(k: &str, v: &str) -> Result<(), Invalid> {
-    if v.chars().count() > MAX_VALUE || v.chars().any(char::is_control) {
+    if v.chars().count() > MAX_VALUE || !v.chars().all(allowed_in_value) {
         return Err(Invalid::new(
             "label",
-            format!("value of {k:?}: at most {MAX_VALUE} characters, no control characters"),
+            format!(
+                "value of {k:?}: at most {MAX_VALUE} characters, no control or bidirectional-text characters, no ','"
+            ),
         ));
     }
     Ok(())
+}
+
+/// Whether `c` may be in a label value: no control character, no
+/// bidirectional-text control or mark, not the separator `,`.
+pub fn allowed_in_value(c: char) -> bool {
+    let bidi = matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    !c.is_control() && !bidi && c != ','
+}
+
+/// `v` made a valid label value: refused characters dropped (the separator
+/// becomes a space), at most `MAX_VALUE` characters. For values that are
+/// not ours to refuse (a CI system's).
+pub fn fit_value(v: &str) -> String {
+    v.chars().map(|c| if c == ',' { ' ' } else { c }).filter(|c| allowed_in_value(*c)).take(MAX_VALUE).collect()
 }
 
 /// `key=value,key=value`.
@@ -149,6 +168,11 @@ mod tests {
         assert!(Labels::parse_pair("k=line\nbreak").is_err());
         assert!(Labels::parse_pair(&format!("k={}", "x".repeat(129))).is_err());
         assert_eq!(Labels::parse_pair("k=a=b").unwrap(), ("k".into(), "a=b".into()));
+        for spoof in ["e2e\u{202E}lmth.exe", "a\u{2066}b", "x\u{200F}", "e2e,pipeline=release"] {
+            assert!(Labels::parse_pair(&format!("job={spoof}")).is_err(), "{spoof:?}");
+        }
+        assert_eq!(fit_value("e2e\u{202E}x,y\n"), "e2ex y");
+        assert!(Labels::parse_pair("job=日本語 ok").is_ok(), "other text is fine");
         assert!(Labels::default().is_empty());
         let too_many: Vec<(String, String)> = (0..9).map(|i| (format!("k{i}"), "v".into())).collect();
         assert!(postcard::from_bytes::<Labels>(&postcard::to_allocvec(&too_many).unwrap()).is_err());

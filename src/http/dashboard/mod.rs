@@ -33,11 +33,10 @@ use view::{LiveView, OrgView, PoolView, RANGES};
 /// Most audit entries the page shows.
 const AUDIT_SHOWN: usize = 25;
 
-/// The caller signed in with the cookie, with the cookie's value.
+/// The caller signed in with the cookie, with the cookie's value
+/// (`auth::signed_in`).
 pub(crate) fn signed_in(web: &Web, headers: &HeaderMap) -> Option<(Principal, String)> {
-    let value = auth::cookie(headers, web.cookie_name())?;
-    let hash = web.signer.open(value, web.ops.clock().now().0)?;
-    web.ops.core().authenticate(&hash).ok().map(|p| (p, value.to_string()))
+    auth::signed_in(web, headers)
 }
 
 fn who(p: &Principal) -> String {
@@ -97,8 +96,12 @@ pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) 
             return r;
         }
     }
-    let expires = web.ops.clock().now().0 + auth::SIGN_IN_FOR.as_millis() as u64;
-    let cookie = web.set_cookie(&web.signer.cookie(&hash, expires), auth::SIGN_IN_FOR);
+    let now = web.ops.clock().now().0;
+    let expires = now + auth::SIGN_IN_FOR.as_millis() as u64;
+    let Ok(id) = web.sign_ins.start(expires, now) else {
+        return html(StatusCode::INTERNAL_SERVER_ERROR, view::sign_in(Some("The system's random source failed.")));
+    };
+    let cookie = web.set_cookie(&web.signer.cookie(&hash, expires, id), auth::SIGN_IN_FOR);
     let mut r = Redirect::to("/").into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         r.headers_mut().insert(header::SET_COOKIE, v);
@@ -106,8 +109,13 @@ pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) 
     r
 }
 
-/// `POST /signout`.
-pub(super) async fn sign_out(State(web): State<Arc<Web>>) -> Response {
+/// `POST /signout`: ends the sign-in on the server (its cookie, kept or
+/// copied, signs no one in any more) and clears the cookie.
+pub(super) async fn sign_out(State(web): State<Arc<Web>>, headers: HeaderMap) -> Response {
+    let opened = auth::cookie(&headers, web.cookie_name()).and_then(|c| web.signer.open(c, web.ops.clock().now().0));
+    if let Some((_, id)) = opened {
+        web.sign_ins.end(id);
+    }
     let mut r = Redirect::to("/").into_response();
     let gone = web.set_cookie("", std::time::Duration::ZERO);
     if let Ok(v) = HeaderValue::from_str(&gone) {
@@ -130,7 +138,7 @@ pub(super) async fn org_page(
         return html(StatusCode::NOT_FOUND, view::page("Not found", Some(&who(&p)), "<p>No such org.</p>"));
     };
     let range = q.get("range").cloned().unwrap_or_else(|| "week".into());
-    let flash = q.get("killed").map(|s| format!("Session {s} was ended."));
+    let flash = killed(&web, &cookie, &org, q.get("killed")).map(|s| format!("Session {s} was ended."));
     let s = web.clone();
     let turn = web.ops.report_turn().await;
     let built = tokio::task::spawn_blocking(move || {
@@ -148,6 +156,16 @@ pub(super) async fn org_page(
         Ok(Err(e)) => refused(e),
         Err(e) => html(StatusCode::INTERNAL_SERVER_ERROR, view::page("Error", None, &view::esc(&e.to_string()))),
     }
+}
+
+/// The session a `killed=SESSION.TAG` flash names, if this door's kill
+/// redirected this browser there (`Signer::flash_tag`): a link anyone
+/// could make shows nothing.
+fn killed(web: &Web, cookie: &str, org: &OrgName, flash: Option<&String>) -> Option<SessionId> {
+    let (session, tag) = flash?.split_once('.')?;
+    let session = session.parse::<SessionId>().ok()?;
+    let expected = web.signer.flash_tag(cookie, &format!("killed.{org}.{session}"));
+    auth::same_secret(tag, &expected).then_some(session)
 }
 
 /// The kill form's fields.
@@ -179,7 +197,10 @@ pub(super) async fn kill(
         return html(StatusCode::BAD_REQUEST, view::page("Refused", None, "<p class=\"err\">No such session.</p>"));
     };
     match web.ops.kill(web.ops.caller(&p), &org, session).await {
-        Ok(()) => Redirect::to(&format!("/org/{org}?killed={session}")).into_response(),
+        Ok(()) => {
+            let tag = web.signer.flash_tag(&cookie, &format!("killed.{org}.{session}"));
+            Redirect::to(&format!("/org/{org}?killed={session}.{tag}")).into_response()
+        }
         Err(e) => html(
             StatusCode::FORBIDDEN,
             view::page("Refused", None, &format!("<p class=\"err\">{}</p>", view::esc(&e.message))),

@@ -11,13 +11,18 @@
 //! - **slowloris**: opens every stream it may and sends most of a 64 KiB
 //!   frame on each, never the rest;
 //! - **failed-Hello flood**: sends `Hello`s with wrong keys as fast as the
-//!   broker answers.
+//!   broker answers;
+//!
+//! and four on the web door (HTTPS; `web`): idle sockets, slow request
+//! heads, reports never read, and wrong bearer keys as fast as answered.
 //!
 //! Meanwhile a legitimate runner (127.0.0.1) acquires and releases on its
 //! connection every 20 ms, and every 250 ms connects afresh, acquires and
 //! releases. Measured: the broker's resident memory (baseline, peak during
 //! the attack, and after the attackers leave, for up to 30 s), the
-//! runner's latencies, and whether any of its connections was refused.
+//! runner's latencies, and whether any of its connections was refused; and
+//! from 127.0.0.1 a `/metrics` scrape every second (10 s timeout: missed
+//! scrapes counted) and a signed-in org page every half second.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -34,6 +39,8 @@ use crate::report::{Errors, Lat, Report};
 use crate::scenarios::Params;
 use crate::target::{LoadOrg, Target};
 
+mod web;
+
 /// Source addresses the attackers spread over.
 const ATTACK_ADDRESSES: u8 = 8;
 /// How long an attacker waits before reconnecting after being closed.
@@ -45,6 +52,9 @@ const RECOVERY: Duration = Duration::from_secs(30);
 const PEAK_TARGET: u64 = 256 << 20;
 const RECOVERY_RATIO: f64 = 1.5;
 const P99_TARGET: Duration = Duration::from_millis(10);
+/// The web door's targets: a scrape's p99, a signed-in page's p99.
+const SCRAPE_P99_TARGET: Duration = Duration::from_millis(100);
+const PAGE_P99_TARGET: Duration = Duration::from_millis(200);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -52,15 +62,33 @@ enum Kind {
     NeverRead,
     Slowloris,
     FailedHellos,
+    Web(web::WebKind),
 }
 
-const KINDS: [Kind; 4] = [Kind::Silent, Kind::NeverRead, Kind::Slowloris, Kind::FailedHellos];
+const KINDS: [Kind; 8] = [
+    Kind::Silent,
+    Kind::NeverRead,
+    Kind::Slowloris,
+    Kind::FailedHellos,
+    Kind::Web(web::WebKind::Idle),
+    Kind::Web(web::WebKind::SlowHead),
+    Kind::Web(web::WebKind::UnreadReport),
+    Kind::Web(web::WebKind::FailedKeys),
+];
+
+/// A kind's name in the report (`web_idle`, `silent`...).
+fn name(kind: Kind) -> String {
+    match kind {
+        Kind::Web(w) => format!("web_{w:?}").to_lowercase(),
+        k => format!("{k:?}").to_lowercase(),
+    }
+}
 
 /// What the attackers managed, by kind.
 #[derive(Default)]
 struct AttackStats {
-    connected: [AtomicU64; 4],
-    refused: [AtomicU64; 4],
+    connected: [AtomicU64; 8],
+    refused: [AtomicU64; 8],
 }
 
 pub async fn run(target: &Target, p: &Params) -> Result<Report> {
@@ -79,11 +107,14 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     let stats = Arc::new(AttackStats::default());
     let mut attackers = Vec::new();
     let per_address = p.connections.div_ceil(usize::from(ATTACK_ADDRESSES));
-    // ABUSE_KINDS=Silent,NeverRead,... runs only those kinds (to see what each costs).
+    // ABUSE_KINDS=Silent,NeverRead,web_idle,... runs only those kinds (to
+    // see what each costs; any case).
     let kinds: Vec<Kind> = match std::env::var("ABUSE_KINDS") {
-        Ok(v) => KINDS.iter().copied().filter(|k| v.contains(&format!("{k:?}"))).collect(),
+        Ok(v) => KINDS.iter().copied().filter(|k| v.split(',').any(|n| n.eq_ignore_ascii_case(&name(*k)))).collect(),
         Err(_) => KINDS.to_vec(),
     };
+    let site = target.web()?.context("the spawned broker's web door")?;
+    let door = Arc::new(web::Door::new(&site, &org.key, org.org.as_str()));
     // The attackers run on a runtime of their own, optionally at a lower
     // CPU priority (`--attacker-nice`): on one box the attacker's own TLS
     // work competes with the broker for the same cores, which a remote
@@ -106,7 +137,11 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
             let kind = kinds[(usize::from(a) * per_address + i) % kinds.len()];
             let (endpoint, stop, stats) = (endpoint.clone(), stop.clone(), stats.clone());
             let server: SocketAddr = target.server.parse()?;
-            attackers.push(attack_rt.spawn(async move { attack(kind, endpoint, server, stop, stats).await }));
+            let attacker = match kind {
+                Kind::Web(w) => attack_rt.spawn(attack_web(w, door.clone(), ip, stop, stats)),
+                _ => attack_rt.spawn(async move { attack(kind, endpoint, server, stop, stats).await }),
+            };
+            attackers.push(attacker);
         }
     }
     drop(_in_attack_rt);
@@ -125,11 +160,16 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     };
     // The runner has a runtime (and thread) of its own: the 1,000 attacker
     // tasks in this process must not delay it, only the broker may.
+    let watched = {
+        let (key, name) = (org.key.clone(), org.org.to_string());
+        tokio::task::spawn_blocking(move || web::watch(site, &key, &name, ends))
+    };
     let legit = {
         let (opts, org) = (target.options(&org.key), org.clone());
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         tokio::task::spawn_blocking(move || runtime.block_on(legit_runner(opts, org, ends))).await??
     };
+    let watched = watched.await??;
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         a.abort();
@@ -162,12 +202,16 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     r.param("attack_addresses", ATTACK_ADDRESSES);
     r.param("attacker_nice", p.attacker_nice);
     for (i, kind) in KINDS.iter().enumerate() {
-        let name = format!("{kind:?}").to_lowercase();
+        let name = name(*kind);
         r.extra(&format!("attack_{name}_connections_made"), stats.connected[i].load(Ordering::Relaxed));
         r.extra(&format!("attack_{name}_refused"), stats.refused[i].load(Ordering::Relaxed));
     }
     r.latency("runner_acquire_release", &legit.pair);
     r.latency("runner_connect_acquire_release", &legit.fresh);
+    r.latency("web_scrape", &watched.scrape);
+    r.latency("web_signed_in_page", &watched.page);
+    r.extra("web_scrapes_missed", watched.scrapes_missed);
+    r.extra("web_pages_failed", watched.pages_failed);
     r.errors = legit.errors.0.clone();
     r.extra("broker_rss_baseline_mib", mib(baseline));
     r.extra("broker_rss_peak_mib", mib(peak));
@@ -176,10 +220,14 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     r.extra("runner_connects", legit.connects);
     r.extra("runner_connects_refused", legit.refused);
     let p99 = legit.pair.stats().p99_us;
+    let under = |lat: &Lat, target: Duration| lat.stats().p99_us <= target.as_micros() as u64;
     let targets = [
         ("target_peak_rss_le_256mib", peak <= PEAK_TARGET),
         ("target_memory_back_le_1.5x_within_30s", recovered_in.is_some()),
         ("target_runner_p99_le_10ms", p99 <= P99_TARGET.as_micros() as u64),
+        ("target_scrape_p99_le_100ms", under(&watched.scrape, SCRAPE_P99_TARGET)),
+        ("target_no_scrape_missed", watched.scrapes_missed == 0 && watched.scrape.stats().count > 0),
+        ("target_page_p99_le_200ms", under(&watched.page, PAGE_P99_TARGET)),
     ];
     for (name, met) in targets {
         r.extra(name, met);
@@ -278,6 +326,23 @@ async fn legit_runner(opts: ClientOptions, org: LoadOrg, ends: Instant) -> Resul
     })
 }
 
+/// One web attacker: misbehaves as `kind` from `ip` until the broker ends
+/// it, pauses, and again, until `stop`.
+async fn attack_web(
+    kind: web::WebKind,
+    door: Arc<web::Door>,
+    ip: IpAddr,
+    stop: Arc<AtomicBool>,
+    stats: Arc<AttackStats>,
+) {
+    let k = KINDS.iter().position(|x| *x == Kind::Web(kind)).unwrap_or(0);
+    while !stop.load(Ordering::Relaxed) {
+        let slot = if web::once(kind, &door, ip).await { &stats.connected[k] } else { &stats.refused[k] };
+        slot.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(RECONNECT_PAUSE).await;
+    }
+}
+
 /// A QUIC client endpoint on `ip` (any loopback address) trusting `ca`,
 /// without session resumption (every attacker pays a full handshake).
 fn attack_endpoint(ip: IpAddr, ca: &std::path::Path) -> Result<quinn::Endpoint> {
@@ -321,7 +386,8 @@ async fn attack(
         };
         stats.connected[k].fetch_add(1, Ordering::Relaxed);
         match kind {
-            Kind::Silent => {}
+            // The web door's kinds run in `attack_web`.
+            Kind::Silent | Kind::Web(_) => {}
             Kind::NeverRead => never_read(&conn).await,
             Kind::Slowloris => slowloris(&conn).await,
             Kind::FailedHellos => failed_hellos(&conn).await,
