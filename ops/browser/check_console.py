@@ -203,6 +203,9 @@ def as_user(page):
         fail(f"a User's grant with their own valid CSRF token answered {code}, not 403")
     if page.js(f"fetch('{ORG}/members').then(r => r.status)") != 403:
         fail("a User may read the members page")
+    page.go(f"{BASE}{ORG}/usage?preset=today", "/usage")
+    if page.count("svg.usage") != 1 or page.count("#export, #sessions tbody tr") != 0:
+        fail("a User's utilization page should chart the totals and list no one's sessions")
     page.screenshot(os.path.join(SHOTS, "console-user.png"), width=390)
     print("as a User ok: no control offered, a forged grant is refused with 403")
 

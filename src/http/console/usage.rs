@@ -60,6 +60,8 @@ struct Page {
     chart: String,
     /// Where the chart's numbers come from, in words.
     source: String,
+    /// Whether the caller may see who held the sessions (the table, Export).
+    readers: bool,
     rows: Vec<Row>,
     /// The query of the next page of the table, if any.
     next: Option<String>,
@@ -208,18 +210,27 @@ fn report_refused(e: ReportError) -> Response {
 }
 
 /// Everything the page shows, as `p` may see it.
-fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, shell: Shell) -> Result<Page, ReportError> {
+fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, mut shell: Shell) -> Result<Page, ReportError> {
     let core = web.ops.core();
     let h = web.ops.history().ok_or(ReportError::Off)?;
     let pools: Vec<String> = core.status(p, Some(org))?.iter().map(|st| st.pool.to_string()).collect();
-    let (bars, source) = if q.filter.user.is_none() && q.filter.machine.is_none() && q.filter.label.is_none() {
-        (from_rollups(web, h, p, org, &q)?, "from the per-minute history (exact seat time)".to_string())
-    } else {
+    // Who held the sessions is for the org's Owners and Admins (the core's
+    // rule); anyone else reads the totals and the chart.
+    let readers = core.require_session_reader(p, org).is_ok();
+    let by_who = q.filter.user.is_some() || q.filter.machine.is_some() || q.filter.label.is_some();
+    let (bars, source) = if by_who && readers {
         let kept = h.retention().minutes.as_secs() / 86_400;
         (from_sessions(web, h, p, org, &q)?, format!("from the ended sessions the broker keeps ({kept} days)"))
+    } else {
+        if by_who {
+            shell.error = Some("Only the org's Owners and Admins filter by user, machine or job (FORBIDDEN).".into());
+        }
+        (from_rollups(web, h, p, org, &q)?, "from the per-minute history (exact seat time)".to_string())
     };
-    let ask = report::sessions(core, Some(h), p, org, q.range, q.after, PAGE)?.filtered(q.filter.clone());
-    let (rows, next) = ask.read(h)?;
+    let (rows, next) = match readers {
+        true => report::sessions(core, Some(h), p, org, q.range, q.after, PAGE)?.filtered(q.filter.clone()).read(h)?,
+        false => (Vec::new(), None),
+    };
     let now = web.ops.clock().now();
     let query = q.pairs();
     let next = next.map(|(end, id)| format!("{query}&after={end}.{}", crate::core::SessionId(id)));
@@ -231,6 +242,7 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, shell: Shell) -> Re
         totals: bars.totals(),
         chart: if q.stacked { chart::stacked(&bars) } else { chart::lines(&bars) },
         source,
+        readers,
         rows: rows.into_iter().map(|(id, r)| row(id, r, now)).collect(),
         next,
         query,
