@@ -306,6 +306,7 @@ fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_org
     // others name the node that serves `default`, to its members (whose key
     // they do not hold) and to the operator (whose key every node takes in).
     let default_at = nodes.iter().find(|n| n.name == serving).unwrap().addr.clone();
+    let default_http = nodes.iter().find(|n| n.name == serving).unwrap().http.clone();
     for n in &nodes {
         let get = |key: &str| http::Web::tls(&n.http, &ca).get("/api/v1/usage?org=default", Some(key));
         let (member, operator_view) = (get(&owner_key), get(&operator));
@@ -317,6 +318,13 @@ fn orgs_spread_over_the_nodes_any_node_redirects_and_a_kill_9_moves_only_its_org
                 member.1.contains(&default_at) && operator_view.1.contains(&default_at),
                 "{member:?} {operator_view:?}"
             );
+            // A person signing in here is sent to the console of the node
+            // that serves their org.
+            let form = format!("key={owner_key}");
+            let (code, head, _) = http::Web::tls(&n.http, &ca)
+                .request("POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded", &form);
+            let location = head.lines().find_map(|l| l.strip_prefix("location: ")).unwrap_or_default();
+            assert_eq!((code, location), (303, format!("https://{default_http}/").as_str()), "{}: {head}", n.name);
         }
     }
 

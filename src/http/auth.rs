@@ -182,17 +182,45 @@ fn unauthorized(why: &str) -> super::api::Refusal {
     super::api::refuse(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", why)
 }
 
-/// Signs `hash` in (`Operations::sign_in`, routed as a `Hello` is). A
-/// refusal says why on a cluster node (which node serves the key's org);
-/// `None`: the key is unknown or revoked.
-pub(super) async fn sign_in(web: &Web, hash: &KeyHash) -> Result<Principal, Option<String>> {
+/// Why a key is not signed in on this node.
+pub(super) enum NotHere {
+    /// The key is unknown or revoked.
+    Unknown,
+    /// The key is known, but cannot be signed in now (why, in words).
+    Said(String),
+    /// Another node of the cluster serves the key's org: why, in words, and
+    /// that node's console, if it said where it is.
+    Elsewhere(String, Option<String>),
+}
+
+impl NotHere {
+    /// What to tell the caller, if anything beyond "unknown".
+    pub(super) fn said(&self) -> Option<&str> {
+        match self {
+            NotHere::Unknown => None,
+            NotHere::Said(why) | NotHere::Elsewhere(why, _) => Some(why),
+        }
+    }
+}
+
+/// Signs `hash` in (`Operations::sign_in`, routed as a `Hello` is).
+pub(super) async fn sign_in(web: &Web, hash: &KeyHash) -> Result<Principal, NotHere> {
     match web.ops.sign_in(hash).await {
         SignIn::Here(p) => Ok(p),
-        SignIn::Elsewhere(node) => Err(Some(format!(
-            "this node of the cluster does not serve your org: the node at {node} (its broker's address) does; use that node's ops endpoint"
-        ))),
-        SignIn::Moving => Err(Some("your org is moving between the cluster's nodes; try again in a few seconds".into())),
-        SignIn::Unknown => Err(None),
+        SignIn::Elsewhere(node) => {
+            let console = web.ops.cluster().and_then(|seat| seat.console_at(&node));
+            let go = console
+                .as_deref()
+                .map_or_else(|| "use that node's web door".to_string(), |c| format!("its console is at {c}"));
+            Err(NotHere::Elsewhere(
+                format!("this node of the cluster does not serve your org: the node at {node} (its broker's address) does; {go}"),
+                console,
+            ))
+        }
+        SignIn::Moving => {
+            Err(NotHere::Said("your org is moving between the cluster's nodes; try again in a few seconds".into()))
+        }
+        SignIn::Unknown => Err(NotHere::Unknown),
     }
 }
 
@@ -215,8 +243,8 @@ pub(super) async fn principal(web: &Web, headers: &HeaderMap) -> Result<Principa
         headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if let Some(key) = bearer {
         let signed = sign_in(web, &crate::keys::hash(key.trim())).await;
-        return signed.map_err(|why| match why {
-            Some(elsewhere) => unauthorized(&elsewhere),
+        return signed.map_err(|why| match why.said() {
+            Some(said) => unauthorized(said),
             None => unauthorized("unknown or revoked API key").failed_auth(),
         });
     }

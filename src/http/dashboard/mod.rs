@@ -89,8 +89,12 @@ pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) 
     let hash = crate::keys::hash(f.key.trim());
     match auth::sign_in(&web, &hash).await {
         Ok(_) => {}
-        Err(Some(elsewhere)) => return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&elsewhere))),
-        Err(None) => {
+        // Another node serves the key's org: its console signs the person in.
+        Err(auth::NotHere::Elsewhere(_, Some(console))) => return Redirect::to(&console).into_response(),
+        Err(auth::NotHere::Elsewhere(why, None) | auth::NotHere::Said(why)) => {
+            return html(StatusCode::UNAUTHORIZED, view::sign_in(Some(&why)))
+        }
+        Err(auth::NotHere::Unknown) => {
             let mut r = html(StatusCode::UNAUTHORIZED, view::sign_in(Some("That key is unknown or revoked.")));
             r.extensions_mut().insert(auth::Failed);
             return r;
