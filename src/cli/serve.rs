@@ -232,6 +232,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.restart_grace = a.restart_grace;
     options.max_waiters = a.max_waiters;
     options.http = (!a.no_http).then(|| a.http.unwrap_or_else(|| default_http(a.listen)));
+    options.http_default = a.http.is_none();
     options.http_hosts = a.http_hosts;
     options.http_tls = match (a.http_plain, a.http_cert.zip(a.http_key)) {
         (true, _) => HttpTls::Plain,

@@ -49,6 +49,10 @@ pub struct Options {
     /// Where to serve the web door (console, API, `/metrics`, `/healthz`),
     /// if anywhere (`serve` puts it on loopback unless told otherwise).
     pub http: Option<SocketAddr>,
+    /// Whether `http` is only the default (`serve` without `--http`): when
+    /// its port is taken, the door takes another on the same address (and
+    /// `serve` prints where) rather than the broker not starting.
+    pub http_default: bool,
     /// How the web door speaks: TLS (the broker's certificate or its own),
     /// or plain HTTP when asked for explicitly.
     pub http_tls: HttpTls,
@@ -86,6 +90,7 @@ impl Options {
             restart_grace: Duration::from_secs(10),
             max_waiters: 10_000,
             http: None,
+            http_default: false,
             http_tls: HttpTls::Broker,
             metrics_token: None,
             http_limits: crate::http::Limits::default(),

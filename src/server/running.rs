@@ -65,7 +65,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         None => Listen::Bound(socket::bind(options.listen).map_err(bind_error)?),
     };
     let http = match options.http {
-        Some(addr) => Some(bind_web(addr).await?),
+        Some(addr) => Some(bind_web(addr, options.http_default).await?),
         None => None,
     };
     let clock = Clock::ahead(options.clock_ahead);
@@ -125,10 +125,19 @@ fn door(options: Options, ops: Arc<Operations>, notices: Arc<Notices>, tokens: t
     }
 }
 
-/// The web door's listener, and the address it got.
-async fn bind_web(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), SetupError> {
+/// The web door's listener, and the address it got. The default address's
+/// port may be taken (it is the QUIC port's number, free for UDP, not
+/// always for TCP): then any free port on the same address.
+async fn bind_web(addr: SocketAddr, default: bool) -> Result<(tokio::net::TcpListener, SocketAddr), SetupError> {
     let what = || format!("binding the web door to {addr} (serve --http ADDR moves it, --no-http turns it off)");
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(SetupError::io(what()))?;
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Err(e) if default && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%addr, "the web door's default port is taken; taking another (serve --http ADDR sets one)");
+            tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).await
+        }
+        bound => bound,
+    };
+    let listener = listener.map_err(SetupError::io(what()))?;
     let bound = listener.local_addr().map_err(SetupError::io(what()))?;
     Ok((listener, bound))
 }
