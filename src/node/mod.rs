@@ -391,8 +391,18 @@ fn took(events: &impl Fn(Event), orgs: Vec<OrgName>) {
 
 /// The console's address as people elsewhere reach it: the web door's,
 /// with the node's advertised host when the door listens on every address.
+/// None for a door on loopback unless clients reach the node on loopback
+/// too (a cluster on one machine): another machine's browser would land on
+/// its own loopback.
 fn console_url(running: &Running, advertise: &str) -> Option<String> {
     let addr = running.http_addr()?;
+    let advertised_loopback = advertise
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or_else(|_| advertise.starts_with("localhost:"));
+    if addr.ip().is_loopback() && !advertised_loopback {
+        return None;
+    }
     let url = running.http_url()?;
     let scheme = url.split_once("://")?.0;
     let host = match addr.ip().is_unspecified() {

@@ -25,6 +25,8 @@ pub struct NewKey {
 /// An offline license made: its file's name and its content.
 #[derive(Clone, Debug)]
 pub struct OfflineFile {
+    /// The license's id, 32 hex digits (what `offline list` shows).
+    pub id: String,
     /// `KSE_<machine>.lic`-style name.
     pub file_name: String,
     /// The signed file.
@@ -140,14 +142,18 @@ impl Operations {
         let pending = self.core.create_offline(c.p, &order, c.now, |f| self.signing.sign(f))?;
         let (fields, content) = self.settle(pending).await?;
         self.deadline_added(fields.expires);
-        Ok(OfflineFile { file_name: fields.file_name(), content })
+        Ok(OfflineFile { id: fields.id.to_string(), file_name: fields.file_name(), content })
     }
 
     /// An offline license's file again, byte for byte as it was handed out
     /// (Owner/Admin).
     pub fn offline_file(&self, c: Caller<'_>, org: &OrgName, id: &str) -> Result<OfflineFile, WireError> {
         let fields = self.core.offline_fields(c.p, org, id)?;
-        Ok(OfflineFile { file_name: fields.file_name(), content: self.signing.sign(&fields) })
+        Ok(OfflineFile {
+            id: fields.id.to_string(),
+            file_name: fields.file_name(),
+            content: self.signing.sign(&fields),
+        })
     }
 
     /// An Owner/Admin ends a session of their org: audited first, then

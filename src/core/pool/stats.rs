@@ -37,7 +37,8 @@ pub struct PoolStatus {
     /// Runners waiting in the pool's queue.
     pub waiting: u32,
     /// Seats still held after a restart or a takeover for runners that
-    /// have not re-attached yet (none once the hold ends).
+    /// have not re-attached yet (none once the hold ends); counted in
+    /// `in_use` too.
     pub held: u32,
     /// Sessions ended since the pool was created, by reason (`EndReason::ALL` order).
     pub ends: [u64; 4],

@@ -118,17 +118,19 @@ pub fn lines(b: &Bars) -> String {
     frame(b, max, &mut out);
     let step = (W - LEFT) / b.days as f64;
     for (i, (_, v)) in b.by_pool.iter().enumerate() {
-        let points: Vec<String> = v
-            .iter()
-            .enumerate()
-            .map(|(d, ms)| format!("{:.1},{:.1}", LEFT + step * (d as f64 + 0.5), H - H * *ms as f64 / max as f64))
-            .collect();
+        let points: Vec<(f64, f64)> =
+            v.iter().enumerate().map(|(d, ms)| (LEFT + step * (d as f64 + 0.5), y_of(*ms, max))).collect();
+        let colour = COLOURS[i % COLOURS.len()];
+        let line: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
         let _ = write!(
             out,
-            r#"<polyline class="line" fill="none" stroke-width="1.8" stroke="{}" points="{}"/>"#,
-            COLOURS[i % COLOURS.len()],
-            points.join(" ")
+            r#"<polyline class="line" fill="none" stroke-width="1.8" stroke="{colour}" points="{}"/>"#,
+            line.join(" ")
         );
+        // A dot per day while days are few: a single day draws no line.
+        for (x, y) in points.iter().filter(|_| b.days <= 62) {
+            let _ = write!(out, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{colour}"/>"#);
+        }
     }
     out.push_str("</svg>");
     legend(b, &mut out);

@@ -128,8 +128,11 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crat
     if let Some(st) = current {
         page.pool = Some(subscription_box(st, subscription_end(web, org)));
         fill_lists(&mut page, web, &s.p, org, st.pool);
+        // An offline license this sign-in just made (looked up before the
+        // lists are cut, so it is found however many there are).
+        let created = s.vouched(web, q, "created");
+        page.created = created.and_then(|id| page.offline.iter().find(|o| o.id == id).cloned());
         narrow(&mut page, q.one("find"));
-        page.created = q.one("created").and_then(|id| page.offline.iter().find(|o| o.id == id).cloned());
     }
     Ok(page)
 }
@@ -224,8 +227,9 @@ fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
         title: title(st.pool),
         kse,
         quota: st.quota,
-        available: st.quota.saturating_sub(st.in_use).saturating_sub(st.held),
-        sessions: st.in_use.saturating_sub(st.activations).saturating_sub(st.offline),
+        // Seats held after a restart are counted in `in_use` already.
+        available: st.quota.saturating_sub(st.in_use),
+        sessions: st.in_use.saturating_sub(st.activations).saturating_sub(st.offline).saturating_sub(st.held),
         grants: st.grants,
         activations: st.activations,
         offline: st.offline,

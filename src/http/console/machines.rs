@@ -92,15 +92,20 @@ fn what_it_ends(
     machine: &MachineId,
 ) -> Result<Vec<String>, crate::core::Error> {
     let core = ops.core();
-    if !core.machines(p, org)?.iter().any(|m| m.pool == pool && &m.machine == machine) {
-        return Err(crate::core::Error::not_found("registered machine", machine.as_str()));
-    }
     let now = ops.clock().now();
+    // What `machine remove` removes in the pool: its registration, and the
+    // node-locked activations bound to it (which never register it).
+    let registered = core.machines(p, org)?.iter().any(|m| m.pool == pool && &m.machine == machine);
+    let bound: Vec<_> =
+        core.grants(p, org, Some(pool))?.into_iter().filter(|g| g.machine.as_ref() == Some(machine)).collect();
+    if !registered && bound.is_empty() {
+        return Err(crate::core::Error::not_found("machine", machine.as_str()));
+    }
     let sessions = core.sessions(p, org)?.into_iter().filter(|x| x.pool == pool && &x.machine == machine);
     let mut ends: Vec<String> = sessions
         .map(|x| format!("the live session {} of {} (started {})", x.session, x.user, when(x.started, now)))
         .collect();
-    for g in core.grants(p, org, Some(pool))?.into_iter().filter(|g| g.machine.as_ref() == Some(machine)) {
+    for g in bound {
         ends.push(format!("the node-locked activation of {} (their license stays granted)", g.email));
     }
     Ok(ends)

@@ -144,6 +144,20 @@ impl Signed {
         let (note, tag) = (q.one("note")?, q.one("tag")?);
         super::auth::same_secret(tag, &note_tag(web, &self.cookie, note)).then(|| note.to_string())
     }
+
+    /// `value` and this sign-in's tag for it, as query pairs `name` and
+    /// `NAME_tag`: what a redirect may carry for `vouched` to believe.
+    fn signed(&self, web: &Web, name: &str, value: &str) -> String {
+        let tag = note_tag(web, &self.cookie, &format!("{name}={value}"));
+        form::encode(&[(name, value), (&format!("{name}_tag"), &tag)])
+    }
+
+    /// The query's `name`, if this sign-in signed it (`signed`).
+    fn vouched<'q>(&self, web: &Web, q: &'q Fields, name: &str) -> Option<&'q str> {
+        let (value, tag) = (q.one(name)?, q.one(&format!("{name}_tag"))?);
+        let expected = note_tag(web, &self.cookie, &format!("{name}={value}"));
+        super::auth::same_secret(tag, &expected).then_some(value)
+    }
 }
 
 /// Longest note carried back to a page (a long batch is cut short).

@@ -208,8 +208,8 @@ pub(super) async fn create(
     let pool = target.pool;
     match web.ops.create_offline(s.caller(&web.ops), target, end).await {
         Ok(file) => {
-            let id = file.content.lines().find_map(|l| l.strip_prefix("license-id: ")).unwrap_or_default();
-            Redirect::to(&format!("/org/{org}/licenses?pool={pool}&created={id}#created")).into_response()
+            let created = s.signed(&web, "created", &file.id);
+            Redirect::to(&format!("/org/{org}/licenses?pool={pool}&{created}#created")).into_response()
         }
         Err(e) => {
             place(&mut form, e);

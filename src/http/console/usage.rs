@@ -44,8 +44,9 @@ const PAGE: usize = 50;
 /// Most ended sessions one export holds, and one page of a filtered chart's sum.
 const MAX_ROWS: usize = report::MAX_SESSIONS;
 
-/// Most pages a filtered chart reads (each reads at most `SCAN_MAX` rows).
-const MAX_PAGES: usize = 8;
+/// Most pages a filtered chart or an export reads (each reads at most
+/// `SCAN_MAX` stored rows, kept or not).
+const MAX_PAGES: usize = 3;
 
 #[derive(Template)]
 #[template(path = "usage.html")]
@@ -220,7 +221,9 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, mut shell: Shell) -
     let by_who = q.filter.user.is_some() || q.filter.machine.is_some() || q.filter.label.is_some();
     let (bars, source) = if by_who && readers {
         let kept = h.retention().minutes.as_secs() / 86_400;
-        (from_sessions(web, h, p, org, &q)?, format!("from the ended sessions the broker keeps ({kept} days)"))
+        let (bars, whole) = from_sessions(web, h, p, org, &q)?;
+        let cut = if whole { "" } else { "; only the range's first sessions were read: narrow the range for all" };
+        (bars, format!("from the ended sessions the broker keeps ({kept} days){cut}"))
     } else {
         if by_who {
             shell.error = Some("Only the org's Owners and Admins filter by user, machine or job (FORBIDDEN).".into());
@@ -280,24 +283,43 @@ fn from_rollups(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query)
 }
 
 /// Seat time per pool and day from the ended sessions the filter keeps,
-/// each clipped to the range and split over the days it spans.
-fn from_sessions(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query) -> Result<Bars, ReportError> {
+/// each clipped to the range and split over the days it spans; and
+/// whether every session of the range was read.
+fn from_sessions(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query) -> Result<(Bars, bool), ReportError> {
     let (from, to) = day_aligned(q.range);
     let mut bars = Bars::new(from, to);
-    let mut after = None;
-    // Each page reads at most `SCAN_MAX` rows: a bounded number of them.
-    for _ in 0..MAX_PAGES {
-        let ask = report::sessions(web.ops.core(), Some(h), p, org, q.range, after, MAX_ROWS)?;
-        let (rows, next) = ask.filtered(q.filter.clone()).read(h)?;
+    let whole = kept_pages(web, h, p, org, q, |rows| {
         for (_, r) in rows {
             bars.add_span(&r.pool, r.start.max(from.0), r.end.min(to.0));
         }
+        true
+    })?;
+    Ok((bars, whole))
+}
+
+/// Hands `each` the pages of ended sessions the question keeps, at most
+/// `MAX_PAGES` of them (each reads at most `SCAN_MAX` stored rows), until
+/// `each` says stop: whether the range was read to its end.
+fn kept_pages(
+    web: &Web,
+    h: &History,
+    p: &Principal,
+    org: &OrgName,
+    q: &Query,
+    mut each: impl FnMut(Vec<(u64, EndedRow)>) -> bool,
+) -> Result<bool, ReportError> {
+    let mut after = None;
+    for _ in 0..MAX_PAGES {
+        let ask = report::sessions(web.ops.core(), Some(h), p, org, q.range, after, MAX_ROWS)?;
+        let (rows, next) = ask.filtered(q.filter.clone()).read(h)?;
+        let more = each(rows);
         match next {
-            Some(cursor) => after = Some(cursor),
-            None => break,
+            Some(cursor) if more => after = Some(cursor),
+            Some(_) => return Ok(false),
+            None => return Ok(true),
         }
     }
-    Ok(bars)
+    Ok(false)
 }
 
 /// The range widened to whole UTC days (the chart's step).
@@ -328,28 +350,37 @@ pub(super) async fn export(
     })
     .await;
     match built {
-        Ok(Ok((name, body))) => {
+        Ok(Ok((name, body, whole))) => {
             let disposition = format!("attachment; filename=\"{name}\"");
-            let headers = [
+            let csv = [
                 (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
                 (header::CONTENT_DISPOSITION, disposition),
             ];
-            (headers, body).into_response()
+            let mut r = (csv, body).into_response();
+            if !whole {
+                let why = "the range holds more sessions than one export: narrow it, or page /api/v1/sessions";
+                r.headers_mut().insert("x-truncated", axum::http::HeaderValue::from_static(why));
+            }
+            r
         }
         Ok(Err(e)) => report_refused(e),
         Err(e) => super::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("the export failed: {e}")),
     }
 }
 
-/// The export's file name and body (at most `MAX_ROWS` sessions).
-fn csv(web: &Web, p: &Principal, org: &OrgName, q: &Query) -> Result<(String, String), ReportError> {
+/// The export's file name and body (at most `MAX_ROWS` sessions), and
+/// whether it holds every session of the question.
+fn csv(web: &Web, p: &Principal, org: &OrgName, q: &Query) -> Result<(String, String, bool), ReportError> {
     let h = web.ops.history().ok_or(ReportError::Off)?;
-    let ask = report::sessions(web.ops.core(), Some(h), p, org, q.range, None, MAX_ROWS)?.filtered(q.filter.clone());
-    let (rows, _) = ask.read(h)?;
     let mut body = String::from(export::SESSIONS_CSV_HEADER);
-    for (id, r) in &rows {
-        body.push_str(&export::session_csv(*id, r));
-    }
+    let mut rows = 0;
+    let whole = kept_pages(web, h, p, org, q, |page| {
+        for (id, r) in page.iter().take(MAX_ROWS - rows) {
+            body.push_str(&export::session_csv(*id, r));
+        }
+        rows = (rows + page.len()).min(MAX_ROWS);
+        rows < MAX_ROWS
+    })?;
     let name = format!("License Utilization_{org}_{}_{}.csv", q.from_day, q.to_day);
-    Ok((name, body))
+    Ok((name, body, whole))
 }
