@@ -86,7 +86,16 @@ impl Target {
         let ttl = humantime::format_duration(lease_ttl).to_string();
         // All load comes from one loopback address: lift the per-address
         // limits meant for strangers, or they would cap the measurement.
-        let lifted = ["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"];
+        let lifted = [
+            "--max-handshakes-per-address",
+            "10000000",
+            "--max-unauthenticated-per-address",
+            "100000",
+            "--http-max-connections-per-address",
+            "100000",
+            "--http-max-new-connections-per-address",
+            "10000000",
+        ];
         let base = ["--listen", &server, "--lease-ttl", &ttl, "--max-connections", "100000", "--drain-grace", "0s"];
         let lifted = if lift { &lifted[..] } else { &[] };
         let http = match http {

@@ -107,6 +107,12 @@ pub struct ServeArgs {
     /// naming any other host are refused (DNS rebinding).
     #[arg(env = "LB_HTTP_HOSTS", long = "http-host", value_name = "NAME", value_delimiter = ',')]
     http_hosts: Vec<String>,
+    /// Connections one source address may hold open on the web door at once.
+    #[arg(env = "LB_HTTP_MAX_CONNECTIONS_PER_ADDRESS", long, default_value_t = 16)]
+    http_max_connections_per_address: u32,
+    /// New web door connections one source address may open per second.
+    #[arg(env = "LB_HTTP_MAX_NEW_CONNECTIONS_PER_ADDRESS", long, default_value_t = 64)]
+    http_max_new_connections_per_address: u32,
     /// PEM private key matching --http-cert.
     #[arg(env = "LB_HTTP_KEY", long, requires = "http_cert")]
     http_key: Option<PathBuf>,
@@ -234,6 +240,8 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.http = (!a.no_http).then(|| a.http.unwrap_or_else(|| default_http(a.listen)));
     options.http_default = a.http.is_none();
     options.http_hosts = a.http_hosts;
+    options.http_limits.per_address = a.http_max_connections_per_address;
+    options.http_limits.new_per_address = a.http_max_new_connections_per_address;
     options.http_tls = match (a.http_plain, a.http_cert.zip(a.http_key)) {
         (true, _) => HttpTls::Plain,
         (false, Some((cert, key))) => HttpTls::Files(TlsFiles { cert, key }),

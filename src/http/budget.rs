@@ -53,7 +53,7 @@ impl Default for Limits {
             connections: 96,
             reserved: 16,
             per_address: 16,
-            new_per_address: 32,
+            new_per_address: 64,
             failures_per_address: 100,
             reports: 4,
             reports_per_address: 2,
