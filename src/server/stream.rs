@@ -23,8 +23,8 @@ use crate::core::{Millis, OrgName, Principal};
 use crate::latency;
 use crate::operations::TicketCache;
 use crate::proto::{
-    decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,
-    Request, Response, ServerFrame, WireError, MAX_FRAME,
+    decode_client, encode, hot, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello,
+    Outcome, Request, Response, ServerFrame, WireError, MAX_FRAME,
 };
 
 /// Most bytes taken from the stream per read (quinn hands over its own
@@ -78,6 +78,8 @@ struct Stream {
     out: Vec<u8>,
     /// The requests answered since the last write, by kind (for the latency histogram).
     tally: latency::Tally,
+    /// The names the last hot request carried, shared with the next.
+    recent: hot::Recent,
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
@@ -93,6 +95,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
         late,
         out,
         tally: <_>::default(),
+        recent: <_>::default(),
     };
     let mut frames = FrameBuf::new();
     // Whole frames already read but not yet handled (answers were flushed first).
@@ -147,7 +150,11 @@ impl Stream {
                 return (false, true);
             }
             let decoded = match frames.next_frame() {
-                Ok(Some(body)) => decode_client(body),
+                // The hot requests by hand, everything else (and every error) the generic way.
+                Ok(Some(body)) => match hot::request(body, &mut self.recent) {
+                    Some(frame) => ClientDecoded::Frame(frame),
+                    None => decode_client(body),
+                },
                 Ok(None) => return (false, false),
                 Err(e) => {
                     let code = match e {
@@ -330,6 +337,10 @@ pub(super) async fn write_within(shared: &Shared, ctx: &ConnCtx, send: &mut Send
 /// `RESPONSE_TOO_LARGE` error in its place: the broker never sends a frame
 /// its clients must refuse.
 pub(super) fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
+    // A hot answer is written by hand (and always fits).
+    if hot::response(id, &outcome, out) {
+        return;
+    }
     let start = out.len();
     encode(&ServerFrame::Response(Response { id, outcome }), out);
     let len = out.len() - start - 4;
