@@ -48,16 +48,16 @@ pub fn request(body: &[u8], recent: &mut Recent) -> Option<ClientFrame> {
     if r.byte()? != REQUEST {
         return None;
     }
-    let id = r.varint(10)? as u64;
+    let id = r.varint()?;
     let body = match r.byte()? {
         ACQUIRE => {
             let org = r.name(&mut recent.org, |s| OrgName::new(s))?;
             let pool = r.pool()?;
             let machine = r.name(&mut recent.machine, |s| MachineId::new(s))?;
-            Req::Acquire { org, pool, machine, nonce: Nonce(r.varint(19)?) }
+            Req::Acquire { org, pool, machine, nonce: Nonce(r.varint128()?) }
         }
-        RENEW => Req::Renew { session: SessionId(r.varint(10)? as u64) },
-        RELEASE => Req::Release { session: SessionId(r.varint(10)? as u64) },
+        RENEW => Req::Renew { session: SessionId(r.varint()?) },
+        RELEASE => Req::Release { session: SessionId(r.varint()?) },
         _ => return None,
     };
     r.rest.is_empty().then_some(ClientFrame::Request(Request { id, body }))
@@ -69,7 +69,7 @@ pub fn response(id: u64, outcome: &Outcome, out: &mut Vec<u8>) -> bool {
     let Outcome::Ok(resp) = outcome else { return false };
     let mut w = Writer { buf: [0; 80], len: 4 };
     w.bytes(&[RESPONSE]);
-    w.varint(id.into());
+    w.varint(id);
     match resp {
         Resp::Leased { session, deadline_ms, ttl_ms, reattached, token } => {
             w.lease(LEASED, *session, *deadline_ms, *ttl_ms, *reattached);
@@ -81,13 +81,13 @@ pub fn response(id: u64, outcome: &Outcome, out: &mut Vec<u8>) -> bool {
         }
         Resp::Extended { deadline_ms, token } => {
             w.bytes(&[OK, EXTENDED]);
-            w.varint((*deadline_ms).into());
+            w.varint(*deadline_ms);
             w.bytes(&[token.0.len() as u8]);
             w.bytes(&token.0);
         }
         Resp::Renewed { deadline_ms } => {
             w.bytes(&[OK, RENEWED]);
-            w.varint((*deadline_ms).into());
+            w.varint(*deadline_ms);
         }
         Resp::Released => w.bytes(&[OK, RELEASED]),
         _ => return false,
@@ -110,19 +110,28 @@ impl<'a> Reader<'a> {
         Some(b)
     }
 
-    /// A varint of at most `max` bytes (10 for a u64, 19 for a u128) in its
-    /// shortest form, fitting its type; `None` for anything else.
-    fn varint(&mut self, max: usize) -> Option<u128> {
+    /// A u64 varint in its shortest form; `None` for anything else.
+    fn varint(&mut self) -> Option<u64> {
+        let mut v: u64 = 0;
+        for i in 0..10 {
+            let b = self.byte()?;
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b < 0x80 {
+                // Shortest form only (no trailing zero group), and within 64 bits.
+                return ((i == 0 || b != 0) && (i < 9 || b <= 1)).then_some(v);
+            }
+        }
+        None
+    }
+
+    /// A u128 varint in its shortest form (a nonce), by the same rules.
+    fn varint128(&mut self) -> Option<u128> {
         let mut v: u128 = 0;
-        for i in 0..max {
+        for i in 0..19 {
             let b = self.byte()?;
             v |= u128::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                // Shortest form only (no trailing zero group), and no bits
-                // past the type's width in the last group.
-                let bits = if max == 10 { 64 } else { 128 };
-                let fits = 7 * i + (8 - b.leading_zeros() as usize) <= bits;
-                return ((i == 0 || b != 0) && fits).then_some(v);
+            if b < 0x80 {
+                return ((i == 0 || b != 0) && (i < 18 || b <= 3)).then_some(v);
             }
         }
         None
@@ -133,7 +142,7 @@ impl<'a> Reader<'a> {
     where
         T: Clone + AsText,
     {
-        let len = usize::try_from(self.varint(10)?).ok()?;
+        let len = usize::try_from(self.varint()?).ok()?;
         if len > self.rest.len() {
             return None;
         }
@@ -185,7 +194,7 @@ impl Writer {
         self.len += b.len();
     }
 
-    fn varint(&mut self, mut v: u128) {
+    fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
             self.bytes(&[(v as u8) | 0x80]);
             v >>= 7;
@@ -195,9 +204,9 @@ impl Writer {
 
     fn lease(&mut self, variant: u8, session: SessionId, deadline_ms: u64, ttl_ms: u64, reattached: bool) {
         self.bytes(&[OK, variant]);
-        self.varint(session.0.into());
-        self.varint(deadline_ms.into());
-        self.varint(ttl_ms.into());
+        self.varint(session.0);
+        self.varint(deadline_ms);
+        self.varint(ttl_ms);
         self.bytes(&[u8::from(reattached)]);
     }
 }

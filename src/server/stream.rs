@@ -80,6 +80,8 @@ struct Stream {
     tally: latency::Tally,
     /// The names the last hot request carried, shared with the next.
     recent: hot::Recent,
+    /// The fixed claims of the last token issued here (see `Tokens::issue_after`).
+    fixed: parking_lot::Mutex<super::token::Fixed>,
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
@@ -96,6 +98,7 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
         out,
         tally: <_>::default(),
         recent: <_>::default(),
+        fixed: <_>::default(),
     };
     let mut frames = FrameBuf::new();
     // Whole frames already read but not yet handled (answers were flushed first).
@@ -191,7 +194,7 @@ impl Stream {
         };
         let (key, proto, p) = (caller.key, caller.proto, caller.principal());
         let now = self.shared.ops.clock().now();
-        let call = Call { shared: &self.shared, ctx: &self.ctx, p, key, now, proto };
+        let call = Call { shared: &self.shared, ctx: &self.ctx, p, key, now, proto, fixed: &self.fixed };
         if let Some(reply) = handler::slow(&call, later, id, &self.late).await {
             respond(id, into_outcome(reply), &mut self.out);
         }
@@ -222,7 +225,7 @@ impl Stream {
         if shared.load.latencies.enabled() {
             self.tally.add(latency::op_of(&body));
         }
-        let call = Call { shared, ctx, p: principal, key, now, proto };
+        let call = Call { shared, ctx, p: principal, key, now, proto, fixed: &self.fixed };
         match handler::fast(&call, &mut self.tickets, body) {
             Ok(result) => {
                 respond(id, into_outcome(result), &mut self.out);
