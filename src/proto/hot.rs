@@ -67,7 +67,7 @@ pub fn request(body: &[u8], recent: &mut Recent) -> Option<ClientFrame> {
 /// hot answers; false (nothing appended) for any other.
 pub fn response(id: u64, outcome: &Outcome, out: &mut Vec<u8>) -> bool {
     let Outcome::Ok(resp) = outcome else { return false };
-    let mut w = Writer { buf: [0; 80], len: 4 };
+    let mut w = Writer { buf: [0; 96], len: 4 };
     w.bytes(&[RESPONSE]);
     w.varint(id);
     match resp {
@@ -182,9 +182,10 @@ impl AsText for MachineId {
 }
 
 /// Writes one frame into a buffer big enough for any hot answer (the
-/// largest, `Leased`, is at most 78 bytes with its prefix).
+/// largest, `Leased` with every varint at its longest, takes 81 bytes
+/// with its prefix).
 struct Writer {
-    buf: [u8; 80],
+    buf: [u8; 96],
     len: usize,
 }
 
@@ -243,6 +244,18 @@ mod tests {
                 assert_eq!(out[1..], generic(a, &outcome)[..], "{outcome:?}");
             }
         }
+        // The longest possible: every varint at ten bytes.
+        let max = Resp::Leased {
+            session: SessionId(u64::MAX),
+            deadline_ms: u64::MAX,
+            ttl_ms: u64::MAX,
+            reattached: true,
+            token,
+        };
+        let mut out = Vec::new();
+        assert!(response(u64::MAX, &Outcome::Ok(max.clone()), &mut out));
+        assert_eq!(out, generic(u64::MAX, &Outcome::Ok(max)));
+        assert_eq!(out.len(), 81);
         // Anything else is left to the generic encoder.
         let mut out = Vec::new();
         assert!(!response(1, &Outcome::Ok(Resp::Done), &mut out));
