@@ -158,24 +158,32 @@ impl Tokens {
     }
 
     /// `issue`, hashing the fixed claims only when they differ from the
-    /// last ones `last` saw (a stream keeps one: its runner's leases share
+    /// last ones `last` saw (a stream keeps one: a runner's leases share
     /// them, and they are most of the MAC's input). The same token.
+    ///
+    /// A stream carrying many runners (a fleet on one connection) changes
+    /// claims at every lease: a first sight only remembers the claims and
+    /// takes the one-shot way, and the state is kept from the second on,
+    /// so such a stream pays a few reference counts, not a slower hash.
     pub fn issue_after(&self, last: &Mutex<Fixed>, c: &Claims<'_>, deadline: Millis) -> SessionToken {
         let mut fixed = last.lock();
-        let state = match &fixed.0 {
-            Some(f) if f.is_for(c) => f.state,
+        let mac = match &mut fixed.0 {
+            Some(f) if f.is_for(c) => {
+                let state = *f.state.get_or_insert_with(|| self.fixed(c));
+                drop(fixed);
+                u128::from(Self::finish(state, c.nonce, self.run, deadline)).to_le_bytes()
+            }
             _ => {
-                let state = self.fixed(c);
                 let (org, machine, user) = (c.org.clone(), c.machine.clone(), c.user.clone());
-                fixed.0 = Some(FixedClaims { org, pool: c.pool, machine, user, state });
-                state
+                fixed.0 = Some(FixedClaims { org, pool: c.pool, machine, user, state: None });
+                drop(fixed);
+                self.mac(c, self.run, deadline)
             }
         };
-        drop(fixed);
         let mut out = [0u8; 32];
         out[..8].copy_from_slice(&self.run.to_le_bytes());
         out[8..16].copy_from_slice(&deadline.0.to_le_bytes());
-        out[16..].copy_from_slice(&u128::from(Self::finish(state, c.nonce, self.run, deadline)).to_le_bytes());
+        out[16..].copy_from_slice(&mac);
         SessionToken(out)
     }
 }
@@ -191,7 +199,8 @@ struct FixedClaims {
     pool: PoolId,
     machine: MachineId,
     user: Email,
-    state: SipHasher24,
+    /// The MAC's state after them, once they were seen twice in a row.
+    state: Option<SipHasher24>,
 }
 
 impl FixedClaims {
