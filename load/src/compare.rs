@@ -3,6 +3,7 @@
 //! the same framing), same churn shape, same machine, one run.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -11,6 +12,7 @@ use license_broker::value::{MachineId, OrgName};
 use serde_json::json;
 
 use crate::churn::{self, Shape};
+use crate::machine;
 use crate::redis_sem::{self, RedisServer};
 use crate::report::Report;
 use crate::scenarios::{self, Params};
@@ -66,7 +68,69 @@ impl Drop for Echo {
 /// Requests in flight per connection for the latency measurement.
 const LATENCY_DEPTH: usize = 16;
 
-pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
+/// What one broker binary did in `compare`'s broker phases.
+struct BrokerRun {
+    /// The churn at full speed (its latencies and invariants).
+    churn: Report,
+    pairs_per_s: f64,
+    /// The most pairs/s of the latency shape (16 in flight).
+    lat_max: f64,
+    /// The same shape paced at a fixed rate (its p99, invariants).
+    paced: Report,
+    /// Broker CPU (user + system) per pair during the paced phase, µs.
+    cpu_us_per_pair: Option<f64>,
+    handshakes_per_s: f64,
+}
+
+impl BrokerRun {
+    fn p99_half(&self) -> u64 {
+        self.paced.latency_us.get("acquire").map_or(0, |s| s.p99_us)
+    }
+
+    fn json(&self, pace: f64) -> serde_json::Value {
+        json!({
+            "pairs_per_s": self.pairs_per_s,
+            "latency_shape_max_pairs_per_s": self.lat_max,
+            "paced_pairs_per_s": pace,
+            "p99_acquire_us_at_pace": self.p99_half(),
+            "cpu_us_per_pair_at_pace": self.cpu_us_per_pair,
+            "handshakes_per_s": self.handshakes_per_s,
+        })
+    }
+}
+
+/// Runs the broker phases against `bin`: churn at full speed, the latency
+/// shape at full speed, then paced at `pace` (or half that shape's rate),
+/// then handshakes.
+async fn broker_run(bin: &Path, p: &Params, pace: Option<f64>) -> Result<BrokerRun> {
+    let target = Target::spawn_from(bin, p.lease_ttl, p.broker_workers, true, false)?;
+    let churn = scenarios::churn(&target, p).await?;
+    let pairs_per_s = churn.throughput["pairs_per_s"];
+    // Latency is measured with shallower pipelining (16 in flight), at half
+    // the maximum rate of that same shape: with 64 requests per write the
+    // p99 is mostly the batch queued ahead of each request.
+    eprintln!("compare: broker churn, {LATENCY_DEPTH} in flight (latency shape)");
+    let lat_shape = Params { depth: LATENCY_DEPTH, ..p.clone() };
+    let lat_max = scenarios::churn(&target, &lat_shape).await?.throughput["pairs_per_s"];
+    eprintln!("compare: broker churn at a fixed rate (latency, CPU per pair)");
+    let half = Params { rate: Some(pace.unwrap_or(lat_max / 2.0)), ..lat_shape.clone() };
+    let ticks = target.cpu_ticks();
+    let paced = scenarios::churn(&target, &half).await?;
+    let pairs = paced.throughput["pairs_per_s"] * paced.duration_s;
+    let cpu_us_per_pair =
+        ticks.zip(target.cpu_ticks()).map(|(a, b)| machine::ticks_to_s(b.saturating_sub(a)) * 1e6 / pairs.max(1.0));
+    eprintln!("compare: broker handshakes");
+    let horg = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
+    let hs = Params { connections: 32, ..p.clone() };
+    let (handshakes_per_s, _, _) =
+        scenarios::handshake(&target.server, &target.ca, &horg.key, Some(horg.clone()), &hs).await?;
+    Ok(BrokerRun { churn, pairs_per_s, lat_max, paced, cpu_us_per_pair, handshakes_per_s })
+}
+
+/// `baseline`: an older broker binary, run after this build's with the
+/// same shapes and the same fixed rate, so a change is priced in one sitting.
+pub async fn run(p: &Params, baseline: Option<&Path>) -> Result<(Report, serde_json::Value)> {
+    let machine = machine::Before::now();
     let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: None };
     eprintln!("compare: redis semaphore churn ({}s)", p.duration.as_secs());
     let redis = RedisServer::start()?;
@@ -74,51 +138,46 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     drop(redis);
 
     eprintln!("compare: broker churn");
-    let target = Target::spawn(p.lease_ttl, p.broker_workers)?;
-    let broker = scenarios::churn(&target, p).await?;
-    let broker_rate = broker.throughput["pairs_per_s"];
-    // Latency is measured with shallower pipelining (16 in flight), at half
-    // the maximum rate of that same shape: with 64 requests per write the
-    // p99 is mostly the batch queued ahead of each request.
-    eprintln!("compare: broker churn, {LATENCY_DEPTH} in flight (latency shape)");
-    let lat_shape = Params { depth: LATENCY_DEPTH, ..p.clone() };
-    let lat_max = scenarios::churn(&target, &lat_shape).await?.throughput["pairs_per_s"];
-    eprintln!("compare: broker churn at half that rate (latency)");
-    let half = Params { rate: Some(lat_max / 2.0), ..lat_shape.clone() };
-    let paced = scenarios::churn(&target, &half).await?;
-    eprintln!("compare: broker handshakes");
-    let horg = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
-    let hs = Params { connections: 32, ..p.clone() };
-    let (broker_hs, _, _) =
-        scenarios::handshake(&target.server, &target.ca, &horg.key, Some(horg.clone()), &hs).await?;
-    drop(target);
+    let this = broker_run(&crate::target::broker_binary()?, p, None).await?;
+    let pace = this.lat_max / 2.0;
+    let base = match baseline {
+        Some(bin) => {
+            eprintln!("compare: the baseline broker ({}), same phases", bin.display());
+            Some(broker_run(bin, p, Some(pace)).await?)
+        }
+        None => None,
+    };
 
     eprintln!("compare: bare quinn echo churn");
     let echo = Echo::spawn(p.broker_workers)?;
     let echo_out = churn::run(vec![echo.options()], vec![Echo::org()?], shape.clone()).await?;
     eprintln!("compare: bare quinn echo paced at the broker's half rate (latency control)");
-    let paced_shape = Shape { rate: Some(lat_max / 2.0), depth: LATENCY_DEPTH, ..shape };
+    let paced_shape = Shape { rate: Some(pace), depth: LATENCY_DEPTH, ..shape };
     let echo_paced = churn::run(vec![echo.options()], vec![Echo::org()?], paced_shape).await?;
     eprintln!("compare: bare quinn handshakes");
+    let hs = Params { connections: 32, ..p.clone() };
     let (echo_hs, _, _) = scenarios::handshake(&echo.server, &echo.ca, "echo", None, &hs).await?;
     drop(echo);
+    let (state, busy) = machine.after();
 
     let redis_rate = redis_out.pairs_per_s();
     let quic_rate = echo_out.pairs_per_s();
-    let p99_half = paced.latency_us.get("acquire").map_or(0, |s| s.p99_us);
-    let summary = json!({
+    let broker_rate = this.pairs_per_s;
+    let p99_half = this.p99_half();
+    let mut summary = json!({
         "broker_pairs_per_s": broker_rate,
         "redis_pairs_per_s": redis_rate,
         "ratio_vs_redis": broker_rate / redis_rate.max(1e-9),
         "quic_ceiling_per_s": quic_rate,
         "share_of_quic_ceiling": broker_rate / quic_rate.max(1e-9),
         "broker_p99_acquire_us_at_half_rate": p99_half,
+        "broker_cpu_us_per_pair_at_half_rate": this.cpu_us_per_pair,
         "latency_depth": LATENCY_DEPTH,
-        "latency_shape_max_pairs_per_s": lat_max,
+        "latency_shape_max_pairs_per_s": this.lat_max,
         "quic_p99_us_at_same_rate": echo_paced.acquire.stats().p99_us,
-        "broker_handshakes_per_s": broker_hs,
+        "broker_handshakes_per_s": this.handshakes_per_s,
         "quic_handshakes_per_s": echo_hs,
-        "handshake_share": broker_hs / echo_hs.max(1e-9),
+        "handshake_share": this.handshakes_per_s / echo_hs.max(1e-9),
         "connections": p.connections,
         "depth": p.depth,
         "broker_workers": p.broker_workers,
@@ -126,6 +185,8 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
         "duration_s": p.duration.as_secs_f64(),
         "redis_errors": redis_out.errors.0,
         "echo_errors": echo_out.errors.0,
+        "machine": state,
+        "busy_machine": busy,
     });
     let mut r = Report::new("compare", "broker vs redis vs bare quinn");
     r.duration_s = p.duration.as_secs_f64();
@@ -134,17 +195,42 @@ pub async fn run(p: &Params) -> Result<(Report, serde_json::Value)> {
     r.throughput.insert("broker_pairs_per_s".into(), broker_rate);
     r.throughput.insert("redis_pairs_per_s".into(), redis_rate);
     r.throughput.insert("quic_ceiling_per_s".into(), quic_rate);
-    r.throughput.insert("broker_handshakes_per_s".into(), broker_hs);
+    r.throughput.insert("broker_handshakes_per_s".into(), this.handshakes_per_s);
     r.throughput.insert("quic_handshakes_per_s".into(), echo_hs);
-    r.extra("ratio_vs_redis", summary["ratio_vs_redis"].clone());
-    r.extra("share_of_quic_ceiling", summary["share_of_quic_ceiling"].clone());
-    r.extra("handshake_share", summary["handshake_share"].clone());
+    for k in ["ratio_vs_redis", "share_of_quic_ceiling", "handshake_share", "broker_cpu_us_per_pair_at_half_rate"] {
+        r.extra(k, summary[k].clone());
+    }
     r.extra("broker_p99_acquire_us_at_half_rate", p99_half);
     r.extra("quic_p99_us_at_same_rate", echo_paced.acquire.stats().p99_us);
-    r.latency_us = broker.latency_us.clone();
-    r.invariants = broker.invariants.clone();
-    r.invariants.extend(paced.invariants.iter().cloned());
+    if let Some(base) = &base {
+        let vs = vs_baseline(&this, base);
+        r.extra("baseline", base.json(pace));
+        r.extra("vs_baseline", vs.clone());
+        summary["baseline"] = base.json(pace);
+        summary["vs_baseline"] = vs;
+    }
+    r.extra("machine", machine::describe(&summary["machine"], busy));
+    r.latency_us = this.churn.latency_us.clone();
+    r.invariants = this.churn.invariants.clone();
+    r.invariants.extend(this.paced.invariants.iter().cloned());
+    if let Some(base) = &base {
+        let named =
+            |c: &crate::report::Check| crate::report::Check { name: format!("baseline: {}", c.name), ..c.clone() };
+        r.invariants.extend(base.churn.invariants.iter().chain(&base.paced.invariants).map(named));
+    }
     r.check("redis semaphore made progress", redis_out.pairs > 0, format!("{} pairs", redis_out.pairs));
     r.check("echo made progress", echo_out.pairs > 0, format!("{} pairs", echo_out.pairs));
     Ok((r, summary))
+}
+
+/// This build over the baseline, measure by measure (above 1: more of it).
+fn vs_baseline(this: &BrokerRun, base: &BrokerRun) -> serde_json::Value {
+    let ratio = |a: f64, b: f64| a / b.max(1e-9);
+    json!({
+        "pairs_per_s": ratio(this.pairs_per_s, base.pairs_per_s),
+        "latency_shape_max_pairs_per_s": ratio(this.lat_max, base.lat_max),
+        "p99_acquire_us_at_pace": ratio(this.p99_half() as f64, base.p99_half() as f64),
+        "cpu_us_per_pair_at_pace": this.cpu_us_per_pair.zip(base.cpu_us_per_pair).map(|(a, b)| ratio(a, b)),
+        "handshakes_per_s": ratio(this.handshakes_per_s, base.handshakes_per_s),
+    })
 }

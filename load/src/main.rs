@@ -12,6 +12,7 @@ mod echo;
 mod failover;
 mod fleet;
 mod lists;
+mod machine;
 mod queue;
 mod redis_sem;
 mod report;
@@ -169,6 +170,10 @@ struct Args {
     /// is served by another.
     #[arg(long, default_value_t = 300)]
     spread_orgs: usize,
+    /// compare: an older broker binary to run with the same shapes after
+    /// this build's (prints both and this one's ratio to it).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// (echo-server) address to listen on.
     #[arg(long, hide = true, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
@@ -254,7 +259,7 @@ async fn run(a: Args) -> Result<bool> {
         if a.server.is_some() {
             bail!("compare always spawns its own broker, Redis and echo server");
         }
-        let (report, summary) = compare::run(&p).await?;
+        let (report, summary) = compare::run(&p, a.baseline.as_deref()).await?;
         emit(&report, a.json, Some(summary));
         return Ok(report.passed());
     }

@@ -2,7 +2,7 @@
 //! temporary data dir, or one already running on loopback.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -24,9 +24,9 @@ pub struct Target {
     /// Where a spawned broker serves `/metrics`, if asked to.
     pub http: Option<std::net::SocketAddr>,
     child: Option<Child>,
-    /// How the spawned broker was started, to start it again on the same
-    /// data dir and address (`restart`).
-    command: Option<Vec<std::ffi::OsString>>,
+    /// How the spawned broker was started (binary, arguments), to start it
+    /// again on the same data dir and address (`restart`).
+    command: Option<(PathBuf, Vec<std::ffi::OsString>)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -75,6 +75,18 @@ impl Target {
     /// from one address and would only measure the limits).
     /// `http`: also serve `/metrics` on a free loopback port.
     pub fn spawn_with(lease_ttl: Duration, workers: Option<usize>, lift: bool, http: bool) -> Result<Target> {
+        Target::spawn_from(&broker_binary()?, lease_ttl, workers, lift, http)
+    }
+
+    /// As `spawn_with`, from the broker binary `bin` (`compare --baseline`
+    /// runs an older one beside this build's).
+    pub fn spawn_from(
+        bin: &Path,
+        lease_ttl: Duration,
+        workers: Option<usize>,
+        lift: bool,
+        http: bool,
+    ) -> Result<Target> {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = format!("127.0.0.1:{port}");
@@ -109,7 +121,7 @@ impl Target {
         for a in base.into_iter().chain(lifted.iter().copied()) {
             args.push(a.into());
         }
-        let mut child = start(&args)?;
+        let mut child = start(bin, &args)?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let (mut operator, mut owner) = (None, None);
@@ -130,7 +142,7 @@ impl Target {
             owner,
             http,
             child: Some(child),
-            command: Some(args),
+            command: Some((bin.to_path_buf(), args)),
             _dir: Some(dir),
         })
     }
@@ -151,9 +163,9 @@ impl Target {
     /// Starts the crashed broker again on the same data dir and address;
     /// returns once it answers (at most 30 s), with the time that took.
     pub async fn restart(&mut self) -> Result<Duration> {
-        let args = self.command.clone().context("only a spawned broker can be restarted")?;
+        let (bin, args) = self.command.clone().context("only a spawned broker can be restarted")?;
         let started = std::time::Instant::now();
-        self.child = Some(start(&args)?);
+        self.child = Some(start(&bin, &args)?);
         let mut opts = self.options(&self.operator);
         opts.connect_timeout = Duration::from_millis(200);
         loop {
@@ -206,6 +218,11 @@ impl Target {
     /// Resident memory of a spawned broker, from /proc.
     pub fn rss_bytes(&self) -> Option<u64> {
         rss_of(self.child.as_ref()?.id())
+    }
+
+    /// CPU ticks (user + system, 1/100 s) a spawned broker has used so far.
+    pub fn cpu_ticks(&self) -> Option<u64> {
+        crate::machine::process_ticks(&self.child.as_ref()?.id().to_string(), false)
     }
 
     /// Reads a spawned broker's resident memory, from any task.
@@ -276,10 +293,9 @@ fn rss_of(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Starts `license-broker` with `args`, stdout piped (it prints keys once).
-fn start(args: &[std::ffi::OsString]) -> Result<Child> {
-    let bin = broker_binary()?;
-    Command::new(&bin)
+/// Starts the broker binary `bin` with `args`, stdout piped (it prints keys once).
+fn start(bin: &Path, args: &[std::ffi::OsString]) -> Result<Child> {
+    Command::new(bin)
         .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())

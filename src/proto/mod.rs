@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod error;
 pub mod frame;
+pub mod hot;
 pub mod info;
 pub mod request;
 pub mod response;

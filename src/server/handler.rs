@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use super::paging;
-use super::token::Claims;
+use super::token::{Claims, Fixed};
 use super::waiting::{self, Late};
 use super::wire::list;
 use super::{ConnCtx, Shared};
@@ -41,6 +41,8 @@ pub(super) struct Call<'a> {
     pub now: Millis,
     /// The protocol version of the caller's stream.
     pub proto: Version,
+    /// The fixed claims of the stream's last token (the MAC's state after them).
+    pub fixed: &'a parking_lot::Mutex<Fixed>,
 }
 
 /// A request `fast` could not answer without awaiting the store.
@@ -240,7 +242,10 @@ fn renew(call: &Call<'_>, session: SessionId) -> Reply {
     let user = &call.p.email;
     ops.renew(call.c(), session, |r| {
         let claims = Claims { org, pool: r.pool, machine: r.machine, nonce: r.nonce, user };
-        Resp::Extended { deadline_ms: r.deadline.0, token: call.shared.tokens.issue(&claims, r.deadline) }
+        Resp::Extended {
+            deadline_ms: r.deadline.0,
+            token: call.shared.tokens.issue_after(call.fixed, &claims, r.deadline),
+        }
     })
 }
 
@@ -298,7 +303,7 @@ impl Call<'_> {
 
     /// The `Leased` answer for `lease`, with a fresh token.
     pub(super) fn with_token(&self, target: &Target, nonce: Nonce, lease: Lease) -> Resp {
-        let token = self.shared.tokens.issue(&self.claims(target, nonce), lease.deadline);
+        let token = self.shared.tokens.issue_after(self.fixed, &self.claims(target, nonce), lease.deadline);
         let (session, deadline_ms, reattached) = (lease.session, lease.deadline.0, lease.reattached);
         Resp::Leased { session, deadline_ms, ttl_ms: self.ttl_ms(), reattached, token }
     }

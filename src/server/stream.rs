@@ -23,8 +23,8 @@ use crate::core::{Millis, OrgName, Principal};
 use crate::latency;
 use crate::operations::TicketCache;
 use crate::proto::{
-    decode_client, encode, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello, Outcome,
-    Request, Response, ServerFrame, WireError, MAX_FRAME,
+    decode_client, encode, hot, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello,
+    Outcome, Request, Response, ServerFrame, WireError, MAX_FRAME,
 };
 
 /// Most bytes taken from the stream per read (quinn hands over its own
@@ -78,6 +78,10 @@ struct Stream {
     out: Vec<u8>,
     /// The requests answered since the last write, by kind (for the latency histogram).
     tally: latency::Tally,
+    /// The names the last hot request carried, shared with the next.
+    recent: hot::Recent,
+    /// The fixed claims of the last token issued here (see `Tokens::issue_after`).
+    fixed: parking_lot::Mutex<super::token::Fixed>,
 }
 
 pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: SendStream, mut recv: RecvStream) {
@@ -93,6 +97,8 @@ pub(super) async fn serve(shared: Arc<Shared>, ctx: Arc<ConnCtx>, mut send: Send
         late,
         out,
         tally: <_>::default(),
+        recent: <_>::default(),
+        fixed: <_>::default(),
     };
     let mut frames = FrameBuf::new();
     // Whole frames already read but not yet handled (answers were flushed first).
@@ -147,7 +153,11 @@ impl Stream {
                 return (false, true);
             }
             let decoded = match frames.next_frame() {
-                Ok(Some(body)) => decode_client(body),
+                // The hot requests by hand, everything else (and every error) the generic way.
+                Ok(Some(body)) => match hot::request(body, &mut self.recent) {
+                    Some(frame) => ClientDecoded::Frame(frame),
+                    None => decode_client(body),
+                },
                 Ok(None) => return (false, false),
                 Err(e) => {
                     let code = match e {
@@ -184,7 +194,7 @@ impl Stream {
         };
         let (key, proto, p) = (caller.key, caller.proto, caller.principal());
         let now = self.shared.ops.clock().now();
-        let call = Call { shared: &self.shared, ctx: &self.ctx, p, key, now, proto };
+        let call = Call { shared: &self.shared, ctx: &self.ctx, p, key, now, proto, fixed: &self.fixed };
         if let Some(reply) = handler::slow(&call, later, id, &self.late).await {
             respond(id, into_outcome(reply), &mut self.out);
         }
@@ -215,7 +225,7 @@ impl Stream {
         if shared.load.latencies.enabled() {
             self.tally.add(latency::op_of(&body));
         }
-        let call = Call { shared, ctx, p: principal, key, now, proto };
+        let call = Call { shared, ctx, p: principal, key, now, proto, fixed: &self.fixed };
         match handler::fast(&call, &mut self.tickets, body) {
             Ok(result) => {
                 respond(id, into_outcome(result), &mut self.out);
@@ -330,6 +340,10 @@ pub(super) async fn write_within(shared: &Shared, ctx: &ConnCtx, send: &mut Send
 /// `RESPONSE_TOO_LARGE` error in its place: the broker never sends a frame
 /// its clients must refuse.
 pub(super) fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
+    // A hot answer is written by hand (and always fits).
+    if hot::response(id, &outcome, out) {
+        return;
+    }
     let start = out.len();
     encode(&ServerFrame::Response(Response { id, outcome }), out);
     let len = out.len() - start - 4;

@@ -166,6 +166,8 @@ impl Waiter {
     fn claim(&self, grant: Grant) -> Reply {
         let (ops, req) = (&self.shared.ops, &self.req);
         let (p, lease) = ops.claim(&self.key, &req.target, &req.claimant(self.ctx.id), grant)?;
+        // One token from this task: nothing to share with a next one.
+        let fixed = Default::default();
         let call = Call {
             shared: &self.shared,
             ctx: &self.ctx,
@@ -173,6 +175,7 @@ impl Waiter {
             key: self.key,
             now: ops.clock().now(),
             proto: self.proto,
+            fixed: &fixed,
         };
         call.book(&req.target, &lease, &req.labels);
         Ok(call.with_token(&req.target, req.nonce, lease))

@@ -218,7 +218,12 @@ impl Shard {
         let pool = &entry.pool;
         pool.return_seat();
         let org = pool.org.clone();
-        Some(Ended { org, info: self.info(&live, id), conn: live.conn, reason, at: now })
+        let pool = pool.id;
+        // The session is gone from the table: its names move into the
+        // record of its end instead of being copied (a release is hot).
+        let Live { machine, user, labels, started, deadline, conn, .. } = live;
+        let info = SessionInfo { session: id, pool, machine, user, started, deadline, labels };
+        Some(Ended { org, info, conn, reason, at: now })
     }
 
     /// A public view of a live session.
