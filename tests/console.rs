@@ -77,6 +77,15 @@ impl Browser {
     async fn post(&self, path: &str, form: &str) -> (u16, String) {
         self.post_as(path, form, &self.csrf.clone()).await
     }
+
+    /// Posts `form` with the token: (status, head, the page answered).
+    async fn form(&self, path: &str, form: &str) -> (u16, String, String) {
+        let head = format!(
+            "POST {path} HTTP/1.0\r\nCookie: {}\r\nContent-Type: application/x-www-form-urlencoded",
+            self.cookie
+        );
+        self.web.send(&head, &format!("{form}&csrf={}", self.csrf)).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +151,57 @@ async fn the_console_refuses_what_the_operations_refuse() {
     assert!(!page.contains("/licenses/grant") && page.contains("Only the org's Owners and Admins"));
     let (code, _) = user.post("/org/default/licenses/grant", "pool=kse-node-locked-annual&emails=user%40x.io").await;
     assert_eq!(code, 403);
+    b.quota(2).await;
+    owner.register_machine(&org(), PoolId::KRE_DEFAULT, &machine("ci-1")).await.unwrap();
     let (code, _) = user.post("/org/default/machines/deactivate", "pool=kre-floating-annual&machine=ci-1").await;
     assert_eq!(code, 403);
     assert!(owner.list_grants(&org(), Some(kse())).await.unwrap().is_empty());
+    assert_eq!(owner.list_machines(&org()).await.unwrap().len(), 1, "the machine is still registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_license_made_in_the_console_is_confirmed_then_handed_out_to_its_maker_alone() {
+    let b = broker().await;
+    let browser = Browser::sign_in(&b, &b.owner).await;
+    let order = "pool=kse-node-locked-annual&machine=lab-7&expires=";
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let last_day = format_end_date(Millis(now + 20 * 86_400_000));
+    let too_late = format_end_date(Millis(now + 90 * 86_400_000));
+    // The rules are the broker's, checked before the confirmation.
+    let (code, _, page) = browser.form("/org/default/offline/review", &format!("{order}{too_late}")).await;
+    assert!(code == 422 && page.contains("EXPIRY_TOO_LATE"), "{code}: {page}");
+    let (code, _, page) = browser.form("/org/default/offline/review", &format!("{order}{last_day}")).await;
+    assert!(code == 200 && page.contains("cannot be undone") && page.contains("KSE_lab-7.lic"), "{code}");
+    assert!(b.owner().await.list_offline(&org()).await.unwrap().is_empty(), "reviewing creates nothing");
+    let (code, head) = browser.post("/org/default/offline/create", &format!("{order}{last_day}")).await;
+    assert_eq!(code, 303, "{head}");
+    let to = header(&head, "location").unwrap();
+    let id = b.owner().await.list_offline(&org()).await.unwrap()[0].id.clone();
+    assert!(to.contains(&format!("created={id}")), "{to}");
+    let (_, page) = browser.get(&to).await;
+    assert!(page.contains(&format!("url=/org/{}/offline/{id}/file", "default")), "the page starts the download");
+    // The same link with another tag, or another sign-in's, says nothing.
+    let forged = to.replace("created_tag=", "created_tag=0");
+    assert!(!browser.get(&forged).await.1.contains("http-equiv=\"refresh\""));
+    let other = Browser::sign_in(&b, &b.owner).await;
+    assert!(!other.get(&to).await.1.contains("http-equiv=\"refresh\""), "a link made for one sign-in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_holding_only_an_activation_is_deactivated_after_saying_so() {
+    let b = broker().await;
+    let owner = b.owner().await;
+    owner.grant(&org(), kse(), "owner@default").await.unwrap();
+    owner.activate(&org(), kse(), &machine("desk-1"), 1).await.unwrap();
+    let browser = Browser::sign_in(&b, &b.owner).await;
+    let (code, page) = browser.get("/org/default/machines/deactivate?pool=kse-node-locked-annual&machine=desk-1").await;
+    assert!(code == 200 && page.contains("node-locked activation of owner@default"), "{code}: {page}");
+    let (code, head) =
+        browser.post("/org/default/machines/deactivate", "pool=kse-node-locked-annual&machine=desk-1").await;
+    assert_eq!(code, 303, "{head}");
+    let grants = owner.list_grants(&org(), Some(kse())).await.unwrap();
+    assert_eq!((grants.len(), grants[0].machine.as_ref()), (1, None), "the license stays granted, the machine freed");
+    // Nothing bound, nothing registered: nothing to deactivate.
+    let (code, _) = browser.get("/org/default/machines/deactivate?pool=kse-node-locked-annual&machine=desk-1").await;
+    assert_eq!(code, 404);
 }

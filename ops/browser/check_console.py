@@ -102,6 +102,9 @@ def offline_license(page, downloads):
 def deactivate(page):
     before = status()[KRE]
     page.go(f"{BASE}{ORG}/licenses?pool={KRE}", "/licenses")
+    available = page.text("#available").strip()
+    if available != str(before["quota"] - before["in_use"]):
+        fail(f"the box says {available} available, status {before['quota']} - {before['in_use']}")
     if page.count("#online tbody tr") != before["in_use"]:
         fail(f"{page.count('#online tbody tr')} online licenses on the page, {before['in_use']} in status")
     page.click("#machines a[href*='machine=ci-1']", "/machines/deactivate", "Deactivate ci-1")
@@ -139,7 +142,7 @@ def members_and_keys(page):
 
 
 def utilization(page, downloads):
-    page.go(f"{BASE}{ORG}/usage?preset=today", "/usage")
+    page.go(f"{BASE}{ORG}/usage?preset=7d", "/usage")
     page.fill("#f-user", "u@x.io")
     page.click("form.filters button", "user=u%40x.io", "Show")
     users = json.loads(page.js("JSON.stringify([...document.querySelectorAll('#sessions tbody tr')].map(r => r.cells[0].textContent))"))

@@ -516,6 +516,13 @@ impl Broker {
         (pools, subscriptions)
     }
 
+    /// When `org`'s subscription ends (midnight UTC after its last day):
+    /// the operator and the org's members may read it.
+    pub fn subscription_end(&self, p: &Principal, org: &OrgName) -> Result<Millis> {
+        p.require_reader(org)?;
+        self.dir.read().org(org).map(|o| o.subscription_end)
+    }
+
     /// Pool numbers: the operator sees every org, members see their own.
     pub fn status(&self, p: &Principal, org: Option<&OrgName>) -> Result<Vec<PoolStatus>> {
         let dir = self.dir.read();

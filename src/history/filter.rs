@@ -27,7 +27,9 @@ impl SessionFilter {
             Some((k, v)) => (Some(k.trim().to_string()), v.trim().to_string()),
             None => (None, l),
         });
-        SessionFilter { user: given("user"), machine: given("machine"), pool: given("pool"), label }
+        // A pool as any door spells it (`KSE-Floating-Annual`), as stored.
+        let pool = given("pool").map(|p| p.parse::<crate::core::PoolId>().map_or(p, |id| id.to_string()));
+        SessionFilter { user: given("user"), machine: given("machine"), pool, label }
     }
 
     /// Whether it keeps every session.

@@ -126,7 +126,7 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crat
         all_pools: every_pool(),
     };
     if let Some(st) = current {
-        page.pool = Some(subscription_box(st, subscription_end(web, org)));
+        page.pool = Some(subscription_box(st, subscription_end(web, &s.p, org)));
         fill_lists(&mut page, web, &s.p, org, st.pool);
         // An offline license this sign-in just made (looked up before the
         // lists are cut, so it is found however many there are).
@@ -267,9 +267,8 @@ pub(super) fn title(pool: PoolId) -> String {
     format!("{} {kind} ({term})", pool.product_name())
 }
 
-fn subscription_end(web: &Web, org: &OrgName) -> String {
-    let (_, ends) = web.ops.core().census();
-    ends.into_iter().find(|(o, _)| o == org).map(|(_, end)| end_day(end)).unwrap_or_default()
+fn subscription_end(web: &Web, p: &Principal, org: &OrgName) -> String {
+    web.ops.core().subscription_end(p, org).map(end_day).unwrap_or_default()
 }
 
 /// A form's org, caller and pool, checked in that order.

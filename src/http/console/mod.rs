@@ -164,7 +164,7 @@ impl Signed {
 const NOTE_MAX: usize = 1500;
 
 fn note_tag(web: &Web, cookie: &str, note: &str) -> String {
-    web.signer.csrf_token(&format!("note\n{cookie}\n{note}"))
+    web.signer.flash_tag(cookie, &format!("note\n{note}"))
 }
 
 /// What every console page shows around its content.

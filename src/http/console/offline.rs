@@ -92,8 +92,7 @@ impl Order {
         let now = web.ops.clock().now();
         let today_end = Millis((now.0 / DAY_MS + 1) * DAY_MS);
         let sixty = Millis(today_end.0 + OFFLINE_MAX_DAYS * DAY_MS);
-        let (_, ends) = web.ops.core().census();
-        let end = ends.into_iter().find(|(o, _)| o == org).map_or(sixty, |(_, e)| e);
+        let end = web.ops.core().subscription_end(&s.p, org).unwrap_or(sixty);
         Form {
             shell: s.shell("Create offline license", Some(org), "licenses"),
             org: org.to_string(),
@@ -173,7 +172,11 @@ pub(super) async fn review(
         return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
     };
     if let Err(e) = web.ops.core().check_offline(&s.p, &target, end, web.ops.clock().now()) {
-        place(&mut form, e.into());
+        let e = crate::proto::WireError::from(e);
+        if super::forbidden(&e) {
+            return refused(e);
+        }
+        place(&mut form, e);
         return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
     }
     let file = format!("{}_{}.lic", order.pool.product_name(), target.machine);
@@ -211,6 +214,7 @@ pub(super) async fn create(
             let created = s.signed(&web, "created", &file.id);
             Redirect::to(&format!("/org/{org}/licenses?pool={pool}&{created}#created")).into_response()
         }
+        Err(e) if super::forbidden(&e) => refused(e),
         Err(e) => {
             place(&mut form, e);
             render(StatusCode::UNPROCESSABLE_ENTITY, &form)

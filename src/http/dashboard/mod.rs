@@ -218,13 +218,7 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
     let status = core.status(p, Some(org))?;
     let (range, span, step) = RANGES.iter().find(|r| r.0 == range).copied().unwrap_or(RANGES[1]);
     let (from, to) = (Millis(now.0.saturating_sub(span)), now);
-    let subscription_ends = core
-        .census()
-        .1
-        .into_iter()
-        .find(|(o, _)| o == org)
-        .map(|(_, end)| crate::core::format_end_date(end))
-        .unwrap_or_default();
+    let subscription_ends = core.subscription_end(p, org).map(crate::core::format_end_date).unwrap_or_default();
     let ask = Ask { web, p, org, span, step, now };
     let pools = status.iter().map(|s| ask.pool(s)).collect();
     let admin = p.require_admin(org).is_ok();
