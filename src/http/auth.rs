@@ -84,38 +84,46 @@ impl Signer {
     }
 }
 
-/// The live sign-ins: id → expiry (ms). Signing out removes one; a cookie
-/// whose id is not here signs no one in.
+/// The live sign-ins: id → (expiry (ms), whose key). Signing out removes
+/// one; a cookie whose id is not here signs no one in.
 #[derive(Default)]
 pub struct SignIns {
-    live: Mutex<FastMap<u64, u64>>,
+    live: Mutex<FastMap<u64, (u64, KeyHash)>>,
 }
 
 /// Sign-ins live at once. Past it the oldest is ended (signed out), never
 /// kept: the table is bounded whoever signs in how often.
 pub const MAX_SIGN_INS: usize = 65_536;
 
+/// Sign-ins of one key live at once. Past it that key's oldest is ended,
+/// so one key signing in over and over ends its own sign-ins, never
+/// other people's.
+pub const MAX_SIGN_INS_PER_KEY: usize = 32;
+
 impl SignIns {
-    /// A new sign-in until `expires`: its id.
-    pub fn start(&self, expires: u64, now: u64) -> Result<u64, crate::keys::RandomUnavailable> {
+    /// A new sign-in of `key` until `expires`: its id.
+    pub fn start(&self, key: &KeyHash, expires: u64, now: u64) -> Result<u64, crate::keys::RandomUnavailable> {
         let id = crate::keys::random_u128()? as u64;
         let mut live = self.live.lock();
         if live.len() >= MAX_SIGN_INS {
-            live.retain(|_, e| *e > now);
+            live.retain(|_, (e, _)| *e > now);
         }
-        if live.len() >= MAX_SIGN_INS {
-            // Bounded above: the map is full, so it has a first-ending entry.
-            if let Some(oldest) = live.iter().min_by_key(|(_, e)| **e).map(|(id, _)| *id) {
+        let mine = live.iter().filter(|(_, (_, k))| k == key).count();
+        let full = live.len() >= MAX_SIGN_INS;
+        if mine >= MAX_SIGN_INS_PER_KEY || full {
+            // Bounded above: the map holds an entry of this key (or is full).
+            let oldest = live.iter().filter(|(_, (_, k))| full || k == key).min_by_key(|(_, (e, _))| *e);
+            if let Some(oldest) = oldest.map(|(id, _)| *id) {
                 live.remove(&oldest);
             }
         }
-        live.insert(id, expires);
+        live.insert(id, (expires, *key));
         Ok(id)
     }
 
     /// Whether sign-in `id` is live at `now`.
     pub fn is_live(&self, id: u64, now: u64) -> bool {
-        self.live.lock().get(&id).is_some_and(|e| *e > now)
+        self.live.lock().get(&id).is_some_and(|(e, _)| *e > now)
     }
 
     /// Ends sign-in `id` (signing out).
@@ -278,12 +286,24 @@ mod tests {
     #[test]
     fn a_sign_in_lives_until_it_ends_or_expires() {
         let s = SignIns::default();
-        let id = s.start(1_000, 0).unwrap();
+        let id = s.start(&KeyHash([1; 32]), 1_000, 0).unwrap();
         assert!(s.is_live(id, 999));
         assert!(!s.is_live(id, 1_000), "expired");
         assert!(!s.is_live(id ^ 1, 999), "an id never started");
         s.end(id);
         assert!(!s.is_live(id, 999), "signed out");
+    }
+
+    #[test]
+    fn one_key_signing_in_again_and_again_ends_only_its_own_sign_ins() {
+        let s = SignIns::default();
+        let other = s.start(&KeyHash([2; 32]), 10_000, 0).unwrap();
+        let mine: Vec<u64> =
+            (0..MAX_SIGN_INS_PER_KEY as u64 + 5).map(|i| s.start(&KeyHash([1; 32]), 1_000 + i, 0).unwrap()).collect();
+        assert!(s.is_live(other, 1), "another key's sign-in stays");
+        let live = mine.iter().filter(|id| s.is_live(**id, 1)).count();
+        assert_eq!(live, MAX_SIGN_INS_PER_KEY);
+        assert!(!s.is_live(mine[0], 1) && s.is_live(*mine.last().unwrap(), 1), "the oldest went first");
     }
 
     #[test]

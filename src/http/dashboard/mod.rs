@@ -102,7 +102,7 @@ pub(super) async fn sign_in(State(web): State<Arc<Web>>, Form(f): Form<SignIn>) 
     }
     let now = web.ops.clock().now().0;
     let expires = now + auth::SIGN_IN_FOR.as_millis() as u64;
-    let Ok(id) = web.sign_ins.start(expires, now) else {
+    let Ok(id) = web.sign_ins.start(&hash, expires, now) else {
         return html(StatusCode::INTERNAL_SERVER_ERROR, view::sign_in(Some("The system's random source failed.")));
     };
     let cookie = web.set_cookie(&web.signer.cookie(&hash, expires, id), auth::SIGN_IN_FOR);
