@@ -98,8 +98,7 @@ impl Target {
         let ttl = humantime::format_duration(lease_ttl).to_string();
         // All load comes from one loopback address: lift the per-address
         // limits meant for strangers, or they would cap the measurement.
-        let quic_lifted =
-            ["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"];
+        let quic_lifted = ["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"];
         // The web door's only where a scenario uses it: a baseline binary
         // from before these flags (`compare --baseline`) runs without them.
         let web_lifted =
