@@ -210,14 +210,14 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-pub async fn run(a: ServeArgs) -> Result<ExitCode> {
+pub async fn run(mut a: ServeArgs) -> Result<ExitCode> {
     init_logs(a.log_format);
     if a.lease_ttl < Duration::from_millis(100) {
         bail!("--lease-ttl must be at least 100ms");
     }
-    let mut options = Options::new(a.data_dir, a.listen);
+    let mut options = Options::new(a.data_dir.clone(), a.listen);
     options.lease_ttl = a.lease_ttl;
-    options.tls = a.tls_cert.zip(a.tls_key).map(|(cert, key)| TlsFiles { cert, key });
+    options.tls = a.tls_cert.take().zip(a.tls_key.take()).map(|(cert, key)| TlsFiles { cert, key });
     options.max_connections = a.max_connections;
     options.strangers = server::GateLimits {
         strangers: a
@@ -237,17 +237,7 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     options.clock_ahead = a.clock_ahead;
     options.restart_grace = a.restart_grace;
     options.max_waiters = a.max_waiters;
-    options.http = (!a.no_http).then(|| a.http.unwrap_or_else(|| default_http(a.listen)));
-    options.http_default = a.http.is_none();
-    options.http_hosts = a.http_hosts;
-    options.http_limits.per_address = a.http_max_connections_per_address;
-    options.http_limits.new_per_address = a.http_max_new_connections_per_address;
-    options.http_tls = match (a.http_plain, a.http_cert.zip(a.http_key)) {
-        (true, _) => HttpTls::Plain,
-        (false, Some((cert, key))) => HttpTls::Files(TlsFiles { cert, key }),
-        (false, None) => HttpTls::Broker,
-    };
-    options.metrics_token = metrics_token(a.metrics_token, a.metrics_token_file.as_deref())?;
+    web_options(&mut options, &mut a)?;
     options.history = (!a.no_history).then_some(license_broker::history::Retention {
         minutes: a.history_minutes,
         hours: a.history_hours,
@@ -273,6 +263,23 @@ pub async fn run(a: ServeArgs) -> Result<ExitCode> {
     tracing::info!("signal received: draining");
     running.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The web door's options: where (on loopback by default), how it speaks
+/// (TLS unless asked otherwise), its limits and its metrics token.
+fn web_options(options: &mut Options, a: &mut ServeArgs) -> Result<()> {
+    options.http = (!a.no_http).then(|| a.http.unwrap_or_else(|| default_http(a.listen)));
+    options.http_default = a.http.is_none();
+    options.http_hosts = std::mem::take(&mut a.http_hosts);
+    options.http_limits.per_address = a.http_max_connections_per_address;
+    options.http_limits.new_per_address = a.http_max_new_connections_per_address;
+    options.http_tls = match (a.http_plain, a.http_cert.take().zip(a.http_key.take())) {
+        (true, _) => HttpTls::Plain,
+        (false, Some((cert, key))) => HttpTls::Files(TlsFiles { cert, key }),
+        (false, None) => HttpTls::Broker,
+    };
+    options.metrics_token = metrics_token(a.metrics_token.take(), a.metrics_token_file.as_deref())?;
+    Ok(())
 }
 
 /// The shortest lease TTL that outlasts a failover after the last
