@@ -6,26 +6,19 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::State;
 use axum::response::Response;
 
-use super::licenses::{back, posted};
-use super::{refused, words, Fields};
+use super::extract::OrgForm;
+use super::licenses::{back, pool_of};
+use super::{refused, words};
 use crate::core::Email;
 use crate::http::Web;
 
 /// `POST /org/ORG/licenses/grant` (`pool`, `emails`): one grant per member.
-pub(super) async fn grant(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
+pub(super) async fn grant(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let pool = match pool_of(&f) {
+        Ok(pool) => pool,
         Err(r) => return r,
     };
     let emails: Vec<&str> =
@@ -41,15 +34,9 @@ pub(super) async fn grant(
 }
 
 /// `POST /org/ORG/licenses/revoke` (`pool`, `email` repeated).
-pub(super) async fn revoke(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
+pub(super) async fn revoke(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let pool = match pool_of(&f) {
+        Ok(pool) => pool,
         Err(r) => return r,
     };
     let emails = f.all("email");

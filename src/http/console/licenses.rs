@@ -12,12 +12,13 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::extract::OrgPage;
 use super::form::Q;
-use super::{end_day, org_of, refused, render, when, Fields, Shell, Signed};
+use super::{end_day, refused, render, when, Fields, Shell, Signed};
 use crate::core::{Kind, Millis, OrgName, PoolId, PoolStatus, Principal, Product, Term};
 use crate::http::Web;
 
@@ -84,16 +85,7 @@ struct Online {
 }
 
 /// `GET /org/ORG/licenses?pool=POOL`.
-pub(super) async fn page(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    Q(q): Q,
-) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+pub(super) async fn page(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
     match gather(&web, &s, &org, &q) {
         Ok(page) => render(StatusCode::OK, &page),
         Err(e) => refused(e),
@@ -271,19 +263,10 @@ fn subscription_end(web: &Web, p: &Principal, org: &OrgName) -> String {
     web.ops.core().subscription_end(p, org).map(end_day).unwrap_or_default()
 }
 
-/// A form's org, caller and pool, checked in that order.
-pub(super) fn posted(
-    web: &Web,
-    headers: &HeaderMap,
-    org: String,
-    f: &Fields,
-) -> Result<(Signed, OrgName, PoolId), Response> {
-    let s = Signed::posted(web, headers, f)?;
-    let org = org_of(org)?;
+/// The license a form names, or a refusal page.
+pub(super) fn pool_of(f: &Fields) -> Result<PoolId, Response> {
     let pool = f.one("pool").and_then(|p| p.parse::<PoolId>().ok());
-    let pool = pool
-        .ok_or_else(|| super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT"))?;
-    Ok((s, org, pool))
+    pool.ok_or_else(|| super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT"))
 }
 
 pub(super) fn back(org: &OrgName, pool: PoolId, anchor: &str) -> String {

@@ -6,29 +6,23 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::extract::{OrgForm, OrgPage};
 use super::form::Q;
-use super::licenses::{back, posted};
-use super::{org_of, refused, render, when, Fields, Shell, Signed};
+use super::licenses::{back, pool_of};
+use super::{refused, render, when, Shell};
 use crate::core::{MachineId, OrgName, PoolId, Principal, SessionId};
 use crate::http::Web;
 use crate::operations::Operations;
 
 /// `POST /org/ORG/sessions/end` (`pool`, `session`): an Owner or Admin
 /// ends a live session (audited; its holder is told).
-pub(super) async fn end_session(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
+pub(super) async fn end_session(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let pool = match pool_of(&f) {
+        Ok(pool) => pool,
         Err(r) => return r,
     };
     let Some(session) = f.one("session").and_then(|x| x.parse::<SessionId>().ok()) else {
@@ -56,16 +50,7 @@ struct Confirm {
 }
 
 /// `GET /org/ORG/machines/deactivate?pool=&machine=`: says what it ends first.
-pub(super) async fn confirm_deactivate(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    Q(q): Q,
-) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+pub(super) async fn confirm_deactivate(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
     let pool = q.one("pool").and_then(|p| p.parse::<PoolId>().ok());
     let machine = q.one("machine").and_then(|m| MachineId::new(m).ok());
     let (Some(pool), Some(machine)) = (pool, machine) else {
@@ -112,15 +97,9 @@ fn what_it_ends(
 }
 
 /// `POST /org/ORG/machines/deactivate` (`pool`, `machine`).
-pub(super) async fn deactivate(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let f = Fields::parse(&body);
-    let (s, org, pool) = match posted(&web, &headers, org, &f) {
-        Ok(x) => x,
+pub(super) async fn deactivate(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let pool = match pool_of(&f) {
+        Ok(pool) => pool,
         Err(r) => return r,
     };
     let Some(machine) = f.one("machine").and_then(|m| MachineId::new(m).ok()) else {

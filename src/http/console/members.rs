@@ -7,13 +7,13 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::extract::{OrgForm, OrgPage};
 use super::form::Q;
-use super::{forbidden, invalid, org_of, refused, render, role_name, when, words, Fields, Shell, Signed};
+use super::{forbidden, invalid, refused, render, role_name, when, words, Fields, Shell, Signed};
 use crate::core::{Email, KeyRef, OrgName, PoolId, Role};
 use crate::http::Web;
 use crate::proto::WireError;
@@ -46,16 +46,7 @@ impl Page {
 }
 
 /// `GET /org/ORG/members`.
-pub(super) async fn page(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    Q(q): Q,
-) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+pub(super) async fn page(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
     let mut shell = s.shell("Members and API keys", Some(&org), "members");
     shell.note = s.note(&web, &q);
     match gather(&web, &s, &org, shell, q.one("find")) {
@@ -93,13 +84,6 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, shell: Shell, find: Option<&str>
     Ok(Page { shell, org: org.to_string(), members, keys, caps, pools, new_key: None, find, matched })
 }
 
-/// A form's caller, org and fields.
-fn posted(web: &Web, headers: &HeaderMap, org: String, body: &[u8]) -> Result<(Signed, OrgName, Fields), Response> {
-    let f = Fields::parse(body);
-    let s = Signed::posted(web, headers, &f)?;
-    Ok((s, org_of(org)?, f))
-}
-
 /// The form's `email`.
 fn email(f: &Fields) -> Result<Email, WireError> {
     let raw = f.one("email").unwrap_or("");
@@ -117,120 +101,53 @@ fn back(s: &Signed, web: &Web, org: &OrgName, said: Result<String, WireError>) -
     s.back_with(web, &format!("/org/{org}/members"), &note)
 }
 
-/// A members form: checked, then `act`'s outcome carried back as a note.
-async fn act<Fut>(
-    web: Arc<Web>,
-    headers: HeaderMap,
-    org: String,
-    body: Bytes,
-    act: impl FnOnce(Arc<Web>, Signed, OrgName, Fields) -> Fut,
-) -> Response
-where
-    Fut: std::future::Future<Output = (Signed, OrgName, Result<String, WireError>)>,
-{
-    match posted(&web, &headers, org, &body) {
-        Ok((s, org, f)) => {
-            let (s, org, said) = act(web.clone(), s, org, f).await;
-            back(&s, &web, &org, said)
-        }
-        Err(r) => r,
-    }
-}
-
 /// `POST /org/ORG/members/add` (`email`, `role`).
-pub(super) async fn add(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    act(web, headers, org, body, |web, s, org, f| async move {
-        let said = async {
-            let email = email(&f)?;
-            let role: Role = f.one("role").unwrap_or("user").parse().map_err(invalid)?;
-            web.ops.add_user(s.caller(&web.ops), &org, &email, role).await?;
-            Ok(format!("{email} is a member, as {}.", role_name(role)))
-        };
-        let said = said.await;
-        (s, org, said)
-    })
-    .await
+pub(super) async fn add(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let said = async {
+        let email = email(&f)?;
+        let role: Role = f.one("role").unwrap_or("user").parse().map_err(invalid)?;
+        web.ops.add_user(s.caller(&web.ops), &org, &email, role).await?;
+        Ok(format!("{email} is a member, as {}.", role_name(role)))
+    };
+    back(&s, &web, &org, said.await)
 }
 
 /// `POST /org/ORG/members/remove` (`email`).
-pub(super) async fn remove(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    act(web, headers, org, body, |web, s, org, f| async move {
-        let said = async {
-            let email = email(&f)?;
-            web.ops.remove_user(s.caller(&web.ops), &org, &email).await?;
-            Ok(format!("{email} was removed: their keys, licenses and sessions ended."))
-        };
-        let said = said.await;
-        (s, org, said)
-    })
-    .await
+pub(super) async fn remove(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let said = async {
+        let email = email(&f)?;
+        web.ops.remove_user(s.caller(&web.ops), &org, &email).await?;
+        Ok(format!("{email} was removed: their keys, licenses and sessions ended."))
+    };
+    back(&s, &web, &org, said.await)
 }
 
 /// `POST /org/ORG/keys/revoke` (`id`).
-pub(super) async fn revoke_key(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    act(web, headers, org, body, |web, s, org, f| async move {
-        let id = f.one("id").unwrap_or("").to_string();
-        let said = web.ops.revoke_key(s.caller(&web.ops), &org, KeyRef::Id(id.clone())).await;
-        (s, org, said.map(|()| format!("Key {id} was revoked.")))
-    })
-    .await
+pub(super) async fn revoke_key(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let id = f.one("id").unwrap_or("").to_string();
+    let said = web.ops.revoke_key(s.caller(&web.ops), &org, KeyRef::Id(id.clone())).await;
+    back(&s, &web, &org, said.map(|()| format!("Key {id} was revoked.")))
 }
 
 /// `POST /org/ORG/limits` (`pool`, `email`, `max`; no `max`: lift the cap).
-pub(super) async fn set_limit(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    act(web, headers, org, body, |web, s, org, f| async move {
-        let said = async {
-            let email = email(&f)?;
-            let pool: PoolId = f.one("pool").unwrap_or("").parse().map_err(invalid)?;
-            let max = f
-                .one("max")
-                .map(str::parse::<u32>)
-                .transpose()
-                .map_err(|_| invalid("the cap must be a whole number"))?;
-            web.ops.set_user_limit(s.caller(&web.ops), (&org, pool), &email, max).await?;
-            Ok(match max {
-                Some(n) => format!("{email} may hold at most {n} sessions at once in {pool}."),
-                None => format!("{email} has no session cap in {pool}."),
-            })
-        };
-        let said = said.await;
-        (s, org, said)
-    })
-    .await
+pub(super) async fn set_limit(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let said = async {
+        let email = email(&f)?;
+        let pool: PoolId = f.one("pool").unwrap_or("").parse().map_err(invalid)?;
+        let max =
+            f.one("max").map(str::parse::<u32>).transpose().map_err(|_| invalid("the cap must be a whole number"))?;
+        web.ops.set_user_limit(s.caller(&web.ops), (&org, pool), &email, max).await?;
+        Ok(match max {
+            Some(n) => format!("{email} may hold at most {n} sessions at once in {pool}."),
+            None => format!("{email} has no session cap in {pool}."),
+        })
+    };
+    back(&s, &web, &org, said.await)
 }
 
 /// `POST /org/ORG/keys/create` (`email`): the answer is the page with the
 /// key on it, this once (never cached, never in an address).
-pub(super) async fn create_key(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (s, org, f) = match posted(&web, &headers, org, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
+pub(super) async fn create_key(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
     let made = match email(&f) {
         Ok(email) => web.ops.create_key(s.caller(&web.ops), &org, &email).await.map(|k| (email, k)),
         Err(e) => Err(e),

@@ -24,6 +24,7 @@
 #![allow(clippy::result_large_err)]
 
 mod chart;
+mod extract;
 mod form;
 mod grants;
 mod licenses;

@@ -8,13 +8,13 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 
+use super::extract::{OrgForm, OrgPage};
 use super::form::Q;
-use super::{org_of, refused, render, words, Fields, Shell, Signed};
+use super::{refused, render, words, Fields, Shell, Signed};
 use crate::core::{format_end_date, MachineId, Millis, OrgName, PoolId, Target, DAY_MS, OFFLINE_MAX_DAYS};
 use crate::http::Web;
 
@@ -128,22 +128,8 @@ fn place(form: &mut Form, e: crate::proto::WireError) {
     }
 }
 
-/// The form's org, caller and order.
-fn posted(web: &Web, headers: &HeaderMap, org: String, body: &[u8]) -> Result<(Signed, OrgName, Order), Response> {
-    let f = Fields::parse(body);
-    let s = Signed::posted(web, headers, &f)?;
-    let org = org_of(org)?;
-    let order = Order::of(&f)
-        .ok_or_else(|| super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT"))?;
-    Ok((s, org, order))
-}
-
 /// `GET /org/ORG/offline/new?pool=POOL`.
-pub(super) async fn new(State(web): State<Arc<Web>>, headers: HeaderMap, Path(org): Path<String>, Q(q): Q) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+pub(super) async fn new(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
     let Some(order) = Order::of(&q) else {
         return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT");
     };
@@ -157,15 +143,9 @@ pub(super) async fn new(State(web): State<Arc<Web>>, headers: HeaderMap, Path(or
 }
 
 /// `POST /org/ORG/offline/review`: the rules checked, then the confirmation.
-pub(super) async fn review(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (s, org, order) = match posted(&web, &headers, org, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
+pub(super) async fn review(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let Some(order) = Order::of(&f) else {
+        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT");
     };
     let mut form = order.form(&s, &web, &org);
     let Some((target, end)) = order.parsed(&mut form, &org) else {
@@ -194,15 +174,9 @@ pub(super) async fn review(
 
 /// `POST /org/ORG/offline/create`: creates it, then back to the list,
 /// whose page starts the download.
-pub(super) async fn create(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    let (s, org, order) = match posted(&web, &headers, org, &body) {
-        Ok(x) => x,
-        Err(r) => return r,
+pub(super) async fn create(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
+    let Some(order) = Order::of(&f) else {
+        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT");
     };
     let mut form = order.form(&s, &web, &org);
     let Some((target, end)) = order.parsed(&mut form, &org) else {
@@ -225,13 +199,9 @@ pub(super) async fn create(
 /// `GET /org/ORG/offline/ID/file`: the license file, as an attachment.
 pub(super) async fn download(
     State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path((org, id)): Path<(String, String)>,
+    OrgPage { s, org }: OrgPage,
+    Path((_, id)): Path<(String, String)>,
 ) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
     match web.ops.offline_file(s.caller(&web.ops), &org, &id) {
         Ok(f) => {
             let disposition = format!("attachment; filename=\"{}\"", f.file_name.replace('"', ""));

@@ -6,13 +6,13 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
+use super::extract::{OrgForm, SignedForm};
 use super::form::Q;
-use super::{end_day, forbidden, invalid, org_of, refused, render, when, words, Fields, Shell, Signed};
+use super::{end_day, forbidden, invalid, refused, render, when, words, Fields, Shell, Signed};
 use crate::core::{parse_end_of_date, Email, OrgName, PoolId};
 use crate::http::Web;
 use crate::proto::WireError;
@@ -55,12 +55,7 @@ fn gather(web: &Web, s: &Signed, shell: Shell) -> Result<Page, crate::core::Erro
 
 /// `POST /orgs/create` (`name`, `owner`, `end`): the answer shows the
 /// first Owner's key, this once.
-pub(super) async fn create(State(web): State<Arc<Web>>, headers: HeaderMap, body: Bytes) -> Response {
-    let f = Fields::parse(&body);
-    let s = match Signed::posted(&web, &headers, &f) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
+pub(super) async fn create(State(web): State<Arc<Web>>, SignedForm { s, f }: SignedForm) -> Response {
     let made = async {
         let name = OrgName::new(f.one("name").unwrap_or("")).map_err(invalid)?;
         let owner = Email::parse_lenient(f.one("owner").unwrap_or("")).map_err(invalid)?;
@@ -87,16 +82,7 @@ pub(super) async fn create(State(web): State<Arc<Web>>, headers: HeaderMap, body
 
 /// A pools-or-subscription form: checked, acted, and back to the org's
 /// License Management page with what happened.
-async fn act(web: &Web, headers: &HeaderMap, org: String, body: &[u8], pool: bool) -> Response {
-    let f = Fields::parse(body);
-    let s = match Signed::posted(web, headers, &f) {
-        Ok(s) => s,
-        Err(r) => return r,
-    };
-    let org = match org_of(org) {
-        Ok(org) => org,
-        Err(r) => return r,
-    };
+async fn act(web: &Web, OrgForm { s, org, f }: OrgForm, pool: bool) -> Response {
     let said = match pool {
         true => set_pool(web, &s, &org, &f).await,
         false => set_subscription(web, &s, &org, &f).await,
@@ -123,21 +109,11 @@ async fn set_subscription(web: &Web, s: &Signed, org: &OrgName, f: &Fields) -> R
 }
 
 /// `POST /org/ORG/pools` (`pool`, `quota`).
-pub(super) async fn pool(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    act(&web, &headers, org, &body, true).await
+pub(super) async fn pool(State(web): State<Arc<Web>>, form: OrgForm) -> Response {
+    act(&web, form, true).await
 }
 
 /// `POST /org/ORG/subscription` (`end`).
-pub(super) async fn subscription(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    body: Bytes,
-) -> Response {
-    act(&web, &headers, org, &body, false).await
+pub(super) async fn subscription(State(web): State<Arc<Web>>, form: OrgForm) -> Response {
+    act(&web, form, false).await
 }

@@ -11,13 +11,14 @@
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::chart::{self, Bars};
+use super::extract::OrgPage;
 use super::form::Q;
-use super::{org_of, refused, render, when, Fields, Shell, Signed};
+use super::{refused, render, when, Fields, Shell};
 use crate::core::{format_end_date, Millis, OrgName, Principal, DAY_MS};
 use crate::history::filter::SessionFilter;
 use crate::history::report::{self, ReportError};
@@ -179,16 +180,7 @@ fn custom(q: &Fields, now: Millis) -> Result<(Millis, Millis), String> {
 }
 
 /// `GET /org/ORG/usage`.
-pub(super) async fn page(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    Q(q): Q,
-) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+pub(super) async fn page(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
     let now = web.ops.clock().now();
     let mut shell = s.shell("License utilization", Some(&org), "usage");
     let (query, error) = Query::of(&q, now);
@@ -329,16 +321,7 @@ fn day_aligned((from, to): (Millis, Millis)) -> (Millis, Millis) {
 
 /// `GET /org/ORG/usage.csv`: the filtered sessions of the range, named as
 /// the vendor names its export.
-pub(super) async fn export(
-    State(web): State<Arc<Web>>,
-    headers: HeaderMap,
-    Path(org): Path<String>,
-    Q(q): Q,
-) -> Response {
-    let (s, org) = match (Signed::of(&web, &headers), org_of(org)) {
-        (Ok(s), Ok(org)) => (s, org),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+pub(super) async fn export(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
     let query = match Query::of(&q, web.ops.clock().now()) {
         (query, None) => query,
         (_, Some(why)) => return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, &why, "INVALID_ARGUMENT"),
