@@ -12,14 +12,11 @@ usage: [LB_SPKI=HASH] check_dashboard.py BASE_URL API_KEY STATUS_CMD SCREENSHOT
 import base64
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 
-from websocket import create_connection
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from cdp import Chromium, fail  # noqa: E402
 
 BASE, KEY, STATUS_CMD, SHOT = sys.argv[1:5]
 assert BASE.startswith(("https://127.0.0.1:", "http://127.0.0.1:")), "loopback only"
@@ -28,46 +25,6 @@ assert BASE.startswith(("https://127.0.0.1:", "http://127.0.0.1:")), "loopback o
 SPKI = os.environ.get("LB_SPKI")
 
 
-def fail(why):
-    print("FAIL:", why, file=sys.stderr)
-    sys.exit(1)
-
-
-class Page:
-    def __init__(self, ws):
-        self.ws, self.next = ws, 0
-
-    def call(self, method, **params):
-        self.next += 1
-        self.ws.send(json.dumps({"id": self.next, "method": method, "params": params}))
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            msg = json.loads(self.ws.recv())
-            if msg.get("id") == self.next:
-                if "error" in msg:
-                    fail(f"{method}: {msg['error']}")
-                return msg["result"]
-        fail(f"{method}: no answer in 30 s")
-
-    def js(self, expr):
-        r = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            fail(f"script error in {expr!r}: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    def wait_for(self, path, what):
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            state = self.js("document.readyState + ' ' + location.pathname + location.search")
-            if state and state.startswith("complete ") and path in state:
-                return
-            time.sleep(0.1)
-        fail(f"the page never reached {path} ({what}); last: {state}: {self.js('document.body.innerText.slice(0, 300)')}")
-
-    def go(self, url, path):
-        self.call("Page.navigate", url=url)
-        self.wait_for(path, url)
-
 
 def status():
     out = subprocess.run(STATUS_CMD, shell=True, check=True, capture_output=True, text=True).stdout
@@ -75,26 +32,9 @@ def status():
 
 
 def main():
-    profile = tempfile.mkdtemp(prefix="lb-chromium-")
-    chrome = subprocess.Popen(
-        ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
-         f"--user-data-dir={profile}", "--window-size=1100,1400"]
-        + ([f"--ignore-certificate-errors-spki-list={SPKI}"] if SPKI else [])
-        + ["about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    chrome = Chromium([f"--ignore-certificate-errors-spki-list={SPKI}"] if SPKI else [])
     try:
-        port_file = os.path.join(profile, "DevToolsActivePort")
-        deadline = time.time() + 30
-        while not os.path.exists(port_file) or not open(port_file).read().strip():
-            if time.time() > deadline or chrome.poll() is not None:
-                fail("chromium did not start")
-            time.sleep(0.1)
-        port = int(open(port_file).read().split()[0])
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=10))
-        ws = create_connection([t for t in targets if t["type"] == "page"][0]["webSocketDebuggerUrl"], timeout=30)
-        page = Page(ws)
-        page.call("Page.enable")
+        page = chrome.page
 
         # Sign in through the form, as a person would.
         page.go(BASE + "/", "/")
@@ -162,12 +102,7 @@ def main():
             fail(f"a kill with a forged CSRF token answered {code}, not 403")
         print(f"dashboard ok: {len(seen['pools'])} pool(s), {live} session rows, charts drawn, kill worked; screenshot {SHOT}")
     finally:
-        chrome.terminate()
-        try:
-            chrome.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            chrome.kill()
-        shutil.rmtree(profile, ignore_errors=True)
+        chrome.close()
 
 
 main()
