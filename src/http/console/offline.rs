@@ -119,19 +119,40 @@ impl Order {
     }
 }
 
-/// A refusal of the core, shown next to the field it is about.
-fn place(form: &mut Form, e: crate::proto::WireError) {
+/// A refusal of the core: the form again, the refusal next to the field
+/// it is about (422); or 403 for a caller who may not make one at all.
+fn refusal(mut form: Form, e: crate::proto::WireError) -> Response {
     use crate::proto::ErrorCode::*;
     match e.code {
+        _ if super::forbidden(&e) => return refused(e),
         ExpiryTooLate | InvalidArgument => form.expires_error = Some(words(&e)),
         _ => form.machine_error = Some(words(&e)),
+    }
+    render(StatusCode::UNPROCESSABLE_ENTITY, &form)
+}
+
+/// The order a form or query names, or a 422 page.
+fn order_of(f: &Fields) -> Result<Order, Response> {
+    Order::of(f)
+        .ok_or_else(|| super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT"))
+}
+
+/// A posted order read: the form to show again, and what it asks for; or
+/// the form with its fields' errors (422).
+fn ordered(s: &Signed, web: &Web, org: &OrgName, f: &Fields) -> Result<(Order, Form, Target, Millis), Response> {
+    let order = order_of(f)?;
+    let mut form = order.form(s, web, org);
+    match order.parsed(&mut form, org) {
+        Some((target, end)) => Ok((order, form, target, end)),
+        None => Err(render(StatusCode::UNPROCESSABLE_ENTITY, &form)),
     }
 }
 
 /// `GET /org/ORG/offline/new?pool=POOL`.
 pub(super) async fn new(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
-    let Some(order) = Order::of(&q) else {
-        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT");
+    let order = match order_of(&q) {
+        Ok(order) => order,
+        Err(r) => return r,
     };
     // Only an Owner or Admin of the org gets the form.
     if let Err(e) = web.ops.core().require_org_admin(&s.p, &org) {
@@ -144,20 +165,12 @@ pub(super) async fn new(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage
 
 /// `POST /org/ORG/offline/review`: the rules checked, then the confirmation.
 pub(super) async fn review(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
-    let Some(order) = Order::of(&f) else {
-        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT");
-    };
-    let mut form = order.form(&s, &web, &org);
-    let Some((target, end)) = order.parsed(&mut form, &org) else {
-        return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
+    let (order, form, target, end) = match ordered(&s, &web, &org, &f) {
+        Ok(read) => read,
+        Err(r) => return r,
     };
     if let Err(e) = web.ops.core().check_offline(&s.p, &target, end, web.ops.clock().now()) {
-        let e = crate::proto::WireError::from(e);
-        if super::forbidden(&e) {
-            return refused(e);
-        }
-        place(&mut form, e);
-        return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
+        return refusal(form, e.into());
     }
     let file = format!("{}_{}.lic", order.pool.product_name(), target.machine);
     let confirm = Confirm {
@@ -175,12 +188,9 @@ pub(super) async fn review(State(web): State<Arc<Web>>, OrgForm { s, org, f }: O
 /// `POST /org/ORG/offline/create`: creates it, then back to the list,
 /// whose page starts the download.
 pub(super) async fn create(State(web): State<Arc<Web>>, OrgForm { s, org, f }: OrgForm) -> Response {
-    let Some(order) = Order::of(&f) else {
-        return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, "No such license.", "INVALID_ARGUMENT");
-    };
-    let mut form = order.form(&s, &web, &org);
-    let Some((target, end)) = order.parsed(&mut form, &org) else {
-        return render(StatusCode::UNPROCESSABLE_ENTITY, &form);
+    let (_, form, target, end) = match ordered(&s, &web, &org, &f) {
+        Ok(read) => read,
+        Err(r) => return r,
     };
     let pool = target.pool;
     match web.ops.create_offline(s.caller(&web.ops), target, end).await {
@@ -188,11 +198,7 @@ pub(super) async fn create(State(web): State<Arc<Web>>, OrgForm { s, org, f }: O
             let created = s.signed(&web, "created", &file.id);
             Redirect::to(&format!("/org/{org}/licenses?pool={pool}&{created}#created")).into_response()
         }
-        Err(e) if super::forbidden(&e) => refused(e),
-        Err(e) => {
-            place(&mut form, e);
-            render(StatusCode::UNPROCESSABLE_ENTITY, &form)
-        }
+        Err(e) => refusal(form, e),
     }
 }
 
