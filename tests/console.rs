@@ -149,6 +149,9 @@ async fn the_console_refuses_what_the_operations_refuse() {
     assert_eq!(user.get("/org/default/members").await.0, 403);
     let (_, page) = user.get("/org/default/licenses?pool=kse-node-locked-annual").await;
     assert!(!page.contains("/licenses/grant") && page.contains("Only the org's Owners and Admins"));
+    assert!(!page.contains("/org/default/members"), "a User is not offered the Members tab");
+    let (_, page) = admin.get("/org/default/licenses").await;
+    assert!(page.contains("/org/default/members\""), "an Admin is");
     let (code, _) = user.post("/org/default/licenses/grant", "pool=kse-node-locked-annual&emails=user%40x.io").await;
     assert_eq!(code, 403);
     b.quota(2).await;

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cdp import Chromium, fail, wait_for_file  # noqa: E402
@@ -120,6 +121,28 @@ def deactivate(page):
     print("deactivate ok")
 
 
+def local_times_and_copy(page, key):
+    """The console's script: times read in the viewer's zone (Chromium is
+    told it is in Kolkata, UTC+5:30), the UTC text kept as the tooltip; the
+    shown-once key's Copy button puts it on the clipboard."""
+    iso, shown, tip = page.js("""(() => { const t = document.querySelector('main time[datetime]');
+        return t ? [t.getAttribute('datetime'), t.textContent, t.title] : [null, null, null]; })()""")
+    if not iso:
+        fail("no time on the members page")
+    local = datetime.fromisoformat(iso.replace("Z", "+00:00")).astimezone(timezone(timedelta(hours=5, minutes=30)))
+    clock = {local.strftime("%H:%M"), f"{local.hour % 12 or 12}:{local.minute:02d}"}
+    if "UTC" not in tip or "UTC" in shown or not any(c in shown for c in clock):
+        fail(f"{iso} is shown as {shown!r} (tooltip {tip!r}), not in the viewer's zone ({clock})")
+    page.js("document.querySelector('button[data-copy=key-value]').click(); true")
+    deadline, copied = time.time() + 5, ""
+    while time.time() < deadline and copied != key:
+        copied = page.js("navigator.clipboard.readText().catch(e => String(e))")
+        time.sleep(0.1)
+    if copied != key:
+        fail(f"Copy put {copied!r} on the clipboard, not the key")
+    print(f"local times ok ({iso} reads {shown!r}); the key's Copy button copies it")
+
+
 def members_and_keys(page):
     page.go(f"{BASE}{ORG}/members", "/members")
     page.fill("#add-email", "d@x.io")
@@ -133,6 +156,7 @@ def members_and_keys(page):
         fail(f"no new key shown: {key!r}")
     if cli("status", key=key, check=False).returncode != 0:
         fail("the key shown does not work")
+    local_times_and_copy(page, key)
     page.screenshot(os.path.join(SHOTS, "console-members.png"))
     key_id = page.text("[role=status]").split()[1]
     page.click(f"#keys form:has(input[value='{key_id}']) button", "note=", "Revoke key")
@@ -217,6 +241,9 @@ def main():
     os.makedirs(SHOTS, exist_ok=True)
     downloads = tempfile.mkdtemp(prefix="lb-downloads-")
     chrome = Chromium(FLAGS, downloads=downloads)
+    chrome.page.call("Emulation.setTimezoneOverride", timezoneId="Asia/Kolkata")
+    chrome.page.call("Emulation.setFocusEmulationEnabled", enabled=True)
+    chrome.browser.call("Browser.grantPermissions", permissions=["clipboardReadWrite", "clipboardSanitizedWrite"])
     try:
         operator(chrome.page)
         sign_in(chrome.page, OWNER)

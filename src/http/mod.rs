@@ -159,13 +159,15 @@ async fn timed(req: axum::extract::Request, next: axum::middleware::Next) -> Res
     r
 }
 
-/// What no page may do, said on every answer: run any script (the pages
-/// have none; styles are inline), be framed by another page, send the
+/// What no page may do, said on every answer: run any script but the
+/// console's own file (`/console.js`: nothing inline, no `eval`; styles
+/// are inline), be framed by another page, send the
 /// address on as a referrer, be sniffed as another type, or be kept by a
 /// cache (member emails, machines and sessions are on them).
 /// `connect-src 'self'` grants nothing while no script runs; it lets a
 /// browser test driving the page (DevTools) post from it.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; \
+pub const CONTENT_SECURITY_POLICY: &str =
+    "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src data:; \
     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// HSTS under TLS: a browser that reached the door over HTTPS never

@@ -18,7 +18,7 @@ use axum::response::Response;
 
 use super::extract::OrgPage;
 use super::form::Q;
-use super::{end_day, refused, render, when, Fields, Shell, Signed};
+use super::{at, end_day, refused, render, Fields, Shell, Signed, When};
 use crate::core::{Kind, Millis, OrgName, PoolId, PoolStatus, Principal, Product, Term};
 use crate::http::Web;
 
@@ -35,7 +35,7 @@ struct Page {
     licensed: Vec<Licensed>,
     online: Vec<Online>,
     /// Registered machines: (machine, when).
-    machines: Vec<(String, String)>,
+    machines: Vec<(String, When)>,
     offline: Vec<super::offline::Row>,
     /// An offline license just created (its download starts).
     created: Option<super::offline::Row>,
@@ -69,7 +69,7 @@ struct PoolBox {
 
 struct Licensed {
     email: String,
-    since: String,
+    since: When,
     machine: String,
 }
 
@@ -79,7 +79,7 @@ struct Online {
     user: String,
     kind: &'static str,
     job: String,
-    since: String,
+    since: When,
     /// The session to end (`None`: an activation, freed by deactivating its machine).
     session: Option<String>,
 }
@@ -145,14 +145,14 @@ fn fill_lists(page: &mut Page, web: &Web, p: &Principal, org: &OrgName, pool: Po
         .iter()
         .map(|g| Licensed {
             email: g.email.to_string(),
-            since: when(g.granted, now),
+            since: at(g.granted, now),
             machine: g.machine.as_ref().map(ToString::to_string).unwrap_or_default(),
         })
         .collect();
     page.machines = machines
         .into_iter()
         .filter(|m| m.pool == pool)
-        .map(|m| (m.machine.to_string(), when(m.registered, now)))
+        .map(|m| (m.machine.to_string(), at(m.registered, now)))
         .collect();
     page.offline = offline.into_iter().filter(|o| o.pool == pool).map(super::offline::Row::of).collect();
 }
@@ -195,7 +195,7 @@ fn online(
         user: x.user.to_string(),
         kind: "session",
         job: x.labels.to_string(),
-        since: when(x.started, now),
+        since: at(x.started, now),
         session: Some(x.session.to_string()),
     });
     let activated = grants.iter().filter_map(|g| {
@@ -204,7 +204,7 @@ fn online(
             user: g.email.to_string(),
             kind: "activation",
             job: String::new(),
-            since: when(g.granted, now),
+            since: at(g.granted, now),
             session: None,
         })
     });

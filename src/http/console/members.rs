@@ -13,7 +13,7 @@ use axum::response::Response;
 
 use super::extract::{OrgForm, OrgPage};
 use super::form::Q;
-use super::{forbidden, invalid, refused, render, role_name, when, words, Fields, Shell, Signed};
+use super::{at, forbidden, invalid, refused, render, role_name, words, Fields, Shell, Signed, When};
 use crate::core::{Email, KeyRef, OrgName, PoolId, Role};
 use crate::http::Web;
 use crate::proto::WireError;
@@ -24,9 +24,9 @@ struct Page {
     shell: Shell,
     org: String,
     /// (email, role, since)
-    members: Vec<(String, &'static str, String)>,
+    members: Vec<(String, &'static str, When)>,
     /// (id, email, created, revoked)
-    keys: Vec<(String, String, String, bool)>,
+    keys: Vec<(String, String, When, bool)>,
     /// (pool, email, max, in use)
     caps: Vec<(String, String, u32, u32)>,
     pools: Vec<String>,
@@ -63,13 +63,10 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, shell: Shell, find: Option<&str>
     let members = core
         .users(&s.p, org)?
         .into_iter()
-        .map(|u| (u.email.to_string(), role_name(u.role), when(u.created, now)))
+        .map(|u| (u.email.to_string(), role_name(u.role), at(u.created, now)))
         .collect();
-    let keys = core
-        .keys(&s.p, org)?
-        .into_iter()
-        .map(|k| (k.id, k.email.to_string(), when(k.created, now), k.revoked))
-        .collect();
+    let keys =
+        core.keys(&s.p, org)?.into_iter().map(|k| (k.id, k.email.to_string(), at(k.created, now), k.revoked)).collect();
     let pools: Vec<PoolId> = core.status(&s.p, Some(org))?.into_iter().map(|st| st.pool).collect();
     let mut caps = Vec::new();
     for pool in &pools {

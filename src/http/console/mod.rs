@@ -2,7 +2,8 @@
 //! vendor's License Management page does (grant and revoke licenses, end
 //! sessions, deactivate machines, create and hand out offline licenses,
 //! manage members and API keys), server-rendered, every flow a plain HTML
-//! form, no script.
+//! form. Its one script (`console.js`) is a nicety: it shows times in the
+//! viewer's zone and adds copy buttons; nothing needs it.
 //!
 //! It decides nothing: every change is the same `crate::operations`
 //! function the CLI's request reaches over QUIC (same rules, same audit
@@ -72,6 +73,7 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/org/{org}/pools", post(operator::pool))
         .route("/org/{org}/subscription", post(operator::subscription))
         .route("/org/{org}/usage.csv", get(usage::export))
+        .route("/console.js", get(script))
 }
 
 /// The caller of a console page: who, and the sign-in's CSRF token.
@@ -121,6 +123,7 @@ impl Signed {
             who: who(&self.p),
             csrf: self.csrf.clone(),
             org: org.map(OrgName::to_string),
+            members_tab: org.is_some_and(|o| self.p.require_admin(o).is_ok()),
             tab,
             note: None,
             error: None,
@@ -161,6 +164,17 @@ impl Signed {
     }
 }
 
+/// The console's one script (niceties only: local times, copy buttons;
+/// see the file). Served from here so the policy can allow `'self'` and
+/// nothing inline.
+async fn script() -> Response {
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+        (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+    ];
+    (headers, include_str!("console.js")).into_response()
+}
+
 /// Longest note carried back to a page (a long batch is cut short).
 const NOTE_MAX: usize = 1500;
 
@@ -175,6 +189,10 @@ pub(super) struct Shell {
     pub csrf: String,
     /// The org whose tabs are shown.
     pub org: Option<String>,
+    /// Whether the Members tab is offered: the core's own rule for who
+    /// reads an org's members (its Owners and Admins), so no one is shown a
+    /// tab that answers 403.
+    pub members_tab: bool,
     /// The tab that is on.
     pub tab: &'static str,
     /// What the last act did (signed, see `Signed::note`).
@@ -309,6 +327,31 @@ pub(super) fn when(t: Millis, now: Millis) -> String {
     let utc = crate::core::format_utc(t);
     format!("{} {} UTC ({rel})", &utc[..10], &utc[11..16])
 }
+
+/// An instant on a page: a `<time>` holding `when`'s UTC text, which the
+/// console's script (`/console.js`) rewrites in the viewer's own time zone
+/// and locale, keeping the UTC text as its tooltip; without the script the
+/// UTC text stands.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct When {
+    t: Millis,
+    now: Millis,
+}
+
+/// `t` as a page shows it (see `When`).
+pub(super) fn at(t: Millis, now: Millis) -> When {
+    When { t, now }
+}
+
+impl std::fmt::Display for When {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let iso = crate::core::format_utc(self.t);
+        write!(f, r#"<time datetime="{iso}">{}</time>"#, when(self.t, self.now))
+    }
+}
+
+/// `When` writes only digits, fixed words and its own markup: nothing to escape.
+impl askama::filters::HtmlSafe for When {}
 
 /// A subscription's end as people read it: its last day, or "no end".
 pub(super) fn end_day(end: Millis) -> String {

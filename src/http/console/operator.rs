@@ -12,7 +12,7 @@ use axum::response::Response;
 
 use super::extract::{OrgForm, SignedForm};
 use super::form::Q;
-use super::{end_day, forbidden, invalid, refused, render, when, words, Fields, Shell, Signed};
+use super::{at, end_day, forbidden, invalid, refused, render, words, Fields, Shell, Signed, When};
 use crate::core::{parse_end_of_date, Email, OrgName, PoolId};
 use crate::http::Web;
 use crate::proto::WireError;
@@ -22,7 +22,7 @@ use crate::proto::WireError;
 struct Page {
     shell: Shell,
     /// (name, subscription ends, pools, members, created)
-    orgs: Vec<(String, String, u32, u32, String)>,
+    orgs: Vec<(String, String, u32, u32, When)>,
     /// An org just created: (org, owner, the owner's key), shown this once.
     created: Option<(String, String, String)>,
 }
@@ -48,7 +48,7 @@ fn gather(web: &Web, s: &Signed, shell: Shell) -> Result<Page, crate::core::Erro
         .core()
         .orgs(&s.p)?
         .into_iter()
-        .map(|o| (o.name.to_string(), end_day(o.subscription_end), o.pools, o.users, when(o.created, now)))
+        .map(|o| (o.name.to_string(), end_day(o.subscription_end), o.pools, o.users, at(o.created, now)))
         .collect();
     Ok(Page { shell, orgs, created: None })
 }

@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use super::chart::{self, Bars};
 use super::extract::OrgPage;
 use super::form::Q;
-use super::{refused, render, when, Fields, Shell};
+use super::{at, refused, render, Fields, Shell, When};
 use crate::core::{format_end_date, Millis, OrgName, Principal, DAY_MS};
 use crate::history::filter::SessionFilter;
 use crate::history::report::{self, ReportError};
@@ -92,7 +92,7 @@ struct Row {
     session: String,
     machine: String,
     pool: String,
-    start: String,
+    start: When,
     duration: String,
     reason: String,
     labels: String,
@@ -249,7 +249,7 @@ fn row(id: u64, r: EndedRow, now: Millis) -> Row {
     let secs = r.end.saturating_sub(r.start) / 1000;
     Row {
         session: crate::core::SessionId(id).to_string(),
-        start: when(Millis(r.start), now),
+        start: at(Millis(r.start), now),
         duration: format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60),
         labels: r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "),
         user: r.user,
