@@ -208,3 +208,46 @@ async fn a_machine_holding_only_an_activation_is_deactivated_after_saying_so() {
     let (code, _) = browser.get("/org/default/machines/deactivate?pool=kse-node-locked-annual&machine=desk-1").await;
     assert_eq!(code, 404);
 }
+
+/// Utilization charts KSE's licenses assigned against those activated,
+/// from the minutes the history keeps (the API's JSON says the same).
+/// The broker's clock is set 4 s before a minute boundary, so a minute
+/// closes and is harvested within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn utilization_charts_kse_licenses_assigned_against_activated() {
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ahead = (60_000 - wall % 60_000 + 60_000 - 4_000) % 60_000;
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.clock_ahead = Duration::from_millis(ahead);
+    })
+    .await;
+    let op = b.operator().await;
+    op.set_pool(&org(), kse(), 3).await.unwrap();
+    let owner = b.owner().await;
+    owner.add_user(&org(), "a@x.io", Role::User).await.unwrap();
+    owner.grant(&org(), kse(), "a@x.io").await.unwrap();
+    owner.grant(&org(), kse(), "owner@default").await.unwrap();
+    owner.activate(&org(), kse(), &machine("desk-1"), 1).await.unwrap();
+    let usage = "/api/v1/usage?org=default&pool=kse-node-locked-annual&from=10m&step=1m";
+    let waited = std::time::Instant::now();
+    let point = loop {
+        let (code, body) = b.web().fetch(usage, Some(&b.owner)).await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if let Some(p) = v["pools"][0]["points"].as_array().and_then(|p| p.last().cloned()) {
+            break p;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(20), "no minute was harvested: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!((point["assigned"].as_u64(), point["activated"].as_u64()), (Some(2), Some(1)), "{point}");
+    let browser = Browser::sign_in(&b, &b.owner).await;
+    let (code, page) = browser.get("/org/default/usage?preset=today").await;
+    assert_eq!(code, 200);
+    let chart = &page[page.find("<svg class=\"licenses\"").expect("the assigned/activated chart")..];
+    assert!(chart.contains("kse-node-locked-annual assigned") && chart.contains("kse-node-locked-annual activated"));
+    // Today's dots on a scale of 0 to 4 licenses over 240 px from y = 250: 2 assigned, 1 activated.
+    let chart = &chart[..chart.find("</svg>").unwrap()];
+    assert!(chart.contains(">4</text>") && chart.contains("cy=\"130.0\"") && chart.contains("cy=\"190.0\""), "{chart}");
+}

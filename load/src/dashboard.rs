@@ -166,6 +166,7 @@ fn minute(m: u64) -> ((String, String, u64), Usage) {
         denied: vec![refused, 0, 0, 0, 0, 0, 0, 0],
         ends: [u64::from(held / 3), 0, 0, 0],
         queued: 0,
+        ..Usage::default()
     };
     (("default".to_string(), PoolId::KRE_DEFAULT.to_string(), m), u)
 }

@@ -169,6 +169,8 @@ async fn series(c: &Client, a: SeriesArgs) -> Result<()> {
                         denied: p.denied,
                         ends: p.ends,
                         queued: p.queued,
+                        // Not on the wire (protocol version 1's `UsagePoint`): the console and the API say them.
+                        ..Usage::default()
                     },
                 };
                 match all.last_mut() {
@@ -180,7 +182,16 @@ async fn series(c: &Client, a: SeriesArgs) -> Result<()> {
     })
     .await?;
     if a.format.json {
-        println!("{}", serde_json::to_string_pretty(&export::usage_json(org.as_str(), (from, to), step, &all))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&export::usage_json(
+                org.as_str(),
+                (from, to),
+                step,
+                &all,
+                export::Licenses::Unknown
+            ))?
+        );
     } else if a.format.csv {
         print!("{}", export::usage_csv(&all));
     } else if all.is_empty() {

@@ -111,6 +111,10 @@ pub struct PoolSample {
     pub denied: [u64; super::pool::Denial::ALL.len()],
     /// Runners that joined the wait queue this run (differences, too).
     pub queued: u64,
+    /// Users granted the pool now (KSE's Licensed Users).
+    pub assigned: u32,
+    /// Node-locked activations and live offline licenses now.
+    pub activated: u32,
 }
 
 /// The broker core.
@@ -692,6 +696,7 @@ impl Broker {
             .flat_map(|e| e.pools.values())
             .map(|p| {
                 let (peak, trough) = p.take_extremes();
+                let (assigned, bound, offline) = p.licensing_counts();
                 PoolSample {
                     org: p.org.clone(),
                     pool: p.id,
@@ -700,6 +705,8 @@ impl Broker {
                     quota: p.quota(),
                     denied: p.denied(),
                     queued: p.queued(),
+                    assigned,
+                    activated: bound + offline,
                 }
             })
             .collect();

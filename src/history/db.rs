@@ -59,6 +59,42 @@ pub struct Usage {
     pub ends: [u64; 4],
     /// Runners that joined the pool's wait queue (`runner --wait`).
     pub queued: u64,
+    /// Most users granted the pool (KSE's Licensed Users) at a harvest in
+    /// the period. Appended after `queued`: rows written before it decode
+    /// through `Stored::V1` with 0.
+    pub assigned: u32,
+    /// Most node-locked activations and live offline licenses at a harvest
+    /// in the period (the licenses bound to a machine; sessions are `peak`).
+    pub activated: u32,
+}
+
+/// A `Usage` as a row holds it: postcard is not self-describing, so a row
+/// written before a field was appended is read by the shape it was
+/// written in (it runs out before the new fields; a row of the new shape
+/// never decodes as the old, which would leave bytes over).
+#[derive(Deserialize)]
+struct UsageV1 {
+    peak: u32,
+    trough: u32,
+    quota: u32,
+    seat_ms: u64,
+    admitted: u64,
+    denied: Vec<u64>,
+    ends: [u64; 4],
+    queued: u64,
+}
+
+/// Reads a stored `Usage` of either shape.
+fn decode(bytes: &[u8]) -> Result<Usage, DbError> {
+    if let Ok(u) = postcard::from_bytes::<Usage>(bytes) {
+        return Ok(u);
+    }
+    let (v1, rest) = postcard::take_from_bytes::<UsageV1>(bytes).map_err(err)?;
+    if !rest.is_empty() {
+        return Err(DbError(format!("a usage row has {} bytes over", rest.len())));
+    }
+    let UsageV1 { peak, trough, quota, seat_ms, admitted, denied, ends, queued } = v1;
+    Ok(Usage { peak, trough, quota, seat_ms, admitted, denied, ends, queued, assigned: 0, activated: 0 })
 }
 
 impl Usage {
@@ -79,6 +115,8 @@ impl Usage {
             *e += n;
         }
         self.queued += o.queued;
+        self.assigned = self.assigned.max(o.assigned);
+        self.activated = self.activated.max(o.activated);
     }
 
     /// Refusals of every reason.
@@ -177,7 +215,7 @@ impl Db {
                 }
                 for (k, u) in merged {
                     let old = match t.get(k).map_err(err)? {
-                        Some(old) => Some(postcard::from_bytes::<Usage>(old.value()).map_err(err)?),
+                        Some(old) => Some(decode(old.value())?),
                         None => None,
                     };
                     let row = match old {
@@ -213,7 +251,7 @@ impl Db {
         let mut out = Vec::new();
         for row in t.range((org, pool, from)..(org, pool, to)).map_err(err)? {
             let (k, v) = row.map_err(err)?;
-            out.push((k.value().2, postcard::from_bytes(v.value()).map_err(err)?));
+            out.push((k.value().2, decode(v.value())?));
         }
         Ok(out)
     }
@@ -291,5 +329,23 @@ impl Db {
     /// Bytes the file takes on disk.
     pub fn file_bytes(path: &Path) -> u64 {
         std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row written before `assigned` and `activated` were appended reads
+    /// with them 0; a row of today's shape reads back as written.
+    #[test]
+    fn rows_of_either_shape_decode() {
+        let old = (3u32, 1u32, 5u32, 90_000u64, 2u64, vec![1u64, 0, 4], [1u64, 0, 0, 2], 6u64);
+        let u = decode(&postcard::to_allocvec(&old).unwrap()).unwrap();
+        assert_eq!((u.peak, u.trough, u.quota, u.seat_ms, u.admitted), (3, 1, 5, 90_000, 2));
+        assert_eq!((u.denied, u.ends, u.queued, u.assigned, u.activated), (vec![1, 0, 4], [1, 0, 0, 2], 6, 0, 0));
+        let new = Usage { peak: 1, assigned: 7, activated: 3, denied: vec![0; 2], ..Usage::default() };
+        assert_eq!(decode(&postcard::to_allocvec(&new).unwrap()).unwrap(), new);
+        assert!(decode(&[0xff; 3]).is_err(), "garbage is an error, not a row");
     }
 }

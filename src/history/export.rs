@@ -16,8 +16,25 @@ fn time(ms: u64) -> String {
     format_utc(Millis(ms))
 }
 
+/// Whether a usage report carries KSE's assigned and activated licenses:
+/// the history's own reports do; one read over protocol version 1 (the
+/// CLI's), whose usage points have no such fields, does not.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Licenses {
+    /// Say them for KSE pools.
+    Said,
+    /// Leave them out (the source does not carry them).
+    Unknown,
+}
+
 /// Usage as JSON: `{org, from, to, step_seconds, pools: [{pool, quota, points: [...]}]}`.
-pub fn usage_json(org: &str, (from, to): (Millis, Millis), step_ms: u64, series: &[Series]) -> Value {
+pub fn usage_json(
+    org: &str,
+    (from, to): (Millis, Millis),
+    step_ms: u64,
+    series: &[Series],
+    licenses: Licenses,
+) -> Value {
     let names = denial_names();
     let pools: Vec<Value> = series
         .iter()
@@ -34,7 +51,7 @@ pub fn usage_json(org: &str, (from, to): (Millis, Millis), step_ms: u64, series:
                         .collect();
                     let ends: Map<String, Value> =
                         EndReason::ALL.iter().zip(u.ends).map(|(r, c)| (r.name().to_string(), json!(c))).collect();
-                    json!({
+                    let mut point = json!({
                         "start": time(p.start),
                         "peak": u.peak,
                         "trough": u.trough,
@@ -45,7 +62,12 @@ pub fn usage_json(org: &str, (from, to): (Millis, Millis), step_ms: u64, series:
                         "queued": u.queued,
                         "denied": denied,
                         "ends": ends,
-                    })
+                    });
+                    if licenses == Licenses::Said && s.pool.product == crate::core::Product::Kse {
+                        point["assigned"] = json!(u.assigned);
+                        point["activated"] = json!(u.activated);
+                    }
+                    point
                 })
                 .collect();
             json!({ "pool": s.pool.to_string(), "quota": s.quota, "points": points })

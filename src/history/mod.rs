@@ -313,11 +313,13 @@ fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, 
         let (newly, queued) = since_last(state, s);
         for m in from..to {
             let key = (org.clone(), pool.clone(), m);
-            if s.peak == 0 && !rows.contains_key(&key) {
+            if s.peak == 0 && s.assigned == 0 && s.activated == 0 && !rows.contains_key(&key) {
                 continue;
             }
             let u = rows.entry(key).or_insert_with(blank);
             u.peak = u.peak.max(s.peak);
+            u.assigned = u.assigned.max(s.assigned);
+            u.activated = u.activated.max(s.activated);
             u.trough = s.trough;
             u.quota = s.quota;
         }

@@ -110,3 +110,34 @@ async fn reports_take_turns() {
     let next = tokio::time::timeout(Duration::from_secs(5), h.reading()).await;
     assert!(matches!(next, Ok(Some(_))), "and gets its turn when one finishes");
 }
+
+/// KSE's assigned and activated licenses over time, from the harvests:
+/// each minute keeps what the harvest that closed it saw, and a longer
+/// period the most of either at any harvest in it.
+#[test]
+fn assigned_and_activated_kse_licenses_over_time() {
+    use crate::core::{ConnId, Nonce, Role};
+    let at = timeline();
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path(), Retention::default()).unwrap();
+    let w = Fixture::new(2, 2, Duration::from_secs(300));
+    let a = w.add_member("a@x.io", Role::User, 7);
+    let b = w.add_member("b@x.io", Role::User, 8);
+    let kse = w.with_kse_grant("kse-node-locked-annual", 3, &a);
+    w.apply(w.broker.plan_grant(&w.owner, &w.org, kse, &b.email, t(0)));
+    h.record(w.broker.harvest(at(60_500)), at(60_500), Vec::new(), true).unwrap();
+    let pending = w.broker.activate(&a, &w.target_in(kse, "pc-1"), Nonce(0), ConnId(0), at(70_000)).unwrap();
+    w.commit(pending);
+    h.record(w.broker.harvest(at(120_500)), at(120_500), Vec::new(), true).unwrap();
+    w.apply(w.broker.plan_revoke_grant(&w.owner, &w.org, kse, &b.email, at(130_000)));
+    h.record(w.broker.harvest(at(180_500)), at(180_500), Vec::new(), true).unwrap();
+
+    let (org, pool) = (w.org.to_string(), kse.to_string());
+    let minutes = h.usage(&org, &pool, at(0), at(240_000), MINUTE_MS).unwrap();
+    let seen: Vec<(u32, u32)> = minutes.iter().map(|p| (p.usage.assigned, p.usage.activated)).collect();
+    assert_eq!(seen, [(2, 0), (2, 1), (1, 1)], "{minutes:#?}");
+    let hour = h.usage(&org, &pool, at(0), at(240_000), 60 * MINUTE_MS).unwrap();
+    assert_eq!((hour[0].usage.assigned, hour[0].usage.activated), (2, 1), "the hour keeps the most of each");
+    let kre = h.usage(&org, "kre-floating-annual", at(0), at(240_000), MINUTE_MS).unwrap();
+    assert!(kre.iter().all(|p| (p.usage.assigned, p.usage.activated) == (0, 0)), "{kre:#?}");
+}

@@ -165,7 +165,7 @@ fn usage_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result
     let series = ask.read(history(web)?).map_err(report_error)?;
     Ok(match csv(q)? {
         true => csv_body(&format!("usage-{org}"), export::usage_csv(&series)),
-        false => json_body(export::usage_json(org.as_str(), range, step, &series)),
+        false => json_body(export::usage_json(org.as_str(), range, step, &series, export::Licenses::Said)),
     })
 }
 

@@ -168,7 +168,7 @@ impl Pool {
     }
 
     /// Grants, activations and offline licenses holding a seat (for `status`).
-    pub(super) fn licensing_counts(&self) -> (u32, u32, u32) {
+    pub(crate) fn licensing_counts(&self) -> (u32, u32, u32) {
         let l = self.licensing.lock();
         (l.grants.len() as u32, l.bindings.len() as u32, l.offline.iter().filter(|o| o.active).count() as u32)
     }

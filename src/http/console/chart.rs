@@ -1,6 +1,7 @@
-//! Total session time per license type and day, as inline SVG (no
-//! script): lines, one per pool, or bars stacked by pool. Pool names are
-//! escaped here, since the SVG goes into the page as it is.
+//! Per-day series as inline SVG (no script): total session time per
+//! license type, as lines (one per pool) or bars stacked by pool; and
+//! counts of licenses (KSE assigned and activated) as lines. Series names
+//! are escaped here, since the SVG goes into the page as it is.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -8,11 +9,22 @@ use std::fmt::Write;
 use crate::core::{format_end_date, Millis, DAY_MS};
 use crate::http::dashboard::view::esc;
 
-/// Seat-milliseconds per pool and day over a range of whole days.
+/// A value per series (a pool) and day over a range of whole days:
+/// seat-milliseconds, or a count of licenses.
 pub struct Bars {
     from: u64,
     days: usize,
     by_pool: BTreeMap<String, Vec<u64>>,
+    unit: Unit,
+}
+
+/// What a chart's values count.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Seat-milliseconds, shown in hours.
+    Hours,
+    /// Licenses.
+    Licenses,
 }
 
 /// The pools' colours, in order.
@@ -21,7 +33,35 @@ const COLOURS: [&str; 6] = ["#2563eb", "#c2410c", "#059669", "#7c3aed", "#db2777
 impl Bars {
     /// No time yet, over whole days `from..to`.
     pub fn new(from: Millis, to: Millis) -> Bars {
-        Bars { from: from.0, days: (to.0.saturating_sub(from.0) / DAY_MS).max(1) as usize, by_pool: BTreeMap::new() }
+        let days = (to.0.saturating_sub(from.0) / DAY_MS).max(1) as usize;
+        Bars { from: from.0, days, by_pool: BTreeMap::new(), unit: Unit::Hours }
+    }
+
+    /// No licenses counted yet, over whole days `from..to` (see `most`).
+    pub fn counts(from: Millis, to: Millis) -> Bars {
+        Bars { unit: Unit::Licenses, ..Bars::new(from, to) }
+    }
+
+    /// Raises `series`' value on the day holding `start` to `n`, if lower.
+    pub fn most(&mut self, series: &str, start: u64, n: u64) {
+        if let Some(d) = self.day(start) {
+            let days = self.days;
+            let v = &mut self.by_pool.entry(series.to_string()).or_insert_with(|| vec![0; days])[d];
+            *v = (*v).max(n);
+        }
+    }
+
+    /// Whether no series has a value yet.
+    pub fn is_empty(&self) -> bool {
+        self.by_pool.is_empty()
+    }
+
+    /// A value on the chart's scale, in words.
+    fn label(&self, v: u64) -> String {
+        match self.unit {
+            Unit::Hours => hours(v),
+            Unit::Licenses => v.to_string(),
+        }
     }
 
     fn day(&self, t: u64) -> Option<usize> {
@@ -55,7 +95,12 @@ impl Bars {
     fn max(&self, stacked: bool) -> u64 {
         let per_day = |d: usize| self.by_pool.values().map(move |v| v[d]);
         let top = (0..self.days).map(|d| if stacked { per_day(d).sum() } else { per_day(d).max().unwrap_or(0) });
-        top.max().unwrap_or(0).max(3_600_000)
+        let top = top.max().unwrap_or(0);
+        match self.unit {
+            Unit::Hours => top.max(3_600_000),
+            // Whole licenses on each of the scale's four steps.
+            Unit::Licenses => top.max(1).div_ceil(4) * 4,
+        }
     }
 }
 
@@ -77,14 +122,14 @@ const BOTTOM: f64 = 24.0;
 
 /// The chart's frame: axes, the hour scale and the first and last day.
 fn frame(b: &Bars, max: u64, out: &mut String) {
-    let _ = write!(
-        out,
-        r#"<svg class="usage" viewBox="0 0 {W} {}" role="img" aria-label="session hours per day by license type">"#,
-        H + BOTTOM
-    );
+    let (class, what) = match b.unit {
+        Unit::Hours => ("usage", "session hours per day by license type"),
+        Unit::Licenses => ("licenses", "KSE licenses assigned and activated per day"),
+    };
+    let _ = write!(out, r#"<svg class="{class}" viewBox="0 0 {W} {}" role="img" aria-label="{what}">"#, H + BOTTOM);
     for i in 0u32..=4 {
         let y = H - (H - TOP) * f64::from(i) / 4.0;
-        let label = hours(max * u64::from(i) / 4);
+        let label = b.label(max * u64::from(i) / 4);
         let _ = write!(
             out,
             r#"<line class="grid" x1="{LEFT}" x2="{W}" y1="{y:.1}" y2="{y:.1}"/><text class="axis" x="2" y="{:.1}">{label}</text>"#,

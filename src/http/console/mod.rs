@@ -28,6 +28,7 @@ mod chart;
 mod extract;
 mod form;
 mod grants;
+mod licensed;
 mod licenses;
 mod machines;
 mod members;

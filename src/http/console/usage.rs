@@ -60,6 +60,8 @@ struct Page {
     /// Total hours per pool over the range.
     totals: Vec<(String, String)>,
     chart: String,
+    /// KSE licenses assigned and activated per day, if the org has KSE.
+    licensed: Option<String>,
     /// Where the chart's numbers come from, in words.
     source: String,
     /// Whether the caller may see who held the sessions (the table, Export).
@@ -226,6 +228,7 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, mut shell: Shell) -
         true => report::sessions(core, Some(h), p, org, q.range, q.after, PAGE)?.filtered(q.filter.clone()).read(h)?,
         false => (Vec::new(), None),
     };
+    let licensed = super::licensed::chart(web, h, p, org, pool_of(&q)?, day_aligned(q.range))?;
     let now = web.ops.clock().now();
     let query = q.pairs();
     let next = next.map(|(end, id)| format!("{query}&after={end}.{}", crate::core::SessionId(id)));
@@ -236,6 +239,7 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, mut shell: Shell) -
         pools,
         totals: bars.totals(),
         chart: if q.stacked { chart::stacked(&bars) } else { chart::lines(&bars) },
+        licensed,
         source,
         readers,
         rows: rows.into_iter().map(|(id, r)| row(id, r, now)).collect(),
@@ -261,10 +265,8 @@ fn row(id: u64, r: EndedRow, now: Millis) -> Row {
 
 /// Seat time per pool and day from the rollups (no per-user breakdown).
 fn from_rollups(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query) -> Result<Bars, ReportError> {
-    let pool =
-        q.filter.pool.as_deref().map(str::parse).transpose().map_err(|e| ReportError::Invalid(format!("{e}")))?;
     let (from, to) = day_aligned(q.range);
-    let series = report::usage(web.ops.core(), Some(h), p, org, pool, (from, to), DAY_MS)?.read(h)?;
+    let series = report::usage(web.ops.core(), Some(h), p, org, pool_of(q)?, (from, to), DAY_MS)?.read(h)?;
     let mut bars = Bars::new(from, to);
     for s in series {
         for pt in s.points {
@@ -272,6 +274,11 @@ fn from_rollups(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query)
         }
     }
     Ok(bars)
+}
+
+/// The pool the question names, if any.
+fn pool_of(q: &Query) -> Result<Option<crate::core::PoolId>, ReportError> {
+    q.filter.pool.as_deref().map(str::parse).transpose().map_err(|e| ReportError::Invalid(format!("{e}")))
 }
 
 /// Seat time per pool and day from the ended sessions the filter keeps,
