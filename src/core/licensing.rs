@@ -11,7 +11,7 @@ use super::broker::Broker;
 use super::error::{Error, ExpiryLimit, Result};
 use super::id::{Email, MachineId, OfflineId, OrgName, Role};
 use super::pending::{Pending, Undo};
-use super::pool::{Kind, OfflineEntry, Pool, PoolId, Product, Term};
+use super::pool::{OfflineEntry, Pool, PoolId, Product};
 use super::record::{AuditAction, Change, OfflineLicense, Record};
 use super::time::{format_end_date, Millis, DAY_MS};
 use super::Principal;
@@ -19,6 +19,31 @@ use crate::sync::Arc;
 
 /// Longest an offline license may last, in days after the day it is created.
 pub const OFFLINE_MAX_DAYS: u64 = 60;
+
+/// The days an offline license made at some instant may end on (each as
+/// the end of its last day): from today to `OFFLINE_MAX_DAYS` on, never
+/// past the org's subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfflineWindow {
+    /// The end of today: the soonest last day.
+    pub first: Millis,
+    /// The latest last day.
+    pub last: Millis,
+    /// Which limit `last` is.
+    pub limit: ExpiryLimit,
+}
+
+impl OfflineWindow {
+    /// The window at `now` for an org whose subscription ends at `subscription_end`.
+    pub fn at(now: Millis, subscription_end: Millis) -> OfflineWindow {
+        let first = Millis((now.0 / DAY_MS + 1) * DAY_MS);
+        let most = Millis(first.0 + OFFLINE_MAX_DAYS * DAY_MS);
+        match subscription_end < most {
+            true => OfflineWindow { first, last: subscription_end, limit: ExpiryLimit::Subscription },
+            false => OfflineWindow { first, last: most, limit: ExpiryLimit::MaxDays },
+        }
+    }
+}
 
 /// A licensed user of a pool, for `licenses`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,24 +272,28 @@ impl Broker {
     }
 
     /// Refuses an offline license from a pool that cannot issue them, or
-    /// one that would end before today, past 60 days or past the subscription.
+    /// one that would end outside `offline_window`.
     fn check_offline_expiry(&self, org: &OrgName, pool: PoolId, last_day_end: Millis, now: Millis) -> Result<()> {
-        if pool.kind != Kind::NodeLocked || pool.term != Term::Annual {
+        if !pool.issues_offline() {
             return Err(Error::OfflineNotAllowed { pool });
         }
-        let today_end = Millis((now.0 / DAY_MS + 1) * DAY_MS);
-        if last_day_end < today_end {
+        let subscription_end = self.with_dir(|dir| dir.org(org).map(|o| o.subscription_end))?;
+        let w = OfflineWindow::at(now, subscription_end);
+        if last_day_end < w.first {
             return Err(Error::invalid("expiry", "must be today or later"));
         }
-        let sixty = Millis(today_end.0 + OFFLINE_MAX_DAYS * DAY_MS);
-        if last_day_end > sixty {
-            return Err(Error::ExpiryTooLate { limit: ExpiryLimit::MaxDays, latest: sixty });
-        }
-        let subscription_end = self.with_dir(|dir| dir.org(org).map(|o| o.subscription_end))?;
-        if last_day_end > subscription_end {
-            return Err(Error::ExpiryTooLate { limit: ExpiryLimit::Subscription, latest: subscription_end });
+        if last_day_end > w.last {
+            return Err(Error::ExpiryTooLate { limit: w.limit, latest: w.last });
         }
         Ok(())
+    }
+
+    /// Owner/Admin: the days an offline license of `org` made now may end
+    /// on (what the console's form offers; `create_offline` enforces it).
+    pub fn offline_window(&self, p: &Principal, org: &OrgName, now: Millis) -> Result<OfflineWindow> {
+        p.require_admin(org)?;
+        let subscription_end = self.with_dir(|dir| dir.org(org).map(|o| o.subscription_end))?;
+        Ok(OfflineWindow::at(now, subscription_end))
     }
 
     /// The durable changes of a reserved offline license, with its signed file.

@@ -43,7 +43,7 @@ pub use broker::{Broker, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
-pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OFFLINE_MAX_DAYS};
+pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OfflineWindow, OFFLINE_MAX_DAYS};
 pub use pending::Pending;
 pub use pool::{Denial, Kind, OfflineEntry, PoolId, PoolStatus, PoolUid, Product, Registration, Term};
 pub use queue::{Deliver, Grant, Joined, Place};

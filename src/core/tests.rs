@@ -400,6 +400,12 @@ fn offline_licenses_refused_with_the_rule_that_applies() {
     w.broker
         .apply(&w.broker.plan_set_pool(&w.operator, &acme, pool_id("kse-node-locked-annual"), 3, now).unwrap(), t(0));
     let acme_owner = w.broker.authenticate(&key(9)).unwrap();
+    // The window the console offers is the one enforced.
+    let window = w.broker.offline_window(&acme_owner, &acme, now).unwrap();
+    assert_eq!((window.first, window.last, window.limit), (today_end, in_days(10), ExpiryLimit::Subscription));
+    let default_window = w.broker.offline_window(&w.owner, &w.org, now).unwrap();
+    assert_eq!((default_window.last, default_window.limit), (in_days(60), ExpiryLimit::MaxDays));
+    assert!(matches!(w.broker.offline_window(&user, &w.org, now), Err(Error::Forbidden(_))));
     let target = Target { org: acme.clone(), pool: pool_id("kse-node-locked-annual"), machine: mid("m") };
     let order = OfflineOrder { target, last_day_end: in_days(11), id: OfflineId(2) };
     let r = w.broker.create_offline(&acme_owner, &order, now, |_| String::new()).map(|_| ());

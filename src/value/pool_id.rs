@@ -55,6 +55,12 @@ impl PoolId {
         }
     }
 
+    /// Whether the pool issues offline licenses: annual node-locked ones
+    /// only (the vendor's rule).
+    pub fn issues_offline(&self) -> bool {
+        self.kind == Kind::NodeLocked && self.term == Term::Annual
+    }
+
     /// The pool KRE runners use unless told otherwise.
     pub const KRE_DEFAULT: PoolId = PoolId { product: Product::Kre, kind: Kind::Floating, term: Term::Annual };
 }

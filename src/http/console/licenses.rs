@@ -229,7 +229,7 @@ fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
         machines: st.machines,
         waiting: st.waiting,
         end,
-        offline_allowed: st.pool.kind == Kind::NodeLocked && st.pool.term == Term::Annual,
+        offline_allowed: st.pool.issues_offline(),
     }
 }
 

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use super::extract::{OrgForm, OrgPage};
 use super::form::Q;
 use super::{refused, render, words, Fields, Shell, Signed};
-use crate::core::{format_end_date, MachineId, Millis, OrgName, PoolId, Target, DAY_MS, OFFLINE_MAX_DAYS};
+use crate::core::{format_end_date, MachineId, Millis, OfflineWindow, OrgName, PoolId, Target, OFFLINE_MAX_DAYS};
 use crate::http::Web;
 
 /// An offline license as the lists show it.
@@ -88,11 +88,8 @@ impl Order {
         })
     }
 
-    fn form(&self, s: &Signed, web: &Web, org: &OrgName) -> Form {
-        let now = web.ops.clock().now();
-        let today_end = Millis((now.0 / DAY_MS + 1) * DAY_MS);
-        let sixty = Millis(today_end.0 + OFFLINE_MAX_DAYS * DAY_MS);
-        let end = web.ops.core().subscription_end(&s.p, org).unwrap_or(sixty);
+    /// The form for this order, offering the days of the core's window.
+    fn form(&self, s: &Signed, org: &OrgName, window: OfflineWindow) -> Form {
         Form {
             shell: s.shell("Create offline license", Some(org), "licenses"),
             org: org.to_string(),
@@ -100,8 +97,8 @@ impl Order {
             title: super::licenses::title(self.pool),
             machine: self.machine.clone(),
             expires: self.expires.clone(),
-            latest: format_end_date(sixty.min(end)),
-            today: format_end_date(today_end),
+            latest: format_end_date(window.last),
+            today: format_end_date(window.first),
             max_days: OFFLINE_MAX_DAYS,
             machine_error: None,
             expires_error: None,
@@ -131,6 +128,12 @@ fn refusal(mut form: Form, e: crate::proto::WireError) -> Response {
     render(StatusCode::UNPROCESSABLE_ENTITY, &form)
 }
 
+/// The days an offline license made now may end on, or 403 for a caller
+/// who may not make one.
+fn window(s: &Signed, web: &Web, org: &OrgName) -> Result<OfflineWindow, Response> {
+    web.ops.core().offline_window(&s.p, org, web.ops.clock().now()).map_err(refused)
+}
+
 /// The order a form or query names, or a 422 page.
 fn order_of(f: &Fields) -> Result<Order, Response> {
     Order::of(f)
@@ -141,7 +144,7 @@ fn order_of(f: &Fields) -> Result<Order, Response> {
 /// the form with its fields' errors (422).
 fn ordered(s: &Signed, web: &Web, org: &OrgName, f: &Fields) -> Result<(Order, Form, Target, Millis), Response> {
     let order = order_of(f)?;
-    let mut form = order.form(s, web, org);
+    let mut form = order.form(s, org, window(s, web, org)?);
     match order.parsed(&mut form, org) {
         Some((target, end)) => Ok((order, form, target, end)),
         None => Err(render(StatusCode::UNPROCESSABLE_ENTITY, &form)),
@@ -154,11 +157,11 @@ pub(super) async fn new(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage
         Ok(order) => order,
         Err(r) => return r,
     };
-    // Only an Owner or Admin of the org gets the form.
-    if let Err(e) = web.ops.core().require_org_admin(&s.p, &org) {
-        return refused(e);
-    }
-    let mut form = order.form(&s, &web, &org);
+    // Only an Owner or Admin of the org gets the form (the window is theirs to read).
+    let mut form = match window(&s, &web, &org) {
+        Ok(w) => order.form(&s, &org, w),
+        Err(r) => return r,
+    };
     form.expires = form.latest.clone();
     render(StatusCode::OK, &form)
 }
