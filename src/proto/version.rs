@@ -1,9 +1,17 @@
 //! What each protocol version a stream speaks can do, named once: the
 //! broker answers a version N stream with exactly what version N's
-//! document lists (docs/PROTOCOL.md), later values included, so old
-//! clients keep working.
+//! document lists (docs/PROTOCOL.md, "Versions"), so old clients keep
+//! working.
+//!
+//! The rule for values appended to an enum of an answer: a version N
+//! stream is sent a value only if the first document of version N that
+//! listed the enum listed it. A value appended later (in a later version,
+//! or later in version N's own life) is sent to it as the nearest value its
+//! document listed, the message or detail saying what happened. The tables
+//! are here and nowhere else; a refusal or an audit entry pays for the
+//! mapping, a granted request never does.
 
-use super::{MIN_VERSION, VERSION};
+use super::{AuditAction, ErrorCode, Req, MIN_VERSION, VERSION};
 
 /// The protocol version of one stream (its `Hello`'s), known to be one
 /// this build speaks.
@@ -11,6 +19,9 @@ use super::{MIN_VERSION, VERSION};
 pub struct Version(u16);
 
 impl Version {
+    /// The version this build speaks natively: nothing is mapped for it.
+    pub const CURRENT: Version = Version(VERSION);
+
     /// The version `v`, if this build speaks it.
     pub fn new(v: u16) -> Option<Version> {
         (MIN_VERSION..=VERSION).contains(&v).then_some(Version(v))
@@ -28,8 +39,143 @@ impl Version {
     }
 
     /// Version 3 on: pools with their wait queue (`Pools`), sessions with
-    /// their labels (`SessionViews`), the audit actions of version 3.
+    /// their labels (`SessionViews`).
     pub fn queues_and_labels(self) -> bool {
         self.0 >= 3
+    }
+
+    /// Version 4 on: `Hello` may be answered with `Redirect` (earlier
+    /// streams get an `Error` with `DRAINING` naming the node instead).
+    pub fn redirects(self) -> bool {
+        self.0 >= 4
+    }
+
+    /// Whether this version's document lists the request: a client of an
+    /// older version never sends a later request, and one that does is
+    /// answered as an unknown variant (`BAD_FRAME`).
+    pub fn lists(self, req: &Req) -> bool {
+        self >= Version::CURRENT || self.0 >= since(req)
+    }
+
+    /// The code a refusal is sent with on a stream of this version: itself
+    /// when the version's first document listed it, else the nearest code
+    /// that document did list (the message still says what happened).
+    pub fn code(self, code: ErrorCode) -> ErrorCode {
+        let listed = match self.0 {
+            1 => ErrorCode::Internal,
+            2 => ErrorCode::ResponseTooLarge,
+            3 => ErrorCode::QueueTimeout,
+            _ => return code,
+        };
+        // Codes are numbered by their order (error.rs): never reordered.
+        if (code as u8) <= (listed as u8) {
+            return code;
+        }
+        match code {
+            ErrorCode::OfflineNotAllowed | ErrorCode::ExpiryTooLate | ErrorCode::ResponseTooLarge => {
+                ErrorCode::InvalidArgument
+            }
+            ErrorCode::NotLicensed | ErrorCode::AlreadyActivated | ErrorCode::OfflineIrrevocable => {
+                ErrorCode::Forbidden
+            }
+            ErrorCode::NotOwner => ErrorCode::Draining,
+            // GRANT_LIMIT, QUEUE_FULL, QUEUE_TIMEOUT, USER_LIMIT: the
+            // caller may have no more of what it asked for.
+            _ => ErrorCode::QuotaExceeded,
+        }
+    }
+
+    /// The audit action an entry is sent with on a stream of this version,
+    /// or `None` when the version's first document listed the action.
+    pub fn audit_action(self, action: AuditAction) -> Option<AuditAction> {
+        let listed = match self.0 {
+            1 => AuditAction::OfflineCreated,
+            2 | 3 => AuditAction::SubscriptionChanged,
+            _ => return None,
+        };
+        if (action as u8) <= (listed as u8) {
+            return None;
+        }
+        Some(match action {
+            // Removing a member revokes their keys.
+            AuditAction::UserRemoved => AuditAction::KeyRevoked,
+            // Removing a machine is the other act that ends its sessions.
+            AuditAction::SessionKilled => AuditAction::MachineRemoved,
+            // Subscriptions and caps change what the org may hold.
+            _ => AuditAction::QuotaChanged,
+        })
+    }
+}
+
+/// The first version whose document lists the request.
+fn since(req: &Req) -> u16 {
+    match req {
+        Req::Reattach { .. } => 2,
+        Req::Checkout { .. } | Req::Label { .. } | Req::SetUserLimit { .. } | Req::ListUserLimits { .. } => 3,
+        Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } => 4,
+        _ => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The last code and action each version's first document listed.
+    const LISTED: [(u16, ErrorCode, AuditAction); 3] = [
+        (1, ErrorCode::Internal, AuditAction::OfflineCreated),
+        (2, ErrorCode::ResponseTooLarge, AuditAction::SubscriptionChanged),
+        (3, ErrorCode::QueueTimeout, AuditAction::SubscriptionChanged),
+    ];
+
+    #[test]
+    fn old_streams_get_only_codes_their_document_listed() {
+        for (v, last, _) in LISTED {
+            let version = Version::new(v).unwrap();
+            for code in ErrorCode::ALL {
+                let sent = version.code(code);
+                assert!(sent as u8 <= last as u8, "version {v} sent {sent:?} for {code:?}");
+                if code as u8 <= last as u8 {
+                    assert_eq!(sent, code, "version {v} lists {code:?}");
+                }
+            }
+        }
+        assert!(ErrorCode::ALL.iter().all(|c| Version::CURRENT.code(*c) == *c));
+    }
+
+    #[test]
+    fn old_streams_get_only_audit_actions_their_document_listed() {
+        use AuditAction::*;
+        let all = [
+            OrgCreated,
+            QuotaChanged,
+            UserAdded,
+            KeyCreated,
+            KeyRevoked,
+            MachineRemoved,
+            Granted,
+            GrantRevoked,
+            Activated,
+            OfflineCreated,
+            UserRemoved,
+            SessionKilled,
+            SubscriptionChanged,
+            UserLimitSet,
+        ];
+        for (v, _, last) in LISTED {
+            let version = Version::new(v).unwrap();
+            for action in all {
+                let sent = version.audit_action(action).unwrap_or(action);
+                assert!(sent as u8 <= last as u8, "version {v} sent {sent:?} for {action:?}");
+                assert_eq!(version.audit_action(action).is_none(), action as u8 <= last as u8);
+            }
+        }
+        assert!(all.iter().all(|a| Version::CURRENT.audit_action(*a).is_none()));
+    }
+
+    #[test]
+    fn only_version_4_streams_are_redirected() {
+        let redirected: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().redirects()).collect();
+        assert_eq!(redirected, [4]);
     }
 }

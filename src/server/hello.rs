@@ -76,12 +76,12 @@ pub(super) async fn hello(
             false
         }
         SignIn::Elsewhere(server) => {
-            encode(&ServerFrame::Redirect { server }, out);
+            encode(&redirect(server, proto), out);
             true
         }
         // The client tries again shortly.
         SignIn::Moving => {
-            encode(&ServerFrame::Redirect { server: String::new() }, out);
+            encode(&redirect(String::new(), proto), out);
             true
         }
         SignIn::Unknown => {
@@ -89,6 +89,20 @@ pub(super) async fn hello(
             failed_hello(shared, ctx)
         }
     }
+}
+
+/// Sends a `Hello` on to `server` (empty: nobody serves the org this
+/// instant), in a frame the stream's version lists: `Redirect` from
+/// version 4 on; before, an `Error` with `DRAINING` (reconnect) naming it.
+fn redirect(server: String, proto: Version) -> ServerFrame {
+    if proto.redirects() {
+        return ServerFrame::Redirect { server };
+    }
+    let message = match server.is_empty() {
+        true => "no node of the cluster serves this org at the moment; retry shortly".to_string(),
+        false => format!("this node of the cluster does not serve this org; connect to {server}"),
+    };
+    ServerFrame::Error(WireError::new(ErrorCode::Draining, message))
 }
 
 /// Welcomes `principal` on this stream.

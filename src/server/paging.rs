@@ -137,13 +137,12 @@ pub(super) async fn audit(
 ) -> Result<(Vec<AuditEntry>, bool), WireError> {
     let (entries, more) = call.shared.ops.audit(call.c(), &org, after, limit).await?;
     let mut entries: Vec<AuditEntry> = list(entries);
-    if !call.proto.queues_and_labels() {
-        // Actions added in version 3 are unknown to older clients: they see
-        // the nearest older one (the detail names what happened).
-        for e in &mut entries {
-            if e.action == crate::proto::AuditAction::UserLimitSet {
-                e.action = crate::proto::AuditAction::QuotaChanged;
-            }
+    // Actions appended after the stream's version was published reach it
+    // as the nearest older one, the detail starting with the real one.
+    for e in &mut entries {
+        if let Some(older) = call.proto.audit_action(e.action) {
+            e.detail = format!("{}: {}", e.action.name(), e.detail);
+            e.action = older;
         }
     }
     Ok((entries, more))

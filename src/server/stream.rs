@@ -24,7 +24,7 @@ use crate::latency;
 use crate::operations::TicketCache;
 use crate::proto::{
     decode_client, encode, hot, ClientDecoded, ClientFrame, DecodeError, ErrorCode, FrameBuf, FrameError, Hello,
-    Outcome, Request, Response, ServerFrame, WireError, MAX_FRAME,
+    Outcome, Request, Response, ServerFrame, Version, WireError, MAX_FRAME,
 };
 
 /// Most bytes taken from the stream per read (quinn hands over its own
@@ -190,13 +190,13 @@ impl Stream {
         let Some(caller) = self.caller.as_ref() else {
             // Unreachable: `on_frame` hands over work only for an authorised caller.
             let err = WireError::new(ErrorCode::OutOfOrder, "send Hello before any request");
-            return respond(id, Outcome::Err(err), &mut self.out);
+            return respond(id, Outcome::Err(err), Version::CURRENT, &mut self.out);
         };
         let (key, proto, p) = (caller.key, caller.proto, caller.principal());
         let now = self.shared.ops.clock().now();
         let call = Call { shared: &self.shared, ctx: &self.ctx, p, key, now, proto, fixed: &self.fixed };
         if let Some(reply) = handler::slow(&call, later, id, &self.late).await {
-            respond(id, into_outcome(reply), &mut self.out);
+            respond(id, into_outcome(reply), proto, &mut self.out);
         }
     }
 
@@ -212,6 +212,13 @@ impl Stream {
             return refused(shared, ctx, id, err, &mut self.out);
         };
         let (key, proto) = (caller.key, caller.proto);
+        if !proto.lists(&body) {
+            // A request of a later version than the stream's: unknown to its document.
+            let err =
+                WireError::new(ErrorCode::BadFrame, format!("no such request in protocol version {}", proto.get()));
+            respond(id, Outcome::Err(err), proto, &mut self.out);
+            return Next::Continue;
+        }
         let principal = match caller.authorised(shared.ops.core()) {
             Ok(p) => p,
             Err(e) => return refused(shared, ctx, id, e, &mut self.out),
@@ -219,7 +226,7 @@ impl Stream {
         // A cluster node answers for the orgs it serves, and for the
         // operator's requests that name none; the rest are sent on.
         if let Err(e) = served_here(shared, &mut self.served_at, principal, body.org()) {
-            respond(id, Outcome::Err(e), &mut self.out);
+            respond(id, Outcome::Err(e), proto, &mut self.out);
             return Next::Continue;
         }
         if shared.load.latencies.enabled() {
@@ -228,7 +235,7 @@ impl Stream {
         let call = Call { shared, ctx, p: principal, key, now, proto, fixed: &self.fixed };
         match handler::fast(&call, &mut self.tickets, body) {
             Ok(result) => {
-                respond(id, into_outcome(result), &mut self.out);
+                respond(id, into_outcome(result), proto, &mut self.out);
                 Next::Continue
             }
             Err(later) => Next::Slow { id, later },
@@ -338,18 +345,24 @@ pub(super) async fn write_within(shared: &Shared, ctx: &ConnCtx, send: &mut Send
 
 /// Appends the response to `out`, or, if it would not fit in one frame, a
 /// `RESPONSE_TOO_LARGE` error in its place: the broker never sends a frame
-/// its clients must refuse.
-pub(super) fn respond(id: u64, outcome: Outcome, out: &mut Vec<u8>) {
+/// its clients must refuse. A refusal goes with a code the stream's
+/// version lists (`Version::code`).
+pub(super) fn respond(id: u64, outcome: Outcome, proto: Version, out: &mut Vec<u8>) {
     // A hot answer is written by hand (and always fits).
     if hot::response(id, &outcome, out) {
         return;
     }
+    let outcome = match outcome {
+        Outcome::Err(e) => Outcome::Err(WireError { code: proto.code(e.code), ..e }),
+        ok => ok,
+    };
     let start = out.len();
     encode(&ServerFrame::Response(Response { id, outcome }), out);
     let len = out.len() - start - 4;
     if len > MAX_FRAME {
         out.truncate(start);
         let err = super::paging::too_large(&format!("answer's {len} bytes"));
+        let err = WireError { code: proto.code(err.code), ..err };
         encode(&ServerFrame::Response(Response { id, outcome: Outcome::Err(err) }), out);
     }
 }

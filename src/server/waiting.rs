@@ -189,7 +189,7 @@ impl Waiter {
             _ => None,
         };
         let mut bytes = Vec::new();
-        super::stream::respond(self.req.id, super::stream::into_outcome(reply), &mut bytes);
+        super::stream::respond(self.req.id, super::stream::into_outcome(reply), self.proto, &mut bytes);
         let sent = self.late.send(bytes).await.is_ok();
         if let Some(session) = session.filter(|_| !sent || self.ctx.conn.close_reason().is_some()) {
             self.ctx.sessions.lock().remove(&session);
