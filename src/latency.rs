@@ -37,7 +37,7 @@ pub fn op_of(req: &Req) -> Option<usize> {
         Req::Reattach { .. } => 4,
         Req::RegisterMachine { .. } => 5,
         Req::Activate { .. } => 6,
-        Req::Status { .. } => 7,
+        Req::Status { .. } | Req::Check { .. } => 7,
         Req::ListKeys { .. }
         | Req::ListUsers { .. }
         | Req::ListMachines { .. }

@@ -613,3 +613,50 @@ fn serve_reads_the_metrics_token_from_a_file_and_warns_when_it_is_on_the_command
     let _ = child.wait();
     assert!(warned, "no warning about a token on the command line");
 }
+
+/// `check` and `runner --check` say whether a runner would get a seat,
+/// with the exit code a refused runner would have, and take nothing.
+#[test]
+fn a_preflight_says_whether_a_runner_would_get_a_seat_and_takes_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "1"]).status.success());
+    let check = |machine: &str| s.run(&s.owner, &["check", "--org", "default", "--machine-id", machine, "--json"]);
+    let out = check("ci-1");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let free: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((free["admitted"].as_bool(), free["wait_seconds"].as_f64()), (Some(true), Some(0.0)), "{free}");
+
+    let mut holder = s
+        .cmd(&s.owner)
+        .args(["runner", "--org", "default", "--machine-id", "ci-1", "--json", "--hold", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(first_event(&mut holder)["event"], "admitted");
+    let out = check("ci-1");
+    assert_eq!(out.status.code(), Some(3), "the pool is full: a refused runner's code: {out:?}");
+    let full: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(full["refusal"]["code"], "QUOTA_EXCEEDED", "{full}");
+    assert_eq!(
+        (full["worth_waiting"].as_bool(), full["place"].as_u64(), full["in_use"].as_u64()),
+        (Some(true), Some(1), Some(1))
+    );
+    let out = s.run(&s.owner, &["runner", "--org", "default", "--machine-id", "ci-1", "--check"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("place 1 in the queue"), "{out:?}");
+    // A machine past the machine quota: waiting would not help.
+    let out = check("ci-2");
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((v["refusal"]["code"].as_str(), v["worth_waiting"].as_bool()), (Some("MACHINE_LIMIT"), Some(false)));
+    // Nothing was taken, registered or counted as refused.
+    let status = s.run(&s.owner, &["status", "--json"]);
+    let pool = &serde_json::from_slice::<serde_json::Value>(&status.stdout).unwrap()["pools"][0];
+    assert_eq!(
+        (pool["in_use"].as_u64(), pool["machines"].as_u64(), pool["rejected"].as_u64()),
+        (Some(1), Some(1), Some(0)),
+        "{pool}"
+    );
+    holder.kill().unwrap();
+}

@@ -217,3 +217,49 @@ async fn a_damaged_history_file_costs_the_charts_not_the_broker() {
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("NO_HISTORY"), "{body}");
 }
+
+/// The preflight over the API: a full pool's answer names the place in
+/// the queue and a wait estimated from the day's mean session length
+/// (seat time over admissions, from the harvested minutes); the operator,
+/// who is no member, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn availability_estimates_the_wait_from_the_days_mean_session() {
+    let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ahead = (60_000 - wall % 60_000 + 60_000 - 4_000) % 60_000;
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.clock_ahead = Duration::from_millis(ahead);
+    })
+    .await;
+    b.quota(1).await;
+    let c = b.owner().await;
+    c.register_machine(&org(), POOL, &machine("m")).await.unwrap();
+    let first = c.acquire(&org(), POOL, &machine("m"), 1).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    c.release(first.session).await.unwrap();
+    c.acquire(&org(), POOL, &machine("m"), 2).await.unwrap();
+    let ask = "/api/v1/availability?org=default&machine=m";
+    let waited = std::time::Instant::now();
+    let v = loop {
+        let (code, body) = b.web().fetch(ask, Some(&b.owner)).await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if v["mean_session_seconds"].is_number() {
+            break v;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(20), "no minute was harvested: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!((v["admitted"].as_bool(), v["refusal"]["code"].as_str()), (Some(false), Some("QUOTA_EXCEEDED")), "{v}");
+    assert_eq!(
+        (v["place"].as_u64(), v["in_use"].as_u64(), v["worth_waiting"].as_bool()),
+        (Some(1), Some(1), Some(true))
+    );
+    let mean = v["mean_session_seconds"].as_f64().unwrap();
+    assert!((0.3..10.0).contains(&mean), "two sessions, one of a second and one just begun: {v}");
+    let wait = v["wait_seconds"].as_f64().expect("an estimate");
+    assert!(wait <= mean, "the live session ends within a mean session from now: {v}");
+    let (code, body) = b.web().fetch(ask, Some(&b.operator)).await;
+    assert_eq!(code, 403, "the operator is no member: {body}");
+}

@@ -122,6 +122,11 @@ pub(super) enum Command {
     /// Broker maintenance on its data dir, offline (the broker stopped).
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Preflight: would a runner be admitted now? Exit 0 if so; if not, the
+    /// refusal's exit code (3: the pool is full) after the runner's place in
+    /// the queue and about how long it would wait. Takes no seat.
+    #[command(after_help = EXIT_CODES)]
+    Check(super::check::CheckArgs),
     /// The nodes of the cluster the broker belongs to: name, address, and
     /// which one serves (nothing for a single broker).
     Nodes {

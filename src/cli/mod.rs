@@ -7,6 +7,7 @@
 //! `exit` (every exit code the command line documents).
 
 mod args;
+mod check;
 mod config;
 mod exit;
 mod job;

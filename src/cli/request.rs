@@ -58,7 +58,8 @@ fn org_of(command: &Command) -> Option<&OrgName> {
         | Command::Machine(MachineCmd::List { org, .. } | MachineCmd::Remove { org, .. })
         | Command::Session(SessionCmd::List { org, .. } | SessionCmd::Kill { org, .. })
         | Command::Licenses { org, .. }
-        | Command::Audit { org, .. } => Some(org),
+        | Command::Audit { org, .. }
+        | Command::Check(super::check::CheckArgs { org, .. }) => Some(org),
         Command::Status { org, .. } => org.as_ref(),
         Command::Usage(a) => a.org(),
         _ => None,
@@ -77,6 +78,9 @@ async fn call(c: &Client, command: Command) -> Result<()> {
         Command::Licenses { org, pool, json } => list(c, ListOf::Grants { org, pool }, json).await,
         Command::Audit { org, json } => list(c, ListOf::Audit { org }, json).await,
         Command::Status { org, json } => status(c, org.as_ref(), json).await,
+        Command::Check(a) => {
+            super::check::run(c, &a.org, a.pool.unwrap_or(PoolId::KRE_DEFAULT), a.machine_id, a.json).await
+        }
         Command::Nodes { json } => {
             output::nodes(&c.nodes().await?, json);
             Ok(())

@@ -35,6 +35,11 @@ pub struct RunnerArgs {
     /// Machine ID to report (default: this machine's, see `machine-id`).
     #[arg(long)]
     machine_id: Option<MachineId>,
+    /// Only ask whether a seat would be admitted now (exit 0), or not (the
+    /// refusal's exit code, 3 when the pool is full, with the place in the
+    /// queue and an estimate of the wait), as `check` does; take none.
+    #[arg(long, conflicts_with_all = ["hold", "wait", "command"])]
+    check: bool,
     /// Release after this long (e.g. 10s); default: hold until SIGINT/SIGTERM.
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "command")]
     hold: Option<Duration>,
@@ -143,6 +148,12 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         (None, false) => PoolId::KRE_DEFAULT,
         (None, true) => anyhow::bail!("activate needs --pool: the KSE pool, e.g. kse-floating-annual"),
     };
+    if args.check {
+        let c = conn.connect().await?;
+        let asked = super::check::run(&c, &args.org, pool, Some(machine), args.json).await;
+        c.close().await;
+        return asked.map(|()| ExitCode::SUCCESS);
+    }
     let labels = super::labels::of_job(&args.labels, |name| std::env::var(name).ok())?;
     let runner = Runner {
         labels,

@@ -353,6 +353,20 @@ impl Client {
         }
     }
 
+    /// Preflight: whether an acquire on `machine` in `org`'s `pool` would
+    /// be admitted now and, if not, the place in the queue and the wait.
+    pub async fn check(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+    ) -> Result<crate::proto::AvailabilityInfo, ClientError> {
+        match self.call(Req::Check { org: org.clone(), pool, machine: machine.clone() }).await? {
+            Resp::Availability(a) => Ok(a),
+            other => unexpected(other),
+        }
+    }
+
     /// Where `org` is served: `Some(HOST:PORT)` of another node of the
     /// cluster, `None` for this one (always, from a single broker and from
     /// brokers older than the request).

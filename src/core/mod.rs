@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod availability;
 pub mod broker;
 pub mod directory;
 pub mod error;
@@ -39,6 +40,7 @@ mod tests_queue;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Claimant, Target, Ticket, Waited};
+pub use availability::{wait_estimate, Availability};
 pub use broker::{Broker, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};

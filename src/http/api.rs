@@ -1,5 +1,5 @@
 //! The JSON and CSV reports: `/api/v1/usage`, `/api/v1/sessions`,
-//! `/api/v1/what-if`. Each authenticates the caller (`auth`), parses its
+//! `/api/v1/what-if`, and the preflight `/api/v1/availability`. Each authenticates the caller (`auth`), parses its
 //! query, and asks `history::report`, which holds every rule; this module
 //! only encodes. Reads run off the async threads.
 
@@ -50,17 +50,19 @@ pub(super) fn refuse(status: StatusCode, code: &'static str, message: impl std::
     Refusal { status, code, message: message.to_string(), failed: false }
 }
 
+/// A refusal of the operations or the core: 403, 404, or 400.
+fn refused(w: crate::proto::WireError) -> Refusal {
+    let status = match w.code {
+        crate::proto::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+        crate::proto::ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    refuse(status, w.code.name(), w.message)
+}
+
 fn report_error(e: ReportError) -> Refusal {
     match e {
-        ReportError::Core(e) => {
-            let w = crate::proto::WireError::from(e);
-            let status = match w.code {
-                crate::proto::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-                crate::proto::ErrorCode::NotFound => StatusCode::NOT_FOUND,
-                _ => StatusCode::BAD_REQUEST,
-            };
-            refuse(status, w.code.name(), w.message)
-        }
+        ReportError::Core(e) => refused(e.into()),
         ReportError::Invalid(why) => refuse(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why),
         ReportError::Off => refuse(StatusCode::NOT_FOUND, "NO_HISTORY", ReportError::Off),
         ReportError::Db(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "STORE_FAILURE", e),
@@ -143,6 +145,24 @@ async fn blocking(f: impl FnOnce() -> Result<Response, Refusal> + Send + 'static
         Ok(Err(r)) => r.into_response(),
         Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e).into_response(),
     }
+}
+
+/// `GET /api/v1/availability?org=&pool=&machine=`: a preflight, as
+/// `license-broker check --json` answers it (`Operations::check`).
+pub(super) async fn availability(
+    State(web): State<Arc<Web>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    answer(web, &headers, q, availability_report).await
+}
+
+fn availability_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+    let org = OrgName::new(q.get("org").ok_or_else(|| bad("`org` is required"))?).map_err(bad)?;
+    let pool = pool_of(q)?.unwrap_or(PoolId::KRE_DEFAULT);
+    let machine = q.get("machine").map(|m| crate::core::MachineId::new(m.as_str())).transpose().map_err(bad)?;
+    let a = web.ops.check(web.ops.caller(p), (&org, pool), machine.as_ref());
+    a.map(|a| json_body(crate::operations::availability_json(&a))).map_err(refused)
 }
 
 /// `GET /api/v1/usage?org=&pool=&from=&to=&step=&format=json|csv`.

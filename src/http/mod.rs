@@ -137,6 +137,7 @@ fn routes() -> Router<Arc<Web>> {
         .route("/api/v1/usage", get(api::usage))
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/what-if", get(api::what_if))
+        .route("/api/v1/availability", get(api::availability))
         .route("/", get(dashboard::home))
         .route("/signin", axum::routing::post(dashboard::sign_in))
         .route("/signout", axum::routing::post(dashboard::sign_out))

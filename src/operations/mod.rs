@@ -21,11 +21,13 @@
 //! maps codes to statuses). Nothing here knows sockets, frames or HTTP.
 
 mod act;
+mod check;
 pub mod checkpoint;
 pub mod expiry;
 mod lease;
 mod read;
 
+pub use check::availability_json;
 pub use lease::TicketCache;
 pub use read::SignIn;
 

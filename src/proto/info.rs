@@ -335,6 +335,32 @@ pub struct EndedSession {
     pub labels: Vec<(String, String)>,
 }
 
+/// A preflight's answer (`Req::Check`): the pool as an acquire would find
+/// it now (see `core::availability` for how the wait is estimated).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AvailabilityInfo {
+    /// The pool.
+    pub pool: PoolId,
+    /// Licenses bought.
+    pub quota: u32,
+    /// Seats held now.
+    pub in_use: u32,
+    /// Runners waiting in the pool's queue.
+    pub waiting: u32,
+    /// Why an acquire now would be refused; none: it would be admitted.
+    pub refusal: Option<super::WireError>,
+    /// Whether waiting in the queue can get a seat (the pool is full and
+    /// nothing else stands in the way).
+    pub worth_waiting: bool,
+    /// The runner's place if it joined the queue now (1: next).
+    pub place: u32,
+    /// About how long until it would get a seat, in ms (0: now; none: no
+    /// estimate, e.g. no session ended in the last day).
+    pub wait_ms: Option<u64>,
+    /// The pool's mean session length over the last day, in ms.
+    pub mean_ms: Option<u64>,
+}
+
 /// What a what-if replay found (`Req::WhatIf`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WhatIfReport {

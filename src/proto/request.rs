@@ -365,6 +365,18 @@ pub enum Req {
         /// The org.
         org: OrgName,
     },
+    /// Preflight: would an acquire on `machine` in `org`'s `pool` be
+    /// admitted now, and if not, the place in the queue and about how long
+    /// the wait. Takes nothing, writes nothing. Any member. Answered with
+    /// `Availability`.
+    Check {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine the runner would run on.
+        machine: MachineId,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -483,7 +495,8 @@ impl Req {
             | Req::Checkout { org, .. }
             | Req::SetUserLimit { org, .. }
             | Req::ListUserLimits { org, .. }
-            | Req::WhatIf { org, .. } => Some(org),
+            | Req::WhatIf { org, .. }
+            | Req::Check { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }

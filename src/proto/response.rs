@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::WireError;
 use super::info::{
-    AuditEntry, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState,
-    PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfReport,
+    AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, NodeInfo, OfflineInfo,
+    OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfReport,
 };
 use super::token::{Cursor, SessionToken};
 use crate::value::{MachineId, Nonce, OrgName, Role, SessionId};
@@ -199,6 +199,8 @@ pub enum Resp {
         /// Where to connect; empty: here.
         server: String,
     },
+    /// Check: the pool as an acquire would find it now.
+    Availability(AvailabilityInfo),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

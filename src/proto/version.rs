@@ -112,7 +112,7 @@ fn since(req: &Req) -> u16 {
     match req {
         Req::Reattach { .. } => 2,
         Req::Checkout { .. } | Req::Label { .. } | Req::SetUserLimit { .. } | Req::ListUserLimits { .. } => 3,
-        Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } => 4,
+        Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
 }

@@ -81,6 +81,9 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut TicketCache, req: Req) -> Resu
         Req::ListOrgs => reply(core.orgs(p), |v| Resp::Orgs(list(v))),
         Req::Nodes => Ok(Resp::Nodes(call.shared.ops.nodes())),
         Req::Route { org } => Ok(Resp::Route { server: call.shared.ops.route(&org) }),
+        Req::Check { org, pool, machine } => {
+            call.shared.ops.check(call.c(), (&org, pool), Some(&machine)).map(Resp::Availability)
+        }
         Req::ListGrants { org, pool } => reply(core.grants(p, &org, pool), |v| Resp::Grants(list(v))),
         Req::ListOffline { org } => reply(core.offline_licenses(p, &org), |v| Resp::Offline(list(v))),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {

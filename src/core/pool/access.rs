@@ -131,7 +131,7 @@ impl Pool {
     }
 
     /// How many machines are registered durably (for `status`).
-    pub(super) fn machine_count(&self) -> u32 {
+    pub(crate) fn machine_count(&self) -> u32 {
         self.machines.lock().values().filter(|m| m.committed).count() as u32
     }
 }

@@ -1,0 +1,75 @@
+//! Preflight, `license-broker check` and `runner --check`: would a runner
+//! be admitted now? Exit 0 if so; if not, the refusal's own exit code (3:
+//! the pool is full), after the runner's place in the queue and about how
+//! long it would wait. Takes no seat and writes nothing, so a CI job can
+//! ask before it spends minutes building (docs/CI.md).
+
+use anyhow::Result;
+use license_broker::client::{Client, ClientError};
+use license_broker::core::{MachineId, OrgName, PoolId};
+use license_broker::proto::AvailabilityInfo;
+
+/// `check`'s flags.
+#[derive(clap::Args, Debug)]
+pub struct CheckArgs {
+    /// The org whose licenses a runner would use.
+    #[arg(long)]
+    pub org: OrgName,
+    /// The pool (default kre-floating-annual).
+    #[arg(long)]
+    pub pool: Option<PoolId>,
+    /// The machine a runner would run on (default: this machine's, see `machine-id`).
+    #[arg(long)]
+    pub machine_id: Option<MachineId>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Asks, prints the answer, and fails with the refusal if there would be one.
+pub async fn run(c: &Client, org: &OrgName, pool: PoolId, machine: Option<MachineId>, json: bool) -> Result<()> {
+    let machine = match machine {
+        Some(m) => m,
+        None => license_broker::machine_id::current()?,
+    };
+    let a = c.check(org, pool, &machine).await?;
+    match json {
+        true => println!("{}", license_broker::operations::availability_json(&a)),
+        false => println!("{}", in_words(&a, org)),
+    }
+    match a.refusal {
+        None => Ok(()),
+        Some(refusal) => Err(ClientError::Rejected(refusal).into()),
+    }
+}
+
+fn in_words(a: &AvailabilityInfo, org: &OrgName) -> String {
+    let mut out = format!("{} of {org}: {} of {} seats in use, {} waiting", a.pool, a.in_use, a.quota, a.waiting);
+    let mean = a.mean_ms.map_or_else(
+        || "no session ended in the last day to estimate from".to_string(),
+        |m| format!("sessions lasted {} on average over the last day", minutes(m)),
+    );
+    match (&a.refusal, a.worth_waiting) {
+        (None, _) => out.push_str("\na runner would be admitted now"),
+        (Some(e), true) => {
+            let wait = a.wait_ms.map_or_else(|| "no estimate".to_string(), |w| format!("about {}", minutes(w)));
+            out.push_str(&format!(
+                "\nno seat now ({}); waiting (`runner --wait`): place {} in the queue, {wait} ({mean})",
+                e.code.name(),
+                a.place
+            ));
+        }
+        (Some(e), false) => {
+            out.push_str(&format!("\nwould be refused: {} ({}); waiting would not help", e.message, e.code.name()))
+        }
+    }
+    out
+}
+
+/// A duration as people read it: seconds under two minutes, else minutes.
+fn minutes(ms: u64) -> String {
+    match ms / 1000 {
+        s if s < 120 => format!("{s} s"),
+        s => format!("{} min", (s + 30) / 60),
+    }
+}

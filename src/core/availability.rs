@@ -1,0 +1,187 @@
+//! Preflight: would a runner be admitted now and, if not, where would it
+//! wait and for about how long. A CI job asks before it spends minutes
+//! building only to fail at the license step.
+//!
+//! A read: no seat is taken, no refusal is counted, nothing is written.
+//! The answer is an instant's: a seat free now may be taken by the time
+//! the runner asks for it, and the other way round.
+//!
+//! The estimate (`wait_estimate`) assumes each live session lasts the
+//! pool's mean session length, measured over the last day by the caller
+//! (seat time over admissions: Little's law), so one that has run for
+//! `age` ends in `mean - age` (at once if it is already past the mean);
+//! seats come free in that order, then every `mean` again, and the queue
+//! is served first come, first served. Seats held by activations,
+//! offline licenses or a restart's hold are not expected to come free.
+
+use super::broker::Broker;
+use super::directory::Principal;
+use super::error::{Error, Result};
+use super::pool::{Kind, Pool, PoolId, Product};
+use super::time::Millis;
+use crate::value::{MachineId, OrgName};
+
+/// A pool as a runner asking now would find it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Availability {
+    /// The pool.
+    pub pool: PoolId,
+    /// Licenses bought.
+    pub quota: u32,
+    /// Seats held now (sessions, activations, offline licenses, holds).
+    pub in_use: u32,
+    /// Runners waiting in the pool's queue.
+    pub waiting: u32,
+    /// Why an acquire now would be refused; `None`: it would be admitted.
+    pub refusal: Option<Error>,
+    /// When each live session of the pool started (for `wait_estimate`).
+    pub starts: Vec<Millis>,
+}
+
+impl Availability {
+    /// Whether waiting in the queue could get the runner a seat: the pool
+    /// is full, and nothing else stands in the way.
+    pub fn worth_waiting(&self) -> bool {
+        matches!(self.refusal, Some(Error::QuotaExceeded { .. }))
+    }
+
+    /// The runner's place if it joined the queue now (1: next).
+    pub fn place(&self) -> u32 {
+        self.waiting + 1
+    }
+
+    /// Seats free now for the queue and newcomers.
+    pub fn free(&self) -> u32 {
+        self.quota.saturating_sub(self.in_use)
+    }
+}
+
+impl Broker {
+    /// Member: how `org`'s `pool` stands for `p` now, and whether an
+    /// acquire by `p` on `machine` would be admitted (a KRE machine not yet
+    /// registered counts as admitted while the pool has a machine slot,
+    /// since the runner registers it first; no machine: one registered).
+    pub fn availability(
+        &self,
+        p: &Principal,
+        (org, pool): (&OrgName, PoolId),
+        machine: Option<&MachineId>,
+        now: Millis,
+    ) -> Result<Availability> {
+        let pool = self.member_pool(p, org, pool)?;
+        let refusal = self.would_refuse(p, &pool, machine, now).err();
+        let uid = pool.uid;
+        let starts = self.sessions.list(|q| q.uid == uid).into_iter().map(|s| s.started).collect();
+        Ok(Availability {
+            pool: pool.id,
+            quota: pool.quota(),
+            in_use: pool.in_use(),
+            waiting: pool.waiting(),
+            refusal,
+            starts,
+        })
+    }
+
+    /// `admission`'s checks, in its order, without taking or counting anything.
+    fn would_refuse(&self, p: &Principal, pool: &Pool, machine: Option<&MachineId>, now: Millis) -> Result<()> {
+        let unregistered = machine.is_some_and(|m| !pool.has_machine(m));
+        pool.open_at(now)?;
+        match (pool.id.product, pool.id.kind) {
+            (Product::Kse, Kind::NodeLocked) => {
+                return Err(Error::invalid("pool", "a node-locked KSE license is activated on a machine, not leased"))
+            }
+            (Product::Kse, _) if !pool.has_grant(&p.email) => return Err(Error::NotLicensed),
+            (Product::Kre, _) if unregistered && pool.machine_count() >= pool.quota() => {
+                return Err(Error::MachineLimit { quota: pool.quota() })
+            }
+            _ => {}
+        }
+        if let Some(cap) = pool.cap_of(&p.email) {
+            let c = cap.count();
+            if c.in_use >= c.limit {
+                return Err(Error::UserLimit { max: c.limit });
+            }
+        }
+        // A ceiling below the quota is raised by the acquire itself: only
+        // the quota and the queue refuse.
+        let c = pool.seats.count();
+        match c.queued || c.in_use >= pool.quota() {
+            true => Err(Error::QuotaExceeded { quota: pool.quota() }),
+            false => Ok(()),
+        }
+    }
+}
+
+/// When a runner at `place` in the queue (1: next) would likely get a
+/// seat, in ms from now, with `free` seats free, live sessions that
+/// started at `starts`, and sessions lasting `mean` ms (see the module's
+/// doc). `None` when no live session will free a seat.
+pub fn wait_estimate(now: Millis, place: u32, free: u32, starts: &[Millis], mean: u64) -> Option<u64> {
+    let Some(need) = place.checked_sub(free).filter(|n| *n > 0) else {
+        return Some(0);
+    };
+    if starts.is_empty() {
+        return None;
+    }
+    let mut left: Vec<u64> = starts.iter().map(|s| mean.saturating_sub(now.0.saturating_sub(s.0))).collect();
+    left.sort_unstable();
+    let (k, rounds) = ((need - 1) as usize % left.len(), u64::from(need - 1) / left.len() as u64);
+    Some(left[k] + rounds * mean)
+}
+
+#[cfg(all(test, not(broker_loom)))]
+mod tests {
+    use super::*;
+
+    const MIN: u64 = 60_000;
+
+    #[test]
+    fn seats_come_free_as_sessions_reach_the_mean_then_every_mean() {
+        let now = Millis(100 * MIN);
+        // Three sessions 10, 2 and 25 minutes old; sessions last 20 minutes.
+        let starts = [Millis(90 * MIN), Millis(98 * MIN), Millis(75 * MIN)];
+        let at = |place| wait_estimate(now, place, 0, &starts, 20 * MIN);
+        // The 25-minute one is overdue (at once), then 10 and 18 minutes.
+        assert_eq!([at(1), at(2), at(3)], [Some(0), Some(10 * MIN), Some(18 * MIN)]);
+        // The fourth waits for the first seat's second round.
+        assert_eq!(at(4), Some(20 * MIN));
+        assert_eq!(at(7), Some(40 * MIN));
+    }
+
+    /// The pool as an acquire would find it, and nothing taken or counted.
+    #[test]
+    fn a_preflight_says_what_an_acquire_would_and_takes_nothing() {
+        use crate::core::testkit::{t, Fixture};
+        let w = Fixture::new(2, 2, std::time::Duration::from_secs(300));
+        let pool = crate::core::PoolId::KRE_DEFAULT;
+        let ask = |machine: &str| {
+            let m = crate::core::MachineId::new(machine).unwrap();
+            w.broker.availability(&w.owner, (&w.org, pool), Some(&m), t(5_000)).unwrap()
+        };
+        w.register("m").unwrap();
+        let a = ask("m");
+        assert_eq!((a.refusal.clone(), a.free(), a.place(), a.starts.len()), (None, 2, 1, 0));
+        assert_eq!(ask("new").refusal, None, "an unregistered machine registers first while there is room");
+        w.acquire("m", 1, 1, t(1_000)).unwrap();
+        w.acquire("m", 2, 1, t(2_000)).unwrap();
+        let full = ask("m");
+        assert_eq!(full.refusal, Some(Error::QuotaExceeded { quota: 2 }));
+        assert!(full.worth_waiting());
+        assert_eq!((full.in_use, full.free(), full.starts.len()), (2, 0, 2));
+        w.register("m2").unwrap();
+        assert_eq!(ask("m3").refusal, Some(Error::MachineLimit { quota: 2 }), "no machine slot left");
+        let any = w.broker.availability(&w.owner, (&w.org, pool), None, t(5_000)).unwrap();
+        assert_eq!(any.refusal, Some(Error::QuotaExceeded { quota: 2 }), "no machine: the seats alone");
+        assert!(!ask("m3").worth_waiting());
+        assert_eq!(w.in_use(), 2, "nothing taken");
+        assert_eq!(w.pool_status().rejected, 0, "nothing counted as refused");
+    }
+
+    #[test]
+    fn free_seats_serve_the_queue_first() {
+        let starts = [Millis(0)];
+        assert_eq!(wait_estimate(Millis(MIN), 2, 2, &starts, 10 * MIN), Some(0), "two free seats, second in line");
+        assert_eq!(wait_estimate(Millis(MIN), 3, 2, &starts, 10 * MIN), Some(9 * MIN));
+        assert_eq!(wait_estimate(Millis(MIN), 1, 0, &[], 10 * MIN), None, "no session will free a seat");
+    }
+}
