@@ -13,6 +13,7 @@ mod failover;
 mod fleet;
 mod lists;
 mod machine;
+mod preflight;
 mod queue;
 mod redis_sem;
 mod report;
@@ -82,6 +83,10 @@ enum Scenario {
     /// a node serves and every runner re-attached; etcd writes per 1,000
     /// admissions; clustered vs standalone churn.
     Failover,
+    /// How good `check`'s estimate of the wait is on two synthetic CI days
+    /// (a pure replay, no broker): the estimate against the wait each
+    /// queued job then got, for a pool of --quota seats (default 20).
+    Preflight,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -255,21 +260,8 @@ async fn run(a: Args) -> Result<bool> {
         strict: a.strict,
         attacker_nice: a.attacker_nice,
     };
-    if a.scenario == Scenario::Compare {
-        if a.server.is_some() {
-            bail!("compare always spawns its own broker, Redis and echo server");
-        }
-        let (report, summary) = compare::run(&p, a.baseline.as_deref()).await?;
-        emit(&report, a.json, Some(summary));
-        return Ok(report.passed());
-    }
-    if a.scenario == Scenario::Failover {
-        if a.server.is_some() {
-            bail!("failover always spawns its own etcd and broker nodes");
-        }
-        let report = failover::run(&p, a.kills, a.spread_orgs).await?;
-        emit(&report, a.json, None);
-        return Ok(report.passed());
+    if let Some(done) = own_harness(&a, &p).await {
+        return done;
     }
     if matches!(
         a.scenario,
@@ -309,10 +301,35 @@ async fn run(a: Args) -> Result<bool> {
                 scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
             scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
         }
-        Scenario::Compare | Scenario::EchoServer | Scenario::Failover => unreachable!("handled above"),
+        Scenario::Compare | Scenario::EchoServer | Scenario::Failover | Scenario::Preflight => {
+            unreachable!("handled above")
+        }
     };
     emit(&report, a.json, None);
     Ok(report.passed())
+}
+
+/// The scenarios that bring their own servers (or none): their outcome,
+/// or `None` for one that runs against a broker.
+async fn own_harness(a: &Args, p: &Params) -> Option<Result<bool>> {
+    let own = matches!(a.scenario, Scenario::Compare | Scenario::Failover | Scenario::Preflight);
+    if own && a.server.is_some() {
+        return Some(Err(anyhow::anyhow!("compare, failover and preflight always bring their own servers (or none)")));
+    }
+    let (report, summary) = match a.scenario {
+        Scenario::Compare => match compare::run(p, a.baseline.as_deref()).await {
+            Ok((report, summary)) => (report, Some(summary)),
+            Err(e) => return Some(Err(e)),
+        },
+        Scenario::Failover => match failover::run(p, a.kills, a.spread_orgs).await {
+            Ok(report) => (report, None),
+            Err(e) => return Some(Err(e)),
+        },
+        Scenario::Preflight => (preflight::run(a.quota.unwrap_or(20)), None),
+        _ => return None,
+    };
+    emit(&report, a.json, summary);
+    Some(Ok(report.passed()))
 }
 
 fn emit(report: &Report, json: bool, summary: Option<serde_json::Value>) {

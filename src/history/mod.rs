@@ -22,6 +22,7 @@
 mod db;
 pub mod export;
 pub mod filter;
+pub mod preflight;
 pub mod replay;
 pub mod report;
 
