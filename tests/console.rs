@@ -251,3 +251,20 @@ async fn utilization_charts_kse_licenses_assigned_against_activated() {
     let chart = &chart[..chart.find("</svg>").unwrap()];
     assert!(chart.contains(">4</text>") && chart.contains("cy=\"130.0\"") && chart.contains("cy=\"190.0\""), "{chart}");
 }
+
+/// A full pool's box says when a runner asking now would get a seat (the
+/// preflight's answer); a pool with a free seat says nothing of the kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_says_where_a_runner_asking_now_would_wait() {
+    let b = broker().await;
+    b.quota(1).await;
+    let owner = b.owner().await;
+    owner.register_machine(&org(), PoolId::KRE_DEFAULT, &machine("ci-1")).await.unwrap();
+    let browser = Browser::sign_in(&b, &b.owner).await;
+    let kre = "/org/default/licenses?pool=kre-floating-annual";
+    assert!(!browser.get(kre).await.1.contains("id=\"next-seat\""), "a seat is free");
+    owner.acquire(&org(), PoolId::KRE_DEFAULT, &machine("ci-1"), 1).await.unwrap();
+    let (_, page) = browser.get(kre).await;
+    let at = page.find("id=\"next-seat\"").expect("the full pool says when");
+    assert!(page[at..].contains("place 1 in the queue: no estimate yet"), "{}", &page[at..at + 200]);
+}

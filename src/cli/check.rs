@@ -8,6 +8,7 @@ use anyhow::Result;
 use license_broker::client::{Client, ClientError};
 use license_broker::core::{MachineId, OrgName, PoolId};
 use license_broker::proto::AvailabilityInfo;
+use license_broker::value::time::format_rough;
 
 /// `check`'s flags.
 #[derive(clap::Args, Debug)]
@@ -47,12 +48,12 @@ fn in_words(a: &AvailabilityInfo, org: &OrgName) -> String {
     let mut out = format!("{} of {org}: {} of {} seats in use, {} waiting", a.pool, a.in_use, a.quota, a.waiting);
     let mean = a.mean_ms.map_or_else(
         || "no session ended in the last day to estimate from".to_string(),
-        |m| format!("sessions lasted {} on average over the last day", minutes(m)),
+        |m| format!("sessions lasted {} on average over the last day", format_rough(m)),
     );
     match (&a.refusal, a.worth_waiting) {
         (None, _) => out.push_str("\na runner would be admitted now"),
         (Some(e), true) => {
-            let wait = a.wait_ms.map_or_else(|| "no estimate".to_string(), |w| format!("about {}", minutes(w)));
+            let wait = a.wait_ms.map_or_else(|| "no estimate".to_string(), |w| format!("about {}", format_rough(w)));
             out.push_str(&format!(
                 "\nno seat now ({}); waiting (`runner --wait`): place {} in the queue, {wait} ({mean})",
                 e.code.name(),
@@ -64,12 +65,4 @@ fn in_words(a: &AvailabilityInfo, org: &OrgName) -> String {
         }
     }
     out
-}
-
-/// A duration as people read it: seconds under two minutes, else minutes.
-fn minutes(ms: u64) -> String {
-    match ms / 1000 {
-        s if s < 120 => format!("{s} s"),
-        s => format!("{} min", (s + 30) / 60),
-    }
 }

@@ -114,6 +114,15 @@ pub fn format_end_date(end: Millis) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// A duration of `ms` as people read an estimate: seconds under two
+/// minutes, else whole minutes.
+pub fn format_rough(ms: u64) -> String {
+    match ms / 1000 {
+        s if s < 120 => format!("{s} s"),
+        s => format!("{} min", (s + 30) / 60),
+    }
+}
+
 /// Formats an instant as `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn format_utc(t: Millis) -> String {
     let (y, m, d) = t.civil_date();

@@ -63,6 +63,9 @@ struct PoolBox {
     held: u32,
     machines: u32,
     waiting: u32,
+    /// When the pool is full: when a runner asking now would likely get a
+    /// seat (the preflight's answer, `Operations::check`).
+    next_seat: Option<String>,
     end: String,
     offline_allowed: bool,
 }
@@ -118,7 +121,9 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crat
         all_pools: every_pool(),
     };
     if let Some(st) = current {
-        page.pool = Some(subscription_box(st, subscription_end(web, &s.p, org)));
+        let mut pool_box = subscription_box(st, subscription_end(web, &s.p, org));
+        pool_box.next_seat = next_seat(web, &s.p, org, st.pool);
+        page.pool = Some(pool_box);
         fill_lists(&mut page, web, &s.p, org, st.pool);
         // An offline license this sign-in just made (looked up before the
         // lists are cut, so it is found however many there are).
@@ -228,9 +233,24 @@ fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
         held: st.held,
         machines: st.machines,
         waiting: st.waiting,
+        next_seat: None,
         end,
         offline_allowed: st.pool.issues_offline(),
     }
+}
+
+/// When a runner asking now would likely get a seat of a full pool, in
+/// words, as `license-broker check` says it; nothing for a pool with a
+/// free seat, or one a wait cannot help (a node-locked KSE pool), or a
+/// caller who may not ask (the operator is no member).
+fn next_seat(web: &Web, p: &Principal, org: &OrgName, pool: PoolId) -> Option<String> {
+    use crate::core::time::format_rough as rough;
+    let a = web.ops.check(web.ops.caller(p), (org, pool), None).ok().filter(|a| a.worth_waiting)?;
+    let about = match (a.wait_ms, a.mean_ms) {
+        (Some(w), Some(m)) => format!("about {} (sessions lasted {} on average over the last day)", rough(w), rough(m)),
+        _ => "no estimate yet (no session ended in the last day)".to_string(),
+    };
+    Some(format!("place {} in the queue: {about}", a.place))
 }
 
 /// Every pool id there can be, for the operator's form.
