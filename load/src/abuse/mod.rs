@@ -204,7 +204,7 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     let mut r = Report::new("abuse", "broker");
     r.duration_s = p.duration.as_secs_f64();
     r.param("hostile_connections", p.connections);
-    r.param("attack_addresses", ATTACK_ADDRESSES);
+    r.param("attack_addresses", if p.attack_from_runner { 1 } else { ATTACK_ADDRESSES });
     r.param("attacker_nice", p.attacker_nice);
     r.param("attack_from_runner", p.attack_from_runner);
     for (i, kind) in KINDS.iter().enumerate() {
