@@ -4,7 +4,10 @@
 //! monotonic clock after that, so a wall-clock step (NTP, an operator) can
 //! neither expire every lease at once nor keep dead ones alive, and a test
 //! that pauses tokio's clock (`tokio::time::pause`) drives leases with
-//! `tokio::time::advance` instead of sleeping on wall time.
+//! `tokio::time::advance` instead of sleeping on wall time. How far the
+//! wall clock has moved from it (`wall_lead`) is watched, not followed: a
+//! leap is logged and counted (`operations::leap`), and the next start
+//! judges it (`--max-clock-leap`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,6 +37,14 @@ impl Clock {
     /// The current instant.
     pub fn now(&self) -> Millis {
         Millis(self.wall_at_start + self.start.elapsed().as_millis() as u64)
+    }
+
+    /// How far the wall clock reads ahead of this clock, in milliseconds
+    /// (negative: behind). Constant while the wall clock keeps time; a
+    /// step of the wall clock moves it by the step.
+    pub fn wall_lead(&self) -> i64 {
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        wall - self.now().0 as i64
     }
 
     /// The tokio instant at which `deadline` falls.

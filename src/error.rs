@@ -44,6 +44,16 @@ pub enum SetupError {
         /// The latest time recorded.
         high_water: crate::value::Millis,
     },
+    /// The clock reads further ahead of the latest time a previous run
+    /// recorded than a broker can plausibly have been down.
+    ClockAhead {
+        /// The clock now.
+        now: crate::value::Millis,
+        /// The latest time recorded.
+        high_water: crate::value::Millis,
+        /// The most it may read ahead (`--max-clock-leap`).
+        max: std::time::Duration,
+    },
     /// The cluster (etcd) could not be reached or configured.
     Cluster(String),
 }
@@ -76,6 +86,15 @@ impl fmt::Display for SetupError {
                  would be judged on the wrong time. Fix the clock, or start with --allow-clock-rollback if \
                  you are sure it is right now",
                 crate::value::format_utc(*now),
+                crate::value::format_utc(*high_water)
+            ),
+            SetupError::ClockAhead { now, high_water, max } => write!(
+                f,
+                "the clock reads {}, more than {} (--max-clock-leap) after {} recorded by a previous run: \
+                 offline licenses and activations would be freed before their time. Fix the clock, or, if \
+                 the broker really was down that long, start with --allow-clock-leap",
+                crate::value::format_utc(*now),
+                humantime::format_duration(*max),
                 crate::value::format_utc(*high_water)
             ),
             SetupError::Cluster(why) => write!(f, "cluster: {why}"),

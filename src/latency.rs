@@ -119,7 +119,7 @@ pub struct OpLatency {
     /// The `op` label.
     pub op: &'static str,
     /// (upper bound in seconds, count in this bucket alone), the last
-    /// bound `f64::MAX`, which the encoder writes as +Inf (it also makes
+    /// bound infinite, which the encoder writes as +Inf (it also makes
     /// the counts cumulative).
     pub buckets: Vec<(f64, u64)>,
     /// Sum of the latencies, seconds.
@@ -176,7 +176,7 @@ impl Latencies {
                 let buckets = counts
                     .iter()
                     .enumerate()
-                    .map(|(b, c)| (BOUNDS_US.get(b).map_or(f64::MAX, |us| *us as f64 / 1e6), *c))
+                    .map(|(b, c)| (BOUNDS_US.get(b).map_or(f64::INFINITY, |us| *us as f64 / 1e6), *c))
                     .collect();
                 OpLatency { op, buckets, sum: sum_ns as f64 / 1e9, count: counts.iter().sum() }
             })
@@ -213,7 +213,7 @@ mod tests {
         // 700 µs: above 500 µs, within 1 ms.
         assert_eq!(acquire.buckets[3], (0.0005, 0));
         assert_eq!(acquire.buckets[4], (0.001, 2));
-        assert_eq!(acquire.buckets.last(), Some(&(f64::MAX, 0)));
+        assert_eq!(acquire.buckets.last(), Some(&(f64::INFINITY, 0)));
         assert!((acquire.sum - 0.0014).abs() < 1e-9);
         assert_eq!(s[3].count, 1);
         assert_eq!(s[1].count, 0);

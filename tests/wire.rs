@@ -297,11 +297,11 @@ async fn every_refusal_comes_in_the_frame_the_docs_name() {
 }
 
 /// One source address that opens connections and never authenticates
-/// fills only its own share: its extra connections are refused, while a
-/// client from another address gets in and is served; once the stranger's
-/// connections are gone, its address may connect again.
+/// holds only its own share: past it, each new connection of its own takes
+/// the place of its oldest (closed with code 2), while a client from
+/// another address gets in and is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn silent_strangers_from_one_address_cannot_lock_others_out() {
+async fn silent_strangers_from_one_address_hold_only_their_share() {
     let dir = tempfile::tempdir().unwrap();
     let b = start_with(dir, Duration::from_secs(30), |o| {
         o.hello_timeout = Duration::from_secs(30);
@@ -309,33 +309,64 @@ async fn silent_strangers_from_one_address_cannot_lock_others_out() {
         o.strangers.strangers_per_address = 4;
     })
     .await;
-    let (addr, name) = license_broker::client::resolve(&b.server, None).await.unwrap();
     // The stranger connects from 127.0.0.2 (still loopback).
-    let mut ep = quinn::Endpoint::client("127.0.0.2:0".parse().unwrap()).unwrap();
-    ep.set_default_client_config(license_broker::tls::client_config(Some(&b.ca)).unwrap());
-    let mut held = Vec::new();
-    let mut refused = 0;
-    for _ in 0..10 {
-        match tokio::time::timeout(Duration::from_secs(5), ep.connect(addr, &name).unwrap()).await {
-            Ok(Ok(conn)) => held.push(conn),
-            Ok(Err(_)) => refused += 1,
-            Err(_) => panic!("a handshake neither completed nor was refused"),
-        }
-    }
-    assert_eq!((held.len(), refused), (4, 6), "four strangers per address");
+    let held = silent(&b, "127.0.0.2:0", 10).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let open: Vec<bool> = held.iter().map(|c| c.close_reason().is_none()).collect();
+    assert_eq!(open, [[false; 6].as_slice(), &[true; 4]].concat(), "the newest four strangers stay");
+    let codes: Vec<_> = held[..6].iter().map(|c| c.close_reason()).collect();
+    assert!(
+        codes
+            .iter()
+            .all(|r| matches!(r, Some(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 2u32.into())),
+        "{codes:?}"
+    );
     // Everyone else still gets in and is served.
     let mut ok = raw(&b).await;
     ok.hello(&b.owner, VERSION).await;
     assert!(matches!(ok.next().await, Some(ServerFrame::Welcome(_))));
     let client = b.client(&b.owner).await;
     assert!(client.status(None).await.is_ok());
-    // The stranger leaves; its address gets its share back.
-    for c in held.drain(..) {
-        c.close(0u32.into(), b"bye");
+}
+
+/// Strangers holding the whole budget from the runner's own address (a CI
+/// fleet behind one NAT address with an attacker among it) do not shut the
+/// runner out: each of its connections takes the oldest stranger's place
+/// and authenticates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_on_the_runners_own_address_do_not_shut_it_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = start_with(dir, Duration::from_secs(30), |o| {
+        o.hello_timeout = Duration::from_secs(30);
+        o.strangers.strangers = 8;
+    })
+    .await;
+    let held = silent(&b, "127.0.0.1:0", 8).await;
+    let mut again = Vec::new();
+    for _ in 0..20 {
+        let client = b.client(&b.owner).await;
+        assert!(client.status(None).await.is_ok());
+        client.close().await;
+        // The stranger's place taken by the runner is held again.
+        again.extend(silent(&b, "127.0.0.1:0", 1).await);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let again = tokio::time::timeout(Duration::from_secs(5), ep.connect(addr, &name).unwrap()).await.unwrap();
-    assert!(again.is_ok(), "{again:?}");
+    assert!(held.iter().all(|c| c.close_reason().is_some()), "the oldest strangers made room");
+    assert_eq!(again.iter().filter(|c| c.close_reason().is_none()).count(), 8, "the newest eight hold the budget");
+}
+
+/// `n` connections from `local` that complete the handshake and never say
+/// `Hello` (kept open by the caller).
+async fn silent(b: &TestBroker, local: &str, n: usize) -> Vec<quinn::Connection> {
+    let (addr, name) = license_broker::client::resolve(&b.server, None).await.unwrap();
+    let mut ep = quinn::Endpoint::client(local.parse().unwrap()).unwrap();
+    ep.set_default_client_config(license_broker::tls::client_config(Some(&b.ca)).unwrap());
+    let mut held = Vec::new();
+    for _ in 0..n {
+        let conn = tokio::time::timeout(Duration::from_secs(5), ep.connect(addr, &name).unwrap()).await;
+        held.push(conn.expect("a handshake completes").expect("admitted"));
+    }
+    held
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

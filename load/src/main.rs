@@ -160,6 +160,11 @@ struct Args {
     /// TLS work yields to the broker's, as a remote attacker's would.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(i32).range(0..=19))]
     attacker_nice: i32,
+    /// abuse: the attackers connect from the runner's own address
+    /// (127.0.0.1, as a CI fleet and an attacker behind one NAT address)
+    /// instead of eight addresses of their own.
+    #[arg(long)]
+    attack_from_runner: bool,
     /// dashboard: keep the broker running this long after measuring (to
     /// look at the seeded dashboard; its address and Owner key are printed).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -259,6 +264,7 @@ async fn run(a: Args) -> Result<bool> {
         resume: a.resume,
         strict: a.strict,
         attacker_nice: a.attacker_nice,
+        attack_from_runner: a.attack_from_runner,
     };
     if let Some(done) = own_harness(&a, &p).await {
         return done;

@@ -33,6 +33,8 @@ pub struct Params {
     pub strict: bool,
     /// abuse: the attacker threads' nice value (0: the harness's own).
     pub attacker_nice: i32,
+    /// abuse: the attackers share the runner's address (127.0.0.1).
+    pub attack_from_runner: bool,
 }
 
 /// Quota given to pools that should never refuse for quota.

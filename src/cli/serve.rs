@@ -145,6 +145,16 @@ pub struct ServeArgs {
     /// previous run recorded (check the clock first).
     #[arg(env = "LB_ALLOW_CLOCK_ROLLBACK", long)]
     allow_clock_rollback: bool,
+    /// The longest the broker can plausibly have been down: a start whose
+    /// clock reads further ahead of the latest time a previous run
+    /// recorded is refused (offline licenses would be freed early).
+    #[arg(env = "LB_MAX_CLOCK_LEAP", long, default_value = "2days", value_parser = humantime::parse_duration)]
+    max_clock_leap: Duration,
+    /// Start even though the clock reads more than --max-clock-leap after
+    /// the latest time a previous run recorded (the broker really was
+    /// down that long: check the clock first).
+    #[arg(env = "LB_ALLOW_CLOCK_LEAP", long)]
+    allow_clock_leap: bool,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text", env = "LB_LOG_FORMAT")]
     log_format: LogFormat,
@@ -234,6 +244,8 @@ pub async fn run(mut a: ServeArgs) -> Result<ExitCode> {
     options.frame_timeout = a.frame_timeout;
     options.write_timeout = a.write_timeout;
     options.allow_clock_rollback = a.allow_clock_rollback;
+    options.allow_clock_leap = a.allow_clock_leap;
+    options.max_clock_leap = a.max_clock_leap;
     options.clock_ahead = a.clock_ahead;
     options.restart_grace = a.restart_grace;
     options.max_waiters = a.max_waiters;

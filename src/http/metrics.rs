@@ -85,6 +85,8 @@ struct Snapshot {
     folded: usize,
     connections: u64,
     auth_failures: u64,
+    /// Leaps of the wall clock ahead of the broker's, and its lead now (ms).
+    clock: (u64, i64),
     latencies: Vec<crate::latency::OpLatency>,
     /// (ended sessions dropped, closed minutes dropped, file bytes), if the history is on.
     history: Option<(u64, u64, u64)>,
@@ -139,6 +141,7 @@ impl Snapshot {
             folded: load.len().saturating_sub(named.len()),
             connections: web.quic.connections(),
             auth_failures: web.ops.core().auth_failures(),
+            clock: (web.ops.leaps().count(), web.ops.leaps().wall_ahead_ms()),
             latencies: web.quic.latencies(),
             // Relaxed: statistics read once per scrape.
             history: web.ops.history().map(|h| {
@@ -276,6 +279,16 @@ impl Snapshot {
             None,
             MetricType::Counter,
         )?)?;
+        let help = "Leaps of the wall clock ahead of the broker's own clock seen in this run (not followed).";
+        ConstCounter::new(self.clock.0).encode(e.encode_descriptor(
+            "clock_leaps",
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
+        let help = "How far the wall clock reads ahead of the broker's clock, seconds (a restart beyond --max-clock-leap is refused).";
+        let ahead = ConstGauge::new(self.clock.1 as f64 / 1000.0);
+        ahead.encode(e.encode_descriptor("clock_wall_ahead_seconds", help, None, MetricType::Gauge)?)?;
         let help = "Time from the read that brought a request to the write of its answer, by kind of request.";
         let mut durations = e.encode_descriptor("request_duration_seconds", help, None, MetricType::Histogram)?;
         for l in &self.latencies {

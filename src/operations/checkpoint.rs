@@ -1,7 +1,8 @@
 //! Every few seconds, and once more at shutdown, writes what must outlive
 //! this run without being a durable change of its own: the clock's
 //! high-water mark (so a clock that went backwards is noticed at the next
-//! start) and each pool's admission counts (so `status` keeps counting).
+//! start) and each pool's admission counts (so `status` keeps counting);
+//! and, before each, it looks for a leap of the wall clock (`leap`).
 //! It also lowers the session ceilings of pools that have emptied, so a
 //! crash holds back only about as many seats as were in use.
 //! Off the hot path: one small store commit per period, skipped when
@@ -27,6 +28,7 @@ pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => return,
         }
+        ops.leaps.observe(&ops.clock);
         last = write(&ops, last, false).await;
     }
 }

@@ -14,7 +14,7 @@
 //! release, register, activate, the wait queue) → `act` (the Owner's,
 //! Admin's and operator's durable changes) → `read` (the audit trail, the
 //! history's reports, where a key is served) → the background tasks
-//! `expiry` and `checkpoint`.
+//! `expiry` and `checkpoint` (which looks for clock leaps: `leap`).
 //!
 //! Errors are the protocol's `WireError`: a documented code and a human
 //! message, the one vocabulary of refusals both doors speak (the web door
@@ -24,6 +24,7 @@ mod act;
 mod check;
 pub mod checkpoint;
 pub mod expiry;
+pub mod leap;
 mod lease;
 mod read;
 
@@ -103,6 +104,8 @@ pub struct Operations {
     holders: Arc<dyn Holders>,
     /// Set on shutdown: nothing new is admitted.
     draining: AtomicBool,
+    /// Leaps of the wall clock ahead of the broker's, seen at checkpoints.
+    leaps: leap::Leaps,
     /// Wakes the expiry task when a deadline earlier than its target appears.
     expiry_wake: Notify,
     /// The deadline (Unix ms) the expiry task is sleeping towards.
@@ -126,6 +129,7 @@ impl Operations {
             cluster,
             holders,
             draining: AtomicBool::new(false),
+            leaps: leap::Leaps::new(&clock),
             expiry_wake: Notify::new(),
             expiry_target: AtomicU64::new(u64::MAX),
             _closed: closed,
@@ -146,6 +150,11 @@ impl Operations {
     /// The shell's clock.
     pub fn clock(&self) -> Clock {
         self.clock
+    }
+
+    /// Leaps of the wall clock ahead of the broker's clock in this run.
+    pub fn leaps(&self) -> &leap::Leaps {
+        &self.leaps
     }
 
     /// The request's instant, for a caller.

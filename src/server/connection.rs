@@ -145,7 +145,8 @@ async fn streams(
     // alone do not hold a connection (and its slot) open.
     let welcomed = ctx.welcomed.notified();
     let hello_deadline = tokio::time::sleep(shared.options.hello_timeout);
-    tokio::pin!(welcomed, hello_deadline);
+    let evicted = pass.evicted();
+    tokio::pin!(welcomed, hello_deadline, evicted);
     let mut waiting_for_hello = true;
     loop {
         tokio::select! {
@@ -166,6 +167,13 @@ async fn streams(
             // that lost its claim): the client reconnects elsewhere.
             Ok(()) = stop.changed() => {
                 conn.close(quinn::VarInt::from_u32(NOT_SERVING_CODE), b"this node no longer serves; reconnect");
+            }
+            // The strangers' budget was full and a newer connection took
+            // this one's place: closed, as late to authenticate, unpenalized.
+            _ = &mut evicted, if waiting_for_hello => {
+                waiting_for_hello = false;
+                tracing::debug!(conn = ctx.id.0, remote = %conn.remote_address(), "evicted for a newer stranger");
+                conn.close(quinn::VarInt::from_u32(HELLO_TIMEOUT_CODE), b"no Hello before the budget was needed");
             }
             _ = &mut hello_deadline, if waiting_for_hello => {
                 waiting_for_hello = false;

@@ -88,14 +88,21 @@ fn new_core(options: &Options) -> Result<Broker, SetupError> {
 
 /// Refuses to start on a clock behind the latest time a previous run
 /// recorded (a cluster node allows `CLUSTER_CLOCK_SKEW`: the run before was
-/// most likely another node's), unless the operator has checked it.
+/// most likely another node's), or further ahead of it than the broker can
+/// plausibly have been down (`max_clock_leap`: a leap forward would free
+/// offline seats early), unless the operator has checked it.
 fn check_clock(options: &Options, core: &Broker, now: Millis, clustered: bool) -> Result<(), SetupError> {
     let skew = if clustered { CLUSTER_CLOCK_SKEW } else { Duration::ZERO };
     let high_water = core.high_water();
-    match now.after(skew) < high_water && !options.allow_clock_rollback {
-        true => Err(SetupError::ClockBehind { now, high_water }),
-        false => Ok(()),
+    if now.after(skew) < high_water && !options.allow_clock_rollback {
+        return Err(SetupError::ClockBehind { now, high_water });
     }
+    // A store no run has marked yet (high water 0) has nothing to free.
+    let max = options.max_clock_leap;
+    if high_water.0 > 0 && now > high_water.after(max) && !options.allow_clock_leap {
+        return Err(SetupError::ClockAhead { now, high_water, max });
+    }
+    Ok(())
 }
 
 /// This start's marks. Its time, at once: a crash from here on still

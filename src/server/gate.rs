@@ -6,14 +6,24 @@
 //! legitimate clients, which authenticate within milliseconds and then no
 //! longer count as strangers, keep getting in.
 //!
+//! When the budget (or an address's share of it) is full, a newcomer is not
+//! refused: the oldest stranger (of that address) is evicted, its
+//! connection closed, and the newcomer takes its place. Holding connections
+//! open no longer shuts anyone out; an attacker would have to open them
+//! faster than a client authenticates, and a CI fleet behind the
+//! attacker's NAT address still gets in.
+//!
 //! Every count is released exactly once: by the connection's first welcomed
-//! `Hello`, or when the connection ends without one (the `Pass` guard).
+//! `Hello`, by its eviction, or when the connection ends without either
+//! (the `Pass` guard).
 
+use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::core::hash::FastMap;
 
@@ -65,10 +75,6 @@ const MAX_SOURCES: usize = 65_536;
 /// Why a connection was refused at the gate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
-    /// The strangers' budget is spent.
-    Strangers,
-    /// This address has too many connections that have not authenticated.
-    AddressStrangers,
     /// This address opened too many connections this second.
     AddressRate,
     /// This address failed to authenticate too often this second.
@@ -84,8 +90,6 @@ impl Refusal {
     /// For logs.
     pub fn name(self) -> &'static str {
         match self {
-            Refusal::Strangers => "unauthenticated connections at their budget",
-            Refusal::AddressStrangers => "too many unauthenticated connections from this address",
             Refusal::AddressRate => "too many handshakes per second from this address",
             Refusal::AddressFailures => "too many failed Hellos per second from this address",
             Refusal::Penalized => "this address's connections misbehaved before authenticating: throttled",
@@ -111,29 +115,49 @@ struct Source {
 pub(crate) struct Gate {
     limits: GateLimits,
     strangers: AtomicUsize,
-    sources: Mutex<FastMap<IpAddr, Source>>,
+    /// Strangers evicted to make room for newer ones (for the log and metrics).
+    evicted: AtomicU64,
+    state: Mutex<State>,
 }
 
-/// A connection admitted at the gate; counts as a stranger until `welcomed`
-/// or dropped.
+/// What the gate's lock guards.
+#[derive(Default)]
+struct State {
+    sources: FastMap<IpAddr, Source>,
+    /// Strangers in the order they were admitted, oldest first. Released
+    /// ones are skipped and compacted away, so it holds at most about
+    /// twice the budget.
+    order: VecDeque<(IpAddr, Arc<Slot>)>,
+}
+
+/// One admitted connection's place in the budget.
+#[derive(Default)]
+struct Slot {
+    /// Its counts were given back (welcomed, evicted or dropped).
+    released: AtomicBool,
+    /// Told when it is evicted: its connection closes.
+    evicted: Notify,
+}
+
+/// A connection admitted at the gate; counts as a stranger until `welcomed`,
+/// evicted or dropped.
 pub(crate) struct Pass {
     gate: Arc<Gate>,
     addr: IpAddr,
-    released: AtomicBool,
+    slot: Arc<Slot>,
 }
 
 impl Gate {
     pub fn new(limits: GateLimits) -> Gate {
-        Gate { limits, strangers: AtomicUsize::new(0), sources: Mutex::new(FastMap::default()) }
+        Gate { limits, strangers: AtomicUsize::new(0), evicted: AtomicU64::new(0), state: Mutex::default() }
     }
 
-    /// Admits a new connection from `addr` in second `second`, or says why not.
+    /// Admits a new connection from `addr` in second `second` (evicting the
+    /// oldest stranger when the budget or the address's share is full), or
+    /// says why not.
     pub fn admit(self: &Arc<Self>, addr: IpAddr, second: u64) -> Result<Pass, Refusal> {
-        let mut sources = self.sources.lock();
-        // Relaxed: changed only under the sources lock, which orders it.
-        if self.strangers.load(Ordering::Relaxed) >= self.limits.strangers {
-            return Err(Refusal::Strangers);
-        }
+        let mut state = self.state.lock();
+        let State { sources, .. } = &mut *state;
         if !sources.contains_key(&addr) && sources.len() >= MAX_SOURCES {
             sources.retain(|_, s| {
                 s.strangers > 0 || s.second >= second || s.failed_second >= second || s.penalized_until > second
@@ -156,18 +180,48 @@ impl Gate {
             return Err(Refusal::AddressRate);
         }
         source.handshakes += 1;
-        if source.strangers >= self.limits.strangers_per_address {
-            return Err(Refusal::AddressStrangers);
+        let address_full = source.strangers >= self.limits.strangers_per_address;
+        if address_full {
+            self.evict(&mut state, Some(addr));
         }
-        source.strangers += 1;
+        // Relaxed: changed only under the state lock, which orders it.
+        if self.strangers.load(Ordering::Relaxed) >= self.limits.strangers {
+            self.evict(&mut state, None);
+        }
+        Ok(self.enter(&mut state, addr))
+    }
+
+    /// Counts a new stranger from `addr`.
+    fn enter(self: &Arc<Self>, state: &mut State, addr: IpAddr) -> Pass {
+        state.sources.entry(addr).or_default().strangers += 1;
         self.strangers.fetch_add(1, Ordering::Relaxed);
-        Ok(Pass { gate: self.clone(), addr, released: AtomicBool::new(false) })
+        let slot = Arc::new(Slot::default());
+        if state.order.len() >= 2 * self.limits.strangers.max(16) {
+            state.order.retain(|(_, s)| !s.released.load(Ordering::Acquire));
+        }
+        state.order.push_back((addr, slot.clone()));
+        Pass { gate: self.clone(), addr, slot }
+    }
+
+    /// Evicts the oldest stranger (from `addr`, if given): its counts are
+    /// given back now and its connection is told to close.
+    fn evict(&self, state: &mut State, addr: Option<IpAddr>) {
+        let oldest = state
+            .order
+            .iter()
+            .position(|(a, s)| addr.is_none_or(|addr| *a == addr) && !s.released.load(Ordering::Acquire));
+        let Some((from, slot)) = oldest.and_then(|i| state.order.remove(i)) else { return };
+        if !slot.released.swap(true, Ordering::AcqRel) {
+            self.give_back(state, from);
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+            slot.evicted.notify_one();
+        }
     }
 
     /// Counts a failed `Hello` from `addr` in second `second`; true when
     /// the address is past its limit (close the connection).
     pub fn failed(&self, addr: IpAddr, second: u64) -> bool {
-        let mut sources = self.sources.lock();
+        let sources = &mut self.state.lock().sources;
         // An address with a connection open is normally tracked; one whose
         // entry was pruned (a welcomed connection no longer counts as a
         // stranger) starts counting again. Only open connections fail
@@ -186,15 +240,25 @@ impl Gate {
     pub fn penalize(&self, addr: IpAddr, second: u64) {
         // An address with a connection open is tracked (its pass); `or_default`
         // only re-creates an entry pruned meanwhile, as in `failed`.
-        self.sources.lock().entry(addr).or_default().penalized_until = second + PENALTY_SECONDS;
+        self.state.lock().sources.entry(addr).or_default().penalized_until = second + PENALTY_SECONDS;
     }
 
     fn release(&self, addr: IpAddr) {
-        let mut sources = self.sources.lock();
+        self.give_back(&mut self.state.lock(), addr);
+    }
+
+    /// Gives back one stranger's counts.
+    fn give_back(&self, state: &mut State, addr: IpAddr) {
         self.strangers.fetch_sub(1, Ordering::Relaxed);
-        if let Some(s) = sources.get_mut(&addr) {
+        if let Some(s) = state.sources.get_mut(&addr) {
             s.strangers = s.strangers.saturating_sub(1);
         }
+    }
+
+    /// Strangers evicted for newer ones since the start.
+    #[cfg(test)]
+    fn evictions(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Connections not yet authenticated.
@@ -207,9 +271,15 @@ impl Gate {
 impl Pass {
     /// The connection authenticated: it no longer counts as a stranger.
     pub fn welcomed(&self) {
-        if !self.released.swap(true, Ordering::AcqRel) {
+        if !self.slot.released.swap(true, Ordering::AcqRel) {
             self.gate.release(self.addr);
         }
+    }
+
+    /// Completes when the connection is evicted for a newer stranger (at
+    /// once if it already was).
+    pub async fn evicted(&self) {
+        self.slot.evicted.notified().await
     }
 }
 
@@ -221,6 +291,8 @@ impl Drop for Pass {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
+
     use super::*;
 
     fn gate(strangers: usize, per_address: u32, rate: u32) -> Arc<Gate> {
@@ -265,37 +337,65 @@ mod tests {
     }
 
     #[test]
-    fn one_address_cannot_spend_the_strangers_budget() {
+    fn an_address_at_its_share_gives_up_its_oldest_stranger() {
         let g = gate(10, 3, 100);
         let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
         let held: Vec<Pass> = (0..3).map(|_| g.admit(a, 1).unwrap()).collect();
-        assert_eq!(g.admit(a, 1).err(), Some(Refusal::AddressStrangers));
         let other = g.admit(b, 1).unwrap();
-        // Authenticating frees the slot; dropping a welcomed pass frees nothing twice.
-        held[0].welcomed();
+        // The fourth from `a` takes the place of `a`'s oldest, not `b`'s.
+        let newest = g.admit(a, 1).unwrap();
+        assert!(evicted(&held[0]) && !evicted(&held[1]) && !evicted(&other));
+        assert_eq!(g.strangers(), 4);
+        // Authenticating frees the slot; an evicted or welcomed pass frees nothing twice.
+        held[1].welcomed();
         drop(held);
-        assert_eq!(g.strangers(), 1);
+        assert_eq!(g.strangers(), 2);
         other.welcomed();
         other.welcomed();
-        drop(other);
+        drop((other, newest));
         assert_eq!(g.strangers(), 0);
+        assert_eq!(g.evictions(), 1);
     }
 
     #[test]
-    fn the_budget_and_the_rate_bound_everyone() {
+    fn a_full_budget_evicts_the_oldest_stranger_and_the_rate_bounds_everyone() {
         let g = gate(2, 5, 3);
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let c: IpAddr = "10.0.0.3".parse().unwrap();
-        let _p1 = g.admit(a, 1).unwrap();
-        let _p2 = g.admit(b, 1).unwrap();
-        assert_eq!(g.admit(c, 1).err(), Some(Refusal::Strangers));
-        drop(_p2);
+        let p1 = g.admit(a, 1).unwrap();
+        let p2 = g.admit(b, 1).unwrap();
+        p2.welcomed();
+        let p3 = g.admit(b, 1).unwrap();
+        // Full: the newcomer from `c` gets in, the oldest stranger (`p1`) goes.
+        let p4 = g.admit(c, 1).unwrap();
+        assert!(evicted(&p1) && !evicted(&p3) && !evicted(&p4));
+        assert_eq!(g.strangers(), 2);
+        drop((p1, p2, p3, p4));
+        assert_eq!(g.strangers(), 0);
         // Three handshakes a second from one address, then refused until the next second.
         for _ in 0..2 {
             g.admit(a, 1).unwrap().welcomed();
         }
         assert_eq!(g.admit(a, 1).err(), Some(Refusal::AddressRate));
         assert!(g.admit(a, 2).is_ok());
+    }
+
+    #[test]
+    fn the_order_of_strangers_stays_bounded_by_the_budget() {
+        let g = gate(16, 1_000, 1_000_000);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..10_000 {
+            g.admit(a, 1).unwrap().welcomed();
+        }
+        assert!(g.state.lock().order.len() <= 32);
+        assert_eq!(g.strangers(), 0);
+    }
+
+    /// Whether the pass's connection was told to close.
+    fn evicted(p: &Pass) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        std::pin::pin!(p.evicted()).poll(&mut cx).is_ready()
     }
 }

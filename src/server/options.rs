@@ -38,6 +38,14 @@ pub struct Options {
     /// Start even if the clock is behind the latest time a previous run
     /// recorded (the operator has checked the clock).
     pub allow_clock_rollback: bool,
+    /// Start even if the clock reads further ahead of the latest time a
+    /// previous run recorded than `max_clock_leap` (the operator has
+    /// checked the clock: the broker really was down that long).
+    pub allow_clock_leap: bool,
+    /// The longest a broker can plausibly have been down: a start whose
+    /// clock reads further ahead of the last recorded time is refused
+    /// (offline licenses and activations would be freed early).
+    pub max_clock_leap: Duration,
     /// Runs the broker's clock this far ahead of the system's (for
     /// rehearsing and testing clock trouble; zero in production).
     pub clock_ahead: Duration,
@@ -86,6 +94,8 @@ impl Options {
             frame_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             allow_clock_rollback: false,
+            allow_clock_leap: false,
+            max_clock_leap: DEFAULT_MAX_CLOCK_LEAP,
             clock_ahead: Duration::ZERO,
             restart_grace: Duration::from_secs(10),
             max_waiters: 10_000,
@@ -129,6 +139,9 @@ pub struct ClusterSeat {
     /// an empty cluster at once, only one does.
     pub may_bootstrap: bool,
 }
+
+/// `--max-clock-leap`'s default: two days, a long weekend's outage.
+pub const DEFAULT_MAX_CLOCK_LEAP: Duration = Duration::from_secs(2 * 86_400);
 
 /// How far behind the clock recorded by a previous run a cluster node's
 /// clock may read and still start: the run before was most likely another

@@ -16,6 +16,11 @@
 //! and four on the web door (HTTPS; `web`): idle sockets, slow request
 //! heads, reports never read, and wrong bearer keys as fast as answered.
 //!
+//! With `--attack-from-runner` they all come from the runner's own address
+//! instead (127.0.0.1: a CI fleet behind one NAT address with an attacker
+//! among it): the address's share of the strangers' budget is full, and
+//! each new connection takes the place of the oldest stranger.
+//!
 //! Meanwhile a legitimate runner (127.0.0.1) acquires and releases on its
 //! connection every 20 ms, and every 250 ms connects afresh, acquires and
 //! releases. Measured: the broker's resident memory (baseline, peak during
@@ -131,7 +136,7 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
         .build()?;
     let _in_attack_rt = attack_rt.enter();
     for a in 0..ATTACK_ADDRESSES {
-        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + a));
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, if p.attack_from_runner { 1 } else { 2 + a }));
         let endpoint = attack_endpoint(ip, &target.ca)?;
         for i in 0..per_address.min(p.connections - usize::from(a) * per_address) {
             let kind = kinds[(usize::from(a) * per_address + i) % kinds.len()];
@@ -199,8 +204,9 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     let mut r = Report::new("abuse", "broker");
     r.duration_s = p.duration.as_secs_f64();
     r.param("hostile_connections", p.connections);
-    r.param("attack_addresses", ATTACK_ADDRESSES);
+    r.param("attack_addresses", if p.attack_from_runner { 1 } else { ATTACK_ADDRESSES });
     r.param("attacker_nice", p.attacker_nice);
+    r.param("attack_from_runner", p.attack_from_runner);
     for (i, kind) in KINDS.iter().enumerate() {
         let name = name(*kind);
         r.extra(&format!("attack_{name}_connections_made"), stats.connected[i].load(Ordering::Relaxed));
