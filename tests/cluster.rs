@@ -6,9 +6,12 @@
 //! seat re-attaches to the new node with its token; a node that comes back
 //! takes its orgs back. Then the same judged from the runners' side over a
 //! loop of kills and pauses of the node serving the runners' org (SIGSTOP:
-//! the node that wakes up believing it still serves).
+//! the node that wakes up believing it still serves), and over a loop of
+//! cuts of a node's link to etcd (`partition`).
 
+mod cut;
 mod etcd_members;
+mod partition;
 mod process;
 mod support;
 
@@ -185,8 +188,15 @@ struct Started {
 
 fn start_nodes(quota: i64) -> Started {
     let etcd = start_cluster();
+    let clients = etcd.clients.clone();
+    start_nodes_on(quota, etcd, |_| clients.clone())
+}
+
+/// As `start_nodes`, on `etcd`, node `i` reaching it at `urls(i)` (a
+/// proxy the test may cut).
+fn start_nodes_on(quota: i64, etcd: etcd_members::Cluster, urls: impl Fn(usize) -> Vec<String>) -> Started {
     let (tx, lines) = mpsc::channel();
-    let nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
+    let nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &urls(i), &tx)).collect();
     // etcd elects a leader, a node claims the empty cluster and prints its first keys.
     let (operator, owner_key) =
         keys(&lines, Duration::from_secs(60)).unwrap_or_else(|| panic!("no keys printed\n{}", logs(&nodes)));
