@@ -152,8 +152,7 @@ fn believers_never_exceed_the_quota_and_seats_and_new_runners_are_served_across_
     assert!(failovers >= 3, "the cuts moved the org only {failovers} times");
     assert!(verdict.refusals_judged >= 20, "too few refusals to judge: {}", verdict.refusals_judged);
     // A handover writes its ceilings down first: the next node holds no
-    // seat beyond those its runners believe in (up to what sampling every
-    // 250 ms sees of releases in flight).
+    // seat beyond those its runners believe in.
     let handovers: Vec<f64> = moves.iter().filter(|m| m.handover).map(|m| m.unusable).collect();
     assert!(handovers.len() >= 2, "too few handovers to judge: {handovers:?}");
     assert!(handovers.iter().all(|u| *u <= 1.0), "seats held beyond beliefs after a handover: {handovers:?}");
@@ -297,8 +296,9 @@ struct Move {
 /// Prints the benchmark: cut → the org claimed by another node, per long
 /// cut; and after each move, the seats the serving node counted in use
 /// beyond those its runners held (believers, and releases not confirmed
-/// until their lease ran out), in seat-seconds, from its `/metrics` every
-/// 250 ms. Returns each move's cost, for the handovers' to be judged.
+/// until their lease ran out; the most within half a second of each
+/// reading), in seat-seconds, from its `/metrics` every 250 ms. Returns
+/// each move's cost, for the handovers' to be judged.
 fn measure(
     run: &Run,
     timeline: &[(u64, Option<String>, i64)],
@@ -327,7 +327,10 @@ fn measure(
         .collect();
     for w in in_use.windows(2) {
         let ((at, seats), (next, _)) = (w[0], w[1]);
-        let believed = holders.iter().filter(|(s, e)| *s <= at && at < *e).count() as u64;
+        // The most that held a seat within half a second: a runner prints
+        // `admitted` just after the broker counts its seat, and stops
+        // believing just before its release reaches the broker.
+        let believed = most_at_once(holders, at.saturating_sub(500), at + 500) as u64;
         if let Some(m) = owners.iter().rposition(|(t, _)| *t <= at) {
             moves[m].unusable += seats.saturating_sub(believed) as f64 * (next - at).min(1_000) as f64 / 1000.0;
         }
