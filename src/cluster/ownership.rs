@@ -289,6 +289,29 @@ mod tests {
         assert!(!v.valid_at(10_000 + ttl), "a renewal sent a TTL ago gives nothing: the claim may be gone");
     }
 
+    #[tokio::test]
+    async fn a_renewal_that_hangs_does_not_keep_the_node_past_its_valid_until() {
+        // An etcd behind a link that swallows everything: it accepts, reads, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let etcd = Etcd::new(&[format!("http://{addr}")], Duration::from_secs(30)).unwrap();
+        let validity = Validity::default();
+        validity.renewed(monotonic_ms(), MARGIN + Duration::from_millis(300));
+        let keeper = tokio::spawn(async move {
+            keep(&etcd, NodeLease(1), &validity).await;
+            validity.valid()
+        });
+        // It returns at its valid-until (300 ms), not when the call gives up (30 s).
+        let valid = tokio::time::timeout(Duration::from_secs(10), keeper).await.expect("keep returned").unwrap();
+        assert!(!valid, "it returned because its validity lapsed");
+    }
+
     #[test]
     fn owner_values_round_trip() {
         let o = Owner { node: "b1".into(), advertise: "10.0.0.1:4433".into() };

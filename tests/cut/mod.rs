@@ -7,6 +7,7 @@
 //! connections again. Loopback only; its own small tokio runtime.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
@@ -29,6 +30,8 @@ pub struct Cut {
     mode: Arc<watch::Sender<Mode>>,
     /// The proxies' client URLs, one per member (`http://127.0.0.1:PORT`).
     pub urls: Vec<String>,
+    /// Connections accepted so far, over every listener.
+    accepted: Arc<AtomicUsize>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -37,17 +40,23 @@ impl Cut {
     pub fn start(members: &[String]) -> Cut {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let mode = Arc::new(watch::channel(Mode::Open).0);
+        let accepted = Arc::new(AtomicUsize::new(0));
         let urls = members
             .iter()
             .map(|m| {
                 let upstream = m.trim_start_matches("http://").to_string();
                 let listener = runtime.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
                 let url = format!("http://{}", listener.local_addr().unwrap());
-                runtime.spawn(listen(listener, upstream, mode.clone()));
+                runtime.spawn(listen(listener, upstream, mode.clone(), accepted.clone()));
                 url
             })
             .collect();
-        Cut { mode, urls, runtime }
+        Cut { mode, urls, accepted, runtime }
+    }
+
+    /// Connections the node opened to etcd so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// Cuts (or heals, with `Mode::Open`) the node's link to etcd.
@@ -56,8 +65,9 @@ impl Cut {
     }
 }
 
-async fn listen(listener: TcpListener, upstream: String, mode: Arc<watch::Sender<Mode>>) {
+async fn listen(listener: TcpListener, upstream: String, mode: Arc<watch::Sender<Mode>>, accepted: Arc<AtomicUsize>) {
     while let Ok((conn, _)) = listener.accept().await {
+        accepted.fetch_add(1, Ordering::Relaxed);
         let rx = mode.subscribe();
         match *rx.borrow() {
             Mode::Refuse => {
