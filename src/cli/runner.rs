@@ -289,7 +289,9 @@ impl Runner {
     /// runs out. Without it, a node that stops serving the org under the
     /// attach (a cluster moving the org: the connection closed, or
     /// `NOT_OWNER`, `DRAINING`) is ridden out while the connect timeout
-    /// lasts; a refusal for good (the quota...) ends it at once.
+    /// lasts (a try begun then has its own connect timeout, so the whole
+    /// takes at most twice that); a refusal for good (the quota...) or a
+    /// connection that could not be made ends it at once.
     async fn first_attach(&self) -> Result<(Client, Attached), ClientError> {
         let Some(until) = self.wait_until else {
             let until = tokio::time::Instant::now() + self.connect_timeout;
