@@ -6,9 +6,13 @@
 //! seat re-attaches to the new node with its token; a node that comes back
 //! takes its orgs back. Then the same judged from the runners' side over a
 //! loop of kills and pauses of the node serving the runners' org (SIGSTOP:
-//! the node that wakes up believing it still serves).
+//! the node that wakes up believing it still serves), and over a loop of
+//! cuts of a node's link to etcd (`partition`). And the client's side of
+//! a redirect to a node that does not answer, against stand-in nodes.
 
+mod cut;
 mod etcd_members;
+mod partition;
 mod process;
 mod support;
 
@@ -185,8 +189,15 @@ struct Started {
 
 fn start_nodes(quota: i64) -> Started {
     let etcd = start_cluster();
+    let clients = etcd.clients.clone();
+    start_nodes_on(quota, etcd, |_| clients.clone())
+}
+
+/// As `start_nodes`, on `etcd`, node `i` reaching it at `urls(i)` (a
+/// proxy the test may cut).
+fn start_nodes_on(quota: i64, etcd: etcd_members::Cluster, urls: impl Fn(usize) -> Vec<String>) -> Started {
     let (tx, lines) = mpsc::channel();
-    let nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &etcd.clients, &tx)).collect();
+    let nodes: Vec<Node> = (0..3).map(|i| spawn_node(&format!("n{i}"), &urls(i), &tx)).collect();
     // etcd elects a leader, a node claims the empty cluster and prints its first keys.
     let (operator, owner_key) =
         keys(&lines, Duration::from_secs(60)).unwrap_or_else(|| panic!("no keys printed\n{}", logs(&nodes)));
@@ -512,4 +523,75 @@ fn believers_never_exceed_the_quota_across_owner_kills_and_pauses() {
     eprintln!("{} member additions acknowledged during the faults", acknowledged.len());
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
     assert!(acknowledged.len() >= 20, "too few writes to judge: {}", acknowledged.len());
+}
+
+/// A stand-in node for the client's redirect logic: answers each `Hello`
+/// with the next of `answers` (a redirect to `HOST:PORT`, or `None` for a
+/// welcome), the last one again once they run out. Returns its address and
+/// how many `Hello`s it answered.
+fn scripted_node(
+    rt: &tokio::runtime::Runtime,
+    tls: &license_broker::tls::TlsFiles,
+    answers: Vec<Option<String>>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use license_broker::proto::{encode, ClientFrame, FrameBuf, ServerFrame, Welcome};
+    let config =
+        license_broker::tls::server_config(tls, Duration::from_secs(10), license_broker::tls::Limits::STRANGER, None)
+            .unwrap();
+    let _guard = rt.enter();
+    let endpoint = quinn::Endpoint::server(config, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = endpoint.local_addr().unwrap().to_string();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    rt.spawn(async move {
+        while let Some(incoming) = endpoint.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else { continue };
+            let mut frames = FrameBuf::new();
+            let mut chunk = vec![0u8; 4096];
+            while !matches!(frames.next_message::<ClientFrame>(), Ok(Some(ClientFrame::Hello(_)))) {
+                let Ok(Some(n)) = recv.read(&mut chunk).await else { break };
+                frames.extend(&chunk[..n]);
+            }
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let frame = match answers[n.min(answers.len() - 1)].clone() {
+                Some(server) => ServerFrame::Redirect { server },
+                None => ServerFrame::Welcome(Welcome {
+                    version: license_broker::proto::VERSION,
+                    lease_ttl_ms: 30_000,
+                    org: None,
+                    email: "operator@stand-in".into(),
+                    role: license_broker::value::Role::Operator,
+                }),
+            };
+            let mut out = Vec::new();
+            encode(&frame, &mut out);
+            let _ = send.write_all(&out).await;
+            let _ = send.finish();
+            // Keep the connection open for the client's while it lives.
+            tokio::spawn(async move { conn.closed().await });
+        }
+    });
+    (addr, asked)
+}
+
+#[test]
+fn a_client_sent_to_a_node_that_does_not_answer_asks_the_first_node_again() {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tls = license_broker::tls::TlsFiles::in_data_dir(dir.path());
+    license_broker::tls::ensure_self_signed(&tls).unwrap();
+    // A node cut off: its address takes packets and answers none.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let cut_off = silent.local_addr().unwrap().to_string();
+    let (serving, welcomed) = scripted_node(&rt, &tls, vec![None]);
+    // The first node still believes the cut-off one serves, then learns better.
+    let (first, asked) = scripted_node(&rt, &tls, vec![Some(cut_off), Some(serving)]);
+    let options = license_broker::client::ClientOptions::new(first, Some(tls.cert.clone()), "lb_any");
+    let client = rt.block_on(license_broker::client::Client::connect(&options));
+    let client = client.unwrap_or_else(|e| panic!("not served: {e}"));
+    assert_eq!(client.welcome().email, "operator@stand-in");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2, "asked the first node again");
+    assert_eq!(welcomed.load(std::sync::atomic::Ordering::SeqCst), 1);
+    rt.block_on(client.close());
 }

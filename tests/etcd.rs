@@ -1,13 +1,14 @@
 //! The etcd client against a real 3-member etcd cluster on loopback
 //! (Debian's `etcd-server`, which the test command installs): reads and
 //! writes, create-if-absent and revision-fenced transactions, leases that
-//! delete their keys when they lapse, and failover when the member it
-//! talks to is killed.
+//! delete their keys when they lapse, failover when the member it talks
+//! to is killed, and calls over kept-alive connections.
 
 use std::time::{Duration, Instant};
 
 use license_broker::cluster::etcd::{Compare, Etcd, Op};
 
+mod cut;
 mod etcd_members;
 use etcd_members::start_cluster;
 
@@ -404,4 +405,27 @@ fn a_batch_of_orgs_is_loaded_each_with_its_own_records() {
         assert!(records.iter().all(|r| r.org() == Some(org)), "{org}: {records:?}");
         assert!(matches!(records[0], Record::Org { .. }), "parents first: {records:?}");
     }
+}
+
+#[test]
+fn calls_go_over_kept_alive_connections_and_a_reset_one_is_replaced() {
+    let cluster = start_cluster();
+    let proxy = cut::Cut::start(&cluster.clients[..1]);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let etcd = Etcd::new(&proxy.urls, Duration::from_secs(2)).unwrap();
+    rt.block_on(eventually(Duration::from_secs(20), || etcd.put(b"lb/ready", b"1", None)));
+    let before = proxy.accepted();
+    rt.block_on(async {
+        for i in 0..50u32 {
+            etcd.put(b"lb/kept", &i.to_be_bytes(), None).await.unwrap();
+            assert_eq!(etcd.range(b"lb/kept", false).await.unwrap().0[0].value, i.to_be_bytes());
+        }
+    });
+    assert!(proxy.accepted() - before <= 1, "100 calls opened {} connections", proxy.accepted() - before);
+    // The member's end resets it: the next call fails, the one after opens a new one.
+    proxy.set(cut::Mode::Refuse);
+    assert!(rt.block_on(etcd.range(b"lb/kept", false)).is_err(), "the link is cut");
+    proxy.set(cut::Mode::Open);
+    let (kvs, _) = rt.block_on(etcd.range(b"lb/kept", false)).unwrap();
+    assert_eq!(kvs[0].value, 49u32.to_be_bytes());
 }

@@ -32,8 +32,10 @@ fn claim_key(org: &OrgName) -> Vec<u8> {
 /// Churn rounds on each side (interleaved; medians reported).
 const ROUNDS: usize = 3;
 
-/// How long after a node restarts the orgs that prefer it have moved back
-/// to it (the broker's `node::SETTLE`, a placement pass, room).
+/// How long after a node restarts the orgs that prefer it may have moved
+/// back to it (the broker's `node::SETTLE`, a placement pass, room); an
+/// org still held for its runners where it was taken over moves back only
+/// once that hold is over, and the runners re-attach wherever it is.
 const SETTLE_WAIT: Duration = Duration::from_millis(4_500);
 
 /// etcd's current revision (every write moves it).

@@ -125,6 +125,8 @@ struct Runner {
     pool: PoolId,
     /// One endpoint for every (re)connection, so reconnects resume TLS sessions.
     connector: Connector,
+    /// Without `--wait`, how long the first attach may keep trying.
+    connect_timeout: Duration,
     args: RunnerArgs,
     machine: MachineId,
     /// This runner instance's identity: re-attaching with it never takes a second seat.
@@ -155,11 +157,13 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         return asked.map(|()| ExitCode::SUCCESS);
     }
     let labels = super::labels::of_job(&args.labels, |name| std::env::var(name).ok())?;
+    let options = conn.options()?;
     let runner = Runner {
         labels,
         wait_until: args.wait.map(|w| tokio::time::Instant::now() + w),
         pool,
-        connector: Connector::new(conn.options()?).await?,
+        connect_timeout: options.connect_timeout,
+        connector: Connector::new(options).await?,
         ev: Events { json: args.json, to_stderr: !args.command.is_empty(), file: events_file(&args)? },
         args,
         machine,
@@ -168,6 +172,11 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
     };
     runner.run().await
 }
+
+/// The pause before a first attach tries again after the node it reached
+/// stopped serving the org under it (the org is moving: the next node
+/// takes it within a placement pass or, after a lapse, a few seconds).
+const PASSING_PAUSE: Duration = Duration::from_millis(250);
 
 /// What attaching got: a leased session, or a node-locked binding.
 enum Attached {
@@ -288,9 +297,29 @@ impl Runner {
 
     /// The first attach: with `--wait`, a lost connection (a broker
     /// restart) is retried with backoff, queueing again, until the wait
-    /// runs out.
+    /// runs out. Without it, a node that stops serving the org under the
+    /// attach (a cluster moving the org: the connection closed, or
+    /// `NOT_OWNER`, `DRAINING`) is ridden out while the connect timeout
+    /// lasts (a try begun then has its own connect timeout, so the whole
+    /// takes at most twice that); a refusal for good (the quota...) or a
+    /// connection that could not be made ends it at once.
     async fn first_attach(&self) -> Result<(Client, Attached), ClientError> {
-        let Some(until) = self.wait_until else { return self.attach().await };
+        let Some(until) = self.wait_until else {
+            let until = tokio::time::Instant::now() + self.connect_timeout;
+            let passing = |e: &ClientError| match e {
+                ClientError::Closed(_) => true,
+                ClientError::Rejected(w) => keeper::passing(w.code),
+                _ => false,
+            };
+            loop {
+                match self.attach().await {
+                    Err(e) if passing(&e) && tokio::time::Instant::now() + PASSING_PAUSE < until => {
+                        tokio::time::sleep(PASSING_PAUSE).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
         let retried = |e: &ClientError| {
             self.ev.emit(
                 json!({"event": "reconnecting", "reason": e.to_string()}),

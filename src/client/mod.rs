@@ -270,49 +270,65 @@ pub struct Connector {
 /// milliseconds, and a node that has not answered in this is likely gone.
 pub const STAGGER: Duration = Duration::from_millis(250);
 
-/// One attempt at `addr`, then at each node it redirects to, all within `limit`.
+/// One attempt at `addr`, then at each node it redirects to, all within
+/// `limit`. A node sent to that does not answer within `HOP_PATIENCE`
+/// (cut off, paused, gone) is given up and the node first asked is asked
+/// again where to go (it may know better by then); an org that is moving
+/// is asked about again after a pause (`MOVING_WAITS`, the last one
+/// repeated) until the attempt's time is up.
 async fn follow(
     endpoint: quinn::Endpoint,
     opts: ClientOptions,
-    mut addr: SocketAddr,
-    mut name: String,
+    addr: SocketAddr,
+    name: String,
     limit: Duration,
 ) -> Result<Client, ClientError> {
     let deadline = tokio::time::Instant::now() + limit;
-    let (mut hops, mut waits) = (0, 0);
+    let origin = (addr, name);
+    let (mut at, mut hops, mut waits) = (origin.clone(), 0, 0);
     loop {
-        let attempt = Client::connect_on(endpoint.clone(), addr, &name, &opts.api_key);
-        let result = match tokio::time::timeout_at(deadline, attempt).await {
+        let hop = hops > 0;
+        let patience = if hop { deadline.min(tokio::time::Instant::now() + HOP_PATIENCE) } else { deadline };
+        let attempt = Client::connect_on(endpoint.clone(), at.0, &at.1, &opts.api_key);
+        let result = match tokio::time::timeout_at(patience, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Connect { addr, source: ConnectFailure::TimedOut(limit) }),
+            Err(_) => Err(ClientError::Connect { addr: at.0, source: ConnectFailure::TimedOut(limit) }),
         };
+        let pause = MOVING_WAITS[waits.min(MOVING_WAITS.len() - 1)];
         match result {
             Err(ClientError::Redirected { to }) if !to.is_empty() && hops < MAX_REDIRECTS => {
                 hops += 1;
-                (addr, name) = resolve(&to, opts.server_name.as_deref()).await?;
+                at = resolve(&to, opts.server_name.as_deref()).await?;
+                continue;
             }
-            // The org is moving between nodes (or being taken over): ask
-            // again after a pause, as long as the attempt has time left.
-            Err(ClientError::Redirected { to }) if to.is_empty() && waits < MOVING_WAITS.len() => {
-                let pause = MOVING_WAITS[waits];
-                if tokio::time::Instant::now() + pause >= deadline {
-                    return Err(ClientError::Redirected { to });
-                }
-                waits += 1;
-                tokio::time::sleep(pause).await;
-            }
+            // The node sent to did not answer: ask the first one again.
+            Err(ClientError::Connect { .. } | ClientError::Closed(_)) if hop => {}
+            // The org is moving between nodes (or being taken over).
+            Err(ClientError::Redirected { to }) if to.is_empty() => {}
             other => return other,
         }
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(ClientError::Redirected { to: String::new() });
+        }
+        waits += 1;
+        (at, hops) = (origin.clone(), 0);
+        tokio::time::sleep(pause).await;
     }
 }
+
+/// How long a node a client was redirected to has to answer before the
+/// client asks again where to go: a handshake and a `Hello` take a few
+/// round trips; a node that has not answered in this is cut off or gone.
+pub const HOP_PATIENCE: Duration = Duration::from_millis(1000);
 
 /// Redirects a connection attempt follows in a row before giving up: two
 /// nodes that disagree about the owner cannot bounce a client for ever.
 pub const MAX_REDIRECTS: usize = 3;
 
 /// The pauses of a connection attempt told that no node serves its org
-/// this instant (an empty `Redirect`: the org is moving), before it asks
-/// again; past the last, or the attempt's time, the caller gets the error.
+/// this instant (an empty `Redirect`: the org is moving), or whose
+/// redirect led nowhere, before it asks again; the last is repeated until
+/// the attempt's time is up, then the caller gets the error.
 pub const MOVING_WAITS: [Duration; 4] =
     [Duration::from_millis(100), Duration::from_millis(250), Duration::from_millis(500), Duration::from_secs(1)];
 

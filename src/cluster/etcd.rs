@@ -4,7 +4,9 @@
 //! brings, instead of a second RPC stack (tonic, prost) for a handful of
 //! calls. etcd 3.4 and later serve the gateway on every client URL.
 //! `https://` URLs speak TLS 1.3 (rustls with the ring provider, as the
-//! QUIC side), presenting a client certificate when given one.
+//! QUIC side), presenting a client certificate when given one. Connections
+//! are kept alive between calls (`link`): a call costs a round trip, not a
+//! TCP (and TLS) handshake.
 //!
 //! Several endpoints (the members' client URLs): a call goes to the
 //! member that answered last, and on a connection failure or timeout to
@@ -18,9 +20,10 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use serde_json::{json, Value};
+
+use super::link::Member;
 
 /// Why an etcd call failed.
 #[derive(Debug)]
@@ -114,8 +117,9 @@ pub struct TxnResult {
 
 /// A client of one etcd cluster.
 pub struct Etcd {
-    /// Each member's client URL: `host:port`, and whether it speaks TLS.
-    endpoints: Vec<(String, bool)>,
+    /// Each member (its client URL's `host:port`, whether it speaks TLS)
+    /// and its kept-alive connections.
+    endpoints: Vec<Member>,
     /// The endpoint that answered last.
     preferred: AtomicUsize,
     /// Each attempt's bound (connect, send, read).
@@ -260,6 +264,7 @@ impl Etcd {
             (true, None) => Some(EtcdTls::default().connector()?),
             (false, _) => None,
         };
+        let endpoints = endpoints.into_iter().map(|(hostport, secure)| Member::new(hostport, secure)).collect();
         Ok(Etcd { endpoints, preferred: AtomicUsize::new(0), timeout, tls })
     }
 
@@ -271,9 +276,9 @@ impl Etcd {
         let mut tried = Vec::new();
         for i in 0..self.endpoints.len() {
             let at = (first + i) % self.endpoints.len();
-            let (endpoint, secure) = &self.endpoints[at];
-            let tls = if *secure { self.tls.as_ref() } else { None };
-            match tokio::time::timeout(self.timeout, once(endpoint, tls, call, body.clone())).await {
+            let member = &self.endpoints[at];
+            let endpoint = &member.hostport;
+            match tokio::time::timeout(self.timeout, member.post(self.tls.as_ref(), call, body.clone())).await {
                 Ok(Ok((200, answer))) => {
                     self.preferred.store(at, Ordering::Relaxed);
                     return serde_json::from_slice(&answer)
@@ -402,6 +407,19 @@ impl Etcd {
         Ok((ttl > 0).then(|| Duration::from_secs(ttl as u64)))
     }
 
+    /// How long lease `id` has left, in whole seconds as etcd counts them
+    /// (rounded down), and the TTL it was granted; `None` if it is gone.
+    pub async fn time_to_live(&self, id: i64) -> Result<Option<(i64, i64)>, EtcdError> {
+        match self.post("/v3/lease/timetolive", &json!({ "ID": id.to_string() })).await {
+            Ok(v) => {
+                let left = int(&v["TTL"]);
+                Ok((left >= 0).then(|| (left, int(&v["grantedTTL"]))))
+            }
+            Err(EtcdError::Refused { message, .. }) if message.contains("not found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Ends lease `id` now (its keys are deleted).
     pub async fn revoke(&self, id: i64) -> Result<(), EtcdError> {
         match self.post("/v3/lease/revoke", &json!({ "ID": id.to_string() })).await {
@@ -411,52 +429,6 @@ impl Etcd {
             Err(e) => Err(e),
         }
     }
-}
-
-/// One POST on a fresh connection (TLS with `tls`): (status, body).
-async fn once(
-    endpoint: &str,
-    tls: Option<&tokio_rustls::TlsConnector>,
-    path: &str,
-    body: Bytes,
-) -> Result<(u16, Bytes), String> {
-    let stream = tokio::net::TcpStream::connect(endpoint).await.map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    match tls {
-        None => post(hyper_util::rt::TokioIo::new(stream), endpoint, path, body).await,
-        Some(connector) => {
-            let host =
-                endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
-            let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                .map_err(|e| format!("TLS name {host}: {e}"))?;
-            let stream = connector.connect(name, stream).await.map_err(|e| format!("TLS handshake: {e}"))?;
-            post(hyper_util::rt::TokioIo::new(stream), endpoint, path, body).await
-        }
-    }
-}
-
-/// The HTTP/1 exchange over an established connection.
-async fn post<I>(io: I, endpoint: &str, path: &str, body: Bytes) -> Result<(u16, Bytes), String>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| format!("handshake: {e}"))?;
-    let driver = tokio::spawn(conn);
-    let request = hyper::Request::post(path)
-        .header(hyper::header::HOST, endpoint)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(body))
-        .map_err(|e| format!("request: {e}"))?;
-    let answer = send.send_request(request).await.map_err(|e| format!("send: {e}"));
-    let result = match answer {
-        Ok(r) => {
-            let status = r.status().as_u16();
-            r.into_body().collect().await.map(|b| (status, b.to_bytes())).map_err(|e| format!("read: {e}"))
-        }
-        Err(e) => Err(e),
-    };
-    driver.abort();
-    result
 }
 
 #[cfg(test)]

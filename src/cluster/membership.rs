@@ -3,9 +3,12 @@
 //! bound to its lease, so a node that dies or is cut off from etcd drops
 //! out with its claims) and which node holds which org's claim. Kept here
 //! so that `nodes`, `status` and the routing of a `Hello` read it without
-//! an etcd round trip.
+//! an etcd round trip. It also keeps which nodes renewed their lease lately
+//! (`renewed`): a node cut off from etcd keeps its announcement and claims
+//! until its lease lapses, but is no place to send a client to meanwhile.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
 
@@ -23,7 +26,15 @@ pub struct Membership {
     view: RwLock<View>,
     /// Each node's console address, by node name (the nodes that say).
     consoles: RwLock<HashMap<String, String>>,
+    /// The leases etcd said were renewed lately, and when it said so: a
+    /// redirect goes only to a node whose lease is among them, read within
+    /// `RENEWED_FOR` (a node that cannot read etcd itself redirects nowhere).
+    renewed: RwLock<Option<(Instant, HashSet<i64>)>>,
 }
+
+/// How long an answer about which nodes renewed lately is believed: a few
+/// placement passes, so one slow pass does not stop every redirect.
+pub const RENEWED_FOR: Duration = Duration::from_millis(1000);
 
 #[derive(Debug, Default)]
 struct View {
@@ -41,6 +52,17 @@ impl Membership {
     pub fn update(&self, mut nodes: Vec<(Owner, i64)>, claims: HashMap<String, Claimed>, orgs: usize) {
         nodes.sort_by(|a, b| a.0.node.cmp(&b.0.node));
         *self.view.write() = View { nodes, claims, orgs };
+    }
+
+    /// The leases etcd just said were renewed lately (`ownership::renewed_lately`).
+    pub fn set_renewed(&self, leases: HashSet<i64>) {
+        *self.renewed.write() = Some((Instant::now(), leases));
+    }
+
+    /// Whether the node holding `lease` renewed it lately, as last read
+    /// within `RENEWED_FOR`: a client may be sent there.
+    pub fn renewed_lately(&self, lease: i64) -> bool {
+        self.renewed.read().as_ref().is_some_and(|(at, leases)| at.elapsed() < RENEWED_FOR && leases.contains(&lease))
     }
 
     /// Replaces the consoles' addresses with what was just read.
@@ -92,11 +114,12 @@ impl Membership {
         self.view.read().claims.get(org).cloned()
     }
 
-    /// The live node that should serve `org` (rendezvous over the live nodes).
-    pub fn preferred(&self, org: &str) -> Option<Owner> {
+    /// The live node that should serve `org` (rendezvous over the live
+    /// nodes), and its lease.
+    pub fn preferred(&self, org: &str) -> Option<(Owner, i64)> {
         let view = self.view.read();
         let names: Vec<String> = view.nodes.iter().map(|(n, _)| n.node.clone()).collect();
         let name = placement::preferred(org, &names)?;
-        view.nodes.iter().find(|(n, _)| n.node == name).map(|(n, _)| n.clone())
+        view.nodes.iter().find(|(n, _)| n.node == name).cloned()
     }
 }

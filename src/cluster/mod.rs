@@ -1,7 +1,8 @@
 //! Several brokers on etcd (docs/CLUSTER.md). Nothing outside this module
 //! speaks to etcd.
 //!
-//! - `etcd`: a client of etcd's v3 API (its JSON gateway).
+//! - `etcd`: a client of etcd's v3 API (its JSON gateway), over the
+//!   kept-alive connections of `link`.
 //! - `store`: the records in etcd behind the `Store` trait, each org's
 //!   writes fenced on its claim's revision.
 //! - `ownership`: a node's lease, the orgs' claims, and how long a node
@@ -16,6 +17,7 @@
 //! broker; the broker asks only its `Seat`.
 
 pub mod etcd;
+mod link;
 pub mod membership;
 pub mod ownership;
 pub mod placement;

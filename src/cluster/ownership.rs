@@ -69,6 +69,12 @@ impl Validity {
         self.0.fetch_max(until, Ordering::Relaxed);
     }
 
+    /// How long the node may still serve from now (zero once lapsed).
+    pub fn left(&self) -> Duration {
+        // Relaxed: as `valid_at`.
+        Duration::from_millis(self.0.load(Ordering::Relaxed).saturating_sub(monotonic_ms()))
+    }
+
     /// Stops serving at once (the lease is gone, or the node steps down).
     pub fn lose(&self) {
         self.0.store(0, Ordering::Relaxed);
@@ -217,24 +223,47 @@ pub async fn announce_console(
 /// Keeps the node's lease alive until it is lost: renews every
 /// `KEEPALIVE_EVERY`, extending `validity` from each renewal's send time.
 /// Returns when the lease is gone or validity has lapsed (etcd unreachable
-/// for longer than the margin allows).
+/// for longer than the margin allows): at the lapse itself, not when an
+/// etcd call that hangs gives up, so the node closes its connections at
+/// its valid-until whatever etcd does.
 pub async fn keep(etcd: &Etcd, lease: NodeLease, validity: &Validity) {
     loop {
         let sent = monotonic_ms();
-        match etcd.keep_alive(lease.0).await {
-            Ok(Some(ttl)) => validity.renewed(sent, ttl),
-            Ok(None) => {
+        let renewed = tokio::select! {
+            r = etcd.keep_alive(lease.0) => Some(r),
+            _ = tokio::time::sleep(validity.left()) => None,
+        };
+        match renewed {
+            Some(Ok(Some(ttl))) => validity.renewed(sent, ttl),
+            Some(Ok(None)) => {
                 tracing::warn!(lease = lease.0, "this node's etcd lease is gone: it stops serving its orgs");
                 validity.lose();
                 return;
             }
-            Err(e) => tracing::warn!("renewing this node's etcd lease: {e}"),
+            Some(Err(e)) => tracing::warn!("renewing this node's etcd lease: {e}"),
+            None => {}
         }
         if !validity.valid() {
             tracing::warn!("this node's etcd lease could not be renewed in time: it stops serving its orgs");
             return;
         }
-        tokio::time::sleep(KEEPALIVE_EVERY).await;
+        tokio::time::sleep(KEEPALIVE_EVERY.min(validity.left())).await;
+    }
+}
+
+/// Whether a node's lease was renewed lately, as etcd's leader says: at
+/// least a second left of a lease granted for `LEASE_TTL` (etcd rounds
+/// the time left down to whole seconds), so renewed within the last
+/// second, while a live node renews every `KEEPALIVE_EVERY`. A node whose
+/// renewals stopped reaching etcd (cut off, paused) fails this about a
+/// second after its last renewal, before it stops serving (`MARGIN`
+/// before its lease may lapse) and well before its claims lapse: the
+/// others stop sending clients there first. `None` if etcd did not say.
+pub async fn renewed_lately(etcd: &Etcd, lease: i64) -> Option<bool> {
+    match etcd.time_to_live(lease).await {
+        Ok(Some((left, granted))) => Some(left >= 1 && left >= granted - 1),
+        Ok(None) => Some(false),
+        Err(_) => None,
     }
 }
 
@@ -258,6 +287,29 @@ mod tests {
             "stops a margin before etcd could drop the claim"
         );
         assert!(!v.valid_at(10_000 + ttl), "a renewal sent a TTL ago gives nothing: the claim may be gone");
+    }
+
+    #[tokio::test]
+    async fn a_renewal_that_hangs_does_not_keep_the_node_past_its_valid_until() {
+        // An etcd behind a link that swallows everything: it accepts, reads, never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        let etcd = Etcd::new(&[format!("http://{addr}")], Duration::from_secs(30)).unwrap();
+        let validity = Validity::default();
+        validity.renewed(monotonic_ms(), MARGIN + Duration::from_millis(300));
+        let keeper = tokio::spawn(async move {
+            keep(&etcd, NodeLease(1), &validity).await;
+            validity.valid()
+        });
+        // It returns at its valid-until (300 ms), not when the call gives up (30 s).
+        let valid = tokio::time::timeout(Duration::from_secs(10), keeper).await.expect("keep returned").unwrap();
+        assert!(!valid, "it returned because its validity lapsed");
     }
 
     #[test]

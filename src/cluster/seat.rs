@@ -18,6 +18,13 @@ use crate::store::StoreError;
 /// (and the usual failed-Hello budget); past it, `Route::Busy`.
 pub const MAX_LOOKUPS: usize = 32;
 
+/// How long a `Hello` of a key this node does not know waits for etcd to
+/// say whose it is: a look-up takes a millisecond or two; past this etcd
+/// is out of reach from here, and the client is told to ask again
+/// (`Route::Busy`, an empty redirect) rather than kept waiting, so its
+/// attempts on the other nodes go on.
+pub const ROUTE_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Where a `Hello` whose key this node cannot welcome by itself goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Route {
@@ -128,25 +135,31 @@ impl Seat {
 
     /// Where `org` is served, for a client sent elsewhere: the node holding
     /// its claim, else the live node that should take it; `None` when that
-    /// is this node (it is taking the org over) or no node is known.
+    /// is this node (it is taking the org over), when no node is known, or
+    /// when that node's lease was not renewed lately (it may be cut off
+    /// from etcd and about to stop serving: a client sent there would wait
+    /// on it for nothing, so it is told to ask again instead).
     pub fn served_at(&self, org: &str) -> Option<Owner> {
-        let owner = match self.view.claim_of(org) {
+        let (owner, lease) = match self.view.claim_of(org) {
             Some(claim) if claim.owner.node == self.me.node && claim.lease == self.lease.0 => return None,
-            Some(claim) => claim.owner,
+            Some(claim) => (claim.owner, claim.lease),
             None => self.view.preferred(org)?,
         };
-        (owner.node != self.me.node).then_some(owner)
+        (owner.node != self.me.node && self.view.renewed_lately(lease)).then_some(owner)
     }
 
     /// Reads a key this node cannot welcome by itself from etcd, and says
-    /// where its `Hello` goes.
+    /// where its `Hello` goes; within `ROUTE_WITHIN`, and at once when
+    /// this node's own lease may have lapsed (it knows nothing current).
     pub async fn route(&self, hash: KeyHash) -> Route {
+        if !self.validity.valid() {
+            return Route::Busy;
+        }
         let Ok(_turn) = self.lookups.try_acquire() else {
             return Route::Busy;
         };
-        let store = self.store.clone();
-        let read = tokio::task::spawn_blocking(move || store.key(&hash)).await;
-        let record = match read {
+        let read = EtcdStore::read_key(&self.etcd, &self.layout, &hash);
+        let record = match tokio::time::timeout(ROUTE_WITHIN, read).await {
             Ok(Ok(Some(record))) => record,
             Ok(Ok(None)) => return Route::Unknown,
             Ok(Err(e)) => {

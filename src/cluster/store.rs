@@ -322,14 +322,24 @@ impl EtcdStore {
         })
     }
 
-    /// An API key's record, read from etcd (a node routes a key of an org
-    /// it does not serve by it).
+    /// An API key's record, read from etcd (for blocking callers; the
+    /// broker's routing uses `read_key`, which it bounds).
     pub fn key(&self, hash: &crate::core::KeyHash) -> Result<Option<Record>, StoreError> {
-        let (etcd, key) = (self.etcd.clone(), self.layout.record(Table::Keys, &hash.to_hex()));
-        self.bridge.run(async move {
-            let end = prefix_end(&key);
-            Ok(EtcdStore::range(&etcd, Table::Keys, key, end).await?.into_iter().next())
-        })
+        let (etcd, layout, hash) = (self.etcd.clone(), self.layout.clone(), *hash);
+        self.bridge.run(async move { EtcdStore::read_key(&etcd, &layout, &hash).await })
+    }
+
+    /// An API key's record, read from etcd with `etcd` (a node routes a
+    /// key of an org it does not serve by it): async, so that whoever asks
+    /// bounds the wait and drops the call past it.
+    pub async fn read_key(
+        etcd: &Etcd,
+        layout: &Layout,
+        hash: &crate::core::KeyHash,
+    ) -> Result<Option<Record>, StoreError> {
+        let key = layout.record(Table::Keys, &hash.to_hex());
+        let end = prefix_end(&key);
+        Ok(EtcdStore::range(etcd, Table::Keys, key, end).await?.into_iter().next())
     }
 
     /// Every record of `table`, decoded; read `LOAD_PAGE` keys at a time,

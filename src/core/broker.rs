@@ -413,6 +413,31 @@ impl Broker {
         })
     }
 
+    /// In a cluster, before handing `orgs` on: lowers each of their pools'
+    /// ceilings to the sessions they hold (`Pool::ceiling_to_sessions`)
+    /// and returns the records the shell must write under the orgs' fences
+    /// before it lets them go, so the next node holds only the seats that
+    /// runners may still believe in.
+    pub fn ceilings_to_sessions(&self, orgs: &[OrgName]) -> Vec<Record> {
+        self.with_dir(|dir| {
+            let mut out = Vec::new();
+            for (org, entry) in orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e))) {
+                for pool in entry.pools.values() {
+                    if let Some(seats) = pool.ceiling_to_sessions() {
+                        out.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats });
+                    }
+                }
+            }
+            out
+        })
+    }
+
+    /// Whether seats are still held for the runners of `org`'s previous
+    /// node (a takeover's hold, `adopt_org`, not yet over).
+    pub fn holding(&self, org: &OrgName) -> bool {
+        self.org_holds.lock().iter().any(|(_, o)| o == org)
+    }
+
     fn expire_offline(&self, now: Millis) {
         let due: Vec<((Millis, OfflineId), Arc<Pool>)> = {
             let mut map = self.offline_due.lock();

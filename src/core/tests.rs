@@ -899,3 +899,33 @@ fn adopting_an_org_holds_its_ceiling_for_the_previous_owners_runners_then_forget
     assert_eq!(b.adopt_org(&w.org, w.org_records(10, 3), t(4_000)), 3);
     assert_eq!(b.org_names(), vec![w.org.clone()]);
 }
+
+#[test]
+fn a_handover_writes_the_ceiling_down_to_the_sessions_held_and_admits_nothing_past_it() {
+    let w = ceiling_world(10);
+    let mut leases = Vec::new();
+    for n in 0..5 {
+        loop {
+            match w.acquire("m", n, 1, t(0)) {
+                Ok(l) => break leases.push(l),
+                Err(Error::CeilingReached) => assert!(w.raise().is_some()),
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    w.broker.release(&w.owner, leases[0].session, t(0)).unwrap();
+    w.broker.release(&w.owner, leases[1].session, t(0)).unwrap();
+    assert!(!w.broker.holding(&w.org), "nothing held: this node made every session");
+    // Written down to the 3 sessions left, at once (no quiet passes), and
+    // from that instant nothing is admitted past them here.
+    let written = w.broker.ceilings_to_sessions(std::slice::from_ref(&w.org));
+    assert!(matches!(written[..], [Record::Ceiling { seats: 3, .. }]), "{written:?}");
+    assert_eq!(w.acquire("m", 9, 1, t(0)), Err(Error::CeilingReached));
+    assert!(w.broker.ceilings_to_sessions(std::slice::from_ref(&w.org)).is_empty(), "already there");
+    // The next node holds just those 3 seats for their runners.
+    let next = Broker::new(Config { lease_ttl: TTL, ceilings: true, shard_bits: 2, ..Config::default() });
+    assert_eq!(next.adopt_org(&w.org, w.org_records(10, 3), t(1_000)), 3);
+    assert!(next.holding(&w.org), "held until the hold is over");
+    next.expire(t(1_000).after(TTL + Duration::from_secs(10)));
+    assert!(!next.holding(&w.org));
+}

@@ -15,7 +15,13 @@
 //! org's records from etcd and holds each pool's durable ceiling for the
 //! previous owner's runners until they re-attach (with tokens any node
 //! verifies) or one lease TTL and the grace pass, exactly as a single
-//! broker does after a crash (`Broker::adopt_org`).
+//! broker does after a crash (`Broker::adopt_org`). A handover first
+//! writes each pool's ceiling down to the sessions held, so the next node
+//! holds only those (`placer`); and an org is handed on only once its own
+//! takeover's hold is over, so it never moves back while seats are held
+//! for its runners. A node whose lease lapses stops at its valid-until
+//! (the keeper and every placement pass race it), writes nothing, and
+//! refuses connections until it has joined again.
 
 mod placer;
 
@@ -142,13 +148,22 @@ pub async fn run(
     }
     let mut endpoint = bind(options.listen)?;
     loop {
+        // Between terms no broker serves here: connections are refused at
+        // once (clients go on to the other nodes) rather than left waiting.
+        let refusing = tokio::spawn(refuse(endpoint.clone()));
         let validity = Arc::new(Validity::default());
-        let Some(lease) = node.join(&validity, &mut stop, &mut backoff).await else { return Ok(()) };
+        let joined = node.join(&validity, &mut stop, &mut backoff).await;
+        refusing.abort();
+        let _ = refusing.await;
+        let Some(lease) = joined else { return Ok(()) };
         match node.term(&options, (lease, validity), endpoint, &mut stop, &events).await? {
             Term::Lost(e) => endpoint = e,
             Term::Retry(e) => {
-                endpoint = e;
+                let refusing = tokio::spawn(refuse(e.clone()));
                 tokio::time::sleep(REJOIN_AFTER).await;
+                refusing.abort();
+                let _ = refusing.await;
+                endpoint = e;
             }
             Term::Stopped => return Ok(()),
         }
@@ -319,8 +334,17 @@ impl Node {
                     keeper.abort();
                     return Some(());
                 }
-                _ = tokio::time::sleep(POLL) => {
-                    let (taken, gave) = placer.pass(running).await;
+                _ = tokio::time::sleep(POLL) => {}
+            }
+            // The pass races the keeper: a pass waiting on an etcd that
+            // does not answer must not keep the node serving past its
+            // valid-until (cut short, it leaves nothing that the lease's
+            // end does not undo: its claims lapse with the lease, and the
+            // node forgets every org). A stop waits for the pass to end,
+            // so the drain never finds an org half handed on.
+            tokio::select! {
+                _ = &mut *keeper => return None,
+                (taken, gave) = placer.pass(running) => {
                     took(events, taken);
                     if !gave.is_empty() {
                         events(Event::Gave(gave));
@@ -379,6 +403,14 @@ impl Node {
         if let Err(e) = self.etcd.revoke(lease.0).await {
             tracing::warn!("revoking this node's lease (it lapses by itself within {:?}): {e}", ownership::LEASE_TTL);
         }
+    }
+}
+
+/// Refuses every connection that comes in (a node between two terms,
+/// joining again): the client hears at once that nobody serves here.
+async fn refuse(endpoint: quinn::Endpoint) {
+    while let Some(incoming) = endpoint.accept().await {
+        incoming.refuse();
     }
 }
 

@@ -2,9 +2,13 @@
 //! the claims (reusing the last read while etcd's revision stands still),
 //! drops the orgs whose claim it lost, takes over the orgs nobody serves
 //! that prefer it (rendezvous over the live nodes), and hands on those
-//! that prefer another node once that one has settled.
+//! that prefer another node once that one has settled and nothing is held
+//! for them here beyond their sessions (their takeover's hold is over):
+//! their ceilings written down to the sessions held first, so the next
+//! node holds only what runners may still believe. It also asks etcd which
+//! nodes renewed their lease lately, so the broker redirects only there.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -109,6 +113,8 @@ impl Placer {
             .filter(|(_, at)| now.duration_since(**at) >= SETTLE)
             .map(|((n, _), _)| n.clone())
             .collect();
+        let renewed = self.renewed(&nodes).await;
+        self.view.set_renewed(renewed);
         self.view.update(nodes, claims.clone(), self.orgs.len());
         Some(Seen { claims, live, settled })
     }
@@ -152,26 +158,63 @@ impl Placer {
         claimed
     }
 
-    /// Given: orgs that prefer another live node, once it has settled:
-    /// fences first (nothing more is admitted for them here), then their
-    /// connections and memory, then their claims.
+    /// The leases of the nodes that renewed lately (this node's own: its
+    /// validity speaks for it), asked of etcd all at once within one call's
+    /// bound; a node etcd did not answer for is left out.
+    async fn renewed(&self, nodes: &[(Owner, i64)]) -> HashSet<i64> {
+        let mut calls = tokio::task::JoinSet::new();
+        for lease in nodes.iter().map(|(_, l)| *l).filter(|l| *l != self.lease.0) {
+            let etcd = self.etcd.clone();
+            calls.spawn(async move { (lease, ownership::renewed_lately(&etcd, lease).await) });
+        }
+        let mut renewed = HashSet::from([self.lease.0]);
+        while let Some(done) = calls.join_next().await {
+            if let Ok((lease, Some(true))) = done {
+                renewed.insert(lease);
+            }
+        }
+        renewed
+    }
+
+    /// Given: orgs that prefer another live node, once it has settled and
+    /// this node holds nothing for them beyond their sessions (their
+    /// takeover's hold is over: an org taken over here stays at least a
+    /// lease TTL and the grace, so it does not move back while seats are
+    /// held for its runners). Ceilings first, written down to the sessions
+    /// held, then the fences (nothing more is admitted for them here), then
+    /// their connections and memory, then their claims.
     async fn give(&self, running: &Running, seen: &Seen) -> Vec<OrgName> {
         let mut gave = Vec::new();
         for (org, fence) in self.fences.all() {
             let Some(to) = placement::preferred(org.as_str(), &seen.live) else { continue };
             let held = seen.claims.get(org.as_str()).map(|c| c.fence) == Some(fence);
-            if to != self.me.node && held && seen.settled.iter().any(|n| n == to) {
-                self.fences.remove(&org);
+            if to != self.me.node && held && seen.settled.iter().any(|n| n == to) && !running.holding(&org) {
                 gave.push((org, fence));
             }
         }
-        running.drop_orgs(gave.iter().map(|(o, _)| o.clone()).collect()).await;
+        if gave.is_empty() {
+            return Vec::new();
+        }
+        let orgs: Vec<OrgName> = gave.iter().map(|(o, _)| o.clone()).collect();
+        let written = running
+            .write_down(&orgs, || {
+                for org in &orgs {
+                    self.fences.remove(org);
+                }
+            })
+            .await;
+        tracing::info!(
+            orgs = orgs.len(),
+            ceilings = written,
+            "handing orgs on, ceilings written down to their sessions"
+        );
+        running.drop_orgs(orgs.clone()).await;
         for (org, fence) in &gave {
             if let Err(e) = ownership::release(&self.etcd, &self.layout, org.as_str(), *fence).await {
                 tracing::warn!(%org, "releasing the org's claim (it lapses with this node's lease otherwise): {e}");
             }
         }
-        gave.into_iter().map(|(o, _)| o).collect()
+        orgs
     }
 
     /// The live nodes and every claim, and whether anything changed since

@@ -4,7 +4,9 @@
 //! start) and each pool's admission counts (so `status` keeps counting);
 //! and, before each, it looks for a leap of the wall clock (`leap`).
 //! It also lowers the session ceilings of pools that have emptied, so a
-//! crash holds back only about as many seats as were in use.
+//! crash holds back only about as many seats as were in use; and a cluster
+//! node handing orgs on writes theirs down to the sessions held
+//! (`hand_on`), so the next node holds no more than runners may believe.
 //! Off the hot path: one small store commit per period, skipped when
 //! nothing changed but the clock.
 
@@ -14,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Operations;
-use crate::core::{Change, Record};
+use crate::core::{Change, OrgName, Record};
 
 /// How often the checkpoint is written. A crash loses at most this much of
 /// the counts, and the high-water mark lags the clock by at most this much.
@@ -71,4 +73,28 @@ pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
             last
         }
     }
+}
+
+/// Before a cluster node hands `orgs` on: lowers each of their pools'
+/// ceilings to the sessions held (memory first: from then on nothing past
+/// them is admitted here), writes them under the orgs' fences, and only
+/// then calls `unfence` (which removes the fences: nothing more is
+/// admitted, renewed or written for them here), all under the ceiling
+/// lock, so no raise is written in between. If the write fails, the fences
+/// go all the same: the durable ceilings stay at least memory's, which the
+/// next node holds, as after a lapse. Returns the ceilings written.
+pub async fn hand_on(ops: &Operations, orgs: &[OrgName], unfence: impl FnOnce()) -> usize {
+    let _ceiling = ops.ceiling.lock().await;
+    let changes: Vec<Change> = ops.core.ceilings_to_sessions(orgs).into_iter().map(Change::Put).collect();
+    let written = changes.len();
+    if written > 0 {
+        let store = ops.store.clone();
+        match tokio::task::spawn_blocking(move || store.commit(&changes)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("ceilings of orgs handed on not written down (the next node holds more): {e}"),
+            Err(e) => tracing::warn!("ceilings of orgs handed on not written down (the next node holds more): {e}"),
+        }
+    }
+    unfence();
+    written
 }

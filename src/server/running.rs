@@ -266,6 +266,18 @@ impl Running {
         seats
     }
 
+    /// In a cluster, before handing `orgs` on: their ceilings written down
+    /// to the sessions held, then `unfence` (`checkpoint::hand_on`).
+    pub async fn write_down(&self, orgs: &[OrgName], unfence: impl FnOnce()) -> usize {
+        checkpoint::hand_on(&self.shared.ops, orgs, unfence).await
+    }
+
+    /// Whether seats are still held for the runners of `org`'s previous
+    /// node (its takeover's hold is not over).
+    pub fn holding(&self, org: &OrgName) -> bool {
+        self.shared.ops.core().holding(org)
+    }
+
     /// In a cluster, hands orgs on: closes their members' connections (they
     /// reconnect and are redirected to the next owner, where their runners
     /// re-attach) and forgets them, in one pass over the sessions, off the

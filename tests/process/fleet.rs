@@ -57,12 +57,28 @@ pub fn reap(fleet: &mut Vec<(usize, Child)>, exits: &mut HashMap<usize, Option<i
     });
 }
 
-/// Rebuilds belief intervals from the events and checks the invariant.
-pub fn check(feed: Feed, exits: &HashMap<usize, Option<i32>>, spawned: usize, quota: i64, min_cut_off: usize) {
+/// Every runner's events, by runner, once the feed has ended.
+pub fn gather(feed: Feed) -> HashMap<usize, Vec<Value>> {
     let mut events: HashMap<usize, Vec<Value>> = HashMap::new();
     for (i, v) in feed.iter() {
         events.entry(i).or_default().push(v);
     }
+    events
+}
+
+/// Rebuilds belief intervals from the events and checks the invariant.
+pub fn check(feed: Feed, exits: &HashMap<usize, Option<i32>>, spawned: usize, quota: i64, min_cut_off: usize) {
+    check_events(&gather(feed), exits, spawned, quota, min_cut_off);
+}
+
+/// `check`, on events gathered already.
+pub fn check_events(
+    events: &HashMap<usize, Vec<Value>>,
+    exits: &HashMap<usize, Option<i32>>,
+    spawned: usize,
+    quota: i64,
+    min_cut_off: usize,
+) {
     let ms = |v: &Value, field: &str| v[field].as_u64().unwrap_or_else(|| panic!("{field} missing in {v}"));
     let mut edges: Vec<(u64, i64)> = Vec::new();
     let (mut admitted, mut reattached, mut cut_off) = (0, 0, 0);

@@ -144,24 +144,43 @@ impl Pool {
     /// which admits nothing more, so that its restart holds no spare seat).
     pub fn lower_ceiling(&self, tight: bool) -> Option<u32> {
         let mut b = self.bounds.lock();
-        let current = b.ceiling?;
+        b.ceiling?;
         b.quiet = b.quiet.saturating_add(1);
         if !tight && b.quiet < QUIET_PASSES {
             return None;
         }
+        // Runners waiting: the pool is not quiet, whatever its sessions.
+        self.lower_to(&mut b, |c, sessions| match (c.queued, tight) {
+            (true, _) => None,
+            (false, true) => Some((sessions, 0)),
+            (false, false) => Some((sessions.saturating_add(headroom(sessions)), headroom(sessions))),
+        })
+    }
+
+    /// Before its org is handed to another node: lowers the ceiling to
+    /// exactly the seats sessions hold, runners waiting or not (their
+    /// connections close with the org's, and they queue again at the next
+    /// node), and returns it for the caller to write. Memory first, as
+    /// `lower_ceiling`: from here on this node admits no session past it.
+    pub fn ceiling_to_sessions(&self) -> Option<u32> {
+        let mut b = self.bounds.lock();
+        b.ceiling?;
+        self.lower_to(&mut b, |_, sessions| Some((sessions, 0)))
+    }
+
+    /// Lowers the ceiling to the target `plan` gives for the seat word and
+    /// the sessions it holds (with the slack the current ceiling may keep
+    /// above it), in one CAS that reads the sessions and sets the limit, so
+    /// no admission slips in between the reading and the new limit.
+    fn lower_to(&self, b: &mut Bounds, plan: impl Fn(SeatCount, u32) -> Option<(u32, u32)>) -> Option<u32> {
+        let current = b.ceiling?;
         let (quota, durable) = (b.quota, b.durable);
         let mut lowered = None;
-        // Runners waiting: the pool is not quiet, whatever its sessions.
-        // One CAS reads the sessions and sets the limit, so no admission
-        // can slip in between the reading and the new limit.
         let _ = self.seats.update(|c| {
             let sessions = c.in_use.saturating_sub(durable);
-            let (target, slack) = match tight {
-                true => (sessions, 0),
-                false => (sessions.saturating_add(headroom(sessions)), headroom(sessions)),
-            };
             lowered = None;
-            if c.queued || current <= target.saturating_add(slack) {
+            let (target, slack) = plan(c, sessions)?;
+            if current <= target.saturating_add(slack) {
                 return None;
             }
             lowered = Some(target);
