@@ -266,5 +266,9 @@ async fn a_full_pool_says_where_a_runner_asking_now_would_wait() {
     owner.acquire(&org(), PoolId::KRE_DEFAULT, &machine("ci-1"), 1).await.unwrap();
     let (_, page) = browser.get(kre).await;
     let at = page.find("id=\"next-seat\"").expect("the full pool says when");
-    assert!(page[at..].contains("place 1 in the queue: no estimate yet"), "{}", &page[at..at + 200]);
+    assert!(
+        page[at..].contains("place 1 in the queue: no estimate (no session in the last day"),
+        "{}",
+        &page[at..at + 200]
+    );
 }

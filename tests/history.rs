@@ -259,7 +259,9 @@ async fn availability_estimates_the_wait_from_the_days_mean_session() {
     let mean = v["mean_session_seconds"].as_f64().unwrap();
     assert!((0.3..10.0).contains(&mean), "two sessions, one of a second and one just begun: {v}");
     let wait = v["wait_seconds"].as_f64().expect("an estimate");
-    assert!(wait <= mean, "the live session ends within a mean session from now: {v}");
+    // The live session ends a mean after it started, or within a quarter
+    // of a mean once past it: never sooner, never later than a mean.
+    assert!((mean / 4.0 - 0.002..=mean).contains(&wait), "{v}");
     let (code, body) = b.web().fetch(ask, Some(&b.operator)).await;
     assert_eq!(code, 403, "the operator is no member: {body}");
 }

@@ -47,7 +47,7 @@ pub async fn run(c: &Client, org: &OrgName, pool: PoolId, machine: Option<Machin
 fn in_words(a: &AvailabilityInfo, org: &OrgName) -> String {
     let mut out = format!("{} of {org}: {} of {} seats in use, {} waiting", a.pool, a.in_use, a.quota, a.waiting);
     let mean = a.mean_ms.map_or_else(
-        || "no session ended in the last day to estimate from".to_string(),
+        || "no session in the last day, or no history kept, to estimate from".to_string(),
         |m| format!("sessions lasted {} on average over the last day", format_rough(m)),
     );
     match (&a.refusal, a.worth_waiting) {

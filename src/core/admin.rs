@@ -329,9 +329,16 @@ impl Broker {
         Ok(vec![self.audit(org, p, AuditAction::SessionKilled, detail, now)])
     }
 
+    /// Refuses unless `p` may read `org`'s members and API keys: its
+    /// Owners and Admins (the operator manages orgs, not their people).
+    /// The console offers its Members tab by this same rule.
+    pub fn require_members_reader(&self, p: &Principal, org: &OrgName) -> Result<()> {
+        p.require_admin(org)
+    }
+
     /// Owner/Admin: the org's members.
     pub fn users(&self, p: &Principal, org: &OrgName) -> Result<Vec<UserInfo>> {
-        p.require_admin(org)?;
+        self.require_members_reader(p, org)?;
         self.with_dir(|dir| {
             let mut v: Vec<UserInfo> = dir
                 .org(org)?
@@ -346,7 +353,7 @@ impl Broker {
 
     /// Owner/Admin: the org's API keys (metadata only).
     pub fn keys(&self, p: &Principal, org: &OrgName) -> Result<Vec<KeyInfo>> {
-        p.require_admin(org)?;
+        self.require_members_reader(p, org)?;
         self.with_dir(|dir| {
             dir.org(org)?;
             let mut v: Vec<KeyInfo> = dir

@@ -36,17 +36,16 @@ pub struct Availability {
     pub waiting: u32,
     /// Why an acquire now would be refused; `None`: it would be admitted.
     pub refusal: Option<Error>,
+    /// Whether waiting in the queue could get the runner a seat: the pool
+    /// is full, nothing else stands in the way, the pool's queue takes it
+    /// (a pool of no seats or a full queue does not), and the pool leases
+    /// seats (a node-locked activation does not wait).
+    pub worth_waiting: bool,
     /// When each live session of the pool started (for `wait_estimate`).
     pub starts: Vec<Millis>,
 }
 
 impl Availability {
-    /// Whether waiting in the queue could get the runner a seat: the pool
-    /// is full, and nothing else stands in the way.
-    pub fn worth_waiting(&self) -> bool {
-        matches!(self.refusal, Some(Error::QuotaExceeded { .. }))
-    }
-
     /// The runner's place if it joined the queue now (1: next).
     pub fn place(&self) -> u32 {
         self.waiting + 1
@@ -59,10 +58,10 @@ impl Availability {
 }
 
 impl Broker {
-    /// Member: how `org`'s `pool` stands for `p` now, and whether an
-    /// acquire by `p` on `machine` would be admitted (a KRE machine not yet
-    /// registered counts as admitted while the pool has a machine slot,
-    /// since the runner registers it first; no machine: one registered).
+    /// Member: how `org`'s `pool` stands for `p` now, and what an acquire
+    /// (or, on a node-locked KSE pool, an activation) by `p` on `machine`
+    /// would meet. A KRE machine not yet registered is asked about as the
+    /// runner registers it first; no machine: one already registered.
     pub fn availability(
         &self,
         p: &Principal,
@@ -72,31 +71,33 @@ impl Broker {
     ) -> Result<Availability> {
         let pool = self.member_pool(p, org, pool)?;
         let refusal = self.would_refuse(p, &pool, machine, now).err();
-        let uid = pool.uid;
-        let starts = self.sessions.list(|q| q.uid == uid).into_iter().map(|s| s.started).collect();
+        let (waiting, leased) = (pool.waiting(), pool.id.kind != Kind::NodeLocked);
+        let worth_waiting = matches!(refusal, Some(Error::QuotaExceeded { .. }))
+            && leased
+            && pool.quota() > 0
+            && waiting < self.config.max_waiters;
         Ok(Availability {
             pool: pool.id,
             quota: pool.quota(),
             in_use: pool.in_use(),
-            waiting: pool.waiting(),
+            waiting,
             refusal,
-            starts,
+            worth_waiting,
+            starts: self.sessions.starts_of(pool.uid),
         })
     }
 
-    /// `admission`'s checks, in its order, without taking or counting anything.
+    /// What admission would answer, in its order, asking the pool's own
+    /// checks without taking or counting anything: the machine's
+    /// registration (`register_machine`), the pool's kind and the grant
+    /// (`ticket`, `admit_from`; `bind` for node-locked KSE), the user's cap,
+    /// then the seat (`take_seat`).
     fn would_refuse(&self, p: &Principal, pool: &Pool, machine: Option<&MachineId>, now: Millis) -> Result<()> {
-        let unregistered = machine.is_some_and(|m| !pool.has_machine(m));
-        pool.open_at(now)?;
         match (pool.id.product, pool.id.kind) {
-            (Product::Kse, Kind::NodeLocked) => {
-                return Err(Error::invalid("pool", "a node-locked KSE license is activated on a machine, not leased"))
-            }
+            (Product::Kre, _) => machine.map_or(Ok(()), |m| pool.would_register(m))?,
+            (Product::Kse, Kind::NodeLocked) => return would_bind(p, pool, machine),
             (Product::Kse, _) if !pool.has_grant(&p.email) => return Err(Error::NotLicensed),
-            (Product::Kre, _) if unregistered && pool.machine_count() >= pool.quota() => {
-                return Err(Error::MachineLimit { quota: pool.quota() })
-            }
-            _ => {}
+            (Product::Kse, _) => {}
         }
         if let Some(cap) = pool.cap_of(&p.email) {
             let c = cap.count();
@@ -104,13 +105,19 @@ impl Broker {
                 return Err(Error::UserLimit { max: c.limit });
             }
         }
-        // A ceiling below the quota is raised by the acquire itself: only
-        // the quota and the queue refuse.
-        let c = pool.seats.count();
-        match c.queued || c.in_use >= pool.quota() {
-            true => Err(Error::QuotaExceeded { quota: pool.quota() }),
-            false => Ok(()),
-        }
+        pool.would_take_seat(now)
+    }
+}
+
+/// `Broker::bind`'s answer for `p` on `machine` (none: any), binding nothing.
+fn would_bind(p: &Principal, pool: &Pool, machine: Option<&MachineId>) -> Result<()> {
+    if !pool.has_grant(&p.email) {
+        return Err(Error::NotLicensed);
+    }
+    match (pool.binding(&p.email), machine) {
+        (Some(bound), Some(m)) if &bound != m => Err(Error::AlreadyActivated { machine: bound }),
+        (Some(_), _) => Ok(()),
+        (None, _) => pool.would_bind_seat(),
     }
 }
 
@@ -175,15 +182,77 @@ mod tests {
         w.acquire("m", 2, 1, t(2_000)).unwrap();
         let full = ask("m");
         assert_eq!(full.refusal, Some(Error::QuotaExceeded { quota: 2 }));
-        assert!(full.worth_waiting());
+        assert!(full.worth_waiting);
         assert_eq!((full.in_use, full.free(), full.starts.len()), (2, 0, 2));
         w.register("m2").unwrap();
         assert_eq!(ask("m3").refusal, Some(Error::MachineLimit { quota: 2 }), "no machine slot left");
         let any = w.broker.availability(&w.owner, (&w.org, pool), None, t(5_000)).unwrap();
         assert_eq!(any.refusal, Some(Error::QuotaExceeded { quota: 2 }), "no machine: the seats alone");
-        assert!(!ask("m3").worth_waiting());
+        assert!(!ask("m3").worth_waiting);
         assert_eq!(w.in_use(), 2, "nothing taken");
         assert_eq!(w.pool_status().rejected, 0, "nothing counted as refused");
+    }
+
+    /// The preflight answers what the act then meets, state by state:
+    /// expired, unlicensed (before expired), capped, full, a full queue, a
+    /// pool of no seats, a node-locked license bound elsewhere.
+    #[test]
+    fn the_preflight_answers_what_the_act_then_meets() {
+        use crate::core::testkit::{mid, t, Fixture};
+        use crate::core::{Config, ConnId, Nonce, Role};
+        let now = t(5_000);
+        let kre = PoolId::KRE_DEFAULT;
+        let fixture = |quota| {
+            let w = Fixture::with_config(quota, Config { max_waiters: 1, ..Config::default() });
+            let user = w.add_member("u@x.io", Role::User, 7);
+            (w, user)
+        };
+        let ask = |w: &Fixture, p: &Principal, pool: PoolId, m: &str| {
+            w.broker.availability(p, (&w.org, pool), Some(&mid(m)), now).unwrap()
+        };
+        let acquire = |w: &Fixture, p: &Principal, pool: PoolId, m: &str| {
+            w.broker.acquire(p, &w.target_in(pool, m), Nonce(99), ConnId(9), now).err()
+        };
+        // Full, then a full queue: refused alike; only the first may wait.
+        let (w, user) = fixture(1);
+        w.register("m").unwrap();
+        w.acquire("m", 1, 1, t(1_000)).unwrap();
+        let full = ask(&w, &user, kre, "m");
+        assert_eq!((full.refusal.clone(), full.worth_waiting), (acquire(&w, &user, kre, "m"), true));
+        let _ = w.wait("m", 2, 1, now);
+        let queue_full = ask(&w, &user, kre, "m");
+        assert_eq!((queue_full.refusal.clone(), queue_full.worth_waiting), (acquire(&w, &user, kre, "m"), false));
+        // No seats at all: registering a machine says the quota, and nothing is worth waiting for.
+        let (w, user) = fixture(0);
+        let none = ask(&w, &user, kre, "new");
+        assert_eq!(none.refusal, w.broker.register(&user, &w.target("new"), now).err());
+        assert!(!none.worth_waiting);
+        // A capped user at the cap.
+        let (w, user) = fixture(3);
+        w.register("m").unwrap();
+        w.apply(w.broker.plan_set_user_limit(&w.owner, &w.org, kre, &user.email, Some(1), t(0)));
+        w.broker.acquire(&user, &w.target("m"), Nonce(1), ConnId(1), t(1_000)).unwrap();
+        assert_eq!(ask(&w, &user, kre, "m").refusal, acquire(&w, &user, kre, "m"));
+        // Expired; and unlicensed on KSE is said before expired, as the acquire says it.
+        let (w, user) = fixture(3);
+        w.register("m").unwrap();
+        w.apply(w.broker.plan_set_subscription(&w.operator, &w.org, t(2_000), t(0)));
+        assert_eq!(ask(&w, &user, kre, "m").refusal, Some(Error::SubscriptionExpired));
+        assert_eq!(acquire(&w, &user, kre, "m"), Some(Error::SubscriptionExpired));
+        let kse: PoolId = "kse-floating-annual".parse().unwrap();
+        w.set_quota(kse, 2);
+        assert_eq!(ask(&w, &user, kse, "desk").refusal, Some(Error::NotLicensed));
+        assert_eq!(acquire(&w, &user, kse, "desk"), Some(Error::NotLicensed));
+        // Node-locked: free to activate where bound or unbound, refused elsewhere.
+        let (w, user) = fixture(3);
+        let locked = w.with_kse_grant("kse-node-locked-annual", 1, &user);
+        assert_eq!(ask(&w, &user, locked, "desk").refusal, None);
+        let bound = w.broker.activate(&user, &w.target_in(locked, "desk"), Nonce(1), ConnId(1), now).unwrap();
+        w.commit(bound);
+        assert_eq!(ask(&w, &user, locked, "desk").refusal, None, "already activated there");
+        let elsewhere = ask(&w, &user, locked, "laptop");
+        assert_eq!(elsewhere.refusal, Some(Error::AlreadyActivated { machine: mid("desk") }));
+        assert!(!elsewhere.worth_waiting);
     }
 
     #[test]

@@ -501,7 +501,7 @@ impl Broker {
     pub fn live_starts(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Vec<Millis>> {
         p.require_reader(org)?;
         let uid = self.dir.read().pool(org, pool)?.uid;
-        Ok(self.sessions.list(|p| p.uid == uid).into_iter().map(|s| s.started).collect())
+        Ok(self.sessions.starts_of(uid))
     }
 
     /// Owner/Admin: one page of the org's live sessions (see `SessionTable::page`).

@@ -60,8 +60,9 @@ pub struct Usage {
     /// Runners that joined the pool's wait queue (`runner --wait`).
     pub queued: u64,
     /// Most users granted the pool (KSE's Licensed Users) at a harvest in
-    /// the period. Appended after `queued`: rows written before it decode
-    /// through `Stored::V1` with 0.
+    /// the period (an idle pool is sampled on the hour only). Appended
+    /// after `queued`: rows written before it decode through `UsageV1`
+    /// with 0.
     pub assigned: u32,
     /// Most node-locked activations and live offline licenses at a harvest
     /// in the period (the licenses bound to a machine; sessions are `peak`).
@@ -117,6 +118,14 @@ impl Usage {
         self.queued += o.queued;
         self.assigned = self.assigned.max(o.assigned);
         self.activated = self.activated.max(o.activated);
+    }
+
+    /// KSE licenses activated at most in the period, as the vendor's chart
+    /// counts them: node-locked activations and offline licenses bound to
+    /// machines (`activated`) or, on a floating pool, sessions at once
+    /// (`peak`). The one reading for the console's chart and the API.
+    pub fn licenses_activated(&self) -> u32 {
+        self.activated.max(self.peak)
     }
 
     /// Refusals of every reason.

@@ -65,7 +65,7 @@ pub fn usage_json(
                     });
                     if licenses == Licenses::Said && s.pool.product == crate::core::Product::Kse {
                         point["assigned"] = json!(u.assigned);
-                        point["activated"] = json!(u.activated);
+                        point["activated"] = json!(u.licenses_activated());
                     }
                     point
                 })

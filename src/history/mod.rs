@@ -314,7 +314,11 @@ fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, 
         let (newly, queued) = since_last(state, s);
         for m in from..to {
             let key = (org.clone(), pool.clone(), m);
-            if s.peak == 0 && s.assigned == 0 && s.activated == 0 && !rows.contains_key(&key) {
+            // An idle pool's licenses (KSE grants, activations) are sampled
+            // on the hour only: the chart is per day, and a pool with users
+            // but no use must not cost a row a minute.
+            let sampled = (s.assigned > 0 || s.activated > 0) && m.is_multiple_of(60);
+            if s.peak == 0 && !sampled && !rows.contains_key(&key) {
                 continue;
             }
             let u = rows.entry(key).or_insert_with(blank);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::core::testkit::{t, Fixture};
-use crate::core::{EndReason, Error};
+use crate::core::{EndReason, Error, DAY_MS};
 
 /// A timeline starting on a minute boundary.
 fn timeline() -> impl Fn(u64) -> Millis {
@@ -134,10 +134,34 @@ fn assigned_and_activated_kse_licenses_over_time() {
 
     let (org, pool) = (w.org.to_string(), kse.to_string());
     let minutes = h.usage(&org, &pool, at(0), at(240_000), MINUTE_MS).unwrap();
-    let seen: Vec<(u32, u32)> = minutes.iter().map(|p| (p.usage.assigned, p.usage.activated)).collect();
-    assert_eq!(seen, [(2, 0), (2, 1), (1, 1)], "{minutes:#?}");
+    let seen: Vec<(u64, u32, u32)> =
+        minutes.iter().map(|p| ((p.start - at(0).0) / MINUTE_MS, p.usage.assigned, p.usage.activated)).collect();
+    // Minute 0 had no seat in use: its licenses are kept only on the hour.
+    let idle = if (at(0).0 / MINUTE_MS).is_multiple_of(60) { vec![(0, 2, 0)] } else { vec![] };
+    assert_eq!(seen, [idle, vec![(1, 2, 1), (2, 1, 1)]].concat(), "{minutes:#?}");
     let hour = h.usage(&org, &pool, at(0), at(240_000), 60 * MINUTE_MS).unwrap();
     assert_eq!((hour[0].usage.assigned, hour[0].usage.activated), (2, 1), "the hour keeps the most of each");
     let kre = h.usage(&org, "kre-floating-annual", at(0), at(240_000), MINUTE_MS).unwrap();
     assert!(kre.iter().all(|p| (p.usage.assigned, p.usage.activated) == (0, 0)), "{kre:#?}");
+}
+
+/// A KSE pool with licensed users and no use costs a row an hour, not a
+/// row a minute: its licenses are sampled on the hour.
+#[test]
+fn an_idle_pool_with_licensed_users_is_sampled_on_the_hour() {
+    use crate::core::Role;
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path(), Retention::default()).unwrap();
+    let w = Fixture::new(2, 2, Duration::from_secs(300));
+    let a = w.add_member("a@x.io", Role::User, 7);
+    let kse = w.with_kse_grant("kse-floating-annual", 3, &a);
+    // Ninety minutes of harvests, one a minute, from 10 minutes before an hour.
+    let hour = (t(0).0 / (60 * MINUTE_MS) + 1) * 60 * MINUTE_MS;
+    for m in 0..90 {
+        let now = Millis(hour - 10 * MINUTE_MS + m * MINUTE_MS + 500);
+        h.record(w.broker.harvest(now), now, Vec::new(), true).unwrap();
+    }
+    let rows = h.usage(&w.org.to_string(), &kse.to_string(), Millis(hour - DAY_MS), Millis(hour + DAY_MS), MINUTE_MS);
+    let starts: Vec<u64> = rows.unwrap().iter().map(|p| p.start).collect();
+    assert_eq!(starts, [hour, hour + 60 * MINUTE_MS], "ninety minutes, a row on each of the two hours");
 }

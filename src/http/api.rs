@@ -120,21 +120,26 @@ type Report = fn(&Web, &Principal, &HashMap<String, String>) -> Result<Response,
 
 /// Authenticates the caller, then runs `report` off the async threads.
 async fn answer(web: Arc<Web>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
-    match auth::principal(&web, headers).await {
-        Ok(p) => {
-            // On a cluster node, an org served elsewhere: say which node serves it.
-            let named = q.get("org").and_then(|o| crate::core::OrgName::new(o).ok());
-            if let Err(e) = web.ops.owning(named.as_ref()) {
-                return refuse(StatusCode::MISDIRECTED_REQUEST, e.code.name(), e.message).into_response();
-            }
-            let turn = web.ops.report_turn().await;
-            blocking(move || {
-                let _turn = turn;
-                report(&web, &p, &q)
-            })
-            .await
-        }
-        Err(r) => r.into_response(),
+    let p = match caller(&web, headers, &q).await {
+        Ok(p) => p,
+        Err(r) => return r.into_response(),
+    };
+    let turn = web.ops.report_turn().await;
+    blocking(move || {
+        let _turn = turn;
+        report(&web, &p, &q)
+    })
+    .await
+}
+
+/// Who asks, authenticated; on a cluster node, an org served elsewhere
+/// is refused naming the node that serves it (421).
+async fn caller(web: &Web, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Principal, Refusal> {
+    let p = auth::principal(web, headers).await?;
+    let named = q.get("org").and_then(|o| crate::core::OrgName::new(o).ok());
+    match web.ops.owning(named.as_ref()) {
+        Ok(()) => Ok(p),
+        Err(e) => Err(refuse(StatusCode::MISDIRECTED_REQUEST, e.code.name(), e.message)),
     }
 }
 
@@ -148,20 +153,26 @@ async fn blocking(f: impl FnOnce() -> Result<Response, Refusal> + Send + 'static
 }
 
 /// `GET /api/v1/availability?org=&pool=&machine=`: a preflight, as
-/// `license-broker check --json` answers it (`Operations::check`).
+/// `license-broker check --json` answers it (`Operations::check`). Cheap,
+/// so it takes no report's turn: a dashboard polling it never waits
+/// behind a what-if.
 pub(super) async fn availability(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(web, &headers, q, availability_report).await
+    let asked = match caller(&web, &headers, &q).await {
+        Ok(p) => availability_of(&web, &p, &q).await,
+        Err(r) => Err(r),
+    };
+    asked.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn availability_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
+async fn availability_of(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
     let org = OrgName::new(q.get("org").ok_or_else(|| bad("`org` is required"))?).map_err(bad)?;
     let pool = pool_of(q)?.unwrap_or(PoolId::KRE_DEFAULT);
     let machine = q.get("machine").map(|m| crate::core::MachineId::new(m.as_str())).transpose().map_err(bad)?;
-    let a = web.ops.check(web.ops.caller(p), (&org, pool), machine.as_ref());
+    let a = web.ops.check(web.ops.caller(p), (&org, pool), machine.as_ref()).await;
     a.map(|a| json_body(crate::operations::availability_json(&a))).map_err(refused)
 }
 

@@ -165,8 +165,9 @@ async fn timed(req: axum::extract::Request, next: axum::middleware::Next) -> Res
 /// are inline), be framed by another page, send the
 /// address on as a referrer, be sniffed as another type, or be kept by a
 /// cache (member emails, machines and sessions are on them).
-/// `connect-src 'self'` grants nothing while no script runs; it lets a
-/// browser test driving the page (DevTools) post from it.
+/// `connect-src 'self'`: the console's script fetches nothing, but a
+/// browser test driving the page (DevTools) posts from it; the same
+/// origin only.
 pub const CONTENT_SECURITY_POLICY: &str =
     "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src data:; \
     connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";

@@ -29,17 +29,20 @@ impl Operations {
     /// Whether an acquire by the caller on `machine` (none: a registered
     /// one) in `org`'s `pool` would be admitted now and, if the pool is
     /// full, the place in its queue and the wait.
-    pub fn check(
+    pub async fn check(
         &self,
         c: Caller<'_>,
         (org, pool): (&OrgName, PoolId),
         machine: Option<&MachineId>,
     ) -> Result<AvailabilityInfo, WireError> {
         let a = self.core.availability(c.p, (org, pool), machine, c.now)?;
-        let mean_ms = self.mean_session(org, pool, c.now);
+        let mean_ms = match a.worth_waiting {
+            true => self.mean_session(org, pool, c.now).await,
+            false => None,
+        };
         let wait_ms = match (&a.refusal, mean_ms) {
             (None, _) => Some(0),
-            (Some(_), Some(mean)) if a.worth_waiting() => wait_estimate(c.now, a.place(), a.free(), &a.starts, mean),
+            (Some(_), Some(mean)) if a.worth_waiting => wait_estimate(c.now, a.place(), a.free(), &a.starts, mean),
             _ => None,
         };
         Ok(AvailabilityInfo {
@@ -47,7 +50,7 @@ impl Operations {
             quota: a.quota,
             in_use: a.in_use,
             waiting: a.waiting,
-            worth_waiting: a.worth_waiting(),
+            worth_waiting: a.worth_waiting,
             place: a.place(),
             refusal: a.refusal.map(WireError::from),
             wait_ms,
@@ -56,12 +59,15 @@ impl Operations {
     }
 
     /// The pool's mean session length over the last day: seat time over
-    /// sessions admitted (Little's law), from the history's hourly rows.
-    fn mean_session(&self, org: &OrgName, pool: PoolId, now: Millis) -> Option<u64> {
-        let h = self.history()?;
-        let from = Millis(now.0.saturating_sub(MEAN_OVER_MS));
-        let points = h.usage(org.as_str(), &pool.to_string(), from, now, 3_600_000).ok()?;
+    /// sessions admitted (Little's law), from the history's hourly rows (at
+    /// most 25, read off the async threads; no report's turn is taken for
+    /// so small a read). `None` without history or sessions.
+    async fn mean_session(&self, org: &OrgName, pool: PoolId, now: Millis) -> Option<u64> {
+        let h = self.history.clone()?;
+        let (org, pool, from) = (org.to_string(), pool.to_string(), Millis(now.0.saturating_sub(MEAN_OVER_MS)));
+        let points =
+            tokio::task::spawn_blocking(move || h.usage(&org, &pool, from, now, 3_600_000)).await.ok()?.ok()?;
         let (seat_ms, admitted) = points.iter().fold((0, 0), |(s, n), p| (s + p.usage.seat_ms, n + p.usage.admitted));
-        (admitted > 0).then(|| seat_ms / admitted)
+        Some(seat_ms / admitted.max(1)).filter(|mean| *mean > 0)
     }
 }

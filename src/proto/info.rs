@@ -357,7 +357,8 @@ pub struct AvailabilityInfo {
     /// About how long until it would get a seat, in ms (0: now; none: no
     /// estimate, e.g. no session ended in the last day).
     pub wait_ms: Option<u64>,
-    /// The pool's mean session length over the last day, in ms.
+    /// The pool's mean session length over the last day, in ms, when the
+    /// runner would wait (none: no history, or no session in the last day).
     pub mean_ms: Option<u64>,
 }
 

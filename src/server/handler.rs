@@ -81,9 +81,6 @@ pub(super) fn fast(call: &Call<'_>, tickets: &mut TicketCache, req: Req) -> Resu
         Req::ListOrgs => reply(core.orgs(p), |v| Resp::Orgs(list(v))),
         Req::Nodes => Ok(Resp::Nodes(call.shared.ops.nodes())),
         Req::Route { org } => Ok(Resp::Route { server: call.shared.ops.route(&org) }),
-        Req::Check { org, pool, machine } => {
-            call.shared.ops.check(call.c(), (&org, pool), Some(&machine)).map(Resp::Availability)
-        }
         Req::ListGrants { org, pool } => reply(core.grants(p, &org, pool), |v| Resp::Grants(list(v))),
         Req::ListOffline { org } => reply(core.offline_licenses(p, &org), |v| Resp::Offline(list(v))),
         Req::RevokeOffline { org, license } | Req::TransferOffline { org, license, .. } => {
@@ -124,6 +121,9 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
         Req::List { of, after, limit } => paging::list_page(call, of, after, limit).await,
         Req::WhatIf { org, pool, from_ms, to_ms, seats_min, seats_max } => {
             super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await.map(Resp::WhatIf)
+        }
+        Req::Check { org, pool, machine } => {
+            call.shared.ops.check(call.c(), (&org, pool), Some(&machine)).await.map(Resp::Availability)
         }
         Req::KillSession { org, session } => {
             call.shared.ops.kill(call.c(), &org, session).await.map(|()| call.forget(session, Resp::Killed))

@@ -43,16 +43,31 @@ impl Pool {
         if machines.contains_key(machine) {
             return Ok(Registration::Known);
         }
+        self.room_for_machine(machines.len())?;
+        machines.insert(machine.clone(), Machine { registered: now, committed: false });
+        Ok(Registration::New)
+    }
+
+    /// What `register_machine` would answer, registering nothing (the preflight).
+    pub fn would_register(&self, machine: &MachineId) -> Result<()> {
+        let machines = self.machines.lock();
+        match machines.contains_key(machine) {
+            true => Ok(()),
+            false => self.room_for_machine(machines.len()),
+        }
+    }
+
+    /// Refuses a new machine when `registered` (pending included) fill the quota.
+    fn room_for_machine(&self, registered: usize) -> Result<()> {
         let quota = self.quota();
         if quota == 0 {
             // No licenses at all: say so, rather than "machine limit".
             return Err(Error::QuotaExceeded { quota });
         }
-        if machines.len() >= quota as usize {
+        if registered >= quota as usize {
             return Err(Error::MachineLimit { quota });
         }
-        machines.insert(machine.clone(), Machine { registered: now, committed: false });
-        Ok(Registration::New)
+        Ok(())
     }
 
     /// Removes a machine registration; returns whether it was there.

@@ -200,19 +200,49 @@ impl Pool {
         }
     }
 
-    /// Why a full seat word refused: the quota, or a ceiling to raise.
+    /// Why a full seat word refused: the quota, or a ceiling to raise
+    /// (counted as a miss, for the next raise's size).
     fn refusal(&self, c: SeatCount) -> Error {
+        let why = self.refusal_of(c);
+        if why == Error::CeilingReached {
+            // Relaxed: a sizing hint for the next raise, nothing more.
+            self.misses.fetch_add(1, Ordering::Relaxed);
+        }
+        why
+    }
+
+    /// `refusal`'s answer, counting nothing.
+    fn refusal_of(&self, c: SeatCount) -> Error {
         // Relaxed: a quota change racing this refusal may be seen or not;
         // either answer was true an instant ago, and a retry re-reads.
         let quota = self.quota.load(Ordering::Relaxed);
         // Runners wait for the next seat: a newcomer is behind them.
         match c.in_use < quota && !c.queued {
-            true => {
-                // Relaxed: a sizing hint for the next raise, nothing more.
-                self.misses.fetch_add(1, Ordering::Relaxed);
-                Error::CeilingReached
-            }
+            true => Error::CeilingReached,
             false => Error::QuotaExceeded { quota },
+        }
+    }
+
+    /// What `take_seat` at `now` would answer, taking and counting nothing
+    /// (the preflight): a ceiling below the quota counts as room, since the
+    /// acquire that meets it has it raised.
+    pub fn would_take_seat(&self, now: Millis) -> Result<()> {
+        self.open_at(now)?;
+        let c = self.seats.count();
+        match c.in_use < c.limit && !c.queued {
+            true => Ok(()),
+            false => match self.refusal_of(c) {
+                Error::CeilingReached => Ok(()),
+                why => Err(why),
+            },
+        }
+    }
+
+    /// What `bind`'s seat would meet, taking nothing (the preflight).
+    pub fn would_bind_seat(&self) -> Result<()> {
+        match self.seats.count().in_use < self.quota() {
+            true => Ok(()),
+            false => Err(Error::QuotaExceeded { quota: self.quota() }),
         }
     }
 

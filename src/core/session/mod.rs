@@ -504,6 +504,17 @@ impl SessionTable {
         out
     }
 
+    /// When each live session of the pool `uid` started, in no order: what
+    /// a replay or an estimate needs, without building each `SessionInfo`.
+    pub fn starts_of(&self, uid: PoolUid) -> Vec<Millis> {
+        let mut out = Vec::new();
+        for cell in self.shards.iter() {
+            let shard = cell.lock.lock();
+            out.extend(shard.iter().filter(|(_, s)| shard.pool_of(s).uid == uid).map(|(_, s)| s.started));
+        }
+        out
+    }
+
     /// Up to `limit` live sessions matching `pred`, in table order (shard,
     /// then slot) after the position of `after` (an id from an earlier page,
     /// live or not: only the position it names matters), and whether any

@@ -30,7 +30,7 @@ pub(super) fn chart(
         for pt in &s.points {
             let u = &pt.usage;
             counts.most(&format!("{} assigned", s.pool), pt.start, u64::from(u.assigned));
-            counts.most(&format!("{} activated", s.pool), pt.start, u64::from(u.activated.max(u.peak)));
+            counts.most(&format!("{} activated", s.pool), pt.start, u64::from(u.licenses_activated()));
         }
     }
     Ok((!counts.is_empty()).then(|| super::chart::lines(&counts)))

@@ -51,6 +51,7 @@ struct Page {
 
 /// A pool's subscription box.
 struct PoolBox {
+    id: PoolId,
     pool: String,
     title: String,
     kse: bool,
@@ -89,10 +90,14 @@ struct Online {
 
 /// `GET /org/ORG/licenses?pool=POOL`.
 pub(super) async fn page(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
-    match gather(&web, &s, &org, &q) {
-        Ok(page) => render(StatusCode::OK, &page),
-        Err(e) => refused(e),
+    let mut page = match gather(&web, &s, &org, &q) {
+        Ok(page) => page,
+        Err(e) => return refused(e),
+    };
+    if let Some(b) = page.pool.as_mut().filter(|b| b.available == 0) {
+        b.next_seat = next_seat(&web, &s.p, &org, b.id).await;
     }
+    render(StatusCode::OK, &page)
 }
 
 /// The page as `s` may see it.
@@ -121,9 +126,7 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crat
         all_pools: every_pool(),
     };
     if let Some(st) = current {
-        let mut pool_box = subscription_box(st, subscription_end(web, &s.p, org));
-        pool_box.next_seat = next_seat(web, &s.p, org, st.pool);
-        page.pool = Some(pool_box);
+        page.pool = Some(subscription_box(st, subscription_end(web, &s.p, org)));
         fill_lists(&mut page, web, &s.p, org, st.pool);
         // An offline license this sign-in just made (looked up before the
         // lists are cut, so it is found however many there are).
@@ -220,6 +223,7 @@ fn online(
 fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
     let kse = st.pool.product == Product::Kse;
     PoolBox {
+        id: st.pool,
         pool: st.pool.to_string(),
         title: title(st.pool),
         kse,
@@ -243,12 +247,12 @@ fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
 /// words, as `license-broker check` says it; nothing for a pool with a
 /// free seat, or one a wait cannot help (a node-locked KSE pool), or a
 /// caller who may not ask (the operator is no member).
-fn next_seat(web: &Web, p: &Principal, org: &OrgName, pool: PoolId) -> Option<String> {
+async fn next_seat(web: &Web, p: &Principal, org: &OrgName, pool: PoolId) -> Option<String> {
     use crate::core::time::format_rough as rough;
-    let a = web.ops.check(web.ops.caller(p), (org, pool), None).ok().filter(|a| a.worth_waiting)?;
+    let a = web.ops.check(web.ops.caller(p), (org, pool), None).await.ok().filter(|a| a.worth_waiting)?;
     let about = match (a.wait_ms, a.mean_ms) {
         (Some(w), Some(m)) => format!("about {} (sessions lasted {} on average over the last day)", rough(w), rough(m)),
-        _ => "no estimate yet (no session ended in the last day)".to_string(),
+        _ => "no estimate (no session in the last day, or no history kept)".to_string(),
     };
     Some(format!("place {} in the queue: {about}", a.place))
 }

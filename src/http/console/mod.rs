@@ -84,14 +84,22 @@ pub(super) struct Signed {
     cookie: String,
     /// What every form of this sign-in echoes.
     pub csrf: String,
+    /// The org whose members the caller may read (the core's
+    /// `require_members_reader`), for the Members tab.
+    members_of: Option<OrgName>,
 }
 
 impl Signed {
+    fn new(web: &Web, p: Principal, cookie: String, csrf: String) -> Signed {
+        let members_of = p.org.clone().filter(|o| web.ops.core().require_members_reader(&p, o).is_ok());
+        Signed { p, cookie, csrf, members_of }
+    }
+
     /// The caller signed in with the cookie, or the sign-in page's address.
     fn of(web: &Web, headers: &HeaderMap) -> Result<Signed, Response> {
         let (p, cookie) = dashboard::signed_in(web, headers).ok_or_else(|| Redirect::to("/").into_response())?;
         let csrf = web.signer.csrf_token(&cookie);
-        Ok(Signed { p, cookie, csrf })
+        Ok(Signed::new(web, p, cookie, csrf))
     }
 
     /// As `of`, for a form: the echoed token must match, else 403. A page
@@ -109,7 +117,7 @@ impl Signed {
                 "FORBIDDEN",
             ));
         }
-        Ok(Signed { p, cookie, csrf })
+        Ok(Signed::new(web, p, cookie, csrf))
     }
 
     /// The caller as the operations take them, at the broker's clock.
@@ -124,7 +132,7 @@ impl Signed {
             who: who(&self.p),
             csrf: self.csrf.clone(),
             org: org.map(OrgName::to_string),
-            members_tab: org.is_some_and(|o| self.p.require_admin(o).is_ok()),
+            members_tab: org.is_some() && org == self.members_of.as_ref(),
             tab,
             note: None,
             error: None,
@@ -190,8 +198,8 @@ pub(super) struct Shell {
     pub csrf: String,
     /// The org whose tabs are shown.
     pub org: Option<String>,
-    /// Whether the Members tab is offered: the core's own rule for who
-    /// reads an org's members (its Owners and Admins), so no one is shown a
+    /// Whether the Members tab is offered: by the core's rule for who reads
+    /// an org's members (`require_members_reader`), so no one is shown a
     /// tab that answers 403.
     pub members_tab: bool,
     /// The tab that is on.

@@ -226,7 +226,11 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
     let (pools, licensed) = std::thread::scope(|scope| {
         let licensed = scope.spawn(|| ask.licensed());
         let pools: Vec<PoolView> = status.iter().map(|s| ask.pool(s)).collect();
-        (pools, licensed.join().unwrap_or_default())
+        let licensed = licensed.join().unwrap_or_else(|_| {
+            tracing::error!(%org, "reading the licensed users' last use failed (a panic): the page shows none");
+            None
+        });
+        (pools, licensed)
     });
     let admin = p.require_admin(org).is_ok();
     let offline = core.offline_licenses(p, org).ok().map(|v| {
