@@ -61,13 +61,8 @@ pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
     // than the store, which is the safe way round.
     let _ceiling = ops.ceiling.lock().await;
     changes.extend(ops.core.lower_ceilings(tight).into_iter().map(Change::Put));
-    let store = ops.store.clone();
-    match tokio::task::spawn_blocking(move || store.commit(&changes)).await {
-        Ok(Ok(())) => records,
-        Ok(Err(e)) => {
-            tracing::warn!("checkpoint not written: {e}");
-            last
-        }
+    match ops.commit(changes).await {
+        Ok(()) => records,
         Err(e) => {
             tracing::warn!("checkpoint not written: {e}");
             last
@@ -88,11 +83,8 @@ pub async fn hand_on(ops: &Operations, orgs: &[OrgName], unfence: impl FnOnce())
     let changes: Vec<Change> = ops.core.ceilings_to_sessions(orgs).into_iter().map(Change::Put).collect();
     let written = changes.len();
     if written > 0 {
-        let store = ops.store.clone();
-        match tokio::task::spawn_blocking(move || store.commit(&changes)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("ceilings of orgs handed on not written down (the next node holds more): {e}"),
-            Err(e) => tracing::warn!("ceilings of orgs handed on not written down (the next node holds more): {e}"),
+        if let Err(e) = ops.commit(changes).await {
+            tracing::warn!("ceilings of orgs handed on not written down (the next node holds more): {e}");
         }
     }
     unfence();
