@@ -11,11 +11,14 @@ use std::time::Duration;
 use super::directory::{Directory, Principal};
 use super::error::{Error, Result};
 use super::id::{ConnId, Email, MachineId, Nonce, OfflineId, OrgName, SessionId};
-use super::pool::{Pool, PoolId, PoolStatus, PoolUid};
+use super::pool::{Figures, Pool, PoolId, PoolStatus, PoolUid};
 use super::record::{AuditAction, AuditEntry, Change, Record};
 use super::session::{EndReason, Ended, Holder, IdCipher, Renewed, SessionInfo, SessionTable};
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
+
+/// Each pool's figures in the checkpoint last written (`checkpoint_since`).
+pub type Checkpointed = super::hash::FastMap<PoolUid, Figures>;
 
 /// Tunables of the core.
 #[derive(Clone, Debug)]
@@ -671,28 +674,29 @@ impl Broker {
     /// high-water mark `now`. The shell writes them to the store now and
     /// then; they are never applied back to this run's memory.
     pub fn checkpoint(&self, now: Millis) -> Vec<Record> {
+        self.checkpoint_since(now, &Checkpointed::default()).0
+    }
+
+    /// `checkpoint`, less the pools whose figures are those of `last` (the
+    /// figures of the checkpoint last written); with every pool's figures
+    /// now, to pass as `last` once these records are written.
+    pub fn checkpoint_since(&self, now: Millis, last: &Checkpointed) -> (Vec<Record>, Checkpointed) {
         // Relaxed: a statistic.
         let auth_failures = self.auth_failures.load(Ordering::Relaxed);
         let mut out = vec![Record::Clock { high_water: now }, Record::AuthFailures { count: auth_failures }];
         let counts = self.sessions.all_counts();
         let seat_ms = self.sessions.seat_ms(now);
         let dir = self.dir.read();
-        for (org, entry) in &dir.orgs {
-            for pool in entry.pools.values() {
-                let st = pool.status(counts.get(&pool.uid).copied().unwrap_or_default());
-                out.push(Record::Counters {
-                    org: org.clone(),
-                    pool: pool.id,
-                    admitted: st.admitted,
-                    rejected: st.rejected,
-                });
-                out.push(Record::Ends { org: org.clone(), pool: pool.id, by_reason: st.ends });
-                out.push(Record::Denials { org: org.clone(), pool: pool.id, by_reason: st.denied.to_vec() });
-                let ms = pool.seat_ms_before() + seat_ms.get(&pool.uid).copied().unwrap_or(0);
-                out.push(Record::SeatTime { org: org.clone(), pool: pool.id, ms });
+        let mut figures = Checkpointed::with_capacity_and_hasher(last.len(), Default::default());
+        for pool in dir.orgs.values().flat_map(|entry| entry.pools.values()) {
+            let this_run = counts.get(&pool.uid).copied().unwrap_or_default();
+            let f = pool.figures(this_run, seat_ms.get(&pool.uid).copied().unwrap_or(0));
+            if last.get(&pool.uid) != Some(&f) {
+                out.extend(f.records(&pool.org, pool.id));
             }
+            figures.insert(pool.uid, f);
         }
-        out
+        (out, figures)
     }
 
     /// Seat-milliseconds every pool's sessions have held up to `now`, since

@@ -41,7 +41,7 @@ mod tests_queue;
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Claimant, Target, Ticket, Waited};
 pub use availability::{wait_estimate, Availability};
-pub use broker::{Broker, Config, Hold, MachineInfo};
+pub use broker::{Broker, Checkpointed, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};

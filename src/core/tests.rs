@@ -495,6 +495,28 @@ fn a_registration_admits_nobody_until_it_is_committed() {
 }
 
 #[test]
+fn a_checkpoint_since_the_last_writes_only_the_pools_that_changed() {
+    let w = world(1);
+    w.register("m").unwrap();
+    let pool_records = |records: &[Record]| records.iter().filter(|r| r.org().is_some()).count();
+    let (all, figures) = w.broker.checkpoint_since(t(1), &Default::default());
+    assert_eq!(pool_records(&all), 4, "counts, ends, denials and seat time of the one pool");
+    let (quiet, figures) = w.broker.checkpoint_since(t(2), &figures);
+    assert_eq!(pool_records(&quiet), 0, "nothing changed");
+    assert!(quiet.contains(&Record::Clock { high_water: t(2) }), "the clock is always written");
+    let lease = w.acquire("m", 1, 1, t(3)).unwrap();
+    w.broker.release(&w.owner, lease.session, t(4)).unwrap();
+    let (busy, figures) = w.broker.checkpoint_since(t(5), &figures);
+    let admitted = busy.iter().find_map(|r| match r {
+        Record::Counters { admitted, .. } => Some(*admitted),
+        _ => None,
+    });
+    assert_eq!(admitted, Some(1), "an admission since the last checkpoint is written");
+    assert_eq!(busy, w.broker.checkpoint(t(5)), "and the same records as a full checkpoint");
+    assert_eq!(pool_records(&w.broker.checkpoint_since(t(6), &figures).0), 0);
+}
+
+#[test]
 fn checkpoint_carries_admission_counts_and_the_clock_into_the_next_run() {
     let w = world(1);
     w.register("m").unwrap();

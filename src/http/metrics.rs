@@ -17,7 +17,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::core::PoolStatus;
+use crate::core::hash::{FastMap, FastSet};
+use crate::core::{Millis, OrgName, PoolId, PoolStatus};
 use crate::http::Web;
 
 /// What `/metrics` answers with.
@@ -102,34 +103,39 @@ struct Cluster {
     known: u64,
 }
 
+/// The names of the `MAX_ORGS` busiest orgs (by seats in use, then by
+/// name), which keep their own labels; and how many orgs there are.
+fn busiest<'a>(pools: &'a [PoolStatus], subscriptions: &'a [(OrgName, Millis)]) -> (FastSet<&'a str>, usize) {
+    let mut load: FastMap<&str, u64> = subscriptions.iter().map(|(org, _)| (org.as_str(), 0)).collect();
+    for p in pools {
+        *load.entry(p.org.as_str()).or_default() += u64::from(p.in_use);
+    }
+    let orgs = load.len();
+    let mut ranked: Vec<(&str, u64)> = load.into_iter().collect();
+    let order = |a: &(&str, u64), b: &(&str, u64)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+    if ranked.len() > MAX_ORGS {
+        ranked.select_nth_unstable_by(MAX_ORGS, order);
+        ranked.truncate(MAX_ORGS);
+    }
+    (ranked.into_iter().map(|(org, _)| org).collect(), orgs)
+}
+
 impl Snapshot {
     fn take(web: &Web) -> Snapshot {
         let (pools, subscriptions) = web.ops.core().census();
-        let seat_ms: std::collections::HashMap<_, _> = web
-            .ops
-            .core()
-            .seat_ms(web.ops.clock().now())
-            .into_iter()
-            .map(|(org, pool, ms)| ((org, pool), ms))
-            .collect();
-        // The busiest orgs keep their names: by seats in use, then by name.
-        let mut load: BTreeMap<String, u64> = BTreeMap::new();
-        for (org, _) in &subscriptions {
-            load.insert(org.to_string(), 0);
-        }
+        let seat_ms = web.ops.core().seat_ms(web.ops.clock().now());
+        // Borrowed names and fast maps: ten thousand pools are scraped in
+        // milliseconds, and nothing is allocated per pool.
+        let seat: FastMap<(&str, PoolId), u64> = seat_ms.iter().map(|(o, p, ms)| ((o.as_str(), *p), *ms)).collect();
+        let (named, orgs) = busiest(&pools, &subscriptions);
+        let mut sums: FastMap<(&str, PoolId), Numbers> = FastMap::default();
         for p in &pools {
-            *load.entry(p.org.to_string()).or_default() += u64::from(p.in_use);
-        }
-        let mut ranked: Vec<(&String, &u64)> = load.iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let named: std::collections::BTreeSet<&str> = ranked.iter().take(MAX_ORGS).map(|(o, _)| o.as_str()).collect();
-        let label = |org: &str| if named.contains(org) { org } else { OTHER }.to_string();
-        let mut out = BTreeMap::new();
-        for p in &pools {
-            let n = out.entry((label(p.org.as_str()), p.pool.to_string())).or_insert_with(Numbers::default);
+            let org = p.org.as_str();
+            let n = sums.entry((if named.contains(org) { org } else { OTHER }, p.pool)).or_default();
             n.add(p);
-            n.seat_ms += seat_ms.get(&(p.org.clone(), p.pool)).copied().unwrap_or(0);
+            n.seat_ms += seat.get(&(p.org.as_str(), p.pool)).copied().unwrap_or(0);
         }
+        let out = sums.into_iter().map(|((org, pool), n)| ((org.to_string(), pool.to_string()), n)).collect();
         let subs = subscriptions
             .iter()
             .filter(|(org, _)| named.contains(org.as_str()))
@@ -138,7 +144,7 @@ impl Snapshot {
         Snapshot {
             pools: out,
             subscriptions: subs,
-            folded: load.len().saturating_sub(named.len()),
+            folded: orgs.saturating_sub(named.len()),
             connections: web.quic.connections(),
             auth_failures: web.ops.core().auth_failures(),
             clock: (web.ops.leaps().count(), web.ops.leaps().wall_ahead_ms()),
@@ -301,4 +307,43 @@ impl Snapshot {
 fn build_info(e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
     let mut build = e.encode_descriptor("build_info", "The broker's version.", None, MetricType::Gauge)?;
     ConstGauge::new(1).encode(build.encode_family(&[("version", env!("CARGO_PKG_VERSION"))])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(org: &str, in_use: u32) -> PoolStatus {
+        PoolStatus {
+            org: OrgName::new(org).expect("a valid org name"),
+            pool: PoolId::KRE_DEFAULT,
+            quota: 100,
+            in_use,
+            machines: 0,
+            admitted: 0,
+            rejected: 0,
+            grants: 0,
+            activations: 0,
+            offline: 0,
+            waiting: 0,
+            held: 0,
+            ends: [0; 4],
+            denied: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_busiest_orgs_keep_their_names_ties_by_name() {
+        // 150 orgs with pools (org-000 busiest, then fewer seats, the last 60
+        // idle), and 5 with no pool at all: 155 orgs.
+        let pools: Vec<PoolStatus> = (0..150).map(|i| pool(&format!("org-{i:03}"), 90u32.saturating_sub(i))).collect();
+        let subs: Vec<(OrgName, Millis)> =
+            (0..155).map(|i| (OrgName::new(format!("org-{i:03}")).expect("valid"), Millis(0))).collect();
+        let (named, orgs) = busiest(&pools, &subs);
+        assert_eq!(orgs, 155);
+        let mut named: Vec<&str> = named.into_iter().collect();
+        named.sort_unstable();
+        let want: Vec<String> = (0..MAX_ORGS).map(|i| format!("org-{i:03}")).collect();
+        assert_eq!(named, want, "the 90 busy ones, then the idle ones by name");
+    }
 }

@@ -7,8 +7,8 @@
 //! crash holds back only about as many seats as were in use; and a cluster
 //! node handing orgs on writes theirs down to the sessions held
 //! (`hand_on`), so the next node holds no more than runners may believe.
-//! Off the hot path: one small store commit per period, skipped when
-//! nothing changed but the clock.
+//! Off the hot path: one small store commit per period, of the clock and
+//! the pools whose figures changed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Operations;
-use crate::core::{Change, OrgName, Record};
+use crate::core::{Change, OrgName};
 
 /// How often the checkpoint is written. A crash loses at most this much of
 /// the counts, and the high-water mark lags the clock by at most this much.
@@ -35,34 +35,24 @@ pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The checkpoint records last written, by key: with ten thousand pools a
+/// Each pool's figures as last written: with ten thousand pools a
 /// checkpoint holds tens of thousands of records, nearly all unchanged.
-pub type Written = std::collections::HashMap<String, Record>;
+pub type Written = crate::core::Checkpointed;
 
 /// Writes the records that changed since `last` (the clock always does);
 /// returns what is now on disk, or `last` again if the write failed.
 /// `tight` lowers ceilings to exactly the sessions held (at shutdown, when
 /// nothing more is admitted).
 pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
-    let now = ops.clock.now();
-    let records: Written = ops
-        .core
-        .checkpoint(now)
-        .into_iter()
-        .map(|r| {
-            let (table, key) = r.key();
-            (format!("{}/{key}", table.name()), r)
-        })
-        .collect();
-    let mut changes: Vec<Change> =
-        records.iter().filter(|(k, r)| last.get(*k) != Some(*r)).map(|(_, r)| Change::Put(r.clone())).collect();
+    let (records, figures) = ops.core.checkpoint_since(ops.clock.now(), &last);
+    let mut changes: Vec<Change> = records.into_iter().map(Change::Put).collect();
     // Held until the commit ends: no raise may write between a lowering in
     // memory and its durable write. If the write fails, memory is lower
     // than the store, which is the safe way round.
     let _ceiling = ops.ceiling.lock().await;
     changes.extend(ops.core.lower_ceilings(tight).into_iter().map(Change::Put));
     match ops.commit(changes).await {
-        Ok(()) => records,
+        Ok(()) => figures,
         Err(e) => {
             tracing::warn!("checkpoint not written: {e}");
             last

@@ -19,7 +19,7 @@ mod stats;
 
 pub use access::Registration;
 pub use licensing::OfflineEntry;
-pub use stats::{Denial, PoolStatus};
+pub use stats::{Denial, Figures, PoolStatus};
 
 use super::error::{Error, Result};
 use super::hash::FastMap;

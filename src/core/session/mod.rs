@@ -9,11 +9,14 @@
 //! removes it (release, expiry, kill, connection close) returns the seat and
 //! names the reason, so a seat comes back exactly once.
 //!
-//! Each shard publishes its earliest deadline in an atomic so the expiry
-//! task finds the next deadline without taking any lock.
+//! Each shard publishes its earliest indexed deadline in an atomic so the
+//! expiry task finds the next deadline without taking any lock. A
+//! heartbeat only moves a session's deadline later, so it leaves the
+//! session's entry where it was: the expiry meets it early and moves it then.
 
 mod ids;
 mod shard;
+mod slab;
 
 pub use ids::IdCipher;
 
@@ -324,6 +327,7 @@ impl SessionTable {
             conn: req.conn,
             started: now,
             deadline,
+            indexed: deadline,
             labels: req.labels,
             cap: req.cap,
         };
@@ -459,7 +463,8 @@ impl SessionTable {
         out
     }
 
-    /// The earliest lease deadline of any live session, without locking.
+    /// No live session's lease ends before this (a renewed one may end
+    /// later: `expire` then moves it), read without locking.
     pub fn next_deadline(&self) -> Option<Millis> {
         // Acquire pairs with the Release in `publish`; the value is a hint
         // that `expire` re-checks under the shard lock.
@@ -474,12 +479,9 @@ impl SessionTable {
             while cell.earliest.load(Ordering::Acquire) <= now.0 {
                 let mut shard = cell.lock.lock();
                 for _ in 0..EXPIRE_BATCH {
-                    let Some((deadline, id)) = shard.first_deadline() else {
+                    let Some((deadline, id)) = shard.next_due(now) else {
                         break;
                     };
-                    if deadline > now {
-                        break;
-                    }
                     match shard.end(id, EndReason::Expired, now) {
                         Some(ended) => out.push(ended),
                         // Unreachable while the shard keeps its indexes in

@@ -12,6 +12,7 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use super::slab::Slab;
 use super::{EndReason, Ended, SessionInfo};
 use crate::core::error::{Error, Result};
 use crate::core::hash::FastMap;
@@ -40,6 +41,9 @@ pub(super) struct Live {
     pub conn: ConnId,
     pub started: Millis,
     pub deadline: Millis,
+    /// Where the session sits in the shard's `deadlines`: at or before
+    /// `deadline` (a heartbeat moves `deadline` alone; see `next_due`).
+    pub indexed: Millis,
     /// Which job holds it; one pointer, none when unlabelled.
     pub labels: crate::value::Labels,
     /// Its user's cap in the pool, when the session is counted in one.
@@ -61,12 +65,13 @@ pub(super) struct Shard {
     /// tells the shard (`know`).
     known: std::cell::Cell<Option<(u64, u64)>>,
     index: u64,
-    slots: Vec<Slot>,
+    slots: Slab<Slot>,
     free: Vec<u32>,
     /// Slots of live sessions, found by (pool uid, nonce).
     by_nonce: HashTable<u32>,
     hasher: foldhash::fast::RandomState,
-    /// Every live session's deadline, earliest first.
+    /// Every live session once, under its `indexed` deadline, earliest
+    /// first: a lower bound of its deadline, so nothing expires unseen.
     deadlines: BTreeSet<(Millis, SessionId)>,
     /// The pools this shard has admitted into, with this shard's share of
     /// their statistics. Holding the `Arc` here (once per pool, not once
@@ -103,7 +108,7 @@ impl Shard {
             ids,
             known: std::cell::Cell::new(None),
             index: index as u64,
-            slots: Vec::new(),
+            slots: Slab::new(),
             free: Vec::new(),
             by_nonce: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
@@ -170,7 +175,7 @@ impl Shard {
     }
 
     /// Stores a new session; `None` if the shard is full.
-    pub fn insert(&mut self, live: Live) -> Option<SessionId> {
+    pub fn insert(&mut self, mut live: Live) -> Option<SessionId> {
         let slot = match self.free.pop() {
             Some(s) => s,
             None if self.slots.len() < MAX_SLOTS => {
@@ -180,6 +185,7 @@ impl Shard {
             None => return None,
         };
         let (pool, nonce, deadline) = (live.pool, live.nonce, live.deadline);
+        live.indexed = deadline;
         self.slots[slot as usize].live = Some(live);
         let Shard { by_nonce, slots, hasher, .. } = self;
         let hash = Self::nonce_hash(hasher, pool, nonce);
@@ -193,13 +199,39 @@ impl Shard {
         Some(id)
     }
 
-    /// Moves a live session's deadline.
+    /// Moves a live session's deadline. A later one leaves the session's
+    /// entry in `deadlines` where it is, so a heartbeat touches no tree
+    /// (`next_due` moves the entry when it comes up, once per lease rather
+    /// than once per heartbeat); an earlier one moves the entry now.
     pub fn set_deadline(&mut self, id: SessionId, deadline: Millis) {
         let Some(s) = self.slot_of(id) else { return };
-        if let Some(live) = self.slots[s].live.as_mut() {
-            self.deadlines.remove(&(live.deadline, id));
+        let Shard { slots, deadlines, .. } = self;
+        if let Some(live) = slots[s].live.as_mut() {
             live.deadline = deadline;
-            self.deadlines.insert((deadline, id));
+            if deadline < live.indexed {
+                deadlines.remove(&(live.indexed, id));
+                live.indexed = deadline;
+                deadlines.insert((deadline, id));
+            }
+        }
+    }
+
+    /// The first session whose deadline is at or before `now`, with its
+    /// entry; on the way, moves the entries of sessions renewed since they
+    /// were indexed to their deadlines (each past `now`, so this ends).
+    pub fn next_due(&mut self, now: Millis) -> Option<(Millis, SessionId)> {
+        loop {
+            let (indexed, id) = self.deadlines.first().copied().filter(|(d, _)| *d <= now)?;
+            let s = self.slot_of(id);
+            let Shard { slots, deadlines, .. } = self;
+            let Some(live) = s.and_then(|s| slots[s].live.as_mut()).filter(|l| l.deadline > now) else {
+                // Due (or, never expected, an entry with no session, which
+                // the caller drops): the caller ends it.
+                return Some((indexed, id));
+            };
+            deadlines.remove(&(indexed, id));
+            live.indexed = live.deadline;
+            deadlines.insert((live.deadline, id));
         }
     }
 
@@ -244,7 +276,7 @@ impl Shard {
     fn remove(&mut self, id: SessionId) -> Option<Live> {
         let s = self.slot_of(id)?;
         let live = self.slots[s].live.take()?;
-        self.deadlines.remove(&(live.deadline, id));
+        self.deadlines.remove(&(live.indexed, id));
         let hash = Self::nonce_hash(&self.hasher, live.pool, live.nonce);
         if let Ok(entry) = self.by_nonce.find_entry(hash, |&x| x as usize == s) {
             entry.remove();
@@ -261,7 +293,8 @@ impl Shard {
         self.deadlines.remove(&(deadline, id));
     }
 
-    /// The earliest deadline and its session.
+    /// The earliest indexed deadline: no session of the shard expires
+    /// before it (a renewed one may expire later).
     pub fn first_deadline(&self) -> Option<(Millis, SessionId)> {
         self.deadlines.first().copied()
     }
@@ -273,10 +306,7 @@ impl Shard {
 
     /// Live sessions in slot order, from slot `first` on.
     pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (SessionId, &Live)> + '_ {
-        let rest = self.slots.get(first..).unwrap_or_default();
-        rest.iter()
-            .enumerate()
-            .filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of((first + s) as u32), l)))
+        self.slots.iter_from(first).filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of(s as u32), l)))
     }
 
     pub fn len(&self) -> usize {
