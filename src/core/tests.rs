@@ -63,6 +63,24 @@ fn lease_expires_at_its_deadline_and_frees_the_seat() {
 }
 
 #[test]
+fn renewed_leases_are_moved_not_expired_however_many_come_up_at_once() {
+    // More than one expiry batch, all in one shard's index at one instant.
+    let n = 3_000u128;
+    let w = Fixture::new(n as u32, 0, TTL);
+    w.register("m").unwrap();
+    let leases: Vec<Lease> = (0..n).map(|i| w.acquire("m", i, 1, t(0)).unwrap()).collect();
+    for l in &leases[1..] {
+        assert_eq!(w.broker.renew(&w.owner, l.session, t(10_000)), Ok(t(40_000)));
+    }
+    let ended = w.broker.expire(t(30_000));
+    assert_eq!(ended.len(), 1, "only the lease that was not renewed ends");
+    assert_eq!(ended[0].info.session, leases[0].session);
+    assert_eq!(w.broker.next_deadline(), Some(t(40_000)), "the others now sit at their renewed deadline");
+    assert_eq!(w.broker.expire(t(40_000)).len(), n as usize - 1);
+    assert_eq!((w.in_use(), w.broker.next_deadline()), (0, None));
+}
+
+#[test]
 fn heartbeat_extends_and_late_heartbeat_is_refused() {
     let w = world(1);
     w.register("m").unwrap();

@@ -233,7 +233,8 @@ struct ShardCell {
     earliest: AtomicU64,
 }
 
-/// Most sessions expired under one shard lock before letting others in.
+/// Most entries of the expiry index handled (sessions expired, or moved
+/// to their renewed deadlines) under one shard lock before letting others in.
 const EXPIRE_BATCH: usize = 1024;
 
 impl SessionTable {
@@ -478,10 +479,8 @@ impl SessionTable {
         for (index, cell) in self.shards.iter().enumerate() {
             while cell.earliest.load(Ordering::Acquire) <= now.0 {
                 let mut shard = cell.lock.lock();
-                for _ in 0..EXPIRE_BATCH {
-                    let Some((deadline, id)) = shard.next_due(now) else {
-                        break;
-                    };
+                let mut budget = EXPIRE_BATCH;
+                while let Some((deadline, id)) = shard.next_due(now, &mut budget) {
                     match shard.end(id, EndReason::Expired, now) {
                         Some(ended) => out.push(ended),
                         // Unreachable while the shard keeps its indexes in

@@ -219,8 +219,10 @@ impl Shard {
     /// The first session whose deadline is at or before `now`, with its
     /// entry; on the way, moves the entries of sessions renewed since they
     /// were indexed to their deadlines (each past `now`, so this ends).
-    pub fn next_due(&mut self, now: Millis) -> Option<(Millis, SessionId)> {
+    /// Each entry handled takes one from `budget`; none is left, `None`.
+    pub fn next_due(&mut self, now: Millis, budget: &mut usize) -> Option<(Millis, SessionId)> {
         loop {
+            *budget = budget.checked_sub(1)?;
             let (indexed, id) = self.deadlines.first().copied().filter(|(d, _)| *d <= now)?;
             let s = self.slot_of(id);
             let Shard { slots, deadlines, .. } = self;
