@@ -295,20 +295,22 @@ async fn follow(
             Err(_) => Err(ClientError::Connect { addr: at.0, source: ConnectFailure::TimedOut(limit) }),
         };
         let pause = MOVING_WAITS[waits.min(MOVING_WAITS.len() - 1)];
-        match result {
+        let last = match result {
             Err(ClientError::Redirected { to }) if !to.is_empty() && hops < MAX_REDIRECTS => {
                 hops += 1;
                 at = resolve(&to, opts.server_name.as_deref()).await?;
                 continue;
             }
             // The node sent to did not answer: ask the first one again.
-            Err(ClientError::Connect { .. } | ClientError::Closed(_)) if hop => {}
+            Err(e @ (ClientError::Connect { .. } | ClientError::Closed(_))) if hop => e,
             // The org is moving between nodes (or being taken over).
-            Err(ClientError::Redirected { to }) if to.is_empty() => {}
+            Err(ClientError::Redirected { to }) if to.is_empty() => ClientError::Redirected { to },
             other => return other,
-        }
+        };
         if tokio::time::Instant::now() + pause >= deadline {
-            return Err(ClientError::Redirected { to: String::new() });
+            // The last thing that went wrong: a node sent to that did not
+            // answer is named, rather than an empty redirect.
+            return Err(last);
         }
         waits += 1;
         (at, hops) = (origin.clone(), 0);
