@@ -166,7 +166,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert_eq!(got, want);
             }
             Op::Register { machine } => {
-                let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t).map(|p| r.commit(p));
+                let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t, false).map(|p| r.commit(p));
                 if m.machines.contains(&machine) {
                     prop_assert_eq!(got, Ok(Registration::Known));
                 } else if m.quota == 0 {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use self::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
 use crate::core::error::{Error, Result};
 use crate::core::id::{ConnId, Email, MachineId, Nonce, SessionId};
-use crate::core::pool::{Pool, PoolUid};
+use crate::core::pool::{Pool, PoolUid, Tenure};
 use crate::core::seats::{SeatCount, Seats};
 use crate::core::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
@@ -95,6 +95,9 @@ pub struct SessionRequest {
     /// The user's cap in the pool, if any: already counted for this
     /// session; the session returns it when it ends.
     pub cap: Option<Arc<Seats>>,
+    /// The machine's tenure, in a pool that tracks machine use: the
+    /// session holds it from admission to its end.
+    pub tenure: Option<Arc<Tenure>>,
 }
 
 /// Where a new session's seat may come from (a live session of the same
@@ -210,6 +213,9 @@ pub struct Ended {
     pub reason: EndReason,
     /// When.
     pub at: Millis,
+    /// Its machine's tenure has no holder left (a tracked pool): the
+    /// machine may be due for release now.
+    pub machine_unheld: bool,
 }
 
 /// All live sessions of the broker.
@@ -300,19 +306,16 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(Error::TableFull);
         }
-        // The user's cap first (a refusal leaves the pool untouched), then
-        // the pool's seat; the session returns both when it ends.
-        if let Some(cap) = &req.cap {
-            if let Err(c) = cap.try_acquire() {
-                self.publish(index, &shard);
-                return Err(Error::UserLimit { max: c.limit });
-            }
+        // The machine's tenure and the user's cap first (a refusal leaves
+        // the pool untouched), then the pool's seat; the session returns
+        // all three when it ends.
+        if let Err(e) = Self::take_holds(&req) {
+            self.publish(index, &shard);
+            return Err(e);
         }
         let seat = Self::take_seat(&mut shard, pool, now, seat);
         if let Err(e) = seat {
-            if let Some(cap) = &req.cap {
-                cap.release(1);
-            }
+            Self::give_holds(&req, now);
             self.publish(index, &shard);
             return Err(e);
         }
@@ -326,11 +329,38 @@ impl SessionTable {
             deadline,
             labels: req.labels,
             cap: req.cap,
+            tenure: req.tenure,
         };
         // Invariant: the shard has room (checked above, under the same lock).
         let id = shard.insert(live).expect("shard has a free slot");
         self.publish(index, &shard);
         Ok(Lease { session: id, deadline, reattached: false })
+    }
+
+    /// Takes a new session's holds on its machine's tenure and its user's cap.
+    fn take_holds(req: &SessionRequest) -> Result<()> {
+        if let Some(tenure) = &req.tenure {
+            if !tenure.take() {
+                return Err(Error::MachineNotRegistered);
+            }
+        }
+        if let Some(cap) = &req.cap {
+            if let Err(c) = cap.try_acquire() {
+                Self::give_holds(&SessionRequest { cap: None, ..req.clone() }, Millis(0));
+                return Err(Error::UserLimit { max: c.limit });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back what `take_holds` took, for a session never admitted.
+    fn give_holds(req: &SessionRequest, now: Millis) {
+        if let Some(tenure) = &req.tenure {
+            tenure.give_back(Some(now));
+        }
+        if let Some(cap) = &req.cap {
+            cap.release(1);
+        }
     }
 
     /// Takes a new session's seat from where `seat` says. A held seat is
@@ -395,6 +425,37 @@ impl SessionTable {
         let (_, mut shard) = self.lock_for(id);
         let Some(live) = shard.get_mut(id) else { return Ok(()) };
         adopt(live, enforce, cap_for)
+    }
+
+    /// Makes a live session hold its machine's tenure (`tenure_for` finds
+    /// it) unless it already does or has none; refused (`MachineNotRegistered`)
+    /// if the machine's release is planned. Under the shard's lock, so a
+    /// session holds it at most once.
+    pub fn adopt_tenure(
+        &self,
+        id: SessionId,
+        tenure_for: impl FnOnce(&MachineId) -> Option<Arc<Tenure>>,
+    ) -> Result<()> {
+        let (_, mut shard) = self.lock_for(id);
+        let Some(live) = shard.get_mut(id).filter(|l| l.tenure.is_none()) else { return Ok(()) };
+        let Some(tenure) = tenure_for(&live.machine) else { return Ok(()) };
+        if !tenure.take() {
+            return Err(Error::MachineNotRegistered);
+        }
+        live.tenure = Some(tenure);
+        Ok(())
+    }
+
+    /// Makes every live session of `pool` hold its machine's tenure (the
+    /// sweep after a pool's machines were given tenures).
+    pub fn adopt_tenures(&self, pool: PoolUid, tenure_for: impl Fn(&MachineId) -> Option<Arc<Tenure>>) {
+        for cell in self.shards.iter() {
+            let mut shard = cell.lock.lock();
+            for live in shard.lives_mut().filter(|l| l.pool == pool && l.tenure.is_none()) {
+                // A new tenure is open (nothing closes one before this sweep ends).
+                live.tenure = tenure_for(&live.machine).filter(|t| t.take());
+            }
+        }
     }
 
     /// Counts every live session matching `pred` into `cap` (a new cap's sweep).
