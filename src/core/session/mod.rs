@@ -315,7 +315,7 @@ impl SessionTable {
         }
         let seat = Self::take_seat(&mut shard, pool, now, seat);
         if let Err(e) = seat {
-            Self::give_holds(&req, now);
+            Self::give_holds(&req);
             self.publish(index, &shard);
             return Err(e);
         }
@@ -346,17 +346,20 @@ impl SessionTable {
         }
         if let Some(cap) = &req.cap {
             if let Err(c) = cap.try_acquire() {
-                Self::give_holds(&SessionRequest { cap: None, ..req.clone() }, Millis(0));
+                if let Some(tenure) = &req.tenure {
+                    tenure.give_back(None);
+                }
                 return Err(Error::UserLimit { max: c.limit });
             }
         }
         Ok(())
     }
 
-    /// Gives back what `take_holds` took, for a session never admitted.
-    fn give_holds(req: &SessionRequest, now: Millis) {
+    /// Gives back what `take_holds` took, for a session never admitted
+    /// (no use of the machine: it ran nothing).
+    fn give_holds(req: &SessionRequest) {
         if let Some(tenure) = &req.tenure {
-            tenure.give_back(Some(now));
+            tenure.give_back(None);
         }
         if let Some(cap) = &req.cap {
             cap.release(1);
