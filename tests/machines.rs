@@ -34,6 +34,14 @@ fn wait_machines(s: &Serve, limit: Duration, done: impl Fn(&[(String, bool)]) ->
     }
 }
 
+/// docs/CI.md's `pool set … --ephemeral` snippet, its org `default`.
+fn ci_doc_pool_set() -> Vec<String> {
+    let doc = include_str!("../docs/CI.md");
+    let line = doc.lines().find(|l| l.contains("license-broker pool set") && l.contains("--ephemeral")).unwrap();
+    let words = line.split_whitespace().skip_while(|w| *w != "license-broker").skip(1);
+    words.map(|w| if w == "acme" { "default".to_string() } else { w.to_string() }).collect()
+}
+
 /// A `runner --ephemeral` on machine `id`, holding its seat for `hold`.
 fn ephemeral_runner(s: &Serve, id: &str, hold: &str) -> std::process::Child {
     let args = ["runner", "--org", "default", "--json", "--ephemeral", "--machine-id", id, "--hold", hold];
@@ -62,8 +70,10 @@ fn a_queued_runner_keeps_its_ephemeral_machine_until_it_runs() {
     let dir = tempfile::tempdir().unwrap();
     let s = serve(dir.path(), "2s");
     assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "2"]).status.success());
-    // The pool marks every registration ephemeral: no runner asks for it.
-    let out = s.run(&s.operator, &["pool", "set", "--org", "default", "--ephemeral"]);
+    // The pool marks every registration ephemeral: no runner asks for it
+    // (docs/CI.md's command, for org `default`).
+    let args = ci_doc_pool_set();
+    let out = s.run(&s.operator, &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{out:?}");
     let runner = |id: &str, extra: &[&str]| {
         let mut args = vec!["runner", "--org", "default", "--json", "--machine-id", id];
