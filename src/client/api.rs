@@ -16,10 +16,7 @@ impl Client {
         pool: PoolId,
         machine: &MachineId,
     ) -> Result<bool, ClientError> {
-        match self.call(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await? {
-            Resp::Registered { new } => Ok(new),
-            other => unexpected(other),
-        }
+        self.registered(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await
     }
 
     /// Registers a machine ephemeral (released with its last session); `true` if it was new.
@@ -29,7 +26,12 @@ impl Client {
         pool: PoolId,
         machine: &MachineId,
     ) -> Result<bool, ClientError> {
-        match self.call(Req::RegisterEphemeral { org: org.clone(), pool, machine: machine.clone() }).await? {
+        self.registered(Req::RegisterEphemeral { org: org.clone(), pool, machine: machine.clone() }).await
+    }
+
+    /// Sends a registration; `true` if the machine was new.
+    async fn registered(&self, req: Req) -> Result<bool, ClientError> {
+        match self.call(req).await? {
             Resp::Registered { new } => Ok(new),
             other => unexpected(other),
         }

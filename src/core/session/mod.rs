@@ -12,6 +12,7 @@
 //! Each shard publishes its earliest deadline in an atomic so the expiry
 //! task finds the next deadline without taking any lock.
 
+mod holds;
 mod ids;
 mod shard;
 
@@ -23,7 +24,7 @@ use self::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
 use crate::core::error::{Error, Result};
 use crate::core::id::{ConnId, Email, MachineId, Nonce, SessionId};
 use crate::core::pool::{Pool, PoolUid, Tenure};
-use crate::core::seats::{SeatCount, Seats};
+use crate::core::seats::Seats;
 use crate::core::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
@@ -163,18 +164,6 @@ pub struct SessionInfo {
     pub deadline: Millis,
     /// The job's labels (pipeline, job), as the runner gave them.
     pub labels: crate::value::Labels,
-}
-
-/// See `Sessions::adopt_cap`.
-fn adopt(live: &mut Live, enforce: bool, cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>) -> Result<()> {
-    if live.cap.is_some() {
-        return Ok(());
-    }
-    let Some(cap) = cap_for(&live.user) else { return Ok(()) };
-    cap.update(|c| (!enforce || c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, ..c }))
-        .map_err(|c| Error::UserLimit { max: c.limit })?;
-    live.cap = Some(cap);
-    Ok(())
 }
 
 /// Checks that `id` is live in `shard` and that `allow` accepts its holder;
@@ -337,35 +326,6 @@ impl SessionTable {
         Ok(Lease { session: id, deadline, reattached: false })
     }
 
-    /// Takes a new session's holds on its machine's tenure and its user's cap.
-    fn take_holds(req: &SessionRequest) -> Result<()> {
-        if let Some(tenure) = &req.tenure {
-            if !tenure.take() {
-                return Err(Error::MachineNotRegistered);
-            }
-        }
-        if let Some(cap) = &req.cap {
-            if let Err(c) = cap.try_acquire() {
-                if let Some(tenure) = &req.tenure {
-                    tenure.give_back(None);
-                }
-                return Err(Error::UserLimit { max: c.limit });
-            }
-        }
-        Ok(())
-    }
-
-    /// Gives back what `take_holds` took, for a session never admitted
-    /// (no use of the machine: it ran nothing).
-    fn give_holds(req: &SessionRequest) {
-        if let Some(tenure) = &req.tenure {
-            tenure.give_back(None);
-        }
-        if let Some(cap) = &req.cap {
-            cap.release(1);
-        }
-    }
-
     /// Takes a new session's seat from where `seat` says. A held seat is
     /// already counted in the pool's seats; the session takes it over (and
     /// returns it when it ends, as any other).
@@ -412,67 +372,6 @@ impl SessionTable {
         // Invariant: vetted live above, under this same lock.
         let s = shard.get(id).expect("vetted live above");
         Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
-    }
-
-    /// Counts a live session into its user's cap (`cap_for` finds it),
-    /// unless it already is: `enforce` refuses (`UserLimit`) when the cap
-    /// is full (an admission checking itself after inserting), otherwise
-    /// it counts it regardless (a session older than the cap, which is not
-    /// cut). Under the shard's lock, so a session is counted at most once.
-    pub fn adopt_cap(
-        &self,
-        id: SessionId,
-        enforce: bool,
-        cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>,
-    ) -> Result<()> {
-        let (_, mut shard) = self.lock_for(id);
-        let Some(live) = shard.get_mut(id) else { return Ok(()) };
-        adopt(live, enforce, cap_for)
-    }
-
-    /// Makes a live session hold its machine's tenure (`tenure_for` finds
-    /// it) unless it already does or has none; refused (`MachineNotRegistered`)
-    /// if the machine's release is planned. Under the shard's lock, so a
-    /// session holds it at most once.
-    pub fn adopt_tenure(
-        &self,
-        id: SessionId,
-        tenure_for: impl FnOnce(&MachineId) -> Option<Arc<Tenure>>,
-    ) -> Result<()> {
-        let (_, mut shard) = self.lock_for(id);
-        let Some(live) = shard.get_mut(id).filter(|l| l.tenure.is_none()) else { return Ok(()) };
-        let Some(tenure) = tenure_for(&live.machine) else { return Ok(()) };
-        if !tenure.take() {
-            return Err(Error::MachineNotRegistered);
-        }
-        live.tenure = Some(tenure);
-        Ok(())
-    }
-
-    /// Makes every live session of `pool` hold its machine's tenure (the
-    /// sweep after a pool's machines were given tenures).
-    pub fn adopt_tenures(&self, pool: PoolUid, tenure_for: impl Fn(&MachineId) -> Option<Arc<Tenure>>) {
-        for cell in self.shards.iter() {
-            let mut shard = cell.lock.lock();
-            for live in shard.lives_mut().filter(|l| l.pool == pool && l.tenure.is_none()) {
-                // A new tenure is open (nothing closes one before this sweep ends).
-                live.tenure = tenure_for(&live.machine).filter(|t| t.take());
-            }
-        }
-    }
-
-    /// Counts every live session matching `pred` into `cap` (a new cap's sweep).
-    pub fn adopt_where(&self, cap: &Arc<Seats>, mut pred: impl FnMut(&Pool, &Email) -> bool) {
-        for cell in self.shards.iter() {
-            let mut shard = cell.lock.lock();
-            let ids: Vec<SessionId> =
-                shard.iter().filter(|(_, s)| pred(shard.pool_of(s), &s.user)).map(|(id, _)| id).collect();
-            for id in ids {
-                if let Some(live) = shard.get_mut(id) {
-                    let _ = adopt(live, false, |_| Some(cap.clone()));
-                }
-            }
-        }
     }
 
     /// Replaces a live session's labels if `allow` accepts its holder.
