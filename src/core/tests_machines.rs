@@ -197,3 +197,20 @@ fn last_uses_survive_a_restart_through_the_checkpoint() {
     assert!(again.expire_machines(t(64_999)).is_empty());
     assert_eq!(names(&again.expire_machines(t(65_000))), ["a"]);
 }
+
+#[test]
+fn a_node_taking_an_org_over_keeps_its_ephemeral_machines_through_the_hold() {
+    let w = Fixture::with_ceilings(3, 2, TTL);
+    let mut records = w.org_records(3, 1);
+    let (org, pool) = (w.org.clone(), PoolId::KRE_DEFAULT);
+    records.push(Record::EphemeralMachine { org: org.clone(), pool, machine: mid("e"), registered: t(0) });
+    let config = Config { lease_ttl: TTL, ceilings: true, shard_bits: 2, ..Config::default() };
+    let next = Fixture { broker: Broker::new(config), ..w };
+    assert_eq!(next.broker.adopt_org(&org, records, t(100_000)), 1, "the ceiling's seat is held");
+    assert!(next.expire_machines(t(100_000)).is_empty(), "held for the previous node's runners");
+    let until = t(100_000).after(TTL + Config::default().restart_grace);
+    next.broker.expire(until);
+    assert_eq!(names(&next.expire_machines(until)), ["e"], "its runner never came back");
+    let uses = next.broker.machine_uses(&next.owner, &org).unwrap();
+    assert_eq!(uses.iter().map(|(_, u)| u.machine.to_string()).collect::<Vec<_>>(), ["m"], "m was never ephemeral");
+}
