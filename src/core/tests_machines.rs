@@ -175,6 +175,8 @@ fn an_offline_bound_machine_never_expires_before_its_license() {
     ];
     w.broker.apply(&records.map(Change::Put), t(0));
     assert!(w.expire_machines(t(499_999)).is_empty(), "its offline license still runs");
+    // The expiry task sleeps until then, not in a loop on a machine it cannot release.
+    assert_eq!(w.broker.next_machine_due(), Some(t(500_000)));
     assert_eq!(names(&w.expire_machines(t(500_000))), ["m"]);
 }
 

@@ -25,8 +25,8 @@ pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
             tracing::debug!(count = ended.len(), "leases expired");
             ops.announce(ended);
         }
-        release_machines(&ops, now).await;
-        let next = [ops.core.next_deadline(), ops.core.next_machine_due()].into_iter().flatten().min();
+        let machine_due = release_machines(&ops, now).await;
+        let next = [ops.core.next_deadline(), machine_due].into_iter().flatten().min();
         let target = next.map_or(u64::MAX, |d| d.0);
         // Relaxed: see Operations::deadline_added; Notify keeps a permit, so a
         // wake-up sent between this store and the select below is not lost.
@@ -46,13 +46,15 @@ pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
 /// Releases the machines due at `now`: planned, committed and applied
 /// under the writer lock, like every durable change (so never between a
 /// policy's apply and the sweep that counts its sessions). A failed commit
-/// leaves them registered; the next pass tries again.
-async fn release_machines(ops: &Operations, now: crate::core::Millis) {
-    if ops.core.next_machine_due().is_none_or(|due| due > now) {
-        return;
+/// leaves them registered; the next pass tries again. Returns when the
+/// next machine comes due.
+async fn release_machines(ops: &Operations, now: crate::core::Millis) -> Option<crate::core::Millis> {
+    let due = ops.core.next_machine_due();
+    if due.is_none_or(|due| due > now) {
+        return due;
     }
     let _writer = ops.writer.lock().await;
-    let Some(pending) = ops.core.plan_machine_expiry(now) else { return };
+    let Some(pending) = ops.core.plan_machine_expiry(now) else { return ops.core.next_machine_due() };
     match ops.settle(pending).await {
         Ok(expired) => {
             ops.core.count_expired(&expired);
@@ -61,6 +63,14 @@ async fn release_machines(ops: &Operations, now: crate::core::Millis) {
                 tracing::info!(%org, %pool, %machine, last_use_ms = last_use, "machine released unused");
             }
         }
-        Err(e) => tracing::warn!("unused machines not released (tried again later): {e}"),
+        Err(e) => {
+            tracing::warn!("unused machines not released (tried again in {RETRY:?}): {e}");
+            return Some(now.after(RETRY));
+        }
     }
+    ops.core.next_machine_due()
 }
+
+/// How soon a release whose commit failed is tried again (the machines
+/// stay due meanwhile: without a pause the task would spin on the store).
+const RETRY: Duration = Duration::from_secs(1);

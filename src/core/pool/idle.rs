@@ -10,7 +10,8 @@
 
 use std::time::Duration;
 
-use super::tenure::{Policy, Tenure};
+use super::access::Machine;
+use super::tenure::{Policy, Quiet, Tenure};
 use super::Pool;
 use crate::core::id::MachineId;
 use crate::core::time::Millis;
@@ -77,37 +78,39 @@ impl Pool {
         let machines = self.machines.lock();
         let mut out = Vec::new();
         for (id, m) in machines.iter() {
-            let Some(t) = m.tenure.as_ref().filter(|_| m.admits()) else { continue };
-            let Some(quiet) = t.quiet() else { continue };
-            let ephemeral = t.ephemeral || policy.ephemeral;
-            let Some(due) = due(quiet.since, m.registered, ephemeral, policy.idle, grace) else { continue };
-            if due <= now && !self.pinned(id, now) && t.close(quiet) {
+            let Some((t, quiet, due)) = self.judge(id, m, policy, grace) else { continue };
+            if due <= now && t.close(quiet) {
                 out.push((id.clone(), t.clone()));
             }
         }
         out
     }
 
-    /// When the first of the pool's open, unheld machines comes due (a
-    /// hint for the expiry task's sleep; `close_idle` judges again).
+    /// When the first of the pool's machines comes due (a hint for the
+    /// expiry task's sleep; `close_idle` judges again).
     pub fn next_idle(&self, grace: Duration) -> Option<Millis> {
         let policy = self.policy();
         let machines = self.machines.lock();
-        machines
-            .values()
-            .filter(|m| m.admits())
-            .filter_map(|m| {
-                let t = m.tenure.as_ref()?;
-                let quiet = t.quiet()?;
-                due(quiet.since, m.registered, t.ephemeral || policy.ephemeral, policy.idle, grace)
-            })
-            .min()
+        machines.iter().filter_map(|(id, m)| Some(self.judge(id, m, policy, grace)?.2)).min()
     }
 
-    /// Whether something besides sessions keeps the machine: a node-locked
-    /// activation, or an offline license not yet expired.
-    fn pinned(&self, machine: &MachineId, now: Millis) -> bool {
-        !self.bound_to(machine).is_empty() || self.active_offline_for(machine).is_some_and(|until| until > now)
+    /// A machine's tenure, its quiet state and when it comes due, if it is
+    /// open, unheld and due at all: not while a node-locked activation is
+    /// bound to it, nor before an offline license bound to it expires.
+    fn judge<'m>(
+        &self,
+        id: &MachineId,
+        m: &'m Machine,
+        policy: Policy,
+        grace: Duration,
+    ) -> Option<(&'m Arc<Tenure>, Quiet, Millis)> {
+        let t = m.tenure.as_ref().filter(|_| m.admits())?;
+        let quiet = t.quiet()?;
+        let due = due(quiet.since, m.registered, t.ephemeral || policy.ephemeral, policy.idle, grace)?;
+        if !self.bound_to(id).is_empty() {
+            return None;
+        }
+        Some((t, quiet, self.active_offline_for(id).map_or(due, |until| due.max(until))))
     }
 
     /// Every committed machine with its use, sorted by id.
