@@ -38,12 +38,12 @@ pub struct Place {
     pub position: u32,
     /// The waiter's hold on its machine, in a pool that tracks machine
     /// use: given back when the last copy of the place is dropped.
-    hold: Option<Arc<super::pool::tenure::Hold>>,
+    hold: Option<Arc<super::pool::tenure::WaiterHold>>,
 }
 
 impl Place {
     /// The same place, holding the waiter's machine while it waits.
-    pub(super) fn holding(mut self, hold: Option<super::pool::tenure::Hold>) -> Place {
+    pub(super) fn holding(mut self, hold: Option<super::pool::tenure::WaiterHold>) -> Place {
         self.hold = hold.map(Arc::new);
         self
     }

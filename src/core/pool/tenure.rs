@@ -37,10 +37,10 @@ impl Policy {
 
 /// One tracked machine's holders and last use.
 ///
-/// The word: bit 63 closed (its release is planned), bits 32..63 a count
-/// of holds given back (so a hold taken and given back between the expiry
-/// task's look and its close still changes the word), bits 0..32 the
-/// holds now (live sessions and queued runners).
+/// The word: bit 63 closed (its release is planned), bits 32..=62 a
+/// wrapping count of holds given back (so a hold taken and given back
+/// between the expiry task's look and its close still changes the word),
+/// bits 0..=31 the holds now (live sessions and queued runners).
 #[derive(Debug)]
 pub struct Tenure {
     word: AtomicU64,
@@ -52,6 +52,8 @@ pub struct Tenure {
 
 const CLOSED: u64 = 1 << 63;
 const HOLDS: u64 = (1 << 32) - 1;
+/// The given-back count, shifted down.
+const GIVEN: u64 = (1 << 31) - 1;
 
 /// What the expiry task judged idle: the word it saw and the last use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,11 +69,13 @@ impl Tenure {
         Arc::new(Tenure { word: AtomicU64::new(0), last_use: AtomicU64::new(at.0), ephemeral })
     }
 
-    /// Takes a hold unless the machine's release is planned.
+    /// Takes a hold unless the machine's release is planned (or, beyond
+    /// any session table's size, 2^32 - 1 holds are taken already).
     pub fn take(&self) -> bool {
         // AcqRel: a close that succeeds after this must see the hold, and
         // one that succeeded before it is seen here (the word is one RMW order).
-        self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| (w & CLOSED == 0).then_some(w + 1)).is_ok()
+        let open = |w: u64| w & CLOSED == 0 && w & HOLDS < HOLDS;
+        self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| open(w).then_some(w + 1)).is_ok()
     }
 
     /// Gives a hold back, the machine last used at `now` (`None`: no new
@@ -84,7 +88,7 @@ impl Tenure {
         let before = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
             // Invariant: every give-back follows its take, so holds > 0.
             debug_assert!(w & HOLDS > 0, "tenure given back twice");
-            let given = ((w & !CLOSED) >> 32).wrapping_add(1) & (CLOSED >> 32).wrapping_sub(1);
+            let given = ((w >> 32) & GIVEN).wrapping_add(1) & GIVEN;
             Some((w & CLOSED) | given << 32 | (w & HOLDS).saturating_sub(1))
         });
         // Invariant: the closure never refuses.
@@ -139,10 +143,10 @@ impl Tenure {
 impl Tenure {
     /// A queued runner's hold, the machine used at `now`; refused once
     /// the machine's release is planned.
-    pub fn hold(tenure: &Arc<Tenure>, now: Millis) -> crate::core::error::Result<Hold> {
+    pub fn hold(tenure: &Arc<Tenure>, now: Millis) -> crate::core::error::Result<WaiterHold> {
         tenure.used(now);
         match tenure.take() {
-            true => Ok(Hold(tenure.clone())),
+            true => Ok(WaiterHold(tenure.clone())),
             false => Err(crate::core::error::Error::MachineNotRegistered),
         }
     }
@@ -151,9 +155,9 @@ impl Tenure {
 /// A queued runner's hold on its machine: given back when the runner's
 /// place is dropped (it was admitted, gave up, or its connection closed).
 #[derive(Debug)]
-pub struct Hold(pub(crate) Arc<Tenure>);
+pub struct WaiterHold(pub(crate) Arc<Tenure>);
 
-impl Drop for Hold {
+impl Drop for WaiterHold {
     fn drop(&mut self) {
         // The runner was last seen when it queued (`Broker::join` marked it).
         let _ = self.0.give_back(None);
