@@ -48,6 +48,18 @@ fn admission(c: &mut Criterion) {
         })
     });
 
+    // The same pair in a pool with a machine policy: each session holds
+    // its machine's tenure (what a pool without one never pays).
+    let w = world(1_000_000);
+    w.set_policy(Some(Duration::from_secs(7 * 86_400)), false, t(0));
+    let w = World { ticket: w.broker.resolve(&w.owner, &w.target("m")).unwrap(), f: w.f };
+    c.bench_function("acquire+release uncontended, machine tracked (idle policy)", |b| {
+        b.iter(|| {
+            n += 1;
+            pair(&w, n)
+        })
+    });
+
     let w = Arc::new(world(1_000_000));
     c.bench_function("acquire+release contended, 2 threads, one pool", |b| {
         b.iter_custom(|iters| {

@@ -35,7 +35,7 @@ pub fn op_of(req: &Req) -> Option<usize> {
         Req::Renew { .. } | Req::Label { .. } => 2,
         Req::Release { .. } => 3,
         Req::Reattach { .. } => 4,
-        Req::RegisterMachine { .. } => 5,
+        Req::RegisterMachine { .. } | Req::RegisterEphemeral { .. } => 5,
         Req::Activate { .. } => 6,
         Req::Status { .. } | Req::Check { .. } => 7,
         Req::ListKeys { .. }
@@ -66,7 +66,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::TransferOffline { .. }
         | Req::RemoveUser { .. }
         | Req::SetSubscription { .. }
-        | Req::SetUserLimit { .. } => 9,
+        | Req::SetUserLimit { .. }
+        | Req::SetMachinePolicy { .. } => 9,
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use license_broker::core::{format_end_date, Millis, PoolId, Role};
 use license_broker::proto::AuditAction;
 
-use support::{machine, org, start_with, TestBroker};
+use support::{machine, org, start_with, TestBroker, POOL};
 
 /// A broker with its web door on and a KSE node-locked pool of 3.
 async fn broker() -> TestBroker {
@@ -271,4 +271,25 @@ async fn a_full_pool_says_where_a_runner_asking_now_would_wait() {
         "{}",
         &page[at..at + 200]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_machines_show_their_last_use_where_the_pool_keeps_it() {
+    let b = broker().await;
+    let op = b.operator().await;
+    op.set_pool(&org(), POOL, 2).await.unwrap();
+    op.set_machine_policy(&org(), POOL, Some(Duration::from_secs(7 * 86_400)), false).await.unwrap();
+    let owner = b.owner().await;
+    owner.register_machine(&org(), POOL, &machine("ci-7")).await.unwrap();
+    let lease = owner.acquire(&org(), POOL, &machine("ci-7"), 7).await.unwrap();
+    owner.release(lease.session).await.unwrap();
+    let browser = Browser::sign_in(&b, &b.owner).await;
+    let (_, page) = browser.get("/org/default/licenses?pool=kre-floating-annual").await;
+    let row = page.lines().find(|l| l.contains("<td>ci-7</td>")).expect("the machine is listed");
+    assert_eq!(row.matches("<time").count(), 2, "registered and last used: {row}");
+    // A pool without a machine policy keeps no last use.
+    owner.register_machine(&org(), kse(), &machine("desk-9")).await.unwrap();
+    let (_, page) = browser.get("/org/default/licenses?pool=kse-node-locked-annual").await;
+    let row = page.lines().find(|l| l.contains("<td>desk-9</td>")).expect("the machine is listed");
+    assert!(row.contains("</time></td><td>-</td>"), "{row}");
 }

@@ -1,11 +1,14 @@
 //! Model-based test of the core: random sequences of operations against
 //! `Broker`, each result compared with a small sequential reference model
-//! written plainly here. Time is driven explicitly.
+//! written plainly here. Time is driven explicitly. Machines come and go
+//! too: a pool's machine policy (idle limit, ephemeral), ephemeral
+//! registrations, and the expiry that releases unused machines.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use license_broker::core::testkit::Fixture;
+use license_broker::core::Policy;
 use license_broker::core::{ConnId, EndReason, Error, MachineId, Millis, PoolId, Registration, SessionId};
 use proptest::prelude::*;
 
@@ -24,6 +27,9 @@ enum Op {
     SetQuota { quota: u32 },
     Advance { ms: u64 },
     Expire,
+    RegisterEphemeral { machine: usize },
+    SetPolicy { idle_ms: Option<u64>, ephemeral: bool },
+    ExpireMachines,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -38,6 +44,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u32..5).prop_map(|quota| Op::SetQuota { quota }),
         3 => (0u64..2 * TTL_MS).prop_map(|ms| Op::Advance { ms }),
         2 => Just(Op::Expire),
+        2 => (0..MACHINES.len()).prop_map(|machine| Op::RegisterEphemeral { machine }),
+        1 => (prop::option::of(1u64..3 * TTL_MS), any::<bool>())
+            .prop_map(|(idle_ms, ephemeral)| Op::SetPolicy { idle_ms, ephemeral }),
+        3 => Just(Op::ExpireMachines),
     ]
 }
 
@@ -45,9 +55,20 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Default)]
 struct Reference {
     quota: u32,
-    machines: Vec<usize>,
+    machines: BTreeMap<usize, RefMachine>,
     /// nonce → live session.
     live: BTreeMap<u8, RefSession>,
+    policy: Policy,
+}
+
+/// A registered machine as the reference sees it.
+#[derive(Clone, Copy, Debug)]
+struct RefMachine {
+    registered: u64,
+    ephemeral: bool,
+    /// When it was last used, once its pool tracks it: registered (or the
+    /// tracking policy's setting), then each of its sessions' ends.
+    last_use: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -65,6 +86,37 @@ impl Reference {
 
     fn min_deadline(&self) -> Option<u64> {
         self.live.values().map(|s| s.deadline).min()
+    }
+
+    /// A session on `machine` ended at `now`: a tracked machine was used then.
+    fn ended_on(&mut self, machine: usize, now: u64) {
+        if let Some(last) = self.machines.get_mut(&machine).and_then(|m| m.last_use.as_mut()) {
+            *last = (*last).max(now);
+        }
+    }
+
+    /// Removes the sessions `gone` selects, marking their machines used at `now`.
+    fn end_where(&mut self, now: u64, gone: impl Fn(&RefSession) -> bool) -> Vec<SessionId> {
+        let ended: Vec<RefSession> = self.live.values().filter(|s| gone(s)).copied().collect();
+        self.live.retain(|_, s| !gone(s));
+        ended.iter().for_each(|s| self.ended_on(s.machine, now));
+        ended.into_iter().map(|s| s.id).collect()
+    }
+
+    /// The machines due for release at `now`: unheld, and unused for the
+    /// policy's idle limit (ephemeral: since their last session; never
+    /// used: one lease TTL after registering).
+    fn due(&self, now: u64) -> Vec<usize> {
+        let held = |m: usize| self.live.values().any(|s| s.machine == m);
+        let due = |m: &RefMachine| -> Option<u64> {
+            let since = m.last_use?;
+            match m.ephemeral || self.policy.ephemeral {
+                true if since <= m.registered => Some(m.registered + TTL_MS),
+                true => Some(since),
+                false => self.policy.idle.map(|d| since + d.as_millis() as u64),
+            }
+        };
+        self.machines.iter().filter(|(i, m)| !held(**i) && due(m).is_some_and(|d| d <= now)).map(|(i, _)| *i).collect()
     }
 }
 
@@ -88,7 +140,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
         match op {
             Op::Acquire { nonce, machine, conn } => {
                 let got = r.acquire(MACHINES[machine], nonce.into(), conn, t);
-                if !m.machines.contains(&machine) {
+                if !m.machines.contains_key(&machine) {
                     prop_assert_eq!(got, Err(Error::MachineNotRegistered));
                     continue;
                 }
@@ -100,7 +152,9 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_eq!((lease.session, lease.reattached, lease.deadline.0), (s.id, true, s.deadline));
                         continue;
                     }
-                    m.live.remove(&nonce);
+                    // Its lease ran out: the acquire ends it now.
+                    let id = s.id;
+                    m.end_where(now, |x| x.id == id);
                 }
                 if m.live.len() as u32 >= m.quota {
                     prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: m.quota }));
@@ -119,8 +173,8 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let id = issued[pick % issued.len()];
                 let got = r.broker.release(&r.owner, id, t);
                 match m.by_id(id) {
-                    Some(n) => {
-                        m.live.remove(&n);
+                    Some(_) => {
+                        m.end_where(now, |s| s.id == id);
                         prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Released));
                     }
                     None => prop_assert_eq!(got.map(|e| e.reason), Err(Error::SessionExpired)),
@@ -134,8 +188,8 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         m.live.get_mut(&n).unwrap().deadline = now + TTL_MS;
                         prop_assert_eq!(got, Ok(Millis(now + TTL_MS)));
                     }
-                    Some(n) => {
-                        m.live.remove(&n);
+                    Some(_) => {
+                        m.end_where(now, |s| s.id == id);
                         prop_assert_eq!(got, Err(Error::SessionExpired));
                     }
                     None => prop_assert_eq!(got, Err(Error::SessionExpired)),
@@ -145,8 +199,8 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let id = issued[pick % issued.len()];
                 let got = r.broker.kill(&r.owner, &r.org, id, t);
                 match m.by_id(id) {
-                    Some(n) => {
-                        m.live.remove(&n);
+                    Some(_) => {
+                        m.end_where(now, |s| s.id == id);
                         prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Revoked));
                     }
                     None => prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND"),
@@ -159,15 +213,15 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .into_iter()
                     .map(|e| e.info.session)
                     .collect();
-                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.conn == conn).map(|s| s.id).collect();
-                m.live.retain(|_, s| s.conn != conn);
+                let mut want = m.end_where(now, |s| s.conn == conn);
                 got.sort();
                 want.sort();
                 prop_assert_eq!(got, want);
             }
-            Op::Register { machine } => {
-                let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t).map(|p| r.commit(p));
-                if m.machines.contains(&machine) {
+            Op::Register { machine } | Op::RegisterEphemeral { machine } => {
+                let ephemeral = matches!(op, Op::RegisterEphemeral { .. });
+                let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t, ephemeral).map(|p| r.commit(p));
+                if m.machines.contains_key(&machine) {
                     prop_assert_eq!(got, Ok(Registration::Known));
                 } else if m.quota == 0 {
                     // A pool with no licenses says so, rather than "machine limit".
@@ -176,12 +230,29 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     prop_assert_eq!(got, Err(Error::MachineLimit { quota: m.quota }));
                 } else {
                     prop_assert_eq!(got, Ok(Registration::New));
-                    m.machines.push(machine);
+                    let last_use = (ephemeral || m.policy.tracks()).then_some(now);
+                    m.machines.insert(machine, RefMachine { registered: now, ephemeral, last_use });
                 }
+            }
+            Op::SetPolicy { idle_ms, ephemeral } => {
+                let policy = Policy { idle: idle_ms.map(Duration::from_millis), ephemeral };
+                r.broker.apply(&r.broker.plan_set_policy(&r.operator, &r.org, pool, policy, t).unwrap(), t);
+                if policy.tracks() {
+                    m.machines.values_mut().filter(|x| x.last_use.is_none()).for_each(|x| x.last_use = Some(now));
+                }
+                m.policy = policy;
+            }
+            Op::ExpireMachines => {
+                let mut got: Vec<String> = r.expire_machines(t).into_iter().map(|e| e.machine.to_string()).collect();
+                let mut want: Vec<String> = m.due(now).into_iter().map(|i| MACHINES[i].to_string()).collect();
+                m.machines.retain(|i, _| !want.contains(&MACHINES[*i].to_string()));
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
             }
             Op::RemoveMachine { machine } => {
                 let got = r.broker.plan_remove_machine(&r.owner, &r.org, None, &mid(machine), t);
-                if !m.machines.contains(&machine) {
+                if !m.machines.contains_key(&machine) {
                     prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND");
                     continue;
                 }
@@ -189,7 +260,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     r.broker.apply(&got.unwrap(), t).into_iter().map(|e| e.info.session).collect();
                 let mut want: Vec<SessionId> = m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect();
                 m.live.retain(|_, s| s.machine != machine);
-                m.machines.retain(|x| *x != machine);
+                m.machines.remove(&machine);
                 ended.sort();
                 want.sort();
                 prop_assert_eq!(ended, want);
@@ -201,8 +272,7 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Advance { ms } => now += ms,
             Op::Expire => {
                 let mut got: Vec<SessionId> = r.broker.expire(t).into_iter().map(|e| e.info.session).collect();
-                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.deadline <= now).map(|s| s.id).collect();
-                m.live.retain(|_, s| s.deadline > now);
+                let mut want = m.end_where(now, |s| s.deadline <= now);
                 got.sort();
                 want.sort();
                 prop_assert_eq!(got, want);
@@ -222,6 +292,16 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(next.is_some(), m.min_deadline().is_some());
         prop_assert!(next <= m.min_deadline(), "{next:?} after {:?}", m.min_deadline());
         prop_assert_eq!(r.broker.sessions(&r.owner, &r.org).unwrap().len(), m.live.len());
+        let uses: Vec<(String, Option<u64>)> = r
+            .broker
+            .machine_uses(&r.owner, &r.org)
+            .unwrap()
+            .into_iter()
+            .map(|(_, u)| (u.machine.to_string(), u.last_use.map(|l| l.0)))
+            .collect();
+        let want: Vec<(String, Option<u64>)> =
+            m.machines.iter().map(|(i, x)| (MACHINES[*i].to_string(), x.last_use)).collect();
+        prop_assert_eq!(uses, want);
     }
     Ok(())
 }

@@ -63,6 +63,8 @@ macro_rules! reader {
                     $a.code = Some(e.code as u8)
                 }
                 ServerFrame::Welcome(_) => $a.ok = Some("Welcome".into()),
+                #[allow(unreachable_patterns)]
+                other => $a.ok = Some(name(&other)),
             }
             $a
         }
@@ -72,8 +74,9 @@ macro_rules! reader {
 reader!(read_v1, v1, a,);
 reader!(read_v2, v2, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 reader!(read_v3, v3, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
+reader!(read_v4, v4, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 
-fn read_v4(body: &[u8]) -> Answer {
+fn read_v5(body: &[u8]) -> Answer {
     use license_broker::proto::{Outcome, Resp, ServerFrame};
     let mut a = Answer::default();
     match exact::<ServerFrame>(body) {
@@ -112,7 +115,7 @@ impl Raw {
         let ep = license_broker::client::endpoint(Some(&b.ca), false).unwrap();
         let conn = ep.connect(addr, &name).unwrap().await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        let read = [read_v1, read_v2, read_v3, read_v4][version as usize - 1];
+        let read = [read_v1, read_v2, read_v3, read_v4, read_v5][version as usize - 1];
         let mut raw = Raw { send, recv, frames: FrameBuf::new(), read, next_id: 0, _conn: conn };
         raw.write(&ClientFrame::Hello(Hello { version, api_key: key.into(), client: "old".into() })).await;
         assert_eq!(raw.answer().await.ok.as_deref(), Some("Welcome"));
@@ -202,10 +205,29 @@ async fn every_answer_decodes_with_the_schema_of_its_streams_version() {
     op.set_pool(&org(), pool("kse-floating-annual"), 4).await.unwrap();
     op.set_pool(&org(), pool("kse-node-locked-annual"), 8).await.unwrap();
     let owner = b.owner().await;
-    for v in 1..=4 {
+    expire_a_machine(&op, &owner).await;
+    for v in 1..=5 {
         operator_answers(&b, v).await;
         member_answers(&b, &owner, v).await;
     }
+}
+
+/// A pool's machine policy set, and an ephemeral machine released after
+/// its session: audit actions of version 5 for every stream to read.
+async fn expire_a_machine(op: &Client, owner: &Client) {
+    let kse = pool("kse-floating-annual");
+    op.set_machine_policy(&org(), kse, Some(Duration::from_secs(86_400)), false).await.unwrap();
+    let (kre, gone) = (PoolId::KRE_DEFAULT, m("gone"));
+    owner.register_ephemeral(&org(), kre, &gone).await.unwrap();
+    let lease = owner.acquire(&org(), kre, &gone, 4242).await.unwrap();
+    owner.release(lease.session).await.unwrap();
+    for _ in 0..100 {
+        if owner.machine_uses(&org()).await.unwrap().iter().all(|u| u.machine != gone) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the ephemeral machine was not released within 5 s of its last session");
 }
 
 /// The operator's requests, on a version-`v` stream.
@@ -219,6 +241,12 @@ async fn operator_answers(b: &TestBroker, v: u16) {
     p.ok(Req::SetSubscription { org: org(), subscription_end: day(400 + v as u64) }, "Done").await;
     p.ok(Req::ListOrgs, "Orgs").await;
     p.ok(Req::Status { org: None }, if v >= 3 { "Pools" } else { "Status" }).await;
+    let policy =
+        Req::SetMachinePolicy { org: org(), pool: PoolId::KRE_DEFAULT, machine_idle_ms: None, ephemeral: false };
+    match v {
+        5 => drop(p.ok(policy, "Done").await),
+        _ => p.refused(policy, code::BAD_FRAME).await,
+    }
 }
 
 /// An Owner's and a member's requests, on version-`v` streams, and the
@@ -286,7 +314,7 @@ async fn offline_answers(o: &mut Raw, owner: &Client, v: u16) {
     o.refused(offline(nl, 90), as_seen(v, code::EXPIRY_TOO_LATE)).await;
 }
 
-/// Requests of versions 2 to 4: answered on their versions, unknown
+/// Requests of versions 2 to 5: answered on their versions, unknown
 /// (`BAD_FRAME`) before.
 async fn later_requests(o: &mut Raw, v: u16) {
     let machine = m(&format!("m{v}"));
@@ -311,6 +339,14 @@ async fn later_requests(o: &mut Raw, v: u16) {
         3 => o.refused(list, code::BAD_FRAME).await,
         _ => drop(o.ok(list, "Page").await),
     }
+    let ephemeral = Req::RegisterEphemeral { org: org(), pool: PoolId::KRE_DEFAULT, machine: m(&format!("m{v}")) };
+    let uses = Req::List { of: ListOf::MachineUses { org: org() }, after: None, limit: 10 };
+    if v < 5 {
+        o.refused(ephemeral, code::BAD_FRAME).await;
+        return o.refused(uses, code::BAD_FRAME).await;
+    }
+    o.ok(ephemeral, "Registered").await;
+    o.ok(uses, "Page").await;
 }
 
 /// A capped member's acquire: `USER_LIMIT` from version 4 on, the code
@@ -350,6 +386,12 @@ async fn audit(o: &mut Raw, v: u16) {
     assert_eq!(kinds("user_removed"), [removed], "{trail:?}");
     assert_eq!(kinds("subscription_changed"), [subscription], "{trail:?}");
     assert_eq!(kinds("user_limit_set"), [cap], "{trail:?}");
+    let (expired, policy) = match v {
+        1..=4 => ("machine_removed", "quota_changed"),
+        _ => ("machine_expired", "policy_changed"),
+    };
+    assert_eq!(kinds("machine_expired"), [expired], "{trail:?}");
+    assert_eq!(kinds("policy_changed"), [policy], "{trail:?}");
 }
 
 /// `SessionKilled` (a fixture's Debug name) as `session_killed`.

@@ -232,5 +232,6 @@ fn items(p: &PageItems) -> Vec<String> {
         PageItems::UserLimits(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::Usage(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::Ended(v) => v.iter().map(|x| format!("{x:?}")).collect(),
+        PageItems::MachineUses(v) => v.iter().map(|x| format!("{x:?}")).collect(),
     }
 }

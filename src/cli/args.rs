@@ -5,6 +5,7 @@
 //! per-command modules act.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
@@ -220,8 +221,17 @@ pub(super) enum PoolCmd {
         #[arg(long, conflicts_with_all = ["product", "kind", "term"])]
         pool: Option<PoolId>,
         /// Licenses bought.
+        #[arg(long, required_unless_present_any = ["machine_idle", "ephemeral"])]
+        quota: Option<u32>,
+        /// Release a machine after this long with no session, activation,
+        /// offline license or queued runner (e.g. 7d), or `forever` (the
+        /// default). Sets the machine policy whole, with `--ephemeral`.
+        #[arg(long, value_parser = parse_idle)]
+        machine_idle: Option<Idle>,
+        /// Mark every registration in the pool ephemeral: released with its
+        /// last session. Sets the machine policy whole, with `--machine-idle`.
         #[arg(long)]
-        quota: u32,
+        ephemeral: bool,
     },
     /// Owner/Admin: cap how many sessions one member may hold at once in a
     /// pool (FlexNet's MAX). Running sessions are not cut.
@@ -425,5 +435,16 @@ mod tests {
         let mut missing = Vec::new();
         walk(&super::Args::command(), "license-broker", &mut missing);
         assert!(missing.is_empty(), "flags without a description: {missing:?}");
+    }
+}
+
+/// A machine idle limit: a duration, or none (`forever`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Idle(pub Option<Duration>);
+
+fn parse_idle(s: &str) -> Result<Idle, String> {
+    match s {
+        "forever" => Ok(Idle(None)),
+        _ => humantime::parse_duration(s).map(|d| Idle(Some(d))).map_err(|e| e.to_string()),
     }
 }

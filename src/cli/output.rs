@@ -7,8 +7,8 @@
 
 use license_broker::client::{Client, ClientError};
 use license_broker::proto::{
-    AuditEntry, EndedSession, GrantInfo, KeyInfo, ListOf, MachineInfo, NodeInfo, OfflineInfo, OrgInfo, PageItems,
-    PoolState, SessionView, UsagePoint, UserInfo, UserLimitInfo,
+    AuditEntry, EndedSession, GrantInfo, KeyInfo, ListOf, MachineInfo, MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo,
+    PageItems, PoolState, SessionView, UsagePoint, UserInfo, UserLimitInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Millis, Product};
 use serde_json::{json, Value};
@@ -125,6 +125,7 @@ pub async fn paged(c: &Client, of: ListOf, as_json: bool) -> Result<(), ClientEr
         PageItems::UserLimits(v) => p.page(&v),
         PageItems::Usage(v) => p.page(&v),
         PageItems::Ended(v) => p.page(&v),
+        PageItems::MachineUses(v) => p.page(&v),
     })
     .await?;
     p.finish();
@@ -392,6 +393,23 @@ impl Listing for MachineInfo {
     }
     fn row(&self) -> Vec<String> {
         vec![self.pool.to_string(), self.machine.to_string(), format_utc(self.registered)]
+    }
+}
+
+impl Listing for MachineUseInfo {
+    const KEY: &'static str = "machines";
+    const HEADER: &'static [&'static str] = &["POOL", "MACHINE", "REGISTERED", "LAST USE", "HOLDS", "EPHEMERAL"];
+    fn json(&self) -> Value {
+        json!({ "pool": self.pool.to_string(), "machine": self.machine.as_str(), "registered_ms": self.registered.0,
+            "last_use_ms": self.last_use.map(|m| m.0), "holds": self.holds, "ephemeral": self.ephemeral })
+    }
+    fn row(&self) -> Vec<String> {
+        // An untracked pool keeps no last use: "-".
+        let last = self.last_use.map_or("-".to_string(), format_utc);
+        let ephemeral = if self.ephemeral { "yes" } else { "no" };
+        let (pool, machine, registered) =
+            (self.pool.to_string(), self.machine.to_string(), format_utc(self.registered));
+        vec![pool, machine, registered, last, self.holds.to_string(), ephemeral.to_string()]
     }
 }
 

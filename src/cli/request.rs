@@ -172,9 +172,20 @@ async fn org(c: &Client, cmd: OrgCmd) -> Result<()> {
 
 async fn pool(c: &Client, cmd: PoolCmd) -> Result<()> {
     match cmd {
-        PoolCmd::Set { org, product, kind, term, pool, quota } => {
+        PoolCmd::Set { org, product, kind, term, pool, quota, machine_idle, ephemeral } => {
             let pool = pool.unwrap_or(PoolId { product, kind, term });
-            change(c.set_pool(&org, pool, quota), |()| format!("pool {org}/{pool}: quota {quota}")).await
+            if let Some(quota) = quota {
+                change(c.set_pool(&org, pool, quota), |()| format!("pool {org}/{pool}: quota {quota}")).await?;
+            }
+            if machine_idle.is_none() && !ephemeral {
+                return Ok(());
+            }
+            let idle = machine_idle.and_then(|i| i.0);
+            let said = |()| {
+                let kept = idle.map_or("forever".to_string(), |d| humantime::format_duration(d).to_string());
+                format!("pool {org}/{pool}: unused machines kept {kept}, ephemeral registrations: {ephemeral}")
+            };
+            change(c.set_machine_policy(&org, pool, idle, ephemeral), said).await
         }
         PoolCmd::Limit { org, pool, user, max, unlimited: _ } => {
             let said = |()| match max {
@@ -216,7 +227,7 @@ async fn key(c: &Client, cmd: KeyCmd) -> Result<()> {
 
 async fn machine(c: &Client, cmd: MachineCmd) -> Result<()> {
     match cmd {
-        MachineCmd::List { org, json } => list(c, ListOf::Machines { org }, json).await,
+        MachineCmd::List { org, json } => list(c, ListOf::MachineUses { org }, json).await,
         MachineCmd::Remove { org, machine, pool } => {
             change(c.remove_machine(&org, pool, &machine), |()| format!("removed {machine}")).await
         }

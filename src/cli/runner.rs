@@ -55,6 +55,12 @@ pub struct RunnerArgs {
     /// Jenkins) are added from its environment; these win over them.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// Register the machine ephemeral: its machine slot is held only
+    /// while it has a live session or waits in the queue, and is released
+    /// with its last session (CI containers with a new machine ID per job).
+    /// A machine already registered keeps its registration as it is.
+    #[arg(long)]
+    ephemeral: bool,
     /// Print one JSON object per event.
     #[arg(long)]
     json: bool,
@@ -262,7 +268,10 @@ impl Runner {
             };
             return Ok((client, attached));
         }
-        client.register_machine(org, pool, machine).await?;
+        match self.args.ephemeral {
+            true => client.register_ephemeral(org, pool, machine).await?,
+            false => client.register_machine(org, pool, machine).await?,
+        };
         let lease = match (self.wait_until, self.labels.is_empty()) {
             (None, true) => client.acquire(org, pool, machine, nonce).await?,
             (None, false) => self.queue(&client, Duration::ZERO).await?,

@@ -2,8 +2,8 @@
 
 use super::{Client, ClientError};
 use crate::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionView, UserInfo,
-    UserLimitInfo,
+    AuditEntry, GrantInfo, KeyInfo, MachineInfo, MachineUseInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus,
+    SessionView, UserInfo, UserLimitInfo,
 };
 use crate::proto::{Cursor, ListOf, PageItems, Req, Resp, SessionToken, WhatIfReport};
 use crate::value::{Labels, MachineId, Millis, Nonce, OrgName, PoolId, Role, SessionId};
@@ -16,8 +16,38 @@ impl Client {
         pool: PoolId,
         machine: &MachineId,
     ) -> Result<bool, ClientError> {
-        match self.call(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await? {
+        self.registered(Req::RegisterMachine { org: org.clone(), pool, machine: machine.clone() }).await
+    }
+
+    /// Registers a machine ephemeral (released with its last session); `true` if it was new.
+    pub async fn register_ephemeral(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine: &MachineId,
+    ) -> Result<bool, ClientError> {
+        self.registered(Req::RegisterEphemeral { org: org.clone(), pool, machine: machine.clone() }).await
+    }
+
+    /// Sends a registration; `true` if the machine was new.
+    async fn registered(&self, req: Req) -> Result<bool, ClientError> {
+        match self.call(req).await? {
             Resp::Registered { new } => Ok(new),
+            other => unexpected(other),
+        }
+    }
+
+    /// Operator: sets a pool's machine policy (idle limit, ephemeral registrations).
+    pub async fn set_machine_policy(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        machine_idle: Option<std::time::Duration>,
+        ephemeral: bool,
+    ) -> Result<(), ClientError> {
+        let machine_idle_ms = machine_idle.map(|d| d.as_millis() as u64);
+        match self.call(Req::SetMachinePolicy { org: org.clone(), pool, machine_idle_ms, ephemeral }).await? {
+            Resp::Done => Ok(()),
             other => unexpected(other),
         }
     }
@@ -169,6 +199,15 @@ impl Client {
     pub async fn list_machines(&self, org: &OrgName) -> Result<Vec<MachineInfo>, ClientError> {
         self.all(ListOf::Machines { org: org.clone() }, |i| match i {
             PageItems::Machines(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Owner/Admin: registered machines with their last use (version 5).
+    pub async fn machine_uses(&self, org: &OrgName) -> Result<Vec<MachineUseInfo>, ClientError> {
+        self.all(ListOf::MachineUses { org: org.clone() }, |i| match i {
+            PageItems::MachineUses(v) => Ok(v),
             other => Err(other),
         })
         .await

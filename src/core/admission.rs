@@ -13,7 +13,7 @@ use super::directory::Principal;
 use super::error::{Error, Result};
 use super::id::{ConnId, Email, MachineId, Nonce, OrgName};
 use super::pending::{Pending, Undo};
-use super::pool::{Kind, Pool, PoolId, Product, Registration};
+use super::pool::{Kind, Pool, PoolId, Product, Registration, Tenure};
 use super::queue::{Deliver, Grant, Joined, Place};
 use super::record::{AuditAction, Change, Record};
 use super::session::{EndReason, Lease, SeatFrom, SessionRequest};
@@ -46,6 +46,9 @@ pub struct Ticket {
     /// registered: if it moved by the time a session is inserted, `admit`
     /// checks the machine again (see `admit`).
     machine_epoch: u64,
+    /// The machine's tenure, in a pool with a machine policy: each session
+    /// holds it (see `pool::tenure`). `None` elsewhere, at no cost.
+    tenure: Option<Arc<Tenure>>,
 }
 
 /// What an activation did.
@@ -121,19 +124,20 @@ impl Broker {
         let pool = self.member_pool(p, &target.org, target.pool)?;
         // The epoch before the check: a removal after it makes `admit` check again.
         let machine_epoch = pool.machine_epoch();
-        match (pool.id.product, pool.id.kind) {
+        // The epoch before the lookups: a cap or tenure created after it makes `admit` check again.
+        let cap_epoch = pool.cap_epoch();
+        let tenure = match (pool.id.product, pool.id.kind) {
             // KRE runners register their machine first.
-            (Product::Kre, _) if !pool.has_machine(&target.machine) => return Err(Error::MachineNotRegistered),
+            (Product::Kre, _) => pool.machine_tenure(&target.machine).ok_or(Error::MachineNotRegistered)?,
             (Product::Kse, Kind::NodeLocked) => {
                 return Err(Error::invalid("pool", "a node-locked KSE license is activated on a machine, not leased"))
             }
             // KSE floating sessions may come from any machine of a licensed user.
-            _ => {}
-        }
-        // The epoch before the lookup: a cap created after it makes `admit` check again.
-        let cap_epoch = pool.cap_epoch();
+            _ => None,
+        };
         let cap = pool.cap_of(&p.email);
-        Ok(Ticket { pool, user: p.email.clone(), machine: target.machine.clone(), machine_epoch, cap, cap_epoch })
+        let (user, machine) = (p.email.clone(), target.machine.clone());
+        Ok(Ticket { pool, user, machine, machine_epoch, cap, cap_epoch, tenure })
     }
 
     /// Admits a session on a ticket (or re-attaches the nonce's live one).
@@ -206,9 +210,11 @@ impl Broker {
             // Nothing will ever free: waiting would only time out.
             return Err(Error::QuotaExceeded { quota: 0 });
         }
+        // A queued runner holds its machine (a tracked one) while it waits.
+        let hold = ticket.tenure.as_ref().map(|t| Tenure::hold(t, now)).transpose()?;
         match Pool::join_queue(&ticket.pool, deliver, self.config.max_waiters)? {
             Joined::Seat(grant) => self.admit_from(&ticket, who, now, SeatFrom::Granted(grant)).map(Waited::Leased),
-            Joined::Waiting(place) => Ok(Waited::Queued(place)),
+            Joined::Waiting(place) => Ok(Waited::Queued(place.holding(hold))),
         }
     }
 
@@ -252,17 +258,22 @@ impl Broker {
         // A capped user's new session is counted in their cap (by the
         // session table, after it found no live session of the nonce).
         let (nonce, conn, labels, cap) = (who.nonce, who.conn, who.labels.clone(), ticket.cap.clone());
-        let req =
-            SessionRequest { machine: ticket.machine.clone(), user: ticket.user.clone(), nonce, conn, labels, cap };
+        let (machine, user, tenure) = (ticket.machine.clone(), ticket.user.clone(), ticket.tenure.clone());
+        let req = SessionRequest { machine, user, nonce, conn, labels, cap, tenure };
         let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), seat)?;
         if lease.reattached {
             return Ok(lease);
         }
-        // A cap created since the ticket was resolved: either its sweep saw
-        // this session, or this sees the epoch moved and counts it here,
-        // refusing it if the cap is full. (Modelled in loom-tests.)
+        // A cap (or machine tenures) created since the ticket was resolved:
+        // either its sweep saw this session, or this sees the epoch moved
+        // and counts it here, refusing it if the cap is full (or the
+        // machine's release is planned). (Modelled in loom-tests.)
         if pool.cap_epoch() != ticket.cap_epoch {
-            if let Err(e) = self.sessions.adopt_cap(lease.session, true, |u| pool.cap_of(u)) {
+            let adopted = self
+                .sessions
+                .adopt_cap(lease.session, true, |u| pool.cap_of(u))
+                .and_then(|()| self.sessions.adopt_tenure(lease.session, |m| pool.tenure_of(m)));
+            if let Err(e) = adopted {
                 let _ = self.end_session(lease.session, EndReason::Revoked, now);
                 return Err(e);
             }
@@ -302,16 +313,25 @@ impl Broker {
 
     /// Registers a machine in a pool. A new machine takes its slot of the
     /// machine cap now; the pending change gives it back if the commit fails.
-    pub fn register(&self, p: &Principal, target: &Target, now: Millis) -> Result<Pending<Registration>> {
+    /// `ephemeral`: its slot is released with its last session.
+    pub fn register(
+        &self,
+        p: &Principal,
+        target: &Target,
+        now: Millis,
+        ephemeral: bool,
+    ) -> Result<Pending<Registration>> {
         let pool = self.member_pool(p, &target.org, target.pool)?;
         let Target { org, pool: id, machine } = target.clone();
-        Ok(match pool.register_machine(&machine, now)? {
+        let record = match ephemeral {
+            true => Record::EphemeralMachine { org, pool: id, machine: machine.clone(), registered: now },
+            false => Record::Machine { org, pool: id, machine: machine.clone(), registered: now },
+        };
+        Ok(match pool.register_machine(&machine, now, ephemeral)? {
             Registration::Known => Pending::done(Registration::Known),
-            Registration::New => Pending::reserved(
-                vec![Change::Put(Record::Machine { org, pool: id, machine: machine.clone(), registered: now })],
-                Registration::New,
-                Undo::ForgetMachine(pool, machine),
-            ),
+            Registration::New => {
+                Pending::reserved(vec![Change::Put(record)], Registration::New, Undo::ForgetMachine(pool, machine))
+            }
         })
     }
 

@@ -225,7 +225,7 @@ mod tests {
         // No seats at all: registering a machine says the quota, and nothing is worth waiting for.
         let (w, user) = fixture(0);
         let none = ask(&w, &user, kre, "new");
-        assert_eq!(none.refusal, w.broker.register(&user, &w.target("new"), now).err());
+        assert_eq!(none.refusal, w.broker.register(&user, &w.target("new"), now, false).err());
         assert!(!none.worth_waiting);
         // A capped user at the cap.
         let (w, user) = fixture(3);

@@ -118,6 +118,8 @@ pub struct PoolSample {
     pub assigned: u32,
     /// Node-locked activations and live offline licenses now.
     pub activated: u32,
+    /// Machines released unused since the pool was created (differences, too).
+    pub expired: u64,
 }
 
 /// The broker core.
@@ -147,11 +149,15 @@ pub struct Broker {
     /// The previous run's `Record::Leases` (TTL in ms, hold end), if any.
     previous_leases: Mutex<Option<(u64, Millis)>>,
     /// When seats held for the previous run's sessions come back (0: no hold).
-    hold_until: AtomicU64,
+    pub(super) hold_until: AtomicU64,
     /// In a cluster: orgs adopted from another node, and when the seats
     /// held for that node's runners come back. Few (one per takeover in
     /// progress) and touched by adoptions and the expiry task: a plain lock.
     org_holds: Mutex<Vec<(Millis, OrgName)>>,
+    /// Pools that track machine use (a machine policy, or an ephemeral
+    /// registration): what the expiry task judges (see `machines`). Few,
+    /// touched by their policy's apply and the expiry task: a plain lock.
+    pub(super) tracked: Mutex<Vec<Arc<Pool>>>,
 }
 
 /// Whether `p` is the user holding the session (in the session's org).
@@ -176,6 +182,7 @@ impl Broker {
             previous_leases: Mutex::new(None),
             hold_until: AtomicU64::new(0),
             org_holds: Mutex::new(Vec::new()),
+            tracked: Mutex::new(Vec::new()),
         }
     }
 
@@ -344,6 +351,7 @@ impl Broker {
         }
         self.offline_due.lock().retain(|_, pool| !gone.contains(&pool.org));
         self.org_holds.lock().retain(|(_, o)| !gone.contains(o));
+        self.tracked.lock().retain(|pool| !gone.contains(&pool.org));
         // Not ends: nobody released these seats; the next owner holds them.
         let _ = self.sessions.end_where(EndReason::ConnectionClosed, now, |p, _, _| gone.contains(&p.org));
     }
@@ -584,7 +592,7 @@ impl Broker {
             let mut dir = self.dir.write();
             for change in changes {
                 self.apply_own(change);
-                let restored = dir.apply(change, |org, id, quota, end| {
+                let restored = dir.apply(change, now, |org, id, quota, end| {
                     // Relaxed: uniqueness only; no other memory depends on it.
                     let uid = PoolUid(self.pool_uids.fetch_add(1, Ordering::Relaxed));
                     Arc::new(Pool::new(uid, org.clone(), id, quota, end))
@@ -620,6 +628,7 @@ impl Broker {
     /// What an applied change does to live sessions: ends those it revokes
     /// (returned), counts those a new cap covers.
     fn follow(&self, change: &Change, now: Millis) -> Vec<Ended> {
+        self.track(change);
         let revoked =
             |f: &dyn Fn(&Pool, &MachineId, &Email) -> bool| self.sessions.end_where(EndReason::Revoked, now, f);
         match change {
@@ -684,6 +693,7 @@ impl Broker {
         // Relaxed: a statistic.
         let auth_failures = self.auth_failures.load(Ordering::Relaxed);
         let mut out = vec![Record::Clock { high_water: now }, Record::AuthFailures { count: auth_failures }];
+        out.extend(self.last_use_records());
         let counts = self.sessions.all_counts();
         let seat_ms = self.sessions.seat_ms(now);
         let dir = self.dir.read();
@@ -736,6 +746,7 @@ impl Broker {
                     queued: p.queued(),
                     assigned,
                     activated: bound + offline,
+                    expired: p.expired(),
                 }
             })
             .collect();

@@ -129,6 +129,7 @@ impl Directory {
     pub fn apply(
         &mut self,
         change: &Change,
+        now: Millis,
         new_pool: impl FnOnce(&OrgName, PoolId, u32, Millis) -> Arc<Pool>,
     ) -> Option<(Arc<Pool>, OfflineEntry)> {
         match change {
@@ -153,7 +154,7 @@ impl Directory {
             Change::Put(Record::Offline { org, pool, license }) => return self.put_offline(org, *pool, license),
             // The audit trail is never read back; the broker keeps the clock and lease marks.
             Change::Put(Record::Audit(_) | Record::Clock { .. } | Record::Leases { .. }) => {}
-            other => self.apply_to_pool(other),
+            other => self.apply_to_pool(other, now),
         }
         None
     }
@@ -202,11 +203,15 @@ impl Directory {
     }
 
     /// The per-pool records: machines, grants and bindings, put or removed;
-    /// the restored counts, caps and ceilings.
-    fn apply_to_pool(&self, change: &Change) {
+    /// the restored counts, caps and ceilings; the machine policy (applied
+    /// at `now`) and last uses.
+    fn apply_to_pool(&self, change: &Change, now: Millis) {
         let (org, pool) = match change {
             Change::Put(
                 Record::Machine { org, pool, .. }
+                | Record::EphemeralMachine { org, pool, .. }
+                | Record::PoolPolicy { org, pool, .. }
+                | Record::LastUses { org, pool, .. }
                 | Record::Grant { org, pool, .. }
                 | Record::Binding { org, pool, .. }
                 | Record::Counters { org, pool, .. }
@@ -223,7 +228,18 @@ impl Directory {
         };
         let Ok(p) = self.pool(org, pool) else { return };
         match change {
-            Change::Put(Record::Machine { machine, registered, .. }) => p.restore_machine(machine.clone(), *registered),
+            Change::Put(Record::Machine { machine, registered, .. }) => {
+                p.restore_machine(machine.clone(), *registered, false)
+            }
+            Change::Put(Record::EphemeralMachine { machine, registered, .. }) => {
+                p.restore_machine(machine.clone(), *registered, true)
+            }
+            Change::Put(Record::LastUses { uses, expired, .. }) => p.restore_last_uses(uses, *expired),
+            // A new policy's tenures count live sessions: `Broker::follow` sweeps.
+            Change::Put(Record::PoolPolicy { idle_ms, ephemeral, .. }) => {
+                let idle = idle_ms.map(std::time::Duration::from_millis);
+                p.set_policy(super::pool::Policy { idle, ephemeral: *ephemeral }, now)
+            }
             Change::RemoveMachine { machine, .. } => {
                 p.forget_machine(machine);
             }

@@ -6,7 +6,8 @@
 //! Reading order: `broker` (the type the shell calls) → `admission`
 //! (tickets, sessions, registration, activation) → `pending` (a durable
 //! change and its undo) → `admin` and `licensing` (planned admin changes) →
-//! `directory` (who exists) → `pool` and `seats` (a pool's counters) →
+//! `directory` (who exists) → `machines` (machines released when unused) →
+//! `pool` and `seats` (a pool's counters) →
 //! `queue` (a pool's waiters and the seats handed to them) →
 //! `session` (the lease table and its shards) → `record` (what the store
 //! keeps) → `error`. Values (ids, pool names, instants) come from `crate::value`.
@@ -19,6 +20,7 @@ pub mod directory;
 pub mod error;
 pub mod hash;
 pub mod licensing;
+pub mod machines;
 pub mod pending;
 pub mod pool;
 pub mod queue;
@@ -36,6 +38,8 @@ pub use crate::value::{id, pool_id, time};
 #[cfg(all(test, not(broker_loom)))]
 mod tests;
 #[cfg(all(test, not(broker_loom)))]
+mod tests_machines;
+#[cfg(all(test, not(broker_loom)))]
 mod tests_queue;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
@@ -46,8 +50,11 @@ pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OfflineWindow, OFFLINE_MAX_DAYS};
+pub use machines::Expired;
 pub use pending::Pending;
-pub use pool::{Denial, Kind, OfflineEntry, PoolId, PoolStatus, PoolUid, Product, Registration, Term};
+pub use pool::{
+    Denial, Kind, MachineUse, OfflineEntry, Policy, PoolId, PoolStatus, PoolUid, Product, Registration, Term,
+};
 pub use queue::{Deliver, Grant, Joined, Place};
 pub use record::{audit_key, AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
 pub use session::{EndReason, Ended, Lease, Renewed, SessionInfo};

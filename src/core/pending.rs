@@ -36,6 +36,8 @@ pub(crate) enum Undo {
     Unbind(Arc<Pool>, Email),
     /// An offline license took a seat and is tracked for expiry.
     CancelOffline(Arc<Pool>, OfflineId, Millis),
+    /// Machines whose release was planned stay (see `machines`).
+    Reopen(Vec<Arc<super::pool::Tenure>>),
 }
 
 impl<T> Pending<T> {
@@ -99,6 +101,7 @@ impl Undo {
                 pool.cancel_offline(id);
                 core.untrack_offline(id, expires);
             }
+            Undo::Reopen(tenures) => tenures.iter().for_each(|t| t.reopen()),
         }
     }
 }

@@ -36,9 +36,18 @@ pub struct Place {
     seq: u64,
     /// 1-based position when it joined (1: next to be admitted).
     pub position: u32,
+    /// The waiter's hold on its machine, in a pool that tracks machine
+    /// use: given back when the last copy of the place is dropped.
+    hold: Option<Arc<super::pool::tenure::WaiterHold>>,
 }
 
 impl Place {
+    /// The same place, holding the waiter's machine while it waits.
+    pub(super) fn holding(mut self, hold: Option<super::pool::tenure::WaiterHold>) -> Place {
+        self.hold = hold.map(Arc::new);
+        self
+    }
+
     /// Leaves the queue. False if the waiter was no longer in it: its seat
     /// was granted (and is being, or was, delivered).
     pub fn leave(&self) -> bool {
@@ -153,7 +162,7 @@ impl Pool {
                 q.waiting.insert(seq, Waiter { deliver, pool: pool.clone() });
                 // Relaxed: a statistic.
                 this.queued.fetch_add(1, crate::sync::Ordering::Relaxed);
-                Ok(Joined::Waiting(Place { pool: pool.clone(), seq, position: len + 1 }))
+                Ok(Joined::Waiting(Place { pool: pool.clone(), seq, position: len + 1, hold: None }))
             }
             Err(c) if c.in_use < quota && c.limit < quota => Err(Error::CeilingReached),
             Err(_) => Err(Error::QueueFull { max }),

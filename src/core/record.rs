@@ -188,6 +188,43 @@ pub enum Record {
         /// Seat-milliseconds.
         ms: u64,
     },
+    /// A machine registered ephemeral (`runner --ephemeral`): released
+    /// with its last session. The same key as `Machine`, so removing the
+    /// machine removes either.
+    EphemeralMachine {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+        /// When it registered.
+        registered: Millis,
+    },
+    /// A pool's machine policy (`pool set --machine-idle`, `--ephemeral`);
+    /// a pool without one keeps its machines until they are removed.
+    PoolPolicy {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// How long an unused machine stays registered, in ms; `None`: forever.
+        idle_ms: Option<u64>,
+        /// Every registration is ephemeral.
+        ephemeral: bool,
+    },
+    /// When each tracked machine of a pool was last used (written by the
+    /// checkpoint), so an idle limit counts across restarts.
+    LastUses {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Machine and last use, sorted by machine.
+        uses: Vec<(MachineId, Millis)>,
+        /// Machines the broker released unused since the pool was created.
+        expired: u64,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -238,6 +275,11 @@ pub enum AuditAction {
     SubscriptionChanged,
     /// An Owner or Admin capped (or uncapped) a user's sessions in a pool.
     UserLimitSet,
+    /// The broker released a machine left unused past its pool's idle
+    /// limit, or an ephemeral machine after its last session.
+    MachineExpired,
+    /// The operator changed a pool's machine policy.
+    PolicyChanged,
 }
 
 impl AuditAction {
@@ -258,6 +300,8 @@ impl AuditAction {
             AuditAction::SessionKilled => "session_killed",
             AuditAction::SubscriptionChanged => "subscription_changed",
             AuditAction::UserLimitSet => "user_limit_set",
+            AuditAction::MachineExpired => "machine_expired",
+            AuditAction::PolicyChanged => "policy_changed",
         }
     }
 }
@@ -354,6 +398,10 @@ impl Record {
             Record::AuthFailures { .. } => (Table::Meta, "auth_failures".to_string()),
             Record::Denials { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/denials")),
             Record::SeatTime { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/seat-ms")),
+            Record::EphemeralMachine { org, pool, machine, .. } => (Table::Machines, in_pool(org, pool, machine)),
+            // After the pool's own record, before its machines (load order).
+            Record::PoolPolicy { org, pool, .. } => (Table::Pools, format!("{org}/{pool}/policy")),
+            Record::LastUses { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/last-use")),
         }
     }
 }
@@ -375,7 +423,10 @@ impl Record {
             | Record::UserLimit { org, .. }
             | Record::Ends { org, .. }
             | Record::Denials { org, .. }
-            | Record::SeatTime { org, .. } => Some(org),
+            | Record::SeatTime { org, .. }
+            | Record::EphemeralMachine { org, .. }
+            | Record::PoolPolicy { org, .. }
+            | Record::LastUses { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,

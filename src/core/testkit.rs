@@ -132,7 +132,31 @@ impl Fixture {
 
     /// Registers `machine` in the KRE pool as the Owner, committed.
     pub fn register(&self, machine: &str) -> Result<Registration> {
-        Ok(self.commit(self.broker.register(&self.owner, &self.target(machine), t(0))?))
+        Ok(self.commit(self.broker.register(&self.owner, &self.target(machine), t(0), false)?))
+    }
+
+    /// Registers `machine` in the KRE pool as the Owner, ephemeral, at `now`, committed.
+    pub fn register_ephemeral(&self, machine: &str, now: Millis) -> Result<Registration> {
+        Ok(self.commit(self.broker.register(&self.owner, &self.target(machine), now, true)?))
+    }
+
+    /// Sets the KRE pool's machine policy as the operator, at `now`.
+    pub fn set_policy(&self, idle: Option<Duration>, ephemeral: bool, now: Millis) {
+        let policy = super::Policy { idle, ephemeral };
+        let plan = self.broker.plan_set_policy(&self.operator, &self.org, PoolId::KRE_DEFAULT, policy, now);
+        self.broker.apply(&plan.expect("the operator may"), now);
+    }
+
+    /// Releases the machines due at `now`, as the expiry task does (committed).
+    pub fn expire_machines(&self, now: Millis) -> Vec<super::Expired> {
+        let Some(pending) = self.broker.plan_machine_expiry(now) else { return Vec::new() };
+        match pending.settle(&self.broker, Ok::<(), Infallible>(()), now) {
+            Ok((value, _)) => {
+                self.broker.count_expired(&value);
+                value
+            }
+            Err(never) => match never {},
+        }
     }
 
     /// Acquires a KRE session as the Owner.

@@ -168,7 +168,7 @@ fn nothing_admitted_after_the_subscription_ends() {
     w.broker.apply(&w.broker.plan_set_pool(&w.operator, &name, PoolId::KRE_DEFAULT, 1, t(0)).unwrap(), t(0));
     let acme = w.broker.authenticate(&key(9)).unwrap();
     let target = Target { org: name.clone(), pool: PoolId::KRE_DEFAULT, machine: mid("m") };
-    w.commit(w.broker.register(&acme, &target, t(0)).unwrap());
+    w.commit(w.broker.register(&acme, &target, t(0), false).unwrap());
     let r = w.broker.acquire(&acme, &target, Nonce(1), ConnId(1), end);
     assert_eq!(r, Err(Error::SubscriptionExpired));
     // Renewed: the lapsed org admits again at once.
@@ -213,7 +213,7 @@ fn roles_and_orgs_are_enforced() {
     forbidden(w.broker.plan_revoke_key(&admin, &w.org, KeyRef::Hash(key(2)), t(0)));
     assert!(w.broker.plan_add_user(&admin, &w.org, &email, Role::User, t(0)).is_ok());
     // A stranger cannot run sessions on, or see, our pools.
-    assert!(matches!(w.broker.register(&stranger, &w.target("m"), t(0)), Err(Error::Forbidden(_))));
+    assert!(matches!(w.broker.register(&stranger, &w.target("m"), t(0), false), Err(Error::Forbidden(_))));
     assert!(matches!(w.broker.status(&stranger, Some(&w.org)), Err(Error::Forbidden(_))));
     assert!(w.broker.status(&stranger, None).unwrap().is_empty());
     // A stranger cannot renew, release or kill our sessions.
@@ -498,13 +498,16 @@ fn restart_restores_activations_and_offline_seats() {
 #[test]
 fn a_registration_admits_nobody_until_it_is_committed() {
     let w = world(2);
-    let pending = w.broker.register(&w.owner, &w.target("new"), t(0)).unwrap();
+    let pending = w.broker.register(&w.owner, &w.target("new"), t(0), false).unwrap();
     assert_eq!(w.acquire("new", 1, 1, t(0)), Err(Error::MachineNotRegistered), "not durable yet");
     assert!(!w.broker.is_registered(&w.owner, &w.target("new")).unwrap());
     assert_eq!(w.machines(), 0, "status counts durable machines only");
     // It holds its slot of the cap meanwhile.
-    let second = w.broker.register(&w.owner, &w.target("other"), t(0)).unwrap();
-    assert!(matches!(w.broker.register(&w.owner, &w.target("third"), t(0)), Err(Error::MachineLimit { quota: 2 })));
+    let second = w.broker.register(&w.owner, &w.target("other"), t(0), false).unwrap();
+    assert!(matches!(
+        w.broker.register(&w.owner, &w.target("third"), t(0), false),
+        Err(Error::MachineLimit { quota: 2 })
+    ));
     // A failed commit gives the slot back; a committed one admits.
     assert_eq!(second.settle(&w.broker, Err("disk full"), t(0)).err(), Some("disk full"));
     assert_eq!(w.commit(pending), Registration::New);

@@ -67,6 +67,18 @@ pub struct Usage {
     /// Most node-locked activations and live offline licenses at a harvest
     /// in the period (the licenses bound to a machine; sessions are `peak`).
     pub activated: u32,
+    /// Machines the broker released unused (idle limit, ephemeral).
+    /// Appended after `activated`: older rows decode through `UsageV2` or
+    /// `UsageV1` with 0.
+    pub expired: u64,
+}
+
+/// A `Usage` as rows held it before `expired` was appended.
+#[derive(Deserialize)]
+struct UsageV2 {
+    v1: UsageV1,
+    assigned: u32,
+    activated: u32,
 }
 
 /// A `Usage` as a row holds it: postcard is not self-describing, so a row
@@ -90,12 +102,20 @@ fn decode(bytes: &[u8]) -> Result<Usage, DbError> {
     if let Ok(u) = postcard::from_bytes::<Usage>(bytes) {
         return Ok(u);
     }
+    if let Ok((v2, [])) = postcard::take_from_bytes::<UsageV2>(bytes) {
+        return Ok(Usage { assigned: v2.assigned, activated: v2.activated, ..from_v1(v2.v1) });
+    }
     let (v1, rest) = postcard::take_from_bytes::<UsageV1>(bytes).map_err(err)?;
     if !rest.is_empty() {
         return Err(DbError(format!("a usage row has {} bytes over", rest.len())));
     }
+    Ok(from_v1(v1))
+}
+
+/// A first-shape row, its later fields 0.
+fn from_v1(v1: UsageV1) -> Usage {
     let UsageV1 { peak, trough, quota, seat_ms, admitted, denied, ends, queued } = v1;
-    Ok(Usage { peak, trough, quota, seat_ms, admitted, denied, ends, queued, assigned: 0, activated: 0 })
+    Usage { peak, trough, quota, seat_ms, admitted, denied, ends, queued, assigned: 0, activated: 0, expired: 0 }
 }
 
 impl Usage {
@@ -118,6 +138,7 @@ impl Usage {
         self.queued += o.queued;
         self.assigned = self.assigned.max(o.assigned);
         self.activated = self.activated.max(o.activated);
+        self.expired += o.expired;
     }
 
     /// KSE licenses activated at most in the period, as the vendor's chart
@@ -346,14 +367,18 @@ mod tests {
     use super::*;
 
     /// A row written before `assigned` and `activated` were appended reads
-    /// with them 0; a row of today's shape reads back as written.
+    /// with them 0, one written before `expired` with it 0; a row of
+    /// today's shape reads back as written.
     #[test]
     fn rows_of_either_shape_decode() {
         let old = (3u32, 1u32, 5u32, 90_000u64, 2u64, vec![1u64, 0, 4], [1u64, 0, 0, 2], 6u64);
         let u = decode(&postcard::to_allocvec(&old).unwrap()).unwrap();
         assert_eq!((u.peak, u.trough, u.quota, u.seat_ms, u.admitted), (3, 1, 5, 90_000, 2));
         assert_eq!((u.denied, u.ends, u.queued, u.assigned, u.activated), (vec![1, 0, 4], [1, 0, 0, 2], 6, 0, 0));
-        let new = Usage { peak: 1, assigned: 7, activated: 3, denied: vec![0; 2], ..Usage::default() };
+        let second = (old, 7u32, 3u32);
+        let u = decode(&postcard::to_allocvec(&second).unwrap()).unwrap();
+        assert_eq!((u.queued, u.assigned, u.activated, u.expired), (6, 7, 3, 0));
+        let new = Usage { peak: 1, assigned: 7, activated: 3, expired: 2, denied: vec![0; 2], ..Usage::default() };
         assert_eq!(decode(&postcard::to_allocvec(&new).unwrap()).unwrap(), new);
         assert!(decode(&[0xff; 3]).is_err(), "garbage is an error, not a row");
     }

@@ -60,6 +60,7 @@ pub fn usage_json(
                         "seat_seconds": u.seat_ms as f64 / 1000.0,
                         "admitted": u.admitted,
                         "queued": u.queued,
+                        "machines_expired": u.expired,
                         "denied": denied,
                         "ends": ends,
                     });

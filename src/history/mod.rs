@@ -133,7 +133,7 @@ struct State {
     /// The minute the last harvest closed up to (exclusive).
     harvested_to: Option<u64>,
     /// Each pool's refusal counts and queue joins at the last harvest.
-    denied: std::collections::HashMap<(OrgName, PoolId), (Vec<u64>, u64)>,
+    denied: std::collections::HashMap<(OrgName, PoolId), (Vec<u64>, u64, u64)>,
 }
 
 /// Ended sessions the channel holds: about two seconds at the write rate.
@@ -303,15 +303,16 @@ const MAX_IDLE_MINUTES: u64 = 35 * 1440;
 /// The rows a harvest at `now` adds: each pool's closed minutes (the
 /// shards' shares summed), idle minutes expanded, the peak and trough
 /// since the last harvest on every minute since it, and the refusals
-/// counted since then (other than the quota's, which the minutes carry)
-/// and the runners that joined the wait queue, on the last closed minute.
+/// counted since then (other than the quota's, which the minutes carry),
+/// the runners that joined the wait queue and the machines released
+/// unused, on the last closed minute.
 fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, u64), Usage)> {
     let to = minute_of(now);
     let from = state.harvested_to.unwrap_or(to.saturating_sub(1)).clamp(to.saturating_sub(1440), to);
     let mut rows = closed_minutes(h, to.saturating_sub(MAX_IDLE_MINUTES));
     for s in &h.pools {
         let (org, pool) = (s.org.to_string(), s.pool.to_string());
-        let (newly, queued) = since_last(state, s);
+        let (newly, queued, expired) = since_last(state, s);
         for m in from..to {
             let key = (org.clone(), pool.clone(), m);
             // An idle pool's licenses (KSE grants, activations) are sampled
@@ -332,13 +333,14 @@ fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, 
         for (_, u) in rows.range_mut((org.clone(), pool.clone(), 0)..(org.clone(), pool.clone(), from)) {
             u.quota = s.quota;
         }
-        if (queued > 0 || newly.iter().any(|n| *n > 0)) && to > 0 {
+        if (queued > 0 || expired > 0 || newly.iter().any(|n| *n > 0)) && to > 0 {
             let u = rows.entry((org, pool, to - 1)).or_insert_with(blank);
             u.quota = s.quota;
             for (d, n) in u.denied[1..].iter_mut().zip(newly) {
                 *d += n;
             }
             u.queued += queued;
+            u.expired += expired;
         }
     }
     state.harvested_to = Some(to);
@@ -379,14 +381,15 @@ fn closed_minutes(h: &Harvest, oldest: u64) -> Rows {
 
 /// A pool's refusals (by reason) and queue joins since the last harvest
 /// (none at the first: its counts only seed the next difference).
-fn since_last(state: &mut State, s: &crate::core::broker::PoolSample) -> (Vec<u64>, u64) {
-    let last = state.denied.insert((s.org.clone(), s.pool), (s.denied.to_vec(), s.queued));
+fn since_last(state: &mut State, s: &crate::core::broker::PoolSample) -> (Vec<u64>, u64, u64) {
+    let last = state.denied.insert((s.org.clone(), s.pool), (s.denied.to_vec(), s.queued, s.expired));
     match last {
-        Some((last, queued)) => (
+        Some((last, queued, expired)) => (
             s.denied.iter().zip(last.iter().chain(std::iter::repeat(&0))).map(|(n, l)| n.saturating_sub(*l)).collect(),
             s.queued.saturating_sub(queued),
+            s.expired.saturating_sub(expired),
         ),
-        None => (vec![0; s.denied.len()], 0),
+        None => (vec![0; s.denied.len()], 0, 0),
     }
 }
 

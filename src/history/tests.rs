@@ -165,3 +165,21 @@ fn an_idle_pool_with_licensed_users_is_sampled_on_the_hour() {
     let starts: Vec<u64> = rows.unwrap().iter().map(|p| p.start).collect();
     assert_eq!(starts, [hour, hour + 60 * MINUTE_MS], "ninety minutes, a row on each of the two hours");
 }
+
+#[test]
+fn machines_released_unused_are_counted_on_the_minute_of_their_harvest() {
+    let at = timeline();
+    let dir = tempfile::tempdir().unwrap();
+    let h = History::open(dir.path(), Retention::default()).unwrap();
+    let w = Fixture::new(2, 2, Duration::from_secs(30));
+    let base = at(0);
+    h.record(w.broker.harvest(base), base, Vec::new(), true).unwrap();
+    w.register_ephemeral("ci-1", base).unwrap();
+    let lease = w.acquire("ci-1", 1, 1, at(1_000)).unwrap();
+    w.broker.release(&w.owner, lease.session, at(2_000)).unwrap();
+    assert_eq!(w.expire_machines(at(2_000)).len(), 1);
+    h.record(w.broker.harvest(at(60_500)), at(60_500), Vec::new(), true).unwrap();
+    let minutes = h.usage(&w.org.to_string(), "kre-floating-annual", base, at(120_000), MINUTE_MS).unwrap();
+    let expired: Vec<u64> = minutes.iter().map(|m| m.usage.expired).collect();
+    assert_eq!(expired, [1], "{minutes:?}");
+}

@@ -54,6 +54,7 @@ struct Numbers {
     ends: [u64; 4],
     denied: [u64; crate::core::Denial::ALL.len()],
     seat_ms: u64,
+    machines_expired: u64,
 }
 
 impl Numbers {
@@ -67,6 +68,7 @@ impl Numbers {
         self.grants += u64::from(s.grants);
         self.activations += u64::from(s.activations);
         self.offline += u64::from(s.offline);
+        self.machines_expired += s.machines_expired;
         for (e, n) in self.ends.iter_mut().zip(s.ends) {
             *e += n;
         }
@@ -251,6 +253,8 @@ impl Snapshot {
         self.per_pool(e, ("seats_quota", "Licenses bought (the pool's quota).", Gauge), |n| n.quota)?;
         self.per_pool(e, ("machines_registered", "Registered machine IDs.", Gauge), |n| n.machines)?;
         self.per_pool(e, ("queue_waiting", "Runners waiting in the pool's queue.", Gauge), |n| n.waiting)?;
+        let expired = "Machines the broker released unused (idle limit, ephemeral) since the pool was created (survives restarts).";
+        self.per_pool(e, ("machines_expired", expired, Counter), |n| n.machines_expired)?;
         let admitted = "Sessions admitted since the pool was created (survives restarts).";
         self.per_pool(e, ("admissions", admitted, Counter), |n| n.admitted)?;
         self.denials(e)?;
@@ -329,6 +333,7 @@ mod tests {
             held: 0,
             ends: [0; 4],
             denied: Default::default(),
+            machines_expired: 0,
         }
     }
 

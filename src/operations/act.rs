@@ -63,6 +63,19 @@ impl Operations {
         self.mutate(|core| core.plan_set_pool(c.p, org, pool, quota, c.now)).await
     }
 
+    /// Sets a pool's machine policy (operator).
+    pub async fn set_policy(
+        &self,
+        c: Caller<'_>,
+        (org, pool): (&OrgName, PoolId),
+        policy: crate::core::Policy,
+    ) -> Result<(), WireError> {
+        self.mutate(|core| core.plan_set_policy(c.p, org, pool, policy, c.now)).await?;
+        // A policy may make machines due at once (ephemeral): look now.
+        self.wake_expiry();
+        Ok(())
+    }
+
     /// Moves an org's subscription end.
     pub async fn set_subscription(&self, c: Caller<'_>, org: &OrgName, end: Millis) -> Result<(), WireError> {
         self.mutate(|core| core.plan_set_subscription(c.p, org, end, c.now)).await

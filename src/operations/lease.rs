@@ -114,14 +114,15 @@ impl Operations {
         self.announce(ended);
     }
 
-    /// Registers a machine in a pool; true when it is new there.
-    pub async fn register(&self, c: Caller<'_>, target: &Target) -> Result<bool, WireError> {
+    /// Registers a machine in a pool (`ephemeral`: released with its last
+    /// session); true when it is new there.
+    pub async fn register(&self, c: Caller<'_>, target: &Target, ephemeral: bool) -> Result<bool, WireError> {
         self.admitting()?;
         if self.core.is_registered(c.p, target)? {
             return Ok(false);
         }
         let _writer = self.writer.lock().await;
-        let registration = self.settle(self.core.register(c.p, target, c.now)?).await?;
+        let registration = self.settle(self.core.register(c.p, target, c.now, ephemeral)?).await?;
         Ok(registration == Registration::New)
     }
 

@@ -223,6 +223,10 @@ impl Operations {
         let reason = e.reason.name();
         let (session, pool, machine, user, labels) = (&i.session, &i.pool, &i.machine, &i.user, &i.labels);
         tracing::debug!(%session, %pool, %machine, %user, %labels, reason, "session ended");
+        if e.machine_unheld {
+            // Its machine may be due now (ephemeral): let the expiry task judge it.
+            self.wake_expiry();
+        }
         if let Some(h) = &self.history {
             h.ended(e);
         }

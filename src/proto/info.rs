@@ -107,6 +107,24 @@ pub struct MachineInfo {
     pub registered: Millis,
 }
 
+/// A registered machine with its use, for `machine list` (version 5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineUseInfo {
+    /// The pool it is registered in.
+    pub pool: PoolId,
+    /// The machine.
+    pub machine: MachineId,
+    /// When it registered.
+    pub registered: Millis,
+    /// When it was last used (registered, a session ended, a runner
+    /// queued); none in a pool without a machine policy, which keeps none.
+    pub last_use: Option<Millis>,
+    /// Live sessions and queued runners on it now (tracked pools only).
+    pub holds: u32,
+    /// Released with its last session.
+    pub ephemeral: bool,
+}
+
 /// A licensed user of a pool, for `licenses`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantInfo {
@@ -211,6 +229,11 @@ pub enum AuditAction {
     SubscriptionChanged,
     /// A user's sessions in a pool were capped or uncapped (version 3).
     UserLimitSet,
+    /// The broker released a machine unused past its pool's idle limit,
+    /// or an ephemeral machine after its last session (version 5).
+    MachineExpired,
+    /// The operator changed a pool's machine policy (version 5).
+    PolicyChanged,
 }
 
 /// A node of a cluster, for `nodes` (and the last line of `status`).
@@ -273,6 +296,8 @@ impl AuditAction {
             AuditAction::SessionKilled => "session_killed",
             AuditAction::SubscriptionChanged => "subscription_changed",
             AuditAction::UserLimitSet => "user_limit_set",
+            AuditAction::MachineExpired => "machine_expired",
+            AuditAction::PolicyChanged => "policy_changed",
         }
     }
 }

@@ -17,9 +17,9 @@ pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use error::{ErrorCode, WireError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
 pub use info::{
-    AuditAction, AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, NodeInfo,
-    OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo,
-    WhatIfOutcome, WhatIfReport,
+    AuditAction, AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo,
+    MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint,
+    UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
 };
 pub use request::*;
 pub use response::*;
@@ -32,8 +32,11 @@ pub use version::Version;
 /// wait queue and job labels (`Req::Checkout`, `Req::Label`,
 /// `Notice::Queued`), and answers `Status` with `Pools` (each pool's queue
 /// depth too) and `ListSessions` with `SessionViews` (labels too).
-/// Version 4 adds paged lists (`Req::List`, `Resp::Page`).
-pub const VERSION: u16 = 4;
+/// Version 4 adds paged lists (`Req::List`, `Resp::Page`). Version 5 adds
+/// machines that come and go (`Req::RegisterEphemeral`,
+/// `Req::SetMachinePolicy`, `ListOf::MachineUses`, audit actions
+/// `MachineExpired` and `PolicyChanged`).
+pub const VERSION: u16 = 5;
 
 /// The oldest version the broker still speaks: a version 1 stream gets
 /// `Admitted` and `Renewed`, without tokens.

@@ -377,6 +377,30 @@ pub enum Req {
         /// The machine the runner would run on.
         machine: MachineId,
     },
+    /// Version 5: as `RegisterMachine`, the registration ephemeral: its
+    /// slot is released with the machine's last session (`runner
+    /// --ephemeral`). Answered with `Registered`.
+    RegisterEphemeral {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+    },
+    /// Version 5, operator: a pool's machine policy, set whole. Answered
+    /// with `Done`.
+    SetMachinePolicy {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// How long a machine with no session, activation, offline license
+        /// or queued runner stays registered (ms); none: forever.
+        machine_idle_ms: Option<u64>,
+        /// Every registration in the pool is ephemeral.
+        ephemeral: bool,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -460,6 +484,12 @@ pub enum ListOf {
         /// End of the range (Unix ms).
         to_ms: u64,
     },
+    /// Version 5: registered machines with their last use:
+    /// `PageItems::MachineUses`, by pool, then machine. Owner, Admin.
+    MachineUses {
+        /// The org.
+        org: OrgName,
+    },
 }
 
 impl Req {
@@ -496,7 +526,9 @@ impl Req {
             | Req::SetUserLimit { org, .. }
             | Req::ListUserLimits { org, .. }
             | Req::WhatIf { org, .. }
-            | Req::Check { org, .. } => Some(org),
+            | Req::Check { org, .. }
+            | Req::RegisterEphemeral { org, .. }
+            | Req::SetMachinePolicy { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }
@@ -523,7 +555,8 @@ impl ListOf {
             | ListOf::Grants { org, .. }
             | ListOf::Offline { org }
             | ListOf::Audit { org }
-            | ListOf::UserLimits { org, .. } => Some(org),
+            | ListOf::UserLimits { org, .. }
+            | ListOf::MachineUses { org } => Some(org),
             ListOf::Usage { org, .. } | ListOf::Ended { org, .. } => Some(org),
             ListOf::Orgs => None,
         }

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::WireError;
 use super::info::{
-    AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, NodeInfo, OfflineInfo,
-    OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfReport,
+    AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, MachineUseInfo, NodeInfo,
+    OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo,
+    WhatIfReport,
 };
 use super::token::{Cursor, SessionToken};
 use crate::value::{MachineId, Nonce, OrgName, Role, SessionId};
@@ -255,6 +256,8 @@ pub enum PageItems {
     Usage(Vec<UsagePoint>),
     /// Ended sessions.
     Ended(Vec<EndedSession>),
+    /// Machines with their last use (version 5).
+    MachineUses(Vec<MachineUseInfo>),
 }
 
 impl PageItems {
@@ -273,6 +276,7 @@ impl PageItems {
             PageItems::UserLimits(v) => v.len(),
             PageItems::Usage(v) => v.len(),
             PageItems::Ended(v) => v.len(),
+            PageItems::MachineUses(v) => v.len(),
         }
     }
 

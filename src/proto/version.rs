@@ -11,7 +11,7 @@
 //! are here and nowhere else; a refusal or an audit entry pays for the
 //! mapping, a granted request never does.
 
-use super::{AuditAction, ErrorCode, Req, MIN_VERSION, VERSION};
+use super::{AuditAction, ErrorCode, ListOf, Req, MIN_VERSION, VERSION};
 
 /// The protocol version of one stream (its `Hello`'s), known to be one
 /// this build speaks.
@@ -91,6 +91,7 @@ impl Version {
         let listed = match self.0 {
             1 => AuditAction::OfflineCreated,
             2 | 3 => AuditAction::SubscriptionChanged,
+            4 => AuditAction::UserLimitSet,
             _ => return None,
         };
         if (action as u8) <= (listed as u8) {
@@ -99,8 +100,9 @@ impl Version {
         Some(match action {
             // Removing a member revokes their keys.
             AuditAction::UserRemoved => AuditAction::KeyRevoked,
-            // Removing a machine is the other act that ends its sessions.
-            AuditAction::SessionKilled => AuditAction::MachineRemoved,
+            // Removing a machine is the other act that ends its sessions;
+            // an expiry removes one.
+            AuditAction::SessionKilled | AuditAction::MachineExpired => AuditAction::MachineRemoved,
             // Subscriptions and caps change what the org may hold.
             _ => AuditAction::QuotaChanged,
         })
@@ -112,6 +114,9 @@ fn since(req: &Req) -> u16 {
     match req {
         Req::Reattach { .. } => 2,
         Req::Checkout { .. } | Req::Label { .. } | Req::SetUserLimit { .. } | Req::ListUserLimits { .. } => 3,
+        Req::List { of: ListOf::MachineUses { .. }, .. }
+        | Req::RegisterEphemeral { .. }
+        | Req::SetMachinePolicy { .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -122,10 +127,11 @@ mod tests {
     use super::*;
 
     /// The last code and action each version's first document listed.
-    const LISTED: [(u16, ErrorCode, AuditAction); 3] = [
+    const LISTED: [(u16, ErrorCode, AuditAction); 4] = [
         (1, ErrorCode::Internal, AuditAction::OfflineCreated),
         (2, ErrorCode::ResponseTooLarge, AuditAction::SubscriptionChanged),
         (3, ErrorCode::QueueTimeout, AuditAction::SubscriptionChanged),
+        (4, ErrorCode::NotOwner, AuditAction::UserLimitSet),
     ];
 
     #[test]
@@ -161,6 +167,8 @@ mod tests {
             SessionKilled,
             SubscriptionChanged,
             UserLimitSet,
+            MachineExpired,
+            PolicyChanged,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();
@@ -174,8 +182,8 @@ mod tests {
     }
 
     #[test]
-    fn only_version_4_streams_are_redirected() {
+    fn only_version_4_streams_and_later_are_redirected() {
         let redirected: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().redirects()).collect();
-        assert_eq!(redirected, [4]);
+        assert_eq!(redirected, [4, 5]);
     }
 }

@@ -108,7 +108,11 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
             reattach(call, Target { org, pool, machine }, nonce, token).await
         }
         Req::RegisterMachine { org, pool, machine } => {
-            let new = call.shared.ops.register(call.c(), &Target { org, pool, machine }).await;
+            let new = call.shared.ops.register(call.c(), &Target { org, pool, machine }, false).await;
+            new.map(|new| Resp::Registered { new })
+        }
+        Req::RegisterEphemeral { org, pool, machine } => {
+            let new = call.shared.ops.register(call.c(), &Target { org, pool, machine }, true).await;
             new.map(|new| Resp::Registered { new })
         }
         Req::Activate { org, pool, machine, nonce } => activate(call, Target { org, pool, machine }, nonce).await,
@@ -143,6 +147,10 @@ async fn act(call: &Call<'_>, req: Req) -> Reply {
             Ok(Resp::OrgCreated { owner_key: key.key })
         }
         Req::SetPool { org, pool, quota } => done(ops.set_pool(c, &org, pool, quota).await),
+        Req::SetMachinePolicy { org, pool, machine_idle_ms, ephemeral } => {
+            let idle = machine_idle_ms.map(std::time::Duration::from_millis);
+            done(ops.set_policy(c, (&org, pool), crate::core::Policy { idle, ephemeral }).await)
+        }
         Req::SetSubscription { org, subscription_end } => {
             done(ops.set_subscription(c, &org, parse_end_of_date(&subscription_end)?).await)
         }

@@ -21,8 +21,8 @@ use super::handler::{Call, Reply};
 use super::wire::list;
 use crate::core::{Millis, SessionId};
 use crate::proto::{
-    AuditEntry, Cursor, EndedSession, ErrorCode, GrantInfo, KeyInfo, ListOf, MachineInfo, OfflineInfo, OrgInfo,
-    PageItems, PoolState, Resp, SessionView, UsagePoint, UserInfo, UserLimitInfo, WireError, MAX_FRAME,
+    AuditEntry, Cursor, EndedSession, ErrorCode, GrantInfo, KeyInfo, ListOf, MachineInfo, MachineUseInfo, OfflineInfo,
+    OrgInfo, PageItems, PoolState, Resp, SessionView, UsagePoint, UserInfo, UserLimitInfo, WireError, MAX_FRAME,
 };
 
 /// Most items on one page, whatever the client asks (`limit` 0 asks for this).
@@ -115,6 +115,18 @@ fn directory(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) 
         ListOf::Orgs => {
             let (v, next) = sorted(list(core.orgs(p)?), |o: &OrgInfo| o.name.clone(), after, limit)?;
             (PageItems::Orgs(v), next)
+        }
+        ListOf::MachineUses { org } => {
+            let all = core.machine_uses(p, &org)?.into_iter().map(|(pool, u)| MachineUseInfo {
+                pool,
+                machine: u.machine,
+                registered: u.registered,
+                last_use: u.last_use,
+                holds: u.holds,
+                ephemeral: u.ephemeral,
+            });
+            let (v, next) = sorted(all.collect(), |m: &MachineUseInfo| (m.pool, m.machine.clone()), after, limit)?;
+            (PageItems::MachineUses(v), next)
         }
         ListOf::UserLimits { org, pool } => {
             let caps = core.user_limits(p, &org, pool)?;

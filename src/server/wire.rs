@@ -99,6 +99,8 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::SessionKilled => proto::AuditAction::SessionKilled,
             A::SubscriptionChanged => proto::AuditAction::SubscriptionChanged,
             A::UserLimitSet => proto::AuditAction::UserLimitSet,
+            A::MachineExpired => proto::AuditAction::MachineExpired,
+            A::PolicyChanged => proto::AuditAction::PolicyChanged,
         }
     }
 }

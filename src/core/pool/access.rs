@@ -6,6 +6,7 @@
 //! The epochs here let an admission that raced a removal or a new cap
 //! check again after inserting its session.
 
+use super::tenure::Tenure;
 use super::Pool;
 use crate::core::error::{Error, Result};
 use crate::core::id::{Email, MachineId};
@@ -25,26 +26,42 @@ pub enum Registration {
 /// A machine registration: it counts toward the cap from the moment it is
 /// planned, but admits sessions only once its record is durable, so nobody
 /// runs on a registration a crash could still lose.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(super) struct Machine {
-    registered: Millis,
-    committed: bool,
+    pub registered: Millis,
+    pub committed: bool,
+    /// Its holders and last use, in a pool with a machine policy (or for
+    /// an ephemeral registration); `None` costs an admission nothing.
+    pub tenure: Option<Arc<Tenure>>,
+}
+
+impl Machine {
+    /// Registered durably and not on its way out (its tenure closed).
+    pub fn admits(&self) -> bool {
+        self.committed && !self.tenure.as_ref().is_some_and(|t| t.is_closed())
+    }
 }
 
 impl Pool {
     /// Plans a machine's registration unless the pool's machine count is at
     /// its quota: the machine takes its slot now, and admits sessions once
     /// `restore_machine` applies its committed record. Re-registering a known
-    /// machine is idempotent and always allowed.
-    pub fn register_machine(&self, machine: &MachineId, now: Millis) -> Result<Registration> {
+    /// machine is idempotent and always allowed, unless its release is
+    /// planned (`MachineNotRegistered`: register again once it is done).
+    /// `ephemeral` marks the registration so (the pool's policy may too).
+    pub fn register_machine(&self, machine: &MachineId, now: Millis, ephemeral: bool) -> Result<Registration> {
         let mut machines = self.machines.lock();
         // A pending registration of the same machine is in flight under the
         // shell's writer lock; reporting it as known takes no second slot.
-        if machines.contains_key(machine) {
-            return Ok(Registration::Known);
+        if let Some(m) = machines.get(machine) {
+            return match m.tenure.as_ref().is_some_and(|t| t.is_closed()) {
+                true => Err(Error::MachineNotRegistered),
+                false => Ok(Registration::Known),
+            };
         }
         self.room_for_machine(machines.len())?;
-        machines.insert(machine.clone(), Machine { registered: now, committed: false });
+        let tenure = self.new_tenure(now, ephemeral);
+        machines.insert(machine.clone(), Machine { registered: now, committed: false, tenure });
         Ok(Registration::New)
     }
 
@@ -106,9 +123,15 @@ impl Pool {
         }
         let cap = Arc::new(Seats::new(limit));
         caps.insert(email.clone(), cap.clone());
-        // AcqRel: the new cap is in the map before any reader sees the bump.
-        self.cap_epoch.fetch_add(1, Ordering::AcqRel);
+        self.bump_adoptions();
         Some(cap)
+    }
+
+    /// After a new cap or new tenures: admissions resolved before it count
+    /// themselves in (see `cap_epoch`).
+    pub(super) fn bump_adoptions(&self) {
+        // AcqRel: the new cap or tenure is in its map before any reader sees the bump.
+        self.cap_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Every user cap: (user, max, sessions counted).
@@ -127,13 +150,27 @@ impl Pool {
 
     /// Applies a committed registration (at startup, or after its commit):
     /// no cap check, the store only ever holds registrations that passed it.
-    pub fn restore_machine(&self, machine: MachineId, registered: Millis) {
-        self.machines.lock().insert(machine, Machine { registered, committed: true });
+    /// A registration planned in this run keeps its tenure.
+    pub fn restore_machine(&self, machine: MachineId, registered: Millis, ephemeral: bool) {
+        let mut machines = self.machines.lock();
+        match machines.get_mut(&machine) {
+            Some(m) => m.committed = true,
+            None => {
+                let tenure = self.new_tenure(registered, ephemeral);
+                machines.insert(machine, Machine { registered, committed: true, tenure });
+            }
+        }
     }
 
     /// Whether the machine is registered durably (and so may run sessions).
     pub fn has_machine(&self, machine: &MachineId) -> bool {
-        self.machines.lock().get(machine).is_some_and(|m| m.committed)
+        self.machines.lock().get(machine).is_some_and(Machine::admits)
+    }
+
+    /// The machine's tenure if it may run sessions: `None` if it may not,
+    /// `Some(None)` if its pool tracks nothing (one lock, as `has_machine`).
+    pub fn machine_tenure(&self, machine: &MachineId) -> Option<Option<Arc<Tenure>>> {
+        self.machines.lock().get(machine).filter(|m| m.admits()).map(|m| m.tenure.clone())
     }
 
     /// Registered machines with their registration times, sorted by id.
@@ -165,11 +202,11 @@ mod tests {
     fn machines_capped_by_quota_and_idempotent() {
         let p = pool(2);
         let m = |s: &str| MachineId::new(s).unwrap();
-        assert_eq!(p.register_machine(&m("a"), Millis(1)), Ok(Registration::New));
-        assert_eq!(p.register_machine(&m("a"), Millis(2)), Ok(Registration::Known));
-        assert_eq!(p.register_machine(&m("b"), Millis(3)), Ok(Registration::New));
-        assert_eq!(p.register_machine(&m("c"), Millis(4)), Err(Error::MachineLimit { quota: 2 }));
+        assert_eq!(p.register_machine(&m("a"), Millis(1), false), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("a"), Millis(2), false), Ok(Registration::Known));
+        assert_eq!(p.register_machine(&m("b"), Millis(3), false), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("c"), Millis(4), false), Err(Error::MachineLimit { quota: 2 }));
         assert!(p.forget_machine(&m("a")));
-        assert_eq!(p.register_machine(&m("c"), Millis(5)), Ok(Registration::New));
+        assert_eq!(p.register_machine(&m("c"), Millis(5), false), Ok(Registration::New));
     }
 }

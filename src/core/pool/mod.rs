@@ -10,16 +10,21 @@
 //! durable ceiling, durable holders, the restart reserve), `access`
 //! (machine registrations and per-user caps), `licensing` (KSE grants,
 //! node-locked activations, offline licenses) and `stats` (counters,
-//! refusals by reason, `status`). The wait queue's side is in `queue`.
+//! refusals by reason, `status`), `idle` and `tenure` (the machine policy:
+//! machines released when unused). The wait queue's side is in `queue`.
 
 mod access;
+mod idle;
 mod licensing;
 mod limit;
 mod stats;
+pub mod tenure;
 
 pub use access::Registration;
+pub use idle::MachineUse;
 pub use licensing::OfflineEntry;
 pub use stats::{Denial, Figures, PoolStatus};
+pub use tenure::{Policy, Tenure};
 
 use super::error::{Error, Result};
 use super::hash::FastMap;
@@ -68,10 +73,17 @@ pub struct Pool {
     /// counted and limited by a seat word of their own (see `admission`).
     /// Set rarely, by admins; read at ticket resolution, not per admission.
     caps: Mutex<FastMap<Email, Arc<Seats>>>,
-    /// Bumped when a user's cap is first created, before the sweep that
-    /// counts their live sessions: an admission resolved before the bump
-    /// checks again after inserting, so no session goes uncounted.
+    /// Bumped when a user's cap is first created, or machines are given
+    /// tenures (`idle`), before the sweep that counts the live sessions
+    /// into them: an admission resolved before the bump checks again after
+    /// inserting, so no session goes uncounted.
     cap_epoch: AtomicU64,
+    /// How long unused machines stay registered (`idle`). Read by
+    /// registration and the expiry task, never per admission.
+    policy: Mutex<tenure::Policy>,
+    /// Machines the broker released unused since the pool was created
+    /// (restored from `Record::LastUses`).
+    expired: AtomicU64,
     /// Admission limit, seats in use, and whether anyone waits; with the
     /// history's extremes on the same line (see `SeatLine`).
     pub(super) seats: Padded<SeatLine>,
@@ -146,6 +158,8 @@ impl Pool {
             removals: AtomicU64::new(0),
             caps: Mutex::new(FastMap::default()),
             cap_epoch: AtomicU64::new(0),
+            policy: Mutex::new(tenure::Policy::default()),
+            expired: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(SeatLine { seats: Seats::new(quota), extremes: Extremes::default() }),
             seat_ms_before: AtomicU64::new(0),

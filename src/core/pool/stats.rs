@@ -72,6 +72,8 @@ pub struct PoolStatus {
     /// Admissions refused for other reasons than the quota since the pool
     /// was created (`Denial::ALL` order).
     pub denied: [u64; Denial::ALL.len()],
+    /// Machines the broker released unused since the pool was created.
+    pub machines_expired: u64,
 }
 
 impl Pool {
@@ -156,6 +158,7 @@ impl Pool {
             held: self.reserve.load(Ordering::Acquire),
             ends,
             denied: *self.denied.lock(),
+            machines_expired: self.expired(),
         }
     }
 }

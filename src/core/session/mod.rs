@@ -14,6 +14,7 @@
 //! heartbeat only moves a session's deadline later, so it leaves the
 //! session's entry where it was: the expiry meets it early and moves it then.
 
+mod holds;
 mod ids;
 mod shard;
 mod slab;
@@ -25,8 +26,8 @@ use std::time::Duration;
 use self::shard::{Live, Shard, MAX_SLOTS, SHARD_ID_BITS};
 use crate::core::error::{Error, Result};
 use crate::core::id::{ConnId, Email, MachineId, Nonce, SessionId};
-use crate::core::pool::{Pool, PoolUid};
-use crate::core::seats::{SeatCount, Seats};
+use crate::core::pool::{Pool, PoolUid, Tenure};
+use crate::core::seats::Seats;
 use crate::core::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering};
 
@@ -98,6 +99,9 @@ pub struct SessionRequest {
     /// The user's cap in the pool, if any: already counted for this
     /// session; the session returns it when it ends.
     pub cap: Option<Arc<Seats>>,
+    /// The machine's tenure, in a pool that tracks machine use: the
+    /// session holds it from admission to its end.
+    pub tenure: Option<Arc<Tenure>>,
 }
 
 /// Where a new session's seat may come from (a live session of the same
@@ -165,18 +169,6 @@ pub struct SessionInfo {
     pub labels: crate::value::Labels,
 }
 
-/// See `Sessions::adopt_cap`.
-fn adopt(live: &mut Live, enforce: bool, cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>) -> Result<()> {
-    if live.cap.is_some() {
-        return Ok(());
-    }
-    let Some(cap) = cap_for(&live.user) else { return Ok(()) };
-    cap.update(|c| (!enforce || c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, ..c }))
-        .map_err(|c| Error::UserLimit { max: c.limit })?;
-    live.cap = Some(cap);
-    Ok(())
-}
-
 /// Checks that `id` is live in `shard` and that `allow` accepts its holder;
 /// returns its deadline. Anything else looks like an ended session, so an id
 /// reveals nothing to a caller who may not use it.
@@ -213,6 +205,9 @@ pub struct Ended {
     pub reason: EndReason,
     /// When.
     pub at: Millis,
+    /// Its machine's tenure has no holder left (a tracked pool): the
+    /// machine may be due for release now.
+    pub machine_unheld: bool,
 }
 
 /// All live sessions of the broker.
@@ -304,19 +299,16 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(Error::TableFull);
         }
-        // The user's cap first (a refusal leaves the pool untouched), then
-        // the pool's seat; the session returns both when it ends.
-        if let Some(cap) = &req.cap {
-            if let Err(c) = cap.try_acquire() {
-                self.publish(index, &shard);
-                return Err(Error::UserLimit { max: c.limit });
-            }
+        // The machine's tenure and the user's cap first (a refusal leaves
+        // the pool untouched), then the pool's seat; the session returns
+        // all three when it ends.
+        if let Err(e) = Self::take_holds(&req) {
+            self.publish(index, &shard);
+            return Err(e);
         }
         let seat = Self::take_seat(&mut shard, pool, now, seat);
         if let Err(e) = seat {
-            if let Some(cap) = &req.cap {
-                cap.release(1);
-            }
+            Self::give_holds(&req);
             self.publish(index, &shard);
             return Err(e);
         }
@@ -331,6 +323,7 @@ impl SessionTable {
             indexed: deadline,
             labels: req.labels,
             cap: req.cap,
+            tenure: req.tenure,
         };
         // Invariant: the shard has room (checked above, under the same lock).
         let id = shard.insert(live).expect("shard has a free slot");
@@ -384,36 +377,6 @@ impl SessionTable {
         // Invariant: vetted live above, under this same lock.
         let s = shard.get(id).expect("vetted live above");
         Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
-    }
-
-    /// Counts a live session into its user's cap (`cap_for` finds it),
-    /// unless it already is: `enforce` refuses (`UserLimit`) when the cap
-    /// is full (an admission checking itself after inserting), otherwise
-    /// it counts it regardless (a session older than the cap, which is not
-    /// cut). Under the shard's lock, so a session is counted at most once.
-    pub fn adopt_cap(
-        &self,
-        id: SessionId,
-        enforce: bool,
-        cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>,
-    ) -> Result<()> {
-        let (_, mut shard) = self.lock_for(id);
-        let Some(live) = shard.get_mut(id) else { return Ok(()) };
-        adopt(live, enforce, cap_for)
-    }
-
-    /// Counts every live session matching `pred` into `cap` (a new cap's sweep).
-    pub fn adopt_where(&self, cap: &Arc<Seats>, mut pred: impl FnMut(&Pool, &Email) -> bool) {
-        for cell in self.shards.iter() {
-            let mut shard = cell.lock.lock();
-            let ids: Vec<SessionId> =
-                shard.iter().filter(|(_, s)| pred(shard.pool_of(s), &s.user)).map(|(id, _)| id).collect();
-            for id in ids {
-                if let Some(live) = shard.get_mut(id) {
-                    let _ = adopt(live, false, |_| Some(cap.clone()));
-                }
-            }
-        }
     }
 
     /// Replaces a live session's labels if `allow` accepts its holder.

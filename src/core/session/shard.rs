@@ -48,6 +48,8 @@ pub(super) struct Live {
     pub labels: crate::value::Labels,
     /// Its user's cap in the pool, when the session is counted in one.
     pub cap: Option<Arc<super::super::seats::Seats>>,
+    /// Its machine's tenure, in a pool that tracks machine use.
+    pub tenure: Option<Arc<crate::core::pool::Tenure>>,
 }
 
 struct Slot {
@@ -256,6 +258,7 @@ impl Shard {
         if let Some(cap) = &live.cap {
             cap.release(1);
         }
+        let machine_unheld = live.tenure.as_ref().is_some_and(|t| t.give_back(Some(now)) == 0);
         let Shard { pools, closed, dropped, .. } = self;
         // Invariant: as in `pool_of`, the session's pool is registered here.
         let entry = pools.get_mut(&live.pool).expect("a session's pool is registered in its shard");
@@ -269,7 +272,7 @@ impl Shard {
         // record of its end instead of being copied (a release is hot).
         let Live { machine, user, labels, started, deadline, conn, .. } = live;
         let info = SessionInfo { session: id, pool, machine, user, started, deadline, labels };
-        Some(Ended { org, info, conn, reason, at: now })
+        Some(Ended { org, info, conn, reason, at: now, machine_unheld })
     }
 
     /// A public view of a live session.
@@ -321,6 +324,11 @@ impl Shard {
     /// Live sessions in slot order, from slot `first` on.
     pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (SessionId, &Live)> + '_ {
         self.slots.iter_from(first).filter_map(move |(s, slot)| slot.live.as_ref().map(|l| (self.id_of(s as u32), l)))
+    }
+
+    /// Every live session, to change in place (never its pool, nonce or deadline).
+    pub fn lives_mut(&mut self) -> impl Iterator<Item = &mut Live> + '_ {
+        self.slots.iter_mut().filter_map(|slot| slot.live.as_mut())
     }
 
     pub fn len(&self) -> usize {

@@ -43,6 +43,11 @@ impl<T> Slab<T> {
         self.chunks.get(i >> CHUNK_BITS)?.get(i & (CHUNK - 1))
     }
 
+    /// Every slot, to change in place.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> + '_ {
+        self.chunks.iter_mut().flatten()
+    }
+
     /// The slots from index `first` on, with their indexes, in order.
     pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (usize, &T)> + '_ {
         let chunk = first >> CHUNK_BITS;

@@ -34,8 +34,8 @@ struct Page {
     manage: bool,
     licensed: Vec<Licensed>,
     online: Vec<Online>,
-    /// Registered machines: (machine, when).
-    machines: Vec<(String, When)>,
+    /// Registered machines: (machine, when, last use where the pool keeps it).
+    machines: Vec<(String, When, Option<When>)>,
     offline: Vec<super::offline::Row>,
     /// An offline license just created (its download starts).
     created: Option<super::offline::Row>,
@@ -142,9 +142,12 @@ fn gather(web: &Web, s: &Signed, org: &OrgName, q: &Fields) -> Result<Page, crat
 fn fill_lists(page: &mut Page, web: &Web, p: &Principal, org: &OrgName, pool: PoolId) {
     let core = web.ops.core();
     let now = web.ops.clock().now();
-    let (Ok(sessions), Ok(grants), Ok(machines), Ok(offline)) =
-        (core.sessions(p, org), core.grants(p, org, Some(pool)), core.machines(p, org), core.offline_licenses(p, org))
-    else {
+    let (Ok(sessions), Ok(grants), Ok(machines), Ok(offline)) = (
+        core.sessions(p, org),
+        core.grants(p, org, Some(pool)),
+        core.machine_uses(p, org),
+        core.offline_licenses(p, org),
+    ) else {
         return;
     };
     page.manage = true;
@@ -159,8 +162,8 @@ fn fill_lists(page: &mut Page, web: &Web, p: &Principal, org: &OrgName, pool: Po
         .collect();
     page.machines = machines
         .into_iter()
-        .filter(|m| m.pool == pool)
-        .map(|m| (m.machine.to_string(), at(m.registered, now)))
+        .filter(|(p, _)| *p == pool)
+        .map(|(_, m)| (m.machine.to_string(), at(m.registered, now), m.last_use.map(|u| at(u, now))))
         .collect();
     page.offline = offline.into_iter().filter(|o| o.pool == pool).map(super::offline::Row::of).collect();
 }

@@ -1,0 +1,118 @@
+//! What a session holds besides its seat: its user's cap (a seat word of
+//! the user's own) and, in a pool that tracks machine use, its machine's
+//! tenure. Both are taken before the pool's seat and given back when the
+//! session ends (`shard::Shard::end`); a cap or tenures created under live
+//! sessions are adopted by them here, each at most once (under the
+//! session's shard lock).
+
+use super::shard::Live;
+use super::{SessionRequest, SessionTable};
+use crate::core::error::{Error, Result};
+use crate::core::id::{Email, MachineId, SessionId};
+use crate::core::pool::{Pool, PoolUid, Tenure};
+use crate::core::seats::{SeatCount, Seats};
+use crate::sync::Arc;
+
+/// See `SessionTable::adopt_cap`.
+fn adopt(live: &mut Live, enforce: bool, cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>) -> Result<()> {
+    if live.cap.is_some() {
+        return Ok(());
+    }
+    let Some(cap) = cap_for(&live.user) else { return Ok(()) };
+    cap.update(|c| (!enforce || c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, ..c }))
+        .map_err(|c| Error::UserLimit { max: c.limit })?;
+    live.cap = Some(cap);
+    Ok(())
+}
+
+impl SessionTable {
+    /// Takes a new session's holds on its machine's tenure and its user's cap.
+    pub(super) fn take_holds(req: &SessionRequest) -> Result<()> {
+        if let Some(tenure) = &req.tenure {
+            if !tenure.take() {
+                return Err(Error::MachineNotRegistered);
+            }
+        }
+        if let Some(cap) = &req.cap {
+            if let Err(c) = cap.try_acquire() {
+                if let Some(tenure) = &req.tenure {
+                    tenure.give_back(None);
+                }
+                return Err(Error::UserLimit { max: c.limit });
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives back what `take_holds` took, for a session never admitted
+    /// (no use of the machine: it ran nothing).
+    pub(super) fn give_holds(req: &SessionRequest) {
+        if let Some(tenure) = &req.tenure {
+            tenure.give_back(None);
+        }
+        if let Some(cap) = &req.cap {
+            cap.release(1);
+        }
+    }
+
+    /// Counts a live session into its user's cap (`cap_for` finds it),
+    /// unless it already is: `enforce` refuses (`UserLimit`) when the cap
+    /// is full (an admission checking itself after inserting), otherwise
+    /// it counts it regardless (a session older than the cap, which is not
+    /// cut). Under the shard's lock, so a session is counted at most once.
+    pub fn adopt_cap(
+        &self,
+        id: SessionId,
+        enforce: bool,
+        cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>,
+    ) -> Result<()> {
+        let (_, mut shard) = self.lock_for(id);
+        let Some(live) = shard.get_mut(id) else { return Ok(()) };
+        adopt(live, enforce, cap_for)
+    }
+
+    /// Makes a live session hold its machine's tenure (`tenure_for` finds
+    /// it) unless it already does or has none; refused (`MachineNotRegistered`)
+    /// if the machine's release is planned. Under the shard's lock, so a
+    /// session holds it at most once.
+    pub fn adopt_tenure(
+        &self,
+        id: SessionId,
+        tenure_for: impl FnOnce(&MachineId) -> Option<Arc<Tenure>>,
+    ) -> Result<()> {
+        let (_, mut shard) = self.lock_for(id);
+        let Some(live) = shard.get_mut(id).filter(|l| l.tenure.is_none()) else { return Ok(()) };
+        let Some(tenure) = tenure_for(&live.machine) else { return Ok(()) };
+        if !tenure.take() {
+            return Err(Error::MachineNotRegistered);
+        }
+        live.tenure = Some(tenure);
+        Ok(())
+    }
+
+    /// Makes every live session of `pool` hold its machine's tenure (the
+    /// sweep after a pool's machines were given tenures).
+    pub fn adopt_tenures(&self, pool: PoolUid, tenure_for: impl Fn(&MachineId) -> Option<Arc<Tenure>>) {
+        for cell in self.shards.iter() {
+            let mut shard = cell.lock.lock();
+            for live in shard.lives_mut().filter(|l| l.pool == pool && l.tenure.is_none()) {
+                // A new tenure is open (nothing closes one before this sweep ends).
+                live.tenure = tenure_for(&live.machine).filter(|t| t.take());
+            }
+        }
+    }
+
+    /// Counts every live session matching `pred` into `cap` (a new cap's sweep).
+    pub fn adopt_where(&self, cap: &Arc<Seats>, mut pred: impl FnMut(&Pool, &Email) -> bool) {
+        for cell in self.shards.iter() {
+            let mut shard = cell.lock.lock();
+            let ids: Vec<SessionId> =
+                shard.iter().filter(|(_, s)| pred(shard.pool_of(s), &s.user)).map(|(id, _)| id).collect();
+            for id in ids {
+                if let Some(live) = shard.get_mut(id) {
+                    let _ = adopt(live, false, |_| Some(cap.clone()));
+                }
+            }
+        }
+    }
+}
