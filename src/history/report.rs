@@ -124,6 +124,21 @@ pub fn usage(
 }
 
 impl UsageAsk {
+    /// The org asked about.
+    pub fn org(&self) -> &OrgName {
+        &self.org
+    }
+
+    /// The pools asked about.
+    pub fn pools(&self) -> impl Iterator<Item = PoolId> + '_ {
+        self.pools.iter().map(|(p, _)| *p)
+    }
+
+    /// The range and the step (ms).
+    pub fn span(&self) -> ((Millis, Millis), u64) {
+        (self.range, self.step_ms)
+    }
+
     /// Reads the answer: one series per pool.
     pub fn read(&self, h: &History) -> Result<Vec<Series>, ReportError> {
         let (from, to) = self.range;
@@ -167,6 +182,21 @@ pub fn sessions(
 }
 
 impl SessionsAsk {
+    /// The org asked about.
+    pub fn org(&self) -> &OrgName {
+        &self.org
+    }
+
+    /// The range, the cursor and the most rows asked for.
+    pub fn span(&self) -> ((Millis, Millis), Option<(u64, u64)>, usize) {
+        (self.range, self.after, self.limit)
+    }
+
+    /// The filter.
+    pub fn filter(&self) -> &SessionFilter {
+        &self.filter
+    }
+
     /// The same question, keeping only the sessions `filter` keeps.
     pub fn filtered(self, filter: SessionFilter) -> SessionsAsk {
         SessionsAsk { filter, ..self }

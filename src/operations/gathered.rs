@@ -1,0 +1,184 @@
+//! The history's reports over a whole cluster. Each node keeps the history
+//! of the time it served an org (its own `history.redb`), so the node
+//! serving an org now reads its own slice and asks every other node for
+//! theirs (`cluster::peer`), at once, and merges them (`merge`). A node
+//! that does not answer within its deadline is named in the answer
+//! (`Missing`) rather than failing the report or silently showing less.
+//!
+//! On a single broker (no cluster, so no peers) a report is this node's
+//! read alone: the same call, with nothing else to ask.
+//!
+//! The other side, a node answering for its slice, is `slice_usage` and
+//! `slice_sessions`: the history's rows as they are, for any org (the org
+//! may no longer be served here), to a caller the door has checked is a
+//! node of this cluster.
+
+use serde::{Deserialize, Serialize};
+
+use super::merge::{self, PoolSlice};
+use super::Operations;
+use crate::core::{Millis, OrgName, PoolId};
+use crate::history::filter::SessionFilter;
+use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, MAX_POINTS, MAX_SESSIONS};
+use crate::history::{EndedRow, SessionsPage};
+
+/// A node whose slice of the history is not in an answer, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    /// The node's name.
+    pub node: String,
+    /// Why (it did not answer in time, is not live, refused).
+    pub why: String,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} {}", self.node, self.why)
+    }
+}
+
+/// A report's answer, and the nodes whose part of it is missing.
+#[derive(Debug)]
+pub struct Gathered<T> {
+    /// The answer.
+    pub value: T,
+    /// The nodes not in it (empty on a single broker, and when all answered).
+    pub missing: Vec<Missing>,
+}
+
+/// One node's page of ended sessions, as it travels.
+#[derive(Serialize, Deserialize)]
+struct SessionsSlice {
+    rows: Vec<(u64, EndedRow)>,
+    next: Option<(u64, u64)>,
+}
+
+impl Operations {
+    /// The usage `ask` asks for, over every node that served the org.
+    pub async fn usage_gathered(&self, ask: UsageAsk) -> Result<Gathered<Vec<Series>>, ReportError> {
+        let path = usage_path(&ask);
+        let local = self.read_history(move |h| ask.read(h));
+        let (local, answers) = tokio::join!(local, self.ask_peers(path));
+        let mut value = local?;
+        let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
+        merge::series(&mut value, slices);
+        Ok(Gathered { value, missing })
+    }
+
+    /// The page of ended sessions `ask` asks for, over every node that
+    /// served the org (one page of each, merged: `merge::pages`).
+    pub async fn sessions_gathered(&self, ask: SessionsAsk) -> Result<Gathered<SessionsPage>, ReportError> {
+        let path = sessions_path(&ask);
+        let limit = ask.span().2;
+        let local = self.read_history(move |h| ask.read(h));
+        let (local, answers) = tokio::join!(local, self.ask_peers(path));
+        let local = local?;
+        let (slices, missing) = decoded::<SessionsSlice>(answers);
+        if slices.is_empty() {
+            return Ok(Gathered { value: local, missing });
+        }
+        let pages = std::iter::once(local).chain(slices.into_iter().map(|s| (s.rows, s.next))).collect();
+        Ok(Gathered { value: merge::pages(pages, limit), missing })
+    }
+
+    /// Every other node's answer to `path` (none on a single broker, or
+    /// before the cluster was read).
+    async fn ask_peers(&self, path: String) -> Vec<(String, Result<hyper::body::Bytes, String>)> {
+        let (Some(seat), Some(peers)) = (&self.cluster, &self.peers) else { return Vec::new() };
+        let targets = seat.peers();
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        peers.ask(&targets, &path, crate::cluster::peer::now_ms()).await
+    }
+
+    /// This node's rollups of `org`'s `pools`, encoded for the node that asked.
+    pub async fn slice_usage(
+        &self,
+        org: OrgName,
+        pools: Vec<PoolId>,
+        (from, to): (Millis, Millis),
+        step_ms: u64,
+    ) -> Result<Vec<u8>, ReportError> {
+        bounded_usage(pools.len(), (from, to), step_ms)?;
+        let slices = self
+            .read_history(move |h| {
+                let mut out: Vec<PoolSlice> = Vec::new();
+                for pool in pools {
+                    let points = h.usage(org.as_str(), &pool.to_string(), from, to, step_ms)?;
+                    out.push((pool.to_string(), points.into_iter().map(|p| (p.start, p.step_ms, p.usage)).collect()));
+                }
+                Ok(out)
+            })
+            .await?;
+        postcard::to_allocvec(&slices).map_err(|e| ReportError::Task(e.to_string()))
+    }
+
+    /// This node's page of `org`'s ended sessions, encoded for the node that asked.
+    pub async fn slice_sessions(
+        &self,
+        org: OrgName,
+        range: (Millis, Millis),
+        (after, limit): (Option<(u64, u64)>, usize),
+        filter: SessionFilter,
+    ) -> Result<Vec<u8>, ReportError> {
+        let limit = limit.clamp(1, MAX_SESSIONS);
+        let (rows, next) = self
+            .read_history(move |h| Ok(h.sessions(org.as_str(), range, after, limit, &|r| filter.keeps(r))?))
+            .await?;
+        postcard::to_allocvec(&SessionsSlice { rows, next }).map_err(|e| ReportError::Task(e.to_string()))
+    }
+}
+
+/// A slice's question within a report's bounds.
+fn bounded_usage(pools: usize, (from, to): (Millis, Millis), step_ms: u64) -> Result<(), ReportError> {
+    let minute = crate::core::usage::MINUTE_MS;
+    let ok = from < to && step_ms >= minute && step_ms.is_multiple_of(minute) && pools <= 64;
+    match ok && (to.0 - from.0) / step_ms <= MAX_POINTS {
+        true => Ok(()),
+        false => Err(ReportError::Invalid("the slice asked for is out of bounds".into())),
+    }
+}
+
+/// The peer path of a usage question.
+fn usage_path(ask: &UsageAsk) -> String {
+    let ((from, to), step) = ask.span();
+    let pools: Vec<String> = ask.pools().map(|p| p.to_string()).collect();
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("org", ask.org().as_str()).append_pair("pools", &pools.join(","));
+    q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
+    q.append_pair("step", &step.to_string());
+    format!("/peer/v1/usage?{}", q.finish())
+}
+
+/// The peer path of a question about ended sessions.
+fn sessions_path(ask: &SessionsAsk) -> String {
+    let ((from, to), after, limit) = ask.span();
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("org", ask.org().as_str());
+    q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
+    q.append_pair("limit", &limit.to_string());
+    if let Some((end, id)) = after {
+        q.append_pair("after", &format!("{end}.{id}"));
+    }
+    for (k, v) in ask.filter().pairs() {
+        q.append_pair(k, &v);
+    }
+    format!("/peer/v1/sessions?{}", q.finish())
+}
+
+/// The answers that decoded, and the nodes that gave none.
+fn decoded<T: serde::de::DeserializeOwned>(
+    answers: Vec<(String, Result<hyper::body::Bytes, String>)>,
+) -> (Vec<T>, Vec<Missing>) {
+    let (mut slices, mut missing) = (Vec::new(), Vec::new());
+    for (node, answer) in answers {
+        let slice = answer
+            .and_then(|b| postcard::from_bytes::<T>(&b).map_err(|e| format!("sent an answer not understood ({e})")));
+        match slice {
+            Ok(s) => slices.push(s),
+            Err(why) => missing.push(Missing { node, why }),
+        }
+    }
+    (slices, missing)
+}
