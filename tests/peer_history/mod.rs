@@ -64,6 +64,20 @@ fn totals(web: &Web, key: &str) -> (u64, u64, f64) {
     (admitted, ends, seats)
 }
 
+/// Signs in to the console at `web` with `key`: the session's cookie.
+fn sign_in(web: &Web, key: &str) -> String {
+    let form = "POST /signin HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded";
+    let (code, head, _) = web.request(form, &format!("key={key}"));
+    assert_eq!(code, 303, "{head}");
+    let cookie = head.lines().find_map(|l| l.strip_prefix("set-cookie: ")).unwrap_or_else(|| panic!("{head}"));
+    cookie.split(';').next().unwrap().to_string()
+}
+
+/// A console page as the signed-in browser gets it: (status, head, body).
+fn console(web: &Web, cookie: &str, path: &str) -> (u16, String, String) {
+    web.request(&format!("GET {path} HTTP/1.0\r\nCookie: {cookie}"), "")
+}
+
 #[test]
 fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down() {
     let _one = exclusive();
@@ -141,6 +155,10 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     // The CSV export too.
     let (code, csv) = web.get("/api/v1/sessions?org=default&from=1h&format=csv", Some(&owner));
     assert_eq!((code, csv.lines().count()), (200, total + 1), "{csv}");
+    // And the console's export.
+    let cookie = sign_in(&web, &owner);
+    let (code, head, csv) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
+    assert_eq!((code, csv.lines().count()), (200, total + 1), "{head}\n{csv}");
 
     // The rollups: each admission and each end once across the nodes (the
     // spanning session's seat time on A until the handover, on B after it;
@@ -166,8 +184,12 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     let warning = v["warning"].as_str().unwrap_or_default();
     assert!(warning.starts_with(&format!("part of the history is missing: node {a_name} ")), "{v}");
     assert_eq!(machines(v["sessions"].as_array().unwrap()), ["b0", "b1", "span"], "{v}");
-    let (code, body) = web.get("/api/v1/usage?org=default&from=1h&format=csv", Some(&owner));
-    assert_eq!(code, 200, "{body}");
+    let (code, head, page) = console(&web, &cookie, "/org/default/usage?preset=7d");
+    assert_eq!(code, 200, "{head}");
+    assert!(page.contains(&format!("part of the history is missing: node {a_name} ")), "{page}");
+    let (code, head, _) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
+    let named = head.lines().any(|l| l.starts_with("x-history-missing: part of the history is missing: node "));
+    assert!(code == 200 && named, "{head}");
 
     // A peer read not signed with the cluster's key is refused.
     let forged = "GET /peer/v1/sessions?org=default&from=0&to=9&limit=9 HTTP/1.0\r\nAuthorization: LBPeer 1.00";
