@@ -56,19 +56,21 @@ struct SessionsSlice {
 impl Operations {
     /// The usage `ask` asks for, over every node that served the org.
     pub async fn usage_gathered(&self, ask: UsageAsk) -> Result<Gathered<Vec<Series>>, ReportError> {
-        let path = usage_path(&ask);
+        let path = self.peers.is_some().then(|| usage_path(&ask));
         let local = self.read_history(move |h| ask.read(h));
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
         let mut value = local?;
         let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
-        merge::series(&mut value, slices);
+        if !slices.is_empty() {
+            merge::series(&mut value, slices);
+        }
         Ok(Gathered { value, missing })
     }
 
     /// The page of ended sessions `ask` asks for, over every node that
     /// served the org (one page of each, merged: `merge::pages`).
     pub async fn sessions_gathered(&self, ask: SessionsAsk) -> Result<Gathered<SessionsPage>, ReportError> {
-        let path = sessions_path(&ask);
+        let path = self.peers.is_some().then(|| sessions_path(&ask));
         let limit = ask.span().2;
         let local = self.read_history(move |h| ask.read(h));
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
@@ -81,10 +83,10 @@ impl Operations {
         Ok(Gathered { value: merge::pages(pages, limit), missing })
     }
 
-    /// Every other node's answer to `path` (none on a single broker, or
-    /// before the cluster was read).
-    async fn ask_peers(&self, path: String) -> Vec<(String, Result<hyper::body::Bytes, String>)> {
-        let (Some(seat), Some(peers)) = (&self.cluster, &self.peers) else { return Vec::new() };
+    /// Every other node's answer to `path` (none on a single broker, which
+    /// has no `path` to ask: nothing is built or sent there).
+    async fn ask_peers(&self, path: Option<String>) -> Vec<(String, Result<hyper::body::Bytes, String>)> {
+        let (Some(seat), Some(peers), Some(path)) = (&self.cluster, &self.peers, path) else { return Vec::new() };
         let targets = seat.peers();
         if targets.is_empty() {
             return Vec::new();

@@ -155,6 +155,12 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     // The CSV export too.
     let (code, csv) = web.get("/api/v1/sessions?org=default&from=1h&format=csv", Some(&owner));
     assert_eq!((code, csv.lines().count()), (200, total + 1), "{csv}");
+    // What the merge costs B (printed, never asserted: a debug build on a shared machine).
+    for path in ["/api/v1/sessions?org=default&from=1h", "/api/v1/usage?org=default&from=1h&step=1m"] {
+        let (_, head, _) = web.request(&format!("GET {path} HTTP/1.0\r\nAuthorization: Bearer {owner}"), "");
+        let timing = head.lines().find_map(|l| l.strip_prefix("server-timing: ")).unwrap_or_default();
+        eprintln!("{path} over both nodes: {timing}");
+    }
     // And the console's export.
     let cookie = sign_in(&web, &owner);
     let (code, head, csv) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
