@@ -228,10 +228,10 @@ fn said_missing(v: &mut serde_json::Value, missing: &[Missing]) {
     v["warning"] = serde_json::Value::String(missing_words(missing));
 }
 
-/// "part of the history is missing: node n0 did not answer within 2 s".
+/// "part of the history may be missing: node n0 did not answer within 2 s".
 pub(super) fn missing_words(missing: &[Missing]) -> String {
     let each: Vec<String> = missing.iter().map(Missing::to_string).collect();
-    format!("part of the history is missing: {}", each.join("; "))
+    format!("part of the history may be missing: {}", each.join("; "))
 }
 
 /// The same, as `X-History-Missing` on any answer (a CSV has no room for it).
