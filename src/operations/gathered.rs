@@ -46,6 +46,19 @@ pub struct Gathered<T> {
     pub missing: Vec<Missing>,
 }
 
+/// Other nodes' rollups of an org's pools, to fold into this node's.
+#[derive(Debug, Default)]
+pub struct PeerUsage(Vec<Vec<PoolSlice>>);
+
+impl PeerUsage {
+    /// Adds them to `series` (this node's read of the same question).
+    pub fn fold_into(&self, series: &mut [Series]) {
+        if !self.0.is_empty() {
+            merge::series(series, &self.0);
+        }
+    }
+}
+
 /// One node's page of ended sessions, as it travels.
 #[derive(Serialize, Deserialize)]
 struct SessionsSlice {
@@ -62,7 +75,7 @@ impl Operations {
         let mut value = local?;
         let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
         if !slices.is_empty() {
-            merge::series(&mut value, slices);
+            merge::series(&mut value, &slices);
         }
         Ok(Gathered { value, missing })
     }
@@ -81,6 +94,19 @@ impl Operations {
         }
         let pages = std::iter::once(local).chain(slices.into_iter().map(|s| (s.rows, s.next))).collect();
         Ok(Gathered { value: merge::pages(pages, limit), missing })
+    }
+
+    /// Whether this node asks other nodes for their slices (a cluster node).
+    pub fn has_peers(&self) -> bool {
+        self.peers.is_some()
+    }
+
+    /// The other nodes' rollups for `ask` alone, for a page that reads this
+    /// node's own on a blocking thread and folds these in (`PeerUsage`).
+    pub async fn peer_usage(&self, ask: &UsageAsk) -> Gathered<PeerUsage> {
+        let path = self.peers.is_some().then(|| usage_path(ask));
+        let (slices, missing) = decoded::<Vec<PoolSlice>>(self.ask_peers(path).await);
+        Gathered { value: PeerUsage(slices), missing }
     }
 
     /// Every other node's answer to `path` (none on a single broker, which

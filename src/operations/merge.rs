@@ -18,7 +18,7 @@ pub type PoolSlice = (String, Vec<(u64, u64, Usage)>);
 
 /// Folds the other nodes' slices into `series` (this node's), by pool
 /// and step start; a slice of a pool not asked about is ignored.
-pub fn series(series: &mut [Series], slices: Vec<Vec<PoolSlice>>) {
+pub fn series(series: &mut [Series], slices: &[Vec<PoolSlice>]) {
     for s in series.iter_mut() {
         let name = s.pool.to_string();
         let mut by_start: BTreeMap<u64, Point> = s.points.drain(..).map(|p| (p.start, p)).collect();
@@ -126,7 +126,7 @@ mod tests {
             vec![Series { pool, quota: 4, points: vec![p(60_000, u(1_000, 1, 1)), p(120_000, u(500, 0, 2))] }];
         let theirs = vec![(pool.to_string(), vec![(0, 60_000, u(7, 1, 3)), (60_000, 60_000, u(2_000, 2, 3))])];
         let elsewhere = vec![("kse-floating-annual".to_string(), vec![(0, 60_000, u(9, 9, 9))])];
-        series(&mut mine, vec![theirs, elsewhere]);
+        series(&mut mine, &[theirs, elsewhere]);
         let got: Vec<(u64, u64, u64, u32)> =
             mine[0].points.iter().map(|p| (p.start, p.usage.seat_ms, p.usage.admitted, p.usage.peak)).collect();
         assert_eq!(got, [(0, 7, 1, 3), (60_000, 3_000, 3, 3), (120_000, 500, 0, 2)]);

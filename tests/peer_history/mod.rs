@@ -165,6 +165,8 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     let cookie = sign_in(&web, &owner);
     let (code, head, csv) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
     assert_eq!((code, csv.lines().count()), (200, total + 1), "{head}\n{csv}");
+    let (code, _, overview) = console(&web, &cookie, "/org/default?range=day");
+    assert!(code == 200 && !overview.contains("id=\"missing\""), "{overview}");
 
     // The rollups: each admission and each end once across the nodes (the
     // spanning session's seat time on A until the handover, on B after it;
@@ -193,6 +195,8 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     let (code, head, page) = console(&web, &cookie, "/org/default/usage?preset=7d");
     assert_eq!(code, 200, "{head}");
     assert!(page.contains(&format!("part of the history may be missing: node {a_name} ")), "{page}");
+    let (code, _, overview) = console(&web, &cookie, "/org/default?range=day");
+    assert!(code == 200 && overview.contains(&format!("history may be missing: node {a_name} ")), "{overview}");
     let (code, head, _) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
     let named = head.lines().any(|l| l.starts_with("x-history-missing: part of the history may be missing: node "));
     assert!(code == 200 && named, "{head}");

@@ -13,6 +13,7 @@
 //! machines, licensed users, offline licenses and the audit trail are for
 //! the org's Owners and Admins, who alone get the Kill button.
 
+mod cluster;
 mod svg;
 pub mod view;
 
@@ -28,6 +29,7 @@ use crate::core::usage::MINUTE_MS;
 use crate::core::{Millis, OrgName, Principal, Role, SessionId};
 use crate::history::report;
 use crate::http::Web;
+use crate::operations::gathered::PeerUsage;
 use view::{LiveView, OrgView, PoolView, RANGES};
 
 /// Most audit entries the page shows.
@@ -144,11 +146,14 @@ pub(super) async fn org_page(
     let range = q.get("range").cloned().unwrap_or_else(|| "week".into());
     let flash = killed(&web, &cookie, &org, q.get("killed")).map(|s| format!("Session {s} was ended."));
     let s = web.clone();
+    let now = web.ops.clock().now();
+    let elsewhere = cluster::fetch(&web, &p, &org, &range, now).await;
     let turn = web.ops.report_turn().await;
     let built = tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let mut v = gather(&s, &p, &org, &range, s.ops.clock().now())?;
+        let mut v = gather(&s, &p, &org, (&range, now), &elsewhere)?;
         v.flash = flash;
+        v.missing = (!elsewhere.missing.is_empty()).then(|| super::api::missing_words(&elsewhere.missing));
         if v.kill_token.is_some() {
             v.kill_token = Some(s.signer.csrf_token(&cookie));
         }
@@ -213,13 +218,19 @@ pub(super) async fn kill(
 }
 
 /// Everything the org page shows, gathered as `p` may see it.
-fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> Result<OrgView, crate::core::Error> {
+fn gather(
+    web: &Web,
+    p: &Principal,
+    org: &OrgName,
+    (range, now): (&str, Millis),
+    elsewhere: &cluster::Elsewhere,
+) -> Result<OrgView, crate::core::Error> {
     let core = web.ops.core();
     let status = core.status(p, Some(org))?;
-    let (range, span, step) = RANGES.iter().find(|r| r.0 == range).copied().unwrap_or(RANGES[1]);
+    let (range, span, step) = range_of(range);
     let (from, to) = (Millis(now.0.saturating_sub(span)), now);
     let subscription_ends = core.subscription_end(p, org).map(crate::core::format_end_date).unwrap_or_default();
-    let ask = Ask { web, p, org, span, step, now };
+    let ask = Ask { web, p, org, span, step, now, elsewhere };
     // The licensed users' last use scans the ended sessions while the
     // pools' charts read the rollups and replay: the page's two long
     // reads side by side (the report's turn bounds how many pages at once).
@@ -257,6 +268,7 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
         machines,
         audit,
         flash: None,
+        missing: None,
         totals: [0; 4],
     };
     v.cut();
@@ -272,6 +284,24 @@ struct Ask<'a> {
     span: u64,
     step: u64,
     now: Millis,
+    /// The other nodes' rollups for the page's charts (a cluster node's).
+    elsewhere: &'a cluster::Elsewhere,
+}
+
+/// A range's name, its length and its chart's step (ms); the week's for a
+/// name the page does not offer.
+fn range_of(name: &str) -> (&'static str, u64, u64) {
+    RANGES.iter().find(|r| r.0 == name).copied().unwrap_or(RANGES[1])
+}
+
+/// The org page's three rollup questions as (step, range) at `now`: the
+/// chart's, the heatmap's (hours over at least a week) and the time at
+/// each level's (minutes while that is few enough points, else hours).
+fn questions(span: u64, step: u64, now: Millis) -> [(u64, (Millis, Millis)); 3] {
+    let (from, to) = (Millis(now.0.saturating_sub(span)), now);
+    let heat_from = Millis(now.0.saturating_sub(span.max(7 * 86_400_000)));
+    let level_step = if span / MINUTE_MS <= report::MAX_POINTS { MINUTE_MS } else { 3_600_000 };
+    [(step, (from, to)), (3_600_000, (heat_from, to)), (level_step, (from, to))]
 }
 
 impl Ask<'_> {
@@ -303,23 +333,20 @@ impl Ask<'_> {
     /// time at each level, and (KRE) the what-if replay.
     fn charts(&self, h: &crate::history::History, s: &crate::core::PoolStatus, pv: &mut PoolView) {
         let (core, p, org, span, now) = (self.web.ops.core(), self.p, self.org, self.span, self.now);
-        let (from, to) = (Millis(now.0.saturating_sub(span)), now);
-        let read = |step: u64, (from, to): (Millis, Millis)| {
-            report::usage(core, Some(h), p, org, Some(s.pool), (from, to), step)
-                .and_then(|ask| ask.read(h))
-                .ok()
-                .and_then(|mut v| v.pop())
+        let to = now;
+        let [chart, hours, at_level] = questions(span, self.step, now);
+        let read = |(step, range): (u64, (Millis, Millis)), elsewhere: &PeerUsage| {
+            let mut series =
+                report::usage(core, Some(h), p, org, Some(s.pool), range, step).and_then(|a| a.read(h)).ok()?;
+            elsewhere.fold_into(&mut series);
+            series.pop()
         };
-        pv.series = read(self.step, (from, to));
-        // The heatmap reads hours over the range (at least a week).
-        let heat_from = Millis(now.0.saturating_sub(span.max(7 * 86_400_000)));
-        if let Some(hours) = read(3_600_000, (heat_from, to)) {
+        pv.series = read(chart, &self.elsewhere.usage[0]);
+        if let Some(hours) = read(hours, &self.elsewhere.usage[1]) {
             pv.heat = heat(&hours, s.quota);
         }
-        // Time at level: by minute while that is few enough points, else by hour.
-        let level_step = if span / MINUTE_MS <= report::MAX_POINTS { MINUTE_MS } else { 3_600_000 };
-        if let Some(fine) = read(level_step, (from, to)) {
-            pv.levels = levels(&fine, span, level_step);
+        if let Some(fine) = read(at_level, &self.elsewhere.usage[2]) {
+            pv.levels = levels(&fine, span, at_level.0);
         }
         if pv.kre {
             let seats = s.quota.saturating_sub(2)..=s.quota + 2;
