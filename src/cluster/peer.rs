@@ -185,6 +185,9 @@ impl Peers {
         path_and_query: &str,
         now_ms: u64,
     ) -> Vec<(String, Result<Bytes, String>)> {
+        // Connections to consoles no node announces any more (a node that
+        // restarted on another port) are dropped, so they never pile up.
+        self.members.lock().retain(|url, _| targets.iter().any(|t| t.console.as_deref() == Some(url.as_str())));
         let mut set = tokio::task::JoinSet::new();
         for (i, t) in targets.iter().enumerate() {
             let Some(console) = &t.console else { continue };
