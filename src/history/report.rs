@@ -247,6 +247,21 @@ impl WhatIfAsk {
         let (from, to) = self.range;
         Ok(h.what_if(self.org.as_str(), &self.pool.to_string(), from, to, &self.live, self.seats.clone())?)
     }
+
+    /// The org, the pool and the range asked about.
+    pub fn span(&self) -> (&OrgName, PoolId, (Millis, Millis)) {
+        (&self.org, self.pool, self.range)
+    }
+
+    /// What `h` recorded of the pool over the range (one node's part).
+    pub fn recorded(&self, h: &History) -> Result<super::Recorded, ReportError> {
+        Ok(h.recorded(self.org.as_str(), &self.pool.to_string(), self.range)?)
+    }
+
+    /// Replays `recorded` (every node's, merged).
+    pub fn replay(&self, recorded: super::Recorded) -> WhatIf {
+        recorded.replay(&self.live, self.range, self.seats.clone())
+    }
 }
 
 /// Parses a point in time for a report: `now`; a duration back from now

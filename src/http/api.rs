@@ -71,11 +71,6 @@ pub(super) fn report_error(e: ReportError) -> Refusal {
     }
 }
 
-/// The history (the reports checked that there is one).
-fn history(web: &Web) -> Result<&crate::history::History, Refusal> {
-    web.ops.history().ok_or_else(|| report_error(ReportError::Off))
-}
-
 fn bad(why: impl std::fmt::Display) -> Refusal {
     refuse(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why)
 }
@@ -114,23 +109,6 @@ fn csv_body(name: &str, body: String) -> Response {
     let disposition = format!("attachment; filename=\"{name}.csv\"");
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
         .into_response()
-}
-
-/// A report: the caller and the query to the answer.
-type Report = fn(&Web, &Principal, &HashMap<String, String>) -> Result<Response, Refusal>;
-
-/// Authenticates the caller, then runs `report` off the async threads.
-async fn answer(web: Arc<Web>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
-    let p = match caller(&web, headers, &q).await {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    let turn = web.ops.report_turn().await;
-    blocking(move || {
-        let _turn = turn;
-        report(&web, &p, &q)
-    })
-    .await
 }
 
 /// Who asks, authenticated; on a cluster node, an org served elsewhere
@@ -315,24 +293,35 @@ fn sessions_body(
 }
 
 /// `GET /api/v1/what-if?org=&pool=&seats=N[..M]&from=&to=&format=json|csv`.
+/// On a cluster node, of the demand every node recorded
+/// (`Operations::what_if_gathered`).
 pub(super) async fn what_if(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(web, &headers, q, what_if_report).await
+    match caller(&web, &headers, &q).await {
+        Ok(p) => what_if_report(&web, &p, q).await.unwrap_or_else(IntoResponse::into_response),
+        Err(r) => r.into_response(),
+    }
 }
 
-fn what_if_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
-    let (org, range) = org_and_range(q, web.ops.clock().now(), "30d")?;
-    let pool = pool_of(q)?.ok_or_else(|| bad("the query needs pool=POOL"))?;
+async fn what_if_report(web: &Web, p: &Principal, q: HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(&q, web.ops.clock().now(), "30d")?;
+    let pool = pool_of(&q)?.ok_or_else(|| bad("the query needs pool=POOL"))?;
     let seats = report::parse_seats(q.get("seats").ok_or_else(|| bad("the query needs seats=N or seats=N..M"))?)
         .map_err(bad)?;
     let ask =
         report::what_if(web.ops.core(), web.ops.history(), p, (&org, pool), range, seats).map_err(report_error)?;
-    let w = ask.read(history(web)?).map_err(report_error)?;
-    Ok(match csv(q)? {
+    let Gathered { value: w, missing } = web.ops.what_if_gathered(ask).await.map_err(report_error)?;
+    let mut r = match csv(&q)? {
         true => csv_body(&format!("what-if-{org}-{pool}"), export::what_if_csv(&w)),
-        false => json_body(export::what_if_json(org.as_str(), &pool.to_string(), range, &w)),
-    })
+        false => {
+            let mut v = export::what_if_json(org.as_str(), &pool.to_string(), range, &w);
+            said_missing(&mut v, &missing);
+            json_body(v)
+        }
+    };
+    missing_header(&mut r, &missing);
+    Ok(r)
 }

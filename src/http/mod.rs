@@ -10,7 +10,7 @@
 //!   utilization reports as JSON or CSV (`api`), for a caller with an API
 //!   key (`auth`): the operator reads every org, members their own. On a
 //!   cluster node they cover every node's history of the org.
-//! - `GET /peer/v1/usage`, `/peer/v1/sessions`: this node's slice of an
+//! - `GET /peer/v1/usage`, `/peer/v1/sessions`, `/peer/v1/demand`: this node's slice of an
 //!   org's history, for the other nodes of its cluster only (`peer`).
 //!
 //! `serve` brings it up on loopback by default, with the broker's own
@@ -144,6 +144,7 @@ fn routes() -> Router<Arc<Web>> {
         .route("/api/v1/availability", get(api::availability))
         .route("/peer/v1/usage", get(peer::usage))
         .route("/peer/v1/sessions", get(peer::sessions))
+        .route("/peer/v1/demand", get(peer::demand))
         .route("/", get(dashboard::home))
         .route("/signin", axum::routing::post(dashboard::sign_in))
         .route("/signout", axum::routing::post(dashboard::sign_out))

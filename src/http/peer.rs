@@ -1,4 +1,5 @@
-//! `/peer/v1/usage` and `/peer/v1/sessions`: this node's slice of an org's
+//! `/peer/v1/usage`, `/peer/v1/sessions` and `/peer/v1/demand` (what a
+//! what-if replays): this node's slice of an org's
 //! history, for another node of its cluster merging a report
 //! (`operations::gathered`). Only on a cluster node (404 elsewhere), only
 //! to a request signed with the cluster's peer key within the allowed
@@ -55,6 +56,20 @@ pub(super) async fn sessions(
         let limit = number(&q, "limit")? as usize;
         let filter = SessionFilter::of(|k| q.get(k).cloned());
         web.ops.slice_sessions(org, range(&q)?, (after, limit), filter).await.map_err(report_error)
+    };
+    body(answer.await)
+}
+
+/// `GET /peer/v1/demand?org=&pool=&from=MS&to=MS`: what a what-if replays.
+pub(super) async fn demand(
+    State(web): State<Arc<Web>>,
+    (method, uri, headers): (Method, Uri, HeaderMap),
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let answer = async {
+        signed(&web, &method, &uri, &headers)?;
+        let pool = q.get("pool").map(String::as_str).unwrap_or_default().parse::<PoolId>().map_err(bad)?;
+        web.ops.slice_demand(org(&q)?, pool, range(&q)?).await.map_err(report_error)
     };
     body(answer.await)
 }

@@ -19,8 +19,8 @@ use super::merge::{self, PoolSlice};
 use super::Operations;
 use crate::core::{Millis, OrgName, PoolId};
 use crate::history::filter::SessionFilter;
-use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, MAX_POINTS, MAX_SESSIONS};
-use crate::history::{EndedRow, SessionsPage};
+use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, WhatIfAsk, MAX_POINTS, MAX_SESSIONS};
+use crate::history::{EndedRow, Recorded, SessionsPage, WhatIf};
 
 /// A node whose slice of the history is not in an answer, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +96,27 @@ impl Operations {
         Ok(Gathered { value: merge::pages(pages, limit), missing })
     }
 
+    /// The replay `ask` asks for, of the demand every node that served the
+    /// org recorded (each node's `Recorded`, merged, then replayed).
+    pub async fn what_if_gathered(&self, ask: WhatIfAsk) -> Result<Gathered<WhatIf>, ReportError> {
+        if self.peers.is_none() {
+            return Ok(Gathered { value: self.read_history(move |h| ask.read(h)).await?, missing: Vec::new() });
+        }
+        let path = Some(demand_path(&ask));
+        let ask = std::sync::Arc::new(ask);
+        let mine = ask.clone();
+        let local = self.read_history(move |h| mine.recorded(h));
+        let (local, answers) = tokio::join!(local, self.ask_peers(path));
+        let mut recorded = local?;
+        let (slices, missing) = decoded::<Recorded>(answers);
+        for slice in slices {
+            recorded.merge(slice);
+        }
+        // The replay is the heavy part: off the async threads, in a turn.
+        let value = self.read_history(move |_| Ok(ask.replay(recorded))).await?;
+        Ok(Gathered { value, missing })
+    }
+
     /// Whether this node asks other nodes for their slices (a cluster node).
     pub fn has_peers(&self) -> bool {
         self.peers.is_some()
@@ -142,6 +163,18 @@ impl Operations {
         postcard::to_allocvec(&slices).map_err(|e| ReportError::Task(e.to_string()))
     }
 
+    /// What this node recorded of `org`'s `pool` over the range, encoded
+    /// for the node that asked (its what-if replays every node's).
+    pub async fn slice_demand(
+        &self,
+        org: OrgName,
+        pool: PoolId,
+        range: (Millis, Millis),
+    ) -> Result<Vec<u8>, ReportError> {
+        let recorded = self.read_history(move |h| Ok(h.recorded(org.as_str(), &pool.to_string(), range)?)).await?;
+        postcard::to_allocvec(&recorded).map_err(|e| ReportError::Task(e.to_string()))
+    }
+
     /// This node's page of `org`'s ended sessions, encoded for the node that asked.
     pub async fn slice_sessions(
         &self,
@@ -177,6 +210,15 @@ fn usage_path(ask: &UsageAsk) -> String {
     q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
     q.append_pair("step", &step.to_string());
     format!("/peer/v1/usage?{}", q.finish())
+}
+
+/// The peer path of a what-if's demand.
+fn demand_path(ask: &WhatIfAsk) -> String {
+    let (org, pool, (from, to)) = ask.span();
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("org", org.as_str()).append_pair("pool", &pool.to_string());
+    q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
+    format!("/peer/v1/demand?{}", q.finish())
 }
 
 /// The peer path of a question about ended sessions.

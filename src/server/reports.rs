@@ -2,13 +2,12 @@
 //! `Req::WhatIf`): `history::report` checks the question on the async
 //! thread (it only reads memory), the history is read off it, and the
 //! answer is put in its wire form. The HTTP API asks the same functions.
-//! On a cluster node, usage and ended sessions cover every node's history
-//! (`Operations::usage_gathered`, `sessions_gathered`).
+//! On a cluster node, usage, ended sessions and what-if cover every node's
+//! history (`Operations::usage_gathered`, `sessions_gathered`, `what_if_gathered`).
 
 use super::handler::Call;
 use crate::core::{Millis, OrgName, PoolId};
 use crate::history::report::{self, ReportError};
-use crate::history::History;
 use crate::proto::{EndedSession, ErrorCode, UsagePoint, WhatIfOutcome, WhatIfReport, WireError};
 
 impl From<ReportError> for WireError {
@@ -21,14 +20,6 @@ impl From<ReportError> for WireError {
             ReportError::Task(why) => WireError::new(ErrorCode::Internal, why),
         }
     }
-}
-
-/// Runs `read` on the history off the async threads.
-async fn read<T: Send + 'static>(
-    call: &Call<'_>,
-    read: impl FnOnce(&History) -> Result<T, ReportError> + Send + 'static,
-) -> Result<T, WireError> {
-    Ok(call.shared.ops.read_history(read).await?)
 }
 
 /// A report over every node: protocol version 1 has no field to name the
@@ -110,7 +101,7 @@ pub(super) async fn what_if(
 ) -> Result<WhatIfReport, WireError> {
     let range = (Millis(range.0), Millis(range.1));
     let ask = report::what_if(call.shared.ops.core(), call.shared.ops.history(), call.p, (&org, pool), range, seats)?;
-    let w = read(call, move |h| ask.read(h)).await?;
+    let w = gathered(call.shared.ops.what_if_gathered(ask).await?);
     Ok(WhatIfReport {
         sessions: w.sessions,
         refusals: w.refusals,

@@ -155,8 +155,14 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     // The CSV export too.
     let (code, csv) = web.get("/api/v1/sessions?org=default&from=1h&format=csv", Some(&owner));
     assert_eq!((code, csv.lines().count()), (200, total + 1), "{csv}");
+    // The what-if replays the demand both nodes recorded.
+    let (code, body) = web.get("/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..2&from=1h", Some(&owner));
+    assert_eq!(code, 200, "{body}");
+    let w: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(w["sessions"].as_u64(), Some(total as u64), "{w}");
     // What the merge costs B (printed, never asserted: a debug build on a shared machine).
-    for path in ["/api/v1/sessions?org=default&from=1h", "/api/v1/usage?org=default&from=1h&step=1m"] {
+    let what_if = "/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..2&from=1h";
+    for path in ["/api/v1/sessions?org=default&from=1h", "/api/v1/usage?org=default&from=1h&step=1m", what_if] {
         let (_, head, _) = web.request(&format!("GET {path} HTTP/1.0\r\nAuthorization: Bearer {owner}"), "");
         let timing = head.lines().find_map(|l| l.strip_prefix("server-timing: ")).unwrap_or_default();
         eprintln!("{path} over both nodes: {timing}");
