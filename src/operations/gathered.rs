@@ -130,6 +130,20 @@ impl Operations {
         Gathered { value: PeerUsage(slices), missing }
     }
 
+    /// The other nodes' records for `ask` alone (see `peer_usage`).
+    pub async fn peer_demand(&self, ask: &WhatIfAsk) -> Gathered<Vec<Recorded>> {
+        let path = self.peers.is_some().then(|| demand_path(ask));
+        let (value, missing) = decoded::<Recorded>(self.ask_peers(path).await);
+        Gathered { value, missing }
+    }
+
+    /// The other nodes' first page for `ask` alone (see `peer_usage`).
+    pub async fn peer_sessions(&self, ask: &SessionsAsk) -> Gathered<Vec<SessionsPage>> {
+        let path = self.peers.is_some().then(|| sessions_path(ask));
+        let (slices, missing) = decoded::<SessionsSlice>(self.ask_peers(path).await);
+        Gathered { value: slices.into_iter().map(|s| (s.rows, s.next)).collect(), missing }
+    }
+
     /// Every other node's answer to `path` (none on a single broker, which
     /// has no `path` to ask: nothing is built or sent there).
     async fn ask_peers(&self, path: Option<String>) -> Vec<(String, Result<hyper::body::Bytes, String>)> {

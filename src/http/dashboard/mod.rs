@@ -14,6 +14,7 @@
 //! the org's Owners and Admins, who alone get the Kill button.
 
 mod cluster;
+mod shape;
 mod svg;
 pub mod view;
 
@@ -304,6 +305,17 @@ fn questions(span: u64, step: u64, now: Millis) -> [(u64, (Millis, Millis)); 3] 
     [(step, (from, to)), (3_600_000, (heat_from, to)), (level_step, (from, to))]
 }
 
+/// The range the page's what-if replays: the page's, at most 30 days.
+fn replay_range(span: u64, now: Millis) -> (Millis, Millis) {
+    (Millis(now.0.saturating_sub(span.min(30 * 86_400_000))), now)
+}
+
+/// The range the licensed users' last use is read over: the minutes' retention.
+fn last_use_range(web: &Web, now: Millis) -> Option<(Millis, Millis)> {
+    let kept = web.ops.history()?.retention().minutes.as_millis() as u64;
+    Some((Millis(now.0.saturating_sub(kept)), now))
+}
+
 impl Ask<'_> {
     /// A pool's numbers and, with the history on, its charts.
     fn pool(&self, s: &crate::core::PoolStatus) -> PoolView {
@@ -333,7 +345,6 @@ impl Ask<'_> {
     /// time at each level, and (KRE) the what-if replay.
     fn charts(&self, h: &crate::history::History, s: &crate::core::PoolStatus, pv: &mut PoolView) {
         let (core, p, org, span, now) = (self.web.ops.core(), self.p, self.org, self.span, self.now);
-        let to = now;
         let [chart, hours, at_level] = questions(span, self.step, now);
         let read = |(step, range): (u64, (Millis, Millis)), elsewhere: &PeerUsage| {
             let mut series =
@@ -343,16 +354,25 @@ impl Ask<'_> {
         };
         pv.series = read(chart, &self.elsewhere.usage[0]);
         if let Some(hours) = read(hours, &self.elsewhere.usage[1]) {
-            pv.heat = heat(&hours, s.quota);
+            pv.heat = shape::heat(&hours, s.quota);
         }
         if let Some(fine) = read(at_level, &self.elsewhere.usage[2]) {
-            pv.levels = levels(&fine, span, at_level.0);
+            pv.levels = shape::levels(&fine, span, at_level.0);
         }
         if pv.kre {
             let seats = s.quota.saturating_sub(2)..=s.quota + 2;
-            let replay_from = Millis(now.0.saturating_sub(span.min(30 * 86_400_000)));
-            let replay = report::what_if(core, Some(h), p, (org, s.pool), (replay_from, to), seats);
-            if let Ok(w) = replay.and_then(|a| a.read(h)) {
+            let replay = report::what_if(core, Some(h), p, (org, s.pool), replay_range(span, now), seats);
+            let theirs = self.elsewhere.demand.get(&s.pool);
+            let replayed = replay.and_then(|a| match theirs {
+                // A cluster node's: what every node recorded, replayed once.
+                Some(theirs) => {
+                    let mut recorded = a.recorded(h)?;
+                    theirs.iter().for_each(|t| recorded.merge(t.clone()));
+                    Ok(a.replay(recorded))
+                }
+                None => a.read(h),
+            });
+            if let Ok(w) = replayed {
                 pv.what_if = w.outcomes;
             }
         }
@@ -382,7 +402,7 @@ impl Ask<'_> {
     /// The KSE licensed users with their last use, if `p` may list them.
     fn licensed(&self) -> Option<Vec<view::Licensed>> {
         let grants = self.web.ops.core().grants(self.p, self.org, None).ok()?;
-        let last = last_use(self.web, self.p, self.org, self.now);
+        let last = last_use(self.web, (self.p, self.org), self.now, &self.elsewhere.ended);
         Some(
             grants
                 .into_iter()
@@ -397,55 +417,30 @@ impl Ask<'_> {
 }
 
 /// Each user's last active use: a live session now, else the end of their
-/// latest ended session in the history's minute retention.
-fn last_use(web: &Web, p: &Principal, org: &OrgName, now: Millis) -> HashMap<String, Millis> {
+/// latest ended session in the history's minute retention (on a cluster
+/// node, the other nodes' too: `ended`).
+fn last_use(
+    web: &Web,
+    (p, org): (&Principal, &OrgName),
+    now: Millis,
+    ended: &[crate::history::SessionsPage],
+) -> HashMap<String, Millis> {
     let mut last: HashMap<String, Millis> = HashMap::new();
-    if let Some(h) = web.ops.history() {
-        let from = Millis(now.0.saturating_sub(h.retention().minutes.as_millis() as u64));
-        if let Ok((rows, _)) =
-            report::sessions(web.ops.core(), Some(h), p, org, (from, now), None, report::MAX_SESSIONS)
-                .and_then(|a| a.read(h))
-        {
-            for (_, r) in rows {
-                let e = last.entry(r.user).or_insert(Millis(0));
-                *e = (*e).max(Millis(r.end));
-            }
+    let mut saw = |r: &crate::history::EndedRow| {
+        let e = last.entry(r.user.clone()).or_insert(Millis(0));
+        *e = (*e).max(Millis(r.end));
+    };
+    if let (Some(h), Some(range)) = (web.ops.history(), last_use_range(web, now)) {
+        let ask = report::sessions(web.ops.core(), Some(h), p, org, range, None, report::MAX_SESSIONS);
+        if let Ok((rows, _)) = ask.and_then(|a| a.read(h)) {
+            rows.iter().for_each(|(_, r)| saw(r));
         }
     }
+    ended.iter().flat_map(|(rows, _)| rows).for_each(|(_, r)| saw(r));
     if let Ok(live) = web.ops.core().sessions(p, org) {
         for s in live {
             last.insert(s.user.to_string(), now);
         }
     }
     last
-}
-
-/// Peak by UTC weekday and hour as a share of `quota`, from hourly points.
-fn heat(hours: &report::Series, quota: u32) -> [[Option<f64>; 24]; 7] {
-    let mut cells = [[None; 24]; 7];
-    for pt in &hours.points {
-        let h = (pt.start / 3_600_000) as usize;
-        // 1970-01-01 was a Thursday (Monday = 0).
-        let (day, hour) = ((h / 24 + 3) % 7, h % 24);
-        let share = f64::from(pt.usage.peak) / f64::from(quota.max(pt.usage.quota).max(1));
-        let c: &mut Option<f64> = &mut cells[day][hour];
-        *c = Some(c.unwrap_or(0.0).max(share));
-    }
-    cells
-}
-
-/// Minutes at each level of average seats in use (rounded), over a range
-/// of `span` ms read in steps of `step`; steps with no row held 0 seats.
-fn levels(points: &report::Series, span: u64, step: u64) -> Vec<(u32, u64)> {
-    let mut by: std::collections::BTreeMap<u32, u64> = Default::default();
-    let per = step / MINUTE_MS;
-    for pt in &points.points {
-        *by.entry(pt.average().round() as u32).or_default() += per;
-    }
-    let counted: u64 = by.values().sum();
-    let total = span / MINUTE_MS;
-    if total > counted {
-        *by.entry(0).or_default() += total - counted;
-    }
-    by.into_iter().collect()
 }
