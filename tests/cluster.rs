@@ -8,11 +8,14 @@
 //! loop of kills and pauses of the node serving the runners' org (SIGSTOP:
 //! the node that wakes up believing it still serves), and over a loop of
 //! cuts of a node's link to etcd (`partition`). And the client's side of
-//! a redirect to a node that does not answer, against stand-in nodes.
+//! a redirect to a node that does not answer, against stand-in nodes; and
+//! an org's reports over the history of every node that served it
+//! (`peer_history`).
 
 mod cut;
 mod etcd_members;
 mod partition;
+mod peer_history;
 mod process;
 mod support;
 
@@ -41,13 +44,16 @@ struct Node {
     /// Its ops endpoint (`--http`).
     http: String,
     name: String,
+    /// Whether it keeps a utilization history (the others run `--no-history`).
+    history: bool,
     _dir: tempfile::TempDir,
 }
 
 impl Node {
     /// Starts the node again on its data dir and address (after a kill).
     fn respawn(&mut self, etcd: &[String], lines: &mpsc::Sender<String>) {
-        self.child = spawn_process(&self.name, self._dir.path(), (&self.addr, &self.http), etcd, lines);
+        let addrs = (self.addr.as_str(), self.http.as_str());
+        self.child = spawn_process(&self.name, self._dir.path(), addrs, etcd, (lines, self.history));
     }
 }
 
@@ -60,13 +66,18 @@ impl Drop for Node {
 
 /// Starts node `name` on `etcd`; its stdout lines go to `lines`.
 fn spawn_node(name: &str, etcd: &[String], lines: &mpsc::Sender<String>) -> Node {
+    spawn_node_with(name, etcd, lines, false)
+}
+
+/// As `spawn_node`, keeping a utilization history if `history`.
+fn spawn_node_with(name: &str, etcd: &[String], lines: &mpsc::Sender<String>, history: bool) -> Node {
     // LB_KEEP_NODE_DIRS=1 keeps each node's data dir (and its node.log).
     let keep = std::env::var_os("LB_KEEP_NODE_DIRS").is_some();
     let dir = tempfile::Builder::new().prefix(&format!("lb-{name}-")).disable_cleanup(keep).tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
-    let child = spawn_process(name, dir.path(), (&addr, &http), etcd, lines);
-    Node { child, addr, http, name: name.to_string(), _dir: dir }
+    let child = spawn_process(name, dir.path(), (&addr, &http), etcd, (lines, history));
+    Node { child, addr, http, name: name.to_string(), history, _dir: dir }
 }
 
 fn spawn_process(
@@ -74,7 +85,7 @@ fn spawn_process(
     dir: &std::path::Path,
     (addr, http): (&str, &str),
     etcd: &[String],
-    lines: &mpsc::Sender<String>,
+    (lines, history): (&mpsc::Sender<String>, bool),
 ) -> Child {
     let mut child = Command::new(BIN)
         .args(["serve", "--data-dir"])
@@ -83,7 +94,8 @@ fn spawn_process(
         .args(["--cluster", &etcd.join(",")])
         // A lease must outlast a failover (about 2.5 s) after its last
         // heartbeat (a third of a TTL before): 6 s does, with room.
-        .args(["--lease-ttl", "6s", "--restart-grace", "500ms", "--no-history"])
+        .args(["--lease-ttl", "6s", "--restart-grace", "500ms"])
+        .args(if history { &[][..] } else { &["--no-history"][..] })
         .stdout(Stdio::piped())
         // Each node's log, appended across restarts, for a failure's post-mortem.
         .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(dir.join("node.log")).unwrap()))

@@ -79,6 +79,15 @@ async fn lease_events_become_minutes_sessions_and_replays() {
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("INVALID_ARGUMENT"));
     assert_eq!(http.fetch(usage, Some(&b.operator)).await.0, 200, "the operator reads every org");
+    // A single broker serves no other node's read of its history, however asked.
+    let peer = "/peer/v1/sessions?org=default&from=0&to=9999999999999&limit=9";
+    for auth in [None, Some(owner.as_str()), Some(b.operator.as_str())] {
+        let (code, body) = http.fetch(peer, auth).await;
+        assert_eq!(code, 404, "{body}");
+    }
+    let (code, _, body) = http.send(&format!("GET {peer} HTTP/1.0\r\nAuthorization: LBPeer 1.00"), "").await;
+    assert_eq!(code, 404, "{body}");
+    assert!(!body.contains("default"), "no row is read: {body}");
     // Who held the sessions is for Owners and Admins, on every door: a
     // User and the operator read the numbers, not the ended sessions.
     c.add_user(&org(), "user@default", license_broker::core::Role::User).await.unwrap();

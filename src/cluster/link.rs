@@ -1,4 +1,5 @@
-//! The HTTP/1 connections to one etcd member, kept alive between calls:
+//! The HTTP/1 connections to one etcd member (or, for `peer`, to another
+//! node's web door), kept alive between calls:
 //! a call takes an idle connection if one is open (else opens one: TCP,
 //! and under `https://` a TLS handshake), and gives it back once its
 //! answer was read whole. A call cut short (its bound passed) drops its
@@ -18,7 +19,7 @@ use parking_lot::Mutex;
 pub const MAX_IDLE: usize = 8;
 
 /// One etcd member and its idle connections.
-pub(super) struct Member {
+pub(crate) struct Member {
     /// `HOST:PORT`.
     pub hostport: String,
     /// Whether it speaks TLS (`https://`).
@@ -39,18 +40,47 @@ impl Member {
         path: &str,
         body: Bytes,
     ) -> Result<(u16, Bytes), String> {
-        let mut send = match self.reuse().await {
-            Some(send) => send,
-            None => self.connect(tls).await?,
-        };
         let request = hyper::Request::post(path)
             .header(hyper::header::HOST, &self.hostport)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| format!("request: {e}"))?;
+        self.send(tls, request, usize::MAX).await
+    }
+
+    /// GETs `path` with `authorization`, reading at most `limit` bytes of
+    /// the answer (a longer one fails, and its connection is dropped).
+    pub async fn get(
+        &self,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        path: &str,
+        authorization: &str,
+        limit: usize,
+    ) -> Result<(u16, Bytes), String> {
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, &self.hostport)
+            .header(hyper::header::AUTHORIZATION, authorization)
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("request: {e}"))?;
+        self.send(tls, request, limit).await
+    }
+
+    /// Sends `request` on an idle connection (or a new one), reads at most
+    /// `limit` bytes of the answer: (status, body).
+    async fn send(
+        &self,
+        tls: Option<&tokio_rustls::TlsConnector>,
+        request: hyper::Request<Full<Bytes>>,
+        limit: usize,
+    ) -> Result<(u16, Bytes), String> {
+        let mut send = match self.reuse().await {
+            Some(send) => send,
+            None => self.connect(tls).await?,
+        };
         let answer = send.send_request(request).await.map_err(|e| format!("send: {e}"))?;
         let status = answer.status().as_u16();
-        let body = answer.into_body().collect().await.map_err(|e| format!("read: {e}"))?.to_bytes();
+        let body = http_body_util::Limited::new(answer.into_body(), limit);
+        let body = body.collect().await.map_err(|e| format!("read: {e}"))?.to_bytes();
         self.keep(send);
         Ok((status, body))
     }

@@ -7,7 +7,7 @@
 //! (`renewed`): a node cut off from etcd keeps its announcement and claims
 //! until its lease lapses, but is no place to send a client to meanwhile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -30,6 +30,9 @@ pub struct Membership {
     /// redirect goes only to a node whose lease is among them, read within
     /// `RENEWED_FOR` (a node that cannot read etcd itself redirects nowhere).
     renewed: RwLock<Option<(Instant, HashSet<i64>)>>,
+    /// Every node seen live since this one started: a node that served an
+    /// org keeps part of its history after it died (`peer_targets`).
+    seen: RwLock<BTreeSet<String>>,
 }
 
 /// How long an answer about which nodes renewed lately is believed: a few
@@ -51,6 +54,7 @@ impl Membership {
     /// their leases, the claims, and how many orgs the cluster has.
     pub fn update(&self, mut nodes: Vec<(Owner, i64)>, claims: HashMap<String, Claimed>, orgs: usize) {
         nodes.sort_by(|a, b| a.0.node.cmp(&b.0.node));
+        self.seen.write().extend(nodes.iter().map(|(n, _)| n.node.clone()));
         *self.view.write() = View { nodes, claims, orgs };
     }
 
@@ -76,6 +80,20 @@ impl Membership {
         let view = self.view.read();
         let (node, _) = view.nodes.iter().find(|(n, _)| n.advertise == advertise)?;
         self.consoles.read().get(&node.node).cloned()
+    }
+
+    /// The nodes to ask for their slice of an org's history: every node
+    /// seen since this one started but `me`, each with its console if it
+    /// is live and said where its console is.
+    pub fn peer_targets(&self, me: &str) -> Vec<crate::cluster::peer::Target> {
+        let live: HashSet<String> = self.view.read().nodes.iter().map(|(n, _)| n.node.clone()).collect();
+        let consoles = self.consoles.read();
+        let seen = self.seen.read();
+        let target = |node: &String| crate::cluster::peer::Target {
+            node: node.clone(),
+            console: live.contains(node).then(|| consoles.get(node).cloned()).flatten(),
+        };
+        seen.iter().filter(|n| n.as_str() != me).map(target).collect()
     }
 
     /// How many orgs the cluster has, as last read.

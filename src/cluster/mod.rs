@@ -10,6 +10,8 @@
 //! - `secrets`: the keys every node must share, kept in etcd.
 //! - `membership`: the cluster as a node last read it (live nodes, claims).
 //! - `placement`: which node should serve which org (rendezvous hashing).
+//! - `peer`: the reads of other nodes' slices of an org's history, signed
+//!   with a key every node derives from the shared session-token key.
 //! - `seat`: what the broker asks of the cluster (does this node serve an
 //!   org, where is a key's org served, a claim for a new org).
 //!
@@ -20,6 +22,7 @@ pub mod etcd;
 mod link;
 pub mod membership;
 pub mod ownership;
+pub mod peer;
 pub mod placement;
 pub mod seat;
 pub mod secrets;

@@ -180,6 +180,11 @@ impl Seat {
         }
     }
 
+    /// The other nodes to ask for their slice of an org's history.
+    pub fn peers(&self) -> Vec<super::peer::Target> {
+        self.view.peer_targets(&self.me.node)
+    }
+
     /// The console of the node clients reach at `advertise`, if it said.
     pub fn console_at(&self, advertise: &str) -> Option<String> {
         self.view.console_at(advertise)

@@ -352,8 +352,10 @@ impl Broker {
         self.offline_due.lock().retain(|_, pool| !gone.contains(&pool.org));
         self.org_holds.lock().retain(|(_, o)| !gone.contains(o));
         self.tracked.lock().retain(|pool| !gone.contains(&pool.org));
-        // Not ends: nobody released these seats; the next owner holds them.
-        let _ = self.sessions.end_where(EndReason::ConnectionClosed, now, |p, _, _| gone.contains(&p.org));
+        // Not ends: nobody released these seats; the next owner holds them,
+        // and counts their ends (the history counts each session's end once
+        // across the nodes: its seat time here, its end where it ends).
+        self.sessions.hand_on_where(now, |p, _, _| gone.contains(&p.org));
     }
 
     /// The orgs in memory (in a cluster: the orgs this node serves).

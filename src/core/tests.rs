@@ -944,6 +944,24 @@ fn adopting_an_org_holds_its_ceiling_for_the_previous_owners_runners_then_forget
 }
 
 #[test]
+fn a_session_handed_on_with_its_org_counts_its_seat_time_here_and_its_end_nowhere() {
+    // Its runner re-attaches at the next node, which counts its end: the
+    // history, summed over the nodes, counts each session's end once.
+    let first = t(0).0 / usage::MINUTE_MS + 1;
+    let at = |ms: u64| Millis(first * usage::MINUTE_MS + ms);
+    let w = world(3);
+    w.register("m1").unwrap();
+    w.acquire("m1", 1, 1, at(10_000)).unwrap();
+    w.broker.forget_orgs(std::slice::from_ref(&w.org), at(40_000));
+    let h = w.broker.harvest(at(125_000));
+    let mut total = usage::Tally::default();
+    for (_, _, c) in &h.minutes {
+        total.add(&c.tally);
+    }
+    assert_eq!(total, usage::Tally { seat_ms: 30_000, admitted: 1, ..Default::default() });
+}
+
+#[test]
 fn a_handover_writes_the_ceiling_down_to_the_sessions_held_and_admits_nothing_past_it() {
     let w = ceiling_world(10);
     let mut leases = Vec::new();

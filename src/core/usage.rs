@@ -127,8 +127,10 @@ impl Accrual {
         self.open.admitted += u64::from(admitted);
     }
 
-    /// A session that started at `started` ended at `now` for reason number `reason`.
-    pub fn end(&mut self, started: Millis, now: Millis, reason: usize, out: &mut impl FnMut(Closed)) {
+    /// A session that started at `started` ended at `now` for reason number
+    /// `reason`; with `None`, it left with its org for another node (a
+    /// cluster's handover): its seat time counts here, its end where it ends.
+    pub fn end(&mut self, started: Millis, now: Millis, reason: Option<usize>, out: &mut impl FnMut(Closed)) {
         self.roll(now, out);
         // Its offset as `start` (or the last roll) recorded it.
         let from = if minute_of(started) < self.minute { 0 } else { self.offset(started) };
@@ -136,7 +138,9 @@ impl Accrual {
         self.offsets = self.offsets.saturating_sub(from);
         self.live = self.live.saturating_sub(1);
         self.open.seat_ms += to - from;
-        self.open.ends[reason] += 1;
+        if let Some(reason) = reason {
+            self.open.ends[reason] += 1;
+        }
     }
 
     /// An acquire refused for the quota at `now`.
@@ -242,9 +246,9 @@ mod tests {
         // Session 1 from 10:00.030 to 10:02.010; session 2 from 10:00.050 to 10:00.055.
         a.start(at(10, 30_000), true, &mut push);
         a.start(at(10, 50_000), true, &mut push);
-        a.end(at(10, 50_000), at(10, 55_000), 0, &mut push);
+        a.end(at(10, 50_000), at(10, 55_000), Some(0), &mut push);
         assert_eq!(a.seat_ms(at(10, 60_000)), 30_000 + 5_000);
-        a.end(at(10, 30_000), at(12, 10_000), 1, &mut push);
+        a.end(at(10, 30_000), at(12, 10_000), Some(1), &mut push);
         let mut closed = out;
         closed.extend(collect(&mut a, at(13, 0)));
         let first = Tally { seat_ms: 35_000, admitted: 2, rejected: 0, ends: [1, 0, 0, 0] };
@@ -275,8 +279,8 @@ mod tests {
         let mut sink = |_| {};
         a.start(at(3, 10), true, &mut sink);
         a.start(at(2, 59_999), true, &mut sink); // read just before the other core's
-        a.end(at(2, 59_999), at(3, 20), 0, &mut sink);
-        a.end(at(3, 10), at(3, 30), 0, &mut sink);
+        a.end(at(2, 59_999), at(3, 20), Some(0), &mut sink);
+        a.end(at(3, 10), at(3, 30), Some(0), &mut sink);
         assert_eq!(a.seat_ms(at(4, 0)), 20 + 20);
     }
 

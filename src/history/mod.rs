@@ -25,12 +25,14 @@ pub mod filter;
 pub mod preflight;
 pub mod replay;
 pub mod report;
+mod what_if;
 
 /// A page of ended sessions (session id, row), and the (end ms, session
 /// id) cursor to go on from, if the range holds more.
 pub type SessionsPage = (Vec<(u64, EndedRow)>, Option<(u64, u64)>);
 
 pub use db::{DbError, EndedRow, Usage};
+pub use what_if::{Recorded, WhatIf, MAX_DEMAND, MAX_SEAT_COUNTS};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -483,84 +485,6 @@ async fn prune(shared: &Source, history: &Arc<History>) {
     });
     if let Ok(Err(e)) = done.await {
         tracing::warn!("history not pruned: {e}");
-    }
-}
-
-/// What `what_if` found.
-#[derive(Clone, Debug)]
-pub struct WhatIf {
-    /// One outcome per seat count asked for.
-    pub outcomes: Vec<replay::Outcome>,
-    /// Sessions replayed (ended in the range, or still live).
-    pub sessions: u64,
-    /// Refusals for want of a seat replayed.
-    pub refusals: u64,
-    /// The median session length the refusals were replayed with (ms).
-    pub median_ms: u64,
-    /// The demand was cut at `MAX_DEMAND` wishes (the rest of the range is not replayed).
-    pub truncated: bool,
-}
-
-/// Most wishes one what-if replays.
-pub const MAX_DEMAND: usize = 2_000_000;
-
-/// Most seat counts one what-if replays.
-pub const MAX_SEAT_COUNTS: usize = 256;
-
-impl History {
-    /// Replays `org`'s `pool` over `from..to` against each seat count in
-    /// `seats` (see `replay`). `live` are the starts of the pool's sessions
-    /// still live (they hold their seat until `to`).
-    pub fn what_if(
-        &self,
-        org: &str,
-        pool: &str,
-        from: Millis,
-        to: Millis,
-        live: &[Millis],
-        seats: std::ops::RangeInclusive<u32>,
-    ) -> Result<WhatIf, DbError> {
-        use replay::Demand;
-        let mut demand: Vec<Demand> = Vec::new();
-        let mut truncated = false;
-        let mut after = None;
-        'pages: loop {
-            let keep = |r: &EndedRow| r.pool == pool;
-            let (page, next) = self.db.sessions(org, (from.0, to.0), after, (10_000, db::SCAN_MAX), &keep)?;
-            for (_, row) in &page {
-                if demand.len() >= MAX_DEMAND {
-                    truncated = true;
-                    break 'pages;
-                }
-                demand.push(Demand { start: row.start, end: row.end });
-            }
-            match next {
-                Some(cursor) => after = Some(cursor),
-                None => break,
-            }
-        }
-        demand.extend(live.iter().map(|s| Demand { start: s.0, end: to.0 }));
-        let sessions = demand.len() as u64;
-        let median_ms = replay::median_length(&demand);
-        // Refusals for want of a seat: QUOTA_EXCEEDED, QUEUE_FULL, QUEUE_TIMEOUT.
-        let seat_reasons =
-            [0, 1 + crate::core::Denial::QueueFull as usize, 1 + crate::core::Denial::QueueTimeout as usize];
-        let mut refusals = 0u64;
-        for (minute, u) in self.db.usage(Period::Minute, org, pool, minute_of(from), to.0.div_ceil(MINUTE_MS))? {
-            let n: u64 = seat_reasons.iter().map(|&i| u.denied.get(i).copied().unwrap_or(0)).sum();
-            let at = minute * MINUTE_MS + MINUTE_MS / 2;
-            for _ in 0..n {
-                if demand.len() >= MAX_DEMAND {
-                    truncated = true;
-                    break;
-                }
-                demand.push(Demand { start: at, end: at + median_ms });
-                refusals += 1;
-            }
-        }
-        demand.sort_unstable();
-        let outcomes = seats.take(MAX_SEAT_COUNTS).map(|n| replay::replay(&demand, n, from.0, to.0)).collect();
-        Ok(WhatIf { outcomes, sessions, refusals, median_ms, truncated })
     }
 }
 

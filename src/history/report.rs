@@ -124,6 +124,21 @@ pub fn usage(
 }
 
 impl UsageAsk {
+    /// The org asked about.
+    pub fn org(&self) -> &OrgName {
+        &self.org
+    }
+
+    /// The pools asked about.
+    pub fn pools(&self) -> impl Iterator<Item = PoolId> + '_ {
+        self.pools.iter().map(|(p, _)| *p)
+    }
+
+    /// The range and the step (ms).
+    pub fn span(&self) -> ((Millis, Millis), u64) {
+        (self.range, self.step_ms)
+    }
+
     /// Reads the answer: one series per pool.
     pub fn read(&self, h: &History) -> Result<Vec<Series>, ReportError> {
         let (from, to) = self.range;
@@ -167,6 +182,21 @@ pub fn sessions(
 }
 
 impl SessionsAsk {
+    /// The org asked about.
+    pub fn org(&self) -> &OrgName {
+        &self.org
+    }
+
+    /// The range, the cursor and the most rows asked for.
+    pub fn span(&self) -> ((Millis, Millis), Option<(u64, u64)>, usize) {
+        (self.range, self.after, self.limit)
+    }
+
+    /// The filter.
+    pub fn filter(&self) -> &SessionFilter {
+        &self.filter
+    }
+
     /// The same question, keeping only the sessions `filter` keeps.
     pub fn filtered(self, filter: SessionFilter) -> SessionsAsk {
         SessionsAsk { filter, ..self }
@@ -216,6 +246,21 @@ impl WhatIfAsk {
     pub fn read(&self, h: &History) -> Result<WhatIf, ReportError> {
         let (from, to) = self.range;
         Ok(h.what_if(self.org.as_str(), &self.pool.to_string(), from, to, &self.live, self.seats.clone())?)
+    }
+
+    /// The org, the pool and the range asked about.
+    pub fn span(&self) -> (&OrgName, PoolId, (Millis, Millis)) {
+        (&self.org, self.pool, self.range)
+    }
+
+    /// What `h` recorded of the pool over the range (one node's part).
+    pub fn recorded(&self, h: &History) -> Result<super::Recorded, ReportError> {
+        Ok(h.recorded(self.org.as_str(), &self.pool.to_string(), self.range)?)
+    }
+
+    /// Replays `recorded` (every node's, merged).
+    pub fn replay(&self, recorded: super::Recorded) -> WhatIf {
+        recorded.replay(&self.live, self.range, self.seats.clone())
     }
 }
 

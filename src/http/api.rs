@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::auth;
@@ -16,6 +16,7 @@ use crate::history::export;
 use crate::history::filter::SessionFilter;
 use crate::history::report::{self, ReportError};
 use crate::http::Web;
+use crate::operations::gathered::{Gathered, Missing};
 
 /// A refusal in the API's shape: a status, and `{"error": CODE, "message": ...}`.
 #[derive(Debug)]
@@ -60,7 +61,7 @@ fn refused(w: crate::proto::WireError) -> Refusal {
     refuse(status, w.code.name(), w.message)
 }
 
-fn report_error(e: ReportError) -> Refusal {
+pub(super) fn report_error(e: ReportError) -> Refusal {
     match e {
         ReportError::Core(e) => refused(e.into()),
         ReportError::Invalid(why) => refuse(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", why),
@@ -68,11 +69,6 @@ fn report_error(e: ReportError) -> Refusal {
         ReportError::Db(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "STORE_FAILURE", e),
         ReportError::Task(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e),
     }
-}
-
-/// The history (the reports checked that there is one).
-fn history(web: &Web) -> Result<&crate::history::History, Refusal> {
-    web.ops.history().ok_or_else(|| report_error(ReportError::Off))
 }
 
 fn bad(why: impl std::fmt::Display) -> Refusal {
@@ -113,23 +109,6 @@ fn csv_body(name: &str, body: String) -> Response {
     let disposition = format!("attachment; filename=\"{name}.csv\"");
     ([(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
         .into_response()
-}
-
-/// A report: the caller and the query to the answer.
-type Report = fn(&Web, &Principal, &HashMap<String, String>) -> Result<Response, Refusal>;
-
-/// Authenticates the caller, then runs `report` off the async threads.
-async fn answer(web: Arc<Web>, headers: &HeaderMap, q: HashMap<String, String>, report: Report) -> Response {
-    let p = match caller(&web, headers, &q).await {
-        Ok(p) => p,
-        Err(r) => return r.into_response(),
-    };
-    let turn = web.ops.report_turn().await;
-    blocking(move || {
-        let _turn = turn;
-        report(&web, &p, &q)
-    })
-    .await
 }
 
 /// Who asks, authenticated; on a cluster node, an org served elsewhere
@@ -176,45 +155,92 @@ async fn availability_of(web: &Web, p: &Principal, q: &HashMap<String, String>) 
     a.map(|a| json_body(crate::operations::availability_json(&a))).map_err(refused)
 }
 
-/// `GET /api/v1/usage?org=&pool=&from=&to=&step=&format=json|csv`.
+/// `GET /api/v1/usage?org=&pool=&from=&to=&step=&format=json|csv`. On a
+/// cluster node, over every node's history (`Operations::usage_gathered`).
 pub(super) async fn usage(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(web, &headers, q, usage_report).await
+    match caller(&web, &headers, &q).await {
+        Ok(p) => usage_report(web, &p, q).await.unwrap_or_else(IntoResponse::into_response),
+        Err(r) => r.into_response(),
+    }
 }
 
-fn usage_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
-    let (org, range) = org_and_range(q, web.ops.clock().now(), "7d")?;
-    let pool = pool_of(q)?;
+async fn usage_report(web: Arc<Web>, p: &Principal, q: HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(&q, web.ops.clock().now(), "7d")?;
+    let pool = pool_of(&q)?;
     let step = match q.get("step") {
         Some(s) => report::parse_step(s).map_err(bad)?,
         None => report::auto_step(range.1 .0.saturating_sub(range.0 .0)),
     };
+    let as_csv = csv(&q)?;
     let ask = report::usage(web.ops.core(), web.ops.history(), p, &org, pool, range, step).map_err(report_error)?;
-    let series = ask.read(history(web)?).map_err(report_error)?;
-    Ok(match csv(q)? {
-        true => csv_body(&format!("usage-{org}"), export::usage_csv(&series)),
-        false => json_body(export::usage_json(org.as_str(), range, step, &series, export::Licenses::Said)),
+    let Gathered { value: series, missing } = web.ops.usage_gathered(ask).await.map_err(report_error)?;
+    let said = missing.clone();
+    let mut r = blocking(move || {
+        Ok(match as_csv {
+            true => csv_body(&format!("usage-{org}"), export::usage_csv(&series)),
+            false => {
+                let mut v = export::usage_json(org.as_str(), range, step, &series, export::Licenses::Said);
+                said_missing(&mut v, &said);
+                json_body(v)
+            }
+        })
     })
+    .await;
+    missing_header(&mut r, &missing);
+    Ok(r)
+}
+
+/// Names the nodes whose history is not in a JSON answer (`missing`, and
+/// a `warning` in words), when there are any.
+fn said_missing(v: &mut serde_json::Value, missing: &[Missing]) {
+    if missing.is_empty() {
+        return;
+    }
+    let list: Vec<serde_json::Value> =
+        missing.iter().map(|m| serde_json::json!({ "node": m.node, "why": m.why })).collect();
+    v["missing"] = serde_json::Value::Array(list);
+    v["warning"] = serde_json::Value::String(missing_words(missing));
+}
+
+/// "part of the history may be missing: node n0 did not answer within 2 s".
+pub(super) fn missing_words(missing: &[Missing]) -> String {
+    let each: Vec<String> = missing.iter().map(Missing::to_string).collect();
+    format!("part of the history may be missing: {}", each.join("; "))
+}
+
+/// The same, as `X-History-Missing` on any answer (a CSV has no room for it).
+fn missing_header(r: &mut Response, missing: &[Missing]) {
+    if missing.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&missing_words(missing)) {
+        r.headers_mut().insert("x-history-missing", v);
+    }
 }
 
 /// `GET /api/v1/sessions?org=&from=&to=&user=&machine=&pool=&label=&format=json|csv&limit=&after=`:
 /// sessions that ended in the range, oldest end first, those the filters
 /// keep (`history::filter`); `next` (JSON) or the `X-Next-After` header
 /// (CSV) is the `after` of the next page (a page may hold fewer than
-/// `limit` when a filter keeps few: go on while there is a `next`).
+/// `limit` when a filter keeps few: go on while there is a `next`). On a
+/// cluster node, over every node's history (`Operations::sessions_gathered`).
 pub(super) async fn sessions(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(web, &headers, q, sessions_report).await
+    match caller(&web, &headers, &q).await {
+        Ok(p) => sessions_report(web, &p, q).await.unwrap_or_else(IntoResponse::into_response),
+        Err(r) => r.into_response(),
+    }
 }
 
-fn sessions_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
-    let (org, range) = org_and_range(q, web.ops.clock().now(), "1d")?;
+async fn sessions_report(web: Arc<Web>, p: &Principal, q: HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(&q, web.ops.clock().now(), "1d")?;
     let limit = match q.get("limit") {
         Some(n) => n.parse::<usize>().map_err(|_| bad("limit must be a number"))?,
         None => report::MAX_SESSIONS,
@@ -228,50 +254,74 @@ fn sessions_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Res
         }
         None => None,
     };
+    let as_csv = csv(&q)?;
     let filter = SessionFilter::of(|k| q.get(k).cloned());
     let ask = report::sessions(web.ops.core(), web.ops.history(), p, &org, range, after, limit)
         .map_err(report_error)?
         .filtered(filter);
-    let (rows, next) = ask.read(history(web)?).map_err(report_error)?;
+    let Gathered { value: (rows, next), missing } = web.ops.sessions_gathered(ask).await.map_err(report_error)?;
     let next = next.map(|(end, id)| format!("{end}.{}", crate::core::SessionId(id)));
-    Ok(match csv(q)? {
-        true => {
-            let mut body = String::from(export::SESSIONS_CSV_HEADER);
-            for (id, r) in &rows {
-                body.push_str(&export::session_csv(*id, r));
-            }
-            let mut response = csv_body(&format!("sessions-{org}"), body);
-            if let Some(next) = next.and_then(|n| n.parse().ok()) {
-                response.headers_mut().insert("x-next-after", next);
-            }
-            response
+    let said = missing.clone();
+    let mut r = blocking(move || Ok(sessions_body(org.as_str(), &rows, next, as_csv, &said))).await;
+    missing_header(&mut r, &missing);
+    Ok(r)
+}
+
+/// A page of ended sessions as CSV (the next cursor in `X-Next-After`) or JSON.
+fn sessions_body(
+    org: &str,
+    rows: &[(u64, crate::history::EndedRow)],
+    next: Option<String>,
+    as_csv: bool,
+    missing: &[Missing],
+) -> Response {
+    if as_csv {
+        let mut body = String::from(export::SESSIONS_CSV_HEADER);
+        for (id, r) in rows {
+            body.push_str(&export::session_csv(*id, r));
         }
-        false => {
-            let list: Vec<serde_json::Value> = rows.iter().map(|(id, r)| export::session_json(*id, r)).collect();
-            json_body(serde_json::json!({ "org": org.as_str(), "sessions": list, "next": next }))
+        let mut response = csv_body(&format!("sessions-{org}"), body);
+        if let Some(next) = next.and_then(|n| n.parse().ok()) {
+            response.headers_mut().insert("x-next-after", next);
         }
-    })
+        return response;
+    }
+    let list: Vec<serde_json::Value> = rows.iter().map(|(id, r)| export::session_json(*id, r)).collect();
+    let mut v = serde_json::json!({ "org": org, "sessions": list, "next": next });
+    said_missing(&mut v, missing);
+    json_body(v)
 }
 
 /// `GET /api/v1/what-if?org=&pool=&seats=N[..M]&from=&to=&format=json|csv`.
+/// On a cluster node, of the demand every node recorded
+/// (`Operations::what_if_gathered`).
 pub(super) async fn what_if(
     State(web): State<Arc<Web>>,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    answer(web, &headers, q, what_if_report).await
+    match caller(&web, &headers, &q).await {
+        Ok(p) => what_if_report(&web, &p, q).await.unwrap_or_else(IntoResponse::into_response),
+        Err(r) => r.into_response(),
+    }
 }
 
-fn what_if_report(web: &Web, p: &Principal, q: &HashMap<String, String>) -> Result<Response, Refusal> {
-    let (org, range) = org_and_range(q, web.ops.clock().now(), "30d")?;
-    let pool = pool_of(q)?.ok_or_else(|| bad("the query needs pool=POOL"))?;
+async fn what_if_report(web: &Web, p: &Principal, q: HashMap<String, String>) -> Result<Response, Refusal> {
+    let (org, range) = org_and_range(&q, web.ops.clock().now(), "30d")?;
+    let pool = pool_of(&q)?.ok_or_else(|| bad("the query needs pool=POOL"))?;
     let seats = report::parse_seats(q.get("seats").ok_or_else(|| bad("the query needs seats=N or seats=N..M"))?)
         .map_err(bad)?;
     let ask =
         report::what_if(web.ops.core(), web.ops.history(), p, (&org, pool), range, seats).map_err(report_error)?;
-    let w = ask.read(history(web)?).map_err(report_error)?;
-    Ok(match csv(q)? {
+    let Gathered { value: w, missing } = web.ops.what_if_gathered(ask).await.map_err(report_error)?;
+    let mut r = match csv(&q)? {
         true => csv_body(&format!("what-if-{org}-{pool}"), export::what_if_csv(&w)),
-        false => json_body(export::what_if_json(org.as_str(), &pool.to_string(), range, &w)),
-    })
+        false => {
+            let mut v = export::what_if_json(org.as_str(), &pool.to_string(), range, &w);
+            said_missing(&mut v, &missing);
+            json_body(v)
+        }
+    };
+    missing_header(&mut r, &missing);
+    Ok(r)
 }

@@ -8,7 +8,10 @@
 //! - `GET /`: the license utilization dashboard (`dashboard`).
 //! - `GET /api/v1/usage`, `/api/v1/sessions`, `/api/v1/what-if`: the
 //!   utilization reports as JSON or CSV (`api`), for a caller with an API
-//!   key (`auth`): the operator reads every org, members their own.
+//!   key (`auth`): the operator reads every org, members their own. On a
+//!   cluster node they cover every node's history of the org.
+//! - `GET /peer/v1/usage`, `/peer/v1/sessions`, `/peer/v1/demand`: this node's slice of an
+//!   org's history, for the other nodes of its cluster only (`peer`).
 //!
 //! `serve` brings it up on loopback by default, with the broker's own
 //! certificate (or `--http-cert`); plain HTTP only with `--http-plain`
@@ -28,6 +31,7 @@ pub mod dashboard;
 mod listener;
 mod metrics;
 mod origin;
+mod peer;
 mod roster;
 
 pub use budget::Limits;
@@ -138,6 +142,9 @@ fn routes() -> Router<Arc<Web>> {
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/what-if", get(api::what_if))
         .route("/api/v1/availability", get(api::availability))
+        .route("/peer/v1/usage", get(peer::usage))
+        .route("/peer/v1/sessions", get(peer::sessions))
+        .route("/peer/v1/demand", get(peer::demand))
         .route("/", get(dashboard::home))
         .route("/signin", axum::routing::post(dashboard::sign_in))
         .route("/signout", axum::routing::post(dashboard::sign_out))

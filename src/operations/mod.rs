@@ -14,7 +14,9 @@
 //! release, register, activate, the wait queue) → `act` (the Owner's,
 //! Admin's and operator's durable changes) → `read` (the audit trail, the
 //! history's reports, where a key is served) → the background tasks
-//! `expiry` and `checkpoint` (which looks for clock leaps: `leap`).
+//! `expiry` and `checkpoint` (which looks for clock leaps: `leap`); and on
+//! a cluster node the reports over every node's history (`gathered`,
+//! merged by `merge`).
 //!
 //! Errors are the protocol's `WireError`: a documented code and a human
 //! message, the one vocabulary of refusals both doors speak (the web door
@@ -24,8 +26,10 @@ mod act;
 mod check;
 pub mod checkpoint;
 pub mod expiry;
+pub mod gathered;
 pub mod leap;
 mod lease;
+mod merge;
 mod read;
 
 pub use check::availability_json;
@@ -38,6 +42,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::clock::Clock;
+use crate::cluster::peer::Peers;
 use crate::cluster::Seat;
 use crate::core::{Broker, Change, Ended, Millis, OrgName, Pending, PoolId, Principal, Result as CoreResult};
 use crate::history::History;
@@ -79,6 +84,8 @@ pub struct Parts {
     pub history: Option<Arc<History>>,
     /// In a cluster: which orgs this node serves, and until when.
     pub cluster: Option<Arc<Seat>>,
+    /// In a cluster: the client of the other nodes' slices of the history.
+    pub peers: Option<Arc<Peers>>,
     /// Told of sessions that ended.
     pub holders: Arc<dyn Holders>,
     /// Dropped with the operations, after the store: whoever holds its
@@ -101,6 +108,7 @@ pub struct Operations {
     signing: SigningKey,
     history: Option<Arc<History>>,
     cluster: Option<Arc<Seat>>,
+    peers: Option<Arc<Peers>>,
     holders: Arc<dyn Holders>,
     /// Set on shutdown: nothing new is admitted.
     draining: AtomicBool,
@@ -117,7 +125,7 @@ pub struct Operations {
 impl Operations {
     /// The operations over `parts`.
     pub fn new(parts: Parts) -> Operations {
-        let Parts { core, store, clock, signing, history, cluster, holders, closed } = parts;
+        let Parts { core, store, clock, signing, history, cluster, peers, holders, closed } = parts;
         Operations {
             core,
             store,
@@ -127,6 +135,7 @@ impl Operations {
             signing,
             history,
             cluster,
+            peers,
             holders,
             draining: AtomicBool::new(false),
             leaps: leap::Leaps::new(&clock),
@@ -165,6 +174,12 @@ impl Operations {
     /// The utilization history, unless it is off.
     pub fn history(&self) -> Option<&History> {
         self.history.as_deref()
+    }
+
+    /// The key peer reads are signed with, on a cluster node (the web door
+    /// checks a peer's request with it).
+    pub fn peer_key(&self) -> Option<&crate::cluster::peer::PeerKey> {
+        self.peers.as_deref().map(Peers::key)
     }
 
     /// The node's place in its cluster, on a cluster node.

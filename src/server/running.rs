@@ -79,6 +79,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
     let signing = crate::offline::SigningKey::load_or_generate(&options.data_dir.join(datadir::SIGNING_KEY_FILE))?;
     let run = crate::keys::random_u128().map_err(|_| SetupError::Random)? as u64;
     let tokens = token::Tokens::load_or_generate(&options.data_dir.join(TOKEN_KEY_FILE), run)?;
+    let peers = cluster.as_ref().map(|_| peers(&options)).transpose()?;
     datadir::restrict_tree(&options.data_dir)?;
     let endpoint = bind_endpoint(&options, listen, server_config)?;
     let addr = endpoint.local_addr().map_err(bind_error)?;
@@ -92,6 +93,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         signing,
         history: history.clone(),
         cluster,
+        peers,
         holders: notices.clone(),
         closed: closed_tx,
     }));
@@ -163,6 +165,23 @@ fn web(shared: &Shared, bound: SocketAddr) -> Result<Arc<crate::http::Web>, Setu
     };
     let web = crate::http::Web::new(shared.ops.clone(), config, shared.load.clone());
     Ok(Arc::new(web.map_err(|_| SetupError::Random)?))
+}
+
+/// In a cluster, the client of the other nodes' slices of the history:
+/// signing with the key derived from the session-token key every node
+/// shares, trusting the certificate this node's web door presents (every
+/// node's, when it is the cluster's generated one) and the system's roots.
+fn peers(options: &Options) -> Result<Arc<crate::cluster::peer::Peers>, SetupError> {
+    use crate::cluster::peer::{PeerKey, Peers};
+    let path = options.data_dir.join(TOKEN_KEY_FILE);
+    let key = std::fs::read(&path).map_err(SetupError::io(format!("reading {}", path.display())))?;
+    let files = match &options.http_tls {
+        HttpTls::Plain => None,
+        HttpTls::Broker => Some(broker_tls(options)),
+        HttpTls::Files(files) => Some(files.clone()),
+    };
+    let trusted = files.as_ref().map(tls::leaf_certificate).transpose()?;
+    Peers::new(PeerKey::derive(&key), trusted).map(Arc::new).map_err(SetupError::Cluster)
 }
 
 /// The certificate and key the QUIC door presents: the given files, or the

@@ -414,17 +414,34 @@ impl SessionTable {
         &self,
         reason: EndReason,
         now: Millis,
-        mut pred: impl FnMut(&Pool, &MachineId, &Email) -> bool,
+        pred: impl FnMut(&Pool, &MachineId, &Email) -> bool,
     ) -> Vec<Ended> {
         let mut out = Vec::new();
+        self.each_where(pred, |shard, id| out.extend(shard.end(id, reason, now)));
+        out
+    }
+
+    /// Ends every session `pred` picks because its org moved to another
+    /// node (`Shard::hand_on`: seat time counted, the end not).
+    pub fn hand_on_where(&self, now: Millis, pred: impl FnMut(&Pool, &MachineId, &Email) -> bool) {
+        self.each_where(pred, |shard, id| shard.hand_on(id, now));
+    }
+
+    /// Runs `f` on each session `pred` picks, shard by shard under its lock.
+    fn each_where(
+        &self,
+        mut pred: impl FnMut(&Pool, &MachineId, &Email) -> bool,
+        mut f: impl FnMut(&mut Shard, SessionId),
+    ) {
         for (index, cell) in self.shards.iter().enumerate() {
             let mut shard = cell.lock.lock();
             let ids: Vec<SessionId> =
                 shard.iter().filter(|(_, s)| pred(shard.pool_of(s), &s.machine, &s.user)).map(|(id, _)| id).collect();
-            out.extend(ids.into_iter().filter_map(|id| shard.end(id, reason, now)));
+            for id in ids {
+                f(&mut shard, id);
+            }
             self.publish(index, &shard);
         }
-        out
     }
 
     /// No live session's lease ends before this (a renewed one may end

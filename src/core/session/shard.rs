@@ -254,6 +254,18 @@ impl Shard {
     /// Ends a session: removes it, returns its seat, and says why. Built on
     /// `remove`, so each session ends (and its seat comes back) at most once.
     pub fn end(&mut self, id: SessionId, reason: EndReason, now: Millis) -> Option<Ended> {
+        self.finish(id, reason, true, now)
+    }
+
+    /// Ends session `id` at `now` because its org moved to another node
+    /// (a cluster's handover): its seat time counts, its end does not (the
+    /// runner re-attaches there, and the session's end is counted there).
+    pub fn hand_on(&mut self, id: SessionId, now: Millis) {
+        let _ = self.finish(id, EndReason::ConnectionClosed, false, now);
+    }
+
+    /// Ends session `id`: its end counted for `reason` if `counted`.
+    fn finish(&mut self, id: SessionId, reason: EndReason, counted: bool, now: Millis) -> Option<Ended> {
         let live = self.remove(id)?;
         if let Some(cap) = &live.cap {
             cap.release(1);
@@ -262,8 +274,9 @@ impl Shard {
         let Shard { pools, closed, dropped, .. } = self;
         // Invariant: as in `pool_of`, the session's pool is registered here.
         let entry = pools.get_mut(&live.pool).expect("a session's pool is registered in its shard");
-        entry.ends[reason as usize] += 1;
-        entry.accrual.end(live.started, now, reason as usize, &mut keep(closed, dropped, live.pool));
+        entry.ends[reason as usize] += u64::from(counted);
+        let counted = counted.then_some(reason as usize);
+        entry.accrual.end(live.started, now, counted, &mut keep(closed, dropped, live.pool));
         let pool = &entry.pool;
         pool.return_seat();
         let org = pool.org.clone();

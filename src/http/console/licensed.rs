@@ -8,23 +8,14 @@
 //! chart beside it.
 
 use super::chart::Bars;
-use crate::core::{Millis, OrgName, PoolId, Principal, Product, DAY_MS};
-use crate::history::report::{self, ReportError};
-use crate::history::History;
-use crate::http::Web;
+use crate::core::{Millis, Product};
+use crate::history::report::Series;
 
-/// The chart over whole days `from..to`, for the KSE pools `pool` names
-/// (every KSE pool if `None`); `None` when the org has none or nothing
-/// was ever assigned or in use in the range.
-pub(super) fn chart(
-    web: &Web,
-    h: &History,
-    p: &Principal,
-    org: &OrgName,
-    pool: Option<PoolId>,
-    (from, to): (Millis, Millis),
-) -> Result<Option<String>, ReportError> {
-    let series = report::usage(web.ops.core(), Some(h), p, org, pool, (from, to), DAY_MS)?.read(h)?;
+/// The chart over whole days `from..to` of the KSE pools among `series`
+/// (the day rollups the usage page read, over every node of a cluster);
+/// `None` when the org has none or nothing was ever assigned or in use in
+/// the range.
+pub(super) fn chart(series: &[Series], (from, to): (Millis, Millis)) -> Option<String> {
     let mut counts = Bars::counts(from, to);
     for s in series.iter().filter(|s| s.pool.product == Product::Kse) {
         for pt in &s.points {
@@ -33,5 +24,5 @@ pub(super) fn chart(
             counts.most(&format!("{} activated", s.pool), pt.start, u64::from(u.licenses_activated()));
         }
     }
-    Ok((!counts.is_empty()).then(|| super::chart::lines(&counts)))
+    (!counts.is_empty()).then(|| super::chart::lines(&counts))
 }

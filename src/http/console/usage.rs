@@ -6,13 +6,15 @@
 //! table; Export, the same sessions as CSV named as the vendor names it.
 //!
 //! Who may read what is `history::report`'s rule (the API's and the
-//! CLI's), asked here with the same filter (`history::filter`).
+//! CLI's), asked here with the same filter (`history::filter`). On a
+//! cluster node every read covers every node's history, as the API's do,
+//! and a node that did not answer is named on the page.
 
 use std::sync::Arc;
 
 use askama::Template;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::chart::{self, Bars};
@@ -21,9 +23,10 @@ use super::form::Q;
 use super::{at, refused, render, Fields, Shell, When};
 use crate::core::{format_end_date, Millis, OrgName, Principal, DAY_MS};
 use crate::history::filter::SessionFilter;
-use crate::history::report::{self, ReportError};
-use crate::history::{export, EndedRow, History};
+use crate::history::report::{self, ReportError, Series};
+use crate::history::{export, EndedRow};
 use crate::http::Web;
+use crate::operations::gathered::{Gathered, Missing};
 
 /// The presets, as the vendor's dashboard offers them.
 const PRESETS: [(&str, &str); 7] = [
@@ -187,16 +190,9 @@ pub(super) async fn page(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPag
     let mut shell = s.shell("License utilization", Some(&org), "usage");
     let (query, error) = Query::of(&q, now);
     shell.error = error.map(|why| format!("{why} (INVALID_ARGUMENT)"));
-    let turn = web.ops.report_turn().await;
-    let built = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        gather(&web, &s.p, &org, query, shell)
-    })
-    .await;
-    match built {
-        Ok(Ok(page)) => render(StatusCode::OK, &page),
-        Ok(Err(e)) => report_refused(e),
-        Err(e) => super::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("the report failed: {e}")),
+    match gather(web, &s.p, &org, query, shell).await {
+        Ok(page) => render(StatusCode::OK, &page),
+        Err(e) => report_refused(e),
     }
 }
 
@@ -204,31 +200,41 @@ fn report_refused(e: ReportError) -> Response {
     refused(crate::proto::WireError::from(e))
 }
 
-/// Everything the page shows, as `p` may see it.
-fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, mut shell: Shell) -> Result<Page, ReportError> {
+/// Everything the page shows, as `p` may see it; on a cluster node over
+/// every node's history (`Operations::usage_gathered`, `sessions_gathered`).
+async fn gather(web: Arc<Web>, p: &Principal, org: &OrgName, q: Query, mut shell: Shell) -> Result<Page, ReportError> {
     let core = web.ops.core();
-    let h = web.ops.history().ok_or(ReportError::Off)?;
+    let kept = web.ops.history().ok_or(ReportError::Off)?.retention().minutes.as_secs() / 86_400;
     let pools: Vec<String> = core.status(p, Some(org))?.iter().map(|st| st.pool.to_string()).collect();
     // Who held the sessions is for the org's Owners and Admins (the core's
     // rule); anyone else reads the totals and the chart.
     let readers = core.require_session_reader(p, org).is_ok();
     let by_who = q.filter.user.is_some() || q.filter.machine.is_some() || q.filter.label.is_some();
+    let mut missing = Vec::new();
+    let days = day_aligned(q.range);
+    let ask = report::usage(core, web.ops.history(), p, org, pool_of(&q)?, days, DAY_MS)?;
+    let series = gathered(web.ops.usage_gathered(ask).await?, &mut missing);
     let (bars, source) = if by_who && readers {
-        let kept = h.retention().minutes.as_secs() / 86_400;
-        let (bars, whole) = from_sessions(web, h, p, org, &q)?;
+        let (bars, whole) = from_sessions(&web, p, org, &q, &mut missing).await?;
         let cut = if whole { "" } else { "; only the range's first sessions were read: narrow the range for all" };
         (bars, format!("from the ended sessions the broker keeps ({kept} days){cut}"))
     } else {
         if by_who {
             shell.error = Some("Only the org's Owners and Admins filter by user, machine or job (FORBIDDEN).".into());
         }
-        (from_rollups(web, h, p, org, &q)?, "from the per-minute history (exact seat time)".to_string())
+        (from_rollups(&series, days), "from the per-minute history (exact seat time)".to_string())
     };
     let (rows, next) = match readers {
-        true => report::sessions(core, Some(h), p, org, q.range, q.after, PAGE)?.filtered(q.filter.clone()).read(h)?,
+        true => {
+            let ask = report::sessions(core, web.ops.history(), p, org, q.range, q.after, PAGE)?;
+            gathered(web.ops.sessions_gathered(ask.filtered(q.filter.clone())).await?, &mut missing)
+        }
         false => (Vec::new(), None),
     };
-    let licensed = super::licensed::chart(web, h, p, org, pool_of(&q)?, day_aligned(q.range))?;
+    if !once_each(&mut missing) {
+        shell.error = Some(crate::http::api::missing_words(&missing));
+    }
+    let licensed = super::licensed::chart(&series, days);
     let now = web.ops.clock().now();
     let query = q.pairs();
     let next = next.map(|(end, id)| format!("{query}&after={end}.{}", crate::core::SessionId(id)));
@@ -249,6 +255,12 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, q: Query, mut shell: Shell) -
     })
 }
 
+/// A gathered answer's value; the nodes missing from it added to `missing`.
+fn gathered<T>(g: Gathered<T>, missing: &mut Vec<Missing>) -> T {
+    missing.extend(g.missing);
+    g.value
+}
+
 fn row(id: u64, r: EndedRow, now: Millis) -> Row {
     let secs = r.end.saturating_sub(r.start) / 1000;
     Row {
@@ -263,17 +275,15 @@ fn row(id: u64, r: EndedRow, now: Millis) -> Row {
     }
 }
 
-/// Seat time per pool and day from the rollups (no per-user breakdown).
-fn from_rollups(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query) -> Result<Bars, ReportError> {
-    let (from, to) = day_aligned(q.range);
-    let series = report::usage(web.ops.core(), Some(h), p, org, pool_of(q)?, (from, to), DAY_MS)?.read(h)?;
+/// Seat time per pool and day from the day rollups (no per-user breakdown).
+fn from_rollups(series: &[Series], (from, to): (Millis, Millis)) -> Bars {
     let mut bars = Bars::new(from, to);
     for s in series {
-        for pt in s.points {
+        for pt in &s.points {
             bars.add(&s.pool.to_string(), pt.start, pt.usage.seat_ms);
         }
     }
-    Ok(bars)
+    bars
 }
 
 /// The pool the question names, if any.
@@ -284,33 +294,40 @@ fn pool_of(q: &Query) -> Result<Option<crate::core::PoolId>, ReportError> {
 /// Seat time per pool and day from the ended sessions the filter keeps,
 /// each clipped to the range and split over the days it spans; and
 /// whether every session of the range was read.
-fn from_sessions(web: &Web, h: &History, p: &Principal, org: &OrgName, q: &Query) -> Result<(Bars, bool), ReportError> {
+async fn from_sessions(
+    web: &Web,
+    p: &Principal,
+    org: &OrgName,
+    q: &Query,
+    missing: &mut Vec<Missing>,
+) -> Result<(Bars, bool), ReportError> {
     let (from, to) = day_aligned(q.range);
     let mut bars = Bars::new(from, to);
-    let whole = kept_pages(web, h, p, org, q, |rows| {
+    let whole = kept_pages(web, p, org, q, missing, |rows| {
         for (_, r) in rows {
             bars.add_span(&r.pool, r.start.max(from.0), r.end.min(to.0));
         }
         true
-    })?;
+    })
+    .await?;
     Ok((bars, whole))
 }
 
 /// Hands `each` the pages of ended sessions the question keeps, at most
-/// `MAX_PAGES` of them (each reads at most `SCAN_MAX` stored rows), until
-/// `each` says stop: whether the range was read to its end.
-fn kept_pages(
+/// `MAX_PAGES` of them (each reads at most `SCAN_MAX` stored rows per
+/// node), until `each` says stop: whether the range was read to its end.
+async fn kept_pages(
     web: &Web,
-    h: &History,
     p: &Principal,
     org: &OrgName,
     q: &Query,
+    missing: &mut Vec<Missing>,
     mut each: impl FnMut(Vec<(u64, EndedRow)>) -> bool,
 ) -> Result<bool, ReportError> {
     let mut after = None;
     for _ in 0..MAX_PAGES {
-        let ask = report::sessions(web.ops.core(), Some(h), p, org, q.range, after, MAX_ROWS)?;
-        let (rows, next) = ask.filtered(q.filter.clone()).read(h)?;
+        let ask = report::sessions(web.ops.core(), web.ops.history(), p, org, q.range, after, MAX_ROWS)?;
+        let (rows, next) = gathered(web.ops.sessions_gathered(ask.filtered(q.filter.clone())).await?, missing);
         let more = each(rows);
         match next {
             Some(cursor) if more => after = Some(cursor),
@@ -327,50 +344,61 @@ fn day_aligned((from, to): (Millis, Millis)) -> (Millis, Millis) {
 }
 
 /// `GET /org/ORG/usage.csv`: the filtered sessions of the range, named as
-/// the vendor names its export.
+/// the vendor names its export; on a cluster node from every node's
+/// history (a node that did not answer is named in `X-History-Missing`).
 pub(super) async fn export(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgPage, Q(q): Q) -> Response {
     let query = match Query::of(&q, web.ops.clock().now()) {
         (query, None) => query,
         (_, Some(why)) => return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, &why, "INVALID_ARGUMENT"),
     };
-    let turn = web.ops.report_turn().await;
-    let built = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        csv(&web, &s.p, &org, &query)
-    })
-    .await;
-    match built {
-        Ok(Ok((name, body, whole))) => {
-            let disposition = format!("attachment; filename=\"{name}\"");
-            let csv = [
-                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
-                (header::CONTENT_DISPOSITION, disposition),
-            ];
-            let mut r = (csv, body).into_response();
-            if !whole {
-                let why = "the range holds more sessions than one export: narrow it, or page /api/v1/sessions";
-                r.headers_mut().insert("x-truncated", axum::http::HeaderValue::from_static(why));
-            }
-            r
-        }
-        Ok(Err(e)) => report_refused(e),
-        Err(e) => super::plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("the export failed: {e}")),
+    let mut missing = Vec::new();
+    let (name, body, whole) = match csv(&web, &s.p, &org, &query, &mut missing).await {
+        Ok(done) => done,
+        Err(e) => return report_refused(e),
+    };
+    let disposition = format!("attachment; filename=\"{name}\"");
+    let csv =
+        [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, disposition)];
+    let mut r = (csv, body).into_response();
+    if !whole {
+        let why = "the range holds more sessions than one export: narrow it, or page /api/v1/sessions";
+        r.headers_mut().insert("x-truncated", HeaderValue::from_static(why));
     }
+    if !once_each(&mut missing) {
+        if let Ok(v) = HeaderValue::from_str(&crate::http::api::missing_words(&missing)) {
+            r.headers_mut().insert("x-history-missing", v);
+        }
+    }
+    r
+}
+
+/// Each missing node once (several reads name the same nodes); whether none is.
+fn once_each(missing: &mut Vec<Missing>) -> bool {
+    missing.sort_by(|a, b| a.node.cmp(&b.node));
+    missing.dedup_by(|a, b| a.node == b.node);
+    missing.is_empty()
 }
 
 /// The export's file name and body (at most `MAX_ROWS` sessions), and
 /// whether it holds every session of the question.
-fn csv(web: &Web, p: &Principal, org: &OrgName, q: &Query) -> Result<(String, String, bool), ReportError> {
-    let h = web.ops.history().ok_or(ReportError::Off)?;
+async fn csv(
+    web: &Web,
+    p: &Principal,
+    org: &OrgName,
+    q: &Query,
+    missing: &mut Vec<Missing>,
+) -> Result<(String, String, bool), ReportError> {
+    web.ops.history().ok_or(ReportError::Off)?;
     let mut body = String::from(export::SESSIONS_CSV_HEADER);
     let mut rows = 0;
-    let whole = kept_pages(web, h, p, org, q, |page| {
+    let whole = kept_pages(web, p, org, q, missing, |page| {
         for (id, r) in page.iter().take(MAX_ROWS - rows) {
             body.push_str(&export::session_csv(*id, r));
         }
         rows = (rows + page.len()).min(MAX_ROWS);
         rows < MAX_ROWS
-    })?;
+    })
+    .await?;
     let name = format!("License Utilization_{org}_{}_{}.csv", q.from_day, q.to_day);
     Ok((name, body, whole))
 }

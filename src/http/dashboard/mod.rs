@@ -13,6 +13,8 @@
 //! machines, licensed users, offline licenses and the audit trail are for
 //! the org's Owners and Admins, who alone get the Kill button.
 
+mod cluster;
+mod shape;
 mod svg;
 pub mod view;
 
@@ -28,6 +30,7 @@ use crate::core::usage::MINUTE_MS;
 use crate::core::{Millis, OrgName, Principal, Role, SessionId};
 use crate::history::report;
 use crate::http::Web;
+use crate::operations::gathered::PeerUsage;
 use view::{LiveView, OrgView, PoolView, RANGES};
 
 /// Most audit entries the page shows.
@@ -144,11 +147,14 @@ pub(super) async fn org_page(
     let range = q.get("range").cloned().unwrap_or_else(|| "week".into());
     let flash = killed(&web, &cookie, &org, q.get("killed")).map(|s| format!("Session {s} was ended."));
     let s = web.clone();
+    let now = web.ops.clock().now();
+    let elsewhere = cluster::fetch(&web, &p, &org, &range, now).await;
     let turn = web.ops.report_turn().await;
     let built = tokio::task::spawn_blocking(move || {
         let _turn = turn;
-        let mut v = gather(&s, &p, &org, &range, s.ops.clock().now())?;
+        let mut v = gather(&s, &p, &org, (&range, now), &elsewhere)?;
         v.flash = flash;
+        v.missing = (!elsewhere.missing.is_empty()).then(|| super::api::missing_words(&elsewhere.missing));
         if v.kill_token.is_some() {
             v.kill_token = Some(s.signer.csrf_token(&cookie));
         }
@@ -213,13 +219,19 @@ pub(super) async fn kill(
 }
 
 /// Everything the org page shows, gathered as `p` may see it.
-fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> Result<OrgView, crate::core::Error> {
+fn gather(
+    web: &Web,
+    p: &Principal,
+    org: &OrgName,
+    (range, now): (&str, Millis),
+    elsewhere: &cluster::Elsewhere,
+) -> Result<OrgView, crate::core::Error> {
     let core = web.ops.core();
     let status = core.status(p, Some(org))?;
-    let (range, span, step) = RANGES.iter().find(|r| r.0 == range).copied().unwrap_or(RANGES[1]);
+    let (range, span, step) = range_of(range);
     let (from, to) = (Millis(now.0.saturating_sub(span)), now);
     let subscription_ends = core.subscription_end(p, org).map(crate::core::format_end_date).unwrap_or_default();
-    let ask = Ask { web, p, org, span, step, now };
+    let ask = Ask { web, p, org, span, step, now, elsewhere };
     // The licensed users' last use scans the ended sessions while the
     // pools' charts read the rollups and replay: the page's two long
     // reads side by side (the report's turn bounds how many pages at once).
@@ -257,6 +269,7 @@ fn gather(web: &Web, p: &Principal, org: &OrgName, range: &str, now: Millis) -> 
         machines,
         audit,
         flash: None,
+        missing: None,
         totals: [0; 4],
     };
     v.cut();
@@ -272,6 +285,35 @@ struct Ask<'a> {
     span: u64,
     step: u64,
     now: Millis,
+    /// The other nodes' rollups for the page's charts (a cluster node's).
+    elsewhere: &'a cluster::Elsewhere,
+}
+
+/// A range's name, its length and its chart's step (ms); the week's for a
+/// name the page does not offer.
+fn range_of(name: &str) -> (&'static str, u64, u64) {
+    RANGES.iter().find(|r| r.0 == name).copied().unwrap_or(RANGES[1])
+}
+
+/// The org page's three rollup questions as (step, range) at `now`: the
+/// chart's, the heatmap's (hours over at least a week) and the time at
+/// each level's (minutes while that is few enough points, else hours).
+fn questions(span: u64, step: u64, now: Millis) -> [(u64, (Millis, Millis)); 3] {
+    let (from, to) = (Millis(now.0.saturating_sub(span)), now);
+    let heat_from = Millis(now.0.saturating_sub(span.max(7 * 86_400_000)));
+    let level_step = if span / MINUTE_MS <= report::MAX_POINTS { MINUTE_MS } else { 3_600_000 };
+    [(step, (from, to)), (3_600_000, (heat_from, to)), (level_step, (from, to))]
+}
+
+/// The range the page's what-if replays: the page's, at most 30 days.
+fn replay_range(span: u64, now: Millis) -> (Millis, Millis) {
+    (Millis(now.0.saturating_sub(span.min(30 * 86_400_000))), now)
+}
+
+/// The range the licensed users' last use is read over: the minutes' retention.
+fn last_use_range(web: &Web, now: Millis) -> Option<(Millis, Millis)> {
+    let kept = web.ops.history()?.retention().minutes.as_millis() as u64;
+    Some((Millis(now.0.saturating_sub(kept)), now))
 }
 
 impl Ask<'_> {
@@ -303,29 +345,34 @@ impl Ask<'_> {
     /// time at each level, and (KRE) the what-if replay.
     fn charts(&self, h: &crate::history::History, s: &crate::core::PoolStatus, pv: &mut PoolView) {
         let (core, p, org, span, now) = (self.web.ops.core(), self.p, self.org, self.span, self.now);
-        let (from, to) = (Millis(now.0.saturating_sub(span)), now);
-        let read = |step: u64, (from, to): (Millis, Millis)| {
-            report::usage(core, Some(h), p, org, Some(s.pool), (from, to), step)
-                .and_then(|ask| ask.read(h))
-                .ok()
-                .and_then(|mut v| v.pop())
+        let [chart, hours, at_level] = questions(span, self.step, now);
+        let read = |(step, range): (u64, (Millis, Millis)), elsewhere: &PeerUsage| {
+            let mut series =
+                report::usage(core, Some(h), p, org, Some(s.pool), range, step).and_then(|a| a.read(h)).ok()?;
+            elsewhere.fold_into(&mut series);
+            series.pop()
         };
-        pv.series = read(self.step, (from, to));
-        // The heatmap reads hours over the range (at least a week).
-        let heat_from = Millis(now.0.saturating_sub(span.max(7 * 86_400_000)));
-        if let Some(hours) = read(3_600_000, (heat_from, to)) {
-            pv.heat = heat(&hours, s.quota);
+        pv.series = read(chart, &self.elsewhere.usage[0]);
+        if let Some(hours) = read(hours, &self.elsewhere.usage[1]) {
+            pv.heat = shape::heat(&hours, s.quota);
         }
-        // Time at level: by minute while that is few enough points, else by hour.
-        let level_step = if span / MINUTE_MS <= report::MAX_POINTS { MINUTE_MS } else { 3_600_000 };
-        if let Some(fine) = read(level_step, (from, to)) {
-            pv.levels = levels(&fine, span, level_step);
+        if let Some(fine) = read(at_level, &self.elsewhere.usage[2]) {
+            pv.levels = shape::levels(&fine, span, at_level.0);
         }
         if pv.kre {
             let seats = s.quota.saturating_sub(2)..=s.quota + 2;
-            let replay_from = Millis(now.0.saturating_sub(span.min(30 * 86_400_000)));
-            let replay = report::what_if(core, Some(h), p, (org, s.pool), (replay_from, to), seats);
-            if let Ok(w) = replay.and_then(|a| a.read(h)) {
+            let replay = report::what_if(core, Some(h), p, (org, s.pool), replay_range(span, now), seats);
+            let theirs = self.elsewhere.demand.get(&s.pool);
+            let replayed = replay.and_then(|a| match theirs {
+                // A cluster node's: what every node recorded, replayed once.
+                Some(theirs) => {
+                    let mut recorded = a.recorded(h)?;
+                    theirs.iter().for_each(|t| recorded.merge(t.clone()));
+                    Ok(a.replay(recorded))
+                }
+                None => a.read(h),
+            });
+            if let Ok(w) = replayed {
                 pv.what_if = w.outcomes;
             }
         }
@@ -355,7 +402,7 @@ impl Ask<'_> {
     /// The KSE licensed users with their last use, if `p` may list them.
     fn licensed(&self) -> Option<Vec<view::Licensed>> {
         let grants = self.web.ops.core().grants(self.p, self.org, None).ok()?;
-        let last = last_use(self.web, self.p, self.org, self.now);
+        let last = last_use(self.web, (self.p, self.org), self.now, &self.elsewhere.ended);
         Some(
             grants
                 .into_iter()
@@ -370,55 +417,30 @@ impl Ask<'_> {
 }
 
 /// Each user's last active use: a live session now, else the end of their
-/// latest ended session in the history's minute retention.
-fn last_use(web: &Web, p: &Principal, org: &OrgName, now: Millis) -> HashMap<String, Millis> {
+/// latest ended session in the history's minute retention (on a cluster
+/// node, the other nodes' too: `ended`).
+fn last_use(
+    web: &Web,
+    (p, org): (&Principal, &OrgName),
+    now: Millis,
+    ended: &[crate::history::SessionsPage],
+) -> HashMap<String, Millis> {
     let mut last: HashMap<String, Millis> = HashMap::new();
-    if let Some(h) = web.ops.history() {
-        let from = Millis(now.0.saturating_sub(h.retention().minutes.as_millis() as u64));
-        if let Ok((rows, _)) =
-            report::sessions(web.ops.core(), Some(h), p, org, (from, now), None, report::MAX_SESSIONS)
-                .and_then(|a| a.read(h))
-        {
-            for (_, r) in rows {
-                let e = last.entry(r.user).or_insert(Millis(0));
-                *e = (*e).max(Millis(r.end));
-            }
+    let mut saw = |r: &crate::history::EndedRow| {
+        let e = last.entry(r.user.clone()).or_insert(Millis(0));
+        *e = (*e).max(Millis(r.end));
+    };
+    if let (Some(h), Some(range)) = (web.ops.history(), last_use_range(web, now)) {
+        let ask = report::sessions(web.ops.core(), Some(h), p, org, range, None, report::MAX_SESSIONS);
+        if let Ok((rows, _)) = ask.and_then(|a| a.read(h)) {
+            rows.iter().for_each(|(_, r)| saw(r));
         }
     }
+    ended.iter().flat_map(|(rows, _)| rows).for_each(|(_, r)| saw(r));
     if let Ok(live) = web.ops.core().sessions(p, org) {
         for s in live {
             last.insert(s.user.to_string(), now);
         }
     }
     last
-}
-
-/// Peak by UTC weekday and hour as a share of `quota`, from hourly points.
-fn heat(hours: &report::Series, quota: u32) -> [[Option<f64>; 24]; 7] {
-    let mut cells = [[None; 24]; 7];
-    for pt in &hours.points {
-        let h = (pt.start / 3_600_000) as usize;
-        // 1970-01-01 was a Thursday (Monday = 0).
-        let (day, hour) = ((h / 24 + 3) % 7, h % 24);
-        let share = f64::from(pt.usage.peak) / f64::from(quota.max(pt.usage.quota).max(1));
-        let c: &mut Option<f64> = &mut cells[day][hour];
-        *c = Some(c.unwrap_or(0.0).max(share));
-    }
-    cells
-}
-
-/// Minutes at each level of average seats in use (rounded), over a range
-/// of `span` ms read in steps of `step`; steps with no row held 0 seats.
-fn levels(points: &report::Series, span: u64, step: u64) -> Vec<(u32, u64)> {
-    let mut by: std::collections::BTreeMap<u32, u64> = Default::default();
-    let per = step / MINUTE_MS;
-    for pt in &points.points {
-        *by.entry(pt.average().round() as u32).or_default() += per;
-    }
-    let counted: u64 = by.values().sum();
-    let total = span / MINUTE_MS;
-    if total > counted {
-        *by.entry(0).or_default() += total - counted;
-    }
-    by.into_iter().collect()
 }

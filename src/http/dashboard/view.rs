@@ -161,6 +161,8 @@ pub struct OrgView {
     pub audit: Option<Vec<(Millis, String, String)>>,
     /// A message after an action (a kill), if any.
     pub flash: Option<String>,
+    /// On a cluster node: the nodes whose part of the charts is missing, in words.
+    pub missing: Option<String>,
     /// How many live sessions, licensed users, offline licenses and
     /// machines there were before `cut` kept the first few of each.
     pub totals: [usize; 4],
@@ -223,6 +225,9 @@ pub fn org(v: &OrgView) -> String {
     let _ = write!(b, "</span></p>");
     if let Some(f) = &v.flash {
         let _ = write!(b, r#"<p class="note" id="flash">{}</p>"#, esc(f));
+    }
+    if let Some(m) = &v.missing {
+        let _ = write!(b, r#"<p class="err" id="missing">{}</p>"#, esc(m));
     }
     b.push_str("</section>");
     for p in &v.pools {

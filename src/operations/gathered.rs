@@ -1,0 +1,268 @@
+//! The history's reports over a whole cluster. Each node keeps the history
+//! of the time it served an org (its own `history.redb`), so the node
+//! serving an org now reads its own slice and asks every other node for
+//! theirs (`cluster::peer`), at once, and merges them (`merge`). A node
+//! that does not answer within its deadline is named in the answer
+//! (`Missing`) rather than failing the report or silently showing less.
+//!
+//! On a single broker (no cluster, so no peers) a report is this node's
+//! read alone: the same call, with nothing else to ask.
+//!
+//! The other side, a node answering for its slice, is `slice_usage` and
+//! `slice_sessions`: the history's rows as they are, for any org (the org
+//! may no longer be served here), to a caller the door has checked is a
+//! node of this cluster.
+
+use serde::{Deserialize, Serialize};
+
+use super::merge::{self, PoolSlice};
+use super::Operations;
+use crate::core::{Millis, OrgName, PoolId};
+use crate::history::filter::SessionFilter;
+use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, WhatIfAsk, MAX_POINTS, MAX_SESSIONS};
+use crate::history::{EndedRow, Recorded, SessionsPage, WhatIf};
+
+/// A node whose slice of the history is not in an answer, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Missing {
+    /// The node's name.
+    pub node: String,
+    /// Why (it did not answer in time, is not live, refused).
+    pub why: String,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} {}", self.node, self.why)
+    }
+}
+
+/// A report's answer, and the nodes whose part of it is missing.
+#[derive(Debug)]
+pub struct Gathered<T> {
+    /// The answer.
+    pub value: T,
+    /// The nodes not in it (empty on a single broker, and when all answered).
+    pub missing: Vec<Missing>,
+}
+
+/// Other nodes' rollups of an org's pools, to fold into this node's.
+#[derive(Debug, Default)]
+pub struct PeerUsage(Vec<Vec<PoolSlice>>);
+
+impl PeerUsage {
+    /// Adds them to `series` (this node's read of the same question).
+    pub fn fold_into(&self, series: &mut [Series]) {
+        if !self.0.is_empty() {
+            merge::series(series, &self.0);
+        }
+    }
+}
+
+/// One node's page of ended sessions, as it travels.
+#[derive(Serialize, Deserialize)]
+struct SessionsSlice {
+    rows: Vec<(u64, EndedRow)>,
+    next: Option<(u64, u64)>,
+}
+
+impl Operations {
+    /// The usage `ask` asks for, over every node that served the org.
+    pub async fn usage_gathered(&self, ask: UsageAsk) -> Result<Gathered<Vec<Series>>, ReportError> {
+        let path = self.peers.is_some().then(|| usage_path(&ask));
+        let local = self.read_history(move |h| ask.read(h));
+        let (local, answers) = tokio::join!(local, self.ask_peers(path));
+        let mut value = local?;
+        let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
+        if !slices.is_empty() {
+            merge::series(&mut value, &slices);
+        }
+        Ok(Gathered { value, missing })
+    }
+
+    /// The page of ended sessions `ask` asks for, over every node that
+    /// served the org (one page of each, merged: `merge::pages`).
+    pub async fn sessions_gathered(&self, ask: SessionsAsk) -> Result<Gathered<SessionsPage>, ReportError> {
+        let path = self.peers.is_some().then(|| sessions_path(&ask));
+        let limit = ask.span().2;
+        let local = self.read_history(move |h| ask.read(h));
+        let (local, answers) = tokio::join!(local, self.ask_peers(path));
+        let local = local?;
+        let (slices, missing) = decoded::<SessionsSlice>(answers);
+        if slices.is_empty() {
+            return Ok(Gathered { value: local, missing });
+        }
+        let pages = std::iter::once(local).chain(slices.into_iter().map(|s| (s.rows, s.next))).collect();
+        Ok(Gathered { value: merge::pages(pages, limit), missing })
+    }
+
+    /// The replay `ask` asks for, of the demand every node that served the
+    /// org recorded (each node's `Recorded`, merged, then replayed).
+    pub async fn what_if_gathered(&self, ask: WhatIfAsk) -> Result<Gathered<WhatIf>, ReportError> {
+        if self.peers.is_none() {
+            return Ok(Gathered { value: self.read_history(move |h| ask.read(h)).await?, missing: Vec::new() });
+        }
+        let path = Some(demand_path(&ask));
+        let ask = std::sync::Arc::new(ask);
+        let mine = ask.clone();
+        let local = self.read_history(move |h| mine.recorded(h));
+        let (local, answers) = tokio::join!(local, self.ask_peers(path));
+        let mut recorded = local?;
+        let (slices, missing) = decoded::<Recorded>(answers);
+        for slice in slices {
+            recorded.merge(slice);
+        }
+        // The replay is the heavy part: off the async threads, in a turn.
+        let value = self.read_history(move |_| Ok(ask.replay(recorded))).await?;
+        Ok(Gathered { value, missing })
+    }
+
+    /// Whether this node asks other nodes for their slices (a cluster node).
+    pub fn has_peers(&self) -> bool {
+        self.peers.is_some()
+    }
+
+    /// The other nodes' rollups for `ask` alone, for a page that reads this
+    /// node's own on a blocking thread and folds these in (`PeerUsage`).
+    pub async fn peer_usage(&self, ask: &UsageAsk) -> Gathered<PeerUsage> {
+        let path = self.peers.is_some().then(|| usage_path(ask));
+        let (slices, missing) = decoded::<Vec<PoolSlice>>(self.ask_peers(path).await);
+        Gathered { value: PeerUsage(slices), missing }
+    }
+
+    /// The other nodes' records for `ask` alone (see `peer_usage`).
+    pub async fn peer_demand(&self, ask: &WhatIfAsk) -> Gathered<Vec<Recorded>> {
+        let path = self.peers.is_some().then(|| demand_path(ask));
+        let (value, missing) = decoded::<Recorded>(self.ask_peers(path).await);
+        Gathered { value, missing }
+    }
+
+    /// The other nodes' first page for `ask` alone (see `peer_usage`).
+    pub async fn peer_sessions(&self, ask: &SessionsAsk) -> Gathered<Vec<SessionsPage>> {
+        let path = self.peers.is_some().then(|| sessions_path(ask));
+        let (slices, missing) = decoded::<SessionsSlice>(self.ask_peers(path).await);
+        Gathered { value: slices.into_iter().map(|s| (s.rows, s.next)).collect(), missing }
+    }
+
+    /// Every other node's answer to `path` (none on a single broker, which
+    /// has no `path` to ask: nothing is built or sent there).
+    async fn ask_peers(&self, path: Option<String>) -> Vec<(String, Result<hyper::body::Bytes, String>)> {
+        let (Some(seat), Some(peers), Some(path)) = (&self.cluster, &self.peers, path) else { return Vec::new() };
+        let targets = seat.peers();
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        peers.ask(&targets, &path, crate::cluster::peer::now_ms()).await
+    }
+
+    /// This node's rollups of `org`'s `pools`, encoded for the node that asked.
+    pub async fn slice_usage(
+        &self,
+        org: OrgName,
+        pools: Vec<PoolId>,
+        (from, to): (Millis, Millis),
+        step_ms: u64,
+    ) -> Result<Vec<u8>, ReportError> {
+        bounded_usage(pools.len(), (from, to), step_ms)?;
+        let slices = self
+            .read_history(move |h| {
+                let mut out: Vec<PoolSlice> = Vec::new();
+                for pool in pools {
+                    let points = h.usage(org.as_str(), &pool.to_string(), from, to, step_ms)?;
+                    out.push((pool.to_string(), points.into_iter().map(|p| (p.start, p.step_ms, p.usage)).collect()));
+                }
+                Ok(out)
+            })
+            .await?;
+        postcard::to_allocvec(&slices).map_err(|e| ReportError::Task(e.to_string()))
+    }
+
+    /// What this node recorded of `org`'s `pool` over the range, encoded
+    /// for the node that asked (its what-if replays every node's).
+    pub async fn slice_demand(
+        &self,
+        org: OrgName,
+        pool: PoolId,
+        range: (Millis, Millis),
+    ) -> Result<Vec<u8>, ReportError> {
+        let recorded = self.read_history(move |h| Ok(h.recorded(org.as_str(), &pool.to_string(), range)?)).await?;
+        postcard::to_allocvec(&recorded).map_err(|e| ReportError::Task(e.to_string()))
+    }
+
+    /// This node's page of `org`'s ended sessions, encoded for the node that asked.
+    pub async fn slice_sessions(
+        &self,
+        org: OrgName,
+        range: (Millis, Millis),
+        (after, limit): (Option<(u64, u64)>, usize),
+        filter: SessionFilter,
+    ) -> Result<Vec<u8>, ReportError> {
+        let limit = limit.clamp(1, MAX_SESSIONS);
+        let (rows, next) = self
+            .read_history(move |h| Ok(h.sessions(org.as_str(), range, after, limit, &|r| filter.keeps(r))?))
+            .await?;
+        postcard::to_allocvec(&SessionsSlice { rows, next }).map_err(|e| ReportError::Task(e.to_string()))
+    }
+}
+
+/// A slice's question within a report's bounds.
+fn bounded_usage(pools: usize, (from, to): (Millis, Millis), step_ms: u64) -> Result<(), ReportError> {
+    let minute = crate::core::usage::MINUTE_MS;
+    let ok = from < to && step_ms >= minute && step_ms.is_multiple_of(minute) && pools <= 64;
+    match ok && (to.0 - from.0) / step_ms <= MAX_POINTS {
+        true => Ok(()),
+        false => Err(ReportError::Invalid("the slice asked for is out of bounds".into())),
+    }
+}
+
+/// The peer path of a usage question.
+fn usage_path(ask: &UsageAsk) -> String {
+    let ((from, to), step) = ask.span();
+    let pools: Vec<String> = ask.pools().map(|p| p.to_string()).collect();
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("org", ask.org().as_str()).append_pair("pools", &pools.join(","));
+    q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
+    q.append_pair("step", &step.to_string());
+    format!("/peer/v1/usage?{}", q.finish())
+}
+
+/// The peer path of a what-if's demand.
+fn demand_path(ask: &WhatIfAsk) -> String {
+    let (org, pool, (from, to)) = ask.span();
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("org", org.as_str()).append_pair("pool", &pool.to_string());
+    q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
+    format!("/peer/v1/demand?{}", q.finish())
+}
+
+/// The peer path of a question about ended sessions.
+fn sessions_path(ask: &SessionsAsk) -> String {
+    let ((from, to), after, limit) = ask.span();
+    let mut q = form_urlencoded::Serializer::new(String::new());
+    q.append_pair("org", ask.org().as_str());
+    q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
+    q.append_pair("limit", &limit.to_string());
+    if let Some((end, id)) = after {
+        q.append_pair("after", &format!("{end}.{id}"));
+    }
+    for (k, v) in ask.filter().pairs() {
+        q.append_pair(k, &v);
+    }
+    format!("/peer/v1/sessions?{}", q.finish())
+}
+
+/// The answers that decoded, and the nodes that gave none.
+fn decoded<T: serde::de::DeserializeOwned>(
+    answers: Vec<(String, Result<hyper::body::Bytes, String>)>,
+) -> (Vec<T>, Vec<Missing>) {
+    let (mut slices, mut missing) = (Vec::new(), Vec::new());
+    for (node, answer) in answers {
+        let slice = answer
+            .and_then(|b| postcard::from_bytes::<T>(&b).map_err(|e| format!("sent an answer not understood ({e})")));
+        match slice {
+            Ok(s) => slices.push(s),
+            Err(why) => missing.push(Missing { node, why }),
+        }
+    }
+    (slices, missing)
+}
