@@ -72,7 +72,7 @@ impl Operations {
     ) -> Result<(), WireError> {
         self.mutate(|core| core.plan_set_policy(c.p, org, pool, policy, c.now)).await?;
         // A policy may make machines due at once (ephemeral): look now.
-        self.wake_expiry();
+        self.wake_machines();
         Ok(())
     }
 

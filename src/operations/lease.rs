@@ -123,6 +123,9 @@ impl Operations {
         }
         let _writer = self.writer.lock().await;
         let registration = self.settle(self.core.register(c.p, target, c.now, ephemeral)?).await?;
+        // A registration no session uses is due after a grace: the machine
+        // task must know when to look.
+        self.wake_machines();
         Ok(registration == Registration::New)
     }
 
