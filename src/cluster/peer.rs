@@ -38,7 +38,8 @@ use super::link::Member;
 /// request takes at most `DEADLINE`.
 pub const MAX_SKEW_MS: u64 = 30_000;
 
-/// How long a node's slice may take to arrive, whole.
+/// How long a node's slice may take to arrive, whole (and, before that,
+/// how long a read may wait for one of the `AT_ONCE` turns).
 pub const DEADLINE: Duration = Duration::from_secs(2);
 
 /// Most bytes one peer answer may hold: a page of `report::MAX_SESSIONS`
@@ -200,10 +201,13 @@ impl Peers {
             let authorization = self.key.sign("GET", &member.hostport, path_and_query, now_ms);
             let (tls, turns, path) = (self.tls.clone(), self.turns.clone(), path_and_query.to_string());
             set.spawn(async move {
-                let read = async {
-                    let _turn = turns.acquire_owned().await.map_err(|e| e.to_string())?;
-                    member.get(Some(&tls), &path, &authorization, MAX_ANSWER).await
+                // The deadline starts with the read, not with the wait for
+                // a turn, which has a deadline of its own: a node is not
+                // named for the reads queued before it.
+                let Ok(Ok(_turn)) = tokio::time::timeout(DEADLINE, turns.acquire_owned()).await else {
+                    return (i, Ok(Err(format!("was not asked: {AT_ONCE} peer reads were under way"))));
                 };
+                let read = member.get(Some(&tls), &path, &authorization, MAX_ANSWER);
                 (i, tokio::time::timeout(DEADLINE, read).await)
             });
         }
