@@ -73,11 +73,16 @@ impl Operations {
         let local = self.read_history(move |h| ask.read(h));
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
         let mut value = local?;
-        let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
-        if !slices.is_empty() {
-            merge::series(&mut value, &slices);
+        if answers.is_empty() {
+            return Ok(Gathered { value, missing: Vec::new() });
         }
-        Ok(Gathered { value, missing })
+        // Decoding and merging the slices is heavy: off the async threads, in a turn.
+        self.read_history(move |_| {
+            let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
+            merge::series(&mut value, &slices);
+            Ok(Gathered { value, missing })
+        })
+        .await
     }
 
     /// The page of ended sessions `ask` asks for, over every node that
@@ -88,12 +93,20 @@ impl Operations {
         let local = self.read_history(move |h| ask.read(h));
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
         let local = local?;
-        let (slices, missing) = decoded::<SessionsSlice>(answers);
-        if slices.is_empty() {
-            return Ok(Gathered { value: local, missing });
+        if answers.is_empty() {
+            return Ok(Gathered { value: local, missing: Vec::new() });
         }
-        let pages = std::iter::once(local).chain(slices.into_iter().map(|s| (s.rows, s.next))).collect();
-        Ok(Gathered { value: merge::pages(pages, limit), missing })
+        // Decoding and merging pages of up to 100,000 rows each: off the
+        // async threads, in a turn.
+        self.read_history(move |_| {
+            let (slices, missing) = decoded::<SessionsSlice>(answers);
+            if slices.is_empty() {
+                return Ok(Gathered { value: local, missing });
+            }
+            let pages = std::iter::once(local).chain(slices.into_iter().map(|s| (s.rows, s.next))).collect();
+            Ok(Gathered { value: merge::pages(pages, limit), missing })
+        })
+        .await
     }
 
     /// The replay `ask` asks for, of the demand every node that served the
