@@ -19,7 +19,7 @@ use super::merge::{self, PoolSlice};
 use super::Operations;
 use crate::core::{Millis, OrgName, PoolId};
 use crate::history::filter::SessionFilter;
-use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, WhatIfAsk, MAX_POINTS, MAX_SESSIONS};
+use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, WhatIfAsk, MAX_POINTS};
 use crate::history::{EndedRow, Recorded, SessionsPage, WhatIf};
 
 /// A node whose slice of the history is not in an answer, and why.
@@ -210,13 +210,20 @@ impl Operations {
         (after, limit): (Option<(u64, u64)>, usize),
         filter: SessionFilter,
     ) -> Result<Vec<u8>, ReportError> {
-        let limit = limit.clamp(1, MAX_SESSIONS);
+        let limit = limit.clamp(1, PEER_MAX_SESSIONS);
         let (rows, next) = self
             .read_history(move |h| Ok(h.sessions(org.as_str(), range, after, limit, &|r| filter.keeps(r))?))
             .await?;
         postcard::to_allocvec(&SessionsSlice { rows, next }).map_err(|e| ReportError::Task(e.to_string()))
     }
 }
+
+/// Most ended sessions one node sends another in a page: a row with the
+/// longest labels, email and machine id the broker takes is under 2 KiB,
+/// so a page stays within the asker's `peer::MAX_ANSWER` (32 MiB) whatever
+/// its rows hold; the merge takes rows only up to where each node stopped,
+/// and the next page goes on from there.
+pub const PEER_MAX_SESSIONS: usize = 16_384;
 
 /// A slice's question within a report's bounds.
 fn bounded_usage(pools: usize, (from, to): (Millis, Millis), step_ms: u64) -> Result<(), ReportError> {
