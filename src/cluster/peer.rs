@@ -98,8 +98,7 @@ impl PeerKey {
     /// `host` (the request's `Host`) at `now_ms`.
     pub fn sign(&self, method: &str, host: &str, path_and_query: &str, now_ms: u64) -> String {
         let tag = hmac::sign(&self.0, &message(method, host, path_and_query, now_ms));
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("{SCHEME}{now_ms}.{hex}")
+        format!("{SCHEME}{now_ms}.{}", crate::value::hex(tag.as_ref()))
     }
 
     /// Checks `authorization` of `method path_and_query` received as
@@ -113,7 +112,7 @@ impl PeerKey {
         let given = authorization.and_then(|a| a.strip_prefix(SCHEME)).ok_or(PeerAuthError::Missing)?;
         let (ms, hex) = given.split_once('.').ok_or(PeerAuthError::Malformed)?;
         let sent: u64 = ms.parse().map_err(|_| PeerAuthError::Malformed)?;
-        let tag = unhex(hex).ok_or(PeerAuthError::Malformed)?;
+        let tag = crate::value::unhex(hex).filter(|t| t.len() <= 64).ok_or(PeerAuthError::Malformed)?;
         if sent.abs_diff(now_ms) > MAX_SKEW_MS {
             return Err(PeerAuthError::Stale);
         }
@@ -129,13 +128,6 @@ pub fn now_ms() -> u64 {
 
 fn message(method: &str, host: &str, path_and_query: &str, ms: u64) -> Vec<u8> {
     format!("{method}\n{host}\n{path_and_query}\n{ms}").into_bytes()
-}
-
-fn unhex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || hex.len() > 128 {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// A node asked for its slice: its name, and its console's URL if it is
