@@ -65,6 +65,7 @@ impl Version {
             1 => ErrorCode::Internal,
             2 => ErrorCode::ResponseTooLarge,
             3 => ErrorCode::QueueTimeout,
+            4 => ErrorCode::NotOwner,
             _ => return code,
         };
         // Codes are numbered by their order (error.rs): never reordered.
@@ -79,7 +80,7 @@ impl Version {
                 ErrorCode::Forbidden
             }
             ErrorCode::NotOwner => ErrorCode::Draining,
-            // GRANT_LIMIT, QUEUE_FULL, QUEUE_TIMEOUT, USER_LIMIT: the
+            // GRANT_LIMIT, QUEUE_FULL, QUEUE_TIMEOUT, USER_LIMIT, LABEL_LIMIT: the
             // caller may have no more of what it asked for.
             _ => ErrorCode::QuotaExceeded,
         }
@@ -116,7 +117,9 @@ fn since(req: &Req) -> u16 {
         Req::Checkout { .. } | Req::Label { .. } | Req::SetUserLimit { .. } | Req::ListUserLimits { .. } => 3,
         Req::List { of: ListOf::MachineUses { .. }, .. }
         | Req::RegisterEphemeral { .. }
-        | Req::SetMachinePolicy { .. } => 5,
+        | Req::SetMachinePolicy { .. }
+        | Req::SetLabelLimit { .. }
+        | Req::List { of: ListOf::LabelLimits { .. }, .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -169,6 +172,7 @@ mod tests {
             UserLimitSet,
             MachineExpired,
             PolicyChanged,
+            LabelLimitSet,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();

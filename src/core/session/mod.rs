@@ -99,6 +99,10 @@ pub struct SessionRequest {
     /// The user's cap in the pool, if any: already counted for this
     /// session; the session returns it when it ends.
     pub cap: Option<Arc<Seats>>,
+    /// The caps of the labels it carries, in a pool with label caps
+    /// (`None` elsewhere, at no allocation): counted for this session as
+    /// its cap is.
+    pub label_caps: Option<Box<[Arc<Seats>]>>,
     /// The machine's tenure, in a pool that tracks machine use: the
     /// session holds it from admission to its end.
     pub tenure: Option<Arc<Tenure>>,
@@ -323,6 +327,7 @@ impl SessionTable {
             indexed: deadline,
             labels: req.labels,
             cap: req.cap,
+            label_caps: req.label_caps,
             tenure: req.tenure,
         };
         // Invariant: the shard has room (checked above, under the same lock).
