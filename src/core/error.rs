@@ -125,6 +125,7 @@ impl Error {
         use super::Denial;
         match self {
             Error::UserLimit { .. } => Some(Denial::UserLimit),
+            Error::LabelLimit { .. } => Some(Denial::LabelLimit),
             Error::QueueFull { .. } => Some(Denial::QueueFull),
             Error::MachineNotRegistered => Some(Denial::MachineNotRegistered),
             Error::SubscriptionExpired => Some(Denial::SubscriptionExpired),

@@ -49,6 +49,8 @@ fn a_label_cap_limits_the_sessions_carrying_it_alone() {
     acquire(&w, 4, &[("team", "api")]).unwrap();
     acquire(&w, 5, &[]).unwrap();
     assert_eq!(w.in_use(), 4, "the refused session took no seat of the pool");
+    let label_limit = Denial::ALL.iter().position(|d| *d == Denial::LabelLimit).unwrap();
+    assert_eq!(w.pool_status().denied[label_limit], 1, "the refusal is counted under its reason");
     w.broker.release(&w.owner, first.session, t(0)).unwrap();
     acquire(&w, 3, WEB).unwrap();
     // Expiry gives the count back; removing the cap admits freely.

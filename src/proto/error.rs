@@ -138,6 +138,7 @@ impl ErrorCode {
             Denial::SubscriptionExpired => ErrorCode::SubscriptionExpired,
             Denial::NotLicensed => ErrorCode::NotLicensed,
             Denial::AlreadyActivated => ErrorCode::AlreadyActivated,
+            Denial::LabelLimit => ErrorCode::LabelLimit,
         }
     }
 

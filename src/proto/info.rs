@@ -349,7 +349,8 @@ pub struct UsagePoint {
     pub admitted: u64,
     /// Refusals by error code: `QUOTA_EXCEEDED`, then `USER_LIMIT`,
     /// `QUEUE_FULL`, `QUEUE_TIMEOUT`, `MACHINE_NOT_REGISTERED`,
-    /// `SUBSCRIPTION_EXPIRED`, `NOT_LICENSED`, `ALREADY_ACTIVATED`.
+    /// `SUBSCRIPTION_EXPIRED`, `NOT_LICENSED`, `ALREADY_ACTIVATED`, and
+    /// on version 5 streams `LABEL_LIMIT`.
     pub denied: Vec<u64>,
     /// Sessions ended by reason: released, expired, revoked, connection closed.
     pub ends: [u64; 4],

@@ -50,6 +50,16 @@ impl Version {
         self.0 >= 4
     }
 
+    /// How many counts of refusals by reason (`UsagePoint::denied`, in
+    /// `ErrorCode::DENIALS`' order) this version's document listed: a
+    /// reason appended since is left off its streams' points.
+    pub fn denials(self) -> usize {
+        match self.0 {
+            ..=4 => 8,
+            _ => ErrorCode::DENIALS.len(),
+        }
+    }
+
     /// Whether this version's document lists the request: a client of an
     /// older version never sends a later request, and one that does is
     /// answered as an unknown variant (`BAD_FRAME`).
@@ -183,6 +193,16 @@ mod tests {
             }
         }
         assert!(all.iter().all(|a| Version::CURRENT.audit_action(*a).is_none()));
+    }
+
+    #[test]
+    fn old_streams_get_the_refusal_counts_their_document_listed() {
+        for v in 1..=4 {
+            let listed = Version::new(v).unwrap().denials();
+            assert_eq!(ErrorCode::DENIALS[..listed].last(), Some(&ErrorCode::AlreadyActivated), "version {v}");
+        }
+        assert_eq!(Version::CURRENT.denials(), ErrorCode::DENIALS.len());
+        assert_eq!(ErrorCode::DENIALS.last(), Some(&ErrorCode::LabelLimit));
     }
 
     #[test]
