@@ -112,3 +112,21 @@ fn a_label_cap_survives_a_restart_and_a_member_may_not_set_one() {
     let bad = ("no spaces".to_string(), "web".to_string());
     assert!(w.broker.plan_set_label_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, bad, Some(1), t(0)).is_err());
 }
+
+#[test]
+fn a_relabelled_session_moves_into_and_out_of_the_caps() {
+    let w = Fixture::new(10, 2, TTL);
+    w.register("m").unwrap();
+    let plain = acquire(&w, 1, &[]).unwrap();
+    cap(&w, Some(1));
+    w.broker.label(&w.owner, plain.session, labels(WEB)).unwrap();
+    assert_eq!(counted(&w)[0].3, 1, "counted once it carries the label");
+    assert_eq!(acquire(&w, 2, WEB), Err(Error::LabelLimit { max: 1 }));
+    w.broker.label(&w.owner, plain.session, labels(&[("team", "api")])).unwrap();
+    assert_eq!(counted(&w)[0].3, 0, "given back once it no longer does");
+    acquire(&w, 2, WEB).unwrap();
+    w.broker.label(&w.owner, plain.session, labels(WEB)).unwrap();
+    assert_eq!(counted(&w)[0].3, 2, "a relabel is counted, never refused");
+    w.broker.release(&w.owner, plain.session, t(0)).unwrap();
+    assert_eq!(counted(&w)[0].3, 1);
+}

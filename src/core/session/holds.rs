@@ -43,6 +43,22 @@ fn adopt_labels(live: &mut Live, enforce: bool, caps: &[LabelCap]) -> Result<()>
     Ok(())
 }
 
+/// After a relabel: gives back the caps of `caps` the session's labels no
+/// longer match and counts it into those they now do. A held word of a
+/// cap since removed stays held (it is nobody's cap; its end returns it).
+pub(super) fn relabel(live: &mut Live, caps: &[LabelCap]) {
+    if let Some(held) = live.label_caps.take() {
+        let stale = |h: &Arc<Seats>| caps.iter().any(|c| Arc::ptr_eq(&c.seats, h) && !c.matches(&live.labels));
+        let (gone, kept): (Vec<_>, Vec<_>) = held.into_vec().into_iter().partition(stale);
+        for cap in gone {
+            cap.release(1);
+        }
+        live.label_caps = (!kept.is_empty()).then(|| kept.into_boxed_slice());
+    }
+    // Not enforced: never refuses.
+    let _ = adopt_labels(live, false, caps);
+}
+
 impl SessionTable {
     /// Takes a new session's holds on its machine's tenure, its user's cap
     /// and its labels' caps; a refusal gives back what was taken.

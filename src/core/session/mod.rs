@@ -384,7 +384,10 @@ impl SessionTable {
         Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
     }
 
-    /// Replaces a live session's labels if `allow` accepts its holder.
+    /// Replaces a live session's labels if `allow` accepts its holder,
+    /// and moves it into the label caps its new labels match and out of
+    /// those they no longer do (counted regardless, as a session older
+    /// than a cap: a relabel is never refused).
     pub fn label(
         &self,
         id: SessionId,
@@ -394,7 +397,10 @@ impl SessionTable {
         let (_, mut shard) = self.lock_for(id);
         vet(&shard, id, allow)?;
         // Invariant: vetted live above, under this same lock.
-        shard.get_mut(id).expect("vetted live above").labels = labels;
+        let caps = shard.get(id).and_then(|s| shard.pool_of(s).label_caps());
+        let live = shard.get_mut(id).expect("vetted live above");
+        live.labels = labels;
+        holds::relabel(live, caps.as_deref().map_or(&[], Vec::as_slice));
         Ok(())
     }
 
