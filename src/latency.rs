@@ -67,7 +67,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::RemoveUser { .. }
         | Req::SetSubscription { .. }
         | Req::SetUserLimit { .. }
-        | Req::SetMachinePolicy { .. } => 9,
+        | Req::SetMachinePolicy { .. }
+        | Req::SetLabelLimit { .. } => 9,
     })
 }
 

@@ -655,6 +655,16 @@ impl Broker {
                 }
                 Vec::new()
             }
+            Change::Put(Record::LabelLimit { org, pool, key, value, .. }) => {
+                // As a user cap: the live sessions carrying the label, after the bump.
+                if let Ok(p) = self.with_dir(|dir| dir.pool(org, *pool).cloned()) {
+                    let caps = p.label_caps();
+                    for cap in caps.iter().flat_map(|c| c.iter()).filter(|c| &c.key == key && &c.value == value) {
+                        self.sessions.adopt_label_where(p.uid, cap);
+                    }
+                }
+                Vec::new()
+            }
             _ => Vec::new(),
         }
     }

@@ -225,6 +225,19 @@ pub enum Record {
         /// Machines the broker released unused since the pool was created.
         expired: u64,
     },
+    /// A cap on the sessions of a pool carrying a label (`pool::labels`).
+    LabelLimit {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Most sessions carrying it at once; `None`: no cap.
+        max: Option<u32>,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -280,6 +293,8 @@ pub enum AuditAction {
     MachineExpired,
     /// The operator changed a pool's machine policy.
     PolicyChanged,
+    /// An Owner or Admin capped (or uncapped) the sessions carrying a label.
+    LabelLimitSet,
 }
 
 impl AuditAction {
@@ -302,6 +317,7 @@ impl AuditAction {
             AuditAction::UserLimitSet => "user_limit_set",
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
+            AuditAction::LabelLimitSet => "label_limit_set",
         }
     }
 }
@@ -402,6 +418,9 @@ impl Record {
             // After the pool's own record, before its machines (load order).
             Record::PoolPolicy { org, pool, .. } => (Table::Pools, format!("{org}/{pool}/policy")),
             Record::LastUses { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/last-use")),
+            Record::LabelLimit { org, pool, key, value, .. } => {
+                (Table::Counters, format!("{org}/{pool}/label-limit/{key}={value}"))
+            }
         }
     }
 }
@@ -426,7 +445,8 @@ impl Record {
             | Record::SeatTime { org, .. }
             | Record::EphemeralMachine { org, .. }
             | Record::PoolPolicy { org, .. }
-            | Record::LastUses { org, .. } => Some(org),
+            | Record::LastUses { org, .. }
+            | Record::LabelLimit { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,

@@ -142,6 +142,17 @@ impl Operations {
         self.mutate(|core| core.plan_set_user_limit(c.p, org, pool, email, max, c.now)).await
     }
 
+    /// Caps the sessions carrying a label in a pool (`None`: no cap).
+    pub async fn set_label_limit(
+        &self,
+        c: Caller<'_>,
+        (org, pool): (&OrgName, PoolId),
+        label: (String, String),
+        max: Option<u32>,
+    ) -> Result<(), WireError> {
+        self.mutate(|core| core.plan_set_label_limit(c.p, org, pool, label.clone(), max, c.now)).await
+    }
+
     /// Reserves the seat, signs the file, commits it, and hands the file back.
     pub async fn create_offline(
         &self,

@@ -401,6 +401,21 @@ pub enum Req {
         /// Every registration in the pool is ephemeral.
         ephemeral: bool,
     },
+    /// Version 5, Owner/Admin: caps how many sessions carrying the label
+    /// `key=value` a pool holds at once (`max` none: the cap is removed).
+    /// Running sessions are not cut. Answered with `Done`.
+    SetLabelLimit {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Most sessions carrying it at once.
+        max: Option<u32>,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -490,6 +505,14 @@ pub enum ListOf {
         /// The org.
         org: OrgName,
     },
+    /// Version 5: a pool's label caps: `PageItems::LabelLimits`, by key,
+    /// then value. Owner, Admin.
+    LabelLimits {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+    },
 }
 
 impl Req {
@@ -528,7 +551,8 @@ impl Req {
             | Req::WhatIf { org, .. }
             | Req::Check { org, .. }
             | Req::RegisterEphemeral { org, .. }
-            | Req::SetMachinePolicy { org, .. } => Some(org),
+            | Req::SetMachinePolicy { org, .. }
+            | Req::SetLabelLimit { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }
@@ -556,7 +580,8 @@ impl ListOf {
             | ListOf::Offline { org }
             | ListOf::Audit { org }
             | ListOf::UserLimits { org, .. }
-            | ListOf::MachineUses { org } => Some(org),
+            | ListOf::MachineUses { org }
+            | ListOf::LabelLimits { org, .. } => Some(org),
             ListOf::Usage { org, .. } | ListOf::Ended { org, .. } => Some(org),
             ListOf::Orgs => None,
         }
