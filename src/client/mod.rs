@@ -434,13 +434,7 @@ impl Client {
         let failed = |source| ClientError::Connect { addr, source };
         let connecting = endpoint.connect(addr, name).map_err(|e| failed(ConnectFailure::Start(e)))?;
         let conn = connecting.await.map_err(|e| failed(ConnectFailure::Handshake(e)))?;
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(ConnectFailure::Handshake(e)))?;
-        let hello = ClientFrame::Hello(Hello { version: VERSION, api_key: api_key.to_string(), client: client_name() });
-        let mut buf = Vec::new();
-        encode(&hello, &mut buf);
-        send.write_all(&buf).await.map_err(|e| failed(ConnectFailure::Hello(e)))?;
-        let mut frames = FrameBuf::new();
-        let first = read_frame(&mut recv, &mut frames).await?;
+        let (send, recv, frames, first) = hello(&conn, addr, api_key).await?;
         let welcome = match first {
             ServerFrame::Welcome(w) => w,
             ServerFrame::Error(e) => return Err(ClientError::Rejected(e)),
@@ -555,6 +549,35 @@ impl Client {
 
 fn client_name() -> String {
     format!("license-broker/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Says `Hello` on a new stream of `conn` in this build's protocol
+/// version, or, if the broker is older and refuses it
+/// (`UNSUPPORTED_VERSION`), in each earlier one in turn: requests and
+/// answers only ever gain variants at the end, so a newer client works with
+/// an older broker for everything that broker knows (what it does not
+/// know, it answers `BAD_FRAME`). Returns the stream and the broker's
+/// first frame.
+async fn hello(
+    conn: &quinn::Connection,
+    addr: SocketAddr,
+    api_key: &str,
+) -> Result<(quinn::SendStream, quinn::RecvStream, FrameBuf, ServerFrame), ClientError> {
+    let failed = |source| ClientError::Connect { addr, source };
+    let mut version = VERSION;
+    loop {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(ConnectFailure::Handshake(e)))?;
+        let hello = ClientFrame::Hello(Hello { version, api_key: api_key.to_string(), client: client_name() });
+        let mut buf = Vec::new();
+        encode(&hello, &mut buf);
+        send.write_all(&buf).await.map_err(|e| failed(ConnectFailure::Hello(e)))?;
+        let mut frames = FrameBuf::new();
+        let first = read_frame(&mut recv, &mut frames).await?;
+        match first {
+            ServerFrame::Error(e) if e.code == ErrorCode::UnsupportedVersion && version > 1 => version -= 1,
+            first => return Ok((send, recv, frames, first)),
+        }
+    }
 }
 
 async fn read_frame(recv: &mut quinn::RecvStream, frames: &mut FrameBuf) -> Result<ServerFrame, ClientError> {
