@@ -151,8 +151,9 @@ impl Directory {
                 self.keys.insert(*hash, entry);
             }
             Change::Put(Record::Offline { org, pool, license }) => return self.put_offline(org, *pool, license),
-            // The audit trail is never read back; the broker keeps the clock and lease marks.
-            Change::Put(Record::Audit(_) | Record::Clock { .. } | Record::Leases { .. }) => {}
+            // The audit trail and the outbox are never read back; the broker keeps the clock and lease marks.
+            Change::Put(Record::Audit(_) | Record::Event(_) | Record::Clock { .. } | Record::Leases { .. })
+            | Change::RemoveEvent { .. } => {}
             other => self.apply_to_pool(other),
         }
         None

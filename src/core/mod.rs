@@ -9,7 +9,8 @@
 //! `directory` (who exists) → `pool` and `seats` (a pool's counters) →
 //! `queue` (a pool's waiters and the seats handed to them) →
 //! `session` (the lease table and its shards) → `record` (what the store
-//! keeps) → `error`. Values (ids, pool names, instants) come from `crate::value`.
+//! keeps) and `event` (what the outbox keeps) → `error`. Values (ids,
+//! pool names, instants) come from `crate::value`.
 
 pub mod admin;
 pub mod admission;
@@ -17,6 +18,7 @@ pub mod availability;
 pub mod broker;
 pub mod directory;
 pub mod error;
+pub mod event;
 pub mod hash;
 pub mod licensing;
 pub mod pending;
@@ -44,6 +46,7 @@ pub use availability::{wait_estimate, Availability};
 pub use broker::{Broker, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
+pub use event::{event_key, Event, EventBody};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OfflineWindow, OFFLINE_MAX_DAYS};
 pub use pending::Pending;

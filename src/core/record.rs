@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::event::{event_key, Event};
 use super::id::{Email, KeyHash, MachineId, OfflineId, OrgName, Role};
 use super::pool::PoolId;
 use super::time::Millis;
@@ -188,6 +189,9 @@ pub enum Record {
         /// Seat-milliseconds.
         ms: u64,
     },
+    /// An event waiting in its org's outbox (docs/EVENTS.md), written in
+    /// the commit of the change that caused it; never read back into memory.
+    Event(Event),
 }
 
 /// An offline license as the broker keeps it.
@@ -241,6 +245,24 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
+    /// Every action, in the order of the encoding.
+    pub const ALL: [AuditAction; 14] = [
+        AuditAction::OrgCreated,
+        AuditAction::QuotaChanged,
+        AuditAction::UserAdded,
+        AuditAction::KeyCreated,
+        AuditAction::KeyRevoked,
+        AuditAction::MachineRemoved,
+        AuditAction::Granted,
+        AuditAction::GrantRevoked,
+        AuditAction::Activated,
+        AuditAction::OfflineCreated,
+        AuditAction::UserRemoved,
+        AuditAction::SessionKilled,
+        AuditAction::SubscriptionChanged,
+        AuditAction::UserLimitSet,
+    ];
+
     /// Lowercase name for listings.
     pub fn name(self) -> &'static str {
         match self {
@@ -324,6 +346,13 @@ pub enum Change {
         /// The member.
         email: Email,
     },
+    /// Remove an event past the outbox's retention.
+    RemoveEvent {
+        /// The org.
+        org: OrgName,
+        /// Its place in the org's outbox.
+        seq: u64,
+    },
 }
 
 /// An audit entry's key: `org/at/seq` in fixed-width hex, so an org's
@@ -354,6 +383,7 @@ impl Record {
             Record::AuthFailures { .. } => (Table::Meta, "auth_failures".to_string()),
             Record::Denials { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/denials")),
             Record::SeatTime { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/seat-ms")),
+            Record::Event(e) => (Table::Events, event_key(&e.org, e.seq)),
         }
     }
 }
@@ -378,6 +408,7 @@ impl Record {
             | Record::SeatTime { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
+            Record::Event(e) => Some(&e.org),
             Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,
         }
     }
@@ -391,7 +422,8 @@ impl Change {
             Change::RemoveMachine { org, .. }
             | Change::RemoveGrant { org, .. }
             | Change::RemoveBinding { org, .. }
-            | Change::RemoveUser { org, .. } => Some(org),
+            | Change::RemoveUser { org, .. }
+            | Change::RemoveEvent { org, .. } => Some(org),
         }
     }
 
@@ -403,6 +435,7 @@ impl Change {
             Change::RemoveGrant { org, pool, email } => (Table::Grants, in_pool(org, pool, email)),
             Change::RemoveBinding { org, pool, email } => (Table::Bindings, in_pool(org, pool, email)),
             Change::RemoveUser { org, email } => (Table::Users, format!("{org}/{email}")),
+            Change::RemoveEvent { org, seq } => (Table::Events, event_key(org, *seq)),
         }
     }
 }
@@ -439,11 +472,14 @@ pub enum Table {
     Counters,
     /// Broker-wide facts (the clock's high-water mark, the lease hold).
     Meta,
+    /// Each org's event outbox (appended, read by the stream and the
+    /// webhooks, trimmed past its retention, never loaded at start).
+    Events,
 }
 
 impl Table {
     /// Every table, parents first.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 12] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
@@ -455,6 +491,7 @@ impl Table {
         Table::Audit,
         Table::Counters,
         Table::Meta,
+        Table::Events,
     ];
 
     /// The tables that rebuild memory at startup.
@@ -485,6 +522,7 @@ impl Table {
             Table::Audit => "audit",
             Table::Counters => "counters",
             Table::Meta => "meta",
+            Table::Events => "events",
         }
     }
 }

@@ -9,6 +9,8 @@
 //! - `GET /api/v1/usage`, `/api/v1/sessions`, `/api/v1/what-if`: the
 //!   utilization reports as JSON or CSV (`api`), for a caller with an API
 //!   key (`auth`): the operator reads every org, members their own.
+//! - `GET /api/v1/events`: an org's events after a cursor, a long poll
+//!   (`events`, docs/EVENTS.md), for its Owners and Admins.
 //!
 //! `serve` brings it up on loopback by default, with the broker's own
 //! certificate (or `--http-cert`); plain HTTP only with `--http-plain`
@@ -25,6 +27,7 @@ mod budget;
 mod console;
 mod csrf;
 pub mod dashboard;
+mod events;
 mod listener;
 mod metrics;
 mod origin;
@@ -138,6 +141,7 @@ fn routes() -> Router<Arc<Web>> {
         .route("/api/v1/sessions", get(api::sessions))
         .route("/api/v1/what-if", get(api::what_if))
         .route("/api/v1/availability", get(api::availability))
+        .route("/api/v1/events", get(events::events))
         .route("/", get(dashboard::home))
         .route("/signin", axum::routing::post(dashboard::sign_in))
         .route("/signout", axum::routing::post(dashboard::sign_out))
@@ -234,7 +238,10 @@ async fn lanes(web: &Web, ip: std::net::IpAddr, req: Request, next: Next) -> Res
     if path == "/metrics" || path == "/healthz" {
         return next.run(req).await;
     }
-    let report = path.starts_with("/api/") || (path.starts_with("/org/") && req.method() == axum::http::Method::GET);
+    // The event stream's long polls wait rather than compute: they are
+    // bounded by their own turns (`events::MAX_WAITERS`), not the reports'.
+    let report = (path.starts_with("/api/") && path != "/api/v1/events")
+        || (path.starts_with("/org/") && req.method() == axum::http::Method::GET);
     let lane = req.extensions().get::<listener::Lane>().cloned();
     if lane.is_some_and(|lane| !lane.general(&web.budget)) {
         let busy = "the web door is busy: every connection slot but the scrapes' is taken; try again shortly\n";

@@ -13,7 +13,8 @@
 //! settle, the cluster's gate) → `lease` (acquire, re-attach, renew,
 //! release, register, activate, the wait queue) → `act` (the Owner's,
 //! Admin's and operator's durable changes) → `read` (the audit trail, the
-//! history's reports, where a key is served) → the background tasks
+//! history's reports, where a key is served) → `events` (the event
+//! stream's read) → the background tasks
 //! `expiry` and `checkpoint` (which looks for clock leaps: `leap`).
 //!
 //! Errors are the protocol's `WireError`: a documented code and a human
@@ -23,12 +24,14 @@
 mod act;
 mod check;
 pub mod checkpoint;
+pub mod events;
 pub mod expiry;
 pub mod leap;
 mod lease;
 mod read;
 
 pub use check::availability_json;
+pub use events::EventsPage;
 pub use lease::TicketCache;
 pub use read::SignIn;
 
@@ -40,6 +43,7 @@ use tokio::sync::Notify;
 use crate::clock::Clock;
 use crate::cluster::Seat;
 use crate::core::{Broker, Change, Ended, Millis, OrgName, Pending, PoolId, Principal, Result as CoreResult};
+use crate::events::Outbox;
 use crate::history::History;
 use crate::offline::SigningKey;
 use crate::proto::{ErrorCode, WireError};
@@ -110,6 +114,10 @@ pub struct Operations {
     expiry_wake: Notify,
     /// The deadline (Unix ms) the expiry task is sleeping towards.
     expiry_target: AtomicU64,
+    /// Numbers the events of audited changes and commits them with them.
+    outbox: Arc<Outbox>,
+    /// Turns of the event stream's readers waiting at once (`events::MAX_WAITERS`).
+    waiters: Arc<tokio::sync::Semaphore>,
     /// Dropped after every field above (fields drop in order): see `Parts::closed`.
     _closed: tokio::sync::oneshot::Sender<()>,
 }
@@ -132,6 +140,8 @@ impl Operations {
             leaps: leap::Leaps::new(&clock),
             expiry_wake: Notify::new(),
             expiry_target: AtomicU64::new(u64::MAX),
+            outbox: Arc::new(Outbox::default()),
+            waiters: Arc::new(tokio::sync::Semaphore::new(crate::events::MAX_WAITERS)),
             _closed: closed,
         }
     }
@@ -184,10 +194,12 @@ impl Operations {
         Ok(value)
     }
 
-    /// Writes `changes` to the store off the async threads.
+    /// Writes `changes` to the store off the async threads, with an event
+    /// in its org's outbox for each audit entry among them (`events::outbox`).
     async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit(&changes))
+        let (store, outbox, seat) = (self.store.clone(), self.outbox.clone(), self.cluster.clone());
+        let fence = move |org: &OrgName| seat.as_ref().and_then(|s| s.fence(org));
+        tokio::task::spawn_blocking(move || outbox.commit(&*store, changes, fence))
             .await
             .unwrap_or_else(|e| Err(StoreError::Backend(Box::new(e))))
     }
@@ -243,9 +255,10 @@ impl Operations {
         self.expiry_wake.notify_one();
     }
 
-    /// Stops admitting (a shutdown).
+    /// Stops admitting (a shutdown); readers waiting for events are answered.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.outbox.wake();
     }
 
     /// Whether a shutdown has begun.

@@ -220,8 +220,9 @@ fn open_history(options: &Options) -> Option<Arc<History>> {
 }
 
 impl Running {
-    /// Spawns the broker's tasks: the QUIC accept loop, the expiry and
-    /// checkpoint tasks, the history's, and the web door if asked for.
+    /// Spawns the broker's tasks: the QUIC accept loop, the expiry,
+    /// checkpoint and outbox-trimming tasks, the history's, and the web
+    /// door if asked for.
     fn spawn(&mut self, history: Option<Arc<History>>, web: Option<(Arc<crate::http::Web>, tokio::net::TcpListener)>) {
         let (shared, ops) = (&self.shared, &self.shared.ops);
         let stop = self.stop.subscribe();
@@ -229,6 +230,7 @@ impl Running {
             tokio::spawn(connection::accept_loop(shared.clone(), self.endpoint.clone(), stop.clone())),
             tokio::spawn(expiry::run(ops.clone(), stop.clone())),
             tokio::spawn(checkpoint::run(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::events::trim(ops.clone(), stop.clone())),
         ];
         self.history_task =
             history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));

@@ -1,0 +1,103 @@
+//! The event stream's read: an org's events after a cursor, waiting a
+//! bounded time for the first when there are none yet (a long poll).
+//! Owners and Admins of the org, as for the audit trail the events carry.
+//! Both doors call it: `GET /api/v1/events` and QUIC's `Events`.
+
+use std::time::Duration;
+
+use super::{store_failure, Caller, Operations};
+use crate::core::{Event, OrgName};
+use crate::events::{MAX_WAIT, PAGE};
+use crate::proto::{ErrorCode, WireError};
+use crate::store::Store;
+
+/// A page of an org's events.
+#[derive(Clone, Debug)]
+pub struct EventsPage {
+    /// Oldest first, at most `events::PAGE`.
+    pub events: Vec<Event>,
+    /// The cursor to ask after next: the last event's, or the one asked after.
+    pub next: u64,
+}
+
+impl Operations {
+    /// `org`'s events after `after`, waiting up to `wait` (at most
+    /// `events::MAX_WAIT`) for a first one. A cursor whose next events
+    /// were trimmed past the retention, or that is ahead of the org's
+    /// newest event, is refused (`INVALID_ARGUMENT`): the reader would
+    /// miss events without knowing. A shutdown ends the wait.
+    pub async fn events(
+        &self,
+        c: Caller<'_>,
+        org: &OrgName,
+        after: u64,
+        wait: Duration,
+    ) -> Result<EventsPage, WireError> {
+        self.core.require_org_admin(c.p, org)?;
+        let deadline = tokio::time::Instant::now() + wait.min(MAX_WAIT);
+        // Subscribed before the first read: a commit between the read and the wait wakes it.
+        let mut written = self.outbox.subscribe();
+        let mut turn = None;
+        loop {
+            let page = self.read_events(org, after).await?;
+            if !page.events.is_empty() || wait.is_zero() || self.is_draining() {
+                return Ok(page);
+            }
+            if turn.is_none() {
+                // A reader past the bound is answered now, empty: it asks again.
+                match self.waiters.clone().try_acquire_owned() {
+                    Ok(t) => turn = Some(t),
+                    Err(_) => return Ok(page),
+                }
+            }
+            match tokio::time::timeout_at(deadline, written.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return Ok(page),
+            }
+        }
+    }
+
+    /// One read of the outbox, off the async threads.
+    async fn read_events(&self, org: &OrgName, after: u64) -> Result<EventsPage, WireError> {
+        let (store, org) = (self.store.clone(), org.clone());
+        tokio::task::spawn_blocking(move || page(&*store, &org, after))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
+    }
+}
+
+/// The page after `after`; refused if events were trimmed between them,
+/// or if `after` is ahead of the newest.
+fn page(store: &dyn Store, org: &OrgName, after: u64) -> Result<EventsPage, WireError> {
+    let (events, _) = store.events_after(org, after, PAGE).map_err(store_failure)?;
+    let gone = |first: u64| {
+        let message = format!(
+            "the events after cursor {after} were removed past the retention (oldest kept: {first}); \
+             read from after={} to go on, knowing some were missed",
+            first - 1
+        );
+        Err(WireError::new(ErrorCode::InvalidArgument, message))
+    };
+    match events.first() {
+        // Numbers are consecutive: a hole after the cursor is a trim.
+        Some(first) if first.seq > after + 1 => return gone(first.seq),
+        Some(_) => {}
+        None if after == 0 => {}
+        None => {
+            let last = store.events_last(org).map_err(store_failure)?;
+            if after > last {
+                let message = format!("cursor {after} is ahead of org {org}'s newest event ({last})");
+                return Err(WireError::new(ErrorCode::InvalidArgument, message));
+            }
+        }
+    }
+    let next = events.last().map_or(after, |e| e.seq);
+    Ok(EventsPage { events, next })
+}
+
+/// Trims the outbox of the orgs this broker serves past the retention,
+/// every `events::retention::EVERY`, until told to stop.
+pub async fn trim(ops: std::sync::Arc<Operations>, stop: tokio::sync::watch::Receiver<bool>) {
+    let (core, clock) = (ops.core.clone(), ops.clock);
+    crate::events::retention::run(ops.store.clone(), move || core.org_names(), move || clock.now(), stop).await
+}

@@ -1,0 +1,186 @@
+//! The event stream (docs/EVENTS.md) against a real broker on loopback:
+//! every audited act is an event in its org's outbox, numbered in commit
+//! order, read after any cursor by the org's Owners and Admins over
+//! `GET /api/v1/events` (a long poll with `wait`), and kept across a restart.
+
+mod support;
+
+use std::time::Duration;
+
+use license_broker::value::Role;
+use serde_json::Value;
+
+use support::{org, start_with, TestBroker, POOL};
+
+async fn broker(dir: tempfile::TempDir) -> TestBroker {
+    start_with(dir, Duration::from_secs(30), |o| o.http = Some("127.0.0.1:0".parse().unwrap())).await
+}
+
+/// `GET /api/v1/events` with `query`, as `key`: (status, JSON body).
+async fn events(b: &TestBroker, query: &str, key: &str) -> (u16, Value) {
+    let (code, body) = b.web().fetch(&format!("/api/v1/events?org=default&{query}"), Some(key)).await;
+    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}")))
+}
+
+fn types(v: &Value) -> Vec<String> {
+    v["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
+}
+
+fn cursors(v: &Value) -> Vec<u64> {
+    v["events"].as_array().unwrap().iter().map(|e| e["cursor"].as_u64().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audited_acts_are_events_in_commit_order_resumable_after_a_cursor() {
+    let b = broker(tempfile::tempdir().unwrap()).await;
+    let (op, owner) = (b.operator().await, b.owner().await);
+    let (_, before) = events(&b, "", &b.owner).await;
+    let first = before["next"].as_u64().unwrap();
+    op.set_pool(&org(), POOL, 3).await.unwrap();
+    owner.add_user(&org(), "dev@example.com", Role::User).await.unwrap();
+    let (dev_key, _) = owner.create_key(&org(), "dev@example.com").await.unwrap();
+
+    let (code, all) = events(&b, &format!("after={first}"), &b.owner).await;
+    assert_eq!(code, 200, "{all}");
+    assert_eq!(types(&all), ["audit.quota_changed", "audit.user_added", "audit.key_created"]);
+    assert_eq!(cursors(&all), [first + 1, first + 2, first + 3], "numbered in commit order, no gaps");
+    let e = &all["events"][1];
+    assert_eq!(e["org"], "default");
+    assert_eq!(e["version"], 1);
+    assert_eq!(e["id"], format!("default/{}", first + 2));
+    assert_eq!(e["data"]["actor"], "owner@default");
+    assert!(e["data"]["detail"].as_str().unwrap().contains("user=dev@example.com"), "{e}");
+    assert_eq!(all["next"], first + 3);
+
+    let (_, rest) = events(&b, &format!("after={}", first + 2), &b.owner).await;
+    assert_eq!(types(&rest), ["audit.key_created"], "after a cursor: only what follows it");
+    assert_eq!(rest["events"][0]["idempotency_key"], all["events"][2]["idempotency_key"], "a fact read twice, one key");
+
+    // The audit trail's readers only: a User and the operator are refused.
+    let (code, v) = events(&b, "", &dev_key).await;
+    assert_eq!((code, v["error"].as_str()), (403, Some("FORBIDDEN")), "{v}");
+    let (code, _) = events(&b, "", &b.operator).await;
+    assert_eq!(code, 403);
+    // A cursor ahead of the newest event would wait for nothing: refused.
+    let (code, v) = events(&b, "after=1000000", &b.owner).await;
+    assert_eq!((code, v["error"].as_str()), (400, Some("INVALID_ARGUMENT")), "{v}");
+}
+
+/// A long poll answers with the first event committed while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_answers_with_the_event_committed_while_it_waits() {
+    let b = broker(tempfile::tempdir().unwrap()).await;
+    let (_, now) = events(&b, "", &b.owner).await;
+    let next = now["next"].as_u64().unwrap();
+    let (web, owner_key) = (b.web(), b.owner.clone());
+    let poll = tokio::spawn(async move {
+        web.fetch(&format!("/api/v1/events?org=default&after={next}&wait=8"), Some(&owner_key)).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "nothing new yet: the poll waits");
+    b.owner().await.add_user(&org(), "late@example.com", Role::Admin).await.unwrap();
+    let (code, body) = poll.await.unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(types(&v), ["audit.user_added"]);
+    assert_eq!(cursors(&v), [next + 1]);
+}
+
+/// The outbox is in the store: a restarted broker serves the same events
+/// under the same cursors and keys, and numbers the next after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_restart_and_numbering_goes_on() {
+    let mut b = broker(tempfile::tempdir().unwrap()).await;
+    b.owner().await.add_user(&org(), "a@example.com", Role::User).await.unwrap();
+    b.owner().await.add_user(&org(), "b@example.com", Role::User).await.unwrap();
+    let (_, before) = events(&b, "", &b.owner).await;
+    b.stop().await;
+    let dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
+    // A restart makes no new keys: the first run's still sign in.
+    let b = TestBroker { operator: b.operator.clone(), owner: b.owner.clone(), ..broker(dir).await };
+    let (_, after) = events(&b, "", &b.owner).await;
+    assert_eq!(after["events"], before["events"], "the same events, cursors and keys");
+    let last = before["next"].as_u64().unwrap();
+    b.owner().await.add_user(&org(), "c@example.com", Role::User).await.unwrap();
+    let (_, new) = events(&b, &format!("after={last}"), &b.owner).await;
+    assert_eq!(cursors(&new), [last + 1], "numbered after the last, none reused");
+}
+
+const DOC: &str = include_str!("../docs/EVENTS.md");
+
+/// The schema docs/EVENTS.md gives under "```json schema NAME".
+fn schema(name: &str) -> Value {
+    let start = DOC.find(&format!("```json schema {name}\n")).unwrap_or_else(|| panic!("no schema {name}"));
+    let body = &DOC[start..].split_once('\n').unwrap().1;
+    let end = body.find("\n```").unwrap();
+    serde_json::from_str(&body[..end]).unwrap_or_else(|e| panic!("schema {name} is not JSON: {e}"))
+}
+
+/// Checks `v` against the part of JSON Schema the document uses: `type`,
+/// `required`, `properties`, `additionalProperties: false`, `enum`, `const`.
+fn conforms(v: &Value, s: &Value, at: &str) -> Result<(), String> {
+    let kind_ok = match s["type"].as_str() {
+        Some("object") => v.is_object(),
+        Some("string") => v.is_string(),
+        Some("integer") => v.is_u64() || v.is_i64(),
+        Some(other) => return Err(format!("{at}: the checker knows no type {other}")),
+        None => true,
+    };
+    if !kind_ok {
+        return Err(format!("{at}: {v} is not of type {}", s["type"]));
+    }
+    if let Some(allowed) = s["enum"].as_array() {
+        if !allowed.contains(v) {
+            return Err(format!("{at}: {v} is not one of {allowed:?}"));
+        }
+    }
+    if !s["const"].is_null() && &s["const"] != v {
+        return Err(format!("{at}: {v} is not {}", s["const"]));
+    }
+    let Some(fields) = v.as_object() else { return Ok(()) };
+    for required in s["required"].as_array().into_iter().flatten() {
+        if !fields.contains_key(required.as_str().unwrap()) {
+            return Err(format!("{at}: lacks {required}"));
+        }
+    }
+    for (name, value) in fields {
+        match s["properties"].get(name) {
+            Some(p) => conforms(value, p, &format!("{at}.{name}"))?,
+            None if s["additionalProperties"] == false => return Err(format!("{at}: has {name}, not documented")),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+/// The events a broker sends are those docs/EVENTS.md describes: each
+/// conforms to the envelope's schema and its type's, and the document
+/// lists every audit action as a type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_conform_to_the_documented_schemas() {
+    use license_broker::core::AuditAction;
+    let (envelope, audit) = (schema("envelope"), schema("audit"));
+    let names: Vec<&str> = AuditAction::ALL.iter().map(|a| a.name()).collect();
+    let listed: Vec<&str> =
+        audit["properties"]["action"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(listed, names, "the audit schema lists every action");
+    for name in &names {
+        assert!(DOC.contains(&format!("| `audit.{name}` |")), "EVENTS.md's table lacks audit.{name}");
+    }
+    let b = broker(tempfile::tempdir().unwrap()).await;
+    let (op, owner) = (b.operator().await, b.owner().await);
+    op.set_pool(&org(), POOL, 2).await.unwrap();
+    op.set_subscription(&org(), "2099-12-31").await.unwrap();
+    owner.add_user(&org(), "dev@example.com", Role::Admin).await.unwrap();
+    let (_, id) = owner.create_key(&org(), "dev@example.com").await.unwrap();
+    owner.revoke_key(&org(), &id).await.unwrap();
+    owner.remove_user(&org(), "dev@example.com").await.unwrap();
+    let (_, all) = events(&b, "", &b.owner).await;
+    let list = all["events"].as_array().unwrap();
+    assert!(list.len() >= 6, "{all}");
+    for e in list {
+        conforms(e, &envelope, "event").unwrap();
+        assert_eq!(e["type"].as_str().unwrap(), format!("audit.{}", e["data"]["action"].as_str().unwrap()));
+        conforms(&e["data"], &audit, "data").unwrap();
+    }
+}
