@@ -112,6 +112,10 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Owner/Admin: the org's events (docs/EVENTS.md) after a cursor, one
+    /// per line; with --follow, new ones as they come, resuming after the
+    /// last one printed when the broker restarts.
+    Events(super::events::EventsArgs),
     /// Utilization history: per-step peak, average and trough of each pool
     /// (`usage`), the sessions that ended (`usage sessions`), and what
     /// other seat counts would have done (`usage what-if`). Members read

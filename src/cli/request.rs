@@ -94,7 +94,12 @@ async fn call(c: &Client, command: Command) -> Result<()> {
         Command::Usage(a) => usage::run(c, a).await,
         Command::Offline(cmd) => offline::request(c, cmd).await,
         // `cli::run` answers these without a connection; never routed here.
-        Command::Serve(_) | Command::Runner(_) | Command::Activate(_) | Command::MachineId | Command::Admin(_) => {
+        Command::Serve(_)
+        | Command::Runner(_)
+        | Command::Activate(_)
+        | Command::MachineId
+        | Command::Admin(_)
+        | Command::Events(_) => {
             anyhow::bail!("internal: command routed to the request path")
         }
     }

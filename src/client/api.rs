@@ -134,6 +134,22 @@ impl Client {
         self.done(Req::AddUser { org: org.clone(), email: email.into(), role }).await
     }
 
+    /// Owner/Admin: `org`'s events after the cursor `after`, waiting up to
+    /// `wait` for a first one (docs/EVENTS.md): each event's JSON document,
+    /// and the cursor to ask after next.
+    pub async fn events(
+        &self,
+        org: &OrgName,
+        after: u64,
+        wait: std::time::Duration,
+    ) -> Result<(Vec<String>, u64), ClientError> {
+        let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX);
+        match self.call(Req::Events { org: org.clone(), after, wait_ms }).await? {
+            Resp::Events { events, next } => Ok((events, next)),
+            other => unexpected(other),
+        }
+    }
+
     /// Owner/Admin: creates a key for a member; returns (key, id).
     pub async fn create_key(&self, org: &OrgName, email: &str) -> Result<(String, String), ClientError> {
         match self.call(Req::CreateKey { org: org.clone(), email: email.into() }).await? {

@@ -32,8 +32,9 @@ pub use version::Version;
 /// wait queue and job labels (`Req::Checkout`, `Req::Label`,
 /// `Notice::Queued`), and answers `Status` with `Pools` (each pool's queue
 /// depth too) and `ListSessions` with `SessionViews` (labels too).
-/// Version 4 adds paged lists (`Req::List`, `Resp::Page`).
-pub const VERSION: u16 = 4;
+/// Version 4 adds paged lists (`Req::List`, `Resp::Page`). Version 5 adds
+/// the event stream (`Req::Events`, `Resp::Events`).
+pub const VERSION: u16 = 5;
 
 /// The oldest version the broker still speaks: a version 1 stream gets
 /// `Admitted` and `Renewed`, without tokens.

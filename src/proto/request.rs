@@ -377,6 +377,18 @@ pub enum Req {
         /// The machine the runner would run on.
         machine: MachineId,
     },
+    /// Version 5: `org`'s events after the cursor `after` (docs/EVENTS.md),
+    /// waiting up to `wait_ms` (at most 30 s) for a first one when there is
+    /// none yet. Owners and Admins of the org. Answered with `Events`. A
+    /// waiting request holds its stream: send it on a stream of its own.
+    Events {
+        /// The org.
+        org: OrgName,
+        /// The cursor to read after (0: from the oldest kept).
+        after: u64,
+        /// How long to wait for a first event, in milliseconds.
+        wait_ms: u32,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -496,7 +508,8 @@ impl Req {
             | Req::SetUserLimit { org, .. }
             | Req::ListUserLimits { org, .. }
             | Req::WhatIf { org, .. }
-            | Req::Check { org, .. } => Some(org),
+            | Req::Check { org, .. }
+            | Req::Events { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }

@@ -201,6 +201,15 @@ pub enum Resp {
     },
     /// Check: the pool as an acquire would find it now.
     Availability(AvailabilityInfo),
+    /// Events (version 5): each event's JSON document (docs/EVENTS.md),
+    /// oldest first, as many as fit a frame; `next` is the cursor to ask
+    /// after next (the last event's, or the one asked after).
+    Events {
+        /// The events, each one JSON object.
+        events: Vec<String>,
+        /// The cursor to read after next.
+        next: u64,
+    },
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.
