@@ -53,7 +53,9 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::WhatIf { .. }
         | Req::Nodes
         | Req::Route { .. }
-        | Req::Events { wait_ms: 0, .. } => 8,
+        | Req::Events { wait_ms: 0, .. }
+        | Req::ListWebhooks { .. }
+        | Req::WebhookDeliveries { .. } => 8,
         Req::Events { .. } => return None,
         Req::CreateOrg { .. }
         | Req::SetPool { .. }
@@ -69,7 +71,10 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::TransferOffline { .. }
         | Req::RemoveUser { .. }
         | Req::SetSubscription { .. }
-        | Req::SetUserLimit { .. } => 9,
+        | Req::SetUserLimit { .. }
+        | Req::AddWebhook { .. }
+        | Req::RemoveWebhook { .. }
+        | Req::RotateWebhookSecret { .. } => 9,
     })
 }
 

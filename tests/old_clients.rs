@@ -73,8 +73,8 @@ reader!(read_v1, v1, a,);
 reader!(read_v2, v2, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 reader!(read_v3, v3, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 
-/// Version 4's schema is today's less what version 5 appended (`Events`,
-/// request 39 and response 30), which a version 4 stream is never sent.
+/// Version 4's schema is today's less what version 5 appended (requests
+/// 39 to 44, responses 30 to 33), which a version 4 stream is never sent.
 fn read_v4(body: &[u8]) -> Answer {
     read_now(body, 4)
 }
@@ -95,7 +95,9 @@ fn read_now(body: &[u8], v: u16) -> Answer {
                         (a.session, a.token) = (Some(session.0), Some(token.0.to_vec()))
                     }
                     Resp::AuditLog(v) => a.audit = v.into_iter().map(|e| (e.action.name().into(), e.detail)).collect(),
-                    Resp::Events { .. } => assert!(v >= 5, "a version {v} stream was sent Events"),
+                    Resp::Events { .. } | Resp::WebhookAdded { .. } | Resp::Webhooks(_) | Resp::Deliveries(_) => {
+                        assert!(v >= 5, "a version {v} stream was sent a version 5 answer")
+                    }
                     _ => {}
                 }
             }
@@ -323,9 +325,16 @@ async fn later_requests(o: &mut Raw, v: u16) {
         _ => drop(o.ok(list, "Page").await),
     }
     let events = Req::Events { org: org(), after: 0, wait_ms: 0 };
+    let hooks = Req::ListWebhooks { org: org() };
     match v {
-        3 | 4 => o.refused(events, code::BAD_FRAME).await,
-        _ => drop(o.ok(events, "Events").await),
+        3 | 4 => {
+            o.refused(events, code::BAD_FRAME).await;
+            o.refused(hooks, code::BAD_FRAME).await;
+        }
+        _ => {
+            o.ok(events, "Events").await;
+            o.ok(hooks, "Webhooks").await;
+        }
     }
 }
 

@@ -19,6 +19,7 @@ mod request;
 mod runner;
 mod serve;
 mod usage;
+mod webhook;
 
 use std::process::ExitCode;
 

@@ -467,7 +467,9 @@ impl Store for EtcdStore {
                     | Change::RemoveGrant { .. }
                     | Change::RemoveBinding { .. }
                     | Change::RemoveUser { .. }
-                    | Change::RemoveEvent { .. } => Op::Delete(key),
+                    | Change::RemoveEvent { .. }
+                    | Change::RemoveWebhook { .. }
+                    | Change::RemoveWebhookCursor { .. } => Op::Delete(key),
                 });
             }
             txns.push((compare, ops));

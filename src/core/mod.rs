@@ -30,6 +30,7 @@ pub mod session;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod usage;
+pub mod webhook;
 
 pub use crate::value::Labels;
 /// The shared values (`crate::value`), under the names core modules use.
@@ -55,3 +56,4 @@ pub use queue::{Deliver, Grant, Joined, Place};
 pub use record::{audit_key, AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
 pub use session::{EndReason, Ended, Lease, Renewed, SessionInfo};
 pub use time::{format_end_date, format_utc, parse_end_of_date, Millis, DAY_MS};
+pub use webhook::{Secret, Webhook, WebhookView};

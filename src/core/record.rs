@@ -15,6 +15,7 @@ use super::event::{event_key, Event};
 use super::id::{Email, KeyHash, MachineId, OfflineId, OrgName, Role};
 use super::pool::PoolId;
 use super::time::Millis;
+use super::webhook::Webhook;
 
 /// One durable fact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -192,6 +193,18 @@ pub enum Record {
     /// An event waiting in its org's outbox (docs/EVENTS.md), written in
     /// the commit of the change that caused it; never read back into memory.
     Event(Event),
+    /// A webhook of an org (its URL, filters and secret).
+    Webhook(Webhook),
+    /// How far a webhook's deliveries have gone: the cursor of the last
+    /// event delivered (or skipped by its filters).
+    WebhookCursor {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+        /// The cursor.
+        delivered: u64,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -346,6 +359,20 @@ pub enum Change {
         /// The member.
         email: Email,
     },
+    /// Remove a webhook.
+    RemoveWebhook {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
+    /// Remove a webhook's delivery cursor (with the webhook).
+    RemoveWebhookCursor {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
     /// Remove an event past the outbox's retention.
     RemoveEvent {
         /// The org.
@@ -384,6 +411,8 @@ impl Record {
             Record::Denials { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/denials")),
             Record::SeatTime { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/seat-ms")),
             Record::Event(e) => (Table::Events, event_key(&e.org, e.seq)),
+            Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
+            Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
         }
     }
 }
@@ -409,6 +438,8 @@ impl Record {
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Event(e) => Some(&e.org),
+            Record::Webhook(h) => Some(&h.org),
+            Record::WebhookCursor { org, .. } => Some(org),
             Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,
         }
     }
@@ -423,7 +454,9 @@ impl Change {
             | Change::RemoveGrant { org, .. }
             | Change::RemoveBinding { org, .. }
             | Change::RemoveUser { org, .. }
-            | Change::RemoveEvent { org, .. } => Some(org),
+            | Change::RemoveEvent { org, .. }
+            | Change::RemoveWebhook { org, .. }
+            | Change::RemoveWebhookCursor { org, .. } => Some(org),
         }
     }
 
@@ -436,6 +469,8 @@ impl Change {
             Change::RemoveBinding { org, pool, email } => (Table::Bindings, in_pool(org, pool, email)),
             Change::RemoveUser { org, email } => (Table::Users, format!("{org}/{email}")),
             Change::RemoveEvent { org, seq } => (Table::Events, event_key(org, *seq)),
+            Change::RemoveWebhook { org, id } => (Table::Webhooks, format!("{org}/{id}")),
+            Change::RemoveWebhookCursor { org, id } => (Table::Webhooks, format!("{org}/{id}/cursor")),
         }
     }
 }
@@ -475,11 +510,13 @@ pub enum Table {
     /// Each org's event outbox (appended, read by the stream and the
     /// webhooks, trimmed past its retention, never loaded at start).
     Events,
+    /// Each org's webhooks and how far their deliveries have gone.
+    Webhooks,
 }
 
 impl Table {
     /// Every table, parents first.
-    pub const ALL: [Table; 12] = [
+    pub const ALL: [Table; 13] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
@@ -492,10 +529,11 @@ impl Table {
         Table::Counters,
         Table::Meta,
         Table::Events,
+        Table::Webhooks,
     ];
 
     /// The tables that rebuild memory at startup.
-    pub const DIRECTORY: [Table; 10] = [
+    pub const DIRECTORY: [Table; 11] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
@@ -506,6 +544,7 @@ impl Table {
         Table::Offline,
         Table::Counters,
         Table::Meta,
+        Table::Webhooks,
     ];
 
     /// The table's name in a store.
@@ -523,6 +562,7 @@ impl Table {
             Table::Counters => "counters",
             Table::Meta => "meta",
             Table::Events => "events",
+            Table::Webhooks => "webhooks",
         }
     }
 }

@@ -7,12 +7,20 @@
 //! loses none; encoded as the documented, versioned JSON (`json`); read by
 //! the stream (`GET /api/v1/events`, `license-broker events`) after any
 //! cursor within the retention; and trimmed past that retention
-//! (`retention`). Nothing here runs on the admission path: admission
-//! writes no audit entry, so it stamps no event.
+//! (`retention`). Webhooks (an org's URLs, kept by the core as records)
+//! get them signed (`sign`), only at addresses they may reach (`target`),
+//! over the cluster's own HTTP client pieces (`send`), by a task per
+//! webhook (`operations::deliver`) whose health this run keeps (`hooks`).
+//! Nothing here runs on the admission path: admission writes no audit
+//! entry, so it stamps no event, and no request handler awaits a delivery.
 
+pub mod hooks;
 pub mod json;
 pub mod outbox;
 pub mod retention;
+pub mod send;
+pub mod sign;
+pub mod target;
 
 pub use outbox::Outbox;
 

@@ -14,7 +14,8 @@
 //! release, register, activate, the wait queue) → `act` (the Owner's,
 //! Admin's and operator's durable changes) → `read` (the audit trail, the
 //! history's reports, where a key is served) → `events` (the event
-//! stream's read) → the background tasks
+//! stream's read) → `webhooks` (their acts) → the background tasks
+//! `deliver` (the webhooks' deliveries),
 //! `expiry` and `checkpoint` (which looks for clock leaps: `leap`).
 //!
 //! Errors are the protocol's `WireError`: a documented code and a human
@@ -24,11 +25,13 @@
 mod act;
 mod check;
 pub mod checkpoint;
+pub mod deliver;
 pub mod events;
 pub mod expiry;
 pub mod leap;
 mod lease;
 mod read;
+mod webhooks;
 
 pub use check::availability_json;
 pub use events::EventsPage;
@@ -88,6 +91,8 @@ pub struct Parts {
     /// Dropped with the operations, after the store: whoever holds its
     /// receiver learns that the store is closed (its file lock released).
     pub closed: tokio::sync::oneshot::Sender<()>,
+    /// How webhooks are delivered (`serve --webhook-*`).
+    pub delivery: crate::events::hooks::Settings,
 }
 
 /// The state every operation needs, shared by both doors and the
@@ -118,6 +123,10 @@ pub struct Operations {
     outbox: Arc<Outbox>,
     /// Turns of the event stream's readers waiting at once (`events::MAX_WAITERS`).
     waiters: Arc<tokio::sync::Semaphore>,
+    /// How webhooks are delivered.
+    delivery: crate::events::hooks::Settings,
+    /// How each webhook's deliveries go in this run.
+    hooks: crate::events::hooks::Board,
     /// Dropped after every field above (fields drop in order): see `Parts::closed`.
     _closed: tokio::sync::oneshot::Sender<()>,
 }
@@ -125,7 +134,7 @@ pub struct Operations {
 impl Operations {
     /// The operations over `parts`.
     pub fn new(parts: Parts) -> Operations {
-        let Parts { core, store, clock, signing, history, cluster, holders, closed } = parts;
+        let Parts { core, store, clock, signing, history, cluster, holders, closed, delivery } = parts;
         Operations {
             core,
             store,
@@ -142,6 +151,8 @@ impl Operations {
             expiry_target: AtomicU64::new(u64::MAX),
             outbox: Arc::new(Outbox::default()),
             waiters: Arc::new(tokio::sync::Semaphore::new(crate::events::MAX_WAITERS)),
+            delivery,
+            hooks: Default::default(),
             _closed: closed,
         }
     }

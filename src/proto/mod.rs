@@ -12,6 +12,7 @@ pub mod request;
 pub mod response;
 pub mod token;
 pub mod version;
+pub mod webhook;
 
 pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use error::{ErrorCode, WireError};
@@ -25,6 +26,7 @@ pub use request::*;
 pub use response::*;
 pub use token::*;
 pub use version::Version;
+pub use webhook::{DeliveryInfo, WebhookInfo};
 
 /// The protocol version this build speaks (first field of `Hello`).
 /// Version 2 answers `Acquire` with `Leased` and `Renew` with `Extended`,

@@ -210,6 +210,18 @@ pub enum Resp {
         /// The cursor to read after next.
         next: u64,
     },
+    /// AddWebhook, RotateWebhookSecret (version 5): the webhook's id and
+    /// secret (shown this once).
+    WebhookAdded {
+        /// The webhook's id.
+        id: String,
+        /// The secret its requests are signed with.
+        secret: String,
+    },
+    /// ListWebhooks (version 5).
+    Webhooks(Vec<crate::proto::WebhookInfo>),
+    /// WebhookDeliveries (version 5): recent attempts, oldest first.
+    Deliveries(Vec<crate::proto::DeliveryInfo>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

@@ -113,7 +113,12 @@ fn since(req: &Req) -> u16 {
         Req::Reattach { .. } => 2,
         Req::Checkout { .. } | Req::Label { .. } | Req::SetUserLimit { .. } | Req::ListUserLimits { .. } => 3,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
-        Req::Events { .. } => 5,
+        Req::Events { .. }
+        | Req::AddWebhook { .. }
+        | Req::ListWebhooks { .. }
+        | Req::RemoveWebhook { .. }
+        | Req::RotateWebhookSecret { .. }
+        | Req::WebhookDeliveries { .. } => 5,
         _ => 1,
     }
 }

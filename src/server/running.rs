@@ -94,6 +94,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         cluster,
         holders: notices.clone(),
         closed: closed_tx,
+        delivery: options.webhooks,
     }));
     let shared = Arc::new(door(options, ops, notices, tokens));
     let web = match http {
@@ -221,8 +222,8 @@ fn open_history(options: &Options) -> Option<Arc<History>> {
 
 impl Running {
     /// Spawns the broker's tasks: the QUIC accept loop, the expiry,
-    /// checkpoint and outbox-trimming tasks, the history's, and the web
-    /// door if asked for.
+    /// checkpoint, outbox-trimming and webhook-delivering tasks, the
+    /// history's, and the web door if asked for.
     fn spawn(&mut self, history: Option<Arc<History>>, web: Option<(Arc<crate::http::Web>, tokio::net::TcpListener)>) {
         let (shared, ops) = (&self.shared, &self.shared.ops);
         let stop = self.stop.subscribe();
@@ -231,6 +232,7 @@ impl Running {
             tokio::spawn(expiry::run(ops.clone(), stop.clone())),
             tokio::spawn(checkpoint::run(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::events::trim(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::deliver::run(ops.clone(), stop.clone())),
         ];
         self.history_task =
             history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));

@@ -222,7 +222,9 @@ fn commit(db: &Database, changes: &[Change]) -> Result<(), StoreError> {
             | Change::RemoveGrant { .. }
             | Change::RemoveBinding { .. }
             | Change::RemoveUser { .. }
-            | Change::RemoveEvent { .. } => {
+            | Change::RemoveEvent { .. }
+            | Change::RemoveWebhook { .. }
+            | Change::RemoveWebhookCursor { .. } => {
                 t.remove(key.as_str()).map_err(backend)?;
             }
         }
