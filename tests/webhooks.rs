@@ -332,3 +332,48 @@ fn forbidden_targets_and_callers_are_refused() {
     refused(&allowed, &allowed.owner, "http://169.254.169.254/", "an address webhooks may not reach");
     add_webhook(&allowed, &allowed.operator, "http://127.0.0.1:9/");
 }
+
+/// A receiver that keeps failing: past `--webhook-retry-for` the webhook
+/// is marked failing (in the list and `/metrics`), tries go on, and the
+/// first 2xx clears it; the event is delivered, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_retried_past_its_time_is_marked_failing_until_it_delivers() {
+    use license_broker::value::{OrgName, Role};
+    let b = support::start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.webhooks.allow_private = true;
+        o.webhooks.retry_for = Duration::from_secs(2);
+    })
+    .await;
+    let org = OrgName::new("default").unwrap();
+    let owner = b.owner().await;
+    let port = free_port();
+    let (id, _) = owner.add_webhook(&org, &format!("http://127.0.0.1:{port}/"), vec![]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failing = Receiver::start(port, 500);
+    owner.add_user(&org, "x@default", Role::User).await.unwrap();
+    let failing_now = || async {
+        let hooks = owner.webhooks(&org).await.unwrap();
+        let metrics = b.web().fetch("/metrics", None).await.1;
+        (hooks[0].failing, metrics.contains("lbroker_webhooks_failing 1"), hooks[0].backlog)
+    };
+    let started = Instant::now();
+    while failing_now().await != (true, true, 1) {
+        assert!(started.elapsed() < Duration::from_secs(20), "never marked failing: {:?}", failing_now().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let tries = owner.webhook_deliveries(&org, &id).await.unwrap();
+    assert!(tries.len() >= 2 && tries.iter().all(|t| t.status == 500), "{tries:?}");
+    drop(failing);
+    let ok = Receiver::start(port, 200);
+    let got = tokio::task::spawn_blocking(move || ok.next(Duration::from_secs(20))).await.unwrap();
+    assert!(got.expect("delivered once the receiver answers").json()["data"]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("x@default"));
+    let started = Instant::now();
+    while failing_now().await != (false, false, 0) {
+        assert!(started.elapsed() < Duration::from_secs(10), "still failing: {:?}", failing_now().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
