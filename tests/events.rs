@@ -184,3 +184,48 @@ async fn events_conform_to_the_documented_schemas() {
         conforms(&e["data"], &audit, "data").unwrap();
     }
 }
+
+/// A lease its runner lost is an event: expired (not renewed), revoked
+/// (killed); a released one is none. Each conforms to the documented schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_lost_are_events_and_released_ones_are_not() {
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(1), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    b.quota(3).await;
+    let (envelope, lease) = (schema("envelope"), schema("lease"));
+    let owner = b.owner().await;
+    let m = |s: &str| license_broker::value::MachineId::new(s).unwrap();
+    for name in ["gone", "killed", "kept"] {
+        owner.register_machine(&org(), POOL, &m(name)).await.unwrap();
+    }
+    let (_, now) = events(&b, "", &b.owner).await;
+    let mut after = now["next"].as_u64().unwrap();
+    let released = owner.acquire(&org(), POOL, &m("kept"), 1).await.unwrap();
+    owner.release(released.session).await.unwrap();
+    let gone = owner.acquire(&org(), POOL, &m("gone"), 2).await.unwrap();
+    let killed = owner.acquire(&org(), POOL, &m("killed"), 3).await.unwrap();
+    owner.kill_session(&org(), killed.session).await.unwrap();
+
+    let mut seen: Vec<Value> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.iter().filter(|e| e["type"].as_str().unwrap().starts_with("lease.")).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "lease events missing: {seen:?}");
+        let (_, page) = events(&b, &format!("after={after}&wait=5"), &b.owner).await;
+        after = page["next"].as_u64().unwrap();
+        seen.extend(page["events"].as_array().unwrap().iter().cloned());
+    }
+    let leases: Vec<&Value> = seen.iter().filter(|e| e["type"].as_str().unwrap().starts_with("lease.")).collect();
+    let by_session =
+        |s: license_broker::value::SessionId| leases.iter().find(|e| e["data"]["session"] == format!("{s}")).copied();
+    assert_eq!(by_session(gone.session).map(|e| &e["type"]), Some(&Value::from("lease.expired")), "{leases:?}");
+    assert_eq!(by_session(killed.session).map(|e| &e["type"]), Some(&Value::from("lease.revoked")), "{leases:?}");
+    assert!(by_session(released.session).is_none(), "a released lease is no event");
+    for e in leases {
+        conforms(e, &envelope, "event").unwrap();
+        conforms(&e["data"], &lease, "data").unwrap();
+        assert_eq!(e["data"]["pool"], "kre-floating-annual");
+        assert_eq!(e["idempotency_key"], format!("lease:default:{}", e["data"]["session"].as_str().unwrap()));
+    }
+}

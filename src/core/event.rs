@@ -10,7 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::id::OrgName;
+use super::id::{Email, MachineId, OrgName};
+use super::pool::PoolId;
 use super::record::AuditEntry;
 use super::time::Millis;
 
@@ -32,6 +33,29 @@ pub struct Event {
 pub enum EventBody {
     /// An entry of the org's audit trail was written.
     Audit(AuditEntry),
+    /// A session ended without its runner giving it back: its lease
+    /// expired (no renewal in time) or it was revoked (killed, its machine,
+    /// grant or member removed).
+    Lease(LeaseLost),
+}
+
+/// A session its runner lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseLost {
+    /// The pool.
+    pub pool: PoolId,
+    /// The session's id.
+    pub session: u64,
+    /// The machine it ran on.
+    pub machine: MachineId,
+    /// The user whose key held it.
+    pub user: Email,
+    /// When it started.
+    pub started: Millis,
+    /// Revoked (true) or expired (false).
+    pub revoked: bool,
+    /// The job's labels.
+    pub labels: Vec<(String, String)>,
 }
 
 impl Event {
@@ -44,6 +68,7 @@ impl Event {
     pub fn kind(&self) -> String {
         match &self.body {
             EventBody::Audit(e) => format!("audit.{}", e.action.name()),
+            EventBody::Lease(l) => format!("lease.{}", if l.revoked { "revoked" } else { "expired" }),
         }
     }
 
@@ -51,6 +76,8 @@ impl Event {
     pub fn idempotency_key(&self) -> String {
         match &self.body {
             EventBody::Audit(e) => format!("audit:{}:{:x}:{:x}", e.org, e.at.0, e.seq),
+            // A session ends once.
+            EventBody::Lease(l) => format!("lease:{}:{:016x}", self.org, l.session),
         }
     }
 }

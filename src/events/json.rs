@@ -34,6 +34,15 @@ fn data(body: &EventBody) -> Value {
             "action": a.action.name(),
             "detail": a.detail,
         }),
+        EventBody::Lease(l) => json!({
+            "pool": l.pool.to_string(),
+            "session": format!("{:016x}", l.session),
+            "machine": l.machine.as_str(),
+            "user": l.user.as_str(),
+            "started": format_utc(l.started),
+            "started_ms": l.started.0,
+            "labels": l.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        }),
     }
 }
 

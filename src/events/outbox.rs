@@ -47,6 +47,27 @@ impl Outbox {
         fence: impl Fn(&OrgName) -> Option<i64>,
     ) -> Result<(), StoreError> {
         let events: Vec<Event> = changes.iter().filter_map(event_of).collect();
+        self.commit_with(store, changes, events, fence)
+    }
+
+    /// Commits `events` alone (facts that changed no record, as a lease
+    /// lost), numbered as `commit` numbers them.
+    pub fn append(
+        &self,
+        store: &dyn Store,
+        events: Vec<Event>,
+        fence: impl Fn(&OrgName) -> Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.commit_with(store, Vec::new(), events, fence)
+    }
+
+    fn commit_with(
+        &self,
+        store: &dyn Store,
+        changes: Vec<Change>,
+        events: Vec<Event>,
+        fence: impl Fn(&OrgName) -> Option<i64>,
+    ) -> Result<(), StoreError> {
         if events.is_empty() {
             return store.commit(&changes);
         }
@@ -160,6 +181,7 @@ mod tests {
             .iter()
             .map(|e| match &e.body {
                 EventBody::Audit(a) => a.detail.clone(),
+                other => panic!("{other:?}"),
             })
             .collect();
         assert_eq!(details, vec!["n=4", "n=5"], "after a cursor: the later events, in order");

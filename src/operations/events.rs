@@ -101,3 +101,79 @@ pub async fn trim(ops: std::sync::Arc<Operations>, stop: tokio::sync::watch::Rec
     let (core, clock) = (ops.core.clone(), ops.clock);
     crate::events::retention::run(ops.store.clone(), move || core.org_names(), move || clock.now(), stop).await
 }
+
+/// Leases lost waiting for the outbox, at most: past it, they are counted
+/// (`lbroker_events_dropped_total`), not queued.
+pub const LOST_QUEUE: usize = 10_000;
+
+/// Most leases lost written in one commit.
+pub const LOST_BATCH: usize = 500;
+
+impl Operations {
+    /// Queues the event of a session its runner lost (expired, revoked);
+    /// other ends (released, connection closed) are no event. Never waits.
+    pub(super) fn lease_lost(&self, e: &crate::core::Ended) {
+        use crate::core::{EndReason, EventBody, LeaseLost};
+        let revoked = match e.reason {
+            EndReason::Expired => false,
+            EndReason::Revoked => true,
+            EndReason::Released | EndReason::ConnectionClosed => return,
+        };
+        let i = &e.info;
+        let lost = LeaseLost {
+            pool: i.pool,
+            session: i.session.0,
+            machine: i.machine.clone(),
+            user: i.user.clone(),
+            started: i.started,
+            revoked,
+            labels: i.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        let event = Event { org: e.org.clone(), seq: 0, at: e.at, body: EventBody::Lease(lost) };
+        if self.lost.try_send(event).is_err() {
+            // Relaxed: a statistic.
+            self.lost_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Leases lost that got no event (the queue was full, or the write failed).
+    pub fn events_dropped(&self) -> u64 {
+        self.lost_dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Writes the leases lost to the outbox in batches until told to stop
+/// (then writes what is queued).
+pub async fn write_lost(ops: std::sync::Arc<Operations>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(mut rx) = ops.lost_rx.lock().take() else { return };
+    let mut batch = Vec::with_capacity(LOST_BATCH);
+    loop {
+        let stopping = tokio::select! {
+            n = rx.recv_many(&mut batch, LOST_BATCH) => n == 0,
+            _ = stop.changed() => true,
+        };
+        if stopping {
+            while let Ok(e) = rx.try_recv() {
+                batch.push(e);
+            }
+        }
+        for chunk in std::mem::take(&mut batch).chunks(LOST_BATCH) {
+            append(&ops, chunk.to_vec()).await;
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// One batch of events into the outbox, off the async threads.
+async fn append(ops: &Operations, events: Vec<Event>) {
+    let n = events.len() as u64;
+    let (store, outbox, seat) = (ops.store.clone(), ops.outbox.clone(), ops.cluster.clone());
+    let fence = move |org: &OrgName| seat.as_ref().and_then(|s| s.fence(org));
+    let written = tokio::task::spawn_blocking(move || outbox.append(&*store, events, fence)).await;
+    if let Err(e) = written.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
+        tracing::warn!(count = n, "events of leases lost not written: {e}");
+        ops.lost_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}

@@ -127,6 +127,13 @@ pub struct Operations {
     delivery: crate::events::hooks::Settings,
     /// How each webhook's deliveries go in this run.
     hooks: crate::events::hooks::Board,
+    /// Leases lost (expired, revoked), on their way to the outbox
+    /// (`events::write_lost`): bounded, so a mass expiry holds no more.
+    lost: tokio::sync::mpsc::Sender<crate::core::Event>,
+    /// The other end, taken by the task that writes them.
+    lost_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<crate::core::Event>>>,
+    /// Leases lost that found the queue full (or failed to be written): no event.
+    lost_dropped: AtomicU64,
     /// Dropped after every field above (fields drop in order): see `Parts::closed`.
     _closed: tokio::sync::oneshot::Sender<()>,
 }
@@ -135,6 +142,7 @@ impl Operations {
     /// The operations over `parts`.
     pub fn new(parts: Parts) -> Operations {
         let Parts { core, store, clock, signing, history, cluster, holders, closed, delivery } = parts;
+        let (lost, lost_rx) = tokio::sync::mpsc::channel(events::LOST_QUEUE);
         Operations {
             core,
             store,
@@ -153,6 +161,9 @@ impl Operations {
             waiters: Arc::new(tokio::sync::Semaphore::new(crate::events::MAX_WAITERS)),
             delivery,
             hooks: Default::default(),
+            lost,
+            lost_rx: parking_lot::Mutex::new(Some(lost_rx)),
+            lost_dropped: AtomicU64::new(0),
             _closed: closed,
         }
     }
@@ -240,12 +251,14 @@ impl Operations {
         }
     }
 
-    /// Every session end passes here once: logged, and handed to the history.
+    /// Every session end passes here once: logged, handed to the history,
+    /// and, if its runner lost it, to the outbox (`events::LOST_QUEUE`).
     pub fn ended(&self, e: Ended) {
         let i = &e.info;
         let reason = e.reason.name();
         let (session, pool, machine, user, labels) = (&i.session, &i.pool, &i.machine, &i.user, &i.labels);
         tracing::debug!(%session, %pool, %machine, %user, %labels, reason, "session ended");
+        self.lease_lost(&e);
         if let Some(h) = &self.history {
             h.ended(e);
         }
