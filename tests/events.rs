@@ -229,3 +229,34 @@ async fn leases_lost_are_events_and_released_ones_are_not() {
         assert_eq!(e["idempotency_key"], format!("lease:default:{}", e["data"]["session"].as_str().unwrap()));
     }
 }
+
+/// A subscription ending in three days gets its 7-day notice, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_ending_soon_gets_its_notice_once() {
+    let b = broker(tempfile::tempdir().unwrap()).await;
+    let (_, now) = events(&b, "", &b.owner).await;
+    let after = now["next"].as_u64().unwrap();
+    let in_3_days = std::time::SystemTime::now() + Duration::from_secs(3 * 86_400);
+    let day = humantime::format_rfc3339(in_3_days).to_string()[..10].to_string();
+    b.operator().await.set_subscription(&org(), &day).await.unwrap();
+    let notices = |v: &Value| -> Vec<Value> {
+        v["events"].as_array().unwrap().iter().filter(|e| e["type"] == "subscription.ending").cloned().collect()
+    };
+    let (started, mut cursor) = (std::time::Instant::now(), after);
+    let notice = loop {
+        let (code, page) = events(&b, &format!("after={cursor}&wait=5"), &b.owner).await;
+        assert_eq!(code, 200, "{page}");
+        if let Some(n) = notices(&page).pop() {
+            break n;
+        }
+        cursor = page["next"].as_u64().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30), "no notice");
+    };
+    conforms(&notice, &schema("envelope"), "event").unwrap();
+    conforms(&notice["data"], &schema("subscription"), "data").unwrap();
+    assert_eq!((notice["data"]["days"].as_u64(), notice["data"]["last_day"].as_str()), (Some(7), Some(day.as_str())));
+    // Another pass of the check (every 10 s) gives it no second time.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let (_, all) = events(&b, &format!("after={after}"), &b.owner).await;
+    assert_eq!(notices(&all).len(), 1, "{all}");
+}

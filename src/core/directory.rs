@@ -79,6 +79,8 @@ pub(crate) struct OrgEntry {
     pub users: HashMap<Email, UserEntry>,
     /// Its webhooks, by id, with how far each has delivered.
     pub webhooks: std::collections::BTreeMap<String, WebhookView>,
+    /// The last notice given before its subscription ends: (end, days).
+    pub notice: Option<(Millis, u32)>,
 }
 
 /// A member of an org.
@@ -154,6 +156,11 @@ impl Directory {
                 self.keys.insert(*hash, entry);
             }
             Change::Put(Record::Offline { org, pool, license }) => return self.put_offline(org, *pool, license),
+            Change::Put(Record::SubscriptionNotice { org, end, days }) => {
+                if let Some(entry) = self.orgs.get_mut(org) {
+                    entry.notice = Some((*end, *days));
+                }
+            }
             Change::Put(Record::Webhook(_) | Record::WebhookCursor { .. })
             | Change::RemoveWebhook { .. }
             | Change::RemoveWebhookCursor { .. } => self.apply_webhook(change),
@@ -193,6 +200,7 @@ impl Directory {
             pools: HashMap::new(),
             users: HashMap::new(),
             webhooks: Default::default(),
+            notice: None,
         });
         entry.subscription_end = subscription_end;
         for pool in entry.pools.values() {

@@ -47,7 +47,7 @@ pub use availability::{wait_estimate, Availability};
 pub use broker::{Broker, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
-pub use event::{event_key, Event, EventBody, LeaseLost};
+pub use event::{event_key, subscription_notice, Event, EventBody, LeaseLost};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OfflineWindow, OFFLINE_MAX_DAYS};
 pub use pending::Pending;

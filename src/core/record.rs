@@ -205,6 +205,16 @@ pub enum Record {
         /// The cursor.
         delivered: u64,
     },
+    /// The last notice given before the org's subscription ends (14, 7
+    /// or 1 days), for that end: none is given twice.
+    SubscriptionNotice {
+        /// The org.
+        org: OrgName,
+        /// The end it was given for.
+        end: Millis,
+        /// The notice, in days.
+        days: u32,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -413,6 +423,7 @@ impl Record {
             Record::Event(e) => (Table::Events, event_key(&e.org, e.seq)),
             Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
             Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
+            Record::SubscriptionNotice { org, .. } => (Table::Counters, format!("{org}/subscription-notice")),
         }
     }
 }
@@ -439,7 +450,7 @@ impl Record {
             Record::Audit(e) => Some(&e.org),
             Record::Event(e) => Some(&e.org),
             Record::Webhook(h) => Some(&h.org),
-            Record::WebhookCursor { org, .. } => Some(org),
+            Record::WebhookCursor { org, .. } | Record::SubscriptionNotice { org, .. } => Some(org),
             Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,
         }
     }

@@ -43,6 +43,12 @@ fn data(body: &EventBody) -> Value {
             "started_ms": l.started.0,
             "labels": l.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         }),
+        EventBody::SubscriptionEnding { end, days } => json!({
+            "last_day": crate::core::format_end_date(*end),
+            "ends": format_utc(*end),
+            "ends_ms": end.0,
+            "days": days,
+        }),
     }
 }
 

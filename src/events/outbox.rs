@@ -46,8 +46,7 @@ impl Outbox {
         changes: Vec<Change>,
         fence: impl Fn(&OrgName) -> Option<i64>,
     ) -> Result<(), StoreError> {
-        let events: Vec<Event> = changes.iter().filter_map(event_of).collect();
-        self.commit_with(store, changes, events, fence)
+        self.commit_with(store, changes, Vec::new(), fence)
     }
 
     /// Commits `events` alone (facts that changed no record, as a lease
@@ -61,13 +60,16 @@ impl Outbox {
         self.commit_with(store, Vec::new(), events, fence)
     }
 
-    fn commit_with(
+    /// Commits `changes` with `events` (numbered), and with an event for
+    /// each audit entry among the changes.
+    pub fn commit_with(
         &self,
         store: &dyn Store,
         changes: Vec<Change>,
         events: Vec<Event>,
         fence: impl Fn(&OrgName) -> Option<i64>,
     ) -> Result<(), StoreError> {
+        let events: Vec<Event> = changes.iter().filter_map(event_of).chain(events).collect();
         if events.is_empty() {
             return store.commit(&changes);
         }

@@ -15,7 +15,7 @@
 //! Admin's and operator's durable changes) → `read` (the audit trail, the
 //! history's reports, where a key is served) → `events` (the event
 //! stream's read) → `webhooks` (their acts) → the background tasks
-//! `deliver` (the webhooks' deliveries),
+//! `deliver` (the webhooks' deliveries), `notices` (before a subscription ends),
 //! `expiry` and `checkpoint` (which looks for clock leaps: `leap`).
 //!
 //! Errors are the protocol's `WireError`: a documented code and a human
@@ -30,6 +30,7 @@ pub mod events;
 pub mod expiry;
 pub mod leap;
 mod lease;
+pub mod notices;
 mod read;
 mod webhooks;
 

@@ -234,6 +234,7 @@ impl Running {
             tokio::spawn(crate::operations::events::trim(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::deliver::run(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::events::write_lost(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::notices::run(ops.clone(), stop.clone())),
         ];
         self.history_task =
             history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));
