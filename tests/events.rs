@@ -260,3 +260,43 @@ async fn a_subscription_ending_soon_gets_its_notice_once() {
     let (_, all) = events(&b, &format!("after={after}"), &b.owner).await;
     assert_eq!(notices(&all).len(), 1, "{all}");
 }
+
+/// A flood of refusals in a pool is one event for its minute, with the
+/// counts by code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_one_event_per_pool_and_minute() {
+    // 4 s before the next minute boundary, so the minute closes and is harvested within seconds.
+    let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let ahead = (60_000 - wall % 60_000 + 60_000 - 4_000) % 60_000;
+    let b = start_with(tempfile::tempdir().unwrap(), Duration::from_secs(30), |o| {
+        o.http = Some("127.0.0.1:0".parse().unwrap());
+        o.clock_ahead = Duration::from_millis(ahead);
+    })
+    .await;
+    b.quota(1).await;
+    let owner = b.owner().await;
+    let m = license_broker::value::MachineId::new("m").unwrap();
+    owner.register_machine(&org(), POOL, &m).await.unwrap();
+    owner.acquire(&org(), POOL, &m, 1).await.unwrap();
+    for nonce in 2..7 {
+        assert!(owner.acquire(&org(), POOL, &m, nonce).await.is_err());
+    }
+    let (started, mut cursor, mut refused) = (std::time::Instant::now(), 0, Vec::new());
+    while refused.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(30), "no pool.refused event");
+        let (_, page) = events(&b, &format!("after={cursor}&wait=5"), &b.owner).await;
+        cursor = page["next"].as_u64().unwrap();
+        refused.extend(page["events"].as_array().unwrap().iter().filter(|e| e["type"] == "pool.refused").cloned());
+    }
+    let e = &refused[0];
+    conforms(e, &schema("envelope"), "event").unwrap();
+    conforms(&e["data"], &schema("refused"), "data").unwrap();
+    assert_eq!(e["data"]["pool"], "kre-floating-annual");
+    assert_eq!(
+        (e["data"]["total"].as_u64(), e["data"]["by_code"]["QUOTA_EXCEEDED"].as_u64()),
+        (Some(5), Some(5)),
+        "{e}"
+    );
+    let minute = e["data"]["minute_ms"].as_u64().unwrap() / 60_000;
+    assert_eq!(e["idempotency_key"], format!("refused:default:kre-floating-annual:{minute}"));
+}

@@ -37,6 +37,17 @@ pub enum EventBody {
     /// expired (no renewal in time) or it was revoked (killed, its machine,
     /// grant or member removed).
     Lease(LeaseLost),
+    /// Admissions to a pool refused in one minute, counted by reason: one
+    /// event per pool and minute however many there were.
+    Refused {
+        /// The pool.
+        pool: PoolId,
+        /// The minute (Unix minutes).
+        minute: u64,
+        /// Refusals by error code, `QUOTA_EXCEEDED` first, then
+        /// `Denial::ALL`'s order (as the history keeps them).
+        denied: Vec<u64>,
+    },
     /// The org's subscription ends within `days` days (14, 7 or 1).
     SubscriptionEnding {
         /// When it ends (midnight UTC after its last day).
@@ -80,6 +91,7 @@ impl Event {
             EventBody::Audit(e) => format!("audit.{}", e.action.name()),
             EventBody::Lease(l) => format!("lease.{}", if l.revoked { "revoked" } else { "expired" }),
             EventBody::SubscriptionEnding { .. } => "subscription.ending".to_string(),
+            EventBody::Refused { .. } => "pool.refused".to_string(),
         }
     }
 
@@ -90,6 +102,7 @@ impl Event {
             // A session ends once.
             EventBody::Lease(l) => format!("lease:{}:{:016x}", self.org, l.session),
             EventBody::SubscriptionEnding { end, days } => format!("subscription:{}:{:x}:{days}", self.org, end.0),
+            EventBody::Refused { pool, minute, .. } => format!("refused:{}:{pool}:{minute}", self.org),
         }
     }
 }

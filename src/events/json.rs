@@ -43,6 +43,18 @@ fn data(body: &EventBody) -> Value {
             "started_ms": l.started.0,
             "labels": l.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         }),
+        EventBody::Refused { pool, minute, denied } => {
+            let codes = crate::proto::ErrorCode::DENIALS.iter().map(|c| c.name());
+            let by_code: serde_json::Map<String, Value> =
+                codes.zip(denied).filter(|(_, n)| **n > 0).map(|(c, n)| (c.to_string(), json!(n))).collect();
+            json!({
+                "pool": pool.to_string(),
+                "minute": format_utc(crate::core::Millis(minute * 60_000)),
+                "minute_ms": minute * 60_000,
+                "total": denied.iter().sum::<u64>(),
+                "by_code": by_code,
+            })
+        }
         EventBody::SubscriptionEnding { end, days } => json!({
             "last_day": crate::core::format_end_date(*end),
             "ends": format_utc(*end),

@@ -102,7 +102,8 @@ pub async fn trim(ops: std::sync::Arc<Operations>, stop: tokio::sync::watch::Rec
     crate::events::retention::run(ops.store.clone(), move || core.org_names(), move || clock.now(), stop).await
 }
 
-/// Leases lost waiting for the outbox, at most: past it, they are counted
+/// Events waiting for the outbox that no change wrote (leases lost, each
+/// pool's refusals per minute), at most: past it, they are counted
 /// (`lbroker_events_dropped_total`), not queued.
 pub const LOST_QUEUE: usize = 10_000;
 
@@ -136,9 +137,11 @@ impl Operations {
         }
     }
 
-    /// Leases lost that got no event (the queue was full, or the write failed).
+    /// Leases lost and minutes of refusals that got no event (the queue
+    /// was full, or the write failed).
     pub fn events_dropped(&self) -> u64 {
-        self.lost_dropped.load(std::sync::atomic::Ordering::Relaxed)
+        let refusals = self.history.as_ref().map_or(0, |h| h.events_dropped());
+        self.lost_dropped.load(std::sync::atomic::Ordering::Relaxed) + refusals
     }
 }
 

@@ -144,6 +144,9 @@ impl Operations {
     pub fn new(parts: Parts) -> Operations {
         let Parts { core, store, clock, signing, history, cluster, holders, closed, delivery } = parts;
         let (lost, lost_rx) = tokio::sync::mpsc::channel(events::LOST_QUEUE);
+        if let Some(h) = &history {
+            h.send_events_to(lost.clone());
+        }
         Operations {
             core,
             store,
