@@ -300,3 +300,30 @@ async fn refusals_are_one_event_per_pool_and_minute() {
     let minute = e["data"]["minute_ms"].as_u64().unwrap() / 60_000;
     assert_eq!(e["idempotency_key"], format!("refused:default:kre-floating-annual:{minute}"));
 }
+
+/// A machine refused at the pool's limit is an event, once a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_refused_at_the_limit_is_an_event_once_a_minute() {
+    let b = broker(tempfile::tempdir().unwrap()).await;
+    b.quota(1).await;
+    let (_, now) = events(&b, "", &b.owner).await;
+    let after = now["next"].as_u64().unwrap();
+    let owner = b.owner().await;
+    let m = |s: &str| license_broker::value::MachineId::new(s).unwrap();
+    owner.register_machine(&org(), POOL, &m("first")).await.unwrap();
+    for extra in ["second", "third", "fourth", "fifth", "sixth"] {
+        let e = owner.register_machine(&org(), POOL, &m(extra)).await.unwrap_err();
+        assert_eq!(e.code(), Some(license_broker::proto::ErrorCode::MachineLimit));
+    }
+    let (_, page) = events(&b, &format!("after={after}&wait=5"), &b.owner).await;
+    let mut found: Vec<Value> = page["events"].as_array().unwrap().clone();
+    // The writer may commit after the first answer: read on briefly.
+    let (_, more) = events(&b, &format!("after={}&wait=1", page["next"]), &b.owner).await;
+    found.extend(more["events"].as_array().unwrap().iter().cloned());
+    let limits: Vec<&Value> = found.iter().filter(|e| e["type"] == "machine.limit_reached").collect();
+    // Five refusals within a second or so: one event (two if they straddle a minute boundary).
+    assert!(!limits.is_empty() && limits.len() <= 2, "{found:?}");
+    conforms(limits[0], &schema("envelope"), "event").unwrap();
+    conforms(&limits[0]["data"], &schema("machine_limit"), "data").unwrap();
+    assert_eq!((limits[0]["data"]["machine"].as_str(), limits[0]["data"]["quota"].as_u64()), (Some("second"), Some(1)));
+}

@@ -48,6 +48,18 @@ pub enum EventBody {
         /// `Denial::ALL`'s order (as the history keeps them).
         denied: Vec<u64>,
     },
+    /// A machine was refused registration: the pool's machines are at its
+    /// quota (told at most once per pool and minute).
+    MachineLimit {
+        /// The pool.
+        pool: PoolId,
+        /// Its quota (the most machines).
+        quota: u32,
+        /// The machine refused.
+        machine: MachineId,
+        /// The minute (Unix minutes).
+        minute: u64,
+    },
     /// The org's subscription ends within `days` days (14, 7 or 1).
     SubscriptionEnding {
         /// When it ends (midnight UTC after its last day).
@@ -92,6 +104,7 @@ impl Event {
             EventBody::Lease(l) => format!("lease.{}", if l.revoked { "revoked" } else { "expired" }),
             EventBody::SubscriptionEnding { .. } => "subscription.ending".to_string(),
             EventBody::Refused { .. } => "pool.refused".to_string(),
+            EventBody::MachineLimit { .. } => "machine.limit_reached".to_string(),
         }
     }
 
@@ -103,6 +116,7 @@ impl Event {
             EventBody::Lease(l) => format!("lease:{}:{:016x}", self.org, l.session),
             EventBody::SubscriptionEnding { end, days } => format!("subscription:{}:{:x}:{days}", self.org, end.0),
             EventBody::Refused { pool, minute, .. } => format!("refused:{}:{pool}:{minute}", self.org),
+            EventBody::MachineLimit { pool, minute, .. } => format!("machine_limit:{}:{pool}:{minute}", self.org),
         }
     }
 }

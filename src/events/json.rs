@@ -55,6 +55,12 @@ fn data(body: &EventBody) -> Value {
                 "by_code": by_code,
             })
         }
+        EventBody::MachineLimit { pool, quota, machine, minute } => json!({
+            "pool": pool.to_string(),
+            "quota": quota,
+            "machine": machine.as_str(),
+            "minute": format_utc(crate::core::Millis(minute * 60_000)),
+        }),
         EventBody::SubscriptionEnding { end, days } => json!({
             "last_day": crate::core::format_end_date(*end),
             "ends": format_utc(*end),

@@ -137,6 +137,21 @@ impl Operations {
         }
     }
 
+    /// Queues `machine.limit_reached` for `target`'s pool, at most once a
+    /// minute per pool. Never waits.
+    pub(super) fn machine_limit(&self, target: &crate::core::Target, quota: u32, now: crate::core::Millis) {
+        let minute = now.0 / 60_000;
+        let key = (target.org.clone(), target.pool);
+        if self.limits_told.lock().insert(key, minute) == Some(minute) {
+            return;
+        }
+        let body =
+            crate::core::EventBody::MachineLimit { pool: target.pool, quota, machine: target.machine.clone(), minute };
+        if self.lost.try_send(Event { org: target.org.clone(), seq: 0, at: now, body }).is_err() {
+            self.lost_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Leases lost and minutes of refusals that got no event (the queue
     /// was full, or the write failed).
     pub fn events_dropped(&self) -> u64 {

@@ -135,6 +135,8 @@ pub struct Operations {
     lost_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<crate::core::Event>>>,
     /// Leases lost that found the queue full (or failed to be written): no event.
     lost_dropped: AtomicU64,
+    /// The minute each pool's machine limit was last told (one event a minute).
+    limits_told: parking_lot::Mutex<std::collections::HashMap<(OrgName, PoolId), u64>>,
     /// Dropped after every field above (fields drop in order): see `Parts::closed`.
     _closed: tokio::sync::oneshot::Sender<()>,
 }
@@ -168,6 +170,7 @@ impl Operations {
             lost,
             lost_rx: parking_lot::Mutex::new(Some(lost_rx)),
             lost_dropped: AtomicU64::new(0),
+            limits_told: Default::default(),
             _closed: closed,
         }
     }
