@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 mod process;
 mod support;
 
-use process::{free_port, serve_with, spawn_serve_with, Serve};
+use process::{serve_with, spawn_serve_with, Serve};
 
 const DOC: &str = include_str!("../docs/EVENTS.md");
 const ALLOW: &[&str] = &["--webhook-allow-private"];
@@ -76,8 +76,10 @@ struct Receiver {
 }
 
 impl Receiver {
+    /// On `port` (0: one the OS picks).
     fn start(port: u16, status: u16) -> Receiver {
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let port = listener.local_addr().unwrap().port();
         listener.set_nonblocking(true).unwrap();
         let (tx, got) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
@@ -197,7 +199,7 @@ fn deliveries_are_signed_as_documented_and_in_order() {
 
     let dir = tempfile::tempdir().unwrap();
     let s = serve_with(dir.path(), "30s", ALLOW);
-    let r = Receiver::start(free_port(), 200);
+    let r = Receiver::start(0, 200);
     let (id, secret) = add_webhook(&s, &s.owner, &format!("http://127.0.0.1:{}/hook?team=a", r.port));
     for i in 0..3 {
         add_user(&s, &format!("u{i}@default"));
@@ -252,8 +254,8 @@ fn deliveries_are_signed_as_documented_and_in_order() {
 fn a_receiver_down_mid_stream_and_a_broker_killed_with_9_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = serve_with(dir.path(), "30s", ALLOW);
-    let port = free_port();
-    let r = Receiver::start(port, 200);
+    let r = Receiver::start(0, 200);
+    let port = r.port;
     add_webhook(&s, &s.owner, &format!("http://127.0.0.1:{port}/"));
     std::thread::sleep(Duration::from_millis(1500));
     add_user(&s, "a0@default");
@@ -347,10 +349,10 @@ async fn a_webhook_retried_past_its_time_is_marked_failing_until_it_delivers() {
     .await;
     let org = OrgName::new("default").unwrap();
     let owner = b.owner().await;
-    let port = free_port();
+    let failing = Receiver::start(0, 500);
+    let port = failing.port;
     let (id, _) = owner.add_webhook(&org, &format!("http://127.0.0.1:{port}/"), vec![]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let failing = Receiver::start(port, 500);
     owner.add_user(&org, "x@default", Role::User).await.unwrap();
     let failing_now = || async {
         let hooks = owner.webhooks(&org).await.unwrap();

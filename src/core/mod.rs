@@ -27,6 +27,7 @@ pub mod queue;
 pub mod record;
 pub mod seats;
 pub mod session;
+pub mod table;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod usage;

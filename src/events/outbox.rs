@@ -117,6 +117,13 @@ impl Outbox {
         Ok((out, next))
     }
 
+    /// The last number committed for `org` in this run, if known (a
+    /// reader at or past it need not read the store to know there is
+    /// nothing new).
+    pub fn last_known(&self, org: &OrgName) -> Option<u64> {
+        self.last.lock().get(org).map(|(_, seq)| *seq)
+    }
+
     /// Wakes every waiting reader (a shutdown: they answer what they have).
     pub fn wake(&self) {
         self.written.send_modify(|n| *n = n.wrapping_add(1));

@@ -3,7 +3,8 @@
 //! orgs this broker serves (in a cluster, under each org's fence like any
 //! write). The newest event of an org is always kept, so a reader can
 //! tell a cursor that fell out of the retention from one that is current.
-//! Off the hot path: a few small commits a minute, `BATCH` removals each.
+//! Off the hot path: at most `ORGS_PER_PASS` orgs a minute, a few small
+//! commits each, `BATCH` removals per commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,11 @@ pub const EVERY: Duration = Duration::from_secs(60);
 
 /// Most events removed per commit (and read per call).
 pub const BATCH: usize = 500;
+
+/// Most orgs looked at per pass, taken in turn: with many orgs (in a
+/// cluster, each look is two etcd reads) a whole round takes several
+/// passes, which the retention's days easily allow.
+pub const ORGS_PER_PASS: usize = 200;
 
 /// What `trim` may remove: events older than `before`, and beyond the
 /// newest `keep` of the org.
@@ -64,14 +70,20 @@ pub async fn run(
     now: impl Fn() -> Millis + Send + 'static,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut next = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}
             _ = stop.changed() => return,
         }
-        let (store, orgs, bound) = (store.clone(), orgs(), Bound::at(now()));
+        let mut all = orgs();
+        all.sort();
+        let from = if next < all.len() { next } else { 0 };
+        let turn: Vec<OrgName> = all.into_iter().skip(from).take(ORGS_PER_PASS).collect();
+        next = from + turn.len();
+        let (store, bound) = (store.clone(), Bound::at(now()));
         let pass = tokio::task::spawn_blocking(move || {
-            for org in &orgs {
+            for org in &turn {
                 if let Err(e) = trim(&*store, org, bound) {
                     tracing::warn!(%org, "events past their retention not trimmed: {e}");
                 }

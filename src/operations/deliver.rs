@@ -60,6 +60,14 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
     let mut written = ops.outbox.subscribe();
     let mut cursor = view.delivered;
     loop {
+        // Woken by another org's commit: nothing new here, no read.
+        if ops.outbox.last_known(&view.hook.org).is_some_and(|last| last <= cursor) {
+            tokio::select! {
+                _ = written.changed() => continue,
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = stop.changed() => return,
+            }
+        }
         let page = match read(&ops, &view, cursor).await {
             Ok(page) => page,
             Err(why) => {
