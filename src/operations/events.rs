@@ -105,10 +105,10 @@ pub async fn trim(ops: std::sync::Arc<Operations>, stop: tokio::sync::watch::Rec
 /// Events waiting for the outbox that no change wrote (leases lost, each
 /// pool's refusals per minute), at most: past it, they are counted
 /// (`lbroker_events_dropped_total`), not queued.
-pub const LOST_QUEUE: usize = 10_000;
+pub const QUEUE: usize = 10_000;
 
-/// Most leases lost written in one commit.
-pub const LOST_BATCH: usize = 500;
+/// Most queued events written in one commit.
+pub const BATCH: usize = 500;
 
 impl Operations {
     /// Queues the event of a session its runner lost (expired, revoked);
@@ -131,9 +131,9 @@ impl Operations {
             labels: i.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         let event = Event { org: e.org.clone(), seq: 0, at: e.at, body: EventBody::Lease(lost) };
-        if self.lost.try_send(event).is_err() {
+        if self.queued.try_send(event).is_err() {
             // Relaxed: a statistic.
-            self.lost_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.queued_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -147,8 +147,8 @@ impl Operations {
         }
         let body =
             crate::core::EventBody::MachineLimit { pool: target.pool, quota, machine: target.machine.clone(), minute };
-        if self.lost.try_send(Event { org: target.org.clone(), seq: 0, at: now, body }).is_err() {
-            self.lost_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.queued.try_send(Event { org: target.org.clone(), seq: 0, at: now, body }).is_err() {
+            self.queued_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
@@ -156,18 +156,19 @@ impl Operations {
     /// was full, or the write failed).
     pub fn events_dropped(&self) -> u64 {
         let refusals = self.history.as_ref().map_or(0, |h| h.events_dropped());
-        self.lost_dropped.load(std::sync::atomic::Ordering::Relaxed) + refusals
+        self.queued_dropped.load(std::sync::atomic::Ordering::Relaxed) + refusals
     }
 }
 
-/// Writes the leases lost to the outbox in batches until told to stop
-/// (then writes what is queued).
-pub async fn write_lost(ops: std::sync::Arc<Operations>, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let Some(mut rx) = ops.lost_rx.lock().take() else { return };
-    let mut batch = Vec::with_capacity(LOST_BATCH);
+/// Writes the queued events (leases lost, refusals per minute, machine
+/// limits) to the outbox in batches until told to stop (then writes what
+/// is queued).
+pub async fn write_queued(ops: std::sync::Arc<Operations>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let Some(mut rx) = ops.queued_rx.lock().take() else { return };
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         let stopping = tokio::select! {
-            n = rx.recv_many(&mut batch, LOST_BATCH) => n == 0,
+            n = rx.recv_many(&mut batch, BATCH) => n == 0,
             _ = stop.changed() => true,
         };
         if stopping {
@@ -175,7 +176,7 @@ pub async fn write_lost(ops: std::sync::Arc<Operations>, mut stop: tokio::sync::
                 batch.push(e);
             }
         }
-        for chunk in std::mem::take(&mut batch).chunks(LOST_BATCH) {
+        for chunk in std::mem::take(&mut batch).chunks(BATCH) {
             append(&ops, chunk.to_vec()).await;
         }
         if stopping {
@@ -191,7 +192,7 @@ async fn append(ops: &Operations, events: Vec<Event>) {
     let fence = move |org: &OrgName| seat.as_ref().and_then(|s| s.fence(org));
     let written = tokio::task::spawn_blocking(move || outbox.append(&*store, events, fence)).await;
     if let Err(e) = written.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
-        tracing::warn!(count = n, "events of leases lost not written: {e}");
-        ops.lost_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(count = n, "queued events not written: {e}");
+        ops.queued_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 }

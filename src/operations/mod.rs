@@ -128,13 +128,14 @@ pub struct Operations {
     delivery: crate::events::hooks::Settings,
     /// How each webhook's deliveries go in this run.
     hooks: crate::events::hooks::Board,
-    /// Leases lost (expired, revoked), on their way to the outbox
-    /// (`events::write_lost`): bounded, so a mass expiry holds no more.
-    lost: tokio::sync::mpsc::Sender<crate::core::Event>,
+    /// Events no change wrote (leases lost, refusals per minute, machine
+    /// limits) on their way to the outbox (`events::write_queued`):
+    /// bounded, so a mass expiry holds no more.
+    queued: tokio::sync::mpsc::Sender<crate::core::Event>,
     /// The other end, taken by the task that writes them.
-    lost_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<crate::core::Event>>>,
-    /// Leases lost that found the queue full (or failed to be written): no event.
-    lost_dropped: AtomicU64,
+    queued_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<crate::core::Event>>>,
+    /// Queued events that found the queue full (or failed to be written).
+    queued_dropped: AtomicU64,
     /// The minute each pool's machine limit was last told (one event a minute).
     limits_told: parking_lot::Mutex<std::collections::HashMap<(OrgName, PoolId), u64>>,
     /// Dropped after every field above (fields drop in order): see `Parts::closed`.
@@ -145,9 +146,9 @@ impl Operations {
     /// The operations over `parts`.
     pub fn new(parts: Parts) -> Operations {
         let Parts { core, store, clock, signing, history, cluster, holders, closed, delivery } = parts;
-        let (lost, lost_rx) = tokio::sync::mpsc::channel(events::LOST_QUEUE);
+        let (queued, queued_rx) = tokio::sync::mpsc::channel(events::QUEUE);
         if let Some(h) = &history {
-            h.send_events_to(lost.clone());
+            h.send_events_to(queued.clone());
         }
         Operations {
             core,
@@ -167,9 +168,9 @@ impl Operations {
             waiters: Arc::new(tokio::sync::Semaphore::new(crate::events::MAX_WAITERS)),
             delivery,
             hooks: Default::default(),
-            lost,
-            lost_rx: parking_lot::Mutex::new(Some(lost_rx)),
-            lost_dropped: AtomicU64::new(0),
+            queued,
+            queued_rx: parking_lot::Mutex::new(Some(queued_rx)),
+            queued_dropped: AtomicU64::new(0),
             limits_told: Default::default(),
             _closed: closed,
         }
@@ -259,7 +260,7 @@ impl Operations {
     }
 
     /// Every session end passes here once: logged, handed to the history,
-    /// and, if its runner lost it, to the outbox (`events::LOST_QUEUE`).
+    /// and, if its runner lost it, to the outbox (`events::QUEUE`).
     pub fn ended(&self, e: Ended) {
         let i = &e.info;
         let reason = e.reason.name();

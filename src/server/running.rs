@@ -233,7 +233,7 @@ impl Running {
             tokio::spawn(checkpoint::run(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::events::trim(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::deliver::run(ops.clone(), stop.clone())),
-            tokio::spawn(crate::operations::events::write_lost(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::events::write_queued(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::notices::run(ops.clone(), stop.clone())),
         ];
         self.history_task =
