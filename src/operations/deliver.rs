@@ -87,7 +87,9 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
         }
         let mut saved = (cursor, Instant::now());
         for e in &page {
-            if view.hook.wants(&e.kind()) && !deliver(&ops, &view, &health, e, &mut stop).await {
+            // Told to stop (removed, moved away, a new secret): not one more, even mid-page.
+            let stopped = stop.has_changed().unwrap_or(true);
+            if stopped || (view.hook.wants(&e.kind()) && !deliver(&ops, &view, &health, e, &mut stop).await) {
                 return save(&ops, &view, cursor, saved.0).await;
             }
             cursor = e.seq;
