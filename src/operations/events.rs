@@ -79,8 +79,8 @@ fn page(store: &dyn Store, org: &OrgName, after: u64) -> Result<EventsPage, Wire
         Err(WireError::new(ErrorCode::InvalidArgument, message))
     };
     match events.first() {
-        // Numbers are consecutive: a hole after the cursor is a trim.
-        Some(first) if first.seq > after + 1 => return gone(first.seq),
+        // Numbers are consecutive: a hole after the cursor is a trim (0 asks from the oldest kept).
+        Some(first) if after > 0 && first.seq > after + 1 => return gone(first.seq),
         Some(_) => {}
         None if after == 0 => {}
         None => {
@@ -194,5 +194,43 @@ async fn append(ops: &Operations, events: Vec<Event>) {
     if let Err(e) = written.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string())) {
         tracing::warn!(count = n, "queued events not written: {e}");
         ops.queued_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{AuditAction, AuditEntry, Change, Email, Millis, Record};
+    use crate::events::retention::{trim, Bound};
+    use crate::events::Outbox;
+    use crate::store::RedbStore;
+
+    /// After a trim: cursor 0 reads from the oldest kept, a cursor just
+    /// before it goes on, an older one is refused, one past the newest too.
+    #[test]
+    fn a_cursor_within_the_retention_reads_on_and_one_before_it_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("db.redb")).unwrap();
+        let org = OrgName::new("acme").unwrap();
+        let outbox = Outbox::default();
+        for at in 1..=10 {
+            let entry = AuditEntry {
+                org: org.clone(),
+                at: Millis(at),
+                seq: at,
+                actor: Email::new("owner@example.com").unwrap(),
+                action: AuditAction::UserAdded,
+                detail: String::new(),
+            };
+            outbox.commit(&store, vec![Change::Put(Record::Audit(entry))], |_| None).unwrap();
+        }
+        trim(&store, &org, Bound { before: Millis(6), keep: u64::MAX }).unwrap();
+        let seqs = |after| page(&store, &org, after).map(|p| p.events.iter().map(|e| e.seq).collect::<Vec<_>>());
+        assert_eq!(seqs(0).unwrap(), vec![6, 7, 8, 9, 10]);
+        assert_eq!(seqs(5).unwrap(), vec![6, 7, 8, 9, 10]);
+        assert_eq!(seqs(8).unwrap(), vec![9, 10]);
+        assert_eq!(seqs(10).unwrap(), Vec::<u64>::new());
+        assert_eq!(seqs(4).unwrap_err().code, ErrorCode::InvalidArgument, "events 5 were trimmed");
+        assert_eq!(seqs(11).unwrap_err().code, ErrorCode::InvalidArgument, "ahead of the newest");
     }
 }
