@@ -11,9 +11,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::event::{event_key, Event};
 use super::id::{Email, KeyHash, MachineId, OfflineId, OrgName, Role};
 use super::pool::PoolId;
+pub use super::table::Table;
 use super::time::Millis;
+use super::webhook::Webhook;
 
 /// One durable fact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,6 +228,31 @@ pub enum Record {
         /// Machines the broker released unused since the pool was created.
         expired: u64,
     },
+    /// An event waiting in its org's outbox (docs/EVENTS.md), written in
+    /// the commit of the change that caused it; never read back into memory.
+    Event(Event),
+    /// A webhook of an org (its URL, filters and secret).
+    Webhook(Webhook),
+    /// How far a webhook's deliveries have gone: the cursor of the last
+    /// event delivered (or skipped by its filters).
+    WebhookCursor {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+        /// The cursor.
+        delivered: u64,
+    },
+    /// The last notice given before the org's subscription ends (14, 7
+    /// or 1 days), for that end: none is given twice.
+    SubscriptionNotice {
+        /// The org.
+        org: OrgName,
+        /// The end it was given for.
+        end: Millis,
+        /// The notice, in days.
+        days: u32,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -283,6 +311,26 @@ pub enum AuditAction {
 }
 
 impl AuditAction {
+    /// Every action, in the order of the encoding.
+    pub const ALL: [AuditAction; 16] = [
+        AuditAction::OrgCreated,
+        AuditAction::QuotaChanged,
+        AuditAction::UserAdded,
+        AuditAction::KeyCreated,
+        AuditAction::KeyRevoked,
+        AuditAction::MachineRemoved,
+        AuditAction::Granted,
+        AuditAction::GrantRevoked,
+        AuditAction::Activated,
+        AuditAction::OfflineCreated,
+        AuditAction::UserRemoved,
+        AuditAction::SessionKilled,
+        AuditAction::SubscriptionChanged,
+        AuditAction::UserLimitSet,
+        AuditAction::MachineExpired,
+        AuditAction::PolicyChanged,
+    ];
+
     /// Lowercase name for listings.
     pub fn name(self) -> &'static str {
         match self {
@@ -368,6 +416,27 @@ pub enum Change {
         /// The member.
         email: Email,
     },
+    /// Remove a webhook.
+    RemoveWebhook {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
+    /// Remove a webhook's delivery cursor (with the webhook).
+    RemoveWebhookCursor {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
+    /// Remove an event past the outbox's retention.
+    RemoveEvent {
+        /// The org.
+        org: OrgName,
+        /// Its place in the org's outbox.
+        seq: u64,
+    },
 }
 
 /// An audit entry's key: `org/at/seq` in fixed-width hex, so an org's
@@ -402,6 +471,10 @@ impl Record {
             // After the pool's own record, before its machines (load order).
             Record::PoolPolicy { org, pool, .. } => (Table::Pools, format!("{org}/{pool}/policy")),
             Record::LastUses { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/last-use")),
+            Record::Event(e) => (Table::Events, event_key(&e.org, e.seq)),
+            Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
+            Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
+            Record::SubscriptionNotice { org, .. } => (Table::Counters, format!("{org}/subscription-notice")),
         }
     }
 }
@@ -429,6 +502,9 @@ impl Record {
             | Record::LastUses { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
+            Record::Event(e) => Some(&e.org),
+            Record::Webhook(h) => Some(&h.org),
+            Record::WebhookCursor { org, .. } | Record::SubscriptionNotice { org, .. } => Some(org),
             Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,
         }
     }
@@ -442,7 +518,10 @@ impl Change {
             Change::RemoveMachine { org, .. }
             | Change::RemoveGrant { org, .. }
             | Change::RemoveBinding { org, .. }
-            | Change::RemoveUser { org, .. } => Some(org),
+            | Change::RemoveUser { org, .. }
+            | Change::RemoveEvent { org, .. }
+            | Change::RemoveWebhook { org, .. }
+            | Change::RemoveWebhookCursor { org, .. } => Some(org),
         }
     }
 
@@ -454,6 +533,9 @@ impl Change {
             Change::RemoveGrant { org, pool, email } => (Table::Grants, in_pool(org, pool, email)),
             Change::RemoveBinding { org, pool, email } => (Table::Bindings, in_pool(org, pool, email)),
             Change::RemoveUser { org, email } => (Table::Users, format!("{org}/{email}")),
+            Change::RemoveEvent { org, seq } => (Table::Events, event_key(org, *seq)),
+            Change::RemoveWebhook { org, id } => (Table::Webhooks, format!("{org}/{id}")),
+            Change::RemoveWebhookCursor { org, id } => (Table::Webhooks, format!("{org}/{id}/cursor")),
         }
     }
 }
@@ -462,80 +544,4 @@ impl Change {
 /// thing must agree on it, so both build it here.
 fn in_pool(org: &OrgName, pool: &PoolId, item: impl fmt::Display) -> String {
     format!("{org}/{pool}/{item}")
-}
-
-/// The record families; a store keeps one table (or key prefix) per family.
-/// Loading replays them in this order, so parents precede children.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Table {
-    /// Orgs.
-    Orgs,
-    /// Pools.
-    Pools,
-    /// Users.
-    Users,
-    /// API keys.
-    Keys,
-    /// Machine registrations.
-    Machines,
-    /// KSE grants.
-    Grants,
-    /// Node-locked activations.
-    Bindings,
-    /// Offline licenses.
-    Offline,
-    /// The audit trail (appended, listed per org, never loaded at start).
-    Audit,
-    /// Admission statistics and session ceilings per pool.
-    Counters,
-    /// Broker-wide facts (the clock's high-water mark, the lease hold).
-    Meta,
-}
-
-impl Table {
-    /// Every table, parents first.
-    pub const ALL: [Table; 11] = [
-        Table::Orgs,
-        Table::Pools,
-        Table::Users,
-        Table::Keys,
-        Table::Machines,
-        Table::Grants,
-        Table::Bindings,
-        Table::Offline,
-        Table::Audit,
-        Table::Counters,
-        Table::Meta,
-    ];
-
-    /// The tables that rebuild memory at startup.
-    pub const DIRECTORY: [Table; 10] = [
-        Table::Orgs,
-        Table::Pools,
-        Table::Users,
-        Table::Keys,
-        Table::Machines,
-        Table::Grants,
-        Table::Bindings,
-        Table::Offline,
-        Table::Counters,
-        Table::Meta,
-    ];
-
-    /// The table's name in a store.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Orgs => "orgs",
-            Table::Pools => "pools",
-            Table::Users => "users",
-            Table::Keys => "keys",
-            Table::Machines => "machines",
-            Table::Grants => "grants",
-            Table::Bindings => "bindings",
-            Table::Offline => "offline",
-            Table::Audit => "audit",
-            Table::Counters => "counters",
-            Table::Meta => "meta",
-        }
-    }
 }

@@ -116,7 +116,13 @@ fn since(req: &Req) -> u16 {
         Req::Checkout { .. } | Req::Label { .. } | Req::SetUserLimit { .. } | Req::ListUserLimits { .. } => 3,
         Req::List { of: ListOf::MachineUses { .. }, .. }
         | Req::RegisterEphemeral { .. }
-        | Req::SetMachinePolicy { .. } => 5,
+        | Req::SetMachinePolicy { .. }
+        | Req::Events { .. }
+        | Req::AddWebhook { .. }
+        | Req::ListWebhooks { .. }
+        | Req::RemoveWebhook { .. }
+        | Req::RotateWebhookSecret { .. }
+        | Req::WebhookDeliveries { .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -182,8 +188,15 @@ mod tests {
     }
 
     #[test]
-    fn only_version_4_streams_and_later_are_redirected() {
+    fn streams_of_version_4_on_are_redirected() {
         let redirected: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().redirects()).collect();
         assert_eq!(redirected, [4, 5]);
+    }
+
+    #[test]
+    fn the_event_stream_is_listed_from_version_5() {
+        let events = Req::Events { org: crate::value::OrgName::new("acme").unwrap(), after: 0, wait_ms: 0 };
+        let listing: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().lists(&events)).collect();
+        assert_eq!(listing, [5]);
     }
 }
