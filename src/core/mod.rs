@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod audit;
 pub mod availability;
 pub mod broker;
 pub mod directory;
