@@ -60,6 +60,8 @@ fn admission(c: &mut Criterion) {
         })
     });
 
+    labelled(c);
+
     let w = Arc::new(world(1_000_000));
     c.bench_function("acquire+release contended, 2 threads, one pool", |b| {
         b.iter_custom(|iters| {
@@ -77,6 +79,37 @@ fn admission(c: &mut Criterion) {
             start.elapsed()
         })
     });
+}
+
+/// A labelled checkout's pair (a ticket resolved per acquire, as
+/// `Checkout` does) in a pool with no label cap, then with 1 and 10 caps
+/// (one matching the session's label): what label caps cost an admission.
+fn labelled(c: &mut Criterion) {
+    let labels = license_broker::value::Labels::new([("team".into(), "web".into())]).unwrap();
+    for caps in [0, 1, 10] {
+        let w = world(1_000_000);
+        for i in 0..caps {
+            let value = if i == 0 { "web".to_string() } else { format!("team{i}") };
+            let plan = w.broker.plan_set_label_limit(
+                &w.owner,
+                &w.org,
+                license_broker::core::PoolId::KRE_DEFAULT,
+                ("team".into(), value),
+                Some(u32::MAX),
+                t(0),
+            );
+            w.apply(plan);
+        }
+        let mut n = 0u128;
+        c.bench_function(&format!("labelled acquire+release, {caps} label caps"), |b| {
+            b.iter(|| {
+                n += 1;
+                let who = license_broker::core::Claimant { nonce: Nonce(n), conn: ConnId(1), labels: labels.clone() };
+                let lease = w.broker.acquire_as(&w.owner, &w.target("m"), &who, t(0)).unwrap();
+                w.broker.release(&w.owner, black_box(lease.session), t(0)).unwrap();
+            })
+        });
+    }
 }
 
 fn renewal(c: &mut Criterion) {

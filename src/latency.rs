@@ -73,6 +73,7 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::SetSubscription { .. }
         | Req::SetUserLimit { .. }
         | Req::SetMachinePolicy { .. }
+        | Req::SetLabelLimit { .. }
         | Req::AddWebhook { .. }
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. } => 9,

@@ -189,7 +189,7 @@ pub fn verify(
     let sig_hex = sig_line[marker.len()..]
         .strip_suffix('\n')
         .ok_or_else(|| VerifyError::Malformed("signature line must end the file with a newline".into()))?;
-    let signature = unhex(sig_hex)
+    let signature = crate::value::unhex(sig_hex)
         .filter(|s| s.len() == 64)
         .ok_or_else(|| VerifyError::Malformed("signature is not 128 lowercase hex digits".into()))?;
     // Canonical form: the file must be exactly what the broker would write.
@@ -247,13 +247,6 @@ fn parse_utc(s: &str) -> Option<Millis> {
         return None;
     }
     Some(Millis(day + (h * 3600 + m * 60 + sec) * 1000))
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
 }
 
 #[cfg(test)]

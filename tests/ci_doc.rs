@@ -99,3 +99,30 @@ fn each_ci_snippet_runs_its_job_under_a_labelled_lease() {
         assert_eq!(listed["sessions"][0]["machine"], "runner-host-1", "{heading}");
     }
 }
+
+/// The label cap of "Keeping one team's jobs from filling the pool", run as
+/// written (on org `default`): listed, and a runner carrying the label
+/// refused once the cap is full.
+#[test]
+fn the_label_cap_snippet_caps_the_jobs_carrying_the_label() {
+    let section = DOC.split("## Keeping one team's jobs from filling the pool\n").nth(1).expect("the section");
+    let line = section.lines().find(|l| l.contains("license-broker pool limit")).expect("a pool limit command");
+    let line = line.trim().replace("--org acme", "--org default");
+    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "8"]).status.success());
+    let out = s.run(&s.owner, &args);
+    assert!(out.status.success(), "{out:?}");
+    let limits = ["pool", "limits", "--org", "default", "--pool", "kre-floating-annual", "--labels", "--json"];
+    let listed: serde_json::Value = serde_json::from_slice(&s.run(&s.owner, &limits).stdout).unwrap();
+    assert_eq!(listed["label_limits"][0], serde_json::json!({"key": "team", "value": "web", "max": 5, "sessions": 0}));
+    let capped: Vec<&str> = args.iter().map(|a| if *a == "5" { "0" } else { a }).collect();
+    assert!(s.run(&s.owner, &capped).status.success());
+    let web = ["runner", "--org", "default", "--label", "team=web", "--wait", "5s", "--hold", "0s"];
+    let out = s.run(&s.owner, &web);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("LABEL_LIMIT"), "{out:?}");
+    let other = ["runner", "--org", "default", "--label", "team=api", "--hold", "0s"];
+    assert!(s.run(&s.owner, &other).status.success(), "another team is not capped");
+}

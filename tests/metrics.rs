@@ -36,6 +36,13 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     // Refusals for other reasons count under their own codes.
     let e = c.acquire(&org(), POOL, &machine("unregistered"), 4).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::MachineNotRegistered));
+    // A job label capped at none: its checkout is refused under its own code.
+    c.set_label_limit((&org(), POOL), ("team", "web"), Some(0)).await.unwrap();
+    let labels = license_broker::value::Labels::new([("team".into(), "web".into())]).unwrap();
+    let (o, m) = (org(), machine("m"));
+    let checkout =
+        license_broker::client::Checkout { org: &o, pool: POOL, machine: &m, nonce: 6, wait: Duration::ZERO, labels };
+    assert_eq!(c.checkout(&checkout).await.unwrap_err().code(), Some(ErrorCode::LabelLimit));
     c.set_user_limit(&org(), POOL, "owner@default", Some(1)).await.unwrap();
     let e = c.acquire(&org(), POOL, &machine("m"), 5).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::UserLimit));
@@ -69,6 +76,7 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     assert_eq!(denied("QUOTA_EXCEEDED"), Some(1.0), "{body}");
     assert_eq!(denied("MACHINE_NOT_REGISTERED"), Some(1.0));
     assert_eq!(denied("USER_LIMIT"), Some(1.0));
+    assert_eq!(denied("LABEL_LIMIT"), Some(1.0));
     assert_eq!(denied("QUEUE_TIMEOUT"), Some(0.0), "every reason is exported, counted or not");
     assert_eq!(sample(&body, "lbroker_connections_open"), Some(1.0));
     let ends = |reason: &str| {

@@ -184,6 +184,7 @@ mod code {
     pub const EXPIRY_TOO_LATE: u8 = 21;
     pub const OFFLINE_IRREVOCABLE: u8 = 22;
     pub const USER_LIMIT: u8 = 26;
+    pub const LABEL_LIMIT: u8 = 28;
 }
 
 /// The code a version-`v` stream gets for `code` (its first document's).
@@ -192,7 +193,7 @@ fn as_seen(v: u16, code: u8) -> u8 {
     match (v, code) {
         (1, NOT_LICENSED | OFFLINE_IRREVOCABLE) => FORBIDDEN,
         (1, OFFLINE_NOT_ALLOWED | EXPIRY_TOO_LATE) => INVALID_ARGUMENT,
-        (1..=3, USER_LIMIT) => QUOTA_EXCEEDED,
+        (1..=3, USER_LIMIT) | (1..=4, LABEL_LIMIT) => QUOTA_EXCEEDED,
         _ => code,
     }
 }
@@ -292,6 +293,7 @@ async fn member_answers(b: &TestBroker, owner: &Client, v: u16) {
     o.ok(Req::RemoveUser { org: org(), email: user }, "Done").await;
     later_requests(&mut o, v).await;
     user_limit(&mut o, owner, v).await;
+    label_limit(&mut o, owner, v).await;
     audit(&mut o, v).await;
 }
 
@@ -368,6 +370,41 @@ async fn user_limit(o: &mut Raw, owner: &Client, v: u16) {
     owner.set_user_limit(&org(), PoolId::KRE_DEFAULT, &me, None).await.unwrap();
 }
 
+/// A checkout carrying a capped label: `LABEL_LIMIT` on version 5, the
+/// nearest code its document listed before; the cap's requests are
+/// version 5's alone.
+async fn label_limit(o: &mut Raw, owner: &Client, v: u16) {
+    let set = |max| Req::SetLabelLimit {
+        org: org(),
+        pool: PoolId::KRE_DEFAULT,
+        key: "team".into(),
+        value: "web".into(),
+        max,
+    };
+    let list = Req::List { of: ListOf::LabelLimits { org: org(), pool: PoolId::KRE_DEFAULT }, after: None, limit: 10 };
+    match v {
+        1..=4 => {
+            o.refused(set(Some(0)), code::BAD_FRAME).await;
+            o.refused(list, code::BAD_FRAME).await;
+            owner.set_label_limit((&org(), PoolId::KRE_DEFAULT), ("team", "web"), Some(0)).await.unwrap();
+        }
+        _ => {
+            o.ok(set(Some(0)), "Done").await;
+            o.ok(list, "Page").await;
+        }
+    }
+    // Registered by `user_limit`.
+    let machine = m("capped");
+    let labels = Labels::new([("team".into(), "web".into())]).unwrap();
+    let checkout =
+        Req::Checkout { org: org(), pool: PoolId::KRE_DEFAULT, machine, nonce: Nonce(6), wait_ms: 0, labels };
+    match v {
+        1 | 2 => o.refused(checkout, code::BAD_FRAME).await,
+        _ => o.refused(checkout, as_seen(v, code::LABEL_LIMIT)).await,
+    }
+    owner.set_label_limit((&org(), PoolId::KRE_DEFAULT), ("team", "web"), None).await.unwrap();
+}
+
 /// The audit trail: every action the version's document listed, the later
 /// ones as the nearest it knew, their detail naming what happened.
 async fn audit(o: &mut Raw, v: u16) {
@@ -398,6 +435,8 @@ async fn audit(o: &mut Raw, v: u16) {
     };
     assert_eq!(kinds("machine_expired"), [expired], "{trail:?}");
     assert_eq!(kinds("policy_changed"), [policy], "{trail:?}");
+    let label = if v < 5 { "quota_changed" } else { "label_limit_set" };
+    assert_eq!(kinds("label_limit_set"), [label], "{trail:?}");
 }
 
 /// `SessionKilled` (a fixture's Debug name) as `session_killed`.

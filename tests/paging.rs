@@ -233,5 +233,6 @@ fn items(p: &PageItems) -> Vec<String> {
         PageItems::Usage(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::Ended(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::MachineUses(v) => v.iter().map(|x| format!("{x:?}")).collect(),
+        PageItems::LabelLimits(v) => v.iter().map(|x| format!("{x:?}")).collect(),
     }
 }

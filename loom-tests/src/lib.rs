@@ -76,6 +76,31 @@ impl Fixture {
         ));
     }
 
+    /// Acquires on machine `m` with the given nonce, carrying `team=web` if `web`.
+    pub fn acquire_labelled(&self, nonce: u128, web: bool) -> Result<Lease> {
+        use license_broker::core::{Claimant, ConnId};
+        let pairs = web.then(|| ("team".to_string(), "web".to_string()));
+        let labels = license_broker::value::Labels::new(pairs).expect("a valid label");
+        let who = Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels };
+        self.broker.acquire_as(&self.owner, &self.target("m"), &who, t(0))
+    }
+
+    /// Caps the KRE pool's sessions carrying `team=web` at `max` (as the Owner).
+    pub fn cap_web(&self, max: u32) {
+        let label = ("team".to_string(), "web".to_string());
+        let plan =
+            self.broker.plan_set_label_limit(&self.owner, &self.org, PoolId::KRE_DEFAULT, label, Some(max), t(0));
+        self.0.apply(plan);
+    }
+
+    /// (sessions counted in the `team=web` cap, live KRE sessions carrying it).
+    pub fn web_cap_count(&self) -> (u32, usize) {
+        let counted = self.broker.label_limits(&self.owner, &self.org, PoolId::KRE_DEFAULT).unwrap();
+        let sessions = self.broker.sessions(&self.owner, &self.org).unwrap();
+        let live = sessions.iter().filter(|s| s.labels.get("team") == Some("web")).count();
+        (counted.first().map_or(0, |c| c.3), live)
+    }
+
     /// (sessions counted in the Owner's KRE cap, the Owner's live KRE sessions).
     pub fn owner_cap_count(&self) -> (u32, usize) {
         let counted = self.broker.user_limits(&self.owner, &self.org, PoolId::KRE_DEFAULT).unwrap();

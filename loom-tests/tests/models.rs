@@ -516,6 +516,52 @@ fn a_cap_created_racing_admissions_counts_every_session_once() {
     });
 }
 
+/// 20. Label cap: two sessions carrying `team=web` (capped at 1) and one
+/// without it race on distinct shards: exactly one labelled session is
+/// admitted, the unlabelled one always is, and the refused one took no
+/// pool seat.
+#[test]
+fn a_label_cap_is_never_exceeded_by_racing_admissions() {
+    model(|| {
+        let f = Arc::new(Fixture::new(3));
+        f.cap_web(1);
+        let (a, b) = f.nonces_in_distinct_shards();
+        let handles: Vec<_> = [(a, true), (b, true), (99, false)]
+            .into_iter()
+            .map(|(n, web)| {
+                let f = f.clone();
+                thread::spawn(move || f.acquire_labelled(n, web))
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(results[..2].iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+        assert!(results[..2].contains(&Err(Error::LabelLimit { max: 1 })));
+        assert!(results[2].is_ok(), "an unlabelled session is not capped");
+        assert_eq!(f.web_cap_count(), (1, 1));
+        assert_eq!(f.in_use(), 2, "the refused one took no pool seat");
+    });
+}
+
+/// 21. A label cap created while sessions carrying the label are admitted:
+/// each is counted exactly once (the sweep or the admission's re-check).
+#[test]
+fn a_label_cap_created_racing_admissions_counts_every_session_once() {
+    model(|| {
+        let f = Arc::new(Fixture::new(3));
+        let (a, b) = f.nonces_in_distinct_shards();
+        let fc = f.clone();
+        let capper = thread::spawn(move || fc.cap_web(1));
+        let fa = f.clone();
+        let admitter = thread::spawn(move || (fa.acquire_labelled(a, true).is_ok(), fa.acquire_labelled(b, true)));
+        capper.join().unwrap();
+        let (first, _second) = admitter.join().unwrap();
+        assert!(first, "nothing capped the first session");
+        let (counted, live) = f.web_cap_count();
+        assert_eq!(counted as usize, live, "every live labelled session counted once");
+        assert!(f.acquire_labelled(7, true).is_err(), "at or over the cap, nothing more");
+    });
+}
+
 /// 9. The history's per-minute extremes: a harvest racing a runner's
 /// acquire and release loses neither value: each lands in the window the
 /// harvest closed or in the next one, never nowhere.

@@ -242,7 +242,8 @@ pub(super) enum PoolCmd {
         #[arg(long)]
         ephemeral: bool,
     },
-    /// Owner/Admin: cap how many sessions one member may hold at once in a
+    /// Owner/Admin: cap how many sessions one member (`--user`), or the
+    /// sessions carrying a job label (`--label`), may hold at once in a
     /// pool (FlexNet's MAX). Running sessions are not cut.
     Limit {
         /// The org.
@@ -252,16 +253,20 @@ pub(super) enum PoolCmd {
         #[arg(long)]
         pool: PoolId,
         /// The member.
-        #[arg(long)]
-        user: String,
+        #[arg(long, required_unless_present = "label", conflicts_with = "label")]
+        user: Option<String>,
+        /// The job label, KEY=VALUE (e.g. team=web).
+        #[arg(long, value_parser = parse_label)]
+        label: Option<(String, String)>,
         /// Most sessions at once (0: none).
         #[arg(long, required_unless_present = "unlimited")]
         max: Option<u32>,
-        /// Remove the member's cap.
+        /// Remove the cap.
         #[arg(long, conflicts_with = "max")]
         unlimited: bool,
     },
-    /// Owner/Admin: a pool's per-user caps and each member's sessions.
+    /// Owner/Admin: a pool's per-user caps and each member's sessions
+    /// (with `--labels`: its label caps and the sessions carrying each).
     Limits {
         /// The org.
         #[arg(long)]
@@ -269,6 +274,9 @@ pub(super) enum PoolCmd {
         /// The pool, e.g. kre-floating-annual.
         #[arg(long)]
         pool: PoolId,
+        /// List the label caps instead.
+        #[arg(long)]
+        labels: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -456,4 +464,9 @@ fn parse_idle(s: &str) -> Result<Idle, String> {
         "forever" => Ok(Idle(None)),
         _ => humantime::parse_duration(s).map(|d| Idle(Some(d))).map_err(|e| e.to_string()),
     }
+}
+
+/// One `KEY=VALUE` job label.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    license_broker::value::Labels::parse_pair(s).map_err(|e| e.to_string())
 }

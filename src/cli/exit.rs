@@ -61,7 +61,8 @@ pub fn exit_code_for(code: Option<ErrorCode>) -> u8 {
             | ErrorCode::GrantLimit
             | ErrorCode::QueueTimeout
             | ErrorCode::QueueFull
-            | ErrorCode::UserLimit,
+            | ErrorCode::UserLimit
+            | ErrorCode::LabelLimit,
         ) => EXIT_NO_SEAT,
         Some(ErrorCode::MachineLimit | ErrorCode::AlreadyActivated) => EXIT_MACHINE,
         Some(ErrorCode::Unauthorized | ErrorCode::Forbidden | ErrorCode::NotLicensed) => EXIT_DENIED,

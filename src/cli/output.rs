@@ -7,8 +7,8 @@
 
 use license_broker::client::{Client, ClientError};
 use license_broker::proto::{
-    AuditEntry, EndedSession, GrantInfo, KeyInfo, ListOf, MachineInfo, MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo,
-    PageItems, PoolState, SessionView, UsagePoint, UserInfo, UserLimitInfo,
+    AuditEntry, EndedSession, GrantInfo, KeyInfo, LabelLimitInfo, ListOf, MachineInfo, MachineUseInfo, NodeInfo,
+    OfflineInfo, OrgInfo, PageItems, PoolState, SessionView, UsagePoint, UserInfo, UserLimitInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Millis, Product};
 use serde_json::{json, Value};
@@ -126,6 +126,7 @@ pub async fn paged(c: &Client, of: ListOf, as_json: bool) -> Result<(), ClientEr
         PageItems::Usage(v) => p.page(&v),
         PageItems::Ended(v) => p.page(&v),
         PageItems::MachineUses(v) => p.page(&v),
+        PageItems::LabelLimits(v) => p.page(&v),
     })
     .await?;
     p.finish();
@@ -307,6 +308,17 @@ impl Listing for UserLimitInfo {
     fn row(&self) -> Vec<String> {
         let max = if self.max == u32::MAX { "-".to_string() } else { self.max.to_string() };
         vec![self.email.to_string(), max, self.sessions.to_string()]
+    }
+}
+
+impl Listing for LabelLimitInfo {
+    const KEY: &'static str = "label_limits";
+    const HEADER: &'static [&'static str] = &["LABEL", "MAX", "SESSIONS"];
+    fn json(&self) -> Value {
+        json!({ "key": self.key, "value": self.value, "max": self.max, "sessions": self.sessions })
+    }
+    fn row(&self) -> Vec<String> {
+        vec![format!("{}={}", self.key, self.value), self.max.to_string(), self.sessions.to_string()]
     }
 }
 

@@ -194,14 +194,24 @@ async fn pool(c: &Client, cmd: PoolCmd) -> Result<()> {
             };
             change(c.set_machine_policy(&org, pool, idle, ephemeral), said).await
         }
-        PoolCmd::Limit { org, pool, user, max, unlimited: _ } => {
+        PoolCmd::Limit { org, pool, user: Some(user), max, .. } => {
             let said = |()| match max {
                 Some(max) => format!("{user} may hold at most {max} sessions of {pool} at once"),
                 None => format!("{user} has no cap on {pool}"),
             };
             change(c.set_user_limit(&org, pool, &user, max), said).await
         }
-        PoolCmd::Limits { org, pool, json } => list(c, ListOf::UserLimits { org, pool }, json).await,
+        PoolCmd::Limit { org, pool, label, max, .. } => {
+            // Invariant: clap requires --user or --label.
+            let (key, value) = label.expect("--user or --label");
+            let said = |()| match max {
+                Some(max) => format!("sessions labelled {key}={value} may hold at most {max} seats of {pool} at once"),
+                None => format!("sessions labelled {key}={value} have no cap on {pool}"),
+            };
+            change(c.set_label_limit((&org, pool), (&key, &value), max), said).await
+        }
+        PoolCmd::Limits { org, pool, labels: false, json } => list(c, ListOf::UserLimits { org, pool }, json).await,
+        PoolCmd::Limits { org, pool, labels: true, json } => list(c, ListOf::LabelLimits { org, pool }, json).await,
     }
 }
 

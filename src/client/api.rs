@@ -2,8 +2,8 @@
 
 use super::{Client, ClientError};
 use crate::proto::{
-    AuditEntry, GrantInfo, KeyInfo, MachineInfo, MachineUseInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus,
-    SessionView, UserInfo, UserLimitInfo,
+    AuditEntry, GrantInfo, KeyInfo, LabelLimitInfo, MachineInfo, MachineUseInfo, OfflineInfo, OrgInfo, PoolState,
+    PoolStatus, SessionView, UserInfo, UserLimitInfo,
 };
 use crate::proto::{Cursor, ListOf, PageItems, Req, Resp, SessionToken, WhatIfReport};
 use crate::value::{Labels, MachineId, Millis, Nonce, OrgName, PoolId, Role, SessionId};
@@ -315,6 +315,29 @@ impl Client {
     pub async fn user_limits(&self, org: &OrgName, pool: PoolId) -> Result<Vec<UserLimitInfo>, ClientError> {
         self.all(ListOf::UserLimits { org: org.clone(), pool }, |i| match i {
             PageItems::UserLimits(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
+    }
+
+    /// Owner/Admin: caps the sessions carrying `key=value` in a pool (`None`: removes the cap).
+    pub async fn set_label_limit(
+        &self,
+        (org, pool): (&OrgName, PoolId),
+        (key, value): (&str, &str),
+        max: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        match self.call(Req::SetLabelLimit { org: org.clone(), pool, key, value, max }).await? {
+            Resp::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// Owner/Admin: a pool's label caps.
+    pub async fn label_limits(&self, org: &OrgName, pool: PoolId) -> Result<Vec<LabelLimitInfo>, ClientError> {
+        self.all(ListOf::LabelLimits { org: org.clone(), pool }, |i| match i {
+            PageItems::LabelLimits(v) => Ok(v),
             other => Err(other),
         })
         .await

@@ -288,11 +288,13 @@ async fn follow(
     let (mut at, mut hops, mut waits) = (origin.clone(), 0, 0);
     loop {
         let hop = hops > 0;
-        let patience = if hop { deadline.min(tokio::time::Instant::now() + HOP_PATIENCE) } else { deadline };
+        let started = tokio::time::Instant::now();
+        let patience = if hop { deadline.min(started + HOP_PATIENCE) } else { deadline };
         let attempt = Client::connect_on(endpoint.clone(), at.0, &at.1, &opts.api_key);
         let result = match tokio::time::timeout_at(patience, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(ClientError::Connect { addr: at.0, source: ConnectFailure::TimedOut(limit) }),
+            // How long this node was given, not the whole attempt's limit.
+            Err(_) => Err(ClientError::Connect { addr: at.0, source: ConnectFailure::TimedOut(patience - started) }),
         };
         let pause = MOVING_WAITS[waits.min(MOVING_WAITS.len() - 1)];
         let last = match result {

@@ -7,12 +7,16 @@
 //!
 //! A peer request is signed: `Authorization: LBPeer MS.MAC`, MS the
 //! sender's wall clock in Unix ms and MAC the HMAC-SHA256 of the method,
-//! the path with its query and MS, under a key every node derives from the
-//! session-token key the cluster shares (`PeerKey::derive`, a label of
-//! its own so the key serves this one purpose). The door refuses a MAC
-//! that does not check and one older or newer than `MAX_SKEW` (401). A
-//! peer read only reads; a request replayed within the skew reads again
-//! what its sender (who had the TLS session) already read.
+//! the node it is sent to (`Host`), the path with its query and MS, under a
+//! key every node derives from the session-token key the cluster shares
+//! (`PeerKey::derive`, a label of its own so the key serves this one
+//! purpose). The door refuses a MAC that does not check and one older or
+//! newer than `MAX_SKEW` (401). Peer reads go over TLS only (a console
+//! announced as `http://` is not asked, and a door without TLS refuses
+//! them), so a request is seen by its two nodes alone; a peer read only
+//! reads, and one replayed to its node within the skew reads again what
+//! its sender already read (the `Host` under the MAC keeps it from being
+//! replayed to another node).
 //!
 //! Every read is bounded: `DEADLINE` per node (a node that does not
 //! answer in time is named, not waited for), `MAX_ANSWER` bytes per
@@ -34,7 +38,8 @@ use super::link::Member;
 /// request takes at most `DEADLINE`.
 pub const MAX_SKEW_MS: u64 = 30_000;
 
-/// How long a node's slice may take to arrive, whole.
+/// How long a node's slice may take to arrive, whole (and, before that,
+/// how long a read may wait for one of the `AT_ONCE` turns).
 pub const DEADLINE: Duration = Duration::from_secs(2);
 
 /// Most bytes one peer answer may hold: a page of `report::MAX_SESSIONS`
@@ -89,29 +94,29 @@ impl PeerKey {
         PeerKey(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
     }
 
-    /// The `Authorization` value of `method path_and_query` sent at `now_ms`.
-    pub fn sign(&self, method: &str, path_and_query: &str, now_ms: u64) -> String {
-        let tag = hmac::sign(&self.0, &message(method, path_and_query, now_ms));
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("{SCHEME}{now_ms}.{hex}")
+    /// The `Authorization` value of `method path_and_query` sent to
+    /// `host` (the request's `Host`) at `now_ms`.
+    pub fn sign(&self, method: &str, host: &str, path_and_query: &str, now_ms: u64) -> String {
+        let tag = hmac::sign(&self.0, &message(method, host, path_and_query, now_ms));
+        format!("{SCHEME}{now_ms}.{}", crate::value::hex(tag.as_ref()))
     }
 
-    /// Checks `authorization` of `method path_and_query` received at `now_ms`.
+    /// Checks `authorization` of `method path_and_query` received as
+    /// `host` (its `Host`) at `now_ms`.
     pub fn check(
         &self,
-        method: &str,
-        path_and_query: &str,
+        (method, host, path_and_query): (&str, &str, &str),
         authorization: Option<&str>,
         now_ms: u64,
     ) -> Result<(), PeerAuthError> {
         let given = authorization.and_then(|a| a.strip_prefix(SCHEME)).ok_or(PeerAuthError::Missing)?;
         let (ms, hex) = given.split_once('.').ok_or(PeerAuthError::Malformed)?;
         let sent: u64 = ms.parse().map_err(|_| PeerAuthError::Malformed)?;
-        let tag = unhex(hex).ok_or(PeerAuthError::Malformed)?;
+        let tag = crate::value::unhex(hex).filter(|t| t.len() <= 64).ok_or(PeerAuthError::Malformed)?;
         if sent.abs_diff(now_ms) > MAX_SKEW_MS {
             return Err(PeerAuthError::Stale);
         }
-        hmac::verify(&self.0, &message(method, path_and_query, sent), &tag).map_err(|_| PeerAuthError::Forged)
+        hmac::verify(&self.0, &message(method, host, path_and_query, sent), &tag).map_err(|_| PeerAuthError::Forged)
     }
 }
 
@@ -121,15 +126,8 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-fn message(method: &str, path_and_query: &str, ms: u64) -> Vec<u8> {
-    format!("{method}\n{path_and_query}\n{ms}").into_bytes()
-}
-
-fn unhex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) || hex.len() > 128 {
-        return None;
-    }
-    (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect()
+fn message(method: &str, host: &str, path_and_query: &str, ms: u64) -> Vec<u8> {
+    format!("{method}\n{host}\n{path_and_query}\n{ms}").into_bytes()
 }
 
 /// A node asked for its slice: its name, and its console's URL if it is
@@ -192,13 +190,16 @@ impl Peers {
         for (i, t) in targets.iter().enumerate() {
             let Some(console) = &t.console else { continue };
             let Some(member) = self.member(console) else { continue };
-            let authorization = self.key.sign("GET", path_and_query, now_ms);
+            let authorization = self.key.sign("GET", &member.hostport, path_and_query, now_ms);
             let (tls, turns, path) = (self.tls.clone(), self.turns.clone(), path_and_query.to_string());
             set.spawn(async move {
-                let read = async {
-                    let _turn = turns.acquire_owned().await.map_err(|e| e.to_string())?;
-                    member.get(Some(&tls), &path, &authorization, MAX_ANSWER).await
+                // The deadline starts with the read, not with the wait for
+                // a turn, which has a deadline of its own: a node is not
+                // named for the reads queued before it.
+                let Ok(Ok(_turn)) = tokio::time::timeout(DEADLINE, turns.acquire_owned()).await else {
+                    return (i, Ok(Err(format!("was not asked: {AT_ONCE} peer reads were under way"))));
                 };
+                let read = member.get(Some(&tls), &path, &authorization, MAX_ANSWER);
                 (i, tokio::time::timeout(DEADLINE, read).await)
             });
         }
@@ -217,13 +218,11 @@ impl Peers {
     }
 
     /// The kept-alive connections to the door at `console` (`None` for a URL
-    /// that is not `http(s)://HOST:PORT/`).
+    /// that is not `https://HOST:PORT/`: peer reads go over TLS only).
     fn member(&self, console: &str) -> Option<Arc<Member>> {
-        let (scheme, rest) = console.split_once("://")?;
-        let hostport = rest.trim_end_matches('/').to_string();
+        let hostport = console.strip_prefix("https://")?.trim_end_matches('/').to_string();
         let mut members = self.members.lock();
-        let m =
-            members.entry(console.to_string()).or_insert_with(|| Arc::new(Member::new(hostport, scheme == "https")));
+        let m = members.entry(console.to_string()).or_insert_with(|| Arc::new(Member::new(hostport, true)));
         Some(m.clone())
     }
 }
@@ -231,6 +230,9 @@ impl Peers {
 fn unreachable(t: &Target) -> String {
     match &t.console {
         None => "is not live, or did not say where its console is".into(),
+        Some(url) if url.starts_with("http://") => {
+            format!("speaks plain HTTP ({url}): peer reads go over TLS only")
+        }
         Some(url) => format!("has no usable console address ({url})"),
     }
 }
@@ -241,37 +243,43 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000_000;
     const PATH: &str = "/peer/v1/sessions?org=acme&from=0&to=9";
+    const HOST: &str = "node-a.example:8443";
 
     #[test]
     fn a_signed_request_checks_within_the_skew_and_not_past_it() {
         let key = PeerKey::derive(b"the cluster's session-token key");
-        let auth = key.sign("GET", PATH, NOW);
-        assert_eq!(key.check("GET", PATH, Some(&auth), NOW + MAX_SKEW_MS), Ok(()));
-        assert_eq!(key.check("GET", PATH, Some(&auth), NOW - MAX_SKEW_MS), Ok(()));
-        assert_eq!(key.check("GET", PATH, Some(&auth), NOW + MAX_SKEW_MS + 1), Err(PeerAuthError::Stale));
-        assert_eq!(key.check("GET", PATH, Some(&auth), NOW - MAX_SKEW_MS - 1), Err(PeerAuthError::Stale));
+        let auth = key.sign("GET", HOST, PATH, NOW);
+        assert_eq!(key.check(("GET", HOST, PATH), Some(&auth), NOW + MAX_SKEW_MS), Ok(()));
+        assert_eq!(key.check(("GET", HOST, PATH), Some(&auth), NOW - MAX_SKEW_MS), Ok(()));
+        assert_eq!(key.check(("GET", HOST, PATH), Some(&auth), NOW + MAX_SKEW_MS + 1), Err(PeerAuthError::Stale));
+        assert_eq!(key.check(("GET", HOST, PATH), Some(&auth), NOW - MAX_SKEW_MS - 1), Err(PeerAuthError::Stale));
     }
 
     #[test]
     fn a_forged_or_altered_request_is_refused() {
         let key = PeerKey::derive(b"the cluster's session-token key");
-        let auth = key.sign("GET", PATH, NOW);
-        let other = PeerKey::derive(b"another cluster's key").sign("GET", PATH, NOW);
-        assert_eq!(key.check("GET", PATH, Some(&other), NOW), Err(PeerAuthError::Forged));
+        let auth = key.sign("GET", HOST, PATH, NOW);
+        let other = PeerKey::derive(b"another cluster's key").sign("GET", HOST, PATH, NOW);
+        assert_eq!(key.check(("GET", HOST, PATH), Some(&other), NOW), Err(PeerAuthError::Forged));
         let widened = "/peer/v1/sessions?org=other&from=0&to=9";
-        assert_eq!(key.check("GET", widened, Some(&auth), NOW), Err(PeerAuthError::Forged));
-        assert_eq!(key.check("POST", PATH, Some(&auth), NOW), Err(PeerAuthError::Forged));
+        assert_eq!(key.check(("GET", HOST, widened), Some(&auth), NOW), Err(PeerAuthError::Forged));
+        assert_eq!(key.check(("POST", HOST, PATH), Some(&auth), NOW), Err(PeerAuthError::Forged));
+        // Signed for one node: replayed to another, it does not check.
+        assert_eq!(key.check(("GET", "node-b.example:8443", PATH), Some(&auth), NOW), Err(PeerAuthError::Forged));
         // The time is under the MAC: moving it forward does not refresh a request.
         let (_, mac) = auth.split_once('.').unwrap();
         let moved = format!("{SCHEME}{}.{mac}", NOW + 1);
-        assert_eq!(key.check("GET", PATH, Some(&moved), NOW), Err(PeerAuthError::Forged));
-        assert_eq!(key.check("GET", PATH, None, NOW), Err(PeerAuthError::Missing));
-        assert_eq!(key.check("GET", PATH, Some("Bearer k"), NOW), Err(PeerAuthError::Missing));
-        assert_eq!(key.check("GET", PATH, Some("LBPeer 12.zz"), NOW), Err(PeerAuthError::Malformed));
+        assert_eq!(key.check(("GET", HOST, PATH), Some(&moved), NOW), Err(PeerAuthError::Forged));
+        assert_eq!(key.check(("GET", HOST, PATH), None, NOW), Err(PeerAuthError::Missing));
+        assert_eq!(key.check(("GET", HOST, PATH), Some("Bearer k"), NOW), Err(PeerAuthError::Missing));
+        assert_eq!(key.check(("GET", HOST, PATH), Some("LBPeer 12.zz"), NOW), Err(PeerAuthError::Malformed));
         // The session-token key itself does not sign peer reads.
         let raw = hmac::Key::new(hmac::HMAC_SHA256, b"the cluster's session-token key");
-        let tag = hmac::sign(&raw, &message("GET", PATH, NOW));
+        let tag = hmac::sign(&raw, &message("GET", HOST, PATH, NOW));
         let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(key.check("GET", PATH, Some(&format!("{SCHEME}{NOW}.{hex}")), NOW), Err(PeerAuthError::Forged));
+        assert_eq!(
+            key.check(("GET", HOST, PATH), Some(&format!("{SCHEME}{NOW}.{hex}")), NOW),
+            Err(PeerAuthError::Forged)
+        );
     }
 }

@@ -11,9 +11,9 @@
 use super::broker::Broker;
 use super::directory::Principal;
 use super::error::{Error, Result};
-use super::id::{ConnId, Email, MachineId, Nonce, OrgName};
+use super::id::{ConnId, Email, MachineId, Nonce, OrgName, SessionId};
 use super::pending::{Pending, Undo};
-use super::pool::{Kind, Pool, PoolId, Product, Registration, Tenure};
+use super::pool::{labels, Kind, LabelCaps, Pool, PoolId, Product, Registration, Tenure};
 use super::queue::{Deliver, Grant, Joined, Place};
 use super::record::{AuditAction, Change, Record};
 use super::session::{EndReason, Lease, SeatFrom, SessionRequest};
@@ -42,6 +42,9 @@ pub struct Ticket {
     /// epoch before it was looked up (see `admit_from`).
     cap: Option<Arc<crate::core::seats::Seats>>,
     cap_epoch: u64,
+    /// The pool's label caps, as of resolution (`None`: it has none, and
+    /// an admission pays nothing for them).
+    label_caps: Option<LabelCaps>,
     /// The pool's machine-removal epoch before the machine was seen
     /// registered: if it moved by the time a session is inserted, `admit`
     /// checks the machine again (see `admit`).
@@ -135,9 +138,9 @@ impl Broker {
             // KSE floating sessions may come from any machine of a licensed user.
             _ => None,
         };
-        let cap = pool.cap_of(&p.email);
+        let (cap, label_caps) = pool.caps_for(&p.email);
         let (user, machine) = (p.email.clone(), target.machine.clone());
-        Ok(Ticket { pool, user, machine, machine_epoch, cap, cap_epoch, tenure })
+        Ok(Ticket { pool, user, machine, machine_epoch, cap, cap_epoch, label_caps, tenure })
     }
 
     /// Admits a session on a ticket (or re-attaches the nonce's live one).
@@ -259,7 +262,8 @@ impl Broker {
         // session table, after it found no live session of the nonce).
         let (nonce, conn, labels, cap) = (who.nonce, who.conn, who.labels.clone(), ticket.cap.clone());
         let (machine, user, tenure) = (ticket.machine.clone(), ticket.user.clone(), ticket.tenure.clone());
-        let req = SessionRequest { machine, user, nonce, conn, labels, cap, tenure };
+        let label_caps = ticket.label_caps.as_deref().and_then(|caps| labels::matching(caps, &labels));
+        let req = SessionRequest { machine, user, nonce, conn, labels, cap, label_caps, tenure };
         let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), seat)?;
         if lease.reattached {
             return Ok(lease);
@@ -272,6 +276,7 @@ impl Broker {
             let adopted = self
                 .sessions
                 .adopt_cap(lease.session, true, |u| pool.cap_of(u))
+                .and_then(|()| self.adopt_label_caps(pool, lease.session))
                 .and_then(|()| self.sessions.adopt_tenure(lease.session, |m| pool.tenure_of(m)));
             if let Err(e) = adopted {
                 let _ = self.end_session(lease.session, EndReason::Revoked, now);
@@ -298,6 +303,15 @@ impl Broker {
             }
         }
         Ok(lease)
+    }
+
+    /// Counts a just-admitted session into label caps created since its
+    /// ticket was resolved (see `admit_from`).
+    fn adopt_label_caps(&self, pool: &Pool, session: SessionId) -> Result<()> {
+        match pool.label_caps() {
+            Some(caps) => self.sessions.adopt_label_caps(session, true, &caps),
+            None => Ok(()),
+        }
     }
 
     /// `resolve` and `admit` in one call, for callers without a ticket cache.

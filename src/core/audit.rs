@@ -47,11 +47,13 @@ pub enum AuditAction {
     MachineExpired,
     /// The operator changed a pool's machine policy.
     PolicyChanged,
+    /// An Owner or Admin capped (or uncapped) the sessions carrying a label.
+    LabelLimitSet,
 }
 
 impl AuditAction {
     /// Every action, in the order of the encoding.
-    pub const ALL: [AuditAction; 16] = [
+    pub const ALL: [AuditAction; 17] = [
         AuditAction::OrgCreated,
         AuditAction::QuotaChanged,
         AuditAction::UserAdded,
@@ -68,6 +70,7 @@ impl AuditAction {
         AuditAction::UserLimitSet,
         AuditAction::MachineExpired,
         AuditAction::PolicyChanged,
+        AuditAction::LabelLimitSet,
     ];
 
     /// Lowercase name for listings.
@@ -89,6 +92,7 @@ impl AuditAction {
             AuditAction::UserLimitSet => "user_limit_set",
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
+            AuditAction::LabelLimitSet => "label_limit_set",
         }
     }
 }

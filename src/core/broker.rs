@@ -17,8 +17,13 @@ use super::session::{EndReason, Ended, Holder, IdCipher, Renewed, SessionInfo, S
 use super::time::Millis;
 use crate::sync::{Arc, AtomicU64, Mutex, Ordering, RwLock};
 
-/// Each pool's figures in the checkpoint last written (`checkpoint_since`).
-pub type Checkpointed = super::hash::FastMap<PoolUid, Figures>;
+/// What the checkpoint last written held (`checkpoint_since`): each
+/// pool's figures, and each tracked pool's last uses (their mark).
+#[derive(Clone, Debug, Default)]
+pub struct Checkpointed {
+    figures: super::hash::FastMap<PoolUid, Figures>,
+    uses: super::hash::FastMap<PoolUid, super::machines::UsesMark>,
+}
 
 /// Tunables of the core.
 #[derive(Clone, Debug)]
@@ -153,7 +158,7 @@ pub struct Broker {
     /// In a cluster: orgs adopted from another node, and when the seats
     /// held for that node's runners come back. Few (one per takeover in
     /// progress) and touched by adoptions and the expiry task: a plain lock.
-    org_holds: Mutex<Vec<(Millis, OrgName)>>,
+    pub(super) org_holds: Mutex<Vec<(Millis, OrgName)>>,
     /// Pools that track machine use (a machine policy, or an ephemeral
     /// registration): what the expiry task judges (see `machines`). Few,
     /// touched by their policy's apply and the expiry task: a plain lock.
@@ -650,6 +655,16 @@ impl Broker {
                 }
                 Vec::new()
             }
+            Change::Put(Record::LabelLimit { org, pool, key, value, .. }) => {
+                // As a user cap: the live sessions carrying the label, after the bump.
+                if let Ok(p) = self.with_dir(|dir| dir.pool(org, *pool).cloned()) {
+                    let caps = p.label_caps();
+                    for cap in caps.iter().flat_map(|c| c.iter()).filter(|c| &c.key == key && &c.value == value) {
+                        self.sessions.adopt_label_where(p.uid, cap);
+                    }
+                }
+                Vec::new()
+            }
             _ => Vec::new(),
         }
     }
@@ -695,20 +710,21 @@ impl Broker {
         // Relaxed: a statistic.
         let auth_failures = self.auth_failures.load(Ordering::Relaxed);
         let mut out = vec![Record::Clock { high_water: now }, Record::AuthFailures { count: auth_failures }];
-        out.extend(self.last_use_records());
+        let (uses, marks) = self.last_use_records(&last.uses);
+        out.extend(uses);
         let counts = self.sessions.all_counts();
         let seat_ms = self.sessions.seat_ms(now);
         let dir = self.dir.read();
-        let mut figures = Checkpointed::with_capacity_and_hasher(last.len(), Default::default());
+        let mut figures = super::hash::FastMap::with_capacity_and_hasher(last.figures.len(), Default::default());
         for pool in dir.orgs.values().flat_map(|entry| entry.pools.values()) {
             let this_run = counts.get(&pool.uid).copied().unwrap_or_default();
             let f = pool.figures(this_run, seat_ms.get(&pool.uid).copied().unwrap_or(0));
-            if last.get(&pool.uid) != Some(&f) {
+            if last.figures.get(&pool.uid) != Some(&f) {
                 out.extend(f.records(&pool.org, pool.id));
             }
             figures.insert(pool.uid, f);
         }
-        (out, figures)
+        (out, Checkpointed { figures, uses: marks })
     }
 
     /// Seat-milliseconds every pool's sessions have held up to `now`, since

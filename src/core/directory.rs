@@ -256,6 +256,7 @@ impl Directory {
                 | Record::Denials { org, pool, .. }
                 | Record::SeatTime { org, pool, .. }
                 | Record::UserLimit { org, pool, .. }
+                | Record::LabelLimit { org, pool, .. }
                 | Record::Ceiling { org, pool, .. },
             )
             | Change::RemoveMachine { org, pool, .. }
@@ -295,6 +296,10 @@ impl Directory {
             // A new cap counts the user's live sessions: `Broker::apply` sweeps.
             Change::Put(Record::UserLimit { email, max, .. }) => {
                 let _ = p.set_cap(email, *max);
+            }
+            // A new label cap counts the live sessions carrying it: `Broker::follow` sweeps.
+            Change::Put(Record::LabelLimit { key, value, max, .. }) => {
+                let _ = p.set_label_cap(key, value, *max);
             }
             Change::Put(Record::Ceiling { seats, .. }) => p.set_ceiling(*seats),
             _ => {}

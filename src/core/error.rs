@@ -33,6 +33,12 @@ pub enum Error {
         /// The user's cap.
         max: u32,
     },
+    /// Sessions carrying a label hold as many seats of the pool as its
+    /// label cap allows.
+    LabelLimit {
+        /// The label's cap.
+        max: u32,
+    },
     /// The pool's wait queue holds its most waiters.
     QueueFull {
         /// Most waiters a pool's queue holds.
@@ -119,6 +125,7 @@ impl Error {
         use super::Denial;
         match self {
             Error::UserLimit { .. } => Some(Denial::UserLimit),
+            Error::LabelLimit { .. } => Some(Denial::LabelLimit),
             Error::QueueFull { .. } => Some(Denial::QueueFull),
             Error::MachineNotRegistered => Some(Denial::MachineNotRegistered),
             Error::SubscriptionExpired => Some(Denial::SubscriptionExpired),
@@ -152,6 +159,9 @@ impl fmt::Display for Error {
             }
             Error::UserLimit { max } => {
                 write!(f, "user limit reached: this user may hold {max} sessions of the pool at once (`pool limit`)")
+            }
+            Error::LabelLimit { max } => {
+                write!(f, "label limit reached: sessions with this label may hold {max} seats of the pool at once (`pool limit --label`)")
             }
             Error::QueueFull { max } => {
                 write!(f, "the pool's wait queue is full ({max} runners wait); retry later")

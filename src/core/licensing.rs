@@ -146,6 +146,37 @@ impl Broker {
         Ok(self.admin_pool(p, org, pool)?.caps())
     }
 
+    /// Owner/Admin: caps how many sessions carrying the label `key=value`
+    /// a pool holds at once (`None`: no cap). Existing sessions are not
+    /// cut; no new one carrying the label is admitted until below the cap.
+    /// Audited.
+    pub fn plan_set_label_limit(
+        &self,
+        p: &Principal,
+        org: &OrgName,
+        pool: PoolId,
+        label: (String, String),
+        max: Option<u32>,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
+        self.admin_pool(p, org, pool)?;
+        crate::value::Labels::new([label.clone()])?;
+        let (key, value) = label;
+        let detail = match max {
+            Some(max) => format!("pool={pool} label={key}={value} max={max}"),
+            None => format!("pool={pool} label={key}={value} no limit"),
+        };
+        Ok(vec![
+            Change::Put(Record::LabelLimit { org: org.clone(), pool, key, value, max }),
+            self.audit(org, p, AuditAction::LabelLimitSet, detail, now),
+        ])
+    }
+
+    /// Owner/Admin: the pool's label caps: (key, value, max, sessions counted).
+    pub fn label_limits(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Vec<(String, String, u32, u32)>> {
+        Ok(self.admin_pool(p, org, pool)?.label_limits())
+    }
+
     /// Owner/Admin: grants a KSE pool's license to a member of the org.
     pub fn plan_grant(
         &self,

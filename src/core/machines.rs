@@ -15,15 +15,21 @@ use std::time::Duration;
 use super::broker::Broker;
 use super::directory::Principal;
 use super::error::{Error, Result};
+use super::hash::FastMap;
 use super::id::{MachineId, OrgName};
 use super::pending::{Pending, Undo};
-use super::pool::{MachineUse, Policy, Pool, PoolId};
+use super::pool::{MachineUse, Policy, Pool, PoolId, PoolUid};
 use super::record::{AuditAction, Change, Record};
 use super::time::Millis;
 use crate::sync::{Arc, Ordering};
 
 /// The longest idle limit a pool may set (ten years).
 pub const MAX_IDLE: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Most machines one release commits: their removals and audit lines (and
+/// each line's event) fit one fenced etcd transaction, so a release is all
+/// or nothing there too; the machine task takes the rest next time.
+pub const MACHINES_PER_RELEASE: usize = 30;
 
 /// Who releases machines: the broker itself, in the audit trail.
 const EXPIRY_ACTOR: &str = "broker@localhost";
@@ -41,6 +47,19 @@ pub struct Expired {
     pub last_use: Millis,
 }
 
+/// What the checkpoint last wrote of a tracked pool's last uses: its
+/// machines, the sum of their last uses in minutes (last uses only grow, so
+/// the sum moves when one enters a new minute) and its expired count. A
+/// busy pool's machines are used all the time; written at a minute's grain,
+/// a crash can make a machine look idle up to a minute (and a checkpoint)
+/// early, which the restart's hold, at least a lease TTL, mostly covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsesMark {
+    machines: usize,
+    minutes: u64,
+    expired: u64,
+}
+
 impl Broker {
     /// Operator: sets a pool's machine policy (the pool must exist).
     pub fn plan_set_policy(
@@ -52,7 +71,7 @@ impl Broker {
         now: Millis,
     ) -> Result<Vec<Change>> {
         p.require_operator()?;
-        if policy.idle.is_some_and(|d| d > MAX_IDLE || d.is_zero()) {
+        if policy.idle.is_some_and(|d| d > MAX_IDLE || d < Duration::from_secs(1)) {
             return Err(Error::invalid("machine idle", "between 1 second and 10 years"));
         }
         self.with_dir(|dir| dir.pool(org, pool).map(|_| ()))?;
@@ -65,13 +84,15 @@ impl Broker {
         ])
     }
 
-    /// Closes the tenures of every machine due for release at `now` and
-    /// plans their removal, audited; `None` when nothing is due.
+    /// Closes the tenures of the machines due for release at `now`, at
+    /// most `MACHINES_PER_RELEASE`, and plans their removal, audited;
+    /// `None` when nothing is due.
     pub fn plan_machine_expiry(&self, now: Millis) -> Option<Pending<Vec<Expired>>> {
         let mut expired = Vec::new();
         let mut tenures = Vec::new();
         for pool in self.tracked.lock().iter().filter(|p| !self.held(&p.org)) {
-            for (machine, tenure) in pool.close_idle(now, self.lease_ttl()) {
+            let room = MACHINES_PER_RELEASE - expired.len();
+            for (machine, tenure) in pool.close_idle(now, self.lease_ttl(), room) {
                 let last_use = tenure.last_use();
                 expired.push(Expired { org: pool.org.clone(), pool: pool.id, machine, last_use });
                 tenures.push(tenure);
@@ -106,11 +127,25 @@ impl Broker {
         ]
     }
 
-    /// When the first tracked machine comes due (a hint for the expiry task).
+    /// When the first tracked machine comes due (a hint for the machine
+    /// task); while a hold keeps a tracked pool from being judged, the
+    /// hold's end (then it is judged again).
     pub fn next_machine_due(&self) -> Option<Millis> {
         let grace = self.lease_ttl();
         let tracked = self.tracked.lock();
-        tracked.iter().filter(|p| !self.held(&p.org)).filter_map(|p| p.next_idle(grace)).min()
+        let look = |p: &Arc<Pool>| match self.held_until(&p.org) {
+            Some(end) => Some(end),
+            None => p.next_idle(grace),
+        };
+        tracked.iter().filter_map(look).min()
+    }
+
+    /// When the hold on `org`'s seats ends, if one is in force.
+    fn held_until(&self, org: &OrgName) -> Option<Millis> {
+        // Acquire: pairs with the Release in `hold_reserves`.
+        let all = Some(self.hold_until.load(Ordering::Acquire)).filter(|&end| end != 0).map(Millis);
+        let own = self.org_holds.lock().iter().filter(|(_, o)| o == org).map(|(end, _)| *end).max();
+        all.max(own)
     }
 
     /// Whether seats are held for `org`'s re-attaching runners (a restart's
@@ -129,14 +164,26 @@ impl Broker {
         Ok(pools.iter().flat_map(|pool| pool.machine_uses().into_iter().map(|u| (pool.id, u))).collect())
     }
 
-    /// The checkpoint's records of every tracked pool's last uses.
-    pub(crate) fn last_use_records(&self) -> Vec<Record> {
+    /// The checkpoint's records of the tracked pools whose last uses moved
+    /// since `last` (at a minute's grain: see `UsesMark`), with every
+    /// tracked pool's mark now.
+    pub(crate) fn last_use_records(
+        &self,
+        last: &FastMap<PoolUid, UsesMark>,
+    ) -> (Vec<Record>, FastMap<PoolUid, UsesMark>) {
         let tracked = self.tracked.lock();
-        let each = |p: &Arc<Pool>| {
-            let (org, pool, uses, expired) = (p.org.clone(), p.id, p.last_uses(), p.expired());
-            Record::LastUses { org, pool, uses, expired }
-        };
-        tracked.iter().map(each).collect()
+        let mut marks = FastMap::default();
+        let mut out = Vec::new();
+        for p in tracked.iter() {
+            let (uses, expired) = (p.last_uses(), p.expired());
+            let minutes = uses.iter().map(|(_, at)| at.0 / 60_000).sum();
+            let mark = UsesMark { machines: uses.len(), minutes, expired };
+            if last.get(&p.uid) != Some(&mark) {
+                out.push(Record::LastUses { org: p.org.clone(), pool: p.id, uses, expired });
+            }
+            marks.insert(p.uid, mark);
+        }
+        (out, marks)
     }
 
     /// After applying `change`: a pool that now tracks machine use joins

@@ -43,6 +43,8 @@ pub use crate::value::{id, pool_id, time};
 #[cfg(all(test, not(broker_loom)))]
 mod tests;
 #[cfg(all(test, not(broker_loom)))]
+mod tests_labels;
+#[cfg(all(test, not(broker_loom)))]
 mod tests_machines;
 #[cfg(all(test, not(broker_loom)))]
 mod tests_queue;

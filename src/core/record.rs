@@ -229,6 +229,19 @@ pub enum Record {
         /// Machines the broker released unused since the pool was created.
         expired: u64,
     },
+    /// A cap on the sessions of a pool carrying a label (`pool::labels`).
+    LabelLimit {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Most sessions carrying it at once; `None`: no cap.
+        max: Option<u32>,
+    },
     /// An event waiting in its org's outbox (docs/EVENTS.md), written in
     /// the commit of the change that caused it; never read back into memory.
     Event(Event),
@@ -361,6 +374,9 @@ impl Record {
             // After the pool's own record, before its machines (load order).
             Record::PoolPolicy { org, pool, .. } => (Table::Pools, format!("{org}/{pool}/policy")),
             Record::LastUses { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/last-use")),
+            Record::LabelLimit { org, pool, key, value, .. } => {
+                (Table::Counters, format!("{org}/{pool}/label-limit/{key}={value}"))
+            }
             Record::Event(e) => (Table::Events, event_key(&e.org, e.seq)),
             Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
             Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
@@ -389,7 +405,8 @@ impl Record {
             | Record::SeatTime { org, .. }
             | Record::EphemeralMachine { org, .. }
             | Record::PoolPolicy { org, .. }
-            | Record::LastUses { org, .. } => Some(org),
+            | Record::LastUses { org, .. }
+            | Record::LabelLimit { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Event(e) => Some(&e.org),

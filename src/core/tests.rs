@@ -859,12 +859,17 @@ fn denials_are_counted_by_reason_and_carried_across_a_restart() {
     // A pool that does not exist counts nothing (and creates nothing).
     let kse: PoolId = "kse-floating-annual".parse().unwrap();
     w.broker.note_denial(&w.org, kse, Denial::NotLicensed);
-    assert_eq!(w.pool_status().denied, [1, 0, 2, 0, 0, 0, 0]);
+    assert_eq!(w.pool_status().denied, [1, 0, 2, 0, 0, 0, 0, 0]);
     let saved: Vec<Change> = w.broker.checkpoint(t(1_000)).into_iter().map(Change::Put).collect();
     let again = world(1);
     again.broker.apply(&saved, t(0));
     again.broker.note_denial(&again.org, PoolId::KRE_DEFAULT, Denial::UserLimit);
-    assert_eq!(again.pool_status().denied, [2, 0, 2, 0, 0, 0, 0], "restored, then counting on");
+    assert_eq!(again.pool_status().denied, [2, 0, 2, 0, 0, 0, 0, 0], "restored, then counting on");
+    // A record written before `LABEL_LIMIT` was counted (seven reasons) restores as it was.
+    let old = Record::Denials { org: w.org.clone(), pool: PoolId::KRE_DEFAULT, by_reason: vec![3, 0, 0, 0, 0, 0, 1] };
+    let older = world(1);
+    older.broker.apply(&[Change::Put(old)], t(0));
+    assert_eq!(older.pool_status().denied, [3, 0, 0, 0, 0, 0, 1, 0]);
 }
 
 #[test]

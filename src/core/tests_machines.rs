@@ -181,6 +181,27 @@ fn an_offline_bound_machine_never_expires_before_its_license() {
 }
 
 #[test]
+fn the_checkpoint_writes_last_uses_when_they_enter_a_new_minute() {
+    let w = fixture(2);
+    w.set_policy(Some(IDLE), false, t(0));
+    w.register("a").unwrap();
+    let uses = |records: &[Record]| records.iter().filter(|r| matches!(r, Record::LastUses { .. })).count();
+    let (first, mark) = w.broker.checkpoint_since(t(1_000), &Default::default());
+    assert_eq!(uses(&first), 1);
+    let use_at = |at: u64| {
+        let lease = w.acquire("a", u128::from(at), 1, t(at)).unwrap();
+        w.broker.release(&w.owner, lease.session, t(at)).unwrap();
+    };
+    use_at(2_000);
+    let (same_minute, mark) = w.broker.checkpoint_since(t(6_000), &mark);
+    assert_eq!(uses(&same_minute), 0, "used again within the minute written: not rewritten");
+    use_at(61_000);
+    let (next_minute, mark) = w.broker.checkpoint_since(t(66_000), &mark);
+    assert_eq!(uses(&next_minute), 1, "a use in a later minute is written");
+    assert_eq!(uses(&w.broker.checkpoint_since(t(71_000), &mark).0), 0);
+}
+
+#[test]
 fn last_uses_survive_a_restart_through_the_checkpoint() {
     let w = fixture(2);
     w.set_policy(Some(IDLE), false, t(0));

@@ -59,13 +59,13 @@ impl Signer {
     /// `SignIns::is_live`'s to say).
     pub fn open(&self, value: &str, now: u64) -> Option<(KeyHash, u64)> {
         let (payload, tag) = value.rsplit_once('.')?;
-        hmac::verify(&self.key, payload.as_bytes(), &unhex(tag)?).ok()?;
+        hmac::verify(&self.key, payload.as_bytes(), &crate::value::unhex(tag)?).ok()?;
         let mut parts = payload.split('.');
         let (hash, expires, id) = (parts.next()?, parts.next()?, parts.next()?);
         if expires.parse::<u64>().ok()? <= now {
             return None;
         }
-        Some((KeyHash(unhex(hash)?.try_into().ok()?), u64::from_str_radix(id, 16).ok()?))
+        Some((KeyHash(crate::value::unhex(hash)?.try_into().ok()?), u64::from_str_radix(id, 16).ok()?))
     }
 
     /// The CSRF token of a cookie value: forms that change something must
@@ -139,13 +139,6 @@ impl SignIns {
 pub fn same_secret(given: &str, expected: &str) -> bool {
     let digest = |s: &str| ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
     digest(given).as_ref() == digest(expected).as_ref()
-}
-
-fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
 }
 
 /// The value of cookie `name` in the request, if any.

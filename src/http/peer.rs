@@ -79,9 +79,13 @@ fn signed(web: &Web, method: &Method, uri: &Uri, headers: &HeaderMap) -> Result<
     let Some(key) = web.ops.peer_key() else {
         return Err(refuse(StatusCode::NOT_FOUND, "NOT_FOUND", "peer reads are served by cluster nodes only"));
     };
+    if !web.is_tls() {
+        return Err(refuse(StatusCode::NOT_FOUND, "NOT_FOUND", "peer reads are served over TLS only"));
+    }
     let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
-    key.check(method.as_str(), path, given, crate::cluster::peer::now_ms())
+    key.check((method.as_str(), host, path), given, crate::cluster::peer::now_ms())
         .map_err(|e| refuse(StatusCode::UNAUTHORIZED, "PEER_UNAUTHENTICATED", e).failed_auth())
 }
 

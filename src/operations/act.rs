@@ -72,7 +72,7 @@ impl Operations {
     ) -> Result<(), WireError> {
         self.mutate(|core| core.plan_set_policy(c.p, org, pool, policy, c.now)).await?;
         // A policy may make machines due at once (ephemeral): look now.
-        self.wake_expiry();
+        self.wake_machines();
         Ok(())
     }
 
@@ -140,6 +140,17 @@ impl Operations {
         max: Option<u32>,
     ) -> Result<(), WireError> {
         self.mutate(|core| core.plan_set_user_limit(c.p, org, pool, email, max, c.now)).await
+    }
+
+    /// Caps the sessions carrying a label in a pool (`None`: no cap).
+    pub async fn set_label_limit(
+        &self,
+        c: Caller<'_>,
+        (org, pool): (&OrgName, PoolId),
+        label: (String, String),
+        max: Option<u32>,
+    ) -> Result<(), WireError> {
+        self.mutate(|core| core.plan_set_label_limit(c.p, org, pool, label.clone(), max, c.now)).await
     }
 
     /// Reserves the seat, signs the file, commits it, and hands the file back.

@@ -19,7 +19,7 @@ use super::merge::{self, PoolSlice};
 use super::Operations;
 use crate::core::{Millis, OrgName, PoolId};
 use crate::history::filter::SessionFilter;
-use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, WhatIfAsk, MAX_POINTS, MAX_SESSIONS};
+use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, WhatIfAsk, MAX_POINTS};
 use crate::history::{EndedRow, Recorded, SessionsPage, WhatIf};
 
 /// A node whose slice of the history is not in an answer, and why.
@@ -73,11 +73,16 @@ impl Operations {
         let local = self.read_history(move |h| ask.read(h));
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
         let mut value = local?;
-        let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
-        if !slices.is_empty() {
-            merge::series(&mut value, &slices);
+        if answers.is_empty() {
+            return Ok(Gathered { value, missing: Vec::new() });
         }
-        Ok(Gathered { value, missing })
+        // Decoding and merging the slices is heavy: off the async threads, in a turn.
+        self.read_history(move |_| {
+            let (slices, missing) = decoded::<Vec<PoolSlice>>(answers);
+            merge::series(&mut value, &slices);
+            Ok(Gathered { value, missing })
+        })
+        .await
     }
 
     /// The page of ended sessions `ask` asks for, over every node that
@@ -88,12 +93,20 @@ impl Operations {
         let local = self.read_history(move |h| ask.read(h));
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
         let local = local?;
-        let (slices, missing) = decoded::<SessionsSlice>(answers);
-        if slices.is_empty() {
-            return Ok(Gathered { value: local, missing });
+        if answers.is_empty() {
+            return Ok(Gathered { value: local, missing: Vec::new() });
         }
-        let pages = std::iter::once(local).chain(slices.into_iter().map(|s| (s.rows, s.next))).collect();
-        Ok(Gathered { value: merge::pages(pages, limit), missing })
+        // Decoding and merging pages of up to 100,000 rows each: off the
+        // async threads, in a turn.
+        self.read_history(move |_| {
+            let (slices, missing) = decoded::<SessionsSlice>(answers);
+            if slices.is_empty() {
+                return Ok(Gathered { value: local, missing });
+            }
+            let pages = std::iter::once(local).chain(slices.into_iter().map(|s| (s.rows, s.next))).collect();
+            Ok(Gathered { value: merge::pages(pages, limit), missing })
+        })
+        .await
     }
 
     /// The replay `ask` asks for, of the demand every node that served the
@@ -197,13 +210,20 @@ impl Operations {
         (after, limit): (Option<(u64, u64)>, usize),
         filter: SessionFilter,
     ) -> Result<Vec<u8>, ReportError> {
-        let limit = limit.clamp(1, MAX_SESSIONS);
+        let limit = limit.clamp(1, PEER_MAX_SESSIONS);
         let (rows, next) = self
             .read_history(move |h| Ok(h.sessions(org.as_str(), range, after, limit, &|r| filter.keeps(r))?))
             .await?;
         postcard::to_allocvec(&SessionsSlice { rows, next }).map_err(|e| ReportError::Task(e.to_string()))
     }
 }
+
+/// Most ended sessions one node sends another in a page: a row with the
+/// longest labels, email and machine id the broker takes is under 2 KiB,
+/// so a page stays within the asker's `peer::MAX_ANSWER` (32 MiB) whatever
+/// its rows hold; the merge takes rows only up to where each node stopped,
+/// and the next page goes on from there.
+pub const PEER_MAX_SESSIONS: usize = 16_384;
 
 /// A slice's question within a report's bounds.
 fn bounded_usage(pools: usize, (from, to): (Millis, Millis), step_ms: u64) -> Result<(), ReportError> {

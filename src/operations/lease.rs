@@ -127,6 +127,9 @@ impl Operations {
             self.machine_limit(target, *quota, c.now);
         }
         let registration = self.settle(planned?).await?;
+        // A registration no session uses is due after a grace: the machine
+        // task must know when to look.
+        self.wake_machines();
         Ok(registration == Registration::New)
     }
 

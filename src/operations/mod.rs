@@ -33,6 +33,7 @@ pub mod expiry;
 pub mod gathered;
 pub mod leap;
 mod lease;
+pub mod machines;
 mod merge;
 pub mod notices;
 mod read;
@@ -126,6 +127,8 @@ pub struct Operations {
     leaps: leap::Leaps,
     /// Wakes the expiry task when a deadline earlier than its target appears.
     expiry_wake: Notify,
+    /// Wakes the machine task (`machines`).
+    machines_wake: Notify,
     /// The deadline (Unix ms) the expiry task is sleeping towards.
     expiry_target: AtomicU64,
     /// Numbers the events of audited changes and commits them with them.
@@ -172,6 +175,7 @@ impl Operations {
             draining: AtomicBool::new(false),
             leaps: leap::Leaps::new(&clock),
             expiry_wake: Notify::new(),
+            machines_wake: Notify::new(),
             expiry_target: AtomicU64::new(u64::MAX),
             outbox: Arc::new(Outbox::default()),
             waiters: Arc::new(tokio::sync::Semaphore::new(crate::events::MAX_WAITERS)),
@@ -282,8 +286,8 @@ impl Operations {
         let (session, pool, machine, user, labels) = (&i.session, &i.pool, &i.machine, &i.user, &i.labels);
         tracing::debug!(%session, %pool, %machine, %user, %labels, reason, "session ended");
         if e.machine_unheld {
-            // Its machine may be due now (ephemeral): let the expiry task judge it.
-            self.wake_expiry();
+            // Its machine may be due now (ephemeral): let the machine task judge it.
+            self.wake_machines();
         }
         self.lease_lost(&e);
         if let Some(h) = &self.history {
@@ -301,9 +305,17 @@ impl Operations {
         }
     }
 
-    /// Wakes the expiry task whatever it waits for (a hold's end appeared).
+    /// Wakes the expiry task whatever it waits for (a hold's end appeared),
+    /// and the machine task (no machine is judged during a hold).
     pub fn wake_expiry(&self) {
         self.expiry_wake.notify_one();
+        self.machines_wake.notify_one();
+    }
+
+    /// Wakes the machine task (a machine may be due: its last session
+    /// ended, a policy changed).
+    pub fn wake_machines(&self) {
+        self.machines_wake.notify_one();
     }
 
     /// Stops admitting (a shutdown); readers waiting for events are answered.

@@ -74,11 +74,15 @@ pub enum ErrorCode {
     /// This node of a cluster does not serve (it lost its claim, or never
     /// had it): reconnect, and any node redirects to the one that does.
     NotOwner,
+    /// Sessions carrying one of the caller's labels hold as many seats of
+    /// the pool as its label cap allows (version 5; earlier streams get
+    /// `QUOTA_EXCEEDED`).
+    LabelLimit,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 28] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::BadFrame,
         ErrorCode::FrameTooLarge,
         ErrorCode::UnsupportedVersion,
@@ -107,6 +111,7 @@ impl ErrorCode {
         ErrorCode::QueueTimeout,
         ErrorCode::UserLimit,
         ErrorCode::NotOwner,
+        ErrorCode::LabelLimit,
     ];
 
     /// The codes a pool's refused admissions are counted under, in the
@@ -133,6 +138,7 @@ impl ErrorCode {
             Denial::SubscriptionExpired => ErrorCode::SubscriptionExpired,
             Denial::NotLicensed => ErrorCode::NotLicensed,
             Denial::AlreadyActivated => ErrorCode::AlreadyActivated,
+            Denial::LabelLimit => ErrorCode::LabelLimit,
         }
     }
 
@@ -167,6 +173,7 @@ impl ErrorCode {
             ErrorCode::QueueTimeout => "QUEUE_TIMEOUT",
             ErrorCode::UserLimit => "USER_LIMIT",
             ErrorCode::NotOwner => "NOT_OWNER",
+            ErrorCode::LabelLimit => "LABEL_LIMIT",
         }
     }
 }

@@ -57,6 +57,20 @@ pub struct UserLimitInfo {
     pub sessions: u32,
 }
 
+/// A pool's cap on the sessions carrying a label (`ListOf::LabelLimits`,
+/// version 5).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelLimitInfo {
+    /// The label's key.
+    pub key: String,
+    /// The label's value.
+    pub value: String,
+    /// Most sessions carrying it at once.
+    pub max: u32,
+    /// Sessions carrying it now (counted since the cap was set).
+    pub sessions: u32,
+}
+
 /// A live session with its job labels (`ListSessions` on version 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
@@ -234,6 +248,9 @@ pub enum AuditAction {
     MachineExpired,
     /// The operator changed a pool's machine policy (version 5).
     PolicyChanged,
+    /// The sessions carrying a label were capped or uncapped in a pool
+    /// (version 5).
+    LabelLimitSet,
 }
 
 /// A node of a cluster, for `nodes` (and the last line of `status`).
@@ -298,6 +315,7 @@ impl AuditAction {
             AuditAction::UserLimitSet => "user_limit_set",
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
+            AuditAction::LabelLimitSet => "label_limit_set",
         }
     }
 }
@@ -331,7 +349,8 @@ pub struct UsagePoint {
     pub admitted: u64,
     /// Refusals by error code: `QUOTA_EXCEEDED`, then `USER_LIMIT`,
     /// `QUEUE_FULL`, `QUEUE_TIMEOUT`, `MACHINE_NOT_REGISTERED`,
-    /// `SUBSCRIPTION_EXPIRED`, `NOT_LICENSED`, `ALREADY_ACTIVATED`.
+    /// `SUBSCRIPTION_EXPIRED`, `NOT_LICENSED`, `ALREADY_ACTIVATED`, and
+    /// on version 5 streams `LABEL_LIMIT`.
     pub denied: Vec<u64>,
     /// Sessions ended by reason: released, expired, revoked, connection closed.
     pub ends: [u64; 4],

@@ -18,9 +18,9 @@ pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use error::{ErrorCode, WireError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
 pub use info::{
-    AuditAction, AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo,
-    MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint,
-    UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
+    AuditAction, AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, LabelLimitInfo,
+    MachineInfo, MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView,
+    UsagePoint, UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
 };
 pub use request::*;
 pub use response::*;

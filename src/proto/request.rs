@@ -401,6 +401,21 @@ pub enum Req {
         /// Every registration in the pool is ephemeral.
         ephemeral: bool,
     },
+    /// Version 5, Owner/Admin: caps how many sessions carrying the label
+    /// `key=value` a pool holds at once (`max` none: the cap is removed).
+    /// Running sessions are not cut. Answered with `Done`.
+    SetLabelLimit {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Most sessions carrying it at once.
+        max: Option<u32>,
+    },
     /// Version 5: `org`'s events after the cursor `after` (docs/EVENTS.md),
     /// waiting up to `wait_ms` (at most 30 s) for a first one when there is
     /// none yet. Owners and Admins of the org. Answered with `Events`. A
@@ -542,6 +557,14 @@ pub enum ListOf {
         /// The org.
         org: OrgName,
     },
+    /// Version 5: a pool's label caps: `PageItems::LabelLimits`, by key,
+    /// then value. Owner, Admin.
+    LabelLimits {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+    },
 }
 
 impl Req {
@@ -581,6 +604,7 @@ impl Req {
             | Req::Check { org, .. }
             | Req::RegisterEphemeral { org, .. }
             | Req::SetMachinePolicy { org, .. }
+            | Req::SetLabelLimit { org, .. }
             | Req::Events { org, .. }
             | Req::AddWebhook { org, .. }
             | Req::ListWebhooks { org }
@@ -614,7 +638,8 @@ impl ListOf {
             | ListOf::Offline { org }
             | ListOf::Audit { org }
             | ListOf::UserLimits { org, .. }
-            | ListOf::MachineUses { org } => Some(org),
+            | ListOf::MachineUses { org }
+            | ListOf::LabelLimits { org, .. } => Some(org),
             ListOf::Usage { org, .. } | ListOf::Ended { org, .. } => Some(org),
             ListOf::Orgs => None,
         }

@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::error::WireError;
 use super::info::{
-    AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, MachineInfo, MachineUseInfo, NodeInfo,
-    OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo,
-    WhatIfReport,
+    AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, LabelLimitInfo, MachineInfo,
+    MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint,
+    UserInfo, UserLimitInfo, WhatIfReport,
 };
 use super::token::{Cursor, SessionToken};
 use crate::value::{MachineId, Nonce, OrgName, Role, SessionId};
@@ -279,6 +279,8 @@ pub enum PageItems {
     Ended(Vec<EndedSession>),
     /// Machines with their last use (version 5).
     MachineUses(Vec<MachineUseInfo>),
+    /// Label caps (version 5).
+    LabelLimits(Vec<LabelLimitInfo>),
 }
 
 impl PageItems {
@@ -298,6 +300,7 @@ impl PageItems {
             PageItems::Usage(v) => v.len(),
             PageItems::Ended(v) => v.len(),
             PageItems::MachineUses(v) => v.len(),
+            PageItems::LabelLimits(v) => v.len(),
         }
     }
 

@@ -50,6 +50,16 @@ impl Version {
         self.0 >= 4
     }
 
+    /// How many counts of refusals by reason (`UsagePoint::denied`, in
+    /// `ErrorCode::DENIALS`' order) this version's document listed: a
+    /// reason appended since is left off its streams' points.
+    pub fn denials(self) -> usize {
+        match self.0 {
+            ..=4 => 8,
+            _ => ErrorCode::DENIALS.len(),
+        }
+    }
+
     /// Whether this version's document lists the request: a client of an
     /// older version never sends a later request, and one that does is
     /// answered as an unknown variant (`BAD_FRAME`).
@@ -65,6 +75,7 @@ impl Version {
             1 => ErrorCode::Internal,
             2 => ErrorCode::ResponseTooLarge,
             3 => ErrorCode::QueueTimeout,
+            4 => ErrorCode::NotOwner,
             _ => return code,
         };
         // Codes are numbered by their order (error.rs): never reordered.
@@ -79,7 +90,7 @@ impl Version {
                 ErrorCode::Forbidden
             }
             ErrorCode::NotOwner => ErrorCode::Draining,
-            // GRANT_LIMIT, QUEUE_FULL, QUEUE_TIMEOUT, USER_LIMIT: the
+            // GRANT_LIMIT, QUEUE_FULL, QUEUE_TIMEOUT, USER_LIMIT, LABEL_LIMIT: the
             // caller may have no more of what it asked for.
             _ => ErrorCode::QuotaExceeded,
         }
@@ -117,6 +128,8 @@ fn since(req: &Req) -> u16 {
         Req::List { of: ListOf::MachineUses { .. }, .. }
         | Req::RegisterEphemeral { .. }
         | Req::SetMachinePolicy { .. }
+        | Req::SetLabelLimit { .. }
+        | Req::List { of: ListOf::LabelLimits { .. }, .. }
         | Req::Events { .. }
         | Req::AddWebhook { .. }
         | Req::ListWebhooks { .. }
@@ -175,6 +188,7 @@ mod tests {
             UserLimitSet,
             MachineExpired,
             PolicyChanged,
+            LabelLimitSet,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();
@@ -188,7 +202,17 @@ mod tests {
     }
 
     #[test]
-    fn streams_of_version_4_on_are_redirected() {
+    fn old_streams_get_the_refusal_counts_their_document_listed() {
+        for v in 1..=4 {
+            let listed = Version::new(v).unwrap().denials();
+            assert_eq!(ErrorCode::DENIALS[..listed].last(), Some(&ErrorCode::AlreadyActivated), "version {v}");
+        }
+        assert_eq!(Version::CURRENT.denials(), ErrorCode::DENIALS.len());
+        assert_eq!(ErrorCode::DENIALS.last(), Some(&ErrorCode::LabelLimit));
+    }
+
+    #[test]
+    fn only_version_4_streams_and_later_are_redirected() {
         let redirected: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().redirects()).collect();
         assert_eq!(redirected, [4, 5]);
     }

@@ -172,6 +172,9 @@ async fn act(call: &Call<'_>, req: Req) -> Reply {
         Req::RevokeGrant { org, pool, email } => {
             done(ops.revoke_grant(c, &org, pool, &Email::parse_lenient(&email)?).await)
         }
+        Req::SetLabelLimit { org, pool, key, value, max } => {
+            done(ops.set_label_limit(c, (&org, pool), (key, value), max).await)
+        }
         Req::SetUserLimit { org, pool, email, max } => {
             done(ops.set_user_limit(c, (&org, pool), &Email::parse_lenient(&email)?, max).await)
         }

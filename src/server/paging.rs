@@ -21,8 +21,9 @@ use super::handler::{Call, Reply};
 use super::wire::list;
 use crate::core::{Millis, SessionId};
 use crate::proto::{
-    AuditEntry, Cursor, EndedSession, ErrorCode, GrantInfo, KeyInfo, ListOf, MachineInfo, MachineUseInfo, OfflineInfo,
-    OrgInfo, PageItems, PoolState, Resp, SessionView, UsagePoint, UserInfo, UserLimitInfo, WireError, MAX_FRAME,
+    AuditEntry, Cursor, EndedSession, ErrorCode, GrantInfo, KeyInfo, LabelLimitInfo, ListOf, MachineInfo,
+    MachineUseInfo, OfflineInfo, OrgInfo, PageItems, PoolState, Resp, SessionView, UsagePoint, UserInfo, UserLimitInfo,
+    WireError, MAX_FRAME,
 };
 
 /// Most items on one page, whatever the client asks (`limit` 0 asks for this).
@@ -133,6 +134,12 @@ fn directory(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) 
             let caps = caps.into_iter().map(|(email, max, sessions)| UserLimitInfo { email, max, sessions }).collect();
             let (v, next) = sorted(caps, |c: &UserLimitInfo| c.email.clone(), after, limit)?;
             (PageItems::UserLimits(v), next)
+        }
+        ListOf::LabelLimits { org, pool } => {
+            let caps = core.label_limits(p, &org, pool)?.into_iter();
+            let caps = caps.map(|(key, value, max, sessions)| LabelLimitInfo { key, value, max, sessions }).collect();
+            let (v, next) = sorted(caps, |c: &LabelLimitInfo| (c.key.clone(), c.value.clone()), after, limit)?;
+            (PageItems::LabelLimits(v), next)
         }
         // The lists above are all the directory's; the others are paged by `list_page`.
         other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a directory list"))),

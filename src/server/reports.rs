@@ -46,6 +46,7 @@ pub(super) async fn usage(
     let range = (Millis(range.0), Millis(range.1));
     let ask = report::usage(call.shared.ops.core(), call.shared.ops.history(), call.p, &org, pool, range, step_ms)?;
     let series = gathered(call.shared.ops.usage_gathered(ask).await?);
+    let listed = call.proto.denials();
     Ok(series
         .into_iter()
         .flat_map(|s| {
@@ -59,7 +60,7 @@ pub(super) async fn usage(
                 quota: p.usage.quota,
                 seat_ms: p.usage.seat_ms,
                 admitted: p.usage.admitted,
-                denied: p.usage.denied,
+                denied: p.usage.denied.into_iter().take(listed).collect(),
                 ends: p.usage.ends,
                 queued: p.usage.queued,
             })

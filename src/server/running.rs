@@ -249,6 +249,7 @@ impl Running {
         self.tasks = vec![
             tokio::spawn(connection::accept_loop(shared.clone(), self.endpoint.clone(), stop.clone())),
             tokio::spawn(expiry::run(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::machines::run(ops.clone(), stop.clone())),
             tokio::spawn(checkpoint::run(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::events::trim(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::deliver::run(ops.clone(), stop.clone())),

@@ -26,6 +26,7 @@ fn code(e: &Error) -> ErrorCode {
         Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
         Error::QueueFull { .. } => ErrorCode::QueueFull,
         Error::UserLimit { .. } => ErrorCode::UserLimit,
+        Error::LabelLimit { .. } => ErrorCode::LabelLimit,
         Error::MachineLimit { .. } => ErrorCode::MachineLimit,
         Error::MachineNotRegistered => ErrorCode::MachineNotRegistered,
         Error::SessionExpired => ErrorCode::SessionExpired,
@@ -101,6 +102,7 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::UserLimitSet => proto::AuditAction::UserLimitSet,
             A::MachineExpired => proto::AuditAction::MachineExpired,
             A::PolicyChanged => proto::AuditAction::PolicyChanged,
+            A::LabelLimitSet => proto::AuditAction::LabelLimitSet,
         }
     }
 }

@@ -20,11 +20,14 @@ pub enum Denial {
     NotLicensed,
     /// The member's node-locked license is bound to another machine.
     AlreadyActivated,
+    /// The pool holds as many sessions carrying one of the runner's labels
+    /// as that label's cap allows.
+    LabelLimit,
 }
 
 impl Denial {
     /// Every reason, in the order counts are kept and stored.
-    pub const ALL: [Denial; 7] = [
+    pub const ALL: [Denial; 8] = [
         Denial::UserLimit,
         Denial::QueueFull,
         Denial::QueueTimeout,
@@ -32,5 +35,6 @@ impl Denial {
         Denial::SubscriptionExpired,
         Denial::NotLicensed,
         Denial::AlreadyActivated,
+        Denial::LabelLimit,
     ];
 }

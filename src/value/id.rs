@@ -218,6 +218,15 @@ pub fn hex(bytes: &[u8]) -> String {
     })
 }
 
+/// The bytes of lowercase hex `s` (what `hex` writes); `None` for anything
+/// else (odd length, another character, a sign `from_str_radix` would take).
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok()).collect()
+}
+
 /// What a principal may do. Operator is the broker's own operator, outside every org.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub enum Role {

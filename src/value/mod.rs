@@ -13,7 +13,7 @@ pub mod time;
 use std::fmt;
 
 pub use denial::Denial;
-pub use id::{hex, ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
+pub use id::{hex, unhex, ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use labels::Labels;
 pub use pool_id::{Kind, PoolId, Product, Term};
 pub use time::{format_end_date, format_utc, parse_end_of_date, Millis, DAY_MS};

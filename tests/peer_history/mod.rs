@@ -78,16 +78,33 @@ fn console(web: &Web, cookie: &str, path: &str) -> (u16, String, String) {
     web.request(&format!("GET {path} HTTP/1.0\r\nCookie: {cookie}"), "")
 }
 
-#[test]
-fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down() {
-    let _one = exclusive();
-    let etcd = start_cluster();
+/// Two nodes that served `default` in turn (A, then B), with `ON_A`
+/// sessions ended on A, `ON_B` on B, and one across the handover.
+struct Served {
+    a: super::Node,
+    b: super::Node,
+    a_name: String,
+    owner: String,
+    ca: std::path::PathBuf,
+    /// How long the runners ran, in all (a bound for the seat time).
+    walls: Duration,
+}
+
+impl Served {
+    fn total() -> usize {
+        ON_A + 1 + ON_B
+    }
+}
+
+/// Starts A alone (it claims `default`), runs sessions on it, starts one
+/// that spans the handover, starts B (which `default` is handed to) and
+/// runs more there.
+fn served_by_a_then_b(etcd: &[String]) -> Served {
     let (tx, lines) = mpsc::channel();
     let names = ["n0".to_string(), "n1".to_string()];
     let b_name = placement::preferred("default", &names).unwrap().to_string();
     let a_name = names.iter().find(|n| **n != b_name).unwrap().clone();
-    // A alone: it claims the empty cluster's `default` and serves it.
-    let mut a = spawn_node_with(&a_name, &etcd.clients, &tx, true);
+    let a = spawn_node_with(&a_name, etcd, &tx, true);
     let (operator, owner) = keys(&lines, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("no keys printed\n{}", logs(std::slice::from_ref(&a))));
     let ca = a._dir.path().join("tls/cert.pem");
@@ -116,10 +133,9 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     let events = process::Events::of(&mut spanning);
     let admitted = events.next_within(Duration::from_secs(10)).expect("the runner says something");
     assert_eq!(admitted["event"], "admitted", "{admitted}");
-
     // B joins; once it has settled, A hands `default` on to it.
-    let b = spawn_node_with(&b_name, &etcd.clients, &tx, true);
-    claims_until(&etcd.clients, "handed to B", |c| c.get("default").is_some_and(|(n, _)| *n == b_name));
+    let b = spawn_node_with(&b_name, etcd, &tx, true);
+    claims_until(etcd, "handed to B", |c| c.get("default").is_some_and(|(n, _)| *n == b_name));
     reattached(&events);
     let servers = format!("{},{}", b.addr, a.addr);
     for i in 0..ON_B {
@@ -127,22 +143,26 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     }
     assert!(spanning.wait().unwrap().success(), "the spanning runner failed");
     walls += spanning_started.elapsed();
+    Served { a, b, a_name, owner, ca, walls }
+}
 
-    // B's API lists every session once, from both nodes' histories.
-    let web = Web::tls(&b.http, &ca);
-    let total = ON_A + 1 + ON_B;
+fn machines(list: &[Value]) -> Vec<String> {
+    let mut m: Vec<String> = list.iter().map(|s| s["machine"].as_str().unwrap().to_string()).collect();
+    m.sort();
+    m
+}
+
+/// B's API lists every session once, from both nodes' histories: whole,
+/// in pages of two, as CSV; the what-if replays both nodes' demand.
+fn every_session_once(web: &Web, owner: &str) {
+    let total = Served::total();
     let deadline = Instant::now() + Duration::from_secs(15);
     let all = loop {
-        let all = walk(&web, &owner, 1000);
+        let all = walk(web, owner, 1000);
         if all.len() >= total || Instant::now() > deadline {
             break all;
         }
         std::thread::sleep(Duration::from_millis(500));
-    };
-    let machines = |list: &[Value]| {
-        let mut m: Vec<String> = list.iter().map(|s| s["machine"].as_str().unwrap().to_string()).collect();
-        m.sort();
-        m
     };
     assert_eq!(machines(&all), ["a0", "a1", "a2", "b0", "b1", "span"], "{all:?}");
     let mut ids: Vec<&str> = all.iter().map(|s| s["session"].as_str().unwrap()).collect();
@@ -150,36 +170,30 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     assert_eq!(ids.len(), total, "each session once");
     let ends: Vec<&str> = all.iter().map(|s| s["end"].as_str().unwrap()).collect();
     assert!(ends.windows(2).all(|w| w[0] <= w[1]), "oldest end first: {ends:?}");
-    // The same, a page of two at a time (the pages merged across the nodes).
-    assert_eq!(walk(&web, &owner, 2), all);
-    // The CSV export too.
-    let (code, csv) = web.get("/api/v1/sessions?org=default&from=1h&format=csv", Some(&owner));
+    assert_eq!(walk(web, owner, 2), all, "the pages merged across the nodes");
+    let (code, csv) = web.get("/api/v1/sessions?org=default&from=1h&format=csv", Some(owner));
     assert_eq!((code, csv.lines().count()), (200, total + 1), "{csv}");
-    // The what-if replays the demand both nodes recorded.
-    let (code, body) = web.get("/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..2&from=1h", Some(&owner));
+    let what_if = "/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..2&from=1h";
+    let (code, body) = web.get(what_if, Some(owner));
     assert_eq!(code, 200, "{body}");
     let w: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(w["sessions"].as_u64(), Some(total as u64), "{w}");
     // What the merge costs B (printed, never asserted: a debug build on a shared machine).
-    let what_if = "/api/v1/what-if?org=default&pool=kre-floating-annual&seats=1..2&from=1h";
     for path in ["/api/v1/sessions?org=default&from=1h", "/api/v1/usage?org=default&from=1h&step=1m", what_if] {
         let (_, head, _) = web.request(&format!("GET {path} HTTP/1.0\r\nAuthorization: Bearer {owner}"), "");
         let timing = head.lines().find_map(|l| l.strip_prefix("server-timing: ")).unwrap_or_default();
         eprintln!("{path} over both nodes: {timing}");
     }
-    // And the console's export.
-    let cookie = sign_in(&web, &owner);
-    let (code, head, csv) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
-    assert_eq!((code, csv.lines().count()), (200, total + 1), "{head}\n{csv}");
-    let (code, _, overview) = console(&web, &cookie, "/org/default?range=day");
-    assert!(code == 200 && !overview.contains("id=\"missing\""), "{overview}");
+}
 
-    // The rollups: each admission and each end once across the nodes (the
-    // spanning session's seat time on A until the handover, on B after it;
-    // its end only where it ended). A minute is written once it closed.
+/// The rollups: each admission and each end once across the nodes (the
+/// spanning session's seat time on A until the handover, on B after it;
+/// its end only where it ended). A minute is written once it closed.
+fn rollups_count_each_once(web: &Web, owner: &str, walls: Duration) {
+    let total = Served::total();
     let deadline = Instant::now() + Duration::from_secs(80);
     let (admitted, ended, seats) = loop {
-        let t = totals(&web, &owner);
+        let t = totals(web, owner);
         if (t.0 as usize >= total && t.1 as usize >= total) || Instant::now() > deadline {
             break t;
         }
@@ -187,25 +201,45 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     };
     assert_eq!((admitted as usize, ended as usize), (total, total), "admitted and ended, over both nodes");
     assert!(seats > 9.0 && seats < walls.as_secs_f64(), "{seats} seat-seconds, runners ran {walls:?}");
+}
 
-    // A is killed: B's answer names it, and still holds B's own sessions.
-    a.child.kill().unwrap();
-    a.child.wait().unwrap();
-    let (code, body) = web.get("/api/v1/sessions?org=default&from=1h", Some(&owner));
+/// With A down, B's API, console page, overview and export name A, and
+/// still hold B's own sessions.
+fn a_down_is_named(web: &Web, cookie: &str, owner: &str, a_name: &str) {
+    let (code, body) = web.get("/api/v1/sessions?org=default&from=1h", Some(owner));
     assert_eq!(code, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["missing"][0]["node"], a_name.as_str(), "{v}");
+    assert_eq!(v["missing"][0]["node"], a_name, "{v}");
     let warning = v["warning"].as_str().unwrap_or_default();
     assert!(warning.starts_with(&format!("part of the history may be missing: node {a_name} ")), "{v}");
     assert_eq!(machines(v["sessions"].as_array().unwrap()), ["b0", "b1", "span"], "{v}");
-    let (code, head, page) = console(&web, &cookie, "/org/default/usage?preset=7d");
+    let (code, head, page) = console(web, cookie, "/org/default/usage?preset=7d");
     assert_eq!(code, 200, "{head}");
     assert!(page.contains(&format!("part of the history may be missing: node {a_name} ")), "{page}");
-    let (code, _, overview) = console(&web, &cookie, "/org/default?range=day");
+    let (code, _, overview) = console(web, cookie, "/org/default?range=day");
     assert!(code == 200 && overview.contains(&format!("history may be missing: node {a_name} ")), "{overview}");
-    let (code, head, _) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
+    let (code, head, _) = console(web, cookie, "/org/default/usage.csv?preset=7d");
     let named = head.lines().any(|l| l.starts_with("x-history-missing: part of the history may be missing: node "));
     assert!(code == 200 && named, "{head}");
+}
+
+#[test]
+fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down() {
+    let _one = exclusive();
+    let etcd = start_cluster();
+    let Served { mut a, b, a_name, owner, ca, walls } = served_by_a_then_b(&etcd.clients);
+    let web = Web::tls(&b.http, &ca);
+    every_session_once(&web, &owner);
+    let cookie = sign_in(&web, &owner);
+    let (code, head, csv) = console(&web, &cookie, "/org/default/usage.csv?preset=7d");
+    assert_eq!((code, csv.lines().count()), (200, Served::total() + 1), "{head}\n{csv}");
+    let (code, _, overview) = console(&web, &cookie, "/org/default?range=day");
+    assert!(code == 200 && !overview.contains("id=\"missing\""), "{overview}");
+    rollups_count_each_once(&web, &owner, walls);
+
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    a_down_is_named(&web, &cookie, &owner, &a_name);
 
     // A peer read not signed with the cluster's key is refused.
     let forged = "GET /peer/v1/sessions?org=default&from=0&to=9&limit=9 HTTP/1.0\r\nAuthorization: LBPeer 1.00";

@@ -101,7 +101,7 @@ impl Pool {
 
     /// `email`'s cap in this pool, if one was ever set.
     pub fn cap_of(&self, email: &Email) -> Option<Arc<Seats>> {
-        self.caps.lock().get(email).cloned()
+        self.caps.lock().users.get(email).cloned()
     }
 
     /// How many caps were created (see `cap_epoch`).
@@ -117,12 +117,12 @@ impl Pool {
     pub fn set_cap(&self, email: &Email, max: Option<u32>) -> Option<Arc<Seats>> {
         let limit = max.unwrap_or(u32::MAX);
         let mut caps = self.caps.lock();
-        if let Some(cap) = caps.get(email) {
+        if let Some(cap) = caps.users.get(email) {
             let _ = cap.update(|c| Some(SeatCount { limit, ..c }));
             return None;
         }
         let cap = Arc::new(Seats::new(limit));
-        caps.insert(email.clone(), cap.clone());
+        caps.users.insert(email.clone(), cap.clone());
         self.bump_adoptions();
         Some(cap)
     }
@@ -137,7 +137,7 @@ impl Pool {
     /// Every user cap: (user, max, sessions counted).
     pub fn caps(&self) -> Vec<(Email, u32, u32)> {
         let mut out: Vec<_> =
-            self.caps.lock().iter().map(|(e, c)| (e.clone(), c.count().limit, c.count().in_use)).collect();
+            self.caps.lock().users.iter().map(|(e, c)| (e.clone(), c.count().limit, c.count().in_use)).collect();
         out.sort();
         out
     }

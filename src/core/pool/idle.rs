@@ -70,14 +70,17 @@ impl Pool {
         self.machines.lock().get(machine).and_then(|m| m.tenure.clone())
     }
 
-    /// Closes the tenure of every committed machine due for release at
-    /// `now` and returns them. `grace` is how long a registration never
-    /// used may wait for its first session.
-    pub fn close_idle(&self, now: Millis, grace: Duration) -> Vec<(MachineId, Arc<Tenure>)> {
+    /// Closes the tenure of committed machines due for release at `now`,
+    /// at most `most` of them, and returns them. `grace` is how long a
+    /// registration never used may wait for its first session.
+    pub fn close_idle(&self, now: Millis, grace: Duration, most: usize) -> Vec<(MachineId, Arc<Tenure>)> {
         let policy = self.policy();
         let machines = self.machines.lock();
         let mut out = Vec::new();
         for (id, m) in machines.iter() {
+            if out.len() >= most {
+                break;
+            }
             let Some((t, quiet, due)) = self.judge(id, m, policy, grace) else { continue };
             if due <= now && t.close(quiet) {
                 out.push((id.clone(), t.clone()));
@@ -87,7 +90,7 @@ impl Pool {
     }
 
     /// When the first of the pool's machines comes due (a hint for the
-    /// expiry task's sleep; `close_idle` judges again).
+    /// machine task's sleep; `close_idle` judges again).
     pub fn next_idle(&self, grace: Duration) -> Option<Millis> {
         let policy = self.policy();
         let machines = self.machines.lock();

@@ -8,13 +8,14 @@
 //! seats, the subscription end, and the refusal a full word means. The rest
 //! is by job: `limit` (what the word's limit is computed from: quota,
 //! durable ceiling, durable holders, the restart reserve), `access`
-//! (machine registrations and per-user caps), `licensing` (KSE grants,
+//! (machine registrations and per-user caps), `labels` (caps by job label), `licensing` (KSE grants,
 //! node-locked activations, offline licenses) and `stats` (counters,
 //! refusals by reason, `status`), `idle` and `tenure` (the machine policy:
 //! machines released when unused). The wait queue's side is in `queue`.
 
 mod access;
 mod idle;
+pub mod labels;
 mod licensing;
 mod limit;
 mod stats;
@@ -22,20 +23,21 @@ pub mod tenure;
 
 pub use access::Registration;
 pub use idle::MachineUse;
+pub use labels::{LabelCap, LabelCaps};
 pub use licensing::OfflineEntry;
 pub use stats::{Denial, Figures, PoolStatus};
 pub use tenure::{Policy, Tenure};
 
 use super::error::{Error, Result};
 use super::hash::FastMap;
-use super::id::{Email, MachineId, OrgName};
+use super::id::{MachineId, OrgName};
 pub use super::pool_id::{Kind, PoolId, Product, Term};
 use super::queue::WaitQueue;
 use super::seats::{SeatCount, Seats};
 use super::session::Counts;
 use super::time::Millis;
 use super::usage::Extremes;
-use crate::sync::{Arc, AtomicU32, AtomicU64, Mutex, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, Ordering};
 use access::Machine;
 use licensing::Licensing;
 use limit::Bounds;
@@ -69,10 +71,11 @@ pub struct Pool {
     /// Machine IDs and when each registered. Registration is rare (once per
     /// machine), so a plain lock keeps the cap check simple.
     machines: Mutex<FastMap<MachineId, Machine>>,
-    /// Per-user caps (FlexNet's MAX): a user's sessions in this pool,
-    /// counted and limited by a seat word of their own (see `admission`).
-    /// Set rarely, by admins; read at ticket resolution, not per admission.
-    caps: Mutex<FastMap<Email, Arc<Seats>>>,
+    /// Per-user caps (FlexNet's MAX) and caps by job label (`labels`):
+    /// sessions counted and limited by a seat word of their own (see
+    /// `admission`). Set rarely, by admins; read at ticket resolution, not
+    /// per admission.
+    caps: Mutex<labels::Caps>,
     /// Bumped when a user's cap is first created, or machines are given
     /// tenures (`idle`), before the sweep that counts the live sessions
     /// into them: an admission resolved before the bump checks again after
@@ -156,7 +159,7 @@ impl Pool {
             id,
             not_after: AtomicU64::new(not_after.0),
             removals: AtomicU64::new(0),
-            caps: Mutex::new(FastMap::default()),
+            caps: Mutex::new(labels::Caps::default()),
             cap_epoch: AtomicU64::new(0),
             policy: Mutex::new(tenure::Policy::default()),
             expired: AtomicU64::new(0),

@@ -1,6 +1,7 @@
 //! What a session holds besides its seat: its user's cap (a seat word of
-//! the user's own) and, in a pool that tracks machine use, its machine's
-//! tenure. Both are taken before the pool's seat and given back when the
+//! the user's own), the caps of the labels it carries (`pool::labels`)
+//! and, in a pool that tracks machine use, its machine's tenure. All are
+//! taken before the pool's seat and given back when the
 //! session ends (`shard::Shard::end`); a cap or tenures created under live
 //! sessions are adopted by them here, each at most once (under the
 //! session's shard lock).
@@ -9,7 +10,7 @@ use super::shard::Live;
 use super::{SessionRequest, SessionTable};
 use crate::core::error::{Error, Result};
 use crate::core::id::{Email, MachineId, SessionId};
-use crate::core::pool::{Pool, PoolUid, Tenure};
+use crate::core::pool::{LabelCap, Pool, PoolUid, Tenure};
 use crate::core::seats::{SeatCount, Seats};
 use crate::sync::Arc;
 
@@ -25,8 +26,42 @@ fn adopt(live: &mut Live, enforce: bool, cap_for: impl FnOnce(&Email) -> Option<
     Ok(())
 }
 
+/// See `SessionTable::adopt_label_caps`.
+fn adopt_labels(live: &mut Live, enforce: bool, caps: &[LabelCap]) -> Result<()> {
+    for cap in caps.iter().filter(|c| c.matches(&live.labels)) {
+        let held = live.label_caps.as_deref().unwrap_or(&[]);
+        if held.iter().any(|h| Arc::ptr_eq(h, &cap.seats)) {
+            continue;
+        }
+        cap.seats
+            .update(|c| (!enforce || c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, ..c }))
+            .map_err(|c| Error::LabelLimit { max: c.limit })?;
+        let mut next = held.to_vec();
+        next.push(cap.seats.clone());
+        live.label_caps = Some(next.into_boxed_slice());
+    }
+    Ok(())
+}
+
+/// After a relabel: gives back the caps of `caps` the session's labels no
+/// longer match and counts it into those they now do. A held word of a
+/// cap since removed stays held (it is nobody's cap; its end returns it).
+pub(super) fn relabel(live: &mut Live, caps: &[LabelCap]) {
+    if let Some(held) = live.label_caps.take() {
+        let stale = |h: &Arc<Seats>| caps.iter().any(|c| Arc::ptr_eq(&c.seats, h) && !c.matches(&live.labels));
+        let (gone, kept): (Vec<_>, Vec<_>) = held.into_vec().into_iter().partition(stale);
+        for cap in gone {
+            cap.release(1);
+        }
+        live.label_caps = (!kept.is_empty()).then(|| kept.into_boxed_slice());
+    }
+    // Not enforced: never refuses.
+    let _ = adopt_labels(live, false, caps);
+}
+
 impl SessionTable {
-    /// Takes a new session's holds on its machine's tenure and its user's cap.
+    /// Takes a new session's holds on its machine's tenure, its user's cap
+    /// and its labels' caps; a refusal gives back what was taken.
     pub(super) fn take_holds(req: &SessionRequest) -> Result<()> {
         if let Some(tenure) = &req.tenure {
             if !tenure.take() {
@@ -35,10 +70,18 @@ impl SessionTable {
         }
         if let Some(cap) = &req.cap {
             if let Err(c) = cap.try_acquire() {
-                if let Some(tenure) = &req.tenure {
-                    tenure.give_back(None);
-                }
+                Self::give_tenure(req);
                 return Err(Error::UserLimit { max: c.limit });
+            }
+        }
+        let caps = req.label_caps.as_deref().unwrap_or(&[]);
+        for (i, cap) in caps.iter().enumerate() {
+            if let Err(c) = cap.try_acquire() {
+                for taken in caps[..i].iter().chain(&req.cap) {
+                    taken.release(1);
+                }
+                Self::give_tenure(req);
+                return Err(Error::LabelLimit { max: c.limit });
             }
         }
         Ok(())
@@ -47,11 +90,18 @@ impl SessionTable {
     /// Gives back what `take_holds` took, for a session never admitted
     /// (no use of the machine: it ran nothing).
     pub(super) fn give_holds(req: &SessionRequest) {
-        if let Some(tenure) = &req.tenure {
-            tenure.give_back(None);
-        }
+        Self::give_tenure(req);
         if let Some(cap) = &req.cap {
             cap.release(1);
+        }
+        for cap in req.label_caps.iter().flatten() {
+            cap.release(1);
+        }
+    }
+
+    fn give_tenure(req: &SessionRequest) {
+        if let Some(tenure) = &req.tenure {
+            tenure.give_back(None);
         }
     }
 
@@ -69,6 +119,27 @@ impl SessionTable {
         let (_, mut shard) = self.lock_for(id);
         let Some(live) = shard.get_mut(id) else { return Ok(()) };
         adopt(live, enforce, cap_for)
+    }
+
+    /// Counts a live session into the caps of `caps` its labels match and
+    /// it is not counted in yet; `enforce` refuses (`LabelLimit`) at a full
+    /// one, as `adopt_cap`. Those counted before a refusal stay with the
+    /// session (its end gives them back). Under the shard's lock.
+    pub fn adopt_label_caps(&self, id: SessionId, enforce: bool, caps: &[LabelCap]) -> Result<()> {
+        let (_, mut shard) = self.lock_for(id);
+        let Some(live) = shard.get_mut(id) else { return Ok(()) };
+        adopt_labels(live, enforce, caps)
+    }
+
+    /// Counts every live session of `pool` carrying the cap's label into
+    /// it (a new label cap's sweep).
+    pub fn adopt_label_where(&self, pool: PoolUid, cap: &LabelCap) {
+        for cell in self.shards.iter() {
+            let mut shard = cell.lock.lock();
+            for live in shard.lives_mut().filter(|l| l.pool == pool) {
+                let _ = adopt_labels(live, false, std::slice::from_ref(cap));
+            }
+        }
     }
 
     /// Makes a live session hold its machine's tenure (`tenure_for` finds

@@ -99,6 +99,10 @@ pub struct SessionRequest {
     /// The user's cap in the pool, if any: already counted for this
     /// session; the session returns it when it ends.
     pub cap: Option<Arc<Seats>>,
+    /// The caps of the labels it carries, in a pool with label caps
+    /// (`None` elsewhere, at no allocation): counted for this session as
+    /// its cap is.
+    pub label_caps: Option<Box<[Arc<Seats>]>>,
     /// The machine's tenure, in a pool that tracks machine use: the
     /// session holds it from admission to its end.
     pub tenure: Option<Arc<Tenure>>,
@@ -323,6 +327,7 @@ impl SessionTable {
             indexed: deadline,
             labels: req.labels,
             cap: req.cap,
+            label_caps: req.label_caps,
             tenure: req.tenure,
         };
         // Invariant: the shard has room (checked above, under the same lock).
@@ -379,7 +384,10 @@ impl SessionTable {
         Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
     }
 
-    /// Replaces a live session's labels if `allow` accepts its holder.
+    /// Replaces a live session's labels if `allow` accepts its holder,
+    /// and moves it into the label caps its new labels match and out of
+    /// those they no longer do (counted regardless, as a session older
+    /// than a cap: a relabel is never refused).
     pub fn label(
         &self,
         id: SessionId,
@@ -389,7 +397,10 @@ impl SessionTable {
         let (_, mut shard) = self.lock_for(id);
         vet(&shard, id, allow)?;
         // Invariant: vetted live above, under this same lock.
-        shard.get_mut(id).expect("vetted live above").labels = labels;
+        let caps = shard.get(id).and_then(|s| shard.pool_of(s).label_caps());
+        let live = shard.get_mut(id).expect("vetted live above");
+        live.labels = labels;
+        holds::relabel(live, caps.as_deref().map_or(&[], Vec::as_slice));
         Ok(())
     }
 

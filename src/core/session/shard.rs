@@ -48,6 +48,8 @@ pub(super) struct Live {
     pub labels: crate::value::Labels,
     /// Its user's cap in the pool, when the session is counted in one.
     pub cap: Option<Arc<super::super::seats::Seats>>,
+    /// The caps of its labels it is counted in (see `pool::labels`).
+    pub label_caps: Option<Box<[Arc<super::super::seats::Seats>]>>,
     /// Its machine's tenure, in a pool that tracks machine use.
     pub tenure: Option<Arc<crate::core::pool::Tenure>>,
 }
@@ -268,6 +270,9 @@ impl Shard {
     fn finish(&mut self, id: SessionId, reason: EndReason, counted: bool, now: Millis) -> Option<Ended> {
         let live = self.remove(id)?;
         if let Some(cap) = &live.cap {
+            cap.release(1);
+        }
+        for cap in live.label_caps.iter().flatten() {
             cap.release(1);
         }
         let machine_unheld = live.tenure.as_ref().is_some_and(|t| t.give_back(Some(now)) == 0);

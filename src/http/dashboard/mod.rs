@@ -14,6 +14,7 @@
 //! the org's Owners and Admins, who alone get the Kill button.
 
 mod cluster;
+mod frame;
 mod shape;
 mod svg;
 pub mod view;
