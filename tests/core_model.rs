@@ -45,7 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u64..2 * TTL_MS).prop_map(|ms| Op::Advance { ms }),
         2 => Just(Op::Expire),
         2 => (0..MACHINES.len()).prop_map(|machine| Op::RegisterEphemeral { machine }),
-        1 => (prop::option::of(1u64..3 * TTL_MS), any::<bool>())
+        1 => (prop::option::of(1_000u64..3 * TTL_MS), any::<bool>())
             .prop_map(|(idle_ms, ephemeral)| Op::SetPolicy { idle_ms, ephemeral }),
         3 => Just(Op::ExpireMachines),
     ]
