@@ -26,7 +26,8 @@ const BUCKETS: usize = BOUNDS_US.len() + 1;
 const SHARDS: usize = 8;
 
 /// The kind of a request, as an index into `OPS`; `None` for one whose
-/// answer comes later (a `Checkout` that may wait in the queue).
+/// answer comes later (a `Checkout` that may wait in the queue, an
+/// `Events` that may wait for an event).
 pub fn op_of(req: &Req) -> Option<usize> {
     Some(match req {
         Req::Acquire { .. } => 0,
@@ -51,7 +52,11 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::List { .. }
         | Req::WhatIf { .. }
         | Req::Nodes
-        | Req::Route { .. } => 8,
+        | Req::Route { .. }
+        | Req::Events { wait_ms: 0, .. }
+        | Req::ListWebhooks { .. }
+        | Req::WebhookDeliveries { .. } => 8,
+        Req::Events { .. } => return None,
         Req::CreateOrg { .. }
         | Req::SetPool { .. }
         | Req::AddUser { .. }
@@ -68,7 +73,10 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::SetSubscription { .. }
         | Req::SetUserLimit { .. }
         | Req::SetMachinePolicy { .. }
-        | Req::SetLabelLimit { .. } => 9,
+        | Req::SetLabelLimit { .. }
+        | Req::AddWebhook { .. }
+        | Req::RemoveWebhook { .. }
+        | Req::RotateWebhookSecret { .. } => 9,
     })
 }
 

@@ -43,6 +43,8 @@ pub mod cluster;
 #[cfg(feature = "server")]
 pub mod error;
 #[cfg(feature = "server")]
+pub mod events;
+#[cfg(feature = "server")]
 pub mod history;
 #[cfg(feature = "server")]
 pub mod http;

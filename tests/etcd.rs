@@ -228,6 +228,19 @@ fn the_etcd_store_keeps_records_per_org_and_fences_each_org() {
     assert_eq!(latest.iter().map(|e| e.at.0).collect::<Vec<_>>(), vec![25, 24, 23]);
     assert!(store.audit_latest(&OrgName::new("other").unwrap(), 3).unwrap().is_empty());
 
+    // The outbox: an event per audit entry, numbered and written in the
+    // same fenced commit, read after a cursor a page at a time; trimmed.
+    let outbox = license_broker::events::Outbox::default();
+    let fence = |o: &OrgName| fences.get(o);
+    outbox.commit(&store, (26..=30).map(entry).collect(), fence).unwrap();
+    assert_eq!(store.events_last(&org).unwrap(), 5);
+    let (events, more) = store.events_after(&org, 2, 2).unwrap();
+    assert!(more);
+    assert_eq!(events.iter().map(|e| (e.seq, e.at.0)).collect::<Vec<_>>(), vec![(3, 28), (4, 29)]);
+    assert_eq!(store.events_last(&other).unwrap(), 0, "acme2's outbox is its own");
+    store.commit(&[Change::RemoveEvent { org: org.clone(), seq: 1 }]).unwrap();
+    assert_eq!(store.events_after(&org, 0, 10).unwrap().0[0].seq, 2);
+
     // Another node's claim replaces this one's on acme: acme's writes fail
     // and change nothing (nor does a commit touching both orgs), acme2's go on.
     claim("acme", b"b");
@@ -235,6 +248,8 @@ fn the_etcd_store_keeps_records_per_org_and_fences_each_org() {
     assert!(matches!(store.commit(&[quota(&org, 7)]), Err(StoreError::Fenced)));
     assert!(matches!(store.commit(&[quota(&other, 7), quota(&org, 7)]), Err(StoreError::Fenced)));
     store.commit(&[quota(&other, 8)]).unwrap();
+    assert!(matches!(outbox.commit(&store, vec![entry(31)], fence), Err(StoreError::Fenced)));
+    assert_eq!(store.events_last(&org).unwrap(), 5, "a fenced commit writes no event either");
     let loaded = store.load_orgs(&[org.clone(), other.clone()]).unwrap();
     assert!(loaded[0].1.contains(&Record::Pool { org: org.clone(), pool: PoolId::KRE_DEFAULT, quota: 500 }));
     assert!(loaded[1].1.contains(&Record::Pool { org: other.clone(), pool: PoolId::KRE_DEFAULT, quota: 8 }));

@@ -343,12 +343,18 @@ async fn later_requests(o: &mut Raw, v: u16) {
     }
     let ephemeral = Req::RegisterEphemeral { org: org(), pool: PoolId::KRE_DEFAULT, machine: m(&format!("m{v}")) };
     let uses = Req::List { of: ListOf::MachineUses { org: org() }, after: None, limit: 10 };
+    let events = Req::Events { org: org(), after: 0, wait_ms: 0 };
+    let hooks = Req::ListWebhooks { org: org() };
     if v < 5 {
         o.refused(ephemeral, code::BAD_FRAME).await;
-        return o.refused(uses, code::BAD_FRAME).await;
+        o.refused(uses, code::BAD_FRAME).await;
+        o.refused(events, code::BAD_FRAME).await;
+        return o.refused(hooks, code::BAD_FRAME).await;
     }
     o.ok(ephemeral, "Registered").await;
     o.ok(uses, "Page").await;
+    o.ok(events, "Events").await;
+    o.ok(hooks, "Webhooks").await;
 }
 
 /// A capped member's acquire: `USER_LIMIT` from version 4 on, the code

@@ -157,6 +157,15 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("ListUserLimits", Req::ListUserLimits { org: org.clone(), pool: p }),
         ("List", Req::List { of: ListOf::Orgs, after: None, limit: 0 }),
         ("WhatIf", Req::WhatIf { org: org.clone(), pool: p, from_ms: 0, to_ms: 1, seats_min: 1, seats_max: 2 }),
+        ("Nodes", Req::Nodes),
+        ("Route", Req::Route { org: org.clone() }),
+        ("Check", Req::Check { org: org.clone(), pool: p, machine: m.clone() }),
+        ("Events", Req::Events { org: org.clone(), after: 0, wait_ms: 0 }),
+        ("AddWebhook", Req::AddWebhook { org: org.clone(), url: "x".into(), events: vec![] }),
+        ("ListWebhooks", Req::ListWebhooks { org: org.clone() }),
+        ("RemoveWebhook", Req::RemoveWebhook { org: org.clone(), id: "x".into() }),
+        ("RotateWebhookSecret", Req::RotateWebhookSecret { org: org.clone(), id: "x".into() }),
+        ("WebhookDeliveries", Req::WebhookDeliveries { org: org.clone(), id: "x".into() }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);
@@ -194,6 +203,12 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("SessionViews", Resp::SessionViews(vec![])),
         ("UserLimits", Resp::UserLimits(vec![])),
         ("Page", Resp::Page { items: PageItems::Orgs(vec![]), next: None }),
+        ("Nodes", Resp::Nodes(vec![])),
+        ("Route", Resp::Route { server: String::new() }),
+        ("Events", Resp::Events { events: vec![], next: 0 }),
+        ("WebhookAdded", Resp::WebhookAdded { id: "x".into(), secret: "x".into() }),
+        ("Webhooks", Resp::Webhooks(vec![])),
+        ("Deliveries", Resp::Deliveries(vec![])),
         (
             "WhatIf",
             Resp::WhatIf(license_broker::proto::WhatIfReport {

@@ -113,6 +113,15 @@ pub(super) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Owner/Admin: the org's events (docs/EVENTS.md) after a cursor, one
+    /// per line; with --follow, new ones as they come, resuming after the
+    /// last one printed when the broker restarts.
+    Events(super::events::EventsArgs),
+    /// Webhooks: POST the org's events to a URL, signed (docs/EVENTS.md):
+    /// add, list, remove, rotate-secret, deliveries. Owners and Admins; the
+    /// operator for any org.
+    #[command(subcommand)]
+    Webhook(super::webhook::WebhookCmd),
     /// Utilization history: per-step peak, average and trough of each pool
     /// (`usage`), the sessions that ended (`usage sessions`), and what
     /// other seat counts would have done (`usage what-if`). Members read

@@ -2,13 +2,14 @@
 //!
 //! Reading order: `args` (clap's tree of commands and flags) → `run` below
 //! (the commands answered here or by their own module: `serve`, `runner`,
-//! `offline verify`, `machine-id`, `admin`) → `request` (every command that
+//! `offline verify`, `machine-id`, `admin`, `events`) → `request` (every command that
 //! is one request to the broker) → `output` (how answers are printed) →
 //! `exit` (every exit code the command line documents).
 
 mod args;
 mod check;
 mod config;
+mod events;
 mod exit;
 mod job;
 mod labels;
@@ -18,6 +19,7 @@ mod request;
 mod runner;
 mod serve;
 mod usage;
+mod webhook;
 
 use std::process::ExitCode;
 
@@ -35,6 +37,7 @@ pub async fn run(args: Args) -> Result<ExitCode> {
         Command::Serve(a) => serve::run(*a).await,
         Command::Runner(a) => runner::run(a, conn, false).await,
         Command::Activate(a) => runner::run(a, conn, true).await,
+        Command::Events(a) => events::run(a, conn).await,
         Command::Offline(offline::OfflineCmd::Verify { file, public_key, machine_id, json }) => {
             offline::verify(&file, &public_key, machine_id.as_ref(), json)
         }

@@ -17,7 +17,7 @@ use license_broker::proto::ListOf;
 use license_broker::value::{OrgName, PoolId, Role};
 
 use super::args::{Command, ConnArgs, GrantArgs, KeyCmd, MachineCmd, OrgCmd, PoolCmd, SessionCmd, UserCmd};
-use super::{offline, output, usage};
+use super::{offline, output, usage, webhook};
 
 /// Runs a command that is one request: connect, call, print, close.
 pub async fn run(conn: &ConnArgs, command: Command) -> Result<()> {
@@ -62,6 +62,7 @@ fn org_of(command: &Command) -> Option<&OrgName> {
         | Command::Check(super::check::CheckArgs { org, .. }) => Some(org),
         Command::Status { org, .. } => org.as_ref(),
         Command::Usage(a) => a.org(),
+        Command::Webhook(cmd) => Some(cmd.org()),
         _ => None,
     }
 }
@@ -93,8 +94,14 @@ async fn call(c: &Client, command: Command) -> Result<()> {
         Command::Session(cmd) => session(c, cmd).await,
         Command::Usage(a) => usage::run(c, a).await,
         Command::Offline(cmd) => offline::request(c, cmd).await,
+        Command::Webhook(cmd) => webhook::request(c, cmd).await,
         // `cli::run` answers these without a connection; never routed here.
-        Command::Serve(_) | Command::Runner(_) | Command::Activate(_) | Command::MachineId | Command::Admin(_) => {
+        Command::Serve(_)
+        | Command::Runner(_)
+        | Command::Activate(_)
+        | Command::MachineId
+        | Command::Admin(_)
+        | Command::Events(_) => {
             anyhow::bail!("internal: command routed to the request path")
         }
     }

@@ -65,6 +65,15 @@ pub struct ServeArgs {
     /// Async worker threads (default: one per CPU).
     #[arg(env = "LB_WORKERS", long)]
     pub workers: Option<usize>,
+    /// Let webhooks reach the broker's own networks (loopback, private,
+    /// link-local addresses): a receiver on this host or its LAN. Cloud
+    /// metadata addresses stay refused.
+    #[arg(env = "LB_WEBHOOK_ALLOW_PRIVATE", long)]
+    webhook_allow_private: bool,
+    /// How long an event is retried before its webhook is marked failing
+    /// (it is retried on after, every 5 minutes).
+    #[arg(env = "LB_WEBHOOK_RETRY_FOR", long, default_value = "1h", value_parser = humantime::parse_duration)]
+    webhook_retry_for: Duration,
     /// How long shutdown waits for clients to leave.
     #[arg(env = "LB_DRAIN_GRACE", long, default_value = "1s", value_parser = humantime::parse_duration)]
     drain_grace: Duration,
@@ -240,6 +249,8 @@ pub async fn run(mut a: ServeArgs) -> Result<ExitCode> {
     };
     options.idle_timeout = a.idle_timeout;
     options.drain_grace = a.drain_grace;
+    options.webhooks.allow_private = a.webhook_allow_private;
+    options.webhooks.retry_for = a.webhook_retry_for;
     options.hello_timeout = a.hello_timeout;
     options.frame_timeout = a.frame_timeout;
     options.write_timeout = a.write_timeout;

@@ -108,20 +108,27 @@ impl Member {
     async fn connect(&self, tls: Option<&tokio_rustls::TlsConnector>) -> Result<SendRequest<Full<Bytes>>, String> {
         let endpoint = self.hostport.as_str();
         let stream = tokio::net::TcpStream::connect(endpoint).await.map_err(|e| format!("connect: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        match tls.filter(|_| self.secure) {
-            None => handshake(hyper_util::rt::TokioIo::new(stream)).await,
-            Some(connector) => {
-                let host = endpoint
-                    .rsplit_once(':')
-                    .map_or(endpoint, |(h, _)| h)
-                    .trim_start_matches('[')
-                    .trim_end_matches(']');
-                let name = rustls::pki_types::ServerName::try_from(host.to_string())
-                    .map_err(|e| format!("TLS name {host}: {e}"))?;
-                let stream = connector.connect(name, stream).await.map_err(|e| format!("TLS handshake: {e}"))?;
-                handshake(hyper_util::rt::TokioIo::new(stream)).await
-            }
+        let host = endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h).trim_start_matches('[').trim_end_matches(']');
+        open(stream, host, tls.filter(|_| self.secure)).await
+    }
+}
+
+/// An HTTP/1 connection over `stream` (TLS with `tls`, checking the
+/// certificate is `host`'s), driven on a task of its own until it closes.
+/// Shared by the etcd client and the webhooks' deliveries (`events::send`).
+pub(crate) async fn open(
+    stream: tokio::net::TcpStream,
+    host: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> Result<SendRequest<Full<Bytes>>, String> {
+    let _ = stream.set_nodelay(true);
+    match tls {
+        None => handshake(hyper_util::rt::TokioIo::new(stream)).await,
+        Some(connector) => {
+            let name = rustls::pki_types::ServerName::try_from(host.to_string())
+                .map_err(|e| format!("TLS name {host}: {e}"))?;
+            let stream = connector.connect(name, stream).await.map_err(|e| format!("TLS handshake: {e}"))?;
+            handshake(hyper_util::rt::TokioIo::new(stream)).await
         }
     }
 }

@@ -19,7 +19,7 @@
 //! broker; the broker asks only its `Seat`.
 
 pub mod etcd;
-mod link;
+pub(crate) mod link;
 pub mod membership;
 pub mod ownership;
 pub mod peer;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 
 use super::etcd::{prefix_end, Compare, Etcd, EtcdError, Op};
-use crate::core::{audit_key, AuditEntry, Change, Millis, OrgName, Record, Table};
+use crate::core::{audit_key, event_key, AuditEntry, Change, Event, Millis, OrgName, Record, Table};
 use crate::store::{Store, StoreError};
 
 /// Most operations in one etcd transaction: etcd refuses more than 128 by
@@ -379,25 +379,54 @@ impl EtcdStore {
         limit: usize,
         descending: bool,
     ) -> Result<(Vec<AuditEntry>, bool), StoreError> {
+        let pick = |r| match r {
+            Record::Audit(e) => Some(e),
+            _ => None,
+        };
+        self.org_range(Table::Audit, org, (start, limit, descending), pick)
+    }
+
+    /// Up to `limit` of `org`'s events from `start` (or its newest first, `descending`).
+    fn events(
+        &self,
+        org: &OrgName,
+        start: Vec<u8>,
+        limit: usize,
+        descending: bool,
+    ) -> Result<(Vec<Event>, bool), StoreError> {
+        let pick = |r| match r {
+            Record::Event(e) => Some(e),
+            _ => None,
+        };
+        self.org_range(Table::Events, org, (start, limit, descending), pick)
+    }
+
+    /// Up to `limit` records of `org` in `table` from `start` (or back from
+    /// the last, `descending`), each `pick`ed (a record it refuses is corrupt).
+    fn org_range<T: Send + 'static>(
+        &self,
+        table: Table,
+        org: &OrgName,
+        (start, limit, descending): (Vec<u8>, usize, bool),
+        pick: fn(Record) -> Option<T>,
+    ) -> Result<(Vec<T>, bool), StoreError> {
         if limit == 0 {
             // etcd reads a limit of 0 as none.
             return Ok((Vec::new(), false));
         }
         let etcd = self.etcd.clone();
-        let end = prefix_end(&self.layout.record(Table::Audit, &format!("{org}/")));
+        let end = prefix_end(&self.layout.record(table, &format!("{org}/")));
         self.bridge.run(async move {
             let (kvs, more) = etcd.range_in(&start, &end, limit, descending).await.map_err(etcd_error)?;
-            let entries = kvs
+            let corrupt = |key: &[u8]| StoreError::Corrupt {
+                table: table.name(),
+                key: String::from_utf8_lossy(key).into_owned(),
+            };
+            let found = kvs
                 .iter()
-                .map(|kv| match postcard::from_bytes::<Record>(&kv.value) {
-                    Ok(Record::Audit(e)) => Ok(e),
-                    _ => Err(StoreError::Corrupt {
-                        table: Table::Audit.name(),
-                        key: String::from_utf8_lossy(&kv.key).into_owned(),
-                    }),
-                })
+                .map(|kv| postcard::from_bytes::<Record>(&kv.value).ok().and_then(pick).ok_or_else(|| corrupt(&kv.key)))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok((entries, more))
+            Ok((found, more))
         })
     }
 }
@@ -437,7 +466,10 @@ impl Store for EtcdStore {
                     Change::RemoveMachine { .. }
                     | Change::RemoveGrant { .. }
                     | Change::RemoveBinding { .. }
-                    | Change::RemoveUser { .. } => Op::Delete(key),
+                    | Change::RemoveUser { .. }
+                    | Change::RemoveEvent { .. }
+                    | Change::RemoveWebhook { .. }
+                    | Change::RemoveWebhookCursor { .. } => Op::Delete(key),
                 });
             }
             txns.push((compare, ops));
@@ -478,5 +510,18 @@ impl Store for EtcdStore {
     fn audit_latest(&self, org: &OrgName, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let start = self.layout.record(Table::Audit, &format!("{org}/"));
         self.audit(org, start, limit, true).map(|(entries, _)| entries)
+    }
+
+    fn events_after(&self, org: &OrgName, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError> {
+        // Just past the key of the event given.
+        let mut start = self.layout.record(Table::Events, &event_key(org, after));
+        start.push(0);
+        self.events(org, start, limit, false)
+    }
+
+    fn events_last(&self, org: &OrgName) -> Result<u64, StoreError> {
+        let start = self.layout.record(Table::Events, &format!("{org}/"));
+        let (last, _) = self.events(org, start, 1, true)?;
+        Ok(last.first().map_or(0, |e| e.seq))
     }
 }

@@ -11,6 +11,7 @@ use super::id::{Email, KeyHash, OrgName, Role};
 use super::pool::{OfflineEntry, Pool, PoolId};
 use super::record::{Change, OfflineLicense, Record};
 use super::time::Millis;
+use super::webhook::WebhookView;
 use crate::sync::Arc;
 
 /// An authenticated caller, resolved from an API key.
@@ -76,6 +77,10 @@ pub(crate) struct OrgEntry {
     pub created: Millis,
     pub pools: HashMap<PoolId, Arc<Pool>>,
     pub users: HashMap<Email, UserEntry>,
+    /// Its webhooks, by id, with how far each has delivered.
+    pub webhooks: std::collections::BTreeMap<String, WebhookView>,
+    /// The last notice given before its subscription ends: (end, days).
+    pub notice: Option<(Millis, u32)>,
 }
 
 /// A member of an org.
@@ -152,11 +157,41 @@ impl Directory {
                 self.keys.insert(*hash, entry);
             }
             Change::Put(Record::Offline { org, pool, license }) => return self.put_offline(org, *pool, license),
-            // The audit trail is never read back; the broker keeps the clock and lease marks.
-            Change::Put(Record::Audit(_) | Record::Clock { .. } | Record::Leases { .. }) => {}
+            Change::Put(Record::SubscriptionNotice { org, end, days }) => {
+                if let Some(entry) = self.orgs.get_mut(org) {
+                    entry.notice = Some((*end, *days));
+                }
+            }
+            Change::Put(Record::Webhook(_) | Record::WebhookCursor { .. })
+            | Change::RemoveWebhook { .. }
+            | Change::RemoveWebhookCursor { .. } => self.apply_webhook(change),
+            // The audit trail and the outbox are never read back; the broker keeps the clock and lease marks.
+            Change::Put(Record::Audit(_) | Record::Event(_) | Record::Clock { .. } | Record::Leases { .. })
+            | Change::RemoveEvent { .. } => {}
             other => self.apply_to_pool(other, now),
         }
         None
+    }
+
+    /// A webhook added, changed or removed, or its cursor moved.
+    fn apply_webhook(&mut self, change: &Change) {
+        let Some(entry) = change.org().and_then(|org| self.orgs.get_mut(org)) else { return };
+        let hooks = &mut entry.webhooks;
+        match change {
+            Change::Put(Record::Webhook(h)) => {
+                let delivered = hooks.get(&h.id).map_or(0, |v| v.delivered);
+                hooks.insert(h.id.clone(), WebhookView { hook: h.clone(), delivered });
+            }
+            Change::Put(Record::WebhookCursor { id, delivered, .. }) => {
+                if let Some(v) = hooks.get_mut(id) {
+                    v.delivered = (*delivered).max(v.delivered);
+                }
+            }
+            Change::RemoveWebhook { id, .. } => {
+                hooks.remove(id);
+            }
+            _ => {}
+        }
     }
 
     fn put_org(&mut self, name: &OrgName, subscription_end: Millis, created: Millis) {
@@ -165,6 +200,8 @@ impl Directory {
             created,
             pools: HashMap::new(),
             users: HashMap::new(),
+            webhooks: Default::default(),
+            notice: None,
         });
         entry.subscription_end = subscription_end;
         for pool in entry.pools.values() {

@@ -10,14 +10,17 @@
 //! `pool` and `seats` (a pool's counters) →
 //! `queue` (a pool's waiters and the seats handed to them) →
 //! `session` (the lease table and its shards) → `record` (what the store
-//! keeps) → `error`. Values (ids, pool names, instants) come from `crate::value`.
+//! keeps) and `event` (what the outbox keeps) → `error`. Values (ids,
+//! pool names, instants) come from `crate::value`.
 
 pub mod admin;
 pub mod admission;
+pub mod audit;
 pub mod availability;
 pub mod broker;
 pub mod directory;
 pub mod error;
+pub mod event;
 pub mod hash;
 pub mod licensing;
 pub mod machines;
@@ -27,9 +30,11 @@ pub mod queue;
 pub mod record;
 pub mod seats;
 pub mod session;
+pub mod table;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod usage;
+pub mod webhook;
 
 pub use crate::value::Labels;
 /// The shared values (`crate::value`), under the names core modules use.
@@ -50,6 +55,7 @@ pub use availability::{wait_estimate, Availability};
 pub use broker::{Broker, Checkpointed, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
+pub use event::{event_key, subscription_notice, Event, EventBody, LeaseLost};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OfflineWindow, OFFLINE_MAX_DAYS};
 pub use machines::Expired;
@@ -61,3 +67,4 @@ pub use queue::{Deliver, Grant, Joined, Place};
 pub use record::{audit_key, AuditAction, AuditEntry, Change, OfflineLicense, Record, Table};
 pub use session::{EndReason, Ended, Lease, Renewed, SessionInfo};
 pub use time::{format_end_date, format_utc, parse_end_of_date, Millis, DAY_MS};
+pub use webhook::{Secret, Webhook, WebhookView};

@@ -11,9 +11,13 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::audit::{audit_key, AuditAction, AuditEntry};
+use super::event::{event_key, Event};
 use super::id::{Email, KeyHash, MachineId, OfflineId, OrgName, Role};
 use super::pool::PoolId;
+pub use super::table::Table;
 use super::time::Millis;
+use super::webhook::Webhook;
 
 /// One durable fact.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -238,6 +242,31 @@ pub enum Record {
         /// Most sessions carrying it at once; `None`: no cap.
         max: Option<u32>,
     },
+    /// An event waiting in its org's outbox (docs/EVENTS.md), written in
+    /// the commit of the change that caused it; never read back into memory.
+    Event(Event),
+    /// A webhook of an org (its URL, filters and secret).
+    Webhook(Webhook),
+    /// How far a webhook's deliveries have gone: the cursor of the last
+    /// event delivered (or skipped by its filters).
+    WebhookCursor {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+        /// The cursor.
+        delivered: u64,
+    },
+    /// The last notice given before the org's subscription ends (14, 7
+    /// or 1 days), for that end: none is given twice.
+    SubscriptionNotice {
+        /// The org.
+        org: OrgName,
+        /// The end it was given for.
+        end: Millis,
+        /// The notice, in days.
+        days: u32,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -255,94 +284,6 @@ pub struct OfflineLicense {
     pub created_by: Email,
     /// The signed file as handed out.
     pub file: String,
-}
-
-/// What an audit line records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum AuditAction {
-    /// An org was created (by the operator).
-    OrgCreated,
-    /// A pool was created or its quota changed (by the operator).
-    QuotaChanged,
-    /// A member was added.
-    UserAdded,
-    /// An API key was created.
-    KeyCreated,
-    /// An API key was revoked.
-    KeyRevoked,
-    /// A machine was removed from a pool.
-    MachineRemoved,
-    /// A KSE license was granted.
-    Granted,
-    /// A KSE license was revoked.
-    GrantRevoked,
-    /// A KSE license was activated (bound, or a floating session opened).
-    Activated,
-    /// An offline license was created.
-    OfflineCreated,
-    /// A member was removed from the org.
-    UserRemoved,
-    /// An Owner or Admin ended someone's session.
-    SessionKilled,
-    /// The operator renewed or changed an org's subscription.
-    SubscriptionChanged,
-    /// An Owner or Admin capped (or uncapped) a user's sessions in a pool.
-    UserLimitSet,
-    /// The broker released a machine left unused past its pool's idle
-    /// limit, or an ephemeral machine after its last session.
-    MachineExpired,
-    /// The operator changed a pool's machine policy.
-    PolicyChanged,
-    /// An Owner or Admin capped (or uncapped) the sessions carrying a label.
-    LabelLimitSet,
-}
-
-impl AuditAction {
-    /// Lowercase name for listings.
-    pub fn name(self) -> &'static str {
-        match self {
-            AuditAction::OrgCreated => "org_created",
-            AuditAction::QuotaChanged => "quota_changed",
-            AuditAction::UserAdded => "user_added",
-            AuditAction::KeyCreated => "key_created",
-            AuditAction::KeyRevoked => "key_revoked",
-            AuditAction::MachineRemoved => "machine_removed",
-            AuditAction::Granted => "granted",
-            AuditAction::GrantRevoked => "grant_revoked",
-            AuditAction::Activated => "activated",
-            AuditAction::OfflineCreated => "offline_created",
-            AuditAction::UserRemoved => "user_removed",
-            AuditAction::SessionKilled => "session_killed",
-            AuditAction::SubscriptionChanged => "subscription_changed",
-            AuditAction::UserLimitSet => "user_limit_set",
-            AuditAction::MachineExpired => "machine_expired",
-            AuditAction::PolicyChanged => "policy_changed",
-            AuditAction::LabelLimitSet => "label_limit_set",
-        }
-    }
-}
-
-impl fmt::Display for AuditAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Who did what to an org, and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEntry {
-    /// The org it concerns.
-    pub org: OrgName,
-    /// When.
-    pub at: Millis,
-    /// Orders entries of the same millisecond.
-    pub seq: u64,
-    /// Who (an email; the operator is `operator@localhost`).
-    pub actor: Email,
-    /// What.
-    pub action: AuditAction,
-    /// Particulars: pool, user, machine, quota, key id, license id.
-    pub detail: String,
 }
 
 /// One step of a durable transaction.
@@ -384,12 +325,27 @@ pub enum Change {
         /// The member.
         email: Email,
     },
-}
-
-/// An audit entry's key: `org/at/seq` in fixed-width hex, so an org's
-/// entries sort by time, then sequence.
-pub fn audit_key(org: &OrgName, at: Millis, seq: u64) -> String {
-    format!("{org}/{:016x}/{seq:016x}", at.0)
+    /// Remove a webhook.
+    RemoveWebhook {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
+    /// Remove a webhook's delivery cursor (with the webhook).
+    RemoveWebhookCursor {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
+    /// Remove an event past the outbox's retention.
+    RemoveEvent {
+        /// The org.
+        org: OrgName,
+        /// Its place in the org's outbox.
+        seq: u64,
+    },
 }
 
 impl Record {
@@ -421,6 +377,10 @@ impl Record {
             Record::LabelLimit { org, pool, key, value, .. } => {
                 (Table::Counters, format!("{org}/{pool}/label-limit/{key}={value}"))
             }
+            Record::Event(e) => (Table::Events, event_key(&e.org, e.seq)),
+            Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
+            Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
+            Record::SubscriptionNotice { org, .. } => (Table::Counters, format!("{org}/subscription-notice")),
         }
     }
 }
@@ -449,6 +409,9 @@ impl Record {
             | Record::LabelLimit { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
+            Record::Event(e) => Some(&e.org),
+            Record::Webhook(h) => Some(&h.org),
+            Record::WebhookCursor { org, .. } | Record::SubscriptionNotice { org, .. } => Some(org),
             Record::Clock { .. } | Record::Leases { .. } | Record::AuthFailures { .. } => None,
         }
     }
@@ -462,7 +425,10 @@ impl Change {
             Change::RemoveMachine { org, .. }
             | Change::RemoveGrant { org, .. }
             | Change::RemoveBinding { org, .. }
-            | Change::RemoveUser { org, .. } => Some(org),
+            | Change::RemoveUser { org, .. }
+            | Change::RemoveEvent { org, .. }
+            | Change::RemoveWebhook { org, .. }
+            | Change::RemoveWebhookCursor { org, .. } => Some(org),
         }
     }
 
@@ -474,6 +440,9 @@ impl Change {
             Change::RemoveGrant { org, pool, email } => (Table::Grants, in_pool(org, pool, email)),
             Change::RemoveBinding { org, pool, email } => (Table::Bindings, in_pool(org, pool, email)),
             Change::RemoveUser { org, email } => (Table::Users, format!("{org}/{email}")),
+            Change::RemoveEvent { org, seq } => (Table::Events, event_key(org, *seq)),
+            Change::RemoveWebhook { org, id } => (Table::Webhooks, format!("{org}/{id}")),
+            Change::RemoveWebhookCursor { org, id } => (Table::Webhooks, format!("{org}/{id}/cursor")),
         }
     }
 }
@@ -482,80 +451,4 @@ impl Change {
 /// thing must agree on it, so both build it here.
 fn in_pool(org: &OrgName, pool: &PoolId, item: impl fmt::Display) -> String {
     format!("{org}/{pool}/{item}")
-}
-
-/// The record families; a store keeps one table (or key prefix) per family.
-/// Loading replays them in this order, so parents precede children.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Table {
-    /// Orgs.
-    Orgs,
-    /// Pools.
-    Pools,
-    /// Users.
-    Users,
-    /// API keys.
-    Keys,
-    /// Machine registrations.
-    Machines,
-    /// KSE grants.
-    Grants,
-    /// Node-locked activations.
-    Bindings,
-    /// Offline licenses.
-    Offline,
-    /// The audit trail (appended, listed per org, never loaded at start).
-    Audit,
-    /// Admission statistics and session ceilings per pool.
-    Counters,
-    /// Broker-wide facts (the clock's high-water mark, the lease hold).
-    Meta,
-}
-
-impl Table {
-    /// Every table, parents first.
-    pub const ALL: [Table; 11] = [
-        Table::Orgs,
-        Table::Pools,
-        Table::Users,
-        Table::Keys,
-        Table::Machines,
-        Table::Grants,
-        Table::Bindings,
-        Table::Offline,
-        Table::Audit,
-        Table::Counters,
-        Table::Meta,
-    ];
-
-    /// The tables that rebuild memory at startup.
-    pub const DIRECTORY: [Table; 10] = [
-        Table::Orgs,
-        Table::Pools,
-        Table::Users,
-        Table::Keys,
-        Table::Machines,
-        Table::Grants,
-        Table::Bindings,
-        Table::Offline,
-        Table::Counters,
-        Table::Meta,
-    ];
-
-    /// The table's name in a store.
-    pub fn name(self) -> &'static str {
-        match self {
-            Table::Orgs => "orgs",
-            Table::Pools => "pools",
-            Table::Users => "users",
-            Table::Keys => "keys",
-            Table::Machines => "machines",
-            Table::Grants => "grants",
-            Table::Bindings => "bindings",
-            Table::Offline => "offline",
-            Table::Audit => "audit",
-            Table::Counters => "counters",
-            Table::Meta => "meta",
-        }
-    }
 }

@@ -117,6 +117,10 @@ pub struct History {
     pub dropped_sessions: AtomicU64,
     /// Closed minutes the core dropped because no harvest came in time.
     pub dropped_minutes: AtomicU64,
+    /// Where each pool's refusals per minute go as events, once told.
+    events: parking_lot::Mutex<Option<tokio::sync::mpsc::Sender<crate::core::Event>>>,
+    /// Refusal events that found the queue full.
+    dropped_events: AtomicU64,
     /// What the last harvest needs from the one before.
     state: parking_lot::Mutex<State>,
     /// Reports read at once (see `READERS`).
@@ -155,6 +159,8 @@ impl History {
             rx: parking_lot::Mutex::new(Some(rx)),
             dropped_sessions: AtomicU64::new(0),
             dropped_minutes: AtomicU64::new(0),
+            events: parking_lot::Mutex::new(None),
+            dropped_events: AtomicU64::new(0),
             state: Default::default(),
             readers: Arc::new(tokio::sync::Semaphore::new(READERS)),
         })
@@ -190,7 +196,9 @@ impl History {
         db::Db::file_bytes(&self.path)
     }
 
-    /// Turns a harvest at `now` into the rows it adds (see `rollup`) and writes them.
+    /// Turns a harvest at `now` into the rows it adds (see `rollup`) and
+    /// writes them; each minute of a pool that refused admissions is also
+    /// an event (`pool.refused`, to whoever `send_events_to` named).
     pub fn record(&self, h: Harvest, now: Millis, sessions: Vec<Ended>, durable: bool) -> Result<(), DbError> {
         // Relaxed: a statistic.
         self.dropped_minutes.fetch_add(h.dropped, Ordering::Relaxed);
@@ -198,8 +206,32 @@ impl History {
             let mut state = self.state.lock();
             rollup(&h, now, &mut state)
         };
+        self.refusals(&minutes, now);
         let sessions = sessions.into_iter().map(row_of).collect();
         self.db.write(&db::Batch { minutes, sessions }, durable)
+    }
+
+    /// Where the refusals of each pool and minute go as events (the
+    /// operations' queue to the outbox).
+    pub fn send_events_to(&self, tx: tokio::sync::mpsc::Sender<crate::core::Event>) {
+        *self.events.lock() = Some(tx);
+    }
+
+    /// Refusal events that found the queue full (aggregated already: counted, not queued).
+    pub fn events_dropped(&self) -> u64 {
+        self.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// One `pool.refused` event per row that refused admissions; never waits.
+    fn refusals(&self, minutes: &[((String, String, u64), Usage)], now: Millis) {
+        let Some(tx) = self.events.lock().clone() else { return };
+        for ((org, pool, minute), u) in minutes.iter().filter(|(_, u)| u.denied.iter().any(|n| *n > 0)) {
+            let (Ok(org), Ok(pool)) = (OrgName::new(org.as_str()), pool.parse::<PoolId>()) else { continue };
+            let body = crate::core::EventBody::Refused { pool, minute: *minute, denied: u.denied.clone() };
+            if tx.try_send(crate::core::Event { org, seq: 0, at: now, body }).is_err() {
+                self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// Writes rows as they are (merged into any already there, and into

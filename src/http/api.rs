@@ -52,7 +52,7 @@ pub(super) fn refuse(status: StatusCode, code: &'static str, message: impl std::
 }
 
 /// A refusal of the operations or the core: 403, 404, or 400.
-fn refused(w: crate::proto::WireError) -> Refusal {
+pub(super) fn refused(w: crate::proto::WireError) -> Refusal {
     let status = match w.code {
         crate::proto::ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         crate::proto::ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -113,7 +113,7 @@ fn csv_body(name: &str, body: String) -> Response {
 
 /// Who asks, authenticated; on a cluster node, an org served elsewhere
 /// is refused naming the node that serves it (421).
-async fn caller(web: &Web, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Principal, Refusal> {
+pub(super) async fn caller(web: &Web, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<Principal, Refusal> {
     let p = auth::principal(web, headers).await?;
     let named = q.get("org").and_then(|o| crate::core::OrgName::new(o).ok());
     match web.ops.owning(named.as_ref()) {

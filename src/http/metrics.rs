@@ -88,6 +88,10 @@ struct Snapshot {
     folded: usize,
     connections: u64,
     auth_failures: u64,
+    /// Webhooks marked failing.
+    webhooks_failing: usize,
+    /// Leases lost that got no event.
+    events_dropped: u64,
     /// Leaps of the wall clock ahead of the broker's, and its lead now (ms).
     clock: (u64, i64),
     latencies: Vec<crate::latency::OpLatency>,
@@ -149,6 +153,8 @@ impl Snapshot {
             folded: orgs.saturating_sub(named.len()),
             connections: web.quic.connections(),
             auth_failures: web.ops.core().auth_failures(),
+            webhooks_failing: web.ops.webhooks_failing(),
+            events_dropped: web.ops.events_dropped(),
             clock: (web.ops.leaps().count(), web.ops.leaps().wall_ahead_ms()),
             latencies: web.quic.latencies(),
             // Relaxed: statistics read once per scrape.
@@ -282,6 +288,16 @@ impl Snapshot {
         let folded = "Orgs whose numbers are summed under org=\"_other\" (past the first 100).";
         one(e, "orgs_folded", folded, self.folded as i64)?;
         one(e, "connections_open", "QUIC connections open.", self.connections as i64)?;
+        let help = "Webhooks whose event was retried past --webhook-retry-for without a 2xx (docs/EVENTS.md).";
+        one(e, "webhooks_failing", help, self.webhooks_failing as i64)?;
+        let help =
+            "Leases lost (expired, revoked) that got no event: the queue to the outbox was full, or its write failed.";
+        ConstCounter::new(self.events_dropped).encode(e.encode_descriptor(
+            "events_dropped",
+            help,
+            None,
+            MetricType::Counter,
+        )?)?;
         let help = "Hellos refused for an unknown or revoked API key (survives restarts).";
         ConstCounter::new(self.auth_failures).encode(e.encode_descriptor(
             "auth_failures",

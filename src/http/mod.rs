@@ -12,6 +12,8 @@
 //!   cluster node they cover every node's history of the org.
 //! - `GET /peer/v1/usage`, `/peer/v1/sessions`, `/peer/v1/demand`: this node's slice of an
 //!   org's history, for the other nodes of its cluster only (`peer`).
+//! - `GET /api/v1/events`: an org's events after a cursor, a long poll
+//!   (`events`, docs/EVENTS.md), for its Owners and Admins.
 //!
 //! `serve` brings it up on loopback by default, with the broker's own
 //! certificate (or `--http-cert`); plain HTTP only with `--http-plain`
@@ -28,6 +30,7 @@ mod budget;
 mod console;
 mod csrf;
 pub mod dashboard;
+mod events;
 mod listener;
 mod metrics;
 mod origin;
@@ -145,6 +148,7 @@ fn routes() -> Router<Arc<Web>> {
         .route("/peer/v1/usage", get(peer::usage))
         .route("/peer/v1/sessions", get(peer::sessions))
         .route("/peer/v1/demand", get(peer::demand))
+        .route("/api/v1/events", get(events::events))
         .route("/", get(dashboard::home))
         .route("/signin", axum::routing::post(dashboard::sign_in))
         .route("/signout", axum::routing::post(dashboard::sign_out))
@@ -241,7 +245,10 @@ async fn lanes(web: &Web, ip: std::net::IpAddr, req: Request, next: Next) -> Res
     if path == "/metrics" || path == "/healthz" {
         return next.run(req).await;
     }
-    let report = path.starts_with("/api/") || (path.starts_with("/org/") && req.method() == axum::http::Method::GET);
+    // The event stream's long polls wait rather than compute: they are
+    // bounded by their own turns (`events::MAX_WAITERS`), not the reports'.
+    let report = (path.starts_with("/api/") && path != "/api/v1/events")
+        || (path.starts_with("/org/") && req.method() == axum::http::Method::GET);
     let lane = req.extensions().get::<listener::Lane>().cloned();
     if lane.is_some_and(|lane| !lane.general(&web.budget)) {
         let busy = "the web door is busy: every connection slot but the scrapes' is taken; try again shortly\n";

@@ -122,7 +122,11 @@ impl Operations {
             return Ok(false);
         }
         let _writer = self.writer.lock().await;
-        let registration = self.settle(self.core.register(c.p, target, c.now, ephemeral)?).await?;
+        let planned = self.core.register(c.p, target, c.now, ephemeral);
+        if let Err(crate::core::Error::MachineLimit { quota }) = &planned {
+            self.machine_limit(target, *quota, c.now);
+        }
+        let registration = self.settle(planned?).await?;
         // A registration no session uses is due after a grace: the machine
         // task must know when to look.
         self.wake_machines();

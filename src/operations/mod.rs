@@ -13,7 +13,9 @@
 //! settle, the cluster's gate) → `lease` (acquire, re-attach, renew,
 //! release, register, activate, the wait queue) → `act` (the Owner's,
 //! Admin's and operator's durable changes) → `read` (the audit trail, the
-//! history's reports, where a key is served) → the background tasks
+//! history's reports, where a key is served) → `events` (the event
+//! stream's read) → `webhooks` (their acts) → the background tasks
+//! `deliver` (the webhooks' deliveries), `notices` (before a subscription ends),
 //! `expiry` and `checkpoint` (which looks for clock leaps: `leap`); and on
 //! a cluster node the reports over every node's history (`gathered`,
 //! merged by `merge`).
@@ -25,15 +27,20 @@
 mod act;
 mod check;
 pub mod checkpoint;
+pub mod deliver;
+pub mod events;
 pub mod expiry;
 pub mod gathered;
 pub mod leap;
 mod lease;
 pub mod machines;
 mod merge;
+pub mod notices;
 mod read;
+mod webhooks;
 
 pub use check::availability_json;
+pub use events::EventsPage;
 pub use lease::TicketCache;
 pub use read::SignIn;
 
@@ -46,6 +53,7 @@ use crate::clock::Clock;
 use crate::cluster::peer::Peers;
 use crate::cluster::Seat;
 use crate::core::{Broker, Change, Ended, Millis, OrgName, Pending, PoolId, Principal, Result as CoreResult};
+use crate::events::Outbox;
 use crate::history::History;
 use crate::offline::SigningKey;
 use crate::proto::{ErrorCode, WireError};
@@ -92,6 +100,8 @@ pub struct Parts {
     /// Dropped with the operations, after the store: whoever holds its
     /// receiver learns that the store is closed (its file lock released).
     pub closed: tokio::sync::oneshot::Sender<()>,
+    /// How webhooks are delivered (`serve --webhook-*`).
+    pub delivery: crate::events::hooks::Settings,
 }
 
 /// The state every operation needs, shared by both doors and the
@@ -121,6 +131,24 @@ pub struct Operations {
     machines_wake: Notify,
     /// The deadline (Unix ms) the expiry task is sleeping towards.
     expiry_target: AtomicU64,
+    /// Numbers the events of audited changes and commits them with them.
+    outbox: Arc<Outbox>,
+    /// Turns of the event stream's readers waiting at once (`events::MAX_WAITERS`).
+    waiters: Arc<tokio::sync::Semaphore>,
+    /// How webhooks are delivered.
+    delivery: crate::events::hooks::Settings,
+    /// How each webhook's deliveries go in this run.
+    hooks: crate::events::hooks::Board,
+    /// Events no change wrote (leases lost, refusals per minute, machine
+    /// limits) on their way to the outbox (`events::write_queued`):
+    /// bounded, so a mass expiry holds no more.
+    queued: tokio::sync::mpsc::Sender<crate::core::Event>,
+    /// The other end, taken by the task that writes them.
+    queued_rx: parking_lot::Mutex<Option<tokio::sync::mpsc::Receiver<crate::core::Event>>>,
+    /// Queued events that found the queue full (or failed to be written).
+    queued_dropped: AtomicU64,
+    /// The minute each pool's machine limit was last told (one event a minute).
+    limits_told: parking_lot::Mutex<std::collections::HashMap<(OrgName, PoolId), u64>>,
     /// Dropped after every field above (fields drop in order): see `Parts::closed`.
     _closed: tokio::sync::oneshot::Sender<()>,
 }
@@ -128,7 +156,11 @@ pub struct Operations {
 impl Operations {
     /// The operations over `parts`.
     pub fn new(parts: Parts) -> Operations {
-        let Parts { core, store, clock, signing, history, cluster, peers, holders, closed } = parts;
+        let Parts { core, store, clock, signing, history, cluster, peers, holders, closed, delivery } = parts;
+        let (queued, queued_rx) = tokio::sync::mpsc::channel(events::QUEUE);
+        if let Some(h) = &history {
+            h.send_events_to(queued.clone());
+        }
         Operations {
             core,
             store,
@@ -145,6 +177,14 @@ impl Operations {
             expiry_wake: Notify::new(),
             machines_wake: Notify::new(),
             expiry_target: AtomicU64::new(u64::MAX),
+            outbox: Arc::new(Outbox::default()),
+            waiters: Arc::new(tokio::sync::Semaphore::new(crate::events::MAX_WAITERS)),
+            delivery,
+            hooks: Default::default(),
+            queued,
+            queued_rx: parking_lot::Mutex::new(Some(queued_rx)),
+            queued_dropped: AtomicU64::new(0),
+            limits_told: Default::default(),
             _closed: closed,
         }
     }
@@ -203,10 +243,12 @@ impl Operations {
         Ok(value)
     }
 
-    /// Writes `changes` to the store off the async threads.
+    /// Writes `changes` to the store off the async threads, with an event
+    /// in its org's outbox for each audit entry among them (`events::outbox`).
     async fn commit(&self, changes: Vec<Change>) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.commit(&changes))
+        let (store, outbox, seat) = (self.store.clone(), self.outbox.clone(), self.cluster.clone());
+        let fence = move |org: &OrgName| seat.as_ref().and_then(|s| s.fence(org));
+        tokio::task::spawn_blocking(move || outbox.commit(&*store, changes, fence))
             .await
             .unwrap_or_else(|e| Err(StoreError::Backend(Box::new(e))))
     }
@@ -236,7 +278,8 @@ impl Operations {
         }
     }
 
-    /// Every session end passes here once: logged, and handed to the history.
+    /// Every session end passes here once: logged, handed to the history,
+    /// and, if its runner lost it, to the outbox (`events::QUEUE`).
     pub fn ended(&self, e: Ended) {
         let i = &e.info;
         let reason = e.reason.name();
@@ -246,6 +289,7 @@ impl Operations {
             // Its machine may be due now (ephemeral): let the machine task judge it.
             self.wake_machines();
         }
+        self.lease_lost(&e);
         if let Some(h) = &self.history {
             h.ended(e);
         }
@@ -274,9 +318,10 @@ impl Operations {
         self.machines_wake.notify_one();
     }
 
-    /// Stops admitting (a shutdown).
+    /// Stops admitting (a shutdown); readers waiting for events are answered.
     pub fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
+        self.outbox.wake();
     }
 
     /// Whether a shutdown has begun.

@@ -12,6 +12,7 @@ pub mod request;
 pub mod response;
 pub mod token;
 pub mod version;
+pub mod webhook;
 
 pub use decode::{decode, decode_client, ClientDecoded, DecodeError};
 pub use error::{ErrorCode, WireError};
@@ -25,6 +26,7 @@ pub use request::*;
 pub use response::*;
 pub use token::*;
 pub use version::Version;
+pub use webhook::{DeliveryInfo, WebhookInfo};
 
 /// The protocol version this build speaks (first field of `Hello`).
 /// Version 2 answers `Acquire` with `Leased` and `Renew` with `Extended`,
@@ -35,7 +37,9 @@ pub use version::Version;
 /// Version 4 adds paged lists (`Req::List`, `Resp::Page`). Version 5 adds
 /// machines that come and go (`Req::RegisterEphemeral`,
 /// `Req::SetMachinePolicy`, `ListOf::MachineUses`, audit actions
-/// `MachineExpired` and `PolicyChanged`).
+/// `MachineExpired` and `PolicyChanged`) and the event stream and
+/// webhooks (`Req::Events`, `Resp::Events`, `Req::AddWebhook` and the
+/// other webhook requests).
 pub const VERSION: u16 = 5;
 
 /// The oldest version the broker still speaks: a version 1 stream gets

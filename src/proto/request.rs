@@ -416,6 +416,58 @@ pub enum Req {
         /// Most sessions carrying it at once.
         max: Option<u32>,
     },
+    /// Version 5: `org`'s events after the cursor `after` (docs/EVENTS.md),
+    /// waiting up to `wait_ms` (at most 30 s) for a first one when there is
+    /// none yet. Owners and Admins of the org. Answered with `Events`. A
+    /// waiting request holds its stream: send it on a stream of its own.
+    Events {
+        /// The org.
+        org: OrgName,
+        /// The cursor to read after (0: from the oldest kept).
+        after: u64,
+        /// How long to wait for a first event, in milliseconds.
+        wait_ms: u32,
+    },
+    /// Version 5: adds a webhook to `org`: its events (those `events`
+    /// names: types, `family.*` or `*`; none: all) are POSTed to `url`,
+    /// signed. Owners and Admins of the org, or the operator. Answered
+    /// with `WebhookAdded` (its secret, shown this once).
+    AddWebhook {
+        /// The org.
+        org: OrgName,
+        /// `http://` or `https://`.
+        url: String,
+        /// Filters; empty: every event.
+        events: Vec<String>,
+    },
+    /// Version 5: `org`'s webhooks. Answered with `Webhooks`.
+    ListWebhooks {
+        /// The org.
+        org: OrgName,
+    },
+    /// Version 5: removes a webhook. Answered with `Done`.
+    RemoveWebhook {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
+    /// Version 5: gives a webhook a new secret (the old one signs no
+    /// more). Answered with `WebhookAdded` (the new secret, shown this once).
+    RotateWebhookSecret {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
+    /// Version 5: a webhook's recent delivery attempts, oldest first.
+    /// Answered with `Deliveries`.
+    WebhookDeliveries {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -552,7 +604,13 @@ impl Req {
             | Req::Check { org, .. }
             | Req::RegisterEphemeral { org, .. }
             | Req::SetMachinePolicy { org, .. }
-            | Req::SetLabelLimit { org, .. } => Some(org),
+            | Req::SetLabelLimit { org, .. }
+            | Req::Events { org, .. }
+            | Req::AddWebhook { org, .. }
+            | Req::ListWebhooks { org }
+            | Req::RemoveWebhook { org, .. }
+            | Req::RotateWebhookSecret { org, .. }
+            | Req::WebhookDeliveries { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }

@@ -202,6 +202,27 @@ pub enum Resp {
     },
     /// Check: the pool as an acquire would find it now.
     Availability(AvailabilityInfo),
+    /// Events (version 5): each event's JSON document (docs/EVENTS.md),
+    /// oldest first, as many as fit a frame; `next` is the cursor to ask
+    /// after next (the last event's, or the one asked after).
+    Events {
+        /// The events, each one JSON object.
+        events: Vec<String>,
+        /// The cursor to read after next.
+        next: u64,
+    },
+    /// AddWebhook, RotateWebhookSecret (version 5): the webhook's id and
+    /// secret (shown this once).
+    WebhookAdded {
+        /// The webhook's id.
+        id: String,
+        /// The secret its requests are signed with.
+        secret: String,
+    },
+    /// ListWebhooks (version 5).
+    Webhooks(Vec<crate::proto::WebhookInfo>),
+    /// WebhookDeliveries (version 5): recent attempts, oldest first.
+    Deliveries(Vec<crate::proto::DeliveryInfo>),
 }
 
 /// A server-pushed notice, on the server's unidirectional stream.

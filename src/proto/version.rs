@@ -129,7 +129,13 @@ fn since(req: &Req) -> u16 {
         | Req::RegisterEphemeral { .. }
         | Req::SetMachinePolicy { .. }
         | Req::SetLabelLimit { .. }
-        | Req::List { of: ListOf::LabelLimits { .. }, .. } => 5,
+        | Req::List { of: ListOf::LabelLimits { .. }, .. }
+        | Req::Events { .. }
+        | Req::AddWebhook { .. }
+        | Req::ListWebhooks { .. }
+        | Req::RemoveWebhook { .. }
+        | Req::RotateWebhookSecret { .. }
+        | Req::WebhookDeliveries { .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -209,5 +215,12 @@ mod tests {
     fn only_version_4_streams_and_later_are_redirected() {
         let redirected: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().redirects()).collect();
         assert_eq!(redirected, [4, 5]);
+    }
+
+    #[test]
+    fn the_event_stream_is_listed_from_version_5() {
+        let events = Req::Events { org: crate::value::OrgName::new("acme").unwrap(), after: 0, wait_ms: 0 };
+        let listing: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().lists(&events)).collect();
+        assert_eq!(listing, [5]);
     }
 }

@@ -129,6 +129,12 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
         Req::Check { org, pool, machine } => {
             call.shared.ops.check(call.c(), (&org, pool), Some(&machine)).await.map(Resp::Availability)
         }
+        Req::Events { org, after, wait_ms } => super::reports::events(call, org, after, wait_ms).await,
+        req @ (Req::AddWebhook { .. }
+        | Req::ListWebhooks { .. }
+        | Req::RemoveWebhook { .. }
+        | Req::RotateWebhookSecret { .. }
+        | Req::WebhookDeliveries { .. }) => super::webhooks::answer(call, req).await,
         Req::KillSession { org, session } => {
             call.shared.ops.kill(call.c(), &org, session).await.map(|()| call.forget(session, Resp::Killed))
         }

@@ -28,6 +28,7 @@ mod stream;
 mod tickets;
 mod token;
 mod waiting;
+mod webhooks;
 mod wire;
 
 pub use socket::bind as bind_udp;

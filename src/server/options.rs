@@ -76,6 +76,9 @@ pub struct Options {
     /// Keep the utilization history (`history.redb` in the data dir) for
     /// this long, or not at all (`None`).
     pub history: Option<crate::history::Retention>,
+    /// How webhooks are delivered: which addresses they may reach, how
+    /// long an event is retried before its webhook is marked failing.
+    pub webhooks: crate::events::hooks::Settings,
 }
 
 impl Options {
@@ -107,6 +110,7 @@ impl Options {
             http_hosts: Vec::new(),
             strangers: GateLimits::for_max_connections(10_000),
             history: Some(crate::history::Retention::default()),
+            webhooks: crate::events::hooks::Settings::default(),
         }
     }
 }

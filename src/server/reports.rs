@@ -4,6 +4,8 @@
 //! answer is put in its wire form. The HTTP API asks the same functions.
 //! On a cluster node, usage, ended sessions and what-if cover every node's
 //! history (`Operations::usage_gathered`, `sessions_gathered`, `what_if_gathered`).
+//! And the event stream (`Req::Events`), `Operations::events` put in
+//! frames.
 
 use super::handler::Call;
 use crate::core::{Millis, OrgName, PoolId};
@@ -120,4 +122,32 @@ pub(super) async fn what_if(
             })
             .collect(),
     })
+}
+
+/// Room for the events of one answer: a frame, less its envelope.
+const EVENTS_ROOM: usize = crate::proto::MAX_FRAME - 1024;
+
+/// `org`'s events after `after` (`Operations::events`), each its JSON
+/// document, as many as fit a frame (the first always: an event's JSON is
+/// far smaller than a frame).
+pub(super) async fn events(
+    call: &Call<'_>,
+    org: OrgName,
+    after: u64,
+    wait_ms: u32,
+) -> Result<crate::proto::Resp, WireError> {
+    let wait = std::time::Duration::from_millis(wait_ms.into());
+    let page = call.shared.ops.events(call.c(), &org, after, wait).await?;
+    let (mut events, mut next, mut size) = (Vec::new(), after, 0);
+    for e in &page.events {
+        let doc = crate::events::json::event_json(e).to_string();
+        // A string's length prefix takes at most 3 bytes within a frame.
+        size += doc.len() + 3;
+        if size > EVENTS_ROOM && !events.is_empty() {
+            break;
+        }
+        next = e.seq;
+        events.push(doc);
+    }
+    Ok(crate::proto::Resp::Events { events, next })
 }

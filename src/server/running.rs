@@ -96,6 +96,7 @@ pub async fn start_with(options: Options, seat: Option<ClusterSeat>) -> Result<R
         peers,
         holders: notices.clone(),
         closed: closed_tx,
+        delivery: options.webhooks,
     }));
     let shared = Arc::new(door(options, ops, notices, tokens));
     let web = match http {
@@ -239,8 +240,9 @@ fn open_history(options: &Options) -> Option<Arc<History>> {
 }
 
 impl Running {
-    /// Spawns the broker's tasks: the QUIC accept loop, the expiry and
-    /// checkpoint tasks, the history's, and the web door if asked for.
+    /// Spawns the broker's tasks: the QUIC accept loop, the expiry,
+    /// checkpoint, outbox-trimming and webhook-delivering tasks, the
+    /// history's, and the web door if asked for.
     fn spawn(&mut self, history: Option<Arc<History>>, web: Option<(Arc<crate::http::Web>, tokio::net::TcpListener)>) {
         let (shared, ops) = (&self.shared, &self.shared.ops);
         let stop = self.stop.subscribe();
@@ -249,6 +251,10 @@ impl Running {
             tokio::spawn(expiry::run(ops.clone(), stop.clone())),
             tokio::spawn(crate::operations::machines::run(ops.clone(), stop.clone())),
             tokio::spawn(checkpoint::run(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::events::trim(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::deliver::run(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::events::write_queued(ops.clone(), stop.clone())),
+            tokio::spawn(crate::operations::notices::run(ops.clone(), stop.clone())),
         ];
         self.history_task =
             history.map(|h| tokio::spawn(crate::history::run(ops.core_handle(), ops.clock(), h, stop.clone())));

@@ -6,7 +6,7 @@ mod redb_store;
 
 pub use redb_store::RedbStore;
 
-use crate::core::{AuditEntry, Change, Millis, OrgName, Record};
+use crate::core::{AuditEntry, Change, Event, Millis, OrgName, Record};
 
 /// Why the store could not load or commit. A failed commit changed nothing.
 #[derive(Debug)]
@@ -67,4 +67,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// The latest `limit` entries of an org's audit trail, newest first.
     fn audit_latest(&self, org: &OrgName, limit: usize) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// Up to `limit` events of an org's outbox, oldest first, from the
+    /// first whose `seq` is greater than `after`; and whether more follow.
+    fn events_after(&self, org: &OrgName, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError>;
+
+    /// The `seq` of the newest event of an org's outbox (0: none yet).
+    fn events_last(&self, org: &OrgName) -> Result<u64, StoreError>;
 }

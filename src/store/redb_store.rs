@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Store, StoreError};
-use crate::core::{audit_key, AuditEntry, Change, Millis, OrgName, Record, Table};
+use crate::core::{audit_key, event_key, AuditEntry, Change, Event, Millis, OrgName, Record, Table};
 
 /// A redb database file holding every durable record.
 pub struct RedbStore {
@@ -145,6 +145,51 @@ impl Store for RedbStore {
             Ok(out)
         })
     }
+
+    fn events_after(&self, org: &OrgName, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError> {
+        self.with_db(|db| events_after(db, org, after, limit))
+    }
+
+    fn events_last(&self, org: &OrgName) -> Result<u64, StoreError> {
+        self.with_db(|db| {
+            let tx = db.begin_read().map_err(backend)?;
+            let t = tx.open_table(def(Table::Events)).map_err(backend)?;
+            let (start, end) = (format!("{org}/"), format!("{org}0"));
+            match t.range::<&str>(start.as_str()..end.as_str()).map_err(backend)?.next_back() {
+                Some(row) => {
+                    let (k, v) = row.map_err(backend)?;
+                    decode_event(k.value(), v.value()).map(|e| e.seq)
+                }
+                None => Ok(0),
+            }
+        })
+    }
+}
+
+fn decode_event(key: &str, value: &[u8]) -> Result<Event, StoreError> {
+    match postcard::from_bytes::<Record>(value) {
+        Ok(Record::Event(e)) => Ok(e),
+        _ => Err(StoreError::Corrupt { table: Table::Events.name(), key: key.to_string() }),
+    }
+}
+
+/// An org's events after `after`: keys are `org/seq` (fixed-width hex, so
+/// they sort by sequence; '/' sorts before '0', so the end bound is `org0`).
+fn events_after(db: &Database, org: &OrgName, after: u64, limit: usize) -> Result<(Vec<Event>, bool), StoreError> {
+    use std::ops::Bound;
+    let tx = db.begin_read().map_err(backend)?;
+    let t = tx.open_table(def(Table::Events)).map_err(backend)?;
+    let (start, end) = (event_key(org, after), format!("{org}0"));
+    let range = (Bound::Excluded(start.as_str()), Bound::Excluded(end.as_str()));
+    let mut out = Vec::new();
+    for row in t.range::<&str>(range).map_err(backend)? {
+        if out.len() == limit {
+            return Ok((out, true));
+        }
+        let (k, v) = row.map_err(backend)?;
+        out.push(decode_event(k.value(), v.value())?);
+    }
+    Ok((out, false))
 }
 
 fn load(db: &Database) -> Result<Vec<Record>, StoreError> {
@@ -176,7 +221,10 @@ fn commit(db: &Database, changes: &[Change]) -> Result<(), StoreError> {
             Change::RemoveMachine { .. }
             | Change::RemoveGrant { .. }
             | Change::RemoveBinding { .. }
-            | Change::RemoveUser { .. } => {
+            | Change::RemoveUser { .. }
+            | Change::RemoveEvent { .. }
+            | Change::RemoveWebhook { .. }
+            | Change::RemoveWebhookCursor { .. } => {
                 t.remove(key.as_str()).map_err(backend)?;
             }
         }

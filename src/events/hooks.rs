@@ -1,0 +1,126 @@
+//! What this run knows of each webhook's deliveries beyond its durable
+//! cursor: whether it is failing (retried past `Settings::retry_for`
+//! without a 2xx), the last error, and its recent attempts, for `webhook
+//! list`, `webhook deliveries` and `/metrics`. Lost at a restart, by
+//! design: the cursor, in the store, is what delivery resumes from.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::core::{Millis, OrgName};
+
+/// Attempts remembered per webhook.
+pub const RECENT: usize = 20;
+
+/// How deliveries are made.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Whether receivers on the broker's own networks are allowed
+    /// (`serve --webhook-allow-private`; `target`).
+    pub allow_private: bool,
+    /// How long one event is retried before its webhook is marked failing
+    /// (it is retried on after, every `MAX_BACKOFF`).
+    pub retry_for: Duration,
+    /// The bound of one request: connect, TLS, send, the answer's head.
+    pub timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { allow_private: false, retry_for: Duration::from_secs(3600), timeout: Duration::from_secs(10) }
+    }
+}
+
+/// The first wait before a retry; doubled up to `MAX_BACKOFF`, jittered.
+pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The longest wait between retries.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// One attempt to deliver an event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// The event's id.
+    pub event: String,
+    /// When the attempt began.
+    pub at: Millis,
+    /// The receiver's status (0: no answer).
+    pub status: u16,
+    /// How long it took.
+    pub latency_ms: u64,
+    /// Why it failed (empty: delivered).
+    pub error: String,
+}
+
+/// One webhook's state in this run.
+#[derive(Debug, Default)]
+pub struct Health {
+    failing: AtomicBool,
+    recent: Mutex<VecDeque<Attempt>>,
+    /// Events skipped because they left the outbox before delivery.
+    missed: AtomicU64,
+}
+
+impl Health {
+    /// Whether it is marked failing.
+    pub fn failing(&self) -> bool {
+        // Relaxed: a status for display; no other memory depends on it.
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Marks it failing, or not.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Records an attempt (the oldest beyond `RECENT` forgotten).
+    pub fn attempted(&self, a: Attempt) {
+        let mut recent = self.recent.lock();
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(a);
+    }
+
+    /// The recent attempts, newest last.
+    pub fn recent(&self) -> Vec<Attempt> {
+        self.recent.lock().iter().cloned().collect()
+    }
+
+    /// Counts events that left the outbox before they were delivered.
+    pub fn missed(&self, n: u64) {
+        self.missed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events that left the outbox before they were delivered, this run.
+    pub fn missed_count(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+}
+
+/// Every webhook's health, by org and id.
+#[derive(Debug, Default)]
+pub struct Board {
+    map: Mutex<HashMap<(OrgName, String), Arc<Health>>>,
+}
+
+impl Board {
+    /// The health of `org`'s webhook `id` (made on first use).
+    pub fn of(&self, org: &OrgName, id: &str) -> Arc<Health> {
+        self.map.lock().entry((org.clone(), id.to_string())).or_default().clone()
+    }
+
+    /// Forgets the webhooks `keep` refuses.
+    pub fn retain(&self, keep: impl Fn(&OrgName, &str) -> bool) {
+        self.map.lock().retain(|(o, id), _| keep(o, id));
+    }
+
+    /// How many webhooks are failing.
+    pub fn failing(&self) -> usize {
+        self.map.lock().values().filter(|h| h.failing()).count()
+    }
+}
