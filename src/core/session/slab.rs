@@ -1,16 +1,24 @@
-//! A shard's slots, in chunks of fixed size: growing adds a chunk and
-//! never moves what is there.
+//! A shard's slots, in chunks that double: growing adds a chunk twice the
+//! size of the last and never moves what is there.
 //!
 //! A plain `Vec` of slots doubles as a shard fills, and each doubling of a
-//! megabyte-sized block is a fresh allocation, first-touch page faults on
-//! all of it, and a copy of the old one, under the shard's lock: filling a
-//! million sessions spent about a fifth of its time there (perf, `license-load
-//! die`). Chunks are allocated once, at their final size, and kept.
+//! megabyte-sized block is a fresh allocation and a copy of the old one,
+//! under the shard's lock: filling a million sessions spent about a fifth
+//! of its time there (perf, `license-load die`). Chunks of a fixed few tens
+//! of KiB cost more still: each came from the allocator's small pages, a
+//! page fault per 4 KiB where a large block takes huge pages. Doubling
+//! chunks keep a small shard small and give a large one large blocks.
 
-/// Slots per chunk (a few tens of KiB: small enough that an idle shard
-/// holds little, large enough that the chunk list stays short).
-const CHUNK_BITS: u32 = 9;
-const CHUNK: usize = 1 << CHUNK_BITS;
+/// Slots in the first chunk (chunk `k` holds `FIRST << k`).
+const FIRST_BITS: u32 = 6;
+const FIRST: usize = 1 << FIRST_BITS;
+
+/// Chunk and offset of slot `i`: chunk `k` starts at `FIRST * (2^k - 1)`.
+fn locate(i: usize) -> (usize, usize) {
+    let j = (i >> FIRST_BITS) + 1;
+    let k = (usize::BITS - 1 - j.leading_zeros()) as usize;
+    (k, i - ((FIRST << k) - FIRST))
+}
 
 pub(super) struct Slab<T> {
     chunks: Vec<Vec<T>>,
@@ -28,10 +36,12 @@ impl<T> Slab<T> {
 
     /// Appends `value` at index `len()`.
     pub fn push(&mut self, value: T) {
+        let size = |k: usize| FIRST << k;
+        let chunks = self.chunks.len();
         match self.chunks.last_mut() {
-            Some(last) if last.len() < CHUNK => last.push(value),
+            Some(last) if last.len() < size(chunks - 1) => last.push(value),
             _ => {
-                let mut chunk = Vec::with_capacity(CHUNK);
+                let mut chunk = Vec::with_capacity(size(chunks));
                 chunk.push(value);
                 self.chunks.push(chunk);
             }
@@ -40,7 +50,8 @@ impl<T> Slab<T> {
     }
 
     pub fn get(&self, i: usize) -> Option<&T> {
-        self.chunks.get(i >> CHUNK_BITS)?.get(i & (CHUNK - 1))
+        let (k, o) = locate(i);
+        self.chunks.get(k)?.get(o)
     }
 
     /// Every slot, to change in place.
@@ -50,9 +61,8 @@ impl<T> Slab<T> {
 
     /// The slots from index `first` on, with their indexes, in order.
     pub fn iter_from(&self, first: usize) -> impl Iterator<Item = (usize, &T)> + '_ {
-        let chunk = first >> CHUNK_BITS;
-        let skip = first & (CHUNK - 1);
-        self.chunks.get(chunk..).unwrap_or_default().iter().flatten().skip(skip).zip(first..).map(|(v, i)| (i, v))
+        let (k, skip) = locate(first);
+        self.chunks.get(k..).unwrap_or_default().iter().flatten().skip(skip).zip(first..).map(|(v, i)| (i, v))
     }
 }
 
@@ -60,13 +70,15 @@ impl<T> std::ops::Index<usize> for Slab<T> {
     type Output = T;
 
     fn index(&self, i: usize) -> &T {
-        &self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+        let (k, o) = locate(i);
+        &self.chunks[k][o]
     }
 }
 
 impl<T> std::ops::IndexMut<usize> for Slab<T> {
     fn index_mut(&mut self, i: usize) -> &mut T {
-        &mut self.chunks[i >> CHUNK_BITS][i & (CHUNK - 1)]
+        let (k, o) = locate(i);
+        &mut self.chunks[k][o]
     }
 }
 
@@ -77,23 +89,26 @@ mod tests {
     #[test]
     fn indexes_survive_growth_across_chunks() {
         let mut s = Slab::new();
-        for i in 0..3 * CHUNK + 5 {
+        let n = 20 * FIRST + 5;
+        for i in 0..n {
             s.push(i);
         }
-        assert_eq!(s.len(), 3 * CHUNK + 5);
+        assert_eq!(s.len(), n);
         assert!((0..s.len()).all(|i| s[i] == i && s.get(i) == Some(&i)));
         assert_eq!(s.get(s.len()), None);
-        s[CHUNK] = 7;
-        assert_eq!((s[CHUNK], s[CHUNK + 1]), (7, CHUNK + 1));
+        assert_eq!(s.chunks.len(), 5, "chunks of 1, 2, 4, 8 and 16 times the first");
+        s[FIRST] = 7;
+        assert_eq!((s[FIRST], s[FIRST + 1]), (7, FIRST + 1));
     }
 
     #[test]
     fn iter_from_starts_anywhere_and_ends_at_len() {
         let mut s = Slab::new();
-        for i in 0..2 * CHUNK + 3 {
+        let n = 7 * FIRST + 3;
+        for i in 0..n {
             s.push(i);
         }
-        for first in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 2, 2 * CHUNK + 3, 5 * CHUNK] {
+        for first in [0, 1, FIRST - 1, FIRST, FIRST + 1, 3 * FIRST - 1, 3 * FIRST, 7 * FIRST, n, 50 * FIRST] {
             let got: Vec<(usize, usize)> = s.iter_from(first).map(|(i, v)| (i, *v)).collect();
             let want: Vec<(usize, usize)> = (first..s.len()).map(|i| (i, i)).collect();
             assert_eq!(got, want, "from {first}");
