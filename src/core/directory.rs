@@ -243,27 +243,7 @@ impl Directory {
     /// the restored counts, caps and ceilings; the machine policy (applied
     /// at `now`) and last uses.
     fn apply_to_pool(&self, change: &Change, now: Millis) {
-        let (org, pool) = match change {
-            Change::Put(
-                Record::Machine { org, pool, .. }
-                | Record::EphemeralMachine { org, pool, .. }
-                | Record::PoolPolicy { org, pool, .. }
-                | Record::LastUses { org, pool, .. }
-                | Record::Grant { org, pool, .. }
-                | Record::Binding { org, pool, .. }
-                | Record::Counters { org, pool, .. }
-                | Record::Ends { org, pool, .. }
-                | Record::Denials { org, pool, .. }
-                | Record::SeatTime { org, pool, .. }
-                | Record::UserLimit { org, pool, .. }
-                | Record::LabelLimit { org, pool, .. }
-                | Record::Ceiling { org, pool, .. },
-            )
-            | Change::RemoveMachine { org, pool, .. }
-            | Change::RemoveGrant { org, pool, .. }
-            | Change::RemoveBinding { org, pool, .. } => (org, *pool),
-            _ => return,
-        };
+        let Some((org, pool)) = pool_of(change) else { return };
         let Ok(p) = self.pool(org, pool) else { return };
         match change {
             Change::Put(Record::Machine { machine, registered, .. }) => {
@@ -305,4 +285,30 @@ impl Directory {
             _ => {}
         }
     }
+}
+
+/// The pool a per-pool record or removal is about (`None` for the others).
+fn pool_of(change: &Change) -> Option<(&OrgName, PoolId)> {
+    let pool = match change {
+        Change::Put(
+            Record::Machine { org, pool, .. }
+            | Record::EphemeralMachine { org, pool, .. }
+            | Record::PoolPolicy { org, pool, .. }
+            | Record::LastUses { org, pool, .. }
+            | Record::Grant { org, pool, .. }
+            | Record::Binding { org, pool, .. }
+            | Record::Counters { org, pool, .. }
+            | Record::Ends { org, pool, .. }
+            | Record::Denials { org, pool, .. }
+            | Record::SeatTime { org, pool, .. }
+            | Record::UserLimit { org, pool, .. }
+            | Record::LabelLimit { org, pool, .. }
+            | Record::Ceiling { org, pool, .. },
+        )
+        | Change::RemoveMachine { org, pool, .. }
+        | Change::RemoveGrant { org, pool, .. }
+        | Change::RemoveBinding { org, pool, .. } => (org, *pool),
+        _ => return None,
+    };
+    Some(pool)
 }

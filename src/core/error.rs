@@ -151,26 +151,20 @@ impl fmt::Display for Error {
             Error::QuotaExceeded { quota: 0 } => {
                 f.write_str("quota exceeded: the pool has no licenses (quota 0); ask the operator to set one")
             }
-            Error::QuotaExceeded { quota } => {
-                write!(
-                    f,
-                    "quota exceeded: all {quota} licenses of the pool are in use"
-                )
-            }
+            Error::QuotaExceeded { quota } => write!(f, "quota exceeded: all {quota} licenses of the pool are in use"),
             Error::UserLimit { max } => {
                 write!(f, "user limit reached: this user may hold {max} sessions of the pool at once (`pool limit`)")
             }
-            Error::LabelLimit { max } => {
-                write!(f, "label limit reached: sessions with this label may hold {max} seats of the pool at once (`pool limit --label`)")
-            }
+            Error::LabelLimit { max } => write!(
+                f,
+                "label limit reached: sessions with this label may hold {max} seats of the pool at once ({})",
+                "`pool limit --label`"
+            ),
             Error::QueueFull { max } => {
                 write!(f, "the pool's wait queue is full ({max} runners wait); retry later")
             }
             Error::MachineLimit { quota } => {
-                write!(
-                    f,
-                    "machine limit reached: the pool already has {quota} registered machines"
-                )
+                write!(f, "machine limit reached: the pool already has {quota} registered machines")
             }
             Error::MachineNotRegistered => f.write_str("machine is not registered in this pool"),
             Error::SessionExpired => f.write_str("session expired or already ended"),

@@ -117,6 +117,19 @@ fn directory(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) 
             let (v, next) = sorted(list(core.orgs(p)?), |o: &OrgInfo| o.name.clone(), after, limit)?;
             (PageItems::Orgs(v), next)
         }
+        of @ (ListOf::MachineUses { .. } | ListOf::UserLimits { .. } | ListOf::LabelLimits { .. }) => {
+            return per_pool(call, of, after, limit)
+        }
+        // The lists above are all the directory's; the others are paged by `list_page`.
+        other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a directory list"))),
+    })
+}
+
+/// A page of one of the directory's lists about what pools keep of their
+/// machines and sessions: machines' last uses, user caps, label caps.
+fn per_pool(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) -> Page {
+    let (core, p) = (call.shared.ops.core(), call.p);
+    Ok(match of {
         ListOf::MachineUses { org } => {
             let all = core.machine_uses(p, &org)?.into_iter().map(|(pool, u)| MachineUseInfo {
                 pool,
@@ -141,8 +154,7 @@ fn directory(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) 
             let (v, next) = sorted(caps, |c: &LabelLimitInfo| (c.key.clone(), c.value.clone()), after, limit)?;
             (PageItems::LabelLimits(v), next)
         }
-        // The lists above are all the directory's; the others are paged by `list_page`.
-        other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a directory list"))),
+        other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a per-pool list"))),
     })
 }
 
