@@ -157,8 +157,8 @@ impl fmt::Display for Error {
             }
             Error::LabelLimit { max } => write!(
                 f,
-                "label limit reached: sessions with this label may hold {max} seats of the pool at once ({})",
-                "`pool limit --label`"
+                "label limit reached: sessions with this label may hold {max} seats of the pool at once \
+                 (`pool limit --label`)"
             ),
             Error::QueueFull { max } => {
                 write!(f, "the pool's wait queue is full ({max} runners wait); retry later")
