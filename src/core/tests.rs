@@ -81,6 +81,24 @@ fn renewed_leases_are_moved_not_expired_however_many_come_up_at_once() {
 }
 
 #[test]
+fn a_lease_renewed_for_longer_than_its_slot_can_lag_is_moved_and_still_expires_on_time() {
+    // A slot keeps how far its index entry lags its deadline in 32 bits of
+    // ms (49.7 days): heartbeats of a 40-day lease push it past that.
+    let day = 86_400_000u64;
+    let w = Fixture::new(1, 0, Duration::from_millis(40 * day));
+    w.register("m").unwrap();
+    let lease = w.acquire("m", 1, 1, t(0)).unwrap();
+    for k in 1..=4 {
+        let renewed = w.broker.renew(&w.owner, lease.session, t(k * 30 * day));
+        assert_eq!(renewed, Ok(t(k * 30 * day + 40 * day)));
+        assert!(w.broker.expire(t(k * 30 * day)).is_empty(), "renewed {k} times, still live");
+    }
+    assert!(w.broker.expire(t(160 * day - 1)).is_empty());
+    let ended = w.broker.expire(t(160 * day));
+    assert_eq!((ended.len(), w.in_use(), w.broker.next_deadline()), (1, 0, None));
+}
+
+#[test]
 fn heartbeat_extends_and_late_heartbeat_is_refused() {
     let w = world(1);
     w.register("m").unwrap();

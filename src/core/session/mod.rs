@@ -320,11 +320,10 @@ impl SessionTable {
             pool: pool.uid,
             machine: req.machine,
             user: req.user,
-            nonce: req.nonce,
+            nonce: req.nonce.into(),
             conn: req.conn,
             started: now,
             deadline,
-            indexed: deadline,
             labels: req.labels,
             cap: req.cap,
             label_caps: req.label_caps,
@@ -381,7 +380,7 @@ impl SessionTable {
         self.publish(index, &shard);
         // Invariant: vetted live above, under this same lock.
         let s = shard.get(id).expect("vetted live above");
-        Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce }))
+        Ok(then(Renewed { deadline, pool: shard.pool_of(s).id, machine: &s.machine, nonce: s.nonce.nonce() }))
     }
 
     /// Replaces a live session's labels if `allow` accepts its holder,
