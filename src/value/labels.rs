@@ -33,7 +33,10 @@ pub const MAX_VALUE: usize = 128;
 /// a wide pointer's 8 more bytes are 8 MB a million sessions; labels are
 /// read once per admission, so the second hop costs nothing that shows.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Labels(Option<Arc<Box<[(String, String)]>>>);
+pub struct Labels(Option<Arc<Pairs>>);
+
+/// The pairs behind a non-empty `Labels`.
+type Pairs = Box<[(String, String)]>;
 
 impl Labels {
     /// Validates `pairs`; a later pair with the same key replaces an earlier one.
