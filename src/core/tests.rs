@@ -99,6 +99,20 @@ fn a_lease_renewed_for_longer_than_its_slot_can_lag_is_moved_and_still_expires_o
 }
 
 #[test]
+fn a_seat_freed_by_expiry_is_not_dated_before_it_whatever_the_requests_stamp() {
+    // A stream stamps a whole read once, so a request stamped at 29.99 s can
+    // be served after the expiry task ended a lease at 30.005 s.
+    let w = world(1);
+    w.register("m").unwrap();
+    w.acquire("m", 1, 1, t(0)).unwrap();
+    assert_eq!(w.broker.expire(t(30_005)).len(), 1);
+    let next = w.acquire("m", 2, 2, t(29_990)).unwrap();
+    assert_eq!(next.deadline, t(30_005).after(TTL), "starts at the expiry, not at its stale stamp");
+    let status = w.pool_status();
+    assert_eq!(status.in_use, 1);
+}
+
+#[test]
 fn heartbeat_extends_and_late_heartbeat_is_refused() {
     let w = world(1);
     w.register("m").unwrap();

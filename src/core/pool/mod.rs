@@ -81,6 +81,12 @@ pub struct Pool {
     /// into them: an admission resolved before the bump checks again after
     /// inserting, so no session goes uncounted.
     cap_epoch: AtomicU64,
+    /// The latest instant a session of the pool ended because its lease ran
+    /// out. A seat it freed may be taken by a request stamped a moment
+    /// earlier (a stream stamps a whole read once); `admitted_at` dates that
+    /// admission no earlier, so no one is on record holding a dead runner's
+    /// seat before its deadline.
+    expired_to: AtomicU64,
     /// How long unused machines stay registered (`idle`). Read by
     /// registration and the expiry task, never per admission.
     policy: Mutex<tenure::Policy>,
@@ -161,6 +167,7 @@ impl Pool {
             removals: AtomicU64::new(0),
             caps: Mutex::new(labels::Caps::default()),
             cap_epoch: AtomicU64::new(0),
+            expired_to: AtomicU64::new(0),
             policy: Mutex::new(tenure::Policy::default()),
             expired: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
@@ -261,6 +268,20 @@ impl Pool {
             true => Ok(()),
             false => Err(Error::QuotaExceeded { quota: self.quota() }),
         }
+    }
+
+    /// Before a seat freed by a lease that ran out at `at` is returned.
+    pub fn note_expiry(&self, at: Millis) {
+        // Relaxed: published by the seat's return (a release) after it.
+        self.expired_to.fetch_max(at.0, Ordering::Relaxed);
+    }
+
+    /// When a session admitted at `now` on a seat just taken starts: not
+    /// before the expiry that may have freed that seat (see `expired_to`).
+    pub fn admitted_at(&self, now: Millis) -> Millis {
+        // Relaxed: the seat was taken by an acquiring read of the word whose
+        // release followed `note_expiry`, so this sees that value or later.
+        now.max(Millis(self.expired_to.load(Ordering::Relaxed)))
     }
 
     /// Returns a session's (or a grant's) seat; called exactly once per

@@ -310,12 +310,15 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(e);
         }
-        let seat = Self::take_seat(&mut shard, pool, now, seat);
-        if let Err(e) = seat {
-            Self::give_holds(&req);
-            self.publish(index, &shard);
-            return Err(e);
-        }
+        let now = match Self::take_seat(&mut shard, pool, now, seat) {
+            Ok(at) => at,
+            Err(e) => {
+                Self::give_holds(&req);
+                self.publish(index, &shard);
+                return Err(e);
+            }
+        };
+        let deadline = now.after(ttl);
         let live = Live {
             pool: pool.uid,
             machine: req.machine,
@@ -338,21 +341,22 @@ impl SessionTable {
     /// Takes a new session's seat from where `seat` says. A held seat is
     /// already counted in the pool's seats; the session takes it over (and
     /// returns it when it ends, as any other).
+    /// Says when the session starts: `now`, or the expiry that freed its
+    /// seat if that was later (see `Pool::admitted_at`).
     #[inline]
-    fn take_seat(shard: &mut Shard, pool: &Arc<Pool>, now: Millis, seat: SeatFrom) -> Result<()> {
+    fn take_seat(shard: &mut Shard, pool: &Arc<Pool>, now: Millis, seat: SeatFrom) -> Result<Millis> {
         match seat {
             SeatFrom::Free => shard.admit(pool, now, true),
             SeatFrom::FreeOrQueue => shard.admit(pool, now, false),
             SeatFrom::HeldFirst if pool.take_reserved() => {
                 shard.adopt(pool, now);
-                Ok(())
+                Ok(now)
             }
             SeatFrom::HeldFirst => shard.admit(pool, now, true),
             SeatFrom::Nowhere => Err(Error::SessionExpired),
             SeatFrom::Granted(grant) => {
                 grant.consume();
-                shard.admit_granted(pool, now);
-                Ok(())
+                Ok(shard.admit_granted(pool, now))
             }
         }
     }

@@ -317,6 +317,9 @@ impl Shard {
         let counted = counted.then_some(reason as usize);
         entry.accrual.end(live.started, now, counted, &mut keep(closed, dropped, live.pool));
         let pool = &entry.pool;
+        if reason == EndReason::Expired {
+            pool.note_expiry(now);
+        }
         pool.return_seat();
         let org = pool.org.clone();
         let pool = pool.id;
@@ -389,14 +392,16 @@ impl Shard {
     }
 
     /// Takes a seat in `pool` for a new session, counting the outcome (a
-    /// quota refusal only if `count_refusal`).
-    pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis, count_refusal: bool) -> Result<()> {
+    /// quota refusal only if `count_refusal`); when the session starts (see
+    /// `Pool::admitted_at`).
+    pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis, count_refusal: bool) -> Result<Millis> {
         let (entry, mut out) = self.entry(pool);
         match pool.take_seat(now) {
             Ok(_) => {
+                let at = pool.admitted_at(now);
                 entry.admitted += 1;
-                entry.accrual.start(now, true, &mut out);
-                Ok(())
+                entry.accrual.start(at, true, &mut out);
+                Ok(at)
             }
             Err(e) => {
                 if count_refusal && matches!(e, Error::QuotaExceeded { .. }) {
@@ -409,11 +414,13 @@ impl Shard {
     }
 
     /// Counts the admission at `now` of a session whose seat the wait
-    /// queue granted (already taken from the seat word).
-    pub fn admit_granted(&mut self, pool: &Arc<Pool>, now: Millis) {
+    /// queue granted (already taken from the seat word); when it starts.
+    pub fn admit_granted(&mut self, pool: &Arc<Pool>, now: Millis) -> Millis {
+        let at = pool.admitted_at(now);
         let (entry, mut out) = self.entry(pool);
         entry.admitted += 1;
-        entry.accrual.start(now, true, &mut out);
+        entry.accrual.start(at, true, &mut out);
+        at
     }
 
     /// Registers a session starting at `now` on a reserved seat (already
