@@ -14,31 +14,70 @@ use crate::core::pool::{LabelCap, Pool, PoolUid, Tenure};
 use crate::core::seats::{SeatCount, Seats};
 use crate::sync::Arc;
 
+/// The caps a live session is counted in: its user's and its labels'.
+/// One thin pointer, none for a session in no cap (most are): the two as
+/// fields of their own were 24 bytes on every one of a million sessions.
+#[derive(Default)]
+pub(super) struct Caps(Option<Box<Counted>>);
+
+#[derive(Default)]
+struct Counted {
+    user: Option<Arc<Seats>>,
+    labels: Vec<Arc<Seats>>,
+}
+
+impl Caps {
+    /// A new session's: what `take_holds` counted it in.
+    pub fn new(user: Option<Arc<Seats>>, labels: Option<Box<[Arc<Seats>]>>) -> Caps {
+        let labels = labels.map(Vec::from).unwrap_or_default();
+        match (&user, labels.is_empty()) {
+            (None, true) => Caps(None),
+            _ => Caps(Some(Box::new(Counted { user, labels }))),
+        }
+    }
+
+    fn user(&self) -> Option<&Arc<Seats>> {
+        self.0.as_ref().and_then(|c| c.user.as_ref())
+    }
+
+    fn labels(&self) -> &[Arc<Seats>] {
+        self.0.as_ref().map_or(&[], |c| &c.labels)
+    }
+
+    fn counted(&mut self) -> &mut Counted {
+        self.0.get_or_insert_with(Default::default)
+    }
+
+    /// Gives every cap back (the session ended).
+    pub fn release(&self) {
+        for cap in self.user().into_iter().chain(self.labels()) {
+            cap.release(1);
+        }
+    }
+}
+
 /// See `SessionTable::adopt_cap`.
 fn adopt(live: &mut Live, enforce: bool, cap_for: impl FnOnce(&Email) -> Option<Arc<Seats>>) -> Result<()> {
-    if live.cap.is_some() {
+    if live.caps.user().is_some() {
         return Ok(());
     }
     let Some(cap) = cap_for(&live.user) else { return Ok(()) };
     cap.update(|c| (!enforce || c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, ..c }))
         .map_err(|c| Error::UserLimit { max: c.limit })?;
-    live.cap = Some(cap);
+    live.caps.counted().user = Some(cap);
     Ok(())
 }
 
 /// See `SessionTable::adopt_label_caps`.
 fn adopt_labels(live: &mut Live, enforce: bool, caps: &[LabelCap]) -> Result<()> {
     for cap in caps.iter().filter(|c| c.matches(&live.labels)) {
-        let held = live.label_caps.as_deref().unwrap_or(&[]);
-        if held.iter().any(|h| Arc::ptr_eq(h, &cap.seats)) {
+        if live.caps.labels().iter().any(|h| Arc::ptr_eq(h, &cap.seats)) {
             continue;
         }
         cap.seats
             .update(|c| (!enforce || c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, ..c }))
             .map_err(|c| Error::LabelLimit { max: c.limit })?;
-        let mut next = held.to_vec();
-        next.push(cap.seats.clone());
-        live.label_caps = Some(next.into_boxed_slice());
+        live.caps.counted().labels.push(cap.seats.clone());
     }
     Ok(())
 }
@@ -47,13 +86,16 @@ fn adopt_labels(live: &mut Live, enforce: bool, caps: &[LabelCap]) -> Result<()>
 /// longer match and counts it into those they now do. A held word of a
 /// cap since removed stays held (it is nobody's cap; its end returns it).
 pub(super) fn relabel(live: &mut Live, caps: &[LabelCap]) {
-    if let Some(held) = live.label_caps.take() {
-        let stale = |h: &Arc<Seats>| caps.iter().any(|c| Arc::ptr_eq(&c.seats, h) && !c.matches(&live.labels));
-        let (gone, kept): (Vec<_>, Vec<_>) = held.into_vec().into_iter().partition(stale);
-        for cap in gone {
-            cap.release(1);
-        }
-        live.label_caps = (!kept.is_empty()).then(|| kept.into_boxed_slice());
+    let labels = &live.labels;
+    let stale = |h: &Arc<Seats>| caps.iter().any(|c| Arc::ptr_eq(&c.seats, h) && !c.matches(labels));
+    if let Some(counted) = live.caps.0.as_mut() {
+        counted.labels.retain(|h| match stale(h) {
+            true => {
+                h.release(1);
+                false
+            }
+            false => true,
+        });
     }
     // Not enforced: never refuses.
     let _ = adopt_labels(live, false, caps);

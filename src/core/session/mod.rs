@@ -328,8 +328,7 @@ impl SessionTable {
             started: now,
             deadline,
             labels: req.labels,
-            cap: req.cap,
-            label_caps: req.label_caps,
+            caps: holds::Caps::new(req.cap, req.label_caps),
             tenure: req.tenure,
         };
         // Invariant: the shard has room (checked above, under the same lock).

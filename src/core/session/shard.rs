@@ -43,10 +43,9 @@ pub(super) struct Live {
     pub deadline: Millis,
     /// Which job holds it; one pointer, none when unlabelled.
     pub labels: crate::value::Labels,
-    /// Its user's cap in the pool, when the session is counted in one.
-    pub cap: Option<Arc<super::super::seats::Seats>>,
-    /// The caps of its labels it is counted in (see `pool::labels`).
-    pub label_caps: Option<Box<[Arc<super::super::seats::Seats>]>>,
+    /// Its user's cap in the pool and its labels' (see `pool::labels`),
+    /// those it is counted in.
+    pub caps: super::holds::Caps,
     /// Its machine's tenure, in a pool that tracks machine use.
     pub tenure: Option<Arc<crate::core::pool::Tenure>>,
 }
@@ -303,12 +302,7 @@ impl Shard {
     /// Ends session `id`: its end counted for `reason` if `counted`.
     fn finish(&mut self, id: SessionId, reason: EndReason, counted: bool, now: Millis) -> Option<Ended> {
         let live = self.remove(id)?;
-        if let Some(cap) = &live.cap {
-            cap.release(1);
-        }
-        for cap in live.label_caps.iter().flatten() {
-            cap.release(1);
-        }
+        live.caps.release();
         let machine_unheld = live.tenure.as_ref().is_some_and(|t| t.give_back(Some(now)) == 0);
         let Shard { pools, closed, dropped, .. } = self;
         // Invariant: as in `pool_of`, the session's pool is registered here.
@@ -503,6 +497,6 @@ mod tests {
     /// million sessions to 300 MiB).
     #[test]
     fn a_slot_stays_small() {
-        assert!(std::mem::size_of::<super::Slot>() <= 128, "{}", std::mem::size_of::<super::Slot>());
+        assert!(std::mem::size_of::<super::Slot>() <= 112, "{}", std::mem::size_of::<super::Slot>());
     }
 }
