@@ -694,3 +694,29 @@ fn an_expiry_racing_registrations_never_lets_one_past_the_cap() {
         }
     });
 }
+
+/// A seat freed by an expiry, taken by a request stamped a moment before
+/// it (a stream stamps a whole read once): the new session is never dated
+/// before the expiry, so no one is on record in a dead runner's seat
+/// before its deadline, and the seat is counted once.
+#[test]
+fn a_seat_taken_racing_its_expiry_is_never_dated_before_it() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        let (a, b) = f.nonces_in_distinct_shards();
+        let lease = f.acquire(a, t(0)).unwrap();
+        let expired_at = lease.deadline.after(std::time::Duration::from_millis(5));
+        let fe = f.clone();
+        let expirer = thread::spawn(move || fe.broker.expire(expired_at).len());
+        let fa = f.clone();
+        let stale = t(lease.deadline.0 - 10);
+        let taker = thread::spawn(move || fa.acquire(b, stale));
+        assert_eq!(expirer.join().unwrap(), 1);
+        let taken = taker.join().unwrap();
+        if let Ok(next) = &taken {
+            let started = next.deadline.0 - loom_tests::TTL.as_millis() as u64;
+            assert!(started >= expired_at.0, "dated {started}, the seat was freed at {}", expired_at.0);
+        }
+        assert_eq!(f.in_use(), u32::from(taken.is_ok()), "the seat is counted once");
+    });
+}
