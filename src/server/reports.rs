@@ -28,9 +28,8 @@ impl From<ReportError> for WireError {
 /// nodes whose part is missing, so they are logged here (the web door's
 /// API names them in its answer).
 fn gathered<T>(g: crate::operations::gathered::Gathered<T>) -> T {
-    if !g.missing.is_empty() {
-        let each: Vec<String> = g.missing.iter().map(ToString::to_string).collect();
-        tracing::warn!("a report over QUIC lacks part of the history: {}", each.join("; "));
+    if let Some(words) = g.missing.warning() {
+        tracing::warn!("a report over QUIC: {words}");
     }
     g.value
 }
