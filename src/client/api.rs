@@ -6,7 +6,7 @@
 //! `paging`: a reader looking for one request finds it by who asks it.
 
 use super::{Client, ClientError};
-use crate::proto::{ListOf, PageItems, PoolState, PoolStatus, Req, Resp, SessionToken, WhatIfReport};
+use crate::proto::{ListOf, MissingNode, PageItems, PoolState, PoolStatus, Req, Resp, SessionToken, WhatIfReport};
 use crate::value::{Labels, MachineId, Millis, Nonce, OrgName, PoolId, SessionId};
 
 impl Client {
@@ -154,14 +154,15 @@ impl Client {
     }
 
     /// Replays a pool's recorded demand over `range` (Unix ms) against each
-    /// seat count from `seats.0` to `seats.1`.
+    /// seat count from `seats.0` to `seats.1`; with the nodes of a cluster
+    /// whose demand is missing from it (version 5; none from an older broker).
     pub async fn what_if(
         &self,
         org: &OrgName,
         pool: PoolId,
         range: (Millis, Millis),
         seats: (u32, u32),
-    ) -> Result<WhatIfReport, ClientError> {
+    ) -> Result<(WhatIfReport, Vec<MissingNode>), ClientError> {
         let req = Req::WhatIf {
             org: org.clone(),
             pool,
@@ -170,9 +171,9 @@ impl Client {
             seats_min: seats.0,
             seats_max: seats.1,
         };
-        match self.call(req).await? {
-            Resp::WhatIf(r) => Ok(r),
-            other => unexpected(other),
+        match super::paging::partial(self.call(req).await?) {
+            (Resp::WhatIf(r), missing) => Ok((r, missing)),
+            (other, _) => unexpected(other),
         }
     }
 
