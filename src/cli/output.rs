@@ -133,22 +133,24 @@ pub async fn paged(c: &Client, of: ListOf, as_json: bool) -> Result<(), ClientEr
     Ok(())
 }
 
-/// As `paged` for ended sessions, printing only those `keep` keeps.
+/// As `paged` for ended sessions, printing only those `keep` keeps; the
+/// nodes of a cluster whose part is missing.
 pub async fn paged_ended(
     c: &Client,
     of: ListOf,
     as_json: bool,
     keep: impl Fn(&EndedSession) -> bool,
-) -> Result<(), ClientError> {
+) -> Result<Vec<license_broker::proto::MissingNode>, ClientError> {
     let mut p = Printer::new(as_json);
-    c.each_page(of, |items| {
-        if let PageItems::Ended(v) = items {
-            p.page(&v.into_iter().filter(|s| keep(s)).collect::<Vec<_>>());
-        }
-    })
-    .await?;
+    let missing = c
+        .each_page(of, |items| {
+            if let PageItems::Ended(v) = items {
+                p.page(&v.into_iter().filter(|s| keep(s)).collect::<Vec<_>>());
+            }
+        })
+        .await?;
     p.finish();
-    Ok(())
+    Ok(missing)
 }
 
 /// The last line of `status` on a cluster: how many orgs each node serves.

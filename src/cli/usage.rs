@@ -8,7 +8,8 @@ use license_broker::client::Client;
 use license_broker::history::filter::SessionFilter;
 use license_broker::history::report::{auto_step, parse_step, parse_when, Series};
 use license_broker::history::{export, replay, EndedRow, Point, Usage, WhatIf};
-use license_broker::proto::{EndedSession, ListOf, PageItems};
+use license_broker::operations::gathered::Missing;
+use license_broker::proto::{EndedSession, ListOf, MissingNode, PageItems};
 use license_broker::value::{Millis, OrgName, PoolId};
 
 use super::output;
@@ -154,33 +155,35 @@ async fn series(c: &Client, a: SeriesArgs) -> Result<()> {
     };
     let of = ListOf::Usage { org: org.clone(), pool: a.pool, from_ms: from.0, to_ms: to.0, step_ms: step };
     let mut all: Vec<Series> = Vec::new();
-    c.each_page(of, |items| {
-        if let PageItems::Usage(points) = items {
-            for p in points {
-                let point = Point {
-                    start: p.start_ms,
-                    step_ms: p.step_ms,
-                    usage: Usage {
-                        peak: p.peak,
-                        trough: p.trough,
-                        quota: p.quota,
-                        seat_ms: p.seat_ms,
-                        admitted: p.admitted,
-                        denied: p.denied,
-                        ends: p.ends,
-                        queued: p.queued,
-                        // Not on the wire (protocol version 1's `UsagePoint`): the console and the API say them.
-                        ..Usage::default()
-                    },
-                };
-                match all.last_mut() {
-                    Some(s) if s.pool == p.pool => s.points.push(point),
-                    _ => all.push(Series { pool: p.pool, quota: p.quota_now, points: vec![point] }),
+    let missing = c
+        .each_page(of, |items| {
+            if let PageItems::Usage(points) = items {
+                for p in points {
+                    let point = Point {
+                        start: p.start_ms,
+                        step_ms: p.step_ms,
+                        usage: Usage {
+                            peak: p.peak,
+                            trough: p.trough,
+                            quota: p.quota,
+                            seat_ms: p.seat_ms,
+                            admitted: p.admitted,
+                            denied: p.denied,
+                            ends: p.ends,
+                            queued: p.queued,
+                            // Not on the wire (protocol version 1's `UsagePoint`): the console and the API say them.
+                            ..Usage::default()
+                        },
+                    };
+                    match all.last_mut() {
+                        Some(s) if s.pool == p.pool => s.points.push(point),
+                        _ => all.push(Series { pool: p.pool, quota: p.quota_now, points: vec![point] }),
+                    }
                 }
             }
-        }
-    })
-    .await?;
+        })
+        .await?;
+    warn_missing(missing);
     if a.format.json {
         println!(
             "{}",
@@ -221,25 +224,40 @@ async fn sessions(c: &Client, range: Range, filter: &SessionFilter, format: Form
     let (org, (from, to)) = range.resolve("1d")?;
     let of = ListOf::Ended { org: org.clone(), from_ms: from.0, to_ms: to.0 };
     if !format.csv {
-        output::paged_ended(c, of, format.json, |s| filter.keeps(&row_of(s.clone()).1)).await?;
+        warn_missing(output::paged_ended(c, of, format.json, |s| filter.keeps(&row_of(s.clone()).1)).await?);
         return Ok(());
     }
     print!("{}", export::SESSIONS_CSV_HEADER);
-    c.each_page(of, |items| {
-        if let PageItems::Ended(rows) = items {
-            for (id, r) in rows.into_iter().map(row_of).filter(|(_, r)| filter.keeps(r)) {
-                print!("{}", export::session_csv(id, &r));
+    let missing = c
+        .each_page(of, |items| {
+            if let PageItems::Ended(rows) = items {
+                for (id, r) in rows.into_iter().map(row_of).filter(|(_, r)| filter.keeps(r)) {
+                    print!("{}", export::session_csv(id, &r));
+                }
             }
-        }
-    })
-    .await?;
+        })
+        .await?;
+    warn_missing(missing);
     Ok(())
+}
+
+/// Says on stderr which nodes of a cluster a report lacks the history of,
+/// in the words the API's `warning` and the broker's log use.
+fn warn_missing(missing: Vec<MissingNode>) {
+    let mut words = Missing::default();
+    for m in missing {
+        words.add(m.node, m.why);
+    }
+    if let Some(words) = words.warning() {
+        eprintln!("warning: {words}");
+    }
 }
 
 async fn what_if(c: &Client, pool: PoolId, seats: &str, range: Range, format: Format) -> Result<()> {
     let (org, (from, to)) = range.resolve("30d")?;
     let seats = license_broker::history::report::parse_seats(seats).map_err(anyhow::Error::msg)?;
-    let r = c.what_if(&org, pool, (from, to), (*seats.start(), *seats.end())).await?;
+    let (r, missing) = c.what_if(&org, pool, (from, to), (*seats.start(), *seats.end())).await?;
+    warn_missing(missing);
     let w = WhatIf {
         outcomes: r
             .outcomes

@@ -7,7 +7,7 @@
 //! (`renewed`): a node cut off from etcd keeps its announcement and claims
 //! until its lease lapses, but is no place to send a client to meanwhile.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use parking_lot::RwLock;
@@ -30,9 +30,11 @@ pub struct Membership {
     /// redirect goes only to a node whose lease is among them, read within
     /// `RENEWED_FOR` (a node that cannot read etcd itself redirects nowhere).
     renewed: RwLock<Option<(Instant, HashSet<i64>)>>,
-    /// Every node seen live since this one started: a node that served an
-    /// org keeps part of its history after it died (`peer_targets`).
-    seen: RwLock<BTreeSet<String>>,
+    /// Every node seen live since this one started, and when last: a node
+    /// that served an org keeps part of its history after it died, so it
+    /// is asked (and named when it does not answer) until it has been gone
+    /// longer than a report reaches back (`peer_targets`).
+    seen: RwLock<BTreeMap<String, Instant>>,
 }
 
 /// How long an answer about which nodes renewed lately is believed: a few
@@ -52,9 +54,14 @@ struct View {
 impl Membership {
     /// Replaces the view with what was just read: the live nodes and
     /// their leases, the claims, and how many orgs the cluster has.
-    pub fn update(&self, mut nodes: Vec<(Owner, i64)>, claims: HashMap<String, Claimed>, orgs: usize) {
+    pub fn update(&self, nodes: Vec<(Owner, i64)>, claims: HashMap<String, Claimed>, orgs: usize) {
+        self.update_at(Instant::now(), nodes, claims, orgs);
+    }
+
+    /// `update`, read at `now`.
+    fn update_at(&self, now: Instant, mut nodes: Vec<(Owner, i64)>, claims: HashMap<String, Claimed>, orgs: usize) {
         nodes.sort_by(|a, b| a.0.node.cmp(&b.0.node));
-        self.seen.write().extend(nodes.iter().map(|(n, _)| n.node.clone()));
+        self.seen.write().extend(nodes.iter().map(|(n, _)| (n.node.clone(), now)));
         *self.view.write() = View { nodes, claims, orgs };
     }
 
@@ -83,9 +90,16 @@ impl Membership {
     }
 
     /// The nodes to ask for their slice of an org's history: every node
-    /// seen since this one started but `me`, each with its console if it
+    /// seen live since this one started but `me` and those gone from the
+    /// cluster for longer than `reach` (a node not live since before a
+    /// report's range holds none of its rows), each with its console if it
     /// is live and said where its console is.
-    pub fn peer_targets(&self, me: &str) -> Vec<crate::cluster::peer::Target> {
+    pub fn peer_targets(&self, me: &str, reach: Duration) -> Vec<crate::cluster::peer::Target> {
+        self.peer_targets_at(me, reach, Instant::now())
+    }
+
+    /// `peer_targets` as of `now`.
+    fn peer_targets_at(&self, me: &str, reach: Duration, now: Instant) -> Vec<crate::cluster::peer::Target> {
         let live: HashSet<String> = self.view.read().nodes.iter().map(|(n, _)| n.node.clone()).collect();
         let consoles = self.consoles.read();
         let seen = self.seen.read();
@@ -93,7 +107,8 @@ impl Membership {
             node: node.clone(),
             console: live.contains(node).then(|| consoles.get(node).cloned()).flatten(),
         };
-        seen.iter().filter(|n| n.as_str() != me).map(target).collect()
+        let recent = |at: &Instant| now.saturating_duration_since(*at) <= reach;
+        seen.iter().filter(|(n, at)| n.as_str() != me && recent(at)).map(|(n, _)| target(n)).collect()
     }
 
     /// How many orgs the cluster has, as last read.
@@ -139,5 +154,34 @@ impl Membership {
         let names: Vec<String> = view.nodes.iter().map(|(n, _)| n.node.clone()).collect();
         let name = placement::preferred(org, &names)?;
         view.nodes.iter().find(|(n, _)| n.node == name).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> (Owner, i64) {
+        (Owner { node: name.into(), advertise: format!("{name}:4433") }, 1)
+    }
+
+    #[test]
+    fn a_node_gone_longer_than_a_report_reaches_back_is_not_asked() {
+        let view = Membership::default();
+        view.update(vec![node("a"), node("b"), node("c")], HashMap::new(), 1);
+        view.set_consoles(HashMap::from([("b".to_string(), "https://b:8443/".to_string())]));
+        // c leaves the cluster (its lease lapsed, or it was removed for good).
+        view.update(vec![node("a"), node("b")], HashMap::new(), 1);
+        let day = Duration::from_secs(86_400);
+        let names = |targets: Vec<crate::cluster::peer::Target>| -> Vec<(String, Option<String>)> {
+            targets.into_iter().map(|t| (t.node, t.console)).collect()
+        };
+        // Just gone: asked (and so named, not live), never this node itself.
+        let b = ("b".to_string(), Some("https://b:8443/".to_string()));
+        assert_eq!(names(view.peer_targets("a", day)), [b.clone(), ("c".to_string(), None)]);
+        // Gone longer than the report reaches back: left out; the live ones stay.
+        let later = Instant::now() + day + Duration::from_secs(1);
+        view.update_at(later, vec![node("a"), node("b")], HashMap::new(), 1);
+        assert_eq!(names(view.peer_targets_at("a", day, later)), [b]);
     }
 }

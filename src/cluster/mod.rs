@@ -4,7 +4,8 @@
 //! - `etcd`: a client of etcd's v3 API (its JSON gateway), over the
 //!   kept-alive connections of `link`.
 //! - `store`: the records in etcd behind the `Store` trait, each org's
-//!   writes fenced on its claim's revision.
+//!   writes fenced on its claim's revision (`fences`), under the keys of
+//!   `layout`, called from blocking threads through `bridge`.
 //! - `ownership`: a node's lease, the orgs' claims, and how long a node
 //!   may serve.
 //! - `secrets`: the keys every node must share, kept in etcd.
@@ -18,7 +19,10 @@
 //! The node that runs a broker on these (`crate::node`) sits above the
 //! broker; the broker asks only its `Seat`.
 
+mod bridge;
 pub mod etcd;
+mod fences;
+mod layout;
 pub(crate) mod link;
 pub mod membership;
 pub mod ownership;

@@ -180,9 +180,10 @@ impl Seat {
         }
     }
 
-    /// The other nodes to ask for their slice of an org's history.
-    pub fn peers(&self) -> Vec<super::peer::Target> {
-        self.view.peer_targets(&self.me.node)
+    /// The other nodes to ask for their slice of an org's history: those
+    /// live within `reach` (`Membership::peer_targets`).
+    pub fn peers(&self, reach: std::time::Duration) -> Vec<super::peer::Target> {
+        self.view.peer_targets(&self.me.node, reach)
     }
 
     /// The console of the node clients reach at `advertise`, if it said.

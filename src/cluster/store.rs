@@ -17,12 +17,12 @@
 //! called it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
-
+use super::bridge::Bridge;
 use super::etcd::{prefix_end, Compare, Etcd, EtcdError, Op};
+pub use super::fences::Fences;
+pub use super::layout::Layout;
 use crate::core::{audit_key, event_key, AuditEntry, Change, Event, Millis, OrgName, Record, Table};
 use crate::store::{Store, StoreError};
 
@@ -43,158 +43,6 @@ pub const LOAD_CONCURRENCY: usize = 32;
 /// renewal; a node loading or writing an org's records has time (its
 /// lease is renewed meanwhile).
 pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// For each org this node serves, the revision that created its claim:
-/// every write of the org's records is fenced on it, and an org without a
-/// fence is not served (its writes refused). Shared with the placement loop.
-#[derive(Debug, Default)]
-pub struct Fences {
-    map: RwLock<HashMap<OrgName, i64>>,
-    /// Bumped by every change, so a stream may cache "this node serves my
-    /// org" until it moves (`version`).
-    version: AtomicU64,
-}
-
-impl Fences {
-    /// The fence of `org`, if this node serves it.
-    pub fn get(&self, org: &OrgName) -> Option<i64> {
-        self.map.read().get(org).copied()
-    }
-
-    /// Serves `org` under the claim created at `revision`.
-    pub fn set(&self, org: &OrgName, revision: i64) {
-        self.map.write().insert(org.clone(), revision);
-        self.bump();
-    }
-
-    /// Stops serving `org`: its writes are refused from now on.
-    pub fn remove(&self, org: &OrgName) -> Option<i64> {
-        let removed = self.map.write().remove(org);
-        self.bump();
-        removed
-    }
-
-    /// Stops serving every org.
-    pub fn clear(&self) {
-        self.map.write().clear();
-        self.bump();
-    }
-
-    /// The orgs served and their fences.
-    pub fn all(&self) -> Vec<(OrgName, i64)> {
-        self.map.read().iter().map(|(o, f)| (o.clone(), *f)).collect()
-    }
-
-    /// Changes so far: an answer of `get` read at version v holds while
-    /// the version is still v.
-    pub fn version(&self) -> u64 {
-        // Acquire: pairs with `bump`; a reader that sees the new version
-        // reads the map as changed.
-        self.version.load(Ordering::Acquire)
-    }
-
-    fn bump(&self) {
-        // Release: after the map's change (see `version`).
-        self.version.fetch_add(1, Ordering::Release);
-    }
-}
-
-/// Where a cluster keeps what: every key under one prefix.
-#[derive(Clone, Debug)]
-pub struct Layout {
-    prefix: String,
-}
-
-impl Layout {
-    /// Keys under `prefix` (`/license-broker/` by default).
-    pub fn new(prefix: &str) -> Layout {
-        let mut prefix = prefix.to_string();
-        if !prefix.ends_with('/') {
-            prefix.push('/');
-        }
-        Layout { prefix }
-    }
-
-    /// An org's claim: created with its lease by the node that serves it.
-    pub fn claim(&self, org: &str) -> Vec<u8> {
-        format!("{}claims/{org}", self.prefix).into_bytes()
-    }
-
-    /// The prefix of every org's claim.
-    pub fn claims(&self) -> Vec<u8> {
-        format!("{}claims/", self.prefix).into_bytes()
-    }
-
-    /// Where live nodes announce themselves (lease-bound).
-    pub fn node(&self, name: &str) -> Vec<u8> {
-        format!("{}nodes/{name}", self.prefix).into_bytes()
-    }
-
-    /// Where a live node says where its console is (lease-bound, under its
-    /// announcement's key: read with the announcements, and ignored by
-    /// nodes that predate it, whose announcement decoding skips it).
-    pub fn console(&self, name: &str) -> Vec<u8> {
-        format!("{}nodes/{name}/console", self.prefix).into_bytes()
-    }
-
-    /// The prefix of every node announcement.
-    pub fn nodes(&self) -> Vec<u8> {
-        format!("{}nodes/", self.prefix).into_bytes()
-    }
-
-    /// A secret the nodes share (a file of the data dir, by its path there).
-    pub fn secret(&self, file: &str) -> Vec<u8> {
-        format!("{}secrets/{file}", self.prefix).into_bytes()
-    }
-
-    fn table(&self, table: Table) -> String {
-        format!("{}r/{}/", self.prefix, table.name())
-    }
-
-    fn record(&self, table: Table, key: &str) -> Vec<u8> {
-        format!("{}{key}", self.table(table)).into_bytes()
-    }
-}
-
-/// A one-thread runtime that runs etcd calls for synchronous callers.
-struct Bridge {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Bridge {
-    fn new() -> std::io::Result<Bridge> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("etcd-store")
-            .enable_all()
-            .build()?;
-        Ok(Bridge { runtime: Some(runtime) })
-    }
-
-    /// Runs `f` on the bridge's runtime and waits for it.
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let Some(runtime) = &self.runtime else {
-            return Err(StoreError::Backend("the etcd store is closed".into()));
-        };
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        runtime.spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().unwrap_or_else(|_| Err(StoreError::Backend("the etcd store's runtime stopped".into())))
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        // Not `drop(runtime)`: that blocks, and may run inside an async task.
-        if let Some(r) = self.runtime.take() {
-            r.shutdown_background();
-        }
-    }
-}
 
 /// The records of a cluster in etcd, an org's written only under this
 /// node's fence for it.

@@ -18,13 +18,20 @@
 //!
 //! A restart loses the history of the minute it happened in (the core's
 //! counters and seat time do not lose it: they are checkpointed).
+//!
+//! Here, `History` (the rows' store and its queries); `rollup` turns a
+//! harvest into rows, `task` runs the harvests and writes, `period` names
+//! the granularities and their retention.
 
 mod db;
 pub mod export;
 pub mod filter;
+mod period;
 pub mod preflight;
 pub mod replay;
 pub mod report;
+mod rollup;
+mod task;
 mod what_if;
 
 /// A page of ended sessions (session id, row), and the (end ms, session
@@ -32,16 +39,18 @@ mod what_if;
 pub type SessionsPage = (Vec<(u64, EndedRow)>, Option<(u64, u64)>);
 
 pub use db::{DbError, EndedRow, Usage};
+pub use period::{Period, Retention};
+pub(crate) use task::run;
 pub use what_if::{Recorded, WhatIf, MAX_DEMAND, MAX_SEAT_COUNTS};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::core::broker::Harvest;
 use crate::core::usage::{minute_of, MINUTE_MS};
 use crate::core::{Ended, Millis, OrgName, PoolId};
+use rollup::{rollup, row_of, State};
 
 /// The history's file inside the data dir.
 pub const FILE: &str = "history.redb";
@@ -50,60 +59,6 @@ pub const FILE: &str = "history.redb";
 /// and counted). Far above what CI fleets end (a thousand runners with
 /// one-minute jobs end 17 a second), far below a load test's million.
 pub const SESSIONS_PER_SECOND: usize = 2_000;
-
-/// A granularity of the rollups.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Period {
-    /// One minute.
-    Minute,
-    /// One hour.
-    Hour,
-    /// One day (UTC).
-    Day,
-}
-
-impl Period {
-    /// Minutes in the period.
-    pub fn minutes(self) -> u64 {
-        match self {
-            Period::Minute => 1,
-            Period::Hour => 60,
-            Period::Day => 1440,
-        }
-    }
-
-    /// Milliseconds in the period.
-    pub fn ms(self) -> u64 {
-        self.minutes() * MINUTE_MS
-    }
-
-    /// The coarsest period that divides `step_ms` (a step of 5 minutes
-    /// reads minutes, of 6 hours reads hours).
-    pub fn for_step(step_ms: u64) -> Period {
-        [Period::Day, Period::Hour, Period::Minute]
-            .into_iter()
-            .find(|p| step_ms >= p.ms() && step_ms.is_multiple_of(p.ms()))
-            .unwrap_or(Period::Minute)
-    }
-}
-
-/// How long each granularity is kept.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Retention {
-    /// Minutes (and ended sessions): 35 days by default.
-    pub minutes: Duration,
-    /// Hours: 400 days by default.
-    pub hours: Duration,
-    /// Days: forever (`None`) by default.
-    pub days: Option<Duration>,
-}
-
-impl Default for Retention {
-    fn default() -> Retention {
-        const DAY: u64 = 86_400;
-        Retention { minutes: Duration::from_secs(35 * DAY), hours: Duration::from_secs(400 * DAY), days: None }
-    }
-}
 
 /// The history of one broker.
 pub struct History {
@@ -133,14 +88,6 @@ pub struct History {
 /// the broker holds at most a few of them, however many ops connections and
 /// QUIC streams ask, and the rest wait their turn.
 pub const READERS: usize = 2;
-
-#[derive(Default)]
-struct State {
-    /// The minute the last harvest closed up to (exclusive).
-    harvested_to: Option<u64>,
-    /// Each pool's refusal counts and queue joins at the last harvest.
-    denied: std::collections::HashMap<(OrgName, PoolId), (Vec<u64>, u64, u64)>,
-}
 
 /// Ended sessions the channel holds: about two seconds at the write rate.
 const CHANNEL: usize = 2 * SESSIONS_PER_SECOND;
@@ -312,211 +259,6 @@ impl Point {
     /// Average seats in use over the step.
     pub fn average(&self) -> f64 {
         self.usage.seat_ms as f64 / self.step_ms as f64
-    }
-}
-
-fn row_of(e: Ended) -> (String, u64, EndedRow) {
-    let i = e.info;
-    let row = EndedRow {
-        pool: i.pool.to_string(),
-        user: i.user.to_string(),
-        machine: i.machine.to_string(),
-        start: i.started.0,
-        end: e.at.0,
-        reason: e.reason.name().to_string(),
-        labels: i.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-    };
-    (e.org.to_string(), i.session.0, row)
-}
-
-/// Most minutes one harvest writes for a pool whose sessions were held
-/// through minutes without events (the harvest stalled, or the broker was
-/// suspended): older ones are beyond any retention worth writing.
-const MAX_IDLE_MINUTES: u64 = 35 * 1440;
-
-/// The rows a harvest at `now` adds: each pool's closed minutes (the
-/// shards' shares summed), idle minutes expanded, the peak and trough
-/// since the last harvest on every minute since it, and the refusals
-/// counted since then (other than the quota's, which the minutes carry),
-/// the runners that joined the wait queue and the machines released
-/// unused, on the last closed minute.
-fn rollup(h: &Harvest, now: Millis, state: &mut State) -> Vec<((String, String, u64), Usage)> {
-    let to = minute_of(now);
-    let from = state.harvested_to.unwrap_or(to.saturating_sub(1)).clamp(to.saturating_sub(1440), to);
-    let mut rows = closed_minutes(h, to.saturating_sub(MAX_IDLE_MINUTES));
-    for s in &h.pools {
-        let (org, pool) = (s.org.to_string(), s.pool.to_string());
-        let (newly, queued, expired) = since_last(state, s);
-        for m in from..to {
-            let key = (org.clone(), pool.clone(), m);
-            // An idle pool's licenses (KSE grants, activations) are sampled
-            // on the hour only: the chart is per day, and a pool with users
-            // but no use must not cost a row a minute.
-            let sampled = (s.assigned > 0 || s.activated > 0) && m.is_multiple_of(60);
-            if s.peak == 0 && !sampled && !rows.contains_key(&key) {
-                continue;
-            }
-            let u = rows.entry(key).or_insert_with(blank);
-            u.peak = u.peak.max(s.peak);
-            u.assigned = u.assigned.max(s.assigned);
-            u.activated = u.activated.max(s.activated);
-            u.trough = s.trough;
-            u.quota = s.quota;
-        }
-        // Minutes the extremes do not cover (before the last harvest) still get the quota.
-        for (_, u) in rows.range_mut((org.clone(), pool.clone(), 0)..(org.clone(), pool.clone(), from)) {
-            u.quota = s.quota;
-        }
-        if (queued > 0 || expired > 0 || newly.iter().any(|n| *n > 0)) && to > 0 {
-            let u = rows.entry((org, pool, to - 1)).or_insert_with(blank);
-            u.quota = s.quota;
-            for (d, n) in u.denied[1..].iter_mut().zip(newly) {
-                *d += n;
-            }
-            u.queued += queued;
-            u.expired += expired;
-        }
-    }
-    state.harvested_to = Some(to);
-    rows.into_iter().collect()
-}
-
-/// Rows keyed by (org, pool, minute).
-type Rows = std::collections::BTreeMap<(String, String, u64), Usage>;
-
-/// A minute's row with nothing in it yet.
-fn blank() -> Usage {
-    Usage { denied: vec![0; crate::proto::ErrorCode::DENIALS.len()], ..Usage::default() }
-}
-
-/// Each pool's closed minutes, the shards' shares summed, and the idle
-/// minutes after each expanded (back to `oldest` at most).
-fn closed_minutes(h: &Harvest, oldest: u64) -> Rows {
-    let mut rows = Rows::new();
-    for (org, pool, c) in &h.minutes {
-        let key = |m: u64| (org.to_string(), pool.to_string(), m);
-        let u = rows.entry(key(c.minute)).or_insert_with(blank);
-        u.seat_ms += c.tally.seat_ms;
-        u.admitted += c.tally.admitted;
-        u.denied[0] += c.tally.rejected;
-        for (e, n) in u.ends.iter_mut().zip(c.tally.ends) {
-            *e += n;
-        }
-        for m in (c.minute + 1).max(oldest)..=c.minute + c.idle {
-            let u = rows.entry(key(m)).or_insert_with(blank);
-            u.seat_ms += c.held * MINUTE_MS;
-            // Nothing changed in an idle minute: its level is what was held.
-            u.peak = u.peak.max(c.held as u32);
-            u.trough = u.peak;
-        }
-    }
-    rows
-}
-
-/// A pool's refusals (by reason) and queue joins since the last harvest
-/// (none at the first: its counts only seed the next difference).
-fn since_last(state: &mut State, s: &crate::core::broker::PoolSample) -> (Vec<u64>, u64, u64) {
-    let last = state.denied.insert((s.org.clone(), s.pool), (s.denied.to_vec(), s.queued, s.expired));
-    match last {
-        Some((last, queued, expired)) => (
-            s.denied.iter().zip(last.iter().chain(std::iter::repeat(&0))).map(|(n, l)| n.saturating_sub(*l)).collect(),
-            s.queued.saturating_sub(queued),
-            s.expired.saturating_sub(expired),
-        ),
-        None => (vec![0; s.denied.len()], 0, 0),
-    }
-}
-
-/// The history's task: harvests the core at every minute boundary and
-/// writes the rows, writes ended sessions every second, prunes once an
-/// hour, until `stop` fires.
-pub(crate) async fn run(
-    core: Arc<crate::core::Broker>,
-    clock: crate::clock::Clock,
-    history: Arc<History>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let shared = Source { core, clock };
-    let Some(mut rx) = history.take_receiver() else { return };
-    // The first harvest seeds the extremes and the refusal counts.
-    harvest(&shared, &history, Vec::new()).await;
-    let mut pruned_hour = None;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => {
-                // Sessions ended while draining are kept (the minute in
-                // progress is not: see the module docs).
-                let mut last = Vec::new();
-                while let Ok(e) = rx.try_recv() {
-                    last.push(e);
-                }
-                let h = history.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || h.record_sessions(last)).await {
-                    tracing::warn!("ended sessions not written at shutdown: {e}");
-                }
-                return;
-            }
-        }
-        let mut sessions = Vec::new();
-        while sessions.len() < SESSIONS_PER_SECOND {
-            match rx.try_recv() {
-                Ok(e) => sessions.push(e),
-                Err(_) => break,
-            }
-        }
-        let now = shared.clock.now();
-        let due = history.state.lock().harvested_to.is_none_or(|to| minute_of(now) > to);
-        if due {
-            harvest(&shared, &history, sessions).await;
-            let hour = minute_of(now) / 60;
-            if pruned_hour != Some(hour) {
-                pruned_hour = Some(hour);
-                prune(&shared, &history).await;
-            }
-        } else if !sessions.is_empty() {
-            let h = history.clone();
-            match tokio::task::spawn_blocking(move || h.record_sessions(sessions)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("ended sessions not written: {e}"),
-                Err(e) => tracing::warn!("ended sessions not written: {e}"),
-            }
-        }
-    }
-}
-
-/// What the history's task reads: the core it harvests, and the clock.
-#[derive(Clone)]
-struct Source {
-    core: Arc<crate::core::Broker>,
-    clock: crate::clock::Clock,
-}
-
-async fn harvest(shared: &Source, history: &Arc<History>, sessions: Vec<Ended>) {
-    let (s, h) = (shared.clone(), history.clone());
-    let done = tokio::task::spawn_blocking(move || {
-        let now = s.clock.now();
-        let harvest = s.core.harvest(now);
-        h.record(harvest, now, sessions, true)
-    });
-    match done.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("history not written: {e}"),
-        Err(e) => tracing::warn!("history not written: {e}"),
-    }
-}
-
-async fn prune(shared: &Source, history: &Arc<History>) {
-    let (s, h) = (shared.clone(), history.clone());
-    let done = tokio::task::spawn_blocking(move || {
-        let (pools, _) = s.core.census();
-        let pools: Vec<(String, String)> = pools.iter().map(|p| (p.org.to_string(), p.pool.to_string())).collect();
-        h.prune(s.clock.now(), &pools)
-    });
-    if let Ok(Err(e)) = done.await {
-        tracing::warn!("history not pruned: {e}");
     }
 }
 

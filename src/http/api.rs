@@ -16,7 +16,7 @@ use crate::history::export;
 use crate::history::filter::SessionFilter;
 use crate::history::report::{self, ReportError};
 use crate::http::Web;
-use crate::operations::gathered::{Gathered, Missing};
+use crate::operations::gathered::{self, Gathered, Missing};
 
 /// A refusal in the API's shape: a status, and `{"error": CODE, "message": ...}`.
 #[derive(Debug)]
@@ -196,29 +196,17 @@ async fn usage_report(web: Arc<Web>, p: &Principal, q: HashMap<String, String>) 
 
 /// Names the nodes whose history is not in a JSON answer (`missing`, and
 /// a `warning` in words), when there are any.
-fn said_missing(v: &mut serde_json::Value, missing: &[Missing]) {
-    if missing.is_empty() {
-        return;
+fn said_missing(v: &mut serde_json::Value, missing: &Missing) {
+    if let Some(words) = missing.warning() {
+        v["missing"] = serde_json::to_value(missing).unwrap_or_default();
+        v["warning"] = serde_json::Value::String(words);
     }
-    let list: Vec<serde_json::Value> =
-        missing.iter().map(|m| serde_json::json!({ "node": m.node, "why": m.why })).collect();
-    v["missing"] = serde_json::Value::Array(list);
-    v["warning"] = serde_json::Value::String(missing_words(missing));
-}
-
-/// "part of the history may be missing: node n0 did not answer within 2 s".
-pub(super) fn missing_words(missing: &[Missing]) -> String {
-    let each: Vec<String> = missing.iter().map(Missing::to_string).collect();
-    format!("part of the history may be missing: {}", each.join("; "))
 }
 
 /// The same, as `X-History-Missing` on any answer (a CSV has no room for it).
-fn missing_header(r: &mut Response, missing: &[Missing]) {
-    if missing.is_empty() {
-        return;
-    }
-    if let Ok(v) = HeaderValue::from_str(&missing_words(missing)) {
-        r.headers_mut().insert("x-history-missing", v);
+pub(super) fn missing_header(r: &mut Response, missing: &Missing) {
+    if let Some(v) = missing.warning().and_then(|w| HeaderValue::from_str(&w).ok()) {
+        r.headers_mut().insert(gathered::HEADER, v);
     }
 }
 
@@ -273,7 +261,7 @@ fn sessions_body(
     rows: &[(u64, crate::history::EndedRow)],
     next: Option<String>,
     as_csv: bool,
-    missing: &[Missing],
+    missing: &Missing,
 ) -> Response {
     if as_csv {
         let mut body = String::from(export::SESSIONS_CSV_HEADER);

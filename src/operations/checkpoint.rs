@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Operations;
-use crate::core::{Change, OrgName};
+use crate::core::{Broker, Change, OrgName};
 
 /// How often the checkpoint is written. A crash loses at most this much of
 /// the counts, and the high-water mark lags the clock by at most this much.
@@ -62,21 +62,79 @@ pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
 
 /// Before a cluster node hands `orgs` on: lowers each of their pools'
 /// ceilings to the sessions held (memory first: from then on nothing past
-/// them is admitted here), writes them under the orgs' fences, and only
-/// then calls `unfence` (which removes the fences: nothing more is
-/// admitted, renewed or written for them here), all under the ceiling
-/// lock, so no raise is written in between. If the write fails, the fences
-/// go all the same: the durable ceilings stay at least memory's, which the
-/// next node holds, as after a lapse. Returns the ceilings written.
+/// them is admitted here), writes them under the orgs' fences with the
+/// machines' last uses (`handover_records`), and only then calls `unfence`
+/// (which removes the fences: nothing more is admitted, renewed or written
+/// for them here), all under the ceiling lock, so no raise is written in
+/// between. If the write fails, the fences go all the same: the durable
+/// ceilings stay at least memory's, which the next node holds, as after a
+/// lapse. Returns the ceilings written.
 pub async fn hand_on(ops: &Operations, orgs: &[OrgName], unfence: impl FnOnce()) -> usize {
     let _ceiling = ops.ceiling.lock().await;
-    let changes: Vec<Change> = ops.core.ceilings_to_sessions(orgs).into_iter().map(Change::Put).collect();
-    let written = changes.len();
-    if written > 0 {
+    let (changes, ceilings) = handover_records(&ops.core, orgs);
+    if !changes.is_empty() {
         if let Err(e) = ops.commit(changes).await {
             tracing::warn!("ceilings of orgs handed on not written down (the next node holds more): {e}");
         }
     }
     unfence();
-    written
+    ceilings
+}
+
+/// What a node writes of `orgs` as it hands them on: each pool's ceiling
+/// lowered to its sessions (how many there are is returned too), and every
+/// tracked pool's machines' last uses as they are now. The checkpoint writes
+/// last uses only when one enters a new minute, so without these the next
+/// node would read uses up to a minute and a checkpoint old, and could
+/// release a machine used seconds before the move.
+pub fn handover_records(core: &Broker, orgs: &[OrgName]) -> (Vec<Change>, usize) {
+    let mut changes: Vec<Change> = core.ceilings_to_sessions(orgs).into_iter().map(Change::Put).collect();
+    let ceilings = changes.len();
+    let (uses, _) = core.last_use_records(&Default::default());
+    let theirs = uses.into_iter().filter(|r| r.org().is_some_and(|o| orgs.contains(o)));
+    changes.extend(theirs.map(Change::Put));
+    (changes, ceilings)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::core::testkit::{mid, t, Fixture};
+    use crate::core::{Checkpointed, PoolId, Record};
+
+    const IDLE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_handover_writes_the_last_uses_the_checkpoint_left_for_the_next_minute() {
+        let w = Fixture::new(2, 2, Duration::from_secs(30));
+        w.set_policy(Some(IDLE), false, t(0));
+        w.register("a").unwrap();
+        let first = w.acquire("a", 1, 1, t(0)).unwrap();
+        w.broker.release(&w.owner, first.session, t(5_000)).unwrap();
+        let (stored, written) = w.broker.checkpoint_since(t(6_000), &Checkpointed::default());
+        let stored = stored.into_iter().filter(|r| matches!(r, Record::LastUses { .. }));
+        // Used again in the same minute: the next checkpoint leaves it out.
+        let second = w.acquire("a", 2, 1, t(7_000)).unwrap();
+        w.broker.release(&w.owner, second.session, t(9_000)).unwrap();
+        let (records, _) = w.broker.checkpoint_since(t(10_000), &written);
+        assert!(!records.iter().any(|r| matches!(r, Record::LastUses { .. })), "left for the next minute");
+        let (handed, _) = handover_records(&w.broker, std::slice::from_ref(&w.org));
+        let others = handover_records(&w.broker, &[OrgName::new("other").unwrap()]).0;
+        assert!(!others.iter().any(|c| matches!(c, Change::Put(Record::LastUses { .. }))), "only the orgs handed on");
+        // The next node, from the org's records (the checkpoint's last use:
+        // 5 s) and the handover's: machine a was used at 9 s, so it is
+        // released a minute after that, not at 65 s.
+        let next = Fixture::new(2, 2, Duration::from_secs(30));
+        let pool = PoolId::KRE_DEFAULT;
+        let policy = Record::PoolPolicy { org: next.org.clone(), pool, idle_ms: Some(60_000), ephemeral: false };
+        let machine = Record::Machine { org: next.org.clone(), pool, machine: mid("a"), registered: t(0) };
+        let mut changes: Vec<Change> = [policy, machine].into_iter().chain(stored).map(Change::Put).collect();
+        changes.extend(handed);
+        next.broker.apply(&changes, t(10_000));
+        assert!(next.expire_machines(t(68_999)).is_empty(), "used at 9 s: not idle before 69 s");
+        let gone: Vec<String> = next.expire_machines(t(69_000)).iter().map(|e| e.machine.to_string()).collect();
+        assert_eq!(gone, ["a"]);
+    }
 }

@@ -3,7 +3,8 @@
 //! serving an org now reads its own slice and asks every other node for
 //! theirs (`cluster::peer`), at once, and merges them (`merge`). A node
 //! that does not answer within its deadline is named in the answer
-//! (`Missing`) rather than failing the report or silently showing less.
+//! (`Missing`, one type for every door and the logs) rather than failing
+//! the report or silently showing less.
 //!
 //! On a single broker (no cluster, so no peers) a report is this node's
 //! read alone: the same call, with nothing else to ask.
@@ -22,18 +23,69 @@ use crate::history::filter::SessionFilter;
 use crate::history::report::{ReportError, Series, SessionsAsk, UsageAsk, WhatIfAsk, MAX_POINTS};
 use crate::history::{EndedRow, Recorded, SessionsPage, WhatIf};
 
-/// A node whose slice of the history is not in an answer, and why.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Missing {
+/// The nodes whose slice of the history is not in an answer, each once
+/// (in name order, with the first reason given for it). The one way every
+/// door names them: the JSON's `missing` (`Serialize`: `[{node, why}]`)
+/// and `warning`, the `X-History-Missing` header (`HEADER`), the pages and
+/// the logs all print `Display` ("part of the history may be missing: node
+/// n0 did not answer within 2 s").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Missing(Vec<Absent>);
+
+/// One node whose slice is not in an answer, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Absent {
     /// The node's name.
     pub node: String,
     /// Why (it did not answer in time, is not live, refused).
     pub why: String,
 }
 
+/// The header that names the missing nodes on any answer (a CSV has no
+/// room for them in its body).
+pub const HEADER: &str = "x-history-missing";
+
+impl Missing {
+    /// Names `node` (once: a node named already keeps its first reason).
+    pub fn add(&mut self, node: String, why: String) {
+        if let Err(at) = self.0.binary_search_by(|a| a.node.cmp(&node)) {
+            self.0.insert(at, Absent { node, why });
+        }
+    }
+
+    /// Names the nodes `other` names too (several reads of one page or
+    /// export name the same nodes: each is said once).
+    pub fn join(&mut self, other: Missing) {
+        for a in other.0 {
+            self.add(a.node, a.why);
+        }
+    }
+
+    /// Whether every node answered.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The nodes, in name order.
+    pub fn nodes(&self) -> &[Absent] {
+        &self.0
+    }
+
+    /// The words a person reads, if any node is missing.
+    pub fn warning(&self) -> Option<String> {
+        (!self.is_empty()).then(|| self.to_string())
+    }
+}
+
 impl std::fmt::Display for Missing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "node {} {}", self.node, self.why)
+        f.write_str("part of the history may be missing: ")?;
+        for (i, a) in self.0.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            write!(f, "{sep}node {} {}", a.node, a.why)?;
+        }
+        Ok(())
     }
 }
 
@@ -42,8 +94,8 @@ impl std::fmt::Display for Missing {
 pub struct Gathered<T> {
     /// The answer.
     pub value: T,
-    /// The nodes not in it (empty on a single broker, and when all answered).
-    pub missing: Vec<Missing>,
+    /// The nodes not in it (none on a single broker, and when all answered).
+    pub missing: Missing,
 }
 
 /// Other nodes' rollups of an org's pools, to fold into this node's.
@@ -74,7 +126,7 @@ impl Operations {
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
         let mut value = local?;
         if answers.is_empty() {
-            return Ok(Gathered { value, missing: Vec::new() });
+            return Ok(Gathered { value, missing: Missing::default() });
         }
         // Decoding and merging the slices is heavy: off the async threads, in a turn.
         self.read_history(move |_| {
@@ -94,7 +146,7 @@ impl Operations {
         let (local, answers) = tokio::join!(local, self.ask_peers(path));
         let local = local?;
         if answers.is_empty() {
-            return Ok(Gathered { value: local, missing: Vec::new() });
+            return Ok(Gathered { value: local, missing: Missing::default() });
         }
         // Decoding and merging pages of up to 100,000 rows each: off the
         // async threads, in a turn.
@@ -113,7 +165,7 @@ impl Operations {
     /// org recorded (each node's `Recorded`, merged, then replayed).
     pub async fn what_if_gathered(&self, ask: WhatIfAsk) -> Result<Gathered<WhatIf>, ReportError> {
         if self.peers.is_none() {
-            return Ok(Gathered { value: self.read_history(move |h| ask.read(h)).await?, missing: Vec::new() });
+            return Ok(Gathered { value: self.read_history(move |h| ask.read(h)).await?, missing: Missing::default() });
         }
         let path = Some(demand_path(&ask));
         let ask = std::sync::Arc::new(ask);
@@ -158,14 +210,28 @@ impl Operations {
     }
 
     /// Every other node's answer to `path` (none on a single broker, which
-    /// has no `path` to ask: nothing is built or sent there).
-    async fn ask_peers(&self, path: Option<String>) -> Vec<(String, Result<hyper::body::Bytes, String>)> {
-        let (Some(seat), Some(peers), Some(path)) = (&self.cluster, &self.peers, path) else { return Vec::new() };
-        let targets = seat.peers();
+    /// has no `path` to ask: nothing is built or sent there), of the nodes
+    /// that may hold rows of the report (`reach` of its start).
+    async fn ask_peers(&self, path: Option<PeerPath>) -> Vec<(String, Result<hyper::body::Bytes, String>)> {
+        let (Some(seat), Some(peers), Some((path, from))) = (&self.cluster, &self.peers, path) else {
+            return Vec::new();
+        };
+        let targets = seat.peers(self.reach(from));
         if targets.is_empty() {
             return Vec::new();
         }
         peers.ask(&targets, &path, crate::cluster::peer::now_ms()).await
+    }
+
+    /// How long ago a node may have left the cluster and still hold rows of
+    /// a report starting at `from`: back to `from`, and a day more (a day's
+    /// rollup, the coarsest, may start before `from`); and never longer than
+    /// the history keeps its finest rows (minutes and ended sessions), so a
+    /// node removed for good stops being named.
+    fn reach(&self, from: Millis) -> std::time::Duration {
+        let back = self.clock.now().0.saturating_sub(from.0) + crate::history::Period::Day.ms();
+        let back = std::time::Duration::from_millis(back);
+        self.history.as_ref().map_or(back, |h| back.min(h.retention().minutes))
     }
 
     /// This node's rollups of `org`'s `pools`, encoded for the node that asked.
@@ -235,28 +301,31 @@ fn bounded_usage(pools: usize, (from, to): (Millis, Millis), step_ms: u64) -> Re
     }
 }
 
+/// A peer read's path and query, and the start of the report's range.
+type PeerPath = (String, Millis);
+
 /// The peer path of a usage question.
-fn usage_path(ask: &UsageAsk) -> String {
+fn usage_path(ask: &UsageAsk) -> PeerPath {
     let ((from, to), step) = ask.span();
     let pools: Vec<String> = ask.pools().map(|p| p.to_string()).collect();
     let mut q = form_urlencoded::Serializer::new(String::new());
     q.append_pair("org", ask.org().as_str()).append_pair("pools", &pools.join(","));
     q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
     q.append_pair("step", &step.to_string());
-    format!("/peer/v1/usage?{}", q.finish())
+    (format!("/peer/v1/usage?{}", q.finish()), from)
 }
 
 /// The peer path of a what-if's demand.
-fn demand_path(ask: &WhatIfAsk) -> String {
+fn demand_path(ask: &WhatIfAsk) -> PeerPath {
     let (org, pool, (from, to)) = ask.span();
     let mut q = form_urlencoded::Serializer::new(String::new());
     q.append_pair("org", org.as_str()).append_pair("pool", &pool.to_string());
     q.append_pair("from", &from.0.to_string()).append_pair("to", &to.0.to_string());
-    format!("/peer/v1/demand?{}", q.finish())
+    (format!("/peer/v1/demand?{}", q.finish()), from)
 }
 
 /// The peer path of a question about ended sessions.
-fn sessions_path(ask: &SessionsAsk) -> String {
+fn sessions_path(ask: &SessionsAsk) -> PeerPath {
     let ((from, to), after, limit) = ask.span();
     let mut q = form_urlencoded::Serializer::new(String::new());
     q.append_pair("org", ask.org().as_str());
@@ -268,21 +337,44 @@ fn sessions_path(ask: &SessionsAsk) -> String {
     for (k, v) in ask.filter().pairs() {
         q.append_pair(k, &v);
     }
-    format!("/peer/v1/sessions?{}", q.finish())
+    (format!("/peer/v1/sessions?{}", q.finish()), from)
 }
 
 /// The answers that decoded, and the nodes that gave none.
 fn decoded<T: serde::de::DeserializeOwned>(
     answers: Vec<(String, Result<hyper::body::Bytes, String>)>,
-) -> (Vec<T>, Vec<Missing>) {
-    let (mut slices, mut missing) = (Vec::new(), Vec::new());
+) -> (Vec<T>, Missing) {
+    let (mut slices, mut missing) = (Vec::new(), Missing::default());
     for (node, answer) in answers {
         let slice = answer
             .and_then(|b| postcard::from_bytes::<T>(&b).map_err(|e| format!("sent an answer not understood ({e})")));
         match slice {
             Ok(s) => slices.push(s),
-            Err(why) => missing.push(Missing { node, why }),
+            Err(why) => missing.add(node, why),
         }
     }
     (slices, missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_names_each_node_once_in_order_in_every_form() {
+        let mut m = Missing::default();
+        assert_eq!(m.warning(), None);
+        m.add("n2".into(), "did not answer within 2 s".into());
+        let mut other = Missing::default();
+        other.add("n0".into(), "is not live, or did not say where its console is".into());
+        other.add("n2".into(), "answered 500".into());
+        m.join(other);
+        let words = "part of the history may be missing: node n0 is not live, or did not say where its console \
+                     is; node n2 did not answer within 2 s";
+        assert_eq!(m.warning().as_deref(), Some(words));
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json[0]["node"], "n0");
+        assert_eq!(json[1]["why"], "did not answer within 2 s");
+        assert_eq!(json.as_array().map(Vec::len), Some(2));
+    }
 }

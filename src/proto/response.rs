@@ -223,7 +223,29 @@ pub enum Resp {
     Webhooks(Vec<crate::proto::WebhookInfo>),
     /// WebhookDeliveries (version 5): recent attempts, oldest first.
     Deliveries(Vec<crate::proto::DeliveryInfo>),
+    /// A report over a cluster's nodes (`List` of `Usage` or `Ended`,
+    /// `WhatIf`) that lacks some node's part (version 5): the answer it
+    /// would have been, and the nodes whose history is not in it.
+    Partial {
+        /// The answer (`Page` or `WhatIf`).
+        answer: Box<Resp>,
+        /// The nodes not in it, at most `MAX_MISSING`, in name order.
+        missing: Vec<MissingNode>,
+    },
 }
+
+/// A node whose part of a report is missing (`Resp::Partial`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingNode {
+    /// The node's name (at most 64 bytes).
+    pub node: String,
+    /// Why, in words (at most 160 bytes).
+    pub why: String,
+}
+
+/// Most nodes a `Resp::Partial` names: with its bounded fields, the list
+/// fits in the room a report's page leaves in its frame.
+pub const MAX_MISSING: usize = 8;
 
 /// A server-pushed notice, on the server's unidirectional stream.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -124,7 +124,7 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
         }
         Req::List { of, after, limit } => paging::list_page(call, of, after, limit).await,
         Req::WhatIf { org, pool, from_ms, to_ms, seats_min, seats_max } => {
-            super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await.map(Resp::WhatIf)
+            super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await
         }
         Req::Check { org, pool, machine } => {
             call.shared.ops.check(call.c(), (&org, pool), Some(&machine)).await.map(Resp::Availability)

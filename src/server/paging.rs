@@ -55,20 +55,33 @@ pub(super) async fn list_page(call: &Call<'_>, of: ListOf, after: Option<Cursor>
             let (v, next) = cut(found.into_iter(), more, limit, |e: &AuditEntry| (e.at, e.seq))?;
             (PageItems::Audit(v), next)
         }
-        ListOf::Usage { org, pool, from_ms, to_ms, step_ms } => {
-            let points = super::reports::usage(call, org, pool, (from_ms, to_ms), step_ms).await?;
-            let (v, next) = sorted(points, |u: &UsagePoint| (u.pool, u.start_ms), after, limit)?;
-            (PageItems::Usage(v), next)
-        }
-        ListOf::Ended { org, from_ms, to_ms } => {
-            let from = after.map(open::<(u64, u64)>).transpose()?;
-            let (found, more) = super::reports::ended(call, org, (from_ms, to_ms), from, limit).await?;
-            let (v, next) = cut(found.into_iter(), more, limit, |e: &EndedSession| (e.end_ms, e.session.0))?;
-            (PageItems::Ended(v), next)
-        }
+        of @ (ListOf::Usage { .. } | ListOf::Ended { .. }) => return report_page(call, of, after, limit).await,
         of => directory(call, of, after, limit)?,
     };
     Ok(Resp::Page { items, next })
+}
+
+/// A page of a report (`Usage`, `Ended`), naming the nodes whose part is
+/// missing on a version 5 stream (`reports::partial`), for which its items
+/// leave room in the frame.
+async fn report_page(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) -> Reply {
+    let budget = ITEM_BUDGET - super::reports::MISSING_ROOM;
+    let (items, next, missing) = match of {
+        ListOf::Usage { org, pool, from_ms, to_ms, step_ms } => {
+            let (points, missing) = super::reports::usage(call, org, pool, (from_ms, to_ms), step_ms).await?;
+            let (v, next) = sorted_in(budget, points, |u: &UsagePoint| (u.pool, u.start_ms), after, limit)?;
+            (PageItems::Usage(v), next, missing)
+        }
+        ListOf::Ended { org, from_ms, to_ms } => {
+            let from = after.map(open::<(u64, u64)>).transpose()?;
+            let (found, more, missing) = super::reports::ended(call, org, (from_ms, to_ms), from, limit).await?;
+            let key = |e: &EndedSession| (e.end_ms, e.session.0);
+            let (v, next) = cut_in(budget, found.into_iter(), more, limit, key)?;
+            (PageItems::Ended(v), next, missing)
+        }
+        other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a report"))),
+    };
+    Ok(super::reports::partial(call, Resp::Page { items, next }, missing))
 }
 
 /// Live sessions, walked from the cursor in the session table's order.
@@ -193,6 +206,17 @@ pub(super) fn too_large(what: &str) -> WireError {
 /// A page of a whole in-memory list: sorted by `key`, from after the
 /// cursor's key.
 fn sorted<T: Serialize, K: Ord + Serialize + DeserializeOwned>(
+    all: Vec<T>,
+    key: impl Fn(&T) -> K,
+    after: Option<&Cursor>,
+    limit: usize,
+) -> Result<(Vec<T>, Option<Cursor>), WireError> {
+    sorted_in(ITEM_BUDGET, all, key, after, limit)
+}
+
+/// `sorted`, its items within `budget` bytes.
+fn sorted_in<T: Serialize, K: Ord + Serialize + DeserializeOwned>(
+    budget: usize,
     mut all: Vec<T>,
     key: impl Fn(&T) -> K,
     after: Option<&Cursor>,
@@ -208,7 +232,7 @@ fn sorted<T: Serialize, K: Ord + Serialize + DeserializeOwned>(
     };
     let more = all.len() > start + limit;
     let rest = all.into_iter().skip(start).take(limit);
-    cut(rest, more, limit, key)
+    cut_in(budget, rest, more, limit, key)
 }
 
 /// Takes items while they fit the page (`limit` and the frame's byte
@@ -220,11 +244,22 @@ fn cut<T: Serialize, K: Serialize>(
     limit: usize,
     key: impl Fn(&T) -> K,
 ) -> Result<(Vec<T>, Option<Cursor>), WireError> {
+    cut_in(ITEM_BUDGET, items, more, limit, key)
+}
+
+/// `cut`, its items within `budget` bytes.
+fn cut_in<T: Serialize, K: Serialize>(
+    budget: usize,
+    items: impl Iterator<Item = T>,
+    more: bool,
+    limit: usize,
+    key: impl Fn(&T) -> K,
+) -> Result<(Vec<T>, Option<Cursor>), WireError> {
     let mut items = items.peekable();
     let (mut page, mut bytes) = (Vec::new(), 0);
     while let Some(item) = items.peek() {
         let size = encoded_len(item)?;
-        if page.len() == limit || bytes + size > ITEM_BUDGET {
+        if page.len() == limit || bytes + size > budget {
             break;
         }
         bytes += size;

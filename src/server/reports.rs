@@ -3,14 +3,18 @@
 //! thread (it only reads memory), the history is read off it, and the
 //! answer is put in its wire form. The HTTP API asks the same functions.
 //! On a cluster node, usage, ended sessions and what-if cover every node's
-//! history (`Operations::usage_gathered`, `sessions_gathered`, `what_if_gathered`).
+//! history (`Operations::usage_gathered`, `sessions_gathered`, `what_if_gathered`),
+//! and a version 5 stream is told which nodes' part is missing (`partial`).
 //! And the event stream (`Req::Events`), `Operations::events` put in
 //! frames.
 
 use super::handler::Call;
 use crate::core::{Millis, OrgName, PoolId};
 use crate::history::report::{self, ReportError};
-use crate::proto::{EndedSession, ErrorCode, UsagePoint, WhatIfOutcome, WhatIfReport, WireError};
+use crate::operations::gathered::Missing;
+use crate::proto::{
+    EndedSession, ErrorCode, MissingNode, Resp, UsagePoint, WhatIfOutcome, WhatIfReport, WireError, MAX_MISSING,
+};
 
 impl From<ReportError> for WireError {
     fn from(e: ReportError) -> WireError {
@@ -24,15 +28,40 @@ impl From<ReportError> for WireError {
     }
 }
 
-/// A report over every node: protocol version 1 has no field to name the
-/// nodes whose part is missing, so they are logged here (the web door's
-/// API names them in its answer).
-fn gathered<T>(g: crate::operations::gathered::Gathered<T>) -> T {
-    if !g.missing.is_empty() {
-        let each: Vec<String> = g.missing.iter().map(ToString::to_string).collect();
-        tracing::warn!("a report over QUIC lacks part of the history: {}", each.join("; "));
+/// A report over every node: the answer, and the nodes whose part is
+/// missing, which the log names too (a stream older than version 5 has no
+/// field for them: `partial`).
+fn gathered<T>(g: crate::operations::gathered::Gathered<T>) -> (T, Missing) {
+    if let Some(words) = g.missing.warning() {
+        tracing::warn!("a report over QUIC: {words}");
     }
-    g.value
+    (g.value, g.missing)
+}
+
+/// Room a report's page leaves in its frame for the nodes it names
+/// missing: `MAX_MISSING` of them, each of bounded fields.
+pub(super) const MISSING_ROOM: usize = 2048;
+
+/// `answer`, naming the nodes whose history is not in it: on a version 5
+/// stream as `Resp::Partial` (at most `MAX_MISSING`, each field clipped);
+/// older versions' documents have no place for them, only the log does.
+pub(super) fn partial(call: &Call<'_>, answer: Resp, missing: Missing) -> Resp {
+    if missing.is_empty() || call.proto.get() < 5 {
+        return answer;
+    }
+    let each =
+        |a: &crate::operations::gathered::Absent| MissingNode { node: clip(&a.node, 64), why: clip(&a.why, 160) };
+    let missing = missing.nodes().iter().take(MAX_MISSING).map(each).collect();
+    Resp::Partial { answer: Box::new(answer), missing }
+}
+
+/// At most `most` bytes of `s`, cut at a character's boundary.
+fn clip(s: &str, most: usize) -> String {
+    let mut end = most.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
 }
 
 /// Every point of the usage question, by pool then time.
@@ -42,12 +71,12 @@ pub(super) async fn usage(
     pool: Option<PoolId>,
     range: (u64, u64),
     step_ms: u64,
-) -> Result<Vec<UsagePoint>, WireError> {
+) -> Result<(Vec<UsagePoint>, Missing), WireError> {
     let range = (Millis(range.0), Millis(range.1));
     let ask = report::usage(call.shared.ops.core(), call.shared.ops.history(), call.p, &org, pool, range, step_ms)?;
-    let series = gathered(call.shared.ops.usage_gathered(ask).await?);
+    let (series, missing) = gathered(call.shared.ops.usage_gathered(ask).await?);
     let listed = call.proto.denials();
-    Ok(series
+    let points = series
         .into_iter()
         .flat_map(|s| {
             s.points.into_iter().map(move |p| UsagePoint {
@@ -65,20 +94,22 @@ pub(super) async fn usage(
                 queued: p.usage.queued,
             })
         })
-        .collect())
+        .collect();
+    Ok((points, missing))
 }
 
-/// Up to `limit` sessions that ended in the range after the cursor, and whether more follow.
+/// Up to `limit` sessions that ended in the range after the cursor,
+/// whether more follow, and the nodes whose part is missing.
 pub(super) async fn ended(
     call: &Call<'_>,
     org: OrgName,
     range: (u64, u64),
     after: Option<(u64, u64)>,
     limit: usize,
-) -> Result<(Vec<EndedSession>, bool), WireError> {
+) -> Result<(Vec<EndedSession>, bool, Missing), WireError> {
     let range = (Millis(range.0), Millis(range.1));
     let ask = report::sessions(call.shared.ops.core(), call.shared.ops.history(), call.p, &org, range, after, limit)?;
-    let (rows, next) = gathered(call.shared.ops.sessions_gathered(ask).await?);
+    let ((rows, next), missing) = gathered(call.shared.ops.sessions_gathered(ask).await?);
     let rows = rows
         .into_iter()
         .map(|(id, r)| EndedSession {
@@ -92,20 +123,21 @@ pub(super) async fn ended(
             labels: r.labels,
         })
         .collect();
-    Ok((rows, next.is_some()))
+    Ok((rows, next.is_some(), missing))
 }
 
-/// `Req::WhatIf`.
+/// `Req::WhatIf`, as `Resp::WhatIf` (in a `Resp::Partial` naming the
+/// nodes whose demand is missing, on a version 5 stream).
 pub(super) async fn what_if(
     call: &Call<'_>,
     (org, pool): (OrgName, PoolId),
     range: (u64, u64),
     seats: std::ops::RangeInclusive<u32>,
-) -> Result<WhatIfReport, WireError> {
+) -> Result<Resp, WireError> {
     let range = (Millis(range.0), Millis(range.1));
     let ask = report::what_if(call.shared.ops.core(), call.shared.ops.history(), call.p, (&org, pool), range, seats)?;
-    let w = gathered(call.shared.ops.what_if_gathered(ask).await?);
-    Ok(WhatIfReport {
+    let (w, missing) = gathered(call.shared.ops.what_if_gathered(ask).await?);
+    let report = WhatIfReport {
         sessions: w.sessions,
         refusals: w.refusals,
         median_ms: w.median_ms,
@@ -121,7 +153,8 @@ pub(super) async fn what_if(
                 span_ms: o.span_ms,
             })
             .collect(),
-    })
+    };
+    Ok(partial(call, Resp::WhatIf(report), missing))
 }
 
 /// Room for the events of one answer: a frame, less its envelope.

@@ -4,7 +4,8 @@
 //! ended on each and one that spans the handover. B's reports API covers
 //! both nodes exactly: every session once (also paged, and as CSV), each
 //! admission and each end once in the rollups; and with A killed, B's
-//! answer names A as missing instead of failing or silently showing less.
+//! answer names A as missing instead of failing or silently showing less,
+//! over the API, the console and QUIC (`license-broker usage`).
 //! A peer read that is not signed with the cluster's key is refused.
 
 use std::process::Stdio;
@@ -223,6 +224,23 @@ fn a_down_is_named(web: &Web, cookie: &str, owner: &str, a_name: &str) {
     assert!(code == 200 && named, "{head}");
 }
 
+/// With A down, `license-broker usage` over QUIC (protocol version 5's
+/// `Partial`) still lists B's sessions and names A on stderr, in the API's words.
+fn quic_names_a(b: &str, ca: &std::path::Path, owner: &str, a_name: &str) {
+    let words = format!("warning: part of the history may be missing: node {a_name} ");
+    for what in
+        [&["usage", "sessions", "--org", "default", "--from", "1h", "--json"][..], &["usage", "--org", "default"]]
+    {
+        let out = cli(b, ca, owner).args(what).output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{what:?}: {stdout} {stderr}");
+        assert!(stderr.contains(&words), "{what:?}: {stderr}");
+        if what[1] == "sessions" {
+            assert!(stdout.contains("\"span\"") && stdout.contains("\"b0\""), "B's sessions listed: {stdout}");
+        }
+    }
+}
+
 #[test]
 fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down() {
     let _one = exclusive();
@@ -240,6 +258,7 @@ fn an_orgs_reports_cover_every_node_that_served_it_and_name_a_node_that_is_down(
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     a_down_is_named(&web, &cookie, &owner, &a_name);
+    quic_names_a(&b.addr, &ca, &owner, &a_name);
 
     // A peer read not signed with the cluster's key is refused.
     let forged = "GET /peer/v1/sessions?org=default&from=0&to=9&limit=9 HTTP/1.0\r\nAuthorization: LBPeer 1.00";

@@ -210,7 +210,7 @@ async fn gather(web: Arc<Web>, p: &Principal, org: &OrgName, q: Query, mut shell
     // rule); anyone else reads the totals and the chart.
     let readers = core.require_session_reader(p, org).is_ok();
     let by_who = q.filter.user.is_some() || q.filter.machine.is_some() || q.filter.label.is_some();
-    let mut missing = Vec::new();
+    let mut missing = Missing::default();
     let days = day_aligned(q.range);
     let ask = report::usage(core, web.ops.history(), p, org, pool_of(&q)?, days, DAY_MS)?;
     let series = gathered(web.ops.usage_gathered(ask).await?, &mut missing);
@@ -231,8 +231,8 @@ async fn gather(web: Arc<Web>, p: &Principal, org: &OrgName, q: Query, mut shell
         }
         false => (Vec::new(), None),
     };
-    if !once_each(&mut missing) {
-        shell.error = Some(crate::http::api::missing_words(&missing));
+    if let Some(words) = missing.warning() {
+        shell.error = Some(words);
     }
     let licensed = super::licensed::chart(&series, days);
     let now = web.ops.clock().now();
@@ -256,8 +256,8 @@ async fn gather(web: Arc<Web>, p: &Principal, org: &OrgName, q: Query, mut shell
 }
 
 /// A gathered answer's value; the nodes missing from it added to `missing`.
-fn gathered<T>(g: Gathered<T>, missing: &mut Vec<Missing>) -> T {
-    missing.extend(g.missing);
+fn gathered<T>(g: Gathered<T>, missing: &mut Missing) -> T {
+    missing.join(g.missing);
     g.value
 }
 
@@ -299,7 +299,7 @@ async fn from_sessions(
     p: &Principal,
     org: &OrgName,
     q: &Query,
-    missing: &mut Vec<Missing>,
+    missing: &mut Missing,
 ) -> Result<(Bars, bool), ReportError> {
     let (from, to) = day_aligned(q.range);
     let mut bars = Bars::new(from, to);
@@ -321,7 +321,7 @@ async fn kept_pages(
     p: &Principal,
     org: &OrgName,
     q: &Query,
-    missing: &mut Vec<Missing>,
+    missing: &mut Missing,
     mut each: impl FnMut(Vec<(u64, EndedRow)>) -> bool,
 ) -> Result<bool, ReportError> {
     let mut after = None;
@@ -351,7 +351,7 @@ pub(super) async fn export(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgP
         (query, None) => query,
         (_, Some(why)) => return super::status_page(StatusCode::UNPROCESSABLE_ENTITY, &why, "INVALID_ARGUMENT"),
     };
-    let mut missing = Vec::new();
+    let mut missing = Missing::default();
     let (name, body, whole) = match csv(&web, &s.p, &org, &query, &mut missing).await {
         Ok(done) => done,
         Err(e) => return report_refused(e),
@@ -364,19 +364,8 @@ pub(super) async fn export(State(web): State<Arc<Web>>, OrgPage { s, org }: OrgP
         let why = "the range holds more sessions than one export: narrow it, or page /api/v1/sessions";
         r.headers_mut().insert("x-truncated", HeaderValue::from_static(why));
     }
-    if !once_each(&mut missing) {
-        if let Ok(v) = HeaderValue::from_str(&crate::http::api::missing_words(&missing)) {
-            r.headers_mut().insert("x-history-missing", v);
-        }
-    }
+    crate::http::api::missing_header(&mut r, &missing);
     r
-}
-
-/// Each missing node once (several reads name the same nodes); whether none is.
-fn once_each(missing: &mut Vec<Missing>) -> bool {
-    missing.sort_by(|a, b| a.node.cmp(&b.node));
-    missing.dedup_by(|a, b| a.node == b.node);
-    missing.is_empty()
 }
 
 /// The export's file name and body (at most `MAX_ROWS` sessions), and
@@ -386,7 +375,7 @@ async fn csv(
     p: &Principal,
     org: &OrgName,
     q: &Query,
-    missing: &mut Vec<Missing>,
+    missing: &mut Missing,
 ) -> Result<(String, String, bool), ReportError> {
     web.ops.history().ok_or(ReportError::Off)?;
     let mut body = String::from(export::SESSIONS_CSV_HEADER);

@@ -25,7 +25,7 @@ pub(super) struct Elsewhere {
     /// users' last use), if the caller may read them.
     pub ended: Vec<SessionsPage>,
     /// The nodes that did not answer.
-    pub missing: Vec<Missing>,
+    pub missing: Missing,
 }
 
 /// The other nodes' part of the page of `range` at `now`, as `p` may read
@@ -85,11 +85,7 @@ enum Part {
 impl Elsewhere {
     /// A gathered answer's value; the nodes missing from it noted once each.
     fn note<T>(&mut self, got: Gathered<T>) -> T {
-        for m in got.missing {
-            if !self.missing.iter().any(|seen| seen.node == m.node) {
-                self.missing.push(m);
-            }
-        }
+        self.missing.join(got.missing);
         got.value
     }
 }

@@ -155,7 +155,7 @@ pub(super) async fn org_page(
         let _turn = turn;
         let mut v = gather(&s, &p, &org, (&range, now), &elsewhere)?;
         v.flash = flash;
-        v.missing = (!elsewhere.missing.is_empty()).then(|| super::api::missing_words(&elsewhere.missing));
+        v.missing = elsewhere.missing.warning();
         if v.kill_token.is_some() {
             v.kill_token = Some(s.signer.csrf_token(&cookie));
         }
