@@ -76,7 +76,9 @@ reader!(read_v2, v2, a, Resp::Leased { session, token, .. } => { a.session = Som
 reader!(read_v3, v3, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 reader!(read_v4, v4, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 
-fn read_v5(body: &[u8]) -> Answer {
+reader!(read_v5, v5, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
+
+fn read_v6(body: &[u8]) -> Answer {
     use license_broker::proto::{Outcome, Resp, ServerFrame};
     let mut a = Answer::default();
     match exact::<ServerFrame>(body) {
@@ -115,7 +117,7 @@ impl Raw {
         let ep = license_broker::client::endpoint(Some(&b.ca), false).unwrap();
         let conn = ep.connect(addr, &name).unwrap().await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        let read = [read_v1, read_v2, read_v3, read_v4, read_v5][version as usize - 1];
+        let read = [read_v1, read_v2, read_v3, read_v4, read_v5, read_v6][version as usize - 1];
         let mut raw = Raw { send, recv, frames: FrameBuf::new(), read, next_id: 0, _conn: conn };
         raw.write(&ClientFrame::Hello(Hello { version, api_key: key.into(), client: "old".into() })).await;
         assert_eq!(raw.answer().await.ok.as_deref(), Some("Welcome"));
@@ -201,13 +203,13 @@ fn as_seen(v: u16, code: u8) -> u8 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_decodes_with_the_schema_of_its_streams_version() {
     let b = start(Duration::from_secs(30)).await;
-    b.quota(4).await;
+    b.quota(5).await;
     let op = b.operator().await;
     op.set_pool(&org(), pool("kse-floating-annual"), 4).await.unwrap();
     op.set_pool(&org(), pool("kse-node-locked-annual"), 8).await.unwrap();
     let owner = b.owner().await;
     expire_a_machine(&op, &owner).await;
-    for v in 1..=5 {
+    for v in 1..=6 {
         operator_answers(&b, v).await;
         member_answers(&b, &owner, v).await;
     }
@@ -245,7 +247,7 @@ async fn operator_answers(b: &TestBroker, v: u16) {
     let policy =
         Req::SetMachinePolicy { org: org(), pool: PoolId::KRE_DEFAULT, machine_idle_ms: None, ephemeral: false };
     match v {
-        5 => drop(p.ok(policy, "Done").await),
+        5.. => drop(p.ok(policy, "Done").await),
         _ => p.refused(policy, code::BAD_FRAME).await,
     }
 }

@@ -155,7 +155,7 @@ impl Client {
 
     /// Replays a pool's recorded demand over `range` (Unix ms) against each
     /// seat count from `seats.0` to `seats.1`; with the nodes of a cluster
-    /// whose demand is missing from it (version 5; none from an older broker).
+    /// whose demand is missing from it (version 6; none from an older broker).
     pub async fn what_if(
         &self,
         org: &OrgName,

@@ -19,7 +19,7 @@ impl Client {
     }
 
     /// `page`, with the nodes of a cluster whose part of a report (`Usage`,
-    /// `Ended`) the page lacks (version 5's `Partial`; none from an older
+    /// `Ended`) the page lacks (version 6's `Partial`; none from an older
     /// broker, which only logs them).
     pub async fn report_page(
         &self,

@@ -40,7 +40,7 @@ pub use webhook::{DeliveryInfo, WebhookInfo};
 /// `MachineExpired` and `PolicyChanged`) and the event stream and
 /// webhooks (`Req::Events`, `Resp::Events`, `Req::AddWebhook` and the
 /// other webhook requests).
-pub const VERSION: u16 = 5;
+pub const VERSION: u16 = 6;
 
 /// The oldest version the broker still speaks: a version 1 stream gets
 /// `Admitted` and `Renewed`, without tokens.

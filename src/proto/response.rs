@@ -224,7 +224,7 @@ pub enum Resp {
     /// WebhookDeliveries (version 5): recent attempts, oldest first.
     Deliveries(Vec<crate::proto::DeliveryInfo>),
     /// A report over a cluster's nodes (`List` of `Usage` or `Ended`,
-    /// `WhatIf`) that lacks some node's part (version 5): the answer it
+    /// `WhatIf`) that lacks some node's part (version 6): the answer it
     /// would have been, and the nodes whose history is not in it.
     Partial {
         /// The answer (`Page` or `WhatIf`).

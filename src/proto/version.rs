@@ -50,6 +50,12 @@ impl Version {
         self.0 >= 4
     }
 
+    /// Version 6 on: a report some node's history is missing from comes
+    /// as `Partial`, naming the nodes (earlier streams get the answer alone).
+    pub fn partial(self) -> bool {
+        self.0 >= 6
+    }
+
     /// How many counts of refusals by reason (`UsagePoint::denied`, in
     /// `ErrorCode::DENIALS`' order) this version's document listed: a
     /// reason appended since is left off its streams' points.
@@ -76,6 +82,7 @@ impl Version {
             2 => ErrorCode::ResponseTooLarge,
             3 => ErrorCode::QueueTimeout,
             4 => ErrorCode::NotOwner,
+            5 => ErrorCode::LabelLimit,
             _ => return code,
         };
         // Codes are numbered by their order (error.rs): never reordered.
@@ -103,6 +110,7 @@ impl Version {
             1 => AuditAction::OfflineCreated,
             2 | 3 => AuditAction::SubscriptionChanged,
             4 => AuditAction::UserLimitSet,
+            5 => AuditAction::LabelLimitSet,
             _ => return None,
         };
         if (action as u8) <= (listed as u8) {

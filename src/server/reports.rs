@@ -4,7 +4,7 @@
 //! answer is put in its wire form. The HTTP API asks the same functions.
 //! On a cluster node, usage, ended sessions and what-if cover every node's
 //! history (`Operations::usage_gathered`, `sessions_gathered`, `what_if_gathered`),
-//! and a version 5 stream is told which nodes' part is missing (`partial`).
+//! and a version 6 stream is told which nodes' part is missing (`partial`).
 //! And the event stream (`Req::Events`), `Operations::events` put in
 //! frames.
 
@@ -29,7 +29,7 @@ impl From<ReportError> for WireError {
 }
 
 /// A report over every node: the answer, and the nodes whose part is
-/// missing, which the log names too (a stream older than version 5 has no
+/// missing, which the log names too (a stream older than version 6 has no
 /// field for them: `partial`).
 fn gathered<T>(g: crate::operations::gathered::Gathered<T>) -> (T, Missing) {
     if let Some(words) = g.missing.warning() {
@@ -42,11 +42,11 @@ fn gathered<T>(g: crate::operations::gathered::Gathered<T>) -> (T, Missing) {
 /// missing: `MAX_MISSING` of them, each of bounded fields.
 pub(super) const MISSING_ROOM: usize = 2048;
 
-/// `answer`, naming the nodes whose history is not in it: on a version 5
+/// `answer`, naming the nodes whose history is not in it: on a version 6
 /// stream as `Resp::Partial` (at most `MAX_MISSING`, each field clipped);
 /// older versions' documents have no place for them, only the log does.
 pub(super) fn partial(call: &Call<'_>, answer: Resp, missing: Missing) -> Resp {
-    if missing.is_empty() || call.proto.get() < 5 {
+    if missing.is_empty() || !call.proto.partial() {
         return answer;
     }
     let each =
@@ -127,7 +127,7 @@ pub(super) async fn ended(
 }
 
 /// `Req::WhatIf`, as `Resp::WhatIf` (in a `Resp::Partial` naming the
-/// nodes whose demand is missing, on a version 5 stream).
+/// nodes whose demand is missing, on a version 6 stream).
 pub(super) async fn what_if(
     call: &Call<'_>,
     (org, pool): (OrgName, PoolId),
