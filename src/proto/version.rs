@@ -222,13 +222,19 @@ mod tests {
     #[test]
     fn only_version_4_streams_and_later_are_redirected() {
         let redirected: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().redirects()).collect();
-        assert_eq!(redirected, [4, 5]);
+        assert_eq!(redirected, [4, 5, 6]);
+    }
+
+    #[test]
+    fn a_partial_report_goes_to_version_6_streams_alone() {
+        let partial: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().partial()).collect();
+        assert_eq!(partial, [6]);
     }
 
     #[test]
     fn the_event_stream_is_listed_from_version_5() {
         let events = Req::Events { org: crate::value::OrgName::new("acme").unwrap(), after: 0, wait_ms: 0 };
         let listing: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().lists(&events)).collect();
-        assert_eq!(listing, [5]);
+        assert_eq!(listing, [5, 6]);
     }
 }
