@@ -14,6 +14,7 @@
 //! heartbeat only moves a session's deadline later, so it leaves the
 //! session's entry where it was: the expiry meets it early and moves it then.
 
+mod deadlines;
 mod holds;
 mod ids;
 mod shard;

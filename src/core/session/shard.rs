@@ -7,11 +7,11 @@
 //! slab; a slot's generation makes stale ids of reused slots miss. Not
 //! thread-safe by itself: `SessionTable` holds each shard under its lock.
 
-use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+use super::deadlines::Deadlines;
 use super::slab::Slab;
 use super::{EndReason, Ended, SessionInfo};
 use crate::core::error::{Error, Result};
@@ -101,7 +101,7 @@ pub(super) struct Shard {
     hasher: foldhash::fast::RandomState,
     /// Every live session once, under its `indexed` deadline, earliest
     /// first: a lower bound of its deadline, so nothing expires unseen.
-    deadlines: BTreeSet<(Millis, SessionId)>,
+    deadlines: Deadlines,
     /// The pools this shard has admitted into, with this shard's share of
     /// their statistics. Holding the `Arc` here (once per pool, not once
     /// per session) keeps reference-count traffic off the admission path.
@@ -157,7 +157,7 @@ impl Shard {
             free: Vec::new(),
             by_nonce: HashTable::new(),
             hasher: foldhash::fast::RandomState::default(),
-            deadlines: BTreeSet::new(),
+            deadlines: Deadlines::default(),
             pools: FastMap::default(),
             closed: Vec::new(),
             dropped: 0,
@@ -237,7 +237,7 @@ impl Shard {
         let hash = Self::nonce_hash(&self.hasher, pool, nonce);
         self.by_nonce.insert_unique(spread(hash), Indexed { slot, hash }, |e| spread(e.hash));
         let id = self.id_of(slot);
-        self.deadlines.insert((deadline, id));
+        self.deadlines.insert(deadline, id);
         Some(id)
     }
 
@@ -255,9 +255,9 @@ impl Shard {
         match deadline.0.checked_sub(indexed.0).and_then(|lag| u32::try_from(lag).ok()) {
             Some(lag) => slot.lag = lag,
             None => {
-                deadlines.remove(&(indexed, id));
+                deadlines.remove(indexed, id);
                 slot.lag = 0;
-                deadlines.insert((deadline, id));
+                deadlines.insert(deadline, id);
             }
         }
         // Invariant: checked live above; nothing in between frees it.
@@ -271,7 +271,7 @@ impl Shard {
     pub fn next_due(&mut self, now: Millis, budget: &mut usize) -> Option<(Millis, SessionId)> {
         loop {
             *budget = budget.checked_sub(1)?;
-            let (indexed, id) = self.deadlines.first().copied().filter(|(d, _)| *d <= now)?;
+            let (indexed, id) = self.deadlines.first().filter(|(d, _)| *d <= now)?;
             let s = self.slot_of(id);
             let Shard { slots, deadlines, .. } = self;
             let Some(slot) = s.map(|s| &mut slots[s]) else { return Some((indexed, id)) };
@@ -280,9 +280,9 @@ impl Shard {
                 // the caller drops): the caller ends it.
                 return Some((indexed, id));
             };
-            deadlines.remove(&(indexed, id));
+            deadlines.remove(indexed, id);
             slot.lag = 0;
-            deadlines.insert((deadline, id));
+            deadlines.insert(deadline, id);
         }
     }
 
@@ -343,7 +343,7 @@ impl Shard {
         let s = self.slot_of(id)?;
         let slot = &mut self.slots[s];
         let live = slot.live.take()?;
-        self.deadlines.remove(&(slot.indexed(&live), id));
+        self.deadlines.remove(slot.indexed(&live), id);
         let hash = Self::nonce_hash(&self.hasher, live.pool, live.nonce.nonce());
         if let Ok(entry) = self.by_nonce.find_entry(spread(hash), |e| e.slot as usize == s) {
             entry.remove();
@@ -357,13 +357,13 @@ impl Shard {
     /// Drops a deadline entry with no session behind it (never expected;
     /// keeps the expiry loop terminating whatever happens).
     pub fn forget_deadline(&mut self, deadline: Millis, id: SessionId) {
-        self.deadlines.remove(&(deadline, id));
+        self.deadlines.remove(deadline, id);
     }
 
     /// The earliest indexed deadline: no session of the shard expires
     /// before it (a renewed one may expire later).
     pub fn first_deadline(&self) -> Option<(Millis, SessionId)> {
-        self.deadlines.first().copied()
+        self.deadlines.first()
     }
 
     /// Live sessions of this shard.
