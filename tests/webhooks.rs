@@ -379,3 +379,44 @@ async fn a_webhook_retried_past_its_time_is_marked_failing_until_it_delivers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// `webhook redeliver` sends an event the receiver had once more, signed
+/// anew, with its id and idempotency key; the act is audited (and that
+/// entry is itself an event); an event not delivered yet, or asked by a
+/// User, is refused.
+#[test]
+fn one_delivery_is_redelivered_on_request_and_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve_with(dir.path(), "30s", ALLOW);
+    let r = Receiver::start(0, 200);
+    let (id, secret) = add_webhook(&s, &s.owner, &format!("http://127.0.0.1:{}/", r.port));
+    std::thread::sleep(Duration::from_millis(1500));
+    add_user(&s, "r0@default");
+    let first = until(&r, "r0@default", Duration::from_secs(20)).pop().unwrap();
+    let event = first.json()["id"].as_str().unwrap().to_string();
+    let redeliver = |key: &str, delivery: &str| {
+        s.run(key, &["webhook", "redeliver", "--org", "default", "--id", &id, "--delivery", delivery])
+    };
+    let out = redeliver(&s.owner, &event);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{event} redelivered to webhook {id}: 200")));
+    let again = r.next(Duration::from_secs(10)).expect("the event once more");
+    assert_eq!(again.body, first.body, "the same document");
+    assert_eq!(again.header("idempotency-key"), first.header("idempotency-key"));
+    assert!(again.verified(&secret));
+    let audited = r.next(Duration::from_secs(20)).expect("the redelivery's audit event");
+    assert_eq!(audited.header("webhook-event"), "audit.webhook_redelivered");
+    assert_eq!(audited.json()["data"]["detail"], format!("webhook={id} event={event}"));
+
+    let out = s.run(&s.owner, &["key", "create", "--org", "default", "r0@default"]);
+    let user =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().find(|w| w.starts_with("lbk_")).unwrap().to_string();
+    let key_created = until(&r, "r0@default", Duration::from_secs(20));
+    assert_eq!(key_created.last().unwrap().header("webhook-event"), "audit.key_created");
+    let cursor: u64 = event.rsplit('/').next().unwrap().parse().unwrap();
+    let out = redeliver(&s.owner, &(cursor + 50).to_string());
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"), "{out:?}");
+    let out = redeliver(&user, &event);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("FORBIDDEN"), "{out:?}");
+    assert!(r.next(Duration::from_secs(2)).is_none(), "refusals send nothing");
+}

@@ -229,6 +229,20 @@ impl Client {
         }
     }
 
+    /// Owner/Admin/operator: sends the event at cursor `event` to a webhook
+    /// once more; the attempt.
+    pub async fn redeliver_webhook(
+        &self,
+        org: &OrgName,
+        id: &str,
+        event: u64,
+    ) -> Result<crate::proto::DeliveryInfo, ClientError> {
+        match self.call(Req::RedeliverWebhook { org: org.clone(), id: id.into(), event }).await? {
+            Resp::Deliveries(mut v) if v.len() == 1 => Ok(v.remove(0)),
+            other => unexpected(other),
+        }
+    }
+
     /// Owner/Admin: creates a key for a member; returns (key, id).
     pub async fn create_key(&self, org: &OrgName, email: &str) -> Result<(String, String), ClientError> {
         match self.call(Req::CreateKey { org: org.clone(), email: email.into() }).await? {

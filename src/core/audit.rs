@@ -49,11 +49,13 @@ pub enum AuditAction {
     PolicyChanged,
     /// An Owner or Admin capped (or uncapped) the sessions carrying a label.
     LabelLimitSet,
+    /// An event was sent again to a webhook on request (`webhook redeliver`).
+    WebhookRedelivered,
 }
 
 impl AuditAction {
     /// Every action, in the order of the encoding.
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 18] = [
         AuditAction::OrgCreated,
         AuditAction::QuotaChanged,
         AuditAction::UserAdded,
@@ -71,6 +73,7 @@ impl AuditAction {
         AuditAction::MachineExpired,
         AuditAction::PolicyChanged,
         AuditAction::LabelLimitSet,
+        AuditAction::WebhookRedelivered,
     ];
 
     /// Lowercase name for listings.
@@ -93,6 +96,7 @@ impl AuditAction {
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
             AuditAction::LabelLimitSet => "label_limit_set",
+            AuditAction::WebhookRedelivered => "webhook_redelivered",
         }
     }
 }

@@ -251,6 +251,8 @@ pub enum AuditAction {
     /// The sessions carrying a label were capped or uncapped in a pool
     /// (version 5).
     LabelLimitSet,
+    /// An event was sent again to a webhook on request (version 5).
+    WebhookRedelivered,
 }
 
 /// A node of a cluster, for `nodes` (and the last line of `status`).
@@ -316,6 +318,7 @@ impl AuditAction {
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
             AuditAction::LabelLimitSet => "label_limit_set",
+            AuditAction::WebhookRedelivered => "webhook_redelivered",
         }
     }
 }

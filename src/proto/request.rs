@@ -468,6 +468,18 @@ pub enum Req {
         /// The webhook's id.
         id: String,
     },
+    /// Version 5: sends one event the webhook was already given (at or
+    /// before its delivered cursor, still in the outbox) once more, signed
+    /// anew; audited (`WebhookRedelivered`). Answered with `Deliveries`:
+    /// the one attempt.
+    RedeliverWebhook {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+        /// The event's cursor.
+        event: u64,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -610,7 +622,8 @@ impl Req {
             | Req::ListWebhooks { org }
             | Req::RemoveWebhook { org, .. }
             | Req::RotateWebhookSecret { org, .. }
-            | Req::WebhookDeliveries { org, .. } => Some(org),
+            | Req::WebhookDeliveries { org, .. }
+            | Req::RedeliverWebhook { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }

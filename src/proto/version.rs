@@ -135,7 +135,8 @@ fn since(req: &Req) -> u16 {
         | Req::ListWebhooks { .. }
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. }
-        | Req::WebhookDeliveries { .. } => 5,
+        | Req::WebhookDeliveries { .. }
+        | Req::RedeliverWebhook { .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -189,6 +190,7 @@ mod tests {
             MachineExpired,
             PolicyChanged,
             LabelLimitSet,
+            WebhookRedelivered,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();

@@ -134,7 +134,8 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
         | Req::ListWebhooks { .. }
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. }
-        | Req::WebhookDeliveries { .. }) => super::webhooks::answer(call, req).await,
+        | Req::WebhookDeliveries { .. }
+        | Req::RedeliverWebhook { .. }) => super::webhooks::answer(call, req).await,
         Req::KillSession { org, session } => {
             call.shared.ops.kill(call.c(), &org, session).await.map(|()| call.forget(session, Resp::Killed))
         }
