@@ -74,6 +74,7 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::SetSubscription { .. }
         | Req::SetUserLimit { .. }
         | Req::SetMachinePolicy { .. }
+        | Req::SetPoolAlerts { .. }
         | Req::SetLabelLimit { .. }
         | Req::AddWebhook { .. }
         | Req::RemoveWebhook { .. }

@@ -51,11 +51,13 @@ pub enum AuditAction {
     LabelLimitSet,
     /// An event was sent again to a webhook on request (`webhook redeliver`).
     WebhookRedelivered,
+    /// A pool's alerts were set (`pool set --queue-alert`, `--busy-alert`).
+    AlertsSet,
 }
 
 impl AuditAction {
     /// Every action, in the order of the encoding.
-    pub const ALL: [AuditAction; 18] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::OrgCreated,
         AuditAction::QuotaChanged,
         AuditAction::UserAdded,
@@ -74,6 +76,7 @@ impl AuditAction {
         AuditAction::PolicyChanged,
         AuditAction::LabelLimitSet,
         AuditAction::WebhookRedelivered,
+        AuditAction::AlertsSet,
     ];
 
     /// Lowercase name for listings.
@@ -97,6 +100,7 @@ impl AuditAction {
             AuditAction::PolicyChanged => "policy_changed",
             AuditAction::LabelLimitSet => "label_limit_set",
             AuditAction::WebhookRedelivered => "webhook_redelivered",
+            AuditAction::AlertsSet => "alerts_set",
         }
     }
 }

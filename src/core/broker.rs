@@ -125,6 +125,8 @@ pub struct PoolSample {
     pub activated: u32,
     /// Machines released unused since the pool was created (differences, too).
     pub expired: u64,
+    /// Busy minutes in a row that are told of (`core::alerts`; none: not told).
+    pub busy_minutes: Option<u32>,
 }
 
 /// The broker core.
@@ -765,6 +767,7 @@ impl Broker {
                     assigned,
                     activated: bound + offline,
                     expired: p.expired(),
+                    busy_minutes: p.alerts().busy_minutes,
                 }
             })
             .collect();

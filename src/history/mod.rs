@@ -19,6 +19,7 @@
 //! A restart loses the history of the minute it happened in (the core's
 //! counters and seat time do not lose it: they are checkpointed).
 
+mod busy;
 mod db;
 pub mod export;
 pub mod filter;
@@ -140,6 +141,8 @@ struct State {
     harvested_to: Option<u64>,
     /// Each pool's refusal counts and queue joins at the last harvest.
     denied: std::collections::HashMap<(OrgName, PoolId), (Vec<u64>, u64, u64)>,
+    /// Each pool's run of busy minutes (`busy`).
+    busy: busy::Runs,
 }
 
 /// Ended sessions the channel holds: about two seconds at the write rate.
@@ -202,11 +205,14 @@ impl History {
     pub fn record(&self, h: Harvest, now: Millis, sessions: Vec<Ended>, durable: bool) -> Result<(), DbError> {
         // Relaxed: a statistic.
         self.dropped_minutes.fetch_add(h.dropped, Ordering::Relaxed);
-        let minutes = {
+        let (minutes, turns) = {
             let mut state = self.state.lock();
-            rollup(&h, now, &mut state)
+            let minutes = rollup(&h, now, &mut state);
+            let turns = busy::turns(&mut state.busy, &minutes, &h.pools, minute_of(now), now);
+            (minutes, turns)
         };
         self.refusals(&minutes, now);
+        self.tell(turns);
         let sessions = sessions.into_iter().map(row_of).collect();
         self.db.write(&db::Batch { minutes, sessions }, durable)
     }
@@ -220,6 +226,16 @@ impl History {
     /// Refusal events that found the queue full (aggregated already: counted, not queued).
     pub fn events_dropped(&self) -> u64 {
         self.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Queues `events` for the outbox; never waits (a full queue counts them).
+    fn tell(&self, events: Vec<crate::core::Event>) {
+        let Some(tx) = self.events.lock().clone() else { return };
+        for e in events {
+            if tx.try_send(e).is_err() {
+                self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// One `pool.refused` event per row that refused admissions; never waits.

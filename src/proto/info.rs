@@ -253,6 +253,8 @@ pub enum AuditAction {
     LabelLimitSet,
     /// An event was sent again to a webhook on request (version 5).
     WebhookRedelivered,
+    /// A pool's alerts were set (version 5).
+    AlertsSet,
 }
 
 /// A node of a cluster, for `nodes` (and the last line of `status`).
@@ -319,6 +321,7 @@ impl AuditAction {
             AuditAction::PolicyChanged => "policy_changed",
             AuditAction::LabelLimitSet => "label_limit_set",
             AuditAction::WebhookRedelivered => "webhook_redelivered",
+            AuditAction::AlertsSet => "alerts_set",
         }
     }
 }

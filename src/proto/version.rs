@@ -136,7 +136,8 @@ fn since(req: &Req) -> u16 {
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. }
         | Req::WebhookDeliveries { .. }
-        | Req::RedeliverWebhook { .. } => 5,
+        | Req::RedeliverWebhook { .. }
+        | Req::SetPoolAlerts { .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -191,6 +192,7 @@ mod tests {
             PolicyChanged,
             LabelLimitSet,
             WebhookRedelivered,
+            AlertsSet,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();

@@ -158,6 +158,10 @@ async fn act(call: &Call<'_>, req: Req) -> Reply {
             let idle = machine_idle_ms.map(std::time::Duration::from_millis);
             done(ops.set_policy(c, (&org, pool), crate::core::Policy { idle, ephemeral }).await)
         }
+        Req::SetPoolAlerts { org, pool, queue_alert_ms, busy_minutes } => {
+            let queue_wait = queue_alert_ms.map(std::time::Duration::from_millis);
+            done(ops.set_alerts(c, (&org, pool), crate::core::Alerts { queue_wait, busy_minutes }).await)
+        }
         Req::SetSubscription { org, subscription_end } => {
             done(ops.set_subscription(c, &org, parse_end_of_date(&subscription_end)?).await)
         }

@@ -104,6 +104,7 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::PolicyChanged => proto::AuditAction::PolicyChanged,
             A::LabelLimitSet => proto::AuditAction::LabelLimitSet,
             A::WebhookRedelivered => proto::AuditAction::WebhookRedelivered,
+            A::AlertsSet => proto::AuditAction::AlertsSet,
         }
     }
 }
