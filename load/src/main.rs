@@ -181,6 +181,9 @@ struct Args {
     /// dashboard: days of minute history to seed.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
     days: u64,
+    /// webhooks: rounds of the interleaved arms (none, 10 webhooks, a slow receiver).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
+    rounds: u64,
     /// failover: how many times the serving node is killed.
     #[arg(long, default_value_t = 20)]
     kills: usize,
@@ -344,7 +347,7 @@ async fn own_harness(a: &Args, p: &Params) -> Option<Result<bool>> {
             Err(e) => return Some(Err(e)),
         },
         Scenario::Preflight => (preflight::run(a.quota.unwrap_or(20)), None),
-        Scenario::Webhooks => match webhooks::run(p).await {
+        Scenario::Webhooks => match webhooks::run(p, a.rounds as usize).await {
             Ok(report) => (report, None),
             Err(e) => return Some(Err(e)),
         },

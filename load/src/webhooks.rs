@@ -36,9 +36,6 @@ const HOOKS: usize = 10;
 /// How often an act makes an event while the churn runs.
 const ACT_EVERY: Duration = Duration::from_millis(100);
 
-/// Rounds of the interleaved arms.
-const ROUNDS: usize = 3;
-
 /// The default churn rate, pairs/s: well under a shared 2-core machine's
 /// ceiling, so CPU per pair is not the cost of falling behind.
 const RATE: f64 = 20_000.0;
@@ -58,15 +55,16 @@ struct ArmRun {
     delivered: usize,
 }
 
-pub async fn run(p: &Params) -> Result<Report> {
+/// Runs the measures; the arms `rounds` times, interleaved.
+pub async fn run(p: &Params, rounds: usize) -> Result<Report> {
     let before = machine::Before::now();
     let mut r = Report::new("webhooks", "broker");
     let rate = p.rate.unwrap_or(RATE);
     r.param("rate_pairs_per_s", rate);
     r.param("duration_s", p.duration.as_secs_f64());
-    r.param("rounds", ROUNDS);
+    r.param("rounds", rounds);
     latency(p, &mut r).await?;
-    arms(p, rate, &mut r).await?;
+    arms(p, rate, rounds, &mut r).await?;
     let events = p.runners.max(1) as u64;
     eprintln!("webhooks: the outbox's size for {events} events");
     let bytes = outbox_bytes(events)?;
@@ -119,11 +117,11 @@ async fn latency(p: &Params, r: &mut Report) -> Result<()> {
 }
 
 /// The three arms, interleaved round by round; medians reported.
-async fn arms(p: &Params, rate: f64, r: &mut Report) -> Result<()> {
+async fn arms(p: &Params, rate: f64, rounds: usize, r: &mut Report) -> Result<()> {
     let mut runs: Vec<(Arm, ArmRun)> = Vec::new();
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         for arm in [Arm::None, Arm::TenHooks, Arm::SlowReceiver] {
-            eprintln!("webhooks: round {}/{ROUNDS}, {arm:?}, churn at {rate} pairs/s", round + 1);
+            eprintln!("webhooks: round {}/{rounds}, {arm:?}, churn at {rate} pairs/s", round + 1);
             runs.push((arm, arm_run(p, rate, arm).await?));
         }
     }
