@@ -56,7 +56,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::Events { wait_ms: 0, .. }
         | Req::ListWebhooks { .. }
         | Req::WebhookDeliveries { .. } => 8,
-        Req::Events { .. } => return None,
+        // Both wait: on a first event, on a receiver's answer.
+        Req::Events { .. } | Req::RedeliverWebhook { .. } => return None,
         Req::CreateOrg { .. }
         | Req::SetPool { .. }
         | Req::AddUser { .. }
@@ -73,6 +74,7 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::SetSubscription { .. }
         | Req::SetUserLimit { .. }
         | Req::SetMachinePolicy { .. }
+        | Req::SetPoolAlerts { .. }
         | Req::SetLabelLimit { .. }
         | Req::AddWebhook { .. }
         | Req::RemoveWebhook { .. }

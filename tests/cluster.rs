@@ -10,8 +10,10 @@
 //! cuts of a node's link to etcd (`partition`). And the client's side of
 //! a redirect to a node that does not answer, against stand-in nodes; and
 //! an org's reports over the history of every node that served it
-//! (`peer_history`).
+//! (`peer_history`); and a failover with webhook deliveries pending
+//! (`cluster_webhooks`).
 
+mod cluster_webhooks;
 mod cut;
 mod etcd_members;
 mod partition;
@@ -95,6 +97,8 @@ fn spawn_process(
         // A lease must outlast a failover (about 2.5 s) after its last
         // heartbeat (a third of a TTL before): 6 s does, with room.
         .args(["--lease-ttl", "6s", "--restart-grace", "500ms"])
+        // Webhooks to the tests' receivers on loopback (`cluster_webhooks`).
+        .args(["--webhook-allow-private"])
         .args(if history { &[][..] } else { &["--no-history"][..] })
         .stdout(Stdio::piped())
         // Each node's log, appended across restarts, for a failure's post-mortem.

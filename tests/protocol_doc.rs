@@ -166,6 +166,8 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("RemoveWebhook", Req::RemoveWebhook { org: org.clone(), id: "x".into() }),
         ("RotateWebhookSecret", Req::RotateWebhookSecret { org: org.clone(), id: "x".into() }),
         ("WebhookDeliveries", Req::WebhookDeliveries { org: org.clone(), id: "x".into() }),
+        ("RedeliverWebhook", Req::RedeliverWebhook { org: org.clone(), id: "x".into(), event: 1 }),
+        ("SetPoolAlerts", Req::SetPoolAlerts { org: org.clone(), pool: p, queue_alert_ms: None, busy_minutes: None }),
     ];
     for (name, req) in &reqs {
         let n = variant(req);

@@ -103,7 +103,7 @@ impl BrokerRun {
 /// shape at full speed, then paced at `pace` (or half that shape's rate),
 /// then handshakes.
 async fn broker_run(bin: &Path, p: &Params, pace: Option<f64>) -> Result<BrokerRun> {
-    let target = Target::spawn_from(bin, p.lease_ttl, p.broker_workers, true, false)?;
+    let target = Target::spawn_from(bin, p.lease_ttl, p.broker_workers, true, false, &[])?;
     let churn = scenarios::churn(&target, p).await?;
     let pairs_per_s = churn.throughput["pairs_per_s"];
     // Latency is measured with shallower pipelining (16 in flight), at half

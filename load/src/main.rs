@@ -15,6 +15,7 @@ mod lists;
 mod machine;
 mod preflight;
 mod queue;
+mod receiver;
 mod redis_sem;
 mod report;
 mod restart;
@@ -22,6 +23,7 @@ mod scenarios;
 mod scrape;
 mod target;
 mod web;
+mod webhooks;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +89,12 @@ enum Scenario {
     /// (a pure replay, no broker): the estimate against the wait each
     /// queued job then got, for a pool of --quota seats (default 20).
     Preflight,
+    /// Webhooks (spawned brokers, receivers on loopback): event → receiver
+    /// p50/p99; broker CPU per pair at a fixed rate (--rate, 20,000) with
+    /// 10 webhooks subscribed to everything vs none, and the acquire p99
+    /// with a receiver that answers in 10 s (interleaved rounds); the
+    /// outbox's size on disk per million events.
+    Webhooks,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -121,7 +129,8 @@ struct Args {
     /// Orgs to spread churn over (4), or to scrape (10,000).
     #[arg(long)]
     orgs: Option<usize>,
-    /// Simulated runners (steady, burst, die, restart; waiters in queue).
+    /// Simulated runners (steady, burst, die, restart; waiters in queue;
+    /// webhooks: events written for the outbox's size, 1,000,000).
     #[arg(long)]
     runners: Option<usize>,
     /// Pool quota (burst).
@@ -172,6 +181,9 @@ struct Args {
     /// dashboard: days of minute history to seed.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
     days: u64,
+    /// webhooks: rounds of the interleaved arms (none, 10 webhooks, a slow receiver).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
+    rounds: u64,
     /// failover: how many times the serving node is killed.
     #[arg(long, default_value_t = 20)]
     kills: usize,
@@ -245,6 +257,8 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Restart => 100_000,
         Scenario::Failover => 1_000,
         Scenario::Lists => 1_000_000,
+        // webhooks: the events written for the outbox's size.
+        Scenario::Webhooks => 1_000_000,
         _ => 10_000,
     });
     let p = Params {
@@ -307,7 +321,7 @@ async fn run(a: Args) -> Result<bool> {
                 scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
             scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
         }
-        Scenario::Compare | Scenario::EchoServer | Scenario::Failover | Scenario::Preflight => {
+        Scenario::Compare | Scenario::EchoServer | Scenario::Failover | Scenario::Preflight | Scenario::Webhooks => {
             unreachable!("handled above")
         }
     };
@@ -318,9 +332,10 @@ async fn run(a: Args) -> Result<bool> {
 /// The scenarios that bring their own servers (or none): their outcome,
 /// or `None` for one that runs against a broker.
 async fn own_harness(a: &Args, p: &Params) -> Option<Result<bool>> {
-    let own = matches!(a.scenario, Scenario::Compare | Scenario::Failover | Scenario::Preflight);
+    let own = matches!(a.scenario, Scenario::Compare | Scenario::Failover | Scenario::Preflight | Scenario::Webhooks);
     if own && a.server.is_some() {
-        return Some(Err(anyhow::anyhow!("compare, failover and preflight always bring their own servers (or none)")));
+        let why = "compare, failover, preflight and webhooks always bring their own servers (or none)";
+        return Some(Err(anyhow::anyhow!(why)));
     }
     let (report, summary) = match a.scenario {
         Scenario::Compare => match compare::run(p, a.baseline.as_deref()).await {
@@ -332,6 +347,10 @@ async fn own_harness(a: &Args, p: &Params) -> Option<Result<bool>> {
             Err(e) => return Some(Err(e)),
         },
         Scenario::Preflight => (preflight::run(a.quota.unwrap_or(20)), None),
+        Scenario::Webhooks => match webhooks::run(p, a.rounds as usize).await {
+            Ok(report) => (report, None),
+            Err(e) => return Some(Err(e)),
+        },
         _ => return None,
     };
     emit(&report, a.json, summary);

@@ -75,7 +75,13 @@ impl Target {
     /// from one address and would only measure the limits).
     /// `http`: also serve `/metrics` on a free loopback port.
     pub fn spawn_with(lease_ttl: Duration, workers: Option<usize>, lift: bool, http: bool) -> Result<Target> {
-        Target::spawn_from(&broker_binary()?, lease_ttl, workers, lift, http)
+        Target::spawn_from(&broker_binary()?, lease_ttl, workers, lift, http, &[])
+    }
+
+    /// As `spawn`, with `extra` arguments to `serve` (`webhooks`:
+    /// `--webhook-allow-private`, for receivers on loopback).
+    pub fn spawn_extra(lease_ttl: Duration, workers: Option<usize>, extra: &[&str]) -> Result<Target> {
+        Target::spawn_from(&broker_binary()?, lease_ttl, workers, true, false, extra)
     }
 
     /// As `spawn_with`, from the broker binary `bin` (`compare --baseline`
@@ -86,6 +92,7 @@ impl Target {
         workers: Option<usize>,
         lift: bool,
         http: bool,
+        extra: &[&str],
     ) -> Result<Target> {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -117,7 +124,7 @@ impl Target {
             }
             false => None,
         };
-        for a in base.into_iter().chain(lifted.iter().copied()) {
+        for a in base.into_iter().chain(lifted.iter().copied()).chain(extra.iter().copied()) {
             args.push(a.into());
         }
         let mut child = start(bin, &args)?;

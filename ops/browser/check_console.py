@@ -1,5 +1,7 @@
 """The license console in headless Chromium, clicked through as the seed's
-Owner would (grant, revoke, offline license, machine, members, keys) and
+Owner would (grant, revoke, offline license, machine, members, keys,
+webhooks: a receiver here verifies the deliveries with the secret the page
+showed once) and
 then as a User (no management control; a forged POST answers 403). Every
 step asserts what the person sees, and what the broker says through the
 CLI (`status --json`, `offline verify`). Saves a screenshot of each page
@@ -10,11 +12,15 @@ usage: check_console.py BASE_URL OPERATOR_KEY OWNER_KEY USER_KEY CLI SHOTS [CHRO
 """
 import csv
 import filecmp
+import hashlib
+import hmac
+import http.server
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -165,6 +171,71 @@ def members_and_keys(page):
     print("members and keys ok")
 
 
+class Hooks(http.server.BaseHTTPRequestHandler):
+    """A webhook receiver on loopback: keeps each request's headers and body."""
+    got = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        Hooks.got.append((dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def delivered(secret, detail):
+    """The delivery whose detail holds `detail`, checked as docs/EVENTS.md says."""
+    for _ in range(200):
+        for headers, body in Hooks.got:
+            if detail in json.loads(body)["data"].get("detail", ""):
+                ts = headers["webhook-timestamp"]
+                mine = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+                if not any(hmac.compare_digest(s[3:], mine) for s in headers["webhook-signature"].split()):
+                    fail(f"a delivery's signature does not verify with the secret shown: {headers}")
+                return json.loads(body)
+        time.sleep(0.05)
+    fail(f"no delivery with {detail!r}; got {len(Hooks.got)}")
+
+
+def webhooks(page):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    page.go(f"{BASE}{ORG}/webhooks", "/webhooks")
+    page.fill("#hook-url", url)
+    page.fill("#hook-events", "audit.*")
+    page.click("form[action$='/webhooks/add'] button", "/webhooks/add", "Add webhook")
+    secret = page.text("#secret-value").strip()
+    if not secret.startswith("whsec_"):
+        fail(f"no secret shown: {secret!r}")
+    hook = note(page).split()[1]
+    time.sleep(1.5)  # the delivery task starts within a second
+    cli("user add --org default hooked@x.io")
+    event = delivered(secret, "user=hooked@x.io")
+    page.go(f"{BASE}{ORG}/webhooks?deliveries={hook}", "/webhooks")
+    if event["id"] not in page.text("#deliveries") or "200" not in page.text("#deliveries"):
+        fail(f"recent deliveries do not show {event['id']} taken: {page.text('#deliveries')!r}")
+    page.screenshot(os.path.join(SHOTS, "console-webhooks.png"))
+    page.click(f"#webhooks form[action$='/rotate']:has(input[value='{hook}']) button", "/webhooks/rotate", "New secret")
+    rotated = page.text("#secret-value").strip()
+    if not rotated.startswith("whsec_") or rotated == secret:
+        fail(f"no new secret shown: {rotated!r}")
+    page.go(f"{BASE}{ORG}/webhooks", "/webhooks")
+    if page.count("#secret-value"):
+        fail("a secret is shown again")
+    time.sleep(1.5)  # the task restarts with the new secret
+    cli("user add --org default rotated@x.io")
+    delivered(rotated, "user=rotated@x.io")
+    page.click(f"#webhooks form[action$='/remove']:has(input[value='{hook}']) button", "note=", "Remove")
+    if f"Webhook {hook} was removed" not in note(page) or page.count("#webhooks tbody tr"):
+        fail(f"removing webhook {hook}: {note(page)!r}")
+    server.shutdown()
+    print("webhooks ok: added (secret shown once), delivered and verified, new secret, removed")
+
+
 def utilization(page, downloads):
     page.go(f"{BASE}{ORG}/usage?preset=7d", "/usage")
     page.fill("#f-user", "u@x.io")
@@ -230,6 +301,8 @@ def as_user(page):
         fail(f"a User's grant with their own valid CSRF token answered {code}, not 403")
     if page.js(f"fetch('{ORG}/members').then(r => r.status)") != 403:
         fail("a User may read the members page")
+    if page.js(f"fetch('{ORG}/webhooks').then(r => r.status)") != 403:
+        fail("a User may read the webhooks page")
     page.go(f"{BASE}{ORG}/usage?preset=today", "/usage")
     if page.count("svg.usage") != 1 or page.count("#export, #sessions tbody tr") != 0:
         fail("a User's utilization page should chart the totals and list no one's sessions")
@@ -251,6 +324,7 @@ def main():
         offline_license(chrome.page, downloads)
         deactivate(chrome.page)
         members_and_keys(chrome.page)
+        webhooks(chrome.page)
         utilization(chrome.page, downloads)
         as_user(chrome.page)
         print(f"console ok; screenshots in {SHOTS}")

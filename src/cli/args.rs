@@ -230,7 +230,7 @@ pub(super) enum PoolCmd {
         #[arg(long, conflicts_with_all = ["product", "kind", "term"])]
         pool: Option<PoolId>,
         /// Licenses bought.
-        #[arg(long, required_unless_present_any = ["machine_idle", "ephemeral"])]
+        #[arg(long, required_unless_present_any = ["machine_idle", "ephemeral", "queue_alert", "busy_alert"])]
         quota: Option<u32>,
         /// Release a machine after this long with no session, activation,
         /// offline license or queued runner (e.g. 7d), or `forever` (the
@@ -241,6 +241,16 @@ pub(super) enum PoolCmd {
         /// last session. Sets the machine policy whole, with `--machine-idle`.
         #[arg(long)]
         ephemeral: bool,
+        /// Owner/Admin too: tell of a runner queued this long (e.g. 5m; an
+        /// event, `queue.wait_exceeded`), or `off`. Sets the pool's alerts
+        /// whole, with `--busy-alert`.
+        #[arg(long, value_parser = parse_alert)]
+        queue_alert: Option<Alert>,
+        /// Owner/Admin too: tell when the pool is at 90 % or more for this
+        /// long (whole minutes, e.g. 10m; `pool.busy`, and `pool.busy_ended`
+        /// once back under 80 %), or `off`. Sets the alerts whole.
+        #[arg(long, value_parser = parse_alert)]
+        busy_alert: Option<Alert>,
     },
     /// Owner/Admin: cap how many sessions one member (`--user`), or the
     /// sessions carrying a job label (`--label`), may hold at once in a
@@ -463,6 +473,17 @@ fn parse_idle(s: &str) -> Result<Idle, String> {
     match s {
         "forever" => Ok(Idle(None)),
         _ => humantime::parse_duration(s).map(|d| Idle(Some(d))).map_err(|e| e.to_string()),
+    }
+}
+
+/// A pool alert's threshold; `off`: none.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Alert(pub Option<Duration>);
+
+fn parse_alert(s: &str) -> Result<Alert, String> {
+    match s {
+        "off" => Ok(Alert(None)),
+        _ => humantime::parse_duration(s).map(|d| Alert(Some(d))).map_err(|e| e.to_string()),
     }
 }
 

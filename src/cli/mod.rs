@@ -6,6 +6,7 @@
 //! is one request to the broker) → `output` (how answers are printed) →
 //! `exit` (every exit code the command line documents).
 
+mod alerts;
 mod args;
 mod check;
 mod config;

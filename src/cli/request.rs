@@ -179,10 +179,13 @@ async fn org(c: &Client, cmd: OrgCmd) -> Result<()> {
 
 async fn pool(c: &Client, cmd: PoolCmd) -> Result<()> {
     match cmd {
-        PoolCmd::Set { org, product, kind, term, pool, quota, machine_idle, ephemeral } => {
+        PoolCmd::Set { org, product, kind, term, pool, quota, machine_idle, ephemeral, queue_alert, busy_alert } => {
             let pool = pool.unwrap_or(PoolId { product, kind, term });
             if let Some(quota) = quota {
                 change(c.set_pool(&org, pool, quota), |()| format!("pool {org}/{pool}: quota {quota}")).await?;
+            }
+            if queue_alert.is_some() || busy_alert.is_some() {
+                super::alerts::set(c, &org, pool, queue_alert.and_then(|a| a.0), busy_alert.and_then(|a| a.0)).await?;
             }
             if machine_idle.is_none() && !ephemeral {
                 return Ok(());

@@ -1,4 +1,4 @@
-//! `license-broker webhook add|list|remove|rotate-secret|deliveries`: an
+//! `license-broker webhook add|list|remove|rotate-secret|deliveries|redeliver`: an
 //! org's webhooks (docs/EVENTS.md), one request each over QUIC (protocol
 //! version 5). The secret is printed once, by `add` and `rotate-secret`.
 
@@ -60,6 +60,20 @@ pub enum WebhookCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sends one event the webhook was given already once more (audited);
+    /// prints the attempt: status, latency, error.
+    Redeliver {
+        /// The org.
+        #[arg(long)]
+        org: OrgName,
+        /// The webhook's id.
+        #[arg(long)]
+        id: String,
+        /// The delivery's event, as `webhook deliveries` shows it
+        /// (`ORG/CURSOR`), or its cursor.
+        #[arg(long, alias = "event")]
+        delivery: String,
+    },
 }
 
 impl WebhookCmd {
@@ -70,7 +84,8 @@ impl WebhookCmd {
             | WebhookCmd::List { org, .. }
             | WebhookCmd::Remove { org, .. }
             | WebhookCmd::RotateSecret { org, .. }
-            | WebhookCmd::Deliveries { org, .. } => org,
+            | WebhookCmd::Deliveries { org, .. }
+            | WebhookCmd::Redeliver { org, .. } => org,
         }
     }
 }
@@ -94,8 +109,25 @@ pub async fn request(c: &Client, cmd: WebhookCmd) -> Result<()> {
             println!("webhook {id}: new secret: {secret}\n(shown once; the old secret signs no more)");
         }
         WebhookCmd::Deliveries { org, id, json } => deliveries(c, &org, &id, json).await?,
+        WebhookCmd::Redeliver { org, id, delivery } => {
+            let d = c.redeliver_webhook(&org, &id, event_cursor(&org, &delivery)?).await?;
+            match d.error.is_empty() {
+                true => println!("{} redelivered to webhook {id}: {} in {} ms", d.event, d.status, d.latency_ms),
+                false => anyhow::bail!("{} not redelivered to webhook {id}: {}", d.event, d.error),
+            }
+        }
     }
     Ok(())
+}
+
+/// The cursor `delivery` names: `ORG/CURSOR` (of this org) or `CURSOR`.
+fn event_cursor(org: &OrgName, delivery: &str) -> Result<u64> {
+    let cursor = match delivery.rsplit_once('/') {
+        Some((o, c)) if o == org.as_str() => c,
+        Some((o, _)) => anyhow::bail!("event {delivery} is org {o}'s, not {org}'s"),
+        None => delivery,
+    };
+    cursor.parse().map_err(|_| anyhow::anyhow!("--delivery takes ORG/CURSOR or CURSOR, not {delivery:?}"))
 }
 
 async fn list(c: &Client, org: &OrgName, json: bool) -> Result<()> {

@@ -195,4 +195,19 @@ impl Client {
         })
         .await
     }
+
+    /// Owner/Admin/operator: sets a pool's alerts whole (none: off).
+    pub async fn set_pool_alerts(
+        &self,
+        org: &OrgName,
+        pool: PoolId,
+        queue_alert: Option<std::time::Duration>,
+        busy_minutes: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let queue_alert_ms = queue_alert.map(|d| d.as_millis() as u64);
+        match self.call(Req::SetPoolAlerts { org: org.clone(), pool, queue_alert_ms, busy_minutes }).await? {
+            Resp::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
 }

@@ -72,4 +72,18 @@ impl Client {
             other => unexpected(other),
         }
     }
+
+    /// Owner/Admin/operator: sends the event at cursor `event` to a webhook
+    /// once more; the attempt.
+    pub async fn redeliver_webhook(
+        &self,
+        org: &OrgName,
+        id: &str,
+        event: u64,
+    ) -> Result<crate::proto::DeliveryInfo, ClientError> {
+        match self.call(Req::RedeliverWebhook { org: org.clone(), id: id.into(), event }).await? {
+            Resp::Deliveries(mut v) if v.len() == 1 => Ok(v.remove(0)),
+            other => unexpected(other),
+        }
+    }
 }

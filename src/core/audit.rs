@@ -49,11 +49,15 @@ pub enum AuditAction {
     PolicyChanged,
     /// An Owner or Admin capped (or uncapped) the sessions carrying a label.
     LabelLimitSet,
+    /// An event was sent again to a webhook on request (`webhook redeliver`).
+    WebhookRedelivered,
+    /// A pool's alerts were set (`pool set --queue-alert`, `--busy-alert`).
+    AlertsSet,
 }
 
 impl AuditAction {
     /// Every action, in the order of the encoding.
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 19] = [
         AuditAction::OrgCreated,
         AuditAction::QuotaChanged,
         AuditAction::UserAdded,
@@ -71,6 +75,8 @@ impl AuditAction {
         AuditAction::MachineExpired,
         AuditAction::PolicyChanged,
         AuditAction::LabelLimitSet,
+        AuditAction::WebhookRedelivered,
+        AuditAction::AlertsSet,
     ];
 
     /// Lowercase name for listings.
@@ -93,6 +99,8 @@ impl AuditAction {
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
             AuditAction::LabelLimitSet => "label_limit_set",
+            AuditAction::WebhookRedelivered => "webhook_redelivered",
+            AuditAction::AlertsSet => "alerts_set",
         }
     }
 }

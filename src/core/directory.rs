@@ -282,6 +282,12 @@ impl Directory {
                 let _ = p.set_label_cap(key, value, *max);
             }
             Change::Put(Record::Ceiling { seats, .. }) => p.set_ceiling(*seats),
+            Change::Put(Record::PoolAlerts { queue_wait_ms, busy_minutes, .. }) => {
+                p.set_alerts(super::alerts::Alerts {
+                    queue_wait: queue_wait_ms.map(std::time::Duration::from_millis),
+                    busy_minutes: *busy_minutes,
+                })
+            }
             _ => {}
         }
     }
@@ -303,6 +309,7 @@ fn pool_of(change: &Change) -> Option<(&OrgName, PoolId)> {
             | Record::SeatTime { org, pool, .. }
             | Record::UserLimit { org, pool, .. }
             | Record::LabelLimit { org, pool, .. }
+            | Record::PoolAlerts { org, pool, .. }
             | Record::Ceiling { org, pool, .. },
         )
         | Change::RemoveMachine { org, pool, .. }

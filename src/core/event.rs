@@ -67,6 +67,58 @@ pub enum EventBody {
         /// The notice: 14, 7 or 1.
         days: u32,
     },
+    /// A runner has waited in a pool's queue past the pool's queue alert
+    /// (told once per wait, as the threshold passes).
+    QueueWait(QueueWait),
+    /// A pool was busy (at least `alerts::BUSY_PERCENT` of its quota on
+    /// average) for its busy alert's minutes in a row, or is back (a
+    /// minute under `alerts::CALM_PERCENT`).
+    PoolBusy {
+        /// The pool.
+        pool: PoolId,
+        /// Busy (true) or back (false).
+        busy: bool,
+        /// The run's first busy minute (Unix minutes).
+        since: u64,
+        /// The minute that decided it.
+        minute: u64,
+        /// That minute's mean use, in percent of the quota.
+        level: u32,
+        /// The pool's quota then.
+        quota: u32,
+    },
+    /// A cluster node began serving the org: taken over (its previous
+    /// node gone, or none known) or handed on to it by a node still live.
+    /// Told by the node now serving it.
+    OrgMoved {
+        /// The node now serving it.
+        node: String,
+        /// The node that served it before, if this node saw it.
+        previous: Option<String>,
+        /// Handed on by a live node (true), or taken over (false).
+        handed: bool,
+        /// The claim's fence: one per move.
+        fence: i64,
+    },
+}
+
+/// A runner waiting in a queue past its pool's alert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueWait {
+    /// The pool.
+    pub pool: PoolId,
+    /// The machine it waits on.
+    pub machine: MachineId,
+    /// The user whose key it waits with.
+    pub user: Email,
+    /// The runner's nonce (with `joined`, names the wait).
+    pub nonce: u128,
+    /// When it joined the queue.
+    pub joined: Millis,
+    /// The pool's queue alert then, in ms.
+    pub threshold_ms: u64,
+    /// The job's labels.
+    pub labels: Vec<(String, String)>,
 }
 
 /// The notices before a subscription ends, in days, latest first.
@@ -105,6 +157,11 @@ impl Event {
             EventBody::SubscriptionEnding { .. } => "subscription.ending".to_string(),
             EventBody::Refused { .. } => "pool.refused".to_string(),
             EventBody::MachineLimit { .. } => "machine.limit_reached".to_string(),
+            EventBody::QueueWait(_) => "queue.wait_exceeded".to_string(),
+            EventBody::PoolBusy { busy: true, .. } => "pool.busy".to_string(),
+            EventBody::PoolBusy { busy: false, .. } => "pool.busy_ended".to_string(),
+            EventBody::OrgMoved { handed: true, .. } => "cluster.org_handed_on".to_string(),
+            EventBody::OrgMoved { handed: false, .. } => "cluster.org_taken".to_string(),
         }
     }
 
@@ -117,6 +174,11 @@ impl Event {
             EventBody::SubscriptionEnding { end, days } => format!("subscription:{}:{:x}:{days}", self.org, end.0),
             EventBody::Refused { pool, minute, .. } => format!("refused:{}:{pool}:{minute}", self.org),
             EventBody::MachineLimit { pool, minute, .. } => format!("machine_limit:{}:{pool}:{minute}", self.org),
+            EventBody::QueueWait(w) => format!("queue_wait:{}:{}:{:x}:{:x}", self.org, w.pool, w.nonce, w.joined.0),
+            EventBody::PoolBusy { pool, busy, since, .. } => {
+                format!("{}:{}:{pool}:{since}", if *busy { "busy" } else { "busy_ended" }, self.org)
+            }
+            EventBody::OrgMoved { fence, .. } => format!("org_moved:{}:{fence}", self.org),
         }
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod alerts;
 pub mod audit;
 pub mod availability;
 pub mod broker;
@@ -51,11 +52,12 @@ mod tests_queue;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Claimant, Target, Ticket, Waited};
+pub use alerts::Alerts;
 pub use availability::{wait_estimate, Availability};
 pub use broker::{Broker, Checkpointed, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};
-pub use event::{event_key, subscription_notice, Event, EventBody, LeaseLost};
+pub use event::{event_key, subscription_notice, Event, EventBody, LeaseLost, QueueWait};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OfflineWindow, OFFLINE_MAX_DAYS};
 pub use machines::Expired;

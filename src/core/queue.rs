@@ -48,6 +48,16 @@ impl Place {
         self
     }
 
+    /// The pool's queue alert: how long a wait is told of, if at all.
+    pub fn queue_alert(&self) -> Option<std::time::Duration> {
+        self.pool.alerts().queue_wait
+    }
+
+    /// The org and pool of the queue.
+    pub fn pool(&self) -> (&super::id::OrgName, super::pool::PoolId) {
+        (&self.pool.org, self.pool.id)
+    }
+
     /// Leaves the queue. False if the waiter was no longer in it: its seat
     /// was granted (and is being, or was, delivered).
     pub fn leave(&self) -> bool {

@@ -267,6 +267,17 @@ pub enum Record {
         /// The notice, in days.
         days: u32,
     },
+    /// A pool's alerts (`core::alerts`); none: not alerted on.
+    PoolAlerts {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// A runner queued this long is told of, in ms.
+        queue_wait_ms: Option<u64>,
+        /// Busy this many minutes in a row, the pool is told of.
+        busy_minutes: Option<u32>,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -381,6 +392,7 @@ impl Record {
             Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
             Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
             Record::SubscriptionNotice { org, .. } => (Table::Counters, format!("{org}/subscription-notice")),
+            Record::PoolAlerts { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/alerts")),
         }
     }
 }
@@ -406,7 +418,8 @@ impl Record {
             | Record::EphemeralMachine { org, .. }
             | Record::PoolPolicy { org, .. }
             | Record::LastUses { org, .. }
-            | Record::LabelLimit { org, .. } => Some(org),
+            | Record::LabelLimit { org, .. }
+            | Record::PoolAlerts { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Event(e) => Some(&e.org),

@@ -125,6 +125,20 @@ impl Broker {
         Ok(vec![Change::Put(Record::Webhook(Webhook { secret, ..hook }))])
     }
 
+    /// Plans the audit line of a redelivery of the event at cursor `seq`
+    /// to `org`'s webhook `id`: only an event it was already given (at or
+    /// before its delivered cursor; later ones come in order anyway).
+    pub fn plan_redeliver(&self, p: &Principal, org: &OrgName, id: &str, seq: u64, now: Millis) -> Result<Vec<Change>> {
+        let view = self.webhook(p, org, id)?;
+        if seq == 0 || seq > view.delivered {
+            let why =
+                format!("event {org}/{seq} is not delivered to webhook {id} yet (its cursor: {})", view.delivered);
+            return Err(Error::invalid("event", why));
+        }
+        let detail = format!("webhook={id} event={org}/{seq}");
+        Ok(vec![self.audit(org, p, super::AuditAction::WebhookRedelivered, detail, now)])
+    }
+
     /// `org`'s webhooks, secrets blanked, by id.
     pub fn webhooks(&self, p: &Principal, org: &OrgName) -> Result<Vec<WebhookView>> {
         self.require_webhook_admin(p, org)?;

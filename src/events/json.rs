@@ -61,6 +61,31 @@ fn data(body: &EventBody) -> Value {
             "machine": machine.as_str(),
             "minute": format_utc(crate::core::Millis(minute * 60_000)),
         }),
+        EventBody::QueueWait(w) => json!({
+            "pool": w.pool.to_string(),
+            "machine": w.machine.as_str(),
+            "user": w.user.as_str(),
+            "joined": format_utc(w.joined),
+            "joined_ms": w.joined.0,
+            "threshold_ms": w.threshold_ms,
+            "labels": w.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        }),
+        EventBody::PoolBusy { pool, since, minute, level, quota, .. } => json!({
+            "pool": pool.to_string(),
+            "since": format_utc(crate::core::Millis(since * 60_000)),
+            "since_ms": since * 60_000,
+            "minute": format_utc(crate::core::Millis(minute * 60_000)),
+            "minute_ms": minute * 60_000,
+            "percent": level,
+            "quota": quota,
+        }),
+        EventBody::OrgMoved { node, previous, fence, .. } => {
+            let mut v = json!({ "node": node, "fence": fence });
+            if let Some(p) = previous {
+                v["previous"] = json!(p);
+            }
+            v
+        }
         EventBody::SubscriptionEnding { end, days } => json!({
             "last_day": crate::core::format_end_date(*end),
             "ends": format_utc(*end),

@@ -23,6 +23,7 @@
 //! harvest into rows, `task` runs the harvests and writes, `period` names
 //! the granularities and their retention.
 
+mod busy;
 mod db;
 pub mod export;
 pub mod filter;
@@ -149,11 +150,14 @@ impl History {
     pub fn record(&self, h: Harvest, now: Millis, sessions: Vec<Ended>, durable: bool) -> Result<(), DbError> {
         // Relaxed: a statistic.
         self.dropped_minutes.fetch_add(h.dropped, Ordering::Relaxed);
-        let minutes = {
+        let (minutes, turns) = {
             let mut state = self.state.lock();
-            rollup(&h, now, &mut state)
+            let minutes = rollup(&h, now, &mut state);
+            let turns = busy::turns(&mut state.busy, &minutes, &h.pools, minute_of(now), now);
+            (minutes, turns)
         };
         self.refusals(&minutes, now);
+        self.tell(turns);
         let sessions = sessions.into_iter().map(row_of).collect();
         self.db.write(&db::Batch { minutes, sessions }, durable)
     }
@@ -167,6 +171,16 @@ impl History {
     /// Refusal events that found the queue full (aggregated already: counted, not queued).
     pub fn events_dropped(&self) -> u64 {
         self.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Queues `events` for the outbox; never waits (a full queue counts them).
+    fn tell(&self, events: Vec<crate::core::Event>) {
+        let Some(tx) = self.events.lock().clone() else { return };
+        for e in events {
+            if tx.try_send(e).is_err() {
+                self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 
     /// One `pool.refused` event per row that refused admissions; never waits.

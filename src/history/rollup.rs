@@ -15,6 +15,8 @@ pub(super) struct State {
     pub(super) harvested_to: Option<u64>,
     /// Each pool's refusal counts and queue joins at the last harvest.
     denied: std::collections::HashMap<(OrgName, PoolId), (Vec<u64>, u64, u64)>,
+    /// Each pool's run of busy minutes (`busy`).
+    pub(super) busy: super::busy::Runs,
 }
 
 pub(super) fn row_of(e: Ended) -> (String, u64, EndedRow) {

@@ -38,6 +38,11 @@ pub(super) struct Placer {
     first_seen: HashMap<(String, i64), Instant>,
     /// The last read of the nodes and claims, and etcd's revision before it.
     last_read: Option<(i64, ClusterRead)>,
+    /// Who held each claimed org at the last pass, and the nodes live at
+    /// this one: whom an org taken now comes from, and whether that node
+    /// handed it on (still live) or is gone (`cluster.*` events).
+    owners: HashMap<String, String>,
+    live: Vec<String>,
 }
 
 /// The live nodes (and their leases) and every org's claim, as read.
@@ -67,6 +72,8 @@ impl Placer {
             orgs_read: None,
             first_seen: HashMap::new(),
             last_read: None,
+            owners: HashMap::new(),
+            live: Vec::new(),
         }
     }
 
@@ -83,7 +90,9 @@ impl Placer {
         };
         running.drop_orgs(self.lost(before, &seen.claims)).await;
         let claimed = self.claim_wanted(&seen).await;
+        self.live = seen.live.clone();
         let took = self.adopt(running, claimed).await;
+        self.owners = seen.claims.iter().map(|(org, c)| (org.clone(), c.owner.node.clone())).collect();
         let gave = self.give(running, &seen).await;
         (took, gave)
     }
@@ -250,6 +259,16 @@ impl Placer {
         Some((read, true))
     }
 
+    /// The event of `org` taken by this node under `fence`: from whom (if
+    /// this node saw its claim), handed on by a node still live or taken
+    /// over from one gone.
+    fn moved(&self, org: &OrgName, fence: i64) -> crate::core::Event {
+        let previous = self.owners.get(org.as_str()).filter(|n| **n != self.me.node).cloned();
+        let handed = previous.as_ref().is_some_and(|n| self.live.contains(n));
+        let body = crate::core::EventBody::OrgMoved { node: self.me.node.clone(), previous, handed, fence };
+        crate::core::Event { org: org.clone(), seq: 0, at: crate::core::Millis(now_ms()), body }
+    }
+
     /// Loads the records of orgs just claimed and serves them; on etcd
     /// trouble gives the claims back (another pass, here or elsewhere,
     /// takes them again). Returns the orgs now served.
@@ -268,10 +287,11 @@ impl Placer {
                     running.adopt(&org, records);
                     if let Some(fence) = fences.get(&org) {
                         self.fences.set(&org, *fence);
-                        took.push(org);
+                        took.push((org, *fence));
                     }
                 }
-                took
+                running.tell(took.iter().map(|(org, fence)| self.moved(org, *fence)).collect()).await;
+                took.into_iter().map(|(org, _)| org).collect()
             }
             failed => {
                 let why = match failed {
@@ -287,4 +307,10 @@ impl Placer {
             }
         }
     }
+}
+
+/// The wall clock in Unix milliseconds (the node has no broker clock of
+/// its own; an event's time is informative).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -63,7 +63,18 @@ impl Operations {
         self.mutate(|core| core.plan_set_pool(c.p, org, pool, quota, c.now)).await
     }
 
-    /// Sets a pool's machine policy (operator).
+    /// Sets a pool's alerts (Owner, Admin, the operator).
+    pub async fn set_alerts(
+        &self,
+        c: Caller<'_>,
+        (org, pool): (&OrgName, PoolId),
+        alerts: crate::core::Alerts,
+    ) -> Result<(), WireError> {
+        self.mutate(|core| core.plan_set_alerts(c.p, org, pool, alerts, c.now)).await
+    }
+
+    /// Operator: sets a pool's machine policy (idle limit, ephemeral
+    /// registrations); wakes the machine task.
     pub async fn set_policy(
         &self,
         c: Caller<'_>,

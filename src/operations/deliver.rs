@@ -139,15 +139,7 @@ async fn deliver(
     let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
     let first = Instant::now();
     loop {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(ops.delivery.timeout, attempt(ops, view, e, body.clone())).await;
-        let outcome = outcome.unwrap_or_else(|_| Err((0, "no answer in time".to_string())));
-        let (status, error) = match outcome {
-            Ok(status) => (status, String::new()),
-            Err(failed) => failed,
-        };
-        let latency_ms = started.elapsed().as_millis() as u64;
-        health.attempted(Attempt { event: e.id(), at: ops.clock.now(), status, latency_ms, error: error.clone() });
+        let error = once(ops, view, health, e, body.clone()).await.error;
         if error.is_empty() {
             health.set_failing(false);
             return true;
@@ -161,6 +153,20 @@ async fn deliver(
             _ = stop.changed() => return false,
         }
     }
+}
+
+/// One attempt, bounded by `Settings::timeout`, recorded in `health`.
+pub(super) async fn once(ops: &Operations, view: &WebhookView, health: &Health, e: &Event, body: Bytes) -> Attempt {
+    let (at, started) = (ops.clock.now(), Instant::now());
+    let outcome = tokio::time::timeout(ops.delivery.timeout, attempt(ops, view, e, body)).await;
+    let (status, error) = match outcome.unwrap_or_else(|_| Err((0, "no answer in time".to_string()))) {
+        Ok(status) => (status, String::new()),
+        Err(failed) => failed,
+    };
+    let latency_ms = started.elapsed().as_millis() as u64;
+    let a = Attempt { event: e.id(), at, status, latency_ms, error };
+    health.attempted(a.clone());
+    a
 }
 
 /// One request: resolved, checked, signed and sent; the status if 2xx.

@@ -152,6 +152,16 @@ impl Operations {
         }
     }
 
+    /// Queues `queue.wait_exceeded` for a runner waiting in `org`'s queue
+    /// past its pool's alert. Never waits.
+    pub fn waited_long(&self, org: &OrgName, w: crate::core::QueueWait) {
+        let at = crate::core::Millis(w.joined.0 + w.threshold_ms);
+        let event = Event { org: org.clone(), seq: 0, at, body: crate::core::EventBody::QueueWait(w) };
+        if self.queued.try_send(event).is_err() {
+            self.queued_dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// Leases lost and minutes of refusals that got no event (the queue
     /// was full, or the write failed).
     pub fn events_dropped(&self) -> u64 {
@@ -185,8 +195,9 @@ pub async fn write_queued(ops: std::sync::Arc<Operations>, mut stop: tokio::sync
     }
 }
 
-/// One batch of events into the outbox, off the async threads.
-async fn append(ops: &Operations, events: Vec<Event>) {
+/// One batch of events into the outbox, off the async threads (a
+/// failure is logged and counted in `events_dropped`).
+pub async fn append(ops: &Operations, events: Vec<Event>) {
     let n = events.len() as u64;
     let (store, outbox, seat) = (ops.store.clone(), ops.outbox.clone(), ops.cluster.clone());
     let fence = move |org: &OrgName| seat.as_ref().and_then(|s| s.fence(org));

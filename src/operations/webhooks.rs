@@ -1,12 +1,13 @@
 //! The webhooks' acts (docs/EVENTS.md): add, list, remove, rotate the
-//! secret, recent deliveries; an org's Owners and Admins, and the
+//! secret, recent deliveries, redeliver one event; an org's Owners and Admins, and the
 //! operator for every org (the core's `require_webhook_admin`). A URL the
 //! broker may not call is refused here, when it is added, as well as at
 //! every delivery (`events::target`). Delivering is `deliver`'s, off every
 //! request path: these only change records and read the health board.
 
 use super::{random_failure, store_failure, Caller, Operations};
-use crate::core::{OrgName, Secret, Webhook, WebhookView};
+use crate::core::{Event, OrgName, Secret, Webhook, WebhookView};
+use crate::events::hooks::Attempt;
 use crate::events::{sign, target};
 use crate::proto::{DeliveryInfo, ErrorCode, WebhookInfo, WireError};
 
@@ -56,17 +57,37 @@ impl Operations {
     /// A webhook's recent attempts, oldest first.
     pub fn webhook_deliveries(&self, c: Caller<'_>, org: &OrgName, id: &str) -> Result<Vec<DeliveryInfo>, WireError> {
         self.core.webhook(c.p, org, id)?;
-        let recent = self.hooks.of(org, id).recent();
-        Ok(recent
-            .into_iter()
-            .map(|a| DeliveryInfo {
-                event: a.event,
-                at_ms: a.at.0,
-                status: a.status,
-                latency_ms: a.latency_ms,
-                error: a.error,
-            })
-            .collect())
+        Ok(self.hooks.of(org, id).recent().into_iter().map(delivery_info).collect())
+    }
+
+    /// Sends the event at cursor `seq` to `org`'s webhook `id` once more
+    /// (one attempt, bounded by the delivery timeout, out of the webhook's
+    /// order), after auditing it; the attempt, also among its recent ones.
+    /// Only an event it was given already and the outbox still keeps, of a
+    /// type its filters take.
+    pub async fn redeliver_webhook(
+        &self,
+        c: Caller<'_>,
+        org: &OrgName,
+        id: &str,
+        seq: u64,
+    ) -> Result<DeliveryInfo, WireError> {
+        self.core.webhook(c.p, org, id)?;
+        let event = self.event_at(org, seq).await?;
+        let hook = self.core.webhooks_to_deliver().into_iter().find(|v| v.hook.org == *org && v.hook.id == id);
+        let hook = hook.ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("no webhook {id}")))?;
+        if !hook.hook.wants(&event.kind()) {
+            let why = format!(
+                "webhook {id} does not take {} events (its filters: {})",
+                event.kind(),
+                hook.hook.events.join(",")
+            );
+            return Err(WireError::new(ErrorCode::InvalidArgument, why));
+        }
+        self.mutate(|core| core.plan_redeliver(c.p, org, id, seq, c.now)).await?;
+        let body = hyper::body::Bytes::from(crate::events::json::event_json(&event).to_string());
+        let a = super::deliver::once(self, &hook, &self.hooks.of(org, id), &event, body).await;
+        Ok(delivery_info(a))
     }
 
     /// How many webhooks are failing (for `/metrics`).
@@ -90,6 +111,17 @@ impl Operations {
         }
     }
 
+    /// `org`'s event at cursor `seq`, off the async threads (`NOT_FOUND`
+    /// if the outbox does not keep it).
+    async fn event_at(&self, org: &OrgName, seq: u64) -> Result<Event, WireError> {
+        let (store, o) = (self.store.clone(), org.clone());
+        let read = tokio::task::spawn_blocking(move || store.events_after(&o, seq.saturating_sub(1), 1))
+            .await
+            .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?;
+        let found = read.map_err(store_failure)?.0.into_iter().find(|e| e.seq == seq && seq > 0);
+        found.ok_or_else(|| WireError::new(ErrorCode::NotFound, format!("the outbox keeps no event {org}/{seq}")))
+    }
+
     /// The cursor of `org`'s newest event, off the async threads.
     async fn events_last(&self, org: &OrgName) -> Result<u64, WireError> {
         let (store, org) = (self.store.clone(), org.clone());
@@ -98,4 +130,9 @@ impl Operations {
             .map_err(|e| WireError::new(ErrorCode::Internal, e.to_string()))?
             .map_err(store_failure)
     }
+}
+
+/// An attempt as the wire carries it.
+fn delivery_info(a: Attempt) -> DeliveryInfo {
+    DeliveryInfo { event: a.event, at_ms: a.at.0, status: a.status, latency_ms: a.latency_ms, error: a.error }
 }

@@ -251,6 +251,10 @@ pub enum AuditAction {
     /// The sessions carrying a label were capped or uncapped in a pool
     /// (version 5).
     LabelLimitSet,
+    /// An event was sent again to a webhook on request (version 6).
+    WebhookRedelivered,
+    /// A pool's alerts were set (version 6).
+    AlertsSet,
 }
 
 /// A node of a cluster, for `nodes` (and the last line of `status`).
@@ -316,6 +320,8 @@ impl AuditAction {
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
             AuditAction::LabelLimitSet => "label_limit_set",
+            AuditAction::WebhookRedelivered => "webhook_redelivered",
+            AuditAction::AlertsSet => "alerts_set",
         }
     }
 }

@@ -468,6 +468,31 @@ pub enum Req {
         /// The webhook's id.
         id: String,
     },
+    /// Version 6: sends one event the webhook was already given (at or
+    /// before its delivered cursor, still in the outbox) once more, signed
+    /// anew; audited (`WebhookRedelivered`). Answered with `Deliveries`:
+    /// the one attempt.
+    RedeliverWebhook {
+        /// The org.
+        org: OrgName,
+        /// The webhook's id.
+        id: String,
+        /// The event's cursor.
+        event: u64,
+    },
+    /// Version 6: a pool's alerts, set whole (docs/EVENTS.md,
+    /// `queue.wait_exceeded`, `pool.busy`); none: not alerted on. Owners
+    /// and Admins of the org, or the operator. Answered with `Done`.
+    SetPoolAlerts {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// A runner queued this long is told of, in ms (1 s to 1 day).
+        queue_alert_ms: Option<u64>,
+        /// Busy this many minutes in a row, the pool is told of (1 to 1440).
+        busy_minutes: Option<u32>,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -610,7 +635,9 @@ impl Req {
             | Req::ListWebhooks { org }
             | Req::RemoveWebhook { org, .. }
             | Req::RotateWebhookSecret { org, .. }
-            | Req::WebhookDeliveries { org, .. } => Some(org),
+            | Req::WebhookDeliveries { org, .. }
+            | Req::RedeliverWebhook { org, .. }
+            | Req::SetPoolAlerts { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }

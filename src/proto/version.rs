@@ -144,6 +144,7 @@ fn since(req: &Req) -> u16 {
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. }
         | Req::WebhookDeliveries { .. } => 5,
+        Req::RedeliverWebhook { .. } | Req::SetPoolAlerts { .. } => 6,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -197,6 +198,8 @@ mod tests {
             MachineExpired,
             PolicyChanged,
             LabelLimitSet,
+            WebhookRedelivered,
+            AlertsSet,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();

@@ -134,7 +134,8 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
         | Req::ListWebhooks { .. }
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. }
-        | Req::WebhookDeliveries { .. }) => super::webhooks::answer(call, req).await,
+        | Req::WebhookDeliveries { .. }
+        | Req::RedeliverWebhook { .. }) => super::webhooks::answer(call, req).await,
         Req::KillSession { org, session } => {
             call.shared.ops.kill(call.c(), &org, session).await.map(|()| call.forget(session, Resp::Killed))
         }
@@ -156,6 +157,10 @@ async fn act(call: &Call<'_>, req: Req) -> Reply {
         Req::SetMachinePolicy { org, pool, machine_idle_ms, ephemeral } => {
             let idle = machine_idle_ms.map(std::time::Duration::from_millis);
             done(ops.set_policy(c, (&org, pool), crate::core::Policy { idle, ephemeral }).await)
+        }
+        Req::SetPoolAlerts { org, pool, queue_alert_ms, busy_minutes } => {
+            let queue_wait = queue_alert_ms.map(std::time::Duration::from_millis);
+            done(ops.set_alerts(c, (&org, pool), crate::core::Alerts { queue_wait, busy_minutes }).await)
         }
         Req::SetSubscription { org, subscription_end } => {
             done(ops.set_subscription(c, &org, parse_end_of_date(&subscription_end)?).await)

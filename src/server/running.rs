@@ -292,6 +292,12 @@ impl Running {
         seats
     }
 
+    /// Writes `events` (facts of the cluster, as an org taken) to their
+    /// orgs' outboxes, numbered as any; a failure is logged and counted.
+    pub async fn tell(&self, events: Vec<crate::core::Event>) {
+        crate::operations::events::append(&self.shared.ops, events).await
+    }
+
     /// In a cluster, before handing `orgs` on: their ceilings written down
     /// to the sessions held, then `unfence` (`checkpoint::hand_on`).
     pub async fn write_down(&self, orgs: &[OrgName], unfence: impl FnOnce()) -> usize {

@@ -21,7 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::handler::{Call, Reply};
 use super::ConnCtx;
 use super::Shared;
-use crate::core::{Claimant, ConnId, Denial, Grant, KeyHash, Labels, Nonce, Place, Target, Waited};
+use crate::core::{
+    Claimant, ConnId, Denial, Email, Grant, KeyHash, Labels, Millis, Nonce, Place, QueueWait, Target, Waited,
+};
 use crate::proto::{ErrorCode, Notice, Version, WireError};
 
 /// Encoded answers a stream writes when they come (late `Checkout` answers).
@@ -99,6 +101,8 @@ pub(super) async fn start(call: &Call<'_>, req: WaitReq, late: &Late) -> Option<
         shared: call.shared.clone(),
         ctx: call.ctx.clone(),
         key: call.key,
+        user: call.p.email.clone(),
+        joined: call.now,
         proto: call.proto,
         req,
         late: late.clone(),
@@ -124,6 +128,9 @@ struct Waiter {
     ctx: Arc<ConnCtx>,
     /// The caller's key, to check it again when the seat comes.
     key: KeyHash,
+    /// Who waits and since when, for the queue alert's event.
+    user: Email,
+    joined: Millis,
     proto: Version,
     req: WaitReq,
     late: Late,
@@ -132,14 +139,24 @@ struct Waiter {
 impl Waiter {
     async fn run(self, mut held: Held, _slot: Slot) {
         let wait = self.req.wait;
-        let grant = {
+        let deadline = tokio::time::Instant::now() + wait;
+        // The pool's queue alert, read once: told of as it passes, if the wait is longer.
+        let mut alert = held.place.queue_alert().filter(|a| *a < wait);
+        let grant = loop {
             // Invariant: `rx` is taken only below, after this borrow ends.
             let rx = held.rx.as_mut().expect("receiver held until the grant");
+            let overdue = async {
+                match alert {
+                    Some(a) => tokio::time::sleep(a).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                g = rx => g.ok(),
-                _ = tokio::time::sleep(wait) => None,
+                g = rx => break g.ok(),
+                _ = tokio::time::sleep_until(deadline) => break None,
                 // The stream is gone (its connection closed): give up the place.
                 _ = self.late.closed() => return,
+                _ = overdue => self.overdue(alert.take()),
             }
         };
         let grant = match grant {
@@ -159,6 +176,23 @@ impl Waiter {
             Some(grant) => self.claim(grant),
         };
         self.answer(reply).await;
+    }
+
+    /// Tells that this runner has waited past its pool's queue alert (once:
+    /// the caller took the alert). Never waits (`Operations::waited_long`).
+    fn overdue(&self, alert: Option<Duration>) {
+        let Some(alert) = alert else { return };
+        let t = &self.req.target;
+        let w = QueueWait {
+            pool: t.pool,
+            machine: t.machine.clone(),
+            user: self.user.clone(),
+            nonce: self.req.nonce.0,
+            joined: self.joined,
+            threshold_ms: alert.as_millis() as u64,
+            labels: self.req.labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        self.shared.ops.waited_long(&t.org, w);
     }
 
     /// Turns the granted seat into the runner's session (the rules are

@@ -19,6 +19,9 @@ pub(super) async fn answer(call: &Call<'_>, req: Req) -> Reply {
             Ok(Resp::WebhookAdded { id, secret })
         }
         Req::WebhookDeliveries { org, id } => ops.webhook_deliveries(c, &org, &id).map(Resp::Deliveries),
+        Req::RedeliverWebhook { org, id, event } => {
+            ops.redeliver_webhook(c, &org, &id, event).await.map(|d| Resp::Deliveries(vec![d]))
+        }
         other => Err(WireError::new(ErrorCode::Internal, format!("request {other:?} routed to the webhooks"))),
     }
 }

@@ -103,6 +103,8 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::MachineExpired => proto::AuditAction::MachineExpired,
             A::PolicyChanged => proto::AuditAction::PolicyChanged,
             A::LabelLimitSet => proto::AuditAction::LabelLimitSet,
+            A::WebhookRedelivered => proto::AuditAction::WebhookRedelivered,
+            A::AlertsSet => proto::AuditAction::AlertsSet,
         }
     }
 }

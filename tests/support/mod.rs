@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 pub mod http;
+pub mod receiver;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -55,6 +55,8 @@ pub struct PoolSample {
     pub activated: u32,
     /// Machines released unused since the pool was created (differences, too).
     pub expired: u64,
+    /// Busy minutes in a row that are told of (`core::alerts`; none: not told).
+    pub busy_minutes: Option<u32>,
 }
 
 impl Broker {
@@ -134,6 +136,7 @@ impl Broker {
                     assigned,
                     activated: bound + offline,
                     expired: p.expired(),
+                    busy_minutes: p.alerts().busy_minutes,
                 }
             })
             .collect();

@@ -126,6 +126,12 @@ pub struct Pool {
     /// only by admin requests and activations, which the shell serialises,
     /// so a plain lock.
     licensing: Mutex<Licensing>,
+    /// A queued runner's wait that is told of, in ms (0: none): read once
+    /// per queued runner, after it joined (`core::alerts`).
+    queue_alert_ms: AtomicU64,
+    /// Busy minutes in a row that are told of (0: none): read by the
+    /// history's harvest.
+    busy_minutes: AtomicU32,
 }
 
 /// A pool's seat word and the history's extremes of it, on one cache line:
@@ -182,6 +188,26 @@ impl Pool {
             denied: Mutex::new([0; Denial::ALL.len()]),
             queued: AtomicU64::new(0),
             licensing: Mutex::new(Licensing::default()),
+            queue_alert_ms: AtomicU64::new(0),
+            busy_minutes: AtomicU32::new(0),
+        }
+    }
+
+    /// Sets the pool's alerts.
+    pub fn set_alerts(&self, alerts: super::alerts::Alerts) {
+        let ms = alerts.queue_wait.map_or(0, |d| d.as_millis() as u64);
+        // Relaxed: settings read on their own; no other memory depends on them.
+        self.queue_alert_ms.store(ms, Ordering::Relaxed);
+        self.busy_minutes.store(alerts.busy_minutes.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// The pool's alerts.
+    pub fn alerts(&self) -> super::alerts::Alerts {
+        let ms = self.queue_alert_ms.load(Ordering::Relaxed);
+        let n = self.busy_minutes.load(Ordering::Relaxed);
+        super::alerts::Alerts {
+            queue_wait: (ms > 0).then(|| std::time::Duration::from_millis(ms)),
+            busy_minutes: (n > 0).then_some(n),
         }
     }
 

@@ -16,8 +16,8 @@
 //! Pages: `licenses` (License Management, per pool), `offline` (create,
 //! confirm, download), `members` (members, keys, per-user caps), `usage`
 //! (License Utilization: filters, session time per license type, the
-//! ended sessions, Export), `operator` (orgs, pools and quotas,
-//! subscriptions).
+//! ended sessions, Export), `webhooks` (add, new secret, remove, recent
+//! deliveries), `operator` (orgs, pools and quotas, subscriptions).
 //! Templates live in `templates/` (askama: escaped unless marked safe).
 
 // A refusal here is the page to answer with; handlers return it as is,
@@ -35,6 +35,7 @@ mod members;
 mod offline;
 mod operator;
 mod usage;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -68,6 +69,10 @@ pub(super) fn routes() -> Router<Arc<Web>> {
         .route("/org/{org}/keys/create", post(members::create_key))
         .route("/org/{org}/keys/revoke", post(members::revoke_key))
         .route("/org/{org}/limits", post(members::set_limit))
+        .route("/org/{org}/webhooks", get(webhooks::page))
+        .route("/org/{org}/webhooks/add", post(webhooks::add))
+        .route("/org/{org}/webhooks/rotate", post(webhooks::rotate))
+        .route("/org/{org}/webhooks/remove", post(webhooks::remove))
         .route("/org/{org}/usage", get(usage::page))
         .route("/orgs", get(operator::page))
         .route("/orgs/create", post(operator::create))
