@@ -76,7 +76,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::SetLabelLimit { .. }
         | Req::AddWebhook { .. }
         | Req::RemoveWebhook { .. }
-        | Req::RotateWebhookSecret { .. } => 9,
+        | Req::RotateWebhookSecret { .. }
+        | Req::SetReservation { .. } => 9,
     })
 }
 

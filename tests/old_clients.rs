@@ -294,7 +294,28 @@ async fn member_answers(b: &TestBroker, owner: &Client, v: u16) {
     later_requests(&mut o, v).await;
     user_limit(&mut o, owner, v).await;
     label_limit(&mut o, owner, v).await;
+    reservation(&mut o, owner, v).await;
     audit(&mut o, v).await;
+}
+
+/// Reserved seats: version 5's requests alone; an older stream gets
+/// `BAD_FRAME` for them, and their audit lines as `QuotaChanged`.
+async fn reservation(o: &mut Raw, owner: &Client, v: u16) {
+    let pool = PoolId::KRE_DEFAULT;
+    let set = |seats| Req::SetReservation { org: org(), pool, key: "pipeline".into(), value: "release".into(), seats };
+    let list = Req::List { of: ListOf::Reservations { org: org() }, after: None, limit: 10 };
+    match v {
+        1..=4 => {
+            o.refused(set(1), code::BAD_FRAME).await;
+            o.refused(list, code::BAD_FRAME).await;
+            owner.set_reservation((&org(), pool), ("pipeline", "release"), 1).await.unwrap();
+        }
+        _ => {
+            o.ok(set(1), "Done").await;
+            o.ok(list, "Page").await;
+        }
+    }
+    owner.set_reservation((&org(), pool), ("pipeline", "release"), 0).await.unwrap();
 }
 
 /// Offline licenses: made, listed, and refused three ways.
@@ -437,6 +458,8 @@ async fn audit(o: &mut Raw, v: u16) {
     assert_eq!(kinds("policy_changed"), [policy], "{trail:?}");
     let label = if v < 5 { "quota_changed" } else { "label_limit_set" };
     assert_eq!(kinds("label_limit_set"), [label], "{trail:?}");
+    let reserved = if v < 5 { "quota_changed" } else { "seats_reserved" };
+    assert_eq!(kinds("seats_reserved"), [reserved], "{trail:?}");
 }
 
 /// `SessionKilled` (a fixture's Debug name) as `session_killed`.

@@ -3,7 +3,7 @@
 use super::{Client, ClientError};
 use crate::proto::{
     AuditEntry, GrantInfo, KeyInfo, LabelLimitInfo, MachineInfo, MachineUseInfo, OfflineInfo, OrgInfo, PoolState,
-    PoolStatus, SessionView, UserInfo, UserLimitInfo,
+    PoolStatus, ReservationInfo, SessionView, UserInfo, UserLimitInfo,
 };
 use crate::proto::{Cursor, ListOf, PageItems, Req, Resp, SessionToken, WhatIfReport};
 use crate::value::{Labels, MachineId, Millis, Nonce, OrgName, PoolId, Role, SessionId};
@@ -332,6 +332,30 @@ impl Client {
             Resp::Done => Ok(()),
             other => unexpected(other),
         }
+    }
+
+    /// Owner/Admin: reserves `seats` seats of a pool for the sessions
+    /// carrying `key=value` (0: removes the reservation).
+    pub async fn set_reservation(
+        &self,
+        (org, pool): (&OrgName, PoolId),
+        (key, value): (&str, &str),
+        seats: u32,
+    ) -> Result<(), ClientError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        match self.call(Req::SetReservation { org: org.clone(), pool, key, value, seats }).await? {
+            Resp::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// A member: the reservations of the org's pools.
+    pub async fn reservations(&self, org: &OrgName) -> Result<Vec<ReservationInfo>, ClientError> {
+        self.all(ListOf::Reservations { org: org.clone() }, |i| match i {
+            PageItems::Reservations(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 
     /// Owner/Admin: a pool's label caps.

@@ -49,11 +49,14 @@ pub enum AuditAction {
     PolicyChanged,
     /// An Owner or Admin capped (or uncapped) the sessions carrying a label.
     LabelLimitSet,
+    /// An Owner or Admin reserved seats of a pool for a job label (or
+    /// removed the reservation).
+    SeatsReserved,
 }
 
 impl AuditAction {
     /// Every action, in the order of the encoding.
-    pub const ALL: [AuditAction; 17] = [
+    pub const ALL: [AuditAction; 18] = [
         AuditAction::OrgCreated,
         AuditAction::QuotaChanged,
         AuditAction::UserAdded,
@@ -71,6 +74,7 @@ impl AuditAction {
         AuditAction::MachineExpired,
         AuditAction::PolicyChanged,
         AuditAction::LabelLimitSet,
+        AuditAction::SeatsReserved,
     ];
 
     /// Lowercase name for listings.
@@ -93,6 +97,7 @@ impl AuditAction {
             AuditAction::MachineExpired => "machine_expired",
             AuditAction::PolicyChanged => "policy_changed",
             AuditAction::LabelLimitSet => "label_limit_set",
+            AuditAction::SeatsReserved => "seats_reserved",
         }
     }
 }

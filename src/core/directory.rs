@@ -282,6 +282,7 @@ impl Directory {
                 let _ = p.set_label_cap(key, value, *max);
             }
             Change::Put(Record::Ceiling { seats, .. }) => p.set_ceiling(*seats),
+            Change::Put(Record::Reservation { key, value, seats, .. }) => p.set_reservation(key, value, *seats),
             _ => {}
         }
     }
@@ -303,6 +304,7 @@ fn pool_of(change: &Change) -> Option<(&OrgName, PoolId)> {
             | Record::SeatTime { org, pool, .. }
             | Record::UserLimit { org, pool, .. }
             | Record::LabelLimit { org, pool, .. }
+            | Record::Reservation { org, pool, .. }
             | Record::Ceiling { org, pool, .. },
         )
         | Change::RemoveMachine { org, pool, .. }

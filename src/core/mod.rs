@@ -28,6 +28,7 @@ pub mod pending;
 pub mod pool;
 pub mod queue;
 pub mod record;
+pub mod reservations;
 pub mod seats;
 pub mod session;
 pub mod table;
@@ -48,6 +49,8 @@ mod tests_labels;
 mod tests_machines;
 #[cfg(all(test, not(broker_loom)))]
 mod tests_queue;
+#[cfg(all(test, not(broker_loom)))]
+mod tests_reservations;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Claimant, Target, Ticket, Waited};

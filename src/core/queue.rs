@@ -22,6 +22,7 @@
 use std::collections::BTreeMap;
 
 use super::error::{Error, Result};
+use super::pool::lanes::Lane;
 use super::pool::Pool;
 use super::seats::SeatCount;
 use crate::sync::Arc;
@@ -109,12 +110,16 @@ pub enum Joined {
     Waiting(Place),
 }
 
-/// The waiters of one pool, in arrival order.
+/// The waiters of one pool, in arrival order, and its reservations.
 #[derive(Default)]
 pub(super) struct WaitQueue {
     /// Arrival number → the waiter.
     waiting: BTreeMap<u64, Waiter>,
     next: u64,
+    /// The pool's reservations by job label (`pool::lanes`): what each
+    /// holds changes under this lock, as the `queued` bit does, since seats
+    /// owed to a reservation are first in line for the next seat freed.
+    pub lanes: Vec<Lane>,
 }
 
 /// One queued runner.
@@ -130,6 +135,11 @@ struct Waiter {
 impl WaitQueue {
     pub fn len(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// Seats owed to reservations (none in a pool without any).
+    fn owed(&self) -> u32 {
+        self.lanes.iter().map(Lane::owed).sum()
     }
 }
 
@@ -175,7 +185,7 @@ impl Pool {
         if q.waiting.remove(&seq).is_none() {
             return false;
         }
-        if q.waiting.is_empty() {
+        if q.waiting.is_empty() && q.owed() == 0 {
             let _ = self.seats.update(|c| Some(SeatCount { queued: false, ..c }));
             // The bit was what held newcomers back from any free seat; they
             // may take one now. Nothing to hand on: the queue is empty.
@@ -199,8 +209,11 @@ impl Pool {
         loop {
             let waiter = {
                 let mut q = self.queue.lock();
+                if !q.lanes.is_empty() && self.fill_lane(&q, &mut spare) {
+                    continue;
+                }
                 let Some(seq) = q.waiting.first_key_value().map(|(&seq, _)| seq) else { break };
-                let last = q.len() == 1;
+                let last = q.len() == 1 && q.owed() == 0;
                 let has_spare = spare.is_some();
                 let taken = self.seats.update(|c| {
                     // A spare seat is already in `in_use`: it may pass on
@@ -224,5 +237,31 @@ impl Pool {
         // Dropped here, a spare seat goes back; the queue was empty or full
         // up, so the release does not come back here for long.
         drop(spare);
+    }
+
+    /// Gives a seat to the first reservation still owed one (they come
+    /// before every waiter): the spare one if there is one, else a free
+    /// one. False if none is owed, or no seat is free.
+    fn fill_lane(&self, q: &WaitQueue, spare: &mut Option<Grant>) -> bool {
+        let Some(lane) = q.lanes.iter().find(|l| l.owed() > 0) else { return false };
+        let ahead = !q.waiting.is_empty() || q.owed() > 1;
+        match spare.take() {
+            // Already counted in `in_use`: it changes hands.
+            Some(grant) => {
+                grant.consume();
+                let _ = self.seats.update(|c| Some(SeatCount { queued: ahead, ..c }));
+            }
+            None => {
+                let taken = self
+                    .seats
+                    .update(|c| (c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, queued: ahead, ..c }));
+                match taken {
+                    Ok(c) => _ = self.rose(c),
+                    Err(_) => return false,
+                }
+            }
+        }
+        let _ = lane.seats.update(|c| Some(SeatCount { limit: c.limit + 1, ..c }));
+        true
     }
 }

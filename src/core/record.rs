@@ -267,6 +267,20 @@ pub enum Record {
         /// The notice, in days.
         days: u32,
     },
+    /// Seats of a pool reserved for the sessions carrying a label
+    /// (`pool::lanes`).
+    Reservation {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Seats reserved; 0: none (the reservation was removed).
+        seats: u32,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -381,6 +395,9 @@ impl Record {
             Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
             Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
             Record::SubscriptionNotice { org, .. } => (Table::Counters, format!("{org}/subscription-notice")),
+            Record::Reservation { org, pool, key, value, .. } => {
+                (Table::Counters, format!("{org}/{pool}/reservation/{key}={value}"))
+            }
         }
     }
 }
@@ -406,7 +423,8 @@ impl Record {
             | Record::EphemeralMachine { org, .. }
             | Record::PoolPolicy { org, .. }
             | Record::LastUses { org, .. }
-            | Record::LabelLimit { org, .. } => Some(org),
+            | Record::LabelLimit { org, .. }
+            | Record::Reservation { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Event(e) => Some(&e.org),

@@ -468,6 +468,22 @@ pub enum Req {
         /// The webhook's id.
         id: String,
     },
+    /// Version 5, Owner/Admin: reserves `seats` seats of a pool for the
+    /// sessions carrying the label `key=value` (0: removes the
+    /// reservation); a pool's reservations add up to at most its quota
+    /// (`INVALID_ARGUMENT` otherwise). Answered with `Done`.
+    SetReservation {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Seats reserved.
+        seats: u32,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -565,6 +581,12 @@ pub enum ListOf {
         /// The pool.
         pool: PoolId,
     },
+    /// Version 5: the reservations of the org's pools:
+    /// `PageItems::Reservations`, by pool, then key, then value. Members.
+    Reservations {
+        /// The org.
+        org: OrgName,
+    },
 }
 
 impl Req {
@@ -610,7 +632,8 @@ impl Req {
             | Req::ListWebhooks { org }
             | Req::RemoveWebhook { org, .. }
             | Req::RotateWebhookSecret { org, .. }
-            | Req::WebhookDeliveries { org, .. } => Some(org),
+            | Req::WebhookDeliveries { org, .. }
+            | Req::SetReservation { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }
@@ -639,7 +662,8 @@ impl ListOf {
             | ListOf::Audit { org }
             | ListOf::UserLimits { org, .. }
             | ListOf::MachineUses { org }
-            | ListOf::LabelLimits { org, .. } => Some(org),
+            | ListOf::LabelLimits { org, .. }
+            | ListOf::Reservations { org } => Some(org),
             ListOf::Usage { org, .. } | ListOf::Ended { org, .. } => Some(org),
             ListOf::Orgs => None,
         }

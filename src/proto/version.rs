@@ -135,7 +135,9 @@ fn since(req: &Req) -> u16 {
         | Req::ListWebhooks { .. }
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. }
-        | Req::WebhookDeliveries { .. } => 5,
+        | Req::WebhookDeliveries { .. }
+        | Req::SetReservation { .. }
+        | Req::List { of: ListOf::Reservations { .. }, .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -189,6 +191,7 @@ mod tests {
             MachineExpired,
             PolicyChanged,
             LabelLimitSet,
+            SeatsReserved,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();

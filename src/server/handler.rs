@@ -175,6 +175,9 @@ async fn act(call: &Call<'_>, req: Req) -> Reply {
         Req::SetLabelLimit { org, pool, key, value, max } => {
             done(ops.set_label_limit(c, (&org, pool), (key, value), max).await)
         }
+        Req::SetReservation { org, pool, key, value, seats } => {
+            done(ops.set_reservation(c, (&org, pool), (key, value), seats).await)
+        }
         Req::SetUserLimit { org, pool, email, max } => {
             done(ops.set_user_limit(c, (&org, pool), &Email::parse_lenient(&email)?, max).await)
         }

@@ -27,6 +27,7 @@ fn code(e: &Error) -> ErrorCode {
         Error::QueueFull { .. } => ErrorCode::QueueFull,
         Error::UserLimit { .. } => ErrorCode::UserLimit,
         Error::LabelLimit { .. } => ErrorCode::LabelLimit,
+        Error::ReservedPastQuota { .. } => ErrorCode::InvalidArgument,
         Error::MachineLimit { .. } => ErrorCode::MachineLimit,
         Error::MachineNotRegistered => ErrorCode::MachineNotRegistered,
         Error::SessionExpired => ErrorCode::SessionExpired,
@@ -103,6 +104,7 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::MachineExpired => proto::AuditAction::MachineExpired,
             A::PolicyChanged => proto::AuditAction::PolicyChanged,
             A::LabelLimitSet => proto::AuditAction::LabelLimitSet,
+            A::SeatsReserved => proto::AuditAction::SeatsReserved,
         }
     }
 }

@@ -103,6 +103,10 @@ pub struct SessionRequest {
     /// (`None` elsewhere, at no allocation): counted for this session as
     /// its cap is.
     pub label_caps: Option<Box<[Arc<Seats>]>>,
+    /// The words of the reservations its labels match, in a pool with
+    /// reservations (`None` elsewhere): its seat is one of theirs if one
+    /// is free, else a shared one.
+    pub reserved: Option<Box<[Arc<Seats>]>>,
     /// The machine's tenure, in a pool that tracks machine use: the
     /// session holds it from admission to its end.
     pub tenure: Option<Arc<Tenure>>,
@@ -310,7 +314,20 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(e);
         }
-        let seat = Self::take_seat(&mut shard, pool, now, seat);
+        // A reserved seat first (a pool without reservations: one branch).
+        let lane = match (&req.reserved, &seat) {
+            (Some(words), SeatFrom::Free | SeatFrom::FreeOrQueue) if pool.open_at(now).is_ok() => {
+                Pool::take_reserved_seat(words)
+            }
+            _ => None,
+        };
+        let seat = match lane {
+            Some(_) => {
+                shard.admit_granted(pool, now);
+                Ok(())
+            }
+            None => Self::take_seat(&mut shard, pool, now, seat),
+        };
         if let Err(e) = seat {
             Self::give_holds(&req);
             self.publish(index, &shard);
@@ -328,6 +345,7 @@ impl SessionTable {
             labels: req.labels,
             cap: req.cap,
             label_caps: req.label_caps,
+            lane,
             tenure: req.tenure,
         };
         // Invariant: the shard has room (checked above, under the same lock).

@@ -50,6 +50,9 @@ pub(super) struct Live {
     pub cap: Option<Arc<super::super::seats::Seats>>,
     /// The caps of its labels it is counted in (see `pool::labels`).
     pub label_caps: Option<Box<[Arc<super::super::seats::Seats>]>>,
+    /// The reservation whose seat it sits on (`pool::lanes`); `None`: a
+    /// shared seat of the pool.
+    pub lane: Option<Arc<super::super::seats::Seats>>,
     /// Its machine's tenure, in a pool that tracks machine use.
     pub tenure: Option<Arc<crate::core::pool::Tenure>>,
 }
@@ -283,7 +286,10 @@ impl Shard {
         let counted = counted.then_some(reason as usize);
         entry.accrual.end(live.started, now, counted, &mut keep(closed, dropped, live.pool));
         let pool = &entry.pool;
-        pool.return_seat();
+        match &live.lane {
+            None => pool.return_seat(),
+            Some(lane) => pool.return_reserved_seat(lane),
+        }
         let org = pool.org.clone();
         let pool = pool.id;
         // The session is gone from the table: its names move into the
@@ -374,7 +380,7 @@ impl Shard {
     }
 
     /// Counts the admission at `now` of a session whose seat the wait
-    /// queue granted (already taken from the seat word).
+    /// queue granted, or a reservation held (already counted in the seat word).
     pub fn admit_granted(&mut self, pool: &Arc<Pool>, now: Millis) {
         let (entry, mut out) = self.entry(pool);
         entry.admitted += 1;

@@ -1,0 +1,152 @@
+//! Seats reserved by job label on a driven clock: who may take them, what
+//! a reservation made on a full pool is owed, what lowering one gives
+//! back, what survives a restart.
+
+use std::time::Duration;
+
+use super::testkit::{t, Fixture};
+use super::*;
+use crate::value::Labels;
+
+const TTL: Duration = Duration::from_secs(30);
+const RELEASE: &[(&str, &str)] = &[("pipeline", "release")];
+
+fn who(nonce: u128, pairs: &[(&str, &str)]) -> Claimant {
+    let labels = Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+    Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels }
+}
+
+fn acquire(w: &Fixture, nonce: u128, pairs: &[(&str, &str)]) -> Result<Lease> {
+    w.broker.acquire_as(&w.owner, &w.target("m"), &who(nonce, pairs), t(0))
+}
+
+fn plan(w: &Fixture, seats: u32) -> Result<Vec<Change>> {
+    let label = ("pipeline".to_string(), "release".to_string());
+    w.broker.plan_set_reservation(&w.owner, (&w.org, PoolId::KRE_DEFAULT), label, seats, t(0))
+}
+
+fn reserve(w: &Fixture, seats: u32) -> Vec<Change> {
+    let changes = plan(w, seats).unwrap();
+    w.apply(Ok(changes.clone()));
+    changes
+}
+
+/// (seats reserved, sessions on them, seats held) of the one reservation.
+fn reservation(w: &Fixture) -> Option<(u32, u32, u32)> {
+    let list = w.broker.reservations(&w.owner, &w.org).unwrap();
+    list.first().map(|(_, r)| (r.seats, r.in_use, r.held))
+}
+
+fn fixture(quota: u32) -> Fixture {
+    let w = Fixture::new(quota, 2, TTL);
+    w.register("m").unwrap();
+    w
+}
+
+#[test]
+fn reserved_seats_go_only_to_sessions_carrying_the_label() {
+    let w = fixture(3);
+    reserve(&w, 2);
+    assert_eq!(reservation(&w), Some((2, 0, 2)));
+    acquire(&w, 1, &[]).unwrap();
+    assert_eq!(acquire(&w, 2, &[("pipeline", "pr")]), Err(Error::QuotaExceeded { quota: 3 }));
+    assert_eq!(w.in_use(), 1, "reserved seats with nobody on them are not in use");
+    let first = acquire(&w, 3, &[("job", "x"), ("pipeline", "release")]).unwrap();
+    assert_eq!(acquire(&w, 3, RELEASE).unwrap().session, first.session, "a retry takes nothing twice");
+    acquire(&w, 4, RELEASE).unwrap();
+    assert_eq!(reservation(&w), Some((2, 2, 2)));
+    assert_eq!(acquire(&w, 5, RELEASE), Err(Error::QuotaExceeded { quota: 3 }), "the shared seat is taken");
+    assert_eq!(w.in_use(), 3);
+    w.broker.release(&w.owner, first.session, t(0)).unwrap();
+    assert_eq!(acquire(&w, 6, &[]), Err(Error::QuotaExceeded { quota: 3 }), "its seat went back to the label");
+    assert_eq!(reservation(&w), Some((2, 1, 2)));
+}
+
+#[test]
+fn a_labelled_session_takes_a_shared_seat_once_its_reservation_is_full() {
+    let w = fixture(3);
+    reserve(&w, 1);
+    let on_reserved = acquire(&w, 1, RELEASE).unwrap();
+    let on_shared = acquire(&w, 2, RELEASE).unwrap();
+    assert_eq!(reservation(&w), Some((1, 1, 1)));
+    w.broker.release(&w.owner, on_shared.session, t(0)).unwrap();
+    acquire(&w, 3, &[]).unwrap();
+    acquire(&w, 4, &[]).unwrap();
+    assert_eq!(acquire(&w, 5, &[]), Err(Error::QuotaExceeded { quota: 3 }));
+    w.broker.release(&w.owner, on_reserved.session, t(0)).unwrap();
+    assert_eq!((w.in_use(), reservation(&w)), (2, Some((1, 0, 1))));
+}
+
+#[test]
+fn reservations_add_up_to_the_quota_at_most_and_only_admins_reserve() {
+    let w = fixture(4);
+    let changes = reserve(&w, 3);
+    assert!(changes
+        .iter()
+        .any(|c| matches!(c, Change::Put(Record::Audit(e)) if e.action == AuditAction::SeatsReserved)));
+    let other = ("team".to_string(), "web".to_string());
+    let past = w.broker.plan_set_reservation(&w.owner, (&w.org, PoolId::KRE_DEFAULT), other, 2, t(0));
+    assert_eq!(past, Err(Error::ReservedPastQuota { quota: 4, reserved: 5 }));
+    assert_eq!(plan(&w, 5), Err(Error::ReservedPastQuota { quota: 4, reserved: 5 }));
+    assert!(plan(&w, 4).is_ok(), "a change replaces the label's own reservation");
+    let member = w.add_member("u@default", Role::User, 9);
+    let label = ("pipeline".to_string(), "release".to_string());
+    let refused = w.broker.plan_set_reservation(&member, (&w.org, PoolId::KRE_DEFAULT), label, 1, t(0));
+    assert!(matches!(refused, Err(Error::Forbidden(_))));
+}
+
+#[test]
+fn a_reservation_on_a_full_pool_is_owed_the_next_seats_before_any_waiter() {
+    let w = fixture(2);
+    let held: Vec<Lease> = (0..2).map(|n| acquire(&w, n, &[]).unwrap()).collect();
+    reserve(&w, 1);
+    assert_eq!(reservation(&w), Some((1, 0, 0)), "nothing free: owed");
+    let (waited, inbox) = w.wait("m", 9, 2, t(0));
+    assert!(matches!(waited, Ok(Waited::Queued(_))));
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
+    assert_eq!(reservation(&w), Some((1, 0, 1)), "the freed seat went to the reservation");
+    assert!(!inbox.has_grant(), "not to the unlabelled waiter");
+    w.broker.release(&w.owner, held[1].session, t(0)).unwrap();
+    assert!(inbox.has_grant(), "the next one goes to the waiter");
+    acquire(&w, 5, RELEASE).unwrap();
+    assert_eq!(w.in_use(), 2);
+}
+
+#[test]
+fn lowering_a_reservation_gives_back_its_free_seats_and_later_those_in_use() {
+    let w = fixture(3);
+    reserve(&w, 3);
+    let on: Vec<Lease> = (0..2).map(|n| acquire(&w, n, RELEASE).unwrap()).collect();
+    assert_eq!(acquire(&w, 5, &[]), Err(Error::QuotaExceeded { quota: 3 }));
+    reserve(&w, 1);
+    assert_eq!(reservation(&w), Some((1, 1, 1)), "the free seat went back; one sits past the new size");
+    acquire(&w, 5, &[]).unwrap();
+    w.broker.release(&w.owner, on[0].session, t(0)).unwrap();
+    acquire(&w, 6, &[]).unwrap();
+    assert_eq!(acquire(&w, 7, &[]), Err(Error::QuotaExceeded { quota: 3 }));
+    reserve(&w, 0);
+    assert_eq!(reservation(&w), None);
+    w.broker.release(&w.owner, on[1].session, t(0)).unwrap();
+    acquire(&w, 7, &[]).unwrap();
+    assert_eq!(w.in_use(), 3, "a removed reservation's last session gave its seat to the pool");
+}
+
+#[test]
+fn a_reservation_survives_a_restart_and_needs_no_ceiling_raise() {
+    let w = fixture(4);
+    let changes = reserve(&w, 2);
+    let again = Fixture::with_ceilings(4, 2, TTL);
+    again.register("m").unwrap();
+    again.broker.apply(&changes, t(0));
+    assert_eq!(reservation(&again), Some((2, 0, 2)));
+    assert!(acquire(&again, 1, RELEASE).is_ok(), "a reserved seat is not behind the ceiling");
+    assert_eq!(acquire(&again, 2, &[]), Err(Error::CeilingReached), "a shared one is");
+    // Shared seats raise the ceiling as usual, up to the quota less the reserved.
+    for n in 2..5 {
+        while acquire(&again, n, &[]) == Err(Error::CeilingReached) {
+            assert!(again.raise().is_some());
+        }
+    }
+    assert_eq!(acquire(&again, 5, &[]), Err(Error::QuotaExceeded { quota: 4 }));
+    assert_eq!(again.in_use(), 3, "one reserved seat is still free for the label");
+}

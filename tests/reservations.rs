@@ -1,0 +1,75 @@
+//! Seats reserved by job label over real QUIC on 127.0.0.1: reserved,
+//! taken only by checkouts carrying the label, listed, audited, kept
+//! across a restart, refused past the quota and to members.
+
+mod support;
+
+use std::time::Duration;
+
+use license_broker::client::{Checkout, Client};
+use license_broker::proto::{AuditAction, ErrorCode, ReservationInfo};
+use license_broker::value::{Labels, MachineId, Role};
+
+use support::{machine, org, start, start_in, POOL};
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+}
+
+fn checkout<'a>(m: &'a MachineId, o: &'a license_broker::value::OrgName, nonce: u128, l: &Labels) -> Checkout<'a> {
+    Checkout { org: o, pool: POOL, machine: m, nonce, wait: Duration::ZERO, labels: l.clone() }
+}
+
+/// (seats, sessions on them, held) of the pool's one reservation.
+async fn reserved(c: &Client) -> Vec<(u32, u32, u32)> {
+    let all: Vec<ReservationInfo> = c.reservations(&org()).await.unwrap();
+    all.iter().map(|r| (r.seats, r.in_use, r.held)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_seats_go_to_the_label_alone_and_survive_a_restart() {
+    let mut b = start(Duration::from_secs(30)).await;
+    b.quota(3).await;
+    let c = b.owner().await;
+    let (m, o) = (machine("m"), org());
+    c.register_machine(&o, POOL, &m).await.unwrap();
+    c.set_reservation((&o, POOL), ("pipeline", "release"), 2).await.unwrap();
+    let (release, pr) = (labels(&[("pipeline", "release")]), labels(&[("pipeline", "pr")]));
+    c.checkout(&checkout(&m, &o, 1, &pr)).await.unwrap();
+    let e = c.checkout(&checkout(&m, &o, 2, &pr)).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "{e}");
+    let e = c.acquire(&o, POOL, &m, 3).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "a plain acquire takes no reserved seat: {e}");
+    let first = c.checkout(&checkout(&m, &o, 4, &release)).await.unwrap();
+    assert_eq!(c.checkout(&checkout(&m, &o, 4, &release)).await.unwrap().session, first.session);
+    assert_eq!(reserved(&c).await, [(2, 1, 2)]);
+    let status = c.pools(Some(&o)).await.unwrap();
+    assert_eq!(status[0].status.in_use, 2, "a free reserved seat is not in use");
+    let audit = c.audit(&o).await.unwrap();
+    assert_eq!(audit.iter().filter(|e| e.action == AuditAction::SeatsReserved).count(), 1);
+    drop(c);
+    b.stop().await;
+    let dir = std::mem::replace(&mut b.dir, tempfile::tempdir().unwrap());
+    let mut again = start_in(dir, Duration::from_secs(30)).await;
+    again.owner = b.owner.clone();
+    let c = again.owner().await;
+    assert_eq!(reserved(&c).await, [(2, 0, 2)], "kept across the restart");
+    c.checkout(&checkout(&m, &o, 5, &release)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_past_the_quota_and_from_members_are_refused() {
+    let b = start(Duration::from_secs(30)).await;
+    b.quota(3).await;
+    let c = b.owner().await;
+    c.set_reservation((&org(), POOL), ("pipeline", "release"), 2).await.unwrap();
+    let e = c.set_reservation((&org(), POOL), ("team", "web"), 2).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    c.add_user(&org(), "u@default", Role::User).await.unwrap();
+    let member = b.client(&c.create_key(&org(), "u@default").await.unwrap().0).await;
+    let e = member.set_reservation((&org(), POOL), ("team", "web"), 1).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::Forbidden));
+    assert_eq!(reserved(&member).await, [(2, 0, 2)], "members see the reservations");
+    c.set_reservation((&org(), POOL), ("pipeline", "release"), 0).await.unwrap();
+    assert!(reserved(&c).await.is_empty());
+}
