@@ -2,14 +2,20 @@
 //! `Broker`, each result compared with a small sequential reference model
 //! written plainly here. Time is driven explicitly. Machines come and go
 //! too: a pool's machine policy (idle limit, ephemeral), ephemeral
-//! registrations, and the expiry that releases unused machines.
+//! registrations, and the expiry that releases unused machines. And seats
+//! reserved for a job label: sessions carrying it take them first, others
+//! never; a reservation made on a full pool is owed the next seats freed;
+//! lowering one gives back its free seats, and the others as their
+//! sessions end.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use license_broker::core::testkit::Fixture;
 use license_broker::core::Policy;
-use license_broker::core::{ConnId, EndReason, Error, MachineId, Millis, PoolId, Registration, SessionId};
+use license_broker::core::{
+    Claimant, ConnId, EndReason, Error, Labels, MachineId, Millis, Nonce, PoolId, Registration, SessionId,
+};
 use proptest::prelude::*;
 
 const TTL_MS: u64 = 10_000;
@@ -17,7 +23,7 @@ const MACHINES: [&str; 4] = ["m0", "m1", "m2", "m3"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Acquire { nonce: u8, machine: usize, conn: u64 },
+    Acquire { nonce: u8, machine: usize, conn: u64, labelled: bool },
     Release { pick: usize },
     Renew { pick: usize },
     Kill { pick: usize },
@@ -30,11 +36,13 @@ enum Op {
     RegisterEphemeral { machine: usize },
     SetPolicy { idle_ms: Option<u64>, ephemeral: bool },
     ExpireMachines,
+    Reserve { seats: u32 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..6, 0..MACHINES.len(), 0u64..3).prop_map(|(nonce, machine, conn)| Op::Acquire { nonce, machine, conn }),
+        6 => (0u8..6, 0..MACHINES.len(), 0u64..3, any::<bool>())
+            .prop_map(|(nonce, machine, conn, labelled)| Op::Acquire { nonce, machine, conn, labelled }),
         2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         3 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Kill { pick }),
@@ -48,6 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (prop::option::of(1_000u64..3 * TTL_MS), any::<bool>())
             .prop_map(|(idle_ms, ephemeral)| Op::SetPolicy { idle_ms, ephemeral }),
         3 => Just(Op::ExpireMachines),
+        2 => (0u32..4).prop_map(|seats| Op::Reserve { seats }),
     ]
 }
 
@@ -59,6 +68,13 @@ struct Reference {
     /// nonce → live session.
     live: BTreeMap<u8, RefSession>,
     policy: Policy,
+    /// The `pipeline=release` reservation: seats reserved (0: none).
+    want: u32,
+    /// Seats it holds (fewer than `want` while owed).
+    held: u32,
+    /// Which reservation is the current one: sessions on an earlier
+    /// (removed) one each hold a seat of the pool until they end.
+    lane: u32,
 }
 
 /// A registered machine as the reference sees it.
@@ -77,9 +93,55 @@ struct RefSession {
     machine: usize,
     conn: u64,
     deadline: u64,
+    /// The reservation whose seat it sits on (`None`: a shared seat).
+    lane: Option<u32>,
 }
 
 impl Reference {
+    /// Sessions on the current reservation's seats.
+    fn on_lane(&self) -> u32 {
+        self.live.values().filter(|s| s.lane == Some(self.lane)).count() as u32
+    }
+
+    /// Seats the pool's word counts: every session elsewhere, and the
+    /// reservation's held seats or the sessions on them, the more.
+    fn counted(&self) -> u32 {
+        let elsewhere = self.live.values().filter(|s| s.lane != Some(self.lane)).count() as u32;
+        elsewhere + self.held.max(self.on_lane())
+    }
+
+    /// Seats freed go to the reservation first while it is owed some.
+    fn fill(&mut self) {
+        while self.held < self.want && self.counted() < self.quota {
+            self.held += 1;
+        }
+    }
+
+    /// Where a new session's seat comes from: `Some(lane)` a reserved one,
+    /// `Some(None)` a shared one, `None` nowhere (the quota).
+    fn seat_for(&self, labelled: bool) -> Option<Option<u32>> {
+        if labelled && self.want > 0 && self.on_lane() < self.held {
+            return Some(Some(self.lane));
+        }
+        // Seats owed to the reservation hold everyone else back.
+        (self.counted() < self.quota && self.held >= self.want).then_some(None)
+    }
+
+    /// `pool reserve --seats seats`: lowered, it gives back its free seats;
+    /// raised (or new), it takes what is free and is owed the rest.
+    fn reserve(&mut self, seats: u32) {
+        if self.want == 0 && seats > 0 {
+            self.lane += 1;
+            self.held = 0;
+        }
+        self.held = self.held.min(seats);
+        self.want = seats;
+        if seats == 0 {
+            self.lane += 1;
+        }
+        self.fill();
+    }
+
     fn by_id(&self, id: SessionId) -> Option<u8> {
         self.live.iter().find(|(_, s)| s.id == id).map(|(n, _)| *n)
     }
@@ -138,8 +200,11 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         let t = Millis(now);
         match op {
-            Op::Acquire { nonce, machine, conn } => {
-                let got = r.acquire(MACHINES[machine], nonce.into(), conn, t);
+            Op::Acquire { nonce, machine, conn, labelled } => {
+                let pairs = labelled.then(|| ("pipeline".to_string(), "release".to_string()));
+                let who =
+                    Claimant { nonce: Nonce(nonce.into()), conn: ConnId(conn), labels: Labels::new(pairs).unwrap() };
+                let got = r.broker.acquire_as(&r.owner, &r.target(MACHINES[machine]), &who, t);
                 if !m.machines.contains_key(&machine) {
                     prop_assert_eq!(got, Err(Error::MachineNotRegistered));
                     continue;
@@ -156,14 +221,17 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let id = s.id;
                     m.end_where(now, |x| x.id == id);
                 }
-                if m.live.len() as u32 >= m.quota {
-                    prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: m.quota }));
-                } else {
-                    let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
-                    prop_assert!(!lease.reattached);
-                    prop_assert!(!issued.contains(&lease.session), "session id reused");
-                    issued.push(lease.session);
-                    m.live.insert(nonce, RefSession { id: lease.session, machine, conn, deadline: now + TTL_MS });
+                m.fill();
+                match m.seat_for(labelled) {
+                    None => prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: m.quota })),
+                    Some(lane) => {
+                        let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
+                        prop_assert!(!lease.reattached);
+                        prop_assert!(!issued.contains(&lease.session), "session id reused");
+                        issued.push(lease.session);
+                        let s = RefSession { id: lease.session, machine, conn, deadline: now + TTL_MS, lane };
+                        m.live.insert(nonce, s);
+                    }
                 }
             }
             Op::Release { pick } | Op::Renew { pick } | Op::Kill { pick } if issued.is_empty() => {
@@ -270,6 +338,16 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 m.quota = quota;
             }
             Op::Advance { ms } => now += ms,
+            Op::Reserve { seats } => {
+                let label = ("pipeline".to_string(), "release".to_string());
+                let got = r.broker.plan_set_reservation(&r.owner, (&r.org, pool), label, seats, t);
+                if seats > m.quota {
+                    prop_assert_eq!(got, Err(Error::ReservedPastQuota { quota: m.quota, reserved: seats }));
+                    continue;
+                }
+                r.broker.apply(&got.unwrap(), t);
+                m.reserve(seats);
+            }
             Op::Expire => {
                 let mut got: Vec<SessionId> = r.broker.expire(t).into_iter().map(|e| e.info.session).collect();
                 let mut want = m.end_where(now, |s| s.deadline <= now);
@@ -281,6 +359,11 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
         }
         // After every step: the numbers users see agree with the model.
+        m.fill();
+        let listed: Vec<(u32, u32, u32)> =
+            r.broker.reservations(&r.owner, &r.org).unwrap().iter().map(|(_, x)| (x.seats, x.in_use, x.held)).collect();
+        let want = if m.want > 0 { vec![(m.want, m.on_lane().min(m.held), m.held)] } else { Vec::new() };
+        prop_assert_eq!(listed, want);
         let status = &r.broker.status(&r.operator, Some(&r.org)).unwrap()[0];
         prop_assert_eq!(status.in_use as usize, m.live.len());
         prop_assert_eq!(status.machines as usize, m.machines.len());

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use license_broker::client::{Checkout, Client};
@@ -72,4 +73,52 @@ async fn reservations_past_the_quota_and_from_members_are_refused() {
     assert_eq!(reserved(&member).await, [(2, 0, 2)], "members see the reservations");
     c.set_reservation((&org(), POOL), ("pipeline", "release"), 0).await.unwrap();
     assert!(reserved(&c).await.is_empty());
+}
+
+async fn queued(c: &Client) {
+    match tokio::time::timeout(Duration::from_secs(10), c.next_notice()).await {
+        Ok(Some(license_broker::proto::Notice::Queued { .. })) => {}
+        other => panic!("expected a Queued notice, got {other:?}"),
+    }
+}
+
+/// A waiting checkout on a connection of its own, once it is queued.
+async fn waiter(b: &support::TestBroker, nonce: u128, l: &Labels) -> tokio::task::JoinHandle<Result<u64, String>> {
+    let c = Arc::new(b.owner().await);
+    let (task_c, l) = (c.clone(), l.clone());
+    let task = tokio::spawn(async move {
+        let (o, m) = (org(), machine("m"));
+        let co = Checkout { org: &o, pool: POOL, machine: &m, nonce, wait: Duration::from_secs(60), labels: l };
+        task_c.checkout(&co).await.map(|lease| lease.session.0).map_err(|e| e.to_string())
+    });
+    queued(&c).await;
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freed_reserved_seat_goes_to_its_lanes_head_and_a_shared_one_to_the_queues() {
+    let b = start(Duration::from_secs(30)).await;
+    b.quota(2).await;
+    let c = b.owner().await;
+    let (m, o) = (machine("m"), org());
+    c.register_machine(&o, POOL, &m).await.unwrap();
+    c.set_reservation((&o, POOL), ("pipeline", "release"), 1).await.unwrap();
+    let release = labels(&[("pipeline", "release")]);
+    let on_reserved = c.checkout(&checkout(&m, &o, 1, &release)).await.unwrap();
+    let on_shared = c.acquire(&o, POOL, &m, 2).await.unwrap();
+    // An unlabelled runner waits first, then two of the release pipeline.
+    let plain = waiter(&b, 10, &Labels::default()).await;
+    let first = waiter(&b, 11, &release).await;
+    let second = waiter(&b, 12, &release).await;
+    c.release(on_reserved.session).await.unwrap();
+    let admitted = tokio::time::timeout(Duration::from_secs(10), first).await.unwrap().unwrap().unwrap();
+    assert_eq!(reserved(&c).await, [(1, 1, 1)], "the lane's head sits on the reserved seat");
+    assert!(!plain.is_finished() && !second.is_finished(), "the others wait on");
+    // A shared seat goes to the head of the whole queue.
+    c.release(on_shared.session).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), plain).await.unwrap().unwrap().unwrap();
+    assert!(!second.is_finished());
+    c.kill_session(&o, license_broker::value::SessionId(admitted)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap().unwrap();
+    assert_eq!(c.pools(Some(&o)).await.unwrap()[0].waiting, 0);
 }

@@ -150,3 +150,74 @@ fn a_reservation_survives_a_restart_and_needs_no_ceiling_raise() {
     assert_eq!(acquire(&again, 5, &[]), Err(Error::QuotaExceeded { quota: 4 }));
     assert_eq!(again.in_use(), 3, "one reserved seat is still free for the label");
 }
+
+fn wait(w: &Fixture, nonce: u128, pairs: &[(&str, &str)]) -> super::testkit::Inbox {
+    let inbox = super::testkit::Inbox::default();
+    let waited = w.broker.wait(&w.owner, &w.target("m"), &who(nonce, pairs), t(0), inbox.deliver());
+    assert!(matches!(waited, Ok(Waited::Queued(_))), "{waited:?}");
+    inbox
+}
+
+fn claim(w: &Fixture, nonce: u128, pairs: &[(&str, &str)], inbox: &super::testkit::Inbox) -> Lease {
+    let grant = inbox.take().expect("a seat was granted");
+    w.broker.claim(&w.owner, &w.target("m"), &who(nonce, pairs), t(0), grant).unwrap()
+}
+
+/// A full pool of 3: one seat reserved for the release pipeline, taken by
+/// `held[0]`; the two shared ones by `held[1]` and `held[2]`.
+fn full_with_lane() -> (Fixture, Vec<Lease>) {
+    let w = fixture(3);
+    reserve(&w, 1);
+    let held = vec![acquire(&w, 1, RELEASE).unwrap(), acquire(&w, 2, &[]).unwrap(), acquire(&w, 3, &[]).unwrap()];
+    (w, held)
+}
+
+#[test]
+fn a_freed_reserved_seat_goes_to_its_lanes_head_past_earlier_waiters() {
+    let (w, held) = full_with_lane();
+    let plain = wait(&w, 10, &[]);
+    let first = wait(&w, 11, RELEASE);
+    let second = wait(&w, 12, RELEASE);
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
+    assert!(!plain.has_grant(), "the unlabelled head may not take a reserved seat");
+    assert!(first.has_grant() && !second.has_grant(), "the lane's head, first come first admitted");
+    let lease = claim(&w, 11, RELEASE, &first);
+    assert_eq!(reservation(&w), Some((1, 1, 1)), "the claimed session sits on the reserved seat");
+    // A shared seat goes to the head of the whole queue.
+    w.broker.release(&w.owner, held[1].session, t(0)).unwrap();
+    assert!(plain.has_grant() && !second.has_grant());
+    claim(&w, 10, &[], &plain);
+    w.broker.release(&w.owner, lease.session, t(0)).unwrap();
+    assert!(second.has_grant(), "then the lane's next");
+}
+
+#[test]
+fn a_freed_reserved_seat_nobody_in_its_lane_waits_for_stays_reserved() {
+    let (w, held) = full_with_lane();
+    let plain = wait(&w, 10, &[]);
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
+    assert!(!plain.has_grant());
+    assert_eq!((reservation(&w), w.pool_status().waiting), (Some((1, 0, 1)), 1));
+    // A newcomer carrying the label takes it at once: nobody in its lane waits.
+    acquire(&w, 20, RELEASE).unwrap();
+    assert_eq!(acquire(&w, 21, &[("pipeline", "pr")]), Err(Error::QuotaExceeded { quota: 3 }));
+}
+
+#[test]
+fn a_labelled_waiter_joining_as_its_reserved_seat_frees_is_served() {
+    let (w, held) = full_with_lane();
+    let first = wait(&w, 11, RELEASE);
+    // A newcomer carrying the label does not overtake the lane's waiter.
+    assert_eq!(acquire(&w, 30, RELEASE), Err(Error::QuotaExceeded { quota: 3 }));
+    w.broker.release(&w.owner, held[0].session, t(0)).unwrap();
+    claim(&w, 11, RELEASE, &first);
+    // A grant dropped (its waiter gone) goes on to the lane's next.
+    let second = wait(&w, 12, RELEASE);
+    let third = wait(&w, 13, RELEASE);
+    assert!(second.close().is_none(), "gone before its turn");
+    let sessions = w.broker.sessions(&w.owner, &w.org).unwrap();
+    let on_lane = sessions.iter().find(|s| s.labels.get("pipeline") == Some("release")).unwrap();
+    w.broker.release(&w.owner, on_lane.session, t(0)).unwrap();
+    assert!(third.has_grant(), "the seat went on down the lane");
+    assert_eq!(reservation(&w), Some((1, 1, 1)), "counted once");
+}

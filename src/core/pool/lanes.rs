@@ -22,6 +22,8 @@
 //! seats (`limit`), so a durable ceiling never stands between a
 //! reservation and the quota.
 
+use std::collections::BTreeSet;
+
 use super::labels::LabelCap;
 use super::Pool;
 use crate::core::seats::{SeatCount, Seats};
@@ -35,8 +37,11 @@ pub(in crate::core) struct Lane {
     pub value: String,
     /// Seats reserved: what the reservation holds once nothing is owed.
     pub want: u32,
-    /// Seats held (`limit`: at most `want`) and sessions on them (`in_use`).
+    /// Seats held (`limit`: at most `want`) and sessions on them
+    /// (`in_use`); its `queued` bit: someone waits in its lane.
     pub seats: Arc<Seats>,
+    /// The queue's waiters carrying the label, by arrival number: its lane.
+    pub waiting: BTreeSet<u64>,
 }
 
 impl Lane {
@@ -76,7 +81,8 @@ impl Pool {
             None if seats == 0 => return,
             None => {
                 let (key, value) = (key.to_string(), value.to_string());
-                q.lanes.push(Lane { key, value, want: 0, seats: Arc::new(Seats::new(0)) });
+                let (seats, waiting) = (Arc::new(Seats::new(0)), BTreeSet::new());
+                q.lanes.push(Lane { key, value, want: 0, seats, waiting });
                 q.lanes.len() - 1
             }
         };
@@ -119,16 +125,22 @@ impl Pool {
     }
 
     /// Gives back the reserved seat of an ended session (or a dropped
-    /// grant): to its reservation, or to the pool if the reservation was
-    /// lowered below the sessions on it since.
-    pub(in crate::core) fn return_reserved_seat(&self, word: &Seats) {
+    /// grant): to its reservation, whose lane's head gets it at once if
+    /// `hand_on`, or to the pool if the reservation was lowered below the
+    /// sessions on it since.
+    pub(in crate::core) fn return_reserved_seat(&self, word: &Seats, hand_on: bool) {
         let mut excess = false;
-        let _ = word.update(|c| {
+        let after = word.update(|c| {
             excess = c.in_use > c.limit;
             Some(SeatCount { in_use: c.in_use.saturating_sub(1), ..c })
         });
-        if excess {
-            self.return_seat();
+        // Invariant: the closure never refuses.
+        let after = after.unwrap_or_else(|c| c);
+        match (excess, hand_on) {
+            (true, true) => self.return_seat(),
+            (true, false) => _ = self.seen(self.seats.release(1)),
+            (false, _) if hand_on && after.queued => self.pump(),
+            (false, _) => {}
         }
     }
 

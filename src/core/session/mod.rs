@@ -133,6 +133,17 @@ pub enum SeatFrom {
     Granted(super::queue::Grant),
 }
 
+impl SeatFrom {
+    /// The reservation a granted seat is one of (`None`: a shared seat, or
+    /// no grant).
+    fn lane(&self) -> Option<Arc<Seats>> {
+        match self {
+            SeatFrom::Granted(grant) => grant.lane(),
+            _ => None,
+        }
+    }
+}
+
 /// A successful acquire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
@@ -321,12 +332,12 @@ impl SessionTable {
             }
             _ => None,
         };
-        let seat = match lane {
-            Some(_) => {
+        let (lane, seat) = match lane {
+            Some(lane) => {
                 shard.admit_granted(pool, now);
-                Ok(())
+                (Some(lane), Ok(()))
             }
-            None => Self::take_seat(&mut shard, pool, now, seat),
+            None => (seat.lane(), Self::take_seat(&mut shard, pool, now, seat)),
         };
         if let Err(e) = seat {
             Self::give_holds(&req);

@@ -288,7 +288,7 @@ impl Shard {
         let pool = &entry.pool;
         match &live.lane {
             None => pool.return_seat(),
-            Some(lane) => pool.return_reserved_seat(lane),
+            Some(lane) => pool.return_reserved_seat(lane, true),
         }
         let org = pool.org.clone();
         let pool = pool.id;
