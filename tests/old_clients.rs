@@ -304,15 +304,19 @@ async fn reservation(o: &mut Raw, owner: &Client, v: u16) {
     let pool = PoolId::KRE_DEFAULT;
     let set = |seats| Req::SetReservation { org: org(), pool, key: "pipeline".into(), value: "release".into(), seats };
     let list = Req::List { of: ListOf::Reservations { org: org() }, after: None, limit: 10 };
+    let labels = Labels::new([("pipeline".into(), "release".into())]).unwrap();
+    let check = Req::CheckLabelled { org: org(), pool, machine: m("capped"), labels };
     match v {
         1..=4 => {
             o.refused(set(1), code::BAD_FRAME).await;
             o.refused(list, code::BAD_FRAME).await;
+            o.refused(check, code::BAD_FRAME).await;
             owner.set_reservation((&org(), pool), ("pipeline", "release"), 1).await.unwrap();
         }
         _ => {
             o.ok(set(1), "Done").await;
             o.ok(list, "Page").await;
+            o.ok(check, "Availability").await;
         }
     }
     owner.set_reservation((&org(), pool), ("pipeline", "release"), 0).await.unwrap();

@@ -122,3 +122,32 @@ async fn a_freed_reserved_seat_goes_to_its_lanes_head_and_a_shared_one_to_the_qu
     tokio::time::timeout(Duration::from_secs(10), second).await.unwrap().unwrap().unwrap();
     assert_eq!(c.pools(Some(&o)).await.unwrap()[0].waiting, 0);
 }
+
+/// The preflight over QUIC and the API: a runner carrying the reserved
+/// label would be admitted into a pool whose shared seats are full, an
+/// unlabelled one would wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preflight_counts_the_seats_reserved_for_the_runners_labels() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = support::start_with(dir, Duration::from_secs(30), |o| o.http = Some("127.0.0.1:0".parse().unwrap())).await;
+    b.quota(2).await;
+    let c = b.owner().await;
+    let (m, o) = (machine("m"), org());
+    c.register_machine(&o, POOL, &m).await.unwrap();
+    c.set_reservation((&o, POOL), ("pipeline", "release"), 1).await.unwrap();
+    c.acquire(&o, POOL, &m, 1).await.unwrap();
+    let plain = c.check((&o, POOL), &m, &Labels::default()).await.unwrap();
+    assert_eq!(plain.refusal.map(|e| e.code), Some(ErrorCode::QuotaExceeded));
+    assert_eq!((plain.in_use, plain.worth_waiting), (1, true));
+    let release = labels(&[("pipeline", "release")]);
+    assert!(c.check((&o, POOL), &m, &release).await.unwrap().refusal.is_none());
+    let ask = "/api/v1/availability?org=default&machine=m&label=job=build,pipeline=release";
+    let (code, body) = b.web().fetch(ask, Some(&b.owner)).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["admitted"].as_bool(), Some(true), "{v}");
+    let (code, body) = b.web().fetch("/api/v1/availability?org=default&machine=m", Some(&b.owner)).await;
+    assert!(code == 200 && body.contains("QUOTA_EXCEEDED"), "{body}");
+    let (code, body) = b.web().fetch("/api/v1/availability?org=default&label=nope", Some(&b.owner)).await;
+    assert_eq!(code, 400, "{body}");
+}

@@ -80,7 +80,9 @@ async fn call(c: &Client, command: Command) -> Result<()> {
         Command::Audit { org, json } => list(c, ListOf::Audit { org }, json).await,
         Command::Status { org, json } => status(c, org.as_ref(), json).await,
         Command::Check(a) => {
-            super::check::run(c, &a.org, a.pool.unwrap_or(PoolId::KRE_DEFAULT), a.machine_id, a.json).await
+            let labels = license_broker::value::Labels::new(a.labels)?;
+            let pool = a.pool.unwrap_or(PoolId::KRE_DEFAULT);
+            super::check::run(c, (&a.org, pool), (a.machine_id, &labels), a.json).await
         }
         Command::Nodes { json } => {
             output::nodes(&c.nodes().await?, json);

@@ -221,3 +221,36 @@ fn a_labelled_waiter_joining_as_its_reserved_seat_frees_is_served() {
     assert!(third.has_grant(), "the seat went on down the lane");
     assert_eq!(reservation(&w), Some((1, 1, 1)), "counted once");
 }
+
+fn ask(w: &Fixture, pairs: &[(&str, &str)]) -> super::availability::Availability {
+    let labels = who(0, pairs).labels;
+    let m = super::testkit::mid("m");
+    w.broker.availability(&w.owner, (&w.org, PoolId::KRE_DEFAULT), (Some(&m), &labels), t(0)).unwrap()
+}
+
+#[test]
+fn the_preflight_counts_the_runners_reservations_and_caps() {
+    let w = fixture(3);
+    reserve(&w, 1);
+    acquire(&w, 1, &[]).unwrap();
+    acquire(&w, 2, &[]).unwrap();
+    let plain = ask(&w, &[]);
+    assert_eq!((plain.refusal.clone(), plain.free(), plain.in_use), (acquire(&w, 3, &[]).err(), 0, 2));
+    assert!(plain.worth_waiting, "a shared seat will free");
+    let labelled = ask(&w, RELEASE);
+    assert_eq!((labelled.refusal.clone(), labelled.free()), (None, 1), "its reserved seat is free");
+    // Somebody in the lane: the newcomer would wait behind them, as its checkout would.
+    let (held, inbox) = (acquire(&w, 4, RELEASE).unwrap(), wait(&w, 5, RELEASE));
+    assert_eq!(ask(&w, RELEASE).refusal, acquire(&w, 6, RELEASE).err());
+    assert_eq!(ask(&w, RELEASE).free(), 0);
+    w.broker.release(&w.owner, held.session, t(0)).unwrap();
+    claim(&w, 5, RELEASE, &inbox);
+    // A label cap at its limit: refused, and waiting would not help.
+    let label = ("pipeline".to_string(), "release".to_string());
+    w.apply(w.broker.plan_set_label_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, label, Some(1), t(0)));
+    let capped = ask(&w, RELEASE);
+    assert_eq!(capped.refusal, Some(Error::LabelLimit { max: 1 }));
+    assert_eq!(capped.refusal, acquire(&w, 7, RELEASE).err());
+    assert!(!capped.worth_waiting);
+    assert_eq!(w.pool_status().rejected, 2, "the two acquires refused for the quota count; no preflight does");
+}

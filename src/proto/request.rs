@@ -484,6 +484,19 @@ pub enum Req {
         /// Seats reserved.
         seats: u32,
     },
+    /// Version 5: as `Check`, for a runner carrying `labels`: its label
+    /// caps and the seats reserved for its labels count as they would for
+    /// its `Checkout`. Answered with `Availability`.
+    CheckLabelled {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine the runner would run on.
+        machine: MachineId,
+        /// The runner's job labels.
+        labels: Labels,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -633,7 +646,8 @@ impl Req {
             | Req::RemoveWebhook { org, .. }
             | Req::RotateWebhookSecret { org, .. }
             | Req::WebhookDeliveries { org, .. }
-            | Req::SetReservation { org, .. } => Some(org),
+            | Req::SetReservation { org, .. }
+            | Req::CheckLabelled { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }

@@ -137,6 +137,7 @@ fn since(req: &Req) -> u16 {
         | Req::RotateWebhookSecret { .. }
         | Req::WebhookDeliveries { .. }
         | Req::SetReservation { .. }
+        | Req::CheckLabelled { .. }
         | Req::List { of: ListOf::Reservations { .. }, .. } => 5,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,

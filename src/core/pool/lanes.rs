@@ -160,10 +160,12 @@ impl Pool {
         out
     }
 
-    /// Seats reservations hold with no session on them (counted in the
-    /// seat word's `in_use`, but nobody's yet).
-    pub fn reserved_free(&self) -> u32 {
-        self.reservations().iter().map(|r| r.held - r.in_use).sum()
+    /// Free seats of the reservations `labels` match whose lanes nobody
+    /// waits in: what a session carrying them may take now (the preflight).
+    pub fn reserved_free_for(&self, labels: &crate::value::Labels) -> u32 {
+        let Some(lanes) = self.caps.lock().reserved.clone() else { return 0 };
+        let free = |c: SeatCount| if c.queued { 0 } else { c.limit.saturating_sub(c.in_use) };
+        lanes.iter().filter(|l| l.matches(labels)).map(|l| free(l.seats.count())).sum()
     }
 
     /// Seats reservations hold (sessions on them or not), for the ceiling's
