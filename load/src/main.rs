@@ -11,6 +11,7 @@ mod dashboard;
 mod echo;
 mod failover;
 mod fleet;
+mod lanes;
 mod lists;
 mod machine;
 mod preflight;
@@ -60,6 +61,10 @@ enum Scenario {
     /// R runners wait in a full pool's queue (quota Q, default 64); seats
     /// are freed one at a time: the hand-off to the head waiter, in order.
     Queue,
+    /// `queue` with a lane: half the seats reserved for `pipeline=release`,
+    /// every other waiter carrying it; reserved seats freed go to the
+    /// lane's head, shared ones to the queue's (hand-off latency, order).
+    Lanes,
     /// 1,000 hostile connections (--connections: silent, never-read,
     /// slowloris, failed-Hello floods) against a broker on its default
     /// limits, while a runner works: the broker's memory and the runner's
@@ -254,7 +259,7 @@ async fn run(a: Args) -> Result<bool> {
         orgs: a.orgs.unwrap_or(if a.scenario == Scenario::Scrape { 10_000 } else { 4 }).max(1),
         runners,
         quota: a.quota.unwrap_or(match a.scenario {
-            Scenario::Queue => 64,
+            Scenario::Queue | Scenario::Lanes => 64,
             _ => (runners as u32 / 2).max(1),
         }),
         victims: a.victims.unwrap_or((runners / 10).clamp(1, 100)),
@@ -296,6 +301,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Die => scenarios::die(&target, &p).await?,
         Scenario::Restart => restart::run(&mut target, &p).await?,
         Scenario::Queue => queue::run(&target, &p).await?,
+        Scenario::Lanes => lanes::run(&target, &p).await?,
         Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Scrape => scrape::run(&target, &p).await?,
