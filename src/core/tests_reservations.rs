@@ -254,3 +254,24 @@ fn the_preflight_counts_the_runners_reservations_and_caps() {
     assert!(!capped.worth_waiting);
     assert_eq!(w.pool_status().rejected, 2, "the two acquires refused for the quota count; no preflight does");
 }
+
+#[test]
+fn a_node_adopting_the_org_keeps_its_reservations_beside_the_hold() {
+    let w = fixture(4);
+    let changes = reserve(&w, 2);
+    let mut records = w.org_records(4, 1);
+    records.extend(changes.into_iter().filter_map(|c| match c {
+        Change::Put(r @ Record::Reservation { .. }) => Some(r),
+        _ => None,
+    }));
+    let next = Fixture::with_ceilings(4, 2, TTL);
+    next.broker.forget_orgs(std::slice::from_ref(&next.org), t(0));
+    assert_eq!(next.broker.adopt_org(&next.org, records, t(0)), 1, "the previous owner's one session is held for");
+    assert_eq!(reservation(&next), Some((2, 0, 2)), "reserved as on the node before");
+    acquire(&next, 1, RELEASE).unwrap();
+    while acquire(&next, 2, &[]) == Err(Error::CeilingReached) {
+        assert!(next.raise().is_some());
+    }
+    assert!(acquire(&next, 2, &[]).is_ok_and(|l| l.reattached), "the one shared seat");
+    assert_eq!(acquire(&next, 3, &[]), Err(Error::QuotaExceeded { quota: 4 }), "2 reserved, 1 held, 1 shared");
+}
