@@ -9,6 +9,7 @@ mod compare;
 mod console;
 mod dashboard;
 mod echo;
+mod ephemeral;
 mod failover;
 mod fleet;
 mod lanes;
@@ -65,6 +66,10 @@ enum Scenario {
     /// every other waiter carrying it; reserved seats freed go to the
     /// lane's head, shared ones to the queue's (hand-off latency, order).
     Lanes,
+    /// R ephemeral machines (default 100,000) churn through a pool of Q
+    /// machine slots and seats (default 1,000), Q/4 at once: refusals for
+    /// want of a slot, registered machines never above Q.
+    Ephemeral,
     /// 1,000 hostile connections (--connections: silent, never-read,
     /// slowloris, failed-Hello floods) against a broker on its default
     /// limits, while a runner works: the broker's memory and the runner's
@@ -250,6 +255,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Restart => 100_000,
         Scenario::Failover => 1_000,
         Scenario::Lists => 1_000_000,
+        Scenario::Ephemeral => 100_000,
         _ => 10_000,
     });
     let p = Params {
@@ -260,6 +266,7 @@ async fn run(a: Args) -> Result<bool> {
         runners,
         quota: a.quota.unwrap_or(match a.scenario {
             Scenario::Queue | Scenario::Lanes => 64,
+            Scenario::Ephemeral => 1_000,
             _ => (runners as u32 / 2).max(1),
         }),
         victims: a.victims.unwrap_or((runners / 10).clamp(1, 100)),
@@ -302,6 +309,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Restart => restart::run(&mut target, &p).await?,
         Scenario::Queue => queue::run(&target, &p).await?,
         Scenario::Lanes => lanes::run(&target, &p).await?,
+        Scenario::Ephemeral => ephemeral::run(&target, &p).await?,
         Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Scrape => scrape::run(&target, &p).await?,
