@@ -61,6 +61,7 @@ fn admission(c: &mut Criterion) {
     });
 
     labelled(c);
+    reserved(c);
 
     let w = Arc::new(world(1_000_000));
     c.bench_function("acquire+release contended, 2 threads, one pool", |b| {
@@ -102,6 +103,33 @@ fn labelled(c: &mut Criterion) {
         }
         let mut n = 0u128;
         c.bench_function(&format!("labelled acquire+release, {caps} label caps"), |b| {
+            b.iter(|| {
+                n += 1;
+                let who = license_broker::core::Claimant { nonce: Nonce(n), conn: ConnId(1), labels: labels.clone() };
+                let lease = w.broker.acquire_as(&w.owner, &w.target("m"), &who, t(0)).unwrap();
+                w.broker.release(&w.owner, black_box(lease.session), t(0)).unwrap();
+            })
+        });
+    }
+}
+
+/// A checkout's pair in a pool with 10 reservations and 10 label caps
+/// (one of each matching `team=web`): labelled (on a reserved seat), and
+/// unlabelled (a shared seat, past the reservations' held seats). Beside
+/// `labelled`'s pool without either: what reservations cost an admission.
+fn reserved(c: &mut Criterion) {
+    use license_broker::core::PoolId;
+    let w = world(1_000_000);
+    for i in 0..10 {
+        let value = if i == 0 { "web".to_string() } else { format!("team{i}") };
+        let label = ("team".to_string(), value);
+        w.apply(w.broker.plan_set_reservation(&w.owner, (&w.org, PoolId::KRE_DEFAULT), label.clone(), 100, t(0)));
+        w.apply(w.broker.plan_set_label_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, label, Some(u32::MAX), t(0)));
+    }
+    for (name, pairs) in [("labelled", vec![("team".to_string(), "web".to_string())]), ("unlabelled", vec![])] {
+        let labels = license_broker::value::Labels::new(pairs).unwrap();
+        let mut n = 0u128;
+        c.bench_function(&format!("{name} acquire+release, 10 reservations and 10 label caps"), |b| {
             b.iter(|| {
                 n += 1;
                 let who = license_broker::core::Claimant { nonce: Nonce(n), conn: ConnId(1), labels: labels.clone() };

@@ -38,7 +38,7 @@ pub fn op_of(req: &Req) -> Option<usize> {
         Req::Reattach { .. } => 4,
         Req::RegisterMachine { .. } | Req::RegisterEphemeral { .. } => 5,
         Req::Activate { .. } => 6,
-        Req::Status { .. } | Req::Check { .. } => 7,
+        Req::Status { .. } | Req::Check { .. } | Req::CheckLabelled { .. } => 7,
         Req::ListKeys { .. }
         | Req::ListUsers { .. }
         | Req::ListMachines { .. }
@@ -78,7 +78,8 @@ pub fn op_of(req: &Req) -> Option<usize> {
         | Req::SetLabelLimit { .. }
         | Req::AddWebhook { .. }
         | Req::RemoveWebhook { .. }
-        | Req::RotateWebhookSecret { .. } => 9,
+        | Req::RotateWebhookSecret { .. }
+        | Req::SetReservation { .. } => 9,
     })
 }
 

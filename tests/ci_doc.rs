@@ -126,3 +126,44 @@ fn the_label_cap_snippet_caps_the_jobs_carrying_the_label() {
     let other = ["runner", "--org", "default", "--label", "team=api", "--hold", "0s"];
     assert!(s.run(&s.owner, &other).status.success(), "another team is not capped");
 }
+
+/// The reservation of "Guaranteed seats for the release pipeline", run as
+/// written (on org `default`): listed; with the shared seat taken, a job
+/// without the label is refused while the section's release runner line
+/// (its job a stand-in that holds nothing) is admitted on a reserved seat,
+/// and the preflight says so for each.
+#[test]
+fn the_reservation_snippet_keeps_seats_for_the_release_pipeline() {
+    let section = DOC.split("## Guaranteed seats for the release pipeline\n").nth(1).expect("the section");
+    let reserve = section.lines().find(|l| l.contains("license-broker pool reserve")).expect("a pool reserve command");
+    let reserve = reserve.trim().replace("--org acme", "--org default");
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path(), "30s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "3"]).status.success());
+    let args: Vec<&str> = reserve.split_whitespace().skip(1).collect();
+    let out = s.run(&s.owner, &args);
+    assert!(out.status.success(), "{out:?}");
+    let limits = ["pool", "limits", "--org", "default", "--pool", "kre-floating-annual", "--reservations", "--json"];
+    let listed: serde_json::Value = serde_json::from_slice(&s.run(&s.owner, &limits).stdout).unwrap();
+    let want = serde_json::json!({"pool": "kre-floating-annual", "key": "pipeline", "value": "release", "seats": 2, "in_use": 0, "held": 2});
+    assert_eq!(listed["reservations"][0], want);
+    // The one shared seat, taken by a job without the label.
+    let mut holder = s.runner("30s");
+    assert_eq!(process::first_event(&mut holder)["event"], "admitted");
+    let plain = s.run(&s.owner, &["runner", "--org", "default", "--hold", "0s"]);
+    assert_eq!(plain.status.code(), Some(3), "no shared seat, and the reserved ones are not its: {plain:?}");
+    assert_eq!(s.run(&s.owner, &["check", "--org", "default"]).status.code(), Some(3));
+    let release = ["check", "--org", "default", "--label", "pipeline=release"];
+    assert!(s.run(&s.owner, &release).status.success(), "a reserved seat is free for a release job");
+    let line = section.lines().find(|l| l.contains("license-broker runner")).expect("a release runner line");
+    let line = line.trim().replace("--org acme", "--org default");
+    let before_job = line.split(" -- ").next().unwrap();
+    let mut args: Vec<&str> = before_job.split_whitespace().skip(1).collect();
+    args.extend(["--hold", "0s"]);
+    let out = s.run(&s.owner, &args);
+    assert!(out.status.success(), "the release job ran on a reserved seat: {out:?}");
+    let status = String::from_utf8_lossy(&s.run(&s.owner, &["status", "--org", "default"]).stdout).to_string();
+    assert!(status.contains("reserved pipeline=release in kre-floating-annual: 2 seats, 0 in use"), "{status}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+}

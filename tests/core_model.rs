@@ -2,14 +2,20 @@
 //! `Broker`, each result compared with a small sequential reference model
 //! written plainly here. Time is driven explicitly. Machines come and go
 //! too: a pool's machine policy (idle limit, ephemeral), ephemeral
-//! registrations, and the expiry that releases unused machines.
+//! registrations, and the expiry that releases unused machines. And seats
+//! reserved for a job label: sessions carrying it take them first, others
+//! never; a reservation made on a full pool is owed the next seats freed;
+//! lowering one gives back its free seats, and the others as their
+//! sessions end.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use license_broker::core::testkit::Fixture;
 use license_broker::core::Policy;
-use license_broker::core::{ConnId, EndReason, Error, MachineId, Millis, PoolId, Registration, SessionId};
+use license_broker::core::{
+    Claimant, ConnId, EndReason, Error, Labels, MachineId, Millis, Nonce, PoolId, Registration, SessionId,
+};
 use proptest::prelude::*;
 
 const TTL_MS: u64 = 10_000;
@@ -17,7 +23,7 @@ const MACHINES: [&str; 4] = ["m0", "m1", "m2", "m3"];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Acquire { nonce: u8, machine: usize, conn: u64 },
+    Acquire { nonce: u8, machine: usize, conn: u64, labelled: bool },
     Release { pick: usize },
     Renew { pick: usize },
     Kill { pick: usize },
@@ -30,11 +36,13 @@ enum Op {
     RegisterEphemeral { machine: usize },
     SetPolicy { idle_ms: Option<u64>, ephemeral: bool },
     ExpireMachines,
+    Reserve { seats: u32 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..6, 0..MACHINES.len(), 0u64..3).prop_map(|(nonce, machine, conn)| Op::Acquire { nonce, machine, conn }),
+        6 => (0u8..6, 0..MACHINES.len(), 0u64..3, any::<bool>())
+            .prop_map(|(nonce, machine, conn, labelled)| Op::Acquire { nonce, machine, conn, labelled }),
         2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
         3 => any::<usize>().prop_map(|pick| Op::Renew { pick }),
         1 => any::<usize>().prop_map(|pick| Op::Kill { pick }),
@@ -48,6 +56,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (prop::option::of(1_000u64..3 * TTL_MS), any::<bool>())
             .prop_map(|(idle_ms, ephemeral)| Op::SetPolicy { idle_ms, ephemeral }),
         3 => Just(Op::ExpireMachines),
+        2 => (0u32..4).prop_map(|seats| Op::Reserve { seats }),
     ]
 }
 
@@ -59,6 +68,13 @@ struct Reference {
     /// nonce → live session.
     live: BTreeMap<u8, RefSession>,
     policy: Policy,
+    /// The `pipeline=release` reservation: seats reserved (0: none).
+    want: u32,
+    /// Seats it holds (fewer than `want` while owed).
+    held: u32,
+    /// Which reservation is the current one: sessions on an earlier
+    /// (removed) one each hold a seat of the pool until they end.
+    lane: u32,
 }
 
 /// A registered machine as the reference sees it.
@@ -77,9 +93,59 @@ struct RefSession {
     machine: usize,
     conn: u64,
     deadline: u64,
+    /// The reservation whose seat it sits on (`None`: a shared seat).
+    lane: Option<u32>,
 }
 
 impl Reference {
+    /// Sessions on the current reservation's seats.
+    fn on_lane(&self) -> u32 {
+        self.live.values().filter(|s| s.lane == Some(self.lane)).count() as u32
+    }
+
+    /// Seats the pool's word counts: every session elsewhere, and the
+    /// reservation's held seats or the sessions on them, the more.
+    fn counted(&self) -> u32 {
+        let elsewhere = self.live.values().filter(|s| s.lane != Some(self.lane)).count() as u32;
+        elsewhere + self.held.max(self.on_lane())
+    }
+
+    /// Seats freed go to the reservation first while it is owed some.
+    fn fill(&mut self) {
+        while self.held < self.want && self.counted() < self.quota {
+            self.held += 1;
+        }
+    }
+
+    /// Where a new session's seat comes from: `Some(lane)` a reserved one,
+    /// `Some(None)` a shared one, `None` nowhere (the quota).
+    fn seat_for(&self, labelled: bool) -> Option<Option<u32>> {
+        if labelled && self.want > 0 && self.on_lane() < self.held {
+            return Some(Some(self.lane));
+        }
+        // Seats owed to the reservation hold everyone else back.
+        (self.counted() < self.quota && self.held >= self.want).then_some(None)
+    }
+
+    /// `pool reserve --seats seats`: lowered, it gives back its free seats;
+    /// raised (or new), it takes back its sessions' seats, then what is
+    /// free, and is owed the rest.
+    fn reserve(&mut self, seats: u32) {
+        if self.want == 0 && seats > 0 {
+            self.lane += 1;
+            self.held = 0;
+        }
+        // Lowered, it keeps what its sessions sit on up to `seats`; raised,
+        // it takes back first the seats of sessions past its limit (the
+        // pool's word already counts them), then what is free.
+        self.held = self.held.min(seats).max(self.on_lane().min(seats));
+        self.want = seats;
+        if seats == 0 {
+            self.lane += 1;
+        }
+        self.fill();
+    }
+
     fn by_id(&self, id: SessionId) -> Option<u8> {
         self.live.iter().find(|(_, s)| s.id == id).map(|(n, _)| *n)
     }
@@ -127,230 +193,181 @@ fn real(quota: u32) -> Fixture {
 const BASE: u64 = 1_795_000_000_000;
 
 fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut run = Run::new(initial_quota);
+    let r = real(initial_quota);
+    let mut m = Reference { quota: initial_quota, ..Reference::default() };
+    let mut now = BASE;
+    // Every session id ever issued, so ops can target ended ones too.
+    let mut issued: Vec<SessionId> = Vec::new();
+    let mid = |i: usize| MachineId::new(MACHINES[i]).unwrap();
+    let pool = PoolId::KRE_DEFAULT;
+
     for op in ops {
-        run.step(op)?;
-        // After every step: the numbers users see agree with the model.
-        run.agrees()?;
-    }
-    Ok(())
-}
-
-/// The real core and the reference side by side, at the same time.
-struct Run {
-    r: Fixture,
-    m: Reference,
-    now: u64,
-    /// Every session id ever issued, so ops can target ended ones too.
-    issued: Vec<SessionId>,
-}
-
-/// Each side's list of sessions or machines, in one order to compare.
-fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
-    v.sort();
-    v
-}
-
-impl Run {
-    fn new(quota: u32) -> Run {
-        let m = Reference { quota, ..Reference::default() };
-        Run { r: real(quota), m, now: BASE, issued: Vec::new() }
-    }
-
-    fn t(&self) -> Millis {
-        Millis(self.now)
-    }
-
-    /// An issued session (live or ended) picked by `pick`.
-    fn pick(&self, pick: usize) -> SessionId {
-        self.issued[pick % self.issued.len()]
-    }
-
-    /// Applies `op` to both sides and checks its answer.
-    fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
+        let t = Millis(now);
         match op {
-            Op::Acquire { nonce, machine, conn } => self.acquire(nonce, machine, conn),
-            Op::Release { .. } | Op::Renew { .. } | Op::Kill { .. } if self.issued.is_empty() => Ok(()),
-            Op::Release { pick } => self.release(self.pick(pick)),
-            Op::Renew { pick } => self.renew(self.pick(pick)),
-            Op::Kill { pick } => self.kill(self.pick(pick)),
-            Op::Close { conn } => self.close(conn),
-            Op::Register { machine } => self.register(machine, false),
-            Op::RegisterEphemeral { machine } => self.register(machine, true),
+            Op::Acquire { nonce, machine, conn, labelled } => {
+                let pairs = labelled.then(|| ("pipeline".to_string(), "release".to_string()));
+                let who =
+                    Claimant { nonce: Nonce(nonce.into()), conn: ConnId(conn), labels: Labels::new(pairs).unwrap() };
+                let got = r.broker.acquire_as(&r.owner, &r.target(MACHINES[machine]), &who, t);
+                if !m.machines.contains_key(&machine) {
+                    prop_assert_eq!(got, Err(Error::MachineNotRegistered));
+                    continue;
+                }
+                if let Some(s) = m.live.get_mut(&nonce) {
+                    if s.deadline > now {
+                        s.deadline = now + TTL_MS;
+                        s.conn = conn;
+                        let lease = got.map_err(|e| TestCaseError::fail(format!("reattach refused: {e}")))?;
+                        prop_assert_eq!((lease.session, lease.reattached, lease.deadline.0), (s.id, true, s.deadline));
+                        continue;
+                    }
+                    // Its lease ran out: the acquire ends it now.
+                    let id = s.id;
+                    m.end_where(now, |x| x.id == id);
+                }
+                m.fill();
+                match m.seat_for(labelled) {
+                    None => prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: m.quota })),
+                    Some(lane) => {
+                        let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
+                        prop_assert!(!lease.reattached);
+                        prop_assert!(!issued.contains(&lease.session), "session id reused");
+                        issued.push(lease.session);
+                        let s = RefSession { id: lease.session, machine, conn, deadline: now + TTL_MS, lane };
+                        m.live.insert(nonce, s);
+                    }
+                }
+            }
+            Op::Release { pick } | Op::Renew { pick } | Op::Kill { pick } if issued.is_empty() => {
+                let _ = pick;
+            }
+            Op::Release { pick } => {
+                let id = issued[pick % issued.len()];
+                let got = r.broker.release(&r.owner, id, t);
+                match m.by_id(id) {
+                    Some(_) => {
+                        m.end_where(now, |s| s.id == id);
+                        prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Released));
+                    }
+                    None => prop_assert_eq!(got.map(|e| e.reason), Err(Error::SessionExpired)),
+                }
+            }
+            Op::Renew { pick } => {
+                let id = issued[pick % issued.len()];
+                let got = r.broker.renew(&r.owner, id, t);
+                match m.by_id(id) {
+                    Some(n) if m.live[&n].deadline > now => {
+                        m.live.get_mut(&n).unwrap().deadline = now + TTL_MS;
+                        prop_assert_eq!(got, Ok(Millis(now + TTL_MS)));
+                    }
+                    Some(_) => {
+                        m.end_where(now, |s| s.id == id);
+                        prop_assert_eq!(got, Err(Error::SessionExpired));
+                    }
+                    None => prop_assert_eq!(got, Err(Error::SessionExpired)),
+                }
+            }
+            Op::Kill { pick } => {
+                let id = issued[pick % issued.len()];
+                let got = r.broker.kill(&r.owner, &r.org, id, t);
+                match m.by_id(id) {
+                    Some(_) => {
+                        m.end_where(now, |s| s.id == id);
+                        prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Revoked));
+                    }
+                    None => prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND"),
+                }
+            }
+            Op::Close { conn } => {
+                let mut got: Vec<SessionId> = r
+                    .broker
+                    .close_connection(ConnId(conn), issued.clone(), t)
+                    .into_iter()
+                    .map(|e| e.info.session)
+                    .collect();
+                let mut want = m.end_where(now, |s| s.conn == conn);
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
+            }
+            Op::Register { machine } | Op::RegisterEphemeral { machine } => {
+                let ephemeral = matches!(op, Op::RegisterEphemeral { .. });
+                let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t, ephemeral).map(|p| r.commit(p));
+                if m.machines.contains_key(&machine) {
+                    prop_assert_eq!(got, Ok(Registration::Known));
+                } else if m.quota == 0 {
+                    // A pool with no licenses says so, rather than "machine limit".
+                    prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: 0 }));
+                } else if m.machines.len() as u32 >= m.quota {
+                    prop_assert_eq!(got, Err(Error::MachineLimit { quota: m.quota }));
+                } else {
+                    prop_assert_eq!(got, Ok(Registration::New));
+                    let last_use = (ephemeral || m.policy.tracks()).then_some(now);
+                    m.machines.insert(machine, RefMachine { registered: now, ephemeral, last_use });
+                }
+            }
             Op::SetPolicy { idle_ms, ephemeral } => {
-                self.set_policy(Policy { idle: idle_ms.map(Duration::from_millis), ephemeral });
-                Ok(())
+                let policy = Policy { idle: idle_ms.map(Duration::from_millis), ephemeral };
+                r.broker.apply(&r.broker.plan_set_policy(&r.operator, &r.org, pool, policy, t).unwrap(), t);
+                if policy.tracks() {
+                    m.machines.values_mut().filter(|x| x.last_use.is_none()).for_each(|x| x.last_use = Some(now));
+                }
+                m.policy = policy;
             }
-            Op::ExpireMachines => self.expire_machines(),
-            Op::RemoveMachine { machine } => self.remove_machine(machine),
+            Op::ExpireMachines => {
+                let mut got: Vec<String> = r.expire_machines(t).into_iter().map(|e| e.machine.to_string()).collect();
+                let mut want: Vec<String> = m.due(now).into_iter().map(|i| MACHINES[i].to_string()).collect();
+                m.machines.retain(|i, _| !want.contains(&MACHINES[*i].to_string()));
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
+            }
+            Op::RemoveMachine { machine } => {
+                let got = r.broker.plan_remove_machine(&r.owner, &r.org, None, &mid(machine), t);
+                if !m.machines.contains_key(&machine) {
+                    prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND");
+                    continue;
+                }
+                let mut ended: Vec<SessionId> =
+                    r.broker.apply(&got.unwrap(), t).into_iter().map(|e| e.info.session).collect();
+                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect();
+                m.live.retain(|_, s| s.machine != machine);
+                m.machines.remove(&machine);
+                ended.sort();
+                want.sort();
+                prop_assert_eq!(ended, want);
+            }
             Op::SetQuota { quota } => {
-                let (r, t) = (&self.r, self.t());
-                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, PoolId::KRE_DEFAULT, quota, t).unwrap(), t);
-                self.m.quota = quota;
-                Ok(())
+                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, pool, quota, t).unwrap(), t);
+                m.quota = quota;
             }
-            Op::Advance { ms } => {
-                self.now += ms;
-                Ok(())
+            Op::Advance { ms } => now += ms,
+            Op::Reserve { seats } => {
+                let label = ("pipeline".to_string(), "release".to_string());
+                let got = r.broker.plan_set_reservation(&r.owner, (&r.org, pool), label, seats, t);
+                if seats > m.quota {
+                    prop_assert_eq!(got, Err(Error::ReservedPastQuota { quota: m.quota, reserved: seats }));
+                    continue;
+                }
+                r.broker.apply(&got.unwrap(), t);
+                m.reserve(seats);
             }
-            Op::Expire => self.expire(),
-        }
-    }
-
-    /// An acquire: refused on an unregistered machine, a re-attach while
-    /// the nonce's lease runs, else admitted within the quota.
-    fn acquire(&mut self, nonce: u8, machine: usize, conn: u64) -> Result<(), TestCaseError> {
-        let now = self.now;
-        let got = self.r.acquire(MACHINES[machine], nonce.into(), conn, self.t());
-        if !self.m.machines.contains_key(&machine) {
-            prop_assert_eq!(got, Err(Error::MachineNotRegistered));
-            return Ok(());
-        }
-        if let Some(s) = self.m.live.get_mut(&nonce) {
-            if s.deadline > now {
-                s.deadline = now + TTL_MS;
-                s.conn = conn;
-                let lease = got.map_err(|e| TestCaseError::fail(format!("reattach refused: {e}")))?;
-                prop_assert_eq!((lease.session, lease.reattached, lease.deadline.0), (s.id, true, s.deadline));
-                return Ok(());
+            Op::Expire => {
+                let mut got: Vec<SessionId> = r.broker.expire(t).into_iter().map(|e| e.info.session).collect();
+                let mut want = m.end_where(now, |s| s.deadline <= now);
+                got.sort();
+                want.sort();
+                prop_assert_eq!(got, want);
+                // What is left is due later: the expiry task sleeps.
+                prop_assert!(r.broker.next_deadline().is_none_or(|d| d > t), "{:?}", r.broker.next_deadline());
             }
-            // Its lease ran out: the acquire ends it now.
-            let id = s.id;
-            self.m.end_where(now, |x| x.id == id);
         }
-        if self.m.live.len() as u32 >= self.m.quota {
-            prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: self.m.quota }));
-            return Ok(());
-        }
-        let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
-        prop_assert!(!lease.reattached);
-        prop_assert!(!self.issued.contains(&lease.session), "session id reused");
-        self.issued.push(lease.session);
-        self.m.live.insert(nonce, RefSession { id: lease.session, machine, conn, deadline: now + TTL_MS });
-        Ok(())
-    }
-
-    fn release(&mut self, id: SessionId) -> Result<(), TestCaseError> {
-        let got = self.r.broker.release(&self.r.owner, id, self.t());
-        match self.m.by_id(id) {
-            Some(_) => {
-                self.m.end_where(self.now, |s| s.id == id);
-                prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Released));
-            }
-            None => prop_assert_eq!(got.map(|e| e.reason), Err(Error::SessionExpired)),
-        }
-        Ok(())
-    }
-
-    /// A heartbeat: extends a running lease; one that ran out is ended.
-    fn renew(&mut self, id: SessionId) -> Result<(), TestCaseError> {
-        let now = self.now;
-        let got = self.r.broker.renew(&self.r.owner, id, self.t());
-        match self.m.by_id(id) {
-            Some(n) if self.m.live[&n].deadline > now => {
-                self.m.live.get_mut(&n).unwrap().deadline = now + TTL_MS;
-                prop_assert_eq!(got, Ok(Millis(now + TTL_MS)));
-            }
-            Some(_) => {
-                self.m.end_where(now, |s| s.id == id);
-                prop_assert_eq!(got, Err(Error::SessionExpired));
-            }
-            None => prop_assert_eq!(got, Err(Error::SessionExpired)),
-        }
-        Ok(())
-    }
-
-    fn kill(&mut self, id: SessionId) -> Result<(), TestCaseError> {
-        let got = self.r.broker.kill(&self.r.owner, &self.r.org, id, self.t());
-        match self.m.by_id(id) {
-            Some(_) => {
-                self.m.end_where(self.now, |s| s.id == id);
-                prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Revoked));
-            }
-            None => prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND"),
-        }
-        Ok(())
-    }
-
-    /// A connection closed: its sessions end.
-    fn close(&mut self, conn: u64) -> Result<(), TestCaseError> {
-        let ended = self.r.broker.close_connection(ConnId(conn), self.issued.clone(), self.t());
-        let got = sorted(ended.into_iter().map(|e| e.info.session).collect());
-        let want = sorted(self.m.end_where(self.now, |s| s.conn == conn));
-        prop_assert_eq!(got, want);
-        Ok(())
-    }
-
-    /// A registration: known, refused by the quota or the machine limit, or new.
-    fn register(&mut self, machine: usize, ephemeral: bool) -> Result<(), TestCaseError> {
-        let (now, t) = (self.now, self.t());
-        let (r, m) = (&self.r, &mut self.m);
-        let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t, ephemeral).map(|p| r.commit(p));
-        if m.machines.contains_key(&machine) {
-            prop_assert_eq!(got, Ok(Registration::Known));
-        } else if m.quota == 0 {
-            // A pool with no licenses says so, rather than "machine limit".
-            prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: 0 }));
-        } else if m.machines.len() as u32 >= m.quota {
-            prop_assert_eq!(got, Err(Error::MachineLimit { quota: m.quota }));
-        } else {
-            prop_assert_eq!(got, Ok(Registration::New));
-            let last_use = (ephemeral || m.policy.tracks()).then_some(now);
-            m.machines.insert(machine, RefMachine { registered: now, ephemeral, last_use });
-        }
-        Ok(())
-    }
-
-    /// A machine policy: a tracking one starts every machine's last use now.
-    fn set_policy(&mut self, policy: Policy) {
-        let (r, t) = (&self.r, self.t());
-        r.broker.apply(&r.broker.plan_set_policy(&r.operator, &r.org, PoolId::KRE_DEFAULT, policy, t).unwrap(), t);
-        if policy.tracks() {
-            self.m.machines.values_mut().filter(|x| x.last_use.is_none()).for_each(|x| x.last_use = Some(self.now));
-        }
-        self.m.policy = policy;
-    }
-
-    /// The machine expiry releases exactly the machines due.
-    fn expire_machines(&mut self) -> Result<(), TestCaseError> {
-        let got = sorted(self.r.expire_machines(self.t()).into_iter().map(|e| e.machine.to_string()).collect());
-        let want: Vec<String> = sorted(self.m.due(self.now).into_iter().map(|i| MACHINES[i].to_string()).collect());
-        self.m.machines.retain(|i, _| !want.contains(&MACHINES[*i].to_string()));
-        prop_assert_eq!(got, want);
-        Ok(())
-    }
-
-    /// Removing a machine ends its sessions.
-    fn remove_machine(&mut self, machine: usize) -> Result<(), TestCaseError> {
-        let (r, t) = (&self.r, self.t());
-        let got = r.broker.plan_remove_machine(&r.owner, &r.org, None, &MachineId::new(MACHINES[machine]).unwrap(), t);
-        if !self.m.machines.contains_key(&machine) {
-            prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND");
-            return Ok(());
-        }
-        let ended = sorted(r.broker.apply(&got.unwrap(), t).into_iter().map(|e| e.info.session).collect());
-        let want = sorted(self.m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect());
-        self.m.live.retain(|_, s| s.machine != machine);
-        self.m.machines.remove(&machine);
-        prop_assert_eq!(ended, want);
-        Ok(())
-    }
-
-    /// The lease expiry ends exactly the sessions due, and leaves nothing due.
-    fn expire(&mut self) -> Result<(), TestCaseError> {
-        let (now, t) = (self.now, self.t());
-        let got = sorted(self.r.broker.expire(t).into_iter().map(|e| e.info.session).collect());
-        let want = sorted(self.m.end_where(now, |s| s.deadline <= now));
-        prop_assert_eq!(got, want);
-        // What is left is due later: the expiry task sleeps.
-        prop_assert!(self.r.broker.next_deadline().is_none_or(|d| d > t), "{:?}", self.r.broker.next_deadline());
-        Ok(())
-    }
-
-    /// The numbers users see agree with the model: the pool's status, the
-    /// next deadline, the live sessions and the machines' last uses.
-    fn agrees(&self) -> Result<(), TestCaseError> {
-        let (r, m) = (&self.r, &self.m);
+        // After every step: the numbers users see agree with the model.
+        m.fill();
+        let listed: Vec<(u32, u32, u32)> =
+            r.broker.reservations(&r.owner, &r.org).unwrap().iter().map(|(_, x)| (x.seats, x.in_use, x.held)).collect();
+        let want = if m.want > 0 { vec![(m.want, m.on_lane().min(m.held), m.held)] } else { Vec::new() };
+        prop_assert_eq!(listed, want);
         let status = &r.broker.status(&r.operator, Some(&r.org)).unwrap()[0];
         prop_assert_eq!(status.in_use as usize, m.live.len());
         prop_assert_eq!(status.machines as usize, m.machines.len());
@@ -372,8 +389,8 @@ impl Run {
         let want: Vec<(String, Option<u64>)> =
             m.machines.iter().map(|(i, x)| (MACHINES[*i].to_string(), x.last_use)).collect();
         prop_assert_eq!(uses, want);
-        Ok(())
     }
+    Ok(())
 }
 
 proptest! {

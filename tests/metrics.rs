@@ -46,6 +46,8 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     c.set_user_limit(&org(), POOL, "owner@default", Some(1)).await.unwrap();
     let e = c.acquire(&org(), POOL, &machine("m"), 5).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::UserLimit));
+    // A seat reserved for a label: held for it, in use by nobody yet.
+    c.set_reservation((&org(), POOL), ("pipeline", "release"), 1).await.unwrap();
     let wrong = license_broker::client::Client::connect(&b.options("lbk_wrong")).await;
     assert!(wrong.is_err(), "an unknown key is refused");
 
@@ -65,6 +67,8 @@ async fn metrics_show_what_status_shows_and_honour_the_token() {
     let pool = r#"{org="default",pool="kre-floating-annual"}"#;
     assert_eq!(sample(&body, &format!("lbroker_seats_in_use{pool}")), Some(1.0), "{body}");
     assert_eq!(sample(&body, &format!("lbroker_seats_quota{pool}")), Some(2.0));
+    assert_eq!(sample(&body, &format!("lbroker_seats_reserved{pool}")), Some(1.0));
+    assert_eq!(sample(&body, &format!("lbroker_seats_reserved_free{pool}")), Some(1.0));
     assert_eq!(sample(&body, &format!("lbroker_machines_registered{pool}")), Some(1.0));
     assert_eq!(sample(&body, &format!("lbroker_admissions_total{pool}")), Some(2.0));
     let denied = |reason: &str| {

@@ -220,6 +220,8 @@ async fn every_answer_decodes_with_the_schema_of_its_streams_version() {
 async fn expire_a_machine(op: &Client, owner: &Client) {
     let kse = pool("kse-floating-annual");
     op.set_machine_policy(&org(), kse, Some(Duration::from_secs(86_400)), false).await.unwrap();
+    // A version 6 audit action for every stream to read.
+    op.set_pool_alerts(&org(), kse, Some(Duration::from_secs(300)), None).await.unwrap();
     let (kre, gone) = (PoolId::KRE_DEFAULT, m("gone"));
     owner.register_ephemeral(&org(), kre, &gone).await.unwrap();
     let lease = owner.acquire(&org(), kre, &gone, 4242).await.unwrap();
@@ -296,7 +298,32 @@ async fn member_answers(b: &TestBroker, owner: &Client, v: u16) {
     later_requests(&mut o, v).await;
     user_limit(&mut o, owner, v).await;
     label_limit(&mut o, owner, v).await;
+    reservation(&mut o, owner, v).await;
     audit(&mut o, v).await;
+}
+
+/// Reserved seats: version 6's requests alone; an older stream gets
+/// `BAD_FRAME` for them, and their audit lines as `QuotaChanged`.
+async fn reservation(o: &mut Raw, owner: &Client, v: u16) {
+    let pool = PoolId::KRE_DEFAULT;
+    let set = |seats| Req::SetReservation { org: org(), pool, key: "pipeline".into(), value: "release".into(), seats };
+    let list = Req::List { of: ListOf::Reservations { org: org() }, after: None, limit: 10 };
+    let labels = Labels::new([("pipeline".into(), "release".into())]).unwrap();
+    let check = Req::CheckLabelled { org: org(), pool, machine: m("capped"), labels };
+    match v {
+        1..=5 => {
+            o.refused(set(1), code::BAD_FRAME).await;
+            o.refused(list, code::BAD_FRAME).await;
+            o.refused(check, code::BAD_FRAME).await;
+            owner.set_reservation((&org(), pool), ("pipeline", "release"), 1).await.unwrap();
+        }
+        _ => {
+            o.ok(set(1), "Done").await;
+            o.ok(list, "Page").await;
+            o.ok(check, "Availability").await;
+        }
+    }
+    owner.set_reservation((&org(), pool), ("pipeline", "release"), 0).await.unwrap();
 }
 
 /// Offline licenses: made, listed, and refused three ways.
@@ -439,6 +466,12 @@ async fn audit(o: &mut Raw, v: u16) {
     assert_eq!(kinds("policy_changed"), [policy], "{trail:?}");
     let label = if v < 5 { "quota_changed" } else { "label_limit_set" };
     assert_eq!(kinds("label_limit_set"), [label], "{trail:?}");
+    let (reserved, alerts) = match v {
+        1..=5 => ("quota_changed", "quota_changed"),
+        _ => ("seats_reserved", "alerts_set"),
+    };
+    assert_eq!(kinds("seats_reserved"), [reserved], "{trail:?}");
+    assert_eq!(kinds("alerts_set"), [alerts], "{trail:?}");
 }
 
 /// `SessionKilled` (a fixture's Debug name) as `session_killed`.

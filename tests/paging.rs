@@ -234,5 +234,6 @@ fn items(p: &PageItems) -> Vec<String> {
         PageItems::Ended(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::MachineUses(v) => v.iter().map(|x| format!("{x:?}")).collect(),
         PageItems::LabelLimits(v) => v.iter().map(|x| format!("{x:?}")).collect(),
+        PageItems::Reservations(v) => v.iter().map(|x| format!("{x:?}")).collect(),
     }
 }

@@ -9,8 +9,10 @@ mod compare;
 mod console;
 mod dashboard;
 mod echo;
+mod ephemeral;
 mod failover;
 mod fleet;
+mod lanes;
 mod lists;
 mod machine;
 mod preflight;
@@ -62,6 +64,14 @@ enum Scenario {
     /// R runners wait in a full pool's queue (quota Q, default 64); seats
     /// are freed one at a time: the hand-off to the head waiter, in order.
     Queue,
+    /// `queue` with a lane: half the seats reserved for `pipeline=release`,
+    /// every other waiter carrying it; reserved seats freed go to the
+    /// lane's head, shared ones to the queue's (hand-off latency, order).
+    Lanes,
+    /// R ephemeral machines (default 100,000) churn through a pool of Q
+    /// machine slots and seats (default 1,000), Q/4 at once: refusals for
+    /// want of a slot, registered machines never above Q.
+    Ephemeral,
     /// 1,000 hostile connections (--connections: silent, never-read,
     /// slowloris, failed-Hello floods) against a broker on its default
     /// limits, while a runner works: the broker's memory and the runner's
@@ -259,6 +269,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Lists => 1_000_000,
         // webhooks: the events written for the outbox's size.
         Scenario::Webhooks => 1_000_000,
+        Scenario::Ephemeral => 100_000,
         _ => 10_000,
     });
     let p = Params {
@@ -268,7 +279,8 @@ async fn run(a: Args) -> Result<bool> {
         orgs: a.orgs.unwrap_or(if a.scenario == Scenario::Scrape { 10_000 } else { 4 }).max(1),
         runners,
         quota: a.quota.unwrap_or(match a.scenario {
-            Scenario::Queue => 64,
+            Scenario::Queue | Scenario::Lanes => 64,
+            Scenario::Ephemeral => 1_000,
             _ => (runners as u32 / 2).max(1),
         }),
         victims: a.victims.unwrap_or((runners / 10).clamp(1, 100)),
@@ -310,6 +322,8 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Die => scenarios::die(&target, &p).await?,
         Scenario::Restart => restart::run(&mut target, &p).await?,
         Scenario::Queue => queue::run(&target, &p).await?,
+        Scenario::Lanes => lanes::run(&target, &p).await?,
+        Scenario::Ephemeral => ephemeral::run(&target, &p).await?,
         Scenario::Lists => lists::run(&mut target, &p).await?,
         Scenario::Abuse => abuse::run(&target, &p).await?,
         Scenario::Scrape => scrape::run(&target, &p).await?,

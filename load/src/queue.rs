@@ -28,7 +28,7 @@ use crate::target::{LoadOrg, Target};
 
 /// Time between two paced releases: long enough that one hand-off is over
 /// before the next release, so each admission pairs with one release.
-const INTERVAL: Duration = Duration::from_millis(3);
+pub(crate) const INTERVAL: Duration = Duration::from_millis(3);
 
 /// A seat someone holds, to release later.
 struct Held {
@@ -198,7 +198,7 @@ fn report(o: Outcome<'_>) -> Result<Report> {
     Ok(r)
 }
 
-async fn connect(target: &Target, org: &LoadOrg, n: usize) -> Result<Vec<Arc<Client>>> {
+pub(crate) async fn connect(target: &Target, org: &LoadOrg, n: usize) -> Result<Vec<Arc<Client>>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         out.push(Arc::new(target.client(&org.key).await?));
@@ -224,7 +224,7 @@ fn leased(r: license_broker::proto::Resp) -> Result<SessionId> {
     }
 }
 
-async fn read_positions(client: Arc<Client>, positions: Arc<Mutex<HashMap<u128, u32>>>) {
+pub(crate) async fn read_positions(client: Arc<Client>, positions: Arc<Mutex<HashMap<u128, u32>>>) {
     while let Some(n) = client.next_notice().await {
         if let Notice::Queued { nonce, position } = n {
             positions.lock().insert(nonce.0, position);
@@ -233,7 +233,7 @@ async fn read_positions(client: Arc<Client>, positions: Arc<Mutex<HashMap<u128, 
 }
 
 /// Waits (at most 30 s) until the pool's queue is `want` deep; returns the depth seen last.
-async fn settle_depth(target: &Target, org: &LoadOrg, want: u32) -> Result<u32> {
+pub(crate) async fn settle_depth(target: &Target, org: &LoadOrg, want: u32) -> Result<u32> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let depth = target.queue(org).await?;
@@ -245,7 +245,7 @@ async fn settle_depth(target: &Target, org: &LoadOrg, want: u32) -> Result<u32> 
 }
 
 /// Waits (at most 10 s) until the pool is empty; returns (in_use, waiting) seen last.
-async fn settle_empty(target: &Target, org: &LoadOrg) -> Result<(u32, u32)> {
+pub(crate) async fn settle_empty(target: &Target, org: &LoadOrg) -> Result<(u32, u32)> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let in_use = target.pools(std::slice::from_ref(org)).await?[0].in_use;

@@ -43,6 +43,10 @@ impl Web {
     /// A TLS session on a new connection, handshake done.
     pub fn connect(&self, timeout: Duration) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
         let tcp = TcpStream::connect(self.addr)?;
+        // As Prometheus's and browsers' clients do: with Nagle on, the
+        // request written after the handshake's last flight waited for its
+        // ACK, which Linux delays 40 ms; a tenth of the scrapes paid it.
+        tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(timeout))?;
         tcp.set_write_timeout(Some(timeout))?;
         let conn = rustls::ClientConnection::new(self.tls.clone(), ServerName::try_from("localhost")?.to_owned())?;

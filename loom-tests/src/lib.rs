@@ -93,6 +93,29 @@ impl Fixture {
         self.0.apply(plan);
     }
 
+    /// Reserves `seats` seats of the KRE pool for sessions carrying `team=web` (as the Owner).
+    pub fn reserve_web(&self, seats: u32) {
+        let label = ("team".to_string(), "web".to_string());
+        let plan = self.broker.plan_set_reservation(&self.owner, (&self.org, PoolId::KRE_DEFAULT), label, seats, t(0));
+        self.0.apply(plan);
+    }
+
+    /// Waits for a seat on machine `m`, carrying `team=web` if `web`; a grant lands in the inbox.
+    pub fn wait_labelled(&self, nonce: u128, web: bool) -> (Result<license_broker::core::Waited>, testkit::Inbox) {
+        use license_broker::core::{Claimant, ConnId};
+        let pairs = web.then(|| ("team".to_string(), "web".to_string()));
+        let labels = license_broker::value::Labels::new(pairs).expect("a valid label");
+        let who = Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels };
+        let inbox = testkit::Inbox::default();
+        (self.broker.wait(&self.owner, &self.target("m"), &who, t(0), inbox.deliver()), inbox)
+    }
+
+    /// The `team=web` reservation: (seats reserved, sessions on them, seats held).
+    pub fn web_reserved(&self) -> (u32, u32, u32) {
+        let all = self.broker.reservations(&self.owner, &self.org).unwrap();
+        all.first().map_or((0, 0, 0), |(_, r)| (r.seats, r.in_use, r.held))
+    }
+
     /// (sessions counted in the `team=web` cap, live KRE sessions carrying it).
     pub fn web_cap_count(&self) -> (u32, usize) {
         let counted = self.broker.label_limits(&self.owner, &self.org, PoolId::KRE_DEFAULT).unwrap();

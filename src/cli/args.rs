@@ -275,8 +275,25 @@ pub(super) enum PoolCmd {
         #[arg(long, conflicts_with = "max")]
         unlimited: bool,
     },
+    /// Owner/Admin: reserve seats of a pool that only sessions carrying a
+    /// job label may take (FlexNet's RESERVE); the rest stays shared.
+    Reserve {
+        /// The org.
+        #[arg(long)]
+        org: OrgName,
+        /// The pool, e.g. kre-floating-annual.
+        #[arg(long)]
+        pool: PoolId,
+        /// The job label, KEY=VALUE (e.g. pipeline=release).
+        #[arg(long, value_parser = parse_label)]
+        label: (String, String),
+        /// Seats reserved (0: remove the reservation).
+        #[arg(long)]
+        seats: u32,
+    },
     /// Owner/Admin: a pool's per-user caps and each member's sessions
-    /// (with `--labels`: its label caps and the sessions carrying each).
+    /// (with `--labels`: its label caps and the sessions carrying each;
+    /// with `--reservations`: its reserved seats and the sessions on them).
     Limits {
         /// The org.
         #[arg(long)]
@@ -285,8 +302,11 @@ pub(super) enum PoolCmd {
         #[arg(long)]
         pool: PoolId,
         /// List the label caps instead.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "reservations")]
         labels: bool,
+        /// List the reservations instead.
+        #[arg(long)]
+        reservations: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,

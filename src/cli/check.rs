@@ -9,6 +9,7 @@ use license_broker::client::{Client, ClientError};
 use license_broker::core::{MachineId, OrgName, PoolId};
 use license_broker::proto::AvailabilityInfo;
 use license_broker::value::time::format_rough;
+use license_broker::value::Labels;
 
 /// `check`'s flags.
 #[derive(clap::Args, Debug)]
@@ -22,18 +23,33 @@ pub struct CheckArgs {
     /// The machine a runner would run on (default: this machine's, see `machine-id`).
     #[arg(long)]
     pub machine_id: Option<MachineId>,
+    /// A job label the runner would carry, KEY=VALUE (repeatable): seats
+    /// reserved for it and caps on it count as for its checkout.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Asks, prints the answer, and fails with the refusal if there would be one.
-pub async fn run(c: &Client, org: &OrgName, pool: PoolId, machine: Option<MachineId>, json: bool) -> Result<()> {
+/// One `KEY=VALUE` job label.
+fn parse_label(s: &str) -> std::result::Result<(String, String), String> {
+    Labels::parse_pair(s).map_err(|e| e.to_string())
+}
+
+/// Asks for a runner carrying `labels`, prints the answer, and fails with
+/// the refusal if there would be one.
+pub async fn run(
+    c: &Client,
+    (org, pool): (&OrgName, PoolId),
+    (machine, labels): (Option<MachineId>, &Labels),
+    json: bool,
+) -> Result<()> {
     let machine = match machine {
         Some(m) => m,
         None => license_broker::machine_id::current()?,
     };
-    let a = c.check(org, pool, &machine).await?;
+    let a = c.check((org, pool), &machine, labels).await?;
     match json {
         true => println!("{}", license_broker::operations::availability_json(&a)),
         false => println!("{}", in_words(&a, org)),

@@ -8,7 +8,7 @@
 use license_broker::client::{Client, ClientError};
 use license_broker::proto::{
     AuditEntry, EndedSession, GrantInfo, KeyInfo, LabelLimitInfo, ListOf, MachineInfo, MachineUseInfo, NodeInfo,
-    OfflineInfo, OrgInfo, PageItems, PoolState, SessionView, UsagePoint, UserInfo, UserLimitInfo,
+    OfflineInfo, OrgInfo, PageItems, PoolState, ReservationInfo, SessionView, UsagePoint, UserInfo, UserLimitInfo,
 };
 use license_broker::value::{format_end_date, format_utc, Millis, Product};
 use serde_json::{json, Value};
@@ -127,6 +127,7 @@ pub async fn paged(c: &Client, of: ListOf, as_json: bool) -> Result<(), ClientEr
         PageItems::Ended(v) => p.page(&v),
         PageItems::MachineUses(v) => p.page(&v),
         PageItems::LabelLimits(v) => p.page(&v),
+        PageItems::Reservations(v) => p.page(&v),
     })
     .await?;
     p.finish();
@@ -321,6 +322,35 @@ impl Listing for LabelLimitInfo {
     }
     fn row(&self) -> Vec<String> {
         vec![format!("{}={}", self.key, self.value), self.max.to_string(), self.sessions.to_string()]
+    }
+}
+
+impl Listing for ReservationInfo {
+    const KEY: &'static str = "reservations";
+    const HEADER: &'static [&'static str] = &["POOL", "LABEL", "SEATS", "IN USE", "HELD"];
+    fn json(&self) -> Value {
+        json!({
+            "pool": self.pool.to_string(), "key": self.key, "value": self.value, "seats": self.seats,
+            "in_use": self.in_use, "held": self.held,
+        })
+    }
+    fn row(&self) -> Vec<String> {
+        let label = format!("{}={}", self.key, self.value);
+        vec![self.pool.to_string(), label, self.seats.to_string(), self.in_use.to_string(), self.held.to_string()]
+    }
+}
+
+/// A pool's reservations (`pool limits --reservations`).
+pub fn reservations(list: &[ReservationInfo], as_json: bool) {
+    print(list, as_json);
+}
+
+/// `status`'s line per reservation, under the pools' table.
+pub fn reserved_lines(list: &[ReservationInfo]) {
+    for r in list {
+        let owed = r.seats.saturating_sub(r.held);
+        let owed = if owed > 0 { format!(", {owed} owed until seats free") } else { String::new() };
+        println!("reserved {}={} in {}: {} seats, {} in use{owed}", r.key, r.value, r.pool, r.seats, r.in_use);
     }
 }
 

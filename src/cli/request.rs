@@ -80,7 +80,9 @@ async fn call(c: &Client, command: Command) -> Result<()> {
         Command::Audit { org, json } => list(c, ListOf::Audit { org }, json).await,
         Command::Status { org, json } => status(c, org.as_ref(), json).await,
         Command::Check(a) => {
-            super::check::run(c, &a.org, a.pool.unwrap_or(PoolId::KRE_DEFAULT), a.machine_id, a.json).await
+            let labels = license_broker::value::Labels::new(a.labels)?;
+            let pool = a.pool.unwrap_or(PoolId::KRE_DEFAULT);
+            super::check::run(c, (&a.org, pool), (a.machine_id, &labels), a.json).await
         }
         Command::Nodes { json } => {
             output::nodes(&c.nodes().await?, json);
@@ -121,8 +123,15 @@ async fn list(c: &Client, of: ListOf, json: bool) -> Result<()> {
 
 /// `status` for one org (or, for anyone but the operator, their own).
 async fn status(c: &Client, org: Option<&OrgName>, json: bool) -> Result<()> {
-    output::status(&c.pools(org).await?, json);
+    let pools = c.pools(org).await?;
+    output::status(&pools, json);
     if !json {
+        // Best effort, as below: reservations are version 5.
+        let mut orgs: Vec<&OrgName> = pools.iter().map(|p| &p.status.org).collect();
+        orgs.dedup();
+        for org in orgs {
+            output::reserved_lines(&c.reservations(org).await.unwrap_or_default());
+        }
         // Best effort: older brokers do not know the request.
         output::cluster_line(&c.nodes().await.unwrap_or_default());
     }
@@ -213,8 +222,20 @@ async fn pool(c: &Client, cmd: PoolCmd) -> Result<()> {
             };
             change(c.set_label_limit((&org, pool), (&key, &value), max), said).await
         }
-        PoolCmd::Limits { org, pool, labels: false, json } => list(c, ListOf::UserLimits { org, pool }, json).await,
-        PoolCmd::Limits { org, pool, labels: true, json } => list(c, ListOf::LabelLimits { org, pool }, json).await,
+        PoolCmd::Reserve { org, pool, label: (key, value), seats } => {
+            let said = |()| match seats {
+                0 => format!("no seats of {pool} are reserved for {key}={value}"),
+                n => format!("{n} seats of {pool} are reserved for sessions labelled {key}={value}"),
+            };
+            change(c.set_reservation((&org, pool), (&key, &value), seats), said).await
+        }
+        PoolCmd::Limits { org, pool, reservations: true, json, .. } => {
+            let all = c.reservations(&org).await?;
+            output::reservations(&all.into_iter().filter(|r| r.pool == pool).collect::<Vec<_>>(), json);
+            Ok(())
+        }
+        PoolCmd::Limits { org, pool, labels: false, json, .. } => list(c, ListOf::UserLimits { org, pool }, json).await,
+        PoolCmd::Limits { org, pool, labels: true, json, .. } => list(c, ListOf::LabelLimits { org, pool }, json).await,
     }
 }
 

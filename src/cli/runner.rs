@@ -156,13 +156,14 @@ pub async fn run(args: RunnerArgs, conn: &ConnArgs, activation: bool) -> Result<
         (None, false) => PoolId::KRE_DEFAULT,
         (None, true) => anyhow::bail!("activate needs --pool: the KSE pool, e.g. kse-floating-annual"),
     };
+    let labels = super::labels::of_job(&args.labels, |name| std::env::var(name).ok())?;
     if args.check {
+        // Asked with the labels its checkout would carry.
         let c = conn.connect().await?;
-        let asked = super::check::run(&c, &args.org, pool, Some(machine), args.json).await;
+        let asked = super::check::run(&c, (&args.org, pool), (Some(machine), &labels), args.json).await;
         c.close().await;
         return asked.map(|()| ExitCode::SUCCESS);
     }
-    let labels = super::labels::of_job(&args.labels, |name| std::env::var(name).ok())?;
     let options = conn.options()?;
     let runner = Runner {
         labels,

@@ -5,8 +5,8 @@
 use super::api::unexpected;
 use super::{Client, ClientError};
 use crate::proto::{
-    AuditEntry, KeyInfo, LabelLimitInfo, ListOf, MachineInfo, MachineUseInfo, OrgInfo, PageItems, Req, Resp,
-    SessionView, UserInfo, UserLimitInfo,
+    AuditEntry, KeyInfo, LabelLimitInfo, ListOf, MachineInfo, MachineUseInfo, OrgInfo, PageItems, Req, ReservationInfo,
+    Resp, SessionView, UserInfo, UserLimitInfo,
 };
 use crate::value::{MachineId, OrgName, PoolId, Role, SessionId};
 
@@ -209,5 +209,29 @@ impl Client {
             Resp::Done => Ok(()),
             other => unexpected(other),
         }
+    }
+
+    /// Owner/Admin: reserves `seats` seats of a pool for the sessions
+    /// carrying `key=value` (0: removes the reservation).
+    pub async fn set_reservation(
+        &self,
+        (org, pool): (&OrgName, PoolId),
+        (key, value): (&str, &str),
+        seats: u32,
+    ) -> Result<(), ClientError> {
+        let (key, value) = (key.to_string(), value.to_string());
+        match self.call(Req::SetReservation { org: org.clone(), pool, key, value, seats }).await? {
+            Resp::Done => Ok(()),
+            other => unexpected(other),
+        }
+    }
+
+    /// A member: the reservations of the org's pools.
+    pub async fn reservations(&self, org: &OrgName) -> Result<Vec<ReservationInfo>, ClientError> {
+        self.all(ListOf::Reservations { org: org.clone() }, |i| match i {
+            PageItems::Reservations(v) => Ok(v),
+            other => Err(other),
+        })
+        .await
     }
 }

@@ -143,11 +143,17 @@ impl Client {
     /// be admitted now and, if not, the place in the queue and the wait.
     pub async fn check(
         &self,
-        org: &OrgName,
-        pool: PoolId,
+        (org, pool): (&OrgName, PoolId),
         machine: &MachineId,
+        labels: &Labels,
     ) -> Result<crate::proto::AvailabilityInfo, ClientError> {
-        match self.call(Req::Check { org: org.clone(), pool, machine: machine.clone() }).await? {
+        let (org, machine) = (org.clone(), machine.clone());
+        // Unlabelled: the version 4 request, which older brokers know too.
+        let req = match labels.is_empty() {
+            true => Req::Check { org, pool, machine },
+            false => Req::CheckLabelled { org, pool, machine, labels: labels.clone() },
+        };
+        match self.call(req).await? {
             Resp::Availability(a) => Ok(a),
             other => unexpected(other),
         }

@@ -45,6 +45,10 @@ pub struct Ticket {
     /// The pool's label caps, as of resolution (`None`: it has none, and
     /// an admission pays nothing for them).
     label_caps: Option<LabelCaps>,
+    /// The pool's reservations' words, as of resolution (`None`: it has
+    /// none). A stale list is harmless: a reservation's seats are held in
+    /// the pool's word, and a removed one's word admits nobody.
+    reserved: Option<LabelCaps>,
     /// The pool's machine-removal epoch before the machine was seen
     /// registered: if it moved by the time a session is inserted, `admit`
     /// checks the machine again (see `admit`).
@@ -138,9 +142,10 @@ impl Broker {
             // KSE floating sessions may come from any machine of a licensed user.
             _ => None,
         };
-        let (cap, label_caps) = pool.caps_for(&p.email);
+        let caps = pool.caps_for(&p.email);
+        let (cap, label_caps, reserved) = (caps.user, caps.labels, caps.reserved);
         let (user, machine) = (p.email.clone(), target.machine.clone());
-        Ok(Ticket { pool, user, machine, machine_epoch, cap, cap_epoch, label_caps, tenure })
+        Ok(Ticket { pool, user, machine, machine_epoch, cap, cap_epoch, label_caps, reserved, tenure })
     }
 
     /// Admits a session on a ticket (or re-attaches the nonce's live one).
@@ -215,7 +220,8 @@ impl Broker {
         }
         // A queued runner holds its machine (a tracked one) while it waits.
         let hold = ticket.tenure.as_ref().map(|t| Tenure::hold(t, now)).transpose()?;
-        match Pool::join_queue(&ticket.pool, deliver, self.config.max_waiters)? {
+        let lanes = ticket.reserved.as_deref().and_then(|lanes| labels::matching(lanes, &who.labels));
+        match Pool::join_queue(&ticket.pool, deliver, self.config.max_waiters, lanes.as_deref())? {
             Joined::Seat(grant) => self.admit_from(&ticket, who, now, SeatFrom::Granted(grant)).map(Waited::Leased),
             Joined::Waiting(place) => Ok(Waited::Queued(place.holding(hold))),
         }
@@ -263,7 +269,8 @@ impl Broker {
         let (nonce, conn, labels, cap) = (who.nonce, who.conn, who.labels.clone(), ticket.cap.clone());
         let (machine, user, tenure) = (ticket.machine.clone(), ticket.user.clone(), ticket.tenure.clone());
         let label_caps = ticket.label_caps.as_deref().and_then(|caps| labels::matching(caps, &labels));
-        let req = SessionRequest { machine, user, nonce, conn, labels, cap, label_caps, tenure };
+        let reserved = ticket.reserved.as_deref().and_then(|lanes| labels::matching(lanes, &labels));
+        let req = SessionRequest { machine, user, nonce, conn, labels, cap, label_caps, reserved, tenure };
         let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), seat)?;
         if lease.reattached {
             return Ok(lease);

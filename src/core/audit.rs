@@ -53,11 +53,14 @@ pub enum AuditAction {
     WebhookRedelivered,
     /// A pool's alerts were set (`pool set --queue-alert`, `--busy-alert`).
     AlertsSet,
+    /// An Owner or Admin reserved seats of a pool for a job label (or
+    /// removed the reservation).
+    SeatsReserved,
 }
 
 impl AuditAction {
     /// Every action, in the order of the encoding.
-    pub const ALL: [AuditAction; 19] = [
+    pub const ALL: [AuditAction; 20] = [
         AuditAction::OrgCreated,
         AuditAction::QuotaChanged,
         AuditAction::UserAdded,
@@ -77,6 +80,7 @@ impl AuditAction {
         AuditAction::LabelLimitSet,
         AuditAction::WebhookRedelivered,
         AuditAction::AlertsSet,
+        AuditAction::SeatsReserved,
     ];
 
     /// Lowercase name for listings.
@@ -101,6 +105,7 @@ impl AuditAction {
             AuditAction::LabelLimitSet => "label_limit_set",
             AuditAction::WebhookRedelivered => "webhook_redelivered",
             AuditAction::AlertsSet => "alerts_set",
+            AuditAction::SeatsReserved => "seats_reserved",
         }
     }
 }

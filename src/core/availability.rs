@@ -13,7 +13,13 @@
 //! quarter of a mean (`OVERDUE`); seats come free in that order, then
 //! every `mean` again, and the queue is served first come, first served.
 //! Seats held by activations, offline licenses or a restart's hold are
-//! not expected to come free. How good that is on a CI day: `license-load
+//! not expected to come free.
+//!
+//! The runner's job labels count as its admission's would: a label cap at
+//! its limit refuses (waiting would not help); a free seat reserved for
+//! one of its labels, with nobody waiting in that reservation's lane,
+//! admits it however full the shared seats are; and seats reserved for
+//! other labels are never free for it. How good that is on a CI day: `license-load
 //! preflight` (README, Performance).
 
 use super::broker::Broker;
@@ -21,7 +27,7 @@ use super::directory::Principal;
 use super::error::{Error, Result};
 use super::pool::{Kind, Pool, PoolId, Product};
 use super::time::Millis;
-use crate::value::{MachineId, OrgName};
+use crate::value::{Labels, MachineId, OrgName};
 
 /// A pool as a runner asking now would find it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,8 +36,12 @@ pub struct Availability {
     pub pool: PoolId,
     /// Licenses bought.
     pub quota: u32,
-    /// Seats held now (sessions, activations, offline licenses, holds).
+    /// Seats held now (sessions, activations, offline licenses, holds;
+    /// not a reserved seat nobody sits on).
     pub in_use: u32,
+    /// Seats free now for this runner: shared ones, and those reserved
+    /// for its labels with nobody waiting for them.
+    pub free: u32,
     /// Runners waiting in the pool's queue.
     pub waiting: u32,
     /// Why an acquire now would be refused; `None`: it would be admitted.
@@ -51,9 +61,9 @@ impl Availability {
         self.waiting + 1
     }
 
-    /// Seats free now for the queue and newcomers.
+    /// Seats free now for the queue and this runner.
     pub fn free(&self) -> u32 {
-        self.quota.saturating_sub(self.in_use)
+        self.free
     }
 }
 
@@ -62,15 +72,19 @@ impl Broker {
     /// (or, on a node-locked KSE pool, an activation) by `p` on `machine`
     /// would meet. A KRE machine not yet registered is asked about as the
     /// runner registers it first; no machine: one already registered.
+    /// `labels`: the runner's job labels (caps and reservations by label).
     pub fn availability(
         &self,
         p: &Principal,
         (org, pool): (&OrgName, PoolId),
-        machine: Option<&MachineId>,
+        (machine, labels): (Option<&MachineId>, &Labels),
         now: Millis,
     ) -> Result<Availability> {
         let pool = self.member_pool(p, org, pool)?;
-        let refusal = self.would_refuse(p, &pool, machine, now).err();
+        let refusal = self.would_refuse(p, &pool, (machine, labels), now).err();
+        let reserved_free: u32 = pool.reservations().iter().map(|r| r.held - r.in_use).sum();
+        let in_use = pool.in_use().saturating_sub(reserved_free);
+        let shared_free = pool.quota().saturating_sub(pool.in_use());
         let (waiting, leased) = (pool.waiting(), pool.id.kind != Kind::NodeLocked);
         let worth_waiting = matches!(refusal, Some(Error::QuotaExceeded { .. }))
             && leased
@@ -79,7 +93,8 @@ impl Broker {
         Ok(Availability {
             pool: pool.id,
             quota: pool.quota(),
-            in_use: pool.in_use(),
+            in_use,
+            free: shared_free + pool.reserved_free_for(labels),
             waiting,
             refusal,
             worth_waiting,
@@ -92,7 +107,14 @@ impl Broker {
     /// registration (`register_machine`), the pool's kind and the grant
     /// (`ticket`, `admit_from`; `bind` for node-locked KSE), the user's cap,
     /// then the seat (`take_seat`).
-    fn would_refuse(&self, p: &Principal, pool: &Pool, machine: Option<&MachineId>, now: Millis) -> Result<()> {
+    fn would_refuse(
+        &self,
+        p: &Principal,
+        pool: &Pool,
+        asker: (Option<&MachineId>, &Labels),
+        now: Millis,
+    ) -> Result<()> {
+        let (machine, labels) = asker;
         match (pool.id.product, pool.id.kind) {
             (Product::Kre, _) => machine.map_or(Ok(()), |m| pool.would_register(m))?,
             (Product::Kse, Kind::NodeLocked) => return would_bind(p, pool, machine),
@@ -105,7 +127,17 @@ impl Broker {
                 return Err(Error::UserLimit { max: c.limit });
             }
         }
-        pool.would_take_seat(now)
+        let caps = pool.label_caps();
+        for cap in caps.iter().flat_map(|c| c.iter()).filter(|c| c.matches(labels)) {
+            let c = cap.seats.count();
+            if c.in_use >= c.limit {
+                return Err(Error::LabelLimit { max: c.limit });
+            }
+        }
+        match pool.reserved_free_for(labels) > 0 {
+            true => pool.open_at(now),
+            false => pool.would_take_seat(now),
+        }
     }
 }
 
@@ -172,7 +204,7 @@ mod tests {
         let pool = crate::core::PoolId::KRE_DEFAULT;
         let ask = |machine: &str| {
             let m = crate::core::MachineId::new(machine).unwrap();
-            w.broker.availability(&w.owner, (&w.org, pool), Some(&m), t(5_000)).unwrap()
+            w.broker.availability(&w.owner, (&w.org, pool), (Some(&m), &Labels::default()), t(5_000)).unwrap()
         };
         w.register("m").unwrap();
         let a = ask("m");
@@ -186,7 +218,7 @@ mod tests {
         assert_eq!((full.in_use, full.free(), full.starts.len()), (2, 0, 2));
         w.register("m2").unwrap();
         assert_eq!(ask("m3").refusal, Some(Error::MachineLimit { quota: 2 }), "no machine slot left");
-        let any = w.broker.availability(&w.owner, (&w.org, pool), None, t(5_000)).unwrap();
+        let any = w.broker.availability(&w.owner, (&w.org, pool), (None, &Labels::default()), t(5_000)).unwrap();
         assert_eq!(any.refusal, Some(Error::QuotaExceeded { quota: 2 }), "no machine: the seats alone");
         assert!(!ask("m3").worth_waiting);
         assert_eq!(w.in_use(), 2, "nothing taken");
@@ -208,7 +240,7 @@ mod tests {
             (w, user)
         };
         let ask = |w: &Fixture, p: &Principal, pool: PoolId, m: &str| {
-            w.broker.availability(p, (&w.org, pool), Some(&mid(m)), now).unwrap()
+            w.broker.availability(p, (&w.org, pool), (Some(&mid(m)), &Labels::default()), now).unwrap()
         };
         let acquire = |w: &Fixture, p: &Principal, pool: PoolId, m: &str| {
             w.broker.acquire(p, &w.target_in(pool, m), Nonce(99), ConnId(9), now).err()

@@ -288,6 +288,7 @@ impl Directory {
                     busy_minutes: *busy_minutes,
                 })
             }
+            Change::Put(Record::Reservation { key, value, seats, .. }) => p.set_reservation(key, value, *seats),
             _ => {}
         }
     }
@@ -310,6 +311,7 @@ fn pool_of(change: &Change) -> Option<(&OrgName, PoolId)> {
             | Record::UserLimit { org, pool, .. }
             | Record::LabelLimit { org, pool, .. }
             | Record::PoolAlerts { org, pool, .. }
+            | Record::Reservation { org, pool, .. }
             | Record::Ceiling { org, pool, .. },
         )
         | Change::RemoveMachine { org, pool, .. }

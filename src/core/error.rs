@@ -111,6 +111,13 @@ pub enum Error {
         /// The license's last valid day, `YYYY-MM-DD`.
         expires: Millis,
     },
+    /// A pool's reservations by job label would add up to more than its quota.
+    ReservedPastQuota {
+        /// The pool's quota.
+        quota: u32,
+        /// What its reservations would add up to.
+        reserved: u32,
+    },
     /// The pool has free seats under its quota but not under its durable
     /// session ceiling: the shell must raise the ceiling (a durable write)
     /// and ask again. Never shown to a client.
@@ -148,6 +155,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::CeilingReached => f.write_str("the pool's durable seat ceiling must be raised before admitting more"),
+            Error::ReservedPastQuota { quota, reserved } => write!(f, "reservations of {reserved} seats > quota {quota}"),
             Error::QuotaExceeded { quota: 0 } => {
                 f.write_str("quota exceeded: the pool has no licenses (quota 0); ask the operator to set one")
             }

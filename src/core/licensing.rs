@@ -112,7 +112,7 @@ impl Broker {
         self.with_dir(|dir| dir.org(org).map(|_| ()))
     }
 
-    fn admin_pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
+    pub(super) fn admin_pool(&self, p: &Principal, org: &OrgName, pool: PoolId) -> Result<Arc<Pool>> {
         p.require_admin(org)?;
         self.with_dir(|dir| dir.pool(org, pool).cloned())
     }

@@ -28,7 +28,7 @@ pub const MAX_IDLE: Duration = Duration::from_secs(10 * 365 * 86_400);
 
 /// Most machines one release commits: their removals and audit lines (and
 /// each line's event) fit one fenced etcd transaction, so a release is all
-/// or nothing there too; the machine task takes the rest next time.
+/// or nothing there too; the machine task takes the rest at once.
 pub const MACHINES_PER_RELEASE: usize = 30;
 
 /// Who releases machines: the broker itself, in the audit trail.

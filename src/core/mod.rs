@@ -29,6 +29,7 @@ pub mod pending;
 pub mod pool;
 pub mod queue;
 pub mod record;
+pub mod reservations;
 pub mod seats;
 pub mod session;
 pub mod table;
@@ -49,6 +50,8 @@ mod tests_labels;
 mod tests_machines;
 #[cfg(all(test, not(broker_loom)))]
 mod tests_queue;
+#[cfg(all(test, not(broker_loom)))]
+mod tests_reservations;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Claimant, Target, Ticket, Waited};
@@ -60,7 +63,7 @@ pub use error::{Error, ExpiryLimit, Result};
 pub use event::{event_key, subscription_notice, Event, EventBody, LeaseLost, QueueWait};
 pub use id::{ConnId, Email, KeyHash, MachineId, Nonce, OfflineId, OrgName, Role, SessionId};
 pub use licensing::{GrantInfo, LicenseFields, OfflineInfo, OfflineOrder, OfflineWindow, OFFLINE_MAX_DAYS};
-pub use machines::Expired;
+pub use machines::{Expired, MACHINES_PER_RELEASE};
 pub use pending::Pending;
 pub use pool::{
     Denial, Kind, MachineUse, OfflineEntry, Policy, PoolId, PoolStatus, PoolUid, Product, Registration, Term,

@@ -14,6 +14,14 @@
 //! hands it to the next waiter: a seat granted is never lost and never
 //! given twice. (Modelled in loom-tests.)
 //!
+//! In a pool with seats reserved by job label (`pool::lanes`) the queue
+//! has lanes: a waiter whose labels match a reservation waits in its lane
+//! too, and a seat freed in a reservation goes to the head of its lane (or
+//! stays reserved-free if nobody there waits); a shared seat goes to the
+//! head of the whole queue, since everyone may take one. First come first
+//! admitted within each lane; a reservation's own `queued` bit holds
+//! newcomers carrying its label back while its lane is not empty.
+//!
 //! The core never learns how a grant reaches its waiter: the shell supplies
 //! a `Deliver` closure when it enqueues, which the core calls once, outside
 //! its locks, with the grant. A closure that cannot deliver (the waiter is
@@ -22,8 +30,9 @@
 use std::collections::BTreeMap;
 
 use super::error::{Error, Result};
+use super::pool::lanes::Lane;
 use super::pool::Pool;
-use super::seats::SeatCount;
+use super::seats::{SeatCount, Seats};
 use crate::sync::Arc;
 
 /// Hands a granted seat to its waiter; gives it back if the waiter is gone.
@@ -77,12 +86,28 @@ impl std::fmt::Debug for Place {
 #[must_use = "a grant dropped gives its seat back"]
 pub struct Grant {
     pool: Arc<Pool>,
+    /// The reservation the seat is one of (`None`: a shared seat).
+    lane: Option<Arc<Seats>>,
     armed: bool,
 }
 
 impl Grant {
     pub(super) fn new(pool: Arc<Pool>) -> Grant {
-        Grant { pool, armed: true }
+        Grant { pool, lane: None, armed: true }
+    }
+
+    /// The reservation the seat is one of, if it is a reserved seat.
+    pub(super) fn lane(&self) -> Option<Arc<Seats>> {
+        self.lane.clone()
+    }
+
+    /// Gives a reserved seat back without handing it on (the pump that
+    /// calls this goes on to the next waiter itself).
+    fn quiet(mut self) {
+        self.armed = false;
+        if let Some(lane) = self.lane.take() {
+            self.pool.return_reserved_seat(&lane, false);
+        }
     }
 
     /// The pool the seat is in.
@@ -98,8 +123,10 @@ impl Grant {
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        if self.armed {
-            self.pool.return_seat();
+        match (self.armed, &self.lane) {
+            (false, _) => {}
+            (true, None) => self.pool.return_seat(),
+            (true, Some(lane)) => self.pool.return_reserved_seat(lane, true),
         }
     }
 }
@@ -119,12 +146,16 @@ pub enum Joined {
     Waiting(Place),
 }
 
-/// The waiters of one pool, in arrival order.
+/// The waiters of one pool, in arrival order, and its reservations.
 #[derive(Default)]
 pub(super) struct WaitQueue {
     /// Arrival number → the waiter.
     waiting: BTreeMap<u64, Waiter>,
     next: u64,
+    /// The pool's reservations by job label (`pool::lanes`): what each
+    /// holds changes under this lock, as the `queued` bit does, since seats
+    /// owed to a reservation are first in line for the next seat freed.
+    pub lanes: Vec<Lane>,
 }
 
 /// One queued runner.
@@ -141,6 +172,11 @@ impl WaitQueue {
     pub fn len(&self) -> usize {
         self.waiting.len()
     }
+
+    /// Seats owed to reservations (none in a pool without any).
+    fn owed(&self) -> u32 {
+        self.lanes.iter().map(Lane::owed).sum()
+    }
 }
 
 impl Pool {
@@ -149,7 +185,18 @@ impl Pool {
     /// `CeilingReached` when only the durable ceiling (not the quota) is in
     /// the way, so the caller raises it and tries again rather than wait
     /// for a seat the quota allows.
-    pub fn join_queue(pool: &Arc<Pool>, deliver: Deliver, max: u32) -> Result<Joined> {
+    /// `lanes`: the reservations the waiter's labels match (its lanes).
+    pub fn join_queue(pool: &Arc<Pool>, deliver: Deliver, max: u32, lanes: Option<&[Arc<Seats>]>) -> Result<Joined> {
+        let joined = Self::enqueue(pool, deliver, max, lanes);
+        if matches!(joined, Ok(Joined::Waiting(_))) && lanes.is_some() {
+            // A reserved seat freed since the waiter's own try found none
+            // saw no lane waiter, and handed nothing on: this does.
+            pool.pump();
+        }
+        joined
+    }
+
+    fn enqueue(pool: &Arc<Pool>, deliver: Deliver, max: u32, lanes: Option<&[Arc<Seats>]>) -> Result<Joined> {
         let this: &Pool = pool;
         let mut q = this.queue.lock();
         let quota = this.quota();
@@ -170,6 +217,7 @@ impl Pool {
                 let seq = q.next;
                 q.next += 1;
                 q.waiting.insert(seq, Waiter { deliver, pool: pool.clone() });
+                q.join_lanes(seq, lanes.unwrap_or(&[]));
                 // Relaxed: a statistic.
                 this.queued.fetch_add(1, crate::sync::Ordering::Relaxed);
                 Ok(Joined::Waiting(Place { pool: pool.clone(), seq, position: len + 1, hold: None }))
@@ -182,10 +230,10 @@ impl Pool {
     /// Removes waiter `seq`; false if it is no longer queued.
     fn leave_queue(&self, seq: u64) -> bool {
         let mut q = self.queue.lock();
-        if q.waiting.remove(&seq).is_none() {
+        if q.unqueue(seq).is_none() {
             return false;
         }
-        if q.waiting.is_empty() {
+        if q.waiting.is_empty() && q.owed() == 0 {
             let _ = self.seats.update(|c| Some(SeatCount { queued: false, ..c }));
             // The bit was what held newcomers back from any free seat; they
             // may take one now. Nothing to hand on: the queue is empty.
@@ -198,41 +246,125 @@ impl Pool {
         self.queue.lock().len() as u32
     }
 
-    /// Hands free seats to the head waiters while there are both. Called
-    /// after every change that can free a seat or raise the limit while
-    /// the `queued` bit is set. Deliveries run outside the queue's lock; a
-    /// waiter that is gone hands its seat back, and the loop offers that
-    /// same seat to the next one.
+    /// Hands free seats to the head waiters while there are both (to the
+    /// reservations owed seats first, then each lane's head its lane's free
+    /// seats, then the queue's head a shared one). Called after every
+    /// change that can free a seat or raise the limit while a `queued` bit
+    /// is set. Deliveries run outside the queue's lock; a waiter that is
+    /// gone hands its seat back, and the loop offers it to the next one.
     pub(super) fn pump(&self) {
-        // A seat handed back by a waiter that was gone: still counted.
+        // A shared seat handed back by a waiter that was gone: still counted.
         let mut spare: Option<Grant> = None;
         loop {
-            let waiter = {
-                let mut q = self.queue.lock();
-                let Some(seq) = q.waiting.first_key_value().map(|(&seq, _)| seq) else { break };
-                let last = q.len() == 1;
-                let has_spare = spare.is_some();
-                let taken = self.seats.update(|c| {
-                    // A spare seat is already in `in_use`: it may pass on
-                    // while that is within the limit (a quota lowered
-                    // meanwhile takes it back instead).
-                    let room = if has_spare { c.in_use <= c.limit } else { c.in_use < c.limit };
-                    let in_use = if has_spare { c.in_use } else { c.in_use + 1 };
-                    room.then_some(SeatCount { in_use, queued: !last, ..c })
-                });
-                match taken {
-                    Ok(c) => _ = self.rose(c),
-                    Err(_) => break,
-                }
-                // Invariant: `seq` was found under this same lock.
-                q.waiting.remove(&seq).expect("head waiter present")
+            let next = self.next_grant(&mut self.queue.lock(), &mut spare);
+            let Some((Waiter { deliver, pool }, lane)) = next else { break };
+            let grant = match lane {
+                Some(lane) => Grant { pool, lane: Some(lane), armed: true },
+                None => spare.take().unwrap_or_else(|| Grant::new(pool)),
             };
-            let Waiter { deliver, pool } = waiter;
-            let grant = spare.take().unwrap_or_else(|| Grant::new(pool));
-            spare = deliver(grant).err();
+            match deliver(grant) {
+                Ok(()) => {}
+                Err(back) if back.lane.is_some() => back.quiet(),
+                Err(back) => spare = Some(back),
+            }
         }
         // Dropped here, a spare seat goes back; the queue was empty or full
         // up, so the release does not come back here for long.
         drop(spare);
+    }
+
+    /// Under the queue's lock: the next waiter to hand a seat to, with the
+    /// reservation the seat is one of (`None`: a shared seat, taken here,
+    /// or the spare one).
+    fn next_grant(&self, q: &mut WaitQueue, spare: &mut Option<Grant>) -> Option<(Waiter, Option<Arc<Seats>>)> {
+        if !q.lanes.is_empty() {
+            while self.fill_lane(q, spare) {}
+            if let Some(granted) = self.lane_head(q) {
+                return Some(granted);
+            }
+        }
+        let seq = q.waiting.first_key_value().map(|(&seq, _)| seq)?;
+        let last = q.len() == 1 && q.owed() == 0;
+        let has_spare = spare.is_some();
+        let taken = self.seats.update(|c| {
+            // A spare seat is already in `in_use`: it may pass on while
+            // that is within the limit (a quota lowered meanwhile takes it
+            // back instead).
+            let room = if has_spare { c.in_use <= c.limit } else { c.in_use < c.limit };
+            let in_use = if has_spare { c.in_use } else { c.in_use + 1 };
+            room.then_some(SeatCount { in_use, queued: !last, ..c })
+        });
+        self.rose(taken.ok()?);
+        // Invariant: `seq` was found under this same lock.
+        Some((q.unqueue(seq).expect("head waiter present"), None))
+    }
+
+    /// The head of the first lane whose reservation has a free seat, with
+    /// that seat taken for it (and the pool's bit cleared if it was the
+    /// last waiter and nothing is owed).
+    fn lane_head(&self, q: &mut WaitQueue) -> Option<(Waiter, Option<Arc<Seats>>)> {
+        let (seq, word) = q.lanes.iter().find_map(|l| {
+            let seq = *l.waiting.first()?;
+            let more = l.waiting.len() > 1;
+            let taken = l
+                .seats
+                .update(|c| (c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, queued: more, ..c }));
+            taken.is_ok().then(|| (seq, l.seats.clone()))
+        })?;
+        // Invariant: a lane holds only queued waiters (both change under this lock).
+        let waiter = q.unqueue(seq).expect("a lane's head is queued");
+        if q.waiting.is_empty() && q.owed() == 0 {
+            let _ = self.seats.update(|c| Some(SeatCount { queued: false, ..c }));
+        }
+        Some((waiter, Some(word)))
+    }
+
+    /// Gives a seat to the first reservation still owed one (they come
+    /// before every waiter): the spare one if there is one, else a free
+    /// one. False if none is owed, or no seat is free.
+    fn fill_lane(&self, q: &WaitQueue, spare: &mut Option<Grant>) -> bool {
+        let Some(lane) = q.lanes.iter().find(|l| l.owed() > 0) else { return false };
+        let ahead = !q.waiting.is_empty() || q.owed() > 1;
+        match spare.take() {
+            // Already counted in `in_use`: it changes hands.
+            Some(grant) => {
+                grant.consume();
+                let _ = self.seats.update(|c| Some(SeatCount { queued: ahead, ..c }));
+            }
+            None => {
+                let taken = self
+                    .seats
+                    .update(|c| (c.in_use < c.limit).then_some(SeatCount { in_use: c.in_use + 1, queued: ahead, ..c }));
+                match taken {
+                    Ok(c) => _ = self.rose(c),
+                    Err(_) => return false,
+                }
+            }
+        }
+        let _ = lane.seats.update(|c| Some(SeatCount { limit: c.limit + 1, ..c }));
+        true
+    }
+}
+
+impl WaitQueue {
+    /// Puts waiter `seq` in the lanes of the reservations among `words`,
+    /// holding back newcomers carrying their labels (their words' bits).
+    fn join_lanes(&mut self, seq: u64, words: &[Arc<Seats>]) {
+        for lane in self.lanes.iter_mut().filter(|l| words.iter().any(|w| Arc::ptr_eq(w, &l.seats))) {
+            lane.waiting.insert(seq);
+            let _ = lane.seats.update(|c| Some(SeatCount { queued: true, ..c }));
+        }
+    }
+
+    /// Takes waiter `seq` out of the queue and its lanes (a lane left
+    /// empty lets newcomers carrying its label have its free seats).
+    fn unqueue(&mut self, seq: u64) -> Option<Waiter> {
+        let waiter = self.waiting.remove(&seq)?;
+        for lane in self.lanes.iter_mut() {
+            if lane.waiting.remove(&seq) && lane.waiting.is_empty() {
+                let _ = lane.seats.update(|c| Some(SeatCount { queued: false, ..c }));
+            }
+        }
+        Some(waiter)
     }
 }

@@ -278,6 +278,20 @@ pub enum Record {
         /// Busy this many minutes in a row, the pool is told of.
         busy_minutes: Option<u32>,
     },
+    /// Seats of a pool reserved for the sessions carrying a label
+    /// (`pool::lanes`).
+    Reservation {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Seats reserved; 0: none (the reservation was removed).
+        seats: u32,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -393,6 +407,9 @@ impl Record {
             Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
             Record::SubscriptionNotice { org, .. } => (Table::Counters, format!("{org}/subscription-notice")),
             Record::PoolAlerts { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/alerts")),
+            Record::Reservation { org, pool, key, value, .. } => {
+                (Table::Counters, format!("{org}/{pool}/reservation/{key}={value}"))
+            }
         }
     }
 }
@@ -420,6 +437,7 @@ impl Record {
             | Record::LastUses { org, .. }
             | Record::LabelLimit { org, .. }
             | Record::PoolAlerts { org, .. } => Some(org),
+            Record::Reservation { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Event(e) => Some(&e.org),

@@ -131,8 +131,9 @@ async fn blocking(f: impl FnOnce() -> Result<Response, Refusal> + Send + 'static
     }
 }
 
-/// `GET /api/v1/availability?org=&pool=&machine=`: a preflight, as
-/// `license-broker check --json` answers it (`Operations::check`). Cheap,
+/// `GET /api/v1/availability?org=&pool=&machine=&label=`: a preflight, as
+/// `license-broker check --json` answers it (`Operations::check`); `label`
+/// the runner's job labels, `KEY=VALUE` pairs joined by `,`. Cheap,
 /// so it takes no report's turn: a dashboard polling it never waits
 /// behind a what-if.
 pub(super) async fn availability(
@@ -151,7 +152,11 @@ async fn availability_of(web: &Web, p: &Principal, q: &HashMap<String, String>) 
     let org = OrgName::new(q.get("org").ok_or_else(|| bad("`org` is required"))?).map_err(bad)?;
     let pool = pool_of(q)?.unwrap_or(PoolId::KRE_DEFAULT);
     let machine = q.get("machine").map(|m| crate::core::MachineId::new(m.as_str())).transpose().map_err(bad)?;
-    let a = web.ops.check(web.ops.caller(p), (&org, pool), machine.as_ref()).await;
+    let labels = match q.get("label") {
+        Some(all) => crate::core::Labels::parse_list(all).map_err(bad)?,
+        None => crate::core::Labels::default(),
+    };
+    let a = web.ops.check(web.ops.caller(p), (&org, pool), machine.as_ref(), &labels).await;
     a.map(|a| json_body(crate::operations::availability_json(&a))).map_err(refused)
 }
 

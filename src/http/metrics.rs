@@ -55,6 +55,8 @@ struct Numbers {
     denied: [u64; crate::core::Denial::ALL.len()],
     seat_ms: u64,
     machines_expired: u64,
+    reserved: u64,
+    reserved_free: u64,
 }
 
 impl Numbers {
@@ -69,6 +71,8 @@ impl Numbers {
         self.activations += u64::from(s.activations);
         self.offline += u64::from(s.offline);
         self.machines_expired += s.machines_expired;
+        self.reserved += u64::from(s.reserved);
+        self.reserved_free += u64::from(s.reserved_free);
         for (e, n) in self.ends.iter_mut().zip(s.ends) {
             *e += n;
         }
@@ -259,6 +263,10 @@ impl Snapshot {
         self.per_pool(e, ("seats_quota", "Licenses bought (the pool's quota).", Gauge), |n| n.quota)?;
         self.per_pool(e, ("machines_registered", "Registered machine IDs.", Gauge), |n| n.machines)?;
         self.per_pool(e, ("queue_waiting", "Runners waiting in the pool's queue.", Gauge), |n| n.waiting)?;
+        let reserved = "Seats reserved for sessions carrying a job label (pool reserve), in use or not.";
+        self.per_pool(e, ("seats_reserved", reserved, Gauge), |n| n.reserved)?;
+        let free = "Reserved seats no session sits on: held for their label, not counted in seats_in_use.";
+        self.per_pool(e, ("seats_reserved_free", free, Gauge), |n| n.reserved_free)?;
         let expired = "Machines the broker released unused (idle limit, ephemeral) since the pool was created (survives restarts).";
         self.per_pool(e, ("machines_expired", expired, Counter), |n| n.machines_expired)?;
         let admitted = "Sessions admitted since the pool was created (survives restarts).";
@@ -350,6 +358,8 @@ mod tests {
             ends: [0; 4],
             denied: Default::default(),
             machines_expired: 0,
+            reserved: 0,
+            reserved_free: 0,
         }
     }
 

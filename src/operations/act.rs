@@ -164,6 +164,17 @@ impl Operations {
         self.mutate(|core| core.plan_set_label_limit(c.p, org, pool, label.clone(), max, c.now)).await
     }
 
+    /// Reserves seats of a pool for a job label (0: removes the reservation).
+    pub async fn set_reservation(
+        &self,
+        c: Caller<'_>,
+        (org, pool): (&OrgName, PoolId),
+        label: (String, String),
+        seats: u32,
+    ) -> Result<(), WireError> {
+        self.mutate(|core| core.plan_set_reservation(c.p, (org, pool), label.clone(), seats, c.now)).await
+    }
+
     /// Reserves the seat, signs the file, commits it, and hands the file back.
     pub async fn create_offline(
         &self,

@@ -6,7 +6,7 @@
 //! nothing, counts no refusal.
 
 use super::{Caller, Operations};
-use crate::core::{wait_estimate, MachineId, Millis, OrgName, PoolId, DAY_MS};
+use crate::core::{wait_estimate, Labels, MachineId, Millis, OrgName, PoolId, DAY_MS};
 use crate::proto::{AvailabilityInfo, WireError};
 
 /// A preflight's answer as JSON, the same from `GET /api/v1/availability`
@@ -27,15 +27,16 @@ const MEAN_OVER_MS: u64 = DAY_MS;
 
 impl Operations {
     /// Whether an acquire by the caller on `machine` (none: a registered
-    /// one) in `org`'s `pool` would be admitted now and, if the pool is
-    /// full, the place in its queue and the wait.
+    /// one) in `org`'s `pool`, carrying `labels`, would be admitted now
+    /// and, if the pool is full, the place in its queue and the wait.
     pub async fn check(
         &self,
         c: Caller<'_>,
         (org, pool): (&OrgName, PoolId),
         machine: Option<&MachineId>,
+        labels: &Labels,
     ) -> Result<AvailabilityInfo, WireError> {
-        let a = self.core.availability(c.p, (org, pool), machine, c.now)?;
+        let a = self.core.availability(c.p, (org, pool), (machine, labels), c.now)?;
         let mean_ms = match a.worth_waiting {
             true => self.mean_session(org, pool, c.now).await,
             false => None,

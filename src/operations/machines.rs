@@ -27,7 +27,13 @@ const RETRY: Duration = Duration::from_secs(1);
 pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
     loop {
         let looked = tokio::time::Instant::now();
-        let next = release(&ops, ops.clock.now()).await;
+        let (next, full) = release(&ops, ops.clock.now()).await;
+        // A full release (`MACHINES_PER_RELEASE`) leaves more due: a fleet
+        // of ephemeral machines waits for those slots, so the next at once.
+        if full && !*stop.borrow() {
+            tokio::task::yield_now().await;
+            continue;
+        }
         let wake_at = match next {
             Some(d) => ops.clock.instant_of(d),
             None => looked + IDLE_SLEEP,
@@ -48,26 +54,28 @@ pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
 /// under the writer lock, like every durable change (so never between a
 /// policy's apply and the sweep that counts its sessions). A failed commit
 /// leaves them registered; the next pass tries again. Returns when the
-/// next machine comes due.
-async fn release(ops: &Operations, now: crate::core::Millis) -> Option<crate::core::Millis> {
+/// next machine comes due, and whether this pass released as many as one
+/// may.
+async fn release(ops: &Operations, now: crate::core::Millis) -> (Option<crate::core::Millis>, bool) {
     let due = ops.core.next_machine_due();
     if due.is_none_or(|due| due > now) {
-        return due;
+        return (due, false);
     }
     let _writer = ops.writer.lock().await;
-    let Some(pending) = ops.core.plan_machine_expiry(now) else { return ops.core.next_machine_due() };
-    match ops.settle(pending).await {
+    let Some(pending) = ops.core.plan_machine_expiry(now) else { return (ops.core.next_machine_due(), false) };
+    let full = match ops.settle(pending).await {
         Ok(expired) => {
             ops.core.count_expired(&expired);
             for e in &expired {
                 let (org, pool, machine, last_use) = (&e.org, e.pool, &e.machine, e.last_use.0);
                 tracing::info!(%org, %pool, %machine, last_use_ms = last_use, "machine released unused");
             }
+            expired.len() >= crate::core::MACHINES_PER_RELEASE
         }
         Err(e) => {
             tracing::warn!("unused machines not released (tried again in {RETRY:?}): {e}");
-            return Some(now.after(RETRY));
+            return (Some(now.after(RETRY)), false);
         }
-    }
-    ops.core.next_machine_due()
+    };
+    (ops.core.next_machine_due(), full)
 }

@@ -71,6 +71,25 @@ pub struct LabelLimitInfo {
     pub sessions: u32,
 }
 
+/// Seats of a pool reserved for the sessions carrying a label
+/// (`ListOf::Reservations`, version 6).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationInfo {
+    /// The pool.
+    pub pool: PoolId,
+    /// The label's key.
+    pub key: String,
+    /// The label's value.
+    pub value: String,
+    /// Seats reserved.
+    pub seats: u32,
+    /// Sessions sitting on them now.
+    pub in_use: u32,
+    /// Seats the reservation holds now: fewer than `seats` while the pool,
+    /// full when it was made, still owes it some.
+    pub held: u32,
+}
+
 /// A live session with its job labels (`ListSessions` on version 3).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionView {
@@ -255,6 +274,9 @@ pub enum AuditAction {
     WebhookRedelivered,
     /// A pool's alerts were set (version 6).
     AlertsSet,
+    /// Seats of a pool were reserved for a job label, or the reservation
+    /// changed or removed (version 6).
+    SeatsReserved,
 }
 
 /// A node of a cluster, for `nodes` (and the last line of `status`).
@@ -322,6 +344,7 @@ impl AuditAction {
             AuditAction::LabelLimitSet => "label_limit_set",
             AuditAction::WebhookRedelivered => "webhook_redelivered",
             AuditAction::AlertsSet => "alerts_set",
+            AuditAction::SeatsReserved => "seats_reserved",
         }
     }
 }

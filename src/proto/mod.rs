@@ -19,8 +19,8 @@ pub use error::{ErrorCode, WireError};
 pub use frame::{encode, FrameBuf, FrameError, MAX_FRAME};
 pub use info::{
     AuditAction, AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, LabelLimitInfo,
-    MachineInfo, MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView,
-    UsagePoint, UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
+    MachineInfo, MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, ReservationInfo, SessionInfo,
+    SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
 };
 pub use request::*;
 pub use response::*;

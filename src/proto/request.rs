@@ -493,6 +493,35 @@ pub enum Req {
         /// Busy this many minutes in a row, the pool is told of (1 to 1440).
         busy_minutes: Option<u32>,
     },
+    /// Version 6, Owner/Admin: reserves `seats` seats of a pool for the
+    /// sessions carrying the label `key=value` (0: removes the
+    /// reservation); a pool's reservations add up to at most its quota
+    /// (`INVALID_ARGUMENT` otherwise). Answered with `Done`.
+    SetReservation {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The label's key.
+        key: String,
+        /// The label's value.
+        value: String,
+        /// Seats reserved.
+        seats: u32,
+    },
+    /// Version 6: as `Check`, for a runner carrying `labels`: its label
+    /// caps and the seats reserved for its labels count as they would for
+    /// its `Checkout`. Answered with `Availability`.
+    CheckLabelled {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine the runner would run on.
+        machine: MachineId,
+        /// The runner's job labels.
+        labels: Labels,
+    },
 }
 
 /// The lists `Req::List` pages through; each names the request it pages.
@@ -590,6 +619,12 @@ pub enum ListOf {
         /// The pool.
         pool: PoolId,
     },
+    /// Version 6: the reservations of the org's pools:
+    /// `PageItems::Reservations`, by pool, then key, then value. Members.
+    Reservations {
+        /// The org.
+        org: OrgName,
+    },
 }
 
 impl Req {
@@ -637,7 +672,9 @@ impl Req {
             | Req::RotateWebhookSecret { org, .. }
             | Req::WebhookDeliveries { org, .. }
             | Req::RedeliverWebhook { org, .. }
-            | Req::SetPoolAlerts { org, .. } => Some(org),
+            | Req::SetPoolAlerts { org, .. }
+            | Req::SetReservation { org, .. }
+            | Req::CheckLabelled { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }
@@ -666,7 +703,8 @@ impl ListOf {
             | ListOf::Audit { org }
             | ListOf::UserLimits { org, .. }
             | ListOf::MachineUses { org }
-            | ListOf::LabelLimits { org, .. } => Some(org),
+            | ListOf::LabelLimits { org, .. }
+            | ListOf::Reservations { org } => Some(org),
             ListOf::Usage { org, .. } | ListOf::Ended { org, .. } => Some(org),
             ListOf::Orgs => None,
         }

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use super::error::WireError;
 use super::info::{
     AuditEntry, AvailabilityInfo, EndReason, EndedSession, GrantInfo, KeyInfo, LabelLimitInfo, MachineInfo,
-    MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, SessionInfo, SessionView, UsagePoint,
-    UserInfo, UserLimitInfo, WhatIfReport,
+    MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, ReservationInfo, SessionInfo, SessionView,
+    UsagePoint, UserInfo, UserLimitInfo, WhatIfReport,
 };
 use super::token::{Cursor, SessionToken};
 use crate::value::{MachineId, Nonce, OrgName, Role, SessionId};
@@ -303,6 +303,8 @@ pub enum PageItems {
     MachineUses(Vec<MachineUseInfo>),
     /// Label caps (version 5).
     LabelLimits(Vec<LabelLimitInfo>),
+    /// Reservations by job label (version 6).
+    Reservations(Vec<ReservationInfo>),
 }
 
 impl PageItems {
@@ -323,6 +325,7 @@ impl PageItems {
             PageItems::Ended(v) => v.len(),
             PageItems::MachineUses(v) => v.len(),
             PageItems::LabelLimits(v) => v.len(),
+            PageItems::Reservations(v) => v.len(),
         }
     }
 

@@ -144,7 +144,11 @@ fn since(req: &Req) -> u16 {
         | Req::RemoveWebhook { .. }
         | Req::RotateWebhookSecret { .. }
         | Req::WebhookDeliveries { .. } => 5,
-        Req::RedeliverWebhook { .. } | Req::SetPoolAlerts { .. } => 6,
+        Req::RedeliverWebhook { .. }
+        | Req::SetPoolAlerts { .. }
+        | Req::SetReservation { .. }
+        | Req::CheckLabelled { .. }
+        | Req::List { of: ListOf::Reservations { .. }, .. } => 6,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -200,6 +204,7 @@ mod tests {
             LabelLimitSet,
             WebhookRedelivered,
             AlertsSet,
+            SeatsReserved,
         ];
         for (v, _, last) in LISTED {
             let version = Version::new(v).unwrap();

@@ -21,7 +21,7 @@ use super::waiting::{self, Late};
 use super::wire::list;
 use super::{ConnCtx, Shared};
 use crate::core::{
-    parse_end_of_date, Activation, Email, KeyHash, KeyRef, Lease, Millis, Nonce, OrgName, Principal,
+    parse_end_of_date, Activation, Email, KeyHash, KeyRef, Labels, Lease, Millis, Nonce, OrgName, Principal,
     Result as CoreResult, SessionId, Target,
 };
 use crate::operations::{Caller, TicketCache};
@@ -126,8 +126,14 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
         Req::WhatIf { org, pool, from_ms, to_ms, seats_min, seats_max } => {
             super::reports::what_if(call, (org, pool), (from_ms, to_ms), seats_min..=seats_max).await
         }
-        Req::Check { org, pool, machine } => {
-            call.shared.ops.check(call.c(), (&org, pool), Some(&machine)).await.map(Resp::Availability)
+        Req::Check { org, pool, machine } => call
+            .shared
+            .ops
+            .check(call.c(), (&org, pool), Some(&machine), &Labels::default())
+            .await
+            .map(Resp::Availability),
+        Req::CheckLabelled { org, pool, machine, labels } => {
+            call.shared.ops.check(call.c(), (&org, pool), Some(&machine), &labels).await.map(Resp::Availability)
         }
         Req::Events { org, after, wait_ms } => super::reports::events(call, org, after, wait_ms).await,
         req @ (Req::AddWebhook { .. }
@@ -179,6 +185,9 @@ async fn act(call: &Call<'_>, req: Req) -> Reply {
         }
         Req::SetLabelLimit { org, pool, key, value, max } => {
             done(ops.set_label_limit(c, (&org, pool), (key, value), max).await)
+        }
+        Req::SetReservation { org, pool, key, value, seats } => {
+            done(ops.set_reservation(c, (&org, pool), (key, value), seats).await)
         }
         Req::SetUserLimit { org, pool, email, max } => {
             done(ops.set_user_limit(c, (&org, pool), &Email::parse_lenient(&email)?, max).await)

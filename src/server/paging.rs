@@ -22,8 +22,8 @@ use super::wire::list;
 use crate::core::{Millis, SessionId};
 use crate::proto::{
     AuditEntry, Cursor, EndedSession, ErrorCode, GrantInfo, KeyInfo, LabelLimitInfo, ListOf, MachineInfo,
-    MachineUseInfo, OfflineInfo, OrgInfo, PageItems, PoolState, Resp, SessionView, UsagePoint, UserInfo, UserLimitInfo,
-    WireError, MAX_FRAME,
+    MachineUseInfo, OfflineInfo, OrgInfo, PageItems, PoolState, ReservationInfo, Resp, SessionView, UsagePoint,
+    UserInfo, UserLimitInfo, WireError, MAX_FRAME,
 };
 
 /// Most items on one page, whatever the client asks (`limit` 0 asks for this).
@@ -130,9 +130,10 @@ fn directory(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) 
             let (v, next) = sorted(list(core.orgs(p)?), |o: &OrgInfo| o.name.clone(), after, limit)?;
             (PageItems::Orgs(v), next)
         }
-        of @ (ListOf::MachineUses { .. } | ListOf::UserLimits { .. } | ListOf::LabelLimits { .. }) => {
-            return per_pool(call, of, after, limit)
-        }
+        of @ (ListOf::MachineUses { .. }
+        | ListOf::UserLimits { .. }
+        | ListOf::LabelLimits { .. }
+        | ListOf::Reservations { .. }) => return per_pool(call, of, after, limit),
         // The lists above are all the directory's; the others are paged by `list_page`.
         other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a directory list"))),
     })
@@ -166,6 +167,19 @@ fn per_pool(call: &Call<'_>, of: ListOf, after: Option<&Cursor>, limit: usize) -
             let caps = caps.map(|(key, value, max, sessions)| LabelLimitInfo { key, value, max, sessions }).collect();
             let (v, next) = sorted(caps, |c: &LabelLimitInfo| (c.key.clone(), c.value.clone()), after, limit)?;
             (PageItems::LabelLimits(v), next)
+        }
+        ListOf::Reservations { org } => {
+            let all = core.reservations(p, &org)?.into_iter().map(|(pool, r)| ReservationInfo {
+                pool,
+                key: r.key,
+                value: r.value,
+                seats: r.seats,
+                in_use: r.in_use,
+                held: r.held,
+            });
+            let by = |r: &ReservationInfo| (r.pool, r.key.clone(), r.value.clone());
+            let (v, next) = sorted(all.collect(), by, after, limit)?;
+            (PageItems::Reservations(v), next)
         }
         other => return Err(WireError::new(ErrorCode::Internal, format!("{other:?} is not a per-pool list"))),
     })

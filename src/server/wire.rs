@@ -27,6 +27,7 @@ fn code(e: &Error) -> ErrorCode {
         Error::QueueFull { .. } => ErrorCode::QueueFull,
         Error::UserLimit { .. } => ErrorCode::UserLimit,
         Error::LabelLimit { .. } => ErrorCode::LabelLimit,
+        Error::ReservedPastQuota { .. } => ErrorCode::InvalidArgument,
         Error::MachineLimit { .. } => ErrorCode::MachineLimit,
         Error::MachineNotRegistered => ErrorCode::MachineNotRegistered,
         Error::SessionExpired => ErrorCode::SessionExpired,
@@ -105,6 +106,7 @@ impl From<core::AuditAction> for proto::AuditAction {
             A::LabelLimitSet => proto::AuditAction::LabelLimitSet,
             A::WebhookRedelivered => proto::AuditAction::WebhookRedelivered,
             A::AlertsSet => proto::AuditAction::AlertsSet,
+            A::SeatsReserved => proto::AuditAction::SeatsReserved,
         }
     }
 }

@@ -64,6 +64,13 @@ impl Labels {
         Ok((k.to_string(), v.to_string()))
     }
 
+    /// `KEY=VALUE` pairs joined by `,` (a value holds no `,`), as a query
+    /// string carries them; empty: none.
+    pub fn parse_list(s: &str) -> Result<Labels, Invalid> {
+        let pairs = s.split(',').filter(|p| !p.is_empty()).map(Labels::parse_pair);
+        Labels::new(pairs.collect::<Result<Vec<_>, Invalid>>()?)
+    }
+
     /// No labels.
     pub fn is_empty(&self) -> bool {
         self.0.is_none()

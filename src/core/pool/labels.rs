@@ -54,13 +54,26 @@ pub(super) struct Caps {
     pub users: FastMap<Email, Arc<Seats>>,
     /// Label caps; `None` when the pool has none (nothing to clone).
     pub labels: Option<LabelCaps>,
+    /// The reservations' words (`lanes`), for tickets; `None`: none.
+    pub reserved: Option<LabelCaps>,
+}
+
+/// What a ticket carries of a pool's caps and reservations.
+pub struct CapsFor {
+    /// The user's cap.
+    pub user: Option<Arc<Seats>>,
+    /// The pool's label caps.
+    pub labels: Option<LabelCaps>,
+    /// The pool's reservations' words.
+    pub reserved: Option<LabelCaps>,
 }
 
 impl Pool {
-    /// The user's cap and the pool's label caps, read together (one lock).
-    pub fn caps_for(&self, email: &Email) -> (Option<Arc<Seats>>, Option<LabelCaps>) {
+    /// The user's cap, the pool's label caps and its reservations, read
+    /// together (one lock).
+    pub fn caps_for(&self, email: &Email) -> CapsFor {
         let caps = self.caps.lock();
-        (caps.users.get(email).cloned(), caps.labels.clone())
+        CapsFor { user: caps.users.get(email).cloned(), labels: caps.labels.clone(), reserved: caps.reserved.clone() }
     }
 
     /// The pool's label caps, if any.

@@ -29,6 +29,9 @@ pub(super) struct Bounds {
     ceiling: Option<u32>,
     /// Seats held by activations and offline licenses.
     durable: u32,
+    /// Seats reserved by job label (`lanes`): held for the sessions
+    /// carrying a label, against the quota alone like a durable holder's.
+    pub(super) reserved: u32,
     /// Lowering passes since the ceiling was last set: a pool is lowered
     /// only after `QUIET_PASSES` of them, so a busy pool whose use swings
     /// is not lowered and raised again (a durable write each) every pass.
@@ -41,12 +44,12 @@ const QUIET_PASSES: u32 = 3;
 impl Bounds {
     /// A pool's bounds before any ceiling or durable holder: the quota alone.
     pub(super) fn new(quota: u32) -> Bounds {
-        Bounds { quota, ceiling: None, durable: 0, quiet: 0 }
+        Bounds { quota, ceiling: None, durable: 0, reserved: 0, quiet: 0 }
     }
 
-    fn limit(&self) -> u32 {
+    pub(super) fn limit(&self) -> u32 {
         match self.ceiling {
-            Some(c) => self.quota.min(c.saturating_add(self.durable)),
+            Some(c) => self.quota.min(c.saturating_add(self.durable).saturating_add(self.reserved)),
             None => self.quota,
         }
     }
@@ -107,9 +110,10 @@ impl Pool {
         self.relimit(&b, -1);
     }
 
-    /// Seats sessions hold (reserved ones included), given a reading of the word.
-    fn sessions_in(b: &Bounds, c: SeatCount) -> u32 {
-        c.in_use.saturating_sub(b.durable)
+    /// Seats sessions hold on shared seats (the restart's held ones
+    /// included), given a reading of the word and what reservations hold.
+    fn sessions_in(b: &Bounds, c: SeatCount, reserved: u32) -> u32 {
+        c.in_use.saturating_sub(b.durable).saturating_sub(reserved)
     }
 
     /// The ceiling to write before admitting past the current one, or
@@ -118,7 +122,8 @@ impl Pool {
     pub fn ceiling_wanted(&self) -> Option<u32> {
         let b = self.bounds.lock();
         let current = b.ceiling?;
-        let sessions = Self::sessions_in(&b, self.seats.count());
+        let reserved = self.reserved_held(b.reserved);
+        let sessions = Self::sessions_in(&b, self.seats.count(), reserved);
         if sessions < current || current >= b.quota {
             return None;
         }
@@ -174,17 +179,20 @@ impl Pool {
     /// no admission slips in between the reading and the new limit.
     fn lower_to(&self, b: &mut Bounds, plan: impl Fn(SeatCount, u32) -> Option<(u32, u32)>) -> Option<u32> {
         let current = b.ceiling?;
-        let (quota, durable) = (b.quota, b.durable);
+        // Read before the swap: a reservation's seat taken meanwhile only
+        // makes the count of shared sessions higher, so the ceiling too.
+        let reserved = self.reserved_held(b.reserved);
+        let (quota, durable, wanted) = (b.quota, b.durable, b.reserved);
         let mut lowered = None;
         let _ = self.seats.update(|c| {
-            let sessions = c.in_use.saturating_sub(durable);
+            let sessions = Self::sessions_in(b, c, reserved);
             lowered = None;
             let (target, slack) = plan(c, sessions)?;
             if current <= target.saturating_add(slack) {
                 return None;
             }
             lowered = Some(target);
-            Some(SeatCount { limit: quota.min(target.saturating_add(durable)), ..c })
+            Some(SeatCount { limit: quota.min(target.saturating_add(durable).saturating_add(wanted)), ..c })
         });
         if let Some(target) = lowered {
             b.ceiling = Some(target);
@@ -198,7 +206,7 @@ impl Pool {
     /// previous run's sessions. Returns how many.
     pub fn hold_reserve(&self) -> u32 {
         let mut b = self.bounds.lock();
-        let held = b.ceiling.unwrap_or_else(|| b.quota.saturating_sub(b.durable));
+        let held = b.ceiling.unwrap_or_else(|| b.quota.saturating_sub(b.durable).saturating_sub(b.reserved));
         b.ceiling = Some(held);
         b.quiet = 0;
         self.reserve.store(held, Ordering::Release);

@@ -8,7 +8,8 @@
 //! seats, the subscription end, and the refusal a full word means. The rest
 //! is by job: `limit` (what the word's limit is computed from: quota,
 //! durable ceiling, durable holders, the restart reserve), `access`
-//! (machine registrations and per-user caps), `labels` (caps by job label), `licensing` (KSE grants,
+//! (machine registrations and per-user caps), `labels` (caps by job label),
+//! `lanes` (seats reserved by job label), `licensing` (KSE grants,
 //! node-locked activations, offline licenses) and `stats` (counters,
 //! refusals by reason, `status`), `idle` and `tenure` (the machine policy:
 //! machines released when unused). The wait queue's side is in `queue`.
@@ -16,6 +17,7 @@
 mod access;
 mod idle;
 pub mod labels;
+pub mod lanes;
 mod licensing;
 mod limit;
 mod stats;
@@ -24,6 +26,7 @@ pub mod tenure;
 pub use access::Registration;
 pub use idle::MachineUse;
 pub use labels::{LabelCap, LabelCaps};
+pub use lanes::ReservationUse;
 pub use licensing::OfflineEntry;
 pub use stats::{Denial, Figures, PoolStatus};
 pub use tenure::{Policy, Tenure};

@@ -74,6 +74,11 @@ pub struct PoolStatus {
     pub denied: [u64; Denial::ALL.len()],
     /// Machines the broker released unused since the pool was created.
     pub machines_expired: u64,
+    /// Seats reserved by job label (`pool reserve`), with sessions on them or not.
+    pub reserved: u32,
+    /// Of those, seats with no session on them: held for their label, not
+    /// counted in `in_use`.
+    pub reserved_free: u32,
 }
 
 impl Pool {
@@ -140,7 +145,11 @@ impl Pool {
     /// keeps for this run.
     pub fn status(&self, this_run: Counts) -> PoolStatus {
         let Counts { admitted, rejected, ends } = self.counted.lock().plus(this_run);
-        let in_use = self.in_use();
+        let reservations = self.reservations();
+        let reserved = reservations.iter().map(|r| r.seats).sum();
+        let reserved_free = reservations.iter().map(|r| r.held - r.in_use).sum();
+        // A reservation's free seats are held in the seat word, but in use by nobody.
+        let in_use = self.in_use().saturating_sub(reserved_free);
         let (grants, activations, offline) = self.licensing_counts();
         PoolStatus {
             org: self.org.clone(),
@@ -159,6 +168,8 @@ impl Pool {
             ends,
             denied: *self.denied.lock(),
             machines_expired: self.expired(),
+            reserved,
+            reserved_free,
         }
     }
 }

@@ -14,9 +14,10 @@ use crate::core::pool::{LabelCap, Pool, PoolUid, Tenure};
 use crate::core::seats::{SeatCount, Seats};
 use crate::sync::Arc;
 
-/// The caps a live session is counted in: its user's and its labels'.
-/// One thin pointer, none for a session in no cap (most are): the two as
-/// fields of their own were 24 bytes on every one of a million sessions.
+/// The caps a live session is counted in (its user's and its labels'),
+/// and the reservation whose seat it sits on. One thin pointer, none for
+/// a session in no cap on a shared seat (most are): the three as fields of
+/// their own were 32 bytes on every one of a million sessions.
 #[derive(Default)]
 pub(super) struct Caps(Option<Box<Counted>>);
 
@@ -24,16 +25,23 @@ pub(super) struct Caps(Option<Box<Counted>>);
 struct Counted {
     user: Option<Arc<Seats>>,
     labels: Vec<Arc<Seats>>,
+    lane: Option<Arc<Seats>>,
 }
 
 impl Caps {
-    /// A new session's: what `take_holds` counted it in.
-    pub fn new(user: Option<Arc<Seats>>, labels: Option<Box<[Arc<Seats>]>>) -> Caps {
+    /// A new session's: what `take_holds` counted it in, and its seat's
+    /// reservation.
+    pub fn new(user: Option<Arc<Seats>>, labels: Option<Box<[Arc<Seats>]>>, lane: Option<Arc<Seats>>) -> Caps {
         let labels = labels.map(Vec::from).unwrap_or_default();
-        match (&user, labels.is_empty()) {
-            (None, true) => Caps(None),
-            _ => Caps(Some(Box::new(Counted { user, labels }))),
+        match (&user, labels.is_empty(), &lane) {
+            (None, true, None) => Caps(None),
+            _ => Caps(Some(Box::new(Counted { user, labels, lane }))),
         }
+    }
+
+    /// The reservation whose seat the session sits on (none: a shared seat).
+    pub fn lane(&self) -> Option<&Arc<Seats>> {
+        self.0.as_ref().and_then(|c| c.lane.as_ref())
     }
 
     fn user(&self) -> Option<&Arc<Seats>> {
@@ -48,7 +56,7 @@ impl Caps {
         self.0.get_or_insert_with(Default::default)
     }
 
-    /// Gives every cap back (the session ended).
+    /// Gives every cap back (the session ended; its seat is the caller's).
     pub fn release(&self) {
         for cap in self.user().into_iter().chain(self.labels()) {
             cap.release(1);

@@ -104,6 +104,10 @@ pub struct SessionRequest {
     /// (`None` elsewhere, at no allocation): counted for this session as
     /// its cap is.
     pub label_caps: Option<Box<[Arc<Seats>]>>,
+    /// The words of the reservations its labels match, in a pool with
+    /// reservations (`None` elsewhere): its seat is one of theirs if one
+    /// is free, else a shared one.
+    pub reserved: Option<Box<[Arc<Seats>]>>,
     /// The machine's tenure, in a pool that tracks machine use: the
     /// session holds it from admission to its end.
     pub tenure: Option<Arc<Tenure>>,
@@ -128,6 +132,17 @@ pub enum SeatFrom {
     /// The seat the wait queue granted this runner (already counted; if no
     /// session takes it, dropping the grant gives it back).
     Granted(super::queue::Grant),
+}
+
+impl SeatFrom {
+    /// The reservation a granted seat is one of (`None`: a shared seat, or
+    /// no grant).
+    fn lane(&self) -> Option<Arc<Seats>> {
+        match self {
+            SeatFrom::Granted(grant) => grant.lane(),
+            _ => None,
+        }
+    }
 }
 
 /// A successful acquire.
@@ -311,7 +326,18 @@ impl SessionTable {
             self.publish(index, &shard);
             return Err(e);
         }
-        let now = match Self::take_seat(&mut shard, pool, now, seat) {
+        // A reserved seat first (a pool without reservations: one branch).
+        let lane = match (&req.reserved, &seat) {
+            (Some(words), SeatFrom::Free | SeatFrom::FreeOrQueue) if pool.open_at(now).is_ok() => {
+                Pool::take_reserved_seat(words)
+            }
+            _ => None,
+        };
+        let (lane, seat) = match lane {
+            Some(lane) => (Some(lane), Ok(shard.admit_granted(pool, now))),
+            None => (seat.lane(), Self::take_seat(&mut shard, pool, now, seat)),
+        };
+        let now = match seat {
             Ok(at) => at,
             Err(e) => {
                 Self::give_holds(&req);
@@ -329,7 +355,7 @@ impl SessionTable {
             started: now,
             deadline,
             labels: req.labels,
-            caps: holds::Caps::new(req.cap, req.label_caps),
+            caps: holds::Caps::new(req.cap, req.label_caps, lane),
             tenure: req.tenure,
         };
         // Invariant: the shard has room (checked above, under the same lock).

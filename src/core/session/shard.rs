@@ -44,7 +44,8 @@ pub(super) struct Live {
     /// Which job holds it; one pointer, none when unlabelled.
     pub labels: crate::value::Labels,
     /// Its user's cap in the pool and its labels' (see `pool::labels`),
-    /// those it is counted in.
+    /// those it is counted in, and the reservation whose seat it sits on
+    /// (`pool::lanes`; none: a shared seat of the pool).
     pub caps: super::holds::Caps,
     /// Its machine's tenure, in a pool that tracks machine use.
     pub tenure: Option<Arc<crate::core::pool::Tenure>>,
@@ -314,7 +315,10 @@ impl Shard {
         if reason == EndReason::Expired {
             pool.note_expiry(now);
         }
-        pool.return_seat();
+        match live.caps.lane() {
+            None => pool.return_seat(),
+            Some(lane) => pool.return_reserved_seat(lane, true),
+        }
         let org = pool.org.clone();
         let pool = pool.id;
         // The session is gone from the table: its names move into the
@@ -408,7 +412,8 @@ impl Shard {
     }
 
     /// Counts the admission at `now` of a session whose seat the wait
-    /// queue granted (already taken from the seat word); when it starts.
+    /// queue granted, or a reservation held (already counted in the seat
+    /// word); when it starts.
     pub fn admit_granted(&mut self, pool: &Arc<Pool>, now: Millis) -> Millis {
         let at = pool.admitted_at(now);
         let (entry, mut out) = self.entry(pool);

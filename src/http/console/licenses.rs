@@ -252,7 +252,12 @@ fn subscription_box(st: &PoolStatus, end: String) -> PoolBox {
 /// caller who may not ask (the operator is no member).
 async fn next_seat(web: &Web, p: &Principal, org: &OrgName, pool: PoolId) -> Option<String> {
     use crate::core::time::format_rough as rough;
-    let a = web.ops.check(web.ops.caller(p), (org, pool), None).await.ok().filter(|a| a.worth_waiting)?;
+    let a = web
+        .ops
+        .check(web.ops.caller(p), (org, pool), None, &crate::core::Labels::default())
+        .await
+        .ok()
+        .filter(|a| a.worth_waiting)?;
     let about = match (a.wait_ms, a.mean_ms) {
         (Some(w), Some(m)) => format!("about {} (sessions lasted {} on average over the last day)", rough(w), rough(m)),
         _ => "no estimate (no session in the last day, or no history kept)".to_string(),

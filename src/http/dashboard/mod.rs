@@ -328,6 +328,7 @@ impl Ask<'_> {
             in_use: s.in_use,
             machines: s.machines,
             waiting: s.waiting,
+            reserved: (s.reserved, s.reserved_free),
             grants: s.grants,
             activations: s.activations,
             offline: s.offline,

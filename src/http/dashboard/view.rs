@@ -34,6 +34,8 @@ pub struct PoolView {
     pub machines: u32,
     /// Runners waiting.
     pub waiting: u32,
+    /// Seats reserved by job label, and of those the free ones (not in use).
+    pub reserved: (u32, u32),
     /// KSE: licensed users.
     pub grants: u32,
     /// KSE: node-locked activations.
@@ -184,6 +186,10 @@ fn pool(b: &mut String, p: &PoolView, (from, to): (Millis, Millis)) {
     if p.kre {
         stat(b, "machines", &format!("machines of {}", p.quota), p.machines.to_string());
         stat(b, "waiting", "waiting", p.waiting.to_string());
+        if p.reserved.0 > 0 {
+            let (seats, free) = p.reserved;
+            stat(b, "reserved", "reserved by label (free)", format!("{seats} ({free})"));
+        }
     } else {
         stat(b, "grants", "assigned", p.grants.to_string());
         stat(b, "activations", "activated", p.activations.to_string());

@@ -1,0 +1,130 @@
+//! `ephemeral`: R ephemeral machines (`RegisterEphemeral`) churn through a
+//! pool of Q machine slots and Q seats, each registering, taking a seat and
+//! giving it back, never more than Q/4 at once: a seat and a machine slot
+//! are always free for the next one, once the broker has released the
+//! machines whose last session ended (issue 27: CI containers with a new
+//! machine id per job).
+//!
+//! A refused registration is retried every 10 ms for up to 5 s, as a job
+//! would rather than fail, and each refusal counted. Checks: no refusal
+//! for want of a machine slot (`MACHINE_LIMIT`) while seats are free, registered machines never above the slots (sampled),
+//! no other error, and every ephemeral machine gone once the churn ends.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use license_broker::client::{Client, ClientError};
+use license_broker::proto::ErrorCode;
+use license_broker::value::{MachineId, PoolId};
+use parking_lot::Mutex;
+
+use crate::queue::connect;
+use crate::report::{Errors, Lat, Report};
+use crate::scenarios::Params;
+use crate::target::{LoadOrg, Target};
+
+const POOL: PoolId = PoolId::KRE_DEFAULT;
+
+pub async fn run(target: &Target, p: &Params) -> Result<Report> {
+    let slots = p.quota;
+    let org = target.setup_orgs(1, slots).await?.remove(0);
+    let conns = connect(target, &org, p.connections).await?;
+    let workers = (slots as usize / 4).clamp(1, 256);
+    let (next, errors, lat) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Errors::default())), Arc::new(Mutex::new(Lat::new())));
+    let (highest, done) = (AtomicU64::new(0), AtomicU64::new(0));
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|w| {
+            let (c, org, next, errors, lat) =
+                (conns[w % conns.len()].clone(), org.clone(), next.clone(), errors.clone(), lat.clone());
+            let total = p.runners as u64;
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let began = Instant::now();
+                    match one(&c, &org, i, &errors).await {
+                        Ok(()) => lat.lock().record(began.elapsed()),
+                        Err(e) => errors.lock().add(&e),
+                    }
+                }
+            })
+        })
+        .collect();
+    let churn = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+        done.store(1, Ordering::Relaxed);
+    };
+    tokio::join!(churn, sample(target, &org, &highest, &done));
+    let elapsed = start.elapsed();
+    // Every ephemeral machine goes with its last session; the load org's own stays.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let left = loop {
+        let m = target.pools(std::slice::from_ref(&org)).await?[0].machines;
+        if m <= 1 || Instant::now() >= deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let errors = std::mem::take(&mut *errors.lock());
+    let lat = std::mem::take(&mut *lat.lock());
+    let mut r = Report::new("ephemeral", "broker");
+    r.duration_s = elapsed.as_secs_f64();
+    r.param("machines", p.runners);
+    r.param("slots", slots);
+    r.param("at_once", workers);
+    r.throughput.insert("machines".into(), lat.stats().count as f64);
+    r.latency("register+acquire+release", &lat);
+    let limit = errors.0.get("MACHINE_LIMIT").copied().unwrap_or(0);
+    let high = highest.load(Ordering::Relaxed);
+    r.check("no machine-slot refusal while seats are free", limit == 0, format!("{limit} MACHINE_LIMIT"));
+    r.check("never above the slots", high <= u64::from(slots), format!("highest registered sampled {high} of {slots}"));
+    let others: Vec<_> = errors.0.iter().filter(|(k, _)| k.as_str() != "MACHINE_LIMIT").collect();
+    r.check("no other error, every job ran", others.is_empty(), format!("{others:?}"));
+    r.check("every ephemeral machine released", left <= 1, format!("{left} machines registered after the churn"));
+    r.errors = errors.0;
+    Ok(r)
+}
+
+/// Tries a refused registration is given (10 ms apart: a job's runner
+/// retrying for up to 5 s), each refusal counted.
+const TRIES: u32 = 500;
+
+/// One job's machine: registered ephemeral (retried while the slots are
+/// full, each refusal counted in `errors`), a seat taken and given back.
+async fn one(c: &Client, org: &LoadOrg, i: u64, errors: &Mutex<Errors>) -> Result<(), ClientError> {
+    // Invariant: a valid machine id, written here.
+    let machine = MachineId::new(format!("eph-{i}")).expect("a valid machine id");
+    for left in (0..TRIES).rev() {
+        match c.register_ephemeral(&org.org, POOL, &machine).await {
+            Err(e) if e.code() == Some(ErrorCode::MachineLimit) && left > 0 => {
+                errors.lock().add(&e);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
+    let lease = c.acquire(&org.org, POOL, &machine, u128::from(i)).await?;
+    c.release(lease.session).await
+}
+
+/// Samples the registered machines every 100 ms, keeping the highest,
+/// until the churn is `done`.
+async fn sample(target: &Target, org: &LoadOrg, highest: &AtomicU64, done: &AtomicU64) {
+    while done.load(Ordering::Relaxed) == 0 {
+        if let Ok(p) = target.pools(std::slice::from_ref(org)).await {
+            highest.fetch_max(u64::from(p[0].machines), Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

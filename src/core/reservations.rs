@@ -1,0 +1,53 @@
+//! Seats reserved by job label, as admins plan them: who may reserve, the
+//! rule that a pool's reservations add up to at most its quota, the durable
+//! record and its audit line. The seats themselves are the pool's
+//! (`pool::lanes`); this module never takes one.
+
+use super::broker::Broker;
+use super::error::{Error, Result};
+use super::id::OrgName;
+use super::pool::{Pool, PoolId, ReservationUse};
+use super::record::{AuditAction, Change, Record};
+use super::time::Millis;
+use super::Principal;
+use crate::sync::Arc;
+
+impl Broker {
+    /// Owner/Admin: reserves `seats` seats of a pool for the sessions
+    /// carrying the label `key=value` (0: removes the reservation). Refused
+    /// (`ReservedPastQuota`) if the pool's reservations would add up to
+    /// more than its quota. Audited.
+    pub fn plan_set_reservation(
+        &self,
+        p: &Principal,
+        (org, pool): (&OrgName, PoolId),
+        label: (String, String),
+        seats: u32,
+        now: Millis,
+    ) -> Result<Vec<Change>> {
+        let handle = self.admin_pool(p, org, pool)?;
+        crate::value::Labels::new([label.clone()])?;
+        let (key, value) = label;
+        let others: u64 =
+            handle.reservations().iter().filter(|r| r.key != key || r.value != value).map(|r| u64::from(r.seats)).sum();
+        let total = others + u64::from(seats);
+        if total > u64::from(handle.quota()) {
+            let reserved = u32::try_from(total).unwrap_or(u32::MAX);
+            return Err(Error::ReservedPastQuota { quota: handle.quota(), reserved });
+        }
+        let detail = format!("pool={pool} label={key}={value} seats={seats}");
+        Ok(vec![
+            Change::Put(Record::Reservation { org: org.clone(), pool, key, value, seats }),
+            self.audit(org, p, AuditAction::SeatsReserved, detail, now),
+        ])
+    }
+
+    /// A member: every reservation of the org's pools, by pool then label.
+    pub fn reservations(&self, p: &Principal, org: &OrgName) -> Result<Vec<(PoolId, ReservationUse)>> {
+        p.require_member(org)?;
+        let mut pools: Vec<Arc<Pool>> =
+            self.with_dir(|dir| dir.org(org).map(|o| o.pools.values().cloned().collect()))?;
+        pools.sort_by_key(|p| p.id);
+        Ok(pools.iter().flat_map(|pool| pool.reservations().into_iter().map(|r| (pool.id, r))).collect())
+    }
+}
