@@ -90,17 +90,26 @@ async fn start_fleet(
     nonce_base: u128,
 ) -> Result<(Live, Vec<tokio::task::JoinHandle<Stats>>)> {
     let live = Live::default();
-    let mut tasks = Vec::new();
     let per = runners.div_ceil(connections.max(1));
+    // Every connection first, then every driver: a driver started as soon
+    // as its own connection was up filled the pool while the others were
+    // still connecting, before the caller's clock started (more so against
+    // an older broker, which a newer client greets once per version).
+    let mut clients = Vec::new();
     for c in 0..connections {
         let count = per.min(runners.saturating_sub(c * per));
         if count == 0 {
             break;
         }
-        let client = Client::connect(&target.options(key)).await?;
-        let first = nonce_base + ((c as u128) << 64);
-        tasks.push(tokio::spawn(fleet::drive(client, org.clone(), first, count, b, live.clone())));
+        clients.push((Client::connect(&target.options(key)).await?, c, count));
     }
+    let tasks = clients
+        .into_iter()
+        .map(|(client, c, count)| {
+            let first = nonce_base + ((c as u128) << 64);
+            tokio::spawn(fleet::drive(client, org.clone(), first, count, b, live.clone()))
+        })
+        .collect();
     Ok((live, tasks))
 }
 
