@@ -43,33 +43,14 @@ fn data(body: &EventBody) -> Value {
             "started_ms": l.started.0,
             "labels": l.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
         }),
-        EventBody::Refused { pool, minute, denied } => {
-            let codes = crate::proto::ErrorCode::DENIALS.iter().map(|c| c.name());
-            let by_code: serde_json::Map<String, Value> =
-                codes.zip(denied).filter(|(_, n)| **n > 0).map(|(c, n)| (c.to_string(), json!(n))).collect();
-            json!({
-                "pool": pool.to_string(),
-                "minute": format_utc(crate::core::Millis(minute * 60_000)),
-                "minute_ms": minute * 60_000,
-                "total": denied.iter().sum::<u64>(),
-                "by_code": by_code,
-            })
-        }
+        EventBody::Refused { pool, minute, denied } => refused(pool, *minute, denied),
         EventBody::MachineLimit { pool, quota, machine, minute } => json!({
             "pool": pool.to_string(),
             "quota": quota,
             "machine": machine.as_str(),
             "minute": format_utc(crate::core::Millis(minute * 60_000)),
         }),
-        EventBody::QueueWait(w) => json!({
-            "pool": w.pool.to_string(),
-            "machine": w.machine.as_str(),
-            "user": w.user.as_str(),
-            "joined": format_utc(w.joined),
-            "joined_ms": w.joined.0,
-            "threshold_ms": w.threshold_ms,
-            "labels": w.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
-        }),
+        EventBody::QueueWait(w) => queue_wait(w),
         EventBody::PoolBusy { pool, since, minute, level, quota, .. } => json!({
             "pool": pool.to_string(),
             "since": format_utc(crate::core::Millis(since * 60_000)),
@@ -93,6 +74,33 @@ fn data(body: &EventBody) -> Value {
             "days": days,
         }),
     }
+}
+
+/// A pool's refusals of one minute, by code (those with none left out).
+fn refused(pool: &crate::core::PoolId, minute: u64, denied: &[u64]) -> Value {
+    let codes = crate::proto::ErrorCode::DENIALS.iter().map(|c| c.name());
+    let by_code: serde_json::Map<String, Value> =
+        codes.zip(denied).filter(|(_, n)| **n > 0).map(|(c, n)| (c.to_string(), json!(n))).collect();
+    json!({
+        "pool": pool.to_string(),
+        "minute": format_utc(crate::core::Millis(minute * 60_000)),
+        "minute_ms": minute * 60_000,
+        "total": denied.iter().sum::<u64>(),
+        "by_code": by_code,
+    })
+}
+
+/// A runner queued past its pool's alert.
+fn queue_wait(w: &crate::core::QueueWait) -> Value {
+    json!({
+        "pool": w.pool.to_string(),
+        "machine": w.machine.as_str(),
+        "user": w.user.as_str(),
+        "joined": format_utc(w.joined),
+        "joined_ms": w.joined.0,
+        "threshold_ms": w.threshold_ms,
+        "labels": w.labels.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+    })
 }
 
 #[cfg(test)]

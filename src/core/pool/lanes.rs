@@ -182,9 +182,6 @@ impl Pool {
     }
 }
 
-/// Lowers a reservation's word to at most `seats` held, and returns how
-/// many of the seats it held are free to go back to the pool (those a
-/// session sits on go back when it ends: `return_reserved_seat`).
 /// Raises `word`'s limit by up to `short` over the sessions on it past
 /// its limit; how many.
 fn readopt(word: &Seats, short: u32) -> u32 {
@@ -196,6 +193,9 @@ fn readopt(word: &Seats, short: u32) -> u32 {
     taken
 }
 
+/// Lowers a reservation's word to at most `seats` held, and returns how
+/// many of the seats it held are free to go back to the pool (those a
+/// session sits on go back when it ends: `return_reserved_seat`).
 fn shrink(word: &Seats, seats: u32) -> u32 {
     let mut back = 0;
     let _ = word.update(|c| {

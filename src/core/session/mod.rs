@@ -303,48 +303,51 @@ impl SessionTable {
     ) -> Result<Lease> {
         let index = self.shard_of_nonce(pool, req.nonce);
         let mut shard = self.shards[index].lock.lock();
-        let deadline = now.after(ttl);
-        if let Some(id) = shard.find_nonce(pool.uid, req.nonce) {
-            if let Some(s) = shard.get_mut(id).filter(|s| s.deadline > now) {
-                s.conn = req.conn;
-                shard.set_deadline(id, deadline);
-                self.publish(index, &shard);
-                return Ok(Lease { session: id, deadline, reattached: true });
-            }
-            // Its lease ran out before the expiry task got to it: end it now,
-            // so its seat is free for this very acquire.
-            shard.end(id, EndReason::Expired, now);
+        let result = match Self::reattach_nonce(&mut shard, pool, &req, now.after(ttl), now) {
+            Some(lease) => Ok(lease),
+            None => Self::admit_new(&mut shard, pool, req, (now, ttl), seat),
+        };
+        self.publish(index, &shard);
+        result
+    }
+
+    /// The nonce's live session, moved to the asking connection and renewed
+    /// to `deadline`, if it has one. One whose lease ran out before the
+    /// expiry task got to it is ended now, so its seat is free for this
+    /// very acquire.
+    fn reattach_nonce(
+        shard: &mut Shard,
+        pool: &Pool,
+        req: &SessionRequest,
+        deadline: Millis,
+        now: Millis,
+    ) -> Option<Lease> {
+        let id = shard.find_nonce(pool.uid, req.nonce)?;
+        if let Some(s) = shard.get_mut(id).filter(|s| s.deadline > now) {
+            s.conn = req.conn;
+            shard.set_deadline(id, deadline);
+            return Some(Lease { session: id, deadline, reattached: true });
         }
+        shard.end(id, EndReason::Expired, now);
+        None
+    }
+
+    /// A new session: the machine's tenure and the user's and labels' caps
+    /// first (a refusal leaves the pool untouched), then the pool's seat;
+    /// the session returns them all when it ends.
+    fn admit_new(
+        shard: &mut Shard,
+        pool: &Arc<Pool>,
+        req: SessionRequest,
+        (now, ttl): (Millis, Duration),
+        seat: SeatFrom,
+    ) -> Result<Lease> {
         if shard.len() >= MAX_SLOTS {
-            self.publish(index, &shard);
             return Err(Error::TableFull);
         }
-        // The machine's tenure and the user's cap first (a refusal leaves
-        // the pool untouched), then the pool's seat; the session returns
-        // all three when it ends.
-        if let Err(e) = Self::take_holds(&req) {
-            self.publish(index, &shard);
-            return Err(e);
-        }
-        // A reserved seat first (a pool without reservations: one branch).
-        let lane = match (&req.reserved, &seat) {
-            (Some(words), SeatFrom::Free | SeatFrom::FreeOrQueue) if pool.open_at(now).is_ok() => {
-                Pool::take_reserved_seat(words)
-            }
-            _ => None,
-        };
-        let (lane, seat) = match lane {
-            Some(lane) => (Some(lane), Ok(shard.admit_granted(pool, now))),
-            None => (seat.lane(), Self::take_seat(&mut shard, pool, now, seat)),
-        };
-        let now = match seat {
-            Ok(at) => at,
-            Err(e) => {
-                Self::give_holds(&req);
-                self.publish(index, &shard);
-                return Err(e);
-            }
-        };
+        Self::take_holds(&req)?;
+        let (lane, started) = Self::seat_for(shard, pool, &req, now, seat);
+        let now = started.inspect_err(|_| Self::give_holds(&req))?;
         let deadline = now.after(ttl);
         let live = Live {
             pool: pool.uid,
@@ -360,15 +363,36 @@ impl SessionTable {
         };
         // Invariant: the shard has room (checked above, under the same lock).
         let id = shard.insert(live).expect("shard has a free slot");
-        self.publish(index, &shard);
         Ok(Lease { session: id, deadline, reattached: false })
+    }
+
+    /// A new session's seat: one reserved for its labels first (a pool
+    /// without reservations: one branch), else where `seat` says. The
+    /// reservation the seat is one of, and when the session starts.
+    fn seat_for(
+        shard: &mut Shard,
+        pool: &Arc<Pool>,
+        req: &SessionRequest,
+        now: Millis,
+        seat: SeatFrom,
+    ) -> (Option<Arc<Seats>>, Result<Millis>) {
+        let reserved = match (&req.reserved, &seat) {
+            (Some(words), SeatFrom::Free | SeatFrom::FreeOrQueue) if pool.open_at(now).is_ok() => {
+                Pool::take_reserved_seat(words)
+            }
+            _ => None,
+        };
+        match reserved {
+            Some(lane) => (Some(lane), Ok(shard.admit_granted(pool, now))),
+            None => (seat.lane(), Self::take_seat(shard, pool, now, seat)),
+        }
     }
 
     /// Takes a new session's seat from where `seat` says. A held seat is
     /// already counted in the pool's seats; the session takes it over (and
-    /// returns it when it ends, as any other).
-    /// Says when the session starts: `now`, or the expiry that freed its
-    /// seat if that was later (see `Pool::admitted_at`).
+    /// returns it when it ends, as any other). Says when the session
+    /// starts: `now`, or the expiry that freed its seat if that was later
+    /// (see `Pool::admitted_at`).
     #[inline]
     fn take_seat(shard: &mut Shard, pool: &Arc<Pool>, now: Millis, seat: SeatFrom) -> Result<Millis> {
         match seat {
