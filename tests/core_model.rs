@@ -14,7 +14,7 @@ use std::time::Duration;
 use license_broker::core::testkit::Fixture;
 use license_broker::core::Policy;
 use license_broker::core::{
-    Claimant, ConnId, EndReason, Error, Labels, MachineId, Millis, Nonce, PoolId, Registration, SessionId,
+    Claimant, ConnId, EndReason, Error, Labels, Lease, MachineId, Millis, Nonce, PoolId, Registration, SessionId,
 };
 use proptest::prelude::*;
 
@@ -192,182 +192,277 @@ fn real(quota: u32) -> Fixture {
 
 const BASE: u64 = 1_795_000_000_000;
 
-fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let r = real(initial_quota);
-    let mut m = Reference { quota: initial_quota, ..Reference::default() };
-    let mut now = BASE;
-    // Every session id ever issued, so ops can target ended ones too.
-    let mut issued: Vec<SessionId> = Vec::new();
-    let mid = |i: usize| MachineId::new(MACHINES[i]).unwrap();
-    let pool = PoolId::KRE_DEFAULT;
+/// The job label the reservation is for, carried by labelled acquires.
+fn label() -> (String, String) {
+    ("pipeline".to_string(), "release".to_string())
+}
 
+/// Who acquires: `labelled` ones carry the reservation's label.
+fn claimant(nonce: u8, conn: u64, labelled: bool) -> Claimant {
+    let labels = Labels::new(labelled.then(label)).unwrap();
+    Claimant { nonce: Nonce(nonce.into()), conn: ConnId(conn), labels }
+}
+
+fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut run = Run::new(initial_quota);
     for op in ops {
-        let t = Millis(now);
+        run.step(op)?;
+        // After every step: seats freed went to the reservation first, and
+        // the numbers users see agree with the model.
+        run.m.fill();
+        run.agrees()?;
+    }
+    Ok(())
+}
+
+/// The real core and the reference side by side, at the same time.
+struct Run {
+    r: Fixture,
+    m: Reference,
+    now: u64,
+    /// Every session id ever issued, so ops can target ended ones too.
+    issued: Vec<SessionId>,
+}
+
+/// Each side's list of sessions or machines, in one order to compare.
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+impl Run {
+    fn new(quota: u32) -> Run {
+        let m = Reference { quota, ..Reference::default() };
+        Run { r: real(quota), m, now: BASE, issued: Vec::new() }
+    }
+
+    fn t(&self) -> Millis {
+        Millis(self.now)
+    }
+
+    /// An issued session (live or ended) picked by `pick`.
+    fn pick(&self, pick: usize) -> SessionId {
+        self.issued[pick % self.issued.len()]
+    }
+
+    /// Applies `op` to both sides and checks its answer.
+    fn step(&mut self, op: Op) -> Result<(), TestCaseError> {
         match op {
-            Op::Acquire { nonce, machine, conn, labelled } => {
-                let pairs = labelled.then(|| ("pipeline".to_string(), "release".to_string()));
-                let who =
-                    Claimant { nonce: Nonce(nonce.into()), conn: ConnId(conn), labels: Labels::new(pairs).unwrap() };
-                let got = r.broker.acquire_as(&r.owner, &r.target(MACHINES[machine]), &who, t);
-                if !m.machines.contains_key(&machine) {
-                    prop_assert_eq!(got, Err(Error::MachineNotRegistered));
-                    continue;
-                }
-                if let Some(s) = m.live.get_mut(&nonce) {
-                    if s.deadline > now {
-                        s.deadline = now + TTL_MS;
-                        s.conn = conn;
-                        let lease = got.map_err(|e| TestCaseError::fail(format!("reattach refused: {e}")))?;
-                        prop_assert_eq!((lease.session, lease.reattached, lease.deadline.0), (s.id, true, s.deadline));
-                        continue;
-                    }
-                    // Its lease ran out: the acquire ends it now.
-                    let id = s.id;
-                    m.end_where(now, |x| x.id == id);
-                }
-                m.fill();
-                match m.seat_for(labelled) {
-                    None => prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: m.quota })),
-                    Some(lane) => {
-                        let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
-                        prop_assert!(!lease.reattached);
-                        prop_assert!(!issued.contains(&lease.session), "session id reused");
-                        issued.push(lease.session);
-                        let s = RefSession { id: lease.session, machine, conn, deadline: now + TTL_MS, lane };
-                        m.live.insert(nonce, s);
-                    }
-                }
-            }
-            Op::Release { pick } | Op::Renew { pick } | Op::Kill { pick } if issued.is_empty() => {
-                let _ = pick;
-            }
-            Op::Release { pick } => {
-                let id = issued[pick % issued.len()];
-                let got = r.broker.release(&r.owner, id, t);
-                match m.by_id(id) {
-                    Some(_) => {
-                        m.end_where(now, |s| s.id == id);
-                        prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Released));
-                    }
-                    None => prop_assert_eq!(got.map(|e| e.reason), Err(Error::SessionExpired)),
-                }
-            }
-            Op::Renew { pick } => {
-                let id = issued[pick % issued.len()];
-                let got = r.broker.renew(&r.owner, id, t);
-                match m.by_id(id) {
-                    Some(n) if m.live[&n].deadline > now => {
-                        m.live.get_mut(&n).unwrap().deadline = now + TTL_MS;
-                        prop_assert_eq!(got, Ok(Millis(now + TTL_MS)));
-                    }
-                    Some(_) => {
-                        m.end_where(now, |s| s.id == id);
-                        prop_assert_eq!(got, Err(Error::SessionExpired));
-                    }
-                    None => prop_assert_eq!(got, Err(Error::SessionExpired)),
-                }
-            }
-            Op::Kill { pick } => {
-                let id = issued[pick % issued.len()];
-                let got = r.broker.kill(&r.owner, &r.org, id, t);
-                match m.by_id(id) {
-                    Some(_) => {
-                        m.end_where(now, |s| s.id == id);
-                        prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Revoked));
-                    }
-                    None => prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND"),
-                }
-            }
-            Op::Close { conn } => {
-                let mut got: Vec<SessionId> = r
-                    .broker
-                    .close_connection(ConnId(conn), issued.clone(), t)
-                    .into_iter()
-                    .map(|e| e.info.session)
-                    .collect();
-                let mut want = m.end_where(now, |s| s.conn == conn);
-                got.sort();
-                want.sort();
-                prop_assert_eq!(got, want);
-            }
-            Op::Register { machine } | Op::RegisterEphemeral { machine } => {
-                let ephemeral = matches!(op, Op::RegisterEphemeral { .. });
-                let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t, ephemeral).map(|p| r.commit(p));
-                if m.machines.contains_key(&machine) {
-                    prop_assert_eq!(got, Ok(Registration::Known));
-                } else if m.quota == 0 {
-                    // A pool with no licenses says so, rather than "machine limit".
-                    prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: 0 }));
-                } else if m.machines.len() as u32 >= m.quota {
-                    prop_assert_eq!(got, Err(Error::MachineLimit { quota: m.quota }));
-                } else {
-                    prop_assert_eq!(got, Ok(Registration::New));
-                    let last_use = (ephemeral || m.policy.tracks()).then_some(now);
-                    m.machines.insert(machine, RefMachine { registered: now, ephemeral, last_use });
-                }
-            }
+            Op::Acquire { nonce, machine, conn, labelled } => self.acquire(nonce, machine, conn, labelled),
+            Op::Release { .. } | Op::Renew { .. } | Op::Kill { .. } if self.issued.is_empty() => Ok(()),
+            Op::Release { pick } => self.release(self.pick(pick)),
+            Op::Renew { pick } => self.renew(self.pick(pick)),
+            Op::Kill { pick } => self.kill(self.pick(pick)),
+            Op::Close { conn } => self.close(conn),
+            Op::Register { machine } => self.register(machine, false),
+            Op::RegisterEphemeral { machine } => self.register(machine, true),
             Op::SetPolicy { idle_ms, ephemeral } => {
-                let policy = Policy { idle: idle_ms.map(Duration::from_millis), ephemeral };
-                r.broker.apply(&r.broker.plan_set_policy(&r.operator, &r.org, pool, policy, t).unwrap(), t);
-                if policy.tracks() {
-                    m.machines.values_mut().filter(|x| x.last_use.is_none()).for_each(|x| x.last_use = Some(now));
-                }
-                m.policy = policy;
+                self.set_policy(Policy { idle: idle_ms.map(Duration::from_millis), ephemeral });
+                Ok(())
             }
-            Op::ExpireMachines => {
-                let mut got: Vec<String> = r.expire_machines(t).into_iter().map(|e| e.machine.to_string()).collect();
-                let mut want: Vec<String> = m.due(now).into_iter().map(|i| MACHINES[i].to_string()).collect();
-                m.machines.retain(|i, _| !want.contains(&MACHINES[*i].to_string()));
-                got.sort();
-                want.sort();
-                prop_assert_eq!(got, want);
-            }
-            Op::RemoveMachine { machine } => {
-                let got = r.broker.plan_remove_machine(&r.owner, &r.org, None, &mid(machine), t);
-                if !m.machines.contains_key(&machine) {
-                    prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND");
-                    continue;
-                }
-                let mut ended: Vec<SessionId> =
-                    r.broker.apply(&got.unwrap(), t).into_iter().map(|e| e.info.session).collect();
-                let mut want: Vec<SessionId> = m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect();
-                m.live.retain(|_, s| s.machine != machine);
-                m.machines.remove(&machine);
-                ended.sort();
-                want.sort();
-                prop_assert_eq!(ended, want);
-            }
+            Op::ExpireMachines => self.expire_machines(),
+            Op::RemoveMachine { machine } => self.remove_machine(machine),
             Op::SetQuota { quota } => {
-                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, pool, quota, t).unwrap(), t);
-                m.quota = quota;
+                let (r, t) = (&self.r, self.t());
+                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, PoolId::KRE_DEFAULT, quota, t).unwrap(), t);
+                self.m.quota = quota;
+                Ok(())
             }
-            Op::Advance { ms } => now += ms,
-            Op::Reserve { seats } => {
-                let label = ("pipeline".to_string(), "release".to_string());
-                let got = r.broker.plan_set_reservation(&r.owner, (&r.org, pool), label, seats, t);
-                if seats > m.quota {
-                    prop_assert_eq!(got, Err(Error::ReservedPastQuota { quota: m.quota, reserved: seats }));
-                    continue;
-                }
-                r.broker.apply(&got.unwrap(), t);
-                m.reserve(seats);
+            Op::Advance { ms } => {
+                self.now += ms;
+                Ok(())
             }
-            Op::Expire => {
-                let mut got: Vec<SessionId> = r.broker.expire(t).into_iter().map(|e| e.info.session).collect();
-                let mut want = m.end_where(now, |s| s.deadline <= now);
-                got.sort();
-                want.sort();
-                prop_assert_eq!(got, want);
-                // What is left is due later: the expiry task sleeps.
-                prop_assert!(r.broker.next_deadline().is_none_or(|d| d > t), "{:?}", r.broker.next_deadline());
-            }
+            Op::Expire => self.expire(),
+            Op::Reserve { seats } => self.reserve(seats),
         }
-        // After every step: the numbers users see agree with the model.
-        m.fill();
-        let listed: Vec<(u32, u32, u32)> =
-            r.broker.reservations(&r.owner, &r.org).unwrap().iter().map(|(_, x)| (x.seats, x.in_use, x.held)).collect();
-        let want = if m.want > 0 { vec![(m.want, m.on_lane().min(m.held), m.held)] } else { Vec::new() };
-        prop_assert_eq!(listed, want);
+    }
+
+    /// An acquire: refused on an unregistered machine, a re-attach while
+    /// the nonce's lease runs, else admitted on a reserved or shared seat.
+    fn acquire(&mut self, nonce: u8, machine: usize, conn: u64, labelled: bool) -> Result<(), TestCaseError> {
+        let now = self.now;
+        let (r, who) = (&self.r, claimant(nonce, conn, labelled));
+        let got = r.broker.acquire_as(&r.owner, &r.target(MACHINES[machine]), &who, self.t());
+        if !self.m.machines.contains_key(&machine) {
+            prop_assert_eq!(got, Err(Error::MachineNotRegistered));
+            return Ok(());
+        }
+        if let Some(s) = self.m.live.get_mut(&nonce) {
+            if s.deadline > now {
+                s.deadline = now + TTL_MS;
+                s.conn = conn;
+                let lease = got.map_err(|e| TestCaseError::fail(format!("reattach refused: {e}")))?;
+                prop_assert_eq!((lease.session, lease.reattached, lease.deadline.0), (s.id, true, s.deadline));
+                return Ok(());
+            }
+            // Its lease ran out: the acquire ends it now.
+            let id = s.id;
+            self.m.end_where(now, |x| x.id == id);
+        }
+        self.admit(got, nonce, machine, conn, labelled)
+    }
+
+    /// A new session: on a reserved seat for a labelled acquire while the
+    /// reservation holds a free one, else on a shared seat unless the quota
+    /// (or seats owed to the reservation) leave none.
+    fn admit(
+        &mut self,
+        got: Result<Lease, Error>,
+        nonce: u8,
+        machine: usize,
+        conn: u64,
+        labelled: bool,
+    ) -> Result<(), TestCaseError> {
+        self.m.fill();
+        let Some(lane) = self.m.seat_for(labelled) else {
+            prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: self.m.quota }));
+            return Ok(());
+        };
+        let lease = got.map_err(|e| TestCaseError::fail(format!("admission refused: {e}")))?;
+        prop_assert!(!lease.reattached);
+        prop_assert!(!self.issued.contains(&lease.session), "session id reused");
+        self.issued.push(lease.session);
+        let s = RefSession { id: lease.session, machine, conn, deadline: self.now + TTL_MS, lane };
+        self.m.live.insert(nonce, s);
+        Ok(())
+    }
+
+    fn release(&mut self, id: SessionId) -> Result<(), TestCaseError> {
+        let got = self.r.broker.release(&self.r.owner, id, self.t());
+        match self.m.by_id(id) {
+            Some(_) => {
+                self.m.end_where(self.now, |s| s.id == id);
+                prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Released));
+            }
+            None => prop_assert_eq!(got.map(|e| e.reason), Err(Error::SessionExpired)),
+        }
+        Ok(())
+    }
+
+    /// A heartbeat: extends a running lease; one that ran out is ended.
+    fn renew(&mut self, id: SessionId) -> Result<(), TestCaseError> {
+        let now = self.now;
+        let got = self.r.broker.renew(&self.r.owner, id, self.t());
+        match self.m.by_id(id) {
+            Some(n) if self.m.live[&n].deadline > now => {
+                self.m.live.get_mut(&n).unwrap().deadline = now + TTL_MS;
+                prop_assert_eq!(got, Ok(Millis(now + TTL_MS)));
+            }
+            Some(_) => {
+                self.m.end_where(now, |s| s.id == id);
+                prop_assert_eq!(got, Err(Error::SessionExpired));
+            }
+            None => prop_assert_eq!(got, Err(Error::SessionExpired)),
+        }
+        Ok(())
+    }
+
+    fn kill(&mut self, id: SessionId) -> Result<(), TestCaseError> {
+        let got = self.r.broker.kill(&self.r.owner, &self.r.org, id, self.t());
+        match self.m.by_id(id) {
+            Some(_) => {
+                self.m.end_where(self.now, |s| s.id == id);
+                prop_assert_eq!(got.map(|e| e.reason), Ok(EndReason::Revoked));
+            }
+            None => prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND"),
+        }
+        Ok(())
+    }
+
+    /// A connection closed: its sessions end.
+    fn close(&mut self, conn: u64) -> Result<(), TestCaseError> {
+        let ended = self.r.broker.close_connection(ConnId(conn), self.issued.clone(), self.t());
+        let got = sorted(ended.into_iter().map(|e| e.info.session).collect());
+        let want = sorted(self.m.end_where(self.now, |s| s.conn == conn));
+        prop_assert_eq!(got, want);
+        Ok(())
+    }
+
+    /// A registration: known, refused by the quota or the machine limit, or new.
+    fn register(&mut self, machine: usize, ephemeral: bool) -> Result<(), TestCaseError> {
+        let (now, t) = (self.now, self.t());
+        let (r, m) = (&self.r, &mut self.m);
+        let got = r.broker.register(&r.owner, &r.target(MACHINES[machine]), t, ephemeral).map(|p| r.commit(p));
+        if m.machines.contains_key(&machine) {
+            prop_assert_eq!(got, Ok(Registration::Known));
+        } else if m.quota == 0 {
+            // A pool with no licenses says so, rather than "machine limit".
+            prop_assert_eq!(got, Err(Error::QuotaExceeded { quota: 0 }));
+        } else if m.machines.len() as u32 >= m.quota {
+            prop_assert_eq!(got, Err(Error::MachineLimit { quota: m.quota }));
+        } else {
+            prop_assert_eq!(got, Ok(Registration::New));
+            let last_use = (ephemeral || m.policy.tracks()).then_some(now);
+            m.machines.insert(machine, RefMachine { registered: now, ephemeral, last_use });
+        }
+        Ok(())
+    }
+
+    /// A machine policy: a tracking one starts every machine's last use now.
+    fn set_policy(&mut self, policy: Policy) {
+        let (r, t) = (&self.r, self.t());
+        r.broker.apply(&r.broker.plan_set_policy(&r.operator, &r.org, PoolId::KRE_DEFAULT, policy, t).unwrap(), t);
+        if policy.tracks() {
+            self.m.machines.values_mut().filter(|x| x.last_use.is_none()).for_each(|x| x.last_use = Some(self.now));
+        }
+        self.m.policy = policy;
+    }
+
+    /// The machine expiry releases exactly the machines due.
+    fn expire_machines(&mut self) -> Result<(), TestCaseError> {
+        let got = sorted(self.r.expire_machines(self.t()).into_iter().map(|e| e.machine.to_string()).collect());
+        let want: Vec<String> = sorted(self.m.due(self.now).into_iter().map(|i| MACHINES[i].to_string()).collect());
+        self.m.machines.retain(|i, _| !want.contains(&MACHINES[*i].to_string()));
+        prop_assert_eq!(got, want);
+        Ok(())
+    }
+
+    /// Removing a machine ends its sessions.
+    fn remove_machine(&mut self, machine: usize) -> Result<(), TestCaseError> {
+        let (r, t) = (&self.r, self.t());
+        let got = r.broker.plan_remove_machine(&r.owner, &r.org, None, &MachineId::new(MACHINES[machine]).unwrap(), t);
+        if !self.m.machines.contains_key(&machine) {
+            prop_assert!(matches!(got, Err(Error::NotFound { .. })), "expected NOT_FOUND");
+            return Ok(());
+        }
+        let ended = sorted(r.broker.apply(&got.unwrap(), t).into_iter().map(|e| e.info.session).collect());
+        let want = sorted(self.m.live.values().filter(|s| s.machine == machine).map(|s| s.id).collect());
+        self.m.live.retain(|_, s| s.machine != machine);
+        self.m.machines.remove(&machine);
+        prop_assert_eq!(ended, want);
+        Ok(())
+    }
+
+    /// The lease expiry ends exactly the sessions due, and leaves nothing due.
+    fn expire(&mut self) -> Result<(), TestCaseError> {
+        let (now, t) = (self.now, self.t());
+        let got = sorted(self.r.broker.expire(t).into_iter().map(|e| e.info.session).collect());
+        let want = sorted(self.m.end_where(now, |s| s.deadline <= now));
+        prop_assert_eq!(got, want);
+        // What is left is due later: the expiry task sleeps.
+        prop_assert!(self.r.broker.next_deadline().is_none_or(|d| d > t), "{:?}", self.r.broker.next_deadline());
+        Ok(())
+    }
+
+    /// `pool reserve --seats seats` for the label: refused past the quota.
+    fn reserve(&mut self, seats: u32) -> Result<(), TestCaseError> {
+        let (r, t) = (&self.r, self.t());
+        let got = r.broker.plan_set_reservation(&r.owner, (&r.org, PoolId::KRE_DEFAULT), label(), seats, t);
+        if seats > self.m.quota {
+            prop_assert_eq!(got, Err(Error::ReservedPastQuota { quota: self.m.quota, reserved: seats }));
+            return Ok(());
+        }
+        r.broker.apply(&got.unwrap(), t);
+        self.m.reserve(seats);
+        Ok(())
+    }
+
+    /// The numbers users see agree with the model: the reservations list,
+    /// the pool's status, the next deadline, the live sessions and the
+    /// machines' last uses.
+    fn agrees(&self) -> Result<(), TestCaseError> {
+        let (r, m) = (&self.r, &self.m);
+        self.reservations_agree()?;
         let status = &r.broker.status(&r.operator, Some(&r.org)).unwrap()[0];
         prop_assert_eq!(status.in_use as usize, m.live.len());
         prop_assert_eq!(status.machines as usize, m.machines.len());
@@ -379,6 +474,22 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
         prop_assert_eq!(next.is_some(), m.min_deadline().is_some());
         prop_assert!(next <= m.min_deadline(), "{next:?} after {:?}", m.min_deadline());
         prop_assert_eq!(r.broker.sessions(&r.owner, &r.org).unwrap().len(), m.live.len());
+        self.machine_uses_agree()
+    }
+
+    /// The reservations list: the seats reserved, in use on them, and held.
+    fn reservations_agree(&self) -> Result<(), TestCaseError> {
+        let (r, m) = (&self.r, &self.m);
+        let listed: Vec<(u32, u32, u32)> =
+            r.broker.reservations(&r.owner, &r.org).unwrap().iter().map(|(_, x)| (x.seats, x.in_use, x.held)).collect();
+        let want = if m.want > 0 { vec![(m.want, m.on_lane().min(m.held), m.held)] } else { Vec::new() };
+        prop_assert_eq!(listed, want);
+        Ok(())
+    }
+
+    /// Each registered machine's last use, as the machines page lists it.
+    fn machine_uses_agree(&self) -> Result<(), TestCaseError> {
+        let (r, m) = (&self.r, &self.m);
         let uses: Vec<(String, Option<u64>)> = r
             .broker
             .machine_uses(&r.owner, &r.org)
@@ -389,8 +500,8 @@ fn run(initial_quota: u32, ops: Vec<Op>) -> Result<(), TestCaseError> {
         let want: Vec<(String, Option<u64>)> =
             m.machines.iter().map(|(i, x)| (MACHINES[*i].to_string(), x.last_use)).collect();
         prop_assert_eq!(uses, want);
+        Ok(())
     }
-    Ok(())
 }
 
 proptest! {
