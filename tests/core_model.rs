@@ -262,12 +262,7 @@ impl Run {
             }
             Op::ExpireMachines => self.expire_machines(),
             Op::RemoveMachine { machine } => self.remove_machine(machine),
-            Op::SetQuota { quota } => {
-                let (r, t) = (&self.r, self.t());
-                r.broker.apply(&r.broker.plan_set_pool(&r.operator, &r.org, PoolId::KRE_DEFAULT, quota, t).unwrap(), t);
-                self.m.quota = quota;
-                Ok(())
-            }
+            Op::SetQuota { quota } => self.set_quota(quota),
             Op::Advance { ms } => {
                 self.now += ms;
                 Ok(())
@@ -275,6 +270,19 @@ impl Run {
             Op::Expire => self.expire(),
             Op::Reserve { seats } => self.reserve(seats),
         }
+    }
+
+    /// The operator sets the quota: refused below the reservations.
+    fn set_quota(&mut self, quota: u32) -> Result<(), TestCaseError> {
+        let (r, t) = (&self.r, self.t());
+        let planned = r.broker.plan_set_pool(&r.operator, &r.org, PoolId::KRE_DEFAULT, quota, t);
+        if quota < self.m.want {
+            prop_assert_eq!(planned, Err(Error::ReservedPastQuota { quota, reserved: self.m.want }));
+            return Ok(());
+        }
+        r.broker.apply(&planned.unwrap(), t);
+        self.m.quota = quota;
+        Ok(())
     }
 
     /// An acquire: refused on an unregistered machine, a re-attach while

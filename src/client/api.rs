@@ -140,7 +140,9 @@ impl Client {
     }
 
     /// Preflight: whether an acquire on `machine` in `org`'s `pool` would
-    /// be admitted now and, if not, the place in the queue and the wait.
+    /// be admitted now and, if not, the place in the queue and the wait;
+    /// with `labels`, as a runner carrying them (a broker older than
+    /// version 6 is asked without them).
     pub async fn check(
         &self,
         (org, pool): (&OrgName, PoolId),
@@ -149,11 +151,17 @@ impl Client {
     ) -> Result<crate::proto::AvailabilityInfo, ClientError> {
         let (org, machine) = (org.clone(), machine.clone());
         // Unlabelled: the version 4 request, which older brokers know too.
-        let req = match labels.is_empty() {
-            true => Req::Check { org, pool, machine },
-            false => Req::CheckLabelled { org, pool, machine, labels: labels.clone() },
+        // A broker older than version 6 answers a labelled one `BAD_FRAME`:
+        // asked again without the labels, as it would have been before.
+        let plain = Req::Check { org: org.clone(), pool, machine: machine.clone() };
+        let answer = match labels.is_empty() {
+            true => self.call(plain).await,
+            false => match self.call(Req::CheckLabelled { org, pool, machine, labels: labels.clone() }).await {
+                Err(ClientError::Rejected(e)) if e.code == crate::proto::ErrorCode::BadFrame => self.call(plain).await,
+                other => other,
+            },
         };
-        match self.call(req).await? {
+        match answer? {
             Resp::Availability(a) => Ok(a),
             other => unexpected(other),
         }

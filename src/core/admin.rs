@@ -133,7 +133,14 @@ impl Broker {
         if quota > MAX_QUOTA {
             return Err(Error::invalid("quota", format!("at most {MAX_QUOTA}")));
         }
-        let old = self.with_dir(|dir| dir.org(org).map(|o| o.pools.get(&pool).map(|h| h.quota())))?;
+        let old = self.with_dir(|dir| dir.org(org).map(|o| o.pools.get(&pool).cloned()))?;
+        // A pool's reservations add up to at most its quota: lowering it
+        // below them is refused (lower the reservations first).
+        let reserved: u64 = old.iter().flat_map(|h| h.reservations()).map(|r| u64::from(r.seats)).sum();
+        if reserved > u64::from(quota) {
+            return Err(Error::ReservedPastQuota { quota, reserved: u32::try_from(reserved).unwrap_or(u32::MAX) });
+        }
+        let old = old.map(|h| h.quota());
         let detail = match old {
             Some(old) => format!("pool={pool} quota {old} -> {quota}"),
             None => format!("pool={pool} created with quota {quota}"),

@@ -221,7 +221,7 @@ impl Broker {
         // A queued runner holds its machine (a tracked one) while it waits.
         let hold = ticket.tenure.as_ref().map(|t| Tenure::hold(t, now)).transpose()?;
         let lanes = ticket.reserved.as_deref().and_then(|lanes| labels::matching(lanes, &who.labels));
-        match Pool::join_queue(&ticket.pool, deliver, self.config.max_waiters, lanes.as_deref())? {
+        match Pool::join_queue(&ticket.pool, (deliver, &who.labels), self.config.max_waiters, lanes.as_deref())? {
             Joined::Seat(grant) => self.admit_from(&ticket, who, now, SeatFrom::Granted(grant)).map(Waited::Leased),
             Joined::Waiting(place) => Ok(Waited::Queued(place.holding(hold))),
         }

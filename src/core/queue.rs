@@ -166,6 +166,9 @@ struct Waiter {
     /// waiters and each holds the pool; the cycle ends when the waiter
     /// leaves the queue, which every waiter does: granted, gone or timed out.)
     pool: Arc<Pool>,
+    /// Its job's labels: a reservation made while it waits takes it into
+    /// its lane (`WaitQueue::join_new_lane`).
+    labels: crate::value::Labels,
 }
 
 impl WaitQueue {
@@ -186,8 +189,13 @@ impl Pool {
     /// the way, so the caller raises it and tries again rather than wait
     /// for a seat the quota allows.
     /// `lanes`: the reservations the waiter's labels match (its lanes).
-    pub fn join_queue(pool: &Arc<Pool>, deliver: Deliver, max: u32, lanes: Option<&[Arc<Seats>]>) -> Result<Joined> {
-        let joined = Self::enqueue(pool, deliver, max, lanes);
+    pub fn join_queue(
+        pool: &Arc<Pool>,
+        (deliver, labels): (Deliver, &crate::value::Labels),
+        max: u32,
+        lanes: Option<&[Arc<Seats>]>,
+    ) -> Result<Joined> {
+        let joined = Self::enqueue(pool, (deliver, labels), max, lanes);
         if matches!(joined, Ok(Joined::Waiting(_))) && lanes.is_some() {
             // A reserved seat freed since the waiter's own try found none
             // saw no lane waiter, and handed nothing on: this does.
@@ -196,7 +204,12 @@ impl Pool {
         joined
     }
 
-    fn enqueue(pool: &Arc<Pool>, deliver: Deliver, max: u32, lanes: Option<&[Arc<Seats>]>) -> Result<Joined> {
+    fn enqueue(
+        pool: &Arc<Pool>,
+        (deliver, labels): (Deliver, &crate::value::Labels),
+        max: u32,
+        lanes: Option<&[Arc<Seats>]>,
+    ) -> Result<Joined> {
         let this: &Pool = pool;
         let mut q = this.queue.lock();
         let quota = this.quota();
@@ -216,7 +229,7 @@ impl Pool {
             Ok(_) => {
                 let seq = q.next;
                 q.next += 1;
-                q.waiting.insert(seq, Waiter { deliver, pool: pool.clone() });
+                q.waiting.insert(seq, Waiter { deliver, pool: pool.clone(), labels: labels.clone() });
                 q.join_lanes(seq, lanes.unwrap_or(&[]));
                 // Relaxed: a statistic.
                 this.queued.fetch_add(1, crate::sync::Ordering::Relaxed);
@@ -257,7 +270,7 @@ impl Pool {
         let mut spare: Option<Grant> = None;
         loop {
             let next = self.next_grant(&mut self.queue.lock(), &mut spare);
-            let Some((Waiter { deliver, pool }, lane)) = next else { break };
+            let Some((Waiter { deliver, pool, .. }, lane)) = next else { break };
             let grant = match lane {
                 Some(lane) => Grant { pool, lane: Some(lane), armed: true },
                 None => spare.take().unwrap_or_else(|| Grant::new(pool)),
@@ -354,6 +367,21 @@ impl WaitQueue {
             lane.waiting.insert(seq);
             let _ = lane.seats.update(|c| Some(SeatCount { queued: true, ..c }));
         }
+    }
+
+    /// Takes the waiters already queued carrying `key=value` into lane `i`
+    /// (a reservation made or raised while they wait): its seats go to
+    /// them first, as to those who join after it.
+    pub(in crate::core) fn join_new_lane(&mut self, i: usize) {
+        let WaitQueue { waiting, lanes, .. } = self;
+        let lane = &mut lanes[i];
+        let carries = |w: &Waiter| w.labels.get(&lane.key) == Some(lane.value.as_str());
+        let seqs: Vec<u64> = waiting.iter().filter(|(_, w)| carries(w)).map(|(s, _)| *s).collect();
+        if seqs.is_empty() {
+            return;
+        }
+        lane.waiting.extend(seqs);
+        let _ = lane.seats.update(|c| Some(SeatCount { queued: true, ..c }));
     }
 
     /// Takes waiter `seq` out of the queue and its lanes (a lane left

@@ -12,6 +12,10 @@ use super::time::Millis;
 use super::Principal;
 use crate::sync::Arc;
 
+/// Most reservations one pool has: each admission carrying labels and
+/// each hand-off of a freed seat walks them.
+pub const MAX_RESERVATIONS: usize = 32;
+
 impl Broker {
     /// Owner/Admin: reserves `seats` seats of a pool for the sessions
     /// carrying the label `key=value` (0: removes the reservation). Refused
@@ -28,8 +32,12 @@ impl Broker {
         let handle = self.admin_pool(p, org, pool)?;
         crate::value::Labels::new([label.clone()])?;
         let (key, value) = label;
-        let others: u64 =
-            handle.reservations().iter().filter(|r| r.key != key || r.value != value).map(|r| u64::from(r.seats)).sum();
+        let existing = handle.reservations();
+        let others: Vec<_> = existing.iter().filter(|r| r.key != key || r.value != value).collect();
+        if seats > 0 && others.len() >= MAX_RESERVATIONS {
+            return Err(Error::invalid("reservation", format!("at most {MAX_RESERVATIONS} a pool")));
+        }
+        let others: u64 = others.iter().map(|r| u64::from(r.seats)).sum();
         let total = others + u64::from(seats);
         if total > u64::from(handle.quota()) {
             let reserved = u32::try_from(total).unwrap_or(u32::MAX);

@@ -159,11 +159,12 @@ mod tests {
     use super::*;
 
     /// The last code and action each version's first document listed.
-    const LISTED: [(u16, ErrorCode, AuditAction); 4] = [
+    const LISTED: [(u16, ErrorCode, AuditAction); 5] = [
         (1, ErrorCode::Internal, AuditAction::OfflineCreated),
         (2, ErrorCode::ResponseTooLarge, AuditAction::SubscriptionChanged),
         (3, ErrorCode::QueueTimeout, AuditAction::SubscriptionChanged),
         (4, ErrorCode::NotOwner, AuditAction::UserLimitSet),
+        (5, ErrorCode::LabelLimit, AuditAction::LabelLimitSet),
     ];
 
     #[test]

@@ -224,7 +224,7 @@ fn a_down_is_named(web: &Web, cookie: &str, owner: &str, a_name: &str) {
     assert!(code == 200 && named, "{head}");
 }
 
-/// With A down, `license-broker usage` over QUIC (protocol version 5's
+/// With A down, `license-broker usage` over QUIC (protocol version 6's
 /// `Partial`) still lists B's sessions and names A on stderr, in the API's words.
 fn quic_names_a(b: &str, ca: &std::path::Path, owner: &str, a_name: &str) {
     let words = format!("warning: part of the history may be missing: node {a_name} ");

@@ -87,6 +87,7 @@ impl Pool {
             }
         };
         q.lanes[i].want = seats;
+        q.join_new_lane(i);
         let word = q.lanes[i].seats.clone();
         let back = shrink(&word, seats);
         let limit = b.limit();
@@ -170,6 +171,30 @@ impl Pool {
         let Some(lanes) = self.caps.lock().reserved.clone() else { return 0 };
         let free = |c: SeatCount| if c.queued { 0 } else { c.limit.saturating_sub(c.in_use) };
         lanes.iter().filter(|l| l.matches(labels)).map(|l| free(l.seats.count())).sum()
+    }
+
+    /// Shrinks the seats the reservations hold to `room` in all, the rest
+    /// owed to them again (the next seats freed go to them, ahead of any
+    /// waiter); how many they gave back to the pool's word. Only free
+    /// reserved seats go back. Callers hold the bounds lock.
+    pub(super) fn owe_past(&self, room: u32) -> u32 {
+        let q = self.queue.lock();
+        let held: u32 = q.lanes.iter().map(|l| l.seats.count().limit).sum();
+        let mut excess = held.saturating_sub(room);
+        let mut back = 0;
+        for lane in q.lanes.iter().rev() {
+            let mut gave = 0;
+            let _ = lane.seats.update(|c| {
+                gave = excess.min(c.limit.saturating_sub(c.in_use));
+                Some(SeatCount { limit: c.limit - gave, ..c })
+            });
+            (excess, back) = (excess - gave, back + gave);
+        }
+        if back > 0 {
+            // Owed seats hold newcomers back and make a freed seat pump.
+            let _ = self.seats.update(|c| Some(SeatCount { queued: true, ..c }));
+        }
+        back
     }
 
     /// Seats reservations hold (sessions on them or not), for the ceiling's

@@ -210,7 +210,11 @@ impl Pool {
         b.ceiling = Some(held);
         b.quiet = 0;
         self.reserve.store(held, Ordering::Release);
-        self.relimit(&b, i64::from(held));
+        // Reservations restored before the hold took their seats whole: the
+        // previous run's believers come first, and what would pass the
+        // quota is owed to the reservations again, as on a full pool.
+        let back = self.owe_past(b.quota.saturating_sub(b.durable).saturating_sub(held));
+        self.relimit(&b, i64::from(held) - i64::from(back));
         held
     }
 
