@@ -19,6 +19,21 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// Runs the command `run` makes until it succeeds, for at most 20 s, while
+/// the org is between nodes (`NOT_OWNER`: the nodes just started spread
+/// their orgs; the CLI says to retry shortly).
+fn ok_served(run: impl Fn() -> std::process::Output) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = run();
+        let moving = String::from_utf8_lossy(&out.stderr).contains("NOT_OWNER");
+        if out.status.success() || !moving || Instant::now() > deadline {
+            return ok(out);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// The requests received until `done` holds for one, within `limit`.
 fn until(r: &Receiver, limit: Duration, done: impl Fn(&Got) -> bool, logs: impl Fn() -> String) -> Vec<Got> {
     let deadline = Instant::now() + limit;
@@ -46,11 +61,15 @@ fn a_failover_with_deliveries_pending_loses_none_and_tells_of_the_move() {
     let busy = Receiver::start(0, 503);
     let port = busy.port;
     let url = format!("http://127.0.0.1:{port}/hook");
-    ok(cli(&servers, &ca, &owner_key).args(["webhook", "add", "--org", "default", "--url", &url]).output().unwrap());
+    ok_served(|| {
+        cli(&servers, &ca, &owner_key).args(["webhook", "add", "--org", "default", "--url", &url]).output().unwrap()
+    });
     std::thread::sleep(Duration::from_millis(1500));
     for i in 0..PENDING {
         let email = format!("p{i}@default");
-        ok(cli(&servers, &ca, &owner_key).args(["user", "add", "--org", "default", &email]).output().unwrap());
+        ok_served(|| {
+            cli(&servers, &ca, &owner_key).args(["user", "add", "--org", "default", &email]).output().unwrap()
+        });
     }
     // The first pending event is tried (and refused): deliveries are pending.
     let tried = busy.next(Duration::from_secs(20)).expect("a try while the receiver refuses");
