@@ -8,6 +8,7 @@ pub mod error;
 pub mod frame;
 pub mod hot;
 pub mod info;
+pub mod list;
 pub mod request;
 pub mod response;
 pub mod token;
@@ -22,6 +23,7 @@ pub use info::{
     MachineInfo, MachineUseInfo, NodeInfo, OfflineInfo, OrgInfo, PoolState, PoolStatus, ReservationInfo, SessionInfo,
     SessionView, UsagePoint, UserInfo, UserLimitInfo, WhatIfOutcome, WhatIfReport,
 };
+pub use list::ListOf;
 pub use request::*;
 pub use response::*;
 pub use token::*;
