@@ -11,10 +11,13 @@ use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
 
+mod pools;
+
 use super::deadlines::Deadlines;
 use super::slab::Slab;
 use super::{EndReason, Ended, SessionInfo};
-use crate::core::error::{Error, Result};
+use pools::keep;
+
 use crate::core::hash::FastMap;
 use crate::core::id::ConnId;
 use crate::core::id::{Email, MachineId, Nonce, SessionId};
@@ -129,11 +132,6 @@ struct Indexed {
 fn spread(hash: u32) -> u64 {
     (u64::from(hash) << 32) | u64::from(hash)
 }
-
-/// Most closed minutes a shard keeps for the harvest: a harvest a minute
-/// finds at most one per pool the shard saw, so this is only reached when
-/// the harvest is stuck (then the history's gap is counted, not grown).
-const MAX_CLOSED: usize = 1 << 16;
 
 /// A pool as one shard sees it.
 pub(super) struct ShardPool {
@@ -389,109 +387,11 @@ impl Shard {
         self.by_nonce.len()
     }
 
-    /// Takes a seat in `pool` for a new session, counting the outcome (a
-    /// quota refusal only if `count_refusal`); when the session starts (see
-    /// `Pool::admitted_at`).
-    pub fn admit(&mut self, pool: &Arc<Pool>, now: Millis, count_refusal: bool) -> Result<Millis> {
-        let (entry, mut out) = self.entry(pool);
-        match pool.take_seat(now) {
-            Ok(_) => {
-                let at = pool.admitted_at(now);
-                entry.admitted += 1;
-                entry.accrual.start(at, true, &mut out);
-                Ok(at)
-            }
-            Err(e) => {
-                if count_refusal && matches!(e, Error::QuotaExceeded { .. }) {
-                    entry.rejected += 1;
-                    entry.accrual.reject(now, &mut out);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    /// Counts the admission at `now` of a session whose seat the wait
-    /// queue granted, or a reservation held (already counted in the seat
-    /// word); when it starts.
-    pub fn admit_granted(&mut self, pool: &Arc<Pool>, now: Millis) -> Millis {
-        let at = pool.admitted_at(now);
-        let (entry, mut out) = self.entry(pool);
-        entry.admitted += 1;
-        entry.accrual.start(at, true, &mut out);
-        at
-    }
-
-    /// Registers a session starting at `now` on a reserved seat (already
-    /// counted, and not a new admission).
-    pub fn adopt(&mut self, pool: &Arc<Pool>, now: Millis) {
-        let (entry, mut out) = self.entry(pool);
-        entry.accrual.start(now, false, &mut out);
-    }
-
-    /// The shard's entry for `pool` (made on first use), and where its
-    /// closed minutes go.
-    fn entry(&mut self, pool: &Arc<Pool>) -> (&mut ShardPool, impl FnMut(Closed) + '_) {
-        let Shard { pools, closed, dropped, .. } = self;
-        let entry = pools.entry(pool.uid).or_insert_with(|| ShardPool {
-            pool: pool.clone(),
-            admitted: 0,
-            rejected: 0,
-            ends: [0; 4],
-            accrual: Accrual::default(),
-        });
-        (entry, keep(closed, dropped, pool.uid))
-    }
-
-    /// Closes every pool's minutes up to `now` and hands over (pool, closed
-    /// minute) for each, with how many were dropped since the last harvest.
-    pub fn harvest(&mut self, now: Millis, mut each: impl FnMut(&Arc<Pool>, Closed)) -> u64 {
-        let Shard { pools, closed, dropped, .. } = self;
-        for (uid, entry) in pools.iter_mut() {
-            entry.accrual.roll(now, &mut keep(closed, dropped, *uid));
-        }
-        for (uid, c) in closed.drain(..) {
-            if let Some(entry) = pools.get(&uid) {
-                each(&entry.pool, c);
-            }
-        }
-        std::mem::take(dropped)
-    }
-
-    /// Seat-milliseconds each pool's sessions in this shard held up to `now`.
-    pub fn seat_ms(&self, now: Millis) -> impl Iterator<Item = (PoolUid, u64)> + '_ {
-        self.pools.iter().map(move |(uid, p)| (*uid, p.accrual.seat_ms(now)))
-    }
-
     /// The pool a live session of this shard belongs to.
     pub fn pool_of(&self, live: &Live) -> &Arc<Pool> {
         // Invariant: `admit` registered the pool before any session of it
         // was inserted, and entries are never removed.
         &self.pools.get(&live.pool).expect("a session's pool is registered in its shard").pool
-    }
-
-    /// Every pool's counts in this shard.
-    pub fn all_counts(&self) -> impl Iterator<Item = (PoolUid, super::Counts)> + '_ {
-        self.pools
-            .iter()
-            .map(|(uid, p)| (*uid, super::Counts { admitted: p.admitted, rejected: p.rejected, ends: p.ends }))
-    }
-
-    pub fn counts(&self, pool: PoolUid) -> super::Counts {
-        self.pools.get(&pool).map_or_else(Default::default, |p| super::Counts {
-            admitted: p.admitted,
-            rejected: p.rejected,
-            ends: p.ends,
-        })
-    }
-}
-
-/// Where an accrual of `pool` puts the minutes it closes: the shard's
-/// outbox, or the dropped count once that is full.
-fn keep<'a>(closed: &'a mut Vec<(PoolUid, Closed)>, dropped: &'a mut u64, pool: PoolUid) -> impl FnMut(Closed) + 'a {
-    move |c| match closed.len() < MAX_CLOSED {
-        true => closed.push((pool, c)),
-        false => *dropped += 1,
     }
 }
 
