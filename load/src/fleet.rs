@@ -1,6 +1,7 @@
 //! A fleet of simulated runners, many per connection: each acquires, holds
-//! its session for a while heartbeating at a third of the TTL, releases,
-//! and starts over. One driver task per connection batches whatever its
+//! its session for a while heartbeating as `license-broker runner` does
+//! (`client::Beats`: a third of the TTL less a random fifth; or exactly a
+//! third, in step, with `lockstep`), releases, and starts over. One driver task per connection batches whatever its
 //! runners have due into a single pipelined write.
 
 use std::cmp::Reverse;
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use license_broker::client::{Client, ClientError};
+use license_broker::client::{Beats, Client, ClientError};
 use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
 use license_broker::value::{Nonce, PoolId, SessionId};
@@ -30,6 +31,9 @@ pub struct Behaviour {
     pub hold: Option<Duration>,
     /// Acquisitions are spread over this long at the start.
     pub ramp: Duration,
+    /// Heartbeat exactly every third of the TTL (runners before the
+    /// spread did), not as the runner does now.
+    pub lockstep: bool,
 }
 
 /// What one driver measured.
@@ -94,7 +98,8 @@ pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize
         let offset = b.ramp.mul_f64(i as f64 / count.max(1) as f64);
         due.push(Reverse((start + offset, i, Step::Acquire)));
     }
-    let beat = b.ttl / 3;
+    let mut beats = Beats::for_ttl(b.ttl.as_millis() as u64);
+    let mut beat = || if b.lockstep { beats.third() } else { beats.next_delay() };
     while !live.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         let mut batch = Vec::new();
@@ -125,12 +130,12 @@ pub async fn drive(client: Client, org: LoadOrg, first_nonce: u128, count: usize
                         Some(mean) => now + mean.mul_f64(0.5 + (xorshift(&mut rng) % 1000) as f64 / 1000.0),
                         None => far,
                     };
-                    Some(next_hold_step(r, now, beat))
+                    Some(next_hold_step(r, now, beat()))
                 }
                 (Step::Renew, Ok(_)) => {
                     stats.renew.record(took);
                     stats.renewed += 1;
-                    Some(next_hold_step(r, now, beat))
+                    Some(next_hold_step(r, now, beat()))
                 }
                 (Step::Release, Ok(_)) => {
                     stats.release.record(took);

@@ -184,6 +184,10 @@ struct Args {
     /// instead of eight addresses of their own.
     #[arg(long)]
     attack_from_runner: bool,
+    /// steady, die: heartbeat exactly every third of the TTL, all in step
+    /// (runners did before they spread their beats), not as the runner does.
+    #[arg(long)]
+    lockstep: bool,
     /// dashboard: keep the broker running this long after measuring (to
     /// look at the seeded dashboard; its address and Owner key are printed).
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -291,6 +295,7 @@ async fn run(a: Args) -> Result<bool> {
         strict: a.strict,
         attacker_nice: a.attacker_nice,
         attack_from_runner: a.attack_from_runner,
+        lockstep: a.lockstep,
     };
     if let Some(done) = own_harness(&a, &p).await {
         return done;

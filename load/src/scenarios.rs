@@ -35,6 +35,8 @@ pub struct Params {
     pub attacker_nice: i32,
     /// abuse: the attackers share the runner's address (127.0.0.1).
     pub attack_from_runner: bool,
+    /// steady, die: heartbeats in step at exactly a third of the TTL.
+    pub lockstep: bool,
 }
 
 /// Quota given to pools that should never refuse for quota.
@@ -125,7 +127,12 @@ async fn stop_fleet(live: &Live, tasks: Vec<tokio::task::JoinHandle<Stats>>) -> 
 pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
     let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
     let monitor = Monitor::start(target.options(&target.operator), vec![org.clone()]).await?;
-    let b = Behaviour { ttl: p.lease_ttl, hold: Some(p.duration / 2), ramp: (p.duration / 4).min(p.lease_ttl / 3) };
+    let b = Behaviour {
+        ttl: p.lease_ttl,
+        hold: Some(p.duration / 2),
+        ramp: (p.duration / 4).min(p.lease_ttl / 3),
+        lockstep: p.lockstep,
+    };
     let started = std::time::Instant::now();
     let (live, tasks) = start_fleet(target, &org.key, &org, p.runners, p.connections, b, 1).await?;
     let mut rss_max = 0u64;
@@ -153,6 +160,7 @@ pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
     r.param("runners", p.runners);
     r.param("connections", p.connections);
     r.param("lease_ttl_ms", p.lease_ttl.as_millis() as u64);
+    r.param("lockstep", p.lockstep);
     r.throughput.insert("heartbeats_per_s".into(), stats.renewed as f64 / elapsed.as_secs_f64());
     r.throughput.insert("acquires_per_s".into(), stats.acquired as f64 / elapsed.as_secs_f64());
     r.latency("acquire", &stats.acquire);
@@ -182,7 +190,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
     let background = p.runners.saturating_sub(victims);
     let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
     let monitor = Monitor::start(target.options(&target.operator), vec![org.clone()]).await?;
-    let b = Behaviour { ttl: p.lease_ttl, hold: None, ramp: Duration::ZERO };
+    let b = Behaviour { ttl: p.lease_ttl, hold: None, ramp: Duration::ZERO, lockstep: p.lockstep };
     let (live, tasks) = start_fleet(target, &org.key, &org, background, p.connections, b, 1).await?;
     let fill_started = std::time::Instant::now();
     while (live.held.load(Ordering::Relaxed) as usize) < background {
@@ -281,6 +289,7 @@ pub async fn die(target: &Target, p: &Params) -> Result<Report> {
     r.param("victims", victims);
     r.param("connections", p.connections);
     r.param("lease_ttl_ms", p.lease_ttl.as_millis() as u64);
+    r.param("lockstep", p.lockstep);
     r.latency("reclaim", &reclaim);
     r.latency("renew", &stats.renew);
     r.extra("fill_seconds", fill_s);

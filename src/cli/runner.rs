@@ -1,5 +1,6 @@
 //! `license-broker runner`: behaves like a KRE runner. Registers its machine,
-//! acquires a session, heartbeats at a third of the TTL, and releases after
+//! acquires a session, heartbeats every third of the TTL or a little sooner
+//! (`client::Beats`: a fleet started together does not renew in step), and releases after
 //! `--hold` or on SIGINT/SIGTERM.
 //!
 //! When the broker goes away (a heartbeat unanswered within a third of the
@@ -14,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use license_broker::client::keeper::{self, unix_ms, Beat};
-use license_broker::client::{Admitted, Backoff, Checkout, Client, ClientError, Connector, Keeper};
+use license_broker::client::{Admitted, Backoff, Beats, Checkout, Client, ClientError, Connector, Keeper};
 use license_broker::proto::Notice;
 use license_broker::value::{Labels, MachineId, OrgName, PoolId};
 use serde_json::json;
@@ -346,7 +347,7 @@ impl Runner {
 
     /// Heartbeats until told to release, the session ends, or the lease is lost.
     async fn hold(&self, mut client: Client, mut lease: Admitted, mut job: Option<Job>) -> Result<ExitCode> {
-        let beat = Duration::from_millis((lease.ttl_ms / 3).max(1));
+        let mut beats = Beats::for_ttl(lease.ttl_ms);
         let until = self.args.hold.map(|h| tokio::time::Instant::now() + h);
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         // The notice stream ends with the connection; stop polling it then.
@@ -354,7 +355,7 @@ impl Runner {
         let stop = loop {
             let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
             let broken = tokio::select! {
-                _ = tokio::time::sleep(beat) => match self.keeper().renew(&client, &mut lease, beat).await {
+                _ = tokio::time::sleep(beats.next_delay()) => match self.keeper().renew(&client, &mut lease, beats.third()).await {
                     Beat::Renewed => None,
                     Beat::Ended(why) => break Stop::Ended(why),
                     // No answer, or the node stopped serving: reconnect (another took over).

@@ -17,10 +17,7 @@ pub struct Backoff {
 impl Backoff {
     /// Starts at `first`, never waits longer than `max`.
     pub fn new(first: Duration, max: Duration) -> Backoff {
-        let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-        // Mix in the address of the stack frame so processes started in the same nanosecond differ.
-        let salt = &seed as *const u64 as u64;
-        Backoff { first, max, next: first, rng: (seed ^ salt.rotate_left(32)) | 1 }
+        Backoff { first, max, next: first, rng: seed() }
     }
 
     /// The default for reconnecting to a broker: 100 ms, doubling to 5 s.
@@ -32,18 +29,33 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.next;
         self.next = (self.next * 2).min(self.max);
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
         let half = ceiling / 2;
-        let spread = half.as_nanos() as u64;
-        half + Duration::from_nanos(if spread == 0 { 0 } else { self.rng % (spread + 1) })
+        half + below(&mut self.rng, half)
     }
 
     /// Starts over from `first` (after a success).
     pub fn reset(&mut self) {
         self.next = self.first;
     }
+}
+
+/// A seed for `below` that differs between processes and between
+/// clients of one process.
+pub(super) fn seed() -> u64 {
+    let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    // Mix in the address of the stack frame so processes started in the same nanosecond differ.
+    let salt = &seed as *const u64 as u64;
+    (seed ^ salt.rotate_left(32)) | 1
+}
+
+/// A duration drawn uniformly from `[0, d]`, advancing the xorshift
+/// state `rng` (quality is irrelevant, only spreading matters).
+pub(super) fn below(rng: &mut u64, d: Duration) -> Duration {
+    *rng ^= *rng << 13;
+    *rng ^= *rng >> 7;
+    *rng ^= *rng << 17;
+    let spread = d.as_nanos() as u64;
+    Duration::from_nanos(if spread == 0 { 0 } else { *rng % (spread + 1) })
 }
 
 #[cfg(test)]

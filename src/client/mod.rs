@@ -8,11 +8,13 @@
 //! - `error`: why a call failed, in words a person can act on;
 //! - `api`, `admin`, `licenses`, `hooks`, `paging`: one typed method per
 //!   request, by who asks it;
-//! - `keeper`: one lease kept alive (heartbeat, re-attach, give back).
+//! - `keeper`: one lease kept alive (heartbeat, re-attach, give back);
+//!   `beat`: when its heartbeats fall (spread, so a fleet is not in step).
 
 mod admin;
 mod api;
 mod backoff;
+mod beat;
 mod connector;
 mod error;
 mod hooks;
@@ -23,6 +25,7 @@ mod wire;
 
 pub use api::{Admitted, Checkout};
 pub use backoff::Backoff;
+pub use beat::Beats;
 pub use connector::{
     endpoint, endpoint_with, resolve, server_list, Connector, HOP_PATIENCE, MAX_REDIRECTS, MOVING_WAITS, STAGGER,
 };
