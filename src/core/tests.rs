@@ -123,7 +123,29 @@ fn heartbeat_extends_and_late_heartbeat_is_refused() {
     // Deadline passed but the expiry task has not run yet: still refused, seat freed.
     assert_eq!(w.broker.renew(&w.owner, lease.session, t(50_000)), Err(Error::SessionExpired));
     assert_eq!(w.in_use(), 0);
-    assert!(w.broker.expire(t(60_000)).is_empty(), "the seat came back exactly once");
+    assert_eq!(w.broker.next_deadline(), Some(Millis(0)), "its end waits to be announced");
+    let ended = w.broker.expire(t(50_001));
+    assert_eq!(ended.len(), 1, "the end found by the heartbeat is announced by the expiry pass");
+    assert_eq!((ended[0].info.session, ended[0].reason, ended[0].at), (lease.session, EndReason::Expired, t(50_000)));
+    assert_eq!(w.in_use(), 0, "the seat came back exactly once");
+    assert!(w.broker.expire(t(60_000)).is_empty(), "and its end was announced once");
+    assert_eq!(w.broker.next_deadline(), None);
+}
+
+#[test]
+fn a_lease_its_own_nonce_finds_expired_is_ended_announced_once_and_its_seat_retaken() {
+    let w = world(1);
+    w.register("m").unwrap();
+    let old = w.acquire("m", 42, 1, t(0)).unwrap();
+    // Past the deadline, before the expiry task: the runner acquires again.
+    let new = w.acquire("m", 42, 2, t(30_001)).unwrap();
+    assert!(!new.reattached && new.session != old.session, "a new session on the freed seat");
+    assert_eq!(w.in_use(), 1);
+    let ended = w.broker.expire(t(30_002));
+    assert_eq!(ended.len(), 1, "the old lease's end is announced, not lost");
+    assert_eq!((ended[0].info.session, ended[0].reason, ended[0].conn), (old.session, EndReason::Expired, ConnId(1)));
+    assert!(w.broker.expire(t(30_003)).is_empty());
+    assert_eq!(w.in_use(), 1, "the new session holds the one seat");
 }
 
 #[test]

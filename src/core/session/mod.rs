@@ -315,7 +315,7 @@ impl SessionTable {
     /// The nonce's live session, moved to the asking connection and renewed
     /// to `deadline`, if it has one. One whose lease ran out before the
     /// expiry task got to it is ended now, so its seat is free for this
-    /// very acquire.
+    /// very acquire; the expiry task announces the end (`Shard::found`).
     fn reattach_nonce(
         shard: &mut Shard,
         pool: &Pool,
@@ -329,7 +329,7 @@ impl SessionTable {
             shard.set_deadline(id, deadline);
             return Some(Lease { session: id, deadline, reattached: true });
         }
-        shard.end(id, EndReason::Expired, now);
+        shard.end_found_expired(id, now);
         None
     }
 
@@ -415,7 +415,8 @@ impl SessionTable {
     /// Extends a live session's lease to `now + ttl`. `allow` vets the caller
     /// against the session's holder; `then` sees the renewed lease (under
     /// the shard's lock, so without copying it) and makes the result.
-    /// A session whose deadline has passed is ended as expired and refused.
+    /// A session whose deadline has passed is ended as expired and refused;
+    /// the expiry task announces the end at its next pass (`expire`).
     pub fn renew<R>(
         &self,
         id: SessionId,
@@ -426,7 +427,7 @@ impl SessionTable {
     ) -> Result<R> {
         let (index, mut shard) = self.lock_for(id);
         if vet(&shard, id, allow)? <= now {
-            shard.end(id, EndReason::Expired, now);
+            shard.end_found_expired(id, now);
             self.publish(index, &shard);
             return Err(Error::SessionExpired);
         }
@@ -524,6 +525,7 @@ impl SessionTable {
         for (index, cell) in self.shards.iter().enumerate() {
             while cell.earliest.load(Ordering::Acquire) <= now.0 {
                 let mut shard = cell.lock.lock();
+                out.append(&mut shard.take_found());
                 let mut budget = EXPIRE_BATCH;
                 while let Some((deadline, id)) = shard.next_due(now, &mut budget) {
                     match shard.end(id, EndReason::Expired, now) {
@@ -540,7 +542,7 @@ impl SessionTable {
     }
 
     fn publish(&self, index: usize, shard: &Shard) {
-        let first = shard.first_deadline().map_or(u64::MAX, |(d, _)| d.0);
+        let first = shard.due_at().map_or(u64::MAX, |d| d.0);
         let cell = &self.shards[index].earliest;
         // Relaxed load: only the lock holder stores, so it reads its own
         // last store; skipping unchanged stores keeps the line quiet.

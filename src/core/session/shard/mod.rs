@@ -115,6 +115,12 @@ pub(super) struct Shard {
     closed: Vec<(PoolUid, Closed)>,
     /// Closed minutes dropped because the harvest fell behind.
     dropped: u64,
+    /// Sessions a request found past their deadline before the expiry
+    /// task came to them (a late heartbeat, the same nonce acquiring
+    /// again), ended there so their seats are free at once, and kept for
+    /// the expiry task to announce like any other expiry (`take_found`).
+    /// At most one per session that ended, until the task's next pass.
+    found: Vec<Ended>,
 }
 
 /// An entry of the nonce index: a session's slot, and the hash of its
@@ -158,6 +164,7 @@ impl Shard {
             hasher: foldhash::fast::RandomState::default(),
             deadlines: Deadlines::default(),
             pools: FastMap::default(),
+            found: Vec::new(),
             closed: Vec::new(),
             dropped: 0,
         }
@@ -291,6 +298,30 @@ impl Shard {
         self.finish(id, reason, true, now)
     }
 
+    /// Ends session `id`, found past its deadline by a request at `now`,
+    /// keeping its end for the expiry task (`take_found`).
+    pub fn end_found_expired(&mut self, id: SessionId, now: Millis) {
+        if let Some(ended) = self.end(id, EndReason::Expired, now) {
+            self.found.push(ended);
+        }
+    }
+
+    /// The ends `end_found_expired` kept, to announce.
+    pub fn take_found(&mut self) -> Vec<Ended> {
+        std::mem::take(&mut self.found)
+    }
+
+    /// The instant the expiry task should next look at this shard: now
+    /// (zero) while it keeps found ends to announce, else its earliest
+    /// indexed deadline: no session of the shard expires before it (a
+    /// renewed one may expire later).
+    pub fn due_at(&self) -> Option<Millis> {
+        match self.found.is_empty() {
+            true => self.deadlines.first().map(|(d, _)| d),
+            false => Some(Millis(0)),
+        }
+    }
+
     /// Ends session `id` at `now` because its org moved to another node
     /// (a cluster's handover): its seat time counts, its end does not (the
     /// runner re-attaches there, and the session's end is counted there).
@@ -360,12 +391,6 @@ impl Shard {
     /// keeps the expiry loop terminating whatever happens).
     pub fn forget_deadline(&mut self, deadline: Millis, id: SessionId) {
         self.deadlines.remove(deadline, id);
-    }
-
-    /// The earliest indexed deadline: no session of the shard expires
-    /// before it (a renewed one may expire later).
-    pub fn first_deadline(&self) -> Option<(Millis, SessionId)> {
-        self.deadlines.first()
     }
 
     /// Live sessions of this shard.
