@@ -128,11 +128,18 @@ impl Broker {
     /// Plans the audit line of a redelivery of the event at cursor `seq`
     /// to `org`'s webhook `id`: only an event it was already given (at or
     /// before its delivered cursor; later ones come in order anyway).
-    pub fn plan_redeliver(&self, p: &Principal, org: &OrgName, id: &str, seq: u64, now: Millis) -> Result<Vec<Change>> {
-        let view = self.webhook(p, org, id)?;
-        if seq == 0 || seq > view.delivered {
-            let why =
-                format!("event {org}/{seq} is not delivered to webhook {id} yet (its cursor: {})", view.delivered);
+    /// `delivered`: the cursor as its deliveries have it, which the stored
+    /// one trails by up to a couple of seconds.
+    pub fn plan_redeliver(
+        &self,
+        p: &Principal,
+        (org, id): (&OrgName, &str),
+        (seq, delivered): (u64, u64),
+        now: Millis,
+    ) -> Result<Vec<Change>> {
+        let delivered = self.webhook(p, org, id)?.delivered.max(delivered);
+        if seq == 0 || seq > delivered {
+            let why = format!("event {org}/{seq} is not delivered to webhook {id} yet (its cursor: {delivered})");
             return Err(Error::invalid("event", why));
         }
         let detail = format!("webhook={id} event={org}/{seq}");

@@ -63,6 +63,9 @@ pub struct Health {
     recent: Mutex<VecDeque<Attempt>>,
     /// Events skipped because they left the outbox before delivery.
     missed: AtomicU64,
+    /// The cursor delivered past this run (the stored one trails it by
+    /// up to `deliver::CURSOR_EVERY`).
+    delivered: AtomicU64,
 }
 
 impl Health {
@@ -94,6 +97,16 @@ impl Health {
     /// Counts events that left the outbox before they were delivered.
     pub fn missed(&self, n: u64) {
         self.missed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Notes the cursor delivered past.
+    pub fn delivered_to(&self, seq: u64) {
+        self.delivered.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// The cursor delivered past this run (0: none yet).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
     }
 
     /// Events that left the outbox before they were delivered, this run.

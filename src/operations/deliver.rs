@@ -6,10 +6,11 @@
 //! `events::sign`) and moves the cursor past it; an event is retried with
 //! capped, jittered backoff until its receiver answers 2xx, the webhook
 //! marked failing once that took longer than `Settings::retry_for`. The
-//! cursor is written after each page (and each 2 s of deliveries), so a
-//! crash or a failover redelivers at most a page: the same events, with
-//! the same ids and idempotency keys. A request handler never waits on
-//! any of it: it only reads the health board.
+//! cursor is written at most every 2 s while events come and once they
+//! stop (`Cursor`), so a crash or a failover redelivers at most the last
+//! 2 s of deliveries: the same events, with the same ids and idempotency
+//! keys. A request handler never waits on any of it: it only reads the
+//! health board, which has the cursor as delivered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,7 +28,7 @@ use crate::events::{json, send, sign, target, PAGE};
 /// How often the set of webhooks is compared with the tasks running.
 pub const RECONCILE: Duration = Duration::from_secs(1);
 
-/// Longest the cursor goes unwritten while a page is being delivered.
+/// Longest a delivered cursor goes unwritten.
 pub const CURSOR_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs a task per webhook until told to stop.
@@ -58,72 +59,95 @@ pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
 async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Receiver<bool>) {
     let health = ops.hooks.of(&view.hook.org, &view.hook.id);
     let mut written = ops.outbox.subscribe();
-    let mut cursor = view.delivered;
+    let mut cursor = Cursor::new(view.delivered);
+    // After a wait with no word of a commit, the outbox is read anyway.
+    let mut look = true;
     loop {
         // Woken by another org's commit: nothing new here, no read.
-        if ops.outbox.last_known(&view.hook.org).is_some_and(|last| last <= cursor) {
-            tokio::select! {
-                _ = written.changed() => continue,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                _ = stop.changed() => return,
-            }
-        }
-        let page = match read(&ops, &view, cursor).await {
-            Ok(page) => page,
-            Err(why) => {
-                tracing::warn!(org = %view.hook.org, webhook = %view.hook.id, "reading the outbox: {why}");
-                Vec::new()
-            }
-        };
-        if let Some(first) = page.first().filter(|e| e.seq > cursor + 1) {
-            health.missed(first.seq - cursor - 1);
-        }
+        let idle = !look && ops.outbox.last_known(&view.hook.org).is_some_and(|last| last <= cursor.at);
+        let page = if idle { Vec::new() } else { read(&ops, &view, cursor.at).await };
         if page.is_empty() {
+            // Idle: the cursor is written once it has waited `CURSOR_EVERY`.
+            let wake = cursor.due().unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
             tokio::select! {
-                _ = written.changed() => continue,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => continue,
-                _ = stop.changed() => return,
+                _ = written.changed() => look = false,
+                _ = tokio::time::sleep_until(wake.into()) => look = !cursor.save(&ops, &view).await,
+                _ = stop.changed() => {
+                    cursor.save(&ops, &view).await;
+                    return;
+                }
             }
+            continue;
         }
-        let mut saved = (cursor, Instant::now());
+        if let Some(first) = page.first().filter(|e| e.seq > cursor.at + 1) {
+            health.missed(first.seq - cursor.at - 1);
+        }
         for e in &page {
             // Told to stop (removed, moved away, a new secret): not one more, even mid-page.
             let stopped = stop.has_changed().unwrap_or(true);
             if stopped || (view.hook.wants(&e.kind()) && !deliver(&ops, &view, &health, e, &mut stop).await) {
-                return save(&ops, &view, cursor, saved.0).await;
+                cursor.save(&ops, &view).await;
+                return;
             }
-            cursor = e.seq;
-            if saved.1.elapsed() >= CURSOR_EVERY {
-                save(&ops, &view, cursor, saved.0).await;
-                saved = (cursor, Instant::now());
+            cursor.at = e.seq;
+            health.delivered_to(e.seq);
+            if cursor.due().is_some_and(|due| due <= Instant::now()) {
+                cursor.save(&ops, &view).await;
             }
         }
-        save(&ops, &view, cursor, saved.0).await;
+        look = false;
     }
 }
 
-/// The events after `cursor`, off the async threads.
-async fn read(ops: &Operations, view: &WebhookView, cursor: u64) -> Result<Vec<Event>, String> {
+/// A webhook's cursor: where its deliveries are, and where the store has
+/// it. Written at most every `CURSOR_EVERY` while events come (one at a
+/// time, a write each was most of what ten webhooks cost), and once they
+/// stop for that long; a crash or a failover redelivers what came after.
+struct Cursor {
+    at: u64,
+    saved: u64,
+    saved_when: Instant,
+}
+
+impl Cursor {
+    fn new(at: u64) -> Cursor {
+        Cursor { at, saved: at, saved_when: Instant::now() }
+    }
+
+    /// When it should be written, if it moved since it last was.
+    fn due(&self) -> Option<Instant> {
+        (self.at != self.saved).then_some(self.saved_when + CURSOR_EVERY)
+    }
+
+    /// Writes it if it moved; true when it did.
+    async fn save(&mut self, ops: &Operations, view: &WebhookView) -> bool {
+        if self.at == self.saved {
+            return false;
+        }
+        let record = Record::WebhookCursor { org: view.hook.org.clone(), id: view.hook.id.clone(), delivered: self.at };
+        let changes = vec![Change::Put(record)];
+        match ops.commit(changes.clone()).await {
+            Ok(()) => drop(ops.core.apply(&changes, ops.clock.now())),
+            Err(e) => tracing::warn!(org = %view.hook.org, webhook = %view.hook.id, "webhook cursor not written: {e}"),
+        }
+        // Failed or not, the next try waits its turn: the store is not hammered.
+        (self.saved, self.saved_when) = (self.at, Instant::now());
+        true
+    }
+}
+
+/// The events after `cursor`, off the async threads (none when the
+/// outbox cannot be read: said in the log, tried again on the next wake).
+async fn read(ops: &Operations, view: &WebhookView, cursor: u64) -> Vec<Event> {
     let (store, org) = (ops.store.clone(), view.hook.org.clone());
     let read = tokio::task::spawn_blocking(move || store.events_after(&org, cursor, PAGE));
-    match read.await {
-        Ok(Ok((events, _))) => Ok(events),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// Writes the webhook's cursor if it moved since `saved`.
-async fn save(ops: &Operations, view: &WebhookView, cursor: u64, saved: u64) {
-    if cursor == saved {
-        return;
-    }
-    let record = Record::WebhookCursor { org: view.hook.org.clone(), id: view.hook.id.clone(), delivered: cursor };
-    let changes = vec![Change::Put(record)];
-    match ops.commit(changes.clone()).await {
-        Ok(()) => drop(ops.core.apply(&changes, ops.clock.now())),
-        Err(e) => tracing::warn!(org = %view.hook.org, webhook = %view.hook.id, "webhook cursor not written: {e}"),
-    }
+    let why = match read.await {
+        Ok(Ok((events, _))) => return events,
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::warn!(org = %view.hook.org, webhook = %view.hook.id, "reading the outbox: {why}");
+    Vec::new()
 }
 
 /// Delivers `e` until its receiver takes it (true) or the task is told

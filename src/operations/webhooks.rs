@@ -84,7 +84,8 @@ impl Operations {
             );
             return Err(WireError::new(ErrorCode::InvalidArgument, why));
         }
-        self.mutate(|core| core.plan_redeliver(c.p, org, id, seq, c.now)).await?;
+        let delivered = self.hooks.of(org, id).delivered();
+        self.mutate(|core| core.plan_redeliver(c.p, (org, id), (seq, delivered), c.now)).await?;
         let body = hyper::body::Bytes::from(crate::events::json::event_json(&event).to_string());
         let a = super::deliver::once(self, &hook, &self.hooks.of(org, id), &event, body).await;
         Ok(delivery_info(a))
@@ -98,13 +99,15 @@ impl Operations {
     fn info(&self, v: WebhookView, last: u64) -> WebhookInfo {
         let health = self.hooks.of(&v.hook.org, &v.hook.id);
         let last_error = health.recent().last().map(|a| a.error.clone()).unwrap_or_default();
+        // Delivered this run, ahead of the cursor the store has.
+        let delivered = v.delivered.max(health.delivered());
         WebhookInfo {
             id: v.hook.id,
             url: v.hook.url,
             events: v.hook.events,
             created_ms: v.hook.created.0,
-            delivered: v.delivered,
-            backlog: last.saturating_sub(v.delivered),
+            delivered,
+            backlog: last.saturating_sub(delivered),
             failing: health.failing(),
             missed: health.missed_count(),
             last_error,
