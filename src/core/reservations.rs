@@ -43,11 +43,18 @@ impl Broker {
             let reserved = u32::try_from(total).unwrap_or(u32::MAX);
             return Err(Error::ReservedPastQuota { quota: handle.quota(), reserved });
         }
+        let was = existing.iter().find(|r| r.key == key && r.value == value).map_or(0, |r| r.seats);
+        // First: the seats given up are covered before they count against it.
+        let ceiling = handle.ceiling_after_lowering(was.saturating_sub(seats));
+        let ceiling = ceiling.map(|seats| Change::Put(Record::Ceiling { org: org.clone(), pool, seats }));
         let detail = format!("pool={pool} label={key}={value} seats={seats}");
-        Ok(vec![
-            Change::Put(Record::Reservation { org: org.clone(), pool, key, value, seats }),
-            self.audit(org, p, AuditAction::SeatsReserved, detail, now),
-        ])
+        Ok(ceiling
+            .into_iter()
+            .chain([
+                Change::Put(Record::Reservation { org: org.clone(), pool, key, value, seats }),
+                self.audit(org, p, AuditAction::SeatsReserved, detail, now),
+            ])
+            .collect())
     }
 
     /// A member: every reservation of the org's pools, by pool then label.

@@ -283,14 +283,14 @@ fn a_node_adopting_the_org_keeps_its_reservations_beside_the_hold() {
     }));
     let next = Fixture::with_ceilings(4, 2, TTL);
     next.broker.forget_orgs(std::slice::from_ref(&next.org), t(0));
-    assert_eq!(next.broker.adopt_org(&next.org, records, t(0)), 1, "the previous owner's one session is held for");
-    assert_eq!(reservation(&next), Some((2, 0, 2)), "reserved as on the node before");
+    // Held: the one shared session the ceiling allows, and both reserved
+    // seats (sessions may sit on them: the records do not say).
+    assert_eq!(next.broker.adopt_org(&next.org, records, t(0)), 3, "what the previous owner's sessions may hold");
+    assert_eq!(reservation(&next), Some((2, 0, 1)), "reserved as on the node before, one seat owed meanwhile");
     acquire(&next, 1, RELEASE).unwrap();
-    while acquire(&next, 2, &[]) == Err(Error::CeilingReached) {
-        assert!(next.raise().is_some());
-    }
-    assert!(acquire(&next, 2, &[]).is_ok_and(|l| l.reattached), "the one shared seat");
-    assert_eq!(acquire(&next, 3, &[]), Err(Error::QuotaExceeded { quota: 4 }), "2 reserved, 1 held, 1 shared");
+    assert_eq!(acquire(&next, 2, &[]), Err(Error::QuotaExceeded { quota: 4 }), "3 held, 1 reserved: none shared");
+    let back = |n: &u128| next.broker.reattach(&next.owner, &next.target("m"), Nonce(*n), ConnId(1), t(0), true);
+    assert_eq!((10..14).filter(|n| back(n).is_ok()).count(), 3, "the held seats are the previous owner's runners'");
 }
 
 #[test]
@@ -354,4 +354,36 @@ fn a_pool_has_at_most_32_reservations() {
     let refused = w.broker.plan_set_reservation(&w.owner, (&w.org, PoolId::KRE_DEFAULT), one_more, 1, t(0));
     assert!(matches!(refused, Err(Error::Invalid { what: "reservation", .. })), "{refused:?}");
     assert!(plan(&w, 0).is_ok(), "removing one is never refused");
+}
+
+#[test]
+fn a_crash_before_a_lowered_reservations_sessions_end_holds_their_seats() {
+    // 5 labelled sessions on 5 reserved seats and 5 shared ones, quota 10;
+    // the reservation is lowered to 1: four of its sessions now sit on
+    // seats the durable ceiling must cover, or a restart would hold too
+    // few and let newcomers past the quota beside their believers.
+    let w = Fixture::with_ceilings(10, 2, TTL);
+    w.register("m").unwrap();
+    let mut written = reserve(&w, 5);
+    (1..6).for_each(|n| assert!(acquire(&w, n, RELEASE).is_ok()));
+    for n in 6..11 {
+        while acquire(&w, n, &[]) == Err(Error::CeilingReached) {
+            let seats = w.raise().unwrap();
+            written.push(Change::Put(Record::Ceiling { org: w.org.clone(), pool: PoolId::KRE_DEFAULT, seats }));
+        }
+    }
+    written.extend(reserve(&w, 1));
+    assert_eq!(w.in_use(), 10);
+
+    let again = Fixture::with_ceilings(10, 2, TTL);
+    again.register("m").unwrap();
+    again.broker.apply(&written, t(0));
+    again.broker.hold_reserves(t(0)).unwrap();
+    let newcomers = (20..40).filter(|n| acquire(&again, *n, &[]).is_ok() || acquire(&again, *n, RELEASE).is_ok());
+    let newcomers = newcomers.count();
+    let reattached = (1..11)
+        .filter(|n| again.broker.reattach(&again.owner, &again.target("m"), Nonce(*n), ConnId(1), t(0), true).is_ok())
+        .count();
+    assert_eq!(reattached, 10, "every believer re-attaches");
+    assert_eq!(newcomers, 0, "no seat is free for a newcomer while ten believers may come back");
 }

@@ -172,6 +172,9 @@ impl Operations {
         label: (String, String),
         seats: u32,
     ) -> Result<(), WireError> {
+        // A lowering raises the pool's ceiling (`plan_set_reservation`):
+        // no other ceiling write between its reading and its commit.
+        let _ceiling = self.ceiling.lock().await;
         self.mutate(|core| core.plan_set_reservation(c.p, (org, pool), label.clone(), seats, c.now)).await
     }
 

@@ -132,6 +132,17 @@ impl Pool {
         Some(b.quota.min(sessions.max(current).saturating_add(headroom(sessions).max(waiting))))
     }
 
+    /// The ceiling to write with a reservation that gives up `by` seats:
+    /// the sessions on the seats it gives up count against the ceiling
+    /// from then on, and a crash before they end must hold their seats
+    /// too, so it rises by as many, up to the quota. `None` without
+    /// ceilings, or when no seat is given up.
+    pub fn ceiling_after_lowering(&self, by: u32) -> Option<u32> {
+        let b = self.bounds.lock();
+        let current = b.ceiling?;
+        (by > 0 && current < b.quota).then(|| b.quota.min(current.saturating_add(by)))
+    }
+
     /// Sets the ceiling from a committed `Ceiling` record (at start, or a
     /// raise just written). Lowerings set memory in `lower_ceiling` instead.
     pub fn set_ceiling(&self, ceiling: u32) {
@@ -201,12 +212,17 @@ impl Pool {
         lowered
     }
 
-    /// After a restart: holds `ceiling` seats (the durable ceiling, or for a
-    /// pool that never had one, every seat not held durably) for the
-    /// previous run's sessions. Returns how many.
+    /// After a restart: holds seats for the previous run's sessions, until
+    /// their runners re-attach: the durable ceiling's (the shared seats
+    /// they may sit on) and the reservations' (the reserved ones: a
+    /// re-attaching runner takes a held seat whatever its labels, and a
+    /// labelled newcomer must not take a reserved seat a believer sits
+    /// on); for a pool that never had a ceiling, every seat not held
+    /// durably. Returns how many.
     pub fn hold_reserve(&self) -> u32 {
         let mut b = self.bounds.lock();
-        let held = b.ceiling.unwrap_or_else(|| b.quota.saturating_sub(b.durable).saturating_sub(b.reserved));
+        let room = b.quota.saturating_sub(b.durable);
+        let held = b.ceiling.map_or(room, |c| room.min(c.saturating_add(b.reserved)));
         b.ceiling = Some(held);
         b.quiet = 0;
         self.reserve.store(held, Ordering::Release);
