@@ -117,6 +117,10 @@ async fn a_freed_reserved_seat_goes_to_its_lanes_head_and_a_shared_one_to_the_qu
     let plain = waiter(&b, 10, &Labels::default()).await;
     let first = waiter(&b, 11, &release).await;
     let second = waiter(&b, 12, &release).await;
+    // The preflight's place: a release job's in its lane (two ahead of
+    // it there), the others' in the whole queue (three ahead).
+    assert_eq!(c.check((&o, POOL), &m, &release).await.unwrap().place, 3);
+    assert_eq!(c.check((&o, POOL), &m, &Labels::default()).await.unwrap().place, 4);
     c.release(on_reserved.session).await.unwrap();
     let admitted = tokio::time::timeout(Duration::from_secs(10), first).await.unwrap().unwrap().unwrap();
     assert_eq!(reserved(&c).await, [(1, 1, 1)], "the lane's head sits on the reserved seat");

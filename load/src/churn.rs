@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use license_broker::client::{Backoff, Client, ClientError, ClientOptions};
 use license_broker::proto::{ErrorCode, Req, Resp};
-use license_broker::value::{Nonce, PoolId, SessionId};
+use license_broker::value::{Labels, Nonce, PoolId, SessionId};
 
 use crate::report::{Errors, Lat};
 use crate::target::LoadOrg;
@@ -27,6 +27,9 @@ pub struct Shape {
     pub duration: Duration,
     /// Target acquire+release pairs per second in total; `None` = as fast as possible.
     pub rate: Option<f64>,
+    /// Job labels: connection `i` acquires carrying `labels[i % len]` (a
+    /// `Checkout` that does not wait); none: plain `Acquire`s.
+    pub labels: Vec<Labels>,
 }
 
 /// What a churn run measured.
@@ -101,6 +104,7 @@ async fn connection(
 ) -> Outcome {
     let mut out = Outcome::default();
     let mut nonce = u128::from(index) << 64;
+    let labels = (!shape.labels.is_empty()).then(|| &shape.labels[index as usize % shape.labels.len()]);
     // Pacing: each batch of D pairs gets D / (rate / C) seconds.
     let period = shape.rate.map(|r| Duration::from_secs_f64(shape.depth as f64 * shape.connections as f64 / r));
     // Connections start their pacing evenly spread over one period, so
@@ -115,8 +119,7 @@ async fn connection(
         let acquires: Vec<Req> = (0..shape.depth)
             .map(|_| {
                 nonce += 1;
-                let (org, machine) = (org.org.clone(), org.machine.clone());
-                Req::Acquire { org, pool: PoolId::KRE_DEFAULT, machine, nonce: Nonce(nonce) }
+                acquire(&org, Nonce(nonce), labels)
             })
             .collect();
         let mut sessions = Vec::with_capacity(shape.depth);
@@ -169,6 +172,15 @@ async fn connection(
     }
     client.close().await;
     out
+}
+
+/// An acquire for `org`'s KRE pool, carrying `labels` if any.
+fn acquire(org: &LoadOrg, nonce: Nonce, labels: Option<&Labels>) -> Req {
+    let (org, pool, machine) = (org.org.clone(), PoolId::KRE_DEFAULT, org.machine.clone());
+    match labels {
+        None => Req::Acquire { org, pool, machine, nonce },
+        Some(l) => Req::Checkout { org, pool, machine, nonce, wait_ms: 0, labels: l.clone() },
+    }
 }
 
 /// What a failed request says about its connection.

@@ -66,7 +66,7 @@ impl Drop for Echo {
 }
 
 /// Requests in flight per connection for the latency measurement.
-const LATENCY_DEPTH: usize = 16;
+pub const LATENCY_DEPTH: usize = 16;
 
 /// What one broker binary did in `compare`'s broker phases.
 struct BrokerRun {
@@ -114,11 +114,7 @@ async fn broker_run(bin: &Path, p: &Params, pace: Option<f64>) -> Result<BrokerR
     let lat_max = scenarios::churn(&target, &lat_shape).await?.throughput["pairs_per_s"];
     eprintln!("compare: broker churn at a fixed rate (latency, CPU per pair)");
     let half = Params { rate: Some(pace.unwrap_or(lat_max / 2.0)), ..lat_shape.clone() };
-    let ticks = target.cpu_ticks();
-    let paced = scenarios::churn(&target, &half).await?;
-    let pairs = paced.throughput["pairs_per_s"] * paced.duration_s;
-    let cpu_us_per_pair =
-        ticks.zip(target.cpu_ticks()).map(|(a, b)| machine::ticks_to_s(b.saturating_sub(a)) * 1e6 / pairs.max(1.0));
+    let (paced, cpu_us_per_pair) = cpu_per_pair(&target, scenarios::churn(&target, &half)).await?;
     eprintln!("compare: broker handshakes");
     let horg = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
     let hs = Params { connections: 32, ..p.clone() };
@@ -127,11 +123,27 @@ async fn broker_run(bin: &Path, p: &Params, pace: Option<f64>) -> Result<BrokerR
     Ok(BrokerRun { churn, pairs_per_s, lat_max, paced, cpu_us_per_pair, handshakes_per_s })
 }
 
+/// A churn run against `target` (spawned: its CPU is read from /proc) and
+/// the broker's CPU (user + system) per acquire+release pair meanwhile, µs
+/// (`None`: no figures). Run it paced: at full speed CPU per pair is the
+/// cost of falling behind as much as of the work.
+pub async fn cpu_per_pair(
+    target: &Target,
+    churn: impl std::future::Future<Output = Result<Report>>,
+) -> Result<(Report, Option<f64>)> {
+    let ticks = target.cpu_ticks();
+    let run = churn.await?;
+    let pairs = run.throughput["pairs_per_s"] * run.duration_s;
+    let cpu =
+        ticks.zip(target.cpu_ticks()).map(|(a, b)| machine::ticks_to_s(b.saturating_sub(a)) * 1e6 / pairs.max(1.0));
+    Ok((run, cpu))
+}
+
 /// `baseline`: an older broker binary, run after this build's with the
 /// same shapes and the same fixed rate, so a change is priced in one sitting.
 pub async fn run(p: &Params, baseline: Option<&Path>) -> Result<(Report, serde_json::Value)> {
     let machine = machine::Before::now();
-    let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: None };
+    let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: None, labels: vec![] };
     eprintln!("compare: redis semaphore churn ({}s)", p.duration.as_secs());
     let redis = RedisServer::start()?;
     let redis_out = redis_sem::churn(redis.port, shape.clone(), 1_000_000).await?;

@@ -3,6 +3,7 @@
 //! invariants held. Every loop is bounded in time and stops by itself.
 
 mod abuse;
+mod admission;
 mod burst;
 mod churn;
 mod compare;
@@ -105,6 +106,10 @@ enum Scenario {
     /// with a receiver that answers in 10 s (interleaved rounds); the
     /// outbox's size on disk per million events.
     Webhooks,
+    /// Admission cost with 10 reservations and caps on the pool vs none
+    /// (one spawned broker, interleaved --rounds): broker CPU per pair
+    /// and acquire p50/p99 at a fixed rate (--rate, 20,000).
+    Admission,
     /// (internal) the bare-quinn echo server used by `compare`.
     #[value(hide = true)]
     EchoServer,
@@ -195,7 +200,8 @@ struct Args {
     /// dashboard: days of minute history to seed.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u64).range(1..=3650))]
     days: u64,
-    /// webhooks: rounds of the interleaved arms (none, 10 webhooks, a slow receiver).
+    /// webhooks, admission: rounds of the interleaved arms (webhooks: none, 10
+    /// webhooks, a slow receiver; admission: a plain pool, a capped one).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=50))]
     rounds: u64,
     /// failover: how many times the serving node is killed.
@@ -340,7 +346,12 @@ async fn run(a: Args) -> Result<bool> {
                 scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
             scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
         }
-        Scenario::Compare | Scenario::EchoServer | Scenario::Failover | Scenario::Preflight | Scenario::Webhooks => {
+        Scenario::Compare
+        | Scenario::EchoServer
+        | Scenario::Failover
+        | Scenario::Preflight
+        | Scenario::Webhooks
+        | Scenario::Admission => {
             unreachable!("handled above")
         }
     };
@@ -351,9 +362,12 @@ async fn run(a: Args) -> Result<bool> {
 /// The scenarios that bring their own servers (or none): their outcome,
 /// or `None` for one that runs against a broker.
 async fn own_harness(a: &Args, p: &Params) -> Option<Result<bool>> {
-    let own = matches!(a.scenario, Scenario::Compare | Scenario::Failover | Scenario::Preflight | Scenario::Webhooks);
+    let own = matches!(
+        a.scenario,
+        Scenario::Compare | Scenario::Failover | Scenario::Preflight | Scenario::Webhooks | Scenario::Admission
+    );
     if own && a.server.is_some() {
-        let why = "compare, failover, preflight and webhooks always bring their own servers (or none)";
+        let why = "compare, failover, preflight, webhooks and admission always bring their own servers (or none)";
         return Some(Err(anyhow::anyhow!(why)));
     }
     let (report, summary) = match a.scenario {
@@ -367,6 +381,10 @@ async fn own_harness(a: &Args, p: &Params) -> Option<Result<bool>> {
         },
         Scenario::Preflight => (preflight::run(a.quota.unwrap_or(20)), None),
         Scenario::Webhooks => match webhooks::run(p, a.rounds as usize).await {
+            Ok(report) => (report, None),
+            Err(e) => return Some(Err(e)),
+        },
+        Scenario::Admission => match admission::run(p, a.rounds as usize).await {
             Ok(report) => (report, None),
             Err(e) => return Some(Err(e)),
         },

@@ -6,12 +6,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Result};
 use license_broker::client::{self, Client, ClientOptions};
 use license_broker::proto::{Req, Resp};
-use license_broker::value::{Nonce, PoolId};
+use license_broker::value::{Labels, Nonce, PoolId};
 
 use crate::churn::{self, Monitor, Shape};
 use crate::fleet::{self, Behaviour, Live, Stats};
 use crate::report::{self, Errors, Lat, Report};
-use crate::target::Target;
+use crate::target::{LoadOrg, Target};
 
 /// Options common to the scenarios.
 #[derive(Clone, Debug)]
@@ -44,9 +44,16 @@ const UNBOUNDED: u32 = license_broker::core::MAX_QUOTA;
 
 pub async fn churn(target: &Target, p: &Params) -> Result<Report> {
     let orgs = target.setup_orgs(p.orgs, UNBOUNDED).await?;
+    churn_on(target, &orgs, p, Vec::new()).await
+}
+
+/// `churn` on orgs already set up, connection `i` carrying `labels[i % len]`
+/// (none: plain acquires).
+pub async fn churn_on(target: &Target, orgs: &[LoadOrg], p: &Params, labels: Vec<Labels>) -> Result<Report> {
+    let orgs = orgs.to_vec();
     let opts: Vec<ClientOptions> = orgs.iter().map(|o| target.options(&o.key)).collect();
     let monitor = Monitor::start(target.options(&target.operator), orgs.clone()).await?;
-    let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: p.rate };
+    let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: p.rate, labels };
     let bar = report::progress(p.duration, "churn");
     let ticker = tokio::spawn(report::tick(bar, tokio::time::Instant::now() + p.duration));
     let out = churn::run(opts, orgs.clone(), shape).await?;

@@ -1,7 +1,7 @@
 //! Preflight, `license-broker check` and `runner --check`: would a runner
 //! be admitted now? Exit 0 if so; if not, the refusal's own exit code (3:
-//! the pool is full), after the runner's place in the queue and about how
-//! long it would wait. Takes no seat and writes nothing, so a CI job can
+//! the pool is full), after the runner's place in the queue (or in its
+//! reservation's lane) and about how long it would wait. Takes no seat and writes nothing, so a CI job can
 //! ask before it spends minutes building (docs/CI.md).
 
 use anyhow::Result;
@@ -52,7 +52,7 @@ pub async fn run(
     let a = c.check((org, pool), &machine, labels).await?;
     match json {
         true => println!("{}", license_broker::operations::availability_json(&a)),
-        false => println!("{}", in_words(&a, org)),
+        false => println!("{}", in_words(&a, org, !labels.is_empty())),
     }
     match a.refusal {
         None => Ok(()),
@@ -60,7 +60,10 @@ pub async fn run(
     }
 }
 
-fn in_words(a: &AvailabilityInfo, org: &OrgName) -> String {
+/// `labelled`: the runner carries labels, so its place may be in a
+/// reservation's lane rather than the whole queue (whichever would serve
+/// it first: `core::Availability::wait`).
+fn in_words(a: &AvailabilityInfo, org: &OrgName, labelled: bool) -> String {
     let mut out = format!("{} of {org}: {} of {} seats in use, {} waiting", a.pool, a.in_use, a.quota, a.waiting);
     let mean = a.mean_ms.map_or_else(
         || "no session in the last day, or no history kept, to estimate from".to_string(),
@@ -70,8 +73,12 @@ fn in_words(a: &AvailabilityInfo, org: &OrgName) -> String {
         (None, _) => out.push_str("\na runner would be admitted now"),
         (Some(e), true) => {
             let wait = a.wait_ms.map_or_else(|| "no estimate".to_string(), |w| format!("about {}", format_rough(w)));
+            let line = match labelled {
+                true => "in line (its reservation's lane or the whole queue, whichever serves it first)",
+                false => "in the queue",
+            };
             out.push_str(&format!(
-                "\nno seat now ({}); waiting (`runner --wait`): place {} in the queue, {wait} ({mean})",
+                "\nno seat now ({}); waiting (`runner --wait`): place {} {line}, {wait} ({mean})",
                 e.code.name(),
                 a.place
             ));

@@ -11,9 +11,21 @@
 //! (seat time over admissions: Little's law), so one that has run for
 //! `age` ends in `mean - age`, and one already past the mean within a
 //! quarter of a mean (`OVERDUE`); seats come free in that order, then
-//! every `mean` again, and the queue is served first come, first served.
+//! every `mean` again, and each line is served first come, first served.
 //! Seats held by activations, offline licenses or a restart's hold are
 //! not expected to come free.
+//!
+//! A runner waits on more than one line when its labels match a
+//! reservation (`pool::lanes`, `queue`): a reserved seat freed goes to the
+//! head of that reservation's lane, a shared seat to the head of the whole
+//! queue, which the runner is in too. So the estimate is made per line
+//! (`Line`) and the earliest taken (`Availability::wait`), with the place
+//! on that line: the shared line (place: everyone waiting + 1; free: the
+//! shared seats; the sessions on shared seats), and each lane of its
+//! labels (place: that lane's waiters + 1; free: the reservation's free
+//! seats; the sessions on its seats). Sessions on seats reserved for other
+//! labels free nothing for it, and a runner with no matching reservation
+//! has the shared line alone.
 //!
 //! The runner's job labels count as its admission's would: a label cap at
 //! its limit refuses (waiting would not help); a free seat reserved for
@@ -51,19 +63,48 @@ pub struct Availability {
     /// (a pool of no seats or a full queue does not), and the pool leases
     /// seats (a node-locked activation does not wait).
     pub worth_waiting: bool,
-    /// When each live session of the pool started (for `wait_estimate`).
+    /// The whole queue and the pool's shared seats.
+    pub shared: Line,
+    /// The lanes of the reservations the runner's labels match.
+    pub lanes: Vec<Line>,
+}
+
+/// One line a waiting runner could get a seat from: the whole queue for
+/// the shared seats, or a reservation's lane for its seats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line {
+    /// The runner's place on it if it joined now (1: next).
+    pub place: u32,
+    /// Its seats free now.
+    pub free: u32,
+    /// When each live session sitting on its seats started.
     pub starts: Vec<Millis>,
 }
 
-impl Availability {
-    /// The runner's place if it joined the queue now (1: next).
-    pub fn place(&self) -> u32 {
-        self.waiting + 1
-    }
+/// Where a runner would wait and about how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Wait {
+    /// Its place on the line it would likely get its seat from (1: next).
+    pub place: u32,
+    /// About how long until a seat, ms (`None`: no estimate).
+    pub ms: Option<u64>,
+}
 
+impl Availability {
     /// Seats free now for the queue and this runner.
     pub fn free(&self) -> u32 {
         self.free
+    }
+
+    /// Of its lines, the one the runner would likely get a seat from
+    /// first, with sessions lasting `mean` ms (see the module's doc); with
+    /// no mean, the one with the fewest seats yet to come free (no
+    /// estimate). On a tie, the shared line.
+    pub fn wait(&self, now: Millis, mean: Option<u64>) -> Wait {
+        let ms = |l: &Line| mean.and_then(|m| wait_estimate(now, l.place, l.free, &l.starts, m));
+        let lines = std::iter::once(&self.shared).chain(&self.lanes).map(|l| (ms(l), l));
+        let best = lines.min_by_key(|(ms, l)| (ms.unwrap_or(u64::MAX), l.place.saturating_sub(l.free)));
+        best.map_or(Wait { place: self.shared.place, ms: None }, |(ms, l)| Wait { place: l.place, ms })
     }
 }
 
@@ -86,6 +127,7 @@ impl Broker {
         let in_use = pool.in_use().saturating_sub(reserved_free);
         let shared_free = pool.quota().saturating_sub(pool.in_use());
         let (waiting, leased) = (pool.waiting(), pool.id.kind != Kind::NodeLocked);
+        let (shared, lanes) = self.lines(&pool, labels);
         let worth_waiting = matches!(refusal, Some(Error::QuotaExceeded { .. }))
             && leased
             && pool.quota() > 0
@@ -98,8 +140,21 @@ impl Broker {
             waiting,
             refusal,
             worth_waiting,
-            starts: self.sessions.starts_of(pool.uid),
+            shared: Line { place: waiting + 1, free: shared_free, starts: shared },
+            lanes,
         })
+    }
+
+    /// The lines a runner carrying `labels` would wait on besides the
+    /// whole queue: its reservations' lanes, and the starts of the
+    /// sessions on shared seats.
+    fn lines(&self, pool: &Pool, labels: &Labels) -> (Vec<Millis>, Vec<Line>) {
+        let lanes = pool.lanes_for(labels);
+        let words: Vec<_> = lanes.iter().map(|l| l.seats.clone()).collect();
+        let (shared, by_lane) = self.sessions.starts_by_line(pool.uid, &words);
+        let lines =
+            lanes.into_iter().zip(by_lane).map(|(l, starts)| Line { place: l.waiting + 1, free: l.free, starts });
+        (shared, lines.collect())
     }
 
     /// What admission would answer, in its order, asking the pool's own
@@ -208,14 +263,14 @@ mod tests {
         };
         w.register("m").unwrap();
         let a = ask("m");
-        assert_eq!((a.refusal.clone(), a.free(), a.place(), a.starts.len()), (None, 2, 1, 0));
+        assert_eq!((a.refusal.clone(), a.free(), a.wait(t(5_000), None).place, a.shared.starts.len()), (None, 2, 1, 0));
         assert_eq!(ask("new").refusal, None, "an unregistered machine registers first while there is room");
         w.acquire("m", 1, 1, t(1_000)).unwrap();
         w.acquire("m", 2, 1, t(2_000)).unwrap();
         let full = ask("m");
         assert_eq!(full.refusal, Some(Error::QuotaExceeded { quota: 2 }));
         assert!(full.worth_waiting);
-        assert_eq!((full.in_use, full.free(), full.starts.len()), (2, 0, 2));
+        assert_eq!((full.in_use, full.free(), full.shared.starts.len()), (2, 0, 2));
         w.register("m2").unwrap();
         assert_eq!(ask("m3").refusal, Some(Error::MachineLimit { quota: 2 }), "no machine slot left");
         let any = w.broker.availability(&w.owner, (&w.org, pool), (None, &Labels::default()), t(5_000)).unwrap();

@@ -49,6 +49,8 @@ mod tests_labels;
 #[cfg(all(test, not(broker_loom)))]
 mod tests_machines;
 #[cfg(all(test, not(broker_loom)))]
+mod tests_preflight;
+#[cfg(all(test, not(broker_loom)))]
 mod tests_queue;
 #[cfg(all(test, not(broker_loom)))]
 mod tests_reservations;
@@ -56,7 +58,7 @@ mod tests_reservations;
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Claimant, Target, Ticket, Waited};
 pub use alerts::Alerts;
-pub use availability::{wait_estimate, Availability};
+pub use availability::{wait_estimate, Availability, Line, Wait};
 pub use broker::{Broker, Checkpointed, Config, Hold, MachineInfo};
 pub use directory::Principal;
 pub use error::{Error, ExpiryLimit, Result};

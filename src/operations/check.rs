@@ -2,11 +2,13 @@
 //! check`, `runner --check`): the core says how the pool stands and what
 //! an acquire would meet (`core::availability`); this adds the estimate of
 //! the wait, from the pool's mean session length over the last day as the
-//! history recorded it (no history: no estimate). Takes nothing, writes
+//! history recorded it (no history: no estimate), on the line the runner
+//! would likely be served from first (the whole queue, or the lane of a
+//! reservation its labels match: `Availability::wait`), and its place on it. Takes nothing, writes
 //! nothing, counts no refusal.
 
 use super::{Caller, Operations};
-use crate::core::{wait_estimate, Labels, MachineId, Millis, OrgName, PoolId, DAY_MS};
+use crate::core::{Labels, MachineId, Millis, OrgName, PoolId, DAY_MS};
 use crate::proto::{AvailabilityInfo, WireError};
 
 /// A preflight's answer as JSON, the same from `GET /api/v1/availability`
@@ -41,10 +43,11 @@ impl Operations {
             true => self.mean_session(org, pool, c.now).await,
             false => None,
         };
-        let wait_ms = match (&a.refusal, mean_ms) {
-            (None, _) => Some(0),
-            (Some(_), Some(mean)) if a.worth_waiting => wait_estimate(c.now, a.place(), a.free(), &a.starts, mean),
-            _ => None,
+        let wait = a.wait(c.now, mean_ms);
+        let wait_ms = match &a.refusal {
+            None => Some(0),
+            Some(_) if a.worth_waiting => wait.ms,
+            Some(_) => None,
         };
         Ok(AvailabilityInfo {
             pool: a.pool,
@@ -52,7 +55,7 @@ impl Operations {
             in_use: a.in_use,
             waiting: a.waiting,
             worth_waiting: a.worth_waiting,
-            place: a.place(),
+            place: wait.place,
             refusal: a.refusal.map(WireError::from),
             wait_ms,
             mean_ms,

@@ -66,6 +66,16 @@ pub struct ReservationUse {
     pub held: u32,
 }
 
+/// A reservation's lane at an instant, as the preflight reads it.
+pub(in crate::core) struct LaneNow {
+    /// The reservation's word (to tell the sessions on its seats).
+    pub seats: Arc<Seats>,
+    /// Runners waiting in its lane.
+    pub waiting: u32,
+    /// Its seats held and free.
+    pub free: u32,
+}
+
 impl Pool {
     /// Reserves `seats` seats of the pool for the sessions carrying
     /// `key=value` (0: removes the reservation). The caller has checked
@@ -163,6 +173,19 @@ impl Pool {
             .collect();
         out.sort_by(|a, b| (&a.key, &a.value).cmp(&(&b.key, &b.value)));
         out
+    }
+
+    /// The lanes of the reservations `labels` match, as a runner carrying
+    /// them would find them now (the preflight's estimate).
+    pub(in crate::core) fn lanes_for(&self, labels: &crate::value::Labels) -> Vec<LaneNow> {
+        let q = self.queue.lock();
+        let carries = |l: &&Lane| labels.get(&l.key) == Some(l.value.as_str());
+        let now = |l: &Lane| {
+            let c = l.seats.count();
+            let free = c.limit.saturating_sub(c.in_use);
+            LaneNow { seats: l.seats.clone(), waiting: l.waiting.len() as u32, free }
+        };
+        q.lanes.iter().filter(carries).map(now).collect()
     }
 
     /// Free seats of the reservations `labels` match whose lanes nobody

@@ -7,6 +7,7 @@ use super::shard::{MAX_SLOTS, SHARD_ID_BITS};
 use super::{Counts, SessionInfo, SessionTable};
 use crate::core::id::{MachineId, SessionId};
 use crate::core::pool::{Pool, PoolUid};
+use crate::core::seats::Seats;
 use crate::core::time::Millis;
 use crate::sync::Arc;
 
@@ -31,6 +32,25 @@ impl SessionTable {
             out.extend(shard.iter().filter(|(_, s)| shard.pool_of(s).uid == uid).map(|(_, s)| s.started));
         }
         out
+    }
+
+    /// When each live session of the pool `uid` started, by the line its
+    /// seat would go to when it ends: those on shared seats, then those on
+    /// each of `lanes` (reservations' words). Sessions on seats of other
+    /// reservations are left out: their ends free nothing for the asker.
+    pub fn starts_by_line(&self, uid: PoolUid, lanes: &[Arc<Seats>]) -> (Vec<Millis>, Vec<Vec<Millis>>) {
+        let (mut shared, mut by_lane) = (Vec::new(), vec![Vec::new(); lanes.len()]);
+        for cell in self.shards.iter() {
+            let shard = cell.lock.lock();
+            for (_, s) in shard.iter().filter(|(_, s)| shard.pool_of(s).uid == uid) {
+                match s.caps.lane().map(|w| lanes.iter().position(|l| Arc::ptr_eq(l, w))) {
+                    None => shared.push(s.started),
+                    Some(Some(i)) => by_lane[i].push(s.started),
+                    Some(None) => {}
+                }
+            }
+        }
+        (shared, by_lane)
     }
 
     /// Up to `limit` live sessions matching `pred`, in table order (shard,
