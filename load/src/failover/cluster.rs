@@ -1,7 +1,8 @@
 //! The cluster `failover` drives: three etcd members and three broker
 //! nodes, all spawned on loopback, and what etcd says about them (which
-//! node holds which org, the revision). Apart from the scenario so
-//! `failover.rs` reads as its phases; nothing here measures.
+//! node holds which org, the revision), and the waits on it (served again,
+//! taken over). Apart from the scenario so `failover.rs` reads as its
+//! phases and keeps the numbers; nothing here reports.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

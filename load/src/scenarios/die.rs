@@ -1,7 +1,8 @@
 //! `die`: how fast a vanished runner's seat is reclaimed. Its own module
 //! because it runs in phases of its own (a fleet fills the pool, victims
-//! take the last seats and vanish, waiters poll for them), each measured
-//! against the broker's clock, not the harness's.
+//! take the last seats and vanish, waiters poll for them), and the reclaim
+//! is measured on the broker's clock (the leases' deadlines and the
+//! waiters' admissions), not the harness's.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,6 +1,7 @@
 //! How a hold ends: the job stopped if the lease is gone, the seat given
-//! back or the end reported, and the exit code picked. Apart from `hold`
-//! so the exit codes a CI job sees are decided in one place.
+//! back or the end reported, and the exit code picked (6 when the lease
+//! was lost, the job's own when it exited). Apart from `hold`, which only
+//! decides *why* holding stopped.
 
 use std::process::ExitCode;
 
