@@ -2,17 +2,21 @@
 //! be admitted and R − Q refused with QUOTA_EXCEEDED.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use license_broker::client::Client;
+use license_broker::client::{Client, ClientError};
 use license_broker::proto::ErrorCode;
 use license_broker::proto::{Req, Resp};
-use license_broker::value::{Nonce, PoolId};
+use license_broker::value::{Nonce, PoolId, SessionId};
 use tokio::sync::Barrier;
+use tokio::task::JoinHandle;
 
 use crate::report::{Errors, Lat, Report};
-use crate::target::Target;
+use crate::target::{LoadOrg, Target};
+
+/// A connection's answers, as `call_batch_timed` gives them.
+type Answers = Vec<(Result<Resp, ClientError>, Duration)>;
 
 pub async fn run(target: &Target, runners: usize, quota: u32, connections: usize) -> Result<Report> {
     let org = target.setup_orgs(1, quota).await?.remove(0);
@@ -21,42 +25,9 @@ pub async fn run(target: &Target, runners: usize, quota: u32, connections: usize
     for _ in 0..connections {
         clients.push(Client::connect(&target.options(&org.key)).await?);
     }
-    let barrier = Arc::new(Barrier::new(connections));
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for (c, client) in clients.into_iter().enumerate() {
-        let mine = (c..runners).step_by(connections).count();
-        let (barrier, org) = (barrier.clone(), org.clone());
-        tasks.push(tokio::spawn(async move {
-            let reqs: Vec<Req> = (0..mine)
-                .map(|i| Req::Acquire {
-                    org: org.org.clone(),
-                    pool: PoolId::KRE_DEFAULT,
-                    machine: org.machine.clone(),
-                    nonce: Nonce(((c as u128) << 64) | i as u128),
-                })
-                .collect();
-            barrier.wait().await;
-            let results = client.call_batch_timed(reqs).await;
-            (client, results)
-        }));
-    }
-    let mut lat = Lat::new();
-    let mut errors = Errors::default();
-    let mut held = Vec::new();
-    for t in tasks {
-        let (client, results) = t.await?;
-        let mut sessions = Vec::new();
-        for (r, d) in results {
-            lat.record(d);
-            match r {
-                Ok(Resp::Admitted { session, .. } | Resp::Leased { session, .. }) => sessions.push(session),
-                Ok(_) => errors.add_named("UNEXPECTED_RESPONSE"),
-                Err(e) => errors.add(&e),
-            }
-        }
-        held.push((client, sessions));
-    }
+    let tasks = ask_at_once(clients, &org, runners);
+    let (lat, errors, held) = tally(tasks).await?;
     let elapsed = start.elapsed();
     let admitted: usize = held.iter().map(|(_, s)| s.len()).sum();
     let in_use = target.pools(std::slice::from_ref(&org)).await?[0].in_use;
@@ -85,4 +56,53 @@ pub async fn run(target: &Target, runners: usize, quota: u32, connections: usize
     r.check("broker agrees on seats in use", in_use as usize == admitted, format!("status in_use {in_use}"));
     r.check("no seat leaked after release", after == 0, format!("in_use {after} after releasing"));
     Ok(r)
+}
+
+/// Every connection sends its share of the `runners` acquires, all
+/// connections released at once by a barrier.
+fn ask_at_once(clients: Vec<Client>, org: &LoadOrg, runners: usize) -> Vec<JoinHandle<(Client, Answers)>> {
+    let connections = clients.len();
+    let barrier = Arc::new(Barrier::new(connections));
+    let mut tasks = Vec::new();
+    for (c, client) in clients.into_iter().enumerate() {
+        let mine = (c..runners).step_by(connections).count();
+        let (barrier, org) = (barrier.clone(), org.clone());
+        tasks.push(tokio::spawn(async move {
+            let reqs: Vec<Req> = (0..mine)
+                .map(|i| Req::Acquire {
+                    org: org.org.clone(),
+                    pool: PoolId::KRE_DEFAULT,
+                    machine: org.machine.clone(),
+                    nonce: Nonce(((c as u128) << 64) | i as u128),
+                })
+                .collect();
+            barrier.wait().await;
+            let results = client.call_batch_timed(reqs).await;
+            (client, results)
+        }));
+    }
+    tasks
+}
+
+/// Every answer's latency and refusal; each connection with the sessions
+/// it was admitted.
+#[allow(clippy::type_complexity)]
+async fn tally(tasks: Vec<JoinHandle<(Client, Answers)>>) -> Result<(Lat, Errors, Vec<(Client, Vec<SessionId>)>)> {
+    let mut lat = Lat::new();
+    let mut errors = Errors::default();
+    let mut held = Vec::new();
+    for t in tasks {
+        let (client, results) = t.await?;
+        let mut sessions = Vec::new();
+        for (r, d) in results {
+            lat.record(d);
+            match r {
+                Ok(Resp::Admitted { session, .. } | Resp::Leased { session, .. }) => sessions.push(session),
+                Ok(_) => errors.add_named("UNEXPECTED_RESPONSE"),
+                Err(e) => errors.add(&e),
+            }
+        }
+        held.push((client, sessions));
+    }
+    Ok((lat, errors, held))
 }

@@ -116,41 +116,9 @@ async fn connection(
             tokio::time::sleep_until(next).await;
             next += p;
         }
-        let acquires: Vec<Req> = (0..shape.depth)
-            .map(|_| {
-                nonce += 1;
-                acquire(&org, Nonce(nonce), labels)
-            })
-            .collect();
-        let mut sessions = Vec::with_capacity(shape.depth);
-        let (mut broken, mut draining) = (false, false);
-        for (r, t) in client.call_batch_timed(acquires).await {
-            match r {
-                Ok(Resp::Admitted { session, .. } | Resp::Leased { session, .. }) => {
-                    out.acquire.record(t);
-                    sessions.push(session);
-                }
-                Ok(_) => out.errors.add_named("UNEXPECTED_RESPONSE"),
-                Err(e) => match out.failed(&e) {
-                    Failure::Broken => broken = true,
-                    Failure::Draining => draining = true,
-                    Failure::Refused => {}
-                },
-            }
-        }
-        if sessions.is_empty() && out.errors.0.values().sum::<u64>() > 1000 {
+        let Some((broken, draining)) = round(&mut out, &client, (&org, labels), shape.depth, &mut nonce).await else {
             break; // the target is refusing everything; stop rather than spin
-        }
-        let releases: Vec<Req> = sessions.iter().map(|s: &SessionId| Req::Release { session: *s }).collect();
-        for (r, t) in client.call_batch_timed(releases).await {
-            match r {
-                Ok(_) => {
-                    out.release.record(t);
-                    out.pairs += 1;
-                }
-                Err(e) => broken |= out.failed(&e) == Failure::Broken,
-            }
-        }
+        };
         if draining && !broken {
             // The broker is going away: wait for it to close the connection
             // (then reconnect) instead of hammering it with refusals.
@@ -172,6 +140,54 @@ async fn connection(
     }
     client.close().await;
     out
+}
+
+/// One round on a connection: `depth` acquires pipelined (carrying the
+/// connection's labels, if any), then the releases of those admitted. Whether the connection broke and whether
+/// the broker is draining; `None` when the target refuses everything.
+async fn round(
+    out: &mut Outcome,
+    client: &Client,
+    (org, labels): (&LoadOrg, Option<&Labels>),
+    depth: usize,
+    nonce: &mut u128,
+) -> Option<(bool, bool)> {
+    let acquires: Vec<Req> = (0..depth)
+        .map(|_| {
+            *nonce += 1;
+            acquire(org, Nonce(*nonce), labels)
+        })
+        .collect();
+    let mut sessions = Vec::with_capacity(depth);
+    let (mut broken, mut draining) = (false, false);
+    for (r, t) in client.call_batch_timed(acquires).await {
+        match r {
+            Ok(Resp::Admitted { session, .. } | Resp::Leased { session, .. }) => {
+                out.acquire.record(t);
+                sessions.push(session);
+            }
+            Ok(_) => out.errors.add_named("UNEXPECTED_RESPONSE"),
+            Err(e) => match out.failed(&e) {
+                Failure::Broken => broken = true,
+                Failure::Draining => draining = true,
+                Failure::Refused => {}
+            },
+        }
+    }
+    if sessions.is_empty() && out.errors.0.values().sum::<u64>() > 1000 {
+        return None;
+    }
+    let releases: Vec<Req> = sessions.iter().map(|s: &SessionId| Req::Release { session: *s }).collect();
+    for (r, t) in client.call_batch_timed(releases).await {
+        match r {
+            Ok(_) => {
+                out.release.record(t);
+                out.pairs += 1;
+            }
+            Err(e) => broken |= out.failed(&e) == Failure::Broken,
+        }
+    }
+    Some((broken, draining))
 }
 
 /// An acquire for `org`'s KRE pool, carrying `labels` if any.

@@ -139,9 +139,39 @@ pub async fn cpu_per_pair(
     Ok((run, cpu))
 }
 
+/// The bare transport's phases: the ceiling, its latency control, handshakes.
+struct EchoRun {
+    /// The churn at full speed: the QUIC ceiling.
+    full: churn::Outcome,
+    /// The latency shape paced at the broker's half rate.
+    paced: churn::Outcome,
+    handshakes_per_s: f64,
+}
+
+/// Everything `compare` measured, in the order it ran.
+struct Measured {
+    redis: churn::Outcome,
+    this: BrokerRun,
+    /// The baseline broker's phases, when one was given.
+    base: Option<BrokerRun>,
+    /// The fixed rate of the paced phases: half this build's latency shape.
+    pace: f64,
+    echo: EchoRun,
+    /// The machine's state over the run, and whether it was busy.
+    machine: (serde_json::Value, bool),
+}
+
 /// `baseline`: an older broker binary, run after this build's with the
 /// same shapes and the same fixed rate, so a change is priced in one sitting.
 pub async fn run(p: &Params, baseline: Option<&Path>) -> Result<(Report, serde_json::Value)> {
+    let m = measure(p, baseline).await?;
+    let mut summary = summary(&m, p);
+    let r = report(&m, p, &mut summary);
+    Ok((r, summary))
+}
+
+/// Runs every phase: Redis, this broker, the baseline, the bare transport.
+async fn measure(p: &Params, baseline: Option<&Path>) -> Result<Measured> {
     let machine = machine::Before::now();
     let shape = Shape { connections: p.connections, depth: p.depth, duration: p.duration, rate: None, labels: vec![] };
     eprintln!("compare: redis semaphore churn ({}s)", p.duration.as_secs());
@@ -159,80 +189,96 @@ pub async fn run(p: &Params, baseline: Option<&Path>) -> Result<(Report, serde_j
         }
         None => None,
     };
+    let echo = echo_run(p, shape, pace).await?;
+    Ok(Measured { redis: redis_out, this, base, pace, echo, machine: machine.after() })
+}
 
+/// The bare quinn echo server with the broker's shape, then paced at `pace`.
+async fn echo_run(p: &Params, shape: Shape, pace: f64) -> Result<EchoRun> {
     eprintln!("compare: bare quinn echo churn");
     let echo = Echo::spawn(p.broker_workers)?;
-    let echo_out = churn::run(vec![echo.options()], vec![Echo::org()?], shape.clone()).await?;
+    let full = churn::run(vec![echo.options()], vec![Echo::org()?], shape.clone()).await?;
     eprintln!("compare: bare quinn echo paced at the broker's half rate (latency control)");
     let paced_shape = Shape { rate: Some(pace), depth: LATENCY_DEPTH, ..shape };
-    let echo_paced = churn::run(vec![echo.options()], vec![Echo::org()?], paced_shape).await?;
+    let paced = churn::run(vec![echo.options()], vec![Echo::org()?], paced_shape).await?;
     eprintln!("compare: bare quinn handshakes");
     let hs = Params { connections: 32, ..p.clone() };
-    let (echo_hs, _, _) = scenarios::handshake(&echo.server, &echo.ca, "echo", None, &hs).await?;
-    drop(echo);
-    let (state, busy) = machine.after();
+    let (handshakes_per_s, _, _) = scenarios::handshake(&echo.server, &echo.ca, "echo", None, &hs).await?;
+    Ok(EchoRun { full, paced, handshakes_per_s })
+}
 
-    let redis_rate = redis_out.pairs_per_s();
-    let quic_rate = echo_out.pairs_per_s();
-    let broker_rate = this.pairs_per_s;
-    let p99_half = this.p99_half();
-    let mut summary = json!({
+/// The `--json` summary: the ratios the README's Performance rows quote.
+fn summary(m: &Measured, p: &Params) -> serde_json::Value {
+    let (redis_rate, quic_rate, broker_rate) = (m.redis.pairs_per_s(), m.echo.full.pairs_per_s(), m.this.pairs_per_s);
+    let echo_hs = m.echo.handshakes_per_s;
+    json!({
         "broker_pairs_per_s": broker_rate,
         "redis_pairs_per_s": redis_rate,
         "ratio_vs_redis": broker_rate / redis_rate.max(1e-9),
         "quic_ceiling_per_s": quic_rate,
         "share_of_quic_ceiling": broker_rate / quic_rate.max(1e-9),
-        "broker_p99_acquire_us_at_half_rate": p99_half,
-        "broker_cpu_us_per_pair_at_half_rate": this.cpu_us_per_pair,
+        "broker_p99_acquire_us_at_half_rate": m.this.p99_half(),
+        "broker_cpu_us_per_pair_at_half_rate": m.this.cpu_us_per_pair,
         "latency_depth": LATENCY_DEPTH,
-        "latency_shape_max_pairs_per_s": this.lat_max,
-        "quic_p99_us_at_same_rate": echo_paced.acquire.stats().p99_us,
-        "broker_handshakes_per_s": this.handshakes_per_s,
+        "latency_shape_max_pairs_per_s": m.this.lat_max,
+        "quic_p99_us_at_same_rate": m.echo.paced.acquire.stats().p99_us,
+        "broker_handshakes_per_s": m.this.handshakes_per_s,
         "quic_handshakes_per_s": echo_hs,
-        "handshake_share": this.handshakes_per_s / echo_hs.max(1e-9),
+        "handshake_share": m.this.handshakes_per_s / echo_hs.max(1e-9),
         "connections": p.connections,
         "depth": p.depth,
         "broker_workers": p.broker_workers,
         "load_workers": tokio::runtime::Handle::current().metrics().num_workers(),
         "duration_s": p.duration.as_secs_f64(),
-        "redis_errors": redis_out.errors.0,
-        "echo_errors": echo_out.errors.0,
-        "machine": state,
-        "busy_machine": busy,
-    });
+        "redis_errors": m.redis.errors.0,
+        "echo_errors": m.echo.full.errors.0,
+        "machine": m.machine.0,
+        "busy_machine": m.machine.1,
+    })
+}
+
+/// The report: throughputs, the summary's ratios, the broker runs'
+/// invariants; the baseline's comparison goes into `summary` too.
+fn report(m: &Measured, p: &Params, summary: &mut serde_json::Value) -> Report {
     let mut r = Report::new("compare", "broker vs redis vs bare quinn");
     r.duration_s = p.duration.as_secs_f64();
     r.param("connections", p.connections);
     r.param("depth", p.depth);
-    r.throughput.insert("broker_pairs_per_s".into(), broker_rate);
-    r.throughput.insert("redis_pairs_per_s".into(), redis_rate);
-    r.throughput.insert("quic_ceiling_per_s".into(), quic_rate);
-    r.throughput.insert("broker_handshakes_per_s".into(), this.handshakes_per_s);
-    r.throughput.insert("quic_handshakes_per_s".into(), echo_hs);
+    r.throughput.insert("broker_pairs_per_s".into(), m.this.pairs_per_s);
+    r.throughput.insert("redis_pairs_per_s".into(), m.redis.pairs_per_s());
+    r.throughput.insert("quic_ceiling_per_s".into(), m.echo.full.pairs_per_s());
+    r.throughput.insert("broker_handshakes_per_s".into(), m.this.handshakes_per_s);
+    r.throughput.insert("quic_handshakes_per_s".into(), m.echo.handshakes_per_s);
     for k in ["ratio_vs_redis", "share_of_quic_ceiling", "handshake_share", "broker_cpu_us_per_pair_at_half_rate"] {
         r.extra(k, summary[k].clone());
     }
-    r.extra("broker_p99_acquire_us_at_half_rate", p99_half);
-    r.extra("quic_p99_us_at_same_rate", echo_paced.acquire.stats().p99_us);
-    if let Some(base) = &base {
-        let vs = vs_baseline(&this, base);
-        r.extra("baseline", base.json(pace));
+    r.extra("broker_p99_acquire_us_at_half_rate", m.this.p99_half());
+    r.extra("quic_p99_us_at_same_rate", m.echo.paced.acquire.stats().p99_us);
+    if let Some(base) = &m.base {
+        let vs = vs_baseline(&m.this, base);
+        r.extra("baseline", base.json(m.pace));
         r.extra("vs_baseline", vs.clone());
-        summary["baseline"] = base.json(pace);
+        summary["baseline"] = base.json(m.pace);
         summary["vs_baseline"] = vs;
     }
-    r.extra("machine", machine::describe(&summary["machine"], busy));
-    r.latency_us = this.churn.latency_us.clone();
-    r.invariants = this.churn.invariants.clone();
-    r.invariants.extend(this.paced.invariants.iter().cloned());
-    if let Some(base) = &base {
+    r.extra("machine", machine::describe(&summary["machine"], m.machine.1));
+    r.latency_us = m.this.churn.latency_us.clone();
+    r.invariants = invariants(m);
+    r.check("redis semaphore made progress", m.redis.pairs > 0, format!("{} pairs", m.redis.pairs));
+    r.check("echo made progress", m.echo.full.pairs > 0, format!("{} pairs", m.echo.full.pairs));
+    r
+}
+
+/// The broker runs' invariants, the baseline's named as such.
+fn invariants(m: &Measured) -> Vec<crate::report::Check> {
+    let mut all = m.this.churn.invariants.clone();
+    all.extend(m.this.paced.invariants.iter().cloned());
+    if let Some(base) = &m.base {
         let named =
             |c: &crate::report::Check| crate::report::Check { name: format!("baseline: {}", c.name), ..c.clone() };
-        r.invariants.extend(base.churn.invariants.iter().chain(&base.paced.invariants).map(named));
+        all.extend(base.churn.invariants.iter().chain(&base.paced.invariants).map(named));
     }
-    r.check("redis semaphore made progress", redis_out.pairs > 0, format!("{} pairs", redis_out.pairs));
-    r.check("echo made progress", echo_out.pairs > 0, format!("{} pairs", echo_out.pairs));
-    Ok((r, summary))
+    all
 }
 
 /// This build over the baseline, measure by measure (above 1: more of it).

@@ -19,6 +19,7 @@ use license_broker::client::{Client, ClientError};
 use license_broker::proto::ErrorCode;
 use license_broker::value::{MachineId, PoolId};
 use parking_lot::Mutex;
+use tokio::task::JoinHandle;
 
 use crate::queue::connect;
 use crate::report::{Errors, Lat, Report};
@@ -32,30 +33,10 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     let org = target.setup_orgs(1, slots).await?.remove(0);
     let conns = connect(target, &org, p.connections).await?;
     let workers = (slots as usize / 4).clamp(1, 256);
-    let (next, errors, lat) =
-        (Arc::new(AtomicU64::new(0)), Arc::new(Mutex::new(Errors::default())), Arc::new(Mutex::new(Lat::new())));
+    let (errors, lat) = (Arc::new(Mutex::new(Errors::default())), Arc::new(Mutex::new(Lat::new())));
     let (highest, done) = (AtomicU64::new(0), AtomicU64::new(0));
     let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|w| {
-            let (c, org, next, errors, lat) =
-                (conns[w % conns.len()].clone(), org.clone(), next.clone(), errors.clone(), lat.clone());
-            let total = p.runners as u64;
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= total {
-                        break;
-                    }
-                    let began = Instant::now();
-                    match one(&c, &org, i, &errors).await {
-                        Ok(()) => lat.lock().record(began.elapsed()),
-                        Err(e) => errors.lock().add(&e),
-                    }
-                }
-            })
-        })
-        .collect();
+    let tasks = spawn_jobs(&conns, &org, workers, p.runners as u64, (&errors, &lat));
     let churn = async {
         for t in tasks {
             let _ = t.await;
@@ -64,15 +45,7 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     };
     tokio::join!(churn, sample(target, &org, &highest, &done));
     let elapsed = start.elapsed();
-    // Every ephemeral machine goes with its last session; the load org's own stays.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let left = loop {
-        let m = target.pools(std::slice::from_ref(&org)).await?[0].machines;
-        if m <= 1 || Instant::now() >= deadline {
-            break m;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let left = settle_machines(target, &org).await?;
     let errors = std::mem::take(&mut *errors.lock());
     let lat = std::mem::take(&mut *lat.lock());
     let mut r = Report::new("ephemeral", "broker");
@@ -91,6 +64,50 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     r.check("every ephemeral machine released", left <= 1, format!("{left} machines registered after the churn"));
     r.errors = errors.0;
     Ok(r)
+}
+
+/// `workers` tasks over the connections, together running jobs 0 to
+/// `total` once each (`one`), each job's time recorded in `lat`.
+fn spawn_jobs(
+    conns: &[Arc<Client>],
+    org: &LoadOrg,
+    workers: usize,
+    total: u64,
+    (errors, lat): (&Arc<Mutex<Errors>>, &Arc<Mutex<Lat>>),
+) -> Vec<JoinHandle<()>> {
+    let next = Arc::new(AtomicU64::new(0));
+    (0..workers)
+        .map(|w| {
+            let (c, org, next, errors, lat) =
+                (conns[w % conns.len()].clone(), org.clone(), next.clone(), errors.clone(), lat.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total {
+                        break;
+                    }
+                    let began = Instant::now();
+                    match one(&c, &org, i, &errors).await {
+                        Ok(()) => lat.lock().record(began.elapsed()),
+                        Err(e) => errors.lock().add(&e),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every ephemeral machine goes with its last session; the load org's own
+/// stays. Waits (at most 10 s) for that; returns the machines seen last.
+async fn settle_machines(target: &Target, org: &LoadOrg) -> Result<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = target.pools(std::slice::from_ref(org)).await?[0].machines;
+        if m <= 1 || Instant::now() >= deadline {
+            return Ok(m);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Tries a refused registration is given (10 ms apart: a job's runner

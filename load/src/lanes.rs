@@ -19,22 +19,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use license_broker::client::{Checkout, Client};
-use license_broker::value::{Labels, PoolId, SessionId};
+use license_broker::value::{Labels, PoolId};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
-use crate::queue::{connect, read_positions, settle_depth, settle_empty, INTERVAL};
+use crate::queue::{connect, leave, pace_releases, settle_depth, settle_empty, spawn_readers, Held, Paced, INTERVAL};
 use crate::report::{Errors, Lat, Report};
 use crate::scenarios::Params;
 use crate::target::{LoadOrg, Target};
 
 const POOL: PoolId = PoolId::KRE_DEFAULT;
-
-/// A seat someone holds, to release later.
-struct Held {
-    client: Arc<Client>,
-    session: SessionId,
-}
 
 fn release_label() -> Labels {
     // Invariant: a valid label, written here.
@@ -55,9 +50,32 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     fill(&conns[0], &org, quota, reserved, &held_tx).await?;
 
     let positions = Arc::new(Mutex::new(HashMap::<u128, u32>::new()));
-    let readers: Vec<_> = conns.iter().map(|c| tokio::spawn(read_positions(c.clone(), positions.clone()))).collect();
+    let readers = spawn_readers(&conns, &positions);
     let admitted = Arc::new(Mutex::new(Vec::<(Instant, u128)>::new()));
     let errors = Arc::new(Mutex::new(Errors::default()));
+    let waiters = spawn_waiters(&conns, &org, p, &held_tx, (&admitted, &errors));
+    let depth = settle_depth(target, &org, p.runners as u32).await?;
+
+    let releases = (p.runners / 4).min((p.duration.as_micros() / INTERVAL.as_micros()) as usize).max(1);
+    let paced = pace_releases(target, &org, releases, &mut held_rx, &errors).await?;
+    leave(waiters.into_iter().chain(readers).collect(), conns, (held_rx, held_tx)).await;
+    let after = settle_empty(target, &org).await?;
+    let admitted = std::mem::take(&mut *admitted.lock());
+    let positions = std::mem::take(&mut *positions.lock());
+    let errors = std::mem::take(&mut *errors.lock());
+    Ok(report(Outcome { p, depth, admitted, positions, errors, paced }, after))
+}
+
+/// R waiters spread over the connections, every other one carrying the
+/// lane's label; each admitted one becomes a holder, released in turn.
+#[allow(clippy::type_complexity)]
+fn spawn_waiters(
+    conns: &[Arc<Client>],
+    org: &LoadOrg,
+    p: &Params,
+    held_tx: &mpsc::UnboundedSender<Held>,
+    (admitted, errors): (&Arc<Mutex<Vec<(Instant, u128)>>>, &Arc<Mutex<Errors>>),
+) -> Vec<JoinHandle<()>> {
     let wait = p.duration + Duration::from_secs(60);
     let mut waiters = Vec::with_capacity(p.runners);
     for n in 0..p.runners as u128 {
@@ -75,48 +93,7 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
             }
         }));
     }
-    let depth = settle_depth(target, &org, p.runners as u32).await?;
-
-    let releases = (p.runners / 4).min((p.duration.as_micros() / INTERVAL.as_micros()) as usize).max(1);
-    let mut released = Vec::with_capacity(releases);
-    let mut highest = 0;
-    let start = Instant::now();
-    for i in 0..releases {
-        let Ok(Some(h)) = tokio::time::timeout(Duration::from_secs(5), held_rx.recv()).await else {
-            errors.lock().add_named("NO_ADMISSION_WITHIN_5S");
-            break;
-        };
-        released.push(Instant::now());
-        if let Err(e) = h.client.release(h.session).await {
-            errors.lock().add(&e);
-        }
-        tokio::time::sleep(INTERVAL).await;
-        if i % 256 == 0 {
-            highest = highest.max(target.pools(std::slice::from_ref(&org)).await?[0].in_use);
-        }
-    }
-    let elapsed = start.elapsed();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mid = target.pools(std::slice::from_ref(&org)).await?[0].clone();
-
-    for task in waiters.iter().chain(&readers) {
-        task.abort();
-    }
-    drop((held_rx, held_tx));
-    for task in waiters.into_iter().chain(readers) {
-        let _ = task.await;
-    }
-    for c in conns {
-        if let Ok(c) = Arc::try_unwrap(c) {
-            c.close().await;
-        }
-    }
-    let after = settle_empty(target, &org).await?;
-    let admitted = std::mem::take(&mut *admitted.lock());
-    let positions = std::mem::take(&mut *positions.lock());
-    let errors = std::mem::take(&mut *errors.lock());
-    let o = Outcome { p, depth, released, admitted, positions, errors, elapsed, highest: highest.max(mid.in_use) };
-    Ok(report(o, mid.in_use, after))
+    waiters
 }
 
 /// Fills the pool: its reserved seats with labelled sessions, the shared
@@ -147,19 +124,18 @@ async fn fill(
 struct Outcome<'a> {
     p: &'a Params,
     depth: u32,
-    released: Vec<Instant>,
     admitted: Vec<(Instant, u128)>,
     positions: HashMap<u128, u32>,
     errors: Errors,
-    elapsed: Duration,
-    highest: u32,
+    paced: Paced,
 }
 
-fn report(o: Outcome<'_>, in_use_mid: u32, after: (u32, u32)) -> Report {
+fn report(o: Outcome<'_>, after: (u32, u32)) -> Report {
     let mut admitted = o.admitted;
     admitted.sort_by_key(|a| a.0);
+    let (released, in_use_mid, highest) = (&o.paced.released, o.paced.in_use_mid, o.paced.highest);
     let mut lat = Lat::new();
-    for (rel, adm) in o.released.iter().zip(&admitted) {
+    for (rel, adm) in released.iter().zip(&admitted) {
         lat.record(adm.0.saturating_duration_since(*rel));
     }
     let inversions = |kind: bool| {
@@ -169,13 +145,13 @@ fn report(o: Outcome<'_>, in_use_mid: u32, after: (u32, u32)) -> Report {
     };
     let lane = admitted.iter().filter(|a| labelled(a.1)).count();
     let mut r = Report::new("lanes", "broker");
-    r.duration_s = o.elapsed.as_secs_f64();
+    r.duration_s = o.paced.elapsed.as_secs_f64();
     r.param("runners", o.p.runners);
     r.param("quota", o.p.quota);
     r.param("reserved", o.p.quota / 2);
     r.param("connections", o.p.connections);
     r.param("release_interval_ms", INTERVAL.as_millis() as u64);
-    r.throughput.insert("releases".into(), o.released.len() as f64);
+    r.throughput.insert("releases".into(), released.len() as f64);
     r.throughput.insert("admitted".into(), admitted.len() as f64);
     r.throughput.insert("admitted_from_the_lane".into(), lane as f64);
     r.latency("handoff", &lat);
@@ -184,15 +160,15 @@ fn report(o: Outcome<'_>, in_use_mid: u32, after: (u32, u32)) -> Report {
     r.check("all waiters queued", o.depth as usize == o.p.runners, format!("{} waiting of {}", o.depth, o.p.runners));
     r.check(
         "each release admitted exactly one waiter",
-        admitted.len() == o.released.len(),
-        format!("{} releases, {} admitted", o.released.len(), admitted.len()),
+        admitted.len() == released.len(),
+        format!("{} releases, {} admitted", released.len(), admitted.len()),
     );
     let (l, u) = (inversions(true), inversions(false));
     r.check("in queue order within each kind", l == 0 && u == 0, format!("{l} labelled, {u} unlabelled out of order"));
     r.check(
         "never above the quota",
-        o.highest <= o.p.quota && in_use_mid == o.p.quota,
-        format!("highest in-use sampled {}, {in_use_mid} after the releases (quota {})", o.highest, o.p.quota),
+        highest <= o.p.quota && in_use_mid == o.p.quota,
+        format!("highest in-use sampled {highest}, {in_use_mid} after the releases (quota {})", o.p.quota),
     );
     r.check("no errors", o.errors.0.is_empty(), format!("{:?}", o.errors.0));
     r.check("waiters that left freed everything", after == (0, 0), format!("in_use {}, waiting {}", after.0, after.1));

@@ -12,6 +12,8 @@
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -47,7 +49,6 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
     // closing lines, the table after its header).
     let audit = run_cli(target, &org, &["audit", "--org", org.org.as_str(), "--json"])?;
     let audit_table = run_cli(target, &org, &["audit", "--org", org.org.as_str()])?;
-    let audit_lines = audit_table.lines.saturating_sub(1);
 
     // A million live leases, held on open connections.
     let acquired = Instant::now();
@@ -55,13 +56,34 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
     let acquire_s = acquired.elapsed().as_secs_f64();
     let rss = target.rss_bytes();
     let sessions = run_cli(target, &org, &["session", "list", "--org", org.org.as_str()])?;
-    let session_rows = sessions.lines.saturating_sub(1);
     for c in clients {
         c.close().await;
     }
 
+    let runs = Runs { sessions, audit, audit_table };
+    Ok(report(p, n, runs, (write_s, acquire_s, written.elapsed().as_secs_f64()), rss))
+}
+
+/// The three CLI runs: `session list`, `audit --json`, `audit` as a table.
+struct Runs {
+    sessions: CliRun,
+    audit: CliRun,
+    audit_table: CliRun,
+}
+
+/// The report; `times` are (the audit's write, the acquires, the whole run) in seconds.
+fn report(
+    p: &Params,
+    n: usize,
+    runs: Runs,
+    (write_s, acquire_s, total_s): (f64, f64, f64),
+    rss: Option<u64>,
+) -> Report {
+    let Runs { sessions, audit, audit_table } = runs;
+    let audit_lines = audit_table.lines.saturating_sub(1);
+    let session_rows = sessions.lines.saturating_sub(1);
     let mut r = Report::new("lists", "broker");
-    r.duration_s = written.elapsed().as_secs_f64();
+    r.duration_s = total_s;
     r.param("sessions", n);
     r.param("audit_entries_written", n);
     r.param("connections", p.connections);
@@ -91,7 +113,7 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
             audit_table.matching, audit_table.distinct_matching, audit.matching
         ),
     );
-    Ok(r)
+    r
 }
 
 /// `n` audit entries for `org`, dated a year back, in batches.
@@ -183,8 +205,27 @@ fn run_cli(target: &Target, org: &LoadOrg, args: &[&str]) -> Result<CliRun> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting the CLI")?;
-    let pid = child.id();
-    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (peak, sampler) = sample_peak(child.id());
+    let counted = count(child.stdout.take().context("CLI stdout")?)?;
+    let output = child.wait_with_output()?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = sampler.join();
+    Ok(CliRun {
+        ok: output.status.success(),
+        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        lines: counted.lines,
+        matching: counted.matching,
+        distinct_matching: counted.entries.len(),
+        distinct_first_cells: counted.firsts.len(),
+        seconds,
+        peak_rss_kib: peak.load(Ordering::Relaxed),
+    })
+}
+
+/// Samples process `pid`'s peak memory (VmHWM, KiB) into the returned
+/// counter until it is gone, for at most 10 minutes.
+fn sample_peak(pid: u32) -> (Arc<AtomicU64>, std::thread::JoinHandle<()>) {
+    let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
         let peak = peak.clone();
         std::thread::spawn(move || {
@@ -198,7 +239,7 @@ fn run_cli(target: &Target, org: &LoadOrg, args: &[&str]) -> Result<CliRun> {
                             .find(|l| l.starts_with("VmHWM:"))
                             .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()));
                         if let Some(kib) = hwm {
-                            peak.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                            peak.fetch_max(kib, Ordering::Relaxed);
                         }
                     }
                     Err(_) => return,
@@ -207,7 +248,21 @@ fn run_cli(target: &Target, org: &LoadOrg, args: &[&str]) -> Result<CliRun> {
             }
         })
     };
-    let stdout = child.stdout.take().context("CLI stdout")?;
+    (peak, sampler)
+}
+
+/// What the CLI printed, counted as it came.
+struct Counted {
+    lines: usize,
+    /// Lines naming an entry this scenario wrote, and the entries named.
+    matching: usize,
+    entries: HashSet<String>,
+    /// The first cells of the rows after the header.
+    firsts: HashSet<String>,
+}
+
+/// Reads the CLI's output line by line to its end, counting.
+fn count(stdout: std::process::ChildStdout) -> Result<Counted> {
     let (mut lines, mut matching) = (0usize, 0usize);
     let (mut firsts, mut entries) = (HashSet::new(), HashSet::new());
     for line in BufReader::new(stdout).lines() {
@@ -224,17 +279,5 @@ fn run_cli(target: &Target, org: &LoadOrg, args: &[&str]) -> Result<CliRun> {
             entries.insert(digits);
         }
     }
-    let output = child.wait_with_output()?;
-    let seconds = started.elapsed().as_secs_f64();
-    let _ = sampler.join();
-    Ok(CliRun {
-        ok: output.status.success(),
-        stderr: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-        lines,
-        matching,
-        distinct_matching: entries.len(),
-        distinct_first_cells: firsts.len(),
-        seconds,
-        peak_rss_kib: peak.load(std::sync::atomic::Ordering::Relaxed),
-    })
+    Ok(Counted { lines, matching, entries, firsts })
 }

@@ -21,6 +21,7 @@ use license_broker::proto::Notice;
 use license_broker::value::{PoolId, SessionId};
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::report::{Errors, Lat, Report};
 use crate::scenarios::Params;
@@ -31,9 +32,9 @@ use crate::target::{LoadOrg, Target};
 pub(crate) const INTERVAL: Duration = Duration::from_millis(3);
 
 /// A seat someone holds, to release later.
-struct Held {
-    client: Arc<Client>,
-    session: SessionId,
+pub(crate) struct Held {
+    pub client: Arc<Client>,
+    pub session: SessionId,
 }
 
 /// An admission as the waiter saw it.
@@ -42,25 +43,53 @@ struct Admitted {
     nonce: u128,
 }
 
+/// What the waiters share: the admissions they saw, the errors they met.
+type Shared<T> = Arc<Mutex<T>>;
+
 pub async fn run(target: &Target, p: &Params) -> Result<Report> {
-    let quota = p.quota;
-    let org = target.setup_orgs(1, quota).await?.remove(0);
+    let org = target.setup_orgs(1, p.quota).await?.remove(0);
     let conns = connect(target, &org, p.connections).await?;
     let (held_tx, mut held_rx) = mpsc::unbounded_channel::<Held>();
-
-    // Fill the pool.
-    let holder = conns[0].clone();
-    let fill: Vec<_> = (0..quota as u128).map(|n| acquire_req(&org, u128::MAX - n)).collect();
-    for r in holder.call_batch(fill).await {
-        let session = leased(r.context("filling the pool")?)?;
-        let _ = held_tx.send(Held { client: holder.clone(), session });
-    }
+    fill(&conns[0], &org, p.quota, &held_tx).await?;
 
     // R waiters, spread over the connections; their positions come as notices.
-    let positions = Arc::new(Mutex::new(HashMap::<u128, u32>::new()));
-    let readers: Vec<_> = conns.iter().map(|c| tokio::spawn(read_positions(c.clone(), positions.clone()))).collect();
-    let admitted = Arc::new(Mutex::new(Vec::<Admitted>::new()));
-    let errors = Arc::new(Mutex::new(Errors::default()));
+    let positions = Shared::default();
+    let readers = spawn_readers(&conns, &positions);
+    let (admitted, errors) = (Shared::default(), Shared::default());
+    let waiters = spawn_waiters(&conns, &org, p, &held_tx, (&admitted, &errors));
+    let depth = settle_depth(target, &org, p.runners as u32).await?;
+
+    // Paced releases: each frees one seat for the head waiter.
+    let releases = (p.runners / 2).min((p.duration.as_micros() / INTERVAL.as_micros()) as usize).max(1);
+    let paced = pace_releases(target, &org, releases, &mut held_rx, &errors).await?;
+    leave(waiters.into_iter().chain(readers).collect(), conns, (held_rx, held_tx)).await;
+    let after = settle_empty(target, &org).await?;
+
+    let admitted = std::mem::take(&mut *admitted.lock());
+    let positions = std::mem::take(&mut *positions.lock());
+    let errors = std::mem::take(&mut *errors.lock());
+    report(Outcome { p, depth, admitted, positions, errors, paced, after })
+}
+
+/// Fills the pool of quota `quota` from one connection.
+async fn fill(holder: &Arc<Client>, org: &LoadOrg, quota: u32, held: &mpsc::UnboundedSender<Held>) -> Result<()> {
+    let fill: Vec<_> = (0..quota as u128).map(|n| acquire_req(org, u128::MAX - n)).collect();
+    for r in holder.call_batch(fill).await {
+        let session = leased(r.context("filling the pool")?)?;
+        let _ = held.send(Held { client: holder.clone(), session });
+    }
+    Ok(())
+}
+
+/// R waiters (`Wait`), spread over the connections; each admitted one
+/// becomes a holder, sent to be released in turn.
+fn spawn_waiters(
+    conns: &[Arc<Client>],
+    org: &LoadOrg,
+    p: &Params,
+    held_tx: &mpsc::UnboundedSender<Held>,
+    (admitted, errors): (&Shared<Vec<Admitted>>, &Shared<Errors>),
+) -> Vec<JoinHandle<()>> {
     let wait = p.duration + Duration::from_secs(60);
     let mut waiters = Vec::with_capacity(p.runners);
     for n in 0..p.runners as u128 {
@@ -76,10 +105,29 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
             }
         }));
     }
-    let depth = settle_depth(target, &org, p.runners as u32).await?;
+    waiters
+}
 
-    // Paced releases: each frees one seat for the head waiter.
-    let releases = (p.runners / 2).min((p.duration.as_micros() / INTERVAL.as_micros()) as usize).max(1);
+/// The paced releases of `queue` and `lanes`, and the pool they left.
+pub(crate) struct Paced {
+    /// When each release was sent, in order.
+    pub released: Vec<Instant>,
+    /// The highest in-use sampled (every 256 releases, and once after).
+    pub highest: u32,
+    /// In use once the last hand-off had landed.
+    pub in_use_mid: u32,
+    pub elapsed: Duration,
+}
+
+/// Releases `releases` held seats, one every `INTERVAL`, each the next
+/// holder in admission order; gives up when none comes within 5 s.
+pub(crate) async fn pace_releases(
+    target: &Target,
+    org: &LoadOrg,
+    releases: usize,
+    held_rx: &mut mpsc::UnboundedReceiver<Held>,
+    errors: &Mutex<Errors>,
+) -> Result<Paced> {
     let mut released = Vec::with_capacity(releases);
     let mut highest = 0;
     let start = Instant::now();
@@ -95,20 +143,29 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
         }
         tokio::time::sleep(INTERVAL).await;
         if i % 256 == 0 {
-            highest = highest.max(target.pools(std::slice::from_ref(&org)).await?[0].in_use);
+            highest = highest.max(target.pools(std::slice::from_ref(org)).await?[0].in_use);
         }
     }
     let elapsed = start.elapsed();
     // Let the last hand-off land, then read the pool once more.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let mid = target.pools(std::slice::from_ref(&org)).await?[0].clone();
+    let in_use_mid = target.pools(std::slice::from_ref(org)).await?[0].in_use;
+    Ok(Paced { released, highest: highest.max(in_use_mid), in_use_mid, elapsed })
+}
 
-    // Everyone leaves: closing the connections ends the waits and the seats.
-    for task in waiters.iter().chain(&readers) {
+/// Everyone leaves: closing the connections ends the waits and the seats.
+/// The held seats' channel goes first, so each connection's last handle
+/// is the one closed here.
+pub(crate) async fn leave(
+    tasks: Vec<JoinHandle<()>>,
+    conns: Vec<Arc<Client>>,
+    held: (mpsc::UnboundedReceiver<Held>, mpsc::UnboundedSender<Held>),
+) {
+    for task in &tasks {
         task.abort();
     }
-    drop((held_rx, held_tx, holder));
-    for task in waiters.into_iter().chain(readers) {
+    drop(held);
+    for task in tasks {
         let _ = task.await;
     }
     for c in conns {
@@ -116,55 +173,36 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
             c.close().await;
         }
     }
-    let (after_in_use, after_waiting) = settle_empty(target, &org).await?;
-
-    let admitted = std::mem::take(&mut *admitted.lock());
-    let positions = std::mem::take(&mut *positions.lock());
-    let errors = std::mem::take(&mut *errors.lock());
-    report(Outcome {
-        p,
-        depth,
-        released,
-        admitted,
-        positions,
-        errors,
-        elapsed,
-        highest: highest.max(mid.in_use),
-        in_use_mid: mid.in_use,
-        after: (after_in_use, after_waiting),
-    })
 }
 
 struct Outcome<'a> {
     p: &'a Params,
     depth: u32,
-    released: Vec<Instant>,
     admitted: Vec<Admitted>,
     positions: HashMap<u128, u32>,
     errors: Errors,
-    elapsed: Duration,
-    highest: u32,
-    in_use_mid: u32,
+    paced: Paced,
     after: (u32, u32),
 }
 
 fn report(o: Outcome<'_>) -> Result<Report> {
     let mut admitted = o.admitted;
     admitted.sort_by_key(|a| a.at);
+    let released = &o.paced.released;
     let mut lat = Lat::new();
-    for (rel, adm) in o.released.iter().zip(&admitted) {
+    for (rel, adm) in released.iter().zip(&admitted) {
         lat.record(adm.at.saturating_duration_since(*rel));
     }
     let order: Vec<u32> = admitted.iter().filter_map(|a| o.positions.get(&a.nonce).copied()).collect();
     let inversions = order.windows(2).filter(|w| w[0] > w[1]).count();
 
     let mut r = Report::new("queue", "broker");
-    r.duration_s = o.elapsed.as_secs_f64();
+    r.duration_s = o.paced.elapsed.as_secs_f64();
     r.param("runners", o.p.runners);
     r.param("quota", o.p.quota);
     r.param("connections", o.p.connections);
     r.param("release_interval_ms", INTERVAL.as_millis() as u64);
-    r.throughput.insert("releases".into(), o.released.len() as f64);
+    r.throughput.insert("releases".into(), released.len() as f64);
     r.throughput.insert("admitted".into(), admitted.len() as f64);
     r.latency("handoff", &lat);
     r.extra("queue_depth_before", o.depth);
@@ -176,18 +214,19 @@ fn report(o: Outcome<'_>) -> Result<Report> {
     );
     r.check(
         "each release admitted exactly one waiter",
-        admitted.len() == o.released.len(),
-        format!("{} releases, {} admitted", o.released.len(), admitted.len()),
+        admitted.len() == released.len(),
+        format!("{} releases, {} admitted", released.len(), admitted.len()),
     );
     r.check(
         "admitted in queue order",
         inversions == 0 && order.len() == admitted.len(),
         format!("{inversions} out-of-order admissions of {}", order.len()),
     );
+    let (highest, mid) = (o.paced.highest, o.paced.in_use_mid);
     r.check(
         "never above the quota",
-        o.highest <= o.p.quota && o.in_use_mid == o.p.quota,
-        format!("highest in-use sampled {}, {} after the releases (quota {})", o.highest, o.in_use_mid, o.p.quota),
+        highest <= o.p.quota && mid == o.p.quota,
+        format!("highest in-use sampled {highest}, {mid} after the releases (quota {})", o.p.quota),
     );
     r.check("no errors", o.errors.0.is_empty(), format!("{:?}", o.errors.0));
     r.check(
@@ -204,6 +243,11 @@ pub(crate) async fn connect(target: &Target, org: &LoadOrg, n: usize) -> Result<
         out.push(Arc::new(target.client(&org.key).await?));
     }
     Ok(out)
+}
+
+/// One reader per connection, noting each waiter's position as told.
+pub(crate) fn spawn_readers(conns: &[Arc<Client>], positions: &Shared<HashMap<u128, u32>>) -> Vec<JoinHandle<()>> {
+    conns.iter().map(|c| tokio::spawn(read_positions(c.clone(), positions.clone()))).collect()
 }
 
 fn acquire_req(org: &LoadOrg, nonce: u128) -> license_broker::proto::Req {
@@ -224,7 +268,7 @@ fn leased(r: license_broker::proto::Resp) -> Result<SessionId> {
     }
 }
 
-pub(crate) async fn read_positions(client: Arc<Client>, positions: Arc<Mutex<HashMap<u128, u32>>>) {
+async fn read_positions(client: Arc<Client>, positions: Arc<Mutex<HashMap<u128, u32>>>) {
     while let Some(n) = client.next_notice().await {
         if let Notice::Queued { nonce, position } = n {
             positions.lock().insert(nonce.0, position);

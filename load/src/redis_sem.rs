@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use redis::aio::MultiplexedConnection;
 
 use crate::churn::{Outcome, Shape};
 
@@ -95,62 +96,79 @@ pub async fn churn(port: u16, shape: Shape, limit: u64) -> Result<Outcome> {
     let start = Instant::now();
     let deadline = start + shape.duration;
     let mut tasks = Vec::new();
-    for (i, mut con) in conns.into_iter().enumerate() {
-        let sha = sha.clone();
-        let depth = shape.depth;
-        tasks.push(tokio::spawn(async move {
-            let mut out = Outcome::default();
-            let mut n = 0u64;
-            while Instant::now() < deadline {
-                let holders: Vec<String> = (0..depth)
-                    .map(|_| {
-                        n += 1;
-                        format!("h{i}-{n}")
-                    })
-                    .collect();
-                let mut pipe = redis::pipe();
-                let now = now_ms();
-                for h in &holders {
-                    pipe.cmd("EVALSHA").arg(&sha).arg(1).arg("sem").arg(h).arg(now).arg(30_000).arg(limit);
-                }
-                let t = Instant::now();
-                let admitted: Vec<i64> = match pipe.query_async(&mut con).await {
-                    Ok(v) => v,
-                    Err(_) => {
-                        out.errors.add_named("REDIS");
-                        continue;
-                    }
-                };
-                let lat = t.elapsed();
-                let mut release = redis::pipe();
-                let mut count = 0;
-                for (h, a) in holders.iter().zip(&admitted) {
-                    if *a == 1 {
-                        out.acquire.record(lat);
-                        release.cmd("ZREM").arg("sem").arg(h);
-                        count += 1;
-                    } else {
-                        out.errors.add_named("QUOTA_EXCEEDED");
-                    }
-                }
-                if count == 0 {
-                    continue;
-                }
-                let t = Instant::now();
-                let removed: Result<Vec<i64>, _> = release.query_async(&mut con).await;
-                match removed {
-                    Ok(v) => {
-                        let lat = t.elapsed();
-                        for _ in &v {
-                            out.release.record(lat);
-                        }
-                        out.pairs += v.iter().filter(|x| **x == 1).count() as u64;
-                    }
-                    Err(_) => out.errors.add_named("REDIS"),
-                }
-            }
-            out
-        }));
+    for (i, con) in conns.into_iter().enumerate() {
+        tasks.push(tokio::spawn(connection(con, sha.clone(), (i, shape.depth), limit, deadline)));
     }
     Outcome::gather(tasks, start).await
+}
+
+/// Connection `i`'s churn until `deadline`: `depth` acquires pipelined,
+/// then the releases of those admitted.
+async fn connection(
+    mut con: MultiplexedConnection,
+    sha: String,
+    (i, depth): (usize, usize),
+    limit: u64,
+    deadline: Instant,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let holders: Vec<String> = (0..depth)
+            .map(|_| {
+                n += 1;
+                format!("h{i}-{n}")
+            })
+            .collect();
+        let Some(release) = acquire(&mut con, &sha, &holders, limit, &mut out).await else {
+            continue;
+        };
+        let t = Instant::now();
+        let removed: Result<Vec<i64>, _> = release.query_async(&mut con).await;
+        match removed {
+            Ok(v) => {
+                let lat = t.elapsed();
+                for _ in &v {
+                    out.release.record(lat);
+                }
+                out.pairs += v.iter().filter(|x| **x == 1).count() as u64;
+            }
+            Err(_) => out.errors.add_named("REDIS"),
+        }
+    }
+    out
+}
+
+/// The holders' acquires in one pipeline, each counted; the pipeline that
+/// releases those admitted, or `None` when there is none to release.
+async fn acquire(
+    con: &mut MultiplexedConnection,
+    sha: &str,
+    holders: &[String],
+    limit: u64,
+    out: &mut Outcome,
+) -> Option<redis::Pipeline> {
+    let mut pipe = redis::pipe();
+    let now = now_ms();
+    for h in holders {
+        pipe.cmd("EVALSHA").arg(sha).arg(1).arg("sem").arg(h).arg(now).arg(30_000).arg(limit);
+    }
+    let t = Instant::now();
+    let Ok(admitted): Result<Vec<i64>, _> = pipe.query_async(con).await else {
+        out.errors.add_named("REDIS");
+        return None;
+    };
+    let lat = t.elapsed();
+    let mut release = redis::pipe();
+    let mut count = 0;
+    for (h, a) in holders.iter().zip(&admitted) {
+        if *a == 1 {
+            out.acquire.record(lat);
+            release.cmd("ZREM").arg("sem").arg(h);
+            count += 1;
+        } else {
+            out.errors.add_named("QUOTA_EXCEEDED");
+        }
+    }
+    (count > 0).then_some(release)
 }

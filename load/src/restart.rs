@@ -38,13 +38,7 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
     let connections = p.connections.clamp(1, n);
 
     let acquire_started = Instant::now();
-    let mut held = Vec::with_capacity(n);
-    for part in on_connections(target, &org, connections, (0..n).map(|i| i as u128).collect(), acquire).await? {
-        held.extend(part?.0);
-    }
-    if held.len() != n {
-        bail!("only {} of {n} runners were admitted", held.len());
-    }
+    let held = admit_all(target, &org, connections, n).await?;
     let acquire_s = acquire_started.elapsed().as_secs_f64();
     let rss_before = target.rss_bytes();
 
@@ -52,25 +46,22 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
     target.crash()?;
     let listening = target.restart().await?;
     let ready = Instant::now();
+    let back = reattach_all(target, &org, connections, held, (ready, ready)).await?;
+    let all_reattached_s = (back.last - crashed).as_secs_f64();
 
-    let mut lat = Lat::new();
-    let mut errors = Errors::default();
-    let mut reattached = 0usize;
-    let mut last_done = ready;
-    let work = move |client, org, held| reattach(client, org, held, ready);
-    for part in on_connections(target, &org, connections, held, work).await? {
-        let (done, part_lat, part_errors, finished) = part?;
-        reattached += done.len();
-        lat.merge(&part_lat);
-        errors.merge(&part_errors);
-        last_done = last_done.max(finished);
-    }
-    let all_reattached_s = (last_done - crashed).as_secs_f64();
-    let lost = n - reattached;
+    let newcomers = newcomers(target, &org).await?;
+    let rss = (rss_before, target.rss_bytes());
+    let in_use = target.pools(std::slice::from_ref(&org)).await?[0].in_use;
+    let shape = (n, quota, connections);
+    let o = Outcome { back, acquire_s, listening, all_reattached_s, newcomers, in_use, rss, started: acquire_started };
+    Ok(report(p, shape, o))
+}
 
-    // Newcomers during the hold: every seat they get is one nobody else believes in.
+/// Newcomers during the hold: every seat they get is one nobody else
+/// believes in. How many of `NEWCOMERS` were admitted.
+async fn newcomers(target: &Target, org: &LoadOrg) -> Result<usize> {
     let probe = Client::connect(&target.options(&org.key)).await?;
-    let reqs = (0..NEWCOMERS).map(|i| acquire_req(&org, (5u128 << 120) | i as u128)).collect();
+    let reqs = (0..NEWCOMERS).map(|i| acquire_req(org, (5u128 << 120) | i as u128)).collect();
     let newcomers = probe
         .call_batch(reqs)
         .await
@@ -78,30 +69,50 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
         .filter(|r| matches!(r, Ok(Resp::Leased { .. } | Resp::Admitted { .. })))
         .count();
     probe.close().await;
-    let rss_after = target.rss_bytes();
-    let pool = &target.pools(std::slice::from_ref(&org)).await?[0];
-    let believers = reattached + newcomers;
+    Ok(newcomers)
+}
 
+/// What the run saw after the crash.
+struct Outcome {
+    back: Reattached,
+    acquire_s: f64,
+    /// From the restart's spawn to the broker answering.
+    listening: std::time::Duration,
+    all_reattached_s: f64,
+    newcomers: usize,
+    /// The pool's seats in use at the end.
+    in_use: u32,
+    /// The broker's RSS before the crash and at the end.
+    rss: (Option<u64>, Option<u64>),
+    started: Instant,
+}
+
+/// The report of `run`; `shape` is (runners, quota, connections).
+fn report(p: &Params, (n, quota, connections): (usize, u32, usize), o: Outcome) -> Report {
+    let reattached = o.back.back.len();
+    let lost = n - reattached;
+    let (newcomers, all_reattached_s) = (o.newcomers, o.all_reattached_s);
+    let believers = reattached + newcomers;
     let mut r = Report::new("restart", "broker");
-    r.duration_s = (Instant::now() - acquire_started).as_secs_f64();
+    r.duration_s = (Instant::now() - o.started).as_secs_f64();
     r.param("runners", n);
     r.param("quota", quota);
     r.param("connections", connections);
     r.param("lease_ttl_s", p.lease_ttl.as_secs_f64());
-    r.latency("reattach_after_restart", &lat);
-    r.errors = errors.0.clone();
-    r.extra("acquire_s", acquire_s);
-    r.extra("restart_to_answering_ms", listening.as_millis() as u64);
+    r.latency("reattach_after_restart", &o.back.lat);
+    r.errors = o.back.errors.0.clone();
+    r.extra("acquire_s", o.acquire_s);
+    r.extra("restart_to_answering_ms", o.listening.as_millis() as u64);
     r.extra("crash_to_all_reattached_s", all_reattached_s);
     r.extra("reattached", reattached);
     r.extra("lost", lost);
     r.extra("newcomers_admitted_during_hold", newcomers);
     r.extra("believers", believers);
-    r.extra("in_use_after", pool.in_use);
-    if let Some(b) = rss_before {
+    r.extra("in_use_after", o.in_use);
+    if let Some(b) = o.rss.0 {
         r.extra("broker_rss_before_mib", b / (1 << 20));
     }
-    if let Some(b) = rss_after {
+    if let Some(b) = o.rss.1 {
         r.extra("broker_rss_after_mib", b / (1 << 20));
     }
     r.check("every runner re-attached, none lost", lost == 0, format!("{reattached} of {n} re-attached"));
@@ -115,8 +126,56 @@ pub async fn run(target: &mut Target, p: &Params) -> Result<Report> {
         believers <= quota as usize,
         format!("{reattached} re-attached + {newcomers} newcomers admitted, quota {quota}"),
     );
-    r.check("the pool's seats in use within the quota", pool.in_use <= quota, format!("in use {}", pool.in_use));
-    Ok(r)
+    r.check("the pool's seats in use within the quota", o.in_use <= quota, format!("in use {}", o.in_use));
+    r
+}
+
+/// `n` runners (nonces 0 to n-1) take a seat each, spread over
+/// `connections` connections, and leave without a word (`restart` and
+/// `failover` kill the broker under them next).
+pub(crate) async fn admit_all(target: &Target, org: &LoadOrg, connections: usize, n: usize) -> Result<Vec<Held>> {
+    let mut held = Vec::with_capacity(n);
+    for part in on_connections(target, org, connections, (0..n).map(|i| i as u128).collect(), acquire).await? {
+        held.extend(part?.0);
+    }
+    if held.len() != n {
+        bail!("only {} of {n} runners were admitted", held.len());
+    }
+    Ok(held)
+}
+
+/// Every runner's re-attach, merged over the connections.
+pub(crate) struct Reattached {
+    /// The runners that came back, with their new tokens.
+    pub back: Vec<Held>,
+    /// Each re-attach from `ready`.
+    pub lat: Lat,
+    pub errors: Errors,
+    /// When the last connection's share was done (`since` at the earliest).
+    pub last: Instant,
+}
+
+/// Every runner in `held` re-attaches (to whichever node serves the org
+/// now), spread over `connections` connections; returns when the last one
+/// has. Latency counts from `ready`.
+pub(crate) async fn reattach_all(
+    target: &Target,
+    org: &LoadOrg,
+    connections: usize,
+    held: Vec<Held>,
+    (ready, since): (Instant, Instant),
+) -> Result<Reattached> {
+    let mut all =
+        Reattached { back: Vec::with_capacity(held.len()), lat: Lat::new(), errors: Errors::default(), last: since };
+    let work = move |client, org, held| reattach(client, org, held, ready);
+    for part in on_connections(target, org, connections, held, work).await? {
+        let (done, part_lat, part_errors, finished) = part?;
+        all.back.extend(done);
+        all.lat.merge(&part_lat);
+        all.errors.merge(&part_errors);
+        all.last = all.last.max(finished);
+    }
+    Ok(all)
 }
 
 /// What one connection's share of the runners came back with.
@@ -167,7 +226,7 @@ fn acquire_req(org: &LoadOrg, nonce: u128) -> Req {
     Req::Acquire { org: org.org.clone(), pool: PoolId::KRE_DEFAULT, machine: org.machine.clone(), nonce: Nonce(nonce) }
 }
 
-pub(crate) async fn acquire(client: Client, org: LoadOrg, nonces: Vec<u128>) -> Result<Part> {
+async fn acquire(client: Client, org: LoadOrg, nonces: Vec<u128>) -> Result<Part> {
     let mut held = Vec::with_capacity(nonces.len());
     let mut errors = Errors::default();
     for chunk in nonces.chunks(BATCH) {
@@ -187,7 +246,7 @@ pub(crate) async fn acquire(client: Client, org: LoadOrg, nonces: Vec<u128>) -> 
 
 /// Re-attaches a share of the runners; latency counts from `ready`, when
 /// the restarted broker first answered.
-pub(crate) async fn reattach(client: Client, org: LoadOrg, held: Vec<Held>, ready: Instant) -> Result<Part> {
+async fn reattach(client: Client, org: LoadOrg, held: Vec<Held>, ready: Instant) -> Result<Part> {
     let started = ready;
     let mut lat = Lat::new();
     let mut errors = Errors::default();

@@ -1,12 +1,15 @@
 //! The scenarios that drive a broker: churn, steady, die, handshake.
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod die;
 
-use anyhow::{bail, Result};
+pub use die::die;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::Result;
 use license_broker::client::{self, Client, ClientOptions};
-use license_broker::proto::{Req, Resp};
-use license_broker::value::{Labels, Nonce, PoolId};
+use license_broker::value::{Labels, PoolId};
 
 use crate::churn::{self, Monitor, Shape};
 use crate::fleet::{self, Behaviour, Live, Stats};
@@ -182,142 +185,6 @@ pub async fn steady(target: &Target, p: &Params) -> Result<Report> {
     r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}"));
     r.check("no heartbeat found its lease expired", stats.lost == 0, format!("{} lost", stats.lost));
     r.check("no seat leaked", leaked == 0, format!("{leaked} seats in use after all releases"));
-    Ok(r)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-/// `die`: R live sessions (heartbeating) fill a pool of quota R; V of them
-/// vanish; V waiters poll until admitted. Reclaim latency per seat = the
-/// waiter's admission (broker time) minus the vanished lease's deadline.
-pub async fn die(target: &Target, p: &Params) -> Result<Report> {
-    let victims = p.victims.clamp(1, p.runners.max(1));
-    let background = p.runners.saturating_sub(victims);
-    let org = target.setup_orgs(1, p.runners as u32).await?.remove(0);
-    let monitor = Monitor::start(target.options(&target.operator), vec![org.clone()]).await?;
-    let b = Behaviour { ttl: p.lease_ttl, hold: None, ramp: Duration::ZERO, lockstep: p.lockstep };
-    let (live, tasks) = start_fleet(target, &org.key, &org, background, p.connections, b, 1).await?;
-    let fill_started = std::time::Instant::now();
-    while (live.held.load(Ordering::Relaxed) as usize) < background {
-        if fill_started.elapsed() > Duration::from_secs(300) {
-            bail!("fleet never reached {background} sessions");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let fill_s = fill_started.elapsed().as_secs_f64();
-
-    // The victims take the last seats and vanish without a word.
-    let vc = Client::connect(&target.options(&org.key)).await?;
-    let reqs: Vec<Req> = (0..victims)
-        .map(|i| Req::Acquire {
-            org: org.org.clone(),
-            pool: PoolId::KRE_DEFAULT,
-            machine: org.machine.clone(),
-            nonce: Nonce((7u128 << 120) | i as u128),
-        })
-        .collect();
-    let mut deadlines = Vec::new();
-    for r in vc.call_batch(reqs).await {
-        if let Ok(Resp::Admitted { deadline_ms, .. } | Resp::Leased { deadline_ms, .. }) = r {
-            deadlines.push(deadline_ms);
-        }
-    }
-    vc.abandon();
-    if deadlines.len() != victims {
-        bail!("only {} of {victims} victims were admitted", deadlines.len());
-    }
-    deadlines.sort_unstable();
-
-    // Waiters poll from just before the first deadline.
-    let waiter = Client::connect(&target.options(&org.key)).await?;
-    let first = deadlines[0];
-    let wait_ms = first.saturating_sub(unix_ms()).saturating_sub(100);
-    tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-    let mut admitted_at = Vec::new();
-    let mut early = 0usize;
-    let mut errors = Errors::default();
-    let mut waiting: Vec<u128> = (0..victims).map(|i| (9u128 << 120) | i as u128).collect();
-    let mut sessions = Vec::new();
-    let give_up = deadlines[victims - 1] + p.lease_ttl.as_millis() as u64 + 10_000;
-    while !waiting.is_empty() && unix_ms() < give_up {
-        let reqs: Vec<Req> = waiting
-            .iter()
-            .map(|n| Req::Acquire {
-                org: org.org.clone(),
-                pool: PoolId::KRE_DEFAULT,
-                machine: org.machine.clone(),
-                nonce: Nonce(*n),
-            })
-            .collect();
-        let results = waiter.call_batch(reqs).await;
-        let mut still = Vec::new();
-        for (n, r) in waiting.iter().zip(results) {
-            match r {
-                Ok(
-                    Resp::Admitted { session, deadline_ms, ttl_ms, .. }
-                    | Resp::Leased { session, deadline_ms, ttl_ms, .. },
-                ) => {
-                    let at = deadline_ms - ttl_ms;
-                    if at < first {
-                        early += 1;
-                    }
-                    admitted_at.push(at);
-                    sessions.push(session);
-                }
-                Ok(_) => errors.add_named("UNEXPECTED_RESPONSE"),
-                Err(e) => {
-                    if e.code().is_none() {
-                        errors.add(&e);
-                    }
-                    still.push(*n);
-                }
-            }
-        }
-        waiting = still;
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    admitted_at.sort_unstable();
-    let mut reclaim = Lat::new();
-    for (d, a) in deadlines.iter().zip(&admitted_at) {
-        reclaim.record_us(a.saturating_sub(*d) * 1000);
-    }
-    let _ = waiter.call_batch(sessions.into_iter().map(|session| Req::Release { session }).collect()).await;
-    waiter.close().await;
-    let rss = target.rss_bytes();
-    let stats = stop_fleet(&live, tasks).await?;
-    let (max_in_use, over) = monitor.finish().await;
-    let pool = &target.pools(std::slice::from_ref(&org)).await?[0];
-
-    let mut r = Report::new("die", "broker");
-    r.duration_s = fill_started.elapsed().as_secs_f64();
-    r.param("runners", p.runners);
-    r.param("victims", victims);
-    r.param("connections", p.connections);
-    r.param("lease_ttl_ms", p.lease_ttl.as_millis() as u64);
-    r.param("lockstep", p.lockstep);
-    r.latency("reclaim", &reclaim);
-    r.latency("renew", &stats.renew);
-    r.extra("fill_seconds", fill_s);
-    if let Some(rss) = rss {
-        r.extra("server_rss_bytes", rss);
-    }
-    r.errors = errors.0.clone();
-    r.errors.extend(stats.errors.0.clone());
-    r.check(
-        "every vanished seat was reclaimed",
-        admitted_at.len() == victims,
-        format!("{} of {victims}", admitted_at.len()),
-    );
-    r.check("no waiter admitted before a deadline passed", early == 0, format!("{early} early"));
-    r.check("no pool above quota", !over, format!("highest in-use sampled {max_in_use}, quota {}", p.runners));
-    r.check(
-        "live runners kept their leases",
-        stats.lost == 0,
-        format!("{} heartbeats found their lease gone", stats.lost),
-    );
-    r.check("no seat leaked", pool.in_use == 0, format!("{} in use after all runners left", pool.in_use));
     Ok(r)
 }
 

@@ -1,6 +1,7 @@
 //! The broker under test: one spawned from the built binary with a
 //! temporary data dir, or one already running on loopback.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -97,54 +98,18 @@ impl Target {
         let dir = tempfile::tempdir()?;
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
         let server = format!("127.0.0.1:{port}");
-        let mut args: Vec<std::ffi::OsString> = vec!["serve".into()];
-        if let Some(n) = workers {
-            args.extend(["--workers".into(), n.to_string().into()]);
-        }
-        args.extend(["--data-dir".into(), dir.path().as_os_str().to_owned()]);
-        let ttl = humantime::format_duration(lease_ttl).to_string();
-        // All load comes from one loopback address: lift the per-address
-        // limits meant for strangers, or they would cap the measurement.
-        let quic_lifted = ["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"];
-        // The web door's only where a scenario uses it: a baseline binary
-        // from before these flags (`compare --baseline`) runs without them.
-        let web_lifted =
-            ["--http-max-connections-per-address", "100000", "--http-max-new-connections-per-address", "10000000"];
-        let base = ["--listen", &server, "--lease-ttl", &ttl, "--max-connections", "100000", "--drain-grace", "0s"];
-        let lifted: Vec<&str> = match (lift, http) {
-            (false, _) => Vec::new(),
-            (true, false) => quic_lifted.to_vec(),
-            (true, true) => quic_lifted.iter().chain(&web_lifted).copied().collect(),
-        };
         let http = match http {
-            true => {
-                let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-                args.extend(["--http".into(), addr.to_string().into()]);
-                Some(addr)
-            }
+            true => Some(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?),
             false => None,
         };
-        for a in base.into_iter().chain(lifted.iter().copied()).chain(extra.iter().copied()) {
-            args.push(a.into());
-        }
+        let mut args = serve_args(&server, dir.path(), lease_ttl, workers, http);
+        args.extend(lifted(lift, http.is_some()).into_iter().chain(extra.iter().copied()).map(OsString::from));
         let mut child = start(bin, &args)?;
-        let stdout = child.stdout.take().context("broker stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut operator, mut owner) = (None, None);
-        for _ in 0..2 {
-            let line = lines.next().context("broker exited before printing its keys")??;
-            if let Some(k) = line.strip_prefix("operator api key: ") {
-                operator = Some(k.to_string());
-            }
-            if let Some(k) = line.strip_prefix("owner api key: ") {
-                owner = Some(k.to_string());
-            }
-        }
-        let ca = dir.path().join("tls/cert.pem");
+        let (operator, owner) = read_keys(&mut child)?;
         Ok(Target {
+            ca: dir.path().join("tls/cert.pem"),
             server,
-            ca,
-            operator: operator.context("no operator key printed")?,
+            operator,
             owner,
             http,
             child: Some(child),
@@ -297,6 +262,63 @@ fn rss_of(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+/// `serve`'s own arguments for a spawned broker: its data dir, address,
+/// lease TTL and workers, and its web door's address when it has one.
+fn serve_args(
+    server: &str,
+    dir: &Path,
+    lease_ttl: Duration,
+    workers: Option<usize>,
+    http: Option<std::net::SocketAddr>,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["serve".into()];
+    if let Some(n) = workers {
+        args.extend(["--workers".into(), n.to_string().into()]);
+    }
+    args.extend(["--data-dir".into(), dir.as_os_str().to_owned()]);
+    if let Some(addr) = http {
+        args.extend(["--http".into(), addr.to_string().into()]);
+    }
+    let ttl = humantime::format_duration(lease_ttl).to_string();
+    let base = ["--listen", server, "--lease-ttl", &ttl, "--max-connections", "100000", "--drain-grace", "0s"];
+    args.extend(base.map(OsString::from));
+    args
+}
+
+/// The per-address limits lifted (`lift`), the web door's too when it
+/// serves (`http`). All load comes from one loopback address: the limits
+/// meant for strangers would cap the measurement.
+fn lifted(lift: bool, http: bool) -> Vec<&'static str> {
+    let quic_lifted = ["--max-handshakes-per-address", "10000000", "--max-unauthenticated-per-address", "100000"];
+    // The web door's only where a scenario uses it: a baseline binary
+    // from before these flags (`compare --baseline`) runs without them.
+    let web_lifted =
+        ["--http-max-connections-per-address", "100000", "--http-max-new-connections-per-address", "10000000"];
+    match (lift, http) {
+        (false, _) => Vec::new(),
+        (true, false) => quic_lifted.to_vec(),
+        (true, true) => quic_lifted.iter().chain(&web_lifted).copied().collect(),
+    }
+}
+
+/// The operator's and the `default` org's Owner keys, the first two lines
+/// a starting broker prints.
+fn read_keys(child: &mut Child) -> Result<(String, Option<String>)> {
+    let stdout = child.stdout.take().context("broker stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut operator, mut owner) = (None, None);
+    for _ in 0..2 {
+        let line = lines.next().context("broker exited before printing its keys")??;
+        if let Some(k) = line.strip_prefix("operator api key: ") {
+            operator = Some(k.to_string());
+        }
+        if let Some(k) = line.strip_prefix("owner api key: ") {
+            owner = Some(k.to_string());
+        }
+    }
+    Ok((operator.context("no operator key printed")?, owner))
 }
 
 /// Starts the broker binary `bin` with `args`, stdout piped (it prints keys once).

@@ -5,14 +5,13 @@
 //! the store's records are applied in order to rebuild the directory. The
 //! store never interprets a record beyond its key. Applying a record that
 //! memory already holds (a reservation made before its commit) changes
-//! nothing, so apply is idempotent.
-
-use std::fmt;
+//! nothing, so apply is idempotent. Where each record lives (its table and
+//! key) is `table`'s.
 
 use serde::{Deserialize, Serialize};
 
 pub use super::audit::{audit_key, AuditAction, AuditEntry};
-use super::event::{event_key, Event};
+use super::event::Event;
 use super::id::{Email, KeyHash, MachineId, OfflineId, OrgName, Role};
 use super::pool::PoolId;
 pub use super::table::Table;
@@ -374,47 +373,6 @@ pub enum Change {
 }
 
 impl Record {
-    /// The record's table and key; a `Put` replaces the record with the same key.
-    pub fn key(&self) -> (Table, String) {
-        match self {
-            Record::Org { name, .. } => (Table::Orgs, name.to_string()),
-            Record::Pool { org, pool, .. } => (Table::Pools, format!("{org}/{pool}")),
-            Record::User { org, email, .. } => (Table::Users, format!("{org}/{email}")),
-            Record::Key { hash, .. } => (Table::Keys, hash.to_hex()),
-            Record::Machine { org, pool, machine, .. } => (Table::Machines, in_pool(org, pool, machine)),
-            Record::Grant { org, pool, email, .. } => (Table::Grants, in_pool(org, pool, email)),
-            Record::Binding { org, pool, email, .. } => (Table::Bindings, in_pool(org, pool, email)),
-            Record::Offline { org, pool, license } => (Table::Offline, in_pool(org, pool, license.id)),
-            Record::Audit(e) => (Table::Audit, audit_key(&e.org, e.at, e.seq)),
-            Record::Clock { .. } => (Table::Meta, "clock".to_string()),
-            Record::Counters { org, pool, .. } => (Table::Counters, format!("{org}/{pool}")),
-            Record::Ceiling { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ceiling")),
-            Record::Leases { .. } => (Table::Meta, "leases".to_string()),
-            Record::UserLimit { org, pool, email, .. } => (Table::Counters, format!("{org}/{pool}/limit/{email}")),
-            Record::Ends { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/ends")),
-            Record::AuthFailures { .. } => (Table::Meta, "auth_failures".to_string()),
-            Record::Denials { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/denials")),
-            Record::SeatTime { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/seat-ms")),
-            Record::EphemeralMachine { org, pool, machine, .. } => (Table::Machines, in_pool(org, pool, machine)),
-            // After the pool's own record, before its machines (load order).
-            Record::PoolPolicy { org, pool, .. } => (Table::Pools, format!("{org}/{pool}/policy")),
-            Record::LastUses { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/last-use")),
-            Record::LabelLimit { org, pool, key, value, .. } => {
-                (Table::Counters, format!("{org}/{pool}/label-limit/{key}={value}"))
-            }
-            Record::Event(e) => (Table::Events, event_key(&e.org, e.seq)),
-            Record::Webhook(h) => (Table::Webhooks, format!("{}/{}", h.org, h.id)),
-            Record::WebhookCursor { org, id, .. } => (Table::Webhooks, format!("{org}/{id}/cursor")),
-            Record::SubscriptionNotice { org, .. } => (Table::Counters, format!("{org}/subscription-notice")),
-            Record::PoolAlerts { org, pool, .. } => (Table::Counters, format!("{org}/{pool}/alerts")),
-            Record::Reservation { org, pool, key, value, .. } => {
-                (Table::Counters, format!("{org}/{pool}/reservation/{key}={value}"))
-            }
-        }
-    }
-}
-
-impl Record {
     /// The org the record belongs to; `None` for the broker's own records
     /// (operator keys, the clock and lease marks, the failure count).
     pub fn org(&self) -> Option<&OrgName> {
@@ -462,24 +420,4 @@ impl Change {
             | Change::RemoveWebhookCursor { org, .. } => Some(org),
         }
     }
-
-    /// The table and key this change touches.
-    pub fn key(&self) -> (Table, String) {
-        match self {
-            Change::Put(r) => r.key(),
-            Change::RemoveMachine { org, pool, machine } => (Table::Machines, in_pool(org, pool, machine)),
-            Change::RemoveGrant { org, pool, email } => (Table::Grants, in_pool(org, pool, email)),
-            Change::RemoveBinding { org, pool, email } => (Table::Bindings, in_pool(org, pool, email)),
-            Change::RemoveUser { org, email } => (Table::Users, format!("{org}/{email}")),
-            Change::RemoveEvent { org, seq } => (Table::Events, event_key(org, *seq)),
-            Change::RemoveWebhook { org, id } => (Table::Webhooks, format!("{org}/{id}")),
-            Change::RemoveWebhookCursor { org, id } => (Table::Webhooks, format!("{org}/{id}/cursor")),
-        }
-    }
-}
-
-/// The key of a per-pool record: a `Put` and the removal of the same
-/// thing must agree on it, so both build it here.
-fn in_pool(org: &OrgName, pool: &PoolId, item: impl fmt::Display) -> String {
-    format!("{org}/{pool}/{item}")
 }

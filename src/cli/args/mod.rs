@@ -3,14 +3,23 @@
 //! the API key from a flag, the environment or a file). Nothing here talks
 //! to a broker or runs a command: `cli::run` dispatches, `request` and the
 //! per-command modules act.
+//!
+//! Here the top of the tree (`Command`) and the connection flags; `pool`
+//! the pool's settings; `org` the org, its members, keys, grants,
+//! machines and sessions.
+
+mod org;
+mod pool;
+
+pub(super) use self::org::{GrantArgs, KeyCmd, MachineCmd, OrgCmd, SessionCmd, UserCmd};
+pub(super) use self::pool::PoolCmd;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use license_broker::client::{Client, ClientOptions};
-use license_broker::value::{Kind, MachineId, OrgName, PoolId, Product, Role, SessionId, Term};
+use license_broker::value::{OrgName, PoolId};
 
 use super::exit::{EXIT_CODES, RUNNER_EXIT_CODES};
 use super::{offline, runner, serve, usage};
@@ -169,257 +178,6 @@ pub(super) enum AdminCmd {
     },
 }
 
-#[derive(clap::Args, Debug)]
-pub(super) struct GrantArgs {
-    /// The org.
-    #[arg(long)]
-    pub(super) org: OrgName,
-    /// The KSE pool, e.g. kse-floating-annual.
-    #[arg(long)]
-    pub(super) pool: PoolId,
-    /// The member.
-    pub(super) email: String,
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum OrgCmd {
-    /// List every org (operator).
-    List {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Renew or change an org's subscription (operator).
-    Set {
-        /// The org's name.
-        name: OrgName,
-        /// New last day of the subscription, YYYY-MM-DD.
-        #[arg(long)]
-        subscription_end: String,
-    },
-    /// Create an org and print its Owner's API key.
-    Create {
-        /// The org's name.
-        name: OrgName,
-        /// Last day of the subscription, YYYY-MM-DD.
-        #[arg(long)]
-        subscription_end: String,
-        /// Email of the org's first Owner.
-        #[arg(long, default_value = "owner@localhost")]
-        owner: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum PoolCmd {
-    /// Create the pool or change its quota.
-    Set {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// kre or kse.
-        #[arg(long, default_value = "kre")]
-        product: Product,
-        /// floating or node-locked.
-        #[arg(long, default_value = "floating")]
-        kind: Kind,
-        /// annual or monthly.
-        #[arg(long, default_value = "annual")]
-        term: Term,
-        /// The pool id PRODUCT-KIND-TERM instead of the three flags above.
-        #[arg(long, conflicts_with_all = ["product", "kind", "term"])]
-        pool: Option<PoolId>,
-        /// Licenses bought.
-        #[arg(long, required_unless_present_any = ["machine_idle", "ephemeral", "queue_alert", "busy_alert"])]
-        quota: Option<u32>,
-        /// Release a machine after this long with no session, activation,
-        /// offline license or queued runner (e.g. 7d), or `forever` (the
-        /// default). Sets the machine policy whole, with `--ephemeral`.
-        #[arg(long, value_parser = parse_idle)]
-        machine_idle: Option<Idle>,
-        /// Mark every registration in the pool ephemeral: released with its
-        /// last session. Sets the machine policy whole, with `--machine-idle`.
-        #[arg(long)]
-        ephemeral: bool,
-        /// Owner/Admin too: tell of a runner queued this long (e.g. 5m; an
-        /// event, `queue.wait_exceeded`), or `off`. Sets the pool's alerts
-        /// whole, with `--busy-alert`.
-        #[arg(long, value_parser = parse_alert)]
-        queue_alert: Option<Alert>,
-        /// Owner/Admin too: tell when the pool is at 90 % or more for this
-        /// long (whole minutes, e.g. 10m; `pool.busy`, and `pool.busy_ended`
-        /// once back under 80 %), or `off`. Sets the alerts whole.
-        #[arg(long, value_parser = parse_alert)]
-        busy_alert: Option<Alert>,
-    },
-    /// Owner/Admin: cap how many sessions one member (`--user`), or the
-    /// sessions carrying a job label (`--label`), may hold at once in a
-    /// pool (FlexNet's MAX). Running sessions are not cut.
-    Limit {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The pool, e.g. kre-floating-annual.
-        #[arg(long)]
-        pool: PoolId,
-        /// The member.
-        #[arg(long, required_unless_present = "label", conflicts_with = "label")]
-        user: Option<String>,
-        /// The job label, KEY=VALUE (e.g. team=web).
-        #[arg(long, value_parser = parse_label)]
-        label: Option<(String, String)>,
-        /// Most sessions at once (0: none).
-        #[arg(long, required_unless_present = "unlimited")]
-        max: Option<u32>,
-        /// Remove the cap.
-        #[arg(long, conflicts_with = "max")]
-        unlimited: bool,
-    },
-    /// Owner/Admin: reserve seats of a pool that only sessions carrying a
-    /// job label may take (FlexNet's RESERVE); the rest stays shared.
-    Reserve {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The pool, e.g. kre-floating-annual.
-        #[arg(long)]
-        pool: PoolId,
-        /// The job label, KEY=VALUE (e.g. pipeline=release).
-        #[arg(long, value_parser = parse_label)]
-        label: (String, String),
-        /// Seats reserved (0: remove the reservation).
-        #[arg(long)]
-        seats: u32,
-    },
-    /// Owner/Admin: a pool's per-user caps and each member's sessions
-    /// (with `--labels`: its label caps and the sessions carrying each;
-    /// with `--reservations`: its reserved seats and the sessions on them).
-    Limits {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The pool, e.g. kre-floating-annual.
-        #[arg(long)]
-        pool: PoolId,
-        /// List the label caps instead.
-        #[arg(long, conflicts_with = "reservations")]
-        labels: bool,
-        /// List the reservations instead.
-        #[arg(long)]
-        reservations: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum UserCmd {
-    /// Add a member to the org.
-    Add {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The member's email.
-        email: String,
-        /// owner, admin or user.
-        #[arg(long, default_value = "user")]
-        role: Role,
-    },
-    /// Remove a member: revokes their keys, frees their grants and
-    /// activations, ends their sessions (audited).
-    Remove {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The member's email.
-        email: String,
-    },
-    /// List the org's members.
-    List {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum KeyCmd {
-    /// Create an API key for a member; it is printed once.
-    Create {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The member's email.
-        email: String,
-    },
-    /// Revoke a key, by its id (from `key list`) or the key itself.
-    Revoke {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The key id (from `key list`) or the full key.
-        key: String,
-    },
-    /// List the org's keys (ids, never the keys).
-    List {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum MachineCmd {
-    /// List registered machines.
-    List {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Remove a machine, freeing its slot (its live sessions are revoked).
-    Remove {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The machine id.
-        machine: MachineId,
-        /// Only from this pool (default: every pool of the org).
-        #[arg(long)]
-        pool: Option<PoolId>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub(super) enum SessionCmd {
-    /// List live sessions.
-    List {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// End a session now (reason: revoked).
-    Kill {
-        /// The org.
-        #[arg(long)]
-        org: OrgName,
-        /// The session id (from `session list`).
-        session: SessionId,
-    },
-}
-
 impl ConnArgs {
     pub(super) fn options(&self) -> Result<ClientOptions> {
         let api_key = match (&self.api_key, &self.api_key_file) {
@@ -483,31 +241,4 @@ mod tests {
         walk(&super::Args::command(), "license-broker", &mut missing);
         assert!(missing.is_empty(), "flags without a description: {missing:?}");
     }
-}
-
-/// A machine idle limit: a duration, or none (`forever`).
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Idle(pub Option<Duration>);
-
-fn parse_idle(s: &str) -> Result<Idle, String> {
-    match s {
-        "forever" => Ok(Idle(None)),
-        _ => humantime::parse_duration(s).map(|d| Idle(Some(d))).map_err(|e| e.to_string()),
-    }
-}
-
-/// A pool alert's threshold; `off`: none.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Alert(pub Option<Duration>);
-
-fn parse_alert(s: &str) -> Result<Alert, String> {
-    match s {
-        "off" => Ok(Alert(None)),
-        _ => humantime::parse_duration(s).map(|d| Alert(Some(d))).map_err(|e| e.to_string()),
-    }
-}
-
-/// One `KEY=VALUE` job label.
-fn parse_label(s: &str) -> Result<(String, String), String> {
-    license_broker::value::Labels::parse_pair(s).map_err(|e| e.to_string())
 }

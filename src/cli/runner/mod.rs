@@ -10,19 +10,29 @@
 //! considers the lease lost: it says so (`lost`) and exits with code 6, so
 //! nobody goes on believing in a seat the broker may have given away.
 
+//!
+//! Reading order: `run` and the first attach here → `hold` (heartbeats,
+//! notices, signals, re-attaching) → `end` (give the seat back or report
+//! the end, and the exit code); `events` is how each part speaks.
+
+mod end;
+mod events;
+mod hold;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use license_broker::client::keeper::{self, unix_ms, Beat};
-use license_broker::client::{Admitted, Backoff, Beats, Checkout, Client, ClientError, Connector, Keeper};
+use anyhow::Result;
+use license_broker::client::keeper;
+use license_broker::client::{Admitted, Backoff, Checkout, Client, ClientError, Connector, Keeper};
 use license_broker::proto::Notice;
 use license_broker::value::{Labels, MachineId, OrgName, PoolId};
 use serde_json::json;
 
+use self::events::{events_file, Events};
 use super::args::ConnArgs;
-use super::exit::{exit_code_for, EXIT_LEASE_LOST, EXIT_NOT_STARTED};
-use super::job::{self, Job};
+use super::exit::EXIT_NOT_STARTED;
+use super::job::Job;
 
 #[derive(clap::Args, Debug)]
 pub struct RunnerArgs {
@@ -82,48 +92,6 @@ pub struct RunnerArgs {
     /// the runner exits 6.
     #[arg(last = true, value_name = "COMMAND")]
     command: Vec<String>,
-}
-
-struct Events {
-    json: bool,
-    /// A job owns stdout; the runner's own events then go to stderr.
-    to_stderr: bool,
-    /// `--events-file`: JSON lines appended there instead.
-    file: Option<parking_lot::Mutex<std::fs::File>>,
-}
-
-impl Events {
-    /// Prints one event; JSON events carry `at_ms`, the Unix time in ms
-    /// when it happened (so a history of many runners can be ordered).
-    fn emit(&self, mut value: serde_json::Value, human: String) {
-        if let Some(fields) = value.as_object_mut() {
-            fields.insert("at_ms".into(), unix_ms().into());
-        }
-        if let Some(file) = &self.file {
-            use std::io::Write;
-            // An event that cannot be written is not worth stopping the job for.
-            let _ = writeln!(file.lock(), "{value}");
-            return;
-        }
-        let line = if self.json { value.to_string() } else { human };
-        if self.to_stderr {
-            eprintln!("{line}");
-        } else {
-            println!("{line}");
-        }
-    }
-
-    fn rejected(&self, e: &ClientError) -> ExitCode {
-        let (code, message) = match e {
-            ClientError::Rejected(w) => (w.code.name().to_string(), w.message.clone()),
-            other => ("CONNECTION".to_string(), other.to_string()),
-        };
-        self.emit(
-            json!({"event": "rejected", "code": code, "message": message}),
-            format!("rejected: {code}: {message}"),
-        );
-        ExitCode::from(exit_code_for(e.code()))
-    }
 }
 
 /// One runner (or activation): what it asks for, as whom, and where its events go.
@@ -190,18 +158,6 @@ const PASSING_PAUSE: Duration = Duration::from_millis(250);
 enum Attached {
     Lease(Admitted),
     Bound { already: bool },
-}
-
-/// Why holding a lease stopped.
-enum Stop {
-    /// Release it (hold elapsed, SIGINT/SIGTERM).
-    Release,
-    /// The broker ended it (revoked, expired, killed); the text says why.
-    Ended(String),
-    /// It could not be renewed by its deadline, or re-attaching was refused.
-    Lost(String),
-    /// The job exited on its own.
-    JobExited(std::process::ExitStatus),
 }
 
 impl Runner {
@@ -344,222 +300,9 @@ impl Runner {
     fn keeper(&self) -> Keeper<'_> {
         Keeper::new(&self.connector, (&self.args.org, self.pool, &self.machine), self.nonce, &self.labels)
     }
-
-    /// Heartbeats until told to release, the session ends, or the lease is lost.
-    async fn hold(&self, mut client: Client, mut lease: Admitted, mut job: Option<Job>) -> Result<ExitCode> {
-        let mut beats = Beats::for_ttl(lease.ttl_ms);
-        let until = self.args.hold.map(|h| tokio::time::Instant::now() + h);
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        // The notice stream ends with the connection; stop polling it then.
-        let mut notices_open = true;
-        let stop = loop {
-            let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
-            let broken = tokio::select! {
-                _ = tokio::time::sleep(beats.next_delay()) => match self.keeper().renew(&client, &mut lease, beats.third()).await {
-                    Beat::Renewed => None,
-                    Beat::Ended(why) => break Stop::Ended(why),
-                    // No answer, or the node stopped serving: reconnect (another took over).
-                    Beat::Broken(why) => Some(why),
-                },
-                n = client.next_notice(), if notices_open => match self.notice(n, &lease) {
-                    Ok(None) => None,
-                    Ok(Some(why)) => {
-                        // The notice stream ended with the connection.
-                        notices_open = false;
-                        Some(why)
-                    }
-                    Err(stop) => break stop,
-                },
-                status = wait_job(&mut job) => {
-                    break match status {
-                        Ok(status) => Stop::JobExited(status),
-                        Err(e) => Stop::Ended(format!("lost track of the job: {e}")),
-                    }
-                }
-                _ = tokio::time::sleep_until(release_at) => break Stop::Release,
-                _ = tokio::signal::ctrl_c() => match &job {
-                    Some(j) => { j.signal(libc::SIGINT); None }
-                    None => break Stop::Release,
-                },
-                _ = term.recv() => match &job {
-                    Some(j) => { j.signal(libc::SIGTERM); None }
-                    None => break Stop::Release,
-                },
-            };
-            let Some(why) = broken else { continue };
-            match self.reconnect(client, &lease, why, &mut term).await {
-                Ok((c, l)) => (client, lease, notices_open) = (c, l, true),
-                Err(stop) => return self.finish(stop, None, lease, job).await,
-            }
-        };
-        self.finish(stop, Some(client), lease, job).await
-    }
-
-    /// A notice while holding: `Err` when it ends the lease, `Ok(Some)`
-    /// when the connection closed (reconnect).
-    fn notice(&self, n: Option<Notice>, lease: &Admitted) -> Result<Option<String>, Stop> {
-        match n {
-            Some(Notice::SessionEnded { session, reason }) if session == lease.session => {
-                Err(Stop::Ended(reason.name().to_string()))
-            }
-            Some(Notice::Draining { grace_ms }) => {
-                self.ev.emit(
-                    json!({"event": "draining", "grace_ms": grace_ms}),
-                    "broker is draining; will reconnect".into(),
-                );
-                Ok(None)
-            }
-            Some(_) => Ok(None),
-            None => Ok(Some("the connection closed".to_string())),
-        }
-    }
-
-    /// The connection broke (`why`): drops it, re-attaches, says so.
-    async fn reconnect(
-        &self,
-        client: Client,
-        lease: &Admitted,
-        why: String,
-        term: &mut tokio::signal::unix::Signal,
-    ) -> Result<(Client, Admitted), Stop> {
-        self.ev.emit(
-            json!({"event": "reconnecting", "session": lease.session.to_string(), "reason": why}),
-            format!("lost the connection ({why}); reconnecting"),
-        );
-        client.disconnect();
-        let (c, l) = self.reattach(lease, term).await?;
-        self.ev.emit(
-            json!({"event": "reattached", "session": l.session.to_string()}),
-            format!("reconnected: session {}", l.session),
-        );
-        Ok((c, l))
-    }
-
-    /// Releases (or reports the end), closes, and picks the exit code.
-    async fn finish(&self, stop: Stop, client: Option<Client>, lease: Admitted, job: Option<Job>) -> Result<ExitCode> {
-        let session = lease.session.to_string();
-        // A job whose lease is gone must stop: nobody may run on a seat the broker can give away.
-        if let (Some(mut job), Stop::Ended(_) | Stop::Lost(_)) = (job, &stop) {
-            let status = job.stop(self.args.kill_grace).await;
-            self.ev.emit(
-                json!({"event": "job_stopped", "session": session, "exit": status.ok().map(job::exit_code)}),
-                "the lease is gone: job stopped".into(),
-            );
-            let _ = self.report(stop, client, lease).await;
-            self.connector.wait_idle().await;
-            return Ok(ExitCode::from(EXIT_LEASE_LOST));
-        }
-        let code = self.report(stop, client, lease).await?;
-        self.connector.wait_idle().await;
-        Ok(code)
-    }
-
-    /// Releases (or reports the end), closes, and picks the exit code.
-    async fn report(&self, stop: Stop, client: Option<Client>, lease: Admitted) -> Result<ExitCode> {
-        let session = lease.session.to_string();
-        let code = match (stop, client) {
-            (Stop::JobExited(status), Some(client)) => {
-                let exit = job::exit_code(status);
-                let extra = json!({"reason": "job_exited", "exit": exit});
-                self.give_back(client, &lease, extra, format!("job exited with {exit}; ")).await;
-                ExitCode::from(exit)
-            }
-            (Stop::JobExited(status), None) => ExitCode::from(job::exit_code(status)),
-            (Stop::Release, Some(client)) => {
-                match self.give_back(client, &lease, json!({"reason": "released"}), String::new()).await {
-                    true => ExitCode::SUCCESS,
-                    false => ExitCode::from(1),
-                }
-            }
-            // `hold` asks for a release only while it holds a client.
-            (Stop::Release, None) => ExitCode::from(1),
-            (Stop::Ended(reason), client) => {
-                self.ev.emit(
-                    json!({"event": "ended", "session": session, "reason": reason}),
-                    format!("session {session} ended: {reason}"),
-                );
-                if let Some(c) = client {
-                    c.close().await;
-                }
-                ExitCode::from(1)
-            }
-            (Stop::Lost(message), client) => {
-                self.ev.emit(
-                    json!({"event": "lost", "session": session, "message": message}),
-                    format!("lease lost: {message}"),
-                );
-                if let Some(c) = client {
-                    c.close_nowait();
-                }
-                ExitCode::from(EXIT_LEASE_LOST)
-            }
-        };
-        Ok(code)
-    }
-
-    /// Releases the seat through the keeper and says so, with
-    /// `believed_until_ms`: the moment the runner stopped relying on the
-    /// seat (before asking). Returns whether the release was confirmed.
-    async fn give_back(&self, client: Client, lease: &Admitted, extra: serde_json::Value, human: String) -> bool {
-        let until = unix_ms();
-        let session = lease.session.to_string();
-        let result = self.keeper().give_back(client, lease).await;
-        let mut event = match &result {
-            Ok(()) => json!({"event": "released", "session": session}),
-            Err(message) => json!({"event": "release_failed", "session": session, "message": message}),
-        };
-        if let (Some(fields), Some(more)) = (event.as_object_mut(), extra.as_object()) {
-            fields.extend(more.clone());
-            fields.insert("believed_until_ms".into(), until.into());
-        }
-        let text = match &result {
-            Ok(()) => format!("{human}released session {session}"),
-            Err(message) => format!("{human}release of session {session} failed: {message}"),
-        };
-        self.ev.emit(event, text);
-        result.is_ok()
-    }
-
-    /// Re-attaches through the keeper until the lease's deadline. A signal
-    /// meanwhile ends the runner (its seat returns when the lease expires).
-    async fn reattach(
-        &self,
-        lease: &Admitted,
-        term: &mut tokio::signal::unix::Signal,
-    ) -> Result<(Client, Admitted), Stop> {
-        let keeper = self.keeper();
-        tokio::select! {
-            kept = keeper.reattach(lease) => kept.map_err(Stop::Lost),
-            _ = tokio::signal::ctrl_c() => Err(interrupted()),
-            _ = term.recv() => Err(interrupted()),
-        }
-    }
-}
-
-/// The job's exit, or never when there is no job.
-async fn wait_job(job: &mut Option<Job>) -> std::io::Result<std::process::ExitStatus> {
-    match job {
-        Some(j) => j.wait().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn interrupted() -> Stop {
-    Stop::Ended("interrupted while reconnecting; the seat returns when its lease expires".into())
 }
 
 /// `--label KEY=VALUE`, validated as the broker will.
 fn parse_label(s: &str) -> Result<(String, String), String> {
     Labels::parse_pair(s).map_err(|e| e.to_string())
-}
-
-/// Opens `--events-file` for appending (created if missing).
-fn events_file(args: &RunnerArgs) -> Result<Option<parking_lot::Mutex<std::fs::File>>> {
-    let Some(path) = &args.events_file else { return Ok(None) };
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening the events file {}", path.display()))?;
-    Ok(Some(parking_lot::Mutex::new(file)))
 }
