@@ -602,7 +602,7 @@ fn adopting_an_org_racing_the_expiry_task_ends_its_hold_once() {
         let b = Arc::new(Broker::new(config));
         let ba = b.clone();
         let org = w.org.clone();
-        let adopter = thread::spawn(move || ba.adopt_org(&org, records, t(0)));
+        let adopter = thread::spawn(move || ba.adopt_org(&org, records, t(0)).0);
         let be = b.clone();
         let expirer = thread::spawn(move || be.expire(t(1_000_000)).len());
         assert_eq!(adopter.join().unwrap(), 2);

@@ -975,7 +975,7 @@ fn adopting_an_org_holds_its_ceiling_for_the_previous_owners_runners_then_forget
     let b = Broker::new(Config { lease_ttl: TTL, ceilings: true, shard_bits: 2, ..Config::default() });
     b.apply(&[Change::Put(Record::Leases { ttl_ms: 60_000, hold_until: t(0) })], t(0));
     assert!(b.authenticate(&key(2)).is_err(), "not adopted yet: the org's keys are unknown here");
-    assert_eq!(b.adopt_org(&w.org, w.org_records(10, 4), t(1_000)), 4);
+    assert_eq!(b.adopt_org(&w.org, w.org_records(10, 4), t(1_000)).0, 4);
     let until = t(1_000 + 60_000 + 10_000);
     assert_eq!(b.next_deadline(), Some(until), "the longest recorded TTL, plus the grace");
     let owner = b.authenticate(&key(2)).unwrap();
@@ -993,12 +993,12 @@ fn adopting_an_org_holds_its_ceiling_for_the_previous_owners_runners_then_forget
     b.expire(until);
     assert_eq!(in_use(&b), 1);
     // Handed on: the org, its keys, sessions and deadlines are gone; the rest stays.
-    assert!(b.adopt_org(&w.org, w.org_records(10, 1), t(3_000)) <= 1);
+    assert!(b.adopt_org(&w.org, w.org_records(10, 1), t(3_000)).0 <= 1);
     b.forget_orgs(std::slice::from_ref(&w.org), t(3_000));
     assert!(b.authenticate(&key(2)).is_err());
     assert_eq!((b.live_sessions(), b.next_deadline(), b.org_names()), (0, None, vec![]));
     // And it can be adopted again, from its records alone.
-    assert_eq!(b.adopt_org(&w.org, w.org_records(10, 3), t(4_000)), 3);
+    assert_eq!(b.adopt_org(&w.org, w.org_records(10, 3), t(4_000)).0, 3);
     assert_eq!(b.org_names(), vec![w.org.clone()]);
 }
 
@@ -1044,7 +1044,7 @@ fn a_handover_writes_the_ceiling_down_to_the_sessions_held_and_admits_nothing_pa
     assert!(w.broker.ceilings_to_sessions(std::slice::from_ref(&w.org)).is_empty(), "already there");
     // The next node holds just those 3 seats for their runners.
     let next = Broker::new(Config { lease_ttl: TTL, ceilings: true, shard_bits: 2, ..Config::default() });
-    assert_eq!(next.adopt_org(&w.org, w.org_records(10, 3), t(1_000)), 3);
+    assert_eq!(next.adopt_org(&w.org, w.org_records(10, 3), t(1_000)).0, 3);
     assert!(next.holding(&w.org), "held until the hold is over");
     next.expire(t(1_000).after(TTL + Duration::from_secs(10)));
     assert!(!next.holding(&w.org));

@@ -229,7 +229,7 @@ fn a_node_taking_an_org_over_keeps_its_ephemeral_machines_through_the_hold() {
     records.push(Record::EphemeralMachine { org: org.clone(), pool, machine: mid("e"), registered: t(0) });
     let config = Config { lease_ttl: TTL, ceilings: true, shard_bits: 2, ..Config::default() };
     let next = Fixture { broker: Broker::new(config), ..w };
-    assert_eq!(next.broker.adopt_org(&org, records, t(100_000)), 1, "the ceiling's seat is held");
+    assert_eq!(next.broker.adopt_org(&org, records, t(100_000)).0, 1, "the ceiling's seat is held");
     assert!(next.expire_machines(t(100_000)).is_empty(), "held for the previous node's runners");
     let until = t(100_000).after(TTL + Config::default().restart_grace);
     next.broker.expire(until);

@@ -282,14 +282,16 @@ impl Placer {
         match loaded {
             Ok(Ok(loaded)) => {
                 let fences: HashMap<OrgName, i64> = claimed.into_iter().collect();
-                let mut took = Vec::new();
+                let (mut took, mut raised) = (Vec::new(), Vec::new());
                 for (org, records) in loaded {
-                    running.adopt(&org, records);
+                    let ceilings = running.adopt(&org, records);
                     if let Some(fence) = fences.get(&org) {
                         self.fences.set(&org, *fence);
                         took.push((org, *fence));
+                        raised.extend(ceilings);
                     }
                 }
+                running.write_held(raised).await;
                 running.tell(took.iter().map(|(org, fence)| self.moved(org, *fence)).collect()).await;
                 took.into_iter().map(|(org, _)| org).collect()
             }

@@ -173,9 +173,12 @@ impl Operations {
         seats: u32,
     ) -> Result<(), WireError> {
         // A lowering raises the pool's ceiling (`plan_set_reservation`):
-        // no other ceiling write between its reading and its commit.
+        // no other ceiling write between its reading and its commit. The
+        // writer first, as `mutate` and every path holding both.
+        let _writer = self.writer.lock().await;
         let _ceiling = self.ceiling.lock().await;
-        self.mutate(|core| core.plan_set_reservation(c.p, (org, pool), label.clone(), seats, c.now)).await
+        let changes = self.core.plan_set_reservation(c.p, (org, pool), label, seats, c.now)?;
+        self.settle(crate::core::Pending::plan(changes, ())).await
     }
 
     /// Reserves the seat, signs the file, commits it, and hands the file back.

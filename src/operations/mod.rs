@@ -115,6 +115,8 @@ pub struct Operations {
     writer: tokio::sync::Mutex<()>,
     /// Serialises ceiling writes (raises and lowerings), so the durable
     /// ceiling is always the last value written and never below memory's.
+    /// Taken after `writer` by a path that holds both (an activation's
+    /// raise, a reservation's change), never before it.
     ceiling: tokio::sync::Mutex<()>,
     signing: SigningKey,
     history: Option<Arc<History>>,

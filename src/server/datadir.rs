@@ -126,6 +126,7 @@ fn start_marks(core: &Broker, now: Millis, cluster_ttl: Option<u64>) -> Vec<Chan
             *ttl_ms = (*ttl_ms).max(recorded);
         }
         marks.push(Change::Put(hold.record));
+        marks.extend(hold.ceilings.into_iter().map(Change::Put));
     }
     marks
 }

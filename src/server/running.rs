@@ -279,17 +279,23 @@ impl Running {
     /// In a cluster, takes over `org` from its records (read from etcd after
     /// claiming it): its pools' durable ceilings are held for the previous
     /// owner's runners (`Broker::adopt_org`). The caller sets the org's
-    /// fence after this, so nothing is admitted for it before the hold.
-    /// Returns the seats held.
-    pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> u64 {
+    /// fence after this, so nothing is admitted for it before the hold,
+    /// then writes the ceilings the hold raised (`write_held`). Returns them.
+    pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> Vec<Record> {
         let ops = &self.shared.ops;
-        let seats = ops.core().adopt_org(org, records, ops.clock().now());
+        let (seats, raised) = ops.core().adopt_org(org, records, ops.clock().now());
         if seats > 0 {
             tracing::info!(%org, seats, "took the org over: holding seats for its runners to re-attach");
         }
         // The expiry task must wake for the hold's end.
         ops.wake_expiry();
-        seats
+        raised
+    }
+
+    /// Writes the ceilings a takeover's hold raised, under the orgs'
+    /// fences (`checkpoint::write_held`).
+    pub async fn write_held(&self, ceilings: Vec<Record>) {
+        checkpoint::write_held(&self.shared.ops, ceilings).await
     }
 
     /// Writes `events` (facts of the cluster, as an org taken) to their

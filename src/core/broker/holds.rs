@@ -25,6 +25,9 @@ pub struct Hold {
     /// The record to commit before admitting anything, so the next restart
     /// honours this run's TTL and this hold.
     pub record: Record,
+    /// The ceilings the hold raised (`Pool::hold_reserve`), to commit
+    /// with `record`.
+    pub ceilings: Vec<Record>,
 }
 
 impl Broker {
@@ -43,37 +46,53 @@ impl Broker {
         // run's TTL is the best estimate of the last run's.
         let ttl = previous.map_or(self.config.lease_ttl, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(ttl + self.config.restart_grace).max(previous.map_or(Millis(0), |(_, h)| h));
-        let seats = self.with_dir(|dir| {
-            dir.orgs.values().flat_map(|o| o.pools.values()).map(|p| u64::from(p.hold_reserve())).sum::<u64>()
-        });
+        let orgs: Vec<OrgName> = self.with_dir(|dir| dir.orgs.keys().cloned().collect());
+        let (seats, ceilings) = self.hold_pools(&orgs);
         if seats > 0 {
             // Release: pairs with the Acquire in `next_deadline`.
             self.hold_until.store(until.0, Ordering::Release);
         }
         let record = Record::Leases { ttl_ms: self.config.lease_ttl.as_millis() as u64, hold_until: until };
-        Some(Hold { seats, until, record })
+        Some(Hold { seats, until, record, ceilings })
+    }
+
+    /// Holds the seats of `orgs`' pools (`Pool::hold_reserve`): how many,
+    /// and the ceilings raised doing so, to write.
+    fn hold_pools(&self, orgs: &[OrgName]) -> (u64, Vec<Record>) {
+        self.with_dir(|dir| {
+            let mut out = (0, Vec::new());
+            for (org, entry) in orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e))) {
+                for pool in entry.pools.values() {
+                    let (held, raised) = pool.hold_reserve();
+                    out.0 += u64::from(held);
+                    if raised {
+                        out.1.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats: held });
+                    }
+                }
+            }
+            out
+        })
     }
 
     /// In a cluster, taking over `org` from another node: applies its
     /// records (read from the cluster's store) and, with ceilings on, holds
     /// every pool's durable ceiling for the previous owner's runners until
     /// they re-attach or one lease TTL (the longest any node has recorded)
-    /// plus the restart grace has passed since `now`. Returns the seats held.
-    /// The same rule as a restart (`hold_reserves`), for one org.
-    pub fn adopt_org(&self, org: &OrgName, records: Vec<Record>, now: Millis) -> u64 {
+    /// plus the restart grace has passed since `now`. Returns the seats held
+    /// and the ceilings the hold raised, which the shell writes under the
+    /// org's fence. The same rule as a restart (`hold_reserves`), for one org.
+    pub fn adopt_org(&self, org: &OrgName, records: Vec<Record>, now: Millis) -> (u64, Vec<Record>) {
         self.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), now);
         if !self.config.ceilings {
-            return 0;
+            return (0, Vec::new());
         }
         let previous = self.previous_leases.lock().map_or(Duration::ZERO, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(self.config.lease_ttl.max(previous) + self.config.restart_grace);
-        let seats = self.with_dir(|dir| {
-            dir.orgs.get(org).map_or(0, |o| o.pools.values().map(|p| u64::from(p.hold_reserve())).sum::<u64>())
-        });
-        if seats > 0 {
+        let held = self.hold_pools(std::slice::from_ref(org));
+        if held.0 > 0 {
             self.org_holds.lock().push((until, org.clone()));
         }
-        seats
+        held
     }
 
     /// In a cluster, handing orgs to other nodes: forgets them entirely

@@ -218,11 +218,15 @@ impl Pool {
     /// re-attaching runner takes a held seat whatever its labels, and a
     /// labelled newcomer must not take a reserved seat a believer sits
     /// on); for a pool that never had a ceiling, every seat not held
-    /// durably. Returns how many.
-    pub fn hold_reserve(&self) -> u32 {
+    /// durably. Returns how many, and whether that is not the stored
+    /// ceiling: the re-attaching runners count against the ceiling as
+    /// shared sessions, so the caller writes it (`Hold::ceilings`) before
+    /// admitting, or memory would admit past what a second crash holds.
+    pub fn hold_reserve(&self) -> (u32, bool) {
         let mut b = self.bounds.lock();
         let room = b.quota.saturating_sub(b.durable);
         let held = b.ceiling.map_or(room, |c| room.min(c.saturating_add(b.reserved)));
+        let raised = b.ceiling != Some(held);
         b.ceiling = Some(held);
         b.quiet = 0;
         self.reserve.store(held, Ordering::Release);
@@ -231,7 +235,7 @@ impl Pool {
         // quota is owed to the reservations again, as on a full pool.
         let back = self.owe_past(b.quota.saturating_sub(b.durable).saturating_sub(held));
         self.relimit(&b, i64::from(held) - i64::from(back));
-        held
+        (held, raised)
     }
 
     /// Takes one reserved seat for a re-attaching runner; false when none is left.
