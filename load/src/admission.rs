@@ -8,20 +8,25 @@
 //! acquire+release pair (from /proc, `compare::cpu_per_pair`) and the
 //! acquire p50/p99 of each arm, their medians and ratios.
 //!
-//! Half the connections carry a reserved label (`pipeline=rK`; up to 20
-//! connections, one per reservation, never more in flight than it has
-//! seats: the reserved-seat path, a compare-and-swap of the reservation's
-//! word); the other half `pipeline=pr`, which no reservation matches (the shared-seat
-//! path, past a look at the 10). Every one carries a `team` label under a
+//! Half the connections carry a reserved label (`pipeline=rK`, connection
+//! `2K` for K < 10, wrapping past 20 connections: with 16, eight of the
+//! ten reservations are taken from; never more in flight on one than it
+//! has seats up to 40 connections: the reserved-seat path, a
+//! compare-and-swap of the reservation's word); the other half
+//! `pipeline=pr`, which no reservation matches (the shared-seat path,
+//! past a look at the 10). Every one carries a `team` label under a
 //! cap and counts in the user's cap (their words' compare-and-swap). The
 //! caps are set above anything the run holds: they count, never refuse.
 //!
 //! Checks: each churn's own (never above the quota, nothing leaked, no
-//! errors); in the capped pool, sampled every 250 ms: no reservation's
-//! sessions past its seats, no cap past its max (the most seen on reserved
-//! and on shared seats are printed: both paths taken); after the rounds,
-//! its shared seats all taken: an unlabelled acquire refused, a reserved
-//! one admitted.
+//! errors); after the rounds, the capped pool's shared seats all taken:
+//! an unlabelled acquire refused, a reserved one admitted. Sampled every
+//! 250 ms and printed, not checked: the most sessions seen on reserved
+//! and on shared seats (both paths taken). No check of a reservation or
+//! cap against its size: the reservations list reports at most its seats
+//! whatever happens, and the caps, set above anything the run holds, are
+//! there to be counted, not reached (their rules are the core's tests and
+//! loom models).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -71,8 +76,6 @@ struct Seen {
     shared_max: u32,
     /// The most sessions the user's cap counted.
     user_max: u32,
-    /// Reservations and caps seen past their size.
-    past: Vec<String>,
 }
 
 pub async fn run(p: &Params, rounds: usize) -> Result<Report> {
@@ -174,12 +177,6 @@ async fn sample(c: Client, org: LoadOrg, stop: Arc<AtomicBool>) -> Result<Seen> 
         seen.reserved_max = seen.reserved_max.max(on_reserved);
         seen.shared_max = seen.shared_max.max(on_shared);
         seen.user_max = seen.user_max.max(users.iter().map(|u| u.sessions).max().unwrap_or(0));
-        let over = reserved.iter().filter(|r| r.in_use > r.seats || r.held > r.seats);
-        seen.past.extend(over.map(|r| format!("{}={}: {} on {} seats", r.key, r.value, r.in_use, r.seats)));
-        let over = caps.iter().filter(|l| l.sessions > l.max);
-        seen.past.extend(over.map(|l| format!("cap {}={}: {} of {}", l.key, l.value, l.sessions, l.max)));
-        let over = users.iter().filter(|u| u.sessions > u.max);
-        seen.past.extend(over.map(|u| format!("cap {}: {} of {}", u.email, u.sessions, u.max)));
         tokio::time::sleep(SAMPLE_EVERY).await;
     }
     c.close().await;
@@ -191,7 +188,6 @@ impl Seen {
         self.reserved_max = self.reserved_max.max(o.reserved_max);
         self.shared_max = self.shared_max.max(o.shared_max);
         self.user_max = self.user_max.max(o.user_max);
-        self.past.extend(o.past);
     }
 }
 
@@ -224,7 +220,6 @@ fn summarize(r: &mut Report, runs: &BTreeMap<&str, Vec<ArmRun>>) {
 /// (figures: a sample every 250 ms may miss sessions held a millisecond,
 /// so a short run can see none without anything being wrong).
 fn checks(r: &mut Report, seen: &Seen) {
-    r.check("no reservation or cap past its size", seen.past.is_empty(), format!("{:?}", seen.past));
     r.extra("capped_most_seen_on_reserved_seats", seen.reserved_max);
     r.extra("capped_most_seen_on_shared_seats", seen.shared_max);
     r.extra("capped_most_counted_by_the_user_cap", seen.user_max);

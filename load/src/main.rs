@@ -265,6 +265,18 @@ async fn run(a: Args) -> Result<bool> {
         echo::serve(a.listen, &dir).await?;
         return Ok(true);
     }
+    let p = params(&a);
+    if let Some(done) = own_harness(&a, &p).await {
+        return done;
+    }
+    let mut target = target_of(&a, &p)?;
+    let report = scenario(&a, &p, &mut target).await?;
+    emit(&report, a.json, None);
+    Ok(report.passed())
+}
+
+/// The scenario's parameters: the flags, or each scenario's defaults.
+fn params(a: &Args) -> Params {
     let ttl = a.lease_ttl.unwrap_or(match a.scenario {
         Scenario::Die => Duration::from_secs(2),
         // Short enough that the kills come often, long enough to outlast a failover.
@@ -282,7 +294,7 @@ async fn run(a: Args) -> Result<bool> {
         Scenario::Ephemeral => 100_000,
         _ => 10_000,
     });
-    let p = Params {
+    Params {
         duration: a.duration,
         connections: a.connections.unwrap_or(if a.scenario == Scenario::Abuse { 1_000 } else { 16 }).max(1),
         depth: a.depth.unwrap_or(64).max(1),
@@ -302,10 +314,11 @@ async fn run(a: Args) -> Result<bool> {
         attacker_nice: a.attacker_nice,
         attack_from_runner: a.attack_from_runner,
         lockstep: a.lockstep,
-    };
-    if let Some(done) = own_harness(&a, &p).await {
-        return done;
     }
+}
+
+/// The broker the scenario runs against: `--server`'s, or one spawned.
+fn target_of(a: &Args, p: &Params) -> Result<Target> {
     if matches!(
         a.scenario,
         Scenario::Restart
@@ -318,33 +331,37 @@ async fn run(a: Args) -> Result<bool> {
     {
         bail!("restart, lists and abuse watch, stop or start the broker process, so they always spawn their own");
     }
-    let mut target = match &a.server {
+    Ok(match &a.server {
         Some(s) => Target::remote(s.clone(), a.ca.clone().context("--ca")?, a.api_key.clone().context("--api-key")?)?,
         None => {
             let http =
                 matches!(a.scenario, Scenario::Scrape | Scenario::Dashboard | Scenario::Abuse | Scenario::Console);
-            Target::spawn_with(ttl, p.broker_workers, a.scenario != Scenario::Abuse, http)?
+            Target::spawn_with(p.lease_ttl, p.broker_workers, a.scenario != Scenario::Abuse, http)?
         }
-    };
-    let report = match a.scenario {
-        Scenario::Churn => scenarios::churn(&target, &p).await?,
-        Scenario::Steady => scenarios::steady(&target, &p).await?,
-        Scenario::Burst => burst::run(&target, p.runners, p.quota, p.connections).await?,
-        Scenario::Die => scenarios::die(&target, &p).await?,
-        Scenario::Restart => restart::run(&mut target, &p).await?,
-        Scenario::Queue => queue::run(&target, &p).await?,
-        Scenario::Lanes => lanes::run(&target, &p).await?,
-        Scenario::Ephemeral => ephemeral::run(&target, &p).await?,
-        Scenario::Lists => lists::run(&mut target, &p).await?,
-        Scenario::Abuse => abuse::run(&target, &p).await?,
-        Scenario::Scrape => scrape::run(&target, &p).await?,
-        Scenario::Dashboard => dashboard::run(&mut target, a.days, a.keep).await?,
-        Scenario::Console => console::run(&mut target, a.days).await?,
+    })
+}
+
+/// Runs a scenario that drives `target`.
+async fn scenario(a: &Args, p: &Params, target: &mut Target) -> Result<Report> {
+    Ok(match a.scenario {
+        Scenario::Churn => scenarios::churn(target, p).await?,
+        Scenario::Steady => scenarios::steady(target, p).await?,
+        Scenario::Burst => burst::run(target, p.runners, p.quota, p.connections).await?,
+        Scenario::Die => scenarios::die(target, p).await?,
+        Scenario::Restart => restart::run(target, p).await?,
+        Scenario::Queue => queue::run(target, p).await?,
+        Scenario::Lanes => lanes::run(target, p).await?,
+        Scenario::Ephemeral => ephemeral::run(target, p).await?,
+        Scenario::Lists => lists::run(target, p).await?,
+        Scenario::Abuse => abuse::run(target, p).await?,
+        Scenario::Scrape => scrape::run(target, p).await?,
+        Scenario::Dashboard => dashboard::run(target, a.days, a.keep).await?,
+        Scenario::Console => console::run(target, a.days).await?,
         Scenario::Handshake => {
             let org = target.setup_orgs(1, license_broker::core::MAX_QUOTA).await?.remove(0);
             let (rate, lat, errors) =
-                scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), &p).await?;
-            scenarios::handshake_report(rate, &lat, &errors, &p, "broker")
+                scenarios::handshake(&target.server, &target.ca, &org.key, Some(org.clone()), p).await?;
+            scenarios::handshake_report(rate, &lat, &errors, p, "broker")
         }
         Scenario::Compare
         | Scenario::EchoServer
@@ -354,9 +371,7 @@ async fn run(a: Args) -> Result<bool> {
         | Scenario::Admission => {
             unreachable!("handled above")
         }
-    };
-    emit(&report, a.json, None);
-    Ok(report.passed())
+    })
 }
 
 /// The scenarios that bring their own servers (or none): their outcome,

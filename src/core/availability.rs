@@ -31,8 +31,11 @@
 //! its limit refuses (waiting would not help); a free seat reserved for
 //! one of its labels, with nobody waiting in that reservation's lane,
 //! admits it however full the shared seats are; and seats reserved for
-//! other labels are never free for it. How good that is on a CI day: `license-load
-//! preflight` (README, Performance).
+//! other labels are never free for it. Sessions past a lowered
+//! reservation's size are counted on its lane, though their seats go back
+//! to the shared ones when they end: a little pessimistic for the others.
+//! How good that is on a CI day: `license-load preflight` (README,
+//! Performance).
 
 use super::broker::Broker;
 use super::directory::Principal;

@@ -59,7 +59,9 @@ pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
 async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Receiver<bool>) {
     let health = ops.hooks.of(&view.hook.org, &view.hook.id);
     let mut written = ops.outbox.subscribe();
-    let mut cursor = Cursor::new(view.delivered);
+    // A task started again (a new secret) goes on from where the last one
+    // delivered, not from a stored cursor up to `CURSOR_EVERY` behind.
+    let mut cursor = Cursor::new(view.delivered.max(health.delivered()));
     // After a wait with no word of a commit, the outbox is read anyway.
     let mut look = true;
     loop {
@@ -83,6 +85,10 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
             health.missed(first.seq - cursor.at - 1);
         }
         for e in &page {
+            // Due before a delivery that may be retried for a long while.
+            if cursor.due().is_some_and(|due| due <= Instant::now()) {
+                cursor.save(&ops, &view).await;
+            }
             // Told to stop (removed, moved away, a new secret): not one more, even mid-page.
             let stopped = stop.has_changed().unwrap_or(true);
             if stopped || (view.hook.wants(&e.kind()) && !deliver(&ops, &view, &health, e, &mut stop).await) {
@@ -91,9 +97,6 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
             }
             cursor.at = e.seq;
             health.delivered_to(e.seq);
-            if cursor.due().is_some_and(|due| due <= Instant::now()) {
-                cursor.save(&ops, &view).await;
-            }
         }
         look = false;
     }
@@ -101,8 +104,10 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
 
 /// A webhook's cursor: where its deliveries are, and where the store has
 /// it. Written at most every `CURSOR_EVERY` while events come (one at a
-/// time, a write each was most of what ten webhooks cost), and once they
-/// stop for that long; a crash or a failover redelivers what came after.
+/// time, a write each was most of what ten webhooks cost), before a
+/// delivery once due (a failing receiver may take hours), and
+/// `CURSOR_EVERY` after the last write once they stop; a crash or a
+/// failover redelivers what came after.
 struct Cursor {
     at: u64,
     saved: u64,
@@ -119,19 +124,23 @@ impl Cursor {
         (self.at != self.saved).then_some(self.saved_when + CURSOR_EVERY)
     }
 
-    /// Writes it if it moved; true when it did.
+    /// Writes it if it moved; true when it tried (a failed write is tried
+    /// again once due).
     async fn save(&mut self, ops: &Operations, view: &WebhookView) -> bool {
         if self.at == self.saved {
             return false;
         }
         let record = Record::WebhookCursor { org: view.hook.org.clone(), id: view.hook.id.clone(), delivered: self.at };
         let changes = vec![Change::Put(record)];
+        self.saved_when = Instant::now();
         match ops.commit(changes.clone()).await {
-            Ok(()) => drop(ops.core.apply(&changes, ops.clock.now())),
+            Ok(()) => {
+                ops.core.apply(&changes, ops.clock.now());
+                self.saved = self.at;
+            }
+            // Tried again once due: the store is not hammered.
             Err(e) => tracing::warn!(org = %view.hook.org, webhook = %view.hook.id, "webhook cursor not written: {e}"),
         }
-        // Failed or not, the next try waits its turn: the store is not hammered.
-        (self.saved, self.saved_when) = (self.at, Instant::now());
         true
     }
 }

@@ -98,14 +98,10 @@ impl Operations {
     ) -> Result<R, WireError> {
         // A node whose claim lapsed extends nobody's belief in a seat.
         self.valid()?;
-        let renewed = self.core.renew_with(c.p, session, c.now, answer);
-        let due = || self.core.next_deadline().is_some_and(|d| d <= c.now);
-        if matches!(renewed, Err(Error::SessionExpired)) && due() {
-            // The core ended it there and keeps its end for the expiry
-            // task to announce (a late heartbeat; rare, so the scan is cheap).
-            self.expiry_wake.notify_one();
-        }
-        Ok(renewed?)
+        // A lease found run out is ended by the core, its end kept for the
+        // expiry task, which needs no wake: it sleeps until the earliest
+        // deadline, at or before this one's, so it is due already.
+        Ok(self.core.renew_with(c.p, session, c.now, answer)?)
     }
 
     /// The holder gives its seat back.

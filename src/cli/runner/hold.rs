@@ -37,15 +37,21 @@ impl Runner {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         // The notice stream ends with the connection; stop polling it then.
         let mut notices_open = true;
+        // Kept across the loop: a notice, a signal passed to the job, do not put the heartbeat off.
+        let mut next_beat = tokio::time::Instant::now() + beats.next_delay();
         let stop = loop {
             let release_at = until.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400 * 365));
             let broken = tokio::select! {
-                _ = tokio::time::sleep(beats.next_delay()) => match self.keeper().renew(&client, &mut lease, beats.third()).await {
-                    Beat::Renewed => None,
-                    Beat::Ended(why) => break Stop::Ended(why),
-                    // No answer, or the node stopped serving: reconnect (another took over).
-                    Beat::Broken(why) => Some(why),
-                },
+                _ = tokio::time::sleep_until(next_beat) => {
+                    let beat = self.keeper().renew(&client, &mut lease, beats.third()).await;
+                    next_beat = tokio::time::Instant::now() + beats.next_delay();
+                    match beat {
+                        Beat::Renewed => None,
+                        Beat::Ended(why) => break Stop::Ended(why),
+                        // No answer, or the node stopped serving: reconnect (another took over).
+                        Beat::Broken(why) => Some(why),
+                    }
+                }
                 n = client.next_notice(), if notices_open => match self.notice(n, &lease) {
                     Ok(None) => None,
                     Ok(Some(why)) => {
@@ -73,7 +79,10 @@ impl Runner {
             };
             let Some(why) = broken else { continue };
             match self.reconnect(client, &lease, why, &mut term).await {
-                Ok((c, l)) => (client, lease, notices_open) = (c, l, true),
+                Ok((c, l)) => {
+                    (client, lease, notices_open) = (c, l, true);
+                    next_beat = tokio::time::Instant::now() + beats.next_delay();
+                }
                 Err(stop) => return self.finish(stop, None, lease, job).await,
             }
         };

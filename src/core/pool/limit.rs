@@ -157,7 +157,9 @@ impl Pool {
     /// first: from this instant admissions obey the lower value, so the
     /// durable one (still higher until the write) stays an upper bound.
     /// `tight` lowers it to exactly the sessions held (a draining broker,
-    /// which admits nothing more, so that its restart holds no spare seat).
+    /// which admits nothing more, so that its restart holds no spare shared
+    /// seat; a pool's reserved seats are held whole all the same,
+    /// `hold_reserve`).
     pub fn lower_ceiling(&self, tight: bool) -> Option<u32> {
         let mut b = self.bounds.lock();
         b.ceiling?;
