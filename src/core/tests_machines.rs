@@ -3,6 +3,7 @@
 //! session, and nothing that holds a machine (a live session, a queued
 //! runner, an activation or offline license, a restart's hold) lets it go.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::testkit::{mid, t, Fixture};
@@ -313,4 +314,58 @@ fn every_due_machine_is_released_at_its_time_and_no_other() {
     }
     assert_eq!(gone.len(), 40, "every machine went in the end");
     assert_eq!(w.machines(), 0);
+}
+
+/// One churning job of `racing_churn_and_release_passes_leave_no_machine_behind`:
+/// `count` ephemeral machines, each registered (under `writer`, retried
+/// while the slots are full), used once and given back.
+fn churn(w: &Fixture, writer: &std::sync::Mutex<()>, clock: &AtomicU64, job: u64, count: u64) {
+    for i in 0..count {
+        let name = format!("e{job}-{i}");
+        let registered = (0..1_000_000).find_map(|_| {
+            std::thread::yield_now();
+            let _writer = writer.lock().unwrap();
+            // Refused tries do not move the clock: they are no use of anything.
+            let plan = w.broker.register(&w.owner, &w.target(&name), t(clock.load(Ordering::SeqCst)), true);
+            plan.ok().map(|p| w.commit(p))
+        });
+        assert!(registered.is_some(), "{name} never found a free slot");
+        let lease = w.acquire(&name, u128::from(job * count + i), 1, t(clock.fetch_add(1, Ordering::SeqCst))).unwrap();
+        w.broker.release(&w.owner, lease.session, t(clock.fetch_add(1, Ordering::SeqCst))).unwrap();
+    }
+}
+
+#[test]
+fn racing_churn_and_release_passes_leave_no_machine_behind() {
+    // Threads churn ephemeral machines through 64 slots while another
+    // runs release passes back to back (each under the writer lock, as the
+    // machine task does): every machine's last hold given back races the
+    // pass that judges it. None may be left registered once they stop.
+    use std::sync::{Arc, Mutex};
+    for round in 0..10 {
+        let w = Arc::new(Fixture::new(64, 2, TTL));
+        let (writer, clock, stop) =
+            (Arc::new(Mutex::new(())), Arc::new(AtomicU64::new(1)), Arc::new(AtomicU64::new(0)));
+        let passes = {
+            let (w, writer, clock, stop) = (w.clone(), writer.clone(), clock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while stop.load(Ordering::SeqCst) == 0 {
+                    let _writer = writer.lock().unwrap();
+                    w.expire_machines(t(clock.load(Ordering::SeqCst)));
+                }
+            })
+        };
+        let jobs: Vec<_> = (0..4u64)
+            .map(|job| {
+                let (w, writer, clock) = (w.clone(), writer.clone(), clock.clone());
+                std::thread::spawn(move || churn(&w, &writer, &clock, job, 300))
+            })
+            .collect();
+        jobs.into_iter().for_each(|j| j.join().unwrap());
+        stop.store(1, Ordering::SeqCst);
+        passes.join().unwrap();
+        w.expire_machines(t(clock.load(Ordering::SeqCst)));
+        let left = w.broker.machine_uses(&w.owner, &w.org).unwrap();
+        assert!(left.is_empty(), "round {round}: left behind {left:?}");
+    }
 }
