@@ -183,9 +183,24 @@ fn expiry(c: &mut Criterion) {
     c.bench_function("next deadline with 1,000,000 live leases", |b| b.iter(|| w.broker.next_deadline()));
 }
 
+/// The machine task's look (a pass and when to look next) with 100,000
+/// tracked machines and none due: an idle limit of an hour, every machine
+/// used at its registration.
+fn machines(c: &mut Criterion) {
+    let n = 100_000u32;
+    let f = Fixture::new(n + 1, 6, Duration::from_secs(30));
+    f.set_policy(Some(Duration::from_secs(3_600)), false, t(0));
+    for i in 0..n {
+        f.register(&format!("m{i}")).unwrap();
+    }
+    c.bench_function("machine task's look, 100,000 tracked machines, none due", |b| {
+        b.iter(|| (f.broker.plan_machine_expiry(t(1_000)).is_none(), f.broker.next_machine_due()))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = admission, renewal, expiry
+    targets = admission, renewal, expiry, machines
 }
 criterion_main!(benches);

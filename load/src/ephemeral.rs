@@ -35,7 +35,7 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     let workers = (slots as usize / 4).clamp(1, 256);
     let (errors, lat) = (Arc::new(Mutex::new(Errors::default())), Arc::new(Mutex::new(Lat::new())));
     let (highest, done) = (AtomicU64::new(0), AtomicU64::new(0));
-    let start = Instant::now();
+    let (start, ticks) = (Instant::now(), target.cpu_ticks());
     let tasks = spawn_jobs(&conns, &org, workers, p.runners as u64, (&errors, &lat));
     let churn = async {
         for t in tasks {
@@ -45,6 +45,8 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     };
     tokio::join!(churn, sample(target, &org, &highest, &done));
     let elapsed = start.elapsed();
+    // The broker's CPU over the churn (a spawned broker only), per machine.
+    let cpu_s = ticks.zip(target.cpu_ticks()).map(|(a, b)| crate::machine::ticks_to_s(b.saturating_sub(a)));
     let left = settle_machines(target, &org).await?;
     let errors = std::mem::take(&mut *errors.lock());
     let lat = std::mem::take(&mut *lat.lock());
@@ -55,6 +57,10 @@ pub async fn run(target: &Target, p: &Params) -> Result<Report> {
     r.param("at_once", workers);
     r.throughput.insert("machines".into(), lat.stats().count as f64);
     r.latency("register+acquire+release", &lat);
+    if let Some(cpu_s) = cpu_s {
+        r.extra("broker_cpu_s", cpu_s);
+        r.extra("broker_cpu_us_per_machine", cpu_s * 1e6 / (p.runners.max(1) as f64));
+    }
     let limit = errors.0.get("MACHINE_LIMIT").copied().unwrap_or(0);
     let high = highest.load(Ordering::Relaxed);
     r.check("no machine-slot refusal while seats are free", limit == 0, format!("{limit} MACHINE_LIMIT"));

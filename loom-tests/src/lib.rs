@@ -78,11 +78,16 @@ impl Fixture {
 
     /// Acquires on machine `m` with the given nonce, carrying `team=web` if `web`.
     pub fn acquire_labelled(&self, nonce: u128, web: bool) -> Result<Lease> {
+        self.acquire_labelled_at(nonce, web, t(0))
+    }
+
+    /// As `acquire_labelled`, stamped `now`.
+    pub fn acquire_labelled_at(&self, nonce: u128, web: bool, now: license_broker::core::Millis) -> Result<Lease> {
         use license_broker::core::{Claimant, ConnId};
         let pairs = web.then(|| ("team".to_string(), "web".to_string()));
         let labels = license_broker::value::Labels::new(pairs).expect("a valid label");
         let who = Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels };
-        self.broker.acquire_as(&self.owner, &self.target("m"), &who, t(0))
+        self.broker.acquire_as(&self.owner, &self.target("m"), &who, now)
     }
 
     /// Caps the KRE pool's sessions carrying `team=web` at `max` (as the Owner).

@@ -709,7 +709,7 @@ fn a_seat_taken_racing_its_expiry_is_never_dated_before_it() {
         let fe = f.clone();
         let expirer = thread::spawn(move || fe.broker.expire(expired_at).len());
         let fa = f.clone();
-        let stale = t(lease.deadline.0 - 10);
+        let stale = license_broker::core::Millis(lease.deadline.0 - 10);
         let taker = thread::spawn(move || fa.acquire(b, stale));
         assert_eq!(expirer.join().unwrap(), 1);
         let taken = taker.join().unwrap();

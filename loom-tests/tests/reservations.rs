@@ -135,3 +135,37 @@ fn joining_a_lane_racing_its_seats_release_is_never_stranded() {
         assert_eq!(f.web_reserved(), (1, 1, 1));
     });
 }
+
+/// The reserved-seat path of `a_seat_taken_racing_its_expiry_is_never_dated_before_it`
+/// (models.rs): the pool's one seat is reserved for `team=web` and held by
+/// a web session; its expiry races a web admission stamped a moment
+/// before it (a stream stamps a whole read once), on another shard. The
+/// seat comes back to the reservation, not the pool (another word): the
+/// new session is still never dated before the expiry, and the reserved
+/// seat is counted once.
+#[test]
+fn a_reserved_seat_taken_racing_its_expiry_is_never_dated_before_it() {
+    model(|| {
+        let f = Arc::new(Fixture::new(1));
+        f.reserve_web(1);
+        let (a, b) = f.nonces_in_distinct_shards();
+        let lease = f.acquire_labelled(a, true).unwrap();
+        assert_eq!(f.web_reserved(), (1, 1, 1), "on the reserved seat");
+        let expired_at = lease.deadline.after(std::time::Duration::from_millis(5));
+        let fe = f.clone();
+        let expirer = thread::spawn(move || fe.broker.expire(expired_at).len());
+        let fa = f.clone();
+        let stale = license_broker::core::Millis(lease.deadline.0 - 10);
+        let taker = thread::spawn(move || fa.acquire_labelled_at(b, true, stale));
+        assert_eq!(expirer.join().unwrap(), 1);
+        let taken = taker.join().unwrap();
+        if let Ok(next) = &taken {
+            let started = next.deadline.0 - loom_tests::TTL.as_millis() as u64;
+            assert!(started >= expired_at.0, "dated {started}, the seat was freed at {}", expired_at.0);
+        } else {
+            assert_eq!(taken, Err(Error::QuotaExceeded { quota: 1 }), "refused only while the seat was held");
+        }
+        let on_it = u32::from(taken.is_ok());
+        assert_eq!((f.in_use(), f.web_reserved()), (on_it, (1, on_it, 1)), "the reserved seat counted once");
+    });
+}

@@ -127,15 +127,15 @@ impl Broker {
         ]
     }
 
-    /// When the first tracked machine comes due (a hint for the machine
-    /// task); while a hold keeps a tracked pool from being judged, the
+    /// When the first tracked machine may come due (a hint for the machine
+    /// task, never later than the first one due: a look at that time may
+    /// find it not yet due, and keys it at its time); while a hold keeps a tracked pool from being judged, the
     /// hold's end (then it is judged again).
     pub fn next_machine_due(&self) -> Option<Millis> {
-        let grace = self.lease_ttl();
         let tracked = self.tracked.lock();
         let look = |p: &Arc<Pool>| match self.held_until(&p.org) {
             Some(end) => Some(end),
-            None => p.next_idle(grace),
+            None => p.next_idle(),
         };
         tracked.iter().filter_map(look).min()
     }

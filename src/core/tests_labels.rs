@@ -130,3 +130,34 @@ fn a_relabelled_session_moves_into_and_out_of_the_caps() {
     w.broker.release(&w.owner, plain.session, t(0)).unwrap();
     assert_eq!(counted(&w)[0].3, 1);
 }
+
+#[test]
+fn a_runner_reattached_after_a_restart_carries_its_labels_again_only_once_it_relabels() {
+    // The gap docs/RESTART.md names: the broker keeps no session (nor its
+    // labels) durably and `Reattach` carries none, so a runner re-attached
+    // after a restart has a new, unlabelled session until its `Label`
+    // (the client sends it at once): meanwhile its label cap does not
+    // count it, and the relabel counts it regardless of the cap.
+    let w = Fixture::with_ceilings(4, 2, TTL);
+    w.register("m").unwrap();
+    let changes = cap(&w, Some(1));
+    let again = Fixture::with_ceilings(4, 2, TTL);
+    again.register("m").unwrap();
+    again.apply(Ok(changes));
+    let ceiling = Record::Ceiling { org: again.org.clone(), pool: PoolId::KRE_DEFAULT, seats: 1 };
+    again.broker.apply(&[Change::Put(ceiling)], t(0));
+    again.broker.hold_reserves(t(0)).expect("a seat held for the web job of the run before");
+    let back = again.broker.reattach(&again.owner, &again.target("m"), Nonce(1), ConnId(1), t(0), true).unwrap();
+    assert!(!back.reattached, "a new session in the held seat");
+    let listed = |f: &Fixture| f.broker.sessions(&f.owner, &f.org).unwrap()[0].labels.clone();
+    assert_eq!(listed(&again), Labels::default(), "no labels yet");
+    assert_eq!(counted(&again)[0].3, 0, "not in its cap yet");
+    while acquire(&again, 2, WEB) == Err(Error::CeilingReached) {
+        assert!(again.raise().is_some());
+    }
+    assert_eq!(counted(&again)[0].3, 1, "a new web job took the cap's one place meanwhile");
+    again.broker.label(&again.owner, back.session, labels(WEB)).unwrap();
+    assert_eq!(listed(&again), labels(WEB), "listed with its labels again");
+    assert_eq!(counted(&again)[0].3, 2, "counted past the cap: a relabel is never refused");
+    assert_eq!(acquire(&again, 3, WEB), Err(Error::LabelLimit { max: 1 }), "the cap holds for newcomers");
+}

@@ -3,6 +3,7 @@
 //! session, and nothing that holds a machine (a live session, a queued
 //! runner, an activation or offline license, a restart's hold) lets it go.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::testkit::{mid, t, Fixture};
@@ -236,4 +237,135 @@ fn a_node_taking_an_org_over_keeps_its_ephemeral_machines_through_the_hold() {
     assert_eq!(names(&next.expire_machines(until)), ["e"], "its runner never came back");
     let uses = next.broker.machine_uses(&next.owner, &org).unwrap();
     assert_eq!(uses.iter().map(|(_, u)| u.machine.to_string()).collect::<Vec<_>>(), ["m"], "m was never ephemeral");
+}
+
+/// One machine of `every_due_machine_is_released_at_its_time_and_no_other`:
+/// ephemeral or not, and its one session's start and end (ms), if any.
+struct Use {
+    name: String,
+    ephemeral: bool,
+    session: Option<(u64, u64)>,
+}
+
+impl Use {
+    /// When the machine comes due, as the pool's policy says (`None`: not
+    /// by `now`, its session still holds it).
+    fn due(&self, now: u64, ttl: u64) -> Option<u64> {
+        match (self.session, self.ephemeral) {
+            (None, true) => Some(ttl),
+            (None, false) => Some(IDLE.as_millis() as u64),
+            (Some((_, end)), _) if end > now => None,
+            (Some((_, end)), true) => Some(end),
+            (Some((_, end)), false) => Some(end + IDLE.as_millis() as u64),
+        }
+    }
+}
+
+#[test]
+fn every_due_machine_is_released_at_its_time_and_no_other() {
+    // 40 machines, a third ephemeral, most with one session, the sessions
+    // all started before any machine is due; some outlive the idle limit
+    // (the pass finds them held when their registration comes due). Every
+    // 3 s a pass: exactly the machines due by then go, each at the first
+    // pass at or after its due time.
+    let ttl = Duration::from_secs(300);
+    let w = Fixture::new(40, 2, ttl);
+    w.set_policy(Some(IDLE), false, t(0));
+    let uses: Vec<Use> = (0..40u64)
+        .map(|i| {
+            let ephemeral = i % 3 == 0;
+            let start = (i * 7 % if ephemeral { 25 } else { 50 }) * 1_000;
+            let session = (i % 5 != 4).then(|| (start, start + (i * 37 % 90 + 1) * 1_000));
+            Use { name: format!("m{i:02}"), ephemeral, session }
+        })
+        .collect();
+    let mut leases = std::collections::HashMap::new();
+    for u in &uses {
+        match u.ephemeral {
+            true => w.register_ephemeral(&u.name, t(0)).unwrap(),
+            false => w.register(&u.name).unwrap(),
+        };
+    }
+    let mut gone = std::collections::BTreeSet::new();
+    for now in (0..=400_000u64).step_by(3_000) {
+        let mut events: Vec<(u64, bool, usize)> = uses
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| Some((i, u.session?)))
+            .flat_map(|(i, (start, end))| [(start, true, i), (end, false, i)])
+            .filter(|&(at, _, _)| at <= now && at + 3_000 > now)
+            .collect();
+        events.sort();
+        for (at, starts, i) in events {
+            if starts {
+                leases.insert(i, w.acquire(&uses[i].name, i as u128, 1, t(at)).unwrap());
+            } else {
+                w.broker.release(&w.owner, leases[&i].session, t(at)).unwrap();
+            }
+        }
+        let released: std::collections::BTreeSet<String> = names(&w.expire_machines(t(now))).into_iter().collect();
+        let due: std::collections::BTreeSet<String> = uses
+            .iter()
+            .filter(|u| !gone.contains(&u.name) && u.due(now, ttl.as_millis() as u64).is_some_and(|d| d <= now))
+            .map(|u| u.name.clone())
+            .collect();
+        assert_eq!(released, due, "at {now} ms: released (left) against due (right)");
+        gone.extend(released);
+    }
+    assert_eq!(gone.len(), 40, "every machine went in the end");
+    assert_eq!(w.machines(), 0);
+}
+
+/// One churning job of `racing_churn_and_release_passes_leave_no_machine_behind`:
+/// `count` ephemeral machines, each registered (under `writer`, retried
+/// while the slots are full), used once and given back.
+fn churn(w: &Fixture, writer: &std::sync::Mutex<()>, clock: &AtomicU64, job: u64, count: u64) {
+    for i in 0..count {
+        let name = format!("e{job}-{i}");
+        let registered = (0..1_000_000).find_map(|_| {
+            std::thread::yield_now();
+            let _writer = writer.lock().unwrap();
+            // Refused tries do not move the clock: they are no use of anything.
+            let plan = w.broker.register(&w.owner, &w.target(&name), t(clock.load(Ordering::SeqCst)), true);
+            plan.ok().map(|p| w.commit(p))
+        });
+        assert!(registered.is_some(), "{name} never found a free slot");
+        let lease = w.acquire(&name, u128::from(job * count + i), 1, t(clock.fetch_add(1, Ordering::SeqCst))).unwrap();
+        w.broker.release(&w.owner, lease.session, t(clock.fetch_add(1, Ordering::SeqCst))).unwrap();
+    }
+}
+
+#[test]
+fn racing_churn_and_release_passes_leave_no_machine_behind() {
+    // Threads churn ephemeral machines through 64 slots while another
+    // runs release passes back to back (each under the writer lock, as the
+    // machine task does): every machine's last hold given back races the
+    // pass that judges it. None may be left registered once they stop.
+    use std::sync::{Arc, Mutex};
+    for round in 0..10 {
+        let w = Arc::new(Fixture::new(64, 2, TTL));
+        let (writer, clock, stop) =
+            (Arc::new(Mutex::new(())), Arc::new(AtomicU64::new(1)), Arc::new(AtomicU64::new(0)));
+        let passes = {
+            let (w, writer, clock, stop) = (w.clone(), writer.clone(), clock.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while stop.load(Ordering::SeqCst) == 0 {
+                    let _writer = writer.lock().unwrap();
+                    w.expire_machines(t(clock.load(Ordering::SeqCst)));
+                }
+            })
+        };
+        let jobs: Vec<_> = (0..4u64)
+            .map(|job| {
+                let (w, writer, clock) = (w.clone(), writer.clone(), clock.clone());
+                std::thread::spawn(move || churn(&w, &writer, &clock, job, 300))
+            })
+            .collect();
+        jobs.into_iter().for_each(|j| j.join().unwrap());
+        stop.store(1, Ordering::SeqCst);
+        passes.join().unwrap();
+        w.expire_machines(t(clock.load(Ordering::SeqCst)));
+        let left = w.broker.machine_uses(&w.owner, &w.org).unwrap();
+        assert!(left.is_empty(), "round {round}: left behind {left:?}");
+    }
 }

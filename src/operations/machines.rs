@@ -4,6 +4,8 @@
 //! store: sleeps until the next machine comes due (or a hold that keeps a
 //! pool from being judged ends), or until woken when a tracked machine's
 //! last session ends or a policy changes; looks at most every `MIN_GAP`.
+//! A look touches only the machines each pool's index (`pool::due`) keys
+//! as due by now, never every tracked machine.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +18,7 @@ use super::Operations;
 const IDLE_SLEEP: Duration = Duration::from_secs(60);
 
 /// Least time between two looks: a busy ephemeral pool ends sessions all
-/// the time, and each look scans the tracked pools' machines.
+/// the time, and each look takes the writer lock and commits a batch.
 const MIN_GAP: Duration = Duration::from_millis(250);
 
 /// How soon a release whose commit failed is tried again (the machines

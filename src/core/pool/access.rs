@@ -60,7 +60,7 @@ impl Pool {
             };
         }
         self.room_for_machine(machines.len())?;
-        let tenure = self.new_tenure(now, ephemeral);
+        let tenure = self.new_tenure(machine, now, ephemeral);
         machines.insert(machine.clone(), Machine { registered: now, committed: false, tenure });
         Ok(Registration::New)
     }
@@ -89,7 +89,10 @@ impl Pool {
 
     /// Removes a machine registration; returns whether it was there.
     pub fn forget_machine(&self, machine: &MachineId) -> bool {
-        let removed = self.machines.lock().remove(machine).is_some();
+        let mut machines = self.machines.lock();
+        let removed = machines.remove(machine).is_some();
+        self.due.lock().forget(machine);
+        drop(machines);
         if removed {
             // Release: pairs with the Acquire in `machine_epoch`; the mutexes
             // around the machine set and the session shards already order the
@@ -150,15 +153,17 @@ impl Pool {
 
     /// Applies a committed registration (at startup, or after its commit):
     /// no cap check, the store only ever holds registrations that passed it.
-    /// A registration planned in this run keeps its tenure.
+    /// A registration planned in this run keeps its tenure. Durable, it
+    /// may come due: noted in the index (`due`).
     pub fn restore_machine(&self, machine: MachineId, registered: Millis, ephemeral: bool) {
         let mut machines = self.machines.lock();
-        match machines.get_mut(&machine) {
-            Some(m) => m.committed = true,
-            None => {
-                let tenure = self.new_tenure(registered, ephemeral);
-                machines.insert(machine, Machine { registered, committed: true, tenure });
-            }
+        let m = machines.entry(machine.clone()).or_insert_with(|| {
+            let tenure = self.new_tenure(&machine, registered, ephemeral);
+            Machine { registered, committed: true, tenure }
+        });
+        m.committed = true;
+        if let Some(t) = &m.tenure {
+            t.note();
         }
     }
 

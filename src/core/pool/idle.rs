@@ -40,8 +40,9 @@ impl Pool {
     }
 
     /// A new machine's tenure, if the pool (or the registration) asks for one.
-    pub(super) fn new_tenure(&self, now: Millis, ephemeral: bool) -> Option<Arc<Tenure>> {
-        (ephemeral || self.policy().tracks()).then(|| Tenure::new(now, ephemeral))
+    pub(super) fn new_tenure(&self, machine: &MachineId, now: Millis, ephemeral: bool) -> Option<Arc<Tenure>> {
+        let indexed = || Tenure::indexed(now, ephemeral, self.due.clone(), machine.clone());
+        (ephemeral || self.policy().tracks()).then(indexed)
     }
 
     /// Sets the policy. Machines without a tenure get one, counted as used
@@ -49,19 +50,32 @@ impl Pool {
     /// machine's idle time starts when it is set). Bumps the adoption
     /// epoch: the broker then counts the live sessions into the new
     /// tenures (`Broker::follow`), and an admission that raced it counts
-    /// its own (`admit_from`).
+    /// its own (`admit_from`). Every tracked machine is noted again in the
+    /// index under the new policy (`due`).
     pub fn set_policy(&self, policy: Policy, now: Millis) {
         *self.policy.lock() = policy;
-        if !policy.tracks() {
-            return;
-        }
+        let mut machines = self.machines.lock();
         let mut added = false;
-        for m in self.machines.lock().values_mut().filter(|m| m.tenure.is_none()) {
-            m.tenure = Some(Tenure::new(now, false));
+        for (id, m) in machines.iter_mut().filter(|(_, m)| m.tenure.is_none() && policy.tracks()) {
+            m.tenure = Some(Tenure::indexed(now, false, self.due.clone(), id.clone()));
             added = true;
         }
+        let mut due = self.due.lock();
+        due.set_policy(policy);
+        for (id, t) in machines.iter().filter_map(|(id, m)| Some((id, m.tenure.as_ref()?))) {
+            due.note(id, t.last_use(), t.ephemeral);
+        }
+        drop((due, machines));
         if added {
             self.bump_adoptions();
+        }
+    }
+
+    /// Notes `machine` in the index again: something that kept it (an
+    /// activation) is gone, so it may come due sooner.
+    pub(super) fn note_machine(&self, machine: &MachineId) {
+        if let Some(t) = self.machines.lock().get(machine).and_then(|m| m.tenure.as_ref()) {
+            t.note();
         }
     }
 
@@ -72,29 +86,33 @@ impl Pool {
 
     /// Closes the tenure of committed machines due for release at `now`,
     /// at most `most` of them, and returns them. `grace` is how long a
-    /// registration never used may wait for its first session.
+    /// registration never used may wait for its first session. Takes only
+    /// the machines the index (`due`) keys at or before `now`: each is
+    /// judged, and released, moved to when it comes due, or dropped until
+    /// something notes it again.
     pub fn close_idle(&self, now: Millis, grace: Duration, most: usize) -> Vec<(MachineId, Arc<Tenure>)> {
         let policy = self.policy();
         let machines = self.machines.lock();
+        let mut index = self.due.lock();
         let mut out = Vec::new();
-        for (id, m) in machines.iter() {
-            if out.len() >= most {
-                break;
-            }
-            let Some((t, quiet, due)) = self.judge(id, m, policy, grace) else { continue };
-            if due <= now && t.close(quiet) {
-                out.push((id.clone(), t.clone()));
+        while out.len() < most {
+            let Some(id) = index.pop_due(now) else { break };
+            let Some(m) = machines.get(&id) else { continue };
+            match self.judge(&id, m, policy, grace) {
+                Some((_, _, at)) if at > now => index.set(id, at),
+                // A failed close: a hold was taken since; its give-back notes it.
+                Some((t, quiet, _)) if t.close(quiet) => out.push((id, t.clone())),
+                _ => {}
             }
         }
         out
     }
 
-    /// When the first of the pool's machines comes due (a hint for the
-    /// machine task's sleep; `close_idle` judges again).
-    pub fn next_idle(&self, grace: Duration) -> Option<Millis> {
-        let policy = self.policy();
-        let machines = self.machines.lock();
-        machines.iter().filter_map(|(id, m)| Some(self.judge(id, m, policy, grace)?.2)).min()
+    /// When the first of the pool's machines may come due (a hint for the
+    /// machine task's sleep, never later than the first one due;
+    /// `close_idle` judges).
+    pub fn next_idle(&self) -> Option<Millis> {
+        self.due.first()
     }
 
     /// A machine's tenure, its quiet state and when it comes due, if it is

@@ -108,6 +108,8 @@ impl Pool {
     pub fn unbind(&self, email: &Email) -> Option<MachineId> {
         let (machine, _) = self.licensing.lock().bindings.remove(email)?;
         self.return_durable();
+        // The machine may come due now (outside the licensing lock: `due`).
+        self.note_machine(&machine);
         Some(machine)
     }
 
@@ -142,11 +144,14 @@ impl Pool {
     /// Undoes `reserve_offline` whose commit failed (the pending change's undo).
     pub fn cancel_offline(&self, id: OfflineId) {
         let mut l = self.licensing.lock();
-        if let Some(i) = l.offline.iter().position(|o| o.id == id) {
-            if l.offline.remove(i).active {
-                self.return_durable();
-            }
+        let Some(i) = l.offline.iter().position(|o| o.id == id) else { return };
+        let entry = l.offline.remove(i);
+        if entry.active {
+            self.return_durable();
         }
+        drop(l);
+        // The machine may come due sooner (outside the licensing lock: `due`).
+        self.note_machine(&entry.machine);
     }
 
     /// Returns an offline license's seat at its expiry (once).

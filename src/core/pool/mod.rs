@@ -11,10 +11,11 @@
 //! (machine registrations and per-user caps), `labels` (caps by job label),
 //! `lanes` (seats reserved by job label), `licensing` (KSE grants,
 //! node-locked activations, offline licenses) and `stats` (counters,
-//! refusals by reason, `status`), `idle` and `tenure` (the machine policy:
-//! machines released when unused). The wait queue's side is in `queue`.
+//! refusals by reason, `status`), `idle`, `tenure` and `due` (the machine
+//! policy: machines released when unused, indexed by when they come due). The wait queue's side is in `queue`.
 
 mod access;
+mod due;
 mod idle;
 pub mod labels;
 pub mod lanes;
@@ -93,6 +94,9 @@ pub struct Pool {
     /// How long unused machines stay registered (`idle`). Read by
     /// registration and the expiry task, never per admission.
     policy: Mutex<tenure::Policy>,
+    /// The tracked machines by when each may come due, so the machine
+    /// task takes only those (`due`); shared with their tenures.
+    due: crate::sync::Arc<due::Due>,
     /// Machines the broker released unused since the pool was created
     /// (restored from `Record::LastUses`).
     expired: AtomicU64,
@@ -178,6 +182,7 @@ impl Pool {
             cap_epoch: AtomicU64::new(0),
             expired_to: AtomicU64::new(0),
             policy: Mutex::new(tenure::Policy::default()),
+            due: crate::sync::Arc::new(due::Due::default()),
             expired: AtomicU64::new(0),
             machines: Mutex::new(FastMap::default()),
             seats: Padded(SeatLine { seats: Seats::new(quota), extremes: Extremes::default() }),

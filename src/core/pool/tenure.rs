@@ -15,6 +15,8 @@
 
 use std::time::Duration;
 
+use super::due::Due;
+use crate::core::id::MachineId;
 use crate::core::time::Millis;
 use crate::sync::{Arc, AtomicU64, Ordering};
 
@@ -48,6 +50,9 @@ pub struct Tenure {
     last_use: AtomicU64,
     /// Registered ephemeral (`runner --ephemeral`), whatever the pool's policy.
     pub ephemeral: bool,
+    /// Its pool's index of machines by due time, and its machine there:
+    /// noted when its last hold is given back or it reopens (`pool::due`).
+    index: Option<(Arc<Due>, MachineId)>,
 }
 
 const CLOSED: u64 = 1 << 63;
@@ -66,7 +71,21 @@ pub struct Quiet {
 impl Tenure {
     /// A tenure last used at `at`, held by nobody.
     pub fn new(at: Millis, ephemeral: bool) -> Arc<Tenure> {
-        Arc::new(Tenure { word: AtomicU64::new(0), last_use: AtomicU64::new(at.0), ephemeral })
+        Arc::new(Tenure { word: AtomicU64::new(0), last_use: AtomicU64::new(at.0), ephemeral, index: None })
+    }
+
+    /// A tenure as `new`, of `machine`, which notes it in `due`.
+    pub(super) fn indexed(at: Millis, ephemeral: bool, due: Arc<Due>, machine: MachineId) -> Arc<Tenure> {
+        let index = Some((due, machine));
+        Arc::new(Tenure { word: AtomicU64::new(0), last_use: AtomicU64::new(at.0), ephemeral, index })
+    }
+
+    /// Notes the machine in its pool's index: it may come due from its
+    /// last use on (see `pool::due`).
+    pub(super) fn note(&self) {
+        if let Some((due, machine)) = &self.index {
+            due.note(machine, self.last_use(), self.ephemeral);
+        }
     }
 
     /// Takes a hold unless the machine's release is planned (or, beyond
@@ -92,7 +111,12 @@ impl Tenure {
             Some((w & CLOSED) | given << 32 | (w & HOLDS).saturating_sub(1))
         });
         // Invariant: the closure never refuses.
-        ((before.unwrap_or_else(|w| w) & HOLDS) as u32).saturating_sub(1)
+        let left = ((before.unwrap_or_else(|w| w) & HOLDS) as u32).saturating_sub(1);
+        if left == 0 {
+            // After the word changed: a pass that saw it held notes it after.
+            self.note();
+        }
+        left
     }
 
     /// Marks the machine used at `now` (never moves the mark back).
@@ -132,6 +156,7 @@ impl Tenure {
     pub fn reopen(&self) {
         // AcqRel: see `take`.
         self.word.fetch_and(!CLOSED, Ordering::AcqRel);
+        self.note();
     }
 
     /// Whether its release is planned.
