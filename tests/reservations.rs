@@ -1,6 +1,6 @@
 //! Seats reserved by job label over real QUIC on 127.0.0.1: reserved,
 //! taken only by checkouts carrying the label, listed, audited, kept
-//! across a restart, refused past the quota and to members.
+//! across a restart (free at once after a clean stop), refused past the quota and to members.
 
 mod support;
 
@@ -54,15 +54,16 @@ async fn reserved_seats_go_to_the_label_alone_and_survive_a_restart() {
     let mut again = start_in(dir, Duration::from_secs(30)).await;
     again.owner = b.owner.clone();
     let c = again.owner().await;
-    // Kept; the restart holds seats for the runners that may still believe
-    // in theirs, the shared ones the ceiling counts (none: the shutdown
-    // ended the sessions and wrote the ceiling down to them) and the reserved ones (the
-    // records do not say how many were taken): of the quota's 3, the
-    // reservation holds 1 and is owed 1 until the hold ends.
-    assert_eq!(reserved(&c).await, [(2, 0, 1)], "kept across the restart, owed during its hold");
+    // Kept. The restart holds seats for the runners that may still believe
+    // in theirs: none here, since the shutdown ended the sessions (their
+    // connection closed), wrote the ceiling down to them and counted none
+    // on the reserved seats (a crash would hold both reserved seats, who
+    // sat on them unknown: `core::tests_restart`). So both are free for
+    // the label at once.
+    assert_eq!(reserved(&c).await, [(2, 0, 2)], "kept across the restart, nothing held after a clean stop");
     c.checkout(&checkout(&m, &o, 5, &release)).await.unwrap();
-    let e = c.checkout(&checkout(&m, &o, 6, &release)).await.unwrap_err();
-    assert_eq!(e.code(), Some(ErrorCode::QuotaExceeded), "the other is held for a believer: {e}");
+    c.checkout(&checkout(&m, &o, 6, &release)).await.unwrap();
+    assert_eq!(reserved(&c).await, [(2, 2, 2)]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,7 +317,8 @@ impl Store for EtcdStore {
                     | Change::RemoveUser { .. }
                     | Change::RemoveEvent { .. }
                     | Change::RemoveWebhook { .. }
-                    | Change::RemoveWebhookCursor { .. } => Op::Delete(key),
+                    | Change::RemoveWebhookCursor { .. }
+                    | Change::RemoveStopped { .. } => Op::Delete(key),
                 });
             }
             txns.push((compare, ops));

@@ -289,6 +289,7 @@ impl Directory {
                 })
             }
             Change::Put(Record::Reservation { key, value, seats, .. }) => p.set_reservation(key, value, *seats),
+            Change::Put(Record::Stopped { reserved, labels, .. }) => p.set_stopped(*reserved, labels),
             _ => {}
         }
     }
@@ -312,6 +313,7 @@ fn pool_of(change: &Change) -> Option<(&OrgName, PoolId)> {
             | Record::LabelLimit { org, pool, .. }
             | Record::PoolAlerts { org, pool, .. }
             | Record::Reservation { org, pool, .. }
+            | Record::Stopped { org, pool, .. }
             | Record::Ceiling { org, pool, .. },
         )
         | Change::RemoveMachine { org, pool, .. }

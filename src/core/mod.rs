@@ -54,6 +54,8 @@ mod tests_preflight;
 mod tests_queue;
 #[cfg(all(test, not(broker_loom)))]
 mod tests_reservations;
+#[cfg(all(test, not(broker_loom)))]
+mod tests_restart;
 
 pub use admin::{KeyInfo, KeyRef, OrgInfo, UserInfo, MAX_QUOTA};
 pub use admission::{Activation, Claimant, Target, Ticket, Waited};

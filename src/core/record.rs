@@ -291,6 +291,21 @@ pub enum Record {
         /// Seats reserved; 0: none (the reservation was removed).
         seats: u32,
     },
+    /// A pool's sessions as a clean stop left them, when nothing more
+    /// could be admitted (`pool::stop`): the next start holds just these
+    /// for their runners, instead of every reserved seat and every label
+    /// cap's limit, and removes the record before it admits anything, so
+    /// a later crash never reads it.
+    Stopped {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// Sessions on the pool's reserved seats.
+        reserved: u32,
+        /// Sessions counted in each label cap: key, value, sessions.
+        labels: Vec<(String, String, u32)>,
+    },
 }
 
 /// An offline license as the broker keeps it.
@@ -370,6 +385,13 @@ pub enum Change {
         /// Its place in the org's outbox.
         seq: u64,
     },
+    /// Remove a pool's `Stopped` record (the start that read it).
+    RemoveStopped {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+    },
 }
 
 impl Record {
@@ -395,7 +417,7 @@ impl Record {
             | Record::LastUses { org, .. }
             | Record::LabelLimit { org, .. }
             | Record::PoolAlerts { org, .. } => Some(org),
-            Record::Reservation { org, .. } => Some(org),
+            Record::Reservation { org, .. } | Record::Stopped { org, .. } => Some(org),
             Record::Key { org, .. } => org.as_ref(),
             Record::Audit(e) => Some(&e.org),
             Record::Event(e) => Some(&e.org),
@@ -416,6 +438,7 @@ impl Change {
             | Change::RemoveBinding { org, .. }
             | Change::RemoveUser { org, .. }
             | Change::RemoveEvent { org, .. }
+            | Change::RemoveStopped { org, .. }
             | Change::RemoveWebhook { org, .. }
             | Change::RemoveWebhookCursor { org, .. } => Some(org),
         }

@@ -134,6 +134,7 @@ impl Record {
             Record::Reservation { org, pool, key, value, .. } => {
                 (Table::Counters, format!("{org}/{pool}/reservation/{key}={value}"))
             }
+            Record::Stopped { org, pool, .. } => (Table::Counters, stopped_key(org, pool)),
         }
     }
 }
@@ -150,8 +151,14 @@ impl Change {
             Change::RemoveEvent { org, seq } => (Table::Events, event_key(org, *seq)),
             Change::RemoveWebhook { org, id } => (Table::Webhooks, format!("{org}/{id}")),
             Change::RemoveWebhookCursor { org, id } => (Table::Webhooks, format!("{org}/{id}/cursor")),
+            Change::RemoveStopped { org, pool } => (Table::Counters, stopped_key(org, pool)),
         }
     }
+}
+
+/// The key of a pool's `Stopped` record, written and removed.
+fn stopped_key(org: &OrgName, pool: &PoolId) -> String {
+    format!("{org}/{pool}/stopped")
 }
 
 /// The key of a per-pool record: a `Put` and the removal of the same

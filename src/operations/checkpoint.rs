@@ -42,7 +42,9 @@ pub type Written = crate::core::Checkpointed;
 /// Writes the records that changed since `last` (the clock always does);
 /// returns what is now on disk, or `last` again if the write failed.
 /// `tight` lowers ceilings to exactly the sessions held (at shutdown, when
-/// nothing more is admitted).
+/// nothing more is admitted), and, outside a cluster, writes the sessions
+/// on reserved seats and in label caps (`Record::Stopped`), so the restart
+/// holds no more of them than there are.
 pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
     let (records, figures) = ops.core.checkpoint_since(ops.clock.now(), &last);
     let mut changes: Vec<Change> = records.into_iter().map(Change::Put).collect();
@@ -51,6 +53,10 @@ pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
     // than the store, which is the safe way round.
     let _ceiling = ops.ceiling.lock().await;
     changes.extend(ops.core.lower_ceilings(tight).into_iter().map(Change::Put));
+    if tight && ops.cluster.is_none() {
+        // After the ceilings: the count closes the reservations to newcomers.
+        changes.extend(ops.core.stop_records().into_iter().map(Change::Put));
+    }
     match ops.commit(changes).await {
         Ok(()) => figures,
         Err(e) => {

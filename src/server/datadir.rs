@@ -127,6 +127,7 @@ fn start_marks(core: &Broker, now: Millis, cluster_ttl: Option<u64>) -> Vec<Chan
         }
         marks.push(Change::Put(hold.record));
         marks.extend(hold.ceilings.into_iter().map(Change::Put));
+        marks.extend(hold.cleared);
     }
     marks
 }

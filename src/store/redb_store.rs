@@ -224,7 +224,8 @@ fn commit(db: &Database, changes: &[Change]) -> Result<(), StoreError> {
             | Change::RemoveUser { .. }
             | Change::RemoveEvent { .. }
             | Change::RemoveWebhook { .. }
-            | Change::RemoveWebhookCursor { .. } => {
+            | Change::RemoveWebhookCursor { .. }
+            | Change::RemoveStopped { .. } => {
                 t.remove(key.as_str()).map_err(backend)?;
             }
         }

@@ -28,6 +28,18 @@ pub struct Hold {
     /// The ceilings the hold raised (`Pool::hold_reserve`), to commit
     /// with `record`.
     pub ceilings: Vec<Record>,
+    /// The removals of the clean stop's counts the hold read
+    /// (`Record::Stopped`), to commit with `record`: a later crash must
+    /// not read them.
+    pub cleared: Vec<Change>,
+}
+
+/// What holding the seats of some orgs' pools took.
+#[derive(Default)]
+struct Holding {
+    seats: u64,
+    ceilings: Vec<Record>,
+    cleared: Vec<Change>,
 }
 
 impl Broker {
@@ -47,30 +59,52 @@ impl Broker {
         let ttl = previous.map_or(self.config.lease_ttl, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(ttl + self.config.restart_grace).max(previous.map_or(Millis(0), |(_, h)| h));
         let orgs: Vec<OrgName> = self.with_dir(|dir| dir.orgs.keys().cloned().collect());
-        let (seats, ceilings) = self.hold_pools(&orgs);
+        let Holding { seats, ceilings, cleared } = self.hold_pools(&orgs, true);
         if seats > 0 {
             // Release: pairs with the Acquire in `next_deadline`.
             self.hold_until.store(until.0, Ordering::Release);
         }
         let record = Record::Leases { ttl_ms: self.config.lease_ttl.as_millis() as u64, hold_until: until };
-        Some(Hold { seats, until, record, ceilings })
+        Some(Hold { seats, until, record, ceilings, cleared })
     }
 
-    /// Holds the seats of `orgs`' pools (`Pool::hold_reserve`): how many,
-    /// and the ceilings raised doing so, to write.
-    fn hold_pools(&self, orgs: &[OrgName]) -> (u64, Vec<Record>) {
+    /// Holds the seats of `orgs`' pools (`Pool::hold_reserve`; `exact`:
+    /// from a clean stop's counts where there are some).
+    fn hold_pools(&self, orgs: &[OrgName], exact: bool) -> Holding {
         self.with_dir(|dir| {
-            let mut out = (0, Vec::new());
+            let mut out = Holding::default();
             for (org, entry) in orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e))) {
                 for pool in entry.pools.values() {
-                    let (held, raised) = pool.hold_reserve();
-                    out.0 += u64::from(held);
-                    if raised {
-                        out.1.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats: held });
+                    let held = pool.hold_reserve(exact);
+                    out.seats += u64::from(held.seats);
+                    if held.raised {
+                        out.ceilings.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats: held.seats });
+                    }
+                    if held.stopped {
+                        out.cleared.push(Change::RemoveStopped { org: org.clone(), pool: pool.id });
                     }
                 }
             }
             out
+        })
+    }
+
+    /// At a clean stop, once nothing more is admitted (the ceilings
+    /// lowered to the sessions held): each pool's sessions on reserved
+    /// seats and in label caps (`Pool::stop_counts`), for the next start
+    /// to hold just those. Only a broker outside a cluster writes them: a
+    /// node taking an org over holds the upper bounds (`adopt_org`).
+    pub fn stop_records(&self) -> Vec<Record> {
+        self.with_dir(|dir| {
+            let pools = dir.orgs.iter().flat_map(|(org, e)| e.pools.values().map(move |p| (org, p)));
+            let counted = pools.filter_map(|(org, p)| p.stop_counts().map(|s| (org, p.id, s)));
+            let record = |(org, pool, s): (&OrgName, PoolId, crate::core::pool::Stopped)| Record::Stopped {
+                org: org.clone(),
+                pool,
+                reserved: s.reserved,
+                labels: s.labels,
+            };
+            counted.map(record).collect()
         })
     }
 
@@ -88,11 +122,11 @@ impl Broker {
         }
         let previous = self.previous_leases.lock().map_or(Duration::ZERO, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(self.config.lease_ttl.max(previous) + self.config.restart_grace);
-        let held = self.hold_pools(std::slice::from_ref(org));
-        if held.0 > 0 {
+        let held = self.hold_pools(std::slice::from_ref(org), false);
+        if held.seats > 0 {
             self.org_holds.lock().push((until, org.clone()));
         }
-        held
+        (held.seats, held.ceilings)
     }
 
     /// In a cluster, handing orgs to other nodes: forgets them entirely

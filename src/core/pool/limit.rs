@@ -6,6 +6,7 @@
 //! Every limit change happens under the bounds lock and recomputes the seat
 //! word's limit in the same step; admissions never take that lock.
 
+use super::stop::Stopped;
 use super::Pool;
 use crate::core::error::{Error, Result};
 use crate::core::seats::{SeatCount, MAX_IN_USE};
@@ -36,6 +37,19 @@ pub(super) struct Bounds {
     /// only after `QUIET_PASSES` of them, so a busy pool whose use swings
     /// is not lowered and raised again (a durable write each) every pass.
     quiet: u32,
+    /// A clean stop's counts of the sessions on reserved seats and in label
+    /// caps (`stop`), until the restart's hold takes them.
+    pub(super) stopped: Option<Stopped>,
+}
+
+/// What a restart's hold took of a pool (`Pool::hold_reserve`).
+pub struct Held {
+    /// Seats held for the previous run's runners.
+    pub seats: u32,
+    /// The hold raised the ceiling: the caller writes it.
+    pub raised: bool,
+    /// A clean stop's counts were read: the caller removes them.
+    pub stopped: bool,
 }
 
 /// Lowering passes a ceiling must sit unchanged before it is lowered.
@@ -44,7 +58,7 @@ const QUIET_PASSES: u32 = 3;
 impl Bounds {
     /// A pool's bounds before any ceiling or durable holder: the quota alone.
     pub(super) fn new(quota: u32) -> Bounds {
-        Bounds { quota, ceiling: None, durable: 0, reserved: 0, quiet: 0 }
+        Bounds { quota, ceiling: None, durable: 0, reserved: 0, quiet: 0, stopped: None }
     }
 
     pub(super) fn limit(&self) -> u32 {
@@ -216,18 +230,23 @@ impl Pool {
 
     /// After a restart: holds seats for the previous run's sessions, until
     /// their runners re-attach: the durable ceiling's (the shared seats
-    /// they may sit on) and the reservations' (the reserved ones: a
-    /// re-attaching runner takes a held seat whatever its labels, and a
-    /// labelled newcomer must not take a reserved seat a believer sits
-    /// on); for a pool that never had a ceiling, every seat not held
-    /// durably. Returns how many, and whether that is not the stored
-    /// ceiling: the re-attaching runners count against the ceiling as
-    /// shared sessions, so the caller writes it (`Hold::ceilings`) before
-    /// admitting, or memory would admit past what a second crash holds.
-    pub fn hold_reserve(&self) -> (u32, bool) {
+    /// they may sit on) and, on reserved seats, the sessions a clean stop
+    /// counted (`exact` and the pool has `Record::Stopped`), else every
+    /// reserved seat (a re-attaching runner takes a held seat whatever its
+    /// labels, and a labelled newcomer must not take a reserved seat a
+    /// believer sits on); for a pool that never had a ceiling, every seat
+    /// not held durably. Says how many, whether that is not the stored
+    /// ceiling (the re-attaching runners count against the ceiling as
+    /// shared sessions, so the caller writes it, `Hold::ceilings`, before
+    /// admitting, or memory would admit past what a second crash holds),
+    /// and whether a clean stop's counts were read (the caller removes
+    /// them with it).
+    pub fn hold_reserve(&self, exact: bool) -> Held {
         let mut b = self.bounds.lock();
+        let stopped = b.stopped.take();
+        let on_reserved = stopped.as_ref().filter(|_| exact).map_or(b.reserved, |s| s.reserved.min(b.reserved));
         let room = b.quota.saturating_sub(b.durable);
-        let held = b.ceiling.map_or(room, |c| room.min(c.saturating_add(b.reserved)));
+        let held = b.ceiling.map_or(room, |c| room.min(c.saturating_add(on_reserved)));
         let raised = b.ceiling != Some(held);
         b.ceiling = Some(held);
         b.quiet = 0;
@@ -237,7 +256,7 @@ impl Pool {
         // quota is owed to the reservations again, as on a full pool.
         let back = self.owe_past(b.quota.saturating_sub(b.durable).saturating_sub(held));
         self.relimit(&b, i64::from(held) - i64::from(back));
-        (held, raised)
+        Held { seats: held, raised, stopped: stopped.is_some() }
     }
 
     /// Takes one reserved seat for a re-attaching runner; false when none is left.

@@ -22,6 +22,7 @@ pub mod lanes;
 mod licensing;
 mod limit;
 mod stats;
+mod stop;
 pub mod tenure;
 
 pub use access::Registration;
@@ -29,7 +30,9 @@ pub use idle::MachineUse;
 pub use labels::{LabelCap, LabelCaps};
 pub use lanes::ReservationUse;
 pub use licensing::OfflineEntry;
+pub use limit::Held;
 pub use stats::{Denial, Figures, PoolStatus};
+pub use stop::{LabelCount, Stopped};
 pub use tenure::{Policy, Tenure};
 
 use super::error::{Error, Result};

@@ -1,0 +1,123 @@
+//! What a restart holds for the previous run's runners, on a driven clock:
+//! after a crash, upper bounds (the durable ceiling and every reserved
+//! seat); after a clean stop, the sessions it counted (`pool::stop`).
+
+use std::time::Duration;
+
+use super::testkit::{t, Fixture};
+use super::*;
+use crate::value::Labels;
+
+const TTL: Duration = Duration::from_secs(30);
+const RELEASE: &[(&str, &str)] = &[("pipeline", "release")];
+
+fn acquire(w: &Fixture, nonce: u128, pairs: &[(&str, &str)]) -> Result<Lease> {
+    admit(w, nonce, pairs, &mut Vec::new())
+}
+
+/// Acquires as the shell does: writing (into `written`) the ceiling raise
+/// an admission waits for.
+fn admit(w: &Fixture, nonce: u128, pairs: &[(&str, &str)], written: &mut Vec<Change>) -> Result<Lease> {
+    let labels = Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+    let who = Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels };
+    loop {
+        match w.broker.acquire_as(&w.owner, &w.target("m"), &who, t(0)) {
+            Err(Error::CeilingReached) => {
+                let seats = w.raise().expect("a raise is due");
+                written.push(Change::Put(Record::Ceiling { org: w.org.clone(), pool: PoolId::KRE_DEFAULT, seats }));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn reattach(w: &Fixture, nonce: u128) -> Result<Lease> {
+    w.broker.reattach(&w.owner, &w.target("m"), Nonce(nonce), ConnId(1), t(0), true)
+}
+
+/// Quota 5, 2 seats reserved for `pipeline=release`: 3 shared sessions
+/// and 1 on a reserved seat. Returns the broker and what it wrote.
+fn running() -> (Fixture, Vec<Change>) {
+    let w = Fixture::with_ceilings(5, 2, TTL);
+    w.register("m").unwrap();
+    let label = ("pipeline".to_string(), "release".to_string());
+    let mut written = w.broker.plan_set_reservation(&w.owner, (&w.org, PoolId::KRE_DEFAULT), label, 2, t(0)).unwrap();
+    w.apply(Ok(written.clone()));
+    for n in 1..4 {
+        admit(&w, n, &[], &mut written).unwrap();
+    }
+    admit(&w, 4, RELEASE, &mut written).unwrap();
+    (w, written)
+}
+
+/// A broker started on `written`, its hold taken (and the records it
+/// writes applied, as the store would give them back).
+fn started(written: &[Change]) -> (Fixture, Hold) {
+    let again = Fixture::with_ceilings(5, 2, TTL);
+    again.register("m").unwrap();
+    again.broker.apply(written, t(0));
+    let hold = again.broker.hold_reserves(t(0)).unwrap();
+    again.broker.apply(&hold.ceilings.iter().cloned().map(Change::Put).collect::<Vec<_>>(), t(0));
+    (again, hold)
+}
+
+#[test]
+fn after_a_clean_stop_a_reserved_seat_nobody_sat_on_is_free_for_its_label_at_once() {
+    let (w, mut written) = running();
+    written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
+    let stopped = w.broker.stop_records();
+    assert!(
+        matches!(&stopped[..], [Record::Stopped { reserved: 1, .. }]),
+        "one session sat on a reserved seat: {stopped:?}"
+    );
+    written.extend(stopped.iter().cloned().map(Change::Put));
+    let (again, hold) = started(&written);
+    assert_eq!(hold.seats, 4, "the 3 shared sessions and the 1 on a reserved seat");
+    assert_eq!(acquire(&again, 20, RELEASE).map(|_| ()), Ok(()), "the seat nobody sat on");
+    assert_eq!(acquire(&again, 21, RELEASE), Err(Error::QuotaExceeded { quota: 5 }));
+    assert_eq!((1..5).filter(|n| reattach(&again, *n).is_ok()).count(), 4, "every runner of the stop comes back");
+    assert_eq!(again.in_use(), 5);
+}
+
+#[test]
+fn after_a_crash_every_reserved_seat_is_held_for_its_runners() {
+    let (_, written) = running();
+    let (again, hold) = started(&written);
+    assert_eq!(hold.seats, 5, "the 3 shared sessions and both reserved seats: who sat on them is not known");
+    assert!(hold.cleared.is_empty());
+    assert_eq!(acquire(&again, 20, RELEASE), Err(Error::QuotaExceeded { quota: 5 }));
+    assert_eq!((1..5).filter(|n| reattach(&again, *n).is_ok()).count(), 4);
+}
+
+#[test]
+fn the_start_that_reads_a_stops_counts_removes_them_with_its_hold() {
+    let (w, mut written) = running();
+    let stopped = w.broker.stop_records();
+    written.extend(stopped.iter().cloned().map(Change::Put));
+    let (_, hold) = started(&written);
+    let keys = |changes: &[Change]| changes.iter().map(Change::key).collect::<Vec<_>>();
+    let put: Vec<Change> = stopped.into_iter().map(Change::Put).collect();
+    assert_eq!(keys(&hold.cleared), keys(&put), "a later crash must not read them");
+}
+
+#[test]
+fn a_stops_count_closes_the_reservations_so_nothing_is_admitted_past_it() {
+    let (w, _) = running();
+    w.broker.stop_records();
+    assert_eq!(acquire(&w, 20, RELEASE), Err(Error::QuotaExceeded { quota: 5 }), "counted, then closed");
+}
+
+#[test]
+fn a_node_adopting_an_org_holds_the_upper_bounds_whatever_a_stop_wrote() {
+    let (w, mut written) = running();
+    written.extend(w.broker.stop_records().into_iter().map(Change::Put));
+    let next = Fixture::with_ceilings(5, 2, TTL);
+    next.register("m").unwrap();
+    next.broker.forget_orgs(std::slice::from_ref(&next.org), t(0));
+    let mut records = next.org_records(5, 0);
+    records.extend(written.into_iter().filter_map(|c| match c {
+        Change::Put(r) => Some(r),
+        _ => None,
+    }));
+    assert_eq!(next.broker.adopt_org(&next.org, records, t(0)).0, 5);
+}
