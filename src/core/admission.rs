@@ -176,7 +176,11 @@ impl Broker {
     /// is refused. The shell has checked the runner's signed session token
     /// first (issued by this broker, to this user, for this pool, machine
     /// and nonce, its lease not yet expired); the core re-checks
-    /// everything else as for an acquire.
+    /// everything else as for an acquire, but for the caps: a runner of an
+    /// earlier run held its seat when that run ended, so it is counted in
+    /// its user's cap (and its labels' caps), never refused by one. Says
+    /// nothing of labels (a version 2 to 6 `Reattach`): a new session has
+    /// none, a live one keeps its own.
     pub fn reattach(
         &self,
         p: &Principal,
@@ -186,9 +190,29 @@ impl Broker {
         now: Millis,
         earlier_run: bool,
     ) -> Result<Lease> {
-        let seat = if earlier_run { SeatFrom::HeldFirst } else { SeatFrom::Nowhere };
         let who = Claimant { nonce, conn, labels: Labels::default() };
-        self.admit_from(&self.ticket(p, target)?, &who, now, seat)
+        self.admit_from(&self.ticket(p, target)?, &who, now, believer_seat(earlier_run))
+    }
+
+    /// `reattach` with the job's labels (`who.labels`, a version 7
+    /// `ReattachLabelled`): a new session carries them from its first
+    /// instant, counted in the label caps they match (past their limits,
+    /// as its user's cap); this run's live session is relabelled as
+    /// `label` would (into the caps of its new labels, out of the others).
+    pub fn reattach_as(
+        &self,
+        p: &Principal,
+        target: &Target,
+        who: &Claimant,
+        now: Millis,
+        earlier_run: bool,
+    ) -> Result<Lease> {
+        let lease = self.admit_from(&self.ticket(p, target)?, who, now, believer_seat(earlier_run))?;
+        if lease.reattached {
+            // Ended meanwhile (a kill, an expiry): refused as a renewal would be.
+            self.label(p, lease.session, who.labels.clone())?;
+        }
+        Ok(lease)
     }
 
     /// Admits a session now if a seat is free and nobody waits for one;
@@ -271,24 +295,14 @@ impl Broker {
         let label_caps = ticket.label_caps.as_deref().and_then(|caps| labels::matching(caps, &labels));
         let reserved = ticket.reserved.as_deref().and_then(|lanes| labels::matching(lanes, &labels));
         let req = SessionRequest { machine, user, nonce, conn, labels, cap, label_caps, reserved, tenure };
+        // A believer (a runner of an earlier run) is counted in its caps, never refused by them.
+        let enforce = !matches!(seat, SeatFrom::HeldFirst);
         let lease = self.sessions.acquire(pool, req, now, self.lease_ttl(), seat)?;
         if lease.reattached {
             return Ok(lease);
         }
-        // A cap (or machine tenures) created since the ticket was resolved:
-        // either its sweep saw this session, or this sees the epoch moved
-        // and counts it here, refusing it if the cap is full (or the
-        // machine's release is planned). (Modelled in loom-tests.)
         if pool.cap_epoch() != ticket.cap_epoch {
-            let adopted = self
-                .sessions
-                .adopt_cap(lease.session, true, |u| pool.cap_of(u))
-                .and_then(|()| self.adopt_label_caps(pool, lease.session))
-                .and_then(|()| self.sessions.adopt_tenure(lease.session, |m| pool.tenure_of(m)));
-            if let Err(e) = adopted {
-                let _ = self.end_session(lease.session, EndReason::Revoked, now);
-                return Err(e);
-            }
+            self.adopt_since(pool, lease.session, enforce, now)?;
         }
         // A revoke may have landed between the check above and the insert,
         // its sweep missing this session. Checking again after the insert
@@ -312,11 +326,28 @@ impl Broker {
         Ok(lease)
     }
 
+    /// A cap (or machine tenures) created since a just-admitted session's
+    /// ticket was resolved: either its sweep saw this session, or this
+    /// sees the epoch moved and counts it here, refusing it if the cap is
+    /// full and `enforce` (or the machine's release is planned): the
+    /// session is ended then. (Modelled in loom-tests.)
+    fn adopt_since(&self, pool: &Pool, session: SessionId, enforce: bool, now: Millis) -> Result<()> {
+        let adopted = self
+            .sessions
+            .adopt_cap(session, enforce, |u| pool.cap_of(u))
+            .and_then(|()| self.adopt_label_caps(pool, session, enforce))
+            .and_then(|()| self.sessions.adopt_tenure(session, |m| pool.tenure_of(m)));
+        if adopted.is_err() {
+            let _ = self.end_session(session, EndReason::Revoked, now);
+        }
+        adopted
+    }
+
     /// Counts a just-admitted session into label caps created since its
-    /// ticket was resolved (see `admit_from`).
-    fn adopt_label_caps(&self, pool: &Pool, session: SessionId) -> Result<()> {
+    /// ticket was resolved (see `adopt_since`).
+    fn adopt_label_caps(&self, pool: &Pool, session: SessionId, enforce: bool) -> Result<()> {
         match pool.label_caps() {
-            Some(caps) => self.sessions.adopt_label_caps(session, true, &caps),
+            Some(caps) => self.sessions.adopt_label_caps(session, enforce, &caps),
             None => Ok(()),
         }
     }
@@ -409,5 +440,15 @@ impl Broker {
             Activation::Bound { already: false },
             Undo::Unbind(pool, p.email.clone()),
         ))
+    }
+}
+
+/// Where a re-attaching runner's new session may sit: one of the seats
+/// held for an earlier run's runners (or a free one), or, for a runner of
+/// this run whose session ended, nowhere.
+fn believer_seat(earlier_run: bool) -> SeatFrom {
+    match earlier_run {
+        true => SeatFrom::HeldFirst,
+        false => SeatFrom::Nowhere,
     }
 }

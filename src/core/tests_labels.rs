@@ -131,33 +131,119 @@ fn a_relabelled_session_moves_into_and_out_of_the_caps() {
     assert_eq!(counted(&w)[0].3, 1);
 }
 
-#[test]
-fn a_runner_reattached_after_a_restart_carries_its_labels_again_only_once_it_relabels() {
-    // The gap docs/RESTART.md names: the broker keeps no session (nor its
-    // labels) durably and `Reattach` carries none, so a runner re-attached
-    // after a restart has a new, unlabelled session until its `Label`
-    // (the client sends it at once): meanwhile its label cap does not
-    // count it, and the relabel counts it regardless of the cap.
-    let w = Fixture::with_ceilings(4, 2, TTL);
-    w.register("m").unwrap();
-    let changes = cap(&w, Some(1));
+/// A broker restarted from `w`'s records (`changes`, its caps) with a
+/// durable ceiling of `ceiling`, its seats held for the run before.
+fn restarted(changes: Vec<Change>, ceiling: u32) -> Fixture {
     let again = Fixture::with_ceilings(4, 2, TTL);
     again.register("m").unwrap();
     again.apply(Ok(changes));
-    let ceiling = Record::Ceiling { org: again.org.clone(), pool: PoolId::KRE_DEFAULT, seats: 1 };
+    let ceiling = Record::Ceiling { org: again.org.clone(), pool: PoolId::KRE_DEFAULT, seats: ceiling };
     again.broker.apply(&[Change::Put(ceiling)], t(0));
-    again.broker.hold_reserves(t(0)).expect("a seat held for the web job of the run before");
+    again.broker.hold_reserves(t(0)).expect("seats held for the runners of the run before");
+    again
+}
+
+/// An acquire carrying `pairs`, raising the ceiling as the shell would.
+fn newcomer(w: &Fixture, nonce: u128, pairs: &[(&str, &str)]) -> Result<Lease> {
+    loop {
+        match acquire(w, nonce, pairs) {
+            Err(Error::CeilingReached) => assert!(w.raise().is_some()),
+            other => return other,
+        }
+    }
+}
+
+/// A runner of the run before re-attaching with `pairs`.
+fn believer(w: &Fixture, nonce: u128, pairs: &[(&str, &str)]) -> Result<Lease> {
+    w.broker.reattach_as(&w.owner, &w.target("m"), &who(nonce, pairs), t(0), true)
+}
+
+fn listed(w: &Fixture, session: SessionId) -> Labels {
+    let all = w.broker.sessions(&w.owner, &w.org).unwrap();
+    all.into_iter().find(|s| s.session == session).expect("listed").labels.clone()
+}
+
+#[test]
+fn a_runner_reattached_with_its_labels_carries_them_and_is_counted_from_its_first_instant() {
+    // Version 7's `ReattachLabelled`: no window in which the session is
+    // unlabelled and a newcomer takes its cap's place.
+    let w = Fixture::with_ceilings(4, 2, TTL);
+    let again = restarted(cap(&w, Some(1)), 1);
+    let back = believer(&again, 1, WEB).unwrap();
+    assert!(!back.reattached, "a new session in the held seat");
+    assert_eq!(listed(&again, back.session), labels(WEB), "listed with its labels at once");
+    assert_eq!(counted(&again)[0].3, 1, "counted in its cap at once");
+    assert_eq!(newcomer(&again, 2, WEB), Err(Error::LabelLimit { max: 1 }), "no newcomer takes its place");
+    again.broker.release(&again.owner, back.session, t(0)).unwrap();
+    assert_eq!(counted(&again)[0].3, 0);
+    newcomer(&again, 2, WEB).unwrap();
+}
+
+#[test]
+fn a_runner_reattached_without_labels_is_counted_in_its_cap_only_once_it_relabels() {
+    // What remains for version 2 to 6 clients: `Reattach` carries no
+    // labels, so a runner re-attached after a restart has a new,
+    // unlabelled session until its `Label` (the client sends it at once):
+    // meanwhile its label cap does not count it, and the relabel counts
+    // it regardless of the cap.
+    let w = Fixture::with_ceilings(4, 2, TTL);
+    let again = restarted(cap(&w, Some(1)), 1);
     let back = again.broker.reattach(&again.owner, &again.target("m"), Nonce(1), ConnId(1), t(0), true).unwrap();
     assert!(!back.reattached, "a new session in the held seat");
-    let listed = |f: &Fixture| f.broker.sessions(&f.owner, &f.org).unwrap()[0].labels.clone();
-    assert_eq!(listed(&again), Labels::default(), "no labels yet");
+    assert_eq!(listed(&again, back.session), Labels::default(), "no labels yet");
     assert_eq!(counted(&again)[0].3, 0, "not in its cap yet");
-    while acquire(&again, 2, WEB) == Err(Error::CeilingReached) {
-        assert!(again.raise().is_some());
-    }
+    newcomer(&again, 2, WEB).unwrap();
     assert_eq!(counted(&again)[0].3, 1, "a new web job took the cap's one place meanwhile");
     again.broker.label(&again.owner, back.session, labels(WEB)).unwrap();
-    assert_eq!(listed(&again), labels(WEB), "listed with its labels again");
+    assert_eq!(listed(&again, back.session), labels(WEB), "listed with its labels again");
     assert_eq!(counted(&again)[0].3, 2, "counted past the cap: a relabel is never refused");
     assert_eq!(acquire(&again, 3, WEB), Err(Error::LabelLimit { max: 1 }), "the cap holds for newcomers");
+}
+
+#[test]
+fn a_believer_over_a_full_user_cap_and_a_full_label_cap_is_admitted_and_counted() {
+    let w = Fixture::with_ceilings(4, 2, TTL);
+    let email = w.owner.email.clone();
+    let mut changes =
+        w.broker.plan_set_user_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, &email, Some(1), t(0)).unwrap();
+    changes.extend(cap(&w, Some(1)));
+    let again = restarted(changes, 2);
+    let user_count = || again.broker.user_limits(&again.owner, &again.org, PoolId::KRE_DEFAULT).unwrap()[0].2;
+    // A newcomer fills both caps while two believers are still on their way back.
+    let first = newcomer(&again, 5, WEB).unwrap();
+    assert_eq!((user_count(), counted(&again)[0].3), (1, 1));
+    // Believers held their seats when the broker went down: never refused by a cap.
+    let web = believer(&again, 1, WEB).unwrap();
+    let plain = again.broker.reattach(&again.owner, &again.target("m"), Nonce(2), ConnId(1), t(0), true).unwrap();
+    assert_eq!((user_count(), counted(&again)[0].3), (3, 2), "counted past both caps");
+    assert_eq!(newcomer(&again, 6, WEB), Err(Error::UserLimit { max: 1 }), "newcomers are refused");
+    assert_eq!(newcomer(&again, 7, &[]), Err(Error::UserLimit { max: 1 }));
+    // Once they end, the caps count honestly again.
+    for lease in [first, web, plain] {
+        again.broker.release(&again.owner, lease.session, t(0)).unwrap();
+    }
+    assert_eq!((user_count(), counted(&again)[0].3), (0, 0));
+    newcomer(&again, 8, WEB).unwrap();
+    assert_eq!(newcomer(&again, 9, WEB), Err(Error::UserLimit { max: 1 }));
+    assert_eq!((user_count(), counted(&again)[0].3), (1, 1));
+}
+
+#[test]
+fn a_reattach_to_a_live_session_with_other_labels_relabels_it_as_label_would() {
+    let w = Fixture::new(10, 2, TTL);
+    w.register("m").unwrap();
+    cap(&w, Some(1));
+    let plain = acquire(&w, 1, &[]).unwrap();
+    let again = |pairs| w.broker.reattach_as(&w.owner, &w.target("m"), &who(1, pairs), t(0), false).unwrap();
+    let back = again(WEB);
+    assert_eq!((back.session, back.reattached), (plain.session, true), "the same session, no second seat");
+    assert_eq!((listed(&w, plain.session), counted(&w)[0].3), (labels(WEB), 1));
+    again(WEB);
+    assert_eq!(counted(&w)[0].3, 1, "the same labels again: counted once");
+    again(&[("team", "api")]);
+    assert_eq!(counted(&w)[0].3, 0, "out of the cap its labels no longer match");
+    // A `Reattach` without labels leaves a live session's as they are.
+    w.broker.reattach(&w.owner, &w.target("m"), Nonce(1), ConnId(1), t(0), false).unwrap();
+    assert_eq!(listed(&w, plain.session), labels(&[("team", "api")]));
+    assert_eq!(w.in_use(), 1);
 }

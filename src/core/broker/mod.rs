@@ -178,7 +178,8 @@ impl Broker {
     }
 
     /// Sets the labels of a session the caller holds (a runner that
-    /// re-attached after a restart got a new, unlabelled session).
+    /// re-attached after a restart with a version 2 to 6 `Reattach` got a
+    /// new, unlabelled session).
     pub fn label(&self, p: &Principal, session: SessionId, labels: crate::value::Labels) -> Result<()> {
         self.sessions.label(session, labels, |h| held_by(h, p))
     }

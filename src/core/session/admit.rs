@@ -70,7 +70,7 @@ impl SessionTable {
         if shard.len() >= MAX_SLOTS {
             return Err(Error::TableFull);
         }
-        Self::take_holds(&req)?;
+        Self::take_holds(&req, &seat)?;
         let (lane, started) = Self::seat_for(shard, pool, &req, now, seat);
         let now = started.inspect_err(|_| Self::give_holds(&req))?;
         let deadline = now.after(ttl);

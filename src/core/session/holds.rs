@@ -7,7 +7,7 @@
 //! session's shard lock).
 
 use super::shard::Live;
-use super::{SessionRequest, SessionTable};
+use super::{SeatFrom, SessionRequest, SessionTable};
 use crate::core::error::{Error, Result};
 use crate::core::id::{Email, MachineId, SessionId};
 use crate::core::pool::{LabelCap, Pool, PoolUid, Tenure};
@@ -90,6 +90,16 @@ fn adopt_labels(live: &mut Live, enforce: bool, caps: &[LabelCap]) -> Result<()>
     Ok(())
 }
 
+/// Counts a new session in one of its caps: under the cap's limit, or
+/// past it for a believer (`HeldFirst`). Asked only of a session that has
+/// caps, so a plain acquire in a pool without any pays nothing for it.
+fn counted_in(cap: &Seats, seat: &SeatFrom) -> std::result::Result<SeatCount, SeatCount> {
+    match seat {
+        SeatFrom::HeldFirst => cap.update(|c| Some(SeatCount { in_use: c.in_use + 1, ..c })),
+        _ => cap.try_acquire(),
+    }
+}
+
 /// After a relabel: gives back the caps of `caps` the session's labels no
 /// longer match and counts it into those they now do. A held word of a
 /// cap since removed stays held (it is nobody's cap; its end returns it).
@@ -111,22 +121,26 @@ pub(super) fn relabel(live: &mut Live, caps: &[LabelCap]) {
 
 impl SessionTable {
     /// Takes a new session's holds on its machine's tenure, its user's cap
-    /// and its labels' caps; a refusal gives back what was taken.
-    pub(super) fn take_holds(req: &SessionRequest) -> Result<()> {
+    /// and its labels' caps; a refusal gives back what was taken. A
+    /// believer's (`seat` is `HeldFirst`: a runner of an earlier run, whose
+    /// lease was valid when that run ended) are counted past their caps'
+    /// limits, never refused: it held its seat, and a cap never cuts a
+    /// session (see `counted_in`). Only its machine may refuse it.
+    pub(super) fn take_holds(req: &SessionRequest, seat: &SeatFrom) -> Result<()> {
         if let Some(tenure) = &req.tenure {
             if !tenure.take() {
                 return Err(Error::MachineNotRegistered);
             }
         }
         if let Some(cap) = &req.cap {
-            if let Err(c) = cap.try_acquire() {
+            if let Err(c) = counted_in(cap, seat) {
                 Self::give_tenure(req);
                 return Err(Error::UserLimit { max: c.limit });
             }
         }
         let caps = req.label_caps.as_deref().unwrap_or(&[]);
         for (i, cap) in caps.iter().enumerate() {
-            if let Err(c) = cap.try_acquire() {
+            if let Err(c) = counted_in(cap, seat) {
                 for taken in caps[..i].iter().chain(&req.cap) {
                     taken.release(1);
                 }

@@ -331,8 +331,12 @@ impl SessionTable {
     ) -> Result<()> {
         let (_, mut shard) = self.lock_for(id);
         vet(&shard, id, allow)?;
-        // Invariant: vetted live above, under this same lock.
+        if shard.get(id).is_some_and(|s| s.labels == labels) {
+            // The same labels (a re-attach's, say): nothing moves.
+            return Ok(());
+        }
         let caps = shard.get(id).and_then(|s| shard.pool_of(s).label_caps());
+        // Invariant: vetted live above, under this same lock.
         let live = shard.get_mut(id).expect("vetted live above");
         live.labels = labels;
         holds::relabel(live, caps.as_deref().map_or(&[], Vec::as_slice));
