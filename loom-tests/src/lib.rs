@@ -53,6 +53,36 @@ impl Fixture {
         (f, hold)
     }
 
+    /// As `restarted`, with the KRE pool's sessions carrying `team=web`
+    /// capped at `max` before the restart (so its hold holds places in
+    /// the cap too).
+    pub fn restarted_with_web_cap(quota: u32, held: u32, max: u32) -> (Fixture, license_broker::core::Hold) {
+        use license_broker::core::{Change, Record};
+        let f = Fixture(testkit::Fixture::with_ceilings(quota, 1, TTL));
+        f.register("m").unwrap();
+        f.cap_web(max);
+        let ceiling = Record::Ceiling { org: f.org.clone(), pool: PoolId::KRE_DEFAULT, seats: held };
+        f.broker.apply(&[Change::Put(ceiling)], t(0));
+        let hold = f.broker.hold_reserves(t(0)).expect("ceilings are on");
+        while f.raise().is_some() {}
+        (f, hold)
+    }
+
+    /// A runner of the run before re-attaching on machine `m` with the
+    /// given nonce, carrying `team=web` if `web`.
+    pub fn reattach_labelled(&self, nonce: u128, web: bool, now: license_broker::core::Millis) -> Result<Lease> {
+        use license_broker::core::{Claimant, ConnId};
+        let pairs = web.then(|| ("team".to_string(), "web".to_string()));
+        let labels = license_broker::value::Labels::new(pairs).expect("a valid label");
+        let who = Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels };
+        self.broker.reattach_as(&self.owner, &self.target("m"), &who, now, true)
+    }
+
+    /// Sessions counted in the `team=web` cap.
+    pub fn web_counted(&self) -> u32 {
+        self.broker.label_limits(&self.owner, &self.org, PoolId::KRE_DEFAULT).unwrap()[0].3
+    }
+
     /// Acquires on machine `m` with the given nonce at `now`.
     pub fn acquire(&self, nonce: u128, now: license_broker::core::Millis) -> Result<Lease> {
         self.0.acquire("m", nonce, 1, now)

@@ -191,7 +191,7 @@ impl Broker {
         earlier_run: bool,
     ) -> Result<Lease> {
         let who = Claimant { nonce, conn, labels: Labels::default() };
-        self.admit_from(&self.ticket(p, target)?, &who, now, believer_seat(earlier_run))
+        self.believer(p, target, &who, now, earlier_run)
     }
 
     /// `reattach` with the job's labels (`who.labels`, a version 7
@@ -207,10 +207,22 @@ impl Broker {
         now: Millis,
         earlier_run: bool,
     ) -> Result<Lease> {
-        let lease = self.admit_from(&self.ticket(p, target)?, who, now, believer_seat(earlier_run))?;
+        let lease = self.believer(p, target, who, now, earlier_run)?;
         if lease.reattached {
             // Ended meanwhile (a kill, an expiry): refused as a renewal would be.
             self.label(p, lease.session, who.labels.clone())?;
+        }
+        Ok(lease)
+    }
+
+    /// A re-attach's admission. A runner of an earlier run in a new
+    /// session takes one of the places its labels' caps hold for that
+    /// run's runners, if any are left (`Pool::reattached`).
+    fn believer(&self, p: &Principal, target: &Target, who: &Claimant, now: Millis, earlier: bool) -> Result<Lease> {
+        let ticket = self.ticket(p, target)?;
+        let lease = self.admit_from(&ticket, who, now, believer_seat(earlier))?;
+        if earlier && !lease.reattached {
+            ticket.pool.reattached(&who.labels);
         }
         Ok(lease)
     }

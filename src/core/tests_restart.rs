@@ -53,7 +53,11 @@ fn running() -> (Fixture, Vec<Change>) {
 /// A broker started on `written`, its hold taken (and the records it
 /// writes applied, as the store would give them back).
 fn started(written: &[Change]) -> (Fixture, Hold) {
-    let again = Fixture::with_ceilings(5, 2, TTL);
+    started_with(5, written)
+}
+
+fn started_with(quota: u32, written: &[Change]) -> (Fixture, Hold) {
+    let again = Fixture::with_ceilings(quota, 2, TTL);
     again.register("m").unwrap();
     again.broker.apply(written, t(0));
     let hold = again.broker.hold_reserves(t(0)).unwrap();
@@ -120,4 +124,91 @@ fn a_node_adopting_an_org_holds_the_upper_bounds_whatever_a_stop_wrote() {
         _ => None,
     }));
     assert_eq!(next.broker.adopt_org(&next.org, records, t(0)).0, 5);
+}
+
+const WEB: &[(&str, &str)] = &[("team", "web")];
+
+/// Quota 10, `team=web` capped at 2: 2 web sessions and 2 plain ones
+/// (nonces 1 to 4, web first). Returns the broker and what it wrote.
+fn capped() -> (Fixture, Vec<Change>) {
+    let w = Fixture::with_ceilings(10, 2, TTL);
+    w.register("m").unwrap();
+    let label = ("team".to_string(), "web".to_string());
+    let mut written =
+        w.broker.plan_set_label_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, label, Some(2), t(0)).unwrap();
+    w.apply(Ok(written.clone()));
+    for n in 1..5 {
+        admit(&w, n, if n < 3 { WEB } else { &[] }, &mut written).unwrap();
+    }
+    (w, written)
+}
+
+fn web_sessions(w: &Fixture) -> u32 {
+    w.broker.label_limits(&w.owner, &w.org, PoolId::KRE_DEFAULT).unwrap()[0].3
+}
+
+fn believer(w: &Fixture, nonce: u128, pairs: &[(&str, &str)]) -> Result<Lease> {
+    let labels = Labels::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+    let who = Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels };
+    w.broker.reattach_as(&w.owner, &w.target("m"), &who, t(0), true)
+}
+
+#[test]
+fn after_a_crash_a_label_cap_holds_its_places_for_the_runners_coming_back() {
+    let (_, written) = capped();
+    let (again, _) = started_with(10, &written);
+    assert_eq!(web_sessions(&again), 0, "places held are not sessions");
+    assert_eq!(acquire(&again, 20, WEB), Err(Error::LabelLimit { max: 2 }), "both places held for believers");
+    believer(&again, 1, WEB).unwrap();
+    assert_eq!(web_sessions(&again), 1);
+    assert_eq!(acquire(&again, 20, WEB), Err(Error::LabelLimit { max: 2 }), "one still held");
+    let second = believer(&again, 2, WEB).unwrap();
+    assert_eq!(web_sessions(&again), 2, "at its cap, and never past it");
+    assert_eq!(acquire(&again, 20, WEB), Err(Error::LabelLimit { max: 2 }));
+    // Each took the place held for it: none is left once they are back.
+    again.broker.release(&again.owner, second.session, t(0)).unwrap();
+    acquire(&again, 20, WEB).unwrap();
+}
+
+#[test]
+fn a_caps_places_go_back_once_no_held_seat_is_left_or_the_hold_ends() {
+    let (_, written) = capped();
+    let (again, hold) = started_with(10, &written);
+    // The plain runners come back; both web runners never do.
+    believer(&again, 3, &[]).unwrap();
+    believer(&again, 4, &[]).unwrap();
+    assert_eq!(acquire(&again, 20, WEB), Err(Error::LabelLimit { max: 2 }), "seats are still held: they may");
+    again.broker.expire(hold.until);
+    acquire(&again, 20, WEB).unwrap();
+    acquire(&again, 21, WEB).unwrap();
+    assert_eq!(web_sessions(&again), 2);
+    // With every held seat taken, no runner is left to hold a place for.
+    let (_, written) = capped();
+    let (again, _) = started_with(10, &written);
+    let held = again.in_use();
+    (1..=u128::from(held)).for_each(|n| _ = believer(&again, 100 + n, &[]).unwrap());
+    acquire(&again, 20, WEB).unwrap();
+    acquire(&again, 21, WEB).unwrap();
+}
+
+#[test]
+fn after_a_clean_stop_a_cap_holds_only_the_sessions_it_counted() {
+    let (w, mut written) = capped();
+    let web: Vec<SessionId> = w
+        .broker
+        .sessions(&w.owner, &w.org)
+        .unwrap()
+        .iter()
+        .filter(|s| !s.labels.is_empty())
+        .map(|s| s.session)
+        .collect();
+    w.broker.release(&w.owner, web[0], t(0)).unwrap();
+    written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records().into_iter().map(Change::Put));
+    let (again, _) = started_with(10, &written);
+    acquire(&again, 20, WEB).unwrap();
+    assert_eq!(acquire(&again, 21, WEB), Err(Error::LabelLimit { max: 2 }), "the other place is its runner's");
+    assert_eq!(web_sessions(&again), 1);
+    assert_eq!(believer(&again, 2, WEB).map(|l| l.reattached), Ok(false));
+    assert_eq!(web_sessions(&again), 2, "never past its cap");
 }

@@ -109,10 +109,18 @@ impl Pool {
         added
     }
 
-    /// Every label cap: (key, value, max, sessions counted), sorted.
+    /// Every label cap: (key, value, max, sessions counted), sorted. The
+    /// places a cap holds after a restart for runners still to re-attach
+    /// (`cap_hold`) are not sessions.
     pub fn label_limits(&self) -> Vec<(String, String, u32, u32)> {
         let Some(caps) = self.label_caps() else { return Vec::new() };
-        caps.iter().map(|c| (c.key.clone(), c.value.clone(), c.seats.count().limit, c.seats.count().in_use)).collect()
+        let held = self.caps_held();
+        let held_in = |c: &LabelCap| held.iter().find(|(w, _)| Arc::ptr_eq(w, &c.seats)).map_or(0, |h| h.1);
+        let row = |c: &LabelCap| {
+            let now = c.seats.count();
+            (c.key.clone(), c.value.clone(), now.limit, now.in_use.saturating_sub(held_in(c)))
+        };
+        caps.iter().map(row).collect()
     }
 }
 

@@ -40,6 +40,8 @@ pub(super) struct Bounds {
     /// A clean stop's counts of the sessions on reserved seats and in label
     /// caps (`stop`), until the restart's hold takes them.
     pub(super) stopped: Option<Stopped>,
+    /// Places label caps hold for the previous run's runners (`cap_hold`).
+    pub(super) caps_held: Vec<super::cap_hold::CapHold>,
 }
 
 /// What a restart's hold took of a pool (`Pool::hold_reserve`).
@@ -58,7 +60,7 @@ const QUIET_PASSES: u32 = 3;
 impl Bounds {
     /// A pool's bounds before any ceiling or durable holder: the quota alone.
     pub(super) fn new(quota: u32) -> Bounds {
-        Bounds { quota, ceiling: None, durable: 0, reserved: 0, quiet: 0, stopped: None }
+        Bounds { quota, ceiling: None, durable: 0, reserved: 0, quiet: 0, stopped: None, caps_held: Vec::new() }
     }
 
     pub(super) fn limit(&self) -> u32 {
@@ -244,7 +246,8 @@ impl Pool {
     pub fn hold_reserve(&self, exact: bool) -> Held {
         let mut b = self.bounds.lock();
         let stopped = b.stopped.take();
-        let on_reserved = stopped.as_ref().filter(|_| exact).map_or(b.reserved, |s| s.reserved.min(b.reserved));
+        let counted = stopped.as_ref().filter(|_| exact);
+        let on_reserved = counted.map_or(b.reserved, |s| s.reserved.min(b.reserved));
         let room = b.quota.saturating_sub(b.durable);
         let held = b.ceiling.map_or(room, |c| room.min(c.saturating_add(on_reserved)));
         let raised = b.ceiling != Some(held);
@@ -256,6 +259,7 @@ impl Pool {
         // quota is owed to the reservations again, as on a full pool.
         let back = self.owe_past(b.quota.saturating_sub(b.durable).saturating_sub(held));
         self.relimit(&b, i64::from(held) - i64::from(back));
+        self.hold_caps(&mut b, counted, held);
         Held { seats: held, raised, stopped: stopped.is_some() }
     }
 
@@ -265,8 +269,10 @@ impl Pool {
         self.reserve.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1)).is_ok()
     }
 
-    /// Ends the hold: seats still reserved go back.
+    /// Ends the hold: seats still reserved go back, and the places label
+    /// caps held for the runners (`cap_hold`).
     pub fn release_reserve(&self) {
+        Self::release_caps(&mut self.bounds.lock());
         let n = self.reserve.swap(0, Ordering::AcqRel);
         if n > 0 {
             let after = self.seats.release(n);

@@ -15,6 +15,7 @@
 //! policy: machines released when unused, indexed by when they come due). The wait queue's side is in `queue`.
 
 mod access;
+mod cap_hold;
 mod due;
 mod idle;
 pub mod labels;
