@@ -13,6 +13,16 @@ use license_broker::core::{Lease, Nonce, PoolId, Result};
 
 pub use license_broker::core::testkit::t;
 
+/// Runs `f` under loom in every interleaving within the preemption bound
+/// (`LOOM_MAX_PREEMPTIONS`, else 2).
+pub fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(f);
+}
+
 /// The lease TTL of every model.
 pub const TTL: Duration = Duration::from_secs(30);
 

@@ -8,15 +8,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use license_broker::core::{EndReason, Error, Registration};
-use loom_tests::{t, Fixture};
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(f);
-}
+use loom_tests::{model, t, Fixture};
 
 /// 1a. Two acquires race for the last seat: exactly one wins, the other sees QUOTA_EXCEEDED.
 #[test]

@@ -9,15 +9,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use license_broker::core::Error;
-use loom_tests::{t, Fixture};
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(f);
-}
+use loom_tests::{model, t, Fixture};
 
 /// The waiter's place in the queue (it was queued, not admitted).
 fn place(w: license_broker::core::Waited) -> license_broker::core::Place {

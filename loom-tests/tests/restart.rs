@@ -9,15 +9,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use license_broker::core::Error;
-use loom_tests::{t, Fixture};
-
-fn model(f: impl Fn() + Sync + Send + 'static) {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(2);
-    }
-    builder.check(f);
-}
+use loom_tests::{model, t, Fixture};
 
 /// `team=web` capped at 1, one seat held after a restart (so one place of
 /// the cap): a web runner of the run before re-attaches while a web
