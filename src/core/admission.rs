@@ -222,7 +222,7 @@ impl Broker {
         let ticket = self.ticket(p, target)?;
         let lease = self.admit_from(&ticket, who, now, believer_seat(earlier))?;
         if earlier && !lease.reattached {
-            ticket.pool.reattached(&who.labels);
+            ticket.pool.reattached(&ticket.user, &who.labels);
         }
         Ok(lease)
     }

@@ -289,7 +289,7 @@ impl Directory {
                 })
             }
             Change::Put(Record::Reservation { key, value, seats, .. }) => p.set_reservation(key, value, *seats),
-            Change::Put(Record::Stopped { reserved, labels, .. }) => p.set_stopped(*reserved, labels),
+            Change::Put(Record::Stopped { reserved, labels, users, .. }) => p.set_stopped(*reserved, labels, users),
             _ => {}
         }
     }

@@ -305,6 +305,8 @@ pub enum Record {
         reserved: u32,
         /// Sessions counted in each label cap: key, value, sessions.
         labels: Vec<(String, String, u32)>,
+        /// Sessions counted in each user's cap.
+        users: Vec<(Email, u32)>,
     },
 }
 

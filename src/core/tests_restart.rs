@@ -212,3 +212,27 @@ fn after_a_clean_stop_a_cap_holds_only_the_sessions_it_counted() {
     assert_eq!(believer(&again, 2, WEB).map(|l| l.reattached), Ok(false));
     assert_eq!(web_sessions(&again), 2, "never past its cap");
 }
+
+#[test]
+fn after_a_clean_stop_a_users_cap_holds_only_the_sessions_it_counted() {
+    let w = Fixture::with_ceilings(10, 2, TTL);
+    w.register("m").unwrap();
+    let email = w.owner.email.clone();
+    let mut written =
+        w.broker.plan_set_user_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, &email, Some(3), t(0)).unwrap();
+    w.apply(Ok(written.clone()));
+    admit(&w, 1, &[], &mut written).unwrap();
+    admit(&w, 2, &[], &mut written).unwrap();
+    written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
+    let stopped = w.broker.stop_records();
+    assert!(matches!(&stopped[..], [Record::Stopped { users, .. }] if users == &[(email.clone(), 2)]), "{stopped:?}");
+    written.extend(stopped.into_iter().map(Change::Put));
+    let (again, _) = started_with(10, &written);
+    let counted = || again.broker.user_limits(&again.owner, &again.org, PoolId::KRE_DEFAULT).unwrap()[0].2;
+    acquire(&again, 20, &[]).unwrap();
+    assert_eq!(acquire(&again, 21, &[]), Err(Error::UserLimit { max: 3 }), "two places are its runners'");
+    assert_eq!(counted(), 1, "places held are not sessions");
+    believer(&again, 1, &[]).unwrap();
+    believer(&again, 2, &[]).unwrap();
+    assert_eq!(counted(), 3, "never past its cap");
+}

@@ -103,6 +103,7 @@ impl Broker {
                 pool,
                 reserved: s.reserved,
                 labels: s.labels,
+                users: s.users,
             };
             counted.map(record).collect()
         })

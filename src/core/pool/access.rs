@@ -137,10 +137,17 @@ impl Pool {
         self.cap_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Every user cap: (user, max, sessions counted).
+    /// Every user cap: (user, max, sessions counted). The places a cap
+    /// holds after a restart for runners still to re-attach (`cap_hold`)
+    /// are not sessions.
     pub fn caps(&self) -> Vec<(Email, u32, u32)> {
-        let mut out: Vec<_> =
-            self.caps.lock().users.iter().map(|(e, c)| (e.clone(), c.count().limit, c.count().in_use)).collect();
+        let held = self.caps_held();
+        let held_in = |w: &Arc<Seats>| held.iter().find(|(h, _)| Arc::ptr_eq(h, w)).map_or(0, |h| h.1);
+        let row = |(e, w): (&Email, &Arc<Seats>)| {
+            let now = w.count();
+            (e.clone(), now.limit, now.in_use.saturating_sub(held_in(w)))
+        };
+        let mut out: Vec<_> = self.caps.lock().users.iter().map(row).collect();
         out.sort();
         out
     }

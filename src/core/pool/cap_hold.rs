@@ -1,30 +1,38 @@
-//! Label caps across a restart: the places a cap holds for the previous
-//! run's runners carrying its label until they re-attach.
+//! Caps across a restart: the places a label's or a user's cap holds for
+//! the previous run's runners it counted, until they re-attach.
 //!
 //! Sessions are not durable, so a restart's caps start from nothing
-//! counted. A runner of that run re-attaching is counted in its labels'
-//! caps past their limits (a cap never refuses a believer), so if
-//! newcomers carrying the label took the cap's places first, the cap
-//! would end over its limit. So the restart's hold (`limit::hold_reserve`)
-//! also holds places in each label cap: as many sessions as a clean stop
-//! counted in it (`stop`), or after a crash as many as its limit or the
-//! seats held, whichever is fewer. Each runner that re-attaches into a
-//! held seat gives back one place of every cap it is counted in (it is
-//! counted itself now), and no cap holds more places than seats are still
-//! held for runners to come; the rest go back when the hold ends.
-//! Counted in the cap's word like sessions, so admissions pay nothing.
+//! counted. A runner of that run re-attaching is counted in its user's and
+//! its labels' caps past their limits (a cap never refuses a believer), so
+//! if newcomers took a cap's places first, the cap would end over its
+//! limit. So the restart's hold (`limit::hold_reserve`) also holds places
+//! in each cap: as many sessions as a clean stop counted in it (`stop`),
+//! or after a crash as many as its limit or the seats held, whichever is
+//! fewer. Each runner that re-attaches into a new session gives back one
+//! place of every cap it is counted in (it is counted itself now), and no
+//! cap holds more places than seats are still held for runners to come;
+//! the rest go back when the hold ends. Counted in the cap's word like
+//! sessions, so admissions pay nothing.
 
 use super::limit::Bounds;
 use super::stop::Stopped;
 use super::Pool;
+use crate::core::id::Email;
 use crate::core::seats::{SeatCount, Seats};
 use crate::sync::{Arc, Ordering};
 use crate::value::Labels;
 
-/// Places one label cap holds for the previous run's runners.
+/// Whose sessions a cap counts.
+enum Whose {
+    /// Those carrying the label `key=value`.
+    Label(String, String),
+    /// The user's.
+    User(Email),
+}
+
+/// Places one cap holds for the previous run's runners.
 pub(super) struct CapHold {
-    key: String,
-    value: String,
+    whose: Whose,
     seats: Arc<Seats>,
     held: u32,
 }
@@ -41,34 +49,37 @@ impl CapHold {
 }
 
 impl Pool {
-    /// At the restart's hold of `held` seats: holds, in each label cap, the
+    /// At the restart's hold of `held` seats: holds, in each cap, the
     /// sessions `stopped` counted in it (a clean stop's), else as many as
     /// its limit or the held seats, whichever is fewer. Callers hold the
     /// bounds lock.
     pub(super) fn hold_caps(&self, b: &mut Bounds, stopped: Option<&Stopped>, held: u32) {
-        let Some(caps) = self.label_caps() else { return };
-        for cap in caps.iter() {
-            let counted = stopped.and_then(|s| s.labels.iter().find(|(k, v, _)| *k == cap.key && *v == cap.value));
-            let places = counted.map_or(cap.seats.count().limit, |(_, _, n)| *n).min(held);
-            if places == 0 {
-                continue;
-            }
-            let _ = cap.seats.update(|c| Some(SeatCount { in_use: c.in_use.saturating_add(places), ..c }));
-            let (key, value, seats) = (cap.key.clone(), cap.value.clone(), cap.seats.clone());
-            b.caps_held.push(CapHold { key, value, seats, held: places });
+        let (users, labels) = self.caps_now();
+        for (email, seats) in users {
+            let counted = stopped.map(|s| s.users.iter().find(|(e, _)| *e == email).map_or(0, |u| u.1));
+            hold_cap(b, Whose::User(email), seats, counted, held);
+        }
+        for cap in labels.iter().flat_map(|caps| caps.iter()) {
+            let counted = stopped.map(|s| s.labels.iter().find(|(k, v, _)| *k == cap.key && *v == cap.value));
+            let whose = Whose::Label(cap.key.clone(), cap.value.clone());
+            hold_cap(b, whose, cap.seats.clone(), counted.map(|c| c.map_or(0, |c| c.2)), held);
         }
     }
 
-    /// A runner of the previous run re-attached into a new session with
-    /// `labels` (counted in their caps already): each of those caps gives
-    /// back one place held for it, and no cap keeps more places than seats
-    /// are still held for the runners to come.
-    pub fn reattached(&self, labels: &Labels) {
+    /// A runner of the previous run re-attached into a new session as
+    /// `user` with `labels` (counted in their caps already): each of those
+    /// caps gives back one place held for it, and no cap keeps more places
+    /// than seats are still held for the runners to come.
+    pub fn reattached(&self, user: &Email, labels: &Labels) {
         let mut b = self.bounds.lock();
         if b.caps_held.is_empty() {
             return;
         }
-        for hold in b.caps_held.iter_mut().filter(|h| labels.get(&h.key) == Some(h.value.as_str())) {
+        let counts = |w: &Whose| match w {
+            Whose::Label(k, v) => labels.get(k) == Some(v.as_str()),
+            Whose::User(e) => e == user,
+        };
+        for hold in b.caps_held.iter_mut().filter(|h| counts(&h.whose)) {
             let after = hold.held.saturating_sub(1);
             hold.keep(after);
         }
@@ -85,10 +96,19 @@ impl Pool {
         }
     }
 
-    /// Places label caps hold now for the previous run's runners, by the
-    /// cap's word (what a cap's listing leaves out of its sessions).
+    /// Places caps hold now for the previous run's runners, by the cap's
+    /// word (what a cap's listing leaves out of its sessions).
     pub(super) fn caps_held(&self) -> Vec<(Arc<Seats>, u32)> {
         let b = self.bounds.lock();
         b.caps_held.iter().map(|h| (h.seats.clone(), h.held)).collect()
+    }
+}
+
+/// Holds `places` of a cap (`None`: as many as its limit), at most `held`.
+fn hold_cap(b: &mut Bounds, whose: Whose, seats: Arc<Seats>, places: Option<u32>, held: u32) {
+    let places = places.unwrap_or(seats.count().limit).min(held);
+    if places > 0 {
+        let _ = seats.update(|c| Some(SeatCount { in_use: c.in_use.saturating_add(places), ..c }));
+        b.caps_held.push(CapHold { whose, seats, held: places });
     }
 }

@@ -76,6 +76,14 @@ impl Pool {
         CapsFor { user: caps.users.get(email).cloned(), labels: caps.labels.clone(), reserved: caps.reserved.clone() }
     }
 
+    /// The users' caps in force (not those set back to unlimited) and the
+    /// label caps, read together (a restart's hold, `cap_hold`).
+    pub(super) fn caps_now(&self) -> (Vec<(Email, Arc<Seats>)>, Option<LabelCaps>) {
+        let caps = self.caps.lock();
+        let users = caps.users.iter().filter(|(_, w)| w.count().limit != u32::MAX);
+        (users.map(|(e, w)| (e.clone(), w.clone())).collect(), caps.labels.clone())
+    }
+
     /// The pool's label caps, if any.
     pub fn label_caps(&self) -> Option<LabelCaps> {
         self.caps.lock().labels.clone()

@@ -12,6 +12,7 @@
 //! never reads counts of an earlier run.
 
 use super::Pool;
+use crate::core::id::Email;
 use crate::core::seats::SeatCount;
 
 /// Label, and the sessions a clean stop counted in its cap.
@@ -24,23 +25,25 @@ pub struct Stopped {
     pub reserved: u32,
     /// Sessions counted in each label cap.
     pub labels: Vec<LabelCount>,
+    /// Sessions counted in each user's cap.
+    pub users: Vec<(Email, u32)>,
 }
 
 impl Pool {
     /// At a clean stop, once its shared seats admit nothing more (the
     /// ceiling lowered to the sessions): closes the pool's reservations to
     /// newcomers (each keeps only the seats sessions sit on) and counts
-    /// the sessions on their seats and in each label cap. `None`: the pool
-    /// has neither, and its ceiling alone is what the next start holds.
+    /// the sessions on their seats and in each label's and user's cap.
+    /// `None`: the pool has none of them, and its ceiling alone is what
+    /// the next start holds.
     pub fn stop_counts(&self) -> Option<Stopped> {
         let reserved = self.close_lanes();
-        let labels: Vec<LabelCount> = self
-            .label_caps()
-            .iter()
-            .flat_map(|caps| caps.iter())
-            .map(|c| (c.key.clone(), c.value.clone(), c.seats.count().in_use))
-            .collect();
-        (reserved.is_some() || !labels.is_empty()).then(|| Stopped { reserved: reserved.unwrap_or(0), labels })
+        let (users, labels) = self.caps_now();
+        let count = |c: &super::LabelCap| (c.key.clone(), c.value.clone(), c.seats.count().in_use);
+        let labels: Vec<LabelCount> = labels.iter().flat_map(|caps| caps.iter()).map(count).collect();
+        let users: Vec<(Email, u32)> = users.into_iter().map(|(e, w)| (e, w.count().in_use)).collect();
+        let any = reserved.is_some() || !labels.is_empty() || !users.is_empty();
+        any.then(|| Stopped { reserved: reserved.unwrap_or(0), labels, users })
     }
 
     /// Lowers each reservation's seats to those sessions sit on, so none is
@@ -62,7 +65,7 @@ impl Pool {
     }
 
     /// Keeps a clean stop's counts for the restart's hold (`hold_reserve`).
-    pub fn set_stopped(&self, reserved: u32, labels: &[LabelCount]) {
-        self.bounds.lock().stopped = Some(Stopped { reserved, labels: labels.to_vec() });
+    pub fn set_stopped(&self, reserved: u32, labels: &[LabelCount], users: &[(Email, u32)]) {
+        self.bounds.lock().stopped = Some(Stopped { reserved, labels: labels.to_vec(), users: users.to_vec() });
     }
 }
