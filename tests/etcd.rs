@@ -444,3 +444,34 @@ fn calls_go_over_kept_alive_connections_and_a_reset_one_is_replaced() {
     let (kvs, _) = rt.block_on(etcd.range(b"lb/kept", false)).unwrap();
     assert_eq!(kvs[0].value, 49u32.to_be_bytes());
 }
+
+#[test]
+fn the_counts_of_an_org_handed_on_are_removed_under_the_new_claim_alone() {
+    use license_broker::cluster::store::{EtcdStore, Fences, Layout};
+    use license_broker::core::{OrgName, PoolId, Record};
+    use std::sync::Arc;
+
+    let _cluster = start_cluster();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let etcd = Arc::new(Etcd::new(&_cluster.clients, Duration::from_secs(2)).unwrap());
+    rt.block_on(eventually(Duration::from_secs(20), || etcd.put(b"/lb-stop/ready", b"1", None)));
+    let layout = Layout::new("/lb-stop/");
+    let store = EtcdStore::new(etcd.clone(), layout.clone(), Arc::new(Fences::default())).unwrap();
+    let org = OrgName::new("acme").unwrap();
+    let stopped =
+        Record::Stopped { org: org.clone(), pool: PoolId::KRE_DEFAULT, reserved: 1, labels: vec![], users: vec![] };
+    let (table, key) = stopped.key();
+    let at = format!("/lb-stop/r/{}/{key}", table.name()).into_bytes();
+    let claim = rt.block_on(async {
+        let put = Op::Put(at.clone(), postcard::to_allocvec(&stopped).unwrap(), None);
+        let claimed = Op::Put(layout.claim("acme"), b"node-b".to_vec(), None);
+        etcd.txn(&[], &[put, claimed], &[]).await.unwrap().revision
+    });
+    let present = || rt.block_on(etcd.range(&at, false)).unwrap().0.len();
+    let loaded = store.load_orgs(std::slice::from_ref(&org)).unwrap();
+    assert!(loaded[0].1.contains(&stopped), "the taking node reads the counts: {:?}", loaded[0].1);
+    assert!(!store.clear_stopped(&org, claim - 1, &loaded[0].1).unwrap(), "not under another claim");
+    assert_eq!(present(), 1, "a node without the claim removes nothing");
+    assert!(store.clear_stopped(&org, claim, &loaded[0].1).unwrap());
+    assert_eq!(present(), 0, "removed before the node serves the org: no later owner reads them");
+}

@@ -89,6 +89,23 @@ impl EtcdStore {
         Ok(EtcdStore { etcd, layout, fences, bridge })
     }
 
+    /// Before a node taking `org` over (its claim created at `fence`)
+    /// admits anything: removes the counts the node that handed it on
+    /// wrote as it stopped serving it (`Record::Stopped` among `records`),
+    /// under the claim, so that the hold may trust them: a later owner
+    /// never reads counts older than this node's admissions. `true` once
+    /// removed (or there were none); `false`: the claim is gone.
+    pub fn clear_stopped(&self, org: &OrgName, fence: i64, records: &[Record]) -> Result<bool, StoreError> {
+        let stopped = records.iter().filter(|r| matches!(r, Record::Stopped { .. }));
+        let ops: Vec<Op> = stopped.map(|r| r.key()).map(|(t, k)| Op::Delete(self.layout.record(t, &k))).collect();
+        if ops.is_empty() {
+            return Ok(true);
+        }
+        let compare = vec![Compare::CreateRevision(self.layout.claim(org.as_str()), fence)];
+        let etcd = self.etcd.clone();
+        self.bridge.run(async move { Ok(etcd.txn(&compare, &ops, &[]).await.map_err(etcd_error)?.succeeded) })
+    }
+
     /// The records of each of `orgs`, parents before children, as a node
     /// taking them over applies them (`Broker::adopt_org`). The keys table
     /// is read once for all of them.

@@ -69,7 +69,7 @@ fn started_with(quota: u32, written: &[Change]) -> (Fixture, Hold) {
 fn after_a_clean_stop_a_reserved_seat_nobody_sat_on_is_free_for_its_label_at_once() {
     let (w, mut written) = running();
     written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    let stopped = w.broker.stop_records();
+    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org));
     assert!(
         matches!(&stopped[..], [Record::Stopped { reserved: 1, .. }]),
         "one session sat on a reserved seat: {stopped:?}"
@@ -96,7 +96,7 @@ fn after_a_crash_every_reserved_seat_is_held_for_its_runners() {
 #[test]
 fn the_start_that_reads_a_stops_counts_removes_them_with_its_hold() {
     let (w, mut written) = running();
-    let stopped = w.broker.stop_records();
+    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org));
     written.extend(stopped.iter().cloned().map(Change::Put));
     let (_, hold) = started(&written);
     let keys = |changes: &[Change]| changes.iter().map(Change::key).collect::<Vec<_>>();
@@ -107,14 +107,13 @@ fn the_start_that_reads_a_stops_counts_removes_them_with_its_hold() {
 #[test]
 fn a_stops_count_closes_the_reservations_so_nothing_is_admitted_past_it() {
     let (w, _) = running();
-    w.broker.stop_records();
+    w.broker.stop_records(std::slice::from_ref(&w.org));
     assert_eq!(acquire(&w, 20, RELEASE), Err(Error::QuotaExceeded { quota: 5 }), "counted, then closed");
 }
 
-#[test]
-fn a_node_adopting_an_org_holds_the_upper_bounds_whatever_a_stop_wrote() {
-    let (w, mut written) = running();
-    written.extend(w.broker.stop_records().into_iter().map(Change::Put));
+/// A node adopting the org `w` wrote `written` for, as after a handover
+/// or a failover; the seats its hold took.
+fn adopted(w: &Fixture, written: Vec<Change>) -> u64 {
     let next = Fixture::with_ceilings(5, 2, TTL);
     next.register("m").unwrap();
     next.broker.forget_orgs(std::slice::from_ref(&next.org), t(0));
@@ -123,7 +122,23 @@ fn a_node_adopting_an_org_holds_the_upper_bounds_whatever_a_stop_wrote() {
         Change::Put(r) => Some(r),
         _ => None,
     }));
-    assert_eq!(next.broker.adopt_org(&next.org, records, t(0)).0, 5);
+    assert_eq!(w.org, next.org);
+    next.broker.adopt_org(&next.org, records, t(0)).0
+}
+
+#[test]
+fn a_node_adopting_an_org_handed_on_holds_just_the_sessions_counted() {
+    let (w, mut written) = running();
+    let orgs = std::slice::from_ref(&w.org);
+    written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records(orgs).into_iter().map(Change::Put));
+    assert_eq!(adopted(&w, written), 4, "the 3 shared sessions and the 1 on a reserved seat");
+}
+
+#[test]
+fn a_node_adopting_an_org_after_a_failover_holds_every_reserved_seat() {
+    let (w, written) = running();
+    assert_eq!(adopted(&w, written), 5);
 }
 
 const WEB: &[(&str, &str)] = &[("team", "web")];
@@ -204,7 +219,7 @@ fn after_a_clean_stop_a_cap_holds_only_the_sessions_it_counted() {
         .collect();
     w.broker.release(&w.owner, web[0], t(0)).unwrap();
     written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    written.extend(w.broker.stop_records().into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records(std::slice::from_ref(&w.org)).into_iter().map(Change::Put));
     let (again, _) = started_with(10, &written);
     acquire(&again, 20, WEB).unwrap();
     assert_eq!(acquire(&again, 21, WEB), Err(Error::LabelLimit { max: 2 }), "the other place is its runner's");
@@ -224,7 +239,7 @@ fn after_a_clean_stop_a_users_cap_holds_only_the_sessions_it_counted() {
     admit(&w, 1, &[], &mut written).unwrap();
     admit(&w, 2, &[], &mut written).unwrap();
     written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    let stopped = w.broker.stop_records();
+    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org));
     assert!(matches!(&stopped[..], [Record::Stopped { users, .. }] if users == &[(email.clone(), 2)]), "{stopped:?}");
     written.extend(stopped.into_iter().map(Change::Put));
     let (again, _) = started_with(10, &written);

@@ -18,7 +18,7 @@ use crate::cluster::membership::Membership;
 use crate::cluster::ownership::{self, Claimed, NodeLease, Owner};
 use crate::cluster::placement;
 use crate::cluster::store::{EtcdStore, Fences, Layout};
-use crate::core::OrgName;
+use crate::core::{OrgName, Record};
 use crate::server::Running;
 
 /// Decides which orgs this node serves, pass by pass.
@@ -269,16 +269,17 @@ impl Placer {
         crate::core::Event { org: org.clone(), seq: 0, at: crate::core::Millis(now_ms()), body }
     }
 
-    /// Loads the records of orgs just claimed and serves them; on etcd
-    /// trouble gives the claims back (another pass, here or elsewhere,
+    /// Loads the records of orgs just claimed (removing the counts the node
+    /// that handed them on wrote, `load_and_clear`) and serves them; on
+    /// etcd trouble gives the claims back (another pass, here or elsewhere,
     /// takes them again). Returns the orgs now served.
     pub async fn adopt(&self, running: &Running, claimed: Vec<(OrgName, i64)>) -> Vec<OrgName> {
         if claimed.is_empty() {
             return Vec::new();
         }
         let names: Vec<OrgName> = claimed.iter().map(|(o, _)| o.clone()).collect();
-        let store = self.store.clone();
-        let loaded = tokio::task::spawn_blocking(move || store.load_orgs(&names)).await;
+        let (store, fences) = (self.store.clone(), claimed.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_and_clear(&store, &names, &fences)).await;
         match loaded {
             Ok(Ok(loaded)) => {
                 let fences: HashMap<OrgName, i64> = claimed.into_iter().collect();
@@ -309,6 +310,25 @@ impl Placer {
             }
         }
     }
+}
+
+/// The records of `orgs`, with the counts the node that handed each on
+/// wrote (`Record::Stopped`) removed under its claim's fence before it is
+/// served, so its hold may trust them (`EtcdStore::clear_stopped`). A
+/// claim found gone is trouble like any other: the claims go back.
+fn load_and_clear(
+    store: &EtcdStore,
+    orgs: &[OrgName],
+    fences: &[(OrgName, i64)],
+) -> Result<Vec<(OrgName, Vec<Record>)>, crate::store::StoreError> {
+    let loaded = store.load_orgs(orgs)?;
+    for (org, records) in &loaded {
+        let fence = fences.iter().find(|(o, _)| o == org).map(|(_, f)| *f);
+        if !fence.is_some_and(|f| store.clear_stopped(org, f, records).unwrap_or(false)) {
+            return Err(crate::store::StoreError::Fenced);
+        }
+    }
+    Ok(loaded)
 }
 
 /// The wall clock in Unix milliseconds (the node has no broker clock of

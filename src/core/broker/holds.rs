@@ -89,14 +89,15 @@ impl Broker {
         })
     }
 
-    /// At a clean stop, once nothing more is admitted (the ceilings
-    /// lowered to the sessions held): each pool's sessions on reserved
-    /// seats and in label caps (`Pool::stop_counts`), for the next start
-    /// to hold just those. Only a broker outside a cluster writes them: a
-    /// node taking an org over holds the upper bounds (`adopt_org`).
-    pub fn stop_records(&self) -> Vec<Record> {
+    /// At a clean stop, or as a cluster node hands `orgs` on, once nothing
+    /// more is admitted for them (their ceilings lowered to the sessions
+    /// held): each of their pools' sessions on reserved seats and in caps
+    /// (`Pool::stop_counts`, which closes the reservations to newcomers),
+    /// for the next start or owner to hold just those.
+    pub fn stop_records(&self, orgs: &[OrgName]) -> Vec<Record> {
         self.with_dir(|dir| {
-            let pools = dir.orgs.iter().flat_map(|(org, e)| e.pools.values().map(move |p| (org, p)));
+            let entries = orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e)));
+            let pools = entries.flat_map(|(org, e)| e.pools.values().map(move |p| (org, p)));
             let counted = pools.filter_map(|(org, p)| p.stop_counts().map(|s| (org, p.id, s)));
             let record = |(org, pool, s): (&OrgName, PoolId, crate::core::pool::Stopped)| Record::Stopped {
                 org: org.clone(),
@@ -111,9 +112,13 @@ impl Broker {
 
     /// In a cluster, taking over `org` from another node: applies its
     /// records (read from the cluster's store) and, with ceilings on, holds
-    /// every pool's durable ceiling for the previous owner's runners until
-    /// they re-attach or one lease TTL (the longest any node has recorded)
-    /// plus the restart grace has passed since `now`. Returns the seats held
+    /// every pool's durable ceiling for the previous owner's runners (and,
+    /// where the node that handed it on counted them, `Record::Stopped`,
+    /// just the sessions on reserved seats and in caps; the caller has
+    /// removed those counts from the store under its fence first, so no
+    /// later owner reads them) until they re-attach or one lease TTL (the
+    /// longest any node has recorded) plus the restart grace has passed
+    /// since `now`. Returns the seats held
     /// and the ceilings the hold raised, which the shell writes under the
     /// org's fence. The same rule as a restart (`hold_reserves`), for one org.
     pub fn adopt_org(&self, org: &OrgName, records: Vec<Record>, now: Millis) -> (u64, Vec<Record>) {
@@ -123,7 +128,7 @@ impl Broker {
         }
         let previous = self.previous_leases.lock().map_or(Duration::ZERO, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(self.config.lease_ttl.max(previous) + self.config.restart_grace);
-        let held = self.hold_pools(std::slice::from_ref(org), false);
+        let held = self.hold_pools(std::slice::from_ref(org), true);
         if held.seats > 0 {
             self.org_holds.lock().push((until, org.clone()));
         }
