@@ -59,7 +59,7 @@ impl Broker {
         let ttl = previous.map_or(self.config.lease_ttl, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(ttl + self.config.restart_grace).max(previous.map_or(Millis(0), |(_, h)| h));
         let orgs: Vec<OrgName> = self.with_dir(|dir| dir.orgs.keys().cloned().collect());
-        let Holding { seats, ceilings, cleared } = self.hold_pools(&orgs, true);
+        let Holding { seats, ceilings, cleared } = self.hold_pools(&orgs);
         if seats > 0 {
             // Release: pairs with the Acquire in `next_deadline`.
             self.hold_until.store(until.0, Ordering::Release);
@@ -68,14 +68,14 @@ impl Broker {
         Some(Hold { seats, until, record, ceilings, cleared })
     }
 
-    /// Holds the seats of `orgs`' pools (`Pool::hold_reserve`; `exact`:
-    /// from a clean stop's counts where there are some).
-    fn hold_pools(&self, orgs: &[OrgName], exact: bool) -> Holding {
+    /// Holds the seats of `orgs`' pools (`Pool::hold_reserve`: from a
+    /// clean stop's or a handover's counts where there are some).
+    fn hold_pools(&self, orgs: &[OrgName]) -> Holding {
         self.with_dir(|dir| {
             let mut out = Holding::default();
             for (org, entry) in orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e))) {
                 for pool in entry.pools.values() {
-                    let held = pool.hold_reserve(exact);
+                    let held = pool.hold_reserve();
                     out.seats += u64::from(held.seats);
                     if held.raised {
                         out.ceilings.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats: held.seats });
@@ -128,7 +128,7 @@ impl Broker {
         }
         let previous = self.previous_leases.lock().map_or(Duration::ZERO, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(self.config.lease_ttl.max(previous) + self.config.restart_grace);
-        let held = self.hold_pools(std::slice::from_ref(org), true);
+        let held = self.hold_pools(std::slice::from_ref(org));
         if held.seats > 0 {
             self.org_holds.lock().push((until, org.clone()));
         }

@@ -37,10 +37,10 @@ pub(super) struct Bounds {
     /// only after `QUIET_PASSES` of them, so a busy pool whose use swings
     /// is not lowered and raised again (a durable write each) every pass.
     quiet: u32,
-    /// A clean stop's counts of the sessions on reserved seats and in label
-    /// caps (`stop`), until the restart's hold takes them.
+    /// A clean stop's (or a handover's) counts of the sessions on reserved
+    /// seats and in caps (`stop`), until the hold takes them.
     pub(super) stopped: Option<Stopped>,
-    /// Places label caps hold for the previous run's runners (`cap_hold`).
+    /// Places caps hold for the previous run's runners (`cap_hold`).
     pub(super) caps_held: Vec<super::cap_hold::CapHold>,
 }
 
@@ -233,7 +233,7 @@ impl Pool {
     /// After a restart: holds seats for the previous run's sessions, until
     /// their runners re-attach: the durable ceiling's (the shared seats
     /// they may sit on) and, on reserved seats, the sessions a clean stop
-    /// counted (`exact` and the pool has `Record::Stopped`), else every
+    /// or a handover counted (`Record::Stopped`), else every
     /// reserved seat (a re-attaching runner takes a held seat whatever its
     /// labels, and a labelled newcomer must not take a reserved seat a
     /// believer sits on); for a pool that never had a ceiling, every seat
@@ -243,10 +243,10 @@ impl Pool {
     /// admitting, or memory would admit past what a second crash holds),
     /// and whether a clean stop's counts were read (the caller removes
     /// them with it).
-    pub fn hold_reserve(&self, exact: bool) -> Held {
+    pub fn hold_reserve(&self) -> Held {
         let mut b = self.bounds.lock();
         let stopped = b.stopped.take();
-        let counted = stopped.as_ref().filter(|_| exact);
+        let counted = stopped.as_ref();
         let on_reserved = counted.map_or(b.reserved, |s| s.reserved.min(b.reserved));
         let room = b.quota.saturating_sub(b.durable);
         let held = b.ceiling.map_or(room, |c| room.min(c.saturating_add(on_reserved)));
