@@ -90,6 +90,15 @@ impl Fixture {
         self.broker.acquire_as(&self.owner, &self.target("m"), &who, now)
     }
 
+    /// A runner of the run before re-attaching on machine `m` with the
+    /// given nonce, carrying `team=web` (a version 7 `ReattachLabelled`).
+    pub fn reattach_web(&self, nonce: u128) -> Result<Lease> {
+        use license_broker::core::{Claimant, ConnId};
+        let labels = license_broker::value::Labels::new([("team".to_string(), "web".to_string())]);
+        let who = Claimant { nonce: Nonce(nonce), conn: ConnId(1), labels: labels.expect("a valid label") };
+        self.broker.reattach_as(&self.owner, &self.target("m"), &who, t(0), true)
+    }
+
     /// Caps the KRE pool's sessions carrying `team=web` at `max` (as the Owner).
     pub fn cap_web(&self, max: u32) {
         let label = ("team".to_string(), "web".to_string());
