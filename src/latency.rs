@@ -35,7 +35,7 @@ pub fn op_of(req: &Req) -> Option<usize> {
         Req::Checkout { .. } => return None,
         Req::Renew { .. } | Req::Label { .. } => 2,
         Req::Release { .. } => 3,
-        Req::Reattach { .. } => 4,
+        Req::Reattach { .. } | Req::ReattachLabelled { .. } => 4,
         Req::RegisterMachine { .. } | Req::RegisterEphemeral { .. } => 5,
         Req::Activate { .. } => 6,
         Req::Status { .. } | Req::Check { .. } | Req::CheckLabelled { .. } => 7,

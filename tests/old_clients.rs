@@ -77,8 +77,10 @@ reader!(read_v3, v3, a, Resp::Leased { session, token, .. } => { a.session = Som
 reader!(read_v4, v4, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 
 reader!(read_v5, v5, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
+reader!(read_v6, v6, a, Resp::Leased { session, token, .. } => { a.session = Some(session); a.token = Some(token) });
 
-fn read_v6(body: &[u8]) -> Answer {
+/// The current version's answers, read with today's types.
+fn read_v7(body: &[u8]) -> Answer {
     use license_broker::proto::{Outcome, Resp, ServerFrame};
     let mut a = Answer::default();
     match exact::<ServerFrame>(body) {
@@ -117,7 +119,7 @@ impl Raw {
         let ep = license_broker::client::endpoint(Some(&b.ca), false).unwrap();
         let conn = ep.connect(addr, &name).unwrap().await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
-        let read = [read_v1, read_v2, read_v3, read_v4, read_v5, read_v6][version as usize - 1];
+        let read = [read_v1, read_v2, read_v3, read_v4, read_v5, read_v6, read_v7][version as usize - 1];
         let mut raw = Raw { send, recv, frames: FrameBuf::new(), read, next_id: 0, _conn: conn };
         raw.write(&ClientFrame::Hello(Hello { version, api_key: key.into(), client: "old".into() })).await;
         assert_eq!(raw.answer().await.ok.as_deref(), Some("Welcome"));
@@ -203,13 +205,13 @@ fn as_seen(v: u16, code: u8) -> u8 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_decodes_with_the_schema_of_its_streams_version() {
     let b = start(Duration::from_secs(30)).await;
-    b.quota(5).await;
+    b.quota(8).await;
     let op = b.operator().await;
     op.set_pool(&org(), pool("kse-floating-annual"), 4).await.unwrap();
     op.set_pool(&org(), pool("kse-node-locked-annual"), 8).await.unwrap();
     let owner = b.owner().await;
     expire_a_machine(&op, &owner).await;
-    for v in 1..=6 {
+    for v in 1..=7 {
         operator_answers(&b, v).await;
         member_answers(&b, &owner, v).await;
     }
@@ -268,12 +270,13 @@ async fn member_answers(b: &TestBroker, owner: &Client, v: u16) {
     o.ok(Req::ListSessions { org: org() }, if v >= 3 { "SessionViews" } else { "Sessions" }).await;
     o.ok(Req::KillSession { org: org(), session: first }, "Killed").await;
     let second = o.ok(target(v as u128 * 10 + 1), leased).await;
-    if let Some(token) = second.token {
+    if let Some(token) = second.token.clone() {
         let token = SessionToken(token.try_into().unwrap());
         let again =
             Req::Reattach { org: org(), pool: kre, machine: machine.clone(), nonce: Nonce(v as u128 * 10 + 1), token };
         o.ok(again, "Leased").await;
     }
+    labelled_reattach(&mut o, v, &machine, second.token).await;
     o.ok(Req::Release { session: SessionId(second.session.unwrap()) }, "Released").await;
     o.ok(Req::Status { org: Some(org()) }, if v >= 3 { "Pools" } else { "Status" }).await;
     o.ok(Req::AddUser { org: org(), email: user.clone(), role: Role::User }, "Done").await;
@@ -300,6 +303,19 @@ async fn member_answers(b: &TestBroker, owner: &Client, v: u16) {
     label_limit(&mut o, owner, v).await;
     reservation(&mut o, owner, v).await;
     audit(&mut o, v).await;
+}
+
+/// A re-attach carrying the job's labels: version 7's alone; an older
+/// stream gets `BAD_FRAME` for it (its runner re-attaches, then labels).
+async fn labelled_reattach(o: &mut Raw, v: u16, machine: &MachineId, token: Option<Vec<u8>>) {
+    let token = SessionToken(token.map_or([0; 32], |t| t.try_into().unwrap()));
+    let labels = Labels::new([("job".into(), "x".into())]).unwrap();
+    let (pool, nonce) = (PoolId::KRE_DEFAULT, Nonce(v as u128 * 10 + 1));
+    let again = Req::ReattachLabelled { org: org(), pool, machine: machine.clone(), nonce, token, labels };
+    match v {
+        1..=6 => o.refused(again, code::BAD_FRAME).await,
+        _ => drop(o.ok(again, "Leased").await),
+    }
 }
 
 /// Reserved seats: version 6's requests alone; an older stream gets

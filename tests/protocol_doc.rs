@@ -168,6 +168,17 @@ fn every_request_and_response_variant_is_documented_with_its_index() {
         ("WebhookDeliveries", Req::WebhookDeliveries { org: org.clone(), id: "x".into() }),
         ("RedeliverWebhook", Req::RedeliverWebhook { org: org.clone(), id: "x".into(), event: 1 }),
         ("SetPoolAlerts", Req::SetPoolAlerts { org: org.clone(), pool: p, queue_alert_ms: None, busy_minutes: None }),
+        (
+            "ReattachLabelled",
+            Req::ReattachLabelled {
+                org: org.clone(),
+                pool: p,
+                machine: m.clone(),
+                nonce: Nonce(1),
+                token: SessionToken([0; 32]),
+                labels: license_broker::value::Labels::default(),
+            },
+        ),
     ];
     for (name, req) in &reqs {
         let n = variant(req);

@@ -4,7 +4,7 @@
 
 mod process;
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use process::{cpu_ticks, free_port, serve, signal, spawn_serve, Events, BIN};
@@ -36,6 +36,38 @@ fn runner_rides_out_a_broker_restart_without_spinning() {
     events.wait_for("released", Duration::from_secs(10));
     assert_eq!(runner.wait().unwrap().code(), Some(0));
     assert_eq!(s.in_use(), 0);
+}
+
+#[test]
+fn a_labelled_runner_rides_out_a_crash_with_its_labels_counted_in_their_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), "10s");
+    assert!(s.run(&s.operator, &["pool", "set", "--org", "default", "--quota", "3"]).status.success());
+    let cap =
+        ["pool", "limit", "--org", "default", "--pool", "kre-floating-annual", "--label", "team=web", "--max", "1"];
+    assert!(s.run(&s.owner, &cap).status.success());
+    let web = ["runner", "--org", "default", "--label", "team=web", "--json", "--hold", "60s"];
+    let mut runner = s.cmd(&s.owner).args(web).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let events = Events::of(&mut runner);
+    events.wait_for("admitted", Duration::from_secs(10));
+
+    // kill -9: the restart holds its seat; it re-attaches with its labels.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    s.child = spawn_serve(dir.path(), &s.addr, "10s");
+    let back = events.wait_for("reattached", Duration::from_secs(15));
+    let sessions = s.run(&s.owner, &["session", "list", "--org", "default", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&sessions.stdout).unwrap();
+    assert_eq!(listed["sessions"][0]["session"], back["session"], "{listed}");
+    assert_eq!(listed["sessions"][0]["labels"]["team"], "web", "{listed}");
+    let limits = ["pool", "limits", "--org", "default", "--pool", "kre-floating-annual", "--labels", "--json"];
+    let caps: serde_json::Value = serde_json::from_slice(&s.run(&s.owner, &limits).stdout).unwrap();
+    assert_eq!(caps["label_limits"][0]["sessions"], 1, "{caps}");
+    let newcomer = s.run(&s.owner, &["runner", "--org", "default", "--label", "team=web", "--hold", "0s"]);
+    assert_eq!(newcomer.status.code(), Some(3), "the cap's place is the runner's: {newcomer:?}");
+    signal(&runner, "-TERM");
+    events.wait_for("released", Duration::from_secs(10));
+    assert_eq!(runner.wait().unwrap().code(), Some(0));
 }
 
 #[test]

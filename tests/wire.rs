@@ -237,7 +237,7 @@ async fn every_refusal_comes_in_the_frame_the_docs_name() {
     };
     let b = start(Duration::from_secs(30)).await;
 
-    row("`Hello` with a version other than 1 to 5", "`Error`", "UNSUPPORTED_VERSION");
+    row(&format!("`Hello` with a version other than 1 to {VERSION}"), "`Error`", "UNSUPPORTED_VERSION");
     let mut r = raw(&b).await;
     r.hello(&b.owner, VERSION + 1).await;
     assert!(matches!(r.next().await, Some(ServerFrame::Error(e)) if e.code == ErrorCode::UnsupportedVersion));

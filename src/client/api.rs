@@ -65,6 +65,39 @@ impl Client {
         admitted(self.call(req).await?)
     }
 
+    /// `reattach` carrying the job's labels: to a broker of protocol
+    /// version 7, one `ReattachLabelled` (a new session carries them from
+    /// its first instant, counted in its label caps); to an older one,
+    /// which does not know it, `Reattach`, then `Label` on the new session
+    /// a restarted broker gave (a live one kept its labels). No labels: a
+    /// plain `Reattach`, which every version knows.
+    pub async fn reattach_labelled(
+        &self,
+        (org, pool, machine): (&OrgName, PoolId, &MachineId),
+        nonce: u128,
+        token: SessionToken,
+        labels: &Labels,
+    ) -> Result<Admitted, ClientError> {
+        let (o, m, n) = (org.clone(), machine.clone(), Nonce(nonce));
+        let req = Req::ReattachLabelled { org: o, pool, machine: m, nonce: n, token, labels: labels.clone() };
+        if !labels.is_empty() && self.speaks(&req) {
+            return admitted(self.call(req).await?);
+        }
+        let again = self.reattach(org, pool, machine, nonce, token).await?;
+        if !again.reattached && !labels.is_empty() {
+            // A restarted broker gave a new session: label it.
+            self.label(again.session, labels.clone()).await?;
+        }
+        Ok(again)
+    }
+
+    /// Whether this connection's protocol version (the broker's, when it
+    /// is older than this build) lists `req`: a client never sends a
+    /// request its broker's version does not know.
+    fn speaks(&self, req: &Req) -> bool {
+        crate::proto::Version::new(self.welcome().version).is_some_and(|v| v.lists(req))
+    }
+
     /// Heartbeat; returns the new deadline (Unix ms).
     pub async fn renew(&self, session: SessionId) -> Result<u64, ClientError> {
         self.renew_lease(session).await.map(|(deadline_ms, _)| deadline_ms)

@@ -51,7 +51,7 @@ pub struct Keeper<'a> {
     machine: &'a MachineId,
     /// The runner instance's identity: re-attaching with it never takes a second seat.
     nonce: u128,
-    /// Labels a re-attach puts on a new session (a restarted broker's).
+    /// Labels a re-attach carries to a new session (a restarted broker's).
     labels: &'a Labels,
 }
 
@@ -96,7 +96,9 @@ impl<'a> Keeper<'a> {
     }
 
     /// Connects and re-attaches once: with the lease's token (this survives
-    /// a broker restart and a cluster's failover). A lease without one
+    /// a broker restart and a cluster's failover) and the job's labels (a
+    /// restarted broker's new session carries them: `reattach_labelled`).
+    /// A lease without one
     /// (only a protocol version 1 broker issues those; this client speaks
     /// the current version) is looked for by acquiring with the same nonce,
     /// which finds the session only if the broker still has it.
@@ -107,11 +109,7 @@ impl<'a> Keeper<'a> {
             let again = client.acquire(org, pool, machine, nonce).await?;
             return Ok((client, again));
         };
-        let again = client.reattach(org, pool, machine, nonce, token).await?;
-        if !again.reattached && !self.labels.is_empty() {
-            // A restarted broker gave a new session: label it again.
-            client.label(again.session, self.labels.clone()).await?;
-        }
+        let again = client.reattach_labelled((org, pool, machine), nonce, token, self.labels).await?;
         Ok((client, again))
     }
 

@@ -107,10 +107,22 @@ impl Client {
         name: &str,
         api_key: &str,
     ) -> Result<Client, ClientError> {
+        Client::connect_speaking(endpoint, (addr, name), api_key, crate::proto::VERSION).await
+    }
+
+    /// `connect_on`, speaking protocol version `version` at most, as a
+    /// client built from that version's document would (tests of what an
+    /// older client meets; a broker older still steps it further down).
+    pub async fn connect_speaking(
+        endpoint: quinn::Endpoint,
+        (addr, name): (SocketAddr, &str),
+        api_key: &str,
+        version: u16,
+    ) -> Result<Client, ClientError> {
         let failed = |source| ClientError::Connect { addr, source };
         let connecting = endpoint.connect(addr, name).map_err(|e| failed(ConnectFailure::Start(e)))?;
         let conn = connecting.await.map_err(|e| failed(ConnectFailure::Handshake(e)))?;
-        let (send, recv, frames, first) = hello(&conn, addr, api_key).await?;
+        let (send, recv, frames, first) = hello(&conn, addr, api_key, version).await?;
         let welcome = match first {
             ServerFrame::Welcome(w) => w,
             ServerFrame::Error(e) => return Err(ClientError::Rejected(e)),

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ClientError, ConnectFailure};
-use crate::proto::{encode, ClientFrame, ErrorCode, FrameBuf, Hello, Notice, Outcome, Resp, ServerFrame, VERSION};
+use crate::proto::{encode, ClientFrame, ErrorCode, FrameBuf, Hello, Notice, Outcome, Resp, ServerFrame};
 
 /// One answer and when it was read.
 pub(super) type Answer = (Result<Resp, ClientError>, std::time::Instant);
@@ -30,8 +30,9 @@ fn client_name() -> String {
     format!("license-broker/{}", env!("CARGO_PKG_VERSION"))
 }
 
-/// Says `Hello` on a new stream of `conn` in this build's protocol
-/// version, or, if the broker is older and refuses it
+/// Says `Hello` on a new stream of `conn` in protocol version `version`
+/// (this build's, but for a test of an older client), or, if the broker
+/// is older and refuses it
 /// (`UNSUPPORTED_VERSION`), in each earlier one in turn: requests and
 /// answers only ever gain variants at the end, so a newer client works with
 /// an older broker for everything that broker knows (what it does not
@@ -41,9 +42,9 @@ pub(super) async fn hello(
     conn: &quinn::Connection,
     addr: SocketAddr,
     api_key: &str,
+    mut version: u16,
 ) -> Result<(quinn::SendStream, quinn::RecvStream, FrameBuf, ServerFrame), ClientError> {
     let failed = |source| ClientError::Connect { addr, source };
-    let mut version = VERSION;
     loop {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(ConnectFailure::Handshake(e)))?;
         let hello = ClientFrame::Hello(Hello { version, api_key: api_key.to_string(), client: client_name() });

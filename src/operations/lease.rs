@@ -12,8 +12,8 @@
 
 use super::{Caller, Operations};
 use crate::core::{
-    Activation, Broker, Claimant, ConnId, Deliver, Denial, Error, Grant, KeyHash, Lease, Millis, Nonce, Principal,
-    Registration, Result as CoreResult, SessionId, Target, Ticket, Waited,
+    Activation, Broker, Claimant, ConnId, Deliver, Denial, Error, Grant, KeyHash, Labels, Lease, Millis, Nonce,
+    Principal, Registration, Result as CoreResult, SessionId, Target, Ticket, Waited,
 };
 use crate::proto::{ErrorCode, WireError};
 
@@ -69,12 +69,14 @@ impl Operations {
     /// lease's deadline as the token states it, and whether the token is of
     /// an earlier run (then one of the seats held for that run may be
     /// taken). Refused while draining before the token is looked at, and
-    /// when the token's deadline has passed.
+    /// when the token's deadline has passed. `labels`: the job's, when the
+    /// runner said them (`ReattachLabelled`; see `Broker::reattach_as`).
     pub async fn reattach(
         &self,
         c: Caller<'_>,
         target: &Target,
         (nonce, conn): (Nonce, ConnId),
+        labels: Option<&Labels>,
         vouch: impl FnOnce() -> Result<(Millis, bool), WireError>,
     ) -> Result<Lease, WireError> {
         self.admitting()?;
@@ -85,7 +87,12 @@ impl Operations {
                 "the lease's deadline passed before it was re-attached",
             ));
         }
-        self.with_room(target, || self.core.reattach(c.p, target, nonce, conn, c.now, earlier)).await
+        let core = &self.core;
+        let Some(labels) = labels else {
+            return self.with_room(target, || core.reattach(c.p, target, nonce, conn, c.now, earlier)).await;
+        };
+        let who = Claimant { nonce, conn, labels: labels.clone() };
+        self.with_room(target, || core.reattach_as(c.p, target, &who, c.now, earlier)).await
     }
 
     /// Heartbeat: the session's new deadline, made into the door's answer

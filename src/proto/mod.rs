@@ -41,8 +41,10 @@ pub use webhook::{DeliveryInfo, WebhookInfo};
 /// `Req::SetMachinePolicy`, `ListOf::MachineUses`, audit actions
 /// `MachineExpired` and `PolicyChanged`) and the event stream and
 /// webhooks (`Req::Events`, `Resp::Events`, `Req::AddWebhook` and the
-/// other webhook requests).
-pub const VERSION: u16 = 6;
+/// other webhook requests). Version 6 adds reserved seats, pool alerts,
+/// webhook redelivery and `Resp::Partial`; version 7 adds
+/// `Req::ReattachLabelled` (a re-attach carrying the job's labels).
+pub const VERSION: u16 = 7;
 
 /// The oldest version the broker still speaks: a version 1 stream gets
 /// `Admitted` and `Renewed`, without tokens.

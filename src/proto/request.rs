@@ -523,6 +523,24 @@ pub enum Req {
         /// The runner's job labels.
         labels: Labels,
     },
+    /// Version 7: a `Reattach` carrying the job's labels: a new session
+    /// (the broker restarted) carries them from its first instant, counted
+    /// in the label caps they match; a live one is relabelled as `Label`
+    /// would. Answered with `Leased`.
+    ReattachLabelled {
+        /// The org.
+        org: OrgName,
+        /// The pool.
+        pool: PoolId,
+        /// The machine.
+        machine: MachineId,
+        /// The runner instance's nonce, as acquired.
+        nonce: Nonce,
+        /// The latest token the broker issued for the lease.
+        token: SessionToken,
+        /// The job's labels.
+        labels: Labels,
+    },
 }
 
 impl Req {
@@ -572,7 +590,8 @@ impl Req {
             | Req::RedeliverWebhook { org, .. }
             | Req::SetPoolAlerts { org, .. }
             | Req::SetReservation { org, .. }
-            | Req::CheckLabelled { org, .. } => Some(org),
+            | Req::CheckLabelled { org, .. }
+            | Req::ReattachLabelled { org, .. } => Some(org),
             Req::Status { org } => org.as_ref(),
             Req::List { of, .. } => of.org(),
             Req::Renew { .. }

@@ -82,7 +82,7 @@ impl Version {
             2 => ErrorCode::ResponseTooLarge,
             3 => ErrorCode::QueueTimeout,
             4 => ErrorCode::NotOwner,
-            5 => ErrorCode::LabelLimit,
+            5 | 6 => ErrorCode::LabelLimit,
             _ => return code,
         };
         // Codes are numbered by their order (error.rs): never reordered.
@@ -111,6 +111,7 @@ impl Version {
             2 | 3 => AuditAction::SubscriptionChanged,
             4 => AuditAction::UserLimitSet,
             5 => AuditAction::LabelLimitSet,
+            6 => AuditAction::SeatsReserved,
             _ => return None,
         };
         if (action as u8) <= (listed as u8) {
@@ -149,6 +150,7 @@ fn since(req: &Req) -> u16 {
         | Req::SetReservation { .. }
         | Req::CheckLabelled { .. }
         | Req::List { of: ListOf::Reservations { .. }, .. } => 6,
+        Req::ReattachLabelled { .. } => 7,
         Req::List { .. } | Req::WhatIf { .. } | Req::Nodes | Req::Route { .. } | Req::Check { .. } => 4,
         _ => 1,
     }
@@ -159,12 +161,13 @@ mod tests {
     use super::*;
 
     /// The last code and action each version's first document listed.
-    const LISTED: [(u16, ErrorCode, AuditAction); 5] = [
+    const LISTED: [(u16, ErrorCode, AuditAction); 6] = [
         (1, ErrorCode::Internal, AuditAction::OfflineCreated),
         (2, ErrorCode::ResponseTooLarge, AuditAction::SubscriptionChanged),
         (3, ErrorCode::QueueTimeout, AuditAction::SubscriptionChanged),
         (4, ErrorCode::NotOwner, AuditAction::UserLimitSet),
         (5, ErrorCode::LabelLimit, AuditAction::LabelLimitSet),
+        (6, ErrorCode::LabelLimit, AuditAction::SeatsReserved),
     ];
 
     #[test]
@@ -231,19 +234,34 @@ mod tests {
     #[test]
     fn only_version_4_streams_and_later_are_redirected() {
         let redirected: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().redirects()).collect();
-        assert_eq!(redirected, [4, 5, 6]);
+        assert_eq!(redirected, [4, 5, 6, 7]);
     }
 
     #[test]
-    fn a_partial_report_goes_to_version_6_streams_alone() {
+    fn a_partial_report_goes_to_version_6_streams_and_later() {
         let partial: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().partial()).collect();
-        assert_eq!(partial, [6]);
+        assert_eq!(partial, [6, 7]);
     }
 
     #[test]
     fn the_event_stream_is_listed_from_version_5() {
         let events = Req::Events { org: crate::value::OrgName::new("acme").unwrap(), after: 0, wait_ms: 0 };
         let listing: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().lists(&events)).collect();
-        assert_eq!(listing, [5, 6]);
+        assert_eq!(listing, [5, 6, 7]);
+    }
+
+    #[test]
+    fn a_labelled_reattach_is_listed_from_version_7_alone() {
+        use crate::value::{Labels, MachineId, Nonce, OrgName, PoolId};
+        let req = Req::ReattachLabelled {
+            org: OrgName::new("acme").unwrap(),
+            pool: PoolId::KRE_DEFAULT,
+            machine: MachineId::new("m").unwrap(),
+            nonce: Nonce(1),
+            token: crate::proto::SessionToken([0; 32]),
+            labels: Labels::default(),
+        };
+        let listing: Vec<u16> = (MIN_VERSION..=VERSION).filter(|v| Version::new(*v).unwrap().lists(&req)).collect();
+        assert_eq!(listing, [7]);
     }
 }

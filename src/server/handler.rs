@@ -105,7 +105,10 @@ pub(super) async fn slow(call: &Call<'_>, later: Later, id: u64, late: &Late) ->
             return waiting::start(call, req, late).await;
         }
         Req::Reattach { org, pool, machine, nonce, token } => {
-            reattach(call, Target { org, pool, machine }, nonce, token).await
+            reattach(call, Target { org, pool, machine }, (nonce, token), None).await
+        }
+        Req::ReattachLabelled { org, pool, machine, nonce, token, labels } => {
+            reattach(call, Target { org, pool, machine }, (nonce, token), Some(labels)).await
         }
         Req::RegisterMachine { org, pool, machine } => {
             let new = call.shared.ops.register(call.c(), &Target { org, pool, machine }, false).await;
@@ -248,8 +251,13 @@ async fn acquire_slow(call: &Call<'_>, target: Target, nonce: Nonce) -> Reply {
 }
 
 /// A runner keeps its lease across a restart or a lost connection, on the
-/// strength of its session token.
-async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionToken) -> Reply {
+/// strength of its session token; with the job's labels when it said them.
+async fn reattach(
+    call: &Call<'_>,
+    target: Target,
+    (nonce, token): (Nonce, SessionToken),
+    labels: Option<Labels>,
+) -> Reply {
     let vouch = || {
         let checked = call.shared.tokens.check(&call.claims(&target, nonce), &token).map_err(|_| {
             WireError::new(
@@ -259,8 +267,8 @@ async fn reattach(call: &Call<'_>, target: Target, nonce: Nonce, token: SessionT
         })?;
         Ok((checked.deadline, !checked.this_run))
     };
-    let lease = call.shared.ops.reattach(call.c(), &target, (nonce, call.ctx.id), vouch).await?;
-    call.book(&target, &lease, &crate::core::Labels::default());
+    let lease = call.shared.ops.reattach(call.c(), &target, (nonce, call.ctx.id), labels.as_ref(), vouch).await?;
+    call.book(&target, &lease, &labels.unwrap_or_default());
     // Whatever version the stream speaks, a re-attach answers with a token.
     Ok(call.with_token(&target, nonce, lease))
 }
