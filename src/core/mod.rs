@@ -28,6 +28,7 @@ pub mod machines;
 pub mod pending;
 pub mod pool;
 pub mod queue;
+mod reattach;
 pub mod record;
 pub mod reservations;
 pub mod seats;
