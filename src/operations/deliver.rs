@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use super::Operations;
 use crate::client::Backoff;
-use crate::core::{Change, Event, Record, WebhookView};
+use crate::core::{Event, WebhookView};
 use crate::events::hooks::{Attempt, Health, FIRST_BACKOFF, MAX_BACKOFF};
 use crate::events::{json, send, sign, target, PAGE};
 
@@ -125,14 +125,21 @@ impl Cursor {
     }
 
     /// Writes it if it moved; true when it tried (a failed write is tried
-    /// again once due).
+    /// again once due). Planned and committed under the writer lock, so a
+    /// removal is wholly before it (nothing is written: the webhook is
+    /// gone, and its cursor with it) or after it (and removes what it wrote).
     async fn save(&mut self, ops: &Operations, view: &WebhookView) -> bool {
         if self.at == self.saved {
             return false;
         }
-        let record = Record::WebhookCursor { org: view.hook.org.clone(), id: view.hook.id.clone(), delivered: self.at };
-        let changes = vec![Change::Put(record)];
         self.saved_when = Instant::now();
+        let _writer = ops.writer.lock().await;
+        let Some(change) = ops.core.plan_webhook_cursor(&view.hook.org, &view.hook.id, self.at) else {
+            // Removed, or stored as far already (a clean stop's write): nothing to keep.
+            self.saved = self.at;
+            return true;
+        };
+        let changes = vec![change];
         match ops.commit(changes.clone()).await {
             Ok(()) => {
                 ops.core.apply(&changes, ops.clock.now());
