@@ -334,3 +334,27 @@ fn a_removed_webhook_leaves_nothing_in_the_store() {
     let left = stored_about(dir.path(), &id);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A clean stop (SIGTERM) writes every webhook's cursor as delivered, so
+/// the restarted broker sends again nothing its receiver took, however
+/// soon after those deliveries it stopped.
+#[test]
+fn a_clean_restart_sends_again_nothing_the_receiver_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve_with(dir.path(), "30s", ALLOW);
+    let r = Receiver::start(0, 200);
+    add_webhook(&s, &s.owner, &format!("http://127.0.0.1:{}/", r.port));
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..3 {
+        add_user(&s, &format!("c{i}@default"));
+    }
+    let taken = first_seen(&until(&r, "c2@default", Duration::from_secs(20)));
+    process::signal(&s.child, "-TERM");
+    s.child.wait().unwrap();
+    s.child = spawn_serve_with(dir.path(), &s.addr, "30s", ALLOW);
+    s.wait_ready(Duration::from_secs(20));
+    add_user(&s, "c3@default");
+    let after = first_seen(&until(&r, "c3@default", Duration::from_secs(20)));
+    let again: Vec<u64> = after.into_iter().filter(|c| taken.contains(c)).collect();
+    assert!(again.is_empty(), "sent again after a clean restart: {again:?} (taken before: {taken:?})");
+}

@@ -66,6 +66,9 @@ pub struct Health {
     /// The cursor delivered past this run (the stored one trails it by
     /// up to `deliver::CURSOR_EVERY`).
     delivered: AtomicU64,
+    /// Its org is being handed on, or the broker stops: no delivery is
+    /// started from now on, so the cursor written then stays true.
+    halted: AtomicBool,
 }
 
 impl Health {
@@ -78,6 +81,18 @@ impl Health {
     /// Marks it failing, or not.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Starts no more deliveries (`Board::halt`).
+    pub fn halt(&self) {
+        // SeqCst: a delivery that starts after this store is not allowed;
+        // the write of the cursor follows it.
+        self.halted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether its deliveries are halted.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
     }
 
     /// Records an attempt (the oldest beyond `RECENT` forgotten).
@@ -125,6 +140,11 @@ impl Board {
     /// The health of `org`'s webhook `id` (made on first use).
     pub fn of(&self, org: &OrgName, id: &str) -> Arc<Health> {
         self.map.lock().entry((org.clone(), id.to_string())).or_default().clone()
+    }
+
+    /// Halts the deliveries of the webhooks of the orgs `which` takes.
+    pub fn halt(&self, which: impl Fn(&OrgName) -> bool) {
+        self.map.lock().iter().filter(|((o, _), _)| which(o)).for_each(|(_, h)| h.halt());
     }
 
     /// Forgets the webhooks `keep` refuses.

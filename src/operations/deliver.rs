@@ -9,8 +9,10 @@
 //! cursor is written at most every 2 s while events come and once they
 //! stop (`Cursor`), so a crash or a failover redelivers at most the last
 //! 2 s of deliveries: the same events, with the same ids and idempotency
-//! keys. A request handler never waits on any of it: it only reads the
-//! health board, which has the cursor as delivered.
+//! keys; a clean stop or a planned handover writes every cursor as
+//! delivered then (`write_cursors`). A request handler never waits on
+//! any of it: it only reads the health board, which has the cursor as
+//! delivered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 
 use super::Operations;
 use crate::client::Backoff;
-use crate::core::{Event, WebhookView};
+use crate::core::{Event, OrgName, WebhookView};
 use crate::events::hooks::{Attempt, Health, FIRST_BACKOFF, MAX_BACKOFF};
 use crate::events::{json, send, sign, target, PAGE};
 
@@ -89,8 +91,9 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
             if cursor.due().is_some_and(|due| due <= Instant::now()) {
                 cursor.save(&ops, &view).await;
             }
-            // Told to stop (removed, moved away, a new secret): not one more, even mid-page.
-            let stopped = stop.has_changed().unwrap_or(true);
+            // Told to stop (removed, moved away, a new secret) or halted (the
+            // org handed on, the broker stopping): not one more, even mid-page.
+            let stopped = stop.has_changed().unwrap_or(true) || health.halted();
             if stopped || (view.hook.wants(&e.kind()) && !deliver(&ops, &view, &health, e, &mut stop).await) {
                 cursor.save(&ops, &view).await;
                 return;
@@ -99,6 +102,28 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
             health.delivered_to(e.seq);
         }
         look = false;
+    }
+}
+
+/// Writes `orgs`' webhook cursors as delivered this run (the health board
+/// has them ahead of the store by up to `CURSOR_EVERY`): what a node does
+/// as it hands orgs on (under their fences) or stops cleanly, so the next
+/// node or run sends again nothing its receivers took. Their deliveries
+/// are halted first: none starts after the write. One already under way
+/// (at most one a webhook, bounded by the delivery timeout) writes its own
+/// cursor if it can, or is sent again.
+pub async fn write_cursors(ops: &Operations, orgs: &[OrgName]) {
+    ops.hooks.halt(|o| orgs.contains(o));
+    let _writer = ops.writer.lock().await;
+    let changes = ops.core.plan_webhook_cursors(orgs, |o, id| ops.hooks.of(o, id).delivered());
+    if changes.is_empty() {
+        return;
+    }
+    match ops.commit(changes.clone()).await {
+        Ok(()) => {
+            ops.core.apply(&changes, ops.clock.now());
+        }
+        Err(e) => tracing::warn!("webhook cursors not written (their last deliveries are sent again): {e}"),
     }
 }
 

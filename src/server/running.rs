@@ -428,6 +428,9 @@ impl Running {
                 abort.abort();
             }
         }
+        // Every webhook's cursor as delivered: a restart sends nothing again.
+        let ops = &self.shared.ops;
+        crate::operations::deliver::write_cursors(ops, &ops.core().org_names()).await;
         // The last counts and the clock, so a restart continues from here,
         // and ceilings down to the sessions still held (nothing is admitted
         // any more), so the restart holds seats only for runners that may
