@@ -69,6 +69,9 @@ pub struct Health {
     /// Its org is being handed on, or the broker stops: no delivery is
     /// started from now on, so the cursor written then stays true.
     halted: AtomicBool,
+    /// A delivery is under way (set before `halted` is looked at): the
+    /// cursor is written once it has ended.
+    busy: AtomicBool,
 }
 
 impl Health {
@@ -93,6 +96,13 @@ impl Health {
     /// Whether its deliveries are halted.
     pub fn halted(&self) -> bool {
         self.halted.load(Ordering::SeqCst)
+    }
+
+    /// Marks a delivery under way, or over.
+    pub fn set_busy(&self, busy: bool) {
+        // SeqCst: with `halt`'s, either the task sees the halt before it
+        // delivers or the halting side sees it busy and waits.
+        self.busy.store(busy, Ordering::SeqCst);
     }
 
     /// Records an attempt (the oldest beyond `RECENT` forgotten).
@@ -145,6 +155,25 @@ impl Board {
     /// Halts the deliveries of the webhooks of the orgs `which` takes.
     pub fn halt(&self, which: impl Fn(&OrgName) -> bool) {
         self.map.lock().iter().filter(|((o, _), _)| which(o)).for_each(|(_, h)| h.halt());
+    }
+
+    /// Lets the webhooks of `org` deliver again (it is served here again).
+    pub fn resume(&self, org: &OrgName) {
+        self.map
+            .lock()
+            .iter()
+            .filter(|((o, _), _)| o == org)
+            .for_each(|(_, h)| h.halted.store(false, Ordering::SeqCst));
+    }
+
+    /// Waits until no delivery of the orgs `which` takes is under way, at
+    /// most `limit` (a receiver that does not answer holds it no longer).
+    pub async fn idle(&self, which: impl Fn(&OrgName) -> bool, limit: Duration) {
+        let busy = || self.map.lock().iter().any(|((o, _), h)| which(o) && h.busy.load(Ordering::SeqCst));
+        let deadline = tokio::time::Instant::now() + limit;
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Forgets the webhooks `keep` refuses.

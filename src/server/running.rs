@@ -284,6 +284,7 @@ impl Running {
     pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> Vec<Record> {
         let ops = &self.shared.ops;
         let (seats, raised) = ops.core().adopt_org(org, records, ops.clock().now());
+        crate::operations::deliver::resume(ops, org);
         if seats > 0 {
             tracing::info!(%org, seats, "took the org over: holding seats for its runners to re-attach");
         }
