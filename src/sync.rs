@@ -6,12 +6,12 @@
 //! never import atomics or locks from anywhere else.
 
 #[cfg(not(broker_loom))]
-pub use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 #[cfg(not(broker_loom))]
 pub use std::sync::Arc;
 
 #[cfg(broker_loom)]
-pub use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+pub use loom::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 #[cfg(broker_loom)]
 pub use loom::sync::Arc;
 

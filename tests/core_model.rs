@@ -88,6 +88,11 @@ struct RefMachine {
     /// When it was last used, once its pool tracks it: registered (or the
     /// tracking policy's setting), then each of its sessions' ends.
     last_use: Option<u64>,
+    /// Whether it was ever used: a session ended on it while tracked, or a
+    /// tracking policy found it (then counted as used). An ephemeral one
+    /// never used waits one TTL for its first session; a used one goes
+    /// with its last session, even within its registration's millisecond.
+    used: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -159,8 +164,10 @@ impl Reference {
 
     /// A session on `machine` ended at `now`: a tracked machine was used then.
     fn ended_on(&mut self, machine: usize, now: u64) {
-        if let Some(last) = self.machines.get_mut(&machine).and_then(|m| m.last_use.as_mut()) {
+        let Some(m) = self.machines.get_mut(&machine) else { return };
+        if let Some(last) = m.last_use.as_mut() {
             *last = (*last).max(now);
+            m.used = true;
         }
     }
 
@@ -180,7 +187,7 @@ impl Reference {
         let due = |m: &RefMachine| -> Option<u64> {
             let since = m.last_use?;
             match m.ephemeral || self.policy.ephemeral {
-                true if since <= m.registered => Some(m.registered + TTL_MS),
+                true if !m.used => Some(m.registered + TTL_MS),
                 true => Some(since),
                 false => self.policy.idle.map(|d| since + d.as_millis() as u64),
             }
@@ -406,7 +413,7 @@ impl Run {
         } else {
             prop_assert_eq!(got, Ok(Registration::New));
             let last_use = (ephemeral || m.policy.tracks()).then_some(now);
-            m.machines.insert(machine, RefMachine { registered: now, ephemeral, last_use });
+            m.machines.insert(machine, RefMachine { registered: now, ephemeral, last_use, used: false });
         }
         Ok(())
     }
@@ -416,7 +423,8 @@ impl Run {
         let (r, t) = (&self.r, self.t());
         r.broker.apply(&r.broker.plan_set_policy(&r.operator, &r.org, PoolId::KRE_DEFAULT, policy, t).unwrap(), t);
         if policy.tracks() {
-            self.m.machines.values_mut().filter(|x| x.last_use.is_none()).for_each(|x| x.last_use = Some(self.now));
+            let found = self.m.machines.values_mut().filter(|x| x.last_use.is_none());
+            found.for_each(|x| (x.last_use, x.used) = (Some(self.now), true));
         }
         self.m.policy = policy;
     }

@@ -504,3 +504,30 @@ fn norm(action: &str) -> String {
     }
     out
 }
+
+/// The requests version 6 added (`RedeliverWebhook`, `SetPoolAlerts`) are
+/// unknown variants (`BAD_FRAME`) on streams of versions 1 to 5, as their
+/// documents listed no such request; a version 6 stream has them answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_6_requests_are_unknown_on_older_streams() {
+    let b = start(Duration::from_secs(30)).await;
+    b.quota(2).await;
+    let redeliver = || Req::RedeliverWebhook { org: org(), id: "0123456789ab".into(), event: 1 };
+    let alerts = || Req::SetPoolAlerts {
+        org: org(),
+        pool: PoolId::KRE_DEFAULT,
+        queue_alert_ms: Some(60_000),
+        busy_minutes: None,
+    };
+    for v in 1..=5 {
+        let mut o = Raw::open(&b, &b.owner, v).await;
+        o.refused(redeliver(), code::BAD_FRAME).await;
+        o.refused(alerts(), code::BAD_FRAME).await;
+        // The stream goes on: a request of its version is answered.
+        o.ok(Req::Status { org: Some(org()) }, if v >= 3 { "Pools" } else { "Status" }).await;
+    }
+    // `NOT_FOUND` (wire number 7): no such webhook, but the request is known.
+    let mut o = Raw::open(&b, &b.owner, 6).await;
+    o.refused(redeliver(), 7).await;
+    o.ok(alerts(), "Done").await;
+}

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 mod process;
 mod support;
 
+use license_broker::core::Record;
+use license_broker::store::{RedbStore, Store};
 use process::{serve_with, spawn_serve_with, Serve};
 use support::receiver::{doc_verify, now_secs, Got, Receiver};
 
@@ -298,4 +300,61 @@ fn one_delivery_is_redelivered_on_request_and_audited() {
     let out = redeliver(&user, &event);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("FORBIDDEN"), "{out:?}");
     assert!(r.next(Duration::from_secs(2)).is_none(), "refusals send nothing");
+}
+
+/// The records of `dir`'s store (its broker stopped) about webhook `id`:
+/// the webhook and its delivery cursor.
+fn stored_about(dir: &std::path::Path, id: &str) -> Vec<Record> {
+    let store = RedbStore::open(&dir.join("broker.redb")).unwrap();
+    let about = |r: &Record| match r {
+        Record::Webhook(h) => h.id == id,
+        Record::WebhookCursor { id: of, .. } => of == id,
+        _ => false,
+    };
+    store.load().unwrap().into_iter().filter(about).collect()
+}
+
+/// A webhook removed leaves nothing in the store: neither its record nor
+/// its delivery cursor, which its task, stopping after the removal with
+/// a delivery not yet written, used to write again.
+#[test]
+fn a_removed_webhook_leaves_nothing_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve_with(dir.path(), "30s", ALLOW);
+    let r = Receiver::start(0, 200);
+    let (id, _) = add_webhook(&s, &s.owner, &format!("http://127.0.0.1:{}/", r.port));
+    add_user(&s, "g0@default");
+    until(&r, "g0@default", Duration::from_secs(20));
+    let out = s.run(&s.owner, &["webhook", "remove", "--org", "default", &id]);
+    assert!(out.status.success(), "{out:?}");
+    // Its task stops at the next look (every second); then a clean stop.
+    std::thread::sleep(Duration::from_millis(2500));
+    process::signal(&s.child, "-TERM");
+    s.child.wait().unwrap();
+    let left = stored_about(dir.path(), &id);
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A clean stop (SIGTERM) writes every webhook's cursor as delivered, so
+/// the restarted broker sends again nothing its receiver took, however
+/// soon after those deliveries it stopped.
+#[test]
+fn a_clean_restart_sends_again_nothing_the_receiver_took() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve_with(dir.path(), "30s", ALLOW);
+    let r = Receiver::start(0, 200);
+    add_webhook(&s, &s.owner, &format!("http://127.0.0.1:{}/", r.port));
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..3 {
+        add_user(&s, &format!("c{i}@default"));
+    }
+    let taken = first_seen(&until(&r, "c2@default", Duration::from_secs(20)));
+    process::signal(&s.child, "-TERM");
+    s.child.wait().unwrap();
+    s.child = spawn_serve_with(dir.path(), &s.addr, "30s", ALLOW);
+    s.wait_ready(Duration::from_secs(20));
+    add_user(&s, "c3@default");
+    let after = first_seen(&until(&r, "c3@default", Duration::from_secs(20)));
+    let again: Vec<u64> = after.into_iter().filter(|c| taken.contains(c)).collect();
+    assert!(again.is_empty(), "sent again after a clean restart: {again:?} (taken before: {taken:?})");
 }

@@ -87,6 +87,18 @@ fn an_ephemeral_registration_waits_one_lease_ttl_for_its_first_session() {
 }
 
 #[test]
+fn an_ephemeral_machine_used_in_the_millisecond_it_registered_goes_with_its_session() {
+    // Registered, used and given back within one millisecond (a fast
+    // store, a coarse clock): it ran a session, so it is no registration
+    // still waiting for its first one, and goes with that session.
+    let w = fixture(2);
+    w.register_ephemeral("a", t(5)).unwrap();
+    let lease = w.acquire("a", 1, 1, t(5)).unwrap();
+    w.broker.release(&w.owner, lease.session, t(5)).unwrap();
+    assert_eq!(names(&w.expire_machines(t(5))), ["a"], "released with its last session, not a TTL later");
+}
+
+#[test]
 fn a_pool_wide_ephemeral_policy_marks_every_registration() {
     let w = fixture(2);
     w.set_policy(None, true, t(0));

@@ -162,9 +162,57 @@ impl Broker {
         all.into_iter().find(|v| v.hook.id == id).ok_or_else(|| Error::NotFound { what: "webhook", name: id.into() })
     }
 
+    /// Plans `org`'s webhook `id`'s cursor as delivered up to `delivered`,
+    /// if the webhook is still there and its stored cursor is behind. A
+    /// removed webhook gets none: its removal took its cursor with it, and
+    /// a cursor written after would be left in the store for good. (The
+    /// shell plans and commits under its writer lock, as a removal does.)
+    pub fn plan_webhook_cursor(&self, org: &OrgName, id: &str, delivered: u64) -> Option<Change> {
+        let stored = self.with_dir(|dir| Some(dir.org(org).ok()?.webhooks.get(id)?.delivered))?;
+        let record = Record::WebhookCursor { org: org.clone(), id: id.to_string(), delivered };
+        (delivered > stored).then_some(Change::Put(record))
+    }
+
+    /// Plans the cursors of `orgs`' webhooks that `delivered` (org, id →
+    /// the cursor delivered this run) has ahead of the store: what a node
+    /// writes as it hands the orgs on or stops, so nothing delivered is
+    /// sent again by the next node or run.
+    pub fn plan_webhook_cursors(&self, orgs: &[OrgName], delivered: impl Fn(&OrgName, &str) -> u64) -> Vec<Change> {
+        let ids: Vec<(OrgName, String)> = self.with_dir(|dir| {
+            let hooks = orgs.iter().filter_map(|o| dir.orgs.get(o)).flat_map(|e| e.webhooks.values());
+            hooks.map(|v| (v.hook.org.clone(), v.hook.id.clone())).collect()
+        });
+        ids.iter().filter_map(|(org, id)| self.plan_webhook_cursor(org, id, delivered(org, id))).collect()
+    }
+
     /// Every webhook of the orgs in memory, with its secret: for the shell
     /// that delivers (no caller: it is the broker's own task).
     pub fn webhooks_to_deliver(&self) -> Vec<WebhookView> {
         self.with_dir(|dir| dir.orgs.values().flat_map(|o| o.webhooks.values().cloned()).collect())
+    }
+}
+
+#[cfg(all(test, not(broker_loom)))]
+mod tests {
+    use super::*;
+    use crate::core::testkit::{t, Fixture};
+
+    fn hook(w: &Fixture, id: &str) -> Webhook {
+        let (url, secret) = ("https://example.com/hook".to_string(), Secret("whsec_x".into()));
+        Webhook { org: w.org.clone(), id: id.into(), url, events: Vec::new(), secret, created: t(0) }
+    }
+
+    #[test]
+    fn a_cursor_is_planned_only_ahead_of_the_store_and_never_for_a_removed_webhook() {
+        let w = Fixture::new(2, 2, std::time::Duration::from_secs(30));
+        w.broker.apply(&w.broker.plan_add_webhook(&w.owner, hook(&w, "a1"), 5).unwrap(), t(0));
+        w.broker.apply(&w.broker.plan_add_webhook(&w.owner, hook(&w, "b2"), 5).unwrap(), t(0));
+        assert_eq!(w.broker.plan_webhook_cursor(&w.org, "a1", 5), None, "not ahead of the store");
+        let ahead = w.broker.plan_webhook_cursor(&w.org, "a1", 9).expect("ahead");
+        assert_eq!(ahead, Change::Put(Record::WebhookCursor { org: w.org.clone(), id: "a1".into(), delivered: 9 }));
+        let all = w.broker.plan_webhook_cursors(std::slice::from_ref(&w.org), |_, id| if id == "b2" { 7 } else { 5 });
+        assert_eq!(all.len(), 1, "only b2 moved: {all:?}");
+        w.broker.apply(&w.broker.plan_remove_webhook(&w.owner, &w.org, "a1").unwrap(), t(1));
+        assert_eq!(w.broker.plan_webhook_cursor(&w.org, "a1", 9), None, "removed: its cursor went with it");
     }
 }

@@ -66,6 +66,12 @@ pub struct Health {
     /// The cursor delivered past this run (the stored one trails it by
     /// up to `deliver::CURSOR_EVERY`).
     delivered: AtomicU64,
+    /// Its org is being handed on, or the broker stops: no delivery is
+    /// started from now on, so the cursor written then stays true.
+    halted: AtomicBool,
+    /// A delivery is under way (set before `halted` is looked at): the
+    /// cursor is written once it has ended.
+    busy: AtomicBool,
 }
 
 impl Health {
@@ -78,6 +84,25 @@ impl Health {
     /// Marks it failing, or not.
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::Relaxed);
+    }
+
+    /// Starts no more deliveries (`Board::halt`).
+    pub fn halt(&self) {
+        // SeqCst: a delivery that starts after this store is not allowed;
+        // the write of the cursor follows it.
+        self.halted.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether its deliveries are halted.
+    pub fn halted(&self) -> bool {
+        self.halted.load(Ordering::SeqCst)
+    }
+
+    /// Marks a delivery under way, or over.
+    pub fn set_busy(&self, busy: bool) {
+        // SeqCst: with `halt`'s, either the task sees the halt before it
+        // delivers or the halting side sees it busy and waits.
+        self.busy.store(busy, Ordering::SeqCst);
     }
 
     /// Records an attempt (the oldest beyond `RECENT` forgotten).
@@ -125,6 +150,30 @@ impl Board {
     /// The health of `org`'s webhook `id` (made on first use).
     pub fn of(&self, org: &OrgName, id: &str) -> Arc<Health> {
         self.map.lock().entry((org.clone(), id.to_string())).or_default().clone()
+    }
+
+    /// Halts the deliveries of the webhooks of the orgs `which` takes.
+    pub fn halt(&self, which: impl Fn(&OrgName) -> bool) {
+        self.map.lock().iter().filter(|((o, _), _)| which(o)).for_each(|(_, h)| h.halt());
+    }
+
+    /// Lets the webhooks of `org` deliver again (it is served here again).
+    pub fn resume(&self, org: &OrgName) {
+        self.map
+            .lock()
+            .iter()
+            .filter(|((o, _), _)| o == org)
+            .for_each(|(_, h)| h.halted.store(false, Ordering::SeqCst));
+    }
+
+    /// Waits until no delivery of the orgs `which` takes is under way, at
+    /// most `limit` (a receiver that does not answer holds it no longer).
+    pub async fn idle(&self, which: impl Fn(&OrgName) -> bool, limit: Duration) {
+        let busy = || self.map.lock().iter().any(|((o, _), h)| which(o) && h.busy.load(Ordering::SeqCst));
+        let deadline = tokio::time::Instant::now() + limit;
+        while busy() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Forgets the webhooks `keep` refuses.

@@ -83,13 +83,17 @@ pub async fn write_held(ops: &Operations, ceilings: Vec<Record>) {
 /// Before a cluster node hands `orgs` on: lowers each of their pools'
 /// ceilings to the sessions held (memory first: from then on nothing past
 /// them is admitted here), writes them under the orgs' fences with the
-/// machines' last uses (`handover_records`), and only then calls `unfence`
+/// machines' last uses (`handover_records`), after their webhooks' cursors
+/// as delivered (`deliver::write_cursors`), and only then calls `unfence`
 /// (which removes the fences: nothing more is admitted, renewed or written
 /// for them here), all under the ceiling lock, so no raise is written in
 /// between. If the write fails, the fences go all the same: the durable
 /// ceilings stay at least memory's, which the next node holds, as after a
 /// lapse. Returns the ceilings written.
 pub async fn hand_on(ops: &Operations, orgs: &[OrgName], unfence: impl FnOnce()) -> usize {
+    // Their webhooks' cursors as delivered now (the writer lock, taken
+    // before the ceiling lock as every path holding both).
+    super::deliver::write_cursors(ops, orgs).await;
     let _ceiling = ops.ceiling.lock().await;
     let (changes, ceilings) = handover_records(&ops.core, orgs);
     if !changes.is_empty() {

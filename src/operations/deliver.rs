@@ -9,8 +9,10 @@
 //! cursor is written at most every 2 s while events come and once they
 //! stop (`Cursor`), so a crash or a failover redelivers at most the last
 //! 2 s of deliveries: the same events, with the same ids and idempotency
-//! keys. A request handler never waits on any of it: it only reads the
-//! health board, which has the cursor as delivered.
+//! keys; a clean stop or a planned handover writes every cursor as
+//! delivered then (`write_cursors`). A request handler never waits on
+//! any of it: it only reads the health board, which has the cursor as
+//! delivered.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +23,7 @@ use tokio::sync::watch;
 
 use super::Operations;
 use crate::client::Backoff;
-use crate::core::{Change, Event, Record, WebhookView};
+use crate::core::{Event, OrgName, WebhookView};
 use crate::events::hooks::{Attempt, Health, FIRST_BACKOFF, MAX_BACKOFF};
 use crate::events::{json, send, sign, target, PAGE};
 
@@ -67,7 +69,8 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
     loop {
         // Woken by another org's commit: nothing new here, no read.
         let idle = !look && ops.outbox.last_known(&view.hook.org).is_some_and(|last| last <= cursor.at);
-        let page = if idle { Vec::new() } else { read(&ops, &view, cursor.at).await };
+        // Halted: no delivery until its org is served here again (or a stop).
+        let page = if idle || health.halted() { Vec::new() } else { read(&ops, &view, cursor.at).await };
         if page.is_empty() {
             // Idle: the cursor is written once it has waited `CURSOR_EVERY`.
             let wake = cursor.due().unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
@@ -89,17 +92,80 @@ async fn endpoint(ops: Arc<Operations>, view: WebhookView, mut stop: watch::Rece
             if cursor.due().is_some_and(|due| due <= Instant::now()) {
                 cursor.save(&ops, &view).await;
             }
-            // Told to stop (removed, moved away, a new secret): not one more, even mid-page.
-            let stopped = stop.has_changed().unwrap_or(true);
-            if stopped || (view.hook.wants(&e.kind()) && !deliver(&ops, &view, &health, e, &mut stop).await) {
-                cursor.save(&ops, &view).await;
-                return;
+            match step(&ops, &view, &health, e, &mut stop).await {
+                Step::Delivered => cursor.at = e.seq,
+                Step::Stop => {
+                    cursor.save(&ops, &view).await;
+                    return;
+                }
+                // Its cursor is written by whoever halted it; it waits.
+                Step::Halted => break,
             }
-            cursor.at = e.seq;
-            health.delivered_to(e.seq);
         }
         look = false;
     }
+}
+
+/// What became of one event of a page.
+enum Step {
+    /// Delivered, or skipped by the webhook's filters.
+    Delivered,
+    /// Told to stop (removed, moved away, a new secret): not one more.
+    Stop,
+    /// Halted (its org handed on, the broker stopping): none now.
+    Halted,
+}
+
+/// Delivers `e` if the webhook wants it, unless told to stop or halted,
+/// marked busy meanwhile (before the halt is looked at: `Health::set_busy`).
+async fn step(
+    ops: &Operations,
+    view: &WebhookView,
+    health: &Health,
+    e: &Event,
+    stop: &mut watch::Receiver<bool>,
+) -> Step {
+    let stopped = |stop: &watch::Receiver<bool>| stop.has_changed().unwrap_or(true);
+    health.set_busy(true);
+    let step = match stopped(stop) || health.halted() {
+        false if !view.hook.wants(&e.kind()) || deliver(ops, view, health, e, stop).await => Step::Delivered,
+        _ if stopped(stop) => Step::Stop,
+        _ => Step::Halted,
+    };
+    if let Step::Delivered = step {
+        health.delivered_to(e.seq);
+    }
+    health.set_busy(false);
+    step
+}
+
+/// Writes `orgs`' webhook cursors as delivered this run (the health board
+/// has them ahead of the store by up to `CURSOR_EVERY`): what a node does
+/// as it hands orgs on (under their fences) or stops cleanly, so the next
+/// node or run sends again nothing its receivers took. Their deliveries
+/// are halted first (none starts after the write), and one under way is
+/// waited for, at most the delivery timeout (past it, a receiver that has
+/// not answered may get that event again).
+pub async fn write_cursors(ops: &Operations, orgs: &[OrgName]) {
+    ops.hooks.halt(|o| orgs.contains(o));
+    ops.hooks.idle(|o| orgs.contains(o), ops.delivery.timeout).await;
+    let _writer = ops.writer.lock().await;
+    let changes = ops.core.plan_webhook_cursors(orgs, |o, id| ops.hooks.of(o, id).delivered());
+    if changes.is_empty() {
+        return;
+    }
+    match ops.commit(changes.clone()).await {
+        Ok(()) => {
+            ops.core.apply(&changes, ops.clock.now());
+        }
+        Err(e) => tracing::warn!("webhook cursors not written (their last deliveries are sent again): {e}"),
+    }
+}
+
+/// `org` is served here again (taken over): its webhooks, halted if it
+/// was handed on from here before, deliver again.
+pub fn resume(ops: &Operations, org: &OrgName) {
+    ops.hooks.resume(org);
 }
 
 /// A webhook's cursor: where its deliveries are, and where the store has
@@ -125,14 +191,21 @@ impl Cursor {
     }
 
     /// Writes it if it moved; true when it tried (a failed write is tried
-    /// again once due).
+    /// again once due). Planned and committed under the writer lock, so a
+    /// removal is wholly before it (nothing is written: the webhook is
+    /// gone, and its cursor with it) or after it (and removes what it wrote).
     async fn save(&mut self, ops: &Operations, view: &WebhookView) -> bool {
         if self.at == self.saved {
             return false;
         }
-        let record = Record::WebhookCursor { org: view.hook.org.clone(), id: view.hook.id.clone(), delivered: self.at };
-        let changes = vec![Change::Put(record)];
         self.saved_when = Instant::now();
+        let _writer = ops.writer.lock().await;
+        let Some(change) = ops.core.plan_webhook_cursor(&view.hook.org, &view.hook.id, self.at) else {
+            // Removed, or stored as far already (a clean stop's write): nothing to keep.
+            self.saved = self.at;
+            return true;
+        };
+        let changes = vec![change];
         match ops.commit(changes.clone()).await {
             Ok(()) => {
                 ops.core.apply(&changes, ops.clock.now());
@@ -176,6 +249,10 @@ async fn deliver(
         if error.is_empty() {
             health.set_failing(false);
             return true;
+        }
+        if health.halted() {
+            // Its org is handed on, or the broker stops: the event waits for the next.
+            return false;
         }
         if first.elapsed() >= ops.delivery.retry_for && !health.failing() {
             health.set_failing(true);

@@ -284,6 +284,7 @@ impl Running {
     pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> Vec<Record> {
         let ops = &self.shared.ops;
         let (seats, raised) = ops.core().adopt_org(org, records, ops.clock().now());
+        crate::operations::deliver::resume(ops, org);
         if seats > 0 {
             tracing::info!(%org, seats, "took the org over: holding seats for its runners to re-attach");
         }
@@ -428,6 +429,9 @@ impl Running {
                 abort.abort();
             }
         }
+        // Every webhook's cursor as delivered: a restart sends nothing again.
+        let ops = &self.shared.ops;
+        crate::operations::deliver::write_cursors(ops, &ops.core().org_names()).await;
         // The last counts and the clock, so a restart continues from here,
         // and ceilings down to the sessions still held (nothing is admitted
         // any more), so the restart holds seats only for runners that may

@@ -8,6 +8,8 @@
 
 use std::time::{Duration, Instant};
 
+mod handover;
+
 use super::support::receiver::{Got, Receiver};
 use super::{cli, exclusive, logs, owner, start_nodes, Started};
 

@@ -57,7 +57,9 @@ impl Pool {
         let mut machines = self.machines.lock();
         let mut added = false;
         for (id, m) in machines.iter_mut().filter(|(_, m)| m.tenure.is_none() && policy.tracks()) {
-            m.tenure = Some(Tenure::indexed(now, false, self.due.clone(), id.clone()));
+            let tenure = Tenure::indexed(now, false, self.due.clone(), id.clone());
+            tenure.used(now);
+            m.tenure = Some(tenure);
             added = true;
         }
         let mut due = self.due.lock();
@@ -127,7 +129,7 @@ impl Pool {
     ) -> Option<(&'m Arc<Tenure>, Quiet, Millis)> {
         let t = m.tenure.as_ref().filter(|_| m.admits())?;
         let quiet = t.quiet()?;
-        let due = due(quiet.since, m.registered, t.ephemeral || policy.ephemeral, policy.idle, grace)?;
+        let due = due(&quiet, m.registered, t.ephemeral || policy.ephemeral, policy.idle, grace)?;
         if !self.bound_to(id).is_empty() {
             return None;
         }
@@ -169,7 +171,12 @@ impl Pool {
         self.expired.fetch_max(expired, Ordering::Relaxed);
         let machines = self.machines.lock();
         for (id, at) in uses {
-            if let Some(t) = machines.get(id).and_then(|m| m.tenure.as_ref()) {
+            // The record keeps times, not uses: a last use after the
+            // registration is one (within its millisecond is taken as none).
+            let Some((t, registered)) = machines.get(id).and_then(|m| Some((m.tenure.as_ref()?, m.registered))) else {
+                continue;
+            };
+            if *at > registered {
                 t.used(*at);
             }
         }
@@ -188,12 +195,12 @@ impl Pool {
     }
 }
 
-/// When a machine last used at `since` (registered at `registered`) is due.
-fn due(since: Millis, registered: Millis, ephemeral: bool, idle: Option<Duration>, grace: Duration) -> Option<Millis> {
+/// When a machine judged `quiet` (registered at `registered`) is due.
+fn due(quiet: &Quiet, registered: Millis, ephemeral: bool, idle: Option<Duration>, grace: Duration) -> Option<Millis> {
     match ephemeral {
         // Never used: one grace period to start its first session.
-        true if since <= registered => Some(registered.after(grace)),
-        true => Some(since),
-        false => idle.map(|d| since.after(d)),
+        true if !quiet.used => Some(registered.after(grace)),
+        true => Some(quiet.since),
+        false => idle.map(|d| quiet.since.after(d)),
     }
 }

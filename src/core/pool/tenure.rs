@@ -18,7 +18,7 @@ use std::time::Duration;
 use super::due::Due;
 use crate::core::id::MachineId;
 use crate::core::time::Millis;
-use crate::sync::{Arc, AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicBool, AtomicU64, Ordering};
 
 /// A pool's machine policy (`pool set --machine-idle`, `--ephemeral`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,6 +48,11 @@ pub struct Tenure {
     word: AtomicU64,
     /// When it was last used (registered, a session ended, a runner queued).
     last_use: AtomicU64,
+    /// Whether it was ever used (a session ended on it, a runner queued on
+    /// it, a policy found it), not only registered: said here, not guessed
+    /// from the last use, which a use within the millisecond of the
+    /// registration leaves equal to it.
+    used: AtomicBool,
     /// Registered ephemeral (`runner --ephemeral`), whatever the pool's policy.
     pub ephemeral: bool,
     /// Its pool's index of machines by due time, and its machine there:
@@ -66,18 +71,25 @@ pub struct Quiet {
     word: u64,
     /// When the machine was last used.
     pub since: Millis,
+    /// Whether it was ever used (`Tenure::used`): a registration never
+    /// used waits a grace for its first session instead.
+    pub used: bool,
 }
 
 impl Tenure {
     /// A tenure last used at `at`, held by nobody.
     pub fn new(at: Millis, ephemeral: bool) -> Arc<Tenure> {
-        Arc::new(Tenure { word: AtomicU64::new(0), last_use: AtomicU64::new(at.0), ephemeral, index: None })
+        Tenure::with_index(at, ephemeral, None)
     }
 
     /// A tenure as `new`, of `machine`, which notes it in `due`.
     pub(super) fn indexed(at: Millis, ephemeral: bool, due: Arc<Due>, machine: MachineId) -> Arc<Tenure> {
-        let index = Some((due, machine));
-        Arc::new(Tenure { word: AtomicU64::new(0), last_use: AtomicU64::new(at.0), ephemeral, index })
+        Tenure::with_index(at, ephemeral, Some((due, machine)))
+    }
+
+    fn with_index(at: Millis, ephemeral: bool, index: Option<(Arc<Due>, MachineId)>) -> Arc<Tenure> {
+        let (word, last_use, used) = (AtomicU64::new(0), AtomicU64::new(at.0), AtomicBool::new(false));
+        Arc::new(Tenure { word, last_use, used, ephemeral, index })
     }
 
     /// Notes the machine in its pool's index: it may come due from its
@@ -121,9 +133,10 @@ impl Tenure {
 
     /// Marks the machine used at `now` (never moves the mark back).
     pub fn used(&self, now: Millis) {
-        // Relaxed: published by the word's RMW that follows (give_back) or
-        // read as a hint that a close re-judges (`quiet`).
+        // Relaxed (both): published by the word's RMW that follows
+        // (give_back, take) or read as a hint that a close re-judges (`quiet`).
         self.last_use.fetch_max(now.0, Ordering::Relaxed);
+        self.used.store(true, Ordering::Relaxed);
     }
 
     /// When the machine was last used.
@@ -142,7 +155,9 @@ impl Tenure {
         // Acquire: pairs with give_back's release, so `last_use` is the
         // one stored before the word was seen.
         let word = self.word.load(Ordering::Acquire);
-        (word & (CLOSED | HOLDS) == 0).then(|| Quiet { word, since: self.last_use() })
+        // Relaxed: as `last_use`, published by the word's RMW.
+        let used = || self.used.load(Ordering::Relaxed);
+        (word & (CLOSED | HOLDS) == 0).then(|| Quiet { word, since: self.last_use(), used: used() })
     }
 
     /// Closes the tenure if its word is still the one judged quiet: from
