@@ -459,7 +459,7 @@ fn the_counts_of_an_org_handed_on_are_removed_under_the_new_claim_alone() {
     let store = EtcdStore::new(etcd.clone(), layout.clone(), Arc::new(Fences::default())).unwrap();
     let org = OrgName::new("acme").unwrap();
     let stopped =
-        Record::Stopped { org: org.clone(), pool: PoolId::KRE_DEFAULT, reserved: 1, labels: vec![], users: vec![] };
+        Record::Stopped { org: org.clone(), pool: PoolId::KRE_DEFAULT, reserved: 1, labels: None, users: None };
     let (table, key) = stopped.key();
     let at = format!("/lb-stop/r/{}/{key}", table.name()).into_bytes();
     let claim = rt.block_on(async {

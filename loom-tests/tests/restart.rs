@@ -25,9 +25,12 @@ fn a_believer_racing_a_newcomer_for_its_capped_label_keeps_the_cap() {
         let believer = thread::spawn(move || fb.reattach_labelled(a, true, t(20_000)));
         let fn_ = f.clone();
         let newcomer = thread::spawn(move || fn_.acquire_labelled_at(b, true, t(20_000)));
-        assert!(believer.join().unwrap().is_ok(), "a cap never refuses a believer");
+        let back = believer.join().unwrap().expect("a cap never refuses a believer");
         assert_eq!(newcomer.join().unwrap(), Err(Error::LabelLimit { max: 1 }));
         assert_eq!(f.web_counted(), 1);
+        // Its place was taken once: with the believer gone the cap is free.
+        f.broker.release(&f.owner, back.session, t(20_000)).unwrap();
+        assert!(f.acquire_labelled_at(b, true, t(20_000)).is_ok());
     });
 }
 
@@ -43,9 +46,11 @@ fn a_believer_racing_the_end_of_the_hold_leaves_its_cap_counting_sessions() {
         let believer = thread::spawn(move || fb.reattach_labelled(1, true, t(20_000)));
         let fe = f.clone();
         let ender = thread::spawn(move || fe.broker.expire(hold.until).len());
-        assert!(believer.join().unwrap().is_ok());
+        let back = believer.join().unwrap().expect("a cap never refuses a believer");
         assert_eq!(ender.join().unwrap(), 0);
         assert_eq!(f.web_counted(), 1, "the believer alone");
         assert_eq!(f.acquire_labelled_at(2, true, t(20_000)), Err(Error::LabelLimit { max: 1 }));
+        f.broker.release(&f.owner, back.session, t(20_000)).unwrap();
+        assert!(f.acquire_labelled_at(2, true, t(20_000)).is_ok(), "no place went back twice, none stayed");
     });
 }

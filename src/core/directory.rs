@@ -289,7 +289,10 @@ impl Directory {
                 })
             }
             Change::Put(Record::Reservation { key, value, seats, .. }) => p.set_reservation(key, value, *seats),
-            Change::Put(Record::Stopped { reserved, labels, users, .. }) => p.set_stopped(*reserved, labels, users),
+            Change::Put(Record::Stopped { reserved, labels, users, .. }) => {
+                let (labels, users) = (labels.clone(), users.clone());
+                p.set_stopped(super::pool::Stopped { reserved: *reserved, labels, users })
+            }
             _ => {}
         }
     }

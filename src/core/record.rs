@@ -291,11 +291,11 @@ pub enum Record {
         /// Seats reserved; 0: none (the reservation was removed).
         seats: u32,
     },
-    /// A pool's sessions as a clean stop left them, when nothing more
-    /// could be admitted (`pool::stop`): the next start holds just these
-    /// for their runners, instead of every reserved seat and every label
-    /// cap's limit, and removes the record before it admits anything, so
-    /// a later crash never reads it.
+    /// A pool's sessions as a clean stop or a handover counted them
+    /// (`pool::stop`): the next start or owner holds just these for their
+    /// runners, instead of every reserved seat and every cap's limit, and
+    /// removes the record before it admits anything, so a later crash
+    /// never reads it.
     Stopped {
         /// The org.
         org: OrgName,
@@ -303,10 +303,13 @@ pub enum Record {
         pool: PoolId,
         /// Sessions on the pool's reserved seats.
         reserved: u32,
-        /// Sessions counted in each label cap: key, value, sessions.
-        labels: Vec<(String, String, u32)>,
-        /// Sessions counted in each user's cap.
-        users: Vec<(Email, u32)>,
+        /// Sessions counted in each label cap that counted any: key,
+        /// value, sessions (`None`: the caps were not counted, as at a
+        /// handover, which still serves the org while it writes).
+        labels: Option<Vec<(String, String, u32)>>,
+        /// Sessions counted in each user's cap that counted any (`None`:
+        /// not counted).
+        users: Option<Vec<(Email, u32)>>,
     },
 }
 

@@ -42,11 +42,16 @@ pub enum Table {
     Events,
     /// Each org's webhooks and how far their deliveries have gone.
     Webhooks,
+    /// What a clean stop or a handover counted for the next hold
+    /// (`Record::Stopped`). A table of its own, which brokers older than
+    /// the record never open (nor, in a cluster, read), so they still load
+    /// a store or take an org over after one was written.
+    Stops,
 }
 
 impl Table {
     /// Every table, parents first.
-    pub const ALL: [Table; 13] = [
+    pub const ALL: [Table; 14] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
@@ -60,10 +65,11 @@ impl Table {
         Table::Meta,
         Table::Events,
         Table::Webhooks,
+        Table::Stops,
     ];
 
     /// The tables that rebuild memory at startup.
-    pub const DIRECTORY: [Table; 11] = [
+    pub const DIRECTORY: [Table; 12] = [
         Table::Orgs,
         Table::Pools,
         Table::Users,
@@ -75,6 +81,7 @@ impl Table {
         Table::Counters,
         Table::Meta,
         Table::Webhooks,
+        Table::Stops,
     ];
 
     /// The table's name in a store.
@@ -93,6 +100,7 @@ impl Table {
             Table::Meta => "meta",
             Table::Events => "events",
             Table::Webhooks => "webhooks",
+            Table::Stops => "stops",
         }
     }
 }
@@ -134,7 +142,7 @@ impl Record {
             Record::Reservation { org, pool, key, value, .. } => {
                 (Table::Counters, format!("{org}/{pool}/reservation/{key}={value}"))
             }
-            Record::Stopped { org, pool, .. } => (Table::Counters, stopped_key(org, pool)),
+            Record::Stopped { org, pool, .. } => (Table::Stops, stopped_key(org, pool)),
         }
     }
 }
@@ -151,7 +159,7 @@ impl Change {
             Change::RemoveEvent { org, seq } => (Table::Events, event_key(org, *seq)),
             Change::RemoveWebhook { org, id } => (Table::Webhooks, format!("{org}/{id}")),
             Change::RemoveWebhookCursor { org, id } => (Table::Webhooks, format!("{org}/{id}/cursor")),
-            Change::RemoveStopped { org, pool } => (Table::Counters, stopped_key(org, pool)),
+            Change::RemoveStopped { org, pool } => (Table::Stops, stopped_key(org, pool)),
         }
     }
 }

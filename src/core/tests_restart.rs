@@ -69,7 +69,7 @@ fn started_with(quota: u32, written: &[Change]) -> (Fixture, Hold) {
 fn after_a_clean_stop_a_reserved_seat_nobody_sat_on_is_free_for_its_label_at_once() {
     let (w, mut written) = running();
     written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org));
+    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org), true);
     assert!(
         matches!(&stopped[..], [Record::Stopped { reserved: 1, .. }]),
         "one session sat on a reserved seat: {stopped:?}"
@@ -96,7 +96,7 @@ fn after_a_crash_every_reserved_seat_is_held_for_its_runners() {
 #[test]
 fn the_start_that_reads_a_stops_counts_removes_them_with_its_hold() {
     let (w, mut written) = running();
-    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org));
+    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org), true);
     written.extend(stopped.iter().cloned().map(Change::Put));
     let (_, hold) = started(&written);
     let keys = |changes: &[Change]| changes.iter().map(Change::key).collect::<Vec<_>>();
@@ -107,23 +107,29 @@ fn the_start_that_reads_a_stops_counts_removes_them_with_its_hold() {
 #[test]
 fn a_stops_count_closes_the_reservations_so_nothing_is_admitted_past_it() {
     let (w, _) = running();
-    w.broker.stop_records(std::slice::from_ref(&w.org));
+    w.broker.stop_records(std::slice::from_ref(&w.org), true);
     assert_eq!(acquire(&w, 20, RELEASE), Err(Error::QuotaExceeded { quota: 5 }), "counted, then closed");
 }
 
 /// A node adopting the org `w` wrote `written` for, as after a handover
 /// or a failover; the seats its hold took.
 fn adopted(w: &Fixture, written: Vec<Change>) -> u64 {
-    let next = Fixture::with_ceilings(5, 2, TTL);
+    adopt_into(w, 5, written).1
+}
+
+/// The node adopting the org, and the seats its hold took.
+fn adopt_into(w: &Fixture, quota: u32, written: Vec<Change>) -> (Fixture, u64) {
+    let next = Fixture::with_ceilings(quota, 2, TTL);
     next.register("m").unwrap();
     next.broker.forget_orgs(std::slice::from_ref(&next.org), t(0));
-    let mut records = next.org_records(5, 0);
+    let mut records = next.org_records(quota, 0);
     records.extend(written.into_iter().filter_map(|c| match c {
         Change::Put(r) => Some(r),
         _ => None,
     }));
     assert_eq!(w.org, next.org);
-    next.broker.adopt_org(&next.org, records, t(0)).0
+    let held = next.broker.adopt_org(&next.org, records, t(0)).0;
+    (next, held)
 }
 
 #[test]
@@ -131,7 +137,7 @@ fn a_node_adopting_an_org_handed_on_holds_just_the_sessions_counted() {
     let (w, mut written) = running();
     let orgs = std::slice::from_ref(&w.org);
     written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
-    written.extend(w.broker.stop_records(orgs).into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
     assert_eq!(adopted(&w, written), 4, "the 3 shared sessions and the 1 on a reserved seat");
 }
 
@@ -219,13 +225,17 @@ fn after_a_clean_stop_a_cap_holds_only_the_sessions_it_counted() {
         .collect();
     w.broker.release(&w.owner, web[0], t(0)).unwrap();
     written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    written.extend(w.broker.stop_records(std::slice::from_ref(&w.org)).into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records(std::slice::from_ref(&w.org), true).into_iter().map(Change::Put));
     let (again, _) = started_with(10, &written);
     acquire(&again, 20, WEB).unwrap();
     assert_eq!(acquire(&again, 21, WEB), Err(Error::LabelLimit { max: 2 }), "the other place is its runner's");
     assert_eq!(web_sessions(&again), 1);
-    assert_eq!(believer(&again, 2, WEB).map(|l| l.reattached), Ok(false));
+    let back = believer(&again, 2, WEB).unwrap();
+    assert!(!back.reattached);
     assert_eq!(web_sessions(&again), 2, "never past its cap");
+    assert_eq!(acquire(&again, 21, WEB), Err(Error::LabelLimit { max: 2 }));
+    again.broker.release(&again.owner, back.session, t(0)).unwrap();
+    acquire(&again, 21, WEB).expect("no place left held once its runner is back");
 }
 
 #[test]
@@ -239,8 +249,11 @@ fn after_a_clean_stop_a_users_cap_holds_only_the_sessions_it_counted() {
     admit(&w, 1, &[], &mut written).unwrap();
     admit(&w, 2, &[], &mut written).unwrap();
     written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org));
-    assert!(matches!(&stopped[..], [Record::Stopped { users, .. }] if users == &[(email.clone(), 2)]), "{stopped:?}");
+    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org), true);
+    assert!(
+        matches!(&stopped[..], [Record::Stopped { users: Some(users), .. }] if users == &[(email.clone(), 2)]),
+        "{stopped:?}"
+    );
     written.extend(stopped.into_iter().map(Change::Put));
     let (again, _) = started_with(10, &written);
     let counted = || again.broker.user_limits(&again.owner, &again.org, PoolId::KRE_DEFAULT).unwrap()[0].2;
@@ -248,6 +261,35 @@ fn after_a_clean_stop_a_users_cap_holds_only_the_sessions_it_counted() {
     assert_eq!(acquire(&again, 21, &[]), Err(Error::UserLimit { max: 3 }), "two places are its runners'");
     assert_eq!(counted(), 1, "places held are not sessions");
     believer(&again, 1, &[]).unwrap();
-    believer(&again, 2, &[]).unwrap();
+    let back = believer(&again, 2, &[]).unwrap();
     assert_eq!(counted(), 3, "never past its cap");
+    assert_eq!(acquire(&again, 21, &[]), Err(Error::UserLimit { max: 3 }));
+    again.broker.release(&again.owner, back.session, t(0)).unwrap();
+    acquire(&again, 21, &[]).expect("no place left held once its runners are back");
+}
+
+#[test]
+fn a_handover_leaves_the_caps_uncounted_so_a_newcomer_in_its_window_never_passes_one() {
+    // The handing node still serves the org while it writes: a session
+    // ending lets a web newcomer in after the count was taken.
+    let w = Fixture::with_ceilings(10, 2, TTL);
+    w.register("m").unwrap();
+    let label = ("team".to_string(), "web".to_string());
+    let mut written =
+        w.broker.plan_set_label_limit(&w.owner, &w.org, PoolId::KRE_DEFAULT, label, Some(2), t(0)).unwrap();
+    w.apply(Ok(written.clone()));
+    admit(&w, 1, WEB, &mut written).unwrap();
+    let plain = admit(&w, 3, &[], &mut written).unwrap();
+    admit(&w, 4, &[], &mut written).unwrap();
+    let orgs = std::slice::from_ref(&w.org);
+    written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
+    w.broker.release(&w.owner, plain.session, t(0)).unwrap();
+    acquire(&w, 20, WEB).expect("the window: a freed seat under the lowered ceiling");
+    let (next, _) = adopt_into(&w, 10, written);
+    assert_eq!(acquire(&next, 30, WEB), Err(Error::LabelLimit { max: 2 }), "both places held: uncounted");
+    let back: Vec<Lease> = [1, 20].iter().map(|n| believer(&next, *n, WEB).unwrap()).collect();
+    assert_eq!(acquire(&next, 30, WEB), Err(Error::LabelLimit { max: 2 }), "never past its cap");
+    next.broker.release(&next.owner, back[0].session, t(0)).unwrap();
+    acquire(&next, 30, WEB).expect("no place left held once its runners are back");
 }

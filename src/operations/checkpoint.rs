@@ -55,7 +55,7 @@ pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
     changes.extend(ops.core.lower_ceilings(tight).into_iter().map(Change::Put));
     if tight {
         // After the ceilings: the count closes the reservations to newcomers.
-        changes.extend(ops.core.stop_records(&ops.core.org_names()).into_iter().map(Change::Put));
+        changes.extend(ops.core.stop_records(&ops.core.org_names(), true).into_iter().map(Change::Put));
     }
     match ops.commit(changes).await {
         Ok(()) => figures,
@@ -107,8 +107,8 @@ pub async fn hand_on(ops: &Operations, orgs: &[OrgName], unfence: impl FnOnce())
 
 /// What a node writes of `orgs` as it hands them on: each pool's ceiling
 /// lowered to its sessions (how many there are is returned too), the
-/// sessions on its reserved seats and in its caps (`Record::Stopped`, so
-/// the next owner holds just those), and every
+/// sessions on its reserved seats (`Record::Stopped`, so the next owner
+/// holds just those), and every
 /// tracked pool's machines' last uses as they are now. The checkpoint writes
 /// last uses only when one enters a new minute, so without these the next
 /// node would read uses up to a minute and a checkpoint old, and could
@@ -117,7 +117,8 @@ pub fn handover_records(core: &Broker, orgs: &[OrgName]) -> (Vec<Change>, usize)
     let mut changes: Vec<Change> = core.ceilings_to_sessions(orgs).into_iter().map(Change::Put).collect();
     let ceilings = changes.len();
     // After the ceilings: counting closes the reservations to newcomers.
-    changes.extend(core.stop_records(orgs).into_iter().map(Change::Put));
+    // Not the caps: the orgs are still served until this write is done.
+    changes.extend(core.stop_records(orgs, false).into_iter().map(Change::Put));
     let (uses, _) = core.last_use_records(&Default::default());
     let theirs = uses.into_iter().filter(|r| r.org().is_some_and(|o| orgs.contains(o)));
     changes.extend(theirs.map(Change::Put));

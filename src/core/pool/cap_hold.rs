@@ -17,6 +17,7 @@
 use super::limit::Bounds;
 use super::stop::Stopped;
 use super::Pool;
+use crate::core::hash::FastMap;
 use crate::core::id::Email;
 use crate::core::seats::{SeatCount, Seats};
 use crate::sync::{Arc, Ordering};
@@ -55,14 +56,18 @@ impl Pool {
     /// bounds lock.
     pub(super) fn hold_caps(&self, b: &mut Bounds, stopped: Option<&Stopped>, held: u32) {
         let (users, labels) = self.caps_now();
+        let counted_users: Option<FastMap<&Email, u32>> =
+            stopped.and_then(|s| s.users.as_ref()).map(|u| u.iter().map(|(e, n)| (e, *n)).collect());
         for (email, seats) in users {
-            let counted = stopped.map(|s| s.users.iter().find(|(e, _)| *e == email).map_or(0, |u| u.1));
+            let counted = counted_users.as_ref().map(|c| c.get(&email).copied().unwrap_or(0));
             hold_cap(b, Whose::User(email), seats, counted, held);
         }
+        let counted_labels = stopped.and_then(|s| s.labels.as_ref());
         for cap in labels.iter().flat_map(|caps| caps.iter()) {
-            let counted = stopped.map(|s| s.labels.iter().find(|(k, v, _)| *k == cap.key && *v == cap.value));
+            let of =
+                |l: &Vec<super::LabelCount>| l.iter().find(|c| c.0 == cap.key && c.1 == cap.value).map_or(0, |c| c.2);
             let whose = Whose::Label(cap.key.clone(), cap.value.clone());
-            hold_cap(b, whose, cap.seats.clone(), counted.map(|c| c.map_or(0, |c| c.2)), held);
+            hold_cap(b, whose, cap.seats.clone(), counted_labels.map(of), held);
         }
     }
 

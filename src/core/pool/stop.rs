@@ -1,15 +1,19 @@
-//! What a clean stop leaves of a pool's sessions for the next start.
+//! What a clean stop, or a cluster node handing orgs on, leaves of a
+//! pool's sessions for the next hold.
 //!
 //! After a crash the next start knows only upper bounds: the durable
 //! ceiling for the shared seats, and every reserved seat whole, since the
-//! store does not say how many runners sat on them. A clean stop knows
-//! exactly: once nothing more is admitted it counts the sessions on the
-//! pool's reserved seats and in each label cap, and writes them
-//! (`Record::Stopped`) with the ceilings lowered to the shared sessions.
-//! The next start holds just those for their runners, so a reserved seat
-//! nobody sat on is free for its label at once, and removes the record in
-//! the same commit as its hold, before it admits anything: a later crash
-//! never reads counts of an earlier run.
+//! store does not say how many runners sat on them; and each cap holds
+//! places up to its limit. A stop knows better: it counts the sessions on
+//! the pool's reserved seats (closing the reservations to newcomers first,
+//! so the count stays exact) and writes them (`Record::Stopped`) with the
+//! ceilings lowered to the shared sessions. A clean stop has drained, so it
+//! counts each cap's sessions too; a handover still serves the org until
+//! its write is done, and a session ending meanwhile may let a newcomer
+//! into a cap, so it leaves the caps uncounted (the next node holds their
+//! upper bounds). The next start, or owner, holds just what was counted,
+//! and removes the record before it admits anything: a later crash never
+//! reads counts of an earlier run.
 
 use super::Pool;
 use crate::core::id::Email;
@@ -18,32 +22,42 @@ use crate::core::seats::SeatCount;
 /// Label, and the sessions a clean stop counted in its cap.
 pub type LabelCount = (String, String, u32);
 
-/// A pool's sessions as a clean stop counted them (`Record::Stopped`).
+/// A pool's sessions as a stop counted them (`Record::Stopped`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stopped {
     /// Sessions on the pool's reserved seats.
     pub reserved: u32,
-    /// Sessions counted in each label cap.
-    pub labels: Vec<LabelCount>,
-    /// Sessions counted in each user's cap.
-    pub users: Vec<(Email, u32)>,
+    /// Sessions counted in each label cap that counted any (`None`: the
+    /// caps were not counted).
+    pub labels: Option<Vec<LabelCount>>,
+    /// Sessions counted in each user's cap that counted any (`None`: not
+    /// counted).
+    pub users: Option<Vec<(Email, u32)>>,
 }
 
 impl Pool {
-    /// At a clean stop, once its shared seats admit nothing more (the
-    /// ceiling lowered to the sessions): closes the pool's reservations to
-    /// newcomers (each keeps only the seats sessions sit on) and counts
-    /// the sessions on their seats and in each label's and user's cap.
-    /// `None`: the pool has none of them, and its ceiling alone is what
-    /// the next start holds.
-    pub fn stop_counts(&self) -> Option<Stopped> {
+    /// At a stop, once its shared seats admit nothing more (the ceiling
+    /// lowered to the sessions): closes the pool's reservations to
+    /// newcomers (each keeps only the seats sessions sit on; the pool's
+    /// word keeps counting the others, nothing being admitted after) and
+    /// counts the sessions on their seats, and, if `caps` (a drained
+    /// broker's stop), in each label's and user's cap. `None`: there is
+    /// nothing to count, and the ceiling alone is what the next hold holds.
+    pub(in crate::core) fn stop_counts(&self, caps: bool) -> Option<Stopped> {
         let reserved = self.close_lanes();
         let (users, labels) = self.caps_now();
+        let has_caps = !users.is_empty() || labels.is_some();
+        let some = |n: u32| n > 0;
         let count = |c: &super::LabelCap| (c.key.clone(), c.value.clone(), c.seats.count().in_use);
-        let labels: Vec<LabelCount> = labels.iter().flat_map(|caps| caps.iter()).map(count).collect();
-        let users: Vec<(Email, u32)> = users.into_iter().map(|(e, w)| (e, w.count().in_use)).collect();
-        let any = reserved.is_some() || !labels.is_empty() || !users.is_empty();
-        any.then(|| Stopped { reserved: reserved.unwrap_or(0), labels, users })
+        let labels: Vec<LabelCount> =
+            labels.iter().flat_map(|caps| caps.iter()).map(count).filter(|c| some(c.2)).collect();
+        let users: Vec<(Email, u32)> =
+            users.into_iter().map(|(e, w)| (e, w.count().in_use)).filter(|u| some(u.1)).collect();
+        (reserved.is_some() || caps && has_caps).then(|| Stopped {
+            reserved: reserved.unwrap_or(0),
+            labels: caps.then_some(labels),
+            users: caps.then_some(users),
+        })
     }
 
     /// Lowers each reservation's seats to those sessions sit on, so none is
@@ -64,8 +78,8 @@ impl Pool {
         Some(sessions)
     }
 
-    /// Keeps a clean stop's counts for the restart's hold (`hold_reserve`).
-    pub fn set_stopped(&self, reserved: u32, labels: &[LabelCount], users: &[(Email, u32)]) {
-        self.bounds.lock().stopped = Some(Stopped { reserved, labels: labels.to_vec(), users: users.to_vec() });
+    /// Keeps a stop's counts for the next hold (`hold_reserve`).
+    pub(in crate::core) fn set_stopped(&self, counted: Stopped) {
+        self.bounds.lock().stopped = Some(counted);
     }
 }
