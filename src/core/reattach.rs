@@ -67,9 +67,11 @@ impl Broker {
     /// run's runners, if any are left (`Pool::reattached`).
     fn believer(&self, p: &Principal, target: &Target, who: &Claimant, now: Millis, earlier: bool) -> Result<Lease> {
         let ticket = self.ticket(p, target)?;
+        // Came back already this hold: the token is replayed (see `may_return`).
+        let earlier = earlier && ticket.pool.may_return(who.nonce.0);
         let lease = self.admit_from(&ticket, who, now, believer_seat(earlier))?;
         if earlier && !lease.reattached {
-            ticket.pool.reattached(&ticket.user, &who.labels);
+            ticket.pool.reattached(who.nonce.0, &ticket.user, &who.labels);
         }
         Ok(lease)
     }

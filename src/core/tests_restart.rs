@@ -293,3 +293,19 @@ fn a_handover_leaves_the_caps_uncounted_so_a_newcomer_in_its_window_never_passes
     next.broker.release(&next.owner, back[0].session, t(0)).unwrap();
     acquire(&next, 30, WEB).expect("no place left held once its runners are back");
 }
+
+#[test]
+fn a_token_of_the_run_before_replayed_after_its_new_session_ended_takes_nothing() {
+    // Web cap 2, two web runners before the crash: the first comes back,
+    // ends its job, and presents its old token again; a web newcomer
+    // tries meanwhile; the second runner must still find its place.
+    let (_, written) = capped();
+    let (again, _) = started_with(10, &written);
+    let first = believer(&again, 1, WEB).unwrap();
+    again.broker.release(&again.owner, first.session, t(0)).unwrap();
+    assert_eq!(believer(&again, 1, WEB), Err(Error::SessionExpired), "not a believer any more");
+    assert_eq!(acquire(&again, 20, WEB).map(|_| ()), Ok(()), "the first runner's place is free");
+    believer(&again, 2, WEB).unwrap();
+    assert_eq!(web_sessions(&again), 2, "never past its cap");
+    assert_eq!(acquire(&again, 21, WEB), Err(Error::LabelLimit { max: 2 }));
+}

@@ -55,6 +55,7 @@ impl Pool {
     /// its limit or the held seats, whichever is fewer. Callers hold the
     /// bounds lock.
     pub(super) fn hold_caps(&self, b: &mut Bounds, stopped: Option<&Stopped>, held: u32) {
+        *self.returned.lock() = Some(Default::default());
         let (users, labels) = self.caps_now();
         let counted_users: Option<FastMap<&Email, u32>> =
             stopped.and_then(|s| s.users.as_ref()).map(|u| u.iter().map(|(e, n)| (e, *n)).collect());
@@ -69,17 +70,32 @@ impl Pool {
             let whose = Whose::Label(cap.key.clone(), cap.value.clone());
             hold_cap(b, whose, cap.seats.clone(), counted_labels.map(of), held);
         }
+        self.recount(b);
     }
 
-    /// A runner of the previous run re-attached into a new session as
-    /// `user` with `labels` (counted in their caps already): each of those
-    /// caps gives back one place held for it, and no cap keeps more places
-    /// than seats are still held for the runners to come.
-    pub fn reattached(&self, user: &Email, labels: &Labels) {
-        let mut b = self.bounds.lock();
-        if b.caps_held.is_empty() {
+    /// Whether the previous run's runner of `nonce` may come back into a
+    /// held seat: once per hold. One that came back, and whose session
+    /// ended since, replays a token of the previous run: it is not a
+    /// believer any more (its new session's token says so), and must take
+    /// neither a second held seat nor a second cap's place.
+    pub fn may_return(&self, nonce: u128) -> bool {
+        self.returned.lock().as_ref().is_none_or(|came| !came.contains(&nonce))
+    }
+
+    /// A runner of the previous run re-attached into a new session (its
+    /// `nonce`) as `user` with `labels` (counted in their caps already):
+    /// it may not come back again this hold, each of those caps gives
+    /// back one place held for it, and no cap keeps more places than seats
+    /// are still held for the runners to come.
+    pub fn reattached(&self, nonce: u128, user: &Email, labels: &Labels) {
+        if let Some(came) = self.returned.lock().as_mut() {
+            came.insert(nonce);
+        }
+        // Acquire: pairs with the Release of every change under the lock.
+        if self.places.load(Ordering::Acquire) == 0 {
             return;
         }
+        let mut b = self.bounds.lock();
         let counts = |w: &Whose| match w {
             Whose::Label(k, v) => labels.get(k) == Some(v.as_str()),
             Whose::User(e) => e == user,
@@ -91,14 +107,23 @@ impl Pool {
         // Acquire: pairs with `take_reserved`'s update.
         let to_come = self.reserve.load(Ordering::Acquire);
         b.caps_held.retain_mut(|h| h.keep(to_come) > 0);
+        self.recount(&b);
     }
 
-    /// Ends the caps' hold: every place still held goes back. Callers hold
-    /// the bounds lock.
-    pub(super) fn release_caps(b: &mut Bounds) {
+    /// Publishes the places held in all (under the bounds lock).
+    fn recount(&self, b: &Bounds) {
+        // Release: see `reattached`.
+        self.places.store(b.caps_held.iter().map(|h| h.held).sum(), Ordering::Release);
+    }
+
+    /// Ends the caps' hold: every place still held goes back, and the
+    /// runners come back are forgotten. Callers hold the bounds lock.
+    pub(super) fn release_caps(&self, b: &mut Bounds) {
         for mut hold in b.caps_held.drain(..) {
             hold.keep(0);
         }
+        self.recount(b);
+        *self.returned.lock() = None;
     }
 
     /// Places caps hold now for the previous run's runners, by the cap's

@@ -272,7 +272,7 @@ impl Pool {
     /// Ends the hold: seats still reserved go back, and the places label
     /// caps held for the runners (`cap_hold`).
     pub fn release_reserve(&self) {
-        Self::release_caps(&mut self.bounds.lock());
+        self.release_caps(&mut self.bounds.lock());
         let n = self.reserve.swap(0, Ordering::AcqRel);
         if n > 0 {
             let after = self.seats.release(n);

@@ -121,6 +121,12 @@ pub struct Pool {
     /// Seats held, after a restart, for the previous run's sessions until
     /// their runners re-attach or the hold ends (counted in `in_use`).
     reserve: AtomicU32,
+    /// The previous run's runners come back during the hold, by nonce
+    /// (`cap_hold`): `None` outside a hold.
+    returned: Mutex<Option<super::hash::FastSet<u128>>>,
+    /// Places caps hold for those runners, in all (`cap_hold`): read
+    /// before its lock, so a re-attach without any takes no lock for them.
+    places: AtomicU32,
     /// Admissions refused at the ceiling since the last raise: each waits
     /// for a raise, so the next raise makes room for all of them at once.
     misses: AtomicU32,
@@ -195,6 +201,8 @@ impl Pool {
             bounds: Mutex::new(Bounds::new(quota)),
             quota: AtomicU32::new(quota),
             reserve: AtomicU32::new(0),
+            returned: Mutex::new(None),
+            places: AtomicU32::new(0),
             misses: AtomicU32::new(0),
             counted: Mutex::new(Counts::default()),
             denied: Mutex::new([0; Denial::ALL.len()]),
