@@ -68,9 +68,8 @@ impl Client {
     /// `reattach` carrying the job's labels: to a broker of protocol
     /// version 7, one `ReattachLabelled` (a new session carries them from
     /// its first instant, counted in its label caps); to an older one,
-    /// which does not know it, `Reattach`, then `Label` on the new session
-    /// a restarted broker gave (a live one kept its labels). No labels: a
-    /// plain `Reattach`, which every version knows.
+    /// which does not know it, `Reattach`, then `Label` on the session it
+    /// gave. No labels: a plain `Reattach`, which every version knows.
     pub async fn reattach_labelled(
         &self,
         (org, pool, machine): (&OrgName, PoolId, &MachineId),
@@ -84,8 +83,10 @@ impl Client {
             return admitted(self.call(req).await?);
         }
         let again = self.reattach(org, pool, machine, nonce, token).await?;
-        if !again.reattached && !labels.is_empty() {
-            // A restarted broker gave a new session: label it.
+        if !labels.is_empty() {
+            // Always, not only on a new session: a retry after a `Label`
+            // that failed finds the live session, still unlabelled (and a
+            // relabel to the same labels moves nothing).
             self.label(again.session, labels.clone()).await?;
         }
         Ok(again)
