@@ -142,10 +142,9 @@ impl Pool {
     /// are not sessions.
     pub fn caps(&self) -> Vec<(Email, u32, u32)> {
         let held = self.caps_held();
-        let held_in = |w: &Arc<Seats>| held.iter().find(|(h, _)| Arc::ptr_eq(h, w)).map_or(0, |h| h.1);
         let row = |(e, w): (&Email, &Arc<Seats>)| {
             let now = w.count();
-            (e.clone(), now.limit, now.in_use.saturating_sub(held_in(w)))
+            (e.clone(), now.limit, now.in_use.saturating_sub(super::cap_hold::held_in(&held, w)))
         };
         let mut out: Vec<_> = self.caps.lock().users.iter().map(row).collect();
         out.sort();

@@ -126,12 +126,22 @@ impl Pool {
         *self.returned.lock() = None;
     }
 
-    /// Places caps hold now for the previous run's runners, by the cap's
-    /// word (what a cap's listing leaves out of its sessions).
-    pub(super) fn caps_held(&self) -> Vec<(Arc<Seats>, u32)> {
+    /// Places caps hold now for the previous run's runners, by the address
+    /// of the cap's word (what a cap's listing leaves out of its sessions;
+    /// `held_in` reads it).
+    pub(super) fn caps_held(&self) -> FastMap<usize, u32> {
+        // Acquire: see `reattached`.
+        if self.places.load(Ordering::Acquire) == 0 {
+            return FastMap::default();
+        }
         let b = self.bounds.lock();
-        b.caps_held.iter().map(|h| (h.seats.clone(), h.held)).collect()
+        b.caps_held.iter().map(|h| (Arc::as_ptr(&h.seats) as usize, h.held)).collect()
     }
+}
+
+/// The places `held` (`Pool::caps_held`) says the cap of `word` holds.
+pub(super) fn held_in(held: &FastMap<usize, u32>, word: &Arc<Seats>) -> u32 {
+    held.get(&(Arc::as_ptr(word) as usize)).copied().unwrap_or(0)
 }
 
 /// Holds `places` of a cap (`None`: as many as its limit), at most `held`.

@@ -123,10 +123,14 @@ impl Pool {
     pub fn label_limits(&self) -> Vec<(String, String, u32, u32)> {
         let Some(caps) = self.label_caps() else { return Vec::new() };
         let held = self.caps_held();
-        let held_in = |c: &LabelCap| held.iter().find(|(w, _)| Arc::ptr_eq(w, &c.seats)).map_or(0, |h| h.1);
         let row = |c: &LabelCap| {
             let now = c.seats.count();
-            (c.key.clone(), c.value.clone(), now.limit, now.in_use.saturating_sub(held_in(c)))
+            (
+                c.key.clone(),
+                c.value.clone(),
+                now.limit,
+                now.in_use.saturating_sub(super::cap_hold::held_in(&held, &c.seats)),
+            )
         };
         caps.iter().map(row).collect()
     }
