@@ -112,8 +112,9 @@ fn a_stops_count_closes_the_reservations_so_nothing_is_admitted_past_it() {
 }
 
 /// A node adopting the org `w` wrote `written` for, as after a handover
-/// or a failover; the seats its hold took.
-fn adopted(w: &Fixture, written: Vec<Change>) -> u64 {
+/// or a failover; the seats its hold took, and what it must write before
+/// it serves the org.
+fn adopted(w: &Fixture, written: Vec<Change>) -> (u64, Vec<Change>) {
     let next = Fixture::with_ceilings(5, 2, TTL);
     next.register("m").unwrap();
     next.broker.forget_orgs(std::slice::from_ref(&next.org), t(0));
@@ -123,7 +124,7 @@ fn adopted(w: &Fixture, written: Vec<Change>) -> u64 {
         _ => None,
     }));
     assert_eq!(w.org, next.org);
-    next.broker.adopt_org(&next.org, records, t(0)).0
+    next.broker.adopt_org(&next.org, records, t(0))
 }
 
 #[test]
@@ -132,13 +133,28 @@ fn a_node_adopting_an_org_handed_on_holds_just_the_sessions_counted() {
     let orgs = std::slice::from_ref(&w.org);
     written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
     written.extend(w.broker.stop_records(orgs).into_iter().map(Change::Put));
-    assert_eq!(adopted(&w, written), 4, "the 3 shared sessions and the 1 on a reserved seat");
+    assert_eq!(adopted(&w, written).0, 4, "the 3 shared sessions and the 1 on a reserved seat");
+}
+
+#[test]
+fn a_node_adopting_an_org_handed_on_has_its_raised_ceiling_and_the_counts_removal_to_write_first() {
+    let (w, mut written) = running();
+    let orgs = std::slice::from_ref(&w.org);
+    written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records(orgs).into_iter().map(Change::Put));
+    let (_, to_write) = adopted(&w, written);
+    // The runner back from its reserved seat takes a shared one: a later
+    // owner must hold 4, and must not read the counts this one read.
+    let pool = PoolId::KRE_DEFAULT;
+    let ceiling = Change::Put(Record::Ceiling { org: w.org.clone(), pool, seats: 4 });
+    let removal = Change::RemoveStopped { org: w.org.clone(), pool };
+    assert_eq!(to_write, [ceiling, removal]);
 }
 
 #[test]
 fn a_node_adopting_an_org_after_a_failover_holds_every_reserved_seat() {
     let (w, written) = running();
-    assert_eq!(adopted(&w, written), 5);
+    assert_eq!(adopted(&w, written).0, 5);
 }
 
 const WEB: &[(&str, &str)] = &[("team", "web")];
