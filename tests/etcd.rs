@@ -2,7 +2,8 @@
 //! (Debian's `etcd-server`, which the test command installs): reads and
 //! writes, create-if-absent and revision-fenced transactions, leases that
 //! delete their keys when they lapse, failover when the member it talks
-//! to is killed, and calls over kept-alive connections.
+//! to is killed, calls over kept-alive connections, and what a node taking
+//! an org over writes under its claim before it serves the org.
 
 use std::time::{Duration, Instant};
 
@@ -446,9 +447,9 @@ fn calls_go_over_kept_alive_connections_and_a_reset_one_is_replaced() {
 }
 
 #[test]
-fn the_counts_of_an_org_handed_on_are_removed_under_the_new_claim_alone() {
+fn a_takeovers_hold_is_written_under_the_new_claim_alone_before_any_fence_is_set() {
     use license_broker::cluster::store::{EtcdStore, Fences, Layout};
-    use license_broker::core::{OrgName, PoolId, Record};
+    use license_broker::core::{Change, OrgName, PoolId, Record};
     use std::sync::Arc;
 
     let _cluster = start_cluster();
@@ -456,22 +457,59 @@ fn the_counts_of_an_org_handed_on_are_removed_under_the_new_claim_alone() {
     let etcd = Arc::new(Etcd::new(&_cluster.clients, Duration::from_secs(2)).unwrap());
     rt.block_on(eventually(Duration::from_secs(20), || etcd.put(b"/lb-stop/ready", b"1", None)));
     let layout = Layout::new("/lb-stop/");
+    // No fence: the taking node sets it only once this is written.
     let store = EtcdStore::new(etcd.clone(), layout.clone(), Arc::new(Fences::default())).unwrap();
     let org = OrgName::new("acme").unwrap();
-    let stopped =
-        Record::Stopped { org: org.clone(), pool: PoolId::KRE_DEFAULT, reserved: 1, labels: None, users: None };
-    let (table, key) = stopped.key();
-    let at = format!("/lb-stop/r/{}/{key}", table.name()).into_bytes();
+    let pool = PoolId::KRE_DEFAULT;
+    let stopped = Record::Stopped { org: org.clone(), pool, reserved: 1, labels: None, users: None };
+    let ceiling = |seats| Record::Ceiling { org: org.clone(), pool, seats };
     let claim = rt.block_on(async {
-        let put = Op::Put(at.clone(), postcard::to_allocvec(&stopped).unwrap(), None);
+        let put = |r: &Record| {
+            let (table, key) = r.key();
+            Op::Put(format!("/lb-stop/r/{}/{key}", table.name()).into_bytes(), postcard::to_allocvec(r).unwrap(), None)
+        };
         let claimed = Op::Put(layout.claim("acme"), b"node-b".to_vec(), None);
-        etcd.txn(&[], &[put, claimed], &[]).await.unwrap().revision
+        etcd.txn(&[], &[put(&stopped), put(&ceiling(3)), claimed], &[]).await.unwrap().revision
     });
-    let present = || rt.block_on(etcd.range(&at, false)).unwrap().0.len();
-    let loaded = store.load_orgs(std::slice::from_ref(&org)).unwrap();
-    assert!(loaded[0].1.contains(&stopped), "the taking node reads the counts: {:?}", loaded[0].1);
-    assert!(!store.clear_stopped(&org, claim - 1, &loaded[0].1).unwrap(), "not under another claim");
-    assert_eq!(present(), 1, "a node without the claim removes nothing");
-    assert!(store.clear_stopped(&org, claim, &loaded[0].1).unwrap());
-    assert_eq!(present(), 0, "removed before the node serves the org: no later owner reads them");
+    let stored = || store.load_orgs(std::slice::from_ref(&org)).unwrap().remove(0).1;
+    assert!(stored().contains(&stopped), "the taking node reads the counts");
+    // What its hold must have durable: the ceiling raised for the runner
+    // back from a reserved seat, the counts it read removed.
+    let hold = [Change::Put(ceiling(4)), Change::RemoveStopped { org: org.clone(), pool }];
+    assert!(!store.commit_claimed(&org, claim - 1, &hold).unwrap(), "not under another claim");
+    let before = stored();
+    assert!(before.len() == 2 && before.contains(&ceiling(3)), "a node without the claim writes nothing: {before:?}");
+    assert!(store.commit_claimed(&org, claim, &hold).unwrap());
+    assert_eq!(stored(), [ceiling(4)], "written before the node serves the org: a later owner holds as many");
+    let other = Change::Put(Record::Ceiling { org: OrgName::new("other").unwrap(), pool, seats: 9 });
+    assert!(store.commit_claimed(&org, claim, &[other]).is_err(), "the claim guards its own org's records only");
+}
+
+#[test]
+fn a_takeovers_hold_larger_than_a_transaction_is_written_in_chunks_each_under_the_claim() {
+    use license_broker::cluster::store::{EtcdStore, Fences, Layout, MAX_TXN_OPS};
+    use license_broker::core::{Change, MachineId, Millis, OrgName, PoolId, Record};
+    use std::sync::Arc;
+
+    let _cluster = start_cluster();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let etcd = Arc::new(Etcd::new(&_cluster.clients, Duration::from_secs(2)).unwrap());
+    rt.block_on(eventually(Duration::from_secs(20), || etcd.put(b"/lb-big/ready", b"1", None)));
+    let layout = Layout::new("/lb-big/");
+    let store = EtcdStore::new(etcd.clone(), layout.clone(), Arc::new(Fences::default())).unwrap();
+    let org = OrgName::new("acme").unwrap();
+    let machine = |i: usize| Record::Machine {
+        org: org.clone(),
+        pool: PoolId::KRE_DEFAULT,
+        machine: MachineId::new(format!("m{i:04}")).unwrap(),
+        registered: Millis(1),
+    };
+    let many: Vec<Change> = (0..2 * MAX_TXN_OPS + 7).map(|i| Change::Put(machine(i))).collect();
+    let claim = rt.block_on(etcd.txn(&[], &[Op::Put(layout.claim("acme"), b"node-b".to_vec(), None)], &[]));
+    let claim = claim.unwrap().revision;
+    let stored = || store.load_orgs(std::slice::from_ref(&org)).unwrap().remove(0).1.len();
+    assert!(!store.commit_claimed(&org, claim + 1, &many).unwrap());
+    assert_eq!(stored(), 0, "nothing under a claim that is not the org's");
+    assert!(store.commit_claimed(&org, claim, &many).unwrap(), "more than etcd takes in one transaction");
+    assert_eq!(stored(), many.len());
 }

@@ -9,7 +9,9 @@
 //! written by any node.
 //!
 //! A node loads only the broker's own records at start (`load`), and each
-//! org's when it takes the org over (`load_orgs`).
+//! org's when it takes the org over (`load_orgs`); it then writes what its
+//! hold of the org must have durable compared on the claim itself, before
+//! the org has a fence (`commit_claimed`).
 //!
 //! The trait is synchronous (the shell calls it from blocking threads);
 //! etcd's client is async. A small runtime of its own, on one thread,
@@ -90,20 +92,57 @@ impl EtcdStore {
     }
 
     /// Before a node taking `org` over (its claim created at `fence`)
-    /// admits anything: removes the counts the node that handed it on
-    /// wrote as it stopped serving it (`Record::Stopped` among `records`),
-    /// under the claim, so that the hold may trust them: a later owner
-    /// never reads counts older than this node's admissions. `true` once
-    /// removed (or there were none); `false`: the claim is gone.
-    pub fn clear_stopped(&self, org: &OrgName, fence: i64, records: &[Record]) -> Result<bool, StoreError> {
-        let stopped = records.iter().filter(|r| matches!(r, Record::Stopped { .. }));
-        let ops: Vec<Op> = stopped.map(|r| r.key()).map(|(t, k)| Op::Delete(self.layout.record(t, &k))).collect();
-        if ops.is_empty() {
+    /// serves it: writes what its hold must have durable first (the
+    /// ceilings it raised, the removals of the counts the node that handed
+    /// it on wrote: `Broker::adopt_org`), each transaction compared on the
+    /// claim itself, since the org has no fence in `Fences` until this is
+    /// done. A chunk of `MAX_TXN_OPS` per transaction, in order. `true`
+    /// once written (or there was nothing); `false`: the claim is gone
+    /// (nothing more written, chunks before may have been: harmless, the
+    /// claim's next owner reads them as it would this node's admissions').
+    /// A change of another org, or of none, is refused (`Fenced`): the
+    /// claim guards only its own org's.
+    pub fn commit_claimed(&self, org: &OrgName, fence: i64, changes: &[Change]) -> Result<bool, StoreError> {
+        let compare = vec![Compare::CreateRevision(self.layout.claim(org.as_str()), fence)];
+        let mut txns = Vec::new();
+        for chunk in changes.chunks(MAX_TXN_OPS) {
+            if chunk.iter().any(|c| c.org() != Some(org)) {
+                return Err(StoreError::Fenced);
+            }
+            txns.push(chunk.iter().map(|c| self.op(c)).collect::<Result<Vec<Op>, StoreError>>()?);
+        }
+        if txns.is_empty() {
             return Ok(true);
         }
-        let compare = vec![Compare::CreateRevision(self.layout.claim(org.as_str()), fence)];
         let etcd = self.etcd.clone();
-        self.bridge.run(async move { Ok(etcd.txn(&compare, &ops, &[]).await.map_err(etcd_error)?.succeeded) })
+        self.bridge.run(async move {
+            for ops in txns {
+                if !etcd.txn(&compare, &ops, &[]).await.map_err(etcd_error)?.succeeded {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// The etcd operation that makes `change`.
+    fn op(&self, change: &Change) -> Result<Op, StoreError> {
+        let (table, key) = change.key();
+        let key = self.layout.record(table, &key);
+        Ok(match change {
+            Change::Put(record) => {
+                let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Backend(Box::new(e)))?;
+                Op::Put(key, bytes, None)
+            }
+            Change::RemoveMachine { .. }
+            | Change::RemoveGrant { .. }
+            | Change::RemoveBinding { .. }
+            | Change::RemoveUser { .. }
+            | Change::RemoveEvent { .. }
+            | Change::RemoveWebhook { .. }
+            | Change::RemoveWebhookCursor { .. }
+            | Change::RemoveStopped { .. } => Op::Delete(key),
+        })
     }
 
     /// The records of each of `orgs`, parents before children, as a node
@@ -321,22 +360,7 @@ impl Store for EtcdStore {
                 compare.push(Compare::CreateRevision(self.layout.claim(org.as_str()), fence));
             }
             for change in chunk {
-                let (table, key) = change.key();
-                let key = self.layout.record(table, &key);
-                ops.push(match change {
-                    Change::Put(record) => {
-                        let bytes = postcard::to_allocvec(record).map_err(|e| StoreError::Backend(Box::new(e)))?;
-                        Op::Put(key, bytes, None)
-                    }
-                    Change::RemoveMachine { .. }
-                    | Change::RemoveGrant { .. }
-                    | Change::RemoveBinding { .. }
-                    | Change::RemoveUser { .. }
-                    | Change::RemoveEvent { .. }
-                    | Change::RemoveWebhook { .. }
-                    | Change::RemoveWebhookCursor { .. }
-                    | Change::RemoveStopped { .. } => Op::Delete(key),
-                });
+                ops.push(self.op(change)?);
             }
             txns.push((compare, ops));
         }

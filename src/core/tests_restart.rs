@@ -112,13 +112,16 @@ fn a_stops_count_closes_the_reservations_so_nothing_is_admitted_past_it() {
 }
 
 /// A node adopting the org `w` wrote `written` for, as after a handover
-/// or a failover; the seats its hold took.
-fn adopted(w: &Fixture, written: Vec<Change>) -> u64 {
-    adopt_into(w, 5, written).1
+/// or a failover; the seats its hold took, and what it must write before
+/// it serves the org.
+fn adopted(w: &Fixture, written: Vec<Change>) -> (u64, Vec<Change>) {
+    let (_, held, to_write) = adopt_into(w, 5, written);
+    (held, to_write)
 }
 
-/// The node adopting the org, and the seats its hold took.
-fn adopt_into(w: &Fixture, quota: u32, written: Vec<Change>) -> (Fixture, u64) {
+/// The node adopting the org, the seats its hold took, and what it must
+/// write before it serves the org.
+fn adopt_into(w: &Fixture, quota: u32, written: Vec<Change>) -> (Fixture, u64, Vec<Change>) {
     let next = Fixture::with_ceilings(quota, 2, TTL);
     next.register("m").unwrap();
     next.broker.forget_orgs(std::slice::from_ref(&next.org), t(0));
@@ -128,8 +131,8 @@ fn adopt_into(w: &Fixture, quota: u32, written: Vec<Change>) -> (Fixture, u64) {
         _ => None,
     }));
     assert_eq!(w.org, next.org);
-    let held = next.broker.adopt_org(&next.org, records, t(0)).0;
-    (next, held)
+    let (held, to_write) = next.broker.adopt_org(&next.org, records, t(0));
+    (next, held, to_write)
 }
 
 #[test]
@@ -138,13 +141,28 @@ fn a_node_adopting_an_org_handed_on_holds_just_the_sessions_counted() {
     let orgs = std::slice::from_ref(&w.org);
     written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
     written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
-    assert_eq!(adopted(&w, written), 4, "the 3 shared sessions and the 1 on a reserved seat");
+    assert_eq!(adopted(&w, written).0, 4, "the 3 shared sessions and the 1 on a reserved seat");
+}
+
+#[test]
+fn a_node_adopting_an_org_handed_on_has_its_raised_ceiling_and_the_counts_removal_to_write_first() {
+    let (w, mut written) = running();
+    let orgs = std::slice::from_ref(&w.org);
+    written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
+    written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
+    let (_, to_write) = adopted(&w, written);
+    // The runner back from its reserved seat takes a shared one: a later
+    // owner must hold 4, and must not read the counts this one read.
+    let pool = PoolId::KRE_DEFAULT;
+    let ceiling = Change::Put(Record::Ceiling { org: w.org.clone(), pool, seats: 4 });
+    let removal = Change::RemoveStopped { org: w.org.clone(), pool };
+    assert_eq!(to_write, [ceiling, removal]);
 }
 
 #[test]
 fn a_node_adopting_an_org_after_a_failover_holds_every_reserved_seat() {
     let (w, written) = running();
-    assert_eq!(adopted(&w, written), 5);
+    assert_eq!(adopted(&w, written).0, 5);
 }
 
 const WEB: &[(&str, &str)] = &[("team", "web")];
@@ -286,7 +304,7 @@ fn a_handover_leaves_the_caps_uncounted_so_a_newcomer_in_its_window_never_passes
     written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
     w.broker.release(&w.owner, plain.session, t(0)).unwrap();
     acquire(&w, 20, WEB).expect("the window: a freed seat under the lowered ceiling");
-    let (next, _) = adopt_into(&w, 10, written);
+    let (next, _, _) = adopt_into(&w, 10, written);
     assert_eq!(acquire(&next, 30, WEB), Err(Error::LabelLimit { max: 2 }), "both places held: uncounted");
     let back: Vec<Lease> = [1, 20].iter().map(|n| believer(&next, *n, WEB).unwrap()).collect();
     assert_eq!(acquire(&next, 30, WEB), Err(Error::LabelLimit { max: 2 }), "never past its cap");

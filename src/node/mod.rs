@@ -18,8 +18,9 @@
 //! broker does after a crash (`Broker::adopt_org`). A handover (or a
 //! node's clean stop) first writes each pool's ceiling down to the
 //! sessions held, and counts those on reserved seats and in caps, so the
-//! next node holds only those (`placer`, which removes the counts under
-//! its own claim before it serves the org); and an org is handed on only once its own
+//! next node holds only those (`placer`, which writes its hold's raised
+//! ceilings and removes the counts under its own claim before it serves
+//! the org, or gives the claim back); and an org is handed on only once its own
 //! takeover's hold is over, so it never moves back while seats are held
 //! for its runners. A node whose lease lapses stops at its valid-until
 //! (the keeper and every placement pass race it), writes nothing, and

@@ -17,8 +17,8 @@ use crate::cluster::etcd::Etcd;
 use crate::cluster::membership::Membership;
 use crate::cluster::ownership::{self, Claimed, NodeLease, Owner};
 use crate::cluster::placement;
-use crate::cluster::store::{EtcdStore, Fences, Layout};
-use crate::core::{OrgName, Record};
+use crate::cluster::store::{EtcdStore, Fences, Layout, LOAD_CONCURRENCY};
+use crate::core::{Change, OrgName, Record};
 use crate::server::Running;
 
 /// Decides which orgs this node serves, pass by pass.
@@ -269,70 +269,157 @@ impl Placer {
         crate::core::Event { org: org.clone(), seq: 0, at: crate::core::Millis(now_ms()), body }
     }
 
-    /// Loads the records of orgs just claimed (removing the counts the node
-    /// that handed them on wrote, `load_and_clear`) and serves them; on
-    /// etcd trouble gives the claims back (another pass, here or elsewhere,
-    /// takes them again). Returns the orgs now served.
+    /// Takes the orgs just claimed: loads their records and, for each,
+    /// holds its seats in memory (`Running::adopt`), commits what that hold
+    /// must have durable under the claim (`serve_written`), and only then
+    /// sets its fence, so nothing is admitted for it before a later owner
+    /// would hold as much. An org whose commit failed is forgotten and its
+    /// claim given back, as are all of them if the records could not be
+    /// read (another pass, here or elsewhere, takes them again). Returns
+    /// the orgs now served.
     pub async fn adopt(&self, running: &Running, claimed: Vec<(OrgName, i64)>) -> Vec<OrgName> {
         if claimed.is_empty() {
             return Vec::new();
         }
+        let Some(loaded) = self.load(&claimed).await else {
+            self.give_back(claimed).await;
+            return Vec::new();
+        };
+        let fences: HashMap<OrgName, i64> = claimed.into_iter().collect();
+        let held = loaded.into_iter().filter_map(|(org, records)| {
+            let fence = *fences.get(&org)?;
+            let to_write = running.adopt(&org, records);
+            Some((org, fence, to_write))
+        });
+        let store = self.store.clone();
+        let commit = move |org, fence, changes| commit_claimed(store.clone(), org, fence, changes);
+        let (took, refused) = serve_written(held.collect(), &self.fences, commit).await;
+        if !refused.is_empty() {
+            running.drop_orgs(refused.iter().map(|(o, _)| o.clone()).collect()).await;
+            self.give_back(refused).await;
+        }
+        running.tell(took.iter().map(|(org, fence)| self.moved(org, *fence)).collect()).await;
+        took.into_iter().map(|(org, _)| org).collect()
+    }
+
+    /// The records of the orgs `claimed`, or `None` (logged) on etcd trouble.
+    async fn load(&self, claimed: &[(OrgName, i64)]) -> Option<Vec<(OrgName, Vec<Record>)>> {
         let names: Vec<OrgName> = claimed.iter().map(|(o, _)| o.clone()).collect();
-        let (store, fences) = (self.store.clone(), claimed.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_and_clear(&store, &names, &fences)).await;
-        match loaded {
-            Ok(Ok(loaded)) => {
-                let fences: HashMap<OrgName, i64> = claimed.into_iter().collect();
-                let (mut took, mut raised) = (Vec::new(), Vec::new());
-                for (org, records) in loaded {
-                    let ceilings = running.adopt(&org, records);
-                    if let Some(fence) = fences.get(&org) {
-                        self.fences.set(&org, *fence);
-                        took.push((org, *fence));
-                        raised.extend(ceilings);
-                    }
-                }
-                running.write_held(raised).await;
-                running.tell(took.iter().map(|(org, fence)| self.moved(org, *fence)).collect()).await;
-                took.into_iter().map(|(org, _)| org).collect()
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    Err(e) => e.to_string(),
-                    Ok(Ok(_)) => String::new(),
-                };
-                tracing::warn!("loading the records of orgs claimed: {why}; giving the claims back");
-                for (org, fence) in claimed {
-                    let _ = ownership::release(&self.etcd, &self.layout, org.as_str(), fence).await;
-                }
-                Vec::new()
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.load_orgs(&names)).await {
+            Ok(Ok(loaded)) => Some(loaded),
+            Ok(Err(e)) => Self::failed(e.to_string()),
+            Err(e) => Self::failed(e.to_string()),
+        }
+    }
+
+    fn failed<T>(why: String) -> Option<T> {
+        tracing::warn!("loading the records of orgs claimed: {why}; giving the claims back");
+        None
+    }
+
+    /// Gives the claims back (failures only logged: a claim not deleted
+    /// lapses with this node's lease, or is dropped as lost).
+    async fn give_back(&self, claims: Vec<(OrgName, i64)>) {
+        for (org, fence) in claims {
+            if let Err(e) = ownership::release(&self.etcd, &self.layout, org.as_str(), fence).await {
+                tracing::debug!(%org, "giving the claim back: {e}");
             }
         }
     }
 }
 
-/// The records of `orgs`, with the counts the node that handed each on
-/// wrote (`Record::Stopped`) removed under its claim's fence before it is
-/// served, so its hold may trust them (`EtcdStore::clear_stopped`). A
-/// claim found gone is trouble like any other: the claims go back.
-fn load_and_clear(
-    store: &EtcdStore,
-    orgs: &[OrgName],
-    fences: &[(OrgName, i64)],
-) -> Result<Vec<(OrgName, Vec<Record>)>, crate::store::StoreError> {
-    let loaded = store.load_orgs(orgs)?;
-    for (org, records) in &loaded {
-        let fence = fences.iter().find(|(o, _)| o == org).map(|(_, f)| *f);
-        if !fence.is_some_and(|f| store.clear_stopped(org, f, records).unwrap_or(false)) {
-            return Err(crate::store::StoreError::Fenced);
+/// An org just claimed, its claim's revision (its fence to be), and what
+/// its hold must have durable before it is served.
+type Held = (OrgName, i64, Vec<Change>);
+
+/// Commits each org's hold with `commit` (under its claim, at most
+/// `LOAD_CONCURRENCY` orgs at once) and sets the fence of each written only
+/// once its commit returned: from then on it is served. Returns the orgs
+/// served and those refused (the claim gone, or etcd trouble: logged).
+async fn serve_written<F, W>(held: Vec<Held>, fences: &Fences, commit: F) -> (Vec<(OrgName, i64)>, Vec<(OrgName, i64)>)
+where
+    F: Fn(OrgName, i64, Vec<Change>) -> W,
+    W: std::future::Future<Output = Result<bool, String>> + Send + 'static,
+{
+    let limit = Arc::new(tokio::sync::Semaphore::new(LOAD_CONCURRENCY));
+    let mut calls = tokio::task::JoinSet::new();
+    for (org, fence, changes) in held {
+        let (limit, written) = (limit.clone(), commit(org.clone(), fence, changes));
+        calls.spawn(async move {
+            let _turn = limit.acquire_owned().await;
+            (org, fence, written.await)
+        });
+    }
+    let (mut took, mut refused) = (Vec::new(), Vec::new());
+    while let Some(done) = calls.join_next().await {
+        // A task never panics: the blocking call's panic comes back as an error.
+        let Ok((org, fence, written)) = done else { continue };
+        match written {
+            Ok(true) => {
+                fences.set(&org, fence);
+                took.push((org, fence));
+            }
+            Ok(false) => refuse(&mut refused, org, fence, "its claim is gone"),
+            Err(why) => refuse(&mut refused, org, fence, &why),
         }
     }
-    Ok(loaded)
+    (took, refused)
+}
+
+fn refuse(refused: &mut Vec<(OrgName, i64)>, org: OrgName, fence: i64, why: &str) {
+    tracing::warn!(%org, "the seats a takeover holds could not be written ({why}): giving the org back");
+    refused.push((org, fence));
+}
+
+/// Commits `changes` under `org`'s claim created at `fence`, off the async
+/// threads (`EtcdStore::commit_claimed`); nothing to write needs no call.
+async fn commit_claimed(store: Arc<EtcdStore>, org: OrgName, fence: i64, changes: Vec<Change>) -> Result<bool, String> {
+    if changes.is_empty() {
+        return Ok(true);
+    }
+    match tokio::task::spawn_blocking(move || store.commit_claimed(&org, fence, &changes)).await {
+        Ok(written) => written.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The wall clock in Unix milliseconds (the node has no broker clock of
 /// its own; an event's time is informative).
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::core::PoolId;
+
+    #[tokio::test]
+    async fn an_org_taken_over_is_served_only_once_its_hold_is_written_under_its_claim() {
+        let fences = Fences::default();
+        let org = |name: &str| OrgName::new(name).unwrap();
+        let raised =
+            |name: &str| vec![Change::Put(Record::Ceiling { org: org(name), pool: PoolId::KRE_DEFAULT, seats: 4 })];
+        let held = vec![(org("acme"), 7, raised("acme")), (org("gone"), 8, raised("gone")), (org("idle"), 9, vec![])];
+        // What each commit saw of its org's fence, as it was written.
+        let seen = Mutex::new(Vec::new());
+        let commit = |o: OrgName, _, _| {
+            seen.lock().unwrap().push((o.clone(), fences.get(&o)));
+            async move {
+                tokio::task::yield_now().await;
+                Ok(o.as_str() != "gone")
+            }
+        };
+        let (mut took, refused) = serve_written(held, &fences, commit).await;
+        took.sort();
+        assert_eq!(took, [(org("acme"), 7), (org("idle"), 9)]);
+        assert_eq!(refused, [(org("gone"), 8)], "its claim went before its hold was written");
+        assert!(seen.lock().unwrap().iter().all(|(_, fence)| fence.is_none()), "no fence before the write: {seen:?}");
+        let mut served = fences.all();
+        served.sort();
+        assert_eq!(served, took, "the org whose hold was not written is not served");
+    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Operations;
-use crate::core::{Broker, Change, OrgName, Record};
+use crate::core::{Broker, Change, OrgName};
 
 /// How often the checkpoint is written. A crash loses at most this much of
 /// the counts, and the high-water mark lags the clock by at most this much.
@@ -63,20 +63,6 @@ pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
             tracing::warn!("checkpoint not written: {e}");
             last
         }
-    }
-}
-
-/// After a takeover, under the orgs' fences: writes the ceilings its hold
-/// raised (`Broker::adopt_org`: the hold counts the reserved seats too),
-/// so the store is never below what admissions obey. If the write fails,
-/// a second failover before the next raise holds the stored ceilings.
-pub async fn write_held(ops: &Operations, ceilings: Vec<Record>) {
-    if ceilings.is_empty() {
-        return;
-    }
-    let _ceiling = ops.ceiling.lock().await;
-    if let Err(e) = ops.commit(ceilings.into_iter().map(Change::Put).collect()).await {
-        tracing::warn!("ceilings raised by a takeover's hold not written: {e}");
     }
 }
 

@@ -16,7 +16,7 @@ use super::datadir::{self, TICKET_KEY_FILE, TOKEN_KEY_FILE};
 use super::options::{BootstrapKeys, ClusterSeat, HttpTls, Options};
 use super::{gate, socket, tickets, token, Load, LogBudget, Shared};
 use crate::clock::Clock;
-use crate::core::{ConnId, OrgName, Record};
+use crate::core::{Change, ConnId, OrgName, Record};
 use crate::error::SetupError;
 use crate::history::History;
 use crate::latency::Latencies;
@@ -276,27 +276,22 @@ impl Running {
         }
     }
 
-    /// In a cluster, takes over `org` from its records (read from etcd after
-    /// claiming it): its pools' durable ceilings are held for the previous
-    /// owner's runners (`Broker::adopt_org`). The caller sets the org's
-    /// fence after this, so nothing is admitted for it before the hold,
-    /// then writes the ceilings the hold raised (`write_held`). Returns them.
-    pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> Vec<Record> {
+    /// In a cluster, takes over `org` in memory from its records (read
+    /// from etcd after claiming it): its pools' durable ceilings are held
+    /// for the previous owner's runners (`Broker::adopt_org`). Returns what
+    /// the caller must commit under the org's claim before it sets the
+    /// org's fence (nothing is admitted for it before then), or else
+    /// forget the org (`drop_orgs`).
+    pub fn adopt(&self, org: &OrgName, records: Vec<Record>) -> Vec<Change> {
         let ops = &self.shared.ops;
-        let (seats, raised) = ops.core().adopt_org(org, records, ops.clock().now());
+        let (seats, to_write) = ops.core().adopt_org(org, records, ops.clock().now());
         crate::operations::deliver::resume(ops, org);
         if seats > 0 {
             tracing::info!(%org, seats, "took the org over: holding seats for its runners to re-attach");
         }
         // The expiry task must wake for the hold's end.
         ops.wake_expiry();
-        raised
-    }
-
-    /// Writes the ceilings a takeover's hold raised, under the orgs'
-    /// fences (`checkpoint::write_held`).
-    pub async fn write_held(&self, ceilings: Vec<Record>) {
-        checkpoint::write_held(&self.shared.ops, ceilings).await
+        to_write
     }
 
     /// Writes `events` (facts of the cluster, as an org taken) to their
@@ -321,7 +316,8 @@ impl Running {
     /// reconnect and are redirected to the next owner, where their runners
     /// re-attach) and forgets them, in one pass over the sessions, off the
     /// async threads. The caller has removed their fences first, so nothing
-    /// more was admitted or renewed for them here.
+    /// more was admitted or renewed for them here (or never set them: a
+    /// takeover whose hold could not be written).
     pub async fn drop_orgs(&self, orgs: Vec<OrgName>) {
         if orgs.is_empty() {
             return;
@@ -333,8 +329,8 @@ impl Running {
             orgs
         });
         match forget.await {
-            Ok(orgs) => tracing::info!(orgs = orgs.len(), "handed orgs on"),
-            Err(e) => tracing::error!("forgetting the orgs handed on: {e}"),
+            Ok(orgs) => tracing::info!(orgs = orgs.len(), "forgot orgs no longer served here"),
+            Err(e) => tracing::error!("forgetting orgs no longer served here: {e}"),
         }
     }
 

@@ -115,25 +115,30 @@ impl Broker {
     /// records (read from the cluster's store) and, with ceilings on, holds
     /// every pool's durable ceiling for the previous owner's runners (and,
     /// where the node that handed it on counted them, `Record::Stopped`,
-    /// just the sessions on reserved seats and in caps; the caller has
-    /// removed those counts from the store under its fence first, so no
-    /// later owner reads them) until they re-attach or one lease TTL (the
-    /// longest any node has recorded) plus the restart grace has passed
-    /// since `now`. Returns the seats held
-    /// and the ceilings the hold raised, which the shell writes under the
-    /// org's fence. The same rule as a restart (`hold_reserves`), for one org.
-    pub fn adopt_org(&self, org: &OrgName, records: Vec<Record>, now: Millis) -> (u64, Vec<Record>) {
+    /// just the sessions on reserved seats and in caps) until they
+    /// re-attach or one lease TTL (the longest any node has recorded) plus
+    /// the restart grace has passed since `now`. Returns the seats held and
+    /// what the shell must commit under the org's claim before it serves
+    /// the org (as a restart commits its `Hold` before admitting): the
+    /// ceilings the hold raised, so a later owner holds as many, and the
+    /// removals of the counts it read, so no later owner reads counts older
+    /// than this node's admissions. If that commit fails, the shell forgets
+    /// the org (`forget_orgs`). The same rule as a restart
+    /// (`hold_reserves`), for one org.
+    pub fn adopt_org(&self, org: &OrgName, records: Vec<Record>, now: Millis) -> (u64, Vec<Change>) {
         self.apply(&records.into_iter().map(Change::Put).collect::<Vec<_>>(), now);
         if !self.config.ceilings {
             return (0, Vec::new());
         }
         let previous = self.previous_leases.lock().map_or(Duration::ZERO, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(self.config.lease_ttl.max(previous) + self.config.restart_grace);
-        let held = self.hold_pools(std::slice::from_ref(org));
-        if held.seats > 0 {
+        let Holding { seats, ceilings, cleared } = self.hold_pools(std::slice::from_ref(org));
+        if seats > 0 {
             self.org_holds.lock().push((until, org.clone()));
         }
-        (held.seats, held.ceilings)
+        let mut changes: Vec<Change> = ceilings.into_iter().map(Change::Put).collect();
+        changes.extend(cleared);
+        (seats, changes)
     }
 
     /// In a cluster, handing orgs to other nodes: forgets them entirely
