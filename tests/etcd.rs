@@ -449,7 +449,7 @@ fn calls_go_over_kept_alive_connections_and_a_reset_one_is_replaced() {
 #[test]
 fn a_takeovers_hold_is_written_under_the_new_claim_alone_before_any_fence_is_set() {
     use license_broker::cluster::store::{EtcdStore, Fences, Layout};
-    use license_broker::core::{Change, OrgName, PoolId, Record};
+    use license_broker::core::{Change, Millis, OrgName, PoolId, Record};
     use std::sync::Arc;
 
     let _cluster = start_cluster();
@@ -461,7 +461,7 @@ fn a_takeovers_hold_is_written_under_the_new_claim_alone_before_any_fence_is_set
     let store = EtcdStore::new(etcd.clone(), layout.clone(), Arc::new(Fences::default())).unwrap();
     let org = OrgName::new("acme").unwrap();
     let pool = PoolId::KRE_DEFAULT;
-    let stopped = Record::Stopped { org: org.clone(), pool, reserved: 1, labels: None, users: None };
+    let stopped = Record::Stopped { org: org.clone(), pool, reserved: 1, labels: None, users: None, stamp: Millis(1) };
     let ceiling = |seats| Record::Ceiling { org: org.clone(), pool, seats };
     let claim = rt.block_on(async {
         let put = |r: &Record| {

@@ -289,9 +289,9 @@ impl Directory {
                 })
             }
             Change::Put(Record::Reservation { key, value, seats, .. }) => p.set_reservation(key, value, *seats),
-            Change::Put(Record::Stopped { reserved, labels, users, .. }) => {
+            Change::Put(Record::Stopped { reserved, labels, users, stamp, .. }) => {
                 let (labels, users) = (labels.clone(), users.clone());
-                p.set_stopped(super::pool::Stopped { reserved: *reserved, labels, users })
+                p.set_stopped(super::pool::Stopped { reserved: *reserved, labels, users, stamp: *stamp })
             }
             _ => {}
         }

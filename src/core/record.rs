@@ -291,11 +291,10 @@ pub enum Record {
         /// Seats reserved; 0: none (the reservation was removed).
         seats: u32,
     },
-    /// A pool's sessions as a clean stop or a handover counted them
-    /// (`pool::stop`): the next start or owner holds just these for their
-    /// runners, instead of every reserved seat and every cap's limit, and
-    /// removes the record before it admits anything, so a later crash
-    /// never reads it.
+    /// A pool's sessions as a clean stop counted them (`pool::stop`): the
+    /// next start holds just these for their runners, instead of every
+    /// reserved seat and every cap's limit, and removes the record before
+    /// it admits anything, so a later crash never reads it.
     Stopped {
         /// The org.
         org: OrgName,
@@ -310,6 +309,11 @@ pub enum Record {
         /// Sessions counted in each user's cap that counted any (`None`:
         /// not counted).
         users: Option<Vec<(Email, u32)>>,
+        /// The clock's high-water mark written in the same commit: the
+        /// next start trusts the counts only if the store's mark is still
+        /// this one, i.e. no broker ran on the store since (one older than
+        /// the record would not remove it, and would leave it stale).
+        stamp: Millis,
     },
 }
 

@@ -65,16 +65,36 @@ fn started_with(quota: u32, written: &[Change]) -> (Fixture, Hold) {
     (again, hold)
 }
 
+/// The instant of the clean stops below, and the clock mark they write.
+const STOP: Millis = Millis(1_795_000_000_000);
+
+/// What `w`'s clean stop writes: its ceilings lowered to the sessions,
+/// the clock's mark and the counts stamped with it.
+fn clean_stop(w: &Fixture) -> Vec<Change> {
+    let mut out: Vec<Change> = w.broker.lower_ceilings(true).into_iter().map(Change::Put).collect();
+    out.push(Change::Put(Record::Clock { high_water: STOP }));
+    out.extend(w.broker.stop_records(std::slice::from_ref(&w.org), true, STOP).into_iter().map(Change::Put));
+    out
+}
+
+/// The counts among `changes`.
+fn counts(changes: &[Change]) -> Vec<Record> {
+    let stopped = |c: &Change| match c {
+        Change::Put(r @ Record::Stopped { .. }) => Some(r.clone()),
+        _ => None,
+    };
+    changes.iter().filter_map(stopped).collect()
+}
+
 #[test]
 fn after_a_clean_stop_a_reserved_seat_nobody_sat_on_is_free_for_its_label_at_once() {
     let (w, mut written) = running();
-    written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org), true);
+    written.extend(clean_stop(&w));
+    let stopped = counts(&written);
     assert!(
         matches!(&stopped[..], [Record::Stopped { reserved: 1, .. }]),
         "one session sat on a reserved seat: {stopped:?}"
     );
-    written.extend(stopped.iter().cloned().map(Change::Put));
     let (again, hold) = started(&written);
     assert_eq!(hold.seats, 4, "the 3 shared sessions and the 1 on a reserved seat");
     assert_eq!(acquire(&again, 20, RELEASE).map(|_| ()), Ok(()), "the seat nobody sat on");
@@ -96,18 +116,30 @@ fn after_a_crash_every_reserved_seat_is_held_for_its_runners() {
 #[test]
 fn the_start_that_reads_a_stops_counts_removes_them_with_its_hold() {
     let (w, mut written) = running();
-    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org), true);
-    written.extend(stopped.iter().cloned().map(Change::Put));
+    written.extend(clean_stop(&w));
     let (_, hold) = started(&written);
     let keys = |changes: &[Change]| changes.iter().map(Change::key).collect::<Vec<_>>();
-    let put: Vec<Change> = stopped.into_iter().map(Change::Put).collect();
+    let put: Vec<Change> = counts(&written).into_iter().map(Change::Put).collect();
     assert_eq!(keys(&hold.cleared), keys(&put), "a later crash must not read them");
+}
+
+#[test]
+fn counts_a_broker_ran_after_are_not_trusted_and_still_removed() {
+    // A broker older than the counts started on the store since (it wrote
+    // its clock mark and did not remove them): they may be stale.
+    let (w, mut written) = running();
+    written.extend(clean_stop(&w));
+    written.push(Change::Put(Record::Clock { high_water: STOP.after(Duration::from_secs(3_600)) }));
+    let (again, hold) = started(&written);
+    assert_eq!(hold.seats, 5, "every reserved seat, as after a crash");
+    assert_eq!(hold.cleared.len(), 1, "removed all the same");
+    assert_eq!(acquire(&again, 20, RELEASE), Err(Error::QuotaExceeded { quota: 5 }));
 }
 
 #[test]
 fn a_stops_count_closes_the_reservations_so_nothing_is_admitted_past_it() {
     let (w, _) = running();
-    w.broker.stop_records(std::slice::from_ref(&w.org), true);
+    clean_stop(&w);
     assert_eq!(acquire(&w, 20, RELEASE), Err(Error::QuotaExceeded { quota: 5 }), "counted, then closed");
 }
 
@@ -136,25 +168,17 @@ fn adopt_into(w: &Fixture, quota: u32, written: Vec<Change>) -> (Fixture, u64, V
 }
 
 #[test]
-fn a_node_adopting_an_org_handed_on_holds_just_the_sessions_counted() {
+fn a_node_adopting_an_org_trusts_no_counts_and_writes_their_removal_first() {
+    // Counts in the cluster's store could only be stale (no cluster node
+    // writes them; one of an older build would not remove them): the
+    // adopter holds the upper bounds, and removes them under its claim
+    // with the ceiling its hold raised, before it serves the org.
     let (w, mut written) = running();
-    let orgs = std::slice::from_ref(&w.org);
-    written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
-    written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
-    assert_eq!(adopted(&w, written).0, 4, "the 3 shared sessions and the 1 on a reserved seat");
-}
-
-#[test]
-fn a_node_adopting_an_org_handed_on_has_its_raised_ceiling_and_the_counts_removal_to_write_first() {
-    let (w, mut written) = running();
-    let orgs = std::slice::from_ref(&w.org);
-    written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
-    written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
-    let (_, to_write) = adopted(&w, written);
-    // The runner back from its reserved seat takes a shared one: a later
-    // owner must hold 4, and must not read the counts this one read.
+    written.extend(clean_stop(&w));
+    let (held, to_write) = adopted(&w, written);
+    assert_eq!(held, 5, "every reserved seat");
     let pool = PoolId::KRE_DEFAULT;
-    let ceiling = Change::Put(Record::Ceiling { org: w.org.clone(), pool, seats: 4 });
+    let ceiling = Change::Put(Record::Ceiling { org: w.org.clone(), pool, seats: 5 });
     let removal = Change::RemoveStopped { org: w.org.clone(), pool };
     assert_eq!(to_write, [ceiling, removal]);
 }
@@ -243,7 +267,7 @@ fn after_a_clean_stop_a_cap_holds_only_the_sessions_it_counted() {
         .collect();
     w.broker.release(&w.owner, web[0], t(0)).unwrap();
     written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    written.extend(w.broker.stop_records(std::slice::from_ref(&w.org), true).into_iter().map(Change::Put));
+    written.extend(clean_stop(&w));
     let (again, _) = started_with(10, &written);
     acquire(&again, 20, WEB).unwrap();
     assert_eq!(acquire(&again, 21, WEB), Err(Error::LabelLimit { max: 2 }), "the other place is its runner's");
@@ -266,13 +290,12 @@ fn after_a_clean_stop_a_users_cap_holds_only_the_sessions_it_counted() {
     w.apply(Ok(written.clone()));
     admit(&w, 1, &[], &mut written).unwrap();
     admit(&w, 2, &[], &mut written).unwrap();
-    written.extend(w.broker.lower_ceilings(true).into_iter().map(Change::Put));
-    let stopped = w.broker.stop_records(std::slice::from_ref(&w.org), true);
+    written.extend(clean_stop(&w));
+    let stopped = counts(&written);
     assert!(
         matches!(&stopped[..], [Record::Stopped { users: Some(users), .. }] if users == &[(email.clone(), 2)]),
         "{stopped:?}"
     );
-    written.extend(stopped.into_iter().map(Change::Put));
     let (again, _) = started_with(10, &written);
     let counted = || again.broker.user_limits(&again.owner, &again.org, PoolId::KRE_DEFAULT).unwrap()[0].2;
     acquire(&again, 20, &[]).unwrap();
@@ -301,7 +324,6 @@ fn a_handover_leaves_the_caps_uncounted_so_a_newcomer_in_its_window_never_passes
     admit(&w, 4, &[], &mut written).unwrap();
     let orgs = std::slice::from_ref(&w.org);
     written.extend(w.broker.ceilings_to_sessions(orgs).into_iter().map(Change::Put));
-    written.extend(w.broker.stop_records(orgs, false).into_iter().map(Change::Put));
     w.broker.release(&w.owner, plain.session, t(0)).unwrap();
     acquire(&w, 20, WEB).expect("the window: a freed seat under the lowered ceiling");
     let (next, _, _) = adopt_into(&w, 10, written);

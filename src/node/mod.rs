@@ -15,12 +15,11 @@
 //! org's records from etcd and holds each pool's durable ceiling for the
 //! previous owner's runners until they re-attach (with tokens any node
 //! verifies) or one lease TTL and the grace pass, exactly as a single
-//! broker does after a crash (`Broker::adopt_org`). A handover (or a
-//! node's clean stop) first writes each pool's ceiling down to the
-//! sessions held, and counts those on reserved seats and in caps, so the
-//! next node holds only those (`placer`, which writes its hold's raised
-//! ceilings and removes the counts under its own claim before it serves
-//! the org, or gives the claim back); and an org is handed on only once its own
+//! broker does after a crash (`Broker::adopt_org`; the node writes its
+//! hold's raised ceilings under its claim before it serves the org, or
+//! gives the claim back: `placer`). A handover first writes each pool's
+//! ceiling down to the sessions held, so the next node holds only those;
+//! and an org is handed on only once its own
 //! takeover's hold is over, so it never moves back while seats are held
 //! for its runners. A node whose lease lapses stops at its valid-until
 //! (the keeper and every placement pass race it), writes nothing, and

@@ -399,17 +399,19 @@ mod tests {
 
     #[tokio::test]
     async fn an_org_taken_over_is_served_only_once_its_hold_is_written_under_its_claim() {
-        let fences = Fences::default();
+        let fences = Arc::new(Fences::default());
         let org = |name: &str| OrgName::new(name).unwrap();
         let raised =
             |name: &str| vec![Change::Put(Record::Ceiling { org: org(name), pool: PoolId::KRE_DEFAULT, seats: 4 })];
         let held = vec![(org("acme"), 7, raised("acme")), (org("gone"), 8, raised("gone")), (org("idle"), 9, vec![])];
         // What each commit saw of its org's fence, as it was written.
-        let seen = Mutex::new(Vec::new());
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let commit = |o: OrgName, _, _| {
-            seen.lock().unwrap().push((o.clone(), fences.get(&o)));
+            let (seen, fences) = (seen.clone(), fences.clone());
             async move {
                 tokio::task::yield_now().await;
+                // As the write completes: a fence set before it is awaited shows.
+                seen.lock().unwrap().push((o.clone(), fences.get(&o)));
                 Ok(o.as_str() != "gone")
             }
         };

@@ -42,20 +42,24 @@ pub type Written = crate::core::Checkpointed;
 /// Writes the records that changed since `last` (the clock always does);
 /// returns what is now on disk, or `last` again if the write failed.
 /// `tight` lowers ceilings to exactly the sessions held (at shutdown, when
-/// nothing more is admitted), and writes the sessions on reserved seats
-/// and in caps (`Record::Stopped`), so the restart, or the node taking
-/// the orgs over, holds no more of them than there are.
+/// nothing more is admitted) and, outside a cluster, writes the sessions
+/// on reserved seats and in caps (`Record::Stopped`, stamped with this
+/// commit's clock mark), so the restart holds no more of them than there
+/// are. A cluster node writes none: a node of an older build taking the
+/// org over would neither read nor remove them, and a later owner would
+/// trust counts it cannot tell are stale.
 pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
-    let (records, figures) = ops.core.checkpoint_since(ops.clock.now(), &last);
+    let now = ops.clock.now();
+    let (records, figures) = ops.core.checkpoint_since(now, &last);
     let mut changes: Vec<Change> = records.into_iter().map(Change::Put).collect();
     // Held until the commit ends: no raise may write between a lowering in
     // memory and its durable write. If the write fails, memory is lower
     // than the store, which is the safe way round.
     let _ceiling = ops.ceiling.lock().await;
     changes.extend(ops.core.lower_ceilings(tight).into_iter().map(Change::Put));
-    if tight {
+    if tight && ops.cluster.is_none() {
         // After the ceilings: the count closes the reservations to newcomers.
-        changes.extend(ops.core.stop_records(&ops.core.org_names(), true).into_iter().map(Change::Put));
+        changes.extend(ops.core.stop_records(&ops.core.org_names(), true, now).into_iter().map(Change::Put));
     }
     match ops.commit(changes).await {
         Ok(()) => figures,
@@ -92,9 +96,7 @@ pub async fn hand_on(ops: &Operations, orgs: &[OrgName], unfence: impl FnOnce())
 }
 
 /// What a node writes of `orgs` as it hands them on: each pool's ceiling
-/// lowered to its sessions (how many there are is returned too), the
-/// sessions on its reserved seats (`Record::Stopped`, so the next owner
-/// holds just those), and every
+/// lowered to its sessions (how many there are is returned too), and every
 /// tracked pool's machines' last uses as they are now. The checkpoint writes
 /// last uses only when one enters a new minute, so without these the next
 /// node would read uses up to a minute and a checkpoint old, and could
@@ -102,9 +104,6 @@ pub async fn hand_on(ops: &Operations, orgs: &[OrgName], unfence: impl FnOnce())
 pub fn handover_records(core: &Broker, orgs: &[OrgName]) -> (Vec<Change>, usize) {
     let mut changes: Vec<Change> = core.ceilings_to_sessions(orgs).into_iter().map(Change::Put).collect();
     let ceilings = changes.len();
-    // After the ceilings: counting closes the reservations to newcomers.
-    // Not the caps: the orgs are still served until this write is done.
-    changes.extend(core.stop_records(orgs, false).into_iter().map(Change::Put));
     let (uses, _) = core.last_use_records(&Default::default());
     let theirs = uses.into_iter().filter(|r| r.org().is_some_and(|o| orgs.contains(o)));
     changes.extend(theirs.map(Change::Put));

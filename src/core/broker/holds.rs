@@ -59,7 +59,7 @@ impl Broker {
         let ttl = previous.map_or(self.config.lease_ttl, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(ttl + self.config.restart_grace).max(previous.map_or(Millis(0), |(_, h)| h));
         let orgs: Vec<OrgName> = self.with_dir(|dir| dir.orgs.keys().cloned().collect());
-        let Holding { seats, ceilings, cleared } = self.hold_pools(&orgs);
+        let Holding { seats, ceilings, cleared } = self.hold_pools(&orgs, Some(self.high_water()));
         if seats > 0 {
             // Release: pairs with the Acquire in `next_deadline`.
             self.hold_until.store(until.0, Ordering::Release);
@@ -69,13 +69,14 @@ impl Broker {
     }
 
     /// Holds the seats of `orgs`' pools (`Pool::hold_reserve`: from a
-    /// clean stop's or a handover's counts where there are some).
-    fn hold_pools(&self, orgs: &[OrgName]) -> Holding {
+    /// clean stop's counts stamped `stamp`, the store's clock mark, where
+    /// there are some; `None`: none trusted).
+    fn hold_pools(&self, orgs: &[OrgName], stamp: Option<Millis>) -> Holding {
         self.with_dir(|dir| {
             let mut out = Holding::default();
             for (org, entry) in orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e))) {
                 for pool in entry.pools.values() {
-                    let held = pool.hold_reserve();
+                    let held = pool.hold_reserve(stamp);
                     out.seats += u64::from(held.seats);
                     if held.raised {
                         out.ceilings.push(Record::Ceiling { org: org.clone(), pool: pool.id, seats: held.seats });
@@ -95,17 +96,18 @@ impl Broker {
     /// which admits nothing more), in caps (`Pool::stop_counts`, which
     /// closes the reservations to newcomers), for the next start or owner
     /// to hold just those.
-    pub fn stop_records(&self, orgs: &[OrgName], caps: bool) -> Vec<Record> {
+    pub fn stop_records(&self, orgs: &[OrgName], caps: bool, stamp: Millis) -> Vec<Record> {
         self.with_dir(|dir| {
             let entries = orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e)));
             let pools = entries.flat_map(|(org, e)| e.pools.values().map(move |p| (org, p)));
-            let counted = pools.filter_map(|(org, p)| p.stop_counts(caps).map(|s| (org, p.id, s)));
+            let counted = pools.filter_map(|(org, p)| p.stop_counts(caps, stamp).map(|s| (org, p.id, s)));
             let record = |(org, pool, s): (&OrgName, PoolId, crate::core::pool::Stopped)| Record::Stopped {
                 org: org.clone(),
                 pool,
                 reserved: s.reserved,
                 labels: s.labels,
                 users: s.users,
+                stamp: s.stamp,
             };
             counted.map(record).collect()
         })
@@ -132,7 +134,7 @@ impl Broker {
         }
         let previous = self.previous_leases.lock().map_or(Duration::ZERO, |(ms, _)| Duration::from_millis(ms));
         let until = now.after(self.config.lease_ttl.max(previous) + self.config.restart_grace);
-        let Holding { seats, ceilings, cleared } = self.hold_pools(std::slice::from_ref(org));
+        let Holding { seats, ceilings, cleared } = self.hold_pools(std::slice::from_ref(org), None);
         if seats > 0 {
             self.org_holds.lock().push((until, org.clone()));
         }

@@ -55,7 +55,10 @@ impl Pool {
     /// its limit or the held seats, whichever is fewer. Callers hold the
     /// bounds lock.
     pub(super) fn hold_caps(&self, b: &mut Bounds, stopped: Option<&Stopped>, held: u32) {
-        *self.returned.lock() = Some(Default::default());
+        // A hold of no seats never ends (`Broker::end_hold`): none to track.
+        if held > 0 {
+            *self.returned.lock() = Some(Default::default());
+        }
         let (users, labels) = self.caps_now();
         let counted_users: Option<FastMap<&Email, u32>> =
             stopped.and_then(|s| s.users.as_ref()).map(|u| u.iter().map(|(e, n)| (e, *n)).collect());
@@ -113,7 +116,8 @@ impl Pool {
     /// Publishes the places held in all (under the bounds lock).
     fn recount(&self, b: &Bounds) {
         // Release: see `reattached`.
-        self.places.store(b.caps_held.iter().map(|h| h.held).sum(), Ordering::Release);
+        let places = b.caps_held.iter().fold(0u32, |all, h| all.saturating_add(h.held));
+        self.places.store(places, Ordering::Release);
     }
 
     /// Ends the caps' hold: every place still held goes back, and the
@@ -129,19 +133,21 @@ impl Pool {
     /// Places caps hold now for the previous run's runners, by the address
     /// of the cap's word (what a cap's listing leaves out of its sessions;
     /// `held_in` reads it).
-    pub(super) fn caps_held(&self) -> FastMap<usize, u32> {
+    pub(super) fn caps_held(&self) -> FastMap<usize, (Arc<Seats>, u32)> {
         // Acquire: see `reattached`.
         if self.places.load(Ordering::Acquire) == 0 {
             return FastMap::default();
         }
         let b = self.bounds.lock();
-        b.caps_held.iter().map(|h| (Arc::as_ptr(&h.seats) as usize, h.held)).collect()
+        // The words themselves too: none is freed, nor its address reused
+        // by a cap set anew, while the listing reads the map.
+        b.caps_held.iter().map(|h| (Arc::as_ptr(&h.seats) as usize, (h.seats.clone(), h.held))).collect()
     }
 }
 
 /// The places `held` (`Pool::caps_held`) says the cap of `word` holds.
-pub(super) fn held_in(held: &FastMap<usize, u32>, word: &Arc<Seats>) -> u32 {
-    held.get(&(Arc::as_ptr(word) as usize)).copied().unwrap_or(0)
+pub(super) fn held_in(held: &FastMap<usize, (Arc<Seats>, u32)>, word: &Arc<Seats>) -> u32 {
+    held.get(&(Arc::as_ptr(word) as usize)).map_or(0, |h| h.1)
 }
 
 /// Holds `places` of a cap (`None`: as many as its limit), at most `held`.

@@ -10,6 +10,7 @@ use super::stop::Stopped;
 use super::Pool;
 use crate::core::error::{Error, Result};
 use crate::core::seats::{SeatCount, MAX_IN_USE};
+use crate::core::time::Millis;
 use crate::sync::Ordering;
 
 /// The inputs of a pool's admission limit.
@@ -233,7 +234,8 @@ impl Pool {
     /// After a restart: holds seats for the previous run's sessions, until
     /// their runners re-attach: the durable ceiling's (the shared seats
     /// they may sit on) and, on reserved seats, the sessions a clean stop
-    /// or a handover counted (`Record::Stopped`), else every
+    /// counted (`Record::Stopped`, stamped with the store's clock mark
+    /// `stamp`: no broker ran since), else every
     /// reserved seat (a re-attaching runner takes a held seat whatever its
     /// labels, and a labelled newcomer must not take a reserved seat a
     /// believer sits on); for a pool that never had a ceiling, every seat
@@ -243,10 +245,11 @@ impl Pool {
     /// admitting, or memory would admit past what a second crash holds),
     /// and whether a clean stop's counts were read (the caller removes
     /// them with it).
-    pub fn hold_reserve(&self) -> Held {
+    pub fn hold_reserve(&self, stamp: Option<Millis>) -> Held {
         let mut b = self.bounds.lock();
         let stopped = b.stopped.take();
-        let counted = stopped.as_ref();
+        // Only counts no broker ran after: see `Record::Stopped::stamp`.
+        let counted = stopped.as_ref().filter(|s| Some(s.stamp) == stamp);
         let on_reserved = counted.map_or(b.reserved, |s| s.reserved.min(b.reserved));
         let room = b.quota.saturating_sub(b.durable);
         let held = b.ceiling.map_or(room, |c| room.min(c.saturating_add(on_reserved)));

@@ -1,23 +1,23 @@
-//! What a clean stop, or a cluster node handing orgs on, leaves of a
-//! pool's sessions for the next hold.
+//! What a clean stop leaves of a pool's sessions for the next start.
 //!
 //! After a crash the next start knows only upper bounds: the durable
 //! ceiling for the shared seats, and every reserved seat whole, since the
 //! store does not say how many runners sat on them; and each cap holds
-//! places up to its limit. A stop knows better: it counts the sessions on
-//! the pool's reserved seats (closing the reservations to newcomers first,
-//! so the count stays exact) and writes them (`Record::Stopped`) with the
-//! ceilings lowered to the shared sessions. A clean stop has drained, so it
-//! counts each cap's sessions too; a handover still serves the org until
-//! its write is done, and a session ending meanwhile may let a newcomer
-//! into a cap, so it leaves the caps uncounted (the next node holds their
-//! upper bounds). The next start, or owner, holds just what was counted,
-//! and removes the record before it admits anything: a later crash never
-//! reads counts of an earlier run.
+//! places up to its limit. A clean stop, once drained, knows better: it
+//! counts the sessions on the pool's reserved seats (closing the
+//! reservations to newcomers first, so the count stays exact) and in each
+//! cap, and writes them (`Record::Stopped`) with the ceilings lowered to
+//! the shared sessions and the clock's mark. The next start holds just
+//! what was counted if no broker ran on the store since (the mark is still
+//! the one written), and removes the record before it admits anything: a
+//! later crash never reads counts of an earlier run. A cluster writes
+//! none: a node of an older build taking an org over would leave them
+//! stale, and a later owner could not tell.
 
 use super::Pool;
 use crate::core::id::Email;
 use crate::core::seats::SeatCount;
+use crate::core::time::Millis;
 
 /// Label, and the sessions a clean stop counted in its cap.
 pub type LabelCount = (String, String, u32);
@@ -33,17 +33,19 @@ pub struct Stopped {
     /// Sessions counted in each user's cap that counted any (`None`: not
     /// counted).
     pub users: Option<Vec<(Email, u32)>>,
+    /// The clock's mark written with them (`Record::Stopped::stamp`).
+    pub stamp: Millis,
 }
 
 impl Pool {
-    /// At a stop, once its shared seats admit nothing more (the ceiling
-    /// lowered to the sessions): closes the pool's reservations to
-    /// newcomers (each keeps only the seats sessions sit on; the pool's
-    /// word keeps counting the others, nothing being admitted after) and
-    /// counts the sessions on their seats, and, if `caps` (a drained
-    /// broker's stop), in each label's and user's cap. `None`: there is
-    /// nothing to count, and the ceiling alone is what the next hold holds.
-    pub(in crate::core) fn stop_counts(&self, caps: bool) -> Option<Stopped> {
+    /// At a clean stop, once drained (the ceiling lowered to the
+    /// sessions): closes the pool's reservations to newcomers (each keeps
+    /// only the seats sessions sit on; the pool's word keeps counting the
+    /// others, nothing being admitted after) and counts the sessions on
+    /// their seats and, if `caps`, in each label's and user's cap, stamped
+    /// `stamp`. `None`: there is nothing to count, and the ceiling alone is
+    /// what the next hold holds.
+    pub(in crate::core) fn stop_counts(&self, caps: bool, stamp: Millis) -> Option<Stopped> {
         let reserved = self.close_lanes();
         let (users, labels) = self.caps_now();
         let has_caps = !users.is_empty() || labels.is_some();
@@ -57,6 +59,7 @@ impl Pool {
             reserved: reserved.unwrap_or(0),
             labels: caps.then_some(labels),
             users: caps.then_some(users),
+            stamp,
         })
     }
 
