@@ -37,10 +37,15 @@ pub const CURSOR_EVERY: Duration = Duration::from_secs(2);
 pub async fn run(ops: Arc<Operations>, mut stop: watch::Receiver<bool>) {
     let mut tasks: HashMap<(String, String), (WebhookView, watch::Sender<bool>)> = HashMap::new();
     loop {
-        let hooks = ops.core.webhooks_to_deliver();
+        // In a cluster, only the orgs served here: one being taken over is
+        // in memory before its fence is set (its hold written first), and
+        // may be given back instead.
+        let served = |v: &WebhookView| ops.cluster.as_ref().is_none_or(|c| c.serves(&v.hook.org));
+        let hooks = ops.core.webhooks_to_deliver().into_iter().filter(served);
         let wanted: HashMap<(String, String), WebhookView> =
-            hooks.into_iter().map(|v| ((v.hook.org.to_string(), v.hook.id.clone()), v)).collect();
-        // A webhook removed, moved away, or changed (a new secret): its task stops.
+            hooks.map(|v| ((v.hook.org.to_string(), v.hook.id.clone()), v)).collect();
+        // A webhook removed, moved away (or not served here), or changed (a
+        // new secret): its task stops.
         tasks.retain(|key, (view, _)| wanted.get(key).is_some_and(|w| w.hook == view.hook));
         for (key, view) in wanted {
             if let std::collections::hash_map::Entry::Vacant(slot) = tasks.entry(key) {
