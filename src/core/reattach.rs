@@ -69,11 +69,15 @@ impl Broker {
         let ticket = self.ticket(p, target)?;
         // Came back already this hold: the token is replayed (see `may_return`).
         let earlier = earlier && ticket.pool.may_return(who.nonce.0);
-        let lease = self.admit_from(&ticket, who, now, believer_seat(earlier))?;
-        if earlier && !lease.reattached {
-            ticket.pool.reattached(who.nonce.0, &ticket.user, &who.labels);
+        let lease = self.admit_from(&ticket, who, now, believer_seat(earlier));
+        match &lease {
+            Ok(l) if earlier && !l.reattached => ticket.pool.reattached(&ticket.user, &who.labels),
+            // Its own session of this run, live: not a return.
+            Ok(_) if earlier => ticket.pool.unreturn(who.nonce.0),
+            Err(_) if earlier => ticket.pool.unreturn(who.nonce.0),
+            _ => {}
         }
-        Ok(lease)
+        lease
     }
 }
 

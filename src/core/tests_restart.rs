@@ -349,3 +349,17 @@ fn a_token_of_the_run_before_replayed_after_its_new_session_ended_takes_nothing(
     assert_eq!(web_sessions(&again), 2, "never past its cap");
     assert_eq!(acquire(&again, 21, WEB), Err(Error::LabelLimit { max: 2 }));
 }
+
+#[test]
+fn a_runner_whose_return_was_refused_may_try_again() {
+    // Only a return that took a session counts: one refused (its machine
+    // not registered here yet) is no replay when it comes again.
+    let (_, written) = capped();
+    let (again, _) = started_with(10, &written);
+    let labels = Labels::new([("team".to_string(), "web".to_string())]).unwrap();
+    let who = Claimant { nonce: Nonce(1), conn: ConnId(1), labels };
+    let back = || again.broker.reattach_as(&again.owner, &again.target("x"), &who, t(0), true);
+    assert_eq!(back().map(|_| ()), Err(Error::MachineNotRegistered));
+    again.register("x").unwrap();
+    assert!(back().is_ok_and(|l| !l.reattached), "its first return");
+}

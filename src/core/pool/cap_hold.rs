@@ -77,23 +77,29 @@ impl Pool {
     }
 
     /// Whether the previous run's runner of `nonce` may come back into a
-    /// held seat: once per hold. One that came back, and whose session
-    /// ended since, replays a token of the previous run: it is not a
-    /// believer any more (its new session's token says so), and must take
-    /// neither a second held seat nor a second cap's place.
+    /// held seat, and if so marks it come back: once per hold. One that
+    /// came back, and whose session ended since, replays a token of the
+    /// previous run: it is not a believer any more (its new session's
+    /// token says so), and must take neither a second held seat nor a
+    /// second cap's place. Marked before its admission, so no replay slips
+    /// in while it is admitted; `unreturn` if the admission fails.
     pub fn may_return(&self, nonce: u128) -> bool {
-        self.returned.lock().as_ref().is_none_or(|came| !came.contains(&nonce))
+        self.returned.lock().as_mut().is_none_or(|came| came.insert(nonce))
     }
 
-    /// A runner of the previous run re-attached into a new session (its
-    /// `nonce`) as `user` with `labels` (counted in their caps already):
-    /// it may not come back again this hold, each of those caps gives
-    /// back one place held for it, and no cap keeps more places than seats
-    /// are still held for the runners to come.
-    pub fn reattached(&self, nonce: u128, user: &Email, labels: &Labels) {
+    /// The runner of `nonce` did not come back after all (its admission
+    /// was refused: a retry may still).
+    pub fn unreturn(&self, nonce: u128) {
         if let Some(came) = self.returned.lock().as_mut() {
-            came.insert(nonce);
+            came.remove(&nonce);
         }
+    }
+
+    /// A runner of the previous run re-attached into a new session as
+    /// `user` with `labels` (counted in their caps already): each of those
+    /// caps gives back one place held for it, and no cap keeps more places
+    /// than seats are still held for the runners to come.
+    pub fn reattached(&self, user: &Email, labels: &Labels) {
         // Acquire: pairs with the Release of every change under the lock.
         if self.places.load(Ordering::Acquire) == 0 {
             return;
