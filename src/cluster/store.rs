@@ -93,8 +93,8 @@ impl EtcdStore {
 
     /// Before a node taking `org` over (its claim created at `fence`)
     /// serves it: writes what its hold must have durable first (the
-    /// ceilings it raised, the removals of the counts the node that handed
-    /// it on wrote: `Broker::adopt_org`), each transaction compared on the
+    /// ceilings it raised, the removal of any counts a clean stop left,
+    /// which it does not trust: `Broker::adopt_org`), each transaction compared on the
     /// claim itself, since the org has no fence in `Fences` until this is
     /// done. A chunk of `MAX_TXN_OPS` per transaction, in order. `true`
     /// once written (or there was nothing); `false`: the claim is gone
