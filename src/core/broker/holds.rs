@@ -115,16 +115,16 @@ impl Broker {
 
     /// In a cluster, taking over `org` from another node: applies its
     /// records (read from the cluster's store) and, with ceilings on, holds
-    /// every pool's durable ceiling for the previous owner's runners (and,
-    /// where the node that handed it on counted them, `Record::Stopped`,
-    /// just the sessions on reserved seats and in caps) until they
+    /// every pool's durable ceiling for the previous owner's runners, and
+    /// every reserved seat and each cap's limit (any `Record::Stopped` is
+    /// not trusted: a node of an older build may have served the org since
+    /// it was written, leaving it stale) until they
     /// re-attach or one lease TTL (the longest any node has recorded) plus
     /// the restart grace has passed since `now`. Returns the seats held and
     /// what the shell must commit under the org's claim before it serves
     /// the org (as a restart commits its `Hold` before admitting): the
     /// ceilings the hold raised, so a later owner holds as many, and the
-    /// removals of the counts it read, so no later owner reads counts older
-    /// than this node's admissions. If that commit fails, the shell forgets
+    /// removals of any counts it read. If that commit fails, the shell forgets
     /// the org (`forget_orgs`). The same rule as a restart
     /// (`hold_reserves`), for one org.
     pub fn adopt_org(&self, org: &OrgName, records: Vec<Record>, now: Millis) -> (u64, Vec<Change>) {
