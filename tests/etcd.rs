@@ -461,7 +461,8 @@ fn a_takeovers_hold_is_written_under_the_new_claim_alone_before_any_fence_is_set
     let store = EtcdStore::new(etcd.clone(), layout.clone(), Arc::new(Fences::default())).unwrap();
     let org = OrgName::new("acme").unwrap();
     let pool = PoolId::KRE_DEFAULT;
-    let stopped = Record::Stopped { org: org.clone(), pool, reserved: 1, labels: None, users: None, stamp: Millis(1) };
+    let stopped =
+        Record::Stopped { org: org.clone(), pool, reserved: 1, labels: vec![], users: vec![], stamp: Millis(1) };
     let ceiling = |seats| Record::Ceiling { org: org.clone(), pool, seats };
     let claim = rt.block_on(async {
         let put = |r: &Record| {

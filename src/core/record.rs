@@ -303,12 +303,10 @@ pub enum Record {
         /// Sessions on the pool's reserved seats.
         reserved: u32,
         /// Sessions counted in each label cap that counted any: key,
-        /// value, sessions (`None`: the caps were not counted, as at a
-        /// handover, which still serves the org while it writes).
-        labels: Option<Vec<(String, String, u32)>>,
-        /// Sessions counted in each user's cap that counted any (`None`:
-        /// not counted).
-        users: Option<Vec<(Email, u32)>>,
+        /// value, sessions (a cap not listed counted none).
+        labels: Vec<(String, String, u32)>,
+        /// Sessions counted in each user's cap that counted any.
+        users: Vec<(Email, u32)>,
         /// The clock's high-water mark written in the same commit: the
         /// next start trusts the counts only if the store's mark is still
         /// this one, i.e. no broker ran on the store since (one older than

@@ -59,7 +59,7 @@ pub async fn write(ops: &Operations, last: Written, tight: bool) -> Written {
     changes.extend(ops.core.lower_ceilings(tight).into_iter().map(Change::Put));
     if tight && ops.cluster.is_none() {
         // After the ceilings: the count closes the reservations to newcomers.
-        changes.extend(ops.core.stop_records(&ops.core.org_names(), true, now).into_iter().map(Change::Put));
+        changes.extend(ops.core.stop_records(&ops.core.org_names(), now).into_iter().map(Change::Put));
     }
     match ops.commit(changes).await {
         Ok(()) => figures,

@@ -90,17 +90,16 @@ impl Broker {
         })
     }
 
-    /// At a clean stop, or as a cluster node hands `orgs` on, once their
-    /// ceilings are lowered to the sessions held: each of their pools'
-    /// sessions on reserved seats and, if `caps` (a drained broker's stop,
-    /// which admits nothing more), in caps (`Pool::stop_counts`, which
-    /// closes the reservations to newcomers), for the next start or owner
-    /// to hold just those.
-    pub fn stop_records(&self, orgs: &[OrgName], caps: bool, stamp: Millis) -> Vec<Record> {
+    /// At a single broker's clean stop, once drained (the ceilings lowered
+    /// to the sessions held): each of `orgs`' pools' sessions on reserved
+    /// seats and in caps (`Pool::stop_counts`, which closes the
+    /// reservations to newcomers), stamped `stamp`, for the next start to
+    /// hold just those.
+    pub fn stop_records(&self, orgs: &[OrgName], stamp: Millis) -> Vec<Record> {
         self.with_dir(|dir| {
             let entries = orgs.iter().filter_map(|o| dir.orgs.get(o).map(|e| (o, e)));
             let pools = entries.flat_map(|(org, e)| e.pools.values().map(move |p| (org, p)));
-            let counted = pools.filter_map(|(org, p)| p.stop_counts(caps, stamp).map(|s| (org, p.id, s)));
+            let counted = pools.filter_map(|(org, p)| p.stop_counts(stamp).map(|s| (org, p.id, s)));
             let record = |(org, pool, s): (&OrgName, PoolId, crate::core::pool::Stopped)| Record::Stopped {
                 org: org.clone(),
                 pool,

@@ -61,12 +61,12 @@ impl Pool {
         }
         let (users, labels) = self.caps_now();
         let counted_users: Option<FastMap<&Email, u32>> =
-            stopped.and_then(|s| s.users.as_ref()).map(|u| u.iter().map(|(e, n)| (e, *n)).collect());
+            stopped.map(|s| &s.users).map(|u| u.iter().map(|(e, n)| (e, *n)).collect());
         for (email, seats) in users {
             let counted = counted_users.as_ref().map(|c| c.get(&email).copied().unwrap_or(0));
             hold_cap(b, Whose::User(email), seats, counted, held);
         }
-        let counted_labels = stopped.and_then(|s| s.labels.as_ref());
+        let counted_labels = stopped.map(|s| &s.labels);
         for cap in labels.iter().flat_map(|caps| caps.iter()) {
             let of =
                 |l: &Vec<super::LabelCount>| l.iter().find(|c| c.0 == cap.key && c.1 == cap.value).map_or(0, |c| c.2);

@@ -27,12 +27,10 @@ pub type LabelCount = (String, String, u32);
 pub struct Stopped {
     /// Sessions on the pool's reserved seats.
     pub reserved: u32,
-    /// Sessions counted in each label cap that counted any (`None`: the
-    /// caps were not counted).
-    pub labels: Option<Vec<LabelCount>>,
-    /// Sessions counted in each user's cap that counted any (`None`: not
-    /// counted).
-    pub users: Option<Vec<(Email, u32)>>,
+    /// Sessions counted in each label cap that counted any.
+    pub labels: Vec<LabelCount>,
+    /// Sessions counted in each user's cap that counted any.
+    pub users: Vec<(Email, u32)>,
     /// The clock's mark written with them (`Record::Stopped::stamp`).
     pub stamp: Millis,
 }
@@ -42,10 +40,10 @@ impl Pool {
     /// sessions): closes the pool's reservations to newcomers (each keeps
     /// only the seats sessions sit on; the pool's word keeps counting the
     /// others, nothing being admitted after) and counts the sessions on
-    /// their seats and, if `caps`, in each label's and user's cap, stamped
-    /// `stamp`. `None`: there is nothing to count, and the ceiling alone is
-    /// what the next hold holds.
-    pub(in crate::core) fn stop_counts(&self, caps: bool, stamp: Millis) -> Option<Stopped> {
+    /// their seats and in each label's and user's cap, stamped `stamp`.
+    /// `None`: there is nothing to count, and the ceiling alone is what the
+    /// next hold holds.
+    pub(in crate::core) fn stop_counts(&self, stamp: Millis) -> Option<Stopped> {
         let reserved = self.close_lanes();
         let (users, labels) = self.caps_now();
         let has_caps = !users.is_empty() || labels.is_some();
@@ -55,12 +53,7 @@ impl Pool {
             labels.iter().flat_map(|caps| caps.iter()).map(count).filter(|c| some(c.2)).collect();
         let users: Vec<(Email, u32)> =
             users.into_iter().map(|(e, w)| (e, w.count().in_use)).filter(|u| some(u.1)).collect();
-        (reserved.is_some() || caps && has_caps).then(|| Stopped {
-            reserved: reserved.unwrap_or(0),
-            labels: caps.then_some(labels),
-            users: caps.then_some(users),
-            stamp,
-        })
+        (reserved.is_some() || has_caps).then(|| Stopped { reserved: reserved.unwrap_or(0), labels, users, stamp })
     }
 
     /// Lowers each reservation's seats to those sessions sit on, so none is
